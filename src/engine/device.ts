@@ -1,0 +1,298 @@
+/**
+ * Device acquisition and the per-device context every kernel and model shares.
+ *
+ * Core code never imports Node built-ins: the caller hands us a `GPU` object (`navigator.gpu` in a
+ * browser, `nodeGPU()` from `src/node.ts` in Node). The context
+ *   - requests the adapter's own maxima for the limits that matter for big weights,
+ *   - records optional features (timestamp-query, shader-f16, subgroups) without requiring them,
+ *   - tracks every buffer it creates (count and bytes) so tests can prove nothing leaks,
+ *   - caches shader modules and compute pipelines (built once, specialised by override constants),
+ *   - turns uncaptured GPU errors and device loss into thrown, named errors.
+ */
+import { DeviceLostError, GPUValidationError, OutOfMemoryError, WebGPUUnavailableError } from '../errors.js';
+import { SHADERS } from '../shaders.gen.js';
+
+export interface GpuFeatures {
+  timestampQuery: boolean;
+  shaderF16: boolean;
+  subgroups: boolean;
+}
+
+/** What `info` prints: enough to compare results across machines. */
+export interface AdapterSummary {
+  vendor: string;
+  architecture: string;
+  device: string;
+  description: string;
+  isFallbackAdapter: boolean;
+  features: string[];
+  limits: {
+    maxStorageBufferBindingSize: number;
+    maxBufferSize: number;
+    maxComputeWorkgroupStorageSize: number;
+    maxComputeInvocationsPerWorkgroup: number;
+    maxComputeWorkgroupSizeX: number;
+    maxStorageBuffersPerShaderStage: number;
+    maxComputeWorkgroupsPerDimension: number;
+    minStorageBufferOffsetAlignment: number;
+    minUniformBufferOffsetAlignment: number;
+  };
+}
+
+export interface ContextOptions {
+  powerPreference?: GPUPowerPreference;
+  /** Ask for a fallback (software) adapter. */
+  forceFallbackAdapter?: boolean;
+  /** Do not request optional features even when present (to test the plain paths). */
+  disableFeatures?: Array<'timestamp-query' | 'shader-f16' | 'subgroups'>;
+}
+
+const NO_ADAPTER_HINT =
+  'WebGPU found no adapter. In Node this needs a Vulkan driver: on a machine without a GPU install ' +
+  "Mesa's software Vulkan (lavapipe) with `bash scripts/install-vulkan-cpu.sh` (Debian 12: Mesa 25 from " +
+  'bookworm-backports; the stock Mesa 22.3 is refused by Dawn). In Chromium, enable WebGPU (chrome://gpu; ' +
+  'headless needs --enable-unsafe-webgpu).';
+
+export class GpuContext {
+  readonly device: GPUDevice;
+  readonly features: GpuFeatures;
+  readonly adapter: AdapterSummary;
+  /** Limits granted to the device (the adapter's maxima for the ones we request). */
+  readonly limits: GPUSupportedLimits;
+  /** Errors the device raised outside any error scope, oldest first. Drained by `throwIfErrors`. */
+  readonly uncapturedErrors: GPUError[] = [];
+  private lostInfo: GPUDeviceLostInfo | null = null;
+  private destroyed = false;
+  private readonly live = new Map<GPUBuffer, number>();
+  private readonly modules = new Map<string, GPUShaderModule>();
+  private readonly pipelines = new Map<string, Promise<GPUComputePipeline>>();
+  /** Counters the benchmark and the read-back test look at. */
+  readonly stats = { submits: 0, dispatches: 0, bytesReadBack: 0 };
+
+  constructor(device: GPUDevice, adapter: AdapterSummary, features: GpuFeatures) {
+    this.device = device;
+    this.adapter = adapter;
+    this.features = features;
+    this.limits = device.limits;
+    device.addEventListener('uncapturederror', (ev) => {
+      this.uncapturedErrors.push((ev as GPUUncapturedErrorEvent).error);
+    });
+    void device.lost.then((info) => {
+      this.lostInfo = info;
+    });
+  }
+
+  /** True once the device is lost or destroyed; every later GPU call throws DeviceLostError. */
+  get isLost(): boolean {
+    return this.lostInfo !== null || this.destroyed;
+  }
+
+  /** Throws DeviceLostError if the device is gone. Cheap; call before recording work. */
+  checkAlive(): void {
+    if (this.lostInfo || this.destroyed) {
+      const why = this.lostInfo ? `${this.lostInfo.reason}: ${this.lostInfo.message}` : 'destroyed';
+      throw new DeviceLostError(`GPU device lost (${why}). Create a new engine to continue.`);
+    }
+  }
+
+  /** Throws the first uncaptured GPU error (validation, out-of-memory, internal), if any was raised. */
+  throwIfErrors(): void {
+    if (this.uncapturedErrors.length === 0) return;
+    const errs = this.uncapturedErrors.splice(0);
+    const first = errs[0]!;
+    const more = errs.length > 1 ? ` (and ${errs.length - 1} more)` : '';
+    const msg = `GPU ${first.constructor?.name ?? 'error'}: ${first.message}${more}`;
+    if (first.constructor?.name === 'GPUOutOfMemoryError') throw new OutOfMemoryError(msg);
+    throw new GPUValidationError(msg);
+  }
+
+  /** Live buffers created through this context and their total size in bytes. */
+  get liveBuffers(): { count: number; bytes: number } {
+    let bytes = 0;
+    for (const b of this.live.values()) bytes += b;
+    return { count: this.live.size, bytes };
+  }
+
+  /** Creates a tracked buffer. Sizes are rounded up to 4 bytes (WebGPU requires it for copies). */
+  createBuffer(label: string, size: number, usage: GPUBufferUsageFlags, mappedAtCreation = false): GPUBuffer {
+    this.checkAlive();
+    const bytes = Math.max(4, Math.ceil(size / 4) * 4);
+    if (bytes > this.limits.maxBufferSize) {
+      throw new OutOfMemoryError(
+        `buffer "${label}" needs ${bytes} bytes but the adapter's maxBufferSize is ${this.limits.maxBufferSize}`,
+      );
+    }
+    const buf = this.device.createBuffer({ label, size: bytes, usage, mappedAtCreation });
+    this.live.set(buf, bytes);
+    return buf;
+  }
+
+  /** Creates a storage buffer and fills it from `data` (byte length rounded up to 4). */
+  createBufferWithData(label: string, data: ArrayBufferView, usage: GPUBufferUsageFlags): GPUBuffer {
+    const buf = this.createBuffer(label, data.byteLength, usage, true);
+    new Uint8Array(buf.getMappedRange()).set(new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
+    buf.unmap();
+    return buf;
+  }
+
+  /** Destroys a tracked buffer (idempotent). */
+  destroyBuffer(buf: GPUBuffer | undefined | null): void {
+    if (!buf) return;
+    if (this.live.delete(buf)) buf.destroy();
+  }
+
+  /** Shader module by file name under shaders/ (without .wgsl), compiled once per context. */
+  shaderModule(name: string): GPUShaderModule {
+    let m = this.modules.get(name);
+    if (!m) {
+      const code = SHADERS[name];
+      if (code === undefined) throw new Error(`no shader named "${name}" (shaders/${name}.wgsl)`);
+      m = this.device.createShaderModule({ label: name, code });
+      this.modules.set(name, m);
+    }
+    return m;
+  }
+
+  /**
+   * A compute pipeline for `shaders/<name>.wgsl`, entry `entryPoint`, specialised by WGSL override
+   * constants. Built once per (context, name, entry, constants) with createComputePipelineAsync.
+   */
+  pipeline(name: string, entryPoint: string, constants: Record<string, number> = {}): Promise<GPUComputePipeline> {
+    const key = `${name}:${entryPoint}:${JSON.stringify(Object.entries(constants).sort())}`;
+    let p = this.pipelines.get(key);
+    if (!p) {
+      this.checkAlive();
+      p = this.device.createComputePipelineAsync({
+        label: `${name}.${entryPoint}`,
+        layout: 'auto',
+        compute: { module: this.shaderModule(name), entryPoint, constants },
+      });
+      p.catch(() => this.pipelines.delete(key));
+      this.pipelines.set(key, p);
+    }
+    return p;
+  }
+
+  /** Number of pipelines built so far (the "nothing compiled per token" test reads it). */
+  get pipelineCount(): number {
+    return this.pipelines.size;
+  }
+
+  /** Submits command buffers, counting submits. */
+  submit(cmds: GPUCommandBuffer[]): void {
+    this.checkAlive();
+    this.device.queue.submit(cmds);
+    this.stats.submits++;
+  }
+
+  /**
+   * Reads `size` bytes at `offset` of `src` back to the CPU (debug and verification path; the decode
+   * loop reads back only token ids). Rejects with DeviceLostError if the device is lost meanwhile.
+   */
+  async readBuffer(src: GPUBuffer, offset = 0, size = src.size - offset): Promise<ArrayBuffer> {
+    this.checkAlive();
+    const staging = this.createBuffer('readback', size, GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST);
+    try {
+      const enc = this.device.createCommandEncoder({ label: 'readback' });
+      enc.copyBufferToBuffer(src, offset, staging, 0, Math.ceil(size / 4) * 4);
+      this.submit([enc.finish()]);
+      await this.mapRead(staging, size);
+      return staging.getMappedRange(0, Math.ceil(size / 4) * 4).slice(0, size);
+    } finally {
+      this.destroyBuffer(staging);
+    }
+  }
+
+  /** mapAsync(READ) that counts bytes and turns a lost device into DeviceLostError. */
+  async mapRead(buf: GPUBuffer, countedBytes: number): Promise<void> {
+    try {
+      await Promise.race([
+        buf.mapAsync(GPUMapMode.READ),
+        this.device.lost.then((info) => {
+          throw new DeviceLostError(`GPU device lost while reading back (${info.reason}: ${info.message})`);
+        }),
+      ]);
+    } catch (e) {
+      if (e instanceof DeviceLostError) throw e;
+      this.checkAlive();
+      throw new GPUValidationError(`mapAsync failed: ${(e as Error).message}`, { cause: e });
+    }
+    this.stats.bytesReadBack += countedBytes;
+  }
+
+  /** Destroys every tracked buffer and the device. */
+  destroy(): void {
+    if (this.destroyed) return;
+    for (const b of this.live.keys()) b.destroy();
+    this.live.clear();
+    this.destroyed = true;
+    this.device.destroy();
+  }
+}
+
+/**
+ * Acquires an adapter and device from `gpu` and wraps them in a GpuContext.
+ * Throws WebGPUUnavailableError (with how to get an adapter) when there is none.
+ */
+export async function createContext(gpu: GPU | undefined | null, opts: ContextOptions = {}): Promise<GpuContext> {
+  if (!gpu) throw new WebGPUUnavailableError(`WebGPU is not available in this environment. ${NO_ADAPTER_HINT}`);
+  let adapter: GPUAdapter | null;
+  try {
+    adapter = await gpu.requestAdapter({
+      powerPreference: opts.powerPreference ?? 'high-performance',
+      forceFallbackAdapter: opts.forceFallbackAdapter ?? false,
+    });
+  } catch (e) {
+    throw new WebGPUUnavailableError(`requestAdapter() failed: ${(e as Error).message}. ${NO_ADAPTER_HINT}`, { cause: e });
+  }
+  if (!adapter) throw new WebGPUUnavailableError(NO_ADAPTER_HINT);
+
+  const al = adapter.limits;
+  const wanted: Record<string, number> = {
+    maxStorageBufferBindingSize: al.maxStorageBufferBindingSize,
+    maxBufferSize: al.maxBufferSize,
+    maxComputeWorkgroupStorageSize: al.maxComputeWorkgroupStorageSize,
+    maxComputeInvocationsPerWorkgroup: al.maxComputeInvocationsPerWorkgroup,
+    maxComputeWorkgroupSizeX: al.maxComputeWorkgroupSizeX,
+    maxStorageBuffersPerShaderStage: al.maxStorageBuffersPerShaderStage,
+    maxComputeWorkgroupsPerDimension: al.maxComputeWorkgroupsPerDimension,
+  };
+  const disabled = new Set(opts.disableFeatures ?? []);
+  const optional: GPUFeatureName[] = (['timestamp-query', 'shader-f16', 'subgroups'] as GPUFeatureName[]).filter(
+    (f) => adapter!.features.has(f) && !disabled.has(f as 'timestamp-query'),
+  );
+  let device: GPUDevice;
+  try {
+    device = await adapter.requestDevice({ requiredFeatures: optional, requiredLimits: wanted, label: 'gpt2-webgpu' });
+  } catch (e) {
+    throw new WebGPUUnavailableError(`requestDevice() failed: ${(e as Error).message}. ${NO_ADAPTER_HINT}`, { cause: e });
+  }
+  const info = adapter.info ?? ({} as GPUAdapterInfo);
+  const dl = device.limits;
+  const summary: AdapterSummary = {
+    vendor: info.vendor ?? '',
+    architecture: info.architecture ?? '',
+    device: info.device ?? '',
+    description: info.description ?? '',
+    isFallbackAdapter: Boolean((info as { isFallbackAdapter?: boolean }).isFallbackAdapter ??
+      (adapter as { isFallbackAdapter?: boolean }).isFallbackAdapter),
+    features: [...adapter.features].sort(),
+    limits: {
+      maxStorageBufferBindingSize: dl.maxStorageBufferBindingSize,
+      maxBufferSize: dl.maxBufferSize,
+      maxComputeWorkgroupStorageSize: dl.maxComputeWorkgroupStorageSize,
+      maxComputeInvocationsPerWorkgroup: dl.maxComputeInvocationsPerWorkgroup,
+      maxComputeWorkgroupSizeX: dl.maxComputeWorkgroupSizeX,
+      maxStorageBuffersPerShaderStage: dl.maxStorageBuffersPerShaderStage,
+      maxComputeWorkgroupsPerDimension: dl.maxComputeWorkgroupsPerDimension,
+      minStorageBufferOffsetAlignment: dl.minStorageBufferOffsetAlignment,
+      minUniformBufferOffsetAlignment: dl.minUniformBufferOffsetAlignment,
+    },
+  };
+  const features: GpuFeatures = {
+    timestampQuery: device.features.has('timestamp-query'),
+    shaderF16: device.features.has('shader-f16'),
+    subgroups: device.features.has('subgroups'),
+  };
+  return new GpuContext(device, summary, features);
+}

@@ -1,0 +1,171 @@
+/**
+ * What every kernel module shares: tensor handles, recorded dispatches, resource ownership and
+ * boundary checks.
+ *
+ * The pattern: a kernel class is created once per model (`await XKernel.create(ctx, ...)`, which
+ * builds its pipelines), then `bind(owner, args)` checks shapes and returns `Dispatch` records (a
+ * pipeline, a bind group, workgroup counts). Plans built from these records are encoded again and
+ * again (every decode step) without creating anything new. Small constant parameters go in a
+ * uniform buffer made at bind time and owned by `owner`.
+ */
+import { ShapeError } from '../errors.js';
+import type { GpuContext } from '../engine/device.js';
+
+/** Element type of a GPU tensor. `f16` means IEEE halves packed in pairs into u32 words. */
+export type DType = 'f32' | 'f16' | 'u32' | 'i32';
+
+/** Bytes per element (f16 counts 2; rows of f16 tensors are padded to an even count). */
+export const DTYPE_BYTES: Record<DType, number> = { f32: 4, f16: 2, u32: 4, i32: 4 };
+
+/** A dense row-major tensor living in (part of) a GPU buffer. `offset` is in bytes. */
+export interface GpuTensor {
+  buffer: GPUBuffer;
+  offset: number;
+  shape: number[];
+  dtype: DType;
+}
+
+/**
+ * A 2-D weight whose rows are split over several tensors because the whole would pass the
+ * adapter's maxStorageBufferBindingSize (e.g. gpt2's 50257 x 768 f32 token embedding, 154 MB).
+ * chunks[i] holds rows [i * rowsPerChunk, min(rows, (i + 1) * rowsPerChunk)).
+ */
+export interface ChunkedTensor {
+  shape: [number, number];
+  dtype: DType;
+  rowsPerChunk: number;
+  chunks: GpuTensor[];
+}
+
+/** Kernel families, for per-kernel GPU timing tables. */
+export type KernelFamily =
+  | 'embedding'
+  | 'layernorm'
+  | 'matmul'
+  | 'attention'
+  | 'kvcache'
+  | 'elementwise'
+  | 'sampling'
+  | 'beam'
+  | 'copy';
+
+/** One recorded compute dispatch, encodable any number of times. */
+export interface Dispatch {
+  family: KernelFamily;
+  label: string;
+  pipeline: GPUComputePipeline;
+  bindGroup: GPUBindGroup;
+  workgroups: readonly [number, number, number];
+}
+
+/** Encodes dispatches into an open compute pass. */
+export function encodeDispatches(pass: GPUComputePassEncoder, list: readonly Dispatch[]): void {
+  for (const d of list) {
+    pass.setPipeline(d.pipeline);
+    pass.setBindGroup(0, d.bindGroup);
+    pass.dispatchWorkgroups(d.workgroups[0], d.workgroups[1], d.workgroups[2]);
+  }
+}
+
+/**
+ * Owns GPU buffers made for a plan (uniforms, scratch) so they are freed together.
+ * Bind groups need no destroy; they die with their buffers.
+ */
+export class Owned {
+  private readonly buffers: GPUBuffer[] = [];
+  constructor(readonly ctx: GpuContext) {}
+
+  /** A uniform buffer holding `words` (each a u32 bit pattern; use f32bits() for floats). */
+  uniform(label: string, words: number[]): GPUBuffer {
+    // Uniform structs are sized in 16-byte units.
+    const n = Math.max(4, Math.ceil(words.length / 4) * 4);
+    const data = new Uint32Array(n);
+    words.forEach((w, i) => (data[i] = w >>> 0));
+    const buf = this.ctx.createBufferWithData(label, data, GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST);
+    this.buffers.push(buf);
+    return buf;
+  }
+
+  /** A tracked scratch/storage buffer owned by this plan. */
+  buffer(label: string, size: number, usage: GPUBufferUsageFlags): GPUBuffer {
+    const buf = this.ctx.createBuffer(label, size, usage);
+    this.buffers.push(buf);
+    return buf;
+  }
+
+  /** Takes ownership of an existing tracked buffer. */
+  adopt(buf: GPUBuffer): GPUBuffer {
+    this.buffers.push(buf);
+    return buf;
+  }
+
+  get bytes(): number {
+    return this.buffers.reduce((s, b) => s + b.size, 0);
+  }
+
+  destroy(): void {
+    for (const b of this.buffers.splice(0)) this.ctx.destroyBuffer(b);
+  }
+}
+
+const f32 = new Float32Array(1);
+const u32 = new Uint32Array(f32.buffer);
+/** Bit pattern of a float32, for uniform words. */
+export function f32bits(x: number): number {
+  f32[0] = x;
+  return u32[0]!;
+}
+
+/** Number of elements of a shape. */
+export function numel(shape: readonly number[]): number {
+  return shape.reduce((a, b) => a * b, 1);
+}
+
+/** Bytes a tensor of this shape and dtype occupies (f16 rows padded to an even count). */
+export function tensorBytes(shape: readonly number[], dtype: DType): number {
+  if (dtype !== 'f16') return numel(shape) * DTYPE_BYTES[dtype];
+  const last = shape.length ? shape[shape.length - 1]! : 1;
+  const rows = numel(shape) / (last || 1);
+  return rows * Math.ceil(last / 2) * 4;
+}
+
+/** A binding resource for a tensor: exactly its bytes (rounded to 4). */
+export function binding(t: GpuTensor): GPUBufferBinding {
+  return { buffer: t.buffer, offset: t.offset, size: Math.ceil(tensorBytes(t.shape, t.dtype) / 4) * 4 };
+}
+
+/** Throws ShapeError unless `t` has exactly `shape` and one of `dtypes`. */
+export function expectTensor(what: string, t: GpuTensor, shape: readonly number[], dtypes: readonly DType[]): void {
+  const same = t.shape.length === shape.length && t.shape.every((d, i) => d === shape[i]);
+  if (!same) {
+    throw new ShapeError(`${what}: expected shape [${shape.join(', ')}], got [${t.shape.join(', ')}]`);
+  }
+  if (!dtypes.includes(t.dtype)) {
+    throw new ShapeError(`${what}: expected dtype ${dtypes.join(' or ')}, got ${t.dtype}`);
+  }
+  const need = t.offset + tensorBytes(t.shape, t.dtype);
+  if (need > t.buffer.size) {
+    throw new ShapeError(`${what}: [${t.shape.join(', ')}] ${t.dtype} at byte ${t.offset} needs ${need} bytes; buffer "${t.buffer.label}" has ${t.buffer.size}`);
+  }
+}
+
+/** Throws ShapeError if a binding would pass the adapter's maxStorageBufferBindingSize. */
+export function expectBindable(ctx: GpuContext, what: string, t: GpuTensor): void {
+  const bytes = tensorBytes(t.shape, t.dtype);
+  const max = ctx.limits.maxStorageBufferBindingSize;
+  if (bytes > max) {
+    throw new ShapeError(`${what}: ${bytes} bytes passes maxStorageBufferBindingSize ${max}; split it into chunks (see ChunkedTensor)`);
+  }
+}
+
+/** Workgroup count along one dimension, checked against the adapter's per-dimension limit. */
+export function groups(ctx: GpuContext, what: string, n: number): number {
+  const max = ctx.limits.maxComputeWorkgroupsPerDimension;
+  if (n > max) throw new ShapeError(`${what}: needs ${n} workgroups in one dimension; the adapter allows ${max}`);
+  return Math.max(1, n);
+}
+
+/** A tensor view over a whole buffer, for convenience. */
+export function tensor(buffer: GPUBuffer, shape: number[], dtype: DType = 'f32', offset = 0): GpuTensor {
+  return { buffer, offset, shape, dtype };
+}

@@ -1,0 +1,55 @@
+/**
+ * Layer norm kernel family (shaders/layernorm.wgsl): y = LN(x) * gamma + beta over rows of [rows, C].
+ * One workgroup per row; eps comes from the model config (layer_norm_epsilon).
+ */
+import type { GpuContext } from '../engine/device.js';
+import { ShapeError } from '../errors.js';
+import { binding, Dispatch, expectTensor, f32bits, GpuTensor, groups, Owned } from './common.js';
+
+export interface LayerNormArgs {
+  x: GpuTensor; // [rows, C] f32
+  gamma: GpuTensor; // [C] f32
+  beta: GpuTensor; // [C] f32
+  y: GpuTensor; // [rows, C] f32 (may not alias x)
+  eps: number;
+}
+
+export class LayerNormKernel {
+  private constructor(
+    private readonly ctx: GpuContext,
+    private readonly pipeline: GPUComputePipeline,
+    readonly wg: number,
+  ) {}
+
+  static async create(ctx: GpuContext): Promise<LayerNormKernel> {
+    // 256 threads fits every adapter's default limit; smaller widths waste little on GPT-2's C >= 64.
+    const wg = Math.min(256, ctx.limits.maxComputeInvocationsPerWorkgroup);
+    return new LayerNormKernel(ctx, await ctx.pipeline('layernorm', 'main', { WG: wg }), wg);
+  }
+
+  bind(owner: Owned, a: LayerNormArgs, label = 'layernorm'): Dispatch {
+    const [rows, C] = a.x.shape as [number, number];
+    if (a.x.shape.length !== 2) throw new ShapeError(`${label}: x must be 2-D [rows, C], got [${a.x.shape.join(', ')}]`);
+    expectTensor(`${label} x`, a.x, [rows, C], ['f32']);
+    expectTensor(`${label} gamma`, a.gamma, [C], ['f32']);
+    expectTensor(`${label} beta`, a.beta, [C], ['f32']);
+    expectTensor(`${label} y`, a.y, [rows, C], ['f32']);
+    if (!(a.eps > 0)) throw new ShapeError(`${label}: eps must be > 0, got ${a.eps}`);
+    const maxX = this.ctx.limits.maxComputeWorkgroupsPerDimension;
+    const gx = Math.min(rows, maxX);
+    const gy = groups(this.ctx, label, Math.ceil(rows / gx));
+    const params = owner.uniform(`${label}.params`, [rows, C, f32bits(a.eps), gx]);
+    const bindGroup = this.ctx.device.createBindGroup({
+      label,
+      layout: this.pipeline.getBindGroupLayout(0),
+      entries: [
+        { binding: 0, resource: { buffer: params } },
+        { binding: 1, resource: binding(a.x) },
+        { binding: 2, resource: binding(a.gamma) },
+        { binding: 3, resource: binding(a.beta) },
+        { binding: 4, resource: binding(a.y) },
+      ],
+    });
+    return { family: 'layernorm', label, pipeline: this.pipeline, bindGroup, workgroups: [gx, gy, 1] };
+  }
+}

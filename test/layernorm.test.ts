@@ -1,0 +1,42 @@
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { LayerNormKernel } from '../src/kernels/layernorm.js';
+import { ShapeError } from '../src/errors.js';
+import { allClose, download, poisoned, Rng, run, upload, withDevice } from './helpers.js';
+import { layerNorm64 } from './reference/layernorm.js';
+
+// Odd widths, widths below and above the workgroup size, a large |mean| (tests the two-pass variance).
+const SHAPES: Array<[number, number, number]> = [
+  [1, 64, 0],
+  [3, 768, 0],
+  [7, 1600, 5],
+  [5, 33, 0],
+  [70000, 8, 0], // more rows than one dispatch dimension allows (65535): exercises the y wrap
+];
+
+for (const [rows, C, mean] of SHAPES) {
+  test(`layernorm [${rows}, ${C}] mean ${mean} matches float64`, () =>
+    withDevice(async ({ ctx, owned }) => {
+      const rng = new Rng(rows * 1000 + C);
+      const x = rng.normals(rows * C, 2, mean);
+      const g = rng.normals(C, 0.5, 1);
+      const b = rng.normals(C, 0.2);
+      const k = await LayerNormKernel.create(ctx);
+      const y = poisoned(owned, [rows, C]);
+      const d = k.bind(owned, { x: upload(owned, x, [rows, C]), gamma: upload(owned, g, [C]), beta: upload(owned, b, [C]), y, eps: 1e-5 });
+      await run(ctx, [d]);
+      allClose(await download(ctx, y), layerNorm64(x, g, b, rows, C, 1e-5), { rel: 1e-5, atol: 1e-4 }, 'layernorm');
+    }));
+}
+
+test('layernorm rejects mismatched shapes with the actual values', () =>
+  withDevice(async ({ ctx, owned }) => {
+    const k = await LayerNormKernel.create(ctx);
+    const x = poisoned(owned, [2, 8]);
+    assert.throws(
+      () => k.bind(owned, { x, gamma: poisoned(owned, [7]), beta: poisoned(owned, [8]), y: poisoned(owned, [2, 8]), eps: 1e-5 }),
+      (e: Error) => e instanceof ShapeError && /expected shape \[8\], got \[7\]/.test(e.message),
+    );
+  }));
+
+test.run();
