@@ -296,3 +296,35 @@ export async function createContext(gpu: GPU | undefined | null, opts: ContextOp
   };
   return new GpuContext(device, summary, features);
 }
+
+/**
+ * Wraps a GPUDevice the host application already has (e.g. a page that renders with WebGPU).
+ * Features and limits are read from the device; the adapter description is whatever is known.
+ */
+export function contextFromDevice(device: GPUDevice, info: Partial<GPUAdapterInfo> = {}): GpuContext {
+  const dl = device.limits;
+  const summary: AdapterSummary = {
+    vendor: info.vendor ?? '',
+    architecture: info.architecture ?? '',
+    device: info.device ?? '',
+    description: info.description ?? 'host-provided device',
+    isFallbackAdapter: false,
+    features: [...device.features].sort(),
+    limits: {
+      maxStorageBufferBindingSize: dl.maxStorageBufferBindingSize,
+      maxBufferSize: dl.maxBufferSize,
+      maxComputeWorkgroupStorageSize: dl.maxComputeWorkgroupStorageSize,
+      maxComputeInvocationsPerWorkgroup: dl.maxComputeInvocationsPerWorkgroup,
+      maxComputeWorkgroupSizeX: dl.maxComputeWorkgroupSizeX,
+      maxStorageBuffersPerShaderStage: dl.maxStorageBuffersPerShaderStage,
+      maxComputeWorkgroupsPerDimension: dl.maxComputeWorkgroupsPerDimension,
+      minStorageBufferOffsetAlignment: dl.minStorageBufferOffsetAlignment,
+      minUniformBufferOffsetAlignment: dl.minUniformBufferOffsetAlignment,
+    },
+  };
+  return new GpuContext(device, summary, {
+    timestampQuery: device.features.has('timestamp-query'),
+    shaderF16: device.features.has('shader-f16'),
+    subgroups: device.features.has('subgroups'),
+  });
+}
