@@ -9,7 +9,7 @@
  */
 import { contextFromDevice, createContext, GpuContext, type ContextOptions } from './device.js';
 import { GPT2Model, type LoadOptions } from './model.js';
-import { generate, type GenerateOptions, type GenerateResult, type TokenEvent } from './generate.js';
+import { generate, generateBatch, type GenerateOptions, type GenerateResult, type TokenEvent } from './generate.js';
 import { beamSearch, type BeamHypothesis, type BeamOptions } from '../sampling/beam.js';
 import { sample as sampleOnGpu } from '../sampling/sampler.js';
 import type { SamplingOptions } from '../sampling/options.js';
@@ -151,6 +151,11 @@ export class Model extends GPT2Model {
   /** Generates; see GenerateOptions. */
   generate(prompt: string | readonly number[], opts: GenerateOptions = {}): Promise<GenerateResult> {
     return generate(this, prompt, opts);
+  }
+
+  /** Several prompts advanced together in batched steps (sequence i: seed deriveSeed(seed, i)). */
+  generateBatch(prompts: Array<string | readonly number[]>, opts: Omit<GenerateOptions, 'numSequences'> = {}): Promise<GenerateResult> {
+    return generateBatch(this, prompts, opts);
   }
 
   /** Streams tokens as they are read back: `for await (const t of model.stream(...))`. */

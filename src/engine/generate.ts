@@ -76,7 +76,10 @@ export interface GenerateStats {
 }
 
 export interface GenerateResult {
+  /** The prompt's ids (of row 0 when rows had different prompts). */
   promptIds: number[];
+  /** Seed of each sequence: deriveSeed(seed, i). */
+  seeds: number[];
   sequences: GeneratedSequence[];
   seed: number;
   stats: GenerateStats;
@@ -119,15 +122,33 @@ interface Row {
  * Generates from `prompt` (text or ids). See GenerateOptions. Resolves with every sequence's new
  * tokens and text, the seed used, and timing statistics.
  */
-export async function generate(model: GPT2Model, prompt: string | readonly number[], opts: GenerateOptions = {}): Promise<GenerateResult> {
+export function generate(model: GPT2Model, prompt: string | readonly number[], opts: GenerateOptions = {}): Promise<GenerateResult> {
   model.checkAlive();
+  const ids = typeof prompt === 'string' ? model.tokenizer.encode(prompt) : Array.from(prompt);
+  const { rows } = validateGenerate(opts);
+  return run(model, Array.from({ length: rows }, () => ids), opts);
+}
+
+/**
+ * Several prompts (of any lengths) advanced together, one row each, in batched steps; sequence i
+ * uses seed deriveSeed(seed, i) and equals a single generate() of prompt i with that seed.
+ */
+export function generateBatch(model: GPT2Model, prompts: Array<string | readonly number[]>, opts: Omit<GenerateOptions, 'numSequences'> = {}): Promise<GenerateResult> {
+  model.checkAlive();
+  if (!Array.isArray(prompts) || prompts.length === 0) throw new InvalidOptionError(`generateBatch needs a non-empty array of prompts, got ${JSON.stringify(prompts)?.slice(0, 80)}`);
+  const ids = prompts.map((p) => (typeof p === 'string' ? model.tokenizer.encode(p) : Array.from(p)));
+  return run(model, ids, { ...opts, numSequences: ids.length });
+}
+
+async function run(model: GPT2Model, prompts: number[][], opts: GenerateOptions): Promise<GenerateResult> {
   const { maxNew, rows: R, depth } = validateGenerate(opts);
   const cfg = model.config;
   const V = cfg.vocab_size;
   const sampling = validateSampling(opts, V);
   const seed = opts.seed ?? randomSeed();
-  const promptIds = typeof prompt === 'string' ? model.tokenizer.encode(prompt) : Array.from(prompt);
-  model.checkIds(promptIds);
+  const seeds = Array.from({ length: R }, (_, i) => deriveSeed(seed, i));
+  prompts.forEach((p, i) => model.checkIds(p, R > 1 ? `prompt ${i}` : 'prompt'));
+  const promptIds = prompts[0]!;
   if (opts.signal?.aborted) throw new AbortError('generation aborted before it started');
   const stopAtEos = opts.stopAtEos ?? true;
   const eos = cfg.eos_token_id;
@@ -153,6 +174,7 @@ export async function generate(model: GPT2Model, prompt: string | readonly numbe
     const result = (): GenerateResult => ({
       promptIds,
       seed,
+      seeds,
       sequences: rowsState.map((r) => ({ tokens: r.out, text: r.text, finishReason: r.finished ?? 'length' })),
       stats,
     });
@@ -164,12 +186,12 @@ export async function generate(model: GPT2Model, prompt: string | readonly numbe
 
     const sampler = model.kernels.sampler;
     const state = sampler.createState(owned, R, sampling, {
-      seeds: Array.from({ length: R }, (_, i) => deriveSeed(seed, i)),
+      seeds,
       eosId: eos,
       stopAtEos,
     });
     // Penalties count the prompt and whatever the session already holds.
-    for (let r = 0; r < R; r++) sampler.addCounts(state, r, [...cache.tokens[r]!, ...promptIds]);
+    for (let r = 0; r < R; r++) sampler.addCounts(state, r, [...cache.tokens[r]!, ...prompts[r]!]);
 
     // Staging ring for the 4-byte-per-row read-back.
     const staging = Array.from({ length: depth }, (_, i) =>
@@ -198,9 +220,9 @@ export async function generate(model: GPT2Model, prompt: string | readonly numbe
     const allDone = (): boolean => rowsState.every((r) => r.finished);
 
     if (opts.useCache === false) {
-      await generateUncached(model, cache, promptIds, owned, state, staging[0]!, accept, allDone, opts, stats, plans);
+      await generateUncached(model, cache, prompts, owned, state, staging[0]!, accept, allDone, opts, stats, plans);
     } else {
-      await generateCached(model, cache, promptIds, owned, state, staging, accept, allDone, rowsState, opts, stats, plans, pending, depth);
+      await generateCached(model, cache, prompts, owned, state, staging, accept, allDone, rowsState, opts, stats, plans, pending, depth);
     }
     for (const row of rowsState) row.text += row.finished === 'stop' ? '' : row.streamer.flush();
     const dispatches = ctx.stats.dispatches - startStats.dispatches;
@@ -225,13 +247,12 @@ function shiftRow(cache: KVCache, r: number): number[] {
 }
 
 async function generateCached(
-  model: GPT2Model, cache: KVCache, promptIds: number[], owned: Owned, state: unknown, staging: GPUBuffer[],
+  model: GPT2Model, cache: KVCache, prompts: number[][], owned: Owned, state: unknown, staging: GPUBuffer[],
   accept: (ids: Uint32Array) => void, allDone: () => boolean, rowsState: Row[], opts: GenerateOptions,
   stats: GenerateStats, plans: ForwardPlan[], pending: Array<Promise<void>>, depth: number,
 ): Promise<void> {
   const ctx = model.ctx;
   const R = cache.rows;
-  const P = promptIds.length;
   const sampler = model.kernels.sampler;
   const window = cache.window;
 
@@ -243,11 +264,14 @@ async function generateCached(
 
   // ---- Prefill. Rows that already hold tokens (a continued session) get the prompt appended.
   // A fresh multi-row cache is prefilled once (row 0 of a 1-row cache) and copied to every row.
-  const fresh = cache.lengths.every((n) => n === 0) && cache.tokens.every((t) => t.length === 0);
+  const samePrompt = prompts.every((p) => p.length === prompts[0]!.length && p.every((t, i) => t === prompts[0]![i]));
+  const fresh = samePrompt && cache.lengths.every((n) => n === 0) && cache.tokens.every((t) => t.length === 0);
   for (let r = 0; r < R; r++) {
-    if (cache.lengths[r]! + P > window) {
+    const promptIds = prompts[r]!;
+    const P = promptIds.length;
+    if (cache.tokens[r]!.length + P > window) {
       if (cache.onOverflow === 'error') {
-        throw new ContextOverflowError(`prompt of ${P} tokens plus ${cache.lengths[r]} cached tokens passes the context window of ${window} tokens; shorten the prompt or use onOverflow: 'shift'`);
+        throw new ContextOverflowError(`prompt of ${P} tokens plus ${cache.tokens[r]!.length} context tokens passes the context window of ${window} tokens; shorten the prompt or use onOverflow: 'shift'`);
       }
       // Shift: keep the most recent tokens of history + prompt.
       const all = [...cache.tokens[r]!, ...promptIds];
@@ -447,7 +471,7 @@ async function reencode(model: GPT2Model, cache: KVCache, r: number, kept: numbe
 }
 
 async function generateUncached(
-  model: GPT2Model, cache: KVCache, promptIds: number[], owned: Owned, state: unknown, staging: GPUBuffer,
+  model: GPT2Model, cache: KVCache, prompts: number[][], owned: Owned, state: unknown, staging: GPUBuffer,
   accept: (ids: Uint32Array) => void, allDone: () => boolean, opts: GenerateOptions, stats: GenerateStats, plans: ForwardPlan[],
 ): Promise<void> {
   const ctx = model.ctx;
@@ -457,9 +481,9 @@ async function generateUncached(
   // What each row's context holds (the cached path's cache contents + the token to feed next).
   const seqs: number[][] = [];
   for (let r = 0; r < R; r++) {
-    let s = [...cache.tokens[r]!, ...promptIds];
+    let s = [...cache.tokens[r]!, ...prompts[r]!];
     if (s.length > window) {
-      if (cache.onOverflow === 'error') throw new ContextOverflowError(`prompt of ${promptIds.length} tokens passes the context window of ${window} tokens`);
+      if (cache.onOverflow === 'error') throw new ContextOverflowError(`prompt of ${prompts[r]!.length} tokens plus context passes the context window of ${window} tokens`);
       s = s.slice(-Math.min(cache.keep, window - 1));
       stats.shifts++;
     }
