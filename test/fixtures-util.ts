@@ -6,7 +6,11 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { bytesSource } from '../src/engine/safetensors.js';
+import { bytesSource, serializeSafetensors, TensorToWrite } from '../src/engine/safetensors.js';
+import type { GPT2Config } from '../src/engine/config.js';
+import { parameterShapes } from '../src/engine/config.js';
+import { randomCheckpoint } from '../src/engine/random.js';
+import { packF16 } from '../src/kernels/f16.js';
 import { Checkpoint, openCheckpoint } from '../src/engine/checkpoint.js';
 
 /** The repository root: this file compiles to <root>/dist/test/fixtures-util.js. */
@@ -74,4 +78,70 @@ export function tinySafetensorsBytes(): Uint8Array {
 /** The tiny model as a Checkpoint (bytes held in memory). */
 export function tinyCheckpoint(): Promise<Checkpoint> {
   return openCheckpoint(tinyConfigJson(), bytesSource(join(tinyDir(), 'model.safetensors'), tinySafetensorsBytes()), tinyDir());
+}
+
+/** A small valid GPT-2 config (V 97, P 16, C 8, L 2, H 2) with optional overrides. */
+export function smallConfig(over: Partial<GPT2Config> = {}): GPT2Config {
+  return {
+    vocab_size: 97, n_positions: 16, n_embd: 8, n_layer: 2, n_head: 2, layer_norm_epsilon: 1e-5,
+    activation_function: 'gelu_new', bos_token_id: 0, eos_token_id: 0, n_inner: null, ...over,
+  };
+}
+
+/** float32 values -> raw little-endian bytes of the given safetensors dtype. */
+export function encodeAs(values: Float32Array, dtype: 'F32' | 'F16' | 'BF16'): Uint8Array {
+  if (dtype === 'F32') return new Uint8Array(values.buffer.slice(values.byteOffset, values.byteOffset + values.byteLength));
+  if (dtype === 'F16') {
+    const w = packF16(values, 1, values.length); // pairs of halves in u32 words, LE = consecutive halves
+    return new Uint8Array(w.buffer, 0, values.length * 2);
+  }
+  const out = new Uint16Array(values.length); // bf16: truncate f32 bits (exact for values made this way)
+  const bits = new Uint32Array(values.buffer, values.byteOffset, values.length);
+  for (let i = 0; i < values.length; i++) out[i] = bits[i]! >>> 16;
+  return new Uint8Array(out.buffer);
+}
+
+export interface MakeOpts {
+  seed?: number;
+  dtype?: 'F32' | 'F16' | 'BF16';
+  prefix?: boolean; // add `transformer.` (as HF's save_pretrained does)
+  omit?: string[]; // canonical names to leave out
+  reshape?: Record<string, number[]>; // canonical name -> shape written instead (data sized to match)
+  extra?: TensorToWrite[];
+}
+
+/**
+ * A safetensors file for `cfg` filled with the random checkpoint's values (so tests can compare),
+ * with optional defects. Returns the bytes and the f32 values written (after dtype rounding).
+ */
+export async function makeSafetensors(cfg: GPT2Config, o: MakeOpts = {}): Promise<{ bytes: Uint8Array; values: Map<string, Float32Array> }> {
+  const ck = randomCheckpoint(cfg, o.seed ?? 1);
+  const dtype = o.dtype ?? 'F32';
+  const list: TensorToWrite[] = [];
+  const values = new Map<string, Float32Array>();
+  for (const [name, shape] of parameterShapes(cfg)) {
+    if (o.omit?.includes(name)) continue;
+    const s = o.reshape?.[name] ?? shape;
+    let v = await ck.read(name);
+    const n = s.reduce((a, b) => a * b, 1);
+    if (v.length !== n) v = v.length > n ? v.slice(0, n) : Float32Array.from({ length: n }, (_, i) => v[i % v.length]!);
+    if (dtype === 'BF16') v = new Float32Array(new Uint32Array(v.buffer.slice(0)).map((b) => b & 0xffff0000).buffer);
+    const data = encodeAs(v, dtype);
+    list.push({ name: (o.prefix ? 'transformer.' : '') + name, dtype, shape: s, data });
+    values.set(name, v);
+  }
+  list.push(...(o.extra ?? []));
+  return { bytes: serializeSafetensors(list, { format: 'pt' }), values };
+}
+
+/** Awaits `p` and fails unless it rejects with an instance of `cls` whose message matches `pattern`. */
+export async function rejectsWith(p: Promise<unknown>, cls: new (...a: never[]) => Error, pattern: RegExp): Promise<Error> {
+  try {
+    await p;
+  } catch (e) {
+    if (!(e instanceof cls)) throw new Error(`expected ${cls.name}, got ${(e as Error)?.name}: ${(e as Error)?.message}`);
+    if (!pattern.test(e.message)) throw new Error(`${cls.name} message ${JSON.stringify(e.message)} does not match ${pattern}`);
+    return e;
+  }
+  throw new Error(`expected a ${cls.name} matching ${pattern}, but it resolved`);
 }

@@ -55,6 +55,15 @@ export const KNOWN_MODELS: Readonly<Record<'gpt2' | 'gpt2-medium' | 'gpt2-large'
 };
 export type KnownModel = keyof typeof KNOWN_MODELS;
 
+/** Hugging Face repository of each known model (also in weights/manifest.json). */
+export const HUB_REPOS: Readonly<Record<KnownModel, string>> = {
+  gpt2: 'openai-community/gpt2',
+  'gpt2-medium': 'openai-community/gpt2-medium',
+  'gpt2-large': 'openai-community/gpt2-large',
+  'gpt2-xl': 'openai-community/gpt2-xl',
+  distilgpt2: 'distilbert/distilgpt2',
+};
+
 export function isKnownModel(name: string): name is KnownModel {
   return Object.prototype.hasOwnProperty.call(KNOWN_MODELS, name);
 }
