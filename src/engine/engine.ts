@@ -14,8 +14,8 @@ import { beamSearch, type BeamHypothesis, type BeamOptions } from '../sampling/b
 import { sample as sampleOnGpu } from '../sampling/sampler.js';
 import type { SamplingOptions } from '../sampling/options.js';
 import type { CacheOptions, KVCache } from './kvcache.js';
-import type { Checkpoint } from './weights.js';
-import { openCheckpoint, uploadWeights } from './weights.js';
+import { openCheckpoint, type Checkpoint } from './checkpoint.js';
+import { uploadWeights } from './weights.js';
 import { randomCheckpoint } from './random.js';
 import { bytesSource } from './safetensors.js';
 import { urlSource, fileSource } from './sources-web.js';

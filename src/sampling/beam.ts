@@ -13,7 +13,7 @@
  * the best unfinished beams fill the list). A hypothesis' reported score is
  * logprob / newTokens^lengthPenalty (lengthPenalty 0 by default: the plain sum).
  */
-import { ContextOverflowError, InvalidOptionError } from '../errors.js';
+import { AbortError, ContextOverflowError, InvalidOptionError } from '../errors.js';
 import { GpuTensor, Owned } from '../kernels/common.js';
 import type { KVCache } from '../engine/kvcache.js';
 import { ForwardPlan, type GPT2Model } from '../engine/model.js';
@@ -114,8 +114,8 @@ export async function beamSearch(model: GPT2Model, prompt: string | readonly num
     const gather = (src: KVCache, dst: KVCache) => {
       const d = [];
       for (let l = 0; l < cfg.n_layer; l++) {
-        d.push(...[k.kvGather.bind(owned, { src: src.kTensor(l), dst: dst.kTensor(l), parent, len: capacity })].flat());
-        d.push(...[k.kvGather.bind(owned, { src: src.vTensor(l), dst: dst.vTensor(l), parent, len: capacity })].flat());
+        d.push(k.kvGather.bind(owned, { src: src.kTensor(l), dst: dst.kTensor(l), parent, len: P, maxLen: capacity }, `h.${l}.k_reorder`));
+        d.push(k.kvGather.bind(owned, { src: src.vTensor(l), dst: dst.vTensor(l), parent, len: P, maxLen: capacity }, `h.${l}.v_reorder`));
       }
       return d;
     };
@@ -140,7 +140,7 @@ export async function beamSearch(model: GPT2Model, prompt: string | readonly num
     let cur = cacheA;
     let firstGather = true;
     for (let step = 0; step < o.maxNewTokens; step++) {
-      if (options.signal?.aborted) throw new (await import('../errors.js')).AbortError(`beam search aborted after ${step} steps`);
+      if (options.signal?.aborted) throw new AbortError(`beam search aborted after ${step} steps`);
       const next: Array<{ tokens: number[]; logprob: number; parent: number; token: number }> = [];
       for (let i = 0; i < cands.length && next.length < B; i++) {
         const c = cands[i]!;
@@ -166,6 +166,8 @@ export async function beamSearch(model: GPT2Model, prompt: string | readonly num
       const dec = dst === cacheA ? decA : decB;
       const rk = dst === cacheA ? rankA : rankB;
       firstGather = false;
+      // Copy only the slots holding tokens so far (prompt + step new tokens, the newest not yet fed).
+      for (const g of gatherD) g.setLength(P + step);
       ctx.device.queue.writeBuffer(parent.buffer, 0, Uint32Array.from(beams.map((b) => (step === 0 ? 0 : b.parent))));
       ctx.device.queue.writeBuffer(scores.buffer, 0, Float32Array.from(beams.map((b) => b.logprob)));
       const m = new Uint32Array(2 * B);
