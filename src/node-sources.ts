@@ -241,6 +241,7 @@ async function download(url: string, auth: Record<string, string>, blob: string,
   const total = meta.size;
   let lastErr: unknown;
   for (let attempt = 0; attempt < attempts; attempt++) {
+    if (attempt > 0) await new Promise((r) => setTimeout(r, 250 * attempt)); // back off before retrying
     let have = existsSync(part) ? (await stat(part)).size : 0;
     if (have > total) {
       await rm(part, { force: true });
