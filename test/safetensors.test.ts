@@ -113,6 +113,10 @@ test('the data region must be tiled exactly: overlaps, holes and trailing bytes 
   await rejects(raw({ a: t('F32', [1], [4, 8]) }, 8), /hole: bytes \[0, 4\) before tensor "a"/);
   await rejects(raw({ a: t('F32', [1], [0, 4]) }, 6), /2 trailing bytes after the last tensor/);
   await rejects(raw({}, 3), /3 trailing bytes/);
+  // a name given twice (JSON.parse would silently keep the last), also through an escape
+  await rejects(raw('{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]},"\\u0061":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}', 8), /header names "a" twice/);
+  const nested = await parseSafetensors(bytesSource('n', raw({ __metadata__: { a: 'x' }, a: t('F32', [1], [0, 4]) }, 4)));
+  assert.ok(nested.tensors.has('a'), 'a key inside __metadata__ is not a duplicate');
   // zero-size tensors may sit anywhere, even at the end
   const ok = await parseSafetensors(bytesSource('z', raw({ a: t('F32', [1], [0, 4]), z: t('F16', [0], [4, 4]) }, 4)));
   assert.equal([...ok.tensors.keys()], ['a', 'z']);

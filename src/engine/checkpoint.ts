@@ -33,8 +33,9 @@ function sameShape(a: readonly number[], b: readonly number[]): boolean {
 }
 
 /**
- * Checks that `available` (canonical name -> shape) holds exactly the tensors `cfg` needs.
- * Throws WeightsFormatError naming the first missing tensor or shape mismatch.
+ * Checks that the tensors `shapeOf` knows (by canonical name) include every tensor `cfg` needs with
+ * its exact shape, and that `names` has no layer past n_layer. Throws WeightsFormatError naming the
+ * first missing tensor or shape mismatch.
  */
 export function validateTensors(cfg: GPT2Config, shapeOf: (name: string) => number[] | undefined, names: Iterable<string>, where: string): void {
   for (const [name, want] of parameterShapes(cfg)) {

@@ -112,6 +112,10 @@ export async function parseSafetensors(src: ByteSource): Promise<SafetensorsFile
   if (typeof json !== 'object' || json === null || Array.isArray(json)) {
     fail(src, `header must be a JSON object, got ${Array.isArray(json) ? 'an array' : String(json)}`);
   }
+  // JSON.parse keeps the last of duplicate keys silently; a header that names a tensor twice is
+  // ambiguous (readers may disagree on which entry counts), so refuse it.
+  const dup = duplicateTopLevelKey(text);
+  if (dup !== null) fail(src, `header names "${dup}" twice`);
 
   const dataStart = 8 + n;
   const dataSize = src.size - dataStart;
@@ -173,6 +177,39 @@ export async function parseSafetensors(src: ByteSource): Promise<SafetensorsFile
     fail(src, `data region has ${src.size - at} trailing bytes after the last tensor (data ends at ${at - dataStart}, region is ${dataSize} bytes)`);
   }
   return { source: src, dataStart, metadata, tensors };
+}
+
+/**
+ * The first key that occurs twice among the top-level keys of a JSON object text (already known to
+ * be valid JSON), or null. Scans strings and nesting depth; keys are strings at depth 1 that follow
+ * '{' or ','.
+ */
+function duplicateTopLevelKey(text: string): string | null {
+  const seen = new Set<string>();
+  let depth = 0;
+  let expectKey = false;
+  for (let i = 0; i < text.length; i++) {
+    const ch = text[i]!;
+    if (ch === '"') {
+      let j = i + 1;
+      while (text[j] !== '"') j += text[j] === '\\' ? 2 : 1;
+      if (depth === 1 && expectKey) {
+        const key = JSON.parse(text.slice(i, j + 1)) as string;
+        if (seen.has(key)) return key;
+        seen.add(key);
+        expectKey = false;
+      }
+      i = j;
+    } else if (ch === '{' || ch === '[') {
+      depth++;
+      expectKey = ch === '{' && depth === 1;
+    } else if (ch === '}' || ch === ']') {
+      depth--;
+    } else if (ch === ',' && depth === 1) {
+      expectKey = true;
+    }
+  }
+  return null;
 }
 
 let f16Table: Float32Array | undefined;
