@@ -18,3 +18,12 @@ export { gpt2Tokenizer, TextStreamer, EOS_TOKEN_ID } from './engine/tokenizer.js
 export type { Tokenizer } from './engine/tokenizer.js';
 export type { GPT2Config } from './engine/config.js';
 export { KNOWN_MODELS } from './engine/config.js';
+export { parseConfig, parameterShapes, parameterCount } from './engine/config.js';
+export { parseSafetensors, bytesSource } from './engine/safetensors.js';
+export type { ByteSource, SafetensorsFile } from './engine/safetensors.js';
+export { openCheckpoint, checkpointFromArrays } from './engine/checkpoint.js';
+export type { Checkpoint } from './engine/checkpoint.js';
+export { randomCheckpoint } from './engine/random.js';
+export { uploadWeights } from './engine/weights.js';
+export type { GPT2Weights } from './engine/weights.js';
+export { urlSource, fileSource, blobSource } from './engine/sources-web.js';

@@ -85,6 +85,14 @@ export interface GenerateResult {
   stats: GenerateStats;
 }
 
+/** Option keys that belong to generation; the rest are sampling options (validated as such). */
+const GENERATE_KEYS = new Set(['maxNewTokens', 'numSequences', 'stopAtEos', 'stopStrings', 'useCache', 'cache', 'signal', 'onToken', 'pipelineDepth', 'onOverflow', 'keep']);
+
+/** The sampling part of generation options (unknown keys stay in, so validateSampling names them). */
+export function samplingPart(o: object): SamplingOptions {
+  return Object.fromEntries(Object.entries(o).filter(([k, v]) => !GENERATE_KEYS.has(k) && v !== undefined)) as SamplingOptions;
+}
+
 /** Validates the non-sampling options; throws InvalidOptionError naming the option. */
 export function validateGenerate(o: GenerateOptions): { maxNew: number; rows: number; depth: number } {
   const maxNew = o.maxNewTokens ?? 30;
@@ -144,7 +152,7 @@ async function run(model: GPT2Model, prompts: number[][], opts: GenerateOptions)
   const { maxNew, rows: R, depth } = validateGenerate(opts);
   const cfg = model.config;
   const V = cfg.vocab_size;
-  const sampling = validateSampling(opts, V);
+  const sampling = validateSampling(samplingPart(opts), V);
   const seed = opts.seed ?? randomSeed();
   const seeds = Array.from({ length: R }, (_, i) => deriveSeed(seed, i));
   prompts.forEach((p, i) => model.checkIds(p, R > 1 ? `prompt ${i}` : 'prompt'));
