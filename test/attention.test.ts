@@ -22,7 +22,7 @@ interface Scenario {
  * tokens; runs kv_write then attention; compares with the float64 reference over the logical
  * history. NaN in every unwritten slot makes any read outside a row's window show.
  */
-async function check(sc: Scenario, seed: number): Promise<void> {
+async function check(sc: Scenario, seed: number, forceScalar = false): Promise<void> {
   await withDevice(async ({ ctx, owned }) => {
     const { C, nHead, cap } = sc;
     const rows = sc.prior.length;
@@ -59,6 +59,7 @@ async function check(sc: Scenario, seed: number): Promise<void> {
     const out = poisoned(owned, [T, C]);
     const kw = await KvWriteKernel.create(ctx);
     const at = await AttentionKernel.create(ctx);
+    at.forceScalar = forceScalar;
     await run(ctx, [
       kw.bind(owned, { qkv: qkvT, meta: metaT, kCache: kT, vCache: vT }),
       at.bind(owned, { qkv: qkvT, meta: metaT, kCache: kT, vCache: vT, out, nHead }),
@@ -81,8 +82,12 @@ const CASES: Array<[string, Scenario]> = [
   // Past the capacity only a decode step is well defined: a later token of the same step would
   // overwrite a slot still inside an earlier token's window.
   ['ring window: decode past the capacity attends to the last cap positions', { C: 32, nHead: 2, cap: 16, prior: [20, 16], step: [[0, 1], [1, 1]] }],
+  ['D 3 (scalar kernel only: D % 4 != 0), C 12, nHead 4', { C: 12, nHead: 4, cap: 300, prior: [270, 5], step: [[0, 2], [1, 3]] }],
 ];
-CASES.forEach(([name, sc], i) => test(`attention: ${name}`, () => check(sc, 100 + i)));
+// Every case runs the kernel the engine would pick (vec4 loads when D % 4 == 0) and the scalar one.
+for (const forceScalar of [false, true]) {
+  CASES.forEach(([name, sc], i) => test(`attention${forceScalar ? ' (scalar)' : ''}: ${name}`, () => check(sc, 100 + i, forceScalar)));
+}
 
 test('attention: a token whose row is outside the cache gets NaN, the others are unaffected', () =>
   withDevice(async ({ ctx, owned }) => {

@@ -32,13 +32,21 @@ export class AttentionKernel {
   private constructor(
     private readonly ctx: GpuContext,
     private readonly pipeline: GPUComputePipeline,
+    private readonly pipelineVec4: GPUComputePipeline,
     readonly wg: number,
   ) {}
+
+  /** Use the scalar kernel even where the vec4 one applies (tests cover both paths). */
+  forceScalar = false;
 
   static async create(ctx: GpuContext): Promise<AttentionKernel> {
     // Key block = WG; 64 keeps one lane per output dim for GPT-2's D = 64. Power of two for the tree max.
     const wg = Math.min(64, ctx.limits.maxComputeInvocationsPerWorkgroup);
-    return new AttentionKernel(ctx, await ctx.pipeline('attention', 'main', { WG: wg }), wg);
+    const [scalar, vec4] = await Promise.all([
+      ctx.pipeline('attention', 'main', { WG: wg }),
+      ctx.pipeline('attention', 'main_vec4', { WG: wg }),
+    ]);
+    return new AttentionKernel(ctx, scalar, vec4, wg);
   }
 
   bind(owner: Owned, a: AttentionArgs, label = 'attention'): Dispatch {
@@ -60,9 +68,11 @@ export class AttentionKernel {
     expectDisjoint(label, 'out', a.out, { qkv: a.qkv, kCache: a.kCache, vCache: a.vCache, meta: a.meta });
     const [gx, gy] = grid(this.ctx, label, T * nHead);
     const params = owner.uniform(`${label}.params`, [T, C, nHead, D, rows, cap, f32bits(1 / Math.sqrt(D)), gx, NAN_BITS]);
+    // 4 dims per load when head offsets are multiples of 4 (every GPT-2 size: D = 64)
+    const pipeline = D % 4 === 0 && !this.forceScalar ? this.pipelineVec4 : this.pipeline;
     const bindGroup = this.ctx.device.createBindGroup({
       label,
-      layout: this.pipeline.getBindGroupLayout(0),
+      layout: pipeline.getBindGroupLayout(0),
       entries: [
         { binding: 0, resource: { buffer: params } },
         { binding: 1, resource: binding(a.qkv) },
@@ -72,6 +82,6 @@ export class AttentionKernel {
         { binding: 5, resource: binding(a.out) },
       ],
     });
-    return { family: 'attention', label, pipeline: this.pipeline, bindGroup, workgroups: [gx, gy, 1] };
+    return { family: 'attention', label, pipeline, bindGroup, workgroups: [gx, gy, 1] };
   }
 }

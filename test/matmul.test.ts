@@ -1,0 +1,227 @@
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { GEMV_MAX_M, MatmulKernel, WeightLayout } from '../src/kernels/matmul.js';
+import { packF16, unpackF16 } from '../src/kernels/f16.js';
+import { ChunkedTensor, GpuTensor, Owned } from '../src/kernels/common.js';
+import { ShapeError } from '../src/errors.js';
+import { allClose, download, poisoned, Rng, run, STORAGE, upload, withDevice } from './helpers.js';
+import { matmul64 } from './reference/matmul.js';
+
+interface Case {
+  M: number;
+  K: number;
+  N: number;
+  layout: WeightLayout;
+  dtype: 'f32' | 'f16';
+  bias?: boolean;
+  gelu?: boolean;
+  acc?: boolean;
+  variant?: 'gemv' | 'gemm';
+  splitK?: number;
+}
+
+const TOL = { rel: 1e-5, atol: 2e-5, rtol: 1e-4 };
+
+function name(c: Case): string {
+  const opts = [c.bias && 'bias', c.gelu && 'gelu', c.acc && 'accumulate', c.variant, c.splitK && `splitK ${c.splitK}`].filter(Boolean);
+  return `matmul ${c.layout} ${c.dtype} M ${c.M} K ${c.K} N ${c.N}${opts.length ? ' ' + opts.join(' ') : ''}`;
+}
+
+/** W as stored ([K, N] or [N, K]) and the values the GPU sees (f16-rounded for f16). */
+function makeWeight(rng: Rng, c: { K: number; N: number; layout: WeightLayout; dtype: 'f32' | 'f16' }) {
+  const [rows, cols] = c.layout === 'kn' ? [c.K, c.N] : [c.N, c.K];
+  // std 1/sqrt(K) keeps outputs O(1), so the absolute tolerance means the same at every K.
+  const w = rng.normals(rows * cols, 1 / Math.sqrt(c.K));
+  if (c.dtype === 'f32') return { rows, cols, data: w as Float32Array | Uint32Array, seen: w };
+  const packed = packF16(w, rows, cols);
+  return { rows, cols, data: packed as Float32Array | Uint32Array, seen: unpackF16(packed, rows, cols) };
+}
+
+for (const c of [
+  // decode GEMV (M <= 8): vec4 paths (N % 8 == 0 / K % 8 == 0), split-K chosen automatically for narrow N
+  { M: 1, K: 768, N: 3072, layout: 'kn', dtype: 'f32', bias: true, gelu: true },
+  { M: 1, K: 768, N: 3072, layout: 'kn', dtype: 'f16', bias: true, gelu: true },
+  { M: 2, K: 3072, N: 768, layout: 'kn', dtype: 'f32', bias: true, acc: true },
+  { M: 2, K: 3072, N: 768, layout: 'kn', dtype: 'f16', bias: true, acc: true },
+  { M: 5, K: 768, N: 256, layout: 'nk', dtype: 'f32', bias: true },
+  { M: 5, K: 768, N: 256, layout: 'nk', dtype: 'f16', acc: true },
+  // odd sizes: the scalar paths, f16 rows with a padding half
+  { M: 5, K: 33, N: 77, layout: 'kn', dtype: 'f32', bias: true },
+  { M: 1, K: 77, N: 33, layout: 'kn', dtype: 'f16', bias: true, gelu: true },
+  { M: 2, K: 257, N: 33, layout: 'nk', dtype: 'f32', bias: true, gelu: true },
+  { M: 5, K: 77, N: 33, layout: 'nk', dtype: 'f16', acc: true },
+  { M: 2, K: 257, N: 77, layout: 'kn', dtype: 'f32', splitK: 3 }, // uneven last slice
+  { M: 3, K: 257, N: 77, layout: 'nk', dtype: 'f16', bias: true, acc: true, splitK: 5 },
+  { M: 1, K: 768, N: 768, layout: 'nk', dtype: 'f16', bias: true, splitK: 7 }, // vec path, split
+  // GEMV past one block of 8 rows (batched decode), GEMM at tiny M
+  { M: 37, K: 64, N: 40, layout: 'kn', dtype: 'f16', bias: true, variant: 'gemv' },
+  { M: 37, K: 64, N: 40, layout: 'nk', dtype: 'f32', acc: true, variant: 'gemv', splitK: 2 },
+  { M: 1, K: 77, N: 33, layout: 'kn', dtype: 'f32', bias: true, variant: 'gemm' },
+  { M: 2, K: 33, N: 77, layout: 'nk', dtype: 'f16', gelu: true, variant: 'gemm' },
+  // prefill GEMM (M > 8): tiles cut by every edge
+  { M: 37, K: 33, N: 77, layout: 'kn', dtype: 'f32', bias: true, gelu: true },
+  { M: 37, K: 77, N: 33, layout: 'kn', dtype: 'f16', acc: true },
+  { M: 37, K: 77, N: 33, layout: 'nk', dtype: 'f32', bias: true },
+  { M: 130, K: 257, N: 129, layout: 'nk', dtype: 'f16', bias: true, acc: true },
+  { M: 130, K: 257, N: 129, layout: 'kn', dtype: 'f32', gelu: true },
+  { M: 130, K: 768, N: 768, layout: 'kn', dtype: 'f16', bias: true },
+] as Case[]) {
+  test(name(c), () =>
+    withDevice(async ({ ctx, owned }) => {
+      const rng = new Rng(c.M * 7919 + c.K * 31 + c.N + (c.dtype === 'f16' ? 1 : 0));
+      const k = await MatmulKernel.create(ctx);
+      const x = rng.normals(c.M * c.K);
+      const W = makeWeight(rng, c);
+      const bias = c.bias ? rng.normals(c.N, 0.5) : undefined;
+      const base = c.acc ? rng.normals(c.M * c.N) : undefined;
+      const out = base ? upload(owned, base, [c.M, c.N]) : poisoned(owned, [c.M, c.N]);
+      const ds = k.bind(owned, {
+        x: upload(owned, x, [c.M, c.K]),
+        w: upload(owned, W.data, [W.rows, W.cols], c.dtype),
+        layout: c.layout,
+        bias: bias && upload(owned, bias, [c.N]),
+        activation: c.gelu ? 'gelu' : 'none',
+        accumulate: c.acc,
+        out,
+        variant: c.variant,
+        splitK: c.splitK,
+      });
+      // the variant and the split are the ones asked for
+      const isGemm = (c.variant ?? (c.M <= GEMV_MAX_M ? 'gemv' : 'gemm')) === 'gemm';
+      if (isGemm) assert.is(ds.length, 1);
+      else if (c.splitK !== undefined) assert.is(ds.length, c.splitK > 1 ? 2 : 1);
+      await run(ctx, ds);
+      const ref = matmul64(x, W.seen, c.M, c.K, c.N, { layout: c.layout, bias, gelu: c.gelu, base });
+      allClose(await download(ctx, out), ref, TOL, name(c));
+    }));
+}
+
+test('split-K is chosen for a narrow decode GEMV and not for a wide one', () =>
+  withDevice(async ({ ctx, owned }) => {
+    const k = await MatmulKernel.create(ctx);
+    const x = poisoned(owned, [1, 768]);
+    const narrow = k.bind(owned, { x, w: poisoned(owned, [768, 768]), layout: 'kn', out: poisoned(owned, [1, 768]) });
+    assert.is(narrow.length, 2);
+    assert.ok(narrow[0]!.workgroups[1] > 1, `K slices ${narrow[0]!.workgroups[1]}`);
+    const wide = k.bind(owned, { x, w: poisoned(owned, [2048, 768]), layout: 'nk', out: poisoned(owned, [1, 2048]) });
+    assert.is(wide.length, 1);
+  }));
+
+test('LM head: nk over vocab 50257 with K = 16, f32 and f16, GEMV and GEMM', () =>
+  withDevice(async ({ ctx, owned }) => {
+    const k = await MatmulKernel.create(ctx);
+    const N = 50257;
+    const K = 16;
+    for (const [dtype, M] of [['f32', 2], ['f16', 1], ['f32', 9], ['f16', 9]] as const) {
+      const rng = new Rng(M * 3 + dtype.length);
+      const x = rng.normals(M * K);
+      const W = makeWeight(rng, { K, N, layout: 'nk', dtype });
+      const out = poisoned(owned, [M, N]);
+      await run(ctx, k.bind(owned, { x: upload(owned, x, [M, K]), w: upload(owned, W.data, [N, K], dtype), layout: 'nk', out }));
+      allClose(await download(ctx, out), matmul64(x, W.seen, M, K, N, { layout: 'nk' }), TOL, `lm head ${dtype} M ${M}`);
+    }
+  }));
+
+/** Splits W [N, K] into chunks of `rowsPerChunk` rows laid out in one buffer at aligned offsets. */
+function chunked(owned: Owned, words: Float32Array | Uint32Array, N: number, K: number, rowsPerChunk: number, dtype: 'f32' | 'f16'): ChunkedTensor {
+  const wpr = dtype === 'f16' ? Math.ceil(K / 2) : K;
+  const align = owned.ctx.limits.minStorageBufferOffsetAlignment;
+  const n = Math.ceil(N / rowsPerChunk);
+  const offs: number[] = [];
+  let bytes = 0;
+  for (let i = 0; i < n; i++) {
+    offs.push(bytes);
+    const rows = Math.min(N, (i + 1) * rowsPerChunk) - i * rowsPerChunk;
+    bytes = Math.ceil((bytes + rows * wpr * 4) / align) * align;
+  }
+  const all = new Uint32Array(bytes / 4);
+  const src = new Uint32Array(words.buffer, words.byteOffset, words.length);
+  const chunks: GpuTensor[] = [];
+  for (let i = 0; i < n; i++) {
+    const r0 = i * rowsPerChunk;
+    const rows = Math.min(N, r0 + rowsPerChunk) - r0;
+    all.set(src.subarray(r0 * wpr, (r0 + rows) * wpr), offs[i]! / 4);
+    chunks.push({ buffer: null as unknown as GPUBuffer, offset: offs[i]!, shape: [rows, K], dtype });
+  }
+  const buffer = owned.adopt(owned.ctx.createBufferWithData('test.chunked', all, STORAGE));
+  for (const c of chunks) c.buffer = buffer;
+  return { shape: [N, K], dtype, rowsPerChunk, chunks };
+}
+
+test('chunked nk weight: 3 chunks in one buffer, f16 and f32, GEMV (split and not) and GEMM', () =>
+  withDevice(async ({ ctx, owned }) => {
+    const k = await MatmulKernel.create(ctx);
+    const N = 1000;
+    const K = 40;
+    for (const [dtype, M, splitK, bias] of [['f16', 3, undefined, true], ['f32', 2, 3, false], ['f16', 37, undefined, true], ['f32', 1, 1, true]] as const) {
+      const rng = new Rng(N + M + dtype.length);
+      const x = rng.normals(M * K);
+      const W = makeWeight(rng, { K, N, layout: 'nk', dtype });
+      const b = bias ? rng.normals(N) : undefined;
+      const out = poisoned(owned, [M, N]);
+      const w = chunked(owned, W.data, N, K, 384, dtype);
+      const ds = k.bind(owned, { x: upload(owned, x, [M, K]), w, layout: 'nk', out, bias: b && upload(owned, b, [N]), splitK, activation: 'gelu' });
+      assert.ok(ds.length >= 3);
+      await run(ctx, ds);
+      allClose(await download(ctx, out), matmul64(x, W.seen, M, K, N, { layout: 'nk', bias: b, gelu: true }), TOL, `chunked ${dtype} M ${M}`);
+    }
+  }));
+
+test('chunked LM head [50257, 768] f32 in 2 chunks (whole passes the 128 MiB binding limit), M = 2', () =>
+  withDevice(async ({ ctx, owned }) => {
+    const k = await MatmulKernel.create(ctx);
+    const N = 50257;
+    const K = 768;
+    const M = 2;
+    assert.ok(N * K * 4 > 128 * 2 ** 20);
+    const rng = new Rng(50257);
+    const x = rng.normals(M * K);
+    const W = makeWeight(rng, { K, N, layout: 'nk', dtype: 'f32' });
+    const out = poisoned(owned, [M, N]);
+    const w = chunked(owned, W.data, N, K, Math.ceil(N / 2), 'f32');
+    await run(ctx, k.bind(owned, { x: upload(owned, x, [M, K]), w, layout: 'nk', out }));
+    const got = await download(ctx, out);
+    assert.is(got.findIndex((v) => !Number.isFinite(v)), -1, 'every logit written');
+    // float64 over a spread of columns, both chunks and their boundary included
+    const cols = [0, 1, 2, 3, 1000, 25127, 25128, 25129, 40000, 50255, 50256];
+    for (let i = 0; i < 200; i++) cols.push(rng.int(N));
+    const pick = new Float32Array(M * cols.length);
+    for (let m = 0; m < M; m++) cols.forEach((c, i) => (pick[m * cols.length + i] = got[m * N + c]!));
+    allClose(pick, matmul64(x, W.seen, M, K, N, { layout: 'nk', cols }), TOL, 'chunked lm head');
+  }));
+
+test('bind rejects bad shapes, chunked kn weights, over-limit weights and out aliasing an input', () =>
+  withDevice(async ({ ctx, owned }) => {
+    const k = await MatmulKernel.create(ctx);
+    const x = poisoned(owned, [2, 8]);
+    const isShape = (re: RegExp) => (e: Error) => e instanceof ShapeError && re.test(e.message);
+    assert.throws(
+      () => k.bind(owned, { x, w: poisoned(owned, [9, 4]), layout: 'kn', out: poisoned(owned, [2, 4]) }),
+      isShape(/W is \[9, 4\].*x has K = 8/),
+    );
+    assert.throws(
+      () => k.bind(owned, { x, w: poisoned(owned, [8, 4]), layout: 'kn', out: poisoned(owned, [2, 5]) }),
+      isShape(/out: expected shape \[2, 4\], got \[2, 5\]/),
+    );
+    assert.throws(
+      () => k.bind(owned, { x, w: poisoned(owned, [8, 4]), layout: 'kn', bias: poisoned(owned, [5]), out: poisoned(owned, [2, 4]) }),
+      isShape(/bias: expected shape \[4\], got \[5\]/),
+    );
+    const chunk = poisoned(owned, [4, 8]);
+    const ch: ChunkedTensor = { shape: [8, 8], dtype: 'f32', rowsPerChunk: 4, chunks: [chunk, chunk] };
+    assert.throws(() => k.bind(owned, { x, w: ch, layout: 'kn', out: poisoned(owned, [2, 8]) }), isShape(/ChunkedTensor weight needs layout 'nk'/));
+    assert.throws(
+      () => k.bind(owned, { x, w: { ...ch, chunks: [chunk] }, layout: 'nk', out: poisoned(owned, [2, 8]) }),
+      isShape(/needs 2 chunks, got 1/),
+    );
+    const huge: GpuTensor = { buffer: chunk.buffer, offset: 0, shape: [50257, 768], dtype: 'f32' };
+    assert.throws(() => k.bind(owned, { x: poisoned(owned, [1, 768]), w: huge, layout: 'nk', out: poisoned(owned, [1, 50257]) }), isShape(/maxStorageBufferBindingSize/));
+    // out over the same bytes as x
+    const both = upload(owned, new Float32Array(64 + 16), [80]);
+    const xs: GpuTensor = { ...both, shape: [2, 8] };
+    const outs: GpuTensor = { ...both, offset: 0, shape: [2, 8] };
+    assert.throws(() => k.bind(owned, { x: xs, w: poisoned(owned, [8, 8]), layout: 'kn', out: outs }), isShape(/out .* overlaps x/));
+    assert.throws(() => k.bind(owned, { x, w: poisoned(owned, [8, 4]), layout: 'kn', out: poisoned(owned, [2, 4]), splitK: 0 }), isShape(/splitK must be an integer >= 1, got 0/));
+  }));
+
+test.run();
