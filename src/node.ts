@@ -27,7 +27,10 @@ export function nodeGPU(): GPU {
 export function createEngine(opts: Omit<EngineOptions, 'gpu'> = {}): Promise<Engine> {
   return Engine.create({
     gpu: nodeGPU(),
-    resolveSource: (source, o) => resolveSource(source, { onProgress: o.onProgress }),
+    resolveSource: (source, o) => {
+      const cb = o.onProgress;
+      return resolveSource(source, { onProgress: cb && ((p) => cb({ phase: 'download', loaded: p.loadedBytes, total: p.totalBytes })) });
+    },
     ...opts,
   });
 }

@@ -4,6 +4,7 @@
  */
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
+import { rejects } from './helpers.js';
 import { tinyReference } from './fixtures-util.js';
 import { cfgOf, randomModel, tinyModel } from './model-util.js';
 import { randomCheckpoint } from '../src/engine/random.js';
@@ -84,10 +85,10 @@ test('beam search where EOS occurs: finished hypotheses match a float64 CPU beam
 
 test('beam options are validated', async () => {
   const model = await tinyModel();
-  await assert.rejects(() => model.beamSearch([1], { numBeams: 2, numReturnSequences: 3, maxNewTokens: 4 }), (e: Error) => e instanceof InvalidOptionError && /numReturnSequences \(3\) must be <= numBeams \(2\)/.test(e.message));
-  await assert.rejects(() => model.beamSearch([1], { numBeams: 0, maxNewTokens: 4 }), (e: Error) => e instanceof InvalidOptionError && /numBeams/.test(e.message));
-  await assert.rejects(() => model.beamSearch([1], { numBeams: 2, maxNewTokens: -1 }), (e: Error) => e instanceof InvalidOptionError && /maxNewTokens/.test(e.message));
-  await assert.rejects(() => model.beamSearch([1], { numBeams: 2, maxNewTokens: 2, lengthPenalty: NaN }), (e: Error) => e instanceof InvalidOptionError && /lengthPenalty/.test(e.message));
+  await rejects(() => model.beamSearch([1], { numBeams: 2, numReturnSequences: 3, maxNewTokens: 4 }), (e: Error) => e instanceof InvalidOptionError && /numReturnSequences \(3\) must be <= numBeams \(2\)/.test(e.message));
+  await rejects(() => model.beamSearch([1], { numBeams: 0, maxNewTokens: 4 }), (e: Error) => e instanceof InvalidOptionError && /numBeams/.test(e.message));
+  await rejects(() => model.beamSearch([1], { numBeams: 2, maxNewTokens: -1 }), (e: Error) => e instanceof InvalidOptionError && /maxNewTokens/.test(e.message));
+  await rejects(() => model.beamSearch([1], { numBeams: 2, maxNewTokens: 2, lengthPenalty: NaN }), (e: Error) => e instanceof InvalidOptionError && /lengthPenalty/.test(e.message));
 });
 
 test.run();

@@ -5,6 +5,7 @@
  */
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
+import { rejects } from './helpers.js';
 import { tinyReference } from './fixtures-util.js';
 import { tinyModel } from './model-util.js';
 import { deriveSeed } from '../src/sampling/options.js';
@@ -92,7 +93,7 @@ test('an AbortSignal stops a generation between steps and frees its buffers', as
   const before = model.ctx.liveBuffers;
   const ac = new AbortController();
   let seen = 0;
-  await assert.rejects(
+  await rejects(
     () => model.generate(ref.prompts[0]!.ids, { maxNewTokens: 500, stopAtEos: false, signal: ac.signal, onToken: () => { if (++seen === 5) ac.abort(); } }),
     (e: Error) => e instanceof AbortError,
   );
@@ -123,7 +124,7 @@ test('generation options are validated before any GPU work', async () => {
     [{ stopStrings: [''] }, /stopStrings/],
   ];
   for (const [o, re] of bad) {
-    await assert.rejects(() => model.generate([1], o), (e: Error) => e instanceof InvalidOptionError && re.test(e.message), JSON.stringify(o));
+    await rejects(() => model.generate([1], o), (e: Error) => e instanceof InvalidOptionError && re.test(e.message), JSON.stringify(o));
   }
   const r = await model.generate([1], { maxNewTokens: 0 });
   assert.equal(r.sequences[0]!.tokens, []);

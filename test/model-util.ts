@@ -28,6 +28,6 @@ export async function randomModel(cfg: GPT2Config, seed = 0, dtype: 'f32' | 'f16
 export function cfgOf(over: Partial<GPT2Config>): GPT2Config {
   return {
     vocab_size: 211, n_positions: 64, n_embd: 48, n_layer: 2, n_head: 4, layer_norm_epsilon: 1e-5,
-    activation_function: 'gelu_new', bos_token_id: 50256, eos_token_id: 210, n_inner: null, ...over,
+    activation_function: 'gelu_new', bos_token_id: 0, eos_token_id: 0, n_inner: null, ...over,
   } as GPT2Config;
 }

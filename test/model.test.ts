@@ -5,6 +5,7 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { allClose } from './helpers.js';
+import { rejects } from './helpers.js';
 import { decodeF32, tinyCheckpoint, tinyReference } from './fixtures-util.js';
 import { forward64, loadTensors } from './reference/gpt2.js';
 import { cfgOf, randomModel, tinyModel } from './model-util.js';
@@ -80,10 +81,10 @@ for (const [ci, cfg] of CONFIGS.entries()) {
 
 test('prompt errors: empty, out-of-vocab ids, longer than the window', async () => {
   const model = await tinyModel();
-  await assert.rejects(() => model.logits([]), (e: Error) => e instanceof PromptError && /empty/.test(e.message));
-  await assert.rejects(() => model.logits([1, 50257]), (e: Error) => e instanceof PromptError && /token 1 is 50257/.test(e.message));
-  await assert.rejects(() => model.generate([1, -2]), (e: Error) => e instanceof PromptError && /-2/.test(e.message));
-  await assert.rejects(() => model.logits(new Array(1025).fill(1)), (e: Error) => e instanceof PromptError && /1025/.test(e.message));
+  await rejects(() => model.logits([]), (e: Error) => e instanceof PromptError && /empty/.test(e.message));
+  await rejects(() => model.logits([1, 50257]), (e: Error) => e instanceof PromptError && /token 1 is 50257/.test(e.message));
+  await rejects(() => model.generate([1, -2]), (e: Error) => e instanceof PromptError && /-2/.test(e.message));
+  await rejects(() => model.logits(new Array(1025).fill(1)), (e: Error) => e instanceof PromptError && /1025/.test(e.message));
 });
 
 void tinyCheckpoint;

@@ -5,6 +5,7 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { compare } from './helpers.js';
+import { rejects } from './helpers.js';
 import { tinyReference } from './fixtures-util.js';
 import { cfgOf, engine, randomModel, tinyModel } from './model-util.js';
 import { ForwardPlan } from '../src/engine/model.js';
@@ -144,7 +145,7 @@ test("onOverflow 'error' makes passing the window a ContextOverflowError", async
   const model = await tinyModel();
   const s = await model.createSession({ capacity: 16, onOverflow: 'error' });
   try {
-    await assert.rejects(() => s.generate([1, 2, 3], { temperature: 0, maxNewTokens: 20, stopAtEos: false }), (e: Error) => e instanceof ContextOverflowError && /16/.test(e.message));
+    await rejects(() => s.generate([1, 2, 3], { temperature: 0, maxNewTokens: 20, stopAtEos: false }), (e: Error) => e instanceof ContextOverflowError && /16/.test(e.message));
   } finally {
     s.destroy();
   }
@@ -156,13 +157,13 @@ test('misuse: a destroyed cache, another model\'s cache, a busy cache', async ()
   try {
     const s = await model.createSession();
     s.destroy();
-    await assert.rejects(() => s.generate([1], { maxNewTokens: 1 }), (e: Error) => e instanceof CacheMisuseError && /destroyed/.test(e.message));
+    await rejects(() => s.generate([1], { maxNewTokens: 1 }), (e: Error) => e instanceof CacheMisuseError && /destroyed/.test(e.message));
     const foreign = await other.createCache();
-    await assert.rejects(() => model.generate([1], { cache: foreign, maxNewTokens: 1 }), (e: Error) => e instanceof CacheMisuseError && /belongs to model/.test(e.message));
+    await rejects(() => model.generate([1], { cache: foreign, maxNewTokens: 1 }), (e: Error) => e instanceof CacheMisuseError && /belongs to model/.test(e.message));
     foreign.destroy();
     const busy = await model.createSession();
     const first = busy.generate([1, 2], { maxNewTokens: 8, seed: 1 });
-    await assert.rejects(() => busy.generate([3], { maxNewTokens: 1 }), (e: Error) => e instanceof CacheMisuseError && /busy/.test(e.message));
+    await rejects(() => busy.generate([3], { maxNewTokens: 1 }), (e: Error) => e instanceof CacheMisuseError && /busy/.test(e.message));
     await first;
     assert.throws(() => { const c = busy.cache; c.acquire(model); c.destroy(); }, (e: Error) => e instanceof CacheMisuseError && /busy/.test(e.message));
     busy.cache.release();

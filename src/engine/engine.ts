@@ -89,7 +89,10 @@ export class Engine {
       return this.resolver(source, opts);
     }
     if (typeof source === 'object' && source !== null) {
-      if ('url' in source) return urlSource(source.url, { onProgress: opts.onProgress });
+      if ('url' in source) {
+        const cb = opts.onProgress;
+        return urlSource(source.url, { onProgress: cb && ((p) => cb({ phase: 'download', loaded: p.loadedBytes, total: p.totalBytes })) });
+      }
       if ('files' in source) return fileSource(source.files);
       if ('config' in source && 'safetensors' in source) {
         return openCheckpoint(source.config, bytesSource('model.safetensors', source.safetensors), 'memory');
@@ -108,7 +111,8 @@ export class Engine {
     const t1 = now();
     const kernels = await GPT2Model.buildKernels(this.ctx, ckpt.config);
     const t2 = now();
-    const weights = await uploadWeights(this.ctx, ckpt, { dtype, onProgress: opts.onProgress });
+    const cb = opts.onProgress;
+    const weights = await uploadWeights(this.ctx, ckpt, { dtype, onProgress: cb && ((p) => cb({ phase: 'upload', loaded: p.loadedBytes, total: p.totalBytes })) });
     await this.ctx.device.queue.onSubmittedWorkDone();
     const t3 = now();
     const model = new Model(this.ctx, ckpt.config, weights, kernels, ckpt.source);

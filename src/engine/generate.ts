@@ -273,7 +273,7 @@ async function generateCached(
   // ---- Prefill. Rows that already hold tokens (a continued session) get the prompt appended.
   // A fresh multi-row cache is prefilled once (row 0 of a 1-row cache) and copied to every row.
   const samePrompt = prompts.every((p) => p.length === prompts[0]!.length && p.every((t, i) => t === prompts[0]![i]));
-  const fresh = samePrompt && cache.lengths.every((n) => n === 0) && cache.tokens.every((t) => t.length === 0);
+  const fresh = samePrompt && !cache.lengths.some((n) => n !== 0) && !cache.tokens.some((t) => t.length > 0);
   for (let r = 0; r < R; r++) {
     const promptIds = prompts[r]!;
     const P = promptIds.length;

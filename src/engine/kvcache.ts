@@ -97,7 +97,7 @@ export class KVCache {
       this.freeBuffers();
       throw e;
     }
-    this.lengths = new Array(rows).fill(0);
+    this.lengths = new Array<number>(rows).fill(0);
     this.tokens = Array.from({ length: rows }, () => []);
     // The out-of-memory scope resolves asynchronously; `ready` reports it.
     this.ready = ctx.device.popErrorScope().then((err) => {

@@ -109,8 +109,8 @@ export class ForwardPlan {
   write(input: { ids?: ArrayLike<number>; meta: Uint32Array; lastIdx?: Uint32Array }): void {
     const q = this.model.ctx.device.queue;
     if (input.ids) q.writeBuffer(this.ids.buffer, 0, Uint32Array.from(input.ids));
-    q.writeBuffer(this.meta.buffer, 0, input.meta);
-    if (input.lastIdx) q.writeBuffer(this.lastIdx.buffer, 0, input.lastIdx);
+    q.writeBuffer(this.meta.buffer, 0, Uint32Array.from(input.meta));
+    if (input.lastIdx) q.writeBuffer(this.lastIdx.buffer, 0, Uint32Array.from(input.lastIdx));
   }
 
   destroy(): void {

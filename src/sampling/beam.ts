@@ -131,7 +131,7 @@ export async function beamSearch(model: GPT2Model, prompt: string | readonly num
       return Array.from({ length: 2 * B }, (_, i) => ({ parent: words[3 * i]!, token: words[3 * i + 1]!, score: f[3 * i + 2]! }));
     };
 
-    let beams: Array<{ tokens: number[]; logprob: number }> = Array.from({ length: B }, () => ({ tokens: [], logprob: 0 }));
+    let beams: Array<{ tokens: number[]; logprob: number; parent?: number; token?: number }> = Array.from({ length: B }, () => ({ tokens: [], logprob: 0 }));
     const finished: BeamHypothesis[] = [];
     // Step 0: rank the prompt's continuations.
     model.submit([...prefill.dispatches, ...rankPrefill], (enc) => enc.copyBufferToBuffer(cand.buffer, 0, staging, 0, 2 * B * 12));
@@ -175,7 +175,7 @@ export async function beamSearch(model: GPT2Model, prompt: string | readonly num
         m[2 * b] = b;
         m[2 * b + 1] = P + step;
       }
-      dec.write({ ids: beams.map((b) => b.token), meta: m });
+      dec.write({ ids: beams.map((b) => b.token!), meta: m });
       model.submit([...gatherD, ...dec.dispatches, ...rk], (enc) => enc.copyBufferToBuffer(cand.buffer, 0, staging, 0, 2 * B * 12));
       cur = dst;
       cands = await readCandidates();
