@@ -194,6 +194,11 @@ test('counts: prompt ids and every chosen id are counted on the GPU; frequency p
     const after = await downloadU32(ctx, state.counts);
     assert.equal(Array.from(after.subarray(V)), new Array(V).fill(0));
     assert.equal(Array.from(after.subarray(0, V)), Array.from(want.subarray(0, V)));
+    // Reused row 1 with new options (no penalty, bias towards 3): its history is gone.
+    sampler.setRow(state, 1, validateSampling({ temperature: 0, logitBias: {} }, V), 9);
+    const again = await steps(ctx, owned, sampler, state, upload(owned, logits, [2, V]), 2);
+    assert.equal(again, [[35, 39], [34, 39]]);
+    assert.throws(() => sampler.setRow(state, 1, validateSampling({ logitBias: { 3: 1 } }, V), 9), (e: Error) => e instanceof InvalidOptionError && /without any logit_bias/.test(e.message));
   }));
 
 test('EOS latch: a row that chose EOS outputs EOS again, without counting; steps queue without CPU writes', () =>
