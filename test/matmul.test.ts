@@ -34,6 +34,8 @@ function makeWeight(rng: Rng, c: { K: number; N: number; layout: WeightLayout; d
   const w = rng.normals(rows * cols, 1 / Math.sqrt(c.K));
   if (c.dtype === 'f32') return { rows, cols, data: w as Float32Array | Uint32Array, seen: w };
   const packed = packF16(w, rows, cols);
+  // A row's padding half (odd cols) is NaN here: the kernels must never let it reach a sum.
+  if (cols % 2 === 1) for (let r = 0; r < rows; r++) packed[r * ((cols + 1) / 2) + (cols - 1) / 2]! |= 0x7e00 << 16;
   return { rows, cols, data: packed as Float32Array | Uint32Array, seen: unpackF16(packed, rows, cols) };
 }
 
