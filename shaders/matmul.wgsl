@@ -195,12 +195,22 @@ fn gemv_nk(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wid: 
       }
     }
   }
+  if (LPR == 1u) {
+    // One thread per W row (the CPU-adapter variant: there a workgroup's threads are SIMD lanes,
+    // every load is per lane anyway, and x[m, j] is then the same address for all lanes).
+    if (row < p.N) {
+      for (var i = 0u; i < mc; i++) { finish(m0 + i, row, s, acc[i]); }
+    }
+    return;
+  }
   // red[i][r][lane], rows padded to LPR + 1 words so that the reads below (consecutive threads =
   // consecutive rows r) fall in different banks.
   let rpw = WG / LPR;
   let plane = WG + rpw;
   let slot = (t / LPR) * (LPR + 1u) + lane;
-  for (var i = 0u; i < MAXM; i++) { red[i * plane + slot] = acc[i]; }
+  for (var i = 0u; i < MAXM; i++) {
+    if (i < mc) { red[i * plane + slot] = acc[i]; }
+  }
   workgroupBarrier();
   // Thread t finishes (x row i, W row r) = (t / rpw, t % rpw) by summing that row's LPR lane
   // partials: one barrier, and one copy of the epilogue (lavapipe compiles unrolled code slowly).

@@ -3,7 +3,8 @@ import * as assert from 'uvu/assert';
 import { GEMV_MAX_M, MatmulKernel, WeightLayout } from '../src/kernels/matmul.js';
 import { packF16, unpackF16 } from '../src/kernels/f16.js';
 import { ChunkedTensor, GpuTensor, Owned } from '../src/kernels/common.js';
-import { ShapeError } from '../src/errors.js';
+import { InvalidOptionError, ShapeError } from '../src/errors.js';
+import type { GpuContext } from '../src/engine/device.js';
 import { allClose, download, poisoned, Rng, run, STORAGE, upload, withDevice } from './helpers.js';
 import { matmul64 } from './reference/matmul.js';
 
@@ -21,6 +22,15 @@ interface Case {
 }
 
 const TOL = { rel: 1e-5, atol: 2e-5, rtol: 1e-4 };
+
+/**
+ * The kernels to run a layout through: 'nk' has two GEMV variants (one thread per W row, the CPU
+ * default, and 32 lanes per row combined in workgroup memory, the GPU default); test both.
+ */
+async function kernelsFor(ctx: GpuContext, layout: WeightLayout): Promise<MatmulKernel[]> {
+  if (layout === 'kn') return [await MatmulKernel.create(ctx)];
+  return [await MatmulKernel.create(ctx, { nkLanesPerRow: 1 }), await MatmulKernel.create(ctx, { nkLanesPerRow: 32 })];
+}
 
 function name(c: Case): string {
   const opts = [c.bias && 'bias', c.gelu && 'gelu', c.acc && 'accumulate', c.variant, c.splitK && `splitK ${c.splitK}`].filter(Boolean);
@@ -71,30 +81,27 @@ for (const c of [
   test(name(c), () =>
     withDevice(async ({ ctx, owned }) => {
       const rng = new Rng(c.M * 7919 + c.K * 31 + c.N + (c.dtype === 'f16' ? 1 : 0));
-      const k = await MatmulKernel.create(ctx);
       const x = rng.normals(c.M * c.K);
       const W = makeWeight(rng, c);
       const bias = c.bias ? rng.normals(c.N, 0.5) : undefined;
       const base = c.acc ? rng.normals(c.M * c.N) : undefined;
-      const out = base ? upload(owned, base, [c.M, c.N]) : poisoned(owned, [c.M, c.N]);
-      const ds = k.bind(owned, {
-        x: upload(owned, x, [c.M, c.K]),
-        w: upload(owned, W.data, [W.rows, W.cols], c.dtype),
-        layout: c.layout,
-        bias: bias && upload(owned, bias, [c.N]),
-        activation: c.gelu ? 'gelu' : 'none',
-        accumulate: c.acc,
-        out,
-        variant: c.variant,
-        splitK: c.splitK,
-      });
-      // the variant and the split are the ones asked for
-      const isGemm = (c.variant ?? (c.M <= GEMV_MAX_M ? 'gemv' : 'gemm')) === 'gemm';
-      if (isGemm) assert.is(ds.length, 1);
-      else if (c.splitK !== undefined) assert.is(ds.length, c.splitK > 1 ? 2 : 1);
-      await run(ctx, ds);
       const ref = matmul64(x, W.seen, c.M, c.K, c.N, { layout: c.layout, bias, gelu: c.gelu, base });
-      allClose(await download(ctx, out), ref, TOL, name(c));
+      const xt = upload(owned, x, [c.M, c.K]);
+      const wt = upload(owned, W.data, [W.rows, W.cols], c.dtype);
+      const bt = bias && upload(owned, bias, [c.N]);
+      for (const k of await kernelsFor(ctx, c.layout)) {
+        const out = base ? upload(owned, base, [c.M, c.N]) : poisoned(owned, [c.M, c.N]);
+        const ds = k.bind(owned, {
+          x: xt, w: wt, layout: c.layout, bias: bt, activation: c.gelu ? 'gelu' : 'none', accumulate: c.acc, out,
+          variant: c.variant, splitK: c.splitK,
+        });
+        // the variant and the split are the ones asked for
+        const isGemm = (c.variant ?? (c.M <= GEMV_MAX_M ? 'gemv' : 'gemm')) === 'gemm';
+        if (isGemm) assert.is(ds.length, 1);
+        else if (c.splitK !== undefined) assert.is(ds.length, c.splitK > 1 ? 2 : 1);
+        await run(ctx, ds);
+        allClose(await download(ctx, out), ref, TOL, `${name(c)} (nk lanes ${k.lpr})`);
+      }
     }));
 }
 
@@ -105,22 +112,25 @@ test('split-K is chosen for a narrow decode GEMV and not for a wide one', () =>
     const narrow = k.bind(owned, { x, w: poisoned(owned, [768, 768]), layout: 'kn', out: poisoned(owned, [1, 768]) });
     assert.is(narrow.length, 2);
     assert.ok(narrow[0]!.workgroups[1] > 1, `K slices ${narrow[0]!.workgroups[1]}`);
-    const wide = k.bind(owned, { x, w: poisoned(owned, [2048, 768]), layout: 'nk', out: poisoned(owned, [1, 2048]) });
+    const k32 = await MatmulKernel.create(ctx, { nkLanesPerRow: 32 }); // 2048 rows x 32 lanes: enough threads
+    const wide = k32.bind(owned, { x, w: poisoned(owned, [2048, 768]), layout: 'nk', out: poisoned(owned, [1, 2048]) });
     assert.is(wide.length, 1);
   }));
 
 test('LM head: nk over vocab 50257 with K = 16, f32 and f16, GEMV and GEMM', () =>
   withDevice(async ({ ctx, owned }) => {
-    const k = await MatmulKernel.create(ctx);
     const N = 50257;
     const K = 16;
     for (const [dtype, M] of [['f32', 2], ['f16', 1], ['f32', 9], ['f16', 9]] as const) {
       const rng = new Rng(M * 3 + dtype.length);
       const x = rng.normals(M * K);
       const W = makeWeight(rng, { K, N, layout: 'nk', dtype });
-      const out = poisoned(owned, [M, N]);
-      await run(ctx, k.bind(owned, { x: upload(owned, x, [M, K]), w: upload(owned, W.data, [N, K], dtype), layout: 'nk', out }));
-      allClose(await download(ctx, out), matmul64(x, W.seen, M, K, N, { layout: 'nk' }), TOL, `lm head ${dtype} M ${M}`);
+      const ref = matmul64(x, W.seen, M, K, N, { layout: 'nk' });
+      for (const k of M <= GEMV_MAX_M ? await kernelsFor(ctx, 'nk') : [await MatmulKernel.create(ctx)]) {
+        const out = poisoned(owned, [M, N]);
+        await run(ctx, k.bind(owned, { x: upload(owned, x, [M, K]), w: upload(owned, W.data, [N, K], dtype), layout: 'nk', out }));
+        allClose(await download(ctx, out), ref, TOL, `lm head ${dtype} M ${M} (nk lanes ${k.lpr})`);
+      }
     }
   }));
 
@@ -152,7 +162,6 @@ function chunked(owned: Owned, words: Float32Array | Uint32Array, N: number, K: 
 
 test('chunked nk weight: 3 chunks in one buffer, f16 and f32, GEMV (split and not) and GEMM', () =>
   withDevice(async ({ ctx, owned }) => {
-    const k = await MatmulKernel.create(ctx);
     const N = 1000;
     const K = 40;
     for (const [dtype, M, splitK, bias] of [['f16', 3, undefined, true], ['f32', 2, 3, false], ['f16', 37, undefined, true], ['f32', 1, 1, true]] as const) {
@@ -160,12 +169,15 @@ test('chunked nk weight: 3 chunks in one buffer, f16 and f32, GEMV (split and no
       const x = rng.normals(M * K);
       const W = makeWeight(rng, { K, N, layout: 'nk', dtype });
       const b = bias ? rng.normals(N) : undefined;
-      const out = poisoned(owned, [M, N]);
+      const ref = matmul64(x, W.seen, M, K, N, { layout: 'nk', bias: b, gelu: true });
       const w = chunked(owned, W.data, N, K, 384, dtype);
-      const ds = k.bind(owned, { x: upload(owned, x, [M, K]), w, layout: 'nk', out, bias: b && upload(owned, b, [N]), splitK, activation: 'gelu' });
-      assert.ok(ds.length >= 3);
-      await run(ctx, ds);
-      allClose(await download(ctx, out), matmul64(x, W.seen, M, K, N, { layout: 'nk', bias: b, gelu: true }), TOL, `chunked ${dtype} M ${M}`);
+      for (const k of await kernelsFor(ctx, 'nk')) {
+        const out = poisoned(owned, [M, N]);
+        const ds = k.bind(owned, { x: upload(owned, x, [M, K]), w, layout: 'nk', out, bias: b && upload(owned, b, [N]), splitK, activation: 'gelu' });
+        assert.ok(ds.length >= 3);
+        await run(ctx, ds);
+        allClose(await download(ctx, out), ref, TOL, `chunked ${dtype} M ${M} (nk lanes ${k.lpr})`);
+      }
     }
   }));
 
@@ -181,7 +193,9 @@ test('chunked LM head [50257, 768] f32 in 2 chunks (whole passes the 128 MiB bin
     const W = makeWeight(rng, { K, N, layout: 'nk', dtype: 'f32' });
     const out = poisoned(owned, [M, N]);
     const w = chunked(owned, W.data, N, K, Math.ceil(N / 2), 'f32');
-    await run(ctx, k.bind(owned, { x: upload(owned, x, [M, K]), w, layout: 'nk', out }));
+    const ds = k.bind(owned, { x: upload(owned, x, [M, K]), w, layout: 'nk', out });
+    assert.is(ds.length, 2);
+    await run(ctx, ds);
     const got = await download(ctx, out);
     assert.is(got.findIndex((v) => !Number.isFinite(v)), -1, 'every logit written');
     // float64 over a spread of columns, both chunks and their boundary included
@@ -224,6 +238,10 @@ test('bind rejects bad shapes, chunked kn weights, over-limit weights and out al
     const outs: GpuTensor = { ...both, offset: 0, shape: [2, 8] };
     assert.throws(() => k.bind(owned, { x: xs, w: poisoned(owned, [8, 8]), layout: 'kn', out: outs }), isShape(/out .* overlaps x/));
     assert.throws(() => k.bind(owned, { x, w: poisoned(owned, [8, 4]), layout: 'kn', out: poisoned(owned, [2, 4]), splitK: 0 }), isShape(/splitK must be an integer >= 1, got 0/));
+    await MatmulKernel.create(ctx, { nkLanesPerRow: 12 }).then(
+      () => assert.unreachable('nkLanesPerRow 12 accepted'),
+      (e: Error) => assert.ok(e instanceof InvalidOptionError && /got 12/.test(e.message), e.message),
+    );
   }));
 
 test.run();

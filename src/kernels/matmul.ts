@@ -10,7 +10,7 @@
  * tied LM head, which may be a ChunkedTensor split by rows: one dispatch per chunk).
  */
 import type { GpuContext } from '../engine/device.js';
-import { ShapeError } from '../errors.js';
+import { InvalidOptionError, ShapeError } from '../errors.js';
 import {
   binding,
   ChunkedTensor,
@@ -43,10 +43,8 @@ export interface MatmulArgs {
 export const GEMV_MAX_M = 8;
 /** Rows of x one GEMV workgroup handles (MAXM in the shader). */
 const MAXM = 8;
-/** gemv_kn threads per workgroup; gemv_nk threads and lanes per W row. */
+/** gemv_kn threads per workgroup. */
 const WG_KN = 64;
-const WG_NK = 256;
-const LPR = 32;
 const WG_REDUCE = 256;
 /** GEMM tile: TX x TY threads, each a 4 x 4 block -> 64 x 64 outputs; BK deep (8 KiB of tiles). */
 const GEMM = { TX: 16, TY: 16, BK: 16, TM: 4, TN: 4 };
@@ -85,14 +83,35 @@ function overlaps(a: GpuTensor, b: GpuTensor): boolean {
   return a.offset < b1 && b.offset < a1;
 }
 
+export interface MatmulOptions {
+  /**
+   * Threads that share one W row in the 'nk' GEMV (the LM head): 32 (a power of two >= 8) splits
+   * each row's dot product over coalesced 16-byte loads and combines them in workgroup memory,
+   * what a GPU wants; 1 gives each thread a whole row with no combining, which is faster on CPU
+   * adapters (lavapipe, SwiftShader), whose workgroup threads are SIMD lanes. Default: 1 on a
+   * fallback / software adapter, else 32.
+   */
+  nkLanesPerRow?: number;
+}
+
 export class MatmulKernel {
   private constructor(
     private readonly ctx: GpuContext,
     /** key `${entry}:${f16}:${vec}` (gemm: `gemm:${f16}:${nk}`) */
     private readonly pipelines: Map<string, GPUComputePipeline>,
+    /** gemv_nk lanes per W row and threads per workgroup. */
+    readonly lpr: number,
+    private readonly wgNk: number,
   ) {}
 
-  static async create(ctx: GpuContext): Promise<MatmulKernel> {
+  static async create(ctx: GpuContext, opts: MatmulOptions = {}): Promise<MatmulKernel> {
+    const cpu = ctx.adapter.isFallbackAdapter || ctx.adapter.architecture === 'software';
+    const LPR = opts.nkLanesPerRow ?? (cpu ? 1 : 32);
+    if (!(LPR === 1 || (LPR >= MAXM && LPR <= 256 && (LPR & (LPR - 1)) === 0))) {
+      throw new InvalidOptionError(`MatmulKernel: nkLanesPerRow must be 1 or a power of two in [${MAXM}, 256], got ${LPR}`);
+    }
+    // LPR 1: 64 rows per workgroup; else 256 threads = 256 / LPR rows.
+    const WG_NK = LPR === 1 ? 64 : 256;
     const want: Array<[string, string, Record<string, number>]> = [];
     for (const f16 of [0, 1]) {
       for (const vec of [0, 1]) {
@@ -105,7 +124,7 @@ export class MatmulKernel {
     }
     want.push(['reduce', 'reduce', { WG: WG_REDUCE }]);
     const built = await Promise.all(want.map(([, entry, c]) => ctx.pipeline('matmul', entry, c)));
-    return new MatmulKernel(ctx, new Map(want.map(([key], i) => [key, built[i]!])));
+    return new MatmulKernel(ctx, new Map(want.map(([key], i) => [key, built[i]!])), LPR, WG_NK);
   }
 
   bind(owner: Owned, a: MatmulArgs, label = 'matmul'): Dispatch[] {
@@ -203,7 +222,7 @@ export class MatmulKernel {
     const entry: Entry = a.layout === 'kn' ? 'gemv_kn' : 'gemv_nk';
     const pipeline = this.pipelines.get(`${entry}:${f16}:${vec ? 1 : 0}`)!;
     const zBlocks = groups(ctx, label, Math.ceil(M / MAXM));
-    const threads = a.layout === 'kn' ? Math.ceil(N / per) : N * LPR;
+    const threads = a.layout === 'kn' ? Math.ceil(N / per) : N * this.lpr;
     // K slices: multiples of 8 so every slice starts on a 16-byte load of either dtype.
     let S: number;
     if (a.splitK !== undefined) {
@@ -229,7 +248,7 @@ export class MatmulKernel {
       const n = a.layout === 'kn' ? N : wp.shape[0]!;
       const wpr = wordsPerRow(a.layout === 'kn' ? N : K);
       const params = owner.uniform(`${label}.params${i}`, [M, n, K, wpr, N, nOff, kslice, S > 1 ? F_PARTIAL : flags]);
-      const gx = a.layout === 'kn' ? Math.ceil(Math.ceil(n / per) / WG_KN) : Math.ceil(n / (WG_NK / LPR));
+      const gx = a.layout === 'kn' ? Math.ceil(Math.ceil(n / per) / WG_KN) : Math.ceil(n / (this.wgNk / this.lpr));
       const bg = this.bindGroup(owner, entry, pipeline, label, { 0: params, 1: a.x, 2: a.x, 3: wp, 4: wp, 5: biasT, 6: dst });
       out.push({
         family: 'matmul',
