@@ -89,23 +89,26 @@ for (const c of [
       const xt = upload(owned, x, [c.M, c.K]);
       const wt = upload(owned, W.data, [W.rows, W.cols], c.dtype);
       const bt = bias && upload(owned, bias, [c.N]);
+      // Past GEMV_MAX_M rows both variants are in use (which one depends on the adapter): run both.
+      const variants = c.variant ? [c.variant] : c.M > GEMV_MAX_M ? (['gemm', 'gemv'] as const) : [undefined];
       for (const k of await kernelsFor(ctx, c.layout)) {
-        const out = base ? upload(owned, base, [c.M, c.N]) : poisoned(owned, [c.M, c.N]);
-        const ds = k.bind(owned, {
-          x: xt, w: wt, layout: c.layout, bias: bt, activation: c.gelu ? 'gelu' : 'none', accumulate: c.acc, out,
-          variant: c.variant, splitK: c.splitK,
-        });
-        // the variant and the split are the ones asked for
-        const isGemm = (c.variant ?? (c.M <= GEMV_MAX_M ? 'gemv' : 'gemm')) === 'gemm';
-        if (isGemm) assert.is(ds.length, 1);
-        else if (c.splitK !== undefined) assert.is(ds.length, c.splitK > 1 ? 2 : 1);
-        await run(ctx, ds);
-        allClose(await download(ctx, out), ref, TOL, `${name(c)} (nk lanes ${k.lpr})`);
+        for (const variant of variants) {
+          const out = base ? upload(owned, base, [c.M, c.N]) : poisoned(owned, [c.M, c.N]);
+          const ds = k.bind(owned, {
+            x: xt, w: wt, layout: c.layout, bias: bt, activation: c.gelu ? 'gelu' : 'none', accumulate: c.acc, out,
+            variant, splitK: c.splitK,
+          });
+          // the variant and the split are the ones asked for
+          if ((variant ?? k.variantFor(c.M, c.layout)) === 'gemm') assert.is(ds.length, 1);
+          else if (c.splitK !== undefined) assert.is(ds.length, c.splitK > 1 ? 2 : 1);
+          await run(ctx, ds);
+          allClose(await download(ctx, out), ref, TOL, `${name(c)} (${variant ?? 'auto'}, nk lanes ${k.lpr})`);
+        }
       }
     }));
 }
 
-test('split-K is chosen for a narrow decode GEMV and not for a wide one', () =>
+test('split-K is chosen for a narrow decode GEMV and not for a wide one; variant choice by M', () =>
   withDevice(async ({ ctx, owned }) => {
     const k = await MatmulKernel.create(ctx);
     const x = poisoned(owned, [1, 768]);
@@ -115,6 +118,13 @@ test('split-K is chosen for a narrow decode GEMV and not for a wide one', () =>
     const k32 = await MatmulKernel.create(ctx, { nkLanesPerRow: 32 }); // 2048 rows x 32 lanes: enough threads
     const wide = k32.bind(owned, { x, w: poisoned(owned, [2048, 768]), layout: 'nk', out: poisoned(owned, [1, 2048]) });
     assert.is(wide.length, 1);
+    // variant choice: GEMV for decode, GEMM past gemvMaxM
+    assert.is(k.variantFor(1, 'kn'), 'gemv');
+    assert.is(k.variantFor(GEMV_MAX_M, 'nk'), 'gemv');
+    assert.is(k.variantFor(GEMV_MAX_M + 1, 'nk'), 'gemm');
+    const k4 = await MatmulKernel.create(ctx, { gemvMaxM: 4 });
+    assert.is(k4.variantFor(4, 'kn'), 'gemv');
+    assert.is(k4.variantFor(5, 'kn'), 'gemm');
   }));
 
 test('LM head: nk over vocab 50257 with K = 16, f32 and f16, GEMV and GEMM', () =>
@@ -126,7 +136,7 @@ test('LM head: nk over vocab 50257 with K = 16, f32 and f16, GEMV and GEMM', () 
       const x = rng.normals(M * K);
       const W = makeWeight(rng, { K, N, layout: 'nk', dtype });
       const ref = matmul64(x, W.seen, M, K, N, { layout: 'nk' });
-      for (const k of M <= GEMV_MAX_M ? await kernelsFor(ctx, 'nk') : [await MatmulKernel.create(ctx)]) {
+      for (const k of M <= GEMV_MAX_M ? await kernelsFor(ctx, 'nk') : [await MatmulKernel.create(ctx, { gemvMaxM: GEMV_MAX_M })]) {
         const out = poisoned(owned, [M, N]);
         await run(ctx, k.bind(owned, { x: upload(owned, x, [M, K]), w: upload(owned, W.data, [N, K], dtype), layout: 'nk', out }));
         allClose(await download(ctx, out), ref, TOL, `lm head ${dtype} M ${M} (nk lanes ${k.lpr})`);

@@ -1,11 +1,14 @@
 /**
  * Linear-layer kernel family (shaders/matmul.wgsl): out[M, N] = x[M, K] @ W (+ bias) (gelu) (+= out).
  *
- * Variant picked per bind from M:
- *   - M <= GEMV_MAX_M: a GEMV that reads W once per block of up to 8 rows (decode). When N alone
- *     gives too few threads to keep a GPU's memory system busy it splits K across workgroups,
- *     writes partial sums to a scratch buffer and a `reduce` dispatch applies the epilogue.
- *   - otherwise: a GEMM tiled through workgroup memory (prefill).
+ * Variant picked per bind from M (see `variantFor`):
+ *   - small M: a GEMV that reads W once per block of up to 8 rows (decode). When N alone gives
+ *     too few threads to keep a GPU's memory system busy it splits K across workgroups, writes
+ *     partial sums to a scratch buffer and a `reduce` dispatch applies the epilogue.
+ *   - larger M: a GEMM tiled through workgroup memory (prefill).
+ * On CPU adapters (lavapipe, SwiftShader) the 'kn' GEMV beats the tiled GEMM at every M measured
+ * (up to 128): there every workgroup-memory read is a per-lane load, while the GEMV's x reads are
+ * one broadcast per block of rows; so 'kn' stays on the GEMV there.
  * W is f32 or f16 (packed pairs, see f16.ts), layout 'kn' ([K, N], HF Conv1D) or 'nk' ([N, K], the
  * tied LM head, which may be a ChunkedTensor split by rows: one dispatch per chunk).
  */
@@ -39,7 +42,7 @@ export interface MatmulArgs {
   splitK?: number;
 }
 
-/** Largest M that takes the GEMV path (W read once per block of 8 rows; beyond, the GEMM reuses it more). */
+/** Largest M that takes the GEMV path on a GPU (W read once per block of 8 rows; beyond, the GEMM reuses it more). */
 export const GEMV_MAX_M = 8;
 /** Rows of x one GEMV workgroup handles (MAXM in the shader). */
 const MAXM = 8;
@@ -92,6 +95,11 @@ export interface MatmulOptions {
    * fallback / software adapter, else 32.
    */
   nkLanesPerRow?: number;
+  /**
+   * Largest M that takes the GEMV (larger M takes the tiled GEMM). Default: GEMV_MAX_M, except
+   * 'kn' on a CPU adapter, which always takes the GEMV.
+   */
+  gemvMaxM?: number;
 }
 
 export class MatmulKernel {
@@ -102,7 +110,13 @@ export class MatmulKernel {
     /** gemv_nk lanes per W row and threads per workgroup. */
     readonly lpr: number,
     private readonly wgNk: number,
+    private readonly gemvMax: Record<WeightLayout, number>,
   ) {}
+
+  /** The variant `bind` picks for M rows of x with this layout. */
+  variantFor(M: number, layout: WeightLayout): 'gemv' | 'gemm' {
+    return M <= this.gemvMax[layout] ? 'gemv' : 'gemm';
+  }
 
   static async create(ctx: GpuContext, opts: MatmulOptions = {}): Promise<MatmulKernel> {
     const cpu = ctx.adapter.isFallbackAdapter || ctx.adapter.architecture === 'software';
@@ -124,7 +138,13 @@ export class MatmulKernel {
     }
     want.push(['reduce', 'reduce', { WG: WG_REDUCE }]);
     const built = await Promise.all(want.map(([, entry, c]) => ctx.pipeline('matmul', entry, c)));
-    return new MatmulKernel(ctx, new Map(want.map(([key], i) => [key, built[i]!])), LPR, WG_NK);
+    if (opts.gemvMaxM !== undefined && !(opts.gemvMaxM >= 0)) {
+      throw new InvalidOptionError(`MatmulKernel: gemvMaxM must be a number >= 0, got ${opts.gemvMaxM}`);
+    }
+    const gemvMax = opts.gemvMaxM !== undefined
+      ? { kn: opts.gemvMaxM, nk: opts.gemvMaxM }
+      : { kn: cpu ? Infinity : GEMV_MAX_M, nk: GEMV_MAX_M };
+    return new MatmulKernel(ctx, new Map(want.map(([key], i) => [key, built[i]!])), LPR, WG_NK, gemvMax);
   }
 
   bind(owner: Owned, a: MatmulArgs, label = 'matmul'): Dispatch[] {
@@ -194,7 +214,7 @@ export class MatmulKernel {
     if (act !== 'none' && act !== 'gelu') throw new ShapeError(`${label}: activation must be 'none' or 'gelu', got ${String(act)}`);
     const flags = (a.bias ? F_BIAS : 0) | (act === 'gelu' ? F_GELU : 0) | (a.accumulate ? F_ACC : 0);
 
-    const variant = a.variant ?? (M <= GEMV_MAX_M ? 'gemv' : 'gemm');
+    const variant = a.variant ?? this.variantFor(M, a.layout);
     const f16 = dtype === 'f16' ? 1 : 0;
     const wordsPerRow = (cols: number) => (f16 ? Math.ceil(cols / 2) : cols);
     const biasT = a.bias ?? a.x; // bound but unread when there is no bias (read-only aliasing is allowed)
