@@ -216,6 +216,43 @@ test('chunked LM head [50257, 768] f32 in 2 chunks (whole passes the 128 MiB bin
     allClose(pick, matmul64(x, W.seen, M, K, N, { layout: 'nk', cols }), TOL, 'chunked lm head');
   }));
 
+test('tensors at aligned offsets inside shared buffers (as the engine packs activations)', () =>
+  withDevice(async ({ ctx, owned }) => {
+    const M = 3;
+    const K = 40;
+    const N = 24;
+    const rng = new Rng(404);
+    const x = rng.normals(M * K);
+    const b = rng.normals(N);
+    const base = rng.normals(M * N);
+    for (const layout of ['kn', 'nk'] as const) {
+      const W = makeWeight(rng, { K, N, layout, dtype: 'f16' });
+      const ref = matmul64(x, W.seen, M, K, N, { layout, bias: b, base });
+      for (const k of await kernelsFor(ctx, layout)) {
+        for (const variant of ['gemv', 'gemm'] as const) {
+          // x at byte 256 and bias at 1024 of one buffer, out (holding the residual) at byte 768 of
+          // another (a buffer written by a dispatch cannot also be read by it), W at byte 512 of a third
+          const act = new Float32Array(1024).fill(NaN);
+          act.set(x, 64);
+          act.set(b, 256);
+          const ab = upload(owned, act, [1024]).buffer;
+          const ob = new Float32Array(1024).fill(NaN);
+          ob.set(base, 192);
+          const wAll = new Uint32Array(128 + W.data.length);
+          wAll.set(W.data as Uint32Array, 128);
+          const wb = upload(owned, wAll, [wAll.length], 'u32').buffer;
+          const out: GpuTensor = { buffer: upload(owned, ob, [1024]).buffer, offset: 768, shape: [M, N], dtype: 'f32' };
+          await run(ctx, k.bind(owned, {
+            x: { buffer: ab, offset: 256, shape: [M, K], dtype: 'f32' },
+            w: { buffer: wb, offset: 512, shape: [W.rows, W.cols], dtype: 'f16' },
+            layout, bias: { buffer: ab, offset: 1024, shape: [N], dtype: 'f32' }, accumulate: true, out, variant,
+          }));
+          allClose(await download(ctx, out), ref, TOL, `offsets ${layout} ${variant} (nk lanes ${k.lpr})`);
+        }
+      }
+    }
+  }));
+
 test('bind rejects bad shapes, chunked kn weights, over-limit weights and out aliasing an input', () =>
   withDevice(async ({ ctx, owned }) => {
     const k = await MatmulKernel.create(ctx);
@@ -242,11 +279,15 @@ test('bind rejects bad shapes, chunked kn weights, over-limit weights and out al
     );
     const huge: GpuTensor = { buffer: chunk.buffer, offset: 0, shape: [50257, 768], dtype: 'f32' };
     assert.throws(() => k.bind(owned, { x: poisoned(owned, [1, 768]), w: huge, layout: 'nk', out: poisoned(owned, [1, 50257]) }), isShape(/maxStorageBufferBindingSize/));
-    // out over the same bytes as x
-    const both = upload(owned, new Float32Array(64 + 16), [80]);
+    // out in the buffer of x: over the same bytes, and at disjoint bytes (WebGPU refuses both)
+    const both = upload(owned, new Float32Array(128), [128]);
     const xs: GpuTensor = { ...both, shape: [2, 8] };
-    const outs: GpuTensor = { ...both, offset: 0, shape: [2, 8] };
-    assert.throws(() => k.bind(owned, { x: xs, w: poisoned(owned, [8, 8]), layout: 'kn', out: outs }), isShape(/out .* overlaps x/));
+    for (const offset of [0, 256]) {
+      const outs: GpuTensor = { ...both, offset, shape: [2, 8] };
+      assert.throws(() => k.bind(owned, { x: xs, w: poisoned(owned, [8, 8]), layout: 'kn', out: outs }), isShape(/out and x share buffer/));
+    }
+    const wOut = poisoned(owned, [16, 8]);
+    assert.throws(() => k.bind(owned, { x, w: { ...wOut, shape: [8, 2] }, layout: 'kn', out: { ...wOut, offset: 256, shape: [2, 2] } }), isShape(/out and W share buffer/));
     assert.throws(() => k.bind(owned, { x, w: poisoned(owned, [8, 4]), layout: 'kn', out: poisoned(owned, [2, 4]), splitK: 0 }), isShape(/splitK must be an integer >= 1, got 0/));
     await MatmulKernel.create(ctx, { nkLanesPerRow: 12 }).then(
       () => assert.unreachable('nkLanesPerRow 12 accepted'),

@@ -201,9 +201,12 @@ export class MatmulKernel {
     }
     const reads: Array<[string, GpuTensor]> = [['x', a.x], ...pieces.map((p, i): [string, GpuTensor] => [pieces.length > 1 ? `W chunk ${i}` : 'W', p])];
     if (a.bias) reads.push(['bias', a.bias]);
+    // WebGPU validates usage per buffer, not per range: a buffer bound read_write in a dispatch
+    // may not be bound read-only in it too, even at disjoint bytes.
     for (const [what, t] of reads) {
-      if (overlaps(t, a.out)) {
-        throw new ShapeError(`${label}: out (buffer "${a.out.buffer.label}" bytes ${a.out.offset}..${a.out.offset + tensorBytes(a.out.shape, 'f32')}) overlaps ${what} (bytes ${t.offset}..${t.offset + tensorBytes(t.shape, t.dtype)}); give out its own buffer range`);
+      if (t.buffer === a.out.buffer) {
+        const how = overlaps(t, a.out) ? 'overlapping' : 'disjoint';
+        throw new ShapeError(`${label}: out and ${what} share buffer "${a.out.buffer.label}" (${how} bytes ${a.out.offset}.. and ${t.offset}..); WebGPU forbids binding one buffer writable and read-only in the same dispatch: give out its own buffer`);
       }
     }
     const align = ctx.limits.minStorageBufferOffsetAlignment;
