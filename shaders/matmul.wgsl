@@ -11,6 +11,7 @@
 //            and blocks of MAXM rows of x (z), so W is read once per block of up to 8 rows.
 //   gemv_nk  decode, W[N, K]: LPR lanes share one W row and stride along K with 16-byte loads
 //            (coalesced along the contiguous dimension); their partials meet in workgroup memory.
+//            LPR = 1 (CPU adapters) gives each thread a whole row and skips the combine.
 //            Workgroups tile W rows (x), K slices (y), blocks of MAXM rows of x (z).
 //   gemm     prefill: a (TY*TM) x (TX*TN) tile of out per workgroup, staged through workgroup
 //            memory BK deep along K; each thread keeps a TM x TN register block.
@@ -24,7 +25,7 @@
 override W_F16: bool = false;
 override VEC: bool = false;
 override WG: u32 = 64u;   // gemv_kn / gemv_nk / reduce: threads per workgroup
-override LPR: u32 = 32u;  // gemv_nk: lanes per W row (a power of two dividing WG)
+override LPR: u32 = 32u;  // gemv_nk: lanes per W row: 1, or a power of two >= MAXM dividing WG
 override TX: u32 = 16u;   // gemm: threads along N
 override TY: u32 = 16u;   // gemm: threads along M
 override BK: u32 = 16u;   // gemm: K depth of a staged tile (even, so f16 word pairs stay in one tile)
