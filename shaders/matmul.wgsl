@@ -11,6 +11,7 @@
 //            and blocks of MAXM rows of x (z), so W is read once per block of up to 8 rows.
 //   gemv_nk  decode, W[N, K]: LPR lanes share one W row and stride along K with 16-byte loads
 //            (coalesced along the contiguous dimension); their partials meet in workgroup memory.
+//            LPR = 1 (CPU adapters) gives each thread a whole row and skips the combine.
 //            Workgroups tile W rows (x), K slices (y), blocks of MAXM rows of x (z).
 //   gemm     prefill: a (TY*TM) x (TX*TN) tile of out per workgroup, staged through workgroup
 //            memory BK deep along K; each thread keeps a TM x TN register block.
@@ -24,7 +25,7 @@
 override W_F16: bool = false;
 override VEC: bool = false;
 override WG: u32 = 64u;   // gemv_kn / gemv_nk / reduce: threads per workgroup
-override LPR: u32 = 32u;  // gemv_nk: lanes per W row (a power of two dividing WG)
+override LPR: u32 = 32u;  // gemv_nk: lanes per W row: 1, or a power of two >= MAXM dividing WG
 override TX: u32 = 16u;   // gemm: threads along N
 override TY: u32 = 16u;   // gemm: threads along M
 override BK: u32 = 16u;   // gemm: K depth of a staged tile (even, so f16 word pairs stay in one tile)
@@ -195,12 +196,22 @@ fn gemv_nk(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wid: 
       }
     }
   }
+  if (LPR == 1u) {
+    // One thread per W row (the CPU-adapter variant: there a workgroup's threads are SIMD lanes,
+    // every load is per lane anyway, and x[m, j] is then the same address for all lanes).
+    if (row < p.N) {
+      for (var i = 0u; i < mc; i++) { finish(m0 + i, row, s, acc[i]); }
+    }
+    return;
+  }
   // red[i][r][lane], rows padded to LPR + 1 words so that the reads below (consecutive threads =
   // consecutive rows r) fall in different banks.
   let rpw = WG / LPR;
   let plane = WG + rpw;
   let slot = (t / LPR) * (LPR + 1u) + lane;
-  for (var i = 0u; i < MAXM; i++) { red[i * plane + slot] = acc[i]; }
+  for (var i = 0u; i < MAXM; i++) {
+    if (i < mc) { red[i * plane + slot] = acc[i]; }
+  }
   workgroupBarrier();
   // Thread t finishes (x row i, W row r) = (t / rpw, t % rpw) by summing that row's LPR lane
   // partials: one barrier, and one copy of the epilogue (lavapipe compiles unrolled code slowly).

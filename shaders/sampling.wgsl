@@ -28,7 +28,7 @@
 // so every (row, step, token) has its own independent noise and a row's draws do not depend on
 // the other rows of the batch. Gumbel noise g = -log(-log(u)), u = (x >> 8 + 0.5) * 2^-24.
 //
-// Limits: 256 invocations, 8.3 KiB of workgroup memory, at most 7 storage buffers per entry.
+// Limits: 256 invocations, 9 KiB of workgroup memory, at most 7 storage buffers per entry point.
 
 const WG: u32 = 256u;
 const NONE: u32 = 0xffffffffu;

@@ -3,7 +3,8 @@ import * as assert from 'uvu/assert';
 import { GEMV_MAX_M, MatmulKernel, WeightLayout } from '../src/kernels/matmul.js';
 import { packF16, unpackF16 } from '../src/kernels/f16.js';
 import { ChunkedTensor, GpuTensor, Owned } from '../src/kernels/common.js';
-import { ShapeError } from '../src/errors.js';
+import { InvalidOptionError, ShapeError } from '../src/errors.js';
+import type { GpuContext } from '../src/engine/device.js';
 import { allClose, download, poisoned, Rng, run, STORAGE, upload, withDevice } from './helpers.js';
 import { matmul64 } from './reference/matmul.js';
 
@@ -22,6 +23,15 @@ interface Case {
 
 const TOL = { rel: 1e-5, atol: 2e-5, rtol: 1e-4 };
 
+/**
+ * The kernels to run a layout through: 'nk' has two GEMV variants (one thread per W row, the CPU
+ * default, and 32 lanes per row combined in workgroup memory, the GPU default); test both.
+ */
+async function kernelsFor(ctx: GpuContext, layout: WeightLayout): Promise<MatmulKernel[]> {
+  if (layout === 'kn') return [await MatmulKernel.create(ctx)];
+  return [await MatmulKernel.create(ctx, { nkLanesPerRow: 1 }), await MatmulKernel.create(ctx, { nkLanesPerRow: 32 })];
+}
+
 function name(c: Case): string {
   const opts = [c.bias && 'bias', c.gelu && 'gelu', c.acc && 'accumulate', c.variant, c.splitK && `splitK ${c.splitK}`].filter(Boolean);
   return `matmul ${c.layout} ${c.dtype} M ${c.M} K ${c.K} N ${c.N}${opts.length ? ' ' + opts.join(' ') : ''}`;
@@ -34,6 +44,8 @@ function makeWeight(rng: Rng, c: { K: number; N: number; layout: WeightLayout; d
   const w = rng.normals(rows * cols, 1 / Math.sqrt(c.K));
   if (c.dtype === 'f32') return { rows, cols, data: w as Float32Array | Uint32Array, seen: w };
   const packed = packF16(w, rows, cols);
+  // A row's padding half (odd cols) is NaN here: the kernels must never let it reach a sum.
+  if (cols % 2 === 1) for (let r = 0; r < rows; r++) packed[r * ((cols + 1) / 2) + (cols - 1) / 2]! |= 0x7e00 << 16;
   return { rows, cols, data: packed as Float32Array | Uint32Array, seen: unpackF16(packed, rows, cols) };
 }
 
@@ -69,56 +81,66 @@ for (const c of [
   test(name(c), () =>
     withDevice(async ({ ctx, owned }) => {
       const rng = new Rng(c.M * 7919 + c.K * 31 + c.N + (c.dtype === 'f16' ? 1 : 0));
-      const k = await MatmulKernel.create(ctx);
       const x = rng.normals(c.M * c.K);
       const W = makeWeight(rng, c);
       const bias = c.bias ? rng.normals(c.N, 0.5) : undefined;
       const base = c.acc ? rng.normals(c.M * c.N) : undefined;
-      const out = base ? upload(owned, base, [c.M, c.N]) : poisoned(owned, [c.M, c.N]);
-      const ds = k.bind(owned, {
-        x: upload(owned, x, [c.M, c.K]),
-        w: upload(owned, W.data, [W.rows, W.cols], c.dtype),
-        layout: c.layout,
-        bias: bias && upload(owned, bias, [c.N]),
-        activation: c.gelu ? 'gelu' : 'none',
-        accumulate: c.acc,
-        out,
-        variant: c.variant,
-        splitK: c.splitK,
-      });
-      // the variant and the split are the ones asked for
-      const isGemm = (c.variant ?? (c.M <= GEMV_MAX_M ? 'gemv' : 'gemm')) === 'gemm';
-      if (isGemm) assert.is(ds.length, 1);
-      else if (c.splitK !== undefined) assert.is(ds.length, c.splitK > 1 ? 2 : 1);
-      await run(ctx, ds);
       const ref = matmul64(x, W.seen, c.M, c.K, c.N, { layout: c.layout, bias, gelu: c.gelu, base });
-      allClose(await download(ctx, out), ref, TOL, name(c));
+      const xt = upload(owned, x, [c.M, c.K]);
+      const wt = upload(owned, W.data, [W.rows, W.cols], c.dtype);
+      const bt = bias && upload(owned, bias, [c.N]);
+      // Past GEMV_MAX_M rows both variants are in use (which one depends on the adapter): run both.
+      const variants = c.variant ? [c.variant] : c.M > GEMV_MAX_M ? (['gemm', 'gemv'] as const) : [undefined];
+      for (const k of await kernelsFor(ctx, c.layout)) {
+        for (const variant of variants) {
+          const out = base ? upload(owned, base, [c.M, c.N]) : poisoned(owned, [c.M, c.N]);
+          const ds = k.bind(owned, {
+            x: xt, w: wt, layout: c.layout, bias: bt, activation: c.gelu ? 'gelu' : 'none', accumulate: c.acc, out,
+            variant, splitK: c.splitK,
+          });
+          // the variant and the split are the ones asked for
+          if ((variant ?? k.variantFor(c.M, c.layout)) === 'gemm') assert.is(ds.length, 1);
+          else if (c.splitK !== undefined) assert.is(ds.length, c.splitK > 1 ? 2 : 1);
+          await run(ctx, ds);
+          allClose(await download(ctx, out), ref, TOL, `${name(c)} (${variant ?? 'auto'}, nk lanes ${k.lpr})`);
+        }
+      }
     }));
 }
 
-test('split-K is chosen for a narrow decode GEMV and not for a wide one', () =>
+test('split-K is chosen for a narrow decode GEMV and not for a wide one; variant choice by M', () =>
   withDevice(async ({ ctx, owned }) => {
     const k = await MatmulKernel.create(ctx);
     const x = poisoned(owned, [1, 768]);
     const narrow = k.bind(owned, { x, w: poisoned(owned, [768, 768]), layout: 'kn', out: poisoned(owned, [1, 768]) });
     assert.is(narrow.length, 2);
     assert.ok(narrow[0]!.workgroups[1] > 1, `K slices ${narrow[0]!.workgroups[1]}`);
-    const wide = k.bind(owned, { x, w: poisoned(owned, [2048, 768]), layout: 'nk', out: poisoned(owned, [1, 2048]) });
+    const k32 = await MatmulKernel.create(ctx, { nkLanesPerRow: 32 }); // 2048 rows x 32 lanes: enough threads
+    const wide = k32.bind(owned, { x, w: poisoned(owned, [2048, 768]), layout: 'nk', out: poisoned(owned, [1, 2048]) });
     assert.is(wide.length, 1);
+    // variant choice: GEMV for decode, GEMM past gemvMaxM
+    assert.is(k.variantFor(1, 'kn'), 'gemv');
+    assert.is(k.variantFor(GEMV_MAX_M, 'nk'), 'gemv');
+    assert.is(k.variantFor(GEMV_MAX_M + 1, 'nk'), 'gemm');
+    const k4 = await MatmulKernel.create(ctx, { gemvMaxM: 4 });
+    assert.is(k4.variantFor(4, 'kn'), 'gemv');
+    assert.is(k4.variantFor(5, 'kn'), 'gemm');
   }));
 
 test('LM head: nk over vocab 50257 with K = 16, f32 and f16, GEMV and GEMM', () =>
   withDevice(async ({ ctx, owned }) => {
-    const k = await MatmulKernel.create(ctx);
     const N = 50257;
     const K = 16;
     for (const [dtype, M] of [['f32', 2], ['f16', 1], ['f32', 9], ['f16', 9]] as const) {
       const rng = new Rng(M * 3 + dtype.length);
       const x = rng.normals(M * K);
       const W = makeWeight(rng, { K, N, layout: 'nk', dtype });
-      const out = poisoned(owned, [M, N]);
-      await run(ctx, k.bind(owned, { x: upload(owned, x, [M, K]), w: upload(owned, W.data, [N, K], dtype), layout: 'nk', out }));
-      allClose(await download(ctx, out), matmul64(x, W.seen, M, K, N, { layout: 'nk' }), TOL, `lm head ${dtype} M ${M}`);
+      const ref = matmul64(x, W.seen, M, K, N, { layout: 'nk' });
+      for (const k of M <= GEMV_MAX_M ? await kernelsFor(ctx, 'nk') : [await MatmulKernel.create(ctx, { gemvMaxM: GEMV_MAX_M })]) {
+        const out = poisoned(owned, [M, N]);
+        await run(ctx, k.bind(owned, { x: upload(owned, x, [M, K]), w: upload(owned, W.data, [N, K], dtype), layout: 'nk', out }));
+        allClose(await download(ctx, out), ref, TOL, `lm head ${dtype} M ${M} (nk lanes ${k.lpr})`);
+      }
     }
   }));
 
@@ -150,7 +172,6 @@ function chunked(owned: Owned, words: Float32Array | Uint32Array, N: number, K: 
 
 test('chunked nk weight: 3 chunks in one buffer, f16 and f32, GEMV (split and not) and GEMM', () =>
   withDevice(async ({ ctx, owned }) => {
-    const k = await MatmulKernel.create(ctx);
     const N = 1000;
     const K = 40;
     for (const [dtype, M, splitK, bias] of [['f16', 3, undefined, true], ['f32', 2, 3, false], ['f16', 37, undefined, true], ['f32', 1, 1, true]] as const) {
@@ -158,12 +179,15 @@ test('chunked nk weight: 3 chunks in one buffer, f16 and f32, GEMV (split and no
       const x = rng.normals(M * K);
       const W = makeWeight(rng, { K, N, layout: 'nk', dtype });
       const b = bias ? rng.normals(N) : undefined;
-      const out = poisoned(owned, [M, N]);
+      const ref = matmul64(x, W.seen, M, K, N, { layout: 'nk', bias: b, gelu: true });
       const w = chunked(owned, W.data, N, K, 384, dtype);
-      const ds = k.bind(owned, { x: upload(owned, x, [M, K]), w, layout: 'nk', out, bias: b && upload(owned, b, [N]), splitK, activation: 'gelu' });
-      assert.ok(ds.length >= 3);
-      await run(ctx, ds);
-      allClose(await download(ctx, out), matmul64(x, W.seen, M, K, N, { layout: 'nk', bias: b, gelu: true }), TOL, `chunked ${dtype} M ${M}`);
+      for (const k of await kernelsFor(ctx, 'nk')) {
+        const out = poisoned(owned, [M, N]);
+        const ds = k.bind(owned, { x: upload(owned, x, [M, K]), w, layout: 'nk', out, bias: b && upload(owned, b, [N]), splitK, activation: 'gelu' });
+        assert.ok(ds.length >= 3);
+        await run(ctx, ds);
+        allClose(await download(ctx, out), ref, TOL, `chunked ${dtype} M ${M} (nk lanes ${k.lpr})`);
+      }
     }
   }));
 
@@ -179,7 +203,9 @@ test('chunked LM head [50257, 768] f32 in 2 chunks (whole passes the 128 MiB bin
     const W = makeWeight(rng, { K, N, layout: 'nk', dtype: 'f32' });
     const out = poisoned(owned, [M, N]);
     const w = chunked(owned, W.data, N, K, Math.ceil(N / 2), 'f32');
-    await run(ctx, k.bind(owned, { x: upload(owned, x, [M, K]), w, layout: 'nk', out }));
+    const ds = k.bind(owned, { x: upload(owned, x, [M, K]), w, layout: 'nk', out });
+    assert.is(ds.length, 2);
+    await run(ctx, ds);
     const got = await download(ctx, out);
     assert.is(got.findIndex((v) => !Number.isFinite(v)), -1, 'every logit written');
     // float64 over a spread of columns, both chunks and their boundary included
@@ -188,6 +214,43 @@ test('chunked LM head [50257, 768] f32 in 2 chunks (whole passes the 128 MiB bin
     const pick = new Float32Array(M * cols.length);
     for (let m = 0; m < M; m++) cols.forEach((c, i) => (pick[m * cols.length + i] = got[m * N + c]!));
     allClose(pick, matmul64(x, W.seen, M, K, N, { layout: 'nk', cols }), TOL, 'chunked lm head');
+  }));
+
+test('tensors at aligned offsets inside shared buffers (as the engine packs activations)', () =>
+  withDevice(async ({ ctx, owned }) => {
+    const M = 3;
+    const K = 40;
+    const N = 24;
+    const rng = new Rng(404);
+    const x = rng.normals(M * K);
+    const b = rng.normals(N);
+    const base = rng.normals(M * N);
+    for (const layout of ['kn', 'nk'] as const) {
+      const W = makeWeight(rng, { K, N, layout, dtype: 'f16' });
+      const ref = matmul64(x, W.seen, M, K, N, { layout, bias: b, base });
+      for (const k of await kernelsFor(ctx, layout)) {
+        for (const variant of ['gemv', 'gemm'] as const) {
+          // x at byte 256 and bias at 1024 of one buffer, out (holding the residual) at byte 768 of
+          // another (a buffer written by a dispatch cannot also be read by it), W at byte 512 of a third
+          const act = new Float32Array(1024).fill(NaN);
+          act.set(x, 64);
+          act.set(b, 256);
+          const ab = upload(owned, act, [1024]).buffer;
+          const ob = new Float32Array(1024).fill(NaN);
+          ob.set(base, 192);
+          const wAll = new Uint32Array(128 + W.data.length);
+          wAll.set(W.data as Uint32Array, 128);
+          const wb = upload(owned, wAll, [wAll.length], 'u32').buffer;
+          const out: GpuTensor = { buffer: upload(owned, ob, [1024]).buffer, offset: 768, shape: [M, N], dtype: 'f32' };
+          await run(ctx, k.bind(owned, {
+            x: { buffer: ab, offset: 256, shape: [M, K], dtype: 'f32' },
+            w: { buffer: wb, offset: 512, shape: [W.rows, W.cols], dtype: 'f16' },
+            layout, bias: { buffer: ab, offset: 1024, shape: [N], dtype: 'f32' }, accumulate: true, out, variant,
+          }));
+          allClose(await download(ctx, out), ref, TOL, `offsets ${layout} ${variant} (nk lanes ${k.lpr})`);
+        }
+      }
+    }
   }));
 
 test('bind rejects bad shapes, chunked kn weights, over-limit weights and out aliasing an input', () =>
@@ -216,12 +279,20 @@ test('bind rejects bad shapes, chunked kn weights, over-limit weights and out al
     );
     const huge: GpuTensor = { buffer: chunk.buffer, offset: 0, shape: [50257, 768], dtype: 'f32' };
     assert.throws(() => k.bind(owned, { x: poisoned(owned, [1, 768]), w: huge, layout: 'nk', out: poisoned(owned, [1, 50257]) }), isShape(/maxStorageBufferBindingSize/));
-    // out over the same bytes as x
-    const both = upload(owned, new Float32Array(64 + 16), [80]);
+    // out in the buffer of x: over the same bytes, and at disjoint bytes (WebGPU refuses both)
+    const both = upload(owned, new Float32Array(128), [128]);
     const xs: GpuTensor = { ...both, shape: [2, 8] };
-    const outs: GpuTensor = { ...both, offset: 0, shape: [2, 8] };
-    assert.throws(() => k.bind(owned, { x: xs, w: poisoned(owned, [8, 8]), layout: 'kn', out: outs }), isShape(/out .* overlaps x/));
+    for (const offset of [0, 256]) {
+      const outs: GpuTensor = { ...both, offset, shape: [2, 8] };
+      assert.throws(() => k.bind(owned, { x: xs, w: poisoned(owned, [8, 8]), layout: 'kn', out: outs }), isShape(/out and x share buffer/));
+    }
+    const wOut = poisoned(owned, [16, 8]);
+    assert.throws(() => k.bind(owned, { x, w: { ...wOut, shape: [8, 2] }, layout: 'kn', out: { ...wOut, offset: 256, shape: [2, 2] } }), isShape(/out and W share buffer/));
     assert.throws(() => k.bind(owned, { x, w: poisoned(owned, [8, 4]), layout: 'kn', out: poisoned(owned, [2, 4]), splitK: 0 }), isShape(/splitK must be an integer >= 1, got 0/));
+    await MatmulKernel.create(ctx, { nkLanesPerRow: 12 }).then(
+      () => assert.unreachable('nkLanesPerRow 12 accepted'),
+      (e: Error) => assert.ok(e instanceof InvalidOptionError && /got 12/.test(e.message), e.message),
+    );
   }));
 
 test.run();

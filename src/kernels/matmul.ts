@@ -1,16 +1,19 @@
 /**
  * Linear-layer kernel family (shaders/matmul.wgsl): out[M, N] = x[M, K] @ W (+ bias) (gelu) (+= out).
  *
- * Variant picked per bind from M:
- *   - M <= GEMV_MAX_M: a GEMV that reads W once per block of up to 8 rows (decode). When N alone
- *     gives too few threads to keep a GPU's memory system busy it splits K across workgroups,
- *     writes partial sums to a scratch buffer and a `reduce` dispatch applies the epilogue.
- *   - otherwise: a GEMM tiled through workgroup memory (prefill).
+ * Variant picked per bind from M (see `variantFor`):
+ *   - small M: a GEMV that reads W once per block of up to 8 rows (decode). When N alone gives
+ *     too few threads to keep a GPU's memory system busy it splits K across workgroups, writes
+ *     partial sums to a scratch buffer and a `reduce` dispatch applies the epilogue.
+ *   - larger M: a GEMM tiled through workgroup memory (prefill).
+ * On CPU adapters (lavapipe, SwiftShader) the 'kn' GEMV beats the tiled GEMM at every M measured
+ * (up to 128): there every workgroup-memory read is a per-lane load, while the GEMV's x reads are
+ * one broadcast per block of rows; so 'kn' stays on the GEMV there.
  * W is f32 or f16 (packed pairs, see f16.ts), layout 'kn' ([K, N], HF Conv1D) or 'nk' ([N, K], the
  * tied LM head, which may be a ChunkedTensor split by rows: one dispatch per chunk).
  */
 import type { GpuContext } from '../engine/device.js';
-import { ShapeError } from '../errors.js';
+import { InvalidOptionError, ShapeError } from '../errors.js';
 import {
   binding,
   ChunkedTensor,
@@ -39,14 +42,12 @@ export interface MatmulArgs {
   splitK?: number;
 }
 
-/** Largest M that takes the GEMV path (W read once per block of 8 rows; beyond, the GEMM reuses it more). */
+/** Largest M that takes the GEMV path on a GPU (W read once per block of 8 rows; beyond, the GEMM reuses it more). */
 export const GEMV_MAX_M = 8;
 /** Rows of x one GEMV workgroup handles (MAXM in the shader). */
 const MAXM = 8;
-/** gemv_kn threads per workgroup; gemv_nk threads and lanes per W row. */
+/** gemv_kn threads per workgroup. */
 const WG_KN = 64;
-const WG_NK = 256;
-const LPR = 32;
 const WG_REDUCE = 256;
 /** GEMM tile: TX x TY threads, each a 4 x 4 block -> 64 x 64 outputs; BK deep (8 KiB of tiles). */
 const GEMM = { TX: 16, TY: 16, BK: 16, TM: 4, TN: 4 };
@@ -85,14 +86,46 @@ function overlaps(a: GpuTensor, b: GpuTensor): boolean {
   return a.offset < b1 && b.offset < a1;
 }
 
+export interface MatmulOptions {
+  /**
+   * Threads that share one W row in the 'nk' GEMV (the LM head): 32 (a power of two >= 8) splits
+   * each row's dot product over coalesced 16-byte loads and combines them in workgroup memory,
+   * what a GPU wants; 1 gives each thread a whole row with no combining, which is faster on CPU
+   * adapters (lavapipe, SwiftShader), whose workgroup threads are SIMD lanes. Default: 1 on a
+   * fallback / software adapter, else 32.
+   */
+  nkLanesPerRow?: number;
+  /**
+   * Largest M that takes the GEMV (larger M takes the tiled GEMM). Default: GEMV_MAX_M, except
+   * 'kn' on a CPU adapter, which always takes the GEMV.
+   */
+  gemvMaxM?: number;
+}
+
 export class MatmulKernel {
   private constructor(
     private readonly ctx: GpuContext,
     /** key `${entry}:${f16}:${vec}` (gemm: `gemm:${f16}:${nk}`) */
     private readonly pipelines: Map<string, GPUComputePipeline>,
+    /** gemv_nk lanes per W row and threads per workgroup. */
+    readonly lpr: number,
+    private readonly wgNk: number,
+    private readonly gemvMax: Record<WeightLayout, number>,
   ) {}
 
-  static async create(ctx: GpuContext): Promise<MatmulKernel> {
+  /** The variant `bind` picks for M rows of x with this layout. */
+  variantFor(M: number, layout: WeightLayout): 'gemv' | 'gemm' {
+    return M <= this.gemvMax[layout] ? 'gemv' : 'gemm';
+  }
+
+  static async create(ctx: GpuContext, opts: MatmulOptions = {}): Promise<MatmulKernel> {
+    const cpu = ctx.adapter.isFallbackAdapter || ctx.adapter.architecture === 'software';
+    const LPR = opts.nkLanesPerRow ?? (cpu ? 1 : 32);
+    if (!(LPR === 1 || (LPR >= MAXM && LPR <= 256 && (LPR & (LPR - 1)) === 0))) {
+      throw new InvalidOptionError(`MatmulKernel: nkLanesPerRow must be 1 or a power of two in [${MAXM}, 256], got ${LPR}`);
+    }
+    // LPR 1: 64 rows per workgroup; else 256 threads = 256 / LPR rows.
+    const WG_NK = LPR === 1 ? 64 : 256;
     const want: Array<[string, string, Record<string, number>]> = [];
     for (const f16 of [0, 1]) {
       for (const vec of [0, 1]) {
@@ -105,7 +138,13 @@ export class MatmulKernel {
     }
     want.push(['reduce', 'reduce', { WG: WG_REDUCE }]);
     const built = await Promise.all(want.map(([, entry, c]) => ctx.pipeline('matmul', entry, c)));
-    return new MatmulKernel(ctx, new Map(want.map(([key], i) => [key, built[i]!])));
+    if (opts.gemvMaxM !== undefined && !(opts.gemvMaxM >= 0)) {
+      throw new InvalidOptionError(`MatmulKernel: gemvMaxM must be a number >= 0, got ${opts.gemvMaxM}`);
+    }
+    const gemvMax = opts.gemvMaxM !== undefined
+      ? { kn: opts.gemvMaxM, nk: opts.gemvMaxM }
+      : { kn: cpu ? Infinity : GEMV_MAX_M, nk: GEMV_MAX_M };
+    return new MatmulKernel(ctx, new Map(want.map(([key], i) => [key, built[i]!])), LPR, WG_NK, gemvMax);
   }
 
   bind(owner: Owned, a: MatmulArgs, label = 'matmul'): Dispatch[] {
@@ -162,9 +201,12 @@ export class MatmulKernel {
     }
     const reads: Array<[string, GpuTensor]> = [['x', a.x], ...pieces.map((p, i): [string, GpuTensor] => [pieces.length > 1 ? `W chunk ${i}` : 'W', p])];
     if (a.bias) reads.push(['bias', a.bias]);
+    // WebGPU validates usage per buffer, not per range: a buffer bound read_write in a dispatch
+    // may not be bound read-only in it too, even at disjoint bytes.
     for (const [what, t] of reads) {
-      if (overlaps(t, a.out)) {
-        throw new ShapeError(`${label}: out (buffer "${a.out.buffer.label}" bytes ${a.out.offset}..${a.out.offset + tensorBytes(a.out.shape, 'f32')}) overlaps ${what} (bytes ${t.offset}..${t.offset + tensorBytes(t.shape, t.dtype)}); give out its own buffer range`);
+      if (t.buffer === a.out.buffer) {
+        const how = overlaps(t, a.out) ? 'overlapping' : 'disjoint';
+        throw new ShapeError(`${label}: out and ${what} share buffer "${a.out.buffer.label}" (${how} bytes ${a.out.offset}.. and ${t.offset}..); WebGPU forbids binding one buffer writable and read-only in the same dispatch: give out its own buffer`);
       }
     }
     const align = ctx.limits.minStorageBufferOffsetAlignment;
@@ -175,7 +217,7 @@ export class MatmulKernel {
     if (act !== 'none' && act !== 'gelu') throw new ShapeError(`${label}: activation must be 'none' or 'gelu', got ${String(act)}`);
     const flags = (a.bias ? F_BIAS : 0) | (act === 'gelu' ? F_GELU : 0) | (a.accumulate ? F_ACC : 0);
 
-    const variant = a.variant ?? (M <= GEMV_MAX_M ? 'gemv' : 'gemm');
+    const variant = a.variant ?? this.variantFor(M, a.layout);
     const f16 = dtype === 'f16' ? 1 : 0;
     const wordsPerRow = (cols: number) => (f16 ? Math.ceil(cols / 2) : cols);
     const biasT = a.bias ?? a.x; // bound but unread when there is no bias (read-only aliasing is allowed)
@@ -203,7 +245,7 @@ export class MatmulKernel {
     const entry: Entry = a.layout === 'kn' ? 'gemv_kn' : 'gemv_nk';
     const pipeline = this.pipelines.get(`${entry}:${f16}:${vec ? 1 : 0}`)!;
     const zBlocks = groups(ctx, label, Math.ceil(M / MAXM));
-    const threads = a.layout === 'kn' ? Math.ceil(N / per) : N * LPR;
+    const threads = a.layout === 'kn' ? Math.ceil(N / per) : N * this.lpr;
     // K slices: multiples of 8 so every slice starts on a 16-byte load of either dtype.
     let S: number;
     if (a.splitK !== undefined) {
@@ -229,7 +271,7 @@ export class MatmulKernel {
       const n = a.layout === 'kn' ? N : wp.shape[0]!;
       const wpr = wordsPerRow(a.layout === 'kn' ? N : K);
       const params = owner.uniform(`${label}.params${i}`, [M, n, K, wpr, N, nOff, kslice, S > 1 ? F_PARTIAL : flags]);
-      const gx = a.layout === 'kn' ? Math.ceil(Math.ceil(n / per) / WG_KN) : Math.ceil(n / (WG_NK / LPR));
+      const gx = a.layout === 'kn' ? Math.ceil(Math.ceil(n / per) / WG_KN) : Math.ceil(n / (this.wgNk / this.lpr));
       const bg = this.bindGroup(owner, entry, pipeline, label, { 0: params, 1: a.x, 2: a.x, 3: wp, 4: wp, 5: biasT, 6: dst });
       out.push({
         family: 'matmul',

@@ -113,7 +113,7 @@ export class Sampler {
   createState(owner: Owned, rows: number, opts: NormalizedSampling | NormalizedSampling[], init: SamplerInit): SamplerState {
     const V = this.vocab;
     if (!Number.isInteger(rows) || rows < 1) throw new ShapeError(`Sampler.createState: rows must be an integer >= 1, got ${rows}`);
-    const per = Array.isArray(opts) ? opts : new Array<NormalizedSampling>(rows).fill(opts);
+    const per = Array.isArray(opts) ? [...opts] : new Array<NormalizedSampling>(rows).fill(opts);
     if (per.length !== rows) throw new ShapeError(`Sampler.createState: ${per.length} option sets for ${rows} rows`);
     if (init.seeds.length !== rows) throw new ShapeError(`Sampler.createState: ${init.seeds.length} seeds for ${rows} rows`);
     for (const s of init.seeds) {
@@ -122,20 +122,16 @@ export class Sampler {
     if (!Number.isInteger(init.eosId) || init.eosId >= V || init.eosId < -1) {
       throw new InvalidOptionError(`eosId ${init.eosId} is invalid: must be -1 (none) or an id in [0, ${V})`);
     }
-    const biasRows = per.filter((o) => o.logitBias.length > 0).length;
+    // Bias rows [rows, V] only when some row has a logit_bias (row r uses bias row r).
+    const anyBias = per.some((o) => o.logitBias.length > 0);
     const params = new Uint32Array(rows * PARAM_WORDS);
-    const bias = new Float32Array(Math.max(1, biasRows * V));
-    let b = 0;
+    const bias = new Float32Array(anyBias ? rows * V : 1);
     per.forEach((o, r) => {
-      let biasRow = NONE;
-      if (o.logitBias.length > 0) {
-        for (const [id, val] of o.logitBias) {
-          if (id >= V) throw new InvalidOptionError(`logitBias id ${id} is invalid: must be in [0, ${V})`);
-          bias[b * V + id] = val;
-        }
-        biasRow = b++;
+      for (const [id, val] of o.logitBias) {
+        if (id >= V) throw new InvalidOptionError(`logitBias id ${id} is invalid: must be in [0, ${V})`);
+        bias[r * V + id] = val;
       }
-      params.set(rowParams(o, V, init.seeds[r]!, init.eosId, init.stopAtEos, biasRow), r * PARAM_WORDS);
+      params.set(rowParams(o, V, init.seeds[r]!, init.eosId, init.stopAtEos, o.logitBias.length ? r : NONE), r * PARAM_WORDS);
     });
     const c = this.ctx;
     const mk = (label: string, data: ArrayBufferView) => owner.adopt(c.createBufferWithData(label, data, STORAGE));
@@ -178,6 +174,30 @@ export class Sampler {
     } finally {
       tmp.destroy(); // destroy waits for the submitted work in WebGPU's model
     }
+  }
+
+  /**
+   * Gives `row` new options and a new seed (for reuse by another sequence; call resetRow too).
+   * A logit_bias needs a state created with a bias on some row (the bias rows exist then).
+   */
+  setRow(state: SamplerState, row: number, opts: NormalizedSampling, seed: number): void {
+    this.checkRow(state, row, 'setRow');
+    const V = state.vocab;
+    if (!Number.isInteger(seed) || seed < 0 || seed >= 2 ** 53) throw new InvalidOptionError(`seed ${seed} is invalid: must be an integer in [0, 2^53)`);
+    const hasBiasRows = state.bias.size >= state.rows * V * 4;
+    if (opts.logitBias.length && !hasBiasRows) {
+      throw new InvalidOptionError('setRow: logitBias on a state created without any logit_bias; create the state with a logitBias on at least one row');
+    }
+    const q = this.ctx.device.queue;
+    if (hasBiasRows) {
+      const b = new Float32Array(V);
+      for (const [id, val] of opts.logitBias) b[id] = val;
+      q.writeBuffer(state.bias, row * V * 4, b);
+    }
+    const words = rowParams(opts, V, seed, state.eosId, state.stopAtEos, opts.logitBias.length ? row : NONE);
+    q.writeBuffer(state.params, row * PARAM_WORDS * 4, new Uint32Array(words));
+    (state.opts as NormalizedSampling[])[row] = opts;
+    (state.seeds as number[])[row] = seed;
   }
 
   /** Zeroes the counts, step counter and EOS latch of `row` (for reuse by a new sequence). */
