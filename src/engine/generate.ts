@@ -467,8 +467,14 @@ function syncHistory(cache: KVCache, rows: Row[], fedCount: number[], final: boo
 
 /** Re-encodes `kept` tokens of row r from position 0 (a context shift). No logits are needed. */
 async function reencode(model: GPT2Model, cache: KVCache, r: number, kept: number[], plans: ForwardPlan[]): Promise<void> {
-  const plan = new ForwardPlan(model, cache, kept.length, 1);
-  plans.push(plan);
+  // Shifts keep the same number of tokens, so one plan per length serves every shift of a run
+  // (GPU memory stays flat however many shifts happen).
+  let plan = plans.find((p) => p.cache === cache && p.T === kept.length && p.R === 1 && p.tag === 'reencode');
+  if (!plan) {
+    plan = new ForwardPlan(model, cache, kept.length, 1);
+    plan.tag = 'reencode';
+    plans.push(plan);
+  }
   const meta = new Uint32Array(2 * kept.length);
   for (let t = 0; t < kept.length; t++) {
     meta[2 * t] = r;

@@ -57,6 +57,8 @@ export class ForwardPlan {
   readonly lastIdx: GpuTensor; // [R] u32: which tokens' logits to compute
   readonly logits: GpuTensor; // [R, V] f32
   readonly dispatches: Dispatch[] = [];
+  /** What the plan is used for, when a caller reuses plans (e.g. 'reencode'). */
+  tag = '';
 
   constructor(readonly model: GPT2Model, readonly cache: KVCache, readonly T: number, readonly R: number) {
     const { ctx, config: cfg, weights: w, kernels: k } = model;

@@ -3,7 +3,7 @@
  * can end in the middle of a UTF-8 sequence, so text is emitted only up to the last complete
  * character.
  */
-import { decode, encode } from 'gpt-tokenizer/encoding/r50k_base';
+import r50k, { decode, encode } from 'gpt-tokenizer/encoding/r50k_base';
 import { PromptError } from '../errors.js';
 
 export const EOS_TOKEN_ID = 50256;
@@ -39,31 +39,45 @@ export const gpt2Tokenizer: Tokenizer = {
   },
 };
 
+/** Bytes of one token, through gpt-tokenizer's BPE table (undefined if it is not a plain token). */
+type TokenBytes = (id: number) => Uint8Array | string | undefined;
+const tokenBytes: TokenBytes | undefined = (() => {
+  const core = (r50k as unknown as { bytePairEncodingCoreProcessor?: { tryDecodeToken?: TokenBytes } }).bytePairEncodingCoreProcessor;
+  return core?.tryDecodeToken ? (id: number) => core.tryDecodeToken!.call(core, id) : undefined;
+})();
+
 /**
- * Incremental decoder: push token ids, get the new complete text. Holds back a trailing
- * replacement character (an incomplete UTF-8 sequence) until the next token completes it.
+ * Incremental decoder: push token ids, get the new complete text. A token can end in the middle
+ * of a UTF-8 sequence; a streaming TextDecoder holds such bytes until the next token completes
+ * them. O(1) per token (decoding the whole sequence each time would be quadratic).
  */
 export class TextStreamer {
-  private ids: number[] = [];
-  private emitted = 0;
+  private readonly ids: number[] = [];
+  private readonly utf8 = new TextDecoder('utf-8', { fatal: false });
+  private readonly enc = new TextEncoder();
+  private emitted = '';
   constructor(private readonly tok: Tokenizer) {}
   push(id: number): string {
     this.ids.push(id);
-    const text = this.tok.decode(this.ids);
-    let end = text.length;
-    while (end > this.emitted && text.charCodeAt(end - 1) === 0xfffd) end--;
-    const piece = text.slice(this.emitted, end);
-    this.emitted = end;
+    const b = this.tok === gpt2Tokenizer && tokenBytes && id !== EOS_TOKEN_ID ? tokenBytes(id) : undefined;
+    let piece: string;
+    if (b === undefined) {
+      // Special tokens or another tokenizer: decode the whole sequence (rare path).
+      const text = this.tok.decode(this.ids);
+      piece = text.slice(this.emitted.length);
+    } else {
+      piece = this.utf8.decode(typeof b === 'string' ? this.enc.encode(b) : b, { stream: true });
+    }
+    this.emitted += piece;
     return piece;
   }
-  /** Whatever is left (including replacement characters of a truly broken tail). */
+  /** Whatever is left (replacement characters for a truly broken tail). */
   flush(): string {
-    const text = this.tok.decode(this.ids);
-    const piece = text.slice(this.emitted);
-    this.emitted = text.length;
+    const piece = this.utf8.decode();
+    this.emitted += piece;
     return piece;
   }
   get text(): string {
-    return this.tok.decode(this.ids);
+    return this.emitted;
   }
 }
