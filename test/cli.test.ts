@@ -91,7 +91,8 @@ test('sample --json counts draws on the GPU; --probs-out writes the distribution
   assert.is(j.counts.length, 4);
   assert.is(j.counts[0] + j.counts[1], 0);
   assert.is(j.counts[2] + j.counts[3], 4000);
-  const pr = new Float32Array(readFileSync(probs).buffer.slice(0));
+  const pr = new Float32Array(new Uint8Array(readFileSync(probs)).buffer);
+  assert.is(pr.length, 4);
   assert.ok(Math.abs(pr[2]! - 3 / 7) < 1e-5 && Math.abs(pr[3]! - 4 / 7) < 1e-5);
 });
 

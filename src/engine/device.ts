@@ -214,7 +214,11 @@ export class GpuContext {
       ]);
     } catch (e) {
       if (e instanceof DeviceLostError) throw e;
-      this.checkAlive();
+      // A destroyed device rejects pending maps before its `lost` promise settles: give it a moment.
+      const info = await Promise.race([this.device.lost, new Promise<null>((r) => setTimeout(() => r(null), 100))]);
+      if (info || this.isLost) {
+        throw new DeviceLostError(`GPU device lost while reading back${info ? ` (${info.reason}: ${info.message})` : ''}`, { cause: e });
+      }
       throw new GPUValidationError(`mapAsync failed: ${(e as Error).message}`, { cause: e });
     }
     this.stats.bytesReadBack += countedBytes;

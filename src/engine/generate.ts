@@ -133,8 +133,10 @@ interface Row {
 export function generate(model: GPT2Model, prompt: string | readonly number[], opts: GenerateOptions = {}): Promise<GenerateResult> {
   model.checkAlive();
   const ids = typeof prompt === 'string' ? model.tokenizer.encode(prompt) : Array.from(prompt);
-  const { rows } = validateGenerate(opts);
-  return run(model, Array.from({ length: rows }, () => ids), opts);
+  // A multi-row session continues every row with this prompt unless told otherwise.
+  const o = opts.cache && opts.numSequences === undefined ? { ...opts, numSequences: opts.cache.rows } : opts;
+  const { rows } = validateGenerate(o);
+  return run(model, Array.from({ length: rows }, () => ids), o);
 }
 
 /**
