@@ -173,7 +173,12 @@ async function run(model: GPT2Model, prompts: number[][], opts: GenerateOptions)
     if (cache.rows !== R) throw new InvalidOptionError(`the cache has ${cache.rows} rows but numSequences is ${R}; they must match`);
     cache.acquire(model);
   } else {
-    cache = await model.createCache({ rows: R, onOverflow: opts.onOverflow, keep: opts.keep });
+    // Only as many slots as this generation can use (rows x capacity x C must fit one binding, so
+    // this is what lets batch 64 of gpt2 run on a 128 MiB adapter); the full window when it may
+    // shift (it will pass n_positions, or the caller chose `keep`).
+    const need = Math.max(...prompts.map((p) => p.length)) + maxNew;
+    const capacity = need >= cfg.n_positions || opts.keep !== undefined ? cfg.n_positions : Math.max(2, need);
+    cache = await model.createCache({ rows: R, capacity, onOverflow: opts.onOverflow, keep: opts.keep });
     cache.acquire(model);
   }
   const owned = new Owned(ctx);
