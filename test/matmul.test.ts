@@ -24,12 +24,22 @@ interface Case {
 const TOL = { rel: 1e-5, atol: 2e-5, rtol: 1e-4 };
 
 /**
- * The kernels to run a layout through: 'nk' has two GEMV variants (one thread per W row, the CPU
- * default, and 32 lanes per row combined in workgroup memory, the GPU default); test both.
+ * The kernels to run a layout through: 'nk' has three GEMV variants (one thread per W row, 32 lanes
+ * per row combined in workgroup memory, the GPU default, and for M = 1 with aligned rows NKR rows
+ * per thread, the CPU default); test all three whatever the adapter.
  */
 async function kernelsFor(ctx: GpuContext, layout: WeightLayout): Promise<MatmulKernel[]> {
   if (layout === 'kn') return [await MatmulKernel.create(ctx)];
-  return [await MatmulKernel.create(ctx, { nkLanesPerRow: 1 }), await MatmulKernel.create(ctx, { nkLanesPerRow: 32 })];
+  return [
+    await MatmulKernel.create(ctx, { nkLanesPerRow: 1, nkRows: false }),
+    await MatmulKernel.create(ctx, { nkLanesPerRow: 32, nkRows: false }),
+    await MatmulKernel.create(ctx, { nkLanesPerRow: 1, nkRows: true }),
+  ];
+}
+
+/** Workgroups along x of an M = 1 'nk' GEMV over n rows, per variant (to check which one ran). */
+function nkGroupsX(k: MatmulKernel, n: number): number {
+  return k.nkRows ? Math.ceil(Math.ceil(n / 4) / 64) : k.lpr === 1 ? Math.ceil(n / 64) : Math.ceil(n / (256 / k.lpr));
 }
 
 function name(c: Case): string {
@@ -65,6 +75,11 @@ for (const c of [
   { M: 2, K: 257, N: 77, layout: 'kn', dtype: 'f32', splitK: 3 }, // uneven last slice
   { M: 3, K: 257, N: 77, layout: 'nk', dtype: 'f16', bias: true, acc: true, splitK: 5 },
   { M: 1, K: 768, N: 768, layout: 'nk', dtype: 'f16', bias: true, splitK: 7 }, // vec path, split
+  // M = 1 nk (the LM head at batch 1): N not a multiple of the 4 rows per thread of gemv_nk_rows
+  { M: 1, K: 768, N: 2050, layout: 'nk', dtype: 'f32', bias: true, gelu: true },
+  { M: 1, K: 768, N: 1001, layout: 'nk', dtype: 'f16', acc: true },
+  { M: 1, K: 256, N: 203, layout: 'nk', dtype: 'f32', acc: true, splitK: 3 },
+  { M: 1, K: 77, N: 33, layout: 'nk', dtype: 'f16', bias: true }, // unaligned rows: no gemv_nk_rows
   // GEMV past one block of 8 rows (batched decode), GEMM at tiny M
   { M: 37, K: 64, N: 40, layout: 'kn', dtype: 'f16', bias: true, variant: 'gemv' },
   { M: 37, K: 64, N: 40, layout: 'nk', dtype: 'f32', acc: true, variant: 'gemv', splitK: 2 },
@@ -101,6 +116,8 @@ for (const c of [
           // the variant and the split are the ones asked for
           if ((variant ?? k.variantFor(c.M, c.layout)) === 'gemm') assert.is(ds.length, 1);
           else if (c.splitK !== undefined) assert.is(ds.length, c.splitK > 1 ? 2 : 1);
+          const aligned = c.K % (c.dtype === 'f16' ? 8 : 4) === 0;
+          if (c.layout === 'nk' && c.M === 1 && !variant && aligned) assert.is(ds[0]!.workgroups[0], nkGroupsX(k, c.N), 'variant');
           await run(ctx, ds);
           allClose(await download(ctx, out), ref, TOL, `${name(c)} (${variant ?? 'auto'}, nk lanes ${k.lpr})`);
         }
@@ -174,7 +191,7 @@ test('chunked nk weight: 3 chunks in one buffer, f16 and f32, GEMV (split and no
   withDevice(async ({ ctx, owned }) => {
     const N = 1000;
     const K = 40;
-    for (const [dtype, M, splitK, bias] of [['f16', 3, undefined, true], ['f32', 2, 3, false], ['f16', 37, undefined, true], ['f32', 1, 1, true]] as const) {
+    for (const [dtype, M, splitK, bias] of [['f16', 3, undefined, true], ['f32', 2, 3, false], ['f16', 37, undefined, true], ['f32', 1, 1, true], ['f16', 1, undefined, false]] as const) {
       const rng = new Rng(N + M + dtype.length);
       const x = rng.normals(M * K);
       const W = makeWeight(rng, { K, N, layout: 'nk', dtype });

@@ -40,6 +40,11 @@ export interface MatmulArgs {
   variant?: 'gemv' | 'gemm';
   /** GEMV only: forces the number of K slices (1 = no split); default: chosen from N and K. */
   splitK?: number;
+  /**
+   * 'nk' GEMV with M = 1 and 16-byte aligned rows only: use `gemv_nk_rows` (NKR W rows per thread,
+   * no lane combine) instead of `gemv_nk`. Default: the kernel's `nkRows` option.
+   */
+  nkRows?: boolean;
 }
 
 /** Largest M that takes the GEMV path on a GPU (W read once per block of 8 rows; beyond, the GEMM reuses it more). */
@@ -48,6 +53,9 @@ export const GEMV_MAX_M = 8;
 const MAXM = 8;
 /** gemv_kn threads per workgroup. */
 const WG_KN = 64;
+/** gemv_nk_rows: W rows per thread (NKR in the shader) and threads per workgroup. */
+const NKR = 4;
+const WG_NKR = 64;
 const WG_REDUCE = 256;
 /** GEMM tile: TX x TY threads, each a 4 x 4 block -> 64 x 64 outputs; BK deep (8 KiB of tiles). */
 const GEMM = { TX: 16, TY: 16, BK: 16, TM: 4, TN: 4 };
@@ -66,11 +74,12 @@ const F_PARTIAL = 8;
 // GPUBufferUsage.STORAGE (a literal: in Node the GPU globals exist only once a device is requested).
 const STORAGE = 0x80;
 
-type Entry = 'gemv_kn' | 'gemv_nk' | 'gemm' | 'reduce';
+type Entry = 'gemv_kn' | 'gemv_nk' | 'gemv_nk_rows' | 'gemm' | 'reduce';
 /** Bindings each entry point uses (layout 'auto' holds only these). */
 const USES: Record<Entry, number[]> = {
   gemv_kn: [0, 1, 3, 4, 5, 6],
   gemv_nk: [0, 1, 2, 3, 4, 5, 6],
+  gemv_nk_rows: [0, 2, 4, 5, 6],
   gemm: [0, 1, 3, 5, 6],
   reduce: [0, 1, 5, 6],
 };
@@ -100,6 +109,13 @@ export interface MatmulOptions {
    * 'kn' on a CPU adapter, which always takes the GEMV.
    */
   gemvMaxM?: number;
+  /**
+   * Whether M = 1 'nk' GEMVs (the LM head at batch 1) take `gemv_nk_rows`, where each thread owns
+   * NKR whole W rows: on CPU adapters a lane-varying load is a gather per component, and sharing
+   * each x load and add over NKR rows makes the LM head ~1.5x faster on lavapipe. Default: on a
+   * fallback / software adapter.
+   */
+  nkRows?: boolean;
 }
 
 export class MatmulKernel {
@@ -111,6 +127,8 @@ export class MatmulKernel {
     readonly lpr: number,
     private readonly wgNk: number,
     private readonly gemvMax: Record<WeightLayout, number>,
+    /** Default for MatmulArgs.nkRows. */
+    readonly nkRows: boolean,
   ) {}
 
   /** The variant `bind` picks for M rows of x with this layout. */
@@ -132,6 +150,7 @@ export class MatmulKernel {
         want.push([`gemv_kn:${f16}:${vec}`, 'gemv_kn', { W_F16: f16, VEC: vec, WG: WG_KN }]);
         want.push([`gemv_nk:${f16}:${vec}`, 'gemv_nk', { W_F16: f16, VEC: vec, WG: WG_NK, LPR }]);
       }
+      want.push([`gemv_nk_rows:${f16}:1`, 'gemv_nk_rows', { W_F16: f16, VEC: 1, WG: WG_NKR }]);
       for (const nk of [0, 1]) {
         want.push([`gemm:${f16}:${nk}`, 'gemm', { W_F16: f16, NK: nk, TX: GEMM.TX, TY: GEMM.TY, BK: GEMM.BK }]);
       }
@@ -144,7 +163,7 @@ export class MatmulKernel {
     const gemvMax = opts.gemvMaxM !== undefined
       ? { kn: opts.gemvMaxM, nk: opts.gemvMaxM }
       : { kn: cpu ? Infinity : GEMV_MAX_M, nk: GEMV_MAX_M };
-    return new MatmulKernel(ctx, new Map(want.map(([key], i) => [key, built[i]!])), LPR, WG_NK, gemvMax);
+    return new MatmulKernel(ctx, new Map(want.map(([key], i) => [key, built[i]!])), LPR, WG_NK, gemvMax, opts.nkRows ?? cpu);
   }
 
   bind(owner: Owned, a: MatmulArgs, label = 'matmul'): Dispatch[] {
@@ -242,7 +261,8 @@ export class MatmulKernel {
     // GEMV. 16-byte loads need 16-byte aligned W rows (and x rows for nk).
     const per = f16 ? 8 : 4; // elements per 16-byte load
     const vec = a.layout === 'kn' ? N % per === 0 : K % per === 0;
-    const entry: Entry = a.layout === 'kn' ? 'gemv_kn' : 'gemv_nk';
+    const rows = a.layout === 'nk' && M === 1 && vec && (a.nkRows ?? this.nkRows);
+    const entry: Entry = a.layout === 'kn' ? 'gemv_kn' : rows ? 'gemv_nk_rows' : 'gemv_nk';
     const pipeline = this.pipelines.get(`${entry}:${f16}:${vec ? 1 : 0}`)!;
     const zBlocks = groups(ctx, label, Math.ceil(M / MAXM));
     const threads = a.layout === 'kn' ? Math.ceil(N / per) : N * this.lpr;
@@ -251,6 +271,8 @@ export class MatmulKernel {
     if (a.splitK !== undefined) {
       if (!Number.isInteger(a.splitK) || a.splitK < 1) throw new ShapeError(`${label}: splitK must be an integer >= 1, got ${a.splitK}`);
       S = a.splitK;
+    } else if (rows) {
+      S = 1; // a CPU-adapter variant: N / NKR threads already outnumber the cores
     } else {
       S = threads >= TARGET_THREADS ? 1 : Math.min(Math.ceil(TARGET_THREADS / threads), Math.floor(K / MIN_KSLICE));
       // The partials [S, M, N] must fit one binding.
@@ -271,7 +293,9 @@ export class MatmulKernel {
       const n = a.layout === 'kn' ? N : wp.shape[0]!;
       const wpr = wordsPerRow(a.layout === 'kn' ? N : K);
       const params = owner.uniform(`${label}.params${i}`, [M, n, K, wpr, N, nOff, kslice, S > 1 ? F_PARTIAL : flags]);
-      const gx = a.layout === 'kn' ? Math.ceil(Math.ceil(n / per) / WG_KN) : Math.ceil(n / (this.wgNk / this.lpr));
+      const gx = a.layout === 'kn'
+        ? Math.ceil(Math.ceil(n / per) / WG_KN)
+        : rows ? Math.ceil(Math.ceil(n / NKR) / WG_NKR) : Math.ceil(n / (this.wgNk / this.lpr));
       const bg = this.bindGroup(owner, entry, pipeline, label, { 0: params, 1: a.x, 2: a.x, 3: wp, 4: wp, 5: biasT, 6: dst });
       out.push({
         family: 'matmul',
