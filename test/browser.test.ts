@@ -1,0 +1,122 @@
+/**
+ * The engine in a real browser: Debian's Chromium (headless, WebGPU on SwiftShader) loads the
+ * esbuild bundles from scripts/serve.js. Proves the bundle runs without Node built-ins and that the
+ * kernels work within a browser adapter's limits (256 invocations per workgroup, 10 storage buffers
+ * per stage, no shader-f16), which lavapipe in the Node tests does not impose.
+ *
+ * Needs /usr/lib/chromium/chromium (bash scripts/install-chromium.sh). Outside CI a missing Chromium
+ * skips this file; with CI=true it fails.
+ */
+import { existsSync } from 'node:fs';
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import type { AdapterSummary } from '../src/engine/device.js';
+import { compare, Rng } from './helpers.js';
+import { layerNorm64 } from './reference/layernorm.js';
+import {
+  Browser,
+  buildBrowserBundles,
+  CHROMIUM_MAJOR,
+  CHROMIUM_PATH,
+  IN_CI,
+  launchBrowser,
+  Server,
+  startServer,
+  withLog,
+} from './browser-util.js';
+
+let browser: Browser;
+let server: Server;
+let started: Promise<void> | undefined;
+
+/**
+ * Builds the bundles, serves the repo and launches Chromium once; every test awaits it, so a failure
+ * here fails each test with its message (uvu 0.5 swallows errors thrown in test.before).
+ */
+function setup(): Promise<void> {
+  started ??= (async () => {
+    if (!present) throw new Error(`CI=true but Chromium is missing at ${CHROMIUM_PATH}; scripts/setup.sh should have run scripts/install-chromium.sh`);
+    buildBrowserBundles();
+    server = await startServer();
+    browser = await launchBrowser();
+  })();
+  return started;
+}
+
+const present = existsSync(CHROMIUM_PATH);
+
+if (!present && !IN_CI) {
+  console.warn(`browser.test: skipped, no Chromium at ${CHROMIUM_PATH} (install it with: bash scripts/install-chromium.sh)`);
+  test.skip(`Chromium ${CHROMIUM_MAJOR} at ${CHROMIUM_PATH} (not installed: bash scripts/install-chromium.sh)`, () => undefined);
+} else {
+  test.after(async () => {
+    await browser?.close();
+    await server?.close();
+  });
+
+  test(`Chromium is major version ${CHROMIUM_MAJOR}`, async () => {
+    await setup();
+    const major = Number(browser.version.split('.')[0]);
+    assert.is(major, CHROMIUM_MAJOR, `expected Chromium ${CHROMIUM_MAJOR}.x, launched ${browser.version} from ${CHROMIUM_PATH}; update CHROMIUM_MAJOR in test/browser-util.ts after checking this file passes`);
+  });
+
+  test('the library bundle creates a context on SwiftShader with the browser limits', async () => {
+    await setup();
+    const { page, errors } = await browser.page();
+    try {
+      await page.goto(`${server.url}/dist/browser/test-page.html`);
+      // The library bundle itself (not the test page's copy of the sources) is imported here.
+      const a = await page.evaluate(async () => {
+        const lib = (await import('/dist/browser/gpt2-webgpu.js' as string)) as typeof import('../src/index.js');
+        const ctx = await lib.createContext(navigator.gpu);
+        const out = { adapter: ctx.adapter, shaderF16: ctx.features.shaderF16 };
+        ctx.destroy();
+        return out;
+      });
+      const s: AdapterSummary = a.adapter;
+      const msg = withLog(`adapter: ${JSON.stringify(s)}`, errors);
+      assert.is(s.architecture, 'swiftshader', msg);
+      assert.is(s.isFallbackAdapter, true, msg);
+      assert.is(s.limits.maxComputeInvocationsPerWorkgroup, 256, msg);
+      assert.is(s.limits.maxComputeWorkgroupStorageSize, 32768, msg);
+      assert.is(s.limits.maxStorageBuffersPerShaderStage, 10, msg);
+      assert.is(s.limits.maxBufferSize, 1 << 30, msg);
+      assert.is(a.shaderF16, false, msg);
+    } finally {
+      await page.close();
+    }
+  });
+
+  // Rows of widths below, at and above the 256-thread workgroup; a large |mean| for the two-pass variance.
+  const LN_SHAPES: Array<[number, number, number]> = [
+    [1, 64, 0],
+    [3, 768, 0],
+    [5, 33, 0],
+    [2, 1600, 5],
+  ];
+  test('layer norm on SwiftShader matches float64', async () => {
+    await setup();
+    const { page, errors } = await browser.page();
+    try {
+      await page.goto(`${server.url}/dist/browser/test-page.html`);
+      await page.waitForFunction(() => document.documentElement.dataset.ready === '1');
+      for (const [rows, C, mean] of LN_SHAPES) {
+        const rng = new Rng(rows * 1000 + C);
+        const x = rng.normals(rows * C, 2, mean);
+        const g = rng.normals(C, 0.5, 1);
+        const b = rng.normals(C, 0.2);
+        const out = await page.evaluate(
+          ([rows, C, x, g, b]) => window.gpt2test.layerNorm(rows, C, x, g, b, 1e-5),
+          [rows, C, Array.from(x), Array.from(g), Array.from(b)] as const,
+        );
+        assert.is(out.wg, 256, withLog(`layer norm workgroup width on SwiftShader`, errors));
+        const r = compare(out.y, layerNorm64(x, g, b, rows, C, 1e-5), { rel: 1e-5, atol: 1e-4 });
+        assert.ok(r.ok, withLog(`layernorm [${rows}, ${C}] mean ${mean} in Chromium: ${r.message}`, errors));
+      }
+    } finally {
+      await page.close();
+    }
+  });
+}
+
+test.run();
