@@ -7,7 +7,8 @@
  * Needs /usr/lib/chromium/chromium (bash scripts/install-chromium.sh). Outside CI a missing Chromium
  * skips this file; with CI=true it fails.
  */
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import type { AdapterSummary } from '../src/engine/device.js';
@@ -20,6 +21,7 @@ import {
   CHROMIUM_PATH,
   IN_CI,
   launchBrowser,
+  REPO_ROOT,
   Server,
   startServer,
   withLog,
@@ -44,6 +46,48 @@ function setup(): Promise<void> {
 }
 
 const present = existsSync(CHROMIUM_PATH);
+
+// scripts/serve.js on its own (no browser needed): what the example's downloads rely on.
+test('serve.js: GET, HEAD, Range (206, suffix, 416), MIME, and no escape from the served folders', async () => {
+  const srv = await startServer();
+  try {
+    const file = readFileSync(join(REPO_ROOT, 'package.json'));
+    const full = await fetch(`${srv.url}/package.json`);
+    assert.is(full.status, 200);
+    assert.is(full.headers.get('content-type'), 'application/json; charset=utf-8');
+    assert.is(full.headers.get('accept-ranges'), 'bytes');
+    assert.ok(Buffer.from(await full.arrayBuffer()).equals(file), 'GET returns the file');
+
+    const head = await fetch(`${srv.url}/package.json`, { method: 'HEAD' });
+    assert.is(head.status, 200);
+    assert.is(head.headers.get('content-length'), String(file.length));
+    assert.is((await head.arrayBuffer()).byteLength, 0, 'HEAD has no body');
+
+    const part = await fetch(`${srv.url}/package.json`, { headers: { Range: 'bytes=3-10' } });
+    assert.is(part.status, 206);
+    assert.is(part.headers.get('content-range'), `bytes 3-10/${file.length}`);
+    assert.ok(Buffer.from(await part.arrayBuffer()).equals(file.subarray(3, 11)), 'bytes=3-10 is 8 bytes from offset 3');
+
+    const tail = await fetch(`${srv.url}/package.json`, { headers: { Range: 'bytes=-5' } });
+    assert.is(tail.status, 206);
+    assert.ok(Buffer.from(await tail.arrayBuffer()).equals(file.subarray(file.length - 5)), 'bytes=-5 is the last 5 bytes');
+
+    const past = await fetch(`${srv.url}/package.json`, { headers: { Range: `bytes=${file.length}-` } });
+    assert.is(past.status, 416);
+    assert.is(past.headers.get('content-range'), `bytes */${file.length}`);
+
+    for (const bad of ['/%2e%2e/%2e%2e/etc/passwd', '/.git', '/src/..%2f..%2fetc/passwd', '/no-such-file']) {
+      assert.is((await fetch(srv.url + bad)).status, 404, `${bad} must not be served`);
+    }
+    const dir = await fetch(`${srv.url}/examples/browser`, { redirect: 'manual' });
+    assert.is(dir.status, 301);
+    assert.is(dir.headers.get('location'), '/examples/browser/');
+    const page = await fetch(`${srv.url}/examples/browser/`);
+    assert.is(page.headers.get('content-type'), 'text/html; charset=utf-8');
+  } finally {
+    await srv.close();
+  }
+});
 
 if (!present && !IN_CI) {
   console.warn(`browser.test: skipped, no Chromium at ${CHROMIUM_PATH} (install it with: bash scripts/install-chromium.sh)`);
