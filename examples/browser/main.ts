@@ -5,8 +5,8 @@
  * Downloads go through Cache Storage (caches.open) so a reload does not fetch the weights again.
  *
  * URL mode (used by test/browser.test.ts): `?model=<base URL>&ids=1,2,3` (or `&prompt=...`)
- * `&temperature=0&max_new_tokens=48&seed=..&top_k=..&top_p=..&dtype=f32` fills the form and runs at
- * once; the outcome goes to #result: JSON `{"tokens": [new ids], "text": "...", "seed": n}` with
+ * `&temperature=0&max_new_tokens=48&seed=..&top_k=..&top_p=..&dtype=f32&stop_at_eos=1` fills the form
+ * (settings not given keep the form's defaults) and runs at once; the outcome goes to #result: JSON `{"tokens": [new ids], "text": "...", "seed": n}` with
  * data-done="1", or data-error="<message>". #result also gets data-adapter (JSON: description,
  * isFallbackAdapter, vendor, architecture, limits, features) and data-cache ("hit" when every model
  * file came from Cache Storage, else "miss").
@@ -16,13 +16,13 @@
  */
 import * as lib from '../../src/index.js';
 
-// ---- The engine API this page uses (src/engine/engine.ts). ----
+// ---- The engine API this page uses (src/engine/engine.ts, generate.ts). ----
 interface LoadProgress { phase: string; loaded: number; total: number }
-type ModelSource = string | { url: string } | { files: File[] } | { config: object; safetensors: ArrayBuffer };
+type ModelSource = string | { url: string } | { files: File[] } | { config: unknown; safetensors: ArrayBuffer };
+interface TokenEvent { row: number; token: number; text: string; index: number }
 interface GenerateResult {
   promptIds: number[];
-  tokens: number[];
-  text: string;
+  sequences: Array<{ tokens: number[]; text: string; finishReason: string }>;
   seed: number;
   stats: { prefill_ms: number; decode_ms_per_token: number; tokens_per_s: number };
 }
@@ -34,18 +34,27 @@ interface GenerateOptions {
   seed?: number;
   stopAtEos?: boolean;
   signal?: AbortSignal;
-  onToken?: (id: number, textPiece: string) => void;
+  onToken?: (ev: TokenEvent) => void;
 }
 interface Model {
-  tokenizer: { encode(text: string): number[]; decode(ids: number[]): string };
-  generate(input: number[] | string, opts: GenerateOptions): Promise<GenerateResult>;
+  tokenizer: { encode(text: string): number[]; decode(ids: readonly number[]): string };
+  generate(input: readonly number[] | string, opts: GenerateOptions): Promise<GenerateResult>;
   destroy(): void;
 }
 interface Engine {
+  ctx: { adapter: AdapterReport };
   loadModel(source: ModelSource, opts: { dtype?: 'f32' | 'f16'; onProgress?: (p: LoadProgress) => void }): Promise<Model>;
   destroy(): void;
 }
-interface EngineClass { create(opts: { gpu: GPU }): Promise<Engine> }
+interface EngineClass { create(opts: { gpu?: GPU }): Promise<Engine> }
+interface AdapterReport {
+  description: string;
+  isFallbackAdapter: boolean;
+  vendor: string;
+  architecture: string;
+  features: string[];
+  limits: Record<string, number>;
+}
 
 const CACHE_NAME = 'gpt2-webgpu-weights-v1';
 const MODEL_FILES = ['config.json', 'model.safetensors'];
@@ -67,6 +76,7 @@ const ui = {
   topP: $<HTMLInputElement>('top_p'),
   seed: $<HTMLInputElement>('seed'),
   maxNewTokens: $<HTMLInputElement>('max_new_tokens'),
+  stopAtEos: $<HTMLInputElement>('stop_at_eos'),
   run: $<HTMLButtonElement>('run'),
   stop: $<HTMLButtonElement>('stop'),
   load: $<HTMLDivElement>('load'),
@@ -150,38 +160,10 @@ let enginePromise: Promise<Engine> | null = null;
 let loaded: { key: string; model: Model; cached: boolean } | null = null;
 let running: AbortController | null = null;
 
-interface AdapterReport {
-  description: string;
-  isFallbackAdapter: boolean;
-  vendor: string;
-  architecture: string;
-  features: string[];
-  limits: Record<string, number>;
-}
-
-/** What the browser says about its WebGPU adapter (for #result's data-adapter and the status line). */
-async function adapterReport(): Promise<AdapterReport> {
-  if (!navigator.gpu) throw new lib.WebGPUUnavailableError('navigator.gpu is missing: this browser has no WebGPU (Chromium: chrome://gpu; headless needs --enable-unsafe-webgpu).');
-  const a = await navigator.gpu.requestAdapter();
-  if (!a) throw new lib.WebGPUUnavailableError('navigator.gpu.requestAdapter() returned null: WebGPU is disabled or no adapter fits.');
-  const info = a.info as GPUAdapterInfo & { isFallbackAdapter?: boolean };
-  const limits: Record<string, number> = {};
-  for (const k of ['maxStorageBufferBindingSize', 'maxBufferSize', 'maxComputeWorkgroupStorageSize', 'maxComputeInvocationsPerWorkgroup', 'maxStorageBuffersPerShaderStage'] as const) {
-    limits[k] = a.limits[k];
-  }
-  return {
-    description: info.description,
-    isFallbackAdapter: Boolean(info.isFallbackAdapter ?? (a as { isFallbackAdapter?: boolean }).isFallbackAdapter),
-    vendor: info.vendor,
-    architecture: info.architecture,
-    features: [...a.features].sort(),
-    limits,
-  };
-}
-
 function engine(): Promise<Engine> {
   const EngineCls = (lib as unknown as { Engine?: EngineClass }).Engine;
   if (!EngineCls) return Promise.reject(new Error('this build of gpt2-webgpu has no Engine export yet'));
+  // Engine.create throws WebGPUUnavailableError (with how to enable WebGPU) when there is no adapter.
   enginePromise ??= EngineCls.create({ gpu: navigator.gpu });
   enginePromise.catch(() => (enginePromise = null));
   return enginePromise;
@@ -250,16 +232,17 @@ async function generate(promptIds: number[] | null): Promise<{ res: GenerateResu
       topK: num(ui.topK),
       topP: num(ui.topP),
       seed: num(ui.seed),
+      stopAtEos: ui.stopAtEos.checked,
       signal: controller.signal,
-      onToken: (_id, piece) => {
-        out.appendData(piece);
+      onToken: (ev) => {
+        out.appendData(ev.text);
         // Rate over the tokens after the first (the first one also pays for the prompt).
         if (count++ === 0) first = performance.now();
         else ui.stats.textContent = `${count} tokens, ${((count - 1) / ((performance.now() - first) / 1000)).toFixed(1)} tokens/s`;
       },
     });
     const s = res.stats;
-    ui.stats.textContent = `${res.tokens.length} tokens, ${s.tokens_per_s.toFixed(1)} tokens/s (prefill ${s.prefill_ms.toFixed(0)} ms, ${s.decode_ms_per_token.toFixed(1)} ms/token), seed ${res.seed}`;
+    ui.stats.textContent = `${res.sequences[0]!.tokens.length} tokens, ${s.tokens_per_s.toFixed(1)} tokens/s (prefill ${s.prefill_ms.toFixed(0)} ms, ${s.decode_ms_per_token.toFixed(1)} ms/token), seed ${res.seed}`;
     setStatus('done');
     return { res, cached };
   } finally {
@@ -298,6 +281,8 @@ async function runFromUrl(q: URLSearchParams): Promise<void> {
   set(ui.seed, 'seed');
   set(ui.maxNewTokens, 'max_new_tokens');
   set(ui.dtype, 'dtype');
+  const eos = q.get('stop_at_eos');
+  if (eos !== null) ui.stopAtEos.checked = eos !== '0' && eos !== 'false';
   const idsParam = q.get('ids');
   const ids = idsParam === null ? null : idsParam.split(',').map((s) => Number(s.trim()));
   if (ids?.some((x) => !Number.isInteger(x) || x < 0)) throw new lib.PromptError(`ids must be comma-separated non-negative integers, got "${idsParam}"`);
@@ -305,7 +290,8 @@ async function runFromUrl(q: URLSearchParams): Promise<void> {
   try {
     const { res, cached } = await generate(ids);
     ui.result.dataset.cache = cached ? 'hit' : 'miss';
-    ui.result.textContent = JSON.stringify({ tokens: res.tokens, text: res.text, seed: res.seed });
+    const seq = res.sequences[0]!;
+    ui.result.textContent = JSON.stringify({ tokens: seq.tokens, text: seq.text, seed: res.seed });
     ui.result.dataset.done = '1';
   } finally {
     ui.run.disabled = false;
@@ -314,7 +300,7 @@ async function runFromUrl(q: URLSearchParams): Promise<void> {
 
 async function main(): Promise<void> {
   const q = new URLSearchParams(location.search);
-  const adapter = await adapterReport();
+  const adapter = (await engine()).ctx.adapter;
   ui.result.dataset.adapter = JSON.stringify(adapter);
   setStatus(`WebGPU adapter: ${adapter.description || adapter.vendor}${adapter.isFallbackAdapter ? ' (software fallback)' : ''}`);
   if (q.has('model')) await runFromUrl(q);
