@@ -6,8 +6,8 @@
  *
  * URL mode (used by test/browser.test.ts): `?model=<base URL>&ids=1,2,3` (or `&prompt=...`)
  * `&temperature=0&max_new_tokens=48&seed=..&top_k=..&top_p=..&dtype=f32&stop_at_eos=1` fills the form
- * (settings not given keep the form's defaults) and runs at once; the outcome goes to #result: JSON `{"tokens": [new ids], "text": "...", "seed": n}` with
- * data-done="1", or data-error="<message>". #result also gets data-adapter (JSON: description,
+ * (settings not given keep the form's defaults) and runs at once; the outcome goes to #result:
+ * JSON `{"tokens": [new ids], "text": "...", "seed": n}` with data-done="1", or data-error="<message>". #result also gets data-adapter (JSON: description,
  * isFallbackAdapter, vendor, architecture, limits, features) and data-cache ("hit" when every model
  * file came from Cache Storage, else "miss").
  *
