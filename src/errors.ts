@@ -43,3 +43,6 @@ export class DownloadError extends GPT2WebGPUError {}
 
 /** A generation was cancelled through its AbortSignal. */
 export class AbortError extends GPT2WebGPUError {}
+
+/** A sequence would pass the context window and the cache's overflow policy is 'error'. */
+export class ContextOverflowError extends GPT2WebGPUError {}

@@ -1,4 +1,29 @@
-/** Browser-safe entry point: no Node built-ins are imported from here. */
+/**
+ * gpt2-webgpu: GPT-2 on raw WebGPU. Browser-safe entry point (no Node built-ins imported from
+ * here); Node users import the package normally and also get `createEngine` / `nodeGPU`.
+ */
 export * from './errors.js';
-export { createContext, GpuContext } from './engine/device.js';
+export { createContext, contextFromDevice, GpuContext } from './engine/device.js';
 export type { AdapterSummary, ContextOptions, GpuFeatures } from './engine/device.js';
+export { Engine, Model, Session } from './engine/engine.js';
+export type { EngineOptions, LoadProgress, ModelLoadOptions, ModelSource, SourceResolver } from './engine/engine.js';
+export type { GenerateOptions, GenerateResult, GeneratedSequence, GenerateStats, TokenEvent, FinishReason } from './engine/generate.js';
+export type { BeamOptions, BeamHypothesis } from './sampling/beam.js';
+export type { SamplingOptions } from './sampling/options.js';
+export { deriveSeed, validateSampling } from './sampling/options.js';
+export { sample } from './sampling/sampler.js';
+export type { CacheOptions, OverflowPolicy } from './engine/kvcache.js';
+export { KVCache } from './engine/kvcache.js';
+export { gpt2Tokenizer, TextStreamer, EOS_TOKEN_ID } from './engine/tokenizer.js';
+export type { Tokenizer } from './engine/tokenizer.js';
+export type { GPT2Config } from './engine/config.js';
+export { KNOWN_MODELS } from './engine/config.js';
+export { parseConfig, parameterShapes, parameterCount } from './engine/config.js';
+export { parseSafetensors, bytesSource } from './engine/safetensors.js';
+export type { ByteSource, SafetensorsFile } from './engine/safetensors.js';
+export { openCheckpoint, checkpointFromArrays } from './engine/checkpoint.js';
+export type { Checkpoint } from './engine/checkpoint.js';
+export { randomCheckpoint } from './engine/random.js';
+export { uploadWeights } from './engine/weights.js';
+export type { GPT2Weights } from './engine/weights.js';
+export { urlSource, fileSource, blobSource } from './engine/sources-web.js';

@@ -1,10 +1,15 @@
 /**
- * Node entry point: everything in the browser entry plus `nodeGPU()`, which gives a `GPU` object
- * backed by Dawn (the `webgpu` npm package). This is the only module that imports `webgpu`.
+ * Node entry point: everything in the browser entry plus `nodeGPU()` (a `GPU` backed by Dawn, the
+ * `webgpu` npm package) and `createEngine()`, whose loader also takes local directories and
+ * Hugging Face ids (downloaded into the standard HF cache). The only modules importing Node
+ * built-ins or `webgpu` are this one, node-sources.ts and cli.ts.
  */
 import { create, globals } from 'webgpu';
+import { Engine, type EngineOptions } from './engine/engine.js';
+import { resolveSource } from './node-sources.js';
 
 export * from './index.js';
+export { resolveSource } from './node-sources.js';
 
 let gpu: GPU | undefined;
 
@@ -16,4 +21,16 @@ export function nodeGPU(): GPU {
     gpu = create([]) as GPU;
   }
   return gpu;
+}
+
+/** An Engine on Dawn that loads random:, local directories and Hugging Face ids. */
+export function createEngine(opts: Omit<EngineOptions, 'gpu'> = {}): Promise<Engine> {
+  return Engine.create({
+    gpu: nodeGPU(),
+    resolveSource: (source, o) => {
+      const cb = o.onProgress;
+      return resolveSource(source, { onProgress: cb && ((p) => cb({ phase: 'download', loaded: p.loadedBytes, total: p.totalBytes })) });
+    },
+    ...opts,
+  });
 }

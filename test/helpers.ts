@@ -77,6 +77,18 @@ export async function run(ctx: GpuContext, list: readonly Dispatch[]): Promise<v
   ctx.throwIfErrors();
 }
 
+/** Awaits `fn()` and fails unless it rejects with an error accepted by `check` (uvu has no rejects). */
+export async function rejects(fn: () => Promise<unknown>, check: (e: Error) => boolean, what = 'call'): Promise<void> {
+  let err: unknown;
+  try {
+    await fn();
+  } catch (e) {
+    err = e;
+  }
+  if (err === undefined) throw new Error(`${what}: expected a rejection, but it resolved`);
+  if (!check(err as Error)) throw new Error(`${what}: rejected with an unexpected error: ${(err as Error)?.name}: ${(err as Error)?.message}`);
+}
+
 /** Seeded PRNG (mulberry32) with uniform and normal draws. */
 export class Rng {
   private s: number;

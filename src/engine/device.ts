@@ -214,7 +214,11 @@ export class GpuContext {
       ]);
     } catch (e) {
       if (e instanceof DeviceLostError) throw e;
-      this.checkAlive();
+      // A destroyed device rejects pending maps before its `lost` promise settles: give it a moment.
+      const info = await Promise.race([this.device.lost, new Promise<null>((r) => setTimeout(() => r(null), 100))]);
+      if (info || this.isLost) {
+        throw new DeviceLostError(`GPU device lost while reading back${info ? ` (${info.reason}: ${info.message})` : ''}`, { cause: e });
+      }
       throw new GPUValidationError(`mapAsync failed: ${(e as Error).message}`, { cause: e });
     }
     this.stats.bytesReadBack += countedBytes;
@@ -295,4 +299,36 @@ export async function createContext(gpu: GPU | undefined | null, opts: ContextOp
     subgroups: device.features.has('subgroups'),
   };
   return new GpuContext(device, summary, features);
+}
+
+/**
+ * Wraps a GPUDevice the host application already has (e.g. a page that renders with WebGPU).
+ * Features and limits are read from the device; the adapter description is whatever is known.
+ */
+export function contextFromDevice(device: GPUDevice, info: Partial<GPUAdapterInfo> = {}): GpuContext {
+  const dl = device.limits;
+  const summary: AdapterSummary = {
+    vendor: info.vendor ?? '',
+    architecture: info.architecture ?? '',
+    device: info.device ?? '',
+    description: info.description ?? 'host-provided device',
+    isFallbackAdapter: false,
+    features: [...device.features].sort(),
+    limits: {
+      maxStorageBufferBindingSize: dl.maxStorageBufferBindingSize,
+      maxBufferSize: dl.maxBufferSize,
+      maxComputeWorkgroupStorageSize: dl.maxComputeWorkgroupStorageSize,
+      maxComputeInvocationsPerWorkgroup: dl.maxComputeInvocationsPerWorkgroup,
+      maxComputeWorkgroupSizeX: dl.maxComputeWorkgroupSizeX,
+      maxStorageBuffersPerShaderStage: dl.maxStorageBuffersPerShaderStage,
+      maxComputeWorkgroupsPerDimension: dl.maxComputeWorkgroupsPerDimension,
+      minStorageBufferOffsetAlignment: dl.minStorageBufferOffsetAlignment,
+      minUniformBufferOffsetAlignment: dl.minUniformBufferOffsetAlignment,
+    },
+  };
+  return new GpuContext(device, summary, {
+    timestampQuery: device.features.has('timestamp-query'),
+    shaderF16: device.features.has('shader-f16'),
+    subgroups: device.features.has('subgroups'),
+  });
 }

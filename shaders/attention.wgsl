@@ -1,0 +1,235 @@
+// Causal multi-head attention over the KV cache, for prefill and decode alike.
+//   qkv [T, 3C] f32: q = cols [0, C) (k and v of this step were already copied to the cache by
+//     kv_write); head h uses cols [h*D, (h+1)*D), D = C / n_head.
+//   k_cache, v_cache [rows, cap, C] f32: position p of row r lives at slot p % cap.
+//   meta [T, 2] u32: query t belongs to row r_t at absolute position p_t.
+//   out [T, C] f32: out[t, h*D + d] = sum_j softmax_j(q.k_j / sqrt(D)) v_j[d] over the n = min(p_t + 1,
+//     cap) positions p_t - n + 1 .. p_t of row r_t (the ring's window; the engine keeps p_t < cap, so
+//     in practice positions 0..p_t). A query whose row is >= rows gets a NaN output (defence in depth).
+//
+// Work split: one workgroup of WG threads per (query t, head h), any mix of rows and positions, so
+// prefill (many queries of a row), multi-row prefill and decode (one query per row) share one code
+// path. Keys are visited in blocks of KB = KPT * WG with an online softmax (running max m and
+// running sum l, rescaled by alpha = exp(m_old - m_new) when a block raises the max), so workgroup
+// storage does not depend on the capacity (any cap, 2048 included): qs + acc (1 KiB each),
+// sc + koff (KB words each) and red + lsum (WG words each): 5 KiB at WG = 64, 14 KiB at WG = 256.
+// Per block (3 barriers):
+//   1. thread lid scores keys lid, lid + WG, ... (KPT of them): s_j = (q / sqrt(D)) . k_j (q kept
+//      pre-scaled in qs), records each key's cache offset in koff (the ring's slot arithmetic is
+//      done once per key, with no integer division) and its own maximum in red;
+//   2. every thread scans the WG maxima (one barrier instead of a tree's log2(WG)) -> m_new;
+//      p_j = exp(s_j - m_new) into sc;
+//   3. output accumulation: the WG threads are split into parts = WG / D groups of D lanes (one lane
+//      per output dimension, so the lanes of a part read a v row contiguously); part g sums keys
+//      g, g + parts, ... of the block. For D > WG there is one part and each thread covers dims
+//      lid, lid + WG, .... Each part keeps its own acc (parts * D <= 256 floats) and its own share
+//      of l (kept by its lane d = 0); the parts are added at the end.
+// main_vec4 (below) is the same with 4 dimensions per load, used when D % 4 == 0.
+
+override WG: u32 = 64u;  // <= 256 (acc holds max(WG, MAX_D) floats)
+const KPT: u32 = 4u;     // keys each thread scores per block
+override KB: u32 = WG * KPT;  // keys per block
+const MAX_D: u32 = 256u;
+// Lowest finite f32: the running max starts here so exp(m_old - m_new) never sees inf - inf.
+const LOWEST: f32 = -3.4028234663852886e38;
+
+struct Params {
+  T: u32,
+  C: u32,
+  n_head: u32,
+  D: u32,
+  rows: u32,
+  cap: u32,
+  scale: f32,     // 1 / sqrt(D)
+  groups_x: u32,  // workgroups along dispatch x (workgroup index = wg.y * groups_x + wg.x)
+  nan_bits: u32,  // 0x7fc00000: NaN cannot be written as a WGSL constant
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> qkv: array<f32>;         // [T, 3C]
+@group(0) @binding(2) var<storage, read> tok_meta: array<u32>;    // [T, 2] (row, pos)
+@group(0) @binding(3) var<storage, read> k_cache: array<f32>;     // [rows, cap, C]
+@group(0) @binding(4) var<storage, read> v_cache: array<f32>;     // [rows, cap, C]
+@group(0) @binding(5) var<storage, read_write> out: array<f32>;   // [T, C]
+
+var<workgroup> qs: array<f32, MAX_D>;  // q * scale, [D]
+var<workgroup> acc: array<f32, 256>;   // [parts, D] partial outputs (or [D] when D > WG)
+var<workgroup> sc: array<f32, KB>;     // this block's p_j
+var<workgroup> red: array<f32, WG>;    // the threads' maxima of their block scores
+var<workgroup> lsum: array<f32, WG>;   // [parts] partial softmax denominators
+var<workgroup> koff: array<u32, KB>;   // this block's key offsets in the caches (slot * C + head)
+
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+  let w = wg.y * p.groups_x + wg.x;
+  if (w >= p.T * p.n_head) { return; }  // uniform: the whole workgroup leaves
+  let t = w / p.n_head;
+  let h = w - t * p.n_head;
+  let D = p.D;
+  let C = p.C;
+  let row = tok_meta[2u * t];
+  let pos = tok_meta[2u * t + 1u];
+  let valid = row < p.rows;
+  // Window: n positions ending at pos; every thread computes the same n, so loops stay uniform.
+  let n = select(0u, min(pos + 1u, p.cap), valid);
+  // Slot of the window's first position; slots then run on, wrapping once at cap (n <= cap), so
+  // no integer division is needed per key (costly where it is emulated, e.g. on CPUs).
+  let first_slot = (pos + 1u - n) % p.cap;
+  let head_base = row * p.cap * C + h * D;  // + slot * C + d
+
+  for (var d = lid; d < D; d += WG) { qs[d] = qkv[t * 3u * C + h * D + d] * p.scale; }
+  let parts = max(1u, WG / D);
+  let entries = parts * D;  // acc entries in use: <= WG when D <= WG, else D
+  for (var e = lid; e < entries; e += WG) { acc[e] = 0.0; }
+  if (lid < parts) { lsum[lid] = 0.0; }
+  workgroupBarrier();
+
+  var m = LOWEST;
+  for (var b = 0u; b < n; b += KB) {
+    // 1. score keys b + lid + i * WG, i < KPT; this thread's max of them
+    var s: array<f32, KPT>;
+    var tm = LOWEST;
+    for (var i = 0u; i < KPT; i++) {
+      let jl = lid + i * WG;
+      s[i] = LOWEST;
+      if (b + jl < n) {
+        let slot = first_slot + b + jl;
+        let kb = head_base + (slot - select(0u, p.cap, slot >= p.cap)) * C;
+        koff[jl] = kb;
+        var dot = 0.0;
+        for (var d = 0u; d < D; d++) { dot += qs[d] * k_cache[kb + d]; }
+        s[i] = dot;
+        tm = max(tm, dot);
+      }
+    }
+    // 2. block max (every thread scans the WG partial maxima: one barrier instead of a tree's
+    //    log2(WG)), new running max, probabilities relative to it
+    red[lid] = tm;
+    workgroupBarrier();
+    var m_new = m;
+    for (var i = 0u; i < WG; i++) { m_new = max(m_new, red[i]); }
+    let alpha = exp(m - m_new);  // rescales what was accumulated against the old max
+    for (var i = 0u; i < KPT; i++) {
+      let jl = lid + i * WG;
+      sc[jl] = select(0.0, exp(s[i] - m_new), b + jl < n);
+    }
+    m = m_new;
+    workgroupBarrier();
+    // 3. acc[g, d] = acc[g, d] * alpha + sum over this part's keys of p_j v_j[d]
+    let cnt = min(KB, n - b);
+    for (var e = lid; e < entries; e += WG) {
+      let g = e / D;
+      let d = e - g * D;
+      var a = acc[e] * alpha;
+      var l = 0.0;
+      for (var jj = g; jj < cnt; jj += parts) {
+        let pj = sc[jj];
+        a += pj * v_cache[koff[jj] + d];
+        l += pj;
+      }
+      acc[e] = a;
+      if (d == 0u) { lsum[g] = lsum[g] * alpha + l; }
+    }
+    workgroupBarrier();  // sc, koff and red are rewritten by the next block
+  }
+
+  // Add the parts and normalise.
+  var L = 0.0;
+  for (var g = 0u; g < parts; g++) { L += lsum[g]; }
+  for (var d = lid; d < D; d += WG) {
+    var a = 0.0;
+    for (var g = 0u; g < parts; g++) { a += acc[g * D + d]; }
+    out[t * C + h * D + d] = select(bitcast<f32>(p.nan_bits), a / L, valid);
+  }
+}
+
+// ---- vec4 variant: the same algorithm with 4 dimensions per load, for D % 4 == 0 (every GPT-2
+// size has D = 64). Head and slot offsets are then multiples of 4, so qkv, the caches and out are
+// read as arrays of vec4 (a quarter of the load instructions and index computations). In step 3
+// a lane owns 4 output dimensions: parts = WG / (D / 4) groups (16 lanes each for D = 64).
+
+@group(0) @binding(1) var<storage, read> qkv4: array<vec4<f32>>;        // [T, 3C / 4]
+@group(0) @binding(3) var<storage, read> k4: array<vec4<f32>>;          // [rows, cap, C / 4]
+@group(0) @binding(4) var<storage, read> v4: array<vec4<f32>>;          // [rows, cap, C / 4]
+@group(0) @binding(5) var<storage, read_write> out4: array<vec4<f32>>;  // [T, C / 4]
+
+var<workgroup> qs4: array<vec4<f32>, 64>;   // q * scale, [D / 4]
+var<workgroup> acc4: array<vec4<f32>, 64>;  // [parts, D / 4]; parts * D / 4 <= max(WG, 64)
+
+@compute @workgroup_size(WG)
+fn main_vec4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+  let w = wg.y * p.groups_x + wg.x;
+  if (w >= p.T * p.n_head) { return; }  // uniform: the whole workgroup leaves
+  let t = w / p.n_head;
+  let h = w - t * p.n_head;
+  let D4 = p.D / 4u;
+  let C4 = p.C / 4u;
+  let row = tok_meta[2u * t];
+  let pos = tok_meta[2u * t + 1u];
+  let valid = row < p.rows;
+  let n = select(0u, min(pos + 1u, p.cap), valid);
+  let first_slot = (pos + 1u - n) % p.cap;
+  let head_base = row * p.cap * C4 + h * D4;  // + slot * C4 + d4
+
+  for (var d = lid; d < D4; d += WG) { qs4[d] = qkv4[t * 3u * C4 + h * D4 + d] * p.scale; }
+  let parts = max(1u, WG / D4);
+  let entries = parts * D4;
+  for (var e = lid; e < entries; e += WG) { acc4[e] = vec4<f32>(0.0); }
+  if (lid < parts) { lsum[lid] = 0.0; }
+  workgroupBarrier();
+
+  var m = LOWEST;
+  for (var b = 0u; b < n; b += KB) {
+    var s: array<f32, KPT>;
+    var tm = LOWEST;
+    for (var i = 0u; i < KPT; i++) {
+      let jl = lid + i * WG;
+      s[i] = LOWEST;
+      if (b + jl < n) {
+        let slot = first_slot + b + jl;
+        let kb = head_base + (slot - select(0u, p.cap, slot >= p.cap)) * C4;
+        koff[jl] = kb;
+        var dot4 = vec4<f32>(0.0);
+        for (var d = 0u; d < D4; d++) { dot4 += qs4[d] * k4[kb + d]; }
+        let sc_ = dot4.x + dot4.y + dot4.z + dot4.w;
+        s[i] = sc_;
+        tm = max(tm, sc_);
+      }
+    }
+    red[lid] = tm;
+    workgroupBarrier();
+    var m_new = m;
+    for (var i = 0u; i < WG; i++) { m_new = max(m_new, red[i]); }
+    let alpha = exp(m - m_new);
+    for (var i = 0u; i < KPT; i++) {
+      let jl = lid + i * WG;
+      sc[jl] = select(0.0, exp(s[i] - m_new), b + jl < n);
+    }
+    m = m_new;
+    workgroupBarrier();
+    let cnt = min(KB, n - b);
+    for (var e = lid; e < entries; e += WG) {
+      let g = e / D4;
+      let d = e - g * D4;
+      var a = acc4[e] * alpha;
+      var l = 0.0;
+      for (var jj = g; jj < cnt; jj += parts) {
+        let pj = sc[jj];
+        a += pj * v4[koff[jj] + d];
+        l += pj;
+      }
+      acc4[e] = a;
+      if (d == 0u) { lsum[g] = lsum[g] * alpha + l; }
+    }
+    workgroupBarrier();
+  }
+
+  var L = 0.0;
+  for (var g = 0u; g < parts; g++) { L += lsum[g]; }
+  let nan = bitcast<f32>(p.nan_bits);
+  for (var d = lid; d < D4; d += WG) {
+    var a = vec4<f32>(0.0);
+    for (var g = 0u; g < parts; g++) { a += acc4[g * D4 + d]; }
+    out4[t * C4 + h * D4 + d] = select(vec4<f32>(nan), a / L, valid);
+  }
+}

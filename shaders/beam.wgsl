@@ -1,0 +1,199 @@
+// Beam-search candidates: the top K (usually 2 x beams) of
+//   score[b, v] = beam_scores[b] + log_softmax(logits[b])[v]
+// over all B x V, sorted by score descending, ties to the smaller flat index b * V + v.
+// logits [B, V] f32, beam_scores [B] f32 -> out [K, 3] u32: (parent b, token v, f32 bits of score).
+//
+// Two dispatches:
+//   row_topk (one 256-thread workgroup per beam row): max and sum of exp for a stable
+//     log_softmax ((l - max) - log(sum exp(l - max)), f32), then the row's own top K by a radix
+//     select on order-preserving u32 keys of the scores (4 passes of 8 bits, counts in workgroup
+//     memory); ties at the K-th key are cut by smaller id. Writes K candidates (score bits, flat
+//     index) per row to cand [B, K, 2]; rows with V < K pad with NONE.
+//   merge (one workgroup): the global top K is within the union of the rows' top K; each
+//     candidate's rank is the number of candidates that beat it (B * K is small), and the first
+//     K ranks are written in order.
+// Scores are recomputed from the logits in every pass with the same expression, so every pass
+// sees bit-identical values. Limits: 256 invocations, 2 KiB of workgroup memory, 4 storage buffers.
+
+const WG: u32 = 256u;
+const NONE: u32 = 0xffffffffu;
+
+struct Params {
+  B: u32,
+  V: u32,
+  K: u32,
+  logits_off: u32,   // element offset of row 0 inside the `logits` binding
+  rows_per_y: u32,   // workgroups per dispatch row
+  _p0: u32,
+  _p1: u32,
+  _p2: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> logits: array<f32>;       // [B, V]
+@group(0) @binding(2) var<storage, read> beam_scores: array<f32>;  // [B]
+@group(0) @binding(3) var<storage, read_write> cand: array<u32>;   // [B, K, 2]
+@group(0) @binding(4) var<storage, read_write> out: array<u32>;    // [K, 3]
+
+var<workgroup> h_cnt: array<atomic<u32>, 256>;
+var<workgroup> s_cnt: array<u32, 256>;
+var<workgroup> r_f: array<f32, 256>;
+var<workgroup> w_key: u32;
+var<workgroup> w_above: u32;
+var<workgroup> w_eq: u32;
+var<workgroup> w_tie: u32;
+var<workgroup> w_slot: atomic<u32>;
+
+// Not a const: a const-expression may not evaluate to infinity.
+var<private> NEG_INF_BITS: u32 = 0xff800000u;
+
+// f32 -> u32 with the same order; -0 is mapped to +0.
+fn okey(z: f32) -> u32 {
+  var b = bitcast<u32>(z);
+  if (b == 0x80000000u) { b = 0u; }
+  return select(b | 0x80000000u, ~b, (b & 0x80000000u) != 0u);
+}
+
+// Workgroup max (is_max) or sum of x; every thread gets the result.
+fn reduce(x: f32, lid: u32, is_max: bool) -> f32 {
+  r_f[lid] = x;
+  workgroupBarrier();
+  for (var off = WG / 2u; off > 0u; off = off >> 1u) {
+    if (lid < off) {
+      r_f[lid] = select(r_f[lid] + r_f[lid + off], max(r_f[lid], r_f[lid + off]), is_max);
+    }
+    workgroupBarrier();
+  }
+  let r = r_f[0];
+  workgroupBarrier();
+  return r;
+}
+
+// Inclusive scan of s_cnt over the 256 threads.
+fn scan256(lid: u32) {
+  workgroupBarrier();
+  for (var off = 1u; off < WG; off = off << 1u) {
+    var c = 0u;
+    if (lid >= off) { c = s_cnt[lid - off]; }
+    workgroupBarrier();
+    s_cnt[lid] = s_cnt[lid] + c;
+    workgroupBarrier();
+  }
+}
+
+@compute @workgroup_size(WG)
+fn row_topk(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+  let b = wg.y * p.rows_per_y + wg.x;
+  if (b >= p.B) { return; }
+  let V = p.V;
+  let base = p.logits_off + b * V;
+
+  // Stable log_softmax statistics of the row.
+  var mx = bitcast<f32>(NEG_INF_BITS);
+  for (var v = lid; v < V; v += WG) { mx = max(mx, logits[base + v]); }
+  let m = reduce(mx, lid, true);
+  var s = 0.0;
+  for (var v = lid; v < V; v += WG) { s += exp(logits[base + v] - m); }
+  let log_s = log(reduce(s, lid, false));
+  let bs = beam_scores[b];
+
+  // Radix select of the n-th largest score key (n = min(K, V)).
+  let n = min(p.K, V);
+  if (lid == 0u) {
+    w_key = 0u;
+    w_above = 0u;
+    w_eq = 0u;
+  }
+  for (var ps = 0u; ps < 4u; ps++) {
+    let shift = 24u - 8u * ps;
+    let hmask = select(0xffffffffu << (shift + 8u), 0u, ps == 0u);  // bits fixed by earlier passes
+    atomicStore(&h_cnt[lid], 0u);
+    workgroupBarrier();
+    let prefix = w_key;
+    let above = w_above;
+    for (var v = lid; v < V; v += WG) {
+      let k = okey(bs + ((logits[base + v] - m) - log_s));
+      if ((k & hmask) == prefix) { atomicAdd(&h_cnt[(k >> shift) & 0xffu], 1u); }
+    }
+    workgroupBarrier();
+    // Thread lid holds bucket 255 - lid: the inclusive scan runs from the largest keys down.
+    let bucket = 255u - lid;
+    let own = atomicLoad(&h_cnt[bucket]);
+    s_cnt[lid] = own;
+    scan256(lid);
+    let incl = above + s_cnt[lid];
+    workgroupBarrier();
+    if (incl >= n && incl - own < n) {
+      w_key = prefix | (bucket << shift);
+      w_above = incl - own;
+      w_eq = own;
+    }
+    workgroupBarrier();
+  }
+  let key = w_key;
+  let j = n - w_above;  // ties at `key` to take, smallest ids first
+  let eq = w_eq;
+
+  // The j-th smallest id among ties: contiguous id blocks per thread, scanned in id order.
+  let blk = (V + WG - 1u) / WG;
+  let lo = min(lid * blk, V);
+  let hi = min(lo + blk, V);
+  var c = 0u;
+  for (var v = lo; v < hi; v++) {
+    if (okey(bs + ((logits[base + v] - m) - log_s)) == key) { c++; }
+  }
+  if (lid == 0u) {
+    w_tie = NONE;
+    atomicStore(&w_slot, 0u);
+  }
+  s_cnt[lid] = c;
+  scan256(lid);
+  if (s_cnt[lid] >= j && s_cnt[lid] - c < j) {
+    var r = j - (s_cnt[lid] - c);
+    for (var v = lo; v < hi; v++) {
+      if (okey(bs + ((logits[base + v] - m) - log_s)) == key) {
+        r--;
+        if (r == 0u) { w_tie = v; break; }
+      }
+    }
+  }
+  workgroupBarrier();
+  let id_lim = select(w_tie, NONE, j >= eq);
+
+  // Exactly n tokens pass; slots are taken in any order (merge sorts them).
+  let cb = b * p.K * 2u;
+  for (var v = lid; v < V; v += WG) {
+    let sc = bs + ((logits[base + v] - m) - log_s);
+    let k = okey(sc);
+    if (k > key || (k == key && v <= id_lim)) {
+      let slot = atomicAdd(&w_slot, 1u);
+      cand[cb + slot * 2u] = bitcast<u32>(sc);
+      cand[cb + slot * 2u + 1u] = b * V + v;
+    }
+  }
+  for (var i = n + lid; i < p.K; i += WG) {
+    cand[cb + i * 2u] = 0u;
+    cand[cb + i * 2u + 1u] = NONE;
+  }
+}
+
+@compute @workgroup_size(WG)
+fn merge(@builtin(local_invocation_index) lid: u32) {
+  let total = p.B * p.K;
+  for (var i = lid; i < total; i += WG) {
+    let fi = cand[i * 2u + 1u];
+    if (fi == NONE) { continue; }
+    let si = bitcast<f32>(cand[i * 2u]);
+    var rank = 0u;
+    for (var q = 0u; q < total; q++) {
+      let fq = cand[q * 2u + 1u];
+      let sq = bitcast<f32>(cand[q * 2u]);
+      if (fq != NONE && (sq > si || (sq == si && fq < fi))) { rank++; }
+    }
+    if (rank < p.K) {
+      out[rank * 3u] = fi / p.V;
+      out[rank * 3u + 1u] = fi % p.V;
+      out[rank * 3u + 2u] = bitcast<u32>(si);
+    }
+  }
+}

@@ -1,0 +1,333 @@
+// Linear layers: out[M, N] = x[M, K] @ W (+ bias[N]), then optionally gelu_new, then optionally
+// added to what `out` already holds (the residual add). x, bias, out are f32; W is f32 or f16 and
+// is always bound as u32 words (f32: bitcast; f16: IEEE halves packed in pairs along W's last
+// dimension, rows padded to an even count, read with unpack2x16float; math is f32 either way).
+// Layouts: 'kn' W[K, N] (HF Conv1D), 'nk' W[N, K] (the tied LM head, possibly one chunk of rows of
+// it: this dispatch then covers out columns [n_off, n_off + N) of rows of length ldo).
+//
+// Four entry points share the bindings and the epilogue:
+//   gemv_kn  decode, W[K, N]: each thread owns CPT adjacent columns (4 for f32, 8 for f16 = one
+//            16-byte load per k) and walks one K slice; workgroups tile columns (x), K slices (y)
+//            and blocks of MAXM rows of x (z), so W is read once per block of up to 8 rows.
+//   gemv_nk  decode, W[N, K]: LPR lanes share one W row and stride along K with 16-byte loads
+//            (coalesced along the contiguous dimension); their partials meet in workgroup memory.
+//            LPR = 1 (CPU adapters) gives each thread a whole row and skips the combine.
+//            Workgroups tile W rows (x), K slices (y), blocks of MAXM rows of x (z).
+//   gemm     prefill: a (TY*TM) x (TX*TN) tile of out per workgroup, staged through workgroup
+//            memory BK deep along K; each thread keeps a TM x TN register block.
+//   reduce   finishes a split-K GEMV: sums the S partials [S, M, ldo] and applies the epilogue.
+// With split-K (flags & PARTIAL) the GEMV writes raw sums to dst = partials[S, M, ldo] instead of
+// out, and `reduce` (x bound to the partials) applies bias / gelu / accumulate once.
+// VEC selects 16-byte loads through the vec4 views (x4, w4) of the same buffers; the host sets it
+// only when rows are 16-byte aligned (kn: N % 4 (f32) / N % 8 (f16); nk: K % 4 / K % 8), otherwise
+// the scalar path reads single words with bounds checks.
+
+override W_F16: bool = false;
+override VEC: bool = false;
+override WG: u32 = 64u;   // gemv_kn / gemv_nk / reduce: threads per workgroup
+override LPR: u32 = 32u;  // gemv_nk: lanes per W row: 1, or a power of two >= MAXM dividing WG
+override TX: u32 = 16u;   // gemm: threads along N
+override TY: u32 = 16u;   // gemm: threads along M
+override BK: u32 = 16u;   // gemm: K depth of a staged tile (even, so f16 word pairs stay in one tile)
+override NK: bool = false; // gemm: W layout is [N, K]
+
+const MAXM = 8u;  // rows of x per GEMV workgroup (register accumulators per thread)
+const TM = 4u;    // gemm: rows per thread
+const TN = 4u;    // gemm: columns per thread
+
+const F_BIAS = 1u;
+const F_GELU = 2u;
+const F_ACC = 4u;
+const F_PARTIAL = 8u;
+
+struct Params {
+  M: u32,       // rows of x (all of them, also when z splits them into blocks)
+  N: u32,       // columns this dispatch computes (rows of this W chunk for nk); reduce: columns
+  K: u32,       // reduce: number of partial slices S
+  wpr: u32,     // u32 words per W row; reduce: workgroups along x (for the y wrap)
+  ldo: u32,     // row stride of out / partials (the full N)
+  n_off: u32,   // first out column of this dispatch (chunked LM head)
+  kslice: u32,  // K per slice (GEMV split-K; = K when unsplit)
+  flags: u32,   // F_* bits
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;          // [M, K]; reduce: partials [S, M, ldo]
+@group(0) @binding(2) var<storage, read> x4: array<vec4<f32>>;   // the same x, 16-byte view
+@group(0) @binding(3) var<storage, read> w: array<u32>;          // W words
+@group(0) @binding(4) var<storage, read> w4: array<vec4<u32>>;   // the same W, 16-byte view
+@group(0) @binding(5) var<storage, read> bias: array<f32>;       // [ldo] (any buffer when unused)
+@group(0) @binding(6) var<storage, read_write> dst: array<f32>;  // out [M, ldo] or partials [S, M, ldo]
+
+var<workgroup> red: array<f32, MAXM * (WG + WG / LPR)>;  // gemv_nk: lane partials [MAXM][rows][LPR + 1]
+var<workgroup> xs: array<f32, BK * TY * TM>;     // gemm: x tile, [BK][BM] (transposed)
+var<workgroup> ws: array<f32, BK * TX * TN>;     // gemm: W tile, [BK][BN]
+
+// GPT-2's gelu_new, 0.5 v (1 + tanh(sqrt(2/pi) (v + 0.044715 v^3))), written as v * sigmoid(2u):
+// the same function, but no tanh of a large argument (some tanh implementations return NaN there).
+fn gelu_new(v: f32) -> f32 {
+  let u = 0.7978845608028654 * (v + 0.044715 * v * v * v);
+  return v / (1.0 + exp(min(-2.0 * u, 80.0)));
+}
+
+// Stores the sum `v` for row m, column n of this dispatch (slice s when writing partials).
+fn finish(m: u32, n: u32, s: u32, v: f32) {
+  let col = p.n_off + n;
+  if ((p.flags & F_PARTIAL) != 0u) {
+    dst[(s * p.M + m) * p.ldo + col] = v;
+    return;
+  }
+  var r = v;
+  if ((p.flags & F_BIAS) != 0u) { r += bias[col]; }
+  if ((p.flags & F_GELU) != 0u) { r = gelu_new(r); }
+  let i = m * p.ldo + col;
+  if ((p.flags & F_ACC) != 0u) { r += dst[i]; }  // read and write through the one binding
+  dst[i] = r;
+}
+
+// W[row, col] as f32 from the scalar view, 0 outside [rows, cols] of the stored matrix.
+fn w_elem(row: u32, col: u32, cols: u32, rows: u32) -> f32 {
+  if (row >= rows || col >= cols) { return 0.0; }
+  if (W_F16) {
+    let pair = unpack2x16float(w[row * p.wpr + (col >> 1u)]);
+    return select(pair.x, pair.y, (col & 1u) == 1u);
+  }
+  return bitcast<f32>(w[row * p.wpr + col]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// gemv_kn: W[K, N]. Thread g owns columns [g*CPT, g*CPT + CPT); wid.y is the K slice, wid.z the
+// block of MAXM rows of x. No workgroup memory and no barriers, so out-of-range threads just leave.
+@compute @workgroup_size(WG)
+fn gemv_kn(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+  let cpt = select(4u, 8u, W_F16);
+  let c0 = gid.x * cpt;
+  if (c0 >= p.N) { return; }
+  let s = wid.y;
+  let k0 = s * p.kslice;
+  let k1 = min(k0 + p.kslice, p.K);
+  let m0 = wid.z * MAXM;
+  let mc = min(MAXM, p.M - m0);
+  var lo: array<vec4<f32>, MAXM>;  // [m] sums for columns c0 .. c0+3
+  var hi: array<vec4<f32>, MAXM>;  // [m] sums for columns c0+4 .. c0+7 (f16 only)
+  let vrow = p.wpr / 4u;           // vec4 words per W row (VEC only: wpr % 4 == 0)
+  for (var k = k0; k < k1; k++) {
+    var wl: vec4<f32>;
+    var wh = vec4<f32>(0.0);
+    if (VEC) {
+      let q = w4[k * vrow + gid.x];
+      if (W_F16) {
+        wl = vec4<f32>(unpack2x16float(q.x), unpack2x16float(q.y));
+        wh = vec4<f32>(unpack2x16float(q.z), unpack2x16float(q.w));
+      } else {
+        wl = bitcast<vec4<f32>>(q);
+      }
+    } else {
+      wl = vec4<f32>(w_elem(k, c0, p.N, p.K), w_elem(k, c0 + 1u, p.N, p.K),
+                     w_elem(k, c0 + 2u, p.N, p.K), w_elem(k, c0 + 3u, p.N, p.K));
+      if (W_F16) {
+        wh = vec4<f32>(w_elem(k, c0 + 4u, p.N, p.K), w_elem(k, c0 + 5u, p.N, p.K),
+                       w_elem(k, c0 + 6u, p.N, p.K), w_elem(k, c0 + 7u, p.N, p.K));
+      }
+    }
+    // x[m, k] is the same address for every thread of the workgroup: a broadcast load.
+    for (var i = 0u; i < MAXM; i++) {
+      if (i < mc) {
+        let xv = x[(m0 + i) * p.K + k];
+        lo[i] += xv * wl;
+        if (W_F16) { hi[i] += xv * wh; }
+      }
+    }
+  }
+  for (var i = 0u; i < mc; i++) {
+    for (var c = 0u; c < 4u; c++) {
+      if (c0 + c < p.N) { finish(m0 + i, c0 + c, s, lo[i][c]); }
+      if (W_F16 && c0 + 4u + c < p.N) { finish(m0 + i, c0 + 4u + c, s, hi[i][c]); }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// gemv_nk: W[N, K] (rows = out columns). A workgroup covers WG / LPR rows; the LPR lanes of a row
+// stride over its K slice (16-byte loads on the VEC path: 4 f32 or 8 f16 per load), then reduce.
+@compute @workgroup_size(WG)
+fn gemv_nk(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+  let lane = t % LPR;
+  let row = wid.x * (WG / LPR) + t / LPR;
+  let s = wid.y;
+  let k0 = s * p.kslice;
+  let k1 = min(k0 + p.kslice, p.K);
+  let m0 = wid.z * MAXM;
+  let mc = min(MAXM, p.M - m0);
+  var acc: array<f32, MAXM>;
+  // No early return: every thread must reach the barriers below.
+  if (row < p.N) {
+    if (VEC) {
+      let xrow = p.K / 4u;  // vec4 per x row (VEC only: K % 4 == 0)
+      if (W_F16) {
+        // One vec4<u32> = 8 halves = two vec4 of x. Slices start at multiples of 8.
+        let wrow = row * (p.wpr / 4u);
+        for (var j = k0 / 8u + lane; j < k1 / 8u; j += LPR) {
+          let q = w4[wrow + j];
+          let wl = vec4<f32>(unpack2x16float(q.x), unpack2x16float(q.y));
+          let wh = vec4<f32>(unpack2x16float(q.z), unpack2x16float(q.w));
+          for (var i = 0u; i < MAXM; i++) {
+            if (i < mc) {
+              let xb = (m0 + i) * xrow + 2u * j;
+              acc[i] += dot(wl, x4[xb]) + dot(wh, x4[xb + 1u]);
+            }
+          }
+        }
+      } else {
+        let wrow = row * (p.wpr / 4u);
+        for (var j = k0 / 4u + lane; j < k1 / 4u; j += LPR) {
+          let wv = bitcast<vec4<f32>>(w4[wrow + j]);
+          for (var i = 0u; i < MAXM; i++) {
+            if (i < mc) { acc[i] += dot(wv, x4[(m0 + i) * xrow + j]); }
+          }
+        }
+      }
+    } else {
+      for (var k = k0 + lane; k < k1; k += LPR) {
+        let wv = w_elem(row, k, p.K, p.N);
+        for (var i = 0u; i < MAXM; i++) {
+          if (i < mc) { acc[i] += wv * x[(m0 + i) * p.K + k]; }
+        }
+      }
+    }
+  }
+  if (LPR == 1u) {
+    // One thread per W row (the CPU-adapter variant: there a workgroup's threads are SIMD lanes,
+    // every load is per lane anyway, and x[m, j] is then the same address for all lanes).
+    if (row < p.N) {
+      for (var i = 0u; i < mc; i++) { finish(m0 + i, row, s, acc[i]); }
+    }
+    return;
+  }
+  // red[i][r][lane], rows padded to LPR + 1 words so that the reads below (consecutive threads =
+  // consecutive rows r) fall in different banks.
+  let rpw = WG / LPR;
+  let plane = WG + rpw;
+  let slot = (t / LPR) * (LPR + 1u) + lane;
+  for (var i = 0u; i < MAXM; i++) {
+    if (i < mc) { red[i * plane + slot] = acc[i]; }
+  }
+  workgroupBarrier();
+  // Thread t finishes (x row i, W row r) = (t / rpw, t % rpw) by summing that row's LPR lane
+  // partials: one barrier, and one copy of the epilogue (lavapipe compiles unrolled code slowly).
+  // Needs rpw * MAXM <= WG, i.e. LPR >= MAXM.
+  let i = t / rpw;
+  let r = t % rpw;
+  let fr = wid.x * rpw + r;
+  if (i < mc && fr < p.N) {
+    var v = 0.0;
+    for (var l = 0u; l < LPR; l++) { v += red[i * plane + r * (LPR + 1u) + l]; }
+    finish(m0 + i, fr, s, v);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// reduce: out[m, c] = epilogue(sum_s partials[s, m, c]) over M x ldo, one element per thread
+// (x is bound to the partials; p.K = S, p.N = ldo, p.wpr = workgroups along x).
+@compute @workgroup_size(WG)
+fn reduce(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+  let e = (wid.y * p.wpr + wid.x) * WG + t;
+  if (e >= p.M * p.N) { return; }
+  let m = e / p.N;
+  let c = e % p.N;
+  let plane = p.M * p.N;
+  var v = 0.0;
+  for (var s = 0u; s < p.K; s++) { v += x[s * plane + e]; }
+  finish(m, c, 0u, v);
+}
+
+// ---------------------------------------------------------------------------------------------
+// gemm: workgroup (wid.x, wid.y) computes out rows [m0, m0 + BM), columns [n0, n0 + BN) with
+// BM = TY*TM, BN = TX*TN. Thread (tx, ty) owns rows m0 + ty + i*TY and columns n0 + tx + j*TX
+// (strided, so neighbouring threads read neighbouring words of the tiles: no bank conflicts, and
+// the final stores are coalesced along N). Loads outside [M, N, K] are zero-filled, so K, M, N need
+// not be multiples of the tile.
+@compute @workgroup_size(TX, TY)
+fn gemm(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(local_invocation_index) t: u32,
+        @builtin(workgroup_id) wid: vec3<u32>) {
+  let BM = TY * TM;
+  let BN = TX * TN;
+  let NT = TX * TY;
+  let m0 = wid.y * BM;
+  let n0 = wid.x * BN;
+  var acc: array<array<f32, TN>, TM>;
+  for (var k0 = 0u; k0 < p.K; k0 += BK) {
+    // x tile [BM, BK] -> xs[kk][r]; consecutive threads read consecutive k of one row.
+    for (var e = t; e < BM * BK; e += NT) {
+      let r = e / BK;
+      let kk = e % BK;
+      let gm = m0 + r;
+      let gk = k0 + kk;
+      xs[kk * BM + r] = select(0.0, x[gm * p.K + gk], gm < p.M && gk < p.K);
+    }
+    // W tile -> ws[kk][c]. f16 words hold two adjacent elements along W's last dimension, so each
+    // thread unpacks a whole word (tile origins are even along that dimension).
+    if (!NK) {
+      // W[K, N]: walk along N.
+      if (W_F16) {
+        for (var e = t; e < BK * BN / 2u; e += NT) {
+          let kk = e / (BN / 2u);
+          let c = 2u * (e % (BN / 2u));
+          let gk = k0 + kk;
+          let gn = n0 + c;
+          var pair = vec2<f32>(0.0);
+          if (gk < p.K && gn < p.N) { pair = unpack2x16float(w[gk * p.wpr + gn / 2u]); }
+          ws[kk * BN + c] = pair.x;
+          ws[kk * BN + c + 1u] = select(0.0, pair.y, gn + 1u < p.N);
+        }
+      } else {
+        for (var e = t; e < BK * BN; e += NT) {
+          let kk = e / BN;
+          let c = e % BN;
+          ws[kk * BN + c] = w_elem(k0 + kk, n0 + c, p.N, p.K);
+        }
+      }
+    } else {
+      // W[N, K]: walk along K (the contiguous dimension), store transposed.
+      if (W_F16) {
+        for (var e = t; e < BN * BK / 2u; e += NT) {
+          let c = e / (BK / 2u);
+          let kk = 2u * (e % (BK / 2u));
+          let gn = n0 + c;
+          let gk = k0 + kk;
+          var pair = vec2<f32>(0.0);
+          if (gn < p.N && gk < p.K) { pair = unpack2x16float(w[gn * p.wpr + gk / 2u]); }
+          ws[kk * BN + c] = pair.x;
+          ws[(kk + 1u) * BN + c] = select(0.0, pair.y, gk + 1u < p.K);
+        }
+      } else {
+        for (var e = t; e < BN * BK; e += NT) {
+          let c = e / BK;
+          let kk = e % BK;
+          ws[kk * BN + c] = w_elem(n0 + c, k0 + kk, p.K, p.N);
+        }
+      }
+    }
+    workgroupBarrier();
+    // A run-time bound: the last tile stops at K, and the loop is not unrolled (lavapipe compiles
+    // unrolled tiles very slowly; GPUs lose little here, as the loop body is 8 loads + 16 FMAs).
+    let kend = min(BK, p.K - k0);
+    for (var kk = 0u; kk < kend; kk++) {
+      var a: array<f32, TM>;
+      var b: array<f32, TN>;
+      for (var i = 0u; i < TM; i++) { a[i] = xs[kk * BM + lid.y + i * TY]; }
+      for (var j = 0u; j < TN; j++) { b[j] = ws[kk * BN + lid.x + j * TX]; }
+      for (var i = 0u; i < TM; i++) {
+        for (var j = 0u; j < TN; j++) { acc[i][j] = fma(a[i], b[j], acc[i][j]); }
+      }
+    }
+    workgroupBarrier();  // the tiles are overwritten next round
+  }
+  for (var i = 0u; i < TM; i++) {
+    let m = m0 + lid.y + i * TY;
+    for (var j = 0u; j < TN; j++) {
+      let n = n0 + lid.x + j * TX;
+      if (m < p.M && n < p.N) { finish(m, n, 0u, acc[i][j]); }
+    }
+  }
+}

@@ -1,0 +1,197 @@
+/**
+ * The benchmark harness behind `gpt2-webgpu bench`: load time, prefill, decode ms/token (median
+ * and p90 over runs), tokens/s, read-back bytes, dispatches and submits per step, for each batch
+ * size, plus a per-kernel-family GPU time table from timestamp queries when the adapter has them.
+ */
+import type { Engine, LoadProgress, Model } from './engine/engine.js';
+import { ForwardPlan } from './engine/model.js';
+import { Owned, type Dispatch } from './kernels/common.js';
+import { validateSampling } from './sampling/options.js';
+
+export interface BenchOptions {
+  model: string;
+  dtype: 'f32' | 'f16';
+  batches: number[];
+  promptTokens: number;
+  newTokens: number;
+  repeat: number;
+  profile: boolean;
+  onProgress?: (p: LoadProgress) => void;
+}
+
+export interface KernelTime {
+  name: string;
+  ms: number;
+  dispatches: number;
+}
+
+export interface BatchResult {
+  batch: number;
+  load_ms: number;
+  first_token_ms: number;
+  prefill_ms: number;
+  decode_ms_per_token: number;
+  decode_ms_per_token_p90: number;
+  tokens_per_s: number;
+  readback_bytes_per_token: number;
+  dispatches_per_token: number;
+  submits_per_token: number;
+  kernels: KernelTime[] | null;
+  kernels_note?: string;
+}
+
+export interface BenchReport {
+  date: string;
+  model: string;
+  dtype: string;
+  config: Record<string, number>;
+  adapter: unknown;
+  prompt_tokens: number;
+  new_tokens: number;
+  repeat: number;
+  load: { load_ms: number; resolve_ms: number; pipelines_ms: number; upload_ms: number; weight_bytes: number };
+  results: BatchResult[];
+}
+
+const now = (): number => (globalThis.performance ?? Date).now();
+
+function quantile(xs: number[], q: number): number {
+  const s = [...xs].sort((a, b) => a - b);
+  if (s.length === 0) return NaN;
+  const i = Math.min(s.length - 1, Math.max(0, Math.ceil(q * s.length) - 1));
+  return s[i]!;
+}
+
+export async function runBench(engine: Engine, o: BenchOptions): Promise<BenchReport> {
+  const t0 = now();
+  const model = await engine.loadModel(o.model, { dtype: o.dtype, onProgress: o.onProgress });
+  const loadMs = now() - t0;
+  const cfg = model.config;
+  try {
+    if (o.promptTokens + o.newTokens > cfg.n_positions) {
+      throw new RangeError(`prompt-tokens + new-tokens = ${o.promptTokens + o.newTokens} passes the context window ${cfg.n_positions}`);
+    }
+    // A fixed pseudo-random prompt (ids spread over the vocabulary).
+    const prompt = Array.from({ length: o.promptTokens }, (_, i) => (i * 7919 + 13) % (cfg.vocab_size - 1));
+    const results: BatchResult[] = [];
+    for (const B of o.batches) {
+      const run = () => model.generate(prompt, { numSequences: B, maxNewTokens: o.newTokens, temperature: 1, seed: 1234, stopAtEos: false });
+      await model.generate(prompt, { numSequences: B, maxNewTokens: 2, temperature: 1, seed: 1, stopAtEos: false }); // warm-up
+      const runs = [];
+      for (let r = 0; r < o.repeat; r++) runs.push(await run());
+      const decode = runs.map((r) => r.stats.decode_ms_per_token);
+      const first = runs.map((r) => r.stats.first_token_ms);
+      const st = runs[runs.length - 1]!.stats;
+      const med = quantile(decode, 0.5);
+      let kernels: KernelTime[] | null = null;
+      let note: string | undefined;
+      if (!o.profile) note = 'profiling skipped (--no-profile)';
+      else if (!model.ctx.features.timestampQuery) note = 'not available: the adapter has no timestamp-query feature';
+      else kernels = await profileDecodeStep(model, B, o.promptTokens);
+      results.push({
+        batch: B,
+        load_ms: loadMs,
+        first_token_ms: quantile(first, 0.5),
+        prefill_ms: quantile(runs.map((r) => r.stats.prefill_ms), 0.5),
+        decode_ms_per_token: med,
+        decode_ms_per_token_p90: quantile(decode, 0.9),
+        tokens_per_s: (1000 * B) / med,
+        readback_bytes_per_token: st.readback_bytes_per_token,
+        dispatches_per_token: st.dispatches_per_step,
+        submits_per_token: st.submits / Math.max(1, st.steps),
+        kernels,
+        ...(note ? { kernels_note: note } : {}),
+      });
+    }
+    return {
+      date: new Date().toISOString(),
+      model: o.model,
+      dtype: o.dtype,
+      config: { n_layer: cfg.n_layer, n_embd: cfg.n_embd, n_head: cfg.n_head, vocab_size: cfg.vocab_size, n_positions: cfg.n_positions },
+      adapter: model.ctx.adapter,
+      prompt_tokens: o.promptTokens,
+      new_tokens: o.newTokens,
+      repeat: o.repeat,
+      load: { load_ms: loadMs, ...model.loadTimes, weight_bytes: model.weights.bytes },
+      results,
+    };
+  } finally {
+    model.destroy();
+  }
+}
+
+/**
+ * GPU time per kernel family for one decode step of B rows: each dispatch in its own compute
+ * pass with timestamp writes (this adds pass overhead, so the sum exceeds a real step; the
+ * split between families is what it is for).
+ */
+async function profileDecodeStep(model: Model, B: number, pos: number): Promise<KernelTime[]> {
+  const ctx = model.ctx;
+  const owned = new Owned(ctx);
+  const cache = await model.createCache({ rows: B });
+  const plan = new ForwardPlan(model, cache, B, B);
+  try {
+    const sampling = validateSampling({ temperature: 1 }, model.config.vocab_size);
+    const state = model.kernels.sampler.createState(owned, B, sampling, { seeds: Array.from({ length: B }, (_, i) => i), eosId: model.config.eos_token_id, stopAtEos: false });
+    const meta = new Uint32Array(2 * B);
+    for (let r = 0; r < B; r++) { meta[2 * r] = r; meta[2 * r + 1] = pos; }
+    plan.write({ ids: new Array(B).fill(1), meta, lastIdx: Uint32Array.from({ length: B }, (_, i) => i) });
+    const list: Dispatch[] = [...plan.dispatches, ...model.kernels.sampler.bind(owned, state, { logits: plan.logits, outIds: plan.ids })];
+    const n = list.length;
+    const qs = ctx.device.createQuerySet({ type: 'timestamp', count: 2 * n });
+    const resolve = owned.buffer('ts.resolve', 16 * n, GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC);
+    try {
+      const totals = new Map<string, KernelTime>();
+      const reps = 3;
+      for (let rep = 0; rep < reps; rep++) {
+        const enc = ctx.device.createCommandEncoder();
+        list.forEach((d, i) => {
+          const pass = enc.beginComputePass({ timestampWrites: { querySet: qs, beginningOfPassWriteIndex: 2 * i, endOfPassWriteIndex: 2 * i + 1 } });
+          pass.setPipeline(d.pipeline);
+          pass.setBindGroup(0, d.bindGroup);
+          pass.dispatchWorkgroups(...d.workgroups);
+          pass.end();
+        });
+        enc.resolveQuerySet(qs, 0, 2 * n, resolve, 0);
+        ctx.submit([enc.finish()]);
+        const ts = new BigUint64Array(await ctx.readBuffer(resolve, 0, 16 * n));
+        if (rep === 0) continue; // warm-up
+        list.forEach((d, i) => {
+          const ns = Number(ts[2 * i + 1]! - ts[2 * i]!);
+          const t = totals.get(d.family) ?? { name: d.family, ms: 0, dispatches: 0 };
+          t.ms += ns / 1e6 / (reps - 1);
+          if (rep === 1) t.dispatches++;
+          totals.set(d.family, t);
+        });
+      }
+      return [...totals.values()].sort((a, b) => b.ms - a.ms);
+    } finally {
+      qs.destroy();
+    }
+  } finally {
+    plan.destroy();
+    owned.destroy();
+    cache.destroy();
+  }
+}
+
+export function formatBench(r: BenchReport): string {
+  const a = r.adapter as { description?: string; vendor?: string };
+  const lines = [
+    `model ${r.model} (${r.dtype}), adapter: ${a.description || a.vendor}; prompt ${r.prompt_tokens} tokens, ${r.new_tokens} new, ${r.repeat} runs`,
+    `load ${r.load.load_ms.toFixed(0)} ms (pipelines ${r.load.pipelines_ms.toFixed(0)} ms, upload ${r.load.upload_ms.toFixed(0)} ms, ${(r.load.weight_bytes / 1e6).toFixed(0)} MB of weights)`,
+    '',
+    'batch  first-token ms  decode ms/token (median / p90)  tokens/s  readback B/token  dispatches/step  submits/step',
+  ];
+  for (const x of r.results) {
+    lines.push(
+      `${String(x.batch).padStart(5)}  ${x.first_token_ms.toFixed(1).padStart(14)}  ${x.decode_ms_per_token.toFixed(2).padStart(15)} / ${x.decode_ms_per_token_p90.toFixed(2).padEnd(13)}  ${x.tokens_per_s.toFixed(1).padStart(8)}  ${String(x.readback_bytes_per_token).padStart(16)}  ${x.dispatches_per_token.toFixed(0).padStart(15)}  ${x.submits_per_token.toFixed(2).padStart(12)}`,
+    );
+  }
+  for (const x of r.results) {
+    lines.push('', `kernels, batch ${x.batch} (GPU ms per decode step):`);
+    if (!x.kernels) lines.push(`  ${x.kernels_note}`);
+    else for (const k of x.kernels) lines.push(`  ${k.name.padEnd(12)} ${k.ms.toFixed(3).padStart(9)} ms  (${k.dispatches} dispatches)`);
+  }
+  return lines.join('\n');
+}

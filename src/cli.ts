@@ -1,0 +1,335 @@
+/**
+ * The `gpt2-webgpu` command line: info, generate, logits, sample, beam, bench.
+ * Unknown flags or missing values print the usage and exit with 2; any other error prints its
+ * name and message and exits with 1. Every subcommand has --help and --json.
+ */
+import { parseArgs, type ParseArgsConfig } from 'node:util';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { createEngine, nodeGPU } from './node.js';
+import { createContext } from './engine/device.js';
+import { GPT2WebGPUError, InvalidOptionError } from './errors.js';
+import type { LoadProgress, Model } from './engine/engine.js';
+import { sample } from './sampling/sampler.js';
+import type { SamplingOptions } from './sampling/options.js';
+import { runBench, formatBench } from './bench.js';
+
+type Flag = { type: 'string' | 'boolean'; default?: string | boolean; help: string; short?: string };
+interface Command {
+  summary: string;
+  usage: string;
+  flags: Record<string, Flag>;
+  run(v: Record<string, string | boolean | undefined>): Promise<void>;
+}
+
+class UsageError extends Error {}
+
+const MODEL_FLAGS: Record<string, Flag> = {
+  model: { type: 'string', help: 'model source: random:<gpt2|gpt2-medium|gpt2-large|gpt2-xl|distilgpt2|config.json>, a local directory (config.json + model.safetensors), or a Hugging Face id (gpt2, openai-community/gpt2-medium, ...)' },
+  f16: { type: 'boolean', default: false, help: 'store weights as f16 (halves memory traffic; math stays f32)' },
+  'weights-seed': { type: 'string', default: '0', help: 'seed of random: weights' },
+};
+const SAMPLING_FLAGS: Record<string, Flag> = {
+  temperature: { type: 'string', default: '1', help: 'softmax temperature; 0 = greedy (argmax, ties -> smallest id)' },
+  'top-k': { type: 'string', default: '0', help: 'keep the k most likely tokens (ties at the k-th kept); 0 = off' },
+  'top-p': { type: 'string', default: '0', help: 'nucleus: keep the smallest most-likely set reaching p; 0 or 1 = off' },
+  'min-p': { type: 'string', default: '0', help: 'drop tokens with probability < min_p x the top probability; 0 = off' },
+  'min-tokens-to-keep': { type: 'string', default: '1', help: 'top-p / min-p keep at least this many tokens' },
+  'freq-penalty': { type: 'string', default: '0', help: 'subtract this x (count of the token in prompt + output)' },
+  'presence-penalty': { type: 'string', default: '0', help: 'subtract this once for every token already present' },
+  'repetition-penalty': { type: 'string', default: '1', help: 'HF repetition penalty (divide positive / multiply negative logits of present tokens); 1 = off' },
+  seed: { type: 'string', help: 'RNG seed (integer); default: random, reported in the output' },
+};
+const PROMPT_FLAGS: Record<string, Flag> = {
+  prompt: { type: 'string', help: 'prompt text' },
+  ids: { type: 'string', help: 'prompt as comma-separated token ids' },
+};
+const JSON_FLAG: Record<string, Flag> = { json: { type: 'boolean', default: false, help: 'print one JSON object' } };
+
+function num(v: unknown, name: string, { int = false, min = -Infinity, max = Infinity } = {}): number {
+  const s = String(v);
+  const x = Number(s);
+  if (s.trim() === '' || !Number.isFinite(x) || (int && !Number.isInteger(x)) || x < min || x > max) {
+    throw new UsageError(`--${name} must be ${int ? 'an integer' : 'a number'}${min > -Infinity ? ` >= ${min}` : ''}${max < Infinity ? ` <= ${max}` : ''}, got "${s}"`);
+  }
+  return x;
+}
+
+function parseIds(s: string): number[] {
+  const parts = s.split(',').map((p) => p.trim());
+  if (parts.some((p) => !/^\d+$/.test(p))) throw new UsageError(`--ids must be comma-separated non-negative integers, got "${s}"`);
+  return parts.map(Number);
+}
+
+function samplingFrom(v: Record<string, unknown>): SamplingOptions {
+  return {
+    temperature: num(v.temperature, 'temperature'),
+    topK: num(v['top-k'], 'top-k'),
+    topP: num(v['top-p'], 'top-p'),
+    minP: num(v['min-p'], 'min-p'),
+    minTokensToKeep: num(v['min-tokens-to-keep'], 'min-tokens-to-keep'),
+    freqPenalty: num(v['freq-penalty'], 'freq-penalty'),
+    presencePenalty: num(v['presence-penalty'], 'presence-penalty'),
+    repetitionPenalty: num(v['repetition-penalty'], 'repetition-penalty'),
+    ...(v.seed !== undefined ? { seed: num(v.seed, 'seed', { int: true, min: 0 }) } : {}),
+  };
+}
+
+/** A progress reporter: a redrawn bar on a TTY, a log line every 10% otherwise. */
+function progress(): (p: LoadProgress) => void {
+  const tty = Boolean(process.stderr.isTTY);
+  let lastPct = -1;
+  let lastPhase = '';
+  return (p) => {
+    const pct = p.total > 0 ? Math.floor((100 * p.loaded) / p.total) : 0;
+    if (tty) {
+      const w = 30;
+      const fill = Math.round((w * pct) / 100);
+      process.stderr.write(`\r${p.phase.padEnd(9)} [${'#'.repeat(fill)}${'.'.repeat(w - fill)}] ${String(pct).padStart(3)}% ${(p.loaded / 1e6).toFixed(1)}/${(p.total / 1e6).toFixed(1)} MB`);
+      if (p.loaded >= p.total) process.stderr.write('\n');
+    } else if (p.phase !== lastPhase || Math.floor(pct / 10) !== Math.floor(lastPct / 10)) {
+      process.stderr.write(`${p.phase}: ${pct}% (${(p.loaded / 1e6).toFixed(1)} of ${(p.total / 1e6).toFixed(1)} MB)\n`);
+    }
+    lastPct = pct;
+    lastPhase = p.phase;
+  };
+}
+
+async function withModel<T>(v: Record<string, unknown>, fn: (m: Model) => Promise<T>): Promise<T> {
+  if (typeof v.model !== 'string' || !v.model) throw new UsageError('--model is required (e.g. --model random:gpt2, --model gpt2, --model ./my-gpt2-dir)');
+  const engine = await createEngine();
+  try {
+    const model = await engine.loadModel(v.model, {
+      dtype: v.f16 ? 'f16' : 'f32',
+      seed: num(v['weights-seed'], 'weights-seed', { int: true, min: 0 }),
+      onProgress: progress(),
+    });
+    return await fn(model);
+  } finally {
+    engine.destroy();
+  }
+}
+
+function promptFrom(v: Record<string, unknown>): string | number[] {
+  if (v.prompt !== undefined && v.ids !== undefined) throw new UsageError('give either --prompt or --ids, not both');
+  if (typeof v.ids === 'string') return parseIds(v.ids);
+  if (typeof v.prompt === 'string') return v.prompt;
+  throw new UsageError('a prompt is required: --prompt TEXT or --ids 1,2,3');
+}
+
+const commands: Record<string, Command> = {
+  info: {
+    summary: 'describe the WebGPU adapter: backend, features, the limits that matter',
+    usage: 'gpt2-webgpu info [--json]',
+    flags: { ...JSON_FLAG },
+    async run(v) {
+      const ctx = await createContext(nodeGPU());
+      const a = ctx.adapter;
+      if (v.json) console.log(JSON.stringify({ adapter: a, features_used: ctx.features }, null, 2));
+      else {
+        console.log(`adapter:   ${a.description || a.device} (${a.vendor}${a.architecture ? ', ' + a.architecture : ''})${a.isFallbackAdapter ? ' [fallback/software]' : ''}`);
+        console.log(`features:  ${a.features.join(', ')}`);
+        console.log(`used:      timestamp-query ${ctx.features.timestampQuery}, shader-f16 ${ctx.features.shaderF16}, subgroups ${ctx.features.subgroups}`);
+        for (const [k, val] of Object.entries(a.limits)) console.log(`${k.padEnd(34)} ${val}`);
+      }
+      ctx.destroy();
+    },
+  },
+  generate: {
+    summary: 'generate text (streams to stdout; --json prints one object)',
+    usage: 'gpt2-webgpu generate --model M (--prompt TEXT | --ids CSV) [options]',
+    flags: {
+      ...MODEL_FLAGS, ...PROMPT_FLAGS, ...SAMPLING_FLAGS,
+      'max-new-tokens': { type: 'string', default: '30', help: 'tokens to generate per sequence' },
+      'num-sequences': { type: 'string', default: '1', help: 'independent continuations (batched; sequence i uses seed deriveSeed(seed, i))' },
+      'no-stop-at-eos': { type: 'boolean', default: false, help: 'keep going after <|endoftext|>' },
+      'no-cache': { type: 'boolean', default: false, help: 'recompute the whole sequence every step (checking mode)' },
+      stop: { type: 'string', help: 'stop string (repeatable via comma-free multiple --stop)' },
+      ...JSON_FLAG,
+    },
+    async run(v) {
+      const prompt = promptFrom(v);
+      const s = samplingFrom(v);
+      const maxNewTokens = num(v['max-new-tokens'], 'max-new-tokens', { int: true, min: 0 });
+      const numSequences = num(v['num-sequences'], 'num-sequences', { int: true, min: 1 });
+      await withModel(v, async (model) => {
+        const streamOut = !v.json && numSequences === 1;
+        const res = await model.generate(prompt, {
+          ...s, maxNewTokens, numSequences,
+          stopAtEos: !v['no-stop-at-eos'],
+          useCache: !v['no-cache'],
+          stopStrings: typeof v.stop === 'string' ? [v.stop] : undefined,
+          onToken: streamOut ? (ev) => process.stdout.write(ev.text) : undefined,
+        });
+        if (v.json) {
+          console.log(JSON.stringify({ prompt_ids: res.promptIds, sequences: res.sequences.map((q) => ({ tokens: q.tokens, text: q.text, finish_reason: q.finishReason })), seed: res.seed, stats: res.stats }));
+        } else {
+          if (streamOut) process.stdout.write('\n');
+          else res.sequences.forEach((q, i) => console.log(`--- sequence ${i}\n${q.text}`));
+          process.stderr.write(`seed ${res.seed}; prefill ${res.stats.prefill_ms.toFixed(1)} ms; decode ${res.stats.decode_ms_per_token.toFixed(2)} ms/token; ${res.stats.tokens_per_s.toFixed(1)} tokens/s\n`);
+        }
+      });
+    },
+  },
+  logits: {
+    summary: 'write float32 little-endian logits of a prompt to a file',
+    usage: 'gpt2-webgpu logits --model M --ids 1,2,3 [--all-positions] --out FILE',
+    flags: {
+      ...MODEL_FLAGS, ...PROMPT_FLAGS,
+      'all-positions': { type: 'boolean', default: false, help: 'logits at every position ([T, vocab]) instead of the last ([vocab])' },
+      out: { type: 'string', help: 'output file (float32 little-endian)' },
+      ...JSON_FLAG,
+    },
+    async run(v) {
+      const prompt = promptFrom(v);
+      if (typeof v.out !== 'string') throw new UsageError('--out FILE is required');
+      await withModel(v, async (model) => {
+        const ids = typeof prompt === 'string' ? model.tokenizer.encode(prompt) : prompt;
+        const r = await model.logits(ids, { allPositions: Boolean(v['all-positions']) });
+        writeFileSync(v.out as string, new Uint8Array(r.data.buffer, r.data.byteOffset, r.data.byteLength));
+        console.log(JSON.stringify({ shape: r.shape }));
+      });
+    },
+  },
+  sample: {
+    summary: 'draw tokens on the GPU from a logits file; prints counts per token id',
+    usage: 'gpt2-webgpu sample --logits FILE.f32 --count N [sampling options] [--probs-out FILE.f32] --json',
+    flags: {
+      logits: { type: 'string', help: 'float32 little-endian logits [vocab]' },
+      count: { type: 'string', default: '1', help: 'number of draws' },
+      'probs-out': { type: 'string', help: 'write the distribution sampled from (f32 [vocab])' },
+      ...SAMPLING_FLAGS, ...JSON_FLAG,
+    },
+    async run(v) {
+      if (typeof v.logits !== 'string') throw new UsageError('--logits FILE.f32 is required');
+      const count = num(v.count, 'count', { int: true, min: 1, max: 10_000_000 });
+      const bytes = readFileSync(v.logits);
+      if (bytes.byteLength === 0 || bytes.byteLength % 4) throw new InvalidOptionError(`${v.logits}: ${bytes.byteLength} bytes is not a whole number of float32 values`);
+      const logits = new Float32Array(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength));
+      const ctx = await createContext(nodeGPU());
+      try {
+        const r = await sample(ctx, logits, count, samplingFrom(v));
+        if (typeof v['probs-out'] === 'string') writeFileSync(v['probs-out'], new Uint8Array(r.probs.buffer, r.probs.byteOffset, r.probs.byteLength));
+        console.log(JSON.stringify({ counts: Array.from(r.counts), seed: r.seed }));
+      } finally {
+        ctx.destroy();
+      }
+    },
+  },
+  beam: {
+    summary: 'beam search on the GPU with the KV cache',
+    usage: 'gpt2-webgpu beam --model M (--prompt TEXT | --ids CSV) --num-beams B --num-return R --max-new-tokens N [--length-penalty L] [--early-stopping] --json',
+    flags: {
+      ...MODEL_FLAGS, ...PROMPT_FLAGS,
+      'num-beams': { type: 'string', default: '4', help: 'beams kept per step' },
+      'num-return': { type: 'string', default: '1', help: 'hypotheses returned (<= num-beams)' },
+      'max-new-tokens': { type: 'string', default: '20', help: 'new tokens at most' },
+      'length-penalty': { type: 'string', default: '0', help: 'score = logprob / new_tokens^L' },
+      'early-stopping': { type: 'boolean', default: false, help: 'stop as soon as num-return hypotheses ended with EOS (default: run to max-new-tokens unless they did)' },
+      ...JSON_FLAG,
+    },
+    async run(v) {
+      const prompt = promptFrom(v);
+      await withModel(v, async (model) => {
+        const beams = await model.beamSearch(prompt, {
+          numBeams: num(v['num-beams'], 'num-beams', { int: true, min: 1 }),
+          numReturnSequences: num(v['num-return'], 'num-return', { int: true, min: 1 }),
+          maxNewTokens: num(v['max-new-tokens'], 'max-new-tokens', { int: true, min: 0 }),
+          lengthPenalty: num(v['length-penalty'], 'length-penalty'),
+          earlyStopping: Boolean(v['early-stopping']),
+        });
+        const out = beams.map((b) => ({ logprob: b.logprob, score: b.score, tokens: b.tokens, text: model.tokenizer.decode(b.tokens), finished: b.finished }));
+        if (v.json) console.log(JSON.stringify({ beams: out }));
+        else out.forEach((b) => console.log(`${b.score.toFixed(4)} (logprob ${b.logprob.toFixed(4)}): ${JSON.stringify(b.text)}`));
+      });
+    },
+  },
+  bench: {
+    summary: 'benchmark load, prefill and decode (per batch size), with per-kernel GPU times',
+    usage: 'gpt2-webgpu bench [--model random:gpt2] [--batch 1,4,16,64] [--prompt-tokens P] [--new-tokens N] [--repeat R] [--f16] [--json]',
+    flags: {
+      ...MODEL_FLAGS,
+      model: { ...MODEL_FLAGS.model!, default: 'random:gpt2' },
+      batch: { type: 'string', default: '1', help: 'batch sizes, comma-separated (e.g. 1,4,16,64)' },
+      'prompt-tokens': { type: 'string', default: '128', help: 'prompt length P' },
+      'new-tokens': { type: 'string', default: '32', help: 'tokens generated per run' },
+      repeat: { type: 'string', default: '3', help: 'runs per batch size (median and p90 over them)' },
+      'no-profile': { type: 'boolean', default: false, help: 'skip the per-kernel timestamp profile' },
+      ...JSON_FLAG,
+    },
+    async run(v) {
+      const batches = String(v.batch).split(',').map((b) => num(b, 'batch', { int: true, min: 1, max: 1024 }));
+      const engine = await createEngine();
+      try {
+        const report = await runBench(engine, {
+          model: String(v.model),
+          dtype: v.f16 ? 'f16' : 'f32',
+          batches,
+          promptTokens: num(v['prompt-tokens'], 'prompt-tokens', { int: true, min: 1 }),
+          newTokens: num(v['new-tokens'], 'new-tokens', { int: true, min: 2 }),
+          repeat: num(v.repeat, 'repeat', { int: true, min: 1 }),
+          profile: !v['no-profile'],
+          onProgress: v.json ? undefined : progress(),
+        });
+        console.log(v.json ? JSON.stringify(report) : formatBench(report));
+      } finally {
+        engine.destroy();
+      }
+    },
+  },
+};
+
+function helpText(name: string, c: Command): string {
+  const lines = [`${c.usage}`, '', c.summary, '', 'options:'];
+  for (const [k, f] of Object.entries(c.flags)) {
+    const d = f.default !== undefined && f.type === 'string' ? ` (default ${f.default})` : '';
+    lines.push(`  --${k}${f.type === 'string' ? ' VALUE' : ''}`.padEnd(28) + ` ${f.help}${d}`);
+  }
+  lines.push('  --help'.padEnd(28) + ' show this help');
+  void name;
+  return lines.join('\n');
+}
+
+function mainHelp(): string {
+  return ['usage: gpt2-webgpu <command> [options]', '', 'commands:', ...Object.entries(commands).map(([n, c]) => `  ${n.padEnd(10)} ${c.summary}`), '', 'gpt2-webgpu <command> --help for its options'].join('\n');
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const [name, ...rest] = argv;
+  if (!name || name === '--help' || name === '-h' || name === 'help') {
+    console.log(mainHelp());
+    return name ? 0 : 2;
+  }
+  const cmd = commands[name];
+  if (!cmd) {
+    console.error(`unknown command "${name}"\n\n${mainHelp()}`);
+    return 2;
+  }
+  let values: Record<string, string | boolean | undefined>;
+  try {
+    const options: ParseArgsConfig['options'] = { help: { type: 'boolean' } };
+    for (const [k, f] of Object.entries(cmd.flags)) options[k] = { type: f.type, ...(f.default !== undefined ? { default: f.default } : {}) };
+    values = parseArgs({ args: rest, options, strict: true, allowPositionals: false }).values as Record<string, string | boolean | undefined>;
+  } catch (e) {
+    console.error(`${(e as Error).message}\n\n${helpText(name, cmd)}`);
+    return 2;
+  }
+  if (values.help) {
+    console.log(helpText(name, cmd));
+    return 0;
+  }
+  try {
+    await cmd.run(values);
+    return 0;
+  } catch (e) {
+    if (e instanceof UsageError) {
+      console.error(`${e.message}\n\n${helpText(name, cmd)}`);
+      return 2;
+    }
+    if (e instanceof GPT2WebGPUError) {
+      console.error(`error: ${e.name}: ${e.message}`);
+      return 1;
+    }
+    console.error(`error: ${(e as Error)?.stack ?? String(e)}`);
+    return 1;
+  }
+}

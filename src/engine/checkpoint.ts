@@ -1,0 +1,139 @@
+/**
+ * A Checkpoint is a validated GPT-2 config plus lazy access to its tensors by HF name (without the
+ * `transformer.` prefix). Everything is checked before any GPU work starts: every expected tensor is
+ * present with the expected shape and a loadable dtype, so a bad file fails with WeightsFormatError
+ * and not half-way through an upload.
+ *
+ * Ignored tensors: `h.N.attn.bias` / `h.N.attn.masked_bias` (causal-mask buffers older exports
+ * saved) and `lm_head.weight` (GPT-2's LM head is tied to wte; a config with tie_word_embeddings =
+ * false is refused by parseConfig). Other extra tensors are ignored too, except layers past n_layer,
+ * which mean the config and the file disagree.
+ */
+import { WeightsFormatError } from '../errors.js';
+import { GPT2Config, parameterShapes, parseConfig } from './config.js';
+import { ByteSource, parseSafetensors, readRowsF32, readTensorF32, READABLE_DTYPES, SafetensorsFile } from './safetensors.js';
+
+export interface Checkpoint {
+  config: GPT2Config;
+  /** Where it came from, for messages: a path, a hub id, `random:gpt2`. */
+  source: string;
+  has(name: string): boolean;
+  /** Shape of a tensor (a copy); throws WeightsFormatError for unknown names. */
+  shape(name: string): number[];
+  /** The whole tensor as float32. */
+  read(name: string): Promise<Float32Array>;
+  /** Rows [start, start + count) along the first dimension, as float32 (for chunked uploads). */
+  readRows(name: string, start: number, count: number): Promise<Float32Array>;
+}
+
+const PREFIX = 'transformer.';
+
+function sameShape(a: readonly number[], b: readonly number[]): boolean {
+  return a.length === b.length && a.every((d, i) => d === b[i]);
+}
+
+/**
+ * Checks that the tensors `shapeOf` knows (by canonical name) include every tensor `cfg` needs with
+ * its exact shape, and that `names` has no layer past n_layer. Throws WeightsFormatError naming the
+ * first missing tensor or shape mismatch.
+ */
+export function validateTensors(cfg: GPT2Config, shapeOf: (name: string) => number[] | undefined, names: Iterable<string>, where: string): void {
+  for (const [name, want] of parameterShapes(cfg)) {
+    const got = shapeOf(name);
+    if (!got) {
+      throw new WeightsFormatError(`${where}: missing tensor "${name}" (expected shape [${want.join(', ')}] for n_layer ${cfg.n_layer}, n_embd ${cfg.n_embd})`);
+    }
+    if (!sameShape(got, want)) {
+      throw new WeightsFormatError(`${where}: tensor "${name}" has shape [${got.join(', ')}] but the config needs [${want.join(', ')}]`);
+    }
+  }
+  for (const name of names) {
+    const m = /^h\.(\d+)\./.exec(name);
+    if (m && Number(m[1]) >= cfg.n_layer) {
+      throw new WeightsFormatError(`${where}: tensor "${name}" belongs to layer ${m[1]} but the config has n_layer ${cfg.n_layer}`);
+    }
+  }
+}
+
+/** True for tensors a GPT-2 file may carry that this engine does not use. */
+function ignored(name: string): boolean {
+  return name === 'lm_head.weight' || /^h\.\d+\.attn\.(masked_)?bias$/.test(name);
+}
+
+/** A Checkpoint over a parsed safetensors file. */
+export function checkpointFromSafetensors(config: GPT2Config, file: SafetensorsFile, source: string): Checkpoint {
+  // canonical name -> key in the file
+  const keys = new Map<string, string>();
+  for (const key of file.tensors.keys()) {
+    const name = key.startsWith(PREFIX) ? key.slice(PREFIX.length) : key;
+    if (ignored(name)) continue;
+    const other = keys.get(name);
+    if (other !== undefined) {
+      throw new WeightsFormatError(`${file.source.name}: tensor "${name}" appears twice (as "${other}" and "${key}")`);
+    }
+    keys.set(name, key);
+  }
+  const info = (name: string) => {
+    const key = keys.get(name);
+    return key === undefined ? undefined : file.tensors.get(key);
+  };
+  validateTensors(config, (n) => info(n)?.shape, keys.keys(), file.source.name);
+  for (const name of parameterShapes(config).keys()) {
+    const t = info(name)!;
+    if (!(READABLE_DTYPES as readonly string[]).includes(t.dtype)) {
+      throw new WeightsFormatError(`${file.source.name}: tensor "${t.name}" has dtype ${t.dtype}; only ${READABLE_DTYPES.join(', ')} can be loaded`);
+    }
+  }
+  const need = (name: string): string => {
+    const key = keys.get(name);
+    if (key === undefined) throw new WeightsFormatError(`${source}: no tensor "${name}"`);
+    return key;
+  };
+  return {
+    config,
+    source,
+    has: (name) => keys.has(name),
+    shape: (name) => file.tensors.get(need(name))!.shape.slice(),
+    read: (name) => readTensorF32(file, need(name)),
+    readRows: (name, start, count) => readRowsF32(file, need(name), start, count),
+  };
+}
+
+/**
+ * Opens a checkpoint from a parsed config.json and a safetensors ByteSource, validating both.
+ * `sourceName` names the model in messages (a directory, a hub id, a URL).
+ */
+export async function openCheckpoint(configJson: unknown, st: ByteSource, sourceName: string): Promise<Checkpoint> {
+  const config = parseConfig(configJson, `${sourceName} config.json`);
+  const file = await parseSafetensors(st);
+  return checkpointFromSafetensors(config, file, sourceName);
+}
+
+/** A Checkpoint over float32 arrays in memory (tests, converted weights). Validated like a file. */
+export function checkpointFromArrays(config: GPT2Config, tensors: Map<string, { shape: number[]; data: Float32Array }>, source = 'memory'): Checkpoint {
+  for (const [name, t] of tensors) {
+    const n = t.shape.reduce((a, b) => a * b, 1);
+    if (t.data.length !== n) throw new WeightsFormatError(`${source}: tensor "${name}" has ${t.data.length} values but shape [${t.shape.join(', ')}] needs ${n}`);
+  }
+  validateTensors(config, (n) => tensors.get(n)?.shape, tensors.keys(), source);
+  const get = (name: string) => {
+    const t = tensors.get(name);
+    if (!t) throw new WeightsFormatError(`${source}: no tensor "${name}"`);
+    return t;
+  };
+  return {
+    config,
+    source,
+    has: (name) => tensors.has(name),
+    shape: (name) => get(name).shape.slice(),
+    read: async (name) => get(name).data.slice(),
+    readRows: async (name, start, count) => {
+      const t = get(name);
+      const row = t.shape.slice(1).reduce((a, b) => a * b, 1);
+      if (start < 0 || count < 0 || start + count > (t.shape[0] ?? 1)) {
+        throw new WeightsFormatError(`${source}: tensor "${name}" [${t.shape.join(', ')}]: rows [${start}, ${start + count}) out of range`);
+      }
+      return t.data.slice(start * row, (start + count) * row);
+    },
+  };
+}

@@ -1,0 +1,210 @@
+/**
+ * The public entry point: an Engine owns a GPU context; it loads Models; a Model generates text,
+ * runs beam search, samples from given logits and hands out Sessions (KV caches).
+ *
+ *   const engine = await Engine.create({ gpu: navigator.gpu });   // Node: createEngine() from the package
+ *   const model = await engine.loadModel('random:gpt2');
+ *   const res = await model.generate('Hello', { maxNewTokens: 20, temperature: 0 });
+ *   model.destroy(); engine.destroy();
+ */
+import { contextFromDevice, createContext, GpuContext, type ContextOptions } from './device.js';
+import { GPT2Model, type LoadOptions } from './model.js';
+import { generate, generateBatch, type GenerateOptions, type GenerateResult, type TokenEvent } from './generate.js';
+import { beamSearch, type BeamHypothesis, type BeamOptions } from '../sampling/beam.js';
+import { sample as sampleOnGpu } from '../sampling/sampler.js';
+import type { SamplingOptions } from '../sampling/options.js';
+import type { CacheOptions, KVCache } from './kvcache.js';
+import { openCheckpoint, type Checkpoint } from './checkpoint.js';
+import { uploadWeights } from './weights.js';
+import { randomCheckpoint } from './random.js';
+import { bytesSource } from './safetensors.js';
+import { urlSource, fileSource } from './sources-web.js';
+import { AbortError, InvalidOptionError, WeightsFormatError } from '../errors.js';
+
+/** Progress of a load: phase 'download' | 'read' | 'upload' | 'compile', bytes or items. */
+export interface LoadProgress {
+  phase: string;
+  loaded: number;
+  total: number;
+}
+
+/** Where a model comes from. Strings: 'random:<name|config path>' anywhere; in Node also a local
+ *  directory or a Hugging Face id (see createEngine in the Node entry). */
+export type ModelSource =
+  | string
+  | Checkpoint
+  | { url: string }
+  | { files: File[] }
+  | { config: unknown; safetensors: ArrayBuffer | Uint8Array };
+
+export type SourceResolver = (source: string, opts: { onProgress?: (p: LoadProgress) => void }) => Promise<Checkpoint>;
+
+export interface EngineOptions extends ContextOptions {
+  /** The WebGPU entry (navigator.gpu, or Node's from nodeGPU()). */
+  gpu?: GPU;
+  /** Or a device the host already has. */
+  device?: GPUDevice;
+  /** Resolves string sources other than random: (the Node entry installs one for dirs and HF ids). */
+  resolveSource?: SourceResolver;
+}
+
+export interface ModelLoadOptions extends LoadOptions {
+  onProgress?: (p: LoadProgress) => void;
+  /** Seed of random: weights (default 0). */
+  seed?: number;
+}
+
+const now = (): number => (globalThis.performance ?? Date).now();
+
+function isCheckpoint(x: unknown): x is Checkpoint {
+  return typeof x === 'object' && x !== null && 'config' in x && typeof (x as Checkpoint).read === 'function';
+}
+
+export class Engine {
+  private readonly models = new Set<Model>();
+  private constructor(readonly ctx: GpuContext, private readonly resolver?: SourceResolver) {}
+
+  /** Acquires a device (or wraps `opts.device`). Throws WebGPUUnavailableError when there is none. */
+  static async create(opts: EngineOptions = {}): Promise<Engine> {
+    const ctx = opts.device ? contextFromDevice(opts.device) : await createContext(opts.gpu ?? (globalThis as { navigator?: { gpu?: GPU } }).navigator?.gpu, opts);
+    return new Engine(ctx, opts.resolveSource);
+  }
+
+  /** Resolves a source to a checkpoint (validated before any GPU work). */
+  async openSource(source: ModelSource, opts: ModelLoadOptions = {}): Promise<Checkpoint> {
+    if (isCheckpoint(source)) return source;
+    if (typeof source === 'string') {
+      if (source.startsWith('random:')) {
+        const spec = source.slice('random:'.length);
+        if (!spec) throw new InvalidOptionError(`"random:" needs a model name or a config.json path, e.g. random:gpt2`);
+        if (/\.json$/i.test(spec) || spec.includes('/')) {
+          if (!this.resolver) throw new InvalidOptionError(`random:${spec}: reading a config file needs the Node entry (or pass a config object)`);
+          return this.resolver(source, opts);
+        }
+        return randomCheckpoint(spec, opts.seed ?? 0);
+      }
+      if (!this.resolver) {
+        throw new InvalidOptionError(`model source "${source}": in a browser pass { url } (a folder with config.json and model.safetensors), { files }, or random:<name>`);
+      }
+      return this.resolver(source, opts);
+    }
+    if (typeof source === 'object' && source !== null) {
+      if ('url' in source) {
+        const cb = opts.onProgress;
+        return urlSource(source.url, { onProgress: cb && ((p) => cb({ phase: 'download', loaded: p.loadedBytes, total: p.totalBytes })) });
+      }
+      if ('files' in source) return fileSource(source.files);
+      if ('config' in source && 'safetensors' in source) {
+        return openCheckpoint(source.config, bytesSource('model.safetensors', source.safetensors), 'memory');
+      }
+    }
+    throw new WeightsFormatError(`unrecognised model source ${JSON.stringify(source)?.slice(0, 100)}`);
+  }
+
+  /** Loads a model: resolves and validates the source, uploads weights, builds pipelines. */
+  async loadModel(source: ModelSource, opts: ModelLoadOptions = {}): Promise<Model> {
+    this.ctx.checkAlive();
+    const t0 = now();
+    const ckpt = await this.openSource(source, opts);
+    const dtype = opts.dtype ?? 'f32';
+    if (dtype !== 'f32' && dtype !== 'f16') throw new InvalidOptionError(`dtype must be 'f32' or 'f16', got ${String(dtype)}`);
+    const t1 = now();
+    const kernels = await GPT2Model.buildKernels(this.ctx, ckpt.config);
+    const t2 = now();
+    const cb = opts.onProgress;
+    const weights = await uploadWeights(this.ctx, ckpt, { dtype, onProgress: cb && ((p) => cb({ phase: 'upload', loaded: p.loadedBytes, total: p.totalBytes })) });
+    await this.ctx.device.queue.onSubmittedWorkDone();
+    const t3 = now();
+    const model = new Model(this.ctx, ckpt.config, weights, kernels, ckpt.source);
+    model.loadTimes = { resolve_ms: t1 - t0, pipelines_ms: t2 - t1, upload_ms: t3 - t2 };
+    this.models.add(model);
+    return model;
+  }
+
+  /** Frees every model and the device. */
+  destroy(): void {
+    for (const m of this.models) m.destroy();
+    this.models.clear();
+    this.ctx.destroy();
+  }
+}
+
+/** A session: one KV cache plus the model, for multi-turn generation that reuses its cache. */
+export class Session {
+  constructor(readonly model: Model, readonly cache: KVCache) {}
+  /** Appends `prompt` to the session's context and generates (see GenerateOptions). */
+  generate(prompt: string | readonly number[], opts: Omit<GenerateOptions, 'cache'> = {}): Promise<GenerateResult> {
+    return this.model.generate(prompt, { ...opts, cache: this.cache });
+  }
+  /** Every token of the context (row 0). */
+  get tokens(): number[] {
+    return [...this.cache.tokens[0]!];
+  }
+  get bytes(): number {
+    return this.cache.bytes;
+  }
+  destroy(): void {
+    this.cache.destroy();
+  }
+}
+
+export class Model extends GPT2Model {
+  /** How long loading took: resolving/validating the source, building pipelines, uploading weights. */
+  loadTimes = { resolve_ms: 0, pipelines_ms: 0, upload_ms: 0 };
+
+  /** Generates; see GenerateOptions. */
+  generate(prompt: string | readonly number[], opts: GenerateOptions = {}): Promise<GenerateResult> {
+    return generate(this, prompt, opts);
+  }
+
+  /** Several prompts advanced together in batched steps (sequence i: seed deriveSeed(seed, i)). */
+  generateBatch(prompts: Array<string | readonly number[]>, opts: Omit<GenerateOptions, 'numSequences'> = {}): Promise<GenerateResult> {
+    return generateBatch(this, prompts, opts);
+  }
+
+  /** Streams tokens as they are read back: `for await (const t of model.stream(...))`. */
+  async *stream(prompt: string | readonly number[], opts: Omit<GenerateOptions, 'onToken'> = {}): AsyncGenerator<TokenEvent, GenerateResult> {
+    const queue: TokenEvent[] = [];
+    let wake: (() => void) | null = null;
+    let done = false;
+    let failure: unknown;
+    let result: GenerateResult | undefined;
+    const p = generate(this, prompt, {
+      ...opts,
+      onToken: (ev) => {
+        queue.push(ev);
+        wake?.();
+      },
+    }).then(
+      (r) => { result = r; done = true; wake?.(); },
+      (e) => { failure = e; done = true; wake?.(); },
+    );
+    while (true) {
+      while (queue.length) yield queue.shift()!;
+      if (done) break;
+      await new Promise<void>((res) => (wake = res));
+      wake = null;
+    }
+    await p;
+    if (failure) throw failure;
+    return result!;
+  }
+
+  /** Beam search; see BeamOptions. */
+  beamSearch(prompt: string | readonly number[], opts: BeamOptions): Promise<BeamHypothesis[]> {
+    return beamSearch(this, prompt, opts);
+  }
+
+  /** A session with its own KV cache (many sessions can share one model). */
+  async createSession(opts: CacheOptions = {}): Promise<Session> {
+    return new Session(this, await this.createCache(opts));
+  }
+
+  /** Draws `count` tokens on the GPU from a logits vector you provide. */
+  sample(logits: Float32Array, count: number, opts: SamplingOptions = {}, prevTokens?: ArrayLike<number>) {
+    this.checkAlive();
+    return sampleOnGpu(this.ctx, logits, count, opts, prevTokens);
+  }
+}
+
+export { AbortError };

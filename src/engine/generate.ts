@@ -1,0 +1,563 @@
+/**
+ * Token generation: prefill, then a pipelined decode loop in which the chosen ids never leave the
+ * GPU except for a 4-byte-per-row read-back that feeds the caller.
+ *
+ * Step s (s >= 1) is one submit: [forward T=R tokens | sampler -> decode.ids | copy ids -> staging]
+ * The sampler writes each row's id straight into the decode plan's `ids` input, so step s+1 can be
+ * queued before step s's id reaches the CPU; up to `pipelineDepth` steps are in flight, each with
+ * its own staging buffer. Positions are written with queue.writeBuffer (ordered with submits).
+ *
+ * Context window: when a row's next position would reach the window, the loop drains the pipeline
+ * and shifts that row (keeps its most recent `keep` tokens, re-encodes them from position 0), or
+ * throws ContextOverflowError when the cache's policy is 'error'.
+ */
+import { AbortError, ContextOverflowError, InvalidOptionError } from '../errors.js';
+import { Owned } from '../kernels/common.js';
+import type { Dispatch } from '../kernels/common.js';
+import { deriveSeed, randomSeed, validateSampling, type SamplingOptions } from '../sampling/options.js';
+import type { KVCache } from './kvcache.js';
+import { ForwardPlan, type GPT2Model } from './model.js';
+import { TextStreamer } from './tokenizer.js';
+
+export const MAX_NEW_TOKENS_LIMIT = 1_000_000;
+
+export interface GenerateOptions extends SamplingOptions {
+  /** New tokens per sequence (default 30; 0 returns at once; at most 1,000,000). */
+  maxNewTokens?: number;
+  /** Independent continuations of the prompt, each with seed deriveSeed(seed, i) (default 1). */
+  numSequences?: number;
+  /** Stop a sequence when it emits EOS (50256). Default true. */
+  stopAtEos?: boolean;
+  /** Stop a sequence once its text contains one of these; later tokens are dropped. */
+  stopStrings?: string[];
+  /** false: recompute the whole sequence every step without the KV cache (a checking mode). */
+  useCache?: boolean;
+  /** Continue this session cache (rows must equal numSequences); default: a temporary cache. */
+  cache?: KVCache;
+  /** Cancels between steps; the call rejects with AbortError and frees its buffers. */
+  signal?: AbortSignal;
+  /** Called for every new token as soon as it is read back. */
+  onToken?: (ev: TokenEvent) => void;
+  /** Steps queued ahead of the read-back (default 3; 1 = no pipelining). */
+  pipelineDepth?: number;
+  /** For a temporary cache: what to do at the context window ('shift' default, or 'error'). */
+  onOverflow?: 'shift' | 'error';
+  /** For a temporary cache: tokens kept by a shift (default half the window). */
+  keep?: number;
+}
+
+export interface TokenEvent {
+  row: number;
+  token: number;
+  /** New text completed by this token (may be '' while a UTF-8 character is incomplete). */
+  text: string;
+  /** Index of this token among the row's new tokens. */
+  index: number;
+}
+
+export type FinishReason = 'eos' | 'length' | 'stop';
+
+export interface GeneratedSequence {
+  tokens: number[];
+  text: string;
+  finishReason: FinishReason;
+}
+
+export interface GenerateStats {
+  prefill_ms: number;
+  first_token_ms: number;
+  decode_ms_per_token: number;
+  tokens_per_s: number;
+  readback_bytes_per_token: number;
+  steps: number;
+  shifts: number;
+  submits: number;
+  dispatches_per_step: number;
+}
+
+export interface GenerateResult {
+  /** The prompt's ids (of row 0 when rows had different prompts). */
+  promptIds: number[];
+  /** Seed of each sequence: deriveSeed(seed, i). */
+  seeds: number[];
+  sequences: GeneratedSequence[];
+  seed: number;
+  stats: GenerateStats;
+}
+
+/** Option keys that belong to generation; the rest are sampling options (validated as such). */
+const GENERATE_KEYS = new Set(['maxNewTokens', 'numSequences', 'stopAtEos', 'stopStrings', 'useCache', 'cache', 'signal', 'onToken', 'pipelineDepth', 'onOverflow', 'keep']);
+
+/** The sampling part of generation options (unknown keys stay in, so validateSampling names them). */
+export function samplingPart(o: object): SamplingOptions {
+  return Object.fromEntries(Object.entries(o).filter(([k, v]) => !GENERATE_KEYS.has(k) && v !== undefined)) as SamplingOptions;
+}
+
+/** Validates the non-sampling options; throws InvalidOptionError naming the option. */
+export function validateGenerate(o: GenerateOptions): { maxNew: number; rows: number; depth: number } {
+  const maxNew = o.maxNewTokens ?? 30;
+  if (!Number.isInteger(maxNew) || maxNew < 0 || maxNew > MAX_NEW_TOKENS_LIMIT) {
+    throw new InvalidOptionError(`maxNewTokens must be an integer in [0, ${MAX_NEW_TOKENS_LIMIT}], got ${maxNew}`);
+  }
+  const rows = o.numSequences ?? 1;
+  if (!Number.isInteger(rows) || rows < 1 || rows > 1024) {
+    throw new InvalidOptionError(`numSequences must be an integer in [1, 1024], got ${rows}`);
+  }
+  const depth = o.pipelineDepth ?? 3;
+  if (!Number.isInteger(depth) || depth < 1 || depth > 16) {
+    throw new InvalidOptionError(`pipelineDepth must be an integer in [1, 16], got ${depth}`);
+  }
+  if (o.stopStrings !== undefined && (!Array.isArray(o.stopStrings) || o.stopStrings.some((s) => typeof s !== 'string' || s.length === 0))) {
+    throw new InvalidOptionError(`stopStrings must be an array of non-empty strings, got ${JSON.stringify(o.stopStrings)}`);
+  }
+  if (o.stopAtEos !== undefined && typeof o.stopAtEos !== 'boolean') {
+    throw new InvalidOptionError(`stopAtEos must be a boolean, got ${String(o.stopAtEos)}`);
+  }
+  return { maxNew, rows, depth };
+}
+
+const now = (): number => (globalThis.performance ?? Date).now();
+
+/** State of one row during a generation. */
+interface Row {
+  out: number[]; // new tokens accepted so far
+  streamer: TextStreamer;
+  finished: FinishReason | null;
+  text: string;
+}
+
+/**
+ * Generates from `prompt` (text or ids). See GenerateOptions. Resolves with every sequence's new
+ * tokens and text, the seed used, and timing statistics.
+ */
+export function generate(model: GPT2Model, prompt: string | readonly number[], opts: GenerateOptions = {}): Promise<GenerateResult> {
+  model.checkAlive();
+  const ids = typeof prompt === 'string' ? model.tokenizer.encode(prompt) : Array.from(prompt);
+  // A multi-row session continues every row with this prompt unless told otherwise.
+  const o = opts.cache && opts.numSequences === undefined ? { ...opts, numSequences: opts.cache.rows } : opts;
+  const { rows } = validateGenerate(o);
+  return run(model, Array.from({ length: rows }, () => ids), o);
+}
+
+/**
+ * Several prompts (of any lengths) advanced together, one row each, in batched steps; sequence i
+ * uses seed deriveSeed(seed, i) and equals a single generate() of prompt i with that seed.
+ */
+export function generateBatch(model: GPT2Model, prompts: Array<string | readonly number[]>, opts: Omit<GenerateOptions, 'numSequences'> = {}): Promise<GenerateResult> {
+  model.checkAlive();
+  if (!Array.isArray(prompts) || prompts.length === 0) throw new InvalidOptionError(`generateBatch needs a non-empty array of prompts, got ${JSON.stringify(prompts)?.slice(0, 80)}`);
+  const ids = prompts.map((p) => (typeof p === 'string' ? model.tokenizer.encode(p) : Array.from(p)));
+  return run(model, ids, { ...opts, numSequences: ids.length });
+}
+
+async function run(model: GPT2Model, prompts: number[][], opts: GenerateOptions): Promise<GenerateResult> {
+  const { maxNew, rows: R, depth } = validateGenerate(opts);
+  const cfg = model.config;
+  const V = cfg.vocab_size;
+  const sampling = validateSampling(samplingPart(opts), V);
+  const seed = opts.seed ?? randomSeed();
+  const seeds = Array.from({ length: R }, (_, i) => deriveSeed(seed, i));
+  prompts.forEach((p, i) => model.checkIds(p, R > 1 ? `prompt ${i}` : 'prompt'));
+  const promptIds = prompts[0]!;
+  if (opts.signal?.aborted) throw new AbortError('generation aborted before it started');
+  const stopAtEos = opts.stopAtEos ?? true;
+  const eos = cfg.eos_token_id;
+  const ctx = model.ctx;
+  const startStats = { ...ctx.stats };
+
+  // The cache: the caller's session, or a temporary one.
+  let cache: KVCache;
+  const own = opts.cache === undefined;
+  if (opts.cache) {
+    cache = opts.cache;
+    if (cache.rows !== R) throw new InvalidOptionError(`the cache has ${cache.rows} rows but numSequences is ${R}; they must match`);
+    cache.acquire(model);
+  } else {
+    cache = await model.createCache({ rows: R, onOverflow: opts.onOverflow, keep: opts.keep });
+    cache.acquire(model);
+  }
+  const owned = new Owned(ctx);
+  const plans: ForwardPlan[] = [];
+  const pending: Array<Promise<void>> = [];
+  try {
+    const rowsState: Row[] = Array.from({ length: R }, () => ({ out: [], streamer: new TextStreamer(model.tokenizer), finished: null, text: '' }));
+    const result = (): GenerateResult => ({
+      promptIds,
+      seed,
+      seeds,
+      sequences: rowsState.map((r) => ({ tokens: r.out, text: r.text, finishReason: r.finished ?? 'length' })),
+      stats,
+    });
+    const stats: GenerateStats = {
+      prefill_ms: 0, first_token_ms: 0, decode_ms_per_token: 0, tokens_per_s: 0, readback_bytes_per_token: 0,
+      steps: 0, shifts: 0, submits: 0, dispatches_per_step: 0,
+    };
+    if (maxNew === 0) return result();
+
+    const sampler = model.kernels.sampler;
+    const state = sampler.createState(owned, R, sampling, {
+      seeds,
+      eosId: eos,
+      stopAtEos,
+    });
+    // Penalties count the prompt and whatever the session already holds.
+    for (let r = 0; r < R; r++) sampler.addCounts(state, r, [...cache.tokens[r]!, ...prompts[r]!]);
+
+    // Staging ring for the 4-byte-per-row read-back.
+    const staging = Array.from({ length: depth }, (_, i) =>
+      owned.buffer(`ids.staging${i}`, R * 4, GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST),
+    );
+
+    // Accept the ids of one step (row r's token), stream them, apply stop rules.
+    const accept = (ids: Uint32Array): void => {
+      for (let r = 0; r < R; r++) {
+        const row = rowsState[r]!;
+        if (row.finished) continue;
+        const tok = ids[r]!;
+        row.out.push(tok);
+        const isEos = stopAtEos && tok === eos;
+        const piece = isEos ? '' : row.streamer.push(tok);
+        row.text += piece;
+        opts.onToken?.({ row: r, token: tok, text: piece, index: row.out.length - 1 });
+        if (isEos) row.finished = 'eos';
+        else if (opts.stopStrings?.some((s) => row.text.includes(s))) {
+          row.finished = 'stop';
+          const at = Math.min(...opts.stopStrings.map((s) => { const i = row.text.indexOf(s); return i < 0 ? Infinity : i + s.length; }));
+          row.text = row.text.slice(0, at);
+        } else if (row.out.length >= maxNew) row.finished = 'length';
+      }
+    };
+    const allDone = (): boolean => rowsState.every((r) => r.finished);
+
+    if (opts.useCache === false) {
+      await generateUncached(model, cache, prompts, owned, state, staging[0]!, accept, allDone, opts, stats, plans);
+    } else {
+      await generateCached(model, cache, prompts, owned, state, staging, accept, allDone, rowsState, opts, stats, plans, pending, depth);
+    }
+    for (const row of rowsState) row.text += row.finished === 'stop' ? '' : row.streamer.flush();
+    const dispatches = ctx.stats.dispatches - startStats.dispatches;
+    const submits = ctx.stats.submits - startStats.submits;
+    const produced = Math.max(1, stats.steps);
+    stats.submits = submits;
+    stats.dispatches_per_step = dispatches / produced;
+    stats.readback_bytes_per_token = (ctx.stats.bytesReadBack - startStats.bytesReadBack) / produced / R;
+    return result();
+  } finally {
+    await Promise.allSettled(pending);
+    for (const p of plans) p.destroy();
+    owned.destroy();
+    cache.release();
+    if (own) cache.destroy();
+  }
+}
+
+/** Token list for re-encoding row r after a shift: its most recent `keep` tokens. */
+function shiftRow(cache: KVCache, r: number): number[] {
+  return cache.tokens[r]!.slice(-cache.keep);
+}
+
+async function generateCached(
+  model: GPT2Model, cache: KVCache, prompts: number[][], owned: Owned, state: unknown, staging: GPUBuffer[],
+  accept: (ids: Uint32Array) => void, allDone: () => boolean, rowsState: Row[], opts: GenerateOptions,
+  stats: GenerateStats, plans: ForwardPlan[], pending: Array<Promise<void>>, depth: number,
+): Promise<void> {
+  const ctx = model.ctx;
+  const R = cache.rows;
+  const sampler = model.kernels.sampler;
+  const window = cache.window;
+
+  // Decode plan: one token per row; the sampler writes the next ids into decode.ids.
+  const decode = new ForwardPlan(model, cache, R, R);
+  plans.push(decode);
+  decode.write({ meta: new Uint32Array(2 * R), lastIdx: Uint32Array.from({ length: R }, (_, i) => i) });
+  const decodeSample: Dispatch[] = sampler.bind(owned, state as never, { logits: decode.logits, outIds: decode.ids });
+
+  // ---- Prefill. Rows that already hold tokens (a continued session) get the prompt appended.
+  // A fresh multi-row cache is prefilled once (row 0 of a 1-row cache) and copied to every row.
+  const samePrompt = prompts.every((p) => p.length === prompts[0]!.length && p.every((t, i) => t === prompts[0]![i]));
+  const fresh = samePrompt && !cache.lengths.some((n) => n !== 0) && !cache.tokens.some((t) => t.length > 0);
+  for (let r = 0; r < R; r++) {
+    const promptIds = prompts[r]!;
+    const P = promptIds.length;
+    if (cache.tokens[r]!.length + P > window) {
+      if (cache.onOverflow === 'error') {
+        throw new ContextOverflowError(`prompt of ${P} tokens plus ${cache.tokens[r]!.length} context tokens passes the context window of ${window} tokens; shorten the prompt or use onOverflow: 'shift'`);
+      }
+      // Shift: keep the most recent tokens of history + prompt.
+      const all = [...cache.tokens[r]!, ...promptIds];
+      cache.reset(r);
+      cache.tokens[r] = all.slice(-Math.min(cache.keep, window - 1));
+      stats.shifts++;
+    } else {
+      cache.tokens[r] = [...cache.tokens[r]!, ...promptIds];
+    }
+  }
+  const t0 = now();
+  let prefill: ForwardPlan;
+  let copyRows: ((enc: GPUCommandEncoder) => void) | undefined;
+  if (fresh && R > 1) {
+    // Prefill row 0 of a scratch 1-row cache, then copy its K/V into every row on the GPU.
+    const seq = cache.tokens[0]!;
+    const scratch = await model.createCache({ rows: 1, capacity: cache.capacity });
+    try {
+      prefill = new ForwardPlan(model, scratch, seq.length, R);
+    } catch (e) {
+      scratch.destroy();
+      throw e;
+    }
+    plans.push(prefill);
+    const meta = new Uint32Array(2 * seq.length);
+    for (let t = 0; t < seq.length; t++) meta[2 * t + 1] = t;
+    prefill.write({ ids: seq, meta, lastIdx: new Uint32Array(R).fill(seq.length - 1) });
+    const rowBytes = cache.capacity * model.config.n_embd * 4;
+    const used = seq.length * model.config.n_embd * 4;
+    copyRows = (enc) => {
+      for (let l = 0; l < model.config.n_layer; l++) {
+        for (let r = 0; r < R; r++) {
+          enc.copyBufferToBuffer(scratch.k[l]!, 0, cache.k[l]!, r * rowBytes, used);
+          enc.copyBufferToBuffer(scratch.v[l]!, 0, cache.v[l]!, r * rowBytes, used);
+        }
+      }
+    };
+    for (let r = 0; r < R; r++) {
+      cache.tokens[r] = [...seq];
+      cache.lengths[r] = seq.length;
+    }
+    const prefillSample = sampler.bind(owned, state as never, { logits: prefill.logits, outIds: decode.ids });
+    model.submit([...prefill.dispatches, ...prefillSample], (enc) => {
+      copyRows!(enc);
+      enc.copyBufferToBuffer(decode.ids.buffer, 0, staging[0]!, 0, R * 4);
+    });
+    // The scratch cache's buffers are released after the copy completed.
+    const done = ctx.device.queue.onSubmittedWorkDone().then(() => scratch.destroy());
+    pending.push(done);
+  } else {
+    // Every row prefills its new tokens (all of them after a shift) in one plan.
+    const metaList: number[] = [];
+    const idList: number[] = [];
+    const last = new Uint32Array(R);
+    for (let r = 0; r < R; r++) {
+      const seq = cache.tokens[r]!;
+      const start = cache.lengths[r]!;
+      for (let p = start; p < seq.length; p++) {
+        idList.push(seq[p]!);
+        metaList.push(r, p);
+      }
+      last[r] = idList.length - 1;
+      cache.lengths[r] = seq.length;
+    }
+    prefill = new ForwardPlan(model, cache, idList.length, R);
+    plans.push(prefill);
+    prefill.write({ ids: idList, meta: Uint32Array.from(metaList), lastIdx: last });
+    const prefillSample = sampler.bind(owned, state as never, { logits: prefill.logits, outIds: decode.ids });
+    model.submit([...prefill.dispatches, ...prefillSample], (enc) => enc.copyBufferToBuffer(decode.ids.buffer, 0, staging[0]!, 0, R * 4));
+  }
+  stats.prefill_ms = now() - t0; // CPU side; completed below when the first ids arrive
+  stats.steps = 1;
+
+  // ---- Decode loop with `depth` steps in flight.
+  // queued[r]: position the next queued step feeds for row r (= tokens fed so far).
+  const queuedPos = cache.lengths.slice();
+  const inflight: Array<Promise<Uint32Array>> = [];
+  const readback = (buf: GPUBuffer): Promise<Uint32Array> => {
+    const p = ctx.mapRead(buf, R * 4).then(() => {
+      const ids = new Uint32Array(buf.getMappedRange().slice(0));
+      buf.unmap();
+      return ids;
+    });
+    p.catch(() => undefined);
+    return p;
+  };
+  inflight.push(readback(staging[0]!));
+  let submitted = 1;
+  let firstAt = 0;
+  let decodeStart = 0;
+  let stepsAccepted = 0;
+  const fedCount = new Array<number>(R).fill(0); // accepted tokens already recorded in cache.tokens
+
+  const takeOne = async (): Promise<void> => {
+    const ids = await inflight.shift()!;
+    stepsAccepted++;
+    if (stepsAccepted === 1) {
+      firstAt = now();
+      stats.first_token_ms = firstAt - t0;
+      stats.prefill_ms = stats.first_token_ms;
+      decodeStart = firstAt;
+    }
+    accept(ids);
+  };
+
+  const maxSteps = opts.maxNewTokens ?? 30;
+  while (true) {
+    if (opts.signal?.aborted) throw new AbortError(`generation aborted after ${stepsAccepted} steps`);
+    // Enough queued to finish every row?
+    const active = rowsState.some((r) => !r.finished);
+    if (!active) break;
+    if (submitted >= maxSteps) {
+      if (inflight.length === 0) break;
+      await takeOne();
+      continue;
+    }
+    if (inflight.length >= depth) {
+      await takeOne();
+      continue;
+    }
+    // Row positions for the next step; rows known finished are held at their last slot.
+    const needShift: number[] = [];
+    for (let r = 0; r < R; r++) {
+      if (rowsState[r]!.finished) continue;
+      if (queuedPos[r]! >= window) needShift.push(r);
+    }
+    if (needShift.length) {
+      // Drain: every fed token must be known on the CPU to re-encode.
+      while (inflight.length) await takeOne();
+      if (allDone()) break;
+      syncHistory(cache, rowsState, fedCount, false);
+      for (const r of needShift) {
+        if (rowsState[r]!.finished) continue;
+        if (cache.onOverflow === 'error') {
+          throw new ContextOverflowError(`row ${r} reached the context window of ${window} tokens; use onOverflow: 'shift' to keep going`);
+        }
+        const kept = shiftRow(cache, r);
+        await reencode(model, cache, r, kept, plans);
+        cache.tokens[r] = kept;
+        cache.lengths[r] = kept.length;
+        queuedPos[r] = kept.length;
+        stats.shifts++;
+      }
+      continue;
+    }
+    const meta = new Uint32Array(2 * R);
+    for (let r = 0; r < R; r++) {
+      meta[2 * r] = r;
+      meta[2 * r + 1] = Math.min(queuedPos[r]!, window - 1);
+    }
+    decode.write({ meta });
+    const slot = staging[submitted % depth]!;
+    model.submit([...decode.dispatches, ...decodeSample], (enc) => enc.copyBufferToBuffer(decode.ids.buffer, 0, slot, 0, R * 4));
+    for (let r = 0; r < R; r++) if (!rowsState[r]!.finished && queuedPos[r]! < window) queuedPos[r]!++;
+    inflight.push(readback(slot));
+    submitted++;
+  }
+  // Rows that finished early stopped being recorded; what the GPU computed past that is ignored.
+  syncHistory(cache, rowsState, fedCount, true);
+  stats.steps = stepsAccepted;
+  const decodeSteps = stepsAccepted - 1;
+  const end = now();
+  stats.decode_ms_per_token = decodeSteps > 0 ? (end - decodeStart) / decodeSteps : 0;
+  stats.tokens_per_s = decodeSteps > 0 ? (decodeSteps * R) / ((end - decodeStart) / 1000) : 0;
+  model.ctx.throwIfErrors();
+}
+
+/**
+ * Brings cache.tokens/lengths up to date with what was fed to the model. A token chosen at step s
+ * is fed at step s+1, so every accepted token but each row's newest is in the cache. With
+ * `final`, the newest ones are appended to `tokens` too (the context), though not to `lengths`
+ * (the K/V held): a continued session feeds them first.
+ */
+function syncHistory(cache: KVCache, rows: Row[], fedCount: number[], final: boolean): void {
+  for (let r = 0; r < cache.rows; r++) {
+    const out = rows[r]!.out;
+    const upto = final ? out.length : Math.max(0, out.length - 1);
+    for (let i = fedCount[r]!; i < upto; i++) {
+      cache.tokens[r]!.push(out[i]!);
+      if (i < out.length - 1 || !final) cache.lengths[r]!++;
+    }
+    fedCount[r] = Math.max(fedCount[r]!, upto);
+  }
+}
+
+/** Re-encodes `kept` tokens of row r from position 0 (a context shift). No logits are needed. */
+async function reencode(model: GPT2Model, cache: KVCache, r: number, kept: number[], plans: ForwardPlan[]): Promise<void> {
+  // Shifts keep the same number of tokens, so one plan per length serves every shift of a run
+  // (GPU memory stays flat however many shifts happen).
+  let plan = plans.find((p) => p.cache === cache && p.T === kept.length && p.R === 1 && p.tag === 'reencode');
+  if (!plan) {
+    plan = new ForwardPlan(model, cache, kept.length, 1);
+    plan.tag = 'reencode';
+    plans.push(plan);
+  }
+  const meta = new Uint32Array(2 * kept.length);
+  for (let t = 0; t < kept.length; t++) {
+    meta[2 * t] = r;
+    meta[2 * t + 1] = t;
+  }
+  plan.write({ ids: kept, meta, lastIdx: Uint32Array.of(kept.length - 1) });
+  model.submit(plan.dispatches);
+}
+
+async function generateUncached(
+  model: GPT2Model, cache: KVCache, prompts: number[][], owned: Owned, state: unknown, staging: GPUBuffer,
+  accept: (ids: Uint32Array) => void, allDone: () => boolean, opts: GenerateOptions, stats: GenerateStats, plans: ForwardPlan[],
+): Promise<void> {
+  const ctx = model.ctx;
+  const R = cache.rows;
+  const window = cache.window;
+  const maxNew = opts.maxNewTokens ?? 30;
+  // What each row's context holds (the cached path's cache contents + the token to feed next).
+  const seqs: number[][] = [];
+  for (let r = 0; r < R; r++) {
+    let s = [...cache.tokens[r]!, ...prompts[r]!];
+    if (s.length > window) {
+      if (cache.onOverflow === 'error') throw new ContextOverflowError(`prompt of ${prompts[r]!.length} tokens plus context passes the context window of ${window} tokens`);
+      s = s.slice(-Math.min(cache.keep, window - 1));
+      stats.shifts++;
+    }
+    seqs.push(s);
+  }
+  const outIds = { buffer: owned.buffer('uncached.ids', R * 4, GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST), offset: 0, shape: [R], dtype: 'u32' as const };
+  const t0 = now();
+  let decodeStart = 0;
+  for (let step = 0; step < maxNew && !allDone(); step++) {
+    if (opts.signal?.aborted) throw new AbortError(`generation aborted after ${step} steps`);
+    cache.reset();
+    const ids: number[] = [];
+    const meta: number[] = [];
+    const last = new Uint32Array(R);
+    for (let r = 0; r < R; r++) {
+      seqs[r]!.forEach((t, p) => {
+        ids.push(t);
+        meta.push(r, p);
+      });
+      last[r] = ids.length - 1;
+    }
+    const plan = new ForwardPlan(model, cache, ids.length, R);
+    try {
+      plan.write({ ids, meta: Uint32Array.from(meta), lastIdx: last });
+      const sample = model.kernels.sampler.bind(owned, state as never, { logits: plan.logits, outIds });
+      model.submit([...plan.dispatches, ...sample], (enc) => enc.copyBufferToBuffer(outIds.buffer, 0, staging, 0, R * 4));
+      await ctx.mapRead(staging, R * 4);
+      const got = new Uint32Array(staging.getMappedRange().slice(0));
+      staging.unmap();
+      if (step === 0) {
+        stats.first_token_ms = stats.prefill_ms = now() - t0;
+        decodeStart = now();
+      }
+      accept(got);
+      for (let r = 0; r < R; r++) {
+        seqs[r]!.push(got[r]!);
+        // Mirror the cached path: when the context would pass the window, keep the most recent
+        // `keep` tokens before the new one.
+        if (seqs[r]!.length > window) {
+          const tok = seqs[r]!.pop()!;
+          seqs[r] = [...seqs[r]!.slice(-cache.keep), tok];
+          stats.shifts++;
+        }
+      }
+      stats.steps = step + 1;
+    } finally {
+      plan.destroy();
+    }
+  }
+  const end = now();
+  const decodeSteps = stats.steps - 1;
+  stats.decode_ms_per_token = decodeSteps > 0 ? (end - decodeStart) / decodeSteps : 0;
+  stats.tokens_per_s = decodeSteps > 0 ? (decodeSteps * R) / ((end - decodeStart) / 1000) : 0;
+  // The cache holds no valid K/V now (every step reset it); keep the context so a continued
+  // session re-encodes it.
+  for (let r = 0; r < R; r++) {
+    cache.reset(r);
+    cache.tokens[r] = seqs[r]!;
+  }
+  ctx.throwIfErrors();
+}

@@ -1,0 +1,180 @@
+/**
+ * GPU-resident KV cache: K and V of every layer for `rows` sequences, allocated once at creation.
+ *
+ *   k[l], v[l]: [rows, capacity, n_embd] f32, one buffer each per layer
+ *
+ * A token at absolute position `pos` of row r keeps its K/V at slot `pos % capacity` (a ring), so
+ * nothing is ever reallocated, moved or read back per step. The engine never lets a row's position
+ * reach the window (min(n_positions, capacity)): before that it shifts (keeps the most recent
+ * `keep` tokens and re-encodes them from position 0) or throws, per the cache's `onOverflow`.
+ *
+ * CPU-side bookkeeping per row: `length` (tokens whose K/V are in the cache) and `tokens` (those
+ * tokens, needed to re-encode on a shift and for penalties of a continued session).
+ */
+import { CacheMisuseError, InvalidOptionError, OutOfMemoryError } from '../errors.js';
+import type { GpuTensor } from '../kernels/common.js';
+import type { GpuContext } from './device.js';
+
+export type OverflowPolicy = 'shift' | 'error';
+
+export interface CacheOptions {
+  /** Slots per row; default and maximum the model's n_positions. */
+  capacity?: number;
+  /** Sequences held (batched sampling, beams, a group of sessions). Default 1. */
+  rows?: number;
+  /** What to do when a row would pass the window: 'shift' (default) or 'error'. */
+  onOverflow?: OverflowPolicy;
+  /** Tokens kept by a shift; default half the window. */
+  keep?: number;
+}
+
+/** The part of a model a cache needs to know (avoids an import cycle with model.ts). */
+export interface CacheOwner {
+  readonly ctx: GpuContext;
+  readonly config: { n_layer: number; n_embd: number; n_positions: number };
+  readonly id: number;
+}
+
+let nextCacheId = 1;
+
+export class KVCache {
+  readonly id = nextCacheId++;
+  readonly rows: number;
+  readonly capacity: number;
+  /** min(n_positions, capacity): positions 0..window-1 are usable. */
+  readonly window: number;
+  readonly onOverflow: OverflowPolicy;
+  readonly keep: number;
+  /** Per layer: [rows, capacity, n_embd] f32. */
+  readonly k: GPUBuffer[] = [];
+  readonly v: GPUBuffer[] = [];
+  readonly lengths: number[];
+  readonly tokens: number[][];
+  private destroyedFlag = false;
+  private busyFlag = false;
+
+  constructor(readonly owner: CacheOwner, opts: CacheOptions = {}) {
+    const { n_layer, n_embd, n_positions } = owner.config;
+    const rows = opts.rows ?? 1;
+    const capacity = opts.capacity ?? n_positions;
+    if (!Number.isInteger(rows) || rows < 1 || rows > 4096) {
+      throw new InvalidOptionError(`cache rows must be an integer in [1, 4096], got ${rows}`);
+    }
+    if (!Number.isInteger(capacity) || capacity < 2) {
+      throw new InvalidOptionError(`cache capacity must be an integer >= 2, got ${capacity}`);
+    }
+    this.rows = rows;
+    this.capacity = capacity;
+    this.window = Math.min(capacity, n_positions);
+    this.onOverflow = opts.onOverflow ?? 'shift';
+    if (this.onOverflow !== 'shift' && this.onOverflow !== 'error') {
+      throw new InvalidOptionError(`onOverflow must be 'shift' or 'error', got ${String(opts.onOverflow)}`);
+    }
+    this.keep = opts.keep ?? Math.floor(this.window / 2);
+    if (!Number.isInteger(this.keep) || this.keep < 1 || this.keep >= this.window) {
+      throw new InvalidOptionError(`keep must be an integer in [1, ${this.window - 1}] (the window is ${this.window}), got ${opts.keep}`);
+    }
+    const ctx = owner.ctx;
+    const bytes = rows * capacity * n_embd * 4;
+    const maxBind = ctx.limits.maxStorageBufferBindingSize;
+    if (bytes > maxBind) {
+      const fit = Math.floor(maxBind / (capacity * n_embd * 4));
+      throw new OutOfMemoryError(
+        `a KV cache layer of ${rows} rows x ${capacity} slots x ${n_embd} is ${bytes} bytes, over the adapter's ` +
+          `maxStorageBufferBindingSize ${maxBind}; use at most ${fit} rows at this capacity, or a smaller capacity`,
+      );
+    }
+    ctx.checkAlive();
+    ctx.device.pushErrorScope('out-of-memory');
+    try {
+      for (let l = 0; l < n_layer; l++) {
+        const usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC;
+        this.k.push(ctx.createBuffer(`kv${this.id}.k${l}`, bytes, usage));
+        this.v.push(ctx.createBuffer(`kv${this.id}.v${l}`, bytes, usage));
+      }
+    } catch (e) {
+      void ctx.device.popErrorScope();
+      this.freeBuffers();
+      throw e;
+    }
+    this.lengths = new Array<number>(rows).fill(0);
+    this.tokens = Array.from({ length: rows }, () => []);
+    // The out-of-memory scope resolves asynchronously; `ready` reports it.
+    this.ready = ctx.device.popErrorScope().then((err) => {
+      if (err) {
+        this.freeBuffers();
+        this.destroyedFlag = true;
+        throw new OutOfMemoryError(`out of GPU memory allocating a KV cache of ${2 * n_layer} x ${bytes} bytes: ${err.message}`);
+      }
+    });
+    this.ready.catch(() => undefined);
+  }
+
+  /** Resolves once the allocation is known to have succeeded; rejects with OutOfMemoryError. */
+  readonly ready: Promise<void>;
+
+  /** Bytes of GPU memory this cache holds. */
+  get bytes(): number {
+    return this.k.reduce((s, b) => s + b.size, 0) + this.v.reduce((s, b) => s + b.size, 0);
+  }
+
+  get destroyed(): boolean {
+    return this.destroyedFlag;
+  }
+
+  get busy(): boolean {
+    return this.busyFlag;
+  }
+
+  /** K or V of layer l as a tensor view [rows, capacity, n_embd]. */
+  kTensor(l: number): GpuTensor {
+    return { buffer: this.k[l]!, offset: 0, shape: [this.rows, this.capacity, this.owner.config.n_embd], dtype: 'f32' };
+  }
+  vTensor(l: number): GpuTensor {
+    return { buffer: this.v[l]!, offset: 0, shape: [this.rows, this.capacity, this.owner.config.n_embd], dtype: 'f32' };
+  }
+
+  /** Throws CacheMisuseError unless this cache is alive and belongs to `owner`. */
+  checkUsable(owner: CacheOwner): void {
+    if (this.destroyedFlag) throw new CacheMisuseError(`KV cache #${this.id} was destroyed; create a new one with model.createCache()`);
+    if (this.owner !== owner) {
+      throw new CacheMisuseError(`KV cache #${this.id} belongs to model #${this.owner.id}, not to model #${owner.id}; a cache only works with the model that created it`);
+    }
+  }
+
+  /** Marks the cache busy for the duration of a step/generation; throws if it already is. */
+  acquire(owner: CacheOwner): void {
+    this.checkUsable(owner);
+    if (this.busyFlag) {
+      throw new CacheMisuseError(`KV cache #${this.id} is busy with another step or generation; await it first, or use one cache per concurrent generation`);
+    }
+    this.busyFlag = true;
+  }
+
+  release(): void {
+    this.busyFlag = false;
+  }
+
+  /** Forgets the contents of one row (or all rows). */
+  reset(row?: number): void {
+    const rows = row === undefined ? [...this.lengths.keys()] : [row];
+    for (const r of rows) {
+      this.lengths[r] = 0;
+      this.tokens[r] = [];
+    }
+  }
+
+  private freeBuffers(): void {
+    for (const b of [...this.k, ...this.v]) this.owner.ctx.destroyBuffer(b);
+    this.k.length = 0;
+    this.v.length = 0;
+  }
+
+  /** Frees the GPU memory. Using the cache afterwards throws CacheMisuseError. */
+  destroy(): void {
+    if (this.destroyedFlag) return;
+    if (this.busyFlag) throw new CacheMisuseError(`KV cache #${this.id} is busy; cancel or await its generation before destroying it`);
+    this.destroyedFlag = true;
+    this.freeBuffers();
+  }
+}

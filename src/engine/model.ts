@@ -1,0 +1,253 @@
+/**
+ * GPT2Model: weights on the GPU, the kernels built once, and forward plans.
+ *
+ * A forward plan is the list of dispatches that takes T tokens (ids [T] u32, meta [T] (row, pos))
+ * through the whole stack, writing K/V into a cache and logits for R selected tokens:
+ *
+ *   x   [T, C]     residual stream          qkv [T, 3C]   c_attn output
+ *   h   [T, C]     layer-norm output        att [T, C]    attention output
+ *   fc  [T, 4C]    gelu(c_fc) output        hl  [R, C]    ln_f output of the selected tokens
+ *   logits [R, V]  stays on the GPU; the sampler reads it
+ *
+ * Plans are built once per (cache, T, R) shape and then re-encoded every step: per step only the
+ * small ids/meta/lastIdx inputs change (written with queue.writeBuffer, or by the sampler on the
+ * GPU for ids), nothing is compiled or allocated.
+ */
+import type { GpuContext } from './device.js';
+import type { GPT2Config } from './config.js';
+import type { GPT2Weights } from './weights.js';
+import { KVCache, type CacheOptions, type CacheOwner } from './kvcache.js';
+import { Dispatch, encodeDispatches, GpuTensor, Owned } from '../kernels/common.js';
+import { LayerNormKernel } from '../kernels/layernorm.js';
+import { MatmulKernel } from '../kernels/matmul.js';
+import { EmbeddingKernel } from '../kernels/embedding.js';
+import { AttentionKernel, } from '../kernels/attention.js';
+import { KvWriteKernel, KvGatherKernel } from '../kernels/kvcache.js';
+import { GatherRowsKernel } from '../kernels/elementwise.js';
+import { Sampler } from '../sampling/sampler.js';
+import { BeamKernel } from '../sampling/beam-kernel.js';
+import { InvalidOptionError, PromptError, ShapeError } from '../errors.js';
+import { gpt2Tokenizer, type Tokenizer } from './tokenizer.js';
+
+const STORAGE = () => GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC;
+
+export interface Kernels {
+  layernorm: LayerNormKernel;
+  matmul: MatmulKernel;
+  embedding: EmbeddingKernel;
+  attention: AttentionKernel;
+  kvWrite: KvWriteKernel;
+  kvGather: KvGatherKernel;
+  gatherRows: GatherRowsKernel;
+  sampler: Sampler;
+  beam: BeamKernel;
+}
+
+function list(d: Dispatch | Dispatch[]): Dispatch[] {
+  return Array.isArray(d) ? d : [d];
+}
+
+let nextModelId = 1;
+
+/** A forward pass over T tokens of one cache, producing logits for R of them. */
+export class ForwardPlan {
+  readonly owned: Owned;
+  readonly ids: GpuTensor; // [T] u32
+  readonly meta: GpuTensor; // [T, 2] u32 (row, pos)
+  readonly lastIdx: GpuTensor; // [R] u32: which tokens' logits to compute
+  readonly logits: GpuTensor; // [R, V] f32
+  readonly dispatches: Dispatch[] = [];
+  /** What the plan is used for, when a caller reuses plans (e.g. 'reencode'). */
+  tag = '';
+
+  constructor(readonly model: GPT2Model, readonly cache: KVCache, readonly T: number, readonly R: number) {
+    const { ctx, config: cfg, weights: w, kernels: k } = model;
+    const C = cfg.n_embd;
+    const V = cfg.vocab_size;
+    const o = (this.owned = new Owned(ctx));
+    const buf = (label: string, shape: number[], dtype: 'f32' | 'u32' = 'f32'): GpuTensor => ({
+      buffer: o.buffer(`${label}[${shape.join(',')}]`, shape.reduce((a, b) => a * b, 1) * 4, STORAGE()),
+      offset: 0,
+      shape,
+      dtype,
+    });
+    try {
+      this.ids = buf('ids', [T], 'u32');
+      this.meta = buf('meta', [T, 2], 'u32');
+      this.lastIdx = buf('lastIdx', [R], 'u32');
+      const x = buf('x', [T, C]);
+      const h = buf('h', [T, C]);
+      const qkv = buf('qkv', [T, 3 * C]);
+      const att = buf('att', [T, C]);
+      const fc = buf('fc', [T, 4 * C]);
+      const hl = buf('hl', [R, C]);
+      this.logits = buf('logits', [R, V]);
+      const eps = cfg.layer_norm_epsilon;
+      const d = this.dispatches;
+      d.push(...list(k.embedding.bind(o, { ids: this.ids, meta: this.meta, wte: w.wte, wpe: w.wpe, out: x }, 'wte+wpe')));
+      for (let l = 0; l < cfg.n_layer; l++) {
+        const L = w.h[l]!;
+        const kc = cache.kTensor(l);
+        const vc = cache.vTensor(l);
+        d.push(...list(k.layernorm.bind(o, { x, gamma: L.ln_1.weight, beta: L.ln_1.bias, y: h, eps }, `h.${l}.ln_1`)));
+        d.push(...list(k.matmul.bind(o, { x: h, w: L.attn.c_attn.weight, layout: 'kn', bias: L.attn.c_attn.bias, out: qkv }, `h.${l}.attn.c_attn`)));
+        d.push(...list(k.kvWrite.bind(o, { qkv, meta: this.meta, kCache: kc, vCache: vc }, `h.${l}.kv_write`)));
+        d.push(...list(k.attention.bind(o, { qkv, kCache: kc, vCache: vc, meta: this.meta, out: att, nHead: cfg.n_head }, `h.${l}.attn`)));
+        d.push(...list(k.matmul.bind(o, { x: att, w: L.attn.c_proj.weight, layout: 'kn', bias: L.attn.c_proj.bias, accumulate: true, out: x }, `h.${l}.attn.c_proj`)));
+        d.push(...list(k.layernorm.bind(o, { x, gamma: L.ln_2.weight, beta: L.ln_2.bias, y: h, eps }, `h.${l}.ln_2`)));
+        d.push(...list(k.matmul.bind(o, { x: h, w: L.mlp.c_fc.weight, layout: 'kn', bias: L.mlp.c_fc.bias, activation: 'gelu', out: fc }, `h.${l}.mlp.c_fc`)));
+        d.push(...list(k.matmul.bind(o, { x: fc, w: L.mlp.c_proj.weight, layout: 'kn', bias: L.mlp.c_proj.bias, accumulate: true, out: x }, `h.${l}.mlp.c_proj`)));
+      }
+      d.push(...list(k.layernorm.bind(o, { x, gamma: w.ln_f.weight, beta: w.ln_f.bias, y: h, eps }, 'ln_f')));
+      d.push(...list(k.gatherRows.bind(o, { x: h, idx: this.lastIdx, out: hl }, 'last_tokens')));
+      d.push(...list(k.matmul.bind(o, { x: hl, w: w.wte, layout: 'nk', out: this.logits }, 'lm_head')));
+    } catch (e) {
+      o.destroy();
+      throw e;
+    }
+  }
+
+  /** Writes this step's inputs. `ids` may be omitted when the sampler already wrote them on the GPU. */
+  write(input: { ids?: ArrayLike<number>; meta: Uint32Array; lastIdx?: Uint32Array }): void {
+    const q = this.model.ctx.device.queue;
+    if (input.ids) q.writeBuffer(this.ids.buffer, 0, Uint32Array.from(input.ids));
+    q.writeBuffer(this.meta.buffer, 0, Uint32Array.from(input.meta));
+    if (input.lastIdx) q.writeBuffer(this.lastIdx.buffer, 0, Uint32Array.from(input.lastIdx));
+  }
+
+  destroy(): void {
+    this.owned.destroy();
+  }
+}
+
+export interface LoadOptions {
+  /** Weight storage: 'f32' (default) or 'f16' (packed halves; math stays f32). */
+  dtype?: 'f32' | 'f16';
+}
+
+export class GPT2Model implements CacheOwner {
+  readonly id = nextModelId++;
+  readonly tokenizer: Tokenizer = gpt2Tokenizer;
+  private destroyedFlag = false;
+  private readonly caches = new Set<KVCache>();
+
+  constructor(
+    readonly ctx: GpuContext,
+    readonly config: GPT2Config,
+    readonly weights: GPT2Weights,
+    readonly kernels: Kernels,
+    readonly source: string,
+  ) {}
+
+  /** Builds every kernel's pipelines once for this model. */
+  static async buildKernels(ctx: GpuContext, cfg: GPT2Config): Promise<Kernels> {
+    const [layernorm, matmul, embedding, attention, kvWrite, kvGather, gatherRows, sampler, beam] = await Promise.all([
+      LayerNormKernel.create(ctx),
+      MatmulKernel.create(ctx),
+      EmbeddingKernel.create(ctx),
+      AttentionKernel.create(ctx),
+      KvWriteKernel.create(ctx),
+      KvGatherKernel.create(ctx),
+      GatherRowsKernel.create(ctx),
+      Sampler.create(ctx, cfg.vocab_size),
+      BeamKernel.create(ctx),
+    ]);
+    return { layernorm, matmul, embedding, attention, kvWrite, kvGather, gatherRows, sampler, beam };
+  }
+
+  get destroyed(): boolean {
+    return this.destroyedFlag;
+  }
+
+  checkAlive(): void {
+    if (this.destroyedFlag) throw new InvalidOptionError(`model #${this.id} (${this.source}) was destroyed`);
+    this.ctx.checkAlive();
+  }
+
+  /** A new KV cache (session storage) tied to this model. */
+  async createCache(opts: CacheOptions = {}): Promise<KVCache> {
+    this.checkAlive();
+    const c = new KVCache(this, opts);
+    await c.ready;
+    this.caches.add(c);
+    return c;
+  }
+
+  /** Live caches created by this model (destroyed ones drop out). */
+  get liveCaches(): KVCache[] {
+    for (const c of this.caches) if (c.destroyed) this.caches.delete(c);
+    return [...this.caches];
+  }
+
+  /** Checks token ids against the vocabulary. */
+  checkIds(ids: readonly number[], what = 'prompt'): void {
+    if (ids.length === 0) throw new PromptError(`${what} is empty: give at least one token (GPT-2 has no BOS by default; use 50256 "<|endoftext|>" to start from nothing)`);
+    const V = this.config.vocab_size;
+    for (let i = 0; i < ids.length; i++) {
+      const t = ids[i]!;
+      if (!Number.isInteger(t) || t < 0 || t >= V) {
+        throw new PromptError(`${what} token ${i} is ${t}: ids must be integers in [0, ${V - 1}]`);
+      }
+    }
+  }
+
+  /** Records plan dispatches (and optional extra ones) in one compute pass and submits. */
+  submit(dispatches: readonly Dispatch[], after?: (enc: GPUCommandEncoder) => void): void {
+    this.ctx.checkAlive();
+    const enc = this.ctx.device.createCommandEncoder();
+    const pass = enc.beginComputePass();
+    encodeDispatches(pass, dispatches);
+    pass.end();
+    after?.(enc);
+    this.ctx.stats.dispatches += dispatches.length;
+    this.ctx.submit([enc.finish()]);
+  }
+
+  /**
+   * Runs a prompt through the model from an empty cache and returns logits read back to the CPU
+   * (a debug/verification path): the last position's [V], or every position's [T, V].
+   */
+  async logits(ids: readonly number[], opts: { allPositions?: boolean } = {}): Promise<{ shape: number[]; data: Float32Array }> {
+    this.checkAlive();
+    this.checkIds(ids);
+    const T = ids.length;
+    if (T > this.config.n_positions) {
+      throw new PromptError(`prompt has ${T} tokens, more than the context window n_positions = ${this.config.n_positions}`);
+    }
+    const cache = await this.createCache({ capacity: Math.max(2, T) });
+    const R = opts.allPositions ? T : 1;
+    let plan: ForwardPlan | undefined;
+    try {
+      plan = new ForwardPlan(this, cache, T, R);
+      const meta = new Uint32Array(2 * T);
+      for (let t = 0; t < T; t++) meta[2 * t + 1] = t;
+      const last = opts.allPositions ? Uint32Array.from({ length: T }, (_, i) => i) : Uint32Array.of(T - 1);
+      plan.write({ ids, meta, lastIdx: last });
+      this.submit(plan.dispatches);
+      const data = new Float32Array(await this.ctx.readBuffer(plan.logits.buffer, 0, R * this.config.vocab_size * 4));
+      this.ctx.throwIfErrors();
+      return { shape: opts.allPositions ? [T, this.config.vocab_size] : [this.config.vocab_size], data };
+    } finally {
+      plan?.destroy();
+      cache.destroy();
+    }
+  }
+
+  /** Frees the weights and every cache this model created. */
+  destroy(): void {
+    if (this.destroyedFlag) return;
+    for (const c of this.caches) {
+      if (!c.destroyed) {
+        c.release();
+        c.destroy();
+      }
+    }
+    this.caches.clear();
+    this.weights.destroy();
+    this.destroyedFlag = true;
+  }
+}
+
+export function checkShape(cond: boolean, msg: string): void {
+  if (!cond) throw new ShapeError(msg);
+}

@@ -1,0 +1,196 @@
+/**
+ * Uploads a validated Checkpoint to the GPU, tensor by tensor (the model is never held in CPU
+ * memory at once: at most one tensor, or one wte chunk, converted at a time).
+ *
+ * Layout (see ARCHITECTURE.md): matrices (wte, wpe, the Conv1D weights [in, out]) in the chosen
+ * dtype, f16 packed in pairs along the last dimension; biases and layer-norm parameters always f32.
+ * wte is split by rows into a ChunkedTensor so each chunk binding fits maxStorageBufferBindingSize
+ * (gpt2's 50257 x 768 f32 is 154 MB; lavapipe and browsers allow 128 MiB). Every other tensor must
+ * fit one binding; this is checked for the whole model before the first buffer is made.
+ *
+ * GPU out-of-memory (caught with an 'out-of-memory' error scope around each buffer) destroys what
+ * was uploaded and throws OutOfMemoryError.
+ */
+import { OutOfMemoryError, ShapeError } from '../errors.js';
+import type { ChunkedTensor, GpuTensor } from '../kernels/common.js';
+import { tensorBytes } from '../kernels/common.js';
+import { packF16 } from '../kernels/f16.js';
+import type { Checkpoint } from './checkpoint.js';
+import type { GPT2Config } from './config.js';
+import type { GpuContext } from './device.js';
+
+export type WeightDType = 'f32' | 'f16';
+
+export interface NormWeights {
+  weight: GpuTensor; // [C] f32
+  bias: GpuTensor; // [C] f32
+}
+export interface LinearWeights {
+  weight: GpuTensor; // [in, out] f32 or f16
+  bias: GpuTensor; // [out] f32
+}
+export interface LayerWeights {
+  ln_1: NormWeights;
+  attn: { c_attn: LinearWeights; c_proj: LinearWeights }; // [C, 3C], [C, C]
+  ln_2: NormWeights;
+  mlp: { c_fc: LinearWeights; c_proj: LinearWeights }; // [C, 4C], [4C, C]
+}
+
+export interface GPT2Weights {
+  config: GPT2Config;
+  wte: ChunkedTensor; // [V, C] in row chunks; also the tied LM head
+  wpe: GpuTensor; // [P, C]
+  h: LayerWeights[];
+  ln_f: NormWeights;
+  dtype: WeightDType;
+  /** GPU bytes held by all weight buffers. */
+  bytes: number;
+  /** Destroys every weight buffer (idempotent). */
+  destroy(): void;
+}
+
+export interface UploadProgress {
+  /** Bytes uploaded so far / in total (GPU storage bytes, after f16 packing). */
+  loadedBytes: number;
+  totalBytes: number;
+  /** The tensor just uploaded (HF name; wte chunks as `wte.weight[rows a..b)`). */
+  tensor: string;
+}
+
+export interface UploadOptions {
+  /** Storage of the matrices; default 'f32'. Biases and layer norms are always f32. */
+  dtype?: WeightDType;
+  onProgress?: (p: UploadProgress) => void;
+  /** Lower the per-binding limit below the adapter's (tests exercise wte chunking with it). */
+  maxBindingBytes?: number;
+}
+
+const USAGE = 0x80 | 0x8 | 0x4; // STORAGE | COPY_DST | COPY_SRC (COPY_SRC: read-back in tests/debug)
+
+/** The row granularity of wte chunks: keeps chunk boundaries on matmul tile edges. */
+export const WTE_CHUNK_ROW_MULTIPLE = 64;
+
+/**
+ * Rows of a [rows, cols] `dtype` matrix per chunk so that one chunk is at most `limit` bytes: all
+ * rows if they fit, else the largest multiple of WTE_CHUNK_ROW_MULTIPLE that fits (or the largest
+ * count that fits, when even that multiple is too big). Throws ShapeError if one row does not fit.
+ */
+export function wteRowsPerChunk(rows: number, cols: number, dtype: WeightDType, limit: number): number {
+  const rowBytes = tensorBytes([1, cols], dtype);
+  if (rows * rowBytes <= limit) return rows;
+  const fit = Math.floor(limit / rowBytes);
+  if (fit < 1) throw new ShapeError(`wte.weight: one row of ${cols} ${dtype} is ${rowBytes} bytes, more than the binding limit ${limit}`);
+  return fit >= WTE_CHUNK_ROW_MULTIPLE ? fit - (fit % WTE_CHUNK_ROW_MULTIPLE) : fit;
+}
+
+function isMatrix(name: string): boolean {
+  return name === 'wpe.weight' || /\.(c_attn|c_proj|c_fc)\.weight$/.test(name);
+}
+
+/** Uploads every tensor of `ckpt`; see the module comment. */
+export async function uploadWeights(ctx: GpuContext, ckpt: Checkpoint, opts: UploadOptions = {}): Promise<GPT2Weights> {
+  const cfg = ckpt.config;
+  const dtype = opts.dtype ?? 'f32';
+  const limit = Math.min(opts.maxBindingBytes ?? Infinity, ctx.limits.maxStorageBufferBindingSize);
+  const hint = dtype === 'f32' ? ' Try f16 weights (--f16), which halve the matrices.' : '';
+  const [V, C] = ckpt.shape('wte.weight') as [number, number];
+
+  // Plan and check everything before allocating anything.
+  const names = [...new Set(['wpe.weight', ...layerNames(cfg.n_layer), 'ln_f.weight', 'ln_f.bias'])];
+  const dtypeOf = (name: string): WeightDType => (isMatrix(name) ? dtype : 'f32');
+  let total = 0;
+  for (const name of names) {
+    const bytes = tensorBytes(ckpt.shape(name), dtypeOf(name));
+    if (bytes > limit) {
+      throw new ShapeError(`${ckpt.source}: tensor "${name}" [${ckpt.shape(name).join(', ')}] ${dtypeOf(name)} is ${bytes} bytes, more than the storage binding limit ${limit}.${hint}`);
+    }
+    total += bytes;
+  }
+  const rowsPerChunk = wteRowsPerChunk(V, C, dtype, limit);
+  total += tensorBytes([V, C], dtype);
+
+  const buffers: GPUBuffer[] = [];
+  let destroyed = false;
+  const destroy = () => {
+    if (destroyed) return;
+    destroyed = true;
+    for (const b of buffers.splice(0)) ctx.destroyBuffer(b);
+  };
+  let loaded = 0;
+
+  /** One tracked buffer holding `data`, with GPU out-of-memory turned into OutOfMemoryError. */
+  const make = async (label: string, data: Float32Array | Uint32Array): Promise<GPUBuffer> => {
+    ctx.device.pushErrorScope('out-of-memory');
+    let buf: GPUBuffer | undefined;
+    let thrown: unknown;
+    try {
+      buf = ctx.createBufferWithData(label, data, USAGE);
+      buffers.push(buf);
+    } catch (e) {
+      thrown = e;
+    }
+    const err = await ctx.device.popErrorScope();
+    if (thrown instanceof OutOfMemoryError) throw thrown; // past maxBufferSize: already says so
+    // A failed mappedAtCreation allocation throws RangeError; other failures surface in the scope.
+    if (thrown && !(thrown instanceof RangeError)) throw thrown;
+    if (err || thrown) {
+      const why = err ? err.message : (thrown as Error).message;
+      throw new OutOfMemoryError(
+        `out of GPU memory uploading "${label}" (${data.byteLength} bytes) after ${loaded} of ${total} weight bytes: ${why}.${hint}`,
+        { cause: thrown ?? err },
+      );
+    }
+    return buf!;
+  };
+
+  const upload = async (name: string): Promise<GpuTensor> => {
+    const shape = ckpt.shape(name);
+    const dt = dtypeOf(name);
+    const values = await ckpt.read(name);
+    const data = dt === 'f16' ? packF16(values, shape[0]!, shape[1]!) : values;
+    const buffer = await make(name, data);
+    loaded += tensorBytes(shape, dt);
+    opts.onProgress?.({ loadedBytes: loaded, totalBytes: total, tensor: name });
+    return { buffer, offset: 0, shape, dtype: dt };
+  };
+
+  try {
+    const chunks: GpuTensor[] = [];
+    for (let r = 0; r < V; r += rowsPerChunk) {
+      const n = Math.min(rowsPerChunk, V - r);
+      const rows = await ckpt.readRows('wte.weight', r, n);
+      const label = `wte.weight[rows ${r}..${r + n})`;
+      const buffer = await make(label, dtype === 'f16' ? packF16(rows, n, C) : rows);
+      chunks.push({ buffer, offset: 0, shape: [n, C], dtype });
+      loaded += tensorBytes([n, C], dtype);
+      opts.onProgress?.({ loadedBytes: loaded, totalBytes: total, tensor: label });
+    }
+    const wte: ChunkedTensor = { shape: [V, C], dtype, rowsPerChunk, chunks };
+    const wpe = await upload('wpe.weight');
+    const pair = async (p: string): Promise<NormWeights & LinearWeights> => ({ weight: await upload(p + '.weight'), bias: await upload(p + '.bias') });
+    const h: LayerWeights[] = [];
+    for (let l = 0; l < cfg.n_layer; l++) {
+      const p = `h.${l}.`;
+      const ln_1 = await pair(p + 'ln_1');
+      const c_attn = await pair(p + 'attn.c_attn');
+      const a_proj = await pair(p + 'attn.c_proj');
+      const ln_2 = await pair(p + 'ln_2');
+      const c_fc = await pair(p + 'mlp.c_fc');
+      const m_proj = await pair(p + 'mlp.c_proj');
+      h.push({ ln_1, attn: { c_attn, c_proj: a_proj }, ln_2, mlp: { c_fc, c_proj: m_proj } });
+    }
+    const ln_f = await pair('ln_f');
+    return { config: cfg, wte, wpe, h, ln_f, dtype, bytes: buffers.reduce((s, b) => s + b.size, 0), destroy };
+  } catch (e) {
+    destroy();
+    throw e;
+  }
+}
+
+function layerNames(L: number): string[] {
+  const out: string[] = [];
+  for (let l = 0; l < L; l++) {
+    for (const s of ['ln_1', 'attn.c_attn', 'attn.c_proj', 'ln_2', 'mlp.c_fc', 'mlp.c_proj']) out.push(`h.${l}.${s}.weight`, `h.${l}.${s}.bias`);
+  }
+  return out;
+}

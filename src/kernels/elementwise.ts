@@ -1,0 +1,192 @@
+/**
+ * Small elementwise kernels (shaders/elementwise.wgsl): gelu_new, add, and a row gather.
+ *   GeluKernel:       y = gelu_new(x) over [n] (y may be x: in place)
+ *   AddKernel:        out = a + b over [n] (out may be a or b: in place)
+ *   GatherRowsKernel: out[i, :] = x[idx[i], :], x [T, C], idx [n] u32 (each row's last token before
+ *                     the LM head); an idx >= T writes a NaN row instead of reading out of bounds.
+ */
+import type { GpuContext } from '../engine/device.js';
+import { ShapeError } from '../errors.js';
+import { binding, Dispatch, expectTensor, GpuTensor, groups, numel, Owned, tensorBytes } from './common.js';
+
+export const NAN_BITS = 0x7fc00000;
+
+/** Workgroup grid [gx, gy] covering `n` workgroups (wrapping into y past the per-dimension limit). */
+export function grid(ctx: GpuContext, what: string, n: number): [number, number] {
+  const maxX = ctx.limits.maxComputeWorkgroupsPerDimension;
+  const gx = Math.max(1, Math.min(n, maxX));
+  return [gx, groups(ctx, what, Math.ceil(n / gx))];
+}
+
+/** Byte ranges of two tensors: 'same' (identical view), 'overlap' (partial) or 'disjoint'. */
+export function aliasing(a: GpuTensor, b: GpuTensor): 'same' | 'overlap' | 'disjoint' {
+  if (a.buffer !== b.buffer) return 'disjoint';
+  const ae = a.offset + tensorBytes(a.shape, a.dtype);
+  const be = b.offset + tensorBytes(b.shape, b.dtype);
+  if (ae <= b.offset || be <= a.offset) return 'disjoint';
+  return a.offset === b.offset && ae === be ? 'same' : 'overlap';
+}
+
+/** Throws ShapeError if `t` overlaps any of `others` (WebGPU forbids a written range bound twice). */
+export function expectDisjoint(label: string, what: string, t: GpuTensor, others: Record<string, GpuTensor>): void {
+  for (const [name, o] of Object.entries(others)) {
+    if (aliasing(t, o) !== 'disjoint') {
+      throw new ShapeError(`${label}: ${what} (buffer "${t.buffer.label}" at byte ${t.offset}) overlaps ${name} (byte ${o.offset}); use distinct buffers`);
+    }
+  }
+}
+
+function wgSize(ctx: GpuContext): number {
+  // 256 fits every adapter's default limit (SwiftShader's maximum).
+  return Math.min(256, ctx.limits.maxComputeInvocationsPerWorkgroup);
+}
+
+export interface GeluArgs {
+  x: GpuTensor; // [...] f32
+  y: GpuTensor; // same element count as x, f32; may be exactly x (in place), not partly overlap it
+}
+
+export class GeluKernel {
+  private constructor(
+    private readonly ctx: GpuContext,
+    private readonly outOfPlace: GPUComputePipeline,
+    private readonly inPlace: GPUComputePipeline,
+    readonly wg: number,
+  ) {}
+
+  static async create(ctx: GpuContext): Promise<GeluKernel> {
+    const wg = wgSize(ctx);
+    const [a, b] = await Promise.all([
+      ctx.pipeline('elementwise', 'gelu', { WG: wg }),
+      ctx.pipeline('elementwise', 'gelu_inplace', { WG: wg }),
+    ]);
+    return new GeluKernel(ctx, a, b, wg);
+  }
+
+  bind(owner: Owned, a: GeluArgs, label = 'gelu'): Dispatch {
+    const n = numel(a.x.shape);
+    expectTensor(`${label} x`, a.x, a.x.shape, ['f32']);
+    expectTensor(`${label} y`, a.y, a.y.shape, ['f32']);
+    if (numel(a.y.shape) !== n) {
+      throw new ShapeError(`${label}: y has ${numel(a.y.shape)} elements ([${a.y.shape.join(', ')}]), x has ${n} ([${a.x.shape.join(', ')}])`);
+    }
+    const alias = aliasing(a.x, a.y);
+    if (alias === 'overlap') throw new ShapeError(`${label}: y partly overlaps x (bytes ${a.y.offset} vs ${a.x.offset}); pass the same view for in place`);
+    const [gx, gy] = grid(this.ctx, label, Math.ceil(n / this.wg));
+    const params = owner.uniform(`${label}.params`, [n, gx, 0, 0, NAN_BITS]);
+    const inPlace = alias === 'same';
+    const pipeline = inPlace ? this.inPlace : this.outOfPlace;
+    const entries: GPUBindGroupEntry[] = inPlace
+      ? [{ binding: 0, resource: { buffer: params } }, { binding: 5, resource: binding(a.y) }]
+      : [
+          { binding: 0, resource: { buffer: params } },
+          { binding: 1, resource: binding(a.x) },
+          { binding: 2, resource: binding(a.y) },
+        ];
+    const bindGroup = this.ctx.device.createBindGroup({ label, layout: pipeline.getBindGroupLayout(0), entries });
+    return { family: 'elementwise', label, pipeline, bindGroup, workgroups: [gx, gy, 1] };
+  }
+}
+
+export interface AddArgs {
+  a: GpuTensor; // [...] f32
+  b: GpuTensor; // same element count, f32
+  out: GpuTensor; // same element count, f32; may be exactly a or b (in place), not partly overlap
+}
+
+export class AddKernel {
+  private constructor(
+    private readonly ctx: GpuContext,
+    private readonly outOfPlace: GPUComputePipeline,
+    private readonly inPlace: GPUComputePipeline,
+    readonly wg: number,
+  ) {}
+
+  static async create(ctx: GpuContext): Promise<AddKernel> {
+    const wg = wgSize(ctx);
+    const [a, b] = await Promise.all([
+      ctx.pipeline('elementwise', 'add', { WG: wg }),
+      ctx.pipeline('elementwise', 'add_inplace', { WG: wg }),
+    ]);
+    return new AddKernel(ctx, a, b, wg);
+  }
+
+  bind(owner: Owned, args: AddArgs, label = 'add'): Dispatch {
+    const { a, b, out } = args;
+    const n = numel(a.shape);
+    for (const [name, t] of [['a', a], ['b', b], ['out', out]] as const) {
+      expectTensor(`${label} ${name}`, t, t.shape, ['f32']);
+      if (numel(t.shape) !== n) throw new ShapeError(`${label}: ${name} has ${numel(t.shape)} elements ([${t.shape.join(', ')}]), a has ${n} ([${a.shape.join(', ')}])`);
+    }
+    const wa = aliasing(out, a);
+    const wb = aliasing(out, b);
+    if (wa === 'overlap' || wb === 'overlap') throw new ShapeError(`${label}: out partly overlaps ${wa === 'overlap' ? 'a' : 'b'}; pass the same view for in place`);
+    if (wa === 'same' && wb === 'same') throw new ShapeError(`${label}: out, a and b are all the same range; use distinct inputs`);
+    const [gx, gy] = grid(this.ctx, label, Math.ceil(n / this.wg));
+    const params = owner.uniform(`${label}.params`, [n, gx, 0, 0, NAN_BITS]);
+    let pipeline: GPUComputePipeline;
+    let entries: GPUBindGroupEntry[];
+    if (wa === 'same' || wb === 'same') {
+      // out += the other operand (addition commutes)
+      pipeline = this.inPlace;
+      entries = [
+        { binding: 0, resource: { buffer: params } },
+        { binding: 3, resource: binding(wa === 'same' ? b : a) },
+        { binding: 5, resource: binding(out) },
+      ];
+    } else {
+      pipeline = this.outOfPlace;
+      entries = [
+        { binding: 0, resource: { buffer: params } },
+        { binding: 1, resource: binding(a) },
+        { binding: 2, resource: binding(out) },
+        { binding: 3, resource: binding(b) },
+      ];
+    }
+    const bindGroup = this.ctx.device.createBindGroup({ label, layout: pipeline.getBindGroupLayout(0), entries });
+    return { family: 'elementwise', label, pipeline, bindGroup, workgroups: [gx, gy, 1] };
+  }
+}
+
+export interface GatherRowsArgs {
+  x: GpuTensor; // [T, C] f32
+  idx: GpuTensor; // [n] u32, each < T (else that output row is NaN)
+  out: GpuTensor; // [n, C] f32, disjoint from x
+}
+
+export class GatherRowsKernel {
+  private constructor(
+    private readonly ctx: GpuContext,
+    private readonly pipeline: GPUComputePipeline,
+    readonly wg: number,
+  ) {}
+
+  static async create(ctx: GpuContext): Promise<GatherRowsKernel> {
+    const wg = wgSize(ctx);
+    return new GatherRowsKernel(ctx, await ctx.pipeline('elementwise', 'gather_rows', { WG: wg }), wg);
+  }
+
+  bind(owner: Owned, a: GatherRowsArgs, label = 'gather_rows'): Dispatch {
+    if (a.x.shape.length !== 2) throw new ShapeError(`${label}: x must be 2-D [T, C], got [${a.x.shape.join(', ')}]`);
+    const [T, C] = a.x.shape as [number, number];
+    if (a.idx.shape.length !== 1) throw new ShapeError(`${label}: idx must be 1-D [n], got [${a.idx.shape.join(', ')}]`);
+    const n = a.idx.shape[0]!;
+    expectTensor(`${label} x`, a.x, [T, C], ['f32']);
+    expectTensor(`${label} idx`, a.idx, [n], ['u32']);
+    expectTensor(`${label} out`, a.out, [n, C], ['f32']);
+    expectDisjoint(label, 'out', a.out, { x: a.x, idx: a.idx });
+    const [gx, gy] = grid(this.ctx, label, Math.ceil((n * C) / this.wg));
+    const params = owner.uniform(`${label}.params`, [n, gx, C, T, NAN_BITS]);
+    const bindGroup = this.ctx.device.createBindGroup({
+      label,
+      layout: this.pipeline.getBindGroupLayout(0),
+      entries: [
+        { binding: 0, resource: { buffer: params } },
+        { binding: 1, resource: binding(a.x) },
+        { binding: 2, resource: binding(a.out) },
+        { binding: 4, resource: binding(a.idx) },
+      ],
+    });
+    return { family: 'elementwise', label, pipeline: this.pipeline, bindGroup, workgroups: [gx, gy, 1] };
+  }
+}

@@ -1,0 +1,321 @@
+/**
+ * Linear-layer kernel family (shaders/matmul.wgsl): out[M, N] = x[M, K] @ W (+ bias) (gelu) (+= out).
+ *
+ * Variant picked per bind from M (see `variantFor`):
+ *   - small M: a GEMV that reads W once per block of up to 8 rows (decode). When N alone gives
+ *     too few threads to keep a GPU's memory system busy it splits K across workgroups, writes
+ *     partial sums to a scratch buffer and a `reduce` dispatch applies the epilogue.
+ *   - larger M: a GEMM tiled through workgroup memory (prefill).
+ * On CPU adapters (lavapipe, SwiftShader) the 'kn' GEMV beats the tiled GEMM at every M measured
+ * (up to 128): there every workgroup-memory read is a per-lane load, while the GEMV's x reads are
+ * one broadcast per block of rows; so 'kn' stays on the GEMV there.
+ * W is f32 or f16 (packed pairs, see f16.ts), layout 'kn' ([K, N], HF Conv1D) or 'nk' ([N, K], the
+ * tied LM head, which may be a ChunkedTensor split by rows: one dispatch per chunk).
+ */
+import type { GpuContext } from '../engine/device.js';
+import { InvalidOptionError, ShapeError } from '../errors.js';
+import {
+  binding,
+  ChunkedTensor,
+  Dispatch,
+  expectBindable,
+  expectTensor,
+  GpuTensor,
+  groups,
+  Owned,
+  tensorBytes,
+} from './common.js';
+
+export type WeightLayout = 'kn' | 'nk';
+
+export interface MatmulArgs {
+  x: GpuTensor; // [M, K] f32
+  w: GpuTensor | ChunkedTensor; // 'kn': [K, N]; 'nk': [N, K]; f32 or f16
+  layout: WeightLayout;
+  bias?: GpuTensor; // [N] f32
+  activation?: 'none' | 'gelu'; // gelu_new, applied after the bias
+  accumulate?: boolean; // out += x @ W + bias (gelu, if asked, applies before the add)
+  out: GpuTensor; // [M, N] f32; must not overlap x, W or bias
+  /** Forces a variant (tests, benchmarks); default: chosen from M. */
+  variant?: 'gemv' | 'gemm';
+  /** GEMV only: forces the number of K slices (1 = no split); default: chosen from N and K. */
+  splitK?: number;
+}
+
+/** Largest M that takes the GEMV path on a GPU (W read once per block of 8 rows; beyond, the GEMM reuses it more). */
+export const GEMV_MAX_M = 8;
+/** Rows of x one GEMV workgroup handles (MAXM in the shader). */
+const MAXM = 8;
+/** gemv_kn threads per workgroup. */
+const WG_KN = 64;
+const WG_REDUCE = 256;
+/** GEMM tile: TX x TY threads, each a 4 x 4 block -> 64 x 64 outputs; BK deep (8 KiB of tiles). */
+const GEMM = { TX: 16, TY: 16, BK: 16, TM: 4, TN: 4 };
+/**
+ * Split-K aims for about this many GEMV threads in flight (a large GPU needs tens of thousands of
+ * outstanding loads to reach its bandwidth), but keeps at least MIN_KSLICE rows of K per slice.
+ */
+const TARGET_THREADS = 16384;
+const MIN_KSLICE = 64;
+
+const F_BIAS = 1;
+const F_GELU = 2;
+const F_ACC = 4;
+const F_PARTIAL = 8;
+
+// GPUBufferUsage.STORAGE (a literal: in Node the GPU globals exist only once a device is requested).
+const STORAGE = 0x80;
+
+type Entry = 'gemv_kn' | 'gemv_nk' | 'gemm' | 'reduce';
+/** Bindings each entry point uses (layout 'auto' holds only these). */
+const USES: Record<Entry, number[]> = {
+  gemv_kn: [0, 1, 3, 4, 5, 6],
+  gemv_nk: [0, 1, 2, 3, 4, 5, 6],
+  gemm: [0, 1, 3, 5, 6],
+  reduce: [0, 1, 5, 6],
+};
+
+function isChunked(w: GpuTensor | ChunkedTensor): w is ChunkedTensor {
+  return (w as ChunkedTensor).chunks !== undefined;
+}
+
+function overlaps(a: GpuTensor, b: GpuTensor): boolean {
+  if (a.buffer !== b.buffer) return false;
+  const a1 = a.offset + tensorBytes(a.shape, a.dtype);
+  const b1 = b.offset + tensorBytes(b.shape, b.dtype);
+  return a.offset < b1 && b.offset < a1;
+}
+
+export interface MatmulOptions {
+  /**
+   * Threads that share one W row in the 'nk' GEMV (the LM head): 32 (a power of two >= 8) splits
+   * each row's dot product over coalesced 16-byte loads and combines them in workgroup memory,
+   * what a GPU wants; 1 gives each thread a whole row with no combining, which is faster on CPU
+   * adapters (lavapipe, SwiftShader), whose workgroup threads are SIMD lanes. Default: 1 on a
+   * fallback / software adapter, else 32.
+   */
+  nkLanesPerRow?: number;
+  /**
+   * Largest M that takes the GEMV (larger M takes the tiled GEMM). Default: GEMV_MAX_M, except
+   * 'kn' on a CPU adapter, which always takes the GEMV.
+   */
+  gemvMaxM?: number;
+}
+
+export class MatmulKernel {
+  private constructor(
+    private readonly ctx: GpuContext,
+    /** key `${entry}:${f16}:${vec}` (gemm: `gemm:${f16}:${nk}`) */
+    private readonly pipelines: Map<string, GPUComputePipeline>,
+    /** gemv_nk lanes per W row and threads per workgroup. */
+    readonly lpr: number,
+    private readonly wgNk: number,
+    private readonly gemvMax: Record<WeightLayout, number>,
+  ) {}
+
+  /** The variant `bind` picks for M rows of x with this layout. */
+  variantFor(M: number, layout: WeightLayout): 'gemv' | 'gemm' {
+    return M <= this.gemvMax[layout] ? 'gemv' : 'gemm';
+  }
+
+  static async create(ctx: GpuContext, opts: MatmulOptions = {}): Promise<MatmulKernel> {
+    const cpu = ctx.adapter.isFallbackAdapter || ctx.adapter.architecture === 'software';
+    const LPR = opts.nkLanesPerRow ?? (cpu ? 1 : 32);
+    if (!(LPR === 1 || (LPR >= MAXM && LPR <= 256 && (LPR & (LPR - 1)) === 0))) {
+      throw new InvalidOptionError(`MatmulKernel: nkLanesPerRow must be 1 or a power of two in [${MAXM}, 256], got ${LPR}`);
+    }
+    // LPR 1: 64 rows per workgroup; else 256 threads = 256 / LPR rows.
+    const WG_NK = LPR === 1 ? 64 : 256;
+    const want: Array<[string, string, Record<string, number>]> = [];
+    for (const f16 of [0, 1]) {
+      for (const vec of [0, 1]) {
+        want.push([`gemv_kn:${f16}:${vec}`, 'gemv_kn', { W_F16: f16, VEC: vec, WG: WG_KN }]);
+        want.push([`gemv_nk:${f16}:${vec}`, 'gemv_nk', { W_F16: f16, VEC: vec, WG: WG_NK, LPR }]);
+      }
+      for (const nk of [0, 1]) {
+        want.push([`gemm:${f16}:${nk}`, 'gemm', { W_F16: f16, NK: nk, TX: GEMM.TX, TY: GEMM.TY, BK: GEMM.BK }]);
+      }
+    }
+    want.push(['reduce', 'reduce', { WG: WG_REDUCE }]);
+    const built = await Promise.all(want.map(([, entry, c]) => ctx.pipeline('matmul', entry, c)));
+    if (opts.gemvMaxM !== undefined && !(opts.gemvMaxM >= 0)) {
+      throw new InvalidOptionError(`MatmulKernel: gemvMaxM must be a number >= 0, got ${opts.gemvMaxM}`);
+    }
+    const gemvMax = opts.gemvMaxM !== undefined
+      ? { kn: opts.gemvMaxM, nk: opts.gemvMaxM }
+      : { kn: cpu ? Infinity : GEMV_MAX_M, nk: GEMV_MAX_M };
+    return new MatmulKernel(ctx, new Map(want.map(([key], i) => [key, built[i]!])), LPR, WG_NK, gemvMax);
+  }
+
+  bind(owner: Owned, a: MatmulArgs, label = 'matmul'): Dispatch[] {
+    const ctx = this.ctx;
+    if (a.layout !== 'kn' && a.layout !== 'nk') throw new ShapeError(`${label}: layout must be 'kn' or 'nk', got ${String(a.layout)}`);
+    if (a.x.shape.length !== 2) throw new ShapeError(`${label}: x must be 2-D [M, K], got [${a.x.shape.join(', ')}]`);
+    const [M, K] = a.x.shape as [number, number];
+    expectTensor(`${label} x`, a.x, [M, K], ['f32']);
+    if (M < 1 || K < 1) throw new ShapeError(`${label}: x must have M >= 1 and K >= 1, got [${M}, ${K}]`);
+
+    // The weight as a list of [rows, cols] pieces (one unless chunked).
+    let pieces: GpuTensor[];
+    let N: number;
+    let dtype: 'f32' | 'f16';
+    const w = a.w;
+    if (isChunked(w)) {
+      if (a.layout !== 'nk') {
+        throw new ShapeError(`${label}: a ChunkedTensor weight needs layout 'nk' (chunks split W's rows = out columns); got 'kn' with shape [${w.shape.join(', ')}]. Store [K, N] weights whole`);
+      }
+      const [rows, cols] = w.shape;
+      if (cols !== K) throw new ShapeError(`${label}: W is [${rows}, ${cols}] ('nk': [N, K]) but x has K = ${K}`);
+      if (!(w.rowsPerChunk >= 1) || w.chunks.length !== Math.ceil(rows / w.rowsPerChunk)) {
+        throw new ShapeError(`${label}: chunked W [${rows}, ${cols}] with rowsPerChunk ${w.rowsPerChunk} needs ${Math.ceil(rows / w.rowsPerChunk)} chunks, got ${w.chunks.length}`);
+      }
+      if (w.dtype !== 'f32' && w.dtype !== 'f16') throw new ShapeError(`${label}: W dtype must be f32 or f16, got ${w.dtype}`);
+      w.chunks.forEach((c, i) => {
+        const r = Math.min(rows, (i + 1) * w.rowsPerChunk) - i * w.rowsPerChunk;
+        expectBindable(ctx, `${label} W chunk ${i}`, c);
+        expectTensor(`${label} W chunk ${i}`, c, [r, K], [w.dtype]);
+      });
+      pieces = w.chunks;
+      N = rows;
+      dtype = w.dtype;
+    } else {
+      if (w.shape.length !== 2) throw new ShapeError(`${label}: W must be 2-D, got [${w.shape.join(', ')}]`);
+      const [r, c] = w.shape as [number, number];
+      const wk = a.layout === 'kn' ? r : c;
+      N = a.layout === 'kn' ? c : r;
+      if (wk !== K) {
+        throw new ShapeError(`${label}: W is [${r}, ${c}] (layout '${a.layout}': ${a.layout === 'kn' ? '[K, N]' : '[N, K]'}) but x has K = ${K}`);
+      }
+      expectBindable(ctx, `${label} W`, w);
+      expectTensor(`${label} W`, w, [r, c], ['f32', 'f16']);
+      pieces = [w];
+      dtype = w.dtype as 'f32' | 'f16';
+    }
+    if (N < 1) throw new ShapeError(`${label}: W has N = 0`);
+    expectTensor(`${label} out`, a.out, [M, N], ['f32']);
+    expectBindable(ctx, `${label} x`, a.x);
+    expectBindable(ctx, `${label} out`, a.out);
+    if (a.bias) {
+      expectTensor(`${label} bias`, a.bias, [N], ['f32']);
+      expectBindable(ctx, `${label} bias`, a.bias);
+    }
+    const reads: Array<[string, GpuTensor]> = [['x', a.x], ...pieces.map((p, i): [string, GpuTensor] => [pieces.length > 1 ? `W chunk ${i}` : 'W', p])];
+    if (a.bias) reads.push(['bias', a.bias]);
+    // WebGPU validates usage per buffer, not per range: a buffer bound read_write in a dispatch
+    // may not be bound read-only in it too, even at disjoint bytes.
+    for (const [what, t] of reads) {
+      if (t.buffer === a.out.buffer) {
+        const how = overlaps(t, a.out) ? 'overlapping' : 'disjoint';
+        throw new ShapeError(`${label}: out and ${what} share buffer "${a.out.buffer.label}" (${how} bytes ${a.out.offset}.. and ${t.offset}..); WebGPU forbids binding one buffer writable and read-only in the same dispatch: give out its own buffer`);
+      }
+    }
+    const align = ctx.limits.minStorageBufferOffsetAlignment;
+    for (const [what, t] of [...reads, ['out', a.out] as [string, GpuTensor]]) {
+      if (t.offset % align !== 0) throw new ShapeError(`${label}: ${what} offset ${t.offset} is not a multiple of minStorageBufferOffsetAlignment ${align}`);
+    }
+    const act = a.activation ?? 'none';
+    if (act !== 'none' && act !== 'gelu') throw new ShapeError(`${label}: activation must be 'none' or 'gelu', got ${String(act)}`);
+    const flags = (a.bias ? F_BIAS : 0) | (act === 'gelu' ? F_GELU : 0) | (a.accumulate ? F_ACC : 0);
+
+    const variant = a.variant ?? this.variantFor(M, a.layout);
+    const f16 = dtype === 'f16' ? 1 : 0;
+    const wordsPerRow = (cols: number) => (f16 ? Math.ceil(cols / 2) : cols);
+    const biasT = a.bias ?? a.x; // bound but unread when there is no bias (read-only aliasing is allowed)
+
+    if (variant === 'gemm') {
+      const pipeline = this.pipelines.get(`gemm:${f16}:${a.layout === 'nk' ? 1 : 0}`)!;
+      const BM = GEMM.TY * GEMM.TM;
+      const BN = GEMM.TX * GEMM.TN;
+      let nOff = 0;
+      return pieces.map((wp, i) => {
+        const n = a.layout === 'kn' ? N : wp.shape[0]!;
+        const wpr = wordsPerRow(a.layout === 'kn' ? N : K);
+        const params = owner.uniform(`${label}.params${i}`, [M, n, K, wpr, N, nOff, K, flags]);
+        const wg: [number, number, number] = [groups(ctx, label, Math.ceil(n / BN)), groups(ctx, label, Math.ceil(M / BM)), 1];
+        nOff += n;
+        const bg = this.bindGroup(owner, 'gemm', pipeline, label, { 0: params, 1: a.x, 3: wp, 5: biasT, 6: a.out });
+        return { family: 'matmul', label: pieces.length > 1 ? `${label}[${i}]` : label, pipeline, bindGroup: bg, workgroups: wg };
+      });
+    }
+    if (variant !== 'gemv') throw new ShapeError(`${label}: variant must be 'gemv' or 'gemm', got ${String(variant)}`);
+
+    // GEMV. 16-byte loads need 16-byte aligned W rows (and x rows for nk).
+    const per = f16 ? 8 : 4; // elements per 16-byte load
+    const vec = a.layout === 'kn' ? N % per === 0 : K % per === 0;
+    const entry: Entry = a.layout === 'kn' ? 'gemv_kn' : 'gemv_nk';
+    const pipeline = this.pipelines.get(`${entry}:${f16}:${vec ? 1 : 0}`)!;
+    const zBlocks = groups(ctx, label, Math.ceil(M / MAXM));
+    const threads = a.layout === 'kn' ? Math.ceil(N / per) : N * this.lpr;
+    // K slices: multiples of 8 so every slice starts on a 16-byte load of either dtype.
+    let S: number;
+    if (a.splitK !== undefined) {
+      if (!Number.isInteger(a.splitK) || a.splitK < 1) throw new ShapeError(`${label}: splitK must be an integer >= 1, got ${a.splitK}`);
+      S = a.splitK;
+    } else {
+      S = threads >= TARGET_THREADS ? 1 : Math.min(Math.ceil(TARGET_THREADS / threads), Math.floor(K / MIN_KSLICE));
+      // The partials [S, M, N] must fit one binding.
+      S = Math.max(1, Math.min(S, Math.floor(ctx.limits.maxStorageBufferBindingSize / (M * N * 4))));
+    }
+    const kslice = S <= 1 ? K : Math.ceil(Math.ceil(K / S) / 8) * 8;
+    S = Math.ceil(K / kslice);
+    let dst = a.out;
+    let partials: GpuTensor | undefined;
+    if (S > 1) {
+      partials = { buffer: owner.buffer(`${label}.partials`, S * M * N * 4, STORAGE), offset: 0, shape: [S, M, N], dtype: 'f32' };
+      expectBindable(ctx, `${label} split-K partials (splitK ${S})`, partials);
+      dst = partials;
+    }
+    const out: Dispatch[] = [];
+    let nOff = 0;
+    pieces.forEach((wp, i) => {
+      const n = a.layout === 'kn' ? N : wp.shape[0]!;
+      const wpr = wordsPerRow(a.layout === 'kn' ? N : K);
+      const params = owner.uniform(`${label}.params${i}`, [M, n, K, wpr, N, nOff, kslice, S > 1 ? F_PARTIAL : flags]);
+      const gx = a.layout === 'kn' ? Math.ceil(Math.ceil(n / per) / WG_KN) : Math.ceil(n / (this.wgNk / this.lpr));
+      const bg = this.bindGroup(owner, entry, pipeline, label, { 0: params, 1: a.x, 2: a.x, 3: wp, 4: wp, 5: biasT, 6: dst });
+      out.push({
+        family: 'matmul',
+        label: pieces.length > 1 ? `${label}[${i}]` : label,
+        pipeline,
+        bindGroup: bg,
+        workgroups: [groups(ctx, label, gx), groups(ctx, label, S), zBlocks],
+      });
+      nOff += n;
+    });
+    if (partials) {
+      const rp = this.pipelines.get('reduce')!;
+      const total = Math.ceil((M * N) / WG_REDUCE);
+      const gx = Math.min(total, ctx.limits.maxComputeWorkgroupsPerDimension);
+      const gy = groups(ctx, label, Math.ceil(total / gx));
+      const params = owner.uniform(`${label}.reduce.params`, [M, N, S, gx, N, 0, K, flags]);
+      const bg = this.bindGroup(owner, 'reduce', rp, `${label}.reduce`, { 0: params, 1: partials, 5: biasT, 6: a.out });
+      out.push({ family: 'matmul', label: `${label}.reduce`, pipeline: rp, bindGroup: bg, workgroups: [gx, gy, 1] });
+    }
+    return out;
+  }
+
+  /**
+   * A bind group for `entry`. Bindings 2 and 4 are the 16-byte views of x and W: their size is
+   * rounded down to whole vec4s (the scalar binding reaches the tail); a tensor under 16 bytes
+   * gets a dummy (the VEC path is never chosen for it).
+   */
+  private bindGroup(owner: Owned, entry: Entry, pipeline: GPUComputePipeline, label: string,
+                    res: Record<number, GPUBuffer | GpuTensor>): GPUBindGroup {
+    const entries: GPUBindGroupEntry[] = [];
+    for (const b of USES[entry]) {
+      const r = res[b]!;
+      if (!('shape' in r)) {
+        entries.push({ binding: b, resource: { buffer: r } });
+        continue;
+      }
+      const full = binding(r);
+      if (b === 2 || b === 4) {
+        const size = Math.floor((full.size ?? 0) / 16) * 16;
+        entries.push({ binding: b, resource: size >= 16 ? { ...full, size } : { buffer: owner.buffer(`${label}.dummy`, 16, STORAGE) } });
+      } else {
+        entries.push({ binding: b, resource: full });
+      }
+    }
+    return this.ctx.device.createBindGroup({ label, layout: pipeline.getBindGroupLayout(0), entries });
+  }
+}

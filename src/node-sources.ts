@@ -1,0 +1,323 @@
+/**
+ * Model sources in Node (uses fs, crypto, fetch): random models, local directories, and Hugging Face
+ * hub ids downloaded once into the standard HF cache that Python's huggingface_hub also uses:
+ *
+ *   <cache>/models--<org>--<name>/blobs/<etag>                 file contents (etag: LFS sha256 or git sha1)
+ *                                /snapshots/<commit>/<file>    symlink -> ../../blobs/<etag>
+ *                                /refs/<revision>              the commit the revision pointed at
+ *   <cache> = $HF_HUB_CACHE | $HUGGINGFACE_HUB_CACHE | $HF_HOME/hub | $XDG_CACHE_HOME/huggingface/hub | ~/.cache/huggingface/hub
+ *
+ * A cached revision is used without any request. Downloads go to `<blob>.incomplete`, resume with
+ * HTTP Range after a cut connection (also across runs), and are checked against the hub's size and
+ * hash (sha256 for LFS files, git's blob sha1 otherwise) before being moved into place.
+ */
+import { createHash } from 'node:crypto';
+import { createReadStream, existsSync } from 'node:fs';
+import { copyFile, mkdir, open, readFile, rename, rm, stat, symlink, writeFile } from 'node:fs/promises';
+import { dirname, join, relative, resolve } from 'node:path';
+import { getHFHubCachePath, getRepoFolderName } from '@huggingface/hub';
+import { DownloadError, InvalidOptionError, WeightsFormatError } from './errors.js';
+import { Checkpoint, openCheckpoint } from './engine/checkpoint.js';
+import { HUB_REPOS, isKnownModel } from './engine/config.js';
+import { randomCheckpoint } from './engine/random.js';
+import type { ByteSource } from './engine/safetensors.js';
+
+export interface DownloadProgress {
+  /** Repository-relative file name (config.json, model.safetensors). */
+  file: string;
+  loadedBytes: number;
+  totalBytes: number;
+}
+
+export interface SourceOptions {
+  /** HF cache root (default: the standard location, see the module comment). */
+  cacheDir?: string;
+  /** Hub base URL (default $HF_ENDPOINT or https://huggingface.co). */
+  hubUrl?: string;
+  onProgress?: (p: DownloadProgress) => void;
+  /** Branch, tag or commit (default 'main'). */
+  revision?: string;
+  /** Seed of `random:` sources (default 0). */
+  seed?: number;
+  /** Access token (default $HF_TOKEN). */
+  token?: string;
+  /** Never touch the network (default: $HF_HUB_OFFLINE is 1/true). */
+  offline?: boolean;
+  /** Download attempts per file after cut connections (default 4). */
+  attempts?: number;
+}
+
+/** A ByteSource over a file on disk (opened per read, so nothing stays open). */
+export async function fileByteSource(path: string): Promise<ByteSource> {
+  const { size } = await stat(path);
+  return {
+    name: path,
+    size,
+    async read(offset, length) {
+      const fh = await open(path, 'r');
+      try {
+        const buf = new Uint8Array(length);
+        let got = 0;
+        while (got < length) {
+          const { bytesRead } = await fh.read(buf, got, length - got, offset + got);
+          if (bytesRead === 0) break;
+          got += bytesRead;
+        }
+        return got === length ? buf : buf.subarray(0, got);
+      } finally {
+        await fh.close();
+      }
+    },
+  };
+}
+
+/** Opens a directory holding config.json + model.safetensors. */
+export async function openLocalDir(dir: string): Promise<Checkpoint> {
+  const cfgPath = join(dir, 'config.json');
+  const stPath = join(dir, 'model.safetensors');
+  if (!existsSync(cfgPath)) throw new WeightsFormatError(`${dir}: no config.json in this directory (a model directory needs config.json and model.safetensors)`);
+  if (!existsSync(stPath)) {
+    const hint = existsSync(join(dir, 'pytorch_model.bin')) ? ' (only pytorch_model.bin is there; convert it to safetensors)' : '';
+    throw new WeightsFormatError(`${dir}: no model.safetensors in this directory${hint}`);
+  }
+  let json: unknown;
+  try {
+    json = JSON.parse(await readFile(cfgPath, 'utf8'));
+  } catch (e) {
+    throw new WeightsFormatError(`${cfgPath}: not valid JSON (${(e as Error).message})`, { cause: e });
+  }
+  return openCheckpoint(json, await fileByteSource(stPath), dir);
+}
+
+/**
+ * Resolves a model source:
+ *   - `random:<name>` (gpt2, gpt2-medium, gpt2-large, gpt2-xl, distilgpt2) or `random:<config.json path>`
+ *   - a local directory with config.json and model.safetensors (or the path of that model.safetensors)
+ *   - a hub id: gpt2, gpt2-xl, distilgpt2, openai-community/gpt2, any org/name (downloaded once)
+ */
+export async function resolveSource(source: string, opts: SourceOptions = {}): Promise<Checkpoint> {
+  if (source.startsWith('random:')) {
+    const spec = source.slice('random:'.length);
+    if (spec.endsWith('.json') || spec.includes('/') || spec.includes('\\')) {
+      let json: unknown;
+      try {
+        json = JSON.parse(await readFile(spec, 'utf8'));
+      } catch (e) {
+        throw new WeightsFormatError(`${spec}: cannot read config for a random model (${(e as Error).message})`, { cause: e });
+      }
+      return randomCheckpoint(json as never, opts.seed ?? 0);
+    }
+    return randomCheckpoint(spec, opts.seed ?? 0);
+  }
+  if (existsSync(source)) {
+    const st = await stat(source);
+    return openLocalDir(st.isDirectory() ? source : dirname(source));
+  }
+  if (/^(\.{0,2}[/\\]|~)/.test(source) || source.endsWith('.safetensors') || source.endsWith('.json')) {
+    throw new WeightsFormatError(`${source}: no such file or directory (a model source is random:<name>, a directory, or a hub id such as gpt2)`);
+  }
+  if (!/^[\w.-]+(\/[\w.-]+)?$/.test(source)) {
+    throw new InvalidOptionError(`"${source}" is not a model source: use random:<name>, a local directory, or a hub id like gpt2 or openai-community/gpt2`);
+  }
+  const repo = isKnownModel(source) ? HUB_REPOS[source] : source;
+  const cfgPath = await hubFile(repo, 'config.json', opts, source);
+  const stPath = await hubFile(repo, 'model.safetensors', opts, source);
+  let json: unknown;
+  try {
+    json = JSON.parse(await readFile(cfgPath, 'utf8'));
+  } catch (e) {
+    throw new WeightsFormatError(`${cfgPath}: not valid JSON (${(e as Error).message})`, { cause: e });
+  }
+  return openCheckpoint(json, await fileByteSource(stPath), repo);
+}
+
+/** Cache folders that may hold `repo`: its own, then the short legacy alias (models--gpt2). */
+function repoFolders(cache: string, repo: string, asked: string): string[] {
+  const names = new Set([repo, asked]);
+  for (const [alias, full] of Object.entries(HUB_REPOS)) if (full === repo) names.add(alias);
+  return [...names].map((n) => join(cache, getRepoFolderName({ name: n, type: 'model' })));
+}
+
+const isCommit = (s: string) => /^[0-9a-f]{40}$/.test(s);
+
+/** The cached path of `file` at `revision` in any folder of `repo`, or null. Makes no request. */
+async function cached(folders: string[], revision: string, file: string): Promise<string | null> {
+  for (const folder of folders) {
+    let commit = isCommit(revision) ? revision : null;
+    if (!commit) {
+      try {
+        commit = (await readFile(join(folder, 'refs', revision), 'utf8')).trim();
+      } catch {
+        continue;
+      }
+    }
+    const p = join(folder, 'snapshots', commit, file);
+    if (existsSync(p)) return p; // existsSync follows the symlink: a dangling one does not count
+  }
+  return null;
+}
+
+/** Downloads (or finds in the cache) one file of a hub repo; returns its snapshot path. */
+export async function hubFile(repo: string, file: string, opts: SourceOptions = {}, asked = repo): Promise<string> {
+  const cache = opts.cacheDir ?? getHFHubCachePath();
+  const revision = opts.revision ?? 'main';
+  const folders = repoFolders(cache, repo, asked);
+  const hit = await cached(folders, revision, file);
+  if (hit) return hit;
+  const offline = opts.offline ?? /^(1|true|yes|on)$/i.test(process.env.HF_HUB_OFFLINE ?? '');
+  if (offline) throw new DownloadError(`${repo}/${file} (revision ${revision}) is not in the cache ${cache} and offline mode is on (HF_HUB_OFFLINE)`);
+
+  const hub = (opts.hubUrl ?? process.env.HF_ENDPOINT ?? 'https://huggingface.co').replace(/\/+$/, '');
+  const token = opts.token ?? process.env.HF_TOKEN;
+  const auth: Record<string, string> = token ? { authorization: `Bearer ${token}` } : {};
+  const url = `${hub}/${repo}/resolve/${encodeURIComponent(revision)}/${file}`;
+  const meta = await headInfo(url, auth, `${repo}/${file}`);
+
+  const folder = folders[0]!;
+  const blob = join(folder, 'blobs', meta.etag);
+  const pointer = join(folder, 'snapshots', meta.commit, file);
+  await mkdir(dirname(blob), { recursive: true });
+  await mkdir(dirname(pointer), { recursive: true });
+  if (!isCommit(revision) || revision !== meta.commit) {
+    await mkdir(join(folder, 'refs'), { recursive: true });
+    await writeFile(join(folder, 'refs', revision), meta.commit);
+  }
+  if (!(existsSync(blob) && (await stat(blob)).size === meta.size)) {
+    await download(url, auth, blob, meta, file, opts);
+  }
+  await linkBlob(blob, pointer);
+  return pointer;
+}
+
+interface HeadInfo {
+  commit: string;
+  etag: string;
+  size: number;
+}
+
+/** HEAD on the resolve URL: commit, etag (LFS sha256 or git sha1) and size, as the hub reports them. */
+async function headInfo(url: string, auth: Record<string, string>, what: string): Promise<HeadInfo> {
+  let res: Response;
+  let at = url;
+  for (let hops = 0; ; hops++) {
+    try {
+      res = await fetch(at, { method: 'HEAD', redirect: 'manual', headers: { ...auth, 'accept-encoding': 'identity' } });
+    } catch (e) {
+      throw new DownloadError(`${what}: cannot reach ${new URL(at).origin} (${(e as Error).message}${causeOf(e)}). Check the network, or use a local directory / the cache (HF_HUB_OFFLINE=1)`, { cause: e });
+    }
+    // A relative redirect is a renamed repo: follow it. An absolute one is the LFS CDN: its
+    // headers (x-linked-*) already describe the file.
+    const loc = res.headers.get('location');
+    if (res.status >= 300 && res.status < 400 && loc && loc.startsWith('/') && hops < 5) {
+      at = new URL(loc, at).toString();
+      continue;
+    }
+    break;
+  }
+  if (res.status === 404 || res.status === 401 || res.status === 403) {
+    const code = res.headers.get('x-error-code');
+    const why = code === 'EntryNotFound' ? `the repo has no file ${what.split('/').pop()}` : code === 'RevisionNotFound' ? 'no such revision' : 'no such repo, or it is private/gated (set HF_TOKEN)';
+    throw new DownloadError(`${what}: HTTP ${res.status} from ${url}: ${why}`);
+  }
+  if (res.status >= 400) throw new DownloadError(`${what}: HTTP ${res.status} from ${url}`);
+  const commit = res.headers.get('x-repo-commit');
+  const etag = (res.headers.get('x-linked-etag') ?? res.headers.get('etag') ?? '').replace(/^W\//, '').replace(/"/g, '');
+  const size = Number(res.headers.get('x-linked-size') ?? res.headers.get('content-length'));
+  if (!commit || !isCommit(commit) || !/^[\w.-]+$/.test(etag) || !Number.isSafeInteger(size) || size < 0) {
+    throw new DownloadError(`${what}: the hub's answer lacks x-repo-commit / etag / size (got ${commit}, ${etag}, ${size}); is ${new URL(url).origin} a Hugging Face hub?`);
+  }
+  return { commit, etag, size };
+}
+
+function causeOf(e: unknown): string {
+  const c = (e as { cause?: { message?: string } }).cause;
+  return c?.message ? `: ${c.message}` : '';
+}
+
+/** Ranged, resumable download into `<blob>.incomplete`, then size + hash check and rename. */
+async function download(url: string, auth: Record<string, string>, blob: string, meta: HeadInfo, file: string, opts: SourceOptions): Promise<void> {
+  const part = `${blob}.incomplete`;
+  const attempts = opts.attempts ?? 4;
+  const total = meta.size;
+  let lastErr: unknown;
+  for (let attempt = 0; attempt < attempts; attempt++) {
+    if (attempt > 0) await new Promise((r) => setTimeout(r, 250 * attempt)); // back off before retrying
+    let have = existsSync(part) ? (await stat(part)).size : 0;
+    if (have > total) {
+      await rm(part, { force: true });
+      have = 0;
+    }
+    if (have === total) break;
+    let res: Response;
+    try {
+      res = await fetch(url, { headers: { ...auth, 'accept-encoding': 'identity', ...(have > 0 ? { range: `bytes=${have}-` } : {}) } });
+    } catch (e) {
+      lastErr = e;
+      continue;
+    }
+    if (res.status === 416) {
+      await rm(part, { force: true }); // our partial does not fit the file any more
+      continue;
+    }
+    if (res.status !== 200 && res.status !== 206) {
+      throw new DownloadError(`${file}: HTTP ${res.status} downloading ${url}`);
+    }
+    if (res.status === 200) have = 0; // no range support: start over
+    const fh = await open(part, have > 0 ? 'a' : 'w');
+    try {
+      opts.onProgress?.({ file, loadedBytes: have, totalBytes: total });
+      for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
+        await fh.write(chunk);
+        have += chunk.byteLength;
+        opts.onProgress?.({ file, loadedBytes: have, totalBytes: total });
+      }
+    } catch (e) {
+      lastErr = e; // cut connection: resume from what we have
+      continue;
+    } finally {
+      await fh.close();
+    }
+    if (have === total) break;
+    if (have > total) {
+      await rm(part, { force: true });
+      throw new DownloadError(`${file}: server sent ${have} bytes, more than the ${total} announced`);
+    }
+  }
+  const size = existsSync(part) ? (await stat(part)).size : 0;
+  if (size !== total) {
+    throw new DownloadError(
+      `${file}: download incomplete after ${attempts} attempts (${size} of ${total} bytes; ${(lastErr as Error)?.message ?? 'no error'}${causeOf(lastErr)}). ` +
+        `Run again to resume from ${part}`,
+      { cause: lastErr },
+    );
+  }
+  const got = await fileHash(part, meta.etag, total);
+  if (got !== null && got !== meta.etag) {
+    await rm(part, { force: true });
+    throw new DownloadError(`${file}: hash mismatch: the hub says ${meta.etag}, the downloaded ${total} bytes hash to ${got}; the partial file was deleted, run again`);
+  }
+  await rename(part, blob);
+}
+
+/** sha256 (64-hex etag, LFS) or git blob sha1 (40-hex etag) of a file; null for other etag kinds. */
+async function fileHash(path: string, etag: string, size: number): Promise<string | null> {
+  let h;
+  if (/^[0-9a-f]{64}$/.test(etag)) h = createHash('sha256');
+  else if (/^[0-9a-f]{40}$/.test(etag)) {
+    h = createHash('sha1');
+    h.update(`blob ${size}\0`);
+  } else return null;
+  for await (const chunk of createReadStream(path)) h.update(chunk as Buffer);
+  return h.digest('hex');
+}
+
+/** snapshots/<commit>/<file> -> ../../blobs/<etag> (a copy where symlinks are not allowed). */
+async function linkBlob(blob: string, pointer: string): Promise<void> {
+  if (existsSync(pointer)) return;
+  await rm(pointer, { force: true }); // a dangling link
+  try {
+    await symlink(relative(dirname(pointer), blob), pointer);
+  } catch {
+    await copyFile(resolve(blob), pointer);
+  }
+}

@@ -1,0 +1,129 @@
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { AttentionKernel } from '../src/kernels/attention.js';
+import { KvWriteKernel } from '../src/kernels/kvcache.js';
+import { ShapeError } from '../src/errors.js';
+import { allClose, download, poisoned, Rng, run, upload, withDevice } from './helpers.js';
+import { attention64, RowHistory } from './reference/attention.js';
+
+interface Scenario {
+  C: number;
+  nHead: number;
+  cap: number;
+  /** Positions each cache row already holds before this step (0..prior-1). */
+  prior: number[];
+  /** This step's tokens, in order: [row, how many new consecutive positions]. */
+  step: Array<[number, number]>;
+}
+
+/**
+ * Builds a step: random history for the prior positions written into NaN-filled caches at slot
+ * pos % cap (later positions overwrite earlier ones, as the ring does), random qkv for the new
+ * tokens; runs kv_write then attention; compares with the float64 reference over the logical
+ * history. NaN in every unwritten slot makes any read outside a row's window show.
+ */
+async function check(sc: Scenario, seed: number, forceScalar = false): Promise<void> {
+  await withDevice(async ({ ctx, owned }) => {
+    const { C, nHead, cap } = sc;
+    const rows = sc.prior.length;
+    const rng = new Rng(seed);
+    const hist: RowHistory[] = sc.prior.map(() => ({ k: [], v: [] }));
+    const kc = new Float32Array(rows * cap * C).fill(NaN);
+    const vc = new Float32Array(rows * cap * C).fill(NaN);
+    sc.prior.forEach((n, r) => {
+      for (let p = 0; p < n; p++) {
+        const k = rng.normals(C), v = rng.normals(C);
+        hist[r]!.k[p] = Float64Array.from(k);
+        hist[r]!.v[p] = Float64Array.from(v);
+        kc.set(k, (r * cap + (p % cap)) * C);
+        vc.set(v, (r * cap + (p % cap)) * C);
+      }
+    });
+    const len = [...sc.prior];
+    const rowOf: number[] = [], posOf: number[] = [];
+    for (const [r, count] of sc.step) for (let i = 0; i < count; i++) { rowOf.push(r); posOf.push(len[r]!++); }
+    const T = rowOf.length;
+    const qkv = rng.normals(T * 3 * C);
+    for (let t = 0; t < T; t++) {
+      for (let c = 0; c < C; c++) qkv[t * 3 * C + c]! *= 2; // sharper softmax
+      hist[rowOf[t]!]!.k[posOf[t]!] = Float64Array.from(qkv.subarray(t * 3 * C + C, t * 3 * C + 2 * C));
+      hist[rowOf[t]!]!.v[posOf[t]!] = Float64Array.from(qkv.subarray(t * 3 * C + 2 * C, t * 3 * C + 3 * C));
+    }
+    const meta = new Uint32Array(2 * T);
+    for (let t = 0; t < T; t++) { meta[2 * t] = rowOf[t]!; meta[2 * t + 1] = posOf[t]!; }
+
+    const qkvT = upload(owned, qkv, [T, 3 * C]);
+    const metaT = upload(owned, meta, [T, 2], 'u32');
+    const kT = upload(owned, kc, [rows, cap, C]);
+    const vT = upload(owned, vc, [rows, cap, C]);
+    const out = poisoned(owned, [T, C]);
+    const kw = await KvWriteKernel.create(ctx);
+    const at = await AttentionKernel.create(ctx);
+    at.forceScalar = forceScalar;
+    await run(ctx, [
+      kw.bind(owned, { qkv: qkvT, meta: metaT, kCache: kT, vCache: vT }),
+      at.bind(owned, { qkv: qkvT, meta: metaT, kCache: kT, vCache: vT, out, nHead }),
+    ]);
+    const ref = attention64(qkv, T, C, nHead, cap, rowOf, posOf, hist);
+    allClose(await download(ctx, out), ref, { rel: 1e-5, atol: 2e-5, rtol: 1e-4 }, 'attention');
+  });
+}
+
+const CASES: Array<[string, Scenario]> = [
+  ['prefill, one row, nHead 1, D 64, 100 tokens (two key blocks)', { C: 64, nHead: 1, cap: 128, prior: [0], step: [[0, 100]] }],
+  ['prefill, one row, nHead 4, D 16, 70 tokens', { C: 64, nHead: 4, cap: 80, prior: [0], step: [[0, 70]] }],
+  ['prefill continuing a row (20 prior positions), C 48, nHead 3 (D 16)', { C: 48, nHead: 3, cap: 64, prior: [20], step: [[0, 9]] }],
+  ['decode, 3 rows of lengths 5, 130, 1, nHead 12, D 64 (C 768)', { C: 768, nHead: 12, cap: 160, prior: [4, 129, 0], step: [[0, 1], [1, 1], [2, 1]] }],
+  ['multi-row prefill: two prompts in one step, interleaved order, C 48, nHead 3', { C: 48, nHead: 3, cap: 16, prior: [0, 0, 3], step: [[1, 5], [0, 7], [2, 2]] }],
+  ['capacity 2048 with positions near the end, nHead 4', { C: 64, nHead: 4, cap: 2048, prior: [2040, 0], step: [[0, 7], [1, 3]] }],
+  ['D 24 (does not divide the workgroup), C 48, nHead 2', { C: 48, nHead: 2, cap: 100, prior: [70, 3], step: [[0, 2], [1, 2]] }],
+  ['D 128 (> workgroup size), C 256, nHead 2', { C: 256, nHead: 2, cap: 96, prior: [66], step: [[0, 3]] }],
+  ['D 256 (the maximum), nHead 1', { C: 256, nHead: 1, cap: 80, prior: [10], step: [[0, 2]] }],
+  // Past the capacity only a decode step is well defined: a later token of the same step would
+  // overwrite a slot still inside an earlier token's window.
+  ['ring window: decode past the capacity attends to the last cap positions', { C: 32, nHead: 2, cap: 16, prior: [20, 16], step: [[0, 1], [1, 1]] }],
+  ['D 3 (scalar kernel only: D % 4 != 0), C 12, nHead 4', { C: 12, nHead: 4, cap: 300, prior: [270, 5], step: [[0, 2], [1, 3]] }],
+];
+// Every case runs the kernel the engine would pick (vec4 loads when D % 4 == 0) and the scalar one.
+for (const forceScalar of [false, true]) {
+  CASES.forEach(([name, sc], i) => test(`attention${forceScalar ? ' (scalar)' : ''}: ${name}`, () => check(sc, 100 + i, forceScalar)));
+}
+
+test('attention: a token whose row is outside the cache gets NaN, the others are unaffected', () =>
+  withDevice(async ({ ctx, owned }) => {
+    const C = 16, cap = 8, rows = 2;
+    const rng = new Rng(5);
+    const qkv = rng.normals(2 * 3 * C);
+    const meta = Uint32Array.from([0, 0, 7, 0]); // token 1 claims row 7 of 2
+    const kT = upload(owned, new Float32Array(rows * cap * C).fill(NaN), [rows, cap, C]);
+    const vT = upload(owned, new Float32Array(rows * cap * C).fill(NaN), [rows, cap, C]);
+    const qkvT = upload(owned, qkv, [2, 3 * C]);
+    const metaT = upload(owned, meta, [2, 2], 'u32');
+    const out = upload(owned, new Float32Array(2 * C), [2, C]); // zeros: NaN must be written
+    const kw = await KvWriteKernel.create(ctx);
+    const at = await AttentionKernel.create(ctx);
+    await run(ctx, [
+      kw.bind(owned, { qkv: qkvT, meta: metaT, kCache: kT, vCache: vT }),
+      at.bind(owned, { qkv: qkvT, meta: metaT, kCache: kT, vCache: vT, out, nHead: 2 }),
+    ]);
+    const got = await download(ctx, out);
+    // token 0 attends only to itself: out = its v
+    allClose(got.subarray(0, C), qkv.subarray(2 * C, 3 * C), { atol: 1e-6 }, 'single-key attention');
+    assert.ok(got.subarray(C).every((v) => Number.isNaN(v)), 'row outside the cache gives NaN');
+  }));
+
+test('attention rejects a head count that does not divide C and mismatched caches', () =>
+  withDevice(async ({ ctx, owned }) => {
+    const at = await AttentionKernel.create(ctx);
+    const args = {
+      qkv: poisoned(owned, [3, 144]), meta: poisoned(owned, [3, 2], 'u32'),
+      kCache: poisoned(owned, [2, 8, 48]), vCache: poisoned(owned, [2, 8, 48]), out: poisoned(owned, [3, 48]),
+    };
+    assert.throws(() => at.bind(owned, { ...args, nHead: 5 }), (e: Error) => e instanceof ShapeError && /divisor of C = 48, got 5/.test(e.message));
+    assert.throws(
+      () => at.bind(owned, { ...args, vCache: poisoned(owned, [2, 9, 48]), nHead: 3 }),
+      (e: Error) => e instanceof ShapeError && /expected shape \[2, 8, 48\], got \[2, 9, 48\]/.test(e.message),
+    );
+  }));
+
+test.run();

@@ -1,0 +1,122 @@
+/** The command line: help, usage errors (exit 2), errors (exit 1), and each command's output. */
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { REPO_ROOT, tinyDir, tinyReference } from './fixtures-util.js';
+
+const BIN = join(REPO_ROOT, 'bin', 'gpt2-webgpu.js');
+const ref = tinyReference();
+const tmp = mkdtempSync(join(tmpdir(), 'gpt2-cli-'));
+
+function cli(...args: string[]): { code: number; out: string; err: string } {
+  const r = spawnSync(process.execPath, [BIN, ...args], { encoding: 'utf8', timeout: 120_000, env: { ...process.env, XDG_RUNTIME_DIR: process.env.XDG_RUNTIME_DIR ?? '/tmp' } });
+  return { code: r.status ?? -1, out: r.stdout, err: r.stderr };
+}
+
+const SUBCOMMANDS = ['info', 'generate', 'logits', 'sample', 'beam', 'bench'];
+
+test('--help on every subcommand lists its flags with defaults; exit 0', () => {
+  for (const c of SUBCOMMANDS) {
+    const r = cli(c, '--help');
+    assert.is(r.code, 0, `${c}: ${r.err}`);
+    assert.match(r.out, /--json/);
+  }
+  assert.match(cli('generate', '--help').out, /--temperature VALUE .*\(default 1\)/);
+  assert.is(cli('--help').code, 0);
+});
+
+test('unknown flags, missing values, bad numbers -> usage and exit 2', () => {
+  for (const args of [
+    ['generate', '--modle', 'x'],
+    ['generate', '--model'],
+    ['frobnicate'],
+    ['generate', '--model', 'random:gpt2', '--ids', '1,2', '--temperature', 'hot'],
+    ['generate', '--model', 'random:gpt2', '--ids', '1,x'],
+    ['bench', '--batch', '0'],
+  ]) {
+    const r = cli(...args);
+    assert.is(r.code, 2, `${args.join(' ')}: exit ${r.code}, stderr ${r.err}`);
+    assert.match(r.err, /usage|gpt2-webgpu/);
+  }
+});
+
+test('errors exit 1 with a named error', () => {
+  const r = cli('generate', '--model', join(tmp, 'nope'), '--ids', '1');
+  assert.is(r.code, 1, r.err);
+  assert.match(r.err, /error: \w+Error: /);
+  const r2 = cli('generate', '--model', tinyDir(), '--ids', '1', '--top-p', '2');
+  assert.is(r2.code, 1, r2.err);
+  assert.match(r2.err, /InvalidOptionError/);
+});
+
+test('info prints the adapter', () => {
+  const r = cli('info', '--json');
+  assert.is(r.code, 0, r.err);
+  const j = JSON.parse(r.out);
+  assert.ok(j.adapter.limits.maxStorageBufferBindingSize > 0);
+  assert.type(j.adapter.description, 'string');
+});
+
+test('generate --json on the HF tiny model reproduces greedy48', () => {
+  const p = ref.prompts[0]!;
+  const r = cli('generate', '--model', tinyDir(), '--ids', p.ids.join(','), '--temperature', '0', '--max-new-tokens', '12', '--no-stop-at-eos', '--json');
+  assert.is(r.code, 0, r.err);
+  const j = JSON.parse(r.out);
+  assert.equal(j.prompt_ids, p.ids);
+  assert.equal(j.sequences[0].tokens, p.greedy48.slice(p.ids.length, p.ids.length + 12));
+  for (const k of ['prefill_ms', 'decode_ms_per_token', 'readback_bytes_per_token', 'tokens_per_s']) assert.type(j.stats[k], 'number', k);
+  assert.type(j.seed, 'number');
+});
+
+test('logits --out writes float32 logits and prints the shape', () => {
+  const p = ref.prompts[0]!;
+  const out = join(tmp, 'l.f32');
+  const r = cli('logits', '--model', tinyDir(), '--ids', p.ids.join(','), '--all-positions', '--out', out);
+  assert.is(r.code, 0, r.err);
+  assert.equal(JSON.parse(r.out), { shape: [p.ids.length, 50257] });
+  assert.is(readFileSync(out).byteLength, p.ids.length * 50257 * 4);
+});
+
+test('sample --json counts draws on the GPU; --probs-out writes the distribution', () => {
+  const logits = Float32Array.from([0.1, 0.2, 0.3, 0.4].map(Math.log));
+  const f = join(tmp, 's.f32');
+  writeFileSync(f, new Uint8Array(logits.buffer));
+  const probs = join(tmp, 'p.f32');
+  const r = cli('sample', '--logits', f, '--count', '4000', '--top-k', '2', '--seed', '1', '--probs-out', probs, '--json');
+  assert.is(r.code, 0, r.err);
+  const j = JSON.parse(r.out);
+  assert.is(j.counts.length, 4);
+  assert.is(j.counts[0] + j.counts[1], 0);
+  assert.is(j.counts[2] + j.counts[3], 4000);
+  const pr = new Float32Array(new Uint8Array(readFileSync(probs)).buffer);
+  assert.is(pr.length, 4);
+  assert.ok(Math.abs(pr[2]! - 3 / 7) < 1e-5 && Math.abs(pr[3]! - 4 / 7) < 1e-5);
+});
+
+test('beam --json reproduces the fixture beams', () => {
+  const p = ref.prompts[0]!;
+  const r = cli('beam', '--model', tinyDir(), '--ids', p.ids.join(','), '--num-beams', '6', '--num-return', '2', '--max-new-tokens', '20', '--json');
+  assert.is(r.code, 0, r.err);
+  const j = JSON.parse(r.out);
+  assert.equal(j.beams.map((b: { tokens: number[] }) => b.tokens), p['beam_nb6_nr2_max20_lp0.0'].sequences);
+  assert.type(j.beams[0].text, 'string');
+});
+
+test('bench --json smoke run has every field', () => {
+  const r = cli('bench', '--model', tinyDir(), '--batch', '1,2', '--prompt-tokens', '4', '--new-tokens', '4', '--repeat', '1', '--json');
+  assert.is(r.code, 0, r.err);
+  const j = JSON.parse(r.out);
+  assert.is(j.results.length, 2);
+  for (const x of j.results) {
+    for (const k of ['load_ms', 'first_token_ms', 'prefill_ms', 'decode_ms_per_token', 'decode_ms_per_token_p90', 'tokens_per_s', 'readback_bytes_per_token', 'dispatches_per_token', 'submits_per_token']) {
+      assert.type(x[k], 'number', k);
+    }
+    assert.ok(Array.isArray(x.kernels) || typeof x.kernels_note === 'string');
+  }
+  assert.ok(j.adapter);
+});
+
+test.run();

@@ -1,0 +1,133 @@
+/**
+ * Generation behaviour: 4 bytes read back per sequence per step, batched sampling == single runs
+ * with derived seeds, streaming, stop strings, cancellation, option validation, no per-token
+ * pipeline compilation.
+ */
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { rejects } from './helpers.js';
+import { tinyReference } from './fixtures-util.js';
+import { tinyModel } from './model-util.js';
+import { deriveSeed } from '../src/sampling/options.js';
+import { AbortError, InvalidOptionError } from '../src/errors.js';
+
+const ref = tinyReference();
+
+test('the CPU maps at most 4 bytes per sequence per step during a 64-token generation', async () => {
+  const model = await tinyModel();
+  const proto = Object.getPrototypeOf(model.ctx.device.createBuffer({ size: 4, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST }));
+  const original = proto.mapAsync;
+  let bytes = 0;
+  let maps = 0;
+  proto.mapAsync = function (this: GPUBuffer, mode: number, offset?: number, size?: number) {
+    if (mode & GPUMapMode.READ) {
+      bytes += size ?? this.size - (offset ?? 0);
+      maps++;
+    }
+    return original.call(this, mode, offset, size);
+  };
+  try {
+    const res = await model.generate(ref.prompts[0]!.ids, { temperature: 1, seed: 5, maxNewTokens: 64, stopAtEos: false });
+    assert.is(res.sequences[0]!.tokens.length, 64);
+    assert.is(maps, 64, 'one read-back per step');
+    assert.is(bytes, 64 * 4, `bytes read back: ${bytes}`);
+    assert.is(res.stats.readback_bytes_per_token, 4);
+  } finally {
+    proto.mapAsync = original;
+  }
+});
+
+test('batched sampling: sequence i equals a single run with seed deriveSeed(seed, i)', async () => {
+  const model = await tinyModel();
+  const opts = { temperature: 1, topP: 0.9, freqPenalty: 0.3, maxNewTokens: 20, stopAtEos: false };
+  const batch = await model.generate(ref.prompts[2]!.ids, { ...opts, seed: 77, numSequences: 5 });
+  assert.is(batch.sequences.length, 5);
+  for (let i = 0; i < 5; i++) {
+    assert.is(batch.seeds[i], deriveSeed(77, i));
+    const single = await model.generate(ref.prompts[2]!.ids, { ...opts, seed: deriveSeed(77, i) });
+    assert.equal(batch.sequences[i]!.tokens, single.sequences[0]!.tokens, `sequence ${i}`);
+  }
+  assert.not.equal(batch.sequences[0]!.tokens, batch.sequences[1]!.tokens);
+});
+
+test('same seed, same tokens; the seed is reported when none is given', async () => {
+  const model = await tinyModel();
+  const a = await model.generate('Hello there', { maxNewTokens: 12, stopAtEos: false });
+  const b = await model.generate('Hello there', { maxNewTokens: 12, stopAtEos: false, seed: a.seed });
+  assert.ok(Number.isInteger(a.seed));
+  assert.equal(a.sequences[0]!.tokens, b.sequences[0]!.tokens);
+});
+
+test('stream() yields each token as it arrives, and the text adds up', async () => {
+  const model = await tinyModel();
+  const it = model.stream(ref.prompts[0]!.ids, { temperature: 0, maxNewTokens: 10, stopAtEos: false });
+  const toks: number[] = [];
+  let text = '';
+  while (true) {
+    const r = await it.next();
+    if (r.done) {
+      assert.equal(r.value.sequences[0]!.tokens, toks);
+      assert.is(r.value.sequences[0]!.text, text + '');
+      break;
+    }
+    toks.push(r.value.token);
+    text += r.value.text;
+  }
+  assert.equal([...ref.prompts[0]!.ids, ...toks], ref.prompts[0]!.greedy48.slice(0, ref.prompts[0]!.ids.length + 10));
+});
+
+test('stop strings end a sequence and drop the surplus', async () => {
+  const model = await tinyModel();
+  const full = await model.generate(ref.prompts[0]!.ids, { temperature: 0, maxNewTokens: 30, stopAtEos: false });
+  const text = full.sequences[0]!.text;
+  const stop = text.slice(Math.floor(text.length / 2), Math.floor(text.length / 2) + 3);
+  const cut = await model.generate(ref.prompts[0]!.ids, { temperature: 0, maxNewTokens: 30, stopAtEos: false, stopStrings: [stop] });
+  assert.is(cut.sequences[0]!.finishReason, 'stop');
+  assert.ok(cut.sequences[0]!.text.endsWith(stop));
+  assert.is(cut.sequences[0]!.text, text.slice(0, text.indexOf(stop) + stop.length));
+  assert.ok(cut.sequences[0]!.tokens.length < 30);
+});
+
+test('an AbortSignal stops a generation between steps and frees its buffers', async () => {
+  const model = await tinyModel();
+  const before = model.ctx.liveBuffers;
+  const ac = new AbortController();
+  let seen = 0;
+  await rejects(
+    () => model.generate(ref.prompts[0]!.ids, { maxNewTokens: 500, stopAtEos: false, signal: ac.signal, onToken: () => { if (++seen === 5) ac.abort(); } }),
+    (e: Error) => e instanceof AbortError,
+  );
+  assert.ok(seen < 500);
+  assert.equal(model.ctx.liveBuffers, before);
+});
+
+test('pipelines are built once per model: generating compiles nothing new', async () => {
+  const model = await tinyModel();
+  await model.generate([1, 2, 3], { maxNewTokens: 3, seed: 1 });
+  const n = model.ctx.pipelineCount;
+  await model.generate([4, 5, 6, 7], { maxNewTokens: 20, seed: 2, topK: 5, topP: 0.5 });
+  assert.is(model.ctx.pipelineCount, n);
+});
+
+test('generation options are validated before any GPU work', async () => {
+  const model = await tinyModel();
+  const bad: Array<[object, RegExp]> = [
+    [{ maxNewTokens: -1 }, /maxNewTokens/],
+    [{ maxNewTokens: 1.5 }, /maxNewTokens/],
+    [{ maxNewTokens: 10_000_001 }, /maxNewTokens/],
+    [{ numSequences: 0 }, /numSequences/],
+    [{ temperature: -1 }, /temperature/],
+    [{ temperature: NaN }, /temperature/],
+    [{ topP: 1.5 }, /top_?p/i],
+    [{ topK: -1 }, /top_?k/i],
+    [{ topK: 2.5 }, /top_?k/i],
+    [{ stopStrings: [''] }, /stopStrings/],
+  ];
+  for (const [o, re] of bad) {
+    await rejects(() => model.generate([1], o), (e: Error) => e instanceof InvalidOptionError && re.test(e.message), JSON.stringify(o));
+  }
+  const r = await model.generate([1], { maxNewTokens: 0 });
+  assert.equal(r.sequences[0]!.tokens, []);
+});
+
+test.run();

@@ -1,0 +1,298 @@
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { GEMV_MAX_M, MatmulKernel, WeightLayout } from '../src/kernels/matmul.js';
+import { packF16, unpackF16 } from '../src/kernels/f16.js';
+import { ChunkedTensor, GpuTensor, Owned } from '../src/kernels/common.js';
+import { InvalidOptionError, ShapeError } from '../src/errors.js';
+import type { GpuContext } from '../src/engine/device.js';
+import { allClose, download, poisoned, Rng, run, STORAGE, upload, withDevice } from './helpers.js';
+import { matmul64 } from './reference/matmul.js';
+
+interface Case {
+  M: number;
+  K: number;
+  N: number;
+  layout: WeightLayout;
+  dtype: 'f32' | 'f16';
+  bias?: boolean;
+  gelu?: boolean;
+  acc?: boolean;
+  variant?: 'gemv' | 'gemm';
+  splitK?: number;
+}
+
+const TOL = { rel: 1e-5, atol: 2e-5, rtol: 1e-4 };
+
+/**
+ * The kernels to run a layout through: 'nk' has two GEMV variants (one thread per W row, the CPU
+ * default, and 32 lanes per row combined in workgroup memory, the GPU default); test both.
+ */
+async function kernelsFor(ctx: GpuContext, layout: WeightLayout): Promise<MatmulKernel[]> {
+  if (layout === 'kn') return [await MatmulKernel.create(ctx)];
+  return [await MatmulKernel.create(ctx, { nkLanesPerRow: 1 }), await MatmulKernel.create(ctx, { nkLanesPerRow: 32 })];
+}
+
+function name(c: Case): string {
+  const opts = [c.bias && 'bias', c.gelu && 'gelu', c.acc && 'accumulate', c.variant, c.splitK && `splitK ${c.splitK}`].filter(Boolean);
+  return `matmul ${c.layout} ${c.dtype} M ${c.M} K ${c.K} N ${c.N}${opts.length ? ' ' + opts.join(' ') : ''}`;
+}
+
+/** W as stored ([K, N] or [N, K]) and the values the GPU sees (f16-rounded for f16). */
+function makeWeight(rng: Rng, c: { K: number; N: number; layout: WeightLayout; dtype: 'f32' | 'f16' }) {
+  const [rows, cols] = c.layout === 'kn' ? [c.K, c.N] : [c.N, c.K];
+  // std 1/sqrt(K) keeps outputs O(1), so the absolute tolerance means the same at every K.
+  const w = rng.normals(rows * cols, 1 / Math.sqrt(c.K));
+  if (c.dtype === 'f32') return { rows, cols, data: w as Float32Array | Uint32Array, seen: w };
+  const packed = packF16(w, rows, cols);
+  // A row's padding half (odd cols) is NaN here: the kernels must never let it reach a sum.
+  if (cols % 2 === 1) for (let r = 0; r < rows; r++) packed[r * ((cols + 1) / 2) + (cols - 1) / 2]! |= 0x7e00 << 16;
+  return { rows, cols, data: packed as Float32Array | Uint32Array, seen: unpackF16(packed, rows, cols) };
+}
+
+for (const c of [
+  // decode GEMV (M <= 8): vec4 paths (N % 8 == 0 / K % 8 == 0), split-K chosen automatically for narrow N
+  { M: 1, K: 768, N: 3072, layout: 'kn', dtype: 'f32', bias: true, gelu: true },
+  { M: 1, K: 768, N: 3072, layout: 'kn', dtype: 'f16', bias: true, gelu: true },
+  { M: 2, K: 3072, N: 768, layout: 'kn', dtype: 'f32', bias: true, acc: true },
+  { M: 2, K: 3072, N: 768, layout: 'kn', dtype: 'f16', bias: true, acc: true },
+  { M: 5, K: 768, N: 256, layout: 'nk', dtype: 'f32', bias: true },
+  { M: 5, K: 768, N: 256, layout: 'nk', dtype: 'f16', acc: true },
+  // odd sizes: the scalar paths, f16 rows with a padding half
+  { M: 5, K: 33, N: 77, layout: 'kn', dtype: 'f32', bias: true },
+  { M: 1, K: 77, N: 33, layout: 'kn', dtype: 'f16', bias: true, gelu: true },
+  { M: 2, K: 257, N: 33, layout: 'nk', dtype: 'f32', bias: true, gelu: true },
+  { M: 5, K: 77, N: 33, layout: 'nk', dtype: 'f16', acc: true },
+  { M: 2, K: 257, N: 77, layout: 'kn', dtype: 'f32', splitK: 3 }, // uneven last slice
+  { M: 3, K: 257, N: 77, layout: 'nk', dtype: 'f16', bias: true, acc: true, splitK: 5 },
+  { M: 1, K: 768, N: 768, layout: 'nk', dtype: 'f16', bias: true, splitK: 7 }, // vec path, split
+  // GEMV past one block of 8 rows (batched decode), GEMM at tiny M
+  { M: 37, K: 64, N: 40, layout: 'kn', dtype: 'f16', bias: true, variant: 'gemv' },
+  { M: 37, K: 64, N: 40, layout: 'nk', dtype: 'f32', acc: true, variant: 'gemv', splitK: 2 },
+  { M: 1, K: 77, N: 33, layout: 'kn', dtype: 'f32', bias: true, variant: 'gemm' },
+  { M: 2, K: 33, N: 77, layout: 'nk', dtype: 'f16', gelu: true, variant: 'gemm' },
+  // prefill GEMM (M > 8): tiles cut by every edge
+  { M: 37, K: 33, N: 77, layout: 'kn', dtype: 'f32', bias: true, gelu: true },
+  { M: 37, K: 77, N: 33, layout: 'kn', dtype: 'f16', acc: true },
+  { M: 37, K: 77, N: 33, layout: 'nk', dtype: 'f32', bias: true },
+  { M: 130, K: 257, N: 129, layout: 'nk', dtype: 'f16', bias: true, acc: true },
+  { M: 130, K: 257, N: 129, layout: 'kn', dtype: 'f32', gelu: true },
+  { M: 130, K: 768, N: 768, layout: 'kn', dtype: 'f16', bias: true },
+] as Case[]) {
+  test(name(c), () =>
+    withDevice(async ({ ctx, owned }) => {
+      const rng = new Rng(c.M * 7919 + c.K * 31 + c.N + (c.dtype === 'f16' ? 1 : 0));
+      const x = rng.normals(c.M * c.K);
+      const W = makeWeight(rng, c);
+      const bias = c.bias ? rng.normals(c.N, 0.5) : undefined;
+      const base = c.acc ? rng.normals(c.M * c.N) : undefined;
+      const ref = matmul64(x, W.seen, c.M, c.K, c.N, { layout: c.layout, bias, gelu: c.gelu, base });
+      const xt = upload(owned, x, [c.M, c.K]);
+      const wt = upload(owned, W.data, [W.rows, W.cols], c.dtype);
+      const bt = bias && upload(owned, bias, [c.N]);
+      // Past GEMV_MAX_M rows both variants are in use (which one depends on the adapter): run both.
+      const variants = c.variant ? [c.variant] : c.M > GEMV_MAX_M ? (['gemm', 'gemv'] as const) : [undefined];
+      for (const k of await kernelsFor(ctx, c.layout)) {
+        for (const variant of variants) {
+          const out = base ? upload(owned, base, [c.M, c.N]) : poisoned(owned, [c.M, c.N]);
+          const ds = k.bind(owned, {
+            x: xt, w: wt, layout: c.layout, bias: bt, activation: c.gelu ? 'gelu' : 'none', accumulate: c.acc, out,
+            variant, splitK: c.splitK,
+          });
+          // the variant and the split are the ones asked for
+          if ((variant ?? k.variantFor(c.M, c.layout)) === 'gemm') assert.is(ds.length, 1);
+          else if (c.splitK !== undefined) assert.is(ds.length, c.splitK > 1 ? 2 : 1);
+          await run(ctx, ds);
+          allClose(await download(ctx, out), ref, TOL, `${name(c)} (${variant ?? 'auto'}, nk lanes ${k.lpr})`);
+        }
+      }
+    }));
+}
+
+test('split-K is chosen for a narrow decode GEMV and not for a wide one; variant choice by M', () =>
+  withDevice(async ({ ctx, owned }) => {
+    const k = await MatmulKernel.create(ctx);
+    const x = poisoned(owned, [1, 768]);
+    const narrow = k.bind(owned, { x, w: poisoned(owned, [768, 768]), layout: 'kn', out: poisoned(owned, [1, 768]) });
+    assert.is(narrow.length, 2);
+    assert.ok(narrow[0]!.workgroups[1] > 1, `K slices ${narrow[0]!.workgroups[1]}`);
+    const k32 = await MatmulKernel.create(ctx, { nkLanesPerRow: 32 }); // 2048 rows x 32 lanes: enough threads
+    const wide = k32.bind(owned, { x, w: poisoned(owned, [2048, 768]), layout: 'nk', out: poisoned(owned, [1, 2048]) });
+    assert.is(wide.length, 1);
+    // variant choice: GEMV for decode, GEMM past gemvMaxM
+    assert.is(k.variantFor(1, 'kn'), 'gemv');
+    assert.is(k.variantFor(GEMV_MAX_M, 'nk'), 'gemv');
+    assert.is(k.variantFor(GEMV_MAX_M + 1, 'nk'), 'gemm');
+    const k4 = await MatmulKernel.create(ctx, { gemvMaxM: 4 });
+    assert.is(k4.variantFor(4, 'kn'), 'gemv');
+    assert.is(k4.variantFor(5, 'kn'), 'gemm');
+  }));
+
+test('LM head: nk over vocab 50257 with K = 16, f32 and f16, GEMV and GEMM', () =>
+  withDevice(async ({ ctx, owned }) => {
+    const N = 50257;
+    const K = 16;
+    for (const [dtype, M] of [['f32', 2], ['f16', 1], ['f32', 9], ['f16', 9]] as const) {
+      const rng = new Rng(M * 3 + dtype.length);
+      const x = rng.normals(M * K);
+      const W = makeWeight(rng, { K, N, layout: 'nk', dtype });
+      const ref = matmul64(x, W.seen, M, K, N, { layout: 'nk' });
+      for (const k of M <= GEMV_MAX_M ? await kernelsFor(ctx, 'nk') : [await MatmulKernel.create(ctx, { gemvMaxM: GEMV_MAX_M })]) {
+        const out = poisoned(owned, [M, N]);
+        await run(ctx, k.bind(owned, { x: upload(owned, x, [M, K]), w: upload(owned, W.data, [N, K], dtype), layout: 'nk', out }));
+        allClose(await download(ctx, out), ref, TOL, `lm head ${dtype} M ${M} (nk lanes ${k.lpr})`);
+      }
+    }
+  }));
+
+/** Splits W [N, K] into chunks of `rowsPerChunk` rows laid out in one buffer at aligned offsets. */
+function chunked(owned: Owned, words: Float32Array | Uint32Array, N: number, K: number, rowsPerChunk: number, dtype: 'f32' | 'f16'): ChunkedTensor {
+  const wpr = dtype === 'f16' ? Math.ceil(K / 2) : K;
+  const align = owned.ctx.limits.minStorageBufferOffsetAlignment;
+  const n = Math.ceil(N / rowsPerChunk);
+  const offs: number[] = [];
+  let bytes = 0;
+  for (let i = 0; i < n; i++) {
+    offs.push(bytes);
+    const rows = Math.min(N, (i + 1) * rowsPerChunk) - i * rowsPerChunk;
+    bytes = Math.ceil((bytes + rows * wpr * 4) / align) * align;
+  }
+  const all = new Uint32Array(bytes / 4);
+  const src = new Uint32Array(words.buffer, words.byteOffset, words.length);
+  const chunks: GpuTensor[] = [];
+  for (let i = 0; i < n; i++) {
+    const r0 = i * rowsPerChunk;
+    const rows = Math.min(N, r0 + rowsPerChunk) - r0;
+    all.set(src.subarray(r0 * wpr, (r0 + rows) * wpr), offs[i]! / 4);
+    chunks.push({ buffer: null as unknown as GPUBuffer, offset: offs[i]!, shape: [rows, K], dtype });
+  }
+  const buffer = owned.adopt(owned.ctx.createBufferWithData('test.chunked', all, STORAGE));
+  for (const c of chunks) c.buffer = buffer;
+  return { shape: [N, K], dtype, rowsPerChunk, chunks };
+}
+
+test('chunked nk weight: 3 chunks in one buffer, f16 and f32, GEMV (split and not) and GEMM', () =>
+  withDevice(async ({ ctx, owned }) => {
+    const N = 1000;
+    const K = 40;
+    for (const [dtype, M, splitK, bias] of [['f16', 3, undefined, true], ['f32', 2, 3, false], ['f16', 37, undefined, true], ['f32', 1, 1, true]] as const) {
+      const rng = new Rng(N + M + dtype.length);
+      const x = rng.normals(M * K);
+      const W = makeWeight(rng, { K, N, layout: 'nk', dtype });
+      const b = bias ? rng.normals(N) : undefined;
+      const ref = matmul64(x, W.seen, M, K, N, { layout: 'nk', bias: b, gelu: true });
+      const w = chunked(owned, W.data, N, K, 384, dtype);
+      for (const k of await kernelsFor(ctx, 'nk')) {
+        const out = poisoned(owned, [M, N]);
+        const ds = k.bind(owned, { x: upload(owned, x, [M, K]), w, layout: 'nk', out, bias: b && upload(owned, b, [N]), splitK, activation: 'gelu' });
+        assert.ok(ds.length >= 3);
+        await run(ctx, ds);
+        allClose(await download(ctx, out), ref, TOL, `chunked ${dtype} M ${M} (nk lanes ${k.lpr})`);
+      }
+    }
+  }));
+
+test('chunked LM head [50257, 768] f32 in 2 chunks (whole passes the 128 MiB binding limit), M = 2', () =>
+  withDevice(async ({ ctx, owned }) => {
+    const k = await MatmulKernel.create(ctx);
+    const N = 50257;
+    const K = 768;
+    const M = 2;
+    assert.ok(N * K * 4 > 128 * 2 ** 20);
+    const rng = new Rng(50257);
+    const x = rng.normals(M * K);
+    const W = makeWeight(rng, { K, N, layout: 'nk', dtype: 'f32' });
+    const out = poisoned(owned, [M, N]);
+    const w = chunked(owned, W.data, N, K, Math.ceil(N / 2), 'f32');
+    const ds = k.bind(owned, { x: upload(owned, x, [M, K]), w, layout: 'nk', out });
+    assert.is(ds.length, 2);
+    await run(ctx, ds);
+    const got = await download(ctx, out);
+    assert.is(got.findIndex((v) => !Number.isFinite(v)), -1, 'every logit written');
+    // float64 over a spread of columns, both chunks and their boundary included
+    const cols = [0, 1, 2, 3, 1000, 25127, 25128, 25129, 40000, 50255, 50256];
+    for (let i = 0; i < 200; i++) cols.push(rng.int(N));
+    const pick = new Float32Array(M * cols.length);
+    for (let m = 0; m < M; m++) cols.forEach((c, i) => (pick[m * cols.length + i] = got[m * N + c]!));
+    allClose(pick, matmul64(x, W.seen, M, K, N, { layout: 'nk', cols }), TOL, 'chunked lm head');
+  }));
+
+test('tensors at aligned offsets inside shared buffers (as the engine packs activations)', () =>
+  withDevice(async ({ ctx, owned }) => {
+    const M = 3;
+    const K = 40;
+    const N = 24;
+    const rng = new Rng(404);
+    const x = rng.normals(M * K);
+    const b = rng.normals(N);
+    const base = rng.normals(M * N);
+    for (const layout of ['kn', 'nk'] as const) {
+      const W = makeWeight(rng, { K, N, layout, dtype: 'f16' });
+      const ref = matmul64(x, W.seen, M, K, N, { layout, bias: b, base });
+      for (const k of await kernelsFor(ctx, layout)) {
+        for (const variant of ['gemv', 'gemm'] as const) {
+          // x at byte 256 and bias at 1024 of one buffer, out (holding the residual) at byte 768 of
+          // another (a buffer written by a dispatch cannot also be read by it), W at byte 512 of a third
+          const act = new Float32Array(1024).fill(NaN);
+          act.set(x, 64);
+          act.set(b, 256);
+          const ab = upload(owned, act, [1024]).buffer;
+          const ob = new Float32Array(1024).fill(NaN);
+          ob.set(base, 192);
+          const wAll = new Uint32Array(128 + W.data.length);
+          wAll.set(W.data as Uint32Array, 128);
+          const wb = upload(owned, wAll, [wAll.length], 'u32').buffer;
+          const out: GpuTensor = { buffer: upload(owned, ob, [1024]).buffer, offset: 768, shape: [M, N], dtype: 'f32' };
+          await run(ctx, k.bind(owned, {
+            x: { buffer: ab, offset: 256, shape: [M, K], dtype: 'f32' },
+            w: { buffer: wb, offset: 512, shape: [W.rows, W.cols], dtype: 'f16' },
+            layout, bias: { buffer: ab, offset: 1024, shape: [N], dtype: 'f32' }, accumulate: true, out, variant,
+          }));
+          allClose(await download(ctx, out), ref, TOL, `offsets ${layout} ${variant} (nk lanes ${k.lpr})`);
+        }
+      }
+    }
+  }));
+
+test('bind rejects bad shapes, chunked kn weights, over-limit weights and out aliasing an input', () =>
+  withDevice(async ({ ctx, owned }) => {
+    const k = await MatmulKernel.create(ctx);
+    const x = poisoned(owned, [2, 8]);
+    const isShape = (re: RegExp) => (e: Error) => e instanceof ShapeError && re.test(e.message);
+    assert.throws(
+      () => k.bind(owned, { x, w: poisoned(owned, [9, 4]), layout: 'kn', out: poisoned(owned, [2, 4]) }),
+      isShape(/W is \[9, 4\].*x has K = 8/),
+    );
+    assert.throws(
+      () => k.bind(owned, { x, w: poisoned(owned, [8, 4]), layout: 'kn', out: poisoned(owned, [2, 5]) }),
+      isShape(/out: expected shape \[2, 4\], got \[2, 5\]/),
+    );
+    assert.throws(
+      () => k.bind(owned, { x, w: poisoned(owned, [8, 4]), layout: 'kn', bias: poisoned(owned, [5]), out: poisoned(owned, [2, 4]) }),
+      isShape(/bias: expected shape \[4\], got \[5\]/),
+    );
+    const chunk = poisoned(owned, [4, 8]);
+    const ch: ChunkedTensor = { shape: [8, 8], dtype: 'f32', rowsPerChunk: 4, chunks: [chunk, chunk] };
+    assert.throws(() => k.bind(owned, { x, w: ch, layout: 'kn', out: poisoned(owned, [2, 8]) }), isShape(/ChunkedTensor weight needs layout 'nk'/));
+    assert.throws(
+      () => k.bind(owned, { x, w: { ...ch, chunks: [chunk] }, layout: 'nk', out: poisoned(owned, [2, 8]) }),
+      isShape(/needs 2 chunks, got 1/),
+    );
+    const huge: GpuTensor = { buffer: chunk.buffer, offset: 0, shape: [50257, 768], dtype: 'f32' };
+    assert.throws(() => k.bind(owned, { x: poisoned(owned, [1, 768]), w: huge, layout: 'nk', out: poisoned(owned, [1, 50257]) }), isShape(/maxStorageBufferBindingSize/));
+    // out in the buffer of x: over the same bytes, and at disjoint bytes (WebGPU refuses both)
+    const both = upload(owned, new Float32Array(128), [128]);
+    const xs: GpuTensor = { ...both, shape: [2, 8] };
+    for (const offset of [0, 256]) {
+      const outs: GpuTensor = { ...both, offset, shape: [2, 8] };
+      assert.throws(() => k.bind(owned, { x: xs, w: poisoned(owned, [8, 8]), layout: 'kn', out: outs }), isShape(/out and x share buffer/));
+    }
+    const wOut = poisoned(owned, [16, 8]);
+    assert.throws(() => k.bind(owned, { x, w: { ...wOut, shape: [8, 2] }, layout: 'kn', out: { ...wOut, offset: 256, shape: [2, 2] } }), isShape(/out and W share buffer/));
+    assert.throws(() => k.bind(owned, { x, w: poisoned(owned, [8, 4]), layout: 'kn', out: poisoned(owned, [2, 4]), splitK: 0 }), isShape(/splitK must be an integer >= 1, got 0/));
+    await MatmulKernel.create(ctx, { nkLanesPerRow: 12 }).then(
+      () => assert.unreachable('nkLanesPerRow 12 accepted'),
+      (e: Error) => assert.ok(e instanceof InvalidOptionError && /got 12/.test(e.message), e.message),
+    );
+  }));
+
+test.run();

@@ -1,0 +1,188 @@
+/**
+ * The KV cache: cached == uncached (logits at every step, sampled tokens), batched rows ==
+ * rows alone, interleaved sessions, context shifts with flat GPU memory, misuse errors.
+ */
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { compare } from './helpers.js';
+import { rejects } from './helpers.js';
+import { tinyReference } from './fixtures-util.js';
+import { cfgOf, engine, randomModel, tinyModel } from './model-util.js';
+import { ForwardPlan } from '../src/engine/model.js';
+import { CacheMisuseError, ContextOverflowError } from '../src/errors.js';
+
+const ref = tinyReference();
+
+test('cached logits match a full recompute at every step of a 200-token sequence (1e-4 relative)', async () => {
+  const model = await tinyModel();
+  const prompt = ref.prompts[1]!.ids;
+  // Tokens to feed: the greedy continuation (any token sequence would do).
+  const gen = await model.generate(prompt, { temperature: 0, maxNewTokens: 200, stopAtEos: false });
+  const seq = [...prompt, ...gen.sequences[0]!.tokens];
+  const cache = await model.createCache({ capacity: 256 });
+  const P = prompt.length;
+  const prefill = new ForwardPlan(model, cache, P, 1);
+  const step = new ForwardPlan(model, cache, 1, 1);
+  try {
+    const meta = new Uint32Array(2 * P);
+    for (let t = 0; t < P; t++) meta[2 * t + 1] = t;
+    prefill.write({ ids: prompt, meta, lastIdx: Uint32Array.of(P - 1) });
+    model.submit(prefill.dispatches);
+    let logits = new Float32Array(await model.ctx.readBuffer(step.logits.buffer, 0, 0)); // no-op sync
+    logits = new Float32Array(await model.ctx.readBuffer(prefill.logits.buffer));
+    let worst = 0;
+    for (let i = P; i <= seq.length - 1; i++) {
+      if (i > P) {
+        step.write({ ids: [seq[i - 1]!], meta: Uint32Array.of(0, i - 1), lastIdx: Uint32Array.of(0) });
+        model.submit(step.dispatches);
+        logits = new Float32Array(await model.ctx.readBuffer(step.logits.buffer));
+      }
+      if ((i - P) % 10 === 0 || i === seq.length - 1) {
+        // Full recompute without a cache, every 10th step (all 200 would take minutes on lavapipe).
+        const full = await model.logits(seq.slice(0, i));
+        const r = compare(logits, full.data, { rel: 1e-4 });
+        assert.ok(r.ok, `step ${i - P}: ${r.message}`);
+        worst = Math.max(worst, r.relative);
+      }
+    }
+    assert.ok(worst < 1e-4);
+  } finally {
+    prefill.destroy();
+    step.destroy();
+    cache.destroy();
+  }
+});
+
+test('same seed and options: identical sampled tokens with and without the cache', async () => {
+  const model = await tinyModel();
+  const opts = { temperature: 0.9, topK: 40, topP: 0.95, freqPenalty: 0.5, seed: 42, maxNewTokens: 64, stopAtEos: false };
+  const a = await model.generate(ref.prompts[0]!.ids, opts);
+  const b = await model.generate(ref.prompts[0]!.ids, { ...opts, useCache: false });
+  assert.equal(a.sequences[0]!.tokens, b.sequences[0]!.tokens);
+  assert.is(a.sequences[0]!.tokens.length, 64);
+});
+
+test('a batched step over 8 sequences of different prompt lengths equals each alone', async () => {
+  const model = await tinyModel();
+  const prompts = Array.from({ length: 8 }, (_, i) => ref.prompts[i % ref.prompts.length]!.ids.slice(0, 2 + i));
+  const opts = { temperature: 1, seed: 7, maxNewTokens: 24, stopAtEos: false };
+  const batched = await model.generateBatch(prompts, opts);
+  for (let i = 0; i < 8; i++) {
+    const alone = await model.generate(prompts[i]!, { ...opts, seed: batched.seeds[i] });
+    assert.equal(batched.sequences[i]!.tokens, alone.sequences[0]!.tokens, `sequence ${i}`);
+  }
+});
+
+test('16 sessions interleaved on one model give each the tokens it gets alone', async () => {
+  const model = await tinyModel();
+  const prompts = Array.from({ length: 16 }, (_, i) => ref.prompts[i % ref.prompts.length]!.ids.slice(0, 1 + (i % 5)));
+  const opts = (i: number) => ({ temperature: 0.8, topK: 20, seed: 1000 + i, maxNewTokens: 16, stopAtEos: false });
+  const sessions = await Promise.all(prompts.map(() => model.createSession()));
+  try {
+    const together = await Promise.all(prompts.map((p, i) => sessions[i]!.generate(p, opts(i))));
+    for (let i = 0; i < 16; i++) {
+      const alone = await model.generate(prompts[i]!, opts(i));
+      assert.equal(together[i]!.sequences[0]!.tokens, alone.sequences[0]!.tokens, `session ${i}`);
+    }
+  } finally {
+    for (const s of sessions) s.destroy();
+  }
+});
+
+test('a session continues from its cache: two turns equal one generation over the joined prompt', async () => {
+  const model = await tinyModel();
+  const s = await model.createSession();
+  try {
+    const p1 = ref.prompts[0]!.ids;
+    const r1 = await s.generate(p1, { temperature: 0, maxNewTokens: 5, stopAtEos: false });
+    const p2 = [11, 12, 13];
+    const r2 = await s.generate(p2, { temperature: 0, maxNewTokens: 5, stopAtEos: false });
+    const joined = await model.generate([...p1, ...r1.sequences[0]!.tokens, ...p2], { temperature: 0, maxNewTokens: 5, stopAtEos: false });
+    assert.equal(r2.sequences[0]!.tokens, joined.sequences[0]!.tokens);
+    assert.equal(s.tokens, [...p1, ...r1.sequences[0]!.tokens, ...p2, ...r2.sequences[0]!.tokens]);
+  } finally {
+    s.destroy();
+  }
+});
+
+test('5,000 tokens with context shifts: runs, shifts, and GPU memory stays flat', async () => {
+  const model = await tinyModel();
+  const s = await model.createSession({ capacity: 128, keep: 64 });
+  try {
+    const before = model.ctx.liveBuffers;
+    const samples: number[] = [];
+    const res = await s.generate(ref.prompts[0]!.ids, {
+      temperature: 1, seed: 3, maxNewTokens: 5000, stopAtEos: false,
+      onToken: (ev) => { if (ev.index % 500 === 499) samples.push(model.ctx.liveBuffers.bytes); }, // all after the first shift
+    });
+    assert.is(res.sequences[0]!.tokens.length, 5000);
+    assert.ok(res.stats.shifts >= 70, `expected many shifts, got ${res.stats.shifts}`);
+    const during = Math.max(...samples) - Math.min(...samples);
+    assert.is(during, 0, `GPU bytes varied by ${during} during the run`);
+    assert.equal(model.ctx.liveBuffers, before, 'live buffers after the run equal those before');
+  } finally {
+    s.destroy();
+  }
+});
+
+test('shifted generation equals the uncached recompute over the same windows', async () => {
+  const model = await tinyModel();
+  const opts = { temperature: 1, seed: 9, maxNewTokens: 80, stopAtEos: false, keep: 16 };
+  const s1 = await model.createSession({ capacity: 32, keep: 16 });
+  const s2 = await model.createSession({ capacity: 32, keep: 16 });
+  try {
+    const a = await s1.generate(ref.prompts[0]!.ids, opts);
+    const b = await s2.generate(ref.prompts[0]!.ids, { ...opts, useCache: false });
+    assert.ok(a.stats.shifts > 2);
+    assert.equal(a.sequences[0]!.tokens, b.sequences[0]!.tokens);
+  } finally {
+    s1.destroy();
+    s2.destroy();
+  }
+});
+
+test("onOverflow 'error' makes passing the window a ContextOverflowError", async () => {
+  const model = await tinyModel();
+  const s = await model.createSession({ capacity: 16, onOverflow: 'error' });
+  try {
+    await rejects(() => s.generate([1, 2, 3], { temperature: 0, maxNewTokens: 20, stopAtEos: false }), (e: Error) => e instanceof ContextOverflowError && /16/.test(e.message));
+  } finally {
+    s.destroy();
+  }
+});
+
+test('misuse: a destroyed cache, another model\'s cache, a busy cache', async () => {
+  const model = await tinyModel();
+  const other = await randomModel(cfgOf({}), 1);
+  try {
+    const s = await model.createSession();
+    s.destroy();
+    await rejects(() => s.generate([1], { maxNewTokens: 1 }), (e: Error) => e instanceof CacheMisuseError && /destroyed/.test(e.message));
+    const foreign = await other.createCache();
+    await rejects(() => model.generate([1], { cache: foreign, maxNewTokens: 1 }), (e: Error) => e instanceof CacheMisuseError && /belongs to model/.test(e.message));
+    foreign.destroy();
+    const busy = await model.createSession();
+    const first = busy.generate([1, 2], { maxNewTokens: 8, seed: 1 });
+    await rejects(() => busy.generate([3], { maxNewTokens: 1 }), (e: Error) => e instanceof CacheMisuseError && /busy/.test(e.message));
+    await first;
+    assert.throws(() => { const c = busy.cache; c.acquire(model); c.destroy(); }, (e: Error) => e instanceof CacheMisuseError && /busy/.test(e.message));
+    busy.cache.release();
+    busy.destroy();
+  } finally {
+    other.destroy();
+  }
+});
+
+test('each cache reports its bytes and destroy() frees them', async () => {
+  const model = await tinyModel();
+  const before = model.ctx.liveBuffers;
+  const c = await model.createCache({ capacity: 100, rows: 3 });
+  const expected = 2 * model.config.n_layer * 3 * 100 * model.config.n_embd * 4;
+  assert.is(c.bytes, expected);
+  assert.is(model.ctx.liveBuffers.bytes - before.bytes, expected);
+  c.destroy();
+  assert.equal(model.ctx.liveBuffers, before);
+  void engine;
+});
+
+test.run();
