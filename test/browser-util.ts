@@ -8,6 +8,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { chromium, type BrowserContext, type Page } from 'playwright-core';
+import type {} from '../examples/browser/main.js'; // window.gpt2example
 
 /** Debian's chromium package puts the real binary here (/usr/bin/chromium is a wrapper script). */
 export const CHROMIUM_PATH = process.env.CHROMIUM_PATH ?? '/usr/lib/chromium/chromium';
@@ -120,15 +121,35 @@ export interface ExampleResult {
   cache: string;
 }
 
+export interface ExamplePage {
+  page: Page;
+  errors: string[];
+  /** The run the URL asked for. */
+  first: ExampleResult;
+  /** Runs again on the same page (window.gpt2example.run), reusing the loaded model. */
+  run(params: Record<string, string | number>): Promise<ExampleResult>;
+  close(): Promise<void>;
+}
+
+/** Reads #result after a run: throws with the page's error and console log, else parses it. */
+async function readResult(page: Page, errors: readonly string[]): Promise<ExampleResult> {
+  const ds = await page.evaluate(() => {
+    const r = document.getElementById('result')!;
+    return { error: r.dataset.error, adapter: r.dataset.adapter, cache: r.dataset.cache, text: r.textContent ?? '' };
+  });
+  if (ds.error !== undefined) throw new Error(withLog(`example page reported an error: ${ds.error}`, errors));
+  const out = JSON.parse(ds.text) as { tokens: number[]; text: string; seed: number };
+  return { ...out, adapter: JSON.parse(ds.adapter ?? '{}') as ExampleResult['adapter'], cache: ds.cache ?? '' };
+}
+
 /**
  * Opens the example page in URL mode (`/examples/browser/?<params>`), waits for #result to get
- * data-done or data-error, and returns the parsed result; throws with the page's error and console log.
+ * data-done or data-error, and returns the page with the parsed result; throws with the page's
+ * error and console log. Close the returned page when done.
  */
-export async function runExample(b: Browser, server: Server, params: Record<string, string | number>, timeoutMs = 45000): Promise<ExampleResult> {
+export async function openExample(b: Browser, server: Server, params: Record<string, string | number>, timeoutMs = 60000): Promise<ExamplePage> {
   const { page, errors } = await b.page();
-  try {
-    const q = new URLSearchParams(Object.entries(params).map(([k, v]) => [k, String(v)]));
-    await page.goto(`${server.url}/examples/browser/?${q}`);
+  const waitDone = async (): Promise<void> => {
     try {
       await page.waitForFunction(
         () => {
@@ -141,14 +162,42 @@ export async function runExample(b: Browser, server: Server, params: Record<stri
     } catch (e) {
       throw new Error(withLog(`example page did not finish in ${timeoutMs} ms (${(e as Error).message.split('\n')[0]}); status: ${await page.textContent('#status').catch(() => '?')}`, errors));
     }
-    const ds = await page.evaluate(() => {
-      const r = document.getElementById('result')!;
-      return { error: r.dataset.error, adapter: r.dataset.adapter, cache: r.dataset.cache, text: r.textContent ?? '' };
-    });
-    if (ds.error !== undefined) throw new Error(withLog(`example page reported an error: ${ds.error}`, errors));
-    const out = JSON.parse(ds.text) as { tokens: number[]; text: string; seed: number };
-    return { ...out, adapter: JSON.parse(ds.adapter ?? '{}') as ExampleResult['adapter'], cache: ds.cache ?? '' };
-  } finally {
+  };
+  try {
+    const q = new URLSearchParams(Object.entries(params).map(([k, v]) => [k, String(v)]));
+    await page.goto(`${server.url}/examples/browser/?${q}`);
+    await waitDone();
+    const first = await readResult(page, errors);
+    return {
+      page,
+      errors,
+      first,
+      async run(more) {
+        // Errors land in #result's data-error as well; readResult reports them with the console log.
+        await page.evaluate((p) => window.gpt2example.run(p).catch(() => undefined), more);
+        await waitDone();
+        return readResult(page, errors);
+      },
+      close: () => page.close(),
+    };
+  } catch (e) {
     await page.close();
+    throw e;
   }
+}
+
+export interface AdapterKind {
+  vendor: string;
+  architecture: string;
+  description: string;
+}
+
+/** "vendor/architecture (description)", for titles and messages. */
+export function adapterName(a: AdapterKind): string {
+  return `${a.vendor || '?'}/${a.architecture || '?'}${a.description ? ` (${a.description})` : ''}`;
+}
+
+/** Same implementation (vendor and architecture): then seeded runs must agree token for token. */
+export function sameAdapterKind(a: AdapterKind, b: AdapterKind): boolean {
+  return a.vendor === b.vendor && a.architecture === b.architecture;
 }

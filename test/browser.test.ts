@@ -12,16 +12,22 @@ import { join } from 'node:path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import type { AdapterSummary } from '../src/engine/device.js';
+import { gpt2Tokenizer } from '../src/index.js';
+import { createEngine, type Model } from '../src/node.js';
 import { compare, Rng } from './helpers.js';
 import { layerNorm64 } from './reference/layernorm.js';
 import {
+  adapterName,
   Browser,
   buildBrowserBundles,
   CHROMIUM_MAJOR,
   CHROMIUM_PATH,
+  fixturesDir,
   IN_CI,
   launchBrowser,
   REPO_ROOT,
+  openExample,
+  sameAdapterKind,
   Server,
   startServer,
   withLog,
@@ -163,4 +169,86 @@ if (!present && !IN_CI) {
   });
 }
 
+// ---- The engine end to end in Chromium, on the hf-gpt2-tiny fixture (transformers' outputs). ----
+
+interface RefPrompt {
+  text: string;
+  ids: number[];
+  greedy48: number[];
+}
+const FIXTURES = fixturesDir();
+const MODEL_URL = '/fixtures/hf-gpt2-tiny/';
+const PROMPTS: RefPrompt[] = FIXTURES ? (JSON.parse(readFileSync(join(FIXTURES, 'hf-gpt2-tiny', 'reference.json'), 'utf8')) as { prompts: RefPrompt[] }).prompts : [];
+// Sampled runs: every processor on, a fixed seed; another seed must give other tokens.
+const SAMPLED = { temperature: 0.8, top_k: 40, top_p: 0.95, max_new_tokens: 16 };
+const SEED = 1234;
+// Prompts checked against greedy48 (48 decode steps each, ~0.2 s a step on SwiftShader here).
+const GREEDY_PROMPTS = 2;
+
+// The Node engine (Dawn on this machine's adapter, lavapipe without a GPU) for the seeded cross-check.
+const nodeEngine = await createEngine();
+const NODE_ADAPTER = nodeEngine.ctx.adapter;
+let nodeModel: Promise<Model> | undefined;
+async function nodeTokens(ids: number[], seed: number): Promise<number[]> {
+  nodeModel ??= nodeEngine.loadModel(join(FIXTURES!, 'hf-gpt2-tiny'), { dtype: 'f32' });
+  const res = await (await nodeModel).generate(ids, { maxNewTokens: SAMPLED.max_new_tokens, temperature: SAMPLED.temperature, topK: SAMPLED.top_k, topP: SAMPLED.top_p, seed });
+  return res.sequences[0]!.tokens;
+}
+
+if (present || IN_CI) {
+  if (!FIXTURES) {
+    test.skip(`greedy48 and seeded runs in Chromium (no hf-gpt2-tiny fixture: set GPT2_FIXTURES or provide ../shared/fixtures)`, () => undefined);
+  } else {
+    // Page loads are the slow part on SwiftShader (building the pipelines): the greedy prompts share
+    // one page (later ones through window.gpt2example.run), the seeded runs a second one, which
+    // also proves the reload reads the weights from Cache Storage.
+    test(`greedy (temperature 0, 48 tokens) in Chromium equals transformers' greedy48 for ${GREEDY_PROMPTS} prompts`, async () => {
+      await setup();
+      const greedy = (p: RefPrompt) => ({ model: MODEL_URL, ids: p.ids.join(','), temperature: 0, max_new_tokens: 48, dtype: 'f32' });
+      const ex = await openExample(browser, server, greedy(PROMPTS[0]!));
+      try {
+        assert.is(ex.first.cache, 'miss', 'a fresh profile downloads the weights');
+        for (const [i, p] of PROMPTS.slice(0, GREEDY_PROMPTS).entries()) {
+          const r = i === 0 ? ex.first : await ex.run(greedy(p));
+          const where = `prompt ${i} "${p.text}" on ${adapterName(r.adapter)}`;
+          assert.equal(r.tokens, p.greedy48.slice(p.ids.length), withLog(`greedy tokens for ${where}`, ex.errors));
+          assert.is(r.text, gpt2Tokenizer.decode(r.tokens), `the text is the decoded tokens (${where})`);
+        }
+      } finally {
+        await ex.close();
+      }
+    });
+
+    test(`seeded sampling (seed ${SEED}, T ${SAMPLED.temperature}, top-k ${SAMPLED.top_k}, top-p ${SAMPLED.top_p}): Chromium equals Node on ${adapterName(NODE_ADAPTER)} if the adapter kinds match, else repeats itself`, async () => {
+      await setup();
+      const p = PROMPTS[1]!;
+      const params = { model: MODEL_URL, ids: p.ids.join(','), ...SAMPLED, dtype: 'f32' };
+      const ex = await openExample(browser, server, { ...params, seed: SEED });
+      try {
+        const a = ex.first;
+        assert.is(a.cache, 'hit', 'a reload reads the weights from Cache Storage');
+        const b = await ex.run({ ...params, seed: SEED });
+        const other = await ex.run({ ...params, seed: SEED + 1 });
+        const node = await nodeTokens(p.ids, SEED);
+        const where = `Chromium on ${adapterName(a.adapter)}, Node on ${adapterName(NODE_ADAPTER)}`;
+        assert.is(a.seed, SEED, 'the page used the seed it was given');
+        assert.is(a.tokens.length, SAMPLED.max_new_tokens);
+        assert.not.equal(a.tokens, p.greedy48.slice(p.ids.length, p.ids.length + SAMPLED.max_new_tokens), 'sampling at T 0.8 must leave the greedy path');
+        assert.not.equal(other.tokens, a.tokens, `seed ${SEED + 1} must give other tokens than seed ${SEED}`);
+        if (sameAdapterKind(a.adapter, NODE_ADAPTER)) {
+          assert.equal(a.tokens, node, `same adapter kind (${where}): the seeded tokens must be identical`);
+        } else {
+          // Different adapters round differently, so a near-tie may fall the other way: require
+          // only that each side is deterministic for the seed.
+          assert.equal(b.tokens, a.tokens, withLog(`${where} are different adapters; Chromium must give the same tokens for seed ${SEED} twice`, ex.errors));
+          assert.equal(await nodeTokens(p.ids, SEED), node, `${where}: Node must give the same tokens for seed ${SEED} twice`);
+        }
+      } finally {
+        await ex.close();
+      }
+    });
+  }
+}
+
+test.after(() => nodeEngine.destroy());
 test.run();

@@ -9,52 +9,13 @@
  * (settings not given keep the form's defaults) and runs at once; the outcome goes to #result:
  * JSON `{"tokens": [new ids], "text": "...", "seed": n}` with data-done="1", or data-error="<message>". #result also gets data-adapter (JSON: description,
  * isFallbackAdapter, vendor, architecture, limits, features) and data-cache ("hit" when every model
- * file came from Cache Storage, else "miss").
+ * file came from Cache Storage, else "miss"). `window.gpt2example.run({...same keys})` runs again
+ * on the same page, reusing the loaded model (the test uses it to avoid rebuilding pipelines).
  *
  * Bundled by scripts/build-browser.js into dist/browser/example.js; the import of the library source
  * below becomes an import of ./gpt2-webgpu.js (the library bundle).
  */
-import * as lib from '../../src/index.js';
-
-// ---- The engine API this page uses (src/engine/engine.ts, generate.ts). ----
-interface LoadProgress { phase: string; loaded: number; total: number }
-type ModelSource = string | { url: string } | { files: File[] } | { config: unknown; safetensors: ArrayBuffer };
-interface TokenEvent { row: number; token: number; text: string; index: number }
-interface GenerateResult {
-  promptIds: number[];
-  sequences: Array<{ tokens: number[]; text: string; finishReason: string }>;
-  seed: number;
-  stats: { prefill_ms: number; decode_ms_per_token: number; tokens_per_s: number };
-}
-interface GenerateOptions {
-  maxNewTokens?: number;
-  temperature?: number;
-  topK?: number;
-  topP?: number;
-  seed?: number;
-  stopAtEos?: boolean;
-  signal?: AbortSignal;
-  onToken?: (ev: TokenEvent) => void;
-}
-interface Model {
-  tokenizer: { encode(text: string): number[]; decode(ids: readonly number[]): string };
-  generate(input: readonly number[] | string, opts: GenerateOptions): Promise<GenerateResult>;
-  destroy(): void;
-}
-interface Engine {
-  ctx: { adapter: AdapterReport };
-  loadModel(source: ModelSource, opts: { dtype?: 'f32' | 'f16'; onProgress?: (p: LoadProgress) => void }): Promise<Model>;
-  destroy(): void;
-}
-interface EngineClass { create(opts: { gpu?: GPU }): Promise<Engine> }
-interface AdapterReport {
-  description: string;
-  isFallbackAdapter: boolean;
-  vendor: string;
-  architecture: string;
-  features: string[];
-  limits: Record<string, number>;
-}
+import { Engine, PromptError, type GenerateResult, type LoadProgress, type Model, type ModelSource } from '../../src/index.js';
 
 const CACHE_NAME = 'gpt2-webgpu-weights-v1';
 const MODEL_FILES = ['config.json', 'model.safetensors'];
@@ -161,10 +122,8 @@ let loaded: { key: string; model: Model; cached: boolean } | null = null;
 let running: AbortController | null = null;
 
 function engine(): Promise<Engine> {
-  const EngineCls = (lib as unknown as { Engine?: EngineClass }).Engine;
-  if (!EngineCls) return Promise.reject(new Error('this build of gpt2-webgpu has no Engine export yet'));
   // Engine.create throws WebGPUUnavailableError (with how to enable WebGPU) when there is no adapter.
-  enginePromise ??= EngineCls.create({ gpu: navigator.gpu });
+  enginePromise ??= Engine.create({ gpu: navigator.gpu });
   enginePromise.catch(() => (enginePromise = null));
   return enginePromise;
 }
@@ -267,8 +226,27 @@ ui.form.addEventListener('submit', (ev) => {
     .finally(() => (ui.run.disabled = false));
 });
 
-/** URL mode: fill the form from the query, run once, report into #result. */
-async function runFromUrl(q: URLSearchParams): Promise<void> {
+export interface ExampleRun {
+  tokens: number[];
+  text: string;
+  seed: number;
+}
+
+declare global {
+  interface Window {
+    /** For scripts and tests: run again with query-style settings, reusing the loaded model. */
+    gpt2example: { run(params: Record<string, string | number>): Promise<ExampleRun> };
+  }
+}
+
+/**
+ * URL mode: fills the form from query-style settings, runs once, reports into #result (data-done /
+ * data-error are cleared first, so a second run through window.gpt2example reports afresh).
+ */
+async function runWith(q: URLSearchParams): Promise<ExampleRun> {
+  delete ui.result.dataset.done;
+  delete ui.result.dataset.error;
+  ui.result.textContent = '';
   const set = (el: HTMLInputElement | HTMLSelectElement | HTMLTextAreaElement, name: string): void => {
     const v = q.get(name);
     if (v !== null) el.value = v;
@@ -284,26 +262,35 @@ async function runFromUrl(q: URLSearchParams): Promise<void> {
   const eos = q.get('stop_at_eos');
   if (eos !== null) ui.stopAtEos.checked = eos !== '0' && eos !== 'false';
   const idsParam = q.get('ids');
-  const ids = idsParam === null ? null : idsParam.split(',').map((s) => Number(s.trim()));
-  if (ids?.some((x) => !Number.isInteger(x) || x < 0)) throw new lib.PromptError(`ids must be comma-separated non-negative integers, got "${idsParam}"`);
+  const pieces = idsParam?.split(',').map((s) => s.trim());
+  if (pieces?.some((x) => !/^\d+$/.test(x))) throw new PromptError(`ids must be comma-separated non-negative integers, got "${idsParam}"`);
   ui.run.disabled = true;
   try {
-    const { res, cached } = await generate(ids);
-    ui.result.dataset.cache = cached ? 'hit' : 'miss';
+    const { res, cached } = await generate(pieces ? pieces.map(Number) : null);
     const seq = res.sequences[0]!;
-    ui.result.textContent = JSON.stringify({ tokens: seq.tokens, text: seq.text, seed: res.seed });
+    const out: ExampleRun = { tokens: seq.tokens, text: seq.text, seed: res.seed };
+    ui.result.dataset.cache = cached ? 'hit' : 'miss';
+    ui.result.textContent = JSON.stringify(out);
     ui.result.dataset.done = '1';
+    return out;
+  } catch (e) {
+    ui.result.dataset.error = `${(e as Error).name}: ${(e as Error).message}`;
+    throw e;
   } finally {
     ui.run.disabled = false;
   }
 }
+
+window.gpt2example = {
+  run: (params) => runWith(new URLSearchParams(Object.entries(params).map(([k, v]): [string, string] => [k, String(v)]))),
+};
 
 async function main(): Promise<void> {
   const q = new URLSearchParams(location.search);
   const adapter = (await engine()).ctx.adapter;
   ui.result.dataset.adapter = JSON.stringify(adapter);
   setStatus(`WebGPU adapter: ${adapter.description || adapter.vendor}${adapter.isFallbackAdapter ? ' (software fallback)' : ''}`);
-  if (q.has('model')) await runFromUrl(q);
+  if (q.has('model')) await runWith(q);
 }
 
 main().catch((e: Error) => {
