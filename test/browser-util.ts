@@ -29,8 +29,9 @@ export const REPO_ROOT = (() => {
 
 /** Folder holding hf-gpt2-tiny/ (served at /fixtures/ by scripts/serve.js), or null. */
 export function fixturesDir(): string | null {
-  const c = [process.env.GPT2_FIXTURES, join(REPO_ROOT, 'fixtures'), join(REPO_ROOT, '..', 'shared', 'fixtures')];
-  return c.find((d): d is string => !!d && existsSync(join(d, 'hf-gpt2-tiny', 'reference.json'))) ?? null;
+  // GPT2_FIXTURES, when set, is the only place looked at (as test/fixtures-util.ts does).
+  const c = process.env.GPT2_FIXTURES ? [process.env.GPT2_FIXTURES] : [join(REPO_ROOT, 'fixtures'), join(REPO_ROOT, '..', 'shared', 'fixtures')];
+  return c.find((d) => existsSync(join(d, 'hf-gpt2-tiny', 'reference.json'))) ?? null;
 }
 
 /** Runs scripts/build-browser.js (esbuild, well under a second); throws with its output on failure. */

@@ -196,8 +196,12 @@ async function nodeTokens(ids: number[], seed: number): Promise<number[]> {
 }
 
 if (present || IN_CI) {
-  if (!FIXTURES) {
+  if (!FIXTURES && !IN_CI) {
     test.skip(`greedy48 and seeded runs in Chromium (no hf-gpt2-tiny fixture: set GPT2_FIXTURES or provide ../shared/fixtures)`, () => undefined);
+  } else if (!FIXTURES) {
+    test('the hf-gpt2-tiny fixture is present (CI clones have ../shared/fixtures)', () => {
+      assert.unreachable(`no hf-gpt2-tiny/reference.json under $GPT2_FIXTURES, <repo>/fixtures or <repo>/../shared/fixtures`);
+    });
   } else {
     // Page loads are the slow part on SwiftShader (building the pipelines): the greedy prompts share
     // one page (later ones through window.gpt2example.run), the seeded runs a second one, which
