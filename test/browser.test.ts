@@ -1,0 +1,258 @@
+/**
+ * The engine in a real browser: Debian's Chromium (headless, WebGPU on SwiftShader) loads the
+ * esbuild bundles from scripts/serve.js. Proves the bundle runs without Node built-ins and that the
+ * kernels work within a browser adapter's limits (256 invocations per workgroup, 10 storage buffers
+ * per stage, no shader-f16), which lavapipe in the Node tests does not impose.
+ *
+ * Needs /usr/lib/chromium/chromium (bash scripts/install-chromium.sh). Outside CI a missing Chromium
+ * skips this file; with CI=true it fails.
+ */
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import type { AdapterSummary } from '../src/engine/device.js';
+import { gpt2Tokenizer } from '../src/index.js';
+import { createEngine, type Model } from '../src/node.js';
+import { compare, Rng } from './helpers.js';
+import { layerNorm64 } from './reference/layernorm.js';
+import {
+  adapterName,
+  Browser,
+  buildBrowserBundles,
+  CHROMIUM_MAJOR,
+  CHROMIUM_PATH,
+  fixturesDir,
+  IN_CI,
+  launchBrowser,
+  REPO_ROOT,
+  openExample,
+  sameAdapterKind,
+  Server,
+  startServer,
+  withLog,
+} from './browser-util.js';
+
+let browser: Browser;
+let server: Server;
+let started: Promise<void> | undefined;
+
+/**
+ * Builds the bundles, serves the repo and launches Chromium once; every test awaits it, so a failure
+ * here fails each test with its message (uvu 0.5 swallows errors thrown in test.before).
+ */
+function setup(): Promise<void> {
+  started ??= (async () => {
+    if (!present) throw new Error(`CI=true but Chromium is missing at ${CHROMIUM_PATH}; scripts/setup.sh should have run scripts/install-chromium.sh`);
+    buildBrowserBundles();
+    server = await startServer();
+    browser = await launchBrowser();
+  })();
+  return started;
+}
+
+const present = existsSync(CHROMIUM_PATH);
+
+// scripts/serve.js on its own (no browser needed): what the example's downloads rely on.
+test('serve.js: GET, HEAD, Range (206, suffix, 416), MIME, and no escape from the served folders', async () => {
+  const srv = await startServer();
+  try {
+    const file = readFileSync(join(REPO_ROOT, 'package.json'));
+    const full = await fetch(`${srv.url}/package.json`);
+    assert.is(full.status, 200);
+    assert.is(full.headers.get('content-type'), 'application/json; charset=utf-8');
+    assert.is(full.headers.get('accept-ranges'), 'bytes');
+    assert.ok(Buffer.from(await full.arrayBuffer()).equals(file), 'GET returns the file');
+
+    const head = await fetch(`${srv.url}/package.json`, { method: 'HEAD' });
+    assert.is(head.status, 200);
+    assert.is(head.headers.get('content-length'), String(file.length));
+    assert.is((await head.arrayBuffer()).byteLength, 0, 'HEAD has no body');
+
+    const part = await fetch(`${srv.url}/package.json`, { headers: { Range: 'bytes=3-10' } });
+    assert.is(part.status, 206);
+    assert.is(part.headers.get('content-range'), `bytes 3-10/${file.length}`);
+    assert.ok(Buffer.from(await part.arrayBuffer()).equals(file.subarray(3, 11)), 'bytes=3-10 is 8 bytes from offset 3');
+
+    const tail = await fetch(`${srv.url}/package.json`, { headers: { Range: 'bytes=-5' } });
+    assert.is(tail.status, 206);
+    assert.ok(Buffer.from(await tail.arrayBuffer()).equals(file.subarray(file.length - 5)), 'bytes=-5 is the last 5 bytes');
+
+    const past = await fetch(`${srv.url}/package.json`, { headers: { Range: `bytes=${file.length}-` } });
+    assert.is(past.status, 416);
+    assert.is(past.headers.get('content-range'), `bytes */${file.length}`);
+
+    for (const bad of ['/%2e%2e/%2e%2e/etc/passwd', '/.git', '/src/..%2f..%2fetc/passwd', '/no-such-file']) {
+      assert.is((await fetch(srv.url + bad)).status, 404, `${bad} must not be served`);
+    }
+    const dir = await fetch(`${srv.url}/examples/browser`, { redirect: 'manual' });
+    assert.is(dir.status, 301);
+    assert.is(dir.headers.get('location'), '/examples/browser/');
+    const page = await fetch(`${srv.url}/examples/browser/`);
+    assert.is(page.headers.get('content-type'), 'text/html; charset=utf-8');
+  } finally {
+    await srv.close();
+  }
+});
+
+if (!present && !IN_CI) {
+  console.warn(`browser.test: skipped, no Chromium at ${CHROMIUM_PATH} (install it with: bash scripts/install-chromium.sh)`);
+  test.skip(`Chromium ${CHROMIUM_MAJOR} at ${CHROMIUM_PATH} (not installed: bash scripts/install-chromium.sh)`, () => undefined);
+} else {
+  test.after(async () => {
+    await browser?.close();
+    await server?.close();
+  });
+
+  test(`Chromium is major version ${CHROMIUM_MAJOR}`, async () => {
+    await setup();
+    const major = Number(browser.version.split('.')[0]);
+    assert.is(major, CHROMIUM_MAJOR, `expected Chromium ${CHROMIUM_MAJOR}.x, launched ${browser.version} from ${CHROMIUM_PATH}; update CHROMIUM_MAJOR in test/browser-util.ts after checking this file passes`);
+  });
+
+  test('the library bundle creates a context on SwiftShader with the browser limits', async () => {
+    await setup();
+    const { page, errors } = await browser.page();
+    try {
+      await page.goto(`${server.url}/dist/browser/test-page.html`);
+      // The library bundle itself (not the test page's copy of the sources) is imported here.
+      const a = await page.evaluate(async () => {
+        const lib = (await import('/dist/browser/gpt2-webgpu.js' as string)) as typeof import('../src/index.js');
+        const ctx = await lib.createContext(navigator.gpu);
+        const out = { adapter: ctx.adapter, shaderF16: ctx.features.shaderF16 };
+        ctx.destroy();
+        return out;
+      });
+      const s: AdapterSummary = a.adapter;
+      const msg = withLog(`adapter: ${JSON.stringify(s)}`, errors);
+      assert.is(s.architecture, 'swiftshader', msg);
+      assert.is(s.isFallbackAdapter, true, msg);
+      assert.is(s.limits.maxComputeInvocationsPerWorkgroup, 256, msg);
+      assert.is(s.limits.maxComputeWorkgroupStorageSize, 32768, msg);
+      assert.is(s.limits.maxStorageBuffersPerShaderStage, 10, msg);
+      assert.is(s.limits.maxBufferSize, 1 << 30, msg);
+      assert.is(a.shaderF16, false, msg);
+    } finally {
+      await page.close();
+    }
+  });
+
+  // Rows of widths below, at and above the 256-thread workgroup; a large |mean| for the two-pass variance.
+  const LN_SHAPES: Array<[number, number, number]> = [
+    [1, 64, 0],
+    [3, 768, 0],
+    [5, 33, 0],
+    [2, 1600, 5],
+  ];
+  test('layer norm on SwiftShader matches float64', async () => {
+    await setup();
+    const { page, errors } = await browser.page();
+    try {
+      await page.goto(`${server.url}/dist/browser/test-page.html`);
+      await page.waitForFunction(() => document.documentElement.dataset.ready === '1');
+      for (const [rows, C, mean] of LN_SHAPES) {
+        const rng = new Rng(rows * 1000 + C);
+        const x = rng.normals(rows * C, 2, mean);
+        const g = rng.normals(C, 0.5, 1);
+        const b = rng.normals(C, 0.2);
+        const out = await page.evaluate(
+          ([rows, C, x, g, b]) => window.gpt2test.layerNorm(rows, C, x, g, b, 1e-5),
+          [rows, C, Array.from(x), Array.from(g), Array.from(b)] as const,
+        );
+        assert.is(out.wg, 256, withLog(`layer norm workgroup width on SwiftShader`, errors));
+        const r = compare(out.y, layerNorm64(x, g, b, rows, C, 1e-5), { rel: 1e-5, atol: 1e-4 });
+        assert.ok(r.ok, withLog(`layernorm [${rows}, ${C}] mean ${mean} in Chromium: ${r.message}`, errors));
+      }
+    } finally {
+      await page.close();
+    }
+  });
+}
+
+// ---- The engine end to end in Chromium, on the hf-gpt2-tiny fixture (transformers' outputs). ----
+
+interface RefPrompt {
+  text: string;
+  ids: number[];
+  greedy48: number[];
+}
+const FIXTURES = fixturesDir();
+const MODEL_URL = '/fixtures/hf-gpt2-tiny/';
+const PROMPTS: RefPrompt[] = FIXTURES ? (JSON.parse(readFileSync(join(FIXTURES, 'hf-gpt2-tiny', 'reference.json'), 'utf8')) as { prompts: RefPrompt[] }).prompts : [];
+// Sampled runs: every processor on, a fixed seed; another seed must give other tokens.
+const SAMPLED = { temperature: 0.8, top_k: 40, top_p: 0.95, max_new_tokens: 16 };
+const SEED = 1234;
+// Prompts checked against greedy48 (48 decode steps each, ~0.2 s a step on SwiftShader here).
+const GREEDY_PROMPTS = 2;
+
+// The Node engine (Dawn on this machine's adapter, lavapipe without a GPU) for the seeded cross-check.
+const nodeEngine = await createEngine();
+const NODE_ADAPTER = nodeEngine.ctx.adapter;
+let nodeModel: Promise<Model> | undefined;
+async function nodeTokens(ids: number[], seed: number): Promise<number[]> {
+  nodeModel ??= nodeEngine.loadModel(join(FIXTURES!, 'hf-gpt2-tiny'), { dtype: 'f32' });
+  const res = await (await nodeModel).generate(ids, { maxNewTokens: SAMPLED.max_new_tokens, temperature: SAMPLED.temperature, topK: SAMPLED.top_k, topP: SAMPLED.top_p, seed });
+  return res.sequences[0]!.tokens;
+}
+
+if (present || IN_CI) {
+  if (!FIXTURES && !IN_CI) {
+    test.skip(`greedy48 and seeded runs in Chromium (no hf-gpt2-tiny fixture: set GPT2_FIXTURES or provide ../shared/fixtures)`, () => undefined);
+  } else if (!FIXTURES) {
+    test('the hf-gpt2-tiny fixture is present (CI clones have ../shared/fixtures)', () => {
+      assert.unreachable(`no hf-gpt2-tiny/reference.json under $GPT2_FIXTURES, <repo>/fixtures or <repo>/../shared/fixtures`);
+    });
+  } else {
+    // Page loads are the slow part on SwiftShader (building the pipelines): the greedy prompts share
+    // one page (later ones through window.gpt2example.run), the seeded runs a second one, which
+    // also proves the reload reads the weights from Cache Storage.
+    test(`greedy (temperature 0, 48 tokens) in Chromium equals transformers' greedy48 for ${GREEDY_PROMPTS} prompts`, async () => {
+      await setup();
+      const greedy = (p: RefPrompt) => ({ model: MODEL_URL, ids: p.ids.join(','), temperature: 0, max_new_tokens: 48, dtype: 'f32' });
+      const ex = await openExample(browser, server, greedy(PROMPTS[0]!));
+      try {
+        assert.is(ex.first.cache, 'miss', 'a fresh profile downloads the weights');
+        for (const [i, p] of PROMPTS.slice(0, GREEDY_PROMPTS).entries()) {
+          const r = i === 0 ? ex.first : await ex.run(greedy(p));
+          const where = `prompt ${i} "${p.text}" on ${adapterName(r.adapter)}`;
+          assert.equal(r.tokens, p.greedy48.slice(p.ids.length), withLog(`greedy tokens for ${where}`, ex.errors));
+          assert.is(r.text, gpt2Tokenizer.decode(r.tokens), `the text is the decoded tokens (${where})`);
+        }
+      } finally {
+        await ex.close();
+      }
+    });
+
+    test(`seeded sampling (seed ${SEED}, T ${SAMPLED.temperature}, top-k ${SAMPLED.top_k}, top-p ${SAMPLED.top_p}): Chromium equals Node on ${adapterName(NODE_ADAPTER)} if the adapter kinds match, else repeats itself`, async () => {
+      await setup();
+      const p = PROMPTS[1]!;
+      const params = { model: MODEL_URL, ids: p.ids.join(','), ...SAMPLED, dtype: 'f32' };
+      const ex = await openExample(browser, server, { ...params, seed: SEED });
+      try {
+        const a = ex.first;
+        assert.is(a.cache, 'hit', 'a reload reads the weights from Cache Storage');
+        const b = await ex.run({ ...params, seed: SEED });
+        const other = await ex.run({ ...params, seed: SEED + 1 });
+        const node = await nodeTokens(p.ids, SEED);
+        const where = `Chromium on ${adapterName(a.adapter)}, Node on ${adapterName(NODE_ADAPTER)}`;
+        assert.is(a.seed, SEED, 'the page used the seed it was given');
+        assert.is(a.tokens.length, SAMPLED.max_new_tokens);
+        assert.not.equal(a.tokens, p.greedy48.slice(p.ids.length, p.ids.length + SAMPLED.max_new_tokens), 'sampling at T 0.8 must leave the greedy path');
+        assert.not.equal(other.tokens, a.tokens, `seed ${SEED + 1} must give other tokens than seed ${SEED}`);
+        if (sameAdapterKind(a.adapter, NODE_ADAPTER)) {
+          assert.equal(a.tokens, node, `same adapter kind (${where}): the seeded tokens must be identical`);
+        } else {
+          // Different adapters round differently, so a near-tie may fall the other way: require
+          // only that each side is deterministic for the seed.
+          assert.equal(b.tokens, a.tokens, withLog(`${where} are different adapters; Chromium must give the same tokens for seed ${SEED} twice`, ex.errors));
+          assert.equal(await nodeTokens(p.ids, SEED), node, `${where}: Node must give the same tokens for seed ${SEED} twice`);
+        }
+      } finally {
+        await ex.close();
+      }
+    });
+  }
+}
+
+test.after(() => nodeEngine.destroy());
+test.run();
