@@ -33,14 +33,14 @@ for (const f of files) {
   const sk = Number(/Skipped:\s+(\d+)/.exec(out)?.[1] ?? 0);
   passed += ok;
   skipped += sk;
-  failed += total - ok - sk;
+  failed += total - ok; // uvu's Total already leaves skipped tests out
   const name = relative(root, f);
-  if (r.status !== 0 || total === 0) {
-    if (total - ok - sk === 0) failed += 1; // a crash or a file with no tests counts as one failure
+  if (r.status !== 0 || total + sk === 0) {
+    if (total - ok === 0) failed += 1; // a crash or a file with no tests counts as one failure
     badFiles.push(name);
     process.stdout.write(out);
   }
-  console.log(`${r.status === 0 && total > 0 ? 'ok  ' : 'FAIL'} ${name}: ${ok}/${total} passed${sk ? `, ${sk} skipped` : ''} (${((Date.now() - t1) / 1000).toFixed(1)} s)`);
+  console.log(`${r.status === 0 && total + sk > 0 ? 'ok  ' : 'FAIL'} ${name}: ${ok}/${total} passed${sk ? `, ${sk} skipped` : ''} (${((Date.now() - t1) / 1000).toFixed(1)} s)`);
 }
 console.log(`\n${badFiles.length ? 'failing files: ' + badFiles.join(', ') + '\n' : ''}(${((Date.now() - t0) / 1000).toFixed(1)} s)`);
 console.log(`${passed} passed, ${failed} failed${skipped ? `, ${skipped} skipped` : ''}`);
