@@ -224,7 +224,7 @@ const commands: Record<string, Command> = {
       'num-return': { type: 'string', default: '1', help: 'hypotheses returned (<= num-beams)' },
       'max-new-tokens': { type: 'string', default: '20', help: 'new tokens at most' },
       'length-penalty': { type: 'string', default: '0', help: 'score = logprob / new_tokens^L' },
-      'early-stopping': { type: 'boolean', default: false, help: 'stop as soon as num-return hypotheses ended with EOS (default: run to max-new-tokens unless they did)' },
+      'early-stopping': { type: 'boolean', default: false, help: "HF's early_stopping=True: stop once num-beams hypotheses ended with EOS (default: once num-return have, the exercise's rule)" },
       ...JSON_FLAG,
     },
     async run(v) {

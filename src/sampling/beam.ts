@@ -9,7 +9,8 @@
  * tokens are fed in one batched decode step.
  *
  * Semantics (the exercise's, with HF's options): score of a beam = sum of its tokens' log-probs;
- * stop when numReturnSequences are finished (earlyStopping, default) or after maxNewTokens (then
+ * stop when numReturnSequences hypotheses are finished (the exercise's rule, the default) - or,
+ * with earlyStopping (HF's early_stopping=True), when numBeams are - or after maxNewTokens (then
  * the best unfinished beams fill the list). A hypothesis' reported score is
  * logprob / newTokens^lengthPenalty (lengthPenalty 0 by default: the plain sum).
  */
@@ -24,7 +25,11 @@ export interface BeamOptions {
   maxNewTokens: number;
   /** score = logprob / new_tokens ** lengthPenalty; default 0. */
   lengthPenalty?: number;
-  /** true (default): stop once numReturnSequences hypotheses finished; false: run to maxNewTokens. */
+  /**
+   * false (default, the exercise's rule): stop once numReturnSequences hypotheses ended with EOS;
+   * true (HF's early_stopping=True): stop once numBeams have. Both stop at maxNewTokens.
+   * (HF's early_stopping=False heuristic is not implemented.)
+   */
   earlyStopping?: boolean;
   /** Token that ends a hypothesis; default the model's eos_token_id. */
   eosTokenId?: number;
@@ -54,7 +59,7 @@ export function validateBeam(o: BeamOptions, vocab: number): Required<Omit<BeamO
   const maxNew = int('maxNewTokens', o.maxNewTokens, 0, 100_000);
   const lp = o.lengthPenalty ?? 0;
   if (typeof lp !== 'number' || !Number.isFinite(lp)) throw new InvalidOptionError(`lengthPenalty must be a finite number, got ${String(lp)}`);
-  const es = o.earlyStopping ?? true;
+  const es = o.earlyStopping ?? false;
   if (typeof es !== 'boolean') throw new InvalidOptionError(`earlyStopping must be a boolean, got ${String(es)}`);
   const eos = o.eosTokenId ?? vocab - 1;
   int('eosTokenId', eos, 0, vocab - 1);
@@ -158,7 +163,7 @@ export async function beamSearch(model: GPT2Model, prompt: string | readonly num
       if (next.length < B) throw new Error(`beam search: only ${next.length} continuations for ${B} beams (vocabulary too small?)`);
       beams = next;
       const newLen = step + 1;
-      if (o.earlyStopping && finished.length >= o.numReturnSequences) break;
+      if (finished.length >= (o.earlyStopping ? o.numBeams : o.numReturnSequences)) break;
       if (newLen >= o.maxNewTokens) break;
       // Feed the new tokens: reorder caches by parent, then one decode step for all beams.
       const dst = firstGather ? cacheA : cur === cacheA ? cacheB : cacheA;
