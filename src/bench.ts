@@ -98,7 +98,7 @@ export async function runBench(engine: Engine, o: BenchOptions): Promise<BenchRe
         tokens_per_s: (1000 * B) / med,
         readback_bytes_per_token: st.readback_bytes_per_token,
         dispatches_per_token: st.dispatches_per_step,
-        submits_per_token: st.submits / Math.max(1, st.steps),
+        submits_per_token: st.submits,
         kernels,
         ...(note ? { kernels_note: note } : {}),
       });

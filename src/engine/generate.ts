@@ -71,7 +71,9 @@ export interface GenerateStats {
   readback_bytes_per_token: number;
   steps: number;
   shifts: number;
+  /** Submits per decode step. */
   submits: number;
+  /** Dispatches per decode step. */
   dispatches_per_step: number;
 }
 
@@ -240,11 +242,11 @@ async function run(model: GPT2Model, prompts: number[][], opts: GenerateOptions)
       await generateCached(model, cache, prompts, owned, state, staging, accept, allDone, rowsState, opts, stats, plans, pending, depth);
     }
     for (const row of rowsState) row.text += row.finished === 'stop' ? '' : row.streamer.flush();
-    const dispatches = ctx.stats.dispatches - startStats.dispatches;
-    const submits = ctx.stats.submits - startStats.submits;
     const produced = Math.max(1, stats.steps);
-    stats.submits = submits;
-    stats.dispatches_per_step = dispatches / produced;
+    if (opts.useCache === false) {
+      stats.submits = (ctx.stats.submits - startStats.submits) / produced;
+      stats.dispatches_per_step = (ctx.stats.dispatches - startStats.dispatches) / produced;
+    }
     stats.readback_bytes_per_token = (ctx.stats.bytesReadBack - startStats.bytesReadBack) / produced / R;
     return result();
   } finally {
@@ -359,6 +361,7 @@ async function generateCached(
   }
   stats.prefill_ms = now() - t0; // CPU side; completed below when the first ids arrive
   stats.steps = 1;
+  const decodeStats0 = { ...ctx.stats };
 
   // ---- Decode loop with `depth` steps in flight.
   // queued[r]: position the next queued step feeds for row r (= tokens fed so far).
@@ -448,6 +451,11 @@ async function generateCached(
   syncHistory(cache, rowsState, fedCount, true);
   stats.steps = stepsAccepted;
   const decodeSteps = stepsAccepted - 1;
+  // Per decode step (the prefill and one-off set-up submits are not counted).
+  if (submitted > 1) {
+    stats.submits = (ctx.stats.submits - decodeStats0.submits) / (submitted - 1);
+    stats.dispatches_per_step = (ctx.stats.dispatches - decodeStats0.dispatches) / (submitted - 1);
+  }
   const end = now();
   stats.decode_ms_per_token = decodeSteps > 0 ? (end - decodeStart) / decodeSteps : 0;
   stats.tokens_per_s = decodeSteps > 0 ? (decodeSteps * R) / ((end - decodeStart) / 1000) : 0;

@@ -162,7 +162,7 @@ export class MatmulKernel {
     }
     const gemvMax = opts.gemvMaxM !== undefined
       ? { kn: opts.gemvMaxM, nk: opts.gemvMaxM }
-      : { kn: cpu ? Infinity : GEMV_MAX_M, nk: GEMV_MAX_M };
+      : { kn: cpu ? Infinity : GEMV_MAX_M, nk: cpu ? Infinity : GEMV_MAX_M };
     return new MatmulKernel(ctx, new Map(want.map(([key], i) => [key, built[i]!])), LPR, WG_NK, gemvMax, opts.nkRows ?? cpu);
   }
 
