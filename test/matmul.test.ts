@@ -29,7 +29,8 @@ const TOL = { rel: 1e-5, atol: 2e-5, rtol: 1e-4 };
  * per thread, the CPU default); test all three whatever the adapter.
  */
 async function kernelsFor(ctx: GpuContext, layout: WeightLayout): Promise<MatmulKernel[]> {
-  if (layout === 'kn') return [await MatmulKernel.create(ctx)];
+  // 'kn': gemv_kn (the GPU default) and, for M = 1 with aligned rows, gemv_kn_cols (the CPU default)
+  if (layout === 'kn') return [await MatmulKernel.create(ctx, { knCols: false }), await MatmulKernel.create(ctx, { knCols: true })];
   return [
     await MatmulKernel.create(ctx, { nkLanesPerRow: 1, nkRows: false }),
     await MatmulKernel.create(ctx, { nkLanesPerRow: 32, nkRows: false }),
@@ -40,6 +41,12 @@ async function kernelsFor(ctx: GpuContext, layout: WeightLayout): Promise<Matmul
 /** Workgroups along x of an M = 1 'nk' GEMV over n rows, per variant (to check which one ran). */
 function nkGroupsX(k: MatmulKernel, n: number): number {
   return k.nkRows ? Math.ceil(Math.ceil(n / 4) / 64) : k.lpr === 1 ? Math.ceil(n / 64) : Math.ceil(n / (256 / k.lpr));
+}
+
+/** Workgroups along x of an M = 1 'kn' GEMV over n columns, per variant (to check which one ran). */
+function knGroupsX(k: MatmulKernel, n: number, dtype: 'f32' | 'f16'): number {
+  const per = dtype === 'f16' ? 8 : 4; // columns per 16-byte word
+  return k.knCols ? Math.ceil(Math.ceil(n / per / (dtype === 'f16' ? 2 : 4)) / 8) : Math.ceil(n / per / 64);
 }
 
 function name(c: Case): string {
@@ -80,6 +87,14 @@ for (const c of [
   { M: 1, K: 768, N: 1001, layout: 'nk', dtype: 'f16', acc: true },
   { M: 1, K: 256, N: 203, layout: 'nk', dtype: 'f32', acc: true, splitK: 3 },
   { M: 1, K: 77, N: 33, layout: 'nk', dtype: 'f16', bias: true }, // unaligned rows: no gemv_nk_rows
+  // M = 1 kn with aligned rows (gemv_kn_cols: 16 columns per thread): N not a multiple of 16, the
+  // last thread owning 1 .. 3 words past the row end; 8 threads per workgroup, so N > 128 has several
+  { M: 1, K: 40, N: 36, layout: 'kn', dtype: 'f32', bias: true, acc: true },
+  { M: 1, K: 67, N: 200, layout: 'kn', dtype: 'f32', gelu: true },
+  { M: 1, K: 67, N: 40, layout: 'kn', dtype: 'f16', bias: true, gelu: true },
+  { M: 1, K: 130, N: 264, layout: 'kn', dtype: 'f16', acc: true },
+  { M: 1, K: 257, N: 44, layout: 'kn', dtype: 'f32', bias: true, acc: true, splitK: 3 },
+  { M: 1, K: 257, N: 136, layout: 'kn', dtype: 'f16', bias: true, gelu: true, splitK: 4 },
   // GEMV past one block of 8 rows (batched decode), GEMM at tiny M
   { M: 37, K: 64, N: 40, layout: 'kn', dtype: 'f16', bias: true, variant: 'gemv' },
   { M: 37, K: 64, N: 40, layout: 'nk', dtype: 'f32', acc: true, variant: 'gemv', splitK: 2 },
@@ -118,8 +133,10 @@ for (const c of [
           else if (c.splitK !== undefined) assert.is(ds.length, c.splitK > 1 ? 2 : 1);
           const aligned = c.K % (c.dtype === 'f16' ? 8 : 4) === 0;
           if (c.layout === 'nk' && c.M === 1 && !variant && aligned) assert.is(ds[0]!.workgroups[0], nkGroupsX(k, c.N), 'variant');
+          const alignedN = c.N % (c.dtype === 'f16' ? 8 : 4) === 0;
+          if (c.layout === 'kn' && c.M === 1 && !variant && alignedN) assert.is(ds[0]!.workgroups[0], knGroupsX(k, c.N, c.dtype), 'variant');
           await run(ctx, ds);
-          allClose(await download(ctx, out), ref, TOL, `${name(c)} (${variant ?? 'auto'}, nk lanes ${k.lpr})`);
+          allClose(await download(ctx, out), ref, TOL, `${name(c)} (${variant ?? 'auto'}, nk lanes ${k.lpr}, kn cols ${k.knCols})`);
         }
       }
     }));
@@ -127,7 +144,7 @@ for (const c of [
 
 test('split-K is chosen for a narrow decode GEMV and not for a wide one; variant choice by M', () =>
   withDevice(async ({ ctx, owned }) => {
-    const k = await MatmulKernel.create(ctx);
+    const k = await MatmulKernel.create(ctx, { knCols: false }); // gemv_kn_cols never splits by default
     const x = poisoned(owned, [1, 768]);
     const narrow = k.bind(owned, { x, w: poisoned(owned, [768, 768]), layout: 'kn', out: poisoned(owned, [1, 768]) });
     assert.is(narrow.length, 2);

@@ -45,6 +45,11 @@ export interface MatmulArgs {
    * no lane combine) instead of `gemv_nk`. Default: the kernel's `nkRows` option.
    */
   nkRows?: boolean;
+  /**
+   * 'kn' GEMV with M = 1 and 16-byte aligned rows only: use `gemv_kn_cols` (KNV 16-byte words of a
+   * W row per thread) instead of `gemv_kn`. Default: the kernel's `knCols` option.
+   */
+  knCols?: boolean;
 }
 
 /** Largest M that takes the GEMV path on a GPU (W read once per block of 8 rows; beyond, the GEMM reuses it more). */
@@ -56,6 +61,13 @@ const WG_KN = 64;
 /** gemv_nk_rows: W rows per thread (NKR in the shader) and threads per workgroup. */
 const NKR = 4;
 const WG_NKR = 64;
+/**
+ * gemv_kn_cols: 16-byte W words per thread (KNV in the shader; f32: 4 x 4 columns, f16: 2 x 8) and
+ * threads per workgroup (one 8-wide SIMD vector on lavapipe; small groups spread narrow N over
+ * both cores).
+ */
+const KNV = { f32: 4, f16: 2 };
+const WG_KNC = 8;
 const WG_REDUCE = 256;
 /** GEMM tile: TX x TY threads, each a 4 x 4 block -> 64 x 64 outputs; BK deep (8 KiB of tiles). */
 const GEMM = { TX: 16, TY: 16, BK: 16, TM: 4, TN: 4 };
@@ -74,10 +86,11 @@ const F_PARTIAL = 8;
 // GPUBufferUsage.STORAGE (a literal: in Node the GPU globals exist only once a device is requested).
 const STORAGE = 0x80;
 
-type Entry = 'gemv_kn' | 'gemv_nk' | 'gemv_nk_rows' | 'gemm' | 'reduce';
+type Entry = 'gemv_kn' | 'gemv_kn_cols' | 'gemv_nk' | 'gemv_nk_rows' | 'gemm' | 'reduce';
 /** Bindings each entry point uses (layout 'auto' holds only these). */
 const USES: Record<Entry, number[]> = {
   gemv_kn: [0, 1, 3, 4, 5, 6],
+  gemv_kn_cols: [0, 1, 4, 5, 6],
   gemv_nk: [0, 1, 2, 3, 4, 5, 6],
   gemv_nk_rows: [0, 2, 4, 5, 6],
   gemm: [0, 1, 3, 5, 6],
@@ -116,6 +129,12 @@ export interface MatmulOptions {
    * fallback / software adapter.
    */
   nkRows?: boolean;
+  /**
+   * Whether M = 1 'kn' GEMVs (every per-layer linear at batch 1) take `gemv_kn_cols`, where each
+   * thread owns 16 columns: one scalar x load then feeds 4 (f32) or 2 (f16) W gathers instead of
+   * one, ~1.5x faster on lavapipe. Default: on a fallback / software adapter.
+   */
+  knCols?: boolean;
 }
 
 export class MatmulKernel {
@@ -129,6 +148,8 @@ export class MatmulKernel {
     private readonly gemvMax: Record<WeightLayout, number>,
     /** Default for MatmulArgs.nkRows. */
     readonly nkRows: boolean,
+    /** Default for MatmulArgs.knCols. */
+    readonly knCols: boolean,
   ) {}
 
   /** The variant `bind` picks for M rows of x with this layout. */
@@ -151,6 +172,7 @@ export class MatmulKernel {
         want.push([`gemv_nk:${f16}:${vec}`, 'gemv_nk', { W_F16: f16, VEC: vec, WG: WG_NK, LPR }]);
       }
       want.push([`gemv_nk_rows:${f16}:1`, 'gemv_nk_rows', { W_F16: f16, VEC: 1, WG: WG_NKR }]);
+      want.push([`gemv_kn_cols:${f16}:1`, 'gemv_kn_cols', { W_F16: f16, VEC: 1, WG: WG_KNC, KNV: f16 ? KNV.f16 : KNV.f32 }]);
       for (const nk of [0, 1]) {
         want.push([`gemm:${f16}:${nk}`, 'gemm', { W_F16: f16, NK: nk, TX: GEMM.TX, TY: GEMM.TY, BK: GEMM.BK }]);
       }
@@ -163,7 +185,8 @@ export class MatmulKernel {
     const gemvMax = opts.gemvMaxM !== undefined
       ? { kn: opts.gemvMaxM, nk: opts.gemvMaxM }
       : { kn: cpu ? Infinity : GEMV_MAX_M, nk: GEMV_MAX_M };
-    return new MatmulKernel(ctx, new Map(want.map(([key], i) => [key, built[i]!])), LPR, WG_NK, gemvMax, opts.nkRows ?? cpu);
+    return new MatmulKernel(ctx, new Map(want.map(([key], i) => [key, built[i]!])), LPR, WG_NK, gemvMax, opts.nkRows ?? cpu,
+      opts.knCols ?? cpu);
   }
 
   bind(owner: Owned, a: MatmulArgs, label = 'matmul'): Dispatch[] {
@@ -262,7 +285,9 @@ export class MatmulKernel {
     const per = f16 ? 8 : 4; // elements per 16-byte load
     const vec = a.layout === 'kn' ? N % per === 0 : K % per === 0;
     const rows = a.layout === 'nk' && M === 1 && vec && (a.nkRows ?? this.nkRows);
-    const entry: Entry = a.layout === 'kn' ? 'gemv_kn' : rows ? 'gemv_nk_rows' : 'gemv_nk';
+    const cols = a.layout === 'kn' && M === 1 && vec && (a.knCols ?? this.knCols);
+    const knv = f16 ? KNV.f16 : KNV.f32;
+    const entry: Entry = a.layout === 'kn' ? (cols ? 'gemv_kn_cols' : 'gemv_kn') : rows ? 'gemv_nk_rows' : 'gemv_nk';
     const pipeline = this.pipelines.get(`${entry}:${f16}:${vec ? 1 : 0}`)!;
     const zBlocks = groups(ctx, label, Math.ceil(M / MAXM));
     const threads = a.layout === 'kn' ? Math.ceil(N / per) : N * this.lpr;
@@ -271,8 +296,8 @@ export class MatmulKernel {
     if (a.splitK !== undefined) {
       if (!Number.isInteger(a.splitK) || a.splitK < 1) throw new ShapeError(`${label}: splitK must be an integer >= 1, got ${a.splitK}`);
       S = a.splitK;
-    } else if (rows) {
-      S = 1; // a CPU-adapter variant: N / NKR threads already outnumber the cores
+    } else if (rows || cols) {
+      S = 1; // CPU-adapter variants: their threads already outnumber the cores
     } else {
       S = threads >= TARGET_THREADS ? 1 : Math.min(Math.ceil(TARGET_THREADS / threads), Math.floor(K / MIN_KSLICE));
       // The partials [S, M, N] must fit one binding.
@@ -293,8 +318,8 @@ export class MatmulKernel {
       const n = a.layout === 'kn' ? N : wp.shape[0]!;
       const wpr = wordsPerRow(a.layout === 'kn' ? N : K);
       const params = owner.uniform(`${label}.params${i}`, [M, n, K, wpr, N, nOff, kslice, S > 1 ? F_PARTIAL : flags]);
-      const gx = a.layout === 'kn'
-        ? Math.ceil(Math.ceil(n / per) / WG_KN)
+      const gx = cols ? Math.ceil(Math.ceil(n / per / knv) / WG_KNC)
+        : a.layout === 'kn' ? Math.ceil(Math.ceil(n / per) / WG_KN)
         : rows ? Math.ceil(Math.ceil(n / NKR) / WG_NKR) : Math.ceil(n / (this.wgNk / this.lpr));
       const bg = this.bindGroup(owner, entry, pipeline, label, { 0: params, 1: a.x, 2: a.x, 3: wp, 4: wp, 5: biasT, 6: dst });
       out.push({
