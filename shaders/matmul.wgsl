@@ -22,7 +22,7 @@
 //            per component while an x load is one uniform scalar load; fewer x loads and
 //            adds per W element is what this variant buys (measured ~1.5x over gemv_nk).
 //   gemv_kn_cols  decode with M = 1, W[K, N], for CPU adapters (VEC only): each thread owns KNV
-//            adjacent 16-byte words of a W row (4 x 4 = 16 f32 or 2 x 8 = 16 f16 columns) and walks
+//            adjacent 16-byte words of a W row (8 x 4 = 32 f32 or 4 x 8 = 32 f16 columns) and walks
 //            its K slice; the (uniform, scalar) x load of each step is shared by KNV lane-varying
 //            W loads, which lavapipe turns into gathers, and each thread's words share cache lines.
 //   reduce   finishes a split-K GEMV: sums the S partials [S, M, ldo] and applies the epilogue.
@@ -40,11 +40,11 @@ override TX: u32 = 16u;   // gemm: threads along N
 override TY: u32 = 16u;   // gemm: threads along M
 override BK: u32 = 16u;   // gemm: K depth of a staged tile (even, so f16 word pairs stay in one tile)
 override NK: bool = false; // gemm: W layout is [N, K]
-override KNV: u32 = 4u;   // gemv_kn_cols: 16-byte W words per thread, 1 ..= KNV_MAX (f16: 1 ..= KNV_MAX / 2)
+override KNV: u32 = 8u;   // gemv_kn_cols: 16-byte W words per thread, 1 ..= KNV_MAX (f16: 1 ..= KNV_MAX / 2)
 
 const MAXM = 8u;  // rows of x per GEMV workgroup (register accumulators per thread)
 const NKR = 4u;   // gemv_nk_rows: W rows per thread
-const KNV_MAX = 4u;  // gemv_kn_cols: vec4 accumulators per thread (f16 words need two each)
+const KNV_MAX = 8u;  // gemv_kn_cols: vec4 accumulators per thread (f16 words need two each)
 const TM = 4u;    // gemm: rows per thread
 const TN = 4u;    // gemm: columns per thread
 

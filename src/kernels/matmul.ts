@@ -62,12 +62,12 @@ const WG_KN = 64;
 const NKR = 4;
 const WG_NKR = 64;
 /**
- * gemv_kn_cols: 16-byte W words per thread (KNV in the shader; f32: 4 x 4 columns, f16: 2 x 8) and
- * threads per workgroup (one 8-wide SIMD vector on lavapipe; small groups spread narrow N over
- * both cores).
+ * gemv_kn_cols threads per workgroup (one 8-wide SIMD vector on lavapipe; small groups spread
+ * narrow N over both cores), and the default 16-byte W words per thread (KNV in the shader;
+ * f32: 8 x 4 columns, f16: 4 x 8; at most KNV_MAX = 8 vec4 accumulators).
  */
-const KNV = { f32: 4, f16: 2 };
 const WG_KNC = 8;
+const KNV_DEFAULT = { f32: 8, f16: 4 };
 const WG_REDUCE = 256;
 /** GEMM tile: TX x TY threads, each a 4 x 4 block -> 64 x 64 outputs; BK deep (8 KiB of tiles). */
 const GEMM = { TX: 16, TY: 16, BK: 16, TM: 4, TN: 4 };
@@ -131,10 +131,15 @@ export interface MatmulOptions {
   nkRows?: boolean;
   /**
    * Whether M = 1 'kn' GEMVs (every per-layer linear at batch 1) take `gemv_kn_cols`, where each
-   * thread owns 16 columns: one scalar x load then feeds 4 (f32) or 2 (f16) W gathers instead of
-   * one, ~1.5x faster on lavapipe. Default: on a fallback / software adapter.
+   * thread owns 32 columns: one scalar x load then feeds 8 (f32) or 4 (f16) 16-byte W gathers, not
+   * one; the per-layer GEMVs run ~1.5-2x faster on lavapipe. Default: on a fallback / software adapter.
    */
   knCols?: boolean;
+  /**
+   * gemv_kn_cols: 16-byte W words per thread for f32 / f16 W (f32 1 ..= 8, f16 1 ..= 4: each f16
+   * word needs two vec4 accumulators). Default { f32: 8, f16: 4 } (32 columns).
+   */
+  knWords?: { f32: number; f16: number };
 }
 
 export class MatmulKernel {
@@ -150,6 +155,8 @@ export class MatmulKernel {
     readonly nkRows: boolean,
     /** Default for MatmulArgs.knCols. */
     readonly knCols: boolean,
+    /** gemv_kn_cols words per thread. */
+    readonly knWords: { f32: number; f16: number },
   ) {}
 
   /** The variant `bind` picks for M rows of x with this layout. */
@@ -159,6 +166,11 @@ export class MatmulKernel {
 
   static async create(ctx: GpuContext, opts: MatmulOptions = {}): Promise<MatmulKernel> {
     const cpu = ctx.adapter.isFallbackAdapter || ctx.adapter.architecture === 'software';
+    const knWords = opts.knWords ?? KNV_DEFAULT;
+    const okWords = (v: number, max: number) => Number.isInteger(v) && v >= 1 && v <= max;
+    if (!okWords(knWords.f32, 8) || !okWords(knWords.f16, 4)) {
+      throw new InvalidOptionError(`MatmulKernel: knWords must be integers, f32 in [1, 8] and f16 in [1, 4], got ${JSON.stringify(knWords)}`);
+    }
     const LPR = opts.nkLanesPerRow ?? (cpu ? 1 : 32);
     if (!(LPR === 1 || (LPR >= MAXM && LPR <= 256 && (LPR & (LPR - 1)) === 0))) {
       throw new InvalidOptionError(`MatmulKernel: nkLanesPerRow must be 1 or a power of two in [${MAXM}, 256], got ${LPR}`);
@@ -172,7 +184,7 @@ export class MatmulKernel {
         want.push([`gemv_nk:${f16}:${vec}`, 'gemv_nk', { W_F16: f16, VEC: vec, WG: WG_NK, LPR }]);
       }
       want.push([`gemv_nk_rows:${f16}:1`, 'gemv_nk_rows', { W_F16: f16, VEC: 1, WG: WG_NKR }]);
-      want.push([`gemv_kn_cols:${f16}:1`, 'gemv_kn_cols', { W_F16: f16, VEC: 1, WG: WG_KNC, KNV: f16 ? KNV.f16 : KNV.f32 }]);
+      want.push([`gemv_kn_cols:${f16}:1`, 'gemv_kn_cols', { W_F16: f16, VEC: 1, WG: WG_KNC, KNV: f16 ? knWords.f16 : knWords.f32 }]);
       for (const nk of [0, 1]) {
         want.push([`gemm:${f16}:${nk}`, 'gemm', { W_F16: f16, NK: nk, TX: GEMM.TX, TY: GEMM.TY, BK: GEMM.BK }]);
       }
@@ -186,7 +198,7 @@ export class MatmulKernel {
       ? { kn: opts.gemvMaxM, nk: opts.gemvMaxM }
       : { kn: cpu ? Infinity : GEMV_MAX_M, nk: GEMV_MAX_M };
     return new MatmulKernel(ctx, new Map(want.map(([key], i) => [key, built[i]!])), LPR, WG_NK, gemvMax, opts.nkRows ?? cpu,
-      opts.knCols ?? cpu);
+      opts.knCols ?? cpu, knWords);
   }
 
   bind(owner: Owned, a: MatmulArgs, label = 'matmul'): Dispatch[] {
@@ -286,7 +298,7 @@ export class MatmulKernel {
     const vec = a.layout === 'kn' ? N % per === 0 : K % per === 0;
     const rows = a.layout === 'nk' && M === 1 && vec && (a.nkRows ?? this.nkRows);
     const cols = a.layout === 'kn' && M === 1 && vec && (a.knCols ?? this.knCols);
-    const knv = f16 ? KNV.f16 : KNV.f32;
+    const knv = f16 ? this.knWords.f16 : this.knWords.f32;
     const entry: Entry = a.layout === 'kn' ? (cols ? 'gemv_kn_cols' : 'gemv_kn') : rows ? 'gemv_nk_rows' : 'gemv_nk';
     const pipeline = this.pipelines.get(`${entry}:${f16}:${vec ? 1 : 0}`)!;
     const zBlocks = groups(ctx, label, Math.ceil(M / MAXM));
