@@ -21,6 +21,10 @@
 //            (no dot / horizontal add per step). On lavapipe a lane-varying load is a gather
 //            per component while an x load is one uniform scalar load; fewer x loads and
 //            adds per W element is what this variant buys (measured ~1.5x over gemv_nk).
+//   gemv_kn_cols  decode with M = 1, W[K, N], for CPU adapters (VEC only): each thread owns KNV
+//            adjacent 16-byte words of a W row (8 x 4 = 32 f32 or 4 x 8 = 32 f16 columns) and walks
+//            its K slice; the (uniform, scalar) x load of each step is shared by KNV lane-varying
+//            W loads, which lavapipe turns into gathers, and each thread's words share cache lines.
 //   reduce   finishes a split-K GEMV: sums the S partials [S, M, ldo] and applies the epilogue.
 // With split-K (flags & PARTIAL) the GEMV writes raw sums to dst = partials[S, M, ldo] instead of
 // out, and `reduce` (x bound to the partials) applies bias / gelu / accumulate once.
@@ -36,9 +40,11 @@ override TX: u32 = 16u;   // gemm: threads along N
 override TY: u32 = 16u;   // gemm: threads along M
 override BK: u32 = 16u;   // gemm: K depth of a staged tile (even, so f16 word pairs stay in one tile)
 override NK: bool = false; // gemm: W layout is [N, K]
+override KNV: u32 = 8u;   // gemv_kn_cols: 16-byte W words per thread, 1 ..= KNV_MAX (f16: 1 ..= KNV_MAX / 2)
 
 const MAXM = 8u;  // rows of x per GEMV workgroup (register accumulators per thread)
 const NKR = 4u;   // gemv_nk_rows: W rows per thread
+const KNV_MAX = 8u;  // gemv_kn_cols: vec4 accumulators per thread (f16 words need two each)
 const TM = 4u;    // gemm: rows per thread
 const TN = 4u;    // gemm: columns per thread
 
@@ -269,6 +275,48 @@ fn gemv_nk_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgrou
   for (var r = 0u; r < NKR; r++) {
     let row = g + r * G;
     if (row < p.N) { finish(0u, row, s, dot(acc[r], vec4<f32>(1.0))); }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// gemv_kn_cols: M = 1, W[K, N] with 16-byte aligned rows. Thread g owns the vec4 words
+// [g*KNV, g*KNV + KNV) of each W row (words past the row end reload its last word, whose result is
+// then not stored); wid.y is the K slice. No workgroup memory, no barriers: threads past the row
+// just leave.
+@compute @workgroup_size(WG)
+fn gemv_kn_cols(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+  let vrow = p.wpr / 4u;  // vec4 words per W row
+  let v0 = gid.x * KNV;
+  if (v0 >= vrow) { return; }
+  let s = wid.y;
+  let k0 = s * p.kslice;
+  let k1 = min(k0 + p.kslice, p.K);
+  var wv: array<u32, KNV_MAX>;  // [v] word index of owned word v within a row
+  for (var v = 0u; v < KNV; v++) { wv[v] = min(v0 + v, vrow - 1u); }
+  // [a] sums of 4 columns: f32 word v -> acc[v]; f16 word v -> acc[2v] (low 4), acc[2v + 1] (high 4)
+  var acc: array<vec4<f32>, KNV_MAX>;
+  for (var k = k0; k < k1; k++) {
+    let xv = x[k];  // the same address for every thread: one scalar load
+    let row = k * vrow;
+    for (var v = 0u; v < KNV; v++) {
+      let q = w4[row + wv[v]];
+      if (W_F16) {
+        acc[2u * v] += vec4<f32>(unpack2x16float(q.x), unpack2x16float(q.y)) * xv;
+        acc[2u * v + 1u] += vec4<f32>(unpack2x16float(q.z), unpack2x16float(q.w)) * xv;
+      } else {
+        acc[v] += bitcast<vec4<f32>>(q) * xv;
+      }
+    }
+  }
+  // Columns per 16-byte word: 4 (f32) or 8 (f16); the host only picks this variant when N is a
+  // multiple of that, so a word in range is in range whole.
+  let cpw = select(4u, 8u, W_F16);
+  for (var v = 0u; v < KNV; v++) {
+    if (v0 + v < vrow) {
+      for (var c = 0u; c < cpw; c++) {
+        finish(0u, (v0 + v) * cpw + c, s, acc[(v * cpw + c) / 4u][c % 4u]);
+      }
+    }
   }
 }
 

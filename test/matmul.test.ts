@@ -29,7 +29,15 @@ const TOL = { rel: 1e-5, atol: 2e-5, rtol: 1e-4 };
  * per thread, the CPU default); test all three whatever the adapter.
  */
 async function kernelsFor(ctx: GpuContext, layout: WeightLayout): Promise<MatmulKernel[]> {
-  if (layout === 'kn') return [await MatmulKernel.create(ctx)];
+  // 'kn': gemv_kn (the GPU default) and, for M = 1 with aligned rows, gemv_kn_cols (the CPU default;
+  // also with other words per thread, 3 f32 / 1 f16, so the word loops are not only powers of two)
+  if (layout === 'kn') {
+    return [
+      await MatmulKernel.create(ctx, { knCols: false }),
+      await MatmulKernel.create(ctx, { knCols: true }),
+      await MatmulKernel.create(ctx, { knCols: true, knWords: { f32: 3, f16: 1 } }),
+    ];
+  }
   return [
     await MatmulKernel.create(ctx, { nkLanesPerRow: 1, nkRows: false }),
     await MatmulKernel.create(ctx, { nkLanesPerRow: 32, nkRows: false }),
@@ -40,6 +48,12 @@ async function kernelsFor(ctx: GpuContext, layout: WeightLayout): Promise<Matmul
 /** Workgroups along x of an M = 1 'nk' GEMV over n rows, per variant (to check which one ran). */
 function nkGroupsX(k: MatmulKernel, n: number): number {
   return k.nkRows ? Math.ceil(Math.ceil(n / 4) / 64) : k.lpr === 1 ? Math.ceil(n / 64) : Math.ceil(n / (256 / k.lpr));
+}
+
+/** Workgroups along x of an M = 1 'kn' GEMV over n columns, per variant (to check which one ran). */
+function knGroupsX(k: MatmulKernel, n: number, dtype: 'f32' | 'f16'): number {
+  const per = dtype === 'f16' ? 8 : 4; // columns per 16-byte word
+  return k.knCols ? Math.ceil(Math.ceil(n / per / k.knWords[dtype]) / 8) : Math.ceil(n / per / 64);
 }
 
 function name(c: Case): string {
@@ -80,6 +94,15 @@ for (const c of [
   { M: 1, K: 768, N: 1001, layout: 'nk', dtype: 'f16', acc: true },
   { M: 1, K: 256, N: 203, layout: 'nk', dtype: 'f32', acc: true, splitK: 3 },
   { M: 1, K: 77, N: 33, layout: 'nk', dtype: 'f16', bias: true }, // unaligned rows: no gemv_nk_rows
+  // M = 1 kn with aligned rows (gemv_kn_cols: 8 f32 / 4 f16 16-byte words per thread by default):
+  // N not a multiple of the columns per thread, so the last thread owns words past the row end;
+  // 8 threads per workgroup, so the wider N have several workgroups
+  { M: 1, K: 40, N: 36, layout: 'kn', dtype: 'f32', bias: true, acc: true },
+  { M: 1, K: 67, N: 200, layout: 'kn', dtype: 'f32', gelu: true },
+  { M: 1, K: 67, N: 40, layout: 'kn', dtype: 'f16', bias: true, gelu: true },
+  { M: 1, K: 130, N: 264, layout: 'kn', dtype: 'f16', acc: true },
+  { M: 1, K: 257, N: 44, layout: 'kn', dtype: 'f32', bias: true, acc: true, splitK: 3 },
+  { M: 1, K: 257, N: 136, layout: 'kn', dtype: 'f16', bias: true, gelu: true, splitK: 4 },
   // GEMV past one block of 8 rows (batched decode), GEMM at tiny M
   { M: 37, K: 64, N: 40, layout: 'kn', dtype: 'f16', bias: true, variant: 'gemv' },
   { M: 37, K: 64, N: 40, layout: 'nk', dtype: 'f32', acc: true, variant: 'gemv', splitK: 2 },
@@ -118,8 +141,10 @@ for (const c of [
           else if (c.splitK !== undefined) assert.is(ds.length, c.splitK > 1 ? 2 : 1);
           const aligned = c.K % (c.dtype === 'f16' ? 8 : 4) === 0;
           if (c.layout === 'nk' && c.M === 1 && !variant && aligned) assert.is(ds[0]!.workgroups[0], nkGroupsX(k, c.N), 'variant');
+          const alignedN = c.N % (c.dtype === 'f16' ? 8 : 4) === 0;
+          if (c.layout === 'kn' && c.M === 1 && !variant && alignedN) assert.is(ds[0]!.workgroups[0], knGroupsX(k, c.N, c.dtype), 'variant');
           await run(ctx, ds);
-          allClose(await download(ctx, out), ref, TOL, `${name(c)} (${variant ?? 'auto'}, nk lanes ${k.lpr})`);
+          allClose(await download(ctx, out), ref, TOL, `${name(c)} (${variant ?? 'auto'}, nk lanes ${k.lpr}, kn cols ${k.knCols} ${k.knWords[c.dtype]})`);
         }
       }
     }));
@@ -127,7 +152,7 @@ for (const c of [
 
 test('split-K is chosen for a narrow decode GEMV and not for a wide one; variant choice by M', () =>
   withDevice(async ({ ctx, owned }) => {
-    const k = await MatmulKernel.create(ctx);
+    const k = await MatmulKernel.create(ctx, { knCols: false }); // gemv_kn_cols never splits by default
     const x = poisoned(owned, [1, 768]);
     const narrow = k.bind(owned, { x, w: poisoned(owned, [768, 768]), layout: 'kn', out: poisoned(owned, [1, 768]) });
     assert.is(narrow.length, 2);
@@ -135,10 +160,13 @@ test('split-K is chosen for a narrow decode GEMV and not for a wide one; variant
     const k32 = await MatmulKernel.create(ctx, { nkLanesPerRow: 32 }); // 2048 rows x 32 lanes: enough threads
     const wide = k32.bind(owned, { x, w: poisoned(owned, [2048, 768]), layout: 'nk', out: poisoned(owned, [1, 2048]) });
     assert.is(wide.length, 1);
-    // variant choice: GEMV for decode, GEMM past gemvMaxM
+    // variant choice: GEMV for decode, GEMM past gemvMaxM on GPUs; CPU adapters (lavapipe, where
+    // the tiled GEMM measured ~2x slower than the GEMV at every M) keep the GEMV for both layouts.
+    const cpu = ctx.adapter.isFallbackAdapter || ctx.adapter.architecture === 'software';
     assert.is(k.variantFor(1, 'kn'), 'gemv');
     assert.is(k.variantFor(GEMV_MAX_M, 'nk'), 'gemv');
-    assert.is(k.variantFor(GEMV_MAX_M + 1, 'nk'), 'gemm');
+    assert.is(k.variantFor(GEMV_MAX_M + 1, 'nk'), cpu ? 'gemv' : 'gemm');
+    assert.is(k.variantFor(GEMV_MAX_M + 1, 'kn'), cpu ? 'gemv' : 'gemm');
     const k4 = await MatmulKernel.create(ctx, { gemvMaxM: 4 });
     assert.is(k4.variantFor(4, 'kn'), 'gemv');
     assert.is(k4.variantFor(5, 'kn'), 'gemm');
@@ -306,6 +334,12 @@ test('bind rejects bad shapes, chunked kn weights, over-limit weights and out al
     const wOut = poisoned(owned, [16, 8]);
     assert.throws(() => k.bind(owned, { x, w: { ...wOut, shape: [8, 2] }, layout: 'kn', out: { ...wOut, offset: 256, shape: [2, 2] } }), isShape(/out and W share buffer/));
     assert.throws(() => k.bind(owned, { x, w: poisoned(owned, [8, 4]), layout: 'kn', out: poisoned(owned, [2, 4]), splitK: 0 }), isShape(/splitK must be an integer >= 1, got 0/));
+    for (const knWords of [{ f32: 9, f16: 2 }, { f32: 4, f16: 5 }, { f32: 0, f16: 1 }]) {
+      await MatmulKernel.create(ctx, { knWords }).then(
+        () => assert.unreachable(`knWords ${JSON.stringify(knWords)} accepted`),
+        (e: Error) => assert.ok(e instanceof InvalidOptionError && e.message.includes(JSON.stringify(knWords)), e.message),
+      );
+    }
     await MatmulKernel.create(ctx, { nkLanesPerRow: 12 }).then(
       () => assert.unreachable('nkLanesPerRow 12 accepted'),
       (e: Error) => assert.ok(e instanceof InvalidOptionError && /got 12/.test(e.message), e.message),

@@ -45,6 +45,11 @@ export interface MatmulArgs {
    * no lane combine) instead of `gemv_nk`. Default: the kernel's `nkRows` option.
    */
   nkRows?: boolean;
+  /**
+   * 'kn' GEMV with M = 1 and 16-byte aligned rows only: use `gemv_kn_cols` (KNV 16-byte words of a
+   * W row per thread) instead of `gemv_kn`. Default: the kernel's `knCols` option.
+   */
+  knCols?: boolean;
 }
 
 /** Largest M that takes the GEMV path on a GPU (W read once per block of 8 rows; beyond, the GEMM reuses it more). */
@@ -56,6 +61,13 @@ const WG_KN = 64;
 /** gemv_nk_rows: W rows per thread (NKR in the shader) and threads per workgroup. */
 const NKR = 4;
 const WG_NKR = 64;
+/**
+ * gemv_kn_cols threads per workgroup (one 8-wide SIMD vector on lavapipe; small groups spread
+ * narrow N over both cores), and the default 16-byte W words per thread (KNV in the shader;
+ * f32: 8 x 4 columns, f16: 4 x 8; at most KNV_MAX = 8 vec4 accumulators).
+ */
+const WG_KNC = 8;
+const KNV_DEFAULT = { f32: 8, f16: 4 };
 const WG_REDUCE = 256;
 /** GEMM tile: TX x TY threads, each a 4 x 4 block -> 64 x 64 outputs; BK deep (8 KiB of tiles). */
 const GEMM = { TX: 16, TY: 16, BK: 16, TM: 4, TN: 4 };
@@ -74,10 +86,11 @@ const F_PARTIAL = 8;
 // GPUBufferUsage.STORAGE (a literal: in Node the GPU globals exist only once a device is requested).
 const STORAGE = 0x80;
 
-type Entry = 'gemv_kn' | 'gemv_nk' | 'gemv_nk_rows' | 'gemm' | 'reduce';
+type Entry = 'gemv_kn' | 'gemv_kn_cols' | 'gemv_nk' | 'gemv_nk_rows' | 'gemm' | 'reduce';
 /** Bindings each entry point uses (layout 'auto' holds only these). */
 const USES: Record<Entry, number[]> = {
   gemv_kn: [0, 1, 3, 4, 5, 6],
+  gemv_kn_cols: [0, 1, 4, 5, 6],
   gemv_nk: [0, 1, 2, 3, 4, 5, 6],
   gemv_nk_rows: [0, 2, 4, 5, 6],
   gemm: [0, 1, 3, 5, 6],
@@ -116,6 +129,17 @@ export interface MatmulOptions {
    * fallback / software adapter.
    */
   nkRows?: boolean;
+  /**
+   * Whether M = 1 'kn' GEMVs (every per-layer linear at batch 1) take `gemv_kn_cols`, where each
+   * thread owns 32 columns: one scalar x load then feeds 8 (f32) or 4 (f16) 16-byte W gathers, not
+   * one; the per-layer GEMVs run ~1.5-2x faster on lavapipe. Default: on a fallback / software adapter.
+   */
+  knCols?: boolean;
+  /**
+   * gemv_kn_cols: 16-byte W words per thread for f32 / f16 W (f32 1 ..= 8, f16 1 ..= 4: each f16
+   * word needs two vec4 accumulators). Default { f32: 8, f16: 4 } (32 columns).
+   */
+  knWords?: { f32: number; f16: number };
 }
 
 export class MatmulKernel {
@@ -129,6 +153,10 @@ export class MatmulKernel {
     private readonly gemvMax: Record<WeightLayout, number>,
     /** Default for MatmulArgs.nkRows. */
     readonly nkRows: boolean,
+    /** Default for MatmulArgs.knCols. */
+    readonly knCols: boolean,
+    /** gemv_kn_cols words per thread. */
+    readonly knWords: { f32: number; f16: number },
   ) {}
 
   /** The variant `bind` picks for M rows of x with this layout. */
@@ -138,6 +166,11 @@ export class MatmulKernel {
 
   static async create(ctx: GpuContext, opts: MatmulOptions = {}): Promise<MatmulKernel> {
     const cpu = ctx.adapter.isFallbackAdapter || ctx.adapter.architecture === 'software';
+    const knWords = opts.knWords ?? KNV_DEFAULT;
+    const okWords = (v: number, max: number) => Number.isInteger(v) && v >= 1 && v <= max;
+    if (!okWords(knWords.f32, 8) || !okWords(knWords.f16, 4)) {
+      throw new InvalidOptionError(`MatmulKernel: knWords must be integers, f32 in [1, 8] and f16 in [1, 4], got ${JSON.stringify(knWords)}`);
+    }
     const LPR = opts.nkLanesPerRow ?? (cpu ? 1 : 32);
     if (!(LPR === 1 || (LPR >= MAXM && LPR <= 256 && (LPR & (LPR - 1)) === 0))) {
       throw new InvalidOptionError(`MatmulKernel: nkLanesPerRow must be 1 or a power of two in [${MAXM}, 256], got ${LPR}`);
@@ -151,6 +184,7 @@ export class MatmulKernel {
         want.push([`gemv_nk:${f16}:${vec}`, 'gemv_nk', { W_F16: f16, VEC: vec, WG: WG_NK, LPR }]);
       }
       want.push([`gemv_nk_rows:${f16}:1`, 'gemv_nk_rows', { W_F16: f16, VEC: 1, WG: WG_NKR }]);
+      want.push([`gemv_kn_cols:${f16}:1`, 'gemv_kn_cols', { W_F16: f16, VEC: 1, WG: WG_KNC, KNV: f16 ? knWords.f16 : knWords.f32 }]);
       for (const nk of [0, 1]) {
         want.push([`gemm:${f16}:${nk}`, 'gemm', { W_F16: f16, NK: nk, TX: GEMM.TX, TY: GEMM.TY, BK: GEMM.BK }]);
       }
@@ -163,7 +197,8 @@ export class MatmulKernel {
     const gemvMax = opts.gemvMaxM !== undefined
       ? { kn: opts.gemvMaxM, nk: opts.gemvMaxM }
       : { kn: cpu ? Infinity : GEMV_MAX_M, nk: cpu ? Infinity : GEMV_MAX_M };
-    return new MatmulKernel(ctx, new Map(want.map(([key], i) => [key, built[i]!])), LPR, WG_NK, gemvMax, opts.nkRows ?? cpu);
+    return new MatmulKernel(ctx, new Map(want.map(([key], i) => [key, built[i]!])), LPR, WG_NK, gemvMax, opts.nkRows ?? cpu,
+      opts.knCols ?? cpu, knWords);
   }
 
   bind(owner: Owned, a: MatmulArgs, label = 'matmul'): Dispatch[] {
@@ -262,7 +297,9 @@ export class MatmulKernel {
     const per = f16 ? 8 : 4; // elements per 16-byte load
     const vec = a.layout === 'kn' ? N % per === 0 : K % per === 0;
     const rows = a.layout === 'nk' && M === 1 && vec && (a.nkRows ?? this.nkRows);
-    const entry: Entry = a.layout === 'kn' ? 'gemv_kn' : rows ? 'gemv_nk_rows' : 'gemv_nk';
+    const cols = a.layout === 'kn' && M === 1 && vec && (a.knCols ?? this.knCols);
+    const knv = f16 ? this.knWords.f16 : this.knWords.f32;
+    const entry: Entry = a.layout === 'kn' ? (cols ? 'gemv_kn_cols' : 'gemv_kn') : rows ? 'gemv_nk_rows' : 'gemv_nk';
     const pipeline = this.pipelines.get(`${entry}:${f16}:${vec ? 1 : 0}`)!;
     const zBlocks = groups(ctx, label, Math.ceil(M / MAXM));
     const threads = a.layout === 'kn' ? Math.ceil(N / per) : N * this.lpr;
@@ -271,8 +308,8 @@ export class MatmulKernel {
     if (a.splitK !== undefined) {
       if (!Number.isInteger(a.splitK) || a.splitK < 1) throw new ShapeError(`${label}: splitK must be an integer >= 1, got ${a.splitK}`);
       S = a.splitK;
-    } else if (rows) {
-      S = 1; // a CPU-adapter variant: N / NKR threads already outnumber the cores
+    } else if (rows || cols) {
+      S = 1; // CPU-adapter variants: their threads already outnumber the cores
     } else {
       S = threads >= TARGET_THREADS ? 1 : Math.min(Math.ceil(TARGET_THREADS / threads), Math.floor(K / MIN_KSLICE));
       // The partials [S, M, N] must fit one binding.
@@ -293,8 +330,8 @@ export class MatmulKernel {
       const n = a.layout === 'kn' ? N : wp.shape[0]!;
       const wpr = wordsPerRow(a.layout === 'kn' ? N : K);
       const params = owner.uniform(`${label}.params${i}`, [M, n, K, wpr, N, nOff, kslice, S > 1 ? F_PARTIAL : flags]);
-      const gx = a.layout === 'kn'
-        ? Math.ceil(Math.ceil(n / per) / WG_KN)
+      const gx = cols ? Math.ceil(Math.ceil(n / per / knv) / WG_KNC)
+        : a.layout === 'kn' ? Math.ceil(Math.ceil(n / per) / WG_KN)
         : rows ? Math.ceil(Math.ceil(n / NKR) / WG_NKR) : Math.ceil(n / (this.wgNk / this.lpr));
       const bg = this.bindGroup(owner, entry, pipeline, label, { 0: params, 1: a.x, 2: a.x, 3: wp, 4: wp, 5: biasT, 6: dst });
       out.push({
