@@ -237,7 +237,7 @@ async function run(model: GPT2Model, prompts: number[][], opts: GenerateOptions)
     const allDone = (): boolean => rowsState.every((r) => r.finished);
 
     if (opts.useCache === false) {
-      await generateUncached(model, cache, prompts, owned, state, staging[0]!, accept, allDone, opts, stats, plans);
+      await generateUncached(model, cache, prompts, owned, state, staging[0]!, accept, allDone, opts, stats);
     } else {
       await generateCached(model, cache, prompts, owned, state, staging, accept, allDone, rowsState, opts, stats, plans, pending, depth);
     }
@@ -501,7 +501,7 @@ async function reencode(model: GPT2Model, cache: KVCache, r: number, kept: numbe
 
 async function generateUncached(
   model: GPT2Model, cache: KVCache, prompts: number[][], owned: Owned, state: unknown, staging: GPUBuffer,
-  accept: (ids: Uint32Array) => void, allDone: () => boolean, opts: GenerateOptions, stats: GenerateStats, plans: ForwardPlan[],
+  accept: (ids: Uint32Array) => void, allDone: () => boolean, opts: GenerateOptions, stats: GenerateStats,
 ): Promise<void> {
   const ctx = model.ctx;
   const R = cache.rows;

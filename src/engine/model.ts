@@ -26,7 +26,7 @@ import { KvWriteKernel, KvGatherKernel } from '../kernels/kvcache.js';
 import { GatherRowsKernel } from '../kernels/elementwise.js';
 import { Sampler } from '../sampling/sampler.js';
 import { BeamKernel } from '../sampling/beam-kernel.js';
-import { InvalidOptionError, PromptError, ShapeError } from '../errors.js';
+import { InvalidOptionError, PromptError } from '../errors.js';
 import { gpt2Tokenizer, type Tokenizer } from './tokenizer.js';
 
 const STORAGE = () => GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC;
@@ -248,6 +248,3 @@ export class GPT2Model implements CacheOwner {
   }
 }
 
-export function checkShape(cond: boolean, msg: string): void {
-  if (!cond) throw new ShapeError(msg);
-}
