@@ -76,6 +76,17 @@ test('stream() yields each token as it arrives, and the text adds up', async () 
   assert.equal([...ref.prompts[0]!.ids, ...toks], ref.prompts[0]!.greedy48.slice(0, ref.prompts[0]!.ids.length + 10));
 });
 
+test('leaving a stream() loop early cancels the generation and frees its buffers', async () => {
+  const model = await tinyModel();
+  const before = model.ctx.liveBuffers;
+  let n = 0;
+  for await (const _ of model.stream(ref.prompts[0]!.ids, { maxNewTokens: 300, stopAtEos: false, seed: 2 })) {
+    if (++n === 3) break;
+  }
+  assert.is(n, 3);
+  assert.equal(model.ctx.liveBuffers, before);
+});
+
 test('stop strings end a sequence and drop the surplus', async () => {
   const model = await tinyModel();
   const full = await model.generate(ref.prompts[0]!.ids, { temperature: 0, maxNewTokens: 30, stopAtEos: false });

@@ -162,15 +162,25 @@ export class Model extends GPT2Model {
     return generateBatch(this, prompts, opts);
   }
 
-  /** Streams tokens as they are read back: `for await (const t of model.stream(...))`. */
+  /**
+   * Streams tokens as they are read back: `for await (const t of model.stream(...))`. Leaving the
+   * loop early (break / return / throw) cancels the generation and frees its buffers.
+   */
   async *stream(prompt: string | readonly number[], opts: Omit<GenerateOptions, 'onToken'> = {}): AsyncGenerator<TokenEvent, GenerateResult> {
     const queue: TokenEvent[] = [];
     let wake: (() => void) | null = null;
     let done = false;
     let failure: unknown;
     let result: GenerateResult | undefined;
+    // Our own controller, following the caller's signal, so an early exit can cancel.
+    const ac = new AbortController();
+    const outer = opts.signal;
+    const follow = () => ac.abort(outer?.reason);
+    if (outer?.aborted) ac.abort(outer.reason);
+    else outer?.addEventListener('abort', follow, { once: true });
     const p = generate(this, prompt, {
       ...opts,
+      signal: ac.signal,
       onToken: (ev) => {
         queue.push(ev);
         wake?.();
@@ -179,15 +189,23 @@ export class Model extends GPT2Model {
       (r) => { result = r; done = true; wake?.(); },
       (e) => { failure = e; done = true; wake?.(); },
     );
-    while (true) {
-      while (queue.length) yield queue.shift()!;
-      if (done) break;
-      await new Promise<void>((res) => (wake = res));
-      wake = null;
+    try {
+      while (true) {
+        while (queue.length) yield queue.shift()!;
+        if (done) break;
+        await new Promise<void>((res) => (wake = res));
+        wake = null;
+      }
+      await p;
+      if (failure) throw failure;
+      return result!;
+    } finally {
+      outer?.removeEventListener('abort', follow);
+      if (!done) {
+        ac.abort();
+        await p; // settles (AbortError swallowed above) once the loop has freed its buffers
+      }
     }
-    await p;
-    if (failure) throw failure;
-    return result!;
   }
 
   /** Beam search; see BeamOptions. */
