@@ -79,11 +79,14 @@ test('stream() yields each token as it arrives, and the text adds up', async () 
 test('leaving a stream() loop early cancels the generation and frees its buffers', async () => {
   const model = await tinyModel();
   const before = model.ctx.liveBuffers;
+  const submits = model.ctx.stats.submits;
   let n = 0;
   for await (const _ of model.stream(ref.prompts[0]!.ids, { maxNewTokens: 300, stopAtEos: false, seed: 2 })) {
     if (++n === 3) break;
   }
   assert.is(n, 3);
+  // 3 steps read, at most pipelineDepth (3) more in flight: nowhere near the 300 asked for.
+  assert.ok(model.ctx.stats.submits - submits <= 10, `${model.ctx.stats.submits - submits} submits`);
   assert.equal(model.ctx.liveBuffers, before);
 });
 
