@@ -21,10 +21,11 @@
 //            (no dot / horizontal add per step). On lavapipe a lane-varying load is a gather
 //            per component while an x load is one uniform scalar load; fewer x loads and
 //            adds per W element is what this variant buys (measured ~1.5x over gemv_nk).
-//   gemv_kn_cols  decode with M = 1, W[K, N], for CPU adapters (VEC only): each thread owns KNV
-//            adjacent 16-byte words of a W row (8 x 4 = 32 f32 or 4 x 8 = 32 f16 columns) and walks
-//            its K slice; the (uniform, scalar) x load of each step is shared by KNV lane-varying
-//            W loads, which lavapipe turns into gathers, and each thread's words share cache lines.
+//   gemv_kn_cols  W[K, N], for CPU adapters (VEC only): each thread owns KNV adjacent 16-byte
+//            words of a W row (M = 1: 8 x 4 = 32 f32 or 4 x 8 = 32 f16 columns) for KNM rows of x
+//            (wid.z: blocks of KNM rows) and walks its K slice; each (uniform, scalar) x load is
+//            shared by KNV lane-varying W loads, which lavapipe turns into gathers, each W load by
+//            KNM rows of x, and each thread's words share cache lines.
 //   reduce   finishes a split-K GEMV: sums the S partials [S, M, ldo] and applies the epilogue.
 // With split-K (flags & PARTIAL) the GEMV writes raw sums to dst = partials[S, M, ldo] instead of
 // out, and `reduce` (x bound to the partials) applies bias / gelu / accumulate once.
@@ -41,10 +42,13 @@ override TY: u32 = 16u;   // gemm: threads along M
 override BK: u32 = 16u;   // gemm: K depth of a staged tile (even, so f16 word pairs stay in one tile)
 override NK: bool = false; // gemm: W layout is [N, K]
 override KNV: u32 = 8u;   // gemv_kn_cols: 16-byte W words per thread, 1 ..= KNV_MAX (f16: 1 ..= KNV_MAX / 2)
+override KNM: u32 = 1u;   // gemv_kn_cols: rows of x per thread, 1 ..= KNM_MAX, KNM * KNV (f16: * 2) <= KNACC_MAX
 
 const MAXM = 8u;  // rows of x per GEMV workgroup (register accumulators per thread)
 const NKR = 4u;   // gemv_nk_rows: W rows per thread
-const KNV_MAX = 8u;  // gemv_kn_cols: vec4 accumulators per thread (f16 words need two each)
+const KNV_MAX = 8u;  // gemv_kn_cols: 16-byte W words per thread
+const KNM_MAX = 8u;  // gemv_kn_cols: rows of x per thread
+const KNACC_MAX = 16u;  // gemv_kn_cols: vec4 accumulators per thread (f16 words need two each)
 const TM = 4u;    // gemm: rows per thread
 const TN = 4u;    // gemm: columns per thread
 
@@ -279,10 +283,12 @@ fn gemv_nk_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgrou
 }
 
 // ---------------------------------------------------------------------------------------------
-// gemv_kn_cols: M = 1, W[K, N] with 16-byte aligned rows. Thread g owns the vec4 words
+// gemv_kn_cols: W[K, N] with 16-byte aligned rows. Thread g owns the vec4 words
 // [g*KNV, g*KNV + KNV) of each W row (words past the row end reload its last word, whose result is
-// then not stored); wid.y is the K slice. No workgroup memory, no barriers: threads past the row
-// just leave.
+// then not stored) for the KNM rows [wid.z*KNM, wid.z*KNM + KNM) of x (rows past M reload row M - 1,
+// likewise not stored); wid.y is the K slice. Each W word loaded feeds KNM rows, each x load KNV
+// words: KNM * KNV * (1 or 2) vec4 accumulators <= KNACC_MAX. No workgroup memory, no barriers:
+// threads past the row just leave.
 @compute @workgroup_size(WG)
 fn gemv_kn_cols(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
   let vrow = p.wpr / 4u;  // vec4 words per W row
@@ -291,30 +297,44 @@ fn gemv_kn_cols(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgrou
   let s = wid.y;
   let k0 = s * p.kslice;
   let k1 = min(k0 + p.kslice, p.K);
+  let m0 = wid.z * KNM;
   var wv: array<u32, KNV_MAX>;  // [v] word index of owned word v within a row
   for (var v = 0u; v < KNV; v++) { wv[v] = min(v0 + v, vrow - 1u); }
-  // [a] sums of 4 columns: f32 word v -> acc[v]; f16 word v -> acc[2v] (low 4), acc[2v + 1] (high 4)
-  var acc: array<vec4<f32>, KNV_MAX>;
+  var xr: array<u32, KNM_MAX>;  // [i] first element of x row m0 + i (uniform over the workgroup)
+  for (var i = 0u; i < KNM; i++) { xr[i] = min(m0 + i, p.M - 1u) * p.K; }
+  // Accumulators per x row: f32 word v -> acc[v]; f16 word v -> acc[2v] (low 4), acc[2v + 1] (high 4)
+  let apr = select(KNV, 2u * KNV, W_F16);
+  var acc: array<vec4<f32>, KNACC_MAX>;  // [i][a], row-major: x row i, accumulator a
   for (var k = k0; k < k1; k++) {
-    let xv = x[k];  // the same address for every thread: one scalar load
+    var xv: array<f32, KNM_MAX>;  // x[m0 + i, k]: the same address for every thread, scalar loads
+    for (var i = 0u; i < KNM; i++) { xv[i] = x[xr[i] + k]; }
     let row = k * vrow;
     for (var v = 0u; v < KNV; v++) {
       let q = w4[row + wv[v]];
       if (W_F16) {
-        acc[2u * v] += vec4<f32>(unpack2x16float(q.x), unpack2x16float(q.y)) * xv;
-        acc[2u * v + 1u] += vec4<f32>(unpack2x16float(q.z), unpack2x16float(q.w)) * xv;
+        let lo = vec4<f32>(unpack2x16float(q.x), unpack2x16float(q.y));
+        let hi = vec4<f32>(unpack2x16float(q.z), unpack2x16float(q.w));
+        for (var i = 0u; i < KNM; i++) {
+          acc[i * apr + 2u * v] += lo * xv[i];
+          acc[i * apr + 2u * v + 1u] += hi * xv[i];
+        }
       } else {
-        acc[v] += bitcast<vec4<f32>>(q) * xv;
+        let wf = bitcast<vec4<f32>>(q);
+        for (var i = 0u; i < KNM; i++) { acc[i * apr + v] += wf * xv[i]; }
       }
     }
   }
   // Columns per 16-byte word: 4 (f32) or 8 (f16); the host only picks this variant when N is a
   // multiple of that, so a word in range is in range whole.
   let cpw = select(4u, 8u, W_F16);
-  for (var v = 0u; v < KNV; v++) {
-    if (v0 + v < vrow) {
-      for (var c = 0u; c < cpw; c++) {
-        finish(0u, (v0 + v) * cpw + c, s, acc[(v * cpw + c) / 4u][c % 4u]);
+  for (var i = 0u; i < KNM; i++) {
+    if (m0 + i < p.M) {
+      for (var v = 0u; v < KNV; v++) {
+        if (v0 + v < vrow) {
+          for (var c = 0u; c < cpw; c++) {
+            finish(m0 + i, (v0 + v) * cpw + c, s, acc[i * apr + (v * cpw + c) / 4u][c % 4u]);
+          }
+        }
       }
     }
   }

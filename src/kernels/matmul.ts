@@ -46,8 +46,8 @@ export interface MatmulArgs {
    */
   nkRows?: boolean;
   /**
-   * 'kn' GEMV with M = 1 and 16-byte aligned rows only: use `gemv_kn_cols` (KNV 16-byte words of a
-   * W row per thread) instead of `gemv_kn`. Default: the kernel's `knCols` option.
+   * 'kn' GEMV with 16-byte aligned rows only: use `gemv_kn_cols` (KNV 16-byte words of a W row for
+   * KNM rows of x per thread) instead of `gemv_kn`. Default: the kernel's `knCols` option.
    */
   knCols?: boolean;
 }
@@ -68,6 +68,13 @@ const WG_NKR = 64;
  */
 const WG_KNC = 8;
 const KNV_DEFAULT = { f32: 8, f16: 4 };
+/**
+ * gemv_kn_cols for M > 1: rows of x per thread (KNM) and 16-byte W words per thread; fewer words
+ * than at M = 1 so that the KNM x words (f16: x 2) vec4 accumulators stay at 16 or fewer.
+ */
+const KN_BLOCK_DEFAULT = { rows: 4, f32: 4, f16: 2 };
+/** gemv_kn_cols: most vec4 accumulators per thread (KNACC_MAX in the shader). */
+const KNACC_MAX = 16;
 const WG_REDUCE = 256;
 /** GEMM tile: TX x TY threads, each a 4 x 4 block -> 64 x 64 outputs; BK deep (8 KiB of tiles). */
 const GEMM = { TX: 16, TY: 16, BK: 16, TM: 4, TN: 4 };
@@ -130,11 +137,17 @@ export interface MatmulOptions {
    */
   nkRows?: boolean;
   /**
-   * Whether M = 1 'kn' GEMVs (every per-layer linear at batch 1) take `gemv_kn_cols`, where each
-   * thread owns 32 columns: one scalar x load then feeds 8 (f32) or 4 (f16) 16-byte W gathers, not
-   * one; the per-layer GEMVs run ~1.5-2x faster on lavapipe. Default: on a fallback / software adapter.
+   * Whether 'kn' GEMVs (every per-layer linear) take `gemv_kn_cols`, where each thread owns 32
+   * columns (M = 1; `knBlock` for M > 1): one scalar x load then feeds 8 (f32) or 4 (f16) 16-byte W
+   * gathers, not one; the per-layer GEMVs run ~1.5-2x faster on lavapipe. Default: on a fallback /
+   * software adapter.
    */
   knCols?: boolean;
+  /**
+   * gemv_kn_cols at M > 1: rows of x per thread (1 ..= 8) and 16-byte W words per thread for f32 /
+   * f16 W, with rows * words (f16: * 2) <= 16 vec4 accumulators. Default { rows: 4, f32: 4, f16: 2 }.
+   */
+  knBlock?: { rows: number; f32: number; f16: number };
   /**
    * gemv_kn_cols: 16-byte W words per thread for f32 / f16 W (f32 1 ..= 8, f16 1 ..= 4: each f16
    * word needs two vec4 accumulators). Default { f32: 8, f16: 4 } (32 columns).
@@ -157,6 +170,8 @@ export class MatmulKernel {
     readonly knCols: boolean,
     /** gemv_kn_cols words per thread. */
     readonly knWords: { f32: number; f16: number },
+    /** gemv_kn_cols at M > 1: rows of x and words per thread. */
+    readonly knBlock: { rows: number; f32: number; f16: number },
   ) {}
 
   /** The variant `bind` picks for M rows of x with this layout. */
@@ -171,6 +186,11 @@ export class MatmulKernel {
     if (!okWords(knWords.f32, 8) || !okWords(knWords.f16, 4)) {
       throw new InvalidOptionError(`MatmulKernel: knWords must be integers, f32 in [1, 8] and f16 in [1, 4], got ${JSON.stringify(knWords)}`);
     }
+    const knBlock = opts.knBlock ?? KN_BLOCK_DEFAULT;
+    if (!okWords(knBlock.rows, 8) || !okWords(knBlock.f32, 8) || !okWords(knBlock.f16, 4)
+        || knBlock.rows * Math.max(knBlock.f32, 2 * knBlock.f16) > KNACC_MAX) {
+      throw new InvalidOptionError(`MatmulKernel: knBlock needs integers rows in [1, 8], f32 in [1, 8], f16 in [1, 4], rows * max(f32, 2 * f16) <= ${KNACC_MAX}; got ${JSON.stringify(knBlock)}`);
+    }
     const LPR = opts.nkLanesPerRow ?? (cpu ? 1 : 32);
     if (!(LPR === 1 || (LPR >= MAXM && LPR <= 256 && (LPR & (LPR - 1)) === 0))) {
       throw new InvalidOptionError(`MatmulKernel: nkLanesPerRow must be 1 or a power of two in [${MAXM}, 256], got ${LPR}`);
@@ -184,7 +204,8 @@ export class MatmulKernel {
         want.push([`gemv_nk:${f16}:${vec}`, 'gemv_nk', { W_F16: f16, VEC: vec, WG: WG_NK, LPR }]);
       }
       want.push([`gemv_nk_rows:${f16}:1`, 'gemv_nk_rows', { W_F16: f16, VEC: 1, WG: WG_NKR }]);
-      want.push([`gemv_kn_cols:${f16}:1`, 'gemv_kn_cols', { W_F16: f16, VEC: 1, WG: WG_KNC, KNV: f16 ? knWords.f16 : knWords.f32 }]);
+      want.push([`gemv_kn_cols:${f16}:1`, 'gemv_kn_cols', { W_F16: f16, VEC: 1, WG: WG_KNC, KNV: f16 ? knWords.f16 : knWords.f32, KNM: 1 }]);
+      want.push([`gemv_kn_cols:${f16}:1:block`, 'gemv_kn_cols', { W_F16: f16, VEC: 1, WG: WG_KNC, KNV: f16 ? knBlock.f16 : knBlock.f32, KNM: knBlock.rows }]);
       for (const nk of [0, 1]) {
         want.push([`gemm:${f16}:${nk}`, 'gemm', { W_F16: f16, NK: nk, TX: GEMM.TX, TY: GEMM.TY, BK: GEMM.BK }]);
       }
@@ -198,7 +219,7 @@ export class MatmulKernel {
       ? { kn: opts.gemvMaxM, nk: opts.gemvMaxM }
       : { kn: cpu ? Infinity : GEMV_MAX_M, nk: cpu ? Infinity : GEMV_MAX_M };
     return new MatmulKernel(ctx, new Map(want.map(([key], i) => [key, built[i]!])), LPR, WG_NK, gemvMax, opts.nkRows ?? cpu,
-      opts.knCols ?? cpu, knWords);
+      opts.knCols ?? cpu, knWords, knBlock);
   }
 
   bind(owner: Owned, a: MatmulArgs, label = 'matmul'): Dispatch[] {
@@ -297,11 +318,13 @@ export class MatmulKernel {
     const per = f16 ? 8 : 4; // elements per 16-byte load
     const vec = a.layout === 'kn' ? N % per === 0 : K % per === 0;
     const rows = a.layout === 'nk' && M === 1 && vec && (a.nkRows ?? this.nkRows);
-    const cols = a.layout === 'kn' && M === 1 && vec && (a.knCols ?? this.knCols);
-    const knv = f16 ? this.knWords.f16 : this.knWords.f32;
+    const cols = a.layout === 'kn' && vec && (a.knCols ?? this.knCols);
+    // gemv_kn_cols: M = 1 has its own pipeline (KNM = 1, more words per thread), M > 1 the block one.
+    const block = cols && M > 1;
+    const knv = block ? (f16 ? this.knBlock.f16 : this.knBlock.f32) : f16 ? this.knWords.f16 : this.knWords.f32;
     const entry: Entry = a.layout === 'kn' ? (cols ? 'gemv_kn_cols' : 'gemv_kn') : rows ? 'gemv_nk_rows' : 'gemv_nk';
-    const pipeline = this.pipelines.get(`${entry}:${f16}:${vec ? 1 : 0}`)!;
-    const zBlocks = groups(ctx, label, Math.ceil(M / MAXM));
+    const pipeline = this.pipelines.get(`${entry}:${f16}:${vec ? 1 : 0}${block ? ':block' : ''}`)!;
+    const zBlocks = groups(ctx, label, Math.ceil(M / (block ? this.knBlock.rows : cols ? 1 : MAXM)));
     const threads = a.layout === 'kn' ? Math.ceil(N / per) : N * this.lpr;
     // K slices: multiples of 8 so every slice starts on a 16-byte load of either dtype.
     let S: number;
