@@ -8,7 +8,8 @@
  *   - larger M: a GEMM tiled through workgroup memory (prefill).
  * On CPU adapters (lavapipe, SwiftShader) the 'kn' GEMV beats the tiled GEMM at every M measured
  * (up to 128): there every workgroup-memory read is a per-lane load, while the GEMV's x reads are
- * one broadcast per block of rows; so 'kn' stays on the GEMV there.
+ * one broadcast per block of rows; so 'kn' stays on the GEMV there, as `gemv_kn_cols` (many columns
+ * per thread; at M > 1 also several rows of x, so each W load feeds several rows).
  * W is f32 or f16 (packed pairs, see f16.ts), layout 'kn' ([K, N], HF Conv1D) or 'nk' ([N, K], the
  * tied LM head, which may be a ChunkedTensor split by rows: one dispatch per chunk).
  */
