@@ -15,9 +15,10 @@
 //            Workgroups tile W rows (x), K slices (y), blocks of MAXM rows of x (z).
 //   gemm     prefill: a (TY*TM) x (TX*TN) tile of out per workgroup, staged through workgroup
 //            memory BK deep along K; each thread keeps a TM x TN register block.
-//   gemv_nk_rows  decode with M = 1, W[N, K], for CPU adapters (VEC only): each thread owns NKR
-//            W rows g + r*G (G = ceil(N / NKR)) and walks its K slice with 16-byte loads; the x
-//            load of each step is shared by the NKR rows, and the sums stay in vec4 registers
+//   gemv_nk_rows  W[N, K], for CPU adapters (VEC only): each thread owns NKR W rows g + r*G
+//            (G = ceil(N / NKR)) for NKM rows of x (wid.z: blocks of NKM rows) and walks its K
+//            slice with 16-byte loads; the x loads of each step are shared by the NKR W rows, each
+//            W load by the NKM x rows, and the sums stay in vec4 registers
 //            (no dot / horizontal add per step). On lavapipe a lane-varying load is a gather
 //            per component while an x load is one uniform scalar load; fewer x loads and
 //            adds per W element is what this variant buys (measured ~1.5x over gemv_nk).
@@ -42,10 +43,13 @@ override TY: u32 = 16u;   // gemm: threads along M
 override BK: u32 = 16u;   // gemm: K depth of a staged tile (even, so f16 word pairs stay in one tile)
 override NK: bool = false; // gemm: W layout is [N, K]
 override KNV: u32 = 8u;   // gemv_kn_cols: 16-byte W words per thread, 1 ..= KNV_MAX (f16: 1 ..= KNV_MAX / 2)
+override NKM: u32 = 1u;   // gemv_nk_rows: rows of x per thread, 1 ..= NKM_MAX
 override KNM: u32 = 1u;   // gemv_kn_cols: rows of x per thread, 1 ..= KNM_MAX, KNM * KNV (f16: * 2) <= KNACC_MAX
 
 const MAXM = 8u;  // rows of x per GEMV workgroup (register accumulators per thread)
 const NKR = 4u;   // gemv_nk_rows: W rows per thread
+const NKM_MAX = 4u;  // gemv_nk_rows: rows of x per thread
+const NKACC_MAX = NKR * NKM_MAX;  // gemv_nk_rows: vec4 accumulators per thread
 const KNV_MAX = 8u;  // gemv_kn_cols: 16-byte W words per thread
 const KNM_MAX = 8u;  // gemv_kn_cols: rows of x per thread
 const KNACC_MAX = 16u;  // gemv_kn_cols: vec4 accumulators per thread (f16 words need two each)
@@ -244,9 +248,11 @@ fn gemv_nk(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wid: 
 }
 
 // ---------------------------------------------------------------------------------------------
-// gemv_nk_rows: M = 1, W[N, K] with 16-byte aligned rows. Thread g owns W rows g + r*G, r < NKR,
-// G = ceil(N / NKR) (rows past N repeat row N - 1, whose result is then not stored); wid.y is the
-// K slice. No workgroup memory, no barriers: threads past G just leave.
+// gemv_nk_rows: W[N, K] with 16-byte aligned rows. Thread g owns W rows g + r*G, r < NKR,
+// G = ceil(N / NKR) (rows past N repeat row N - 1, whose result is then not stored), for the NKM rows
+// [wid.z*NKM, wid.z*NKM + NKM) of x (rows past M repeat row M - 1, likewise not stored); wid.y is
+// the K slice. Each W load feeds NKM rows of x, each x load NKR W rows: NKR * NKM vec4 accumulators.
+// No workgroup memory, no barriers: threads past G just leave.
 @compute @workgroup_size(WG)
 fn gemv_nk_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
   let G = (p.N + NKR - 1u) / NKR;
@@ -255,30 +261,43 @@ fn gemv_nk_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgrou
   let s = wid.y;
   let k0 = s * p.kslice;
   let k1 = min(k0 + p.kslice, p.K);
+  let m0 = wid.z * NKM;
   let vrow = p.wpr / 4u;  // vec4 words per W row
   var wb: array<u32, NKR>;  // [r] first vec4 word of owned row r
   for (var r = 0u; r < NKR; r++) { wb[r] = min(g + r * G, p.N - 1u) * vrow; }
-  var acc: array<vec4<f32>, NKR>;  // [r] partial sums, 4 (f32) or 8 -> 4 (f16) K positions apart
+  var xr: array<u32, NKM_MAX>;  // [i] first vec4 of x row m0 + i (uniform over the workgroup)
+  for (var i = 0u; i < NKM; i++) { xr[i] = min(m0 + i, p.M - 1u) * (p.K / 4u); }
+  var acc: array<vec4<f32>, NKACC_MAX>;  // [i][r] partial sums, 4 (f32) or 8 -> 4 (f16) K positions apart
   if (W_F16) {
-    // One vec4<u32> = 8 halves along K = x4[2j], x4[2j + 1]. Slices start at multiples of 8.
+    // One vec4<u32> = 8 halves along K = x4[2j], x4[2j + 1] of a row. Slices start at multiples of 8.
     for (var j = k0 / 8u; j < k1 / 8u; j++) {
-      let xl = x4[2u * j];
-      let xh = x4[2u * j + 1u];
+      var xl: array<vec4<f32>, NKM_MAX>;
+      var xh: array<vec4<f32>, NKM_MAX>;
+      for (var i = 0u; i < NKM; i++) { xl[i] = x4[xr[i] + 2u * j]; xh[i] = x4[xr[i] + 2u * j + 1u]; }
       for (var r = 0u; r < NKR; r++) {
         let q = w4[wb[r] + j];
-        acc[r] += vec4<f32>(unpack2x16float(q.x), unpack2x16float(q.y)) * xl
-                + vec4<f32>(unpack2x16float(q.z), unpack2x16float(q.w)) * xh;
+        let lo = vec4<f32>(unpack2x16float(q.x), unpack2x16float(q.y));
+        let hi = vec4<f32>(unpack2x16float(q.z), unpack2x16float(q.w));
+        for (var i = 0u; i < NKM; i++) { acc[i * NKR + r] += lo * xl[i] + hi * xh[i]; }
       }
     }
   } else {
     for (var j = k0 / 4u; j < k1 / 4u; j++) {
-      let xv = x4[j];
-      for (var r = 0u; r < NKR; r++) { acc[r] += bitcast<vec4<f32>>(w4[wb[r] + j]) * xv; }
+      var xv: array<vec4<f32>, NKM_MAX>;
+      for (var i = 0u; i < NKM; i++) { xv[i] = x4[xr[i] + j]; }
+      for (var r = 0u; r < NKR; r++) {
+        let wf = bitcast<vec4<f32>>(w4[wb[r] + j]);
+        for (var i = 0u; i < NKM; i++) { acc[i * NKR + r] += wf * xv[i]; }
+      }
     }
   }
-  for (var r = 0u; r < NKR; r++) {
-    let row = g + r * G;
-    if (row < p.N) { finish(0u, row, s, dot(acc[r], vec4<f32>(1.0))); }
+  for (var i = 0u; i < NKM; i++) {
+    if (m0 + i < p.M) {
+      for (var r = 0u; r < NKR; r++) {
+        let row = g + r * G;
+        if (row < p.N) { finish(m0 + i, row, s, dot(acc[i * NKR + r], vec4<f32>(1.0))); }
+      }
+    }
   }
 }
 

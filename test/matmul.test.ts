@@ -25,8 +25,8 @@ const TOL = { rel: 1e-5, atol: 2e-5, rtol: 1e-4 };
 
 /**
  * The kernels to run a layout through: 'nk' has three GEMV variants (one thread per W row, 32 lanes
- * per row combined in workgroup memory, the GPU default, and for M = 1 with aligned rows NKR rows
- * per thread, the CPU default); test all three whatever the adapter.
+ * per row combined in workgroup memory, the GPU default, and with aligned rows NKR rows per thread,
+ * the CPU default, at M > 1 for blocks of 4 or 3 rows of x); test all of them whatever the adapter.
  */
 async function kernelsFor(ctx: GpuContext, layout: WeightLayout): Promise<MatmulKernel[]> {
   // 'kn': gemv_kn (the GPU default) and, with aligned rows, gemv_kn_cols (the CPU default; also
@@ -43,12 +43,18 @@ async function kernelsFor(ctx: GpuContext, layout: WeightLayout): Promise<Matmul
     await MatmulKernel.create(ctx, { nkLanesPerRow: 1, nkRows: false }),
     await MatmulKernel.create(ctx, { nkLanesPerRow: 32, nkRows: false }),
     await MatmulKernel.create(ctx, { nkLanesPerRow: 1, nkRows: true }),
+    await MatmulKernel.create(ctx, { nkLanesPerRow: 1, nkRows: true, nkBlockRows: 3 }),
   ];
 }
 
-/** Workgroups along x of an M = 1 'nk' GEMV over n rows, per variant (to check which one ran). */
-function nkGroupsX(k: MatmulKernel, n: number): number {
-  return k.nkRows ? Math.ceil(Math.ceil(n / 4) / 64) : k.lpr === 1 ? Math.ceil(n / 64) : Math.ceil(n / (256 / k.lpr));
+/**
+ * Workgroups along x and z of an 'nk' GEMV (aligned rows) over M rows of x and n W rows, per variant
+ * (to check which one ran): gemv_nk_rows 64 threads of 4 W rows, blocks of 1 (M = 1) or
+ * nkBlockRows rows of x; gemv_nk 64 / (256 / lpr) W rows per workgroup, blocks of 8 rows.
+ */
+function nkGroups(k: MatmulKernel, M: number, n: number): [number, number] {
+  if (k.nkRows) return [Math.ceil(Math.ceil(n / 4) / 64), M === 1 ? 1 : Math.ceil(M / k.nkBlockRows)];
+  return [k.lpr === 1 ? Math.ceil(n / 64) : Math.ceil(n / (256 / k.lpr)), Math.ceil(M / 8)];
 }
 
 /**
@@ -110,6 +116,14 @@ for (const c of [
   { M: 1, K: 130, N: 264, layout: 'kn', dtype: 'f16', acc: true },
   { M: 1, K: 257, N: 44, layout: 'kn', dtype: 'f32', bias: true, acc: true, splitK: 3 },
   { M: 1, K: 257, N: 136, layout: 'kn', dtype: 'f16', bias: true, gelu: true, splitK: 4 },
+  // M > 1 nk with aligned rows (gemv_nk_rows with blocks of 4 rows of x by default): N not a
+  // multiple of the 4 W rows per thread, M not a multiple of the rows of x per thread
+  { M: 2, K: 768, N: 203, layout: 'nk', dtype: 'f32', bias: true, gelu: true },
+  { M: 3, K: 64, N: 50, layout: 'nk', dtype: 'f16', acc: true },
+  { M: 5, K: 256, N: 1001, layout: 'nk', dtype: 'f32', bias: true, acc: true },
+  { M: 9, K: 72, N: 130, layout: 'nk', dtype: 'f16', bias: true, gelu: true },
+  { M: 37, K: 40, N: 66, layout: 'nk', dtype: 'f32', bias: true, acc: true },
+  { M: 3, K: 256, N: 203, layout: 'nk', dtype: 'f16', bias: true, splitK: 3 },
   // M > 1 kn with aligned rows (gemv_kn_cols with blocks of 4 rows x 4 f32 / 2 f16 words by
   // default): N not a multiple of the columns per thread, M not a multiple of the rows per thread
   { M: 2, K: 40, N: 36, layout: 'kn', dtype: 'f32', bias: true, acc: true },
@@ -156,14 +170,17 @@ for (const c of [
           if ((variant ?? k.variantFor(c.M, c.layout)) === 'gemm') assert.is(ds.length, 1);
           else if (c.splitK !== undefined) assert.is(ds.length, c.splitK > 1 ? 2 : 1);
           const aligned = c.K % (c.dtype === 'f16' ? 8 : 4) === 0;
-          if (c.layout === 'nk' && c.M === 1 && !variant && aligned) assert.is(ds[0]!.workgroups[0], nkGroupsX(k, c.N), 'variant');
+          if (c.layout === 'nk' && (variant ?? k.variantFor(c.M, c.layout)) === 'gemv' && aligned) {
+            const [gx, gz] = nkGroups(k, c.M, c.N);
+            assert.equal([ds[0]!.workgroups[0], ds[0]!.workgroups[2]], [gx, gz], 'variant');
+          }
           const alignedN = c.N % (c.dtype === 'f16' ? 8 : 4) === 0;
           if (c.layout === 'kn' && (variant ?? k.variantFor(c.M, c.layout)) === 'gemv' && alignedN) {
             const [gx, gz] = knGroups(k, c.M, c.N, c.dtype);
             assert.equal([ds[0]!.workgroups[0], ds[0]!.workgroups[2]], [gx, gz], 'variant');
           }
           await run(ctx, ds);
-          allClose(await download(ctx, out), ref, TOL, `${name(c)} (${variant ?? 'auto'}, nk lanes ${k.lpr}, kn cols ${k.knCols} ${k.knWords[c.dtype]}/${k.knBlock.rows}x${k.knBlock[c.dtype]})`);
+          allClose(await download(ctx, out), ref, TOL, `${name(c)} (${variant ?? 'auto'}, nk lanes ${k.lpr} rows ${k.nkRows} ${k.nkBlockRows}, kn cols ${k.knCols} ${k.knWords[c.dtype]}/${k.knBlock.rows}x${k.knBlock[c.dtype]})`);
         }
       }
     }));
@@ -366,6 +383,10 @@ test('bind rejects bad shapes, chunked kn weights, over-limit weights and out al
         (e: Error) => assert.ok(e instanceof InvalidOptionError && e.message.includes(JSON.stringify(knBlock)), e.message),
       );
     }
+    await MatmulKernel.create(ctx, { nkBlockRows: 5 }).then(
+      () => assert.unreachable('nkBlockRows 5 accepted'),
+      (e: Error) => assert.ok(e instanceof InvalidOptionError && /got 5/.test(e.message), e.message),
+    );
     await MatmulKernel.create(ctx, { nkLanesPerRow: 12 }).then(
       () => assert.unreachable('nkLanesPerRow 12 accepted'),
       (e: Error) => assert.ok(e instanceof InvalidOptionError && /got 12/.test(e.message), e.message),

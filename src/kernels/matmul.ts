@@ -42,8 +42,8 @@ export interface MatmulArgs {
   /** GEMV only: forces the number of K slices (1 = no split); default: chosen from N and K. */
   splitK?: number;
   /**
-   * 'nk' GEMV with M = 1 and 16-byte aligned rows only: use `gemv_nk_rows` (NKR W rows per thread,
-   * no lane combine) instead of `gemv_nk`. Default: the kernel's `nkRows` option.
+   * 'nk' GEMV with 16-byte aligned rows only: use `gemv_nk_rows` (NKR W rows for NKM rows of x per
+   * thread, no lane combine) instead of `gemv_nk`. Default: the kernel's `nkRows` option.
    */
   nkRows?: boolean;
   /**
@@ -62,6 +62,8 @@ const WG_KN = 64;
 /** gemv_nk_rows: W rows per thread (NKR in the shader) and threads per workgroup. */
 const NKR = 4;
 const WG_NKR = 64;
+/** gemv_nk_rows at M > 1: rows of x per thread (NKM in the shader; 4 x NKR = 16 vec4 accumulators). */
+const NKM_DEFAULT = 4;
 /**
  * gemv_kn_cols threads per workgroup (one 8-wide SIMD vector on lavapipe; small groups spread
  * narrow N over both cores), and the default 16-byte W words per thread (KNV in the shader;
@@ -131,12 +133,14 @@ export interface MatmulOptions {
    */
   gemvMaxM?: number;
   /**
-   * Whether M = 1 'nk' GEMVs (the LM head at batch 1) take `gemv_nk_rows`, where each thread owns
-   * NKR whole W rows: on CPU adapters a lane-varying load is a gather per component, and sharing
-   * each x load and add over NKR rows makes the LM head ~1.5x faster on lavapipe. Default: on a
-   * fallback / software adapter.
+   * Whether 'nk' GEMVs (the LM head) take `gemv_nk_rows`, where each thread owns NKR whole W rows
+   * (for `nkBlockRows` rows of x at M > 1): on CPU adapters a lane-varying load is a gather per
+   * component, and sharing each x load and add over NKR rows makes the LM head ~1.5x faster on
+   * lavapipe at M = 1. Default: on a fallback / software adapter.
    */
   nkRows?: boolean;
+  /** gemv_nk_rows at M > 1: rows of x per thread (NKM), 1 ..= 4. Default 4. */
+  nkBlockRows?: number;
   /**
    * Whether 'kn' GEMVs (every per-layer linear) take `gemv_kn_cols`, where each thread owns 32
    * columns (M = 1; `knBlock` for M > 1): one scalar x load then feeds 8 (f32) or 4 (f16) 16-byte W
@@ -173,6 +177,8 @@ export class MatmulKernel {
     readonly knWords: { f32: number; f16: number },
     /** gemv_kn_cols at M > 1: rows of x and words per thread. */
     readonly knBlock: { rows: number; f32: number; f16: number },
+    /** gemv_nk_rows at M > 1: rows of x per thread. */
+    readonly nkBlockRows: number,
   ) {}
 
   /** The variant `bind` picks for M rows of x with this layout. */
@@ -192,6 +198,8 @@ export class MatmulKernel {
         || knBlock.rows * Math.max(knBlock.f32, 2 * knBlock.f16) > KNACC_MAX) {
       throw new InvalidOptionError(`MatmulKernel: knBlock needs integers rows in [1, 8], f32 in [1, 8], f16 in [1, 4], rows * max(f32, 2 * f16) <= ${KNACC_MAX}; got ${JSON.stringify(knBlock)}`);
     }
+    const nkBlockRows = opts.nkBlockRows ?? NKM_DEFAULT;
+    if (!okWords(nkBlockRows, 4)) throw new InvalidOptionError(`MatmulKernel: nkBlockRows must be an integer in [1, 4], got ${nkBlockRows}`);
     const LPR = opts.nkLanesPerRow ?? (cpu ? 1 : 32);
     if (!(LPR === 1 || (LPR >= MAXM && LPR <= 256 && (LPR & (LPR - 1)) === 0))) {
       throw new InvalidOptionError(`MatmulKernel: nkLanesPerRow must be 1 or a power of two in [${MAXM}, 256], got ${LPR}`);
@@ -204,7 +212,8 @@ export class MatmulKernel {
         want.push([`gemv_kn:${f16}:${vec}`, 'gemv_kn', { W_F16: f16, VEC: vec, WG: WG_KN }]);
         want.push([`gemv_nk:${f16}:${vec}`, 'gemv_nk', { W_F16: f16, VEC: vec, WG: WG_NK, LPR }]);
       }
-      want.push([`gemv_nk_rows:${f16}:1`, 'gemv_nk_rows', { W_F16: f16, VEC: 1, WG: WG_NKR }]);
+      want.push([`gemv_nk_rows:${f16}:1`, 'gemv_nk_rows', { W_F16: f16, VEC: 1, WG: WG_NKR, NKM: 1 }]);
+      want.push([`gemv_nk_rows:${f16}:1:block`, 'gemv_nk_rows', { W_F16: f16, VEC: 1, WG: WG_NKR, NKM: nkBlockRows }]);
       want.push([`gemv_kn_cols:${f16}:1`, 'gemv_kn_cols', { W_F16: f16, VEC: 1, WG: WG_KNC, KNV: f16 ? knWords.f16 : knWords.f32, KNM: 1 }]);
       want.push([`gemv_kn_cols:${f16}:1:block`, 'gemv_kn_cols', { W_F16: f16, VEC: 1, WG: WG_KNC, KNV: f16 ? knBlock.f16 : knBlock.f32, KNM: knBlock.rows }]);
       for (const nk of [0, 1]) {
@@ -220,7 +229,7 @@ export class MatmulKernel {
       ? { kn: opts.gemvMaxM, nk: opts.gemvMaxM }
       : { kn: cpu ? Infinity : GEMV_MAX_M, nk: cpu ? Infinity : GEMV_MAX_M };
     return new MatmulKernel(ctx, new Map(want.map(([key], i) => [key, built[i]!])), LPR, WG_NK, gemvMax, opts.nkRows ?? cpu,
-      opts.knCols ?? cpu, knWords, knBlock);
+      opts.knCols ?? cpu, knWords, knBlock, nkBlockRows);
   }
 
   bind(owner: Owned, a: MatmulArgs, label = 'matmul'): Dispatch[] {
@@ -318,14 +327,15 @@ export class MatmulKernel {
     // GEMV. 16-byte loads need 16-byte aligned W rows (and x rows for nk).
     const per = f16 ? 8 : 4; // elements per 16-byte load
     const vec = a.layout === 'kn' ? N % per === 0 : K % per === 0;
-    const rows = a.layout === 'nk' && M === 1 && vec && (a.nkRows ?? this.nkRows);
+    const rows = a.layout === 'nk' && vec && (a.nkRows ?? this.nkRows);
     const cols = a.layout === 'kn' && vec && (a.knCols ?? this.knCols);
-    // gemv_kn_cols: M = 1 has its own pipeline (KNM = 1, more words per thread), M > 1 the block one.
-    const block = cols && M > 1;
-    const knv = block ? (f16 ? this.knBlock.f16 : this.knBlock.f32) : f16 ? this.knWords.f16 : this.knWords.f32;
+    // gemv_kn_cols / gemv_nk_rows: M = 1 has its own pipeline (KNM / NKM = 1), M > 1 the block one.
+    const block = (cols || rows) && M > 1;
+    const knv = block && cols ? (f16 ? this.knBlock.f16 : this.knBlock.f32) : f16 ? this.knWords.f16 : this.knWords.f32;
     const entry: Entry = a.layout === 'kn' ? (cols ? 'gemv_kn_cols' : 'gemv_kn') : rows ? 'gemv_nk_rows' : 'gemv_nk';
     const pipeline = this.pipelines.get(`${entry}:${f16}:${vec ? 1 : 0}${block ? ':block' : ''}`)!;
-    const zBlocks = groups(ctx, label, Math.ceil(M / (block ? this.knBlock.rows : cols ? 1 : MAXM)));
+    const mb = !block ? (cols || rows ? 1 : MAXM) : cols ? this.knBlock.rows : this.nkBlockRows; // rows of x per z block
+    const zBlocks = groups(ctx, label, Math.ceil(M / mb));
     const threads = a.layout === 'kn' ? Math.ceil(N / per) : N * this.lpr;
     // K slices: multiples of 8 so every slice starts on a 16-byte load of either dtype.
     let S: number;
