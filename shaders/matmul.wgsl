@@ -15,16 +15,18 @@
 //            Workgroups tile W rows (x), K slices (y), blocks of MAXM rows of x (z).
 //   gemm     prefill: a (TY*TM) x (TX*TN) tile of out per workgroup, staged through workgroup
 //            memory BK deep along K; each thread keeps a TM x TN register block.
-//   gemv_nk_rows  decode with M = 1, W[N, K], for CPU adapters (VEC only): each thread owns NKR
-//            W rows g + r*G (G = ceil(N / NKR)) and walks its K slice with 16-byte loads; the x
-//            load of each step is shared by the NKR rows, and the sums stay in vec4 registers
+//   gemv_nk_rows  W[N, K], for CPU adapters (VEC only): each thread owns NKR W rows g + r*G
+//            (G = ceil(N / NKR)) for NKM rows of x (wid.z: blocks of NKM rows) and walks its K
+//            slice with 16-byte loads; the x loads of each step are shared by the NKR W rows, each
+//            W load by the NKM x rows, and the sums stay in vec4 registers
 //            (no dot / horizontal add per step). On lavapipe a lane-varying load is a gather
 //            per component while an x load is one uniform scalar load; fewer x loads and
 //            adds per W element is what this variant buys (measured ~1.5x over gemv_nk).
-//   gemv_kn_cols  decode with M = 1, W[K, N], for CPU adapters (VEC only): each thread owns KNV
-//            adjacent 16-byte words of a W row (8 x 4 = 32 f32 or 4 x 8 = 32 f16 columns) and walks
-//            its K slice; the (uniform, scalar) x load of each step is shared by KNV lane-varying
-//            W loads, which lavapipe turns into gathers, and each thread's words share cache lines.
+//   gemv_kn_cols  W[K, N], for CPU adapters (VEC only): each thread owns KNV adjacent 16-byte
+//            words of a W row (M = 1: 8 x 4 = 32 f32 or 4 x 8 = 32 f16 columns) for KNM rows of x
+//            (wid.z: blocks of KNM rows) and walks its K slice; each (uniform, scalar) x load is
+//            shared by KNV lane-varying W loads, which lavapipe turns into gathers, each W load by
+//            KNM rows of x, and each thread's words share cache lines.
 //   reduce   finishes a split-K GEMV: sums the S partials [S, M, ldo] and applies the epilogue.
 // With split-K (flags & PARTIAL) the GEMV writes raw sums to dst = partials[S, M, ldo] instead of
 // out, and `reduce` (x bound to the partials) applies bias / gelu / accumulate once.
@@ -41,10 +43,16 @@ override TY: u32 = 16u;   // gemm: threads along M
 override BK: u32 = 16u;   // gemm: K depth of a staged tile (even, so f16 word pairs stay in one tile)
 override NK: bool = false; // gemm: W layout is [N, K]
 override KNV: u32 = 8u;   // gemv_kn_cols: 16-byte W words per thread, 1 ..= KNV_MAX (f16: 1 ..= KNV_MAX / 2)
+override NKM: u32 = 1u;   // gemv_nk_rows: rows of x per thread, 1 ..= NKM_MAX
+override KNM: u32 = 1u;   // gemv_kn_cols: rows of x per thread, 1 ..= KNM_MAX, KNM * KNV (f16: * 2) <= KNACC_MAX
 
 const MAXM = 8u;  // rows of x per GEMV workgroup (register accumulators per thread)
 const NKR = 4u;   // gemv_nk_rows: W rows per thread
-const KNV_MAX = 8u;  // gemv_kn_cols: vec4 accumulators per thread (f16 words need two each)
+const NKM_MAX = 4u;  // gemv_nk_rows: rows of x per thread
+const NKACC_MAX = NKR * NKM_MAX;  // gemv_nk_rows: vec4 accumulators per thread
+const KNV_MAX = 8u;  // gemv_kn_cols: 16-byte W words per thread
+const KNM_MAX = 8u;  // gemv_kn_cols: rows of x per thread
+const KNACC_MAX = 16u;  // gemv_kn_cols: vec4 accumulators per thread (f16 words need two each)
 const TM = 4u;    // gemm: rows per thread
 const TN = 4u;    // gemm: columns per thread
 
@@ -240,9 +248,11 @@ fn gemv_nk(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wid: 
 }
 
 // ---------------------------------------------------------------------------------------------
-// gemv_nk_rows: M = 1, W[N, K] with 16-byte aligned rows. Thread g owns W rows g + r*G, r < NKR,
-// G = ceil(N / NKR) (rows past N repeat row N - 1, whose result is then not stored); wid.y is the
-// K slice. No workgroup memory, no barriers: threads past G just leave.
+// gemv_nk_rows: W[N, K] with 16-byte aligned rows. Thread g owns W rows g + r*G, r < NKR,
+// G = ceil(N / NKR) (rows past N repeat row N - 1, whose result is then not stored), for the NKM rows
+// [wid.z*NKM, wid.z*NKM + NKM) of x (rows past M repeat row M - 1, likewise not stored); wid.y is
+// the K slice. Each W load feeds NKM rows of x, each x load NKR W rows: NKR * NKM vec4 accumulators.
+// No workgroup memory, no barriers: threads past G just leave.
 @compute @workgroup_size(WG)
 fn gemv_nk_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
   let G = (p.N + NKR - 1u) / NKR;
@@ -251,38 +261,53 @@ fn gemv_nk_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgrou
   let s = wid.y;
   let k0 = s * p.kslice;
   let k1 = min(k0 + p.kslice, p.K);
+  let m0 = wid.z * NKM;
   let vrow = p.wpr / 4u;  // vec4 words per W row
   var wb: array<u32, NKR>;  // [r] first vec4 word of owned row r
   for (var r = 0u; r < NKR; r++) { wb[r] = min(g + r * G, p.N - 1u) * vrow; }
-  var acc: array<vec4<f32>, NKR>;  // [r] partial sums, 4 (f32) or 8 -> 4 (f16) K positions apart
+  var xr: array<u32, NKM_MAX>;  // [i] first vec4 of x row m0 + i (uniform over the workgroup)
+  for (var i = 0u; i < NKM; i++) { xr[i] = min(m0 + i, p.M - 1u) * (p.K / 4u); }
+  var acc: array<vec4<f32>, NKACC_MAX>;  // [i][r] partial sums, 4 (f32) or 8 -> 4 (f16) K positions apart
   if (W_F16) {
-    // One vec4<u32> = 8 halves along K = x4[2j], x4[2j + 1]. Slices start at multiples of 8.
+    // One vec4<u32> = 8 halves along K = x4[2j], x4[2j + 1] of a row. Slices start at multiples of 8.
     for (var j = k0 / 8u; j < k1 / 8u; j++) {
-      let xl = x4[2u * j];
-      let xh = x4[2u * j + 1u];
+      var xl: array<vec4<f32>, NKM_MAX>;
+      var xh: array<vec4<f32>, NKM_MAX>;
+      for (var i = 0u; i < NKM; i++) { xl[i] = x4[xr[i] + 2u * j]; xh[i] = x4[xr[i] + 2u * j + 1u]; }
       for (var r = 0u; r < NKR; r++) {
         let q = w4[wb[r] + j];
-        acc[r] += vec4<f32>(unpack2x16float(q.x), unpack2x16float(q.y)) * xl
-                + vec4<f32>(unpack2x16float(q.z), unpack2x16float(q.w)) * xh;
+        let lo = vec4<f32>(unpack2x16float(q.x), unpack2x16float(q.y));
+        let hi = vec4<f32>(unpack2x16float(q.z), unpack2x16float(q.w));
+        for (var i = 0u; i < NKM; i++) { acc[i * NKR + r] += lo * xl[i] + hi * xh[i]; }
       }
     }
   } else {
     for (var j = k0 / 4u; j < k1 / 4u; j++) {
-      let xv = x4[j];
-      for (var r = 0u; r < NKR; r++) { acc[r] += bitcast<vec4<f32>>(w4[wb[r] + j]) * xv; }
+      var xv: array<vec4<f32>, NKM_MAX>;
+      for (var i = 0u; i < NKM; i++) { xv[i] = x4[xr[i] + j]; }
+      for (var r = 0u; r < NKR; r++) {
+        let wf = bitcast<vec4<f32>>(w4[wb[r] + j]);
+        for (var i = 0u; i < NKM; i++) { acc[i * NKR + r] += wf * xv[i]; }
+      }
     }
   }
-  for (var r = 0u; r < NKR; r++) {
-    let row = g + r * G;
-    if (row < p.N) { finish(0u, row, s, dot(acc[r], vec4<f32>(1.0))); }
+  for (var i = 0u; i < NKM; i++) {
+    if (m0 + i < p.M) {
+      for (var r = 0u; r < NKR; r++) {
+        let row = g + r * G;
+        if (row < p.N) { finish(m0 + i, row, s, dot(acc[i * NKR + r], vec4<f32>(1.0))); }
+      }
+    }
   }
 }
 
 // ---------------------------------------------------------------------------------------------
-// gemv_kn_cols: M = 1, W[K, N] with 16-byte aligned rows. Thread g owns the vec4 words
+// gemv_kn_cols: W[K, N] with 16-byte aligned rows. Thread g owns the vec4 words
 // [g*KNV, g*KNV + KNV) of each W row (words past the row end reload its last word, whose result is
-// then not stored); wid.y is the K slice. No workgroup memory, no barriers: threads past the row
-// just leave.
+// then not stored) for the KNM rows [wid.z*KNM, wid.z*KNM + KNM) of x (rows past M reload row M - 1,
+// likewise not stored); wid.y is the K slice. Each W word loaded feeds KNM rows, each x load KNV
+// words: KNM * KNV * (1 or 2) vec4 accumulators <= KNACC_MAX. No workgroup memory, no barriers:
+// threads past the row just leave.
 @compute @workgroup_size(WG)
 fn gemv_kn_cols(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
   let vrow = p.wpr / 4u;  // vec4 words per W row
@@ -291,30 +316,44 @@ fn gemv_kn_cols(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgrou
   let s = wid.y;
   let k0 = s * p.kslice;
   let k1 = min(k0 + p.kslice, p.K);
+  let m0 = wid.z * KNM;
   var wv: array<u32, KNV_MAX>;  // [v] word index of owned word v within a row
   for (var v = 0u; v < KNV; v++) { wv[v] = min(v0 + v, vrow - 1u); }
-  // [a] sums of 4 columns: f32 word v -> acc[v]; f16 word v -> acc[2v] (low 4), acc[2v + 1] (high 4)
-  var acc: array<vec4<f32>, KNV_MAX>;
+  var xr: array<u32, KNM_MAX>;  // [i] first element of x row m0 + i (uniform over the workgroup)
+  for (var i = 0u; i < KNM; i++) { xr[i] = min(m0 + i, p.M - 1u) * p.K; }
+  // Accumulators per x row: f32 word v -> acc[v]; f16 word v -> acc[2v] (low 4), acc[2v + 1] (high 4)
+  let apr = select(KNV, 2u * KNV, W_F16);
+  var acc: array<vec4<f32>, KNACC_MAX>;  // [i][a], row-major: x row i, accumulator a
   for (var k = k0; k < k1; k++) {
-    let xv = x[k];  // the same address for every thread: one scalar load
+    var xv: array<f32, KNM_MAX>;  // x[m0 + i, k]: the same address for every thread, scalar loads
+    for (var i = 0u; i < KNM; i++) { xv[i] = x[xr[i] + k]; }
     let row = k * vrow;
     for (var v = 0u; v < KNV; v++) {
       let q = w4[row + wv[v]];
       if (W_F16) {
-        acc[2u * v] += vec4<f32>(unpack2x16float(q.x), unpack2x16float(q.y)) * xv;
-        acc[2u * v + 1u] += vec4<f32>(unpack2x16float(q.z), unpack2x16float(q.w)) * xv;
+        let lo = vec4<f32>(unpack2x16float(q.x), unpack2x16float(q.y));
+        let hi = vec4<f32>(unpack2x16float(q.z), unpack2x16float(q.w));
+        for (var i = 0u; i < KNM; i++) {
+          acc[i * apr + 2u * v] += lo * xv[i];
+          acc[i * apr + 2u * v + 1u] += hi * xv[i];
+        }
       } else {
-        acc[v] += bitcast<vec4<f32>>(q) * xv;
+        let wf = bitcast<vec4<f32>>(q);
+        for (var i = 0u; i < KNM; i++) { acc[i * apr + v] += wf * xv[i]; }
       }
     }
   }
   // Columns per 16-byte word: 4 (f32) or 8 (f16); the host only picks this variant when N is a
   // multiple of that, so a word in range is in range whole.
   let cpw = select(4u, 8u, W_F16);
-  for (var v = 0u; v < KNV; v++) {
-    if (v0 + v < vrow) {
-      for (var c = 0u; c < cpw; c++) {
-        finish(0u, (v0 + v) * cpw + c, s, acc[(v * cpw + c) / 4u][c % 4u]);
+  for (var i = 0u; i < KNM; i++) {
+    if (m0 + i < p.M) {
+      for (var v = 0u; v < KNV; v++) {
+        if (v0 + v < vrow) {
+          for (var c = 0u; c < cpw; c++) {
+            finish(m0 + i, (v0 + v) * cpw + c, s, acc[i * apr + (v * cpw + c) / 4u][c % 4u]);
+          }
+        }
       }
     }
   }

@@ -25,35 +25,48 @@ const TOL = { rel: 1e-5, atol: 2e-5, rtol: 1e-4 };
 
 /**
  * The kernels to run a layout through: 'nk' has three GEMV variants (one thread per W row, 32 lanes
- * per row combined in workgroup memory, the GPU default, and for M = 1 with aligned rows NKR rows
- * per thread, the CPU default); test all three whatever the adapter.
+ * per row combined in workgroup memory, the GPU default, and with aligned rows NKR rows per thread,
+ * the CPU default, at M > 1 for blocks of 4 or 3 rows of x); test all of them whatever the adapter.
  */
 async function kernelsFor(ctx: GpuContext, layout: WeightLayout): Promise<MatmulKernel[]> {
-  // 'kn': gemv_kn (the GPU default) and, for M = 1 with aligned rows, gemv_kn_cols (the CPU default;
-  // also with other words per thread, 3 f32 / 1 f16, so the word loops are not only powers of two)
+  // 'kn': gemv_kn (the GPU default) and, with aligned rows, gemv_kn_cols (the CPU default; also
+  // with other words and rows per thread, 3 f32 / 1 f16 words, 3 rows at M > 1, so the word and row
+  // loops are not only powers of two and M is not a multiple of the rows per thread)
   if (layout === 'kn') {
     return [
       await MatmulKernel.create(ctx, { knCols: false }),
       await MatmulKernel.create(ctx, { knCols: true }),
-      await MatmulKernel.create(ctx, { knCols: true, knWords: { f32: 3, f16: 1 } }),
+      await MatmulKernel.create(ctx, { knCols: true, knWords: { f32: 3, f16: 1 }, knBlock: { rows: 3, f32: 3, f16: 1 } }),
     ];
   }
   return [
     await MatmulKernel.create(ctx, { nkLanesPerRow: 1, nkRows: false }),
     await MatmulKernel.create(ctx, { nkLanesPerRow: 32, nkRows: false }),
     await MatmulKernel.create(ctx, { nkLanesPerRow: 1, nkRows: true }),
+    await MatmulKernel.create(ctx, { nkLanesPerRow: 1, nkRows: true, nkBlockRows: 3 }),
   ];
 }
 
-/** Workgroups along x of an M = 1 'nk' GEMV over n rows, per variant (to check which one ran). */
-function nkGroupsX(k: MatmulKernel, n: number): number {
-  return k.nkRows ? Math.ceil(Math.ceil(n / 4) / 64) : k.lpr === 1 ? Math.ceil(n / 64) : Math.ceil(n / (256 / k.lpr));
+/**
+ * Workgroups along x and z of an 'nk' GEMV (aligned rows) over M rows of x and n W rows, per variant
+ * (to check which one ran): gemv_nk_rows 64 threads of 4 W rows, blocks of 1 (M = 1) or
+ * nkBlockRows rows of x; gemv_nk 64 / (256 / lpr) W rows per workgroup, blocks of 8 rows.
+ */
+function nkGroups(k: MatmulKernel, M: number, n: number): [number, number] {
+  if (k.nkRows) return [Math.ceil(Math.ceil(n / 4) / 64), M === 1 ? 1 : Math.ceil(M / k.nkBlockRows)];
+  return [k.lpr === 1 ? Math.ceil(n / 64) : Math.ceil(n / (256 / k.lpr)), Math.ceil(M / 8)];
 }
 
-/** Workgroups along x of an M = 1 'kn' GEMV over n columns, per variant (to check which one ran). */
-function knGroupsX(k: MatmulKernel, n: number, dtype: 'f32' | 'f16'): number {
-  const per = dtype === 'f16' ? 8 : 4; // columns per 16-byte word
-  return k.knCols ? Math.ceil(Math.ceil(n / per / k.knWords[dtype]) / 8) : Math.ceil(n / per / 64);
+/**
+ * Workgroups along x and z of a 'kn' GEMV over M rows and n columns, per variant (to check which
+ * one ran): gemv_kn 64 threads of 1 word, blocks of 8 rows; gemv_kn_cols 8 threads of knWords
+ * words (M = 1) or of knBlock words for blocks of knBlock.rows rows (M > 1).
+ */
+function knGroups(k: MatmulKernel, M: number, n: number, dtype: 'f32' | 'f16'): [number, number] {
+  const words = Math.ceil(n / (dtype === 'f16' ? 8 : 4)); // 16-byte words per W row
+  if (!k.knCols) return [Math.ceil(words / 64), Math.ceil(M / 8)];
+  if (M === 1) return [Math.ceil(Math.ceil(words / k.knWords[dtype]) / 8), 1];
+  return [Math.ceil(Math.ceil(words / k.knBlock[dtype]) / 8), Math.ceil(M / k.knBlock.rows)];
 }
 
 function name(c: Case): string {
@@ -103,6 +116,23 @@ for (const c of [
   { M: 1, K: 130, N: 264, layout: 'kn', dtype: 'f16', acc: true },
   { M: 1, K: 257, N: 44, layout: 'kn', dtype: 'f32', bias: true, acc: true, splitK: 3 },
   { M: 1, K: 257, N: 136, layout: 'kn', dtype: 'f16', bias: true, gelu: true, splitK: 4 },
+  // M > 1 nk with aligned rows (gemv_nk_rows with blocks of 4 rows of x by default): N not a
+  // multiple of the 4 W rows per thread, M not a multiple of the rows of x per thread
+  { M: 2, K: 768, N: 203, layout: 'nk', dtype: 'f32', bias: true, gelu: true },
+  { M: 3, K: 64, N: 50, layout: 'nk', dtype: 'f16', acc: true },
+  { M: 5, K: 256, N: 1001, layout: 'nk', dtype: 'f32', bias: true, acc: true },
+  { M: 9, K: 72, N: 130, layout: 'nk', dtype: 'f16', bias: true, gelu: true },
+  { M: 37, K: 40, N: 66, layout: 'nk', dtype: 'f32', bias: true, acc: true },
+  { M: 3, K: 256, N: 203, layout: 'nk', dtype: 'f16', bias: true, splitK: 3 },
+  // M > 1 kn with aligned rows (gemv_kn_cols with blocks of 4 rows x 4 f32 / 2 f16 words by
+  // default): N not a multiple of the columns per thread, M not a multiple of the rows per thread
+  { M: 2, K: 40, N: 36, layout: 'kn', dtype: 'f32', bias: true, acc: true },
+  { M: 3, K: 67, N: 200, layout: 'kn', dtype: 'f32', bias: true, gelu: true },
+  { M: 5, K: 67, N: 40, layout: 'kn', dtype: 'f16', bias: true, gelu: true },
+  { M: 9, K: 130, N: 264, layout: 'kn', dtype: 'f16', acc: true },
+  { M: 37, K: 33, N: 52, layout: 'kn', dtype: 'f32', bias: true, gelu: true, acc: true },
+  { M: 3, K: 257, N: 44, layout: 'kn', dtype: 'f32', bias: true, acc: true, splitK: 3 },
+  { M: 5, K: 257, N: 136, layout: 'kn', dtype: 'f16', bias: true, gelu: true, splitK: 4 },
   // GEMV past one block of 8 rows (batched decode), GEMM at tiny M
   { M: 37, K: 64, N: 40, layout: 'kn', dtype: 'f16', bias: true, variant: 'gemv' },
   { M: 37, K: 64, N: 40, layout: 'nk', dtype: 'f32', acc: true, variant: 'gemv', splitK: 2 },
@@ -140,11 +170,17 @@ for (const c of [
           if ((variant ?? k.variantFor(c.M, c.layout)) === 'gemm') assert.is(ds.length, 1);
           else if (c.splitK !== undefined) assert.is(ds.length, c.splitK > 1 ? 2 : 1);
           const aligned = c.K % (c.dtype === 'f16' ? 8 : 4) === 0;
-          if (c.layout === 'nk' && c.M === 1 && !variant && aligned) assert.is(ds[0]!.workgroups[0], nkGroupsX(k, c.N), 'variant');
+          if (c.layout === 'nk' && (variant ?? k.variantFor(c.M, c.layout)) === 'gemv' && aligned) {
+            const [gx, gz] = nkGroups(k, c.M, c.N);
+            assert.equal([ds[0]!.workgroups[0], ds[0]!.workgroups[2]], [gx, gz], 'variant');
+          }
           const alignedN = c.N % (c.dtype === 'f16' ? 8 : 4) === 0;
-          if (c.layout === 'kn' && c.M === 1 && !variant && alignedN) assert.is(ds[0]!.workgroups[0], knGroupsX(k, c.N, c.dtype), 'variant');
+          if (c.layout === 'kn' && (variant ?? k.variantFor(c.M, c.layout)) === 'gemv' && alignedN) {
+            const [gx, gz] = knGroups(k, c.M, c.N, c.dtype);
+            assert.equal([ds[0]!.workgroups[0], ds[0]!.workgroups[2]], [gx, gz], 'variant');
+          }
           await run(ctx, ds);
-          allClose(await download(ctx, out), ref, TOL, `${name(c)} (${variant ?? 'auto'}, nk lanes ${k.lpr}, kn cols ${k.knCols} ${k.knWords[c.dtype]})`);
+          allClose(await download(ctx, out), ref, TOL, `${name(c)} (${variant ?? 'auto'}, nk lanes ${k.lpr} rows ${k.nkRows} ${k.nkBlockRows}, kn cols ${k.knCols} ${k.knWords[c.dtype]}/${k.knBlock.rows}x${k.knBlock[c.dtype]})`);
         }
       }
     }));
@@ -340,6 +376,17 @@ test('bind rejects bad shapes, chunked kn weights, over-limit weights and out al
         (e: Error) => assert.ok(e instanceof InvalidOptionError && e.message.includes(JSON.stringify(knWords)), e.message),
       );
     }
+    // knBlock: more than 16 vec4 accumulators (4 rows x 8 f32 words, 3 rows x 2 x 3 f16 words), 0 or 9 rows
+    for (const knBlock of [{ rows: 4, f32: 8, f16: 1 }, { rows: 3, f32: 1, f16: 3 }, { rows: 0, f32: 1, f16: 1 }, { rows: 9, f32: 1, f16: 1 }]) {
+      await MatmulKernel.create(ctx, { knBlock }).then(
+        () => assert.unreachable(`knBlock ${JSON.stringify(knBlock)} accepted`),
+        (e: Error) => assert.ok(e instanceof InvalidOptionError && e.message.includes(JSON.stringify(knBlock)), e.message),
+      );
+    }
+    await MatmulKernel.create(ctx, { nkBlockRows: 5 }).then(
+      () => assert.unreachable('nkBlockRows 5 accepted'),
+      (e: Error) => assert.ok(e instanceof InvalidOptionError && /got 5/.test(e.message), e.message),
+    );
     await MatmulKernel.create(ctx, { nkLanesPerRow: 12 }).then(
       () => assert.unreachable('nkLanesPerRow 12 accepted'),
       (e: Error) => assert.ok(e instanceof InvalidOptionError && /got 12/.test(e.message), e.message),

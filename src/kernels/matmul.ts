@@ -8,7 +8,8 @@
  *   - larger M: a GEMM tiled through workgroup memory (prefill).
  * On CPU adapters (lavapipe, SwiftShader) the 'kn' GEMV beats the tiled GEMM at every M measured
  * (up to 128): there every workgroup-memory read is a per-lane load, while the GEMV's x reads are
- * one broadcast per block of rows; so 'kn' stays on the GEMV there.
+ * one broadcast per block of rows; so 'kn' stays on the GEMV there, as `gemv_kn_cols` (many columns
+ * per thread; at M > 1 also several rows of x, so each W load feeds several rows).
  * W is f32 or f16 (packed pairs, see f16.ts), layout 'kn' ([K, N], HF Conv1D) or 'nk' ([N, K], the
  * tied LM head, which may be a ChunkedTensor split by rows: one dispatch per chunk).
  */
@@ -41,13 +42,13 @@ export interface MatmulArgs {
   /** GEMV only: forces the number of K slices (1 = no split); default: chosen from N and K. */
   splitK?: number;
   /**
-   * 'nk' GEMV with M = 1 and 16-byte aligned rows only: use `gemv_nk_rows` (NKR W rows per thread,
-   * no lane combine) instead of `gemv_nk`. Default: the kernel's `nkRows` option.
+   * 'nk' GEMV with 16-byte aligned rows only: use `gemv_nk_rows` (NKR W rows for NKM rows of x per
+   * thread, no lane combine) instead of `gemv_nk`. Default: the kernel's `nkRows` option.
    */
   nkRows?: boolean;
   /**
-   * 'kn' GEMV with M = 1 and 16-byte aligned rows only: use `gemv_kn_cols` (KNV 16-byte words of a
-   * W row per thread) instead of `gemv_kn`. Default: the kernel's `knCols` option.
+   * 'kn' GEMV with 16-byte aligned rows only: use `gemv_kn_cols` (KNV 16-byte words of a W row for
+   * KNM rows of x per thread) instead of `gemv_kn`. Default: the kernel's `knCols` option.
    */
   knCols?: boolean;
 }
@@ -61,6 +62,8 @@ const WG_KN = 64;
 /** gemv_nk_rows: W rows per thread (NKR in the shader) and threads per workgroup. */
 const NKR = 4;
 const WG_NKR = 64;
+/** gemv_nk_rows at M > 1: rows of x per thread (NKM in the shader; 4 x NKR = 16 vec4 accumulators). */
+const NKM_DEFAULT = 4;
 /**
  * gemv_kn_cols threads per workgroup (one 8-wide SIMD vector on lavapipe; small groups spread
  * narrow N over both cores), and the default 16-byte W words per thread (KNV in the shader;
@@ -68,6 +71,13 @@ const WG_NKR = 64;
  */
 const WG_KNC = 8;
 const KNV_DEFAULT = { f32: 8, f16: 4 };
+/**
+ * gemv_kn_cols for M > 1: rows of x per thread (KNM) and 16-byte W words per thread; fewer words
+ * than at M = 1 so that the KNM x words (f16: x 2) vec4 accumulators stay at 16 or fewer.
+ */
+const KN_BLOCK_DEFAULT = { rows: 4, f32: 4, f16: 2 };
+/** gemv_kn_cols: most vec4 accumulators per thread (KNACC_MAX in the shader). */
+const KNACC_MAX = 16;
 const WG_REDUCE = 256;
 /** GEMM tile: TX x TY threads, each a 4 x 4 block -> 64 x 64 outputs; BK deep (8 KiB of tiles). */
 const GEMM = { TX: 16, TY: 16, BK: 16, TM: 4, TN: 4 };
@@ -123,18 +133,26 @@ export interface MatmulOptions {
    */
   gemvMaxM?: number;
   /**
-   * Whether M = 1 'nk' GEMVs (the LM head at batch 1) take `gemv_nk_rows`, where each thread owns
-   * NKR whole W rows: on CPU adapters a lane-varying load is a gather per component, and sharing
-   * each x load and add over NKR rows makes the LM head ~1.5x faster on lavapipe. Default: on a
-   * fallback / software adapter.
+   * Whether 'nk' GEMVs (the LM head) take `gemv_nk_rows`, where each thread owns NKR whole W rows
+   * (for `nkBlockRows` rows of x at M > 1): on CPU adapters a lane-varying load is a gather per
+   * component, and sharing each x load and add over NKR rows makes the LM head ~1.5x faster on
+   * lavapipe at M = 1. Default: on a fallback / software adapter.
    */
   nkRows?: boolean;
+  /** gemv_nk_rows at M > 1: rows of x per thread (NKM), 1 ..= 4. Default 4. */
+  nkBlockRows?: number;
   /**
-   * Whether M = 1 'kn' GEMVs (every per-layer linear at batch 1) take `gemv_kn_cols`, where each
-   * thread owns 32 columns: one scalar x load then feeds 8 (f32) or 4 (f16) 16-byte W gathers, not
-   * one; the per-layer GEMVs run ~1.5-2x faster on lavapipe. Default: on a fallback / software adapter.
+   * Whether 'kn' GEMVs (every per-layer linear) take `gemv_kn_cols`, where each thread owns 32
+   * columns (M = 1; `knBlock` for M > 1): one scalar x load then feeds 8 (f32) or 4 (f16) 16-byte W
+   * gathers, not one; the per-layer GEMVs run ~1.5-2x faster on lavapipe. Default: on a fallback /
+   * software adapter.
    */
   knCols?: boolean;
+  /**
+   * gemv_kn_cols at M > 1: rows of x per thread (1 ..= 8) and 16-byte W words per thread for f32 /
+   * f16 W, with rows * words (f16: * 2) <= 16 vec4 accumulators. Default { rows: 4, f32: 4, f16: 2 }.
+   */
+  knBlock?: { rows: number; f32: number; f16: number };
   /**
    * gemv_kn_cols: 16-byte W words per thread for f32 / f16 W (f32 1 ..= 8, f16 1 ..= 4: each f16
    * word needs two vec4 accumulators). Default { f32: 8, f16: 4 } (32 columns).
@@ -157,6 +175,10 @@ export class MatmulKernel {
     readonly knCols: boolean,
     /** gemv_kn_cols words per thread. */
     readonly knWords: { f32: number; f16: number },
+    /** gemv_kn_cols at M > 1: rows of x and words per thread. */
+    readonly knBlock: { rows: number; f32: number; f16: number },
+    /** gemv_nk_rows at M > 1: rows of x per thread. */
+    readonly nkBlockRows: number,
   ) {}
 
   /** The variant `bind` picks for M rows of x with this layout. */
@@ -171,6 +193,13 @@ export class MatmulKernel {
     if (!okWords(knWords.f32, 8) || !okWords(knWords.f16, 4)) {
       throw new InvalidOptionError(`MatmulKernel: knWords must be integers, f32 in [1, 8] and f16 in [1, 4], got ${JSON.stringify(knWords)}`);
     }
+    const knBlock = opts.knBlock ?? KN_BLOCK_DEFAULT;
+    if (!okWords(knBlock.rows, 8) || !okWords(knBlock.f32, 8) || !okWords(knBlock.f16, 4)
+        || knBlock.rows * Math.max(knBlock.f32, 2 * knBlock.f16) > KNACC_MAX) {
+      throw new InvalidOptionError(`MatmulKernel: knBlock needs integers rows in [1, 8], f32 in [1, 8], f16 in [1, 4], rows * max(f32, 2 * f16) <= ${KNACC_MAX}; got ${JSON.stringify(knBlock)}`);
+    }
+    const nkBlockRows = opts.nkBlockRows ?? NKM_DEFAULT;
+    if (!okWords(nkBlockRows, 4)) throw new InvalidOptionError(`MatmulKernel: nkBlockRows must be an integer in [1, 4], got ${nkBlockRows}`);
     const LPR = opts.nkLanesPerRow ?? (cpu ? 1 : 32);
     if (!(LPR === 1 || (LPR >= MAXM && LPR <= 256 && (LPR & (LPR - 1)) === 0))) {
       throw new InvalidOptionError(`MatmulKernel: nkLanesPerRow must be 1 or a power of two in [${MAXM}, 256], got ${LPR}`);
@@ -183,8 +212,10 @@ export class MatmulKernel {
         want.push([`gemv_kn:${f16}:${vec}`, 'gemv_kn', { W_F16: f16, VEC: vec, WG: WG_KN }]);
         want.push([`gemv_nk:${f16}:${vec}`, 'gemv_nk', { W_F16: f16, VEC: vec, WG: WG_NK, LPR }]);
       }
-      want.push([`gemv_nk_rows:${f16}:1`, 'gemv_nk_rows', { W_F16: f16, VEC: 1, WG: WG_NKR }]);
-      want.push([`gemv_kn_cols:${f16}:1`, 'gemv_kn_cols', { W_F16: f16, VEC: 1, WG: WG_KNC, KNV: f16 ? knWords.f16 : knWords.f32 }]);
+      want.push([`gemv_nk_rows:${f16}:1`, 'gemv_nk_rows', { W_F16: f16, VEC: 1, WG: WG_NKR, NKM: 1 }]);
+      want.push([`gemv_nk_rows:${f16}:1:block`, 'gemv_nk_rows', { W_F16: f16, VEC: 1, WG: WG_NKR, NKM: nkBlockRows }]);
+      want.push([`gemv_kn_cols:${f16}:1`, 'gemv_kn_cols', { W_F16: f16, VEC: 1, WG: WG_KNC, KNV: f16 ? knWords.f16 : knWords.f32, KNM: 1 }]);
+      want.push([`gemv_kn_cols:${f16}:1:block`, 'gemv_kn_cols', { W_F16: f16, VEC: 1, WG: WG_KNC, KNV: f16 ? knBlock.f16 : knBlock.f32, KNM: knBlock.rows }]);
       for (const nk of [0, 1]) {
         want.push([`gemm:${f16}:${nk}`, 'gemm', { W_F16: f16, NK: nk, TX: GEMM.TX, TY: GEMM.TY, BK: GEMM.BK }]);
       }
@@ -198,7 +229,7 @@ export class MatmulKernel {
       ? { kn: opts.gemvMaxM, nk: opts.gemvMaxM }
       : { kn: cpu ? Infinity : GEMV_MAX_M, nk: cpu ? Infinity : GEMV_MAX_M };
     return new MatmulKernel(ctx, new Map(want.map(([key], i) => [key, built[i]!])), LPR, WG_NK, gemvMax, opts.nkRows ?? cpu,
-      opts.knCols ?? cpu, knWords);
+      opts.knCols ?? cpu, knWords, knBlock, nkBlockRows);
   }
 
   bind(owner: Owned, a: MatmulArgs, label = 'matmul'): Dispatch[] {
@@ -296,12 +327,15 @@ export class MatmulKernel {
     // GEMV. 16-byte loads need 16-byte aligned W rows (and x rows for nk).
     const per = f16 ? 8 : 4; // elements per 16-byte load
     const vec = a.layout === 'kn' ? N % per === 0 : K % per === 0;
-    const rows = a.layout === 'nk' && M === 1 && vec && (a.nkRows ?? this.nkRows);
-    const cols = a.layout === 'kn' && M === 1 && vec && (a.knCols ?? this.knCols);
-    const knv = f16 ? this.knWords.f16 : this.knWords.f32;
+    const rows = a.layout === 'nk' && vec && (a.nkRows ?? this.nkRows);
+    const cols = a.layout === 'kn' && vec && (a.knCols ?? this.knCols);
+    // gemv_kn_cols / gemv_nk_rows: M = 1 has its own pipeline (KNM / NKM = 1), M > 1 the block one.
+    const block = (cols || rows) && M > 1;
+    const knv = block && cols ? (f16 ? this.knBlock.f16 : this.knBlock.f32) : f16 ? this.knWords.f16 : this.knWords.f32;
     const entry: Entry = a.layout === 'kn' ? (cols ? 'gemv_kn_cols' : 'gemv_kn') : rows ? 'gemv_nk_rows' : 'gemv_nk';
-    const pipeline = this.pipelines.get(`${entry}:${f16}:${vec ? 1 : 0}`)!;
-    const zBlocks = groups(ctx, label, Math.ceil(M / MAXM));
+    const pipeline = this.pipelines.get(`${entry}:${f16}:${vec ? 1 : 0}${block ? ':block' : ''}`)!;
+    const mb = !block ? (cols || rows ? 1 : MAXM) : cols ? this.knBlock.rows : this.nkBlockRows; // rows of x per z block
+    const zBlocks = groups(ctx, label, Math.ceil(M / mb));
     const threads = a.layout === 'kn' ? Math.ceil(N / per) : N * this.lpr;
     // K slices: multiples of 8 so every slice starts on a 16-byte load of either dtype.
     let S: number;
