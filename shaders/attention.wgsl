@@ -12,13 +12,13 @@
 // path. Keys are visited in blocks of KB = KPT * WG with an online softmax (running max m and
 // running sum l, rescaled by alpha = exp(m_old - m_new) when a block raises the max), so workgroup
 // storage does not depend on the capacity (any cap, 2048 included): qs + acc (1 KiB each),
-// sc + koff (KB words each) and red + lsum (WG words each): 5 KiB at WG = 64, 14 KiB at WG = 256.
-// Per block (3 barriers):
+// sc + koff (KB words each) and red + lsum (WG words each): 3.25 KiB at WG = 32, 12 KiB at 256.
+// Per block (3 + log2(WG) barriers):
 //   1. thread lid scores keys lid, lid + WG, ... (KPT of them): s_j = (q / sqrt(D)) . k_j (q kept
 //      pre-scaled in qs), records each key's cache offset in koff (the ring's slot arithmetic is
 //      done once per key, with no integer division) and its own maximum in red;
-//   2. every thread scans the WG maxima (one barrier instead of a tree's log2(WG)) -> m_new;
-//      p_j = exp(s_j - m_new) into sc;
+//   2. tree max over the WG maxima -> m_new (on lavapipe log2(WG) cheap barriers beat every
+//      thread scanning all WG values); p_j = exp(s_j - m_new) into sc;
 //   3. output accumulation: the WG threads are split into parts = WG / D groups of D lanes (one lane
 //      per output dimension, so the lanes of a part read a v row contiguously); part g sums keys
 //      g, g + parts, ... of the block. For D > WG there is one part and each thread covers dims
@@ -26,7 +26,7 @@
 //      of l (kept by its lane d = 0); the parts are added at the end.
 // main_vec4 (below) is the same with 4 dimensions per load, used when D % 4 == 0.
 
-override WG: u32 = 64u;  // <= 256 (acc holds max(WG, MAX_D) floats)
+override WG: u32 = 32u;  // power of two (tree max), <= 256 (acc holds max(WG, MAX_D) floats)
 const KPT: u32 = 4u;     // keys each thread scores per block
 override KB: u32 = WG * KPT;  // keys per block
 const MAX_D: u32 = 256u;
@@ -102,12 +102,14 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         tm = max(tm, dot);
       }
     }
-    // 2. block max (every thread scans the WG partial maxima: one barrier instead of a tree's
-    //    log2(WG)), new running max, probabilities relative to it
+    // 2. block max (tree over the WG partial maxima), new running max, probabilities against it
     red[lid] = tm;
     workgroupBarrier();
-    var m_new = m;
-    for (var i = 0u; i < WG; i++) { m_new = max(m_new, red[i]); }
+    for (var k = WG / 2u; k > 0u; k = k >> 1u) {
+      if (lid < k) { red[lid] = max(red[lid], red[lid + k]); }
+      workgroupBarrier();
+    }
+    let m_new = max(m, red[0]);
     let alpha = exp(m - m_new);  // rescales what was accumulated against the old max
     for (var i = 0u; i < KPT; i++) {
       let jl = lid + i * WG;
@@ -198,8 +200,11 @@ fn main_vec4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
     }
     red[lid] = tm;
     workgroupBarrier();
-    var m_new = m;
-    for (var i = 0u; i < WG; i++) { m_new = max(m_new, red[i]); }
+    for (var k = WG / 2u; k > 0u; k = k >> 1u) {
+      if (lid < k) { red[lid] = max(red[lid], red[lid + k]); }
+      workgroupBarrier();
+    }
+    let m_new = max(m, red[0]);
     let alpha = exp(m - m_new);
     for (var i = 0u; i < KPT; i++) {
       let jl = lid + i * WG;
