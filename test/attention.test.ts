@@ -83,6 +83,7 @@ const CASES: Array<[string, Scenario]> = [
   // Past the capacity only a decode step is well defined: a later token of the same step would
   // overwrite a slot still inside an earlier token's window.
   ['ring window: decode past the capacity attends to the last cap positions', { C: 32, nHead: 2, cap: 16, prior: [20, 16], step: [[0, 1], [1, 1]] }],
+  ['one row past the capacity alone in its tile (the tiled kernel must fall back)', { C: 32, nHead: 2, cap: 16, prior: [20], step: [[0, 1]] }],
   ['D 3 (scalar kernel only: D % 4 != 0), C 12, nHead 4', { C: 12, nHead: 4, cap: 300, prior: [270, 5], step: [[0, 2], [1, 3]] }],
 ];
 // Every case runs each kernel that applies: per token (vec4 loads when D % 4 == 0), per token
@@ -116,6 +117,19 @@ test('attention: a token whose row is outside the cache gets NaN, the others are
     // token 0 attends only to itself: out = its v
     allClose(got.subarray(0, C), qkv.subarray(2 * C, 3 * C), { atol: 1e-6 }, 'single-key attention');
     assert.ok(got.subarray(C).every((v) => Number.isNaN(v)), 'row outside the cache gives NaN');
+  }));
+
+test("attention 'auto' tiles prompts of >= 16 tokens with D % 4 == 0 and D <= 64, else one token per workgroup", () =>
+  withDevice(async ({ ctx, owned }) => {
+    const at = await AttentionKernel.create(ctx);
+    const args = (T: number, C: number, nHead: number) => ({
+      qkv: poisoned(owned, [T, 3 * C]), meta: poisoned(owned, [T, 2], 'u32'),
+      kCache: poisoned(owned, [1, 32, C]), vCache: poisoned(owned, [1, 32, C]), out: poisoned(owned, [T, C]), nHead,
+    });
+    assert.equal(at.bind(owned, args(16, 64, 1)).map((d) => d.label), ['attention.tiled', 'attention.rest']);
+    assert.equal(at.bind(owned, args(15, 64, 1)).map((d) => d.label), ['attention']);
+    assert.equal(at.bind(owned, args(16, 128, 1)).map((d) => d.label), ['attention']); // D 128 > 64
+    assert.throws(() => at.bind(owned, { ...args(16, 12, 4), variant: 'tiled' }), (e: Error) => e instanceof ShapeError && /D = 3/.test(e.message));
   }));
 
 test('attention rejects a head count that does not divide C and mismatched caches', () =>
