@@ -7,9 +7,12 @@
 //     cap) positions p_t - n + 1 .. p_t of row r_t (the ring's window; the engine keeps p_t < cap, so
 //     in practice positions 0..p_t). A query whose row is >= rows gets a NaN output (defence in depth).
 //
-// Work split: one workgroup of WG threads per (query t, head h), any mix of rows and positions, so
-// prefill (many queries of a row), multi-row prefill and decode (one query per row) share one code
-// path. Keys are visited in blocks of KB = KPT * WG with an online softmax (running max m and
+// Three entry points (the TS module picks): main (scalar loads, any D), main_vec4 (the same with
+// vec4 loads, D % 4 == 0) and tiled_vec4 (prompts: 8 tokens of one row per workgroup, at the end).
+//
+// Work split of main / main_vec4: one workgroup of WG threads per (query t, head h), any mix of
+// rows and positions, so prefill (many queries of a row), multi-row prefill and decode (one query
+// per row) share one code path. Keys are visited in blocks of KB = KPT * WG with an online softmax (running max m and
 // running sum l, rescaled by alpha = exp(m_old - m_new) when a block raises the max), so workgroup
 // storage does not depend on the capacity (any cap, 2048 included): qs + acc (1 KiB each),
 // sc + koff (KB words each) and red + lsum (WG words each): 3.25 KiB at WG = 32, 12 KiB at 256.
