@@ -7,18 +7,21 @@
 //     cap) positions p_t - n + 1 .. p_t of row r_t (the ring's window; the engine keeps p_t < cap, so
 //     in practice positions 0..p_t). A query whose row is >= rows gets a NaN output (defence in depth).
 //
-// Work split: one workgroup of WG threads per (query t, head h), any mix of rows and positions, so
-// prefill (many queries of a row), multi-row prefill and decode (one query per row) share one code
-// path. Keys are visited in blocks of KB = KPT * WG with an online softmax (running max m and
+// Three entry points (the TS module picks): main (scalar loads, any D), main_vec4 (the same with
+// vec4 loads, D % 4 == 0) and tiled_vec4 (prompts: 8 tokens of one row per workgroup, at the end).
+//
+// Work split of main / main_vec4: one workgroup of WG threads per (query t, head h), any mix of
+// rows and positions, so prefill (many queries of a row), multi-row prefill and decode (one query
+// per row) share one code path. Keys are visited in blocks of KB = KPT * WG with an online softmax (running max m and
 // running sum l, rescaled by alpha = exp(m_old - m_new) when a block raises the max), so workgroup
 // storage does not depend on the capacity (any cap, 2048 included): qs + acc (1 KiB each),
-// sc + koff (KB words each) and red + lsum (WG words each): 5 KiB at WG = 64, 14 KiB at WG = 256.
-// Per block (3 barriers):
+// sc + koff (KB words each) and red + lsum (WG words each): 3.25 KiB at WG = 32, 12 KiB at 256.
+// Per block (3 + log2(WG) barriers):
 //   1. thread lid scores keys lid, lid + WG, ... (KPT of them): s_j = (q / sqrt(D)) . k_j (q kept
 //      pre-scaled in qs), records each key's cache offset in koff (the ring's slot arithmetic is
 //      done once per key, with no integer division) and its own maximum in red;
-//   2. every thread scans the WG maxima (one barrier instead of a tree's log2(WG)) -> m_new;
-//      p_j = exp(s_j - m_new) into sc;
+//   2. tree max over the WG maxima -> m_new (on lavapipe log2(WG) cheap barriers beat every
+//      thread scanning all WG values); p_j = exp(s_j - m_new) into sc;
 //   3. output accumulation: the WG threads are split into parts = WG / D groups of D lanes (one lane
 //      per output dimension, so the lanes of a part read a v row contiguously); part g sums keys
 //      g, g + parts, ... of the block. For D > WG there is one part and each thread covers dims
@@ -26,7 +29,7 @@
 //      of l (kept by its lane d = 0); the parts are added at the end.
 // main_vec4 (below) is the same with 4 dimensions per load, used when D % 4 == 0.
 
-override WG: u32 = 64u;  // <= 256 (acc holds max(WG, MAX_D) floats)
+override WG: u32 = 32u;  // power of two (tree max), <= 256 (acc holds max(WG, MAX_D) floats)
 const KPT: u32 = 4u;     // keys each thread scores per block
 override KB: u32 = WG * KPT;  // keys per block
 const MAX_D: u32 = 256u;
@@ -43,6 +46,7 @@ struct Params {
   scale: f32,     // 1 / sqrt(D)
   groups_x: u32,  // workgroups along dispatch x (workgroup index = wg.y * groups_x + wg.x)
   nan_bits: u32,  // 0x7fc00000: NaN cannot be written as a WGSL constant
+  tiled_skip: u32,  // 1: main_vec4 skips tokens whose tile tiled_vec4 handles (see below)
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -102,12 +106,14 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         tm = max(tm, dot);
       }
     }
-    // 2. block max (every thread scans the WG partial maxima: one barrier instead of a tree's
-    //    log2(WG)), new running max, probabilities relative to it
+    // 2. block max (tree over the WG partial maxima), new running max, probabilities against it
     red[lid] = tm;
     workgroupBarrier();
-    var m_new = m;
-    for (var i = 0u; i < WG; i++) { m_new = max(m_new, red[i]); }
+    for (var k = WG / 2u; k > 0u; k = k >> 1u) {
+      if (lid < k) { red[lid] = max(red[lid], red[lid + k]); }
+      workgroupBarrier();
+    }
+    let m_new = max(m, red[0]);
     let alpha = exp(m - m_new);  // rescales what was accumulated against the old max
     for (var i = 0u; i < KPT; i++) {
       let jl = lid + i * WG;
@@ -161,7 +167,12 @@ fn main_vec4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
   let w = wg.y * p.groups_x + wg.x;
   if (w >= p.T * p.n_head) { return; }  // uniform: the whole workgroup leaves
   let t = w / p.n_head;
-  let h = w - t * p.n_head;
+  if (p.tiled_skip == 1u && tile_qualifies(t / QT)) { return; }  // uniform: t is
+  attend_vec4(t, w - t * p.n_head, lid);
+}
+
+// Query t, head h, by the whole workgroup (called in uniform control flow).
+fn attend_vec4(t: u32, h: u32, lid: u32) {
   let D4 = p.D / 4u;
   let C4 = p.C / 4u;
   let row = tok_meta[2u * t];
@@ -171,6 +182,7 @@ fn main_vec4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
   let first_slot = (pos + 1u - n) % p.cap;
   let head_base = row * p.cap * C4 + h * D4;  // + slot * C4 + d4
 
+  workgroupBarrier();  // a previous call (tiled fallback) may still be reading qs4, acc4, lsum
   for (var d = lid; d < D4; d += WG) { qs4[d] = qkv4[t * 3u * C4 + h * D4 + d] * p.scale; }
   let parts = max(1u, WG / D4);
   let entries = parts * D4;
@@ -198,8 +210,11 @@ fn main_vec4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
     }
     red[lid] = tm;
     workgroupBarrier();
-    var m_new = m;
-    for (var i = 0u; i < WG; i++) { m_new = max(m_new, red[i]); }
+    for (var k = WG / 2u; k > 0u; k = k >> 1u) {
+      if (lid < k) { red[lid] = max(red[lid], red[lid + k]); }
+      workgroupBarrier();
+    }
+    let m_new = max(m, red[0]);
     let alpha = exp(m - m_new);
     for (var i = 0u; i < KPT; i++) {
       let jl = lid + i * WG;
@@ -231,5 +246,135 @@ fn main_vec4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
     var a = vec4<f32>(0.0);
     for (var g = 0u; g < parts; g++) { a += acc4[g * D4 + d]; }
     out4[t * C4 + h * D4 + d] = select(vec4<f32>(nan), a / L, valid);
+  }
+}
+
+// ---- Tiled variant for prefill: QT = WG / 4 consecutive tokens x one head per workgroup, so each
+// K/V row loaded serves QT queries. Used when the step holds runs of tokens of one row (prompts).
+//   A tile qualifies when all its tokens have the same valid row and positions < cap (so every
+//   window is positions 0..p and slot = position); otherwise this kernel leaves it and a second
+//   dispatch of main_vec4 with tiled_skip = 1 does its tokens one by one (that dispatch skips the
+//   tokens of qualifying tiles), so any mix of rows is correct, just without the sharing. (The
+//   fallback is a separate dispatch because inlining attend_vec4 here made lavapipe's LLVM
+//   compile of this pipeline take ~30 s.)
+//   Lanes: 4 per query (q = lid / 4, r = lid % 4); lane r owns output dims (as vec4 indices)
+//   r, r + 4, r + 8, r + 12 (D <= 64) and keeps its own copy of the query's online-softmax state
+//   (m, l), so no reduction over lanes is needed. Per block of TKB keys (3 barriers):
+//   1. the workgroup copies K and V rows of keys b .. b + TKB - 1 into ks, vs (workgroup memory);
+//   2. lane r scores keys r, r + 4, ... of the block for its query into ssc (keys after the
+//      query's position are masked with LOWEST);
+//   3. each lane reads its query's TKB scores, takes their max itself, rescales (m, l, acc) and
+//      adds p_j * v_j for its dims.
+//   Workgroup storage: ks + vs 8 KiB, qt 2 KiB, ssc 0.5 KiB at WG = 32.
+
+// A tile qualifies when its tokens share one valid row and every position is < cap.
+fn tile_qualifies(tile: u32) -> bool {
+  let t0 = tile * QT;
+  let nt = min(QT, p.T - t0);
+  let row = tok_meta[2u * t0];
+  var ok = row < p.rows;
+  for (var i = 0u; i < nt; i++) {
+    ok = ok && tok_meta[2u * (t0 + i)] == row && tok_meta[2u * (t0 + i) + 1u] < p.cap;
+  }
+  return ok;
+}
+
+const LPQ: u32 = 4u;            // lanes per query
+override QT: u32 = WG / LPQ;    // queries per tile
+const TKB: u32 = 16u;           // keys per block
+const TD4: u32 = 16u;           // most vec4s per head (D <= 64)
+
+var<workgroup> ks: array<vec4<f32>, 256>;  // [TKB, D / 4]
+var<workgroup> vs: array<vec4<f32>, 256>;  // [TKB, D / 4]
+var<workgroup> ssc: array<f32, QT * TKB>;  // [QT, TKB] scores
+var<workgroup> qt: array<vec4<f32>, QT * TD4>;  // [QT, D / 4] the tile's queries
+var<workgroup> tile_ok: u32;               // 1 when the tile qualifies
+var<workgroup> tile_maxp: u32;             // largest position in the tile
+
+@compute @workgroup_size(WG)
+fn tiled_vec4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+  let w = wg.y * p.groups_x + wg.x;
+  let tiles = (p.T + QT - 1u) / QT;
+  if (w >= tiles * p.n_head) { return; }  // uniform
+  let tile = w / p.n_head;
+  let h = w - tile * p.n_head;
+  let t0 = tile * QT;
+  let nt = min(QT, p.T - t0);  // tokens in this tile (uniform)
+  let row = tok_meta[2u * t0];
+  if (lid == 0u) {
+    var maxp = 0u;
+    for (var i = 0u; i < nt; i++) { maxp = max(maxp, tok_meta[2u * (t0 + i) + 1u]); }
+    tile_ok = select(0u, 1u, tile_qualifies(tile));
+    tile_maxp = maxp;
+  }
+  if (workgroupUniformLoad(&tile_ok) == 0u) { return; }  // main_vec4 does this tile's tokens
+  let nkeys = workgroupUniformLoad(&tile_maxp) + 1u;  // keys 0 .. maxp serve every query
+
+  let D4 = p.D / 4u;
+  let C4 = p.C / 4u;
+  let q = lid / LPQ;
+  let r = lid - q * LPQ;
+  let live = q < nt;
+  let tq = t0 + min(q, nt - 1u);  // inactive lanes shadow the last token, write nothing
+  let pq = tok_meta[2u * tq + 1u];
+  let head_base = row * p.cap * C4 + h * D4;  // + position * C4 + d4
+
+  // The tile's queries (pre-scaled), [QT, D / 4]
+  for (var e = lid; e < QT * D4; e += WG) {
+    let qi = e / D4;
+    qt[e] = qkv4[(t0 + min(qi, nt - 1u)) * 3u * C4 + h * D4 + (e - qi * D4)] * p.scale;
+  }
+  var acc: array<vec4<f32>, 4>;  // dims r + 4 i
+  for (var i = 0u; i < 4u; i++) { acc[i] = vec4<f32>(0.0); }
+  var m = LOWEST;
+  var l = 0.0;
+
+  for (var b = 0u; b < nkeys; b += TKB) {
+    let cnt = min(TKB, nkeys - b);
+    // 1. K and V rows of this block's keys
+    for (var e = lid; e < cnt * D4; e += WG) {
+      let j = e / D4;
+      let off = head_base + (b + j) * C4 + (e - j * D4);
+      ks[e] = k4[off];
+      vs[e] = v4[off];
+    }
+    workgroupBarrier();
+    // 2. scores of keys r, r + 4, r + 8, r + 12 for query q; masked past the query's position
+    for (var jj = 0u; jj < TKB / LPQ; jj++) {
+      let j = r + jj * LPQ;
+      var s = LOWEST;
+      if (j < cnt && b + j <= pq) {
+        var dot4 = vec4<f32>(0.0);
+        for (var d = 0u; d < D4; d++) { dot4 += qt[q * D4 + d] * ks[j * D4 + d]; }
+        s = dot4.x + dot4.y + dot4.z + dot4.w;
+      }
+      ssc[q * TKB + j] = s;
+    }
+    workgroupBarrier();
+    // 3. online softmax update of this lane's copy of (m, l) and its dims of acc
+    var bm = LOWEST;
+    for (var j = 0u; j < TKB; j++) { bm = max(bm, ssc[q * TKB + j]); }
+    let m_new = max(m, bm);
+    let alpha = exp(m - m_new);
+    l = l * alpha;
+    for (var i = 0u; i < 4u; i++) { acc[i] = acc[i] * alpha; }
+    for (var j = 0u; j < cnt; j++) {
+      let s = ssc[q * TKB + j];
+      let pj = select(0.0, exp(s - m_new), s > LOWEST);  // masked keys add nothing
+      l += pj;
+      for (var i = 0u; i < 4u; i++) {
+        let d = r + i * LPQ;
+        if (d < D4) { acc[i] += pj * vs[j * D4 + d]; }
+      }
+    }
+    m = m_new;
+    workgroupBarrier();  // ks, vs and ssc are rewritten by the next block
+  }
+
+  if (live) {
+    for (var i = 0u; i < 4u; i++) {
+      let d = r + i * LPQ;
+      if (d < D4) { out4[tq * C4 + h * D4 + d] = acc[i] / l; }
+    }
   }
 }

@@ -1,6 +1,8 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { AttentionKernel } from '../src/kernels/attention.js';
+import { AttentionArgs, AttentionKernel } from '../src/kernels/attention.js';
+
+type AttentionVariant = NonNullable<AttentionArgs['variant']>;
 import { KvWriteKernel } from '../src/kernels/kvcache.js';
 import { ShapeError } from '../src/errors.js';
 import { allClose, download, poisoned, Rng, run, upload, withDevice } from './helpers.js';
@@ -22,7 +24,7 @@ interface Scenario {
  * tokens; runs kv_write then attention; compares with the float64 reference over the logical
  * history. NaN in every unwritten slot makes any read outside a row's window show.
  */
-async function check(sc: Scenario, seed: number, forceScalar = false): Promise<void> {
+async function check(sc: Scenario, seed: number, variant: AttentionVariant): Promise<void> {
   await withDevice(async ({ ctx, owned }) => {
     const { C, nHead, cap } = sc;
     const rows = sc.prior.length;
@@ -59,10 +61,9 @@ async function check(sc: Scenario, seed: number, forceScalar = false): Promise<v
     const out = poisoned(owned, [T, C]);
     const kw = await KvWriteKernel.create(ctx);
     const at = await AttentionKernel.create(ctx);
-    at.forceScalar = forceScalar;
     await run(ctx, [
       kw.bind(owned, { qkv: qkvT, meta: metaT, kCache: kT, vCache: vT }),
-      at.bind(owned, { qkv: qkvT, meta: metaT, kCache: kT, vCache: vT, out, nHead }),
+      ...at.bind(owned, { qkv: qkvT, meta: metaT, kCache: kT, vCache: vT, out, nHead, variant }),
     ]);
     const ref = attention64(qkv, T, C, nHead, cap, rowOf, posOf, hist);
     allClose(await download(ctx, out), ref, { rel: 1e-5, atol: 2e-5, rtol: 1e-4 }, 'attention');
@@ -82,11 +83,17 @@ const CASES: Array<[string, Scenario]> = [
   // Past the capacity only a decode step is well defined: a later token of the same step would
   // overwrite a slot still inside an earlier token's window.
   ['ring window: decode past the capacity attends to the last cap positions', { C: 32, nHead: 2, cap: 16, prior: [20, 16], step: [[0, 1], [1, 1]] }],
+  ['one row past the capacity alone in its tile (the tiled kernel must fall back)', { C: 32, nHead: 2, cap: 16, prior: [20], step: [[0, 1]] }],
   ['D 3 (scalar kernel only: D % 4 != 0), C 12, nHead 4', { C: 12, nHead: 4, cap: 300, prior: [270, 5], step: [[0, 2], [1, 3]] }],
 ];
-// Every case runs the kernel the engine would pick (vec4 loads when D % 4 == 0) and the scalar one.
-for (const forceScalar of [false, true]) {
-  CASES.forEach(([name, sc], i) => test(`attention${forceScalar ? ' (scalar)' : ''}: ${name}`, () => check(sc, 100 + i, forceScalar)));
+// Every case runs each kernel that applies: per token (vec4 loads when D % 4 == 0), per token
+// scalar, and tiled (8 tokens per workgroup; tiles that mix rows or wrap fall back per token).
+for (const variant of ['query', 'scalar', 'tiled'] as const) {
+  CASES.forEach(([name, sc], i) => {
+    const D = sc.C / sc.nHead;
+    if (variant === 'tiled' && !(D % 4 === 0 && D <= 64)) return;
+    test(`attention (${variant}): ${name}`, () => check(sc, 100 + i, variant));
+  });
 }
 
 test('attention: a token whose row is outside the cache gets NaN, the others are unaffected', () =>
@@ -104,12 +111,25 @@ test('attention: a token whose row is outside the cache gets NaN, the others are
     const at = await AttentionKernel.create(ctx);
     await run(ctx, [
       kw.bind(owned, { qkv: qkvT, meta: metaT, kCache: kT, vCache: vT }),
-      at.bind(owned, { qkv: qkvT, meta: metaT, kCache: kT, vCache: vT, out, nHead: 2 }),
+      ...at.bind(owned, { qkv: qkvT, meta: metaT, kCache: kT, vCache: vT, out, nHead: 2 }),
     ]);
     const got = await download(ctx, out);
     // token 0 attends only to itself: out = its v
     allClose(got.subarray(0, C), qkv.subarray(2 * C, 3 * C), { atol: 1e-6 }, 'single-key attention');
     assert.ok(got.subarray(C).every((v) => Number.isNaN(v)), 'row outside the cache gives NaN');
+  }));
+
+test("attention 'auto' tiles prompts of >= 16 tokens with D % 4 == 0 and D <= 64, else one token per workgroup", () =>
+  withDevice(async ({ ctx, owned }) => {
+    const at = await AttentionKernel.create(ctx);
+    const args = (T: number, C: number, nHead: number) => ({
+      qkv: poisoned(owned, [T, 3 * C]), meta: poisoned(owned, [T, 2], 'u32'),
+      kCache: poisoned(owned, [1, 32, C]), vCache: poisoned(owned, [1, 32, C]), out: poisoned(owned, [T, C]), nHead,
+    });
+    assert.equal(at.bind(owned, args(16, 64, 1)).map((d) => d.label), ['attention.tiled', 'attention.rest']);
+    assert.equal(at.bind(owned, args(15, 64, 1)).map((d) => d.label), ['attention']);
+    assert.equal(at.bind(owned, args(16, 128, 1)).map((d) => d.label), ['attention']); // D 128 > 64
+    assert.throws(() => at.bind(owned, { ...args(16, 12, 4), variant: 'tiled' }), (e: Error) => e instanceof ShapeError && /D = 3/.test(e.message));
   }));
 
 test('attention rejects a head count that does not divide C and mismatched caches', () =>
