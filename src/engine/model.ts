@@ -83,6 +83,9 @@ export class ForwardPlan {
       const hl = buf('hl', [R, C]);
       this.logits = buf('logits', [R, V]);
       const eps = cfg.layer_norm_epsilon;
+      // A decode plan (one token per row) gains nothing from the tiled prefill attention, whose
+      // tiles would all mix rows: one query per workgroup there.
+      const attnVariant = T === cache.rows && R === T && T > 1 ? 'query' : 'auto';
       const d = this.dispatches;
       d.push(...list(k.embedding.bind(o, { ids: this.ids, meta: this.meta, wte: w.wte, wpe: w.wpe, out: x }, 'wte+wpe')));
       for (let l = 0; l < cfg.n_layer; l++) {
@@ -92,7 +95,7 @@ export class ForwardPlan {
         d.push(...list(k.layernorm.bind(o, { x, gamma: L.ln_1.weight, beta: L.ln_1.bias, y: h, eps }, `h.${l}.ln_1`)));
         d.push(...list(k.matmul.bind(o, { x: h, w: L.attn.c_attn.weight, layout: 'kn', bias: L.attn.c_attn.bias, out: qkv }, `h.${l}.attn.c_attn`)));
         d.push(...list(k.kvWrite.bind(o, { qkv, meta: this.meta, kCache: kc, vCache: vc }, `h.${l}.kv_write`)));
-        d.push(...list(k.attention.bind(o, { qkv, kCache: kc, vCache: vc, meta: this.meta, out: att, nHead: cfg.n_head }, `h.${l}.attn`)));
+        d.push(...list(k.attention.bind(o, { qkv, kCache: kc, vCache: vc, meta: this.meta, out: att, nHead: cfg.n_head, variant: attnVariant }, `h.${l}.attn`)));
         d.push(...list(k.matmul.bind(o, { x: att, w: L.attn.c_proj.weight, layout: 'kn', bias: L.attn.c_proj.bias, accumulate: true, out: x }, `h.${l}.attn.c_proj`)));
         d.push(...list(k.layernorm.bind(o, { x, gamma: L.ln_2.weight, beta: L.ln_2.bias, y: h, eps }, `h.${l}.ln_2`)));
         d.push(...list(k.matmul.bind(o, { x: h, w: L.mlp.c_fc.weight, layout: 'kn', bias: L.mlp.c_fc.bias, activation: 'gelu', out: fc }, `h.${l}.mlp.c_fc`)));
