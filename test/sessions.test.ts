@@ -9,7 +9,7 @@ import { rejects } from './helpers.js';
 import { tinyReference } from './fixtures-util.js';
 import { cfgOf, engine, randomModel, tinyModel } from './model-util.js';
 import { ForwardPlan } from '../src/engine/model.js';
-import { CacheMisuseError, ContextOverflowError } from '../src/errors.js';
+import { CacheMisuseError, ContextOverflowError, InvalidOptionError } from '../src/errors.js';
 
 const ref = tinyReference();
 
@@ -124,7 +124,7 @@ test('5,000 tokens with context shifts: runs, shifts, and GPU memory stays flat'
 
 test('shifted generation equals the uncached recompute over the same windows', async () => {
   const model = await tinyModel();
-  const opts = { temperature: 1, seed: 9, maxNewTokens: 80, stopAtEos: false, keep: 16 };
+  const opts = { temperature: 1, seed: 9, maxNewTokens: 80, stopAtEos: false };
   const s1 = await model.createSession({ capacity: 32, keep: 16 });
   const s2 = await model.createSession({ capacity: 32, keep: 16 });
   try {
@@ -135,6 +135,16 @@ test('shifted generation equals the uncached recompute over the same windows', a
   } finally {
     s1.destroy();
     s2.destroy();
+  }
+});
+
+test('window options given to generate() with a session are refused, not ignored', async () => {
+  const model = await tinyModel();
+  const s = await model.createSession({ capacity: 32 });
+  try {
+    await rejects(() => s.generate([1], { maxNewTokens: 1, keep: 8 }), (e: Error) => e instanceof InvalidOptionError && /createSession/.test(e.message));
+  } finally {
+    s.destroy();
   }
 });
 

@@ -171,6 +171,9 @@ async function run(model: GPT2Model, prompts: number[][], opts: GenerateOptions)
   let cache: KVCache;
   const own = opts.cache === undefined;
   if (opts.cache) {
+    if (opts.onOverflow !== undefined || opts.keep !== undefined) {
+      throw new InvalidOptionError('onOverflow and keep belong to the session: pass them to createSession()/createCache(), not to generate() with a cache');
+    }
     cache = opts.cache;
     if (cache.rows !== R) throw new InvalidOptionError(`the cache has ${cache.rows} rows but numSequences is ${R}; they must match`);
     cache.acquire(model);
