@@ -196,8 +196,7 @@ export class GpuContext {
       const enc = this.device.createCommandEncoder({ label: 'readback' });
       enc.copyBufferToBuffer(src, offset, staging, 0, Math.ceil(size / 4) * 4);
       this.submit([enc.finish()]);
-      await this.mapRead(staging, size);
-      return staging.getMappedRange(0, Math.ceil(size / 4) * 4).slice(0, size);
+      return await this.mapCopy(staging, size);
     } finally {
       this.destroyBuffer(staging);
     }
@@ -224,6 +223,17 @@ export class GpuContext {
     this.stats.bytesReadBack += countedBytes;
   }
 
+  /**
+   * Maps a MAP_READ staging buffer (the one a step just copied into), copies its first `bytes` out
+   * and unmaps it, so the buffer can be reused by the next step. Counts the bytes read back.
+   */
+  async mapCopy(buf: GPUBuffer, bytes: number): Promise<ArrayBuffer> {
+    await this.mapRead(buf, bytes);
+    const out = buf.getMappedRange(0, Math.ceil(bytes / 4) * 4).slice(0, bytes);
+    buf.unmap();
+    return out;
+  }
+
   /** Destroys every tracked buffer and the device. */
   destroy(): void {
     if (this.destroyed) return;
@@ -232,6 +242,30 @@ export class GpuContext {
     this.destroyed = true;
     this.device.destroy();
   }
+}
+
+/** The limits `info` and the benchmark report, as the device got them. */
+function limitsOf(dl: GPUSupportedLimits): AdapterSummary['limits'] {
+  return {
+    maxStorageBufferBindingSize: dl.maxStorageBufferBindingSize,
+    maxBufferSize: dl.maxBufferSize,
+    maxComputeWorkgroupStorageSize: dl.maxComputeWorkgroupStorageSize,
+    maxComputeInvocationsPerWorkgroup: dl.maxComputeInvocationsPerWorkgroup,
+    maxComputeWorkgroupSizeX: dl.maxComputeWorkgroupSizeX,
+    maxStorageBuffersPerShaderStage: dl.maxStorageBuffersPerShaderStage,
+    maxComputeWorkgroupsPerDimension: dl.maxComputeWorkgroupsPerDimension,
+    minStorageBufferOffsetAlignment: dl.minStorageBufferOffsetAlignment,
+    minUniformBufferOffsetAlignment: dl.minUniformBufferOffsetAlignment,
+  };
+}
+
+/** The optional features the device has (and the engine uses only when present). */
+function featuresOf(device: GPUDevice): GpuFeatures {
+  return {
+    timestampQuery: device.features.has('timestamp-query'),
+    shaderF16: device.features.has('shader-f16'),
+    subgroups: device.features.has('subgroups'),
+  };
 }
 
 /**
@@ -272,7 +306,6 @@ export async function createContext(gpu: GPU | undefined | null, opts: ContextOp
     throw new WebGPUUnavailableError(`requestDevice() failed: ${(e as Error).message}. ${NO_ADAPTER_HINT}`, { cause: e });
   }
   const info = adapter.info ?? ({} as GPUAdapterInfo);
-  const dl = device.limits;
   const summary: AdapterSummary = {
     vendor: info.vendor ?? '',
     architecture: info.architecture ?? '',
@@ -281,24 +314,9 @@ export async function createContext(gpu: GPU | undefined | null, opts: ContextOp
     isFallbackAdapter: Boolean((info as { isFallbackAdapter?: boolean }).isFallbackAdapter ??
       (adapter as { isFallbackAdapter?: boolean }).isFallbackAdapter),
     features: [...adapter.features].sort(),
-    limits: {
-      maxStorageBufferBindingSize: dl.maxStorageBufferBindingSize,
-      maxBufferSize: dl.maxBufferSize,
-      maxComputeWorkgroupStorageSize: dl.maxComputeWorkgroupStorageSize,
-      maxComputeInvocationsPerWorkgroup: dl.maxComputeInvocationsPerWorkgroup,
-      maxComputeWorkgroupSizeX: dl.maxComputeWorkgroupSizeX,
-      maxStorageBuffersPerShaderStage: dl.maxStorageBuffersPerShaderStage,
-      maxComputeWorkgroupsPerDimension: dl.maxComputeWorkgroupsPerDimension,
-      minStorageBufferOffsetAlignment: dl.minStorageBufferOffsetAlignment,
-      minUniformBufferOffsetAlignment: dl.minUniformBufferOffsetAlignment,
-    },
+    limits: limitsOf(device.limits),
   };
-  const features: GpuFeatures = {
-    timestampQuery: device.features.has('timestamp-query'),
-    shaderF16: device.features.has('shader-f16'),
-    subgroups: device.features.has('subgroups'),
-  };
-  return new GpuContext(device, summary, features);
+  return new GpuContext(device, summary, featuresOf(device));
 }
 
 /**
@@ -306,7 +324,6 @@ export async function createContext(gpu: GPU | undefined | null, opts: ContextOp
  * Features and limits are read from the device; the adapter description is whatever is known.
  */
 export function contextFromDevice(device: GPUDevice, info: Partial<GPUAdapterInfo> = {}): GpuContext {
-  const dl = device.limits;
   const summary: AdapterSummary = {
     vendor: info.vendor ?? '',
     architecture: info.architecture ?? '',
@@ -314,21 +331,7 @@ export function contextFromDevice(device: GPUDevice, info: Partial<GPUAdapterInf
     description: info.description ?? 'host-provided device',
     isFallbackAdapter: false,
     features: [...device.features].sort(),
-    limits: {
-      maxStorageBufferBindingSize: dl.maxStorageBufferBindingSize,
-      maxBufferSize: dl.maxBufferSize,
-      maxComputeWorkgroupStorageSize: dl.maxComputeWorkgroupStorageSize,
-      maxComputeInvocationsPerWorkgroup: dl.maxComputeInvocationsPerWorkgroup,
-      maxComputeWorkgroupSizeX: dl.maxComputeWorkgroupSizeX,
-      maxStorageBuffersPerShaderStage: dl.maxStorageBuffersPerShaderStage,
-      maxComputeWorkgroupsPerDimension: dl.maxComputeWorkgroupsPerDimension,
-      minStorageBufferOffsetAlignment: dl.minStorageBufferOffsetAlignment,
-      minUniformBufferOffsetAlignment: dl.minUniformBufferOffsetAlignment,
-    },
+    limits: limitsOf(device.limits),
   };
-  return new GpuContext(device, summary, {
-    timestampQuery: device.features.has('timestamp-query'),
-    shaderF16: device.features.has('shader-f16'),
-    subgroups: device.features.has('subgroups'),
-  });
+  return new GpuContext(device, summary, featuresOf(device));
 }

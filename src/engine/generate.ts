@@ -371,11 +371,7 @@ async function generateCached(
   const queuedPos = cache.lengths.slice();
   const inflight: Array<Promise<Uint32Array>> = [];
   const readback = (buf: GPUBuffer): Promise<Uint32Array> => {
-    const p = ctx.mapRead(buf, R * 4).then(() => {
-      const ids = new Uint32Array(buf.getMappedRange().slice(0));
-      buf.unmap();
-      return ids;
-    });
+    const p = ctx.mapCopy(buf, R * 4).then((ab) => new Uint32Array(ab));
     p.catch(() => undefined);
     return p;
   };
@@ -542,9 +538,7 @@ async function generateUncached(
       plan.write({ ids, meta: Uint32Array.from(meta), lastIdx: last });
       const sample = model.kernels.sampler.bind(owned, state as never, { logits: plan.logits, outIds });
       model.submit([...plan.dispatches, ...sample], (enc) => enc.copyBufferToBuffer(outIds.buffer, 0, staging, 0, R * 4));
-      await ctx.mapRead(staging, R * 4);
-      const got = new Uint32Array(staging.getMappedRange().slice(0));
-      staging.unmap();
+      const got = new Uint32Array(await ctx.mapCopy(staging, R * 4));
       if (step === 0) {
         stats.first_token_ms = stats.prefill_ms = now() - t0;
         decodeStart = now();

@@ -129,9 +129,7 @@ export async function beamSearch(model: GPT2Model, prompt: string | readonly num
     const gatherBtoA = gather(cacheB, cacheA);
 
     const readCandidates = async (): Promise<Array<{ parent: number; token: number; score: number }>> => {
-      await ctx.mapRead(staging, 2 * B * 12);
-      const words = new Uint32Array(staging.getMappedRange().slice(0));
-      staging.unmap();
+      const words = new Uint32Array(await ctx.mapCopy(staging, 2 * B * 12));
       const f = new Float32Array(words.buffer);
       return Array.from({ length: 2 * B }, (_, i) => ({ parent: words[3 * i]!, token: words[3 * i + 1]!, score: f[3 * i + 2]! }));
     };
