@@ -16,7 +16,7 @@ import { Owned } from '../kernels/common.js';
 import type { Dispatch } from '../kernels/common.js';
 import { deriveSeed, randomSeed, validateSampling, type SamplingOptions } from '../sampling/options.js';
 import type { KVCache } from './kvcache.js';
-import { ForwardPlan, type GPT2Model } from './model.js';
+import { ForwardPlan, rowMeta, type GPT2Model } from './model.js';
 import { TextStreamer } from './tokenizer.js';
 
 export const MAX_NEW_TOKENS_LIMIT = 1_000_000;
@@ -316,9 +316,7 @@ async function generateCached(
       throw e;
     }
     plans.push(prefill);
-    const meta = new Uint32Array(2 * seq.length);
-    for (let t = 0; t < seq.length; t++) meta[2 * t + 1] = t;
-    prefill.write({ ids: seq, meta, lastIdx: new Uint32Array(R).fill(seq.length - 1) });
+    prefill.write({ ids: seq, meta: rowMeta(0, 0, seq.length), lastIdx: new Uint32Array(R).fill(seq.length - 1) });
     const rowBytes = cache.capacity * model.config.n_embd * 4;
     const used = seq.length * model.config.n_embd * 4;
     copyRows = (enc) => {
@@ -489,12 +487,7 @@ async function reencode(model: GPT2Model, cache: KVCache, r: number, kept: numbe
     plan.tag = 'reencode';
     plans.push(plan);
   }
-  const meta = new Uint32Array(2 * kept.length);
-  for (let t = 0; t < kept.length; t++) {
-    meta[2 * t] = r;
-    meta[2 * t + 1] = t;
-  }
-  plan.write({ ids: kept, meta, lastIdx: Uint32Array.of(kept.length - 1) });
+  plan.write({ ids: kept, meta: rowMeta(r, 0, kept.length), lastIdx: Uint32Array.of(kept.length - 1) });
   model.submit(plan.dispatches);
 }
 

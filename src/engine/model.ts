@@ -49,6 +49,16 @@ function list(d: Dispatch | Dispatch[]): Dispatch[] {
 
 let nextModelId = 1;
 
+/** meta [count, 2] u32 for `count` consecutive tokens of one row: (row, from + i). */
+export function rowMeta(row: number, from: number, count: number): Uint32Array {
+  const meta = new Uint32Array(2 * count);
+  for (let t = 0; t < count; t++) {
+    meta[2 * t] = row;
+    meta[2 * t + 1] = from + t;
+  }
+  return meta;
+}
+
 /** A forward pass over T tokens of one cache, producing logits for R of them. */
 export class ForwardPlan {
   readonly owned: Owned;
@@ -222,8 +232,7 @@ export class GPT2Model implements CacheOwner {
     let plan: ForwardPlan | undefined;
     try {
       plan = new ForwardPlan(this, cache, T, R);
-      const meta = new Uint32Array(2 * T);
-      for (let t = 0; t < T; t++) meta[2 * t + 1] = t;
+      const meta = rowMeta(0, 0, T);
       const last = opts.allPositions ? Uint32Array.from({ length: T }, (_, i) => i) : Uint32Array.of(T - 1);
       plan.write({ ids, meta, lastIdx: last });
       this.submit(plan.dispatches);

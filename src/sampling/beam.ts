@@ -17,7 +17,7 @@
 import { AbortError, ContextOverflowError, InvalidOptionError } from '../errors.js';
 import { GpuTensor, Owned } from '../kernels/common.js';
 import type { KVCache } from '../engine/kvcache.js';
-import { ForwardPlan, type GPT2Model } from '../engine/model.js';
+import { ForwardPlan, rowMeta, type GPT2Model } from '../engine/model.js';
 
 export interface BeamOptions {
   numBeams: number;
@@ -92,9 +92,7 @@ export async function beamSearch(model: GPT2Model, prompt: string | readonly num
     // Prefill the prompt once; all B rows get the same logits (lastIdx repeated).
     const prefill = new ForwardPlan(model, scratch, P, B);
     plans.push(prefill);
-    const meta = new Uint32Array(2 * P);
-    for (let t = 0; t < P; t++) meta[2 * t + 1] = t;
-    prefill.write({ ids: promptIds, meta, lastIdx: new Uint32Array(B).fill(P - 1) });
+    prefill.write({ ids: promptIds, meta: rowMeta(0, 0, P), lastIdx: new Uint32Array(B).fill(P - 1) });
 
     const decA = new ForwardPlan(model, cacheA, B, B);
     const decB = new ForwardPlan(model, cacheB, B, B);
