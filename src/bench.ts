@@ -46,6 +46,8 @@ export interface BenchReport {
   dtype: string;
   config: Record<string, number>;
   adapter: unknown;
+  /** How the host thread waited for the GPU: 'sleep' (in slices, see WaitYield) or 'spin'. */
+  host_wait: 'sleep' | 'spin';
   prompt_tokens: number;
   new_tokens: number;
   repeat: number;
@@ -109,6 +111,7 @@ export async function runBench(engine: Engine, o: BenchOptions): Promise<BenchRe
       dtype: o.dtype,
       config: { n_layer: cfg.n_layer, n_embd: cfg.n_embd, n_head: cfg.n_head, vocab_size: cfg.vocab_size, n_positions: cfg.n_positions },
       adapter: model.ctx.adapter,
+      host_wait: model.ctx.waitYield ? 'sleep' : 'spin',
       prompt_tokens: o.promptTokens,
       new_tokens: o.newTokens,
       repeat: o.repeat,
@@ -178,7 +181,7 @@ async function profileDecodeStep(model: Model, B: number, pos: number): Promise<
 export function formatBench(r: BenchReport): string {
   const a = r.adapter as { description?: string; vendor?: string };
   const lines = [
-    `model ${r.model} (${r.dtype}), adapter: ${a.description || a.vendor}; prompt ${r.prompt_tokens} tokens, ${r.new_tokens} new, ${r.repeat} runs`,
+    `model ${r.model} (${r.dtype}), adapter: ${a.description || a.vendor}; prompt ${r.prompt_tokens} tokens, ${r.new_tokens} new, ${r.repeat} runs; host waits: ${r.host_wait}`,
     `load ${r.load.load_ms.toFixed(0)} ms (pipelines ${r.load.pipelines_ms.toFixed(0)} ms, upload ${r.load.upload_ms.toFixed(0)} ms, ${(r.load.weight_bytes / 1e6).toFixed(0)} MB of weights)`,
     '',
     'batch  first-token ms  decode ms/token (median / p90)  tokens/s  readback B/token  dispatches/step  submits/step',

@@ -5,8 +5,7 @@
  */
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { readFileSync, writeFileSync } from 'node:fs';
-import { createEngine, nodeGPU } from './node.js';
-import { createContext } from './engine/device.js';
+import { createEngine, nodeContext } from './node.js';
 import { GPT2WebGPUError, InvalidOptionError } from './errors.js';
 import type { LoadProgress, Model } from './engine/engine.js';
 import { sample } from './sampling/sampler.js';
@@ -122,7 +121,7 @@ const commands: Record<string, Command> = {
     usage: 'gpt2-webgpu info [--json]',
     flags: { ...JSON_FLAG },
     async run(v) {
-      const ctx = await createContext(nodeGPU());
+      const ctx = await nodeContext();
       const a = ctx.adapter;
       if (v.json) console.log(JSON.stringify({ adapter: a, features_used: ctx.features }, null, 2));
       else {
@@ -205,7 +204,7 @@ const commands: Record<string, Command> = {
       const bytes = readFileSync(v.logits);
       if (bytes.byteLength === 0 || bytes.byteLength % 4) throw new InvalidOptionError(`${v.logits}: ${bytes.byteLength} bytes is not a whole number of float32 values`);
       const logits = new Float32Array(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength));
-      const ctx = await createContext(nodeGPU());
+      const ctx = await nodeContext();
       try {
         const r = await sample(ctx, logits, count, samplingFrom(v));
         if (typeof v['probs-out'] === 'string') writeFileSync(v['probs-out'], new Uint8Array(r.probs.buffer, r.probs.byteOffset, r.probs.byteLength));
@@ -245,7 +244,7 @@ const commands: Record<string, Command> = {
   },
   bench: {
     summary: 'benchmark load, prefill and decode (per batch size), with per-kernel GPU times',
-    usage: 'gpt2-webgpu bench [--model random:gpt2] [--batch 1,4,16,64] [--prompt-tokens P] [--new-tokens N] [--repeat R] [--f16] [--json]',
+    usage: 'gpt2-webgpu bench [--model random:gpt2] [--batch 1,4,16,64] [--prompt-tokens P] [--new-tokens N] [--repeat R] [--f16] [--wait auto|sleep|spin] [--json]',
     flags: {
       ...MODEL_FLAGS,
       model: { ...MODEL_FLAGS.model!, default: 'random:gpt2' },
@@ -254,11 +253,15 @@ const commands: Record<string, Command> = {
       'new-tokens': { type: 'string', default: '32', help: 'tokens generated per run' },
       repeat: { type: 'string', default: '3', help: 'runs per batch size (median and p90 over them)' },
       'no-profile': { type: 'boolean', default: false, help: 'skip the per-kernel timestamp profile' },
+      wait: { type: 'string', default: 'auto', help: 'how the host thread waits for the GPU: sleep (in 2 ms slices), spin (dawn.node polling), auto (sleep on CPU adapters)' },
       ...JSON_FLAG,
     },
     async run(v) {
       const batches = String(v.batch).split(',').map((b) => num(b, 'batch', { int: true, min: 1, max: 1024 }));
-      const engine = await createEngine();
+      const waits = { auto: 'auto', sleep: true, spin: false } as const;
+      const wait = waits[String(v.wait) as keyof typeof waits];
+      if (wait === undefined || !Object.hasOwn(waits, String(v.wait))) throw new UsageError(`--wait must be auto, sleep or spin, got "${String(v.wait)}"`);
+      const engine = await createEngine({ yieldWhileWaiting: wait });
       try {
         const report = await runBench(engine, {
           model: String(v.model),

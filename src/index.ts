@@ -4,7 +4,7 @@
  */
 export * from './errors.js';
 export { createContext, contextFromDevice, GpuContext } from './engine/device.js';
-export type { AdapterSummary, ContextOptions, GpuFeatures } from './engine/device.js';
+export type { AdapterSummary, ContextOptions, GpuFeatures, WaitYield } from './engine/device.js';
 export { Engine, Model, Session } from './engine/engine.js';
 export type { EngineOptions, LoadProgress, ModelLoadOptions, ModelSource, SourceResolver } from './engine/engine.js';
 export type { GenerateOptions, GenerateResult, GeneratedSequence, GenerateStats, TokenEvent, FinishReason } from './engine/generate.js';

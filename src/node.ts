@@ -6,6 +6,8 @@
  */
 import { create, globals } from 'webgpu';
 import { Engine, type EngineOptions } from './engine/engine.js';
+import { createContext, type ContextOptions, type GpuContext, type WaitYield } from './engine/device.js';
+import { InvalidOptionError } from './errors.js';
 import { resolveSource } from './node-sources.js';
 
 export * from './index.js';
@@ -23,10 +25,52 @@ export function nodeGPU(): GPU {
   return gpu;
 }
 
-/** An Engine on Dawn that loads random:, local directories and Hugging Face ids. */
+/**
+ * A WaitYield for dawn.node (see src/engine/device.ts): while any GPU wait is pending, a
+ * setImmediate loop sleeps the main thread `sliceMs` at a time with Atomics.wait, between the
+ * polls dawn.node itself schedules with setImmediate. The thread then mostly sleeps instead of
+ * spinning, and a software adapter's worker threads get both cores of a small machine; a wait
+ * ends at most `sliceMs` late. The event loop stalls for up to `sliceMs` per turn while waiting.
+ * `sleep` is injectable for tests.
+ */
+export function sleepingWaitYield(sliceMs = 2, sleep: (ms: number) => void = atomicsSleep()): WaitYield {
+  if (!(sliceMs > 0 && sliceMs <= 50)) throw new InvalidOptionError(`sleepingWaitYield: sliceMs must be in (0, 50], got ${sliceMs}`);
+  let pending = 0;
+  const tick = (): void => {
+    if (pending === 0) return;
+    sleep(sliceMs);
+    setImmediate(tick);
+  };
+  return (p) => {
+    if (pending++ === 0) setImmediate(tick);
+    const done = (): void => {
+      pending--;
+    };
+    p.then(done, done);
+  };
+}
+
+function atomicsSleep(): (ms: number) => void {
+  const cell = new Int32Array(new SharedArrayBuffer(4));
+  return (ms) => {
+    Atomics.wait(cell, 0, 0, ms);
+  };
+}
+
+/** A GpuContext on Dawn, with GPU waits sleeping in slices on CPU adapters (see createEngine). */
+export function nodeContext(opts: Omit<ContextOptions, 'waitYield'> = {}): Promise<GpuContext> {
+  return createContext(nodeGPU(), { waitYield: sleepingWaitYield(), ...opts });
+}
+
+/**
+ * An Engine on Dawn that loads random:, local directories and Hugging Face ids. On a CPU adapter
+ * GPU waits sleep the main thread in slices (`sleepingWaitYield`; `yieldWhileWaiting: false` keeps
+ * dawn.node's spinning wait, true uses slices on any adapter).
+ */
 export function createEngine(opts: Omit<EngineOptions, 'gpu'> = {}): Promise<Engine> {
   return Engine.create({
     gpu: nodeGPU(),
+    waitYield: sleepingWaitYield(),
     resolveSource: (source, o) => {
       const cb = o.onProgress;
       return resolveSource(source, { onProgress: cb && ((p) => cb({ phase: 'download', loaded: p.loadedBytes, total: p.totalBytes })) });

@@ -117,6 +117,17 @@ test('bench --json smoke run has every field', () => {
     assert.ok(Array.isArray(x.kernels) || typeof x.kernels_note === 'string');
   }
   assert.ok(j.adapter);
+  // lavapipe is a CPU adapter: the default wait sleeps in slices.
+  assert.is(j.host_wait, 'sleep');
+});
+
+test('bench --wait spin is reported; a bad --wait is a usage error', () => {
+  const r = cli('bench', '--model', tinyDir(), '--prompt-tokens', '4', '--new-tokens', '2', '--repeat', '1', '--no-profile', '--wait', 'spin', '--json');
+  assert.is(r.code, 0, r.err);
+  assert.is(JSON.parse(r.out).host_wait, 'spin');
+  const bad = cli('bench', '--model', tinyDir(), '--wait', 'nap');
+  assert.is(bad.code, 2);
+  assert.match(bad.err, /--wait must be auto, sleep or spin, got "nap"/);
 });
 
 test.run();

@@ -3,7 +3,8 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { createContext } from '../src/engine/device.js';
-import { GPUValidationError, WebGPUUnavailableError } from '../src/errors.js';
+import { GPUValidationError, InvalidOptionError, WebGPUUnavailableError } from '../src/errors.js';
+import { nodeGPU, sleepingWaitYield } from '../src/node.js';
 import { context, rejects } from './helpers.js';
 
 test('no WebGPU at all, or no adapter: WebGPUUnavailableError naming the Vulkan install script', async () => {
@@ -39,6 +40,60 @@ test('buffers are tracked: created and destroyed bytes add up', async () => {
   assert.equal(ctx.liveBuffers, { count: before.count + 1, bytes: before.bytes + 1000 });
   ctx.destroyBuffer(b);
   assert.equal(ctx.liveBuffers, before);
+});
+
+
+test('sleepingWaitYield sleeps in slices only while a wait is pending, then stops', async () => {
+  const slices: number[] = [];
+  const y = sleepingWaitYield(3, (ms) => slices.push(ms));
+  let resolve!: () => void;
+  const p = new Promise<void>((r) => (resolve = r));
+  y(p);
+  y(p); // two waits on one loop: still one tick per turn
+  await new Promise((r) => setTimeout(r, 30));
+  const during = slices.length;
+  assert.ok(during >= 3, `slept ${during} slices while pending`);
+  assert.ok(slices.every((ms) => ms === 3));
+  resolve();
+  await p;
+  await new Promise((r) => setTimeout(r, 30));
+  const after = slices.length;
+  await new Promise((r) => setTimeout(r, 30));
+  assert.is(slices.length, after, 'no slices once nothing is pending');
+  // A rejected wait ends the loop too (and the rejection stays the caller's).
+  const q = Promise.reject(new Error('lost'));
+  y(q);
+  await q.catch(() => {});
+  await new Promise((r) => setTimeout(r, 20));
+  const n = slices.length;
+  await new Promise((r) => setTimeout(r, 20));
+  assert.is(slices.length, n);
+  assert.throws(() => sleepingWaitYield(0), (e: Error) => e instanceof InvalidOptionError && /sliceMs must be in \(0, 50\], got 0/.test(e.message));
+});
+
+test('a context routes read-backs, drains and pipeline builds through its WaitYield (auto: CPU adapters only)', async () => {
+  const seen: Array<Promise<unknown>> = [];
+  const ctx = await createContext(nodeGPU(), { waitYield: (p) => seen.push(p), yieldWhileWaiting: 'auto' });
+  try {
+    assert.ok(ctx.isCpuAdapter, 'these tests run on lavapipe');
+    assert.ok(ctx.waitYield);
+    const b = ctx.createBufferWithData('t', new Uint32Array([7, 8, 9]), GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC);
+    const n0 = seen.length;
+    const out = new Uint32Array(await ctx.readBuffer(b));
+    assert.equal(Array.from(out), [7, 8, 9]);
+    assert.is(seen.length, n0 + 1, 'one wait for the read-back');
+    await ctx.drain();
+    assert.is(seen.length, n0 + 2);
+    await ctx.pipeline('elementwise', 'add');
+    assert.is(seen.length, n0 + 3);
+  } finally {
+    ctx.destroy();
+  }
+  const off = await createContext(nodeGPU(), { waitYield: () => assert.unreachable('spin mode must not yield'), yieldWhileWaiting: false });
+  assert.is(off.waitYield, null);
+  await off.drain();
+  off.destroy();
+  await rejects(() => createContext(nodeGPU(), { yieldWhileWaiting: 'yes' as never }), (e) => e instanceof InvalidOptionError && /yieldWhileWaiting must be true, false or 'auto', got yes/.test(e.message));
 });
 
 test.run();

@@ -6,15 +6,15 @@
  *   - `Rng`: seeded random numbers (float64 references need reproducible inputs).
  *   - upload / poison / download helpers for GPU tensors.
  */
-import { createContext, GpuContext } from '../src/engine/device.js';
-import { nodeGPU } from '../src/node.js';
+import { GpuContext } from '../src/engine/device.js';
+import { nodeContext } from '../src/node.js';
 import { Dispatch, DType, encodeDispatches, GpuTensor, Owned, tensorBytes } from '../src/kernels/common.js';
 
 let shared: Promise<GpuContext> | undefined;
 
 /** The test process's GPU context (created once; ~0.3 s on lavapipe). */
 export function context(): Promise<GpuContext> {
-  shared ??= createContext(nodeGPU());
+  shared ??= nodeContext();
   return shared;
 }
 

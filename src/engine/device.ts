@@ -9,7 +9,7 @@
  *   - caches shader modules and compute pipelines (built once, specialised by override constants),
  *   - turns uncaptured GPU errors and device loss into thrown, named errors.
  */
-import { DeviceLostError, GPUValidationError, OutOfMemoryError, WebGPUUnavailableError } from '../errors.js';
+import { DeviceLostError, GPUValidationError, InvalidOptionError, OutOfMemoryError, WebGPUUnavailableError } from '../errors.js';
 import { SHADERS } from '../shaders.gen.js';
 
 export interface GpuFeatures {
@@ -45,7 +45,23 @@ export interface ContextOptions {
   forceFallbackAdapter?: boolean;
   /** Do not request optional features even when present (to test the plain paths). */
   disableFeatures?: Array<'timestamp-query' | 'shader-f16' | 'subgroups'>;
+  /**
+   * How the host thread waits for the GPU (see `WaitYield`): given, it is used on CPU adapters
+   * (`yieldWhileWaiting` 'auto', the default), always (true) or never (false). The Node entry
+   * supplies one; browsers need none (their GPU process does the waiting).
+   */
+  waitYield?: WaitYield;
+  yieldWhileWaiting?: boolean | 'auto';
 }
+
+/**
+ * Called with every promise the context waits on the GPU for (read-backs, queue drains, pipeline
+ * builds). dawn.node settles GPU promises by polling with setImmediate, so a Node process spins
+ * one CPU core for as long as any of them is pending; on a software adapter (lavapipe) that core
+ * is one the "GPU" itself needs. A WaitYield sleeps the thread in short slices while a wait is
+ * pending (src/node.ts builds one on Atomics.wait), so the driver's threads get the cores.
+ */
+export type WaitYield = (pending: Promise<unknown>) => void;
 
 const NO_ADAPTER_HINT =
   'WebGPU found no adapter. In Node this needs a Vulkan driver: on a machine without a GPU install ' +
@@ -68,11 +84,14 @@ export class GpuContext {
   private readonly pipelines = new Map<string, Promise<GPUComputePipeline>>();
   /** Counters the benchmark and the read-back test look at. */
   readonly stats = { submits: 0, dispatches: 0, bytesReadBack: 0 };
+  /** Set when GPU waits sleep the host thread in slices instead of letting it spin (see WaitYield). */
+  readonly waitYield: WaitYield | null;
 
-  constructor(device: GPUDevice, adapter: AdapterSummary, features: GpuFeatures) {
+  constructor(device: GPUDevice, adapter: AdapterSummary, features: GpuFeatures, waitYield: WaitYield | null = null) {
     this.device = device;
     this.adapter = adapter;
     this.features = features;
+    this.waitYield = waitYield;
     this.limits = device.limits;
     device.addEventListener('uncapturederror', (ev) => {
       this.uncapturedErrors.push((ev as GPUUncapturedErrorEvent).error);
@@ -85,6 +104,22 @@ export class GpuContext {
   /** True once the device is lost or destroyed; every later GPU call throws DeviceLostError. */
   get isLost(): boolean {
     return this.lostInfo !== null || this.destroyed;
+  }
+
+  /** True on fallback / software adapters (lavapipe, SwiftShader), whose "GPU" is the CPU. */
+  get isCpuAdapter(): boolean {
+    return this.adapter.isFallbackAdapter || this.adapter.architecture === 'software';
+  }
+
+  /** Every GPU wait goes through here, so the WaitYield (if any) sees it. Returns `p`. */
+  wait<T>(p: Promise<T>): Promise<T> {
+    this.waitYield?.(p);
+    return p;
+  }
+
+  /** Waits until the GPU has finished everything submitted so far. */
+  drain(): Promise<void> {
+    return this.wait(this.device.queue.onSubmittedWorkDone());
   }
 
   /** Throws DeviceLostError if the device is gone. Cheap; call before recording work. */
@@ -162,11 +197,11 @@ export class GpuContext {
     let p = this.pipelines.get(key);
     if (!p) {
       this.checkAlive();
-      p = this.device.createComputePipelineAsync({
+      p = this.wait(this.device.createComputePipelineAsync({
         label: `${name}.${entryPoint}`,
         layout: 'auto',
         compute: { module: this.shaderModule(name), entryPoint, constants },
-      });
+      }));
       p.catch(() => this.pipelines.delete(key));
       this.pipelines.set(key, p);
     }
@@ -206,7 +241,7 @@ export class GpuContext {
   async mapRead(buf: GPUBuffer, countedBytes: number): Promise<void> {
     try {
       await Promise.race([
-        buf.mapAsync(GPUMapMode.READ),
+        this.wait(buf.mapAsync(GPUMapMode.READ)),
         this.device.lost.then((info) => {
           throw new DeviceLostError(`GPU device lost while reading back (${info.reason}: ${info.message})`);
         }),
@@ -316,7 +351,14 @@ export async function createContext(gpu: GPU | undefined | null, opts: ContextOp
     features: [...adapter.features].sort(),
     limits: limitsOf(device.limits),
   };
-  return new GpuContext(device, summary, featuresOf(device));
+  const cpu = summary.isFallbackAdapter || summary.architecture === 'software';
+  const yieldMode = opts.yieldWhileWaiting ?? 'auto';
+  if (yieldMode !== 'auto' && typeof yieldMode !== 'boolean') {
+    device.destroy();
+    throw new InvalidOptionError(`yieldWhileWaiting must be true, false or 'auto', got ${String(yieldMode)}`);
+  }
+  const useYield = opts.waitYield && (yieldMode === true || (yieldMode === 'auto' && cpu));
+  return new GpuContext(device, summary, featuresOf(device), useYield ? opts.waitYield! : null);
 }
 
 /**

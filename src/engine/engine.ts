@@ -113,7 +113,7 @@ export class Engine {
     const t2 = now();
     const cb = opts.onProgress;
     const weights = await uploadWeights(this.ctx, ckpt, { dtype, onProgress: cb && ((p) => cb({ phase: 'upload', loaded: p.loadedBytes, total: p.totalBytes })) });
-    await this.ctx.device.queue.onSubmittedWorkDone();
+    await this.ctx.drain();
     const t3 = now();
     const model = new Model(this.ctx, ckpt.config, weights, kernels, ckpt.source);
     model.loadTimes = { resolve_ms: t1 - t0, pipelines_ms: t2 - t1, upload_ms: t3 - t2 };

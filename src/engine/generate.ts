@@ -337,7 +337,7 @@ async function generateCached(
       enc.copyBufferToBuffer(decode.ids.buffer, 0, staging[0]!, 0, R * 4);
     });
     // The scratch cache's buffers are released after the copy completed.
-    const done = ctx.device.queue.onSubmittedWorkDone().then(() => scratch.destroy());
+    const done = ctx.drain().then(() => scratch.destroy());
     pending.push(done);
   } else {
     // Every row prefills its new tokens (all of them after a shift) in one plan.

@@ -187,7 +187,7 @@ export class MatmulKernel {
   }
 
   static async create(ctx: GpuContext, opts: MatmulOptions = {}): Promise<MatmulKernel> {
-    const cpu = ctx.adapter.isFallbackAdapter || ctx.adapter.architecture === 'software';
+    const cpu = ctx.isCpuAdapter;
     const knWords = opts.knWords ?? KNV_DEFAULT;
     const okWords = (v: number, max: number) => Number.isInteger(v) && v >= 1 && v <= max;
     if (!okWords(knWords.f32, 8) || !okWords(knWords.f16, 4)) {
