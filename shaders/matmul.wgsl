@@ -70,6 +70,7 @@ struct Params {
   n_off: u32,   // first out column of this dispatch (chunked LM head)
   kslice: u32,  // K per slice (GEMV split-K; = K when unsplit)
   flags: u32,   // F_* bits
+  pw: u32,      // gemv_kn_cols: vec4 words per panel row of a paneled W; 0 = plain row-major
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -308,6 +309,11 @@ fn gemv_nk_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgrou
 // likewise not stored); wid.y is the K slice. Each W word loaded feeds KNM rows, each x load KNV
 // words: KNM * KNV * (1 or 2) vec4 accumulators <= KNACC_MAX. No workgroup memory, no barriers:
 // threads past the row just leave.
+// W is either plain row-major or in panels (p.pw != 0): the columns cut into panels of pw vec4
+// words, each panel stored whole as [K, pw] (the last one zero-padded), so that a workgroup, whose
+// threads share a panel, streams one contiguous block instead of a short piece of every long row
+// (CPU prefetchers lose such strided streams at page edges: 1.5x on lavapipe for a 768 x 3072 f16
+// W). The host checks pw % KNV == 0, so a thread's words never straddle two panels.
 @compute @workgroup_size(WG)
 fn gemv_kn_cols(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
   let vrow = p.wpr / 4u;  // vec4 words per W row
@@ -317,8 +323,16 @@ fn gemv_kn_cols(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgrou
   let k0 = s * p.kslice;
   let k1 = min(k0 + p.kslice, p.K);
   let m0 = wid.z * KNM;
-  var wv: array<u32, KNV_MAX>;  // [v] word index of owned word v within a row
-  for (var v = 0u; v < KNV; v++) { wv[v] = min(v0 + v, vrow - 1u); }
+  // Word w of W row k is at base + k * stride + (w - v0) for the thread's words w = v0 + v.
+  let pw = p.pw;
+  var base = v0;
+  var stride = vrow;
+  if (pw != 0u) {
+    base = (v0 / pw) * p.K * pw + v0 % pw;
+    stride = pw;
+  }
+  var wv: array<u32, KNV_MAX>;  // [v] offset of owned word v from the thread's first (plain: clamped to the row)
+  for (var v = 0u; v < KNV; v++) { wv[v] = select(min(v0 + v, vrow - 1u) - v0, v, pw != 0u); }
   var xr: array<u32, KNM_MAX>;  // [i] first element of x row m0 + i (uniform over the workgroup)
   for (var i = 0u; i < KNM; i++) { xr[i] = min(m0 + i, p.M - 1u) * p.K; }
   // Accumulators per x row: f32 word v -> acc[v]; f16 word v -> acc[2v] (low 4), acc[2v + 1] (high 4)
@@ -327,7 +341,7 @@ fn gemv_kn_cols(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgrou
   for (var k = k0; k < k1; k++) {
     var xv: array<f32, KNM_MAX>;  // x[m0 + i, k]: the same address for every thread, scalar loads
     for (var i = 0u; i < KNM; i++) { xv[i] = x[xr[i] + k]; }
-    let row = k * vrow;
+    let row = base + k * stride;
     for (var v = 0u; v < KNV; v++) {
       let q = w4[row + wv[v]];
       if (W_F16) {

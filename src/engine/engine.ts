@@ -112,7 +112,7 @@ export class Engine {
     const kernels = await GPT2Model.buildKernels(this.ctx, ckpt.config);
     const t2 = now();
     const cb = opts.onProgress;
-    const weights = await uploadWeights(this.ctx, ckpt, { dtype, onProgress: cb && ((p) => cb({ phase: 'upload', loaded: p.loadedBytes, total: p.totalBytes })) });
+    const weights = await uploadWeights(this.ctx, ckpt, { dtype, knPanel: kernels.matmul.knPanel, onProgress: cb && ((p) => cb({ phase: 'upload', loaded: p.loadedBytes, total: p.totalBytes })) });
     await this.ctx.drain();
     const t3 = now();
     const model = new Model(this.ctx, ckpt.config, weights, kernels, ckpt.source);

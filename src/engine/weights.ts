@@ -11,10 +11,11 @@
  * GPU out-of-memory (caught with an 'out-of-memory' error scope around each buffer) destroys what
  * was uploaded and throws OutOfMemoryError.
  */
-import { OutOfMemoryError, ShapeError } from '../errors.js';
+import { InvalidOptionError, OutOfMemoryError, ShapeError } from '../errors.js';
 import type { ChunkedTensor, GpuTensor } from '../kernels/common.js';
-import { tensorBytes } from '../kernels/common.js';
+import { storedBytes, tensorBytes } from '../kernels/common.js';
 import { packF16 } from '../kernels/f16.js';
+import { alignedRows, packPanels } from '../kernels/matmul.js';
 import type { Checkpoint } from './checkpoint.js';
 import type { GPT2Config } from './config.js';
 import type { GpuContext } from './device.js';
@@ -63,6 +64,13 @@ export interface UploadOptions {
   onProgress?: (p: UploadProgress) => void;
   /** Lower the per-binding limit below the adapter's (tests exercise wte chunking with it). */
   maxBindingBytes?: number;
+  /**
+   * Store the Conv1D matrices (c_attn, c_proj, c_fc: [in, out]) in column panels of this many
+   * columns (GpuTensor.panel, packPanels), the layout the matmul kernel reads fastest on CPU
+   * adapters (MatmulKernel.knPanel); only those whose rows are 16-byte aligned (alignedRows), the
+   * others stay plain. Default 0: plain row-major.
+   */
+  knPanel?: number;
 }
 
 const USAGE = 0x80 | 0x8 | 0x4; // STORAGE | COPY_DST | COPY_SRC (COPY_SRC: read-back in tests/debug)
@@ -84,7 +92,11 @@ export function wteRowsPerChunk(rows: number, cols: number, dtype: WeightDType, 
 }
 
 function isMatrix(name: string): boolean {
-  return name === 'wpe.weight' || /\.(c_attn|c_proj|c_fc)\.weight$/.test(name);
+  return name === 'wpe.weight' || isConv1D(name);
+}
+
+function isConv1D(name: string): boolean {
+  return /\.(c_attn|c_proj|c_fc)\.weight$/.test(name);
 }
 
 /** Uploads every tensor of `ckpt`; see the module comment. */
@@ -94,13 +106,20 @@ export async function uploadWeights(ctx: GpuContext, ckpt: Checkpoint, opts: Upl
   const limit = Math.min(opts.maxBindingBytes ?? Infinity, ctx.limits.maxStorageBufferBindingSize);
   const hint = dtype === 'f32' ? ' Try f16 weights (--f16), which halve the matrices.' : '';
   const [V, C] = ckpt.shape('wte.weight') as [number, number];
+  const knPanel = opts.knPanel ?? 0;
+  if (!(Number.isInteger(knPanel) && knPanel >= 0 && knPanel % 2 === 0)) {
+    throw new InvalidOptionError(`uploadWeights: knPanel must be 0 or an even integer, got ${knPanel}`);
+  }
+  // Panels only where the GEMV that reads them runs (16-byte aligned rows).
+  const panelOf = (name: string): number | undefined =>
+    knPanel > 0 && isConv1D(name) && alignedRows(ckpt.shape(name)[1]!, dtype) ? knPanel : undefined;
 
   // Plan and check everything before allocating anything.
   const names = [...new Set(['wpe.weight', ...layerNames(cfg.n_layer), 'ln_f.weight', 'ln_f.bias'])];
   const dtypeOf = (name: string): WeightDType => (isMatrix(name) ? dtype : 'f32');
   let total = 0;
   for (const name of names) {
-    const bytes = tensorBytes(ckpt.shape(name), dtypeOf(name));
+    const bytes = storedBytes({ shape: ckpt.shape(name), dtype: dtypeOf(name), panel: panelOf(name) });
     if (bytes > limit) {
       throw new ShapeError(`${ckpt.source}: tensor "${name}" [${ckpt.shape(name).join(', ')}] ${dtypeOf(name)} is ${bytes} bytes, more than the storage binding limit ${limit}.${hint}`);
     }
@@ -147,11 +166,16 @@ export async function uploadWeights(ctx: GpuContext, ckpt: Checkpoint, opts: Upl
     const shape = ckpt.shape(name);
     const dt = dtypeOf(name);
     const values = await ckpt.read(name);
-    const data = dt === 'f16' ? packF16(values, shape[0]!, shape[1]!) : values;
+    const panel = panelOf(name);
+    // Stored as [rows, cols], or as panels: [ceil(cols / panel) * rows, panel].
+    const [rows, cols] = panel ? [Math.ceil(shape[1]! / panel) * shape[0]!, panel] : [shape[0]!, shape[1]!];
+    const laid = panel ? packPanels(values, shape[0]!, shape[1]!, panel) : values;
+    const data = dt === 'f16' ? packF16(laid, rows, cols) : laid;
     const buffer = await make(name, data);
-    loaded += tensorBytes(shape, dt);
+    const t: GpuTensor = { buffer, offset: 0, shape, dtype: dt, ...(panel ? { panel } : {}) };
+    loaded += storedBytes(t);
     opts.onProgress?.({ loadedBytes: loaded, totalBytes: total, tensor: name });
-    return { buffer, offset: 0, shape, dtype: dt };
+    return t;
   };
 
   try {

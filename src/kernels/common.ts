@@ -23,6 +23,12 @@ export interface GpuTensor {
   offset: number;
   shape: number[];
   dtype: DType;
+  /**
+   * 2-D weights only: stored in column panels of `panel` columns, each panel whole as
+   * [rows, panel] row-major, the last zero-padded (see packPanels in matmul.ts). `shape` stays the
+   * logical [rows, cols]. Absent: plain row-major.
+   */
+  panel?: number;
 }
 
 /**
@@ -129,9 +135,16 @@ export function tensorBytes(shape: readonly number[], dtype: DType): number {
   return rows * Math.ceil(last / 2) * 4;
 }
 
+/** Bytes a tensor occupies in its buffer: tensorBytes, or its padded panels when it has them. */
+export function storedBytes(t: Pick<GpuTensor, 'shape' | 'dtype' | 'panel'>): number {
+  if (!t.panel) return tensorBytes(t.shape, t.dtype);
+  const [rows, cols] = t.shape as [number, number];
+  return tensorBytes([Math.ceil(cols / t.panel) * rows, t.panel], t.dtype);
+}
+
 /** A binding resource for a tensor: exactly its bytes (rounded to 4). */
 export function binding(t: GpuTensor): GPUBufferBinding {
-  return { buffer: t.buffer, offset: t.offset, size: Math.ceil(tensorBytes(t.shape, t.dtype) / 4) * 4 };
+  return { buffer: t.buffer, offset: t.offset, size: Math.ceil(storedBytes(t) / 4) * 4 };
 }
 
 /** Throws ShapeError unless `t` has exactly `shape` and one of `dtypes`. */
@@ -143,7 +156,10 @@ export function expectTensor(what: string, t: GpuTensor, shape: readonly number[
   if (!dtypes.includes(t.dtype)) {
     throw new ShapeError(`${what}: expected dtype ${dtypes.join(' or ')}, got ${t.dtype}`);
   }
-  const need = t.offset + tensorBytes(t.shape, t.dtype);
+  if (t.panel !== undefined && (t.shape.length !== 2 || !(Number.isInteger(t.panel) && t.panel > 0 && t.panel % 2 === 0))) {
+    throw new ShapeError(`${what}: panels need a 2-D tensor and an even panel width >= 2, got [${t.shape.join(', ')}] with panel ${t.panel}`);
+  }
+  const need = t.offset + storedBytes(t);
   if (need > t.buffer.size) {
     throw new ShapeError(`${what}: [${t.shape.join(', ')}] ${t.dtype} at byte ${t.offset} needs ${need} bytes; buffer "${t.buffer.label}" has ${t.buffer.size}`);
   }
@@ -151,7 +167,7 @@ export function expectTensor(what: string, t: GpuTensor, shape: readonly number[
 
 /** Throws ShapeError if a binding would pass the adapter's maxStorageBufferBindingSize. */
 export function expectBindable(ctx: GpuContext, what: string, t: GpuTensor): void {
-  const bytes = tensorBytes(t.shape, t.dtype);
+  const bytes = storedBytes(t);
   const max = ctx.limits.maxStorageBufferBindingSize;
   if (bytes > max) {
     throw new ShapeError(`${what}: ${bytes} bytes passes maxStorageBufferBindingSize ${max}; split it into chunks (see ChunkedTensor)`);

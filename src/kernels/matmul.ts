@@ -24,7 +24,7 @@ import {
   GpuTensor,
   groups,
   Owned,
-  tensorBytes,
+  storedBytes,
 } from './common.js';
 
 export type WeightLayout = 'kn' | 'nk';
@@ -78,6 +78,11 @@ const KNV_DEFAULT = { f32: 8, f16: 4 };
 const KN_BLOCK_DEFAULT = { rows: 4, f32: 4, f16: 2 };
 /** gemv_kn_cols: most vec4 accumulators per thread (KNACC_MAX in the shader). */
 const KNACC_MAX = 16;
+/**
+ * Columns per panel of the 'kn' weights on CPU adapters (MatmulOptions.knPanel): one gemv_kn_cols
+ * workgroup's columns at M = 1 (8 threads x 32), so each workgroup streams one contiguous block.
+ */
+const KN_PANEL_CPU = 256;
 const WG_REDUCE = 256;
 /** GEMM tile: TX x TY threads, each a 4 x 4 block -> 64 x 64 outputs; BK deep (8 KiB of tiles). */
 const GEMM = { TX: 16, TY: 16, BK: 16, TM: 4, TN: 4 };
@@ -113,8 +118,8 @@ function isChunked(w: GpuTensor | ChunkedTensor): w is ChunkedTensor {
 
 function overlaps(a: GpuTensor, b: GpuTensor): boolean {
   if (a.buffer !== b.buffer) return false;
-  const a1 = a.offset + tensorBytes(a.shape, a.dtype);
-  const b1 = b.offset + tensorBytes(b.shape, b.dtype);
+  const a1 = a.offset + storedBytes(a);
+  const b1 = b.offset + storedBytes(b);
   return a.offset < b1 && b.offset < a1;
 }
 
@@ -158,6 +163,13 @@ export interface MatmulOptions {
    * word needs two vec4 accumulators). Default { f32: 8, f16: 4 } (32 columns).
    */
   knWords?: { f32: number; f16: number };
+  /**
+   * Columns per panel in which the model's 'kn' weights should be stored (`knPanel`, which the
+   * engine hands to uploadWeights; see packPanels); 0 = plain row-major. A multiple of every
+   * gemv_kn_cols thread's column count. Default: 256 where 'kn' GEMVs take gemv_kn_cols (CPU
+   * adapters) and 256 is such a multiple (custom knWords / knBlock may make it not), else 0.
+   */
+  knPanel?: number;
 }
 
 export class MatmulKernel {
@@ -179,6 +191,8 @@ export class MatmulKernel {
     readonly knBlock: { rows: number; f32: number; f16: number },
     /** gemv_nk_rows at M > 1: rows of x per thread. */
     readonly nkBlockRows: number,
+    /** Columns per panel for the model's 'kn' weights (0: plain); see MatmulOptions.knPanel. */
+    readonly knPanel: number,
   ) {}
 
   /** The variant `bind` picks for M rows of x with this layout. */
@@ -197,6 +211,13 @@ export class MatmulKernel {
     if (!okWords(knBlock.rows, 8) || !okWords(knBlock.f32, 8) || !okWords(knBlock.f16, 4)
         || knBlock.rows * Math.max(knBlock.f32, 2 * knBlock.f16) > KNACC_MAX) {
       throw new InvalidOptionError(`MatmulKernel: knBlock needs integers rows in [1, 8], f32 in [1, 8], f16 in [1, 4], rows * max(f32, 2 * f16) <= ${KNACC_MAX}; got ${JSON.stringify(knBlock)}`);
+    }
+    const knCols = opts.knCols ?? cpu;
+    const colsPerThread = [4 * knWords.f32, 8 * knWords.f16, 4 * knBlock.f32, 8 * knBlock.f16];
+    const panelFits = colsPerThread.every((c) => KN_PANEL_CPU % c === 0);
+    const knPanel = opts.knPanel ?? (knCols && panelFits ? KN_PANEL_CPU : 0);
+    if (!(Number.isInteger(knPanel) && knPanel >= 0) || (knPanel > 0 && colsPerThread.some((c) => knPanel % c !== 0))) {
+      throw new InvalidOptionError(`MatmulKernel: knPanel must be 0 or a multiple of every gemv_kn_cols thread's columns (${[...new Set(colsPerThread)].join(', ')}), got ${knPanel}`);
     }
     const nkBlockRows = opts.nkBlockRows ?? NKM_DEFAULT;
     if (!okWords(nkBlockRows, 4)) throw new InvalidOptionError(`MatmulKernel: nkBlockRows must be an integer in [1, 4], got ${nkBlockRows}`);
@@ -229,7 +250,7 @@ export class MatmulKernel {
       ? { kn: opts.gemvMaxM, nk: opts.gemvMaxM }
       : { kn: cpu ? Infinity : GEMV_MAX_M, nk: cpu ? Infinity : GEMV_MAX_M };
     return new MatmulKernel(ctx, new Map(want.map(([key], i) => [key, built[i]!])), LPR, WG_NK, gemvMax, opts.nkRows ?? cpu,
-      opts.knCols ?? cpu, knWords, knBlock, nkBlockRows);
+      knCols, knWords, knBlock, nkBlockRows, knPanel);
   }
 
   bind(owner: Owned, a: MatmulArgs, label = 'matmul'): Dispatch[] {
@@ -308,6 +329,9 @@ export class MatmulKernel {
     const biasT = a.bias ?? a.x; // bound but unread when there is no bias (read-only aliasing is allowed)
 
     if (variant === 'gemm') {
+      if (!isChunked(w) && w.panel !== undefined) {
+        throw new ShapeError(`${label}: W is stored in panels of ${w.panel} columns, which only the 'kn' gemv_kn_cols GEMV reads; the GEMM needs it plain (knPanel 0)`);
+      }
       const pipeline = this.pipelines.get(`gemm:${f16}:${a.layout === 'nk' ? 1 : 0}`)!;
       const BM = GEMM.TY * GEMM.TM;
       const BN = GEMM.TX * GEMM.TN;
@@ -315,7 +339,7 @@ export class MatmulKernel {
       return pieces.map((wp, i) => {
         const n = a.layout === 'kn' ? N : wp.shape[0]!;
         const wpr = wordsPerRow(a.layout === 'kn' ? N : K);
-        const params = owner.uniform(`${label}.params${i}`, [M, n, K, wpr, N, nOff, K, flags]);
+        const params = owner.uniform(`${label}.params${i}`, [M, n, K, wpr, N, nOff, K, flags, 0]);
         const wg: [number, number, number] = [groups(ctx, label, Math.ceil(n / BN)), groups(ctx, label, Math.ceil(M / BM)), 1];
         nOff += n;
         const bg = this.bindGroup(owner, 'gemm', pipeline, label, { 0: params, 1: a.x, 3: wp, 5: biasT, 6: a.out });
@@ -326,7 +350,7 @@ export class MatmulKernel {
 
     // GEMV. 16-byte loads need 16-byte aligned W rows (and x rows for nk).
     const per = f16 ? 8 : 4; // elements per 16-byte load
-    const vec = a.layout === 'kn' ? N % per === 0 : K % per === 0;
+    const vec = alignedRows(a.layout === 'kn' ? N : K, dtype);
     const rows = a.layout === 'nk' && vec && (a.nkRows ?? this.nkRows);
     const cols = a.layout === 'kn' && vec && (a.knCols ?? this.knCols);
     // gemv_kn_cols / gemv_nk_rows: M = 1 has its own pipeline (KNM / NKM = 1), M > 1 the block one.
@@ -334,6 +358,17 @@ export class MatmulKernel {
     const knv = block && cols ? (f16 ? this.knBlock.f16 : this.knBlock.f32) : f16 ? this.knWords.f16 : this.knWords.f32;
     const entry: Entry = a.layout === 'kn' ? (cols ? 'gemv_kn_cols' : 'gemv_kn') : rows ? 'gemv_nk_rows' : 'gemv_nk';
     const pipeline = this.pipelines.get(`${entry}:${f16}:${vec ? 1 : 0}${block ? ':block' : ''}`)!;
+    // A paneled W: only gemv_kn_cols reads panels, a whole number of threads per panel.
+    const panel = isChunked(w) ? undefined : w.panel;
+    if (panel !== undefined) {
+      if (!cols) {
+        throw new ShapeError(`${label}: W is stored in panels of ${panel} columns, which only the 'kn' gemv_kn_cols GEMV reads (CPU adapters, N % ${per} == 0); here layout '${a.layout}', N ${N}, variant ${variant}${a.knCols === false ? ', knCols false' : ''}. Upload it plain (knPanel 0)`);
+      }
+      if (panel % (per * knv) !== 0) {
+        throw new ShapeError(`${label}: W panels of ${panel} columns are not a multiple of a gemv_kn_cols thread's ${per * knv} columns`);
+      }
+    }
+    const pw = panel !== undefined ? panel / per : 0;
     const mb = !block ? (cols || rows ? 1 : MAXM) : cols ? this.knBlock.rows : this.nkBlockRows; // rows of x per z block
     const zBlocks = groups(ctx, label, Math.ceil(M / mb));
     const threads = a.layout === 'kn' ? Math.ceil(N / per) : N * this.lpr;
@@ -363,7 +398,7 @@ export class MatmulKernel {
     pieces.forEach((wp, i) => {
       const n = a.layout === 'kn' ? N : wp.shape[0]!;
       const wpr = wordsPerRow(a.layout === 'kn' ? N : K);
-      const params = owner.uniform(`${label}.params${i}`, [M, n, K, wpr, N, nOff, kslice, S > 1 ? F_PARTIAL : flags]);
+      const params = owner.uniform(`${label}.params${i}`, [M, n, K, wpr, N, nOff, kslice, S > 1 ? F_PARTIAL : flags, pw]);
       const gx = cols ? Math.ceil(Math.ceil(n / per / knv) / WG_KNC)
         : a.layout === 'kn' ? Math.ceil(Math.ceil(n / per) / WG_KN)
         : rows ? Math.ceil(Math.ceil(n / NKR) / WG_NKR) : Math.ceil(n / (this.wgNk / this.lpr));
@@ -382,7 +417,7 @@ export class MatmulKernel {
       const total = Math.ceil((M * N) / WG_REDUCE);
       const gx = Math.min(total, ctx.limits.maxComputeWorkgroupsPerDimension);
       const gy = groups(ctx, label, Math.ceil(total / gx));
-      const params = owner.uniform(`${label}.reduce.params`, [M, N, S, gx, N, 0, K, flags]);
+      const params = owner.uniform(`${label}.reduce.params`, [M, N, S, gx, N, 0, K, flags, 0]);
       const bg = this.bindGroup(owner, 'reduce', rp, `${label}.reduce`, { 0: params, 1: partials, 5: biasT, 6: a.out });
       out.push({ family: 'matmul', label: `${label}.reduce`, pipeline: rp, bindGroup: bg, workgroups: [gx, gy, 1] });
     }
@@ -413,4 +448,34 @@ export class MatmulKernel {
     }
     return this.ctx.device.createBindGroup({ label, layout: pipeline.getBindGroupLayout(0), entries });
   }
+}
+
+/**
+ * Whether rows of `cols` elements of `dtype` are 16-byte aligned (f32: cols % 4, f16: cols % 8), so
+ * the GEMVs read them with vec4 loads; gemv_kn_cols, and so panels, need it.
+ */
+export function alignedRows(cols: number, dtype: 'f32' | 'f16'): boolean {
+  return cols % (dtype === 'f16' ? 8 : 4) === 0;
+}
+
+/**
+ * Re-lays a row-major [rows, cols] matrix into column panels: ceil(cols / panel) panels, each
+ * [rows, panel] row-major, the last zero-padded; the layout gemv_kn_cols reads when
+ * GpuTensor.panel is set. f16 packing then runs over [panels * rows, panel] (panel is even).
+ */
+export function packPanels(src: ArrayLike<number>, rows: number, cols: number, panel: number): Float32Array {
+  if (!(Number.isInteger(panel) && panel >= 2 && panel % 2 === 0)) throw new ShapeError(`packPanels: panel must be an even integer >= 2, got ${panel}`);
+  if (src.length !== rows * cols) throw new ShapeError(`packPanels: ${src.length} values for a [${rows}, ${cols}] matrix`);
+  const np = Math.ceil(cols / panel);
+  const out = new Float32Array(np * rows * panel);
+  for (let q = 0; q < np; q++) {
+    const c0 = q * panel;
+    const w = Math.min(panel, cols - c0);
+    for (let r = 0; r < rows; r++) {
+      const o = (q * rows + r) * panel;
+      const i = r * cols + c0;
+      for (let c = 0; c < w; c++) out[o + c] = src[i + c]!;
+    }
+  }
+  return out;
 }
