@@ -8,7 +8,7 @@
  */
 import { GpuContext } from '../src/engine/device.js';
 import { nodeContext } from '../src/node.js';
-import { Dispatch, DType, encodeDispatches, GpuTensor, Owned, tensorBytes } from '../src/kernels/common.js';
+import { Dispatch, DType, encodeDispatches, GpuTensor, Owned, storedBytes, tensorBytes } from '../src/kernels/common.js';
 
 let shared: Promise<GpuContext> | undefined;
 
@@ -58,11 +58,11 @@ export function poisoned(owned: Owned, shape: number[], dtype: DType = 'f32'): G
 
 /** Reads a tensor back as Float32Array (f32) or Uint32Array (u32/i32). */
 export async function download(ctx: GpuContext, t: GpuTensor): Promise<Float32Array> {
-  const ab = await ctx.readBuffer(t.buffer, t.offset, tensorBytes(t.shape, t.dtype));
+  const ab = await ctx.readBuffer(t.buffer, t.offset, storedBytes(t));
   return new Float32Array(ab);
 }
 export async function downloadU32(ctx: GpuContext, t: GpuTensor): Promise<Uint32Array> {
-  const ab = await ctx.readBuffer(t.buffer, t.offset, tensorBytes(t.shape, t.dtype));
+  const ab = await ctx.readBuffer(t.buffer, t.offset, storedBytes(t));
   return new Uint32Array(ab);
 }
 

@@ -1,11 +1,11 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { GEMV_MAX_M, MatmulKernel, WeightLayout } from '../src/kernels/matmul.js';
+import { GEMV_MAX_M, MatmulKernel, packPanels, WeightLayout } from '../src/kernels/matmul.js';
 import { packF16, unpackF16 } from '../src/kernels/f16.js';
 import { ChunkedTensor, GpuTensor, Owned } from '../src/kernels/common.js';
 import { InvalidOptionError, ShapeError } from '../src/errors.js';
 import type { GpuContext } from '../src/engine/device.js';
-import { allClose, download, poisoned, Rng, run, STORAGE, upload, withDevice } from './helpers.js';
+import { allClose, download, poisoned, rejects, Rng, run, STORAGE, upload, withDevice } from './helpers.js';
 import { matmul64 } from './reference/matmul.js';
 
 interface Case {
@@ -185,6 +185,75 @@ for (const c of [
       }
     }));
 }
+
+test('packPanels: column panels of a row-major matrix, the last zero-padded', () => {
+  // [2, 5] in panels of 2 columns: 3 panels of [2, 2]
+  const m = Float32Array.from([1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+  assert.equal(Array.from(packPanels(m, 2, 5, 2)), [1, 2, 6, 7, 3, 4, 8, 9, 5, 0, 10, 0]);
+  assert.equal(Array.from(packPanels(m, 2, 5, 6)), [1, 2, 3, 4, 5, 0, 6, 7, 8, 9, 10, 0]);
+  assert.throws(() => packPanels(m, 2, 5, 3), (e: Error) => e instanceof ShapeError && /even integer >= 2, got 3/.test(e.message));
+  assert.throws(() => packPanels(m, 3, 5, 2), (e: Error) => e instanceof ShapeError && /10 values for a \[3, 5\] matrix/.test(e.message));
+});
+
+// Paneled 'kn' weights (the CPU-adapter layout): gemv_kn_cols at M = 1 and in blocks of rows, with
+// N not a multiple of the panel (a part-filled last panel), split K, every epilogue, and a kernel
+// whose threads own 3 f32 / 1 f16 words (panels of 48 columns).
+for (const c of [
+  { M: 1, K: 96, N: 200, dtype: 'f32', panel: 64, bias: true, gelu: true },
+  { M: 1, K: 67, N: 264, dtype: 'f16', panel: 64, acc: true },
+  { M: 1, K: 768, N: 3072, dtype: 'f16', panel: 256, bias: true, gelu: true },
+  { M: 1, K: 130, N: 520, dtype: 'f32', panel: 256, bias: true, acc: true, splitK: 3 },
+  { M: 3, K: 67, N: 200, dtype: 'f32', panel: 64, bias: true, acc: true },
+  { M: 5, K: 130, N: 264, dtype: 'f16', panel: 128, bias: true, gelu: true, splitK: 2 },
+  { M: 37, K: 33, N: 72, dtype: 'f32', panel: 32, bias: true },
+  { M: 2, K: 40, N: 120, dtype: 'f16', panel: 48, words: true },
+  { M: 1, K: 40, N: 100, dtype: 'f32', panel: 48, words: true, acc: true },
+] as Array<{ M: number; K: number; N: number; dtype: 'f32' | 'f16'; panel: number; bias?: boolean; gelu?: boolean; acc?: boolean; splitK?: number; words?: boolean }>) {
+  const title = `paneled kn ${c.dtype} M ${c.M} K ${c.K} N ${c.N} panel ${c.panel}${c.splitK ? ` splitK ${c.splitK}` : ''}${c.words ? ' 3/1 words' : ''}`;
+  test(title, () =>
+    withDevice(async ({ ctx, owned }) => {
+      const rng = new Rng(c.M * 131 + c.K * 7 + c.N);
+      const x = rng.normals(c.M * c.K);
+      const W = makeWeight(rng, { K: c.K, N: c.N, layout: 'kn', dtype: 'f32' });
+      const seen = c.dtype === 'f16' ? unpackF16(packF16(W.seen, c.K, c.N), c.K, c.N) : W.seen;
+      const laid = packPanels(seen, c.K, c.N, c.panel);
+      const np = Math.ceil(c.N / c.panel);
+      const data = c.dtype === 'f16' ? packF16(laid, np * c.K, c.panel) : laid;
+      const wt = { ...upload(owned, data, [np * c.K, c.panel], c.dtype), shape: [c.K, c.N], panel: c.panel };
+      const bias = c.bias ? rng.normals(c.N, 0.5) : undefined;
+      const base = c.acc ? rng.normals(c.M * c.N) : undefined;
+      const ref = matmul64(x, seen, c.M, c.K, c.N, { layout: 'kn', bias, gelu: c.gelu, base });
+      const k = await MatmulKernel.create(ctx, {
+        knCols: true, knPanel: c.panel,
+        ...(c.words ? { knWords: { f32: 3, f16: 1 }, knBlock: { rows: 3, f32: 3, f16: 1 } } : {}),
+      });
+      assert.is(k.knPanel, c.panel);
+      const out = base ? upload(owned, base, [c.M, c.N]) : poisoned(owned, [c.M, c.N]);
+      const ds = k.bind(owned, { x: upload(owned, x, [c.M, c.K]), w: wt, layout: 'kn', bias: bias && upload(owned, bias, [c.N]), activation: c.gelu ? 'gelu' : 'none', accumulate: c.acc, out, splitK: c.splitK });
+      assert.equal([ds[0]!.workgroups[0], ds[0]!.workgroups[2]], knGroups(k, c.M, c.N, c.dtype), 'gemv_kn_cols ran');
+      await run(ctx, ds);
+      allClose(await download(ctx, out), ref, TOL, title);
+    }));
+}
+
+test('paneled weights: kernel defaults, and every path that cannot read panels refuses them', () =>
+  withDevice(async ({ ctx, owned }) => {
+    assert.is((await MatmulKernel.create(ctx, { knCols: true })).knPanel, 256);
+    assert.is((await MatmulKernel.create(ctx, { knCols: false })).knPanel, 0);
+    assert.is((await MatmulKernel.create(ctx, { knCols: true, knWords: { f32: 3, f16: 1 } })).knPanel, 0, '256 is no multiple of 12');
+    await rejects(() => MatmulKernel.create(ctx, { knCols: true, knPanel: 100 }), (e) => e instanceof InvalidOptionError && /knPanel must be 0 or a multiple of every gemv_kn_cols thread's columns \(32, 16\), got 100/.test(e.message));
+    const x = poisoned(owned, [1, 64]);
+    const out = poisoned(owned, [1, 128]);
+    const w = { ...poisoned(owned, [64, 128]), shape: [64, 128], panel: 64 };
+    const cols = await MatmulKernel.create(ctx, { knCols: true, knPanel: 64 });
+    assert.throws(() => cols.bind(owned, { x, w, layout: 'kn', out, variant: 'gemm' }), (e: Error) => e instanceof ShapeError && /panels of 64 columns.*GEMM needs it plain/.test(e.message));
+    const plain = await MatmulKernel.create(ctx, { knCols: false });
+    assert.throws(() => plain.bind(owned, { x, w, layout: 'kn', out }), (e: Error) => e instanceof ShapeError && /only the 'kn' gemv_kn_cols GEMV reads/.test(e.message));
+    const odd = await MatmulKernel.create(ctx, { knCols: true, knWords: { f32: 3, f16: 1 }, knBlock: { rows: 3, f32: 3, f16: 1 } });
+    assert.throws(() => odd.bind(owned, { x, w, layout: 'kn', out }), (e: Error) => e instanceof ShapeError && /panels of 64 columns are not a multiple of a gemv_kn_cols thread's 12 columns/.test(e.message));
+    const short = { ...w, buffer: poisoned(owned, [64, 100]).buffer, shape: [64, 100] };
+    assert.throws(() => cols.bind(owned, { x, w: short, layout: 'kn', out: poisoned(owned, [1, 100]) }), (e: Error) => e instanceof ShapeError && /needs 32768 bytes/.test(e.message));
+  }));
 
 test('split-K is chosen for a narrow decode GEMV and not for a wide one; variant choice by M', () =>
   withDevice(async ({ ctx, owned }) => {

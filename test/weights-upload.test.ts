@@ -1,6 +1,6 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { OutOfMemoryError, ShapeError } from '../src/errors.js';
+import { InvalidOptionError, OutOfMemoryError, ShapeError } from '../src/errors.js';
 import type { GpuContext } from '../src/engine/device.js';
 import { parameterShapes } from '../src/engine/config.js';
 import { randomCheckpoint } from '../src/engine/random.js';
@@ -8,6 +8,7 @@ import { GPT2Weights, uploadWeights, UploadProgress, wteRowsPerChunk } from '../
 import type { Checkpoint } from '../src/engine/checkpoint.js';
 import type { GpuTensor } from '../src/kernels/common.js';
 import { packF16 } from '../src/kernels/f16.js';
+import { packPanels } from '../src/kernels/matmul.js';
 import { download, downloadU32, withDevice } from './helpers.js';
 import { rejectsWith, smallConfig, tinyCheckpoint } from './fixtures-util.js';
 
@@ -28,8 +29,12 @@ function named(w: GPT2Weights): Map<string, GpuTensor> {
 /** Reads every uploaded tensor back and checks it bit for bit against the checkpoint. */
 async function checkReadBack(ctx: GpuContext, w: GPT2Weights, ck: Checkpoint): Promise<void> {
   const f16 = w.dtype === 'f16';
-  const expect = (vals: Float32Array, shape: number[], dt: string) =>
-    dt === 'f16' ? Array.from(packF16(vals, shape[0]!, shape[1]!)) : Array.from(new Uint32Array(vals.buffer));
+  // As stored: row-major, or in column panels ([panels * rows, panel]), then f16-packed.
+  const expect = (vals: Float32Array, shape: number[], dt: string, panel?: number) => {
+    const laid = panel ? packPanels(vals, shape[0]!, shape[1]!, panel) : vals;
+    const [rows, cols] = panel ? [laid.length / panel, panel] : [shape[0]!, shape[1]!];
+    return dt === 'f16' ? Array.from(packF16(laid, rows, cols)) : Array.from(new Uint32Array(laid.buffer, laid.byteOffset, laid.length));
+  };
   const names = named(w);
   assert.is(names.size, parameterShapes(ck.config).size - 1);
   for (const [name, t] of names) {
@@ -37,7 +42,7 @@ async function checkReadBack(ctx: GpuContext, w: GPT2Weights, ck: Checkpoint): P
     const matrix = name === 'wpe.weight' || /c_(attn|proj|fc)\.weight$/.test(name);
     assert.is(t.dtype, matrix && f16 ? 'f16' : 'f32', `${name} dtype`);
     const got = Array.from(await downloadU32(ctx, t));
-    assert.equal(got, expect(await ck.read(name), t.shape, t.dtype), `${name} read-back`);
+    assert.equal(got, expect(await ck.read(name), t.shape, t.dtype, t.panel), `${name} read-back`);
   }
   const [V, C] = ck.shape('wte.weight') as [number, number];
   let row = 0;
@@ -93,6 +98,29 @@ test('f16 upload with an odd width (rows padded) and wte chunks of 64 rows reads
     const ln = await download(ctx, w.h[1]!.ln_2.weight);
     assert.equal(Array.from(ln), Array.from(await ck.read('h.1.ln_2.weight')));
     w.destroy();
+  }));
+
+test('knPanel: the aligned Conv1D weights are stored in column panels (zero-padded), the rest plain', () =>
+  withDevice(async ({ ctx }) => {
+    for (const dtype of ['f32', 'f16'] as const) {
+      // n_embd 24: c_attn [24, 72], c_fc [24, 96], c_proj [24, 24] / [96, 24]; panels of 16 columns
+      // leave c_attn's and c_proj's last panel part-filled (72 = 4 x 16 + 8, 24 = 16 + 8).
+      const ck = randomCheckpoint(smallConfig({ n_embd: 24, n_head: 3 }), 5);
+      const w = await uploadWeights(ctx, ck, { dtype, knPanel: 16 });
+      assert.is(w.h[0]!.attn.c_attn.weight.panel, 16);
+      assert.is(w.h[1]!.mlp.c_proj.weight.panel, 16);
+      assert.is(w.wpe.panel, undefined);
+      assert.is(w.h[0]!.attn.c_attn.weight.buffer.size, (dtype === 'f16' ? 2 : 4) * 5 * 16 * 24);
+      await checkReadBack(ctx, w, ck);
+      w.destroy();
+    }
+    // f16 rows of 9 columns are not 16-byte aligned: no GEMV reads them as panels, so none are made.
+    const odd = randomCheckpoint(smallConfig({ n_embd: 9, n_head: 3 }), 3);
+    const w = await uploadWeights(ctx, odd, { dtype: 'f16', knPanel: 16 });
+    assert.is(w.h[0]!.attn.c_attn.weight.panel, undefined);
+    await checkReadBack(ctx, w, odd);
+    w.destroy();
+    await rejectsWith(uploadWeights(ctx, odd, { knPanel: 7 }), InvalidOptionError, /knPanel must be 0 or an even integer, got 7/);
   }));
 
 test('a tensor over the binding limit fails before any allocation, with numbers and the f16 hint', () =>
