@@ -36,13 +36,23 @@ export function nodeGPU(): GPU {
 export function sleepingWaitYield(sliceMs = 2, sleep: (ms: number) => void = atomicsSleep()): WaitYield {
   if (!(sliceMs > 0 && sliceMs <= 50)) throw new InvalidOptionError(`sleepingWaitYield: sliceMs must be in (0, 50], got ${sliceMs}`);
   let pending = 0;
+  // At most one loop: a wait that starts while the last loop's final tick is still queued must not
+  // start a second one (loops would pile up, each adding a slice to every turn).
+  let looping = false;
   const tick = (): void => {
-    if (pending === 0) return;
+    if (pending === 0) {
+      looping = false;
+      return;
+    }
     sleep(sliceMs);
     setImmediate(tick);
   };
   return (p) => {
-    if (pending++ === 0) setImmediate(tick);
+    pending++;
+    if (!looping) {
+      looping = true;
+      setImmediate(tick);
+    }
     const done = (): void => {
       pending--;
     };

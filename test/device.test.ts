@@ -71,6 +71,31 @@ test('sleepingWaitYield sleeps in slices only while a wait is pending, then stop
   assert.throws(() => sleepingWaitYield(0), (e: Error) => e instanceof InvalidOptionError && /sliceMs must be in \(0, 50\], got 0/.test(e.message));
 });
 
+test('sleepingWaitYield runs one loop: a wait that starts as the last one ends adds no second loop', async () => {
+  let slices = 0;
+  const y = sleepingWaitYield(1, () => slices++);
+  const turns = async (n: number) => { for (let i = 0; i < n; i++) await new Promise((r) => setImmediate(r)); };
+  // Decode steps do this: a read-back resolves, and the next one is asked for before the loop's
+  // already queued tick runs.
+  for (let step = 0; step < 5; step++) {
+    let resolve!: () => void;
+    const p = new Promise<void>((r) => (resolve = r));
+    y(p);
+    await turns(2);
+    resolve();
+    await p;
+  }
+  let resolve!: () => void;
+  const last = new Promise<void>((r) => (resolve = r));
+  y(last);
+  const s0 = slices;
+  await turns(40);
+  const perTurn = (slices - s0) / 40;
+  resolve(); // before asserting: a pending wait would keep its loop (and this process) alive
+  await last;
+  assert.ok(perTurn > 0.8 && perTurn < 1.2, `${perTurn} slices per event-loop turn (one loop sleeps once per turn)`);
+});
+
 test('a context routes read-backs, drains and pipeline builds through its WaitYield (auto: CPU adapters only)', async () => {
   const seen: Array<Promise<unknown>> = [];
   const ctx = await createContext(nodeGPU(), { waitYield: (p) => seen.push(p), yieldWhileWaiting: 'auto' });
