@@ -259,9 +259,8 @@ const commands: Record<string, Command> = {
     async run(v) {
       const batches = String(v.batch).split(',').map((b) => num(b, 'batch', { int: true, min: 1, max: 1024 }));
       const waits = { auto: 'auto', sleep: true, spin: false } as const;
-      const wait = waits[String(v.wait) as keyof typeof waits];
-      if (wait === undefined || !Object.hasOwn(waits, String(v.wait))) throw new UsageError(`--wait must be auto, sleep or spin, got "${String(v.wait)}"`);
-      const engine = await createEngine({ yieldWhileWaiting: wait });
+      if (!Object.hasOwn(waits, String(v.wait))) throw new UsageError(`--wait must be auto, sleep or spin, got "${String(v.wait)}"`);
+      const engine = await createEngine({ yieldWhileWaiting: waits[String(v.wait) as keyof typeof waits] });
       try {
         const report = await runBench(engine, {
           model: String(v.model),

@@ -6,7 +6,7 @@ import { parameterShapes } from '../src/engine/config.js';
 import { randomCheckpoint } from '../src/engine/random.js';
 import { GPT2Weights, uploadWeights, UploadProgress, wteRowsPerChunk } from '../src/engine/weights.js';
 import type { Checkpoint } from '../src/engine/checkpoint.js';
-import type { GpuTensor } from '../src/kernels/common.js';
+import { storedShape, type GpuTensor } from '../src/kernels/common.js';
 import { packF16 } from '../src/kernels/f16.js';
 import { packPanels } from '../src/kernels/matmul.js';
 import { download, downloadU32, withDevice } from './helpers.js';
@@ -32,7 +32,7 @@ async function checkReadBack(ctx: GpuContext, w: GPT2Weights, ck: Checkpoint): P
   // As stored: row-major, or in column panels ([panels * rows, panel]), then f16-packed.
   const expect = (vals: Float32Array, shape: number[], dt: string, panel?: number) => {
     const laid = panel ? packPanels(vals, shape[0]!, shape[1]!, panel) : vals;
-    const [rows, cols] = panel ? [laid.length / panel, panel] : [shape[0]!, shape[1]!];
+    const [rows, cols] = storedShape({ shape, panel }) as [number, number];
     return dt === 'f16' ? Array.from(packF16(laid, rows, cols)) : Array.from(new Uint32Array(laid.buffer, laid.byteOffset, laid.length));
   };
   const names = named(w);

@@ -108,7 +108,7 @@ export class GpuContext {
 
   /** True on fallback / software adapters (lavapipe, SwiftShader), whose "GPU" is the CPU. */
   get isCpuAdapter(): boolean {
-    return this.adapter.isFallbackAdapter || this.adapter.architecture === 'software';
+    return isCpuAdapter(this.adapter);
   }
 
   /** Every GPU wait goes through here, so the WaitYield (if any) sees it. Returns `p`. */
@@ -279,6 +279,11 @@ export class GpuContext {
   }
 }
 
+/** Fallback / software adapters (lavapipe, SwiftShader): the "GPU" is the CPU. */
+function isCpuAdapter(a: AdapterSummary): boolean {
+  return a.isFallbackAdapter || a.architecture === 'software';
+}
+
 /** The limits `info` and the benchmark report, as the device got them. */
 function limitsOf(dl: GPUSupportedLimits): AdapterSummary['limits'] {
   return {
@@ -351,13 +356,12 @@ export async function createContext(gpu: GPU | undefined | null, opts: ContextOp
     features: [...adapter.features].sort(),
     limits: limitsOf(device.limits),
   };
-  const cpu = summary.isFallbackAdapter || summary.architecture === 'software';
   const yieldMode = opts.yieldWhileWaiting ?? 'auto';
   if (yieldMode !== 'auto' && typeof yieldMode !== 'boolean') {
     device.destroy();
     throw new InvalidOptionError(`yieldWhileWaiting must be true, false or 'auto', got ${String(yieldMode)}`);
   }
-  const useYield = opts.waitYield && (yieldMode === true || (yieldMode === 'auto' && cpu));
+  const useYield = opts.waitYield && (yieldMode === true || (yieldMode === 'auto' && isCpuAdapter(summary)));
   return new GpuContext(device, summary, featuresOf(device), useYield ? opts.waitYield! : null);
 }
 

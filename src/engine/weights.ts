@@ -13,7 +13,7 @@
  */
 import { InvalidOptionError, OutOfMemoryError, ShapeError } from '../errors.js';
 import type { ChunkedTensor, GpuTensor } from '../kernels/common.js';
-import { storedBytes, tensorBytes } from '../kernels/common.js';
+import { isPanelWidth, storedBytes, storedShape, tensorBytes } from '../kernels/common.js';
 import { packF16 } from '../kernels/f16.js';
 import { alignedRows, packPanels } from '../kernels/matmul.js';
 import type { Checkpoint } from './checkpoint.js';
@@ -107,7 +107,7 @@ export async function uploadWeights(ctx: GpuContext, ckpt: Checkpoint, opts: Upl
   const hint = dtype === 'f32' ? ' Try f16 weights (--f16), which halve the matrices.' : '';
   const [V, C] = ckpt.shape('wte.weight') as [number, number];
   const knPanel = opts.knPanel ?? 0;
-  if (!(Number.isInteger(knPanel) && knPanel >= 0 && knPanel % 2 === 0)) {
+  if (knPanel !== 0 && !isPanelWidth(knPanel)) {
     throw new InvalidOptionError(`uploadWeights: knPanel must be 0 or an even integer, got ${knPanel}`);
   }
   // Panels only where the GEMV that reads them runs (16-byte aligned rows).
@@ -167,8 +167,7 @@ export async function uploadWeights(ctx: GpuContext, ckpt: Checkpoint, opts: Upl
     const dt = dtypeOf(name);
     const values = await ckpt.read(name);
     const panel = panelOf(name);
-    // Stored as [rows, cols], or as panels: [ceil(cols / panel) * rows, panel].
-    const [rows, cols] = panel ? [Math.ceil(shape[1]! / panel) * shape[0]!, panel] : [shape[0]!, shape[1]!];
+    const [rows, cols] = storedShape({ shape, panel }) as [number, number];
     const laid = panel ? packPanels(values, shape[0]!, shape[1]!, panel) : values;
     const data = dt === 'f16' ? packF16(laid, rows, cols) : laid;
     const buffer = await make(name, data);

@@ -135,11 +135,24 @@ export function tensorBytes(shape: readonly number[], dtype: DType): number {
   return rows * Math.ceil(last / 2) * 4;
 }
 
-/** Bytes a tensor occupies in its buffer: tensorBytes, or its padded panels when it has them. */
-export function storedBytes(t: Pick<GpuTensor, 'shape' | 'dtype' | 'panel'>): number {
-  if (!t.panel) return tensorBytes(t.shape, t.dtype);
+/** Whether `p` can be a GpuTensor.panel width: an even integer >= 2 (f16 pairs stay in a panel). */
+export function isPanelWidth(p: number): boolean {
+  return Number.isInteger(p) && p >= 2 && p % 2 === 0;
+}
+
+/**
+ * The shape a tensor is stored as: its shape, or for a paneled [rows, cols] tensor its panels
+ * stacked, [ceil(cols / panel) * rows, panel].
+ */
+export function storedShape(t: Pick<GpuTensor, 'shape' | 'panel'>): number[] {
+  if (!t.panel) return t.shape;
   const [rows, cols] = t.shape as [number, number];
-  return tensorBytes([Math.ceil(cols / t.panel) * rows, t.panel], t.dtype);
+  return [Math.ceil(cols / t.panel) * rows, t.panel];
+}
+
+/** Bytes a tensor occupies in its buffer: tensorBytes of its stored shape (padded panels included). */
+export function storedBytes(t: Pick<GpuTensor, 'shape' | 'dtype' | 'panel'>): number {
+  return tensorBytes(storedShape(t), t.dtype);
 }
 
 /** A binding resource for a tensor: exactly its bytes (rounded to 4). */
@@ -156,7 +169,7 @@ export function expectTensor(what: string, t: GpuTensor, shape: readonly number[
   if (!dtypes.includes(t.dtype)) {
     throw new ShapeError(`${what}: expected dtype ${dtypes.join(' or ')}, got ${t.dtype}`);
   }
-  if (t.panel !== undefined && (t.shape.length !== 2 || !(Number.isInteger(t.panel) && t.panel > 0 && t.panel % 2 === 0))) {
+  if (t.panel !== undefined && (t.shape.length !== 2 || !isPanelWidth(t.panel))) {
     throw new ShapeError(`${what}: panels need a 2-D tensor and an even panel width >= 2, got [${t.shape.join(', ')}] with panel ${t.panel}`);
   }
   const need = t.offset + storedBytes(t);

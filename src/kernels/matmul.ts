@@ -23,6 +23,7 @@ import {
   expectTensor,
   GpuTensor,
   groups,
+  isPanelWidth,
   Owned,
   storedBytes,
 } from './common.js';
@@ -464,7 +465,7 @@ export function alignedRows(cols: number, dtype: 'f32' | 'f16'): boolean {
  * GpuTensor.panel is set. f16 packing then runs over [panels * rows, panel] (panel is even).
  */
 export function packPanels(src: ArrayLike<number>, rows: number, cols: number, panel: number): Float32Array {
-  if (!(Number.isInteger(panel) && panel >= 2 && panel % 2 === 0)) throw new ShapeError(`packPanels: panel must be an even integer >= 2, got ${panel}`);
+  if (!isPanelWidth(panel)) throw new ShapeError(`packPanels: panel must be an even integer >= 2, got ${panel}`);
   if (src.length !== rows * cols) throw new ShapeError(`packPanels: ${src.length} values for a [${rows}, ${cols}] matrix`);
   const np = Math.ceil(cols / panel);
   const out = new Float32Array(np * rows * panel);
