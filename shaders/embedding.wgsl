@@ -3,6 +3,10 @@
 //   wte [V, C] is bound one chunk of rows at a time (gpt2's f32 wte is 154 MB, over the 128 MiB
 //   binding limit): this dispatch sees rows [row0, row0 + chunk_rows) and writes only the tokens
 //   whose id falls in them, so over all chunk dispatches each output row is written exactly once.
+//   A chunk is [chunk_rows, C] row-major, or (p.panel != 0, CPU adapters, where the LM head reads
+//   wte as a [C, V] 'kn' weight) its transpose [C, chunk_rows] in column panels of p.panel
+//   columns, each panel [C, panel] whole: a token's row is then one column, read with a stride of
+//   panel words (a few hundred scattered loads per token: nothing next to the LM head).
 //   wte and wpe are each f32 or f16 (WTE_F16 / WPE_F16): f16 is IEEE halves packed in pairs into
 //   u32 words along C, rows padded to an even count; both are bound as u32 words either way (f32
 //   words are bitcast), so one shader serves all four combinations.
@@ -27,12 +31,13 @@ struct Params {
   last: u32,        // 1 for the last chunk: it also owns ids >= V
   groups_x: u32,    // workgroups along dispatch x
   nan_bits: u32,    // 0x7fc00000: NaN cannot be written as a WGSL constant
+  panel: u32,       // 0: chunk is [chunk_rows, C]; else [C, chunk_rows] in panels of this many columns
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> ids: array<u32>;        // [T]
 @group(0) @binding(2) var<storage, read> tok_meta: array<u32>;     // [T, 2] (row, pos)
-@group(0) @binding(3) var<storage, read> wte: array<u32>;        // [chunk_rows, C] f32 bits or f16 pairs
+@group(0) @binding(3) var<storage, read> wte: array<u32>;        // [chunk_rows, C] (or paneled [C, chunk_rows]) f32 bits or f16 pairs
 @group(0) @binding(4) var<storage, read> wpe: array<u32>;        // [n_pos, C] f32 bits or f16 pairs
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;  // [T, C]
 
@@ -40,10 +45,25 @@ struct Params {
 // When C is odd the last pair has no second column: f16 reads the zero pad half; f32 clamps the
 // read into the row (never past the buffer) and drops the value.
 fn wte_pair(r: u32, j: u32) -> vec2<f32> {
+  if (p.panel != 0u) {
+    let second = select(0.0, wte_t(r, min(2u * j + 1u, p.C - 1u)), 2u * j + 1u < p.C);
+    return vec2<f32>(wte_t(r, 2u * j), second);
+  }
   if (WTE_F16) { return unpack2x16float(wte[r * ((p.C + 1u) / 2u) + j]); }
   let i = r * p.C + 2u * j;
   let second = select(0.0, bitcast<f32>(wte[min(i + 1u, r * p.C + p.C - 1u)]), 2u * j + 1u < p.C);
   return vec2<f32>(bitcast<f32>(wte[i]), second);
+}
+
+// Element (r, c) of a chunk stored transposed in panels: panel r / panel, its row c, column r % panel
+// (f16: halves packed in pairs along the panel row, which has an even width).
+fn wte_t(r: u32, c: u32) -> f32 {
+  let i = ((r / p.panel) * p.C + c) * p.panel + r % p.panel;
+  if (WTE_F16) {
+    let h = unpack2x16float(wte[i >> 1u]);
+    return select(h.x, h.y, (i & 1u) == 1u);
+  }
+  return bitcast<f32>(wte[i]);
 }
 
 fn wpe_pair(r: u32, j: u32) -> vec2<f32> {

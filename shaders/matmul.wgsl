@@ -310,7 +310,8 @@ fn gemv_nk_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgrou
 // words: KNM * KNV * (1 or 2) vec4 accumulators <= KNACC_MAX. No workgroup memory, no barriers:
 // threads past the row just leave.
 // W is either plain row-major or in panels (p.pw != 0): the columns cut into panels of pw vec4
-// words, each panel stored whole as [K, pw] (the last one zero-padded), so that a workgroup, whose
+// words, each panel stored whole as [K, pw] (the last one zero-padded; p.wpr / 4 = ceil(N / cpw)
+// words of a row then count that padding up to the next word), so that a workgroup, whose
 // threads share a panel, streams one contiguous block instead of a short piece of every long row
 // (CPU prefetchers lose such strided streams at page edges: 1.5x on lavapipe for a 768 x 3072 f16
 // W). The host checks pw % KNV == 0, so a thread's words never straddle two panels.
@@ -357,15 +358,17 @@ fn gemv_kn_cols(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgrou
       }
     }
   }
-  // Columns per 16-byte word: 4 (f32) or 8 (f16); the host only picks this variant when N is a
-  // multiple of that, so a word in range is in range whole.
+  // Columns per 16-byte word: 4 (f32) or 8 (f16). A plain W has N a multiple of that; a paneled
+  // one may not (the transposed LM head, N = 50257): its last word then covers zero padding,
+  // whose columns are not stored.
   let cpw = select(4u, 8u, W_F16);
   for (var i = 0u; i < KNM; i++) {
     if (m0 + i < p.M) {
       for (var v = 0u; v < KNV; v++) {
         if (v0 + v < vrow) {
           for (var c = 0u; c < cpw; c++) {
-            finish(m0 + i, (v0 + v) * cpw + c, s, acc[i * apr + (v * cpw + c) / 4u][c % 4u]);
+            let col = (v0 + v) * cpw + c;
+            if (col < p.N) { finish(m0 + i, col, s, acc[i * apr + (v * cpw + c) / 4u][c % 4u]); }
           }
         }
       }

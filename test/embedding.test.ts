@@ -3,6 +3,7 @@ import * as assert from 'uvu/assert';
 import { EmbeddingKernel } from '../src/kernels/embedding.js';
 import { ChunkedTensor, DType, GpuTensor, Owned } from '../src/kernels/common.js';
 import { packF16, unpackF16 } from '../src/kernels/f16.js';
+import { packPanelsTransposed } from '../src/kernels/matmul.js';
 import { ShapeError } from '../src/errors.js';
 import { allClose, download, poisoned, Rng, run, upload, withDevice } from './helpers.js';
 import { embedding64 } from './reference/embedding.js';
@@ -14,17 +15,26 @@ function weight(owned: Owned, vals: Float32Array, rows: number, C: number, dtype
   return { t: upload(owned, words, [rows, C], 'f16'), held: unpackF16(words, rows, C) };
 }
 
-/** Splits [V, C] into chunks of `per` rows, each in its own buffer. */
-function chunked(owned: Owned, vals: Float32Array, V: number, C: number, per: number, dtype: DType): { w: ChunkedTensor; held: Float32Array } {
+/**
+ * Splits [V, C] into chunks of `per` rows, each in its own buffer: [rows, C], or with `panel` (the
+ * CPU-adapter LM head layout) the transpose [C, rows] in column panels of `panel`.
+ */
+function chunked(owned: Owned, vals: Float32Array, V: number, C: number, per: number, dtype: DType, panel = 0): { w: ChunkedTensor; held: Float32Array } {
   const chunks: GpuTensor[] = [];
-  const held = new Float32Array(V * C);
+  const held = dtype === 'f16' ? unpackF16(packF16(vals, V, C), V, C) : vals;
   for (let r0 = 0; r0 < V; r0 += per) {
     const rows = Math.min(per, V - r0);
-    const { t, held: h } = weight(owned, vals.subarray(r0 * C, (r0 + rows) * C), rows, C, dtype);
-    chunks.push(t);
-    held.set(h, r0 * C);
+    const part = held.subarray(r0 * C, (r0 + rows) * C);
+    if (panel === 0) {
+      chunks.push(weight(owned, part, rows, C, dtype).t);
+      continue;
+    }
+    const laid = packPanelsTransposed(part, rows, C, panel);
+    const np = Math.ceil(rows / panel);
+    const data = dtype === 'f16' ? packF16(laid, np * C, panel) : laid;
+    chunks.push({ ...upload(owned, data, [np * C, panel], dtype), shape: [C, rows], panel });
   }
-  return { w: { shape: [V, C], dtype, rowsPerChunk: per, chunks }, held };
+  return { w: { shape: [V, C], dtype, rowsPerChunk: per, chunks, ...(panel ? { transposed: true } : {}) }, held };
 }
 
 function metaOf(rows: number[], pos: number[]): Uint32Array {
@@ -33,14 +43,18 @@ function metaOf(rows: number[], pos: number[]): Uint32Array {
   return m;
 }
 
-// V = 1000 in chunks of 400 rows (400, 400, 200); C even and odd (f16 rows padded).
-const CASES: Array<[DType, DType, number]> = [['f32', 'f32', 48], ['f16', 'f16', 48], ['f16', 'f16', 33], ['f16', 'f32', 33], ['f32', 'f16', 7]];
-for (const [wd, pd, C] of CASES) {
-  test(`embedding wte ${wd} (3 chunks) + wpe ${pd}, C ${C}, matches float64`, () =>
+// V = 1000 in chunks of 400 rows (400, 400, 200); C even and odd (f16 rows padded); wte chunks
+// row-major or transposed in panels of 64 / 48 columns (the last panel of each chunk part-filled).
+const CASES: Array<[DType, DType, number, number]> = [
+  ['f32', 'f32', 48, 0], ['f16', 'f16', 48, 0], ['f16', 'f16', 33, 0], ['f16', 'f32', 33, 0], ['f32', 'f16', 7, 0],
+  ['f32', 'f32', 48, 64], ['f16', 'f16', 33, 64], ['f16', 'f32', 7, 48],
+];
+for (const [wd, pd, C, panel] of CASES) {
+  test(`embedding wte ${wd} (3 chunks${panel ? `, transposed in panels of ${panel}` : ''}) + wpe ${pd}, C ${C}, matches float64`, () =>
     withDevice(async ({ ctx, owned }) => {
       const V = 1000, nPos = 64, T = 37;
       const rng = new Rng(V + C);
-      const { w, held: wteHeld } = chunked(owned, rng.normals(V * C, 0.1), V, C, 400, wd);
+      const { w, held: wteHeld } = chunked(owned, rng.normals(V * C, 0.1), V, C, 400, wd, panel);
       const { t: wpe, held: wpeHeld } = weight(owned, rng.normals(nPos * C, 0.02), nPos, C, pd);
       // ids on both sides of every chunk boundary, then random ones
       const ids = [0, 399, 400, 799, 800, 999];
@@ -100,6 +114,15 @@ test('embedding rejects chunks that do not cover V and mismatched widths', () =>
     assert.throws(
       () => k.bind(owned, { ...args, wte: { shape: [4, 8], dtype: 'f32', rowsPerChunk: 4, chunks: [poisoned(owned, [4, 7])] } }),
       (e: Error) => e instanceof ShapeError && /expected shape \[4, 8\], got \[4, 7\]/.test(e.message),
+    );
+    const rowMajor = poisoned(owned, [4, 8]);
+    assert.throws(
+      () => k.bind(owned, { ...args, wte: { shape: [4, 8], dtype: 'f32', rowsPerChunk: 4, chunks: [{ ...rowMajor, shape: [8, 4] }], transposed: true } }),
+      (e: Error) => e instanceof ShapeError && /a transposed wte chunk must be stored in panels/.test(e.message),
+    );
+    assert.throws(
+      () => k.bind(owned, { ...args, wte: { shape: [4, 8], dtype: 'f32', rowsPerChunk: 4, chunks: [{ ...rowMajor, panel: 4 }] } }),
+      (e: Error) => e instanceof ShapeError && /a row-major wte chunk cannot have panels/.test(e.message),
     );
   }));
 

@@ -1,6 +1,6 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { GEMV_MAX_M, MatmulKernel, packPanels, WeightLayout } from '../src/kernels/matmul.js';
+import { GEMV_MAX_M, MatmulKernel, packPanels, packPanelsTransposed, WeightLayout } from '../src/kernels/matmul.js';
 import { packF16, unpackF16 } from '../src/kernels/f16.js';
 import { ChunkedTensor, GpuTensor, Owned } from '../src/kernels/common.js';
 import { InvalidOptionError, ShapeError } from '../src/errors.js';
@@ -364,6 +364,100 @@ test('chunked LM head [50257, 768] f32 in 2 chunks (whole passes the 128 MiB bin
     const pick = new Float32Array(M * cols.length);
     for (let m = 0; m < M; m++) cols.forEach((c, i) => (pick[m * cols.length + i] = got[m * N + c]!));
     allClose(pick, matmul64(x, W.seen, M, K, N, { layout: 'nk', cols }), TOL, 'chunked lm head');
+  }));
+
+test('packPanelsTransposed: the panels of the transpose', () => {
+  // [5, 2] -> transpose [2, 5] in panels of 2 columns (= 2 source rows), the last zero-padded
+  const m = Float32Array.from([1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+  const t = Float32Array.from([1, 3, 5, 7, 9, 2, 4, 6, 8, 10]);
+  assert.equal(Array.from(packPanelsTransposed(m, 5, 2, 2)), Array.from(packPanels(t, 2, 5, 2)));
+  assert.equal(Array.from(packPanelsTransposed(m, 5, 2, 2)), [1, 3, 2, 4, 5, 7, 6, 8, 9, 0, 10, 0]);
+  assert.throws(() => packPanelsTransposed(m, 5, 2, 5), (e: Error) => e instanceof ShapeError && /even integer >= 2, got 5/.test(e.message));
+  assert.throws(() => packPanelsTransposed(m, 4, 2, 2), (e: Error) => e instanceof ShapeError && /10 values for a \[4, 2\] matrix/.test(e.message));
+});
+
+/**
+ * W [N, K] (values `seen`, f32) as the CPU-adapter LM head stores wte: chunks of `rowsPerChunk`
+ * rows, each its transpose [K, n] in column panels (packPanelsTransposed), f32 or packed f16.
+ */
+function transposedChunks(owned: Owned, seen: Float32Array, N: number, K: number, rowsPerChunk: number, panel: number, dtype: 'f32' | 'f16'): ChunkedTensor {
+  const chunks: GpuTensor[] = [];
+  for (let r0 = 0; r0 < N; r0 += rowsPerChunk) {
+    const n = Math.min(rowsPerChunk, N - r0);
+    const laid = packPanelsTransposed(seen.subarray(r0 * K, (r0 + n) * K), n, K, panel);
+    const np = Math.ceil(n / panel);
+    const data = dtype === 'f16' ? packF16(laid, np * K, panel) : laid;
+    chunks.push({ ...upload(owned, data, [np * K, panel], dtype), shape: [K, n], panel });
+  }
+  return { shape: [N, K], dtype, rowsPerChunk, chunks, transposed: true };
+}
+
+// The CPU-adapter LM head: wte chunks stored transposed in panels, read by gemv_kn_cols as [K, n]
+// pieces. N = 1003 is no multiple of 4 or 8 (a last 16-byte word that is part padding) and the
+// chunks (384 rows) part-fill their last panel; M 1 and blocks of rows; 3/1-word threads too.
+test('transposed chunked nk weight (the CPU LM head): f32 and f16, M 1 / 3 / 37, matches float64', () =>
+  withDevice(async ({ ctx, owned }) => {
+    const N = 1003;
+    const K = 40;
+    const kernels = [
+      await MatmulKernel.create(ctx, { knCols: true, knPanel: 128 }),
+      await MatmulKernel.create(ctx, { knCols: true, knPanel: 48, knWords: { f32: 3, f16: 1 }, knBlock: { rows: 3, f32: 3, f16: 1 } }),
+    ];
+    for (const [dtype, M, bias] of [['f32', 1, true], ['f16', 1, false], ['f32', 3, false], ['f16', 37, true]] as const) {
+      const rng = new Rng(N + M * 5 + dtype.length);
+      const x = rng.normals(M * K);
+      const W = makeWeight(rng, { K, N, layout: 'nk', dtype: 'f32' });
+      const seen = dtype === 'f16' ? unpackF16(packF16(W.seen, N, K), N, K) : W.seen;
+      const b = bias ? rng.normals(N) : undefined;
+      const ref = matmul64(x, seen, M, K, N, { layout: 'nk', bias: b, gelu: true });
+      for (const k of kernels) {
+        const w = transposedChunks(owned, seen, N, K, 384, k.knPanel, dtype);
+        const out = poisoned(owned, [M, N]);
+        const ds = k.bind(owned, { x: upload(owned, x, [M, K]), w, layout: 'nk', out, bias: b && upload(owned, b, [N]), activation: 'gelu' });
+        assert.is(ds.length, 3);
+        assert.equal([ds[0]!.workgroups[0], ds[0]!.workgroups[2]], knGroups(k, M, 384, dtype), 'gemv_kn_cols ran');
+        await run(ctx, ds);
+        allClose(await download(ctx, out), ref, TOL, `transposed chunked ${dtype} M ${M} panel ${k.knPanel}`);
+      }
+    }
+  }));
+
+test('transposed chunked LM head [50257, 768] f32 in 2 chunks of 256-column panels, M = 1', () =>
+  withDevice(async ({ ctx, owned }) => {
+    const k = await MatmulKernel.create(ctx, { knCols: true, knPanel: 256 });
+    const N = 50257;
+    const K = 768;
+    const rng = new Rng(50258);
+    const x = rng.normals(K);
+    const W = makeWeight(rng, { K, N, layout: 'nk', dtype: 'f32' });
+    const out = poisoned(owned, [1, N]);
+    const w = transposedChunks(owned, W.seen, N, K, 25344, 256, 'f32');
+    const ds = k.bind(owned, { x: upload(owned, x, [1, K]), w, layout: 'nk', out });
+    assert.is(ds.length, 2);
+    await run(ctx, ds);
+    const got = await download(ctx, out);
+    assert.is(got.findIndex((v) => !Number.isFinite(v)), -1, 'every logit written');
+    const cols = [0, 1, 255, 256, 25343, 25344, 25345, 50175, 50176, 50255, 50256];
+    for (let i = 0; i < 200; i++) cols.push(rng.int(N));
+    allClose(cols.map((c) => got[c]!), matmul64(x, W.seen, 1, K, N, { layout: 'nk', cols }), TOL, 'transposed lm head');
+  }));
+
+test('transposed chunked weights: refused without panels, by the GEMM and by kernels without gemv_kn_cols', () =>
+  withDevice(async ({ ctx, owned }) => {
+    const x = poisoned(owned, [1, 16]);
+    const out = poisoned(owned, [1, 100]);
+    const seen = new Float32Array(100 * 16);
+    const w = transposedChunks(owned, seen, 100, 16, 64, 32, 'f32');
+    const cols = await MatmulKernel.create(ctx, { knCols: true, knPanel: 32 });
+    assert.throws(() => cols.bind(owned, { x, w, layout: 'nk', out, variant: 'gemm' }), (e: Error) => e instanceof ShapeError && /panels of 32 columns.*GEMM needs it plain/.test(e.message));
+    const plain = await MatmulKernel.create(ctx, { knCols: false });
+    assert.throws(() => plain.bind(owned, { x, w, layout: 'nk', out }), (e: Error) => e instanceof ShapeError && /only the 'kn' gemv_kn_cols GEMV reads/.test(e.message));
+    const bare = { ...w, chunks: w.chunks.map((c) => ({ ...c, panel: undefined })) };
+    assert.throws(() => cols.bind(owned, { x, w: bare, layout: 'nk', out }), (e: Error) => e instanceof ShapeError && /transposed chunked W must be stored in panels/.test(e.message));
+    const mixed = { ...w, chunks: [w.chunks[0]!, { ...w.chunks[1]!, panel: 64 }] };
+    assert.throws(() => cols.bind(owned, { x, w: mixed, layout: 'nk', out }), (e: Error) => e instanceof ShapeError && /chunk 1 has panel 64, chunk 0 32/.test(e.message));
+    const flat = { ...w, chunks: w.chunks.map((c) => ({ ...c, shape: [c.shape[1]!, 16] })) };
+    assert.throws(() => cols.bind(owned, { x, w: flat, layout: 'nk', out }), (e: Error) => e instanceof ShapeError && /W chunk 0: expected shape \[16, 64\], got \[64, 16\]/.test(e.message));
   }));
 
 test('tensors at aligned offsets inside shared buffers (as the engine packs activations)', () =>

@@ -8,7 +8,7 @@ import { GPT2Weights, uploadWeights, UploadProgress, wteRowsPerChunk } from '../
 import type { Checkpoint } from '../src/engine/checkpoint.js';
 import { storedShape, type GpuTensor } from '../src/kernels/common.js';
 import { packF16 } from '../src/kernels/f16.js';
-import { packPanels } from '../src/kernels/matmul.js';
+import { packPanels, packPanelsTransposed } from '../src/kernels/matmul.js';
 import { download, downloadU32, withDevice } from './helpers.js';
 import { rejectsWith, smallConfig, tinyCheckpoint } from './fixtures-util.js';
 
@@ -44,14 +44,19 @@ async function checkReadBack(ctx: GpuContext, w: GPT2Weights, ck: Checkpoint): P
     const got = Array.from(await downloadU32(ctx, t));
     assert.equal(got, expect(await ck.read(name), t.shape, t.dtype, t.panel), `${name} read-back`);
   }
+  // wte: row chunks [n, C], or (knPanel) their transposes [C, n] in panels
   const [V, C] = ck.shape('wte.weight') as [number, number];
   let row = 0;
   for (const [i, ch] of w.wte.chunks.entries()) {
-    assert.is(ch.shape[1], C);
-    assert.is(ch.shape[0], Math.min(w.wte.rowsPerChunk, V - row), `chunk ${i} rows`);
-    const got = Array.from(await downloadU32(ctx, ch));
-    assert.equal(got, expect(await ck.readRows('wte.weight', row, ch.shape[0]!), ch.shape, ch.dtype), `wte chunk ${i}`);
-    row += ch.shape[0]!;
+    const n = Math.min(w.wte.rowsPerChunk, V - row);
+    assert.equal(ch.shape, w.wte.transposed ? [C, n] : [n, C], `chunk ${i} shape`);
+    assert.is(ch.panel !== undefined, w.wte.transposed === true, `chunk ${i} paneled`);
+    const rows = await ck.readRows('wte.weight', row, n);
+    const want = ch.panel
+      ? expect(packPanelsTransposed(rows, n, C, ch.panel), storedShape(ch), ch.dtype)
+      : expect(rows, ch.shape, ch.dtype);
+    assert.equal(Array.from(await downloadU32(ctx, ch)), want, `wte chunk ${i}`);
+    row += n;
   }
   assert.is(row, V);
 }
@@ -62,6 +67,12 @@ test('wteRowsPerChunk: all rows when they fit, else a multiple of 64 under the l
   assert.is(wteRowsPerChunk(100, 9, 'f16', 1400), 64); // 20 B rows: 70 fit -> 64
   assert.is(wteRowsPerChunk(100, 9, 'f16', 1000), 50); // 50 fit: fewer than 64, keep 50
   assert.throws(() => wteRowsPerChunk(100, 9, 'f32', 30), (e: Error) => e instanceof ShapeError && /36 bytes, more than the binding limit 30/.test(e.message));
+  // transposed in panels: whole panels per chunk, the padded last panel counted
+  assert.is(wteRowsPerChunk(50257, 768, 'f32', 128 * 2 ** 20, 256), 43520); // 170 panels of 786432 B
+  assert.is(wteRowsPerChunk(50257, 768, 'f16', 128 * 2 ** 20, 256), 50257);
+  assert.is(wteRowsPerChunk(100, 9, 'f32', 7 * 16 * 36, 16), 100); // 7 panels (the last 4/16 full) fit exactly
+  assert.is(wteRowsPerChunk(100, 9, 'f32', 7 * 16 * 36 - 1, 16), 96);
+  assert.throws(() => wteRowsPerChunk(100, 9, 'f32', 500, 16), (e: Error) => e instanceof ShapeError && /one panel of 16 rows x 9 f32 is 576 bytes, more than the binding limit 500; use a smaller knPanel/.test(e.message));
 });
 
 test('f32 upload of the HF tiny model, wte split into 4 chunks, reads back exactly; destroy frees all', () =>
@@ -107,6 +118,8 @@ test('knPanel: the aligned Conv1D weights are stored in column panels (zero-padd
       // leave c_attn's and c_proj's last panel part-filled (72 = 4 x 16 + 8, 24 = 16 + 8).
       const ck = randomCheckpoint(smallConfig({ n_embd: 24, n_head: 3 }), 5);
       const w = await uploadWeights(ctx, ck, { dtype, knPanel: 16 });
+      assert.is(w.wte.transposed, true);
+      assert.equal(w.wte.chunks.map((c) => [c.shape, c.panel]), [[[24, 97], 16]]);
       assert.is(w.h[0]!.attn.c_attn.weight.panel, 16);
       assert.is(w.h[1]!.mlp.c_proj.weight.panel, 16);
       assert.is(w.wpe.panel, undefined);
@@ -121,6 +134,20 @@ test('knPanel: the aligned Conv1D weights are stored in column panels (zero-padd
     await checkReadBack(ctx, w, odd);
     w.destroy();
     await rejectsWith(uploadWeights(ctx, odd, { knPanel: 7 }), InvalidOptionError, /knPanel must be 0 or an even integer, got 7/);
+  }));
+
+test('knPanel: wte chunks of whole panels under the binding limit, each stored transposed, read back exactly', () =>
+  withDevice(async ({ ctx }) => {
+    for (const dtype of ['f32', 'f16'] as const) {
+      // wte [97, 8]: a limit of 4 panels [8, 16] -> chunks of 64 and 33 rows (the second's last
+      // panel part-filled); the largest other tensor (mlp.c_proj [32, 8] in one 16-column panel) fits.
+      const ck = randomCheckpoint(smallConfig(), 8);
+      const w = await uploadWeights(ctx, ck, { dtype, knPanel: 16, maxBindingBytes: 4 * 8 * 16 * (dtype === 'f16' ? 2 : 4) });
+      assert.is(w.wte.rowsPerChunk, 64);
+      assert.equal(w.wte.chunks.map((c) => c.shape), [[8, 64], [8, 33]]);
+      await checkReadBack(ctx, w, ck);
+      w.destroy();
+    }
   }));
 
 test('a tensor over the binding limit fails before any allocation, with numbers and the f16 hint', () =>

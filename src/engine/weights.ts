@@ -15,7 +15,7 @@ import { InvalidOptionError, OutOfMemoryError, ShapeError } from '../errors.js';
 import type { ChunkedTensor, GpuTensor } from '../kernels/common.js';
 import { isPanelWidth, storedBytes, storedShape, tensorBytes } from '../kernels/common.js';
 import { packF16 } from '../kernels/f16.js';
-import { alignedRows, packPanels } from '../kernels/matmul.js';
+import { alignedRows, packPanels, packPanelsTransposed } from '../kernels/matmul.js';
 import type { Checkpoint } from './checkpoint.js';
 import type { GPT2Config } from './config.js';
 import type { GpuContext } from './device.js';
@@ -68,7 +68,9 @@ export interface UploadOptions {
    * Store the Conv1D matrices (c_attn, c_proj, c_fc: [in, out]) in column panels of this many
    * columns (GpuTensor.panel, packPanels), the layout the matmul kernel reads fastest on CPU
    * adapters (MatmulKernel.knPanel); only those whose rows are 16-byte aligned (alignedRows), the
-   * others stay plain. Default 0: plain row-major.
+   * others stay plain. wte, the tied LM head, is then stored transposed in panels too
+   * (ChunkedTensor.transposed): the LM head reads it as a [C, V] 'kn' weight. Default 0: plain
+   * row-major everywhere.
    */
   knPanel?: number;
 }
@@ -82,8 +84,17 @@ export const WTE_CHUNK_ROW_MULTIPLE = 64;
  * Rows of a [rows, cols] `dtype` matrix per chunk so that one chunk is at most `limit` bytes: all
  * rows if they fit, else the largest multiple of WTE_CHUNK_ROW_MULTIPLE that fits (or the largest
  * count that fits, when even that multiple is too big). Throws ShapeError if one row does not fit.
+ * With `panel` (chunks stored transposed in panels of that many rows) a multiple of `panel`, each
+ * chunk counted with its zero-padded last panel.
  */
-export function wteRowsPerChunk(rows: number, cols: number, dtype: WeightDType, limit: number): number {
+export function wteRowsPerChunk(rows: number, cols: number, dtype: WeightDType, limit: number, panel = 0): number {
+  if (panel > 0) {
+    const panelBytes = tensorBytes([cols, panel], dtype);
+    if (Math.ceil(rows / panel) * panelBytes <= limit) return rows;
+    const fit = Math.floor(limit / panelBytes);
+    if (fit < 1) throw new ShapeError(`wte.weight: one panel of ${panel} rows x ${cols} ${dtype} is ${panelBytes} bytes, more than the binding limit ${limit}; use a smaller knPanel`);
+    return fit * panel;
+  }
   const rowBytes = tensorBytes([1, cols], dtype);
   if (rows * rowBytes <= limit) return rows;
   const fit = Math.floor(limit / rowBytes);
@@ -125,8 +136,11 @@ export async function uploadWeights(ctx: GpuContext, ckpt: Checkpoint, opts: Upl
     }
     total += bytes;
   }
-  const rowsPerChunk = wteRowsPerChunk(V, C, dtype, limit);
-  total += tensorBytes([V, C], dtype);
+  // wte [V, C]: row chunks [n, C], or with knPanel their transposes [C, n] in panels of knPanel.
+  const rowsPerChunk = wteRowsPerChunk(V, C, dtype, limit, knPanel);
+  const wteChunk = (n: number): Pick<GpuTensor, 'shape' | 'dtype' | 'panel'> =>
+    knPanel > 0 ? { shape: [C, n], dtype, panel: knPanel } : { shape: [n, C], dtype };
+  for (let r = 0; r < V; r += rowsPerChunk) total += storedBytes(wteChunk(Math.min(rowsPerChunk, V - r)));
 
   const buffers: GPUBuffer[] = [];
   let destroyed = false;
@@ -183,12 +197,15 @@ export async function uploadWeights(ctx: GpuContext, ckpt: Checkpoint, opts: Upl
       const n = Math.min(rowsPerChunk, V - r);
       const rows = await ckpt.readRows('wte.weight', r, n);
       const label = `wte.weight[rows ${r}..${r + n})`;
-      const buffer = await make(label, dtype === 'f16' ? packF16(rows, n, C) : rows);
-      chunks.push({ buffer, offset: 0, shape: [n, C], dtype });
-      loaded += tensorBytes([n, C], dtype);
+      const chunk = wteChunk(n);
+      const laid = knPanel > 0 ? packPanelsTransposed(rows, n, C, knPanel) : rows;
+      const [sr, sc] = storedShape(chunk) as [number, number];
+      const buffer = await make(label, dtype === 'f16' ? packF16(laid, sr, sc) : laid);
+      chunks.push({ buffer, offset: 0, ...chunk } as GpuTensor);
+      loaded += storedBytes(chunk);
       opts.onProgress?.({ loadedBytes: loaded, totalBytes: total, tensor: label });
     }
-    const wte: ChunkedTensor = { shape: [V, C], dtype, rowsPerChunk, chunks };
+    const wte: ChunkedTensor = { shape: [V, C], dtype, rowsPerChunk, chunks, ...(knPanel > 0 ? { transposed: true } : {}) };
     const wpe = await upload('wpe.weight');
     const pair = async (p: string): Promise<NormWeights & LinearWeights> => ({ weight: await upload(p + '.weight'), bias: await upload(p + '.bias') });
     const h: LayerWeights[] = [];

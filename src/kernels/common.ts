@@ -34,13 +34,17 @@ export interface GpuTensor {
 /**
  * A 2-D weight whose rows are split over several tensors because the whole would pass the
  * adapter's maxStorageBufferBindingSize (e.g. gpt2's 50257 x 768 f32 token embedding, 154 MB).
- * chunks[i] holds rows [i * rowsPerChunk, min(rows, (i + 1) * rowsPerChunk)).
+ * chunks[i] holds rows [i * rowsPerChunk, min(rows, (i + 1) * rowsPerChunk)): n_i rows, as a
+ * [n_i, cols] tensor, or when `transposed` as their transpose [cols, n_i] in column panels
+ * (GpuTensor.panel set), the layout the CPU-adapter GEMV streams (the LM head then reads it as a
+ * [K, N] weight; the embedding lookup reads one token's column of it).
  */
 export interface ChunkedTensor {
-  shape: [number, number];
+  shape: [number, number]; // [rows, cols] of the whole, whichever way the chunks are stored
   dtype: DType;
   rowsPerChunk: number;
   chunks: GpuTensor[];
+  transposed?: boolean;
 }
 
 /** Kernel families, for per-kernel GPU timing tables. */

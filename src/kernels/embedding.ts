@@ -1,7 +1,8 @@
 /**
  * Token + position embedding (shaders/embedding.wgsl): out[t, :] = wte[ids[t], :] + wpe[pos_t, :].
  * wte is a ChunkedTensor split by rows; bind() returns one dispatch per chunk, each writing only the
- * tokens whose id lies in its rows (every output row is written exactly once over the list).
+ * tokens whose id lies in its rows (every output row is written exactly once over the list). Chunks
+ * are [n, C], or with `transposed` [C, n] in column panels (the CPU-adapter LM head layout).
  * Ids >= V and positions >= nPos do not read out of bounds: such a token's row becomes NaN (the
  * engine validates ids on the CPU first; this is defence in depth).
  */
@@ -13,7 +14,7 @@ import { expectDisjoint, grid, NAN_BITS } from './elementwise.js';
 export interface EmbeddingArgs {
   ids: GpuTensor; // [T] u32
   meta: GpuTensor; // [T, 2] u32 (row, pos)
-  wte: ChunkedTensor; // [V, C] f32 or f16, split by rows
+  wte: ChunkedTensor; // [V, C] f32 or f16, split by rows (chunks [n, C], or transposed [C, n] paneled)
   wpe: GpuTensor; // [nPos, C] f32 or f16
   out: GpuTensor; // [T, C] f32
 }
@@ -65,13 +66,16 @@ export class EmbeddingKernel {
       const rows = Math.min(a.wte.rowsPerChunk, V - row0);
       const what = `${label} wte chunk ${i}`;
       if (rows <= 0) throw new ShapeError(`${what}: rows start at ${row0} but wte has only ${V} rows (${a.wte.chunks.length} chunks of ${a.wte.rowsPerChunk})`);
-      expectTensor(what, chunk, [rows, C], [a.wte.dtype]);
+      expectTensor(what, chunk, a.wte.transposed ? [C, rows] : [rows, C], [a.wte.dtype]);
+      if (!a.wte.transposed !== (chunk.panel === undefined)) {
+        throw new ShapeError(`${what}: ${a.wte.transposed ? 'a transposed wte chunk must be stored in panels' : 'a row-major wte chunk cannot have panels'} (panel ${chunk.panel ?? 'none'})`);
+      }
       expectBindable(this.ctx, what, chunk);
       expectAligned(this.ctx, what, chunk);
       expectDisjoint(label, 'out', a.out, { [`wte chunk ${i}`]: chunk });
       const last = i === a.wte.chunks.length - 1;
       if (last && row0 + rows !== V) throw new ShapeError(`${label}: wte chunks cover ${row0 + rows} rows, expected ${V}`);
-      const params = owner.uniform(`${label}.params${i}`, [T, C, row0, rows, V, nPos, last ? 1 : 0, gx, NAN_BITS]);
+      const params = owner.uniform(`${label}.params${i}`, [T, C, row0, rows, V, nPos, last ? 1 : 0, gx, NAN_BITS, chunk.panel ?? 0]);
       const bindGroup = this.ctx.device.createBindGroup({
         label: `${label}[${i}]`,
         layout: pipeline.getBindGroupLayout(0),

@@ -266,6 +266,9 @@ export class MatmulKernel {
     let pieces: GpuTensor[];
     let N: number;
     let dtype: 'f32' | 'f16';
+    // The layout the pieces are stored in: a transposed chunked 'nk' W is read as 'kn' pieces.
+    let layout: WeightLayout = a.layout;
+    let panel: number | undefined;
     const w = a.w;
     if (isChunked(w)) {
       if (a.layout !== 'nk') {
@@ -277,10 +280,16 @@ export class MatmulKernel {
         throw new ShapeError(`${label}: chunked W [${rows}, ${cols}] with rowsPerChunk ${w.rowsPerChunk} needs ${Math.ceil(rows / w.rowsPerChunk)} chunks, got ${w.chunks.length}`);
       }
       if (w.dtype !== 'f32' && w.dtype !== 'f16') throw new ShapeError(`${label}: W dtype must be f32 or f16, got ${w.dtype}`);
+      if (w.transposed) {
+        layout = 'kn';
+        panel = w.chunks[0]?.panel;
+        if (panel === undefined) throw new ShapeError(`${label}: a transposed chunked W must be stored in panels (GpuTensor.panel); chunk 0 has none`);
+      }
       w.chunks.forEach((c, i) => {
         const r = Math.min(rows, (i + 1) * w.rowsPerChunk) - i * w.rowsPerChunk;
         expectBindable(ctx, `${label} W chunk ${i}`, c);
-        expectTensor(`${label} W chunk ${i}`, c, [r, K], [w.dtype]);
+        expectTensor(`${label} W chunk ${i}`, c, w.transposed ? [K, r] : [r, K], [w.dtype]);
+        if (c.panel !== panel) throw new ShapeError(`${label}: W chunk ${i} has panel ${c.panel ?? 'none'}, chunk 0 ${panel ?? 'none'}; chunks must share one layout`);
       });
       pieces = w.chunks;
       N = rows;
@@ -297,6 +306,7 @@ export class MatmulKernel {
       expectTensor(`${label} W`, w, [r, c], ['f32', 'f16']);
       pieces = [w];
       dtype = w.dtype as 'f32' | 'f16';
+      panel = w.panel;
     }
     if (N < 1) throw new ShapeError(`${label}: W has N = 0`);
     expectTensor(`${label} out`, a.out, [M, N], ['f32']);
@@ -324,14 +334,14 @@ export class MatmulKernel {
     if (act !== 'none' && act !== 'gelu') throw new ShapeError(`${label}: activation must be 'none' or 'gelu', got ${String(act)}`);
     const flags = (a.bias ? F_BIAS : 0) | (act === 'gelu' ? F_GELU : 0) | (a.accumulate ? F_ACC : 0);
 
-    const variant = a.variant ?? this.variantFor(M, a.layout);
+    const variant = a.variant ?? this.variantFor(M, layout);
     const f16 = dtype === 'f16' ? 1 : 0;
     const wordsPerRow = (cols: number) => (f16 ? Math.ceil(cols / 2) : cols);
     const biasT = a.bias ?? a.x; // bound but unread when there is no bias (read-only aliasing is allowed)
 
     if (variant === 'gemm') {
-      if (!isChunked(w) && w.panel !== undefined) {
-        throw new ShapeError(`${label}: W is stored in panels of ${w.panel} columns, which only the 'kn' gemv_kn_cols GEMV reads; the GEMM needs it plain (knPanel 0)`);
+      if (panel !== undefined) {
+        throw new ShapeError(`${label}: W is stored in panels of ${panel} columns, which only the 'kn' gemv_kn_cols GEMV reads; the GEMM needs it plain (knPanel 0)`);
       }
       const pipeline = this.pipelines.get(`gemm:${f16}:${a.layout === 'nk' ? 1 : 0}`)!;
       const BM = GEMM.TY * GEMM.TM;
@@ -349,21 +359,21 @@ export class MatmulKernel {
     }
     if (variant !== 'gemv') throw new ShapeError(`${label}: variant must be 'gemv' or 'gemm', got ${String(variant)}`);
 
-    // GEMV. 16-byte loads need 16-byte aligned W rows (and x rows for nk).
+    // GEMV. 16-byte loads need 16-byte aligned W rows (and x rows for nk); a paneled W's stored
+    // rows are its panels (zero-padded, so any N), checked against the thread width below.
     const per = f16 ? 8 : 4; // elements per 16-byte load
-    const vec = alignedRows(a.layout === 'kn' ? N : K, dtype);
-    const rows = a.layout === 'nk' && vec && (a.nkRows ?? this.nkRows);
-    const cols = a.layout === 'kn' && vec && (a.knCols ?? this.knCols);
+    const vec = alignedRows(panel ?? (layout === 'kn' ? N : K), dtype);
+    const rows = layout === 'nk' && vec && (a.nkRows ?? this.nkRows);
+    const cols = layout === 'kn' && vec && (a.knCols ?? this.knCols);
     // gemv_kn_cols / gemv_nk_rows: M = 1 has its own pipeline (KNM / NKM = 1), M > 1 the block one.
     const block = (cols || rows) && M > 1;
     const knv = block && cols ? (f16 ? this.knBlock.f16 : this.knBlock.f32) : f16 ? this.knWords.f16 : this.knWords.f32;
-    const entry: Entry = a.layout === 'kn' ? (cols ? 'gemv_kn_cols' : 'gemv_kn') : rows ? 'gemv_nk_rows' : 'gemv_nk';
+    const entry: Entry = layout === 'kn' ? (cols ? 'gemv_kn_cols' : 'gemv_kn') : rows ? 'gemv_nk_rows' : 'gemv_nk';
     const pipeline = this.pipelines.get(`${entry}:${f16}:${vec ? 1 : 0}${block ? ':block' : ''}`)!;
     // A paneled W: only gemv_kn_cols reads panels, a whole number of threads per panel.
-    const panel = isChunked(w) ? undefined : w.panel;
     if (panel !== undefined) {
       if (!cols) {
-        throw new ShapeError(`${label}: W is stored in panels of ${panel} columns, which only the 'kn' gemv_kn_cols GEMV reads (CPU adapters, N % ${per} == 0); here layout '${a.layout}', N ${N}, variant ${variant}${a.knCols === false ? ', knCols false' : ''}. Upload it plain (knPanel 0)`);
+        throw new ShapeError(`${label}: W is stored in panels of ${panel} columns, which only the 'kn' gemv_kn_cols GEMV reads (CPU adapters, panel % ${per} == 0); here layout '${layout}', N ${N}, variant ${variant}${a.knCols === false ? ', knCols false' : ''}. Upload it plain (knPanel 0)`);
       }
       if (panel % (per * knv) !== 0) {
         throw new ShapeError(`${label}: W panels of ${panel} columns are not a multiple of a gemv_kn_cols thread's ${per * knv} columns`);
@@ -372,7 +382,7 @@ export class MatmulKernel {
     const pw = panel !== undefined ? panel / per : 0;
     const mb = !block ? (cols || rows ? 1 : MAXM) : cols ? this.knBlock.rows : this.nkBlockRows; // rows of x per z block
     const zBlocks = groups(ctx, label, Math.ceil(M / mb));
-    const threads = a.layout === 'kn' ? Math.ceil(N / per) : N * this.lpr;
+    const threads = layout === 'kn' ? Math.ceil(N / per) : N * this.lpr;
     // K slices: multiples of 8 so every slice starts on a 16-byte load of either dtype.
     let S: number;
     if (a.splitK !== undefined) {
@@ -397,11 +407,13 @@ export class MatmulKernel {
     const out: Dispatch[] = [];
     let nOff = 0;
     pieces.forEach((wp, i) => {
-      const n = a.layout === 'kn' ? N : wp.shape[0]!;
-      const wpr = wordsPerRow(a.layout === 'kn' ? N : K);
+      // Columns of this piece: a 'kn' piece's second dimension (all of N unless chunked), an 'nk' one's first.
+      const n = layout === 'kn' ? wp.shape[1]! : wp.shape[0]!;
+      // u32 words per W row; a paneled row (gemv_kn_cols) counts whole 16-byte words, the padded panel tail included.
+      const wpr = layout === 'nk' ? wordsPerRow(K) : panel !== undefined ? Math.ceil(n / per) * 4 : wordsPerRow(n);
       const params = owner.uniform(`${label}.params${i}`, [M, n, K, wpr, N, nOff, kslice, S > 1 ? F_PARTIAL : flags, pw]);
       const gx = cols ? Math.ceil(Math.ceil(n / per / knv) / WG_KNC)
-        : a.layout === 'kn' ? Math.ceil(Math.ceil(n / per) / WG_KN)
+        : layout === 'kn' ? Math.ceil(Math.ceil(n / per) / WG_KN)
         : rows ? Math.ceil(Math.ceil(n / NKR) / WG_NKR) : Math.ceil(n / (this.wgNk / this.lpr));
       const bg = this.bindGroup(owner, entry, pipeline, label, { 0: params, 1: a.x, 2: a.x, 3: wp, 4: wp, 5: biasT, 6: dst });
       out.push({
@@ -457,6 +469,24 @@ export class MatmulKernel {
  */
 export function alignedRows(cols: number, dtype: 'f32' | 'f16'): boolean {
   return cols % (dtype === 'f16' ? 8 : 4) === 0;
+}
+
+/**
+ * The transpose [cols, rows] of a row-major [rows, cols] matrix, laid out in column panels as
+ * packPanels would lay it: panel q is source rows [q * panel, q * panel + panel) as a [cols, panel]
+ * block, the last zero-padded. The CPU-adapter LM head reads wte chunks this way.
+ */
+export function packPanelsTransposed(src: ArrayLike<number>, rows: number, cols: number, panel: number): Float32Array {
+  if (!isPanelWidth(panel)) throw new ShapeError(`packPanelsTransposed: panel must be an even integer >= 2, got ${panel}`);
+  if (src.length !== rows * cols) throw new ShapeError(`packPanelsTransposed: ${src.length} values for a [${rows}, ${cols}] matrix`);
+  const np = Math.ceil(rows / panel);
+  const out = new Float32Array(np * cols * panel);
+  for (let r = 0; r < rows; r++) {
+    const o = Math.floor(r / panel) * cols * panel + (r % panel);
+    const i = r * cols;
+    for (let c = 0; c < cols; c++) out[o + c * panel] = src[i + c]!;
+  }
+  return out;
 }
 
 /**
