@@ -30,6 +30,12 @@
 //   reduce   finishes a split-K GEMV: sums the S partials [S, M, ldo] and applies the epilogue.
 // With split-K (flags & PARTIAL) the GEMV writes raw sums to dst = partials[S, M, ldo] instead of
 // out, and `reduce` (x bound to the partials) applies bias / gelu / accumulate once.
+// Layer-norm prologue (flags & LN; gemv_kn and gemv_kn_cols): x is read as
+// LN(x)[m, k] = (x[m, k] - mean_m) * rstd_m * ln_g[k] + ln_b[k], the statistics of each row computed
+// by the workgroup first (gemv_kn: cooperatively through workgroup memory; gemv_kn_cols: each
+// thread walks the row with uniform loads, which CPU adapters make scalar). This replaces the
+// layer-norm dispatch and its [M, K] round trip before c_attn, c_fc and the LM head; the other
+// entry points never see the flag (the host runs the layernorm kernel first for them).
 // VEC selects 16-byte loads through the vec4 views (x4, w4) of the same buffers; the host sets it
 // only when rows are 16-byte aligned (kn: N % 4 (f32) / N % 8 (f16); nk: K % 4 / K % 8), otherwise
 // the scalar path reads single words with bounds checks.
@@ -60,6 +66,7 @@ const F_BIAS = 1u;
 const F_GELU = 2u;
 const F_ACC = 4u;
 const F_PARTIAL = 8u;
+const F_LN = 16u;
 
 struct Params {
   M: u32,       // rows of x (all of them, also when z splits them into blocks)
@@ -71,6 +78,7 @@ struct Params {
   kslice: u32,  // K per slice (GEMV split-K; = K when unsplit)
   flags: u32,   // F_* bits
   pw: u32,      // gemv_kn_cols: vec4 words per panel row of a paneled W; 0 = plain row-major
+  eps: f32,     // layer-norm epsilon (flags & F_LN)
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -80,10 +88,61 @@ struct Params {
 @group(0) @binding(4) var<storage, read> w4: array<vec4<u32>>;   // the same W, 16-byte view
 @group(0) @binding(5) var<storage, read> bias: array<f32>;       // [ldo] (any buffer when unused)
 @group(0) @binding(6) var<storage, read_write> dst: array<f32>;  // out [M, ldo] or partials [S, M, ldo]
+@group(0) @binding(7) var<storage, read> ln_g: array<f32>;       // [K] layer-norm gamma (flags & F_LN)
+@group(0) @binding(8) var<storage, read> ln_b: array<f32>;       // [K] layer-norm beta
 
 var<workgroup> red: array<f32, MAXM * (WG + WG / LPR)>;  // gemv_nk: lane partials [MAXM][rows][LPR + 1]
 var<workgroup> xs: array<f32, BK * TY * TM>;     // gemm: x tile, [BK][BM] (transposed)
 var<workgroup> ws: array<f32, BK * TX * TN>;     // gemm: W tile, [BK][BN]
+var<workgroup> ln_st: array<vec2<f32>, MAXM>;    // gemv_kn: (mean, rstd) of the block's x rows
+
+// Layer-norm statistics (mean, 1 / sqrt(var + eps)) of x row m, by one thread walking the row in
+// two passes (as the layernorm kernel: no E[x^2] - E[x]^2 cancellation). gemv_kn_cols calls it
+// with the same m in every thread, so on CPU adapters every load is one uniform scalar load.
+fn ln_stats_serial(m: u32) -> vec2<f32> {
+  let base = m * p.K;
+  var sum = 0.0;
+  for (var k = 0u; k < p.K; k++) { sum += x[base + k]; }
+  let mean = sum / f32(p.K);
+  var q = 0.0;
+  for (var k = 0u; k < p.K; k++) { let d = x[base + k] - mean; q += d * d; }
+  return vec2<f32>(mean, inverseSqrt(q / f32(p.K) + p.eps));
+}
+
+// The same statistics for x rows m0 .. m0 + mc - 1 (mc <= MAXM) into ln_st, computed by the WG
+// threads of a workgroup together: thread t sums elements t, t + WG, ... of each row into
+// red[i * WG + t], then a tree over t (WG a power of two). Phase 0 gives the means, phase 1 the
+// squared deviations from them. Must be called from uniform control flow (barriers).
+fn ln_stats_coop(m0: u32, mc: u32, t: u32) {
+  for (var ph = 0u; ph < 2u; ph++) {
+    for (var i = 0u; i < MAXM; i++) {
+      var v = 0.0;
+      if (i < mc) {
+        let base = (m0 + i) * p.K;
+        let mean = select(0.0, ln_st[i].x, ph == 1u);
+        for (var k = t; k < p.K; k += WG) {
+          let d = x[base + k] - mean;
+          v += select(d, d * d, ph == 1u);
+        }
+      }
+      red[i * WG + t] = v;
+    }
+    workgroupBarrier();
+    for (var h = WG / 2u; h > 0u; h >>= 1u) {
+      if (t < h) {
+        for (var i = 0u; i < MAXM; i++) { red[i * WG + t] += red[i * WG + t + h]; }
+      }
+      workgroupBarrier();
+    }
+    if (t == 0u) {
+      for (var i = 0u; i < MAXM; i++) {
+        let avg = red[i * WG] / f32(p.K);
+        if (ph == 0u) { ln_st[i] = vec2<f32>(avg, 0.0); } else { ln_st[i].y = inverseSqrt(avg + p.eps); }
+      }
+    }
+    workgroupBarrier();
+  }
+}
 
 // GPT-2's gelu_new, 0.5 v (1 + tanh(sqrt(2/pi) (v + 0.044715 v^3))), written as v * sigmoid(2u):
 // the same function, but no tanh of a large argument (some tanh implementations return NaN there).
@@ -120,16 +179,36 @@ fn w_elem(row: u32, col: u32, cols: u32, rows: u32) -> f32 {
 // ---------------------------------------------------------------------------------------------
 // gemv_kn: W[K, N]. Thread g owns columns [g*CPT, g*CPT + CPT); wid.y is the K slice, wid.z the
 // block of MAXM rows of x. No workgroup memory and no barriers, so out-of-range threads just leave.
+// gemv_kn_ln is the same GEMV with the layer-norm prologue: its statistics need barriers, which
+// lavapipe runs as coroutine switches that slow the whole shader (1.8x on a 768 x 3072 W even with
+// the prologue off), so the plain entry point stays barrier-free.
 @compute @workgroup_size(WG)
 fn gemv_kn(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+  var st: array<vec2<f32>, MAXM>;
+  gemv_kn_body(gid, wid, st);
+}
+
+@compute @workgroup_size(WG)
+fn gemv_kn_ln(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>,
+              @builtin(local_invocation_index) lid: u32) {
+  let m0 = wid.z * MAXM;
+  ln_stats_coop(m0, min(MAXM, p.M - m0), lid);
+  var st: array<vec2<f32>, MAXM>;
+  for (var i = 0u; i < MAXM; i++) { st[i] = ln_st[i]; }
+  gemv_kn_body(gid, wid, st);
+}
+
+// st: [i] layer-norm (mean, rstd) of x row m0 + i, read when flags & F_LN.
+fn gemv_kn_body(gid: vec3<u32>, wid: vec3<u32>, st: array<vec2<f32>, MAXM>) {
+  let m0 = wid.z * MAXM;
+  let mc = min(MAXM, p.M - m0);
+  let ln = (p.flags & F_LN) != 0u;
   let cpt = select(4u, 8u, W_F16);
   let c0 = gid.x * cpt;
   if (c0 >= p.N) { return; }
   let s = wid.y;
   let k0 = s * p.kslice;
   let k1 = min(k0 + p.kslice, p.K);
-  let m0 = wid.z * MAXM;
-  let mc = min(MAXM, p.M - m0);
   var lo: array<vec4<f32>, MAXM>;  // [m] sums for columns c0 .. c0+3
   var hi: array<vec4<f32>, MAXM>;  // [m] sums for columns c0+4 .. c0+7 (f16 only)
   let vrow = p.wpr / 4u;           // vec4 words per W row (VEC only: wpr % 4 == 0)
@@ -153,9 +232,13 @@ fn gemv_kn(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id)
       }
     }
     // x[m, k] is the same address for every thread of the workgroup: a broadcast load.
+    var g = 1.0;
+    var b = 0.0;
+    if (ln) { g = ln_g[k]; b = ln_b[k]; }
     for (var i = 0u; i < MAXM; i++) {
       if (i < mc) {
-        let xv = x[(m0 + i) * p.K + k];
+        var xv = x[(m0 + i) * p.K + k];
+        if (ln) { xv = (xv - st[i].x) * st[i].y * g + b; }
         lo[i] += xv * wl;
         if (W_F16) { hi[i] += xv * wh; }
       }
@@ -336,12 +419,22 @@ fn gemv_kn_cols(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgrou
   for (var v = 0u; v < KNV; v++) { wv[v] = select(min(v0 + v, vrow - 1u) - v0, v, pw != 0u); }
   var xr: array<u32, KNM_MAX>;  // [i] first element of x row m0 + i (uniform over the workgroup)
   for (var i = 0u; i < KNM; i++) { xr[i] = min(m0 + i, p.M - 1u) * p.K; }
+  let ln = (p.flags & F_LN) != 0u;
+  var st: array<vec2<f32>, KNM_MAX>;  // [i] layer-norm (mean, rstd) of x row m0 + i
+  if (ln) {
+    for (var i = 0u; i < KNM; i++) { st[i] = ln_stats_serial(min(m0 + i, p.M - 1u)); }
+  }
   // Accumulators per x row: f32 word v -> acc[v]; f16 word v -> acc[2v] (low 4), acc[2v + 1] (high 4)
   let apr = select(KNV, 2u * KNV, W_F16);
   var acc: array<vec4<f32>, KNACC_MAX>;  // [i][a], row-major: x row i, accumulator a
   for (var k = k0; k < k1; k++) {
     var xv: array<f32, KNM_MAX>;  // x[m0 + i, k]: the same address for every thread, scalar loads
     for (var i = 0u; i < KNM; i++) { xv[i] = x[xr[i] + k]; }
+    if (ln) {
+      let g = ln_g[k];
+      let b = ln_b[k];
+      for (var i = 0u; i < KNM; i++) { xv[i] = (xv[i] - st[i].x) * st[i].y * g + b; }
+    }
     let row = base + k * stride;
     for (var v = 0u; v < KNV; v++) {
       let q = w4[row + wv[v]];

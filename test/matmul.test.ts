@@ -7,6 +7,7 @@ import { InvalidOptionError, ShapeError } from '../src/errors.js';
 import type { GpuContext } from '../src/engine/device.js';
 import { allClose, download, poisoned, rejects, Rng, run, STORAGE, upload, withDevice } from './helpers.js';
 import { matmul64 } from './reference/matmul.js';
+import { layerNorm64 } from './reference/layernorm.js';
 
 interface Case {
   M: number;
@@ -458,6 +459,93 @@ test('transposed chunked weights: refused without panels, by the GEMM and by ker
     assert.throws(() => cols.bind(owned, { x, w: mixed, layout: 'nk', out }), (e: Error) => e instanceof ShapeError && /chunk 1 has panel 64, chunk 0 32/.test(e.message));
     const flat = { ...w, chunks: w.chunks.map((c) => ({ ...c, shape: [c.shape[1]!, 16] })) };
     assert.throws(() => cols.bind(owned, { x, w: flat, layout: 'nk', out }), (e: Error) => e instanceof ShapeError && /W chunk 0: expected shape \[16, 64\], got \[64, 16\]/.test(e.message));
+  }));
+
+// The layer-norm prologue (MatmulArgs.ln): fused in gemv_kn (statistics shared through workgroup
+// memory; K = 130 is no multiple of its 64 threads; split K) and gemv_kn_cols (plain and paneled,
+// 3/1-word threads), a separate layernorm dispatch elsewhere (fuseLn false, the GEMM, the 'nk'
+// GEMVs). x rows sit far from zero (mean ~ 40, std ~ 1) so one-pass variance would lose digits.
+test('ln prologue: LN(x) @ W matches float64 in every variant, fused where the kn GEMVs run', () =>
+  withDevice(async ({ ctx, owned }) => {
+    const K = 130;
+    const N = 200;
+    const eps = 0.05; // large enough that a wrong use of it shows
+    const kn = await MatmulKernel.create(ctx, { knCols: false, gemvMaxM: 4 });
+    const cols = await MatmulKernel.create(ctx, { knCols: true, knPanel: 0 });
+    const odd = await MatmulKernel.create(ctx, { knCols: true, knPanel: 0, knWords: { f32: 3, f16: 1 }, knBlock: { rows: 3, f32: 3, f16: 1 } });
+    const paneled = await MatmulKernel.create(ctx, { knCols: true, knPanel: 64 });
+    const unfused = await MatmulKernel.create(ctx, { knCols: true, knPanel: 0, fuseLn: false });
+    const runs: Array<[string, MatmulKernel, number, { splitK?: number; panel?: boolean }, boolean]> = [
+      ['gemv_kn', kn, 1, {}, true], ['gemv_kn split K', kn, 3, { splitK: 3 }, true], ['gemv_kn M 4', kn, 4, {}, true],
+      ['gemm', kn, 6, {}, false],
+      ['gemv_kn_cols', cols, 1, {}, true], ['gemv_kn_cols block', cols, 6, {}, true], ['3/1 words', odd, 5, {}, true],
+      ['paneled', paneled, 2, { panel: true }, true], ['fuseLn false', unfused, 2, {}, false],
+    ];
+    for (const dtype of ['f32', 'f16'] as const) {
+      for (const [what, k, M, o, fused] of runs) {
+        const rng = new Rng(M * 17 + K + dtype.length + what.length);
+        const x = rng.normals(M * K).map((v, i) => v + 40 + (i % K === 0 ? 3 : 0));
+        const gamma = rng.normals(K, 0.5).map((v) => v + 1);
+        const beta = rng.normals(K, 0.2);
+        const W = makeWeight(rng, { K, N, layout: 'kn', dtype });
+        const bias = rng.normals(N, 0.5);
+        const ref = matmul64(layerNorm64(x, gamma, beta, M, K, eps), W.seen, M, K, N, { layout: 'kn', bias, gelu: true });
+        const w = o.panel
+          ? { ...upload(owned, dtype === 'f16' ? packF16(packPanels(W.seen, K, N, 64), 4 * K, 64) : packPanels(W.seen, K, N, 64), [4 * K, 64], dtype), shape: [K, N], panel: 64 }
+          : upload(owned, W.data, [K, N], dtype);
+        const out = poisoned(owned, [M, N]);
+        const ln = { gamma: upload(owned, gamma, [K]), beta: upload(owned, beta, [K]), eps };
+        const ds = k.bind(owned, { x: upload(owned, x, [M, K]), ln, w, layout: 'kn', bias: upload(owned, bias, [N]), activation: 'gelu', out, splitK: o.splitK }, 'fc');
+        assert.is(ds.some((d) => d.family === 'layernorm'), !fused, `${what}: layernorm dispatch ${fused ? 'fused away' : 'kept'}`);
+        await run(ctx, ds);
+        allClose(await download(ctx, out), ref, { rel: 1e-4, atol: 2e-4, rtol: 1e-3 }, `ln prologue ${what} ${dtype} M ${M}`);
+      }
+    }
+  }));
+
+test('ln prologue on the LM head: fused into the transposed gemv_kn_cols, a layernorm dispatch before gemv_nk', () =>
+  withDevice(async ({ ctx, owned }) => {
+    const N = 300;
+    const K = 48;
+    const M = 2;
+    const rng = new Rng(300);
+    const x = rng.normals(M * K).map((v) => 3 * v - 7);
+    const gamma = rng.normals(K, 0.3).map((v) => v + 1);
+    const beta = rng.normals(K, 0.3);
+    const W = makeWeight(rng, { K, N, layout: 'nk', dtype: 'f32' });
+    const ref = matmul64(layerNorm64(x, gamma, beta, M, K, 1e-5), W.seen, M, K, N, { layout: 'nk' });
+    const ln = { gamma: upload(owned, gamma, [K]), beta: upload(owned, beta, [K]), eps: 1e-5 };
+    const cols = await MatmulKernel.create(ctx, { knCols: true, knPanel: 32 });
+    const rows = await MatmulKernel.create(ctx, { nkRows: true });
+    for (const [k, w, fused] of [
+      [cols, transposedChunks(owned, W.seen, N, K, 128, 32, 'f32'), true],
+      [rows, chunked(owned, W.data, N, K, 128, 'f32'), false],
+      [rows, upload(owned, W.data, [N, K]), false],
+    ] as Array<[MatmulKernel, ChunkedTensor | GpuTensor, boolean]>) {
+      const out = poisoned(owned, [M, N]);
+      const scratch = poisoned(owned, [M, K]);
+      const ds = k.bind(owned, { x: upload(owned, x, [M, K]), ln: { ...ln, scratch }, w, layout: 'nk', out }, 'lm_head');
+      assert.is(ds[0]!.family === 'layernorm', !fused);
+      await run(ctx, ds);
+      allClose(await download(ctx, out), ref, TOL, `lm head with ln_f (${fused ? 'fused' : 'layernorm first'})`);
+      if (!fused) allClose(await download(ctx, scratch), layerNorm64(x, gamma, beta, M, K, 1e-5), TOL, 'the scratch holds LN(x)');
+    }
+  }));
+
+test('ln prologue: bad gamma / beta / eps / scratch are refused with the problem named', () =>
+  withDevice(async ({ ctx, owned }) => {
+    const k = await MatmulKernel.create(ctx);
+    const x = poisoned(owned, [1, 64]);
+    const base = { x, w: poisoned(owned, [64, 32]), layout: 'kn' as const, out: poisoned(owned, [1, 32]) };
+    const g = poisoned(owned, [64]);
+    assert.throws(() => k.bind(owned, { ...base, ln: { gamma: poisoned(owned, [63]), beta: g, eps: 1e-5 } }), (e: Error) => e instanceof ShapeError && /ln gamma: expected shape \[64\], got \[63\]/.test(e.message));
+    assert.throws(() => k.bind(owned, { ...base, ln: { gamma: g, beta: poisoned(owned, [64], 'u32'), eps: 1e-5 } }), (e: Error) => e instanceof ShapeError && /ln beta: expected dtype f32, got u32/.test(e.message));
+    for (const eps of [0, -1, NaN, Infinity]) {
+      assert.throws(() => k.bind(owned, { ...base, ln: { gamma: g, beta: g, eps } }), (e: Error) => e instanceof ShapeError && new RegExp(`ln eps must be a finite number > 0, got ${eps}`).test(e.message));
+    }
+    const unfused = await MatmulKernel.create(ctx, { fuseLn: false });
+    assert.throws(() => unfused.bind(owned, { ...base, ln: { gamma: g, beta: g, eps: 1e-5, scratch: { ...x } } }), (e: Error) => e instanceof ShapeError && /ln scratch shares buffer .* with x/.test(e.message));
+    assert.throws(() => k.bind(owned, { ...base, out: poisoned(owned, [1, 32]), ln: { gamma: base.out, beta: g, eps: 1e-5 } }), (e: Error) => e instanceof ShapeError && /ln gamma: expected shape \[64\], got \[1, 32\]/.test(e.message));
   }));
 
 test('tensors at aligned offsets inside shared buffers (as the engine packs activations)', () =>

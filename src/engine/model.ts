@@ -102,18 +102,20 @@ export class ForwardPlan {
         const L = w.h[l]!;
         const kc = cache.kTensor(l);
         const vc = cache.vTensor(l);
-        d.push(...list(k.layernorm.bind(o, { x, gamma: L.ln_1.weight, beta: L.ln_1.bias, y: h, eps }, `h.${l}.ln_1`)));
-        d.push(...list(k.matmul.bind(o, { x: h, w: L.attn.c_attn.weight, layout: 'kn', bias: L.attn.c_attn.bias, out: qkv }, `h.${l}.attn.c_attn`)));
+        // ln_1 / ln_2 / ln_f run in the following matmul's prologue where it can (h: their output otherwise)
+        const ln1 = { gamma: L.ln_1.weight, beta: L.ln_1.bias, eps, scratch: h };
+        d.push(...list(k.matmul.bind(o, { x, ln: ln1, w: L.attn.c_attn.weight, layout: 'kn', bias: L.attn.c_attn.bias, out: qkv }, `h.${l}.attn.c_attn`)));
         d.push(...list(k.kvWrite.bind(o, { qkv, meta: this.meta, kCache: kc, vCache: vc }, `h.${l}.kv_write`)));
         d.push(...list(k.attention.bind(o, { qkv, kCache: kc, vCache: vc, meta: this.meta, out: att, nHead: cfg.n_head, variant: attnVariant }, `h.${l}.attn`)));
         d.push(...list(k.matmul.bind(o, { x: att, w: L.attn.c_proj.weight, layout: 'kn', bias: L.attn.c_proj.bias, accumulate: true, out: x }, `h.${l}.attn.c_proj`)));
-        d.push(...list(k.layernorm.bind(o, { x, gamma: L.ln_2.weight, beta: L.ln_2.bias, y: h, eps }, `h.${l}.ln_2`)));
-        d.push(...list(k.matmul.bind(o, { x: h, w: L.mlp.c_fc.weight, layout: 'kn', bias: L.mlp.c_fc.bias, activation: 'gelu', out: fc }, `h.${l}.mlp.c_fc`)));
+        const ln2 = { gamma: L.ln_2.weight, beta: L.ln_2.bias, eps, scratch: h };
+        d.push(...list(k.matmul.bind(o, { x, ln: ln2, w: L.mlp.c_fc.weight, layout: 'kn', bias: L.mlp.c_fc.bias, activation: 'gelu', out: fc }, `h.${l}.mlp.c_fc`)));
         d.push(...list(k.matmul.bind(o, { x: fc, w: L.mlp.c_proj.weight, layout: 'kn', bias: L.mlp.c_proj.bias, accumulate: true, out: x }, `h.${l}.mlp.c_proj`)));
       }
-      d.push(...list(k.layernorm.bind(o, { x, gamma: w.ln_f.weight, beta: w.ln_f.bias, y: h, eps }, 'ln_f')));
-      d.push(...list(k.gatherRows.bind(o, { x: h, idx: this.lastIdx, out: hl }, 'last_tokens')));
-      d.push(...list(k.matmul.bind(o, { x: hl, w: w.wte, layout: 'nk', out: this.logits }, 'lm_head')));
+      // Layer norm acts per row, so ln_f follows the gather of the R rows whose logits are wanted.
+      d.push(...list(k.gatherRows.bind(o, { x, idx: this.lastIdx, out: hl }, 'last_tokens')));
+      const lnf = { gamma: w.ln_f.weight, beta: w.ln_f.bias, eps, scratch: { ...h, shape: [R, C] } };
+      d.push(...list(k.matmul.bind(o, { x: hl, ln: lnf, w: w.wte, layout: 'nk', out: this.logits }, 'lm_head')));
     } catch (e) {
       o.destroy();
       throw e;
@@ -154,9 +156,9 @@ export class GPT2Model implements CacheOwner {
 
   /** Builds every kernel's pipelines once for this model. */
   static async buildKernels(ctx: GpuContext, cfg: GPT2Config): Promise<Kernels> {
-    const [layernorm, matmul, embedding, attention, kvWrite, kvGather, gatherRows, sampler, beam] = await Promise.all([
-      LayerNormKernel.create(ctx),
-      MatmulKernel.create(ctx),
+    const layernorm = await LayerNormKernel.create(ctx);
+    const [matmul, embedding, attention, kvWrite, kvGather, gatherRows, sampler, beam] = await Promise.all([
+      MatmulKernel.create(ctx, { layernorm }),
       EmbeddingKernel.create(ctx),
       AttentionKernel.create(ctx),
       KvWriteKernel.create(ctx),

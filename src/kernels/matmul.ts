@@ -12,6 +12,10 @@
  * per thread; at M > 1 also several rows of x, so each W load feeds several rows).
  * W is f32 or f16 (packed pairs, see f16.ts), layout 'kn' ([K, N], HF Conv1D) or 'nk' ([N, K], the
  * tied LM head, which may be a ChunkedTensor split by rows: one dispatch per chunk).
+ * With `ln`, x is layer-normalised first: out = LN(x) @ W ... . The 'kn' GEMVs (every decode
+ * c_attn / c_fc, and on CPU adapters every one) compute it in their prologue, saving the layernorm
+ * dispatch and the round trip of its output; elsewhere bind() returns the layernorm dispatch
+ * (into a scratch buffer the owner holds) followed by the plain matmul.
  */
 import type { GpuContext } from '../engine/device.js';
 import { InvalidOptionError, ShapeError } from '../errors.js';
@@ -21,12 +25,14 @@ import {
   Dispatch,
   expectBindable,
   expectTensor,
+  f32bits,
   GpuTensor,
   groups,
   isPanelWidth,
   Owned,
   storedBytes,
 } from './common.js';
+import { LayerNormKernel } from './layernorm.js';
 
 export type WeightLayout = 'kn' | 'nk';
 
@@ -52,6 +58,12 @@ export interface MatmulArgs {
    * KNM rows of x per thread) instead of `gemv_kn`. Default: the kernel's `knCols` option.
    */
   knCols?: boolean;
+  /**
+   * Layer norm applied to each row of x first (gamma, beta: [K] f32; eps > 0), as GPT-2's ln_1 /
+   * ln_2 / ln_f. `scratch` ([M, K] f32) receives LN(x) where it is not fused; default: a buffer
+   * the owner allocates.
+   */
+  ln?: { gamma: GpuTensor; beta: GpuTensor; eps: number; scratch?: GpuTensor };
 }
 
 /** Largest M that takes the GEMV path on a GPU (W read once per block of 8 rows; beyond, the GEMM reuses it more). */
@@ -98,15 +110,17 @@ const F_BIAS = 1;
 const F_GELU = 2;
 const F_ACC = 4;
 const F_PARTIAL = 8;
+const F_LN = 16;
 
 // GPUBufferUsage.STORAGE (a literal: in Node the GPU globals exist only once a device is requested).
 const STORAGE = 0x80;
 
-type Entry = 'gemv_kn' | 'gemv_kn_cols' | 'gemv_nk' | 'gemv_nk_rows' | 'gemm' | 'reduce';
+type Entry = 'gemv_kn' | 'gemv_kn_ln' | 'gemv_kn_cols' | 'gemv_nk' | 'gemv_nk_rows' | 'gemm' | 'reduce';
 /** Bindings each entry point uses (layout 'auto' holds only these). */
 const USES: Record<Entry, number[]> = {
-  gemv_kn: [0, 1, 3, 4, 5, 6],
-  gemv_kn_cols: [0, 1, 4, 5, 6],
+  gemv_kn: [0, 1, 3, 4, 5, 6, 7, 8],
+  gemv_kn_ln: [0, 1, 3, 4, 5, 6, 7, 8],
+  gemv_kn_cols: [0, 1, 4, 5, 6, 7, 8],
   gemv_nk: [0, 1, 2, 3, 4, 5, 6],
   gemv_nk_rows: [0, 2, 4, 5, 6],
   gemm: [0, 1, 3, 5, 6],
@@ -171,6 +185,13 @@ export interface MatmulOptions {
    * adapters) and 256 is such a multiple (custom knWords / knBlock may make it not), else 0.
    */
   knPanel?: number;
+  /**
+   * Whether the 'kn' GEMVs apply MatmulArgs.ln in their prologue (else every `ln` is a separate
+   * layernorm dispatch). Default true; false is for tests and benchmarks.
+   */
+  fuseLn?: boolean;
+  /** The layernorm kernel for `ln` where it is not fused (a model shares its own); default: one of its own. */
+  layernorm?: LayerNormKernel;
 }
 
 export class MatmulKernel {
@@ -194,6 +215,9 @@ export class MatmulKernel {
     readonly nkBlockRows: number,
     /** Columns per panel for the model's 'kn' weights (0: plain); see MatmulOptions.knPanel. */
     readonly knPanel: number,
+    /** Whether the 'kn' GEMVs fuse MatmulArgs.ln (MatmulOptions.fuseLn). */
+    readonly fuseLn: boolean,
+    private readonly layernorm: LayerNormKernel,
   ) {}
 
   /** The variant `bind` picks for M rows of x with this layout. */
@@ -232,6 +256,7 @@ export class MatmulKernel {
     for (const f16 of [0, 1]) {
       for (const vec of [0, 1]) {
         want.push([`gemv_kn:${f16}:${vec}`, 'gemv_kn', { W_F16: f16, VEC: vec, WG: WG_KN }]);
+        want.push([`gemv_kn_ln:${f16}:${vec}`, 'gemv_kn_ln', { W_F16: f16, VEC: vec, WG: WG_KN }]);
         want.push([`gemv_nk:${f16}:${vec}`, 'gemv_nk', { W_F16: f16, VEC: vec, WG: WG_NK, LPR }]);
       }
       want.push([`gemv_nk_rows:${f16}:1`, 'gemv_nk_rows', { W_F16: f16, VEC: 1, WG: WG_NKR, NKM: 1 }]);
@@ -243,7 +268,10 @@ export class MatmulKernel {
       }
     }
     want.push(['reduce', 'reduce', { WG: WG_REDUCE }]);
-    const built = await Promise.all(want.map(([, entry, c]) => ctx.pipeline('matmul', entry, c)));
+    const [layernorm, ...built] = await Promise.all([
+      opts.layernorm ?? LayerNormKernel.create(ctx),
+      ...want.map(([, entry, c]) => ctx.pipeline('matmul', entry, c)),
+    ]) as [LayerNormKernel, ...GPUComputePipeline[]];
     if (opts.gemvMaxM !== undefined && !(opts.gemvMaxM >= 0)) {
       throw new InvalidOptionError(`MatmulKernel: gemvMaxM must be a number >= 0, got ${opts.gemvMaxM}`);
     }
@@ -251,7 +279,7 @@ export class MatmulKernel {
       ? { kn: opts.gemvMaxM, nk: opts.gemvMaxM }
       : { kn: cpu ? Infinity : GEMV_MAX_M, nk: cpu ? Infinity : GEMV_MAX_M };
     return new MatmulKernel(ctx, new Map(want.map(([key], i) => [key, built[i]!])), LPR, WG_NK, gemvMax, opts.nkRows ?? cpu,
-      knCols, knWords, knBlock, nkBlockRows, knPanel);
+      knCols, knWords, knBlock, nkBlockRows, knPanel, opts.fuseLn ?? true, layernorm);
   }
 
   bind(owner: Owned, a: MatmulArgs, label = 'matmul'): Dispatch[] {
@@ -318,6 +346,14 @@ export class MatmulKernel {
     }
     const reads: Array<[string, GpuTensor]> = [['x', a.x], ...pieces.map((p, i): [string, GpuTensor] => [pieces.length > 1 ? `W chunk ${i}` : 'W', p])];
     if (a.bias) reads.push(['bias', a.bias]);
+    if (a.ln) {
+      for (const [what, t] of [['ln gamma', a.ln.gamma], ['ln beta', a.ln.beta]] as const) {
+        expectTensor(`${label} ${what}`, t, [K], ['f32']);
+        expectBindable(ctx, `${label} ${what}`, t);
+        reads.push([what, t]);
+      }
+      if (!(a.ln.eps > 0 && Number.isFinite(a.ln.eps))) throw new ShapeError(`${label}: ln eps must be a finite number > 0, got ${a.ln.eps}`);
+    }
     // WebGPU validates usage per buffer, not per range: a buffer bound read_write in a dispatch
     // may not be bound read-only in it too, even at disjoint bytes.
     for (const [what, t] of reads) {
@@ -340,6 +376,7 @@ export class MatmulKernel {
     const biasT = a.bias ?? a.x; // bound but unread when there is no bias (read-only aliasing is allowed)
 
     if (variant === 'gemm') {
+      if (a.ln) return this.lnFirst(owner, a, label);
       if (panel !== undefined) {
         throw new ShapeError(`${label}: W is stored in panels of ${panel} columns, which only the 'kn' gemv_kn_cols GEMV reads; the GEMM needs it plain (knPanel 0)`);
       }
@@ -368,7 +405,10 @@ export class MatmulKernel {
     // gemv_kn_cols / gemv_nk_rows: M = 1 has its own pipeline (KNM / NKM = 1), M > 1 the block one.
     const block = (cols || rows) && M > 1;
     const knv = block && cols ? (f16 ? this.knBlock.f16 : this.knBlock.f32) : f16 ? this.knWords.f16 : this.knWords.f32;
-    const entry: Entry = layout === 'kn' ? (cols ? 'gemv_kn_cols' : 'gemv_kn') : rows ? 'gemv_nk_rows' : 'gemv_nk';
+    // The 'kn' GEMVs fuse `ln` (gemv_kn through its own entry point, whose barriers would slow the plain one on lavapipe).
+    const fused = a.ln !== undefined && this.fuseLn && layout === 'kn';
+    if (a.ln && !fused) return this.lnFirst(owner, a, label);
+    const entry: Entry = layout === 'kn' ? (cols ? 'gemv_kn_cols' : fused ? 'gemv_kn_ln' : 'gemv_kn') : rows ? 'gemv_nk_rows' : 'gemv_nk';
     const pipeline = this.pipelines.get(`${entry}:${f16}:${vec ? 1 : 0}${block ? ':block' : ''}`)!;
     // A paneled W: only gemv_kn_cols reads panels, a whole number of threads per panel.
     if (panel !== undefined) {
@@ -411,11 +451,12 @@ export class MatmulKernel {
       const n = layout === 'kn' ? wp.shape[1]! : wp.shape[0]!;
       // u32 words per W row; a paneled row (gemv_kn_cols) counts whole 16-byte words, the padded panel tail included.
       const wpr = layout === 'nk' ? wordsPerRow(K) : panel !== undefined ? Math.ceil(n / per) * 4 : wordsPerRow(n);
-      const params = owner.uniform(`${label}.params${i}`, [M, n, K, wpr, N, nOff, kslice, S > 1 ? F_PARTIAL : flags, pw]);
+      const fl = (S > 1 ? F_PARTIAL : flags) | (a.ln ? F_LN : 0);
+      const params = owner.uniform(`${label}.params${i}`, [M, n, K, wpr, N, nOff, kslice, fl, pw, f32bits(a.ln?.eps ?? 0)]);
       const gx = cols ? Math.ceil(Math.ceil(n / per / knv) / WG_KNC)
         : layout === 'kn' ? Math.ceil(Math.ceil(n / per) / WG_KN)
         : rows ? Math.ceil(Math.ceil(n / NKR) / WG_NKR) : Math.ceil(n / (this.wgNk / this.lpr));
-      const bg = this.bindGroup(owner, entry, pipeline, label, { 0: params, 1: a.x, 2: a.x, 3: wp, 4: wp, 5: biasT, 6: dst });
+      const bg = this.bindGroup(owner, entry, pipeline, label, { 0: params, 1: a.x, 2: a.x, 3: wp, 4: wp, 5: biasT, 6: dst, 7: a.ln?.gamma ?? a.x, 8: a.ln?.beta ?? a.x });
       out.push({
         family: 'matmul',
         label: pieces.length > 1 ? `${label}[${i}]` : label,
@@ -442,6 +483,16 @@ export class MatmulKernel {
    * rounded down to whole vec4s (the scalar binding reaches the tail); a tensor under 16 bytes
    * gets a dummy (the VEC path is never chosen for it).
    */
+  /** `ln` as its own dispatch: LN(x) into the scratch [M, K], then the matmul reading it. */
+  private lnFirst(owner: Owned, a: MatmulArgs, label: string): Dispatch[] {
+    const [M, K] = a.x.shape as [number, number];
+    const { gamma, beta, eps, scratch } = a.ln!;
+    const y: GpuTensor = scratch ?? { buffer: owner.buffer(`${label}.ln_out[${M},${K}]`, M * K * 4, STORAGE), offset: 0, shape: [M, K], dtype: 'f32' };
+    if (y.buffer === a.x.buffer) throw new ShapeError(`${label}: ln scratch shares buffer "${y.buffer.label}" with x; give it its own`);
+    const ln = this.layernorm.bind(owner, { x: a.x, gamma, beta, y, eps }, `${label}.ln`);
+    return [ln, ...this.bind(owner, { ...a, x: y, ln: undefined }, label)];
+  }
+
   private bindGroup(owner: Owned, entry: Entry, pipeline: GPUComputePipeline, label: string,
                     res: Record<number, GPUBuffer | GpuTensor>): GPUBindGroup {
     const entries: GPUBindGroupEntry[] = [];
