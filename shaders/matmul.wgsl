@@ -5,10 +5,11 @@
 // Layouts: 'kn' W[K, N] (HF Conv1D), 'nk' W[N, K] (the tied LM head, possibly one chunk of rows of
 // it: this dispatch then covers out columns [n_off, n_off + N) of rows of length ldo).
 //
-// Four entry points share the bindings and the epilogue:
+// The entry points share the bindings and the epilogue:
 //   gemv_kn  decode, W[K, N]: each thread owns CPT adjacent columns (4 for f32, 8 for f16 = one
 //            16-byte load per k) and walks one K slice; workgroups tile columns (x), K slices (y)
 //            and blocks of MAXM rows of x (z), so W is read once per block of up to 8 rows.
+//            gemv_kn_ln: the same with the layer-norm prologue (below).
 //   gemv_nk  decode, W[N, K]: LPR lanes share one W row and stride along K with 16-byte loads
 //            (coalesced along the contiguous dimension); their partials meet in workgroup memory.
 //            LPR = 1 (CPU adapters) gives each thread a whole row and skips the combine.
@@ -30,12 +31,13 @@
 //   reduce   finishes a split-K GEMV: sums the S partials [S, M, ldo] and applies the epilogue.
 // With split-K (flags & PARTIAL) the GEMV writes raw sums to dst = partials[S, M, ldo] instead of
 // out, and `reduce` (x bound to the partials) applies bias / gelu / accumulate once.
-// Layer-norm prologue (flags & LN; gemv_kn and gemv_kn_cols): x is read as
-// LN(x)[m, k] = (x[m, k] - mean_m) * rstd_m * ln_g[k] + ln_b[k], the statistics of each row computed
-// by the workgroup first (gemv_kn: cooperatively through workgroup memory; gemv_kn_cols: each
-// thread walks the row with uniform loads, which CPU adapters make scalar). This replaces the
-// layer-norm dispatch and its [M, K] round trip before c_attn, c_fc and the LM head; the other
-// entry points never see the flag (the host runs the layernorm kernel first for them).
+// Layer-norm prologue (gemv_kn_ln, flags & F_LN): x is read as
+// LN(x)[m, k] = (x[m, k] - mean_m) * rstd_m * ln_g[k] + ln_b[k], the statistics of the block's rows
+// computed by each workgroup first, cooperatively through workgroup memory. On GPUs this replaces
+// the layer-norm dispatch (and its [M, K] round trip) before c_attn and c_fc in decode; elsewhere
+// the host runs the layernorm kernel first (on lavapipe a fused prologue measured 1.1-2x slower
+// than the separate dispatch: its per-workgroup statistics and per-k normalisation are per-lane
+// work there, while a dispatch inside the pass costs little).
 // VEC selects 16-byte loads through the vec4 views (x4, w4) of the same buffers; the host sets it
 // only when rows are 16-byte aligned (kn: N % 4 (f32) / N % 8 (f16); nk: K % 4 / K % 8), otherwise
 // the scalar path reads single words with bounds checks.
@@ -94,25 +96,13 @@ struct Params {
 var<workgroup> red: array<f32, MAXM * (WG + WG / LPR)>;  // gemv_nk: lane partials [MAXM][rows][LPR + 1]
 var<workgroup> xs: array<f32, BK * TY * TM>;     // gemm: x tile, [BK][BM] (transposed)
 var<workgroup> ws: array<f32, BK * TX * TN>;     // gemm: W tile, [BK][BN]
-var<workgroup> ln_st: array<vec2<f32>, MAXM>;    // gemv_kn: (mean, rstd) of the block's x rows
+var<workgroup> ln_st: array<vec2<f32>, MAXM>;    // gemv_kn_ln: (mean, rstd) of the block's x rows
 
-// Layer-norm statistics (mean, 1 / sqrt(var + eps)) of x row m, by one thread walking the row in
-// two passes (as the layernorm kernel: no E[x^2] - E[x]^2 cancellation). gemv_kn_cols calls it
-// with the same m in every thread, so on CPU adapters every load is one uniform scalar load.
-fn ln_stats_serial(m: u32) -> vec2<f32> {
-  let base = m * p.K;
-  var sum = 0.0;
-  for (var k = 0u; k < p.K; k++) { sum += x[base + k]; }
-  let mean = sum / f32(p.K);
-  var q = 0.0;
-  for (var k = 0u; k < p.K; k++) { let d = x[base + k] - mean; q += d * d; }
-  return vec2<f32>(mean, inverseSqrt(q / f32(p.K) + p.eps));
-}
-
-// The same statistics for x rows m0 .. m0 + mc - 1 (mc <= MAXM) into ln_st, computed by the WG
-// threads of a workgroup together: thread t sums elements t, t + WG, ... of each row into
-// red[i * WG + t], then a tree over t (WG a power of two). Phase 0 gives the means, phase 1 the
-// squared deviations from them. Must be called from uniform control flow (barriers).
+// Layer-norm statistics (mean, 1 / sqrt(var + eps)) of x rows m0 .. m0 + mc - 1 (mc <= MAXM) into
+// ln_st, computed by the WG threads of a workgroup together: thread t sums elements t, t + WG, ...
+// of each row into red[i * WG + t], then a tree over t (WG a power of two). Two phases, as the
+// layernorm kernel (no E[x^2] - E[x]^2 cancellation): 0 gives the means, 1 the squared deviations
+// from them. Must be called from uniform control flow (barriers).
 fn ln_stats_coop(m0: u32, mc: u32, t: u32) {
   for (var ph = 0u; ph < 2u; ph++) {
     for (var i = 0u; i < MAXM; i++) {
@@ -419,22 +409,12 @@ fn gemv_kn_cols(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgrou
   for (var v = 0u; v < KNV; v++) { wv[v] = select(min(v0 + v, vrow - 1u) - v0, v, pw != 0u); }
   var xr: array<u32, KNM_MAX>;  // [i] first element of x row m0 + i (uniform over the workgroup)
   for (var i = 0u; i < KNM; i++) { xr[i] = min(m0 + i, p.M - 1u) * p.K; }
-  let ln = (p.flags & F_LN) != 0u;
-  var st: array<vec2<f32>, KNM_MAX>;  // [i] layer-norm (mean, rstd) of x row m0 + i
-  if (ln) {
-    for (var i = 0u; i < KNM; i++) { st[i] = ln_stats_serial(min(m0 + i, p.M - 1u)); }
-  }
   // Accumulators per x row: f32 word v -> acc[v]; f16 word v -> acc[2v] (low 4), acc[2v + 1] (high 4)
   let apr = select(KNV, 2u * KNV, W_F16);
   var acc: array<vec4<f32>, KNACC_MAX>;  // [i][a], row-major: x row i, accumulator a
   for (var k = k0; k < k1; k++) {
     var xv: array<f32, KNM_MAX>;  // x[m0 + i, k]: the same address for every thread, scalar loads
     for (var i = 0u; i < KNM; i++) { xv[i] = x[xr[i] + k]; }
-    if (ln) {
-      let g = ln_g[k];
-      let b = ln_b[k];
-      for (var i = 0u; i < KNM; i++) { xv[i] = (xv[i] - st[i].x) * st[i].y * g + b; }
-    }
     let row = base + k * stride;
     for (var v = 0u; v < KNV; v++) {
       let q = w4[row + wv[v]];

@@ -16,6 +16,8 @@ export interface BenchOptions {
   newTokens: number;
   repeat: number;
   profile: boolean;
+  /** MatmulOptions.fuseLn (layer norm in gemv_kn's prologue); default: the adapter's choice. */
+  fuseLn?: boolean;
   onProgress?: (p: LoadProgress) => void;
 }
 
@@ -48,6 +50,8 @@ export interface BenchReport {
   adapter: unknown;
   /** How the host thread waited for the GPU: 'sleep' (in slices, see WaitYield) or 'spin'. */
   host_wait: 'sleep' | 'spin';
+  /** MatmulOptions.fuseLn as used: whether gemv_kn applies layer norms in its prologue (gemv_kn_cols, the CPU-adapter GEMV, never does). */
+  fuse_ln: boolean;
   prompt_tokens: number;
   new_tokens: number;
   repeat: number;
@@ -66,7 +70,7 @@ function quantile(xs: number[], q: number): number {
 
 export async function runBench(engine: Engine, o: BenchOptions): Promise<BenchReport> {
   const t0 = now();
-  const model = await engine.loadModel(o.model, { dtype: o.dtype, onProgress: o.onProgress });
+  const model = await engine.loadModel(o.model, { dtype: o.dtype, onProgress: o.onProgress, ...(o.fuseLn === undefined ? {} : { matmul: { fuseLn: o.fuseLn } }) });
   const loadMs = now() - t0;
   const cfg = model.config;
   try {
@@ -112,6 +116,7 @@ export async function runBench(engine: Engine, o: BenchOptions): Promise<BenchRe
       config: { n_layer: cfg.n_layer, n_embd: cfg.n_embd, n_head: cfg.n_head, vocab_size: cfg.vocab_size, n_positions: cfg.n_positions },
       adapter: model.ctx.adapter,
       host_wait: model.ctx.waitYield ? 'sleep' : 'spin',
+      fuse_ln: model.kernels.matmul.fuseLn,
       prompt_tokens: o.promptTokens,
       new_tokens: o.newTokens,
       repeat: o.repeat,
@@ -181,7 +186,7 @@ async function profileDecodeStep(model: Model, B: number, pos: number): Promise<
 export function formatBench(r: BenchReport): string {
   const a = r.adapter as { description?: string; vendor?: string };
   const lines = [
-    `model ${r.model} (${r.dtype}), adapter: ${a.description || a.vendor}; prompt ${r.prompt_tokens} tokens, ${r.new_tokens} new, ${r.repeat} runs; host waits: ${r.host_wait}`,
+    `model ${r.model} (${r.dtype}), adapter: ${a.description || a.vendor}; prompt ${r.prompt_tokens} tokens, ${r.new_tokens} new, ${r.repeat} runs; host waits: ${r.host_wait}; layer norm fused: ${r.fuse_ln ? 'yes' : 'no'}`,
     `load ${r.load.load_ms.toFixed(0)} ms (pipelines ${r.load.pipelines_ms.toFixed(0)} ms, upload ${r.load.upload_ms.toFixed(0)} ms, ${(r.load.weight_bytes / 1e6).toFixed(0)} MB of weights)`,
     '',
     'batch  first-token ms  decode ms/token (median / p90)  tokens/s  readback B/token  dispatches/step  submits/step',

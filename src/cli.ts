@@ -244,7 +244,7 @@ const commands: Record<string, Command> = {
   },
   bench: {
     summary: 'benchmark load, prefill and decode (per batch size), with per-kernel GPU times',
-    usage: 'gpt2-webgpu bench [--model random:gpt2] [--batch 1,4,16,64] [--prompt-tokens P] [--new-tokens N] [--repeat R] [--f16] [--wait auto|sleep|spin] [--json]',
+    usage: 'gpt2-webgpu bench [--model random:gpt2] [--batch 1,4,16,64] [--prompt-tokens P] [--new-tokens N] [--repeat R] [--f16] [--wait auto|sleep|spin] [--fuse-ln auto|on|off] [--json]',
     flags: {
       ...MODEL_FLAGS,
       model: { ...MODEL_FLAGS.model!, default: 'random:gpt2' },
@@ -254,12 +254,15 @@ const commands: Record<string, Command> = {
       repeat: { type: 'string', default: '3', help: 'runs per batch size (median and p90 over them)' },
       'no-profile': { type: 'boolean', default: false, help: 'skip the per-kernel timestamp profile' },
       wait: { type: 'string', default: 'auto', help: 'how the host thread waits for the GPU: sleep (in 2 ms slices), spin (dawn.node polling), auto (sleep on CPU adapters)' },
+      'fuse-ln': { type: 'string', default: 'auto', help: 'layer norm in the GPU GEMV prologue (gemv_kn_ln): on, off, auto (on GPUs)' },
       ...JSON_FLAG,
     },
     async run(v) {
       const batches = String(v.batch).split(',').map((b) => num(b, 'batch', { int: true, min: 1, max: 1024 }));
       const waits = { auto: 'auto', sleep: true, spin: false } as const;
       if (!Object.hasOwn(waits, String(v.wait))) throw new UsageError(`--wait must be auto, sleep or spin, got "${String(v.wait)}"`);
+      const fuses = { auto: undefined, on: true, off: false } as const;
+      if (!Object.hasOwn(fuses, String(v['fuse-ln']))) throw new UsageError(`--fuse-ln must be auto, on or off, got "${String(v['fuse-ln'])}"`);
       const engine = await createEngine({ yieldWhileWaiting: waits[String(v.wait) as keyof typeof waits] });
       try {
         const report = await runBench(engine, {
@@ -270,6 +273,7 @@ const commands: Record<string, Command> = {
           newTokens: num(v['new-tokens'], 'new-tokens', { int: true, min: 2 }),
           repeat: num(v.repeat, 'repeat', { int: true, min: 1 }),
           profile: !v['no-profile'],
+          fuseLn: fuses[String(v['fuse-ln']) as keyof typeof fuses],
           onProgress: v.json ? undefined : progress(),
         });
         console.log(v.json ? JSON.stringify(report) : formatBench(report));

@@ -117,17 +117,22 @@ test('bench --json smoke run has every field', () => {
     assert.ok(Array.isArray(x.kernels) || typeof x.kernels_note === 'string');
   }
   assert.ok(j.adapter);
-  // lavapipe is a CPU adapter: the default wait sleeps in slices.
+  // lavapipe is a CPU adapter: the default wait sleeps in slices, layer norms stay dispatches.
   assert.is(j.host_wait, 'sleep');
+  assert.is(j.fuse_ln, false);
 });
 
-test('bench --wait spin is reported; a bad --wait is a usage error', () => {
-  const r = cli('bench', '--model', tinyDir(), '--prompt-tokens', '4', '--new-tokens', '2', '--repeat', '1', '--no-profile', '--wait', 'spin', '--json');
+test('bench --wait spin and --fuse-ln on are reported; a bad --wait or --fuse-ln is a usage error', () => {
+  const r = cli('bench', '--model', tinyDir(), '--prompt-tokens', '4', '--new-tokens', '2', '--repeat', '1', '--no-profile', '--wait', 'spin', '--fuse-ln', 'on', '--json');
   assert.is(r.code, 0, r.err);
   assert.is(JSON.parse(r.out).host_wait, 'spin');
+  assert.is(JSON.parse(r.out).fuse_ln, true);
   const bad = cli('bench', '--model', tinyDir(), '--wait', 'nap');
   assert.is(bad.code, 2);
   assert.match(bad.err, /--wait must be auto, sleep or spin, got "nap"/);
+  const badLn = cli('bench', '--model', tinyDir(), '--fuse-ln', 'yes');
+  assert.is(badLn.code, 2);
+  assert.match(badLn.err, /--fuse-ln must be auto, on or off, got "yes"/);
 });
 
 test.run();

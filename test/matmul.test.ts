@@ -461,25 +461,25 @@ test('transposed chunked weights: refused without panels, by the GEMM and by ker
     assert.throws(() => cols.bind(owned, { x, w: flat, layout: 'nk', out }), (e: Error) => e instanceof ShapeError && /W chunk 0: expected shape \[16, 64\], got \[64, 16\]/.test(e.message));
   }));
 
-// The layer-norm prologue (MatmulArgs.ln): fused in gemv_kn (statistics shared through workgroup
-// memory; K = 130 is no multiple of its 64 threads; split K) and gemv_kn_cols (plain and paneled,
-// 3/1-word threads), a separate layernorm dispatch elsewhere (fuseLn false, the GEMM, the 'nk'
-// GEMVs). x rows sit far from zero (mean ~ 40, std ~ 1) so one-pass variance would lose digits.
-test('ln prologue: LN(x) @ W matches float64 in every variant, fused where the kn GEMVs run', () =>
+// The layer-norm prologue (MatmulArgs.ln): fused in gemv_kn_ln (statistics shared through
+// workgroup memory; K = 130 is no multiple of its 64 threads; split K), a separate layernorm
+// dispatch elsewhere (fuseLn false, the GEMM, gemv_kn_cols plain and paneled even when fuseLn is
+// asked, the 'nk' GEMVs). x rows sit far from zero (mean ~ 40, std ~ 1) so a one-pass variance
+// would lose digits.
+test('ln prologue: LN(x) @ W matches float64 in every variant, fused in gemv_kn_ln', () =>
   withDevice(async ({ ctx, owned }) => {
     const K = 130;
     const N = 200;
     const eps = 0.05; // large enough that a wrong use of it shows
-    const kn = await MatmulKernel.create(ctx, { knCols: false, gemvMaxM: 4 });
-    const cols = await MatmulKernel.create(ctx, { knCols: true, knPanel: 0 });
-    const odd = await MatmulKernel.create(ctx, { knCols: true, knPanel: 0, knWords: { f32: 3, f16: 1 }, knBlock: { rows: 3, f32: 3, f16: 1 } });
+    assert.is((await MatmulKernel.create(ctx)).fuseLn, !ctx.isCpuAdapter, 'fused by default on GPUs only');
+    const kn = await MatmulKernel.create(ctx, { knCols: false, gemvMaxM: 4, fuseLn: true });
+    const cols = await MatmulKernel.create(ctx, { knCols: true, knPanel: 0, fuseLn: true });
     const paneled = await MatmulKernel.create(ctx, { knCols: true, knPanel: 64 });
-    const unfused = await MatmulKernel.create(ctx, { knCols: true, knPanel: 0, fuseLn: false });
+    const unfused = await MatmulKernel.create(ctx, { knCols: false, fuseLn: false });
     const runs: Array<[string, MatmulKernel, number, { splitK?: number; panel?: boolean }, boolean]> = [
       ['gemv_kn', kn, 1, {}, true], ['gemv_kn split K', kn, 3, { splitK: 3 }, true], ['gemv_kn M 4', kn, 4, {}, true],
-      ['gemm', kn, 6, {}, false],
-      ['gemv_kn_cols', cols, 1, {}, true], ['gemv_kn_cols block', cols, 6, {}, true], ['3/1 words', odd, 5, {}, true],
-      ['paneled', paneled, 2, { panel: true }, true], ['fuseLn false', unfused, 2, {}, false],
+      ['gemm', kn, 6, {}, false], ['gemv_kn_cols', cols, 1, {}, false], ['gemv_kn_cols block', cols, 6, {}, false],
+      ['paneled', paneled, 2, { panel: true }, false], ['fuseLn false', unfused, 2, {}, false],
     ];
     for (const dtype of ['f32', 'f16'] as const) {
       for (const [what, k, M, o, fused] of runs) {
@@ -503,7 +503,7 @@ test('ln prologue: LN(x) @ W matches float64 in every variant, fused where the k
     }
   }));
 
-test('ln prologue on the LM head: fused into the transposed gemv_kn_cols, a layernorm dispatch before gemv_nk', () =>
+test('ln prologue on the LM head: a layernorm dispatch into the scratch, then the transposed gemv_kn_cols or gemv_nk_rows', () =>
   withDevice(async ({ ctx, owned }) => {
     const N = 300;
     const K = 48;
@@ -515,20 +515,20 @@ test('ln prologue on the LM head: fused into the transposed gemv_kn_cols, a laye
     const W = makeWeight(rng, { K, N, layout: 'nk', dtype: 'f32' });
     const ref = matmul64(layerNorm64(x, gamma, beta, M, K, 1e-5), W.seen, M, K, N, { layout: 'nk' });
     const ln = { gamma: upload(owned, gamma, [K]), beta: upload(owned, beta, [K]), eps: 1e-5 };
-    const cols = await MatmulKernel.create(ctx, { knCols: true, knPanel: 32 });
-    const rows = await MatmulKernel.create(ctx, { nkRows: true });
-    for (const [k, w, fused] of [
-      [cols, transposedChunks(owned, W.seen, N, K, 128, 32, 'f32'), true],
-      [rows, chunked(owned, W.data, N, K, 128, 'f32'), false],
-      [rows, upload(owned, W.data, [N, K]), false],
-    ] as Array<[MatmulKernel, ChunkedTensor | GpuTensor, boolean]>) {
+    const cols = await MatmulKernel.create(ctx, { knCols: true, knPanel: 32, fuseLn: true });
+    const rows = await MatmulKernel.create(ctx, { nkRows: true, fuseLn: true });
+    for (const [k, w] of [
+      [cols, transposedChunks(owned, W.seen, N, K, 128, 32, 'f32')],
+      [rows, chunked(owned, W.data, N, K, 128, 'f32')],
+      [rows, upload(owned, W.data, [N, K])],
+    ] as Array<[MatmulKernel, ChunkedTensor | GpuTensor]>) {
       const out = poisoned(owned, [M, N]);
       const scratch = poisoned(owned, [M, K]);
       const ds = k.bind(owned, { x: upload(owned, x, [M, K]), ln: { ...ln, scratch }, w, layout: 'nk', out }, 'lm_head');
-      assert.is(ds[0]!.family === 'layernorm', !fused);
+      assert.equal(ds.map((d) => d.family), ['layernorm', ...ds.slice(1).map(() => 'matmul')]);
       await run(ctx, ds);
-      allClose(await download(ctx, out), ref, TOL, `lm head with ln_f (${fused ? 'fused' : 'layernorm first'})`);
-      if (!fused) allClose(await download(ctx, scratch), layerNorm64(x, gamma, beta, M, K, 1e-5), TOL, 'the scratch holds LN(x)');
+      allClose(await download(ctx, out), ref, TOL, 'lm head with ln_f');
+      allClose(await download(ctx, scratch), layerNorm64(x, gamma, beta, M, K, 1e-5), TOL, 'the scratch holds LN(x)');
     }
   }));
 

@@ -8,7 +8,7 @@ import { allClose } from './helpers.js';
 import { rejects } from './helpers.js';
 import { decodeF32, tinyCheckpoint, tinyReference } from './fixtures-util.js';
 import { forward64, loadTensors } from './reference/gpt2.js';
-import { cfgOf, randomModel, tinyModel } from './model-util.js';
+import { cfgOf, engine, randomModel, tinyModel } from './model-util.js';
 import { randomCheckpoint } from '../src/engine/random.js';
 import { roundF16 } from '../src/kernels/f16.js';
 import { PromptError } from '../src/errors.js';
@@ -84,6 +84,28 @@ for (const [ci, cfg] of CONFIGS.entries()) {
       }
     });
   }
+}
+
+// The kernel choices a GPU gets (gemv_kn with the fused layer norm for M <= 8, the tiled GEMM
+// with a layernorm dispatch past it, the 32-lane 'nk' LM head, plain row-major weights), forced on
+// whatever adapter runs the tests, against the float64 forward: 7 tokens take the GEMVs, 13 the GEMM.
+const GPU_CHOICES = { knCols: false, nkRows: false, nkLanesPerRow: 32, knPanel: 0, fuseLn: true, gemvMaxM: 8 };
+for (const [ci, cfg] of [CONFIGS[1]!, CONFIGS[3]!].entries()) {
+  test(`GPU kernel choices, random config (C ${cfg.n_embd}, H ${cfg.n_head}, L ${cfg.n_layer}) match the float64 forward at 7 and 13 tokens`, async () => {
+    const ckpt = randomCheckpoint(cfg, 200 + ci);
+    const tensors = await loadTensors(ckpt);
+    const model = await (await engine()).loadModel(ckpt, { matmul: GPU_CHOICES });
+    try {
+      assert.is(model.kernels.matmul.fuseLn, true);
+      for (const T of [7, 13]) {
+        const ids = Array.from({ length: T }, (_, i) => (i * 41 + ci) % cfg.vocab_size);
+        const got = await model.logits(ids, { allPositions: true });
+        allClose(got.data, forward64(tensors, cfg, ids), { rel: 1e-5 }, `logits, ${T} tokens`);
+      }
+    } finally {
+      model.destroy();
+    }
+  });
 }
 
 test('prompt errors: empty, out-of-vocab ids, longer than the window', async () => {

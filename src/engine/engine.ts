@@ -7,6 +7,7 @@
  *   const res = await model.generate('Hello', { maxNewTokens: 20, temperature: 0 });
  *   model.destroy(); engine.destroy();
  */
+import type { MatmulOptions } from '../kernels/matmul.js';
 import { contextFromDevice, createContext, GpuContext, type ContextOptions } from './device.js';
 import { GPT2Model, type LoadOptions } from './model.js';
 import { generate, generateBatch, type GenerateOptions, type GenerateResult, type TokenEvent } from './generate.js';
@@ -52,6 +53,11 @@ export interface ModelLoadOptions extends LoadOptions {
   onProgress?: (p: LoadProgress) => void;
   /** Seed of random: weights (default 0). */
   seed?: number;
+  /**
+   * Overrides the matmul kernel's per-adapter choices (tests run the GPU variants on lavapipe with
+   * it; benchmarks compare variants). Default: chosen from the adapter.
+   */
+  matmul?: Omit<MatmulOptions, 'layernorm'>;
 }
 
 const now = (): number => (globalThis.performance ?? Date).now();
@@ -109,7 +115,7 @@ export class Engine {
     const dtype = opts.dtype ?? 'f32';
     if (dtype !== 'f32' && dtype !== 'f16') throw new InvalidOptionError(`dtype must be 'f32' or 'f16', got ${String(dtype)}`);
     const t1 = now();
-    const kernels = await GPT2Model.buildKernels(this.ctx, ckpt.config);
+    const kernels = await GPT2Model.buildKernels(this.ctx, ckpt.config, opts.matmul);
     const t2 = now();
     const cb = opts.onProgress;
     const weights = await uploadWeights(this.ctx, ckpt, { dtype, knPanel: kernels.matmul.knPanel, onProgress: cb && ((p) => cb({ phase: 'upload', loaded: p.loadedBytes, total: p.totalBytes })) });

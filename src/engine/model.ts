@@ -19,7 +19,7 @@ import type { GPT2Weights } from './weights.js';
 import { KVCache, type CacheOptions, type CacheOwner } from './kvcache.js';
 import { Dispatch, encodeDispatches, GpuTensor, Owned } from '../kernels/common.js';
 import { LayerNormKernel } from '../kernels/layernorm.js';
-import { MatmulKernel } from '../kernels/matmul.js';
+import { MatmulKernel, type MatmulOptions } from '../kernels/matmul.js';
 import { EmbeddingKernel } from '../kernels/embedding.js';
 import { AttentionKernel, } from '../kernels/attention.js';
 import { KvWriteKernel, KvGatherKernel } from '../kernels/kvcache.js';
@@ -91,6 +91,7 @@ export class ForwardPlan {
       const att = buf('att', [T, C]);
       const fc = buf('fc', [T, 4 * C]);
       const hl = buf('hl', [R, C]);
+      const hn = buf('hn', [R, C]); // ln_f(hl) where the LM head does not fuse it (R may exceed T: beams)
       this.logits = buf('logits', [R, V]);
       const eps = cfg.layer_norm_epsilon;
       // A decode plan (one token per row) gains nothing from the tiled prefill attention, whose
@@ -114,7 +115,7 @@ export class ForwardPlan {
       }
       // Layer norm acts per row, so ln_f follows the gather of the R rows whose logits are wanted.
       d.push(...list(k.gatherRows.bind(o, { x, idx: this.lastIdx, out: hl }, 'last_tokens')));
-      const lnf = { gamma: w.ln_f.weight, beta: w.ln_f.bias, eps, scratch: { ...h, shape: [R, C] } };
+      const lnf = { gamma: w.ln_f.weight, beta: w.ln_f.bias, eps, scratch: hn };
       d.push(...list(k.matmul.bind(o, { x: hl, ln: lnf, w: w.wte, layout: 'nk', out: this.logits }, 'lm_head')));
     } catch (e) {
       o.destroy();
@@ -155,10 +156,10 @@ export class GPT2Model implements CacheOwner {
   ) {}
 
   /** Builds every kernel's pipelines once for this model. */
-  static async buildKernels(ctx: GpuContext, cfg: GPT2Config): Promise<Kernels> {
+  static async buildKernels(ctx: GpuContext, cfg: GPT2Config, matmulOptions: MatmulOptions = {}): Promise<Kernels> {
     const layernorm = await LayerNormKernel.create(ctx);
     const [matmul, embedding, attention, kvWrite, kvGather, gatherRows, sampler, beam] = await Promise.all([
-      MatmulKernel.create(ctx, { layernorm }),
+      MatmulKernel.create(ctx, { ...matmulOptions, layernorm }),
       EmbeddingKernel.create(ctx),
       AttentionKernel.create(ctx),
       KvWriteKernel.create(ctx),

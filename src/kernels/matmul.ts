@@ -12,10 +12,11 @@
  * per thread; at M > 1 also several rows of x, so each W load feeds several rows).
  * W is f32 or f16 (packed pairs, see f16.ts), layout 'kn' ([K, N], HF Conv1D) or 'nk' ([N, K], the
  * tied LM head, which may be a ChunkedTensor split by rows: one dispatch per chunk).
- * With `ln`, x is layer-normalised first: out = LN(x) @ W ... . The 'kn' GEMVs (every decode
- * c_attn / c_fc, and on CPU adapters every one) compute it in their prologue, saving the layernorm
- * dispatch and the round trip of its output; elsewhere bind() returns the layernorm dispatch
- * (into a scratch buffer the owner holds) followed by the plain matmul.
+ * With `ln`, x is layer-normalised first: out = LN(x) @ W ... . On GPUs the 'kn' GEMV (decode
+ * c_attn / c_fc) computes it in its prologue (`gemv_kn_ln`), saving the layernorm dispatch and the
+ * round trip of its output; elsewhere, and on CPU adapters (where the prologue measured slower),
+ * bind() returns the layernorm dispatch (into `ln.scratch` or a buffer the owner holds) followed
+ * by the plain matmul.
  */
 import type { GpuContext } from '../engine/device.js';
 import { InvalidOptionError, ShapeError } from '../errors.js';
@@ -118,9 +119,9 @@ const STORAGE = 0x80;
 type Entry = 'gemv_kn' | 'gemv_kn_ln' | 'gemv_kn_cols' | 'gemv_nk' | 'gemv_nk_rows' | 'gemm' | 'reduce';
 /** Bindings each entry point uses (layout 'auto' holds only these). */
 const USES: Record<Entry, number[]> = {
-  gemv_kn: [0, 1, 3, 4, 5, 6, 7, 8],
+  gemv_kn: [0, 1, 3, 4, 5, 6, 7, 8], // 7, 8: unread without F_LN, but its body (shared with gemv_kn_ln) names them
   gemv_kn_ln: [0, 1, 3, 4, 5, 6, 7, 8],
-  gemv_kn_cols: [0, 1, 4, 5, 6, 7, 8],
+  gemv_kn_cols: [0, 1, 4, 5, 6],
   gemv_nk: [0, 1, 2, 3, 4, 5, 6],
   gemv_nk_rows: [0, 2, 4, 5, 6],
   gemm: [0, 1, 3, 5, 6],
@@ -186,8 +187,9 @@ export interface MatmulOptions {
    */
   knPanel?: number;
   /**
-   * Whether the 'kn' GEMVs apply MatmulArgs.ln in their prologue (else every `ln` is a separate
-   * layernorm dispatch). Default true; false is for tests and benchmarks.
+   * Whether the 'kn' GEMV (`gemv_kn`, not `gemv_kn_cols`) applies MatmulArgs.ln in its prologue
+   * (`gemv_kn_ln`); else every `ln` is a separate layernorm dispatch. Default: on GPUs, not on CPU
+   * adapters (there the prologue measured 1.1-1.25x slower at M = 1 than the dispatch it saves).
    */
   fuseLn?: boolean;
   /** The layernorm kernel for `ln` where it is not fused (a model shares its own); default: one of its own. */
@@ -215,7 +217,7 @@ export class MatmulKernel {
     readonly nkBlockRows: number,
     /** Columns per panel for the model's 'kn' weights (0: plain); see MatmulOptions.knPanel. */
     readonly knPanel: number,
-    /** Whether the 'kn' GEMVs fuse MatmulArgs.ln (MatmulOptions.fuseLn). */
+    /** Whether gemv_kn fuses MatmulArgs.ln (MatmulOptions.fuseLn). */
     readonly fuseLn: boolean,
     private readonly layernorm: LayerNormKernel,
   ) {}
@@ -279,7 +281,7 @@ export class MatmulKernel {
       ? { kn: opts.gemvMaxM, nk: opts.gemvMaxM }
       : { kn: cpu ? Infinity : GEMV_MAX_M, nk: cpu ? Infinity : GEMV_MAX_M };
     return new MatmulKernel(ctx, new Map(want.map(([key], i) => [key, built[i]!])), LPR, WG_NK, gemvMax, opts.nkRows ?? cpu,
-      knCols, knWords, knBlock, nkBlockRows, knPanel, opts.fuseLn ?? true, layernorm);
+      knCols, knWords, knBlock, nkBlockRows, knPanel, opts.fuseLn ?? !cpu, layernorm);
   }
 
   bind(owner: Owned, a: MatmulArgs, label = 'matmul'): Dispatch[] {
@@ -405,8 +407,8 @@ export class MatmulKernel {
     // gemv_kn_cols / gemv_nk_rows: M = 1 has its own pipeline (KNM / NKM = 1), M > 1 the block one.
     const block = (cols || rows) && M > 1;
     const knv = block && cols ? (f16 ? this.knBlock.f16 : this.knBlock.f32) : f16 ? this.knWords.f16 : this.knWords.f32;
-    // The 'kn' GEMVs fuse `ln` (gemv_kn through its own entry point, whose barriers would slow the plain one on lavapipe).
-    const fused = a.ln !== undefined && this.fuseLn && layout === 'kn';
+    // gemv_kn fuses `ln` through its own entry point (whose barriers would slow the plain one on lavapipe).
+    const fused = a.ln !== undefined && this.fuseLn && layout === 'kn' && !cols;
     if (a.ln && !fused) return this.lnFirst(owner, a, label);
     const entry: Entry = layout === 'kn' ? (cols ? 'gemv_kn_cols' : fused ? 'gemv_kn_ln' : 'gemv_kn') : rows ? 'gemv_nk_rows' : 'gemv_nk';
     const pipeline = this.pipelines.get(`${entry}:${f16}:${vec ? 1 : 0}${block ? ':block' : ''}`)!;
