@@ -5,8 +5,10 @@
  * Layout (see ARCHITECTURE.md): matrices (wte, wpe, the Conv1D weights [in, out]) in the chosen
  * dtype, f16 packed in pairs along the last dimension; biases and layer-norm parameters always f32.
  * wte is split by rows into a ChunkedTensor so each chunk binding fits maxStorageBufferBindingSize
- * (gpt2's 50257 x 768 f32 is 154 MB; lavapipe and browsers allow 128 MiB). Every other tensor must
- * fit one binding; this is checked for the whole model before the first buffer is made.
+ * (gpt2's 50257 x 768 f32 is 154 MB; lavapipe and browsers allow 128 MiB); with `knPanel` (CPU
+ * adapters) each chunk is stored transposed in column panels, what the LM head reads fastest
+ * there. Every other tensor must fit one binding; this is checked for the whole model before the
+ * first buffer is made.
  *
  * GPU out-of-memory (caught with an 'out-of-memory' error scope around each buffer) destroys what
  * was uploaded and throws OutOfMemoryError.
