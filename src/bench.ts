@@ -4,6 +4,7 @@
  * size, plus a per-kernel-family GPU time table from timestamp queries when the adapter has them.
  */
 import type { Engine, LoadProgress, Model } from './engine/engine.js';
+import { generationCapacity } from './engine/generate.js';
 import { ForwardPlan } from './engine/model.js';
 import { Owned, type Dispatch } from './kernels/common.js';
 import { validateSampling } from './sampling/options.js';
@@ -93,7 +94,7 @@ export async function runBench(engine: Engine, o: BenchOptions): Promise<BenchRe
       let note: string | undefined;
       if (!o.profile) note = 'profiling skipped (--no-profile)';
       else if (!model.ctx.features.timestampQuery) note = 'not available: the adapter has no timestamp-query feature';
-      else kernels = await profileDecodeStep(model, B, o.promptTokens);
+      else kernels = await profileDecodeStep(model, B, o.promptTokens, o.promptTokens + o.newTokens);
       results.push({
         batch: B,
         load_ms: loadMs,
@@ -133,10 +134,12 @@ export async function runBench(engine: Engine, o: BenchOptions): Promise<BenchRe
  * pass with timestamp writes (this adds pass overhead, so the sum exceeds a real step; the
  * split between families is what it is for).
  */
-async function profileDecodeStep(model: Model, B: number, pos: number): Promise<KernelTime[]> {
+async function profileDecodeStep(model: Model, B: number, pos: number, need: number): Promise<KernelTime[]> {
   const ctx = model.ctx;
   const owned = new Owned(ctx);
-  const cache = await model.createCache({ rows: B });
+  // The cache the measured generations had (same slots, so the same attention work and the same
+  // binding-size limits).
+  const cache = await model.createCache({ rows: B, capacity: generationCapacity(model.config, need, false) });
   const plan = new ForwardPlan(model, cache, B, B);
   try {
     const sampling = validateSampling({ temperature: 1 }, model.config.vocab_size);

@@ -135,4 +135,16 @@ test('bench --wait spin and --fuse-ln on are reported; a bad --wait or --fuse-ln
   assert.match(badLn.err, /--fuse-ln must be auto, on or off, got "yes"/);
 });
 
+test('bench profiles a batch whose full-window cache would not fit one binding (sized like the run)', () => {
+  // 33 rows x 16384 slots x 64 x 4 B = 138 MB per cache layer, over lavapipe's 128 MiB binding
+  // limit; the measured generation only needs 2 + 2 slots, and the profiled step must too.
+  const cfgPath = join(tmp, 'long-window.json');
+  writeFileSync(cfgPath, JSON.stringify({ n_layer: 1, n_embd: 64, n_head: 2, vocab_size: 512, n_positions: 16384, bos_token_id: 511, eos_token_id: 511 }));
+  const r = cli('bench', '--model', `random:${cfgPath}`, '--batch', '33', '--prompt-tokens', '2', '--new-tokens', '2', '--repeat', '1', '--json');
+  assert.is(r.code, 0, r.err);
+  const x = JSON.parse(r.out).results[0];
+  assert.is(x.batch, 33);
+  assert.ok(Array.isArray(x.kernels) && x.kernels.length > 0, JSON.stringify(x));
+});
+
 test.run();

@@ -95,6 +95,16 @@ export function samplingPart(o: object): SamplingOptions {
   return Object.fromEntries(Object.entries(o).filter(([k, v]) => !GENERATE_KEYS.has(k) && v !== undefined)) as SamplingOptions;
 }
 
+/**
+ * Slots of the cache a generation creates for itself: only as many as it can use (need = longest
+ * prompt + new tokens; rows x capacity x C must fit one binding, so this is what lets batch 64 of
+ * gpt2 run on a 128 MiB adapter), the full window when it may shift (it will pass n_positions, or
+ * the caller chose `keep`).
+ */
+export function generationCapacity(cfg: { n_positions: number }, need: number, mayShift: boolean): number {
+  return need >= cfg.n_positions || mayShift ? cfg.n_positions : Math.max(2, need);
+}
+
 /** Validates the non-sampling options; throws InvalidOptionError naming the option. */
 export function validateGenerate(o: GenerateOptions): { maxNew: number; rows: number; depth: number } {
   const maxNew = o.maxNewTokens ?? 30;
@@ -178,11 +188,8 @@ async function run(model: GPT2Model, prompts: number[][], opts: GenerateOptions)
     if (cache.rows !== R) throw new InvalidOptionError(`the cache has ${cache.rows} rows but numSequences is ${R}; they must match`);
     cache.acquire(model);
   } else {
-    // Only as many slots as this generation can use (rows x capacity x C must fit one binding, so
-    // this is what lets batch 64 of gpt2 run on a 128 MiB adapter); the full window when it may
-    // shift (it will pass n_positions, or the caller chose `keep`).
     const need = Math.max(...prompts.map((p) => p.length)) + maxNew;
-    const capacity = need >= cfg.n_positions || opts.keep !== undefined ? cfg.n_positions : Math.max(2, need);
+    const capacity = generationCapacity(cfg, need, opts.keep !== undefined);
     cache = await model.createCache({ rows: R, capacity, onOverflow: opts.onOverflow, keep: opts.keep });
     cache.acquire(model);
   }
