@@ -10,11 +10,15 @@
  * A cached revision is used without any request. Downloads go to `<blob>.incomplete`, resume with
  * HTTP Range after a cut connection (also across runs), and are checked against the hub's size and
  * hash (sha256 for LFS files, git's blob sha1 otherwise) before being moved into place.
+ * One blob is fetched by one party at a time: loads in this process share the running download,
+ * other processes wait on the lock file `<cache>/.locks/<repo folder>/<etag>.gpt2-webgpu.lock`
+ * (see `acquireLock`), so two programs starting on the same model download it once.
  */
 import { createHash } from 'node:crypto';
 import { createReadStream, existsSync } from 'node:fs';
-import { copyFile, mkdir, open, readFile, rename, rm, stat, symlink, writeFile } from 'node:fs/promises';
-import { dirname, join, relative, resolve } from 'node:path';
+import { hostname } from 'node:os';
+import { copyFile, mkdir, open, readFile, rename, rm, stat, symlink, utimes, writeFile } from 'node:fs/promises';
+import { basename, dirname, join, relative, resolve } from 'node:path';
 import { getHFHubCachePath, getRepoFolderName } from '@huggingface/hub';
 import { DownloadError, InvalidOptionError, WeightsFormatError } from './errors.js';
 import { Checkpoint, openCheckpoint } from './engine/checkpoint.js';
@@ -182,11 +186,114 @@ export async function hubFile(repo: string, file: string, opts: SourceOptions = 
     await mkdir(join(folder, 'refs'), { recursive: true });
     await writeFile(join(folder, 'refs', revision), meta.commit);
   }
-  if (!(existsSync(blob) && (await stat(blob)).size === meta.size)) {
-    await download(url, auth, blob, meta, file, opts);
-  }
-  await linkBlob(blob, pointer);
+  const lock = join(cache, '.locks', basename(folder), `${meta.etag}.gpt2-webgpu.lock`);
+  await once(blob, async () => {
+    const release = await acquireLock(lock, `${blob}.incomplete`, (loadedBytes) => opts.onProgress?.({ file, loadedBytes, totalBytes: meta.size }));
+    try {
+      // Whoever held the lock before may have finished it.
+      if (!(existsSync(blob) && (await stat(blob)).size === meta.size)) await download(url, auth, blob, meta, file, opts);
+      await linkBlob(blob, pointer);
+    } finally {
+      await release();
+    }
+  });
   return pointer;
+}
+
+/** Running fetches of a blob in this process, so a second load of the same file joins the first. */
+const inFlight = new Map<string, Promise<void>>();
+
+function once(key: string, job: () => Promise<void>): Promise<void> {
+  let p = inFlight.get(key);
+  if (!p) {
+    p = job().finally(() => inFlight.delete(key));
+    inFlight.set(key, p);
+  }
+  return p;
+}
+
+/** A held lock not touched for this long is abandoned (its holder refreshes it every LOCK_REFRESH_MS). */
+const LOCK_STALE_MS = 120_000;
+const LOCK_REFRESH_MS = 10_000;
+const LOCK_POLL_MS = 100;
+
+/**
+ * Takes the download lock `path` (created exclusively; holds {pid, host}); returns its release.
+ * While another party holds it, waits, reporting the size of their partial file `part` through
+ * `onWait`. A lock is taken over when its holder is gone: a process of this host that no longer
+ * exists, or (another host sharing the cache, or a holder that died before writing the file) a
+ * lock file whose mtime is older than LOCK_STALE_MS. Python's huggingface_hub uses flock on its
+ * own lock files, so it does not see this one; the two tools do not share partial downloads.
+ */
+async function acquireLock(path: string, part: string, onWait: (bytes: number) => void): Promise<() => Promise<void>> {
+  await mkdir(dirname(path), { recursive: true });
+  let reported = -1;
+  for (;;) {
+    try {
+      const fh = await open(path, 'wx');
+      try {
+        await fh.writeFile(JSON.stringify({ pid: process.pid, host: hostname(), since: new Date().toISOString() }));
+      } finally {
+        await fh.close();
+      }
+      const refresh = setInterval(() => {
+        const now = new Date();
+        utimes(path, now, now).catch(() => {});
+      }, LOCK_REFRESH_MS);
+      refresh.unref();
+      return async () => {
+        clearInterval(refresh);
+        await rm(path, { force: true });
+      };
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') {
+        throw new DownloadError(`cannot create the download lock ${path}: ${(e as Error).message}`, { cause: e });
+      }
+    }
+    const held = await lockHolder(path);
+    if (held.state === 'gone') {
+      // Removed only if it is still the file judged stale (a new holder's lock is a new inode with
+      // a new mtime); a narrow race remains between this check and rm.
+      const now = await stat(path).catch(() => null);
+      if (now && now.ino === held.ino && now.mtimeMs === held.mtimeMs) await rm(path, { force: true });
+      continue;
+    }
+    if (held.state === 'held' && existsSync(part)) {
+      const bytes = (await stat(part).catch(() => ({ size: -1 }))).size;
+      if (bytes >= 0 && bytes !== reported) onWait((reported = bytes));
+    }
+    await new Promise((r) => setTimeout(r, LOCK_POLL_MS));
+  }
+}
+
+/** The lock file at `path`: 'held', 'gone' (stale: take it over) or 'free' (released meanwhile). */
+async function lockHolder(path: string): Promise<{ state: 'held' | 'gone' | 'free'; ino?: number; mtimeMs?: number }> {
+  let text: string;
+  let ino: number;
+  let mtimeMs: number;
+  try {
+    ({ ino, mtimeMs } = await stat(path));
+    text = await readFile(path, 'utf8');
+  } catch {
+    return { state: 'free' };
+  }
+  let holder: { pid?: unknown; host?: unknown } = {};
+  try {
+    holder = JSON.parse(text) as typeof holder;
+  } catch {
+    // Not written yet (or never will be): only its age can tell.
+  }
+  const dead = holder.host === hostname() && Number.isSafeInteger(holder.pid) && !processAlive(holder.pid as number);
+  return { state: dead || Date.now() - mtimeMs > LOCK_STALE_MS ? 'gone' : 'held', ino, mtimeMs };
+}
+
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM'; // exists, owned by someone else
+  }
 }
 
 interface HeadInfo {
@@ -317,7 +424,9 @@ async function linkBlob(blob: string, pointer: string): Promise<void> {
   await rm(pointer, { force: true }); // a dangling link
   try {
     await symlink(relative(dirname(pointer), blob), pointer);
-  } catch {
+  } catch (e) {
+    // Linked meanwhile by another process (copying onto that link would copy the blob onto itself).
+    if ((e as NodeJS.ErrnoException).code === 'EEXIST' && existsSync(pointer)) return;
     await copyFile(resolve(blob), pointer);
   }
 }

@@ -9,9 +9,12 @@ import * as assert from 'uvu/assert';
 import { createHash } from 'node:crypto';
 import { createServer, IncomingMessage, Server, ServerResponse } from 'node:http';
 import { AddressInfo } from 'node:net';
-import { existsSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { hostname } from 'node:os';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { DownloadError, WeightsFormatError } from '../src/errors.js';
 import { DownloadProgress, resolveSource } from '../src/node-sources.js';
 import { makeSafetensors, rejectsWith, smallConfig } from './fixtures-util.js';
@@ -28,6 +31,8 @@ interface Hub {
   cutAfter?: number;
   /** Announce this sha256 instead of the real one. */
   fakeSha?: string;
+  /** Send CDN bodies in 8 pieces this many ms apart (so concurrent downloads overlap). */
+  slowMs?: number;
   close(): Promise<void>;
 }
 
@@ -59,6 +64,18 @@ async function startHub(repo = 'openai-community/gpt2'): Promise<Hub> {
         const n = hub.cutAfter;
         hub.cutAfter = undefined;
         res.write(rest.subarray(0, n), () => setTimeout(() => res.socket?.destroy(), 20));
+        return;
+      }
+      if (hub.slowMs) {
+        const piece = Math.ceil(rest.length / 8);
+        let at = 0;
+        const next = () => {
+          if (at >= rest.length || res.destroyed) return void res.end();
+          res.write(rest.subarray(at, at + piece));
+          at += piece;
+          setTimeout(next, hub.slowMs);
+        };
+        next();
         return;
       }
       res.end(rest);
@@ -217,6 +234,100 @@ test('files Python downloaded under the short alias (models--gpt2) are reused wi
   const cfgFile = join(freshCache(), 'tiny.json');
   writeFileSync(cfgFile, JSON.stringify(cfg));
   assert.equal((await resolveSource(`random:${cfgFile}`)).config, cfg);
+});
+
+/** p, or a failure naming `what` after ms (a lock that is never taken over must not hang the suite). */
+function within<T>(ms: number, p: Promise<T>, what: string): Promise<T> {
+  let t: NodeJS.Timeout;
+  return Promise.race([p, new Promise<T>((_, rej) => { t = setTimeout(() => rej(new Error(`${what}: still waiting after ${ms} ms`)), ms); })]).finally(() => clearTimeout(t));
+}
+
+const cdnGets = (hub: Hub) => hub.log.filter((r) => r.path.startsWith('/cdn/') && r.method === 'GET');
+const lockPath = (cacheDir: string) => join(cacheDir, '.locks', 'models--openai-community--gpt2', `${sha256(stBytes)}.gpt2-webgpu.lock`);
+const blobPath = (cacheDir: string) => join(cacheDir, 'models--openai-community--gpt2', 'blobs', sha256(stBytes));
+
+/** Runs resolveSource in a separate Node process; resolves with its exit code and output. */
+function childLoad(cacheDir: string, hubUrl: string): Promise<{ code: number; out: string }> {
+  const mod = join(dirname(fileURLToPath(import.meta.url)), '..', 'src', 'node-sources.js');
+  const script = `const { resolveSource } = await import(${JSON.stringify(mod)});
+    const ck = await resolveSource('gpt2', { cacheDir: ${JSON.stringify(cacheDir)}, hubUrl: ${JSON.stringify(hubUrl)} });
+    console.log(ck.config.n_embd);`;
+  return new Promise((res) => {
+    const c = spawn(process.execPath, ['--input-type=module', '-e', script], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    c.stdout.on('data', (d) => (out += d));
+    c.stderr.on('data', (d) => (out += d));
+    c.on('close', (code) => res({ code: code ?? -1, out }));
+  });
+}
+
+test('the same model loaded twice at once (in one process, and from two processes) is downloaded once', async () => {
+  const hub = await startHub();
+  try {
+    hub.slowMs = 40;
+    const cacheDir = freshCache();
+    const [a, b] = await Promise.all([resolveSource('gpt2', { cacheDir, hubUrl: hub.url }), resolveSource('gpt2', { cacheDir, hubUrl: hub.url })]);
+    assert.equal([a.config.n_embd, b.config.n_embd], [cfg.n_embd, cfg.n_embd]);
+    assert.is(cdnGets(hub).length, 1, 'one download');
+    assert.equal(readFileSync(blobPath(cacheDir)), stBytes);
+    assert.not.ok(existsSync(lockPath(cacheDir)), 'lock released');
+    assert.equal(readdirSync(dirname(blobPath(cacheDir))).filter((f) => f.endsWith('.incomplete')), []);
+
+    hub.log.length = 0;
+    const cache2 = freshCache();
+    const runs = await Promise.all([childLoad(cache2, hub.url), childLoad(cache2, hub.url)]);
+    for (const r of runs) assert.equal([r.code, r.out.trim()], [0, String(cfg.n_embd)], r.out);
+    assert.is(cdnGets(hub).length, 1, 'one download across processes');
+    assert.equal(readFileSync(blobPath(cache2)), stBytes);
+    assert.not.ok(existsSync(lockPath(cache2)));
+  } finally {
+    await hub.close();
+  }
+});
+
+test('download locks: a live holder is waited for (its progress reported), a dead or silent one is taken over', async () => {
+  const hub = await startHub();
+  try {
+    // Held by this (live) process: the load waits, reports the holder's partial file, and once the
+    // lock is gone continues from it.
+    const cacheDir = freshCache();
+    mkdirSync(dirname(lockPath(cacheDir)), { recursive: true });
+    writeFileSync(lockPath(cacheDir), JSON.stringify({ pid: process.pid, host: hostname() }));
+    mkdirSync(dirname(blobPath(cacheDir)), { recursive: true });
+    writeFileSync(blobPath(cacheDir) + '.incomplete', stBytes.subarray(0, 1000));
+    const progress: DownloadProgress[] = [];
+    const loading = resolveSource('gpt2', { cacheDir, hubUrl: hub.url, onProgress: (p) => progress.push(p) });
+    await new Promise((r) => setTimeout(r, 600));
+    assert.is(cdnGets(hub).length, 0, 'no download while the lock is held');
+    assert.ok(progress.some((p) => p.file === 'model.safetensors' && p.loadedBytes === 1000 && p.totalBytes === stBytes.length), JSON.stringify(progress));
+    rmSync(lockPath(cacheDir));
+    await within(10_000, loading, 'released lock');
+    assert.equal(cdnGets(hub).map((r) => r.range), ['bytes=1000-']);
+    assert.equal(readFileSync(blobPath(cacheDir)), stBytes);
+
+    // Left by a process that has exited.
+    const dead = await new Promise<number>((r) => { const c = spawn(process.execPath, ['-e', '0']); c.on('close', () => r(c.pid!)); });
+    const cache2 = freshCache();
+    mkdirSync(dirname(lockPath(cache2)), { recursive: true });
+    writeFileSync(lockPath(cache2), JSON.stringify({ pid: dead, host: hostname() }));
+    await within(10_000, resolveSource('gpt2', { cacheDir: cache2, hubUrl: hub.url }), 'lock of a dead process');
+    assert.equal(readFileSync(blobPath(cache2)), stBytes);
+    assert.not.ok(existsSync(lockPath(cache2)));
+
+    // Held from another machine (a shared cache) but not refreshed for 10 minutes; and one that
+    // is not even JSON (a crash between creating and writing it), equally old.
+    for (const body of [JSON.stringify({ pid: 1, host: 'elsewhere' }), '']) {
+      const cache3 = freshCache();
+      mkdirSync(dirname(lockPath(cache3)), { recursive: true });
+      writeFileSync(lockPath(cache3), body);
+      const old = new Date(Date.now() - 600_000);
+      utimesSync(lockPath(cache3), old, old);
+      await within(10_000, resolveSource('gpt2', { cacheDir: cache3, hubUrl: hub.url }), `old lock ${JSON.stringify(body)}`);
+      assert.equal(readFileSync(blobPath(cache3)), stBytes);
+    }
+  } finally {
+    await hub.close();
+  }
 });
 
 test.run();
