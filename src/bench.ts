@@ -33,12 +33,15 @@ export interface BatchResult {
   load_ms: number;
   first_token_ms: number;
   prefill_ms: number;
-  decode_ms_per_token: number;
-  decode_ms_per_token_p90: number;
-  tokens_per_s: number;
+  /** null with --new-tokens 1 (prefill only: no decode step ran); see decode_note. */
+  decode_ms_per_token: number | null;
+  decode_ms_per_token_p90: number | null;
+  tokens_per_s: number | null;
+  decode_note?: string;
   readback_bytes_per_token: number;
-  dispatches_per_token: number;
-  submits_per_token: number;
+  /** Per decode step; null with --new-tokens 1. */
+  dispatches_per_token: number | null;
+  submits_per_token: number | null;
   kernels: KernelTime[] | null;
   kernels_note?: string;
 }
@@ -75,8 +78,13 @@ export async function runBench(engine: Engine, o: BenchOptions): Promise<BenchRe
   const loadMs = now() - t0;
   const cfg = model.config;
   try {
-    if (o.promptTokens + o.newTokens > cfg.n_positions) {
-      throw new RangeError(`prompt-tokens + new-tokens = ${o.promptTokens + o.newTokens} passes the context window ${cfg.n_positions}`);
+    // The last new token is sampled but never fed back, so P + N - 1 tokens go through the model.
+    const fed = o.promptTokens + o.newTokens - 1;
+    if (fed > cfg.n_positions) {
+      throw new RangeError(
+        `${fed} tokens go through the model (prompt-tokens ${o.promptTokens} + new-tokens ${o.newTokens} - 1, the last new token is not fed back), over its context window of ${cfg.n_positions}; ` +
+          `use at most ${cfg.n_positions - o.newTokens + 1} prompt tokens (with --new-tokens 1 the prefill of a full window is timed alone)`,
+      );
     }
     // A fixed pseudo-random prompt (ids spread over the vocabulary).
     const prompt = Array.from({ length: o.promptTokens }, (_, i) => (i * 7919 + 13) % (cfg.vocab_size - 1));
@@ -90,6 +98,7 @@ export async function runBench(engine: Engine, o: BenchOptions): Promise<BenchRe
       const first = runs.map((r) => r.stats.first_token_ms);
       const st = runs[runs.length - 1]!.stats;
       const med = quantile(decode, 0.5);
+      const decoded = o.newTokens > 1;
       let kernels: KernelTime[] | null = null;
       let note: string | undefined;
       if (!o.profile) note = 'profiling skipped (--no-profile)';
@@ -100,12 +109,13 @@ export async function runBench(engine: Engine, o: BenchOptions): Promise<BenchRe
         load_ms: loadMs,
         first_token_ms: quantile(first, 0.5),
         prefill_ms: quantile(runs.map((r) => r.stats.prefill_ms), 0.5),
-        decode_ms_per_token: med,
-        decode_ms_per_token_p90: quantile(decode, 0.9),
-        tokens_per_s: (1000 * B) / med,
+        decode_ms_per_token: decoded ? med : null,
+        decode_ms_per_token_p90: decoded ? quantile(decode, 0.9) : null,
+        tokens_per_s: decoded ? (1000 * B) / med : null,
+        ...(decoded ? {} : { decode_note: 'no decode steps (--new-tokens 1): prefill only' }),
         readback_bytes_per_token: st.readback_bytes_per_token,
-        dispatches_per_token: st.dispatches_per_step,
-        submits_per_token: st.submits,
+        dispatches_per_token: decoded ? st.dispatches_per_step : null,
+        submits_per_token: decoded ? st.submits : null,
         kernels,
         ...(note ? { kernels_note: note } : {}),
       });
@@ -134,12 +144,14 @@ export async function runBench(engine: Engine, o: BenchOptions): Promise<BenchRe
  * pass with timestamp writes (this adds pass overhead, so the sum exceeds a real step; the
  * split between families is what it is for).
  */
-async function profileDecodeStep(model: Model, B: number, pos: number, need: number): Promise<KernelTime[]> {
+async function profileDecodeStep(model: Model, B: number, promptTokens: number, need: number): Promise<KernelTime[]> {
   const ctx = model.ctx;
   const owned = new Owned(ctx);
   // The cache the measured generations had (same slots, so the same attention work and the same
-  // binding-size limits).
+  // binding-size limits); the step at the first decode position, or the last slot when the prompt
+  // fills the window (--new-tokens 1).
   const cache = await model.createCache({ rows: B, capacity: generationCapacity(model.config, need, false) });
+  const pos = Math.min(promptTokens, cache.window - 1);
   const plan = new ForwardPlan(model, cache, B, B);
   try {
     const sampling = validateSampling({ temperature: 1 }, model.config.vocab_size);
@@ -194,11 +206,13 @@ export function formatBench(r: BenchReport): string {
     '',
     'batch  first-token ms  decode ms/token (median / p90)  tokens/s  readback B/token  dispatches/step  submits/step',
   ];
+  const fix = (v: number | null, d: number) => (v === null ? '-' : v.toFixed(d));
   for (const x of r.results) {
     lines.push(
-      `${String(x.batch).padStart(5)}  ${x.first_token_ms.toFixed(1).padStart(14)}  ${x.decode_ms_per_token.toFixed(2).padStart(15)} / ${x.decode_ms_per_token_p90.toFixed(2).padEnd(13)}  ${x.tokens_per_s.toFixed(1).padStart(8)}  ${String(x.readback_bytes_per_token).padStart(16)}  ${x.dispatches_per_token.toFixed(0).padStart(15)}  ${x.submits_per_token.toFixed(2).padStart(12)}`,
+      `${String(x.batch).padStart(5)}  ${x.first_token_ms.toFixed(1).padStart(14)}  ${fix(x.decode_ms_per_token, 2).padStart(15)} / ${fix(x.decode_ms_per_token_p90, 2).padEnd(13)}  ${fix(x.tokens_per_s, 1).padStart(8)}  ${String(x.readback_bytes_per_token).padStart(16)}  ${fix(x.dispatches_per_token, 0).padStart(15)}  ${fix(x.submits_per_token, 2).padStart(12)}`,
     );
   }
+  if (r.new_tokens === 1) lines.push('(--new-tokens 1: prefill only, no decode step measured)');
   for (const x of r.results) {
     lines.push('', `kernels, batch ${x.batch} (GPU ms per decode step):`);
     if (!x.kernels) lines.push(`  ${x.kernels_note}`);

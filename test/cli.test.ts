@@ -147,4 +147,22 @@ test('bench profiles a batch whose full-window cache would not fit one binding (
   assert.ok(Array.isArray(x.kernels) && x.kernels.length > 0, JSON.stringify(x));
 });
 
+test('bench --new-tokens 1 measures the prefill alone, so a full-window prompt (1024 tokens) can be timed', () => {
+  const r = cli('bench', '--model', tinyDir(), '--prompt-tokens', '1024', '--new-tokens', '1', '--repeat', '1', '--json');
+  assert.is(r.code, 0, r.err);
+  const j = JSON.parse(r.out);
+  const x = j.results[0];
+  assert.ok(x.prefill_ms > 0 && x.first_token_ms >= x.prefill_ms, JSON.stringify(x));
+  for (const k of ['decode_ms_per_token', 'decode_ms_per_token_p90', 'tokens_per_s', 'dispatches_per_token', 'submits_per_token']) assert.is(x[k], null, k);
+  assert.is(x.readback_bytes_per_token, 4);
+  assert.match(x.decode_note, /no decode steps/);
+  assert.ok(Array.isArray(x.kernels) && x.kernels.length > 0, 'a decode step is still profiled');
+  assert.match(cli('bench', '--model', tinyDir(), '--prompt-tokens', '1024', '--new-tokens', '1', '--repeat', '1').out, /prefill only/);
+  // 1024 + 2 - 1 tokens would pass through the model: more than its 1024 positions.
+  const over = cli('bench', '--model', tinyDir(), '--prompt-tokens', '1024', '--new-tokens', '2', '--repeat', '1');
+  assert.is(over.code, 1);
+  assert.match(over.err, /1025 tokens go through the model \(prompt-tokens 1024 \+ new-tokens 2 - 1, the last new token is not fed back\), over its context window of 1024/);
+  assert.is(cli('bench', '--model', tinyDir(), '--new-tokens', '0').code, 2);
+});
+
 test.run();
