@@ -180,11 +180,15 @@ export async function hubFile(repo: string, file: string, opts: SourceOptions = 
   const folder = folders[0]!;
   const blob = join(folder, 'blobs', meta.etag);
   const pointer = join(folder, 'snapshots', meta.commit, file);
-  await mkdir(dirname(blob), { recursive: true });
-  await mkdir(dirname(pointer), { recursive: true });
-  if (!isCommit(revision) || revision !== meta.commit) {
-    await mkdir(join(folder, 'refs'), { recursive: true });
-    await writeFile(join(folder, 'refs', revision), meta.commit);
+  try {
+    await mkdir(dirname(blob), { recursive: true });
+    await mkdir(dirname(pointer), { recursive: true });
+    if (!isCommit(revision) || revision !== meta.commit) {
+      await mkdir(join(folder, 'refs'), { recursive: true });
+      await writeFile(join(folder, 'refs', revision), meta.commit);
+    }
+  } catch (e) {
+    throw new DownloadError(`cannot write to the Hugging Face cache ${cache} (${(e as Error).message}); point HF_HUB_CACHE (or the cacheDir option) at a writable directory`, { cause: e });
   }
   const lock = join(cache, '.locks', basename(folder), `${meta.etag}.gpt2-webgpu.lock`);
   await once(blob, async () => {
@@ -226,10 +230,10 @@ const LOCK_POLL_MS = 100;
  * own lock files, so it does not see this one; the two tools do not share partial downloads.
  */
 async function acquireLock(path: string, part: string, onWait: (bytes: number) => void): Promise<() => Promise<void>> {
-  await mkdir(dirname(path), { recursive: true });
   let reported = -1;
   for (;;) {
     try {
+      await mkdir(dirname(path), { recursive: true });
       const fh = await open(path, 'wx');
       try {
         await fh.writeFile(JSON.stringify({ pid: process.pid, host: hostname(), since: new Date().toISOString() }));

@@ -207,6 +207,9 @@ test('404s name the repo or file; unreachable hubs and missing local dirs are cl
     await rejectsWith(resolveSource('gpt2', { cacheDir, hubUrl: hub.url, revision: 'v9' }), DownloadError, /HTTP 404 .*: no such revision/);
     await rejectsWith(resolveSource('gpt2', { cacheDir: freshCache(), hubUrl: 'http://127.0.0.1:9' }), DownloadError, /cannot reach http:\/\/127\.0\.0\.1:9/);
     await rejectsWith(resolveSource('gpt2', { cacheDir: freshCache(), offline: true }), DownloadError, /not in the cache .* offline mode is on/);
+    const notADir = join(freshCache(), 'a-file');
+    writeFileSync(notADir, 'x');
+    await rejectsWith(resolveSource('gpt2', { cacheDir: notADir, hubUrl: hub.url }), DownloadError, new RegExp(`cannot write to the Hugging Face cache ${notADir} \\(ENOTDIR.*point HF_HUB_CACHE`));
     await rejectsWith(resolveSource('./no/such/dir', {}), WeightsFormatError, /\.\/no\/such\/dir: no such file or directory/);
     const empty = freshCache();
     await rejectsWith(resolveSource(empty, {}), WeightsFormatError, new RegExp(`${empty}: no config\\.json in this directory`));
