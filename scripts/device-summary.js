@@ -31,6 +31,10 @@ for (const f of readdirSync(dir).filter((f) => f.endsWith('.json') && f !== 'inf
     continue;
   }
   for (const r of j.results) {
+    if (r.error) {
+      console.log(`${name.padEnd(19)} ${String(r.batch).padStart(5)}  failed: ${r.error.slice(0, 140)}`);
+      continue;
+    }
     const first = `${fmt(r.first_token_ms, 2)}/${fmt(r.prefill_ms, 2)}`;
     const dec = `${fmt(r.decode_ms_per_token, 3)} (${fmt(r.decode_ms_per_token_p90, 3)})`;
     console.log(`${name.padEnd(19)} ${String(r.batch).padStart(5)}  ${fmt(r.load_ms, 0).padStart(7)}  ${first.padStart(16)}  ${dec.padStart(19)}  ${fmt(r.tokens_per_s, 0).padStart(8)}  ${fmt(r.dispatches_per_token, 0).padStart(9)}  ${TARGETS[`${name}:${r.batch}`] ?? ''}`);

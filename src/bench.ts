@@ -60,8 +60,16 @@ export interface BenchReport {
   new_tokens: number;
   repeat: number;
   load: { load_ms: number; resolve_ms: number; pipelines_ms: number; upload_ms: number; weight_bytes: number };
-  results: BatchResult[];
+  results: Array<BatchResult | BatchFailure>;
 }
+
+/** A batch size the sweep could not measure, and why (the error's name and message). */
+export interface BatchFailure {
+  batch: number;
+  error: string;
+}
+
+export const isBatchFailure = (r: BatchResult | BatchFailure): r is BatchFailure => 'error' in r;
 
 const now = (): number => (globalThis.performance ?? Date).now();
 
@@ -88,37 +96,15 @@ export async function runBench(engine: Engine, o: BenchOptions): Promise<BenchRe
     }
     // A fixed pseudo-random prompt (ids spread over the vocabulary).
     const prompt = Array.from({ length: o.promptTokens }, (_, i) => (i * 7919 + 13) % (cfg.vocab_size - 1));
-    const results: BatchResult[] = [];
+    const results: Array<BatchResult | BatchFailure> = [];
     for (const B of o.batches) {
-      const run = () => model.generate(prompt, { numSequences: B, maxNewTokens: o.newTokens, temperature: 1, seed: 1234, stopAtEos: false });
-      await model.generate(prompt, { numSequences: B, maxNewTokens: 2, temperature: 1, seed: 1, stopAtEos: false }); // warm-up
-      const runs = [];
-      for (let r = 0; r < o.repeat; r++) runs.push(await run());
-      const decode = runs.map((r) => r.stats.decode_ms_per_token);
-      const first = runs.map((r) => r.stats.first_token_ms);
-      const st = runs[runs.length - 1]!.stats;
-      const med = quantile(decode, 0.5);
-      const decoded = o.newTokens > 1;
-      let kernels: KernelTime[] | null = null;
-      let note: string | undefined;
-      if (!o.profile) note = 'profiling skipped (--no-profile)';
-      else if (!model.ctx.features.timestampQuery) note = 'not available: the adapter has no timestamp-query feature';
-      else kernels = await profileDecodeStep(model, B, o.promptTokens, o.promptTokens + o.newTokens);
-      results.push({
-        batch: B,
-        load_ms: loadMs,
-        first_token_ms: quantile(first, 0.5),
-        prefill_ms: quantile(runs.map((r) => r.stats.prefill_ms), 0.5),
-        decode_ms_per_token: decoded ? med : null,
-        decode_ms_per_token_p90: decoded ? quantile(decode, 0.9) : null,
-        tokens_per_s: decoded ? (1000 * B) / med : null,
-        ...(decoded ? {} : { decode_note: 'no decode steps (--new-tokens 1): prefill only' }),
-        readback_bytes_per_token: st.readback_bytes_per_token,
-        dispatches_per_token: decoded ? st.dispatches_per_step : null,
-        submits_per_token: decoded ? st.submits : null,
-        kernels,
-        ...(note ? { kernels_note: note } : {}),
-      });
+      // A batch size that fails (a cache over the binding limit, out of memory) is reported in its
+      // row and the sweep goes on; a lost device fails every later row the same way.
+      try {
+        results.push(await measureBatch(model, B, prompt, o, loadMs));
+      } catch (e) {
+        results.push({ batch: B, error: `${(e as Error)?.name ?? 'Error'}: ${(e as Error)?.message ?? String(e)}` });
+      }
     }
     return {
       date: new Date().toISOString(),
@@ -137,6 +123,38 @@ export async function runBench(engine: Engine, o: BenchOptions): Promise<BenchRe
   } finally {
     model.destroy();
   }
+}
+
+/** One row of the report: R timed generations of B sequences (after a warm-up), then the profile. */
+async function measureBatch(model: Model, B: number, prompt: number[], o: BenchOptions, loadMs: number): Promise<BatchResult> {
+  const gen = (maxNewTokens: number, seed: number) => model.generate(prompt, { numSequences: B, maxNewTokens, temperature: 1, seed, stopAtEos: false });
+  await gen(Math.min(2, o.newTokens), 1); // warm-up
+  const runs = [];
+  for (let r = 0; r < o.repeat; r++) runs.push(await gen(o.newTokens, 1234));
+  const decode = runs.map((r) => r.stats.decode_ms_per_token);
+  const st = runs[runs.length - 1]!.stats;
+  const med = quantile(decode, 0.5);
+  const decoded = o.newTokens > 1;
+  let kernels: KernelTime[] | null = null;
+  let note: string | undefined;
+  if (!o.profile) note = 'profiling skipped (--no-profile)';
+  else if (!model.ctx.features.timestampQuery) note = 'not available: the adapter has no timestamp-query feature';
+  else kernels = await profileDecodeStep(model, B, o.promptTokens, o.promptTokens + o.newTokens);
+  return {
+    batch: B,
+    load_ms: loadMs,
+    first_token_ms: quantile(runs.map((r) => r.stats.first_token_ms), 0.5),
+    prefill_ms: quantile(runs.map((r) => r.stats.prefill_ms), 0.5),
+    decode_ms_per_token: decoded ? med : null,
+    decode_ms_per_token_p90: decoded ? quantile(decode, 0.9) : null,
+    tokens_per_s: decoded ? (1000 * B) / med : null,
+    ...(decoded ? {} : { decode_note: 'no decode steps (--new-tokens 1): prefill only' }),
+    readback_bytes_per_token: st.readback_bytes_per_token,
+    dispatches_per_token: decoded ? st.dispatches_per_step : null,
+    submits_per_token: decoded ? st.submits : null,
+    kernels,
+    ...(note ? { kernels_note: note } : {}),
+  };
 }
 
 /**
@@ -208,12 +226,17 @@ export function formatBench(r: BenchReport): string {
   ];
   const fix = (v: number | null, d: number) => (v === null ? '-' : v.toFixed(d));
   for (const x of r.results) {
+    if (isBatchFailure(x)) {
+      lines.push(`${String(x.batch).padStart(5)}  failed: ${x.error}`);
+      continue;
+    }
     lines.push(
       `${String(x.batch).padStart(5)}  ${x.first_token_ms.toFixed(1).padStart(14)}  ${fix(x.decode_ms_per_token, 2).padStart(15)} / ${fix(x.decode_ms_per_token_p90, 2).padEnd(13)}  ${fix(x.tokens_per_s, 1).padStart(8)}  ${String(x.readback_bytes_per_token).padStart(16)}  ${fix(x.dispatches_per_token, 0).padStart(15)}  ${fix(x.submits_per_token, 2).padStart(12)}`,
     );
   }
   if (r.new_tokens === 1) lines.push('(--new-tokens 1: prefill only, no decode step measured)');
   for (const x of r.results) {
+    if (isBatchFailure(x)) continue;
     lines.push('', `kernels, batch ${x.batch} (GPU ms per decode step):`);
     if (!x.kernels) lines.push(`  ${x.kernels_note}`);
     else for (const k of x.kernels) lines.push(`  ${k.name.padEnd(12)} ${k.ms.toFixed(3).padStart(9)} ms  (${k.dispatches} dispatches)`);

@@ -10,7 +10,7 @@ import { GPT2WebGPUError, InvalidOptionError } from './errors.js';
 import type { LoadProgress, Model } from './engine/engine.js';
 import { sample } from './sampling/sampler.js';
 import type { SamplingOptions } from './sampling/options.js';
-import { runBench, formatBench } from './bench.js';
+import { formatBench, isBatchFailure, runBench } from './bench.js';
 
 type Flag = { type: 'string' | 'boolean'; default?: string | boolean; help: string; short?: string };
 interface Command {
@@ -21,6 +21,8 @@ interface Command {
 }
 
 class UsageError extends Error {}
+/** A command printed its output but part of it failed: message on stderr, exit 1. */
+class ReportedFailure extends Error {}
 
 const MODEL_FLAGS: Record<string, Flag> = {
   model: { type: 'string', help: 'model source: random:<gpt2|gpt2-medium|gpt2-large|gpt2-xl|distilgpt2|config.json>, a local directory (config.json + model.safetensors), or a Hugging Face id (gpt2, openai-community/gpt2-medium, ...)' },
@@ -277,6 +279,8 @@ const commands: Record<string, Command> = {
           onProgress: v.json ? undefined : progress(),
         });
         console.log(v.json ? JSON.stringify(report) : formatBench(report));
+        const failed = report.results.filter(isBatchFailure);
+        if (failed.length) throw new ReportedFailure(`bench: ${failed.map((f) => `batch ${f.batch} failed (${f.error})`).join('; ')}`);
       } finally {
         engine.destroy();
       }
@@ -330,6 +334,10 @@ export async function main(argv: string[]): Promise<number> {
     if (e instanceof UsageError) {
       console.error(`${e.message}\n\n${helpText(name, cmd)}`);
       return 2;
+    }
+    if (e instanceof ReportedFailure) {
+      console.error(`error: ${e.message}`);
+      return 1;
     }
     if (e instanceof GPT2WebGPUError) {
       console.error(`error: ${e.name}: ${e.message}`);

@@ -165,4 +165,22 @@ test('bench --new-tokens 1 measures the prefill alone, so a full-window prompt (
   assert.is(cli('bench', '--model', tinyDir(), '--new-tokens', '0').code, 2);
 });
 
+test('bench: a batch size that fails (here its cache is over the binding limit) is reported beside the others; exit 1', () => {
+  // 1 layer, C 256: a cache layer of B rows x 1002 slots is B x 1.03 MB, over lavapipe's 128 MiB at B = 131.
+  const cfgPath = join(tmp, 'wide.json');
+  writeFileSync(cfgPath, JSON.stringify({ n_layer: 1, n_embd: 256, n_head: 4, vocab_size: 512, n_positions: 2048, bos_token_id: 511, eos_token_id: 511 }));
+  const r = cli('bench', '--model', `random:${cfgPath}`, '--batch', '1,131', '--prompt-tokens', '1000', '--new-tokens', '2', '--repeat', '1', '--no-profile', '--json');
+  assert.is(r.code, 1, r.err);
+  const j = JSON.parse(r.out);
+  assert.is(j.results.length, 2);
+  assert.is(j.results[0].batch, 1);
+  assert.type(j.results[0].decode_ms_per_token, 'number');
+  assert.is(j.results[1].batch, 131);
+  assert.match(j.results[1].error, /OutOfMemoryError: a KV cache layer of 131 rows x 1002 slots x 256 is \d+ bytes, over the adapter's maxStorageBufferBindingSize/);
+  assert.match(r.err, /error: bench: batch 131 failed \(OutOfMemoryError/);
+  const human = cli('bench', '--model', `random:${cfgPath}`, '--batch', '1,131', '--prompt-tokens', '1000', '--new-tokens', '2', '--repeat', '1', '--no-profile');
+  assert.is(human.code, 1);
+  assert.match(human.out, /\n\s+131  failed: OutOfMemoryError: a KV cache layer/);
+});
+
 test.run();
