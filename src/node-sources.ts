@@ -259,7 +259,11 @@ async function acquireLock(path: string, part: string, onWait: (bytes: number) =
       // Removed only if it is still the file judged stale (a new holder's lock is a new inode with
       // a new mtime); a narrow race remains between this check and rm.
       const now = await stat(path).catch(() => null);
-      if (now && now.ino === held.ino && now.mtimeMs === held.mtimeMs) await rm(path, { force: true });
+      if (now && now.ino === held.ino && now.mtimeMs === held.mtimeMs) {
+        await rm(path, { force: true }).catch((e) => {
+          throw new DownloadError(`cannot remove the abandoned download lock ${path} (${(e as Error).message}); delete it by hand`, { cause: e });
+        });
+      }
       continue;
     }
     if (held.state === 'held' && existsSync(part)) {
