@@ -480,11 +480,6 @@ export class MatmulKernel {
     return out;
   }
 
-  /**
-   * A bind group for `entry`. Bindings 2 and 4 are the 16-byte views of x and W: their size is
-   * rounded down to whole vec4s (the scalar binding reaches the tail); a tensor under 16 bytes
-   * gets a dummy (the VEC path is never chosen for it).
-   */
   /** `ln` as its own dispatch: LN(x) into the scratch [M, K], then the matmul reading it. */
   private lnFirst(owner: Owned, a: MatmulArgs, label: string): Dispatch[] {
     const [M, K] = a.x.shape as [number, number];
@@ -495,6 +490,11 @@ export class MatmulKernel {
     return [ln, ...this.bind(owner, { ...a, x: y, ln: undefined }, label)];
   }
 
+  /**
+   * A bind group for `entry`. Bindings 2 and 4 are the 16-byte views of x and W: their size is
+   * rounded down to whole vec4s (the scalar binding reaches the tail); a tensor under 16 bytes
+   * gets a dummy (the VEC path is never chosen for it).
+   */
   private bindGroup(owner: Owned, entry: Entry, pipeline: GPUComputePipeline, label: string,
                     res: Record<number, GPUBuffer | GpuTensor>): GPUBindGroup {
     const entries: GPUBindGroupEntry[] = [];
