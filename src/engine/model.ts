@@ -157,9 +157,11 @@ export class GPT2Model implements CacheOwner {
 
   /** Builds every kernel's pipelines once for this model. */
   static async buildKernels(ctx: GpuContext, cfg: GPT2Config, matmulOptions: MatmulOptions = {}): Promise<Kernels> {
-    const layernorm = await LayerNormKernel.create(ctx);
-    const [matmul, embedding, attention, kvWrite, kvGather, gatherRows, sampler, beam] = await Promise.all([
-      MatmulKernel.create(ctx, { ...matmulOptions, layernorm }),
+    // The matmul kernel shares the model's layernorm kernel; the others need not wait for it.
+    const layernormP = LayerNormKernel.create(ctx);
+    const [layernorm, matmul, embedding, attention, kvWrite, kvGather, gatherRows, sampler, beam] = await Promise.all([
+      layernormP,
+      layernormP.then((layernorm) => MatmulKernel.create(ctx, { ...matmulOptions, layernorm })),
       EmbeddingKernel.create(ctx),
       AttentionKernel.create(ctx),
       KvWriteKernel.create(ctx),
