@@ -191,7 +191,8 @@ export async function hubFile(repo: string, file: string, opts: SourceOptions = 
     throw new DownloadError(`cannot write to the Hugging Face cache ${cache} (${(e as Error).message}); point HF_HUB_CACHE (or the cacheDir option) at a writable directory`, { cause: e });
   }
   const lock = join(cache, '.locks', basename(folder), `${meta.etag}.gpt2-webgpu.lock`);
-  await once(blob, async () => {
+  // Keyed by the snapshot path: two revisions sharing a blob each get their link (the lock orders them).
+  await once(pointer, async () => {
     const release = await acquireLock(lock, `${blob}.incomplete`, (loadedBytes) => opts.onProgress?.({ file, loadedBytes, totalBytes: meta.size }));
     try {
       // Whoever held the lock before may have finished it.
@@ -204,7 +205,7 @@ export async function hubFile(repo: string, file: string, opts: SourceOptions = 
   return pointer;
 }
 
-/** Running fetches of a blob in this process, so a second load of the same file joins the first. */
+/** Running fetches of a file in this process, so a second load of the same file joins the first. */
 const inFlight = new Map<string, Promise<void>>();
 
 function once(key: string, job: () => Promise<void>): Promise<void> {
@@ -266,7 +267,7 @@ async function acquireLock(path: string, part: string, onWait: (bytes: number) =
       }
       continue;
     }
-    if (held.state === 'held' && existsSync(part)) {
+    if (held.state === 'held') {
       const bytes = (await stat(part).catch(() => ({ size: -1 }))).size;
       if (bytes >= 0 && bytes !== reported) onWait((reported = bytes));
     }
