@@ -36,6 +36,8 @@ interface Hub {
   close(): Promise<void>;
 }
 
+/** The hub's CDN GETs so far (the downloads of model.safetensors). */
+const cdnGets = (hub: Hub) => hub.log.filter((r) => r.path.startsWith('/cdn/') && r.method === 'GET');
 const sha256 = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
 const gitSha1 = (b: Uint8Array) => createHash('sha1').update(`blob ${b.length}\0`).update(b).digest('hex');
 
@@ -163,7 +165,7 @@ test('resumes with a Range request after the connection is cut mid-file (and acr
     hub.cutAfter = 3000;
     const ck = await resolveSource('gpt2', { cacheDir, hubUrl: hub.url });
     assert.is(ck.shape('wte.weight')[0], cfg.vocab_size);
-    const cdn = hub.log.filter((r) => r.path.startsWith('/cdn/') && r.method === 'GET');
+    const cdn = cdnGets(hub);
     assert.is(cdn.length, 2);
     assert.is(cdn[0]!.range, undefined);
     assert.is(cdn[1]!.range, 'bytes=3000-');
@@ -245,7 +247,6 @@ function within<T>(ms: number, p: Promise<T>, what: string): Promise<T> {
   return Promise.race([p, new Promise<T>((_, rej) => { t = setTimeout(() => rej(new Error(`${what}: still waiting after ${ms} ms`)), ms); })]).finally(() => clearTimeout(t));
 }
 
-const cdnGets = (hub: Hub) => hub.log.filter((r) => r.path.startsWith('/cdn/') && r.method === 'GET');
 const lockPath = (cacheDir: string) => join(cacheDir, '.locks', 'models--openai-community--gpt2', `${sha256(stBytes)}.gpt2-webgpu.lock`);
 const blobPath = (cacheDir: string) => join(cacheDir, 'models--openai-community--gpt2', 'blobs', sha256(stBytes));
 
