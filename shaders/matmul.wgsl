@@ -10,6 +10,8 @@
 //            16-byte load per k) and walks one K slice; workgroups tile columns (x), K slices (y)
 //            and blocks of MAXM rows of x (z), so W is read once per block of up to 8 rows.
 //            gemv_kn_ln: the same with the layer-norm prologue (below).
+//   gemv_kn_red  the same GEMV with K split over KG groups of each workgroup's threads, their
+//            sums added in workgroup memory: no `reduce` dispatch (prologue by flag).
 //   gemv_nk  decode, W[N, K]: LPR lanes share one W row and stride along K with 16-byte loads
 //            (coalesced along the contiguous dimension); their partials meet in workgroup memory.
 //            LPR = 1 (CPU adapters) gives each thread a whole row and skips the combine.
@@ -53,6 +55,7 @@ override NK: bool = false; // gemm: W layout is [N, K]
 override KNV: u32 = 8u;   // gemv_kn_cols: 16-byte W words per thread, 1 ..= KNV_MAX (f16: 1 ..= KNV_MAX / 2)
 override NKM: u32 = 1u;   // gemv_nk_rows: rows of x per thread, 1 ..= NKM_MAX
 override KNM: u32 = 1u;   // gemv_kn_cols: rows of x per thread, 1 ..= KNM_MAX, KNM * KNV (f16: * 2) <= KNACC_MAX
+override KG: u32 = 64u;   // gemv_kn_red: K groups per workgroup, a power of two dividing WG
 
 const MAXM = 8u;  // rows of x per GEMV workgroup (register accumulators per thread)
 const NKR = 4u;   // gemv_nk_rows: W rows per thread
@@ -93,7 +96,7 @@ struct Params {
 @group(0) @binding(7) var<storage, read> ln_g: array<f32>;       // [K] layer-norm gamma (flags & F_LN)
 @group(0) @binding(8) var<storage, read> ln_b: array<f32>;       // [K] layer-norm beta
 
-var<workgroup> red: array<f32, MAXM * (WG + WG / LPR)>;  // gemv_nk: lane partials [MAXM][rows][LPR + 1]
+var<workgroup> red: array<f32, MAXM * (WG + WG / LPR)>;  // gemv_nk: lane partials [MAXM][rows][LPR + 1]; LN statistics; gemv_kn_red: [WG][4]
 var<workgroup> xs: array<f32, BK * TY * TM>;     // gemm: x tile, [BK][BM] (transposed)
 var<workgroup> ws: array<f32, BK * TX * TN>;     // gemm: W tile, [BK][BN]
 var<workgroup> ln_st: array<vec2<f32>, MAXM>;    // gemv_kn_ln: (mean, rstd) of the block's x rows
@@ -192,52 +195,117 @@ fn gemv_kn_ln(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_
 fn gemv_kn_body(gid: vec3<u32>, wid: vec3<u32>, st: array<vec2<f32>, MAXM>) {
   let m0 = wid.z * MAXM;
   let mc = min(MAXM, p.M - m0);
-  let ln = (p.flags & F_LN) != 0u;
   let cpt = select(4u, 8u, W_F16);
   let c0 = gid.x * cpt;
   if (c0 >= p.N) { return; }
   let s = wid.y;
   let k0 = s * p.kslice;
   let k1 = min(k0 + p.kslice, p.K);
+  var stv = st;
   var lo: array<vec4<f32>, MAXM>;  // [m] sums for columns c0 .. c0+3
   var hi: array<vec4<f32>, MAXM>;  // [m] sums for columns c0+4 .. c0+7 (f16 only)
-  let vrow = p.wpr / 4u;           // vec4 words per W row (VEC only: wpr % 4 == 0)
-  for (var k = k0; k < k1; k++) {
-    var wl: vec4<f32>;
-    var wh = vec4<f32>(0.0);
-    if (VEC) {
-      let q = w4[k * vrow + gid.x];
-      if (W_F16) {
-        wl = vec4<f32>(unpack2x16float(q.x), unpack2x16float(q.y));
-        wh = vec4<f32>(unpack2x16float(q.z), unpack2x16float(q.w));
-      } else {
-        wl = bitcast<vec4<f32>>(q);
-      }
-    } else {
-      wl = vec4<f32>(w_elem(k, c0, p.N, p.K), w_elem(k, c0 + 1u, p.N, p.K),
-                     w_elem(k, c0 + 2u, p.N, p.K), w_elem(k, c0 + 3u, p.N, p.K));
-      if (W_F16) {
-        wh = vec4<f32>(w_elem(k, c0 + 4u, p.N, p.K), w_elem(k, c0 + 5u, p.N, p.K),
-                       w_elem(k, c0 + 6u, p.N, p.K), w_elem(k, c0 + 7u, p.N, p.K));
-      }
-    }
-    // x[m, k] is the same address for every thread of the workgroup: a broadcast load.
-    var g = 1.0;
-    var b = 0.0;
-    if (ln) { g = ln_g[k]; b = ln_b[k]; }
-    for (var i = 0u; i < MAXM; i++) {
-      if (i < mc) {
-        var xv = x[(m0 + i) * p.K + k];
-        if (ln) { xv = (xv - st[i].x) * st[i].y * g + b; }
-        lo[i] += xv * wl;
-        if (W_F16) { hi[i] += xv * wh; }
-      }
-    }
-  }
+  for (var k = k0; k < k1; k++) { kn_step(k, gid.x, m0, mc, &stv, &lo, &hi); }
   for (var i = 0u; i < mc; i++) {
     for (var c = 0u; c < 4u; c++) {
       if (c0 + c < p.N) { finish(m0 + i, c0 + c, s, lo[i][c]); }
       if (W_F16 && c0 + 4u + c < p.N) { finish(m0 + i, c0 + 4u + c, s, hi[i][c]); }
+    }
+  }
+}
+
+// One k of the 'kn' GEMVs gemv_kn and gemv_kn_red: W row k, 16-byte word g (columns g*CPT ..
+// g*CPT + CPT - 1, each read as 0 past N on the scalar path), times x[m0 + i, k] (layer-normed
+// with st[i] when flags & F_LN), added to lo[i] (the first 4 columns) and hi[i] (f16: the next 4)
+// for the block's mc rows.
+fn kn_step(k: u32, g: u32, m0: u32, mc: u32, st: ptr<function, array<vec2<f32>, MAXM>>,
+           lo: ptr<function, array<vec4<f32>, MAXM>>, hi: ptr<function, array<vec4<f32>, MAXM>>) {
+  var wl: vec4<f32>;
+  var wh = vec4<f32>(0.0);
+  if (VEC) {
+    let q = w4[k * (p.wpr / 4u) + g];  // VEC only: wpr % 4 == 0
+    if (W_F16) {
+      wl = vec4<f32>(unpack2x16float(q.x), unpack2x16float(q.y));
+      wh = vec4<f32>(unpack2x16float(q.z), unpack2x16float(q.w));
+    } else {
+      wl = bitcast<vec4<f32>>(q);
+    }
+  } else {
+    let c0 = g * select(4u, 8u, W_F16);
+    wl = vec4<f32>(w_elem(k, c0, p.N, p.K), w_elem(k, c0 + 1u, p.N, p.K),
+                   w_elem(k, c0 + 2u, p.N, p.K), w_elem(k, c0 + 3u, p.N, p.K));
+    if (W_F16) {
+      wh = vec4<f32>(w_elem(k, c0 + 4u, p.N, p.K), w_elem(k, c0 + 5u, p.N, p.K),
+                     w_elem(k, c0 + 6u, p.N, p.K), w_elem(k, c0 + 7u, p.N, p.K));
+    }
+  }
+  // x[m, k] is the same address for every thread of the workgroup: a broadcast load.
+  let ln = (p.flags & F_LN) != 0u;
+  var g_ln = 1.0;
+  var b_ln = 0.0;
+  if (ln) { g_ln = ln_g[k]; b_ln = ln_b[k]; }
+  for (var i = 0u; i < MAXM; i++) {
+    if (i < mc) {
+      var xv = x[(m0 + i) * p.K + k];
+      if (ln) { xv = (xv - (*st)[i].x) * (*st)[i].y * g_ln + b_ln; }
+      (*lo)[i] += xv * wl;
+      if (W_F16) { (*hi)[i] += xv * wh; }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// gemv_kn_red: W[K, N] with K split inside each workgroup rather than across workgroups, so no
+// `reduce` dispatch follows (MatmulOptions.gemvReduce 'workgroup'; a decode step then has one
+// dispatch per linear layer instead of two). The WG threads form KG groups of CT = WG / KG
+// column threads: thread t is column thread g = wid.x * CT + t % CT (16-byte word g of each W
+// row, as in gemv_kn) of group j = t / CT, and walks rows k0 + j, k0 + j + KG, ... of its slice, so
+// one step of a 32-thread warp reads CT adjacent words from each of 32 / CT consecutive rows
+// (CT = 4: 64 contiguous bytes per row). The KG partial sums of a column then meet in workgroup
+// memory, one x row (and f16 half) at a time: each thread stores its vec4, a tree halves the
+// groups (log2 KG barriers), group 0 applies the epilogue. Threads past N load nothing but reach
+// every barrier. The layer-norm prologue (flags & F_LN) runs first, as in gemv_kn_ln. wid.y > 0
+// (a split-K the host was asked for) writes partials for `reduce` like the other GEMVs.
+@compute @workgroup_size(WG)
+fn gemv_kn_red(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+  let m0 = wid.z * MAXM;
+  let mc = min(MAXM, p.M - m0);
+  var st: array<vec2<f32>, MAXM>;
+  if ((p.flags & F_LN) != 0u) {
+    ln_stats_coop(m0, mc, t);
+    for (var i = 0u; i < MAXM; i++) { st[i] = ln_st[i]; }
+  }
+  let CT = WG / KG;
+  let g = wid.x * CT + t % CT;
+  let grp = t / CT;
+  let c0 = g * select(4u, 8u, W_F16);
+  let live = c0 < p.N;
+  let s = wid.y;
+  let k1 = min(s * p.kslice + p.kslice, p.K);
+  var lo: array<vec4<f32>, MAXM>;
+  var hi: array<vec4<f32>, MAXM>;
+  if (live) {
+    for (var k = s * p.kslice + grp; k < k1; k += KG) { kn_step(k, g, m0, mc, &st, &lo, &hi); }
+  }
+  // red[4t .. 4t + 3]: thread t's vec4 of the current row / half (4 * WG <= red's MAXM * WG words).
+  for (var i = 0u; i < mc; i++) {
+    for (var half = 0u; half < select(1u, 2u, W_F16); half++) {
+      let v = select(lo[i], hi[i], half == 1u);
+      for (var c = 0u; c < 4u; c++) { red[4u * t + c] = v[c]; }
+      workgroupBarrier();
+      for (var h = KG / 2u; h > 0u; h >>= 1u) {
+        if (grp < h) {
+          for (var c = 0u; c < 4u; c++) { red[4u * t + c] += red[4u * (t + h * CT) + c]; }
+        }
+        workgroupBarrier();
+      }
+      // Only thread t writes red[4t ..] in the next round's store, and every read of the tree
+      // above came before its last barrier: no barrier is needed after these reads.
+      if (grp == 0u && live) {
+        for (var c = 0u; c < 4u; c++) {
+          let col = c0 + 4u * half + c;
+          if (col < p.N) { finish(m0 + i, col, s, red[4u * t + c]); }
+        }
+      }
     }
   }
 }

@@ -19,6 +19,8 @@ export interface BenchOptions {
   profile: boolean;
   /** MatmulOptions.fuseLn (layer norm in gemv_kn's prologue); default: the adapter's choice. */
   fuseLn?: boolean;
+  /** MatmulOptions.gemvReduce (how the GPU 'kn' GEMV splits K); default 'split'. */
+  gemvReduce?: 'split' | 'workgroup';
   onProgress?: (p: LoadProgress) => void;
 }
 
@@ -56,6 +58,8 @@ export interface BenchReport {
   host_wait: 'sleep' | 'spin';
   /** MatmulOptions.fuseLn as used: whether gemv_kn applies layer norms in its prologue (gemv_kn_cols, the CPU-adapter GEMV, never does). */
   fuse_ln: boolean;
+  /** MatmulOptions.gemvReduce as used: 'split' (K slices over workgroups + a reduce dispatch) or 'workgroup' (gemv_kn_red); the CPU-adapter GEMV never splits. */
+  gemv_reduce: 'split' | 'workgroup';
   prompt_tokens: number;
   new_tokens: number;
   repeat: number;
@@ -82,7 +86,8 @@ function quantile(xs: number[], q: number): number {
 
 export async function runBench(engine: Engine, o: BenchOptions): Promise<BenchReport> {
   const t0 = now();
-  const model = await engine.loadModel(o.model, { dtype: o.dtype, onProgress: o.onProgress, ...(o.fuseLn === undefined ? {} : { matmul: { fuseLn: o.fuseLn } }) });
+  const matmul = { ...(o.fuseLn === undefined ? {} : { fuseLn: o.fuseLn }), ...(o.gemvReduce === undefined ? {} : { gemvReduce: o.gemvReduce }) };
+  const model = await engine.loadModel(o.model, { dtype: o.dtype, onProgress: o.onProgress, matmul });
   const loadMs = now() - t0;
   const cfg = model.config;
   try {
@@ -114,6 +119,7 @@ export async function runBench(engine: Engine, o: BenchOptions): Promise<BenchRe
       adapter: model.ctx.adapter,
       host_wait: model.ctx.waitYield ? 'sleep' : 'spin',
       fuse_ln: model.kernels.matmul.fuseLn,
+      gemv_reduce: model.kernels.matmul.gemvReduce,
       prompt_tokens: o.promptTokens,
       new_tokens: o.newTokens,
       repeat: o.repeat,
@@ -219,7 +225,7 @@ async function profileDecodeStep(model: Model, B: number, promptTokens: number, 
 export function formatBench(r: BenchReport): string {
   const a = r.adapter as { description?: string; vendor?: string };
   const lines = [
-    `model ${r.model} (${r.dtype}), adapter: ${a.description || a.vendor}; prompt ${r.prompt_tokens} tokens, ${r.new_tokens} new, ${r.repeat} runs; host waits: ${r.host_wait}; layer norm fused: ${r.fuse_ln ? 'yes' : 'no'}`,
+    `model ${r.model} (${r.dtype}), adapter: ${a.description || a.vendor}; prompt ${r.prompt_tokens} tokens, ${r.new_tokens} new, ${r.repeat} runs; host waits: ${r.host_wait}; layer norm fused: ${r.fuse_ln ? 'yes' : 'no'}; GPU GEMV K split: ${r.gemv_reduce}`,
     `load ${r.load.load_ms.toFixed(0)} ms (pipelines ${r.load.pipelines_ms.toFixed(0)} ms, upload ${r.load.upload_ms.toFixed(0)} ms, ${(r.load.weight_bytes / 1e6).toFixed(0)} MB of weights)`,
     '',
     'batch  first-token ms  decode ms/token (median / p90)  tokens/s  readback B/token  dispatches/step  submits/step',

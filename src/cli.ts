@@ -246,7 +246,7 @@ const commands: Record<string, Command> = {
   },
   bench: {
     summary: 'benchmark load, prefill and decode (per batch size), with per-kernel GPU times',
-    usage: 'gpt2-webgpu bench [--model random:gpt2] [--batch 1,4,16,64] [--prompt-tokens P] [--new-tokens N] [--repeat R] [--f16] [--wait auto|sleep|spin] [--fuse-ln auto|on|off] [--json]',
+    usage: 'gpt2-webgpu bench [--model random:gpt2] [--batch 1,4,16,64] [--prompt-tokens P] [--new-tokens N] [--repeat R] [--f16] [--wait auto|sleep|spin] [--fuse-ln auto|on|off] [--gemv-reduce auto|split|workgroup] [--json]',
     flags: {
       ...MODEL_FLAGS,
       model: { ...MODEL_FLAGS.model!, default: 'random:gpt2' },
@@ -257,6 +257,7 @@ const commands: Record<string, Command> = {
       'no-profile': { type: 'boolean', default: false, help: 'skip the per-kernel timestamp profile' },
       wait: { type: 'string', default: 'auto', help: 'how the host thread waits for the GPU: sleep (in 2 ms slices), spin (dawn.node polling), auto (sleep on CPU adapters)' },
       'fuse-ln': { type: 'string', default: 'auto', help: 'layer norm in the GPU GEMV prologue (gemv_kn_ln): on, off, auto (on GPUs)' },
+      'gemv-reduce': { type: 'string', default: 'auto', help: 'how the GPU decode GEMV splits K: split (slices over workgroups + a reduce dispatch), workgroup (inside each workgroup, one dispatch), auto (split)' },
       ...JSON_FLAG,
     },
     async run(v) {
@@ -265,6 +266,8 @@ const commands: Record<string, Command> = {
       if (!Object.hasOwn(waits, String(v.wait))) throw new UsageError(`--wait must be auto, sleep or spin, got "${String(v.wait)}"`);
       const fuses = { auto: undefined, on: true, off: false } as const;
       if (!Object.hasOwn(fuses, String(v['fuse-ln']))) throw new UsageError(`--fuse-ln must be auto, on or off, got "${String(v['fuse-ln'])}"`);
+      const reduces = { auto: undefined, split: 'split', workgroup: 'workgroup' } as const;
+      if (!Object.hasOwn(reduces, String(v['gemv-reduce']))) throw new UsageError(`--gemv-reduce must be auto, split or workgroup, got "${String(v['gemv-reduce'])}"`);
       const engine = await createEngine({ yieldWhileWaiting: waits[String(v.wait) as keyof typeof waits] });
       try {
         const report = await runBench(engine, {
@@ -276,6 +279,7 @@ const commands: Record<string, Command> = {
           repeat: num(v.repeat, 'repeat', { int: true, min: 1 }),
           profile: !v['no-profile'],
           fuseLn: fuses[String(v['fuse-ln']) as keyof typeof fuses],
+          gemvReduce: reduces[String(v['gemv-reduce']) as keyof typeof reduces],
           onProgress: v.json ? undefined : progress(),
         });
         console.log(v.json ? JSON.stringify(report) : formatBench(report));

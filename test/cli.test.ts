@@ -120,19 +120,24 @@ test('bench --json smoke run has every field', () => {
   // lavapipe is a CPU adapter: the default wait sleeps in slices, layer norms stay dispatches.
   assert.is(j.host_wait, 'sleep');
   assert.is(j.fuse_ln, false);
+  assert.is(j.gemv_reduce, 'split');
 });
 
-test('bench --wait spin and --fuse-ln on are reported; a bad --wait or --fuse-ln is a usage error', () => {
-  const r = cli('bench', '--model', tinyDir(), '--prompt-tokens', '4', '--new-tokens', '2', '--repeat', '1', '--no-profile', '--wait', 'spin', '--fuse-ln', 'on', '--json');
+test('bench --wait spin, --fuse-ln on and --gemv-reduce workgroup are reported; a bad --wait, --fuse-ln or --gemv-reduce is a usage error', () => {
+  const r = cli('bench', '--model', tinyDir(), '--prompt-tokens', '4', '--new-tokens', '2', '--repeat', '1', '--no-profile', '--wait', 'spin', '--fuse-ln', 'on', '--gemv-reduce', 'workgroup', '--json');
   assert.is(r.code, 0, r.err);
   assert.is(JSON.parse(r.out).host_wait, 'spin');
   assert.is(JSON.parse(r.out).fuse_ln, true);
+  assert.is(JSON.parse(r.out).gemv_reduce, 'workgroup');
   const bad = cli('bench', '--model', tinyDir(), '--wait', 'nap');
   assert.is(bad.code, 2);
   assert.match(bad.err, /--wait must be auto, sleep or spin, got "nap"/);
   const badLn = cli('bench', '--model', tinyDir(), '--fuse-ln', 'yes');
   assert.is(badLn.code, 2);
   assert.match(badLn.err, /--fuse-ln must be auto, on or off, got "yes"/);
+  const badRed = cli('bench', '--model', tinyDir(), '--gemv-reduce', 'atomic');
+  assert.is(badRed.code, 2);
+  assert.match(badRed.err, /--gemv-reduce must be auto, split or workgroup, got "atomic"/);
 });
 
 test('bench profiles a batch whose full-window cache would not fit one binding (sized like the run)', () => {

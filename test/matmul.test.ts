@@ -30,12 +30,13 @@ const TOL = { rel: 1e-5, atol: 2e-5, rtol: 1e-4 };
  * the CPU default, at M > 1 for blocks of 4 or 3 rows of x); test all of them whatever the adapter.
  */
 async function kernelsFor(ctx: GpuContext, layout: WeightLayout): Promise<MatmulKernel[]> {
-  // 'kn': gemv_kn (the GPU default) and, with aligned rows, gemv_kn_cols (the CPU default; also
+  // 'kn': gemv_kn (the GPU default), gemv_kn_red (K split inside the workgroup) and, with aligned rows, gemv_kn_cols (the CPU default; also
   // with other words and rows per thread, 3 f32 / 1 f16 words, 3 rows at M > 1, so the word and row
   // loops are not only powers of two and M is not a multiple of the rows per thread)
   if (layout === 'kn') {
     return [
       await MatmulKernel.create(ctx, { knCols: false }),
+      await MatmulKernel.create(ctx, { knCols: false, gemvReduce: 'workgroup' }),
       await MatmulKernel.create(ctx, { knCols: true }),
       await MatmulKernel.create(ctx, { knCols: true, knWords: { f32: 3, f16: 1 }, knBlock: { rows: 3, f32: 3, f16: 1 } }),
     ];
@@ -60,12 +61,13 @@ function nkGroups(k: MatmulKernel, M: number, n: number): [number, number] {
 
 /**
  * Workgroups along x and z of a 'kn' GEMV over M rows and n columns, per variant (to check which
- * one ran): gemv_kn 64 threads of 1 word, blocks of 8 rows; gemv_kn_cols 8 threads of knWords
+ * one ran): gemv_kn 64 threads of 1 word, blocks of 8 rows; gemv_kn_red 4 column threads of 1 word
+ * (x 64 K groups), blocks of 8 rows; gemv_kn_cols 8 threads of knWords
  * words (M = 1) or of knBlock words for blocks of knBlock.rows rows (M > 1).
  */
 function knGroups(k: MatmulKernel, M: number, n: number, dtype: 'f32' | 'f16'): [number, number] {
   const words = Math.ceil(n / (dtype === 'f16' ? 8 : 4)); // 16-byte words per W row
-  if (!k.knCols) return [Math.ceil(words / 64), Math.ceil(M / 8)];
+  if (!k.knCols) return [Math.ceil(words / (k.gemvReduce === 'workgroup' ? 4 : 64)), Math.ceil(M / 8)];
   if (M === 1) return [Math.ceil(Math.ceil(words / k.knWords[dtype]) / 8), 1];
   return [Math.ceil(Math.ceil(words / k.knBlock[dtype]) / 8), Math.ceil(M / k.knBlock.rows)];
 }
@@ -181,7 +183,7 @@ for (const c of [
             assert.equal([ds[0]!.workgroups[0], ds[0]!.workgroups[2]], [gx, gz], 'variant');
           }
           await run(ctx, ds);
-          allClose(await download(ctx, out), ref, TOL, `${name(c)} (${variant ?? 'auto'}, nk lanes ${k.lpr} rows ${k.nkRows} ${k.nkBlockRows}, kn cols ${k.knCols} ${k.knWords[c.dtype]}/${k.knBlock.rows}x${k.knBlock[c.dtype]})`);
+          allClose(await download(ctx, out), ref, TOL, `${name(c)} (${variant ?? 'auto'}, nk lanes ${k.lpr} rows ${k.nkRows} ${k.nkBlockRows}, kn cols ${k.knCols} ${k.knWords[c.dtype]}/${k.knBlock.rows}x${k.knBlock[c.dtype]} reduce ${k.gemvReduce})`);
         }
       }
     }));
@@ -256,13 +258,20 @@ test('paneled weights: kernel defaults, and every path that cannot read panels r
     assert.throws(() => cols.bind(owned, { x, w: short, layout: 'kn', out: poisoned(owned, [1, 100]) }), (e: Error) => e instanceof ShapeError && /needs 32768 bytes/.test(e.message));
   }));
 
-test('split-K is chosen for a narrow decode GEMV and not for a wide one; variant choice by M', () =>
+test('split-K is chosen for a narrow decode GEMV and not for a wide one (gemvReduce workgroup: never); variant choice by M', () =>
   withDevice(async ({ ctx, owned }) => {
     const k = await MatmulKernel.create(ctx, { knCols: false }); // gemv_kn_cols never splits by default
     const x = poisoned(owned, [1, 768]);
     const narrow = k.bind(owned, { x, w: poisoned(owned, [768, 768]), layout: 'kn', out: poisoned(owned, [1, 768]) });
     assert.is(narrow.length, 2);
     assert.ok(narrow[0]!.workgroups[1] > 1, `K slices ${narrow[0]!.workgroups[1]}`);
+    // gemv_kn_red splits K inside its workgroups: one dispatch, one K slice; an asked-for split still reduces
+    const kr = await MatmulKernel.create(ctx, { knCols: false, gemvReduce: 'workgroup' });
+    assert.is(k.gemvReduce, 'split', 'default');
+    const one = kr.bind(owned, { x, w: poisoned(owned, [768, 768]), layout: 'kn', out: poisoned(owned, [1, 768]) });
+    assert.equal([one.length, one[0]!.workgroups], [1, [768 / 16, 1, 1]]);
+    assert.is(kr.bind(owned, { x, w: poisoned(owned, [768, 768]), layout: 'kn', out: poisoned(owned, [1, 768]), splitK: 3 }).length, 2);
+    await rejects(() => MatmulKernel.create(ctx, { gemvReduce: 'atomic' as never }), (e) => e instanceof InvalidOptionError && /gemvReduce must be 'split' or 'workgroup', got "atomic"/.test(e.message));
     const k32 = await MatmulKernel.create(ctx, { nkLanesPerRow: 32 }); // 2048 rows x 32 lanes: enough threads
     const wide = k32.bind(owned, { x, w: poisoned(owned, [2048, 768]), layout: 'nk', out: poisoned(owned, [1, 2048]) });
     assert.is(wide.length, 1);
@@ -476,10 +485,14 @@ test('ln prologue: LN(x) @ W matches float64 in every variant, fused in gemv_kn_
     const cols = await MatmulKernel.create(ctx, { knCols: true, knPanel: 0, fuseLn: true });
     const paneled = await MatmulKernel.create(ctx, { knCols: true, knPanel: 64 });
     const unfused = await MatmulKernel.create(ctx, { knCols: false, fuseLn: false });
+    const red = await MatmulKernel.create(ctx, { knCols: false, gemvMaxM: 4, fuseLn: true, gemvReduce: 'workgroup' });
+    const redUnfused = await MatmulKernel.create(ctx, { knCols: false, fuseLn: false, gemvReduce: 'workgroup' });
     const runs: Array<[string, MatmulKernel, number, { splitK?: number; panel?: boolean }, boolean]> = [
       ['gemv_kn', kn, 1, {}, true], ['gemv_kn split K', kn, 3, { splitK: 3 }, true], ['gemv_kn M 4', kn, 4, {}, true],
       ['gemm', kn, 6, {}, false], ['gemv_kn_cols', cols, 1, {}, false], ['gemv_kn_cols block', cols, 6, {}, false],
       ['paneled', paneled, 2, { panel: true }, false], ['fuseLn false', unfused, 2, {}, false],
+      ['gemv_kn_red', red, 1, {}, true], ['gemv_kn_red M 4', red, 4, {}, true], ['gemv_kn_red split K', red, 2, { splitK: 3 }, true],
+      ['gemv_kn_red fuseLn false', redUnfused, 3, {}, false],
     ];
     for (const dtype of ['f32', 'f16'] as const) {
       for (const [what, k, M, o, fused] of runs) {

@@ -89,14 +89,16 @@ for (const [ci, cfg] of CONFIGS.entries()) {
 // The kernel choices a GPU gets (gemv_kn with the fused layer norm for M <= 8, the tiled GEMM
 // with a layernorm dispatch past it, the 32-lane 'nk' LM head, plain row-major weights), forced on
 // whatever adapter runs the tests, against the float64 forward: 7 tokens take the GEMVs, 13 the GEMM.
+// Also with gemvReduce 'workgroup' (the decode GEMVs then split K inside their workgroups).
 const GPU_CHOICES = { knCols: false, nkRows: false, nkLanesPerRow: 32, knPanel: 0, fuseLn: true, gemvMaxM: 8 };
-for (const [ci, cfg] of [CONFIGS[1]!, CONFIGS[3]!].entries()) {
-  test(`GPU kernel choices, random config (C ${cfg.n_embd}, H ${cfg.n_head}, L ${cfg.n_layer}) match the float64 forward at 7 and 13 tokens`, async () => {
+for (const [ci, cfg, gemvReduce] of [[0, CONFIGS[1]!, 'split'], [1, CONFIGS[3]!, 'split'], [1, CONFIGS[3]!, 'workgroup']] as const) {
+  test(`GPU kernel choices (gemvReduce ${gemvReduce}), random config (C ${cfg.n_embd}, H ${cfg.n_head}, L ${cfg.n_layer}) match the float64 forward at 7 and 13 tokens`, async () => {
     const ckpt = randomCheckpoint(cfg, 200 + ci);
     const tensors = await loadTensors(ckpt);
-    const model = await (await engine()).loadModel(ckpt, { matmul: GPU_CHOICES });
+    const model = await (await engine()).loadModel(ckpt, { matmul: { ...GPU_CHOICES, gemvReduce } });
     try {
       assert.is(model.kernels.matmul.fuseLn, true);
+      assert.is(model.kernels.matmul.gemvReduce, gemvReduce);
       for (const T of [7, 13]) {
         const ids = Array.from({ length: T }, (_, i) => (i * 41 + ci) % cfg.vocab_size);
         const got = await model.logits(ids, { allPositions: true });

@@ -98,6 +98,9 @@ const KNACC_MAX = 16;
  */
 const KN_PANEL_CPU = 256;
 const WG_REDUCE = 256;
+/** gemv_kn_red: threads per workgroup, and K groups among them (WG_RED / KG_RED = 4 column threads, 64 bytes of each row). */
+const WG_RED = 256;
+const KG_RED = 64;
 /** GEMM tile: TX x TY threads, each a 4 x 4 block -> 64 x 64 outputs; BK deep (8 KiB of tiles). */
 const GEMM = { TX: 16, TY: 16, BK: 16, TM: 4, TN: 4 };
 /**
@@ -116,11 +119,12 @@ const F_LN = 16;
 // GPUBufferUsage.STORAGE (a literal: in Node the GPU globals exist only once a device is requested).
 const STORAGE = 0x80;
 
-type Entry = 'gemv_kn' | 'gemv_kn_ln' | 'gemv_kn_cols' | 'gemv_nk' | 'gemv_nk_rows' | 'gemm' | 'reduce';
+type Entry = 'gemv_kn' | 'gemv_kn_ln' | 'gemv_kn_red' | 'gemv_kn_cols' | 'gemv_nk' | 'gemv_nk_rows' | 'gemm' | 'reduce';
 /** Bindings each entry point uses (layout 'auto' holds only these). */
 const USES: Record<Entry, number[]> = {
   gemv_kn: [0, 1, 3, 4, 5, 6, 7, 8], // 7, 8: unread without F_LN, but its body (shared with gemv_kn_ln) names them
   gemv_kn_ln: [0, 1, 3, 4, 5, 6, 7, 8],
+  gemv_kn_red: [0, 1, 3, 4, 5, 6, 7, 8],
   gemv_kn_cols: [0, 1, 4, 5, 6],
   gemv_nk: [0, 1, 2, 3, 4, 5, 6],
   gemv_nk_rows: [0, 2, 4, 5, 6],
@@ -192,6 +196,16 @@ export interface MatmulOptions {
    * adapters (there the prologue measured 1.1-1.25x slower at M = 1 than the dispatch it saves).
    */
   fuseLn?: boolean;
+  /**
+   * How the GPU 'kn' GEMV (`gemv_kn`, not `gemv_kn_cols`) splits K when the output is too narrow
+   * to keep a large GPU busy: 'split' spreads K slices over workgroups and sums their partials in a
+   * second `reduce` dispatch (two dispatches per linear layer); 'workgroup' (`gemv_kn_red`) spreads
+   * K over 64 groups of each 256-thread workgroup and sums them in workgroup memory (one dispatch,
+   * log2 64 barriers, 16 f32 / 32 f16 columns per workgroup). Default 'split'. Which is faster is a
+   * question for each GPU (`bench --gemv-reduce`); the pipelines of 'workgroup' are built only
+   * when it is chosen.
+   */
+  gemvReduce?: 'split' | 'workgroup';
   /** The layernorm kernel for `ln` where it is not fused (a model shares its own); default: one of its own. */
   layernorm?: LayerNormKernel;
 }
@@ -219,6 +233,8 @@ export class MatmulKernel {
     readonly knPanel: number,
     /** Whether gemv_kn fuses MatmulArgs.ln (MatmulOptions.fuseLn). */
     readonly fuseLn: boolean,
+    /** How gemv_kn splits K (MatmulOptions.gemvReduce). */
+    readonly gemvReduce: 'split' | 'workgroup',
     private readonly layernorm: LayerNormKernel,
   ) {}
 
@@ -246,6 +262,10 @@ export class MatmulKernel {
     if (!(Number.isInteger(knPanel) && knPanel >= 0) || (knPanel > 0 && colsPerThread.some((c) => knPanel % c !== 0))) {
       throw new InvalidOptionError(`MatmulKernel: knPanel must be 0 or a multiple of every gemv_kn_cols thread's columns (${[...new Set(colsPerThread)].join(', ')}), got ${knPanel}`);
     }
+    const gemvReduce = opts.gemvReduce ?? 'split';
+    if (gemvReduce !== 'split' && gemvReduce !== 'workgroup') {
+      throw new InvalidOptionError(`MatmulKernel: gemvReduce must be 'split' or 'workgroup', got ${JSON.stringify(gemvReduce)}`);
+    }
     const nkBlockRows = opts.nkBlockRows ?? NKM_DEFAULT;
     if (!okWords(nkBlockRows, 4)) throw new InvalidOptionError(`MatmulKernel: nkBlockRows must be an integer in [1, 4], got ${nkBlockRows}`);
     const LPR = opts.nkLanesPerRow ?? (cpu ? 1 : 32);
@@ -259,6 +279,7 @@ export class MatmulKernel {
       for (const vec of [0, 1]) {
         want.push([`gemv_kn:${f16}:${vec}`, 'gemv_kn', { W_F16: f16, VEC: vec, WG: WG_KN }]);
         want.push([`gemv_kn_ln:${f16}:${vec}`, 'gemv_kn_ln', { W_F16: f16, VEC: vec, WG: WG_KN }]);
+        if (gemvReduce === 'workgroup') want.push([`gemv_kn_red:${f16}:${vec}`, 'gemv_kn_red', { W_F16: f16, VEC: vec, WG: WG_RED, KG: KG_RED }]);
         want.push([`gemv_nk:${f16}:${vec}`, 'gemv_nk', { W_F16: f16, VEC: vec, WG: WG_NK, LPR }]);
       }
       want.push([`gemv_nk_rows:${f16}:1`, 'gemv_nk_rows', { W_F16: f16, VEC: 1, WG: WG_NKR, NKM: 1 }]);
@@ -281,7 +302,7 @@ export class MatmulKernel {
       ? { kn: opts.gemvMaxM, nk: opts.gemvMaxM }
       : { kn: cpu ? Infinity : GEMV_MAX_M, nk: cpu ? Infinity : GEMV_MAX_M };
     return new MatmulKernel(ctx, new Map(want.map(([key], i) => [key, built[i]!])), LPR, WG_NK, gemvMax, opts.nkRows ?? cpu,
-      knCols, knWords, knBlock, nkBlockRows, knPanel, opts.fuseLn ?? !cpu, layernorm);
+      knCols, knWords, knBlock, nkBlockRows, knPanel, opts.fuseLn ?? !cpu, gemvReduce, layernorm);
   }
 
   bind(owner: Owned, a: MatmulArgs, label = 'matmul'): Dispatch[] {
@@ -410,7 +431,8 @@ export class MatmulKernel {
     // gemv_kn fuses `ln` through its own entry point (whose barriers would slow the plain one on lavapipe).
     const fused = a.ln !== undefined && this.fuseLn && layout === 'kn' && !cols;
     if (a.ln && !fused) return this.lnFirst(owner, a, label);
-    const entry: Entry = layout === 'kn' ? (cols ? 'gemv_kn_cols' : fused ? 'gemv_kn_ln' : 'gemv_kn') : rows ? 'gemv_nk_rows' : 'gemv_nk';
+    const red = layout === 'kn' && !cols && this.gemvReduce === 'workgroup';
+    const entry: Entry = layout === 'kn' ? (cols ? 'gemv_kn_cols' : red ? 'gemv_kn_red' : fused ? 'gemv_kn_ln' : 'gemv_kn') : rows ? 'gemv_nk_rows' : 'gemv_nk';
     const pipeline = this.pipelines.get(`${entry}:${f16}:${vec ? 1 : 0}${block ? ':block' : ''}`)!;
     // A paneled W: only gemv_kn_cols reads panels, a whole number of threads per panel.
     if (panel !== undefined) {
@@ -430,8 +452,8 @@ export class MatmulKernel {
     if (a.splitK !== undefined) {
       if (!Number.isInteger(a.splitK) || a.splitK < 1) throw new ShapeError(`${label}: splitK must be an integer >= 1, got ${a.splitK}`);
       S = a.splitK;
-    } else if (rows || cols) {
-      S = 1; // CPU-adapter variants: their threads already outnumber the cores
+    } else if (rows || cols || red) {
+      S = 1; // CPU-adapter variants: their threads already outnumber the cores; gemv_kn_red splits K inside its workgroups
     } else {
       S = threads >= TARGET_THREADS ? 1 : Math.min(Math.ceil(TARGET_THREADS / threads), Math.floor(K / MIN_KSLICE));
       // The partials [S, M, N] must fit one binding.
@@ -456,6 +478,7 @@ export class MatmulKernel {
       const fl = (S > 1 ? F_PARTIAL : flags) | (a.ln ? F_LN : 0);
       const params = owner.uniform(`${label}.params${i}`, [M, n, K, wpr, N, nOff, kslice, fl, pw, f32bits(a.ln?.eps ?? 0)]);
       const gx = cols ? Math.ceil(Math.ceil(n / per / knv) / WG_KNC)
+        : red ? Math.ceil(Math.ceil(n / per) / (WG_RED / KG_RED))
         : layout === 'kn' ? Math.ceil(Math.ceil(n / per) / WG_KN)
         : rows ? Math.ceil(Math.ceil(n / NKR) / WG_NKR) : Math.ceil(n / (this.wgNk / this.lpr));
       const bg = this.bindGroup(owner, entry, pipeline, label, { 0: params, 1: a.x, 2: a.x, 3: wp, 4: wp, 5: biasT, 6: dst, 7: a.ln?.gamma ?? a.x, 8: a.ln?.beta ?? a.x });
