@@ -14,8 +14,8 @@ const TARGETS = {
   'gpt2-f32:64': '>= 20000 tokens/s',
   'gpt2-prefill-1024:1': 'prefill <= 10 ms',
   'gpt2-xl-f16:1': 'decode <= 6 ms/token',
-  'gpt2-f32-wgred:1': 'decode <= 1.0 ms/token',
-  'gpt2-xl-f16-wgred:1': 'decode <= 6 ms/token',
+  'gpt2-f32-split:1': 'decode <= 1.0 ms/token',
+  'gpt2-xl-f16-split:1': 'decode <= 6 ms/token',
 };
 const fmt = (v, d) => (typeof v === 'number' ? v.toFixed(d) : '-');
 const info = existsSync(join(dir, 'info.json')) ? readFileSync(join(dir, 'info.json'), 'utf8') : '';

@@ -19,7 +19,7 @@ export interface BenchOptions {
   profile: boolean;
   /** MatmulOptions.fuseLn (layer norm in gemv_kn's prologue); default: the adapter's choice. */
   fuseLn?: boolean;
-  /** MatmulOptions.gemvReduce (how the GPU 'kn' GEMV splits K); default 'split'. */
+  /** MatmulOptions.gemvReduce (how the GPU 'kn' GEMV splits K); default: the adapter's choice. */
   gemvReduce?: 'split' | 'workgroup';
   onProgress?: (p: LoadProgress) => void;
 }

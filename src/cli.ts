@@ -257,7 +257,7 @@ const commands: Record<string, Command> = {
       'no-profile': { type: 'boolean', default: false, help: 'skip the per-kernel timestamp profile' },
       wait: { type: 'string', default: 'auto', help: 'how the host thread waits for the GPU: sleep (in 2 ms slices), spin (dawn.node polling), auto (sleep on CPU adapters)' },
       'fuse-ln': { type: 'string', default: 'auto', help: 'layer norm in the GPU GEMV prologue (gemv_kn_ln): on, off, auto (on GPUs)' },
-      'gemv-reduce': { type: 'string', default: 'auto', help: 'how the GPU decode GEMV splits K: split (slices over workgroups + a reduce dispatch), workgroup (inside each workgroup, one dispatch), auto (split)' },
+      'gemv-reduce': { type: 'string', default: 'auto', help: 'how the GPU decode GEMV splits K: split (slices over workgroups + a reduce dispatch), workgroup (inside each workgroup, one dispatch), auto (workgroup on GPUs)' },
       ...JSON_FLAG,
     },
     async run(v) {

@@ -117,7 +117,7 @@ test('bench --json smoke run has every field', () => {
     assert.ok(Array.isArray(x.kernels) || typeof x.kernels_note === 'string');
   }
   assert.ok(j.adapter);
-  // lavapipe is a CPU adapter: the default wait sleeps in slices, layer norms stay dispatches.
+  // lavapipe is a CPU adapter: the default wait sleeps in slices, layer norms stay dispatches, the (unused) GPU GEMV would split K over workgroups.
   assert.is(j.host_wait, 'sleep');
   assert.is(j.fuse_ln, false);
   assert.is(j.gemv_reduce, 'split');

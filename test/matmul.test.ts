@@ -35,7 +35,7 @@ async function kernelsFor(ctx: GpuContext, layout: WeightLayout): Promise<Matmul
   // loops are not only powers of two and M is not a multiple of the rows per thread)
   if (layout === 'kn') {
     return [
-      await MatmulKernel.create(ctx, { knCols: false }),
+      await MatmulKernel.create(ctx, { knCols: false, gemvReduce: 'split' }),
       await MatmulKernel.create(ctx, { knCols: false, gemvReduce: 'workgroup' }),
       await MatmulKernel.create(ctx, { knCols: true }),
       await MatmulKernel.create(ctx, { knCols: true, knWords: { f32: 3, f16: 1 }, knBlock: { rows: 3, f32: 3, f16: 1 } }),
@@ -260,14 +260,14 @@ test('paneled weights: kernel defaults, and every path that cannot read panels r
 
 test('split-K is chosen for a narrow decode GEMV and not for a wide one (gemvReduce workgroup: never); variant choice by M', () =>
   withDevice(async ({ ctx, owned }) => {
-    const k = await MatmulKernel.create(ctx, { knCols: false }); // gemv_kn_cols never splits by default
+    const k = await MatmulKernel.create(ctx, { knCols: false, gemvReduce: 'split' }); // gemv_kn_cols never splits by default
     const x = poisoned(owned, [1, 768]);
     const narrow = k.bind(owned, { x, w: poisoned(owned, [768, 768]), layout: 'kn', out: poisoned(owned, [1, 768]) });
     assert.is(narrow.length, 2);
     assert.ok(narrow[0]!.workgroups[1] > 1, `K slices ${narrow[0]!.workgroups[1]}`);
     // gemv_kn_red splits K inside its workgroups: one dispatch, one K slice; an asked-for split still reduces
     const kr = await MatmulKernel.create(ctx, { knCols: false, gemvReduce: 'workgroup' });
-    assert.is(k.gemvReduce, 'split', 'default');
+    assert.is((await MatmulKernel.create(ctx)).gemvReduce, ctx.isCpuAdapter ? 'split' : 'workgroup', 'default');
     const one = kr.bind(owned, { x, w: poisoned(owned, [768, 768]), layout: 'kn', out: poisoned(owned, [1, 768]) });
     assert.equal([one.length, one[0]!.workgroups], [1, [768 / 16, 1, 1]]);
     assert.is(kr.bind(owned, { x, w: poisoned(owned, [768, 768]), layout: 'kn', out: poisoned(owned, [1, 768]), splitK: 3 }).length, 2);
@@ -481,10 +481,10 @@ test('ln prologue: LN(x) @ W matches float64 in every variant, fused in gemv_kn_
     const N = 200;
     const eps = 0.05; // large enough that a wrong use of it shows
     assert.is((await MatmulKernel.create(ctx)).fuseLn, !ctx.isCpuAdapter, 'fused by default on GPUs only');
-    const kn = await MatmulKernel.create(ctx, { knCols: false, gemvMaxM: 4, fuseLn: true });
+    const kn = await MatmulKernel.create(ctx, { knCols: false, gemvMaxM: 4, fuseLn: true, gemvReduce: 'split' });
     const cols = await MatmulKernel.create(ctx, { knCols: true, knPanel: 0, fuseLn: true });
     const paneled = await MatmulKernel.create(ctx, { knCols: true, knPanel: 64 });
-    const unfused = await MatmulKernel.create(ctx, { knCols: false, fuseLn: false });
+    const unfused = await MatmulKernel.create(ctx, { knCols: false, fuseLn: false, gemvReduce: 'split' });
     const red = await MatmulKernel.create(ctx, { knCols: false, gemvMaxM: 4, fuseLn: true, gemvReduce: 'workgroup' });
     const redUnfused = await MatmulKernel.create(ctx, { knCols: false, fuseLn: false, gemvReduce: 'workgroup' });
     const runs: Array<[string, MatmulKernel, number, { splitK?: number; panel?: boolean }, boolean]> = [

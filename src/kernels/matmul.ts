@@ -201,9 +201,13 @@ export interface MatmulOptions {
    * to keep a large GPU busy: 'split' spreads K slices over workgroups and sums their partials in a
    * second `reduce` dispatch (two dispatches per linear layer); 'workgroup' (`gemv_kn_red`) spreads
    * K over 64 groups of each 256-thread workgroup and sums them in workgroup memory (one dispatch,
-   * log2 64 barriers, 16 f32 / 32 f16 columns per workgroup). Default 'split'. Which is faster is a
-   * question for each GPU (`bench --gemv-reduce`); the pipelines of 'workgroup' are built only
-   * when it is chosen.
+   * log2 64 barriers, 16 f32 / 32 f16 columns per workgroup). Default: 'workgroup' on GPUs,
+   * 'split' on CPU adapters (whose 'kn' GEMV is gemv_kn_cols, unsplit; there barriers turn a
+   * shader into coroutines). Why 'workgroup' on GPUs, reasoned, not yet measured on one: for every
+   * gpt2 / gpt2-xl decode GEMV it has more threads in flight (gpt2 c_proj: 12288 against 2304)
+   * and shorter serial K walks per thread (12-48 rows against 64) than the split, and 48 fewer
+   * dispatches per gpt2 step (~5 us each on an H100); `bench --gemv-reduce split` compares. The
+   * pipelines of 'workgroup' are built only when it is chosen.
    */
   gemvReduce?: 'split' | 'workgroup';
   /** The layernorm kernel for `ln` where it is not fused (a model shares its own); default: one of its own. */
@@ -262,7 +266,7 @@ export class MatmulKernel {
     if (!(Number.isInteger(knPanel) && knPanel >= 0) || (knPanel > 0 && colsPerThread.some((c) => knPanel % c !== 0))) {
       throw new InvalidOptionError(`MatmulKernel: knPanel must be 0 or a multiple of every gemv_kn_cols thread's columns (${[...new Set(colsPerThread)].join(', ')}), got ${knPanel}`);
     }
-    const gemvReduce = opts.gemvReduce ?? 'split';
+    const gemvReduce = opts.gemvReduce ?? (cpu ? 'split' : 'workgroup');
     if (gemvReduce !== 'split' && gemvReduce !== 'workgroup') {
       throw new InvalidOptionError(`MatmulKernel: gemvReduce must be 'split' or 'workgroup', got ${JSON.stringify(gemvReduce)}`);
     }
