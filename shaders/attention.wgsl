@@ -1,6 +1,11 @@
 // Causal multi-head attention over the KV cache, for prefill and decode alike.
-//   qkv [T, 3C] f32: q = cols [0, C) (k and v of this step were already copied to the cache by
-//     kv_write); head h uses cols [h*D, (h+1)*D), D = C / n_head.
+//   qkv [T, 3C] f32: q = cols [0, C), head h uses cols [h*D, (h+1)*D), D = C / n_head. The keys
+//     and values of this step, cols [C, 2C) and [2C, 3C), are in the cache already (kv_write ran
+//     first), or, with write_kv = 1 (decode: every token of the step in a row of its own), main /
+//     main_vec4 copy them there themselves: the workgroup of (token t, head h) writes head h's
+//     slice of t's key and value to t's slot, then a storageBarrier, then attends. No other
+//     workgroup reads that slice of that row (each reads its own token's row and head), so no
+//     cross-workgroup ordering is needed, and the step saves its kv_write dispatch.
 //   k_cache, v_cache [rows, cap, C] f32: position p of row r lives at slot p % cap.
 //   meta [T, 2] u32: query t belongs to row r_t at absolute position p_t.
 //   out [T, C] f32: out[t, h*D + d] = sum_j softmax_j(q.k_j / sqrt(D)) v_j[d] over the n = min(p_t + 1,
@@ -47,13 +52,14 @@ struct Params {
   groups_x: u32,  // workgroups along dispatch x (workgroup index = wg.y * groups_x + wg.x)
   nan_bits: u32,  // 0x7fc00000: NaN cannot be written as a WGSL constant
   tiled_skip: u32,  // 1: main_vec4 skips tokens whose tile tiled_vec4 handles (see below)
+  write_kv: u32,    // 1: main / main_vec4 copy the token's k, v (head h) to its cache slot first
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> qkv: array<f32>;         // [T, 3C]
 @group(0) @binding(2) var<storage, read> tok_meta: array<u32>;    // [T, 2] (row, pos)
-@group(0) @binding(3) var<storage, read> k_cache: array<f32>;     // [rows, cap, C]
-@group(0) @binding(4) var<storage, read> v_cache: array<f32>;     // [rows, cap, C]
+@group(0) @binding(3) var<storage, read_write> k_cache: array<f32>;  // [rows, cap, C] (written only with write_kv)
+@group(0) @binding(4) var<storage, read_write> v_cache: array<f32>;  // [rows, cap, C]
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;   // [T, C]
 
 var<workgroup> qs: array<f32, MAX_D>;  // q * scale, [D]
@@ -82,6 +88,14 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
   let head_base = row * p.cap * C + h * D;  // + slot * C + d
 
   for (var d = lid; d < D; d += WG) { qs[d] = qkv[t * 3u * C + h * D + d] * p.scale; }
+  if (p.write_kv == 1u && valid) {
+    let dst = head_base + (pos % p.cap) * C;
+    for (var d = lid; d < D; d += WG) {
+      k_cache[dst + d] = qkv[t * 3u * C + C + h * D + d];
+      v_cache[dst + d] = qkv[t * 3u * C + 2u * C + h * D + d];
+    }
+  }
+  storageBarrier();  // the writes above before the key loop reads them
   let parts = max(1u, WG / D);
   let entries = parts * D;  // acc entries in use: <= WG when D <= WG, else D
   for (var e = lid; e < entries; e += WG) { acc[e] = 0.0; }
@@ -155,8 +169,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
 // a lane owns 4 output dimensions: parts = WG / (D / 4) groups (16 lanes each for D = 64).
 
 @group(0) @binding(1) var<storage, read> qkv4: array<vec4<f32>>;        // [T, 3C / 4]
-@group(0) @binding(3) var<storage, read> k4: array<vec4<f32>>;          // [rows, cap, C / 4]
-@group(0) @binding(4) var<storage, read> v4: array<vec4<f32>>;          // [rows, cap, C / 4]
+@group(0) @binding(3) var<storage, read_write> k4: array<vec4<f32>>;    // [rows, cap, C / 4]
+@group(0) @binding(4) var<storage, read_write> v4: array<vec4<f32>>;    // [rows, cap, C / 4]
 @group(0) @binding(5) var<storage, read_write> out4: array<vec4<f32>>;  // [T, C / 4]
 
 var<workgroup> qs4: array<vec4<f32>, 64>;   // q * scale, [D / 4]
@@ -184,6 +198,14 @@ fn attend_vec4(t: u32, h: u32, lid: u32) {
 
   workgroupBarrier();  // a previous call (tiled fallback) may still be reading qs4, acc4, lsum
   for (var d = lid; d < D4; d += WG) { qs4[d] = qkv4[t * 3u * C4 + h * D4 + d] * p.scale; }
+  if (p.write_kv == 1u && valid) {
+    let dst = head_base + (pos % p.cap) * C4;
+    for (var d = lid; d < D4; d += WG) {
+      k4[dst + d] = qkv4[t * 3u * C4 + C4 + h * D4 + d];
+      v4[dst + d] = qkv4[t * 3u * C4 + 2u * C4 + h * D4 + d];
+    }
+  }
+  storageBarrier();  // the writes above before the key loop reads them
   let parts = max(1u, WG / D4);
   let entries = parts * D4;
   for (var e = lid; e < entries; e += WG) { acc4[e] = vec4<f32>(0.0); }

@@ -5,7 +5,7 @@
  */
 import type { Engine, LoadProgress, Model } from './engine/engine.js';
 import { generationCapacity } from './engine/generate.js';
-import { ForwardPlan } from './engine/model.js';
+import { decodeMeta, ForwardPlan } from './engine/model.js';
 import { Owned, type Dispatch } from './kernels/common.js';
 import { validateSampling } from './sampling/options.js';
 
@@ -176,13 +176,11 @@ async function profileDecodeStep(model: Model, B: number, promptTokens: number, 
   // fills the window (--new-tokens 1).
   const cache = await model.createCache({ rows: B, capacity: generationCapacity(model.config, need, false) });
   const pos = Math.min(promptTokens, cache.window - 1);
-  const plan = new ForwardPlan(model, cache, B, B);
+  const plan = new ForwardPlan(model, cache, B, B, { decode: true });
   try {
     const sampling = validateSampling({ temperature: 1 }, model.config.vocab_size);
     const state = model.kernels.sampler.createState(owned, B, sampling, { seeds: Array.from({ length: B }, (_, i) => i), eosId: model.config.eos_token_id, stopAtEos: false });
-    const meta = new Uint32Array(2 * B);
-    for (let r = 0; r < B; r++) { meta[2 * r] = r; meta[2 * r + 1] = pos; }
-    plan.write({ ids: new Array(B).fill(1), meta, lastIdx: Uint32Array.from({ length: B }, (_, i) => i) });
+    plan.write({ ids: new Array(B).fill(1), meta: decodeMeta(new Array<number>(B).fill(pos)), lastIdx: Uint32Array.from({ length: B }, (_, i) => i) });
     const list: Dispatch[] = [...plan.dispatches, ...model.kernels.sampler.bind(owned, state, { logits: plan.logits, outIds: plan.ids })];
     const n = list.length;
     const qs = ctx.device.createQuerySet({ type: 'timestamp', count: 2 * n });

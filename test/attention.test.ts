@@ -22,9 +22,12 @@ interface Scenario {
  * Builds a step: random history for the prior positions written into NaN-filled caches at slot
  * pos % cap (later positions overwrite earlier ones, as the ring does), random qkv for the new
  * tokens; runs kv_write then attention; compares with the float64 reference over the logical
- * history. NaN in every unwritten slot makes any read outside a row's window show.
+ * history. NaN in every unwritten slot makes any read outside a row's window show. With writeKv
+ * (decode steps: one token per row) there is no kv_write: the attention kernel must put each
+ * token's k and v in its slot itself, and afterwards the caches must hold exactly the history
+ * plus those (nothing else written).
  */
-async function check(sc: Scenario, seed: number, variant: AttentionVariant): Promise<void> {
+async function check(sc: Scenario, seed: number, variant: AttentionVariant, writeKv = false): Promise<void> {
   await withDevice(async ({ ctx, owned }) => {
     const { C, nHead, cap } = sc;
     const rows = sc.prior.length;
@@ -62,11 +65,23 @@ async function check(sc: Scenario, seed: number, variant: AttentionVariant): Pro
     const kw = await KvWriteKernel.create(ctx);
     const at = await AttentionKernel.create(ctx);
     await run(ctx, [
-      kw.bind(owned, { qkv: qkvT, meta: metaT, kCache: kT, vCache: vT }),
-      ...at.bind(owned, { qkv: qkvT, meta: metaT, kCache: kT, vCache: vT, out, nHead, variant }),
+      ...(writeKv ? [] : [kw.bind(owned, { qkv: qkvT, meta: metaT, kCache: kT, vCache: vT })]),
+      ...at.bind(owned, { qkv: qkvT, meta: metaT, kCache: kT, vCache: vT, out, nHead, variant, writeKv }),
     ]);
     const ref = attention64(qkv, T, C, nHead, cap, rowOf, posOf, hist);
     allClose(await download(ctx, out), ref, { rel: 1e-5, atol: 2e-5, rtol: 1e-4 }, 'attention');
+    if (writeKv) {
+      for (let t = 0; t < T; t++) {
+        const at0 = (rowOf[t]! * cap + (posOf[t]! % cap)) * C;
+        kc.set(qkv.subarray(t * 3 * C + C, t * 3 * C + 2 * C), at0);
+        vc.set(qkv.subarray(t * 3 * C + 2 * C, t * 3 * C + 3 * C), at0);
+      }
+      for (const [what, t, want] of [['k', kT, kc], ['v', vT, vc]] as const) {
+        const got = await download(ctx, t);
+        const bad = got.findIndex((v, i) => !Object.is(v, want[i])); // NaN slots must stay NaN
+        assert.is(bad, -1, `${what} cache after the step: element ${bad} is ${got[bad]}, expected ${want[bad]}`);
+      }
+    }
   });
 }
 
@@ -95,6 +110,35 @@ for (const variant of ['query', 'scalar', 'tiled'] as const) {
     test(`attention (${variant}): ${name}`, () => check(sc, 100 + i, variant));
   });
 }
+
+// Decode steps (one token per row) with writeKv: the kernel writes the step's K/V itself.
+const DECODE_CASES: Array<[string, Scenario]> = [
+  ['decode, 3 rows of lengths 5, 130, 1, nHead 12, D 64 (C 768)', { C: 768, nHead: 12, cap: 160, prior: [4, 129, 0], step: [[0, 1], [1, 1], [2, 1]] }],
+  ['decode past the capacity (the ring window), 2 rows, rows given in reverse', { C: 32, nHead: 2, cap: 16, prior: [20, 16], step: [[1, 1], [0, 1]] }],
+  ['decode, D 3 (scalar kernel: D % 4 != 0), C 12, nHead 4', { C: 12, nHead: 4, cap: 300, prior: [270, 5], step: [[0, 1], [1, 1]] }],
+  ['decode, D 128 (> workgroup size), C 256, nHead 2, a row at position 0', { C: 256, nHead: 2, cap: 96, prior: [66, 0], step: [[0, 1], [1, 1]] }],
+];
+for (const variant of ['query', 'scalar'] as const) {
+  DECODE_CASES.forEach(([name, sc], i) => {
+    test(`attention (${variant}, writeKv): ${name}`, () => check(sc, 300 + i, variant, true));
+  });
+}
+
+test('attention writeKv: refused with the tiled kernel; qkv or meta sharing a buffer with a cache is refused', () =>
+  withDevice(async ({ ctx, owned }) => {
+    const at = await AttentionKernel.create(ctx);
+    const args = {
+      qkv: poisoned(owned, [2, 192]), meta: poisoned(owned, [2, 2], 'u32'),
+      kCache: poisoned(owned, [2, 8, 64]), vCache: poisoned(owned, [2, 8, 64]), out: poisoned(owned, [2, 64]), nHead: 1,
+    };
+    assert.equal(at.bind(owned, { ...args, writeKv: true }).length, 1);
+    assert.throws(() => at.bind(owned, { ...args, writeKv: true, variant: 'tiled' }), (e: Error) => e instanceof ShapeError && /writeKv .* not variant 'tiled'/.test(e.message));
+    const shared = poisoned(owned, [2 * 8 * 64 + 2 * 192]);
+    const kIn = { buffer: shared.buffer, offset: 0, shape: [2, 8, 64], dtype: 'f32' as const };
+    const qIn = { buffer: shared.buffer, offset: 2 * 8 * 64 * 4, shape: [2, 192], dtype: 'f32' as const };
+    assert.throws(() => at.bind(owned, { ...args, kCache: kIn, qkv: qIn }), (e: Error) => e instanceof ShapeError && /qkv and kCache share buffer/.test(e.message));
+    assert.throws(() => at.bind(owned, { ...args, vCache: args.kCache }), (e: Error) => e instanceof ShapeError && /vCache .* overlaps kCache/.test(e.message));
+  }));
 
 test('attention: a token whose row is outside the cache gets NaN, the others are unaffected', () =>
   withDevice(async ({ ctx, owned }) => {

@@ -11,7 +11,8 @@ import { forward64, loadTensors } from './reference/gpt2.js';
 import { cfgOf, engine, randomModel, tinyModel } from './model-util.js';
 import { randomCheckpoint } from '../src/engine/random.js';
 import { roundF16 } from '../src/kernels/f16.js';
-import { PromptError } from '../src/errors.js';
+import { PromptError, ShapeError } from '../src/errors.js';
+import { decodeMeta, ForwardPlan } from '../src/engine/model.js';
 
 const ref = tinyReference();
 const V = 50257;
@@ -116,6 +117,26 @@ test('prompt errors: empty, out-of-vocab ids, longer than the window', async () 
   await rejects(() => model.logits([1, 50257]), (e: Error) => e instanceof PromptError && /token 1 is 50257/.test(e.message));
   await rejects(() => model.generate([1, -2]), (e: Error) => e instanceof PromptError && /-2/.test(e.message));
   await rejects(() => model.logits(new Array(1025).fill(1)), (e: Error) => e instanceof PromptError && /1025/.test(e.message));
+});
+
+test('decode plans: one token per cache row, no kv_write dispatch (attention writes K/V), meta rows checked', async () => {
+  const model = await tinyModel();
+  const cache = await model.createCache({ rows: 2, capacity: 8 });
+  const plans: ForwardPlan[] = [];
+  try {
+    assert.throws(() => new ForwardPlan(model, cache, 3, 3, { decode: true }), (e: Error) => e instanceof ShapeError && /each of the cache's 2 rows .* got T 3, R 3/.test(e.message));
+    const dec = new ForwardPlan(model, cache, 2, 2, { decode: true });
+    const plain = new ForwardPlan(model, cache, 2, 2);
+    plans.push(dec, plain);
+    const kvWrites = (p: ForwardPlan) => p.dispatches.filter((d) => d.label.endsWith('kv_write')).length;
+    assert.equal([kvWrites(dec), kvWrites(plain)], [0, model.config.n_layer]);
+    assert.is(dec.dispatches.length, plain.dispatches.length - model.config.n_layer);
+    assert.throws(() => dec.write({ meta: Uint32Array.from([1, 3, 0, 3]) }), (e: Error) => e instanceof ShapeError && /token 0 must be row 0 \(meta gives row 1\)/.test(e.message));
+    dec.write({ meta: decodeMeta([3, 5]) });
+  } finally {
+    for (const p of plans) p.destroy();
+    cache.destroy();
+  }
 });
 
 void tinyCheckpoint;

@@ -16,7 +16,7 @@ import { Owned } from '../kernels/common.js';
 import type { Dispatch } from '../kernels/common.js';
 import { deriveSeed, randomSeed, validateSampling, type SamplingOptions } from '../sampling/options.js';
 import type { KVCache } from './kvcache.js';
-import { ForwardPlan, rowMeta, type GPT2Model } from './model.js';
+import { decodeMeta, ForwardPlan, rowMeta, type GPT2Model } from './model.js';
 import { TextStreamer } from './tokenizer.js';
 
 export const MAX_NEW_TOKENS_LIMIT = 1_000_000;
@@ -284,9 +284,9 @@ async function generateCached(
   const window = cache.window;
 
   // Decode plan: one token per row; the sampler writes the next ids into decode.ids.
-  const decode = new ForwardPlan(model, cache, R, R);
+  const decode = new ForwardPlan(model, cache, R, R, { decode: true });
   plans.push(decode);
-  decode.write({ meta: new Uint32Array(2 * R), lastIdx: Uint32Array.from({ length: R }, (_, i) => i) });
+  decode.write({ meta: decodeMeta(new Uint32Array(R)), lastIdx: Uint32Array.from({ length: R }, (_, i) => i) });
   const decodeSample: Dispatch[] = sampler.bind(owned, state as never, { logits: decode.logits, outIds: decode.ids });
 
   // ---- Prefill. Rows that already hold tokens (a continued session) get the prompt appended.
@@ -439,12 +439,7 @@ async function generateCached(
       }
       continue;
     }
-    const meta = new Uint32Array(2 * R);
-    for (let r = 0; r < R; r++) {
-      meta[2 * r] = r;
-      meta[2 * r + 1] = Math.min(queuedPos[r]!, window - 1);
-    }
-    decode.write({ meta });
+    decode.write({ meta: decodeMeta(queuedPos.map((p) => Math.min(p, window - 1))) });
     const slot = staging[submitted % depth]!;
     model.submit([...decode.dispatches, ...decodeSample], (enc) => enc.copyBufferToBuffer(decode.ids.buffer, 0, slot, 0, R * 4));
     for (let r = 0; r < R; r++) if (!rowsState[r]!.finished && queuedPos[r]! < window) queuedPos[r]!++;

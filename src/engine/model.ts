@@ -26,7 +26,7 @@ import { KvWriteKernel, KvGatherKernel } from '../kernels/kvcache.js';
 import { GatherRowsKernel } from '../kernels/elementwise.js';
 import { Sampler } from '../sampling/sampler.js';
 import { BeamKernel } from '../sampling/beam-kernel.js';
-import { InvalidOptionError, PromptError } from '../errors.js';
+import { InvalidOptionError, PromptError, ShapeError } from '../errors.js';
 import { gpt2Tokenizer, type Tokenizer } from './tokenizer.js';
 
 const STORAGE = () => GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC;
@@ -59,6 +59,25 @@ export function rowMeta(row: number, from: number, count: number): Uint32Array {
   return meta;
 }
 
+/** meta [R, 2] of a decode step: token r is row r at positions[r]. */
+export function decodeMeta(positions: ArrayLike<number>): Uint32Array {
+  const meta = new Uint32Array(2 * positions.length);
+  for (let r = 0; r < positions.length; r++) {
+    meta[2 * r] = r;
+    meta[2 * r + 1] = positions[r]!;
+  }
+  return meta;
+}
+
+export interface PlanOptions {
+  /**
+   * A decode plan: T = R = cache.rows and token r is always row r (checked by `write`). Its
+   * attention then writes each token's key and value to the cache itself (AttentionArgs.writeKv),
+   * one dispatch per layer fewer than a plan that may hold several tokens of a row.
+   */
+  decode?: boolean;
+}
+
 /** A forward pass over T tokens of one cache, producing logits for R of them. */
 export class ForwardPlan {
   readonly owned: Owned;
@@ -70,8 +89,14 @@ export class ForwardPlan {
   /** What the plan is used for, when a caller reuses plans (e.g. 'reencode'). */
   tag = '';
 
-  constructor(readonly model: GPT2Model, readonly cache: KVCache, readonly T: number, readonly R: number) {
+  readonly decode: boolean;
+
+  constructor(readonly model: GPT2Model, readonly cache: KVCache, readonly T: number, readonly R: number, opts: PlanOptions = {}) {
     const { ctx, config: cfg, weights: w, kernels: k } = model;
+    this.decode = opts.decode === true;
+    if (this.decode && !(T === cache.rows && R === T)) {
+      throw new ShapeError(`a decode plan feeds one token to each of the cache's ${cache.rows} rows and reads all their logits; got T ${T}, R ${R}`);
+    }
     const C = cfg.n_embd;
     const V = cfg.vocab_size;
     const o = (this.owned = new Owned(ctx));
@@ -96,7 +121,7 @@ export class ForwardPlan {
       const eps = cfg.layer_norm_epsilon;
       // A decode plan (one token per row) gains nothing from the tiled prefill attention, whose
       // tiles would all mix rows: one query per workgroup there.
-      const attnVariant = T === cache.rows && R === T && T > 1 ? 'query' : 'auto';
+      const attnVariant = this.decode || (T === cache.rows && R === T && T > 1) ? 'query' : 'auto';
       const d = this.dispatches;
       d.push(...list(k.embedding.bind(o, { ids: this.ids, meta: this.meta, wte: w.wte, wpe: w.wpe, out: x }, 'wte+wpe')));
       for (let l = 0; l < cfg.n_layer; l++) {
@@ -106,8 +131,8 @@ export class ForwardPlan {
         // ln_1 / ln_2 / ln_f run in the following matmul's prologue where it can (h: their output otherwise)
         const ln1 = { gamma: L.ln_1.weight, beta: L.ln_1.bias, eps, scratch: h };
         d.push(...list(k.matmul.bind(o, { x, ln: ln1, w: L.attn.c_attn.weight, layout: 'kn', bias: L.attn.c_attn.bias, out: qkv }, `h.${l}.attn.c_attn`)));
-        d.push(...list(k.kvWrite.bind(o, { qkv, meta: this.meta, kCache: kc, vCache: vc }, `h.${l}.kv_write`)));
-        d.push(...list(k.attention.bind(o, { qkv, kCache: kc, vCache: vc, meta: this.meta, out: att, nHead: cfg.n_head, variant: attnVariant }, `h.${l}.attn`)));
+        if (!this.decode) d.push(...list(k.kvWrite.bind(o, { qkv, meta: this.meta, kCache: kc, vCache: vc }, `h.${l}.kv_write`)));
+        d.push(...list(k.attention.bind(o, { qkv, kCache: kc, vCache: vc, meta: this.meta, out: att, nHead: cfg.n_head, variant: attnVariant, writeKv: this.decode }, `h.${l}.attn`)));
         d.push(...list(k.matmul.bind(o, { x: att, w: L.attn.c_proj.weight, layout: 'kn', bias: L.attn.c_proj.bias, accumulate: true, out: x }, `h.${l}.attn.c_proj`)));
         const ln2 = { gamma: L.ln_2.weight, beta: L.ln_2.bias, eps, scratch: h };
         d.push(...list(k.matmul.bind(o, { x, ln: ln2, w: L.mlp.c_fc.weight, layout: 'kn', bias: L.mlp.c_fc.bias, activation: 'gelu', out: fc }, `h.${l}.mlp.c_fc`)));
@@ -125,6 +150,12 @@ export class ForwardPlan {
 
   /** Writes this step's inputs. `ids` may be omitted when the sampler already wrote them on the GPU. */
   write(input: { ids?: ArrayLike<number>; meta: Uint32Array; lastIdx?: Uint32Array }): void {
+    if (this.decode) {
+      // The attention's own K/V writes are only race-free with one token per row.
+      for (let r = 0; r < this.T; r++) {
+        if (input.meta[2 * r] !== r) throw new ShapeError(`decode plan: token ${r} must be row ${r} (meta gives row ${input.meta[2 * r]}); build the meta with decodeMeta`);
+      }
+    }
     const q = this.model.ctx.device.queue;
     if (input.ids) q.writeBuffer(this.ids.buffer, 0, Uint32Array.from(input.ids));
     q.writeBuffer(this.meta.buffer, 0, Uint32Array.from(input.meta));

@@ -4,7 +4,8 @@
  *
  * Query t (row r, position p from meta) attends to its row's positions max(0, p - cap + 1)..p,
  * read from slot (position % cap): the ring's window. The caller guarantees
- *   - kv_write of this step ran before (the query's own key is in the cache);
+ *   - kv_write of this step ran before (the query's own key is in the cache), or `writeKv` is set
+ *     and every token of the step is in a row of its own (a decode step);
  *   - p < cap in practice (the engine shifts before a row would wrap), so the window is 0..p;
  *   - the cache slots of that window hold this row's keys/values for those positions (past the
  *     capacity that holds for a decode step, one token per row; a later token of the same step
@@ -34,6 +35,12 @@ export interface AttentionArgs {
    * 'auto' (default): 'tiled' when it applies and T >= 16, else 'query'.
    */
   variant?: 'auto' | 'query' | 'scalar' | 'tiled';
+  /**
+   * The kernel copies each token's key and value (qkv cols [C, 3C)) to its cache slot itself before
+   * attending, so no kv_write dispatch is needed. Only for steps whose tokens are all in different
+   * rows (decode: then a token's workgroups are the only ones touching its row); not with 'tiled'.
+   */
+  writeKv?: boolean;
 }
 
 /** Tokens per tile of the tiled kernel (its workgroup size / 4 lanes per token). */
@@ -78,14 +85,24 @@ export class AttentionKernel {
     expectTensor(`${label} meta`, a.meta, [T, 2], ['u32']);
     expectTensor(`${label} out`, a.out, [T, C], ['f32']);
     expectDisjoint(label, 'out', a.out, { qkv: a.qkv, kCache: a.kCache, vCache: a.vCache, meta: a.meta });
+    expectDisjoint(label, 'vCache', a.vCache, { kCache: a.kCache });
+    // The caches are bound writable (writeKv), and WebGPU validates usage per buffer, not per range.
+    for (const [what, t] of [['qkv', a.qkv], ['meta', a.meta]] as const) {
+      for (const [cn, c] of [['kCache', a.kCache], ['vCache', a.vCache]] as const) {
+        if (t.buffer === c.buffer) {
+          throw new ShapeError(`${label}: ${what} and ${cn} share buffer "${c.buffer.label}"; the caches are bound writable, and WebGPU forbids binding one buffer writable and read-only in the same dispatch: give ${what} its own buffer`);
+        }
+      }
+    }
     const variant = a.variant ?? 'auto';
     const canTile = D % 4 === 0 && D <= 64;
     if (variant === 'tiled' && !canTile) throw new ShapeError(`${label}: the tiled kernel needs D % 4 == 0 and D <= 64, got D = ${D}; use variant 'query'`);
-    const tiled = variant === 'tiled' || (variant === 'auto' && canTile && T >= 2 * TILE_TOKENS);
+    if (variant === 'tiled' && a.writeKv) throw new ShapeError(`${label}: writeKv (tokens in distinct rows, a decode step) needs the one-query kernels, not variant 'tiled'`);
+    const tiled = variant === 'tiled' || (variant === 'auto' && canTile && T >= 2 * TILE_TOKENS && !a.writeKv);
     const inputs = [binding(a.qkv), binding(a.meta), binding(a.kCache), binding(a.vCache), binding(a.out)];
     const make = (pipeline: GPUComputePipeline, name: string, workgroups: number, tiledSkip: number): Dispatch => {
       const [gx, gy] = grid(this.ctx, name, workgroups);
-      const params = owner.uniform(`${name}.params`, [T, C, nHead, D, rows, cap, f32bits(1 / Math.sqrt(D)), gx, NAN_BITS, tiledSkip]);
+      const params = owner.uniform(`${name}.params`, [T, C, nHead, D, rows, cap, f32bits(1 / Math.sqrt(D)), gx, NAN_BITS, tiledSkip, a.writeKv ? 1 : 0]);
       const bindGroup = this.ctx.device.createBindGroup({
         label: name,
         layout: pipeline.getBindGroupLayout(0),

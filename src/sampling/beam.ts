@@ -17,7 +17,7 @@
 import { AbortError, ContextOverflowError, InvalidOptionError } from '../errors.js';
 import { GpuTensor, Owned } from '../kernels/common.js';
 import type { KVCache } from '../engine/kvcache.js';
-import { ForwardPlan, rowMeta, type GPT2Model } from '../engine/model.js';
+import { decodeMeta, ForwardPlan, rowMeta, type GPT2Model } from '../engine/model.js';
 
 export interface BeamOptions {
   numBeams: number;
@@ -94,12 +94,12 @@ export async function beamSearch(model: GPT2Model, prompt: string | readonly num
     plans.push(prefill);
     prefill.write({ ids: promptIds, meta: rowMeta(0, 0, P), lastIdx: new Uint32Array(B).fill(P - 1) });
 
-    const decA = new ForwardPlan(model, cacheA, B, B);
-    const decB = new ForwardPlan(model, cacheB, B, B);
+    const decA = new ForwardPlan(model, cacheA, B, B, { decode: true });
+    const decB = new ForwardPlan(model, cacheB, B, B, { decode: true });
     plans.push(decA, decB);
     const ident = Uint32Array.from({ length: B }, (_, i) => i);
-    decA.write({ meta: new Uint32Array(2 * B), lastIdx: ident });
-    decB.write({ meta: new Uint32Array(2 * B), lastIdx: ident });
+    decA.write({ meta: decodeMeta(new Uint32Array(B)), lastIdx: ident });
+    decB.write({ meta: decodeMeta(new Uint32Array(B)), lastIdx: ident });
 
     const u32 = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC;
     const scores: GpuTensor = { buffer: owned.buffer('beam.scores', B * 4, u32), offset: 0, shape: [B], dtype: 'f32' };
@@ -171,12 +171,7 @@ export async function beamSearch(model: GPT2Model, prompt: string | readonly num
       for (const g of gatherD) g.setLength(P + step);
       ctx.device.queue.writeBuffer(parent.buffer, 0, Uint32Array.from(beams.map((b) => (step === 0 ? 0 : b.parent))));
       ctx.device.queue.writeBuffer(scores.buffer, 0, Float32Array.from(beams.map((b) => b.logprob)));
-      const m = new Uint32Array(2 * B);
-      for (let b = 0; b < B; b++) {
-        m[2 * b] = b;
-        m[2 * b + 1] = P + step;
-      }
-      dec.write({ ids: beams.map((b) => b.token!), meta: m });
+      dec.write({ ids: beams.map((b) => b.token!), meta: decodeMeta(new Uint32Array(B).fill(P + step)) });
       model.submit([...gatherD, ...dec.dispatches, ...rk], (enc) => enc.copyBufferToBuffer(cand.buffer, 0, staging, 0, 2 * B * 12));
       cur = dst;
       cands = await readCandidates();
