@@ -119,7 +119,7 @@ test('prompt errors: empty, out-of-vocab ids, longer than the window', async () 
   await rejects(() => model.logits(new Array(1025).fill(1)), (e: Error) => e instanceof PromptError && /1025/.test(e.message));
 });
 
-test('decode plans: one token per cache row, no kv_write dispatch (attention writes K/V), meta rows checked', async () => {
+test('decode plans: one token per cache row, no kv_write (attention writes K/V) and no last-token gather, meta rows and lastIdx checked', async () => {
   const model = await tinyModel();
   const cache = await model.createCache({ rows: 2, capacity: 8 });
   const plans: ForwardPlan[] = [];
@@ -128,11 +128,13 @@ test('decode plans: one token per cache row, no kv_write dispatch (attention wri
     const dec = new ForwardPlan(model, cache, 2, 2, { decode: true });
     const plain = new ForwardPlan(model, cache, 2, 2);
     plans.push(dec, plain);
-    const kvWrites = (p: ForwardPlan) => p.dispatches.filter((d) => d.label.endsWith('kv_write')).length;
-    assert.equal([kvWrites(dec), kvWrites(plain)], [0, model.config.n_layer]);
-    assert.is(dec.dispatches.length, plain.dispatches.length - model.config.n_layer);
+    const count = (p: ForwardPlan, what: string) => p.dispatches.filter((d) => d.label.endsWith(what)).length;
+    assert.equal([count(dec, 'kv_write'), count(plain, 'kv_write')], [0, model.config.n_layer]);
+    assert.equal([count(dec, 'last_tokens'), count(plain, 'last_tokens')], [0, 1]);
+    assert.is(dec.dispatches.length, plain.dispatches.length - model.config.n_layer - 1);
     assert.throws(() => dec.write({ meta: Uint32Array.from([1, 3, 0, 3]) }), (e: Error) => e instanceof ShapeError && /token 0 must be row 0 \(meta gives row 1\)/.test(e.message));
-    dec.write({ meta: decodeMeta([3, 5]) });
+    assert.throws(() => dec.write({ meta: decodeMeta([3, 5]), lastIdx: Uint32Array.of(1, 0) }), (e: Error) => e instanceof ShapeError && /lastIdx\[0\] must be 0/.test(e.message));
+    dec.write({ meta: decodeMeta([3, 5]), lastIdx: Uint32Array.of(0, 1) });
   } finally {
     for (const p of plans) p.destroy();
     cache.destroy();

@@ -71,9 +71,10 @@ export function decodeMeta(positions: ArrayLike<number>): Uint32Array {
 
 export interface PlanOptions {
   /**
-   * A decode plan: T = R = cache.rows and token r is always row r (checked by `write`). Its
-   * attention then writes each token's key and value to the cache itself (AttentionArgs.writeKv),
-   * one dispatch per layer fewer than a plan that may hold several tokens of a row.
+   * A decode plan: T = R = cache.rows, token r is always row r and logits are wanted for every
+   * token in order (both checked by `write`). Its attention then writes each token's key and value
+   * to the cache itself (AttentionArgs.writeKv) and its LM head reads the residual stream without
+   * the last-token gather: n_layer + 1 dispatches fewer than a general plan.
    */
   decode?: boolean;
 }
@@ -115,7 +116,7 @@ export class ForwardPlan {
       const qkv = buf('qkv', [T, 3 * C]);
       const att = buf('att', [T, C]);
       const fc = buf('fc', [T, 4 * C]);
-      const hl = buf('hl', [R, C]);
+      const hl = this.decode ? x : buf('hl', [R, C]); // a decode plan's selected rows are x itself
       const hn = buf('hn', [R, C]); // ln_f(hl) where the LM head does not fuse it (R may exceed T: beams)
       this.logits = buf('logits', [R, V]);
       const eps = cfg.layer_norm_epsilon;
@@ -138,8 +139,9 @@ export class ForwardPlan {
         d.push(...list(k.matmul.bind(o, { x, ln: ln2, w: L.mlp.c_fc.weight, layout: 'kn', bias: L.mlp.c_fc.bias, activation: 'gelu', out: fc }, `h.${l}.mlp.c_fc`)));
         d.push(...list(k.matmul.bind(o, { x: fc, w: L.mlp.c_proj.weight, layout: 'kn', bias: L.mlp.c_proj.bias, accumulate: true, out: x }, `h.${l}.mlp.c_proj`)));
       }
-      // Layer norm acts per row, so ln_f follows the gather of the R rows whose logits are wanted.
-      d.push(...list(k.gatherRows.bind(o, { x, idx: this.lastIdx, out: hl }, 'last_tokens')));
+      // Layer norm acts per row, so ln_f follows the gather of the R rows whose logits are wanted
+      // (a decode plan wants every token's, in order: the LM head reads x itself).
+      if (!this.decode) d.push(...list(k.gatherRows.bind(o, { x, idx: this.lastIdx, out: hl }, 'last_tokens')));
       const lnf = { gamma: w.ln_f.weight, beta: w.ln_f.bias, eps, scratch: hn };
       d.push(...list(k.matmul.bind(o, { x: hl, ln: lnf, w: w.wte, layout: 'nk', out: this.logits }, 'lm_head')));
     } catch (e) {
@@ -154,6 +156,8 @@ export class ForwardPlan {
       // The attention's own K/V writes are only race-free with one token per row.
       for (let r = 0; r < this.T; r++) {
         if (input.meta[2 * r] !== r) throw new ShapeError(`decode plan: token ${r} must be row ${r} (meta gives row ${input.meta[2 * r]}); build the meta with decodeMeta`);
+        // Its LM head reads the residual rows in token order (no last_tokens gather).
+        if (input.lastIdx && input.lastIdx[r] !== r) throw new ShapeError(`decode plan: lastIdx[${r}] must be ${r} (logits of every token in order), got ${input.lastIdx[r]}`);
       }
     }
     const q = this.model.ctx.device.queue;
