@@ -5,7 +5,8 @@
 #      prologue) differ from the CPU adapter's;
 #   2. bench runs for the targets (gpt2 decode at batch 1..64, the 1024-token prefill, layer-norm
 #      fusion on/off, the decode GEMV's K split inside workgroups (default) or across them with a
-#      reduce dispatch (--gemv-reduce split), gpt2 and gpt2-xl with --f16), each as JSON under $OUT;
+#      reduce dispatch (--gemv-reduce split), the prefill GEMM's 64 x 64 tile beside 128 x 128 and
+#      64 x 128 (--gemm-tile), gpt2 and gpt2-xl with --f16), each as JSON under $OUT;
 #   3. a short table of the figures last.
 # On the development machine: npm ci && npm run build && bash ../shared/gpu/stage.sh
 # then with the device tool: run carry [".gpu"], command "bash .gpu/remote.sh bash scripts/device-check.sh".
@@ -33,6 +34,8 @@ bench gpt2-f32 150 --model "$model" --batch 1,4,16,64 --prompt-tokens 128 --new-
 bench gpt2-f32-ln-off 90 --model "$model" --batch 1 --prompt-tokens 128 --new-tokens 64 --repeat "$rep" --fuse-ln off --no-profile
 bench gpt2-f32-split 90 --model "$model" --batch 1,4 --prompt-tokens 128 --new-tokens 64 --repeat "$rep" --gemv-reduce split --no-profile
 bench gpt2-prefill-1024 90 --model "$model" --prompt-tokens 1024 --new-tokens 1 --repeat "$rep"
+bench gpt2-prefill-1024-t128 60 --model "$model" --prompt-tokens 1024 --new-tokens 1 --repeat "$rep" --gemm-tile 16,16,8,8,8 --no-profile
+bench gpt2-prefill-1024-t64x128 60 --model "$model" --prompt-tokens 1024 --new-tokens 1 --repeat "$rep" --gemm-tile 16,16,4,8,16 --no-profile
 bench gpt2-f16 120 --model "$model" --f16 --batch 1,64 --prompt-tokens 128 --new-tokens 64 --repeat "$rep"
 bench gpt2-xl-f16 300 --model "$xl" --f16 --batch 1 --prompt-tokens 128 --new-tokens 32 --repeat 3
 bench gpt2-xl-f16-split 200 --model "$xl" --f16 --batch 1 --prompt-tokens 128 --new-tokens 32 --repeat 3 --gemv-reduce split --no-profile

@@ -15,13 +15,15 @@ const TARGETS = {
   'gpt2-prefill-1024:1': 'prefill <= 10 ms',
   'gpt2-xl-f16:1': 'decode <= 6 ms/token',
   'gpt2-f32-split:1': 'decode <= 1.0 ms/token',
+  'gpt2-prefill-1024-t128:1': 'prefill <= 10 ms',
+  'gpt2-prefill-1024-t64x128:1': 'prefill <= 10 ms',
   'gpt2-xl-f16-split:1': 'decode <= 6 ms/token',
 };
 const fmt = (v, d) => (typeof v === 'number' ? v.toFixed(d) : '-');
 const info = existsSync(join(dir, 'info.json')) ? readFileSync(join(dir, 'info.json'), 'utf8') : '';
 const adapter = /"description":\s*"([^"]*)"/.exec(info)?.[1] ?? /"vendor":\s*"([^"]*)"/.exec(info)?.[1] ?? '?';
 console.log(`adapter: ${adapter}`);
-console.log('run                 batch  load ms  first/prefill ms  decode ms/tok (p90)   tokens/s  disp/step  target');
+console.log('run                        batch  load ms  first/prefill ms  decode ms/tok (p90)   tokens/s  disp/step  target');
 for (const f of readdirSync(dir).filter((f) => f.endsWith('.json') && f !== 'info.json').sort()) {
   const name = f.slice(0, -5);
   let j;
@@ -29,16 +31,16 @@ for (const f of readdirSync(dir).filter((f) => f.endsWith('.json') && f !== 'inf
     j = JSON.parse(readFileSync(join(dir, f), 'utf8'));
   } catch {
     const log = existsSync(join(dir, `${name}.log`)) ? readFileSync(join(dir, `${name}.log`), 'utf8').trim().split('\n').slice(-2).join(' | ') : '';
-    console.log(`${name.padEnd(19)} failed: ${log.slice(0, 160)}`);
+    console.log(`${name.padEnd(26)} failed: ${log.slice(0, 160)}`);
     continue;
   }
   for (const r of j.results) {
     if (r.error) {
-      console.log(`${name.padEnd(19)} ${String(r.batch).padStart(5)}  failed: ${r.error.slice(0, 140)}`);
+      console.log(`${name.padEnd(26)} ${String(r.batch).padStart(5)}  failed: ${r.error.slice(0, 140)}`);
       continue;
     }
     const first = `${fmt(r.first_token_ms, 2)}/${fmt(r.prefill_ms, 2)}`;
     const dec = `${fmt(r.decode_ms_per_token, 3)} (${fmt(r.decode_ms_per_token_p90, 3)})`;
-    console.log(`${name.padEnd(19)} ${String(r.batch).padStart(5)}  ${fmt(r.load_ms, 0).padStart(7)}  ${first.padStart(16)}  ${dec.padStart(19)}  ${fmt(r.tokens_per_s, 0).padStart(8)}  ${fmt(r.dispatches_per_token, 0).padStart(9)}  ${TARGETS[`${name}:${r.batch}`] ?? ''}`);
+    console.log(`${name.padEnd(26)} ${String(r.batch).padStart(5)}  ${fmt(r.load_ms, 0).padStart(7)}  ${first.padStart(16)}  ${dec.padStart(19)}  ${fmt(r.tokens_per_s, 0).padStart(8)}  ${fmt(r.dispatches_per_token, 0).padStart(9)}  ${TARGETS[`${name}:${r.batch}`] ?? ''}`);
   }
 }

@@ -64,8 +64,9 @@ const NKACC_MAX = NKR * NKM_MAX;  // gemv_nk_rows: vec4 accumulators per thread
 const KNV_MAX = 8u;  // gemv_kn_cols: 16-byte W words per thread
 const KNM_MAX = 8u;  // gemv_kn_cols: rows of x per thread
 const KNACC_MAX = 16u;  // gemv_kn_cols: vec4 accumulators per thread (f16 words need two each)
-const TM = 4u;    // gemm: rows per thread
-const TN = 4u;    // gemm: columns per thread
+override TM: u32 = 4u;   // gemm: rows per thread, 1 ..= TMAX
+override TN: u32 = 4u;   // gemm: columns per thread, 1 ..= TMAX
+const TMAX = 8u;  // gemm: the register block's largest side (function arrays need a constant size)
 
 const F_BIAS = 1u;
 const F_GELU = 2u;
@@ -546,7 +547,7 @@ fn gemm(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(local_invocation_
   let NT = TX * TY;
   let m0 = wid.y * BM;
   let n0 = wid.x * BN;
-  var acc: array<array<f32, TN>, TM>;
+  var acc: array<array<f32, TMAX>, TMAX>;  // [i < TM][j < TN] used
   for (var k0 = 0u; k0 < p.K; k0 += BK) {
     // x tile [BM, BK] -> xs[kk][r]; consecutive threads read consecutive k of one row.
     for (var e = t; e < BM * BK; e += NT) {
@@ -604,8 +605,8 @@ fn gemm(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(local_invocation_
     // unrolled tiles very slowly; GPUs lose little here, as the loop body is 8 loads + 16 FMAs).
     let kend = min(BK, p.K - k0);
     for (var kk = 0u; kk < kend; kk++) {
-      var a: array<f32, TM>;
-      var b: array<f32, TN>;
+      var a: array<f32, TMAX>;
+      var b: array<f32, TMAX>;
       for (var i = 0u; i < TM; i++) { a[i] = xs[kk * BM + lid.y + i * TY]; }
       for (var j = 0u; j < TN; j++) { b[j] = ws[kk * BN + lid.x + j * TX]; }
       for (var i = 0u; i < TM; i++) {

@@ -5,6 +5,7 @@
  */
 import type { Engine, LoadProgress, Model } from './engine/engine.js';
 import { generationCapacity } from './engine/generate.js';
+import type { GemmTile } from './kernels/matmul.js';
 import { decodeMeta, ForwardPlan } from './engine/model.js';
 import { Owned, type Dispatch } from './kernels/common.js';
 import { validateSampling } from './sampling/options.js';
@@ -21,6 +22,8 @@ export interface BenchOptions {
   fuseLn?: boolean;
   /** MatmulOptions.gemvReduce (how the GPU 'kn' GEMV splits K); default: the adapter's choice. */
   gemvReduce?: 'split' | 'workgroup';
+  /** MatmulOptions.gemmTile (the prefill GEMM's tile shape); default: the kernel's. */
+  gemmTile?: GemmTile;
   onProgress?: (p: LoadProgress) => void;
 }
 
@@ -60,6 +63,8 @@ export interface BenchReport {
   fuse_ln: boolean;
   /** MatmulOptions.gemvReduce as used: 'split' (K slices over workgroups + a reduce dispatch) or 'workgroup' (gemv_kn_red); the CPU-adapter GEMV never splits. */
   gemv_reduce: 'split' | 'workgroup';
+  /** MatmulOptions.gemmTile as used (the tiled GEMM of prefills past 8 tokens on GPUs; CPU adapters use the GEMV at every M). */
+  gemm_tile: GemmTile;
   prompt_tokens: number;
   new_tokens: number;
   repeat: number;
@@ -86,7 +91,11 @@ function quantile(xs: number[], q: number): number {
 
 export async function runBench(engine: Engine, o: BenchOptions): Promise<BenchReport> {
   const t0 = now();
-  const matmul = { ...(o.fuseLn === undefined ? {} : { fuseLn: o.fuseLn }), ...(o.gemvReduce === undefined ? {} : { gemvReduce: o.gemvReduce }) };
+  const matmul = {
+    ...(o.fuseLn === undefined ? {} : { fuseLn: o.fuseLn }),
+    ...(o.gemvReduce === undefined ? {} : { gemvReduce: o.gemvReduce }),
+    ...(o.gemmTile === undefined ? {} : { gemmTile: o.gemmTile }),
+  };
   const model = await engine.loadModel(o.model, { dtype: o.dtype, onProgress: o.onProgress, matmul });
   const loadMs = now() - t0;
   const cfg = model.config;
@@ -120,6 +129,7 @@ export async function runBench(engine: Engine, o: BenchOptions): Promise<BenchRe
       host_wait: model.ctx.waitYield ? 'sleep' : 'spin',
       fuse_ln: model.kernels.matmul.fuseLn,
       gemv_reduce: model.kernels.matmul.gemvReduce,
+      gemm_tile: model.kernels.matmul.gemmTile,
       prompt_tokens: o.promptTokens,
       new_tokens: o.newTokens,
       repeat: o.repeat,
@@ -223,7 +233,7 @@ async function profileDecodeStep(model: Model, B: number, promptTokens: number, 
 export function formatBench(r: BenchReport): string {
   const a = r.adapter as { description?: string; vendor?: string };
   const lines = [
-    `model ${r.model} (${r.dtype}), adapter: ${a.description || a.vendor}; prompt ${r.prompt_tokens} tokens, ${r.new_tokens} new, ${r.repeat} runs; host waits: ${r.host_wait}; layer norm fused: ${r.fuse_ln ? 'yes' : 'no'}; GPU GEMV K split: ${r.gemv_reduce}`,
+    `model ${r.model} (${r.dtype}), adapter: ${a.description || a.vendor}; prompt ${r.prompt_tokens} tokens, ${r.new_tokens} new, ${r.repeat} runs; host waits: ${r.host_wait}; layer norm fused: ${r.fuse_ln ? 'yes' : 'no'}; GPU GEMV K split: ${r.gemv_reduce}; GEMM tile ${r.gemm_tile.ty * r.gemm_tile.tm}x${r.gemm_tile.tx * r.gemm_tile.tn}`,
     `load ${r.load.load_ms.toFixed(0)} ms (pipelines ${r.load.pipelines_ms.toFixed(0)} ms, upload ${r.load.upload_ms.toFixed(0)} ms, ${(r.load.weight_bytes / 1e6).toFixed(0)} MB of weights)`,
     '',
     'batch  first-token ms  decode ms/token (median / p90)  tokens/s  readback B/token  dispatches/step  submits/step',

@@ -11,6 +11,7 @@ import type { LoadProgress, Model } from './engine/engine.js';
 import { sample } from './sampling/sampler.js';
 import type { SamplingOptions } from './sampling/options.js';
 import { formatBench, isBatchFailure, runBench } from './bench.js';
+import type { GemmTile } from './kernels/matmul.js';
 
 type Flag = { type: 'string' | 'boolean'; default?: string | boolean; help: string; short?: string };
 interface Command {
@@ -246,7 +247,7 @@ const commands: Record<string, Command> = {
   },
   bench: {
     summary: 'benchmark load, prefill and decode (per batch size), with per-kernel GPU times',
-    usage: 'gpt2-webgpu bench [--model random:gpt2] [--batch 1,4,16,64] [--prompt-tokens P] [--new-tokens N] [--repeat R] [--f16] [--wait auto|sleep|spin] [--fuse-ln auto|on|off] [--gemv-reduce auto|split|workgroup] [--json]',
+    usage: 'gpt2-webgpu bench [--model random:gpt2] [--batch 1,4,16,64] [--prompt-tokens P] [--new-tokens N] [--repeat R] [--f16] [--wait auto|sleep|spin] [--fuse-ln auto|on|off] [--gemv-reduce auto|split|workgroup] [--gemm-tile TX,TY,TM,TN,BK] [--json]',
     flags: {
       ...MODEL_FLAGS,
       model: { ...MODEL_FLAGS.model!, default: 'random:gpt2' },
@@ -257,6 +258,7 @@ const commands: Record<string, Command> = {
       'no-profile': { type: 'boolean', default: false, help: 'skip the per-kernel timestamp profile' },
       wait: { type: 'string', default: 'auto', help: 'how the host thread waits for the GPU: sleep (in 2 ms slices), spin (dawn.node polling), auto (sleep on CPU adapters)' },
       'fuse-ln': { type: 'string', default: 'auto', help: 'layer norm in the GPU GEMV prologue (gemv_kn_ln): on, off, auto (on GPUs)' },
+      'gemm-tile': { type: 'string', help: 'the prefill GEMM tile: TX,TY threads of TM x TN outputs, BK deep (default 16,16,4,4,16)' },
       'gemv-reduce': { type: 'string', default: 'auto', help: 'how the GPU decode GEMV splits K: split (slices over workgroups + a reduce dispatch), workgroup (inside each workgroup, one dispatch), auto (workgroup on GPUs)' },
       ...JSON_FLAG,
     },
@@ -268,6 +270,13 @@ const commands: Record<string, Command> = {
       if (!Object.hasOwn(fuses, String(v['fuse-ln']))) throw new UsageError(`--fuse-ln must be auto, on or off, got "${String(v['fuse-ln'])}"`);
       const reduces = { auto: undefined, split: 'split', workgroup: 'workgroup' } as const;
       if (!Object.hasOwn(reduces, String(v['gemv-reduce']))) throw new UsageError(`--gemv-reduce must be auto, split or workgroup, got "${String(v['gemv-reduce'])}"`);
+      let gemmTile: GemmTile | undefined;
+      if (v['gemm-tile'] !== undefined) {
+        const parts = String(v['gemm-tile']).split(',');
+        if (parts.length !== 5) throw new UsageError(`--gemm-tile takes 5 comma-separated integers TX,TY,TM,TN,BK, got "${String(v['gemm-tile'])}"`);
+        const [tx, ty, tm, tn, bk] = parts.map((s) => num(s, 'gemm-tile', { int: true, min: 1 }));
+        gemmTile = { tx: tx!, ty: ty!, tm: tm!, tn: tn!, bk: bk! };
+      }
       const engine = await createEngine({ yieldWhileWaiting: waits[String(v.wait) as keyof typeof waits] });
       try {
         const report = await runBench(engine, {
@@ -280,6 +289,7 @@ const commands: Record<string, Command> = {
           profile: !v['no-profile'],
           fuseLn: fuses[String(v['fuse-ln']) as keyof typeof fuses],
           gemvReduce: reduces[String(v['gemv-reduce']) as keyof typeof reduces],
+          gemmTile,
           onProgress: v.json ? undefined : progress(),
         });
         console.log(v.json ? JSON.stringify(report) : formatBench(report));

@@ -123,12 +123,19 @@ test('bench --json smoke run has every field', () => {
   assert.is(j.gemv_reduce, 'split');
 });
 
-test('bench --wait spin, --fuse-ln on and --gemv-reduce workgroup are reported; a bad --wait, --fuse-ln or --gemv-reduce is a usage error', () => {
-  const r = cli('bench', '--model', tinyDir(), '--prompt-tokens', '4', '--new-tokens', '2', '--repeat', '1', '--no-profile', '--wait', 'spin', '--fuse-ln', 'on', '--gemv-reduce', 'workgroup', '--json');
+test('bench --wait spin, --fuse-ln on, --gemv-reduce workgroup and --gemm-tile are reported; bad values are usage or option errors', () => {
+  const r = cli('bench', '--model', tinyDir(), '--prompt-tokens', '4', '--new-tokens', '2', '--repeat', '1', '--no-profile', '--wait', 'spin', '--fuse-ln', 'on', '--gemv-reduce', 'workgroup', '--gemm-tile', '32,8,2,4,16', '--json');
   assert.is(r.code, 0, r.err);
   assert.is(JSON.parse(r.out).host_wait, 'spin');
   assert.is(JSON.parse(r.out).fuse_ln, true);
   assert.is(JSON.parse(r.out).gemv_reduce, 'workgroup');
+  assert.equal(JSON.parse(r.out).gemm_tile, { tx: 32, ty: 8, tm: 2, tn: 4, bk: 16 });
+  const shortTile = cli('bench', '--model', tinyDir(), '--gemm-tile', '16,16');
+  assert.is(shortTile.code, 2);
+  assert.match(shortTile.err, /--gemm-tile takes 5 comma-separated integers TX,TY,TM,TN,BK, got "16,16"/);
+  const badTile = cli('bench', '--model', tinyDir(), '--gemm-tile', '16,16,9,4,16');
+  assert.is(badTile.code, 1);
+  assert.match(badTile.err, /gemmTile .*tm must be an integer in \[1, 8\]/);
   const bad = cli('bench', '--model', tinyDir(), '--wait', 'nap');
   assert.is(bad.code, 2);
   assert.match(bad.err, /--wait must be auto, sleep or spin, got "nap"/);

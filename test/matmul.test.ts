@@ -189,6 +189,53 @@ for (const c of [
     }));
 }
 
+// The tiled GEMM in other shapes than the default 16 x 16 threads of 4 x 4 (MatmulOptions.gemmTile,
+// `bench --gemm-tile`): 128 x 128 tiles of 8 x 8 blocks, 32 x 8 threads of 2 x 4, and odd 3 x 5
+// blocks on 8 x 8 threads, each over shapes that cut every tile edge.
+test('GEMM tile shapes: 8 x 8 blocks (bk 8), 32 x 8 threads of 2 x 4, odd 3 x 5 blocks match float64', () =>
+  withDevice(async ({ ctx, owned }) => {
+    const tiles = [{ tx: 16, ty: 16, tm: 8, tn: 8, bk: 8 }, { tx: 32, ty: 8, tm: 2, tn: 4, bk: 16 }, { tx: 8, ty: 8, tm: 3, tn: 5, bk: 4 }];
+    const cases = [
+      { M: 130, K: 257, N: 129, layout: 'kn', dtype: 'f32', bias: true, gelu: true },
+      { M: 37, K: 77, N: 33, layout: 'nk', dtype: 'f16', acc: true },
+      { M: 9, K: 40, N: 300, layout: 'kn', dtype: 'f16', bias: true },
+      { M: 200, K: 33, N: 70, layout: 'nk', dtype: 'f32', bias: true },
+    ] as Case[];
+    for (const tile of tiles) {
+      const k = await MatmulKernel.create(ctx, { gemmTile: tile });
+      assert.equal(k.gemmTile, tile);
+      for (const c of cases) {
+        const rng = new Rng(c.M + c.K + c.N + tile.tm);
+        const x = rng.normals(c.M * c.K);
+        const W = makeWeight(rng, c);
+        const bias = c.bias ? rng.normals(c.N, 0.5) : undefined;
+        const base = c.acc ? rng.normals(c.M * c.N) : undefined;
+        const out = base ? upload(owned, base, [c.M, c.N]) : poisoned(owned, [c.M, c.N]);
+        const ds = k.bind(owned, {
+          x: upload(owned, x, [c.M, c.K]), w: upload(owned, W.data, [W.rows, W.cols], c.dtype), layout: c.layout,
+          bias: bias && upload(owned, bias, [c.N]), activation: c.gelu ? 'gelu' : 'none', accumulate: c.acc, out, variant: 'gemm',
+        });
+        assert.equal(ds[0]!.workgroups, [Math.ceil(c.N / (tile.tx * tile.tn)), Math.ceil(c.M / (tile.ty * tile.tm)), 1]);
+        await run(ctx, ds);
+        const ref = matmul64(x, W.seen, c.M, c.K, c.N, { layout: c.layout, bias, gelu: c.gelu, base });
+        allClose(await download(ctx, out), ref, TOL, `${name(c)} gemm tile ${JSON.stringify(tile)}`);
+      }
+    }
+  }));
+
+test('gemmTile: shapes outside the shader or the adapter limits are refused, naming the problem', () =>
+  withDevice(async ({ ctx }) => {
+    const bad = async (tile: object, re: RegExp) =>
+      rejects(() => MatmulKernel.create(ctx, { gemmTile: tile as never }), (e) => e instanceof InvalidOptionError && re.test(e.message));
+    await bad({ tx: 16, ty: 16, tm: 9, tn: 4, bk: 16 }, /tm must be an integer in \[1, 8\]/);
+    await bad({ tx: 16, ty: 16, tm: 4, tn: 4, bk: 7 }, /bk must be an even integer/);
+    await bad({ tx: 3, ty: 16, tm: 4, tn: 3, bk: 16 }, /tx \* tn must be even/);
+    await bad({ tx: 64, ty: 64, tm: 1, tn: 2, bk: 2 }, new RegExp(`4096 threads passes the adapter's ${ctx.limits.maxComputeInvocationsPerWorkgroup} per workgroup`));
+    await bad({ tx: 16, ty: 16, tm: 8, tn: 8, bk: 128 }, new RegExp(`tiles take 131072 bytes of workgroup storage, over the adapter's ${ctx.limits.maxComputeWorkgroupStorageSize}`));
+    await bad({ tx: 16, ty: 16, tm: 4, tn: 4 }, /bk must be/);
+    await bad({ tx: 16, ty: 300, tm: 4, tn: 4, bk: 16 }, /ty must be an integer in \[1, 256\]/);
+  }));
+
 test('packPanels: column panels of a row-major matrix, the last zero-padded', () => {
   // [2, 5] in panels of 2 columns: 3 panels of [2, 2]
   const m = Float32Array.from([1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);

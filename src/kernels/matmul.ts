@@ -101,8 +101,22 @@ const WG_REDUCE = 256;
 /** gemv_kn_red: threads per workgroup, and K groups among them (WG_RED / KG_RED = 4 column threads, 64 bytes of each row). */
 const WG_RED = 256;
 const KG_RED = 64;
-/** GEMM tile: TX x TY threads, each a 4 x 4 block -> 64 x 64 outputs; BK deep (8 KiB of tiles). */
-const GEMM = { TX: 16, TY: 16, BK: 16, TM: 4, TN: 4 };
+/** GEMM tile by default: TX x TY threads, each a TM x TN block -> 64 x 64 outputs; BK deep (8 KiB of tiles). */
+const GEMM_DEFAULT: GemmTile = { tx: 16, ty: 16, tm: 4, tn: 4, bk: 16 };
+/** Largest TM / TN (TMAX in the shader). */
+const GEMM_TMAX = 8;
+
+/**
+ * The tiled GEMM's shape: tx x ty threads per workgroup, each computing a tm x tn block of out, so a
+ * workgroup covers (ty * tm) rows x (tx * tn) columns, staged through workgroup memory bk deep along K.
+ */
+export interface GemmTile {
+  tx: number;
+  ty: number;
+  tm: number;
+  tn: number;
+  bk: number;
+}
 /**
  * Split-K aims for about this many GEMV threads in flight (a large GPU needs tens of thousands of
  * outstanding loads to reach its bandwidth), but keeps at least MIN_KSLICE rows of K per slice.
@@ -131,6 +145,26 @@ const USES: Record<Entry, number[]> = {
   gemm: [0, 1, 3, 5, 6],
   reduce: [0, 1, 5, 6],
 };
+
+/** Checks a GemmTile against the shader's bounds and the adapter's workgroup limits. */
+function checkGemmTile(ctx: GpuContext, g: GemmTile): GemmTile {
+  const L = ctx.limits;
+  const int = (v: unknown, lo: number, hi: number) => Number.isInteger(v) && (v as number) >= lo && (v as number) <= hi;
+  const tile = { tx: g?.tx, ty: g?.ty, tm: g?.tm, tn: g?.tn, bk: g?.bk } as GemmTile;
+  const bytes = tile.bk * (tile.ty * tile.tm + tile.tx * tile.tn) * 4;
+  const problems = [
+    !int(tile.tm, 1, GEMM_TMAX) && `tm must be an integer in [1, ${GEMM_TMAX}]`,
+    !int(tile.tn, 1, GEMM_TMAX) && `tn must be an integer in [1, ${GEMM_TMAX}]`,
+    !int(tile.tx, 1, L.maxComputeWorkgroupSizeX) && `tx must be an integer in [1, ${L.maxComputeWorkgroupSizeX}]`,
+    !int(tile.ty, 1, 256) && 'ty must be an integer in [1, 256]',
+    !int(tile.bk, 2, 1024) || tile.bk % 2 !== 0 ? 'bk must be an even integer in [2, 1024]' : false,
+    (tile.tx * tile.tn) % 2 !== 0 && 'tx * tn must be even (f16 words hold column pairs)',
+    tile.tx * tile.ty > L.maxComputeInvocationsPerWorkgroup && `tx * ty = ${tile.tx * tile.ty} threads passes the adapter's ${L.maxComputeInvocationsPerWorkgroup} per workgroup`,
+    bytes > L.maxComputeWorkgroupStorageSize && `its tiles take ${bytes} bytes of workgroup storage, over the adapter's ${L.maxComputeWorkgroupStorageSize}`,
+  ].filter(Boolean);
+  if (problems.length) throw new InvalidOptionError(`MatmulKernel: gemmTile ${JSON.stringify(g)}: ${problems.join('; ')}`);
+  return tile;
+}
 
 function isChunked(w: GpuTensor | ChunkedTensor): w is ChunkedTensor {
   return (w as ChunkedTensor).chunks !== undefined;
@@ -210,6 +244,13 @@ export interface MatmulOptions {
    * pipelines of 'workgroup' are built only when it is chosen.
    */
   gemvReduce?: 'split' | 'workgroup';
+  /**
+   * The tiled GEMM's shape (prefill, M > gemvMaxM): tm, tn in [1, 8], tx * tn and bk even (f16
+   * words pair adjacent elements), tx * ty threads within the adapter's workgroup limits, and
+   * bk * (ty * tm + tx * tn) * 4 bytes of tiles within its workgroup storage. Default
+   * { tx: 16, ty: 16, tm: 4, tn: 4, bk: 16 } (64 x 64 tiles); `bench --gemm-tile` tries others.
+   */
+  gemmTile?: GemmTile;
   /** The layernorm kernel for `ln` where it is not fused (a model shares its own); default: one of its own. */
   layernorm?: LayerNormKernel;
 }
@@ -239,6 +280,8 @@ export class MatmulKernel {
     readonly fuseLn: boolean,
     /** How gemv_kn splits K (MatmulOptions.gemvReduce). */
     readonly gemvReduce: 'split' | 'workgroup',
+    /** The tiled GEMM's shape (MatmulOptions.gemmTile). */
+    readonly gemmTile: GemmTile,
     private readonly layernorm: LayerNormKernel,
   ) {}
 
@@ -270,6 +313,7 @@ export class MatmulKernel {
     if (gemvReduce !== 'split' && gemvReduce !== 'workgroup') {
       throw new InvalidOptionError(`MatmulKernel: gemvReduce must be 'split' or 'workgroup', got ${JSON.stringify(gemvReduce)}`);
     }
+    const gemmTile = checkGemmTile(ctx, opts.gemmTile ?? GEMM_DEFAULT);
     const nkBlockRows = opts.nkBlockRows ?? NKM_DEFAULT;
     if (!okWords(nkBlockRows, 4)) throw new InvalidOptionError(`MatmulKernel: nkBlockRows must be an integer in [1, 4], got ${nkBlockRows}`);
     const LPR = opts.nkLanesPerRow ?? (cpu ? 1 : 32);
@@ -291,7 +335,7 @@ export class MatmulKernel {
       want.push([`gemv_kn_cols:${f16}:1`, 'gemv_kn_cols', { W_F16: f16, VEC: 1, WG: WG_KNC, KNV: f16 ? knWords.f16 : knWords.f32, KNM: 1 }]);
       want.push([`gemv_kn_cols:${f16}:1:block`, 'gemv_kn_cols', { W_F16: f16, VEC: 1, WG: WG_KNC, KNV: f16 ? knBlock.f16 : knBlock.f32, KNM: knBlock.rows }]);
       for (const nk of [0, 1]) {
-        want.push([`gemm:${f16}:${nk}`, 'gemm', { W_F16: f16, NK: nk, TX: GEMM.TX, TY: GEMM.TY, BK: GEMM.BK }]);
+        want.push([`gemm:${f16}:${nk}`, 'gemm', { W_F16: f16, NK: nk, TX: gemmTile.tx, TY: gemmTile.ty, TM: gemmTile.tm, TN: gemmTile.tn, BK: gemmTile.bk }]);
       }
     }
     want.push(['reduce', 'reduce', { WG: WG_REDUCE }]);
@@ -306,7 +350,7 @@ export class MatmulKernel {
       ? { kn: opts.gemvMaxM, nk: opts.gemvMaxM }
       : { kn: cpu ? Infinity : GEMV_MAX_M, nk: cpu ? Infinity : GEMV_MAX_M };
     return new MatmulKernel(ctx, new Map(want.map(([key], i) => [key, built[i]!])), LPR, WG_NK, gemvMax, opts.nkRows ?? cpu,
-      knCols, knWords, knBlock, nkBlockRows, knPanel, opts.fuseLn ?? !cpu, gemvReduce, layernorm);
+      knCols, knWords, knBlock, nkBlockRows, knPanel, opts.fuseLn ?? !cpu, gemvReduce, gemmTile, layernorm);
   }
 
   bind(owner: Owned, a: MatmulArgs, label = 'matmul'): Dispatch[] {
@@ -408,8 +452,8 @@ export class MatmulKernel {
         throw new ShapeError(`${label}: W is stored in panels of ${panel} columns, which only the 'kn' gemv_kn_cols GEMV reads; the GEMM needs it plain (knPanel 0)`);
       }
       const pipeline = this.pipelines.get(`gemm:${f16}:${a.layout === 'nk' ? 1 : 0}`)!;
-      const BM = GEMM.TY * GEMM.TM;
-      const BN = GEMM.TX * GEMM.TN;
+      const BM = this.gemmTile.ty * this.gemmTile.tm;
+      const BN = this.gemmTile.tx * this.gemmTile.tn;
       let nOff = 0;
       return pieces.map((wp, i) => {
         const n = a.layout === 'kn' ? N : wp.shape[0]!;
