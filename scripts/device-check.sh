@@ -5,7 +5,8 @@
 #      prologue) differ from the CPU adapter's;
 #   2. bench runs for the targets (gpt2 decode at batch 1..64, the 1024-token prefill, layer-norm
 #      fusion on/off, the decode GEMV's K split inside workgroups (default) or across them with a
-#      reduce dispatch (--gemv-reduce split), the prefill GEMM's 64 x 64 tile beside 128 x 128 and
+#      reduce dispatch (--gemv-reduce split), batch 16 / 64 decode in the GEMV rather than the
+#      tiled GEMM (--gemv-max-m 64), the prefill GEMM's 64 x 64 tile beside 128 x 128 and
 #      64 x 128 (--gemm-tile), gpt2 and gpt2-xl with --f16), each as JSON under $OUT;
 #   3. a short table of the figures last.
 # On the development machine: npm ci && npm run build && bash ../shared/gpu/stage.sh
@@ -32,6 +33,7 @@ echo "exit $?" >> "$out/tests.log"
 tail -n 3 "$out/tests.log"
 bench gpt2-f32 150 --model "$model" --batch 1,4,16,64 --prompt-tokens 128 --new-tokens 64 --repeat "$rep"
 bench gpt2-f32-ln-off 90 --model "$model" --batch 1 --prompt-tokens 128 --new-tokens 64 --repeat "$rep" --fuse-ln off --no-profile
+bench gpt2-f32-gemv64 90 --model "$model" --batch 16,64 --prompt-tokens 128 --new-tokens 64 --repeat "$rep" --gemv-max-m 64 --no-profile
 bench gpt2-f32-split 90 --model "$model" --batch 1,4 --prompt-tokens 128 --new-tokens 64 --repeat "$rep" --gemv-reduce split --no-profile
 bench gpt2-prefill-1024 90 --model "$model" --prompt-tokens 1024 --new-tokens 1 --repeat "$rep"
 bench gpt2-prefill-1024-t128 60 --model "$model" --prompt-tokens 1024 --new-tokens 1 --repeat "$rep" --gemm-tile 16,16,8,8,8 --no-profile

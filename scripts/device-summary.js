@@ -15,6 +15,7 @@ const TARGETS = {
   'gpt2-prefill-1024:1': 'prefill <= 10 ms',
   'gpt2-xl-f16:1': 'decode <= 6 ms/token',
   'gpt2-f32-split:1': 'decode <= 1.0 ms/token',
+  'gpt2-f32-gemv64:64': '>= 20000 tokens/s',
   'gpt2-prefill-1024-t128:1': 'prefill <= 10 ms',
   'gpt2-prefill-1024-t64x128:1': 'prefill <= 10 ms',
   'gpt2-xl-f16-split:1': 'decode <= 6 ms/token',

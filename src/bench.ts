@@ -24,6 +24,8 @@ export interface BenchOptions {
   gemvReduce?: 'split' | 'workgroup';
   /** MatmulOptions.gemmTile (the prefill GEMM's tile shape); default: the kernel's. */
   gemmTile?: GemmTile;
+  /** MatmulOptions.gemvMaxM (largest M that takes the GEMV rather than the GEMM); default: the kernel's. */
+  gemvMaxM?: number;
   onProgress?: (p: LoadProgress) => void;
 }
 
@@ -65,6 +67,8 @@ export interface BenchReport {
   gemv_reduce: 'split' | 'workgroup';
   /** MatmulOptions.gemmTile as used (the tiled GEMM of prefills past 8 tokens on GPUs; CPU adapters use the GEMV at every M). */
   gemm_tile: GemmTile;
+  /** Largest M (rows: batch x tokens) the GEMV takes, per layout; larger M takes the tiled GEMM (CPU adapters: the GEMV always, reported as null = unbounded). */
+  gemv_max_m: { kn: number | null; nk: number | null };
   prompt_tokens: number;
   new_tokens: number;
   repeat: number;
@@ -95,6 +99,7 @@ export async function runBench(engine: Engine, o: BenchOptions): Promise<BenchRe
     ...(o.fuseLn === undefined ? {} : { fuseLn: o.fuseLn }),
     ...(o.gemvReduce === undefined ? {} : { gemvReduce: o.gemvReduce }),
     ...(o.gemmTile === undefined ? {} : { gemmTile: o.gemmTile }),
+    ...(o.gemvMaxM === undefined ? {} : { gemvMaxM: o.gemvMaxM }),
   };
   const model = await engine.loadModel(o.model, { dtype: o.dtype, onProgress: o.onProgress, matmul });
   const loadMs = now() - t0;
@@ -130,6 +135,7 @@ export async function runBench(engine: Engine, o: BenchOptions): Promise<BenchRe
       fuse_ln: model.kernels.matmul.fuseLn,
       gemv_reduce: model.kernels.matmul.gemvReduce,
       gemm_tile: model.kernels.matmul.gemmTile,
+      gemv_max_m: gemvMaxOf(model),
       prompt_tokens: o.promptTokens,
       new_tokens: o.newTokens,
       repeat: o.repeat,
@@ -228,6 +234,12 @@ async function profileDecodeStep(model: Model, B: number, promptTokens: number, 
     owned.destroy();
     cache.destroy();
   }
+}
+
+/** The largest GEMV M per layout, null where unbounded (JSON has no Infinity). */
+function gemvMaxOf(model: Model): { kn: number | null; nk: number | null } {
+  const { kn, nk } = model.kernels.matmul.gemvMax;
+  return { kn: Number.isFinite(kn) ? kn : null, nk: Number.isFinite(nk) ? nk : null };
 }
 
 export function formatBench(r: BenchReport): string {

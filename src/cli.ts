@@ -247,7 +247,7 @@ const commands: Record<string, Command> = {
   },
   bench: {
     summary: 'benchmark load, prefill and decode (per batch size), with per-kernel GPU times',
-    usage: 'gpt2-webgpu bench [--model random:gpt2] [--batch 1,4,16,64] [--prompt-tokens P] [--new-tokens N] [--repeat R] [--f16] [--wait auto|sleep|spin] [--fuse-ln auto|on|off] [--gemv-reduce auto|split|workgroup] [--gemm-tile TX,TY,TM,TN,BK] [--json]',
+    usage: 'gpt2-webgpu bench [--model random:gpt2] [--batch 1,4,16,64] [--prompt-tokens P] [--new-tokens N] [--repeat R] [--f16] [--wait auto|sleep|spin] [--fuse-ln auto|on|off] [--gemv-reduce auto|split|workgroup] [--gemm-tile TX,TY,TM,TN,BK] [--gemv-max-m M] [--json]',
     flags: {
       ...MODEL_FLAGS,
       model: { ...MODEL_FLAGS.model!, default: 'random:gpt2' },
@@ -258,6 +258,7 @@ const commands: Record<string, Command> = {
       'no-profile': { type: 'boolean', default: false, help: 'skip the per-kernel timestamp profile' },
       wait: { type: 'string', default: 'auto', help: 'how the host thread waits for the GPU: sleep (in 2 ms slices), spin (dawn.node polling), auto (sleep on CPU adapters)' },
       'fuse-ln': { type: 'string', default: 'auto', help: 'layer norm in the GPU GEMV prologue (gemv_kn_ln): on, off, auto (on GPUs)' },
+      'gemv-max-m': { type: 'string', help: 'largest M (batch x tokens) the GEMV takes before the tiled GEMM (default 8 on GPUs; CPU adapters: always the GEMV)' },
       'gemm-tile': { type: 'string', help: 'the prefill GEMM tile: TX,TY threads of TM x TN outputs, BK deep (default 16,16,4,4,16)' },
       'gemv-reduce': { type: 'string', default: 'auto', help: 'how the GPU decode GEMV splits K: split (slices over workgroups + a reduce dispatch), workgroup (inside each workgroup, one dispatch), auto (workgroup on GPUs)' },
       ...JSON_FLAG,
@@ -290,6 +291,7 @@ const commands: Record<string, Command> = {
           fuseLn: fuses[String(v['fuse-ln']) as keyof typeof fuses],
           gemvReduce: reduces[String(v['gemv-reduce']) as keyof typeof reduces],
           gemmTile,
+          gemvMaxM: v['gemv-max-m'] === undefined ? undefined : num(v['gemv-max-m'], 'gemv-max-m', { int: true, min: 0 }),
           onProgress: v.json ? undefined : progress(),
         });
         console.log(v.json ? JSON.stringify(report) : formatBench(report));

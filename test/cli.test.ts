@@ -121,15 +121,20 @@ test('bench --json smoke run has every field', () => {
   assert.is(j.host_wait, 'sleep');
   assert.is(j.fuse_ln, false);
   assert.is(j.gemv_reduce, 'split');
+  assert.equal(j.gemv_max_m, { kn: null, nk: null }); // CPU adapters take the GEMV at every M
 });
 
 test('bench --wait spin, --fuse-ln on, --gemv-reduce workgroup and --gemm-tile are reported; bad values are usage or option errors', () => {
-  const r = cli('bench', '--model', tinyDir(), '--prompt-tokens', '4', '--new-tokens', '2', '--repeat', '1', '--no-profile', '--wait', 'spin', '--fuse-ln', 'on', '--gemv-reduce', 'workgroup', '--gemm-tile', '32,8,2,4,16', '--json');
+  const r = cli('bench', '--model', tinyDir(), '--prompt-tokens', '4', '--new-tokens', '2', '--repeat', '1', '--no-profile', '--wait', 'spin', '--fuse-ln', 'on', '--gemv-reduce', 'workgroup', '--gemm-tile', '32,8,2,4,16', '--gemv-max-m', '3', '--json');
   assert.is(r.code, 0, r.err);
   assert.is(JSON.parse(r.out).host_wait, 'spin');
   assert.is(JSON.parse(r.out).fuse_ln, true);
   assert.is(JSON.parse(r.out).gemv_reduce, 'workgroup');
   assert.equal(JSON.parse(r.out).gemm_tile, { tx: 32, ty: 8, tm: 2, tn: 4, bk: 16 });
+  assert.equal(JSON.parse(r.out).gemv_max_m, { kn: 3, nk: 3 });
+  const badMax = cli('bench', '--model', tinyDir(), '--gemv-max-m=1.5');
+  assert.is(badMax.code, 2);
+  assert.match(badMax.err, /--gemv-max-m must be an integer >= 0, got "1.5"/);
   const shortTile = cli('bench', '--model', tinyDir(), '--gemm-tile', '16,16');
   assert.is(shortTile.code, 2);
   assert.match(shortTile.err, /--gemm-tile takes 5 comma-separated integers TX,TY,TM,TN,BK, got "16,16"/);

@@ -290,6 +290,9 @@ test('paneled weights: kernel defaults, and every path that cannot read panels r
   withDevice(async ({ ctx, owned }) => {
     assert.is((await MatmulKernel.create(ctx, { knCols: true })).knPanel, 256);
     assert.is((await MatmulKernel.create(ctx, { knCols: false })).knPanel, 0);
+    // Where some M takes the GEMM (gemvMaxM), weights stay plain: the GEMM cannot read panels.
+    assert.is((await MatmulKernel.create(ctx, { knCols: true, gemvMaxM: 4 })).knPanel, 0);
+    await rejects(() => MatmulKernel.create(ctx, { knCols: true, gemvMaxM: 4, knPanel: 256 }), (e) => e instanceof InvalidOptionError && /knPanel 256 stores weights that only gemv_kn_cols reads, but with gemvMaxM 4 the GEMM takes M > 4/.test(e.message));
     assert.is((await MatmulKernel.create(ctx, { knCols: true, knWords: { f32: 3, f16: 1 } })).knPanel, 0, '256 is no multiple of 12');
     await rejects(() => MatmulKernel.create(ctx, { knCols: true, knPanel: 100 }), (e) => e instanceof InvalidOptionError && /knPanel must be 0 or a multiple of every gemv_kn_cols thread's columns \(32, 16\), got 100/.test(e.message));
     const x = poisoned(owned, [1, 64]);

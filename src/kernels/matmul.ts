@@ -263,7 +263,8 @@ export class MatmulKernel {
     /** gemv_nk lanes per W row and threads per workgroup. */
     readonly lpr: number,
     private readonly wgNk: number,
-    private readonly gemvMax: Record<WeightLayout, number>,
+    /** Largest M per layout that takes the GEMV (MatmulOptions.gemvMaxM; Infinity: always). */
+    readonly gemvMax: Readonly<Record<WeightLayout, number>>,
     /** Default for MatmulArgs.nkRows. */
     readonly nkRows: boolean,
     /** Default for MatmulArgs.knCols. */
@@ -302,10 +303,22 @@ export class MatmulKernel {
         || knBlock.rows * Math.max(knBlock.f32, 2 * knBlock.f16) > KNACC_MAX) {
       throw new InvalidOptionError(`MatmulKernel: knBlock needs integers rows in [1, 8], f32 in [1, 8], f16 in [1, 4], rows * max(f32, 2 * f16) <= ${KNACC_MAX}; got ${JSON.stringify(knBlock)}`);
     }
+    if (opts.gemvMaxM !== undefined && !(opts.gemvMaxM >= 0)) {
+      throw new InvalidOptionError(`MatmulKernel: gemvMaxM must be a number >= 0, got ${opts.gemvMaxM}`);
+    }
+    const gemvMax = opts.gemvMaxM !== undefined
+      ? { kn: opts.gemvMaxM, nk: opts.gemvMaxM }
+      : { kn: cpu ? Infinity : GEMV_MAX_M, nk: cpu ? Infinity : GEMV_MAX_M };
+    // Panels (and the transposed LM head) are read by gemv_kn_cols alone: where some M takes the
+    // GEMM, the weights must stay plain.
+    const gemmReachable = Number.isFinite(gemvMax.kn) || Number.isFinite(gemvMax.nk);
     const knCols = opts.knCols ?? cpu;
     const colsPerThread = [4 * knWords.f32, 8 * knWords.f16, 4 * knBlock.f32, 8 * knBlock.f16];
     const panelFits = colsPerThread.every((c) => KN_PANEL_CPU % c === 0);
-    const knPanel = opts.knPanel ?? (knCols && panelFits ? KN_PANEL_CPU : 0);
+    const knPanel = opts.knPanel ?? (knCols && panelFits && !gemmReachable ? KN_PANEL_CPU : 0);
+    if (knPanel > 0 && gemmReachable) {
+      throw new InvalidOptionError(`MatmulKernel: knPanel ${knPanel} stores weights that only gemv_kn_cols reads, but with gemvMaxM ${gemvMax.kn} the GEMM takes M > ${gemvMax.kn} and needs them plain; leave knPanel unset (0)`);
+    }
     if (!(Number.isInteger(knPanel) && knPanel >= 0) || (knPanel > 0 && colsPerThread.some((c) => knPanel % c !== 0))) {
       throw new InvalidOptionError(`MatmulKernel: knPanel must be 0 or a multiple of every gemv_kn_cols thread's columns (${[...new Set(colsPerThread)].join(', ')}), got ${knPanel}`);
     }
@@ -343,12 +356,6 @@ export class MatmulKernel {
       opts.layernorm ?? LayerNormKernel.create(ctx),
       ...want.map(([, entry, c]) => ctx.pipeline('matmul', entry, c)),
     ]) as [LayerNormKernel, ...GPUComputePipeline[]];
-    if (opts.gemvMaxM !== undefined && !(opts.gemvMaxM >= 0)) {
-      throw new InvalidOptionError(`MatmulKernel: gemvMaxM must be a number >= 0, got ${opts.gemvMaxM}`);
-    }
-    const gemvMax = opts.gemvMaxM !== undefined
-      ? { kn: opts.gemvMaxM, nk: opts.gemvMaxM }
-      : { kn: cpu ? Infinity : GEMV_MAX_M, nk: cpu ? Infinity : GEMV_MAX_M };
     return new MatmulKernel(ctx, new Map(want.map(([key], i) => [key, built[i]!])), LPR, WG_NK, gemvMax, opts.nkRows ?? cpu,
       knCols, knWords, knBlock, nkBlockRows, knPanel, opts.fuseLn ?? !cpu, gemvReduce, gemmTile, layernorm);
   }
