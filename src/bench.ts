@@ -50,6 +50,12 @@ export interface BatchResult {
   dispatches_per_token: number | null;
   submits_per_token: number | null;
   kernels: KernelTime[] | null;
+  /**
+   * The same step by operation, summed over layers (dispatch labels without their `h.<layer>.`
+   * prefix and chunk index: `attn.c_attn`, `attn.c_attn.reduce`, `attn`, `mlp.c_fc`, `lm_head`...),
+   * slowest first; null when `kernels` is.
+   */
+  kernels_by_op: KernelTime[] | null;
   kernels_note?: string;
 }
 
@@ -157,11 +163,11 @@ async function measureBatch(model: Model, B: number, prompt: number[], o: BenchO
   const st = runs[runs.length - 1]!.stats;
   const med = quantile(decode, 0.5);
   const decoded = o.newTokens > 1;
-  let kernels: KernelTime[] | null = null;
+  let profile: { families: KernelTime[]; ops: KernelTime[] } | null = null;
   let note: string | undefined;
   if (!o.profile) note = 'profiling skipped (--no-profile)';
   else if (!model.ctx.features.timestampQuery) note = 'not available: the adapter has no timestamp-query feature';
-  else kernels = await profileDecodeStep(model, B, o.promptTokens, o.promptTokens + o.newTokens);
+  else profile = await profileDecodeStep(model, B, o.promptTokens, o.promptTokens + o.newTokens);
   return {
     batch: B,
     load_ms: loadMs,
@@ -174,7 +180,8 @@ async function measureBatch(model: Model, B: number, prompt: number[], o: BenchO
     readback_bytes_per_token: st.readback_bytes_per_token,
     dispatches_per_token: decoded ? st.dispatches_per_step : null,
     submits_per_token: decoded ? st.submits : null,
-    kernels,
+    kernels: profile?.families ?? null,
+    kernels_by_op: profile?.ops ?? null,
     ...(note ? { kernels_note: note } : {}),
   };
 }
@@ -184,7 +191,7 @@ async function measureBatch(model: Model, B: number, prompt: number[], o: BenchO
  * pass with timestamp writes (this adds pass overhead, so the sum exceeds a real step; the
  * split between families is what it is for).
  */
-async function profileDecodeStep(model: Model, B: number, promptTokens: number, need: number): Promise<KernelTime[]> {
+async function profileDecodeStep(model: Model, B: number, promptTokens: number, need: number): Promise<{ families: KernelTime[]; ops: KernelTime[] }> {
   const ctx = model.ctx;
   const owned = new Owned(ctx);
   // The cache the measured generations had (same slots, so the same attention work and the same
@@ -202,7 +209,8 @@ async function profileDecodeStep(model: Model, B: number, promptTokens: number, 
     const qs = ctx.device.createQuerySet({ type: 'timestamp', count: 2 * n });
     const resolve = owned.buffer('ts.resolve', 16 * n, GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC);
     try {
-      const totals = new Map<string, KernelTime>();
+      const totals = new Map<string, KernelTime>(); // by family
+      const ops = new Map<string, KernelTime>(); // by operation (opName)
       const reps = 3;
       for (let rep = 0; rep < reps; rep++) {
         const enc = ctx.device.createCommandEncoder();
@@ -219,13 +227,16 @@ async function profileDecodeStep(model: Model, B: number, promptTokens: number, 
         if (rep === 0) continue; // warm-up
         list.forEach((d, i) => {
           const ns = Number(ts[2 * i + 1]! - ts[2 * i]!);
-          const t = totals.get(d.family) ?? { name: d.family, ms: 0, dispatches: 0 };
-          t.ms += ns / 1e6 / (reps - 1);
-          if (rep === 1) t.dispatches++;
-          totals.set(d.family, t);
+          for (const [map, key] of [[totals, d.family], [ops, opName(d.label)]] as const) {
+            const t = map.get(key) ?? { name: key, ms: 0, dispatches: 0 };
+            t.ms += ns / 1e6 / (reps - 1);
+            if (rep === 1) t.dispatches++;
+            map.set(key, t);
+          }
         });
       }
-      return [...totals.values()].sort((a, b) => b.ms - a.ms);
+      const slowestFirst = (m: Map<string, KernelTime>) => [...m.values()].sort((a, b) => b.ms - a.ms);
+      return { families: slowestFirst(totals), ops: slowestFirst(ops) };
     } finally {
       qs.destroy();
     }
@@ -234,6 +245,11 @@ async function profileDecodeStep(model: Model, B: number, promptTokens: number, 
     owned.destroy();
     cache.destroy();
   }
+}
+
+/** A dispatch label as an operation: without the layer prefix `h.<l>.` and a chunk index `[i]`. */
+export function opName(label: string): string {
+  return label.replace(/^h\.\d+\./, '').replace(/\[\d+\]/g, '');
 }
 
 /** The largest GEMV M per layout, null where unbounded (JSON has no Infinity). */
@@ -265,7 +281,11 @@ export function formatBench(r: BenchReport): string {
     if (isBatchFailure(x)) continue;
     lines.push('', `kernels, batch ${x.batch} (GPU ms per decode step):`);
     if (!x.kernels) lines.push(`  ${x.kernels_note}`);
-    else for (const k of x.kernels) lines.push(`  ${k.name.padEnd(12)} ${k.ms.toFixed(3).padStart(9)} ms  (${k.dispatches} dispatches)`);
+    else {
+      for (const k of x.kernels) lines.push(`  ${k.name.padEnd(12)} ${k.ms.toFixed(3).padStart(9)} ms  (${k.dispatches} dispatches)`);
+      lines.push('  by operation (summed over layers):');
+      for (const k of x.kernels_by_op ?? []) lines.push(`    ${k.name.padEnd(24)} ${k.ms.toFixed(3).padStart(9)} ms  (${k.dispatches})`);
+    }
   }
   return lines.join('\n');
 }

@@ -115,6 +115,16 @@ test('bench --json smoke run has every field', () => {
       assert.type(x[k], 'number', k);
     }
     assert.ok(Array.isArray(x.kernels) || typeof x.kernels_note === 'string');
+    if (Array.isArray(x.kernels)) {
+      // by operation: the same dispatches, summed over layers (no `h.<l>.` prefixes, no chunk indices)
+      type K = { name: string; ms: number; dispatches: number };
+      const ops = x.kernels_by_op as K[];
+      const count = (ks: K[]) => ks.reduce((s, k) => s + k.dispatches, 0);
+      assert.is(count(ops), count(x.kernels));
+      assert.ok(ops.every((k) => !/^h\.\d|\[/.test(k.name) && k.ms >= 0), JSON.stringify(ops.map((k) => k.name)));
+      for (const op of ['attn.c_attn', 'attn', 'mlp.c_fc', 'mlp.c_proj', 'lm_head']) assert.ok(ops.some((k) => k.name === op), op);
+      assert.is(ops.find((k) => k.name === 'attn.c_attn')!.dispatches, 2); // one per layer of the tiny model
+    }
   }
   assert.ok(j.adapter);
   // lavapipe is a CPU adapter: the default wait sleeps in slices, layer norms stay dispatches, the (unused) GPU GEMV would split K over workgroups.
