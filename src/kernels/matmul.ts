@@ -465,7 +465,7 @@ export class MatmulKernel {
       return pieces.map((wp, i) => {
         const n = a.layout === 'kn' ? N : wp.shape[0]!;
         const wpr = wordsPerRow(a.layout === 'kn' ? N : K);
-        const params = owner.uniform(`${label}.params${i}`, [M, n, K, wpr, N, nOff, K, flags, 0]);
+        const params = owner.uniform(`${label}.params${i}`, [M, n, K, wpr, N, nOff, K, flags, 0, 0] /* Params: pw, eps unused */);
         const wg: [number, number, number] = [groups(ctx, label, Math.ceil(n / BN)), groups(ctx, label, Math.ceil(M / BM)), 1];
         nOff += n;
         const bg = this.bindGroup(owner, 'gemm', pipeline, label, { 0: params, 1: a.x, 3: wp, 5: biasT, 6: a.out });
@@ -551,7 +551,7 @@ export class MatmulKernel {
       const total = Math.ceil((M * N) / WG_REDUCE);
       const gx = Math.min(total, ctx.limits.maxComputeWorkgroupsPerDimension);
       const gy = groups(ctx, label, Math.ceil(total / gx));
-      const params = owner.uniform(`${label}.reduce.params`, [M, N, S, gx, N, 0, K, flags, 0]);
+      const params = owner.uniform(`${label}.reduce.params`, [M, N, S, gx, N, 0, K, flags, 0, 0] /* Params: pw, eps unused */);
       const bg = this.bindGroup(owner, 'reduce', rp, `${label}.reduce`, { 0: params, 1: partials, 5: biasT, 6: a.out });
       out.push({ family: 'matmul', label: `${label}.reduce`, pipeline: rp, bindGroup: bg, workgroups: [gx, gy, 1] });
     }
