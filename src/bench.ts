@@ -101,12 +101,8 @@ function quantile(xs: number[], q: number): number {
 
 export async function runBench(engine: Engine, o: BenchOptions): Promise<BenchReport> {
   const t0 = now();
-  const matmul = {
-    ...(o.fuseLn === undefined ? {} : { fuseLn: o.fuseLn }),
-    ...(o.gemvReduce === undefined ? {} : { gemvReduce: o.gemvReduce }),
-    ...(o.gemmTile === undefined ? {} : { gemmTile: o.gemmTile }),
-    ...(o.gemvMaxM === undefined ? {} : { gemvMaxM: o.gemvMaxM }),
-  };
+  // Unset (undefined) options take the kernel's defaults.
+  const matmul = { fuseLn: o.fuseLn, gemvReduce: o.gemvReduce, gemmTile: o.gemmTile, gemvMaxM: o.gemvMaxM };
   const model = await engine.loadModel(o.model, { dtype: o.dtype, onProgress: o.onProgress, matmul });
   const loadMs = now() - t0;
   const cfg = model.config;
@@ -203,7 +199,7 @@ async function profileDecodeStep(model: Model, B: number, promptTokens: number, 
   try {
     const sampling = validateSampling({ temperature: 1 }, model.config.vocab_size);
     const state = model.kernels.sampler.createState(owned, B, sampling, { seeds: Array.from({ length: B }, (_, i) => i), eosId: model.config.eos_token_id, stopAtEos: false });
-    plan.write({ ids: new Array(B).fill(1), meta: decodeMeta(new Array<number>(B).fill(pos)), lastIdx: Uint32Array.from({ length: B }, (_, i) => i) });
+    plan.write({ ids: new Array(B).fill(1), meta: decodeMeta(new Array<number>(B).fill(pos)) });
     const list: Dispatch[] = [...plan.dispatches, ...model.kernels.sampler.bind(owned, state, { logits: plan.logits, outIds: plan.ids })];
     const n = list.length;
     const qs = ctx.device.createQuerySet({ type: 'timestamp', count: 2 * n });

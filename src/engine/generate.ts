@@ -283,10 +283,10 @@ async function generateCached(
   const sampler = model.kernels.sampler;
   const window = cache.window;
 
-  // Decode plan: one token per row; the sampler writes the next ids into decode.ids.
+  // Decode plan: one token per row; the sampler writes the next ids into decode.ids, the loop
+  // writes each step's meta before submitting it.
   const decode = new ForwardPlan(model, cache, R, R, { decode: true });
   plans.push(decode);
-  decode.write({ meta: decodeMeta(new Uint32Array(R)), lastIdx: Uint32Array.from({ length: R }, (_, i) => i) });
   const decodeSample: Dispatch[] = sampler.bind(owned, state as never, { logits: decode.logits, outIds: decode.ids });
 
   // ---- Prefill. Rows that already hold tokens (a continued session) get the prompt appended.

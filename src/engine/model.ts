@@ -84,7 +84,7 @@ export class ForwardPlan {
   readonly owned: Owned;
   readonly ids: GpuTensor; // [T] u32
   readonly meta: GpuTensor; // [T, 2] u32 (row, pos)
-  readonly lastIdx: GpuTensor; // [R] u32: which tokens' logits to compute
+  readonly lastIdx: GpuTensor; // [R] u32: which tokens' logits to compute (unread by a decode plan: every token's, in order)
   readonly logits: GpuTensor; // [R, V] f32
   readonly dispatches: Dispatch[] = [];
   /** What the plan is used for, when a caller reuses plans (e.g. 'reencode'). */

@@ -97,9 +97,6 @@ export async function beamSearch(model: GPT2Model, prompt: string | readonly num
     const decA = new ForwardPlan(model, cacheA, B, B, { decode: true });
     const decB = new ForwardPlan(model, cacheB, B, B, { decode: true });
     plans.push(decA, decB);
-    const ident = Uint32Array.from({ length: B }, (_, i) => i);
-    decA.write({ meta: decodeMeta(new Uint32Array(B)), lastIdx: ident });
-    decB.write({ meta: decodeMeta(new Uint32Array(B)), lastIdx: ident });
 
     const u32 = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC;
     const scores: GpuTensor = { buffer: owned.buffer('beam.scores', B * 4, u32), offset: 0, shape: [B], dtype: 'f32' };
