@@ -45,10 +45,37 @@ export function f16BitsToF32(h: number): number {
   return sign * (1 + mant / 1024) * 2 ** (exp - 15);
 }
 
-/** Packs a row-major [rows, cols] float array into u32 words, rows padded to an even count. */
+/**
+ * Packs a row-major [rows, cols] float array into u32 words, rows padded to an even count.
+ * Loading an f16 model runs this over every matrix (1.5 G values for gpt2-xl), so a Float32Array
+ * takes a fast path: its bits are read through a Uint32Array view and a value in the normal half
+ * range is rounded with integer operations inline; zero, subnormal, overflowing, Inf and NaN values
+ * go through f32ToF16Bits, which the fast path must match bit for bit (tested).
+ */
 export function packF16(src: ArrayLike<number>, rows: number, cols: number): Uint32Array {
   const wpr = Math.ceil(cols / 2); // words per row
   const out = new Uint32Array(rows * wpr);
+  if (src instanceof Float32Array) {
+    const bits = new Uint32Array(src.buffer, src.byteOffset, src.length);
+    if (cols % 2 === 0) {
+      // Even rows: no padding, word i holds elements 2i and 2i + 1.
+      for (let i = 0, n = rows * wpr; i < n; i++) {
+        out[i] = (halfBitsOf(bits[2 * i]!) | (halfBitsOf(bits[2 * i + 1]!) << 16)) >>> 0;
+      }
+      return out;
+    }
+    for (let r = 0; r < rows; r++) {
+      const s = r * cols;
+      const d = r * wpr;
+      for (let w = 0; w < wpr; w++) {
+        const c = 2 * w;
+        const lo = halfBitsOf(bits[s + c]!);
+        const hi = c + 1 < cols ? halfBitsOf(bits[s + c + 1]!) : 0;
+        out[d + w] = (lo | (hi << 16)) >>> 0;
+      }
+    }
+    return out;
+  }
   for (let r = 0; r < rows; r++) {
     const s = r * cols;
     const d = r * wpr;
@@ -60,6 +87,20 @@ export function packF16(src: ArrayLike<number>, rows: number, cols: number): Uin
     }
   }
   return out;
+}
+
+/** f32ToF16Bits of the float32 with bits `b`: inline integer rounding for normal halves. */
+function halfBitsOf(b: number): number {
+  const abs = b & 0x7fffffff;
+  // [2^-14, 65520): a normal half. Rebias the exponent (127 - 15 = 112, << 23 = 0x38000000), keep
+  // 10 mantissa bits and round the 13 dropped ones to nearest even without a branch (random
+  // weights make a rounding branch a coin flip): add 0xfff, plus 1 when the kept lowest bit is odd,
+  // then shift. A carry into the exponent is still the right half (0x477fefff -> 0x7bff).
+  if (abs >= 0x38800000 && abs < 0x477ff000) {
+    return ((b >>> 16) & 0x8000) | ((abs - 0x38000000 + 0xfff + ((abs >>> 13) & 1)) >>> 13);
+  }
+  u32[0] = b;
+  return f32ToF16Bits(f32[0]!);
 }
 
 /** Inverse of packF16: the f16-rounded values as float32, [rows, cols]. */
