@@ -241,6 +241,12 @@ test('packPanels: column panels of a row-major matrix, the last zero-padded', ()
   const m = Float32Array.from([1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
   assert.equal(Array.from(packPanels(m, 2, 5, 2)), [1, 2, 6, 7, 3, 4, 8, 9, 5, 0, 10, 0]);
   assert.equal(Array.from(packPanels(m, 2, 5, 6)), [1, 2, 3, 4, 5, 0, 6, 7, 8, 9, 10, 0]);
+  // a Float32Array is copied a row piece at a time, any other array value by value: same layout
+  assert.equal(Array.from(packPanels(Array.from(m), 2, 5, 2)), [1, 2, 6, 7, 3, 4, 8, 9, 5, 0, 10, 0]);
+  const big = Float32Array.from({ length: 7 * 300 }, (_, i) => i + 1);
+  assert.equal(packPanels(big, 7, 300, 256), packPanels(Array.from(big), 7, 300, 256));
+  assert.is(packPanels(big, 7, 300, 256)[(1 * 7 + 1) * 256 + 43], 600, 'panel 1, row 1, column 256 + 43 = element 599');
+  assert.is(packPanels(big, 7, 300, 256)[(1 * 7 + 1) * 256 + 44], 0, 'the padded tail of the last panel');
   assert.throws(() => packPanels(m, 2, 5, 3), (e: Error) => e instanceof ShapeError && /even integer >= 2, got 3/.test(e.message));
   assert.throws(() => packPanels(m, 3, 5, 2), (e: Error) => e instanceof ShapeError && /10 values for a \[3, 5\] matrix/.test(e.message));
 });

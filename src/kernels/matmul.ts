@@ -636,7 +636,9 @@ export function packPanels(src: ArrayLike<number>, rows: number, cols: number, p
     for (let r = 0; r < rows; r++) {
       const o = (q * rows + r) * panel;
       const i = r * cols + c0;
-      for (let c = 0; c < w; c++) out[o + c] = src[i + c]!;
+      // A Float32Array row piece is one contiguous copy (a model's load runs this over every matrix).
+      if (src instanceof Float32Array) out.set(src.subarray(i, i + w), o);
+      else for (let c = 0; c < w; c++) out[o + c] = src[i + c]!;
     }
   }
   return out;
