@@ -438,6 +438,13 @@ test('packPanelsTransposed: the panels of the transpose', () => {
   const t = Float32Array.from([1, 3, 5, 7, 9, 2, 4, 6, 8, 10]);
   assert.equal(Array.from(packPanelsTransposed(m, 5, 2, 2)), Array.from(packPanels(t, 2, 5, 2)));
   assert.equal(Array.from(packPanelsTransposed(m, 5, 2, 2)), [1, 3, 2, 4, 5, 7, 6, 8, 9, 0, 10, 0]);
+  // several column tiles and panels, the last of each partial: element (r, c) of the source lands
+  // in panel r / panel at row c, column r % panel
+  const [R, C, P] = [300, 70, 64];
+  const big = Float32Array.from({ length: R * C }, (_, i) => i + 1);
+  const want = new Float32Array(Math.ceil(R / P) * C * P);
+  for (let r = 0; r < R; r++) for (let c = 0; c < C; c++) want[Math.floor(r / P) * C * P + c * P + (r % P)] = big[r * C + c]!;
+  assert.equal(packPanelsTransposed(big, R, C, P), want);
   assert.throws(() => packPanelsTransposed(m, 5, 2, 5), (e: Error) => e instanceof ShapeError && /even integer >= 2, got 5/.test(e.message));
   assert.throws(() => packPanelsTransposed(m, 4, 2, 2), (e: Error) => e instanceof ShapeError && /10 values for a \[4, 2\] matrix/.test(e.message));
 });
