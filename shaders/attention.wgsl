@@ -12,8 +12,9 @@
 //     cap) positions p_t - n + 1 .. p_t of row r_t (the ring's window; the engine keeps p_t < cap, so
 //     in practice positions 0..p_t). A query whose row is >= rows gets a NaN output (defence in depth).
 //
-// Three entry points (the TS module picks): main (scalar loads, any D), main_vec4 (the same with
-// vec4 loads, D % 4 == 0) and tiled_vec4 (prompts: 8 tokens of one row per workgroup, at the end).
+// Four entry points (the TS module picks): main (scalar loads, any D), main_vec4 (the same with
+// vec4 loads, D % 4 == 0), decode_lanes (CPU adapters: one invocation per token and head, no
+// barriers) and tiled_vec4 (prompts: 8 tokens of one row per workgroup, at the end).
 //
 // Work split of main / main_vec4: one workgroup of WG threads per (query t, head h), any mix of
 // rows and positions, so prefill (many queries of a row), multi-row prefill and decode (one query
@@ -269,6 +270,69 @@ fn attend_vec4(t: u32, h: u32, lid: u32) {
     for (var g = 0u; g < parts; g++) { a += acc4[g * D4 + d]; }
     out4[t * C4 + h * D4 + d] = select(vec4<f32>(nan), a / L, valid);
   }
+}
+
+// ---- decode_lanes, for CPU adapters (lavapipe): one invocation per (query t, head h), LANES of
+// them per workgroup (one 8-wide SIMD vector on lavapipe), each walking its whole window alone with
+// its own online softmax: q, acc (HD4 vec4 each) and (m, l) in registers, per key one dot product,
+// a rescale by alpha = exp(m_old - m_new) and p_j v_j added. No workgroup memory and no barriers:
+// lavapipe runs a shader with barriers as coroutines, and main_vec4 pays 3 + log2(WG) of them per
+// block of 128 keys for a (token, head) whose work is a few hundred loads per key. The head size
+// is the override HD4 (= D / 4), so the loops over it unroll and q, acc stay in registers.
+// write_kv as in main_vec4: the invocation of (t, h) copies head h's slice of t's key and value to
+// t's slot first, and later reads it back itself (program order within one invocation).
+
+override HD4: u32 = 16u;  // decode_lanes: D / 4, 1 ..= MAX_D / 4
+const LANES: u32 = 8u;    // decode_lanes: invocations per workgroup
+
+@compute @workgroup_size(LANES)
+fn decode_lanes(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+  let w = (wg.y * p.groups_x + wg.x) * LANES + lid;
+  if (w >= p.T * p.n_head) { return; }
+  let t = w / p.n_head;
+  let h = w - t * p.n_head;
+  let C4 = p.C / 4u;
+  let row = tok_meta[2u * t];
+  let pos = tok_meta[2u * t + 1u];
+  let qb = t * 3u * C4 + h * HD4;  // q; + C4: k, + 2 C4: v
+  let ob = t * C4 + h * HD4;
+  if (row >= p.rows) {
+    for (var d = 0u; d < HD4; d++) { out4[ob + d] = vec4<f32>(bitcast<f32>(p.nan_bits)); }
+    return;
+  }
+  let n = min(pos + 1u, p.cap);
+  var slot = (pos + 1u - n) % p.cap;  // the window's first slot; runs on, wrapping once at cap
+  let head_base = row * p.cap * C4 + h * HD4;  // + slot * C4 + d4
+  if (p.write_kv == 1u) {
+    let dst = head_base + (pos % p.cap) * C4;
+    for (var d = 0u; d < HD4; d++) {
+      k4[dst + d] = qkv4[qb + C4 + d];
+      v4[dst + d] = qkv4[qb + 2u * C4 + d];
+    }
+  }
+  var q: array<vec4<f32>, 64>;    // q * scale, [HD4] used
+  var acc: array<vec4<f32>, 64>;  // sum of p_j v_j against the running max, [HD4] used
+  for (var d = 0u; d < HD4; d++) {
+    q[d] = qkv4[qb + d] * p.scale;
+    acc[d] = vec4<f32>(0.0);
+  }
+  var m = LOWEST;
+  var l = 0.0;
+  for (var j = 0u; j < n; j++) {
+    let kb = head_base + slot * C4;
+    var dot4 = vec4<f32>(0.0);
+    for (var d = 0u; d < HD4; d++) { dot4 += q[d] * k4[kb + d]; }
+    let s = dot4.x + dot4.y + dot4.z + dot4.w;
+    let m_new = max(m, s);
+    let alpha = exp(m - m_new);
+    let pj = exp(s - m_new);
+    l = l * alpha + pj;
+    for (var d = 0u; d < HD4; d++) { acc[d] = acc[d] * alpha + pj * v4[kb + d]; }
+    m = m_new;
+    slot += 1u;
+    if (slot == p.cap) { slot = 0u; }
+  }
+  for (var d = 0u; d < HD4; d++) { out4[ob + d] = acc[d] / l; }
 }
 
 // ---- Tiled variant for prefill: QT = WG / 4 consecutive tokens x one head per workgroup, so each

@@ -4,7 +4,7 @@ import { AttentionArgs, AttentionKernel } from '../src/kernels/attention.js';
 
 type AttentionVariant = NonNullable<AttentionArgs['variant']>;
 import { KvWriteKernel } from '../src/kernels/kvcache.js';
-import { ShapeError } from '../src/errors.js';
+import { InvalidOptionError, ShapeError } from '../src/errors.js';
 import { allClose, download, poisoned, Rng, run, upload, withDevice } from './helpers.js';
 import { attention64, RowHistory } from './reference/attention.js';
 
@@ -63,7 +63,7 @@ async function check(sc: Scenario, seed: number, variant: AttentionVariant, writ
     const vT = upload(owned, vc, [rows, cap, C]);
     const out = poisoned(owned, [T, C]);
     const kw = await KvWriteKernel.create(ctx);
-    const at = await AttentionKernel.create(ctx);
+    const at = await AttentionKernel.create(ctx, variant === 'lanes' ? { headDim: C / nHead, lanes: true } : {});
     await run(ctx, [
       ...(writeKv ? [] : [kw.bind(owned, { qkv: qkvT, meta: metaT, kCache: kT, vCache: vT })]),
       ...at.bind(owned, { qkv: qkvT, meta: metaT, kCache: kT, vCache: vT, out, nHead, variant, writeKv }),
@@ -102,11 +102,13 @@ const CASES: Array<[string, Scenario]> = [
   ['D 3 (scalar kernel only: D % 4 != 0), C 12, nHead 4', { C: 12, nHead: 4, cap: 300, prior: [270, 5], step: [[0, 2], [1, 3]] }],
 ];
 // Every case runs each kernel that applies: per token (vec4 loads when D % 4 == 0), per token
-// scalar, and tiled (8 tokens per workgroup; tiles that mix rows or wrap fall back per token).
-for (const variant of ['query', 'scalar', 'tiled'] as const) {
+// scalar, one invocation per token and head (lanes: D % 4 == 0), and tiled (8 tokens per
+// workgroup; tiles that mix rows or wrap fall back per token).
+for (const variant of ['query', 'scalar', 'lanes', 'tiled'] as const) {
   CASES.forEach(([name, sc], i) => {
     const D = sc.C / sc.nHead;
     if (variant === 'tiled' && !(D % 4 === 0 && D <= 64)) return;
+    if (variant === 'lanes' && D % 4 !== 0) return;
     test(`attention (${variant}): ${name}`, () => check(sc, 100 + i, variant));
   });
 }
@@ -118,8 +120,9 @@ const DECODE_CASES: Array<[string, Scenario]> = [
   ['decode, D 3 (scalar kernel: D % 4 != 0), C 12, nHead 4', { C: 12, nHead: 4, cap: 300, prior: [270, 5], step: [[0, 1], [1, 1]] }],
   ['decode, D 128 (> workgroup size), C 256, nHead 2, a row at position 0', { C: 256, nHead: 2, cap: 96, prior: [66, 0], step: [[0, 1], [1, 1]] }],
 ];
-for (const variant of ['query', 'scalar'] as const) {
+for (const variant of ['query', 'scalar', 'lanes'] as const) {
   DECODE_CASES.forEach(([name, sc], i) => {
+    if (variant === 'lanes' && (sc.C / sc.nHead) % 4 !== 0) return;
     test(`attention (${variant}, writeKv): ${name}`, () => check(sc, 300 + i, variant, true));
   });
 }
@@ -150,17 +153,20 @@ test('attention: a token whose row is outside the cache gets NaN, the others are
     const vT = upload(owned, new Float32Array(rows * cap * C).fill(NaN), [rows, cap, C]);
     const qkvT = upload(owned, qkv, [2, 3 * C]);
     const metaT = upload(owned, meta, [2, 2], 'u32');
-    const out = upload(owned, new Float32Array(2 * C), [2, C]); // zeros: NaN must be written
     const kw = await KvWriteKernel.create(ctx);
-    const at = await AttentionKernel.create(ctx);
-    await run(ctx, [
-      kw.bind(owned, { qkv: qkvT, meta: metaT, kCache: kT, vCache: vT }),
-      ...at.bind(owned, { qkv: qkvT, meta: metaT, kCache: kT, vCache: vT, out, nHead: 2 }),
-    ]);
-    const got = await download(ctx, out);
-    // token 0 attends only to itself: out = its v
-    allClose(got.subarray(0, C), qkv.subarray(2 * C, 3 * C), { atol: 1e-6 }, 'single-key attention');
-    assert.ok(got.subarray(C).every((v) => Number.isNaN(v)), 'row outside the cache gives NaN');
+    // the workgroup-per-token kernel and the one-invocation one (lanes, D 8)
+    for (const at of [await AttentionKernel.create(ctx), await AttentionKernel.create(ctx, { headDim: 8, lanes: true })]) {
+      const out = upload(owned, new Float32Array(2 * C), [2, C]); // zeros: NaN must be written
+      await run(ctx, [
+        kw.bind(owned, { qkv: qkvT, meta: metaT, kCache: kT, vCache: vT }),
+        ...at.bind(owned, { qkv: qkvT, meta: metaT, kCache: kT, vCache: vT, out, nHead: 2 }),
+      ]);
+      const got = await download(ctx, out);
+      const what = `lanes ${at.lanesHeadDim}`;
+      // token 0 attends only to itself: out = its v
+      allClose(got.subarray(0, C), qkv.subarray(2 * C, 3 * C), { atol: 1e-6 }, `single-key attention (${what})`);
+      assert.ok(got.subarray(C).every((v) => Number.isNaN(v)), `row outside the cache gives NaN (${what})`);
+    }
   }));
 
 test("attention 'auto' tiles prompts of >= 16 tokens with D % 4 == 0 and D <= 64, else one token per workgroup", () =>
@@ -174,6 +180,33 @@ test("attention 'auto' tiles prompts of >= 16 tokens with D % 4 == 0 and D <= 64
     assert.equal(at.bind(owned, args(15, 64, 1)).map((d) => d.label), ['attention']);
     assert.equal(at.bind(owned, args(16, 128, 1)).map((d) => d.label), ['attention']); // D 128 > 64
     assert.throws(() => at.bind(owned, { ...args(16, 12, 4), variant: 'tiled' }), (e: Error) => e instanceof ShapeError && /D = 3/.test(e.message));
+  }));
+
+test("attention 'lanes': built for one head size (by default on CPU adapters), chosen by 'auto' for it, refused for others", () =>
+  withDevice(async ({ ctx, owned }) => {
+    const args = (T: number, C: number, nHead: number) => ({
+      qkv: poisoned(owned, [T, 3 * C]), meta: poisoned(owned, [T, 2], 'u32'),
+      kCache: poisoned(owned, [2, 32, C]), vCache: poisoned(owned, [2, 32, C]), out: poisoned(owned, [T, C]), nHead,
+    });
+    const on = await AttentionKernel.create(ctx, { headDim: 16, lanes: true });
+    assert.is(on.lanesHeadDim, 16);
+    assert.equal(on.bind(owned, args(2, 64, 4)).map((d) => d.workgroups), [[1, 1, 1]], '8 (token, head) pairs per workgroup');
+    assert.equal(on.bind(owned, args(3, 64, 4)).map((d) => d.workgroups), [[2, 1, 1]]);
+    assert.equal(on.bind(owned, args(2, 64, 2)).map((d) => d.workgroups), [[4, 1, 1]], 'D 32: the workgroup kernel, one per pair');
+    assert.equal(on.bind(owned, args(16, 64, 4)).map((d) => d.label), ['attention.tiled', 'attention.rest'], 'prompts still tile');
+    assert.throws(() => on.bind(owned, { ...args(2, 64, 2), variant: 'lanes' }), (e: Error) => e instanceof ShapeError && /variant 'lanes' runs head size 16 only, got D = 32/.test(e.message));
+    const off = await AttentionKernel.create(ctx, { headDim: 16, lanes: false });
+    assert.is(off.lanesHeadDim, undefined);
+    assert.equal(off.bind(owned, args(2, 64, 4)).map((d) => d.workgroups), [[8, 1, 1]]);
+    assert.throws(() => off.bind(owned, { ...args(2, 64, 4), variant: 'lanes' }), (e: Error) => e instanceof ShapeError && /created without headDim/.test(e.message));
+    assert.is((await AttentionKernel.create(ctx, { headDim: 64 })).lanesHeadDim, ctx.isCpuAdapter ? 64 : undefined, 'default: CPU adapters');
+    assert.is((await AttentionKernel.create(ctx, { headDim: 6 })).lanesHeadDim, undefined, 'default: only head sizes it runs');
+    for (const headDim of [6, 0, 260]) {
+      await AttentionKernel.create(ctx, { headDim, lanes: true }).then(
+        () => assert.unreachable(`headDim ${headDim} accepted`),
+        (e: Error) => assert.ok(e instanceof InvalidOptionError && e.message.includes(`got ${headDim}`), e.message),
+      );
+    }
   }));
 
 test('attention rejects a head count that does not divide C and mismatched caches', () =>

@@ -121,8 +121,10 @@ export class ForwardPlan {
       this.logits = buf('logits', [R, V]);
       const eps = cfg.layer_norm_epsilon;
       // A decode plan (one token per row) gains nothing from the tiled prefill attention, whose
-      // tiles would all mix rows: one query per workgroup there.
-      const attnVariant = this.decode || (T === cache.rows && R === T && T > 1) ? 'query' : 'auto';
+      // tiles would all mix rows: one query per workgroup there, or per invocation where the
+      // kernel has 'lanes' for this head size (CPU adapters).
+      const oneQuery = k.attention.lanesHeadDim === C / cfg.n_head ? 'lanes' : 'query';
+      const attnVariant = this.decode || (T === cache.rows && R === T && T > 1) ? oneQuery : 'auto';
       const d = this.dispatches;
       d.push(...list(k.embedding.bind(o, { ids: this.ids, meta: this.meta, wte: w.wte, wpe: w.wpe, out: x }, 'wte+wpe')));
       for (let l = 0; l < cfg.n_layer; l++) {
@@ -198,7 +200,7 @@ export class GPT2Model implements CacheOwner {
       layernormP,
       layernormP.then((layernorm) => MatmulKernel.create(ctx, { ...matmulOptions, layernorm })),
       EmbeddingKernel.create(ctx),
-      AttentionKernel.create(ctx),
+      AttentionKernel.create(ctx, { headDim: cfg.n_embd / cfg.n_head }),
       KvWriteKernel.create(ctx),
       KvGatherKernel.create(ctx),
       GatherRowsKernel.create(ctx),

@@ -13,7 +13,7 @@
  * A token whose row is >= rows gets a NaN output (defence in depth).
  */
 import type { GpuContext } from '../engine/device.js';
-import { ShapeError } from '../errors.js';
+import { InvalidOptionError, ShapeError } from '../errors.js';
 import { binding, Dispatch, expectTensor, f32bits, GpuTensor, Owned } from './common.js';
 import { expectDisjoint, grid, NAN_BITS } from './elementwise.js';
 
@@ -29,12 +29,14 @@ export interface AttentionArgs {
   nHead: number;
   /**
    * Which kernel: 'query' (one workgroup per token and head; vec4 loads when D % 4 == 0, else
-   * scalar), 'scalar' (the same, always scalar), 'tiled' (8 consecutive tokens x one head per
-   * workgroup sharing K/V loads: for prompts; needs D % 4 == 0 and D <= 64; tiles mixing rows
+   * scalar), 'scalar' (the same, always scalar), 'lanes' (one invocation per token and head, no
+   * barriers: the kernel's `lanesHeadDim` must equal D), 'tiled' (8 consecutive tokens x one head
+   * per workgroup sharing K/V loads: for prompts; needs D % 4 == 0 and D <= 64; tiles mixing rows
    * fall back to one token at a time, so it is correct for any step, only slower for decode) or
-   * 'auto' (default): 'tiled' when it applies and T >= 16, else 'query'.
+   * 'auto' (default): 'tiled' when it applies and T >= 16, else 'lanes' where the kernel has it
+   * for this D (CPU adapters), else 'query'.
    */
-  variant?: 'auto' | 'query' | 'scalar' | 'tiled';
+  variant?: 'auto' | 'query' | 'scalar' | 'lanes' | 'tiled';
   /**
    * The kernel copies each token's key and value (qkv cols [C, 3C)) to its cache slot itself before
    * attending, so no kv_write dispatch is needed. Only for steps whose tokens are all in different
@@ -45,6 +47,22 @@ export interface AttentionArgs {
 
 /** Tokens per tile of the tiled kernel (its workgroup size / 4 lanes per token). */
 const TILE_TOKENS = 8;
+/** decode_lanes: invocations (token, head pairs) per workgroup (LANES in the shader). */
+const LANES = 8;
+
+export interface AttentionOptions {
+  /**
+   * Head size D for which to build `decode_lanes` (variant 'lanes'); it must be a multiple of 4 up
+   * to ATTENTION_MAX_HEAD_DIM. Without it there is no 'lanes' variant.
+   */
+  headDim?: number;
+  /**
+   * Whether to build `decode_lanes` for headDim. Default: on CPU adapters when headDim fits (a
+   * multiple of 4 up to the maximum), where it measured faster than the workgroup-per-token
+   * kernel (lavapipe runs shaders with barriers as coroutines).
+   */
+  lanes?: boolean;
+}
 
 export class AttentionKernel {
   private constructor(
@@ -52,20 +70,31 @@ export class AttentionKernel {
     private readonly pipeline: GPUComputePipeline,
     private readonly pipelineVec4: GPUComputePipeline,
     private readonly pipelineTiled: GPUComputePipeline,
+    private readonly pipelineLanes: GPUComputePipeline | undefined,
     readonly wg: number,
+    /** The head size decode_lanes was built for (variant 'lanes'); undefined: none. */
+    readonly lanesHeadDim: number | undefined,
   ) {}
 
-  static async create(ctx: GpuContext): Promise<AttentionKernel> {
+  static async create(ctx: GpuContext, opts: AttentionOptions = {}): Promise<AttentionKernel> {
+    const { headDim } = opts;
+    const fits = headDim !== undefined && Number.isInteger(headDim) && headDim >= 4 && headDim % 4 === 0 && headDim <= ATTENTION_MAX_HEAD_DIM;
+    // By default only where it applies (other head sizes keep the workgroup kernels); asked for, it must.
+    const lanes = headDim !== undefined && (opts.lanes ?? (ctx.isCpuAdapter && fits));
+    if (lanes && !fits) {
+      throw new InvalidOptionError(`AttentionKernel: headDim for the 'lanes' kernel must be a multiple of 4 in [4, ${ATTENTION_MAX_HEAD_DIM}], got ${headDim}; pass lanes: false for other head sizes`);
+    }
     // 32 threads (a power of two for the tree max): on lavapipe smaller workgroups cut the fixed
     // cost per block (measured: prefill T=128 -30%, decode at pos 1000 -35% against 64); it is one
     // warp/SIMD group on most GPUs. Every adapter allows >= 256 invocations, so no clamp is needed.
     const wg = 32;
-    const [scalar, vec4, tiled] = await Promise.all([
+    const [scalar, vec4, tiled, lanesP] = await Promise.all([
       ctx.pipeline('attention', 'main', { WG: wg }),
       ctx.pipeline('attention', 'main_vec4', { WG: wg }),
       ctx.pipeline('attention', 'tiled_vec4', { WG: wg }),
+      lanes ? ctx.pipeline('attention', 'decode_lanes', { HD4: headDim! / 4 }) : undefined,
     ]);
-    return new AttentionKernel(ctx, scalar, vec4, tiled, wg);
+    return new AttentionKernel(ctx, scalar, vec4, tiled, lanesP, wg, lanes ? headDim : undefined);
   }
 
   bind(owner: Owned, a: AttentionArgs, label = 'attention'): Dispatch[] {
@@ -99,6 +128,9 @@ export class AttentionKernel {
     if (variant === 'tiled' && !canTile) throw new ShapeError(`${label}: the tiled kernel needs D % 4 == 0 and D <= 64, got D = ${D}; use variant 'query'`);
     if (variant === 'tiled' && a.writeKv) throw new ShapeError(`${label}: writeKv (tokens in distinct rows, a decode step) needs the one-query kernels, not variant 'tiled'`);
     const tiled = variant === 'tiled' || (variant === 'auto' && canTile && T >= 2 * TILE_TOKENS && !a.writeKv);
+    if (variant === 'lanes' && D !== this.lanesHeadDim) {
+      throw new ShapeError(`${label}: variant 'lanes' runs head size ${this.lanesHeadDim ?? '(none: the kernel was created without headDim)'} only, got D = ${D}; create the kernel with { headDim: ${D} } or use variant 'query'`);
+    }
     const inputs = [binding(a.qkv), binding(a.meta), binding(a.kCache), binding(a.vCache), binding(a.out)];
     const make = (pipeline: GPUComputePipeline, name: string, workgroups: number, tiledSkip: number): Dispatch => {
       const [gx, gy] = grid(this.ctx, name, workgroups);
@@ -117,6 +149,10 @@ export class AttentionKernel {
         make(this.pipelineTiled, `${label}.tiled`, Math.ceil(T / TILE_TOKENS) * nHead, 0),
         make(this.pipelineVec4, `${label}.rest`, T * nHead, 1),
       ];
+    }
+    if (variant === 'lanes' || (variant === 'auto' && D === this.lanesHeadDim)) {
+      // LANES (token, head) pairs per workgroup: workgroup index * LANES + lane = token * nHead + head.
+      return [make(this.pipelineLanes!, label, Math.ceil((T * nHead) / LANES), 0)];
     }
     // 4 dims per load when head offsets are multiples of 4 (every GPT-2 size: D = 64)
     const vec4 = D % 4 === 0 && variant !== 'scalar';
