@@ -201,6 +201,10 @@ test("attention 'lanes': built for one head size (by default on CPU adapters), c
     assert.throws(() => off.bind(owned, { ...args(2, 64, 4), variant: 'lanes' }), (e: Error) => e instanceof ShapeError && /created without headDim/.test(e.message));
     assert.is((await AttentionKernel.create(ctx, { headDim: 64 })).lanesHeadDim, ctx.isCpuAdapter ? 64 : undefined, 'default: CPU adapters');
     assert.is((await AttentionKernel.create(ctx, { headDim: 6 })).lanesHeadDim, undefined, 'default: only head sizes it runs');
+    await AttentionKernel.create(ctx, { lanes: true }).then(
+      () => assert.unreachable('lanes without headDim accepted'),
+      (e: Error) => assert.ok(e instanceof InvalidOptionError && /got undefined/.test(e.message), e.message),
+    );
     for (const headDim of [6, 0, 260]) {
       await AttentionKernel.create(ctx, { headDim, lanes: true }).then(
         () => assert.unreachable(`headDim ${headDim} accepted`),

@@ -80,7 +80,7 @@ export class AttentionKernel {
     const { headDim } = opts;
     const fits = headDim !== undefined && Number.isInteger(headDim) && headDim >= 4 && headDim % 4 === 0 && headDim <= ATTENTION_MAX_HEAD_DIM;
     // By default only where it applies (other head sizes keep the workgroup kernels); asked for, it must.
-    const lanes = headDim !== undefined && (opts.lanes ?? (ctx.isCpuAdapter && fits));
+    const lanes = opts.lanes ?? (ctx.isCpuAdapter && fits);
     if (lanes && !fits) {
       throw new InvalidOptionError(`AttentionKernel: headDim for the 'lanes' kernel must be a multiple of 4 in [4, ${ATTENTION_MAX_HEAD_DIM}], got ${headDim}; pass lanes: false for other head sizes`);
     }
@@ -94,7 +94,7 @@ export class AttentionKernel {
       ctx.pipeline('attention', 'tiled_vec4', { WG: wg }),
       lanes ? ctx.pipeline('attention', 'decode_lanes', { HD4: headDim! / 4 }) : undefined,
     ]);
-    return new AttentionKernel(ctx, scalar, vec4, tiled, lanesP, wg, lanes ? headDim : undefined);
+    return new AttentionKernel(ctx, scalar, vec4, tiled, lanesP, wg, lanes ? headDim! : undefined);
   }
 
   bind(owner: Owned, a: AttentionArgs, label = 'attention'): Dispatch[] {
