@@ -55,35 +55,22 @@ export function f16BitsToF32(h: number): number {
 export function packF16(src: ArrayLike<number>, rows: number, cols: number): Uint32Array {
   const wpr = Math.ceil(cols / 2); // words per row
   const out = new Uint32Array(rows * wpr);
-  if (src instanceof Float32Array) {
-    const bits = new Uint32Array(src.buffer, src.byteOffset, src.length);
-    if (cols % 2 === 0) {
-      // Even rows: no padding, word i holds elements 2i and 2i + 1.
-      for (let i = 0, n = rows * wpr; i < n; i++) {
-        out[i] = (halfBitsOf(bits[2 * i]!) | (halfBitsOf(bits[2 * i + 1]!) << 16)) >>> 0;
-      }
-      return out;
-    }
-    for (let r = 0; r < rows; r++) {
-      const s = r * cols;
-      const d = r * wpr;
-      for (let w = 0; w < wpr; w++) {
-        const c = 2 * w;
-        const lo = halfBitsOf(bits[s + c]!);
-        const hi = c + 1 < cols ? halfBitsOf(bits[s + c + 1]!) : 0;
-        out[d + w] = (lo | (hi << 16)) >>> 0;
-      }
+  const bits = src instanceof Float32Array ? new Uint32Array(src.buffer, src.byteOffset, src.length) : undefined;
+  if (bits && cols % 2 === 0) {
+    // Even rows (every model matrix): no padding, word i holds elements 2i and 2i + 1.
+    for (let i = 0, n = rows * wpr; i < n; i++) {
+      out[i] = (halfBitsOf(bits[2 * i]!) | (halfBitsOf(bits[2 * i + 1]!) << 16)) >>> 0;
     }
     return out;
   }
+  const half = bits ? (i: number) => halfBitsOf(bits[i]!) : (i: number) => f32ToF16Bits(src[i]!);
   for (let r = 0; r < rows; r++) {
     const s = r * cols;
     const d = r * wpr;
     for (let w = 0; w < wpr; w++) {
       const c = 2 * w;
-      const lo = f32ToF16Bits(src[s + c]!);
-      const hi = c + 1 < cols ? f32ToF16Bits(src[s + c + 1]!) : 0;
-      out[d + w] = (lo | (hi << 16)) >>> 0;
+      const hi = c + 1 < cols ? half(s + c + 1) : 0;
+      out[d + w] = (half(s + c) | (hi << 16)) >>> 0;
     }
   }
   return out;
