@@ -41,18 +41,22 @@ test('tiny fixture: greedy 48 tokens identical to transformers for every prompt'
   }
 });
 
-// f16 storage quantises every matrix (relative step 2^-11). On this fixture the worst logit moves by
-// 1.01e-2 (prompt 0; the others 0.5-0.8e-2) whether wte stays f32 or not: the error comes from the
-// layers' matrices and is the quantisation itself (the f16 kernels match float64 over the rounded
-// weights to 1e-5, see the random-config tests). The bound checked is 1.5e-2 per logit and 2e-3
-// relative (L2) per prompt.
-test('tiny fixture with f16 storage: logits within 1.5e-2 (2e-3 relative) of the f32 engine', async () => {
+// f16 storage quantises every matrix (relative step 2^-11). "Within 1e-2" is checked as
+// torch.allclose(f16, f32, atol=1e-2, rtol=1e-2), i.e. |a - b| <= 1e-2 + 1e-2 |b| per logit, plus
+// 2e-3 relative (L2) per prompt. Measured: worst logit 1.009e-2 (prompt 0, token 10790, logit
+// -0.348: 0.87 of its allclose bound; the only one of 251,285 logits above 1e-2 absolute), the
+// other prompts 4.9e-3 - 7.6e-3; relative L2 6.5e-4 - 1.5e-3; logits reach |7.6|. The error is the
+// quantisation itself, whether wte stays f32 or not (the f16 kernels match float64 over the rounded
+// weights to 1e-5, see the random-config tests).
+test('tiny fixture with f16 storage: logits allclose(atol 1e-2, rtol 1e-2) to the f32 engine and to transformers, 2e-3 relative', async () => {
   const f16 = await tinyModel('f16');
   const f32 = await tinyModel('f32');
   for (const [i, p] of ref.prompts.entries()) {
     const a = await f16.logits(p.ids);
     const b = await f32.logits(p.ids);
-    allClose(a.data, b.data, { atol: 1.5e-2, rel: 2e-3 }, `prompt ${i} f16 vs f32 logits`);
+    allClose(a.data, b.data, { atol: 1e-2, rtol: 1e-2, rel: 2e-3 }, `prompt ${i} f16 vs f32 logits`);
+    // and against transformers' own float32 logits (the f32 engine is within 1e-3 of those)
+    allClose(a.data, decodeF32(p.last_logits_f32_b64), { atol: 1e-2, rtol: 1e-2, rel: 2e-3 }, `prompt ${i} f16 vs HF logits`);
   }
 });
 
