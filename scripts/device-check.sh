@@ -11,7 +11,8 @@
 #   3. a short table of the figures last.
 # On the development machine: npm ci && npm run build && bash ../shared/gpu/stage.sh
 # then with the device tool: run carry [".gpu"], command "bash .gpu/remote.sh bash scripts/device-check.sh".
-# MODEL / XL_MODEL / REPEAT override the models and repeats (to try the script on a small model).
+# MODEL / XL_MODEL / REPEAT override the models and repeats (to try the script on a small model),
+# BUDGET the seconds the whole check may take.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-device-out}"
@@ -19,26 +20,47 @@ mkdir -p "$out"
 model="${MODEL:-random:gpt2}"
 xl="${XL_MODEL:-random:gpt2-xl}"
 rep="${REPEAT:-5}"
+# The device tool stops a command at 600 s and the session's device time is short: the whole check
+# keeps to BUDGET seconds (default 540). Each step's own limit is cut to what is left, less a
+# reserve for the summary, and a step with too little left is skipped (its log says so), so the
+# table at the end always prints. The steps that measure a target run first.
+budget="${BUDGET:-540}"
+start=$SECONDS
+left() { echo $((budget - (SECONDS - start) - 15)); }
+step_limit() { # wanted limit (s) -> the limit to use, or 0 to skip
+  local l
+  l=$(left)
+  if [ "$l" -lt 20 ]; then echo 0; elif [ "$l" -lt "$1" ]; then echo "$l"; else echo "$1"; fi
+}
 bench() { # name, time limit (s), bench flags...
-  local name=$1 lim=$2
+  local name=$1 lim
+  lim=$(step_limit "$2")
   shift 2
-  echo "== $name ($(date -u +%T))"
+  if [ "$lim" -eq 0 ]; then
+    echo "== $name: skipped, the check's budget of ${budget} s is spent"
+    echo "skipped: the check's budget of ${budget} s was spent before this step" > "$out/$name.log"
+    return
+  fi
+  echo "== $name ($(date -u +%T), limit ${lim} s)"
   timeout "$lim" node bin/gpt2-webgpu.js bench "$@" --json > "$out/$name.json" 2> "$out/$name.log"
-  echo "exit $?" >> "$out/$name.log"
+  echo "exit $? (limit ${lim} s)" >> "$out/$name.log"
 }
 node bin/gpt2-webgpu.js info --json > "$out/info.json" 2> "$out/info.log"
 echo "== kernel tests ($(date -u +%T))"
-timeout 300 node scripts/run-tests.js device attention beam-kernel elementwise embedding f16 kvcache layernorm matmul softmax sampling > "$out/tests.log" 2>&1
-echo "exit $?" >> "$out/tests.log"
+tlim=$(step_limit 180)  # the first step: the budget is never spent here (and timeout 0 would mean no limit)
+timeout "$tlim" node scripts/run-tests.js device attention beam-kernel elementwise embedding f16 kvcache layernorm matmul softmax sampling > "$out/tests.log" 2>&1
+echo "exit $? (limit ${tlim} s)" >> "$out/tests.log"
 tail -n 3 "$out/tests.log"
+# The targets: gpt2 decode at batch 1..64, the 1024-token prefill, gpt2-xl with --f16.
 bench gpt2-f32 150 --model "$model" --batch 1,4,16,64 --prompt-tokens 128 --new-tokens 64 --repeat "$rep"
-bench gpt2-f32-ln-off 90 --model "$model" --batch 1 --prompt-tokens 128 --new-tokens 64 --repeat "$rep" --fuse-ln off --no-profile
-bench gpt2-f32-gemv64 90 --model "$model" --batch 16,64 --prompt-tokens 128 --new-tokens 64 --repeat "$rep" --gemv-max-m 64 --no-profile
-bench gpt2-f32-split 90 --model "$model" --batch 1,4 --prompt-tokens 128 --new-tokens 64 --repeat "$rep" --gemv-reduce split --no-profile
 bench gpt2-prefill-1024 90 --model "$model" --prompt-tokens 1024 --new-tokens 1 --repeat "$rep"
+bench gpt2-xl-f16 200 --model "$xl" --f16 --batch 1 --prompt-tokens 128 --new-tokens 32 --repeat 3
+# The alternatives each kernel choice could take instead (the defaults are set from these).
+bench gpt2-f32-split 90 --model "$model" --batch 1,4 --prompt-tokens 128 --new-tokens 64 --repeat "$rep" --gemv-reduce split --no-profile
+bench gpt2-f32-gemv64 90 --model "$model" --batch 16,64 --prompt-tokens 128 --new-tokens 64 --repeat "$rep" --gemv-max-m 64 --no-profile
+bench gpt2-f32-ln-off 90 --model "$model" --batch 1 --prompt-tokens 128 --new-tokens 64 --repeat "$rep" --fuse-ln off --no-profile
 bench gpt2-prefill-1024-t128 60 --model "$model" --prompt-tokens 1024 --new-tokens 1 --repeat "$rep" --gemm-tile 16,16,8,8,8 --no-profile
 bench gpt2-prefill-1024-t64x128 60 --model "$model" --prompt-tokens 1024 --new-tokens 1 --repeat "$rep" --gemm-tile 16,16,4,8,16 --no-profile
 bench gpt2-f16 120 --model "$model" --f16 --batch 1,64 --prompt-tokens 128 --new-tokens 64 --repeat "$rep"
-bench gpt2-xl-f16 300 --model "$xl" --f16 --batch 1 --prompt-tokens 128 --new-tokens 32 --repeat 3
-bench gpt2-xl-f16-split 200 --model "$xl" --f16 --batch 1 --prompt-tokens 128 --new-tokens 32 --repeat 3 --gemv-reduce split --no-profile
+bench gpt2-xl-f16-split 150 --model "$xl" --f16 --batch 1 --prompt-tokens 128 --new-tokens 32 --repeat 3 --gemv-reduce split --no-profile
 node scripts/device-summary.js "$out"

@@ -20,19 +20,31 @@ const TARGETS = {
   'gpt2-prefill-1024-t64x128:1': 'prefill <= 10 ms',
   'gpt2-xl-f16-split:1': 'decode <= 6 ms/token',
 };
+// Why a run left no JSON, from its log: skipped (budget), timed out, or its last lines (Dawn's
+// adapter warnings left out).
+function whyNoResult(name) {
+  const path = join(dir, `${name}.log`);
+  if (!existsSync(path)) return 'no result and no log';
+  const lines = readFileSync(path, 'utf8').trim().split('\n').filter((l) => l && !/^Warning: /.test(l));
+  const last = lines.at(-1) ?? '';
+  if (/^skipped:/.test(last)) return last;
+  const exit = /^exit (\d+)(?: \(limit (\d+) s\))?/.exec(last);
+  if (exit && (exit[1] === '124' || exit[1] === '137')) return `timed out${exit[2] ? ` at its limit of ${exit[2]} s` : ''}`;
+  return `failed: ${lines.slice(-3).join(' | ').slice(0, 200)}`;
+}
 const fmt = (v, d) => (typeof v === 'number' ? v.toFixed(d) : '-');
 const info = existsSync(join(dir, 'info.json')) ? readFileSync(join(dir, 'info.json'), 'utf8') : '';
 const adapter = /"description":\s*"([^"]*)"/.exec(info)?.[1] ?? /"vendor":\s*"([^"]*)"/.exec(info)?.[1] ?? '?';
 console.log(`adapter: ${adapter}`);
 console.log('run                        batch  load ms  first/prefill ms  decode ms/tok (p90)   tokens/s  disp/step  target');
-for (const f of readdirSync(dir).filter((f) => f.endsWith('.json') && f !== 'info.json').sort()) {
-  const name = f.slice(0, -5);
+// Every run that left a JSON or a log (a skipped run leaves only its log).
+const runs = new Set(readdirSync(dir).filter((f) => /\.(json|log)$/.test(f)).map((f) => f.replace(/\.(json|log)$/, '')));
+for (const name of [...runs].filter((n) => n !== 'info' && n !== 'tests').sort()) {
   let j;
   try {
-    j = JSON.parse(readFileSync(join(dir, f), 'utf8'));
+    j = JSON.parse(readFileSync(join(dir, `${name}.json`), 'utf8'));
   } catch {
-    const log = existsSync(join(dir, `${name}.log`)) ? readFileSync(join(dir, `${name}.log`), 'utf8').trim().split('\n').slice(-2).join(' | ') : '';
-    console.log(`${name.padEnd(26)} failed: ${log.slice(0, 160)}`);
+    console.log(`${name.padEnd(26)} ${whyNoResult(name)}`);
     continue;
   }
   for (const r of j.results) {
