@@ -63,4 +63,5 @@ bench gpt2-prefill-1024-t128 60 --model "$model" --prompt-tokens 1024 --new-toke
 bench gpt2-prefill-1024-t64x128 60 --model "$model" --prompt-tokens 1024 --new-tokens 1 --repeat "$rep" --gemm-tile 16,16,4,8,16 --no-profile
 bench gpt2-f16 120 --model "$model" --f16 --batch 1,64 --prompt-tokens 128 --new-tokens 64 --repeat "$rep"
 bench gpt2-xl-f16-split 150 --model "$xl" --f16 --batch 1 --prompt-tokens 128 --new-tokens 32 --repeat 3 --gemv-reduce split --no-profile
+bench gpt2-f32-depth1 60 --model "$model" --batch 1 --prompt-tokens 128 --new-tokens 64 --repeat "$rep" --pipeline-depth 1 --no-profile
 node scripts/device-summary.js "$out"

@@ -4,7 +4,7 @@
  * size, plus a per-kernel-family GPU time table from timestamp queries when the adapter has them.
  */
 import type { Engine, LoadProgress, Model } from './engine/engine.js';
-import { generationCapacity } from './engine/generate.js';
+import { defaultPipelineDepth, generationCapacity } from './engine/generate.js';
 import type { GemmTile } from './kernels/matmul.js';
 import { decodeMeta, ForwardPlan } from './engine/model.js';
 import { Owned, type Dispatch } from './kernels/common.js';
@@ -26,6 +26,8 @@ export interface BenchOptions {
   gemmTile?: GemmTile;
   /** MatmulOptions.gemvMaxM (largest M that takes the GEMV rather than the GEMM); default: the kernel's. */
   gemvMaxM?: number;
+  /** GenerateOptions.pipelineDepth (decode steps in flight); default: the adapter's (1 CPU, 3 GPU). */
+  pipelineDepth?: number;
   onProgress?: (p: LoadProgress) => void;
 }
 
@@ -75,6 +77,8 @@ export interface BenchReport {
   gemm_tile: GemmTile;
   /** Largest M (rows: batch x tokens) the GEMV takes, per layout; larger M takes the tiled GEMM (CPU adapters: the GEMV always, reported as null = unbounded). */
   gemv_max_m: { kn: number | null; nk: number | null };
+  /** Decode steps queued ahead of the token read-back (GenerateOptions.pipelineDepth) as used. */
+  pipeline_depth: number;
   prompt_tokens: number;
   new_tokens: number;
   repeat: number;
@@ -138,6 +142,7 @@ export async function runBench(engine: Engine, o: BenchOptions): Promise<BenchRe
       gemv_reduce: model.kernels.matmul.gemvReduce,
       gemm_tile: model.kernels.matmul.gemmTile,
       gemv_max_m: gemvMaxOf(model),
+      pipeline_depth: o.pipelineDepth ?? defaultPipelineDepth(model.ctx.isCpuAdapter),
       prompt_tokens: o.promptTokens,
       new_tokens: o.newTokens,
       repeat: o.repeat,
@@ -151,7 +156,7 @@ export async function runBench(engine: Engine, o: BenchOptions): Promise<BenchRe
 
 /** One row of the report: R timed generations of B sequences (after a warm-up), then the profile. */
 async function measureBatch(model: Model, B: number, prompt: number[], o: BenchOptions, loadMs: number): Promise<BatchResult> {
-  const gen = (maxNewTokens: number, seed: number) => model.generate(prompt, { numSequences: B, maxNewTokens, temperature: 1, seed, stopAtEos: false });
+  const gen = (maxNewTokens: number, seed: number) => model.generate(prompt, { numSequences: B, maxNewTokens, temperature: 1, seed, stopAtEos: false, pipelineDepth: o.pipelineDepth });
   await gen(Math.min(2, o.newTokens), 1); // warm-up
   const runs = [];
   for (let r = 0; r < o.repeat; r++) runs.push(await gen(o.newTokens, 1234));
@@ -257,7 +262,7 @@ function gemvMaxOf(model: Model): { kn: number | null; nk: number | null } {
 export function formatBench(r: BenchReport): string {
   const a = r.adapter as { description?: string; vendor?: string };
   const lines = [
-    `model ${r.model} (${r.dtype}), adapter: ${a.description || a.vendor}; prompt ${r.prompt_tokens} tokens, ${r.new_tokens} new, ${r.repeat} runs; host waits: ${r.host_wait}; layer norm fused: ${r.fuse_ln ? 'yes' : 'no'}; GPU GEMV K split: ${r.gemv_reduce}; GEMM tile ${r.gemm_tile.ty * r.gemm_tile.tm}x${r.gemm_tile.tx * r.gemm_tile.tn}`,
+    `model ${r.model} (${r.dtype}), adapter: ${a.description || a.vendor}; prompt ${r.prompt_tokens} tokens, ${r.new_tokens} new, ${r.repeat} runs; host waits: ${r.host_wait}; layer norm fused: ${r.fuse_ln ? 'yes' : 'no'}; GPU GEMV K split: ${r.gemv_reduce}; steps in flight: ${r.pipeline_depth}; GEMM tile ${r.gemm_tile.ty * r.gemm_tile.tm}x${r.gemm_tile.tx * r.gemm_tile.tn}`,
     `load ${r.load.load_ms.toFixed(0)} ms (pipelines ${r.load.pipelines_ms.toFixed(0)} ms, upload ${r.load.upload_ms.toFixed(0)} ms, ${(r.load.weight_bytes / 1e6).toFixed(0)} MB of weights)`,
     '',
     'batch  first-token ms  decode ms/token (median / p90)  tokens/s  readback B/token  dispatches/step  submits/step',

@@ -51,7 +51,8 @@ function num(v: unknown, name: string, { int = false, min = -Infinity, max = Inf
   const s = String(v);
   const x = Number(s);
   if (s.trim() === '' || !Number.isFinite(x) || (int && !Number.isInteger(x)) || x < min || x > max) {
-    throw new UsageError(`--${name} must be ${int ? 'an integer' : 'a number'}${min > -Infinity ? ` >= ${min}` : ''}${max < Infinity ? ` <= ${max}` : ''}, got "${s}"`);
+    const range = min > -Infinity && max < Infinity ? ` in [${min}, ${max}]` : min > -Infinity ? ` >= ${min}` : max < Infinity ? ` <= ${max}` : '';
+    throw new UsageError(`--${name} must be ${int ? 'an integer' : 'a number'}${range}, got "${s}"`);
   }
   return x;
 }
@@ -247,7 +248,7 @@ const commands: Record<string, Command> = {
   },
   bench: {
     summary: 'benchmark load, prefill and decode (per batch size), with per-kernel GPU times',
-    usage: 'gpt2-webgpu bench [--model random:gpt2] [--batch 1,4,16,64] [--prompt-tokens P] [--new-tokens N] [--repeat R] [--f16] [--wait auto|sleep|spin] [--fuse-ln auto|on|off] [--gemv-reduce auto|split|workgroup] [--gemm-tile TX,TY,TM,TN,BK] [--gemv-max-m M] [--json]',
+    usage: 'gpt2-webgpu bench [--model random:gpt2] [--batch 1,4,16,64] [--prompt-tokens P] [--new-tokens N] [--repeat R] [--f16] [--wait auto|sleep|spin] [--fuse-ln auto|on|off] [--gemv-reduce auto|split|workgroup] [--gemm-tile TX,TY,TM,TN,BK] [--gemv-max-m M] [--pipeline-depth D] [--json]',
     flags: {
       ...MODEL_FLAGS,
       model: { ...MODEL_FLAGS.model!, default: 'random:gpt2' },
@@ -261,6 +262,7 @@ const commands: Record<string, Command> = {
       'gemv-max-m': { type: 'string', help: 'largest M (batch x tokens) the GEMV takes before the tiled GEMM (default 8 on GPUs; CPU adapters: always the GEMV)' },
       'gemm-tile': { type: 'string', help: 'the prefill GEMM tile: TX,TY threads of TM x TN outputs, BK deep (default 16,16,4,4,16)' },
       'gemv-reduce': { type: 'string', default: 'auto', help: 'how the GPU decode GEMV splits K: split (slices over workgroups + a reduce dispatch), workgroup (inside each workgroup, one dispatch), auto (workgroup on GPUs)' },
+      'pipeline-depth': { type: 'string', help: 'decode steps queued ahead of the token read-back, 1-16 (default 3 on GPUs, 1 on CPU adapters)' },
       ...JSON_FLAG,
     },
     async run(v) {
@@ -292,6 +294,7 @@ const commands: Record<string, Command> = {
           gemvReduce: reduces[String(v['gemv-reduce']) as keyof typeof reduces],
           gemmTile,
           gemvMaxM: v['gemv-max-m'] === undefined ? undefined : num(v['gemv-max-m'], 'gemv-max-m', { int: true, min: 0 }),
+          pipelineDepth: v['pipeline-depth'] === undefined ? undefined : num(v['pipeline-depth'], 'pipeline-depth', { int: true, min: 1, max: 16 }),
           onProgress: v.json ? undefined : progress(),
         });
         console.log(v.json ? JSON.stringify(report) : formatBench(report));

@@ -132,16 +132,21 @@ test('bench --json smoke run has every field', () => {
   assert.is(j.fuse_ln, false);
   assert.is(j.gemv_reduce, 'split');
   assert.equal(j.gemv_max_m, { kn: null, nk: null }); // CPU adapters take the GEMV at every M
+  assert.is(j.pipeline_depth, 1); // and decode one step at a time
 });
 
-test('bench --wait spin, --fuse-ln on, --gemv-reduce workgroup and --gemm-tile are reported; bad values are usage or option errors', () => {
-  const r = cli('bench', '--model', tinyDir(), '--prompt-tokens', '4', '--new-tokens', '2', '--repeat', '1', '--no-profile', '--wait', 'spin', '--fuse-ln', 'on', '--gemv-reduce', 'workgroup', '--gemm-tile', '32,8,2,4,16', '--gemv-max-m', '3', '--json');
+test('bench --wait spin, --fuse-ln on, --gemv-reduce workgroup, --gemm-tile and --pipeline-depth are reported; bad values are usage or option errors', () => {
+  const r = cli('bench', '--model', tinyDir(), '--prompt-tokens', '4', '--new-tokens', '2', '--repeat', '1', '--no-profile', '--wait', 'spin', '--fuse-ln', 'on', '--gemv-reduce', 'workgroup', '--gemm-tile', '32,8,2,4,16', '--gemv-max-m', '3', '--pipeline-depth', '3', '--json');
   assert.is(r.code, 0, r.err);
   assert.is(JSON.parse(r.out).host_wait, 'spin');
   assert.is(JSON.parse(r.out).fuse_ln, true);
   assert.is(JSON.parse(r.out).gemv_reduce, 'workgroup');
   assert.equal(JSON.parse(r.out).gemm_tile, { tx: 32, ty: 8, tm: 2, tn: 4, bk: 16 });
   assert.equal(JSON.parse(r.out).gemv_max_m, { kn: 3, nk: 3 });
+  assert.is(JSON.parse(r.out).pipeline_depth, 3);
+  const badDepth = cli('bench', '--model', tinyDir(), '--pipeline-depth', '0');
+  assert.is(badDepth.code, 2);
+  assert.match(badDepth.err, /--pipeline-depth must be an integer in \[1, 16\], got "0"/);
   const badMax = cli('bench', '--model', tinyDir(), '--gemv-max-m=1.5');
   assert.is(badMax.code, 2);
   assert.match(badMax.err, /--gemv-max-m must be an integer >= 0, got "1.5"/);

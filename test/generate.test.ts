@@ -9,6 +9,7 @@ import { rejects } from './helpers.js';
 import { tinyReference } from './fixtures-util.js';
 import { tinyModel } from './model-util.js';
 import { deriveSeed } from '../src/sampling/options.js';
+import { defaultPipelineDepth } from '../src/engine/generate.js';
 import { AbortError, InvalidOptionError } from '../src/errors.js';
 
 const ref = tinyReference();
@@ -81,11 +82,11 @@ test('leaving a stream() loop early cancels the generation and frees its buffers
   const before = model.ctx.liveBuffers;
   const submits = model.ctx.stats.submits;
   let n = 0;
-  for await (const _ of model.stream(ref.prompts[0]!.ids, { maxNewTokens: 300, stopAtEos: false, seed: 2 })) {
+  for await (const _ of model.stream(ref.prompts[0]!.ids, { maxNewTokens: 300, stopAtEos: false, seed: 2, pipelineDepth: 3 })) {
     if (++n === 3) break;
   }
   assert.is(n, 3);
-  // 3 steps read, at most pipelineDepth (3) more in flight: nowhere near the 300 asked for.
+  // 3 steps read, at most pipelineDepth (3, the GPU default) more in flight: nowhere near the 300 asked for.
   assert.ok(model.ctx.stats.submits - submits <= 10, `${model.ctx.stats.submits - submits} submits`);
   assert.equal(model.ctx.liveBuffers, before);
 });
@@ -108,7 +109,7 @@ test('an AbortSignal stops a generation between steps and frees its buffers', as
   const ac = new AbortController();
   let seen = 0;
   await rejects(
-    () => model.generate(ref.prompts[0]!.ids, { maxNewTokens: 500, stopAtEos: false, signal: ac.signal, onToken: () => { if (++seen === 5) ac.abort(); } }),
+    () => model.generate(ref.prompts[0]!.ids, { maxNewTokens: 500, stopAtEos: false, pipelineDepth: 3, signal: ac.signal, onToken: () => { if (++seen === 5) ac.abort(); } }),
     (e: Error) => e instanceof AbortError,
   );
   assert.ok(seen < 500);
@@ -121,6 +122,42 @@ test('pipelines are built once per model: generating compiles nothing new', asyn
   const n = model.ctx.pipelineCount;
   await model.generate([4, 5, 6, 7], { maxNewTokens: 20, seed: 2, topK: 5, topP: 0.5 });
   assert.is(model.ctx.pipelineCount, n);
+});
+
+// CPU adapters (these tests' lavapipe) decode one step at a time by default and GPUs keep 3 in
+// flight: the pipelined loop is checked here against the unpipelined one, scenario by scenario
+// (greedy vs transformers, a sampled batch with top-k / top-p, stop strings, EOS, context shifts).
+test('pipelined decode (depth 2, 3, 16: the GPU default is 3) gives what depth 1 gives', async () => {
+  assert.is(defaultPipelineDepth(true), 1);
+  assert.is(defaultPipelineDepth(false), 3);
+  const model = await tinyModel();
+  assert.ok(model.ctx.isCpuAdapter, 'these tests run on a CPU adapter, whose default depth is 1');
+  const p0 = ref.prompts[0]!.ids;
+  const before = model.ctx.liveBuffers;
+  const full = await model.generate(p0, { temperature: 0, maxNewTokens: 30, stopAtEos: false, pipelineDepth: 1 });
+  const text = full.sequences[0]!.text;
+  const stop = text.slice(Math.floor(text.length / 2), Math.floor(text.length / 2) + 3);
+  const scenarios: Array<[string, (d: number) => Promise<unknown>]> = [
+    ['greedy 48', async (d) => (await model.generate(p0, { temperature: 0, maxNewTokens: 48, stopAtEos: false, pipelineDepth: d })).sequences[0]!.tokens],
+    ['sampled batch of 4, top-k / top-p, EOS on', async (d) => (await model.generateBatch(ref.prompts.slice(0, 4).map((p) => p.ids), { temperature: 1.2, topK: 40, topP: 0.9, seed: 3, maxNewTokens: 24, pipelineDepth: d })).sequences.map((q) => [q.tokens, q.finishReason])],
+    ['stop string', async (d) => (await model.generate(p0, { temperature: 0, maxNewTokens: 30, stopAtEos: false, stopStrings: [stop], pipelineDepth: d })).sequences[0]!.text],
+    ['context shifts', async (d) => {
+      const s = await model.createSession({ capacity: 32, keep: 16 });
+      try {
+        const r = await s.generate(p0, { temperature: 1, seed: 9, maxNewTokens: 80, stopAtEos: false, pipelineDepth: d });
+        assert.ok(r.stats.shifts > 2, `shifts ${r.stats.shifts}`);
+        return r.sequences[0]!.tokens;
+      } finally {
+        s.destroy();
+      }
+    }],
+  ];
+  for (const [name, run] of scenarios) {
+    const one = await run(1);
+    for (const d of [2, 3, 16]) assert.equal(await run(d), one, `${name}, depth ${d}`);
+  }
+  assert.equal([...p0, ...(await model.generate(p0, { temperature: 0, maxNewTokens: 48, stopAtEos: false, pipelineDepth: 3 })).sequences[0]!.tokens], ref.prompts[0]!.greedy48);
+  assert.equal(model.ctx.liveBuffers, before);
 });
 
 test('generation options are validated before any GPU work', async () => {
@@ -136,6 +173,9 @@ test('generation options are validated before any GPU work', async () => {
     [{ topK: -1 }, /top_?k/i],
     [{ topK: 2.5 }, /top_?k/i],
     [{ stopStrings: [''] }, /stopStrings/],
+    [{ pipelineDepth: 0 }, /pipelineDepth/],
+    [{ pipelineDepth: 17 }, /pipelineDepth/],
+    [{ pipelineDepth: 2.5 }, /pipelineDepth/],
   ];
   for (const [o, re] of bad) {
     await rejects(() => model.generate([1], o), (e: Error) => e instanceof InvalidOptionError && re.test(e.message), JSON.stringify(o));

@@ -38,7 +38,11 @@ export interface GenerateOptions extends SamplingOptions {
   signal?: AbortSignal;
   /** Called for every new token as soon as it is read back. */
   onToken?: (ev: TokenEvent) => void;
-  /** Steps queued ahead of the read-back (default 3; 1 = no pipelining). */
+  /**
+   * Steps queued ahead of the read-back (1 = no pipelining). Default: 3 on GPUs; 1 on CPU adapters
+   * (lavapipe), where the host's work for the steps queued ahead competes with the driver's
+   * worker threads for the same cores (measured 5-10% slower decode with 3, BENCHMARKS.md).
+   */
   pipelineDepth?: number;
   /** For a temporary cache: what to do at the context window ('shift' default, or 'error'). */
   onOverflow?: 'shift' | 'error';
@@ -105,8 +109,13 @@ export function generationCapacity(cfg: { n_positions: number }, need: number, m
   return need >= cfg.n_positions || mayShift ? cfg.n_positions : Math.max(2, need);
 }
 
+/** Steps in flight when GenerateOptions.pipelineDepth is not given (see there). */
+export function defaultPipelineDepth(cpuAdapter: boolean): number {
+  return cpuAdapter ? 1 : 3;
+}
+
 /** Validates the non-sampling options; throws InvalidOptionError naming the option. */
-export function validateGenerate(o: GenerateOptions): { maxNew: number; rows: number; depth: number } {
+export function validateGenerate(o: GenerateOptions, cpuAdapter = false): { maxNew: number; rows: number; depth: number } {
   const maxNew = o.maxNewTokens ?? 30;
   if (!Number.isInteger(maxNew) || maxNew < 0 || maxNew > MAX_NEW_TOKENS_LIMIT) {
     throw new InvalidOptionError(`maxNewTokens must be an integer in [0, ${MAX_NEW_TOKENS_LIMIT}], got ${maxNew}`);
@@ -115,7 +124,7 @@ export function validateGenerate(o: GenerateOptions): { maxNew: number; rows: nu
   if (!Number.isInteger(rows) || rows < 1 || rows > 1024) {
     throw new InvalidOptionError(`numSequences must be an integer in [1, 1024], got ${rows}`);
   }
-  const depth = o.pipelineDepth ?? 3;
+  const depth = o.pipelineDepth ?? defaultPipelineDepth(cpuAdapter);
   if (!Number.isInteger(depth) || depth < 1 || depth > 16) {
     throw new InvalidOptionError(`pipelineDepth must be an integer in [1, 16], got ${depth}`);
   }
@@ -163,7 +172,7 @@ export function generateBatch(model: GPT2Model, prompts: Array<string | readonly
 }
 
 async function run(model: GPT2Model, prompts: number[][], opts: GenerateOptions): Promise<GenerateResult> {
-  const { maxNew, rows: R, depth } = validateGenerate(opts);
+  const { maxNew, rows: R, depth } = validateGenerate(opts, model.ctx.isCpuAdapter);
   const cfg = model.config;
   const V = cfg.vocab_size;
   const sampling = validateSampling(samplingPart(opts), V);
