@@ -7,7 +7,8 @@
 #      fusion on/off, the decode GEMV's K split inside workgroups (default) or across them with a
 #      reduce dispatch (--gemv-reduce split), batch 16 / 64 decode in the GEMV rather than the
 #      tiled GEMM (--gemv-max-m 64), the prefill GEMM's 64 x 64 tile beside 128 x 128 and
-#      64 x 128 (--gemm-tile), gpt2 and gpt2-xl with --f16), each as JSON under $OUT;
+#      64 x 128 (--gemm-tile), gpt2 and gpt2-xl with --f16, one step in flight instead of 3
+#      (--pipeline-depth 1)), each as JSON under $OUT;
 #   3. a short table of the figures last.
 # On the development machine: npm ci && npm run build && bash ../shared/gpu/stage.sh
 # then with the device tool: run carry [".gpu"], command "bash .gpu/remote.sh bash scripts/device-check.sh".
