@@ -69,6 +69,55 @@ export interface Dispatch {
 }
 
 /** Encodes dispatches into an open compute pass. */
+/**
+ * The pipelines of a kernel with an out-of-place entry point `<entry>` and an in-place one
+ * `<entry>_inplace` (which binds its operand once, read_write: one buffer range may not be bound
+ * both as read and as read_write storage), WG threads per workgroup; built once per model.
+ */
+export class InPlacePair {
+  private constructor(readonly outOfPlace: GPUComputePipeline, readonly inPlace: GPUComputePipeline, readonly wg: number) {}
+
+  static async create(ctx: GpuContext, shader: string, entry: string, wg: number): Promise<InPlacePair> {
+    const [a, b] = await Promise.all([ctx.pipeline(shader, entry, { WG: wg }), ctx.pipeline(shader, `${entry}_inplace`, { WG: wg })]);
+    return new InPlacePair(a, b, wg);
+  }
+
+  /** The in-place pipeline when `inPlace`, else the out-of-place one. */
+  pick(inPlace: boolean): GPUComputePipeline {
+    return inPlace ? this.inPlace : this.outOfPlace;
+  }
+}
+
+/** Base of the kernels built on an InPlacePair (gelu, add, softmax). */
+export abstract class InPlaceKernel {
+  protected constructor(
+    protected readonly ctx: GpuContext,
+    protected readonly pipes: InPlacePair,
+  ) {}
+
+  /** Threads per workgroup. */
+  get wg(): number {
+    return this.pipes.wg;
+  }
+
+  /**
+   * The dispatch of a unary entry pair: x at binding 1 and y at 2, or in place y alone at
+   * `inPlaceBinding` (read_write); `params` at 0.
+   */
+  protected unary(label: string, family: Dispatch['family'], params: GPUBuffer, x: GpuTensor, y: GpuTensor, inPlace: boolean, inPlaceBinding: number, workgroups: [number, number, number]): Dispatch {
+    const pipeline = this.pipes.pick(inPlace);
+    const entries: GPUBindGroupEntry[] = inPlace
+      ? [{ binding: 0, resource: { buffer: params } }, { binding: inPlaceBinding, resource: binding(y) }]
+      : [
+          { binding: 0, resource: { buffer: params } },
+          { binding: 1, resource: binding(x) },
+          { binding: 2, resource: binding(y) },
+        ];
+    const bindGroup = this.ctx.device.createBindGroup({ label, layout: pipeline.getBindGroupLayout(0), entries });
+    return { family, label, pipeline, bindGroup, workgroups };
+  }
+}
+
 export function encodeDispatches(pass: GPUComputePassEncoder, list: readonly Dispatch[]): void {
   for (const d of list) {
     pass.setPipeline(d.pipeline);

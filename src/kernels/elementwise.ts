@@ -7,7 +7,7 @@
  */
 import type { GpuContext } from '../engine/device.js';
 import { ShapeError } from '../errors.js';
-import { binding, Dispatch, expectTensor, GpuTensor, groups, numel, Owned, tensorBytes } from './common.js';
+import { binding, Dispatch, expectTensor, GpuTensor, groups, InPlaceKernel, InPlacePair, numel, Owned, tensorBytes } from './common.js';
 
 export const NAN_BITS = 0x7fc00000;
 
@@ -46,21 +46,9 @@ export interface GeluArgs {
   y: GpuTensor; // same element count as x, f32; may be exactly x (in place), not partly overlap it
 }
 
-export class GeluKernel {
-  private constructor(
-    private readonly ctx: GpuContext,
-    private readonly outOfPlace: GPUComputePipeline,
-    private readonly inPlace: GPUComputePipeline,
-    readonly wg: number,
-  ) {}
-
+export class GeluKernel extends InPlaceKernel {
   static async create(ctx: GpuContext): Promise<GeluKernel> {
-    const wg = wgSize(ctx);
-    const [a, b] = await Promise.all([
-      ctx.pipeline('elementwise', 'gelu', { WG: wg }),
-      ctx.pipeline('elementwise', 'gelu_inplace', { WG: wg }),
-    ]);
-    return new GeluKernel(ctx, a, b, wg);
+    return new GeluKernel(ctx, await InPlacePair.create(ctx, 'elementwise', 'gelu', wgSize(ctx)));
   }
 
   bind(owner: Owned, a: GeluArgs, label = 'gelu'): Dispatch {
@@ -74,17 +62,7 @@ export class GeluKernel {
     if (alias === 'overlap') throw new ShapeError(`${label}: y partly overlaps x (bytes ${a.y.offset} vs ${a.x.offset}); pass the same view for in place`);
     const [gx, gy] = grid(this.ctx, label, Math.ceil(n / this.wg));
     const params = owner.uniform(`${label}.params`, [n, gx, 0, 0, NAN_BITS]);
-    const inPlace = alias === 'same';
-    const pipeline = inPlace ? this.inPlace : this.outOfPlace;
-    const entries: GPUBindGroupEntry[] = inPlace
-      ? [{ binding: 0, resource: { buffer: params } }, { binding: 5, resource: binding(a.y) }]
-      : [
-          { binding: 0, resource: { buffer: params } },
-          { binding: 1, resource: binding(a.x) },
-          { binding: 2, resource: binding(a.y) },
-        ];
-    const bindGroup = this.ctx.device.createBindGroup({ label, layout: pipeline.getBindGroupLayout(0), entries });
-    return { family: 'elementwise', label, pipeline, bindGroup, workgroups: [gx, gy, 1] };
+    return this.unary(label, 'elementwise', params, a.x, a.y, alias === 'same', 5, [gx, gy, 1]);
   }
 }
 
@@ -94,21 +72,9 @@ export interface AddArgs {
   out: GpuTensor; // same element count, f32; may be exactly a or b (in place), not partly overlap
 }
 
-export class AddKernel {
-  private constructor(
-    private readonly ctx: GpuContext,
-    private readonly outOfPlace: GPUComputePipeline,
-    private readonly inPlace: GPUComputePipeline,
-    readonly wg: number,
-  ) {}
-
+export class AddKernel extends InPlaceKernel {
   static async create(ctx: GpuContext): Promise<AddKernel> {
-    const wg = wgSize(ctx);
-    const [a, b] = await Promise.all([
-      ctx.pipeline('elementwise', 'add', { WG: wg }),
-      ctx.pipeline('elementwise', 'add_inplace', { WG: wg }),
-    ]);
-    return new AddKernel(ctx, a, b, wg);
+    return new AddKernel(ctx, await InPlacePair.create(ctx, 'elementwise', 'add', wgSize(ctx)));
   }
 
   bind(owner: Owned, args: AddArgs, label = 'add'): Dispatch {
@@ -128,14 +94,14 @@ export class AddKernel {
     let entries: GPUBindGroupEntry[];
     if (wa === 'same' || wb === 'same') {
       // out += the other operand (addition commutes)
-      pipeline = this.inPlace;
+      pipeline = this.pipes.inPlace;
       entries = [
         { binding: 0, resource: { buffer: params } },
         { binding: 3, resource: binding(wa === 'same' ? b : a) },
         { binding: 5, resource: binding(out) },
       ];
     } else {
-      pipeline = this.outOfPlace;
+      pipeline = this.pipes.outOfPlace;
       entries = [
         { binding: 0, resource: { buffer: params } },
         { binding: 1, resource: binding(a) },

@@ -6,7 +6,7 @@
  */
 import type { GpuContext } from '../engine/device.js';
 import { ShapeError } from '../errors.js';
-import { binding, Dispatch, expectTensor, GpuTensor, groups, Owned } from './common.js';
+import { binding, Dispatch, expectTensor, GpuTensor, groups, InPlaceKernel, InPlacePair, Owned } from './common.js';
 import { aliasing, expectDisjoint } from './elementwise.js';
 
 const NEG_INF_BITS = 0xff800000;
@@ -33,21 +33,9 @@ export interface SoftmaxArgs {
   y: GpuTensor; // [rows, V] f32; may be exactly x (in place), not partly overlap it
 }
 
-export class SoftmaxKernel {
-  private constructor(
-    private readonly ctx: GpuContext,
-    private readonly outOfPlace: GPUComputePipeline,
-    private readonly inPlace: GPUComputePipeline,
-    readonly wg: number,
-  ) {}
-
+export class SoftmaxKernel extends InPlaceKernel {
   static async create(ctx: GpuContext): Promise<SoftmaxKernel> {
-    const wg = wgSize(ctx);
-    const [a, b] = await Promise.all([
-      ctx.pipeline('softmax', 'softmax', { WG: wg }),
-      ctx.pipeline('softmax', 'softmax_inplace', { WG: wg }),
-    ]);
-    return new SoftmaxKernel(ctx, a, b, wg);
+    return new SoftmaxKernel(ctx, await InPlacePair.create(ctx, 'softmax', 'softmax', wgSize(ctx)));
   }
 
   bind(owner: Owned, a: SoftmaxArgs, label = 'softmax'): Dispatch {
@@ -56,17 +44,7 @@ export class SoftmaxKernel {
     const alias = aliasing(a.x, a.y);
     if (alias === 'overlap') throw new ShapeError(`${label}: y partly overlaps x (bytes ${a.y.offset} vs ${a.x.offset}); pass the same view for in place`);
     const params = owner.uniform(`${label}.params`, [rows, V, gx, NEG_INF_BITS]);
-    const inPlace = alias === 'same';
-    const pipeline = inPlace ? this.inPlace : this.outOfPlace;
-    const entries: GPUBindGroupEntry[] = inPlace
-      ? [{ binding: 0, resource: { buffer: params } }, { binding: 3, resource: binding(a.y) }]
-      : [
-          { binding: 0, resource: { buffer: params } },
-          { binding: 1, resource: binding(a.x) },
-          { binding: 2, resource: binding(a.y) },
-        ];
-    const bindGroup = this.ctx.device.createBindGroup({ label, layout: pipeline.getBindGroupLayout(0), entries });
-    return { family: 'sampling', label, pipeline, bindGroup, workgroups: [gx, gy, 1] };
+    return this.unary(label, 'sampling', params, a.x, a.y, alias === 'same', 3, [gx, gy, 1]);
   }
 }
 
