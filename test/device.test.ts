@@ -1,8 +1,12 @@
 /** Device acquisition: no WebGPU / no adapter give WebGPUUnavailableError with the way out; GPU
- *  validation errors surface as thrown errors; the context records limits and features. */
+ *  validation errors surface as thrown errors; the context records limits and features; a device
+ *  the host hands over is recognised from its adapter info and never destroyed by the engine. */
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { createContext } from '../src/engine/device.js';
+import { contextFromDevice, createContext } from '../src/engine/device.js';
+import { Engine } from '../src/engine/engine.js';
+import { randomCheckpoint } from '../src/engine/random.js';
+import { cfgOf } from './model-util.js';
 import { GPUValidationError, InvalidOptionError, WebGPUUnavailableError } from '../src/errors.js';
 import { nodeGPU, sleepingWaitYield } from '../src/node.js';
 import { context, rejects } from './helpers.js';
@@ -119,6 +123,43 @@ test('a context routes read-backs, drains and pipeline builds through its WaitYi
   await off.drain();
   off.destroy();
   await rejects(() => createContext(nodeGPU(), { yieldWhileWaiting: 'yes' as never }), (e) => e instanceof InvalidOptionError && /yieldWhileWaiting must be true, false or 'auto', got yes/.test(e.message));
+});
+
+test('a host-provided device: the adapter is read from it, CPU waits yield, and destroy() leaves the device alive', async () => {
+  const adapter = await nodeGPU().requestAdapter();
+  assert.ok(adapter, 'an adapter');
+  const device = await adapter!.requestDevice();
+  const lost = { yes: false };
+  void device.lost.then(() => { lost.yes = true; });
+  let waits = 0;
+  const engine = await Engine.create({ device, waitYield: () => { waits++; } });
+  const ctx = engine.ctx;
+  assert.is(ctx.ownsDevice, false);
+  // lavapipe: recognised as a CPU adapter through device.adapterInfo, so the CPU kernel choices
+  // and the sleeping waits apply as they do with a device the engine requested itself.
+  assert.ok(ctx.isCpuAdapter, JSON.stringify(ctx.adapter));
+  assert.match(ctx.adapter.description, /llvmpipe/);
+  const model = await engine.loadModel(randomCheckpoint(cfgOf({ n_embd: 32, n_head: 2, n_layer: 1, vocab_size: 64 }), 3));
+  const r = await model.generate([1, 2, 3], { maxNewTokens: 3, seed: 1, stopAtEos: false });
+  assert.is(r.sequences[0]!.tokens.length, 3);
+  assert.ok(waits > 0, 'GPU waits went through the WaitYield');
+  engine.destroy();
+  assert.equal(ctx.liveBuffers, { count: 0, bytes: 0 });
+  // The host's device still works: a buffer written and read back.
+  const buf = device.createBuffer({ size: 16, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
+  device.queue.writeBuffer(buf, 0, new Uint32Array([7, 8, 9, 10]));
+  await buf.mapAsync(GPUMapMode.READ);
+  assert.equal([...new Uint32Array(buf.getMappedRange())], [7, 8, 9, 10]);
+  buf.unmap();
+  buf.destroy();
+  await new Promise((res) => setTimeout(res, 20));
+  assert.is(lost.yes, false, 'the host device was not destroyed');
+  // A context on it can be made again, and bad options are named without touching the device.
+  assert.throws(() => contextFromDevice(device, {}, { yieldWhileWaiting: 'sometimes' as never }), (e: Error) => e instanceof InvalidOptionError && /yieldWhileWaiting/.test(e.message));
+  const again = contextFromDevice(device, { description: 'my renderer' });
+  assert.is(again.adapter.description, 'my renderer');
+  again.destroy();
+  device.destroy();
 });
 
 test.run();

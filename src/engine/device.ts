@@ -86,16 +86,21 @@ export class GpuContext {
   readonly stats = { submits: 0, dispatches: 0, bytesReadBack: 0 };
   /** Set when GPU waits sleep the host thread in slices instead of letting it spin (see WaitYield). */
   readonly waitYield: WaitYield | null;
+  private readonly onError = (ev: Event): void => {
+    this.uncapturedErrors.push((ev as GPUUncapturedErrorEvent).error);
+  };
 
-  constructor(device: GPUDevice, adapter: AdapterSummary, features: GpuFeatures, waitYield: WaitYield | null = null) {
+  /**
+   * `ownsDevice` false: a device the host application handed over (contextFromDevice), which
+   * `destroy()` leaves alive.
+   */
+  constructor(device: GPUDevice, adapter: AdapterSummary, features: GpuFeatures, waitYield: WaitYield | null = null, readonly ownsDevice = true) {
     this.device = device;
     this.adapter = adapter;
     this.features = features;
     this.waitYield = waitYield;
     this.limits = device.limits;
-    device.addEventListener('uncapturederror', (ev) => {
-      this.uncapturedErrors.push((ev as GPUUncapturedErrorEvent).error);
-    });
+    device.addEventListener('uncapturederror', this.onError);
     void device.lost.then((info) => {
       this.lostInfo = info;
     });
@@ -269,13 +274,14 @@ export class GpuContext {
     return out;
   }
 
-  /** Destroys every tracked buffer and the device. */
+  /** Destroys every tracked buffer, and the device when this context created it. */
   destroy(): void {
     if (this.destroyed) return;
     for (const b of this.live.keys()) b.destroy();
     this.live.clear();
     this.destroyed = true;
-    this.device.destroy();
+    this.device.removeEventListener('uncapturederror', this.onError);
+    if (this.ownsDevice) this.device.destroy();
   }
 }
 
@@ -356,28 +362,47 @@ export async function createContext(gpu: GPU | undefined | null, opts: ContextOp
     features: [...adapter.features].sort(),
     limits: limitsOf(device.limits),
   };
+  let waitYield: WaitYield | null;
+  try {
+    waitYield = waitYieldFor(summary, opts);
+  } catch (e) {
+    device.destroy();
+    throw e;
+  }
+  return new GpuContext(device, summary, featuresOf(device), waitYield);
+}
+
+/** The WaitYield a context uses: opts.waitYield where yieldWhileWaiting says so ('auto': CPU adapters). */
+function waitYieldFor(summary: AdapterSummary, opts: Pick<ContextOptions, 'waitYield' | 'yieldWhileWaiting'>): WaitYield | null {
   const yieldMode = opts.yieldWhileWaiting ?? 'auto';
   if (yieldMode !== 'auto' && typeof yieldMode !== 'boolean') {
-    device.destroy();
     throw new InvalidOptionError(`yieldWhileWaiting must be true, false or 'auto', got ${String(yieldMode)}`);
   }
-  const useYield = opts.waitYield && (yieldMode === true || (yieldMode === 'auto' && isCpuAdapter(summary)));
-  return new GpuContext(device, summary, featuresOf(device), useYield ? opts.waitYield! : null);
+  const use = opts.waitYield && (yieldMode === true || (yieldMode === 'auto' && isCpuAdapter(summary)));
+  return use ? opts.waitYield! : null;
 }
 
 /**
  * Wraps a GPUDevice the host application already has (e.g. a page that renders with WebGPU).
- * Features and limits are read from the device; the adapter description is whatever is known.
+ * Features and limits are read from the device; the adapter description from `info`, else from
+ * `device.adapterInfo` where the implementation has it (then a CPU adapter is recognised as one,
+ * for its kernel choices and, with opts.waitYield, its waits). The context never destroys this
+ * device: `destroy()` frees what the engine created and leaves the device to its owner.
  */
-export function contextFromDevice(device: GPUDevice, info: Partial<GPUAdapterInfo> = {}): GpuContext {
+export function contextFromDevice(
+  device: GPUDevice,
+  info: Partial<GPUAdapterInfo> = {},
+  opts: Pick<ContextOptions, 'waitYield' | 'yieldWhileWaiting'> = {},
+): GpuContext {
+  const known = (device as { adapterInfo?: Partial<GPUAdapterInfo> & { isFallbackAdapter?: boolean } }).adapterInfo;
   const summary: AdapterSummary = {
-    vendor: info.vendor ?? '',
-    architecture: info.architecture ?? '',
-    device: info.device ?? '',
-    description: info.description ?? 'host-provided device',
-    isFallbackAdapter: false,
+    vendor: info.vendor ?? known?.vendor ?? '',
+    architecture: info.architecture ?? known?.architecture ?? '',
+    device: info.device ?? known?.device ?? '',
+    description: info.description ?? (known?.description || 'host-provided device'),
+    isFallbackAdapter: Boolean((info as { isFallbackAdapter?: boolean }).isFallbackAdapter ?? known?.isFallbackAdapter),
     features: [...device.features].sort(),
     limits: limitsOf(device.limits),
   };
-  return new GpuContext(device, summary, featuresOf(device));
+  return new GpuContext(device, summary, featuresOf(device), waitYieldFor(summary, opts), false);
 }

@@ -43,7 +43,7 @@ export type SourceResolver = (source: string, opts: { onProgress?: (p: LoadProgr
 export interface EngineOptions extends ContextOptions {
   /** The WebGPU entry (navigator.gpu, or Node's from nodeGPU()). */
   gpu?: GPU;
-  /** Or a device the host already has. */
+  /** Or a device the host already has: the engine uses it and never destroys it. */
   device?: GPUDevice;
   /** Resolves string sources other than random: (the Node entry installs one for dirs and HF ids). */
   resolveSource?: SourceResolver;
@@ -72,7 +72,7 @@ export class Engine {
 
   /** Acquires a device (or wraps `opts.device`). Throws WebGPUUnavailableError when there is none. */
   static async create(opts: EngineOptions = {}): Promise<Engine> {
-    const ctx = opts.device ? contextFromDevice(opts.device) : await createContext(opts.gpu ?? (globalThis as { navigator?: { gpu?: GPU } }).navigator?.gpu, opts);
+    const ctx = opts.device ? contextFromDevice(opts.device, {}, opts) : await createContext(opts.gpu ?? (globalThis as { navigator?: { gpu?: GPU } }).navigator?.gpu, opts);
     return new Engine(ctx, opts.resolveSource);
   }
 
@@ -127,7 +127,7 @@ export class Engine {
     return model;
   }
 
-  /** Frees every model and the device. */
+  /** Frees every model, and the device unless the host handed it over (`opts.device`). */
   destroy(): void {
     for (const m of this.models) m.destroy();
     this.models.clear();
