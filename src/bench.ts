@@ -9,6 +9,7 @@ import type { GemmTile } from './kernels/matmul.js';
 import { decodeMeta, ForwardPlan } from './engine/model.js';
 import { Owned, type Dispatch } from './kernels/common.js';
 import { validateSampling } from './sampling/options.js';
+import { InvalidOptionError } from './errors.js';
 
 export interface BenchOptions {
   model: string;
@@ -107,18 +108,21 @@ export async function runBench(engine: Engine, o: BenchOptions): Promise<BenchRe
   const t0 = now();
   // Unset (undefined) options take the kernel's defaults.
   const matmul = { fuseLn: o.fuseLn, gemvReduce: o.gemvReduce, gemmTile: o.gemmTile, gemvMaxM: o.gemvMaxM };
-  const model = await engine.loadModel(o.model, { dtype: o.dtype, onProgress: o.onProgress, matmul });
+  // The source is resolved (and its config read) before any upload, so that a run the model's
+  // window cannot hold fails at once, not after loading gigabytes.
+  const ckpt = await engine.openSource(o.model, { onProgress: o.onProgress });
+  const cfg = ckpt.config;
+  // The last new token is sampled but never fed back, so P + N - 1 tokens go through the model.
+  const fed = o.promptTokens + o.newTokens - 1;
+  if (fed > cfg.n_positions) {
+    throw new InvalidOptionError(
+      `${fed} tokens go through the model (prompt-tokens ${o.promptTokens} + new-tokens ${o.newTokens} - 1, the last new token is not fed back), over its context window of ${cfg.n_positions}; ` +
+        `use at most ${cfg.n_positions - o.newTokens + 1} prompt tokens (with --new-tokens 1 the prefill of a full window is timed alone)`,
+    );
+  }
+  const model = await engine.loadModel(ckpt, { dtype: o.dtype, onProgress: o.onProgress, matmul });
   const loadMs = now() - t0;
-  const cfg = model.config;
   try {
-    // The last new token is sampled but never fed back, so P + N - 1 tokens go through the model.
-    const fed = o.promptTokens + o.newTokens - 1;
-    if (fed > cfg.n_positions) {
-      throw new RangeError(
-        `${fed} tokens go through the model (prompt-tokens ${o.promptTokens} + new-tokens ${o.newTokens} - 1, the last new token is not fed back), over its context window of ${cfg.n_positions}; ` +
-          `use at most ${cfg.n_positions - o.newTokens + 1} prompt tokens (with --new-tokens 1 the prefill of a full window is timed alone)`,
-      );
-    }
     // A fixed pseudo-random prompt (ids spread over the vocabulary).
     const prompt = Array.from({ length: o.promptTokens }, (_, i) => (i * 7919 + 13) % (cfg.vocab_size - 1));
     const results: Array<BatchResult | BatchFailure> = [];

@@ -194,6 +194,9 @@ test('bench --new-tokens 1 measures the prefill alone, so a full-window prompt (
   const over = cli('bench', '--model', tinyDir(), '--prompt-tokens', '1024', '--new-tokens', '2', '--repeat', '1');
   assert.is(over.code, 1);
   assert.match(over.err, /1025 tokens go through the model \(prompt-tokens 1024 \+ new-tokens 2 - 1, the last new token is not fed back\), over its context window of 1024/);
+  assert.match(over.err, /^error: InvalidOptionError: /m);
+  assert.not.match(over.err, /\n\s+at /, 'a named error, no stack trace');
+  assert.not.match(over.err, /upload:/, 'refused before any weight upload');
   assert.is(cli('bench', '--model', tinyDir(), '--new-tokens', '0').code, 2);
 });
 
