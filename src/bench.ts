@@ -120,7 +120,9 @@ export async function runBench(engine: Engine, o: BenchOptions): Promise<BenchRe
         `use at most ${cfg.n_positions - o.newTokens + 1} prompt tokens (with --new-tokens 1 the prefill of a full window is timed alone)`,
     );
   }
+  const resolveMs = now() - t0;
   const model = await engine.loadModel(ckpt, { dtype: o.dtype, onProgress: o.onProgress, matmul });
+  model.loadTimes.resolve_ms += resolveMs; // loadModel saw an opened checkpoint
   const loadMs = now() - t0;
   try {
     // A fixed pseudo-random prompt (ids spread over the vocabulary).
