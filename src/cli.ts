@@ -57,6 +57,24 @@ function num(v: unknown, name: string, { int = false, min = -Infinity, max = Inf
   return x;
 }
 
+/** Reads the file a flag names; a missing or unreadable file is an InvalidOptionError naming both. */
+function readFlagFile(flag: string, path: string): Buffer {
+  try {
+    return readFileSync(path);
+  } catch (e) {
+    throw new InvalidOptionError(`--${flag} ${path}: cannot read it (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
+  }
+}
+
+/** Writes the file a flag names; failure is an InvalidOptionError naming both. */
+function writeFlagFile(flag: string, path: string, data: Uint8Array): void {
+  try {
+    writeFileSync(path, data);
+  } catch (e) {
+    throw new InvalidOptionError(`--${flag} ${path}: cannot write it (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
+  }
+}
+
 function parseIds(s: string): number[] {
   const parts = s.split(',').map((p) => p.trim());
   if (parts.some((p) => !/^\d+$/.test(p))) throw new UsageError(`--ids must be comma-separated non-negative integers, got "${s}"`);
@@ -188,7 +206,7 @@ const commands: Record<string, Command> = {
       await withModel(v, async (model) => {
         const ids = typeof prompt === 'string' ? model.tokenizer.encode(prompt) : prompt;
         const r = await model.logits(ids, { allPositions: Boolean(v['all-positions']) });
-        writeFileSync(v.out as string, new Uint8Array(r.data.buffer, r.data.byteOffset, r.data.byteLength));
+        writeFlagFile('out', v.out as string, new Uint8Array(r.data.buffer, r.data.byteOffset, r.data.byteLength));
         console.log(JSON.stringify({ shape: r.shape }));
       });
     },
@@ -205,13 +223,13 @@ const commands: Record<string, Command> = {
     async run(v) {
       if (typeof v.logits !== 'string') throw new UsageError('--logits FILE.f32 is required');
       const count = num(v.count, 'count', { int: true, min: 1, max: 10_000_000 });
-      const bytes = readFileSync(v.logits);
+      const bytes = readFlagFile('logits', v.logits);
       if (bytes.byteLength === 0 || bytes.byteLength % 4) throw new InvalidOptionError(`${v.logits}: ${bytes.byteLength} bytes is not a whole number of float32 values`);
       const logits = new Float32Array(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength));
       const ctx = await nodeContext();
       try {
         const r = await sample(ctx, logits, count, samplingFrom(v));
-        if (typeof v['probs-out'] === 'string') writeFileSync(v['probs-out'], new Uint8Array(r.probs.buffer, r.probs.byteOffset, r.probs.byteLength));
+        if (typeof v['probs-out'] === 'string') writeFlagFile('probs-out', v['probs-out'], new Uint8Array(r.probs.buffer, r.probs.byteOffset, r.probs.byteLength));
         console.log(JSON.stringify({ counts: Array.from(r.counts), seed: r.seed }));
       } finally {
         ctx.destroy();

@@ -96,6 +96,16 @@ test('sample --json counts draws on the GPU; --probs-out writes the distribution
   assert.ok(Math.abs(pr[2]! - 3 / 7) < 1e-5 && Math.abs(pr[3]! - 4 / 7) < 1e-5);
 });
 
+test('a file flag that cannot be read or written is named, without a stack trace', () => {
+  const missing = cli('sample', '--logits', join(tmp, 'no-such.f32'));
+  assert.is(missing.code, 1);
+  assert.match(missing.err, /InvalidOptionError: --logits .*no-such\.f32: cannot read it \(ENOENT\)/);
+  const unwritable = cli('logits', '--model', tinyDir(), '--ids', '1,2', '--out', join(tmp, 'no-dir', 'l.f32'));
+  assert.is(unwritable.code, 1);
+  assert.match(unwritable.err, /InvalidOptionError: --out .*l\.f32: cannot write it \(ENOENT\)/);
+  for (const r of [missing, unwritable]) assert.not.match(r.err, /\n\s+at /);
+});
+
 test('beam --json reproduces the fixture beams', () => {
   const p = ref.prompts[0]!;
   const r = cli('beam', '--model', tinyDir(), '--ids', p.ids.join(','), '--num-beams', '6', '--num-return', '2', '--max-new-tokens', '20', '--json');
