@@ -70,6 +70,27 @@ var<workgroup> red: array<f32, WG>;    // the threads' maxima of their block sco
 var<workgroup> lsum: array<f32, WG>;   // [parts] partial softmax denominators
 var<workgroup> koff: array<u32, KB>;   // this block's key offsets in the caches (slot * C + head)
 
+// Step 2 of a key block, shared by main and attend_vec4 (the whole workgroup calls it, in uniform
+// control flow: it has barriers): the block's max of the lanes' maxima `tm` (a tree over red[WG]),
+// the new running max m_new = max(m, block max), and each key's probability against it into
+// sc[jl] = exp(s[i] - m_new) for key b + jl (jl = lid + i * WG; 0 past the window's n keys).
+// Returns (m_new, alpha = exp(m - m_new)), alpha rescaling what was accumulated against m.
+fn block_probs(lid: u32, s: array<f32, KPT>, tm: f32, m: f32, b: u32, n: u32) -> vec2<f32> {
+  red[lid] = tm;
+  workgroupBarrier();
+  for (var k = WG / 2u; k > 0u; k = k >> 1u) {
+    if (lid < k) { red[lid] = max(red[lid], red[lid + k]); }
+    workgroupBarrier();
+  }
+  let m_new = max(m, red[0]);
+  for (var i = 0u; i < KPT; i++) {
+    let jl = lid + i * WG;
+    sc[jl] = select(0.0, exp(s[i] - m_new), b + jl < n);
+  }
+  workgroupBarrier();  // sc complete, and red[0] read by every lane before the next block rewrites it
+  return vec2<f32>(m_new, exp(m - m_new));
+}
+
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
   let w = wg.y * p.groups_x + wg.x;
@@ -121,21 +142,10 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         tm = max(tm, dot);
       }
     }
-    // 2. block max (tree over the WG partial maxima), new running max, probabilities against it
-    red[lid] = tm;
-    workgroupBarrier();
-    for (var k = WG / 2u; k > 0u; k = k >> 1u) {
-      if (lid < k) { red[lid] = max(red[lid], red[lid + k]); }
-      workgroupBarrier();
-    }
-    let m_new = max(m, red[0]);
-    let alpha = exp(m - m_new);  // rescales what was accumulated against the old max
-    for (var i = 0u; i < KPT; i++) {
-      let jl = lid + i * WG;
-      sc[jl] = select(0.0, exp(s[i] - m_new), b + jl < n);
-    }
-    m = m_new;
-    workgroupBarrier();
+    // 2. block max, new running max, this block's probabilities against it (into sc)
+    let ma = block_probs(lid, s, tm, m, b, n);
+    let alpha = ma.y;  // rescales what was accumulated against the old max
+    m = ma.x;
     // 3. acc[g, d] = acc[g, d] * alpha + sum over this part's keys of p_j v_j[d]
     let cnt = min(KB, n - b);
     for (var e = lid; e < entries; e += WG) {
@@ -231,20 +241,9 @@ fn attend_vec4(t: u32, h: u32, lid: u32) {
         tm = max(tm, sc_);
       }
     }
-    red[lid] = tm;
-    workgroupBarrier();
-    for (var k = WG / 2u; k > 0u; k = k >> 1u) {
-      if (lid < k) { red[lid] = max(red[lid], red[lid + k]); }
-      workgroupBarrier();
-    }
-    let m_new = max(m, red[0]);
-    let alpha = exp(m - m_new);
-    for (var i = 0u; i < KPT; i++) {
-      let jl = lid + i * WG;
-      sc[jl] = select(0.0, exp(s[i] - m_new), b + jl < n);
-    }
-    m = m_new;
-    workgroupBarrier();
+    let ma = block_probs(lid, s, tm, m, b, n);
+    let alpha = ma.y;
+    m = ma.x;
     let cnt = min(KB, n - b);
     for (var e = lid; e < entries; e += WG) {
       let g = e / D4;
