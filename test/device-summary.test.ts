@@ -1,0 +1,44 @@
+/**
+ * scripts/device-summary.js, the table a GPU session reads after scripts/device-check.sh (one shot
+ * on a borrowed machine): results with their targets, and runs without a result named with why
+ * (skipped for the time budget, timed out, failed with Dawn's warnings left out).
+ */
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { REPO_ROOT } from './fixtures-util.js';
+
+test('device-summary: a result row with its target; skipped, timed-out and failed runs named', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'gpt2-devsum-'));
+  writeFileSync(join(dir, 'info.json'), JSON.stringify({ adapter: { description: 'NVIDIA H100 80GB HBM3' } }));
+  const row = {
+    batch: 1, load_ms: 812.4, first_token_ms: 9.87, prefill_ms: 9.5, decode_ms_per_token: 0.913,
+    decode_ms_per_token_p90: 0.95, tokens_per_s: 1095, dispatches_per_token: 61,
+  };
+  writeFileSync(join(dir, 'gpt2-f32.json'), JSON.stringify({ results: [row, { batch: 64, error: 'OutOfMemoryError: no room' }] }));
+  writeFileSync(join(dir, 'gpt2-f32.log'), 'exit 0 (limit 150 s)\n');
+  writeFileSync(join(dir, 'gpt2-prefill-1024.log'), 'skipped: the check\'s budget of 540 s was spent before this step\n');
+  writeFileSync(join(dir, 'gpt2-xl-f16.json'), '');
+  writeFileSync(join(dir, 'gpt2-xl-f16.log'), 'upload: 10%\nexit 124 (limit 200 s)\n');
+  writeFileSync(join(dir, 'gpt2-f16.json'), '{"trunc');
+  writeFileSync(join(dir, 'gpt2-f16.log'), 'error: DeviceLostError: the GPU device was lost\nWarning: maxDynamicUniformBuffersPerPipelineLayout artificially reduced\nexit 1 (limit 120 s)\n');
+  const r = spawnSync(process.execPath, [join(REPO_ROOT, 'scripts', 'device-summary.js'), dir], { encoding: 'utf8' });
+  assert.is(r.status, 0, r.stderr);
+  const lines = r.stdout.split('\n');
+  const line = (name: string) => lines.filter((l) => l.startsWith(`${name} `));
+  assert.match(r.stdout, /^adapter: NVIDIA H100 80GB HBM3/);
+  const f32 = line('gpt2-f32');
+  assert.is(f32.length, 2, r.stdout);
+  assert.match(f32[0]!, /^gpt2-f32\s+1\s+812\s+9\.87\/9\.50\s+0\.913 \(0\.950\)\s+1095\s+61\s+decode <= 1\.0 ms\/token$/);
+  assert.match(f32[1]!, /64\s+failed: OutOfMemoryError: no room/);
+  assert.match(line('gpt2-prefill-1024').join(''), /skipped: the check's budget of 540 s was spent/);
+  assert.match(line('gpt2-xl-f16').join(''), /timed out at its limit of 200 s/);
+  const f16 = line('gpt2-f16').join('');
+  assert.match(f16, /failed: error: DeviceLostError: the GPU device was lost \| exit 1/);
+  assert.not.match(f16, /Warning/);
+});
+
+test.run();
