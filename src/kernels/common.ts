@@ -68,36 +68,24 @@ export interface Dispatch {
   workgroups: readonly [number, number, number];
 }
 
-/** Encodes dispatches into an open compute pass. */
 /**
- * The pipelines of a kernel with an out-of-place entry point `<entry>` and an in-place one
+ * Base of the kernels with an out-of-place entry point `<entry>` and an in-place one
  * `<entry>_inplace` (which binds its operand once, read_write: one buffer range may not be bound
- * both as read and as read_write storage), WG threads per workgroup; built once per model.
+ * both as read and as read_write storage): gelu, add, softmax. Both pipelines are built once per
+ * model, with WG threads per workgroup.
  */
-export class InPlacePair {
-  private constructor(readonly outOfPlace: GPUComputePipeline, readonly inPlace: GPUComputePipeline, readonly wg: number) {}
-
-  static async create(ctx: GpuContext, shader: string, entry: string, wg: number): Promise<InPlacePair> {
-    const [a, b] = await Promise.all([ctx.pipeline(shader, entry, { WG: wg }), ctx.pipeline(shader, `${entry}_inplace`, { WG: wg })]);
-    return new InPlacePair(a, b, wg);
-  }
-
-  /** The in-place pipeline when `inPlace`, else the out-of-place one. */
-  pick(inPlace: boolean): GPUComputePipeline {
-    return inPlace ? this.inPlace : this.outOfPlace;
-  }
-}
-
-/** Base of the kernels built on an InPlacePair (gelu, add, softmax). */
 export abstract class InPlaceKernel {
   protected constructor(
     protected readonly ctx: GpuContext,
-    protected readonly pipes: InPlacePair,
+    protected readonly outOfPlace: GPUComputePipeline,
+    protected readonly inPlace: GPUComputePipeline,
+    /** Threads per workgroup. */
+    readonly wg: number,
   ) {}
 
-  /** Threads per workgroup. */
-  get wg(): number {
-    return this.pipes.wg;
+  /** The [out-of-place, in-place] pipelines of `entry` in `shader`. */
+  protected static pipelines(ctx: GpuContext, shader: string, entry: string, wg: number): Promise<[GPUComputePipeline, GPUComputePipeline]> {
+    return Promise.all([ctx.pipeline(shader, entry, { WG: wg }), ctx.pipeline(shader, `${entry}_inplace`, { WG: wg })]);
   }
 
   /**
@@ -105,7 +93,7 @@ export abstract class InPlaceKernel {
    * `inPlaceBinding` (read_write); `params` at 0.
    */
   protected unary(label: string, family: Dispatch['family'], params: GPUBuffer, x: GpuTensor, y: GpuTensor, inPlace: boolean, inPlaceBinding: number, workgroups: [number, number, number]): Dispatch {
-    const pipeline = this.pipes.pick(inPlace);
+    const pipeline = inPlace ? this.inPlace : this.outOfPlace;
     const entries: GPUBindGroupEntry[] = inPlace
       ? [{ binding: 0, resource: { buffer: params } }, { binding: inPlaceBinding, resource: binding(y) }]
       : [
@@ -118,6 +106,7 @@ export abstract class InPlaceKernel {
   }
 }
 
+/** Encodes dispatches into an open compute pass. */
 export function encodeDispatches(pass: GPUComputePassEncoder, list: readonly Dispatch[]): void {
   for (const d of list) {
     pass.setPipeline(d.pipeline);

@@ -7,7 +7,7 @@
  */
 import type { GpuContext } from '../engine/device.js';
 import { ShapeError } from '../errors.js';
-import { binding, Dispatch, expectTensor, GpuTensor, groups, InPlaceKernel, InPlacePair, numel, Owned, tensorBytes } from './common.js';
+import { binding, Dispatch, expectTensor, GpuTensor, groups, InPlaceKernel, numel, Owned, tensorBytes } from './common.js';
 
 export const NAN_BITS = 0x7fc00000;
 
@@ -48,7 +48,8 @@ export interface GeluArgs {
 
 export class GeluKernel extends InPlaceKernel {
   static async create(ctx: GpuContext): Promise<GeluKernel> {
-    return new GeluKernel(ctx, await InPlacePair.create(ctx, 'elementwise', 'gelu', wgSize(ctx)));
+    const wg = wgSize(ctx);
+    return new GeluKernel(ctx, ...(await InPlaceKernel.pipelines(ctx, 'elementwise', 'gelu', wg)), wg);
   }
 
   bind(owner: Owned, a: GeluArgs, label = 'gelu'): Dispatch {
@@ -74,7 +75,8 @@ export interface AddArgs {
 
 export class AddKernel extends InPlaceKernel {
   static async create(ctx: GpuContext): Promise<AddKernel> {
-    return new AddKernel(ctx, await InPlacePair.create(ctx, 'elementwise', 'add', wgSize(ctx)));
+    const wg = wgSize(ctx);
+    return new AddKernel(ctx, ...(await InPlaceKernel.pipelines(ctx, 'elementwise', 'add', wg)), wg);
   }
 
   bind(owner: Owned, args: AddArgs, label = 'add'): Dispatch {
@@ -94,14 +96,14 @@ export class AddKernel extends InPlaceKernel {
     let entries: GPUBindGroupEntry[];
     if (wa === 'same' || wb === 'same') {
       // out += the other operand (addition commutes)
-      pipeline = this.pipes.inPlace;
+      pipeline = this.inPlace;
       entries = [
         { binding: 0, resource: { buffer: params } },
         { binding: 3, resource: binding(wa === 'same' ? b : a) },
         { binding: 5, resource: binding(out) },
       ];
     } else {
-      pipeline = this.pipes.outOfPlace;
+      pipeline = this.outOfPlace;
       entries = [
         { binding: 0, resource: { buffer: params } },
         { binding: 1, resource: binding(a) },

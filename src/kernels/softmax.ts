@@ -6,7 +6,7 @@
  */
 import type { GpuContext } from '../engine/device.js';
 import { ShapeError } from '../errors.js';
-import { binding, Dispatch, expectTensor, GpuTensor, groups, InPlaceKernel, InPlacePair, Owned } from './common.js';
+import { binding, Dispatch, expectTensor, GpuTensor, groups, InPlaceKernel, Owned } from './common.js';
 import { aliasing, expectDisjoint } from './elementwise.js';
 
 const NEG_INF_BITS = 0xff800000;
@@ -35,7 +35,8 @@ export interface SoftmaxArgs {
 
 export class SoftmaxKernel extends InPlaceKernel {
   static async create(ctx: GpuContext): Promise<SoftmaxKernel> {
-    return new SoftmaxKernel(ctx, await InPlacePair.create(ctx, 'softmax', 'softmax', wgSize(ctx)));
+    const wg = wgSize(ctx);
+    return new SoftmaxKernel(ctx, ...(await InPlaceKernel.pipelines(ctx, 'softmax', 'softmax', wg)), wg);
   }
 
   bind(owner: Owned, a: SoftmaxArgs, label = 'softmax'): Dispatch {
