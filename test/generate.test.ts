@@ -1,7 +1,7 @@
 /**
  * Generation behaviour: 4 bytes read back per sequence per step, batched sampling == single runs
  * with derived seeds, streaming, stop strings, cancellation, option validation, no per-token
- * pipeline compilation.
+ * pipeline compilation and no per-token allocation.
  */
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
@@ -122,6 +122,44 @@ test('pipelines are built once per model: generating compiles nothing new', asyn
   const n = model.ctx.pipelineCount;
   await model.generate([4, 5, 6, 7], { maxNewTokens: 20, seed: 2, topK: 5, topP: 0.5 });
   assert.is(model.ctx.pipelineCount, n);
+});
+
+test('decoding allocates nothing per token: a generation creates the same objects at 4 tokens as at 36', async () => {
+  const model = await tinyModel();
+  const proto = Object.getPrototypeOf(model.ctx.device);
+  // Everything a step could wrongly create; command encoders are expected, one per step.
+  const names = ['createBuffer', 'createBindGroup', 'createShaderModule', 'createComputePipeline', 'createComputePipelineAsync', 'createQuerySet', 'createCommandEncoder'] as const;
+  const originals = names.map((n) => proto[n]);
+  const counts = new Map<string, number>();
+  names.forEach((n, i) => {
+    proto[n] = function (this: GPUDevice, ...args: unknown[]) {
+      counts.set(n, (counts.get(n) ?? 0) + 1);
+      return originals[i].apply(this, args);
+    };
+  });
+  const kinds = {
+    sample: (n: number) => model.generate([1, 2, 3], { maxNewTokens: n, seed: 1, stopAtEos: false }),
+    batch: (n: number) => model.generate([1, 2, 3], { maxNewTokens: n, seed: 1, stopAtEos: false, numSequences: 3, topK: 5, topP: 0.9 }),
+    beam: (n: number) => model.beamSearch([1, 2, 3], { maxNewTokens: n, numBeams: 3, numReturnSequences: 1 }),
+  };
+  try {
+    for (const [kind, run] of Object.entries(kinds)) {
+      const created: Record<string, number>[] = [];
+      for (const n of [4, 36]) {
+        counts.clear();
+        await run(n);
+        created.push(Object.fromEntries(names.map((k) => [k, counts.get(k) ?? 0])));
+      }
+      const [short, long] = created as [Record<string, number>, Record<string, number>];
+      assert.ok(short.createBuffer! > 0, `${kind}: the counting hook saw no createBuffer`);
+      for (const k of names.filter((k) => k !== 'createCommandEncoder')) {
+        assert.is(long[k], short[k], `${kind}: ${k} called ${short[k]} times for 4 tokens, ${long[k]} for 36`);
+      }
+      assert.is(long.createCommandEncoder! - short.createCommandEncoder!, 32, `${kind}: one command encoder per step`);
+    }
+  } finally {
+    names.forEach((n, i) => (proto[n] = originals[i]));
+  }
 });
 
 // CPU adapters (lavapipe, where CI runs) decode one step at a time by default and GPUs keep 3 in
