@@ -41,7 +41,11 @@ export interface KernelTime {
 export interface BatchResult {
   batch: number;
   load_ms: number;
+  /** From the generate call to the first ids on the CPU: setup_ms + prefill_ms. */
   first_token_ms: number;
+  /** Host work before the prompt's submit (temporary cache, sampler state, plans and bind groups). */
+  setup_ms: number;
+  /** The prompt's submit to its first ids on the CPU (GPU prefill, sampling, 4-byte read-back). */
   prefill_ms: number;
   /** null with --new-tokens 1 (prefill only: no decode step ran); see decode_note. */
   decode_ms_per_token: number | null;
@@ -179,6 +183,7 @@ async function measureBatch(model: Model, B: number, prompt: number[], o: BenchO
     batch: B,
     load_ms: loadMs,
     first_token_ms: quantile(runs.map((r) => r.stats.first_token_ms), 0.5),
+    setup_ms: quantile(runs.map((r) => r.stats.setup_ms), 0.5),
     prefill_ms: quantile(runs.map((r) => r.stats.prefill_ms), 0.5),
     decode_ms_per_token: decoded ? med : null,
     decode_ms_per_token_p90: decoded ? quantile(decode, 0.9) : null,
@@ -271,7 +276,7 @@ export function formatBench(r: BenchReport): string {
     `model ${r.model} (${r.dtype}), adapter: ${a.description || a.vendor}; prompt ${r.prompt_tokens} tokens, ${r.new_tokens} new, ${r.repeat} runs; host waits: ${r.host_wait}; layer norm fused: ${r.fuse_ln ? 'yes' : 'no'}; GPU GEMV K split: ${r.gemv_reduce}; steps in flight: ${r.pipeline_depth}; GEMM tile ${r.gemm_tile.ty * r.gemm_tile.tm}x${r.gemm_tile.tx * r.gemm_tile.tn}`,
     `load ${r.load.load_ms.toFixed(0)} ms (pipelines ${r.load.pipelines_ms.toFixed(0)} ms, upload ${r.load.upload_ms.toFixed(0)} ms, ${(r.load.weight_bytes / 1e6).toFixed(0)} MB of weights)`,
     '',
-    'batch  first-token ms  decode ms/token (median / p90)  tokens/s  readback B/token  dispatches/step  submits/step',
+    'batch  first-token ms (setup + prefill)  decode ms/token (median / p90)  tokens/s  readback B/token  dispatches/step  submits/step',
   ];
   const fix = (v: number | null, d: number) => (v === null ? '-' : v.toFixed(d));
   for (const x of r.results) {
@@ -280,7 +285,7 @@ export function formatBench(r: BenchReport): string {
       continue;
     }
     lines.push(
-      `${String(x.batch).padStart(5)}  ${x.first_token_ms.toFixed(1).padStart(14)}  ${fix(x.decode_ms_per_token, 2).padStart(15)} / ${fix(x.decode_ms_per_token_p90, 2).padEnd(13)}  ${fix(x.tokens_per_s, 1).padStart(8)}  ${String(x.readback_bytes_per_token).padStart(16)}  ${fix(x.dispatches_per_token, 0).padStart(15)}  ${fix(x.submits_per_token, 2).padStart(12)}`,
+      `${String(x.batch).padStart(5)}  ${`${x.first_token_ms.toFixed(1)} (${x.setup_ms.toFixed(1)} + ${x.prefill_ms.toFixed(1)})`.padStart(32)}  ${fix(x.decode_ms_per_token, 2).padStart(15)} / ${fix(x.decode_ms_per_token_p90, 2).padEnd(13)}  ${fix(x.tokens_per_s, 1).padStart(8)}  ${String(x.readback_bytes_per_token).padStart(16)}  ${fix(x.dispatches_per_token, 0).padStart(15)}  ${fix(x.submits_per_token, 2).padStart(12)}`,
     );
   }
   if (r.new_tokens === 1) lines.push('(--new-tokens 1: prefill only, no decode step measured)');

@@ -186,7 +186,7 @@ const commands: Record<string, Command> = {
         } else {
           if (streamOut) process.stdout.write('\n');
           else res.sequences.forEach((q, i) => console.log(`--- sequence ${i}\n${q.text}`));
-          process.stderr.write(`seed ${res.seed}; prefill ${res.stats.prefill_ms.toFixed(1)} ms; decode ${res.stats.decode_ms_per_token.toFixed(2)} ms/token; ${res.stats.tokens_per_s.toFixed(1)} tokens/s\n`);
+          process.stderr.write(`seed ${res.seed}; first token ${res.stats.first_token_ms.toFixed(1)} ms (setup ${res.stats.setup_ms.toFixed(1)} + prefill ${res.stats.prefill_ms.toFixed(1)}); decode ${res.stats.decode_ms_per_token.toFixed(2)} ms/token; ${res.stats.tokens_per_s.toFixed(1)} tokens/s\n`);
         }
       });
     },

@@ -121,7 +121,7 @@ test('bench --json smoke run has every field', () => {
   const j = JSON.parse(r.out);
   assert.is(j.results.length, 2);
   for (const x of j.results) {
-    for (const k of ['load_ms', 'first_token_ms', 'prefill_ms', 'decode_ms_per_token', 'decode_ms_per_token_p90', 'tokens_per_s', 'readback_bytes_per_token', 'dispatches_per_token', 'submits_per_token']) {
+    for (const k of ['load_ms', 'first_token_ms', 'setup_ms', 'prefill_ms', 'decode_ms_per_token', 'decode_ms_per_token_p90', 'tokens_per_s', 'readback_bytes_per_token', 'dispatches_per_token', 'submits_per_token']) {
       assert.type(x[k], 'number', k);
     }
     assert.ok(Array.isArray(x.kernels) || typeof x.kernels_note === 'string');

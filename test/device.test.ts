@@ -9,7 +9,8 @@ import { randomCheckpoint } from '../src/engine/random.js';
 import { cfgOf } from './model-util.js';
 import { GPUValidationError, InvalidOptionError, WebGPUUnavailableError } from '../src/errors.js';
 import { nodeGPU, sleepingWaitYield } from '../src/node.js';
-import { context, rejects } from './helpers.js';
+import { context, downloadU32, poisoned, rejects, run, withDevice } from './helpers.js';
+import { binding, UNIFORM_ARENA_BYTES } from '../src/kernels/common.js';
 
 test('no WebGPU at all, or no adapter: WebGPUUnavailableError naming the Vulkan install script', async () => {
   await rejects(() => createContext(undefined), (e) => e instanceof WebGPUUnavailableError && /install-vulkan-cpu\.sh/.test(e.message));
@@ -46,6 +47,41 @@ test('buffers are tracked: created and destroyed bytes add up', async () => {
   assert.equal(ctx.liveBuffers, before);
 });
 
+
+test('uniform slices share aligned arena buffers, spill into new ones, and each binds its own words', async () => {
+  await withDevice(async ({ ctx, owned }) => {
+    const align = ctx.limits.minUniformBufferOffsetAlignment;
+    const n = Math.ceil((2.5 * UNIFORM_ARENA_BYTES) / align); // spans three arenas
+    const before = ctx.liveBuffers.count;
+    // Sizes of 1..12 words (16..48 bytes): the slice is the 16-byte-rounded size.
+    const slices = Array.from({ length: n }, (_, i) => owned.uniform(`u${i}`, Array.from({ length: 1 + (i % 12) }, (_, j) => i * 16 + j)));
+    assert.is(ctx.liveBuffers.count - before, 3, 'arena buffers created');
+    for (const [i, s] of slices.entries()) {
+      assert.is(s.offset % align, 0, `slice ${i} offset ${s.offset}`);
+      assert.is(s.size, 16 * Math.ceil((1 + (i % 12)) / 4), `slice ${i} size`);
+      assert.ok(s.offset + s.size <= s.buffer.size, `slice ${i} inside its arena`);
+    }
+    // One dispatch per slice copies its first 4 words out: each must see its own.
+    const module = ctx.device.createShaderModule({
+      code: `@group(0) @binding(0) var<uniform> u: vec4<u32>;
+             @group(0) @binding(1) var<storage, read_write> o: array<vec4<u32>>;
+             @group(0) @binding(2) var<uniform> at: vec4<u32>;
+             @compute @workgroup_size(1) fn main() { o[at.x] = u; }`,
+    });
+    const pipeline = await ctx.device.createComputePipelineAsync({ layout: 'auto', compute: { module, entryPoint: 'main' } });
+    const out = poisoned(owned, [n * 4], 'u32');
+    await run(ctx, slices.map((s, i) => ({
+      family: 'copy' as const, label: `u${i}`, pipeline, workgroups: [1, 1, 1] as const,
+      bindGroup: ctx.device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries: [
+        { binding: 0, resource: { ...s, size: 16 } }, { binding: 1, resource: binding(out) }, { binding: 2, resource: owned.uniform(`at${i}`, [i]) }] }),
+    })));
+    const got = await downloadU32(ctx, out);
+    for (let i = 0; i < n; i++) {
+      const want = Array.from({ length: 4 }, (_, j) => (j <= i % 12 ? i * 16 + j : 0));
+      assert.equal(Array.from(got.subarray(4 * i, 4 * i + 4)), want, `slice ${i}`);
+    }
+  });
+});
 
 test('sleepingWaitYield sleeps in slices only while a wait is pending, then stops', async () => {
   const slices: number[] = [];

@@ -124,6 +124,33 @@ test('pipelines are built once per model: generating compiles nothing new', asyn
   assert.is(model.ctx.pipelineCount, n);
 });
 
+test('first_token_ms = setup_ms (host: cache, plans, bind groups) + prefill_ms (submit to ids on the CPU)', async () => {
+  const model = await tinyModel();
+  const proto = Object.getPrototypeOf(model.ctx.device);
+  const original = proto.createBindGroup;
+  // Every bind group now costs the host 2 ms: that must land in setup_ms, not in prefill_ms.
+  let calls = 0;
+  proto.createBindGroup = function (this: GPUDevice, ...args: unknown[]) {
+    calls++;
+    const until = performance.now() + 2;
+    while (performance.now() < until);
+    return original.apply(this, args);
+  };
+  try {
+    const res = await model.generate([5, 6, 7], { maxNewTokens: 1, seed: 3 });
+    const s = res.stats;
+    assert.ok(calls > 10, `bind groups created: ${calls}`);
+    assert.ok(s.setup_ms >= 2 * calls, `setup_ms ${s.setup_ms} for ${calls} slowed bind groups`);
+    assert.ok(s.prefill_ms > 0 && s.prefill_ms < 2 * calls, `prefill_ms ${s.prefill_ms}`);
+    assert.ok(Math.abs(s.first_token_ms - s.setup_ms - s.prefill_ms) < 1e-6, JSON.stringify(s));
+    const un = await model.generate([5, 6, 7], { maxNewTokens: 1, seed: 3, useCache: false });
+    assert.ok(un.stats.setup_ms >= 2 && un.stats.prefill_ms > 0, JSON.stringify(un.stats));
+    assert.ok(Math.abs(un.stats.first_token_ms - un.stats.setup_ms - un.stats.prefill_ms) < 1e-6, JSON.stringify(un.stats));
+  } finally {
+    proto.createBindGroup = original;
+  }
+});
+
 test('decoding allocates nothing per token: a generation creates the same objects at 4 tokens as at 36', async () => {
   const model = await tinyModel();
   const proto = Object.getPrototypeOf(model.ctx.device);

@@ -30,7 +30,7 @@ test('Philox4x32-10 on the GPU matches the Random123 known answers and the CPU r
     const aux = upload(owned, words, [words.length], 'u32');
     const g = owned.uniform('kat', [0, 8, 0, 0, 0, cases.length, 1, 0]);
     const pipe = sampler.pipeline('philox_kat');
-    const bindGroup = ctx.device.createBindGroup({ layout: pipe.getBindGroupLayout(0), entries: [{ binding: 0, resource: { buffer: g } }, { binding: 10, resource: { buffer: aux.buffer } }] });
+    const bindGroup = ctx.device.createBindGroup({ layout: pipe.getBindGroupLayout(0), entries: [{ binding: 0, resource: g }, { binding: 10, resource: { buffer: aux.buffer } }] });
     await run(ctx, [{ family: 'sampling', label: 'kat', pipeline: pipe, bindGroup, workgroups: [Math.ceil(cases.length / 64), 1, 1] }]);
     const out = await downloadU32(ctx, aux);
     kat.forEach(([, , want], i) => assert.equal(Array.from(out.subarray(i * 10 + 6, i * 10 + 10)), want, `KAT ${i}`));

@@ -68,7 +68,14 @@ export interface GeneratedSequence {
 }
 
 export interface GenerateStats {
+  /**
+   * Host work before the prompt reached the GPU: the temporary cache, sampler state, the prefill
+   * and decode plans (buffers, bind groups). first_token_ms = setup_ms + prefill_ms.
+   */
+  setup_ms: number;
+  /** From the prompt's submit to its first sampled ids on the CPU: the GPU's prefill, sampling and the read-back. */
   prefill_ms: number;
+  /** From the call to the first sampled ids on the CPU (setup included): what a caller waits. */
   first_token_ms: number;
   decode_ms_per_token: number;
   tokens_per_s: number;
@@ -172,6 +179,7 @@ export function generateBatch(model: GPT2Model, prompts: Array<string | readonly
 }
 
 async function run(model: GPT2Model, prompts: number[][], opts: GenerateOptions): Promise<GenerateResult> {
+  const tCall = now();
   const { maxNew, rows: R, depth } = validateGenerate(opts, model.ctx.isCpuAdapter);
   const cfg = model.config;
   const V = cfg.vocab_size;
@@ -215,7 +223,7 @@ async function run(model: GPT2Model, prompts: number[][], opts: GenerateOptions)
       stats,
     });
     const stats: GenerateStats = {
-      prefill_ms: 0, first_token_ms: 0, decode_ms_per_token: 0, tokens_per_s: 0, readback_bytes_per_token: 0,
+      setup_ms: 0, prefill_ms: 0, first_token_ms: 0, decode_ms_per_token: 0, tokens_per_s: 0, readback_bytes_per_token: 0,
       steps: 0, shifts: 0, submits: 0, dispatches_per_step: 0,
     };
     if (maxNew === 0) return result();
@@ -256,9 +264,9 @@ async function run(model: GPT2Model, prompts: number[][], opts: GenerateOptions)
     const allDone = (): boolean => rowsState.every((r) => r.finished);
 
     if (opts.useCache === false) {
-      await generateUncached(model, cache, prompts, owned, state, staging[0]!, accept, allDone, opts, stats);
+      await generateUncached(model, cache, prompts, owned, state, staging[0]!, accept, allDone, opts, stats, tCall);
     } else {
-      await generateCached(model, cache, prompts, owned, state, staging, accept, allDone, rowsState, opts, stats, plans, pending, depth);
+      await generateCached(model, cache, prompts, owned, state, staging, accept, allDone, rowsState, opts, stats, plans, pending, depth, tCall);
     }
     for (const row of rowsState) row.text += row.finished === 'stop' ? '' : row.streamer.flush();
     const produced = Math.max(1, stats.steps);
@@ -285,7 +293,7 @@ function shiftRow(cache: KVCache, r: number): number[] {
 async function generateCached(
   model: GPT2Model, cache: KVCache, prompts: number[][], owned: Owned, state: unknown, staging: GPUBuffer[],
   accept: (ids: Uint32Array) => void, allDone: () => boolean, rowsState: Row[], opts: GenerateOptions,
-  stats: GenerateStats, plans: ForwardPlan[], pending: Array<Promise<void>>, depth: number,
+  stats: GenerateStats, plans: ForwardPlan[], pending: Array<Promise<void>>, depth: number, tCall: number,
 ): Promise<void> {
   const ctx = model.ctx;
   const R = cache.rows;
@@ -318,7 +326,7 @@ async function generateCached(
       cache.tokens[r] = [...cache.tokens[r]!, ...promptIds];
     }
   }
-  const t0 = now();
+  let tSubmit = 0; // when the prompt's submit began (setup ends there)
   let prefill: ForwardPlan;
   let copyRows: ((enc: GPUCommandEncoder) => void) | undefined;
   if (fresh && R > 1) {
@@ -348,6 +356,7 @@ async function generateCached(
       cache.lengths[r] = seq.length;
     }
     const prefillSample = sampler.bind(owned, state as never, { logits: prefill.logits, outIds: decode.ids });
+    tSubmit = now();
     model.submit([...prefill.dispatches, ...prefillSample], (enc) => {
       copyRows!(enc);
       enc.copyBufferToBuffer(decode.ids.buffer, 0, staging[0]!, 0, R * 4);
@@ -374,9 +383,10 @@ async function generateCached(
     plans.push(prefill);
     prefill.write({ ids: idList, meta: Uint32Array.from(metaList), lastIdx: last });
     const prefillSample = sampler.bind(owned, state as never, { logits: prefill.logits, outIds: decode.ids });
+    tSubmit = now();
     model.submit([...prefill.dispatches, ...prefillSample], (enc) => enc.copyBufferToBuffer(decode.ids.buffer, 0, staging[0]!, 0, R * 4));
   }
-  stats.prefill_ms = now() - t0; // CPU side; completed below when the first ids arrive
+  stats.setup_ms = tSubmit - tCall;
   stats.steps = 1;
   const decodeStats0 = { ...ctx.stats };
 
@@ -401,8 +411,8 @@ async function generateCached(
     stepsAccepted++;
     if (stepsAccepted === 1) {
       firstAt = now();
-      stats.first_token_ms = firstAt - t0;
-      stats.prefill_ms = stats.first_token_ms;
+      stats.first_token_ms = firstAt - tCall;
+      stats.prefill_ms = firstAt - tSubmit;
       decodeStart = firstAt;
     }
     accept(ids);
@@ -504,7 +514,7 @@ async function reencode(model: GPT2Model, cache: KVCache, r: number, kept: numbe
 
 async function generateUncached(
   model: GPT2Model, cache: KVCache, prompts: number[][], owned: Owned, state: unknown, staging: GPUBuffer,
-  accept: (ids: Uint32Array) => void, allDone: () => boolean, opts: GenerateOptions, stats: GenerateStats,
+  accept: (ids: Uint32Array) => void, allDone: () => boolean, opts: GenerateOptions, stats: GenerateStats, tCall: number,
 ): Promise<void> {
   const ctx = model.ctx;
   const R = cache.rows;
@@ -522,7 +532,6 @@ async function generateUncached(
     seqs.push(s);
   }
   const outIds = { buffer: owned.buffer('uncached.ids', R * 4, GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST), offset: 0, shape: [R], dtype: 'u32' as const };
-  const t0 = now();
   let decodeStart = 0;
   for (let step = 0; step < maxNew && !allDone(); step++) {
     if (opts.signal?.aborted) throw new AbortError(`generation aborted after ${step} steps`);
@@ -541,11 +550,14 @@ async function generateUncached(
     try {
       plan.write({ ids, meta: Uint32Array.from(meta), lastIdx: last });
       const sample = model.kernels.sampler.bind(owned, state as never, { logits: plan.logits, outIds });
+      const tSubmit = now();
       model.submit([...plan.dispatches, ...sample], (enc) => enc.copyBufferToBuffer(outIds.buffer, 0, staging, 0, R * 4));
       const got = new Uint32Array(await ctx.mapCopy(staging, R * 4));
       if (step === 0) {
-        stats.first_token_ms = stats.prefill_ms = now() - t0;
         decodeStart = now();
+        stats.first_token_ms = decodeStart - tCall;
+        stats.prefill_ms = decodeStart - tSubmit;
+        stats.setup_ms = tSubmit - tCall;
       }
       accept(got);
       for (let r = 0; r < R; r++) {

@@ -138,7 +138,7 @@ export class AttentionKernel {
       const bindGroup = this.ctx.device.createBindGroup({
         label: name,
         layout: pipeline.getBindGroupLayout(0),
-        entries: [{ binding: 0, resource: { buffer: params } }, ...inputs.map((resource, i) => ({ binding: i + 1, resource }))],
+        entries: [{ binding: 0, resource: params }, ...inputs.map((resource, i) => ({ binding: i + 1, resource }))],
       });
       return { family: 'attention', label: name, pipeline, bindGroup, workgroups: [gx, gy, 1] };
     };

@@ -92,12 +92,12 @@ export abstract class InPlaceKernel {
    * The dispatch of a unary entry pair: x at binding 1 and y at 2, or in place y alone at
    * `inPlaceBinding` (read_write); `params` at 0.
    */
-  protected unary(label: string, family: Dispatch['family'], params: GPUBuffer, x: GpuTensor, y: GpuTensor, inPlace: boolean, inPlaceBinding: number, workgroups: [number, number, number]): Dispatch {
+  protected unary(label: string, family: Dispatch['family'], params: UniformSlice, x: GpuTensor, y: GpuTensor, inPlace: boolean, inPlaceBinding: number, workgroups: [number, number, number]): Dispatch {
     const pipeline = inPlace ? this.inPlace : this.outOfPlace;
     const entries: GPUBindGroupEntry[] = inPlace
-      ? [{ binding: 0, resource: { buffer: params } }, { binding: inPlaceBinding, resource: binding(y) }]
+      ? [{ binding: 0, resource: params }, { binding: inPlaceBinding, resource: binding(y) }]
       : [
-          { binding: 0, resource: { buffer: params } },
+          { binding: 0, resource: params },
           { binding: 1, resource: binding(x) },
           { binding: 2, resource: binding(y) },
         ];
@@ -115,23 +115,47 @@ export function encodeDispatches(pass: GPUComputePassEncoder, list: readonly Dis
   }
 }
 
+/** Bytes per uniform arena buffer: 64 slices at the usual 256-byte offset alignment. */
+export const UNIFORM_ARENA_BYTES = 16384;
+
+/** A kernel's parameters: a range of a uniform arena buffer, bound as is. */
+export interface UniformSlice {
+  buffer: GPUBuffer;
+  offset: number;
+  size: number;
+}
+
 /**
  * Owns GPU buffers made for a plan (uniforms, scratch) so they are freed together.
  * Bind groups need no destroy; they die with their buffers.
  */
 export class Owned {
   private readonly buffers: GPUBuffer[] = [];
+  /** The arena uniform() fills now. */
+  private arena: { buffer: GPUBuffer; used: number } | undefined;
   constructor(readonly ctx: GpuContext) {}
 
-  /** A uniform buffer holding `words` (each a u32 bit pattern; use f32bits() for floats). */
-  uniform(label: string, words: number[]): GPUBuffer {
+  /**
+   * A uniform slice holding `words` (each a u32 bit pattern; use f32bits() for floats). Slices
+   * share arena buffers of UNIFORM_ARENA_BYTES at the adapter's uniform offset alignment, so a
+   * plan of ~100 dispatches creates 2-4 buffers, not ~100 (plan set-up is on a generation's
+   * first-token path); the words go in with queue.writeBuffer, ordered before later submits.
+   */
+  uniform(label: string, words: number[]): UniformSlice {
     // Uniform structs are sized in 16-byte units.
-    const n = Math.max(4, Math.ceil(words.length / 4) * 4);
-    const data = new Uint32Array(n);
+    const size = Math.max(16, Math.ceil(words.length / 4) * 16);
+    const align = this.ctx.limits.minUniformBufferOffsetAlignment;
+    let offset = this.arena ? Math.ceil(this.arena.used / align) * align : 0;
+    if (!this.arena || offset + size > this.arena.buffer.size) {
+      const bytes = Math.max(UNIFORM_ARENA_BYTES, size);
+      this.arena = { buffer: this.buffer(`${label} (uniform arena)`, bytes, GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST), used: 0 };
+      offset = 0;
+    }
+    const data = new Uint32Array(size / 4);
     words.forEach((w, i) => (data[i] = w >>> 0));
-    const buf = this.ctx.createBufferWithData(label, data, GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST);
-    this.buffers.push(buf);
-    return buf;
+    this.ctx.device.queue.writeBuffer(this.arena.buffer, offset, data);
+    this.arena.used = offset + size;
+    return { buffer: this.arena.buffer, offset, size };
   }
 
   /** A tracked scratch/storage buffer owned by this plan. */
@@ -153,6 +177,7 @@ export class Owned {
 
   destroy(): void {
     for (const b of this.buffers.splice(0)) this.ctx.destroyBuffer(b);
+    this.arena = undefined;
   }
 }
 

@@ -98,14 +98,14 @@ export class AddKernel extends InPlaceKernel {
       // out += the other operand (addition commutes)
       pipeline = this.inPlace;
       entries = [
-        { binding: 0, resource: { buffer: params } },
+        { binding: 0, resource: params },
         { binding: 3, resource: binding(wa === 'same' ? b : a) },
         { binding: 5, resource: binding(out) },
       ];
     } else {
       pipeline = this.outOfPlace;
       entries = [
-        { binding: 0, resource: { buffer: params } },
+        { binding: 0, resource: params },
         { binding: 1, resource: binding(a) },
         { binding: 2, resource: binding(out) },
         { binding: 3, resource: binding(b) },
@@ -149,7 +149,7 @@ export class GatherRowsKernel {
       label,
       layout: this.pipeline.getBindGroupLayout(0),
       entries: [
-        { binding: 0, resource: { buffer: params } },
+        { binding: 0, resource: params },
         { binding: 1, resource: binding(a.x) },
         { binding: 2, resource: binding(a.out) },
         { binding: 4, resource: binding(a.idx) },

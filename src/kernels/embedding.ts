@@ -80,7 +80,7 @@ export class EmbeddingKernel {
         label: `${label}[${i}]`,
         layout: pipeline.getBindGroupLayout(0),
         entries: [
-          { binding: 0, resource: { buffer: params } },
+          { binding: 0, resource: params },
           { binding: 1, resource: binding(a.ids) },
           { binding: 2, resource: binding(a.meta) },
           { binding: 3, resource: binding(chunk) },

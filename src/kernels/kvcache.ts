@@ -57,7 +57,7 @@ export class KvWriteKernel {
       label,
       layout: this.pipeline.getBindGroupLayout(0),
       entries: [
-        { binding: 0, resource: { buffer: params } },
+        { binding: 0, resource: params },
         { binding: 1, resource: binding(a.qkv) },
         { binding: 2, resource: binding(a.meta) },
         { binding: 3, resource: binding(a.kCache) },
@@ -119,7 +119,7 @@ export class KvGatherKernel {
       label,
       layout: this.pipeline.getBindGroupLayout(0),
       entries: [
-        { binding: 0, resource: { buffer: params } },
+        { binding: 0, resource: params },
         { binding: 1, resource: binding(a.src) },
         { binding: 2, resource: binding(a.parent) },
         { binding: 3, resource: binding(a.dst) },
@@ -136,7 +136,7 @@ export class KvGatherKernel {
       setLength(len: number) {
         checkLen(len);
         word[0] = len;
-        queue.writeBuffer(params, 16, word); // GatherParams.len is the 5th word
+        queue.writeBuffer(params.buffer, params.offset + 16, word); // GatherParams.len is the 5th word
       },
     };
   }

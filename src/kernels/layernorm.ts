@@ -43,7 +43,7 @@ export class LayerNormKernel {
       label,
       layout: this.pipeline.getBindGroupLayout(0),
       entries: [
-        { binding: 0, resource: { buffer: params } },
+        { binding: 0, resource: params },
         { binding: 1, resource: binding(a.x) },
         { binding: 2, resource: binding(a.gamma) },
         { binding: 3, resource: binding(a.beta) },

@@ -32,6 +32,7 @@ import {
   isPanelWidth,
   Owned,
   storedBytes,
+  UniformSlice,
 } from './common.js';
 import { LayerNormKernel } from './layernorm.js';
 
@@ -574,12 +575,12 @@ export class MatmulKernel {
    * gets a dummy (the VEC path is never chosen for it).
    */
   private bindGroup(owner: Owned, entry: Entry, pipeline: GPUComputePipeline, label: string,
-                    res: Record<number, GPUBuffer | GpuTensor>): GPUBindGroup {
+                    res: Record<number, UniformSlice | GpuTensor>): GPUBindGroup {
     const entries: GPUBindGroupEntry[] = [];
     for (const b of USES[entry]) {
       const r = res[b]!;
       if (!('shape' in r)) {
-        entries.push({ binding: b, resource: { buffer: r } });
+        entries.push({ binding: b, resource: r });
         continue;
       }
       const full = binding(r);

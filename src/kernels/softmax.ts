@@ -75,7 +75,7 @@ export class ArgmaxKernel {
       label,
       layout: this.pipeline.getBindGroupLayout(0),
       entries: [
-        { binding: 0, resource: { buffer: params } },
+        { binding: 0, resource: params },
         { binding: 1, resource: binding(a.x) },
         { binding: 4, resource: binding(a.out) },
       ],

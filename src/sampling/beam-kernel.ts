@@ -69,7 +69,7 @@ export class BeamKernel {
       label: `${label}.row_topk`,
       layout: this.rowTopk.getBindGroupLayout(0),
       entries: [
-        { binding: 0, resource: { buffer: params } },
+        { binding: 0, resource: params },
         { binding: 1, resource: logitsRes },
         { binding: 2, resource: binding(a.beamScores) },
         { binding: 3, resource: { buffer: cand } },
@@ -79,7 +79,7 @@ export class BeamKernel {
       label: `${label}.merge`,
       layout: this.merge.getBindGroupLayout(0),
       entries: [
-        { binding: 0, resource: { buffer: params } },
+        { binding: 0, resource: params },
         { binding: 3, resource: { buffer: cand } },
         { binding: 4, resource: binding(a.out) },
       ],

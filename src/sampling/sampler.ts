@@ -6,7 +6,7 @@
  */
 import type { GpuContext } from '../engine/device.js';
 import { InvalidOptionError, ShapeError } from '../errors.js';
-import { binding, Dispatch, DType, expectTensor, f32bits, GpuTensor, Owned, tensorBytes } from '../kernels/common.js';
+import { binding, Dispatch, DType, expectTensor, f32bits, GpuTensor, Owned, tensorBytes, UniformSlice } from '../kernels/common.js';
 import { NormalizedSampling, randomSeed, SamplingOptions, seedWords, validateSampling } from './options.js';
 
 const NONE = 0xffffffff;
@@ -169,7 +169,7 @@ export class Sampler {
     try {
       const aux = tmp.adopt(this.ctx.createBufferWithData('sampler.prompt', words, STORAGE));
       const g = this.globals(tmp, state.rows, 0, 0, 0, 0);
-      const bg = this.group('add_counts', { 0: { buffer: g }, 4: binding(state.counts), 10: { buffer: aux } });
+      const bg = this.group('add_counts', { 0: g, 4: binding(state.counts), 10: { buffer: aux } });
       this.submit([{ family: 'sampling', label: 'sampler.add_counts', pipeline: this.pipes.add_counts, bindGroup: bg, workgroups: [1, 1, 1] }]);
     } finally {
       tmp.destroy(); // destroy waits for the submitted work in WebGPU's model
@@ -224,7 +224,7 @@ export class Sampler {
     const { gx, gy } = this.grid(label, rows);
     const g = this.globals(owner, rows, lg.elemOffset, out.elemOffset, flags, 0, gx);
     const probs = io.probsOut ? binding(io.probsOut) : { buffer: owner.buffer(`${label}.noprobs`, 4, STORAGE) };
-    const common = { 0: { buffer: g }, 2: { buffer: state.params }, 4: binding(state.counts), 5: binding(state.work), 6: { buffer: state.rowState }, 7: { buffer: state.cuts } };
+    const common = { 0: g, 2: { buffer: state.params }, 4: binding(state.counts), 5: binding(state.work), 6: { buffer: state.rowState }, 7: { buffer: state.cuts } };
     const sel = this.group('select_row', { ...common, 1: lg.resource, 3: { buffer: state.bias } });
     const draw = this.group('draw_row', { ...common, 8: out.resource, 9: probs });
     return [
@@ -246,11 +246,11 @@ export class Sampler {
     expectTensor(`${label} hist`, hist, [state.vocab], ['u32']);
     const aux = owner.buffer(`${label}.kept`, state.vocab * 4, STORAGE);
     const g1 = this.globals(owner, 1, 0, 0, 0, 0, 1);
-    const compact = this.group('compact_row', { 0: { buffer: g1 }, 5: binding(state.work), 7: { buffer: state.cuts }, 10: { buffer: aux } });
+    const compact = this.group('compact_row', { 0: g1, 5: binding(state.work), 7: { buffer: state.cuts }, 10: { buffer: aux } });
     const { gx, gy } = this.grid(label, Math.ceil(count / WG));
     const g2 = this.globals(owner, 1, 0, 0, 0, count, gx);
     const many = this.group('draw_many', {
-      0: { buffer: g2 }, 2: { buffer: state.params }, 5: binding(state.work), 7: { buffer: state.cuts }, 10: { buffer: aux }, 11: binding(hist),
+      0: g2, 2: { buffer: state.params }, 5: binding(state.work), 7: { buffer: state.cuts }, 10: { buffer: aux }, 11: binding(hist),
     });
     return [
       { family: 'sampling', label: `${label}.compact`, pipeline: this.pipes.compact_row, bindGroup: compact, workgroups: [1, 1, 1] },
@@ -270,7 +270,7 @@ export class Sampler {
     return { gx, gy: Math.max(1, gy) };
   }
 
-  private globals(owner: Owned, rows: number, logitsOff: number, outOff: number, flags: number, ndraws: number, perY = 1): GPUBuffer {
+  private globals(owner: Owned, rows: number, logitsOff: number, outOff: number, flags: number, ndraws: number, perY = 1): UniformSlice {
     return owner.uniform('sampler.globals', [rows, this.vocab, logitsOff, outOff, flags, ndraws, perY, 0]);
   }
 
