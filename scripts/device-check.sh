@@ -7,8 +7,9 @@
 #      fusion on/off, the decode GEMV's K split inside workgroups (default) or across them with a
 #      reduce dispatch (--gemv-reduce split), batch 16 / 64 decode in the GEMV rather than the
 #      tiled GEMM (--gemv-max-m 64), the prefill GEMM's 64 x 64 tile beside 128 x 128 and
-#      64 x 128 (--gemm-tile), gpt2 and gpt2-xl with --f16, one step in flight instead of 3
-#      (--pipeline-depth 1)), each as JSON under $OUT;
+#      64 x 128 (--gemm-tile), decode attention in 256-thread workgroups (default) or 32-thread
+#      ones (--attention-wg 0) at a 128-token and a 896-token context, gpt2 and gpt2-xl with
+#      --f16, one step in flight instead of 3 (--pipeline-depth 1)), each as JSON under $OUT;
 #   3. a short table of the figures last.
 # On the development machine: npm ci && npm run build && bash ../shared/gpu/stage.sh
 # then with the device tool: run carry [".gpu"], command "bash .gpu/remote.sh bash scripts/device-check.sh".
@@ -60,6 +61,9 @@ bench gpt2-xl-f16 200 --model "$xl" --f16 --batch 1 --prompt-tokens 128 --new-to
 bench gpt2-f32-split 90 --model "$model" --batch 1,4 --prompt-tokens 128 --new-tokens 64 --repeat "$rep" --gemv-reduce split --no-profile
 bench gpt2-f32-gemv64 90 --model "$model" --batch 16,64 --prompt-tokens 128 --new-tokens 64 --repeat "$rep" --gemv-max-m 64 --no-profile
 bench gpt2-f32-ln-off 90 --model "$model" --batch 1 --prompt-tokens 128 --new-tokens 64 --repeat "$rep" --fuse-ln off --no-profile
+bench gpt2-f32-attn32 60 --model "$model" --batch 1 --prompt-tokens 128 --new-tokens 64 --repeat "$rep" --attention-wg 0 --no-profile
+bench gpt2-f32-long 60 --model "$model" --batch 1 --prompt-tokens 896 --new-tokens 64 --repeat "$rep"
+bench gpt2-f32-long-attn32 60 --model "$model" --batch 1 --prompt-tokens 896 --new-tokens 64 --repeat "$rep" --attention-wg 0
 bench gpt2-prefill-1024-t128 60 --model "$model" --prompt-tokens 1024 --new-tokens 1 --repeat "$rep" --gemm-tile 16,16,8,8,8 --no-profile
 bench gpt2-prefill-1024-t64x128 60 --model "$model" --prompt-tokens 1024 --new-tokens 1 --repeat "$rep" --gemm-tile 16,16,4,8,16 --no-profile
 bench gpt2-f16 120 --model "$model" --f16 --batch 1,64 --prompt-tokens 128 --new-tokens 64 --repeat "$rep"

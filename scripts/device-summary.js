@@ -20,6 +20,7 @@ const TARGETS = {
   'gpt2-prefill-1024-t64x128:1': 'prefill <= 10 ms',
   'gpt2-xl-f16-split:1': 'decode <= 6 ms/token',
   'gpt2-f32-depth1:1': 'decode <= 1.0 ms/token',
+  'gpt2-f32-attn32:1': 'decode <= 1.0 ms/token',
 };
 // Why a run left no JSON, from its log: skipped (budget), timed out, or its last lines (Dawn's
 // adapter warnings left out).

@@ -15,6 +15,10 @@
 // Four entry points (the TS module picks): main (scalar loads, any D), main_vec4 (the same with
 // vec4 loads, D % 4 == 0), decode_lanes (CPU adapters: one invocation per token and head, no
 // barriers) and tiled_vec4 (prompts: 8 tokens of one row per workgroup, at the end).
+// main_vec4 is built at WG = 32 and, for GPU decode steps, at a wider WG (256 by default): a
+// decode step has only rows x n_head (token, head) pairs, 12 workgroups for gpt2 at batch 1, each
+// walking its window in blocks of KB = 4 WG keys; at WG 32 a 1024-key window is 8 dependent
+// blocks on one warp of 12 SMs, at WG 256 one block with 8 warps to hide the loads' latency.
 //
 // Work split of main / main_vec4: one workgroup of WG threads per (query t, head h), any mix of
 // rows and positions, so prefill (many queries of a row), multi-row prefill and decode (one query
@@ -184,8 +188,12 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
 @group(0) @binding(4) var<storage, read_write> v4: array<vec4<f32>>;    // [rows, cap, C / 4]
 @group(0) @binding(5) var<storage, read_write> out4: array<vec4<f32>>;  // [T, C / 4]
 
-var<workgroup> qs4: array<vec4<f32>, 64>;   // q * scale, [D / 4]
-var<workgroup> acc4: array<vec4<f32>, 64>;  // [parts, D / 4]; parts * D / 4 <= max(WG, 64)
+// acc4 holds [parts, D / 4] with parts = max(1, WG / (D / 4)): WG entries when D / 4 <= WG, else
+// D / 4 <= 64; sized for the widest WG, 256 (4 KiB). (Sized by an override `max(WG, 64u)` it
+// failed the WG 256 tests on Dawn 0.6.2 / lavapipe, while `WG * 2u` passed and a small shader
+// with the same `max` declaration worked; not pinned down, so a fixed size.)
+var<workgroup> qs4: array<vec4<f32>, 64>;    // q * scale, [D / 4]
+var<workgroup> acc4: array<vec4<f32>, 256>;  // [parts, D / 4]
 
 @compute @workgroup_size(WG)
 fn main_vec4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {

@@ -23,6 +23,8 @@ export interface BenchOptions {
   fuseLn?: boolean;
   /** MatmulOptions.gemvReduce (how the GPU 'kn' GEMV splits K); default: the adapter's choice. */
   gemvReduce?: 'split' | 'workgroup';
+  /** AttentionOptions.decodeWg (threads per GPU decode attention workgroup; 0: none, the 32-thread kernel); default: the adapter's choice. */
+  attentionWg?: number;
   /** MatmulOptions.gemmTile (the prefill GEMM's tile shape); default: the kernel's. */
   gemmTile?: GemmTile;
   /** MatmulOptions.gemvMaxM (largest M that takes the GEMV rather than the GEMM); default: the kernel's. */
@@ -78,6 +80,8 @@ export interface BenchReport {
   fuse_ln: boolean;
   /** MatmulOptions.gemvReduce as used: 'split' (K slices over workgroups + a reduce dispatch) or 'workgroup' (gemv_kn_red); the CPU-adapter GEMV never splits. */
   gemv_reduce: 'split' | 'workgroup';
+  /** AttentionOptions.decodeWg as used: threads per workgroup of decode attention on GPUs; null where decode steps take another kernel (CPU adapters: 'lanes'; 0: the 32-thread one). */
+  attention_decode_wg: number | null;
   /** MatmulOptions.gemmTile as used (the tiled GEMM of prefills past 8 tokens on GPUs; CPU adapters use the GEMV at every M). */
   gemm_tile: GemmTile;
   /** Largest M (rows: batch x tokens) the GEMV takes, per layout; larger M takes the tiled GEMM (CPU adapters: the GEMV always, reported as null = unbounded). */
@@ -108,6 +112,13 @@ function quantile(xs: number[], q: number): number {
   return s[i]!;
 }
 
+/** The decode attention's workgroup width when decode steps use the 'wide' kernel, else null. */
+function decodeWgOf(model: Model): number | null {
+  const at = model.kernels.attention;
+  const D = model.config.n_embd / model.config.n_head;
+  return at.decodeWg !== undefined && at.lanesHeadDim !== D && D % 4 === 0 ? at.decodeWg : null;
+}
+
 export async function runBench(engine: Engine, o: BenchOptions): Promise<BenchReport> {
   const t0 = now();
   // Unset (undefined) options take the kernel's defaults.
@@ -125,7 +136,7 @@ export async function runBench(engine: Engine, o: BenchOptions): Promise<BenchRe
     );
   }
   const resolveMs = now() - t0;
-  const model = await engine.loadModel(ckpt, { dtype: o.dtype, onProgress: o.onProgress, matmul });
+  const model = await engine.loadModel(ckpt, { dtype: o.dtype, onProgress: o.onProgress, matmul, attention: { decodeWg: o.attentionWg } });
   model.loadTimes.resolve_ms += resolveMs; // loadModel saw an opened checkpoint
   const loadMs = now() - t0;
   try {
@@ -150,6 +161,7 @@ export async function runBench(engine: Engine, o: BenchOptions): Promise<BenchRe
       host_wait: model.ctx.waitYield ? 'sleep' : 'spin',
       fuse_ln: model.kernels.matmul.fuseLn,
       gemv_reduce: model.kernels.matmul.gemvReduce,
+      attention_decode_wg: decodeWgOf(model),
       gemm_tile: model.kernels.matmul.gemmTile,
       gemv_max_m: gemvMaxOf(model),
       pipeline_depth: o.pipelineDepth ?? defaultPipelineDepth(model.ctx.isCpuAdapter),
@@ -273,7 +285,7 @@ function gemvMaxOf(model: Model): { kn: number | null; nk: number | null } {
 export function formatBench(r: BenchReport): string {
   const a = r.adapter as { description?: string; vendor?: string };
   const lines = [
-    `model ${r.model} (${r.dtype}), adapter: ${a.description || a.vendor}; prompt ${r.prompt_tokens} tokens, ${r.new_tokens} new, ${r.repeat} runs; host waits: ${r.host_wait}; layer norm fused: ${r.fuse_ln ? 'yes' : 'no'}; GPU GEMV K split: ${r.gemv_reduce}; steps in flight: ${r.pipeline_depth}; GEMM tile ${r.gemm_tile.ty * r.gemm_tile.tm}x${r.gemm_tile.tx * r.gemm_tile.tn}`,
+    `model ${r.model} (${r.dtype}), adapter: ${a.description || a.vendor}; prompt ${r.prompt_tokens} tokens, ${r.new_tokens} new, ${r.repeat} runs; host waits: ${r.host_wait}; layer norm fused: ${r.fuse_ln ? 'yes' : 'no'}; GPU GEMV K split: ${r.gemv_reduce}; decode attention: ${r.attention_decode_wg === null ? 'default kernel' : `${r.attention_decode_wg}-thread workgroups`}; steps in flight: ${r.pipeline_depth}; GEMM tile ${r.gemm_tile.ty * r.gemm_tile.tm}x${r.gemm_tile.tx * r.gemm_tile.tn}`,
     `load ${r.load.load_ms.toFixed(0)} ms (pipelines ${r.load.pipelines_ms.toFixed(0)} ms, upload ${r.load.upload_ms.toFixed(0)} ms, ${(r.load.weight_bytes / 1e6).toFixed(0)} MB of weights)`,
     '',
     'batch  first-token ms (setup + prefill)  decode ms/token (median / p90)  tokens/s  readback B/token  dispatches/step  submits/step',

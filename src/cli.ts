@@ -280,6 +280,7 @@ const commands: Record<string, Command> = {
       'gemv-max-m': { type: 'string', help: 'largest M (batch x tokens) the GEMV takes before the tiled GEMM (default 8 on GPUs; CPU adapters: always the GEMV)' },
       'gemm-tile': { type: 'string', help: 'the prefill GEMM tile: TX,TY threads of TM x TN outputs, BK deep (default 16,16,4,4,16)' },
       'gemv-reduce': { type: 'string', default: 'auto', help: 'how the GPU decode GEMV splits K: split (slices over workgroups + a reduce dispatch), workgroup (inside each workgroup, one dispatch), auto (workgroup on GPUs)' },
+      'attention-wg': { type: 'string', help: 'threads per workgroup of the GPU decode attention: 32-256, a power of two, or 0 for the 32-thread prefill kernel (default 256 on GPUs; CPU adapters decode with one invocation per head)' },
       'pipeline-depth': { type: 'string', help: 'decode steps queued ahead of the token read-back, 1-16 (default 3 on GPUs, 1 on CPU adapters)' },
       ...JSON_FLAG,
     },
@@ -312,6 +313,7 @@ const commands: Record<string, Command> = {
           gemvReduce: reduces[String(v['gemv-reduce']) as keyof typeof reduces],
           gemmTile,
           gemvMaxM: v['gemv-max-m'] === undefined ? undefined : num(v['gemv-max-m'], 'gemv-max-m', { int: true, min: 0 }),
+          attentionWg: attentionWg(v['attention-wg']),
           pipelineDepth: v['pipeline-depth'] === undefined ? undefined : num(v['pipeline-depth'], 'pipeline-depth', { int: true, min: 1, max: 16 }),
           onProgress: v.json ? undefined : progress(),
         });
@@ -324,6 +326,14 @@ const commands: Record<string, Command> = {
     },
   },
 };
+
+/** --attention-wg: unset, 0, or a power of two in [32, 256]. */
+function attentionWg(v: unknown): number | undefined {
+  if (v === undefined) return undefined;
+  const n = num(v, 'attention-wg', { int: true, min: 0, max: 256 });
+  if (n !== 0 && (n < 32 || (n & (n - 1)) !== 0)) throw new UsageError(`--attention-wg must be 0 or a power of two in [32, 256], got ${n}`);
+  return n;
+}
 
 function helpText(name: string, c: Command): string {
   const lines = [`${c.usage}`, '', c.summary, '', 'options:'];

@@ -27,7 +27,7 @@ interface Scenario {
  * token's k and v in its slot itself, and afterwards the caches must hold exactly the history
  * plus those (nothing else written).
  */
-async function check(sc: Scenario, seed: number, variant: AttentionVariant, writeKv = false): Promise<void> {
+async function check(sc: Scenario, seed: number, variant: AttentionVariant, writeKv = false, decodeWg = 256): Promise<void> {
   await withDevice(async ({ ctx, owned }) => {
     const { C, nHead, cap } = sc;
     const rows = sc.prior.length;
@@ -63,7 +63,7 @@ async function check(sc: Scenario, seed: number, variant: AttentionVariant, writ
     const vT = upload(owned, vc, [rows, cap, C]);
     const out = poisoned(owned, [T, C]);
     const kw = await KvWriteKernel.create(ctx);
-    const at = await AttentionKernel.create(ctx, variant === 'lanes' ? { headDim: C / nHead, lanes: true } : {});
+    const at = await AttentionKernel.create(ctx, variant === 'lanes' ? { headDim: C / nHead, lanes: true } : { decodeWg });
     await run(ctx, [
       ...(writeKv ? [] : [kw.bind(owned, { qkv: qkvT, meta: metaT, kCache: kT, vCache: vT })]),
       ...at.bind(owned, { qkv: qkvT, meta: metaT, kCache: kT, vCache: vT, out, nHead, variant, writeKv }),
@@ -102,13 +102,14 @@ const CASES: Array<[string, Scenario]> = [
   ['D 3 (scalar kernel only: D % 4 != 0), C 12, nHead 4', { C: 12, nHead: 4, cap: 300, prior: [270, 5], step: [[0, 2], [1, 3]] }],
 ];
 // Every case runs each kernel that applies: per token (vec4 loads when D % 4 == 0), per token
-// scalar, one invocation per token and head (lanes: D % 4 == 0), and tiled (8 tokens per
-// workgroup; tiles that mix rows or wrap fall back per token).
-for (const variant of ['query', 'scalar', 'lanes', 'tiled'] as const) {
+// scalar, one invocation per token and head (lanes: D % 4 == 0), tiled (8 tokens per
+// workgroup; tiles that mix rows or wrap fall back per token) and wide (the vec4 kernel with 256
+// threads per workgroup, GPU decode's).
+for (const variant of ['query', 'scalar', 'lanes', 'tiled', 'wide'] as const) {
   CASES.forEach(([name, sc], i) => {
     const D = sc.C / sc.nHead;
     if (variant === 'tiled' && !(D % 4 === 0 && D <= 64)) return;
-    if (variant === 'lanes' && D % 4 !== 0) return;
+    if ((variant === 'lanes' || variant === 'wide') && D % 4 !== 0) return;
     test(`attention (${variant}): ${name}`, () => check(sc, 100 + i, variant));
   });
 }
@@ -120,10 +121,11 @@ const DECODE_CASES: Array<[string, Scenario]> = [
   ['decode, D 3 (scalar kernel: D % 4 != 0), C 12, nHead 4', { C: 12, nHead: 4, cap: 300, prior: [270, 5], step: [[0, 1], [1, 1]] }],
   ['decode, D 128 (> workgroup size), C 256, nHead 2, a row at position 0', { C: 256, nHead: 2, cap: 96, prior: [66, 0], step: [[0, 1], [1, 1]] }],
 ];
-for (const variant of ['query', 'scalar', 'lanes'] as const) {
+for (const [variant, wg] of [['query', 32], ['scalar', 32], ['lanes', 0], ['wide', 64], ['wide', 256]] as const) {
   DECODE_CASES.forEach(([name, sc], i) => {
-    if (variant === 'lanes' && (sc.C / sc.nHead) % 4 !== 0) return;
-    test(`attention (${variant}, writeKv): ${name}`, () => check(sc, 300 + i, variant, true));
+    if ((variant === 'lanes' || variant === 'wide') && (sc.C / sc.nHead) % 4 !== 0) return;
+    const what = variant === 'wide' ? `wide ${wg}` : variant;
+    test(`attention (${what}, writeKv): ${name}`, () => check(sc, 300 + i, variant, true, wg || 256));
   });
 }
 
@@ -209,6 +211,33 @@ test("attention 'lanes': built for one head size (by default on CPU adapters), c
       await AttentionKernel.create(ctx, { headDim, lanes: true }).then(
         () => assert.unreachable(`headDim ${headDim} accepted`),
         (e: Error) => assert.ok(e instanceof InvalidOptionError && e.message.includes(`got ${headDim}`), e.message),
+      );
+    }
+  }));
+
+test("attention 'wide': built with decodeWg (by default on GPUs), chosen by 'auto' for decode steps only, options checked", () =>
+  withDevice(async ({ ctx, owned }) => {
+    const args = (T: number, C: number, nHead: number, writeKv: boolean) => ({
+      qkv: poisoned(owned, [T, 3 * C]), meta: poisoned(owned, [T, 2], 'u32'), writeKv,
+      kCache: poisoned(owned, [T, 32, C]), vCache: poisoned(owned, [T, 32, C]), out: poisoned(owned, [T, C]), nHead,
+    });
+    const at = await AttentionKernel.create(ctx, { decodeWg: 128 });
+    assert.is(at.decodeWg, 128);
+    const wide = at.bind(owned, { ...args(2, 64, 4, true), variant: 'wide' })[0]!;
+    assert.equal(wide.workgroups, [8, 1, 1], 'one workgroup per (token, head)');
+    assert.is(at.bind(owned, args(2, 64, 4, true))[0]!.pipeline, wide.pipeline, "'auto' takes it for a decode step");
+    assert.is.not(at.bind(owned, args(2, 64, 4, false))[0]!.pipeline, wide.pipeline, 'not for other steps');
+    assert.is.not(at.bind(owned, args(2, 12, 4, true))[0]!.pipeline, wide.pipeline, 'nor for D % 4 != 0');
+    assert.throws(() => at.bind(owned, { ...args(2, 12, 4, true), variant: 'wide' }), (e: Error) => e instanceof ShapeError && /D % 4 == 0, got D = 3/.test(e.message));
+    const none = await AttentionKernel.create(ctx, { decodeWg: 0 });
+    assert.is(none.decodeWg, undefined);
+    assert.throws(() => none.bind(owned, { ...args(2, 64, 4, true), variant: 'wide' }), (e: Error) => e instanceof ShapeError && /created with decodeWg/.test(e.message));
+    assert.is((await AttentionKernel.create(ctx)).decodeWg, ctx.isCpuAdapter ? undefined : 256, 'default: GPUs only');
+    assert.throws(() => at.bind(owned, { ...args(2, 64, 4, true), variant: 'fast' as never }), (e: Error) => e instanceof ShapeError && /variant must be one of .* got fast/.test(e.message));
+    for (const decodeWg of [16, 48, 512, 1.5]) {
+      await AttentionKernel.create(ctx, { decodeWg }).then(
+        () => assert.unreachable(`decodeWg ${decodeWg} accepted`),
+        (e: Error) => assert.ok(e instanceof InvalidOptionError && e.message.includes(`got ${decodeWg}`), e.message),
       );
     }
   }));

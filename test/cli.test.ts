@@ -143,6 +143,7 @@ test('bench --json smoke run has every field', () => {
   assert.is(j.gemv_reduce, 'split');
   assert.equal(j.gemv_max_m, { kn: null, nk: null }); // CPU adapters take the GEMV at every M
   assert.is(j.pipeline_depth, 1); // and decode one step at a time
+  assert.is(j.attention_decode_wg, null); // with one invocation per (token, head), not a wide workgroup
 });
 
 test('bench --wait spin, --fuse-ln on, --gemv-reduce workgroup, --gemm-tile and --pipeline-depth are reported; bad values are usage or option errors', () => {
@@ -172,6 +173,11 @@ test('bench --wait spin, --fuse-ln on, --gemv-reduce workgroup, --gemm-tile and 
   const badLn = cli('bench', '--model', tinyDir(), '--fuse-ln', 'yes');
   assert.is(badLn.code, 2);
   assert.match(badLn.err, /--fuse-ln must be auto, on or off, got "yes"/);
+  for (const wg of ['48', '512', '-1']) {
+    const badWg = cli('bench', '--model', tinyDir(), `--attention-wg=${wg}`);
+    assert.is(badWg.code, 2, wg);
+    assert.match(badWg.err, /--attention-wg must be/, wg);
+  }
   const badRed = cli('bench', '--model', tinyDir(), '--gemv-reduce', 'atomic');
   assert.is(badRed.code, 2);
   assert.match(badRed.err, /--gemv-reduce must be auto, split or workgroup, got "atomic"/);

@@ -12,7 +12,8 @@ import { cfgOf, engine, randomModel, tinyModel } from './model-util.js';
 import { randomCheckpoint } from '../src/engine/random.js';
 import { roundF16 } from '../src/kernels/f16.js';
 import { PromptError, ShapeError } from '../src/errors.js';
-import { decodeMeta, ForwardPlan } from '../src/engine/model.js';
+import { decodeMeta, ForwardPlan, rowMeta } from '../src/engine/model.js';
+import type { Model } from '../src/engine/engine.js';
 
 const ref = tinyReference();
 const V = 50257;
@@ -91,16 +92,42 @@ for (const [ci, cfg] of CONFIGS.entries()) {
   }
 }
 
+/** Prefills `prompt`, then feeds `fed` one decode step each; every step's logits [V]. */
+async function decodeLogits(model: Model, prompt: number[], fed: number[]): Promise<Float32Array[]> {
+  const V = model.config.vocab_size;
+  const cache = await model.createCache({ capacity: 32 });
+  const pre = new ForwardPlan(model, cache, prompt.length, 1);
+  const dec = new ForwardPlan(model, cache, 1, 1, { decode: true });
+  try {
+    pre.write({ ids: prompt, meta: rowMeta(0, 0, prompt.length), lastIdx: Uint32Array.of(prompt.length - 1) });
+    model.submit(pre.dispatches);
+    const out: Float32Array[] = [];
+    for (const [i, tok] of fed.entries()) {
+      dec.write({ ids: [tok], meta: decodeMeta([prompt.length + i]) });
+      model.submit(dec.dispatches);
+      out.push(new Float32Array(await model.ctx.readBuffer(dec.logits.buffer, dec.logits.offset, V * 4)));
+    }
+    model.ctx.throwIfErrors();
+    return out;
+  } finally {
+    pre.destroy();
+    dec.destroy();
+    cache.destroy();
+  }
+}
+
 // The kernel choices a GPU gets (gemv_kn with the fused layer norm for M <= 8, the tiled GEMM
 // with a layernorm dispatch past it, the 32-lane 'nk' LM head, plain row-major weights), forced on
 // whatever adapter runs the tests, against the float64 forward: 7 tokens take the GEMVs, 13 the GEMM.
-// Also with gemvReduce 'workgroup' (the decode GEMVs then split K inside their workgroups).
+// Also with gemvReduce 'workgroup' (the decode GEMVs then split K inside their workgroups). Decode
+// steps with the GPU's attention (256-thread workgroups) too, after a prefill.
 const GPU_CHOICES = { knCols: false, nkRows: false, nkLanesPerRow: 32, knPanel: 0, fuseLn: true, gemvMaxM: 8 };
+const GPU_ATTENTION = { lanes: false, decodeWg: 256 };
 for (const [ci, cfg, gemvReduce] of [[0, CONFIGS[1]!, 'split'], [1, CONFIGS[3]!, 'split'], [1, CONFIGS[3]!, 'workgroup']] as const) {
-  test(`GPU kernel choices (gemvReduce ${gemvReduce}), random config (C ${cfg.n_embd}, H ${cfg.n_head}, L ${cfg.n_layer}) match the float64 forward at 7 and 13 tokens`, async () => {
+  test(`GPU kernel choices (gemvReduce ${gemvReduce}), random config (C ${cfg.n_embd}, H ${cfg.n_head}, L ${cfg.n_layer}) match the float64 forward at 7 and 13 tokens and in decode steps`, async () => {
     const ckpt = randomCheckpoint(cfg, 200 + ci);
     const tensors = await loadTensors(ckpt);
-    const model = await (await engine()).loadModel(ckpt, { matmul: { ...GPU_CHOICES, gemvReduce } });
+    const model = await (await engine()).loadModel(ckpt, { matmul: { ...GPU_CHOICES, gemvReduce }, attention: GPU_ATTENTION });
     try {
       assert.is(model.kernels.matmul.fuseLn, true);
       assert.is(model.kernels.matmul.gemvReduce, gemvReduce);
@@ -109,6 +136,14 @@ for (const [ci, cfg, gemvReduce] of [[0, CONFIGS[1]!, 'split'], [1, CONFIGS[3]!,
         const got = await model.logits(ids, { allPositions: true });
         allClose(got.data, forward64(tensors, cfg, ids), { rel: 1e-5 }, `logits, ${T} tokens`);
       }
+      // Decode steps (the wide attention writing K/V, the fused GEMVs at M = 1) after a prefill.
+      const prompt = [3, 1, 4, 1, 5], fed = [9, 2, 6, 5];
+      const steps = await decodeLogits(model, prompt, fed);
+      steps.forEach((got, i) => {
+        const ids = [...prompt, ...fed.slice(0, i + 1)];
+        const want = forward64(tensors, cfg, ids).subarray((ids.length - 1) * cfg.vocab_size);
+        allClose(got, want, { rel: 1e-5 }, `decode step ${i} logits`);
+      });
     } finally {
       model.destroy();
     }

@@ -8,6 +8,7 @@
  *   model.destroy(); engine.destroy();
  */
 import type { MatmulOptions } from '../kernels/matmul.js';
+import type { AttentionOptions } from '../kernels/attention.js';
 import { contextFromDevice, createContext, GpuContext, type ContextOptions } from './device.js';
 import { GPT2Model, type LoadOptions } from './model.js';
 import { generate, generateBatch, type GenerateOptions, type GenerateResult, type TokenEvent } from './generate.js';
@@ -58,6 +59,8 @@ export interface ModelLoadOptions extends LoadOptions {
    * it; benchmarks compare variants). Default: chosen from the adapter.
    */
   matmul?: Omit<MatmulOptions, 'layernorm'>;
+  /** The same for the attention kernel: decodeWg (threads per GPU decode workgroup; 0: the 32-thread kernel), lanes (CPU decode kernel). */
+  attention?: Pick<AttentionOptions, 'decodeWg' | 'lanes'>;
 }
 
 const now = (): number => (globalThis.performance ?? Date).now();
@@ -115,7 +118,7 @@ export class Engine {
     const dtype = opts.dtype ?? 'f32';
     if (dtype !== 'f32' && dtype !== 'f16') throw new InvalidOptionError(`dtype must be 'f32' or 'f16', got ${String(dtype)}`);
     const t1 = now();
-    const kernels = await GPT2Model.buildKernels(this.ctx, ckpt.config, opts.matmul);
+    const kernels = await GPT2Model.buildKernels(this.ctx, ckpt.config, opts.matmul, opts.attention);
     const t2 = now();
     const cb = opts.onProgress;
     const weights = await uploadWeights(this.ctx, ckpt, { dtype, knPanel: kernels.matmul.knPanel, onProgress: cb && ((p) => cb({ phase: 'upload', loaded: p.loadedBytes, total: p.totalBytes })) });

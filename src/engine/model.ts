@@ -21,7 +21,7 @@ import { Dispatch, encodeDispatches, GpuTensor, Owned } from '../kernels/common.
 import { LayerNormKernel } from '../kernels/layernorm.js';
 import { MatmulKernel, type MatmulOptions } from '../kernels/matmul.js';
 import { EmbeddingKernel } from '../kernels/embedding.js';
-import { AttentionKernel, } from '../kernels/attention.js';
+import { AttentionKernel, AttentionOptions } from '../kernels/attention.js';
 import { KvWriteKernel, KvGatherKernel } from '../kernels/kvcache.js';
 import { GatherRowsKernel } from '../kernels/elementwise.js';
 import { Sampler } from '../sampling/sampler.js';
@@ -121,9 +121,11 @@ export class ForwardPlan {
       this.logits = buf('logits', [R, V]);
       const eps = cfg.layer_norm_epsilon;
       // A decode plan (one token per row) gains nothing from the tiled prefill attention, whose
-      // tiles would all mix rows: one query per workgroup there, or per invocation where the
-      // kernel has 'lanes' for this head size (CPU adapters).
-      const oneQuery = k.attention.lanesHeadDim === C / cfg.n_head ? 'lanes' : 'query';
+      // tiles would all mix rows: one query per invocation where the kernel has 'lanes' for this
+      // head size (CPU adapters), else one per wide workgroup (GPUs: rows x n_head workgroups
+      // only, each hiding its own latency), else one per 32-thread workgroup.
+      const D = C / cfg.n_head;
+      const oneQuery = k.attention.lanesHeadDim === D ? 'lanes' : k.attention.decodeWg !== undefined && D % 4 === 0 ? 'wide' : 'query';
       const attnVariant = this.decode || (T === cache.rows && R === T && T > 1) ? oneQuery : 'auto';
       const d = this.dispatches;
       d.push(...list(k.embedding.bind(o, { ids: this.ids, meta: this.meta, wte: w.wte, wpe: w.wpe, out: x }, 'wte+wpe')));
@@ -193,14 +195,14 @@ export class GPT2Model implements CacheOwner {
   ) {}
 
   /** Builds every kernel's pipelines once for this model. */
-  static async buildKernels(ctx: GpuContext, cfg: GPT2Config, matmulOptions: MatmulOptions = {}): Promise<Kernels> {
+  static async buildKernels(ctx: GpuContext, cfg: GPT2Config, matmulOptions: MatmulOptions = {}, attentionOptions: Pick<AttentionOptions, 'decodeWg' | 'lanes'> = {}): Promise<Kernels> {
     // The matmul kernel shares the model's layernorm kernel; the others need not wait for it.
     const layernormP = LayerNormKernel.create(ctx);
     const [layernorm, matmul, embedding, attention, kvWrite, kvGather, gatherRows, sampler, beam] = await Promise.all([
       layernormP,
       layernormP.then((layernorm) => MatmulKernel.create(ctx, { ...matmulOptions, layernorm })),
       EmbeddingKernel.create(ctx),
-      AttentionKernel.create(ctx, { headDim: cfg.n_embd / cfg.n_head }),
+      AttentionKernel.create(ctx, { ...attentionOptions, headDim: cfg.n_embd / cfg.n_head }),
       KvWriteKernel.create(ctx),
       KvGatherKernel.create(ctx),
       GatherRowsKernel.create(ctx),

@@ -34,9 +34,11 @@ export interface AttentionArgs {
    * per workgroup sharing K/V loads: for prompts; needs D % 4 == 0 and D <= 64; tiles mixing rows
    * fall back to one token at a time, so it is correct for any step, only slower for decode) or
    * 'auto' (default): 'tiled' when it applies and T >= 16, else 'lanes' where the kernel has it
-   * for this D (CPU adapters), else 'query'.
+   * for this D (CPU adapters), else 'wide' for a writeKv step (a decode step) when the kernel has
+   * it (GPUs), else 'query'. 'wide': the vec4 kernel with `decodeWg` threads per workgroup
+   * (needs D % 4 == 0 and a kernel created with decodeWg).
    */
-  variant?: 'auto' | 'query' | 'scalar' | 'lanes' | 'tiled';
+  variant?: 'auto' | 'query' | 'scalar' | 'lanes' | 'tiled' | 'wide';
   /**
    * The kernel copies each token's key and value (qkv cols [C, 3C)) to its cache slot itself before
    * attending, so no kv_write dispatch is needed. Only for steps whose tokens are all in different
@@ -44,6 +46,8 @@ export interface AttentionArgs {
    */
   writeKv?: boolean;
 }
+
+const VARIANTS: ReadonlyArray<NonNullable<AttentionArgs['variant']>> = ['auto', 'query', 'scalar', 'lanes', 'tiled', 'wide'];
 
 /** Tokens per tile of the tiled kernel (its workgroup size / 4 lanes per token). */
 const TILE_TOKENS = 8;
@@ -62,6 +66,12 @@ export interface AttentionOptions {
    * kernel (lavapipe runs shaders with barriers as coroutines).
    */
   lanes?: boolean;
+  /**
+   * Threads per workgroup of the 'wide' vec4 kernel for decode steps: a power of two in [32, 256].
+   * Default: 256 on GPUs (a decode step has only rows x n_head workgroups, so each should hide
+   * its own load latency); none on CPU adapters, which decode with 'lanes'. 0: none.
+   */
+  decodeWg?: number;
 }
 
 export class AttentionKernel {
@@ -71,9 +81,12 @@ export class AttentionKernel {
     private readonly pipelineVec4: GPUComputePipeline,
     private readonly pipelineTiled: GPUComputePipeline,
     private readonly pipelineLanes: GPUComputePipeline | undefined,
+    private readonly pipelineWide: GPUComputePipeline | undefined,
     readonly wg: number,
     /** The head size decode_lanes was built for (variant 'lanes'); undefined: none. */
     readonly lanesHeadDim: number | undefined,
+    /** Threads per workgroup of variant 'wide' (decode steps on GPUs); undefined: not built. */
+    readonly decodeWg: number | undefined,
   ) {}
 
   static async create(ctx: GpuContext, opts: AttentionOptions = {}): Promise<AttentionKernel> {
@@ -88,13 +101,18 @@ export class AttentionKernel {
     // cost per block (measured: prefill T=128 -30%, decode at pos 1000 -35% against 64); it is one
     // warp/SIMD group on most GPUs. Every adapter allows >= 256 invocations, so no clamp is needed.
     const wg = 32;
-    const [scalar, vec4, tiled, lanesP] = await Promise.all([
+    const decodeWg = opts.decodeWg ?? (ctx.isCpuAdapter ? 0 : 256);
+    if (!Number.isInteger(decodeWg) || (decodeWg !== 0 && (decodeWg < 32 || decodeWg > 256 || (decodeWg & (decodeWg - 1)) !== 0))) {
+      throw new InvalidOptionError(`AttentionKernel: decodeWg must be a power of two in [32, 256] (threads per decode workgroup) or 0 for none, got ${decodeWg}`);
+    }
+    const [scalar, vec4, tiled, lanesP, wide] = await Promise.all([
       ctx.pipeline('attention', 'main', { WG: wg }),
       ctx.pipeline('attention', 'main_vec4', { WG: wg }),
       ctx.pipeline('attention', 'tiled_vec4', { WG: wg }),
       lanes ? ctx.pipeline('attention', 'decode_lanes', { HD4: headDim! / 4 }) : undefined,
+      decodeWg ? ctx.pipeline('attention', 'main_vec4', { WG: decodeWg }) : undefined,
     ]);
-    return new AttentionKernel(ctx, scalar, vec4, tiled, lanesP, wg, lanes ? headDim! : undefined);
+    return new AttentionKernel(ctx, scalar, vec4, tiled, lanesP, wide, wg, lanes ? headDim! : undefined, decodeWg || undefined);
   }
 
   bind(owner: Owned, a: AttentionArgs, label = 'attention'): Dispatch[] {
@@ -124,6 +142,7 @@ export class AttentionKernel {
       }
     }
     const variant = a.variant ?? 'auto';
+    if (!VARIANTS.includes(variant)) throw new ShapeError(`${label}: variant must be one of ${VARIANTS.join(', ')}, got ${String(variant)}`);
     const canTile = D % 4 === 0 && D <= 64;
     if (variant === 'tiled' && !canTile) throw new ShapeError(`${label}: the tiled kernel needs D % 4 == 0 and D <= 64, got D = ${D}; use variant 'query'`);
     if (variant === 'tiled' && a.writeKv) throw new ShapeError(`${label}: writeKv (tokens in distinct rows, a decode step) needs the one-query kernels, not variant 'tiled'`);
@@ -153,6 +172,11 @@ export class AttentionKernel {
     if (variant === 'lanes' || (variant === 'auto' && D === this.lanesHeadDim)) {
       // LANES (token, head) pairs per workgroup: workgroup index * LANES + lane = token * nHead + head.
       return [make(this.pipelineLanes!, label, Math.ceil((T * nHead) / LANES), 0)];
+    }
+    if (variant === 'wide' && !this.pipelineWide) throw new ShapeError(`${label}: variant 'wide' needs a kernel created with decodeWg (the default on GPUs only)`);
+    if (variant === 'wide' && D % 4 !== 0) throw new ShapeError(`${label}: variant 'wide' is the vec4 kernel and needs D % 4 == 0, got D = ${D}; use variant 'scalar'`);
+    if (variant === 'wide' || (variant === 'auto' && a.writeKv && this.pipelineWide && D % 4 === 0)) {
+      return [make(this.pipelineWide!, label, T * nHead, 0)];
     }
     // 4 dims per load when head offsets are multiples of 4 (every GPT-2 size: D = 64)
     const vec4 = D % 4 === 0 && variant !== 'scalar';
