@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Everything the speed issue measures on a GPU machine, in one call (device time is short):
-#   1. the kernel tests (GPU results against float64 references; they need no fixtures) on that
-#      adapter, whose kernel choices (GEMV with split K, tiled GEMM, layer norm in the GEMV
-#      prologue) differ from the CPU adapter's;
+#   1. the kernel tests and the model on random configs, prompts and decode steps (GPU results
+#      against float64 references; they need no fixtures) on that adapter, whose kernel choices
+#      (GEMV with split K, tiled GEMM, layer norm in the GEMV prologue, wide decode attention)
+#      differ from the CPU adapter's;
 #   2. bench runs for the targets (gpt2 decode at batch 1..64, the 1024-token prefill, layer-norm
 #      fusion on/off, the decode GEMV's K split inside workgroups (default) or across them with a
 #      reduce dispatch (--gemv-reduce split), batch 16 / 64 decode in the GEMV rather than the
@@ -50,7 +51,7 @@ bench() { # name, time limit (s), bench flags...
 node bin/gpt2-webgpu.js info --json > "$out/info.json" 2> "$out/info.log"
 echo "== kernel tests ($(date -u +%T))"
 tlim=$(step_limit 180)  # the first step: the budget is never spent here (and timeout 0 would mean no limit)
-timeout "$tlim" node scripts/run-tests.js device attention beam-kernel elementwise embedding f16 kvcache layernorm matmul softmax sampling > "$out/tests.log" 2>&1
+timeout "$tlim" node scripts/run-tests.js device attention beam-kernel elementwise embedding f16 kvcache layernorm matmul softmax sampling model-random > "$out/tests.log" 2>&1
 echo "exit $? (limit ${tlim} s)" >> "$out/tests.log"
 tail -n 3 "$out/tests.log"
 # The targets: gpt2 decode at batch 1..64, the 1024-token prefill, gpt2-xl with --f16.

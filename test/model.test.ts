@@ -1,19 +1,16 @@
 /**
  * The whole forward pass: parity with Hugging Face transformers on the tiny fixture (logits within
- * 1e-3, greedy 48 tokens identical), and with the float64 CPU GPT-2 on random configs.
+ * 1e-3, greedy 48 tokens identical), prompt errors, decode plans. (Random configs against the
+ * float64 CPU GPT-2 are in model-random.test.ts, which needs no fixtures.)
  */
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { allClose } from './helpers.js';
 import { rejects } from './helpers.js';
 import { decodeF32, tinyCheckpoint, tinyReference } from './fixtures-util.js';
-import { forward64, loadTensors } from './reference/gpt2.js';
-import { cfgOf, engine, randomModel, tinyModel } from './model-util.js';
-import { randomCheckpoint } from '../src/engine/random.js';
-import { roundF16 } from '../src/kernels/f16.js';
+import { tinyModel } from './model-util.js';
 import { PromptError, ShapeError } from '../src/errors.js';
-import { decodeMeta, ForwardPlan, rowMeta } from '../src/engine/model.js';
-import type { Model } from '../src/engine/engine.js';
+import { decodeMeta, ForwardPlan } from '../src/engine/model.js';
 
 const ref = tinyReference();
 const V = 50257;
@@ -60,95 +57,6 @@ test('tiny fixture with f16 storage: logits allclose(atol 1e-2, rtol 1e-2) to th
     allClose(a.data, decodeF32(p.last_logits_f32_b64), { atol: 1e-2, rtol: 1e-2, rel: 2e-3 }, `prompt ${i} f16 vs HF logits`);
   }
 });
-
-// Random configs against the float64 reference: odd widths, 1-4 layers, several head counts.
-const CONFIGS = [
-  cfgOf({ n_embd: 48, n_head: 4, n_layer: 1 }),
-  cfgOf({ n_embd: 33, n_head: 3, n_layer: 2, vocab_size: 157 }), // odd width, odd head dim 11
-  cfgOf({ n_embd: 64, n_head: 1, n_layer: 3 }),
-  cfgOf({ n_embd: 96, n_head: 12, n_layer: 4, vocab_size: 300 }),
-];
-for (const [ci, cfg] of CONFIGS.entries()) {
-  for (const dtype of ['f32', 'f16'] as const) {
-    test(`random config ${ci} (C ${cfg.n_embd}, H ${cfg.n_head}, L ${cfg.n_layer}, ${dtype}) matches the float64 forward`, async () => {
-      const ckpt = randomCheckpoint(cfg, 100 + ci);
-      const tensors = await loadTensors(ckpt);
-      if (dtype === 'f16') {
-        // The reference uses the f16-rounded matrices the GPU sees (biases and norms stay f32).
-        for (const [name, t] of tensors) {
-          if (/(wte|wpe)\.weight$|c_(attn|proj|fc)\.weight$/.test(name)) for (let i = 0; i < t.length; i++) t[i] = roundF16(t[i]!);
-        }
-      }
-      const model = await randomModel(cfg, 100 + ci, dtype);
-      try {
-        const ids = Array.from({ length: 13 }, (_, i) => (i * 37 + ci) % cfg.vocab_size);
-        const got = await model.logits(ids, { allPositions: true });
-        const want = forward64(tensors, cfg, ids);
-        allClose(got.data, want, { rel: dtype === 'f32' ? 1e-5 : 1e-4 }, 'logits');
-      } finally {
-        model.destroy();
-      }
-    });
-  }
-}
-
-/** Prefills `prompt`, then feeds `fed` one decode step each; every step's logits [V]. */
-async function decodeLogits(model: Model, prompt: number[], fed: number[]): Promise<Float32Array[]> {
-  const V = model.config.vocab_size;
-  const cache = await model.createCache({ capacity: 32 });
-  const pre = new ForwardPlan(model, cache, prompt.length, 1);
-  const dec = new ForwardPlan(model, cache, 1, 1, { decode: true });
-  try {
-    pre.write({ ids: prompt, meta: rowMeta(0, 0, prompt.length), lastIdx: Uint32Array.of(prompt.length - 1) });
-    model.submit(pre.dispatches);
-    const out: Float32Array[] = [];
-    for (const [i, tok] of fed.entries()) {
-      dec.write({ ids: [tok], meta: decodeMeta([prompt.length + i]) });
-      model.submit(dec.dispatches);
-      out.push(new Float32Array(await model.ctx.readBuffer(dec.logits.buffer, dec.logits.offset, V * 4)));
-    }
-    model.ctx.throwIfErrors();
-    return out;
-  } finally {
-    pre.destroy();
-    dec.destroy();
-    cache.destroy();
-  }
-}
-
-// The kernel choices a GPU gets (gemv_kn with the fused layer norm for M <= 8, the tiled GEMM
-// with a layernorm dispatch past it, the 32-lane 'nk' LM head, plain row-major weights), forced on
-// whatever adapter runs the tests, against the float64 forward: 7 tokens take the GEMVs, 13 the GEMM.
-// Also with gemvReduce 'workgroup' (the decode GEMVs then split K inside their workgroups). Decode
-// steps with the GPU's attention (256-thread workgroups) too, after a prefill.
-const GPU_CHOICES = { knCols: false, nkRows: false, nkLanesPerRow: 32, knPanel: 0, fuseLn: true, gemvMaxM: 8 };
-const GPU_ATTENTION = { lanes: false, decodeWg: 256 };
-for (const [ci, cfg, gemvReduce] of [[0, CONFIGS[1]!, 'split'], [1, CONFIGS[3]!, 'split'], [1, CONFIGS[3]!, 'workgroup']] as const) {
-  test(`GPU kernel choices (gemvReduce ${gemvReduce}), random config (C ${cfg.n_embd}, H ${cfg.n_head}, L ${cfg.n_layer}) match the float64 forward at 7 and 13 tokens and in decode steps`, async () => {
-    const ckpt = randomCheckpoint(cfg, 200 + ci);
-    const tensors = await loadTensors(ckpt);
-    const model = await (await engine()).loadModel(ckpt, { matmul: { ...GPU_CHOICES, gemvReduce }, attention: GPU_ATTENTION });
-    try {
-      assert.is(model.kernels.matmul.fuseLn, true);
-      assert.is(model.kernels.matmul.gemvReduce, gemvReduce);
-      for (const T of [7, 13]) {
-        const ids = Array.from({ length: T }, (_, i) => (i * 41 + ci) % cfg.vocab_size);
-        const got = await model.logits(ids, { allPositions: true });
-        allClose(got.data, forward64(tensors, cfg, ids), { rel: 1e-5 }, `logits, ${T} tokens`);
-      }
-      // Decode steps (the wide attention writing K/V, the fused GEMVs at M = 1) after a prefill.
-      const prompt = [3, 1, 4, 1, 5], fed = [9, 2, 6, 5];
-      const steps = await decodeLogits(model, prompt, fed);
-      steps.forEach((got, i) => {
-        const ids = [...prompt, ...fed.slice(0, i + 1)];
-        const want = forward64(tensors, cfg, ids).subarray((ids.length - 1) * cfg.vocab_size);
-        allClose(got, want, { rel: 1e-5 }, `decode step ${i} logits`);
-      });
-    } finally {
-      model.destroy();
-    }
-  });
-}
 
 test('prompt errors: empty, out-of-vocab ids, longer than the window', async () => {
   const model = await tinyModel();
