@@ -12,9 +12,10 @@
 //     cap) positions p_t - n + 1 .. p_t of row r_t (the ring's window; the engine keeps p_t < cap, so
 //     in practice positions 0..p_t). A query whose row is >= rows gets a NaN output (defence in depth).
 //
-// Four entry points (the TS module picks): main (scalar loads, any D), main_vec4 (the same with
+// Five entry points (the TS module picks): main (scalar loads, any D), main_vec4 (the same with
 // vec4 loads, D % 4 == 0), decode_lanes (CPU adapters: one invocation per token and head, no
-// barriers) and tiled_vec4 (prompts: 8 tokens of one row per workgroup, at the end).
+// barriers), prefill_lanes (CPU adapters: one per pair of tokens and head, sharing K/V loads) and
+// tiled_vec4 (GPU prompts: 8 tokens of one row per workgroup, at the end).
 // main_vec4 is built at WG = 32 and, for GPU decode steps, at a wider WG (256 by default): a
 // decode step has only rows x n_head (token, head) pairs, 12 workgroups for gpt2 at batch 1, each
 // walking its window in blocks of KB = 4 WG keys; at WG 32 a 1024-key window is 8 dependent
@@ -58,6 +59,7 @@ struct Params {
   nan_bits: u32,  // 0x7fc00000: NaN cannot be written as a WGSL constant
   tiled_skip: u32,  // 1: main_vec4 skips tokens whose tile tiled_vec4 handles (see below)
   write_kv: u32,    // 1: main / main_vec4 copy the token's k, v (head h) to its cache slot first
+  pairs_skip: u32,  // 1: decode_lanes skips tokens whose pair prefill_lanes handles (see there)
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -298,10 +300,27 @@ fn decode_lanes(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
   if (w >= p.T * p.n_head) { return; }
   let t = w / p.n_head;
   let h = w - t * p.n_head;
+  if (p.pairs_skip == 1u && pair_qualifies(t / 2u)) { return; }
+  let row = tok_meta[2u * t];
+  let pos = tok_meta[2u * t + 1u];
+  if (p.write_kv == 1u && row < p.rows) {
+    let C4 = p.C / 4u;
+    let qb = t * 3u * C4 + h * HD4;  // q; + C4: k, + 2 C4: v
+    let dst = (row * p.cap + pos % p.cap) * C4 + h * HD4;
+    for (var d = 0u; d < HD4; d++) {
+      k4[dst + d] = qkv4[qb + C4 + d];
+      v4[dst + d] = qkv4[qb + 2u * C4 + d];
+    }
+  }
+  lane_attend(t, h);
+}
+
+// Query t, head h, by one invocation: the online softmax over t's window (see decode_lanes).
+fn lane_attend(t: u32, h: u32) {
   let C4 = p.C / 4u;
   let row = tok_meta[2u * t];
   let pos = tok_meta[2u * t + 1u];
-  let qb = t * 3u * C4 + h * HD4;  // q; + C4: k, + 2 C4: v
+  let qb = t * 3u * C4 + h * HD4;
   let ob = t * C4 + h * HD4;
   if (row >= p.rows) {
     for (var d = 0u; d < HD4; d++) { out4[ob + d] = vec4<f32>(bitcast<f32>(p.nan_bits)); }
@@ -310,13 +329,6 @@ fn decode_lanes(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
   let n = min(pos + 1u, p.cap);
   var slot = (pos + 1u - n) % p.cap;  // the window's first slot; runs on, wrapping once at cap
   let head_base = row * p.cap * C4 + h * HD4;  // + slot * C4 + d4
-  if (p.write_kv == 1u) {
-    let dst = head_base + (pos % p.cap) * C4;
-    for (var d = 0u; d < HD4; d++) {
-      k4[dst + d] = qkv4[qb + C4 + d];
-      v4[dst + d] = qkv4[qb + 2u * C4 + d];
-    }
-  }
   var q: array<vec4<f32>, 64>;    // q * scale, [HD4] used
   var acc: array<vec4<f32>, 64>;  // sum of p_j v_j against the running max, [HD4] used
   for (var d = 0u; d < HD4; d++) {
@@ -340,6 +352,88 @@ fn decode_lanes(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
     if (slot == p.cap) { slot = 0u; }
   }
   for (var d = 0u; d < HD4; d++) { out4[ob + d] = acc[d] / l; }
+}
+
+// ---- prefill_lanes, for CPU adapters: one invocation per (token pair t0 = 2i, t1 = 2i + 1, head
+// h), LANES per workgroup. On lavapipe every lane-varying storage load is a per-lane scalar loop,
+// so the loads of K and V set the cost: when t1 follows t0 in the same row (pos1 = pos0 + 1) and
+// the window has not wrapped (pos1 < cap, so key j sits at slot j), the invocation loads each key
+// and value word once and applies it to both queries (key pos1 to t1 only): half the loads of
+// decode_lanes per query. The tokens of any other pair (different rows, a wrapped ring, a row
+// outside the cache) and an odd T's last token are left to a second dispatch, decode_lanes with
+// pairs_skip = 1, which skips the rest. (With those tokens done here by inlined calls, this shader
+// took ~40 s to compile on lavapipe: llvmpipe's LLVM time grows with every copy of the unrolled
+// per-lane loads; alone ~5 s, decode_lanes ~7 s.) Measured on
+// lavapipe (12 heads, D 64, one layer): T 128 22 -> 9 ms, T 512 290 -> 125-140 ms against the
+// tiled kernel, whose barriers lavapipe runs as coroutines; 3 or 4 tokens per invocation were
+// slower than 2 (their q / acc no longer fit the registers). Needs kv_write to have run (no write_kv).
+
+// Pair i = tokens 2i, 2i + 1 qualifies when both exist, share a valid row, the second follows the
+// first (pos1 = pos0 + 1) and the ring has not wrapped (pos1 < cap: key j sits at slot j).
+fn pair_qualifies(pair: u32) -> bool {
+  let t0 = 2u * pair;
+  if (t0 + 1u >= p.T) { return false; }
+  let row = tok_meta[2u * t0];
+  let pos0 = tok_meta[2u * t0 + 1u];
+  let pos1 = tok_meta[2u * t0 + 3u];
+  return row < p.rows && tok_meta[2u * t0 + 2u] == row && pos1 == pos0 + 1u && pos1 < p.cap;
+}
+
+@compute @workgroup_size(LANES)
+fn prefill_lanes(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+  let w = (wg.y * p.groups_x + wg.x) * LANES + lid;
+  let pairs = (p.T + 1u) / 2u;
+  if (w >= pairs * p.n_head) { return; }
+  let pair = w / p.n_head;
+  let h = w - pair * p.n_head;
+  if (!pair_qualifies(pair)) { return; }  // decode_lanes with pairs_skip does its tokens
+  let t0 = 2u * pair;
+  let t1 = t0 + 1u;
+  let row = tok_meta[2u * t0];
+  let pos0 = tok_meta[2u * t0 + 1u];
+  let pos1 = pos0 + 1u;
+  let C4 = p.C / 4u;
+  let head_base = row * p.cap * C4 + h * HD4;  // + j * C4 + d4 (slot j = position j)
+  var q0: array<vec4<f32>, 64>;    // q of t0 times the scale, [HD4] used
+  var q1: array<vec4<f32>, 64>;    // of t1
+  var acc0: array<vec4<f32>, 64>;  // sum of p_j v_j for t0 against its running max, [HD4] used
+  var acc1: array<vec4<f32>, 64>;
+  for (var d = 0u; d < HD4; d++) {
+    q0[d] = qkv4[t0 * 3u * C4 + h * HD4 + d] * p.scale;
+    q1[d] = qkv4[t1 * 3u * C4 + h * HD4 + d] * p.scale;
+    acc0[d] = vec4<f32>(0.0);
+    acc1[d] = vec4<f32>(0.0);
+  }
+  var m = vec2<f32>(LOWEST);
+  var l = vec2<f32>(0.0);
+  for (var j = 0u; j <= pos1; j++) {
+    let kb = head_base + j * C4;
+    // Both scores from one pass over k (each word loaded once) ...
+    var dot0 = vec4<f32>(0.0);
+    var dot1 = vec4<f32>(0.0);
+    for (var d = 0u; d < HD4; d++) {
+      let k = k4[kb + d];
+      dot0 += q0[d] * k;
+      dot1 += q1[d] * k;
+    }
+    // ... key pos1 lies outside t0's window: its score there is LOWEST, so p = 0 and alpha = 1.
+    let s = vec2<f32>(select(dot0.x + dot0.y + dot0.z + dot0.w, LOWEST, j > pos0), dot1.x + dot1.y + dot1.z + dot1.w);
+    let m_new = max(m, s);
+    let alpha = exp(m - m_new);
+    let pj = exp(s - m_new);
+    l = l * alpha + pj;
+    // ... and both accumulators from one pass over v.
+    for (var d = 0u; d < HD4; d++) {
+      let v = v4[kb + d];
+      acc0[d] = acc0[d] * alpha.x + pj.x * v;
+      acc1[d] = acc1[d] * alpha.y + pj.y * v;
+    }
+    m = m_new;
+  }
+  for (var d = 0u; d < HD4; d++) {
+    out4[t0 * C4 + h * HD4 + d] = acc0[d] / l.x;
+    out4[t1 * C4 + h * HD4 + d] = acc1[d] / l.y;
+  }
 }
 
 // ---- Tiled variant for prefill: QT = WG / 4 consecutive tokens x one head per workgroup, so each

@@ -63,7 +63,7 @@ async function check(sc: Scenario, seed: number, variant: AttentionVariant, writ
     const vT = upload(owned, vc, [rows, cap, C]);
     const out = poisoned(owned, [T, C]);
     const kw = await KvWriteKernel.create(ctx);
-    const at = await AttentionKernel.create(ctx, variant === 'lanes' ? { headDim: C / nHead, lanes: true } : { decodeWg });
+    const at = await AttentionKernel.create(ctx, variant === 'lanes' || variant === 'pairs' ? { headDim: C / nHead, lanes: true } : { decodeWg });
     await run(ctx, [
       ...(writeKv ? [] : [kw.bind(owned, { qkv: qkvT, meta: metaT, kCache: kT, vCache: vT })]),
       ...at.bind(owned, { qkv: qkvT, meta: metaT, kCache: kT, vCache: vT, out, nHead, variant, writeKv }),
@@ -102,14 +102,15 @@ const CASES: Array<[string, Scenario]> = [
   ['D 3 (scalar kernel only: D % 4 != 0), C 12, nHead 4', { C: 12, nHead: 4, cap: 300, prior: [270, 5], step: [[0, 2], [1, 3]] }],
 ];
 // Every case runs each kernel that applies: per token (vec4 loads when D % 4 == 0), per token
-// scalar, one invocation per token and head (lanes: D % 4 == 0), tiled (8 tokens per
-// workgroup; tiles that mix rows or wrap fall back per token) and wide (the vec4 kernel with 256
-// threads per workgroup, GPU decode's).
-for (const variant of ['query', 'scalar', 'lanes', 'tiled', 'wide'] as const) {
+// scalar, one invocation per token and head (lanes: D % 4 == 0), one per pair of tokens and head
+// (pairs: neighbours in a row share K/V loads, other pairs and an odd last token go one by one),
+// tiled (8 tokens per workgroup; tiles that mix rows or wrap fall back per token) and wide (the
+// vec4 kernel with 256 threads per workgroup, GPU decode's).
+for (const variant of ['query', 'scalar', 'lanes', 'pairs', 'tiled', 'wide'] as const) {
   CASES.forEach(([name, sc], i) => {
     const D = sc.C / sc.nHead;
     if (variant === 'tiled' && !(D % 4 === 0 && D <= 64)) return;
-    if ((variant === 'lanes' || variant === 'wide') && D % 4 !== 0) return;
+    if ((variant === 'lanes' || variant === 'pairs' || variant === 'wide') && D % 4 !== 0) return;
     test(`attention (${variant}): ${name}`, () => check(sc, 100 + i, variant));
   });
 }
@@ -184,7 +185,7 @@ test("attention 'auto' tiles prompts of >= 16 tokens with D % 4 == 0 and D <= 64
     assert.throws(() => at.bind(owned, { ...args(16, 12, 4), variant: 'tiled' }), (e: Error) => e instanceof ShapeError && /D = 3/.test(e.message));
   }));
 
-test("attention 'lanes': built for one head size (by default on CPU adapters), chosen by 'auto' for it, refused for others", () =>
+test("attention 'lanes' / 'pairs': built for one head size (by default on CPU adapters), chosen by 'auto' for it, refused for others", () =>
   withDevice(async ({ ctx, owned }) => {
     const args = (T: number, C: number, nHead: number) => ({
       qkv: poisoned(owned, [T, 3 * C]), meta: poisoned(owned, [T, 2], 'u32'),
@@ -192,11 +193,22 @@ test("attention 'lanes': built for one head size (by default on CPU adapters), c
     });
     const on = await AttentionKernel.create(ctx, { headDim: 16, lanes: true });
     assert.is(on.lanesHeadDim, 16);
-    assert.equal(on.bind(owned, args(2, 64, 4)).map((d) => d.workgroups), [[1, 1, 1]], '8 (token, head) pairs per workgroup');
-    assert.equal(on.bind(owned, args(3, 64, 4)).map((d) => d.workgroups), [[2, 1, 1]]);
+    const lanesOf = (T: number) => on.bind(owned, { ...args(T, 64, 4), variant: 'lanes' })[0]!;
+    const pairsOf = (T: number) => on.bind(owned, { ...args(T, 64, 4), variant: 'pairs' })[0]!;
+    assert.equal(on.bind(owned, { ...args(5, 64, 4), variant: 'pairs' }).map((d) => [d.label, d.workgroups]), [['attention.pairs', [2, 1, 1]], ['attention.rest', [3, 1, 1]]], 'pairs, then decode_lanes for the tokens of pairs that cannot share');
+    assert.equal(lanesOf(3).workgroups, [2, 1, 1], '8 (token, head) invocations per workgroup: 12 -> 2');
+    assert.equal(pairsOf(3).workgroups, [1, 1, 1], '8 (token pair, head) invocations per workgroup: 2 x 4 -> 1');
+    assert.equal(pairsOf(33).workgroups, [9, 1, 1], '17 pairs x 4 heads -> 9');
+    assert.is.not(lanesOf(3).pipeline, pairsOf(3).pipeline);
+    // 'auto': pairs for prompts, lanes for single tokens and writeKv (decode) steps
+    assert.is(on.bind(owned, args(16, 64, 4))[0]!.pipeline, pairsOf(16).pipeline, 'prompts take pairs (not the tiles)');
+    assert.is(on.bind(owned, args(2, 64, 4))[0]!.pipeline, pairsOf(2).pipeline);
+    assert.is(on.bind(owned, args(1, 64, 4))[0]!.pipeline, lanesOf(1).pipeline, 'one token');
+    assert.is(on.bind(owned, { ...args(2, 64, 4), writeKv: true })[0]!.pipeline, lanesOf(2).pipeline, 'decode step');
+    assert.throws(() => on.bind(owned, { ...args(2, 64, 4), writeKv: true, variant: 'pairs' }), (e: Error) => e instanceof ShapeError && /not variant 'pairs'/.test(e.message));
     assert.equal(on.bind(owned, args(2, 64, 2)).map((d) => d.workgroups), [[4, 1, 1]], 'D 32: the workgroup kernel, one per pair');
-    assert.equal(on.bind(owned, args(16, 64, 4)).map((d) => d.label), ['attention.tiled', 'attention.rest'], 'prompts still tile');
     assert.throws(() => on.bind(owned, { ...args(2, 64, 2), variant: 'lanes' }), (e: Error) => e instanceof ShapeError && /variant 'lanes' runs head size 16 only, got D = 32/.test(e.message));
+    assert.throws(() => on.bind(owned, { ...args(2, 64, 2), variant: 'pairs' }), (e: Error) => e instanceof ShapeError && /variant 'pairs' runs head size 16 only, got D = 32/.test(e.message));
     const off = await AttentionKernel.create(ctx, { headDim: 16, lanes: false });
     assert.is(off.lanesHeadDim, undefined);
     assert.equal(off.bind(owned, args(2, 64, 4)).map((d) => d.workgroups), [[8, 1, 1]]);

@@ -30,15 +30,18 @@ export interface AttentionArgs {
   /**
    * Which kernel: 'query' (one workgroup per token and head; vec4 loads when D % 4 == 0, else
    * scalar), 'scalar' (the same, always scalar), 'lanes' (one invocation per token and head, no
-   * barriers: the kernel's `lanesHeadDim` must equal D), 'tiled' (8 consecutive tokens x one head
-   * per workgroup sharing K/V loads: for prompts; needs D % 4 == 0 and D <= 64; tiles mixing rows
-   * fall back to one token at a time, so it is correct for any step, only slower for decode) or
-   * 'auto' (default): 'tiled' when it applies and T >= 16, else 'lanes' where the kernel has it
-   * for this D (CPU adapters), else 'wide' for a writeKv step (a decode step) when the kernel has
-   * it (GPUs), else 'query'. 'wide': the vec4 kernel with `decodeWg` threads per workgroup
-   * (needs D % 4 == 0 and a kernel created with decodeWg).
+   * barriers: the kernel's `lanesHeadDim` must equal D), 'pairs' (one invocation per two
+   * consecutive tokens and a head, sharing each K/V load when the tokens are neighbours in one row;
+   * the same head-size rule; not with writeKv), 'tiled' (8 consecutive tokens x one head per
+   * workgroup sharing K/V loads: for prompts; needs D % 4 == 0 and D <= 64; tiles mixing rows fall
+   * back to one token at a time, so it is correct for any step, only slower for decode), 'wide'
+   * (the vec4 kernel with `decodeWg` threads per workgroup; needs D % 4 == 0 and a kernel created
+   * with decodeWg) or 'auto' (default). 'auto' on a kernel with the one-invocation kernels for this
+   * D (CPU adapters): 'lanes' for writeKv steps and single tokens, else 'pairs'. Otherwise: 'tiled'
+   * when it applies and T >= 16, else 'wide' for a writeKv step when the kernel has it (GPUs),
+   * else 'query'.
    */
-  variant?: 'auto' | 'query' | 'scalar' | 'lanes' | 'tiled' | 'wide';
+  variant?: 'auto' | 'query' | 'scalar' | 'lanes' | 'pairs' | 'tiled' | 'wide';
   /**
    * The kernel copies each token's key and value (qkv cols [C, 3C)) to its cache slot itself before
    * attending, so no kv_write dispatch is needed. Only for steps whose tokens are all in different
@@ -47,7 +50,7 @@ export interface AttentionArgs {
   writeKv?: boolean;
 }
 
-const VARIANTS: ReadonlyArray<NonNullable<AttentionArgs['variant']>> = ['auto', 'query', 'scalar', 'lanes', 'tiled', 'wide'];
+const VARIANTS: ReadonlyArray<NonNullable<AttentionArgs['variant']>> = ['auto', 'query', 'scalar', 'lanes', 'pairs', 'tiled', 'wide'];
 
 /** Tokens per tile of the tiled kernel (its workgroup size / 4 lanes per token). */
 const TILE_TOKENS = 8;
@@ -81,6 +84,7 @@ export class AttentionKernel {
     private readonly pipelineVec4: GPUComputePipeline,
     private readonly pipelineTiled: GPUComputePipeline,
     private readonly pipelineLanes: GPUComputePipeline | undefined,
+    private readonly pipelinePairs: GPUComputePipeline | undefined,
     private readonly pipelineWide: GPUComputePipeline | undefined,
     readonly wg: number,
     /** The head size decode_lanes was built for (variant 'lanes'); undefined: none. */
@@ -105,14 +109,15 @@ export class AttentionKernel {
     if (!Number.isInteger(decodeWg) || (decodeWg !== 0 && (decodeWg < 32 || decodeWg > 256 || (decodeWg & (decodeWg - 1)) !== 0))) {
       throw new InvalidOptionError(`AttentionKernel: decodeWg must be a power of two in [32, 256] (threads per decode workgroup) or 0 for none, got ${decodeWg}`);
     }
-    const [scalar, vec4, tiled, lanesP, wide] = await Promise.all([
+    const [scalar, vec4, tiled, lanesP, pairsP, wide] = await Promise.all([
       ctx.pipeline('attention', 'main', { WG: wg }),
       ctx.pipeline('attention', 'main_vec4', { WG: wg }),
       ctx.pipeline('attention', 'tiled_vec4', { WG: wg }),
       lanes ? ctx.pipeline('attention', 'decode_lanes', { HD4: headDim! / 4 }) : undefined,
+      lanes ? ctx.pipeline('attention', 'prefill_lanes', { HD4: headDim! / 4 }) : undefined,
       decodeWg ? ctx.pipeline('attention', 'main_vec4', { WG: decodeWg }) : undefined,
     ]);
-    return new AttentionKernel(ctx, scalar, vec4, tiled, lanesP, wide, wg, lanes ? headDim! : undefined, decodeWg || undefined);
+    return new AttentionKernel(ctx, scalar, vec4, tiled, lanesP, pairsP, wide, wg, lanes ? headDim! : undefined, decodeWg || undefined);
   }
 
   bind(owner: Owned, a: AttentionArgs, label = 'attention'): Dispatch[] {
@@ -146,14 +151,16 @@ export class AttentionKernel {
     const canTile = D % 4 === 0 && D <= 64;
     if (variant === 'tiled' && !canTile) throw new ShapeError(`${label}: the tiled kernel needs D % 4 == 0 and D <= 64, got D = ${D}; use variant 'query'`);
     if (variant === 'tiled' && a.writeKv) throw new ShapeError(`${label}: writeKv (tokens in distinct rows, a decode step) needs the one-query kernels, not variant 'tiled'`);
-    const tiled = variant === 'tiled' || (variant === 'auto' && canTile && T >= 2 * TILE_TOKENS && !a.writeKv);
-    if (variant === 'lanes' && D !== this.lanesHeadDim) {
-      throw new ShapeError(`${label}: variant 'lanes' runs head size ${this.lanesHeadDim ?? '(none: the kernel was created without headDim)'} only, got D = ${D}; create the kernel with { headDim: ${D} } or use variant 'query'`);
+    const lanesHere = D === this.lanesHeadDim; // CPU adapters: the one-invocation kernels for this D
+    const tiled = variant === 'tiled' || (variant === 'auto' && !lanesHere && canTile && T >= 2 * TILE_TOKENS && !a.writeKv);
+    if ((variant === 'lanes' || variant === 'pairs') && !lanesHere) {
+      throw new ShapeError(`${label}: variant '${variant}' runs head size ${this.lanesHeadDim ?? '(none: the kernel was created without headDim)'} only, got D = ${D}; create the kernel with { headDim: ${D} } or use variant 'query'`);
     }
+    if (variant === 'pairs' && a.writeKv) throw new ShapeError(`${label}: writeKv (tokens in distinct rows, a decode step) needs the one-query kernels, not variant 'pairs'`);
     const inputs = [binding(a.qkv), binding(a.meta), binding(a.kCache), binding(a.vCache), binding(a.out)];
-    const make = (pipeline: GPUComputePipeline, name: string, workgroups: number, tiledSkip: number): Dispatch => {
+    const make = (pipeline: GPUComputePipeline, name: string, workgroups: number, tiledSkip: number, pairsSkip = 0): Dispatch => {
       const [gx, gy] = grid(this.ctx, name, workgroups);
-      const params = owner.uniform(`${name}.params`, [T, C, nHead, D, rows, cap, f32bits(1 / Math.sqrt(D)), gx, NAN_BITS, tiledSkip, a.writeKv ? 1 : 0]);
+      const params = owner.uniform(`${name}.params`, [T, C, nHead, D, rows, cap, f32bits(1 / Math.sqrt(D)), gx, NAN_BITS, tiledSkip, a.writeKv ? 1 : 0, pairsSkip]);
       const bindGroup = this.ctx.device.createBindGroup({
         label: name,
         layout: pipeline.getBindGroupLayout(0),
@@ -169,7 +176,15 @@ export class AttentionKernel {
         make(this.pipelineVec4, `${label}.rest`, T * nHead, 1),
       ];
     }
-    if (variant === 'lanes' || (variant === 'auto' && D === this.lanesHeadDim)) {
+    if (variant === 'pairs' || (variant === 'auto' && lanesHere && T >= 2 && !a.writeKv)) {
+      // LANES (token pair, head) invocations per workgroup: index * LANES + lane = pair * nHead + head;
+      // then decode_lanes does the tokens of pairs that could not share (and skips all others).
+      return [
+        make(this.pipelinePairs!, `${label}.pairs`, Math.ceil((Math.ceil(T / 2) * nHead) / LANES), 0),
+        make(this.pipelineLanes!, `${label}.rest`, Math.ceil((T * nHead) / LANES), 0, 1),
+      ];
+    }
+    if (variant === 'lanes' || (variant === 'auto' && lanesHere)) {
       // LANES (token, head) pairs per workgroup: workgroup index * LANES + lane = token * nHead + head.
       return [make(this.pipelineLanes!, label, Math.ceil((T * nHead) / LANES), 0)];
     }
