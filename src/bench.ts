@@ -285,7 +285,7 @@ function gemvMaxOf(model: Model): { kn: number | null; nk: number | null } {
 export function formatBench(r: BenchReport): string {
   const a = r.adapter as { description?: string; vendor?: string };
   const lines = [
-    `model ${r.model} (${r.dtype}), adapter: ${a.description || a.vendor}; prompt ${r.prompt_tokens} tokens, ${r.new_tokens} new, ${r.repeat} runs; host waits: ${r.host_wait}; layer norm fused: ${r.fuse_ln ? 'yes' : 'no'}; GPU GEMV K split: ${r.gemv_reduce}; decode attention: ${r.attention_decode_wg === null ? 'default kernel' : `${r.attention_decode_wg}-thread workgroups`}; steps in flight: ${r.pipeline_depth}; GEMM tile ${r.gemm_tile.ty * r.gemm_tile.tm}x${r.gemm_tile.tx * r.gemm_tile.tn}`,
+    `model ${r.model} (${r.dtype}), adapter: ${a.description || a.vendor}; prompt ${r.prompt_tokens} tokens, ${r.new_tokens} new, ${r.repeat} runs; host waits: ${r.host_wait}; layer norm fused: ${r.fuse_ln ? 'yes' : 'no'}; GPU GEMV K split: ${r.gemv_reduce}; decode attention: ${r.attention_decode_wg !== null ? `${r.attention_decode_wg}-thread workgroups` : r.gemv_max_m.kn === null ? 'one invocation per (row, head)' : '32-thread workgroups'}; steps in flight: ${r.pipeline_depth}; GEMM tile ${r.gemm_tile.ty * r.gemm_tile.tm}x${r.gemm_tile.tx * r.gemm_tile.tn}`,
     `load ${r.load.load_ms.toFixed(0)} ms (pipelines ${r.load.pipelines_ms.toFixed(0)} ms, upload ${r.load.upload_ms.toFixed(0)} ms, ${(r.load.weight_bytes / 1e6).toFixed(0)} MB of weights)`,
     '',
     'batch  first-token ms (setup + prefill)  decode ms/token (median / p90)  tokens/s  readback B/token  dispatches/step  submits/step',
