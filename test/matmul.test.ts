@@ -63,13 +63,15 @@ function nkGroups(k: MatmulKernel, M: number, n: number): [number, number] {
  * Workgroups along x and z of a 'kn' GEMV over M rows and n columns, per variant (to check which
  * one ran): gemv_kn 64 threads of 1 word, blocks of 8 rows; gemv_kn_red 4 column threads of 1 word
  * (x 64 K groups), blocks of 8 rows; gemv_kn_cols 8 threads of knWords
- * words (M = 1) or of knBlock words for blocks of knBlock.rows rows (M > 1).
+ * words (M = 1) or of knBlock words for blocks of knBlock.rows rows (M > 1; knBlockLarge from its
+ * `from` rows on).
  */
 function knGroups(k: MatmulKernel, M: number, n: number, dtype: 'f32' | 'f16'): [number, number] {
   const words = Math.ceil(n / (dtype === 'f16' ? 8 : 4)); // 16-byte words per W row
   if (!k.knCols) return [Math.ceil(words / (k.gemvReduce === 'workgroup' ? 4 : 64)), Math.ceil(M / 8)];
   if (M === 1) return [Math.ceil(Math.ceil(words / k.knWords[dtype]) / 8), 1];
-  return [Math.ceil(Math.ceil(words / k.knBlock[dtype]) / 8), Math.ceil(M / k.knBlock.rows)];
+  const b = M >= k.knBlockLarge.from ? k.knBlockLarge : k.knBlock;
+  return [Math.ceil(Math.ceil(words / b[dtype]) / 8), Math.ceil(M / b.rows)];
 }
 
 function name(c: Case): string {
@@ -300,7 +302,7 @@ test('paneled weights: kernel defaults, and every path that cannot read panels r
     assert.is((await MatmulKernel.create(ctx, { knCols: true, gemvMaxM: 4 })).knPanel, 0);
     await rejects(() => MatmulKernel.create(ctx, { knCols: true, gemvMaxM: 4, knPanel: 256 }), (e) => e instanceof InvalidOptionError && /knPanel 256 stores weights that only gemv_kn_cols reads, but with gemvMaxM 4 the GEMM takes M > 4/.test(e.message));
     assert.is((await MatmulKernel.create(ctx, { knCols: true, knWords: { f32: 3, f16: 1 } })).knPanel, 0, '256 is no multiple of 12');
-    await rejects(() => MatmulKernel.create(ctx, { knCols: true, knPanel: 100 }), (e) => e instanceof InvalidOptionError && /knPanel must be 0 or a multiple of every gemv_kn_cols thread's columns \(32, 16\), got 100/.test(e.message));
+    await rejects(() => MatmulKernel.create(ctx, { knCols: true, knPanel: 100 }), (e) => e instanceof InvalidOptionError && /knPanel must be 0 or a multiple of every gemv_kn_cols thread's columns \(32, 16, 8\), got 100/.test(e.message));
     const x = poisoned(owned, [1, 64]);
     const out = poisoned(owned, [1, 128]);
     const w = { ...poisoned(owned, [64, 128]), shape: [64, 128], panel: 64 };
@@ -708,6 +710,12 @@ test('bind rejects bad shapes, chunked kn weights, over-limit weights and out al
       await MatmulKernel.create(ctx, { knBlock }).then(
         () => assert.unreachable(`knBlock ${JSON.stringify(knBlock)} accepted`),
         (e: Error) => assert.ok(e instanceof InvalidOptionError && e.message.includes(JSON.stringify(knBlock)), e.message),
+      );
+    }
+    for (const knBlockLarge of [{ rows: 8, f32: 4, f16: 1, from: 16 }, { rows: 8, f32: 2, f16: 1, from: 1 }, { rows: 8, f32: 2, f16: 1, from: 2.5 }]) {
+      await MatmulKernel.create(ctx, { knBlockLarge }).then(
+        () => assert.unreachable(`knBlockLarge ${JSON.stringify(knBlockLarge)} accepted`),
+        (e: Error) => assert.ok(e instanceof InvalidOptionError && /knBlockLarge/.test(e.message), e.message),
       );
     }
     await MatmulKernel.create(ctx, { nkBlockRows: 5 }).then(
