@@ -115,8 +115,7 @@ function quantile(xs: number[], q: number): number {
 /** The decode attention's workgroup width when decode steps use the 'wide' kernel, else null. */
 function decodeWgOf(model: Model): number | null {
   const at = model.kernels.attention;
-  const D = model.config.n_embd / model.config.n_head;
-  return at.decodeWg !== undefined && at.lanesHeadDim !== D && D % 4 === 0 ? at.decodeWg : null;
+  return at.oneQueryVariant(model.config.n_embd / model.config.n_head) === 'wide' ? at.decodeWg! : null;
 }
 
 export async function runBench(engine: Engine, o: BenchOptions): Promise<BenchReport> {

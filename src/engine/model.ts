@@ -21,7 +21,7 @@ import { Dispatch, encodeDispatches, GpuTensor, Owned } from '../kernels/common.
 import { LayerNormKernel } from '../kernels/layernorm.js';
 import { MatmulKernel, type MatmulOptions } from '../kernels/matmul.js';
 import { EmbeddingKernel } from '../kernels/embedding.js';
-import { AttentionKernel, AttentionOptions } from '../kernels/attention.js';
+import { AttentionKernel, type AttentionOptions } from '../kernels/attention.js';
 import { KvWriteKernel, KvGatherKernel } from '../kernels/kvcache.js';
 import { GatherRowsKernel } from '../kernels/elementwise.js';
 import { Sampler } from '../sampling/sampler.js';
@@ -124,8 +124,7 @@ export class ForwardPlan {
       // tiles would all mix rows: one query per invocation where the kernel has 'lanes' for this
       // head size (CPU adapters), else one per wide workgroup (GPUs: rows x n_head workgroups
       // only, each hiding its own latency), else one per 32-thread workgroup.
-      const D = C / cfg.n_head;
-      const oneQuery = k.attention.lanesHeadDim === D ? 'lanes' : k.attention.decodeWg !== undefined && D % 4 === 0 ? 'wide' : 'query';
+      const oneQuery = k.attention.oneQueryVariant(C / cfg.n_head);
       const attnVariant = this.decode || (T === cache.rows && R === T && T > 1) ? oneQuery : 'auto';
       const d = this.dispatches;
       d.push(...list(k.embedding.bind(o, { ids: this.ids, meta: this.meta, wte: w.wte, wpe: w.wpe, out: x }, 'wte+wpe')));

@@ -120,6 +120,16 @@ export class AttentionKernel {
     return new AttentionKernel(ctx, scalar, vec4, tiled, lanesP, pairsP, wide, wg, lanes ? headDim! : undefined, decodeWg || undefined);
   }
 
+  /**
+   * The kernel for steps of one token per row (decode) at head size D: 'lanes' where this kernel
+   * has the one-invocation kernels for D (CPU adapters), else 'wide' where it has decodeWg and
+   * D % 4 == 0 (GPUs), else 'query'.
+   */
+  oneQueryVariant(D: number): 'lanes' | 'wide' | 'query' {
+    if (D === this.lanesHeadDim) return 'lanes';
+    return this.pipelineWide && D % 4 === 0 ? 'wide' : 'query';
+  }
+
   bind(owner: Owned, a: AttentionArgs, label = 'attention'): Dispatch[] {
     if (a.kCache.shape.length !== 3) throw new ShapeError(`${label}: kCache must be 3-D [rows, capacity, C], got [${a.kCache.shape.join(', ')}]`);
     const [rows, cap, C] = a.kCache.shape as [number, number, number];
