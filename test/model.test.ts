@@ -71,7 +71,8 @@ test('decode plans: one token per cache row, no kv_write (attention writes K/V) 
   const cache = await model.createCache({ rows: 2, capacity: 8 });
   const plans: ForwardPlan[] = [];
   try {
-    assert.throws(() => new ForwardPlan(model, cache, 3, 3, { decode: true }), (e: Error) => e instanceof ShapeError && /each of the cache's 2 rows .* got T 3, R 3/.test(e.message));
+    assert.throws(() => new ForwardPlan(model, cache, 3, 3, { decode: true }), (e: Error) => e instanceof ShapeError && /at most the cache's 2 rows .* got T 3, R 3/.test(e.message));
+    assert.throws(() => new ForwardPlan(model, cache, 2, 1, { decode: true }), (e: Error) => e instanceof ShapeError && /got T 2, R 1/.test(e.message));
     const dec = new ForwardPlan(model, cache, 2, 2, { decode: true });
     const plain = new ForwardPlan(model, cache, 2, 2);
     plans.push(dec, plain);
@@ -79,7 +80,9 @@ test('decode plans: one token per cache row, no kv_write (attention writes K/V) 
     assert.equal([count(dec, 'kv_write'), count(plain, 'kv_write')], [0, model.config.n_layer]);
     assert.equal([count(dec, 'last_tokens'), count(plain, 'last_tokens')], [0, 1]);
     assert.is(dec.dispatches.length, plain.dispatches.length - model.config.n_layer - 1);
-    assert.throws(() => dec.write({ meta: Uint32Array.from([1, 3, 0, 3]) }), (e: Error) => e instanceof ShapeError && /token 0 must be row 0 \(meta gives row 1\)/.test(e.message));
+    assert.throws(() => dec.write({ meta: Uint32Array.from([1, 3, 1, 4]) }), (e: Error) => e instanceof ShapeError && /tokens 0 and 1 are both in row 1/.test(e.message));
+    assert.throws(() => dec.write({ meta: decodeMeta([3, 5], [0, 2]) }), (e: Error) => e instanceof ShapeError && /token 1 is in row 2, outside the cache's 2 rows/.test(e.message));
+    dec.write({ meta: decodeMeta([3, 5], [1, 0]) }); // any distinct rows (a subset of a cache's rows in another order)
     assert.throws(() => dec.write({ meta: decodeMeta([3, 5]), lastIdx: Uint32Array.of(1, 0) }), (e: Error) => e instanceof ShapeError && /lastIdx\[0\] must be 0/.test(e.message));
     dec.write({ meta: decodeMeta([3, 5]), lastIdx: Uint32Array.of(0, 1) });
   } finally {

@@ -21,7 +21,7 @@ import { uploadWeights } from './weights.js';
 import { randomCheckpoint } from './random.js';
 import { bytesSource } from './safetensors.js';
 import { urlSource, fileSource } from './sources-web.js';
-import { AbortError, InvalidOptionError, WeightsFormatError } from '../errors.js';
+import { AbortError, CacheMisuseError, InvalidOptionError, WeightsFormatError } from '../errors.js';
 
 /** Progress of a load: phase 'download' | 'read' | 'upload' | 'compile', bytes or items. */
 export interface LoadProgress {
@@ -138,20 +138,79 @@ export class Engine {
   }
 }
 
-/** A session: one KV cache plus the model, for multi-turn generation that reuses its cache. */
+/**
+ * A session: one KV cache plus the model, for multi-turn generation that reuses its cache. A
+ * session of a SessionGroup is one row of the group's cache (`row`); the others use every row.
+ */
 export class Session {
-  constructor(readonly model: Model, readonly cache: KVCache) {}
+  constructor(readonly model: Model, readonly cache: KVCache, readonly row?: number, readonly group?: SessionGroup) {}
   /** Appends `prompt` to the session's context and generates (see GenerateOptions). */
-  generate(prompt: string | readonly number[], opts: Omit<GenerateOptions, 'cache'> = {}): Promise<GenerateResult> {
-    return this.model.generate(prompt, { ...opts, cache: this.cache });
+  generate(prompt: string | readonly number[], opts: Omit<GenerateOptions, 'cache' | 'cacheRows'> = {}): Promise<GenerateResult> {
+    return this.model.generate(prompt, { ...opts, cache: this.cache, ...(this.row === undefined ? {} : { cacheRows: [this.row] }) });
   }
-  /** Every token of the context (row 0). */
+  /** Every token of the context (its row, or row 0). */
   get tokens(): number[] {
-    return [...this.cache.tokens[0]!];
+    return [...this.cache.tokens[this.row ?? 0]!];
+  }
+  /** GPU memory of the cache (a group's sessions share theirs). */
+  get bytes(): number {
+    return this.cache.bytes;
+  }
+  /** Forgets the context (the K/V stay allocated for the next turn). Throws CacheMisuseError while generating. */
+  reset(): void {
+    this.cache.checkUsable(this.model);
+    if (this.row === undefined ? this.cache.busy : this.cache.rowBusy(this.row)) {
+      throw new CacheMisuseError(`session is busy with a generation; await or cancel it before reset()`);
+    }
+    this.cache.reset(this.row);
+  }
+  destroy(): void {
+    if (this.group) {
+      throw new CacheMisuseError(`this session is row ${this.row} of a session group and shares the group's cache: reset() forgets its context, group.destroy() frees the memory`);
+    }
+    this.cache.destroy();
+  }
+}
+
+/** What SessionGroup.generate advances: a session of the group and the prompt appended to it. */
+export interface SessionTurn {
+  session: Session;
+  prompt: string | readonly number[];
+}
+
+/**
+ * Sessions that share one KV cache, a row each (`model.createSessionGroup(n)`), so that several
+ * conversations advance in one batched step per token: `group.generate([{ session, prompt }, ...])`
+ * reads the weights once per step for all of them. Each session can also generate alone, and
+ * generations on different sessions of a group may run at the same time.
+ */
+export class SessionGroup {
+  readonly sessions: readonly Session[];
+  constructor(readonly model: Model, readonly cache: KVCache) {
+    this.sessions = Array.from({ length: cache.rows }, (_, r) => new Session(model, cache, r, this));
+  }
+  /**
+   * Appends each turn's prompt to its session and generates for all of them in batched steps;
+   * sequence i of the result is turns[i] (seed deriveSeed(seed, i)), and equals that session
+   * generating alone with that seed.
+   */
+  generate(turns: readonly SessionTurn[], opts: Omit<GenerateOptions, 'cache' | 'cacheRows' | 'numSequences'> = {}): Promise<GenerateResult> {
+    if (!Array.isArray(turns) || turns.length === 0) {
+      throw new InvalidOptionError(`SessionGroup.generate needs a non-empty array of { session, prompt }, got ${JSON.stringify(turns)?.slice(0, 80)}`);
+    }
+    const rows = turns.map((t, i) => {
+      const s = (t as Partial<SessionTurn> | null)?.session;
+      if (!(s instanceof Session) || s.group !== this) {
+        throw new CacheMisuseError(`turns[${i}].session is not a session of this group; use group.sessions[k]`);
+      }
+      return s.row!;
+    });
+    return generateBatch(this.model, turns.map((t) => t.prompt), { ...opts, cache: this.cache, cacheRows: rows });
   }
   get bytes(): number {
     return this.cache.bytes;
   }
+  /** Frees the group's cache; its sessions cannot be used afterwards. */
   destroy(): void {
     this.cache.destroy();
   }
@@ -225,6 +284,16 @@ export class Model extends GPT2Model {
   /** A session with its own KV cache (many sessions can share one model). */
   async createSession(opts: CacheOptions = {}): Promise<Session> {
     return new Session(this, await this.createCache(opts));
+  }
+
+  /**
+   * `count` sessions sharing one KV cache of `count` rows (capacity, onOverflow, keep as for
+   * createSession), which SessionGroup.generate advances together in batched steps.
+   */
+  async createSessionGroup(count: number, opts: Omit<CacheOptions, 'rows'> = {}): Promise<SessionGroup> {
+    if (!Number.isInteger(count) || count < 1) throw new InvalidOptionError(`createSessionGroup: count must be a positive integer (sessions in the group), got ${String(count)}`);
+    if ((opts as CacheOptions).rows !== undefined) throw new InvalidOptionError('createSessionGroup: the group has one cache row per session; give the count, not rows');
+    return new SessionGroup(this, await this.createCache({ ...opts, rows: count }));
   }
 
   /** Draws `count` tokens on the GPU from a logits vector you provide. */

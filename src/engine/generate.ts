@@ -32,8 +32,14 @@ export interface GenerateOptions extends SamplingOptions {
   stopStrings?: string[];
   /** false: recompute the whole sequence every step without the KV cache (a checking mode). */
   useCache?: boolean;
-  /** Continue this session cache (rows must equal numSequences); default: a temporary cache. */
+  /** Continue this session cache (rows must equal numSequences unless cacheRows picks some); default: a temporary cache. */
   cache?: KVCache;
+  /**
+   * With `cache`: the cache rows this generation advances, sequence i in row cacheRows[i] (distinct
+   * rows; default every row, in order). Other rows keep their contents and may be advanced by
+   * another generation at the same time: the conversations of a session group, batched per call.
+   */
+  cacheRows?: number[];
   /** Cancels between steps; the call rejects with AbortError and frees its buffers. */
   signal?: AbortSignal;
   /** Called for every new token as soon as it is read back. */
@@ -99,7 +105,7 @@ export interface GenerateResult {
 }
 
 /** Option keys that belong to generation; the rest are sampling options (validated as such). */
-const GENERATE_KEYS = new Set(['maxNewTokens', 'numSequences', 'stopAtEos', 'stopStrings', 'useCache', 'cache', 'signal', 'onToken', 'pipelineDepth', 'onOverflow', 'keep']);
+const GENERATE_KEYS = new Set(['maxNewTokens', 'numSequences', 'stopAtEos', 'stopStrings', 'useCache', 'cache', 'cacheRows', 'signal', 'onToken', 'pipelineDepth', 'onOverflow', 'keep']);
 
 /** The sampling part of generation options (unknown keys stay in, so validateSampling names them). */
 export function samplingPart(o: object): SamplingOptions {
@@ -146,6 +152,30 @@ export function validateGenerate(o: GenerateOptions, cpuAdapter = false): { maxN
 
 const now = (): number => (globalThis.performance ?? Date).now();
 
+/**
+ * The cache rows a generation advances (GenerateOptions.cacheRows), validated: R distinct rows of
+ * the cache; without cacheRows every row in order, which needs R == cache.rows.
+ */
+function cacheRowsOf(cache: KVCache, rows: unknown, R: number): number[] {
+  if (rows === undefined) {
+    if (cache.rows !== R) throw new InvalidOptionError(`the cache has ${cache.rows} rows but numSequences is ${R}; they must match (or pick ${R} of its rows with cacheRows)`);
+    return Array.from({ length: R }, (_, r) => r);
+  }
+  if (!Array.isArray(rows) || rows.length === 0) {
+    throw new InvalidOptionError(`cacheRows must be a non-empty array of row indices of the cache, got ${JSON.stringify(rows)?.slice(0, 80)}`);
+  }
+  const seen = new Set<number>();
+  rows.forEach((r: unknown, i) => {
+    if (typeof r !== 'number' || !Number.isInteger(r) || r < 0 || r >= cache.rows) {
+      throw new InvalidOptionError(`cacheRows[${i}] must be an integer in [0, ${cache.rows - 1}] (the cache has ${cache.rows} rows), got ${String(r)}`);
+    }
+    if (seen.has(r)) throw new InvalidOptionError(`cacheRows lists row ${r} twice; each sequence needs a row of its own`);
+    seen.add(r);
+  });
+  if (rows.length !== R) throw new InvalidOptionError(`cacheRows lists ${rows.length} rows for ${R} sequences; give one row per sequence`);
+  return rows as number[];
+}
+
 /** State of one row during a generation. */
 interface Row {
   out: number[]; // new tokens accepted so far
@@ -161,8 +191,8 @@ interface Row {
 export function generate(model: GPT2Model, prompt: string | readonly number[], opts: GenerateOptions = {}): Promise<GenerateResult> {
   model.checkAlive();
   const ids = typeof prompt === 'string' ? model.tokenizer.encode(prompt) : Array.from(prompt);
-  // A multi-row session continues every row with this prompt unless told otherwise.
-  const o = opts.cache && opts.numSequences === undefined ? { ...opts, numSequences: opts.cache.rows } : opts;
+  // A multi-row session continues every row (or the rows cacheRows picks) with this prompt unless told otherwise.
+  const o = opts.cache && opts.numSequences === undefined ? { ...opts, numSequences: Array.isArray(opts.cacheRows) ? opts.cacheRows.length : opts.cache.rows } : opts;
   const { rows } = validateGenerate(o);
   return run(model, Array.from({ length: rows }, () => ids), o);
 }
@@ -195,16 +225,21 @@ async function run(model: GPT2Model, prompts: number[][], opts: GenerateOptions)
   const startStats = { ...ctx.stats };
 
   // The cache: the caller's session, or a temporary one.
+  // rows[i]: the cache row of sequence i.
   let cache: KVCache;
+  let rows: number[];
   const own = opts.cache === undefined;
   if (opts.cache) {
     if (opts.onOverflow !== undefined || opts.keep !== undefined) {
       throw new InvalidOptionError('onOverflow and keep belong to the session: pass them to createSession()/createCache(), not to generate() with a cache');
     }
     cache = opts.cache;
-    if (cache.rows !== R) throw new InvalidOptionError(`the cache has ${cache.rows} rows but numSequences is ${R}; they must match`);
-    cache.acquire(model);
+    cache.checkUsable(model);
+    rows = cacheRowsOf(cache, opts.cacheRows, R);
+    cache.acquire(model, rows);
   } else {
+    if (opts.cacheRows !== undefined) throw new InvalidOptionError('cacheRows picks rows of the cache given as `cache`; pass the cache too (or leave cacheRows out)');
+    rows = Array.from({ length: R }, (_, r) => r);
     const need = Math.max(...prompts.map((p) => p.length)) + maxNew;
     const capacity = generationCapacity(cfg, need, opts.keep !== undefined);
     cache = await model.createCache({ rows: R, capacity, onOverflow: opts.onOverflow, keep: opts.keep });
@@ -235,7 +270,7 @@ async function run(model: GPT2Model, prompts: number[][], opts: GenerateOptions)
       stopAtEos,
     });
     // Penalties count the prompt and whatever the session already holds.
-    for (let r = 0; r < R; r++) sampler.addCounts(state, r, [...cache.tokens[r]!, ...prompts[r]!]);
+    for (let r = 0; r < R; r++) sampler.addCounts(state, r, [...cache.tokens[rows[r]!]!, ...prompts[r]!]);
 
     // Staging ring for the 4-byte-per-row read-back.
     const staging = Array.from({ length: depth }, (_, i) =>
@@ -264,9 +299,9 @@ async function run(model: GPT2Model, prompts: number[][], opts: GenerateOptions)
     const allDone = (): boolean => rowsState.every((r) => r.finished);
 
     if (opts.useCache === false) {
-      await generateUncached(model, cache, prompts, owned, state, staging[0]!, accept, allDone, opts, stats, tCall);
+      await generateUncached(model, cache, rows, prompts, owned, state, staging[0]!, accept, allDone, opts, stats, tCall);
     } else {
-      await generateCached(model, cache, prompts, owned, state, staging, accept, allDone, rowsState, opts, stats, plans, pending, depth, tCall);
+      await generateCached(model, cache, rows, prompts, owned, state, staging, accept, allDone, rowsState, opts, stats, plans, pending, depth, tCall);
     }
     for (const row of rowsState) row.text += row.finished === 'stop' ? '' : row.streamer.flush();
     const produced = Math.max(1, stats.steps);
@@ -280,7 +315,7 @@ async function run(model: GPT2Model, prompts: number[][], opts: GenerateOptions)
     await Promise.allSettled(pending);
     for (const p of plans) p.destroy();
     owned.destroy();
-    cache.release();
+    cache.release(rows);
     if (own) cache.destroy();
   }
 }
@@ -291,12 +326,12 @@ function shiftRow(cache: KVCache, r: number): number[] {
 }
 
 async function generateCached(
-  model: GPT2Model, cache: KVCache, prompts: number[][], owned: Owned, state: unknown, staging: GPUBuffer[],
+  model: GPT2Model, cache: KVCache, rows: number[], prompts: number[][], owned: Owned, state: unknown, staging: GPUBuffer[],
   accept: (ids: Uint32Array) => void, allDone: () => boolean, rowsState: Row[], opts: GenerateOptions,
   stats: GenerateStats, plans: ForwardPlan[], pending: Array<Promise<void>>, depth: number, tCall: number,
 ): Promise<void> {
   const ctx = model.ctx;
-  const R = cache.rows;
+  const R = rows.length; // sequence r lives in cache row rows[r]
   const sampler = model.kernels.sampler;
   const window = cache.window;
 
@@ -309,21 +344,22 @@ async function generateCached(
   // ---- Prefill. Rows that already hold tokens (a continued session) get the prompt appended.
   // A fresh multi-row cache is prefilled once (row 0 of a 1-row cache) and copied to every row.
   const samePrompt = prompts.every((p) => p.length === prompts[0]!.length && p.every((t, i) => t === prompts[0]![i]));
-  const fresh = samePrompt && !cache.lengths.some((n) => n !== 0) && !cache.tokens.some((t) => t.length > 0);
+  const fresh = samePrompt && rows.every((cr) => cache.lengths[cr] === 0 && cache.tokens[cr]!.length === 0);
   for (let r = 0; r < R; r++) {
+    const cr = rows[r]!;
     const promptIds = prompts[r]!;
     const P = promptIds.length;
-    if (cache.tokens[r]!.length + P > window) {
+    if (cache.tokens[cr]!.length + P > window) {
       if (cache.onOverflow === 'error') {
-        throw new ContextOverflowError(`prompt of ${P} tokens plus ${cache.tokens[r]!.length} context tokens passes the context window of ${window} tokens; shorten the prompt or use onOverflow: 'shift'`);
+        throw new ContextOverflowError(`prompt of ${P} tokens plus ${cache.tokens[cr]!.length} context tokens passes the context window of ${window} tokens; shorten the prompt or use onOverflow: 'shift'`);
       }
       // Shift: keep the most recent tokens of history + prompt.
-      const all = [...cache.tokens[r]!, ...promptIds];
-      cache.reset(r);
-      cache.tokens[r] = all.slice(-Math.min(cache.keep, window - 1));
+      const all = [...cache.tokens[cr]!, ...promptIds];
+      cache.reset(cr);
+      cache.tokens[cr] = all.slice(-Math.min(cache.keep, window - 1));
       stats.shifts++;
     } else {
-      cache.tokens[r] = [...cache.tokens[r]!, ...promptIds];
+      cache.tokens[cr] = [...cache.tokens[cr]!, ...promptIds];
     }
   }
   let tSubmit = 0; // when the prompt's submit began (setup ends there)
@@ -331,7 +367,7 @@ async function generateCached(
   let copyRows: ((enc: GPUCommandEncoder) => void) | undefined;
   if (fresh && R > 1) {
     // Prefill row 0 of a scratch 1-row cache, then copy its K/V into every row on the GPU.
-    const seq = cache.tokens[0]!;
+    const seq = cache.tokens[rows[0]!]!;
     const scratch = await model.createCache({ rows: 1, capacity: cache.capacity });
     try {
       prefill = new ForwardPlan(model, scratch, seq.length, R);
@@ -345,15 +381,15 @@ async function generateCached(
     const used = seq.length * model.config.n_embd * 4;
     copyRows = (enc) => {
       for (let l = 0; l < model.config.n_layer; l++) {
-        for (let r = 0; r < R; r++) {
-          enc.copyBufferToBuffer(scratch.k[l]!, 0, cache.k[l]!, r * rowBytes, used);
-          enc.copyBufferToBuffer(scratch.v[l]!, 0, cache.v[l]!, r * rowBytes, used);
+        for (const cr of rows) {
+          enc.copyBufferToBuffer(scratch.k[l]!, 0, cache.k[l]!, cr * rowBytes, used);
+          enc.copyBufferToBuffer(scratch.v[l]!, 0, cache.v[l]!, cr * rowBytes, used);
         }
       }
     };
-    for (let r = 0; r < R; r++) {
-      cache.tokens[r] = [...seq];
-      cache.lengths[r] = seq.length;
+    for (const cr of rows) {
+      cache.tokens[cr] = [...seq];
+      cache.lengths[cr] = seq.length;
     }
     const prefillSample = sampler.bind(owned, state as never, { logits: prefill.logits, outIds: decode.ids });
     tSubmit = now();
@@ -370,14 +406,15 @@ async function generateCached(
     const idList: number[] = [];
     const last = new Uint32Array(R);
     for (let r = 0; r < R; r++) {
-      const seq = cache.tokens[r]!;
-      const start = cache.lengths[r]!;
+      const cr = rows[r]!;
+      const seq = cache.tokens[cr]!;
+      const start = cache.lengths[cr]!;
       for (let p = start; p < seq.length; p++) {
         idList.push(seq[p]!);
-        metaList.push(r, p);
+        metaList.push(cr, p);
       }
       last[r] = idList.length - 1;
-      cache.lengths[r] = seq.length;
+      cache.lengths[cr] = seq.length;
     }
     prefill = new ForwardPlan(model, cache, idList.length, R);
     plans.push(prefill);
@@ -391,8 +428,8 @@ async function generateCached(
   const decodeStats0 = { ...ctx.stats };
 
   // ---- Decode loop with `depth` steps in flight.
-  // queued[r]: position the next queued step feeds for row r (= tokens fed so far).
-  const queuedPos = cache.lengths.slice();
+  // queued[r]: position the next queued step feeds for sequence r (= tokens fed so far).
+  const queuedPos = rows.map((cr) => cache.lengths[cr]!);
   const inflight: Array<Promise<Uint32Array>> = [];
   const readback = (buf: GPUBuffer): Promise<Uint32Array> => {
     const p = ctx.mapCopy(buf, R * 4).then((ab) => new Uint32Array(ab));
@@ -443,22 +480,23 @@ async function generateCached(
       // Drain: every fed token must be known on the CPU to re-encode.
       while (inflight.length) await takeOne();
       if (allDone()) break;
-      syncHistory(cache, rowsState, fedCount, false);
+      syncHistory(cache, rows, rowsState, fedCount, false);
       for (const r of needShift) {
         if (rowsState[r]!.finished) continue;
+        const cr = rows[r]!;
         if (cache.onOverflow === 'error') {
-          throw new ContextOverflowError(`row ${r} reached the context window of ${window} tokens; use onOverflow: 'shift' to keep going`);
+          throw new ContextOverflowError(`row ${cr} reached the context window of ${window} tokens; use onOverflow: 'shift' to keep going`);
         }
-        const kept = shiftRow(cache, r);
-        await reencode(model, cache, r, kept, plans);
-        cache.tokens[r] = kept;
-        cache.lengths[r] = kept.length;
+        const kept = shiftRow(cache, cr);
+        await reencode(model, cache, cr, kept, plans);
+        cache.tokens[cr] = kept;
+        cache.lengths[cr] = kept.length;
         queuedPos[r] = kept.length;
         stats.shifts++;
       }
       continue;
     }
-    decode.write({ meta: decodeMeta(queuedPos.map((p) => Math.min(p, window - 1))) });
+    decode.write({ meta: decodeMeta(queuedPos.map((p) => Math.min(p, window - 1)), rows) });
     const slot = staging[submitted % depth]!;
     model.submit([...decode.dispatches, ...decodeSample], (enc) => enc.copyBufferToBuffer(decode.ids.buffer, 0, slot, 0, R * 4));
     for (let r = 0; r < R; r++) if (!rowsState[r]!.finished && queuedPos[r]! < window) queuedPos[r]!++;
@@ -466,7 +504,7 @@ async function generateCached(
     submitted++;
   }
   // Rows that finished early stopped being recorded; what the GPU computed past that is ignored.
-  syncHistory(cache, rowsState, fedCount, true);
+  syncHistory(cache, rows, rowsState, fedCount, true);
   stats.steps = stepsAccepted;
   const decodeSteps = stepsAccepted - 1;
   // Per decode step (the prefill and one-off set-up submits are not counted).
@@ -486,13 +524,14 @@ async function generateCached(
  * `final`, the newest ones are appended to `tokens` too (the context), though not to `lengths`
  * (the K/V held): a continued session feeds them first.
  */
-function syncHistory(cache: KVCache, rows: Row[], fedCount: number[], final: boolean): void {
-  for (let r = 0; r < cache.rows; r++) {
-    const out = rows[r]!.out;
+function syncHistory(cache: KVCache, rows: number[], state: Row[], fedCount: number[], final: boolean): void {
+  for (let r = 0; r < rows.length; r++) {
+    const cr = rows[r]!;
+    const out = state[r]!.out;
     const upto = final ? out.length : Math.max(0, out.length - 1);
     for (let i = fedCount[r]!; i < upto; i++) {
-      cache.tokens[r]!.push(out[i]!);
-      if (i < out.length - 1 || !final) cache.lengths[r]!++;
+      cache.tokens[cr]!.push(out[i]!);
+      if (i < out.length - 1 || !final) cache.lengths[cr]!++;
     }
     fedCount[r] = Math.max(fedCount[r]!, upto);
   }
@@ -513,17 +552,17 @@ async function reencode(model: GPT2Model, cache: KVCache, r: number, kept: numbe
 }
 
 async function generateUncached(
-  model: GPT2Model, cache: KVCache, prompts: number[][], owned: Owned, state: unknown, staging: GPUBuffer,
+  model: GPT2Model, cache: KVCache, rows: number[], prompts: number[][], owned: Owned, state: unknown, staging: GPUBuffer,
   accept: (ids: Uint32Array) => void, allDone: () => boolean, opts: GenerateOptions, stats: GenerateStats, tCall: number,
 ): Promise<void> {
   const ctx = model.ctx;
-  const R = cache.rows;
+  const R = rows.length; // sequence r lives in cache row rows[r]
   const window = cache.window;
   const maxNew = opts.maxNewTokens ?? 30;
   // What each row's context holds (the cached path's cache contents + the token to feed next).
   const seqs: number[][] = [];
   for (let r = 0; r < R; r++) {
-    let s = [...cache.tokens[r]!, ...prompts[r]!];
+    let s = [...cache.tokens[rows[r]!]!, ...prompts[r]!];
     if (s.length > window) {
       if (cache.onOverflow === 'error') throw new ContextOverflowError(`prompt of ${prompts[r]!.length} tokens plus context passes the context window of ${window} tokens`);
       s = s.slice(-Math.min(cache.keep, window - 1));
@@ -535,14 +574,14 @@ async function generateUncached(
   let decodeStart = 0;
   for (let step = 0; step < maxNew && !allDone(); step++) {
     if (opts.signal?.aborted) throw new AbortError(`generation aborted after ${step} steps`);
-    cache.reset();
+    for (const cr of rows) cache.reset(cr);
     const ids: number[] = [];
     const meta: number[] = [];
     const last = new Uint32Array(R);
     for (let r = 0; r < R; r++) {
       seqs[r]!.forEach((t, p) => {
         ids.push(t);
-        meta.push(r, p);
+        meta.push(rows[r]!, p);
       });
       last[r] = ids.length - 1;
     }
@@ -582,8 +621,8 @@ async function generateUncached(
   // The cache holds no valid K/V now (every step reset it); keep the context so a continued
   // session re-encodes it.
   for (let r = 0; r < R; r++) {
-    cache.reset(r);
-    cache.tokens[r] = seqs[r]!;
+    cache.reset(rows[r]!);
+    cache.tokens[rows[r]!] = seqs[r]!;
   }
   ctx.throwIfErrors();
 }

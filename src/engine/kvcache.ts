@@ -51,7 +51,8 @@ export class KVCache {
   readonly lengths: number[];
   readonly tokens: number[][];
   private destroyedFlag = false;
-  private busyFlag = false;
+  /** Rows a step or generation is using now (generations on disjoint rows may run at once). */
+  private readonly busyRows = new Set<number>();
 
   constructor(readonly owner: CacheOwner, opts: CacheOptions = {}) {
     const { n_layer, n_embd, n_positions } = owner.config;
@@ -122,8 +123,14 @@ export class KVCache {
     return this.destroyedFlag;
   }
 
+  /** Whether any row is in use by a step or generation. */
   get busy(): boolean {
-    return this.busyFlag;
+    return this.busyRows.size > 0;
+  }
+
+  /** Whether row r is in use by a step or generation. */
+  rowBusy(r: number): boolean {
+    return this.busyRows.has(r);
   }
 
   /** K or V of layer l as a tensor view [rows, capacity, n_embd]. */
@@ -142,17 +149,25 @@ export class KVCache {
     }
   }
 
-  /** Marks the cache busy for the duration of a step/generation; throws if it already is. */
-  acquire(owner: CacheOwner): void {
+  /**
+   * Marks `rows` (default: every row) busy for the duration of a step/generation; throws
+   * CacheMisuseError if one of them already is. Generations on disjoint rows may run at once.
+   */
+  acquire(owner: CacheOwner, rows?: readonly number[]): void {
     this.checkUsable(owner);
-    if (this.busyFlag) {
-      throw new CacheMisuseError(`KV cache #${this.id} is busy with another step or generation; await it first, or use one cache per concurrent generation`);
+    const want = rows ?? [...this.lengths.keys()];
+    const taken = want.filter((r) => this.busyRows.has(r));
+    if (taken.length) {
+      const which = rows === undefined ? '' : ` (row${taken.length > 1 ? 's' : ''} ${taken.join(', ')})`;
+      throw new CacheMisuseError(`KV cache #${this.id} is busy${which} with another step or generation; await it first, or use one cache (or one cache row: cacheRows) per concurrent generation`);
     }
-    this.busyFlag = true;
+    for (const r of want) this.busyRows.add(r);
   }
 
-  release(): void {
-    this.busyFlag = false;
+  /** Ends what acquire(owner, rows) began (default: every row). */
+  release(rows?: readonly number[]): void {
+    if (rows === undefined) this.busyRows.clear();
+    else for (const r of rows) this.busyRows.delete(r);
   }
 
   /** Forgets the contents of one row (or all rows). */
@@ -173,7 +188,7 @@ export class KVCache {
   /** Frees the GPU memory. Using the cache afterwards throws CacheMisuseError. */
   destroy(): void {
     if (this.destroyedFlag) return;
-    if (this.busyFlag) throw new CacheMisuseError(`KV cache #${this.id} is busy; cancel or await its generation before destroying it`);
+    if (this.busy) throw new CacheMisuseError(`KV cache #${this.id} is busy; cancel or await its generation before destroying it`);
     this.destroyedFlag = true;
     this.freeBuffers();
   }

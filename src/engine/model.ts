@@ -59,11 +59,11 @@ export function rowMeta(row: number, from: number, count: number): Uint32Array {
   return meta;
 }
 
-/** meta [R, 2] of a decode step: token r is row r at positions[r]. */
-export function decodeMeta(positions: ArrayLike<number>): Uint32Array {
+/** meta [R, 2] of a decode step: token r is cache row rows[r] (default r) at positions[r]. */
+export function decodeMeta(positions: ArrayLike<number>, rows?: ArrayLike<number>): Uint32Array {
   const meta = new Uint32Array(2 * positions.length);
   for (let r = 0; r < positions.length; r++) {
-    meta[2 * r] = r;
+    meta[2 * r] = rows ? rows[r]! : r;
     meta[2 * r + 1] = positions[r]!;
   }
   return meta;
@@ -71,8 +71,9 @@ export function decodeMeta(positions: ArrayLike<number>): Uint32Array {
 
 export interface PlanOptions {
   /**
-   * A decode plan: T = R = cache.rows, token r is always row r and logits are wanted for every
-   * token in order (both checked by `write`). Its attention then writes each token's key and value
+   * A decode plan: T = R <= cache.rows, every token in a cache row of its own (token r is row r,
+   * or row rows[r] of the cache rows a generation advances) and logits wanted for every token in
+   * order (both checked by `write`). Its attention then writes each token's key and value
    * to the cache itself (AttentionArgs.writeKv) and its LM head reads the residual stream without
    * the last-token gather: n_layer + 1 dispatches fewer than a general plan.
    */
@@ -95,8 +96,8 @@ export class ForwardPlan {
   constructor(readonly model: GPT2Model, readonly cache: KVCache, readonly T: number, readonly R: number, opts: PlanOptions = {}) {
     const { ctx, config: cfg, weights: w, kernels: k } = model;
     this.decode = opts.decode === true;
-    if (this.decode && !(T === cache.rows && R === T)) {
-      throw new ShapeError(`a decode plan feeds one token to each of the cache's ${cache.rows} rows and reads all their logits; got T ${T}, R ${R}`);
+    if (this.decode && !(R === T && T >= 1 && T <= cache.rows)) {
+      throw new ShapeError(`a decode plan feeds one token to each of at most the cache's ${cache.rows} rows and reads all their logits (T = R <= ${cache.rows}); got T ${T}, R ${R}`);
     }
     const C = cfg.n_embd;
     const V = cfg.vocab_size;
@@ -157,8 +158,12 @@ export class ForwardPlan {
   write(input: { ids?: ArrayLike<number>; meta: Uint32Array; lastIdx?: Uint32Array }): void {
     if (this.decode) {
       // The attention's own K/V writes are only race-free with one token per row.
+      const seen = new Map<number, number>(); // row -> token
       for (let r = 0; r < this.T; r++) {
-        if (input.meta[2 * r] !== r) throw new ShapeError(`decode plan: token ${r} must be row ${r} (meta gives row ${input.meta[2 * r]}); build the meta with decodeMeta`);
+        const row = input.meta[2 * r]!;
+        if (row >= this.cache.rows) throw new ShapeError(`decode plan: token ${r} is in row ${row}, outside the cache's ${this.cache.rows} rows; build the meta with decodeMeta`);
+        if (seen.has(row)) throw new ShapeError(`decode plan: tokens ${seen.get(row)} and ${r} are both in row ${row}; a decode step needs a row of its own for each token (its attention writes that row's K/V): build the meta with decodeMeta`);
+        seen.set(row, r);
         // Its LM head reads the residual rows in token order (no last_tokens gather).
         if (input.lastIdx && input.lastIdx[r] !== r) throw new ShapeError(`decode plan: lastIdx[${r}] must be ${r} (logits of every token in order), got ${input.lastIdx[r]}`);
       }

@@ -1,0 +1,173 @@
+/**
+ * Session groups: conversations that share one KV cache (a row each) and advance together in
+ * batched steps (GenerateOptions.cacheRows underneath). Every test compares with the same turns
+ * run on separate sessions, one cache each, which the other tests check against a full recompute.
+ */
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { rejects } from './helpers.js';
+import { tinyReference } from './fixtures-util.js';
+import { tinyModel } from './model-util.js';
+import type { Session } from '../src/engine/engine.js';
+import { CacheMisuseError, InvalidOptionError } from '../src/errors.js';
+
+const ref = tinyReference();
+const ids = (i: number, n: number): number[] => ref.prompts[i % ref.prompts.length]!.ids.slice(0, n);
+
+test('a group turn advances the named sessions together, each as it would alone; the others are untouched', async () => {
+  const model = await tinyModel();
+  const group = await model.createSessionGroup(4, { capacity: 96 });
+  const alone = await Promise.all([0, 1, 2, 3].map(() => model.createSession({ capacity: 96 })));
+  try {
+    // Turn 1, one session at a time: four different histories (lengths 3..9 + 6 new tokens).
+    for (let i = 0; i < 4; i++) {
+      const o = { temperature: 0, maxNewTokens: 6, stopAtEos: false };
+      const a = await group.sessions[i]!.generate(ids(i, 3 + 2 * i), o);
+      const b = await alone[i]!.generate(ids(i, 3 + 2 * i), o);
+      assert.equal(a.sequences[0]!.tokens, b.sequences[0]!.tokens, `turn 1, session ${i}`);
+    }
+    const before2 = group.sessions[2]!.tokens;
+    // Turn 2: sessions 3, 0, 1 together (out of row order; 2 sits out), sampled with a strong
+    // frequency penalty, so each row's own history (its counts) steers what it samples.
+    const order = [3, 0, 1];
+    const prompts = [[11, 12], [13], [14, 15, 16, 17]];
+    const opts = { temperature: 0.9, topK: 20, freqPenalty: 3, seed: 5, maxNewTokens: 12, stopAtEos: false };
+    const together = await group.generate(order.map((k, i) => ({ session: group.sessions[k]!, prompt: prompts[i]! })), opts);
+    assert.is(together.stats.steps, 12);
+    for (let i = 0; i < 3; i++) {
+      const k = order[i]!;
+      const solo = await alone[k]!.generate(prompts[i]!, { ...opts, seed: together.seeds[i] });
+      assert.equal(together.sequences[i]!.tokens, solo.sequences[0]!.tokens, `turn 2, session ${k}`);
+      assert.equal(group.sessions[k]!.tokens, alone[k]!.tokens, `context of session ${k}`);
+    }
+    // Session 2 kept its context, and its K/V: its next turn equals the separate session's.
+    assert.equal(group.sessions[2]!.tokens, before2);
+    const o3 = { temperature: 0, maxNewTokens: 8, stopAtEos: false };
+    const g2 = await group.sessions[2]!.generate([21, 22], o3);
+    const a2 = await alone[2]!.generate([21, 22], o3);
+    assert.equal(g2.sequences[0]!.tokens, a2.sequences[0]!.tokens);
+  } finally {
+    group.destroy();
+    for (const s of alone) s.destroy();
+  }
+});
+
+test('one prompt on empty sessions: prefilled once, its K/V copied into the named rows only', async () => {
+  const model = await tinyModel();
+  const group = await model.createSessionGroup(4, { capacity: 64 });
+  try {
+    const p = ids(1, 7);
+    const opts = { temperature: 1, seed: 9, maxNewTokens: 10, stopAtEos: false };
+    const r = await group.generate([{ session: group.sessions[2]!, prompt: p }, { session: group.sessions[0]!, prompt: p }], opts);
+    for (const [i, k] of [[0, 2], [1, 0]] as const) {
+      const solo = await model.generate(p, { ...opts, seed: r.seeds[i] });
+      assert.equal(r.sequences[i]!.tokens, solo.sequences[0]!.tokens, `session ${k}`);
+      assert.equal(group.sessions[k]!.tokens, [...p, ...r.sequences[i]!.tokens]);
+    }
+    assert.equal([group.sessions[1]!.tokens, group.sessions[3]!.tokens], [[], []]);
+    // A second turn continues from the copied K/V (greedy, against a recompute of the joined context).
+    const next = await group.sessions[0]!.generate([5], { temperature: 0, maxNewTokens: 6, stopAtEos: false });
+    const joined = await model.generate([...p, ...r.sequences[1]!.tokens, 5], { temperature: 0, maxNewTokens: 6, stopAtEos: false, useCache: false });
+    assert.equal(next.sequences[0]!.tokens, joined.sequences[0]!.tokens);
+  } finally {
+    group.destroy();
+  }
+});
+
+test('context shifts and the uncached mode inside a group match separate sessions', async () => {
+  const model = await tinyModel();
+  const opts = { temperature: 0.7, seed: 3, maxNewTokens: 40, stopAtEos: false };
+  // Window 16, keep 8: 40 new tokens shift each row several times.
+  const groups = [await model.createSessionGroup(3, { capacity: 16 }), await model.createSessionGroup(3, { capacity: 16 })];
+  const alone: Session[] = [];
+  try {
+    // Session 0 of each group holds a context the others' turns must leave alone.
+    const first = { temperature: 0, maxNewTokens: 4, stopAtEos: false };
+    for (const g of groups) await g.sessions[0]!.generate(ids(1, 6), first);
+    const turns = (g: number) => [{ session: groups[g]!.sessions[1]!, prompt: ids(0, 5) }, { session: groups[g]!.sessions[2]!, prompt: ids(2, 9) }];
+    const cached = await groups[0]!.generate(turns(0), opts);
+    const uncached = await groups[1]!.generate(turns(1), { ...opts, useCache: false });
+    assert.ok(cached.stats.shifts >= 4, `shifts: ${cached.stats.shifts}`);
+    for (let i = 0; i < 2; i++) {
+      const s = await model.createSession({ capacity: 16 });
+      alone.push(s);
+      const solo = await s.generate(turns(0)[i]!.prompt, { ...opts, seed: cached.seeds[i] });
+      assert.equal(cached.sequences[i]!.tokens, solo.sequences[0]!.tokens, `cached, sequence ${i}`);
+      assert.equal(uncached.sequences[i]!.tokens, solo.sequences[0]!.tokens, `uncached, sequence ${i}`);
+      assert.equal(groups[0]!.sessions[1 + i]!.tokens, s.tokens);
+    }
+    // Session 0's next turn, in each group, equals a separate session with its history.
+    const s0 = await model.createSession({ capacity: 16 });
+    alone.push(s0);
+    await s0.generate(ids(1, 6), first);
+    const want = await s0.generate([7, 8], first);
+    for (const g of groups) {
+      const got = await g.sessions[0]!.generate([7, 8], first);
+      assert.equal(got.sequences[0]!.tokens, want.sequences[0]!.tokens);
+    }
+  } finally {
+    for (const g of groups) g.destroy();
+    for (const s of alone) s.destroy();
+  }
+});
+
+test('sessions of one group generate at the same time; a busy session is refused', async () => {
+  const model = await tinyModel();
+  const group = await model.createSessionGroup(3, { capacity: 64 });
+  try {
+    const [s0, s1, s2] = group.sessions as [Session, Session, Session];
+    const o = (seed: number) => ({ temperature: 0.8, topK: 30, seed, maxNewTokens: 12, stopAtEos: false });
+    const first = s0.generate(ids(0, 4), o(1));
+    await rejects(() => s0.generate([1], { maxNewTokens: 1 }), (e: Error) => e instanceof CacheMisuseError && /busy \(row 0\)/.test(e.message));
+    await rejects(() => group.generate([{ session: s1, prompt: [1] }, { session: s0, prompt: [2] }], { maxNewTokens: 1 }), (e: Error) => e instanceof CacheMisuseError && /busy \(row 0\)/.test(e.message));
+    assert.throws(() => s0.reset(), (e: Error) => e instanceof CacheMisuseError && /busy/.test(e.message));
+    assert.throws(() => group.destroy(), (e: Error) => e instanceof CacheMisuseError && /busy/.test(e.message));
+    const [a, b, c] = await Promise.all([first, s1.generate(ids(1, 6), o(2)), s2.generate(ids(2, 2), o(3))]);
+    const want = await Promise.all([model.generate(ids(0, 4), o(1)), model.generate(ids(1, 6), o(2)), model.generate(ids(2, 2), o(3))]);
+    assert.equal([a, b, c].map((r) => r.sequences[0]!.tokens), want.map((r) => r.sequences[0]!.tokens));
+    assert.ok(!group.cache.busy);
+    s1.reset();
+    assert.equal([s0.tokens.length, s1.tokens.length], [16, 0]);
+  } finally {
+    group.destroy();
+  }
+});
+
+test('group misuse: bad cacheRows, foreign sessions, destroying a member; nothing left allocated', async () => {
+  const model = await tinyModel();
+  const before = model.ctx.liveBuffers;
+  const group = await model.createSessionGroup(3, { capacity: 32 });
+  const other = await model.createSessionGroup(2, { capacity: 32 });
+  const single = await model.createSession({ capacity: 32 });
+  try {
+    const c = group.cache;
+    const bad = (cacheRows: unknown, re: RegExp, extra: object = {}) =>
+      rejects(() => model.generateBatch([[1], [2]], { cache: c, cacheRows: cacheRows as number[], maxNewTokens: 1, ...extra }), (e: Error) => e instanceof InvalidOptionError && re.test(e.message));
+    await bad([0, 0], /row 0 twice/);
+    await bad([0, 3], /cacheRows\[1\] must be an integer in \[0, 2\].*got 3/);
+    await bad([0, 1.5], /cacheRows\[1\].*got 1.5/);
+    await bad([2], /1 rows for 2 sequences/);
+    await bad('01', /non-empty array/);
+    await bad([], /non-empty array/);
+    await rejects(() => model.generate([1], { cacheRows: [0], maxNewTokens: 1 }), (e: Error) => e instanceof InvalidOptionError && /pass the cache too/.test(e.message));
+    await rejects(() => model.generateBatch([[1], [2]], { cache: c, maxNewTokens: 1 }), (e: Error) => e instanceof InvalidOptionError && /3 rows but numSequences is 2.*cacheRows/.test(e.message));
+    await rejects(() => group.generate([{ session: other.sessions[0]!, prompt: [1] }]), (e: Error) => e instanceof CacheMisuseError && /turns\[0\].session is not a session of this group/.test(e.message));
+    await rejects(() => group.generate([{ session: single, prompt: [1] }]), (e: Error) => e instanceof CacheMisuseError && /not a session of this group/.test(e.message));
+    await rejects(() => group.generate([]), (e: Error) => e instanceof InvalidOptionError && /non-empty array/.test(e.message));
+    assert.throws(() => group.sessions[1]!.destroy(), (e: Error) => e instanceof CacheMisuseError && /row 1 of a session group.*reset\(\).*group.destroy\(\)/.test(e.message));
+    await rejects(() => model.createSessionGroup(0), (e: Error) => e instanceof InvalidOptionError && /count must be a positive integer/.test(e.message));
+    await rejects(() => model.createSessionGroup(2, { rows: 4 } as object), (e: Error) => e instanceof InvalidOptionError && /not rows/.test(e.message));
+    // A failed call leaves no row busy, and a real turn after them works.
+    assert.ok(!c.busy);
+    const r = await group.generate([{ session: group.sessions[1]!, prompt: [1, 2] }], { temperature: 0, maxNewTokens: 3, stopAtEos: false });
+    assert.is(r.sequences[0]!.tokens.length, 3);
+  } finally {
+    group.destroy();
+    other.destroy();
+    single.destroy();
+  }
+  await rejects(() => group.sessions[0]!.generate([1], { maxNewTokens: 1 }), (e: Error) => e instanceof CacheMisuseError && /destroyed/.test(e.message));
+  assert.equal(model.ctx.liveBuffers, before);
+});
+
+test.run();
