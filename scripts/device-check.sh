@@ -10,7 +10,8 @@
 #      tiled GEMM (--gemv-max-m 64), the prefill GEMM's 64 x 64 tile beside 128 x 128 and
 #      64 x 128 (--gemm-tile), decode attention in 256-thread workgroups (default) or 32-thread
 #      ones (--attention-wg 0) at a 128-token and a 896-token context, gpt2 and gpt2-xl with
-#      --f16, one step in flight instead of 3 (--pipeline-depth 1)), each as JSON under $OUT;
+#      --f16, one step in flight instead of 3 (--pipeline-depth 1), 16 conversations as separate
+#      sessions against one session group (--sessions)), each as JSON under $OUT;
 #   3. a short table of the figures last.
 # On the development machine: npm ci && npm run build && bash ../shared/gpu/stage.sh
 # then with the device tool: run carry [".gpu"], command "bash .gpu/remote.sh bash scripts/device-check.sh".
@@ -70,4 +71,5 @@ bench gpt2-prefill-1024-t64x128 60 --model "$model" --prompt-tokens 1024 --new-t
 bench gpt2-f16 120 --model "$model" --f16 --batch 1,64 --prompt-tokens 128 --new-tokens 64 --repeat "$rep"
 bench gpt2-xl-f16-split 150 --model "$xl" --f16 --batch 1 --prompt-tokens 128 --new-tokens 32 --repeat 3 --gemv-reduce split --no-profile
 bench gpt2-f32-depth1 60 --model "$model" --batch 1 --prompt-tokens 128 --new-tokens 64 --repeat "$rep" --pipeline-depth 1 --no-profile
+bench gpt2-sessions 60 --model "$model" --batch 16 --prompt-tokens 128 --new-tokens 32 --repeat 3 --no-profile --sessions
 node scripts/device-summary.js "$out"

@@ -57,5 +57,10 @@ for (const name of [...runs].filter((n) => n !== 'info' && n !== 'tests').sort()
     const first = `${fmt(r.first_token_ms, 2)}/${fmt(r.prefill_ms, 2)}`;
     const dec = `${fmt(r.decode_ms_per_token, 3)} (${fmt(r.decode_ms_per_token_p90, 3)})`;
     console.log(`${name.padEnd(26)} ${String(r.batch).padStart(5)}  ${fmt(r.load_ms, 0).padStart(7)}  ${first.padStart(16)}  ${dec.padStart(19)}  ${fmt(r.tokens_per_s, 0).padStart(8)}  ${fmt(r.dispatches_per_token, 0).padStart(9)}  ${TARGETS[`${name}:${r.batch}`] ?? ''}`);
+    // bench --sessions: the same B conversations as separate sessions and as one session group.
+    if (r.sessions) {
+      const x = r.sessions;
+      console.log(`${''.padEnd(26)} ${''.padStart(5)}  sessions: separate ${fmt(x.separate_tokens_per_s, 0)} tokens/s (turn ${fmt(x.separate_turn_ms, 1)} ms), group ${fmt(x.group_tokens_per_s, 0)} tokens/s (turn ${fmt(x.group_turn_ms, 1)} ms)`);
+    }
   }
 }

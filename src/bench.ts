@@ -3,7 +3,7 @@
  * and p90 over runs), tokens/s, read-back bytes, dispatches and submits per step, for each batch
  * size, plus a per-kernel-family GPU time table from timestamp queries when the adapter has them.
  */
-import type { Engine, LoadProgress, Model } from './engine/engine.js';
+import type { Engine, LoadProgress, Model, SessionGroup } from './engine/engine.js';
 import { defaultPipelineDepth, generationCapacity } from './engine/generate.js';
 import type { GemmTile } from './kernels/matmul.js';
 import { decodeMeta, ForwardPlan } from './engine/model.js';
@@ -31,6 +31,8 @@ export interface BenchOptions {
   gemvMaxM?: number;
   /** GenerateOptions.pipelineDepth (decode steps in flight); default: the adapter's (1 CPU, 3 GPU). */
   pipelineDepth?: number;
+  /** Also time B conversations as B separate sessions and as one session group (BatchResult.sessions). */
+  sessions?: boolean;
   onProgress?: (p: LoadProgress) => void;
 }
 
@@ -66,6 +68,23 @@ export interface BatchResult {
    */
   kernels_by_op: KernelTime[] | null;
   kernels_note?: string;
+  /** With --sessions: B conversations of different histories, one turn of N new tokens each. */
+  sessions?: SessionsResult;
+}
+
+/**
+ * B conversations (session i: a P-token prompt rotated by i, plus one sampled token), then one
+ * timed turn each: one more token appended and N new tokens generated. Turn times are medians over
+ * the runs, from the first call to the last result (set-up and the turn's prefill included);
+ * tokens/s = B x N / turn time.
+ */
+export interface SessionsResult {
+  /** B separate sessions (a KV cache each) generating at the same time: their steps interleave. */
+  separate_turn_ms: number;
+  separate_tokens_per_s: number;
+  /** One session group of B advancing the same turns together: one batched step per token. */
+  group_turn_ms: number;
+  group_tokens_per_s: number;
 }
 
 export interface BenchReport {
@@ -88,6 +107,8 @@ export interface BenchReport {
   gemv_max_m: { kn: number | null; nk: number | null };
   /** Decode steps queued ahead of the token read-back (GenerateOptions.pipelineDepth) as used. */
   pipeline_depth: number;
+  /** Whether results carry `sessions` (--sessions). */
+  sessions: boolean;
   prompt_tokens: number;
   new_tokens: number;
   repeat: number;
@@ -164,6 +185,7 @@ export async function runBench(engine: Engine, o: BenchOptions): Promise<BenchRe
       gemm_tile: model.kernels.matmul.gemmTile,
       gemv_max_m: gemvMaxOf(model),
       pipeline_depth: o.pipelineDepth ?? defaultPipelineDepth(model.ctx.isCpuAdapter),
+      sessions: o.sessions === true,
       prompt_tokens: o.promptTokens,
       new_tokens: o.newTokens,
       repeat: o.repeat,
@@ -190,6 +212,7 @@ async function measureBatch(model: Model, B: number, prompt: number[], o: BenchO
   if (!o.profile) note = 'profiling skipped (--no-profile)';
   else if (!model.ctx.features.timestampQuery) note = 'not available: the adapter has no timestamp-query feature';
   else profile = await profileDecodeStep(model, B, o.promptTokens, o.promptTokens + o.newTokens);
+  const sessions = o.sessions ? await measureSessions(model, B, prompt, o) : undefined;
   return {
     batch: B,
     load_ms: loadMs,
@@ -206,7 +229,43 @@ async function measureBatch(model: Model, B: number, prompt: number[], o: BenchO
     kernels: profile?.families ?? null,
     kernels_by_op: profile?.ops ?? null,
     ...(note ? { kernels_note: note } : {}),
+    ...(sessions ? { sessions } : {}),
   };
+}
+
+/** SessionsResult for B conversations: separate sessions and one group, alternated per run. */
+async function measureSessions(model: Model, B: number, prompt: number[], o: BenchOptions): Promise<SessionsResult> {
+  const P = prompt.length;
+  const N = o.newTokens;
+  // Slots for the whole exchange (P + 1 sampled + 1 appended + N - 1 fed back), as a generation sizes its own.
+  const capacity = generationCapacity(model.config, P + N + 1, false);
+  const histories = Array.from({ length: B }, (_, i) => [...prompt.slice(i % P), ...prompt.slice(0, i % P)]);
+  const opts = (i: number, maxNewTokens: number) => ({ temperature: 1, seed: 1000 + i, maxNewTokens, stopAtEos: false, pipelineDepth: o.pipelineDepth });
+  const separate = await Promise.all(histories.map(() => model.createSession({ capacity })));
+  let group: SessionGroup | undefined;
+  try {
+    group = await model.createSessionGroup(B, { capacity });
+    const g = group;
+    const times = { separate: [] as number[], group: [] as number[] };
+    // Run 0 warms up (compiles nothing new, but lets the caches' first use settle); 1..repeat are timed.
+    for (let run = 0; run <= o.repeat; run++) {
+      for (const s of [...separate, ...g.sessions]) s.reset();
+      await Promise.all(separate.map((s, i) => s.generate(histories[i]!, opts(i, 1))));
+      await g.generate(g.sessions.map((s, i) => ({ session: s, prompt: histories[i]! })), opts(0, 1));
+      let t = now();
+      await Promise.all(separate.map((s, i) => s.generate([i + 1], opts(i, N))));
+      if (run > 0) times.separate.push(now() - t);
+      t = now();
+      await g.generate(g.sessions.map((s, i) => ({ session: s, prompt: [i + 1] })), opts(0, N));
+      if (run > 0) times.group.push(now() - t);
+    }
+    const sep = quantile(times.separate, 0.5);
+    const grp = quantile(times.group, 0.5);
+    return { separate_turn_ms: sep, separate_tokens_per_s: (1000 * B * N) / sep, group_turn_ms: grp, group_tokens_per_s: (1000 * B * N) / grp };
+  } finally {
+    for (const s of separate) s.destroy();
+    group?.destroy();
+  }
 }
 
 /**
@@ -300,6 +359,14 @@ export function formatBench(r: BenchReport): string {
     );
   }
   if (r.new_tokens === 1) lines.push('(--new-tokens 1: prefill only, no decode step measured)');
+  if (r.sessions) {
+    lines.push('', `sessions: B conversations, one turn of ${r.new_tokens} new tokens each (turn ms, tokens/s)`, 'batch  separate sessions at once      one session group');
+    for (const x of r.results) {
+      if (isBatchFailure(x) || !x.sessions) continue;
+      const s = x.sessions;
+      lines.push(`${String(x.batch).padStart(5)}  ${`${s.separate_turn_ms.toFixed(0)} ms, ${s.separate_tokens_per_s.toFixed(1)}/s`.padEnd(28)}  ${s.group_turn_ms.toFixed(0)} ms, ${s.group_tokens_per_s.toFixed(1)}/s`);
+    }
+  }
   for (const x of r.results) {
     if (isBatchFailure(x)) continue;
     lines.push('', `kernels, batch ${x.batch} (GPU ms per decode step):`);

@@ -144,6 +144,25 @@ test('bench --json smoke run has every field', () => {
   assert.equal(j.gemv_max_m, { kn: null, nk: null }); // CPU adapters take the GEMV at every M
   assert.is(j.pipeline_depth, 1); // and decode one step at a time
   assert.is(j.attention_decode_wg, null); // with one invocation per (token, head), not a wide workgroup
+  assert.is(j.sessions, false);
+  assert.ok(j.results.every((x: object) => !('sessions' in x)));
+});
+
+test('bench --sessions times B conversations as separate sessions and as one session group', () => {
+  const r = cli('bench', '--model', tinyDir(), '--batch', '1,3', '--prompt-tokens', '5', '--new-tokens', '3', '--repeat', '2', '--no-profile', '--sessions', '--json');
+  assert.is(r.code, 0, r.err);
+  const j = JSON.parse(r.out);
+  assert.is(j.sessions, true);
+  for (const x of j.results) {
+    const s = x.sessions;
+    for (const k of ['separate_turn_ms', 'group_turn_ms']) assert.ok(s[k] > 0, `${k}: ${s[k]}`);
+    // tokens/s = B x N / turn time
+    assert.ok(Math.abs(s.separate_tokens_per_s - (1000 * x.batch * 3) / s.separate_turn_ms) < 1e-6 * s.separate_tokens_per_s);
+    assert.ok(Math.abs(s.group_tokens_per_s - (1000 * x.batch * 3) / s.group_turn_ms) < 1e-6 * s.group_tokens_per_s);
+  }
+  const table = cli('bench', '--model', tinyDir(), '--batch', '2', '--prompt-tokens', '5', '--new-tokens', '2', '--repeat', '1', '--no-profile', '--sessions');
+  assert.is(table.code, 0, table.err);
+  assert.match(table.out, /separate sessions at once\s+one session group\n\s+2\s+\d+ ms, [\d.]+\/s\s+\d+ ms, [\d.]+\/s/);
 });
 
 test('bench --wait spin, --fuse-ln on, --gemv-reduce workgroup, --gemm-tile and --pipeline-depth are reported; bad values are usage or option errors', () => {
