@@ -86,6 +86,38 @@ test('16 sessions interleaved on one model give each the tokens it gets alone', 
   }
 });
 
+test("a generation's stats count its own submits, dispatches and read-backs, also while others run", async () => {
+  const model = await tinyModel();
+  const opts = (seed: number) => ({ temperature: 1, seed, maxNewTokens: 12, stopAtEos: false });
+  // Alone: 12 more tokens cost the device exactly 12 x the per-step figures (set-up submits,
+  // such as the sampler's, are the same for both lengths and cancel out).
+  const counted = async (n: number) => {
+    const c = { ...model.ctx.stats };
+    const r = await model.generate(ref.prompts[0]!.ids, { ...opts(1), maxNewTokens: n });
+    const d = model.ctx.stats;
+    return { st: r.stats, submits: d.submits - c.submits, dispatches: d.dispatches - c.dispatches, bytes: d.bytesReadBack - c.bytesReadBack };
+  };
+  const a = await counted(12);
+  const b = await counted(24);
+  const st = a.st;
+  assert.equal([st.steps, b.st.steps, st.submits], [12, 24, 1]);
+  assert.is(b.submits - a.submits, 12 * st.submits);
+  assert.is(b.dispatches - a.dispatches, 12 * st.dispatches_per_step);
+  assert.is(b.bytes - a.bytes, 12 * st.readback_bytes_per_token);
+  // Three at once on separate sessions: each reports what it reports alone.
+  const sessions = await Promise.all([0, 1, 2].map(() => model.createSession()));
+  try {
+    const c1 = { ...model.ctx.stats };
+    const all = await Promise.all(sessions.map((s, i) => s.generate(ref.prompts[0]!.ids, opts(1 + i))));
+    for (const r of all) {
+      assert.equal([r.stats.submits, r.stats.dispatches_per_step, r.stats.readback_bytes_per_token], [st.submits, st.dispatches_per_step, st.readback_bytes_per_token]);
+    }
+    assert.is(model.ctx.stats.submits - c1.submits, 3 * a.submits);
+  } finally {
+    for (const s of sessions) s.destroy();
+  }
+});
+
 test('a session continues from its cache: two turns equal one generation over the joined prompt', async () => {
   const model = await tinyModel();
   const s = await model.createSession();

@@ -176,6 +176,28 @@ function cacheRowsOf(cache: KVCache, rows: unknown, R: number): number[] {
   return rows as number[];
 }
 
+/**
+ * What one generation submits and reads back, counted by the generation itself: the device's
+ * counters (ctx.stats) also count every other generation running on the model at the same time
+ * (interleaved sessions), so per-step figures taken from them would be wrong there.
+ */
+class GenIO {
+  submits = 0;
+  dispatches = 0;
+  bytesReadBack = 0;
+  constructor(private readonly model: GPT2Model) {}
+  submit(dispatches: readonly Dispatch[], after?: (enc: GPUCommandEncoder) => void): void {
+    this.model.submit(dispatches, after);
+    this.submits++;
+    this.dispatches += dispatches.length;
+  }
+  async read(buf: GPUBuffer, bytes: number): Promise<ArrayBuffer> {
+    const ab = await this.model.ctx.mapCopy(buf, bytes);
+    this.bytesReadBack += bytes;
+    return ab;
+  }
+}
+
 /** State of one row during a generation. */
 interface Row {
   out: number[]; // new tokens accepted so far
@@ -222,7 +244,7 @@ async function run(model: GPT2Model, prompts: number[][], opts: GenerateOptions)
   const stopAtEos = opts.stopAtEos ?? true;
   const eos = cfg.eos_token_id;
   const ctx = model.ctx;
-  const startStats = { ...ctx.stats };
+  const io = new GenIO(model);
 
   // The cache: the caller's session, or a temporary one.
   // rows[i]: the cache row of sequence i.
@@ -299,17 +321,17 @@ async function run(model: GPT2Model, prompts: number[][], opts: GenerateOptions)
     const allDone = (): boolean => rowsState.every((r) => r.finished);
 
     if (opts.useCache === false) {
-      await generateUncached(model, cache, rows, prompts, owned, state, staging[0]!, accept, allDone, opts, stats, tCall);
+      await generateUncached(model, cache, rows, prompts, owned, state, staging[0]!, accept, allDone, opts, stats, tCall, io);
     } else {
-      await generateCached(model, cache, rows, prompts, owned, state, staging, accept, allDone, rowsState, opts, stats, plans, pending, depth, tCall);
+      await generateCached(model, cache, rows, prompts, owned, state, staging, accept, allDone, rowsState, opts, stats, plans, pending, depth, tCall, io);
     }
     for (const row of rowsState) row.text += row.finished === 'stop' ? '' : row.streamer.flush();
     const produced = Math.max(1, stats.steps);
     if (opts.useCache === false) {
-      stats.submits = (ctx.stats.submits - startStats.submits) / produced;
-      stats.dispatches_per_step = (ctx.stats.dispatches - startStats.dispatches) / produced;
+      stats.submits = io.submits / produced;
+      stats.dispatches_per_step = io.dispatches / produced;
     }
-    stats.readback_bytes_per_token = (ctx.stats.bytesReadBack - startStats.bytesReadBack) / produced / R;
+    stats.readback_bytes_per_token = io.bytesReadBack / produced / R;
     return result();
   } finally {
     await Promise.allSettled(pending);
@@ -328,7 +350,7 @@ function shiftRow(cache: KVCache, r: number): number[] {
 async function generateCached(
   model: GPT2Model, cache: KVCache, rows: number[], prompts: number[][], owned: Owned, state: unknown, staging: GPUBuffer[],
   accept: (ids: Uint32Array) => void, allDone: () => boolean, rowsState: Row[], opts: GenerateOptions,
-  stats: GenerateStats, plans: ForwardPlan[], pending: Array<Promise<void>>, depth: number, tCall: number,
+  stats: GenerateStats, plans: ForwardPlan[], pending: Array<Promise<void>>, depth: number, tCall: number, io: GenIO,
 ): Promise<void> {
   const ctx = model.ctx;
   const R = rows.length; // sequence r lives in cache row rows[r]
@@ -393,7 +415,7 @@ async function generateCached(
     }
     const prefillSample = sampler.bind(owned, state as never, { logits: prefill.logits, outIds: decode.ids });
     tSubmit = now();
-    model.submit([...prefill.dispatches, ...prefillSample], (enc) => {
+    io.submit([...prefill.dispatches, ...prefillSample], (enc) => {
       copyRows!(enc);
       enc.copyBufferToBuffer(decode.ids.buffer, 0, staging[0]!, 0, R * 4);
     });
@@ -421,18 +443,18 @@ async function generateCached(
     prefill.write({ ids: idList, meta: Uint32Array.from(metaList), lastIdx: last });
     const prefillSample = sampler.bind(owned, state as never, { logits: prefill.logits, outIds: decode.ids });
     tSubmit = now();
-    model.submit([...prefill.dispatches, ...prefillSample], (enc) => enc.copyBufferToBuffer(decode.ids.buffer, 0, staging[0]!, 0, R * 4));
+    io.submit([...prefill.dispatches, ...prefillSample], (enc) => enc.copyBufferToBuffer(decode.ids.buffer, 0, staging[0]!, 0, R * 4));
   }
   stats.setup_ms = tSubmit - tCall;
   stats.steps = 1;
-  const decodeStats0 = { ...ctx.stats };
+  const decodeStats0 = { submits: io.submits, dispatches: io.dispatches };
 
   // ---- Decode loop with `depth` steps in flight.
   // queued[r]: position the next queued step feeds for sequence r (= tokens fed so far).
   const queuedPos = rows.map((cr) => cache.lengths[cr]!);
   const inflight: Array<Promise<Uint32Array>> = [];
   const readback = (buf: GPUBuffer): Promise<Uint32Array> => {
-    const p = ctx.mapCopy(buf, R * 4).then((ab) => new Uint32Array(ab));
+    const p = io.read(buf, R * 4).then((ab) => new Uint32Array(ab));
     p.catch(() => undefined);
     return p;
   };
@@ -488,7 +510,7 @@ async function generateCached(
           throw new ContextOverflowError(`row ${cr} reached the context window of ${window} tokens; use onOverflow: 'shift' to keep going`);
         }
         const kept = shiftRow(cache, cr);
-        await reencode(model, cache, cr, kept, plans);
+        await reencode(model, cache, cr, kept, plans, io);
         cache.tokens[cr] = kept;
         cache.lengths[cr] = kept.length;
         queuedPos[r] = kept.length;
@@ -498,7 +520,7 @@ async function generateCached(
     }
     decode.write({ meta: decodeMeta(queuedPos.map((p) => Math.min(p, window - 1)), rows) });
     const slot = staging[submitted % depth]!;
-    model.submit([...decode.dispatches, ...decodeSample], (enc) => enc.copyBufferToBuffer(decode.ids.buffer, 0, slot, 0, R * 4));
+    io.submit([...decode.dispatches, ...decodeSample], (enc) => enc.copyBufferToBuffer(decode.ids.buffer, 0, slot, 0, R * 4));
     for (let r = 0; r < R; r++) if (!rowsState[r]!.finished && queuedPos[r]! < window) queuedPos[r]!++;
     inflight.push(readback(slot));
     submitted++;
@@ -509,8 +531,8 @@ async function generateCached(
   const decodeSteps = stepsAccepted - 1;
   // Per decode step (the prefill and one-off set-up submits are not counted).
   if (submitted > 1) {
-    stats.submits = (ctx.stats.submits - decodeStats0.submits) / (submitted - 1);
-    stats.dispatches_per_step = (ctx.stats.dispatches - decodeStats0.dispatches) / (submitted - 1);
+    stats.submits = (io.submits - decodeStats0.submits) / (submitted - 1);
+    stats.dispatches_per_step = (io.dispatches - decodeStats0.dispatches) / (submitted - 1);
   }
   const end = now();
   stats.decode_ms_per_token = decodeSteps > 0 ? (end - decodeStart) / decodeSteps : 0;
@@ -538,7 +560,7 @@ function syncHistory(cache: KVCache, rows: number[], state: Row[], fedCount: num
 }
 
 /** Re-encodes `kept` tokens of row r from position 0 (a context shift). No logits are needed. */
-async function reencode(model: GPT2Model, cache: KVCache, r: number, kept: number[], plans: ForwardPlan[]): Promise<void> {
+async function reencode(model: GPT2Model, cache: KVCache, r: number, kept: number[], plans: ForwardPlan[], io: GenIO): Promise<void> {
   // Shifts keep the same number of tokens, so one plan per length serves every shift of a run
   // (GPU memory stays flat however many shifts happen).
   let plan = plans.find((p) => p.cache === cache && p.T === kept.length && p.R === 1 && p.tag === 'reencode');
@@ -548,12 +570,12 @@ async function reencode(model: GPT2Model, cache: KVCache, r: number, kept: numbe
     plans.push(plan);
   }
   plan.write({ ids: kept, meta: rowMeta(r, 0, kept.length), lastIdx: Uint32Array.of(kept.length - 1) });
-  model.submit(plan.dispatches);
+  io.submit(plan.dispatches);
 }
 
 async function generateUncached(
   model: GPT2Model, cache: KVCache, rows: number[], prompts: number[][], owned: Owned, state: unknown, staging: GPUBuffer,
-  accept: (ids: Uint32Array) => void, allDone: () => boolean, opts: GenerateOptions, stats: GenerateStats, tCall: number,
+  accept: (ids: Uint32Array) => void, allDone: () => boolean, opts: GenerateOptions, stats: GenerateStats, tCall: number, io: GenIO,
 ): Promise<void> {
   const ctx = model.ctx;
   const R = rows.length; // sequence r lives in cache row rows[r]
@@ -590,8 +612,8 @@ async function generateUncached(
       plan.write({ ids, meta: Uint32Array.from(meta), lastIdx: last });
       const sample = model.kernels.sampler.bind(owned, state as never, { logits: plan.logits, outIds });
       const tSubmit = now();
-      model.submit([...plan.dispatches, ...sample], (enc) => enc.copyBufferToBuffer(outIds.buffer, 0, staging, 0, R * 4));
-      const got = new Uint32Array(await ctx.mapCopy(staging, R * 4));
+      io.submit([...plan.dispatches, ...sample], (enc) => enc.copyBufferToBuffer(outIds.buffer, 0, staging, 0, R * 4));
+      const got = new Uint32Array(await io.read(staging, R * 4));
       if (step === 0) {
         decodeStart = now();
         stats.first_token_ms = decodeStart - tCall;
