@@ -9,7 +9,8 @@ import { rejects } from './helpers.js';
 import { tinyReference } from './fixtures-util.js';
 import { tinyModel } from './model-util.js';
 import type { Session } from '../src/engine/engine.js';
-import { CacheMisuseError, InvalidOptionError } from '../src/errors.js';
+import { CacheMisuseError, InvalidOptionError, PromptError } from '../src/errors.js';
+import type { TokenEvent } from '../src/engine/generate.js';
 
 const ref = tinyReference();
 const ids = (i: number, n: number): number[] => ref.prompts[i % ref.prompts.length]!.ids.slice(0, n);
@@ -168,6 +169,86 @@ test('group misuse: bad cacheRows, foreign sessions, destroying a member; nothin
   }
   await rejects(() => group.sessions[0]!.generate([1], { maxNewTokens: 1 }), (e: Error) => e instanceof CacheMisuseError && /destroyed/.test(e.message));
   assert.equal(model.ctx.liveBuffers, before);
+});
+
+test("turns started together on a group's sessions are merged into one batched run, each as it would go alone", async () => {
+  const model = await tinyModel();
+  const group = await model.createSessionGroup(5, { capacity: 96 });
+  const alone = await Promise.all([0, 1, 2, 3, 4].map(() => model.createSession({ capacity: 96 })));
+  try {
+    const first = { temperature: 0, maxNewTokens: 5, stopAtEos: false };
+    for (let i = 0; i < 5; i++) {
+      const g = await group.sessions[i]!.generate(ids(i, 2 + 2 * i), first); // awaited one by one: alone
+      assert.is(g.stats.batch_rows, 1);
+      await alone[i]!.generate(ids(i, 2 + 2 * i), first);
+    }
+    const opts = (seed: number) => ({ temperature: 0.9, topK: 25, freqPenalty: 2, seed, maxNewTokens: 10, stopAtEos: false });
+    const events: TokenEvent[] = [];
+    const c0 = { ...model.ctx.stats };
+    // Sessions 3, 0, 1 with the same options but the seed (and one listening to its tokens) merge;
+    // session 4 asks for greedy decoding and session 2 has a signal: both go alone.
+    const [r3, r0, r1, r4, r2] = await Promise.all([
+      group.sessions[3]!.generate([11, 12], opts(31)),
+      group.sessions[0]!.generate([13], { ...opts(32), onToken: (ev) => events.push(ev) }),
+      group.sessions[1]!.generate([14, 15, 16], opts(33)),
+      group.sessions[4]!.generate([17], { ...opts(34), temperature: 0 }),
+      group.sessions[2]!.generate([18], { ...opts(35), signal: new AbortController().signal }),
+    ]);
+    assert.equal([r3, r0, r1, r4, r2].map((r) => r!.stats.batch_rows), [3, 3, 3, 1, 1]);
+    // Three runs of 10 steps (one of them batched) rather than five: fewer submits than 4 runs take.
+    assert.ok(model.ctx.stats.submits - c0.submits < 4 * 10, `${model.ctx.stats.submits - c0.submits} submits`);
+    const want = await Promise.all([
+      alone[3]!.generate([11, 12], opts(31)),
+      alone[0]!.generate([13], opts(32)),
+      alone[1]!.generate([14, 15, 16], opts(33)),
+      alone[4]!.generate([17], { ...opts(34), temperature: 0 }),
+      alone[2]!.generate([18], opts(35)),
+    ]);
+    [r3, r0, r1, r4, r2].forEach((r, i) => {
+      assert.equal(r!.sequences[0]!.tokens, want[i]!.sequences[0]!.tokens, `turn ${i}`);
+      assert.is(r!.seed, want[i]!.seed);
+      assert.equal(r!.seeds, [r!.seed]);
+    });
+    assert.equal(r0!.promptIds, [13]);
+    assert.equal(events.map((e) => [e.row, e.token]), r0!.sequences[0]!.tokens.map((t) => [0, t]));
+    for (let k = 0; k < 5; k++) assert.equal(group.sessions[k]!.tokens, alone[k]!.tokens, `context of session ${k}`);
+  } finally {
+    group.destroy();
+    for (const s of alone) s.destroy();
+  }
+});
+
+test('merged turns: a bad prompt fails alone; a queued session is busy; seeds and seed are exclusive', async () => {
+  const model = await tinyModel();
+  const group = await model.createSessionGroup(3, { capacity: 32 });
+  try {
+    const [s0, s1, s2] = group.sessions as [Session, Session, Session];
+    const o = { temperature: 1, seed: 4, maxNewTokens: 3, stopAtEos: false };
+    const results = await Promise.allSettled([s0.generate([1, 2], o), s1.generate([1, 99999], o), s2.generate([3], o)]);
+    assert.equal(results.map((r) => r.status), ['fulfilled', 'rejected', 'fulfilled']);
+    assert.ok((results[1] as PromiseRejectedResult).reason instanceof PromptError);
+    assert.equal(s1.tokens, []);
+    assert.is((results[0] as PromiseFulfilledResult<{ stats: { batch_rows: number } }>).value.stats.batch_rows, 2);
+    // Queued (not started yet) counts as busy.
+    const p = s0.generate([5], o);
+    await rejects(() => s0.generate([6], o), (e: Error) => e instanceof CacheMisuseError && /busy \(row 0\)/.test(e.message));
+    assert.throws(() => s0.reset(), (e: Error) => e instanceof CacheMisuseError && /busy/.test(e.message));
+    await p;
+    const q = s1.generate([5], o);
+    const explicit = group.generate([{ session: s1, prompt: [1] }]); // checked now, while s1's turn waits for the tick's end
+    assert.throws(() => group.destroy(), (e: Error) => e instanceof CacheMisuseError && /about to start/.test(e.message));
+    await rejects(() => explicit, (e: Error) => e instanceof CacheMisuseError && /turns\[0\].session has a turn about to start/.test(e.message));
+    await q;
+    await rejects(() => model.generateBatch([[1], [2]], { seeds: [1, 2], seed: 3, maxNewTokens: 1 }), (e: Error) => e instanceof InvalidOptionError && /seed or seeds, not both/.test(e.message));
+    await rejects(() => model.generateBatch([[1], [2]], { seeds: [1], maxNewTokens: 1 }), (e: Error) => e instanceof InvalidOptionError && /one seed per sequence \(2\)/.test(e.message));
+    await rejects(() => model.generateBatch([[1], [2]], { seeds: [1, -1], maxNewTokens: 1 }), (e: Error) => e instanceof InvalidOptionError && /seeds\[1\] must be an integer/.test(e.message));
+    const withSeeds = await model.generateBatch([[1], [2]], { seeds: [8, 9], temperature: 1, maxNewTokens: 4, stopAtEos: false });
+    const solo = await model.generate([2], { seed: 9, temperature: 1, maxNewTokens: 4, stopAtEos: false });
+    assert.equal([withSeeds.seed, withSeeds.seeds], [8, [8, 9]]);
+    assert.equal(withSeeds.sequences[1]!.tokens, solo.sequences[0]!.tokens);
+  } finally {
+    group.destroy();
+  }
 });
 
 test.run();

@@ -11,10 +11,10 @@ import type { MatmulOptions } from '../kernels/matmul.js';
 import type { AttentionOptions } from '../kernels/attention.js';
 import { contextFromDevice, createContext, GpuContext, type ContextOptions } from './device.js';
 import { GPT2Model, type LoadOptions } from './model.js';
-import { generate, generateBatch, type GenerateOptions, type GenerateResult, type TokenEvent } from './generate.js';
+import { generate, generateBatch, samplingPart, validateGenerate, type GenerateOptions, type GenerateResult, type TokenEvent } from './generate.js';
 import { beamSearch, type BeamHypothesis, type BeamOptions } from '../sampling/beam.js';
 import { sample as sampleOnGpu } from '../sampling/sampler.js';
-import type { SamplingOptions } from '../sampling/options.js';
+import { randomSeed, validateSampling, type SamplingOptions } from '../sampling/options.js';
 import type { CacheOptions, KVCache } from './kvcache.js';
 import { openCheckpoint, type Checkpoint } from './checkpoint.js';
 import { uploadWeights } from './weights.js';
@@ -144,9 +144,14 @@ export class Engine {
  */
 export class Session {
   constructor(readonly model: Model, readonly cache: KVCache, readonly row?: number, readonly group?: SessionGroup) {}
-  /** Appends `prompt` to the session's context and generates (see GenerateOptions). */
+  /**
+   * Appends `prompt` to the session's context and generates (see GenerateOptions). In a session
+   * group, turns started at the same time (in the same tick) are merged into batched steps (see
+   * SessionGroup).
+   */
   generate(prompt: string | readonly number[], opts: Omit<GenerateOptions, 'cache' | 'cacheRows'> = {}): Promise<GenerateResult> {
-    return this.model.generate(prompt, { ...opts, cache: this.cache, ...(this.row === undefined ? {} : { cacheRows: [this.row] }) });
+    if (this.group) return this.group.turn(this, prompt, opts);
+    return this.model.generate(prompt, { ...opts, cache: this.cache });
   }
   /** Every token of the context (its row, or row 0). */
   get tokens(): number[] {
@@ -159,7 +164,7 @@ export class Session {
   /** Forgets the context (the K/V stay allocated for the next turn). Throws CacheMisuseError while generating. */
   reset(): void {
     this.cache.checkUsable(this.model);
-    if (this.row === undefined ? this.cache.busy : this.cache.rowBusy(this.row)) {
+    if (this.row === undefined ? this.cache.busy : this.cache.rowBusy(this.row) || this.group!.queued(this)) {
       throw new CacheMisuseError(`session is busy with a generation; await or cancel it before reset()`);
     }
     this.cache.reset(this.row);
@@ -178,23 +183,112 @@ export interface SessionTurn {
   prompt: string | readonly number[];
 }
 
+/** A session-group turn waiting for the end of the tick, to be merged with others. */
+interface QueuedTurn {
+  session: Session;
+  ids: number[];
+  opts: Omit<GenerateOptions, 'cache' | 'cacheRows'>;
+  key: string;
+  resolve: (r: GenerateResult) => void;
+  reject: (e: unknown) => void;
+}
+
+/**
+ * Which turns may share batched steps: the same options but the seed (sampling normalised, so
+ * equal settings written differently match). undefined: the turn runs alone: it has a signal
+ * (cancelling it must not cancel others), several sequences or seeds of its own, options that
+ * do not validate (its own error, not its neighbours'), or the cache stops at the window
+ * (onOverflow 'error': one row's overflow would fail every merged turn).
+ */
+function mergeKey(opts: Omit<GenerateOptions, 'cache' | 'cacheRows'>, cache: KVCache, cpuAdapter: boolean, vocab: number): string | undefined {
+  if (cache.onOverflow !== 'shift' || opts.signal !== undefined || opts.numSequences !== undefined || opts.seeds !== undefined) return undefined;
+  try {
+    const { seed: _seed, onToken: _onToken, ...rest } = opts;
+    const sampling = validateSampling(samplingPart(rest), vocab);
+    const { maxNew, depth } = validateGenerate(rest, cpuAdapter);
+    return JSON.stringify([sampling, maxNew, depth, rest.stopAtEos ?? true, rest.stopStrings ?? [], rest.useCache ?? true]);
+  } catch {
+    return undefined;
+  }
+}
+
 /**
  * Sessions that share one KV cache, a row each (`model.createSessionGroup(n)`), so that several
- * conversations advance in one batched step per token: `group.generate([{ session, prompt }, ...])`
- * reads the weights once per step for all of them. Each session can also generate alone, and
- * generations on different sessions of a group may run at the same time.
+ * conversations advance in one batched step per token, reading the weights once per step for all
+ * of them: explicitly with `group.generate([{ session, prompt }, ...])`, or implicitly: turns
+ * started on its sessions in the same tick (`Promise.all(...map((s) => s.generate(...)))`, a
+ * server's concurrent requests) with the same options but the seed are merged into one such
+ * run; each still gets exactly the tokens it would get alone, with its own seed, and its stats
+ * are the merged run's (`stats.batch_rows` turns). A turn started while others run goes on its
+ * own at once (generations on different sessions of a group may run at the same time).
  */
 export class SessionGroup {
   readonly sessions: readonly Session[];
+  private pending: QueuedTurn[] = [];
   constructor(readonly model: Model, readonly cache: KVCache) {
     this.sessions = Array.from({ length: cache.rows }, (_, r) => new Session(model, cache, r, this));
+  }
+
+  /** Whether `session` has a turn waiting to be merged (it is as good as busy). */
+  queued(session: Session): boolean {
+    return this.pending.some((q) => q.session === session);
+  }
+
+  /** Session.generate of a member: runs the turn alone, or queues it to merge with this tick's others. */
+  turn(session: Session, prompt: string | readonly number[], opts: Omit<GenerateOptions, 'cache' | 'cacheRows'>): Promise<GenerateResult> {
+    try {
+      const row = session.row!;
+      this.model.checkAlive();
+      this.cache.checkUsable(this.model);
+      if (this.cache.rowBusy(row) || this.queued(session)) {
+        throw new CacheMisuseError(`KV cache #${this.cache.id} is busy (row ${row}) with another step or generation; await it first, or use one cache (or one cache row: cacheRows) per concurrent generation`);
+      }
+      const ids = typeof prompt === 'string' ? this.model.tokenizer.encode(prompt) : Array.from(prompt);
+      this.model.checkIds(ids, 'prompt'); // a bad prompt fails its own turn only
+      const key = mergeKey(opts, this.cache, this.model.ctx.isCpuAdapter, this.model.config.vocab_size);
+      if (key === undefined) return this.model.generate(ids, { ...opts, cache: this.cache, cacheRows: [row] });
+      return new Promise<GenerateResult>((resolve, reject) => {
+        this.pending.push({ session, ids, opts, key, resolve, reject });
+        if (this.pending.length === 1) queueMicrotask(() => this.flush());
+      });
+    } catch (e) {
+      return Promise.reject(e);
+    }
+  }
+
+  /** Runs the queued turns: each set with one merge key as one batched generation, others alone. */
+  private flush(): void {
+    const turns = this.pending;
+    this.pending = [];
+    const sets = new Map<string, QueuedTurn[]>();
+    for (const q of turns) sets.set(q.key, [...(sets.get(q.key) ?? []), q]);
+    for (const set of sets.values()) {
+      if (set.length === 1) {
+        const q = set[0]!;
+        this.model.generate(q.ids, { ...q.opts, cache: this.cache, cacheRows: [q.session.row!] }).then(q.resolve, q.reject);
+        continue;
+      }
+      const seeds = set.map((q) => q.opts.seed ?? randomSeed());
+      const listeners = set.map((q) => q.opts.onToken);
+      const { seed: _seed, onToken: _onToken, ...common } = set[0]!.opts;
+      generateBatch(this.model, set.map((q) => q.ids), {
+        ...common,
+        seeds,
+        cache: this.cache,
+        cacheRows: set.map((q) => q.session.row!),
+        ...(listeners.some((f) => f) ? { onToken: (ev: TokenEvent) => listeners[ev.row]?.({ ...ev, row: 0 }) } : {}),
+      }).then(
+        (r) => set.forEach((q, i) => q.resolve({ promptIds: q.ids, seed: seeds[i]!, seeds: [seeds[i]!], sequences: [r.sequences[i]!], stats: { ...r.stats } })),
+        (e) => set.forEach((q) => q.reject(e)),
+      );
+    }
   }
   /**
    * Appends each turn's prompt to its session and generates for all of them in batched steps;
    * sequence i of the result is turns[i] (seed deriveSeed(seed, i)), and equals that session
    * generating alone with that seed.
    */
-  generate(turns: readonly SessionTurn[], opts: Omit<GenerateOptions, 'cache' | 'cacheRows' | 'numSequences'> = {}): Promise<GenerateResult> {
+  async generate(turns: readonly SessionTurn[], opts: Omit<GenerateOptions, 'cache' | 'cacheRows' | 'numSequences'> = {}): Promise<GenerateResult> {
     if (!Array.isArray(turns) || turns.length === 0) {
       throw new InvalidOptionError(`SessionGroup.generate needs a non-empty array of { session, prompt }, got ${JSON.stringify(turns)?.slice(0, 80)}`);
     }
@@ -203,6 +297,7 @@ export class SessionGroup {
       if (!(s instanceof Session) || s.group !== this) {
         throw new CacheMisuseError(`turns[${i}].session is not a session of this group; use group.sessions[k]`);
       }
+      if (this.queued(s)) throw new CacheMisuseError(`KV cache #${this.cache.id} is busy (row ${s.row}): turns[${i}].session has a turn about to start; await it first`);
       return s.row!;
     });
     return generateBatch(this.model, turns.map((t) => t.prompt), { ...opts, cache: this.cache, cacheRows: rows });
@@ -212,6 +307,7 @@ export class SessionGroup {
   }
   /** Frees the group's cache; its sessions cannot be used afterwards. */
   destroy(): void {
+    if (this.pending.length) throw new CacheMisuseError(`KV cache #${this.cache.id} is busy: ${this.pending.length} turn(s) are about to start; await them before destroying the group`);
     this.cache.destroy();
   }
 }

@@ -26,6 +26,8 @@ export interface GenerateOptions extends SamplingOptions {
   maxNewTokens?: number;
   /** Independent continuations of the prompt, each with seed deriveSeed(seed, i) (default 1). */
   numSequences?: number;
+  /** Per-sequence seeds instead of deriveSeed(seed, i): sequence i draws with seeds[i] (one per sequence; not with `seed`). */
+  seeds?: number[];
   /** Stop a sequence when it emits EOS (50256). Default true. */
   stopAtEos?: boolean;
   /** Stop a sequence once its text contains one of these; later tokens are dropped. */
@@ -87,6 +89,11 @@ export interface GenerateStats {
   tokens_per_s: number;
   readback_bytes_per_token: number;
   steps: number;
+  /**
+   * Sequences advanced in the same steps: numSequences, or the number of session-group turns
+   * merged into this run (tokens_per_s counts all of them).
+   */
+  batch_rows: number;
   shifts: number;
   /** Submits per decode step. */
   submits: number;
@@ -97,7 +104,7 @@ export interface GenerateStats {
 export interface GenerateResult {
   /** The prompt's ids (of row 0 when rows had different prompts). */
   promptIds: number[];
-  /** Seed of each sequence: deriveSeed(seed, i). */
+  /** Seed of each sequence: deriveSeed(seed, i), or GenerateOptions.seeds. */
   seeds: number[];
   sequences: GeneratedSequence[];
   seed: number;
@@ -105,7 +112,7 @@ export interface GenerateResult {
 }
 
 /** Option keys that belong to generation; the rest are sampling options (validated as such). */
-const GENERATE_KEYS = new Set(['maxNewTokens', 'numSequences', 'stopAtEos', 'stopStrings', 'useCache', 'cache', 'cacheRows', 'signal', 'onToken', 'pipelineDepth', 'onOverflow', 'keep']);
+const GENERATE_KEYS = new Set(['maxNewTokens', 'numSequences', 'seeds', 'stopAtEos', 'stopStrings', 'useCache', 'cache', 'cacheRows', 'signal', 'onToken', 'pipelineDepth', 'onOverflow', 'keep']);
 
 /** The sampling part of generation options (unknown keys stay in, so validateSampling names them). */
 export function samplingPart(o: object): SamplingOptions {
@@ -198,6 +205,18 @@ class GenIO {
   }
 }
 
+/** GenerateOptions.seeds, validated: R integers in [0, 2^53), and no `seed` beside them. */
+function seedsOf(seeds: unknown, seed: unknown, R: number): number[] {
+  if (seed !== undefined) throw new InvalidOptionError('give seed or seeds, not both (seeds sets every sequence\'s seed)');
+  if (!Array.isArray(seeds) || seeds.length !== R) {
+    throw new InvalidOptionError(`seeds must be an array of one seed per sequence (${R}), got ${JSON.stringify(seeds)?.slice(0, 80)}`);
+  }
+  seeds.forEach((x: unknown, i) => {
+    if (typeof x !== 'number' || !Number.isInteger(x) || x < 0 || x >= 2 ** 53) throw new InvalidOptionError(`seeds[${i}] must be an integer in [0, 2^53), got ${String(x)}`);
+  });
+  return seeds as number[];
+}
+
 /** State of one row during a generation. */
 interface Row {
   out: number[]; // new tokens accepted so far
@@ -236,8 +255,10 @@ async function run(model: GPT2Model, prompts: number[][], opts: GenerateOptions)
   const cfg = model.config;
   const V = cfg.vocab_size;
   const sampling = validateSampling(samplingPart(opts), V);
-  const seed = opts.seed ?? randomSeed();
-  const seeds = Array.from({ length: R }, (_, i) => deriveSeed(seed, i));
+  // Seeds per sequence: opts.seeds, or deriveSeed(seed, i).
+  const given = opts.seeds === undefined ? undefined : seedsOf(opts.seeds, opts.seed, R);
+  const seed = given?.[0] ?? opts.seed ?? randomSeed();
+  const seeds = given ?? Array.from({ length: R }, (_, i) => deriveSeed(seed, i));
   prompts.forEach((p, i) => model.checkIds(p, R > 1 ? `prompt ${i}` : 'prompt'));
   const promptIds = prompts[0]!;
   if (opts.signal?.aborted) throw new AbortError('generation aborted before it started');
@@ -280,7 +301,7 @@ async function run(model: GPT2Model, prompts: number[][], opts: GenerateOptions)
       stats,
     });
     const stats: GenerateStats = {
-      setup_ms: 0, prefill_ms: 0, first_token_ms: 0, decode_ms_per_token: 0, tokens_per_s: 0, readback_bytes_per_token: 0,
+      setup_ms: 0, prefill_ms: 0, first_token_ms: 0, decode_ms_per_token: 0, tokens_per_s: 0, readback_bytes_per_token: 0, batch_rows: R,
       steps: 0, shifts: 0, submits: 0, dispatches_per_step: 0,
     };
     if (maxNew === 0) return result();
