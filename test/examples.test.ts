@@ -4,6 +4,7 @@ import * as assert from 'uvu/assert';
 import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { REPO_ROOT, tinyDir } from './fixtures-util.js';
+import { createEngine } from '../src/node.js';
 
 test('examples/node/quickstart.mjs generates 20 tokens from the tiny fixture', () => {
   const r = spawnSync(process.execPath, [join(REPO_ROOT, 'examples', 'node', 'quickstart.mjs'), tinyDir(), 'Hello world'], { encoding: 'utf8', timeout: 120_000, cwd: REPO_ROOT });
@@ -12,6 +13,30 @@ test('examples/node/quickstart.mjs generates 20 tokens from the tiny fixture', (
   assert.is(j.tokens.length, 20);
   assert.is(j.seed, 1);
   assert.type(j.text, 'string');
+});
+
+test('examples/node/chat-server.mjs answers each round of 3 users in one merged run, each reply as alone', async () => {
+  const r = spawnSync(process.execPath, [join(REPO_ROOT, 'examples', 'node', 'chat-server.mjs'), tinyDir(), '3'], { encoding: 'utf8', timeout: 120_000, cwd: REPO_ROOT });
+  assert.is(r.status, 0, r.stderr);
+  const rounds = r.stdout.trim().split('\n').map((l) => JSON.parse(l));
+  assert.is(rounds.length, 2);
+  for (const round of rounds) {
+    assert.equal(round.batch_rows, [3, 3, 3]);
+    for (const reply of round.replies) assert.is(reply.tokens.length, 12);
+  }
+  // Each reply is what that user's conversation gets alone: replay user 1 on a session of its own.
+  const engine = await createEngine();
+  try {
+    const model = await engine.loadModel(tinyDir());
+    const s = await model.createSession({ capacity: 256 });
+    for (const [i, msg] of [`User 1 says hello.`, ` User 1 asks what happens next.`].entries()) {
+      const alone = await s.generate(msg, { maxNewTokens: 12, temperature: 0.8, topK: 40, seed: 100 * i + 1 });
+      assert.equal(alone.sequences[0]!.tokens, rounds[i].replies[1].tokens, `round ${i}`);
+    }
+    assert.is(rounds[1].context_tokens[1], s.tokens.length);
+  } finally {
+    engine.destroy();
+  }
 });
 
 test.run();
