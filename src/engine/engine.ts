@@ -164,7 +164,7 @@ export class Session {
   /** Forgets the context (the K/V stay allocated for the next turn). Throws CacheMisuseError while generating. */
   reset(): void {
     this.cache.checkUsable(this.model);
-    if (this.row === undefined ? this.cache.busy : this.cache.rowBusy(this.row) || this.group!.queued(this)) {
+    if (this.row === undefined ? this.cache.busy : this.cache.rowBusy(this.row) || this.group?.queued(this)) {
       throw new CacheMisuseError(`session is busy with a generation; await or cancel it before reset()`);
     }
     this.cache.reset(this.row);
@@ -240,9 +240,7 @@ export class SessionGroup {
       const row = session.row!;
       this.model.checkAlive();
       this.cache.checkUsable(this.model);
-      if (this.cache.rowBusy(row) || this.queued(session)) {
-        throw new CacheMisuseError(`KV cache #${this.cache.id} is busy (row ${row}) with another step or generation; await it first, or use one cache (or one cache row: cacheRows) per concurrent generation`);
-      }
+      this.cache.checkFree([row], this.pending.map((q) => q.session.row!)); // queued turns count as busy
       const ids = typeof prompt === 'string' ? this.model.tokenizer.encode(prompt) : Array.from(prompt);
       this.model.checkIds(ids, 'prompt'); // a bad prompt fails its own turn only
       const key = mergeKey(opts, this.cache, this.model.ctx.isCpuAdapter, this.model.config.vocab_size);

@@ -155,13 +155,18 @@ export class KVCache {
    */
   acquire(owner: CacheOwner, rows?: readonly number[]): void {
     this.checkUsable(owner);
+    this.checkFree(rows);
+    for (const r of rows ?? this.lengths.keys()) this.busyRows.add(r);
+  }
+
+  /** Throws CacheMisuseError if one of `rows` (default: any row) is busy, or `extra` ones are (rows about to be used). */
+  checkFree(rows?: readonly number[], extra: readonly number[] = []): void {
     const want = rows ?? [...this.lengths.keys()];
-    const taken = want.filter((r) => this.busyRows.has(r));
+    const taken = want.filter((r) => this.busyRows.has(r) || extra.includes(r));
     if (taken.length) {
       const which = rows === undefined ? '' : ` (row${taken.length > 1 ? 's' : ''} ${taken.join(', ')})`;
       throw new CacheMisuseError(`KV cache #${this.id} is busy${which} with another step or generation; await it first, or use one cache (or one cache row: cacheRows) per concurrent generation`);
     }
-    for (const r of want) this.busyRows.add(r);
   }
 
   /** Ends what acquire(owner, rows) began (default: every row). */
