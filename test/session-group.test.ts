@@ -185,6 +185,7 @@ test("turns started together on a group's sessions are merged into one batched r
     const opts = (seed: number) => ({ temperature: 0.9, topK: 25, freqPenalty: 2, seed, maxNewTokens: 10, stopAtEos: false });
     const events: TokenEvent[] = [];
     const c0 = { ...model.ctx.stats };
+    const live0 = model.ctx.liveBuffers;
     // Sessions 3, 0, 1 with the same options but the seed (and one listening to its tokens) merge;
     // session 4 asks for greedy decoding and session 2 has a signal: both go alone.
     const [r3, r0, r1, r4, r2] = await Promise.all([
@@ -195,6 +196,7 @@ test("turns started together on a group's sessions are merged into one batched r
       group.sessions[2]!.generate([18], { ...opts(35), signal: new AbortController().signal }),
     ]);
     assert.equal([r3, r0, r1, r4, r2].map((r) => r!.stats.batch_rows), [3, 3, 3, 1, 1]);
+    assert.equal(model.ctx.liveBuffers, live0, 'the merged and the lone runs freed what they made');
     // Three runs of 10 steps (one of them batched) rather than five: fewer submits than 4 runs take.
     assert.ok(model.ctx.stats.submits - c0.submits < 4 * 10, `${model.ctx.stats.submits - c0.submits} submits`);
     const want = await Promise.all([
