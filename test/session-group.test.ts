@@ -9,7 +9,7 @@ import { rejects } from './helpers.js';
 import { tinyReference } from './fixtures-util.js';
 import { tinyModel } from './model-util.js';
 import type { Session } from '../src/engine/engine.js';
-import { CacheMisuseError, InvalidOptionError, PromptError } from '../src/errors.js';
+import { CacheMisuseError, InvalidOptionError, OutOfMemoryError, PromptError } from '../src/errors.js';
 import type { TokenEvent } from '../src/engine/generate.js';
 
 const ref = tinyReference();
@@ -158,6 +158,10 @@ test('group misuse: bad cacheRows, foreign sessions, destroying a member; nothin
     assert.throws(() => group.sessions[1]!.destroy(), (e: Error) => e instanceof CacheMisuseError && /row 1 of a session group.*reset\(\).*group.destroy\(\)/.test(e.message));
     await rejects(() => model.createSessionGroup(0), (e: Error) => e instanceof InvalidOptionError && /count must be a positive integer/.test(e.message));
     await rejects(() => model.createSessionGroup(2, { rows: 4 } as object), (e: Error) => e instanceof InvalidOptionError && /not rows/.test(e.message));
+    await rejects(() => model.createSessionGroup(5000), (e: Error) => e instanceof InvalidOptionError && /createSessionGroup\(5000\): one cache row per session: cache rows must be an integer in \[1, 4096\]/.test(e.message));
+    // 4096 rows x 4096 slots pass the binding-size limit of every adapter for any n_embd >= 2: refused before allocating.
+    await rejects(() => model.createSessionGroup(4096, { capacity: 4096 }), (e: Error) => e instanceof OutOfMemoryError && /createSessionGroup\(4096\): one cache row per session: .*use at most \d+ rows/.test(e.message));
+    await rejects(() => model.createSessionGroup(2, { keep: 0 }), (e: Error) => e instanceof InvalidOptionError && /createSessionGroup\(2\).*keep must be/.test(e.message));
     // A failed call leaves no row busy, and a real turn after them works.
     assert.ok(!c.busy);
     const r = await group.generate([{ session: group.sessions[1]!, prompt: [1, 2] }], { temperature: 0, maxNewTokens: 3, stopAtEos: false });

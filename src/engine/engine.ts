@@ -21,7 +21,7 @@ import { uploadWeights } from './weights.js';
 import { randomCheckpoint } from './random.js';
 import { bytesSource } from './safetensors.js';
 import { urlSource, fileSource } from './sources-web.js';
-import { AbortError, CacheMisuseError, InvalidOptionError, WeightsFormatError } from '../errors.js';
+import { AbortError, CacheMisuseError, InvalidOptionError, OutOfMemoryError, WeightsFormatError } from '../errors.js';
 
 /** Progress of a load: phase 'download' | 'read' | 'upload' | 'compile', bytes or items. */
 export interface LoadProgress {
@@ -387,7 +387,18 @@ export class Model extends GPT2Model {
   async createSessionGroup(count: number, opts: Omit<CacheOptions, 'rows'> = {}): Promise<SessionGroup> {
     if (!Number.isInteger(count) || count < 1) throw new InvalidOptionError(`createSessionGroup: count must be a positive integer (sessions in the group), got ${String(count)}`);
     if ((opts as CacheOptions).rows !== undefined) throw new InvalidOptionError('createSessionGroup: the group has one cache row per session; give the count, not rows');
-    return new SessionGroup(this, await this.createCache({ ...opts, rows: count }));
+    let cache: KVCache;
+    try {
+      cache = await this.createCache({ ...opts, rows: count });
+    } catch (e) {
+      // The cache speaks of rows; here each row is a session.
+      if (e instanceof OutOfMemoryError || e instanceof InvalidOptionError) {
+        const Err = e instanceof OutOfMemoryError ? OutOfMemoryError : InvalidOptionError;
+        throw new Err(`createSessionGroup(${count}): one cache row per session: ${e.message}`, { cause: e });
+      }
+      throw e;
+    }
+    return new SessionGroup(this, cache);
   }
 
   /** Draws `count` tokens on the GPU from a logits vector you provide. */
