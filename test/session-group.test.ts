@@ -190,13 +190,16 @@ test("turns started together on a group's sessions are merged into one batched r
     const events: TokenEvent[] = [];
     const c0 = { ...model.ctx.stats };
     const live0 = model.ctx.liveBuffers;
-    // Sessions 3, 0, 1 with the same options but the seed (and one listening to its tokens) merge;
-    // session 4 asks for greedy decoding and session 2 has a signal: both go alone.
+    // Sessions 3, 0, 1 with the same generation options merge, each with its own seed and sampling
+    // options (one listens to its tokens, one samples otherwise); session 4 wants fewer tokens and
+    // session 2 has a signal: both go alone.
+    // (Session 1's options leave out topK and freqPenalty: none of the others' may leak into its row.)
+    const opts1 = { seed: 33, temperature: 0.6, topP: 0.9, maxNewTokens: 10, stopAtEos: false };
     const [r3, r0, r1, r4, r2] = await Promise.all([
       group.sessions[3]!.generate([11, 12], opts(31)),
       group.sessions[0]!.generate([13], { ...opts(32), onToken: (ev) => events.push(ev) }),
-      group.sessions[1]!.generate([14, 15, 16], opts(33)),
-      group.sessions[4]!.generate([17], { ...opts(34), temperature: 0 }),
+      group.sessions[1]!.generate([14, 15, 16], opts1),
+      group.sessions[4]!.generate([17], { ...opts(34), maxNewTokens: 6 }),
       group.sessions[2]!.generate([18], { ...opts(35), signal: new AbortController().signal }),
     ]);
     assert.equal([r3, r0, r1, r4, r2].map((r) => r!.stats.batch_rows), [3, 3, 3, 1, 1]);
@@ -206,8 +209,8 @@ test("turns started together on a group's sessions are merged into one batched r
     const want = await Promise.all([
       alone[3]!.generate([11, 12], opts(31)),
       alone[0]!.generate([13], opts(32)),
-      alone[1]!.generate([14, 15, 16], opts(33)),
-      alone[4]!.generate([17], { ...opts(34), temperature: 0 }),
+      alone[1]!.generate([14, 15, 16], opts1),
+      alone[4]!.generate([17], { ...opts(34), maxNewTokens: 6 }),
       alone[2]!.generate([18], opts(35)),
     ]);
     [r3, r0, r1, r4, r2].forEach((r, i) => {
@@ -252,6 +255,22 @@ test('merged turns: a bad prompt fails alone; a queued session is busy; seeds an
     const solo = await model.generate([2], { seed: 9, temperature: 1, maxNewTokens: 4, stopAtEos: false });
     assert.equal([withSeeds.seed, withSeeds.seeds], [8, [8, 9]]);
     assert.equal(withSeeds.sequences[1]!.tokens, solo.sequences[0]!.tokens);
+    // perSequence: the shared options overridden per sequence.
+    const per = { seeds: [8, 9, 10], temperature: 1, topK: 30, maxNewTokens: 6, stopAtEos: false, perSequence: [{}, { temperature: 0 }, { topK: 0, minP: 0.05, presencePenalty: 1 }] };
+    const mixed = await model.generateBatch([[1], [2], [3, 4]], per);
+    const each = [
+      await model.generate([1], { seed: 8, temperature: 1, topK: 30, maxNewTokens: 6, stopAtEos: false }),
+      await model.generate([2], { seed: 9, temperature: 0, topK: 30, maxNewTokens: 6, stopAtEos: false }),
+      await model.generate([3, 4], { seed: 10, temperature: 1, topK: 0, minP: 0.05, presencePenalty: 1, maxNewTokens: 6, stopAtEos: false }),
+    ];
+    assert.equal(mixed.sequences.map((q) => q.tokens), each.map((r) => r.sequences[0]!.tokens));
+    const badPer = (perSequence: unknown, re: RegExp) =>
+      rejects(() => model.generateBatch([[1], [2]], { perSequence: perSequence as [], maxNewTokens: 1 }), (e: Error) => e instanceof InvalidOptionError && re.test(e.message));
+    await badPer([{}], /one options object per sequence \(2\)/);
+    await badPer([{}, { seed: 1 }], /perSequence\[1\] has a seed/);
+    await badPer([{ temperature: -1 }, {}], /perSequence\[0\]: sampling option temperature = -1/);
+    await badPer([{}, { topk: 3 }], /perSequence\[1\]: .*topk/);
+    await badPer([{}, 7], /perSequence\[1\] must be an options object/);
   } finally {
     group.destroy();
   }

@@ -11,7 +11,7 @@ import type { MatmulOptions } from '../kernels/matmul.js';
 import type { AttentionOptions } from '../kernels/attention.js';
 import { contextFromDevice, createContext, GpuContext, type ContextOptions } from './device.js';
 import { GPT2Model, type LoadOptions } from './model.js';
-import { generate, generateBatch, samplingPart, validateGenerate, type GenerateOptions, type GenerateResult, type TokenEvent } from './generate.js';
+import { generate, generateBatch, generationPart, samplingPart, validateGenerate, type GenerateOptions, type GenerateResult, type TokenEvent } from './generate.js';
 import { beamSearch, type BeamHypothesis, type BeamOptions } from '../sampling/beam.js';
 import { sample as sampleOnGpu } from '../sampling/sampler.js';
 import { randomSeed, validateSampling, type SamplingOptions } from '../sampling/options.js';
@@ -194,19 +194,19 @@ interface QueuedTurn {
 }
 
 /**
- * Which turns may share batched steps: the same options but the seed (sampling normalised, so
- * equal settings written differently match). undefined: the turn runs alone: it has a signal
- * (cancelling it must not cancel others), several sequences or seeds of its own, options that
- * do not validate (its own error, not its neighbours'), or the cache stops at the window
- * (onOverflow 'error': one row's overflow would fail every merged turn).
+ * Which turns may share batched steps: the same generation options (new tokens, stop rules, cache
+ * mode, steps in flight); sampling options and seeds may differ, as each row samples with its own
+ * (GenerateOptions.perSequence, seeds). undefined: the turn runs alone: it has a signal
+ * (cancelling it must not cancel others), several sequences or per-sequence options of its own,
+ * options that do not validate (its own error, not its neighbours'), or the cache stops at the
+ * window (onOverflow 'error': one row's overflow would fail every merged turn).
  */
 function mergeKey(opts: Omit<GenerateOptions, 'cache' | 'cacheRows'>, cache: KVCache, cpuAdapter: boolean, vocab: number): string | undefined {
-  if (cache.onOverflow !== 'shift' || opts.signal !== undefined || opts.numSequences !== undefined || opts.seeds !== undefined) return undefined;
+  if (cache.onOverflow !== 'shift' || opts.signal !== undefined || opts.numSequences !== undefined || opts.seeds !== undefined || opts.perSequence !== undefined) return undefined;
   try {
-    const { seed: _seed, onToken: _onToken, ...rest } = opts;
-    const sampling = validateSampling(samplingPart(rest), vocab);
-    const { maxNew, depth } = validateGenerate(rest, cpuAdapter);
-    return JSON.stringify([sampling, maxNew, depth, rest.stopAtEos ?? true, rest.stopStrings ?? [], rest.useCache ?? true]);
+    validateSampling(samplingPart(opts), vocab);
+    const { maxNew, depth } = validateGenerate(opts, cpuAdapter);
+    return JSON.stringify([maxNew, depth, opts.stopAtEos ?? true, opts.stopStrings ?? [], opts.useCache ?? true]);
   } catch {
     return undefined;
   }
@@ -217,9 +217,10 @@ function mergeKey(opts: Omit<GenerateOptions, 'cache' | 'cacheRows'>, cache: KVC
  * conversations advance in one batched step per token, reading the weights once per step for all
  * of them: explicitly with `group.generate([{ session, prompt }, ...])`, or implicitly: turns
  * started on its sessions in the same tick (`Promise.all(...map((s) => s.generate(...)))`, a
- * server's concurrent requests) with the same options but the seed are merged into one such
- * run; each still gets exactly the tokens it would get alone, with its own seed, and its stats
- * are the merged run's (`stats.batch_rows` turns). A turn started while others run goes on its
+ * server's concurrent requests) with the same generation options (maxNewTokens, stop rules,
+ * useCache, pipelineDepth; sampling options and seeds may differ) are merged into one such run;
+ * each still gets exactly the tokens it would get alone, with its own seed and sampling options,
+ * and its stats are the merged run's (`stats.batch_rows` turns). A turn started while others run goes on its
  * own at once (generations on different sessions of a group may run at the same time).
  */
 export class SessionGroup {
@@ -268,10 +269,15 @@ export class SessionGroup {
       }
       const seeds = set.map((q) => q.opts.seed ?? randomSeed());
       const listeners = set.map((q) => q.opts.onToken);
-      const { seed: _seed, onToken: _onToken, ...common } = set[0]!.opts;
+      // The key made the generation options equal; each row keeps its own sampling options.
+      const { onToken: _onToken, ...common } = generationPart(set[0]!.opts);
       generateBatch(this.model, set.map((q) => q.ids), {
         ...common,
         seeds,
+        perSequence: set.map((q) => {
+          const { seed: _seed, ...own } = samplingPart(q.opts);
+          return own;
+        }),
         cache: this.cache,
         cacheRows: set.map((q) => q.session.row!),
         ...(listeners.some((f) => f) ? { onToken: (ev: TokenEvent) => listeners[ev.row]?.({ ...ev, row: 0 }) } : {}),

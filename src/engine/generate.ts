@@ -14,7 +14,7 @@
 import { AbortError, ContextOverflowError, InvalidOptionError } from '../errors.js';
 import { Owned } from '../kernels/common.js';
 import type { Dispatch } from '../kernels/common.js';
-import { deriveSeed, randomSeed, validateSampling, type SamplingOptions } from '../sampling/options.js';
+import { deriveSeed, randomSeed, validateSampling, type NormalizedSampling, type SamplingOptions } from '../sampling/options.js';
 import type { KVCache } from './kvcache.js';
 import { decodeMeta, ForwardPlan, rowMeta, type GPT2Model } from './model.js';
 import { TextStreamer } from './tokenizer.js';
@@ -28,6 +28,11 @@ export interface GenerateOptions extends SamplingOptions {
   numSequences?: number;
   /** Per-sequence seeds instead of deriveSeed(seed, i): sequence i draws with seeds[i] (one per sequence; not with `seed`). */
   seeds?: number[];
+  /**
+   * Per-sequence sampling options: sequence i samples with the shared options overridden by
+   * perSequence[i] (temperature, topK, penalties...; not seed: use `seeds`). One entry per sequence.
+   */
+  perSequence?: Array<Omit<SamplingOptions, 'seed'>>;
   /** Stop a sequence when it emits EOS (50256). Default true. */
   stopAtEos?: boolean;
   /** Stop a sequence once its text contains one of these; later tokens are dropped. */
@@ -112,11 +117,16 @@ export interface GenerateResult {
 }
 
 /** Option keys that belong to generation; the rest are sampling options (validated as such). */
-const GENERATE_KEYS = new Set(['maxNewTokens', 'numSequences', 'seeds', 'stopAtEos', 'stopStrings', 'useCache', 'cache', 'cacheRows', 'signal', 'onToken', 'pipelineDepth', 'onOverflow', 'keep']);
+const GENERATE_KEYS = new Set(['maxNewTokens', 'numSequences', 'seeds', 'perSequence', 'stopAtEos', 'stopStrings', 'useCache', 'cache', 'cacheRows', 'signal', 'onToken', 'pipelineDepth', 'onOverflow', 'keep']);
 
 /** The sampling part of generation options (unknown keys stay in, so validateSampling names them). */
 export function samplingPart(o: object): SamplingOptions {
   return Object.fromEntries(Object.entries(o).filter(([k, v]) => !GENERATE_KEYS.has(k) && v !== undefined)) as SamplingOptions;
+}
+
+/** The generation part of options (what samplingPart leaves out). */
+export function generationPart(o: GenerateOptions): GenerateOptions {
+  return Object.fromEntries(Object.entries(o).filter(([k]) => GENERATE_KEYS.has(k))) as GenerateOptions;
 }
 
 /**
@@ -217,6 +227,24 @@ function seedsOf(seeds: unknown, seed: unknown, R: number): number[] {
   return seeds as number[];
 }
 
+/** GenerateOptions.perSequence, validated: R option sets, each the shared options overridden by its own (no seed). */
+function perSequenceOf(per: unknown, shared: SamplingOptions, R: number, V: number): NormalizedSampling[] {
+  if (!Array.isArray(per) || per.length !== R) {
+    throw new InvalidOptionError(`perSequence must be an array of one options object per sequence (${R}), got ${JSON.stringify(per)?.slice(0, 80)}`);
+  }
+  validateSampling(shared, V); // the shared options' own errors first
+  return per.map((o: unknown, i) => {
+    if (typeof o !== 'object' || o === null || Array.isArray(o)) throw new InvalidOptionError(`perSequence[${i}] must be an options object, got ${JSON.stringify(o)?.slice(0, 60)}`);
+    if ('seed' in o) throw new InvalidOptionError(`perSequence[${i}] has a seed; give per-sequence seeds with \`seeds\``);
+    try {
+      return validateSampling({ ...shared, ...o }, V);
+    } catch (e) {
+      if (e instanceof InvalidOptionError) throw new InvalidOptionError(`perSequence[${i}]: ${e.message}`, { cause: e });
+      throw e;
+    }
+  });
+}
+
 /** State of one row during a generation. */
 interface Row {
   out: number[]; // new tokens accepted so far
@@ -254,7 +282,8 @@ async function run(model: GPT2Model, prompts: number[][], opts: GenerateOptions)
   const { maxNew, rows: R, depth } = validateGenerate(opts, model.ctx.isCpuAdapter);
   const cfg = model.config;
   const V = cfg.vocab_size;
-  const sampling = validateSampling(samplingPart(opts), V);
+  const shared = samplingPart(opts);
+  const sampling = opts.perSequence === undefined ? validateSampling(shared, V) : perSequenceOf(opts.perSequence, shared, R, V);
   // Seeds per sequence: opts.seeds, or deriveSeed(seed, i).
   const given = opts.seeds === undefined ? undefined : seedsOf(opts.seeds, opts.seed, R);
   const seed = given?.[0] ?? opts.seed ?? randomSeed();
