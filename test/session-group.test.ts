@@ -155,6 +155,7 @@ test('group misuse: bad cacheRows, foreign sessions, destroying a member; nothin
     await rejects(() => group.generate([{ session: other.sessions[0]!, prompt: [1] }]), (e: Error) => e instanceof CacheMisuseError && /turns\[0\].session is not a session of this group/.test(e.message));
     await rejects(() => group.generate([{ session: single, prompt: [1] }]), (e: Error) => e instanceof CacheMisuseError && /not a session of this group/.test(e.message));
     await rejects(() => group.generate([]), (e: Error) => e instanceof InvalidOptionError && /non-empty array/.test(e.message));
+    await rejects(() => group.sessions[0]!.generate([1], { numSequences: 2 }), (e: Error) => e instanceof InvalidOptionError && /numSequences 2: a session of a group is one sequence/.test(e.message));
     assert.throws(() => group.sessions[1]!.destroy(), (e: Error) => e instanceof CacheMisuseError && /row 1 of a session group.*reset\(\).*group.destroy\(\)/.test(e.message));
     await rejects(() => model.createSessionGroup(0), (e: Error) => e instanceof InvalidOptionError && /count must be a positive integer/.test(e.message));
     await rejects(() => model.createSessionGroup(2, { rows: 4 } as object), (e: Error) => e instanceof InvalidOptionError && /not rows/.test(e.message));

@@ -242,6 +242,9 @@ export class SessionGroup {
       this.model.checkAlive();
       this.cache.checkUsable(this.model);
       this.cache.checkFree([row], this.pending.map((q) => q.session.row!)); // queued turns count as busy
+      if (opts.numSequences !== undefined && opts.numSequences !== 1) {
+        throw new InvalidOptionError(`numSequences ${String(opts.numSequences)}: a session of a group is one sequence (one row of the group's cache); advance several sessions together with group.generate`);
+      }
       const ids = typeof prompt === 'string' ? this.model.tokenizer.encode(prompt) : Array.from(prompt);
       this.model.checkIds(ids, 'prompt'); // a bad prompt fails its own turn only
       const key = mergeKey(opts, this.cache, this.model.ctx.isCpuAdapter, this.model.config.vocab_size);
