@@ -66,10 +66,12 @@ test('one prompt on empty sessions: prefilled once, its K/V copied into the name
       assert.equal(group.sessions[k]!.tokens, [...p, ...r.sequences[i]!.tokens]);
     }
     assert.equal([group.sessions[1]!.tokens, group.sessions[3]!.tokens], [[], []]);
-    // A second turn continues from the copied K/V (greedy, against a recompute of the joined context).
-    const next = await group.sessions[0]!.generate([5], { temperature: 0, maxNewTokens: 6, stopAtEos: false });
-    const joined = await model.generate([...p, ...r.sequences[1]!.tokens, 5], { temperature: 0, maxNewTokens: 6, stopAtEos: false, useCache: false });
-    assert.equal(next.sequences[0]!.tokens, joined.sequences[0]!.tokens);
+    // Second turns continue from the copied K/V (greedy, against a recompute of the joined context).
+    for (const [i, k] of [[0, 2], [1, 0]] as const) {
+      const next = await group.sessions[k]!.generate([5], { temperature: 0, maxNewTokens: 6, stopAtEos: false });
+      const joined = await model.generate([...p, ...r.sequences[i]!.tokens, 5], { temperature: 0, maxNewTokens: 6, stopAtEos: false, useCache: false });
+      assert.equal(next.sequences[0]!.tokens, joined.sequences[0]!.tokens, `session ${k}`);
+    }
   } finally {
     group.destroy();
   }
