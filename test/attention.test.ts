@@ -27,7 +27,7 @@ interface Scenario {
  * token's k and v in its slot itself, and afterwards the caches must hold exactly the history
  * plus those (nothing else written).
  */
-async function check(sc: Scenario, seed: number, variant: AttentionVariant, writeKv = false, decodeWg = 256): Promise<void> {
+async function check(sc: Scenario, seed: number, variant: AttentionVariant, writeKv = false, decodeWg = 256, decodeLanes?: number): Promise<void> {
   await withDevice(async ({ ctx, owned }) => {
     const { C, nHead, cap } = sc;
     const rows = sc.prior.length;
@@ -63,7 +63,7 @@ async function check(sc: Scenario, seed: number, variant: AttentionVariant, writ
     const vT = upload(owned, vc, [rows, cap, C]);
     const out = poisoned(owned, [T, C]);
     const kw = await KvWriteKernel.create(ctx);
-    const at = await AttentionKernel.create(ctx, variant === 'lanes' || variant === 'pairs' ? { headDim: C / nHead, lanes: true } : { decodeWg });
+    const at = await AttentionKernel.create(ctx, variant === 'lanes' || variant === 'pairs' ? { headDim: C / nHead, lanes: true, decodeLanes } : { decodeWg });
     await run(ctx, [
       ...(writeKv ? [] : [kw.bind(owned, { qkv: qkvT, meta: metaT, kCache: kT, vCache: vT })]),
       ...at.bind(owned, { qkv: qkvT, meta: metaT, kCache: kT, vCache: vT, out, nHead, variant, writeKv }),
@@ -112,6 +112,9 @@ for (const variant of ['query', 'scalar', 'lanes', 'pairs', 'tiled', 'wide'] as 
     if (variant === 'tiled' && !(D % 4 === 0 && D <= 64)) return;
     if ((variant === 'lanes' || variant === 'pairs' || variant === 'wide') && D % 4 !== 0) return;
     test(`attention (${variant}): ${name}`, () => check(sc, 100 + i, variant));
+    // decode_lanes at another workgroup width than the default 2 (the index arithmetic depends on
+    // it; head sizes up to 64 only: llvmpipe takes 20-45 s to compile each wider one)
+    if (variant === 'lanes' && D <= 64) test(`attention (lanes, 8 per workgroup): ${name}`, () => check(sc, 100 + i, variant, false, 256, 8));
   });
 }
 
@@ -122,11 +125,13 @@ const DECODE_CASES: Array<[string, Scenario]> = [
   ['decode, D 3 (scalar kernel: D % 4 != 0), C 12, nHead 4', { C: 12, nHead: 4, cap: 300, prior: [270, 5], step: [[0, 1], [1, 1]] }],
   ['decode, D 128 (> workgroup size), C 256, nHead 2, a row at position 0', { C: 256, nHead: 2, cap: 96, prior: [66, 0], step: [[0, 1], [1, 1]] }],
 ];
-for (const [variant, wg] of [['query', 32], ['scalar', 32], ['lanes', 0], ['wide', 64], ['wide', 256]] as const) {
+for (const [variant, wg] of [['query', 32], ['scalar', 32], ['lanes', 0], ['lanes', 8], ['wide', 64], ['wide', 256]] as const) {
   DECODE_CASES.forEach(([name, sc], i) => {
     if ((variant === 'lanes' || variant === 'wide') && (sc.C / sc.nHead) % 4 !== 0) return;
-    const what = variant === 'wide' ? `wide ${wg}` : variant;
-    test(`attention (${what}, writeKv): ${name}`, () => check(sc, 300 + i, variant, true, wg || 256));
+    if (variant === 'lanes' && wg && sc.C / sc.nHead > 64) return; // as above
+    // lanes: 0 = the default width (2 per workgroup), else that width
+    const what = variant === 'wide' ? `wide ${wg}` : variant === 'lanes' ? `lanes ${wg || 'default'}` : variant;
+    test(`attention (${what}, writeKv): ${name}`, () => check(sc, 300 + i, variant, true, variant === 'lanes' ? 256 : wg, variant === 'lanes' && wg ? wg : undefined));
   });
 }
 
@@ -195,8 +200,17 @@ test("attention 'lanes' / 'pairs': built for one head size (by default on CPU ad
     assert.is(on.lanesHeadDim, 16);
     const lanesOf = (T: number) => on.bind(owned, { ...args(T, 64, 4), variant: 'lanes' })[0]!;
     const pairsOf = (T: number) => on.bind(owned, { ...args(T, 64, 4), variant: 'pairs' })[0]!;
-    assert.equal(on.bind(owned, { ...args(5, 64, 4), variant: 'pairs' }).map((d) => [d.label, d.workgroups]), [['attention.pairs', [2, 1, 1]], ['attention.rest', [3, 1, 1]]], 'pairs, then decode_lanes for the tokens of pairs that cannot share');
-    assert.equal(lanesOf(3).workgroups, [2, 1, 1], '8 (token, head) invocations per workgroup: 12 -> 2');
+    assert.equal(on.bind(owned, { ...args(5, 64, 4), variant: 'pairs' }).map((d) => [d.label, d.workgroups]), [['attention.pairs', [2, 1, 1]], ['attention.rest', [10, 1, 1]]], 'pairs, then decode_lanes for the tokens of pairs that cannot share');
+    assert.equal(lanesOf(3).workgroups, [6, 1, 1], '2 (token, head) invocations per decode_lanes workgroup by default: 12 -> 6');
+    assert.is(on.decodeLanes, 2);
+    const wide8 = await AttentionKernel.create(ctx, { headDim: 16, lanes: true, decodeLanes: 8 });
+    assert.equal(wide8.bind(owned, { ...args(3, 64, 4), variant: 'lanes' })[0]!.workgroups, [2, 1, 1], 'decodeLanes 8: 12 -> 2');
+    for (const decodeLanes of [0, 3, 128, 1.5]) {
+      await AttentionKernel.create(ctx, { headDim: 16, lanes: true, decodeLanes }).then(
+        () => assert.unreachable(`decodeLanes ${decodeLanes} accepted`),
+        (e: Error) => assert.ok(e instanceof InvalidOptionError && /decodeLanes must be a power of two in \[1, 64\].*got/.test(e.message), e.message),
+      );
+    }
     assert.equal(pairsOf(3).workgroups, [1, 1, 1], '8 (token pair, head) invocations per workgroup: 2 x 4 -> 1');
     assert.equal(pairsOf(33).workgroups, [9, 1, 1], '17 pairs x 4 heads -> 9');
     assert.is.not(lanesOf(3).pipeline, pairsOf(3).pipeline);

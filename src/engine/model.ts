@@ -199,7 +199,7 @@ export class GPT2Model implements CacheOwner {
   ) {}
 
   /** Builds every kernel's pipelines once for this model. */
-  static async buildKernels(ctx: GpuContext, cfg: GPT2Config, matmulOptions: MatmulOptions = {}, attentionOptions: Pick<AttentionOptions, 'decodeWg' | 'lanes'> = {}): Promise<Kernels> {
+  static async buildKernels(ctx: GpuContext, cfg: GPT2Config, matmulOptions: MatmulOptions = {}, attentionOptions: Pick<AttentionOptions, 'decodeWg' | 'lanes' | 'decodeLanes'> = {}): Promise<Kernels> {
     // The matmul kernel shares the model's layernorm kernel; the others need not wait for it.
     const layernormP = LayerNormKernel.create(ctx);
     const [layernorm, matmul, embedding, attention, kvWrite, kvGather, gatherRows, sampler, beam] = await Promise.all([
