@@ -200,7 +200,7 @@ test("attention 'lanes' / 'pairs': built for one head size (by default on CPU ad
     assert.is(on.lanesHeadDim, 16);
     const lanesOf = (T: number) => on.bind(owned, { ...args(T, 64, 4), variant: 'lanes' })[0]!;
     const pairsOf = (T: number) => on.bind(owned, { ...args(T, 64, 4), variant: 'pairs' })[0]!;
-    assert.equal(on.bind(owned, { ...args(5, 64, 4), variant: 'pairs' }).map((d) => [d.label, d.workgroups]), [['attention.pairs', [2, 1, 1]], ['attention.rest', [10, 1, 1]]], 'pairs, then decode_lanes for the tokens of pairs that cannot share');
+    assert.equal(on.bind(owned, { ...args(5, 64, 4), variant: 'pairs' }).map((d) => [d.label, d.workgroups]), [['attention.pairs', [2, 1, 1]], ['attention.rest', [3, 1, 1]]], 'pairs, then decode_lanes (8 per workgroup) for the tokens of pairs that cannot share');
     assert.equal(lanesOf(3).workgroups, [6, 1, 1], '2 (token, head) invocations per decode_lanes workgroup by default: 12 -> 6');
     assert.is(on.decodeLanes, 2);
     const wide8 = await AttentionKernel.create(ctx, { headDim: 16, lanes: true, decodeLanes: 8 });
