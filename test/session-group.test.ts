@@ -193,31 +193,31 @@ test("turns started together on a group's sessions are merged into one batched r
     const events: TokenEvent[] = [];
     const c0 = { ...model.ctx.stats };
     const live0 = model.ctx.liveBuffers;
-    // Sessions 3, 0, 1 with the same generation options merge, each with its own seed and sampling
-    // options (one listens to its tokens, one samples otherwise); session 4 wants fewer tokens and
-    // session 2 has a signal: both go alone.
-    // (Session 1's options leave out topK and freqPenalty: none of the others' may leak into its row.)
-    const opts1 = { seed: 33, temperature: 0.6, topP: 0.9, maxNewTokens: 10, stopAtEos: false };
+    // Sessions 3, 0, 1 and 4 merge, each with its own seed, sampling options, new tokens and stop
+    // strings (one listens to its tokens); session 2 has a signal and goes alone. Session 1's
+    // options leave out topK, freqPenalty and maxNewTokens (default 30): none of the others' may
+    // leak into its row.
+    const opts1 = { seed: 33, temperature: 0.6, topP: 0.9, stopAtEos: false };
     const [r3, r0, r1, r4, r2] = await Promise.all([
       group.sessions[3]!.generate([11, 12], opts(31)),
       group.sessions[0]!.generate([13], { ...opts(32), onToken: (ev) => events.push(ev) }),
       group.sessions[1]!.generate([14, 15, 16], opts1),
-      group.sessions[4]!.generate([17], { ...opts(34), maxNewTokens: 6 }),
+      group.sessions[4]!.generate([17], { ...opts(34), maxNewTokens: 6, stopStrings: ['e'] }),
       group.sessions[2]!.generate([18], { ...opts(35), signal: new AbortController().signal }),
     ]);
-    assert.equal([r3, r0, r1, r4, r2].map((r) => r!.stats.batch_rows), [3, 3, 3, 1, 1]);
+    assert.equal([r3, r0, r1, r4, r2].map((r) => r!.stats.batch_rows), [4, 4, 4, 4, 1]);
     assert.equal(model.ctx.liveBuffers, live0, 'the merged and the lone runs freed what they made');
-    // Three runs of 10 steps (one of them batched) rather than five: fewer submits than 4 runs take.
-    assert.ok(model.ctx.stats.submits - c0.submits < 4 * 10, `${model.ctx.stats.submits - c0.submits} submits`);
+    // Two runs (30 steps merged, 10 alone) rather than five (66 steps).
+    assert.ok(model.ctx.stats.submits - c0.submits < 55, `${model.ctx.stats.submits - c0.submits} submits`);
     const want = await Promise.all([
       alone[3]!.generate([11, 12], opts(31)),
       alone[0]!.generate([13], opts(32)),
       alone[1]!.generate([14, 15, 16], opts1),
-      alone[4]!.generate([17], { ...opts(34), maxNewTokens: 6 }),
+      alone[4]!.generate([17], { ...opts(34), maxNewTokens: 6, stopStrings: ['e'] }),
       alone[2]!.generate([18], opts(35)),
     ]);
     [r3, r0, r1, r4, r2].forEach((r, i) => {
-      assert.equal(r!.sequences[0]!.tokens, want[i]!.sequences[0]!.tokens, `turn ${i}`);
+      assert.equal(r!.sequences[0]!, want[i]!.sequences[0]!, `turn ${i}`); // tokens, text, finish reason
       assert.is(r!.seed, want[i]!.seed);
       assert.equal(r!.seeds, [r!.seed]);
     });
@@ -274,6 +274,17 @@ test('merged turns: a bad prompt fails alone; a queued session is busy; seeds an
     await badPer([{ temperature: -1 }, {}], /perSequence\[0\]: sampling option temperature = -1/);
     await badPer([{}, { topk: 3 }], /perSequence\[1\]: .*topk/);
     await badPer([{}, 7], /perSequence\[1\] must be an options object/);
+    await badPer([{}, { maxNewTokens: -1 }], /perSequence\[1\]: maxNewTokens must be an integer/);
+    await badPer([{}, { stopStrings: [''] }], /perSequence\[1\]: stopStrings must be an array of non-empty strings/);
+    await badPer([{ maxNewTokens: 0 }, {}], /sequence 0 asks for 0 new tokens while others generate/);
+    // Per-sequence new tokens and stop strings: each row stops by its own rules.
+    const text1 = (await model.generate([2], { seed: 9, temperature: 1, maxNewTokens: 12, stopAtEos: false })).sequences[0]!.text;
+    const stop = text1.slice(4, 6);
+    const rules = await model.generateBatch([[1], [2]], { seeds: [8, 9], temperature: 1, maxNewTokens: 12, stopAtEos: false, perSequence: [{ maxNewTokens: 3 }, { stopStrings: [stop] }] });
+    const alone0 = await model.generate([1], { seed: 8, temperature: 1, maxNewTokens: 3, stopAtEos: false });
+    const alone1 = await model.generate([2], { seed: 9, temperature: 1, maxNewTokens: 12, stopAtEos: false, stopStrings: [stop] });
+    assert.equal(rules.sequences, [alone0.sequences[0]!, alone1.sequences[0]!]);
+    assert.equal(rules.sequences.map((q) => q.finishReason), ['length', 'stop']);
   } finally {
     group.destroy();
   }

@@ -11,7 +11,7 @@ import type { MatmulOptions } from '../kernels/matmul.js';
 import type { AttentionOptions } from '../kernels/attention.js';
 import { contextFromDevice, createContext, GpuContext, type ContextOptions } from './device.js';
 import { GPT2Model, type LoadOptions } from './model.js';
-import { generate, generateBatch, generationPart, samplingPart, validateGenerate, type GenerateOptions, type GenerateResult, type TokenEvent } from './generate.js';
+import { DEFAULT_MAX_NEW_TOKENS, generate, generateBatch, generationPart, samplingPart, validateGenerate, type GenerateOptions, type GenerateResult, type TokenEvent } from './generate.js';
 import { beamSearch, type BeamHypothesis, type BeamOptions } from '../sampling/beam.js';
 import { sample as sampleOnGpu } from '../sampling/sampler.js';
 import { randomSeed, validateSampling, type SamplingOptions } from '../sampling/options.js';
@@ -194,19 +194,20 @@ interface QueuedTurn {
 }
 
 /**
- * Which turns may share batched steps: the same generation options (new tokens, stop rules, cache
- * mode, steps in flight); sampling options and seeds may differ, as each row samples with its own
+ * Which turns may share batched steps: the same stopAtEos, cache mode and steps in flight;
+ * sampling options, seeds, maxNewTokens and stop strings may differ, as each row has its own
  * (GenerateOptions.perSequence, seeds). undefined: the turn runs alone: it has a signal
  * (cancelling it must not cancel others), several sequences or per-sequence options of its own,
- * options that do not validate (its own error, not its neighbours'), or the cache stops at the
- * window (onOverflow 'error': one row's overflow would fail every merged turn).
+ * no new tokens, options that do not validate (its own error, not its neighbours'), or the cache
+ * stops at the window (onOverflow 'error': one row's overflow would fail every merged turn).
  */
 function mergeKey(opts: Omit<GenerateOptions, 'cache' | 'cacheRows'>, cache: KVCache, cpuAdapter: boolean, vocab: number): string | undefined {
   if (cache.onOverflow !== 'shift' || opts.signal !== undefined || opts.numSequences !== undefined || opts.seeds !== undefined || opts.perSequence !== undefined) return undefined;
   try {
     validateSampling(samplingPart(opts), vocab);
     const { maxNew, depth } = validateGenerate(opts, cpuAdapter);
-    return JSON.stringify([maxNew, depth, opts.stopAtEos ?? true, opts.stopStrings ?? [], opts.useCache ?? true]);
+    if (maxNew === 0) return undefined;
+    return JSON.stringify([depth, opts.stopAtEos ?? true, opts.useCache ?? true]);
   } catch {
     return undefined;
   }
@@ -217,10 +218,10 @@ function mergeKey(opts: Omit<GenerateOptions, 'cache' | 'cacheRows'>, cache: KVC
  * conversations advance in one batched step per token, reading the weights once per step for all
  * of them: explicitly with `group.generate([{ session, prompt }, ...])`, or implicitly: turns
  * started on its sessions in the same tick (`Promise.all(...map((s) => s.generate(...)))`, a
- * server's concurrent requests) with the same generation options (maxNewTokens, stop rules,
- * useCache, pipelineDepth; sampling options and seeds may differ) are merged into one such run;
- * each still gets exactly the tokens it would get alone, with its own seed and sampling options,
- * and its stats are the merged run's (`stats.batch_rows` turns). A turn started while others run goes on its
+ * server's concurrent requests) with the same stopAtEos, useCache and pipelineDepth (sampling
+ * options, seeds, maxNewTokens and stop strings may differ) are merged into one such run; each
+ * still gets exactly the tokens it would get alone, with its own options, and its stats are the
+ * merged run's (`stats.batch_rows` turns; the steps run until the longest turn is done). A turn started while others run goes on its
  * own at once (generations on different sessions of a group may run at the same time).
  */
 export class SessionGroup {
@@ -272,14 +273,15 @@ export class SessionGroup {
       }
       const seeds = set.map((q) => q.opts.seed ?? randomSeed());
       const listeners = set.map((q) => q.opts.onToken);
-      // The key made the generation options equal; each row keeps its own sampling options.
-      const { onToken: _onToken, ...common } = generationPart(set[0]!.opts);
+      // The key made stopAtEos, useCache and pipelineDepth equal; each row keeps its own sampling
+      // options, new tokens and stop strings (given explicitly, so none of set[0]'s leak).
+      const { onToken: _onToken, maxNewTokens: _maxNew, stopStrings: _stops, ...common } = generationPart(set[0]!.opts);
       generateBatch(this.model, set.map((q) => q.ids), {
         ...common,
         seeds,
         perSequence: set.map((q) => {
           const { seed: _seed, ...own } = samplingPart(q.opts);
-          return own;
+          return { ...own, maxNewTokens: q.opts.maxNewTokens ?? DEFAULT_MAX_NEW_TOKENS, stopStrings: q.opts.stopStrings ?? [] };
         }),
         cache: this.cache,
         cacheRows: set.map((q) => q.session.row!),

@@ -20,6 +20,8 @@ import { decodeMeta, ForwardPlan, rowMeta, type GPT2Model } from './model.js';
 import { TextStreamer } from './tokenizer.js';
 
 export const MAX_NEW_TOKENS_LIMIT = 1_000_000;
+/** GenerateOptions.maxNewTokens when not given. */
+export const DEFAULT_MAX_NEW_TOKENS = 30;
 
 export interface GenerateOptions extends SamplingOptions {
   /** New tokens per sequence (default 30; 0 returns at once; at most 1,000,000). */
@@ -29,10 +31,10 @@ export interface GenerateOptions extends SamplingOptions {
   /** Per-sequence seeds instead of deriveSeed(seed, i): sequence i draws with seeds[i] (one per sequence; not with `seed`). */
   seeds?: number[];
   /**
-   * Per-sequence sampling options: sequence i samples with the shared options overridden by
-   * perSequence[i] (temperature, topK, penalties...; not seed: use `seeds`). One entry per sequence.
+   * Per-sequence options: sequence i runs with the shared sampling options, maxNewTokens and
+   * stopStrings overridden by perSequence[i] (not seed: use `seeds`). One entry per sequence.
    */
-  perSequence?: Array<Omit<SamplingOptions, 'seed'>>;
+  perSequence?: Array<Omit<SamplingOptions, 'seed'> & Pick<GenerateOptions, 'maxNewTokens' | 'stopStrings'>>;
   /** Stop a sequence when it emits EOS (50256). Default true. */
   stopAtEos?: boolean;
   /** Stop a sequence once its text contains one of these; later tokens are dropped. */
@@ -146,7 +148,7 @@ export function defaultPipelineDepth(cpuAdapter: boolean): number {
 
 /** Validates the non-sampling options; throws InvalidOptionError naming the option. */
 export function validateGenerate(o: GenerateOptions, cpuAdapter = false): { maxNew: number; rows: number; depth: number } {
-  const maxNew = o.maxNewTokens ?? 30;
+  const maxNew = o.maxNewTokens ?? DEFAULT_MAX_NEW_TOKENS;
   if (!Number.isInteger(maxNew) || maxNew < 0 || maxNew > MAX_NEW_TOKENS_LIMIT) {
     throw new InvalidOptionError(`maxNewTokens must be an integer in [0, ${MAX_NEW_TOKENS_LIMIT}], got ${maxNew}`);
   }
@@ -228,21 +230,43 @@ function seedsOf(seeds: unknown, seed: unknown, R: number): number[] {
 }
 
 /** GenerateOptions.perSequence, validated: R option sets, each the shared options overridden by its own (no seed). */
-function perSequenceOf(per: unknown, shared: SamplingOptions, R: number, V: number): NormalizedSampling[] {
+/** One sequence's options: sampling (normalised), new tokens and stop strings. */
+interface SequenceOptions {
+  sampling: NormalizedSampling;
+  maxNew: number;
+  stopStrings: string[] | undefined;
+}
+
+/**
+ * Every sequence's options: the shared ones, or (GenerateOptions.perSequence) the shared ones
+ * overridden per sequence, validated with the sequence named.
+ */
+function sequenceOptions(opts: GenerateOptions, R: number, V: number, maxNew: number): SequenceOptions[] {
+  const shared = samplingPart(opts);
+  const sampling = validateSampling(shared, V); // the shared options' own errors first
+  const per = opts.perSequence;
+  if (per === undefined) return Array.from({ length: R }, () => ({ sampling, maxNew, stopStrings: opts.stopStrings }));
   if (!Array.isArray(per) || per.length !== R) {
     throw new InvalidOptionError(`perSequence must be an array of one options object per sequence (${R}), got ${JSON.stringify(per)?.slice(0, 80)}`);
   }
-  validateSampling(shared, V); // the shared options' own errors first
-  return per.map((o: unknown, i) => {
+  const list = per.map((o: unknown, i) => {
     if (typeof o !== 'object' || o === null || Array.isArray(o)) throw new InvalidOptionError(`perSequence[${i}] must be an options object, got ${JSON.stringify(o)?.slice(0, 60)}`);
     if ('seed' in o) throw new InvalidOptionError(`perSequence[${i}] has a seed; give per-sequence seeds with \`seeds\``);
+    const { maxNewTokens, stopStrings, ...own } = o as GenerateOptions;
     try {
-      return validateSampling({ ...shared, ...o }, V);
+      const g = validateGenerate({ maxNewTokens: maxNewTokens ?? maxNew, stopStrings: stopStrings ?? opts.stopStrings });
+      return { sampling: validateSampling({ ...shared, ...own }, V), maxNew: g.maxNew, stopStrings: stopStrings ?? opts.stopStrings };
     } catch (e) {
       if (e instanceof InvalidOptionError) throw new InvalidOptionError(`perSequence[${i}]: ${e.message}`, { cause: e });
       throw e;
     }
   });
+  // Alone, maxNewTokens 0 returns before the prompt reaches the cache; in a batch it would not.
+  const none = list.findIndex((o) => o.maxNew === 0);
+  if (none >= 0 && list.some((o) => o.maxNew > 0)) {
+    throw new InvalidOptionError(`perSequence: sequence ${none} asks for 0 new tokens while others generate; leave it out of the batch`);
+  }
+  return list;
 }
 
 /** State of one row during a generation. */
@@ -279,11 +303,13 @@ export function generateBatch(model: GPT2Model, prompts: Array<string | readonly
 
 async function run(model: GPT2Model, prompts: number[][], opts: GenerateOptions): Promise<GenerateResult> {
   const tCall = now();
-  const { maxNew, rows: R, depth } = validateGenerate(opts, model.ctx.isCpuAdapter);
+  const { maxNew: sharedMaxNew, rows: R, depth } = validateGenerate(opts, model.ctx.isCpuAdapter);
   const cfg = model.config;
   const V = cfg.vocab_size;
-  const shared = samplingPart(opts);
-  const sampling = opts.perSequence === undefined ? validateSampling(shared, V) : perSequenceOf(opts.perSequence, shared, R, V);
+  const seqOpts = sequenceOptions(opts, R, V, sharedMaxNew);
+  const sampling = seqOpts.map((o) => o.sampling);
+  // Steps run until the longest sequence is done; each row stops at its own count.
+  const maxNew = Math.max(...seqOpts.map((o) => o.maxNew));
   // Seeds per sequence: opts.seeds, or deriveSeed(seed, i).
   const given = opts.seeds === undefined ? undefined : seedsOf(opts.seeds, opts.seed, R);
   const seed = given?.[0] ?? opts.seed ?? randomSeed();
@@ -312,7 +338,7 @@ async function run(model: GPT2Model, prompts: number[][], opts: GenerateOptions)
   } else {
     if (opts.cacheRows !== undefined) throw new InvalidOptionError('cacheRows picks rows of the cache given as `cache`; pass the cache too (or leave cacheRows out)');
     rows = Array.from({ length: R }, (_, r) => r);
-    const need = Math.max(...prompts.map((p) => p.length)) + maxNew;
+    const need = Math.max(...prompts.map((p, r) => p.length + seqOpts[r]!.maxNew));
     const capacity = generationCapacity(cfg, need, opts.keep !== undefined);
     cache = await model.createCache({ rows: R, capacity, onOverflow: opts.onOverflow, keep: opts.keep });
     cache.acquire(model);
@@ -321,7 +347,8 @@ async function run(model: GPT2Model, prompts: number[][], opts: GenerateOptions)
   const plans: ForwardPlan[] = [];
   const pending: Array<Promise<void>> = [];
   try {
-    const rowsState: Row[] = Array.from({ length: R }, () => ({ out: [], streamer: new TextStreamer(model.tokenizer), finished: null, text: '' }));
+    // A sequence asked for no tokens is done before the first step.
+    const rowsState: Row[] = Array.from({ length: R }, (_, r) => ({ out: [], streamer: new TextStreamer(model.tokenizer), finished: seqOpts[r]!.maxNew === 0 ? 'length' : null, text: '' }));
     const result = (): GenerateResult => ({
       promptIds,
       seed,
@@ -361,19 +388,19 @@ async function run(model: GPT2Model, prompts: number[][], opts: GenerateOptions)
         row.text += piece;
         opts.onToken?.({ row: r, token: tok, text: piece, index: row.out.length - 1 });
         if (isEos) row.finished = 'eos';
-        else if (opts.stopStrings?.some((s) => row.text.includes(s))) {
+        else if (seqOpts[r]!.stopStrings?.some((s) => row.text.includes(s))) {
           row.finished = 'stop';
-          const at = Math.min(...opts.stopStrings.map((s) => { const i = row.text.indexOf(s); return i < 0 ? Infinity : i + s.length; }));
+          const at = Math.min(...seqOpts[r]!.stopStrings!.map((s) => { const i = row.text.indexOf(s); return i < 0 ? Infinity : i + s.length; }));
           row.text = row.text.slice(0, at);
-        } else if (row.out.length >= maxNew) row.finished = 'length';
+        } else if (row.out.length >= seqOpts[r]!.maxNew) row.finished = 'length';
       }
     };
     const allDone = (): boolean => rowsState.every((r) => r.finished);
 
     if (opts.useCache === false) {
-      await generateUncached(model, cache, rows, prompts, owned, state, staging[0]!, accept, allDone, opts, stats, tCall, io);
+      await generateUncached(model, cache, rows, prompts, owned, state, staging[0]!, accept, allDone, opts, stats, tCall, io, maxNew);
     } else {
-      await generateCached(model, cache, rows, prompts, owned, state, staging, accept, allDone, rowsState, opts, stats, plans, pending, depth, tCall, io);
+      await generateCached(model, cache, rows, prompts, owned, state, staging, accept, allDone, rowsState, opts, stats, plans, pending, depth, tCall, io, maxNew);
     }
     for (const row of rowsState) row.text += row.finished === 'stop' ? '' : row.streamer.flush();
     const produced = Math.max(1, stats.steps);
@@ -400,7 +427,7 @@ function shiftRow(cache: KVCache, r: number): number[] {
 async function generateCached(
   model: GPT2Model, cache: KVCache, rows: number[], prompts: number[][], owned: Owned, state: unknown, staging: GPUBuffer[],
   accept: (ids: Uint32Array) => void, allDone: () => boolean, rowsState: Row[], opts: GenerateOptions,
-  stats: GenerateStats, plans: ForwardPlan[], pending: Array<Promise<void>>, depth: number, tCall: number, io: GenIO,
+  stats: GenerateStats, plans: ForwardPlan[], pending: Array<Promise<void>>, depth: number, tCall: number, io: GenIO, maxSteps: number,
 ): Promise<void> {
   const ctx = model.ctx;
   const R = rows.length; // sequence r lives in cache row rows[r]
@@ -527,7 +554,6 @@ async function generateCached(
     accept(ids);
   };
 
-  const maxSteps = opts.maxNewTokens ?? 30;
   while (true) {
     if (opts.signal?.aborted) throw new AbortError(`generation aborted after ${stepsAccepted} steps`);
     // Enough queued to finish every row?
@@ -625,12 +651,11 @@ async function reencode(model: GPT2Model, cache: KVCache, r: number, kept: numbe
 
 async function generateUncached(
   model: GPT2Model, cache: KVCache, rows: number[], prompts: number[][], owned: Owned, state: unknown, staging: GPUBuffer,
-  accept: (ids: Uint32Array) => void, allDone: () => boolean, opts: GenerateOptions, stats: GenerateStats, tCall: number, io: GenIO,
+  accept: (ids: Uint32Array) => void, allDone: () => boolean, opts: GenerateOptions, stats: GenerateStats, tCall: number, io: GenIO, maxNew: number,
 ): Promise<void> {
   const ctx = model.ctx;
   const R = rows.length; // sequence r lives in cache row rows[r]
   const window = cache.window;
-  const maxNew = opts.maxNewTokens ?? 30;
   // What each row's context holds (the cached path's cache contents + the token to feed next).
   const seqs: number[][] = [];
   for (let r = 0; r < R; r++) {
