@@ -12,6 +12,7 @@ import { sample } from './sampling/sampler.js';
 import type { SamplingOptions } from './sampling/options.js';
 import { formatBench, isBatchFailure, runBench } from './bench.js';
 import type { GemmTile } from './kernels/matmul.js';
+import { isPowerOfTwoIn } from './kernels/common.js';
 
 type Flag = { type: 'string' | 'boolean'; default?: string | boolean; help: string; short?: string };
 interface Command {
@@ -333,7 +334,7 @@ const commands: Record<string, Command> = {
 function attentionWg(v: unknown): number | undefined {
   if (v === undefined) return undefined;
   const n = num(v, 'attention-wg', { int: true, min: 0, max: 256 });
-  if (n !== 0 && (n < 32 || (n & (n - 1)) !== 0)) throw new UsageError(`--attention-wg must be 0 or a power of two in [32, 256], got ${n}`);
+  if (n !== 0 && !isPowerOfTwoIn(n, 32, 256)) throw new UsageError(`--attention-wg must be 0 or a power of two in [32, 256], got ${n}`);
   return n;
 }
 

@@ -164,9 +164,8 @@ export class Session {
   /** Forgets the context (the K/V stay allocated for the next turn). Throws CacheMisuseError while generating. */
   reset(): void {
     this.cache.checkUsable(this.model);
-    if (this.row === undefined ? this.cache.busy : this.cache.rowBusy(this.row) || this.group?.queued(this)) {
-      throw new CacheMisuseError(`session is busy with a generation; await or cancel it before reset()`);
-    }
+    // The one busy check (a group's queued turns count as busy).
+    this.cache.checkFree(this.row === undefined ? undefined : [this.row], this.group?.queuedRows());
     this.cache.reset(this.row);
   }
   destroy(): void {
@@ -236,13 +235,18 @@ export class SessionGroup {
     return this.pending.some((q) => q.session === session);
   }
 
+  /** The rows of the turns waiting to be merged. */
+  queuedRows(): number[] {
+    return this.pending.map((q) => q.session.row!);
+  }
+
   /** Session.generate of a member: runs the turn alone, or queues it to merge with this tick's others. */
   turn(session: Session, prompt: string | readonly number[], opts: Omit<GenerateOptions, 'cache' | 'cacheRows'>): Promise<GenerateResult> {
     try {
       const row = session.row!;
       this.model.checkAlive();
       this.cache.checkUsable(this.model);
-      this.cache.checkFree([row], this.pending.map((q) => q.session.row!)); // queued turns count as busy
+      this.cache.checkFree([row], this.queuedRows()); // queued turns count as busy
       if (opts.numSequences !== undefined && opts.numSequences !== 1) {
         throw new InvalidOptionError(`numSequences ${String(opts.numSequences)}: a session of a group is one sequence (one row of the group's cache); advance several sessions together with group.generate`);
       }
@@ -264,7 +268,11 @@ export class SessionGroup {
     const turns = this.pending;
     this.pending = [];
     const sets = new Map<string, QueuedTurn[]>();
-    for (const q of turns) sets.set(q.key, [...(sets.get(q.key) ?? []), q]);
+    for (const q of turns) {
+      const set = sets.get(q.key);
+      if (set) set.push(q);
+      else sets.set(q.key, [q]);
+    }
     for (const set of sets.values()) {
       if (set.length === 1) {
         const q = set[0]!;

@@ -229,7 +229,6 @@ function seedsOf(seeds: unknown, seed: unknown, R: number): number[] {
   return seeds as number[];
 }
 
-/** GenerateOptions.perSequence, validated: R option sets, each the shared options overridden by its own (no seed). */
 /** One sequence's options: sampling (normalised), new tokens and stop strings. */
 interface SequenceOptions {
   sampling: NormalizedSampling;

@@ -128,11 +128,6 @@ export class KVCache {
     return this.busyRows.size > 0;
   }
 
-  /** Whether row r is in use by a step or generation. */
-  rowBusy(r: number): boolean {
-    return this.busyRows.has(r);
-  }
-
   /** K or V of layer l as a tensor view [rows, capacity, n_embd]. */
   kTensor(l: number): GpuTensor {
     return { buffer: this.k[l]!, offset: 0, shape: [this.rows, this.capacity, this.owner.config.n_embd], dtype: 'f32' };

@@ -14,7 +14,7 @@
  */
 import type { GpuContext } from '../engine/device.js';
 import { InvalidOptionError, ShapeError } from '../errors.js';
-import { binding, Dispatch, expectTensor, f32bits, GpuTensor, Owned } from './common.js';
+import { binding, Dispatch, expectTensor, f32bits, GpuTensor, isPowerOfTwoIn, Owned } from './common.js';
 import { expectDisjoint, grid, NAN_BITS } from './elementwise.js';
 
 /** Largest head size the kernel's workgroup arrays hold. */
@@ -118,11 +118,11 @@ export class AttentionKernel {
     // warp/SIMD group on most GPUs. Every adapter allows >= 256 invocations, so no clamp is needed.
     const wg = 32;
     const decodeWg = opts.decodeWg ?? (ctx.isCpuAdapter ? 0 : 256);
-    if (!Number.isInteger(decodeWg) || (decodeWg !== 0 && (decodeWg < 32 || decodeWg > 256 || (decodeWg & (decodeWg - 1)) !== 0))) {
+    if (decodeWg !== 0 && !isPowerOfTwoIn(decodeWg, 32, 256)) {
       throw new InvalidOptionError(`AttentionKernel: decodeWg must be a power of two in [32, 256] (threads per decode workgroup) or 0 for none, got ${decodeWg}`);
     }
     const decodeLanes = opts.decodeLanes ?? DECODE_LANES;
-    if (!Number.isInteger(decodeLanes) || decodeLanes < 1 || decodeLanes > 64 || (decodeLanes & (decodeLanes - 1)) !== 0) {
+    if (!isPowerOfTwoIn(decodeLanes, 1, 64)) {
       throw new InvalidOptionError(`AttentionKernel: decodeLanes must be a power of two in [1, 64] (invocations per decode_lanes workgroup), got ${decodeLanes}`);
     }
     const [scalar, vec4, tiled, lanesP, pairsP, restP, wide] = await Promise.all([

@@ -202,6 +202,11 @@ export function tensorBytes(shape: readonly number[], dtype: DType): number {
   return rows * Math.ceil(last / 2) * 4;
 }
 
+/** Whether `n` is a power of two in [lo, hi] (workgroup widths, lanes per row...). */
+export function isPowerOfTwoIn(n: number, lo: number, hi: number): boolean {
+  return Number.isInteger(n) && n >= lo && n <= hi && (n & (n - 1)) === 0;
+}
+
 /** Whether `p` can be a GpuTensor.panel width: an even integer >= 2 (f16 pairs stay in a panel). */
 export function isPanelWidth(p: number): boolean {
   return Number.isInteger(p) && p >= 2 && p % 2 === 0;

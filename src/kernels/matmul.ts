@@ -30,6 +30,7 @@ import {
   GpuTensor,
   groups,
   isPanelWidth,
+  isPowerOfTwoIn,
   Owned,
   storedBytes,
   UniformSlice,
@@ -350,7 +351,7 @@ export class MatmulKernel {
     const nkBlockRows = opts.nkBlockRows ?? NKM_DEFAULT;
     if (!okWords(nkBlockRows, 4)) throw new InvalidOptionError(`MatmulKernel: nkBlockRows must be an integer in [1, 4], got ${nkBlockRows}`);
     const LPR = opts.nkLanesPerRow ?? (cpu ? 1 : 32);
-    if (!(LPR === 1 || (LPR >= MAXM && LPR <= 256 && (LPR & (LPR - 1)) === 0))) {
+    if (!(LPR === 1 || isPowerOfTwoIn(LPR, MAXM, 256))) {
       throw new InvalidOptionError(`MatmulKernel: nkLanesPerRow must be 1 or a power of two in [${MAXM}, 256], got ${LPR}`);
     }
     // LPR 1: 64 rows per workgroup; else 256 threads = 256 / LPR rows.
