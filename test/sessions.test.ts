@@ -8,8 +8,9 @@ import { compare } from './helpers.js';
 import { rejects } from './helpers.js';
 import { tinyReference } from './fixtures-util.js';
 import { cfgOf, engine, randomModel, tinyModel } from './model-util.js';
-import { ForwardPlan } from '../src/engine/model.js';
-import { CacheMisuseError, ContextOverflowError, InvalidOptionError } from '../src/errors.js';
+import { ForwardPlan, PLAN_STASH_COUNT } from '../src/engine/model.js';
+import { AbortError, CacheMisuseError, ContextOverflowError, InvalidOptionError } from '../src/errors.js';
+import type { KVCache, Stashable } from '../src/engine/kvcache.js';
 
 const ref = tinyReference();
 
@@ -134,8 +135,102 @@ test('a session continues from its cache: two turns equal one generation over th
   }
 });
 
+/** Frees every plan a cache kept, so its next generation builds its own. */
+function dropKept(cache: KVCache): void {
+  for (let n = cache.stashedCount; n > 0; n--) cache.unstash((y): y is Stashable => true)?.destroy();
+  assert.is(cache.stashedCount, 0, 'unstash removes what it returns');
+}
+
+test('a cache keeps at most maxItems stashed items and maxBytes, freeing the least recently stashed first; unstash and destroy', async () => {
+  const model = await tinyModel();
+  const cache = await model.createCache({ capacity: 8 });
+  const freed: string[] = [];
+  type Item = Stashable & { name: string };
+  const item = (name: string, bytes: number): Item => ({ name, bytes, destroy: () => freed.push(name) });
+  const named = (n: string) => (x: Stashable): x is Item => (x as Item).name.startsWith(n);
+  for (const n of ['a1', 'b1', 'a2']) cache.stash(item(n, 10), 3, 100);
+  assert.equal([freed, cache.stashedCount, cache.stashedBytes], [[], 3, 30]);
+  cache.stash(item('b2', 10), 3, 100); // a 4th item: the oldest goes
+  assert.equal(freed, ['a1']);
+  cache.stash(item('c', 75), 3, 100); // 3 items again (b1 goes), then 95 bytes: within the budget
+  assert.equal([freed, cache.stashedBytes], [['a1', 'b1'], 95]);
+  cache.stash(item('d', 20), 3, 100); // count drops a2, then 105 bytes drop b2
+  assert.equal([freed, cache.stashedBytes], [['a1', 'b1', 'a2', 'b2'], 95]);
+  assert.is(cache.unstash(named('c'))?.name, 'c', 'unstash returns the match');
+  assert.equal([cache.unstash(named('c')), cache.stashedCount], [undefined, 1]);
+  cache.stash(item('huge', 101), 3, 100); // alone over the budget: freed with the rest
+  assert.equal([freed.slice(4), cache.stashedCount], [['d', 'huge'], 0]);
+  cache.stash(item('e1', 1), 3, 100);
+  cache.stash(item('e2', 1), 3, 100);
+  assert.is(cache.unstash(named('e'))?.name, 'e2', 'the most recently stashed match first');
+  cache.destroy();
+  assert.equal(freed.slice(6), ['e1'], 'destroy frees what is kept');
+  cache.stash(item('late', 1), 3, 100);
+  assert.equal([freed.slice(7), cache.stashedCount], [['late'], 0], 'a destroyed cache frees at once');
+});
+
+test('a session keeps its plans for the next turn: reused plans give the tokens new ones give, two runs at once never share one', async () => {
+  const model = await tinyModel();
+  const base = model.ctx.liveBuffers;
+  const kept = await model.createSession({ capacity: 96 });
+  const fresh = await model.createSession({ capacity: 96 });
+  const group = await model.createSessionGroup(2, { capacity: 96 });
+  const opts = (seed: number) => ({ temperature: 1, topK: 40, freqPenalty: 1.5, seed, maxNewTokens: 6, stopAtEos: false });
+  try {
+    // Turn 0 prefills 3 tokens; each later turn feeds the last sampled token and 2 new ones: 3 again.
+    const prompts = [[5, 6, 7], [8, 9], [10, 11], [12, 13]];
+    const built: number[][] = [[], []];
+    for (const [k, p] of prompts.entries()) {
+      const got: number[][] = [];
+      for (const [i, s] of [kept, fresh].entries()) {
+        if (s === fresh) dropKept(s.cache);
+        const b = model.plansBuilt;
+        got.push((await s.generate(p, opts(k + 1))).sequences[0]!.tokens);
+        built[i]!.push(model.plansBuilt - b);
+      }
+      assert.equal(got[0], got[1], `turn ${k}: kept plans and new ones sample the same tokens`);
+      assert.ok(kept.cache.stashedBytes > 0 && kept.bytes === kept.cache.bytes + kept.cache.stashedBytes);
+    }
+    assert.equal(built, [[2, 0, 0, 0], [2, 2, 2, 2]], 'plans built per turn: kept session, session whose plans are dropped');
+    assert.equal(model.ctx.liveBuffers.bytes, base.bytes + kept.bytes + fresh.bytes + group.bytes, 'nothing but the caches and their kept plans is alive');
+
+    // An aborted run does not keep the plans it took (they may be mid-step).
+    const n0 = kept.cache.stashedCount;
+    const ac = new AbortController();
+    await rejects(() => kept.generate([14, 15], { ...opts(9), maxNewTokens: 40, signal: ac.signal, onToken: (ev) => { if (ev.index === 2) ac.abort(); } }), (e: Error) => e instanceof AbortError);
+    assert.is(kept.cache.stashedCount, n0 - 2, 'the aborted run took the decode and prompt plans and freed them');
+    assert.equal(model.ctx.liveBuffers.bytes, base.bytes + kept.bytes + fresh.bytes + group.bytes);
+
+    // Two runs on one cache at once (a group's sessions; a signal keeps them from merging) each
+    // take a plan of their own: the same turns one after another sample the same tokens.
+    const [a, b] = group.sessions as [typeof kept, typeof kept];
+    await a.generate([20, 21], opts(5));
+    await b.generate([22, 23], opts(6));
+    assert.ok(group.cache.stashedCount >= 2, 'the group kept a decode plan and a prompt plan');
+    const signal = new AbortController().signal;
+    const [ra, rb] = await Promise.all([a.generate([24, 25], { ...opts(7), signal }), b.generate([26, 27], { ...opts(8), signal })]);
+    assert.equal([ra.stats.batch_rows, rb.stats.batch_rows], [1, 1]);
+    const solo = await model.createSessionGroup(2, { capacity: 96 });
+    try {
+      const [sa, sb] = solo.sessions as [typeof kept, typeof kept];
+      await sa.generate([20, 21], opts(5));
+      await sb.generate([22, 23], opts(6));
+      assert.equal((await sa.generate([24, 25], opts(7))).sequences[0]!.tokens, ra.sequences[0]!.tokens);
+      assert.equal((await sb.generate([26, 27], opts(8))).sequences[0]!.tokens, rb.sequences[0]!.tokens);
+    } finally {
+      solo.destroy();
+    }
+  } finally {
+    kept.destroy();
+    fresh.destroy();
+    group.destroy();
+  }
+  assert.equal(model.ctx.liveBuffers, base, 'sessions and groups free their kept plans with their caches');
+});
+
 test('5,000 tokens with context shifts: runs, shifts, and GPU memory stays flat', async () => {
   const model = await tinyModel();
+  const base = model.ctx.liveBuffers;
   const s = await model.createSession({ capacity: 128, keep: 64 });
   try {
     const before = model.ctx.liveBuffers;
@@ -148,10 +243,14 @@ test('5,000 tokens with context shifts: runs, shifts, and GPU memory stays flat'
     assert.ok(res.stats.shifts >= 70, `expected many shifts, got ${res.stats.shifts}`);
     const during = Math.max(...samples) - Math.min(...samples);
     assert.is(during, 0, `GPU bytes varied by ${during} during the run`);
-    assert.equal(model.ctx.liveBuffers, before, 'live buffers after the run equal those before');
+    // What stays is what the session keeps for its next turn (its plans), and that goes with it.
+    const kept = s.bytes - s.cache.bytes;
+    assert.ok(kept > 0 && s.cache.stashedCount <= PLAN_STASH_COUNT, `kept ${kept} bytes in ${s.cache.stashedCount} plans`);
+    assert.equal(model.ctx.liveBuffers.bytes, before.bytes + kept, 'live buffers after the run: those before plus the kept plans');
   } finally {
     s.destroy();
   }
+  assert.equal(model.ctx.liveBuffers, base, 'the session freed its cache and its plans');
 });
 
 test('shifted generation equals the uncached recompute over the same windows', async () => {

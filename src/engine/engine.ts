@@ -157,9 +157,9 @@ export class Session {
   get tokens(): number[] {
     return [...this.cache.tokens[this.row ?? 0]!];
   }
-  /** GPU memory of the cache (a group's sessions share theirs). */
+  /** GPU memory of the cache and of the plans it keeps for the next turn (a group's sessions share theirs). */
   get bytes(): number {
-    return this.cache.bytes;
+    return this.cache.bytes + this.cache.stashedBytes;
   }
   /** Forgets the context (the K/V stay allocated for the next turn). Throws CacheMisuseError while generating. */
   reset(): void {
@@ -319,8 +319,9 @@ export class SessionGroup {
     });
     return generateBatch(this.model, turns.map((t) => t.prompt), { ...opts, cache: this.cache, cacheRows: rows });
   }
+  /** GPU memory of the group's cache and of the plans it keeps for the next turns. */
   get bytes(): number {
-    return this.cache.bytes;
+    return this.cache.bytes + this.cache.stashedBytes;
   }
   /** Frees the group's cache; its sessions cannot be used afterwards. */
   destroy(): void {

@@ -345,6 +345,7 @@ async function run(model: GPT2Model, prompts: number[][], opts: GenerateOptions)
   const owned = new Owned(ctx);
   const plans: ForwardPlan[] = [];
   const pending: Array<Promise<void>> = [];
+  let finished = false; // the plans' work ended without an error: the cache may keep them
   try {
     // A sequence asked for no tokens is done before the first step.
     const rowsState: Row[] = Array.from({ length: R }, (_, r) => ({ out: [], streamer: new TextStreamer(model.tokenizer), finished: seqOpts[r]!.maxNew === 0 ? 'length' : null, text: '' }));
@@ -408,10 +409,12 @@ async function run(model: GPT2Model, prompts: number[][], opts: GenerateOptions)
       stats.dispatches_per_step = io.dispatches / produced;
     }
     stats.readback_bytes_per_token = io.bytesReadBack / produced / R;
+    finished = true;
     return result();
   } finally {
     await Promise.allSettled(pending);
-    for (const p of plans) p.destroy();
+    // A session's next turn takes these plans instead of building them again (keepPlan).
+    for (const p of plans) if (finished && !own) model.keepPlan(p); else p.destroy();
     owned.destroy();
     cache.release(rows);
     if (own) cache.destroy();
@@ -435,7 +438,7 @@ async function generateCached(
 
   // Decode plan: one token per row; the sampler writes the next ids into decode.ids, the loop
   // writes each step's meta before submitting it.
-  const decode = new ForwardPlan(model, cache, R, R, { decode: true });
+  const decode = model.takePlan(cache, R, R, { decode: true });
   plans.push(decode);
   const decodeSample: Dispatch[] = sampler.bind(owned, state as never, { logits: decode.logits, outIds: decode.ids });
 
@@ -514,7 +517,7 @@ async function generateCached(
       last[r] = idList.length - 1;
       cache.lengths[cr] = seq.length;
     }
-    prefill = new ForwardPlan(model, cache, idList.length, R);
+    prefill = model.takePlan(cache, idList.length, R);
     plans.push(prefill);
     prefill.write({ ids: idList, meta: Uint32Array.from(metaList), lastIdx: last });
     const prefillSample = sampler.bind(owned, state as never, { logits: prefill.logits, outIds: decode.ids });
@@ -640,7 +643,7 @@ async function reencode(model: GPT2Model, cache: KVCache, r: number, kept: numbe
   // (GPU memory stays flat however many shifts happen).
   let plan = plans.find((p) => p.cache === cache && p.T === kept.length && p.R === 1 && p.tag === 'reencode');
   if (!plan) {
-    plan = new ForwardPlan(model, cache, kept.length, 1);
+    plan = model.takePlan(cache, kept.length, 1);
     plan.tag = 'reencode';
     plans.push(plan);
   }

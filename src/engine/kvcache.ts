@@ -37,6 +37,16 @@ export interface CacheOwner {
 
 let nextCacheId = 1;
 
+/**
+ * GPU resources made for this cache that it keeps between generations and frees with itself: the
+ * forward plans of finished generations (GPT2Model.takePlan / keepPlan), whose bind groups name the
+ * cache's buffers, so they can serve no other cache.
+ */
+export interface Stashable {
+  readonly bytes: number;
+  destroy(): void;
+}
+
 export class KVCache {
   readonly id = nextCacheId++;
   readonly rows: number;
@@ -53,6 +63,8 @@ export class KVCache {
   private destroyedFlag = false;
   /** Rows a step or generation is using now (generations on disjoint rows may run at once). */
   private readonly busyRows = new Set<number>();
+  /** Idle resources kept for the next generations, least recently stashed first. */
+  private readonly stashed: Stashable[] = [];
 
   constructor(readonly owner: CacheOwner, opts: CacheOptions = {}) {
     const { n_layer, n_embd, n_positions } = owner.config;
@@ -117,6 +129,42 @@ export class KVCache {
   /** Bytes of GPU memory this cache holds. */
   get bytes(): number {
     return this.k.reduce((s, b) => s + b.size, 0) + this.v.reduce((s, b) => s + b.size, 0);
+  }
+
+  /** Bytes of GPU memory held by idle plans kept for the next generations (not in `bytes`). */
+  get stashedBytes(): number {
+    return this.stashed.reduce((s, x) => s + x.bytes, 0);
+  }
+
+  /** How many idle resources are stashed. */
+  get stashedCount(): number {
+    return this.stashed.length;
+  }
+
+  /**
+   * Keeps `item` for a later unstash, then frees the least recently stashed items while more
+   * than `maxItems` or more than `maxBytes` are kept (`item` itself too, if alone it is larger).
+   * A destroyed cache frees it at once.
+   */
+  stash(item: Stashable, maxItems: number, maxBytes: number): void {
+    if (this.destroyedFlag) {
+      item.destroy();
+      return;
+    }
+    this.stashed.push(item);
+    while (this.stashed.length > maxItems || (this.stashed.length > 0 && this.stashedBytes > maxBytes)) this.stashed.shift()!.destroy();
+  }
+
+  /** Removes and returns the most recently stashed item `match` accepts (undefined if none). */
+  unstash<T extends Stashable>(match: (x: Stashable) => x is T): T | undefined {
+    for (let i = this.stashed.length - 1; i >= 0; i--) {
+      const x = this.stashed[i]!;
+      if (match(x)) {
+        this.stashed.splice(i, 1);
+        return x;
+      }
+    }
+    return undefined;
   }
 
   get destroyed(): boolean {
@@ -190,6 +238,7 @@ export class KVCache {
     if (this.destroyedFlag) return;
     if (this.busy) throw new CacheMisuseError(`KV cache #${this.id} is busy; cancel or await its generation before destroying it`);
     this.destroyedFlag = true;
+    for (const x of this.stashed.splice(0)) x.destroy();
     this.freeBuffers();
   }
 }

@@ -11,12 +11,15 @@
  *
  * Plans are built once per (cache, T, R) shape and then re-encoded every step: per step only the
  * small ids/meta/lastIdx inputs change (written with queue.writeBuffer, or by the sampler on the
- * GPU for ids), nothing is compiled or allocated.
+ * GPU for ids), nothing is compiled or allocated. A finished generation hands its plans back to
+ * its cache (keepPlan), and the next generation on that cache takes them (takePlan) instead of
+ * building them again: building one is ~90 bind groups plus its buffers (~4 ms of host time on
+ * lavapipe), which would otherwise be paid twice per turn of a session (decode + prompt plans).
  */
 import type { GpuContext } from './device.js';
 import type { GPT2Config } from './config.js';
 import type { GPT2Weights } from './weights.js';
-import { KVCache, type CacheOptions, type CacheOwner } from './kvcache.js';
+import { KVCache, type CacheOptions, type CacheOwner, type Stashable } from './kvcache.js';
 import { Dispatch, encodeDispatches, GpuTensor, Owned } from '../kernels/common.js';
 import { LayerNormKernel } from '../kernels/layernorm.js';
 import { MatmulKernel, type MatmulOptions } from '../kernels/matmul.js';
@@ -80,8 +83,17 @@ export interface PlanOptions {
   decode?: boolean;
 }
 
+/**
+ * Idle plans a cache keeps for the next generations: at most PLAN_STASH_COUNT, and at most
+ * PLAN_STASH_BYTES of their buffers (activations [T, 10 C] f32, logits [R, V] f32, uniforms:
+ * ~0.25 MiB for a gpt2 decode plan, ~30 KiB per token of a gpt2 prompt plan), the least recently
+ * used freed first. A chat turn needs two (its decode plan and its prompt's).
+ */
+export const PLAN_STASH_COUNT = 4;
+export const PLAN_STASH_BYTES = 8 * 1024 * 1024;
+
 /** A forward pass over T tokens of one cache, producing logits for R of them. */
-export class ForwardPlan {
+export class ForwardPlan implements Stashable {
   readonly owned: Owned;
   readonly ids: GpuTensor; // [T] u32
   readonly meta: GpuTensor; // [T, 2] u32 (row, pos)
@@ -148,6 +160,7 @@ export class ForwardPlan {
       if (!this.decode) d.push(...list(k.gatherRows.bind(o, { x, idx: this.lastIdx, out: hl }, 'last_tokens')));
       const lnf = { gamma: w.ln_f.weight, beta: w.ln_f.bias, eps, scratch: hn };
       d.push(...list(k.matmul.bind(o, { x: hl, ln: lnf, w: w.wte, layout: 'nk', out: this.logits }, 'lm_head')));
+      model.plansBuilt++;
     } catch (e) {
       o.destroy();
       throw e;
@@ -174,6 +187,11 @@ export class ForwardPlan {
     if (input.lastIdx) q.writeBuffer(this.lastIdx.buffer, 0, Uint32Array.from(input.lastIdx));
   }
 
+  /** Bytes of GPU memory the plan's own buffers hold. */
+  get bytes(): number {
+    return this.owned.bytes;
+  }
+
   destroy(): void {
     this.owned.destroy();
   }
@@ -189,6 +207,8 @@ export class GPT2Model implements CacheOwner {
   readonly tokenizer: Tokenizer = gpt2Tokenizer;
   private destroyedFlag = false;
   private readonly caches = new Set<KVCache>();
+  /** Forward plans built so far (diagnostics: takePlan builds one only when its cache kept none that fits). */
+  plansBuilt = 0;
 
   constructor(
     readonly ctx: GpuContext,
@@ -238,6 +258,30 @@ export class GPT2Model implements CacheOwner {
   get liveCaches(): KVCache[] {
     for (const c of this.caches) if (c.destroyed) this.caches.delete(c);
     return [...this.caches];
+  }
+
+  /**
+   * A plan for T tokens and R logits on `cache`: one the cache kept from an earlier generation
+   * (same T, R and kind; the caller then owns it alone), else a new one. Hand it back with
+   * keepPlan when done, or destroy it.
+   */
+  takePlan(cache: KVCache, T: number, R: number, opts: PlanOptions = {}): ForwardPlan {
+    const decode = opts.decode === true;
+    const kept = cache.unstash((x): x is ForwardPlan => x instanceof ForwardPlan && x.T === T && x.R === R && x.decode === decode);
+    if (kept) {
+      kept.tag = '';
+      return kept;
+    }
+    return new ForwardPlan(this, cache, T, R, opts);
+  }
+
+  /**
+   * Gives a plan back to its cache for later generations (freed with the cache, or earlier when
+   * the cache keeps more than PLAN_STASH_COUNT / PLAN_STASH_BYTES). Only for plans whose work
+   * finished without an error: a later generation re-writes every input before it submits.
+   */
+  keepPlan(plan: ForwardPlan): void {
+    plan.cache.stash(plan, PLAN_STASH_COUNT, PLAN_STASH_BYTES);
   }
 
   /** Checks token ids against the vocabulary. */
