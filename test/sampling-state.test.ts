@@ -231,6 +231,29 @@ test('EOS latch: a row that chose EOS outputs EOS again, without counting; steps
     assert.equal([rs[0], rs[1], rs[4], rs[5]], [1, 1, 4, 0], 'step counters and latches');
   }));
 
+test('park: a parked row draws EOS without reading its logits (NaN), the other rows as before; resetRow clears it', () =>
+  withDevice(async ({ ctx, owned }) => {
+    const V = 16;
+    const EOS = 15;
+    const sampler = await Sampler.create(ctx, V);
+    const o = validateSampling({ temperature: 0.8, topK: 5, topP: 0.9, freqPenalty: 1 }, V);
+    // stopAtEos false: only park latches (a sequence parked in a decode step).
+    const state = sampler.createState(owned, 3, o, { seeds: [3, 4, 5], eosId: EOS, stopAtEos: false });
+    const logits = new Float32Array(3 * V);
+    for (let i = 0; i < V; i++) { logits[i] = i === 4 ? 9 : 0; logits[V + i] = NaN; logits[2 * V + i] = i === 6 ? 9 : 0; }
+    sampler.park(state, 1);
+    const out = u32(owned, 3);
+    await run(ctx, sampler.bind(owned, state, { logits: upload(owned, logits, [3, V]), outIds: out }));
+    assert.equal(Array.from(await downloadU32(ctx, out)), [4, EOS, 6]);
+    assert.throws(() => sampler.park(state, 3), /row/);
+    sampler.resetRow(state, 1);
+    logits.fill(0, V, 2 * V);
+    logits[V + 9] = 9;
+    const out2 = u32(owned, 3);
+    await run(ctx, sampler.bind(owned, state, { logits: upload(owned, logits, [3, V]), outIds: out2 }));
+    assert.is((await downloadU32(ctx, out2))[1], 9, 'after resetRow the row samples again');
+  }));
+
 test('vocab 50257, top-k 40 (t 0.7): per-token frequencies of 20000 draws within 4.5 sigma', () =>
   withDevice(async ({ ctx }) => {
     const V = 50257;

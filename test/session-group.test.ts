@@ -232,6 +232,61 @@ test("turns started together on a group's sessions are merged into one batched r
   }
 });
 
+test('a merged turn resolves when its own sequence is done, and its session takes its next turn while the run goes on', async () => {
+  const model = await tinyModel();
+  const base = model.ctx.liveBuffers;
+  const group = await model.createSessionGroup(3, { capacity: 96 });
+  const alone = await Promise.all([0, 1, 2].map(() => model.createSession({ capacity: 96 })));
+  try {
+    const opts = (seed: number, maxNewTokens: number) => ({ temperature: 0.9, topK: 25, freqPenalty: 2, seed, maxNewTokens, stopAtEos: false });
+    for (let i = 0; i < 3; i++) {
+      await group.sessions[i]!.generate(ids(i, 2 + i), opts(i, 4));
+      await alone[i]!.generate(ids(i, 2 + i), opts(i, 4));
+    }
+    // Session 0 wants 3 tokens, 1 wants 40, 2 wants 12 (stopping at the first 'a' too); when
+    // session 0's turn resolves, its next turn starts at once, beside the 2 rows still going.
+    const order: string[] = [];
+    let next: Promise<unknown> | undefined;
+    const [r0, r1, r2] = await Promise.all([
+      group.sessions[0]!.generate([21, 22], opts(10, 3)).then((r) => {
+        order.push('0');
+        assert.not.ok(group.cache.busy && group.queuedRows().includes(0));
+        next = group.sessions[0]!.generate([23, 24, 25], opts(13, 8)).then((q) => { order.push('0 next'); return q; });
+        return r;
+      }),
+      group.sessions[1]!.generate([26], opts(11, 40)).then((r) => { order.push('1'); return r; }),
+      group.sessions[2]!.generate([27, 28], { ...opts(12, 12), stopStrings: ['a'] }).then((r) => { order.push('2'); return r; }),
+    ]);
+    const r0next = (await next) as typeof r0;
+    assert.equal([r0, r1, r2].map((r) => r.stats.batch_rows), [3, 3, 3]);
+    assert.ok(order.indexOf('0') < order.indexOf('1') && order.indexOf('2') < order.indexOf('1'), order.join(', '));
+    assert.is(r0.sequences[0]!.tokens.length, 3);
+    assert.ok(r0.stats.steps < r1.stats.steps, `${r0.stats.steps} steps when session 0 was done, ${r1.stats.steps} in all`);
+    // The same turns on separate sessions, one after another: the same tokens, texts and contexts
+    // (the run went on without writing session 0's row while its next turn used it).
+    const w0 = await alone[0]!.generate([21, 22], opts(10, 3));
+    const w0next = await alone[0]!.generate([23, 24, 25], opts(13, 8));
+    const w1 = await alone[1]!.generate([26], opts(11, 40));
+    const w2 = await alone[2]!.generate([27, 28], { ...opts(12, 12), stopStrings: ['a'] });
+    assert.equal([r0, r0next, r1, r2].map((r) => r.sequences[0]), [w0, w0next, w1, w2].map((r) => r.sequences[0]));
+    for (let k = 0; k < 3; k++) assert.equal(group.sessions[k]!.tokens, alone[k]!.tokens, `context of session ${k}`);
+    assert.ok(!group.cache.busy);
+  } finally {
+    group.destroy();
+    for (const s of alone) s.destroy();
+  }
+  assert.equal(model.ctx.liveBuffers, base);
+});
+
+test('onSequenceDone: once per sequence (at the end without a session cache); a non-function is refused', async () => {
+  const model = await tinyModel();
+  const seen: Array<[number, number[]]> = [];
+  const r = await model.generate([5, 6], { numSequences: 3, seed: 2, maxNewTokens: 4, stopAtEos: false, onSequenceDone: (ev) => seen.push([ev.row, ev.sequence.tokens]) });
+  assert.equal(seen, r.sequences.map((q, i) => [i, q.tokens]));
+  await rejects(() => model.generate([5], { onSequenceDone: 3 as never }), (e: Error) => e instanceof InvalidOptionError && /onSequenceDone must be a function, got number/.test(e.message));
+  await rejects(() => model.generate([5], { onToken: 'x' as never }), (e: Error) => e instanceof InvalidOptionError && /onToken must be a function, got string/.test(e.message));
+});
+
 test('merged turns: a bad prompt fails alone; a queued session is busy; seeds and seed are exclusive', async () => {
   const model = await tinyModel();
   const group = await model.createSessionGroup(3, { capacity: 32 });

@@ -11,7 +11,7 @@ import type { MatmulOptions } from '../kernels/matmul.js';
 import type { AttentionOptions } from '../kernels/attention.js';
 import { contextFromDevice, createContext, GpuContext, type ContextOptions } from './device.js';
 import { GPT2Model, type LoadOptions } from './model.js';
-import { DEFAULT_MAX_NEW_TOKENS, generate, generateBatch, generationPart, samplingPart, validateGenerate, type GenerateOptions, type GenerateResult, type TokenEvent } from './generate.js';
+import { DEFAULT_MAX_NEW_TOKENS, generate, generateBatch, generationPart, samplingPart, validateGenerate, type GenerateOptions, type GenerateResult, type SequenceDoneEvent, type TokenEvent } from './generate.js';
 import { beamSearch, type BeamHypothesis, type BeamOptions } from '../sampling/beam.js';
 import { sample as sampleOnGpu } from '../sampling/sampler.js';
 import { randomSeed, validateSampling, type SamplingOptions } from '../sampling/options.js';
@@ -294,10 +294,14 @@ export class SessionGroup {
         cache: this.cache,
         cacheRows: set.map((q) => q.session.row!),
         ...(listeners.some((f) => f) ? { onToken: (ev: TokenEvent) => listeners[ev.row]?.({ ...ev, row: 0 }) } : {}),
-      }).then(
-        (r) => set.forEach((q, i) => q.resolve({ promptIds: q.ids, seed: seeds[i]!, seeds: [seeds[i]!], sequences: [r.sequences[i]!], stats: { ...r.stats } })),
-        (e) => set.forEach((q) => q.reject(e)),
-      );
+        // Each turn resolves as soon as its own sequence is done, and its session is free again then
+        // (the run goes on for the others without touching its row).
+        onSequenceDone: ({ row: i, sequence, stats }: SequenceDoneEvent) => {
+          const q = set[i]!;
+          q.opts.onSequenceDone?.({ row: 0, sequence, stats });
+          q.resolve({ promptIds: q.ids, seed: seeds[i]!, seeds: [seeds[i]!], sequences: [sequence], stats });
+        },
+      }).catch((e) => set.forEach((q) => q.reject(e))); // turns already resolved stay so
     }
   }
   /**

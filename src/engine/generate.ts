@@ -16,7 +16,7 @@ import { Owned } from '../kernels/common.js';
 import type { Dispatch } from '../kernels/common.js';
 import { deriveSeed, randomSeed, validateSampling, type NormalizedSampling, type SamplingOptions } from '../sampling/options.js';
 import type { KVCache } from './kvcache.js';
-import { decodeMeta, ForwardPlan, rowMeta, type GPT2Model } from './model.js';
+import { decodeMeta, ForwardPlan, PARKED_ROW, rowMeta, type GPT2Model } from './model.js';
 import { TextStreamer } from './tokenizer.js';
 
 export const MAX_NEW_TOKENS_LIMIT = 1_000_000;
@@ -54,6 +54,14 @@ export interface GenerateOptions extends SamplingOptions {
   /** Called for every new token as soon as it is read back. */
   onToken?: (ev: TokenEvent) => void;
   /**
+   * Called once per sequence as soon as it is final (EOS, its maxNewTokens, a stop string), with
+   * its tokens and text and the run's statistics so far. With a session's `cache` (cached mode)
+   * its cache row is released at that moment: the row's history is final, the row is free for
+   * another generation while the others go on, and the rest of this run no longer writes it.
+   * Otherwise (a temporary cache, useCache false) it is called for every sequence at the end.
+   */
+  onSequenceDone?: (ev: SequenceDoneEvent) => void;
+  /**
    * Steps queued ahead of the read-back (1 = no pipelining). Default: 3 on GPUs; 1 on CPU adapters
    * (lavapipe), where the host's work for the steps queued ahead competes with the driver's
    * worker threads for the same cores (measured 5-10% slower decode with 3, BENCHMARKS.md).
@@ -72,6 +80,14 @@ export interface TokenEvent {
   text: string;
   /** Index of this token among the row's new tokens. */
   index: number;
+}
+
+export interface SequenceDoneEvent {
+  /** The sequence's index (the row of the result, not of the cache). */
+  row: number;
+  sequence: GeneratedSequence;
+  /** The run's statistics when the sequence finished (steps so far; decode figures so far). */
+  stats: GenerateStats;
 }
 
 export type FinishReason = 'eos' | 'length' | 'stop';
@@ -119,7 +135,7 @@ export interface GenerateResult {
 }
 
 /** Option keys that belong to generation; the rest are sampling options (validated as such). */
-const GENERATE_KEYS = new Set(['maxNewTokens', 'numSequences', 'seeds', 'perSequence', 'stopAtEos', 'stopStrings', 'useCache', 'cache', 'cacheRows', 'signal', 'onToken', 'pipelineDepth', 'onOverflow', 'keep']);
+const GENERATE_KEYS = new Set(['maxNewTokens', 'numSequences', 'seeds', 'perSequence', 'stopAtEos', 'stopStrings', 'useCache', 'cache', 'cacheRows', 'signal', 'onToken', 'onSequenceDone', 'pipelineDepth', 'onOverflow', 'keep']);
 
 /** The sampling part of generation options (unknown keys stay in, so validateSampling names them). */
 export function samplingPart(o: object): SamplingOptions {
@@ -165,6 +181,9 @@ export function validateGenerate(o: GenerateOptions, cpuAdapter = false): { maxN
   }
   if (o.stopAtEos !== undefined && typeof o.stopAtEos !== 'boolean') {
     throw new InvalidOptionError(`stopAtEos must be a boolean, got ${String(o.stopAtEos)}`);
+  }
+  for (const k of ['onToken', 'onSequenceDone'] as const) {
+    if (o[k] !== undefined && typeof o[k] !== 'function') throw new InvalidOptionError(`${k} must be a function, got ${typeof o[k]}`);
   }
   return { maxNew, rows, depth };
 }
@@ -274,6 +293,8 @@ interface Row {
   streamer: TextStreamer;
   finished: FinishReason | null;
   text: string;
+  /** Final and handed over early (onSequenceDone with a session cache): its cache row is released. */
+  released: boolean;
 }
 
 /**
@@ -346,21 +367,34 @@ async function run(model: GPT2Model, prompts: number[][], opts: GenerateOptions)
   const plans: ForwardPlan[] = [];
   const pending: Array<Promise<void>> = [];
   let finished = false; // the plans' work ended without an error: the cache may keep them
+  // A sequence asked for no tokens is done before the first step.
+  const rowsState: Row[] = Array.from({ length: R }, (_, r) => ({ out: [], streamer: new TextStreamer(model.tokenizer), finished: seqOpts[r]!.maxNew === 0 ? 'length' : null, text: '', released: false }));
   try {
-    // A sequence asked for no tokens is done before the first step.
-    const rowsState: Row[] = Array.from({ length: R }, (_, r) => ({ out: [], streamer: new TextStreamer(model.tokenizer), finished: seqOpts[r]!.maxNew === 0 ? 'length' : null, text: '' }));
-    const result = (): GenerateResult => ({
-      promptIds,
-      seed,
-      seeds,
-      sequences: rowsState.map((r) => ({ tokens: r.out, text: r.text, finishReason: r.finished ?? 'length' })),
-      stats,
-    });
+    const sequence = (r: Row): GeneratedSequence => ({ tokens: r.out, text: r.text, finishReason: r.finished ?? 'length' });
+    const result = (): GenerateResult => ({ promptIds, seed, seeds, sequences: rowsState.map(sequence), stats });
+    // onSequenceDone for the sequences not handed over early, at the end.
+    const handOverRest = (): void => {
+      rowsState.forEach((row, r) => { if (!row.released) opts.onSequenceDone?.({ row: r, sequence: sequence(row), stats: { ...stats } }); });
+    };
+    // With a session cache, a finished sequence's row is released at once (generateCached has made
+    // its history final and stopped writing the row): another generation may use it meanwhile.
+    const handOver = opts.onSequenceDone && !own
+      ? (r: number, snapshot: GenerateStats): void => {
+          const row = rowsState[r]!;
+          row.text += row.finished === 'stop' ? '' : row.streamer.flush();
+          row.released = true;
+          cache.release([rows[r]!]);
+          opts.onSequenceDone!({ row: r, sequence: sequence(row), stats: snapshot });
+        }
+      : undefined;
     const stats: GenerateStats = {
       setup_ms: 0, prefill_ms: 0, first_token_ms: 0, decode_ms_per_token: 0, tokens_per_s: 0, readback_bytes_per_token: 0, batch_rows: R,
       steps: 0, shifts: 0, submits: 0, dispatches_per_step: 0,
     };
-    if (maxNew === 0) return result();
+    if (maxNew === 0) {
+      handOverRest();
+      return result();
+    }
 
     const sampler = model.kernels.sampler;
     const state = sampler.createState(owned, R, sampling, {
@@ -400,9 +434,9 @@ async function run(model: GPT2Model, prompts: number[][], opts: GenerateOptions)
     if (opts.useCache === false) {
       await generateUncached(model, cache, rows, prompts, owned, state, staging[0]!, accept, allDone, opts, stats, tCall, io, maxNew);
     } else {
-      await generateCached(model, cache, rows, prompts, owned, state, staging, accept, allDone, rowsState, opts, stats, plans, pending, depth, tCall, io, maxNew);
+      await generateCached(model, cache, rows, prompts, owned, state, staging, accept, allDone, rowsState, opts, stats, plans, pending, depth, tCall, io, maxNew, handOver);
     }
-    for (const row of rowsState) row.text += row.finished === 'stop' ? '' : row.streamer.flush();
+    for (const row of rowsState) if (!row.released) row.text += row.finished === 'stop' ? '' : row.streamer.flush();
     const produced = Math.max(1, stats.steps);
     if (opts.useCache === false) {
       stats.submits = io.submits / produced;
@@ -410,13 +444,14 @@ async function run(model: GPT2Model, prompts: number[][], opts: GenerateOptions)
     }
     stats.readback_bytes_per_token = io.bytesReadBack / produced / R;
     finished = true;
+    handOverRest();
     return result();
   } finally {
     await Promise.allSettled(pending);
     // A session's next turn takes these plans instead of building them again (keepPlan).
     for (const p of plans) if (finished && !own) model.keepPlan(p); else p.destroy();
     owned.destroy();
-    cache.release(rows);
+    cache.release(rows.filter((_, r) => !rowsState[r]!.released)); // a released row may be another generation's now
     if (own) cache.destroy();
   }
 }
@@ -430,6 +465,7 @@ async function generateCached(
   model: GPT2Model, cache: KVCache, rows: number[], prompts: number[][], owned: Owned, state: unknown, staging: GPUBuffer[],
   accept: (ids: Uint32Array) => void, allDone: () => boolean, rowsState: Row[], opts: GenerateOptions,
   stats: GenerateStats, plans: ForwardPlan[], pending: Array<Promise<void>>, depth: number, tCall: number, io: GenIO, maxSteps: number,
+  handOver?: (r: number, snapshot: GenerateStats) => void,
 ): Promise<void> {
   const ctx = model.ctx;
   const R = rows.length; // sequence r lives in cache row rows[r]
@@ -544,6 +580,40 @@ async function generateCached(
   let stepsAccepted = 0;
   const fedCount = new Array<number>(R).fill(0); // accepted tokens already recorded in cache.tokens
 
+  // Decode-step figures as of now (per decode step: the prefill and one-off set-up submits are not counted).
+  const statsNow = (): GenerateStats => {
+    const st = { ...stats, steps: stepsAccepted };
+    if (submitted > 1) {
+      st.submits = (io.submits - decodeStats0.submits) / (submitted - 1);
+      st.dispatches_per_step = (io.dispatches - decodeStats0.dispatches) / (submitted - 1);
+    }
+    const decodeSteps = stepsAccepted - 1;
+    const ms = now() - decodeStart;
+    st.decode_ms_per_token = decodeSteps > 0 ? ms / decodeSteps : 0;
+    st.tokens_per_s = decodeSteps > 0 ? (decodeSteps * R) / (ms / 1000) : 0;
+    st.readback_bytes_per_token = io.bytesReadBack / Math.max(1, stepsAccepted) / R;
+    return st;
+  };
+
+  // Sequences handed over as they finish (handOver): rows[r] is parked in every later step (its
+  // token gets the PARKED_ROW meta: no K/V write, a NaN row that touches no other; the sampler's
+  // latch makes it draw without reading its logits), its history is made final, then released.
+  // Steps already in flight still write its next slots; any later generation's work on the row
+  // is queued after them and overwrites those slots.
+  const parked = new Array<boolean>(R).fill(false);
+  const handOverFinished = (): void => {
+    for (let r = 0; r < R; r++) {
+      const row = rowsState[r]!;
+      if (!row.finished || parked[r]) continue;
+      parked[r] = true;
+      sampler.park(state as never, r);
+      const fed = [fedCount[r]!];
+      syncHistory(cache, [rows[r]!], [row], fed, true);
+      fedCount[r] = fed[0]!;
+      handOver!(r, statsNow());
+    }
+  };
+
   const takeOne = async (): Promise<void> => {
     const ids = await inflight.shift()!;
     stepsAccepted++;
@@ -554,6 +624,7 @@ async function generateCached(
       decodeStart = firstAt;
     }
     accept(ids);
+    if (handOver && !allDone()) handOverFinished(); // the last ones go at the end, with the final figures
   };
 
   while (true) {
@@ -596,7 +667,7 @@ async function generateCached(
       }
       continue;
     }
-    decode.write({ meta: decodeMeta(queuedPos.map((p) => Math.min(p, window - 1)), rows) });
+    decode.write({ meta: decodeMeta(queuedPos.map((p) => Math.min(p, window - 1)), rows.map((cr, r) => (parked[r] ? PARKED_ROW : cr))) });
     const slot = staging[submitted % depth]!;
     io.submit([...decode.dispatches, ...decodeSample], (enc) => enc.copyBufferToBuffer(decode.ids.buffer, 0, slot, 0, R * 4));
     for (let r = 0; r < R; r++) if (!rowsState[r]!.finished && queuedPos[r]! < window) queuedPos[r]!++;
@@ -605,16 +676,7 @@ async function generateCached(
   }
   // Rows that finished early stopped being recorded; what the GPU computed past that is ignored.
   syncHistory(cache, rows, rowsState, fedCount, true);
-  stats.steps = stepsAccepted;
-  const decodeSteps = stepsAccepted - 1;
-  // Per decode step (the prefill and one-off set-up submits are not counted).
-  if (submitted > 1) {
-    stats.submits = (io.submits - decodeStats0.submits) / (submitted - 1);
-    stats.dispatches_per_step = (io.dispatches - decodeStats0.dispatches) / (submitted - 1);
-  }
-  const end = now();
-  stats.decode_ms_per_token = decodeSteps > 0 ? (end - decodeStart) / decodeSteps : 0;
-  stats.tokens_per_s = decodeSteps > 0 ? (decodeSteps * R) / ((end - decodeStart) / 1000) : 0;
+  Object.assign(stats, statsNow());
   model.ctx.throwIfErrors();
 }
 

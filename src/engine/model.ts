@@ -62,7 +62,15 @@ export function rowMeta(row: number, from: number, count: number): Uint32Array {
   return meta;
 }
 
-/** meta [R, 2] of a decode step: token r is cache row rows[r] (default r) at positions[r]. */
+/**
+ * The meta row of a parked decode token: a sequence that finished and left its cache row while the
+ * others of its step go on. Its token writes no K/V anywhere and its attention output is NaN (the
+ * kernels' out-of-range row rule), which stays in its own row of every later kernel; the sampler
+ * must be latched for it (Sampler.park) so it never reads those logits.
+ */
+export const PARKED_ROW = 0xffffffff;
+
+/** meta [R, 2] of a decode step: token r is cache row rows[r] (default r; PARKED_ROW: parked) at positions[r]. */
 export function decodeMeta(positions: ArrayLike<number>, rows?: ArrayLike<number>): Uint32Array {
   const meta = new Uint32Array(2 * positions.length);
   for (let r = 0; r < positions.length; r++) {
@@ -174,6 +182,7 @@ export class ForwardPlan implements Stashable {
       const seen = new Map<number, number>(); // row -> token
       for (let r = 0; r < this.T; r++) {
         const row = input.meta[2 * r]!;
+        if (row === PARKED_ROW) continue;
         if (row >= this.cache.rows) throw new ShapeError(`decode plan: token ${r} is in row ${row}, outside the cache's ${this.cache.rows} rows; build the meta with decodeMeta`);
         if (seen.has(row)) throw new ShapeError(`decode plan: tokens ${seen.get(row)} and ${r} are both in row ${row}; a decode step needs a row of its own for each token (its attention writes that row's K/V): build the meta with decodeMeta`);
         seen.set(row, r);

@@ -200,6 +200,15 @@ export class Sampler {
     (state.seeds as number[])[row] = seed;
   }
 
+  /**
+   * Sets the EOS latch of `row`: from the next submitted step on it draws EOS without reading its
+   * logits (a sequence parked in a decode step, whose logits are NaN; resetRow clears the latch).
+   */
+  park(state: SamplerState, row: number): void {
+    this.checkRow(state, row, 'park');
+    this.ctx.device.queue.writeBuffer(state.rowState, (row * STATE_WORDS + 1) * 4, Uint32Array.of(1)); // RowState.finished
+  }
+
   /** Zeroes the counts, step counter and EOS latch of `row` (for reuse by a new sequence). */
   resetRow(state: SamplerState, row: number): void {
     this.checkRow(state, row, 'resetRow');
