@@ -53,11 +53,15 @@ for (const [ci, cfg] of CONFIGS.entries()) {
   }
 }
 
-/** Prefills `prompt`, then feeds `fed` one decode step each; every step's logits [V]. */
-async function decodeLogits(model: Model, prompt: number[], fed: number[]): Promise<Float32Array[]> {
+/**
+ * Prefills `prompt`, then feeds `fed` one decode step each; every step's logits [V]. With
+ * `planTokens` the prompt plan is built for that many tokens and the ones past the prompt parked
+ * (a bucketed prompt plan): what they would write to the cache would show in the steps after.
+ */
+async function decodeLogits(model: Model, prompt: number[], fed: number[], planTokens = prompt.length): Promise<Float32Array[]> {
   const V = model.config.vocab_size;
   const cache = await model.createCache({ capacity: 32 });
-  const pre = new ForwardPlan(model, cache, prompt.length, 1);
+  const pre = new ForwardPlan(model, cache, planTokens, 1);
   const dec = new ForwardPlan(model, cache, 1, 1, { decode: true });
   try {
     pre.write({ ids: prompt, meta: rowMeta(0, 0, prompt.length), lastIdx: Uint32Array.of(prompt.length - 1) });
@@ -97,14 +101,19 @@ for (const [ci, cfg, gemvReduce] of [[0, CONFIGS[1]!, 'split'], [1, CONFIGS[3]!,
         const got = await model.logits(ids, { allPositions: true });
         allClose(got.data, forward64(tensors, cfg, ids), { rel: 1e-5 }, `logits, ${T} tokens`);
       }
-      // Decode steps (the wide attention writing K/V, the fused GEMVs at M = 1) after a prefill.
-      const prompt = [3, 1, 4, 1, 5], fed = [9, 2, 6, 5];
-      const steps = await decodeLogits(model, prompt, fed);
-      steps.forEach((got, i) => {
-        const ids = [...prompt, ...fed.slice(0, i + 1)];
-        const want = forward64(tensors, cfg, ids).subarray((ids.length - 1) * cfg.vocab_size);
-        allClose(got, want, { rel: 1e-5 }, `decode step ${i} logits`);
-      });
+      // Decode steps (the wide attention writing K/V, the fused GEMVs at M = 1) after a prefill,
+      // also after prompt plans with parked tokens: 5 of 8 (GEMVs), 13 of 16 (GEMM, a tile of the
+      // tiled attention with parked tokens).
+      const p13 = Array.from({ length: 13 }, (_, i) => (i * 29 + 3) % cfg.vocab_size);
+      for (const [prompt, planTokens] of [[[3, 1, 4, 1, 5], 5], [[3, 1, 4, 1, 5], 8], [p13, 16]] as const) {
+        const fed = [9, 2, 6, 5];
+        const steps = await decodeLogits(model, [...prompt], fed, planTokens);
+        steps.forEach((got, i) => {
+          const ids = [...prompt, ...fed.slice(0, i + 1)];
+          const want = forward64(tensors, cfg, ids).subarray((ids.length - 1) * cfg.vocab_size);
+          allClose(got, want, { rel: 1e-5 }, `decode step ${i} logits after a ${prompt.length}-token prompt in a ${planTokens}-token plan`);
+        });
+      }
     } finally {
       model.destroy();
     }

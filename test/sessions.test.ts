@@ -8,8 +8,9 @@ import { compare } from './helpers.js';
 import { rejects } from './helpers.js';
 import { tinyReference } from './fixtures-util.js';
 import { cfgOf, engine, randomModel, tinyModel } from './model-util.js';
-import { ForwardPlan, PLAN_STASH_COUNT } from '../src/engine/model.js';
-import { AbortError, CacheMisuseError, ContextOverflowError, InvalidOptionError } from '../src/errors.js';
+import { ForwardPlan, PLAN_STASH_COUNT, promptBucket, rowMeta } from '../src/engine/model.js';
+import type { GenerateResult } from '../src/engine/generate.js';
+import { AbortError, CacheMisuseError, ContextOverflowError, InvalidOptionError, ShapeError } from '../src/errors.js';
 import type { KVCache, Stashable } from '../src/engine/kvcache.js';
 
 const ref = tinyReference();
@@ -226,6 +227,61 @@ test('a session keeps its plans for the next turn: reused plans give the tokens 
     group.destroy();
   }
   assert.equal(model.ctx.liveBuffers, base, 'sessions and groups free their kept plans with their caches');
+});
+
+test('promptBuckets: prompt plans built for 8/16/32/64 tokens serve shorter prompts (the rest parked), with the tokens exact plans give', async () => {
+  const model = await tinyModel();
+  const was = model.promptBuckets;
+  const bucketed = await model.createSession({ capacity: 160 });
+  const exact = await model.createSession({ capacity: 160 });
+  const opts = (seed: number) => ({ temperature: 1, topK: 40, freqPenalty: 1.5, seed, maxNewTokens: 5, stopAtEos: false });
+  try {
+    // Turn lengths (the first feeds its prompt; later ones the last sampled token too): 3, 5, 2+1,
+    // 7, 6+1 fit the 8-token plan; 12 + 1 takes a 16-token one; 70 + 1 (past 64) an exact one.
+    const prompts = [[5, 6, 7], [8, 9, 10, 11], [12, 13], [14, 15, 16, 17, 18, 19], [20, 21, 22, 23, 24, 25], Array.from({ length: 12 }, (_, i) => 30 + i), Array.from({ length: 70 }, (_, i) => 100 + i)];
+    const built: number[][] = [[], []];
+    for (const [k, p] of prompts.entries()) {
+      const got: GenerateResult[] = [];
+      for (const [i, s] of [bucketed, exact].entries()) {
+        model.promptBuckets = s === bucketed;
+        const b = model.plansBuilt;
+        got.push(await s.generate(p, opts(k + 1)));
+        built[i]!.push(model.plansBuilt - b);
+      }
+      assert.equal(got[0]!.sequences[0], got[1]!.sequences[0], `turn ${k}: bucketed and exact prompt plans sample the same tokens`);
+    }
+    assert.equal(bucketed.tokens, exact.tokens);
+    assert.equal(built, [[2, 0, 0, 0, 0, 1, 1], [2, 1, 0, 1, 0, 1, 1]], 'plans built per turn: bucketed, exact');
+    const kept = (s: typeof bucketed) => {
+      const Ts: number[] = [];
+      for (let n = s.cache.stashedCount; n > 0; n--) {
+        const x = s.cache.unstash((y): y is ForwardPlan => y instanceof ForwardPlan)!;
+        Ts.push(x.decode ? -x.T : x.T);
+        x.destroy();
+      }
+      return Ts.sort((a, b) => a - b);
+    };
+    assert.equal(kept(bucketed), [-1, 8, 16, 71], 'the bucketed session kept its decode plan and the 8-, 16- and 71-token prompt plans');
+    assert.equal(kept(exact), [-1, 7, 13, 71]);
+  } finally {
+    model.promptBuckets = was;
+    bucketed.destroy();
+    exact.destroy();
+  }
+  // A decode plan takes exactly T tokens; a padded write must stay inside the tokens given.
+  const cache = await model.createCache({ capacity: 16, rows: 2 });
+  const dec = new ForwardPlan(model, cache, 2, 2, { decode: true });
+  const pre = new ForwardPlan(model, cache, 8, 1);
+  try {
+    assert.throws(() => dec.write({ meta: Uint32Array.of(0, 3) }), (e: Error) => e instanceof ShapeError && /decode plan for 2 tokens given meta for 1; a decode plan takes exactly T tokens/.test(e.message));
+    assert.throws(() => pre.write({ ids: [1, 2, 3], meta: rowMeta(0, 0, 3), lastIdx: Uint32Array.of(3) }), (e: Error) => e instanceof ShapeError && /lastIdx 3 points past the 3 tokens given/.test(e.message));
+    assert.throws(() => pre.write({ ids: [1, 2], meta: rowMeta(0, 0, 3) }), (e: Error) => e instanceof ShapeError && /2 ids for meta of 3 tokens/.test(e.message));
+  } finally {
+    dec.destroy();
+    pre.destroy();
+    cache.destroy();
+  }
+  assert.equal([promptBucket(1), promptBucket(8), promptBucket(9), promptBucket(33), promptBucket(64), promptBucket(65)], [8, 8, 16, 64, 64, 65]);
 });
 
 test('5,000 tokens with context shifts: runs, shifts, and GPU memory stays flat', async () => {

@@ -117,6 +117,7 @@ export class Engine {
     const ckpt = await this.openSource(source, opts);
     const dtype = opts.dtype ?? 'f32';
     if (dtype !== 'f32' && dtype !== 'f16') throw new InvalidOptionError(`dtype must be 'f32' or 'f16', got ${String(dtype)}`);
+    if (opts.promptBuckets !== undefined && typeof opts.promptBuckets !== 'boolean') throw new InvalidOptionError(`promptBuckets must be a boolean, got ${String(opts.promptBuckets)}`);
     const t1 = now();
     const kernels = await GPT2Model.buildKernels(this.ctx, ckpt.config, opts.matmul, opts.attention);
     const t2 = now();
@@ -125,6 +126,7 @@ export class Engine {
     await this.ctx.drain();
     const t3 = now();
     const model = new Model(this.ctx, ckpt.config, weights, kernels, ckpt.source);
+    model.promptBuckets = opts.promptBuckets ?? !this.ctx.isCpuAdapter;
     model.loadTimes = { resolve_ms: t1 - t0, pipelines_ms: t2 - t1, upload_ms: t3 - t2 };
     this.models.add(model);
     return model;

@@ -175,8 +175,28 @@ export class ForwardPlan implements Stashable {
     }
   }
 
-  /** Writes this step's inputs. `ids` may be omitted when the sampler already wrote them on the GPU. */
+  /**
+   * Writes this step's inputs. `ids` may be omitted when the sampler already wrote them on the GPU.
+   * A plan that is not a decode plan takes fewer than T tokens too (a bucketed prompt plan): the
+   * tokens past them are parked (meta row PARKED_ROW, id 0: no K/V written, their rows' results
+   * unread).
+   */
   write(input: { ids?: ArrayLike<number>; meta: Uint32Array; lastIdx?: Uint32Array }): void {
+    const n = input.meta.length / 2;
+    if (n < this.T) {
+      if (this.decode || n < 1 || !Number.isInteger(n)) throw new ShapeError(`${this.decode ? 'decode ' : ''}plan for ${this.T} tokens given meta for ${n}${this.decode ? '; a decode plan takes exactly T tokens' : ''}`);
+      if (input.ids && input.ids.length !== n) throw new ShapeError(`plan write: ${input.ids.length} ids for meta of ${n} tokens`);
+      if (input.lastIdx && input.lastIdx.some((i) => i >= n)) throw new ShapeError(`plan write: lastIdx ${Array.from(input.lastIdx).join(',')} points past the ${n} tokens given`);
+      const meta = new Uint32Array(2 * this.T).fill(PARKED_ROW);
+      meta.set(input.meta);
+      for (let t = n; t < this.T; t++) meta[2 * t + 1] = 0;
+      let ids: Uint32Array | undefined;
+      if (input.ids) {
+        ids = new Uint32Array(this.T);
+        ids.set(Array.from(input.ids));
+      }
+      input = { ...input, meta, ...(ids ? { ids } : {}) };
+    }
     if (this.decode) {
       // The attention's own K/V writes are only race-free with one token per row.
       const seen = new Map<number, number>(); // row -> token
@@ -209,6 +229,24 @@ export class ForwardPlan implements Stashable {
 export interface LoadOptions {
   /** Weight storage: 'f32' (default) or 'f16' (packed halves; math stays f32). */
   dtype?: 'f32' | 'f16';
+  /**
+   * Build a session's prompt plans of up to PROMPT_BUCKET_MAX tokens for a power-of-two count (8,
+   * 16, 32 or 64), the tokens past the prompt parked, so that later turns of other lengths reuse
+   * them instead of building a plan (see promptBucket). Default: on GPUs, where those extra tokens
+   * cost next to nothing; off on CPU adapters, where every token costs its share of the compute.
+   */
+  promptBuckets?: boolean;
+}
+
+/** Prompt plans of up to this many tokens are built for their bucket's size (LoadOptions.promptBuckets). */
+export const PROMPT_BUCKET_MAX = 64;
+
+/** The token count a prompt plan for T tokens is built for when buckets are on: T itself past PROMPT_BUCKET_MAX. */
+export function promptBucket(T: number): number {
+  if (T > PROMPT_BUCKET_MAX) return T;
+  let b = 8;
+  while (b < T) b *= 2;
+  return b;
 }
 
 export class GPT2Model implements CacheOwner {
@@ -218,6 +256,8 @@ export class GPT2Model implements CacheOwner {
   private readonly caches = new Set<KVCache>();
   /** Forward plans built so far (diagnostics: takePlan builds one only when its cache kept none that fits). */
   plansBuilt = 0;
+  /** LoadOptions.promptBuckets as decided at load (settable: tests run both ways on one model). */
+  promptBuckets = false;
 
   constructor(
     readonly ctx: GpuContext,
@@ -276,12 +316,17 @@ export class GPT2Model implements CacheOwner {
    */
   takePlan(cache: KVCache, T: number, R: number, opts: PlanOptions = {}): ForwardPlan {
     const decode = opts.decode === true;
-    const kept = cache.unstash((x): x is ForwardPlan => x instanceof ForwardPlan && x.T === T && x.R === R && x.decode === decode);
+    // With promptBuckets a prompt plan of T' tokens, T <= T' <= promptBucket(T), serves T (write parks the rest).
+    const most = !decode && this.promptBuckets ? promptBucket(T) : T;
+    const fits = (x: { T: number; R: number; decode: boolean }, upTo: number) => x.T >= T && x.T <= upTo && x.R === R && x.decode === decode;
+    const kept =
+      cache.unstash((x): x is ForwardPlan => x instanceof ForwardPlan && fits(x, T)) ??
+      cache.unstash((x): x is ForwardPlan => x instanceof ForwardPlan && fits(x, most));
     if (kept) {
       kept.tag = '';
       return kept;
     }
-    return new ForwardPlan(this, cache, T, R, opts);
+    return new ForwardPlan(this, cache, most, R, opts);
   }
 
   /**
