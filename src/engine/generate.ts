@@ -553,7 +553,7 @@ async function generateCached(
       last[r] = idList.length - 1;
       cache.lengths[cr] = seq.length;
     }
-    prefill = model.takePlan(cache, idList.length, R);
+    prefill = model.takePlan(cache, idList.length, R, { bucket: opts.cache !== undefined }); // kept for the session's next turns
     plans.push(prefill);
     prefill.write({ ids: idList, meta: Uint32Array.from(metaList), lastIdx: last });
     const prefillSample = sampler.bind(owned, state as never, { logits: prefill.logits, outIds: decode.ids });
@@ -705,7 +705,7 @@ async function reencode(model: GPT2Model, cache: KVCache, r: number, kept: numbe
   // (GPU memory stays flat however many shifts happen).
   let plan = plans.find((p) => p.cache === cache && p.T === kept.length && p.R === 1 && p.tag === 'reencode');
   if (!plan) {
-    plan = model.takePlan(cache, kept.length, 1);
+    plan = model.takePlan(cache, kept.length, 1); // exact: every shift of a cache keeps the same count
     plan.tag = 'reencode';
     plans.push(plan);
   }

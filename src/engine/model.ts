@@ -314,10 +314,11 @@ export class GPT2Model implements CacheOwner {
    * (same T, R and kind; the caller then owns it alone), else a new one. Hand it back with
    * keepPlan when done, or destroy it.
    */
-  takePlan(cache: KVCache, T: number, R: number, opts: PlanOptions = {}): ForwardPlan {
+  takePlan(cache: KVCache, T: number, R: number, opts: PlanOptions & { bucket?: boolean } = {}): ForwardPlan {
     const decode = opts.decode === true;
-    // With promptBuckets a prompt plan of T' tokens, T <= T' <= promptBucket(T), serves T (write parks the rest).
-    const most = !decode && this.promptBuckets ? promptBucket(T) : T;
+    // With promptBuckets, for a plan that will be kept (`bucket`: a session's), a prompt plan of T'
+    // tokens, T <= T' <= promptBucket(T), serves T (write parks the rest).
+    const most = !decode && opts.bucket === true && this.promptBuckets ? promptBucket(T) : T;
     const fits = (x: { T: number; R: number; decode: boolean }, upTo: number) => x.T >= T && x.T <= upTo && x.R === R && x.decode === decode;
     const kept =
       cache.unstash((x): x is ForwardPlan => x instanceof ForwardPlan && fits(x, T)) ??
@@ -326,7 +327,7 @@ export class GPT2Model implements CacheOwner {
       kept.tag = '';
       return kept;
     }
-    return new ForwardPlan(this, cache, most, R, opts);
+    return new ForwardPlan(this, cache, most, R, { decode });
   }
 
   /**
