@@ -60,7 +60,7 @@ for (const name of [...runs].filter((n) => n !== 'info' && n !== 'tests').sort()
     // bench --sessions: the same B conversations as separate sessions and as one session group.
     if (r.sessions) {
       const x = r.sessions;
-      console.log(`${''.padEnd(26)} ${''.padStart(5)}  sessions: separate ${fmt(x.separate_tokens_per_s, 0)} tokens/s (turn ${fmt(x.separate_turn_ms, 1)} ms), group ${fmt(x.group_tokens_per_s, 0)} tokens/s (turn ${fmt(x.group_turn_ms, 1)} ms)`);
+      console.log(`${''.padEnd(26)} ${''.padStart(5)}  sessions: separate ${fmt(x.separate_tokens_per_s, 0)} tokens/s (turn ${fmt(x.separate_turn_ms, 1)} ms), group ${fmt(x.group_tokens_per_s, 0)} tokens/s (turn ${fmt(x.group_turn_ms, 1)} ms, first token ${fmt(x.group_first_token_ms, 2)} ms, set-up ${fmt(x.group_setup_ms, 2)} ms)`);
     }
   }
 }

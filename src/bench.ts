@@ -85,6 +85,12 @@ export interface SessionsResult {
   /** One session group of B advancing the same turns together: one batched step per token. */
   group_turn_ms: number;
   group_tokens_per_s: number;
+  /**
+   * The group turn's host set-up and first-token latency (medians of its stats): a follow-up turn,
+   * whose plans the group kept from the turn before (GenerateStats.setup_ms / first_token_ms).
+   */
+  group_setup_ms: number;
+  group_first_token_ms: number;
 }
 
 export interface BenchReport {
@@ -246,7 +252,7 @@ async function measureSessions(model: Model, B: number, prompt: number[], o: Ben
   try {
     group = await model.createSessionGroup(B, { capacity });
     const g = group;
-    const times = { separate: [] as number[], group: [] as number[] };
+    const times = { separate: [] as number[], group: [] as number[], setup: [] as number[], first: [] as number[] };
     // Run 0 warms up (compiles nothing new, but lets the caches' first use settle); 1..repeat are timed.
     for (let run = 0; run <= o.repeat; run++) {
       for (const s of [...separate, ...g.sessions]) s.reset();
@@ -256,12 +262,19 @@ async function measureSessions(model: Model, B: number, prompt: number[], o: Ben
       await Promise.all(separate.map((s, i) => s.generate([i + 1], opts(i, N))));
       if (run > 0) times.separate.push(now() - t);
       t = now();
-      await g.generate(g.sessions.map((s, i) => ({ session: s, prompt: [i + 1] })), opts(0, N));
-      if (run > 0) times.group.push(now() - t);
+      const turn = await g.generate(g.sessions.map((s, i) => ({ session: s, prompt: [i + 1] })), opts(0, N));
+      if (run > 0) {
+        times.group.push(now() - t);
+        times.setup.push(turn.stats.setup_ms);
+        times.first.push(turn.stats.first_token_ms);
+      }
     }
     const sep = quantile(times.separate, 0.5);
     const grp = quantile(times.group, 0.5);
-    return { separate_turn_ms: sep, separate_tokens_per_s: (1000 * B * N) / sep, group_turn_ms: grp, group_tokens_per_s: (1000 * B * N) / grp };
+    return {
+      separate_turn_ms: sep, separate_tokens_per_s: (1000 * B * N) / sep, group_turn_ms: grp, group_tokens_per_s: (1000 * B * N) / grp,
+      group_setup_ms: quantile(times.setup, 0.5), group_first_token_ms: quantile(times.first, 0.5),
+    };
   } finally {
     for (const s of separate) s.destroy();
     group?.destroy();
@@ -364,7 +377,7 @@ export function formatBench(r: BenchReport): string {
     for (const x of r.results) {
       if (isBatchFailure(x) || !x.sessions) continue;
       const s = x.sessions;
-      lines.push(`${String(x.batch).padStart(5)}  ${`${s.separate_turn_ms.toFixed(0)} ms, ${s.separate_tokens_per_s.toFixed(1)}/s`.padEnd(28)}  ${s.group_turn_ms.toFixed(0)} ms, ${s.group_tokens_per_s.toFixed(1)}/s`);
+      lines.push(`${String(x.batch).padStart(5)}  ${`${s.separate_turn_ms.toFixed(0)} ms, ${s.separate_tokens_per_s.toFixed(1)}/s`.padEnd(28)}  ${s.group_turn_ms.toFixed(0)} ms, ${s.group_tokens_per_s.toFixed(1)}/s (first token ${s.group_first_token_ms.toFixed(1)} ms, set-up ${s.group_setup_ms.toFixed(1)})`);
     }
   }
   for (const x of r.results) {

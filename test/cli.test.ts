@@ -156,13 +156,15 @@ test('bench --sessions times B conversations as separate sessions and as one ses
   for (const x of j.results) {
     const s = x.sessions;
     for (const k of ['separate_turn_ms', 'group_turn_ms']) assert.ok(s[k] > 0, `${k}: ${s[k]}`);
+    // The follow-up turn's set-up (plans kept from the turn before) is part of its first token, which is part of the turn.
+    assert.ok(s.group_setup_ms > 0 && s.group_setup_ms < s.group_first_token_ms && s.group_first_token_ms < s.group_turn_ms, JSON.stringify(s));
     // tokens/s = B x N / turn time
     assert.ok(Math.abs(s.separate_tokens_per_s - (1000 * x.batch * 3) / s.separate_turn_ms) < 1e-6 * s.separate_tokens_per_s);
     assert.ok(Math.abs(s.group_tokens_per_s - (1000 * x.batch * 3) / s.group_turn_ms) < 1e-6 * s.group_tokens_per_s);
   }
   const table = cli('bench', '--model', tinyDir(), '--batch', '2', '--prompt-tokens', '5', '--new-tokens', '2', '--repeat', '1', '--no-profile', '--sessions');
   assert.is(table.code, 0, table.err);
-  assert.match(table.out, /separate sessions at once\s+one session group\n\s+2\s+\d+ ms, [\d.]+\/s\s+\d+ ms, [\d.]+\/s/);
+  assert.match(table.out, /separate sessions at once\s+one session group\n\s+2\s+\d+ ms, [\d.]+\/s\s+\d+ ms, [\d.]+\/s \(first token [\d.]+ ms, set-up [\d.]+\)/);
 });
 
 test('bench --wait spin, --fuse-ln on, --gemv-reduce workgroup, --gemm-tile and --pipeline-depth are reported; bad values are usage or option errors', () => {

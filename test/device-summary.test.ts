@@ -25,7 +25,7 @@ test('device-summary: a result row with its target; skipped, timed-out and faile
   writeFileSync(join(dir, 'gpt2-xl-f16.log'), 'upload: 10%\nexit 124 (limit 200 s)\n');
   writeFileSync(join(dir, 'gpt2-f16.json'), '{"trunc');
   writeFileSync(join(dir, 'gpt2-f16.log'), 'error: DeviceLostError: the GPU device was lost\nWarning: maxDynamicUniformBuffersPerPipelineLayout artificially reduced\nexit 1 (limit 120 s)\n');
-  const sessions = { separate_turn_ms: 812.5, separate_tokens_per_s: 630.2, group_turn_ms: 101.25, group_tokens_per_s: 5056.8 };
+  const sessions = { separate_turn_ms: 812.5, separate_tokens_per_s: 630.2, group_turn_ms: 101.25, group_tokens_per_s: 5056.8, group_setup_ms: 0.4321, group_first_token_ms: 3.215 };
   writeFileSync(join(dir, 'gpt2-sessions.json'), JSON.stringify({ results: [{ ...row, batch: 16, sessions }] }));
   const r = spawnSync(process.execPath, [join(REPO_ROOT, 'scripts', 'device-summary.js'), dir], { encoding: 'utf8' });
   assert.is(r.status, 0, r.stderr);
@@ -43,7 +43,7 @@ test('device-summary: a result row with its target; skipped, timed-out and faile
   assert.not.match(f16, /Warning/);
   // a --sessions run: its row, then the separate / group line under it
   const at = lines.findIndex((l) => l.startsWith('gpt2-sessions '));
-  assert.match(lines[at + 1]!, /^\s+sessions: separate 630 tokens\/s \(turn 812\.5 ms\), group 5057 tokens\/s \(turn 101\.3 ms\)$/);
+  assert.match(lines[at + 1]!, /^\s+sessions: separate 630 tokens\/s \(turn 812\.5 ms\), group 5057 tokens\/s \(turn 101\.3 ms, first token 3\.21 ms, set-up 0\.43 ms\)$/);
 });
 
 test.run();
