@@ -232,13 +232,15 @@ test("turns started together on a group's sessions are merged into one batched r
   }
 });
 
-test('a merged turn resolves when its own sequence is done, and its session takes its next turn while the run goes on', async () => {
+// pipelineDepth 3 (the GPU default): steps already in flight when a row is handed over still
+// write it, before the session's next turn on the queue.
+for (const depth of [1, 3]) test(`a merged turn resolves when its own sequence is done, and its session takes its next turn while the run goes on (pipelineDepth ${depth})`, async () => {
   const model = await tinyModel();
   const base = model.ctx.liveBuffers;
   const group = await model.createSessionGroup(3, { capacity: 96 });
   const alone = await Promise.all([0, 1, 2].map(() => model.createSession({ capacity: 96 })));
   try {
-    const opts = (seed: number, maxNewTokens: number) => ({ temperature: 0.9, topK: 25, freqPenalty: 2, seed, maxNewTokens, stopAtEos: false });
+    const opts = (seed: number, maxNewTokens: number) => ({ temperature: 0.9, topK: 25, freqPenalty: 2, seed, maxNewTokens, stopAtEos: false, pipelineDepth: depth });
     for (let i = 0; i < 3; i++) {
       await group.sessions[i]!.generate(ids(i, 2 + i), opts(i, 4));
       await alone[i]!.generate(ids(i, 2 + i), opts(i, 4));
