@@ -10,7 +10,7 @@ import { tinyReference } from './fixtures-util.js';
 import { tinyModel } from './model-util.js';
 import type { Session } from '../src/engine/engine.js';
 import { CacheMisuseError, InvalidOptionError, OutOfMemoryError, PromptError } from '../src/errors.js';
-import type { TokenEvent } from '../src/engine/generate.js';
+import type { GenerateResult, TokenEvent } from '../src/engine/generate.js';
 
 const ref = tinyReference();
 const ids = (i: number, n: number): number[] => ref.prompts[i % ref.prompts.length]!.ids.slice(0, n);
@@ -207,7 +207,9 @@ test("turns started together on a group's sessions are merged into one batched r
       group.sessions[2]!.generate([18], { ...opts(35), signal: new AbortController().signal }),
     ]);
     assert.equal([r3, r0, r1, r4, r2].map((r) => r!.stats.batch_rows), [4, 4, 4, 4, 1]);
-    // Nothing else stays than the plans the group's cache keeps for the next turns.
+    // Nothing else stays than the plans the group's cache keeps for the next turns (once the run,
+    // whose turns resolved as each was done, has ended).
+    await group.idle();
     assert.equal(model.ctx.liveBuffers.bytes - live0.bytes, group.cache.stashedBytes - kept0, 'the merged and the lone runs freed what they made');
     // Two runs (30 steps merged, 10 alone) rather than five (66 steps).
     assert.ok(model.ctx.stats.submits - c0.submits < 55, `${model.ctx.stats.submits - c0.submits} submits`);
@@ -260,6 +262,7 @@ for (const depth of [1, 3]) test(`a merged turn resolves when its own sequence i
       group.sessions[2]!.generate([27, 28], { ...opts(12, 12), stopStrings: ['a'] }).then((r) => { order.push('2'); return r; }),
     ]);
     const r0next = (await next) as typeof r0;
+    await group.idle();
     assert.equal([r0, r1, r2].map((r) => r.stats.batch_rows), [3, 3, 3]);
     assert.ok(order.indexOf('0') < order.indexOf('1') && order.indexOf('2') < order.indexOf('1'), order.join(', '));
     assert.is(r0.sequences[0]!.tokens.length, 3);
@@ -274,6 +277,73 @@ for (const depth of [1, 3]) test(`a merged turn resolves when its own sequence i
     for (let k = 0; k < 3; k++) assert.equal(group.sessions[k]!.tokens, alone[k]!.tokens, `context of session ${k}`);
     assert.ok(!group.cache.busy);
   } finally {
+    group.destroy();
+    for (const s of alone) s.destroy();
+  }
+  assert.equal(model.ctx.liveBuffers, base);
+});
+
+for (const depth of [1, 3]) test(`turns that arrive while a merged run goes on take its parked slots (continuous batching), each as it would go alone (pipelineDepth ${depth})`, async () => {
+  const model = await tinyModel();
+  const base = model.ctx.liveBuffers;
+  const group = await model.createSessionGroup(4, { capacity: 128 });
+  const alone = await Promise.all([0, 1, 2, 3].map(() => model.createSession({ capacity: 128 })));
+  try {
+    const opts = (seed: number, maxNewTokens: number) => ({ temperature: 0.9, topK: 25, freqPenalty: 2, seed, maxNewTokens, stopAtEos: false, pipelineDepth: depth });
+    for (let i = 0; i < 4; i++) {
+      await group.sessions[i]!.generate(ids(i, 2 + i), opts(i, 3));
+      await alone[i]!.generate(ids(i, 2 + i), opts(i, 3));
+    }
+    // Sessions 0, 1, 2 start together (3 slots). When session 0 is done, its next turn joins its
+    // slot; when that is done, session 3 (not in the run before) joins, with a stop string and a
+    // listener; when session 2 is done, session 0's third turn takes session 2's slot.
+    const events: TokenEvent[] = [];
+    let p0b: Promise<GenerateResult> | undefined, p0c: Promise<GenerateResult> | undefined, p3: Promise<GenerateResult> | undefined;
+    const first = await Promise.all([
+      group.sessions[0]!.generate([30], opts(10, 3)).then((r) => {
+        p0b = group.sessions[0]!.generate([31, 32], opts(20, 5)).then((b) => {
+          p3 = group.sessions[3]!.generate([33], { ...opts(21, 8), stopStrings: ['e'], onToken: (ev) => events.push(ev) });
+          return b;
+        });
+        return r;
+      }),
+      group.sessions[1]!.generate([37, 38], opts(11, 40)),
+      group.sessions[2]!.generate([39], opts(12, 12)).then((r) => {
+        p0c = (async () => {
+          while (!p0b) await new Promise((res) => setTimeout(res, 1));
+          await p0b; // session 0's turns in order
+          return group.sessions[0]!.generate([34, 35, 36], opts(22, 4));
+        })();
+        return r;
+      }),
+    ]);
+    const r0b = await p0b!;
+    const r0c = await p0c!;
+    while (!p3) await new Promise((res) => setTimeout(res, 1));
+    const r3 = await p3;
+    await group.idle();
+    // Each joiner ran in the 3-slot run's steps.
+    assert.equal([...first, r0b, r3].map((r) => r.stats.batch_rows), [3, 3, 3, 3, 3]);
+    assert.ok(r0b.stats.first_token_ms > 0 && r0b.stats.setup_ms === 0, JSON.stringify(r0b.stats));
+    assert.equal(events.map((e) => [e.row, e.index, e.token]), r3.sequences[0]!.tokens.map((t, i) => [0, i, t]));
+    // The same turns on separate sessions, each session's in order.
+    const want = {
+      0: [await alone[0]!.generate([30], opts(10, 3)), await alone[0]!.generate([31, 32], opts(20, 5)), await alone[0]!.generate([34, 35, 36], opts(22, 4))],
+      1: [await alone[1]!.generate([37, 38], opts(11, 40))],
+      2: [await alone[2]!.generate([39], opts(12, 12))],
+      3: [await alone[3]!.generate([33], { ...opts(21, 8), stopStrings: ['e'] })],
+    };
+    assert.equal([first[0], r0b, r0c].map((r) => r.sequences[0]), want[0].map((r) => r.sequences[0]), 'session 0');
+    assert.equal(first[1]!.sequences[0], want[1][0]!.sequences[0], 'session 1');
+    assert.equal(first[2]!.sequences[0], want[2][0]!.sequences[0], 'session 2');
+    assert.equal(r3.sequences[0], want[3][0]!.sequences[0], 'session 3');
+    for (let k = 0; k < 4; k++) {
+      assert.equal(group.sessions[k]!.tokens, alone[k]!.tokens, `context of session ${k}`);
+      assert.is(group.cache.lengths[k], alone[k]!.cache.lengths[0], `K/V held for session ${k}`);
+    }
+    assert.ok(!group.cache.busy);
+  } finally {
+    await group.idle();
     group.destroy();
     for (const s of alone) s.destroy();
   }

@@ -11,7 +11,7 @@ import type { MatmulOptions } from '../kernels/matmul.js';
 import type { AttentionOptions } from '../kernels/attention.js';
 import { contextFromDevice, createContext, GpuContext, type ContextOptions } from './device.js';
 import { GPT2Model, type LoadOptions } from './model.js';
-import { DEFAULT_MAX_NEW_TOKENS, generate, generateBatch, generationPart, samplingPart, validateGenerate, type GenerateOptions, type GenerateResult, type SequenceDoneEvent, type TokenEvent } from './generate.js';
+import { DEFAULT_MAX_NEW_TOKENS, generate, generateBatch, generationPart, samplingPart, validateGenerate, type GenerateOptions, type GenerateResult, type SequenceDoneEvent, type TokenEvent, type Admission } from './generate.js';
 import { beamSearch, type BeamHypothesis, type BeamOptions } from '../sampling/beam.js';
 import { sample as sampleOnGpu } from '../sampling/sampler.js';
 import { randomSeed, validateSampling, type SamplingOptions } from '../sampling/options.js';
@@ -194,6 +194,16 @@ interface QueuedTurn {
   reject: (e: unknown) => void;
 }
 
+/** A merged run in flight: which turn each of its slots serves, and the turns waiting to join it. */
+interface MergedRun {
+  key: string;
+  owners: QueuedTurn[]; // [slots]: the turn a slot serves now (joiners replace finished ones)
+  seeds: number[]; // [slots]: that turn's seed
+  parked: number; // slots whose turn is done: free for a joiner
+  joining: QueuedTurn[]; // turns that will take parked slots at the run's next step
+  done?: Promise<void>; // settles when the run has ended and freed what it made
+}
+
 /**
  * Which turns may share batched steps: the same stopAtEos, cache mode and steps in flight;
  * sampling options, seeds, maxNewTokens and stop strings may differ, as each row has its own
@@ -228,18 +238,35 @@ function mergeKey(opts: Omit<GenerateOptions, 'cache' | 'cacheRows'>, cache: KVC
 export class SessionGroup {
   readonly sessions: readonly Session[];
   private pending: QueuedTurn[] = [];
+  private readonly runs = new Set<MergedRun>();
   constructor(readonly model: Model, readonly cache: KVCache) {
     this.sessions = Array.from({ length: cache.rows }, (_, r) => new Session(model, cache, r, this));
   }
 
   /** Whether `session` has a turn waiting to be merged (it is as good as busy). */
   queued(session: Session): boolean {
-    return this.pending.some((q) => q.session === session);
+    return this.waiting().some((q) => q.session === session);
   }
 
-  /** The rows of the turns waiting to be merged. */
+  /** The rows of the turns waiting to be merged or to join a run. */
   queuedRows(): number[] {
-    return this.pending.map((q) => q.session.row!);
+    return this.waiting().map((q) => q.session.row!);
+  }
+
+  private waiting(): QueuedTurn[] {
+    return [...this.pending, ...[...this.runs].flatMap((r) => r.joining)];
+  }
+
+  /**
+   * A merged run in flight that `q` can join (continuous batching): same merge key, a parked slot
+   * not promised to another joiner, no logit bias (the run's sampler may have no bias rows), and
+   * its context plus prompt inside the window (a joiner is not shifted).
+   */
+  private joinable(q: QueuedTurn): MergedRun | undefined {
+    if (Object.keys(q.opts.logitBias ?? {}).length > 0) return undefined;
+    if (this.cache.tokens[q.session.row!]!.length + q.ids.length >= this.cache.window) return undefined;
+    for (const run of this.runs) if (run.key === q.key && run.parked > run.joining.length) return run;
+    return undefined;
   }
 
   /** Session.generate of a member: runs the turn alone, or queues it to merge with this tick's others. */
@@ -271,6 +298,11 @@ export class SessionGroup {
     this.pending = [];
     const sets = new Map<string, QueuedTurn[]>();
     for (const q of turns) {
+      const run = this.joinable(q);
+      if (run) {
+        run.joining.push(q);
+        continue;
+      }
       const set = sets.get(q.key);
       if (set) set.push(q);
       else sets.set(q.key, [q]);
@@ -281,29 +313,74 @@ export class SessionGroup {
         this.model.generate(q.ids, { ...q.opts, cache: this.cache, cacheRows: [q.session.row!] }).then(q.resolve, q.reject);
         continue;
       }
-      const seeds = set.map((q) => q.opts.seed ?? randomSeed());
-      const listeners = set.map((q) => q.opts.onToken);
+      const run: MergedRun = { key: set[0]!.key, owners: [...set], seeds: set.map((q) => q.opts.seed ?? randomSeed()), parked: 0, joining: [] };
+      this.runs.add(run);
+      const V = this.model.config.vocab_size;
       // The key made stopAtEos, useCache and pipelineDepth equal; each row keeps its own sampling
       // options, new tokens and stop strings (given explicitly, so none of set[0]'s leak).
-      const { onToken: _onToken, maxNewTokens: _maxNew, stopStrings: _stops, ...common } = generationPart(set[0]!.opts);
-      generateBatch(this.model, set.map((q) => q.ids), {
+      const { onToken: _onToken, onSequenceDone: _done, maxNewTokens: _maxNew, stopStrings: _stops, ...common } = generationPart(set[0]!.opts);
+      run.done = generateBatch(this.model, set.map((q) => q.ids), {
         ...common,
-        seeds,
+        seeds: [...run.seeds],
         perSequence: set.map((q) => {
           const { seed: _seed, ...own } = samplingPart(q.opts);
           return { ...own, maxNewTokens: q.opts.maxNewTokens ?? DEFAULT_MAX_NEW_TOKENS, stopStrings: q.opts.stopStrings ?? [] };
         }),
         cache: this.cache,
         cacheRows: set.map((q) => q.session.row!),
-        ...(listeners.some((f) => f) ? { onToken: (ev: TokenEvent) => listeners[ev.row]?.({ ...ev, row: 0 }) } : {}),
+        onToken: (ev: TokenEvent) => run.owners[ev.row]!.opts.onToken?.({ ...ev, row: 0 }),
         // Each turn resolves as soon as its own sequence is done, and its session is free again then
-        // (the run goes on for the others without touching its row).
+        // (the run goes on for the others without touching its row); its slot may take a joiner.
         onSequenceDone: ({ row: i, sequence, stats }: SequenceDoneEvent) => {
-          const q = set[i]!;
+          const q = run.owners[i]!;
+          run.parked++;
           q.opts.onSequenceDone?.({ row: 0, sequence, stats });
-          q.resolve({ promptIds: q.ids, seed: seeds[i]!, seeds: [seeds[i]!], sequences: [sequence], stats });
+          q.resolve({ promptIds: q.ids, seed: run.seeds[i]!, seeds: [run.seeds[i]!], sequences: [sequence], stats });
         },
-      }).catch((e) => set.forEach((q) => q.reject(e))); // turns already resolved stay so
+        // Turns that arrived while the run went on take its parked slots (continuous batching).
+        admit: (slots: number[]): Admission[] => {
+          const out: Admission[] = [];
+          while (out.length < slots.length && run.joining.length) {
+            const q = run.joining.shift()!;
+            const slot = slots[out.length]!;
+            run.owners[slot] = q;
+            run.seeds[slot] = q.opts.seed ?? randomSeed();
+            run.parked--;
+            out.push({
+              slot, row: q.session.row!, ids: q.ids, seed: run.seeds[slot]!,
+              sampling: validateSampling(samplingPart(q.opts), V), // valid: mergeKey checked it
+              maxNew: q.opts.maxNewTokens ?? DEFAULT_MAX_NEW_TOKENS, stopStrings: q.opts.stopStrings ?? [],
+            });
+          }
+          return out;
+        },
+      })
+        .catch((e) => run.owners.forEach((q) => q.reject(e))) // turns already resolved stay so
+        .finally(() => {
+          // Turns still waiting to join (the run ended first) go back to the queue.
+          this.runs.delete(run);
+          if (run.joining.length === 0) return;
+          const first = this.pending.length === 0;
+          this.pending.push(...run.joining.splice(0));
+          if (first) queueMicrotask(() => this.flush());
+        })
+        .then(() => undefined);
+    }
+  }
+
+  /**
+   * Resolves once no merged run of this group is in flight: a turn resolves when its own sequence
+   * is done, while its run may go on for others (or take new turns); the run frees its plans and
+   * sampler state when it ends. Await this before measuring memory, or before destroy() to let the
+   * runs finish rather than fail.
+   */
+  async idle(): Promise<void> {
+    for (;;) {
+      await Promise.resolve(); // a flush queued in this tick may start a run
+      const runs = [...this.runs];
+      if (runs.length === 0 && this.pending.length === 0) return;
+      await Promise.all(runs.map((r) => r.done));
+      if (runs.length === 0) await new Promise((res) => setTimeout(res, 0));
     }
   }
   /**

@@ -11,7 +11,7 @@
  * and shifts that row (keeps its most recent `keep` tokens, re-encodes them from position 0), or
  * throws ContextOverflowError when the cache's policy is 'error'.
  */
-import { AbortError, ContextOverflowError, InvalidOptionError } from '../errors.js';
+import { AbortError, ContextOverflowError, InvalidOptionError, ShapeError } from '../errors.js';
 import { Owned } from '../kernels/common.js';
 import type { Dispatch } from '../kernels/common.js';
 import { deriveSeed, randomSeed, validateSampling, type NormalizedSampling, type SamplingOptions } from '../sampling/options.js';
@@ -62,6 +62,12 @@ export interface GenerateOptions extends SamplingOptions {
    */
   onSequenceDone?: (ev: SequenceDoneEvent) => void;
   /**
+   * Internal (session groups): with onSequenceDone and a session cache, called at step boundaries
+   * while some sequences' slots are parked (their sequence handed over); returns new sequences to
+   * run in those slots (continuous batching). See Admission.
+   */
+  admit?: (slots: number[]) => Admission[];
+  /**
    * Steps queued ahead of the read-back (1 = no pipelining). Default: 3 on GPUs; 1 on CPU adapters
    * (lavapipe), where the host's work for the steps queued ahead competes with the driver's
    * worker threads for the same cores (measured 5-10% slower decode with 3, BENCHMARKS.md).
@@ -80,6 +86,21 @@ export interface TokenEvent {
   text: string;
   /** Index of this token among the row's new tokens. */
   index: number;
+}
+
+/**
+ * A sequence joining a run in flight (GenerateOptions.admit): it takes parked slot `slot` (its
+ * onToken / onSequenceDone events carry that index from then on), in cache row `row` (free, its
+ * context plus `ids` within the window), with its own options and seed.
+ */
+export interface Admission {
+  slot: number;
+  row: number;
+  ids: number[];
+  sampling: NormalizedSampling;
+  seed: number;
+  maxNew: number;
+  stopStrings?: string[];
 }
 
 export interface SequenceDoneEvent {
@@ -135,7 +156,7 @@ export interface GenerateResult {
 }
 
 /** Option keys that belong to generation; the rest are sampling options (validated as such). */
-const GENERATE_KEYS = new Set(['maxNewTokens', 'numSequences', 'seeds', 'perSequence', 'stopAtEos', 'stopStrings', 'useCache', 'cache', 'cacheRows', 'signal', 'onToken', 'onSequenceDone', 'pipelineDepth', 'onOverflow', 'keep']);
+const GENERATE_KEYS = new Set(['maxNewTokens', 'numSequences', 'seeds', 'perSequence', 'stopAtEos', 'stopStrings', 'useCache', 'cache', 'cacheRows', 'signal', 'onToken', 'onSequenceDone', 'admit', 'pipelineDepth', 'onOverflow', 'keep']);
 
 /** The sampling part of generation options (unknown keys stay in, so validateSampling names them). */
 export function samplingPart(o: object): SamplingOptions {
@@ -182,7 +203,7 @@ export function validateGenerate(o: GenerateOptions, cpuAdapter = false): { maxN
   if (o.stopAtEos !== undefined && typeof o.stopAtEos !== 'boolean') {
     throw new InvalidOptionError(`stopAtEos must be a boolean, got ${String(o.stopAtEos)}`);
   }
-  for (const k of ['onToken', 'onSequenceDone'] as const) {
+  for (const k of ['onToken', 'onSequenceDone', 'admit'] as const) {
     if (o[k] !== undefined && typeof o[k] !== 'function') throw new InvalidOptionError(`${k} must be a function, got ${typeof o[k]}`);
   }
   return { maxNew, rows, depth };
@@ -434,7 +455,7 @@ async function run(model: GPT2Model, prompts: number[][], opts: GenerateOptions)
     if (opts.useCache === false) {
       await generateUncached(model, cache, rows, prompts, owned, state, staging[0]!, accept, allDone, opts, stats, tCall, io, maxNew);
     } else {
-      await generateCached(model, cache, rows, prompts, owned, state, staging, accept, allDone, rowsState, opts, stats, plans, pending, depth, tCall, io, maxNew, handOver);
+      await generateCached(model, cache, rows, prompts, owned, state, staging, accept, allDone, rowsState, opts, stats, plans, pending, depth, tCall, io, maxNew, handOver, handOver && opts.admit ? { admit: opts.admit, seqOpts } : undefined);
     }
     for (const row of rowsState) if (!row.released) row.text += row.finished === 'stop' ? '' : row.streamer.flush();
     const produced = Math.max(1, stats.steps);
@@ -464,13 +485,15 @@ function shiftRow(cache: KVCache, r: number): number[] {
 async function generateCached(
   model: GPT2Model, cache: KVCache, rows: number[], prompts: number[][], owned: Owned, state: unknown, staging: GPUBuffer[],
   accept: (ids: Uint32Array) => void, allDone: () => boolean, rowsState: Row[], opts: GenerateOptions,
-  stats: GenerateStats, plans: ForwardPlan[], pending: Array<Promise<void>>, depth: number, tCall: number, io: GenIO, maxSteps: number,
+  stats: GenerateStats, plans: ForwardPlan[], pending: Array<Promise<void>>, depth: number, tCall: number, io: GenIO, maxStepsAtStart: number,
   handOver?: (r: number, snapshot: GenerateStats) => void,
+  joins?: { admit: (slots: number[]) => Admission[]; seqOpts: SequenceOptions[] },
 ): Promise<void> {
   const ctx = model.ctx;
-  const R = rows.length; // sequence r lives in cache row rows[r]
+  const R = rows.length; // sequence r lives in cache row rows[r] (a joining sequence changes rows[r])
   const sampler = model.kernels.sampler;
   const window = cache.window;
+  let maxSteps = maxStepsAtStart; // steps that can be needed (sequences that join raise it)
 
   // Decode plan: one token per row; the sampler writes the next ids into decode.ids, the loop
   // writes each step's meta before submitting it.
@@ -601,6 +624,9 @@ async function generateCached(
   // Steps already in flight still write its next slots; any later generation's work on the row
   // is queued after them and overwrites those slots.
   const parked = new Array<boolean>(R).fill(false);
+  // Slots a joining sequence took: when it joined and when its first token came (its own latency).
+  const joinedAt = new Array<number>(R).fill(0);
+  const firstOf = new Array<number>(R).fill(0);
   const handOverFinished = (): void => {
     for (let r = 0; r < R; r++) {
       const row = rowsState[r]!;
@@ -610,8 +636,84 @@ async function generateCached(
       const fed = [fedCount[r]!];
       syncHistory(cache, [rows[r]!], [row], fed, true);
       fedCount[r] = fed[0]!;
-      handOver!(r, statsNow());
+      const snapshot = statsNow();
+      if (joinedAt[r]) {
+        // A joining sequence's own figures: from joining to its first token, then per token.
+        const end = now();
+        snapshot.setup_ms = 0;
+        snapshot.first_token_ms = snapshot.prefill_ms = firstOf[r]! - joinedAt[r]!;
+        snapshot.steps = row.out.length;
+        snapshot.decode_ms_per_token = row.out.length > 1 ? (end - firstOf[r]!) / (row.out.length - 1) : 0;
+        snapshot.tokens_per_s = row.out.length > 1 ? (1000 * (row.out.length - 1)) / (end - firstOf[r]!) : 0;
+      }
+      handOver!(r, snapshot);
     }
+  };
+
+  // Continuous batching (joins): between steps, sequences waiting to join take parked slots. The
+  // steps in flight are drained (every pending token known on the CPU), each joiner's slot gets a
+  // fresh sampler row (options, seed, counts of its context and prompt) and its cache row, and one
+  // mixed step feeds every active slot its pending token and every joiner its new tokens (a
+  // general plan; parked slots feed nothing and their logits go unread), sampling every slot.
+  // A mixed step's plan and sampler bind groups (their uniforms): kept / freed once the step is read back.
+  const mixed: Array<{ step: number; plan: ForwardPlan; owner: Owned }> = [];
+  const tryAdmit = async (): Promise<boolean> => {
+    if (!joins || !parked.some(Boolean)) return false;
+    const free = parked.flatMap((p, r) => (p ? [r] : []));
+    const wanted = joins.admit(free);
+    if (wanted.length === 0) return false;
+    const slots = new Set(wanted.map((a) => a.slot));
+    if (slots.size !== wanted.length || wanted.some((a) => !parked[a.slot])) throw new ShapeError(`admit returned slots ${wanted.map((a) => a.slot).join(',')}; each must be one of the parked slots ${free.join(',')}, once`);
+    while (inflight.length) await takeOne();
+    const t = now();
+    for (const a of wanted) {
+      const r = a.slot;
+      if (cache.tokens[a.row]!.length + a.ids.length >= window) throw new ShapeError(`admit: row ${a.row} holds ${cache.tokens[a.row]!.length} tokens; ${a.ids.length} more do not fit the window of ${window}`);
+      cache.acquire(model, [a.row]);
+      rows[r] = a.row;
+      parked[r] = false;
+      rowsState[r] = { out: [], streamer: new TextStreamer(model.tokenizer), finished: null, text: '', released: false };
+      joins.seqOpts[r] = { sampling: a.sampling, maxNew: a.maxNew, stopStrings: a.stopStrings };
+      fedCount[r] = 0;
+      sampler.resetRow(state as never, r);
+      sampler.setRow(state as never, r, a.sampling, a.seed);
+      sampler.addCounts(state as never, r, [...cache.tokens[a.row]!, ...a.ids]);
+      cache.tokens[a.row] = [...cache.tokens[a.row]!, ...a.ids];
+      joinedAt[r] = t;
+      firstOf[r] = 0;
+    }
+    const ids: number[] = [];
+    const meta: number[] = [];
+    const last = new Uint32Array(R); // parked slots read token 0's logits, unused (latched)
+    for (let r = 0; r < R; r++) {
+      if (parked[r]) continue;
+      const cr = rows[r]!;
+      if (slots.has(r)) {
+        const seq = cache.tokens[cr]!;
+        for (let p = cache.lengths[cr]!; p < seq.length; p++) {
+          ids.push(seq[p]!);
+          meta.push(cr, p);
+        }
+        cache.lengths[cr] = seq.length;
+        queuedPos[r] = seq.length;
+      } else {
+        ids.push(rowsState[r]!.out.at(-1)!); // its pending token, as the decode step would feed it
+        meta.push(cr, queuedPos[r]!);
+        queuedPos[r]!++;
+      }
+      last[r] = ids.length - 1;
+    }
+    for (const a of wanted) maxSteps = Math.max(maxSteps, submitted + a.maxNew);
+    const plan = model.takePlan(cache, ids.length, R, { bucket: true });
+    const owner = new Owned(ctx);
+    mixed.push({ step: submitted + 1, plan, owner });
+    plan.write({ ids, meta: Uint32Array.from(meta), lastIdx: last });
+    const sample = sampler.bind(owner, state as never, { logits: plan.logits, outIds: decode.ids });
+    const slot = staging[submitted % depth]!;
+    io.submit([...plan.dispatches, ...sample], (enc) => enc.copyBufferToBuffer(decode.ids.buffer, 0, slot, 0, R * 4));
+    inflight.push(readback(slot));
+    submitted++;
+    return true;
   };
 
   const takeOne = async (): Promise<void> => {
@@ -624,55 +726,75 @@ async function generateCached(
       decodeStart = firstAt;
     }
     accept(ids);
-    if (handOver && !allDone()) handOverFinished(); // the last ones go at the end, with the final figures
+    while (mixed.length && mixed[0]!.step <= stepsAccepted) {
+      const m = mixed.shift()!;
+      m.owner.destroy();
+      model.keepPlan(m.plan);
+    }
+    for (let r = 0; r < R; r++) if (joinedAt[r] && !firstOf[r] && rowsState[r]!.out.length > 0) firstOf[r] = now();
+    // Without joins the last ones go at the end, with the final figures; with joins every slot is
+    // parked as it finishes, so that a waiting sequence may take it.
+    if (handOver && (joins || !allDone())) handOverFinished();
   };
 
-  while (true) {
-    if (opts.signal?.aborted) throw new AbortError(`generation aborted after ${stepsAccepted} steps`);
-    // Enough queued to finish every row?
-    const active = rowsState.some((r) => !r.finished);
-    if (!active) break;
-    if (submitted >= maxSteps) {
-      if (inflight.length === 0) break;
-      await takeOne();
-      continue;
-    }
-    if (inflight.length >= depth) {
-      await takeOne();
-      continue;
-    }
-    // Row positions for the next step; rows known finished are held at their last slot.
-    const needShift: number[] = [];
-    for (let r = 0; r < R; r++) {
-      if (rowsState[r]!.finished) continue;
-      if (queuedPos[r]! >= window) needShift.push(r);
-    }
-    if (needShift.length) {
-      // Drain: every fed token must be known on the CPU to re-encode.
-      while (inflight.length) await takeOne();
-      if (allDone()) break;
-      syncHistory(cache, rows, rowsState, fedCount, false);
-      for (const r of needShift) {
-        if (rowsState[r]!.finished) continue;
-        const cr = rows[r]!;
-        if (cache.onOverflow === 'error') {
-          throw new ContextOverflowError(`row ${cr} reached the context window of ${window} tokens; use onOverflow: 'shift' to keep going`);
-        }
-        const kept = shiftRow(cache, cr);
-        await reencode(model, cache, cr, kept, plans, io);
-        cache.tokens[cr] = kept;
-        cache.lengths[cr] = kept.length;
-        queuedPos[r] = kept.length;
-        stats.shifts++;
+  try {
+    while (true) {
+      if (opts.signal?.aborted) throw new AbortError(`generation aborted after ${stepsAccepted} steps`);
+      // Enough queued to finish every row?
+      const active = rowsState.some((r) => !r.finished);
+      if (!active) {
+        if (await tryAdmit()) continue;
+        break;
       }
-      continue;
+      if (submitted >= maxSteps) {
+        if (inflight.length === 0) break;
+        await takeOne();
+        continue;
+      }
+      if (inflight.length >= depth) {
+        await takeOne();
+        continue;
+      }
+      // Row positions for the next step; rows known finished are held at their last slot.
+      const needShift: number[] = [];
+      for (let r = 0; r < R; r++) {
+        if (rowsState[r]!.finished) continue;
+        if (queuedPos[r]! >= window) needShift.push(r);
+      }
+      if (needShift.length) {
+        // Drain: every fed token must be known on the CPU to re-encode.
+        while (inflight.length) await takeOne();
+        if (allDone()) break;
+        syncHistory(cache, rows, rowsState, fedCount, false);
+        for (const r of needShift) {
+          if (rowsState[r]!.finished) continue;
+          const cr = rows[r]!;
+          if (cache.onOverflow === 'error') {
+            throw new ContextOverflowError(`row ${cr} reached the context window of ${window} tokens; use onOverflow: 'shift' to keep going`);
+          }
+          const kept = shiftRow(cache, cr);
+          await reencode(model, cache, cr, kept, plans, io);
+          cache.tokens[cr] = kept;
+          cache.lengths[cr] = kept.length;
+          queuedPos[r] = kept.length;
+          stats.shifts++;
+        }
+        continue;
+      }
+      if (await tryAdmit()) continue;
+      decode.write({ meta: decodeMeta(queuedPos.map((p) => Math.min(p, window - 1)), rows.map((cr, r) => (parked[r] ? PARKED_ROW : cr))) });
+      const slot = staging[submitted % depth]!;
+      io.submit([...decode.dispatches, ...decodeSample], (enc) => enc.copyBufferToBuffer(decode.ids.buffer, 0, slot, 0, R * 4));
+      for (let r = 0; r < R; r++) if (!rowsState[r]!.finished && queuedPos[r]! < window) queuedPos[r]!++;
+      inflight.push(readback(slot));
+      submitted++;
     }
-    decode.write({ meta: decodeMeta(queuedPos.map((p) => Math.min(p, window - 1)), rows.map((cr, r) => (parked[r] ? PARKED_ROW : cr))) });
-    const slot = staging[submitted % depth]!;
-    io.submit([...decode.dispatches, ...decodeSample], (enc) => enc.copyBufferToBuffer(decode.ids.buffer, 0, slot, 0, R * 4));
-    for (let r = 0; r < R; r++) if (!rowsState[r]!.finished && queuedPos[r]! < window) queuedPos[r]!++;
-    inflight.push(readback(slot));
-    submitted++;
+  } finally {
+    // Mixed steps not read back (an error, or steps past the end): their plans go with the run.
+    for (const m of mixed.splice(0)) {
+      m.owner.destroy();
+      m.plan.destroy();
+    }
   }
   // Rows that finished early stopped being recorded; what the GPU computed past that is ignored.
   syncHistory(cache, rows, rowsState, fedCount, true);
