@@ -350,6 +350,43 @@ for (const depth of [1, 3]) test(`turns that arrive while a merged run goes on t
   assert.equal(model.ctx.liveBuffers, base);
 });
 
+test('a chat load: users send their next message as soon as their reply comes; every reply is what that conversation gets alone', async () => {
+  const model = await tinyModel();
+  const group = await model.createSessionGroup(3, { capacity: 160 });
+  const alone = await Promise.all([0, 1, 2].map(() => model.createSession({ capacity: 160 })));
+  try {
+    const lens = [[3, 9, 5], [8, 2, 7], [5, 6, 1]]; // new tokens per user and turn
+    const opts = (u: number, t: number) => ({ temperature: 0.9, topK: 30, freqPenalty: 1, seed: 10 * u + t, maxNewTokens: lens[u]![t]!, stopAtEos: false });
+    const msg = (u: number, t: number) => [40 + u, 50 + t];
+    const got = await Promise.all([0, 1, 2].map(async (u) => {
+      const replies: GenerateResult[] = [];
+      for (let t = 0; t < 3; t++) replies.push(await group.sessions[u]!.generate(msg(u, t), opts(u, t)));
+      return replies;
+    }));
+    await group.idle();
+    assert.ok(got.flat().some((r) => r.stats.batch_rows > 1), 'turns shared steps');
+    for (let u = 0; u < 3; u++) {
+      for (let t = 0; t < 3; t++) {
+        const want = await alone[u]!.generate(msg(u, t), opts(u, t));
+        assert.equal(got[u]![t]!.sequences[0], want.sequences[0], `user ${u}, turn ${t}`);
+      }
+      assert.equal(group.sessions[u]!.tokens, alone[u]!.tokens);
+    }
+    // onSequenceDone of group.generate (no joins): a sequence's row is free in its callback, the
+    // last one's too, so the callback may start that session's next turn.
+    const next: Array<Promise<GenerateResult>> = [];
+    await group.generate([{ session: group.sessions[0]!, prompt: [60] }, { session: group.sessions[1]!, prompt: [61] }], {
+      temperature: 0, maxNewTokens: 3, stopAtEos: false,
+      onSequenceDone: (ev) => next.push(group.sessions[ev.row]!.generate([62], { temperature: 0, maxNewTokens: 2 })),
+    });
+    assert.is((await Promise.all(next)).length, 2);
+    await group.idle();
+  } finally {
+    group.destroy();
+    for (const s of alone) s.destroy();
+  }
+});
+
 test('onSequenceDone: once per sequence (at the end without a session cache); a non-function is refused', async () => {
   const model = await tinyModel();
   const seen: Array<[number, number[]]> = [];

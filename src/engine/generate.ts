@@ -62,7 +62,7 @@ export interface GenerateOptions extends SamplingOptions {
    */
   onSequenceDone?: (ev: SequenceDoneEvent) => void;
   /**
-   * Internal (session groups): with onSequenceDone and a session cache, called at step boundaries
+   * @internal Session groups' continuous batching: with onSequenceDone and a session cache, called at step boundaries
    * while some sequences' slots are parked (their sequence handed over); returns new sequences to
    * run in those slots (continuous batching). See Admission.
    */
@@ -393,9 +393,18 @@ async function run(model: GPT2Model, prompts: number[][], opts: GenerateOptions)
   try {
     const sequence = (r: Row): GeneratedSequence => ({ tokens: r.out, text: r.text, finishReason: r.finished ?? 'length' });
     const result = (): GenerateResult => ({ promptIds, seed, seeds, sequences: rowsState.map(sequence), stats });
-    // onSequenceDone for the sequences not handed over early, at the end.
+    // onSequenceDone for the sequences not handed over early, at the end (a session cache's rows
+    // released first: the callback may start the row's next generation at once).
     const handOverRest = (): void => {
-      rowsState.forEach((row, r) => { if (!row.released) opts.onSequenceDone?.({ row: r, sequence: sequence(row), stats: { ...stats } }); });
+      if (!opts.onSequenceDone) return;
+      rowsState.forEach((row, r) => {
+        if (row.released) return;
+        if (!own) {
+          row.released = true;
+          cache.release([rows[r]!]);
+        }
+        opts.onSequenceDone!({ row: r, sequence: sequence(row), stats: { ...stats } });
+      });
     };
     // With a session cache, a finished sequence's row is released at once (generateCached has made
     // its history final and stopped writing the row): another generation may use it meanwhile.
