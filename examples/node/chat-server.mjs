@@ -27,6 +27,7 @@ try {
       context_tokens: group.sessions.map((s) => s.tokens.length),
     }));
   }
+  await group.idle(); // turns resolve as each is done; let the last run end and free what it made
   group.destroy();
   model.destroy();
 } finally {
