@@ -5,7 +5,7 @@
  */
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { rejects } from './helpers.js';
+import { rejects, Rng } from './helpers.js';
 import { tinyReference } from './fixtures-util.js';
 import { tinyModel } from './model-util.js';
 import type { Session } from '../src/engine/engine.js';
@@ -381,6 +381,50 @@ test('a chat load: users send their next message as soon as their reply comes; e
     });
     assert.is((await Promise.all(next)).length, 2);
     await group.idle();
+  } finally {
+    group.destroy();
+    for (const s of alone) s.destroy();
+  }
+});
+
+// Random arrivals: users wait a random time before each message, turns have random lengths, stop
+// strings and sampling options, EOS stops some; whatever merged, joined or ran alone, every reply
+// and every context equals that conversation run alone.
+for (const seed of [1, 2]) test(`random arrivals (seed ${seed}): every reply equals the conversation alone`, async () => {
+  const model = await tinyModel();
+  const rng = new Rng(seed);
+  const U = 4, TURNS = 4;
+  const group = await model.createSessionGroup(U, { capacity: 192 });
+  const alone = await Promise.all(Array.from({ length: U }, () => model.createSession({ capacity: 192 })));
+  const plan = Array.from({ length: U }, (_, u) => Array.from({ length: TURNS }, (_, t) => ({
+    wait: t === 0 || rng.next() < 0.6 ? 0 : 1 + Math.floor(rng.next() * 3), // ms; 0: at once
+    prompt: Array.from({ length: 1 + Math.floor(rng.next() * 4) }, () => 1 + Math.floor(rng.next() * 500)),
+    opts: {
+      temperature: 0.5 + rng.next(), topK: rng.next() < 0.5 ? 20 : 0, freqPenalty: rng.next() < 0.5 ? 1 : 0,
+      seed: 100 * u + t, maxNewTokens: 1 + Math.floor(rng.next() * 20), stopAtEos: true,
+      ...(rng.next() < 0.3 ? { stopStrings: ['e'] } : {}),
+    },
+  })));
+  try {
+    const got = await Promise.all(plan.map(async (turns, u) => {
+      const out: GenerateResult[] = [];
+      for (const t of turns) {
+        if (t.wait) await new Promise((res) => setTimeout(res, t.wait));
+        out.push(await group.sessions[u]!.generate(t.prompt, t.opts));
+      }
+      return out;
+    }));
+    await group.idle();
+    // Later turns shared steps too: they joined runs in flight (or merged among themselves).
+    assert.ok(got.some((g) => g.slice(1).some((r) => r.stats.batch_rows > 1)), JSON.stringify(got.map((g) => g.map((r) => r.stats.batch_rows))));
+    for (let u = 0; u < U; u++) {
+      for (const [t, turn] of plan[u]!.entries()) {
+        const want = await alone[u]!.generate(turn.prompt, turn.opts);
+        assert.equal(got[u]![t]!.sequences[0], want.sequences[0], `user ${u}, turn ${t}`);
+      }
+      assert.equal(group.sessions[u]!.tokens, alone[u]!.tokens, `context of user ${u}`);
+      assert.is(group.cache.lengths[u], alone[u]!.cache.lengths[0], `K/V held for user ${u}`);
+    }
   } finally {
     group.destroy();
     for (const s of alone) s.destroy();
