@@ -10,10 +10,27 @@ import { tinyReference } from './fixtures-util.js';
 import { tinyModel } from './model-util.js';
 import type { Session } from '../src/engine/engine.js';
 import { CacheMisuseError, InvalidOptionError, OutOfMemoryError, PromptError } from '../src/errors.js';
-import type { GenerateResult, TokenEvent } from '../src/engine/generate.js';
+import type { GenerateOptions, GenerateResult, TokenEvent } from '../src/engine/generate.js';
 
 const ref = tinyReference();
 const ids = (i: number, n: number): number[] => ref.prompts[i % ref.prompts.length]!.ids.slice(0, n);
+
+type Model = Awaited<ReturnType<typeof tinyModel>>;
+/** Sampled turns sensitive to every count and seed (a strong frequency penalty), at a pipeline depth. */
+const sampled = (depth: number) => (seed: number, maxNewTokens: number) => ({ temperature: 0.9, topK: 25, freqPenalty: 2, seed, maxNewTokens, stopAtEos: false, pipelineDepth: depth });
+/**
+ * A group of n sessions and n separate sessions with the same first turn each (session i: a
+ * (2 + i)-token prompt, `first` new tokens with seed i), the histories later turns continue.
+ */
+async function conversations(model: Model, n: number, capacity: number, opts: (seed: number, maxNewTokens: number) => GenerateOptions, first: number) {
+  const group = await model.createSessionGroup(n, { capacity });
+  const alone = await Promise.all(Array.from({ length: n }, () => model.createSession({ capacity })));
+  for (let i = 0; i < n; i++) {
+    await group.sessions[i]!.generate(ids(i, 2 + i), opts(i, first));
+    await alone[i]!.generate(ids(i, 2 + i), opts(i, first));
+  }
+  return { group, alone };
+}
 
 test('a group turn advances the named sessions together, each as it would alone; the others are untouched', async () => {
   const model = await tinyModel();
@@ -239,14 +256,9 @@ test("turns started together on a group's sessions are merged into one batched r
 for (const depth of [1, 3]) test(`a merged turn resolves when its own sequence is done, and its session takes its next turn while the run goes on (pipelineDepth ${depth})`, async () => {
   const model = await tinyModel();
   const base = model.ctx.liveBuffers;
-  const group = await model.createSessionGroup(3, { capacity: 96 });
-  const alone = await Promise.all([0, 1, 2].map(() => model.createSession({ capacity: 96 })));
+  const opts = sampled(depth);
+  const { group, alone } = await conversations(model, 3, 96, opts, 4);
   try {
-    const opts = (seed: number, maxNewTokens: number) => ({ temperature: 0.9, topK: 25, freqPenalty: 2, seed, maxNewTokens, stopAtEos: false, pipelineDepth: depth });
-    for (let i = 0; i < 3; i++) {
-      await group.sessions[i]!.generate(ids(i, 2 + i), opts(i, 4));
-      await alone[i]!.generate(ids(i, 2 + i), opts(i, 4));
-    }
     // Session 0 wants 3 tokens, 1 wants 40, 2 wants 12 (stopping at the first 'a' too); when
     // session 0's turn resolves, its next turn starts at once, beside the 2 rows still going.
     const order: string[] = [];
@@ -286,14 +298,9 @@ for (const depth of [1, 3]) test(`a merged turn resolves when its own sequence i
 for (const depth of [1, 3]) test(`turns that arrive while a merged run goes on take its parked slots (continuous batching), each as it would go alone (pipelineDepth ${depth})`, async () => {
   const model = await tinyModel();
   const base = model.ctx.liveBuffers;
-  const group = await model.createSessionGroup(4, { capacity: 128 });
-  const alone = await Promise.all([0, 1, 2, 3].map(() => model.createSession({ capacity: 128 })));
+  const opts = sampled(depth);
+  const { group, alone } = await conversations(model, 4, 128, opts, 3);
   try {
-    const opts = (seed: number, maxNewTokens: number) => ({ temperature: 0.9, topK: 25, freqPenalty: 2, seed, maxNewTokens, stopAtEos: false, pipelineDepth: depth });
-    for (let i = 0; i < 4; i++) {
-      await group.sessions[i]!.generate(ids(i, 2 + i), opts(i, 3));
-      await alone[i]!.generate(ids(i, 2 + i), opts(i, 3));
-    }
     // Sessions 0, 1, 2 start together (3 slots). When session 0 is done, its next turn joins its
     // slot; when that is done, session 3 (not in the run before) joins, with a stop string and a
     // listener; when session 2 is done, session 0's third turn takes session 2's slot.
