@@ -11,7 +11,7 @@ import { forward64, loadTensors } from './reference/gpt2.js';
 import { cfgOf, engine, randomModel } from './model-util.js';
 import { randomCheckpoint } from '../src/engine/random.js';
 import { roundF16 } from '../src/kernels/f16.js';
-import { decodeMeta, ForwardPlan, rowMeta } from '../src/engine/model.js';
+import { decodeMeta, ForwardPlan, PARKED_ROW, rowMeta } from '../src/engine/model.js';
 import type { Model } from '../src/engine/engine.js';
 
 // Random configs against the float64 reference: odd widths, 1-4 layers, several head counts.
@@ -115,6 +115,47 @@ for (const [ci, cfg, gemvReduce] of [[0, CONFIGS[1]!, 'split'], [1, CONFIGS[3]!,
         });
       }
     } finally {
+      model.destroy();
+    }
+  });
+}
+
+// A parked token (meta row PARKED_ROW: a finished sequence riding in a decode step) writes no K/V
+// anywhere and leaves the other rows' logits exact, with the adapter's kernels and the GPU's.
+for (const gpu of [false, true]) {
+  test(`a parked token in a decode step writes nothing and leaves the other rows exact (${gpu ? 'GPU kernel choices' : 'adapter kernel choices'})`, async () => {
+    const cfg = CONFIGS[3]!;
+    const ckpt = randomCheckpoint(cfg, 300);
+    const tensors = await loadTensors(ckpt);
+    const model = gpu ? await (await engine()).loadModel(ckpt, { matmul: { ...GPU_CHOICES, gemvReduce: 'split' }, attention: GPU_ATTENTION }) : await randomModel(cfg, 300);
+    const cache = await model.createCache({ rows: 3, capacity: 16 });
+    const prompt = [3, 1, 4, 1, 5];
+    const pre = new ForwardPlan(model, cache, prompt.length * 3, 3);
+    const dec = new ForwardPlan(model, cache, 3, 3, { decode: true });
+    try {
+      // Rows 0..2 hold the prompt; then one step: row 2 feeds 9, row 0's token is parked, row 1 feeds 7.
+      const meta = new Uint32Array([...rowMeta(0, 0, 5), ...rowMeta(1, 0, 5), ...rowMeta(2, 0, 5)]);
+      pre.write({ ids: [...prompt, ...prompt, ...prompt], meta, lastIdx: Uint32Array.of(4, 9, 14) });
+      model.submit(pre.dispatches);
+      const layer = async () => new Float32Array(await model.ctx.readBuffer(cache.k[0]!, 0, 3 * 16 * cfg.n_embd * 4));
+      const before = await layer();
+      dec.write({ ids: [9, 8, 7], meta: decodeMeta([5, 5, 5], [2, PARKED_ROW, 1]) });
+      model.submit(dec.dispatches);
+      const logits = new Float32Array(await model.ctx.readBuffer(dec.logits.buffer, 0, 3 * cfg.vocab_size * 4));
+      model.ctx.throwIfErrors();
+      const after = await layer();
+      const C = cfg.n_embd;
+      const row = (r: number, a: Float32Array) => Array.from(a.subarray(r * 16 * C, (r + 1) * 16 * C));
+      assert.equal(row(0, after), row(0, before), 'the parked token wrote nothing (row 0 as before)');
+      const V = cfg.vocab_size;
+      for (const [i, tok] of [[0, 9], [2, 7]] as const) {
+        const ids = [...prompt, tok];
+        allClose(logits.subarray(i * V, (i + 1) * V), forward64(tensors, cfg, ids).subarray(5 * V), { rel: 1e-5 }, `token ${i}'s logits`);
+      }
+    } finally {
+      pre.destroy();
+      dec.destroy();
+      cache.destroy();
       model.destroy();
     }
   });
