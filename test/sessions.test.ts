@@ -6,7 +6,7 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { compare } from './helpers.js';
 import { rejects } from './helpers.js';
-import { tinyReference } from './fixtures-util.js';
+import { tinyDir, tinyReference } from './fixtures-util.js';
 import { cfgOf, engine, randomModel, tinyModel } from './model-util.js';
 import { ForwardPlan, PLAN_STASH_COUNT, promptBucket, rowMeta } from '../src/engine/model.js';
 import type { GenerateResult } from '../src/engine/generate.js';
@@ -282,6 +282,7 @@ test('promptBuckets: prompt plans built for 8/16/32/64 tokens serve shorter prom
     cache.destroy();
   }
   assert.equal([promptBucket(1), promptBucket(8), promptBucket(9), promptBucket(33), promptBucket(64), promptBucket(65)], [8, 8, 16, 64, 64, 65]);
+  await rejects(async () => (await engine()).loadModel(tinyDir(), { promptBuckets: 'yes' as never }), (e: Error) => e instanceof InvalidOptionError && /promptBuckets must be a boolean, got yes/.test(e.message));
 });
 
 test('5,000 tokens with context shifts: runs, shifts, and GPU memory stays flat', async () => {
