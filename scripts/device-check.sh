@@ -11,7 +11,8 @@
 #      64 x 128 (--gemm-tile), decode attention in 256-thread workgroups (default) or 32-thread
 #      ones (--attention-wg 0) at a 128-token and a 896-token context, gpt2 and gpt2-xl with
 #      --f16, one step in flight instead of 3 (--pipeline-depth 1), 16 conversations as separate
-#      sessions against one session group (--sessions)), each as JSON under $OUT;
+#      sessions against one session group (--sessions)), each as JSON under $OUT, and a closed-loop
+#      chat load on separate sessions and on one group (bench/chat-load.mjs);
 #   3. a short table of the figures last.
 # On the development machine: npm ci && npm run build && bash ../shared/gpu/stage.sh
 # then with the device tool: run carry [".gpu"], command "bash .gpu/remote.sh bash scripts/device-check.sh".
@@ -72,4 +73,14 @@ bench gpt2-f16 120 --model "$model" --f16 --batch 1,64 --prompt-tokens 128 --new
 bench gpt2-xl-f16-split 150 --model "$xl" --f16 --batch 1 --prompt-tokens 128 --new-tokens 32 --repeat 3 --gemv-reduce split --no-profile
 bench gpt2-f32-depth1 60 --model "$model" --batch 1 --prompt-tokens 128 --new-tokens 64 --repeat "$rep" --pipeline-depth 1 --no-profile
 bench gpt2-sessions 60 --model "$model" --batch 16 --prompt-tokens 128 --new-tokens 32 --repeat 3 --no-profile --sessions
+# A closed-loop chat load (16 users, 3 turns each): separate sessions against one session group
+# (continuous batching).
+lim=$(step_limit 60)
+if [ "$lim" -eq 0 ]; then
+  echo "skipped: the check's budget of ${budget} s was spent before this step" > "$out/gpt2-chat.log"
+else
+  echo "== gpt2-chat ($(date -u +%T), limit ${lim} s)"
+  timeout "$lim" node bench/chat-load.mjs --model "$model" --users 16 --turns 3 --json > "$out/gpt2-chat.json" 2> "$out/gpt2-chat.log"
+  echo "exit $? (limit ${lim} s)" >> "$out/gpt2-chat.log"
+fi
 node scripts/device-summary.js "$out"

@@ -49,6 +49,12 @@ for (const name of [...runs].filter((n) => n !== 'info' && n !== 'tests').sort()
     console.log(`${name.padEnd(26)} ${whyNoResult(name)}`);
     continue;
   }
+  // bench/chat-load.mjs: one closed-loop chat load, separate sessions against one group.
+  if (j.separate && j.group) {
+    const f = (x) => `${fmt(x.tokens_per_s, 0)} tokens/s (${x.submits} submits, ${x.turns_sharing_steps} turns shared steps)`;
+    console.log(`${name.padEnd(26)} chat load, ${j.users} users x ${j.turns} turns: separate ${f(j.separate)}, group ${f(j.group)}`);
+    continue;
+  }
   for (const r of j.results) {
     if (r.error) {
       console.log(`${name.padEnd(26)} ${String(r.batch).padStart(5)}  failed: ${r.error.slice(0, 140)}`);

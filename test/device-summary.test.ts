@@ -27,6 +27,8 @@ test('device-summary: a result row with its target; skipped, timed-out and faile
   writeFileSync(join(dir, 'gpt2-f16.log'), 'error: DeviceLostError: the GPU device was lost\nWarning: maxDynamicUniformBuffersPerPipelineLayout artificially reduced\nexit 1 (limit 120 s)\n');
   const sessions = { separate_turn_ms: 812.5, separate_tokens_per_s: 630.2, group_turn_ms: 101.25, group_tokens_per_s: 5056.8, group_setup_ms: 0.4321, group_first_token_ms: 3.215 };
   writeFileSync(join(dir, 'gpt2-sessions.json'), JSON.stringify({ results: [{ ...row, batch: 16, sessions }] }));
+  const chat = (tps: number, submits: number, shared: number) => ({ ms: 1000, tokens: 500, tokens_per_s: tps, submits, turns_sharing_steps: shared });
+  writeFileSync(join(dir, 'gpt2-chat.json'), JSON.stringify({ users: 16, turns: 3, separate: chat(812.4, 650, 0), group: chat(4999.6, 70, 48) }));
   const r = spawnSync(process.execPath, [join(REPO_ROOT, 'scripts', 'device-summary.js'), dir], { encoding: 'utf8' });
   assert.is(r.status, 0, r.stderr);
   const lines = r.stdout.split('\n');
@@ -44,6 +46,7 @@ test('device-summary: a result row with its target; skipped, timed-out and faile
   // a --sessions run: its row, then the separate / group line under it
   const at = lines.findIndex((l) => l.startsWith('gpt2-sessions '));
   assert.match(lines[at + 1]!, /^\s+sessions: separate 630 tokens\/s \(turn 812\.5 ms\), group 5057 tokens\/s \(turn 101\.3 ms, first token 3\.21 ms, set-up 0\.43 ms\)$/);
+  assert.match(line('gpt2-chat').join(''), /^gpt2-chat\s+chat load, 16 users x 3 turns: separate 812 tokens\/s \(650 submits, 0 turns shared steps\), group 5000 tokens\/s \(70 submits, 48 turns shared steps\)$/);
 });
 
 test.run();
