@@ -205,6 +205,15 @@ interface MergedRun {
 }
 
 /**
+ * A queued turn's own part of a merged run: its seed, and its sampling options (seed aside),
+ * maxNewTokens and stopStrings, given explicitly so that no other turn's leak into its slot.
+ */
+function turnPart(q: QueuedTurn): { seed: number; own: NonNullable<GenerateOptions['perSequence']>[number] } {
+  const { seed, ...sampling } = samplingPart(q.opts);
+  return { seed: seed ?? randomSeed(), own: { ...sampling, maxNewTokens: q.opts.maxNewTokens ?? DEFAULT_MAX_NEW_TOKENS, stopStrings: q.opts.stopStrings ?? [] } };
+}
+
+/**
  * Which turns may share batched steps: the same stopAtEos, cache mode and steps in flight;
  * sampling options, seeds, maxNewTokens and stop strings may differ, as each row has its own
  * (GenerateOptions.perSequence, seeds). undefined: the turn runs alone: it has a signal
@@ -313,7 +322,8 @@ export class SessionGroup {
         this.model.generate(q.ids, { ...q.opts, cache: this.cache, cacheRows: [q.session.row!] }).then(q.resolve, q.reject);
         continue;
       }
-      const run: MergedRun = { key: set[0]!.key, owners: [...set], seeds: set.map((q) => q.opts.seed ?? randomSeed()), parked: 0, joining: [] };
+      const parts = set.map(turnPart);
+      const run: MergedRun = { key: set[0]!.key, owners: [...set], seeds: parts.map((t) => t.seed), parked: 0, joining: [] };
       this.runs.add(run);
       const V = this.model.config.vocab_size;
       // The key made stopAtEos, useCache and pipelineDepth equal; each row keeps its own sampling
@@ -322,10 +332,7 @@ export class SessionGroup {
       run.done = generateBatch(this.model, set.map((q) => q.ids), {
         ...common,
         seeds: [...run.seeds],
-        perSequence: set.map((q) => {
-          const { seed: _seed, ...own } = samplingPart(q.opts);
-          return { ...own, maxNewTokens: q.opts.maxNewTokens ?? DEFAULT_MAX_NEW_TOKENS, stopStrings: q.opts.stopStrings ?? [] };
-        }),
+        perSequence: parts.map((t) => t.own),
         cache: this.cache,
         cacheRows: set.map((q) => q.session.row!),
         onToken: (ev: TokenEvent) => run.owners[ev.row]!.opts.onToken?.({ ...ev, row: 0 }),
@@ -343,13 +350,14 @@ export class SessionGroup {
           while (out.length < slots.length && run.joining.length) {
             const q = run.joining.shift()!;
             const slot = slots[out.length]!;
+            const { seed, own } = turnPart(q);
             run.owners[slot] = q;
-            run.seeds[slot] = q.opts.seed ?? randomSeed();
+            run.seeds[slot] = seed;
             run.parked--;
             out.push({
-              slot, row: q.session.row!, ids: q.ids, seed: run.seeds[slot]!,
-              sampling: validateSampling(samplingPart(q.opts), V), // valid: mergeKey checked it
-              maxNew: q.opts.maxNewTokens ?? DEFAULT_MAX_NEW_TOKENS, stopStrings: q.opts.stopStrings ?? [],
+              slot, row: q.session.row!, ids: q.ids, seed,
+              sampling: validateSampling(samplingPart(own), V), // valid: mergeKey checked it
+              maxNew: own.maxNewTokens!, stopStrings: own.stopStrings,
             });
           }
           return out;

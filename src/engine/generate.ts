@@ -393,30 +393,19 @@ async function run(model: GPT2Model, prompts: number[][], opts: GenerateOptions)
   try {
     const sequence = (r: Row): GeneratedSequence => ({ tokens: r.out, text: r.text, finishReason: r.finished ?? 'length' });
     const result = (): GenerateResult => ({ promptIds, seed, seeds, sequences: rowsState.map(sequence), stats });
-    // onSequenceDone for the sequences not handed over early, at the end (a session cache's rows
-    // released first: the callback may start the row's next generation at once).
-    const handOverRest = (): void => {
-      if (!opts.onSequenceDone) return;
-      rowsState.forEach((row, r) => {
-        if (row.released) return;
-        if (!own) {
-          row.released = true;
-          cache.release([rows[r]!]);
-        }
-        opts.onSequenceDone!({ row: r, sequence: sequence(row), stats: { ...stats } });
-      });
+    // A final sequence: its text completed, its cache row released (free for another generation:
+    // onSequenceDone may start the session's next turn at once), onSequenceDone told. With
+    // onSequenceDone and a session cache, generateCached hands each sequence over as it finishes
+    // (it has made the row's history final and no longer writes the row); the rest go at the end.
+    const handOver = (r: number, snapshot: GenerateStats): void => {
+      const row = rowsState[r]!;
+      row.text += row.finished === 'stop' ? '' : row.streamer.flush();
+      row.released = true;
+      cache.release([rows[r]!]);
+      opts.onSequenceDone?.({ row: r, sequence: sequence(row), stats: snapshot });
     };
-    // With a session cache, a finished sequence's row is released at once (generateCached has made
-    // its history final and stopped writing the row): another generation may use it meanwhile.
-    const handOver = opts.onSequenceDone && !own
-      ? (r: number, snapshot: GenerateStats): void => {
-          const row = rowsState[r]!;
-          row.text += row.finished === 'stop' ? '' : row.streamer.flush();
-          row.released = true;
-          cache.release([rows[r]!]);
-          opts.onSequenceDone!({ row: r, sequence: sequence(row), stats: snapshot });
-        }
-      : undefined;
+    const early = opts.onSequenceDone && !own ? handOver : undefined;
+    const handOverRest = (): void => rowsState.forEach((row, r) => { if (!row.released) handOver(r, { ...stats }); });
     const stats: GenerateStats = {
       setup_ms: 0, prefill_ms: 0, first_token_ms: 0, decode_ms_per_token: 0, tokens_per_s: 0, readback_bytes_per_token: 0, batch_rows: R,
       steps: 0, shifts: 0, submits: 0, dispatches_per_step: 0,
@@ -464,15 +453,15 @@ async function run(model: GPT2Model, prompts: number[][], opts: GenerateOptions)
     if (opts.useCache === false) {
       await generateUncached(model, cache, rows, prompts, owned, state, staging[0]!, accept, allDone, opts, stats, tCall, io, maxNew);
     } else {
-      await generateCached(model, cache, rows, prompts, owned, state, staging, accept, allDone, rowsState, opts, stats, plans, pending, depth, tCall, io, maxNew, handOver, handOver && opts.admit ? { admit: opts.admit, seqOpts } : undefined);
+      await generateCached(model, cache, rows, prompts, owned, state, staging, accept, allDone, rowsState, opts, stats, plans, pending, depth, tCall, io, maxNew, early, early && opts.admit ? { admit: opts.admit, seqOpts } : undefined);
     }
-    for (const row of rowsState) if (!row.released) row.text += row.finished === 'stop' ? '' : row.streamer.flush();
-    const produced = Math.max(1, stats.steps);
     if (opts.useCache === false) {
+      // (generateCached sets its own per-step figures)
+      const produced = Math.max(1, stats.steps);
       stats.submits = io.submits / produced;
       stats.dispatches_per_step = io.dispatches / produced;
+      stats.readback_bytes_per_token = io.bytesReadBack / produced / R;
     }
-    stats.readback_bytes_per_token = io.bytesReadBack / produced / R;
     finished = true;
     handOverRest();
     return result();
@@ -484,6 +473,19 @@ async function run(model: GPT2Model, prompts: number[][], opts: GenerateOptions)
     cache.release(rows.filter((_, r) => !rowsState[r]!.released)); // a released row may be another generation's now
     if (own) cache.destroy();
   }
+}
+
+/**
+ * Appends the tokens of cache row cr that the cache does not hold yet (tokens[lengths..]) to a
+ * step's ids and meta; the row's length counts them (the step writes their K/V).
+ */
+function feedPending(cache: KVCache, cr: number, ids: number[], meta: number[]): void {
+  const seq = cache.tokens[cr]!;
+  for (let p = cache.lengths[cr]!; p < seq.length; p++) {
+    ids.push(seq[p]!);
+    meta.push(cr, p);
+  }
+  cache.lengths[cr] = seq.length;
 }
 
 /** Token list for re-encoding row r after a shift: its most recent `keep` tokens. */
@@ -575,15 +577,8 @@ async function generateCached(
     const idList: number[] = [];
     const last = new Uint32Array(R);
     for (let r = 0; r < R; r++) {
-      const cr = rows[r]!;
-      const seq = cache.tokens[cr]!;
-      const start = cache.lengths[cr]!;
-      for (let p = start; p < seq.length; p++) {
-        idList.push(seq[p]!);
-        metaList.push(cr, p);
-      }
+      feedPending(cache, rows[r]!, idList, metaList);
       last[r] = idList.length - 1;
-      cache.lengths[cr] = seq.length;
     }
     prefill = model.takePlan(cache, idList.length, R, { bucket: opts.cache !== undefined }); // kept for the session's next turns
     plans.push(prefill);
@@ -698,13 +693,8 @@ async function generateCached(
       if (parked[r]) continue;
       const cr = rows[r]!;
       if (slots.has(r)) {
-        const seq = cache.tokens[cr]!;
-        for (let p = cache.lengths[cr]!; p < seq.length; p++) {
-          ids.push(seq[p]!);
-          meta.push(cr, p);
-        }
-        cache.lengths[cr] = seq.length;
-        queuedPos[r] = seq.length;
+        feedPending(cache, cr, ids, meta);
+        queuedPos[r] = cache.lengths[cr]!;
       } else {
         ids.push(rowsState[r]!.out.at(-1)!); // its pending token, as the decode step would feed it
         meta.push(cr, queuedPos[r]!);
