@@ -12,10 +12,12 @@
 //     cap) positions p_t - n + 1 .. p_t of row r_t (the ring's window; the engine keeps p_t < cap, so
 //     in practice positions 0..p_t). A query whose row is >= rows gets a NaN output (defence in depth).
 //
-// Five entry points (the TS module picks): main (scalar loads, any D), main_vec4 (the same with
+// Entry points (the TS module picks): main (scalar loads, any D), main_vec4 (the same with
 // vec4 loads, D % 4 == 0), decode_lanes (CPU adapters: one invocation per token and head, no
-// barriers), prefill_lanes (CPU adapters: one per pair of tokens and head, sharing K/V loads) and
-// tiled_vec4 (GPU prompts: 8 tokens of one row per workgroup, at the end).
+// barriers), prefill_lanes (CPU adapters: one per pair of tokens and head, sharing K/V loads),
+// att_scores + att_softmax + att_pv (CPU adapters, long prompts: the two products as matrix
+// products through a score scratch) and tiled_vec4 (GPU prompts: 8 tokens of one row per
+// workgroup, at the end).
 // main_vec4 is built at WG = 32 and, for GPU decode steps, at a wider WG (256 by default): a
 // decode step has only rows x n_head (token, head) pairs, 12 workgroups for gpt2 at batch 1, each
 // walking its window in blocks of KB = 4 WG keys; at WG 32 a 1024-key window is 8 dependent
@@ -59,7 +61,9 @@ struct Params {
   nan_bits: u32,  // 0x7fc00000: NaN cannot be written as a WGSL constant
   tiled_skip: u32,  // 1: main_vec4 skips tokens whose tile tiled_vec4 handles (see below)
   write_kv: u32,    // 1: main / main_vec4 copy the token's k, v (head h) to its cache slot first
-  pairs_skip: u32,  // 1: decode_lanes skips tokens whose pair prefill_lanes handles (see there)
+  pairs_skip: u32,  // 1: decode_lanes skips tokens whose pair prefill_lanes handles, 2: whose block att_scores / att_pv handle
+  t_base: u32,      // att_scores / att_softmax / att_pv: the chunk's first token (a multiple of QB)
+  tc: u32,          // the chunk's tokens (scores rows per head; a multiple of QB)
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -304,6 +308,7 @@ fn decode_lanes(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
   let t = w / p.n_head;
   let h = w - t * p.n_head;
   if (p.pairs_skip == 1u && pair_qualifies(t / 2u)) { return; }
+  if (p.pairs_skip == 2u && block_extent(t / QB) != 0u) { return; }
   let row = tok_meta[2u * t];
   let pos = tok_meta[2u * t + 1u];
   if (p.write_kv == 1u && row < p.rows) {
@@ -436,6 +441,164 @@ fn prefill_lanes(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation
   for (var d = 0u; d < HD4; d++) {
     out4[t0 * C4 + h * HD4 + d] = acc0[d] / l.x;
     out4[t1 * C4 + h * HD4 + d] = acc1[d] / l.y;
+  }
+}
+
+// ---- Blocks, for long prompts on CPU adapters: attention as the matrix products it is,
+// S = Q K^T / sqrt(D), P = softmax(S) row by row, O = P V, through a score scratch
+// scores [n_head, tc, cap] (a chunk of tc tokens at a time, so its size does not grow with T).
+// On lavapipe a load whose address is the same for every lane of a workgroup (it depends on the
+// workgroup id only) is one scalar load, while a lane-varying one is a per-lane gather, and the
+// gathers set the cost (see prefill_lanes). So each product keeps one operand workgroup-uniform,
+// as the prompt GEMV gemv_kn_cols does:
+//   att_scores: a workgroup = (head h, block of QB = 8 tokens), keys 16 at a time: its BL = 8
+//     lanes own SK = 2 keys each (j0 + lid, j0 + BL + lid). Per 4 dims: 2 gathered k words, 8 uniform q words,
+//     16 vec4 FMAs (pairs: 1 gather per 2 FMAs). Every key of the block's extent is scored for
+//     every token of the block, also keys past a token's own position (att_softmax ignores those).
+//   att_softmax: one invocation per (token, head): max, exp-sum and normalisation over its row's
+//     keys 0..pos (each row in the lanes' own registers: the exps run 8 lanes wide).
+//   att_pv: a workgroup = (head h, block of QB tokens); lane l owns 2 vec4 words of the head's
+//     output dims (l * 2, l * 2 + 1, then + 2 BL while D / 4 > 2 BL). Per key: 2 gathered v words
+//     (neighbouring, so one cache line), 8 uniform p values (0 past a token's position), 16 FMAs.
+// A block qualifies when its tokens share one valid row and every position is < cap (slot =
+// position, keys 0..max pos + 1); other tokens (rows mixed in a block, a wrapped ring, a row
+// outside the cache) are left to decode_lanes with pairs_skip = 2, which skips the rest. No
+// workgroup memory, no barriers. Loop bounds are runtime values (p.D), not the HD4 override, so
+// LLVM does not unroll the head loops: llvmpipe's compile time grows with every unrolled copy.
+// Needs kv_write to have run (no write_kv).
+
+@group(0) @binding(6) var<storage, read_write> scores: array<f32>;  // [n_head, tc, cap]: S, then P
+
+const QB: u32 = 8u;  // tokens per block
+const SK: u32 = 2u;  // keys per lane of att_scores
+const BL: u32 = 8u;  // lanes per workgroup of att_scores / att_pv (one 256-bit row of f32 on lavapipe)
+
+// Largest position + 1 over block b's tokens when the block qualifies (they share a valid row,
+// every position < cap), else 0. Uniform when b is.
+fn block_extent(b: u32) -> u32 {
+  let t0 = b * QB;
+  if (t0 >= p.T) { return 0u; }
+  let nt = min(QB, p.T - t0);
+  let row = tok_meta[2u * t0];
+  var ok = row < p.rows;
+  var n = 0u;
+  for (var i = 0u; i < nt; i++) {
+    let pos = tok_meta[2u * (t0 + i) + 1u];
+    ok = ok && tok_meta[2u * (t0 + i)] == row && pos < p.cap;
+    n = max(n, pos + 1u);
+  }
+  return select(0u, n, ok);
+}
+
+// Workgroup index = (block in chunk) * n_head + h; it walks the block's keys 16 at a time (one
+// workgroup per 16 keys spent more on starting workgroups than on the products: 2x slower).
+@compute @workgroup_size(BL)
+fn att_scores(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+  let w = wg.y * p.groups_x + wg.x;
+  let h = w % p.n_head;
+  let bc = w / p.n_head;  // block in the chunk
+  if (bc * QB >= p.tc) { return; }
+  let b = p.t_base / QB + bc;
+  let n = block_extent(b);  // 0 when b is past T or does not qualify
+  if (n == 0u) { return; }
+  let C4 = p.C / 4u;
+  let D4 = p.D / 4u;
+  let row = tok_meta[2u * b * QB];
+  var qb: array<u32, QB>;    // [i] first word of token b * QB + i's q head slice (clamped to T - 1): uniform
+  var srow: array<u32, QB>;  // [i] its row of scores (0 for a token past T: not stored)
+  for (var i = 0u; i < QB; i++) {
+    qb[i] = min(b * QB + i, p.T - 1u) * 3u * C4 + h * D4;
+    srow[i] = (h * p.tc + bc * QB + i) * p.cap;
+  }
+  let nt = min(QB, p.T - b * QB);
+  for (var j0 = 0u; j0 < n; j0 += BL * SK) {
+    var kb: array<u32, SK>;  // [s] first word of key j0 + s * BL + lid's head slice (clamped into the extent)
+    for (var s = 0u; s < SK; s++) { kb[s] = (row * p.cap + min(j0 + s * BL + lid, n - 1u)) * C4 + h * D4; }
+    var acc: array<vec4<f32>, 16>;  // [i * SK + s], QB * SK; zeroed by hand (see att_pv)
+    for (var a = 0u; a < QB * SK; a++) { acc[a] = vec4<f32>(0.0); }
+    for (var d = 0u; d < D4; d++) {
+      var k: array<vec4<f32>, SK>;
+      for (var s = 0u; s < SK; s++) { k[s] = k4[kb[s] + d]; }
+      for (var i = 0u; i < QB; i++) {
+        let q = qkv4[qb[i] + d];
+        for (var s = 0u; s < SK; s++) { acc[i * SK + s] += q * k[s]; }
+      }
+    }
+    for (var i = 0u; i < nt; i++) {
+      for (var s = 0u; s < SK; s++) {
+        let j = j0 + s * BL + lid;
+        if (j < n) { scores[srow[i] + j] = dot(acc[i * SK + s], vec4<f32>(1.0)) * p.scale; }
+      }
+    }
+  }
+}
+
+// Invocation index = (token in chunk) * n_head + h; LANES per workgroup.
+@compute @workgroup_size(LANES)
+fn att_softmax(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+  let w = (wg.y * p.groups_x + wg.x) * LANES + lid;
+  let tl = w / p.n_head;
+  let h = w - tl * p.n_head;
+  let t = p.t_base + tl;
+  if (tl >= p.tc || t >= p.T) { return; }
+  if (block_extent(t / QB) == 0u) { return; }
+  let n = tok_meta[2u * t + 1u] + 1u;  // keys 0..pos
+  let srow = (h * p.tc + tl) * p.cap;
+  var m = LOWEST;
+  for (var j = 0u; j < n; j++) { m = max(m, scores[srow + j]); }
+  var l = 0.0;
+  for (var j = 0u; j < n; j++) {
+    let e = exp(scores[srow + j] - m);
+    scores[srow + j] = e;
+    l += e;
+  }
+  let inv = 1.0 / l;
+  for (var j = 0u; j < n; j++) { scores[srow + j] *= inv; }
+}
+
+// Workgroup index = (block in chunk) * n_head + h.
+@compute @workgroup_size(BL)
+fn att_pv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+  let w = wg.y * p.groups_x + wg.x;
+  let h = w % p.n_head;
+  let bc = w / p.n_head;
+  if (bc * QB >= p.tc) { return; }
+  let b = p.t_base / QB + bc;
+  let n = block_extent(b);
+  if (n == 0u) { return; }
+  let C4 = p.C / 4u;
+  let D4 = p.D / 4u;
+  let row = tok_meta[2u * b * QB];
+  var srow: array<u32, QB>;  // [i] token b * QB + i's row of P (clamped to T - 1): uniform
+  var lim: array<u32, QB>;   // [i] its keys: position + 1
+  for (var i = 0u; i < QB; i++) {
+    let t = min(b * QB + i, p.T - 1u);
+    srow[i] = (h * p.tc + t - p.t_base) * p.cap;
+    lim[i] = tok_meta[2u * t + 1u] + 1u;
+  }
+  let vbase = row * p.cap * C4 + h * D4;  // + j * C4 + word
+  for (var w0 = lid * 2u; w0 < D4; w0 += 2u * BL) {
+    let w1 = min(w0 + 1u, D4 - 1u);  // an odd D / 4's last lane reloads w0, not stored
+    // [i * 2 + word], QB * 2; zeroed by hand each round: declared in the loop body it kept the
+    // previous round's sums on Dawn 0.6.2 / lavapipe (D 128 and 256 went wrong from the 2nd round)
+    var acc: array<vec4<f32>, 16>;
+    for (var a = 0u; a < 2u * QB; a++) { acc[a] = vec4<f32>(0.0); }
+    for (var j = 0u; j < n; j++) {
+      let va = v4[vbase + j * C4 + w0];
+      let vb = v4[vbase + j * C4 + w1];
+      for (var i = 0u; i < QB; i++) {
+        let pij = select(0.0, scores[srow[i] + j], j < lim[i]);
+        acc[2u * i] += pij * va;
+        acc[2u * i + 1u] += pij * vb;
+      }
+    }
+    for (var i = 0u; i < QB; i++) {
+      let t = b * QB + i;
+      if (t < p.T) {
+        out4[t * C4 + h * D4 + w0] = acc[2u * i];
+        if (w0 + 1u < D4) { out4[t * C4 + h * D4 + w0 + 1u] = acc[2u * i + 1u]; }
+      }
+    }
   }
 }
 

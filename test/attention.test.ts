@@ -1,6 +1,6 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { AttentionArgs, AttentionKernel } from '../src/kernels/attention.js';
+import { AttentionArgs, AttentionKernel, BLOCKS_MIN_T } from '../src/kernels/attention.js';
 
 type AttentionVariant = NonNullable<AttentionArgs['variant']>;
 import { KvWriteKernel } from '../src/kernels/kvcache.js';
@@ -27,7 +27,7 @@ interface Scenario {
  * token's k and v in its slot itself, and afterwards the caches must hold exactly the history
  * plus those (nothing else written).
  */
-async function check(sc: Scenario, seed: number, variant: AttentionVariant, writeKv = false, decodeWg = 256, decodeLanes?: number): Promise<void> {
+async function check(sc: Scenario, seed: number, variant: AttentionVariant, writeKv = false, decodeWg = 256, decodeLanes?: number, blocksScratchBytes?: number): Promise<void> {
   await withDevice(async ({ ctx, owned }) => {
     const { C, nHead, cap } = sc;
     const rows = sc.prior.length;
@@ -63,11 +63,13 @@ async function check(sc: Scenario, seed: number, variant: AttentionVariant, writ
     const vT = upload(owned, vc, [rows, cap, C]);
     const out = poisoned(owned, [T, C]);
     const kw = await KvWriteKernel.create(ctx);
-    const at = await AttentionKernel.create(ctx, variant === 'lanes' || variant === 'pairs' ? { headDim: C / nHead, lanes: true, decodeLanes } : { decodeWg });
-    await run(ctx, [
-      ...(writeKv ? [] : [kw.bind(owned, { qkv: qkvT, meta: metaT, kCache: kT, vCache: vT })]),
-      ...at.bind(owned, { qkv: qkvT, meta: metaT, kCache: kT, vCache: vT, out, nHead, variant, writeKv }),
-    ]);
+    const lanes = variant === 'lanes' || variant === 'pairs' || variant === 'blocks';
+    const at = await AttentionKernel.create(ctx, lanes ? { headDim: C / nHead, lanes: true, decodeLanes, blocksScratchBytes } : { decodeWg });
+    // blocks: a poisoned score scratch (NaN: a score read before it is written shows)
+    const scores = variant === 'blocks' ? poisoned(owned, [at.blocksScratch(T, cap, C, nHead).floats]) : undefined;
+    const dispatches = at.bind(owned, { qkv: qkvT, meta: metaT, kCache: kT, vCache: vT, out, nHead, variant, writeKv, scores });
+    if (blocksScratchBytes) assert.ok(dispatches.filter((d) => d.label.endsWith('.scores')).length > 1, 'the scratch limit splits the tokens into chunks');
+    await run(ctx, [...(writeKv ? [] : [kw.bind(owned, { qkv: qkvT, meta: metaT, kCache: kT, vCache: vT })]), ...dispatches]);
     const ref = attention64(qkv, T, C, nHead, cap, rowOf, posOf, hist);
     allClose(await download(ctx, out), ref, { rel: 1e-5, atol: 2e-5, rtol: 1e-4 }, 'attention');
     if (writeKv) {
@@ -106,17 +108,31 @@ const CASES: Array<[string, Scenario]> = [
 // (pairs: neighbours in a row share K/V loads, other pairs and an odd last token go one by one),
 // tiled (8 tokens per workgroup; tiles that mix rows or wrap fall back per token) and wide (the
 // vec4 kernel with 256 threads per workgroup, GPU decode's).
-for (const variant of ['query', 'scalar', 'lanes', 'pairs', 'tiled', 'wide'] as const) {
+for (const variant of ['query', 'scalar', 'lanes', 'pairs', 'tiled', 'wide', 'blocks'] as const) {
   CASES.forEach(([name, sc], i) => {
     const D = sc.C / sc.nHead;
     if (variant === 'tiled' && !(D % 4 === 0 && D <= 64)) return;
-    if ((variant === 'lanes' || variant === 'pairs' || variant === 'wide') && D % 4 !== 0) return;
+    if ((variant === 'lanes' || variant === 'pairs' || variant === 'wide' || variant === 'blocks') && D % 4 !== 0) return;
     test(`attention (${variant}): ${name}`, () => check(sc, 100 + i, variant));
     // decode_lanes at another workgroup width than the default 2 (the index arithmetic depends on
     // it; head sizes up to 64 only: llvmpipe takes 20-45 s to compile each wider one)
     if (variant === 'lanes' && D <= 64) test(`attention (lanes, 8 per workgroup): ${name}`, () => check(sc, 100 + i, variant, false, 256, 8));
   });
 }
+
+// Variant 'blocks' (long prompts on CPU adapters: blocks of 8 tokens of one row through a score
+// scratch; blocks mixing rows or wrapping the ring go token by token in a second pass): prompts
+// over several key groups (16 keys each) and blocks, rows continued from a history, blocks that
+// straddle two rows, a partial last block, tokens in chunks when the scratch is limited.
+const BLOCK_CASES: Array<[string, Scenario, number?]> = [
+  ['one row, nHead 12, D 64, 77 tokens (a partial last block)', { C: 768, nHead: 12, cap: 96, prior: [0], step: [[0, 77]] }],
+  ['a row continued after 37 positions, 30 tokens, nHead 2, D 64', { C: 128, nHead: 2, cap: 80, prior: [37], step: [[0, 30]] }],
+  ['two prompts of 13 and 20 tokens and a continued row (blocks straddle rows), D 16', { C: 64, nHead: 4, cap: 48, prior: [0, 0, 5], step: [[0, 13], [1, 20], [2, 11]] }],
+  ['D 128 (two word groups per lane), 19 tokens', { C: 256, nHead: 2, cap: 40, prior: [3], step: [[0, 19]] }],
+  ['chunks of 8 tokens (a scratch of 8 x 4 heads x 64 slots), 45 tokens after 6', { C: 256, nHead: 4, cap: 64, prior: [6], step: [[0, 45]] }, 8 * 4 * 64 * 4],
+  ['chunks of 24 tokens over two rows, nHead 3, D 16', { C: 48, nHead: 3, cap: 64, prior: [0, 10], step: [[0, 30], [1, 25]] }, 24 * 3 * 64 * 4 + 100],
+];
+BLOCK_CASES.forEach(([name, sc, scratch], i) => test(`attention (blocks): ${name}`, () => check(sc, 500 + i, 'blocks', false, 256, undefined, scratch)));
 
 // Decode steps (one token per row) with writeKv: the kernel writes the step's K/V itself.
 const DECODE_CASES: Array<[string, Scenario]> = [
@@ -174,6 +190,49 @@ test('attention: a token whose row is outside the cache gets NaN, the others are
       // token 0 attends only to itself: out = its v
       allClose(got.subarray(0, C), qkv.subarray(2 * C, 3 * C), { atol: 1e-6 }, `single-key attention (${what})`);
       assert.ok(got.subarray(C).every((v) => Number.isNaN(v)), `row outside the cache gives NaN (${what})`);
+    }
+  }));
+
+test("attention 'blocks': chosen by 'auto' for prompts of >= BLOCKS_MIN_T tokens given a scratch, its scratch sized and checked, refused where it cannot run", () =>
+  withDevice(async ({ ctx, owned }) => {
+    const args = (T: number, C: number, nHead: number) => ({
+      qkv: poisoned(owned, [T, 3 * C]), meta: poisoned(owned, [T, 2], 'u32'),
+      kCache: poisoned(owned, [2, 32, C]), vCache: poisoned(owned, [2, 32, C]), out: poisoned(owned, [T, C]), nHead,
+    });
+    const on = await AttentionKernel.create(ctx, { headDim: 16, lanes: true });
+    const T = BLOCKS_MIN_T;
+    // [n_head 4, tc, cap 32]: tc = T rounded up to 8 while it fits 64 MiB
+    assert.equal(on.blocksScratch(T, 32, 64, 4), { floats: 4 * T * 32, tc: T });
+    assert.equal(on.blocksScratch(13, 32, 64, 4), { floats: 4 * 16 * 32, tc: 16 }, 'whole blocks of 8 tokens');
+    assert.equal(on.blocksScratch(T, 32, 64, 2), { floats: 0, tc: 0 }, 'D 32: not the head size it was built for');
+    const small = await AttentionKernel.create(ctx, { headDim: 16, lanes: true, blocksScratchBytes: 4 * 32 * 4 * 20 });
+    assert.equal(small.blocksScratch(T, 32, 64, 4), { floats: 4 * 16 * 32, tc: 16 }, 'a 20-token budget: chunks of 16');
+    assert.equal(small.blocksScratch(T, 32, 64, 4).tc, 16);
+    const chunked = small.bind(owned, { ...args(T, 64, 4), scores: poisoned(owned, [4 * 16 * 32]) }).map((d) => d.label);
+    assert.equal(chunked, [...Array(T / 16).fill(['attention.scores', 'attention.softmax', 'attention.pv']).flat(), 'attention.rest'], 'per chunk: scores, softmax, P V; then decode_lanes for blocks that do not qualify');
+    const scores = poisoned(owned, [on.blocksScratch(T, 32, 64, 4).floats]);
+    assert.equal(on.bind(owned, { ...args(T, 64, 4), scores }).map((d) => [d.label, d.workgroups]), [
+      ['attention.scores', [(T / 8) * 4, 1, 1]], // (block, head)
+      ['attention.softmax', [(T * 4) / 8, 1, 1]], // (token, head), 8 per workgroup
+      ['attention.pv', [(T / 8) * 4, 1, 1]],
+      ['attention.rest', [(T * 4) / 8, 1, 1]],
+    ]);
+    assert.equal(on.bind(owned, { ...args(T - 1, 64, 4), scores })[0]!.label, 'attention.pairs', 'shorter prompts: pairs');
+    assert.equal(on.bind(owned, args(T, 64, 4))[0]!.label, 'attention.pairs', 'no scratch: pairs');
+    assert.equal(on.bind(owned, { ...args(T, 64, 4), scores, writeKv: true })[0]!.label, 'attention', 'decode steps: lanes');
+    assert.throws(() => on.bind(owned, { ...args(T, 64, 4), variant: 'blocks' }), (e: Error) => e instanceof ShapeError && /needs a scores scratch of 8192 f32/.test(e.message));
+    assert.throws(() => on.bind(owned, { ...args(T, 64, 4), variant: 'blocks', scores: poisoned(owned, [100]) }), (e: Error) => e instanceof ShapeError && /holds 100 f32, variant 'blocks' needs 8192 f32/.test(e.message));
+    assert.throws(() => on.bind(owned, { ...args(T, 64, 4), variant: 'blocks', scores, writeKv: true }), (e: Error) => e instanceof ShapeError && /not variant 'blocks'/.test(e.message));
+    assert.throws(() => on.bind(owned, { ...args(T, 64, 2), variant: 'blocks', scores }), (e: Error) => e instanceof ShapeError && /variant 'blocks' runs head size 16 only, got D = 32/.test(e.message));
+    const outInScores = { buffer: scores.buffer, offset: 0, shape: [T, 64], dtype: 'f32' as const };
+    assert.throws(() => on.bind(owned, { ...args(T, 64, 4), out: outInScores, variant: 'blocks', scores }), (e: Error) => e instanceof ShapeError && /scores .* overlaps out/.test(e.message));
+    const gpu = await AttentionKernel.create(ctx, { headDim: 16, lanes: false });
+    assert.equal(gpu.blocksScratch(T, 32, 64, 4), { floats: 0, tc: 0 }, 'no lanes kernels (GPUs): no blocks');
+    for (const blocksScratchBytes of [0, -5, 1.5]) {
+      await AttentionKernel.create(ctx, { headDim: 16, lanes: true, blocksScratchBytes }).then(
+        () => assert.unreachable(`blocksScratchBytes ${blocksScratchBytes} accepted`),
+        (e: Error) => assert.ok(e instanceof InvalidOptionError && /blocksScratchBytes must be a positive integer/.test(e.message), e.message),
+      );
     }
   }));
 

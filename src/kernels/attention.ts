@@ -28,6 +28,12 @@ export interface AttentionArgs {
   out: GpuTensor; // [T, C] f32, disjoint from the inputs
   nHead: number;
   /**
+   * Score scratch of variant 'blocks': at least `blocksScratch(...).floats` f32 (shape [n], or
+   * [n_head, tc, cap]); several layers' dispatches may share one (they run one after another).
+   * Without it 'auto' does not pick 'blocks'.
+   */
+  scores?: GpuTensor;
+  /**
    * Which kernel: 'query' (one workgroup per token and head; vec4 loads when D % 4 == 0, else
    * scalar), 'scalar' (the same, always scalar), 'lanes' (one invocation per token and head, no
    * barriers: the kernel's `lanesHeadDim` must equal D), 'pairs' (one invocation per two
@@ -36,12 +42,15 @@ export interface AttentionArgs {
    * workgroup sharing K/V loads: for prompts; needs D % 4 == 0 and D <= 64; tiles mixing rows fall
    * back to one token at a time, so it is correct for any step, only slower for decode), 'wide'
    * (the vec4 kernel with `decodeWg` threads per workgroup; needs D % 4 == 0 and a kernel created
-   * with decodeWg) or 'auto' (default). 'auto' on a kernel with the one-invocation kernels for this
-   * D (CPU adapters): 'lanes' for writeKv steps and single tokens, else 'pairs'. Otherwise: 'tiled'
+   * with decodeWg), 'blocks' (CPU adapters, long prompts: blocks of 8 tokens of one row as two
+   * matrix products through the `scores` scratch, the same head-size rule; not with writeKv) or
+   * 'auto' (default). 'auto' on a kernel with the one-invocation kernels for this D (CPU adapters):
+   * 'lanes' for writeKv steps and single tokens, 'blocks' for T >= BLOCKS_MIN_T when `scores` is
+   * given, else 'pairs'. Otherwise: 'tiled'
    * when it applies and T >= 16, else 'wide' for a writeKv step when the kernel has it (GPUs),
    * else 'query'.
    */
-  variant?: 'auto' | 'query' | 'scalar' | 'lanes' | 'pairs' | 'tiled' | 'wide';
+  variant?: 'auto' | 'query' | 'scalar' | 'lanes' | 'pairs' | 'tiled' | 'wide' | 'blocks';
   /**
    * The kernel copies each token's key and value (qkv cols [C, 3C)) to its cache slot itself before
    * attending, so no kv_write dispatch is needed. Only for steps whose tokens are all in different
@@ -50,7 +59,16 @@ export interface AttentionArgs {
   writeKv?: boolean;
 }
 
-const VARIANTS: ReadonlyArray<NonNullable<AttentionArgs['variant']>> = ['auto', 'query', 'scalar', 'lanes', 'pairs', 'tiled', 'wide'];
+const VARIANTS: ReadonlyArray<NonNullable<AttentionArgs['variant']>> = ['auto', 'query', 'scalar', 'lanes', 'pairs', 'tiled', 'wide', 'blocks'];
+
+/** Tokens per block of variant 'blocks' (QB in the shader); chunks start at multiples of it. */
+const BLOCK_TOKENS = 8;
+/** att_scores / att_pv lanes per workgroup (BL); att_softmax takes LANES = this too. */
+const BLOCK_LANES = 8;
+/** Bytes the 'blocks' score scratch may take (less where the binding limit is lower): chunks of tokens beyond. */
+export const BLOCKS_SCRATCH_BYTES = 64 * 1024 * 1024;
+/** Prompts of at least this many tokens take 'blocks' under 'auto' (CPU adapters). */
+export const BLOCKS_MIN_T = 64;
 
 /** Tokens per tile of the tiled kernel (its workgroup size / 4 lanes per token). */
 const TILE_TOKENS = 8;
@@ -83,6 +101,12 @@ export interface AttentionOptions {
   decodeWg?: number;
   /** Invocations per workgroup of decode_lanes (variant 'lanes'): a power of two in [1, 64]. Default DECODE_LANES (2). */
   decodeLanes?: number;
+  /**
+   * Most bytes of one chunk's score scratch for variant 'blocks' (tokens beyond go in further
+   * chunks): at least 8 tokens' worth is always allowed. Default BLOCKS_SCRATCH_BYTES (64 MiB),
+   * capped by the binding limit.
+   */
+  blocksScratchBytes?: number;
 }
 
 export class AttentionKernel {
@@ -103,6 +127,10 @@ export class AttentionKernel {
     readonly decodeWg: number | undefined,
     /** Invocations per workgroup of decode_lanes (AttentionOptions.decodeLanes). */
     readonly decodeLanes: number,
+    /** Variant 'blocks' (built with the lanes kernels): its three passes. */
+    private readonly pipelinesBlocks: { scores: GPUComputePipeline; softmax: GPUComputePipeline; pv: GPUComputePipeline } | undefined,
+    /** AttentionOptions.blocksScratchBytes. */
+    readonly blocksScratchBytes: number,
   ) {}
 
   static async create(ctx: GpuContext, opts: AttentionOptions = {}): Promise<AttentionKernel> {
@@ -125,7 +153,11 @@ export class AttentionKernel {
     if (!isPowerOfTwoIn(decodeLanes, 1, 64)) {
       throw new InvalidOptionError(`AttentionKernel: decodeLanes must be a power of two in [1, 64] (invocations per decode_lanes workgroup), got ${decodeLanes}`);
     }
-    const [scalar, vec4, tiled, lanesP, pairsP, restP, wide] = await Promise.all([
+    const blocksScratchBytes = opts.blocksScratchBytes ?? BLOCKS_SCRATCH_BYTES;
+    if (!Number.isInteger(blocksScratchBytes) || blocksScratchBytes < 1) {
+      throw new InvalidOptionError(`AttentionKernel: blocksScratchBytes must be a positive integer (bytes of the 'blocks' score scratch per chunk), got ${blocksScratchBytes}`);
+    }
+    const [scalar, vec4, tiled, lanesP, pairsP, restP, wide, scoresP, softmaxP, pvP] = await Promise.all([
       ctx.pipeline('attention', 'main', { WG: wg }),
       ctx.pipeline('attention', 'main_vec4', { WG: wg }),
       ctx.pipeline('attention', 'tiled_vec4', { WG: wg }),
@@ -133,8 +165,27 @@ export class AttentionKernel {
       lanes ? ctx.pipeline('attention', 'prefill_lanes', { HD4: headDim! / 4, LANES: PAIR_LANES }) : undefined,
       lanes ? ctx.pipeline('attention', 'decode_lanes', { HD4: headDim! / 4, LANES: PAIR_LANES }) : undefined,
       decodeWg ? ctx.pipeline('attention', 'main_vec4', { WG: decodeWg }) : undefined,
+      lanes ? ctx.pipeline('attention', 'att_scores', {}) : undefined,
+      lanes ? ctx.pipeline('attention', 'att_softmax', { LANES: BLOCK_LANES }) : undefined,
+      lanes ? ctx.pipeline('attention', 'att_pv', {}) : undefined,
     ]);
-    return new AttentionKernel(ctx, scalar, vec4, tiled, lanesP, pairsP, restP, wide, wg, lanes ? headDim! : undefined, decodeWg || undefined, decodeLanes);
+    const blocks = scoresP && softmaxP && pvP ? { scores: scoresP, softmax: softmaxP, pv: pvP } : undefined;
+    return new AttentionKernel(ctx, scalar, vec4, tiled, lanesP, pairsP, restP, wide, wg, lanes ? headDim! : undefined, decodeWg || undefined, decodeLanes, blocks, blocksScratchBytes);
+  }
+
+  /**
+   * The score scratch variant 'blocks' needs for T tokens over a cache of `cap` slots with nHead
+   * heads: tokens go in chunks of `tc` (a multiple of 8), each chunk's scores [nHead, tc, cap] f32
+   * within BLOCKS_SCRATCH_BYTES and the binding limit. `floats` 0 where this kernel has no
+   * 'blocks' for head size C / nHead (not a CPU adapter's kernel, or another head size).
+   */
+  blocksScratch(T: number, cap: number, C: number, nHead: number): { floats: number; tc: number } {
+    if (!this.pipelinesBlocks || C / nHead !== this.lanesHeadDim) return { floats: 0, tc: 0 };
+    const budget = Math.min(this.blocksScratchBytes, this.ctx.limits.maxStorageBufferBindingSize);
+    const perToken = nHead * cap * 4;
+    const fit = Math.max(BLOCK_TOKENS, Math.floor(budget / perToken / BLOCK_TOKENS) * BLOCK_TOKENS);
+    const tc = Math.min(Math.ceil(T / BLOCK_TOKENS) * BLOCK_TOKENS, fit);
+    return { floats: nHead * tc * cap, tc };
   }
 
   /**
@@ -184,14 +235,16 @@ export class AttentionKernel {
       throw new ShapeError(`${label}: variant '${variant}' runs head size ${this.lanesHeadDim ?? '(none: the kernel was created without headDim)'} only, got D = ${D}; create the kernel with { headDim: ${D} } or use variant 'query'`);
     }
     if (variant === 'pairs' && a.writeKv) throw new ShapeError(`${label}: writeKv (tokens in distinct rows, a decode step) needs the one-query kernels, not variant 'pairs'`);
-    const inputs = [binding(a.qkv), binding(a.meta), binding(a.kCache), binding(a.vCache), binding(a.out)];
-    const make = (pipeline: GPUComputePipeline, name: string, workgroups: number, tiledSkip: number, pairsSkip = 0): Dispatch => {
+    // [binding, resource]: params at 0, then qkv, meta, kCache, vCache, out (every entry point but
+    // the blocks passes uses them all; an 'auto' layout holds only the bindings a shader uses).
+    const inputs: Array<[number, GPUBindingResource]> = [[1, binding(a.qkv)], [2, binding(a.meta)], [3, binding(a.kCache)], [4, binding(a.vCache)], [5, binding(a.out)]];
+    const make = (pipeline: GPUComputePipeline, name: string, workgroups: number, tiledSkip: number, pairsSkip = 0, chunk = { tBase: 0, tc: 0 }, resources = inputs): Dispatch => {
       const [gx, gy] = grid(this.ctx, name, workgroups);
-      const params = owner.uniform(`${name}.params`, [T, C, nHead, D, rows, cap, f32bits(1 / Math.sqrt(D)), gx, NAN_BITS, tiledSkip, a.writeKv ? 1 : 0, pairsSkip]);
+      const params = owner.uniform(`${name}.params`, [T, C, nHead, D, rows, cap, f32bits(1 / Math.sqrt(D)), gx, NAN_BITS, tiledSkip, a.writeKv ? 1 : 0, pairsSkip, chunk.tBase, chunk.tc]);
       const bindGroup = this.ctx.device.createBindGroup({
         label: name,
         layout: pipeline.getBindGroupLayout(0),
-        entries: [{ binding: 0, resource: params }, ...inputs.map((resource, i) => ({ binding: i + 1, resource }))],
+        entries: [{ binding: 0, resource: params }, ...resources.map(([b, resource]) => ({ binding: b, resource }))],
       });
       return { family: 'attention', label: name, pipeline, bindGroup, workgroups: [gx, gy, 1] };
     };
@@ -202,6 +255,34 @@ export class AttentionKernel {
         make(this.pipelineTiled, `${label}.tiled`, Math.ceil(T / TILE_TOKENS) * nHead, 0),
         make(this.pipelineVec4, `${label}.rest`, T * nHead, 1),
       ];
+    }
+    if (variant === 'blocks' && !lanesHere) {
+      throw new ShapeError(`${label}: variant 'blocks' runs head size ${this.lanesHeadDim ?? '(none: the kernel was created without headDim)'} only, got D = ${D}; create the kernel with { headDim: ${D} } or use variant 'query'`);
+    }
+    if (variant === 'blocks' && a.writeKv) throw new ShapeError(`${label}: writeKv (tokens in distinct rows, a decode step) needs the one-query kernels, not variant 'blocks'`);
+    if (variant === 'blocks' || (variant === 'auto' && lanesHere && a.scores && T >= BLOCKS_MIN_T && !a.writeKv)) {
+      const { floats, tc } = this.blocksScratch(T, cap, C, nHead);
+      if (!a.scores) throw new ShapeError(`${label}: variant 'blocks' needs a scores scratch of ${floats} f32 (blocksScratch(${T}, ${cap}, ${C}, ${nHead}))`);
+      const have = a.scores.shape.reduce((x, y) => x * y, 1);
+      if (a.scores.dtype !== 'f32' || have < floats) {
+        throw new ShapeError(`${label}: the scores scratch holds ${have} ${a.scores.dtype}, variant 'blocks' needs ${floats} f32 for ${T} tokens, capacity ${cap}, ${nHead} heads (blocksScratch)`);
+      }
+      expectDisjoint(label, 'scores', a.scores, { qkv: a.qkv, kCache: a.kCache, vCache: a.vCache, meta: a.meta, out: a.out });
+      const b = this.pipelinesBlocks!;
+      // att_scores reads qkv, meta, kCache; att_softmax meta; att_pv meta, vCache and writes out; all the scores (6).
+      const use = (...bs: number[]): Array<[number, GPUBindingResource]> => [...inputs.filter(([n]) => bs.includes(n)), [6, binding(a.scores!)]];
+      const d: Dispatch[] = [];
+      // Per chunk of tc tokens: scores, softmax, P V; then decode_lanes for the tokens of blocks
+      // that do not qualify (it skips all others).
+      for (let t0 = 0; t0 < T; t0 += tc) {
+        const nb = Math.ceil(Math.min(tc, T - t0) / BLOCK_TOKENS);
+        const chunk = { tBase: t0, tc };
+        d.push(make(b.scores, `${label}.scores`, nb * nHead, 0, 0, chunk, use(1, 2, 3)));
+        d.push(make(b.softmax, `${label}.softmax`, Math.ceil((Math.min(tc, T - t0) * nHead) / BLOCK_LANES), 0, 0, chunk, use(2)));
+        d.push(make(b.pv, `${label}.pv`, nb * nHead, 0, 0, chunk, use(2, 4, 5)));
+      }
+      d.push(make(this.pipelineRest!, `${label}.rest`, Math.ceil((T * nHead) / PAIR_LANES), 0, 2));
+      return d;
     }
     if (variant === 'pairs' || (variant === 'auto' && lanesHere && T >= 2 && !a.writeKv)) {
       // PAIR_LANES (token pair, head) invocations per workgroup: index * PAIR_LANES + lane = pair * nHead + head;
