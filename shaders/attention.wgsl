@@ -15,8 +15,8 @@
 // Entry points (the TS module picks): main (scalar loads, any D), main_vec4 (the same with
 // vec4 loads, D % 4 == 0), decode_lanes (CPU adapters: one invocation per token and head, no
 // barriers), prefill_lanes (CPU adapters: one per pair of tokens and head, sharing K/V loads),
-// att_scores + att_softmax + att_pv (CPU adapters, long prompts: the two products as matrix
-// products through a score scratch) and tiled_vec4 (GPU prompts: 8 tokens of one row per
+// att_qt + att_scores + att_softmax + att_pv (CPU adapters, long prompts: the two products as
+// matrix products through scratch buffers) and tiled_vec4 (GPU prompts: 8 tokens of one row per
 // workgroup, at the end).
 // main_vec4 is built at WG = 32 and, for GPU decode steps, at a wider WG (256 by default): a
 // decode step has only rows x n_head (token, head) pairs, 12 workgroups for gpt2 at batch 1, each
@@ -62,8 +62,8 @@ struct Params {
   tiled_skip: u32,  // 1: main_vec4 skips tokens whose tile tiled_vec4 handles (see below)
   write_kv: u32,    // 1: main / main_vec4 copy the token's k, v (head h) to its cache slot first
   pairs_skip: u32,  // 1: decode_lanes skips tokens whose pair prefill_lanes handles, 2: whose block att_scores / att_pv handle
-  t_base: u32,      // att_scores / att_softmax / att_pv: the chunk's first token (a multiple of QB)
-  tc: u32,          // the chunk's tokens (scores rows per head; a multiple of QB)
+  t_base: u32,      // att_qt / att_scores / att_softmax / att_pv: the chunk's first token (a multiple of QB)
+  tc: u32,          // tokens per chunk (a multiple of QB): the minor size of qts and st
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -445,36 +445,43 @@ fn prefill_lanes(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation
 }
 
 // ---- Blocks, for long prompts on CPU adapters: attention as the matrix products it is,
-// S = Q K^T / sqrt(D), P = softmax(S) row by row, O = P V, through a score scratch
-// scores [n_head, tc, cap] (a chunk of tc tokens at a time, so its size does not grow with T).
-// On lavapipe a load whose address is the same for every lane of a workgroup (it depends on the
-// workgroup id only) is one scalar load, while a lane-varying one is a per-lane gather, and the
-// gathers set the cost (see prefill_lanes). So each product keeps one operand workgroup-uniform,
-// as the prompt GEMV gemv_kn_cols does:
-//   att_scores: a workgroup = (head h, block of QB = 8 tokens), keys 16 at a time: its BL = 8
-//     lanes own SK = 2 keys each (j0 + lid, j0 + BL + lid). Per 4 dims: 2 gathered k words, 8 uniform q words,
-//     16 vec4 FMAs (pairs: 1 gather per 2 FMAs). Every key of the block's extent is scored for
-//     every token of the block, also keys past a token's own position (att_softmax ignores those).
-//   att_softmax: one invocation per (token, head): max, exp-sum and normalisation over its row's
-//     keys 0..pos (each row in the lanes' own registers: the exps run 8 lanes wide).
+// S = Q K^T / sqrt(D), P = softmax(S) per query, O = P V, a chunk of tc tokens at a time
+// through two scratch buffers (their size does not grow with T):
+//   qts [n_head, D, tc]: the chunk's queries times 1/sqrt(D), transposed (att_qt);
+//   st [n_head, cap, tc]: S, then P, transposed: key j's scores for the chunk's tokens side by side.
+// On lavapipe every lane's storage load costs about the same whether or not the address varies
+// over the lanes, scalar or vec4, so what counts is loads per multiply-add. Each product is laid
+// out as the prompt GEMV gemv_kn_cols: per step of its reduction a lane makes 8 scalar loads and
+// 2 vec4 loads and does 16 vec4 multiply-adds.
+//   att_qt: one invocation per (token, head) writes its q column (cheap: T x C words).
+//   att_scores: a workgroup = (head h, 64 tokens), lane l = one block of QB = 8 tokens (2 vec4 words
+//     of a qts row); keys 8 at a time: per dim d, 8 scalar k[j][d] and 2 qts words -> 16 vec4 FMAs,
+//     then 16 vec4 stores (st rows are token-contiguous). Every key of the block's extent is scored
+//     for every token of the block, also keys past a token's own position (ignored later). A first
+//     version with lanes over keys and vec4 q loads (st not transposed) took 2x as long (1024
+//     tokens, 12 heads: 117-127 against 57 ms per layer).
+//   att_softmax: one invocation per (head, token), the lanes on neighbouring tokens (neighbouring
+//     words of each st row): max, exp-sum and normalisation over keys 0..pos.
 //   att_pv: a workgroup = (head h, block of QB tokens); lane l owns 2 vec4 words of the head's
-//     output dims (l * 2, l * 2 + 1, then + 2 BL while D / 4 > 2 BL). Per key: 2 gathered v words
-//     (neighbouring, so one cache line), 8 uniform p values (0 past a token's position), 16 FMAs.
+//     output dims (l * 2, l * 2 + 1, then + 2 BL while D / 4 > 2 BL). Per key: 2 v words, 8 p
+//     values (0 past a token's position), 16 vec4 FMAs.
 // A block qualifies when its tokens share one valid row and every position is < cap (slot =
-// position, keys 0..max pos + 1); other tokens (rows mixed in a block, a wrapped ring, a row
-// outside the cache) are left to decode_lanes with pairs_skip = 2, which skips the rest. No
-// workgroup memory, no barriers. Loop bounds are runtime values (p.D), not the HD4 override, so
-// LLVM does not unroll the head loops: llvmpipe's compile time grows with every unrolled copy.
-// Needs kv_write to have run (no write_kv).
+// position, keys 0..max pos); other tokens (rows mixed in a block, a wrapped ring, a row outside
+// the cache) are left to decode_lanes with pairs_skip = 2, which skips the rest. No workgroup
+// memory, no barriers. Loop bounds are runtime values (p.D), not the HD4 override, so LLVM does
+// not unroll the head loops (llvmpipe's compile time grows with every unrolled copy: these three
+// compile in ~1.4 s, prefill_lanes + decode_lanes in ~18 s). Needs kv_write to have run.
 
-@group(0) @binding(6) var<storage, read_write> scores: array<f32>;  // [n_head, tc, cap]: S, then P
+@group(0) @binding(6) var<storage, read_write> st: array<f32>;     // [n_head, cap, tc]: S, then P
+@group(0) @binding(6) var<storage, read_write> st4: array<vec4<f32>>;
+@group(0) @binding(7) var<storage, read_write> qts: array<f32>;     // [n_head, D, tc]: q / sqrt(D)
+@group(0) @binding(7) var<storage, read_write> qts4: array<vec4<f32>>;
 
 const QB: u32 = 8u;  // tokens per block
-const SK: u32 = 2u;  // keys per lane of att_scores
 const BL: u32 = 8u;  // lanes per workgroup of att_scores / att_pv (one 256-bit row of f32 on lavapipe)
 
 // Largest position + 1 over block b's tokens when the block qualifies (they share a valid row,
-// every position < cap), else 0. Uniform when b is.
+// every position < cap), else 0.
 fn block_extent(b: u32) -> u32 {
   let t0 = b * QB;
   if (t0 >= p.T) { return 0u; }
@@ -490,70 +497,81 @@ fn block_extent(b: u32) -> u32 {
   return select(0u, n, ok);
 }
 
-// Workgroup index = (block in chunk) * n_head + h; it walks the block's keys 16 at a time (one
-// workgroup per 16 keys spent more on starting workgroups than on the products: 2x slower).
+// Invocation index = h * tc + (token in chunk); LANES per workgroup.
+@compute @workgroup_size(LANES)
+fn att_qt(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+  let w = (wg.y * p.groups_x + wg.x) * LANES + lid;
+  let h = w / p.tc;
+  let tl = w - h * p.tc;
+  let t = p.t_base + tl;
+  if (h >= p.n_head || t >= p.T) { return; }
+  let C4 = p.C / 4u;
+  let D4 = p.D / 4u;
+  for (var d4 = 0u; d4 < D4; d4++) {
+    let q = qkv4[t * 3u * C4 + h * D4 + d4] * p.scale;
+    for (var c = 0u; c < 4u; c++) { qts[(h * p.D + 4u * d4 + c) * p.tc + tl] = q[c]; }
+  }
+}
+
+// Workgroup index = (group of BL blocks in the chunk) * n_head + h.
 @compute @workgroup_size(BL)
 fn att_scores(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
   let w = wg.y * p.groups_x + wg.x;
   let h = w % p.n_head;
-  let bc = w / p.n_head;  // block in the chunk
+  let bc = (w / p.n_head) * BL + lid;  // this lane's block in the chunk
   if (bc * QB >= p.tc) { return; }
   let b = p.t_base / QB + bc;
   let n = block_extent(b);  // 0 when b is past T or does not qualify
   if (n == 0u) { return; }
-  let C4 = p.C / 4u;
-  let D4 = p.D / 4u;
   let row = tok_meta[2u * b * QB];
-  var qb: array<u32, QB>;    // [i] first word of token b * QB + i's q head slice (clamped to T - 1): uniform
-  var srow: array<u32, QB>;  // [i] its row of scores (0 for a token past T: not stored)
-  for (var i = 0u; i < QB; i++) {
-    qb[i] = min(b * QB + i, p.T - 1u) * 3u * C4 + h * D4;
-    srow[i] = (h * p.tc + bc * QB + i) * p.cap;
-  }
-  let nt = min(QB, p.T - b * QB);
-  for (var j0 = 0u; j0 < n; j0 += BL * SK) {
-    var kb: array<u32, SK>;  // [s] first word of key j0 + s * BL + lid's head slice (clamped into the extent)
-    for (var s = 0u; s < SK; s++) { kb[s] = (row * p.cap + min(j0 + s * BL + lid, n - 1u)) * C4 + h * D4; }
-    var acc: array<vec4<f32>, 16>;  // [i * SK + s], QB * SK; zeroed by hand (see att_pv)
-    for (var a = 0u; a < QB * SK; a++) { acc[a] = vec4<f32>(0.0); }
-    for (var d = 0u; d < D4; d++) {
-      var k: array<vec4<f32>, SK>;
-      for (var s = 0u; s < SK; s++) { k[s] = k4[kb[s] + d]; }
-      for (var i = 0u; i < QB; i++) {
-        let q = qkv4[qb[i] + d];
-        for (var s = 0u; s < SK; s++) { acc[i * SK + s] += q * k[s]; }
+  let tc4 = p.tc / 4u;
+  let q0 = h * p.D * tc4 + bc * 2u;  // + d * tc4: the block's 2 words of qts row (h, d)
+  for (var j0 = 0u; j0 < n; j0 += 8u) {
+    var kb: array<u32, 8>;  // [e] k[row, j0 + e] head h's first element (clamped into the extent)
+    for (var e = 0u; e < 8u; e++) { kb[e] = (row * p.cap + min(j0 + e, n - 1u)) * p.C + h * p.D; }
+    // [2e + word] S for key j0 + e and the block's tokens; zeroed by hand each round (see att_pv)
+    var acc: array<vec4<f32>, 16>;
+    for (var a = 0u; a < 16u; a++) { acc[a] = vec4<f32>(0.0); }
+    for (var d = 0u; d < p.D; d++) {
+      let qa = qts4[q0 + d * tc4];
+      let qb = qts4[q0 + d * tc4 + 1u];
+      for (var e = 0u; e < 8u; e++) {
+        let kv = k_cache[kb[e] + d];
+        acc[2u * e] += kv * qa;
+        acc[2u * e + 1u] += kv * qb;
       }
     }
-    for (var i = 0u; i < nt; i++) {
-      for (var s = 0u; s < SK; s++) {
-        let j = j0 + s * BL + lid;
-        if (j < n) { scores[srow[i] + j] = dot(acc[i * SK + s], vec4<f32>(1.0)) * p.scale; }
+    for (var e = 0u; e < 8u; e++) {
+      if (j0 + e < n) {
+        let o = (h * p.cap + j0 + e) * tc4 + bc * 2u;
+        st4[o] = acc[2u * e];
+        st4[o + 1u] = acc[2u * e + 1u];
       }
     }
   }
 }
 
-// Invocation index = (token in chunk) * n_head + h; LANES per workgroup.
+// Invocation index = h * tc + (token in chunk); LANES per workgroup.
 @compute @workgroup_size(LANES)
 fn att_softmax(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
   let w = (wg.y * p.groups_x + wg.x) * LANES + lid;
-  let tl = w / p.n_head;
-  let h = w - tl * p.n_head;
+  let h = w / p.tc;
+  let tl = w - h * p.tc;
   let t = p.t_base + tl;
-  if (tl >= p.tc || t >= p.T) { return; }
+  if (h >= p.n_head || t >= p.T) { return; }
   if (block_extent(t / QB) == 0u) { return; }
   let n = tok_meta[2u * t + 1u] + 1u;  // keys 0..pos
-  let srow = (h * p.tc + tl) * p.cap;
+  let col = h * p.cap * p.tc + tl;  // + j * tc
   var m = LOWEST;
-  for (var j = 0u; j < n; j++) { m = max(m, scores[srow + j]); }
+  for (var j = 0u; j < n; j++) { m = max(m, st[col + j * p.tc]); }
   var l = 0.0;
   for (var j = 0u; j < n; j++) {
-    let e = exp(scores[srow + j] - m);
-    scores[srow + j] = e;
+    let e = exp(st[col + j * p.tc] - m);
+    st[col + j * p.tc] = e;
     l += e;
   }
   let inv = 1.0 / l;
-  for (var j = 0u; j < n; j++) { scores[srow + j] *= inv; }
+  for (var j = 0u; j < n; j++) { st[col + j * p.tc] *= inv; }
 }
 
 // Workgroup index = (block in chunk) * n_head + h.
@@ -569,13 +587,9 @@ fn att_pv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
   let C4 = p.C / 4u;
   let D4 = p.D / 4u;
   let row = tok_meta[2u * b * QB];
-  var srow: array<u32, QB>;  // [i] token b * QB + i's row of P (clamped to T - 1): uniform
-  var lim: array<u32, QB>;   // [i] its keys: position + 1
-  for (var i = 0u; i < QB; i++) {
-    let t = min(b * QB + i, p.T - 1u);
-    srow[i] = (h * p.tc + t - p.t_base) * p.cap;
-    lim[i] = tok_meta[2u * t + 1u] + 1u;
-  }
+  let pcol = h * p.cap * p.tc + bc * QB;  // + j * tc + i: P of key j for the block's token i
+  var lim: array<u32, QB>;  // [i] the block's token i's keys: position + 1 (token clamped to T - 1)
+  for (var i = 0u; i < QB; i++) { lim[i] = tok_meta[2u * min(b * QB + i, p.T - 1u) + 1u] + 1u; }
   let vbase = row * p.cap * C4 + h * D4;  // + j * C4 + word
   for (var w0 = lid * 2u; w0 < D4; w0 += 2u * BL) {
     let w1 = min(w0 + 1u, D4 - 1u);  // an odd D / 4's last lane reloads w0, not stored
@@ -587,7 +601,7 @@ fn att_pv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
       let va = v4[vbase + j * C4 + w0];
       let vb = v4[vbase + j * C4 + w1];
       for (var i = 0u; i < QB; i++) {
-        let pij = select(0.0, scores[srow[i] + j], j < lim[i]);
+        let pij = select(0.0, st[pcol + j * p.tc + i], j < lim[i]);
         acc[2u * i] += pij * va;
         acc[2u * i + 1u] += pij * vb;
       }

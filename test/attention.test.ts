@@ -65,9 +65,10 @@ async function check(sc: Scenario, seed: number, variant: AttentionVariant, writ
     const kw = await KvWriteKernel.create(ctx);
     const lanes = variant === 'lanes' || variant === 'pairs' || variant === 'blocks';
     const at = await AttentionKernel.create(ctx, lanes ? { headDim: C / nHead, lanes: true, decodeLanes, blocksScratchBytes } : { decodeWg });
-    // blocks: a poisoned score scratch (NaN: a score read before it is written shows)
-    const scores = variant === 'blocks' ? poisoned(owned, [at.blocksScratch(T, cap, C, nHead).floats]) : undefined;
-    const dispatches = at.bind(owned, { qkv: qkvT, meta: metaT, kCache: kT, vCache: vT, out, nHead, variant, writeKv, scores });
+    // blocks: poisoned scratch (NaN: a score or query read before it is written shows)
+    const need = at.blocksScratch(T, cap, C, nHead);
+    const scratch = variant === 'blocks' ? { scores: poisoned(owned, [need.scores]), queries: poisoned(owned, [need.queries]) } : undefined;
+    const dispatches = at.bind(owned, { qkv: qkvT, meta: metaT, kCache: kT, vCache: vT, out, nHead, variant, writeKv, scratch });
     if (blocksScratchBytes) assert.ok(dispatches.filter((d) => d.label.endsWith('.scores')).length > 1, 'the scratch limit splits the tokens into chunks');
     await run(ctx, [...(writeKv ? [] : [kw.bind(owned, { qkv: qkvT, meta: metaT, kCache: kT, vCache: vT })]), ...dispatches]);
     const ref = attention64(qkv, T, C, nHead, cap, rowOf, posOf, hist);
@@ -201,33 +202,37 @@ test("attention 'blocks': chosen by 'auto' for prompts of >= BLOCKS_MIN_T tokens
     });
     const on = await AttentionKernel.create(ctx, { headDim: 16, lanes: true });
     const T = BLOCKS_MIN_T;
-    // [n_head 4, tc, cap 32]: tc = T rounded up to 8 while it fits 64 MiB
-    assert.equal(on.blocksScratch(T, 32, 64, 4), { floats: 4 * T * 32, tc: T });
-    assert.equal(on.blocksScratch(13, 32, 64, 4), { floats: 4 * 16 * 32, tc: 16 }, 'whole blocks of 8 tokens');
-    assert.equal(on.blocksScratch(T, 32, 64, 2), { floats: 0, tc: 0 }, 'D 32: not the head size it was built for');
+    // scores [n_head 4, cap 32, tc], queries [C 64, tc]: tc = T rounded up to 8 while it fits 64 MiB
+    assert.equal(on.blocksScratch(T, 32, 64, 4), { scores: 4 * 32 * T, queries: 64 * T, tc: T });
+    assert.equal(on.blocksScratch(13, 32, 64, 4), { scores: 4 * 32 * 16, queries: 64 * 16, tc: 16 }, 'whole blocks of 8 tokens');
+    assert.equal(on.blocksScratch(T, 32, 64, 2), { scores: 0, queries: 0, tc: 0 }, 'D 32: not the head size it was built for');
     const small = await AttentionKernel.create(ctx, { headDim: 16, lanes: true, blocksScratchBytes: 4 * 32 * 4 * 20 });
-    assert.equal(small.blocksScratch(T, 32, 64, 4), { floats: 4 * 16 * 32, tc: 16 }, 'a 20-token budget: chunks of 16');
-    assert.equal(small.blocksScratch(T, 32, 64, 4).tc, 16);
-    const chunked = small.bind(owned, { ...args(T, 64, 4), scores: poisoned(owned, [4 * 16 * 32]) }).map((d) => d.label);
-    assert.equal(chunked, [...Array(T / 16).fill(['attention.scores', 'attention.softmax', 'attention.pv']).flat(), 'attention.rest'], 'per chunk: scores, softmax, P V; then decode_lanes for blocks that do not qualify');
-    const scores = poisoned(owned, [on.blocksScratch(T, 32, 64, 4).floats]);
-    assert.equal(on.bind(owned, { ...args(T, 64, 4), scores }).map((d) => [d.label, d.workgroups]), [
-      ['attention.scores', [(T / 8) * 4, 1, 1]], // (block, head)
-      ['attention.softmax', [(T * 4) / 8, 1, 1]], // (token, head), 8 per workgroup
-      ['attention.pv', [(T / 8) * 4, 1, 1]],
+    assert.equal(small.blocksScratch(T, 32, 64, 4).tc, 16, 'a 20-token budget: chunks of 16');
+    const scratchOf = (n: { scores: number; queries: number }) => ({ scores: poisoned(owned, [n.scores]), queries: poisoned(owned, [n.queries]) });
+    const chunked = small.bind(owned, { ...args(T, 64, 4), scratch: scratchOf(small.blocksScratch(T, 32, 64, 4)) }).map((d) => d.label);
+    assert.equal(chunked, [...Array(T / 16).fill(['attention.qt', 'attention.scores', 'attention.softmax', 'attention.pv']).flat(), 'attention.rest'], 'per chunk: q transposed, scores, softmax, P V; then decode_lanes for blocks that do not qualify');
+    const scratch = scratchOf(on.blocksScratch(T, 32, 64, 4));
+    assert.equal(on.bind(owned, { ...args(T, 64, 4), scratch }).map((d) => [d.label, d.workgroups]), [
+      ['attention.qt', [(T * 4) / 8, 1, 1]], // (head, token), 8 per workgroup
+      ['attention.scores', [(T / 64) * 4, 1, 1]], // (8 blocks of 8 tokens, head)
+      ['attention.softmax', [(T * 4) / 8, 1, 1]], // (head, token), 8 per workgroup
+      ['attention.pv', [(T / 8) * 4, 1, 1]], // (block, head)
       ['attention.rest', [(T * 4) / 8, 1, 1]],
     ]);
-    assert.equal(on.bind(owned, { ...args(T - 1, 64, 4), scores })[0]!.label, 'attention.pairs', 'shorter prompts: pairs');
+    assert.equal(on.bind(owned, { ...args(T - 1, 64, 4), scratch })[0]!.label, 'attention.pairs', 'shorter prompts: pairs');
     assert.equal(on.bind(owned, args(T, 64, 4))[0]!.label, 'attention.pairs', 'no scratch: pairs');
-    assert.equal(on.bind(owned, { ...args(T, 64, 4), scores, writeKv: true })[0]!.label, 'attention', 'decode steps: lanes');
-    assert.throws(() => on.bind(owned, { ...args(T, 64, 4), variant: 'blocks' }), (e: Error) => e instanceof ShapeError && /needs a scores scratch of 8192 f32/.test(e.message));
-    assert.throws(() => on.bind(owned, { ...args(T, 64, 4), variant: 'blocks', scores: poisoned(owned, [100]) }), (e: Error) => e instanceof ShapeError && /holds 100 f32, variant 'blocks' needs 8192 f32/.test(e.message));
-    assert.throws(() => on.bind(owned, { ...args(T, 64, 4), variant: 'blocks', scores, writeKv: true }), (e: Error) => e instanceof ShapeError && /not variant 'blocks'/.test(e.message));
-    assert.throws(() => on.bind(owned, { ...args(T, 64, 2), variant: 'blocks', scores }), (e: Error) => e instanceof ShapeError && /variant 'blocks' runs head size 16 only, got D = 32/.test(e.message));
-    const outInScores = { buffer: scores.buffer, offset: 0, shape: [T, 64], dtype: 'f32' as const };
-    assert.throws(() => on.bind(owned, { ...args(T, 64, 4), out: outInScores, variant: 'blocks', scores }), (e: Error) => e instanceof ShapeError && /scores .* overlaps out/.test(e.message));
+    assert.equal(on.bind(owned, { ...args(T, 64, 4), scratch, writeKv: true })[0]!.label, 'attention', 'decode steps: lanes');
+    const need = `\\(blocksScratch\\(${T}, 32, 64, 4\\): 8192 and 4096 f32\\)`;
+    assert.throws(() => on.bind(owned, { ...args(T, 64, 4), variant: 'blocks' }), (e: Error) => e instanceof ShapeError && new RegExp(`needs scratch buffers for the scores and the queries ${need}`).test(e.message));
+    assert.throws(() => on.bind(owned, { ...args(T, 64, 4), variant: 'blocks', scratch: { ...scratch, scores: poisoned(owned, [100]) } }), (e: Error) => e instanceof ShapeError && /the scores scratch holds 100 f32, variant 'blocks' needs 8192 f32 for 64 tokens/.test(e.message));
+    assert.throws(() => on.bind(owned, { ...args(T, 64, 4), variant: 'blocks', scratch: { ...scratch, queries: poisoned(owned, [4095]) } }), (e: Error) => e instanceof ShapeError && /the queries scratch holds 4095 f32, variant 'blocks' needs 4096 f32/.test(e.message));
+    assert.throws(() => on.bind(owned, { ...args(T, 64, 4), variant: 'blocks', scratch: { ...scratch, queries: scratch.scores } }), (e: Error) => e instanceof ShapeError && /scores scratch .* overlaps queries/.test(e.message));
+    assert.throws(() => on.bind(owned, { ...args(T, 64, 4), variant: 'blocks', scratch, writeKv: true }), (e: Error) => e instanceof ShapeError && /not variant 'blocks'/.test(e.message));
+    assert.throws(() => on.bind(owned, { ...args(T, 64, 2), variant: 'blocks', scratch }), (e: Error) => e instanceof ShapeError && /variant 'blocks' runs head size 16 only, got D = 32/.test(e.message));
+    const outInScores = { buffer: scratch.scores.buffer, offset: 0, shape: [T, 64], dtype: 'f32' as const };
+    assert.throws(() => on.bind(owned, { ...args(T, 64, 4), out: outInScores, variant: 'blocks', scratch }), (e: Error) => e instanceof ShapeError && /scores scratch .* overlaps out/.test(e.message));
     const gpu = await AttentionKernel.create(ctx, { headDim: 16, lanes: false });
-    assert.equal(gpu.blocksScratch(T, 32, 64, 4), { floats: 0, tc: 0 }, 'no lanes kernels (GPUs): no blocks');
+    assert.equal(gpu.blocksScratch(T, 32, 64, 4), { scores: 0, queries: 0, tc: 0 }, 'no lanes kernels (GPUs): no blocks');
     for (const blocksScratchBytes of [0, -5, 1.5]) {
       await AttentionKernel.create(ctx, { headDim: 16, lanes: true, blocksScratchBytes }).then(
         () => assert.unreachable(`blocksScratchBytes ${blocksScratchBytes} accepted`),

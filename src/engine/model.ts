@@ -147,10 +147,12 @@ export class ForwardPlan implements Stashable {
       // only, each hiding its own latency), else one per 32-thread workgroup.
       const oneQuery = k.attention.oneQueryVariant(C / cfg.n_head);
       const attnVariant = this.decode || (T === cache.rows && R === T && T > 1) ? oneQuery : 'auto';
-      // Long prompts on CPU adapters: attention as two matrix products through a score scratch
-      // [n_head, tc, capacity] that all layers share (their dispatches run one after another).
-      const blocks = attnVariant === 'auto' && T >= BLOCKS_MIN_T ? k.attention.blocksScratch(T, cache.capacity, C, cfg.n_head) : { floats: 0, tc: 0 };
-      const scores = blocks.floats ? buf('scores', [blocks.floats]) : undefined; // [n_head, tc, capacity]
+      // Long prompts on CPU adapters: attention as two matrix products through scratch buffers
+      // that all layers share (their dispatches run one after another).
+      const blocks = attnVariant === 'auto' && T >= BLOCKS_MIN_T ? k.attention.blocksScratch(T, cache.capacity, C, cfg.n_head) : undefined;
+      const scratch = blocks?.scores
+        ? { scores: buf('att.scores', [blocks.scores]), queries: buf('att.queries', [blocks.queries]) } // [n_head, capacity, tc], [n_head, D, tc]
+        : undefined;
       const d = this.dispatches;
       d.push(...list(k.embedding.bind(o, { ids: this.ids, meta: this.meta, wte: w.wte, wpe: w.wpe, out: x }, 'wte+wpe')));
       for (let l = 0; l < cfg.n_layer; l++) {
@@ -161,7 +163,7 @@ export class ForwardPlan implements Stashable {
         const ln1 = { gamma: L.ln_1.weight, beta: L.ln_1.bias, eps, scratch: h };
         d.push(...list(k.matmul.bind(o, { x, ln: ln1, w: L.attn.c_attn.weight, layout: 'kn', bias: L.attn.c_attn.bias, out: qkv }, `h.${l}.attn.c_attn`)));
         if (!this.decode) d.push(...list(k.kvWrite.bind(o, { qkv, meta: this.meta, kCache: kc, vCache: vc }, `h.${l}.kv_write`)));
-        d.push(...list(k.attention.bind(o, { qkv, kCache: kc, vCache: vc, meta: this.meta, out: att, nHead: cfg.n_head, variant: attnVariant, writeKv: this.decode, scores }, `h.${l}.attn`)));
+        d.push(...list(k.attention.bind(o, { qkv, kCache: kc, vCache: vc, meta: this.meta, out: att, nHead: cfg.n_head, variant: attnVariant, writeKv: this.decode, scratch }, `h.${l}.attn`)));
         d.push(...list(k.matmul.bind(o, { x: att, w: L.attn.c_proj.weight, layout: 'kn', bias: L.attn.c_proj.bias, accumulate: true, out: x }, `h.${l}.attn.c_proj`)));
         const ln2 = { gamma: L.ln_2.weight, beta: L.ln_2.bias, eps, scratch: h };
         d.push(...list(k.matmul.bind(o, { x, ln: ln2, w: L.mlp.c_fc.weight, layout: 'kn', bias: L.mlp.c_fc.bias, activation: 'gelu', out: fc }, `h.${l}.mlp.c_fc`)));

@@ -28,11 +28,12 @@ export interface AttentionArgs {
   out: GpuTensor; // [T, C] f32, disjoint from the inputs
   nHead: number;
   /**
-   * Score scratch of variant 'blocks': at least `blocksScratch(...).floats` f32 (shape [n], or
-   * [n_head, tc, cap]); several layers' dispatches may share one (they run one after another).
-   * Without it 'auto' does not pick 'blocks'.
+   * Scratch of variant 'blocks', sized by `blocksScratch(...)`: `scores` [n_head, capacity, tc] f32
+   * (S, then P, per chunk of tc tokens) and `queries` [n_head, D, tc] f32 (the chunk's q,
+   * transposed); several layers' dispatches may share them (they run one after another). Without
+   * it 'auto' does not pick 'blocks'.
    */
-  scores?: GpuTensor;
+  scratch?: { scores: GpuTensor; queries: GpuTensor };
   /**
    * Which kernel: 'query' (one workgroup per token and head; vec4 loads when D % 4 == 0, else
    * scalar), 'scalar' (the same, always scalar), 'lanes' (one invocation per token and head, no
@@ -43,9 +44,9 @@ export interface AttentionArgs {
    * back to one token at a time, so it is correct for any step, only slower for decode), 'wide'
    * (the vec4 kernel with `decodeWg` threads per workgroup; needs D % 4 == 0 and a kernel created
    * with decodeWg), 'blocks' (CPU adapters, long prompts: blocks of 8 tokens of one row as two
-   * matrix products through the `scores` scratch, the same head-size rule; not with writeKv) or
+   * matrix products through the `scratch` buffers, the same head-size rule; not with writeKv) or
    * 'auto' (default). 'auto' on a kernel with the one-invocation kernels for this D (CPU adapters):
-   * 'lanes' for writeKv steps and single tokens, 'blocks' for T >= BLOCKS_MIN_T when `scores` is
+   * 'lanes' for writeKv steps and single tokens, 'blocks' for T >= BLOCKS_MIN_T when `scratch` is
    * given, else 'pairs'. Otherwise: 'tiled'
    * when it applies and T >= 16, else 'wide' for a writeKv step when the kernel has it (GPUs),
    * else 'query'.
@@ -63,7 +64,7 @@ const VARIANTS: ReadonlyArray<NonNullable<AttentionArgs['variant']>> = ['auto', 
 
 /** Tokens per block of variant 'blocks' (QB in the shader); chunks start at multiples of it. */
 const BLOCK_TOKENS = 8;
-/** att_scores / att_pv lanes per workgroup (BL); att_softmax takes LANES = this too. */
+/** att_scores / att_pv lanes per workgroup (BL); att_qt and att_softmax take LANES = this too. */
 const BLOCK_LANES = 8;
 /** Bytes the 'blocks' score scratch may take (less where the binding limit is lower): chunks of tokens beyond. */
 export const BLOCKS_SCRATCH_BYTES = 64 * 1024 * 1024;
@@ -128,7 +129,7 @@ export class AttentionKernel {
     /** Invocations per workgroup of decode_lanes (AttentionOptions.decodeLanes). */
     readonly decodeLanes: number,
     /** Variant 'blocks' (built with the lanes kernels): its three passes. */
-    private readonly pipelinesBlocks: { scores: GPUComputePipeline; softmax: GPUComputePipeline; pv: GPUComputePipeline } | undefined,
+    private readonly pipelinesBlocks: { qt: GPUComputePipeline; scores: GPUComputePipeline; softmax: GPUComputePipeline; pv: GPUComputePipeline } | undefined,
     /** AttentionOptions.blocksScratchBytes. */
     readonly blocksScratchBytes: number,
   ) {}
@@ -157,7 +158,7 @@ export class AttentionKernel {
     if (!Number.isInteger(blocksScratchBytes) || blocksScratchBytes < 1) {
       throw new InvalidOptionError(`AttentionKernel: blocksScratchBytes must be a positive integer (bytes of the 'blocks' score scratch per chunk), got ${blocksScratchBytes}`);
     }
-    const [scalar, vec4, tiled, lanesP, pairsP, restP, wide, scoresP, softmaxP, pvP] = await Promise.all([
+    const [scalar, vec4, tiled, lanesP, pairsP, restP, wide, qtP, scoresP, softmaxP, pvP] = await Promise.all([
       ctx.pipeline('attention', 'main', { WG: wg }),
       ctx.pipeline('attention', 'main_vec4', { WG: wg }),
       ctx.pipeline('attention', 'tiled_vec4', { WG: wg }),
@@ -165,27 +166,29 @@ export class AttentionKernel {
       lanes ? ctx.pipeline('attention', 'prefill_lanes', { HD4: headDim! / 4, LANES: PAIR_LANES }) : undefined,
       lanes ? ctx.pipeline('attention', 'decode_lanes', { HD4: headDim! / 4, LANES: PAIR_LANES }) : undefined,
       decodeWg ? ctx.pipeline('attention', 'main_vec4', { WG: decodeWg }) : undefined,
+      lanes ? ctx.pipeline('attention', 'att_qt', { LANES: BLOCK_LANES }) : undefined,
       lanes ? ctx.pipeline('attention', 'att_scores', {}) : undefined,
       lanes ? ctx.pipeline('attention', 'att_softmax', { LANES: BLOCK_LANES }) : undefined,
       lanes ? ctx.pipeline('attention', 'att_pv', {}) : undefined,
     ]);
-    const blocks = scoresP && softmaxP && pvP ? { scores: scoresP, softmax: softmaxP, pv: pvP } : undefined;
+    const blocks = qtP && scoresP && softmaxP && pvP ? { qt: qtP, scores: scoresP, softmax: softmaxP, pv: pvP } : undefined;
     return new AttentionKernel(ctx, scalar, vec4, tiled, lanesP, pairsP, restP, wide, wg, lanes ? headDim! : undefined, decodeWg || undefined, decodeLanes, blocks, blocksScratchBytes);
   }
 
   /**
-   * The score scratch variant 'blocks' needs for T tokens over a cache of `cap` slots with nHead
-   * heads: tokens go in chunks of `tc` (a multiple of 8), each chunk's scores [nHead, tc, cap] f32
-   * within BLOCKS_SCRATCH_BYTES and the binding limit. `floats` 0 where this kernel has no
-   * 'blocks' for head size C / nHead (not a CPU adapter's kernel, or another head size).
+   * The scratch variant 'blocks' needs for T tokens over a cache of `cap` slots, width C, nHead
+   * heads: tokens go in chunks of `tc` (a multiple of 8) so that the scores [nHead, cap, tc] f32
+   * stay within blocksScratchBytes and the binding limit; `scores` and `queries` ([nHead, D, tc] =
+   * C x tc) are the two buffers' f32 counts. All 0 where this kernel has no 'blocks' for head size
+   * C / nHead (not a CPU adapter's kernel, or another head size).
    */
-  blocksScratch(T: number, cap: number, C: number, nHead: number): { floats: number; tc: number } {
-    if (!this.pipelinesBlocks || C / nHead !== this.lanesHeadDim) return { floats: 0, tc: 0 };
+  blocksScratch(T: number, cap: number, C: number, nHead: number): { scores: number; queries: number; tc: number } {
+    if (!this.pipelinesBlocks || C / nHead !== this.lanesHeadDim) return { scores: 0, queries: 0, tc: 0 };
     const budget = Math.min(this.blocksScratchBytes, this.ctx.limits.maxStorageBufferBindingSize);
     const perToken = nHead * cap * 4;
     const fit = Math.max(BLOCK_TOKENS, Math.floor(budget / perToken / BLOCK_TOKENS) * BLOCK_TOKENS);
     const tc = Math.min(Math.ceil(T / BLOCK_TOKENS) * BLOCK_TOKENS, fit);
-    return { floats: nHead * tc * cap, tc };
+    return { scores: nHead * cap * tc, queries: C * tc, tc };
   }
 
   /**
@@ -260,26 +263,32 @@ export class AttentionKernel {
       throw new ShapeError(`${label}: variant 'blocks' runs head size ${this.lanesHeadDim ?? '(none: the kernel was created without headDim)'} only, got D = ${D}; create the kernel with { headDim: ${D} } or use variant 'query'`);
     }
     if (variant === 'blocks' && a.writeKv) throw new ShapeError(`${label}: writeKv (tokens in distinct rows, a decode step) needs the one-query kernels, not variant 'blocks'`);
-    if (variant === 'blocks' || (variant === 'auto' && lanesHere && a.scores && T >= BLOCKS_MIN_T && !a.writeKv)) {
-      const { floats, tc } = this.blocksScratch(T, cap, C, nHead);
-      if (!a.scores) throw new ShapeError(`${label}: variant 'blocks' needs a scores scratch of ${floats} f32 (blocksScratch(${T}, ${cap}, ${C}, ${nHead}))`);
-      const have = a.scores.shape.reduce((x, y) => x * y, 1);
-      if (a.scores.dtype !== 'f32' || have < floats) {
-        throw new ShapeError(`${label}: the scores scratch holds ${have} ${a.scores.dtype}, variant 'blocks' needs ${floats} f32 for ${T} tokens, capacity ${cap}, ${nHead} heads (blocksScratch)`);
+    if (variant === 'blocks' || (variant === 'auto' && lanesHere && a.scratch && T >= BLOCKS_MIN_T && !a.writeKv)) {
+      const need = this.blocksScratch(T, cap, C, nHead);
+      const hint = `(blocksScratch(${T}, ${cap}, ${C}, ${nHead}): ${need.scores} and ${need.queries} f32)`;
+      if (!a.scratch) throw new ShapeError(`${label}: variant 'blocks' needs scratch buffers for the scores and the queries ${hint}`);
+      for (const [what, t, floats] of [['scores', a.scratch.scores, need.scores], ['queries', a.scratch.queries, need.queries]] as const) {
+        const have = t.shape.reduce((x, y) => x * y, 1);
+        if (t.dtype !== 'f32' || have < floats) throw new ShapeError(`${label}: the ${what} scratch holds ${have} ${t.dtype}, variant 'blocks' needs ${floats} f32 for ${T} tokens ${hint}`);
+        expectDisjoint(label, `${what} scratch`, t, { qkv: a.qkv, kCache: a.kCache, vCache: a.vCache, meta: a.meta, out: a.out });
       }
-      expectDisjoint(label, 'scores', a.scores, { qkv: a.qkv, kCache: a.kCache, vCache: a.vCache, meta: a.meta, out: a.out });
+      expectDisjoint(label, 'scores scratch', a.scratch.scores, { queries: a.scratch.queries });
       const b = this.pipelinesBlocks!;
-      // att_scores reads qkv, meta, kCache; att_softmax meta; att_pv meta, vCache and writes out; all the scores (6).
-      const use = (...bs: number[]): Array<[number, GPUBindingResource]> => [...inputs.filter(([n]) => bs.includes(n)), [6, binding(a.scores!)]];
+      // Bindings each pass uses (an 'auto' layout has only those): qt qkv -> queries (7); scores
+      // meta, kCache, queries -> scores (6); softmax meta, scores; pv meta, vCache, scores -> out.
+      const use = (...bs: number[]): Array<[number, GPUBindingResource]> =>
+        [...inputs, [6, binding(a.scratch!.scores)] as [number, GPUBindingResource], [7, binding(a.scratch!.queries)] as [number, GPUBindingResource]].filter(([n]) => bs.includes(n));
+      const { tc } = need;
       const d: Dispatch[] = [];
-      // Per chunk of tc tokens: scores, softmax, P V; then decode_lanes for the tokens of blocks
-      // that do not qualify (it skips all others).
+      // Per chunk of tc tokens: q transposed, scores, softmax, P V; then decode_lanes for the
+      // tokens of blocks that do not qualify (it skips all others).
       for (let t0 = 0; t0 < T; t0 += tc) {
-        const nb = Math.ceil(Math.min(tc, T - t0) / BLOCK_TOKENS);
+        const n = Math.min(tc, T - t0);
         const chunk = { tBase: t0, tc };
-        d.push(make(b.scores, `${label}.scores`, nb * nHead, 0, 0, chunk, use(1, 2, 3)));
-        d.push(make(b.softmax, `${label}.softmax`, Math.ceil((Math.min(tc, T - t0) * nHead) / BLOCK_LANES), 0, 0, chunk, use(2)));
-        d.push(make(b.pv, `${label}.pv`, nb * nHead, 0, 0, chunk, use(2, 4, 5)));
+        d.push(make(b.qt, `${label}.qt`, Math.ceil((tc * nHead) / BLOCK_LANES), 0, 0, chunk, use(1, 7)));
+        d.push(make(b.scores, `${label}.scores`, Math.ceil(n / (BLOCK_TOKENS * BLOCK_LANES)) * nHead, 0, 0, chunk, use(2, 3, 6, 7)));
+        d.push(make(b.softmax, `${label}.softmax`, Math.ceil((tc * nHead) / BLOCK_LANES), 0, 0, chunk, use(2, 6)));
+        d.push(make(b.pv, `${label}.pv`, Math.ceil(n / BLOCK_TOKENS) * nHead, 0, 0, chunk, use(2, 4, 5, 6)));
       }
       d.push(make(this.pipelineRest!, `${label}.rest`, Math.ceil((T * nHead) / PAIR_LANES), 0, 2));
       return d;
