@@ -357,6 +357,26 @@ for (const depth of [1, 3]) test(`turns that arrive while a merged run goes on t
   assert.equal(model.ctx.liveBuffers, base);
 });
 
+test('group.idle() waits for turns running alone too (one turn in its tick, and one with a logit bias beside a merged run)', async () => {
+  const model = await tinyModel();
+  const group = await model.createSessionGroup(3, { capacity: 64 });
+  try {
+    const settled: string[] = [];
+    const track = (name: string, p: Promise<GenerateResult>) => p.then(() => settled.push(name));
+    void track('lone', group.sessions[0]!.generate(ids(0, 4), { temperature: 0, maxNewTokens: 6, stopAtEos: false }));
+    await group.idle();
+    assert.equal(settled, ['lone'], 'a single turn of its tick runs alone; idle() waited for it');
+    void track('merged a', group.sessions[1]!.generate(ids(1, 3), { temperature: 0, maxNewTokens: 5, stopAtEos: false }));
+    void track('merged b', group.sessions[2]!.generate(ids(2, 3), { temperature: 0, maxNewTokens: 5, stopAtEos: false }));
+    void track('biased', group.sessions[0]!.generate([7], { temperature: 0, maxNewTokens: 9, stopAtEos: false, logitBias: { 5: 2 } }));
+    await group.idle();
+    assert.equal([...settled].sort(), ['biased', 'lone', 'merged a', 'merged b']);
+    assert.ok(!group.cache.busy);
+  } finally {
+    group.destroy();
+  }
+});
+
 test('a chat load: users send their next message as soon as their reply comes; every reply is what that conversation gets alone', async () => {
   const model = await tinyModel();
   const group = await model.createSessionGroup(3, { capacity: 160 });

@@ -248,6 +248,8 @@ export class SessionGroup {
   readonly sessions: readonly Session[];
   private pending: QueuedTurn[] = [];
   private readonly runs = new Set<MergedRun>();
+  /** Turns of this group running alone (settled, never rejecting), for idle(). */
+  private readonly lone = new Set<Promise<void>>();
   constructor(readonly model: Model, readonly cache: KVCache) {
     this.sessions = Array.from({ length: cache.rows }, (_, r) => new Session(model, cache, r, this));
   }
@@ -291,7 +293,7 @@ export class SessionGroup {
       const ids = typeof prompt === 'string' ? this.model.tokenizer.encode(prompt) : Array.from(prompt);
       this.model.checkIds(ids, 'prompt'); // a bad prompt fails its own turn only
       const key = mergeKey(opts, this.cache, this.model.ctx.isCpuAdapter, this.model.config.vocab_size);
-      if (key === undefined) return this.model.generate(ids, { ...opts, cache: this.cache, cacheRows: [row] });
+      if (key === undefined) return this.alone(ids, opts, row);
       return new Promise<GenerateResult>((resolve, reject) => {
         this.pending.push({ session, ids, opts, key, resolve, reject });
         if (this.pending.length === 1) queueMicrotask(() => this.flush());
@@ -299,6 +301,18 @@ export class SessionGroup {
     } catch (e) {
       return Promise.reject(e);
     }
+  }
+
+  /** A turn that runs alone on its row (no merge key, or no other turn to merge with), tracked for idle(). */
+  private alone(ids: number[], opts: Omit<GenerateOptions, 'cache' | 'cacheRows'>, row: number): Promise<GenerateResult> {
+    const p = this.model.generate(ids, { ...opts, cache: this.cache, cacheRows: [row] });
+    const settled = p.then(
+      () => undefined,
+      () => undefined,
+    );
+    this.lone.add(settled);
+    void settled.then(() => this.lone.delete(settled));
+    return p;
   }
 
   /** Runs the queued turns: each set with one merge key as one batched generation, others alone. */
@@ -319,7 +333,7 @@ export class SessionGroup {
     for (const set of sets.values()) {
       if (set.length === 1) {
         const q = set[0]!;
-        this.model.generate(q.ids, { ...q.opts, cache: this.cache, cacheRows: [q.session.row!] }).then(q.resolve, q.reject);
+        this.alone(q.ids, q.opts, q.session.row!).then(q.resolve, q.reject);
         continue;
       }
       const parts = set.map(turnPart);
@@ -377,18 +391,18 @@ export class SessionGroup {
   }
 
   /**
-   * Resolves once no merged run of this group is in flight: a turn resolves when its own sequence
-   * is done, while its run may go on for others (or take new turns); the run frees its plans and
-   * sampler state when it ends. Await this before measuring memory, or before destroy() to let the
-   * runs finish rather than fail.
+   * Resolves once nothing of this group is in flight: no merged run (a turn resolves when its own
+   * sequence is done, while its run may go on for others or take new turns, and frees its plans
+   * and sampler state when it ends), no turn running alone, none queued. Await this before
+   * measuring memory, or before destroy() to let the work finish rather than fail.
    */
   async idle(): Promise<void> {
     for (;;) {
       await Promise.resolve(); // a flush queued in this tick may start a run
-      const runs = [...this.runs];
-      if (runs.length === 0 && this.pending.length === 0) return;
-      await Promise.all(runs.map((r) => r.done));
-      if (runs.length === 0) await new Promise((res) => setTimeout(res, 0));
+      const work = [...[...this.runs].map((r) => r.done), ...this.lone];
+      if (work.length === 0 && this.pending.length === 0) return;
+      await Promise.all(work);
+      if (work.length === 0) await new Promise((res) => setTimeout(res, 0));
     }
   }
   /**
