@@ -497,14 +497,23 @@ fn block_extent(b: u32) -> u32 {
   return select(0u, n, ok);
 }
 
-// Invocation index = h * tc + (token in chunk); LANES per workgroup.
-@compute @workgroup_size(LANES)
-fn att_qt(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+// att_qt / att_softmax: invocation index = h * tc + (token in chunk), LANES per workgroup. Returns
+// (h, token in chunk, token), the token T when the invocation is past the chunk's tokens or heads.
+fn chunk_token(wg: vec3<u32>, lid: u32) -> vec3<u32> {
   let w = (wg.y * p.groups_x + wg.x) * LANES + lid;
   let h = w / p.tc;
   let tl = w - h * p.tc;
   let t = p.t_base + tl;
-  if (h >= p.n_head || t >= p.T) { return; }
+  return vec3<u32>(h, tl, select(t, p.T, h >= p.n_head || t >= p.T));
+}
+
+@compute @workgroup_size(LANES)
+fn att_qt(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+  let ht = chunk_token(wg, lid);
+  let h = ht.x;
+  let tl = ht.y;
+  let t = ht.z;
+  if (t >= p.T) { return; }
   let C4 = p.C / 4u;
   let D4 = p.D / 4u;
   for (var d4 = 0u; d4 < D4; d4++) {
@@ -551,14 +560,13 @@ fn att_scores(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_in
   }
 }
 
-// Invocation index = h * tc + (token in chunk); LANES per workgroup.
 @compute @workgroup_size(LANES)
 fn att_softmax(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-  let w = (wg.y * p.groups_x + wg.x) * LANES + lid;
-  let h = w / p.tc;
-  let tl = w - h * p.tc;
-  let t = p.t_base + tl;
-  if (h >= p.n_head || t >= p.T) { return; }
+  let ht = chunk_token(wg, lid);
+  let h = ht.x;
+  let tl = ht.y;
+  let t = ht.z;
+  if (t >= p.T) { return; }
   if (block_extent(t / QB) == 0u) { return; }
   let n = tok_meta[2u * t + 1u] + 1u;  // keys 0..pos
   let col = h * p.cap * p.tc + tl;  // + j * tc
