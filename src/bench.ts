@@ -107,6 +107,8 @@ export interface BenchReport {
   gemv_reduce: 'split' | 'workgroup';
   /** AttentionOptions.decodeWg as used: threads per workgroup of decode attention on GPUs; null where decode steps take another kernel (CPU adapters: 'lanes'; 0: the 32-thread one). */
   attention_decode_wg: number | null;
+  /** The attention kernel of the prompt's prefill (P tokens of one row): 'tiled' (GPUs), 'blocks' (CPU adapters, P >= 64), 'pairs' (CPU adapters), 'query' or 'lanes' (one token). */
+  attention_prompt: string;
   /** MatmulOptions.gemmTile as used (the tiled GEMM of prefills past 8 tokens on GPUs; CPU adapters use the GEMV at every M). */
   gemm_tile: GemmTile;
   /** Largest M (rows: batch x tokens) the GEMV takes, per layout; larger M takes the tiled GEMM (CPU adapters: the GEMV always, reported as null = unbounded). */
@@ -188,6 +190,7 @@ export async function runBench(engine: Engine, o: BenchOptions): Promise<BenchRe
       fuse_ln: model.kernels.matmul.fuseLn,
       gemv_reduce: model.kernels.matmul.gemvReduce,
       attention_decode_wg: decodeWgOf(model),
+      attention_prompt: model.promptAttention(o.promptTokens),
       gemm_tile: model.kernels.matmul.gemmTile,
       gemv_max_m: gemvMaxOf(model),
       pipeline_depth: o.pipelineDepth ?? defaultPipelineDepth(model.ctx.isCpuAdapter),
@@ -356,7 +359,7 @@ function gemvMaxOf(model: Model): { kn: number | null; nk: number | null } {
 export function formatBench(r: BenchReport): string {
   const a = r.adapter as { description?: string; vendor?: string };
   const lines = [
-    `model ${r.model} (${r.dtype}), adapter: ${a.description || a.vendor}; prompt ${r.prompt_tokens} tokens, ${r.new_tokens} new, ${r.repeat} runs; host waits: ${r.host_wait}; layer norm fused: ${r.fuse_ln ? 'yes' : 'no'}; GPU GEMV K split: ${r.gemv_reduce}; decode attention: ${r.attention_decode_wg !== null ? `${r.attention_decode_wg}-thread workgroups` : r.gemv_max_m.kn === null ? 'one invocation per (row, head)' : '32-thread workgroups'}; steps in flight: ${r.pipeline_depth}; GEMM tile ${r.gemm_tile.ty * r.gemm_tile.tm}x${r.gemm_tile.tx * r.gemm_tile.tn}`,
+    `model ${r.model} (${r.dtype}), adapter: ${a.description || a.vendor}; prompt ${r.prompt_tokens} tokens, ${r.new_tokens} new, ${r.repeat} runs; host waits: ${r.host_wait}; layer norm fused: ${r.fuse_ln ? 'yes' : 'no'}; GPU GEMV K split: ${r.gemv_reduce}; decode attention: ${r.attention_decode_wg !== null ? `${r.attention_decode_wg}-thread workgroups` : r.gemv_max_m.kn === null ? 'one invocation per (row, head)' : '32-thread workgroups'}; prompt attention: ${r.attention_prompt}; steps in flight: ${r.pipeline_depth}; GEMM tile ${r.gemm_tile.ty * r.gemm_tile.tm}x${r.gemm_tile.tx * r.gemm_tile.tn}`,
     `load ${r.load.load_ms.toFixed(0)} ms (pipelines ${r.load.pipelines_ms.toFixed(0)} ms, upload ${r.load.upload_ms.toFixed(0)} ms, ${(r.load.weight_bytes / 1e6).toFixed(0)} MB of weights)`,
     '',
     'batch  first-token ms (setup + prefill)  decode ms/token (median / p90)  tokens/s  readback B/token  dispatches/step  submits/step',

@@ -144,6 +144,7 @@ test('bench --json smoke run has every field', () => {
   assert.equal(j.gemv_max_m, { kn: null, nk: null }); // CPU adapters take the GEMV at every M
   assert.is(j.pipeline_depth, 1); // and decode one step at a time
   assert.is(j.attention_decode_wg, null); // with one invocation per (token, head), not a wide workgroup
+  assert.is(j.attention_prompt, 'pairs'); // a 4-token prompt: token pairs (blocks from 64 tokens on)
   assert.is(j.sessions, false);
   assert.ok(j.results.every((x: object) => !('sessions' in x)));
 });

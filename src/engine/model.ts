@@ -345,6 +345,13 @@ export class GPT2Model implements CacheOwner {
     plan.cache.stash(plan, PLAN_STASH_COUNT, PLAN_STASH_BYTES);
   }
 
+  /** The attention kernel a prompt plan of T tokens of one row runs ('tiled', 'blocks', 'pairs', ...), as ForwardPlan picks it: for reports. */
+  promptAttention(T: number): string {
+    const { n_embd: C, n_head: H, n_positions } = this.config;
+    const scratch = T >= BLOCKS_MIN_T && this.kernels.attention.blocksScratch(T, n_positions, C, H).scores > 0;
+    return this.kernels.attention.resolveVariant(T, C / H, { scratch });
+  }
+
   /** Checks token ids against the vocabulary. */
   checkIds(ids: readonly number[], what = 'prompt'): void {
     if (ids.length === 0) throw new PromptError(`${what} is empty: give at least one token (GPT-2 has no BOS by default; use 50256 "<|endoftext|>" to start from nothing)`);

@@ -201,6 +201,35 @@ export class AttentionKernel {
     return this.pipelineWide && D % 4 === 0 ? 'wide' : 'query';
   }
 
+  /**
+   * The kernel `bind` runs for T tokens at head size D (AttentionArgs.variant resolved; 'query'
+   * takes vec4 loads when D % 4 == 0): given variants are checked against what this kernel has,
+   * 'auto' picks as AttentionArgs.variant says (`scratch`: whether a 'blocks' scratch is given).
+   */
+  resolveVariant(T: number, D: number, o: { variant?: AttentionArgs['variant']; writeKv?: boolean; scratch?: boolean }, label = 'attention'): Exclude<NonNullable<AttentionArgs['variant']>, 'auto'> {
+    const variant = o.variant ?? 'auto';
+    if (!VARIANTS.includes(variant)) throw new ShapeError(`${label}: variant must be one of ${VARIANTS.join(', ')}, got ${String(variant)}`);
+    const canTile = D % 4 === 0 && D <= 64;
+    const lanesHere = D === this.lanesHeadDim; // CPU adapters: the one-invocation kernels for this D
+    const oneQuery = variant === 'lanes' || variant === 'wide' || variant === 'query' || variant === 'scalar';
+    if (variant === 'tiled' && !canTile) throw new ShapeError(`${label}: the tiled kernel needs D % 4 == 0 and D <= 64, got D = ${D}; use variant 'query'`);
+    if ((variant === 'lanes' || variant === 'pairs' || variant === 'blocks') && !lanesHere) {
+      throw new ShapeError(`${label}: variant '${variant}' runs head size ${this.lanesHeadDim ?? '(none: the kernel was created without headDim)'} only, got D = ${D}; create the kernel with { headDim: ${D} } or use variant 'query'`);
+    }
+    if (o.writeKv && variant !== 'auto' && !oneQuery) throw new ShapeError(`${label}: writeKv (tokens in distinct rows, a decode step) needs the one-query kernels, not variant '${variant}'`);
+    if (variant === 'wide' && !this.pipelineWide) throw new ShapeError(`${label}: variant 'wide' needs a kernel created with decodeWg (the default on GPUs only)`);
+    if (variant === 'wide' && D % 4 !== 0) throw new ShapeError(`${label}: variant 'wide' is the vec4 kernel and needs D % 4 == 0, got D = ${D}; use variant 'scalar'`);
+    if (variant !== 'auto') return variant;
+    if (!o.writeKv) {
+      if (!lanesHere && canTile && T >= 2 * TILE_TOKENS) return 'tiled';
+      if (lanesHere && o.scratch && T >= BLOCKS_MIN_T) return 'blocks';
+      if (lanesHere && T >= 2) return 'pairs';
+    }
+    if (lanesHere) return 'lanes';
+    if (o.writeKv && this.pipelineWide && D % 4 === 0) return 'wide';
+    return 'query';
+  }
+
   bind(owner: Owned, a: AttentionArgs, label = 'attention'): Dispatch[] {
     if (a.kCache.shape.length !== 3) throw new ShapeError(`${label}: kCache must be 3-D [rows, capacity, C], got [${a.kCache.shape.join(', ')}]`);
     const [rows, cap, C] = a.kCache.shape as [number, number, number];
@@ -227,17 +256,7 @@ export class AttentionKernel {
         }
       }
     }
-    const variant = a.variant ?? 'auto';
-    if (!VARIANTS.includes(variant)) throw new ShapeError(`${label}: variant must be one of ${VARIANTS.join(', ')}, got ${String(variant)}`);
-    const canTile = D % 4 === 0 && D <= 64;
-    if (variant === 'tiled' && !canTile) throw new ShapeError(`${label}: the tiled kernel needs D % 4 == 0 and D <= 64, got D = ${D}; use variant 'query'`);
-    if (variant === 'tiled' && a.writeKv) throw new ShapeError(`${label}: writeKv (tokens in distinct rows, a decode step) needs the one-query kernels, not variant 'tiled'`);
-    const lanesHere = D === this.lanesHeadDim; // CPU adapters: the one-invocation kernels for this D
-    const tiled = variant === 'tiled' || (variant === 'auto' && !lanesHere && canTile && T >= 2 * TILE_TOKENS && !a.writeKv);
-    if ((variant === 'lanes' || variant === 'pairs') && !lanesHere) {
-      throw new ShapeError(`${label}: variant '${variant}' runs head size ${this.lanesHeadDim ?? '(none: the kernel was created without headDim)'} only, got D = ${D}; create the kernel with { headDim: ${D} } or use variant 'query'`);
-    }
-    if (variant === 'pairs' && a.writeKv) throw new ShapeError(`${label}: writeKv (tokens in distinct rows, a decode step) needs the one-query kernels, not variant 'pairs'`);
+    const v = this.resolveVariant(T, D, { variant: a.variant, writeKv: a.writeKv, scratch: a.scratch !== undefined }, label);
     // [binding, resource]: params at 0, then qkv, meta, kCache, vCache, out (every entry point but
     // the blocks passes uses them all; an 'auto' layout holds only the bindings a shader uses).
     const inputs: Array<[number, GPUBindingResource]> = [[1, binding(a.qkv)], [2, binding(a.meta)], [3, binding(a.kCache)], [4, binding(a.vCache)], [5, binding(a.out)]];
@@ -251,7 +270,7 @@ export class AttentionKernel {
       });
       return { family: 'attention', label: name, pipeline, bindGroup, workgroups: [gx, gy, 1] };
     };
-    if (tiled) {
+    if (v === 'tiled') {
       // Tiles of one row (prompts) share K/V loads; the second dispatch does the tokens of tiles
       // that mix rows or wrap the ring, one by one, and skips all others.
       return [
@@ -259,11 +278,7 @@ export class AttentionKernel {
         make(this.pipelineVec4, `${label}.rest`, T * nHead, 1),
       ];
     }
-    if (variant === 'blocks' && !lanesHere) {
-      throw new ShapeError(`${label}: variant 'blocks' runs head size ${this.lanesHeadDim ?? '(none: the kernel was created without headDim)'} only, got D = ${D}; create the kernel with { headDim: ${D} } or use variant 'query'`);
-    }
-    if (variant === 'blocks' && a.writeKv) throw new ShapeError(`${label}: writeKv (tokens in distinct rows, a decode step) needs the one-query kernels, not variant 'blocks'`);
-    if (variant === 'blocks' || (variant === 'auto' && lanesHere && a.scratch && T >= BLOCKS_MIN_T && !a.writeKv)) {
+    if (v === 'blocks') {
       const need = this.blocksScratch(T, cap, C, nHead);
       const hint = `(blocksScratch(${T}, ${cap}, ${C}, ${nHead}): ${need.scores} and ${need.queries} f32)`;
       if (!a.scratch) throw new ShapeError(`${label}: variant 'blocks' needs scratch buffers for the scores and the queries ${hint}`);
@@ -293,7 +308,7 @@ export class AttentionKernel {
       d.push(make(this.pipelineRest!, `${label}.rest`, Math.ceil((T * nHead) / PAIR_LANES), 0, 2));
       return d;
     }
-    if (variant === 'pairs' || (variant === 'auto' && lanesHere && T >= 2 && !a.writeKv)) {
+    if (v === 'pairs') {
       // PAIR_LANES (token pair, head) invocations per workgroup: index * PAIR_LANES + lane = pair * nHead + head;
       // then decode_lanes does the tokens of pairs that could not share (and skips all others).
       return [
@@ -301,17 +316,15 @@ export class AttentionKernel {
         make(this.pipelineRest!, `${label}.rest`, Math.ceil((T * nHead) / PAIR_LANES), 0, 1),
       ];
     }
-    if (variant === 'lanes' || (variant === 'auto' && lanesHere)) {
+    if (v === 'lanes') {
       // decodeLanes (token, head) pairs per workgroup: workgroup index * decodeLanes + lane = token * nHead + head.
       return [make(this.pipelineLanes!, label, Math.ceil((T * nHead) / this.decodeLanes), 0)];
     }
-    if (variant === 'wide' && !this.pipelineWide) throw new ShapeError(`${label}: variant 'wide' needs a kernel created with decodeWg (the default on GPUs only)`);
-    if (variant === 'wide' && D % 4 !== 0) throw new ShapeError(`${label}: variant 'wide' is the vec4 kernel and needs D % 4 == 0, got D = ${D}; use variant 'scalar'`);
-    if (variant === 'wide' || (variant === 'auto' && a.writeKv && this.pipelineWide && D % 4 === 0)) {
+    if (v === 'wide') {
       return [make(this.pipelineWide!, label, T * nHead, 0)];
     }
     // 4 dims per load when head offsets are multiples of 4 (every GPT-2 size: D = 64)
-    const vec4 = D % 4 === 0 && variant !== 'scalar';
+    const vec4 = D % 4 === 0 && v !== 'scalar';
     return [make(vec4 ? this.pipelineVec4 : this.pipeline, label, T * nHead, 0)];
   }
 }
