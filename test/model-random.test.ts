@@ -63,6 +63,7 @@ test('long prompts (70 tokens, then 66 more on the same row) match the float64 f
   const V = cfg.vocab_size;
   const ids = Array.from({ length: 136 }, (_, i) => (i * 53 + 11) % V);
   const want = forward64(tensors, cfg, ids);
+  const base = model.ctx.liveBuffers;
   const cache = await model.createCache({ capacity: 160 });
   const first = new ForwardPlan(model, cache, 70, 70);
   const second = new ForwardPlan(model, cache, 66, 66);
@@ -87,8 +88,10 @@ test('long prompts (70 tokens, then 66 more on the same row) match the float64 f
     first.destroy();
     second.destroy();
     cache.destroy();
-    model.destroy();
   }
+  // the plans' scratch (scores, queries) went with them
+  assert.equal(model.ctx.liveBuffers, base);
+  model.destroy();
 });
 
 /**
