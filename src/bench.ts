@@ -25,6 +25,8 @@ export interface BenchOptions {
   gemvReduce?: 'split' | 'workgroup';
   /** AttentionOptions.decodeWg (threads per GPU decode attention workgroup; 0: none, the 32-thread kernel); default: the adapter's choice. */
   attentionWg?: number;
+  /** AttentionOptions.blocks (the 'blocks' prompt attention of CPU adapters; false: 'pairs' at every length); default: the adapter's choice. */
+  attentionBlocks?: boolean;
   /** MatmulOptions.gemmTile (the prefill GEMM's tile shape); default: the kernel's. */
   gemmTile?: GemmTile;
   /** MatmulOptions.gemvMaxM (largest M that takes the GEMV rather than the GEMM); default: the kernel's. */
@@ -164,7 +166,7 @@ export async function runBench(engine: Engine, o: BenchOptions): Promise<BenchRe
     );
   }
   const resolveMs = now() - t0;
-  const model = await engine.loadModel(ckpt, { dtype: o.dtype, onProgress: o.onProgress, matmul, attention: { decodeWg: o.attentionWg } });
+  const model = await engine.loadModel(ckpt, { dtype: o.dtype, onProgress: o.onProgress, matmul, attention: { decodeWg: o.attentionWg, blocks: o.attentionBlocks } });
   model.loadTimes.resolve_ms += resolveMs; // loadModel saw an opened checkpoint
   const loadMs = now() - t0;
   try {

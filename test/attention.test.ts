@@ -233,6 +233,17 @@ test("attention 'blocks': chosen by 'auto' for prompts of >= BLOCKS_MIN_T tokens
     assert.throws(() => on.bind(owned, { ...args(T, 64, 4), out: outInScores, variant: 'blocks', scratch }), (e: Error) => e instanceof ShapeError && /scores scratch .* overlaps out/.test(e.message));
     const gpu = await AttentionKernel.create(ctx, { headDim: 16, lanes: false });
     assert.equal(gpu.blocksScratch(T, 32, 64, 4), { scores: 0, queries: 0, tc: 0 }, 'no lanes kernels (GPUs): no blocks');
+    // blocks: false keeps the lanes kernels, prompts take pairs at every length
+    const noBlocks = await AttentionKernel.create(ctx, { headDim: 16, lanes: true, blocks: false });
+    assert.equal(noBlocks.blocksScratch(T, 32, 64, 4), { scores: 0, queries: 0, tc: 0 });
+    assert.equal(noBlocks.bind(owned, { ...args(T, 64, 4), scratch })[0]!.label, 'attention.pairs', 'blocks off: pairs even with a scratch');
+    assert.throws(() => noBlocks.bind(owned, { ...args(T, 64, 4), scratch, variant: 'blocks' }), (e: Error) => e instanceof ShapeError && /created with blocks: false/.test(e.message));
+    for (const bad of [{ lanes: false, blocks: true }, { lanes: true, blocks: 'yes' as unknown as boolean }]) {
+      await AttentionKernel.create(ctx, { headDim: 16, ...bad }).then(
+        () => assert.unreachable(`${JSON.stringify(bad)} accepted`),
+        (e: Error) => assert.ok(e instanceof InvalidOptionError && /blocks: true needs the lanes kernels|blocks must be a boolean, got yes/.test(e.message), e.message),
+      );
+    }
     for (const blocksScratchBytes of [0, -5, 1.5]) {
       await AttentionKernel.create(ctx, { headDim: 16, lanes: true, blocksScratchBytes }).then(
         () => assert.unreachable(`blocksScratchBytes ${blocksScratchBytes} accepted`),

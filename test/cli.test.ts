@@ -203,6 +203,19 @@ test('bench --wait spin, --fuse-ln on, --gemv-reduce workgroup, --gemm-tile and 
   const badRed = cli('bench', '--model', tinyDir(), '--gemv-reduce', 'atomic');
   assert.is(badRed.code, 2);
   assert.match(badRed.err, /--gemv-reduce must be auto, split or workgroup, got "atomic"/);
+  const badBlocks = cli('bench', '--model', tinyDir(), '--attention-blocks', 'maybe');
+  assert.is(badBlocks.code, 2);
+  assert.match(badBlocks.err, /--attention-blocks must be auto, on or off, got "maybe"/);
+});
+
+test('bench --attention-blocks: a 64-token prompt takes the blocks attention on a CPU adapter, token pairs with it off (reported as attention_prompt)', () => {
+  const run = (mode: string) => {
+    const r = cli('bench', '--model', tinyDir(), '--prompt-tokens', '64', '--new-tokens', '2', '--repeat', '1', '--no-profile', '--attention-blocks', mode, '--json');
+    assert.is(r.code, 0, r.err);
+    return JSON.parse(r.out).attention_prompt;
+  };
+  assert.is(run('auto'), 'blocks'); // lavapipe is a CPU adapter
+  assert.is(run('off'), 'pairs');
 });
 
 test('bench profiles a batch whose full-window cache would not fit one binding (sized like the run)', () => {

@@ -60,7 +60,7 @@ export interface ModelLoadOptions extends LoadOptions {
    */
   matmul?: Omit<MatmulOptions, 'layernorm'>;
   /** The same for the attention kernel: decodeWg (threads per GPU decode workgroup; 0: the 32-thread kernel), lanes (CPU decode kernel), decodeLanes (its invocations per workgroup). */
-  attention?: Pick<AttentionOptions, 'decodeWg' | 'lanes' | 'decodeLanes'>;
+  attention?: Pick<AttentionOptions, 'decodeWg' | 'lanes' | 'decodeLanes' | 'blocks'>;
 }
 
 const now = (): number => (globalThis.performance ?? Date).now();

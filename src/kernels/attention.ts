@@ -108,6 +108,11 @@ export interface AttentionOptions {
    * capped by the binding limit.
    */
   blocksScratchBytes?: number;
+  /**
+   * Whether to build variant 'blocks' (long prompts as matrix products) beside the lanes kernels.
+   * Default: with them (CPU adapters); true needs the lanes kernels.
+   */
+  blocks?: boolean;
 }
 
 export class AttentionKernel {
@@ -158,6 +163,9 @@ export class AttentionKernel {
     if (!Number.isInteger(blocksScratchBytes) || blocksScratchBytes < 1) {
       throw new InvalidOptionError(`AttentionKernel: blocksScratchBytes must be a positive integer (bytes of the 'blocks' score scratch per chunk), got ${blocksScratchBytes}`);
     }
+    if (opts.blocks !== undefined && typeof opts.blocks !== 'boolean') throw new InvalidOptionError(`AttentionKernel: blocks must be a boolean, got ${String(opts.blocks)}`);
+    const blocks = opts.blocks ?? lanes;
+    if (blocks && !lanes) throw new InvalidOptionError(`AttentionKernel: blocks: true needs the lanes kernels (lanes: true, a headDim that fits), which this kernel does not build (lanes ${String(opts.lanes)}, headDim ${String(headDim)})`);
     const [scalar, vec4, tiled, lanesP, pairsP, restP, wide, qtP, scoresP, softmaxP, pvP] = await Promise.all([
       ctx.pipeline('attention', 'main', { WG: wg }),
       ctx.pipeline('attention', 'main_vec4', { WG: wg }),
@@ -166,13 +174,13 @@ export class AttentionKernel {
       lanes ? ctx.pipeline('attention', 'prefill_lanes', { HD4: headDim! / 4, LANES: PAIR_LANES }) : undefined,
       lanes ? ctx.pipeline('attention', 'decode_lanes', { HD4: headDim! / 4, LANES: PAIR_LANES }) : undefined,
       decodeWg ? ctx.pipeline('attention', 'main_vec4', { WG: decodeWg }) : undefined,
-      lanes ? ctx.pipeline('attention', 'att_qt', { LANES: BLOCK_LANES }) : undefined,
-      lanes ? ctx.pipeline('attention', 'att_scores', {}) : undefined,
-      lanes ? ctx.pipeline('attention', 'att_softmax', { LANES: BLOCK_LANES }) : undefined,
-      lanes ? ctx.pipeline('attention', 'att_pv', {}) : undefined,
+      blocks ? ctx.pipeline('attention', 'att_qt', { LANES: BLOCK_LANES }) : undefined,
+      blocks ? ctx.pipeline('attention', 'att_scores', {}) : undefined,
+      blocks ? ctx.pipeline('attention', 'att_softmax', { LANES: BLOCK_LANES }) : undefined,
+      blocks ? ctx.pipeline('attention', 'att_pv', {}) : undefined,
     ]);
-    const blocks = qtP && scoresP && softmaxP && pvP ? { qt: qtP, scores: scoresP, softmax: softmaxP, pv: pvP } : undefined;
-    return new AttentionKernel(ctx, scalar, vec4, tiled, lanesP, pairsP, restP, wide, wg, lanes ? headDim! : undefined, decodeWg || undefined, decodeLanes, blocks, blocksScratchBytes);
+    const blocksP = qtP && scoresP && softmaxP && pvP ? { qt: qtP, scores: scoresP, softmax: softmaxP, pv: pvP } : undefined;
+    return new AttentionKernel(ctx, scalar, vec4, tiled, lanesP, pairsP, restP, wide, wg, lanes ? headDim! : undefined, decodeWg || undefined, decodeLanes, blocksP, blocksScratchBytes);
   }
 
   /**
@@ -217,12 +225,13 @@ export class AttentionKernel {
       throw new ShapeError(`${label}: variant '${variant}' runs head size ${this.lanesHeadDim ?? '(none: the kernel was created without headDim)'} only, got D = ${D}; create the kernel with { headDim: ${D} } or use variant 'query'`);
     }
     if (o.writeKv && variant !== 'auto' && !oneQuery) throw new ShapeError(`${label}: writeKv (tokens in distinct rows, a decode step) needs the one-query kernels, not variant '${variant}'`);
+    if (variant === 'blocks' && !this.pipelinesBlocks) throw new ShapeError(`${label}: variant 'blocks' needs a kernel built with it (AttentionOptions.blocks, the default with the lanes kernels); this one was created with blocks: false`);
     if (variant === 'wide' && !this.pipelineWide) throw new ShapeError(`${label}: variant 'wide' needs a kernel created with decodeWg (the default on GPUs only)`);
     if (variant === 'wide' && D % 4 !== 0) throw new ShapeError(`${label}: variant 'wide' is the vec4 kernel and needs D % 4 == 0, got D = ${D}; use variant 'scalar'`);
     if (variant !== 'auto') return variant;
     if (!o.writeKv) {
       if (!lanesHere && canTile && T >= 2 * TILE_TOKENS) return 'tiled';
-      if (lanesHere && o.scratch && T >= BLOCKS_MIN_T) return 'blocks';
+      if (lanesHere && this.pipelinesBlocks && o.scratch && T >= BLOCKS_MIN_T) return 'blocks';
       if (lanesHere && T >= 2) return 'pairs';
     }
     if (lanesHere) return 'lanes';
