@@ -13,7 +13,7 @@ export interface BrowserTestApi {
   /** The context's adapter summary and the device's optional features. */
   adapter(): Promise<{ adapter: AdapterSummary; features: GpuContext['features'] }>;
   /** Layer norm of x [rows, C] on the page's GPU; y comes back with every element written (no NaN poison left). */
-  layerNorm(rows: number, C: number, x: number[], gamma: number[], beta: number[], eps: number): Promise<{ y: number[]; wg: number }>;
+  layerNorm(rows: number, C: number, x: number[], gamma: number[], beta: number[], eps: number, lanes?: boolean): Promise<{ y: number[]; wg: number; lanes: boolean }>;
 }
 
 declare global {
@@ -37,11 +37,11 @@ window.gpt2test = {
     return { adapter: ctx.adapter, features: ctx.features };
   },
 
-  async layerNorm(rows, C, x, gamma, beta, eps) {
+  async layerNorm(rows, C, x, gamma, beta, eps, lanes) {
     const ctx = await context();
     const owned = new Owned(ctx);
     try {
-      const k = await LayerNormKernel.create(ctx);
+      const k = await LayerNormKernel.create(ctx, { lanes });
       // y starts as NaN everywhere so an element the kernel skips shows up in the comparison.
       const y = upload(owned, new Uint32Array(rows * C).fill(0x7fc00000), [rows, C]);
       const d = k.bind(owned, {
@@ -60,7 +60,7 @@ window.gpt2test = {
       ctx.submit([enc.finish()]);
       const out = new Float32Array(await ctx.readBuffer(y.buffer, 0, rows * C * 4));
       ctx.throwIfErrors();
-      return { y: Array.from(out), wg: k.wg };
+      return { y: Array.from(out), wg: k.wg, lanes: k.lanes };
     } finally {
       owned.destroy();
     }
