@@ -469,8 +469,9 @@ fn prefill_lanes(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation
 // position, keys 0..max pos); other tokens (rows mixed in a block, a wrapped ring, a row outside
 // the cache) are left to decode_lanes with pairs_skip = 2, which skips the rest. No workgroup
 // memory, no barriers. Loop bounds are runtime values (p.D), not the HD4 override, so LLVM does
-// not unroll the head loops (llvmpipe's compile time grows with every unrolled copy: these three
-// compile in ~1.4 s, prefill_lanes + decode_lanes in ~18 s). Needs kv_write to have run.
+// not unroll the head loops (llvmpipe's compile time grows with every unrolled copy: these four
+// compile in ~1.4 s with the Mesa shader cache off, prefill_lanes + decode_lanes in ~13-18 s).
+// Needs kv_write to have run.
 
 @group(0) @binding(6) var<storage, read_write> st: array<f32>;     // [n_head, cap, tc]: S, then P
 @group(0) @binding(6) var<storage, read_write> st4: array<vec4<f32>>;
