@@ -310,21 +310,25 @@ test('5,000 tokens with context shifts: runs, shifts, and GPU memory stays flat'
   assert.equal(model.ctx.liveBuffers, base, 'the session freed its cache and its plans');
 });
 
-test('shifted generation equals the uncached recompute over the same windows', async () => {
-  const model = await tinyModel();
-  const opts = { temperature: 1, seed: 9, maxNewTokens: 80, stopAtEos: false };
-  const s1 = await model.createSession({ capacity: 32, keep: 16 });
-  const s2 = await model.createSession({ capacity: 32, keep: 16 });
-  try {
-    const a = await s1.generate(ref.prompts[0]!.ids, opts);
-    const b = await s2.generate(ref.prompts[0]!.ids, { ...opts, useCache: false });
-    assert.ok(a.stats.shifts > 2);
-    assert.equal(a.sequences[0]!.tokens, b.sequences[0]!.tokens);
-  } finally {
-    s1.destroy();
-    s2.destroy();
-  }
-});
+// Capacity 32 / keep 16: short re-encodes and windows (token pairs on CPU adapters); 160 / 96:
+// re-encodes of 96 tokens and recomputed windows of up to 160 (the 'blocks' prompt attention).
+for (const [capacity, keep, maxNewTokens] of [[32, 16, 80], [160, 96, 250]] as const) {
+  test(`shifted generation equals the uncached recompute over the same windows (capacity ${capacity}, keep ${keep})`, async () => {
+    const model = await tinyModel();
+    const opts = { temperature: 1, seed: 9, maxNewTokens, stopAtEos: false };
+    const s1 = await model.createSession({ capacity, keep });
+    const s2 = await model.createSession({ capacity, keep });
+    try {
+      const a = await s1.generate(ref.prompts[0]!.ids, opts);
+      const b = await s2.generate(ref.prompts[0]!.ids, { ...opts, useCache: false });
+      assert.ok(a.stats.shifts >= 2, `shifts ${a.stats.shifts}`);
+      assert.equal(a.sequences[0]!.tokens, b.sequences[0]!.tokens);
+    } finally {
+      s1.destroy();
+      s2.destroy();
+    }
+  });
+}
 
 test('window options given to generate() with a session are refused, not ignored', async () => {
   const model = await tinyModel();
