@@ -93,14 +93,11 @@ export interface TokenEvent {
  * onToken / onSequenceDone events carry that index from then on), in cache row `row` (free, its
  * context plus `ids` within the window), with its own options and seed.
  */
-export interface Admission {
+export interface Admission extends SequenceOptions {
   slot: number;
   row: number;
   ids: number[];
-  sampling: NormalizedSampling;
   seed: number;
-  maxNew: number;
-  stopStrings?: string[];
 }
 
 export interface SequenceDoneEvent {
@@ -270,7 +267,7 @@ function seedsOf(seeds: unknown, seed: unknown, R: number): number[] {
 }
 
 /** One sequence's options: sampling (normalised), new tokens and stop strings. */
-interface SequenceOptions {
+export interface SequenceOptions {
   sampling: NormalizedSampling;
   maxNew: number;
   stopStrings: string[] | undefined;

@@ -97,6 +97,15 @@ export interface PlanOptions {
  * ~0.25 MiB for a gpt2 decode plan, ~30 KiB per token of a gpt2 prompt plan), the least recently
  * used freed first. A chat turn needs two (its decode plan and its prompt's).
  */
+/**
+ * The 'blocks' attention scratch a prompt plan of T tokens on a cache of `capacity` slots gets
+ * (ForwardPlan, promptAttention): from BLOCKS_MIN_T tokens on where the kernel has 'blocks' for
+ * the model's head size (CPU adapters), else none (zeros).
+ */
+function promptScratch(att: AttentionKernel, T: number, capacity: number, cfg: GPT2Config): { scores: number; queries: number; tc: number } {
+  return T >= BLOCKS_MIN_T ? att.blocksScratch(T, capacity, cfg.n_embd, cfg.n_head) : { scores: 0, queries: 0, tc: 0 };
+}
+
 export const PLAN_STASH_COUNT = 4;
 export const PLAN_STASH_BYTES = 8 * 1024 * 1024;
 
@@ -149,7 +158,7 @@ export class ForwardPlan implements Stashable {
       const attnVariant = this.decode || (T === cache.rows && R === T && T > 1) ? oneQuery : 'auto';
       // Long prompts on CPU adapters: attention as two matrix products through scratch buffers
       // that all layers share (their dispatches run one after another).
-      const blocks = attnVariant === 'auto' && T >= BLOCKS_MIN_T ? k.attention.blocksScratch(T, cache.capacity, C, cfg.n_head) : undefined;
+      const blocks = attnVariant === 'auto' ? promptScratch(k.attention, T, cache.capacity, cfg) : undefined;
       const scratch = blocks?.scores
         ? { scores: buf('att.scores', [blocks.scores]), queries: buf('att.queries', [blocks.queries]) } // [n_head, capacity, tc], [n_head, D, tc]
         : undefined;
@@ -348,7 +357,7 @@ export class GPT2Model implements CacheOwner {
   /** The attention kernel a prompt plan of T tokens of one row runs ('tiled', 'blocks', 'pairs', ...), as ForwardPlan picks it: for reports. */
   promptAttention(T: number): string {
     const { n_embd: C, n_head: H, n_positions } = this.config;
-    const scratch = T >= BLOCKS_MIN_T && this.kernels.attention.blocksScratch(T, n_positions, C, H).scores > 0;
+    const scratch = promptScratch(this.kernels.attention, T, n_positions, this.config).scores > 0;
     return this.kernels.attention.resolveVariant(T, C / H, { scratch });
   }
 

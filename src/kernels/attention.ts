@@ -202,11 +202,10 @@ export class AttentionKernel {
   /**
    * The kernel for steps of one token per row (decode) at head size D: 'lanes' where this kernel
    * has the one-invocation kernels for D (CPU adapters), else 'wide' where it has decodeWg and
-   * D % 4 == 0 (GPUs), else 'query'.
+   * D % 4 == 0 (GPUs), else 'query': what 'auto' picks for a writeKv step.
    */
   oneQueryVariant(D: number): 'lanes' | 'wide' | 'query' {
-    if (D === this.lanesHeadDim) return 'lanes';
-    return this.pipelineWide && D % 4 === 0 ? 'wide' : 'query';
+    return this.resolveVariant(1, D, { writeKv: true }) as 'lanes' | 'wide' | 'query';
   }
 
   /**

@@ -6,7 +6,8 @@
  */
 import type { GpuContext } from '../engine/device.js';
 import { InvalidOptionError, ShapeError } from '../errors.js';
-import { binding, Dispatch, expectTensor, f32bits, GpuTensor, groups, Owned } from './common.js';
+import { binding, Dispatch, expectTensor, f32bits, GpuTensor, Owned } from './common.js';
+import { grid } from './elementwise.js';
 
 export interface LayerNormArgs {
   x: GpuTensor; // [rows, C] f32
@@ -53,10 +54,7 @@ export class LayerNormKernel {
     expectTensor(`${label} y`, a.y, [rows, C], ['f32']);
     if (!(a.eps > 0)) throw new ShapeError(`${label}: eps must be > 0, got ${a.eps}`);
     // Workgroups: one per row (main) or per ROW_LANES rows (rows_lanes), wrapped into y past the limit.
-    const n = this.lanes ? Math.ceil(rows / ROW_LANES) : rows;
-    const maxX = this.ctx.limits.maxComputeWorkgroupsPerDimension;
-    const gx = Math.min(n, maxX);
-    const gy = groups(this.ctx, label, Math.ceil(n / gx));
+    const [gx, gy] = grid(this.ctx, label, this.lanes ? Math.ceil(rows / ROW_LANES) : rows);
     const params = owner.uniform(`${label}.params`, [rows, C, f32bits(a.eps), gx]);
     const bindGroup = this.ctx.device.createBindGroup({
       label,
