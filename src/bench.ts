@@ -27,6 +27,8 @@ export interface BenchOptions {
   attentionWg?: number;
   /** AttentionOptions.blocks (the 'blocks' prompt attention of CPU adapters; false: 'pairs' at every length); default: the adapter's choice. */
   attentionBlocks?: boolean;
+  /** MatmulOptions.knSubgroups (undefined: the kernel's default). */
+  knSubgroups?: boolean;
   /** MatmulOptions.gemmTile (the prefill GEMM's tile shape); default: the kernel's. */
   gemmTile?: GemmTile;
   /** MatmulOptions.gemvMaxM (largest M that takes the GEMV rather than the GEMM); default: the kernel's. */
@@ -111,6 +113,8 @@ export interface BenchReport {
   attention_decode_wg: number | null;
   /** The attention kernel of the prompt's prefill (P tokens of one row): 'tiled' (GPUs), 'blocks' (CPU adapters, P >= 64), 'pairs' (CPU adapters), 'query' or 'lanes' (one token). */
   attention_prompt: string;
+  /** The kernel the prompt's per-layer matmuls take: 'gemm' / 'gemv' (GPUs), 'subgroups' / 'cols' (CPU adapters). */
+  matmul_prompt: string;
   /** MatmulOptions.gemmTile as used (the tiled GEMM of prefills past 8 tokens on GPUs; CPU adapters use the GEMV at every M). */
   gemm_tile: GemmTile;
   /** Largest M (rows: batch x tokens) the GEMV takes, per layout; larger M takes the tiled GEMM (CPU adapters: the GEMV always, reported as null = unbounded). */
@@ -149,10 +153,18 @@ function decodeWgOf(model: Model): number | null {
   return at.oneQueryVariant(model.config.n_embd / model.config.n_head) === 'wide' ? at.decodeWg! : null;
 }
 
+/** Which kernel the per-layer ('kn') matmuls of a T-token prompt take. */
+function promptMatmulOf(model: Model, T: number): string {
+  const mm = model.kernels.matmul;
+  if (mm.variantFor(T, 'kn') === 'gemm') return 'gemm';
+  if (!mm.knCols) return 'gemv';
+  return mm.takesSubgroups(T, model.config.n_embd) ? 'subgroups' : 'cols';
+}
+
 export async function runBench(engine: Engine, o: BenchOptions): Promise<BenchReport> {
   const t0 = now();
   // Unset (undefined) options take the kernel's defaults.
-  const matmul = { fuseLn: o.fuseLn, gemvReduce: o.gemvReduce, gemmTile: o.gemmTile, gemvMaxM: o.gemvMaxM };
+  const matmul = { fuseLn: o.fuseLn, gemvReduce: o.gemvReduce, gemmTile: o.gemmTile, gemvMaxM: o.gemvMaxM, knSubgroups: o.knSubgroups };
   // The source is resolved (and its config read) before any upload, so that a run the model's
   // window cannot hold fails at once, not after loading gigabytes.
   const ckpt = await engine.openSource(o.model, { onProgress: o.onProgress });
@@ -193,6 +205,7 @@ export async function runBench(engine: Engine, o: BenchOptions): Promise<BenchRe
       gemv_reduce: model.kernels.matmul.gemvReduce,
       attention_decode_wg: decodeWgOf(model),
       attention_prompt: model.promptAttention(o.promptTokens),
+      matmul_prompt: promptMatmulOf(model, o.promptTokens),
       gemm_tile: model.kernels.matmul.gemmTile,
       gemv_max_m: gemvMaxOf(model),
       pipeline_depth: o.pipelineDepth ?? defaultPipelineDepth(model.ctx.isCpuAdapter),
@@ -361,7 +374,7 @@ function gemvMaxOf(model: Model): { kn: number | null; nk: number | null } {
 export function formatBench(r: BenchReport): string {
   const a = r.adapter as { description?: string; vendor?: string };
   const lines = [
-    `model ${r.model} (${r.dtype}), adapter: ${a.description || a.vendor}; prompt ${r.prompt_tokens} tokens, ${r.new_tokens} new, ${r.repeat} runs; host waits: ${r.host_wait}; layer norm fused: ${r.fuse_ln ? 'yes' : 'no'}; GPU GEMV K split: ${r.gemv_reduce}; decode attention: ${r.attention_decode_wg !== null ? `${r.attention_decode_wg}-thread workgroups` : r.gemv_max_m.kn === null ? 'one invocation per (row, head)' : '32-thread workgroups'}; prompt attention: ${r.attention_prompt}; steps in flight: ${r.pipeline_depth}; GEMM tile ${r.gemm_tile.ty * r.gemm_tile.tm}x${r.gemm_tile.tx * r.gemm_tile.tn}`,
+    `model ${r.model} (${r.dtype}), adapter: ${a.description || a.vendor}; prompt ${r.prompt_tokens} tokens, ${r.new_tokens} new, ${r.repeat} runs; host waits: ${r.host_wait}; layer norm fused: ${r.fuse_ln ? 'yes' : 'no'}; GPU GEMV K split: ${r.gemv_reduce}; decode attention: ${r.attention_decode_wg !== null ? `${r.attention_decode_wg}-thread workgroups` : r.gemv_max_m.kn === null ? 'one invocation per (row, head)' : '32-thread workgroups'}; prompt attention: ${r.attention_prompt}; prompt matmul: ${r.matmul_prompt}; steps in flight: ${r.pipeline_depth}; GEMM tile ${r.gemm_tile.ty * r.gemm_tile.tm}x${r.gemm_tile.tx * r.gemm_tile.tn}`,
     `load ${r.load.load_ms.toFixed(0)} ms (pipelines ${r.load.pipelines_ms.toFixed(0)} ms, upload ${r.load.upload_ms.toFixed(0)} ms, ${(r.load.weight_bytes / 1e6).toFixed(0)} MB of weights)`,
     '',
     'batch  first-token ms (setup + prefill)  decode ms/token (median / p90)  tokens/s  readback B/token  dispatches/step  submits/step',

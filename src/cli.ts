@@ -150,7 +150,7 @@ const commands: Record<string, Command> = {
       else {
         console.log(`adapter:   ${a.description || a.device} (${a.vendor}${a.architecture ? ', ' + a.architecture : ''})${a.isFallbackAdapter ? ' [fallback/software]' : ''}`);
         console.log(`features:  ${a.features.join(', ')}`);
-        console.log(`used:      timestamp-query ${ctx.features.timestampQuery}, shader-f16 ${ctx.features.shaderF16}, subgroups ${ctx.features.subgroups}`);
+        console.log(`used:      timestamp-query ${ctx.features.timestampQuery}, shader-f16 ${ctx.features.shaderF16}, subgroups ${ctx.features.subgroups}${ctx.features.subgroupSize ? ` (size ${ctx.features.subgroupSize})` : ''}`);
         for (const [k, val] of Object.entries(a.limits)) console.log(`${k.padEnd(34)} ${val}`);
       }
       ctx.destroy();
@@ -267,7 +267,7 @@ const commands: Record<string, Command> = {
   },
   bench: {
     summary: 'benchmark load, prefill and decode (per batch size), with per-kernel GPU times',
-    usage: 'gpt2-webgpu bench [--model random:gpt2] [--batch 1,4,16,64] [--prompt-tokens P] [--new-tokens N] [--repeat R] [--f16] [--wait auto|sleep|spin] [--fuse-ln auto|on|off] [--gemv-reduce auto|split|workgroup] [--gemm-tile TX,TY,TM,TN,BK] [--gemv-max-m M] [--attention-wg N] [--attention-blocks auto|on|off] [--pipeline-depth D] [--sessions] [--json]',
+    usage: 'gpt2-webgpu bench [--model random:gpt2] [--batch 1,4,16,64] [--prompt-tokens P] [--new-tokens N] [--repeat R] [--f16] [--wait auto|sleep|spin] [--fuse-ln auto|on|off] [--gemv-reduce auto|split|workgroup] [--gemm-tile TX,TY,TM,TN,BK] [--gemv-max-m M] [--attention-wg N] [--attention-blocks auto|on|off] [--matmul-subgroups auto|on|off] [--pipeline-depth D] [--sessions] [--json]',
     flags: {
       ...MODEL_FLAGS,
       model: { ...MODEL_FLAGS.model!, default: 'random:gpt2' },
@@ -283,6 +283,7 @@ const commands: Record<string, Command> = {
       'gemv-reduce': { type: 'string', default: 'auto', help: 'how the GPU decode GEMV splits K: split (slices over workgroups + a reduce dispatch), workgroup (inside each workgroup, one dispatch), auto (workgroup on GPUs)' },
       'attention-wg': { type: 'string', help: 'threads per workgroup of the GPU decode attention: 32-256, a power of two, or 0 for the 32-thread prefill kernel (default 256 on GPUs; CPU adapters decode with one invocation per head)' },
       'attention-blocks': { type: 'string', default: 'auto', help: "prompts of 64+ tokens as matrix products through scratch buffers ('blocks', CPU adapters): on, off (token pairs at every length), auto (on CPU adapters)" },
+      'matmul-subgroups': { type: 'string', default: 'auto', help: "matmuls of 8+ rows (prompts, batches) through subgroup broadcasts ('subgroups', CPU adapters with 8-lane subgroups): on, off (gemv_kn_cols), auto (where available)" },
       'pipeline-depth': { type: 'string', help: 'decode steps queued ahead of the token read-back, 1-16 (default 3 on GPUs, 1 on CPU adapters)' },
       sessions: { type: 'boolean', default: false, help: 'also time B conversations of different histories: B separate sessions at once against one session group' },
       ...JSON_FLAG,
@@ -294,6 +295,7 @@ const commands: Record<string, Command> = {
       const fuses = { auto: undefined, on: true, off: false } as const;
       if (!Object.hasOwn(fuses, String(v['fuse-ln']))) throw new UsageError(`--fuse-ln must be auto, on or off, got "${String(v['fuse-ln'])}"`);
       if (!Object.hasOwn(fuses, String(v['attention-blocks']))) throw new UsageError(`--attention-blocks must be auto, on or off, got "${String(v['attention-blocks'])}"`);
+      if (!Object.hasOwn(fuses, String(v['matmul-subgroups']))) throw new UsageError(`--matmul-subgroups must be auto, on or off, got "${String(v['matmul-subgroups'])}"`);
       const reduces = { auto: undefined, split: 'split', workgroup: 'workgroup' } as const;
       if (!Object.hasOwn(reduces, String(v['gemv-reduce']))) throw new UsageError(`--gemv-reduce must be auto, split or workgroup, got "${String(v['gemv-reduce'])}"`);
       let gemmTile: GemmTile | undefined;
@@ -319,6 +321,7 @@ const commands: Record<string, Command> = {
           gemvMaxM: v['gemv-max-m'] === undefined ? undefined : num(v['gemv-max-m'], 'gemv-max-m', { int: true, min: 0 }),
           attentionWg: attentionWg(v['attention-wg']),
           attentionBlocks: fuses[String(v['attention-blocks']) as keyof typeof fuses],
+          knSubgroups: fuses[String(v['matmul-subgroups']) as keyof typeof fuses],
           pipelineDepth: v['pipeline-depth'] === undefined ? undefined : num(v['pipeline-depth'], 'pipeline-depth', { int: true, min: 1, max: 16 }),
           sessions: Boolean(v.sessions),
           onProgress: v.json ? undefined : progress(),

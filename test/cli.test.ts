@@ -145,6 +145,7 @@ test('bench --json smoke run has every field', () => {
   assert.is(j.pipeline_depth, 1); // and decode one step at a time
   assert.is(j.attention_decode_wg, null); // with one invocation per (token, head), not a wide workgroup
   assert.is(j.attention_prompt, 'pairs'); // a 4-token prompt: token pairs (blocks from 64 tokens on)
+  assert.is(j.matmul_prompt, 'cols'); // and gemv_kn_cols blocks (the subgroup GEMM from 8 rows on)
   assert.is(j.sessions, false);
   assert.ok(j.results.every((x: object) => !('sessions' in x)));
 });
@@ -206,16 +207,20 @@ test('bench --wait spin, --fuse-ln on, --gemv-reduce workgroup, --gemm-tile and 
   const badBlocks = cli('bench', '--model', tinyDir(), '--attention-blocks', 'maybe');
   assert.is(badBlocks.code, 2);
   assert.match(badBlocks.err, /--attention-blocks must be auto, on or off, got "maybe"/);
+  const badSg = cli('bench', '--model', tinyDir(), '--matmul-subgroups', 'yes');
+  assert.is(badSg.code, 2);
+  assert.match(badSg.err, /--matmul-subgroups must be auto, on or off, got "yes"/);
 });
 
-test('bench --attention-blocks: a 64-token prompt takes the blocks attention on a CPU adapter, token pairs with it off (reported as attention_prompt)', () => {
+test('bench --attention-blocks / --matmul-subgroups: a 64-token prompt takes the blocks attention and the subgroup GEMM on lavapipe, token pairs and gemv_kn_cols with them off (attention_prompt, matmul_prompt)', () => {
   const run = (mode: string) => {
-    const r = cli('bench', '--model', tinyDir(), '--prompt-tokens', '64', '--new-tokens', '2', '--repeat', '1', '--no-profile', '--attention-blocks', mode, '--json');
+    const r = cli('bench', '--model', tinyDir(), '--prompt-tokens', '64', '--new-tokens', '2', '--repeat', '1', '--no-profile', '--attention-blocks', mode, '--matmul-subgroups', mode, '--json');
     assert.is(r.code, 0, r.err);
-    return JSON.parse(r.out).attention_prompt;
+    const j = JSON.parse(r.out);
+    return [j.attention_prompt, j.matmul_prompt];
   };
-  assert.is(run('auto'), 'blocks'); // lavapipe is a CPU adapter
-  assert.is(run('off'), 'pairs');
+  assert.equal(run('auto'), ['blocks', 'subgroups']); // lavapipe is a CPU adapter with 8-lane subgroups
+  assert.equal(run('off'), ['pairs', 'cols']);
 });
 
 test('bench profiles a batch whose full-window cache would not fit one binding (sized like the run)', () => {

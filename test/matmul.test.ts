@@ -37,8 +37,9 @@ async function kernelsFor(ctx: GpuContext, layout: WeightLayout): Promise<Matmul
     return [
       await MatmulKernel.create(ctx, { knCols: false, gemvReduce: 'split' }),
       await MatmulKernel.create(ctx, { knCols: false, gemvReduce: 'workgroup' }),
-      await MatmulKernel.create(ctx, { knCols: true }),
-      await MatmulKernel.create(ctx, { knCols: true, knWords: { f32: 3, f16: 1 }, knBlock: { rows: 3, f32: 3, f16: 1 } }),
+      await MatmulKernel.create(ctx, { knCols: true }), // with gemm_kn_sg from 8 rows where the adapter has 8-lane subgroups
+      await MatmulKernel.create(ctx, { knCols: true, knSubgroups: false }),
+      await MatmulKernel.create(ctx, { knCols: true, knWords: { f32: 3, f16: 1 }, knBlock: { rows: 3, f32: 3, f16: 1 }, knSubgroups: false }),
     ];
   }
   return [
@@ -60,15 +61,17 @@ function nkGroups(k: MatmulKernel, M: number, n: number): [number, number] {
 }
 
 /**
- * Workgroups along x and z of a 'kn' GEMV over M rows and n columns, per variant (to check which
- * one ran): gemv_kn 64 threads of 1 word, blocks of 8 rows; gemv_kn_red 4 column threads of 1 word
- * (x 64 K groups), blocks of 8 rows; gemv_kn_cols 8 threads of knWords
+ * Workgroups along x and z of a 'kn' GEMV over M rows of x (K long) and n columns, per variant (to
+ * check which one ran): gemv_kn 64 threads of 1 word, blocks of 8 rows; gemv_kn_red 4 column
+ * threads of 1 word (x 64 K groups), blocks of 8 rows; gemm_kn_sg (8+ rows, K % 4 == 0, no split)
+ * 8 lanes of 1 word, blocks of 8 (M < 16) or 16 rows; gemv_kn_cols 8 threads of knWords
  * words (M = 1) or of knBlock words for blocks of knBlock.rows rows (M > 1; knBlockLarge from its
  * `from` rows on).
  */
-function knGroups(k: MatmulKernel, M: number, n: number, dtype: 'f32' | 'f16'): [number, number] {
+function knGroups(k: MatmulKernel, M: number, n: number, dtype: 'f32' | 'f16', K: number, splitK?: number): [number, number] {
   const words = Math.ceil(n / (dtype === 'f16' ? 8 : 4)); // 16-byte words per W row
   if (!k.knCols) return [Math.ceil(words / (k.gemvReduce === 'workgroup' ? 4 : 64)), Math.ceil(M / 8)];
+  if (k.knSubgroups && M >= 8 && K % 4 === 0 && (splitK ?? 1) === 1) return [Math.ceil(words / 8), Math.ceil(M / (M >= 16 ? 16 : 8))];
   if (M === 1) return [Math.ceil(Math.ceil(words / k.knWords[dtype]) / 8), 1];
   const b = M >= k.knBlockLarge.from ? k.knBlockLarge : k.knBlock;
   return [Math.ceil(Math.ceil(words / b[dtype]) / 8), Math.ceil(M / b.rows)];
@@ -138,6 +141,14 @@ for (const c of [
   { M: 37, K: 33, N: 52, layout: 'kn', dtype: 'f32', bias: true, gelu: true, acc: true },
   { M: 3, K: 257, N: 44, layout: 'kn', dtype: 'f32', bias: true, acc: true, splitK: 3 },
   { M: 5, K: 257, N: 136, layout: 'kn', dtype: 'f16', bias: true, gelu: true, splitK: 4 },
+  // 8+ rows kn with aligned rows and K % 4 == 0 (gemm_kn_sg where the adapter has 8-lane
+  // subgroups: 8 lanes of one 16-byte word, blocks of 8 rows below 16, else 16): N not a multiple
+  // of a workgroup's 32 f32 / 64 f16 columns (lanes past the row end), M not a multiple of the
+  // block (rows past M), one or several blocks and workgroups, every epilogue
+  { M: 8, K: 64, N: 36, layout: 'kn', dtype: 'f32', bias: true, acc: true },
+  { M: 15, K: 132, N: 264, layout: 'kn', dtype: 'f16', gelu: true },
+  { M: 16, K: 40, N: 200, layout: 'kn', dtype: 'f32', bias: true, gelu: true, acc: true },
+  { M: 45, K: 96, N: 72, layout: 'kn', dtype: 'f16', bias: true, acc: true },
   // GEMV past one block of 8 rows (batched decode), GEMM at tiny M
   { M: 37, K: 64, N: 40, layout: 'kn', dtype: 'f16', bias: true, variant: 'gemv' },
   { M: 37, K: 64, N: 40, layout: 'nk', dtype: 'f32', acc: true, variant: 'gemv', splitK: 2 },
@@ -181,7 +192,7 @@ for (const c of [
           }
           const alignedN = c.N % (c.dtype === 'f16' ? 8 : 4) === 0;
           if (c.layout === 'kn' && (variant ?? k.variantFor(c.M, c.layout)) === 'gemv' && alignedN) {
-            const [gx, gz] = knGroups(k, c.M, c.N, c.dtype);
+            const [gx, gz] = knGroups(k, c.M, c.N, c.dtype, c.K, c.splitK);
             assert.equal([ds[0]!.workgroups[0], ds[0]!.workgroups[2]], [gx, gz], 'variant');
           }
           await run(ctx, ds);
@@ -265,6 +276,8 @@ for (const c of [
   { M: 5, K: 130, N: 264, dtype: 'f16', panel: 128, bias: true, gelu: true, splitK: 2 },
   { M: 37, K: 33, N: 72, dtype: 'f32', panel: 32, bias: true },
   { M: 2, K: 40, N: 120, dtype: 'f16', panel: 48, words: true },
+  { M: 21, K: 96, N: 200, dtype: 'f32', panel: 64, bias: true, gelu: true }, // gemm_kn_sg where available
+  { M: 16, K: 132, N: 264, dtype: 'f16', panel: 128, acc: true },
   { M: 1, K: 40, N: 100, dtype: 'f32', panel: 48, words: true, acc: true },
 ] as Array<{ M: number; K: number; N: number; dtype: 'f32' | 'f16'; panel: number; bias?: boolean; gelu?: boolean; acc?: boolean; splitK?: number; words?: boolean }>) {
   const title = `paneled kn ${c.dtype} M ${c.M} K ${c.K} N ${c.N} panel ${c.panel}${c.splitK ? ` splitK ${c.splitK}` : ''}${c.words ? ' 3/1 words' : ''}`;
@@ -288,7 +301,7 @@ for (const c of [
       assert.is(k.knPanel, c.panel);
       const out = base ? upload(owned, base, [c.M, c.N]) : poisoned(owned, [c.M, c.N]);
       const ds = k.bind(owned, { x: upload(owned, x, [c.M, c.K]), w: wt, layout: 'kn', bias: bias && upload(owned, bias, [c.N]), activation: c.gelu ? 'gelu' : 'none', accumulate: c.acc, out, splitK: c.splitK });
-      assert.equal([ds[0]!.workgroups[0], ds[0]!.workgroups[2]], knGroups(k, c.M, c.N, c.dtype), 'gemv_kn_cols ran');
+      assert.equal([ds[0]!.workgroups[0], ds[0]!.workgroups[2]], knGroups(k, c.M, c.N, c.dtype, c.K, c.splitK), 'kernel');
       await run(ctx, ds);
       allClose(await download(ctx, out), ref, TOL, title);
     }));
@@ -343,6 +356,28 @@ test('split-K is chosen for a narrow decode GEMV and not for a wide one (gemvRed
     const k4 = await MatmulKernel.create(ctx, { gemvMaxM: 4 });
     assert.is(k4.variantFor(4, 'kn'), 'gemv');
     assert.is(k4.variantFor(5, 'kn'), 'gemm');
+  }));
+
+test('gemm_kn_sg: built where gemv_kn_cols runs and subgroups are 8 lanes, taken from 8 rows with K % 4 == 0 and no split; refusals name the reason', () =>
+  withDevice(async ({ ctx, owned }) => {
+    const k = await MatmulKernel.create(ctx);
+    const here = ctx.isCpuAdapter && ctx.features.subgroupSize === 8;
+    assert.is(k.knSubgroups, here, `default on this adapter (subgroup size ${ctx.features.subgroupSize})`);
+    const entry = (M: number, K: number, extra: { splitK?: number; knSubgroups?: boolean } = {}) =>
+      k.bind(owned, { x: poisoned(owned, [M, K]), w: poisoned(owned, [K, 64]), layout: 'kn', out: poisoned(owned, [M, 64]), ...extra })[0]!.pipeline.label;
+    if (here) {
+      assert.is(entry(7, 64), 'matmul.gemv_kn_cols');
+      assert.is(entry(8, 64), 'matmul+matmul_subgroups.gemm_kn_sg');
+      assert.is(entry(1024, 64), 'matmul+matmul_subgroups.gemm_kn_sg');
+      assert.is(entry(16, 66), 'matmul.gemv_kn_cols', 'K % 4 != 0: x rows are not 16-byte words');
+      assert.is(entry(16, 64, { splitK: 2 }), 'matmul.gemv_kn_cols', 'an asked-for split');
+      assert.is(entry(16, 64, { knSubgroups: false }), 'matmul.gemv_kn_cols', 'per call');
+    }
+    await rejects(() => MatmulKernel.create(ctx, { knCols: false, knSubgroups: true }), (e) => e instanceof InvalidOptionError && /knSubgroups needs gemv_kn_cols .*here knCols false/.test(e.message));
+    const off = await MatmulKernel.create(ctx, { knCols: true, knSubgroups: false });
+    assert.is(off.knSubgroups, false);
+    assert.throws(() => off.bind(owned, { x: poisoned(owned, [16, 64]), w: poisoned(owned, [64, 64]), layout: 'kn', out: poisoned(owned, [16, 64]), knSubgroups: true }),
+      (e: Error) => e instanceof InvalidOptionError && /no gemm_kn_sg pipelines/.test(e.message));
   }));
 
 test('LM head: nk over vocab 50257 with K = 16, f32 and f16, GEMV and GEMM', () =>
@@ -490,7 +525,7 @@ test('transposed chunked nk weight (the CPU LM head): f32 and f16, M 1 / 3 / 37,
         const out = poisoned(owned, [M, N]);
         const ds = k.bind(owned, { x: upload(owned, x, [M, K]), w, layout: 'nk', out, bias: b && upload(owned, b, [N]), activation: 'gelu' });
         assert.is(ds.length, 3);
-        assert.equal([ds[0]!.workgroups[0], ds[0]!.workgroups[2]], knGroups(k, M, 384, dtype), 'gemv_kn_cols ran');
+        assert.equal([ds[0]!.workgroups[0], ds[0]!.workgroups[2]], knGroups(k, M, 384, dtype, K), 'kernel');
         await run(ctx, ds);
         allClose(await download(ctx, out), ref, TOL, `transposed chunked ${dtype} M ${M} panel ${k.knPanel}`);
       }

@@ -16,6 +16,12 @@ export interface GpuFeatures {
   timestampQuery: boolean;
   shaderF16: boolean;
   subgroups: boolean;
+  /**
+   * The subgroup size where the device has `subgroups` and the adapter reports a single size
+   * (subgroupMinSize == subgroupMaxSize, e.g. 8 on lavapipe), else null: kernels that exchange
+   * values between a fixed number of lanes need it to be exact.
+   */
+  subgroupSize: number | null;
 }
 
 /** What `info` prints: enough to compare results across machines. */
@@ -181,13 +187,21 @@ export class GpuContext {
     if (this.live.delete(buf)) buf.destroy();
   }
 
-  /** Shader module by file name under shaders/ (without .wgsl), compiled once per context. */
+  /** Shader module by file name under shaders/ (without .wgsl; "a+b" joins two files), compiled once per context. */
   shaderModule(name: string): GPUShaderModule {
     let m = this.modules.get(name);
     if (!m) {
-      const code = SHADERS[name];
-      if (code === undefined) throw new Error(`no shader named "${name}" (shaders/${name}.wgsl)`);
-      m = this.device.createShaderModule({ label: name, code });
+      // 'a+b': shaders/a.wgsl followed by shaders/b.wgsl, their `enable` directives first (WGSL
+      // wants them before any declaration). A part that needs an optional feature (subgroups)
+      // extends a base file this way without making the base need it.
+      const parts = name.split('+').map((part) => {
+        const code = SHADERS[part];
+        if (code === undefined) throw new Error(`no shader named "${part}" (shaders/${part}.wgsl)`);
+        return code;
+      });
+      const enables: string[] = [];
+      const bodies = parts.map((code) => code.replace(/^enable [^;]+;[ \t]*$/gm, (d) => (enables.push(d), '')));
+      m = this.device.createShaderModule({ label: name, code: [...new Set(enables), ...bodies].join('\n') });
       this.modules.set(name, m);
     }
     return m;
@@ -306,11 +320,15 @@ function limitsOf(dl: GPUSupportedLimits): AdapterSummary['limits'] {
 }
 
 /** The optional features the device has (and the engine uses only when present). */
-function featuresOf(device: GPUDevice): GpuFeatures {
+function featuresOf(device: GPUDevice, info: Partial<GPUAdapterInfo> | undefined): GpuFeatures {
+  const subgroups = device.features.has('subgroups');
+  const sg = info as { subgroupMinSize?: number; subgroupMaxSize?: number } | undefined;
+  const min = sg?.subgroupMinSize;
   return {
     timestampQuery: device.features.has('timestamp-query'),
     shaderF16: device.features.has('shader-f16'),
-    subgroups: device.features.has('subgroups'),
+    subgroups,
+    subgroupSize: subgroups && Number.isInteger(min) && min! > 0 && min === sg?.subgroupMaxSize ? min! : null,
   };
 }
 
@@ -369,7 +387,7 @@ export async function createContext(gpu: GPU | undefined | null, opts: ContextOp
     device.destroy();
     throw e;
   }
-  return new GpuContext(device, summary, featuresOf(device), waitYield);
+  return new GpuContext(device, summary, featuresOf(device, info), waitYield);
 }
 
 /** The WaitYield a context uses: opts.waitYield where yieldWhileWaiting says so ('auto': CPU adapters). */
@@ -404,5 +422,5 @@ export function contextFromDevice(
     features: [...device.features].sort(),
     limits: limitsOf(device.limits),
   };
-  return new GpuContext(device, summary, featuresOf(device), waitYieldFor(summary, opts), false);
+  return new GpuContext(device, summary, featuresOf(device, { ...known, ...info }), waitYieldFor(summary, opts), false);
 }

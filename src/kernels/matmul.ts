@@ -62,6 +62,11 @@ export interface MatmulArgs {
    */
   knCols?: boolean;
   /**
+   * 'kn' with M >= 8 rows and 16-byte aligned rows of W and x only: whether to take `gemm_kn_sg`
+   * (see MatmulOptions.knSubgroups) instead of gemv_kn_cols. Default: the kernel's `knSubgroups`.
+   */
+  knSubgroups?: boolean;
+  /**
    * Layer norm applied to each row of x first (gamma, beta: [K] f32; eps > 0), as GPT-2's ln_1 /
    * ln_2 / ln_f. `scratch` ([M, K] f32) receives LN(x) where it is not fused; default: a buffer
    * the owner allocates.
@@ -99,6 +104,13 @@ const KN_BLOCK_DEFAULT = { rows: 4, f32: 4, f16: 2 };
  */
 const KN_LARGE_DEFAULT = { rows: 8, f32: 2, f16: 1 };
 const KN_LARGE_FROM = 16;
+/**
+ * gemm_kn_sg (shaders/matmul_subgroups.wgsl; CPU adapters with 8-lane subgroups): the smallest M
+ * that takes it, and from which M its workgroups take 16 rows of x instead of 8 (SGR). Below 8
+ * rows the gemv_kn_cols block is as fast (lavapipe, [768, 3072], M 4: within noise) and pads less.
+ */
+const SG_FROM = 8;
+const SG16_FROM = 16;
 /** gemv_kn_cols: most vec4 accumulators per thread (KNACC_MAX in the shader). */
 const KNACC_MAX = 16;
 /**
@@ -142,13 +154,14 @@ const F_LN = 16;
 // GPUBufferUsage.STORAGE (a literal: in Node the GPU globals exist only once a device is requested).
 const STORAGE = 0x80;
 
-type Entry = 'gemv_kn' | 'gemv_kn_ln' | 'gemv_kn_red' | 'gemv_kn_cols' | 'gemv_nk' | 'gemv_nk_rows' | 'gemm' | 'reduce';
+type Entry = 'gemv_kn' | 'gemv_kn_ln' | 'gemv_kn_red' | 'gemv_kn_cols' | 'gemm_kn_sg' | 'gemv_nk' | 'gemv_nk_rows' | 'gemm' | 'reduce';
 /** Bindings each entry point uses (layout 'auto' holds only these). */
 const USES: Record<Entry, number[]> = {
   gemv_kn: [0, 1, 3, 4, 5, 6, 7, 8], // 7, 8: unread without F_LN, but its body (shared with gemv_kn_ln) names them
   gemv_kn_ln: [0, 1, 3, 4, 5, 6, 7, 8],
   gemv_kn_red: [0, 1, 3, 4, 5, 6, 7, 8],
   gemv_kn_cols: [0, 1, 4, 5, 6],
+  gemm_kn_sg: [0, 2, 4, 5, 6],
   gemv_nk: [0, 1, 2, 3, 4, 5, 6],
   gemv_nk_rows: [0, 2, 4, 5, 6],
   gemm: [0, 1, 3, 5, 6],
@@ -227,6 +240,14 @@ export interface MatmulOptions {
    */
   knBlockLarge?: { rows: number; f32: number; f16: number; from: number };
   /**
+   * Whether 'kn' matmuls with M >= 8 rows (prompts, batches) take `gemm_kn_sg`, where the 8 lanes
+   * of a subgroup share their x loads by broadcast (shaders/matmul_subgroups.wgsl), instead of the
+   * gemv_kn_cols block: ~2x faster on lavapipe at M 64-1024. It needs the `subgroups` feature with
+   * a subgroup size of exactly 8 and is built only where gemv_kn_cols is used (CPU adapters).
+   * Default: where available; true where it is not available throws.
+   */
+  knSubgroups?: boolean;
+  /**
    * gemv_kn_cols: 16-byte W words per thread for f32 / f16 W (f32 1 ..= 8, f16 1 ..= 4: each f16
    * word needs two vec4 accumulators). Default { f32: 8, f16: 4 } (32 columns).
    */
@@ -299,12 +320,22 @@ export class MatmulKernel {
     readonly gemvReduce: 'split' | 'workgroup',
     /** The tiled GEMM's shape (MatmulOptions.gemmTile). */
     readonly gemmTile: GemmTile,
+    /** Whether 'kn' matmuls of SG_FROM+ rows take gemm_kn_sg (MatmulOptions.knSubgroups). */
+    readonly knSubgroups: boolean,
     private readonly layernorm: LayerNormKernel,
   ) {}
 
   /** The variant `bind` picks for M rows of x with this layout. */
   variantFor(M: number, layout: WeightLayout): 'gemv' | 'gemm' {
     return M <= this.gemvMax[layout] ? 'gemv' : 'gemm';
+  }
+
+  /**
+   * Whether a 'kn' matmul of M rows of x, K long, whose W gemv_kn_cols can read, takes gemm_kn_sg:
+   * SG_FROM+ rows, x rows of whole 16-byte words (K % 4), no split of K asked for.
+   */
+  takesSubgroups(M: number, K: number, splitK?: number, asked = this.knSubgroups): boolean {
+    return asked && this.knSubgroups && M >= SG_FROM && K % 4 === 0 && (splitK ?? 1) === 1;
   }
 
   static async create(ctx: GpuContext, opts: MatmulOptions = {}): Promise<MatmulKernel> {
@@ -354,6 +385,11 @@ export class MatmulKernel {
     if (!(LPR === 1 || isPowerOfTwoIn(LPR, MAXM, 256))) {
       throw new InvalidOptionError(`MatmulKernel: nkLanesPerRow must be 1 or a power of two in [${MAXM}, 256], got ${LPR}`);
     }
+    const sgReady = knCols && ctx.features.subgroupSize === 8;
+    if (opts.knSubgroups === true && !sgReady) {
+      throw new InvalidOptionError(`MatmulKernel: knSubgroups needs gemv_kn_cols (knCols: CPU adapters) and the 'subgroups' feature with a subgroup size of exactly 8; here knCols ${knCols}, subgroups ${ctx.features.subgroups}, subgroup size ${ctx.features.subgroupSize ?? 'not a single size'}`);
+    }
+    const knSubgroups = opts.knSubgroups ?? sgReady;
     // LPR 1: 64 rows per workgroup; else 256 threads = 256 / LPR rows.
     const WG_NK = LPR === 1 ? 64 : 256;
     const want: Array<[string, string, Record<string, number>]> = [];
@@ -371,6 +407,9 @@ export class MatmulKernel {
       if (knCols && knBlockLarge.from !== Infinity) {
         want.push([`gemv_kn_cols:${f16}:1:large`, 'gemv_kn_cols', { W_F16: f16, VEC: 1, WG: WG_KNC, KNV: f16 ? knBlockLarge.f16 : knBlockLarge.f32, KNM: knBlockLarge.rows }]);
       }
+      if (knSubgroups) {
+        for (const sgr of [8, 16]) want.push([`gemm_kn_sg:${f16}:1:${sgr}`, 'gemm_kn_sg', { W_F16: f16, VEC: 1, SGR: sgr }]);
+      }
       for (const nk of [0, 1]) {
         want.push([`gemm:${f16}:${nk}`, 'gemm', { W_F16: f16, NK: nk, TX: gemmTile.tx, TY: gemmTile.ty, TM: gemmTile.tm, TN: gemmTile.tn, BK: gemmTile.bk }]);
       }
@@ -378,10 +417,10 @@ export class MatmulKernel {
     want.push(['reduce', 'reduce', { WG: WG_REDUCE }]);
     const [layernorm, ...built] = await Promise.all([
       opts.layernorm ?? LayerNormKernel.create(ctx),
-      ...want.map(([, entry, c]) => ctx.pipeline('matmul', entry, c)),
+      ...want.map(([, entry, c]) => ctx.pipeline(entry === 'gemm_kn_sg' ? 'matmul+matmul_subgroups' : 'matmul', entry, c)),
     ]) as [LayerNormKernel, ...GPUComputePipeline[]];
     return new MatmulKernel(ctx, new Map(want.map(([key], i) => [key, built[i]!])), LPR, WG_NK, gemvMax, opts.nkRows ?? cpu,
-      knCols, knWords, knBlock, knBlockLarge, nkBlockRows, knPanel, opts.fuseLn ?? !cpu, gemvReduce, gemmTile, layernorm);
+      knCols, knWords, knBlock, knBlockLarge, nkBlockRows, knPanel, opts.fuseLn ?? !cpu, gemvReduce, gemmTile, knSubgroups, layernorm);
   }
 
   bind(owner: Owned, a: MatmulArgs, label = 'matmul'): Dispatch[] {
@@ -505,6 +544,13 @@ export class MatmulKernel {
     const rows = layout === 'nk' && vec && (a.nkRows ?? this.nkRows);
     const cols = layout === 'kn' && vec && (a.knCols ?? this.knCols);
     // gemv_kn_cols / gemv_nk_rows: M = 1 has its own pipeline (KNM / NKM = 1), M > 1 the block one.
+    // gemm_kn_sg: the subgroup GEMM for SG_FROM+ rows of x, which it reads as vec4 along K (K % 4)
+    // and never splits (its row blocks already outnumber the cores).
+    const wantSg = a.knSubgroups ?? this.knSubgroups;
+    if (wantSg && !this.knSubgroups) {
+      throw new InvalidOptionError(`${label}: knSubgroups was asked for, but this MatmulKernel has no gemm_kn_sg pipelines (they need a CPU adapter with 8-lane subgroups; see MatmulOptions.knSubgroups)`);
+    }
+    const sg = cols && this.takesSubgroups(M, K, a.splitK, wantSg);
     const block = (cols || rows) && M > 1;
     const large = block && cols && M >= this.knBlockLarge.from && this.pipelines.has(`gemv_kn_cols:${f16}:1:large`);
     const kb = large ? this.knBlockLarge : this.knBlock;
@@ -513,8 +559,9 @@ export class MatmulKernel {
     const fused = a.ln !== undefined && this.fuseLn && layout === 'kn' && !cols;
     if (a.ln && !fused) return this.lnFirst(owner, a, label);
     const red = layout === 'kn' && !cols && this.gemvReduce === 'workgroup';
-    const entry: Entry = layout === 'kn' ? (cols ? 'gemv_kn_cols' : red ? 'gemv_kn_red' : fused ? 'gemv_kn_ln' : 'gemv_kn') : rows ? 'gemv_nk_rows' : 'gemv_nk';
-    const pipeline = this.pipelines.get(`${entry}:${f16}:${vec ? 1 : 0}${large ? ':large' : block ? ':block' : ''}`)!;
+    const entry: Entry = layout === 'kn' ? (sg ? 'gemm_kn_sg' : cols ? 'gemv_kn_cols' : red ? 'gemv_kn_red' : fused ? 'gemv_kn_ln' : 'gemv_kn') : rows ? 'gemv_nk_rows' : 'gemv_nk';
+    const sgr = M >= SG16_FROM ? 16 : 8; // gemm_kn_sg: rows of x per workgroup
+    const pipeline = this.pipelines.get(sg ? `gemm_kn_sg:${f16}:1:${sgr}` : `${entry}:${f16}:${vec ? 1 : 0}${large ? ':large' : block ? ':block' : ''}`)!;
     // A paneled W: only gemv_kn_cols reads panels, a whole number of threads per panel.
     if (panel !== undefined) {
       if (!cols) {
@@ -525,7 +572,7 @@ export class MatmulKernel {
       }
     }
     const pw = panel !== undefined ? panel / per : 0;
-    const mb = !block ? (cols || rows ? 1 : MAXM) : cols ? kb.rows : this.nkBlockRows; // rows of x per z block
+    const mb = sg ? sgr : !block ? (cols || rows ? 1 : MAXM) : cols ? kb.rows : this.nkBlockRows; // rows of x per z block
     const zBlocks = groups(ctx, label, Math.ceil(M / mb));
     const threads = layout === 'kn' ? Math.ceil(N / per) : N * this.lpr;
     // K slices: multiples of 8 so every slice starts on a 16-byte load of either dtype.
@@ -558,7 +605,8 @@ export class MatmulKernel {
       const wpr = layout === 'nk' ? wordsPerRow(K) : panel !== undefined ? Math.ceil(n / per) * 4 : wordsPerRow(n);
       const fl = (S > 1 ? F_PARTIAL : flags) | (a.ln ? F_LN : 0);
       const params = owner.uniform(`${label}.params${i}`, [M, n, K, wpr, N, nOff, kslice, fl, pw, f32bits(a.ln?.eps ?? 0)]);
-      const gx = cols ? Math.ceil(Math.ceil(n / per / knv) / WG_KNC)
+      const gx = sg ? Math.ceil(Math.ceil(n / per) / 8)
+        : cols ? Math.ceil(Math.ceil(n / per / knv) / WG_KNC)
         : red ? Math.ceil(Math.ceil(n / per) / (WG_RED / KG_RED))
         : layout === 'kn' ? Math.ceil(Math.ceil(n / per) / WG_KN)
         : rows ? Math.ceil(Math.ceil(n / NKR) / WG_NKR) : Math.ceil(n / (this.wgNk / this.lpr));
