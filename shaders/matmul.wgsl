@@ -31,6 +31,8 @@
 //            shared by KNV lane-varying W loads, which lavapipe turns into gathers, each W load by
 //            KNM rows of x, and each thread's words share cache lines.
 //   reduce   finishes a split-K GEMV: sums the S partials [S, M, ldo] and applies the epilogue.
+//   gemm_kn_sg  (shaders/matmul_subgroups.wgsl, appended to this file where the device has 8-lane
+//            subgroups) W[K, N] for 8+ rows of x on CPU adapters, x shared by subgroup broadcast.
 // With split-K (flags & PARTIAL) the GEMV writes raw sums to dst = partials[S, M, ldo] instead of
 // out, and `reduce` (x bound to the partials) applies bias / gelu / accumulate once.
 // Layer-norm prologue (gemv_kn_ln, flags & F_LN): x is read as

@@ -9,7 +9,9 @@
  * On CPU adapters (lavapipe, SwiftShader) the 'kn' GEMV beats the tiled GEMM at every M measured
  * (up to 128): there every workgroup-memory read is a per-lane load, while the GEMV's x reads are
  * one broadcast per block of rows; so 'kn' stays on the GEMV there, as `gemv_kn_cols` (many columns
- * per thread; at M > 1 also several rows of x, so each W load feeds several rows).
+ * per thread; at M > 1 also several rows of x, so each W load feeds several rows). From 8 rows on,
+ * where subgroups are 8 lanes (lavapipe), 'kn' takes `gemm_kn_sg` (shaders/matmul_subgroups.wgsl):
+ * the lanes of a subgroup share their x loads by broadcast, ~2x faster at M 64-1024 there.
  * W is f32 or f16 (packed pairs, see f16.ts), layout 'kn' ([K, N], HF Conv1D) or 'nk' ([N, K], the
  * tied LM head, which may be a ChunkedTensor split by rows: one dispatch per chunk).
  * With `ln`, x is layer-normalised first: out = LN(x) @ W ... . On GPUs the 'kn' GEMV (decode
