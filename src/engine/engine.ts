@@ -161,7 +161,7 @@ export class Session {
   }
   /** GPU memory of the cache and of the plans it keeps for the next turn (a group's sessions share theirs). */
   get bytes(): number {
-    return this.cache.bytes + this.cache.stashedBytes;
+    return this.cache.heldBytes;
   }
   /** Forgets the context (the K/V stay allocated for the next turn). Throws CacheMisuseError while generating. */
   reset(): void {
@@ -426,7 +426,7 @@ export class SessionGroup {
   }
   /** GPU memory of the group's cache and of the plans it keeps for the next turns. */
   get bytes(): number {
-    return this.cache.bytes + this.cache.stashedBytes;
+    return this.cache.heldBytes;
   }
   /** Frees the group's cache; its sessions cannot be used afterwards. */
   destroy(): void {

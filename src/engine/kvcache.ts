@@ -136,6 +136,11 @@ export class KVCache {
     return this.stashed.reduce((s, x) => s + x.bytes, 0);
   }
 
+  /** All the GPU memory this cache holds: `bytes` plus `stashedBytes` (what a session reports). */
+  get heldBytes(): number {
+    return this.bytes + this.stashedBytes;
+  }
+
   /** How many idle resources are stashed. */
   get stashedCount(): number {
     return this.stashed.length;

@@ -6,7 +6,7 @@
  */
 import type { GpuContext } from '../engine/device.js';
 import { InvalidOptionError, ShapeError } from '../errors.js';
-import { binding, Dispatch, DType, expectTensor, f32bits, GpuTensor, Owned, tensorBytes, UniformSlice } from '../kernels/common.js';
+import { binding, Dispatch, DType, encodeDispatches, expectTensor, f32bits, GpuTensor, Owned, tensorBytes, UniformSlice } from '../kernels/common.js';
 import { NormalizedSampling, randomSeed, SamplingOptions, seedWords, validateSampling } from './options.js';
 
 const NONE = 0xffffffff;
@@ -292,15 +292,7 @@ export class Sampler {
   }
 
   private submit(list: Dispatch[]): void {
-    const enc = this.ctx.device.createCommandEncoder({ label: 'sampler' });
-    const pass = enc.beginComputePass();
-    for (const d of list) {
-      pass.setPipeline(d.pipeline);
-      pass.setBindGroup(0, d.bindGroup);
-      pass.dispatchWorkgroups(...d.workgroups);
-    }
-    pass.end();
-    this.ctx.submit([enc.finish()]);
+    submitList(this.ctx, list, 'sampler');
   }
 }
 
@@ -314,14 +306,11 @@ function samplerFor(ctx: GpuContext, vocab: number): Promise<Sampler> {
   return s;
 }
 
-async function runList(ctx: GpuContext, list: readonly Dispatch[]): Promise<void> {
-  const enc = ctx.device.createCommandEncoder({ label: 'sample' });
+/** Records `list` in one compute pass and submits it (the caller waits where it needs to). */
+function submitList(ctx: GpuContext, list: readonly Dispatch[], label: string): void {
+  const enc = ctx.device.createCommandEncoder({ label });
   const pass = enc.beginComputePass();
-  for (const d of list) {
-    pass.setPipeline(d.pipeline);
-    pass.setBindGroup(0, d.bindGroup);
-    pass.dispatchWorkgroups(...d.workgroups);
-  }
+  encodeDispatches(pass, list);
   pass.end();
   ctx.submit([enc.finish()]);
 }
@@ -362,7 +351,7 @@ export async function sample(
       ...sampler.bind(owned, state, { logits: oneRow(ctx, owned, logits), outIds: ids, probsOut: probs, update: false }, 'sample'),
       ...(count > 0 ? sampler.bindDrawMany(owned, state, count, hist) : []),
     ];
-    await runList(ctx, list);
+    submitList(ctx, list, 'sample');
     const [h, p] = await Promise.all([ctx.readBuffer(hist.buffer, 0, V * 4), ctx.readBuffer(probs.buffer, 0, V * 4)]);
     ctx.throwIfErrors();
     return { counts: new Uint32Array(h), probs: new Float32Array(p), seed };
@@ -389,7 +378,7 @@ export async function processLogits(
   try {
     const state = sampler.createState(owned, 1, o, { seeds: [o.seed ?? 0], eosId: -1, stopAtEos: false });
     if (prevTokens && prevTokens.length) sampler.addCounts(state, 0, prevTokens);
-    await runList(ctx, [sampler.bindSelect(owned, state, oneRow(ctx, owned, logits))]);
+    submitList(ctx, [sampler.bindSelect(owned, state, oneRow(ctx, owned, logits))], 'sample');
     const z = new Float32Array(await ctx.readBuffer(state.work.buffer, 0, V * 4));
     ctx.throwIfErrors();
     return z;
