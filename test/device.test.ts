@@ -11,6 +11,7 @@ import { GPUValidationError, InvalidOptionError, WebGPUUnavailableError } from '
 import { nodeGPU, sleepingWaitYield } from '../src/node.js';
 import { context, downloadU32, poisoned, rejects, run, withDevice } from './helpers.js';
 import { binding, UNIFORM_ARENA_BYTES } from '../src/kernels/common.js';
+import { MatmulKernel } from '../src/kernels/matmul.js';
 
 test('no WebGPU at all, or no adapter: WebGPUUnavailableError naming the Vulkan install script', async () => {
   await rejects(() => createContext(undefined), (e) => e instanceof WebGPUUnavailableError && /install-vulkan-cpu\.sh/.test(e.message));
@@ -26,6 +27,22 @@ test("the device gets the adapter's maxima for binding and buffer sizes, and rec
   assert.is(ctx.adapter.limits.maxStorageBufferBindingSize, ctx.limits.maxStorageBufferBindingSize);
   assert.type(ctx.features.timestampQuery, 'boolean');
   assert.ok(ctx.adapter.features.length > 0);
+});
+
+test('the subgroup size is recorded where the adapter reports a single one; a device without subgroups has none, and its matmul keeps gemv_kn_cols', async () => {
+  const adapter = await nodeGPU().requestAdapter();
+  const info = adapter!.info as GPUAdapterInfo & { subgroupMinSize?: number; subgroupMaxSize?: number };
+  const ctx = await context();
+  const single = ctx.features.subgroups && info.subgroupMinSize !== undefined && info.subgroupMinSize === info.subgroupMaxSize;
+  assert.is(ctx.features.subgroupSize, single ? info.subgroupMinSize : null);
+  if (ctx.isCpuAdapter && ctx.features.subgroups) assert.is(ctx.features.subgroupSize, 8, 'lavapipe: 8-lane subgroups');
+  const plain = await createContext(nodeGPU(), { disableFeatures: ['subgroups'] });
+  try {
+    assert.equal([plain.features.subgroups, plain.features.subgroupSize], [false, null]);
+    assert.is((await MatmulKernel.create(plain)).knSubgroups, false);
+  } finally {
+    plain.destroy();
+  }
 });
 
 test('an uncaptured validation error is thrown by throwIfErrors, not ignored', async () => {
