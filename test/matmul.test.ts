@@ -373,6 +373,7 @@ test('gemm_kn_sg: built where gemv_kn_cols runs and subgroups are 8 lanes, taken
       assert.is(entry(16, 64, { splitK: 2 }), 'matmul.gemv_kn_cols', 'an asked-for split');
       assert.is(entry(16, 64, { knSubgroups: false }), 'matmul.gemv_kn_cols', 'per call');
     }
+    await rejects(() => MatmulKernel.create(ctx, { knSubgroups: 'yes' as never }), (e) => e instanceof InvalidOptionError && /knSubgroups must be a boolean, got "yes"/.test(e.message));
     await rejects(() => MatmulKernel.create(ctx, { knCols: false, knSubgroups: true }), (e) => e instanceof InvalidOptionError && /knSubgroups needs gemv_kn_cols .*here knCols false/.test(e.message));
     const off = await MatmulKernel.create(ctx, { knCols: true, knSubgroups: false });
     assert.is(off.knSubgroups, false);

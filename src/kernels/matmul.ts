@@ -387,6 +387,9 @@ export class MatmulKernel {
     if (!(LPR === 1 || isPowerOfTwoIn(LPR, MAXM, 256))) {
       throw new InvalidOptionError(`MatmulKernel: nkLanesPerRow must be 1 or a power of two in [${MAXM}, 256], got ${LPR}`);
     }
+    if (opts.knSubgroups !== undefined && typeof opts.knSubgroups !== 'boolean') {
+      throw new InvalidOptionError(`MatmulKernel: knSubgroups must be a boolean, got ${JSON.stringify(opts.knSubgroups)}`);
+    }
     const sgReady = knCols && ctx.features.subgroupSize === 8;
     if (opts.knSubgroups === true && !sgReady) {
       throw new InvalidOptionError(`MatmulKernel: knSubgroups needs gemv_kn_cols (knCols: CPU adapters) and the 'subgroups' feature with a subgroup size of exactly 8; here knCols ${knCols}, subgroups ${ctx.features.subgroups}, subgroup size ${ctx.features.subgroupSize ?? 'not a single size'}`);
