@@ -1,42 +1,56 @@
-// Linear layers for many rows of x on CPU adapters whose subgroups are 8 invocations (lavapipe):
-// out[M, N] = x[M, K] @ W[K, N] (+ bias) (gelu) (+= out), W f32 or f16 in 16-byte words, plain or
-// in column panels, exactly as gemv_kn_cols reads it. This file is appended to matmul.wgsl (the
-// bindings, Params, W_F16 and the epilogue `finish` are that file's); the engine builds it only
-// where the device has the `subgroups` feature with a subgroup size of exactly 8.
+// Linear layers for many rows of x on CPU adapters whose subgroups are 4 or 8 invocations
+// (SwiftShader: 4, lavapipe: 8): out[M, N] = x[M, K] @ W[K, N] (+ bias) (gelu) (+= out), W f32
+// or f16 in 16-byte words, plain or in column panels, exactly as gemv_kn_cols reads it. This file
+// is appended to matmul.wgsl (the bindings, Params, W_F16 and the epilogue `finish` are that
+// file's); the engine builds it only where the device has the `subgroups` feature with a single
+// subgroup size of 4 or 8 (SGL).
 //
-// Why: on lavapipe every load whose address differs between invocations is a per-invocation
-// scalar loop (~6 cycles per 32-bit word), so a matmul's cost there is the number of such words
-// each invocation loads per multiply-add. gemv_kn_cols gives each invocation 8 rows x 8 columns
-// and loads all 16 x and W words per k itself (4 multiply-adds per word). Here the 8 invocations
-// of a subgroup share their loads: each loads 1/8 of the block's x rows (one 16-byte word: 4
-// steps of k) and broadcasts it to the others (subgroupBroadcast with a constant lane: one vector
-// shuffle, no memory), so per 4 steps of k an invocation loads SGR / 8 x words and 4 W words for
-// SGR x 4 (f32) or SGR x 8 (f16) columns x 4 multiply-adds: 10.7 per word at SGR 16, f32.
+// Why: on these adapters every load whose address differs between invocations is a
+// per-invocation scalar loop (lavapipe: a bounds branch per 32-bit word), so a matmul's cost
+// there is the number of such words each invocation loads per multiply-add. gemv_kn_cols gives
+// each invocation 8 rows x 8 columns and loads all their x and W words per k itself. Here the
+// SGL invocations of a subgroup share their x loads: each loads 1 / SGL of the block's x rows
+// (one 16-byte word: 4 steps of k) and broadcasts it to the others (subgroupBroadcast with a
+// constant lane: a vector shuffle, no memory), so per 4 steps of k an invocation loads SGR / SGL
+// x words and 4 W words for SGR x 4 (f32) or SGR x 8 (f16) columns x 4 multiply-adds.
+// Measured against gemv_kn_cols: ~2x on lavapipe at M 64-1024, 2.5x on Chromium's SwiftShader
+// at M 256 (BENCHMARKS.md).
 //
-// Work split: workgroup = one subgroup of 8 invocations; wid.x picks 8 adjacent 16-byte W words
-// (32 f32 / 64 f16 columns; invocation t owns word wid.x * 8 + t), wid.z a block of SGR rows of
-// x (invocation t loads rows m0 + t, m0 + 8 + t, ...). No workgroup memory, no barriers (which
-// lavapipe runs as coroutines). Needs K % 4 == 0 (x read as vec4 along k) and no split-K.
-// Every invocation runs the whole loop, also those past the last word or row (they load clamped
-// addresses and store nothing): a broadcast needs its source lane active.
+// Work split: workgroup = one subgroup of SGL invocations; wid.x picks SGL adjacent 16-byte W
+// words (invocation t owns word wid.x * SGL + t), wid.z a block of SGR rows of x (invocation t
+// loads rows m0 + t, m0 + SGL + t, ...). No workgroup memory, no barriers (which lavapipe runs
+// as coroutines). Needs K % 4 == 0 (x read as vec4 along k) and no split-K. Every invocation
+// runs the whole loop, also those past the last word or row (they load clamped addresses and
+// store nothing): a broadcast needs its source lane active.
 
 enable subgroups;
 
-override SGR: u32 = 16u;  // gemm_kn_sg: rows of x per workgroup, 8 or 16 (SGR / 8 x words per invocation)
+override SGR: u32 = 16u;  // gemm_kn_sg: rows of x per workgroup, a multiple of SGL up to SGR_MAX (SGR / SGL x words per invocation)
+override SGL: u32 = 8u;   // gemm_kn_sg: lanes per subgroup = invocations per workgroup, 4 or 8
 
 const SGR_MAX = 16u;
 
-// The 8 lanes' values of `v` (lane i's at index i): constant source lanes, as subgroupBroadcast needs.
-fn lanes8(v: vec4<f32>) -> array<vec4<f32>, 8> {
-  return array<vec4<f32>, 8>(
-    subgroupBroadcast(v, 0u), subgroupBroadcast(v, 1u), subgroupBroadcast(v, 2u), subgroupBroadcast(v, 3u),
-    subgroupBroadcast(v, 4u), subgroupBroadcast(v, 5u), subgroupBroadcast(v, 6u), subgroupBroadcast(v, 7u));
+// The SGL lanes' values of `v` (lane i's at index i; SGL 4 leaves 4..7 unset): constant source
+// lanes, as subgroupBroadcast needs, and only lanes that exist.
+fn lanes(v: vec4<f32>) -> array<vec4<f32>, 8> {
+  var r: array<vec4<f32>, 8>;
+  r[0] = subgroupBroadcast(v, 0u);
+  r[1] = subgroupBroadcast(v, 1u);
+  r[2] = subgroupBroadcast(v, 2u);
+  r[3] = subgroupBroadcast(v, 3u);
+  if (SGL == 8u) {
+    r[4] = subgroupBroadcast(v, 4u);
+    r[5] = subgroupBroadcast(v, 5u);
+    r[6] = subgroupBroadcast(v, 6u);
+    r[7] = subgroupBroadcast(v, 7u);
+  }
+  return r;
 }
 
-@compute @workgroup_size(8)
+@compute @workgroup_size(SGL)
 fn gemm_kn_sg(@builtin(subgroup_invocation_id) t: u32, @builtin(workgroup_id) wid: vec3<u32>) {
   let vrow = p.wpr / 4u;             // 16-byte words per W row (a paneled W: its padded panels)
-  let v = wid.x * 8u + t;            // this invocation's W word
+  let v = wid.x * SGL + t;           // this invocation's W word
   let vc = min(v, vrow - 1u);        // clamped: lanes past the last word load its copy
   // Word vc of W row k is at base + k * stride (plain row-major, or panels of pw words).
   var base = vc;
@@ -47,8 +61,8 @@ fn gemm_kn_sg(@builtin(subgroup_invocation_id) t: u32, @builtin(workgroup_id) wi
   }
   let m0 = wid.z * SGR;
   let kw = p.K / 4u;                 // x words per row
-  var xo: array<u32, 2>;             // [b] x word offset of the row this invocation loads for block b
-  for (var b = 0u; b < SGR / 8u; b++) { xo[b] = min(m0 + b * 8u + t, p.M - 1u) * kw; }
+  var xo: array<u32, 4>;             // [b] x word offset of the row this invocation loads for block b
+  for (var b = 0u; b < SGR / SGL; b++) { xo[b] = min(m0 + b * SGL + t, p.M - 1u) * kw; }
   // f32: acc[i] holds columns 4v .. 4v + 3 of row m0 + i; f16: acc[2i] columns 8v .. 8v + 3, acc[2i + 1] 8v + 4 .. 8v + 7.
   var acc: array<vec4<f32>, 2u * SGR_MAX>;
   for (var i = 0u; i < 2u * SGR; i++) { acc[i] = vec4<f32>(0.0); }  // zeroed by hand (see attention.wgsl on lavapipe)
@@ -67,11 +81,11 @@ fn gemm_kn_sg(@builtin(subgroup_invocation_id) t: u32, @builtin(workgroup_id) wi
         lo[j] = bitcast<vec4<f32>>(q);
       }
     }
-    for (var b = 0u; b < SGR / 8u; b++) {
-      let xs = lanes8(x4[xo[b] + k4]);  // [i] x[m0 + 8b + i, 4 k4 .. 4 k4 + 3]
-      for (var i = 0u; i < 8u; i++) {
+    for (var b = 0u; b < SGR / SGL; b++) {
+      let xs = lanes(x4[xo[b] + k4]);  // [i] x[m0 + b SGL + i, 4 k4 .. 4 k4 + 3]
+      for (var i = 0u; i < SGL; i++) {
         let xv = xs[i];
-        let a = b * 8u + i;
+        let a = b * SGL + i;
         if (W_F16) {
           acc[2u * a] += lo[0] * xv.x + lo[1] * xv.y + lo[2] * xv.z + lo[3] * xv.w;
           acc[2u * a + 1u] += hi[0] * xv.x + hi[1] * xv.y + hi[2] * xv.z + hi[3] * xv.w;

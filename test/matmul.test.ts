@@ -37,7 +37,8 @@ async function kernelsFor(ctx: GpuContext, layout: WeightLayout): Promise<Matmul
     return [
       await MatmulKernel.create(ctx, { knCols: false, gemvReduce: 'split' }),
       await MatmulKernel.create(ctx, { knCols: false, gemvReduce: 'workgroup' }),
-      await MatmulKernel.create(ctx, { knCols: true }), // with gemm_kn_sg from 8 rows where the adapter has 8-lane subgroups
+      await MatmulKernel.create(ctx, { knCols: true }), // with gemm_kn_sg from 8 rows where the adapter has 4- or 8-lane subgroups
+      ...(ctx.features.subgroupSize === 8 ? [await MatmulKernel.create(ctx, { knCols: true, knSubgroupLanes: 4 })] : []), // and its 4-lane form (SwiftShader's)
       await MatmulKernel.create(ctx, { knCols: true, knSubgroups: false }),
       await MatmulKernel.create(ctx, { knCols: true, knWords: { f32: 3, f16: 1 }, knBlock: { rows: 3, f32: 3, f16: 1 }, knSubgroups: false }),
     ];
@@ -64,14 +65,14 @@ function nkGroups(k: MatmulKernel, M: number, n: number): [number, number] {
  * Workgroups along x and z of a 'kn' GEMV over M rows of x (K long) and n columns, per variant (to
  * check which one ran): gemv_kn 64 threads of 1 word, blocks of 8 rows; gemv_kn_red 4 column
  * threads of 1 word (x 64 K groups), blocks of 8 rows; gemm_kn_sg (8+ rows, K % 4 == 0, no split)
- * 8 lanes of 1 word, blocks of 8 (M < 16) or 16 rows; gemv_kn_cols 8 threads of knWords
+ * 4 or 8 lanes of 1 word, blocks of 8 (M < 16) or 16 rows; gemv_kn_cols 8 threads of knWords
  * words (M = 1) or of knBlock words for blocks of knBlock.rows rows (M > 1; knBlockLarge from its
  * `from` rows on).
  */
 function knGroups(k: MatmulKernel, M: number, n: number, dtype: 'f32' | 'f16', K: number, splitK?: number): [number, number] {
   const words = Math.ceil(n / (dtype === 'f16' ? 8 : 4)); // 16-byte words per W row
   if (!k.knCols) return [Math.ceil(words / (k.gemvReduce === 'workgroup' ? 4 : 64)), Math.ceil(M / 8)];
-  if (k.knSubgroups && M >= 8 && K % 4 === 0 && (splitK ?? 1) === 1) return [Math.ceil(words / 8), Math.ceil(M / (M >= 16 ? 16 : 8))];
+  if (k.knSubgroups && M >= 8 && K % 4 === 0 && (splitK ?? 1) === 1) return [Math.ceil(words / k.knSubgroupLanes), Math.ceil(M / (M >= 16 ? 16 : 8))];
   if (M === 1) return [Math.ceil(Math.ceil(words / k.knWords[dtype]) / 8), 1];
   const b = M >= k.knBlockLarge.from ? k.knBlockLarge : k.knBlock;
   return [Math.ceil(Math.ceil(words / b[dtype]) / 8), Math.ceil(M / b.rows)];
@@ -294,16 +295,21 @@ for (const c of [
       const bias = c.bias ? rng.normals(c.N, 0.5) : undefined;
       const base = c.acc ? rng.normals(c.M * c.N) : undefined;
       const ref = matmul64(x, seen, c.M, c.K, c.N, { layout: 'kn', bias, gelu: c.gelu, base });
-      const k = await MatmulKernel.create(ctx, {
+      const opts = {
         knCols: true, knPanel: c.panel,
         ...(c.words ? { knWords: { f32: 3, f16: 1 }, knBlock: { rows: 3, f32: 3, f16: 1 } } : {}),
-      });
-      assert.is(k.knPanel, c.panel);
-      const out = base ? upload(owned, base, [c.M, c.N]) : poisoned(owned, [c.M, c.N]);
-      const ds = k.bind(owned, { x: upload(owned, x, [c.M, c.K]), w: wt, layout: 'kn', bias: bias && upload(owned, bias, [c.N]), activation: c.gelu ? 'gelu' : 'none', accumulate: c.acc, out, splitK: c.splitK });
-      assert.equal([ds[0]!.workgroups[0], ds[0]!.workgroups[2]], knGroups(k, c.M, c.N, c.dtype, c.K, c.splitK), 'kernel');
-      await run(ctx, ds);
-      allClose(await download(ctx, out), ref, TOL, title);
+      };
+      // From 8 rows on, gemm_kn_sg where available, also in its 4-lane form (SwiftShader's) on lavapipe.
+      const lanes4 = c.M >= 8 && ctx.features.subgroupSize === 8 ? [{ ...opts, knSubgroupLanes: 4 }] : [];
+      for (const o of [opts, ...lanes4]) {
+        const k = await MatmulKernel.create(ctx, o);
+        assert.is(k.knPanel, c.panel);
+        const out = base ? upload(owned, base, [c.M, c.N]) : poisoned(owned, [c.M, c.N]);
+        const ds = k.bind(owned, { x: upload(owned, x, [c.M, c.K]), w: wt, layout: 'kn', bias: bias && upload(owned, bias, [c.N]), activation: c.gelu ? 'gelu' : 'none', accumulate: c.acc, out, splitK: c.splitK });
+        assert.equal([ds[0]!.workgroups[0], ds[0]!.workgroups[2]], knGroups(k, c.M, c.N, c.dtype, c.K, c.splitK), 'kernel');
+        await run(ctx, ds);
+        allClose(await download(ctx, out), ref, TOL, `${title} (subgroup lanes ${k.knSubgroups ? k.knSubgroupLanes : 'none'})`);
+      }
     }));
 }
 
@@ -358,10 +364,10 @@ test('split-K is chosen for a narrow decode GEMV and not for a wide one (gemvRed
     assert.is(k4.variantFor(5, 'kn'), 'gemm');
   }));
 
-test('gemm_kn_sg: built where gemv_kn_cols runs and subgroups are 8 lanes, taken from 8 rows with K % 4 == 0 and no split; refusals name the reason', () =>
+test('gemm_kn_sg: built where gemv_kn_cols runs and subgroups are 4 or 8 lanes, taken from 8 rows with K % 4 == 0 and no split; refusals name the reason', () =>
   withDevice(async ({ ctx, owned }) => {
     const k = await MatmulKernel.create(ctx);
-    const here = ctx.isCpuAdapter && ctx.features.subgroupSize === 8;
+    const here = ctx.isCpuAdapter && (ctx.features.subgroupSize === 8 || ctx.features.subgroupSize === 4);
     assert.is(k.knSubgroups, here, `default on this adapter (subgroup size ${ctx.features.subgroupSize})`);
     const entry = (M: number, K: number, extra: { splitK?: number; knSubgroups?: boolean } = {}) =>
       k.bind(owned, { x: poisoned(owned, [M, K]), w: poisoned(owned, [K, 64]), layout: 'kn', out: poisoned(owned, [M, 64]), ...extra })[0]!.pipeline.label;
@@ -373,6 +379,8 @@ test('gemm_kn_sg: built where gemv_kn_cols runs and subgroups are 8 lanes, taken
       assert.is(entry(16, 64, { splitK: 2 }), 'matmul.gemv_kn_cols', 'an asked-for split');
       assert.is(entry(16, 64, { knSubgroups: false }), 'matmul.gemv_kn_cols', 'per call');
     }
+    if (here) assert.is(k.knSubgroupLanes, ctx.features.subgroupSize);
+    await rejects(() => MatmulKernel.create(ctx, { knSubgroupLanes: 16 }), (e) => e instanceof InvalidOptionError && /knSubgroupLanes must be 4 or 8, got 16/.test(e.message));
     await rejects(() => MatmulKernel.create(ctx, { knSubgroups: 'yes' as never }), (e) => e instanceof InvalidOptionError && /knSubgroups must be a boolean, got "yes"/.test(e.message));
     await rejects(() => MatmulKernel.create(ctx, { knCols: false, knSubgroups: true }), (e) => e instanceof InvalidOptionError && /knSubgroups needs gemv_kn_cols .*here knCols false/.test(e.message));
     const off = await MatmulKernel.create(ctx, { knCols: true, knSubgroups: false });

@@ -18,7 +18,7 @@ export interface GpuFeatures {
   subgroups: boolean;
   /**
    * The subgroup size where the device has `subgroups` and the adapter reports a single size
-   * (subgroupMinSize == subgroupMaxSize, e.g. 8 on lavapipe), else null: kernels that exchange
+   * (subgroupMinSize == subgroupMaxSize: 8 on lavapipe, 4 on SwiftShader), else null: kernels that exchange
    * values between a fixed number of lanes need it to be exact.
    */
   subgroupSize: number | null;

@@ -10,8 +10,9 @@
  * (up to 128): there every workgroup-memory read is a per-lane load, while the GEMV's x reads are
  * one broadcast per block of rows; so 'kn' stays on the GEMV there, as `gemv_kn_cols` (many columns
  * per thread; at M > 1 also several rows of x, so each W load feeds several rows). From 8 rows on,
- * where subgroups are 8 lanes (lavapipe), 'kn' takes `gemm_kn_sg` (shaders/matmul_subgroups.wgsl):
- * the lanes of a subgroup share their x loads by broadcast, ~2x faster at M 64-1024 there.
+ * where subgroups are 4 or 8 lanes (SwiftShader, lavapipe), 'kn' takes `gemm_kn_sg`
+ * (shaders/matmul_subgroups.wgsl): the lanes of a subgroup share their x loads by broadcast, ~2x
+ * faster at M 64-1024 there.
  * W is f32 or f16 (packed pairs, see f16.ts), layout 'kn' ([K, N], HF Conv1D) or 'nk' ([N, K], the
  * tied LM head, which may be a ChunkedTensor split by rows: one dispatch per chunk).
  * With `ln`, x is layer-normalised first: out = LN(x) @ W ... . On GPUs the 'kn' GEMV (decode
@@ -107,9 +108,10 @@ const KN_BLOCK_DEFAULT = { rows: 4, f32: 4, f16: 2 };
 const KN_LARGE_DEFAULT = { rows: 8, f32: 2, f16: 1 };
 const KN_LARGE_FROM = 16;
 /**
- * gemm_kn_sg (shaders/matmul_subgroups.wgsl; CPU adapters with 8-lane subgroups): the smallest M
- * that takes it, and from which M its workgroups take 16 rows of x instead of 8 (SGR). Below 8
- * rows the gemv_kn_cols block is as fast (lavapipe, [768, 3072], M 4: within noise) and pads less.
+ * gemm_kn_sg (shaders/matmul_subgroups.wgsl; CPU adapters with 4- or 8-lane subgroups): the
+ * smallest M that takes it, and from which M its workgroups take 16 rows of x instead of 8 (SGR).
+ * Below 8 rows the gemv_kn_cols block is as fast (lavapipe, [768, 3072], M 4: within noise) and
+ * pads less.
  */
 const SG_FROM = 8;
 const SG16_FROM = 16;
@@ -242,13 +244,19 @@ export interface MatmulOptions {
    */
   knBlockLarge?: { rows: number; f32: number; f16: number; from: number };
   /**
-   * Whether 'kn' matmuls with M >= 8 rows (prompts, batches) take `gemm_kn_sg`, where the 8 lanes
+   * Whether 'kn' matmuls with M >= 8 rows (prompts, batches) take `gemm_kn_sg`, where the lanes
    * of a subgroup share their x loads by broadcast (shaders/matmul_subgroups.wgsl), instead of the
-   * gemv_kn_cols block: ~2x faster on lavapipe at M 64-1024. It needs the `subgroups` feature with
-   * a subgroup size of exactly 8 and is built only where gemv_kn_cols is used (CPU adapters).
-   * Default: where available; true where it is not available throws.
+   * gemv_kn_cols block: ~2x faster on lavapipe at M 64-1024, 2.5x on Chromium's SwiftShader. It
+   * needs the `subgroups` feature with a single subgroup size of 4 or 8 and is built only where
+   * gemv_kn_cols is used (CPU adapters). Default: where available; true where it is not throws.
    */
   knSubgroups?: boolean;
+  /**
+   * gemm_kn_sg's lanes per workgroup, 4 or 8; default: the device's subgroup size. Tests run the
+   * 4-lane kernel on lavapipe (an 8-lane subgroup with 4 lanes active); anything but the device's
+   * size is for that.
+   */
+  knSubgroupLanes?: number;
   /**
    * gemv_kn_cols: 16-byte W words per thread for f32 / f16 W (f32 1 ..= 8, f16 1 ..= 4: each f16
    * word needs two vec4 accumulators). Default { f32: 8, f16: 4 } (32 columns).
@@ -324,6 +332,8 @@ export class MatmulKernel {
     readonly gemmTile: GemmTile,
     /** Whether 'kn' matmuls of SG_FROM+ rows take gemm_kn_sg (MatmulOptions.knSubgroups). */
     readonly knSubgroups: boolean,
+    /** gemm_kn_sg's lanes per workgroup (SGL; MatmulOptions.knSubgroupLanes). */
+    readonly knSubgroupLanes: number,
     private readonly layernorm: LayerNormKernel,
   ) {}
 
@@ -390,11 +400,16 @@ export class MatmulKernel {
     if (opts.knSubgroups !== undefined && typeof opts.knSubgroups !== 'boolean') {
       throw new InvalidOptionError(`MatmulKernel: knSubgroups must be a boolean, got ${JSON.stringify(opts.knSubgroups)}`);
     }
-    const sgReady = knCols && ctx.features.subgroupSize === 8;
+    const size = ctx.features.subgroupSize;
+    const sgReady = knCols && (size === 4 || size === 8);
     if (opts.knSubgroups === true && !sgReady) {
-      throw new InvalidOptionError(`MatmulKernel: knSubgroups needs gemv_kn_cols (knCols: CPU adapters) and the 'subgroups' feature with a subgroup size of exactly 8; here knCols ${knCols}, subgroups ${ctx.features.subgroups}, subgroup size ${ctx.features.subgroupSize ?? 'not a single size'}`);
+      throw new InvalidOptionError(`MatmulKernel: knSubgroups needs gemv_kn_cols (knCols: CPU adapters) and the 'subgroups' feature with a single subgroup size of 4 or 8; here knCols ${knCols}, subgroups ${ctx.features.subgroups}, subgroup size ${size ?? 'not a single size'}`);
     }
     const knSubgroups = opts.knSubgroups ?? sgReady;
+    if (opts.knSubgroupLanes !== undefined && opts.knSubgroupLanes !== 4 && opts.knSubgroupLanes !== 8) {
+      throw new InvalidOptionError(`MatmulKernel: knSubgroupLanes must be 4 or 8, got ${JSON.stringify(opts.knSubgroupLanes)}`);
+    }
+    const sgl = opts.knSubgroupLanes ?? (size === 4 ? 4 : 8);
     // LPR 1: 64 rows per workgroup; else 256 threads = 256 / LPR rows.
     const WG_NK = LPR === 1 ? 64 : 256;
     const want: Array<[string, string, Record<string, number>]> = [];
@@ -413,7 +428,7 @@ export class MatmulKernel {
         want.push([`gemv_kn_cols:${f16}:1:large`, 'gemv_kn_cols', { W_F16: f16, VEC: 1, WG: WG_KNC, KNV: f16 ? knBlockLarge.f16 : knBlockLarge.f32, KNM: knBlockLarge.rows }]);
       }
       if (knSubgroups) {
-        for (const sgr of [8, 16]) want.push([`gemm_kn_sg:${f16}:1:${sgr}`, 'gemm_kn_sg', { W_F16: f16, VEC: 1, SGR: sgr }]);
+        for (const sgr of [8, 16]) want.push([`gemm_kn_sg:${f16}:1:${sgr}`, 'gemm_kn_sg', { W_F16: f16, VEC: 1, SGR: sgr, SGL: sgl }]);
       }
       for (const nk of [0, 1]) {
         want.push([`gemm:${f16}:${nk}`, 'gemm', { W_F16: f16, NK: nk, TX: gemmTile.tx, TY: gemmTile.ty, TM: gemmTile.tm, TN: gemmTile.tn, BK: gemmTile.bk }]);
@@ -425,7 +440,7 @@ export class MatmulKernel {
       ...want.map(([, entry, c]) => ctx.pipeline(entry === 'gemm_kn_sg' ? 'matmul+matmul_subgroups' : 'matmul', entry, c)),
     ]) as [LayerNormKernel, ...GPUComputePipeline[]];
     return new MatmulKernel(ctx, new Map(want.map(([key], i) => [key, built[i]!])), LPR, WG_NK, gemvMax, opts.nkRows ?? cpu,
-      knCols, knWords, knBlock, knBlockLarge, nkBlockRows, knPanel, opts.fuseLn ?? !cpu, gemvReduce, gemmTile, knSubgroups, layernorm);
+      knCols, knWords, knBlock, knBlockLarge, nkBlockRows, knPanel, opts.fuseLn ?? !cpu, gemvReduce, gemmTile, knSubgroups, sgl, layernorm);
   }
 
   bind(owner: Owned, a: MatmulArgs, label = 'matmul'): Dispatch[] {
@@ -610,7 +625,7 @@ export class MatmulKernel {
       const wpr = layout === 'nk' ? wordsPerRow(K) : panel !== undefined ? Math.ceil(n / per) * 4 : wordsPerRow(n);
       const fl = (S > 1 ? F_PARTIAL : flags) | (a.ln ? F_LN : 0);
       const params = owner.uniform(`${label}.params${i}`, [M, n, K, wpr, N, nOff, kslice, fl, pw, f32bits(a.ln?.eps ?? 0)]);
-      const gx = sg ? Math.ceil(Math.ceil(n / per) / 8)
+      const gx = sg ? Math.ceil(Math.ceil(n / per) / this.knSubgroupLanes)
         : cols ? Math.ceil(Math.ceil(n / per / knv) / WG_KNC)
         : red ? Math.ceil(Math.ceil(n / per) / (WG_RED / KG_RED))
         : layout === 'kn' ? Math.ceil(Math.ceil(n / per) / WG_KN)
