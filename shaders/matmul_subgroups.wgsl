@@ -64,8 +64,7 @@ fn gemm_kn_sg(@builtin(subgroup_invocation_id) t: u32, @builtin(workgroup_id) wi
   var xo: array<u32, 4>;             // [b] x word offset of the row this invocation loads for block b
   for (var b = 0u; b < SGR / SGL; b++) { xo[b] = min(m0 + b * SGL + t, p.M - 1u) * kw; }
   // f32: acc[i] holds columns 4v .. 4v + 3 of row m0 + i; f16: acc[2i] columns 8v .. 8v + 3, acc[2i + 1] 8v + 4 .. 8v + 7.
-  var acc: array<vec4<f32>, 2u * SGR_MAX>;
-  for (var i = 0u; i < 2u * SGR; i++) { acc[i] = vec4<f32>(0.0); }  // zeroed by hand (see attention.wgsl on lavapipe)
+  var acc: array<vec4<f32>, 2u * SGR_MAX>;  // zero-initialised (declared outside the loops)
   for (var k4 = 0u; k4 < kw; k4++) {
     // W rows 4 k4 .. 4 k4 + 3 of this invocation's word.
     let r = base + 4u * k4 * stride;
