@@ -9,6 +9,8 @@
 //                                 the example page, so dist/browser/ is a complete static site.
 //   dist/browser/test-page.js, test-page.html
 //                                 test/browser-page.ts: kernel entry points the browser test calls.
+//   dist/browser/bench.js, bench.html
+//                                 src/bench-browser.ts: the engine and runBench, for bench/browser.mjs.
 // The core must import no Node built-ins: with platform 'browser' esbuild fails on any (node:fs...).
 //
 // Usage: node scripts/build-browser.js [--minify]   (also importable: await buildBrowser())
@@ -48,6 +50,7 @@ export async function buildBrowser({ minify = false } = {}) {
     build({ ...common, minify, entryPoints: [join(root, 'src', 'index.ts')], outfile: join(OUT_DIR, 'gpt2-webgpu.js') }),
     build({ ...common, minify, entryPoints: [join(root, 'examples', 'browser', 'main.ts')], outfile: join(OUT_DIR, 'example.js'), plugins: [libraryAsExternal] }),
     build({ ...common, entryPoints: [join(root, 'test', 'browser-page.ts')], outfile: join(OUT_DIR, 'test-page.js') }),
+    build({ ...common, entryPoints: [join(root, 'src', 'bench-browser.ts')], outfile: join(OUT_DIR, 'bench.js') }),
   ]);
   // The example page, pointed at the bundle next to it.
   const html = readFileSync(join(root, 'examples', 'browser', 'index.html'), 'utf8');
@@ -57,6 +60,10 @@ export async function buildBrowser({ minify = false } = {}) {
     join(OUT_DIR, 'test-page.html'),
     '<!doctype html><meta charset="utf-8"><link rel="icon" href="data:,"><title>gpt2-webgpu browser test</title>\n' +
       '<script type="module" src="./test-page.js"></script>\n',
+  );
+  writeFileSync(
+    join(OUT_DIR, 'bench.html'),
+    '<!doctype html><meta charset="utf-8"><link rel="icon" href="data:,"><title>gpt2-webgpu bench</title>\n',
   );
   return { outDir: OUT_DIR, ms: Date.now() - t0 };
 }

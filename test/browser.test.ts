@@ -7,6 +7,7 @@
  * Needs /usr/lib/chromium/chromium (bash scripts/install-chromium.sh). Outside CI a missing Chromium
  * skips this file; with CI=true it fails.
  */
+import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'uvu';
@@ -271,6 +272,32 @@ if (present || IN_CI) {
       }
     });
   }
+}
+
+// bench/browser.mjs: the benchmark run inside Chromium, here on the tiny fixture (a local folder it
+// serves itself). Its own browser and server, so it needs only Chromium and the fixture.
+if ((present || IN_CI) && FIXTURES) {
+  test('bench/browser.mjs: the benchmark in Chromium reports every field, the adapter and the subgroup GEMM of a 9-token prompt; bad flags exit 2', () => {
+    const script = join(REPO_ROOT, 'bench', 'browser.mjs');
+    const r = spawnSync(process.execPath, [script, '--model', join(FIXTURES, 'hf-gpt2-tiny'), '--prompt-tokens', '9', '--new-tokens', '3', '--json'], { encoding: 'utf8', timeout: 300_000 });
+    assert.is(r.status, 0, r.stderr);
+    const j = JSON.parse(r.stdout);
+    assert.match(j.browser, new RegExp(`^Chromium ${CHROMIUM_MAJOR}\\.`));
+    assert.is(j.model, join(FIXTURES, 'hf-gpt2-tiny'));
+    assert.is(j.adapter.architecture, 'swiftshader'); // headless Chromium without a GPU flag
+    assert.is(j.matmul_prompt, 'subgroups'); // SwiftShader's 4-lane subgroups, 9 rows
+    const x = j.results[0];
+    for (const k of ['load_ms', 'first_token_ms', 'setup_ms', 'prefill_ms', 'decode_ms_per_token', 'decode_ms_per_token_p90', 'tokens_per_s', 'readback_bytes_per_token', 'dispatches_per_token', 'submits_per_token']) {
+      assert.type(x[k], 'number', k);
+    }
+    assert.is(x.readback_bytes_per_token, 4);
+    assert.ok(Array.isArray(x.kernels) || typeof x.kernels_note === 'string');
+    for (const [flag, msg] of [[['--matmul-subgroups', 'maybe'], /--matmul-subgroups must be auto, on or off, got "maybe"/], [['--model', 'nowhere:x'], /is not random:<name>, an http\(s\) URL or a folder here/], [['--frobnicate'], /unknown flag --frobnicate/]] as const) {
+      const bad = spawnSync(process.execPath, [script, ...flag], { encoding: 'utf8', timeout: 60_000 });
+      assert.is(bad.status, 2, flag.join(' '));
+      assert.match(bad.stderr, msg);
+    }
+  });
 }
 
 test.after(() => nodeEngine.destroy());

@@ -1,0 +1,138 @@
+// The benchmark in a browser: `bench` (src/bench.ts, the same measurements and report as
+// `gpt2-webgpu bench`) run inside headless Chromium, on whatever adapter its WebGPU gets: on a
+// machine without a GPU that is SwiftShader (a CPU adapter); pass Chromium's own flags through
+// --chromium-arg to reach a GPU (e.g. --chromium-arg=--enable-features=Vulkan on Linux).
+// Builds the browser bundles, serves the repository (and a local model folder) on 127.0.0.1 with
+// scripts/serve.js, and prints the report (JSON with --json).
+//   node bench/browser.mjs [--model random:distilgpt2 | <folder> | <URL>] [--batch 1,4] [--prompt-tokens 16]
+//     [--new-tokens 8] [--repeat 1] [--f16] [--matmul-subgroups auto|on|off] [--no-profile] [--json]
+//     [--chromium <path>] [--chromium-arg <flag>]... [--timeout <seconds>]
+// <folder>: a local folder holding config.json and model.safetensors (served as /model/);
+// <URL>: such a folder on a server that allows this page to fetch it.
+import { existsSync, statSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+import { buildBrowser } from '../scripts/build-browser.js';
+import { defaultMounts, serve } from '../scripts/serve.js';
+
+const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
+const USAGE = 'usage: node bench/browser.mjs [--model random:distilgpt2|<folder>|<URL>] [--batch B[,B...]] [--prompt-tokens P] [--new-tokens N] [--repeat R] [--f16] [--matmul-subgroups auto|on|off] [--no-profile] [--json] [--chromium PATH] [--chromium-arg FLAG]... [--timeout S]';
+
+class UsageError extends Error {}
+
+function parseArgs(argv) {
+  const o = { model: 'random:distilgpt2', batches: [1], promptTokens: 16, newTokens: 8, repeat: 1, f16: false, knSubgroups: undefined, profile: true, json: false, chromium: process.env.CHROMIUM_PATH ?? '/usr/lib/chromium/chromium', chromiumArgs: [], timeout: 600 };
+  const int = (flag, v, min, max) => {
+    const n = Number(v);
+    if (v === undefined || !Number.isInteger(n) || n < min || n > max) throw new UsageError(`${flag} must be an integer in [${min}, ${max}], got ${v}`);
+    return n;
+  };
+  for (let i = 0; i < argv.length; i++) {
+    let a = argv[i];
+    let v;
+    const eq = a.indexOf('=');
+    if (a.startsWith('--') && eq > 0) [a, v] = [a.slice(0, eq), a.slice(eq + 1)];
+    const value = () => {
+      if (v !== undefined) return v;
+      if (i + 1 >= argv.length) throw new UsageError(`${a} needs a value`);
+      return argv[++i];
+    };
+    switch (a) {
+      case '--model': o.model = value(); break;
+      case '--batch': o.batches = value().split(',').map((b) => int('--batch', b, 1, 1024)); break;
+      case '--prompt-tokens': o.promptTokens = int(a, value(), 1, 1 << 20); break;
+      case '--new-tokens': o.newTokens = int(a, value(), 1, 1 << 20); break;
+      case '--repeat': o.repeat = int(a, value(), 1, 1000); break;
+      case '--timeout': o.timeout = int(a, value(), 1, 86400); break;
+      case '--f16': o.f16 = true; break;
+      case '--no-profile': o.profile = false; break;
+      case '--json': o.json = true; break;
+      case '--chromium': o.chromium = value(); break;
+      case '--chromium-arg': o.chromiumArgs.push(value()); break;
+      case '--matmul-subgroups': {
+        const m = value();
+        const modes = { auto: undefined, on: true, off: false };
+        if (!Object.hasOwn(modes, m)) throw new UsageError(`--matmul-subgroups must be auto, on or off, got "${m}"`);
+        o.knSubgroups = modes[m];
+        break;
+      }
+      default: throw new UsageError(`unknown flag ${a}`);
+    }
+  }
+  return o;
+}
+
+/** The page's model source and, for a local folder, the mount that serves it. */
+function modelSource(model) {
+  if (model.startsWith('random:')) return { source: model, mount: null };
+  if (/^https?:\/\//.test(model)) return { source: { url: model }, mount: null };
+  const dir = resolve(model);
+  if (!existsSync(dir) || !statSync(dir).isDirectory()) {
+    throw new UsageError(`--model "${model}" is not random:<name>, an http(s) URL or a folder here`);
+  }
+  for (const f of ['config.json', 'model.safetensors']) {
+    if (!existsSync(join(dir, f))) throw new UsageError(`--model folder ${dir} has no ${f}`);
+  }
+  return { source: null, mount: { prefix: '/model/', dir } };
+}
+
+async function main() {
+  const o = parseArgs(process.argv.slice(2));
+  const { source, mount } = modelSource(o.model);
+  if (!existsSync(o.chromium)) {
+    throw new UsageError(`no Chromium at ${o.chromium}: install it (bash scripts/install-chromium.sh) or pass --chromium <path>`);
+  }
+  await buildBrowser();
+  const server = await serve({ port: 0, mounts: [...(mount ? [mount] : []), ...defaultMounts()] });
+  const browser = await chromium.launch({
+    executablePath: o.chromium,
+    headless: true,
+    // navigator.gpu needs --enable-unsafe-webgpu in headless Chromium; --no-sandbox for containers running as root.
+    args: ['--enable-unsafe-webgpu', '--no-sandbox', '--disable-background-networking', '--disable-component-update', ...o.chromiumArgs],
+  });
+  try {
+    const page = await browser.newPage();
+    const logs = [];
+    page.on('console', (m) => { if (m.type() === 'error') logs.push(m.text()); });
+    page.on('pageerror', (e) => logs.push(`uncaught: ${e.message}`));
+    page.setDefaultTimeout(o.timeout * 1000);
+    await page.goto(`${server.url}/dist/browser/bench.html`);
+    const opts = {
+      model: source ?? { url: `${server.url}/model` },
+      dtype: o.f16 ? 'f16' : 'f32',
+      batches: o.batches,
+      promptTokens: o.promptTokens,
+      newTokens: o.newTokens,
+      repeat: o.repeat,
+      profile: o.profile,
+      knSubgroups: o.knSubgroups,
+    };
+    const out = await page.evaluate(async ({ opts, label }) => {
+      const b = await import('/dist/browser/bench.js');
+      let engine;
+      try {
+        engine = await b.Engine.create({ gpu: navigator.gpu });
+        const report = { ...(await b.runBench(engine, opts)), model: label };
+        return { report, text: b.formatBench(report) };
+      } catch (e) {
+        return { error: `${e?.name ?? 'Error'}: ${e?.message ?? String(e)}` };
+      } finally {
+        engine?.destroy();
+      }
+    }, { opts, label: o.model });
+    if (out.error) throw new Error(`in the page: ${out.error}${logs.length ? `\npage log:\n${logs.join('\n')}` : ''}`);
+    const report = { ...out.report, browser: `Chromium ${browser.version()}` };
+    console.log(o.json ? JSON.stringify(report) : `Chromium ${browser.version()}\n${out.text}`);
+    const failed = report.results.filter((r) => 'error' in r);
+    if (failed.length) process.exitCode = 1;
+  } finally {
+    await browser.close();
+    await server.close();
+  }
+}
+
+main().catch((e) => {
+  console.error(e instanceof UsageError ? `bench/browser.mjs: ${e.message}\n${USAGE}` : `bench/browser.mjs: ${e.message}`);
+  process.exitCode = e instanceof UsageError ? 2 : 1;
+});
