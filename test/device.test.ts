@@ -197,6 +197,17 @@ test('a host-provided device: the adapter is read from it, CPU waits yield, and 
   assert.is(ctx.isCpuAdapter, own.isCpuAdapter, JSON.stringify(ctx.adapter));
   assert.is(ctx.adapter.description, own.adapter.description);
   assert.is(ctx.adapter.architecture, own.adapter.architecture);
+  // A host device with subgroups: their size comes from device.adapterInfo too (its attributes are
+  // getters, which an object spread drops: that lost it once).
+  const another = await nodeGPU().requestAdapter(); // an adapter gives one device
+  if (another?.features.has('subgroups')) {
+    const sgDevice = await another.requestDevice({ requiredFeatures: ['subgroups'] });
+    try {
+      assert.is(contextFromDevice(sgDevice).features.subgroupSize, own.features.subgroupSize);
+    } finally {
+      sgDevice.destroy();
+    }
+  }
   const model = await engine.loadModel(randomCheckpoint(cfgOf({ n_embd: 32, n_head: 2, n_layer: 1, vocab_size: 64 }), 3));
   const r = await model.generate([1, 2, 3], { maxNewTokens: 3, seed: 1, stopAtEos: false });
   assert.is(r.sequences[0]!.tokens.length, 3);

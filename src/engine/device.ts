@@ -422,5 +422,11 @@ export function contextFromDevice(
     features: [...device.features].sort(),
     limits: limitsOf(device.limits),
   };
-  return new GpuContext(device, summary, featuresOf(device, { ...known, ...info }), waitYieldFor(summary, opts), false);
+  // Field by field: GPUAdapterInfo's attributes are getters, which a spread would not copy.
+  type SubgroupInfo = { subgroupMinSize?: number; subgroupMaxSize?: number };
+  const sizes = {
+    subgroupMinSize: (info as SubgroupInfo).subgroupMinSize ?? (known as SubgroupInfo | undefined)?.subgroupMinSize,
+    subgroupMaxSize: (info as SubgroupInfo).subgroupMaxSize ?? (known as SubgroupInfo | undefined)?.subgroupMaxSize,
+  };
+  return new GpuContext(device, summary, featuresOf(device, sizes as Partial<GPUAdapterInfo>), waitYieldFor(summary, opts), false);
 }
