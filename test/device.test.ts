@@ -36,6 +36,8 @@ test('the subgroup size is recorded where the adapter reports a single one; a de
   const single = ctx.features.subgroups && info.subgroupMinSize !== undefined && info.subgroupMinSize === info.subgroupMaxSize;
   assert.is(ctx.features.subgroupSize, single ? info.subgroupMinSize : null);
   if (ctx.isCpuAdapter && ctx.features.subgroups) assert.is(ctx.features.subgroupSize, 8, 'lavapipe: 8-lane subgroups');
+  // Modules joined from files ('a+b'): an unknown part is named.
+  assert.throws(() => ctx.shaderModule('matmul+no_such_kernel'), (e: Error) => /no shader named "no_such_kernel" \(shaders\/no_such_kernel\.wgsl\)/.test(e.message));
   const plain = await createContext(nodeGPU(), { disableFeatures: ['subgroups'] });
   try {
     assert.equal([plain.features.subgroups, plain.features.subgroupSize], [false, null]);
