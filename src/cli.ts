@@ -283,7 +283,7 @@ const commands: Record<string, Command> = {
       'gemv-reduce': { type: 'string', default: 'auto', help: 'how the GPU decode GEMV splits K: split (slices over workgroups + a reduce dispatch), workgroup (inside each workgroup, one dispatch), auto (workgroup on GPUs)' },
       'attention-wg': { type: 'string', help: 'threads per workgroup of the GPU decode attention: 32-256, a power of two, or 0 for the 32-thread prefill kernel (default 256 on GPUs; CPU adapters decode with one invocation per head)' },
       'attention-blocks': { type: 'string', default: 'auto', help: "prompts of 64+ tokens as matrix products through scratch buffers ('blocks', CPU adapters): on, off (token pairs at every length), auto (on CPU adapters)" },
-      'matmul-subgroups': { type: 'string', default: 'auto', help: "matmuls of 8+ rows (prompts, batches) through subgroup broadcasts ('subgroups', CPU adapters with 8-lane subgroups): on, off (gemv_kn_cols), auto (where available)" },
+      'matmul-subgroups': { type: 'string', default: 'auto', help: "matmuls of 8+ rows (prompts, batches) through subgroup broadcasts ('subgroups', CPU adapters with 4- or 8-lane subgroups): on, off (gemv_kn_cols), auto (where available)" },
       'pipeline-depth': { type: 'string', help: 'decode steps queued ahead of the token read-back, 1-16 (default 3 on GPUs, 1 on CPU adapters)' },
       sessions: { type: 'boolean', default: false, help: 'also time B conversations of different histories: B separate sessions at once against one session group' },
       ...JSON_FLAG,

@@ -568,7 +568,7 @@ export class MatmulKernel {
     // and never splits (its row blocks already outnumber the cores).
     const wantSg = a.knSubgroups ?? this.knSubgroups;
     if (wantSg && !this.knSubgroups) {
-      throw new InvalidOptionError(`${label}: knSubgroups was asked for, but this MatmulKernel has no gemm_kn_sg pipelines (they need a CPU adapter with 8-lane subgroups; see MatmulOptions.knSubgroups)`);
+      throw new InvalidOptionError(`${label}: knSubgroups was asked for, but this MatmulKernel has no gemm_kn_sg pipelines (they need a CPU adapter with 4- or 8-lane subgroups; see MatmulOptions.knSubgroups)`);
     }
     const sg = cols && this.takesSubgroups(M, K, a.splitK, wantSg);
     const block = (cols || rows) && M > 1;
