@@ -599,6 +599,14 @@ async function generateCached(
   };
   inflight.push(readback(staging[0]!));
   let submitted = 1;
+  // Submits one step after the prompt's (a plan's dispatches and their sampling into decode.ids)
+  // and queues the read-back of its ids into the next staging slot.
+  const submitStep = (dispatches: Dispatch[]): void => {
+    const slot = staging[submitted % depth]!;
+    io.submit(dispatches, (enc) => enc.copyBufferToBuffer(decode.ids.buffer, 0, slot, 0, R * 4));
+    inflight.push(readback(slot));
+    submitted++;
+  };
   let firstAt = 0;
   let decodeStart = 0;
   let stepsAccepted = 0;
@@ -704,11 +712,7 @@ async function generateCached(
     const owner = new Owned(ctx);
     mixed.push({ step: submitted + 1, plan, owner });
     plan.write({ ids, meta: Uint32Array.from(meta), lastIdx: last });
-    const sample = sampler.bind(owner, state as never, { logits: plan.logits, outIds: decode.ids });
-    const slot = staging[submitted % depth]!;
-    io.submit([...plan.dispatches, ...sample], (enc) => enc.copyBufferToBuffer(decode.ids.buffer, 0, slot, 0, R * 4));
-    inflight.push(readback(slot));
-    submitted++;
+    submitStep([...plan.dispatches, ...sampler.bind(owner, state as never, { logits: plan.logits, outIds: decode.ids })]);
     return true;
   };
 
@@ -779,11 +783,8 @@ async function generateCached(
       }
       if (await tryAdmit()) continue;
       decode.write({ meta: decodeMeta(queuedPos.map((p) => Math.min(p, window - 1)), rows.map((cr, r) => (parked[r] ? PARKED_ROW : cr))) });
-      const slot = staging[submitted % depth]!;
-      io.submit([...decode.dispatches, ...decodeSample], (enc) => enc.copyBufferToBuffer(decode.ids.buffer, 0, slot, 0, R * 4));
+      submitStep([...decode.dispatches, ...decodeSample]);
       for (let r = 0; r < R; r++) if (!rowsState[r]!.finished && queuedPos[r]! < window) queuedPos[r]!++;
-      inflight.push(readback(slot));
-      submitted++;
     }
   } finally {
     // Mixed steps not read back (an error, or steps past the end): their plans go with the run.

@@ -97,6 +97,9 @@ export interface PlanOptions {
  * ~0.25 MiB for a gpt2 decode plan, ~30 KiB per token of a gpt2 prompt plan), the least recently
  * used freed first. A chat turn needs two (its decode plan and its prompt's).
  */
+export const PLAN_STASH_COUNT = 4;
+export const PLAN_STASH_BYTES = 8 * 1024 * 1024;
+
 /**
  * The 'blocks' attention scratch a prompt plan of T tokens on a cache of `capacity` slots gets
  * (ForwardPlan, promptAttention): from BLOCKS_MIN_T tokens on where the kernel has 'blocks' for
@@ -105,9 +108,6 @@ export interface PlanOptions {
 function promptScratch(att: AttentionKernel, T: number, capacity: number, cfg: GPT2Config): { scores: number; queries: number; tc: number } {
   return T >= BLOCKS_MIN_T ? att.blocksScratch(T, capacity, cfg.n_embd, cfg.n_head) : { scores: 0, queries: 0, tc: 0 };
 }
-
-export const PLAN_STASH_COUNT = 4;
-export const PLAN_STASH_BYTES = 8 * 1024 * 1024;
 
 /** A forward pass over T tokens of one cache, producing logits for R of them. */
 export class ForwardPlan implements Stashable {
