@@ -5,8 +5,9 @@
 // Builds the browser bundles, serves the repository (and a local model folder) on 127.0.0.1 with
 // scripts/serve.js, and prints the report (JSON with --json).
 //   node bench/browser.mjs [--model random:distilgpt2 | <folder> | <URL>] [--batch 1,4] [--prompt-tokens 16]
-//     [--new-tokens 8] [--repeat 1] [--f16] [--matmul-subgroups auto|on|off] [--no-profile] [--json]
-//     [--chromium <path>] [--chromium-arg <flag>]... [--timeout <seconds>]
+//     [--new-tokens 8] [--repeat 1] [--f16] [--matmul-subgroups auto|on|off]
+//     [--attention-subgroups auto|on|off] [--no-profile] [--json] [--chromium <path>]
+//     [--chromium-arg <flag>]... [--timeout <seconds>]
 // <folder>: a local folder holding config.json and model.safetensors (served as /model/);
 // <URL>: such a folder on a server that allows this page to fetch it.
 import { existsSync, statSync } from 'node:fs';
@@ -17,12 +18,12 @@ import { buildBrowser } from '../scripts/build-browser.js';
 import { defaultMounts, serve } from '../scripts/serve.js';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
-const USAGE = 'usage: node bench/browser.mjs [--model random:distilgpt2|<folder>|<URL>] [--batch B[,B...]] [--prompt-tokens P] [--new-tokens N] [--repeat R] [--f16] [--matmul-subgroups auto|on|off] [--no-profile] [--json] [--chromium PATH] [--chromium-arg FLAG]... [--timeout S]';
+const USAGE = 'usage: node bench/browser.mjs [--model random:distilgpt2|<folder>|<URL>] [--batch B[,B...]] [--prompt-tokens P] [--new-tokens N] [--repeat R] [--f16] [--matmul-subgroups auto|on|off] [--attention-subgroups auto|on|off] [--no-profile] [--json] [--chromium PATH] [--chromium-arg FLAG]... [--timeout S]';
 
 class UsageError extends Error {}
 
 function parseArgs(argv) {
-  const o = { model: 'random:distilgpt2', batches: [1], promptTokens: 16, newTokens: 8, repeat: 1, f16: false, knSubgroups: undefined, profile: true, json: false, chromium: process.env.CHROMIUM_PATH ?? '/usr/lib/chromium/chromium', chromiumArgs: [], timeout: 600 };
+  const o = { model: 'random:distilgpt2', batches: [1], promptTokens: 16, newTokens: 8, repeat: 1, f16: false, knSubgroups: undefined, attentionSubgroups: undefined, profile: true, json: false, chromium: process.env.CHROMIUM_PATH ?? '/usr/lib/chromium/chromium', chromiumArgs: [], timeout: 600 };
   const int = (flag, v, min, max) => {
     const n = Number(v);
     if (v === undefined || !Number.isInteger(n) || n < min || n > max) throw new UsageError(`${flag} must be an integer in [${min}, ${max}], got ${v}`);
@@ -50,11 +51,12 @@ function parseArgs(argv) {
       case '--json': o.json = true; break;
       case '--chromium': o.chromium = value(); break;
       case '--chromium-arg': o.chromiumArgs.push(value()); break;
-      case '--matmul-subgroups': {
+      case '--matmul-subgroups':
+      case '--attention-subgroups': {
         const m = value();
         const modes = { auto: undefined, on: true, off: false };
-        if (!Object.hasOwn(modes, m)) throw new UsageError(`--matmul-subgroups must be auto, on or off, got "${m}"`);
-        o.knSubgroups = modes[m];
+        if (!Object.hasOwn(modes, m)) throw new UsageError(`${a} must be auto, on or off, got "${m}"`);
+        o[a === '--matmul-subgroups' ? 'knSubgroups' : 'attentionSubgroups'] = modes[m];
         break;
       }
       default: throw new UsageError(`unknown flag ${a}`);
@@ -107,6 +109,7 @@ async function main() {
       repeat: o.repeat,
       profile: o.profile,
       knSubgroups: o.knSubgroups,
+      attentionSubgroups: o.attentionSubgroups,
     };
     const out = await page.evaluate(async ({ opts, label }) => {
       const b = await import('/dist/browser/bench.js');

@@ -29,6 +29,8 @@ export interface BenchOptions {
   attentionBlocks?: boolean;
   /** MatmulOptions.knSubgroups (undefined: the kernel's default). */
   knSubgroups?: boolean;
+  /** AttentionOptions.decodeSubgroups (decode attention through subgroups on CPU adapters; undefined: the kernel's default). */
+  attentionSubgroups?: boolean;
   /** MatmulOptions.gemmTile (the prefill GEMM's tile shape); default: the kernel's. */
   gemmTile?: GemmTile;
   /** MatmulOptions.gemvMaxM (largest M that takes the GEMV rather than the GEMM); default: the kernel's. */
@@ -111,6 +113,8 @@ export interface BenchReport {
   gemv_reduce: 'split' | 'workgroup';
   /** AttentionOptions.decodeWg as used: threads per workgroup of decode attention on GPUs; null where decode steps take another kernel (CPU adapters: 'lanes'; 0: the 32-thread one). */
   attention_decode_wg: number | null;
+  /** The attention kernel of decode steps: 'subgroup' / 'lanes' (CPU adapters: one subgroup / one invocation per row and head), 'wide' (GPUs), 'query' (32-thread workgroups). */
+  attention_decode: string;
   /** The attention kernel of the prompt's prefill (P tokens of one row): 'tiled' (GPUs), 'blocks' (CPU adapters, P >= 64), 'pairs' (CPU adapters), 'query' or 'lanes' (one token). */
   attention_prompt: string;
   /** The kernel the prompt's per-layer matmuls take: 'gemm' / 'gemv' (GPUs), 'subgroups' / 'cols' (CPU adapters). */
@@ -147,6 +151,9 @@ function quantile(xs: number[], q: number): number {
   return s[i]!;
 }
 
+/** The header's words for BenchReport.attention_decode ('wide' gives its width). */
+const DECODE_ATTENTION: Record<string, string> = { subgroup: 'one subgroup per (row, head)', lanes: 'one invocation per (row, head)', query: '32-thread workgroups' };
+
 /** The decode attention's workgroup width when decode steps use the 'wide' kernel, else null. */
 function decodeWgOf(model: Model): number | null {
   const at = model.kernels.attention;
@@ -178,7 +185,7 @@ export async function runBench(engine: Engine, o: BenchOptions): Promise<BenchRe
     );
   }
   const resolveMs = now() - t0;
-  const model = await engine.loadModel(ckpt, { dtype: o.dtype, onProgress: o.onProgress, matmul, attention: { decodeWg: o.attentionWg, blocks: o.attentionBlocks } });
+  const model = await engine.loadModel(ckpt, { dtype: o.dtype, onProgress: o.onProgress, matmul, attention: { decodeWg: o.attentionWg, blocks: o.attentionBlocks, decodeSubgroups: o.attentionSubgroups } });
   model.loadTimes.resolve_ms += resolveMs; // loadModel saw an opened checkpoint
   const loadMs = now() - t0;
   try {
@@ -204,6 +211,7 @@ export async function runBench(engine: Engine, o: BenchOptions): Promise<BenchRe
       fuse_ln: model.kernels.matmul.fuseLn,
       gemv_reduce: model.kernels.matmul.gemvReduce,
       attention_decode_wg: decodeWgOf(model),
+      attention_decode: model.kernels.attention.oneQueryVariant(cfg.n_embd / cfg.n_head),
       attention_prompt: model.promptAttention(o.promptTokens),
       matmul_prompt: promptMatmulOf(model, o.promptTokens),
       gemm_tile: model.kernels.matmul.gemmTile,
@@ -374,7 +382,7 @@ function gemvMaxOf(model: Model): { kn: number | null; nk: number | null } {
 export function formatBench(r: BenchReport): string {
   const a = r.adapter as { description?: string; vendor?: string };
   const lines = [
-    `model ${r.model} (${r.dtype}), adapter: ${a.description || a.vendor}; prompt ${r.prompt_tokens} tokens, ${r.new_tokens} new, ${r.repeat} runs; host waits: ${r.host_wait}; layer norm fused: ${r.fuse_ln ? 'yes' : 'no'}; GPU GEMV K split: ${r.gemv_reduce}; decode attention: ${r.attention_decode_wg !== null ? `${r.attention_decode_wg}-thread workgroups` : r.gemv_max_m.kn === null ? 'one invocation per (row, head)' : '32-thread workgroups'}; prompt attention: ${r.attention_prompt}; prompt matmul: ${r.matmul_prompt}; steps in flight: ${r.pipeline_depth}; GEMM tile ${r.gemm_tile.ty * r.gemm_tile.tm}x${r.gemm_tile.tx * r.gemm_tile.tn}`,
+    `model ${r.model} (${r.dtype}), adapter: ${a.description || a.vendor}; prompt ${r.prompt_tokens} tokens, ${r.new_tokens} new, ${r.repeat} runs; host waits: ${r.host_wait}; layer norm fused: ${r.fuse_ln ? 'yes' : 'no'}; GPU GEMV K split: ${r.gemv_reduce}; decode attention: ${DECODE_ATTENTION[r.attention_decode] ?? (r.attention_decode_wg !== null ? `${r.attention_decode_wg}-thread workgroups` : r.attention_decode)}; prompt attention: ${r.attention_prompt}; prompt matmul: ${r.matmul_prompt}; steps in flight: ${r.pipeline_depth}; GEMM tile ${r.gemm_tile.ty * r.gemm_tile.tm}x${r.gemm_tile.tx * r.gemm_tile.tn}`,
     `load ${r.load.load_ms.toFixed(0)} ms (pipelines ${r.load.pipelines_ms.toFixed(0)} ms, upload ${r.load.upload_ms.toFixed(0)} ms, ${(r.load.weight_bytes / 1e6).toFixed(0)} MB of weights)`,
     '',
     'batch  first-token ms (setup + prefill)  decode ms/token (median / p90)  tokens/s  readback B/token  dispatches/step  submits/step',

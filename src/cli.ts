@@ -267,7 +267,7 @@ const commands: Record<string, Command> = {
   },
   bench: {
     summary: 'benchmark load, prefill and decode (per batch size), with per-kernel GPU times',
-    usage: 'gpt2-webgpu bench [--model random:gpt2] [--batch 1,4,16,64] [--prompt-tokens P] [--new-tokens N] [--repeat R] [--f16] [--wait auto|sleep|spin] [--fuse-ln auto|on|off] [--gemv-reduce auto|split|workgroup] [--gemm-tile TX,TY,TM,TN,BK] [--gemv-max-m M] [--attention-wg N] [--attention-blocks auto|on|off] [--matmul-subgroups auto|on|off] [--pipeline-depth D] [--sessions] [--json]',
+    usage: 'gpt2-webgpu bench [--model random:gpt2] [--batch 1,4,16,64] [--prompt-tokens P] [--new-tokens N] [--repeat R] [--f16] [--wait auto|sleep|spin] [--fuse-ln auto|on|off] [--gemv-reduce auto|split|workgroup] [--gemm-tile TX,TY,TM,TN,BK] [--gemv-max-m M] [--attention-wg N] [--attention-blocks auto|on|off] [--attention-subgroups auto|on|off] [--matmul-subgroups auto|on|off] [--pipeline-depth D] [--sessions] [--json]',
     flags: {
       ...MODEL_FLAGS,
       model: { ...MODEL_FLAGS.model!, default: 'random:gpt2' },
@@ -283,6 +283,7 @@ const commands: Record<string, Command> = {
       'gemv-reduce': { type: 'string', default: 'auto', help: 'how the GPU decode GEMV splits K: split (slices over workgroups + a reduce dispatch), workgroup (inside each workgroup, one dispatch), auto (workgroup on GPUs)' },
       'attention-wg': { type: 'string', help: 'threads per workgroup of the GPU decode attention: 32-256, a power of two, or 0 for the 32-thread prefill kernel (default 256 on GPUs; CPU adapters decode with one invocation per head)' },
       'attention-blocks': { type: 'string', default: 'auto', help: "prompts of 64+ tokens as matrix products through scratch buffers ('blocks', CPU adapters): on, off (token pairs at every length), auto (on CPU adapters)" },
+      'attention-subgroups': { type: 'string', default: 'auto', help: "decode attention with one subgroup per (row, head) ('subgroup', CPU adapters with subgroups of 4+ invocations): on, off (one invocation per (row, head)), auto (where available)" },
       'matmul-subgroups': { type: 'string', default: 'auto', help: "matmuls of 8+ rows (prompts, batches) through subgroup broadcasts ('subgroups', CPU adapters with 4- or 8-lane subgroups): on, off (gemv_kn_cols), auto (where available)" },
       'pipeline-depth': { type: 'string', help: 'decode steps queued ahead of the token read-back, 1-16 (default 3 on GPUs, 1 on CPU adapters)' },
       sessions: { type: 'boolean', default: false, help: 'also time B conversations of different histories: B separate sessions at once against one session group' },
@@ -295,6 +296,7 @@ const commands: Record<string, Command> = {
       const fuses = { auto: undefined, on: true, off: false } as const;
       if (!Object.hasOwn(fuses, String(v['fuse-ln']))) throw new UsageError(`--fuse-ln must be auto, on or off, got "${String(v['fuse-ln'])}"`);
       if (!Object.hasOwn(fuses, String(v['attention-blocks']))) throw new UsageError(`--attention-blocks must be auto, on or off, got "${String(v['attention-blocks'])}"`);
+      if (!Object.hasOwn(fuses, String(v['attention-subgroups']))) throw new UsageError(`--attention-subgroups must be auto, on or off, got "${String(v['attention-subgroups'])}"`);
       if (!Object.hasOwn(fuses, String(v['matmul-subgroups']))) throw new UsageError(`--matmul-subgroups must be auto, on or off, got "${String(v['matmul-subgroups'])}"`);
       const reduces = { auto: undefined, split: 'split', workgroup: 'workgroup' } as const;
       if (!Object.hasOwn(reduces, String(v['gemv-reduce']))) throw new UsageError(`--gemv-reduce must be auto, split or workgroup, got "${String(v['gemv-reduce'])}"`);
@@ -322,6 +324,7 @@ const commands: Record<string, Command> = {
           attentionWg: attentionWg(v['attention-wg']),
           attentionBlocks: fuses[String(v['attention-blocks']) as keyof typeof fuses],
           knSubgroups: fuses[String(v['matmul-subgroups']) as keyof typeof fuses],
+          attentionSubgroups: fuses[String(v['attention-subgroups']) as keyof typeof fuses],
           pipelineDepth: v['pipeline-depth'] === undefined ? undefined : num(v['pipeline-depth'], 'pipeline-depth', { int: true, min: 1, max: 16 }),
           sessions: Boolean(v.sessions),
           onProgress: v.json ? undefined : progress(),

@@ -1,6 +1,6 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { AttentionArgs, AttentionKernel, BLOCKS_MIN_T } from '../src/kernels/attention.js';
+import { AttentionArgs, AttentionKernel, BLOCKS_MIN_T, SG_LANES } from '../src/kernels/attention.js';
 
 type AttentionVariant = NonNullable<AttentionArgs['variant']>;
 import { KvWriteKernel } from '../src/kernels/kvcache.js';
@@ -64,7 +64,7 @@ async function check(sc: Scenario, seed: number, variant: AttentionVariant, writ
     const out = poisoned(owned, [T, C]);
     const kw = await KvWriteKernel.create(ctx);
     const lanes = variant === 'lanes' || variant === 'pairs' || variant === 'blocks';
-    const at = await AttentionKernel.create(ctx, lanes ? { headDim: C / nHead, lanes: true, decodeLanes, blocksScratchBytes } : { decodeWg });
+    const at = await AttentionKernel.create(ctx, lanes ? { headDim: C / nHead, lanes: true, decodeLanes, blocksScratchBytes } : variant === 'subgroup' ? { headDim: C / nHead, decodeSubgroups: true } : { decodeWg });
     // blocks: poisoned scratch (NaN: a score or query read before it is written shows)
     const need = at.blocksScratch(T, cap, C, nHead);
     const scratch = variant === 'blocks' ? { scores: poisoned(owned, [need.scores]), queries: poisoned(owned, [need.queries]) } : undefined;
@@ -107,13 +107,14 @@ const CASES: Array<[string, Scenario]> = [
 // Every case runs each kernel that applies: per token (vec4 loads when D % 4 == 0), per token
 // scalar, one invocation per token and head (lanes: D % 4 == 0), one per pair of tokens and head
 // (pairs: neighbours in a row share K/V loads, other pairs and an odd last token go one by one),
-// tiled (8 tokens per workgroup; tiles that mix rows or wrap fall back per token) and wide (the
-// vec4 kernel with 256 threads per workgroup, GPU decode's).
-for (const variant of ['query', 'scalar', 'lanes', 'pairs', 'tiled', 'wide', 'blocks'] as const) {
+// tiled (8 tokens per workgroup; tiles that mix rows or wrap fall back per token), wide (the
+// vec4 kernel with 256 threads per workgroup, GPU decode's) and subgroup (one 4-invocation
+// subgroup per token and head; D 24 leaves two invocations of its second word past the head).
+for (const variant of ['query', 'scalar', 'lanes', 'pairs', 'tiled', 'wide', 'blocks', 'subgroup'] as const) {
   CASES.forEach(([name, sc], i) => {
     const D = sc.C / sc.nHead;
     if (variant === 'tiled' && !(D % 4 === 0 && D <= 64)) return;
-    if ((variant === 'lanes' || variant === 'pairs' || variant === 'wide' || variant === 'blocks') && D % 4 !== 0) return;
+    if ((variant === 'lanes' || variant === 'pairs' || variant === 'wide' || variant === 'blocks' || variant === 'subgroup') && D % 4 !== 0) return;
     test(`attention (${variant}): ${name}`, () => check(sc, 100 + i, variant));
     // decode_lanes at another workgroup width than the default 2 (the index arithmetic depends on
     // it; head sizes up to 64 only: llvmpipe takes 20-45 s to compile each wider one)
@@ -142,9 +143,9 @@ const DECODE_CASES: Array<[string, Scenario]> = [
   ['decode, D 3 (scalar kernel: D % 4 != 0), C 12, nHead 4', { C: 12, nHead: 4, cap: 300, prior: [270, 5], step: [[0, 1], [1, 1]] }],
   ['decode, D 128 (> workgroup size), C 256, nHead 2, a row at position 0', { C: 256, nHead: 2, cap: 96, prior: [66, 0], step: [[0, 1], [1, 1]] }],
 ];
-for (const [variant, wg] of [['query', 32], ['scalar', 32], ['lanes', 0], ['lanes', 8], ['wide', 64], ['wide', 256]] as const) {
+for (const [variant, wg] of [['query', 32], ['scalar', 32], ['lanes', 0], ['lanes', 8], ['wide', 64], ['wide', 256], ['subgroup', 0]] as const) {
   DECODE_CASES.forEach(([name, sc], i) => {
-    if ((variant === 'lanes' || variant === 'wide') && (sc.C / sc.nHead) % 4 !== 0) return;
+    if ((variant === 'lanes' || variant === 'wide' || variant === 'subgroup') && (sc.C / sc.nHead) % 4 !== 0) return;
     if (variant === 'lanes' && wg && sc.C / sc.nHead > 64) return; // as above
     // lanes: 0 = the default width (2 per workgroup), else that width
     const what = variant === 'wide' ? `wide ${wg}` : variant === 'lanes' ? `lanes ${wg || 'default'}` : variant;
@@ -271,7 +272,8 @@ test("attention 'lanes' / 'pairs': built for one head size (by default on CPU ad
       qkv: poisoned(owned, [T, 3 * C]), meta: poisoned(owned, [T, 2], 'u32'),
       kCache: poisoned(owned, [2, 32, C]), vCache: poisoned(owned, [2, 32, C]), out: poisoned(owned, [T, C]), nHead,
     });
-    const on = await AttentionKernel.create(ctx, { headDim: 16, lanes: true });
+    // decodeSubgroups: false, so that 'auto' takes 'lanes' for single tokens (see the 'subgroup' test)
+    const on = await AttentionKernel.create(ctx, { headDim: 16, lanes: true, decodeSubgroups: false });
     assert.is(on.lanesHeadDim, 16);
     const lanesOf = (T: number) => on.bind(owned, { ...args(T, 64, 4), variant: 'lanes' })[0]!;
     const pairsOf = (T: number) => on.bind(owned, { ...args(T, 64, 4), variant: 'pairs' })[0]!;
@@ -312,6 +314,47 @@ test("attention 'lanes' / 'pairs': built for one head size (by default on CPU ad
       await AttentionKernel.create(ctx, { headDim, lanes: true }).then(
         () => assert.unreachable(`headDim ${headDim} accepted`),
         (e: Error) => assert.ok(e instanceof InvalidOptionError && e.message.includes(`got ${headDim}`), e.message),
+      );
+    }
+  }));
+
+test("attention 'subgroup': built by default beside the lanes kernels where subgroups hold 4+ invocations, chosen by 'auto' for single tokens and decode steps, refused where it cannot run", () =>
+  withDevice(async ({ ctx, owned }) => {
+    const args = (T: number, C: number, nHead: number) => ({
+      qkv: poisoned(owned, [T, 3 * C]), meta: poisoned(owned, [T, 2], 'u32'),
+      kCache: poisoned(owned, [2, 32, C]), vCache: poisoned(owned, [2, 32, C]), out: poisoned(owned, [T, C]), nHead,
+    });
+    const sgSize = ctx.features.subgroupSize;
+    const can = ctx.features.subgroups && sgSize !== null && sgSize >= SG_LANES;
+    const byDefault = await AttentionKernel.create(ctx, { headDim: 16 });
+    assert.is(byDefault.subgroupHeadDim, ctx.isCpuAdapter && can ? 16 : undefined, 'default: CPU adapters with subgroups of 4+ invocations');
+    assert.is((await AttentionKernel.create(ctx, { headDim: 16, lanes: false })).subgroupHeadDim, undefined, 'not without the lanes kernels by default');
+    if (!can) {
+      await AttentionKernel.create(ctx, { headDim: 16, decodeSubgroups: true }).then(
+        () => assert.unreachable('decodeSubgroups without subgroups accepted'),
+        (e: Error) => assert.ok(e instanceof InvalidOptionError && /decodeSubgroups needs the 'subgroups' feature/.test(e.message), e.message),
+      );
+      return;
+    }
+    const on = await AttentionKernel.create(ctx, { headDim: 16, decodeSubgroups: true });
+    assert.is(on.subgroupHeadDim, 16);
+    const sgOf = (T: number) => on.bind(owned, { ...args(T, 64, 4), variant: 'subgroup' })[0]!;
+    assert.equal(sgOf(3).workgroups, [12, 1, 1], 'one workgroup per (token, head): 3 x 4');
+    assert.match(sgOf(3).pipeline.label, /decode_sg/);
+    assert.is(on.oneQueryVariant(16), 'subgroup');
+    assert.is(on.bind(owned, args(1, 64, 4))[0]!.pipeline, sgOf(1).pipeline, 'one token');
+    assert.is(on.bind(owned, { ...args(2, 64, 4), writeKv: true })[0]!.pipeline, sgOf(2).pipeline, 'decode step');
+    if (on.lanesHeadDim === 16) assert.is(on.bind(owned, args(2, 64, 4))[0]!.label, 'attention.pairs', 'prompts still take pairs');
+    assert.is(on.oneQueryVariant(32), ctx.isCpuAdapter ? 'query' : 'wide', 'another head size: not subgroup');
+    assert.throws(() => on.bind(owned, { ...args(2, 64, 2), variant: 'subgroup' }), (e: Error) => e instanceof ShapeError && /variant 'subgroup' runs head size 16 only, got D = 32/.test(e.message));
+    const off = await AttentionKernel.create(ctx, { headDim: 16, decodeSubgroups: false });
+    assert.is(off.subgroupHeadDim, undefined);
+    assert.is.not(off.oneQueryVariant(16), 'subgroup');
+    assert.throws(() => off.bind(owned, { ...args(2, 64, 4), variant: 'subgroup' }), (e: Error) => e instanceof ShapeError && /created without decodeSubgroups/.test(e.message));
+    for (const bad of [{ headDim: 16, decodeSubgroups: 'yes' as unknown as boolean }, { headDim: 6, decodeSubgroups: true }, { decodeSubgroups: true }]) {
+      await AttentionKernel.create(ctx, bad).then(
+        () => assert.unreachable(`${JSON.stringify(bad)} accepted`),
+        (e: Error) => assert.ok(e instanceof InvalidOptionError && /decodeSubgroups must be a boolean, got yes|decodeSubgroups needs .* headDim (6|undefined)/.test(e.message), e.message),
       );
     }
   }));

@@ -286,13 +286,14 @@ if ((present || IN_CI) && FIXTURES) {
     assert.is(j.model, join(FIXTURES, 'hf-gpt2-tiny'));
     assert.is(j.adapter.architecture, 'swiftshader'); // headless Chromium without a GPU flag
     assert.is(j.matmul_prompt, 'subgroups'); // SwiftShader's 4-lane subgroups, 9 rows
+    assert.is(j.attention_decode, 'subgroup'); // and one 4-lane subgroup per (row, head) in decode
     const x = j.results[0];
     for (const k of ['load_ms', 'first_token_ms', 'setup_ms', 'prefill_ms', 'decode_ms_per_token', 'decode_ms_per_token_p90', 'tokens_per_s', 'readback_bytes_per_token', 'dispatches_per_token', 'submits_per_token']) {
       assert.type(x[k], 'number', k);
     }
     assert.is(x.readback_bytes_per_token, 4);
     assert.ok(Array.isArray(x.kernels) || typeof x.kernels_note === 'string');
-    for (const [flag, msg] of [[['--matmul-subgroups', 'maybe'], /--matmul-subgroups must be auto, on or off, got "maybe"/], [['--model', 'nowhere:x'], /is not random:<name>, an http\(s\) URL or a folder here/], [['--frobnicate'], /unknown flag --frobnicate/]] as const) {
+    for (const [flag, msg] of [[['--matmul-subgroups', 'maybe'], /--matmul-subgroups must be auto, on or off, got "maybe"/], [['--attention-subgroups', 'x'], /--attention-subgroups must be auto, on or off, got "x"/], [['--model', 'nowhere:x'], /is not random:<name>, an http\(s\) URL or a folder here/], [['--frobnicate'], /unknown flag --frobnicate/]] as const) {
       const bad = spawnSync(process.execPath, [script, ...flag], { encoding: 'utf8', timeout: 60_000 });
       assert.is(bad.status, 2, flag.join(' '));
       assert.match(bad.stderr, msg);

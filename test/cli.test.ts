@@ -143,7 +143,8 @@ test('bench --json smoke run has every field', () => {
   assert.is(j.gemv_reduce, 'split');
   assert.equal(j.gemv_max_m, { kn: null, nk: null }); // CPU adapters take the GEMV at every M
   assert.is(j.pipeline_depth, 1); // and decode one step at a time
-  assert.is(j.attention_decode_wg, null); // with one invocation per (token, head), not a wide workgroup
+  assert.is(j.attention_decode_wg, null); // not a wide workgroup:
+  assert.is(j.attention_decode, 'subgroup'); // one 4-invocation subgroup per (token, head) (lavapipe's subgroups are 8)
   assert.is(j.attention_prompt, 'pairs'); // a 4-token prompt: token pairs (blocks from 64 tokens on)
   assert.is(j.matmul_prompt, 'cols'); // and gemv_kn_cols blocks (the subgroup GEMM from 8 rows on)
   assert.is(j.sessions, false);
@@ -210,17 +211,20 @@ test('bench --wait spin, --fuse-ln on, --gemv-reduce workgroup, --gemm-tile and 
   const badSg = cli('bench', '--model', tinyDir(), '--matmul-subgroups', 'yes');
   assert.is(badSg.code, 2);
   assert.match(badSg.err, /--matmul-subgroups must be auto, on or off, got "yes"/);
+  const badAsg = cli('bench', '--model', tinyDir(), '--attention-subgroups', '1');
+  assert.is(badAsg.code, 2);
+  assert.match(badAsg.err, /--attention-subgroups must be auto, on or off, got "1"/);
 });
 
-test('bench --attention-blocks / --matmul-subgroups: a 64-token prompt takes the blocks attention and the subgroup GEMM on lavapipe, token pairs and gemv_kn_cols with them off (attention_prompt, matmul_prompt)', () => {
+test('bench --attention-blocks / --matmul-subgroups / --attention-subgroups: a 64-token prompt takes the blocks attention and the subgroup GEMM on lavapipe and decodes through subgroups; token pairs, gemv_kn_cols and one invocation per head with them off (attention_prompt, matmul_prompt, attention_decode)', () => {
   const run = (mode: string) => {
-    const r = cli('bench', '--model', tinyDir(), '--prompt-tokens', '64', '--new-tokens', '2', '--repeat', '1', '--no-profile', '--attention-blocks', mode, '--matmul-subgroups', mode, '--json');
+    const r = cli('bench', '--model', tinyDir(), '--prompt-tokens', '64', '--new-tokens', '2', '--repeat', '1', '--no-profile', '--attention-blocks', mode, '--matmul-subgroups', mode, '--attention-subgroups', mode, '--json');
     assert.is(r.code, 0, r.err);
     const j = JSON.parse(r.out);
-    return [j.attention_prompt, j.matmul_prompt];
+    return [j.attention_prompt, j.matmul_prompt, j.attention_decode];
   };
-  assert.equal(run('auto'), ['blocks', 'subgroups']); // lavapipe is a CPU adapter with 8-lane subgroups
-  assert.equal(run('off'), ['pairs', 'cols']);
+  assert.equal(run('auto'), ['blocks', 'subgroups', 'subgroup']); // lavapipe is a CPU adapter with 8-lane subgroups
+  assert.equal(run('off'), ['pairs', 'cols', 'lanes']);
 });
 
 test('bench profiles a batch whose full-window cache would not fit one binding (sized like the run)', () => {

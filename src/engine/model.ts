@@ -151,9 +151,9 @@ export class ForwardPlan implements Stashable {
       this.logits = buf('logits', [R, V]);
       const eps = cfg.layer_norm_epsilon;
       // A decode plan (one token per row) gains nothing from the tiled prefill attention, whose
-      // tiles would all mix rows: one query per invocation where the kernel has 'lanes' for this
-      // head size (CPU adapters), else one per wide workgroup (GPUs: rows x n_head workgroups
-      // only, each hiding its own latency), else one per 32-thread workgroup.
+      // tiles would all mix rows: one query per subgroup or per invocation where the kernel has
+      // 'subgroup' / 'lanes' for this head size (CPU adapters), else one per wide workgroup (GPUs:
+      // rows x n_head workgroups only, each hiding its own latency), else one per 32-thread workgroup.
       const oneQuery = k.attention.oneQueryVariant(C / cfg.n_head);
       const attnVariant = this.decode || (T === cache.rows && R === T && T > 1) ? oneQuery : 'auto';
       // Long prompts on CPU adapters: attention as two matrix products through scratch buffers
@@ -283,7 +283,7 @@ export class GPT2Model implements CacheOwner {
   ) {}
 
   /** Builds every kernel's pipelines once for this model. */
-  static async buildKernels(ctx: GpuContext, cfg: GPT2Config, matmulOptions: MatmulOptions = {}, attentionOptions: Pick<AttentionOptions, 'decodeWg' | 'lanes' | 'decodeLanes'> = {}): Promise<Kernels> {
+  static async buildKernels(ctx: GpuContext, cfg: GPT2Config, matmulOptions: MatmulOptions = {}, attentionOptions: Pick<AttentionOptions, 'decodeWg' | 'lanes' | 'decodeLanes' | 'blocks' | 'decodeSubgroups'> = {}): Promise<Kernels> {
     // The matmul kernel shares the model's layernorm kernel; the others need not wait for it.
     const layernormP = LayerNormKernel.create(ctx);
     const [layernorm, matmul, embedding, attention, kvWrite, kvGather, gatherRows, sampler, beam] = await Promise.all([

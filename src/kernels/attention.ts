@@ -44,14 +44,17 @@ export interface AttentionArgs {
    * back to one token at a time, so it is correct for any step, only slower for decode), 'wide'
    * (the vec4 kernel with `decodeWg` threads per workgroup; needs D % 4 == 0 and a kernel created
    * with decodeWg), 'blocks' (CPU adapters, long prompts: blocks of 8 tokens of one row as two
-   * matrix products through the `scratch` buffers, the same head-size rule; not with writeKv) or
-   * 'auto' (default). 'auto' on a kernel with the one-invocation kernels for this D (CPU adapters):
-   * 'lanes' for writeKv steps and single tokens, 'blocks' for T >= BLOCKS_MIN_T when `scratch` is
-   * given, else 'pairs'. Otherwise: 'tiled'
-   * when it applies and T >= 16, else 'wide' for a writeKv step when the kernel has it (GPUs),
+   * matrix products through the `scratch` buffers, the same head-size rule; not with writeKv),
+   * 'subgroup' (one subgroup of SG_LANES invocations per token and head, sharing the head's words
+   * and summing the dot products with subgroupAdd: the kernel's `subgroupHeadDim` must equal D;
+   * kv_write must have run for prompts, as with 'lanes') or 'auto' (default). 'auto' on a kernel
+   * with the one-invocation kernels for this D (CPU adapters): for writeKv steps and single tokens
+   * 'subgroup' where the kernel has it for D, else 'lanes'; 'blocks' for T >= BLOCKS_MIN_T when
+   * `scratch` is given, else 'pairs'. Otherwise: 'tiled' when it applies and T >= 16, else
+   * 'subgroup' where built for D, else 'wide' for a writeKv step when the kernel has it (GPUs),
    * else 'query'.
    */
-  variant?: 'auto' | 'query' | 'scalar' | 'lanes' | 'pairs' | 'tiled' | 'wide' | 'blocks';
+  variant?: 'auto' | 'query' | 'scalar' | 'lanes' | 'pairs' | 'tiled' | 'wide' | 'blocks' | 'subgroup';
   /**
    * The kernel copies each token's key and value (qkv cols [C, 3C)) to its cache slot itself before
    * attending, so no kv_write dispatch is needed. Only for steps whose tokens are all in different
@@ -60,7 +63,7 @@ export interface AttentionArgs {
   writeKv?: boolean;
 }
 
-const VARIANTS: ReadonlyArray<NonNullable<AttentionArgs['variant']>> = ['auto', 'query', 'scalar', 'lanes', 'pairs', 'tiled', 'wide', 'blocks'];
+const VARIANTS: ReadonlyArray<NonNullable<AttentionArgs['variant']>> = ['auto', 'query', 'scalar', 'lanes', 'pairs', 'tiled', 'wide', 'blocks', 'subgroup'];
 
 /** Tokens per block of variant 'blocks' (QB in the shader); chunks start at multiples of it. */
 const BLOCK_TOKENS = 8;
@@ -81,6 +84,13 @@ const TILE_TOKENS = 8;
  */
 const PAIR_LANES = 8;
 export const DECODE_LANES = 2;
+/**
+ * Invocations per (token, head) of decode_sg (SGA in shaders/attention_subgroups.wgsl): on
+ * lavapipe (8-lane subgroups) 4 decoded 1.5-2x faster than decode_lanes at batch 16-64, 8 only
+ * 1.2-1.5x (4 head words per invocation load more per instruction than 2); SwiftShader's
+ * subgroups are 4 lanes. A device needs subgroups of at least this many invocations.
+ */
+export const SG_LANES = 4;
 
 export interface AttentionOptions {
   /**
@@ -113,6 +123,14 @@ export interface AttentionOptions {
    * Default: with them (CPU adapters); true needs the lanes kernels.
    */
   blocks?: boolean;
+  /**
+   * Whether to build decode_sg (variant 'subgroup', shaders/attention_subgroups.wgsl) for headDim:
+   * decode steps with one subgroup of SG_LANES invocations per (token, head). Needs the
+   * `subgroups` feature with a single subgroup size of at least SG_LANES and a headDim as for
+   * 'lanes'. Default: where the lanes kernels are built (CPU adapters) and the device has such
+   * subgroups (lavapipe, SwiftShader).
+   */
+  decodeSubgroups?: boolean;
 }
 
 export class AttentionKernel {
@@ -137,6 +155,10 @@ export class AttentionKernel {
     private readonly pipelinesBlocks: { qt: GPUComputePipeline; scores: GPUComputePipeline; softmax: GPUComputePipeline; pv: GPUComputePipeline } | undefined,
     /** AttentionOptions.blocksScratchBytes. */
     readonly blocksScratchBytes: number,
+    /** decode_sg (variant 'subgroup'), built for head size subgroupHeadDim. */
+    private readonly pipelineSg: GPUComputePipeline | undefined,
+    /** The head size decode_sg was built for (variant 'subgroup'); undefined: none. */
+    readonly subgroupHeadDim: number | undefined,
   ) {}
 
   static async create(ctx: GpuContext, opts: AttentionOptions = {}): Promise<AttentionKernel> {
@@ -166,7 +188,19 @@ export class AttentionKernel {
     if (opts.blocks !== undefined && typeof opts.blocks !== 'boolean') throw new InvalidOptionError(`AttentionKernel: blocks must be a boolean, got ${String(opts.blocks)}`);
     const blocks = opts.blocks ?? lanes;
     if (blocks && !lanes) throw new InvalidOptionError(`AttentionKernel: blocks: true needs the lanes kernels (lanes: true, a headDim that fits), which this kernel does not build (lanes ${String(opts.lanes)}, headDim ${String(headDim)})`);
-    const [scalar, vec4, tiled, lanesP, pairsP, restP, wide, qtP, scoresP, softmaxP, pvP] = await Promise.all([
+    if (opts.decodeSubgroups !== undefined && typeof opts.decodeSubgroups !== 'boolean') {
+      throw new InvalidOptionError(`AttentionKernel: decodeSubgroups must be a boolean, got ${String(opts.decodeSubgroups)}`);
+    }
+    // A workgroup of SG_LANES invocations must be one subgroup (subgroupAdd sums the subgroup).
+    const sgSize = ctx.features.subgroupSize;
+    const sgFits = ctx.features.subgroups && sgSize !== null && sgSize >= SG_LANES;
+    const sg = opts.decodeSubgroups ?? (lanes && sgFits);
+    if (sg && !(fits && sgFits)) {
+      throw new InvalidOptionError(
+        `AttentionKernel: decodeSubgroups needs the 'subgroups' feature with a single subgroup size of at least ${SG_LANES} and a headDim that is a multiple of 4 in [4, ${ATTENTION_MAX_HEAD_DIM}]; here subgroups ${ctx.features.subgroups}, subgroup size ${sgSize ?? 'not a single size'}, headDim ${String(headDim)}`,
+      );
+    }
+    const [scalar, vec4, tiled, lanesP, pairsP, restP, wide, qtP, scoresP, softmaxP, pvP, sgP] = await Promise.all([
       ctx.pipeline('attention', 'main', { WG: wg }),
       ctx.pipeline('attention', 'main_vec4', { WG: wg }),
       ctx.pipeline('attention', 'tiled_vec4', { WG: wg }),
@@ -178,9 +212,10 @@ export class AttentionKernel {
       blocks ? ctx.pipeline('attention', 'att_scores', {}) : undefined,
       blocks ? ctx.pipeline('attention', 'att_softmax', { LANES: BLOCK_LANES }) : undefined,
       blocks ? ctx.pipeline('attention', 'att_pv', {}) : undefined,
+      sg ? ctx.pipeline('attention+attention_subgroups', 'decode_sg', { HD4: headDim! / 4, SGA: SG_LANES, WPL: Math.ceil(headDim! / 4 / SG_LANES) }) : undefined,
     ]);
     const blocksP = qtP && scoresP && softmaxP && pvP ? { qt: qtP, scores: scoresP, softmax: softmaxP, pv: pvP } : undefined;
-    return new AttentionKernel(ctx, scalar, vec4, tiled, lanesP, pairsP, restP, wide, wg, lanes ? headDim! : undefined, decodeWg || undefined, decodeLanes, blocksP, blocksScratchBytes);
+    return new AttentionKernel(ctx, scalar, vec4, tiled, lanesP, pairsP, restP, wide, wg, lanes ? headDim! : undefined, decodeWg || undefined, decodeLanes, blocksP, blocksScratchBytes, sgP, sg ? headDim! : undefined);
   }
 
   /**
@@ -200,12 +235,13 @@ export class AttentionKernel {
   }
 
   /**
-   * The kernel for steps of one token per row (decode) at head size D: 'lanes' where this kernel
-   * has the one-invocation kernels for D (CPU adapters), else 'wide' where it has decodeWg and
-   * D % 4 == 0 (GPUs), else 'query': what 'auto' picks for a writeKv step.
+   * The kernel for steps of one token per row (decode) at head size D: 'subgroup' where this
+   * kernel has decode_sg for D, else 'lanes' where it has the one-invocation kernels for D (CPU
+   * adapters), else 'wide' where it has decodeWg and D % 4 == 0 (GPUs), else 'query': what 'auto'
+   * picks for a writeKv step.
    */
-  oneQueryVariant(D: number): 'lanes' | 'wide' | 'query' {
-    return this.resolveVariant(1, D, { writeKv: true }) as 'lanes' | 'wide' | 'query';
+  oneQueryVariant(D: number): 'subgroup' | 'lanes' | 'wide' | 'query' {
+    return this.resolveVariant(1, D, { writeKv: true }) as 'subgroup' | 'lanes' | 'wide' | 'query';
   }
 
   /**
@@ -218,12 +254,15 @@ export class AttentionKernel {
     if (!VARIANTS.includes(variant)) throw new ShapeError(`${label}: variant must be one of ${VARIANTS.join(', ')}, got ${String(variant)}`);
     const canTile = D % 4 === 0 && D <= 64;
     const lanesHere = D === this.lanesHeadDim; // CPU adapters: the one-invocation kernels for this D
-    const oneQuery = variant === 'lanes' || variant === 'wide' || variant === 'query' || variant === 'scalar';
+    const oneQuery = variant === 'lanes' || variant === 'subgroup' || variant === 'wide' || variant === 'query' || variant === 'scalar';
     if (variant === 'tiled' && !canTile) throw new ShapeError(`${label}: the tiled kernel needs D % 4 == 0 and D <= 64, got D = ${D}; use variant 'query'`);
     if ((variant === 'lanes' || variant === 'pairs' || variant === 'blocks') && !lanesHere) {
       throw new ShapeError(`${label}: variant '${variant}' runs head size ${this.lanesHeadDim ?? '(none: the kernel was created without headDim)'} only, got D = ${D}; create the kernel with { headDim: ${D} } or use variant 'query'`);
     }
     if (o.writeKv && variant !== 'auto' && !oneQuery) throw new ShapeError(`${label}: writeKv (tokens in distinct rows, a decode step) needs the one-query kernels, not variant '${variant}'`);
+    if (variant === 'subgroup' && D !== this.subgroupHeadDim) {
+      throw new ShapeError(`${label}: variant 'subgroup' runs head size ${this.subgroupHeadDim ?? '(none: the kernel was created without decodeSubgroups)'} only, got D = ${D}; create the kernel with { headDim: ${D}, decodeSubgroups: true } or use variant 'query'`);
+    }
     if (variant === 'blocks' && !this.pipelinesBlocks) throw new ShapeError(`${label}: variant 'blocks' needs a kernel built with it (AttentionOptions.blocks, the default with the lanes kernels); this one was created with blocks: false`);
     if (variant === 'wide' && !this.pipelineWide) throw new ShapeError(`${label}: variant 'wide' needs a kernel created with decodeWg (the default on GPUs only)`);
     if (variant === 'wide' && D % 4 !== 0) throw new ShapeError(`${label}: variant 'wide' is the vec4 kernel and needs D % 4 == 0, got D = ${D}; use variant 'scalar'`);
@@ -233,6 +272,7 @@ export class AttentionKernel {
       if (lanesHere && this.pipelinesBlocks && o.scratch && T >= BLOCKS_MIN_T) return 'blocks';
       if (lanesHere && T >= 2) return 'pairs';
     }
+    if (D === this.subgroupHeadDim) return 'subgroup';
     if (lanesHere) return 'lanes';
     if (o.writeKv && this.pipelineWide && D % 4 === 0) return 'wide';
     return 'query';
@@ -323,6 +363,10 @@ export class AttentionKernel {
         make(this.pipelinePairs!, `${label}.pairs`, Math.ceil((Math.ceil(T / 2) * nHead) / PAIR_LANES), 0),
         make(this.pipelineRest!, `${label}.rest`, Math.ceil((T * nHead) / PAIR_LANES), 0, 1),
       ];
+    }
+    if (v === 'subgroup') {
+      // one workgroup (= one subgroup of SG_LANES) per (token, head): index = token * nHead + head.
+      return [make(this.pipelineSg!, label, T * nHead, 0)];
     }
     if (v === 'lanes') {
       // decodeLanes (token, head) pairs per workgroup: workgroup index * decodeLanes + lane = token * nHead + head.
