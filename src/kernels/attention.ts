@@ -86,9 +86,10 @@ const PAIR_LANES = 8;
 export const DECODE_LANES = 2;
 /**
  * Invocations per (token, head) of decode_sg (SGA in shaders/attention_subgroups.wgsl): on
- * lavapipe (8-lane subgroups) 4 decoded 1.5-2x faster than decode_lanes at batch 16-64, 8 only
- * 1.2-1.5x (4 head words per invocation load more per instruction than 2); SwiftShader's
- * subgroups are 4 lanes. A device needs subgroups of at least this many invocations.
+ * lavapipe (8-lane subgroups) 4 ran decode attention 1.5-2x faster than decode_lanes at batch
+ * 16-64 (a subgroup of 8: 1.2-1.5x; at batch 1 8 was slightly faster, where attention is a small
+ * part of a step); SwiftShader's subgroups are 4 lanes. A device needs subgroups of at least this
+ * many invocations.
  */
 export const SG_LANES = 4;
 
