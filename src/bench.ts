@@ -29,7 +29,7 @@ export interface BenchOptions {
   attentionBlocks?: boolean;
   /** MatmulOptions.knSubgroups (undefined: the kernel's default). */
   knSubgroups?: boolean;
-  /** AttentionOptions.decodeSubgroups (decode attention through subgroups on CPU adapters; undefined: the kernel's default). */
+  /** AttentionOptions.subgroups (attention through subgroups on CPU adapters, decode and prompts; undefined: the kernel's default). */
   attentionSubgroups?: boolean;
   /** MatmulOptions.gemmTile (the prefill GEMM's tile shape); default: the kernel's. */
   gemmTile?: GemmTile;
@@ -115,7 +115,7 @@ export interface BenchReport {
   attention_decode_wg: number | null;
   /** The attention kernel of decode steps: 'subgroup' / 'lanes' (CPU adapters: one subgroup / one invocation per row and head), 'wide' (GPUs), 'query' (32-thread workgroups). */
   attention_decode: string;
-  /** The attention kernel of the prompt's prefill (P tokens of one row): 'tiled' (GPUs), 'blocks' (CPU adapters, P >= 64), 'pairs' (CPU adapters), 'query' or 'lanes' (one token). */
+  /** The attention kernel of the prompt's prefill (P tokens of one row): 'tiled' (GPUs), 'subgroup' (CPU adapters with subgroups), 'blocks' (other CPU adapters, P >= 64), 'pairs' (them, below), 'query' or 'lanes' (one token). */
   attention_prompt: string;
   /** The kernel the prompt's per-layer matmuls take: 'gemm' / 'gemv' (GPUs), 'subgroups' / 'cols' (CPU adapters). */
   matmul_prompt: string;
@@ -185,7 +185,7 @@ export async function runBench(engine: Engine, o: BenchOptions): Promise<BenchRe
     );
   }
   const resolveMs = now() - t0;
-  const model = await engine.loadModel(ckpt, { dtype: o.dtype, onProgress: o.onProgress, matmul, attention: { decodeWg: o.attentionWg, blocks: o.attentionBlocks, decodeSubgroups: o.attentionSubgroups } });
+  const model = await engine.loadModel(ckpt, { dtype: o.dtype, onProgress: o.onProgress, matmul, attention: { decodeWg: o.attentionWg, blocks: o.attentionBlocks, subgroups: o.attentionSubgroups } });
   model.loadTimes.resolve_ms += resolveMs; // loadModel saw an opened checkpoint
   const loadMs = now() - t0;
   try {

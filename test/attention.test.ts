@@ -64,7 +64,8 @@ async function check(sc: Scenario, seed: number, variant: AttentionVariant, writ
     const out = poisoned(owned, [T, C]);
     const kw = await KvWriteKernel.create(ctx);
     const lanes = variant === 'lanes' || variant === 'pairs' || variant === 'blocks';
-    const at = await AttentionKernel.create(ctx, lanes ? { headDim: C / nHead, lanes: true, decodeLanes, blocksScratchBytes } : variant === 'subgroup' ? { headDim: C / nHead, decodeSubgroups: true } : { decodeWg });
+    // the lanes family without 'subgroup', which would take the place of 'blocks' by default
+    const at = await AttentionKernel.create(ctx, lanes ? { headDim: C / nHead, lanes: true, subgroups: false, decodeLanes, blocksScratchBytes } : variant === 'subgroup' ? { headDim: C / nHead, subgroups: true } : { decodeWg });
     // blocks: poisoned scratch (NaN: a score or query read before it is written shows)
     const need = at.blocksScratch(T, cap, C, nHead);
     const scratch = variant === 'blocks' ? { scores: poisoned(owned, [need.scores]), queries: poisoned(owned, [need.queries]) } : undefined;
@@ -108,8 +109,10 @@ const CASES: Array<[string, Scenario]> = [
 // scalar, one invocation per token and head (lanes: D % 4 == 0), one per pair of tokens and head
 // (pairs: neighbours in a row share K/V loads, other pairs and an odd last token go one by one),
 // tiled (8 tokens per workgroup; tiles that mix rows or wrap fall back per token), wide (the
-// vec4 kernel with 256 threads per workgroup, GPU decode's) and subgroup (one 4-invocation
-// subgroup per token and head; D 24 leaves two invocations of its second word past the head).
+// vec4 kernel with 256 threads per workgroup, GPU decode's) and subgroup (prefill_sg: blocks of
+// 8 tokens of a row per 8-invocation subgroup and head, blocks that mix rows or wrap token by
+// token; single tokens and decode_sg's 4-invocation subgroups; D 24 leaves invocations of the
+// last head word past the head).
 for (const variant of ['query', 'scalar', 'lanes', 'pairs', 'tiled', 'wide', 'blocks', 'subgroup'] as const) {
   CASES.forEach(([name, sc], i) => {
     const D = sc.C / sc.nHead;
@@ -135,6 +138,8 @@ const BLOCK_CASES: Array<[string, Scenario, number?]> = [
   ['chunks of 24 tokens over two rows, nHead 3, D 16', { C: 48, nHead: 3, cap: 64, prior: [0, 10], step: [[0, 30], [1, 25]] }, 24 * 3 * 64 * 4 + 100],
 ];
 BLOCK_CASES.forEach(([name, sc, scratch], i) => test(`attention (blocks): ${name}`, () => check(sc, 500 + i, 'blocks', false, 256, undefined, scratch)));
+// The same long prompts through prefill_sg (blocks of 8 tokens of a row share each K/V load).
+BLOCK_CASES.forEach(([name, sc], i) => test(`attention (subgroup): ${name}`, () => check(sc, 500 + i, 'subgroup')));
 
 // Decode steps (one token per row) with writeKv: the kernel writes the step's K/V itself.
 const DECODE_CASES: Array<[string, Scenario]> = [
@@ -180,15 +185,19 @@ test('attention: a token whose row is outside the cache gets NaN, the others are
     const qkvT = upload(owned, qkv, [2, 3 * C]);
     const metaT = upload(owned, meta, [2, 2], 'u32');
     const kw = await KvWriteKernel.create(ctx);
-    // the workgroup-per-token kernel and the one-invocation one (lanes, D 8)
-    for (const at of [await AttentionKernel.create(ctx), await AttentionKernel.create(ctx, { headDim: 8, lanes: true })]) {
+    // the workgroup-per-token kernel, the one-invocation one (lanes: pairs, D 8) and, where the
+    // device has subgroups of 4+, prefill_sg (its block of 2 tokens mixes rows: one at a time)
+    const sgOk = ctx.features.subgroups && (ctx.features.subgroupSize ?? 0) >= SG_LANES;
+    const kernels = [await AttentionKernel.create(ctx), await AttentionKernel.create(ctx, { headDim: 8, lanes: true, subgroups: false })];
+    if (sgOk) kernels.push(await AttentionKernel.create(ctx, { headDim: 8, subgroups: true }));
+    for (const at of kernels) {
       const out = upload(owned, new Float32Array(2 * C), [2, C]); // zeros: NaN must be written
       await run(ctx, [
         kw.bind(owned, { qkv: qkvT, meta: metaT, kCache: kT, vCache: vT }),
         ...at.bind(owned, { qkv: qkvT, meta: metaT, kCache: kT, vCache: vT, out, nHead: 2 }),
       ]);
       const got = await download(ctx, out);
-      const what = `lanes ${at.lanesHeadDim}`;
+      const what = `lanes ${at.lanesHeadDim}, subgroup ${at.subgroupHeadDim}`;
       // token 0 attends only to itself: out = its v
       allClose(got.subarray(0, C), qkv.subarray(2 * C, 3 * C), { atol: 1e-6 }, `single-key attention (${what})`);
       assert.ok(got.subarray(C).every((v) => Number.isNaN(v)), `row outside the cache gives NaN (${what})`);
@@ -201,13 +210,14 @@ test("attention 'blocks': chosen by 'auto' for prompts of >= BLOCKS_MIN_T tokens
       qkv: poisoned(owned, [T, 3 * C]), meta: poisoned(owned, [T, 2], 'u32'),
       kCache: poisoned(owned, [2, 32, C]), vCache: poisoned(owned, [2, 32, C]), out: poisoned(owned, [T, C]), nHead,
     });
-    const on = await AttentionKernel.create(ctx, { headDim: 16, lanes: true });
+    // subgroups: false: where 'subgroup' is built, 'auto' takes it for prompts and 'blocks' is not built by default
+    const on = await AttentionKernel.create(ctx, { headDim: 16, lanes: true, subgroups: false });
     const T = BLOCKS_MIN_T;
     // scores [n_head 4, cap 32, tc], queries [C 64, tc]: tc = T rounded up to 8 while it fits 64 MiB
     assert.equal(on.blocksScratch(T, 32, 64, 4), { scores: 4 * 32 * T, queries: 64 * T, tc: T });
     assert.equal(on.blocksScratch(13, 32, 64, 4), { scores: 4 * 32 * 16, queries: 64 * 16, tc: 16 }, 'whole blocks of 8 tokens');
     assert.equal(on.blocksScratch(T, 32, 64, 2), { scores: 0, queries: 0, tc: 0 }, 'D 32: not the head size it was built for');
-    const small = await AttentionKernel.create(ctx, { headDim: 16, lanes: true, blocksScratchBytes: 4 * 32 * 4 * 20 });
+    const small = await AttentionKernel.create(ctx, { headDim: 16, lanes: true, subgroups: false, blocksScratchBytes: 4 * 32 * 4 * 20 });
     assert.equal(small.blocksScratch(T, 32, 64, 4).tc, 16, 'a 20-token budget: chunks of 16');
     const scratchOf = (n: { scores: number; queries: number }) => ({ scores: poisoned(owned, [n.scores]), queries: poisoned(owned, [n.queries]) });
     const chunked = small.bind(owned, { ...args(T, 64, 4), scratch: scratchOf(small.blocksScratch(T, 32, 64, 4)) }).map((d) => d.label);
@@ -235,7 +245,7 @@ test("attention 'blocks': chosen by 'auto' for prompts of >= BLOCKS_MIN_T tokens
     const gpu = await AttentionKernel.create(ctx, { headDim: 16, lanes: false });
     assert.equal(gpu.blocksScratch(T, 32, 64, 4), { scores: 0, queries: 0, tc: 0 }, 'no lanes kernels (GPUs): no blocks');
     // blocks: false keeps the lanes kernels, prompts take pairs at every length
-    const noBlocks = await AttentionKernel.create(ctx, { headDim: 16, lanes: true, blocks: false });
+    const noBlocks = await AttentionKernel.create(ctx, { headDim: 16, lanes: true, subgroups: false, blocks: false });
     assert.equal(noBlocks.blocksScratch(T, 32, 64, 4), { scores: 0, queries: 0, tc: 0 });
     assert.equal(noBlocks.bind(owned, { ...args(T, 64, 4), scratch })[0]!.label, 'attention.pairs', 'blocks off: pairs even with a scratch');
     assert.throws(() => noBlocks.bind(owned, { ...args(T, 64, 4), scratch, variant: 'blocks' }), (e: Error) => e instanceof ShapeError && /created with blocks: false/.test(e.message));
@@ -272,8 +282,8 @@ test("attention 'lanes' / 'pairs': built for one head size (by default on CPU ad
       qkv: poisoned(owned, [T, 3 * C]), meta: poisoned(owned, [T, 2], 'u32'),
       kCache: poisoned(owned, [2, 32, C]), vCache: poisoned(owned, [2, 32, C]), out: poisoned(owned, [T, C]), nHead,
     });
-    // decodeSubgroups: false, so that 'auto' takes 'lanes' for single tokens (see the 'subgroup' test)
-    const on = await AttentionKernel.create(ctx, { headDim: 16, lanes: true, decodeSubgroups: false });
+    // subgroups: false, so that 'auto' takes 'lanes' and 'pairs' (see the 'subgroup' test)
+    const on = await AttentionKernel.create(ctx, { headDim: 16, lanes: true, subgroups: false });
     assert.is(on.lanesHeadDim, 16);
     const lanesOf = (T: number) => on.bind(owned, { ...args(T, 64, 4), variant: 'lanes' })[0]!;
     const pairsOf = (T: number) => on.bind(owned, { ...args(T, 64, 4), variant: 'pairs' })[0]!;
@@ -318,7 +328,7 @@ test("attention 'lanes' / 'pairs': built for one head size (by default on CPU ad
     }
   }));
 
-test("attention 'subgroup': built by default beside the lanes kernels where subgroups hold 4+ invocations, chosen by 'auto' for single tokens and decode steps, refused where it cannot run", () =>
+test("attention 'subgroup': built by default beside the lanes kernels where subgroups hold 4+ invocations (then without 'blocks'), chosen by 'auto' for every step, refused where it cannot run", () =>
   withDevice(async ({ ctx, owned }) => {
     const args = (T: number, C: number, nHead: number) => ({
       qkv: poisoned(owned, [T, 3 * C]), meta: poisoned(owned, [T, 2], 'u32'),
@@ -330,31 +340,42 @@ test("attention 'subgroup': built by default beside the lanes kernels where subg
     assert.is(byDefault.subgroupHeadDim, ctx.isCpuAdapter && can ? 16 : undefined, 'default: CPU adapters with subgroups of 4+ invocations');
     assert.is((await AttentionKernel.create(ctx, { headDim: 16, lanes: false })).subgroupHeadDim, undefined, 'not without the lanes kernels by default');
     if (!can) {
-      await AttentionKernel.create(ctx, { headDim: 16, decodeSubgroups: true }).then(
-        () => assert.unreachable('decodeSubgroups without subgroups accepted'),
-        (e: Error) => assert.ok(e instanceof InvalidOptionError && /decodeSubgroups needs the 'subgroups' feature/.test(e.message), e.message),
+      await AttentionKernel.create(ctx, { headDim: 16, subgroups: true }).then(
+        () => assert.unreachable('subgroups without subgroups accepted'),
+        (e: Error) => assert.ok(e instanceof InvalidOptionError && /subgroups needs the 'subgroups' feature/.test(e.message), e.message),
       );
       return;
     }
-    const on = await AttentionKernel.create(ctx, { headDim: 16, decodeSubgroups: true });
+    const on = await AttentionKernel.create(ctx, { headDim: 16, subgroups: true });
     assert.is(on.subgroupHeadDim, 16);
-    const sgOf = (T: number) => on.bind(owned, { ...args(T, 64, 4), variant: 'subgroup' })[0]!;
-    assert.equal(sgOf(3).workgroups, [12, 1, 1], 'one workgroup per (token, head): 3 x 4');
-    assert.match(sgOf(3).pipeline.label, /decode_sg/);
+    assert.is(on.sgQueries, Math.min(8, sgSize!), 'prefill_sg: as many queries per workgroup as invocations (the subgroup size, at most 8)');
+    const sgOf = (T: number, writeKv = false) => on.bind(owned, { ...args(T, 64, 4), variant: 'subgroup', writeKv })[0]!;
+    assert.equal(sgOf(3, true).workgroups, [12, 1, 1], 'decode: one workgroup per (token, head): 3 x 4');
+    assert.match(sgOf(3, true).pipeline.label, /decode_sg/);
+    assert.match(sgOf(1).pipeline.label, /decode_sg/, 'one token: decode_sg');
+    assert.match(sgOf(3).pipeline.label, /prefill_sg/, 'a prompt: prefill_sg');
+    assert.equal(sgOf(3).workgroups, [4, 1, 1], 'a prompt: one workgroup per (block of queries, head): 1 x 4');
+    assert.equal(sgOf(17).workgroups, [Math.ceil(17 / on.sgQueries) * 4, 1, 1], 'a partial last block');
     assert.is(on.oneQueryVariant(16), 'subgroup');
-    assert.is(on.bind(owned, args(1, 64, 4))[0]!.pipeline, sgOf(1).pipeline, 'one token');
-    assert.is(on.bind(owned, { ...args(2, 64, 4), writeKv: true })[0]!.pipeline, sgOf(2).pipeline, 'decode step');
-    if (on.lanesHeadDim === 16) assert.is(on.bind(owned, args(2, 64, 4))[0]!.label, 'attention.pairs', 'prompts still take pairs');
+    assert.is(on.bind(owned, args(1, 64, 4))[0]!.pipeline, sgOf(1).pipeline, 'auto: one token');
+    assert.is(on.bind(owned, { ...args(2, 64, 4), writeKv: true })[0]!.pipeline, sgOf(2, true).pipeline, 'auto: a decode step');
+    assert.is(on.bind(owned, args(2, 64, 4))[0]!.pipeline, sgOf(2).pipeline, 'auto: a short prompt');
+    assert.is(on.resolveVariant(BLOCKS_MIN_T, 16, { scratch: true }), 'subgroup', "auto: a long prompt, even given a 'blocks' scratch");
+    if (ctx.isCpuAdapter) {
+      assert.equal(byDefault.blocksScratch(BLOCKS_MIN_T, 32, 64, 4), { scores: 0, queries: 0, tc: 0 }, "no 'blocks' by default beside 'subgroup'");
+      const both = await AttentionKernel.create(ctx, { headDim: 16, subgroups: true, blocks: true });
+      assert.is(both.resolveVariant(BLOCKS_MIN_T, 16, { variant: 'blocks', scratch: true }), 'blocks', "'blocks' when asked for");
+    }
     assert.is(on.oneQueryVariant(32), ctx.isCpuAdapter ? 'query' : 'wide', 'another head size: not subgroup');
     assert.throws(() => on.bind(owned, { ...args(2, 64, 2), variant: 'subgroup' }), (e: Error) => e instanceof ShapeError && /variant 'subgroup' runs head size 16 only, got D = 32/.test(e.message));
-    const off = await AttentionKernel.create(ctx, { headDim: 16, decodeSubgroups: false });
+    const off = await AttentionKernel.create(ctx, { headDim: 16, subgroups: false });
     assert.is(off.subgroupHeadDim, undefined);
     assert.is.not(off.oneQueryVariant(16), 'subgroup');
-    assert.throws(() => off.bind(owned, { ...args(2, 64, 4), variant: 'subgroup' }), (e: Error) => e instanceof ShapeError && /created without decodeSubgroups/.test(e.message));
-    for (const bad of [{ headDim: 16, decodeSubgroups: 'yes' as unknown as boolean }, { headDim: 6, decodeSubgroups: true }, { decodeSubgroups: true }]) {
+    assert.throws(() => off.bind(owned, { ...args(2, 64, 4), variant: 'subgroup' }), (e: Error) => e instanceof ShapeError && /created without subgroups/.test(e.message));
+    for (const bad of [{ headDim: 16, subgroups: 'yes' as unknown as boolean }, { headDim: 6, subgroups: true }, { subgroups: true }]) {
       await AttentionKernel.create(ctx, bad).then(
         () => assert.unreachable(`${JSON.stringify(bad)} accepted`),
-        (e: Error) => assert.ok(e instanceof InvalidOptionError && /decodeSubgroups must be a boolean, got yes|decodeSubgroups needs .* headDim (6|undefined)/.test(e.message), e.message),
+        (e: Error) => assert.ok(e instanceof InvalidOptionError && /subgroups must be a boolean, got yes|subgroups needs .* headDim (6|undefined)/.test(e.message), e.message),
       );
     }
   }));

@@ -201,7 +201,7 @@ async function nodeTokens(ids: number[], seed: number): Promise<number[]> {
   return res.sequences[0]!.tokens;
 }
 // Greedy tokens in Node with the workgroup attention kernels only (lanes off: no 'pairs', no
-// 'blocks'), an oracle independent of the kernels a CPU adapter runs for prompts.
+// 'blocks', no 'subgroup'), an oracle independent of the kernels a CPU adapter runs for prompts.
 let nodeModelNoLanes: Promise<Model> | undefined;
 async function nodeGreedy(ids: number[], maxNewTokens: number): Promise<number[]> {
   nodeModelNoLanes ??= nodeEngine.loadModel(join(FIXTURES!, 'hf-gpt2-tiny'), { dtype: 'f32', attention: { lanes: false } });
@@ -219,7 +219,7 @@ if (present || IN_CI) {
     // Page loads are the slow part on SwiftShader (building the pipelines): the greedy prompts share
     // one page (later ones through window.gpt2example.run), the seeded runs a second one, which
     // also proves the reload reads the weights from Cache Storage.
-    test(`greedy (temperature 0, 48 tokens) in Chromium equals transformers' greedy48 for ${GREEDY_PROMPTS} prompts; after an 80-token prompt (the blocks attention) Node's with the workgroup kernels`, async () => {
+    test(`greedy (temperature 0, 48 tokens) in Chromium equals transformers' greedy48 for ${GREEDY_PROMPTS} prompts; after an 80-token prompt (the subgroup attention) Node's with the workgroup kernels`, async () => {
       await setup();
       const greedy = (p: RefPrompt) => ({ model: MODEL_URL, ids: p.ids.join(','), temperature: 0, max_new_tokens: 48, dtype: 'f32' });
       const ex = await openExample(browser, server, greedy(PROMPTS[0]!));
@@ -231,8 +231,9 @@ if (present || IN_CI) {
           assert.equal(r.tokens, p.greedy48.slice(p.ids.length), withLog(`greedy tokens for ${where}`, ex.errors));
           assert.is(r.text, gpt2Tokenizer.decode(r.tokens), `the text is the decoded tokens (${where})`);
         }
-        // An 80-token prompt: on CPU adapters (SwiftShader, lavapipe) prompts of >= 64 tokens take
-        // the 'blocks' attention; greedy tokens equal Node's with the workgroup kernels.
+        // An 80-token prompt: on CPU adapters (SwiftShader, lavapipe) prompts take the subgroup
+        // attention (prefill_sg; 'blocks' from 64 tokens on without subgroups); greedy tokens equal
+        // Node's with the workgroup kernels.
         const long = PROMPTS.flatMap((p) => p.ids);
         while (long.length < 80) long.push(...long);
         const ids80 = long.slice(0, 80);

@@ -145,7 +145,7 @@ test('bench --json smoke run has every field', () => {
   assert.is(j.pipeline_depth, 1); // and decode one step at a time
   assert.is(j.attention_decode_wg, null); // not a wide workgroup:
   assert.is(j.attention_decode, 'subgroup'); // one 4-invocation subgroup per (token, head) (lavapipe's subgroups are 8)
-  assert.is(j.attention_prompt, 'pairs'); // a 4-token prompt: token pairs (blocks from 64 tokens on)
+  assert.is(j.attention_prompt, 'subgroup'); // a 4-token prompt: prefill_sg (lavapipe's subgroups are 8)
   assert.is(j.matmul_prompt, 'cols'); // and gemv_kn_cols blocks (the subgroup GEMM from 8 rows on)
   assert.is(j.sessions, false);
   assert.ok(j.results.every((x: object) => !('sessions' in x)));
@@ -216,15 +216,16 @@ test('bench --wait spin, --fuse-ln on, --gemv-reduce workgroup, --gemm-tile and 
   assert.match(badAsg.err, /--attention-subgroups must be auto, on or off, got "1"/);
 });
 
-test('bench --attention-blocks / --matmul-subgroups / --attention-subgroups: a 64-token prompt takes the blocks attention and the subgroup GEMM on lavapipe and decodes through subgroups; token pairs, gemv_kn_cols and one invocation per head with them off (attention_prompt, matmul_prompt, attention_decode)', () => {
-  const run = (mode: string) => {
-    const r = cli('bench', '--model', tinyDir(), '--prompt-tokens', '64', '--new-tokens', '2', '--repeat', '1', '--no-profile', '--attention-blocks', mode, '--matmul-subgroups', mode, '--attention-subgroups', mode, '--json');
+test('bench --attention-subgroups / --attention-blocks / --matmul-subgroups: on lavapipe a 64-token prompt takes the subgroup attention and GEMM and decodes through subgroups; without the subgroup attention the blocks one; with all off token pairs, gemv_kn_cols and one invocation per head (attention_prompt, matmul_prompt, attention_decode)', () => {
+  const run = (sg: string, blocks: string, mm: string) => {
+    const r = cli('bench', '--model', tinyDir(), '--prompt-tokens', '64', '--new-tokens', '2', '--repeat', '1', '--no-profile', '--attention-subgroups', sg, '--attention-blocks', blocks, '--matmul-subgroups', mm, '--json');
     assert.is(r.code, 0, r.err);
     const j = JSON.parse(r.out);
     return [j.attention_prompt, j.matmul_prompt, j.attention_decode];
   };
-  assert.equal(run('auto'), ['blocks', 'subgroups', 'subgroup']); // lavapipe is a CPU adapter with 8-lane subgroups
-  assert.equal(run('off'), ['pairs', 'cols', 'lanes']);
+  assert.equal(run('auto', 'auto', 'auto'), ['subgroup', 'subgroups', 'subgroup']); // lavapipe is a CPU adapter with 8-lane subgroups
+  assert.equal(run('off', 'auto', 'auto'), ['blocks', 'subgroups', 'lanes']);
+  assert.equal(run('off', 'off', 'off'), ['pairs', 'cols', 'lanes']);
 });
 
 test('bench profiles a batch whose full-window cache would not fit one binding (sized like the run)', () => {

@@ -53,48 +53,55 @@ for (const [ci, cfg] of CONFIGS.entries()) {
   }
 }
 
-// Long prompts: on CPU adapters prompts of >= BLOCKS_MIN_T tokens take the 'blocks' attention
-// (two matrix products through a score scratch shared by the layers). A 70-token prompt, then a
-// continuation of 66 tokens on the same cache row (keys of both parts), against the float64 forward.
-test('long prompts (70 tokens, then 66 more on the same row) match the float64 forward; CPU adapters take the blocks attention', async () => {
-  const cfg = cfgOf({ n_embd: 128, n_head: 2, n_layer: 2, n_positions: 160, vocab_size: 257 });
-  const tensors = await loadTensors(randomCheckpoint(cfg, 7));
-  const model = await randomModel(cfg, 7);
-  const V = cfg.vocab_size;
-  const ids = Array.from({ length: 136 }, (_, i) => (i * 53 + 11) % V);
-  const want = forward64(tensors, cfg, ids);
-  const base = model.ctx.liveBuffers;
-  const cache = await model.createCache({ capacity: 160 });
-  const first = new ForwardPlan(model, cache, 70, 70);
-  const second = new ForwardPlan(model, cache, 66, 66);
-  try {
-    // what reports (bench's attention_prompt) say a prompt plan runs
-    assert.is(model.promptAttention(70), model.ctx.isCpuAdapter ? 'blocks' : 'tiled');
-    assert.is(model.promptAttention(63), model.ctx.isCpuAdapter ? 'pairs' : 'tiled');
-    // one token: a subgroup per head where subgroups hold 4+ invocations (lavapipe's hold 8)
-    const sg = (model.ctx.features.subgroupSize ?? 0) >= 4;
-    assert.is(model.promptAttention(1), model.ctx.isCpuAdapter ? (sg ? 'subgroup' : 'lanes') : 'query');
-    for (const plan of [first, second]) {
-      const labels = plan.dispatches.map((d) => d.label);
-      assert.is(labels.includes('h.0.attn.scores'), model.ctx.isCpuAdapter, `blocks attention on CPU adapters only (labels: ${labels.filter((l) => l.startsWith('h.0.attn')).join(', ')})`);
+// Long prompts: on CPU adapters prompts take the subgroup attention where the device's subgroups
+// hold 4+ invocations (prefill_sg: blocks of 8 tokens of a row share each K/V load), else, from
+// BLOCKS_MIN_T tokens on, the 'blocks' attention (two matrix products through a score scratch
+// shared by the layers; also what `subgroups: false` gives). A 70-token prompt, then a
+// continuation of 66 tokens on the same cache row (keys of both parts), against the float64
+// forward, with each of them.
+for (const subgroups of [undefined, false] as const) {
+  test(`long prompts (70 tokens, then 66 more on the same row) match the float64 forward; CPU adapters take the ${subgroups === false ? "'blocks' attention (subgroups: false)" : "subgroup attention where subgroups allow, else 'blocks'"}`, async () => {
+    const cfg = cfgOf({ n_embd: 128, n_head: 2, n_layer: 2, n_positions: 160, vocab_size: 257 });
+    const tensors = await loadTensors(randomCheckpoint(cfg, 7));
+    const model = await randomModel(cfg, 7, 'f32', { subgroups });
+    const V = cfg.vocab_size;
+    const ids = Array.from({ length: 136 }, (_, i) => (i * 53 + 11) % V);
+    const want = forward64(tensors, cfg, ids);
+    const base = model.ctx.liveBuffers;
+    const cache = await model.createCache({ capacity: 160 });
+    const first = new ForwardPlan(model, cache, 70, 70);
+    const second = new ForwardPlan(model, cache, 66, 66);
+    try {
+      // what reports (bench's attention_prompt) say a prompt plan runs
+      const sg = model.ctx.isCpuAdapter && subgroups !== false && (model.ctx.features.subgroupSize ?? 0) >= 4;
+      const cpu = (short: string) => (sg ? 'subgroup' : model.ctx.isCpuAdapter ? short : undefined);
+      assert.is(model.promptAttention(70), cpu('blocks') ?? 'tiled');
+      assert.is(model.promptAttention(63), cpu('pairs') ?? 'tiled');
+      assert.is(model.promptAttention(1), cpu('lanes') ?? 'query');
+      for (const plan of [first, second]) {
+        const labels = plan.dispatches.map((d) => d.label);
+        const att = labels.filter((l) => l.startsWith('h.0.attn')).join(', ');
+        assert.is(labels.includes('h.0.attn.scores'), model.ctx.isCpuAdapter && !sg, `blocks attention on CPU adapters without the subgroup one only (labels: ${att})`);
+        assert.is(labels.includes('h.0.attn.sg'), sg, `prefill_sg where subgroups allow (labels: ${att})`);
+      }
+      const all = (n: number) => Uint32Array.from({ length: n }, (_, i) => i);
+      first.write({ ids: ids.slice(0, 70), meta: rowMeta(0, 0, 70), lastIdx: all(70) });
+      model.submit(first.dispatches);
+      allClose(new Float32Array(await model.ctx.readBuffer(first.logits.buffer, 0, 70 * V * 4)), want.subarray(0, 70 * V), { rel: 1e-5 }, 'first 70 positions');
+      second.write({ ids: ids.slice(70), meta: rowMeta(0, 70, 66), lastIdx: all(66) });
+      model.submit(second.dispatches);
+      allClose(new Float32Array(await model.ctx.readBuffer(second.logits.buffer, 0, 66 * V * 4)), want.subarray(70 * V), { rel: 1e-5 }, 'positions 70-135');
+      model.ctx.throwIfErrors();
+    } finally {
+      first.destroy();
+      second.destroy();
+      cache.destroy();
     }
-    const all = (n: number) => Uint32Array.from({ length: n }, (_, i) => i);
-    first.write({ ids: ids.slice(0, 70), meta: rowMeta(0, 0, 70), lastIdx: all(70) });
-    model.submit(first.dispatches);
-    allClose(new Float32Array(await model.ctx.readBuffer(first.logits.buffer, 0, 70 * V * 4)), want.subarray(0, 70 * V), { rel: 1e-5 }, 'first 70 positions');
-    second.write({ ids: ids.slice(70), meta: rowMeta(0, 70, 66), lastIdx: all(66) });
-    model.submit(second.dispatches);
-    allClose(new Float32Array(await model.ctx.readBuffer(second.logits.buffer, 0, 66 * V * 4)), want.subarray(70 * V), { rel: 1e-5 }, 'positions 70-135');
-    model.ctx.throwIfErrors();
-  } finally {
-    first.destroy();
-    second.destroy();
-    cache.destroy();
-  }
-  // the plans' scratch (scores, queries) went with them
-  assert.equal(model.ctx.liveBuffers, base);
-  model.destroy();
-});
+    // the plans' scratch (scores, queries) went with them
+    assert.equal(model.ctx.liveBuffers, base);
+    model.destroy();
+  });
+}
 
 /**
  * Prefills `prompt`, then feeds `fed` one decode step each; every step's logits [V]. With

@@ -1,6 +1,6 @@
 /** Shared model fixtures for engine-level tests: one Engine per test process, models cached. */
 import { createEngine } from '../src/node.js';
-import type { Engine, Model } from '../src/engine/engine.js';
+import type { Engine, Model, ModelLoadOptions } from '../src/engine/engine.js';
 import { tinyCheckpoint } from './fixtures-util.js';
 import type { GPT2Config } from '../src/engine/config.js';
 import { randomCheckpoint } from '../src/engine/random.js';
@@ -19,9 +19,9 @@ export function tinyModel(dtype: 'f32' | 'f16' = 'f32'): Promise<Model> {
   return models.get(key)!;
 }
 
-/** A random model of the given config (seeded). */
-export async function randomModel(cfg: GPT2Config, seed = 0, dtype: 'f32' | 'f16' = 'f32'): Promise<Model> {
-  return (await engine()).loadModel(randomCheckpoint(cfg, seed), { dtype });
+/** A random model of the given config (seeded); `attention` overrides the attention kernel's choices. */
+export async function randomModel(cfg: GPT2Config, seed = 0, dtype: 'f32' | 'f16' = 'f32', attention?: ModelLoadOptions['attention']): Promise<Model> {
+  return (await engine()).loadModel(randomCheckpoint(cfg, seed), { dtype, attention });
 }
 
 /** A config for small random models. */

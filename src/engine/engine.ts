@@ -59,8 +59,8 @@ export interface ModelLoadOptions extends LoadOptions {
    * it; benchmarks compare variants). Default: chosen from the adapter.
    */
   matmul?: Omit<MatmulOptions, 'layernorm'>;
-  /** The same for the attention kernel: decodeWg (threads per GPU decode workgroup; 0: the 32-thread kernel), lanes (CPU decode kernel), decodeLanes (its invocations per workgroup), blocks (CPU long-prompt kernel), decodeSubgroups (CPU decode through subgroups). */
-  attention?: Pick<AttentionOptions, 'decodeWg' | 'lanes' | 'decodeLanes' | 'blocks' | 'decodeSubgroups'>;
+  /** The same for the attention kernel: decodeWg (threads per GPU decode workgroup; 0: the 32-thread kernel), lanes (CPU decode kernel), decodeLanes (its invocations per workgroup), blocks (CPU long-prompt kernel), subgroups (CPU attention through subgroups). */
+  attention?: Pick<AttentionOptions, 'decodeWg' | 'lanes' | 'decodeLanes' | 'blocks' | 'subgroups'>;
 }
 
 const now = (): number => (globalThis.performance ?? Date).now();

@@ -102,11 +102,13 @@ export const PLAN_STASH_BYTES = 8 * 1024 * 1024;
 
 /**
  * The 'blocks' attention scratch a prompt plan of T tokens on a cache of `capacity` slots gets
- * (ForwardPlan, promptAttention): from BLOCKS_MIN_T tokens on where the kernel has 'blocks' for
- * the model's head size (CPU adapters), else none (zeros).
+ * (ForwardPlan, promptAttention): where 'auto' would take 'blocks' given one (from BLOCKS_MIN_T
+ * tokens on, a kernel with 'blocks' and not 'subgroup' for the model's head size: CPU adapters
+ * without subgroups, or with them switched off), else none (zeros).
  */
 function promptScratch(att: AttentionKernel, T: number, capacity: number, cfg: GPT2Config): { scores: number; queries: number; tc: number } {
-  return T >= BLOCKS_MIN_T ? att.blocksScratch(T, capacity, cfg.n_embd, cfg.n_head) : { scores: 0, queries: 0, tc: 0 };
+  const blocks = att.resolveVariant(T, cfg.n_embd / cfg.n_head, { scratch: true }) === 'blocks';
+  return blocks ? att.blocksScratch(T, capacity, cfg.n_embd, cfg.n_head) : { scores: 0, queries: 0, tc: 0 };
 }
 
 /** A forward pass over T tokens of one cache, producing logits for R of them. */
@@ -283,7 +285,7 @@ export class GPT2Model implements CacheOwner {
   ) {}
 
   /** Builds every kernel's pipelines once for this model. */
-  static async buildKernels(ctx: GpuContext, cfg: GPT2Config, matmulOptions: MatmulOptions = {}, attentionOptions: Pick<AttentionOptions, 'decodeWg' | 'lanes' | 'decodeLanes' | 'blocks' | 'decodeSubgroups'> = {}): Promise<Kernels> {
+  static async buildKernels(ctx: GpuContext, cfg: GPT2Config, matmulOptions: MatmulOptions = {}, attentionOptions: Pick<AttentionOptions, 'decodeWg' | 'lanes' | 'decodeLanes' | 'blocks' | 'subgroups'> = {}): Promise<Kernels> {
     // The matmul kernel shares the model's layernorm kernel; the others need not wait for it.
     const layernormP = LayerNormKernel.create(ctx);
     const [layernorm, matmul, embedding, attention, kvWrite, kvGather, gatherRows, sampler, beam] = await Promise.all([

@@ -45,14 +45,16 @@ export interface AttentionArgs {
    * (the vec4 kernel with `decodeWg` threads per workgroup; needs D % 4 == 0 and a kernel created
    * with decodeWg), 'blocks' (CPU adapters, long prompts: blocks of 8 tokens of one row as two
    * matrix products through the `scratch` buffers, the same head-size rule; not with writeKv),
-   * 'subgroup' (one subgroup of SG_LANES invocations per token and head, sharing the head's words
-   * and summing the dot products with subgroupAdd: the kernel's `subgroupHeadDim` must equal D;
-   * kv_write must have run for prompts, as with 'lanes') or 'auto' (default). 'auto' on a kernel
-   * with the one-invocation kernels for this D (CPU adapters): for writeKv steps and single tokens
-   * 'subgroup' where the kernel has it for D, else 'lanes'; 'blocks' for T >= BLOCKS_MIN_T when
-   * `scratch` is given, else 'pairs'. Otherwise: 'tiled' when it applies and T >= 16, else
-   * 'subgroup' where built for D, else 'wide' for a writeKv step when the kernel has it (GPUs),
-   * else 'query'.
+   * 'subgroup' (shaders/attention_subgroups.wgsl: a subgroup per head and query, sharing the
+   * head's words and summing the dot products with subgroupAdd; writeKv steps and single tokens
+   * take decode_sg, one query per subgroup, other steps prefill_sg, blocks of `sgQueries`
+   * consecutive tokens of a row sharing each K/V load, which needs kv_write to have run; the
+   * kernel's `subgroupHeadDim` must equal D) or 'auto' (default). 'auto' on a kernel with
+   * 'subgroup' for this D (CPU adapters with subgroups): 'subgroup' for every step. Else, on a kernel
+   * with the one-invocation kernels for this D (CPU adapters): 'lanes' for writeKv steps and
+   * single tokens, 'blocks' for T >= BLOCKS_MIN_T when `scratch` is given, else 'pairs'.
+   * Otherwise: 'tiled' when it applies and T >= 16, else 'wide' for a writeKv step when the
+   * kernel has it (GPUs), else 'query'.
    */
   variant?: 'auto' | 'query' | 'scalar' | 'lanes' | 'pairs' | 'tiled' | 'wide' | 'blocks' | 'subgroup';
   /**
@@ -89,9 +91,16 @@ export const DECODE_LANES = 2;
  * lavapipe (8-lane subgroups) 4 ran decode attention 1.5-2x faster than decode_lanes at batch
  * 16-64 (a subgroup of 8: 1.2-1.5x; at batch 1 8 was slightly faster, where attention is a small
  * part of a step); SwiftShader's subgroups are 4 lanes. A device needs subgroups of at least this
- * many invocations.
+ * many invocations for 'subgroup'.
  */
 export const SG_LANES = 4;
+/**
+ * prefill_sg's invocations per workgroup and its queries per workgroup (QS) are both the device's
+ * subgroup size up to this: on lavapipe 8 and 8 (~3x the pairs kernel for 32 tokens after 500)
+ * beat 4 and 4, 8 and 4 (~2x) and 8 and 2; 8 queries of 8 words each hold q and the accumulators
+ * in 2 x 16 vec4 per invocation, as 4 and 4 do.
+ */
+export const SG_PROMPT_MAX = 8;
 
 export interface AttentionOptions {
   /**
@@ -121,17 +130,18 @@ export interface AttentionOptions {
   blocksScratchBytes?: number;
   /**
    * Whether to build variant 'blocks' (long prompts as matrix products) beside the lanes kernels.
-   * Default: with them (CPU adapters); true needs the lanes kernels.
+   * Default: with them (CPU adapters) where 'subgroup' is not built (which 'auto' prefers); true
+   * needs the lanes kernels.
    */
   blocks?: boolean;
   /**
-   * Whether to build decode_sg (variant 'subgroup', shaders/attention_subgroups.wgsl) for headDim:
-   * decode steps with one subgroup of SG_LANES invocations per (token, head). Needs the
-   * `subgroups` feature with a single subgroup size of at least SG_LANES and a headDim as for
-   * 'lanes'. Default: where the lanes kernels are built (CPU adapters) and the device has such
-   * subgroups (lavapipe, SwiftShader).
+   * Whether to build variant 'subgroup' (decode_sg and prefill_sg, shaders/attention_subgroups.wgsl)
+   * for headDim: one subgroup per (query or block of queries, head). Needs the `subgroups`
+   * feature with a single subgroup size of at least SG_LANES and a headDim as for 'lanes'.
+   * Default: where the lanes kernels are built (CPU adapters) and the device has such subgroups
+   * (lavapipe, SwiftShader); 'auto' then takes it for every step.
    */
-  decodeSubgroups?: boolean;
+  subgroups?: boolean;
 }
 
 export class AttentionKernel {
@@ -156,10 +166,12 @@ export class AttentionKernel {
     private readonly pipelinesBlocks: { qt: GPUComputePipeline; scores: GPUComputePipeline; softmax: GPUComputePipeline; pv: GPUComputePipeline } | undefined,
     /** AttentionOptions.blocksScratchBytes. */
     readonly blocksScratchBytes: number,
-    /** decode_sg (variant 'subgroup'), built for head size subgroupHeadDim. */
-    private readonly pipelineSg: GPUComputePipeline | undefined,
-    /** The head size decode_sg was built for (variant 'subgroup'); undefined: none. */
+    /** Variant 'subgroup': decode_sg and prefill_sg, built for head size subgroupHeadDim. */
+    private readonly pipelinesSg: { decode: GPUComputePipeline; prompt: GPUComputePipeline } | undefined,
+    /** The head size variant 'subgroup' was built for; undefined: none. */
     readonly subgroupHeadDim: number | undefined,
+    /** prefill_sg's queries per workgroup (QS); 0 without 'subgroup'. */
+    readonly sgQueries: number,
   ) {}
 
   static async create(ctx: GpuContext, opts: AttentionOptions = {}): Promise<AttentionKernel> {
@@ -186,22 +198,23 @@ export class AttentionKernel {
     if (!Number.isInteger(blocksScratchBytes) || blocksScratchBytes < 1) {
       throw new InvalidOptionError(`AttentionKernel: blocksScratchBytes must be a positive integer (bytes of the 'blocks' score scratch per chunk), got ${blocksScratchBytes}`);
     }
-    if (opts.blocks !== undefined && typeof opts.blocks !== 'boolean') throw new InvalidOptionError(`AttentionKernel: blocks must be a boolean, got ${String(opts.blocks)}`);
-    const blocks = opts.blocks ?? lanes;
-    if (blocks && !lanes) throw new InvalidOptionError(`AttentionKernel: blocks: true needs the lanes kernels (lanes: true, a headDim that fits), which this kernel does not build (lanes ${String(opts.lanes)}, headDim ${String(headDim)})`);
-    if (opts.decodeSubgroups !== undefined && typeof opts.decodeSubgroups !== 'boolean') {
-      throw new InvalidOptionError(`AttentionKernel: decodeSubgroups must be a boolean, got ${String(opts.decodeSubgroups)}`);
+    if (opts.subgroups !== undefined && typeof opts.subgroups !== 'boolean') {
+      throw new InvalidOptionError(`AttentionKernel: subgroups must be a boolean, got ${String(opts.subgroups)}`);
     }
-    // A workgroup of SG_LANES invocations must be one subgroup (subgroupAdd sums the subgroup).
+    // A workgroup of SG_LANES (or sgLanes) invocations must be one subgroup (subgroupAdd sums the subgroup).
     const sgSize = ctx.features.subgroupSize;
     const sgFits = ctx.features.subgroups && sgSize !== null && sgSize >= SG_LANES;
-    const sg = opts.decodeSubgroups ?? (lanes && sgFits);
+    const sg = opts.subgroups ?? (lanes && sgFits);
     if (sg && !(fits && sgFits)) {
       throw new InvalidOptionError(
-        `AttentionKernel: decodeSubgroups needs the 'subgroups' feature with a single subgroup size of at least ${SG_LANES} and a headDim that is a multiple of 4 in [4, ${ATTENTION_MAX_HEAD_DIM}]; here subgroups ${ctx.features.subgroups}, subgroup size ${sgSize ?? 'not a single size'}, headDim ${String(headDim)}`,
+        `AttentionKernel: subgroups needs the 'subgroups' feature with a single subgroup size of at least ${SG_LANES} and a headDim that is a multiple of 4 in [4, ${ATTENTION_MAX_HEAD_DIM}]; here subgroups ${ctx.features.subgroups}, subgroup size ${sgSize ?? 'not a single size'}, headDim ${String(headDim)}`,
       );
     }
-    const [scalar, vec4, tiled, lanesP, pairsP, restP, wide, qtP, scoresP, softmaxP, pvP, sgP] = await Promise.all([
+    const sgLanes = sg ? Math.min(SG_PROMPT_MAX, sgSize!) : 0; // prefill_sg: invocations = queries per workgroup
+    if (opts.blocks !== undefined && typeof opts.blocks !== 'boolean') throw new InvalidOptionError(`AttentionKernel: blocks must be a boolean, got ${String(opts.blocks)}`);
+    const blocks = opts.blocks ?? (lanes && !sg);
+    if (blocks && !lanes) throw new InvalidOptionError(`AttentionKernel: blocks: true needs the lanes kernels (lanes: true, a headDim that fits), which this kernel does not build (lanes ${String(opts.lanes)}, headDim ${String(headDim)})`);
+    const [scalar, vec4, tiled, lanesP, pairsP, restP, wide, qtP, scoresP, softmaxP, pvP, sgDecodeP, sgPromptP] = await Promise.all([
       ctx.pipeline('attention', 'main', { WG: wg }),
       ctx.pipeline('attention', 'main_vec4', { WG: wg }),
       ctx.pipeline('attention', 'tiled_vec4', { WG: wg }),
@@ -214,9 +227,11 @@ export class AttentionKernel {
       blocks ? ctx.pipeline('attention', 'att_softmax', { LANES: BLOCK_LANES }) : undefined,
       blocks ? ctx.pipeline('attention', 'att_pv', {}) : undefined,
       sg ? ctx.pipeline('attention+attention_subgroups', 'decode_sg', { HD4: headDim! / 4, SGA: SG_LANES, WPL: Math.ceil(headDim! / 4 / SG_LANES) }) : undefined,
+      sg ? ctx.pipeline('attention+attention_subgroups', 'prefill_sg', { HD4: headDim! / 4, SGA: sgLanes, WPL: Math.ceil(headDim! / 4 / sgLanes), QS: sgLanes }) : undefined,
     ]);
+    const sgP = sgDecodeP && sgPromptP ? { decode: sgDecodeP, prompt: sgPromptP } : undefined;
     const blocksP = qtP && scoresP && softmaxP && pvP ? { qt: qtP, scores: scoresP, softmax: softmaxP, pv: pvP } : undefined;
-    return new AttentionKernel(ctx, scalar, vec4, tiled, lanesP, pairsP, restP, wide, wg, lanes ? headDim! : undefined, decodeWg || undefined, decodeLanes, blocksP, blocksScratchBytes, sgP, sg ? headDim! : undefined);
+    return new AttentionKernel(ctx, scalar, vec4, tiled, lanesP, pairsP, restP, wide, wg, lanes ? headDim! : undefined, decodeWg || undefined, decodeLanes, blocksP, blocksScratchBytes, sgP, sg ? headDim! : undefined, sgLanes);
   }
 
   /**
@@ -236,8 +251,8 @@ export class AttentionKernel {
   }
 
   /**
-   * The kernel for steps of one token per row (decode) at head size D: 'subgroup' where this
-   * kernel has decode_sg for D, else 'lanes' where it has the one-invocation kernels for D (CPU
+   * The kernel for steps of one token per row (decode) at head size D: 'subgroup' (decode_sg)
+   * where this kernel has it for D, else 'lanes' where it has the one-invocation kernels for D (CPU
    * adapters), else 'wide' where it has decodeWg and D % 4 == 0 (GPUs), else 'query': what 'auto'
    * picks for a writeKv step.
    */
@@ -262,18 +277,18 @@ export class AttentionKernel {
     }
     if (o.writeKv && variant !== 'auto' && !oneQuery) throw new ShapeError(`${label}: writeKv (tokens in distinct rows, a decode step) needs the one-query kernels, not variant '${variant}'`);
     if (variant === 'subgroup' && D !== this.subgroupHeadDim) {
-      throw new ShapeError(`${label}: variant 'subgroup' runs head size ${this.subgroupHeadDim ?? '(none: the kernel was created without decodeSubgroups)'} only, got D = ${D}; create the kernel with { headDim: ${D}, decodeSubgroups: true } or use variant 'query'`);
+      throw new ShapeError(`${label}: variant 'subgroup' runs head size ${this.subgroupHeadDim ?? '(none: the kernel was created without subgroups)'} only, got D = ${D}; create the kernel with { headDim: ${D}, subgroups: true } or use variant 'query'`);
     }
     if (variant === 'blocks' && !this.pipelinesBlocks) throw new ShapeError(`${label}: variant 'blocks' needs a kernel built with it (AttentionOptions.blocks, the default with the lanes kernels); this one was created with blocks: false`);
     if (variant === 'wide' && !this.pipelineWide) throw new ShapeError(`${label}: variant 'wide' needs a kernel created with decodeWg (the default on GPUs only)`);
     if (variant === 'wide' && D % 4 !== 0) throw new ShapeError(`${label}: variant 'wide' is the vec4 kernel and needs D % 4 == 0, got D = ${D}; use variant 'scalar'`);
     if (variant !== 'auto') return variant;
+    if (D === this.subgroupHeadDim) return 'subgroup';
     if (!o.writeKv) {
       if (!lanesHere && canTile && T >= 2 * TILE_TOKENS) return 'tiled';
       if (lanesHere && this.pipelinesBlocks && o.scratch && T >= BLOCKS_MIN_T) return 'blocks';
       if (lanesHere && T >= 2) return 'pairs';
     }
-    if (D === this.subgroupHeadDim) return 'subgroup';
     if (lanesHere) return 'lanes';
     if (o.writeKv && this.pipelineWide && D % 4 === 0) return 'wide';
     return 'query';
@@ -366,8 +381,10 @@ export class AttentionKernel {
       ];
     }
     if (v === 'subgroup') {
-      // one workgroup (= one subgroup of SG_LANES) per (token, head): index = token * nHead + head.
-      return [make(this.pipelineSg!, label, T * nHead, 0)];
+      // decode steps and single tokens: one workgroup (one subgroup) per (token, head), index =
+      // token * nHead + head; prompts: one per (block of sgQueries tokens, head).
+      if (a.writeKv || T === 1) return [make(this.pipelinesSg!.decode, label, T * nHead, 0)];
+      return [make(this.pipelinesSg!.prompt, `${label}.sg`, Math.ceil(T / this.sgQueries) * nHead, 0)];
     }
     if (v === 'lanes') {
       // decodeLanes (token, head) pairs per workgroup: workgroup index * decodeLanes + lane = token * nHead + head.
