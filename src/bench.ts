@@ -25,7 +25,7 @@ export interface BenchOptions {
   gemvReduce?: 'split' | 'workgroup';
   /** AttentionOptions.decodeWg (threads per GPU decode attention workgroup; 0: none, the 32-thread kernel); default: the adapter's choice. */
   attentionWg?: number;
-  /** AttentionOptions.blocks (the 'blocks' prompt attention of CPU adapters; false: 'pairs' at every length); default: the adapter's choice. */
+  /** AttentionOptions.blocks (the 'blocks' prompt attention of CPU adapters without 'subgroup'; false: 'pairs' at every length); default: the adapter's choice. */
   attentionBlocks?: boolean;
   /** MatmulOptions.knSubgroups (undefined: the kernel's default). */
   knSubgroups?: boolean;

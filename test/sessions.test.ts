@@ -310,8 +310,8 @@ test('5,000 tokens with context shifts: runs, shifts, and GPU memory stays flat'
   assert.equal(model.ctx.liveBuffers, base, 'the session freed its cache and its plans');
 });
 
-// Capacity 32 / keep 16: short re-encodes and windows (token pairs on CPU adapters); 160 / 96:
-// re-encodes of 96 tokens and recomputed windows of up to 160 (the 'blocks' prompt attention).
+// Capacity 32 / keep 16: short re-encodes and windows; 160 / 96: re-encodes of 96 tokens and
+// recomputed windows of up to 160 (on CPU adapters prefill_sg, or 'blocks' without subgroups).
 for (const [capacity, keep, maxNewTokens] of [[32, 16, 80], [160, 96, 250]] as const) {
   test(`shifted generation equals the uncached recompute over the same windows (capacity ${capacity}, keep ${keep})`, async () => {
     const model = await tinyModel();

@@ -356,7 +356,7 @@ export class GPT2Model implements CacheOwner {
     plan.cache.stash(plan, PLAN_STASH_COUNT, PLAN_STASH_BYTES);
   }
 
-  /** The attention kernel a prompt plan of T tokens of one row runs ('tiled', 'blocks', 'pairs', ...), as ForwardPlan picks it: for reports. */
+  /** The attention kernel a prompt plan of T tokens of one row runs ('tiled', 'subgroup', 'blocks', 'pairs', ...), as ForwardPlan picks it: for reports. */
   promptAttention(T: number): string {
     const { n_embd: C, n_head: H, n_positions } = this.config;
     const scratch = promptScratch(this.kernels.attention, T, n_positions, this.config).scores > 0;
