@@ -97,8 +97,8 @@ export const SG_LANES = 4;
 /**
  * prefill_sg's invocations per workgroup and its queries per workgroup (QS) are both the device's
  * subgroup size up to this: on lavapipe 8 and 8 (~3x the pairs kernel for 32 tokens after 500)
- * beat 4 and 4, 8 and 4 (~2x) and 8 and 2; 8 queries of 8 words each hold q and the accumulators
- * in 2 x 16 vec4 per invocation, as 4 and 4 do.
+ * beat 4 and 4, 8 and 4 (~2x) and 8 and 2; at D 64, 8 queries x 2 head words per invocation
+ * hold q and the accumulators in 2 x 16 vec4, as 4 queries x 4 words do.
  */
 export const SG_PROMPT_MAX = 8;
 
