@@ -17,7 +17,9 @@
 // barriers), prefill_lanes (CPU adapters: one per pair of tokens and head, sharing K/V loads),
 // att_qt + att_scores + att_softmax + att_pv (CPU adapters, long prompts: the two products as
 // matrix products through scratch buffers) and tiled_vec4 (GPU prompts: 8 tokens of one row per
-// workgroup, at the end).
+// workgroup, at the end). CPU adapters whose subgroups hold 4+ invocations take decode_sg and
+// prefill_sg instead of the lanes, pairs and blocks kernels (shaders/attention_subgroups.wgsl,
+// appended to this file as the module 'attention+attention_subgroups').
 // main_vec4 is built at WG = 32 and, for GPU decode steps, at a wider WG (256 by default): a
 // decode step has only rows x n_head (token, head) pairs, 12 workgroups for gpt2 at batch 1, each
 // walking its window in blocks of KB = 4 WG keys; at WG 32 a 1024-key window is 8 dependent
