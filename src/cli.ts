@@ -293,11 +293,17 @@ const commands: Record<string, Command> = {
       const batches = String(v.batch).split(',').map((b) => num(b, 'batch', { int: true, min: 1, max: 1024 }));
       const waits = { auto: 'auto', sleep: true, spin: false } as const;
       if (!Object.hasOwn(waits, String(v.wait))) throw new UsageError(`--wait must be auto, sleep or spin, got "${String(v.wait)}"`);
-      const fuses = { auto: undefined, on: true, off: false } as const;
-      if (!Object.hasOwn(fuses, String(v['fuse-ln']))) throw new UsageError(`--fuse-ln must be auto, on or off, got "${String(v['fuse-ln'])}"`);
-      if (!Object.hasOwn(fuses, String(v['attention-blocks']))) throw new UsageError(`--attention-blocks must be auto, on or off, got "${String(v['attention-blocks'])}"`);
-      if (!Object.hasOwn(fuses, String(v['attention-subgroups']))) throw new UsageError(`--attention-subgroups must be auto, on or off, got "${String(v['attention-subgroups'])}"`);
-      if (!Object.hasOwn(fuses, String(v['matmul-subgroups']))) throw new UsageError(`--matmul-subgroups must be auto, on or off, got "${String(v['matmul-subgroups'])}"`);
+      // An auto|on|off flag: undefined (the kernel's default), true or false.
+      const onOff = (flag: string): boolean | undefined => {
+        const modes = { auto: undefined, on: true, off: false } as const;
+        const m = String(v[flag]);
+        if (!Object.hasOwn(modes, m)) throw new UsageError(`--${flag} must be auto, on or off, got "${m}"`);
+        return modes[m as keyof typeof modes];
+      };
+      const fuseLn = onOff('fuse-ln');
+      const attentionBlocks = onOff('attention-blocks');
+      const attentionSubgroups = onOff('attention-subgroups');
+      const knSubgroups = onOff('matmul-subgroups');
       const reduces = { auto: undefined, split: 'split', workgroup: 'workgroup' } as const;
       if (!Object.hasOwn(reduces, String(v['gemv-reduce']))) throw new UsageError(`--gemv-reduce must be auto, split or workgroup, got "${String(v['gemv-reduce'])}"`);
       let gemmTile: GemmTile | undefined;
@@ -317,14 +323,14 @@ const commands: Record<string, Command> = {
           newTokens: num(v['new-tokens'], 'new-tokens', { int: true, min: 1 }),
           repeat: num(v.repeat, 'repeat', { int: true, min: 1 }),
           profile: !v['no-profile'],
-          fuseLn: fuses[String(v['fuse-ln']) as keyof typeof fuses],
+          fuseLn,
           gemvReduce: reduces[String(v['gemv-reduce']) as keyof typeof reduces],
           gemmTile,
           gemvMaxM: v['gemv-max-m'] === undefined ? undefined : num(v['gemv-max-m'], 'gemv-max-m', { int: true, min: 0 }),
           attentionWg: attentionWg(v['attention-wg']),
-          attentionBlocks: fuses[String(v['attention-blocks']) as keyof typeof fuses],
-          knSubgroups: fuses[String(v['matmul-subgroups']) as keyof typeof fuses],
-          attentionSubgroups: fuses[String(v['attention-subgroups']) as keyof typeof fuses],
+          attentionBlocks,
+          knSubgroups,
+          attentionSubgroups,
           pipelineDepth: v['pipeline-depth'] === undefined ? undefined : num(v['pipeline-depth'], 'pipeline-depth', { int: true, min: 1, max: 16 }),
           sessions: Boolean(v.sessions),
           onProgress: v.json ? undefined : progress(),
