@@ -358,9 +358,8 @@ export class GPT2Model implements CacheOwner {
 
   /** The attention kernel a prompt plan of T tokens of one row runs ('tiled', 'subgroup', 'blocks', 'pairs', ...), as ForwardPlan picks it: for reports. */
   promptAttention(T: number): string {
-    const { n_embd: C, n_head: H, n_positions } = this.config;
-    const scratch = promptScratch(this.kernels.attention, T, n_positions, this.config).scores > 0;
-    return this.kernels.attention.resolveVariant(T, C / H, { scratch });
+    // A prompt plan gets a 'blocks' scratch exactly where 'auto' takes 'blocks' given one (promptScratch).
+    return this.kernels.attention.resolveVariant(T, this.config.n_embd / this.config.n_head, { scratch: true });
   }
 
   /** Checks token ids against the vocabulary. */
