@@ -194,26 +194,22 @@ test('bench --wait spin, --fuse-ln on, --gemv-reduce workgroup, --gemm-tile and 
   const bad = cli('bench', '--model', tinyDir(), '--wait', 'nap');
   assert.is(bad.code, 2);
   assert.match(bad.err, /--wait must be auto, sleep or spin, got "nap"/);
-  const badLn = cli('bench', '--model', tinyDir(), '--fuse-ln', 'yes');
-  assert.is(badLn.code, 2);
-  assert.match(badLn.err, /--fuse-ln must be auto, on or off, got "yes"/);
   for (const wg of ['48', '512', '-1']) {
     const badWg = cli('bench', '--model', tinyDir(), `--attention-wg=${wg}`);
     assert.is(badWg.code, 2, wg);
     assert.match(badWg.err, /--attention-wg must be/, wg);
   }
-  const badRed = cli('bench', '--model', tinyDir(), '--gemv-reduce', 'atomic');
-  assert.is(badRed.code, 2);
-  assert.match(badRed.err, /--gemv-reduce must be auto, split or workgroup, got "atomic"/);
-  const badBlocks = cli('bench', '--model', tinyDir(), '--attention-blocks', 'maybe');
-  assert.is(badBlocks.code, 2);
-  assert.match(badBlocks.err, /--attention-blocks must be auto, on or off, got "maybe"/);
-  const badSg = cli('bench', '--model', tinyDir(), '--matmul-subgroups', 'yes');
-  assert.is(badSg.code, 2);
-  assert.match(badSg.err, /--matmul-subgroups must be auto, on or off, got "yes"/);
-  const badAsg = cli('bench', '--model', tinyDir(), '--attention-subgroups', '1');
-  assert.is(badAsg.code, 2);
-  assert.match(badAsg.err, /--attention-subgroups must be auto, on or off, got "1"/);
+  for (const [flag, value, msg] of [
+    ['--fuse-ln', 'yes', /--fuse-ln must be auto, on or off, got "yes"/],
+    ['--gemv-reduce', 'atomic', /--gemv-reduce must be auto, split or workgroup, got "atomic"/],
+    ['--attention-blocks', 'maybe', /--attention-blocks must be auto, on or off, got "maybe"/],
+    ['--matmul-subgroups', 'yes', /--matmul-subgroups must be auto, on or off, got "yes"/],
+    ['--attention-subgroups', '1', /--attention-subgroups must be auto, on or off, got "1"/],
+  ] as const) {
+    const badMode = cli('bench', '--model', tinyDir(), flag, value);
+    assert.is(badMode.code, 2, flag);
+    assert.match(badMode.err, msg, flag);
+  }
 });
 
 test('bench --attention-subgroups / --attention-blocks / --matmul-subgroups: on lavapipe a 64-token prompt takes the subgroup attention and GEMM and decodes through subgroups; without the subgroup attention the blocks one; with all off token pairs, gemv_kn_cols and one invocation per head (attention_prompt, matmul_prompt, attention_decode)', () => {
