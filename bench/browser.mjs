@@ -11,13 +11,11 @@
 // <folder>: a local folder holding config.json and model.safetensors (served as /model/);
 // <URL>: such a folder on a server that allows this page to fetch it.
 import { existsSync, statSync } from 'node:fs';
-import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join, resolve } from 'node:path';
 import { chromium } from 'playwright-core';
 import { buildBrowser } from '../scripts/build-browser.js';
 import { defaultMounts, serve } from '../scripts/serve.js';
 
-const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const USAGE = 'usage: node bench/browser.mjs [--model random:distilgpt2|<folder>|<URL>] [--batch B[,B...]] [--prompt-tokens P] [--new-tokens N] [--repeat R] [--f16] [--matmul-subgroups auto|on|off] [--attention-subgroups auto|on|off] [--no-profile] [--json] [--chromium PATH] [--chromium-arg FLAG]... [--timeout S]';
 
 class UsageError extends Error {}

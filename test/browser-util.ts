@@ -161,7 +161,7 @@ export async function openExample(b: Browser, server: Server, params: Record<str
         { timeout: timeoutMs },
       );
     } catch (e) {
-      throw new Error(withLog(`example page did not finish in ${timeoutMs} ms (${(e as Error).message.split('\n')[0]}); status: ${await page.textContent('#status').catch(() => '?')}`, errors));
+      throw new Error(withLog(`example page did not finish in ${timeoutMs} ms (${(e as Error).message.split('\n')[0]}); status: ${await page.textContent('#status').catch(() => '?')}`, errors), { cause: e });
     }
   };
   try {

@@ -272,7 +272,7 @@ test('bench: a batch size that fails (here its cache is over the binding limit) 
   assert.match(r.err, /error: bench: batch 131 failed \(OutOfMemoryError/);
   const human = cli('bench', '--model', `random:${cfgPath}`, '--batch', '1,131', '--prompt-tokens', '1000', '--new-tokens', '2', '--repeat', '1', '--no-profile');
   assert.is(human.code, 1);
-  assert.match(human.out, /\n\s+131  failed: OutOfMemoryError: a KV cache layer/);
+  assert.match(human.out, /\n\s+131 {2}failed: OutOfMemoryError: a KV cache layer/);
 });
 
 test.run();

@@ -139,8 +139,8 @@ export async function rejectsWith(p: Promise<unknown>, cls: new (...a: never[]) 
   try {
     await p;
   } catch (e) {
-    if (!(e instanceof cls)) throw new Error(`expected ${cls.name}, got ${(e as Error)?.name}: ${(e as Error)?.message}`);
-    if (!pattern.test(e.message)) throw new Error(`${cls.name} message ${JSON.stringify(e.message)} does not match ${pattern}`);
+    if (!(e instanceof cls)) throw new Error(`expected ${cls.name}, got ${(e as Error)?.name}: ${(e as Error)?.message}`, { cause: e });
+    if (!pattern.test(e.message)) throw new Error(`${cls.name} message ${JSON.stringify(e.message)} does not match ${pattern}`, { cause: e });
     return e;
   }
   throw new Error(`expected a ${cls.name} matching ${pattern}, but it resolved`);

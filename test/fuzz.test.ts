@@ -169,7 +169,7 @@ test(`${CASES} seeded mutations: WeightsFormatError or a verified valid parse, n
     try {
       file = await Promise.race([parseSafetensors(bytesSource(`fuzz${i}`, m.bytes)), hang]);
     } catch (e) {
-      if (!(e instanceof WeightsFormatError)) throw new Error(`${what}: threw ${(e as Error).name}: ${(e as Error).message}`);
+      if (!(e instanceof WeightsFormatError)) throw new Error(`${what}: threw ${(e as Error).name}: ${(e as Error).message}`, { cause: e });
       assert.ok(e.message.startsWith(`fuzz${i}: `), `${what}: message names the file: ${e.message}`);
       assert.not.ok(m.mustParse, `${what}: a valid file was rejected: ${e.message}`);
     } finally {

@@ -138,7 +138,7 @@ test('a session continues from its cache: two turns equal one generation over th
 
 /** Frees every plan a cache kept, so its next generation builds its own. */
 function dropKept(cache: KVCache): void {
-  for (let n = cache.stashedCount; n > 0; n--) cache.unstash((y): y is Stashable => true)?.destroy();
+  for (let n = cache.stashedCount; n > 0; n--) cache.unstash((_y): _y is Stashable => true)?.destroy();
   assert.is(cache.stashedCount, 0, 'unstash removes what it returns');
 }
 

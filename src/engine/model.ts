@@ -24,7 +24,7 @@ import { Dispatch, encodeDispatches, GpuTensor, Owned } from '../kernels/common.
 import { LayerNormKernel } from '../kernels/layernorm.js';
 import { MatmulKernel, type MatmulOptions } from '../kernels/matmul.js';
 import { EmbeddingKernel } from '../kernels/embedding.js';
-import { AttentionKernel, BLOCKS_MIN_T, type AttentionOptions } from '../kernels/attention.js';
+import { AttentionKernel, type AttentionOptions } from '../kernels/attention.js';
 import { KvWriteKernel, KvGatherKernel } from '../kernels/kvcache.js';
 import { GatherRowsKernel } from '../kernels/elementwise.js';
 import { Sampler } from '../sampling/sampler.js';

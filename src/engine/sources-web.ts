@@ -44,7 +44,7 @@ export async function urlSource(baseUrl: string, opts: UrlSourceOptions = {}): P
     throw new WeightsFormatError(`${cfgUrl}: not valid JSON (${(e as Error).message})`, { cause: e });
   }
   const stUrl = `${base}/model.safetensors`;
-  let src: ByteSource | null = null;
+  let src: ByteSource;
   if (!opts.wholeFile) {
     // Probe: the first 8 bytes by Range. 206 + Content-Range gives the size and proves Range works.
     const probe = await get(stUrl, { range: 'bytes=0-7' });
