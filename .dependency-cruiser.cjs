@@ -12,7 +12,10 @@ const layer = (name, below) => ({
   comment: `src/${name} may import only from ${below.join(', ')} (layers point one way)`,
   severity: 'error',
   from: { path: `^src/${name}/` },
-  to: { path: '^src/', pathNot: [`^src/${name}/`, ...below.map((b) => `^src/${b}/`), '^src/errors\\.ts$', '^src/shaders\\.gen\\.ts$'] },
+  to: {
+    path: '^src/',
+    pathNot: [`^src/${name}/`, ...below.map((b) => `^src/${b}/`), '^src/errors\\.ts$', '^src/shaders\\.gen\\.ts$'],
+  },
 });
 
 module.exports = {

@@ -16,15 +16,31 @@ import { chromium } from 'playwright-core';
 import { buildBrowser } from '../scripts/build-browser.js';
 import { defaultMounts, serve } from '../scripts/serve.js';
 
-const USAGE = 'usage: node bench/browser.mjs [--model random:distilgpt2|<folder>|<URL>] [--batch B[,B...]] [--prompt-tokens P] [--new-tokens N] [--repeat R] [--f16] [--matmul-subgroups auto|on|off] [--attention-subgroups auto|on|off] [--no-profile] [--json] [--chromium PATH] [--chromium-arg FLAG]... [--timeout S]';
+const USAGE =
+  'usage: node bench/browser.mjs [--model random:distilgpt2|<folder>|<URL>] [--batch B[,B...]] [--prompt-tokens P] [--new-tokens N] [--repeat R] [--f16] [--matmul-subgroups auto|on|off] [--attention-subgroups auto|on|off] [--no-profile] [--json] [--chromium PATH] [--chromium-arg FLAG]... [--timeout S]';
 
 class UsageError extends Error {}
 
 function parseArgs(argv) {
-  const o = { model: 'random:distilgpt2', batches: [1], promptTokens: 16, newTokens: 8, repeat: 1, f16: false, knSubgroups: undefined, attentionSubgroups: undefined, profile: true, json: false, chromium: process.env.CHROMIUM_PATH ?? '/usr/lib/chromium/chromium', chromiumArgs: [], timeout: 600 };
+  const o = {
+    model: 'random:distilgpt2',
+    batches: [1],
+    promptTokens: 16,
+    newTokens: 8,
+    repeat: 1,
+    f16: false,
+    knSubgroups: undefined,
+    attentionSubgroups: undefined,
+    profile: true,
+    json: false,
+    chromium: process.env.CHROMIUM_PATH ?? '/usr/lib/chromium/chromium',
+    chromiumArgs: [],
+    timeout: 600,
+  };
   const int = (flag, v, min, max) => {
     const n = Number(v);
-    if (v === undefined || !Number.isInteger(n) || n < min || n > max) throw new UsageError(`${flag} must be an integer in [${min}, ${max}], got ${v}`);
+    if (v === undefined || !Number.isInteger(n) || n < min || n > max)
+      throw new UsageError(`${flag} must be an integer in [${min}, ${max}], got ${v}`);
     return n;
   };
   for (let i = 0; i < argv.length; i++) {
@@ -38,17 +54,41 @@ function parseArgs(argv) {
       return argv[++i];
     };
     switch (a) {
-      case '--model': o.model = value(); break;
-      case '--batch': o.batches = value().split(',').map((b) => int('--batch', b, 1, 1024)); break;
-      case '--prompt-tokens': o.promptTokens = int(a, value(), 1, 1 << 20); break;
-      case '--new-tokens': o.newTokens = int(a, value(), 1, 1 << 20); break;
-      case '--repeat': o.repeat = int(a, value(), 1, 1000); break;
-      case '--timeout': o.timeout = int(a, value(), 1, 86400); break;
-      case '--f16': o.f16 = true; break;
-      case '--no-profile': o.profile = false; break;
-      case '--json': o.json = true; break;
-      case '--chromium': o.chromium = value(); break;
-      case '--chromium-arg': o.chromiumArgs.push(value()); break;
+      case '--model':
+        o.model = value();
+        break;
+      case '--batch':
+        o.batches = value()
+          .split(',')
+          .map((b) => int('--batch', b, 1, 1024));
+        break;
+      case '--prompt-tokens':
+        o.promptTokens = int(a, value(), 1, 1 << 20);
+        break;
+      case '--new-tokens':
+        o.newTokens = int(a, value(), 1, 1 << 20);
+        break;
+      case '--repeat':
+        o.repeat = int(a, value(), 1, 1000);
+        break;
+      case '--timeout':
+        o.timeout = int(a, value(), 1, 86400);
+        break;
+      case '--f16':
+        o.f16 = true;
+        break;
+      case '--no-profile':
+        o.profile = false;
+        break;
+      case '--json':
+        o.json = true;
+        break;
+      case '--chromium':
+        o.chromium = value();
+        break;
+      case '--chromium-arg':
+        o.chromiumArgs.push(value());
+        break;
       case '--matmul-subgroups':
       case '--attention-subgroups': {
         const m = value();
@@ -57,7 +97,8 @@ function parseArgs(argv) {
         o[a === '--matmul-subgroups' ? 'knSubgroups' : 'attentionSubgroups'] = modes[m];
         break;
       }
-      default: throw new UsageError(`unknown flag ${a}`);
+      default:
+        throw new UsageError(`unknown flag ${a}`);
     }
   }
   return o;
@@ -81,7 +122,9 @@ async function main() {
   const o = parseArgs(process.argv.slice(2));
   const { source, mount } = modelSource(o.model);
   if (!existsSync(o.chromium)) {
-    throw new UsageError(`no Chromium at ${o.chromium}: install it (bash scripts/install-chromium.sh) or pass --chromium <path>`);
+    throw new UsageError(
+      `no Chromium at ${o.chromium}: install it (bash scripts/install-chromium.sh) or pass --chromium <path>`,
+    );
   }
   await buildBrowser();
   const server = await serve({ port: 0, mounts: [...(mount ? [mount] : []), ...defaultMounts()] });
@@ -89,12 +132,20 @@ async function main() {
     executablePath: o.chromium,
     headless: true,
     // navigator.gpu needs --enable-unsafe-webgpu in headless Chromium; --no-sandbox for containers running as root.
-    args: ['--enable-unsafe-webgpu', '--no-sandbox', '--disable-background-networking', '--disable-component-update', ...o.chromiumArgs],
+    args: [
+      '--enable-unsafe-webgpu',
+      '--no-sandbox',
+      '--disable-background-networking',
+      '--disable-component-update',
+      ...o.chromiumArgs,
+    ],
   });
   try {
     const page = await browser.newPage();
     const logs = [];
-    page.on('console', (m) => { if (m.type() === 'error') logs.push(m.text()); });
+    page.on('console', (m) => {
+      if (m.type() === 'error') logs.push(m.text());
+    });
     page.on('pageerror', (e) => logs.push(`uncaught: ${e.message}`));
     page.setDefaultTimeout(o.timeout * 1000);
     await page.goto(`${server.url}/dist/browser/bench.html`);
@@ -109,19 +160,22 @@ async function main() {
       knSubgroups: o.knSubgroups,
       attentionSubgroups: o.attentionSubgroups,
     };
-    const out = await page.evaluate(async ({ opts, label }) => {
-      const b = await import('/dist/browser/bench.js');
-      let engine;
-      try {
-        engine = await b.Engine.create({ gpu: navigator.gpu });
-        const report = { ...(await b.runBench(engine, opts)), model: label };
-        return { report, text: b.formatBench(report) };
-      } catch (e) {
-        return { error: `${e?.name ?? 'Error'}: ${e?.message ?? String(e)}` };
-      } finally {
-        engine?.destroy();
-      }
-    }, { opts, label: o.model });
+    const out = await page.evaluate(
+      async ({ opts, label }) => {
+        const b = await import('/dist/browser/bench.js');
+        let engine;
+        try {
+          engine = await b.Engine.create({ gpu: navigator.gpu });
+          const report = { ...(await b.runBench(engine, opts)), model: label };
+          return { report, text: b.formatBench(report) };
+        } catch (e) {
+          return { error: `${e?.name ?? 'Error'}: ${e?.message ?? String(e)}` };
+        } finally {
+          engine?.destroy();
+        }
+      },
+      { opts, label: o.model },
+    );
     if (out.error) throw new Error(`in the page: ${out.error}${logs.length ? `\npage log:\n${logs.join('\n')}` : ''}`);
     const report = { ...out.report, browser: `Chromium ${browser.version()}` };
     console.log(o.json ? JSON.stringify(report) : `Chromium ${browser.version()}\n${out.text}`);
@@ -134,6 +188,8 @@ async function main() {
 }
 
 main().catch((e) => {
-  console.error(e instanceof UsageError ? `bench/browser.mjs: ${e.message}\n${USAGE}` : `bench/browser.mjs: ${e.message}`);
+  console.error(
+    e instanceof UsageError ? `bench/browser.mjs: ${e.message}\n${USAGE}` : `bench/browser.mjs: ${e.message}`,
+  );
   process.exitCode = e instanceof UsageError ? 2 : 1;
 });

@@ -32,22 +32,38 @@ const newTokens = (u, t) => 6 + ((u * 7 + t * 5) % 15);
 async function load(model, users, turns, grouped) {
   const capacity = 32 + turns * 24; // every turn: <= 4 prompt tokens, <= 20 new ones
   const group = grouped ? await model.createSessionGroup(users, { capacity }) : undefined;
-  const sessions = group ? group.sessions : await Promise.all(Array.from({ length: users }, () => model.createSession({ capacity })));
+  const sessions = group
+    ? group.sessions
+    : await Promise.all(Array.from({ length: users }, () => model.createSession({ capacity })));
   const submits0 = model.ctx.stats.submits;
   const t0 = performance.now();
   let tokens = 0;
   let shared = 0;
   try {
-    await Promise.all(sessions.map(async (s, u) => {
-      for (let t = 0; t < turns; t++) {
-        const r = await s.generate([100 + u, 200 + t, 300], { maxNewTokens: newTokens(u, t), temperature: 0.8, topK: 40, seed: 1000 * u + t, stopAtEos: false });
-        tokens += r.sequences[0].tokens.length;
-        if (r.stats.batch_rows > 1) shared++;
-      }
-    }));
+    await Promise.all(
+      sessions.map(async (s, u) => {
+        for (let t = 0; t < turns; t++) {
+          const r = await s.generate([100 + u, 200 + t, 300], {
+            maxNewTokens: newTokens(u, t),
+            temperature: 0.8,
+            topK: 40,
+            seed: 1000 * u + t,
+            stopAtEos: false,
+          });
+          tokens += r.sequences[0].tokens.length;
+          if (r.stats.batch_rows > 1) shared++;
+        }
+      }),
+    );
     await group?.idle();
     const ms = performance.now() - t0;
-    return { ms, tokens, tokens_per_s: (1000 * tokens) / ms, submits: model.ctx.stats.submits - submits0, turns_sharing_steps: shared };
+    return {
+      ms,
+      tokens,
+      tokens_per_s: (1000 * tokens) / ms,
+      submits: model.ctx.stats.submits - submits0,
+      turns_sharing_steps: shared,
+    };
   } finally {
     if (group) group.destroy();
     else for (const s of sessions) s.destroy();
@@ -64,18 +80,32 @@ try {
 const engine = await createEngine();
 try {
   const model = await engine.loadModel(opts.model, opts.f16 ? { dtype: 'f16' } : {});
-  if (!opts.json) console.log(`${opts.model} (${opts.f16 ? 'f16' : 'f32'}), adapter: ${engine.ctx.adapter.description || engine.ctx.adapter.vendor}; ${opts.users} users x ${opts.turns} turns`);
+  if (!opts.json)
+    console.log(
+      `${opts.model} (${opts.f16 ? 'f16' : 'f32'}), adapter: ${engine.ctx.adapter.description || engine.ctx.adapter.vendor}; ${opts.users} users x ${opts.turns} turns`,
+    );
   await load(model, Math.min(opts.users, 2), 1, true); // warm-up: every pipeline and plan shape once
   const separate = await load(model, opts.users, opts.turns, false);
   const group = await load(model, opts.users, opts.turns, true);
   const report = {
-    date: new Date().toISOString(), model: opts.model, dtype: opts.f16 ? 'f16' : 'f32', adapter: engine.ctx.adapter,
-    users: opts.users, turns: opts.turns, separate, group,
+    date: new Date().toISOString(),
+    model: opts.model,
+    dtype: opts.f16 ? 'f16' : 'f32',
+    adapter: engine.ctx.adapter,
+    users: opts.users,
+    turns: opts.turns,
+    separate,
+    group,
   };
   if (opts.json) console.log(JSON.stringify(report));
   else {
-    for (const [name, x] of [['separate sessions', separate], ['one session group', group]]) {
-      console.log(`${name.padEnd(18)} ${x.tokens} tokens in ${x.ms.toFixed(0)} ms: ${x.tokens_per_s.toFixed(1)} tokens/s, ${x.submits} submits, ${x.turns_sharing_steps} of ${opts.users * opts.turns} turns shared steps`);
+    for (const [name, x] of [
+      ['separate sessions', separate],
+      ['one session group', group],
+    ]) {
+      console.log(
+        `${name.padEnd(18)} ${x.tokens} tokens in ${x.ms.toFixed(0)} ms: ${x.tokens_per_s.toFixed(1)} tokens/s, ${x.submits} submits, ${x.turns_sharing_steps} of ${opts.users * opts.turns} turns shared steps`,
+      );
     }
   }
   model.destroy();

@@ -47,8 +47,19 @@ export async function buildBrowser({ minify = false } = {}) {
   mkdirSync(OUT_DIR, { recursive: true });
   const t0 = Date.now();
   await Promise.all([
-    build({ ...common, minify, entryPoints: [join(root, 'src', 'index.ts')], outfile: join(OUT_DIR, 'gpt2-webgpu.js') }),
-    build({ ...common, minify, entryPoints: [join(root, 'examples', 'browser', 'main.ts')], outfile: join(OUT_DIR, 'example.js'), plugins: [libraryAsExternal] }),
+    build({
+      ...common,
+      minify,
+      entryPoints: [join(root, 'src', 'index.ts')],
+      outfile: join(OUT_DIR, 'gpt2-webgpu.js'),
+    }),
+    build({
+      ...common,
+      minify,
+      entryPoints: [join(root, 'examples', 'browser', 'main.ts')],
+      outfile: join(OUT_DIR, 'example.js'),
+      plugins: [libraryAsExternal],
+    }),
     build({ ...common, entryPoints: [join(root, 'test', 'browser-page.ts')], outfile: join(OUT_DIR, 'test-page.js') }),
     build({ ...common, entryPoints: [join(root, 'src', 'bench-browser.ts')], outfile: join(OUT_DIR, 'bench.js') }),
   ]);

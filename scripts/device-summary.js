@@ -27,20 +27,30 @@ const TARGETS = {
 function whyNoResult(name) {
   const path = join(dir, `${name}.log`);
   if (!existsSync(path)) return 'no result and no log';
-  const lines = readFileSync(path, 'utf8').trim().split('\n').filter((l) => l && !/^Warning: /.test(l));
+  const lines = readFileSync(path, 'utf8')
+    .trim()
+    .split('\n')
+    .filter((l) => l && !/^Warning: /.test(l));
   const last = lines.at(-1) ?? '';
   if (/^skipped:/.test(last)) return last;
   const exit = /^exit (\d+)(?: \(limit (\d+) s\))?/.exec(last);
-  if (exit && (exit[1] === '124' || exit[1] === '137')) return `timed out${exit[2] ? ` at its limit of ${exit[2]} s` : ''}`;
+  if (exit && (exit[1] === '124' || exit[1] === '137'))
+    return `timed out${exit[2] ? ` at its limit of ${exit[2]} s` : ''}`;
   return `failed: ${lines.slice(-3).join(' | ').slice(0, 200)}`;
 }
 const fmt = (v, d) => (typeof v === 'number' ? v.toFixed(d) : '-');
 const info = existsSync(join(dir, 'info.json')) ? readFileSync(join(dir, 'info.json'), 'utf8') : '';
 const adapter = /"description":\s*"([^"]*)"/.exec(info)?.[1] ?? /"vendor":\s*"([^"]*)"/.exec(info)?.[1] ?? '?';
 console.log(`adapter: ${adapter}`);
-console.log('run                        batch  load ms  first/prefill ms  decode ms/tok (p90)   tokens/s  disp/step  target');
+console.log(
+  'run                        batch  load ms  first/prefill ms  decode ms/tok (p90)   tokens/s  disp/step  target',
+);
 // Every run that left a JSON or a log (a skipped run leaves only its log).
-const runs = new Set(readdirSync(dir).filter((f) => /\.(json|log)$/.test(f)).map((f) => f.replace(/\.(json|log)$/, '')));
+const runs = new Set(
+  readdirSync(dir)
+    .filter((f) => /\.(json|log)$/.test(f))
+    .map((f) => f.replace(/\.(json|log)$/, '')),
+);
 for (const name of [...runs].filter((n) => n !== 'info' && n !== 'tests').sort()) {
   let j;
   try {
@@ -51,8 +61,11 @@ for (const name of [...runs].filter((n) => n !== 'info' && n !== 'tests').sort()
   }
   // bench/chat-load.mjs: one closed-loop chat load, separate sessions against one group.
   if (j.separate && j.group) {
-    const f = (x) => `${fmt(x.tokens_per_s, 0)} tokens/s (${x.submits} submits, ${x.turns_sharing_steps} turns shared steps)`;
-    console.log(`${name.padEnd(26)} chat load, ${j.users} users x ${j.turns} turns: separate ${f(j.separate)}, group ${f(j.group)}`);
+    const f = (x) =>
+      `${fmt(x.tokens_per_s, 0)} tokens/s (${x.submits} submits, ${x.turns_sharing_steps} turns shared steps)`;
+    console.log(
+      `${name.padEnd(26)} chat load, ${j.users} users x ${j.turns} turns: separate ${f(j.separate)}, group ${f(j.group)}`,
+    );
     continue;
   }
   for (const r of j.results) {
@@ -62,11 +75,15 @@ for (const name of [...runs].filter((n) => n !== 'info' && n !== 'tests').sort()
     }
     const first = `${fmt(r.first_token_ms, 2)}/${fmt(r.prefill_ms, 2)}`;
     const dec = `${fmt(r.decode_ms_per_token, 3)} (${fmt(r.decode_ms_per_token_p90, 3)})`;
-    console.log(`${name.padEnd(26)} ${String(r.batch).padStart(5)}  ${fmt(r.load_ms, 0).padStart(7)}  ${first.padStart(16)}  ${dec.padStart(19)}  ${fmt(r.tokens_per_s, 0).padStart(8)}  ${fmt(r.dispatches_per_token, 0).padStart(9)}  ${TARGETS[`${name}:${r.batch}`] ?? ''}`);
+    console.log(
+      `${name.padEnd(26)} ${String(r.batch).padStart(5)}  ${fmt(r.load_ms, 0).padStart(7)}  ${first.padStart(16)}  ${dec.padStart(19)}  ${fmt(r.tokens_per_s, 0).padStart(8)}  ${fmt(r.dispatches_per_token, 0).padStart(9)}  ${TARGETS[`${name}:${r.batch}`] ?? ''}`,
+    );
     // bench --sessions: the same B conversations as separate sessions and as one session group.
     if (r.sessions) {
       const x = r.sessions;
-      console.log(`${''.padEnd(26)} ${''.padStart(5)}  sessions: separate ${fmt(x.separate_tokens_per_s, 0)} tokens/s (turn ${fmt(x.separate_turn_ms, 1)} ms), group ${fmt(x.group_tokens_per_s, 0)} tokens/s (turn ${fmt(x.group_turn_ms, 1)} ms, first token ${fmt(x.group_first_token_ms, 2)} ms, set-up ${fmt(x.group_setup_ms, 2)} ms)`);
+      console.log(
+        `${''.padEnd(26)} ${''.padStart(5)}  sessions: separate ${fmt(x.separate_tokens_per_s, 0)} tokens/s (turn ${fmt(x.separate_turn_ms, 1)} ms), group ${fmt(x.group_tokens_per_s, 0)} tokens/s (turn ${fmt(x.group_turn_ms, 1)} ms, first token ${fmt(x.group_first_token_ms, 2)} ms, set-up ${fmt(x.group_setup_ms, 2)} ms)`,
+      );
     }
   }
 }

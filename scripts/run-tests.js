@@ -22,7 +22,10 @@ if (files.length === 0) {
   process.exit(1);
 }
 process.env.XDG_RUNTIME_DIR ||= '/tmp';
-let passed = 0, failed = 0, skipped = 0, badFiles = [];
+let passed = 0,
+  failed = 0,
+  skipped = 0,
+  badFiles = [];
 const t0 = Date.now();
 for (const f of files) {
   const t1 = Date.now();
@@ -40,8 +43,12 @@ for (const f of files) {
     badFiles.push(name);
     process.stdout.write(out);
   }
-  console.log(`${r.status === 0 && total + sk > 0 ? 'ok  ' : 'FAIL'} ${name}: ${ok}/${total} passed${sk ? `, ${sk} skipped` : ''} (${((Date.now() - t1) / 1000).toFixed(1)} s)`);
+  console.log(
+    `${r.status === 0 && total + sk > 0 ? 'ok  ' : 'FAIL'} ${name}: ${ok}/${total} passed${sk ? `, ${sk} skipped` : ''} (${((Date.now() - t1) / 1000).toFixed(1)} s)`,
+  );
 }
-console.log(`\n${badFiles.length ? 'failing files: ' + badFiles.join(', ') + '\n' : ''}(${((Date.now() - t0) / 1000).toFixed(1)} s)`);
+console.log(
+  `\n${badFiles.length ? 'failing files: ' + badFiles.join(', ') + '\n' : ''}(${((Date.now() - t0) / 1000).toFixed(1)} s)`,
+);
 console.log(`${passed} passed, ${failed} failed${skipped ? `, ${skipped} skipped` : ''}`);
 process.exit(failed > 0 ? 1 : 0);

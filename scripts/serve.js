@@ -37,7 +37,9 @@ export const MIME = {
 /** The default mounts: the repo root at "/" and a fixtures folder at "/fixtures/" when one exists. */
 export function defaultMounts() {
   const mounts = [];
-  const fixtures = process.env.GPT2_FIXTURES || [join(repoRoot, 'fixtures'), join(repoRoot, '..', 'shared', 'fixtures')].find((d) => existsSync(d));
+  const fixtures =
+    process.env.GPT2_FIXTURES ||
+    [join(repoRoot, 'fixtures'), join(repoRoot, '..', 'shared', 'fixtures')].find((d) => existsSync(d));
   if (fixtures) mounts.push({ prefix: '/fixtures/', dir: resolve(fixtures) });
   mounts.push({ prefix: '/', dir: repoRoot });
   return mounts;
@@ -89,12 +91,17 @@ function locate(mounts, urlPath) {
 }
 
 function send(res, status, text, extra = {}) {
-  res.writeHead(status, { 'Content-Type': 'text/plain; charset=utf-8', 'Content-Length': Buffer.byteLength(text), ...extra });
+  res.writeHead(status, {
+    'Content-Type': 'text/plain; charset=utf-8',
+    'Content-Length': Buffer.byteLength(text),
+    ...extra,
+  });
   res.end(text);
 }
 
 async function handle(mounts, req, res) {
-  if (req.method !== 'GET' && req.method !== 'HEAD') return send(res, 405, 'method not allowed\n', { Allow: 'GET, HEAD' });
+  if (req.method !== 'GET' && req.method !== 'HEAD')
+    return send(res, 405, 'method not allowed\n', { Allow: 'GET, HEAD' });
   const url = new URL(req.url ?? '/', 'http://localhost');
   let file = locate(mounts, url.pathname);
   if (!file) return send(res, 404, 'not found\n');
@@ -128,7 +135,8 @@ async function handle(mounts, req, res) {
   // If-Range with a stale validator means "send everything".
   const ifRange = req.headers['if-range'];
   const range = !ifRange || ifRange === headers.ETag ? parseRange(req.headers.range, size) : null;
-  if (range === 'unsatisfiable') return send(res, 416, 'range not satisfiable\n', { 'Content-Range': `bytes */${size}` });
+  if (range === 'unsatisfiable')
+    return send(res, 416, 'range not satisfiable\n', { 'Content-Range': `bytes */${size}` });
   let status = 200;
   let start = 0;
   let end = size - 1;
@@ -165,7 +173,11 @@ export function serve({ port = 8080, host = '127.0.0.1', mounts = defaultMounts(
         url: `http://${host}:${actual}`,
         port: actual,
         server,
-        close: () => new Promise((r) => { server.closeAllConnections?.(); server.close(() => r()); }),
+        close: () =>
+          new Promise((r) => {
+            server.closeAllConnections?.();
+            server.close(() => r());
+          }),
       });
     });
   });
@@ -184,11 +196,18 @@ if (process.argv[1] && import.meta.url === pathToFileURL(resolve(process.argv[1]
       extra.push({ prefix: prefix.endsWith('/') ? prefix : prefix + '/', dir: resolve(dir) });
     } else if (/^\d+$/.test(a)) port = Number(a);
     else {
-      console.error(`serve.js: unknown argument "${a}". Usage: node scripts/serve.js [port] [--host H] [--mount /prefix/=dir]`);
+      console.error(
+        `serve.js: unknown argument "${a}". Usage: node scripts/serve.js [port] [--host H] [--mount /prefix/=dir]`,
+      );
       process.exit(2);
     }
   }
-  const { url } = await serve({ port, host, mounts: [...extra, ...defaultMounts()], log: process.env.SERVE_LOG === '1' });
+  const { url } = await serve({
+    port,
+    host,
+    mounts: [...extra, ...defaultMounts()],
+    log: process.env.SERVE_LOG === '1',
+  });
   console.log(`serving ${repoRoot} at ${url}/`);
   console.log(`example: ${url}/examples/browser/`);
 }

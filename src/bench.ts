@@ -152,7 +152,11 @@ function quantile(xs: number[], q: number): number {
 }
 
 /** The header's words for BenchReport.attention_decode ('wide' gives its width). */
-const DECODE_ATTENTION: Record<string, string> = { subgroup: 'one subgroup per (row, head)', lanes: 'one invocation per (row, head)', query: '32-thread workgroups' };
+const DECODE_ATTENTION: Record<string, string> = {
+  subgroup: 'one subgroup per (row, head)',
+  lanes: 'one invocation per (row, head)',
+  query: '32-thread workgroups',
+};
 
 /** The decode attention's workgroup width when decode steps use the 'wide' kernel, else null. */
 function decodeWgOf(model: Model): number | null {
@@ -171,7 +175,13 @@ function promptMatmulOf(model: Model, T: number): string {
 export async function runBench(engine: Engine, o: BenchOptions): Promise<BenchReport> {
   const t0 = now();
   // Unset (undefined) options take the kernel's defaults.
-  const matmul = { fuseLn: o.fuseLn, gemvReduce: o.gemvReduce, gemmTile: o.gemmTile, gemvMaxM: o.gemvMaxM, knSubgroups: o.knSubgroups };
+  const matmul = {
+    fuseLn: o.fuseLn,
+    gemvReduce: o.gemvReduce,
+    gemmTile: o.gemmTile,
+    gemvMaxM: o.gemvMaxM,
+    knSubgroups: o.knSubgroups,
+  };
   // The source is resolved (and its config read) before any upload, so that a run the model's
   // window cannot hold fails at once, not after loading gigabytes.
   const ckpt = await engine.openSource(o.model, { onProgress: o.onProgress });
@@ -185,7 +195,12 @@ export async function runBench(engine: Engine, o: BenchOptions): Promise<BenchRe
     );
   }
   const resolveMs = now() - t0;
-  const model = await engine.loadModel(ckpt, { dtype: o.dtype, onProgress: o.onProgress, matmul, attention: { decodeWg: o.attentionWg, blocks: o.attentionBlocks, subgroups: o.attentionSubgroups } });
+  const model = await engine.loadModel(ckpt, {
+    dtype: o.dtype,
+    onProgress: o.onProgress,
+    matmul,
+    attention: { decodeWg: o.attentionWg, blocks: o.attentionBlocks, subgroups: o.attentionSubgroups },
+  });
   model.loadTimes.resolve_ms += resolveMs; // loadModel saw an opened checkpoint
   const loadMs = now() - t0;
   try {
@@ -205,7 +220,13 @@ export async function runBench(engine: Engine, o: BenchOptions): Promise<BenchRe
       date: new Date().toISOString(),
       model: o.model,
       dtype: o.dtype,
-      config: { n_layer: cfg.n_layer, n_embd: cfg.n_embd, n_head: cfg.n_head, vocab_size: cfg.vocab_size, n_positions: cfg.n_positions },
+      config: {
+        n_layer: cfg.n_layer,
+        n_embd: cfg.n_embd,
+        n_head: cfg.n_head,
+        vocab_size: cfg.vocab_size,
+        n_positions: cfg.n_positions,
+      },
       adapter: model.ctx.adapter,
       host_wait: model.ctx.waitYield ? 'sleep' : 'spin',
       fuse_ln: model.kernels.matmul.fuseLn,
@@ -230,8 +251,22 @@ export async function runBench(engine: Engine, o: BenchOptions): Promise<BenchRe
 }
 
 /** One row of the report: R timed generations of B sequences (after a warm-up), then the profile. */
-async function measureBatch(model: Model, B: number, prompt: number[], o: BenchOptions, loadMs: number): Promise<BatchResult> {
-  const gen = (maxNewTokens: number, seed: number) => model.generate(prompt, { numSequences: B, maxNewTokens, temperature: 1, seed, stopAtEos: false, pipelineDepth: o.pipelineDepth });
+async function measureBatch(
+  model: Model,
+  B: number,
+  prompt: number[],
+  o: BenchOptions,
+  loadMs: number,
+): Promise<BatchResult> {
+  const gen = (maxNewTokens: number, seed: number) =>
+    model.generate(prompt, {
+      numSequences: B,
+      maxNewTokens,
+      temperature: 1,
+      seed,
+      stopAtEos: false,
+      pipelineDepth: o.pipelineDepth,
+    });
   await gen(Math.min(2, o.newTokens), 1); // warm-up
   const runs = [];
   for (let r = 0; r < o.repeat; r++) runs.push(await gen(o.newTokens, 1234));
@@ -248,9 +283,18 @@ async function measureBatch(model: Model, B: number, prompt: number[], o: BenchO
   return {
     batch: B,
     load_ms: loadMs,
-    first_token_ms: quantile(runs.map((r) => r.stats.first_token_ms), 0.5),
-    setup_ms: quantile(runs.map((r) => r.stats.setup_ms), 0.5),
-    prefill_ms: quantile(runs.map((r) => r.stats.prefill_ms), 0.5),
+    first_token_ms: quantile(
+      runs.map((r) => r.stats.first_token_ms),
+      0.5,
+    ),
+    setup_ms: quantile(
+      runs.map((r) => r.stats.setup_ms),
+      0.5,
+    ),
+    prefill_ms: quantile(
+      runs.map((r) => r.stats.prefill_ms),
+      0.5,
+    ),
     decode_ms_per_token: decoded ? med : null,
     decode_ms_per_token_p90: decoded ? quantile(decode, 0.9) : null,
     tokens_per_s: decoded ? (1000 * B) / med : null,
@@ -272,7 +316,13 @@ async function measureSessions(model: Model, B: number, prompt: number[], o: Ben
   // Slots for the whole exchange (P + 1 sampled + 1 appended + N - 1 fed back), as a generation sizes its own.
   const capacity = generationCapacity(model.config, P + N + 1, false);
   const histories = Array.from({ length: B }, (_, i) => [...prompt.slice(i % P), ...prompt.slice(0, i % P)]);
-  const opts = (i: number, maxNewTokens: number) => ({ temperature: 1, seed: 1000 + i, maxNewTokens, stopAtEos: false, pipelineDepth: o.pipelineDepth });
+  const opts = (i: number, maxNewTokens: number) => ({
+    temperature: 1,
+    seed: 1000 + i,
+    maxNewTokens,
+    stopAtEos: false,
+    pipelineDepth: o.pipelineDepth,
+  });
   const separate = await Promise.all(histories.map(() => model.createSession({ capacity })));
   let group: SessionGroup | undefined;
   try {
@@ -283,12 +333,18 @@ async function measureSessions(model: Model, B: number, prompt: number[], o: Ben
     for (let run = 0; run <= o.repeat; run++) {
       for (const s of [...separate, ...g.sessions]) s.reset();
       await Promise.all(separate.map((s, i) => s.generate(histories[i]!, opts(i, 1))));
-      await g.generate(g.sessions.map((s, i) => ({ session: s, prompt: histories[i]! })), opts(0, 1));
+      await g.generate(
+        g.sessions.map((s, i) => ({ session: s, prompt: histories[i]! })),
+        opts(0, 1),
+      );
       let t = now();
       await Promise.all(separate.map((s, i) => s.generate([i + 1], opts(i, N))));
       if (run > 0) times.separate.push(now() - t);
       t = now();
-      const turn = await g.generate(g.sessions.map((s, i) => ({ session: s, prompt: [i + 1] })), opts(0, N));
+      const turn = await g.generate(
+        g.sessions.map((s, i) => ({ session: s, prompt: [i + 1] })),
+        opts(0, N),
+      );
       if (run > 0) {
         times.group.push(now() - t);
         times.setup.push(turn.stats.setup_ms);
@@ -298,8 +354,12 @@ async function measureSessions(model: Model, B: number, prompt: number[], o: Ben
     const sep = quantile(times.separate, 0.5);
     const grp = quantile(times.group, 0.5);
     return {
-      separate_turn_ms: sep, separate_tokens_per_s: (1000 * B * N) / sep, group_turn_ms: grp, group_tokens_per_s: (1000 * B * N) / grp,
-      group_setup_ms: quantile(times.setup, 0.5), group_first_token_ms: quantile(times.first, 0.5),
+      separate_turn_ms: sep,
+      separate_tokens_per_s: (1000 * B * N) / sep,
+      group_turn_ms: grp,
+      group_tokens_per_s: (1000 * B * N) / grp,
+      group_setup_ms: quantile(times.setup, 0.5),
+      group_first_token_ms: quantile(times.first, 0.5),
     };
   } finally {
     for (const s of separate) s.destroy();
@@ -312,7 +372,12 @@ async function measureSessions(model: Model, B: number, prompt: number[], o: Ben
  * pass with timestamp writes (this adds pass overhead, so the sum exceeds a real step; the
  * split between families is what it is for).
  */
-async function profileDecodeStep(model: Model, B: number, promptTokens: number, need: number): Promise<{ families: KernelTime[]; ops: KernelTime[] }> {
+async function profileDecodeStep(
+  model: Model,
+  B: number,
+  promptTokens: number,
+  need: number,
+): Promise<{ families: KernelTime[]; ops: KernelTime[] }> {
   const ctx = model.ctx;
   const owned = new Owned(ctx);
   // The cache the measured generations had (same slots, so the same attention work and the same
@@ -323,9 +388,16 @@ async function profileDecodeStep(model: Model, B: number, promptTokens: number, 
   const plan = new ForwardPlan(model, cache, B, B, { decode: true });
   try {
     const sampling = validateSampling({ temperature: 1 }, model.config.vocab_size);
-    const state = model.kernels.sampler.createState(owned, B, sampling, { seeds: Array.from({ length: B }, (_, i) => i), eosId: model.config.eos_token_id, stopAtEos: false });
+    const state = model.kernels.sampler.createState(owned, B, sampling, {
+      seeds: Array.from({ length: B }, (_, i) => i),
+      eosId: model.config.eos_token_id,
+      stopAtEos: false,
+    });
     plan.write({ ids: new Array(B).fill(1), meta: decodeMeta(new Array<number>(B).fill(pos)) });
-    const list: Dispatch[] = [...plan.dispatches, ...model.kernels.sampler.bind(owned, state, { logits: plan.logits, outIds: plan.ids })];
+    const list: Dispatch[] = [
+      ...plan.dispatches,
+      ...model.kernels.sampler.bind(owned, state, { logits: plan.logits, outIds: plan.ids }),
+    ];
     const n = list.length;
     const qs = ctx.device.createQuerySet({ type: 'timestamp', count: 2 * n });
     const resolve = owned.buffer('ts.resolve', 16 * n, GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC);
@@ -336,7 +408,9 @@ async function profileDecodeStep(model: Model, B: number, promptTokens: number, 
       for (let rep = 0; rep < reps; rep++) {
         const enc = ctx.device.createCommandEncoder();
         list.forEach((d, i) => {
-          const pass = enc.beginComputePass({ timestampWrites: { querySet: qs, beginningOfPassWriteIndex: 2 * i, endOfPassWriteIndex: 2 * i + 1 } });
+          const pass = enc.beginComputePass({
+            timestampWrites: { querySet: qs, beginningOfPassWriteIndex: 2 * i, endOfPassWriteIndex: 2 * i + 1 },
+          });
           pass.setPipeline(d.pipeline);
           pass.setBindGroup(0, d.bindGroup);
           pass.dispatchWorkgroups(...d.workgroups);
@@ -348,7 +422,10 @@ async function profileDecodeStep(model: Model, B: number, promptTokens: number, 
         if (rep === 0) continue; // warm-up
         list.forEach((d, i) => {
           const ns = Number(ts[2 * i + 1]! - ts[2 * i]!);
-          for (const [map, key] of [[totals, d.family], [ops, opName(d.label)]] as const) {
+          for (const [map, key] of [
+            [totals, d.family],
+            [ops, opName(d.label)],
+          ] as const) {
             const t = map.get(key) ?? { name: key, ms: 0, dispatches: 0 };
             t.ms += ns / 1e6 / (reps - 1);
             if (rep === 1) t.dispatches++;
@@ -399,11 +476,17 @@ export function formatBench(r: BenchReport): string {
   }
   if (r.new_tokens === 1) lines.push('(--new-tokens 1: prefill only, no decode step measured)');
   if (r.sessions) {
-    lines.push('', `sessions: B conversations, one turn of ${r.new_tokens} new tokens each (turn ms, tokens/s)`, 'batch  separate sessions at once      one session group');
+    lines.push(
+      '',
+      `sessions: B conversations, one turn of ${r.new_tokens} new tokens each (turn ms, tokens/s)`,
+      'batch  separate sessions at once      one session group',
+    );
     for (const x of r.results) {
       if (isBatchFailure(x) || !x.sessions) continue;
       const s = x.sessions;
-      lines.push(`${String(x.batch).padStart(5)}  ${`${s.separate_turn_ms.toFixed(0)} ms, ${s.separate_tokens_per_s.toFixed(1)}/s`.padEnd(28)}  ${s.group_turn_ms.toFixed(0)} ms, ${s.group_tokens_per_s.toFixed(1)}/s (first token ${s.group_first_token_ms.toFixed(1)} ms, set-up ${s.group_setup_ms.toFixed(1)})`);
+      lines.push(
+        `${String(x.batch).padStart(5)}  ${`${s.separate_turn_ms.toFixed(0)} ms, ${s.separate_tokens_per_s.toFixed(1)}/s`.padEnd(28)}  ${s.group_turn_ms.toFixed(0)} ms, ${s.group_tokens_per_s.toFixed(1)}/s (first token ${s.group_first_token_ms.toFixed(1)} ms, set-up ${s.group_setup_ms.toFixed(1)})`,
+      );
     }
   }
   for (const x of r.results) {
@@ -411,9 +494,11 @@ export function formatBench(r: BenchReport): string {
     lines.push('', `kernels, batch ${x.batch} (GPU ms per decode step):`);
     if (!x.kernels) lines.push(`  ${x.kernels_note}`);
     else {
-      for (const k of x.kernels) lines.push(`  ${k.name.padEnd(12)} ${k.ms.toFixed(3).padStart(9)} ms  (${k.dispatches} dispatches)`);
+      for (const k of x.kernels)
+        lines.push(`  ${k.name.padEnd(12)} ${k.ms.toFixed(3).padStart(9)} ms  (${k.dispatches} dispatches)`);
       lines.push('  by operation (summed over layers):');
-      for (const k of x.kernels_by_op ?? []) lines.push(`    ${k.name.padEnd(24)} ${k.ms.toFixed(3).padStart(9)} ms  (${k.dispatches})`);
+      for (const k of x.kernels_by_op ?? [])
+        lines.push(`    ${k.name.padEnd(24)} ${k.ms.toFixed(3).padStart(9)} ms  (${k.dispatches})`);
     }
   }
   return lines.join('\n');

@@ -27,19 +27,34 @@ class UsageError extends Error {}
 class ReportedFailure extends Error {}
 
 const MODEL_FLAGS: Record<string, Flag> = {
-  model: { type: 'string', help: 'model source: random:<gpt2|gpt2-medium|gpt2-large|gpt2-xl|distilgpt2|config.json>, a local directory (config.json + model.safetensors), or a Hugging Face id (gpt2, openai-community/gpt2-medium, ...)' },
+  model: {
+    type: 'string',
+    help: 'model source: random:<gpt2|gpt2-medium|gpt2-large|gpt2-xl|distilgpt2|config.json>, a local directory (config.json + model.safetensors), or a Hugging Face id (gpt2, openai-community/gpt2-medium, ...)',
+  },
   f16: { type: 'boolean', default: false, help: 'store weights as f16 (halves memory traffic; math stays f32)' },
   'weights-seed': { type: 'string', default: '0', help: 'seed of random: weights' },
 };
 const SAMPLING_FLAGS: Record<string, Flag> = {
   temperature: { type: 'string', default: '1', help: 'softmax temperature; 0 = greedy (argmax, ties -> smallest id)' },
   'top-k': { type: 'string', default: '0', help: 'keep the k most likely tokens (ties at the k-th kept); 0 = off' },
-  'top-p': { type: 'string', default: '0', help: 'nucleus: keep the smallest most-likely set reaching p; 0 or 1 = off' },
-  'min-p': { type: 'string', default: '0', help: 'drop tokens with probability < min_p x the top probability; 0 = off' },
+  'top-p': {
+    type: 'string',
+    default: '0',
+    help: 'nucleus: keep the smallest most-likely set reaching p; 0 or 1 = off',
+  },
+  'min-p': {
+    type: 'string',
+    default: '0',
+    help: 'drop tokens with probability < min_p x the top probability; 0 = off',
+  },
   'min-tokens-to-keep': { type: 'string', default: '1', help: 'top-p / min-p keep at least this many tokens' },
   'freq-penalty': { type: 'string', default: '0', help: 'subtract this x (count of the token in prompt + output)' },
   'presence-penalty': { type: 'string', default: '0', help: 'subtract this once for every token already present' },
-  'repetition-penalty': { type: 'string', default: '1', help: 'HF repetition penalty (divide positive / multiply negative logits of present tokens); 1 = off' },
+  'repetition-penalty': {
+    type: 'string',
+    default: '1',
+    help: 'HF repetition penalty (divide positive / multiply negative logits of present tokens); 1 = off',
+  },
   seed: { type: 'string', help: 'RNG seed (integer); default: random, reported in the output' },
 };
 const PROMPT_FLAGS: Record<string, Flag> = {
@@ -52,7 +67,14 @@ function num(v: unknown, name: string, { int = false, min = -Infinity, max = Inf
   const s = String(v);
   const x = Number(s);
   if (s.trim() === '' || !Number.isFinite(x) || (int && !Number.isInteger(x)) || x < min || x > max) {
-    const range = min > -Infinity && max < Infinity ? ` in [${min}, ${max}]` : min > -Infinity ? ` >= ${min}` : max < Infinity ? ` <= ${max}` : '';
+    const range =
+      min > -Infinity && max < Infinity
+        ? ` in [${min}, ${max}]`
+        : min > -Infinity
+          ? ` >= ${min}`
+          : max < Infinity
+            ? ` <= ${max}`
+            : '';
     throw new UsageError(`--${name} must be ${int ? 'an integer' : 'a number'}${range}, got "${s}"`);
   }
   return x;
@@ -63,7 +85,9 @@ function readFlagFile(flag: string, path: string): Buffer {
   try {
     return readFileSync(path);
   } catch (e) {
-    throw new InvalidOptionError(`--${flag} ${path}: cannot read it (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
+    throw new InvalidOptionError(
+      `--${flag} ${path}: cannot read it (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`,
+    );
   }
 }
 
@@ -72,13 +96,16 @@ function writeFlagFile(flag: string, path: string, data: Uint8Array): void {
   try {
     writeFileSync(path, data);
   } catch (e) {
-    throw new InvalidOptionError(`--${flag} ${path}: cannot write it (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
+    throw new InvalidOptionError(
+      `--${flag} ${path}: cannot write it (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`,
+    );
   }
 }
 
 function parseIds(s: string): number[] {
   const parts = s.split(',').map((p) => p.trim());
-  if (parts.some((p) => !/^\d+$/.test(p))) throw new UsageError(`--ids must be comma-separated non-negative integers, got "${s}"`);
+  if (parts.some((p) => !/^\d+$/.test(p)))
+    throw new UsageError(`--ids must be comma-separated non-negative integers, got "${s}"`);
   return parts.map(Number);
 }
 
@@ -106,10 +133,14 @@ function progress(): (p: LoadProgress) => void {
     if (tty) {
       const w = 30;
       const fill = Math.round((w * pct) / 100);
-      process.stderr.write(`\r${p.phase.padEnd(9)} [${'#'.repeat(fill)}${'.'.repeat(w - fill)}] ${String(pct).padStart(3)}% ${(p.loaded / 1e6).toFixed(1)}/${(p.total / 1e6).toFixed(1)} MB`);
+      process.stderr.write(
+        `\r${p.phase.padEnd(9)} [${'#'.repeat(fill)}${'.'.repeat(w - fill)}] ${String(pct).padStart(3)}% ${(p.loaded / 1e6).toFixed(1)}/${(p.total / 1e6).toFixed(1)} MB`,
+      );
       if (p.loaded >= p.total) process.stderr.write('\n');
     } else if (p.phase !== lastPhase || Math.floor(pct / 10) !== Math.floor(lastPct / 10)) {
-      process.stderr.write(`${p.phase}: ${pct}% (${(p.loaded / 1e6).toFixed(1)} of ${(p.total / 1e6).toFixed(1)} MB)\n`);
+      process.stderr.write(
+        `${p.phase}: ${pct}% (${(p.loaded / 1e6).toFixed(1)} of ${(p.total / 1e6).toFixed(1)} MB)\n`,
+      );
     }
     lastPct = pct;
     lastPhase = p.phase;
@@ -117,7 +148,8 @@ function progress(): (p: LoadProgress) => void {
 }
 
 async function withModel<T>(v: Record<string, unknown>, fn: (m: Model) => Promise<T>): Promise<T> {
-  if (typeof v.model !== 'string' || !v.model) throw new UsageError('--model is required (e.g. --model random:gpt2, --model gpt2, --model ./my-gpt2-dir)');
+  if (typeof v.model !== 'string' || !v.model)
+    throw new UsageError('--model is required (e.g. --model random:gpt2, --model gpt2, --model ./my-gpt2-dir)');
   const engine = await createEngine();
   try {
     const model = await engine.loadModel(v.model, {
@@ -148,9 +180,13 @@ const commands: Record<string, Command> = {
       const a = ctx.adapter;
       if (v.json) console.log(JSON.stringify({ adapter: a, features_used: ctx.features }, null, 2));
       else {
-        console.log(`adapter:   ${a.description || a.device} (${a.vendor}${a.architecture ? ', ' + a.architecture : ''})${a.isFallbackAdapter ? ' [fallback/software]' : ''}`);
+        console.log(
+          `adapter:   ${a.description || a.device} (${a.vendor}${a.architecture ? ', ' + a.architecture : ''})${a.isFallbackAdapter ? ' [fallback/software]' : ''}`,
+        );
         console.log(`features:  ${a.features.join(', ')}`);
-        console.log(`used:      timestamp-query ${ctx.features.timestampQuery}, shader-f16 ${ctx.features.shaderF16}, subgroups ${ctx.features.subgroups}${ctx.features.subgroupSize ? ` (size ${ctx.features.subgroupSize})` : ''}`);
+        console.log(
+          `used:      timestamp-query ${ctx.features.timestampQuery}, shader-f16 ${ctx.features.shaderF16}, subgroups ${ctx.features.subgroups}${ctx.features.subgroupSize ? ` (size ${ctx.features.subgroupSize})` : ''}`,
+        );
         for (const [k, val] of Object.entries(a.limits)) console.log(`${k.padEnd(34)} ${val}`);
       }
       ctx.destroy();
@@ -160,9 +196,15 @@ const commands: Record<string, Command> = {
     summary: 'generate text (streams to stdout; --json prints one object)',
     usage: 'gpt2-webgpu generate --model M (--prompt TEXT | --ids CSV) [options]',
     flags: {
-      ...MODEL_FLAGS, ...PROMPT_FLAGS, ...SAMPLING_FLAGS,
+      ...MODEL_FLAGS,
+      ...PROMPT_FLAGS,
+      ...SAMPLING_FLAGS,
       'max-new-tokens': { type: 'string', default: '30', help: 'tokens to generate per sequence' },
-      'num-sequences': { type: 'string', default: '1', help: 'independent continuations (batched; sequence i uses seed deriveSeed(seed, i))' },
+      'num-sequences': {
+        type: 'string',
+        default: '1',
+        help: 'independent continuations (batched; sequence i uses seed deriveSeed(seed, i))',
+      },
       'no-stop-at-eos': { type: 'boolean', default: false, help: 'keep going after <|endoftext|>' },
       'no-cache': { type: 'boolean', default: false, help: 'recompute the whole sequence every step (checking mode)' },
       stop: { type: 'string', help: 'stop string (repeatable via comma-free multiple --stop)' },
@@ -176,18 +218,29 @@ const commands: Record<string, Command> = {
       await withModel(v, async (model) => {
         const streamOut = !v.json && numSequences === 1;
         const res = await model.generate(prompt, {
-          ...s, maxNewTokens, numSequences,
+          ...s,
+          maxNewTokens,
+          numSequences,
           stopAtEos: !v['no-stop-at-eos'],
           useCache: !v['no-cache'],
           stopStrings: typeof v.stop === 'string' ? [v.stop] : undefined,
           onToken: streamOut ? (ev) => process.stdout.write(ev.text) : undefined,
         });
         if (v.json) {
-          console.log(JSON.stringify({ prompt_ids: res.promptIds, sequences: res.sequences.map((q) => ({ tokens: q.tokens, text: q.text, finish_reason: q.finishReason })), seed: res.seed, stats: res.stats }));
+          console.log(
+            JSON.stringify({
+              prompt_ids: res.promptIds,
+              sequences: res.sequences.map((q) => ({ tokens: q.tokens, text: q.text, finish_reason: q.finishReason })),
+              seed: res.seed,
+              stats: res.stats,
+            }),
+          );
         } else {
           if (streamOut) process.stdout.write('\n');
           else res.sequences.forEach((q, i) => console.log(`--- sequence ${i}\n${q.text}`));
-          process.stderr.write(`seed ${res.seed}; first token ${res.stats.first_token_ms.toFixed(1)} ms (setup ${res.stats.setup_ms.toFixed(1)} + prefill ${res.stats.prefill_ms.toFixed(1)}); decode ${res.stats.decode_ms_per_token.toFixed(2)} ms/token; ${res.stats.tokens_per_s.toFixed(1)} tokens/s\n`);
+          process.stderr.write(
+            `seed ${res.seed}; first token ${res.stats.first_token_ms.toFixed(1)} ms (setup ${res.stats.setup_ms.toFixed(1)} + prefill ${res.stats.prefill_ms.toFixed(1)}); decode ${res.stats.decode_ms_per_token.toFixed(2)} ms/token; ${res.stats.tokens_per_s.toFixed(1)} tokens/s\n`,
+          );
         }
       });
     },
@@ -196,8 +249,13 @@ const commands: Record<string, Command> = {
     summary: 'write float32 little-endian logits of a prompt to a file',
     usage: 'gpt2-webgpu logits --model M --ids 1,2,3 [--all-positions] --out FILE',
     flags: {
-      ...MODEL_FLAGS, ...PROMPT_FLAGS,
-      'all-positions': { type: 'boolean', default: false, help: 'logits at every position ([T, vocab]) instead of the last ([vocab])' },
+      ...MODEL_FLAGS,
+      ...PROMPT_FLAGS,
+      'all-positions': {
+        type: 'boolean',
+        default: false,
+        help: 'logits at every position ([T, vocab]) instead of the last ([vocab])',
+      },
       out: { type: 'string', help: 'output file (float32 little-endian)' },
       ...JSON_FLAG,
     },
@@ -219,18 +277,25 @@ const commands: Record<string, Command> = {
       logits: { type: 'string', help: 'float32 little-endian logits [vocab]' },
       count: { type: 'string', default: '1', help: 'number of draws' },
       'probs-out': { type: 'string', help: 'write the distribution sampled from (f32 [vocab])' },
-      ...SAMPLING_FLAGS, ...JSON_FLAG,
+      ...SAMPLING_FLAGS,
+      ...JSON_FLAG,
     },
     async run(v) {
       if (typeof v.logits !== 'string') throw new UsageError('--logits FILE.f32 is required');
       const count = num(v.count, 'count', { int: true, min: 1, max: 10_000_000 });
       const bytes = readFlagFile('logits', v.logits);
-      if (bytes.byteLength === 0 || bytes.byteLength % 4) throw new InvalidOptionError(`${v.logits}: ${bytes.byteLength} bytes is not a whole number of float32 values`);
+      if (bytes.byteLength === 0 || bytes.byteLength % 4)
+        throw new InvalidOptionError(`${v.logits}: ${bytes.byteLength} bytes is not a whole number of float32 values`);
       const logits = new Float32Array(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength));
       const ctx = await nodeContext();
       try {
         const r = await sample(ctx, logits, count, samplingFrom(v));
-        if (typeof v['probs-out'] === 'string') writeFlagFile('probs-out', v['probs-out'], new Uint8Array(r.probs.buffer, r.probs.byteOffset, r.probs.byteLength));
+        if (typeof v['probs-out'] === 'string')
+          writeFlagFile(
+            'probs-out',
+            v['probs-out'],
+            new Uint8Array(r.probs.buffer, r.probs.byteOffset, r.probs.byteLength),
+          );
         console.log(JSON.stringify({ counts: Array.from(r.counts), seed: r.seed }));
       } finally {
         ctx.destroy();
@@ -239,14 +304,20 @@ const commands: Record<string, Command> = {
   },
   beam: {
     summary: 'beam search on the GPU with the KV cache',
-    usage: 'gpt2-webgpu beam --model M (--prompt TEXT | --ids CSV) --num-beams B --num-return R --max-new-tokens N [--length-penalty L] [--early-stopping] --json',
+    usage:
+      'gpt2-webgpu beam --model M (--prompt TEXT | --ids CSV) --num-beams B --num-return R --max-new-tokens N [--length-penalty L] [--early-stopping] --json',
     flags: {
-      ...MODEL_FLAGS, ...PROMPT_FLAGS,
+      ...MODEL_FLAGS,
+      ...PROMPT_FLAGS,
       'num-beams': { type: 'string', default: '4', help: 'beams kept per step' },
       'num-return': { type: 'string', default: '1', help: 'hypotheses returned (<= num-beams)' },
       'max-new-tokens': { type: 'string', default: '20', help: 'new tokens at most' },
       'length-penalty': { type: 'string', default: '0', help: 'score = logprob / new_tokens^L' },
-      'early-stopping': { type: 'boolean', default: false, help: "HF's early_stopping=True: stop once num-beams hypotheses ended with EOS (default: once num-return have, the exercise's rule)" },
+      'early-stopping': {
+        type: 'boolean',
+        default: false,
+        help: "HF's early_stopping=True: stop once num-beams hypotheses ended with EOS (default: once num-return have, the exercise's rule)",
+      },
       ...JSON_FLAG,
     },
     async run(v) {
@@ -259,40 +330,97 @@ const commands: Record<string, Command> = {
           lengthPenalty: num(v['length-penalty'], 'length-penalty'),
           earlyStopping: Boolean(v['early-stopping']),
         });
-        const out = beams.map((b) => ({ logprob: b.logprob, score: b.score, tokens: b.tokens, text: model.tokenizer.decode(b.tokens), finished: b.finished }));
+        const out = beams.map((b) => ({
+          logprob: b.logprob,
+          score: b.score,
+          tokens: b.tokens,
+          text: model.tokenizer.decode(b.tokens),
+          finished: b.finished,
+        }));
         if (v.json) console.log(JSON.stringify({ beams: out }));
-        else out.forEach((b) => console.log(`${b.score.toFixed(4)} (logprob ${b.logprob.toFixed(4)}): ${JSON.stringify(b.text)}`));
+        else
+          out.forEach((b) =>
+            console.log(`${b.score.toFixed(4)} (logprob ${b.logprob.toFixed(4)}): ${JSON.stringify(b.text)}`),
+          );
       });
     },
   },
   bench: {
     summary: 'benchmark load, prefill and decode (per batch size), with per-kernel GPU times',
-    usage: 'gpt2-webgpu bench [--model random:gpt2] [--batch 1,4,16,64] [--prompt-tokens P] [--new-tokens N] [--repeat R] [--f16] [--wait auto|sleep|spin] [--fuse-ln auto|on|off] [--gemv-reduce auto|split|workgroup] [--gemm-tile TX,TY,TM,TN,BK] [--gemv-max-m M] [--attention-wg N] [--attention-blocks auto|on|off] [--attention-subgroups auto|on|off] [--matmul-subgroups auto|on|off] [--pipeline-depth D] [--sessions] [--json]',
+    usage:
+      'gpt2-webgpu bench [--model random:gpt2] [--batch 1,4,16,64] [--prompt-tokens P] [--new-tokens N] [--repeat R] [--f16] [--wait auto|sleep|spin] [--fuse-ln auto|on|off] [--gemv-reduce auto|split|workgroup] [--gemm-tile TX,TY,TM,TN,BK] [--gemv-max-m M] [--attention-wg N] [--attention-blocks auto|on|off] [--attention-subgroups auto|on|off] [--matmul-subgroups auto|on|off] [--pipeline-depth D] [--sessions] [--json]',
     flags: {
       ...MODEL_FLAGS,
       model: { ...MODEL_FLAGS.model!, default: 'random:gpt2' },
       batch: { type: 'string', default: '1', help: 'batch sizes, comma-separated (e.g. 1,4,16,64)' },
       'prompt-tokens': { type: 'string', default: '128', help: 'prompt length P' },
-      'new-tokens': { type: 'string', default: '32', help: 'tokens generated per run (1: time the prefill alone, no decode step)' },
+      'new-tokens': {
+        type: 'string',
+        default: '32',
+        help: 'tokens generated per run (1: time the prefill alone, no decode step)',
+      },
       repeat: { type: 'string', default: '3', help: 'runs per batch size (median and p90 over them)' },
       'no-profile': { type: 'boolean', default: false, help: 'skip the per-kernel timestamp profile' },
-      wait: { type: 'string', default: 'auto', help: 'how the host thread waits for the GPU: sleep (in 2 ms slices), spin (dawn.node polling), auto (sleep on CPU adapters)' },
-      'fuse-ln': { type: 'string', default: 'auto', help: 'layer norm in the GPU GEMV prologue (gemv_kn_ln): on, off, auto (on GPUs)' },
-      'gemv-max-m': { type: 'string', help: 'largest M (batch x tokens) the GEMV takes before the tiled GEMM (default 8 on GPUs; CPU adapters: always the GEMV)' },
-      'gemm-tile': { type: 'string', help: 'the prefill GEMM tile: TX,TY threads of TM x TN outputs, BK deep (default 16,16,4,4,16)' },
-      'gemv-reduce': { type: 'string', default: 'auto', help: 'how the GPU decode GEMV splits K: split (slices over workgroups + a reduce dispatch), workgroup (inside each workgroup, one dispatch), auto (workgroup on GPUs)' },
-      'attention-wg': { type: 'string', help: 'threads per workgroup of the GPU decode attention: 32-256, a power of two, or 0 for the 32-thread prefill kernel (default 256 on GPUs; CPU adapters decode with one invocation per head)' },
-      'attention-blocks': { type: 'string', default: 'auto', help: "prompts of 64+ tokens as matrix products through scratch buffers ('blocks', CPU adapters without the subgroup attention): on, off (token pairs at every length), auto (on CPU adapters without subgroups or with --attention-subgroups off)" },
-      'attention-subgroups': { type: 'string', default: 'auto', help: "attention with a subgroup per (query or block of 8 prompt tokens, head) ('subgroup', CPU adapters with subgroups of 4+ invocations): on, off (decode: one invocation per (row, head); prompts: token pairs or 'blocks'), auto (where available)" },
-      'matmul-subgroups': { type: 'string', default: 'auto', help: "matmuls of 8+ rows (prompts, batches) through subgroup broadcasts ('subgroups', CPU adapters with 4- or 8-lane subgroups): on, off (gemv_kn_cols), auto (where available)" },
-      'pipeline-depth': { type: 'string', help: 'decode steps queued ahead of the token read-back, 1-16 (default 3 on GPUs, 1 on CPU adapters)' },
-      sessions: { type: 'boolean', default: false, help: 'also time B conversations of different histories: B separate sessions at once against one session group' },
+      wait: {
+        type: 'string',
+        default: 'auto',
+        help: 'how the host thread waits for the GPU: sleep (in 2 ms slices), spin (dawn.node polling), auto (sleep on CPU adapters)',
+      },
+      'fuse-ln': {
+        type: 'string',
+        default: 'auto',
+        help: 'layer norm in the GPU GEMV prologue (gemv_kn_ln): on, off, auto (on GPUs)',
+      },
+      'gemv-max-m': {
+        type: 'string',
+        help: 'largest M (batch x tokens) the GEMV takes before the tiled GEMM (default 8 on GPUs; CPU adapters: always the GEMV)',
+      },
+      'gemm-tile': {
+        type: 'string',
+        help: 'the prefill GEMM tile: TX,TY threads of TM x TN outputs, BK deep (default 16,16,4,4,16)',
+      },
+      'gemv-reduce': {
+        type: 'string',
+        default: 'auto',
+        help: 'how the GPU decode GEMV splits K: split (slices over workgroups + a reduce dispatch), workgroup (inside each workgroup, one dispatch), auto (workgroup on GPUs)',
+      },
+      'attention-wg': {
+        type: 'string',
+        help: 'threads per workgroup of the GPU decode attention: 32-256, a power of two, or 0 for the 32-thread prefill kernel (default 256 on GPUs; CPU adapters decode with one invocation per head)',
+      },
+      'attention-blocks': {
+        type: 'string',
+        default: 'auto',
+        help: "prompts of 64+ tokens as matrix products through scratch buffers ('blocks', CPU adapters without the subgroup attention): on, off (token pairs at every length), auto (on CPU adapters without subgroups or with --attention-subgroups off)",
+      },
+      'attention-subgroups': {
+        type: 'string',
+        default: 'auto',
+        help: "attention with a subgroup per (query or block of 8 prompt tokens, head) ('subgroup', CPU adapters with subgroups of 4+ invocations): on, off (decode: one invocation per (row, head); prompts: token pairs or 'blocks'), auto (where available)",
+      },
+      'matmul-subgroups': {
+        type: 'string',
+        default: 'auto',
+        help: "matmuls of 8+ rows (prompts, batches) through subgroup broadcasts ('subgroups', CPU adapters with 4- or 8-lane subgroups): on, off (gemv_kn_cols), auto (where available)",
+      },
+      'pipeline-depth': {
+        type: 'string',
+        help: 'decode steps queued ahead of the token read-back, 1-16 (default 3 on GPUs, 1 on CPU adapters)',
+      },
+      sessions: {
+        type: 'boolean',
+        default: false,
+        help: 'also time B conversations of different histories: B separate sessions at once against one session group',
+      },
       ...JSON_FLAG,
     },
     async run(v) {
-      const batches = String(v.batch).split(',').map((b) => num(b, 'batch', { int: true, min: 1, max: 1024 }));
+      const batches = String(v.batch)
+        .split(',')
+        .map((b) => num(b, 'batch', { int: true, min: 1, max: 1024 }));
       const waits = { auto: 'auto', sleep: true, spin: false } as const;
-      if (!Object.hasOwn(waits, String(v.wait))) throw new UsageError(`--wait must be auto, sleep or spin, got "${String(v.wait)}"`);
+      if (!Object.hasOwn(waits, String(v.wait)))
+        throw new UsageError(`--wait must be auto, sleep or spin, got "${String(v.wait)}"`);
       // An auto|on|off flag: undefined (the kernel's default), true or false.
       const onOff = (flag: string): boolean | undefined => {
         const modes = { auto: undefined, on: true, off: false } as const;
@@ -305,11 +433,15 @@ const commands: Record<string, Command> = {
       const attentionSubgroups = onOff('attention-subgroups');
       const knSubgroups = onOff('matmul-subgroups');
       const reduces = { auto: undefined, split: 'split', workgroup: 'workgroup' } as const;
-      if (!Object.hasOwn(reduces, String(v['gemv-reduce']))) throw new UsageError(`--gemv-reduce must be auto, split or workgroup, got "${String(v['gemv-reduce'])}"`);
+      if (!Object.hasOwn(reduces, String(v['gemv-reduce'])))
+        throw new UsageError(`--gemv-reduce must be auto, split or workgroup, got "${String(v['gemv-reduce'])}"`);
       let gemmTile: GemmTile | undefined;
       if (v['gemm-tile'] !== undefined) {
         const parts = String(v['gemm-tile']).split(',');
-        if (parts.length !== 5) throw new UsageError(`--gemm-tile takes 5 comma-separated integers TX,TY,TM,TN,BK, got "${String(v['gemm-tile'])}"`);
+        if (parts.length !== 5)
+          throw new UsageError(
+            `--gemm-tile takes 5 comma-separated integers TX,TY,TM,TN,BK, got "${String(v['gemm-tile'])}"`,
+          );
         const [tx, ty, tm, tn, bk] = parts.map((s) => num(s, 'gemm-tile', { int: true, min: 1 }));
         gemmTile = { tx: tx!, ty: ty!, tm: tm!, tn: tn!, bk: bk! };
       }
@@ -326,18 +458,23 @@ const commands: Record<string, Command> = {
           fuseLn,
           gemvReduce: reduces[String(v['gemv-reduce']) as keyof typeof reduces],
           gemmTile,
-          gemvMaxM: v['gemv-max-m'] === undefined ? undefined : num(v['gemv-max-m'], 'gemv-max-m', { int: true, min: 0 }),
+          gemvMaxM:
+            v['gemv-max-m'] === undefined ? undefined : num(v['gemv-max-m'], 'gemv-max-m', { int: true, min: 0 }),
           attentionWg: attentionWg(v['attention-wg']),
           attentionBlocks,
           knSubgroups,
           attentionSubgroups,
-          pipelineDepth: v['pipeline-depth'] === undefined ? undefined : num(v['pipeline-depth'], 'pipeline-depth', { int: true, min: 1, max: 16 }),
+          pipelineDepth:
+            v['pipeline-depth'] === undefined
+              ? undefined
+              : num(v['pipeline-depth'], 'pipeline-depth', { int: true, min: 1, max: 16 }),
           sessions: Boolean(v.sessions),
           onProgress: v.json ? undefined : progress(),
         });
         console.log(v.json ? JSON.stringify(report) : formatBench(report));
         const failed = report.results.filter(isBatchFailure);
-        if (failed.length) throw new ReportedFailure(`bench: ${failed.map((f) => `batch ${f.batch} failed (${f.error})`).join('; ')}`);
+        if (failed.length)
+          throw new ReportedFailure(`bench: ${failed.map((f) => `batch ${f.batch} failed (${f.error})`).join('; ')}`);
       } finally {
         engine.destroy();
       }
@@ -349,7 +486,8 @@ const commands: Record<string, Command> = {
 function attentionWg(v: unknown): number | undefined {
   if (v === undefined) return undefined;
   const n = num(v, 'attention-wg', { int: true, min: 0, max: 256 });
-  if (n !== 0 && !isPowerOfTwoIn(n, 32, 256)) throw new UsageError(`--attention-wg must be 0 or a power of two in [32, 256], got ${n}`);
+  if (n !== 0 && !isPowerOfTwoIn(n, 32, 256))
+    throw new UsageError(`--attention-wg must be 0 or a power of two in [32, 256], got ${n}`);
   return n;
 }
 
@@ -365,7 +503,14 @@ function helpText(name: string, c: Command): string {
 }
 
 function mainHelp(): string {
-  return ['usage: gpt2-webgpu <command> [options]', '', 'commands:', ...Object.entries(commands).map(([n, c]) => `  ${n.padEnd(10)} ${c.summary}`), '', 'gpt2-webgpu <command> --help for its options'].join('\n');
+  return [
+    'usage: gpt2-webgpu <command> [options]',
+    '',
+    'commands:',
+    ...Object.entries(commands).map(([n, c]) => `  ${n.padEnd(10)} ${c.summary}`),
+    '',
+    'gpt2-webgpu <command> --help for its options',
+  ].join('\n');
 }
 
 export async function main(argv: string[]): Promise<number> {
@@ -382,8 +527,12 @@ export async function main(argv: string[]): Promise<number> {
   let values: Record<string, string | boolean | undefined>;
   try {
     const options: ParseArgsConfig['options'] = { help: { type: 'boolean' } };
-    for (const [k, f] of Object.entries(cmd.flags)) options[k] = { type: f.type, ...(f.default !== undefined ? { default: f.default } : {}) };
-    values = parseArgs({ args: rest, options, strict: true, allowPositionals: false }).values as Record<string, string | boolean | undefined>;
+    for (const [k, f] of Object.entries(cmd.flags))
+      options[k] = { type: f.type, ...(f.default !== undefined ? { default: f.default } : {}) };
+    values = parseArgs({ args: rest, options, strict: true, allowPositionals: false }).values as Record<
+      string,
+      string | boolean | undefined
+    >;
   } catch (e) {
     console.error(`${(e as Error).message}\n\n${helpText(name, cmd)}`);
     return 2;

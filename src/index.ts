@@ -6,8 +6,23 @@ export * from './errors.js';
 export { createContext, contextFromDevice, GpuContext } from './engine/device.js';
 export type { AdapterSummary, ContextOptions, GpuFeatures, WaitYield } from './engine/device.js';
 export { Engine, Model, Session, SessionGroup } from './engine/engine.js';
-export type { EngineOptions, LoadProgress, ModelLoadOptions, ModelSource, SessionTurn, SourceResolver } from './engine/engine.js';
-export type { GenerateOptions, GenerateResult, GeneratedSequence, GenerateStats, TokenEvent, SequenceDoneEvent, FinishReason } from './engine/generate.js';
+export type {
+  EngineOptions,
+  LoadProgress,
+  ModelLoadOptions,
+  ModelSource,
+  SessionTurn,
+  SourceResolver,
+} from './engine/engine.js';
+export type {
+  GenerateOptions,
+  GenerateResult,
+  GeneratedSequence,
+  GenerateStats,
+  TokenEvent,
+  SequenceDoneEvent,
+  FinishReason,
+} from './engine/generate.js';
 export type { BeamOptions, BeamHypothesis } from './sampling/beam.js';
 export type { SamplingOptions } from './sampling/options.js';
 export { deriveSeed, validateSampling } from './sampling/options.js';

@@ -79,9 +79,14 @@ export async function fileByteSource(path: string): Promise<ByteSource> {
 export async function openLocalDir(dir: string): Promise<Checkpoint> {
   const cfgPath = join(dir, 'config.json');
   const stPath = join(dir, 'model.safetensors');
-  if (!existsSync(cfgPath)) throw new WeightsFormatError(`${dir}: no config.json in this directory (a model directory needs config.json and model.safetensors)`);
+  if (!existsSync(cfgPath))
+    throw new WeightsFormatError(
+      `${dir}: no config.json in this directory (a model directory needs config.json and model.safetensors)`,
+    );
   if (!existsSync(stPath)) {
-    const hint = existsSync(join(dir, 'pytorch_model.bin')) ? ' (only pytorch_model.bin is there; convert it to safetensors)' : '';
+    const hint = existsSync(join(dir, 'pytorch_model.bin'))
+      ? ' (only pytorch_model.bin is there; convert it to safetensors)'
+      : '';
     throw new WeightsFormatError(`${dir}: no model.safetensors in this directory${hint}`);
   }
   let json: unknown;
@@ -107,7 +112,9 @@ export async function resolveSource(source: string, opts: SourceOptions = {}): P
       try {
         json = JSON.parse(await readFile(spec, 'utf8'));
       } catch (e) {
-        throw new WeightsFormatError(`${spec}: cannot read config for a random model (${(e as Error).message})`, { cause: e });
+        throw new WeightsFormatError(`${spec}: cannot read config for a random model (${(e as Error).message})`, {
+          cause: e,
+        });
       }
       return randomCheckpoint(json as never, opts.seed ?? 0);
     }
@@ -118,10 +125,14 @@ export async function resolveSource(source: string, opts: SourceOptions = {}): P
     return openLocalDir(st.isDirectory() ? source : dirname(source));
   }
   if (/^(\.{0,2}[/\\]|~)/.test(source) || source.endsWith('.safetensors') || source.endsWith('.json')) {
-    throw new WeightsFormatError(`${source}: no such file or directory (a model source is random:<name>, a directory, or a hub id such as gpt2)`);
+    throw new WeightsFormatError(
+      `${source}: no such file or directory (a model source is random:<name>, a directory, or a hub id such as gpt2)`,
+    );
   }
   if (!/^[\w.-]+(\/[\w.-]+)?$/.test(source)) {
-    throw new InvalidOptionError(`"${source}" is not a model source: use random:<name>, a local directory, or a hub id like gpt2 or openai-community/gpt2`);
+    throw new InvalidOptionError(
+      `"${source}" is not a model source: use random:<name>, a local directory, or a hub id like gpt2 or openai-community/gpt2`,
+    );
   }
   const repo = isKnownModel(source) ? HUB_REPOS[source] : source;
   const cfgPath = await hubFile(repo, 'config.json', opts, source);
@@ -169,7 +180,10 @@ export async function hubFile(repo: string, file: string, opts: SourceOptions = 
   const hit = await cached(folders, revision, file);
   if (hit) return hit;
   const offline = opts.offline ?? /^(1|true|yes|on)$/i.test(process.env.HF_HUB_OFFLINE ?? '');
-  if (offline) throw new DownloadError(`${repo}/${file} (revision ${revision}) is not in the cache ${cache} and offline mode is on (HF_HUB_OFFLINE)`);
+  if (offline)
+    throw new DownloadError(
+      `${repo}/${file} (revision ${revision}) is not in the cache ${cache} and offline mode is on (HF_HUB_OFFLINE)`,
+    );
 
   const hub = (opts.hubUrl ?? process.env.HF_ENDPOINT ?? 'https://huggingface.co').replace(/\/+$/, '');
   const token = opts.token ?? process.env.HF_TOKEN;
@@ -188,15 +202,21 @@ export async function hubFile(repo: string, file: string, opts: SourceOptions = 
       await writeFile(join(folder, 'refs', revision), meta.commit);
     }
   } catch (e) {
-    throw new DownloadError(`cannot write to the Hugging Face cache ${cache} (${(e as Error).message}); point HF_HUB_CACHE (or the cacheDir option) at a writable directory`, { cause: e });
+    throw new DownloadError(
+      `cannot write to the Hugging Face cache ${cache} (${(e as Error).message}); point HF_HUB_CACHE (or the cacheDir option) at a writable directory`,
+      { cause: e },
+    );
   }
   const lock = join(cache, '.locks', basename(folder), `${meta.etag}.gpt2-webgpu.lock`);
   // Keyed by the snapshot path: two revisions sharing a blob each get their link (the lock orders them).
   await once(pointer, async () => {
-    const release = await acquireLock(lock, `${blob}.incomplete`, (loadedBytes) => opts.onProgress?.({ file, loadedBytes, totalBytes: meta.size }));
+    const release = await acquireLock(lock, `${blob}.incomplete`, (loadedBytes) =>
+      opts.onProgress?.({ file, loadedBytes, totalBytes: meta.size }),
+    );
     try {
       // Whoever held the lock before may have finished it.
-      if (!(existsSync(blob) && (await stat(blob)).size === meta.size)) await download(url, auth, blob, meta, file, opts);
+      if (!(existsSync(blob) && (await stat(blob)).size === meta.size))
+        await download(url, auth, blob, meta, file, opts);
       await linkBlob(blob, pointer);
     } finally {
       await release();
@@ -262,7 +282,10 @@ async function acquireLock(path: string, part: string, onWait: (bytes: number) =
       const now = await stat(path).catch(() => null);
       if (now && now.ino === held.ino && now.mtimeMs === held.mtimeMs) {
         await rm(path, { force: true }).catch((e) => {
-          throw new DownloadError(`cannot remove the abandoned download lock ${path} (${(e as Error).message}); delete it by hand`, { cause: e });
+          throw new DownloadError(
+            `cannot remove the abandoned download lock ${path} (${(e as Error).message}); delete it by hand`,
+            { cause: e },
+          );
         });
       }
       continue;
@@ -317,9 +340,16 @@ async function headInfo(url: string, auth: Record<string, string>, what: string)
   let at = url;
   for (let hops = 0; ; hops++) {
     try {
-      res = await fetch(at, { method: 'HEAD', redirect: 'manual', headers: { ...auth, 'accept-encoding': 'identity' } });
+      res = await fetch(at, {
+        method: 'HEAD',
+        redirect: 'manual',
+        headers: { ...auth, 'accept-encoding': 'identity' },
+      });
     } catch (e) {
-      throw new DownloadError(`${what}: cannot reach ${new URL(at).origin} (${(e as Error).message}${causeOf(e)}). Check the network, or use a local directory / the cache (HF_HUB_OFFLINE=1)`, { cause: e });
+      throw new DownloadError(
+        `${what}: cannot reach ${new URL(at).origin} (${(e as Error).message}${causeOf(e)}). Check the network, or use a local directory / the cache (HF_HUB_OFFLINE=1)`,
+        { cause: e },
+      );
     }
     // A relative redirect is a renamed repo: follow it. An absolute one is the LFS CDN: its
     // headers (x-linked-*) already describe the file.
@@ -332,15 +362,24 @@ async function headInfo(url: string, auth: Record<string, string>, what: string)
   }
   if (res.status === 404 || res.status === 401 || res.status === 403) {
     const code = res.headers.get('x-error-code');
-    const why = code === 'EntryNotFound' ? `the repo has no file ${what.split('/').pop()}` : code === 'RevisionNotFound' ? 'no such revision' : 'no such repo, or it is private/gated (set HF_TOKEN)';
+    const why =
+      code === 'EntryNotFound'
+        ? `the repo has no file ${what.split('/').pop()}`
+        : code === 'RevisionNotFound'
+          ? 'no such revision'
+          : 'no such repo, or it is private/gated (set HF_TOKEN)';
     throw new DownloadError(`${what}: HTTP ${res.status} from ${url}: ${why}`);
   }
   if (res.status >= 400) throw new DownloadError(`${what}: HTTP ${res.status} from ${url}`);
   const commit = res.headers.get('x-repo-commit');
-  const etag = (res.headers.get('x-linked-etag') ?? res.headers.get('etag') ?? '').replace(/^W\//, '').replace(/"/g, '');
+  const etag = (res.headers.get('x-linked-etag') ?? res.headers.get('etag') ?? '')
+    .replace(/^W\//, '')
+    .replace(/"/g, '');
   const size = Number(res.headers.get('x-linked-size') ?? res.headers.get('content-length'));
   if (!commit || !isCommit(commit) || !/^[\w.-]+$/.test(etag) || !Number.isSafeInteger(size) || size < 0) {
-    throw new DownloadError(`${what}: the hub's answer lacks x-repo-commit / etag / size (got ${commit}, ${etag}, ${size}); is ${new URL(url).origin} a Hugging Face hub?`);
+    throw new DownloadError(
+      `${what}: the hub's answer lacks x-repo-commit / etag / size (got ${commit}, ${etag}, ${size}); is ${new URL(url).origin} a Hugging Face hub?`,
+    );
   }
   return { commit, etag, size };
 }
@@ -351,7 +390,14 @@ function causeOf(e: unknown): string {
 }
 
 /** Ranged, resumable download into `<blob>.incomplete`, then size + hash check and rename. */
-async function download(url: string, auth: Record<string, string>, blob: string, meta: HeadInfo, file: string, opts: SourceOptions): Promise<void> {
+async function download(
+  url: string,
+  auth: Record<string, string>,
+  blob: string,
+  meta: HeadInfo,
+  file: string,
+  opts: SourceOptions,
+): Promise<void> {
   const part = `${blob}.incomplete`;
   const attempts = opts.attempts ?? 4;
   const total = meta.size;
@@ -366,7 +412,9 @@ async function download(url: string, auth: Record<string, string>, blob: string,
     if (have === total) break;
     let res: Response;
     try {
-      res = await fetch(url, { headers: { ...auth, 'accept-encoding': 'identity', ...(have > 0 ? { range: `bytes=${have}-` } : {}) } });
+      res = await fetch(url, {
+        headers: { ...auth, 'accept-encoding': 'identity', ...(have > 0 ? { range: `bytes=${have}-` } : {}) },
+      });
     } catch (e) {
       lastErr = e;
       continue;
@@ -410,7 +458,9 @@ async function download(url: string, auth: Record<string, string>, blob: string,
   const got = await fileHash(part, meta.etag, total);
   if (got !== null && got !== meta.etag) {
     await rm(part, { force: true });
-    throw new DownloadError(`${file}: hash mismatch: the hub says ${meta.etag}, the downloaded ${total} bytes hash to ${got}; the partial file was deleted, run again`);
+    throw new DownloadError(
+      `${file}: hash mismatch: the hub says ${meta.etag}, the downloaded ${total} bytes hash to ${got}; the partial file was deleted, run again`,
+    );
   }
   await rename(part, blob);
 }

@@ -34,7 +34,8 @@ export function nodeGPU(): GPU {
  * `sleep` is injectable for tests.
  */
 export function sleepingWaitYield(sliceMs = 2, sleep: (ms: number) => void = atomicsSleep()): WaitYield {
-  if (!(sliceMs > 0 && sliceMs <= 50)) throw new InvalidOptionError(`sleepingWaitYield: sliceMs must be in (0, 50], got ${sliceMs}`);
+  if (!(sliceMs > 0 && sliceMs <= 50))
+    throw new InvalidOptionError(`sleepingWaitYield: sliceMs must be in (0, 50], got ${sliceMs}`);
   let pending = 0;
   // At most one loop: a wait that starts while the last loop's final tick is still queued must not
   // start a second one (loops would pile up, each adding a slice to every turn).
@@ -83,7 +84,9 @@ export function createEngine(opts: Omit<EngineOptions, 'gpu'> = {}): Promise<Eng
     waitYield: sleepingWaitYield(),
     resolveSource: (source, o) => {
       const cb = o.onProgress;
-      return resolveSource(source, { onProgress: cb && ((p) => cb({ phase: 'download', loaded: p.loadedBytes, total: p.totalBytes })) });
+      return resolveSource(source, {
+        onProgress: cb && ((p) => cb({ phase: 'download', loaded: p.loadedBytes, total: p.totalBytes })),
+      });
     },
     ...opts,
   });

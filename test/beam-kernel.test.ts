@@ -40,7 +40,10 @@ for (const [B, V] of SHAPES) {
       const scores = Float32Array.from({ length: B }, () => -10 * rng.next());
       const k = await BeamKernel.create(ctx);
       const out = poisoned(owned, [2 * B, 3], 'u32');
-      await run(ctx, k.bind(owned, { logits: upload(owned, logits, [B, V]), beamScores: upload(owned, scores, [B]), out }));
+      await run(
+        ctx,
+        k.bind(owned, { logits: upload(owned, logits, [B, V]), beamScores: upload(owned, scores, [B]), out }),
+      );
       const got = decodeBeamCandidates(await downloadU32(ctx, out));
       const ref = beam64(logits, scores, B, V, 2 * B);
       assert.equal(got.parent, ref.parent, 'parents');
@@ -65,7 +68,12 @@ test('beam candidates: ties go to the smaller flat index b * V + v; logits may b
     const got = decodeBeamCandidates(await downloadU32(ctx, out));
     assert.equal(got.parent, [1, 1, 1, 1, 0, 0]);
     assert.equal(got.token, [250, 251, 252, 253, 0, 1]);
-    allClose(got.score, [...new Array(4).fill(Math.log(0.25)), -Math.log(300), -Math.log(300)], { atol: 1e-5 }, 'scores');
+    allClose(
+      got.score,
+      [...new Array(4).fill(Math.log(0.25)), -Math.log(300), -Math.log(300)],
+      { atol: 1e-5 },
+      'scores',
+    );
   }));
 
 test('beam candidates reject mismatched shapes with the actual values', () =>

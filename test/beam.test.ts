@@ -21,16 +21,39 @@ for (const [key, nb, nr, max, lp] of [
     const model = await tinyModel();
     for (const [i, p] of ref.prompts.entries()) {
       const want = p[key];
-      const got = await model.beamSearch(p.ids, { numBeams: nb, numReturnSequences: nr, maxNewTokens: max, lengthPenalty: lp, earlyStopping: true });
+      const got = await model.beamSearch(p.ids, {
+        numBeams: nb,
+        numReturnSequences: nr,
+        maxNewTokens: max,
+        lengthPenalty: lp,
+        earlyStopping: true,
+      });
       assert.is(got.length, nr);
-      assert.equal(got.map((g) => g.tokens), want.sequences, `prompt ${i} sequences`);
-      got.forEach((g, j) => assert.ok(Math.abs(g.score - want.scores[j]!) <= 1e-3, `prompt ${i} beam ${j}: score ${g.score} vs ${want.scores[j]}`));
+      assert.equal(
+        got.map((g) => g.tokens),
+        want.sequences,
+        `prompt ${i} sequences`,
+      );
+      got.forEach((g, j) =>
+        assert.ok(
+          Math.abs(g.score - want.scores[j]!) <= 1e-3,
+          `prompt ${i} beam ${j}: score ${g.score} vs ${want.scores[j]}`,
+        ),
+      );
     }
   });
 }
 
 /** The exercise's beam search on the CPU, float64, recomputing the whole sequence each step. */
-function beamReference(tensors: Map<string, Float32Array>, cfg: ReturnType<typeof cfgOf>, prompt: number[], nb: number, nr: number, maxNew: number, eos: number) {
+function beamReference(
+  tensors: Map<string, Float32Array>,
+  cfg: ReturnType<typeof cfgOf>,
+  prompt: number[],
+  nb: number,
+  nr: number,
+  maxNew: number,
+  eos: number,
+) {
   let beams = [{ tokens: [] as number[], logprob: 0 }];
   const finished: Array<{ tokens: number[]; logprob: number }> = [];
   for (let step = 0; step < maxNew; step++) {
@@ -44,7 +67,8 @@ function beamReference(tensors: Map<string, Float32Array>, cfg: ReturnType<typeo
       for (const x of row) m = Math.max(m, x);
       let z = 0;
       for (const x of row) z += Math.exp(x - m);
-      for (let v = 0; v < V; v++) cands.push({ tokens: b.tokens, logprob: b.logprob + row[v]! - m - Math.log(z), token: v });
+      for (let v = 0; v < V; v++)
+        cands.push({ tokens: b.tokens, logprob: b.logprob + row[v]! - m - Math.log(z), token: v });
     }
     cands.sort((a, b) => b.logprob - a.logprob);
     const next = [];
@@ -59,7 +83,10 @@ function beamReference(tensors: Map<string, Float32Array>, cfg: ReturnType<typeo
     beams = next;
     if (finished.length >= nr) break;
   }
-  const all = finished.length >= nr ? finished : [...finished, ...beams.map((b) => ({ tokens: [...prompt, ...b.tokens], logprob: b.logprob }))];
+  const all =
+    finished.length >= nr
+      ? finished
+      : [...finished, ...beams.map((b) => ({ tokens: [...prompt, ...b.tokens], logprob: b.logprob }))];
   return all.sort((a, b) => b.logprob - a.logprob).slice(0, nr);
 }
 
@@ -75,9 +102,17 @@ test('beam search where EOS occurs: finished hypotheses match a float64 CPU beam
   try {
     const got = await model.beamSearch([1, 2, 3], { numBeams: 3, numReturnSequences: 2, maxNewTokens: 8 });
     const want = beamReference(await loadTensors(randomCheckpoint(cfg, 5)), cfg, [1, 2, 3], 3, 2, 8, eos);
-    assert.ok(got.some((g) => g.finished && g.tokens[g.tokens.length - 1] === eos), 'some hypothesis ended with EOS');
-    assert.equal(got.map((g) => g.tokens), want.map((w) => w.tokens));
-    got.forEach((g, i) => assert.ok(Math.abs(g.logprob - want[i]!.logprob) < 1e-4, `logprob ${g.logprob} vs ${want[i]!.logprob}`));
+    assert.ok(
+      got.some((g) => g.finished && g.tokens[g.tokens.length - 1] === eos),
+      'some hypothesis ended with EOS',
+    );
+    assert.equal(
+      got.map((g) => g.tokens),
+      want.map((w) => w.tokens),
+    );
+    got.forEach((g, i) =>
+      assert.ok(Math.abs(g.logprob - want[i]!.logprob) < 1e-4, `logprob ${g.logprob} vs ${want[i]!.logprob}`),
+    );
   } finally {
     model.destroy();
   }
@@ -85,10 +120,23 @@ test('beam search where EOS occurs: finished hypotheses match a float64 CPU beam
 
 test('beam options are validated', async () => {
   const model = await tinyModel();
-  await rejects(() => model.beamSearch([1], { numBeams: 2, numReturnSequences: 3, maxNewTokens: 4 }), (e: Error) => e instanceof InvalidOptionError && /numReturnSequences \(3\) must be <= numBeams \(2\)/.test(e.message));
-  await rejects(() => model.beamSearch([1], { numBeams: 0, maxNewTokens: 4 }), (e: Error) => e instanceof InvalidOptionError && /numBeams/.test(e.message));
-  await rejects(() => model.beamSearch([1], { numBeams: 2, maxNewTokens: -1 }), (e: Error) => e instanceof InvalidOptionError && /maxNewTokens/.test(e.message));
-  await rejects(() => model.beamSearch([1], { numBeams: 2, maxNewTokens: 2, lengthPenalty: NaN }), (e: Error) => e instanceof InvalidOptionError && /lengthPenalty/.test(e.message));
+  await rejects(
+    () => model.beamSearch([1], { numBeams: 2, numReturnSequences: 3, maxNewTokens: 4 }),
+    (e: Error) =>
+      e instanceof InvalidOptionError && /numReturnSequences \(3\) must be <= numBeams \(2\)/.test(e.message),
+  );
+  await rejects(
+    () => model.beamSearch([1], { numBeams: 0, maxNewTokens: 4 }),
+    (e: Error) => e instanceof InvalidOptionError && /numBeams/.test(e.message),
+  );
+  await rejects(
+    () => model.beamSearch([1], { numBeams: 2, maxNewTokens: -1 }),
+    (e: Error) => e instanceof InvalidOptionError && /maxNewTokens/.test(e.message),
+  );
+  await rejects(
+    () => model.beamSearch([1], { numBeams: 2, maxNewTokens: 2, lengthPenalty: NaN }),
+    (e: Error) => e instanceof InvalidOptionError && /lengthPenalty/.test(e.message),
+  );
 });
 
 test.run();

@@ -13,7 +13,15 @@ export interface BrowserTestApi {
   /** The context's adapter summary and the device's optional features. */
   adapter(): Promise<{ adapter: AdapterSummary; features: GpuContext['features'] }>;
   /** Layer norm of x [rows, C] on the page's GPU; y comes back with every element written (no NaN poison left). */
-  layerNorm(rows: number, C: number, x: number[], gamma: number[], beta: number[], eps: number, lanes?: boolean): Promise<{ y: number[]; wg: number; lanes: boolean }>;
+  layerNorm(
+    rows: number,
+    C: number,
+    x: number[],
+    gamma: number[],
+    beta: number[],
+    eps: number,
+    lanes?: boolean,
+  ): Promise<{ y: number[]; wg: number; lanes: boolean }>;
 }
 
 declare global {
@@ -28,7 +36,12 @@ const context = (): Promise<GpuContext> => (shared ??= createContext(navigator.g
 const STORAGE = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC;
 
 function upload(owned: Owned, data: Float32Array | Uint32Array, shape: number[]): GpuTensor {
-  return { buffer: owned.adopt(owned.ctx.createBufferWithData('browser-test.input', data, STORAGE)), offset: 0, shape, dtype: 'f32' };
+  return {
+    buffer: owned.adopt(owned.ctx.createBufferWithData('browser-test.input', data, STORAGE)),
+    offset: 0,
+    shape,
+    dtype: 'f32',
+  };
 }
 
 window.gpt2test = {

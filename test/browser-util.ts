@@ -30,7 +30,9 @@ export const REPO_ROOT = (() => {
 /** Folder holding hf-gpt2-tiny/ (served at /fixtures/ by scripts/serve.js), or null. */
 export function fixturesDir(): string | null {
   // GPT2_FIXTURES, when set, is the only place looked at (as test/fixtures-util.ts does).
-  const c = process.env.GPT2_FIXTURES ? [process.env.GPT2_FIXTURES] : [join(REPO_ROOT, 'fixtures'), join(REPO_ROOT, '..', 'shared', 'fixtures')];
+  const c = process.env.GPT2_FIXTURES
+    ? [process.env.GPT2_FIXTURES]
+    : [join(REPO_ROOT, 'fixtures'), join(REPO_ROOT, '..', 'shared', 'fixtures')];
   return c.find((d) => existsSync(join(d, 'hf-gpt2-tiny', 'reference.json'))) ?? null;
 }
 
@@ -111,14 +113,22 @@ export async function launchBrowser(): Promise<Browser> {
 
 /** Appends what the page logged, for failure messages. */
 export function withLog(message: string, errors: readonly string[]): string {
-  return errors.length ? `${message}\npage console errors:\n  ${errors.join('\n  ')}` : `${message}\n(no page console errors)`;
+  return errors.length
+    ? `${message}\npage console errors:\n  ${errors.join('\n  ')}`
+    : `${message}\n(no page console errors)`;
 }
 
 export interface ExampleResult {
   tokens: number[];
   text: string;
   seed: number;
-  adapter: { description: string; isFallbackAdapter: boolean; vendor: string; architecture: string; limits: Record<string, number> };
+  adapter: {
+    description: string;
+    isFallbackAdapter: boolean;
+    vendor: string;
+    architecture: string;
+    limits: Record<string, number>;
+  };
   cache: string;
 }
 
@@ -148,7 +158,12 @@ async function readResult(page: Page, errors: readonly string[]): Promise<Exampl
  * data-done or data-error, and returns the page with the parsed result; throws with the page's
  * error and console log. Close the returned page when done.
  */
-export async function openExample(b: Browser, server: Server, params: Record<string, string | number>, timeoutMs = 60000): Promise<ExamplePage> {
+export async function openExample(
+  b: Browser,
+  server: Server,
+  params: Record<string, string | number>,
+  timeoutMs = 60000,
+): Promise<ExamplePage> {
   const { page, errors } = await b.page();
   const waitDone = async (): Promise<void> => {
     try {
@@ -161,7 +176,13 @@ export async function openExample(b: Browser, server: Server, params: Record<str
         { timeout: timeoutMs },
       );
     } catch (e) {
-      throw new Error(withLog(`example page did not finish in ${timeoutMs} ms (${(e as Error).message.split('\n')[0]}); status: ${await page.textContent('#status').catch(() => '?')}`, errors), { cause: e });
+      throw new Error(
+        withLog(
+          `example page did not finish in ${timeoutMs} ms (${(e as Error).message.split('\n')[0]}); status: ${await page.textContent('#status').catch(() => '?')}`,
+          errors,
+        ),
+        { cause: e },
+      );
     }
   };
   try {

@@ -44,7 +44,10 @@ let started: Promise<void> | undefined;
  */
 function setup(): Promise<void> {
   started ??= (async () => {
-    if (!present) throw new Error(`CI=true but Chromium is missing at ${CHROMIUM_PATH}; scripts/setup.sh should have run scripts/install-chromium.sh`);
+    if (!present)
+      throw new Error(
+        `CI=true but Chromium is missing at ${CHROMIUM_PATH}; scripts/setup.sh should have run scripts/install-chromium.sh`,
+      );
     buildBrowserBundles();
     server = await startServer();
     browser = await launchBrowser();
@@ -73,11 +76,17 @@ test('serve.js: GET, HEAD, Range (206, suffix, 416), MIME, and no escape from th
     const part = await fetch(`${srv.url}/package.json`, { headers: { Range: 'bytes=3-10' } });
     assert.is(part.status, 206);
     assert.is(part.headers.get('content-range'), `bytes 3-10/${file.length}`);
-    assert.ok(Buffer.from(await part.arrayBuffer()).equals(file.subarray(3, 11)), 'bytes=3-10 is 8 bytes from offset 3');
+    assert.ok(
+      Buffer.from(await part.arrayBuffer()).equals(file.subarray(3, 11)),
+      'bytes=3-10 is 8 bytes from offset 3',
+    );
 
     const tail = await fetch(`${srv.url}/package.json`, { headers: { Range: 'bytes=-5' } });
     assert.is(tail.status, 206);
-    assert.ok(Buffer.from(await tail.arrayBuffer()).equals(file.subarray(file.length - 5)), 'bytes=-5 is the last 5 bytes');
+    assert.ok(
+      Buffer.from(await tail.arrayBuffer()).equals(file.subarray(file.length - 5)),
+      'bytes=-5 is the last 5 bytes',
+    );
 
     const past = await fetch(`${srv.url}/package.json`, { headers: { Range: `bytes=${file.length}-` } });
     assert.is(past.status, 416);
@@ -97,8 +106,11 @@ test('serve.js: GET, HEAD, Range (206, suffix, 416), MIME, and no escape from th
 });
 
 if (!present && !IN_CI) {
-  console.warn(`browser.test: skipped, no Chromium at ${CHROMIUM_PATH} (install it with: bash scripts/install-chromium.sh)`);
-  test.skip(`Chromium ${CHROMIUM_MAJOR} at ${CHROMIUM_PATH} (not installed: bash scripts/install-chromium.sh)`, () => undefined);
+  console.warn(
+    `browser.test: skipped, no Chromium at ${CHROMIUM_PATH} (install it with: bash scripts/install-chromium.sh)`,
+  );
+  test.skip(`Chromium ${CHROMIUM_MAJOR} at ${CHROMIUM_PATH} (not installed: bash scripts/install-chromium.sh)`, () =>
+    undefined);
 } else {
   test.after(async () => {
     await browser?.close();
@@ -108,7 +120,11 @@ if (!present && !IN_CI) {
   test(`Chromium is major version ${CHROMIUM_MAJOR}`, async () => {
     await setup();
     const major = Number(browser.version.split('.')[0]);
-    assert.is(major, CHROMIUM_MAJOR, `expected Chromium ${CHROMIUM_MAJOR}.x, launched ${browser.version} from ${CHROMIUM_PATH}; update CHROMIUM_MAJOR in test/browser-util.ts after checking this file passes`);
+    assert.is(
+      major,
+      CHROMIUM_MAJOR,
+      `expected Chromium ${CHROMIUM_MAJOR}.x, launched ${browser.version} from ${CHROMIUM_PATH}; update CHROMIUM_MAJOR in test/browser-util.ts after checking this file passes`,
+    );
   });
 
   test('the library bundle creates a context on SwiftShader with the browser limits', async () => {
@@ -164,9 +180,16 @@ if (!present && !IN_CI) {
             [rows, C, Array.from(x), Array.from(g), Array.from(b), lanes ?? null] as const,
           );
           if (lanes === false) assert.is(out.wg, 256, withLog(`layer norm workgroup width on SwiftShader`, errors));
-          if (lanes === undefined) assert.ok(out.lanes, withLog('SwiftShader is a CPU adapter: one invocation per row by default', errors));
+          if (lanes === undefined)
+            assert.ok(out.lanes, withLog('SwiftShader is a CPU adapter: one invocation per row by default', errors));
           const r = compare(out.y, layerNorm64(x, g, b, rows, C, 1e-5), { rel: 1e-5, atol: 1e-4 });
-          assert.ok(r.ok, withLog(`layernorm (lanes ${String(lanes)}) [${rows}, ${C}] mean ${mean} in Chromium: ${r.message}`, errors));
+          assert.ok(
+            r.ok,
+            withLog(
+              `layernorm (lanes ${String(lanes)}) [${rows}, ${C}] mean ${mean} in Chromium: ${r.message}`,
+              errors,
+            ),
+          );
         }
       }
     } finally {
@@ -184,7 +207,10 @@ interface RefPrompt {
 }
 const FIXTURES = fixturesDir();
 const MODEL_URL = '/fixtures/hf-gpt2-tiny/';
-const PROMPTS: RefPrompt[] = FIXTURES ? (JSON.parse(readFileSync(join(FIXTURES, 'hf-gpt2-tiny', 'reference.json'), 'utf8')) as { prompts: RefPrompt[] }).prompts : [];
+const PROMPTS: RefPrompt[] = FIXTURES
+  ? (JSON.parse(readFileSync(join(FIXTURES, 'hf-gpt2-tiny', 'reference.json'), 'utf8')) as { prompts: RefPrompt[] })
+      .prompts
+  : [];
 // Sampled runs: every processor on, a fixed seed; another seed must give other tokens.
 const SAMPLED = { temperature: 0.8, top_k: 40, top_p: 0.95, max_new_tokens: 16 };
 const SEED = 1234;
@@ -197,23 +223,37 @@ const NODE_ADAPTER = nodeEngine.ctx.adapter;
 let nodeModel: Promise<Model> | undefined;
 async function nodeTokens(ids: number[], seed: number): Promise<number[]> {
   nodeModel ??= nodeEngine.loadModel(join(FIXTURES!, 'hf-gpt2-tiny'), { dtype: 'f32' });
-  const res = await (await nodeModel).generate(ids, { maxNewTokens: SAMPLED.max_new_tokens, temperature: SAMPLED.temperature, topK: SAMPLED.top_k, topP: SAMPLED.top_p, seed });
+  const res = await (
+    await nodeModel
+  ).generate(ids, {
+    maxNewTokens: SAMPLED.max_new_tokens,
+    temperature: SAMPLED.temperature,
+    topK: SAMPLED.top_k,
+    topP: SAMPLED.top_p,
+    seed,
+  });
   return res.sequences[0]!.tokens;
 }
 // Greedy tokens in Node with the workgroup attention kernels only (lanes off: no 'pairs', no
 // 'blocks', no 'subgroup'), an oracle independent of the kernels a CPU adapter runs for prompts.
 let nodeModelNoLanes: Promise<Model> | undefined;
 async function nodeGreedy(ids: number[], maxNewTokens: number): Promise<number[]> {
-  nodeModelNoLanes ??= nodeEngine.loadModel(join(FIXTURES!, 'hf-gpt2-tiny'), { dtype: 'f32', attention: { lanes: false } });
+  nodeModelNoLanes ??= nodeEngine.loadModel(join(FIXTURES!, 'hf-gpt2-tiny'), {
+    dtype: 'f32',
+    attention: { lanes: false },
+  });
   return (await (await nodeModelNoLanes).generate(ids, { maxNewTokens, temperature: 0 })).sequences[0]!.tokens;
 }
 
 if (present || IN_CI) {
   if (!FIXTURES && !IN_CI) {
-    test.skip(`greedy48 and seeded runs in Chromium (no hf-gpt2-tiny fixture: set GPT2_FIXTURES or provide ../shared/fixtures)`, () => undefined);
+    test.skip(`greedy48 and seeded runs in Chromium (no hf-gpt2-tiny fixture: set GPT2_FIXTURES or provide ../shared/fixtures)`, () =>
+      undefined);
   } else if (!FIXTURES) {
     test('the hf-gpt2-tiny fixture is present (CI clones have ../shared/fixtures)', () => {
-      assert.unreachable(`no hf-gpt2-tiny/reference.json under $GPT2_FIXTURES, <repo>/fixtures or <repo>/../shared/fixtures`);
+      assert.unreachable(
+        `no hf-gpt2-tiny/reference.json under $GPT2_FIXTURES, <repo>/fixtures or <repo>/../shared/fixtures`,
+      );
     });
   } else {
     // Page loads are the slow part on SwiftShader (building the pipelines): the greedy prompts share
@@ -221,7 +261,13 @@ if (present || IN_CI) {
     // also proves the reload reads the weights from Cache Storage.
     test(`greedy (temperature 0, 48 tokens) in Chromium equals transformers' greedy48 for ${GREEDY_PROMPTS} prompts; after an 80-token prompt (the subgroup attention) Node's with the workgroup kernels`, async () => {
       await setup();
-      const greedy = (p: RefPrompt) => ({ model: MODEL_URL, ids: p.ids.join(','), temperature: 0, max_new_tokens: 48, dtype: 'f32' });
+      const greedy = (p: RefPrompt) => ({
+        model: MODEL_URL,
+        ids: p.ids.join(','),
+        temperature: 0,
+        max_new_tokens: 48,
+        dtype: 'f32',
+      });
       const ex = await openExample(browser, server, greedy(PROMPTS[0]!));
       try {
         assert.is(ex.first.cache, 'miss', 'a fresh profile downloads the weights');
@@ -237,8 +283,18 @@ if (present || IN_CI) {
         const long = PROMPTS.flatMap((p) => p.ids);
         while (long.length < 80) long.push(...long);
         const ids80 = long.slice(0, 80);
-        const r = await ex.run({ model: MODEL_URL, ids: ids80.join(','), temperature: 0, max_new_tokens: 8, dtype: 'f32' });
-        assert.equal(r.tokens, await nodeGreedy(ids80, 8), withLog(`greedy tokens after an 80-token prompt on ${adapterName(r.adapter)}`, ex.errors));
+        const r = await ex.run({
+          model: MODEL_URL,
+          ids: ids80.join(','),
+          temperature: 0,
+          max_new_tokens: 8,
+          dtype: 'f32',
+        });
+        assert.equal(
+          r.tokens,
+          await nodeGreedy(ids80, 8),
+          withLog(`greedy tokens after an 80-token prompt on ${adapterName(r.adapter)}`, ex.errors),
+        );
       } finally {
         await ex.close();
       }
@@ -258,15 +314,30 @@ if (present || IN_CI) {
         const where = `Chromium on ${adapterName(a.adapter)}, Node on ${adapterName(NODE_ADAPTER)}`;
         assert.is(a.seed, SEED, 'the page used the seed it was given');
         assert.is(a.tokens.length, SAMPLED.max_new_tokens);
-        assert.not.equal(a.tokens, p.greedy48.slice(p.ids.length, p.ids.length + SAMPLED.max_new_tokens), 'sampling at T 0.8 must leave the greedy path');
+        assert.not.equal(
+          a.tokens,
+          p.greedy48.slice(p.ids.length, p.ids.length + SAMPLED.max_new_tokens),
+          'sampling at T 0.8 must leave the greedy path',
+        );
         assert.not.equal(other.tokens, a.tokens, `seed ${SEED + 1} must give other tokens than seed ${SEED}`);
         if (sameAdapterKind(a.adapter, NODE_ADAPTER)) {
           assert.equal(a.tokens, node, `same adapter kind (${where}): the seeded tokens must be identical`);
         } else {
           // Different adapters round differently, so a near-tie may fall the other way: require
           // only that each side is deterministic for the seed.
-          assert.equal(b.tokens, a.tokens, withLog(`${where} are different adapters; Chromium must give the same tokens for seed ${SEED} twice`, ex.errors));
-          assert.equal(await nodeTokens(p.ids, SEED), node, `${where}: Node must give the same tokens for seed ${SEED} twice`);
+          assert.equal(
+            b.tokens,
+            a.tokens,
+            withLog(
+              `${where} are different adapters; Chromium must give the same tokens for seed ${SEED} twice`,
+              ex.errors,
+            ),
+          );
+          assert.equal(
+            await nodeTokens(p.ids, SEED),
+            node,
+            `${where}: Node must give the same tokens for seed ${SEED} twice`,
+          );
         }
       } finally {
         await ex.close();
@@ -280,7 +351,11 @@ if (present || IN_CI) {
 if ((present || IN_CI) && FIXTURES) {
   test('bench/browser.mjs: the benchmark in Chromium reports every field, the adapter and the subgroup GEMM of a 9-token prompt; bad flags exit 2', () => {
     const script = join(REPO_ROOT, 'bench', 'browser.mjs');
-    const r = spawnSync(process.execPath, [script, '--model', join(FIXTURES, 'hf-gpt2-tiny'), '--prompt-tokens', '9', '--new-tokens', '3', '--json'], { encoding: 'utf8', timeout: 300_000 });
+    const r = spawnSync(
+      process.execPath,
+      [script, '--model', join(FIXTURES, 'hf-gpt2-tiny'), '--prompt-tokens', '9', '--new-tokens', '3', '--json'],
+      { encoding: 'utf8', timeout: 300_000 },
+    );
     assert.is(r.status, 0, r.stderr);
     const j = JSON.parse(r.stdout);
     assert.match(j.browser, new RegExp(`^Chromium ${CHROMIUM_MAJOR}\\.`));
@@ -289,12 +364,28 @@ if ((present || IN_CI) && FIXTURES) {
     assert.is(j.matmul_prompt, 'subgroups'); // SwiftShader's 4-lane subgroups, 9 rows
     assert.is(j.attention_decode, 'subgroup'); // and one 4-lane subgroup per (row, head) in decode
     const x = j.results[0];
-    for (const k of ['load_ms', 'first_token_ms', 'setup_ms', 'prefill_ms', 'decode_ms_per_token', 'decode_ms_per_token_p90', 'tokens_per_s', 'readback_bytes_per_token', 'dispatches_per_token', 'submits_per_token']) {
+    for (const k of [
+      'load_ms',
+      'first_token_ms',
+      'setup_ms',
+      'prefill_ms',
+      'decode_ms_per_token',
+      'decode_ms_per_token_p90',
+      'tokens_per_s',
+      'readback_bytes_per_token',
+      'dispatches_per_token',
+      'submits_per_token',
+    ]) {
       assert.type(x[k], 'number', k);
     }
     assert.is(x.readback_bytes_per_token, 4);
     assert.ok(Array.isArray(x.kernels) || typeof x.kernels_note === 'string');
-    for (const [flag, msg] of [[['--matmul-subgroups', 'maybe'], /--matmul-subgroups must be auto, on or off, got "maybe"/], [['--attention-subgroups', 'x'], /--attention-subgroups must be auto, on or off, got "x"/], [['--model', 'nowhere:x'], /is not random:<name>, an http\(s\) URL or a folder here/], [['--frobnicate'], /unknown flag --frobnicate/]] as const) {
+    for (const [flag, msg] of [
+      [['--matmul-subgroups', 'maybe'], /--matmul-subgroups must be auto, on or off, got "maybe"/],
+      [['--attention-subgroups', 'x'], /--attention-subgroups must be auto, on or off, got "x"/],
+      [['--model', 'nowhere:x'], /is not random:<name>, an http\(s\) URL or a folder here/],
+      [['--frobnicate'], /unknown flag --frobnicate/],
+    ] as const) {
       const bad = spawnSync(process.execPath, [script, ...flag], { encoding: 'utf8', timeout: 60_000 });
       assert.is(bad.status, 2, flag.join(' '));
       assert.match(bad.stderr, msg);

@@ -12,7 +12,11 @@ const ref = tinyReference();
 const tmp = mkdtempSync(join(tmpdir(), 'gpt2-cli-'));
 
 function cli(...args: string[]): { code: number; out: string; err: string } {
-  const r = spawnSync(process.execPath, [BIN, ...args], { encoding: 'utf8', timeout: 120_000, env: { ...process.env, XDG_RUNTIME_DIR: process.env.XDG_RUNTIME_DIR ?? '/tmp' } });
+  const r = spawnSync(process.execPath, [BIN, ...args], {
+    encoding: 'utf8',
+    timeout: 120_000,
+    env: { ...process.env, XDG_RUNTIME_DIR: process.env.XDG_RUNTIME_DIR ?? '/tmp' },
+  });
   return { code: r.status ?? -1, out: r.stdout, err: r.stderr };
 }
 
@@ -62,12 +66,25 @@ test('info prints the adapter', () => {
 
 test('generate --json on the HF tiny model reproduces greedy48', () => {
   const p = ref.prompts[0]!;
-  const r = cli('generate', '--model', tinyDir(), '--ids', p.ids.join(','), '--temperature', '0', '--max-new-tokens', '12', '--no-stop-at-eos', '--json');
+  const r = cli(
+    'generate',
+    '--model',
+    tinyDir(),
+    '--ids',
+    p.ids.join(','),
+    '--temperature',
+    '0',
+    '--max-new-tokens',
+    '12',
+    '--no-stop-at-eos',
+    '--json',
+  );
   assert.is(r.code, 0, r.err);
   const j = JSON.parse(r.out);
   assert.equal(j.prompt_ids, p.ids);
   assert.equal(j.sequences[0].tokens, p.greedy48.slice(p.ids.length, p.ids.length + 12));
-  for (const k of ['prefill_ms', 'decode_ms_per_token', 'readback_bytes_per_token', 'tokens_per_s']) assert.type(j.stats[k], 'number', k);
+  for (const k of ['prefill_ms', 'decode_ms_per_token', 'readback_bytes_per_token', 'tokens_per_s'])
+    assert.type(j.stats[k], 'number', k);
   assert.type(j.seed, 'number');
 });
 
@@ -85,7 +102,20 @@ test('sample --json counts draws on the GPU; --probs-out writes the distribution
   const f = join(tmp, 's.f32');
   writeFileSync(f, new Uint8Array(logits.buffer));
   const probs = join(tmp, 'p.f32');
-  const r = cli('sample', '--logits', f, '--count', '4000', '--top-k', '2', '--seed', '1', '--probs-out', probs, '--json');
+  const r = cli(
+    'sample',
+    '--logits',
+    f,
+    '--count',
+    '4000',
+    '--top-k',
+    '2',
+    '--seed',
+    '1',
+    '--probs-out',
+    probs,
+    '--json',
+  );
   assert.is(r.code, 0, r.err);
   const j = JSON.parse(r.out);
   assert.is(j.counts.length, 4);
@@ -108,20 +138,60 @@ test('a file flag that cannot be read or written is named, without a stack trace
 
 test('beam --json reproduces the fixture beams', () => {
   const p = ref.prompts[0]!;
-  const r = cli('beam', '--model', tinyDir(), '--ids', p.ids.join(','), '--num-beams', '6', '--num-return', '2', '--max-new-tokens', '20', '--json');
+  const r = cli(
+    'beam',
+    '--model',
+    tinyDir(),
+    '--ids',
+    p.ids.join(','),
+    '--num-beams',
+    '6',
+    '--num-return',
+    '2',
+    '--max-new-tokens',
+    '20',
+    '--json',
+  );
   assert.is(r.code, 0, r.err);
   const j = JSON.parse(r.out);
-  assert.equal(j.beams.map((b: { tokens: number[] }) => b.tokens), p['beam_nb6_nr2_max20_lp0.0'].sequences);
+  assert.equal(
+    j.beams.map((b: { tokens: number[] }) => b.tokens),
+    p['beam_nb6_nr2_max20_lp0.0'].sequences,
+  );
   assert.type(j.beams[0].text, 'string');
 });
 
 test('bench --json smoke run has every field', () => {
-  const r = cli('bench', '--model', tinyDir(), '--batch', '1,2', '--prompt-tokens', '4', '--new-tokens', '4', '--repeat', '1', '--json');
+  const r = cli(
+    'bench',
+    '--model',
+    tinyDir(),
+    '--batch',
+    '1,2',
+    '--prompt-tokens',
+    '4',
+    '--new-tokens',
+    '4',
+    '--repeat',
+    '1',
+    '--json',
+  );
   assert.is(r.code, 0, r.err);
   const j = JSON.parse(r.out);
   assert.is(j.results.length, 2);
   for (const x of j.results) {
-    for (const k of ['load_ms', 'first_token_ms', 'setup_ms', 'prefill_ms', 'decode_ms_per_token', 'decode_ms_per_token_p90', 'tokens_per_s', 'readback_bytes_per_token', 'dispatches_per_token', 'submits_per_token']) {
+    for (const k of [
+      'load_ms',
+      'first_token_ms',
+      'setup_ms',
+      'prefill_ms',
+      'decode_ms_per_token',
+      'decode_ms_per_token_p90',
+      'tokens_per_s',
+      'readback_bytes_per_token',
+      'dispatches_per_token',
+      'submits_per_token',
+    ]) {
       assert.type(x[k], 'number', k);
     }
     assert.ok(Array.isArray(x.kernels) || typeof x.kernels_note === 'string');
@@ -131,8 +201,15 @@ test('bench --json smoke run has every field', () => {
       const ops = x.kernels_by_op as K[];
       const count = (ks: K[]) => ks.reduce((s, k) => s + k.dispatches, 0);
       assert.is(count(ops), count(x.kernels));
-      assert.ok(ops.every((k) => !/^h\.\d|\[/.test(k.name) && k.ms >= 0), JSON.stringify(ops.map((k) => k.name)));
-      for (const op of ['attn.c_attn', 'attn', 'mlp.c_fc', 'mlp.c_proj', 'lm_head']) assert.ok(ops.some((k) => k.name === op), op);
+      assert.ok(
+        ops.every((k) => !/^h\.\d|\[/.test(k.name) && k.ms >= 0),
+        JSON.stringify(ops.map((k) => k.name)),
+      );
+      for (const op of ['attn.c_attn', 'attn', 'mlp.c_fc', 'mlp.c_proj', 'lm_head'])
+        assert.ok(
+          ops.some((k) => k.name === op),
+          op,
+        );
       assert.is(ops.find((k) => k.name === 'attn.c_attn')!.dispatches, 2); // one per layer of the tiny model
     }
   }
@@ -152,7 +229,22 @@ test('bench --json smoke run has every field', () => {
 });
 
 test('bench --sessions times B conversations as separate sessions and as one session group', () => {
-  const r = cli('bench', '--model', tinyDir(), '--batch', '1,3', '--prompt-tokens', '5', '--new-tokens', '3', '--repeat', '2', '--no-profile', '--sessions', '--json');
+  const r = cli(
+    'bench',
+    '--model',
+    tinyDir(),
+    '--batch',
+    '1,3',
+    '--prompt-tokens',
+    '5',
+    '--new-tokens',
+    '3',
+    '--repeat',
+    '2',
+    '--no-profile',
+    '--sessions',
+    '--json',
+  );
   assert.is(r.code, 0, r.err);
   const j = JSON.parse(r.out);
   assert.is(j.sessions, true);
@@ -160,18 +252,64 @@ test('bench --sessions times B conversations as separate sessions and as one ses
     const s = x.sessions;
     for (const k of ['separate_turn_ms', 'group_turn_ms']) assert.ok(s[k] > 0, `${k}: ${s[k]}`);
     // The follow-up turn's set-up (plans kept from the turn before) is part of its first token, which is part of the turn.
-    assert.ok(s.group_setup_ms > 0 && s.group_setup_ms < s.group_first_token_ms && s.group_first_token_ms < s.group_turn_ms, JSON.stringify(s));
+    assert.ok(
+      s.group_setup_ms > 0 && s.group_setup_ms < s.group_first_token_ms && s.group_first_token_ms < s.group_turn_ms,
+      JSON.stringify(s),
+    );
     // tokens/s = B x N / turn time
-    assert.ok(Math.abs(s.separate_tokens_per_s - (1000 * x.batch * 3) / s.separate_turn_ms) < 1e-6 * s.separate_tokens_per_s);
+    assert.ok(
+      Math.abs(s.separate_tokens_per_s - (1000 * x.batch * 3) / s.separate_turn_ms) < 1e-6 * s.separate_tokens_per_s,
+    );
     assert.ok(Math.abs(s.group_tokens_per_s - (1000 * x.batch * 3) / s.group_turn_ms) < 1e-6 * s.group_tokens_per_s);
   }
-  const table = cli('bench', '--model', tinyDir(), '--batch', '2', '--prompt-tokens', '5', '--new-tokens', '2', '--repeat', '1', '--no-profile', '--sessions');
+  const table = cli(
+    'bench',
+    '--model',
+    tinyDir(),
+    '--batch',
+    '2',
+    '--prompt-tokens',
+    '5',
+    '--new-tokens',
+    '2',
+    '--repeat',
+    '1',
+    '--no-profile',
+    '--sessions',
+  );
   assert.is(table.code, 0, table.err);
-  assert.match(table.out, /separate sessions at once\s+one session group\n\s+2\s+\d+ ms, [\d.]+\/s\s+\d+ ms, [\d.]+\/s \(first token [\d.]+ ms, set-up [\d.]+\)/);
+  assert.match(
+    table.out,
+    /separate sessions at once\s+one session group\n\s+2\s+\d+ ms, [\d.]+\/s\s+\d+ ms, [\d.]+\/s \(first token [\d.]+ ms, set-up [\d.]+\)/,
+  );
 });
 
 test('bench --wait spin, --fuse-ln on, --gemv-reduce workgroup, --gemm-tile and --pipeline-depth are reported; bad values are usage or option errors', () => {
-  const r = cli('bench', '--model', tinyDir(), '--prompt-tokens', '4', '--new-tokens', '2', '--repeat', '1', '--no-profile', '--wait', 'spin', '--fuse-ln', 'on', '--gemv-reduce', 'workgroup', '--gemm-tile', '32,8,2,4,16', '--gemv-max-m', '3', '--pipeline-depth', '3', '--json');
+  const r = cli(
+    'bench',
+    '--model',
+    tinyDir(),
+    '--prompt-tokens',
+    '4',
+    '--new-tokens',
+    '2',
+    '--repeat',
+    '1',
+    '--no-profile',
+    '--wait',
+    'spin',
+    '--fuse-ln',
+    'on',
+    '--gemv-reduce',
+    'workgroup',
+    '--gemm-tile',
+    '32,8,2,4,16',
+    '--gemv-max-m',
+    '3',
+    '--pipeline-depth',
+    '3',
+    '--json',
+  );
   assert.is(r.code, 0, r.err);
   assert.is(JSON.parse(r.out).host_wait, 'spin');
   assert.is(JSON.parse(r.out).fuse_ln, true);
@@ -214,7 +352,25 @@ test('bench --wait spin, --fuse-ln on, --gemv-reduce workgroup, --gemm-tile and 
 
 test('bench --attention-subgroups / --attention-blocks / --matmul-subgroups: on lavapipe a 64-token prompt takes the subgroup attention and GEMM and decodes through subgroups; without the subgroup attention the blocks one; with all off token pairs, gemv_kn_cols and one invocation per head (attention_prompt, matmul_prompt, attention_decode)', () => {
   const run = (sg: string, blocks: string, mm: string) => {
-    const r = cli('bench', '--model', tinyDir(), '--prompt-tokens', '64', '--new-tokens', '2', '--repeat', '1', '--no-profile', '--attention-subgroups', sg, '--attention-blocks', blocks, '--matmul-subgroups', mm, '--json');
+    const r = cli(
+      'bench',
+      '--model',
+      tinyDir(),
+      '--prompt-tokens',
+      '64',
+      '--new-tokens',
+      '2',
+      '--repeat',
+      '1',
+      '--no-profile',
+      '--attention-subgroups',
+      sg,
+      '--attention-blocks',
+      blocks,
+      '--matmul-subgroups',
+      mm,
+      '--json',
+    );
     assert.is(r.code, 0, r.err);
     const j = JSON.parse(r.out);
     return [j.attention_prompt, j.matmul_prompt, j.attention_decode];
@@ -228,8 +384,32 @@ test('bench profiles a batch whose full-window cache would not fit one binding (
   // 33 rows x 16384 slots x 64 x 4 B = 138 MB per cache layer, over lavapipe's 128 MiB binding
   // limit; the measured generation only needs 2 + 2 slots, and the profiled step must too.
   const cfgPath = join(tmp, 'long-window.json');
-  writeFileSync(cfgPath, JSON.stringify({ n_layer: 1, n_embd: 64, n_head: 2, vocab_size: 512, n_positions: 16384, bos_token_id: 511, eos_token_id: 511 }));
-  const r = cli('bench', '--model', `random:${cfgPath}`, '--batch', '33', '--prompt-tokens', '2', '--new-tokens', '2', '--repeat', '1', '--json');
+  writeFileSync(
+    cfgPath,
+    JSON.stringify({
+      n_layer: 1,
+      n_embd: 64,
+      n_head: 2,
+      vocab_size: 512,
+      n_positions: 16384,
+      bos_token_id: 511,
+      eos_token_id: 511,
+    }),
+  );
+  const r = cli(
+    'bench',
+    '--model',
+    `random:${cfgPath}`,
+    '--batch',
+    '33',
+    '--prompt-tokens',
+    '2',
+    '--new-tokens',
+    '2',
+    '--repeat',
+    '1',
+    '--json',
+  );
   assert.is(r.code, 0, r.err);
   const x = JSON.parse(r.out).results[0];
   assert.is(x.batch, 33);
@@ -237,20 +417,44 @@ test('bench profiles a batch whose full-window cache would not fit one binding (
 });
 
 test('bench --new-tokens 1 measures the prefill alone, so a full-window prompt (1024 tokens) can be timed', () => {
-  const r = cli('bench', '--model', tinyDir(), '--prompt-tokens', '1024', '--new-tokens', '1', '--repeat', '1', '--json');
+  const r = cli(
+    'bench',
+    '--model',
+    tinyDir(),
+    '--prompt-tokens',
+    '1024',
+    '--new-tokens',
+    '1',
+    '--repeat',
+    '1',
+    '--json',
+  );
   assert.is(r.code, 0, r.err);
   const j = JSON.parse(r.out);
   const x = j.results[0];
   assert.ok(x.prefill_ms > 0 && x.first_token_ms >= x.prefill_ms, JSON.stringify(x));
-  for (const k of ['decode_ms_per_token', 'decode_ms_per_token_p90', 'tokens_per_s', 'dispatches_per_token', 'submits_per_token']) assert.is(x[k], null, k);
+  for (const k of [
+    'decode_ms_per_token',
+    'decode_ms_per_token_p90',
+    'tokens_per_s',
+    'dispatches_per_token',
+    'submits_per_token',
+  ])
+    assert.is(x[k], null, k);
   assert.is(x.readback_bytes_per_token, 4);
   assert.match(x.decode_note, /no decode steps/);
   assert.ok(Array.isArray(x.kernels) && x.kernels.length > 0, 'a decode step is still profiled');
-  assert.match(cli('bench', '--model', tinyDir(), '--prompt-tokens', '1024', '--new-tokens', '1', '--repeat', '1').out, /prefill only/);
+  assert.match(
+    cli('bench', '--model', tinyDir(), '--prompt-tokens', '1024', '--new-tokens', '1', '--repeat', '1').out,
+    /prefill only/,
+  );
   // 1024 + 2 - 1 tokens would pass through the model: more than its 1024 positions.
   const over = cli('bench', '--model', tinyDir(), '--prompt-tokens', '1024', '--new-tokens', '2', '--repeat', '1');
   assert.is(over.code, 1);
-  assert.match(over.err, /1025 tokens go through the model \(prompt-tokens 1024 \+ new-tokens 2 - 1, the last new token is not fed back\), over its context window of 1024/);
+  assert.match(
+    over.err,
+    /1025 tokens go through the model \(prompt-tokens 1024 \+ new-tokens 2 - 1, the last new token is not fed back\), over its context window of 1024/,
+  );
   assert.match(over.err, /^error: InvalidOptionError: /m);
   assert.not.match(over.err, /\n\s+at /, 'a named error, no stack trace');
   assert.not.match(over.err, /upload:/, 'refused before any weight upload');
@@ -260,17 +464,58 @@ test('bench --new-tokens 1 measures the prefill alone, so a full-window prompt (
 test('bench: a batch size that fails (here its cache is over the binding limit) is reported beside the others; exit 1', () => {
   // 1 layer, C 256: a cache layer of B rows x 1002 slots is B x 1.03 MB, over lavapipe's 128 MiB at B = 131.
   const cfgPath = join(tmp, 'wide.json');
-  writeFileSync(cfgPath, JSON.stringify({ n_layer: 1, n_embd: 256, n_head: 4, vocab_size: 512, n_positions: 2048, bos_token_id: 511, eos_token_id: 511 }));
-  const r = cli('bench', '--model', `random:${cfgPath}`, '--batch', '1,131', '--prompt-tokens', '1000', '--new-tokens', '2', '--repeat', '1', '--no-profile', '--json');
+  writeFileSync(
+    cfgPath,
+    JSON.stringify({
+      n_layer: 1,
+      n_embd: 256,
+      n_head: 4,
+      vocab_size: 512,
+      n_positions: 2048,
+      bos_token_id: 511,
+      eos_token_id: 511,
+    }),
+  );
+  const r = cli(
+    'bench',
+    '--model',
+    `random:${cfgPath}`,
+    '--batch',
+    '1,131',
+    '--prompt-tokens',
+    '1000',
+    '--new-tokens',
+    '2',
+    '--repeat',
+    '1',
+    '--no-profile',
+    '--json',
+  );
   assert.is(r.code, 1, r.err);
   const j = JSON.parse(r.out);
   assert.is(j.results.length, 2);
   assert.is(j.results[0].batch, 1);
   assert.type(j.results[0].decode_ms_per_token, 'number');
   assert.is(j.results[1].batch, 131);
-  assert.match(j.results[1].error, /OutOfMemoryError: a KV cache layer of 131 rows x 1002 slots x 256 is \d+ bytes, over the adapter's maxStorageBufferBindingSize/);
+  assert.match(
+    j.results[1].error,
+    /OutOfMemoryError: a KV cache layer of 131 rows x 1002 slots x 256 is \d+ bytes, over the adapter's maxStorageBufferBindingSize/,
+  );
   assert.match(r.err, /error: bench: batch 131 failed \(OutOfMemoryError/);
-  const human = cli('bench', '--model', `random:${cfgPath}`, '--batch', '1,131', '--prompt-tokens', '1000', '--new-tokens', '2', '--repeat', '1', '--no-profile');
+  const human = cli(
+    'bench',
+    '--model',
+    `random:${cfgPath}`,
+    '--batch',
+    '1,131',
+    '--prompt-tokens',
+    '1000',
+    '--new-tokens',
+    '2',
+    '--repeat',
+    '1',
+    '--no-profile',
+  );
   assert.is(human.code, 1);
   assert.match(human.out, /\n\s+131 {2}failed: OutOfMemoryError: a KV cache layer/);
 });

@@ -14,16 +14,32 @@ import { binding, UNIFORM_ARENA_BYTES } from '../src/kernels/common.js';
 import { MatmulKernel } from '../src/kernels/matmul.js';
 
 test('no WebGPU at all, or no adapter: WebGPUUnavailableError naming the Vulkan install script', async () => {
-  await rejects(() => createContext(undefined), (e) => e instanceof WebGPUUnavailableError && /install-vulkan-cpu\.sh/.test(e.message));
+  await rejects(
+    () => createContext(undefined),
+    (e) => e instanceof WebGPUUnavailableError && /install-vulkan-cpu\.sh/.test(e.message),
+  );
   const noAdapter = { requestAdapter: async () => null } as unknown as GPU;
-  await rejects(() => createContext(noAdapter), (e) => e instanceof WebGPUUnavailableError && /lavapipe/.test(e.message));
-  const throwing = { requestAdapter: async () => { throw new Error('driver exploded'); } } as unknown as GPU;
-  await rejects(() => createContext(throwing), (e) => e instanceof WebGPUUnavailableError && /driver exploded/.test(e.message));
+  await rejects(
+    () => createContext(noAdapter),
+    (e) => e instanceof WebGPUUnavailableError && /lavapipe/.test(e.message),
+  );
+  const throwing = {
+    requestAdapter: async () => {
+      throw new Error('driver exploded');
+    },
+  } as unknown as GPU;
+  await rejects(
+    () => createContext(throwing),
+    (e) => e instanceof WebGPUUnavailableError && /driver exploded/.test(e.message),
+  );
 });
 
 test("the device gets the adapter's maxima for binding and buffer sizes, and records features", async () => {
   const ctx = await context();
-  assert.ok(ctx.limits.maxStorageBufferBindingSize >= 128 * 1024 * 1024, `binding limit ${ctx.limits.maxStorageBufferBindingSize}`);
+  assert.ok(
+    ctx.limits.maxStorageBufferBindingSize >= 128 * 1024 * 1024,
+    `binding limit ${ctx.limits.maxStorageBufferBindingSize}`,
+  );
   assert.is(ctx.adapter.limits.maxStorageBufferBindingSize, ctx.limits.maxStorageBufferBindingSize);
   assert.type(ctx.features.timestampQuery, 'boolean');
   assert.ok(ctx.adapter.features.length > 0);
@@ -33,11 +49,15 @@ test('the subgroup size is recorded where the adapter reports a single one; a de
   const adapter = await nodeGPU().requestAdapter();
   const info = adapter!.info as GPUAdapterInfo & { subgroupMinSize?: number; subgroupMaxSize?: number };
   const ctx = await context();
-  const single = ctx.features.subgroups && info.subgroupMinSize !== undefined && info.subgroupMinSize === info.subgroupMaxSize;
+  const single =
+    ctx.features.subgroups && info.subgroupMinSize !== undefined && info.subgroupMinSize === info.subgroupMaxSize;
   assert.is(ctx.features.subgroupSize, single ? info.subgroupMinSize : null);
   if (ctx.isCpuAdapter && ctx.features.subgroups) assert.is(ctx.features.subgroupSize, 8, 'lavapipe: 8-lane subgroups');
   // Modules joined from files ('a+b'): an unknown part is named.
-  assert.throws(() => ctx.shaderModule('matmul+no_such_kernel'), (e: Error) => /no shader named "no_such_kernel" \(shaders\/no_such_kernel\.wgsl\)/.test(e.message));
+  assert.throws(
+    () => ctx.shaderModule('matmul+no_such_kernel'),
+    (e: Error) => /no shader named "no_such_kernel" \(shaders\/no_such_kernel\.wgsl\)/.test(e.message),
+  );
   const plain = await createContext(nodeGPU(), { disableFeatures: ['subgroups'] });
   try {
     assert.equal([plain.features.subgroups, plain.features.subgroupSize], [false, null]);
@@ -53,7 +73,10 @@ test('an uncaptured validation error is thrown by throwIfErrors, not ignored', a
   ctx.device.createBuffer({ size: 16, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.STORAGE });
   await ctx.device.queue.onSubmittedWorkDone();
   await new Promise((r) => setTimeout(r, 50));
-  assert.throws(() => ctx.throwIfErrors(), (e: Error) => e instanceof GPUValidationError);
+  assert.throws(
+    () => ctx.throwIfErrors(),
+    (e: Error) => e instanceof GPUValidationError,
+  );
   ctx.throwIfErrors(); // drained
 });
 
@@ -66,14 +89,18 @@ test('buffers are tracked: created and destroyed bytes add up', async () => {
   assert.equal(ctx.liveBuffers, before);
 });
 
-
 test('uniform slices share aligned arena buffers, spill into new ones, and each binds its own words', async () => {
   await withDevice(async ({ ctx, owned }) => {
     const align = ctx.limits.minUniformBufferOffsetAlignment;
     const n = Math.ceil((2.5 * UNIFORM_ARENA_BYTES) / align); // spans three arenas
     const before = ctx.liveBuffers.count;
     // Sizes of 1..12 words (16..48 bytes): the slice is the 16-byte-rounded size.
-    const slices = Array.from({ length: n }, (_, i) => owned.uniform(`u${i}`, Array.from({ length: 1 + (i % 12) }, (_, j) => i * 16 + j)));
+    const slices = Array.from({ length: n }, (_, i) =>
+      owned.uniform(
+        `u${i}`,
+        Array.from({ length: 1 + (i % 12) }, (_, j) => i * 16 + j),
+      ),
+    );
     assert.is(ctx.liveBuffers.count - before, 3, 'arena buffers created');
     for (const [i, s] of slices.entries()) {
       assert.is(s.offset % align, 0, `slice ${i} offset ${s.offset}`);
@@ -87,13 +114,28 @@ test('uniform slices share aligned arena buffers, spill into new ones, and each 
              @group(0) @binding(2) var<uniform> at: vec4<u32>;
              @compute @workgroup_size(1) fn main() { o[at.x] = u; }`,
     });
-    const pipeline = await ctx.device.createComputePipelineAsync({ layout: 'auto', compute: { module, entryPoint: 'main' } });
+    const pipeline = await ctx.device.createComputePipelineAsync({
+      layout: 'auto',
+      compute: { module, entryPoint: 'main' },
+    });
     const out = poisoned(owned, [n * 4], 'u32');
-    await run(ctx, slices.map((s, i) => ({
-      family: 'copy' as const, label: `u${i}`, pipeline, workgroups: [1, 1, 1] as const,
-      bindGroup: ctx.device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries: [
-        { binding: 0, resource: { ...s, size: 16 } }, { binding: 1, resource: binding(out) }, { binding: 2, resource: owned.uniform(`at${i}`, [i]) }] }),
-    })));
+    await run(
+      ctx,
+      slices.map((s, i) => ({
+        family: 'copy' as const,
+        label: `u${i}`,
+        pipeline,
+        workgroups: [1, 1, 1] as const,
+        bindGroup: ctx.device.createBindGroup({
+          layout: pipeline.getBindGroupLayout(0),
+          entries: [
+            { binding: 0, resource: { ...s, size: 16 } },
+            { binding: 1, resource: binding(out) },
+            { binding: 2, resource: owned.uniform(`at${i}`, [i]) },
+          ],
+        }),
+      })),
+    );
     const got = await downloadU32(ctx, out);
     for (let i = 0; i < n; i++) {
       const want = Array.from({ length: 4 }, (_, j) => (j <= i % 12 ? i * 16 + j : 0));
@@ -127,13 +169,18 @@ test('sleepingWaitYield sleeps in slices only while a wait is pending, then stop
   const n = slices.length;
   await new Promise((r) => setTimeout(r, 20));
   assert.is(slices.length, n);
-  assert.throws(() => sleepingWaitYield(0), (e: Error) => e instanceof InvalidOptionError && /sliceMs must be in \(0, 50\], got 0/.test(e.message));
+  assert.throws(
+    () => sleepingWaitYield(0),
+    (e: Error) => e instanceof InvalidOptionError && /sliceMs must be in \(0, 50\], got 0/.test(e.message),
+  );
 });
 
 test('sleepingWaitYield runs one loop: a wait that starts as the last one ends adds no second loop', async () => {
   let slices = 0;
   const y = sleepingWaitYield(1, () => slices++);
-  const turns = async (n: number) => { for (let i = 0; i < n; i++) await new Promise((r) => setImmediate(r)); };
+  const turns = async (n: number) => {
+    for (let i = 0; i < n; i++) await new Promise((r) => setImmediate(r));
+  };
   // Decode steps do this: a read-back resolves, and the next one is asked for before the loop's
   // already queued tick runs.
   for (let step = 0; step < 5; step++) {
@@ -164,7 +211,11 @@ test('a context routes read-backs, drains and pipeline builds through its WaitYi
   const ctx = await createContext(nodeGPU(), { waitYield: (p) => seen.push(p), yieldWhileWaiting: true });
   try {
     assert.ok(ctx.waitYield);
-    const b = ctx.createBufferWithData('t', new Uint32Array([7, 8, 9]), GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC);
+    const b = ctx.createBufferWithData(
+      't',
+      new Uint32Array([7, 8, 9]),
+      GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC,
+    );
     const n0 = seen.length;
     const out = new Uint32Array(await ctx.readBuffer(b));
     assert.equal(Array.from(out), [7, 8, 9]);
@@ -176,11 +227,18 @@ test('a context routes read-backs, drains and pipeline builds through its WaitYi
   } finally {
     ctx.destroy();
   }
-  const off = await createContext(nodeGPU(), { waitYield: () => assert.unreachable('spin mode must not yield'), yieldWhileWaiting: false });
+  const off = await createContext(nodeGPU(), {
+    waitYield: () => assert.unreachable('spin mode must not yield'),
+    yieldWhileWaiting: false,
+  });
   assert.is(off.waitYield, null);
   await off.drain();
   off.destroy();
-  await rejects(() => createContext(nodeGPU(), { yieldWhileWaiting: 'yes' as never }), (e) => e instanceof InvalidOptionError && /yieldWhileWaiting must be true, false or 'auto', got yes/.test(e.message));
+  await rejects(
+    () => createContext(nodeGPU(), { yieldWhileWaiting: 'yes' as never }),
+    (e) =>
+      e instanceof InvalidOptionError && /yieldWhileWaiting must be true, false or 'auto', got yes/.test(e.message),
+  );
 });
 
 test('a host-provided device: the adapter is read from it, CPU waits yield, and destroy() leaves the device alive', async () => {
@@ -188,9 +246,16 @@ test('a host-provided device: the adapter is read from it, CPU waits yield, and 
   assert.ok(adapter, 'an adapter');
   const device = await adapter!.requestDevice();
   const lost = { yes: false };
-  void device.lost.then(() => { lost.yes = true; });
+  void device.lost.then(() => {
+    lost.yes = true;
+  });
   let waits = 0;
-  const engine = await Engine.create({ device, waitYield: () => { waits++; } });
+  const engine = await Engine.create({
+    device,
+    waitYield: () => {
+      waits++;
+    },
+  });
   const ctx = engine.ctx;
   assert.is(ctx.ownsDevice, false);
   // Described as a device the engine requested itself would be (through device.adapterInfo): on
@@ -210,7 +275,9 @@ test('a host-provided device: the adapter is read from it, CPU waits yield, and 
       sgDevice.destroy();
     }
   }
-  const model = await engine.loadModel(randomCheckpoint(cfgOf({ n_embd: 32, n_head: 2, n_layer: 1, vocab_size: 64 }), 3));
+  const model = await engine.loadModel(
+    randomCheckpoint(cfgOf({ n_embd: 32, n_head: 2, n_layer: 1, vocab_size: 64 }), 3),
+  );
   const r = await model.generate([1, 2, 3], { maxNewTokens: 3, seed: 1, stopAtEos: false });
   assert.is(r.sequences[0]!.tokens.length, 3);
   // yieldWhileWaiting 'auto': the WaitYield sees the waits on CPU adapters only.
@@ -228,7 +295,10 @@ test('a host-provided device: the adapter is read from it, CPU waits yield, and 
   await new Promise((res) => setTimeout(res, 20));
   assert.is(lost.yes, false, 'the host device was not destroyed');
   // A context on it can be made again, and bad options are named without touching the device.
-  assert.throws(() => contextFromDevice(device, {}, { yieldWhileWaiting: 'sometimes' as never }), (e: Error) => e instanceof InvalidOptionError && /yieldWhileWaiting/.test(e.message));
+  assert.throws(
+    () => contextFromDevice(device, {}, { yieldWhileWaiting: 'sometimes' as never }),
+    (e: Error) => e instanceof InvalidOptionError && /yieldWhileWaiting/.test(e.message),
+  );
   const again = contextFromDevice(device, { description: 'my renderer' });
   assert.is(again.adapter.description, 'my renderer');
   again.destroy();

@@ -9,7 +9,18 @@ import * as assert from 'uvu/assert';
 import { createHash } from 'node:crypto';
 import { createServer, IncomingMessage, Server, ServerResponse } from 'node:http';
 import { AddressInfo } from 'node:net';
-import { existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
+import {
+  existsSync,
+  lstatSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  readlinkSync,
+  rmSync,
+  utimesSync,
+  writeFileSync,
+} from 'node:fs';
 import { spawn } from 'node:child_process';
 import { hostname } from 'node:os';
 import { tmpdir } from 'node:os';
@@ -93,7 +104,11 @@ async function startHub(repo = 'openai-community/gpt2'): Promise<Hub> {
       return;
     }
     if (file === 'config.json') {
-      res.writeHead(200, { 'x-repo-commit': COMMIT, etag: `"${gitSha1(configBytes)}"`, 'content-length': configBytes.length });
+      res.writeHead(200, {
+        'x-repo-commit': COMMIT,
+        etag: `"${gitSha1(configBytes)}"`,
+        'content-length': configBytes.length,
+      });
       res.end(req.method === 'HEAD' ? undefined : configBytes);
       return;
     }
@@ -113,7 +128,11 @@ async function startHub(repo = 'openai-community/gpt2'): Promise<Hub> {
   });
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
   hub.url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
-  hub.close = () => new Promise((r) => { server.closeAllConnections(); server.close(() => r()); });
+  hub.close = () =>
+    new Promise((r) => {
+      server.closeAllConnections();
+      server.close(() => r());
+    });
   return hub;
 }
 
@@ -148,7 +167,10 @@ test('fresh download into the HF cache layout, then a second call served from th
     assert.ok(existsSync(join(folder, 'blobs', gitSha1(configBytes))));
     const last = progress.filter((p) => p.file === 'model.safetensors').pop()!;
     assert.equal(last, { file: 'model.safetensors', loadedBytes: stBytes.length, totalBytes: stBytes.length });
-    assert.equal(Array.from(await ck.read('h.1.mlp.c_fc.bias')), Array.from((await makeSafetensors(cfg)).values.get('h.1.mlp.c_fc.bias')!));
+    assert.equal(
+      Array.from(await ck.read('h.1.mlp.c_fc.bias')),
+      Array.from((await makeSafetensors(cfg)).values.get('h.1.mlp.c_fc.bias')!),
+    );
 
     const before = hub.log.length;
     await resolveSource('openai-community/gpt2', { cacheDir, hubUrl: hub.url });
@@ -178,7 +200,10 @@ test('resumes with a Range request after the connection is cut mid-file (and acr
     writeFileSync(join(blobs, sha256(stBytes) + '.incomplete'), stBytes.subarray(0, 1234));
     hub.log.length = 0;
     await resolveSource('gpt2', { cacheDir: cache2, hubUrl: hub.url });
-    assert.equal(hub.log.filter((r) => r.path.startsWith('/cdn/')).map((r) => r.range), ['bytes=1234-']);
+    assert.equal(
+      hub.log.filter((r) => r.path.startsWith('/cdn/')).map((r) => r.range),
+      ['bytes=1234-'],
+    );
     assert.equal(readFileSync(join(blobs, sha256(stBytes))), stBytes);
   } finally {
     await hub.close();
@@ -190,8 +215,13 @@ test('a hash mismatch is a DownloadError and leaves nothing in the cache', async
   const cacheDir = freshCache();
   try {
     hub.fakeSha = 'f'.repeat(64);
-    await rejectsWith(resolveSource('gpt2', { cacheDir, hubUrl: hub.url }), DownloadError,
-      new RegExp(`model\\.safetensors: hash mismatch: the hub says f{64}, the downloaded ${stBytes.length} bytes hash to ${sha256(stBytes)}`));
+    await rejectsWith(
+      resolveSource('gpt2', { cacheDir, hubUrl: hub.url }),
+      DownloadError,
+      new RegExp(
+        `model\\.safetensors: hash mismatch: the hub says f{64}, the downloaded ${stBytes.length} bytes hash to ${sha256(stBytes)}`,
+      ),
+    );
     const blobs = join(cacheDir, 'models--openai-community--gpt2', 'blobs');
     assert.not.ok(existsSync(join(blobs, 'f'.repeat(64))));
     assert.not.ok(existsSync(join(blobs, 'f'.repeat(64) + '.incomplete')));
@@ -204,17 +234,44 @@ test('404s name the repo or file; unreachable hubs and missing local dirs are cl
   const hub = await startHub();
   const cacheDir = freshCache();
   try {
-    await rejectsWith(resolveSource('someone/nothing', { cacheDir, hubUrl: hub.url }), DownloadError,
-      /^someone\/nothing\/config\.json: HTTP 404 from http:\/\/127\.0\.0\.1:\d+\/someone\/nothing\/resolve\/main\/config\.json: no such repo/);
-    await rejectsWith(resolveSource('gpt2', { cacheDir, hubUrl: hub.url, revision: 'v9' }), DownloadError, /HTTP 404 .*: no such revision/);
-    await rejectsWith(resolveSource('gpt2', { cacheDir: freshCache(), hubUrl: 'http://127.0.0.1:9' }), DownloadError, /cannot reach http:\/\/127\.0\.0\.1:9/);
-    await rejectsWith(resolveSource('gpt2', { cacheDir: freshCache(), offline: true }), DownloadError, /not in the cache .* offline mode is on/);
+    await rejectsWith(
+      resolveSource('someone/nothing', { cacheDir, hubUrl: hub.url }),
+      DownloadError,
+      /^someone\/nothing\/config\.json: HTTP 404 from http:\/\/127\.0\.0\.1:\d+\/someone\/nothing\/resolve\/main\/config\.json: no such repo/,
+    );
+    await rejectsWith(
+      resolveSource('gpt2', { cacheDir, hubUrl: hub.url, revision: 'v9' }),
+      DownloadError,
+      /HTTP 404 .*: no such revision/,
+    );
+    await rejectsWith(
+      resolveSource('gpt2', { cacheDir: freshCache(), hubUrl: 'http://127.0.0.1:9' }),
+      DownloadError,
+      /cannot reach http:\/\/127\.0\.0\.1:9/,
+    );
+    await rejectsWith(
+      resolveSource('gpt2', { cacheDir: freshCache(), offline: true }),
+      DownloadError,
+      /not in the cache .* offline mode is on/,
+    );
     const notADir = join(freshCache(), 'a-file');
     writeFileSync(notADir, 'x');
-    await rejectsWith(resolveSource('gpt2', { cacheDir: notADir, hubUrl: hub.url }), DownloadError, new RegExp(`cannot write to the Hugging Face cache ${notADir} \\(ENOTDIR.*point HF_HUB_CACHE`));
-    await rejectsWith(resolveSource('./no/such/dir', {}), WeightsFormatError, /\.\/no\/such\/dir: no such file or directory/);
+    await rejectsWith(
+      resolveSource('gpt2', { cacheDir: notADir, hubUrl: hub.url }),
+      DownloadError,
+      new RegExp(`cannot write to the Hugging Face cache ${notADir} \\(ENOTDIR.*point HF_HUB_CACHE`),
+    );
+    await rejectsWith(
+      resolveSource('./no/such/dir', {}),
+      WeightsFormatError,
+      /\.\/no\/such\/dir: no such file or directory/,
+    );
     const empty = freshCache();
-    await rejectsWith(resolveSource(empty, {}), WeightsFormatError, new RegExp(`${empty}: no config\\.json in this directory`));
+    await rejectsWith(
+      resolveSource(empty, {}),
+      WeightsFormatError,
+      new RegExp(`${empty}: no config\\.json in this directory`),
+    );
   } finally {
     await hub.close();
   }
@@ -244,10 +301,16 @@ test('files Python downloaded under the short alias (models--gpt2) are reused wi
 /** p, or a failure naming `what` after ms (a lock that is never taken over must not hang the suite). */
 function within<T>(ms: number, p: Promise<T>, what: string): Promise<T> {
   let t: NodeJS.Timeout;
-  return Promise.race([p, new Promise<T>((_, rej) => { t = setTimeout(() => rej(new Error(`${what}: still waiting after ${ms} ms`)), ms); })]).finally(() => clearTimeout(t));
+  return Promise.race([
+    p,
+    new Promise<T>((_, rej) => {
+      t = setTimeout(() => rej(new Error(`${what}: still waiting after ${ms} ms`)), ms);
+    }),
+  ]).finally(() => clearTimeout(t));
 }
 
-const lockPath = (cacheDir: string) => join(cacheDir, '.locks', 'models--openai-community--gpt2', `${sha256(stBytes)}.gpt2-webgpu.lock`);
+const lockPath = (cacheDir: string) =>
+  join(cacheDir, '.locks', 'models--openai-community--gpt2', `${sha256(stBytes)}.gpt2-webgpu.lock`);
 const blobPath = (cacheDir: string) => join(cacheDir, 'models--openai-community--gpt2', 'blobs', sha256(stBytes));
 
 /** Runs resolveSource in a separate Node process; resolves with its exit code and output. */
@@ -270,12 +333,18 @@ test('the same model loaded twice at once (in one process, and from two processe
   try {
     hub.slowMs = 40;
     const cacheDir = freshCache();
-    const [a, b] = await Promise.all([resolveSource('gpt2', { cacheDir, hubUrl: hub.url }), resolveSource('gpt2', { cacheDir, hubUrl: hub.url })]);
+    const [a, b] = await Promise.all([
+      resolveSource('gpt2', { cacheDir, hubUrl: hub.url }),
+      resolveSource('gpt2', { cacheDir, hubUrl: hub.url }),
+    ]);
     assert.equal([a.config.n_embd, b.config.n_embd], [cfg.n_embd, cfg.n_embd]);
     assert.is(cdnGets(hub).length, 1, 'one download');
     assert.equal(readFileSync(blobPath(cacheDir)), stBytes);
     assert.not.ok(existsSync(lockPath(cacheDir)), 'lock released');
-    assert.equal(readdirSync(dirname(blobPath(cacheDir))).filter((f) => f.endsWith('.incomplete')), []);
+    assert.equal(
+      readdirSync(dirname(blobPath(cacheDir))).filter((f) => f.endsWith('.incomplete')),
+      [],
+    );
 
     hub.log.length = 0;
     const cache2 = freshCache();
@@ -303,14 +372,23 @@ test('download locks: a live holder is waited for (its progress reported), a dea
     const loading = resolveSource('gpt2', { cacheDir, hubUrl: hub.url, onProgress: (p) => progress.push(p) });
     await new Promise((r) => setTimeout(r, 600));
     assert.is(cdnGets(hub).length, 0, 'no download while the lock is held');
-    assert.ok(progress.some((p) => p.file === 'model.safetensors' && p.loadedBytes === 1000 && p.totalBytes === stBytes.length), JSON.stringify(progress));
+    assert.ok(
+      progress.some((p) => p.file === 'model.safetensors' && p.loadedBytes === 1000 && p.totalBytes === stBytes.length),
+      JSON.stringify(progress),
+    );
     rmSync(lockPath(cacheDir));
     await within(10_000, loading, 'released lock');
-    assert.equal(cdnGets(hub).map((r) => r.range), ['bytes=1000-']);
+    assert.equal(
+      cdnGets(hub).map((r) => r.range),
+      ['bytes=1000-'],
+    );
     assert.equal(readFileSync(blobPath(cacheDir)), stBytes);
 
     // Left by a process that has exited.
-    const dead = await new Promise<number>((r) => { const c = spawn(process.execPath, ['-e', '0']); c.on('close', () => r(c.pid!)); });
+    const dead = await new Promise<number>((r) => {
+      const c = spawn(process.execPath, ['-e', '0']);
+      c.on('close', () => r(c.pid!));
+    });
     const cache2 = freshCache();
     mkdirSync(dirname(lockPath(cache2)), { recursive: true });
     writeFileSync(lockPath(cache2), JSON.stringify({ pid: dead, host: hostname() }));
@@ -326,7 +404,11 @@ test('download locks: a live holder is waited for (its progress reported), a dea
       writeFileSync(lockPath(cache3), body);
       const old = new Date(Date.now() - 600_000);
       utimesSync(lockPath(cache3), old, old);
-      await within(10_000, resolveSource('gpt2', { cacheDir: cache3, hubUrl: hub.url }), `old lock ${JSON.stringify(body)}`);
+      await within(
+        10_000,
+        resolveSource('gpt2', { cacheDir: cache3, hubUrl: hub.url }),
+        `old lock ${JSON.stringify(body)}`,
+      );
       assert.equal(readFileSync(blobPath(cache3)), stBytes);
     }
   } finally {

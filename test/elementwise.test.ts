@@ -51,7 +51,8 @@ test('add out of place and in place (out = a, out = b)', () =>
 
 test('gather_rows picks rows by a GPU index (repeats, reversed, out of range -> NaN)', () =>
   withDevice(async ({ ctx, owned }) => {
-    const T = 9, C = 77;
+    const T = 9,
+      C = 77;
     const x = new Rng(9).normals(T * C);
     const idx = Uint32Array.from([8, 0, 3, 3, 2]);
     const k = await GatherRowsKernel.create(ctx);
@@ -66,7 +67,10 @@ test('gather_rows picks rows by a GPU index (repeats, reversed, out of range -> 
     await run(ctx, [k.bind(owned, { x: upload(owned, x, [T, C]), idx: upload(owned, bad, [3], 'u32'), out: out2 })]);
     const got = await download(ctx, out2);
     allClose(got.subarray(0, C), x.subarray(C, 2 * C), { atol: 0 }, 'gather_rows valid row');
-    assert.ok(got.subarray(C).every((v) => Number.isNaN(v)), 'out-of-range rows are NaN');
+    assert.ok(
+      got.subarray(C).every((v) => Number.isNaN(v)),
+      'out-of-range rows are NaN',
+    );
   }));
 
 test('elementwise kernels reject mismatched shapes and partial overlap', () =>
@@ -84,7 +88,8 @@ test('elementwise kernels reject mismatched shapes and partial overlap', () =>
     );
     const g = await GatherRowsKernel.create(ctx);
     assert.throws(
-      () => g.bind(owned, { x: poisoned(owned, [4, 8]), idx: poisoned(owned, [2], 'u32'), out: poisoned(owned, [2, 7]) }),
+      () =>
+        g.bind(owned, { x: poisoned(owned, [4, 8]), idx: poisoned(owned, [2], 'u32'), out: poisoned(owned, [2, 7]) }),
       (e: Error) => e instanceof ShapeError && /expected shape \[2, 8\], got \[2, 7\]/.test(e.message),
     );
   }));

@@ -7,7 +7,11 @@ import { REPO_ROOT, tinyDir } from './fixtures-util.js';
 import { createEngine } from '../src/node.js';
 
 test('examples/node/quickstart.mjs generates 20 tokens from the tiny fixture', () => {
-  const r = spawnSync(process.execPath, [join(REPO_ROOT, 'examples', 'node', 'quickstart.mjs'), tinyDir(), 'Hello world'], { encoding: 'utf8', timeout: 120_000, cwd: REPO_ROOT });
+  const r = spawnSync(
+    process.execPath,
+    [join(REPO_ROOT, 'examples', 'node', 'quickstart.mjs'), tinyDir(), 'Hello world'],
+    { encoding: 'utf8', timeout: 120_000, cwd: REPO_ROOT },
+  );
   assert.is(r.status, 0, r.stderr);
   const j = JSON.parse(r.stdout);
   assert.is(j.tokens.length, 20);
@@ -16,7 +20,11 @@ test('examples/node/quickstart.mjs generates 20 tokens from the tiny fixture', (
 });
 
 test('bench/chat-load.mjs: a closed-loop chat load on separate sessions and on one group, JSON with every figure; bad flags refused', () => {
-  const r = spawnSync(process.execPath, [join(REPO_ROOT, 'bench', 'chat-load.mjs'), '--model', tinyDir(), '--users', '3', '--turns', '2', '--json'], { encoding: 'utf8', timeout: 120_000, cwd: REPO_ROOT });
+  const r = spawnSync(
+    process.execPath,
+    [join(REPO_ROOT, 'bench', 'chat-load.mjs'), '--model', tinyDir(), '--users', '3', '--turns', '2', '--json'],
+    { encoding: 'utf8', timeout: 120_000, cwd: REPO_ROOT },
+  );
   assert.is(r.status, 0, r.stderr);
   const j = JSON.parse(r.stdout);
   assert.equal([j.users, j.turns, j.dtype], [3, 2, 'f32']);
@@ -25,22 +33,43 @@ test('bench/chat-load.mjs: a closed-loop chat load on separate sessions and on o
   for (let u = 0; u < 3; u++) for (let t = 0; t < 2; t++) want += 6 + ((u * 7 + t * 5) % 15);
   for (const x of [j.separate, j.group]) {
     assert.is(x.tokens, want);
-    assert.ok(x.ms > 0 && Math.abs(x.tokens_per_s - (1000 * x.tokens) / x.ms) < 1e-9 * x.tokens_per_s, JSON.stringify(x));
+    assert.ok(
+      x.ms > 0 && Math.abs(x.tokens_per_s - (1000 * x.tokens) / x.ms) < 1e-9 * x.tokens_per_s,
+      JSON.stringify(x),
+    );
   }
   assert.is(j.separate.turns_sharing_steps, 0);
   assert.ok(j.group.turns_sharing_steps >= 3, 'the first turns merged, later ones joined or merged');
-  assert.ok(j.group.submits < j.separate.submits, `${j.group.submits} submits in a group, ${j.separate.submits} separate`);
-  for (const [args, msg] of [[['--users', '0'], /--users must be an integer in \[1, 256\], got 0/], [['--bogus'], /unknown flag --bogus; usage/], [['--model'], /--model needs a value/]] as const) {
-    const bad = spawnSync(process.execPath, [join(REPO_ROOT, 'bench', 'chat-load.mjs'), ...args], { encoding: 'utf8', timeout: 60_000, cwd: REPO_ROOT });
+  assert.ok(
+    j.group.submits < j.separate.submits,
+    `${j.group.submits} submits in a group, ${j.separate.submits} separate`,
+  );
+  for (const [args, msg] of [
+    [['--users', '0'], /--users must be an integer in \[1, 256\], got 0/],
+    [['--bogus'], /unknown flag --bogus; usage/],
+    [['--model'], /--model needs a value/],
+  ] as const) {
+    const bad = spawnSync(process.execPath, [join(REPO_ROOT, 'bench', 'chat-load.mjs'), ...args], {
+      encoding: 'utf8',
+      timeout: 60_000,
+      cwd: REPO_ROOT,
+    });
     assert.is(bad.status, 2);
     assert.match(bad.stderr, msg);
   }
 });
 
 test('examples/node/chat-server.mjs answers each round of 3 users in one merged run, each reply as alone', async () => {
-  const r = spawnSync(process.execPath, [join(REPO_ROOT, 'examples', 'node', 'chat-server.mjs'), tinyDir(), '3'], { encoding: 'utf8', timeout: 120_000, cwd: REPO_ROOT });
+  const r = spawnSync(process.execPath, [join(REPO_ROOT, 'examples', 'node', 'chat-server.mjs'), tinyDir(), '3'], {
+    encoding: 'utf8',
+    timeout: 120_000,
+    cwd: REPO_ROOT,
+  });
   assert.is(r.status, 0, r.stderr);
-  const rounds = r.stdout.trim().split('\n').map((l) => JSON.parse(l));
+  const rounds = r.stdout
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l));
   assert.is(rounds.length, 2);
   for (const round of rounds) {
     assert.equal(round.batch_rows, [3, 3, 3]);

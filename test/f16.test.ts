@@ -50,7 +50,8 @@ test('packF16 of a Float32Array matches f32ToF16Bits bit for bit', () => {
         const w = fast[r * wpr + (c >> 1)]!;
         const got = c & 1 ? w >>> 16 : w & 0xffff;
         const want = f32ToF16Bits(f[r * cols + c]!);
-        if (got !== want && bad++ === 0) first = `float bits 0x${(bits[r * cols + c]! >>> 0).toString(16)}: 0x${got.toString(16)}, want 0x${want.toString(16)}`;
+        if (got !== want && bad++ === 0)
+          first = `float bits 0x${(bits[r * cols + c]! >>> 0).toString(16)}: 0x${got.toString(16)}, want 0x${want.toString(16)}`;
       }
     }
     assert.is(bad, 0, `cols ${cols}: ${bad} mismatches, first ${first}`);

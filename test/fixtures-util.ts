@@ -18,7 +18,10 @@ export const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', 
 
 export function fixturesDir(): string {
   const dir = process.env.GPT2_FIXTURES ?? join(REPO_ROOT, '..', 'shared', 'fixtures');
-  if (!existsSync(dir)) throw new Error(`reference fixtures not found at ${dir} (expected <repoRoot>/../shared/fixtures, or set GPT2_FIXTURES)`);
+  if (!existsSync(dir))
+    throw new Error(
+      `reference fixtures not found at ${dir} (expected <repoRoot>/../shared/fixtures, or set GPT2_FIXTURES)`,
+    );
   return dir;
 }
 
@@ -77,20 +80,34 @@ export function tinySafetensorsBytes(): Uint8Array {
 
 /** The tiny model as a Checkpoint (bytes held in memory). */
 export function tinyCheckpoint(): Promise<Checkpoint> {
-  return openCheckpoint(tinyConfigJson(), bytesSource(join(tinyDir(), 'model.safetensors'), tinySafetensorsBytes()), tinyDir());
+  return openCheckpoint(
+    tinyConfigJson(),
+    bytesSource(join(tinyDir(), 'model.safetensors'), tinySafetensorsBytes()),
+    tinyDir(),
+  );
 }
 
 /** A small valid GPT-2 config (V 97, P 16, C 8, L 2, H 2) with optional overrides. */
 export function smallConfig(over: Partial<GPT2Config> = {}): GPT2Config {
   return {
-    vocab_size: 97, n_positions: 16, n_embd: 8, n_layer: 2, n_head: 2, layer_norm_epsilon: 1e-5,
-    activation_function: 'gelu_new', bos_token_id: 0, eos_token_id: 0, n_inner: null, ...over,
+    vocab_size: 97,
+    n_positions: 16,
+    n_embd: 8,
+    n_layer: 2,
+    n_head: 2,
+    layer_norm_epsilon: 1e-5,
+    activation_function: 'gelu_new',
+    bos_token_id: 0,
+    eos_token_id: 0,
+    n_inner: null,
+    ...over,
   };
 }
 
 /** float32 values -> raw little-endian bytes of the given safetensors dtype. */
 export function encodeAs(values: Float32Array, dtype: 'F32' | 'F16' | 'BF16'): Uint8Array {
-  if (dtype === 'F32') return new Uint8Array(values.buffer.slice(values.byteOffset, values.byteOffset + values.byteLength));
+  if (dtype === 'F32')
+    return new Uint8Array(values.buffer.slice(values.byteOffset, values.byteOffset + values.byteLength));
   if (dtype === 'F16') {
     const w = packF16(values, 1, values.length); // pairs of halves in u32 words, LE = consecutive halves
     return new Uint8Array(w.buffer, 0, values.length * 2);
@@ -114,7 +131,10 @@ export interface MakeOpts {
  * A safetensors file for `cfg` filled with the random checkpoint's values (so tests can compare),
  * with optional defects. Returns the bytes and the f32 values written (after dtype rounding).
  */
-export async function makeSafetensors(cfg: GPT2Config, o: MakeOpts = {}): Promise<{ bytes: Uint8Array; values: Map<string, Float32Array> }> {
+export async function makeSafetensors(
+  cfg: GPT2Config,
+  o: MakeOpts = {},
+): Promise<{ bytes: Uint8Array; values: Map<string, Float32Array> }> {
   const ck = randomCheckpoint(cfg, o.seed ?? 1);
   const dtype = o.dtype ?? 'F32';
   const list: TensorToWrite[] = [];
@@ -135,12 +155,18 @@ export async function makeSafetensors(cfg: GPT2Config, o: MakeOpts = {}): Promis
 }
 
 /** Awaits `p` and fails unless it rejects with an instance of `cls` whose message matches `pattern`. */
-export async function rejectsWith(p: Promise<unknown>, cls: new (...a: never[]) => Error, pattern: RegExp): Promise<Error> {
+export async function rejectsWith(
+  p: Promise<unknown>,
+  cls: new (...a: never[]) => Error,
+  pattern: RegExp,
+): Promise<Error> {
   try {
     await p;
   } catch (e) {
-    if (!(e instanceof cls)) throw new Error(`expected ${cls.name}, got ${(e as Error)?.name}: ${(e as Error)?.message}`, { cause: e });
-    if (!pattern.test(e.message)) throw new Error(`${cls.name} message ${JSON.stringify(e.message)} does not match ${pattern}`, { cause: e });
+    if (!(e instanceof cls))
+      throw new Error(`expected ${cls.name}, got ${(e as Error)?.name}: ${(e as Error)?.message}`, { cause: e });
+    if (!pattern.test(e.message))
+      throw new Error(`${cls.name} message ${JSON.stringify(e.message)} does not match ${pattern}`, { cause: e });
     return e;
   }
   throw new Error(`expected a ${cls.name} matching ${pattern}, but it resolved`);

@@ -16,7 +16,9 @@ const ref = tinyReference();
 
 test('the CPU maps at most 4 bytes per sequence per step during a 64-token generation', async () => {
   const model = await tinyModel();
-  const proto = Object.getPrototypeOf(model.ctx.device.createBuffer({ size: 4, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST }));
+  const proto = Object.getPrototypeOf(
+    model.ctx.device.createBuffer({ size: 4, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST }),
+  );
   const original = proto.mapAsync;
   let bytes = 0;
   let maps = 0;
@@ -28,7 +30,12 @@ test('the CPU maps at most 4 bytes per sequence per step during a 64-token gener
     return original.call(this, mode, offset, size);
   };
   try {
-    const res = await model.generate(ref.prompts[0]!.ids, { temperature: 1, seed: 5, maxNewTokens: 64, stopAtEos: false });
+    const res = await model.generate(ref.prompts[0]!.ids, {
+      temperature: 1,
+      seed: 5,
+      maxNewTokens: 64,
+      stopAtEos: false,
+    });
     assert.is(res.sequences[0]!.tokens.length, 64);
     assert.is(maps, 64, 'one read-back per step');
     assert.is(bytes, 64 * 4, `bytes read back: ${bytes}`);
@@ -82,7 +89,12 @@ test('leaving a stream() loop early cancels the generation and frees its buffers
   const before = model.ctx.liveBuffers;
   const submits = model.ctx.stats.submits;
   let n = 0;
-  for await (const _ of model.stream(ref.prompts[0]!.ids, { maxNewTokens: 300, stopAtEos: false, seed: 2, pipelineDepth: 3 })) {
+  for await (const _ of model.stream(ref.prompts[0]!.ids, {
+    maxNewTokens: 300,
+    stopAtEos: false,
+    seed: 2,
+    pipelineDepth: 3,
+  })) {
     if (++n === 3) break;
   }
   assert.is(n, 3);
@@ -96,7 +108,12 @@ test('stop strings end a sequence and drop the surplus', async () => {
   const full = await model.generate(ref.prompts[0]!.ids, { temperature: 0, maxNewTokens: 30, stopAtEos: false });
   const text = full.sequences[0]!.text;
   const stop = text.slice(Math.floor(text.length / 2), Math.floor(text.length / 2) + 3);
-  const cut = await model.generate(ref.prompts[0]!.ids, { temperature: 0, maxNewTokens: 30, stopAtEos: false, stopStrings: [stop] });
+  const cut = await model.generate(ref.prompts[0]!.ids, {
+    temperature: 0,
+    maxNewTokens: 30,
+    stopAtEos: false,
+    stopStrings: [stop],
+  });
   assert.is(cut.sequences[0]!.finishReason, 'stop');
   assert.ok(cut.sequences[0]!.text.endsWith(stop));
   assert.is(cut.sequences[0]!.text, text.slice(0, text.indexOf(stop) + stop.length));
@@ -109,7 +126,16 @@ test('an AbortSignal stops a generation between steps and frees its buffers', as
   const ac = new AbortController();
   let seen = 0;
   await rejects(
-    () => model.generate(ref.prompts[0]!.ids, { maxNewTokens: 500, stopAtEos: false, pipelineDepth: 3, signal: ac.signal, onToken: () => { if (++seen === 5) ac.abort(); } }),
+    () =>
+      model.generate(ref.prompts[0]!.ids, {
+        maxNewTokens: 500,
+        stopAtEos: false,
+        pipelineDepth: 3,
+        signal: ac.signal,
+        onToken: () => {
+          if (++seen === 5) ac.abort();
+        },
+      }),
     (e: Error) => e instanceof AbortError,
   );
   assert.ok(seen < 500);
@@ -145,7 +171,10 @@ test('first_token_ms = setup_ms (host: cache, plans, bind groups) + prefill_ms (
     assert.ok(Math.abs(s.first_token_ms - s.setup_ms - s.prefill_ms) < 1e-6, JSON.stringify(s));
     const un = await model.generate([5, 6, 7], { maxNewTokens: 1, seed: 3, useCache: false });
     assert.ok(un.stats.setup_ms >= 2 && un.stats.prefill_ms > 0, JSON.stringify(un.stats));
-    assert.ok(Math.abs(un.stats.first_token_ms - un.stats.setup_ms - un.stats.prefill_ms) < 1e-6, JSON.stringify(un.stats));
+    assert.ok(
+      Math.abs(un.stats.first_token_ms - un.stats.setup_ms - un.stats.prefill_ms) < 1e-6,
+      JSON.stringify(un.stats),
+    );
   } finally {
     proto.createBindGroup = original;
   }
@@ -155,7 +184,15 @@ test('decoding allocates nothing per token: a generation creates the same object
   const model = await tinyModel();
   const proto = Object.getPrototypeOf(model.ctx.device);
   // Everything a step could wrongly create; command encoders are expected, one per step.
-  const names = ['createBuffer', 'createBindGroup', 'createShaderModule', 'createComputePipeline', 'createComputePipelineAsync', 'createQuerySet', 'createCommandEncoder'] as const;
+  const names = [
+    'createBuffer',
+    'createBindGroup',
+    'createShaderModule',
+    'createComputePipeline',
+    'createComputePipelineAsync',
+    'createQuerySet',
+    'createCommandEncoder',
+  ] as const;
   const originals = names.map((n) => proto[n]);
   const counts = new Map<string, number>();
   names.forEach((n, i) => {
@@ -166,7 +203,8 @@ test('decoding allocates nothing per token: a generation creates the same object
   });
   const kinds = {
     sample: (n: number) => model.generate([1, 2, 3], { maxNewTokens: n, seed: 1, stopAtEos: false }),
-    batch: (n: number) => model.generate([1, 2, 3], { maxNewTokens: n, seed: 1, stopAtEos: false, numSequences: 3, topK: 5, topP: 0.9 }),
+    batch: (n: number) =>
+      model.generate([1, 2, 3], { maxNewTokens: n, seed: 1, stopAtEos: false, numSequences: 3, topK: 5, topP: 0.9 }),
     beam: (n: number) => model.beamSearch([1, 2, 3], { maxNewTokens: n, numBeams: 3, numReturnSequences: 1 }),
   };
   try {
@@ -202,25 +240,67 @@ test('pipelined decode (depth 2, 3, 16: the GPU default is 3) gives what depth 1
   const text = full.sequences[0]!.text;
   const stop = text.slice(Math.floor(text.length / 2), Math.floor(text.length / 2) + 3);
   const scenarios: Array<[string, (d: number) => Promise<unknown>]> = [
-    ['greedy 48', async (d) => (await model.generate(p0, { temperature: 0, maxNewTokens: 48, stopAtEos: false, pipelineDepth: d })).sequences[0]!.tokens],
-    ['sampled batch of 4, top-k / top-p, EOS on', async (d) => (await model.generateBatch(ref.prompts.slice(0, 4).map((p) => p.ids), { temperature: 1.2, topK: 40, topP: 0.9, seed: 3, maxNewTokens: 24, pipelineDepth: d })).sequences.map((q) => [q.tokens, q.finishReason])],
-    ['stop string', async (d) => (await model.generate(p0, { temperature: 0, maxNewTokens: 30, stopAtEos: false, stopStrings: [stop], pipelineDepth: d })).sequences[0]!.text],
-    ['context shifts', async (d) => {
-      const s = await model.createSession({ capacity: 32, keep: 16 });
-      try {
-        const r = await s.generate(p0, { temperature: 1, seed: 9, maxNewTokens: 80, stopAtEos: false, pipelineDepth: d });
-        assert.ok(r.stats.shifts > 2, `shifts ${r.stats.shifts}`);
-        return r.sequences[0]!.tokens;
-      } finally {
-        s.destroy();
-      }
-    }],
+    [
+      'greedy 48',
+      async (d) =>
+        (await model.generate(p0, { temperature: 0, maxNewTokens: 48, stopAtEos: false, pipelineDepth: d }))
+          .sequences[0]!.tokens,
+    ],
+    [
+      'sampled batch of 4, top-k / top-p, EOS on',
+      async (d) =>
+        (
+          await model.generateBatch(
+            ref.prompts.slice(0, 4).map((p) => p.ids),
+            { temperature: 1.2, topK: 40, topP: 0.9, seed: 3, maxNewTokens: 24, pipelineDepth: d },
+          )
+        ).sequences.map((q) => [q.tokens, q.finishReason]),
+    ],
+    [
+      'stop string',
+      async (d) =>
+        (
+          await model.generate(p0, {
+            temperature: 0,
+            maxNewTokens: 30,
+            stopAtEos: false,
+            stopStrings: [stop],
+            pipelineDepth: d,
+          })
+        ).sequences[0]!.text,
+    ],
+    [
+      'context shifts',
+      async (d) => {
+        const s = await model.createSession({ capacity: 32, keep: 16 });
+        try {
+          const r = await s.generate(p0, {
+            temperature: 1,
+            seed: 9,
+            maxNewTokens: 80,
+            stopAtEos: false,
+            pipelineDepth: d,
+          });
+          assert.ok(r.stats.shifts > 2, `shifts ${r.stats.shifts}`);
+          return r.sequences[0]!.tokens;
+        } finally {
+          s.destroy();
+        }
+      },
+    ],
   ];
   for (const [name, run] of scenarios) {
     const one = await run(1);
     for (const d of [2, 3, 16]) assert.equal(await run(d), one, `${name}, depth ${d}`);
   }
-  assert.equal([...p0, ...(await model.generate(p0, { temperature: 0, maxNewTokens: 48, stopAtEos: false, pipelineDepth: 3 })).sequences[0]!.tokens], ref.prompts[0]!.greedy48);
+  assert.equal(
+    [
+      ...p0,
+      ...(await model.generate(p0, { temperature: 0, maxNewTokens: 48, stopAtEos: false, pipelineDepth: 3 }))
+        .sequences[0]!.tokens,
+    ],
+    ref.prompts[0]!.greedy48,
+  );
   assert.equal(model.ctx.liveBuffers, before);
 });
 
@@ -242,7 +322,11 @@ test('generation options are validated before any GPU work', async () => {
     [{ pipelineDepth: 2.5 }, /pipelineDepth/],
   ];
   for (const [o, re] of bad) {
-    await rejects(() => model.generate([1], o), (e: Error) => e instanceof InvalidOptionError && re.test(e.message), JSON.stringify(o));
+    await rejects(
+      () => model.generate([1], o),
+      (e: Error) => e instanceof InvalidOptionError && re.test(e.message),
+      JSON.stringify(o),
+    );
   }
   const r = await model.generate([1], { maxNewTokens: 0 });
   assert.equal(r.sequences[0]!.tokens, []);

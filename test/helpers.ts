@@ -8,7 +8,15 @@
  */
 import { GpuContext } from '../src/engine/device.js';
 import { nodeContext } from '../src/node.js';
-import { Dispatch, DType, encodeDispatches, GpuTensor, Owned, storedBytes, tensorBytes } from '../src/kernels/common.js';
+import {
+  Dispatch,
+  DType,
+  encodeDispatches,
+  GpuTensor,
+  Owned,
+  storedBytes,
+  tensorBytes,
+} from '../src/kernels/common.js';
 
 let shared: Promise<GpuContext> | undefined;
 
@@ -44,7 +52,12 @@ export async function withDevice<T>(fn: (s: DeviceScope) => Promise<T>): Promise
 export const STORAGE = 0x80 | 0x8 | 0x4; // STORAGE | COPY_DST | COPY_SRC (GPUBufferUsage values)
 
 /** Uploads data as a storage tensor owned by `owned`. f16 expects already-packed u32 words. */
-export function upload(owned: Owned, data: Float32Array | Uint32Array | Int32Array, shape: number[], dtype: DType = 'f32'): GpuTensor {
+export function upload(
+  owned: Owned,
+  data: Float32Array | Uint32Array | Int32Array,
+  shape: number[],
+  dtype: DType = 'f32',
+): GpuTensor {
   const buf = owned.adopt(owned.ctx.createBufferWithData('test.input', data, STORAGE));
   return { buffer: buf, offset: 0, shape, dtype };
 }
@@ -52,7 +65,9 @@ export function upload(owned: Owned, data: Float32Array | Uint32Array | Int32Arr
 /** An output tensor pre-filled with NaN (f32) or 0xDEADBEEF (u32/i32), so unwritten elements show. */
 export function poisoned(owned: Owned, shape: number[], dtype: DType = 'f32'): GpuTensor {
   const bytes = tensorBytes(shape, dtype);
-  const words = new Uint32Array(Math.ceil(bytes / 4)).fill(dtype === 'f32' || dtype === 'f16' ? 0x7fc00000 : 0xdeadbeef);
+  const words = new Uint32Array(Math.ceil(bytes / 4)).fill(
+    dtype === 'f32' || dtype === 'f16' ? 0x7fc00000 : 0xdeadbeef,
+  );
   return upload(owned, words, shape, dtype);
 }
 
@@ -86,7 +101,8 @@ export async function rejects(fn: () => Promise<unknown>, check: (e: Error) => b
     err = e;
   }
   if (err === undefined) throw new Error(`${what}: expected a rejection, but it resolved`);
-  if (!check(err as Error)) throw new Error(`${what}: rejected with an unexpected error: ${(err as Error)?.name}: ${(err as Error)?.message}`);
+  if (!check(err as Error))
+    throw new Error(`${what}: rejected with an unexpected error: ${(err as Error)?.name}: ${(err as Error)?.message}`);
 }
 
 /** Seeded PRNG (mulberry32) with uniform and normal draws. */
@@ -140,7 +156,14 @@ export function compare(
   const atol = opts.atol ?? 0;
   const rtol = opts.rtol ?? 0;
   if (actual.length !== expected.length) {
-    return { ok: false, count: -1, worst: Infinity, where: -1, relative: Infinity, message: `length ${actual.length} != expected ${expected.length}` };
+    return {
+      ok: false,
+      count: -1,
+      worst: Infinity,
+      where: -1,
+      relative: Infinity,
+      message: `length ${actual.length} != expected ${expected.length}`,
+    };
   }
   let count = 0;
   let worst = 0;
@@ -150,7 +173,10 @@ export function compare(
   for (let i = 0; i < actual.length; i++) {
     const a = actual[i]!;
     const e = expected[i]!;
-    if (a === e) { den += e * e; continue; } // covers matching infinities
+    if (a === e) {
+      den += e * e;
+      continue;
+    } // covers matching infinities
     const d = Math.abs(a - e);
     const bad = !(d <= atol + rtol * Math.abs(e));
     if (bad) count++;

@@ -7,17 +7,29 @@ import { kvGather64 } from './reference/attention.js';
 
 test('kv_write puts k and v of each token at slot pos % cap of its row, nothing else', () =>
   withDevice(async ({ ctx, owned }) => {
-    const rows = 3, cap = 8, C = 20;
+    const rows = 3,
+      cap = 8,
+      C = 20;
     const rowOf = [2, 0, 0, 1, 2, 5]; // the last token claims row 5 of 3: skipped
     const posOf = [3, 0, 9, 7, 4, 0]; // pos 9 wraps to slot 1
     const T = rowOf.length;
     const qkv = new Rng(1).normals(T * 3 * C);
     const meta = new Uint32Array(2 * T);
-    rowOf.forEach((r, t) => { meta[2 * t] = r; meta[2 * t + 1] = posOf[t]!; });
+    rowOf.forEach((r, t) => {
+      meta[2 * t] = r;
+      meta[2 * t + 1] = posOf[t]!;
+    });
     const kT = poisoned(owned, [rows, cap, C]);
     const vT = poisoned(owned, [rows, cap, C]);
     const k = await KvWriteKernel.create(ctx);
-    await run(ctx, [k.bind(owned, { qkv: upload(owned, qkv, [T, 3 * C]), meta: upload(owned, meta, [T, 2], 'u32'), kCache: kT, vCache: vT })]);
+    await run(ctx, [
+      k.bind(owned, {
+        qkv: upload(owned, qkv, [T, 3 * C]),
+        meta: upload(owned, meta, [T, 2], 'u32'),
+        kCache: kT,
+        vCache: vT,
+      }),
+    ]);
     const expK = new Float32Array(rows * cap * C).fill(NaN);
     const expV = new Float32Array(rows * cap * C).fill(NaN);
     rowOf.forEach((r, t) => {
@@ -26,47 +38,84 @@ test('kv_write puts k and v of each token at slot pos % cap of its row, nothing 
       expK.set(qkv.subarray(t * 3 * C + C, t * 3 * C + 2 * C), at);
       expV.set(qkv.subarray(t * 3 * C + 2 * C, t * 3 * C + 3 * C), at);
     });
-    const same = (a: Float32Array, b: Float32Array) => a.every((x, i) => Object.is(x, b[i]) || (Number.isNaN(x) && Number.isNaN(b[i]!)));
+    const same = (a: Float32Array, b: Float32Array) =>
+      a.every((x, i) => Object.is(x, b[i]) || (Number.isNaN(x) && Number.isNaN(b[i]!)));
     assert.ok(same(await download(ctx, kT), expK), 'k cache: written slots equal k, all others untouched (NaN)');
     assert.ok(same(await download(ctx, vT), expV), 'v cache: written slots equal v, all others untouched (NaN)');
   }));
 
 test('kv_gather reorders rows by a GPU parent list; setLength changes the copied slots', () =>
   withDevice(async ({ ctx, owned }) => {
-    const rows = 4, cap = 8, C = 12;
+    const rows = 4,
+      cap = 8,
+      C = 12;
     const src = new Rng(2).normals(rows * cap * C);
     const init = new Rng(3).normals(rows * cap * C); // dst's previous content: slots >= len keep it
     const parent = Uint32Array.from([2, 0, 0, 3]);
     const dst = upload(owned, init, [rows, cap, C]);
     const k = await KvGatherKernel.create(ctx);
-    const d = k.bind(owned, { src: upload(owned, src, [rows, cap, C]), dst, parent: upload(owned, parent, [rows], 'u32'), len: 5, maxLen: 7 });
+    const d = k.bind(owned, {
+      src: upload(owned, src, [rows, cap, C]),
+      dst,
+      parent: upload(owned, parent, [rows], 'u32'),
+      len: 5,
+      maxLen: 7,
+    });
     await run(ctx, [d]);
     const after5 = await download(ctx, dst);
     allClose(after5, kvGather64(src, rows, init, rows, cap, C, parent, 5), { atol: 0 }, 'gather len 5');
     d.setLength(7);
     await run(ctx, [d]);
-    allClose(await download(ctx, dst), kvGather64(src, rows, after5, rows, cap, C, parent, 7), { atol: 0 }, 'gather len 7');
-    assert.throws(() => d.setLength(8), (e: Error) => e instanceof ShapeError && /\[0, 7\].*got 8/.test(e.message));
+    allClose(
+      await download(ctx, dst),
+      kvGather64(src, rows, after5, rows, cap, C, parent, 7),
+      { atol: 0 },
+      'gather len 7',
+    );
+    assert.throws(
+      () => d.setLength(8),
+      (e: Error) => e instanceof ShapeError && /\[0, 7\].*got 8/.test(e.message),
+    );
   }));
 
 test('kv_gather copies one prefilled row to N rows (parent = zeros); a bad parent gives NaN', () =>
   withDevice(async ({ ctx, owned }) => {
-    const cap = 16, C = 36, n = 5, len = 11;
+    const cap = 16,
+      C = 36,
+      n = 5,
+      len = 11;
     const src = new Rng(4).normals(cap * C);
     const parent = Uint32Array.from([0, 0, 0, 1, 0]); // row 3 names a source row that does not exist
     const dst = poisoned(owned, [n, cap, C]);
     const k = await KvGatherKernel.create(ctx);
-    await run(ctx, [k.bind(owned, { src: upload(owned, src, [1, cap, C]), dst, parent: upload(owned, parent, [n], 'u32'), len })]);
+    await run(ctx, [
+      k.bind(owned, { src: upload(owned, src, [1, cap, C]), dst, parent: upload(owned, parent, [n], 'u32'), len }),
+    ]);
     const got = await download(ctx, dst);
     const ref = kvGather64(src, 1, new Float32Array(n * cap * C).fill(NaN), n, cap, C, parent, len);
     for (let r = 0; r < n; r++) {
       if (r === 3) continue;
-      allClose(got.subarray(r * cap * C, r * cap * C + len * C), ref.subarray(r * cap * C, r * cap * C + len * C), { atol: 0 }, `row ${r}`);
-      assert.ok(got.subarray(r * cap * C + len * C, (r + 1) * cap * C).every(Number.isNaN), `row ${r}: slots >= len untouched`);
+      allClose(
+        got.subarray(r * cap * C, r * cap * C + len * C),
+        ref.subarray(r * cap * C, r * cap * C + len * C),
+        { atol: 0 },
+        `row ${r}`,
+      );
+      assert.ok(
+        got.subarray(r * cap * C + len * C, (r + 1) * cap * C).every(Number.isNaN),
+        `row ${r}: slots >= len untouched`,
+      );
     }
     // the poison is NaN too, so check the bad row was actually written: zero it first and rerun
     const zeroed = upload(owned, new Float32Array(n * cap * C), [n, cap, C]);
-    await run(ctx, [k.bind(owned, { src: upload(owned, src, [1, cap, C]), dst: zeroed, parent: upload(owned, parent, [n], 'u32'), len })]);
+    await run(ctx, [
+      k.bind(owned, {
+        src: upload(owned, src, [1, cap, C]),
+        dst: zeroed,
+        parent: upload(owned, parent, [n], 'u32'),
+        len,
+      }),
+    ]);
     const z = await download(ctx, zeroed);
     assert.ok(z.subarray(3 * cap * C, 3 * cap * C + len * C).every(Number.isNaN), 'bad parent writes NaN');
   }));
@@ -80,12 +129,25 @@ test('kv kernels reject mismatched caches and aliasing src/dst', () =>
       (e: Error) => e instanceof ShapeError && /overlaps src/.test(e.message),
     );
     assert.throws(
-      () => g.bind(owned, { src: a, dst: poisoned(owned, [2, 8, 4]), parent: poisoned(owned, [2], 'u32'), len: 9, maxLen: 9 }),
+      () =>
+        g.bind(owned, {
+          src: a,
+          dst: poisoned(owned, [2, 8, 4]),
+          parent: poisoned(owned, [2], 'u32'),
+          len: 9,
+          maxLen: 9,
+        }),
       (e: Error) => e instanceof ShapeError && /maxLen must be an integer in \[0, 8\].*got 9/.test(e.message),
     );
     const w = await KvWriteKernel.create(ctx);
     assert.throws(
-      () => w.bind(owned, { qkv: poisoned(owned, [3, 12]), meta: poisoned(owned, [3, 2], 'u32'), kCache: a, vCache: poisoned(owned, [2, 8, 5]) }),
+      () =>
+        w.bind(owned, {
+          qkv: poisoned(owned, [3, 12]),
+          meta: poisoned(owned, [3, 2], 'u32'),
+          kCache: a,
+          vCache: poisoned(owned, [2, 8, 5]),
+        }),
       (e: Error) => e instanceof ShapeError && /expected shape \[2, 8, 4\], got \[2, 8, 5\]/.test(e.message),
     );
   }));

@@ -27,7 +27,13 @@ for (const lanes of [false, true]) {
         const k = await LayerNormKernel.create(ctx, { lanes });
         assert.is(k.lanes, lanes);
         const y = poisoned(owned, [rows, C]);
-        const d = k.bind(owned, { x: upload(owned, x, [rows, C]), gamma: upload(owned, g, [C]), beta: upload(owned, b, [C]), y, eps: 1e-5 });
+        const d = k.bind(owned, {
+          x: upload(owned, x, [rows, C]),
+          gamma: upload(owned, g, [C]),
+          beta: upload(owned, b, [C]),
+          y,
+          eps: 1e-5,
+        });
         if (lanes && rows > 65535 * 8) assert.ok(d.workgroups[1] > 1, 'wrapped into y');
         await run(ctx, [d]);
         allClose(await download(ctx, y), layerNorm64(x, g, b, rows, C, 1e-5), { rel: 1e-5, atol: 1e-4 }, 'layernorm');
@@ -40,7 +46,8 @@ test('layernorm: one invocation per row by default on CPU adapters; a non-boolea
     assert.is((await LayerNormKernel.create(ctx)).lanes, ctx.isCpuAdapter);
     await LayerNormKernel.create(ctx, { lanes: 1 as unknown as boolean }).then(
       () => assert.unreachable('lanes 1 accepted'),
-      (e: Error) => assert.ok(e instanceof InvalidOptionError && /lanes must be a boolean, got 1/.test(e.message), e.message),
+      (e: Error) =>
+        assert.ok(e instanceof InvalidOptionError && /lanes must be a boolean, got 1/.test(e.message), e.message),
     );
   }));
 
@@ -49,7 +56,14 @@ test('layernorm rejects mismatched shapes with the actual values', () =>
     const k = await LayerNormKernel.create(ctx);
     const x = poisoned(owned, [2, 8]);
     assert.throws(
-      () => k.bind(owned, { x, gamma: poisoned(owned, [7]), beta: poisoned(owned, [8]), y: poisoned(owned, [2, 8]), eps: 1e-5 }),
+      () =>
+        k.bind(owned, {
+          x,
+          gamma: poisoned(owned, [7]),
+          beta: poisoned(owned, [8]),
+          y: poisoned(owned, [2, 8]),
+          eps: 1e-5,
+        }),
       (e: Error) => e instanceof ShapeError && /expected shape \[8\], got \[7\]/.test(e.message),
     );
   }));

@@ -38,9 +38,16 @@ async function kernelsFor(ctx: GpuContext, layout: WeightLayout): Promise<Matmul
       await MatmulKernel.create(ctx, { knCols: false, gemvReduce: 'split' }),
       await MatmulKernel.create(ctx, { knCols: false, gemvReduce: 'workgroup' }),
       await MatmulKernel.create(ctx, { knCols: true }), // with gemm_kn_sg from 8 rows where the adapter has 4- or 8-lane subgroups
-      ...(ctx.features.subgroupSize === 8 ? [await MatmulKernel.create(ctx, { knCols: true, knSubgroupLanes: 4 })] : []), // and its 4-lane form (SwiftShader's)
+      ...(ctx.features.subgroupSize === 8
+        ? [await MatmulKernel.create(ctx, { knCols: true, knSubgroupLanes: 4 })]
+        : []), // and its 4-lane form (SwiftShader's)
       await MatmulKernel.create(ctx, { knCols: true, knSubgroups: false }),
-      await MatmulKernel.create(ctx, { knCols: true, knWords: { f32: 3, f16: 1 }, knBlock: { rows: 3, f32: 3, f16: 1 }, knSubgroups: false }),
+      await MatmulKernel.create(ctx, {
+        knCols: true,
+        knWords: { f32: 3, f16: 1 },
+        knBlock: { rows: 3, f32: 3, f16: 1 },
+        knSubgroups: false,
+      }),
     ];
   }
   return [
@@ -69,17 +76,31 @@ function nkGroups(k: MatmulKernel, M: number, n: number): [number, number] {
  * words (M = 1) or of knBlock words for blocks of knBlock.rows rows (M > 1; knBlockLarge from its
  * `from` rows on).
  */
-function knGroups(k: MatmulKernel, M: number, n: number, dtype: 'f32' | 'f16', K: number, splitK?: number): [number, number] {
+function knGroups(
+  k: MatmulKernel,
+  M: number,
+  n: number,
+  dtype: 'f32' | 'f16',
+  K: number,
+  splitK?: number,
+): [number, number] {
   const words = Math.ceil(n / (dtype === 'f16' ? 8 : 4)); // 16-byte words per W row
   if (!k.knCols) return [Math.ceil(words / (k.gemvReduce === 'workgroup' ? 4 : 64)), Math.ceil(M / 8)];
-  if (k.knSubgroups && M >= 8 && K % 4 === 0 && (splitK ?? 1) === 1) return [Math.ceil(words / k.knSubgroupLanes), Math.ceil(M / (M >= 16 ? 16 : 8))];
+  if (k.knSubgroups && M >= 8 && K % 4 === 0 && (splitK ?? 1) === 1)
+    return [Math.ceil(words / k.knSubgroupLanes), Math.ceil(M / (M >= 16 ? 16 : 8))];
   if (M === 1) return [Math.ceil(Math.ceil(words / k.knWords[dtype]) / 8), 1];
   const b = M >= k.knBlockLarge.from ? k.knBlockLarge : k.knBlock;
   return [Math.ceil(Math.ceil(words / b[dtype]) / 8), Math.ceil(M / b.rows)];
 }
 
 function name(c: Case): string {
-  const opts = [c.bias && 'bias', c.gelu && 'gelu', c.acc && 'accumulate', c.variant, c.splitK && `splitK ${c.splitK}`].filter(Boolean);
+  const opts = [
+    c.bias && 'bias',
+    c.gelu && 'gelu',
+    c.acc && 'accumulate',
+    c.variant,
+    c.splitK && `splitK ${c.splitK}`,
+  ].filter(Boolean);
   return `matmul ${c.layout} ${c.dtype} M ${c.M} K ${c.K} N ${c.N}${opts.length ? ' ' + opts.join(' ') : ''}`;
 }
 
@@ -180,8 +201,15 @@ for (const c of [
         for (const variant of variants) {
           const out = base ? upload(owned, base, [c.M, c.N]) : poisoned(owned, [c.M, c.N]);
           const ds = k.bind(owned, {
-            x: xt, w: wt, layout: c.layout, bias: bt, activation: c.gelu ? 'gelu' : 'none', accumulate: c.acc, out,
-            variant, splitK: c.splitK,
+            x: xt,
+            w: wt,
+            layout: c.layout,
+            bias: bt,
+            activation: c.gelu ? 'gelu' : 'none',
+            accumulate: c.acc,
+            out,
+            variant,
+            splitK: c.splitK,
           });
           // the variant and the split are the ones asked for
           if ((variant ?? k.variantFor(c.M, c.layout)) === 'gemm') assert.is(ds.length, 1);
@@ -197,10 +225,16 @@ for (const c of [
             assert.equal([ds[0]!.workgroups[0], ds[0]!.workgroups[2]], [gx, gz], 'variant');
           }
           await run(ctx, ds);
-          allClose(await download(ctx, out), ref, TOL, `${name(c)} (${variant ?? 'auto'}, nk lanes ${k.lpr} rows ${k.nkRows} ${k.nkBlockRows}, kn cols ${k.knCols} ${k.knWords[c.dtype]}/${k.knBlock.rows}x${k.knBlock[c.dtype]} reduce ${k.gemvReduce})`);
+          allClose(
+            await download(ctx, out),
+            ref,
+            TOL,
+            `${name(c)} (${variant ?? 'auto'}, nk lanes ${k.lpr} rows ${k.nkRows} ${k.nkBlockRows}, kn cols ${k.knCols} ${k.knWords[c.dtype]}/${k.knBlock.rows}x${k.knBlock[c.dtype]} reduce ${k.gemvReduce})`,
+          );
         }
       }
-    }));
+    }),
+  );
 }
 
 // The tiled GEMM in other shapes than the default 16 x 16 threads of 4 x 4 (MatmulOptions.gemmTile,
@@ -208,7 +242,11 @@ for (const c of [
 // blocks on 8 x 8 threads, each over shapes that cut every tile edge.
 test('GEMM tile shapes: 8 x 8 blocks (bk 8), 32 x 8 threads of 2 x 4, odd 3 x 5 blocks match float64', () =>
   withDevice(async ({ ctx, owned }) => {
-    const tiles = [{ tx: 16, ty: 16, tm: 8, tn: 8, bk: 8 }, { tx: 32, ty: 8, tm: 2, tn: 4, bk: 16 }, { tx: 8, ty: 8, tm: 3, tn: 5, bk: 4 }];
+    const tiles = [
+      { tx: 16, ty: 16, tm: 8, tn: 8, bk: 8 },
+      { tx: 32, ty: 8, tm: 2, tn: 4, bk: 16 },
+      { tx: 8, ty: 8, tm: 3, tn: 5, bk: 4 },
+    ];
     const cases = [
       { M: 130, K: 257, N: 129, layout: 'kn', dtype: 'f32', bias: true, gelu: true },
       { M: 37, K: 77, N: 33, layout: 'nk', dtype: 'f16', acc: true },
@@ -226,10 +264,20 @@ test('GEMM tile shapes: 8 x 8 blocks (bk 8), 32 x 8 threads of 2 x 4, odd 3 x 5 
         const base = c.acc ? rng.normals(c.M * c.N) : undefined;
         const out = base ? upload(owned, base, [c.M, c.N]) : poisoned(owned, [c.M, c.N]);
         const ds = k.bind(owned, {
-          x: upload(owned, x, [c.M, c.K]), w: upload(owned, W.data, [W.rows, W.cols], c.dtype), layout: c.layout,
-          bias: bias && upload(owned, bias, [c.N]), activation: c.gelu ? 'gelu' : 'none', accumulate: c.acc, out, variant: 'gemm',
+          x: upload(owned, x, [c.M, c.K]),
+          w: upload(owned, W.data, [W.rows, W.cols], c.dtype),
+          layout: c.layout,
+          bias: bias && upload(owned, bias, [c.N]),
+          activation: c.gelu ? 'gelu' : 'none',
+          accumulate: c.acc,
+          out,
+          variant: 'gemm',
         });
-        assert.equal(ds[0]!.workgroups, [Math.ceil(c.N / (tile.tx * tile.tn)), Math.ceil(c.M / (tile.ty * tile.tm)), 1]);
+        assert.equal(ds[0]!.workgroups, [
+          Math.ceil(c.N / (tile.tx * tile.tn)),
+          Math.ceil(c.M / (tile.ty * tile.tm)),
+          1,
+        ]);
         await run(ctx, ds);
         const ref = matmul64(x, W.seen, c.M, c.K, c.N, { layout: c.layout, bias, gelu: c.gelu, base });
         allClose(await download(ctx, out), ref, TOL, `${name(c)} gemm tile ${JSON.stringify(tile)}`);
@@ -240,12 +288,23 @@ test('GEMM tile shapes: 8 x 8 blocks (bk 8), 32 x 8 threads of 2 x 4, odd 3 x 5 
 test('gemmTile: shapes outside the shader or the adapter limits are refused, naming the problem', () =>
   withDevice(async ({ ctx }) => {
     const bad = async (tile: object, re: RegExp) =>
-      rejects(() => MatmulKernel.create(ctx, { gemmTile: tile as never }), (e) => e instanceof InvalidOptionError && re.test(e.message));
+      rejects(
+        () => MatmulKernel.create(ctx, { gemmTile: tile as never }),
+        (e) => e instanceof InvalidOptionError && re.test(e.message),
+      );
     await bad({ tx: 16, ty: 16, tm: 9, tn: 4, bk: 16 }, /tm must be an integer in \[1, 8\]/);
     await bad({ tx: 16, ty: 16, tm: 4, tn: 4, bk: 7 }, /bk must be an even integer/);
     await bad({ tx: 3, ty: 16, tm: 4, tn: 3, bk: 16 }, /tx \* tn must be even/);
-    await bad({ tx: 64, ty: 64, tm: 1, tn: 2, bk: 2 }, new RegExp(`4096 threads passes the adapter's ${ctx.limits.maxComputeInvocationsPerWorkgroup} per workgroup`));
-    await bad({ tx: 16, ty: 16, tm: 8, tn: 8, bk: 128 }, new RegExp(`tiles take 131072 bytes of workgroup storage, over the adapter's ${ctx.limits.maxComputeWorkgroupStorageSize}`));
+    await bad(
+      { tx: 64, ty: 64, tm: 1, tn: 2, bk: 2 },
+      new RegExp(`4096 threads passes the adapter's ${ctx.limits.maxComputeInvocationsPerWorkgroup} per workgroup`),
+    );
+    await bad(
+      { tx: 16, ty: 16, tm: 8, tn: 8, bk: 128 },
+      new RegExp(
+        `tiles take 131072 bytes of workgroup storage, over the adapter's ${ctx.limits.maxComputeWorkgroupStorageSize}`,
+      ),
+    );
     await bad({ tx: 16, ty: 16, tm: 4, tn: 4 }, /bk must be/);
     await bad({ tx: 16, ty: 300, tm: 4, tn: 4, bk: 16 }, /ty must be an integer in \[1, 256\]/);
   }));
@@ -261,8 +320,14 @@ test('packPanels: column panels of a row-major matrix, the last zero-padded', ()
   assert.equal(packPanels(big, 7, 300, 256), packPanels(Array.from(big), 7, 300, 256));
   assert.is(packPanels(big, 7, 300, 256)[(1 * 7 + 1) * 256 + 43], 600, 'panel 1, row 1, column 256 + 43 = element 599');
   assert.is(packPanels(big, 7, 300, 256)[(1 * 7 + 1) * 256 + 44], 0, 'the padded tail of the last panel');
-  assert.throws(() => packPanels(m, 2, 5, 3), (e: Error) => e instanceof ShapeError && /even integer >= 2, got 3/.test(e.message));
-  assert.throws(() => packPanels(m, 3, 5, 2), (e: Error) => e instanceof ShapeError && /10 values for a \[3, 5\] matrix/.test(e.message));
+  assert.throws(
+    () => packPanels(m, 2, 5, 3),
+    (e: Error) => e instanceof ShapeError && /even integer >= 2, got 3/.test(e.message),
+  );
+  assert.throws(
+    () => packPanels(m, 3, 5, 2),
+    (e: Error) => e instanceof ShapeError && /10 values for a \[3, 5\] matrix/.test(e.message),
+  );
 });
 
 // Paneled 'kn' weights (the CPU-adapter layout): gemv_kn_cols at M = 1 and in blocks of rows, with
@@ -280,7 +345,18 @@ for (const c of [
   { M: 21, K: 96, N: 200, dtype: 'f32', panel: 64, bias: true, gelu: true }, // gemm_kn_sg where available
   { M: 16, K: 132, N: 264, dtype: 'f16', panel: 128, acc: true },
   { M: 1, K: 40, N: 100, dtype: 'f32', panel: 48, words: true, acc: true },
-] as Array<{ M: number; K: number; N: number; dtype: 'f32' | 'f16'; panel: number; bias?: boolean; gelu?: boolean; acc?: boolean; splitK?: number; words?: boolean }>) {
+] as Array<{
+  M: number;
+  K: number;
+  N: number;
+  dtype: 'f32' | 'f16';
+  panel: number;
+  bias?: boolean;
+  gelu?: boolean;
+  acc?: boolean;
+  splitK?: number;
+  words?: boolean;
+}>) {
   const title = `paneled kn ${c.dtype} M ${c.M} K ${c.K} N ${c.N} panel ${c.panel}${c.splitK ? ` splitK ${c.splitK}` : ''}${c.words ? ' 3/1 words' : ''}`;
   test(title, () =>
     withDevice(async ({ ctx, owned }) => {
@@ -296,7 +372,8 @@ for (const c of [
       const base = c.acc ? rng.normals(c.M * c.N) : undefined;
       const ref = matmul64(x, seen, c.M, c.K, c.N, { layout: 'kn', bias, gelu: c.gelu, base });
       const opts = {
-        knCols: true, knPanel: c.panel,
+        knCols: true,
+        knPanel: c.panel,
         ...(c.words ? { knWords: { f32: 3, f16: 1 }, knBlock: { rows: 3, f32: 3, f16: 1 } } : {}),
       };
       // From 8 rows on, gemm_kn_sg where available, also in its 4-lane form (SwiftShader's) on lavapipe.
@@ -305,12 +382,31 @@ for (const c of [
         const k = await MatmulKernel.create(ctx, o);
         assert.is(k.knPanel, c.panel);
         const out = base ? upload(owned, base, [c.M, c.N]) : poisoned(owned, [c.M, c.N]);
-        const ds = k.bind(owned, { x: upload(owned, x, [c.M, c.K]), w: wt, layout: 'kn', bias: bias && upload(owned, bias, [c.N]), activation: c.gelu ? 'gelu' : 'none', accumulate: c.acc, out, splitK: c.splitK });
-        assert.equal([ds[0]!.workgroups[0], ds[0]!.workgroups[2]], knGroups(k, c.M, c.N, c.dtype, c.K, c.splitK), 'kernel');
+        const ds = k.bind(owned, {
+          x: upload(owned, x, [c.M, c.K]),
+          w: wt,
+          layout: 'kn',
+          bias: bias && upload(owned, bias, [c.N]),
+          activation: c.gelu ? 'gelu' : 'none',
+          accumulate: c.acc,
+          out,
+          splitK: c.splitK,
+        });
+        assert.equal(
+          [ds[0]!.workgroups[0], ds[0]!.workgroups[2]],
+          knGroups(k, c.M, c.N, c.dtype, c.K, c.splitK),
+          'kernel',
+        );
         await run(ctx, ds);
-        allClose(await download(ctx, out), ref, TOL, `${title} (subgroup lanes ${k.knSubgroups ? k.knSubgroupLanes : 'none'})`);
+        allClose(
+          await download(ctx, out),
+          ref,
+          TOL,
+          `${title} (subgroup lanes ${k.knSubgroups ? k.knSubgroupLanes : 'none'})`,
+        );
       }
-    }));
+    }),
+  );
 }
 
 test('paneled weights: kernel defaults, and every path that cannot read panels refuses them', () =>
@@ -319,20 +415,54 @@ test('paneled weights: kernel defaults, and every path that cannot read panels r
     assert.is((await MatmulKernel.create(ctx, { knCols: false })).knPanel, 0);
     // Where some M takes the GEMM (gemvMaxM), weights stay plain: the GEMM cannot read panels.
     assert.is((await MatmulKernel.create(ctx, { knCols: true, gemvMaxM: 4 })).knPanel, 0);
-    await rejects(() => MatmulKernel.create(ctx, { knCols: true, gemvMaxM: 4, knPanel: 256 }), (e) => e instanceof InvalidOptionError && /knPanel 256 stores weights that only gemv_kn_cols reads, but with gemvMaxM 4 the GEMM takes M > 4/.test(e.message));
-    assert.is((await MatmulKernel.create(ctx, { knCols: true, knWords: { f32: 3, f16: 1 } })).knPanel, 0, '256 is no multiple of 12');
-    await rejects(() => MatmulKernel.create(ctx, { knCols: true, knPanel: 100 }), (e) => e instanceof InvalidOptionError && /knPanel must be 0 or a multiple of every gemv_kn_cols thread's columns \(32, 16, 8\), got 100/.test(e.message));
+    await rejects(
+      () => MatmulKernel.create(ctx, { knCols: true, gemvMaxM: 4, knPanel: 256 }),
+      (e) =>
+        e instanceof InvalidOptionError &&
+        /knPanel 256 stores weights that only gemv_kn_cols reads, but with gemvMaxM 4 the GEMM takes M > 4/.test(
+          e.message,
+        ),
+    );
+    assert.is(
+      (await MatmulKernel.create(ctx, { knCols: true, knWords: { f32: 3, f16: 1 } })).knPanel,
+      0,
+      '256 is no multiple of 12',
+    );
+    await rejects(
+      () => MatmulKernel.create(ctx, { knCols: true, knPanel: 100 }),
+      (e) =>
+        e instanceof InvalidOptionError &&
+        /knPanel must be 0 or a multiple of every gemv_kn_cols thread's columns \(32, 16, 8\), got 100/.test(e.message),
+    );
     const x = poisoned(owned, [1, 64]);
     const out = poisoned(owned, [1, 128]);
     const w = { ...poisoned(owned, [64, 128]), shape: [64, 128], panel: 64 };
     const cols = await MatmulKernel.create(ctx, { knCols: true, knPanel: 64 });
-    assert.throws(() => cols.bind(owned, { x, w, layout: 'kn', out, variant: 'gemm' }), (e: Error) => e instanceof ShapeError && /panels of 64 columns.*GEMM needs it plain/.test(e.message));
+    assert.throws(
+      () => cols.bind(owned, { x, w, layout: 'kn', out, variant: 'gemm' }),
+      (e: Error) => e instanceof ShapeError && /panels of 64 columns.*GEMM needs it plain/.test(e.message),
+    );
     const plain = await MatmulKernel.create(ctx, { knCols: false });
-    assert.throws(() => plain.bind(owned, { x, w, layout: 'kn', out }), (e: Error) => e instanceof ShapeError && /only the 'kn' gemv_kn_cols GEMV reads/.test(e.message));
-    const odd = await MatmulKernel.create(ctx, { knCols: true, knWords: { f32: 3, f16: 1 }, knBlock: { rows: 3, f32: 3, f16: 1 } });
-    assert.throws(() => odd.bind(owned, { x, w, layout: 'kn', out }), (e: Error) => e instanceof ShapeError && /panels of 64 columns are not a multiple of a gemv_kn_cols thread's 12 columns/.test(e.message));
+    assert.throws(
+      () => plain.bind(owned, { x, w, layout: 'kn', out }),
+      (e: Error) => e instanceof ShapeError && /only the 'kn' gemv_kn_cols GEMV reads/.test(e.message),
+    );
+    const odd = await MatmulKernel.create(ctx, {
+      knCols: true,
+      knWords: { f32: 3, f16: 1 },
+      knBlock: { rows: 3, f32: 3, f16: 1 },
+    });
+    assert.throws(
+      () => odd.bind(owned, { x, w, layout: 'kn', out }),
+      (e: Error) =>
+        e instanceof ShapeError &&
+        /panels of 64 columns are not a multiple of a gemv_kn_cols thread's 12 columns/.test(e.message),
+    );
     const short = { ...w, buffer: poisoned(owned, [64, 100]).buffer, shape: [64, 100] };
-    assert.throws(() => cols.bind(owned, { x, w: short, layout: 'kn', out: poisoned(owned, [1, 100]) }), (e: Error) => e instanceof ShapeError && /needs 32768 bytes/.test(e.message));
+    assert.throws(
+      () => cols.bind(owned, { x, w: short, layout: 'kn', out: poisoned(owned, [1, 100]) }),
+      (e: Error) => e instanceof ShapeError && /needs 32768 bytes/.test(e.message),
+    );
   }));
 
 test('split-K is chosen for a narrow decode GEMV and not for a wide one (gemvReduce workgroup: never); variant choice by M', () =>
@@ -347,8 +477,16 @@ test('split-K is chosen for a narrow decode GEMV and not for a wide one (gemvRed
     assert.is((await MatmulKernel.create(ctx)).gemvReduce, ctx.isCpuAdapter ? 'split' : 'workgroup', 'default');
     const one = kr.bind(owned, { x, w: poisoned(owned, [768, 768]), layout: 'kn', out: poisoned(owned, [1, 768]) });
     assert.equal([one.length, one[0]!.workgroups], [1, [768 / 16, 1, 1]]);
-    assert.is(kr.bind(owned, { x, w: poisoned(owned, [768, 768]), layout: 'kn', out: poisoned(owned, [1, 768]), splitK: 3 }).length, 2);
-    await rejects(() => MatmulKernel.create(ctx, { gemvReduce: 'atomic' as never }), (e) => e instanceof InvalidOptionError && /gemvReduce must be 'split' or 'workgroup', got "atomic"/.test(e.message));
+    assert.is(
+      kr.bind(owned, { x, w: poisoned(owned, [768, 768]), layout: 'kn', out: poisoned(owned, [1, 768]), splitK: 3 })
+        .length,
+      2,
+    );
+    await rejects(
+      () => MatmulKernel.create(ctx, { gemvReduce: 'atomic' as never }),
+      (e) =>
+        e instanceof InvalidOptionError && /gemvReduce must be 'split' or 'workgroup', got "atomic"/.test(e.message),
+    );
     const k32 = await MatmulKernel.create(ctx, { nkLanesPerRow: 32 }); // 2048 rows x 32 lanes: enough threads
     const wide = k32.bind(owned, { x, w: poisoned(owned, [2048, 768]), layout: 'nk', out: poisoned(owned, [1, 2048]) });
     assert.is(wide.length, 1);
@@ -370,7 +508,13 @@ test('gemm_kn_sg: built where gemv_kn_cols runs and subgroups are 4 or 8 lanes, 
     const here = ctx.isCpuAdapter && (ctx.features.subgroupSize === 8 || ctx.features.subgroupSize === 4);
     assert.is(k.knSubgroups, here, `default on this adapter (subgroup size ${ctx.features.subgroupSize})`);
     const entry = (M: number, K: number, extra: { splitK?: number; knSubgroups?: boolean } = {}) =>
-      k.bind(owned, { x: poisoned(owned, [M, K]), w: poisoned(owned, [K, 64]), layout: 'kn', out: poisoned(owned, [M, 64]), ...extra })[0]!.pipeline.label;
+      k.bind(owned, {
+        x: poisoned(owned, [M, K]),
+        w: poisoned(owned, [K, 64]),
+        layout: 'kn',
+        out: poisoned(owned, [M, 64]),
+        ...extra,
+      })[0]!.pipeline.label;
     if (here) {
       assert.is(entry(7, 64), 'matmul.gemv_kn_cols');
       assert.is(entry(8, 64), 'matmul+matmul_subgroups.gemm_kn_sg');
@@ -380,34 +524,69 @@ test('gemm_kn_sg: built where gemv_kn_cols runs and subgroups are 4 or 8 lanes, 
       assert.is(entry(16, 64, { knSubgroups: false }), 'matmul.gemv_kn_cols', 'per call');
     }
     if (here) assert.is(k.knSubgroupLanes, ctx.features.subgroupSize);
-    await rejects(() => MatmulKernel.create(ctx, { knSubgroupLanes: 16 }), (e) => e instanceof InvalidOptionError && /knSubgroupLanes must be 4 or 8, got 16/.test(e.message));
-    await rejects(() => MatmulKernel.create(ctx, { knSubgroups: 'yes' as never }), (e) => e instanceof InvalidOptionError && /knSubgroups must be a boolean, got "yes"/.test(e.message));
-    await rejects(() => MatmulKernel.create(ctx, { knCols: false, knSubgroups: true }), (e) => e instanceof InvalidOptionError && /knSubgroups needs gemv_kn_cols .*here knCols false/.test(e.message));
+    await rejects(
+      () => MatmulKernel.create(ctx, { knSubgroupLanes: 16 }),
+      (e) => e instanceof InvalidOptionError && /knSubgroupLanes must be 4 or 8, got 16/.test(e.message),
+    );
+    await rejects(
+      () => MatmulKernel.create(ctx, { knSubgroups: 'yes' as never }),
+      (e) => e instanceof InvalidOptionError && /knSubgroups must be a boolean, got "yes"/.test(e.message),
+    );
+    await rejects(
+      () => MatmulKernel.create(ctx, { knCols: false, knSubgroups: true }),
+      (e) => e instanceof InvalidOptionError && /knSubgroups needs gemv_kn_cols .*here knCols false/.test(e.message),
+    );
     const off = await MatmulKernel.create(ctx, { knCols: true, knSubgroups: false });
     assert.is(off.knSubgroups, false);
-    assert.throws(() => off.bind(owned, { x: poisoned(owned, [16, 64]), w: poisoned(owned, [64, 64]), layout: 'kn', out: poisoned(owned, [16, 64]), knSubgroups: true }),
-      (e: Error) => e instanceof InvalidOptionError && /no gemm_kn_sg pipelines/.test(e.message));
+    assert.throws(
+      () =>
+        off.bind(owned, {
+          x: poisoned(owned, [16, 64]),
+          w: poisoned(owned, [64, 64]),
+          layout: 'kn',
+          out: poisoned(owned, [16, 64]),
+          knSubgroups: true,
+        }),
+      (e: Error) => e instanceof InvalidOptionError && /no gemm_kn_sg pipelines/.test(e.message),
+    );
   }));
 
 test('LM head: nk over vocab 50257 with K = 16, f32 and f16, GEMV and GEMM', () =>
   withDevice(async ({ ctx, owned }) => {
     const N = 50257;
     const K = 16;
-    for (const [dtype, M] of [['f32', 2], ['f16', 1], ['f32', 9], ['f16', 9]] as const) {
+    for (const [dtype, M] of [
+      ['f32', 2],
+      ['f16', 1],
+      ['f32', 9],
+      ['f16', 9],
+    ] as const) {
       const rng = new Rng(M * 3 + dtype.length);
       const x = rng.normals(M * K);
       const W = makeWeight(rng, { K, N, layout: 'nk', dtype });
       const ref = matmul64(x, W.seen, M, K, N, { layout: 'nk' });
-      for (const k of M <= GEMV_MAX_M ? await kernelsFor(ctx, 'nk') : [await MatmulKernel.create(ctx, { gemvMaxM: GEMV_MAX_M })]) {
+      for (const k of M <= GEMV_MAX_M
+        ? await kernelsFor(ctx, 'nk')
+        : [await MatmulKernel.create(ctx, { gemvMaxM: GEMV_MAX_M })]) {
         const out = poisoned(owned, [M, N]);
-        await run(ctx, k.bind(owned, { x: upload(owned, x, [M, K]), w: upload(owned, W.data, [N, K], dtype), layout: 'nk', out }));
+        await run(
+          ctx,
+          k.bind(owned, { x: upload(owned, x, [M, K]), w: upload(owned, W.data, [N, K], dtype), layout: 'nk', out }),
+        );
         allClose(await download(ctx, out), ref, TOL, `lm head ${dtype} M ${M} (nk lanes ${k.lpr})`);
       }
     }
   }));
 
 /** Splits W [N, K] into chunks of `rowsPerChunk` rows laid out in one buffer at aligned offsets. */
-function chunked(owned: Owned, words: Float32Array | Uint32Array, N: number, K: number, rowsPerChunk: number, dtype: 'f32' | 'f16'): ChunkedTensor {
+function chunked(
+  owned: Owned,
+  words: Float32Array | Uint32Array,
+  N: number,
+  K: number,
+  rowsPerChunk: number,
+  dtype: 'f32' | 'f16',
+): ChunkedTensor {
   const wpr = dtype === 'f16' ? Math.ceil(K / 2) : K;
   const align = owned.ctx.limits.minStorageBufferOffsetAlignment;
   const n = Math.ceil(N / rowsPerChunk);
@@ -436,7 +615,13 @@ test('chunked nk weight: 3 chunks in one buffer, f16 and f32, GEMV (split and no
   withDevice(async ({ ctx, owned }) => {
     const N = 1000;
     const K = 40;
-    for (const [dtype, M, splitK, bias] of [['f16', 3, undefined, true], ['f32', 2, 3, false], ['f16', 37, undefined, true], ['f32', 1, 1, true], ['f16', 1, undefined, false]] as const) {
+    for (const [dtype, M, splitK, bias] of [
+      ['f16', 3, undefined, true],
+      ['f32', 2, 3, false],
+      ['f16', 37, undefined, true],
+      ['f32', 1, 1, true],
+      ['f16', 1, undefined, false],
+    ] as const) {
       const rng = new Rng(N + M + dtype.length);
       const x = rng.normals(M * K);
       const W = makeWeight(rng, { K, N, layout: 'nk', dtype });
@@ -445,7 +630,15 @@ test('chunked nk weight: 3 chunks in one buffer, f16 and f32, GEMV (split and no
       const w = chunked(owned, W.data, N, K, 384, dtype);
       for (const k of await kernelsFor(ctx, 'nk')) {
         const out = poisoned(owned, [M, N]);
-        const ds = k.bind(owned, { x: upload(owned, x, [M, K]), w, layout: 'nk', out, bias: b && upload(owned, b, [N]), splitK, activation: 'gelu' });
+        const ds = k.bind(owned, {
+          x: upload(owned, x, [M, K]),
+          w,
+          layout: 'nk',
+          out,
+          bias: b && upload(owned, b, [N]),
+          splitK,
+          activation: 'gelu',
+        });
         assert.ok(ds.length >= 3);
         await run(ctx, ds);
         allClose(await download(ctx, out), ref, TOL, `chunked ${dtype} M ${M} (nk lanes ${k.lpr})`);
@@ -469,7 +662,11 @@ test('chunked LM head [50257, 768] f32 in 2 chunks (whole passes the 128 MiB bin
     assert.is(ds.length, 2);
     await run(ctx, ds);
     const got = await download(ctx, out);
-    assert.is(got.findIndex((v) => !Number.isFinite(v)), -1, 'every logit written');
+    assert.is(
+      got.findIndex((v) => !Number.isFinite(v)),
+      -1,
+      'every logit written',
+    );
     // float64 over a spread of columns, both chunks and their boundary included
     const cols = [0, 1, 2, 3, 1000, 25127, 25128, 25129, 40000, 50255, 50256];
     for (let i = 0; i < 200; i++) cols.push(rng.int(N));
@@ -489,17 +686,32 @@ test('packPanelsTransposed: the panels of the transpose', () => {
   const [R, C, P] = [300, 70, 64];
   const big = Float32Array.from({ length: R * C }, (_, i) => i + 1);
   const want = new Float32Array(Math.ceil(R / P) * C * P);
-  for (let r = 0; r < R; r++) for (let c = 0; c < C; c++) want[Math.floor(r / P) * C * P + c * P + (r % P)] = big[r * C + c]!;
+  for (let r = 0; r < R; r++)
+    for (let c = 0; c < C; c++) want[Math.floor(r / P) * C * P + c * P + (r % P)] = big[r * C + c]!;
   assert.equal(packPanelsTransposed(big, R, C, P), want);
-  assert.throws(() => packPanelsTransposed(m, 5, 2, 5), (e: Error) => e instanceof ShapeError && /even integer >= 2, got 5/.test(e.message));
-  assert.throws(() => packPanelsTransposed(m, 4, 2, 2), (e: Error) => e instanceof ShapeError && /10 values for a \[4, 2\] matrix/.test(e.message));
+  assert.throws(
+    () => packPanelsTransposed(m, 5, 2, 5),
+    (e: Error) => e instanceof ShapeError && /even integer >= 2, got 5/.test(e.message),
+  );
+  assert.throws(
+    () => packPanelsTransposed(m, 4, 2, 2),
+    (e: Error) => e instanceof ShapeError && /10 values for a \[4, 2\] matrix/.test(e.message),
+  );
 });
 
 /**
  * W [N, K] (values `seen`, f32) as the CPU-adapter LM head stores wte: chunks of `rowsPerChunk`
  * rows, each its transpose [K, n] in column panels (packPanelsTransposed), f32 or packed f16.
  */
-function transposedChunks(owned: Owned, seen: Float32Array, N: number, K: number, rowsPerChunk: number, panel: number, dtype: 'f32' | 'f16'): ChunkedTensor {
+function transposedChunks(
+  owned: Owned,
+  seen: Float32Array,
+  N: number,
+  K: number,
+  rowsPerChunk: number,
+  panel: number,
+  dtype: 'f32' | 'f16',
+): ChunkedTensor {
   const chunks: GpuTensor[] = [];
   for (let r0 = 0; r0 < N; r0 += rowsPerChunk) {
     const n = Math.min(rowsPerChunk, N - r0);
@@ -520,9 +732,19 @@ test('transposed chunked nk weight (the CPU LM head): f32 and f16, M 1 / 3 / 37,
     const K = 40;
     const kernels = [
       await MatmulKernel.create(ctx, { knCols: true, knPanel: 128 }),
-      await MatmulKernel.create(ctx, { knCols: true, knPanel: 48, knWords: { f32: 3, f16: 1 }, knBlock: { rows: 3, f32: 3, f16: 1 } }),
+      await MatmulKernel.create(ctx, {
+        knCols: true,
+        knPanel: 48,
+        knWords: { f32: 3, f16: 1 },
+        knBlock: { rows: 3, f32: 3, f16: 1 },
+      }),
     ];
-    for (const [dtype, M, bias] of [['f32', 1, true], ['f16', 1, false], ['f32', 3, false], ['f16', 37, true]] as const) {
+    for (const [dtype, M, bias] of [
+      ['f32', 1, true],
+      ['f16', 1, false],
+      ['f32', 3, false],
+      ['f16', 37, true],
+    ] as const) {
       const rng = new Rng(N + M * 5 + dtype.length);
       const x = rng.normals(M * K);
       const W = makeWeight(rng, { K, N, layout: 'nk', dtype: 'f32' });
@@ -532,7 +754,14 @@ test('transposed chunked nk weight (the CPU LM head): f32 and f16, M 1 / 3 / 37,
       for (const k of kernels) {
         const w = transposedChunks(owned, seen, N, K, 384, k.knPanel, dtype);
         const out = poisoned(owned, [M, N]);
-        const ds = k.bind(owned, { x: upload(owned, x, [M, K]), w, layout: 'nk', out, bias: b && upload(owned, b, [N]), activation: 'gelu' });
+        const ds = k.bind(owned, {
+          x: upload(owned, x, [M, K]),
+          w,
+          layout: 'nk',
+          out,
+          bias: b && upload(owned, b, [N]),
+          activation: 'gelu',
+        });
         assert.is(ds.length, 3);
         assert.equal([ds[0]!.workgroups[0], ds[0]!.workgroups[2]], knGroups(k, M, 384, dtype, K), 'kernel');
         await run(ctx, ds);
@@ -555,10 +784,19 @@ test('transposed chunked LM head [50257, 768] f32 in 2 chunks of 256-column pane
     assert.is(ds.length, 2);
     await run(ctx, ds);
     const got = await download(ctx, out);
-    assert.is(got.findIndex((v) => !Number.isFinite(v)), -1, 'every logit written');
+    assert.is(
+      got.findIndex((v) => !Number.isFinite(v)),
+      -1,
+      'every logit written',
+    );
     const cols = [0, 1, 255, 256, 25343, 25344, 25345, 50175, 50176, 50255, 50256];
     for (let i = 0; i < 200; i++) cols.push(rng.int(N));
-    allClose(cols.map((c) => got[c]!), matmul64(x, W.seen, 1, K, N, { layout: 'nk', cols }), TOL, 'transposed lm head');
+    allClose(
+      cols.map((c) => got[c]!),
+      matmul64(x, W.seen, 1, K, N, { layout: 'nk', cols }),
+      TOL,
+      'transposed lm head',
+    );
   }));
 
 test('transposed chunked weights: refused without panels, by the GEMM and by kernels without gemv_kn_cols', () =>
@@ -568,15 +806,30 @@ test('transposed chunked weights: refused without panels, by the GEMM and by ker
     const seen = new Float32Array(100 * 16);
     const w = transposedChunks(owned, seen, 100, 16, 64, 32, 'f32');
     const cols = await MatmulKernel.create(ctx, { knCols: true, knPanel: 32 });
-    assert.throws(() => cols.bind(owned, { x, w, layout: 'nk', out, variant: 'gemm' }), (e: Error) => e instanceof ShapeError && /panels of 32 columns.*GEMM needs it plain/.test(e.message));
+    assert.throws(
+      () => cols.bind(owned, { x, w, layout: 'nk', out, variant: 'gemm' }),
+      (e: Error) => e instanceof ShapeError && /panels of 32 columns.*GEMM needs it plain/.test(e.message),
+    );
     const plain = await MatmulKernel.create(ctx, { knCols: false });
-    assert.throws(() => plain.bind(owned, { x, w, layout: 'nk', out }), (e: Error) => e instanceof ShapeError && /only the 'kn' gemv_kn_cols GEMV reads/.test(e.message));
+    assert.throws(
+      () => plain.bind(owned, { x, w, layout: 'nk', out }),
+      (e: Error) => e instanceof ShapeError && /only the 'kn' gemv_kn_cols GEMV reads/.test(e.message),
+    );
     const bare = { ...w, chunks: w.chunks.map((c) => ({ ...c, panel: undefined })) };
-    assert.throws(() => cols.bind(owned, { x, w: bare, layout: 'nk', out }), (e: Error) => e instanceof ShapeError && /transposed chunked W must be stored in panels/.test(e.message));
+    assert.throws(
+      () => cols.bind(owned, { x, w: bare, layout: 'nk', out }),
+      (e: Error) => e instanceof ShapeError && /transposed chunked W must be stored in panels/.test(e.message),
+    );
     const mixed = { ...w, chunks: [w.chunks[0]!, { ...w.chunks[1]!, panel: 64 }] };
-    assert.throws(() => cols.bind(owned, { x, w: mixed, layout: 'nk', out }), (e: Error) => e instanceof ShapeError && /chunk 1 has panel 64, chunk 0 32/.test(e.message));
+    assert.throws(
+      () => cols.bind(owned, { x, w: mixed, layout: 'nk', out }),
+      (e: Error) => e instanceof ShapeError && /chunk 1 has panel 64, chunk 0 32/.test(e.message),
+    );
     const flat = { ...w, chunks: w.chunks.map((c) => ({ ...c, shape: [c.shape[1]!, 16] })) };
-    assert.throws(() => cols.bind(owned, { x, w: flat, layout: 'nk', out }), (e: Error) => e instanceof ShapeError && /W chunk 0: expected shape \[16, 64\], got \[64, 16\]/.test(e.message));
+    assert.throws(
+      () => cols.bind(owned, { x, w: flat, layout: 'nk', out }),
+      (e: Error) => e instanceof ShapeError && /W chunk 0: expected shape \[16, 64\], got \[64, 16\]/.test(e.message),
+    );
   }));
 
 // The layer-norm prologue (MatmulArgs.ln): fused in gemv_kn_ln (statistics shared through
@@ -597,10 +850,17 @@ test('ln prologue: LN(x) @ W matches float64 in every variant, fused in gemv_kn_
     const red = await MatmulKernel.create(ctx, { knCols: false, gemvMaxM: 4, fuseLn: true, gemvReduce: 'workgroup' });
     const redUnfused = await MatmulKernel.create(ctx, { knCols: false, fuseLn: false, gemvReduce: 'workgroup' });
     const runs: Array<[string, MatmulKernel, number, { splitK?: number; panel?: boolean }, boolean]> = [
-      ['gemv_kn', kn, 1, {}, true], ['gemv_kn split K', kn, 3, { splitK: 3 }, true], ['gemv_kn M 4', kn, 4, {}, true],
-      ['gemm', kn, 6, {}, false], ['gemv_kn_cols', cols, 1, {}, false], ['gemv_kn_cols block', cols, 6, {}, false],
-      ['paneled', paneled, 2, { panel: true }, false], ['fuseLn false', unfused, 2, {}, false],
-      ['gemv_kn_red', red, 1, {}, true], ['gemv_kn_red M 4', red, 4, {}, true], ['gemv_kn_red split K', red, 2, { splitK: 3 }, true],
+      ['gemv_kn', kn, 1, {}, true],
+      ['gemv_kn split K', kn, 3, { splitK: 3 }, true],
+      ['gemv_kn M 4', kn, 4, {}, true],
+      ['gemm', kn, 6, {}, false],
+      ['gemv_kn_cols', cols, 1, {}, false],
+      ['gemv_kn_cols block', cols, 6, {}, false],
+      ['paneled', paneled, 2, { panel: true }, false],
+      ['fuseLn false', unfused, 2, {}, false],
+      ['gemv_kn_red', red, 1, {}, true],
+      ['gemv_kn_red M 4', red, 4, {}, true],
+      ['gemv_kn_red split K', red, 2, { splitK: 3 }, true],
       ['gemv_kn_red fuseLn false', redUnfused, 3, {}, false],
     ];
     for (const dtype of ['f32', 'f16'] as const) {
@@ -611,16 +871,51 @@ test('ln prologue: LN(x) @ W matches float64 in every variant, fused in gemv_kn_
         const beta = rng.normals(K, 0.2);
         const W = makeWeight(rng, { K, N, layout: 'kn', dtype });
         const bias = rng.normals(N, 0.5);
-        const ref = matmul64(layerNorm64(x, gamma, beta, M, K, eps), W.seen, M, K, N, { layout: 'kn', bias, gelu: true });
+        const ref = matmul64(layerNorm64(x, gamma, beta, M, K, eps), W.seen, M, K, N, {
+          layout: 'kn',
+          bias,
+          gelu: true,
+        });
         const w = o.panel
-          ? { ...upload(owned, dtype === 'f16' ? packF16(packPanels(W.seen, K, N, 64), 4 * K, 64) : packPanels(W.seen, K, N, 64), [4 * K, 64], dtype), shape: [K, N], panel: 64 }
+          ? {
+              ...upload(
+                owned,
+                dtype === 'f16' ? packF16(packPanels(W.seen, K, N, 64), 4 * K, 64) : packPanels(W.seen, K, N, 64),
+                [4 * K, 64],
+                dtype,
+              ),
+              shape: [K, N],
+              panel: 64,
+            }
           : upload(owned, W.data, [K, N], dtype);
         const out = poisoned(owned, [M, N]);
         const ln = { gamma: upload(owned, gamma, [K]), beta: upload(owned, beta, [K]), eps };
-        const ds = k.bind(owned, { x: upload(owned, x, [M, K]), ln, w, layout: 'kn', bias: upload(owned, bias, [N]), activation: 'gelu', out, splitK: o.splitK }, 'fc');
-        assert.is(ds.some((d) => d.family === 'layernorm'), !fused, `${what}: layernorm dispatch ${fused ? 'fused away' : 'kept'}`);
+        const ds = k.bind(
+          owned,
+          {
+            x: upload(owned, x, [M, K]),
+            ln,
+            w,
+            layout: 'kn',
+            bias: upload(owned, bias, [N]),
+            activation: 'gelu',
+            out,
+            splitK: o.splitK,
+          },
+          'fc',
+        );
+        assert.is(
+          ds.some((d) => d.family === 'layernorm'),
+          !fused,
+          `${what}: layernorm dispatch ${fused ? 'fused away' : 'kept'}`,
+        );
         await run(ctx, ds);
-        allClose(await download(ctx, out), ref, { rel: 1e-4, atol: 2e-4, rtol: 1e-3 }, `ln prologue ${what} ${dtype} M ${M}`);
+        allClose(
+          await download(ctx, out),
+          ref,
+          { rel: 1e-4, atol: 2e-4, rtol: 1e-3 },
+          `ln prologue ${what} ${dtype} M ${M}`,
+        );
       }
     }
   }));
@@ -646,8 +941,15 @@ test('ln prologue on the LM head: a layernorm dispatch into the scratch, then th
     ] as Array<[MatmulKernel, ChunkedTensor | GpuTensor]>) {
       const out = poisoned(owned, [M, N]);
       const scratch = poisoned(owned, [M, K]);
-      const ds = k.bind(owned, { x: upload(owned, x, [M, K]), ln: { ...ln, scratch }, w, layout: 'nk', out }, 'lm_head');
-      assert.equal(ds.map((d) => d.family), ['layernorm', ...ds.slice(1).map(() => 'matmul')]);
+      const ds = k.bind(
+        owned,
+        { x: upload(owned, x, [M, K]), ln: { ...ln, scratch }, w, layout: 'nk', out },
+        'lm_head',
+      );
+      assert.equal(
+        ds.map((d) => d.family),
+        ['layernorm', ...ds.slice(1).map(() => 'matmul')],
+      );
       await run(ctx, ds);
       allClose(await download(ctx, out), ref, TOL, 'lm head with ln_f');
       allClose(await download(ctx, scratch), layerNorm64(x, gamma, beta, M, K, 1e-5), TOL, 'the scratch holds LN(x)');
@@ -660,14 +962,30 @@ test('ln prologue: bad gamma / beta / eps / scratch are refused with the problem
     const x = poisoned(owned, [1, 64]);
     const base = { x, w: poisoned(owned, [64, 32]), layout: 'kn' as const, out: poisoned(owned, [1, 32]) };
     const g = poisoned(owned, [64]);
-    assert.throws(() => k.bind(owned, { ...base, ln: { gamma: poisoned(owned, [63]), beta: g, eps: 1e-5 } }), (e: Error) => e instanceof ShapeError && /ln gamma: expected shape \[64\], got \[63\]/.test(e.message));
-    assert.throws(() => k.bind(owned, { ...base, ln: { gamma: g, beta: poisoned(owned, [64], 'u32'), eps: 1e-5 } }), (e: Error) => e instanceof ShapeError && /ln beta: expected dtype f32, got u32/.test(e.message));
+    assert.throws(
+      () => k.bind(owned, { ...base, ln: { gamma: poisoned(owned, [63]), beta: g, eps: 1e-5 } }),
+      (e: Error) => e instanceof ShapeError && /ln gamma: expected shape \[64\], got \[63\]/.test(e.message),
+    );
+    assert.throws(
+      () => k.bind(owned, { ...base, ln: { gamma: g, beta: poisoned(owned, [64], 'u32'), eps: 1e-5 } }),
+      (e: Error) => e instanceof ShapeError && /ln beta: expected dtype f32, got u32/.test(e.message),
+    );
     for (const eps of [0, -1, NaN, Infinity]) {
-      assert.throws(() => k.bind(owned, { ...base, ln: { gamma: g, beta: g, eps } }), (e: Error) => e instanceof ShapeError && new RegExp(`ln eps must be a finite number > 0, got ${eps}`).test(e.message));
+      assert.throws(
+        () => k.bind(owned, { ...base, ln: { gamma: g, beta: g, eps } }),
+        (e: Error) =>
+          e instanceof ShapeError && new RegExp(`ln eps must be a finite number > 0, got ${eps}`).test(e.message),
+      );
     }
     const unfused = await MatmulKernel.create(ctx, { fuseLn: false });
-    assert.throws(() => unfused.bind(owned, { ...base, ln: { gamma: g, beta: g, eps: 1e-5, scratch: { ...x } } }), (e: Error) => e instanceof ShapeError && /ln scratch shares buffer .* with x/.test(e.message));
-    assert.throws(() => k.bind(owned, { ...base, out: poisoned(owned, [1, 32]), ln: { gamma: base.out, beta: g, eps: 1e-5 } }), (e: Error) => e instanceof ShapeError && /ln gamma: expected shape \[64\], got \[1, 32\]/.test(e.message));
+    assert.throws(
+      () => unfused.bind(owned, { ...base, ln: { gamma: g, beta: g, eps: 1e-5, scratch: { ...x } } }),
+      (e: Error) => e instanceof ShapeError && /ln scratch shares buffer .* with x/.test(e.message),
+    );
+    assert.throws(
+      () => k.bind(owned, { ...base, out: poisoned(owned, [1, 32]), ln: { gamma: base.out, beta: g, eps: 1e-5 } }),
+      (e: Error) => e instanceof ShapeError && /ln gamma: expected shape \[64\], got \[1, 32\]/.test(e.message),
+    );
   }));
 
 test('tensors at aligned offsets inside shared buffers (as the engine packs activations)', () =>
@@ -696,11 +1014,18 @@ test('tensors at aligned offsets inside shared buffers (as the engine packs acti
           wAll.set(W.data as Uint32Array, 128);
           const wb = upload(owned, wAll, [wAll.length], 'u32').buffer;
           const out: GpuTensor = { buffer: upload(owned, ob, [1024]).buffer, offset: 768, shape: [M, N], dtype: 'f32' };
-          await run(ctx, k.bind(owned, {
-            x: { buffer: ab, offset: 256, shape: [M, K], dtype: 'f32' },
-            w: { buffer: wb, offset: 512, shape: [W.rows, W.cols], dtype: 'f16' },
-            layout, bias: { buffer: ab, offset: 1024, shape: [N], dtype: 'f32' }, accumulate: true, out, variant,
-          }));
+          await run(
+            ctx,
+            k.bind(owned, {
+              x: { buffer: ab, offset: 256, shape: [M, K], dtype: 'f32' },
+              w: { buffer: wb, offset: 512, shape: [W.rows, W.cols], dtype: 'f16' },
+              layout,
+              bias: { buffer: ab, offset: 1024, shape: [N], dtype: 'f32' },
+              accumulate: true,
+              out,
+              variant,
+            }),
+          );
           allClose(await download(ctx, out), ref, TOL, `offsets ${layout} ${variant} (nk lanes ${k.lpr})`);
         }
       }
@@ -721,42 +1046,80 @@ test('bind rejects bad shapes, chunked kn weights, over-limit weights and out al
       isShape(/out: expected shape \[2, 4\], got \[2, 5\]/),
     );
     assert.throws(
-      () => k.bind(owned, { x, w: poisoned(owned, [8, 4]), layout: 'kn', bias: poisoned(owned, [5]), out: poisoned(owned, [2, 4]) }),
+      () =>
+        k.bind(owned, {
+          x,
+          w: poisoned(owned, [8, 4]),
+          layout: 'kn',
+          bias: poisoned(owned, [5]),
+          out: poisoned(owned, [2, 4]),
+        }),
       isShape(/bias: expected shape \[4\], got \[5\]/),
     );
     const chunk = poisoned(owned, [4, 8]);
     const ch: ChunkedTensor = { shape: [8, 8], dtype: 'f32', rowsPerChunk: 4, chunks: [chunk, chunk] };
-    assert.throws(() => k.bind(owned, { x, w: ch, layout: 'kn', out: poisoned(owned, [2, 8]) }), isShape(/ChunkedTensor weight needs layout 'nk'/));
+    assert.throws(
+      () => k.bind(owned, { x, w: ch, layout: 'kn', out: poisoned(owned, [2, 8]) }),
+      isShape(/ChunkedTensor weight needs layout 'nk'/),
+    );
     assert.throws(
       () => k.bind(owned, { x, w: { ...ch, chunks: [chunk] }, layout: 'nk', out: poisoned(owned, [2, 8]) }),
       isShape(/needs 2 chunks, got 1/),
     );
     const huge: GpuTensor = { buffer: chunk.buffer, offset: 0, shape: [50257, 768], dtype: 'f32' };
-    assert.throws(() => k.bind(owned, { x: poisoned(owned, [1, 768]), w: huge, layout: 'nk', out: poisoned(owned, [1, 50257]) }), isShape(/maxStorageBufferBindingSize/));
+    assert.throws(
+      () => k.bind(owned, { x: poisoned(owned, [1, 768]), w: huge, layout: 'nk', out: poisoned(owned, [1, 50257]) }),
+      isShape(/maxStorageBufferBindingSize/),
+    );
     // out in the buffer of x: over the same bytes, and at disjoint bytes (WebGPU refuses both)
     const both = upload(owned, new Float32Array(128), [128]);
     const xs: GpuTensor = { ...both, shape: [2, 8] };
     for (const offset of [0, 256]) {
       const outs: GpuTensor = { ...both, offset, shape: [2, 8] };
-      assert.throws(() => k.bind(owned, { x: xs, w: poisoned(owned, [8, 8]), layout: 'kn', out: outs }), isShape(/out and x share buffer/));
+      assert.throws(
+        () => k.bind(owned, { x: xs, w: poisoned(owned, [8, 8]), layout: 'kn', out: outs }),
+        isShape(/out and x share buffer/),
+      );
     }
     const wOut = poisoned(owned, [16, 8]);
-    assert.throws(() => k.bind(owned, { x, w: { ...wOut, shape: [8, 2] }, layout: 'kn', out: { ...wOut, offset: 256, shape: [2, 2] } }), isShape(/out and W share buffer/));
-    assert.throws(() => k.bind(owned, { x, w: poisoned(owned, [8, 4]), layout: 'kn', out: poisoned(owned, [2, 4]), splitK: 0 }), isShape(/splitK must be an integer >= 1, got 0/));
-    for (const knWords of [{ f32: 9, f16: 2 }, { f32: 4, f16: 5 }, { f32: 0, f16: 1 }]) {
+    assert.throws(
+      () =>
+        k.bind(owned, { x, w: { ...wOut, shape: [8, 2] }, layout: 'kn', out: { ...wOut, offset: 256, shape: [2, 2] } }),
+      isShape(/out and W share buffer/),
+    );
+    assert.throws(
+      () => k.bind(owned, { x, w: poisoned(owned, [8, 4]), layout: 'kn', out: poisoned(owned, [2, 4]), splitK: 0 }),
+      isShape(/splitK must be an integer >= 1, got 0/),
+    );
+    for (const knWords of [
+      { f32: 9, f16: 2 },
+      { f32: 4, f16: 5 },
+      { f32: 0, f16: 1 },
+    ]) {
       await MatmulKernel.create(ctx, { knWords }).then(
         () => assert.unreachable(`knWords ${JSON.stringify(knWords)} accepted`),
-        (e: Error) => assert.ok(e instanceof InvalidOptionError && e.message.includes(JSON.stringify(knWords)), e.message),
+        (e: Error) =>
+          assert.ok(e instanceof InvalidOptionError && e.message.includes(JSON.stringify(knWords)), e.message),
       );
     }
     // knBlock: more than 16 vec4 accumulators (4 rows x 8 f32 words, 3 rows x 2 x 3 f16 words), 0 or 9 rows
-    for (const knBlock of [{ rows: 4, f32: 8, f16: 1 }, { rows: 3, f32: 1, f16: 3 }, { rows: 0, f32: 1, f16: 1 }, { rows: 9, f32: 1, f16: 1 }]) {
+    for (const knBlock of [
+      { rows: 4, f32: 8, f16: 1 },
+      { rows: 3, f32: 1, f16: 3 },
+      { rows: 0, f32: 1, f16: 1 },
+      { rows: 9, f32: 1, f16: 1 },
+    ]) {
       await MatmulKernel.create(ctx, { knBlock }).then(
         () => assert.unreachable(`knBlock ${JSON.stringify(knBlock)} accepted`),
-        (e: Error) => assert.ok(e instanceof InvalidOptionError && e.message.includes(JSON.stringify(knBlock)), e.message),
+        (e: Error) =>
+          assert.ok(e instanceof InvalidOptionError && e.message.includes(JSON.stringify(knBlock)), e.message),
       );
     }
-    for (const knBlockLarge of [{ rows: 8, f32: 4, f16: 1, from: 16 }, { rows: 8, f32: 2, f16: 1, from: 1 }, { rows: 8, f32: 2, f16: 1, from: 2.5 }]) {
+    for (const knBlockLarge of [
+      { rows: 8, f32: 4, f16: 1, from: 16 },
+      { rows: 8, f32: 2, f16: 1, from: 1 },
+      { rows: 8, f32: 2, f16: 1, from: 2.5 },
+    ]) {
       await MatmulKernel.create(ctx, { knBlockLarge }).then(
         () => assert.unreachable(`knBlockLarge ${JSON.stringify(knBlockLarge)} accepted`),
         (e: Error) => assert.ok(e instanceof InvalidOptionError && /knBlockLarge/.test(e.message), e.message),

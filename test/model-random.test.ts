@@ -29,7 +29,8 @@ for (const [ci, cfg] of CONFIGS.entries()) {
       if (dtype === 'f16') {
         // The reference uses the f16-rounded matrices the GPU sees (biases and norms stay f32).
         for (const [name, t] of tensors) {
-          if (/(wte|wpe)\.weight$|c_(attn|proj|fc)\.weight$/.test(name)) for (let i = 0; i < t.length; i++) t[i] = roundF16(t[i]!);
+          if (/(wte|wpe)\.weight$|c_(attn|proj|fc)\.weight$/.test(name))
+            for (let i = 0; i < t.length; i++) t[i] = roundF16(t[i]!);
         }
       }
       const model = await randomModel(cfg, 100 + ci, dtype);
@@ -81,16 +82,30 @@ for (const subgroups of [undefined, false] as const) {
       for (const plan of [first, second]) {
         const labels = plan.dispatches.map((d) => d.label);
         const att = labels.filter((l) => l.startsWith('h.0.attn')).join(', ');
-        assert.is(labels.includes('h.0.attn.scores'), model.ctx.isCpuAdapter && !sg, `blocks attention on CPU adapters without the subgroup one only (labels: ${att})`);
+        assert.is(
+          labels.includes('h.0.attn.scores'),
+          model.ctx.isCpuAdapter && !sg,
+          `blocks attention on CPU adapters without the subgroup one only (labels: ${att})`,
+        );
         assert.is(labels.includes('h.0.attn.sg'), sg, `prefill_sg where subgroups allow (labels: ${att})`);
       }
       const all = (n: number) => Uint32Array.from({ length: n }, (_, i) => i);
       first.write({ ids: ids.slice(0, 70), meta: rowMeta(0, 0, 70), lastIdx: all(70) });
       model.submit(first.dispatches);
-      allClose(new Float32Array(await model.ctx.readBuffer(first.logits.buffer, 0, 70 * V * 4)), want.subarray(0, 70 * V), { rel: 1e-5 }, 'first 70 positions');
+      allClose(
+        new Float32Array(await model.ctx.readBuffer(first.logits.buffer, 0, 70 * V * 4)),
+        want.subarray(0, 70 * V),
+        { rel: 1e-5 },
+        'first 70 positions',
+      );
       second.write({ ids: ids.slice(70), meta: rowMeta(0, 70, 66), lastIdx: all(66) });
       model.submit(second.dispatches);
-      allClose(new Float32Array(await model.ctx.readBuffer(second.logits.buffer, 0, 66 * V * 4)), want.subarray(70 * V), { rel: 1e-5 }, 'positions 70-135');
+      allClose(
+        new Float32Array(await model.ctx.readBuffer(second.logits.buffer, 0, 66 * V * 4)),
+        want.subarray(70 * V),
+        { rel: 1e-5 },
+        'positions 70-135',
+      );
       model.ctx.throwIfErrors();
     } finally {
       first.destroy();
@@ -108,7 +123,12 @@ for (const subgroups of [undefined, false] as const) {
  * `planTokens` the prompt plan is built for that many tokens and the ones past the prompt parked
  * (a bucketed prompt plan): what they would write to the cache would show in the steps after.
  */
-async function decodeLogits(model: Model, prompt: number[], fed: number[], planTokens = prompt.length): Promise<Float32Array[]> {
+async function decodeLogits(
+  model: Model,
+  prompt: number[],
+  fed: number[],
+  planTokens = prompt.length,
+): Promise<Float32Array[]> {
   const V = model.config.vocab_size;
   const cache = await model.createCache({ capacity: 32 });
   const pre = new ForwardPlan(model, cache, planTokens, 1);
@@ -138,11 +158,17 @@ async function decodeLogits(model: Model, prompt: number[], fed: number[], planT
 // steps with the GPU's attention (256-thread workgroups) too, after a prefill.
 const GPU_CHOICES = { knCols: false, nkRows: false, nkLanesPerRow: 32, knPanel: 0, fuseLn: true, gemvMaxM: 8 };
 const GPU_ATTENTION = { lanes: false, decodeWg: 256 };
-for (const [ci, cfg, gemvReduce] of [[0, CONFIGS[1]!, 'split'], [1, CONFIGS[3]!, 'split'], [1, CONFIGS[3]!, 'workgroup']] as const) {
+for (const [ci, cfg, gemvReduce] of [
+  [0, CONFIGS[1]!, 'split'],
+  [1, CONFIGS[3]!, 'split'],
+  [1, CONFIGS[3]!, 'workgroup'],
+] as const) {
   test(`GPU kernel choices (gemvReduce ${gemvReduce}), random config (C ${cfg.n_embd}, H ${cfg.n_head}, L ${cfg.n_layer}) match the float64 forward at 7 and 13 tokens and in decode steps`, async () => {
     const ckpt = randomCheckpoint(cfg, 200 + ci);
     const tensors = await loadTensors(ckpt);
-    const model = await (await engine()).loadModel(ckpt, { matmul: { ...GPU_CHOICES, gemvReduce }, attention: GPU_ATTENTION });
+    const model = await (
+      await engine()
+    ).loadModel(ckpt, { matmul: { ...GPU_CHOICES, gemvReduce }, attention: GPU_ATTENTION });
     try {
       assert.is(model.kernels.matmul.fuseLn, true);
       assert.is(model.kernels.matmul.gemvReduce, gemvReduce);
@@ -155,13 +181,22 @@ for (const [ci, cfg, gemvReduce] of [[0, CONFIGS[1]!, 'split'], [1, CONFIGS[3]!,
       // also after prompt plans with parked tokens: 5 of 8 (GEMVs), 13 of 16 (GEMM, a tile of the
       // tiled attention with parked tokens).
       const p13 = Array.from({ length: 13 }, (_, i) => (i * 29 + 3) % cfg.vocab_size);
-      for (const [prompt, planTokens] of [[[3, 1, 4, 1, 5], 5], [[3, 1, 4, 1, 5], 8], [p13, 16]] as const) {
+      for (const [prompt, planTokens] of [
+        [[3, 1, 4, 1, 5], 5],
+        [[3, 1, 4, 1, 5], 8],
+        [p13, 16],
+      ] as const) {
         const fed = [9, 2, 6, 5];
         const steps = await decodeLogits(model, [...prompt], fed, planTokens);
         steps.forEach((got, i) => {
           const ids = [...prompt, ...fed.slice(0, i + 1)];
           const want = forward64(tensors, cfg, ids).subarray((ids.length - 1) * cfg.vocab_size);
-          allClose(got, want, { rel: 1e-5 }, `decode step ${i} logits after a ${prompt.length}-token prompt in a ${planTokens}-token plan`);
+          allClose(
+            got,
+            want,
+            { rel: 1e-5 },
+            `decode step ${i} logits after a ${prompt.length}-token prompt in a ${planTokens}-token plan`,
+          );
         });
       }
     } finally {
@@ -177,7 +212,11 @@ for (const gpu of [false, true]) {
     const cfg = CONFIGS[3]!;
     const ckpt = randomCheckpoint(cfg, 300);
     const tensors = await loadTensors(ckpt);
-    const model = gpu ? await (await engine()).loadModel(ckpt, { matmul: { ...GPU_CHOICES, gemvReduce: 'split' }, attention: GPU_ATTENTION }) : await randomModel(cfg, 300);
+    const model = gpu
+      ? await (
+          await engine()
+        ).loadModel(ckpt, { matmul: { ...GPU_CHOICES, gemvReduce: 'split' }, attention: GPU_ATTENTION })
+      : await randomModel(cfg, 300);
     const cache = await model.createCache({ rows: 3, capacity: 16 });
     const prompt = [3, 1, 4, 1, 5];
     const pre = new ForwardPlan(model, cache, prompt.length * 3, 3);
@@ -198,9 +237,17 @@ for (const gpu of [false, true]) {
       const row = (r: number, a: Float32Array) => Array.from(a.subarray(r * 16 * C, (r + 1) * 16 * C));
       assert.equal(row(0, after), row(0, before), 'the parked token wrote nothing (row 0 as before)');
       const V = cfg.vocab_size;
-      for (const [i, tok] of [[0, 9], [2, 7]] as const) {
+      for (const [i, tok] of [
+        [0, 9],
+        [2, 7],
+      ] as const) {
         const ids = [...prompt, tok];
-        allClose(logits.subarray(i * V, (i + 1) * V), forward64(tensors, cfg, ids).subarray(5 * V), { rel: 1e-5 }, `token ${i}'s logits`);
+        allClose(
+          logits.subarray(i * V, (i + 1) * V),
+          forward64(tensors, cfg, ids).subarray(5 * V),
+          { rel: 1e-5 },
+          `token ${i}'s logits`,
+        );
       }
     } finally {
       pre.destroy();

@@ -54,16 +54,33 @@ test('tiny fixture with f16 storage: logits allclose(atol 1e-2, rtol 1e-2) to th
     const b = await f32.logits(p.ids);
     allClose(a.data, b.data, { atol: 1e-2, rtol: 1e-2, rel: 2e-3 }, `prompt ${i} f16 vs f32 logits`);
     // and against transformers' own float32 logits (the f32 engine is within 1e-3 of those)
-    allClose(a.data, decodeF32(p.last_logits_f32_b64), { atol: 1e-2, rtol: 1e-2, rel: 2e-3 }, `prompt ${i} f16 vs HF logits`);
+    allClose(
+      a.data,
+      decodeF32(p.last_logits_f32_b64),
+      { atol: 1e-2, rtol: 1e-2, rel: 2e-3 },
+      `prompt ${i} f16 vs HF logits`,
+    );
   }
 });
 
 test('prompt errors: empty, out-of-vocab ids, longer than the window', async () => {
   const model = await tinyModel();
-  await rejects(() => model.logits([]), (e: Error) => e instanceof PromptError && /empty/.test(e.message));
-  await rejects(() => model.logits([1, 50257]), (e: Error) => e instanceof PromptError && /token 1 is 50257/.test(e.message));
-  await rejects(() => model.generate([1, -2]), (e: Error) => e instanceof PromptError && /-2/.test(e.message));
-  await rejects(() => model.logits(new Array(1025).fill(1)), (e: Error) => e instanceof PromptError && /1025/.test(e.message));
+  await rejects(
+    () => model.logits([]),
+    (e: Error) => e instanceof PromptError && /empty/.test(e.message),
+  );
+  await rejects(
+    () => model.logits([1, 50257]),
+    (e: Error) => e instanceof PromptError && /token 1 is 50257/.test(e.message),
+  );
+  await rejects(
+    () => model.generate([1, -2]),
+    (e: Error) => e instanceof PromptError && /-2/.test(e.message),
+  );
+  await rejects(
+    () => model.logits(new Array(1025).fill(1)),
+    (e: Error) => e instanceof PromptError && /1025/.test(e.message),
+  );
 });
 
 test('decode plans: one token per cache row, no kv_write (attention writes K/V) and no last-token gather, meta rows and lastIdx checked', async () => {
@@ -71,8 +88,14 @@ test('decode plans: one token per cache row, no kv_write (attention writes K/V) 
   const cache = await model.createCache({ rows: 2, capacity: 8 });
   const plans: ForwardPlan[] = [];
   try {
-    assert.throws(() => new ForwardPlan(model, cache, 3, 3, { decode: true }), (e: Error) => e instanceof ShapeError && /at most the cache's 2 rows .* got T 3, R 3/.test(e.message));
-    assert.throws(() => new ForwardPlan(model, cache, 2, 1, { decode: true }), (e: Error) => e instanceof ShapeError && /got T 2, R 1/.test(e.message));
+    assert.throws(
+      () => new ForwardPlan(model, cache, 3, 3, { decode: true }),
+      (e: Error) => e instanceof ShapeError && /at most the cache's 2 rows .* got T 3, R 3/.test(e.message),
+    );
+    assert.throws(
+      () => new ForwardPlan(model, cache, 2, 1, { decode: true }),
+      (e: Error) => e instanceof ShapeError && /got T 2, R 1/.test(e.message),
+    );
     const dec = new ForwardPlan(model, cache, 2, 2, { decode: true });
     const plain = new ForwardPlan(model, cache, 2, 2);
     plans.push(dec, plain);
@@ -80,10 +103,19 @@ test('decode plans: one token per cache row, no kv_write (attention writes K/V) 
     assert.equal([count(dec, 'kv_write'), count(plain, 'kv_write')], [0, model.config.n_layer]);
     assert.equal([count(dec, 'last_tokens'), count(plain, 'last_tokens')], [0, 1]);
     assert.is(dec.dispatches.length, plain.dispatches.length - model.config.n_layer - 1);
-    assert.throws(() => dec.write({ meta: Uint32Array.from([1, 3, 1, 4]) }), (e: Error) => e instanceof ShapeError && /tokens 0 and 1 are both in row 1/.test(e.message));
-    assert.throws(() => dec.write({ meta: decodeMeta([3, 5], [0, 2]) }), (e: Error) => e instanceof ShapeError && /token 1 is in row 2, outside the cache's 2 rows/.test(e.message));
+    assert.throws(
+      () => dec.write({ meta: Uint32Array.from([1, 3, 1, 4]) }),
+      (e: Error) => e instanceof ShapeError && /tokens 0 and 1 are both in row 1/.test(e.message),
+    );
+    assert.throws(
+      () => dec.write({ meta: decodeMeta([3, 5], [0, 2]) }),
+      (e: Error) => e instanceof ShapeError && /token 1 is in row 2, outside the cache's 2 rows/.test(e.message),
+    );
     dec.write({ meta: decodeMeta([3, 5], [1, 0]) }); // any distinct rows (a subset of a cache's rows in another order)
-    assert.throws(() => dec.write({ meta: decodeMeta([3, 5]), lastIdx: Uint32Array.of(1, 0) }), (e: Error) => e instanceof ShapeError && /lastIdx\[0\] must be 0/.test(e.message));
+    assert.throws(
+      () => dec.write({ meta: decodeMeta([3, 5]), lastIdx: Uint32Array.of(1, 0) }),
+      (e: Error) => e instanceof ShapeError && /lastIdx\[0\] must be 0/.test(e.message),
+    );
     dec.write({ meta: decodeMeta([3, 5]), lastIdx: Uint32Array.of(0, 1) });
   } finally {
     for (const p of plans) p.destroy();

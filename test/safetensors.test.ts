@@ -1,7 +1,14 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { WeightsFormatError } from '../src/errors.js';
-import { ByteSource, bytesSource, parseSafetensors, readRowsF32, readTensorF32, serializeSafetensors } from '../src/engine/safetensors.js';
+import {
+  ByteSource,
+  bytesSource,
+  parseSafetensors,
+  readRowsF32,
+  readTensorF32,
+  serializeSafetensors,
+} from '../src/engine/safetensors.js';
 import { f16BitsToF32, f32ToF16Bits } from '../src/kernels/f16.js';
 import { encodeAs, rejectsWith } from './fixtures-util.js';
 
@@ -22,7 +29,11 @@ async function rejects(bytes: Uint8Array | ByteSource, ...patterns: RegExp[]): P
   try {
     await parseSafetensors(src);
   } catch (e) {
-    assert.instance(e, WeightsFormatError, `expected WeightsFormatError, got ${(e as Error).name}: ${(e as Error).message}`);
+    assert.instance(
+      e,
+      WeightsFormatError,
+      `expected WeightsFormatError, got ${(e as Error).name}: ${(e as Error).message}`,
+    );
     const m = (e as Error).message;
     assert.ok(m.startsWith(src.name + ':'), `message names the file: ${m}`);
     for (const p of patterns) assert.match(m, p);
@@ -51,10 +62,16 @@ test('reads F32, F16 and BF16 tensors, metadata, zero-size tensors and row range
   assert.equal([...f.tensors.keys()], ['a', 'empty', 'b', 'c']);
   assert.equal(f.tensors.get('a')!.shape, [2, 3]);
   assert.equal(Array.from(await readTensorF32(f, 'a')), Array.from(a));
-  assert.equal(Array.from(await readTensorF32(f, 'b')), Array.from(b, (x) => f16BitsToF32(f32ToF16Bits(x))));
+  assert.equal(
+    Array.from(await readTensorF32(f, 'b')),
+    Array.from(b, (x) => f16BitsToF32(f32ToF16Bits(x))),
+  );
   assert.equal(Array.from(await readTensorF32(f, 'c')), Array.from(bfv));
   assert.is((await readTensorF32(f, 'empty')).length, 0);
-  assert.equal(Array.from(await readRowsF32(f, 'a', 1, 1)), [0, 1e-3, 65504].map((x) => Math.fround(x)));
+  assert.equal(
+    Array.from(await readRowsF32(f, 'a', 1, 1)),
+    [0, 1e-3, 65504].map((x) => Math.fround(x)),
+  );
   await rejectsWith(readRowsF32(f, 'a', 1, 2), WeightsFormatError, /rows \[1, 3\) out of range/);
   await rejectsWith(readTensorF32(f, 'nope'), WeightsFormatError, /no tensor named "nope"/);
 });
@@ -85,7 +102,11 @@ test('header framing errors: short file, length past the end, too large, not JSO
 
 test('truncated reads from the source are reported as truncation', async () => {
   const bytes = raw({ a: t('F32', [2], [0, 8]) }, 8);
-  const src: ByteSource = { name: 'cut.safetensors', size: bytes.length, read: async (o, n) => bytes.subarray(o, o + (o === 0 ? n : Math.min(n, 4))) };
+  const src: ByteSource = {
+    name: 'cut.safetensors',
+    size: bytes.length,
+    read: async (o, n) => bytes.subarray(o, o + (o === 0 ? n : Math.min(n, 4))),
+  };
   await rejects(src, /truncated: reading the JSON header needs \d+ bytes at offset 8 but got 4/);
 });
 
@@ -93,29 +114,64 @@ test('entry errors name the tensor and the values', async () => {
   await rejects(raw({ w: 5 }), /tensor "w": entry must be an object/);
   await rejects(raw({ w: t('Q4_K', [2], [0, 2]) }, 2), /tensor "w": unknown dtype "Q4_K"/);
   await rejects(raw({ w: t('toString', [2], [0, 2]) }, 2), /unknown dtype "toString"/);
-  await rejects(raw({ w: { shape: [2], data_offsets: [0, 8] } }, 8), /tensor "w": dtype must be a string, got undefined/);
-  await rejects(raw({ w: t('F32', [2, -1], [0, 8]) }, 8), /tensor "w": shape must be a list of non-negative integers, got \[2,-1\]/);
+  await rejects(
+    raw({ w: { shape: [2], data_offsets: [0, 8] } }, 8),
+    /tensor "w": dtype must be a string, got undefined/,
+  );
+  await rejects(
+    raw({ w: t('F32', [2, -1], [0, 8]) }, 8),
+    /tensor "w": shape must be a list of non-negative integers, got \[2,-1\]/,
+  );
   await rejects(raw({ w: t('F32', [2.5], [0, 8]) }, 8), /shape must be a list of non-negative integers, got \[2.5\]/);
   await rejects(raw({ w: t('F32', '2', [0, 8]) }, 8), /shape must be a list/);
-  await rejects(raw({ w: t('F32', [2], [0]) }, 8), /tensor "w": data_offsets must be \[begin, end\] with non-negative integers, got \[0\]/);
+  await rejects(
+    raw({ w: t('F32', [2], [0]) }, 8),
+    /tensor "w": data_offsets must be \[begin, end\] with non-negative integers, got \[0\]/,
+  );
   await rejects(raw({ w: t('F32', [2], [8, 0]) }, 8), /data_offsets \[8, 0\] has begin after end/);
-  await rejects(raw({ w: t('F32', [2], [0, 16]) }, 8), /tensor "w": data_offsets \[0, 16\] pass the end of the data region \(8 bytes\)/);
-  await rejects(raw({ w: t('F32', [3], [0, 8]) }, 8), /tensor "w": shape \[3\] x F32 \(4 B\) needs 12 bytes but data_offsets \[0, 8\] hold 8/);
-  await rejects(raw({ w: t('F32', [2 ** 40, 2 ** 40], [0, 8]) }, 8), /needs \d.*bytes but data_offsets \[0, 8\] hold 8/);
+  await rejects(
+    raw({ w: t('F32', [2], [0, 16]) }, 8),
+    /tensor "w": data_offsets \[0, 16\] pass the end of the data region \(8 bytes\)/,
+  );
+  await rejects(
+    raw({ w: t('F32', [3], [0, 8]) }, 8),
+    /tensor "w": shape \[3\] x F32 \(4 B\) needs 12 bytes but data_offsets \[0, 8\] hold 8/,
+  );
+  await rejects(
+    raw({ w: t('F32', [2 ** 40, 2 ** 40], [0, 8]) }, 8),
+    /needs \d.*bytes but data_offsets \[0, 8\] hold 8/,
+  );
   await rejects(raw({ __metadata__: { a: 1 } }), /__metadata__\["a"\] must be a string, got 1/);
   await rejects(raw({ __metadata__: [] }), /__metadata__ must be an object of strings/);
 });
 
 test('the data region must be tiled exactly: overlaps, holes and trailing bytes are errors', async () => {
-  await rejects(raw({ a: t('F32', [2], [0, 8]), b: t('F32', [2], [4, 12]) }, 12), /tensors "a" \[0, 8\] and "b" \[4, 12\] overlap/);
-  await rejects(raw({ a: t('F32', [2], [0, 8]), b: t('F32', [2], [0, 8]) }, 8), /"a" \[0, 8\] and "b" \[0, 8\] overlap/);
-  await rejects(raw({ a: t('F32', [1], [0, 4]), b: t('F32', [1], [8, 12]) }, 12), /hole: bytes \[4, 8\) before tensor "b"/);
+  await rejects(
+    raw({ a: t('F32', [2], [0, 8]), b: t('F32', [2], [4, 12]) }, 12),
+    /tensors "a" \[0, 8\] and "b" \[4, 12\] overlap/,
+  );
+  await rejects(
+    raw({ a: t('F32', [2], [0, 8]), b: t('F32', [2], [0, 8]) }, 8),
+    /"a" \[0, 8\] and "b" \[0, 8\] overlap/,
+  );
+  await rejects(
+    raw({ a: t('F32', [1], [0, 4]), b: t('F32', [1], [8, 12]) }, 12),
+    /hole: bytes \[4, 8\) before tensor "b"/,
+  );
   await rejects(raw({ a: t('F32', [1], [4, 8]) }, 8), /hole: bytes \[0, 4\) before tensor "a"/);
   await rejects(raw({ a: t('F32', [1], [0, 4]) }, 6), /2 trailing bytes after the last tensor/);
   await rejects(raw({}, 3), /3 trailing bytes/);
   // a name given twice (JSON.parse would silently keep the last), also through an escape
-  await rejects(raw('{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]},"\\u0061":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}', 8), /header names "a" twice/);
-  const nested = await parseSafetensors(bytesSource('n', raw({ __metadata__: { a: 'x' }, a: t('F32', [1], [0, 4]) }, 4)));
+  await rejects(
+    raw(
+      '{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]},"\\u0061":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}',
+      8,
+    ),
+    /header names "a" twice/,
+  );
+  const nested = await parseSafetensors(
+    bytesSource('n', raw({ __metadata__: { a: 'x' }, a: t('F32', [1], [0, 4]) }, 4)),
+  );
   assert.ok(nested.tensors.has('a'), 'a key inside __metadata__ is not a duplicate');
   // zero-size tensors may sit anywhere, even at the end
   const ok = await parseSafetensors(bytesSource('z', raw({ a: t('F32', [1], [0, 4]), z: t('F16', [0], [4, 4]) }, 4)));

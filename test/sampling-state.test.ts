@@ -16,25 +16,51 @@ test('Philox4x32-10 on the GPU matches the Random123 known answers and the CPU r
   withDevice(async ({ ctx, owned }) => {
     // Random123 kat_vectors: philox4x32 10 rounds.
     const kat: Array<[number[], number[], number[]]> = [
-      [[0, 0, 0, 0], [0, 0], [0x6627e8d5, 0xe169c58d, 0xbc57ac4c, 0x9b00dbd8]],
-      [[0xffffffff, 0xffffffff, 0xffffffff, 0xffffffff], [0xffffffff, 0xffffffff], [0x408f276d, 0x41c83b0e, 0xa20bc7c6, 0x6d5451fd]],
-      [[0x243f6a88, 0x85a308d3, 0x13198a2e, 0x03707344], [0xa4093822, 0x299f31d0], [0xd16cfe09, 0x94fdcceb, 0x5001e420, 0x24126ea1]],
+      [
+        [0, 0, 0, 0],
+        [0, 0],
+        [0x6627e8d5, 0xe169c58d, 0xbc57ac4c, 0x9b00dbd8],
+      ],
+      [
+        [0xffffffff, 0xffffffff, 0xffffffff, 0xffffffff],
+        [0xffffffff, 0xffffffff],
+        [0x408f276d, 0x41c83b0e, 0xa20bc7c6, 0x6d5451fd],
+      ],
+      [
+        [0x243f6a88, 0x85a308d3, 0x13198a2e, 0x03707344],
+        [0xa4093822, 0x299f31d0],
+        [0xd16cfe09, 0x94fdcceb, 0x5001e420, 0x24126ea1],
+      ],
     ];
     const rng = new Rng(7);
-    const cases = [...kat.map(([c, k]) => [c, k]), ...Array.from({ length: 61 }, () => [
-      [0, 0, 0, 0].map(() => Math.floor(rng.next() * 2 ** 32)), [0, 0].map(() => Math.floor(rng.next() * 2 ** 32)),
-    ])];
+    const cases = [
+      ...kat.map(([c, k]) => [c, k]),
+      ...Array.from({ length: 61 }, () => [
+        [0, 0, 0, 0].map(() => Math.floor(rng.next() * 2 ** 32)),
+        [0, 0].map(() => Math.floor(rng.next() * 2 ** 32)),
+      ]),
+    ];
     const words = new Uint32Array(cases.length * 10).fill(0xdeadbeef);
     cases.forEach(([c, k], i) => words.set([...c!, ...k!], i * 10));
     const sampler = await Sampler.create(ctx, 8);
     const aux = upload(owned, words, [words.length], 'u32');
     const g = owned.uniform('kat', [0, 8, 0, 0, 0, cases.length, 1, 0]);
     const pipe = sampler.pipeline('philox_kat');
-    const bindGroup = ctx.device.createBindGroup({ layout: pipe.getBindGroupLayout(0), entries: [{ binding: 0, resource: g }, { binding: 10, resource: { buffer: aux.buffer } }] });
-    await run(ctx, [{ family: 'sampling', label: 'kat', pipeline: pipe, bindGroup, workgroups: [Math.ceil(cases.length / 64), 1, 1] }]);
+    const bindGroup = ctx.device.createBindGroup({
+      layout: pipe.getBindGroupLayout(0),
+      entries: [
+        { binding: 0, resource: g },
+        { binding: 10, resource: { buffer: aux.buffer } },
+      ],
+    });
+    await run(ctx, [
+      { family: 'sampling', label: 'kat', pipeline: pipe, bindGroup, workgroups: [Math.ceil(cases.length / 64), 1, 1] },
+    ]);
     const out = await downloadU32(ctx, aux);
     kat.forEach(([, , want], i) => assert.equal(Array.from(out.subarray(i * 10 + 6, i * 10 + 10)), want, `KAT ${i}`));
-    cases.forEach(([c, k], i) => assert.equal(Array.from(out.subarray(i * 10 + 6, i * 10 + 10)), philox4x32(c!, k!), `case ${i}`));
+    cases.forEach(([c, k], i) =>
+      assert.equal(Array.from(out.subarray(i * 10 + 6, i * 10 + 10)), philox4x32(c!, k!), `case ${i}`),
+    );
   }));
 
 /** Runs `steps` sampler steps on fixed logits [rows, V]; returns the ids of each step. */
@@ -62,7 +88,11 @@ test('each draw is the float64 Gumbel-max of Philox noise over the kept tokens; 
     const rng = new Rng(21);
     const logits = rng.normals(rows * V, 2);
     const sampler = await Sampler.create(ctx, V);
-    const opts = [validateSampling({}, V), validateSampling({ topK: 50, temperature: 0.8 }, V), validateSampling({ topP: 0.9, minP: 0.05 }, V)];
+    const opts = [
+      validateSampling({}, V),
+      validateSampling({ topK: 50, temperature: 0.8 }, V),
+      validateSampling({ topP: 0.9, minP: 0.05 }, V),
+    ];
     const seeds = [0, 1, 2].map((i) => deriveSeed(123456789012, i));
     const state = sampler.createState(owned, rows, opts, { seeds, eosId: -1, stopAtEos: false });
     const got = await steps(ctx, owned, sampler, state, upload(owned, logits, [rows, V]), 6);
@@ -88,10 +118,17 @@ test('determinism: same seed -> same tokens; other seeds differ; batch row i == 
     const o = validateSampling({ temperature: 1.5 }, V);
     const tokensOf = async (rows: number, seeds: number[]) => {
       const st = sampler.createState(owned, rows, o, { seeds, eosId: -1, stopAtEos: false });
-      const lg = upload(owned, new Float32Array(rows * V).map((_, i) => logits[i % V]!), [rows, V]);
+      const lg = upload(
+        owned,
+        new Float32Array(rows * V).map((_, i) => logits[i % V]!),
+        [rows, V],
+      );
       return steps(ctx, owned, sampler, st, lg, 8);
     };
-    const batch = await tokensOf(3, [0, 1, 2].map((i) => deriveSeed(42, i)));
+    const batch = await tokensOf(
+      3,
+      [0, 1, 2].map((i) => deriveSeed(42, i)),
+    );
     const single0 = await tokensOf(1, [42]);
     const single2 = await tokensOf(1, [deriveSeed(42, 2)]);
     const again = await tokensOf(1, [42]);
@@ -111,15 +148,30 @@ test('deriveSeed: documented formula, identity at 0, stays in [0, 2^53)', () => 
 });
 
 /** GPU probsOut of one select+draw over `rows` logits rows with per-row options. */
-async function gpuProbs(ctx: Parameters<Parameters<typeof withDevice>[0]>[0]['ctx'], owned: Owned, logits: Float32Array, V: number, opts: NormalizedSampling[], prompts: number[][] = []) {
+async function gpuProbs(
+  ctx: Parameters<Parameters<typeof withDevice>[0]>[0]['ctx'],
+  owned: Owned,
+  logits: Float32Array,
+  V: number,
+  opts: NormalizedSampling[],
+  prompts: number[][] = [],
+) {
   const rows = opts.length;
   const sampler = await Sampler.create(ctx, V);
   const state = sampler.createState(owned, rows, opts, { seeds: opts.map((_, i) => i), eosId: -1, stopAtEos: false });
   prompts.forEach((p, r) => sampler.addCounts(state, r, p));
   const probs = poisoned(owned, [rows, V]);
   const ids = u32(owned, rows);
-  await run(ctx, sampler.bind(owned, state, { logits: upload(owned, logits, [rows, V]), outIds: ids, probsOut: probs }));
-  return { probs: await download(ctx, probs), ids: await downloadU32(ctx, ids), z: await download(ctx, state.work), state };
+  await run(
+    ctx,
+    sampler.bind(owned, state, { logits: upload(owned, logits, [rows, V]), outIds: ids, probsOut: probs }),
+  );
+  return {
+    probs: await download(ctx, probs),
+    ids: await downloadU32(ctx, ids),
+    z: await download(ctx, state.work),
+    state,
+  };
 }
 
 test('penalties, logit bias, top-k / top-p / min-p / min_tokens_to_keep against float64', () =>
@@ -166,7 +218,11 @@ test('ties: top-k keeps every token tied with the k-th; top-p and min_tokens_to_
     logits[2 * V + 599] = 9;
     logits[2 * V + 0] = 8.5;
     for (let v = 200; v < 220; v++) logits[2 * V + v] = 3;
-    const opts = [validateSampling({ topK: 3 }, V), validateSampling({ topP: 0.25 }, V), validateSampling({ topP: 0.01, minTokensToKeep: 5 }, V)];
+    const opts = [
+      validateSampling({ topK: 3 }, V),
+      validateSampling({ topP: 0.25 }, V),
+      validateSampling({ topP: 0.01, minTokensToKeep: 5 }, V),
+    ];
     const { probs } = await gpuProbs(ctx, owned, logits, V, opts);
     const keptOf = (r: number) => [...probs.subarray(r * V, (r + 1) * V)].flatMap((x, v) => (x > 0 ? [v] : []));
     assert.equal(keptOf(0), [100, 101, 102, 103, 104, 105, 106, 107, 108, 109]);
@@ -184,7 +240,12 @@ test('counts: prompt ids and every chosen id are counted on the GPU; frequency p
     const state = sampler.createState(owned, 2, o, { seeds: [1, 2], eosId: -1, stopAtEos: false });
     sampler.addCounts(state, 1, [39, 39, 38]);
     const got = await steps(ctx, owned, sampler, state, upload(owned, logits, [2, V]), 4);
-    assert.equal(got, [[39, 37], [38, 36], [37, 35], [36, 34]]);
+    assert.equal(got, [
+      [39, 37],
+      [38, 36],
+      [37, 35],
+      [36, 34],
+    ]);
     const counts = await downloadU32(ctx, state.counts);
     const want = new Uint32Array(2 * V);
     for (const v of [39, 38, 37, 36]) want[v]!++;
@@ -197,8 +258,14 @@ test('counts: prompt ids and every chosen id are counted on the GPU; frequency p
     // Reused row 1 with new options (no penalty, bias towards 3): its history is gone.
     sampler.setRow(state, 1, validateSampling({ temperature: 0, logitBias: {} }, V), 9);
     const again = await steps(ctx, owned, sampler, state, upload(owned, logits, [2, V]), 2);
-    assert.equal(again, [[35, 39], [34, 39]]);
-    assert.throws(() => sampler.setRow(state, 1, validateSampling({ logitBias: { 3: 1 } }, V), 9), (e: Error) => e instanceof InvalidOptionError && /without any logit_bias/.test(e.message));
+    assert.equal(again, [
+      [35, 39],
+      [34, 39],
+    ]);
+    assert.throws(
+      () => sampler.setRow(state, 1, validateSampling({ logitBias: { 3: 1 } }, V), 9),
+      (e: Error) => e instanceof InvalidOptionError && /without any logit_bias/.test(e.message),
+    );
   }));
 
 test('EOS latch: a row that chose EOS outputs EOS again, without counting; steps queue without CPU writes', () =>
@@ -220,12 +287,18 @@ test('EOS latch: a row that chose EOS outputs EOS again, without counting; steps
     const view = (s: number): GpuTensor => ({ buffer: out.buffer, offset: s * 8, shape: [2], dtype: 'u32' });
     const lf = upload(owned, first, [2, V]);
     const ll = upload(owned, later, [2, V]);
-    const list = [0, 1, 2, 3].flatMap((s) => sampler.bind(owned, state, { logits: s === 0 ? lf : ll, outIds: view(s) }));
+    const list = [0, 1, 2, 3].flatMap((s) =>
+      sampler.bind(owned, state, { logits: s === 0 ? lf : ll, outIds: view(s) }),
+    );
     await run(ctx, list);
     assert.equal(Array.from(await downloadU32(ctx, out)), [EOS, 7, EOS, 2, EOS, 2, EOS, 2]);
     const counts = await downloadU32(ctx, state.counts);
     assert.is(counts[EOS], 1, 'EOS counted once');
-    assert.is(counts.subarray(0, V).reduce((a, b) => a + b, 0), 1, 'the finished row counts nothing more');
+    assert.is(
+      counts.subarray(0, V).reduce((a, b) => a + b, 0),
+      1,
+      'the finished row counts nothing more',
+    );
     assert.is(counts[V + 2], 3);
     const rs = new Uint32Array(await ctx.readBuffer(state.rowState));
     assert.equal([rs[0], rs[1], rs[4], rs[5]], [1, 1, 4, 0], 'step counters and latches');
@@ -240,7 +313,11 @@ test('park: a parked row draws EOS without reading its logits (NaN), the other r
     // stopAtEos false: only park latches (a sequence parked in a decode step).
     const state = sampler.createState(owned, 3, o, { seeds: [3, 4, 5], eosId: EOS, stopAtEos: false });
     const logits = new Float32Array(3 * V);
-    for (let i = 0; i < V; i++) { logits[i] = i === 4 ? 9 : 0; logits[V + i] = NaN; logits[2 * V + i] = i === 6 ? 9 : 0; }
+    for (let i = 0; i < V; i++) {
+      logits[i] = i === 4 ? 9 : 0;
+      logits[V + i] = NaN;
+      logits[2 * V + i] = i === 6 ? 9 : 0;
+    }
     sampler.park(state, 1);
     const out = u32(owned, 3);
     await run(ctx, sampler.bind(owned, state, { logits: upload(owned, logits, [3, V]), outIds: out }));
@@ -296,16 +373,39 @@ test('option validation names the option, the value and the domain', () => {
     [{ topk: 3 } as unknown as SamplingOptions, /unknown sampling option "topk"/],
   ];
   for (const [o, re] of cases) {
-    assert.throws(() => validateSampling(o, 50), (e: Error) => e instanceof InvalidOptionError && re.test(e.message), JSON.stringify(o));
+    assert.throws(
+      () => validateSampling(o, 50),
+      (e: Error) => e instanceof InvalidOptionError && re.test(e.message),
+      JSON.stringify(o),
+    );
   }
   const n = validateSampling({ logitBias: { 7: 1, 2: -1 } }, 50);
-  assert.equal(n, { temperature: 1, topK: 0, topP: 0, minP: 0, minTokensToKeep: 1, freqPenalty: 0, presencePenalty: 0, repetitionPenalty: 1, logitBias: [[2, -1], [7, 1]], seed: undefined });
+  assert.equal(n, {
+    temperature: 1,
+    topK: 0,
+    topP: 0,
+    minP: 0,
+    minTokensToKeep: 1,
+    freqPenalty: 0,
+    presencePenalty: 0,
+    repetitionPenalty: 1,
+    logitBias: [
+      [2, -1],
+      [7, 1],
+    ],
+    seed: undefined,
+  });
 });
 
 test('processLogits with temperature 0 applies the penalties without dividing', () =>
   withDevice(async ({ ctx }) => {
     const logits = Float32Array.from([2, -2, 1, 0.5]);
-    const z = await processLogits(ctx, logits, { temperature: 0, repetitionPenalty: 2, presencePenalty: 0.25 }, [0, 1, 1]);
+    const z = await processLogits(
+      ctx,
+      logits,
+      { temperature: 0, repetitionPenalty: 2, presencePenalty: 0.25 },
+      [0, 1, 1],
+    );
     allClose(z, [2 / 2 - 0.25, -2 * 2 - 0.25, 1, 0.5], { atol: 1e-7 }, 'z');
   }));
 

@@ -24,21 +24,35 @@ test('greedy (temperature 0): ties go to the smallest id', () =>
     const r = await sample(ctx, logits, 50, { temperature: 0 });
     assert.is(r.counts[5], 50);
     assert.is(r.probs[5], 1);
-    assert.is(r.probs.reduce((a, b) => a + b, 0), 1);
+    assert.is(
+      r.probs.reduce((a, b) => a + b, 0),
+      1,
+    );
   }));
 
 test('temperature 0.001 sharpens (x1000) and 1000 flattens (x0.001)', () =>
   withDevice(async ({ ctx }) => {
     const logits = Float32Array.from([1, 2], Math.log);
     const cold = await processLogits(ctx, logits, { temperature: 0.001 });
-    allClose(cold, Array.from(logits, (x) => 1000 * x), { rtol: 1e-6, atol: 1e-6 }, 'cold');
+    allClose(
+      cold,
+      Array.from(logits, (x) => 1000 * x),
+      { rtol: 1e-6, atol: 1e-6 },
+      'cold',
+    );
     const hot = await processLogits(ctx, logits, { temperature: 1000 });
-    allClose(hot, Array.from(logits, (x) => 0.001 * x), { rtol: 1e-6, atol: 1e-9 }, 'hot');
+    allClose(
+      hot,
+      Array.from(logits, (x) => 0.001 * x),
+      { rtol: 1e-6, atol: 1e-9 },
+      'hot',
+    );
   }));
 
 test('frequency penalty on the "Baby" lyric: -11 at " baby" (6x), -5 at " Baby" (3x)', () =>
   withDevice(async ({ ctx }) => {
-    const prompt = "And I was like Baby, baby, baby, oh Like, Baby, baby, baby, no Like, Baby, baby, baby, oh I thought you'd always be mine, mine";
+    const prompt =
+      "And I was like Baby, baby, baby, oh Like, Baby, baby, baby, no Like, Baby, baby, baby, oh I thought you'd always be mine, mine";
     const ids = encode(prompt);
     const z = await processLogits(ctx, new Float32Array(50257).fill(1), { freqPenalty: 2 }, ids);
     assert.is(z[5156], -11, 'Expected 6 occurrences of " baby" with leading space');
@@ -125,14 +139,20 @@ test('HF warpers (t0.7_k40, t0.7_p0.95, t1.0_p0.5, t1.3_k50_p0.9): identical kep
     const V = 50257;
     const rows = prompts.length;
     const logits = new Float32Array(rows * V);
-    prompts.forEach((p, r) => logits.set(new Float32Array(Buffer.from(p.last_logits_f32_b64, 'base64').buffer.slice(0)), r * V));
+    prompts.forEach((p, r) =>
+      logits.set(new Float32Array(Buffer.from(p.last_logits_f32_b64, 'base64').buffer.slice(0)), r * V),
+    );
     const sampler = await Sampler.create(ctx, V);
     const lg = upload(owned, logits, [rows, V]);
     const names = Object.keys(prompts[0]!.warpers);
     assert.equal(names.sort(), ['t0.7_k40', 't0.7_p0.95', 't1.0_p0.5', 't1.3_k50_p0.9']);
     for (const name of names) {
       const o = validateSampling(warperOptions(name), V);
-      const state = sampler.createState(owned, rows, o, { seeds: prompts.map((_, i) => 100 + i), eosId: 50256, stopAtEos: true });
+      const state = sampler.createState(owned, rows, o, {
+        seeds: prompts.map((_, i) => 100 + i),
+        eosId: 50256,
+        stopAtEos: true,
+      });
       const probs = poisoned(owned, [rows, V]);
       const ids = poisoned(owned, [rows], 'u32');
       await run(ctx, sampler.bind(owned, state, { logits: lg, outIds: ids, probsOut: probs }));
@@ -144,7 +164,12 @@ test('HF warpers (t0.7_k40, t0.7_p0.95, t1.0_p0.5, t1.3_k50_p0.9): identical kep
         const kept: number[] = [];
         row.forEach((x, v) => x > 0 && kept.push(v));
         assert.equal(kept, w.kept, `${name} prompt ${r}: kept set (${kept.length} vs HF ${w.kept.length})`);
-        allClose(w.kept.map((v) => row[v]!), w.probs_of_kept, { atol: 1e-5 }, `${name} prompt ${r} probs`);
+        allClose(
+          w.kept.map((v) => row[v]!),
+          w.probs_of_kept,
+          { atol: 1e-5 },
+          `${name} prompt ${r} probs`,
+        );
         assert.ok(w.kept.includes(chosen[r]!), `${name} prompt ${r}: drew ${chosen[r]}, not a kept token`);
       });
     }

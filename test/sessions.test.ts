@@ -54,7 +54,15 @@ test('cached logits match a full recompute at every step of a 200-token sequence
 
 test('same seed and options: identical sampled tokens with and without the cache', async () => {
   const model = await tinyModel();
-  const opts = { temperature: 0.9, topK: 40, topP: 0.95, freqPenalty: 0.5, seed: 42, maxNewTokens: 64, stopAtEos: false };
+  const opts = {
+    temperature: 0.9,
+    topK: 40,
+    topP: 0.95,
+    freqPenalty: 0.5,
+    seed: 42,
+    maxNewTokens: 64,
+    stopAtEos: false,
+  };
   const a = await model.generate(ref.prompts[0]!.ids, opts);
   const b = await model.generate(ref.prompts[0]!.ids, { ...opts, useCache: false });
   assert.equal(a.sequences[0]!.tokens, b.sequences[0]!.tokens);
@@ -97,7 +105,12 @@ test("a generation's stats count its own submits, dispatches and read-backs, als
     const c = { ...model.ctx.stats };
     const r = await model.generate(ref.prompts[0]!.ids, { ...opts(1), maxNewTokens: n });
     const d = model.ctx.stats;
-    return { st: r.stats, submits: d.submits - c.submits, dispatches: d.dispatches - c.dispatches, bytes: d.bytesReadBack - c.bytesReadBack };
+    return {
+      st: r.stats,
+      submits: d.submits - c.submits,
+      dispatches: d.dispatches - c.dispatches,
+      bytes: d.bytesReadBack - c.bytesReadBack,
+    };
   };
   const a = await counted(12);
   const b = await counted(24);
@@ -112,7 +125,10 @@ test("a generation's stats count its own submits, dispatches and read-backs, als
     const c1 = { ...model.ctx.stats };
     const all = await Promise.all(sessions.map((s, i) => s.generate(ref.prompts[0]!.ids, opts(1 + i))));
     for (const r of all) {
-      assert.equal([r.stats.submits, r.stats.dispatches_per_step, r.stats.readback_bytes_per_token], [st.submits, st.dispatches_per_step, st.readback_bytes_per_token]);
+      assert.equal(
+        [r.stats.submits, r.stats.dispatches_per_step, r.stats.readback_bytes_per_token],
+        [st.submits, st.dispatches_per_step, st.readback_bytes_per_token],
+      );
     }
     assert.is(model.ctx.stats.submits - c1.submits, 3 * a.submits);
   } finally {
@@ -128,7 +144,11 @@ test('a session continues from its cache: two turns equal one generation over th
     const r1 = await s.generate(p1, { temperature: 0, maxNewTokens: 5, stopAtEos: false });
     const p2 = [11, 12, 13];
     const r2 = await s.generate(p2, { temperature: 0, maxNewTokens: 5, stopAtEos: false });
-    const joined = await model.generate([...p1, ...r1.sequences[0]!.tokens, ...p2], { temperature: 0, maxNewTokens: 5, stopAtEos: false });
+    const joined = await model.generate([...p1, ...r1.sequences[0]!.tokens, ...p2], {
+      temperature: 0,
+      maxNewTokens: 5,
+      stopAtEos: false,
+    });
     assert.equal(r2.sequences[0]!.tokens, joined.sequences[0]!.tokens);
     assert.equal(s.tokens, [...p1, ...r1.sequences[0]!.tokens, ...p2, ...r2.sequences[0]!.tokens]);
   } finally {
@@ -148,7 +168,10 @@ test('a cache keeps at most maxItems stashed items and maxBytes, freeing the lea
   const freed: string[] = [];
   type Item = Stashable & { name: string };
   const item = (name: string, bytes: number): Item => ({ name, bytes, destroy: () => freed.push(name) });
-  const named = (n: string) => (x: Stashable): x is Item => (x as Item).name.startsWith(n);
+  const named =
+    (n: string) =>
+    (x: Stashable): x is Item =>
+      (x as Item).name.startsWith(n);
   for (const n of ['a1', 'b1', 'a2']) cache.stash(item(n, 10), 3, 100);
   assert.equal([freed, cache.stashedCount, cache.stashedBytes], [[], 3, 30]);
   cache.stash(item('b2', 10), 3, 100); // a 4th item: the oldest goes
@@ -176,10 +199,22 @@ test('a session keeps its plans for the next turn: reused plans give the tokens 
   const kept = await model.createSession({ capacity: 96 });
   const fresh = await model.createSession({ capacity: 96 });
   const group = await model.createSessionGroup(2, { capacity: 96 });
-  const opts = (seed: number) => ({ temperature: 1, topK: 40, freqPenalty: 1.5, seed, maxNewTokens: 6, stopAtEos: false });
+  const opts = (seed: number) => ({
+    temperature: 1,
+    topK: 40,
+    freqPenalty: 1.5,
+    seed,
+    maxNewTokens: 6,
+    stopAtEos: false,
+  });
   try {
     // Turn 0 prefills 3 tokens; each later turn feeds the last sampled token and 2 new ones: 3 again.
-    const prompts = [[5, 6, 7], [8, 9], [10, 11], [12, 13]];
+    const prompts = [
+      [5, 6, 7],
+      [8, 9],
+      [10, 11],
+      [12, 13],
+    ];
     const built: number[][] = [[], []];
     for (const [k, p] of prompts.entries()) {
       const got: number[][] = [];
@@ -192,13 +227,35 @@ test('a session keeps its plans for the next turn: reused plans give the tokens 
       assert.equal(got[0], got[1], `turn ${k}: kept plans and new ones sample the same tokens`);
       assert.ok(kept.cache.stashedBytes > 0 && kept.bytes === kept.cache.bytes + kept.cache.stashedBytes);
     }
-    assert.equal(built, [[2, 0, 0, 0], [2, 2, 2, 2]], 'plans built per turn: kept session, session whose plans are dropped');
-    assert.equal(model.ctx.liveBuffers.bytes, base.bytes + kept.bytes + fresh.bytes + group.bytes, 'nothing but the caches and their kept plans is alive');
+    assert.equal(
+      built,
+      [
+        [2, 0, 0, 0],
+        [2, 2, 2, 2],
+      ],
+      'plans built per turn: kept session, session whose plans are dropped',
+    );
+    assert.equal(
+      model.ctx.liveBuffers.bytes,
+      base.bytes + kept.bytes + fresh.bytes + group.bytes,
+      'nothing but the caches and their kept plans is alive',
+    );
 
     // An aborted run does not keep the plans it took (they may be mid-step).
     const n0 = kept.cache.stashedCount;
     const ac = new AbortController();
-    await rejects(() => kept.generate([14, 15], { ...opts(9), maxNewTokens: 40, signal: ac.signal, onToken: (ev) => { if (ev.index === 2) ac.abort(); } }), (e: Error) => e instanceof AbortError);
+    await rejects(
+      () =>
+        kept.generate([14, 15], {
+          ...opts(9),
+          maxNewTokens: 40,
+          signal: ac.signal,
+          onToken: (ev) => {
+            if (ev.index === 2) ac.abort();
+          },
+        }),
+      (e: Error) => e instanceof AbortError,
+    );
     assert.is(kept.cache.stashedCount, n0 - 2, 'the aborted run took the decode and prompt plans and freed them');
     assert.equal(model.ctx.liveBuffers.bytes, base.bytes + kept.bytes + fresh.bytes + group.bytes);
 
@@ -209,7 +266,10 @@ test('a session keeps its plans for the next turn: reused plans give the tokens 
     await b.generate([22, 23], opts(6));
     assert.ok(group.cache.stashedCount >= 2, 'the group kept a decode plan and a prompt plan');
     const signal = new AbortController().signal;
-    const [ra, rb] = await Promise.all([a.generate([24, 25], { ...opts(7), signal }), b.generate([26, 27], { ...opts(8), signal })]);
+    const [ra, rb] = await Promise.all([
+      a.generate([24, 25], { ...opts(7), signal }),
+      b.generate([26, 27], { ...opts(8), signal }),
+    ]);
     assert.equal([ra.stats.batch_rows, rb.stats.batch_rows], [1, 1]);
     const solo = await model.createSessionGroup(2, { capacity: 96 });
     try {
@@ -234,11 +294,26 @@ test('promptBuckets: prompt plans built for 8/16/32/64 tokens serve shorter prom
   const was = model.promptBuckets;
   const bucketed = await model.createSession({ capacity: 160 });
   const exact = await model.createSession({ capacity: 160 });
-  const opts = (seed: number) => ({ temperature: 1, topK: 40, freqPenalty: 1.5, seed, maxNewTokens: 5, stopAtEos: false });
+  const opts = (seed: number) => ({
+    temperature: 1,
+    topK: 40,
+    freqPenalty: 1.5,
+    seed,
+    maxNewTokens: 5,
+    stopAtEos: false,
+  });
   try {
     // Turn lengths (the first feeds its prompt; later ones the last sampled token too): 3, 5, 2+1,
     // 7, 6+1 fit the 8-token plan; 12 + 1 takes a 16-token one; 70 + 1 (past 64) an exact one.
-    const prompts = [[5, 6, 7], [8, 9, 10, 11], [12, 13], [14, 15, 16, 17, 18, 19], [20, 21, 22, 23, 24, 25], Array.from({ length: 12 }, (_, i) => 30 + i), Array.from({ length: 70 }, (_, i) => 100 + i)];
+    const prompts = [
+      [5, 6, 7],
+      [8, 9, 10, 11],
+      [12, 13],
+      [14, 15, 16, 17, 18, 19],
+      [20, 21, 22, 23, 24, 25],
+      Array.from({ length: 12 }, (_, i) => 30 + i),
+      Array.from({ length: 70 }, (_, i) => 100 + i),
+    ];
     const built: number[][] = [[], []];
     for (const [k, p] of prompts.entries()) {
       const got: GenerateResult[] = [];
@@ -248,10 +323,21 @@ test('promptBuckets: prompt plans built for 8/16/32/64 tokens serve shorter prom
         got.push(await s.generate(p, opts(k + 1)));
         built[i]!.push(model.plansBuilt - b);
       }
-      assert.equal(got[0]!.sequences[0], got[1]!.sequences[0], `turn ${k}: bucketed and exact prompt plans sample the same tokens`);
+      assert.equal(
+        got[0]!.sequences[0],
+        got[1]!.sequences[0],
+        `turn ${k}: bucketed and exact prompt plans sample the same tokens`,
+      );
     }
     assert.equal(bucketed.tokens, exact.tokens);
-    assert.equal(built, [[2, 0, 0, 0, 0, 1, 1], [2, 1, 0, 1, 0, 1, 1]], 'plans built per turn: bucketed, exact');
+    assert.equal(
+      built,
+      [
+        [2, 0, 0, 0, 0, 1, 1],
+        [2, 1, 0, 1, 0, 1, 1],
+      ],
+      'plans built per turn: bucketed, exact',
+    );
     const kept = (s: typeof bucketed) => {
       const Ts: number[] = [];
       for (let n = s.cache.stashedCount; n > 0; n--) {
@@ -261,7 +347,11 @@ test('promptBuckets: prompt plans built for 8/16/32/64 tokens serve shorter prom
       }
       return Ts.sort((a, b) => a - b);
     };
-    assert.equal(kept(bucketed), [-1, 8, 16, 71], 'the bucketed session kept its decode plan and the 8-, 16- and 71-token prompt plans');
+    assert.equal(
+      kept(bucketed),
+      [-1, 8, 16, 71],
+      'the bucketed session kept its decode plan and the 8-, 16- and 71-token prompt plans',
+    );
     assert.equal(kept(exact), [-1, 7, 13, 71]);
   } finally {
     model.promptBuckets = was;
@@ -273,16 +363,33 @@ test('promptBuckets: prompt plans built for 8/16/32/64 tokens serve shorter prom
   const dec = new ForwardPlan(model, cache, 2, 2, { decode: true });
   const pre = new ForwardPlan(model, cache, 8, 1);
   try {
-    assert.throws(() => dec.write({ meta: Uint32Array.of(0, 3) }), (e: Error) => e instanceof ShapeError && /decode plan for 2 tokens given meta for 1; a decode plan takes exactly T tokens/.test(e.message));
-    assert.throws(() => pre.write({ ids: [1, 2, 3], meta: rowMeta(0, 0, 3), lastIdx: Uint32Array.of(3) }), (e: Error) => e instanceof ShapeError && /lastIdx 3 points past the 3 tokens given/.test(e.message));
-    assert.throws(() => pre.write({ ids: [1, 2], meta: rowMeta(0, 0, 3) }), (e: Error) => e instanceof ShapeError && /2 ids for meta of 3 tokens/.test(e.message));
+    assert.throws(
+      () => dec.write({ meta: Uint32Array.of(0, 3) }),
+      (e: Error) =>
+        e instanceof ShapeError &&
+        /decode plan for 2 tokens given meta for 1; a decode plan takes exactly T tokens/.test(e.message),
+    );
+    assert.throws(
+      () => pre.write({ ids: [1, 2, 3], meta: rowMeta(0, 0, 3), lastIdx: Uint32Array.of(3) }),
+      (e: Error) => e instanceof ShapeError && /lastIdx 3 points past the 3 tokens given/.test(e.message),
+    );
+    assert.throws(
+      () => pre.write({ ids: [1, 2], meta: rowMeta(0, 0, 3) }),
+      (e: Error) => e instanceof ShapeError && /2 ids for meta of 3 tokens/.test(e.message),
+    );
   } finally {
     dec.destroy();
     pre.destroy();
     cache.destroy();
   }
-  assert.equal([promptBucket(1), promptBucket(8), promptBucket(9), promptBucket(33), promptBucket(64), promptBucket(65)], [8, 8, 16, 64, 64, 65]);
-  await rejects(async () => (await engine()).loadModel(tinyDir(), { promptBuckets: 'yes' as never }), (e: Error) => e instanceof InvalidOptionError && /promptBuckets must be a boolean, got yes/.test(e.message));
+  assert.equal(
+    [promptBucket(1), promptBucket(8), promptBucket(9), promptBucket(33), promptBucket(64), promptBucket(65)],
+    [8, 8, 16, 64, 64, 65],
+  );
+  await rejects(
+    async () => (await engine()).loadModel(tinyDir(), { promptBuckets: 'yes' as never }),
+    (e: Error) => e instanceof InvalidOptionError && /promptBuckets must be a boolean, got yes/.test(e.message),
+  );
 });
 
 test('5,000 tokens with context shifts: runs, shifts, and GPU memory stays flat', async () => {
@@ -293,8 +400,13 @@ test('5,000 tokens with context shifts: runs, shifts, and GPU memory stays flat'
     const before = model.ctx.liveBuffers;
     const samples: number[] = [];
     const res = await s.generate(ref.prompts[0]!.ids, {
-      temperature: 1, seed: 3, maxNewTokens: 5000, stopAtEos: false,
-      onToken: (ev) => { if (ev.index % 500 === 499) samples.push(model.ctx.liveBuffers.bytes); }, // all after the first shift
+      temperature: 1,
+      seed: 3,
+      maxNewTokens: 5000,
+      stopAtEos: false,
+      onToken: (ev) => {
+        if (ev.index % 500 === 499) samples.push(model.ctx.liveBuffers.bytes);
+      }, // all after the first shift
     });
     assert.is(res.sequences[0]!.tokens.length, 5000);
     assert.ok(res.stats.shifts >= 70, `expected many shifts, got ${res.stats.shifts}`);
@@ -302,8 +414,15 @@ test('5,000 tokens with context shifts: runs, shifts, and GPU memory stays flat'
     assert.is(during, 0, `GPU bytes varied by ${during} during the run`);
     // What stays is what the session keeps for its next turn (its plans), and that goes with it.
     const kept = s.bytes - s.cache.bytes;
-    assert.ok(kept > 0 && s.cache.stashedCount <= PLAN_STASH_COUNT, `kept ${kept} bytes in ${s.cache.stashedCount} plans`);
-    assert.equal(model.ctx.liveBuffers.bytes, before.bytes + kept, 'live buffers after the run: those before plus the kept plans');
+    assert.ok(
+      kept > 0 && s.cache.stashedCount <= PLAN_STASH_COUNT,
+      `kept ${kept} bytes in ${s.cache.stashedCount} plans`,
+    );
+    assert.equal(
+      model.ctx.liveBuffers.bytes,
+      before.bytes + kept,
+      'live buffers after the run: those before plus the kept plans',
+    );
   } finally {
     s.destroy();
   }
@@ -312,7 +431,10 @@ test('5,000 tokens with context shifts: runs, shifts, and GPU memory stays flat'
 
 // Capacity 32 / keep 16: short re-encodes and windows; 160 / 96: re-encodes of 96 tokens and
 // recomputed windows of up to 160 (on CPU adapters prefill_sg, or 'blocks' without subgroups).
-for (const [capacity, keep, maxNewTokens] of [[32, 16, 80], [160, 96, 250]] as const) {
+for (const [capacity, keep, maxNewTokens] of [
+  [32, 16, 80],
+  [160, 96, 250],
+] as const) {
   test(`shifted generation equals the uncached recompute over the same windows (capacity ${capacity}, keep ${keep})`, async () => {
     const model = await tinyModel();
     const opts = { temperature: 1, seed: 9, maxNewTokens, stopAtEos: false };
@@ -334,7 +456,10 @@ test('window options given to generate() with a session are refused, not ignored
   const model = await tinyModel();
   const s = await model.createSession({ capacity: 32 });
   try {
-    await rejects(() => s.generate([1], { maxNewTokens: 1, keep: 8 }), (e: Error) => e instanceof InvalidOptionError && /createSession/.test(e.message));
+    await rejects(
+      () => s.generate([1], { maxNewTokens: 1, keep: 8 }),
+      (e: Error) => e instanceof InvalidOptionError && /createSession/.test(e.message),
+    );
   } finally {
     s.destroy();
   }
@@ -344,27 +469,46 @@ test("onOverflow 'error' makes passing the window a ContextOverflowError", async
   const model = await tinyModel();
   const s = await model.createSession({ capacity: 16, onOverflow: 'error' });
   try {
-    await rejects(() => s.generate([1, 2, 3], { temperature: 0, maxNewTokens: 20, stopAtEos: false }), (e: Error) => e instanceof ContextOverflowError && /16/.test(e.message));
+    await rejects(
+      () => s.generate([1, 2, 3], { temperature: 0, maxNewTokens: 20, stopAtEos: false }),
+      (e: Error) => e instanceof ContextOverflowError && /16/.test(e.message),
+    );
   } finally {
     s.destroy();
   }
 });
 
-test('misuse: a destroyed cache, another model\'s cache, a busy cache', async () => {
+test("misuse: a destroyed cache, another model's cache, a busy cache", async () => {
   const model = await tinyModel();
   const other = await randomModel(cfgOf({}), 1);
   try {
     const s = await model.createSession();
     s.destroy();
-    await rejects(() => s.generate([1], { maxNewTokens: 1 }), (e: Error) => e instanceof CacheMisuseError && /destroyed/.test(e.message));
+    await rejects(
+      () => s.generate([1], { maxNewTokens: 1 }),
+      (e: Error) => e instanceof CacheMisuseError && /destroyed/.test(e.message),
+    );
     const foreign = await other.createCache();
-    await rejects(() => model.generate([1], { cache: foreign, maxNewTokens: 1 }), (e: Error) => e instanceof CacheMisuseError && /belongs to model/.test(e.message));
+    await rejects(
+      () => model.generate([1], { cache: foreign, maxNewTokens: 1 }),
+      (e: Error) => e instanceof CacheMisuseError && /belongs to model/.test(e.message),
+    );
     foreign.destroy();
     const busy = await model.createSession();
     const first = busy.generate([1, 2], { maxNewTokens: 8, seed: 1 });
-    await rejects(() => busy.generate([3], { maxNewTokens: 1 }), (e: Error) => e instanceof CacheMisuseError && /busy/.test(e.message));
+    await rejects(
+      () => busy.generate([3], { maxNewTokens: 1 }),
+      (e: Error) => e instanceof CacheMisuseError && /busy/.test(e.message),
+    );
     await first;
-    assert.throws(() => { const c = busy.cache; c.acquire(model); c.destroy(); }, (e: Error) => e instanceof CacheMisuseError && /busy/.test(e.message));
+    assert.throws(
+      () => {
+        const c = busy.cache;
+        c.acquire(model);
+        c.destroy();
+      },
+      (e: Error) => e instanceof CacheMisuseError && /busy/.test(e.message),
+    );
     busy.cache.release();
     busy.destroy();
   } finally {

@@ -28,7 +28,11 @@ test('softmax [3, 50257]: random, shifted by +1000 (stability), masked -inf entr
     for (let i = 0; i < V; i += 3) assert.is(got[2 * V + i], 0, `masked logit ${i} gives exactly 0`);
   }));
 
-for (const [rows, n] of [[5, 7], [2, 300], [1, 1]] as const) {
+for (const [rows, n] of [
+  [5, 7],
+  [2, 300],
+  [1, 1],
+] as const) {
   test(`softmax in place [${rows}, ${n}]`, () =>
     withDevice(async ({ ctx, owned }) => {
       const x = new Rng(n).normals(rows * n, 4);
@@ -69,7 +73,8 @@ test('argmax [7, 50257]: ties -> smallest index (within and across threads), NaN
 
 test('argmax with V below the workgroup size and many rows', () =>
   withDevice(async ({ ctx, owned }) => {
-    const rows = 300, n = 13;
+    const rows = 300,
+      n = 13;
     const rng = new Rng(13);
     const x = new Float32Array(rows * n);
     for (let i = 0; i < x.length; i++) x[i] = rng.int(4); // many ties

@@ -3,7 +3,14 @@ import * as assert from 'uvu/assert';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { InvalidOptionError, WeightsFormatError } from '../src/errors.js';
-import { GPT2Config, HUB_REPOS, KNOWN_MODELS, parameterCount, parameterShapes, parseConfig } from '../src/engine/config.js';
+import {
+  GPT2Config,
+  HUB_REPOS,
+  KNOWN_MODELS,
+  parameterCount,
+  parameterShapes,
+  parseConfig,
+} from '../src/engine/config.js';
 import { openCheckpoint } from '../src/engine/checkpoint.js';
 import { randomCheckpoint } from '../src/engine/random.js';
 import { bytesSource } from '../src/engine/safetensors.js';
@@ -11,26 +18,68 @@ import { roundF16 } from '../src/kernels/f16.js';
 import { makeSafetensors, REPO_ROOT, rejectsWith, smallConfig, tinyCheckpoint } from './fixtures-util.js';
 
 const throwsFormat = (fn: () => unknown, re: RegExp) =>
-  assert.throws(fn, (e: Error) => e instanceof WeightsFormatError && re.test(e.message), `expected WeightsFormatError matching ${re}`);
+  assert.throws(
+    fn,
+    (e: Error) => e instanceof WeightsFormatError && re.test(e.message),
+    `expected WeightsFormatError matching ${re}`,
+  );
 
 test('parseConfig accepts HF configs, fills HF defaults, and rejects bad values with the numbers', () => {
-  const c = parseConfig({ vocab_size: 50300, n_positions: 32, n_embd: 12, n_layer: 1, n_head: 3, unknown_key: 1 }, 'cfg.json');
-  assert.equal(c, { vocab_size: 50300, n_positions: 32, n_embd: 12, n_layer: 1, n_head: 3, layer_norm_epsilon: 1e-5, activation_function: 'gelu_new', bos_token_id: 50256, eos_token_id: 50256, n_inner: null });
+  const c = parseConfig(
+    { vocab_size: 50300, n_positions: 32, n_embd: 12, n_layer: 1, n_head: 3, unknown_key: 1 },
+    'cfg.json',
+  );
+  assert.equal(c, {
+    vocab_size: 50300,
+    n_positions: 32,
+    n_embd: 12,
+    n_layer: 1,
+    n_head: 3,
+    layer_norm_epsilon: 1e-5,
+    activation_function: 'gelu_new',
+    bos_token_id: 50256,
+    eos_token_id: 50256,
+    n_inner: null,
+  });
   // HF's default bos/eos (50256) do not fit a small vocabulary: the config must say which ids it uses
-  throwsFormat(() => parseConfig({ vocab_size: 100, n_positions: 32, n_embd: 12, n_layer: 1, n_head: 3 }, 'c'), /"bos_token_id" must be an integer in \[0, vocab_size 100\), got 50256/);
+  throwsFormat(
+    () => parseConfig({ vocab_size: 100, n_positions: 32, n_embd: 12, n_layer: 1, n_head: 3 }, 'c'),
+    /"bos_token_id" must be an integer in \[0, vocab_size 100\), got 50256/,
+  );
   const base = { vocab_size: 50257, n_positions: 1024, n_embd: 768, n_layer: 12, n_head: 12 };
   assert.is(parseConfig({ ...base, activation_function: 'gelu_pytorch_tanh', n_inner: 3072 }, 'x').n_inner, 3072);
-  throwsFormat(() => parseConfig({ ...base, n_embd: 770 }, 'cfg.json'), /^cfg\.json: n_embd 770 is not divisible by n_head 12$/);
-  throwsFormat(() => parseConfig({ ...base, activation_function: 'relu' }, 'c'), /activation_function "relu" is not supported.*gelu_new/);
-  throwsFormat(() => parseConfig({ ...base, activation_function: 'gelu' }, 'c'), /activation_function "gelu" is not supported/);
-  throwsFormat(() => parseConfig({ ...base, n_inner: 1000 }, 'c'), /n_inner 1000 is not supported; only null or 4 \* n_embd = 3072/);
-  throwsFormat(() => parseConfig({ ...base, layer_norm_epsilon: 0 }, 'c'), /"layer_norm_epsilon" must be a number > 0, got 0/);
+  throwsFormat(
+    () => parseConfig({ ...base, n_embd: 770 }, 'cfg.json'),
+    /^cfg\.json: n_embd 770 is not divisible by n_head 12$/,
+  );
+  throwsFormat(
+    () => parseConfig({ ...base, activation_function: 'relu' }, 'c'),
+    /activation_function "relu" is not supported.*gelu_new/,
+  );
+  throwsFormat(
+    () => parseConfig({ ...base, activation_function: 'gelu' }, 'c'),
+    /activation_function "gelu" is not supported/,
+  );
+  throwsFormat(
+    () => parseConfig({ ...base, n_inner: 1000 }, 'c'),
+    /n_inner 1000 is not supported; only null or 4 \* n_embd = 3072/,
+  );
+  throwsFormat(
+    () => parseConfig({ ...base, layer_norm_epsilon: 0 }, 'c'),
+    /"layer_norm_epsilon" must be a number > 0, got 0/,
+  );
   throwsFormat(() => parseConfig({ ...base, n_layer: 0 }, 'c'), /"n_layer" must be a positive integer, got 0/);
   throwsFormat(() => parseConfig({ ...base, n_head: 1.5 }, 'c'), /"n_head" must be a positive integer, got 1.5/);
   throwsFormat(() => parseConfig({ ...base, vocab_size: undefined }, 'c'), /missing "vocab_size"/);
-  throwsFormat(() => parseConfig({ ...base, eos_token_id: 50257 }, 'c'), /"eos_token_id" must be an integer in \[0, vocab_size 50257\), got 50257/);
+  throwsFormat(
+    () => parseConfig({ ...base, eos_token_id: 50257 }, 'c'),
+    /"eos_token_id" must be an integer in \[0, vocab_size 50257\), got 50257/,
+  );
   throwsFormat(() => parseConfig({ ...base, model_type: 'llama' }, 'c'), /model_type is "llama"/);
-  throwsFormat(() => parseConfig({ ...base, scale_attn_by_inverse_layer_idx: true }, 'c'), /scale_attn_by_inverse_layer_idx/);
+  throwsFormat(
+    () => parseConfig({ ...base, scale_attn_by_inverse_layer_idx: true }, 'c'),
+    /scale_attn_by_inverse_layer_idx/,
+  );
   throwsFormat(() => parseConfig({ ...base, tie_word_embeddings: false }, 'c'), /tie_word_embeddings = false/);
   throwsFormat(() => parseConfig([1], 'c'), /config must be a JSON object, got an array/);
 });
@@ -98,13 +147,32 @@ test('bad checkpoints fail before any GPU work, naming the tensor and both shape
   const cfg = smallConfig();
   const open = async (o: Parameters<typeof makeSafetensors>[1], c: unknown = cfg) =>
     openCheckpoint(c, bytesSource('m.safetensors', (await makeSafetensors(cfg, o)).bytes), 'mdir');
-  await rejectsWith(open({ omit: ['h.1.attn.c_proj.bias'] }), WeightsFormatError, /^m\.safetensors: missing tensor "h\.1\.attn\.c_proj\.bias" \(expected shape \[8\]/);
-  await rejectsWith(open({ reshape: { 'h.0.attn.c_attn.weight': [24, 8] } }), WeightsFormatError, /tensor "h\.0\.attn\.c_attn\.weight" has shape \[24, 8\] but the config needs \[8, 24\]/);
-  await rejectsWith(open({}, { ...cfg, n_layer: 1 }), WeightsFormatError, /tensor "h\.1\..*" belongs to layer 1 but the config has n_layer 1/);
-  await rejectsWith(open({}, { ...cfg, n_layer: 3 }), WeightsFormatError, /missing tensor "h\.2\.ln_1\.weight"/);
-  await rejectsWith(open({}, { ...cfg, n_embd: 7 }), WeightsFormatError, /^mdir config\.json: n_embd 7 is not divisible by n_head 2/);
   await rejectsWith(
-    open({ prefix: true, extra: [{ name: 'wpe.weight', dtype: 'F32', shape: [16, 8], data: new Uint8Array(16 * 8 * 4) }] }),
+    open({ omit: ['h.1.attn.c_proj.bias'] }),
+    WeightsFormatError,
+    /^m\.safetensors: missing tensor "h\.1\.attn\.c_proj\.bias" \(expected shape \[8\]/,
+  );
+  await rejectsWith(
+    open({ reshape: { 'h.0.attn.c_attn.weight': [24, 8] } }),
+    WeightsFormatError,
+    /tensor "h\.0\.attn\.c_attn\.weight" has shape \[24, 8\] but the config needs \[8, 24\]/,
+  );
+  await rejectsWith(
+    open({}, { ...cfg, n_layer: 1 }),
+    WeightsFormatError,
+    /tensor "h\.1\..*" belongs to layer 1 but the config has n_layer 1/,
+  );
+  await rejectsWith(open({}, { ...cfg, n_layer: 3 }), WeightsFormatError, /missing tensor "h\.2\.ln_1\.weight"/);
+  await rejectsWith(
+    open({}, { ...cfg, n_embd: 7 }),
+    WeightsFormatError,
+    /^mdir config\.json: n_embd 7 is not divisible by n_head 2/,
+  );
+  await rejectsWith(
+    open({
+      prefix: true,
+      extra: [{ name: 'wpe.weight', dtype: 'F32', shape: [16, 8], data: new Uint8Array(16 * 8 * 4) }],
+    }),
     WeightsFormatError,
     /tensor "wpe\.weight" appears twice \(as "transformer\.wpe\.weight" and "wpe\.weight"\)/,
   );
@@ -117,13 +185,23 @@ test('random checkpoints: deterministic per seed, row reads agree, value laws ho
   const w = await a.read('h.3.mlp.c_fc.weight'); // [768, 3072]
   assert.equal(Array.from((await b.read('h.3.mlp.c_fc.weight')).subarray(0, 1000)), Array.from(w.subarray(0, 1000)));
   assert.not.equal(Array.from((await c.read('h.3.mlp.c_fc.weight')).subarray(0, 10)), Array.from(w.subarray(0, 10)));
-  assert.equal(Array.from(await a.readRows('h.3.mlp.c_fc.weight', 700, 3)), Array.from(w.subarray(700 * 3072, 703 * 3072)));
-  assert.equal(Array.from(await a.readRows('h.3.ln_1.bias', 5, 4)), Array.from((await a.read('h.3.ln_1.bias')).subarray(5, 9)));
+  assert.equal(
+    Array.from(await a.readRows('h.3.mlp.c_fc.weight', 700, 3)),
+    Array.from(w.subarray(700 * 3072, 703 * 3072)),
+  );
+  assert.equal(
+    Array.from(await a.readRows('h.3.ln_1.bias', 5, 4)),
+    Array.from((await a.read('h.3.ln_1.bias')).subarray(5, 9)),
+  );
   const other = await a.read('h.3.attn.c_attn.weight'); // a different tensor is not a copy
   assert.not.equal(Array.from(other.subarray(0, 10)), Array.from(w.subarray(0, 10)));
   const stats = (x: Float32Array) => {
-    let s = 0, s2 = 0;
-    for (const v of x) { s += v; s2 += v * v; }
+    let s = 0,
+      s2 = 0;
+    for (const v of x) {
+      s += v;
+      s2 += v * v;
+    }
     const m = s / x.length;
     return { mean: m, std: Math.sqrt(s2 / x.length - m * m) };
   };
@@ -131,8 +209,14 @@ test('random checkpoints: deterministic per seed, row reads agree, value laws ho
   assert.ok(Math.abs(sw.mean) < 2e-4 && Math.abs(sw.std - 0.02) < 5e-4, `matrix mean ${sw.mean} std ${sw.std}`);
   const g = stats(await a.read('ln_f.weight'));
   assert.ok(Math.abs(g.mean - 1) < 0.02 && g.std > 0.05 && g.std < 0.15, `ln gain mean ${g.mean} std ${g.std}`);
-  assert.throws(() => randomCheckpoint('gpt3'), (e: Error) => e instanceof InvalidOptionError && /unknown model "gpt3".*gpt2-xl/.test(e.message));
-  assert.throws(() => randomCheckpoint({ ...smallConfig(), n_head: 3 }), (e: Error) => e instanceof WeightsFormatError && /n_embd 8 is not divisible by n_head 3/.test(e.message));
+  assert.throws(
+    () => randomCheckpoint('gpt3'),
+    (e: Error) => e instanceof InvalidOptionError && /unknown model "gpt3".*gpt2-xl/.test(e.message),
+  );
+  assert.throws(
+    () => randomCheckpoint({ ...smallConfig(), n_head: 3 }),
+    (e: Error) => e instanceof WeightsFormatError && /n_embd 8 is not divisible by n_head 3/.test(e.message),
+  );
 });
 
 test('random:gpt2-xl has the published shapes and reads lazily', async () => {

@@ -14,10 +14,21 @@ import { rejectsWith, smallConfig, tinyCheckpoint } from './fixtures-util.js';
 
 /** Every GPU tensor of uploaded weights by HF name (wte excluded). */
 function named(w: GPT2Weights): Map<string, GpuTensor> {
-  const m = new Map<string, GpuTensor>([['wpe.weight', w.wpe], ['ln_f.weight', w.ln_f.weight], ['ln_f.bias', w.ln_f.bias]]);
+  const m = new Map<string, GpuTensor>([
+    ['wpe.weight', w.wpe],
+    ['ln_f.weight', w.ln_f.weight],
+    ['ln_f.bias', w.ln_f.bias],
+  ]);
   w.h.forEach((l, i) => {
     const p = `h.${i}.`;
-    const pairs = { ln_1: l.ln_1, 'attn.c_attn': l.attn.c_attn, 'attn.c_proj': l.attn.c_proj, ln_2: l.ln_2, 'mlp.c_fc': l.mlp.c_fc, 'mlp.c_proj': l.mlp.c_proj };
+    const pairs = {
+      ln_1: l.ln_1,
+      'attn.c_attn': l.attn.c_attn,
+      'attn.c_proj': l.attn.c_proj,
+      ln_2: l.ln_2,
+      'mlp.c_fc': l.mlp.c_fc,
+      'mlp.c_proj': l.mlp.c_proj,
+    };
     for (const [k, v] of Object.entries(pairs)) {
       m.set(p + k + '.weight', v.weight);
       m.set(p + k + '.bias', v.bias);
@@ -33,7 +44,9 @@ async function checkReadBack(ctx: GpuContext, w: GPT2Weights, ck: Checkpoint): P
   const expect = (vals: Float32Array, shape: number[], dt: string, panel?: number) => {
     const laid = panel ? packPanels(vals, shape[0]!, shape[1]!, panel) : vals;
     const [rows, cols] = storedShape({ shape, panel }) as [number, number];
-    return dt === 'f16' ? Array.from(packF16(laid, rows, cols)) : Array.from(new Uint32Array(laid.buffer, laid.byteOffset, laid.length));
+    return dt === 'f16'
+      ? Array.from(packF16(laid, rows, cols))
+      : Array.from(new Uint32Array(laid.buffer, laid.byteOffset, laid.length));
   };
   const names = named(w);
   assert.is(names.size, parameterShapes(ck.config).size - 1);
@@ -66,13 +79,23 @@ test('wteRowsPerChunk: all rows when they fit, else a multiple of 64 under the l
   assert.is(wteRowsPerChunk(50257, 768, 'f16', 128 * 2 ** 20), 50257);
   assert.is(wteRowsPerChunk(100, 9, 'f16', 1400), 64); // 20 B rows: 70 fit -> 64
   assert.is(wteRowsPerChunk(100, 9, 'f16', 1000), 50); // 50 fit: fewer than 64, keep 50
-  assert.throws(() => wteRowsPerChunk(100, 9, 'f32', 30), (e: Error) => e instanceof ShapeError && /36 bytes, more than the binding limit 30/.test(e.message));
+  assert.throws(
+    () => wteRowsPerChunk(100, 9, 'f32', 30),
+    (e: Error) => e instanceof ShapeError && /36 bytes, more than the binding limit 30/.test(e.message),
+  );
   // transposed in panels: whole panels per chunk, the padded last panel counted
   assert.is(wteRowsPerChunk(50257, 768, 'f32', 128 * 2 ** 20, 256), 43520); // 170 panels of 786432 B
   assert.is(wteRowsPerChunk(50257, 768, 'f16', 128 * 2 ** 20, 256), 50257);
   assert.is(wteRowsPerChunk(100, 9, 'f32', 7 * 16 * 36, 16), 100); // 7 panels (the last 4/16 full) fit exactly
   assert.is(wteRowsPerChunk(100, 9, 'f32', 7 * 16 * 36 - 1, 16), 96);
-  assert.throws(() => wteRowsPerChunk(100, 9, 'f32', 500, 16), (e: Error) => e instanceof ShapeError && /one panel of 16 rows x 9 f32 is 576 bytes, more than the binding limit 500; use a smaller knPanel/.test(e.message));
+  assert.throws(
+    () => wteRowsPerChunk(100, 9, 'f32', 500, 16),
+    (e: Error) =>
+      e instanceof ShapeError &&
+      /one panel of 16 rows x 9 f32 is 576 bytes, more than the binding limit 500; use a smaller knPanel/.test(
+        e.message,
+      ),
+  );
 });
 
 test('f32 upload of the HF tiny model, wte split into 4 chunks, reads back exactly; destroy frees all', () =>
@@ -103,7 +126,10 @@ test('f16 upload with an odd width (rows padded) and wte chunks of 64 rows reads
     const w = await uploadWeights(ctx, ck, { dtype: 'f16', maxBindingBytes: 1400 });
     assert.is(w.dtype, 'f16');
     assert.is(w.wte.rowsPerChunk, 64);
-    assert.equal(w.wte.chunks.map((c) => c.shape[0]), [64, 33]);
+    assert.equal(
+      w.wte.chunks.map((c) => c.shape[0]),
+      [64, 33],
+    );
     await checkReadBack(ctx, w, ck);
     // spot-check the packing decodes to the checkpoint's values within f16 rounding
     const ln = await download(ctx, w.h[1]!.ln_2.weight);
@@ -119,7 +145,10 @@ test('knPanel: the aligned Conv1D weights are stored in column panels (zero-padd
       const ck = randomCheckpoint(smallConfig({ n_embd: 24, n_head: 3 }), 5);
       const w = await uploadWeights(ctx, ck, { dtype, knPanel: 16 });
       assert.is(w.wte.transposed, true);
-      assert.equal(w.wte.chunks.map((c) => [c.shape, c.panel]), [[[24, 97], 16]]);
+      assert.equal(
+        w.wte.chunks.map((c) => [c.shape, c.panel]),
+        [[[24, 97], 16]],
+      );
       assert.is(w.h[0]!.attn.c_attn.weight.panel, 16);
       assert.is(w.h[1]!.mlp.c_proj.weight.panel, 16);
       assert.is(w.wpe.panel, undefined);
@@ -133,7 +162,11 @@ test('knPanel: the aligned Conv1D weights are stored in column panels (zero-padd
     assert.is(w.h[0]!.attn.c_attn.weight.panel, undefined);
     await checkReadBack(ctx, w, odd);
     w.destroy();
-    await rejectsWith(uploadWeights(ctx, odd, { knPanel: 7 }), InvalidOptionError, /knPanel must be 0 or an even integer, got 7/);
+    await rejectsWith(
+      uploadWeights(ctx, odd, { knPanel: 7 }),
+      InvalidOptionError,
+      /knPanel must be 0 or an even integer, got 7/,
+    );
   }));
 
 test('knPanel: wte chunks of whole panels under the binding limit, each stored transposed, read back exactly', () =>
@@ -142,9 +175,19 @@ test('knPanel: wte chunks of whole panels under the binding limit, each stored t
       // wte [97, 8]: a limit of 4 panels [8, 16] -> chunks of 64 and 33 rows (the second's last
       // panel part-filled); the largest other tensor (mlp.c_proj [32, 8] in one 16-column panel) fits.
       const ck = randomCheckpoint(smallConfig(), 8);
-      const w = await uploadWeights(ctx, ck, { dtype, knPanel: 16, maxBindingBytes: 4 * 8 * 16 * (dtype === 'f16' ? 2 : 4) });
+      const w = await uploadWeights(ctx, ck, {
+        dtype,
+        knPanel: 16,
+        maxBindingBytes: 4 * 8 * 16 * (dtype === 'f16' ? 2 : 4),
+      });
       assert.is(w.wte.rowsPerChunk, 64);
-      assert.equal(w.wte.chunks.map((c) => c.shape), [[8, 64], [8, 33]]);
+      assert.equal(
+        w.wte.chunks.map((c) => c.shape),
+        [
+          [8, 64],
+          [8, 33],
+        ],
+      );
       await checkReadBack(ctx, w, ck);
       w.destroy();
     }
@@ -155,8 +198,11 @@ test('a tensor over the binding limit fails before any allocation, with numbers 
     const ck = randomCheckpoint(smallConfig(), 1);
     const before = ctx.liveBuffers;
     // c_fc weight [8, 32] f32 = 1024 bytes; a 1000-byte limit cannot hold it
-    await rejectsWith(uploadWeights(ctx, ck, { maxBindingBytes: 1000 }), ShapeError,
-      /tensor "h\.0\.mlp\.c_fc\.weight" \[8, 32\] f32 is 1024 bytes, more than the storage binding limit 1000\. Try f16 weights \(--f16\)/);
+    await rejectsWith(
+      uploadWeights(ctx, ck, { maxBindingBytes: 1000 }),
+      ShapeError,
+      /tensor "h\.0\.mlp\.c_fc\.weight" \[8, 32\] f32 is 1024 bytes, more than the storage binding limit 1000\. Try f16 weights \(--f16\)/,
+    );
     assert.equal(ctx.liveBuffers, before);
   }));
 
@@ -179,7 +225,11 @@ test('GPU out-of-memory mid-upload destroys what was uploaded and throws OutOfMe
       },
     });
     const fake = Object.create(ctx, { device: { value: device } }) as GpuContext;
-    await rejectsWith(uploadWeights(fake, ck), OutOfMemoryError, /out of GPU memory uploading "h\.0\.ln_2\.bias" \(32 bytes\) after 4864 of 10656 weight bytes: simulated: not enough memory\. Try f16/);
+    await rejectsWith(
+      uploadWeights(fake, ck),
+      OutOfMemoryError,
+      /out of GPU memory uploading "h\.0\.ln_2\.bias" \(32 bytes\) after 4864 of 10656 weight bytes: simulated: not enough memory\. Try f16/,
+    );
     assert.equal(ctx.liveBuffers, before);
   }));
 

@@ -15,7 +15,14 @@
  * Bundled by scripts/build-browser.js into dist/browser/example.js; the import of the library source
  * below becomes an import of ./gpt2-webgpu.js (the library bundle).
  */
-import { Engine, PromptError, type GenerateResult, type LoadProgress, type Model, type ModelSource } from '../../src/index.js';
+import {
+  Engine,
+  PromptError,
+  type GenerateResult,
+  type LoadProgress,
+  type Model,
+  type ModelSource,
+} from '../../src/index.js';
 
 const CACHE_NAME = 'gpt2-webgpu-weights-v1';
 const MODEL_FILES = ['config.json', 'model.safetensors'];
@@ -71,7 +78,10 @@ function showProgress(phase: string, loaded: number, total: number): void {
  * stored there after a download. Cache Storage needs a secure context (https or localhost); without
  * it the page still works, only without the cache.
  */
-async function fetchCached(url: string, onProgress: (loaded: number, total: number) => void): Promise<{ data: ArrayBuffer; cached: boolean }> {
+async function fetchCached(
+  url: string,
+  onProgress: (loaded: number, total: number) => void,
+): Promise<{ data: ArrayBuffer; cached: boolean }> {
   const cache = 'caches' in globalThis ? await caches.open(CACHE_NAME).catch(() => null) : null;
   const hit = await cache?.match(url);
   if (hit) {
@@ -100,7 +110,12 @@ async function fetchCached(url: string, onProgress: (loaded: number, total: numb
   }
   const data = n === buf.byteLength ? buf.buffer : buf.slice(0, n).buffer;
   try {
-    await cache?.put(url, new Response(data, { headers: { 'Content-Type': res.headers.get('content-type') ?? 'application/octet-stream' } }));
+    await cache?.put(
+      url,
+      new Response(data, {
+        headers: { 'Content-Type': res.headers.get('content-type') ?? 'application/octet-stream' },
+      }),
+    );
   } catch (e) {
     // Quota exceeded and the like: the model still runs, the next load downloads again.
     console.warn(`could not keep ${url} in Cache Storage: ${(e as Error).message}`);
@@ -132,7 +147,9 @@ function engine(): Promise<Engine> {
 async function loadModel(): Promise<{ model: Model; cached: boolean }> {
   const files = Array.from(ui.files.files ?? []);
   const dtype = ui.dtype.value as 'f32' | 'f16';
-  const key = files.length ? `files:${files.map((f) => `${f.name}:${f.size}:${f.lastModified}`).join(',')}:${dtype}` : `url:${baseUrl(ui.model.value || ui.model.placeholder)}:${dtype}`;
+  const key = files.length
+    ? `files:${files.map((f) => `${f.name}:${f.size}:${f.lastModified}`).join(',')}:${dtype}`
+    : `url:${baseUrl(ui.model.value || ui.model.placeholder)}:${dtype}`;
   if (loaded?.key === key) return loaded;
   loaded?.model.destroy();
   loaded = null;
@@ -150,7 +167,10 @@ async function loadModel(): Promise<{ model: Model; cached: boolean }> {
       MODEL_FILES.map((f, i) =>
         fetchCached(base + f, (l, t) => {
           progress[i] = { loaded: l, total: t };
-          const sum = progress.reduce((s, p) => ({ loaded: s.loaded + p.loaded, total: s.total + p.total }), { loaded: 0, total: 0 });
+          const sum = progress.reduce((s, p) => ({ loaded: s.loaded + p.loaded, total: s.total + p.total }), {
+            loaded: 0,
+            total: 0,
+          });
           showProgress('download', sum.loaded, sum.total);
         }),
       ),
@@ -197,7 +217,8 @@ async function generate(promptIds: number[] | null): Promise<{ res: GenerateResu
         out.appendData(ev.text);
         // Rate over the tokens after the first (the first one also pays for the prompt).
         if (count++ === 0) first = performance.now();
-        else ui.stats.textContent = `${count} tokens, ${((count - 1) / ((performance.now() - first) / 1000)).toFixed(1)} tokens/s`;
+        else
+          ui.stats.textContent = `${count} tokens, ${((count - 1) / ((performance.now() - first) / 1000)).toFixed(1)} tokens/s`;
       },
     });
     const s = res.stats;
@@ -222,7 +243,9 @@ ui.form.addEventListener('submit', (ev) => {
   if (running) return;
   ui.run.disabled = true;
   generate(null)
-    .catch((e: Error) => setStatus(e.name === 'AbortError' ? 'stopped' : `${e.name}: ${e.message}`, e.name !== 'AbortError'))
+    .catch((e: Error) =>
+      setStatus(e.name === 'AbortError' ? 'stopped' : `${e.name}: ${e.message}`, e.name !== 'AbortError'),
+    )
     .finally(() => (ui.run.disabled = false));
 });
 
@@ -263,7 +286,8 @@ async function runWith(q: URLSearchParams): Promise<ExampleRun> {
   if (eos !== null) ui.stopAtEos.checked = eos !== '0' && eos !== 'false';
   const idsParam = q.get('ids');
   const pieces = idsParam?.split(',').map((s) => s.trim());
-  if (pieces?.some((x) => !/^\d+$/.test(x))) throw new PromptError(`ids must be comma-separated non-negative integers, got "${idsParam}"`);
+  if (pieces?.some((x) => !/^\d+$/.test(x)))
+    throw new PromptError(`ids must be comma-separated non-negative integers, got "${idsParam}"`);
   ui.run.disabled = true;
   try {
     const { res, cached } = await generate(pieces ? pieces.map(Number) : null);
@@ -282,14 +306,17 @@ async function runWith(q: URLSearchParams): Promise<ExampleRun> {
 }
 
 window.gpt2example = {
-  run: (params) => runWith(new URLSearchParams(Object.entries(params).map(([k, v]): [string, string] => [k, String(v)]))),
+  run: (params) =>
+    runWith(new URLSearchParams(Object.entries(params).map(([k, v]): [string, string] => [k, String(v)]))),
 };
 
 async function main(): Promise<void> {
   const q = new URLSearchParams(location.search);
   const adapter = (await engine()).ctx.adapter;
   ui.result.dataset.adapter = JSON.stringify(adapter);
-  setStatus(`WebGPU adapter: ${adapter.description || adapter.vendor}${adapter.isFallbackAdapter ? ' (software fallback)' : ''}`);
+  setStatus(
+    `WebGPU adapter: ${adapter.description || adapter.vendor}${adapter.isFallbackAdapter ? ' (software fallback)' : ''}`,
+  );
   if (q.has('model')) await runWith(q);
 }
 

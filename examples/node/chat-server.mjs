@@ -11,21 +11,22 @@ const engine = await createEngine();
 try {
   const model = await engine.loadModel(source);
   const group = await model.createSessionGroup(users, { capacity: 256 });
-  const rounds = [
-    (u) => `User ${u} says hello.`,
-    (u) => ` User ${u} asks what happens next.`,
-  ];
+  const rounds = [(u) => `User ${u} says hello.`, (u) => ` User ${u} asks what happens next.`];
   for (const [i, message] of rounds.entries()) {
     // The request handlers of one round, started together: their turns merge into one run.
     const replies = await Promise.all(
-      group.sessions.map((session, u) => session.generate(message(u), { maxNewTokens: 12, temperature: 0.8, topK: 40, seed: 100 * i + u })),
+      group.sessions.map((session, u) =>
+        session.generate(message(u), { maxNewTokens: 12, temperature: 0.8, topK: 40, seed: 100 * i + u }),
+      ),
     );
-    console.log(JSON.stringify({
-      round: i,
-      replies: replies.map((r) => ({ text: r.sequences[0].text, tokens: r.sequences[0].tokens, seed: r.seed })),
-      batch_rows: replies.map((r) => r.stats.batch_rows),
-      context_tokens: group.sessions.map((s) => s.tokens.length),
-    }));
+    console.log(
+      JSON.stringify({
+        round: i,
+        replies: replies.map((r) => ({ text: r.sequences[0].text, tokens: r.sequences[0].tokens, seed: r.seed })),
+        batch_rows: replies.map((r) => r.stats.batch_rows),
+        context_tokens: group.sessions.map((s) => s.tokens.length),
+      }),
+    );
   }
   await group.idle(); // turns resolve as each is done; let the last run end and free what it made
   group.destroy();

@@ -11,7 +11,14 @@
  */
 import { WeightsFormatError } from '../errors.js';
 import { GPT2Config, parameterShapes, parseConfig } from './config.js';
-import { ByteSource, parseSafetensors, readRowsF32, readTensorF32, READABLE_DTYPES, SafetensorsFile } from './safetensors.js';
+import {
+  ByteSource,
+  parseSafetensors,
+  readRowsF32,
+  readTensorF32,
+  READABLE_DTYPES,
+  SafetensorsFile,
+} from './safetensors.js';
 
 export interface Checkpoint {
   config: GPT2Config;
@@ -37,20 +44,31 @@ function sameShape(a: readonly number[], b: readonly number[]): boolean {
  * its exact shape, and that `names` has no layer past n_layer. Throws WeightsFormatError naming the
  * first missing tensor or shape mismatch.
  */
-export function validateTensors(cfg: GPT2Config, shapeOf: (name: string) => number[] | undefined, names: Iterable<string>, where: string): void {
+export function validateTensors(
+  cfg: GPT2Config,
+  shapeOf: (name: string) => number[] | undefined,
+  names: Iterable<string>,
+  where: string,
+): void {
   for (const [name, want] of parameterShapes(cfg)) {
     const got = shapeOf(name);
     if (!got) {
-      throw new WeightsFormatError(`${where}: missing tensor "${name}" (expected shape [${want.join(', ')}] for n_layer ${cfg.n_layer}, n_embd ${cfg.n_embd})`);
+      throw new WeightsFormatError(
+        `${where}: missing tensor "${name}" (expected shape [${want.join(', ')}] for n_layer ${cfg.n_layer}, n_embd ${cfg.n_embd})`,
+      );
     }
     if (!sameShape(got, want)) {
-      throw new WeightsFormatError(`${where}: tensor "${name}" has shape [${got.join(', ')}] but the config needs [${want.join(', ')}]`);
+      throw new WeightsFormatError(
+        `${where}: tensor "${name}" has shape [${got.join(', ')}] but the config needs [${want.join(', ')}]`,
+      );
     }
   }
   for (const name of names) {
     const m = /^h\.(\d+)\./.exec(name);
     if (m && Number(m[1]) >= cfg.n_layer) {
-      throw new WeightsFormatError(`${where}: tensor "${name}" belongs to layer ${m[1]} but the config has n_layer ${cfg.n_layer}`);
+      throw new WeightsFormatError(
+        `${where}: tensor "${name}" belongs to layer ${m[1]} but the config has n_layer ${cfg.n_layer}`,
+      );
     }
   }
 }
@@ -81,7 +99,9 @@ export function checkpointFromSafetensors(config: GPT2Config, file: SafetensorsF
   for (const name of parameterShapes(config).keys()) {
     const t = info(name)!;
     if (!(READABLE_DTYPES as readonly string[]).includes(t.dtype)) {
-      throw new WeightsFormatError(`${file.source.name}: tensor "${t.name}" has dtype ${t.dtype}; only ${READABLE_DTYPES.join(', ')} can be loaded`);
+      throw new WeightsFormatError(
+        `${file.source.name}: tensor "${t.name}" has dtype ${t.dtype}; only ${READABLE_DTYPES.join(', ')} can be loaded`,
+      );
     }
   }
   const need = (name: string): string => {
@@ -110,10 +130,17 @@ export async function openCheckpoint(configJson: unknown, st: ByteSource, source
 }
 
 /** A Checkpoint over float32 arrays in memory (tests, converted weights). Validated like a file. */
-export function checkpointFromArrays(config: GPT2Config, tensors: Map<string, { shape: number[]; data: Float32Array }>, source = 'memory'): Checkpoint {
+export function checkpointFromArrays(
+  config: GPT2Config,
+  tensors: Map<string, { shape: number[]; data: Float32Array }>,
+  source = 'memory',
+): Checkpoint {
   for (const [name, t] of tensors) {
     const n = t.shape.reduce((a, b) => a * b, 1);
-    if (t.data.length !== n) throw new WeightsFormatError(`${source}: tensor "${name}" has ${t.data.length} values but shape [${t.shape.join(', ')}] needs ${n}`);
+    if (t.data.length !== n)
+      throw new WeightsFormatError(
+        `${source}: tensor "${name}" has ${t.data.length} values but shape [${t.shape.join(', ')}] needs ${n}`,
+      );
   }
   validateTensors(config, (n) => tensors.get(n)?.shape, tensors.keys(), source);
   const get = (name: string) => {
@@ -131,7 +158,9 @@ export function checkpointFromArrays(config: GPT2Config, tensors: Map<string, { 
       const t = get(name);
       const row = t.shape.slice(1).reduce((a, b) => a * b, 1);
       if (start < 0 || count < 0 || start + count > (t.shape[0] ?? 1)) {
-        throw new WeightsFormatError(`${source}: tensor "${name}" [${t.shape.join(', ')}]: rows [${start}, ${start + count}) out of range`);
+        throw new WeightsFormatError(
+          `${source}: tensor "${name}" [${t.shape.join(', ')}]: rows [${start}, ${start + count}) out of range`,
+        );
       }
       return t.data.slice(start * row, (start + count) * row);
     },

@@ -46,7 +46,9 @@ function base(vocab: number, C: number, L: number, H: number): GPT2Config {
 }
 
 /** The published GPT-2 family (values from their HF config.json files). */
-export const KNOWN_MODELS: Readonly<Record<'gpt2' | 'gpt2-medium' | 'gpt2-large' | 'gpt2-xl' | 'distilgpt2', Readonly<GPT2Config>>> = {
+export const KNOWN_MODELS: Readonly<
+  Record<'gpt2' | 'gpt2-medium' | 'gpt2-large' | 'gpt2-xl' | 'distilgpt2', Readonly<GPT2Config>>
+> = {
   gpt2: base(50257, 768, 12, 12),
   'gpt2-medium': base(50257, 1024, 24, 16),
   'gpt2-large': base(50257, 1280, 36, 20),
@@ -75,7 +77,9 @@ export function isKnownModel(name: string): name is KnownModel {
  */
 export function parseConfig(json: unknown, where: string): GPT2Config {
   if (typeof json !== 'object' || json === null || Array.isArray(json)) {
-    throw new WeightsFormatError(`${where}: config must be a JSON object, got ${json === null ? 'null' : Array.isArray(json) ? 'an array' : typeof json}`);
+    throw new WeightsFormatError(
+      `${where}: config must be a JSON object, got ${json === null ? 'null' : Array.isArray(json) ? 'an array' : typeof json}`,
+    );
   }
   const o = json as Record<string, unknown>;
   const posInt = (key: string, dflt?: number): number => {
@@ -89,13 +93,17 @@ export function parseConfig(json: unknown, where: string): GPT2Config {
   const tokenId = (key: 'bos_token_id' | 'eos_token_id', vocab: number): number => {
     const v = o[key] ?? DEFAULTS[key];
     if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0 || v >= vocab) {
-      throw new WeightsFormatError(`${where}: "${key}" must be an integer in [0, vocab_size ${vocab}), got ${JSON.stringify(v)}`);
+      throw new WeightsFormatError(
+        `${where}: "${key}" must be an integer in [0, vocab_size ${vocab}), got ${JSON.stringify(v)}`,
+      );
     }
     return v;
   };
 
   if (o.model_type !== undefined && o.model_type !== 'gpt2') {
-    throw new WeightsFormatError(`${where}: model_type is ${JSON.stringify(o.model_type)}; this engine runs only "gpt2" models`);
+    throw new WeightsFormatError(
+      `${where}: model_type is ${JSON.stringify(o.model_type)}; this engine runs only "gpt2" models`,
+    );
   }
   const vocab_size = posInt('vocab_size');
   const n_positions = posInt('n_positions');
@@ -118,20 +126,26 @@ export function parseConfig(json: unknown, where: string): GPT2Config {
   }
   const inner = o.n_inner;
   if (inner !== undefined && inner !== null && inner !== 4 * n_embd) {
-    throw new WeightsFormatError(`${where}: n_inner ${JSON.stringify(inner)} is not supported; only null or 4 * n_embd = ${4 * n_embd}`);
+    throw new WeightsFormatError(
+      `${where}: n_inner ${JSON.stringify(inner)} is not supported; only null or 4 * n_embd = ${4 * n_embd}`,
+    );
   }
   // Variants that change the computation: refuse rather than compute something else.
   if (o.scale_attn_by_inverse_layer_idx === true) {
     throw new WeightsFormatError(`${where}: scale_attn_by_inverse_layer_idx = true is not supported`);
   }
   if (o.scale_attn_weights === false) {
-    throw new WeightsFormatError(`${where}: scale_attn_weights = false is not supported (attention is always scaled by 1/sqrt(head_dim))`);
+    throw new WeightsFormatError(
+      `${where}: scale_attn_weights = false is not supported (attention is always scaled by 1/sqrt(head_dim))`,
+    );
   }
   if (o.add_cross_attention === true) {
     throw new WeightsFormatError(`${where}: add_cross_attention = true (encoder-decoder GPT-2) is not supported`);
   }
   if (o.tie_word_embeddings === false) {
-    throw new WeightsFormatError(`${where}: tie_word_embeddings = false is not supported; the LM head is always the token embedding wte`);
+    throw new WeightsFormatError(
+      `${where}: tie_word_embeddings = false is not supported; the LM head is always the token embedding wte`,
+    );
   }
   return {
     vocab_size,

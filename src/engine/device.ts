@@ -9,7 +9,13 @@
  *   - caches shader modules and compute pipelines (built once, specialised by override constants),
  *   - turns uncaptured GPU errors and device loss into thrown, named errors.
  */
-import { DeviceLostError, GPUValidationError, InvalidOptionError, OutOfMemoryError, WebGPUUnavailableError } from '../errors.js';
+import {
+  DeviceLostError,
+  GPUValidationError,
+  InvalidOptionError,
+  OutOfMemoryError,
+  WebGPUUnavailableError,
+} from '../errors.js';
 import { SHADERS } from '../shaders.gen.js';
 
 export interface GpuFeatures {
@@ -100,7 +106,13 @@ export class GpuContext {
    * `ownsDevice` false: a device the host application handed over (contextFromDevice), which
    * `destroy()` leaves alive.
    */
-  constructor(device: GPUDevice, adapter: AdapterSummary, features: GpuFeatures, waitYield: WaitYield | null = null, readonly ownsDevice = true) {
+  constructor(
+    device: GPUDevice,
+    adapter: AdapterSummary,
+    features: GpuFeatures,
+    waitYield: WaitYield | null = null,
+    readonly ownsDevice = true,
+  ) {
     this.device = device;
     this.adapter = adapter;
     this.features = features;
@@ -216,11 +228,13 @@ export class GpuContext {
     let p = this.pipelines.get(key);
     if (!p) {
       this.checkAlive();
-      p = this.wait(this.device.createComputePipelineAsync({
-        label: `${name}.${entryPoint}`,
-        layout: 'auto',
-        compute: { module: this.shaderModule(name), entryPoint, constants },
-      }));
+      p = this.wait(
+        this.device.createComputePipelineAsync({
+          label: `${name}.${entryPoint}`,
+          layout: 'auto',
+          compute: { module: this.shaderModule(name), entryPoint, constants },
+        }),
+      );
       p.catch(() => this.pipelines.delete(key));
       this.pipelines.set(key, p);
     }
@@ -270,7 +284,10 @@ export class GpuContext {
       // A destroyed device rejects pending maps before its `lost` promise settles: give it a moment.
       const info = await Promise.race([this.device.lost, new Promise<null>((r) => setTimeout(() => r(null), 100))]);
       if (info || this.isLost) {
-        throw new DeviceLostError(`GPU device lost while reading back${info ? ` (${info.reason}: ${info.message})` : ''}`, { cause: e });
+        throw new DeviceLostError(
+          `GPU device lost while reading back${info ? ` (${info.reason}: ${info.message})` : ''}`,
+          { cause: e },
+        );
       }
       throw new GPUValidationError(`mapAsync failed: ${(e as Error).message}`, { cause: e });
     }
@@ -345,7 +362,9 @@ export async function createContext(gpu: GPU | undefined | null, opts: ContextOp
       forceFallbackAdapter: opts.forceFallbackAdapter ?? false,
     });
   } catch (e) {
-    throw new WebGPUUnavailableError(`requestAdapter() failed: ${(e as Error).message}. ${NO_ADAPTER_HINT}`, { cause: e });
+    throw new WebGPUUnavailableError(`requestAdapter() failed: ${(e as Error).message}. ${NO_ADAPTER_HINT}`, {
+      cause: e,
+    });
   }
   if (!adapter) throw new WebGPUUnavailableError(NO_ADAPTER_HINT);
 
@@ -367,7 +386,9 @@ export async function createContext(gpu: GPU | undefined | null, opts: ContextOp
   try {
     device = await adapter.requestDevice({ requiredFeatures: optional, requiredLimits: wanted, label: 'gpt2-webgpu' });
   } catch (e) {
-    throw new WebGPUUnavailableError(`requestDevice() failed: ${(e as Error).message}. ${NO_ADAPTER_HINT}`, { cause: e });
+    throw new WebGPUUnavailableError(`requestDevice() failed: ${(e as Error).message}. ${NO_ADAPTER_HINT}`, {
+      cause: e,
+    });
   }
   const info = adapter.info ?? ({} as GPUAdapterInfo);
   const summary: AdapterSummary = {
@@ -375,8 +396,10 @@ export async function createContext(gpu: GPU | undefined | null, opts: ContextOp
     architecture: info.architecture ?? '',
     device: info.device ?? '',
     description: info.description ?? '',
-    isFallbackAdapter: Boolean((info as { isFallbackAdapter?: boolean }).isFallbackAdapter ??
-      (adapter as { isFallbackAdapter?: boolean }).isFallbackAdapter),
+    isFallbackAdapter: Boolean(
+      (info as { isFallbackAdapter?: boolean }).isFallbackAdapter ??
+      (adapter as { isFallbackAdapter?: boolean }).isFallbackAdapter,
+    ),
     features: [...adapter.features].sort(),
     limits: limitsOf(device.limits),
   };
@@ -391,7 +414,10 @@ export async function createContext(gpu: GPU | undefined | null, opts: ContextOp
 }
 
 /** The WaitYield a context uses: opts.waitYield where yieldWhileWaiting says so ('auto': CPU adapters). */
-function waitYieldFor(summary: AdapterSummary, opts: Pick<ContextOptions, 'waitYield' | 'yieldWhileWaiting'>): WaitYield | null {
+function waitYieldFor(
+  summary: AdapterSummary,
+  opts: Pick<ContextOptions, 'waitYield' | 'yieldWhileWaiting'>,
+): WaitYield | null {
   const yieldMode = opts.yieldWhileWaiting ?? 'auto';
   if (yieldMode !== 'auto' && typeof yieldMode !== 'boolean') {
     throw new InvalidOptionError(`yieldWhileWaiting must be true, false or 'auto', got ${String(yieldMode)}`);
@@ -428,5 +454,11 @@ export function contextFromDevice(
     subgroupMinSize: (info as SubgroupInfo).subgroupMinSize ?? (known as SubgroupInfo | undefined)?.subgroupMinSize,
     subgroupMaxSize: (info as SubgroupInfo).subgroupMaxSize ?? (known as SubgroupInfo | undefined)?.subgroupMaxSize,
   };
-  return new GpuContext(device, summary, featuresOf(device, sizes as Partial<GPUAdapterInfo>), waitYieldFor(summary, opts), false);
+  return new GpuContext(
+    device,
+    summary,
+    featuresOf(device, sizes as Partial<GPUAdapterInfo>),
+    waitYieldFor(summary, opts),
+    false,
+  );
 }

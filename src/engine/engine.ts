@@ -11,7 +11,19 @@ import type { MatmulOptions } from '../kernels/matmul.js';
 import type { AttentionOptions } from '../kernels/attention.js';
 import { contextFromDevice, createContext, GpuContext, type ContextOptions } from './device.js';
 import { GPT2Model, type LoadOptions } from './model.js';
-import { DEFAULT_MAX_NEW_TOKENS, generate, generateBatch, generationPart, samplingPart, validateGenerate, type GenerateOptions, type GenerateResult, type SequenceDoneEvent, type TokenEvent, type Admission } from './generate.js';
+import {
+  DEFAULT_MAX_NEW_TOKENS,
+  generate,
+  generateBatch,
+  generationPart,
+  samplingPart,
+  validateGenerate,
+  type GenerateOptions,
+  type GenerateResult,
+  type SequenceDoneEvent,
+  type TokenEvent,
+  type Admission,
+} from './generate.js';
 import { beamSearch, type BeamHypothesis, type BeamOptions } from '../sampling/beam.js';
 import { sample as sampleOnGpu } from '../sampling/sampler.js';
 import { randomSeed, validateSampling, type SamplingOptions } from '../sampling/options.js';
@@ -71,11 +83,16 @@ function isCheckpoint(x: unknown): x is Checkpoint {
 
 export class Engine {
   private readonly models = new Set<Model>();
-  private constructor(readonly ctx: GpuContext, private readonly resolver?: SourceResolver) {}
+  private constructor(
+    readonly ctx: GpuContext,
+    private readonly resolver?: SourceResolver,
+  ) {}
 
   /** Acquires a device (or wraps `opts.device`). Throws WebGPUUnavailableError when there is none. */
   static async create(opts: EngineOptions = {}): Promise<Engine> {
-    const ctx = opts.device ? contextFromDevice(opts.device, {}, opts) : await createContext(opts.gpu ?? (globalThis as { navigator?: { gpu?: GPU } }).navigator?.gpu, opts);
+    const ctx = opts.device
+      ? contextFromDevice(opts.device, {}, opts)
+      : await createContext(opts.gpu ?? (globalThis as { navigator?: { gpu?: GPU } }).navigator?.gpu, opts);
     return new Engine(ctx, opts.resolveSource);
   }
 
@@ -87,20 +104,27 @@ export class Engine {
         const spec = source.slice('random:'.length);
         if (!spec) throw new InvalidOptionError(`"random:" needs a model name or a config.json path, e.g. random:gpt2`);
         if (/\.json$/i.test(spec) || spec.includes('/')) {
-          if (!this.resolver) throw new InvalidOptionError(`random:${spec}: reading a config file needs the Node entry (or pass a config object)`);
+          if (!this.resolver)
+            throw new InvalidOptionError(
+              `random:${spec}: reading a config file needs the Node entry (or pass a config object)`,
+            );
           return this.resolver(source, opts);
         }
         return randomCheckpoint(spec, opts.seed ?? 0);
       }
       if (!this.resolver) {
-        throw new InvalidOptionError(`model source "${source}": in a browser pass { url } (a folder with config.json and model.safetensors), { files }, or random:<name>`);
+        throw new InvalidOptionError(
+          `model source "${source}": in a browser pass { url } (a folder with config.json and model.safetensors), { files }, or random:<name>`,
+        );
       }
       return this.resolver(source, opts);
     }
     if (typeof source === 'object' && source !== null) {
       if ('url' in source) {
         const cb = opts.onProgress;
-        return urlSource(source.url, { onProgress: cb && ((p) => cb({ phase: 'download', loaded: p.loadedBytes, total: p.totalBytes })) });
+        return urlSource(source.url, {
+          onProgress: cb && ((p) => cb({ phase: 'download', loaded: p.loadedBytes, total: p.totalBytes })),
+        });
       }
       if ('files' in source) return fileSource(source.files);
       if ('config' in source && 'safetensors' in source) {
@@ -116,13 +140,19 @@ export class Engine {
     const t0 = now();
     const ckpt = await this.openSource(source, opts);
     const dtype = opts.dtype ?? 'f32';
-    if (dtype !== 'f32' && dtype !== 'f16') throw new InvalidOptionError(`dtype must be 'f32' or 'f16', got ${String(dtype)}`);
-    if (opts.promptBuckets !== undefined && typeof opts.promptBuckets !== 'boolean') throw new InvalidOptionError(`promptBuckets must be a boolean, got ${String(opts.promptBuckets)}`);
+    if (dtype !== 'f32' && dtype !== 'f16')
+      throw new InvalidOptionError(`dtype must be 'f32' or 'f16', got ${String(dtype)}`);
+    if (opts.promptBuckets !== undefined && typeof opts.promptBuckets !== 'boolean')
+      throw new InvalidOptionError(`promptBuckets must be a boolean, got ${String(opts.promptBuckets)}`);
     const t1 = now();
     const kernels = await GPT2Model.buildKernels(this.ctx, ckpt.config, opts.matmul, opts.attention);
     const t2 = now();
     const cb = opts.onProgress;
-    const weights = await uploadWeights(this.ctx, ckpt, { dtype, knPanel: kernels.matmul.knPanel, onProgress: cb && ((p) => cb({ phase: 'upload', loaded: p.loadedBytes, total: p.totalBytes })) });
+    const weights = await uploadWeights(this.ctx, ckpt, {
+      dtype,
+      knPanel: kernels.matmul.knPanel,
+      onProgress: cb && ((p) => cb({ phase: 'upload', loaded: p.loadedBytes, total: p.totalBytes })),
+    });
     await this.ctx.drain();
     const t3 = now();
     const model = new Model(this.ctx, ckpt.config, weights, kernels, ckpt.source);
@@ -145,13 +175,21 @@ export class Engine {
  * session of a SessionGroup is one row of the group's cache (`row`); the others use every row.
  */
 export class Session {
-  constructor(readonly model: Model, readonly cache: KVCache, readonly row?: number, readonly group?: SessionGroup) {}
+  constructor(
+    readonly model: Model,
+    readonly cache: KVCache,
+    readonly row?: number,
+    readonly group?: SessionGroup,
+  ) {}
   /**
    * Appends `prompt` to the session's context and generates (see GenerateOptions). In a session
    * group, turns started at the same time (in the same tick) are merged into batched steps (see
    * SessionGroup).
    */
-  generate(prompt: string | readonly number[], opts: Omit<GenerateOptions, 'cache' | 'cacheRows'> = {}): Promise<GenerateResult> {
+  generate(
+    prompt: string | readonly number[],
+    opts: Omit<GenerateOptions, 'cache' | 'cacheRows'> = {},
+  ): Promise<GenerateResult> {
     if (this.group) return this.group.turn(this, prompt, opts);
     return this.model.generate(prompt, { ...opts, cache: this.cache });
   }
@@ -172,7 +210,9 @@ export class Session {
   }
   destroy(): void {
     if (this.group) {
-      throw new CacheMisuseError(`this session is row ${this.row} of a session group and shares the group's cache: reset() forgets its context, group.destroy() frees the memory`);
+      throw new CacheMisuseError(
+        `this session is row ${this.row} of a session group and shares the group's cache: reset() forgets its context, group.destroy() frees the memory`,
+      );
     }
     this.cache.destroy();
   }
@@ -210,7 +250,14 @@ interface MergedRun {
  */
 function turnPart(q: QueuedTurn): { seed: number; own: NonNullable<GenerateOptions['perSequence']>[number] } {
   const { seed, ...sampling } = samplingPart(q.opts);
-  return { seed: seed ?? randomSeed(), own: { ...sampling, maxNewTokens: q.opts.maxNewTokens ?? DEFAULT_MAX_NEW_TOKENS, stopStrings: q.opts.stopStrings ?? [] } };
+  return {
+    seed: seed ?? randomSeed(),
+    own: {
+      ...sampling,
+      maxNewTokens: q.opts.maxNewTokens ?? DEFAULT_MAX_NEW_TOKENS,
+      stopStrings: q.opts.stopStrings ?? [],
+    },
+  };
 }
 
 /**
@@ -221,8 +268,20 @@ function turnPart(q: QueuedTurn): { seed: number; own: NonNullable<GenerateOptio
  * no new tokens, options that do not validate (its own error, not its neighbours'), or the cache
  * stops at the window (onOverflow 'error': one row's overflow would fail every merged turn).
  */
-function mergeKey(opts: Omit<GenerateOptions, 'cache' | 'cacheRows'>, cache: KVCache, cpuAdapter: boolean, vocab: number): string | undefined {
-  if (cache.onOverflow !== 'shift' || opts.signal !== undefined || opts.numSequences !== undefined || opts.seeds !== undefined || opts.perSequence !== undefined) return undefined;
+function mergeKey(
+  opts: Omit<GenerateOptions, 'cache' | 'cacheRows'>,
+  cache: KVCache,
+  cpuAdapter: boolean,
+  vocab: number,
+): string | undefined {
+  if (
+    cache.onOverflow !== 'shift' ||
+    opts.signal !== undefined ||
+    opts.numSequences !== undefined ||
+    opts.seeds !== undefined ||
+    opts.perSequence !== undefined
+  )
+    return undefined;
   try {
     validateSampling(samplingPart(opts), vocab);
     const { maxNew, depth } = validateGenerate(opts, cpuAdapter);
@@ -250,7 +309,10 @@ export class SessionGroup {
   private readonly runs = new Set<MergedRun>();
   /** Turns of this group running alone (settled, never rejecting), for idle(). */
   private readonly lone = new Set<Promise<void>>();
-  constructor(readonly model: Model, readonly cache: KVCache) {
+  constructor(
+    readonly model: Model,
+    readonly cache: KVCache,
+  ) {
     this.sessions = Array.from({ length: cache.rows }, (_, r) => new Session(model, cache, r, this));
   }
 
@@ -281,14 +343,20 @@ export class SessionGroup {
   }
 
   /** Session.generate of a member: runs the turn alone, or queues it to merge with this tick's others. */
-  turn(session: Session, prompt: string | readonly number[], opts: Omit<GenerateOptions, 'cache' | 'cacheRows'>): Promise<GenerateResult> {
+  turn(
+    session: Session,
+    prompt: string | readonly number[],
+    opts: Omit<GenerateOptions, 'cache' | 'cacheRows'>,
+  ): Promise<GenerateResult> {
     try {
       const row = session.row!;
       this.model.checkAlive();
       this.cache.checkUsable(this.model);
       this.cache.checkFree([row], this.queuedRows()); // queued turns count as busy
       if (opts.numSequences !== undefined && opts.numSequences !== 1) {
-        throw new InvalidOptionError(`numSequences ${String(opts.numSequences)}: a session of a group is one sequence (one row of the group's cache); advance several sessions together with group.generate`);
+        throw new InvalidOptionError(
+          `numSequences ${String(opts.numSequences)}: a session of a group is one sequence (one row of the group's cache); advance several sessions together with group.generate`,
+        );
       }
       const ids = typeof prompt === 'string' ? this.model.tokenizer.encode(prompt) : Array.from(prompt);
       this.model.checkIds(ids, 'prompt'); // a bad prompt fails its own turn only
@@ -304,7 +372,11 @@ export class SessionGroup {
   }
 
   /** A turn that runs alone on its row (no merge key, or no other turn to merge with), tracked for idle(). */
-  private alone(ids: number[], opts: Omit<GenerateOptions, 'cache' | 'cacheRows'>, row: number): Promise<GenerateResult> {
+  private alone(
+    ids: number[],
+    opts: Omit<GenerateOptions, 'cache' | 'cacheRows'>,
+    row: number,
+  ): Promise<GenerateResult> {
     const p = this.model.generate(ids, { ...opts, cache: this.cache, cacheRows: [row] });
     const settled = p.then(
       () => undefined,
@@ -337,46 +409,66 @@ export class SessionGroup {
         continue;
       }
       const parts = set.map(turnPart);
-      const run: MergedRun = { key: set[0]!.key, owners: [...set], seeds: parts.map((t) => t.seed), parked: 0, joining: [] };
+      const run: MergedRun = {
+        key: set[0]!.key,
+        owners: [...set],
+        seeds: parts.map((t) => t.seed),
+        parked: 0,
+        joining: [],
+      };
       this.runs.add(run);
       const V = this.model.config.vocab_size;
       // The key made stopAtEos, useCache and pipelineDepth equal; each row keeps its own sampling
       // options, new tokens and stop strings (given explicitly, so none of set[0]'s leak).
-      const { onToken: _onToken, onSequenceDone: _done, maxNewTokens: _maxNew, stopStrings: _stops, ...common } = generationPart(set[0]!.opts);
-      run.done = generateBatch(this.model, set.map((q) => q.ids), {
-        ...common,
-        seeds: [...run.seeds],
-        perSequence: parts.map((t) => t.own),
-        cache: this.cache,
-        cacheRows: set.map((q) => q.session.row!),
-        onToken: (ev: TokenEvent) => run.owners[ev.row]!.opts.onToken?.({ ...ev, row: 0 }),
-        // Each turn resolves as soon as its own sequence is done, and its session is free again then
-        // (the run goes on for the others without touching its row); its slot may take a joiner.
-        onSequenceDone: ({ row: i, sequence, stats }: SequenceDoneEvent) => {
-          const q = run.owners[i]!;
-          run.parked++;
-          q.opts.onSequenceDone?.({ row: 0, sequence, stats });
-          q.resolve({ promptIds: q.ids, seed: run.seeds[i]!, seeds: [run.seeds[i]!], sequences: [sequence], stats });
+      const {
+        onToken: _onToken,
+        onSequenceDone: _done,
+        maxNewTokens: _maxNew,
+        stopStrings: _stops,
+        ...common
+      } = generationPart(set[0]!.opts);
+      run.done = generateBatch(
+        this.model,
+        set.map((q) => q.ids),
+        {
+          ...common,
+          seeds: [...run.seeds],
+          perSequence: parts.map((t) => t.own),
+          cache: this.cache,
+          cacheRows: set.map((q) => q.session.row!),
+          onToken: (ev: TokenEvent) => run.owners[ev.row]!.opts.onToken?.({ ...ev, row: 0 }),
+          // Each turn resolves as soon as its own sequence is done, and its session is free again then
+          // (the run goes on for the others without touching its row); its slot may take a joiner.
+          onSequenceDone: ({ row: i, sequence, stats }: SequenceDoneEvent) => {
+            const q = run.owners[i]!;
+            run.parked++;
+            q.opts.onSequenceDone?.({ row: 0, sequence, stats });
+            q.resolve({ promptIds: q.ids, seed: run.seeds[i]!, seeds: [run.seeds[i]!], sequences: [sequence], stats });
+          },
+          // Turns that arrived while the run went on take its parked slots (continuous batching).
+          admit: (slots: number[]): Admission[] => {
+            const out: Admission[] = [];
+            while (out.length < slots.length && run.joining.length) {
+              const q = run.joining.shift()!;
+              const slot = slots[out.length]!;
+              const { seed, own } = turnPart(q);
+              run.owners[slot] = q;
+              run.seeds[slot] = seed;
+              run.parked--;
+              out.push({
+                slot,
+                row: q.session.row!,
+                ids: q.ids,
+                seed,
+                sampling: validateSampling(samplingPart(own), V), // valid: mergeKey checked it
+                maxNew: own.maxNewTokens!,
+                stopStrings: own.stopStrings,
+              });
+            }
+            return out;
+          },
         },
-        // Turns that arrived while the run went on take its parked slots (continuous batching).
-        admit: (slots: number[]): Admission[] => {
-          const out: Admission[] = [];
-          while (out.length < slots.length && run.joining.length) {
-            const q = run.joining.shift()!;
-            const slot = slots[out.length]!;
-            const { seed, own } = turnPart(q);
-            run.owners[slot] = q;
-            run.seeds[slot] = seed;
-            run.parked--;
-            out.push({
-              slot, row: q.session.row!, ids: q.ids, seed,
-              sampling: validateSampling(samplingPart(own), V), // valid: mergeKey checked it
-              maxNew: own.maxNewTokens!, stopStrings: own.stopStrings,
-            });
-          }
-          return out;
-        },
-      })
+      )
         .catch((e) => run.owners.forEach((q) => q.reject(e))) // turns already resolved stay so
         .finally(() => {
           // Turns still waiting to join (the run ended first) go back to the queue.
@@ -410,19 +502,31 @@ export class SessionGroup {
    * sequence i of the result is turns[i] (seed deriveSeed(seed, i)), and equals that session
    * generating alone with that seed.
    */
-  async generate(turns: readonly SessionTurn[], opts: Omit<GenerateOptions, 'cache' | 'cacheRows' | 'numSequences'> = {}): Promise<GenerateResult> {
+  async generate(
+    turns: readonly SessionTurn[],
+    opts: Omit<GenerateOptions, 'cache' | 'cacheRows' | 'numSequences'> = {},
+  ): Promise<GenerateResult> {
     if (!Array.isArray(turns) || turns.length === 0) {
-      throw new InvalidOptionError(`SessionGroup.generate needs a non-empty array of { session, prompt }, got ${JSON.stringify(turns)?.slice(0, 80)}`);
+      throw new InvalidOptionError(
+        `SessionGroup.generate needs a non-empty array of { session, prompt }, got ${JSON.stringify(turns)?.slice(0, 80)}`,
+      );
     }
     const rows = turns.map((t, i) => {
       const s = (t as Partial<SessionTurn> | null)?.session;
       if (!(s instanceof Session) || s.group !== this) {
         throw new CacheMisuseError(`turns[${i}].session is not a session of this group; use group.sessions[k]`);
       }
-      if (this.queued(s)) throw new CacheMisuseError(`KV cache #${this.cache.id} is busy (row ${s.row}): turns[${i}].session has a turn about to start; await it first`);
+      if (this.queued(s))
+        throw new CacheMisuseError(
+          `KV cache #${this.cache.id} is busy (row ${s.row}): turns[${i}].session has a turn about to start; await it first`,
+        );
       return s.row!;
     });
-    return generateBatch(this.model, turns.map((t) => t.prompt), { ...opts, cache: this.cache, cacheRows: rows });
+    return generateBatch(
+      this.model,
+      turns.map((t) => t.prompt),
+      { ...opts, cache: this.cache, cacheRows: rows },
+    );
   }
   /** GPU memory of the group's cache and of the plans it keeps for the next turns. */
   get bytes(): number {
@@ -430,7 +534,10 @@ export class SessionGroup {
   }
   /** Frees the group's cache; its sessions cannot be used afterwards. */
   destroy(): void {
-    if (this.pending.length) throw new CacheMisuseError(`KV cache #${this.cache.id} is busy: ${this.pending.length} turn(s) are about to start; await them before destroying the group`);
+    if (this.pending.length)
+      throw new CacheMisuseError(
+        `KV cache #${this.cache.id} is busy: ${this.pending.length} turn(s) are about to start; await them before destroying the group`,
+      );
     this.cache.destroy();
   }
 }
@@ -445,7 +552,10 @@ export class Model extends GPT2Model {
   }
 
   /** Several prompts advanced together in batched steps (sequence i: seed deriveSeed(seed, i)). */
-  generateBatch(prompts: Array<string | readonly number[]>, opts: Omit<GenerateOptions, 'numSequences'> = {}): Promise<GenerateResult> {
+  generateBatch(
+    prompts: Array<string | readonly number[]>,
+    opts: Omit<GenerateOptions, 'numSequences'> = {},
+  ): Promise<GenerateResult> {
     return generateBatch(this, prompts, opts);
   }
 
@@ -453,7 +563,10 @@ export class Model extends GPT2Model {
    * Streams tokens as they are read back: `for await (const t of model.stream(...))`. Leaving the
    * loop early (break / return / throw) cancels the generation and frees its buffers.
    */
-  async *stream(prompt: string | readonly number[], opts: Omit<GenerateOptions, 'onToken'> = {}): AsyncGenerator<TokenEvent, GenerateResult> {
+  async *stream(
+    prompt: string | readonly number[],
+    opts: Omit<GenerateOptions, 'onToken'> = {},
+  ): AsyncGenerator<TokenEvent, GenerateResult> {
     const queue: TokenEvent[] = [];
     let wake: (() => void) | null = null;
     let done = false;
@@ -473,8 +586,16 @@ export class Model extends GPT2Model {
         wake?.();
       },
     }).then(
-      (r) => { result = r; done = true; wake?.(); },
-      (e) => { failure = e; done = true; wake?.(); },
+      (r) => {
+        result = r;
+        done = true;
+        wake?.();
+      },
+      (e) => {
+        failure = e;
+        done = true;
+        wake?.();
+      },
     );
     try {
       while (true) {
@@ -510,8 +631,14 @@ export class Model extends GPT2Model {
    * createSession), which SessionGroup.generate advances together in batched steps.
    */
   async createSessionGroup(count: number, opts: Omit<CacheOptions, 'rows'> = {}): Promise<SessionGroup> {
-    if (!Number.isInteger(count) || count < 1) throw new InvalidOptionError(`createSessionGroup: count must be a positive integer (sessions in the group), got ${String(count)}`);
-    if ((opts as CacheOptions).rows !== undefined) throw new InvalidOptionError('createSessionGroup: the group has one cache row per session; give the count, not rows');
+    if (!Number.isInteger(count) || count < 1)
+      throw new InvalidOptionError(
+        `createSessionGroup: count must be a positive integer (sessions in the group), got ${String(count)}`,
+      );
+    if ((opts as CacheOptions).rows !== undefined)
+      throw new InvalidOptionError(
+        'createSessionGroup: the group has one cache row per session; give the count, not rows',
+      );
     let cache: KVCache;
     try {
       cache = await this.createCache({ ...opts, rows: count });

@@ -14,7 +14,13 @@
 import { AbortError, ContextOverflowError, InvalidOptionError, ShapeError } from '../errors.js';
 import { Owned } from '../kernels/common.js';
 import type { Dispatch } from '../kernels/common.js';
-import { deriveSeed, randomSeed, validateSampling, type NormalizedSampling, type SamplingOptions } from '../sampling/options.js';
+import {
+  deriveSeed,
+  randomSeed,
+  validateSampling,
+  type NormalizedSampling,
+  type SamplingOptions,
+} from '../sampling/options.js';
 import type { KVCache } from './kvcache.js';
 import { decodeMeta, ForwardPlan, PARKED_ROW, rowMeta, type GPT2Model } from './model.js';
 import { TextStreamer } from './tokenizer.js';
@@ -153,11 +159,30 @@ export interface GenerateResult {
 }
 
 /** Option keys that belong to generation; the rest are sampling options (validated as such). */
-const GENERATE_KEYS = new Set(['maxNewTokens', 'numSequences', 'seeds', 'perSequence', 'stopAtEos', 'stopStrings', 'useCache', 'cache', 'cacheRows', 'signal', 'onToken', 'onSequenceDone', 'admit', 'pipelineDepth', 'onOverflow', 'keep']);
+const GENERATE_KEYS = new Set([
+  'maxNewTokens',
+  'numSequences',
+  'seeds',
+  'perSequence',
+  'stopAtEos',
+  'stopStrings',
+  'useCache',
+  'cache',
+  'cacheRows',
+  'signal',
+  'onToken',
+  'onSequenceDone',
+  'admit',
+  'pipelineDepth',
+  'onOverflow',
+  'keep',
+]);
 
 /** The sampling part of generation options (unknown keys stay in, so validateSampling names them). */
 export function samplingPart(o: object): SamplingOptions {
-  return Object.fromEntries(Object.entries(o).filter(([k, v]) => !GENERATE_KEYS.has(k) && v !== undefined)) as SamplingOptions;
+  return Object.fromEntries(
+    Object.entries(o).filter(([k, v]) => !GENERATE_KEYS.has(k) && v !== undefined),
+  ) as SamplingOptions;
 }
 
 /** The generation part of options (what samplingPart leaves out). */
@@ -181,7 +206,10 @@ export function defaultPipelineDepth(cpuAdapter: boolean): number {
 }
 
 /** Validates the non-sampling options; throws InvalidOptionError naming the option. */
-export function validateGenerate(o: GenerateOptions, cpuAdapter = false): { maxNew: number; rows: number; depth: number } {
+export function validateGenerate(
+  o: GenerateOptions,
+  cpuAdapter = false,
+): { maxNew: number; rows: number; depth: number } {
   const maxNew = o.maxNewTokens ?? DEFAULT_MAX_NEW_TOKENS;
   if (!Number.isInteger(maxNew) || maxNew < 0 || maxNew > MAX_NEW_TOKENS_LIMIT) {
     throw new InvalidOptionError(`maxNewTokens must be an integer in [0, ${MAX_NEW_TOKENS_LIMIT}], got ${maxNew}`);
@@ -194,14 +222,20 @@ export function validateGenerate(o: GenerateOptions, cpuAdapter = false): { maxN
   if (!Number.isInteger(depth) || depth < 1 || depth > 16) {
     throw new InvalidOptionError(`pipelineDepth must be an integer in [1, 16], got ${depth}`);
   }
-  if (o.stopStrings !== undefined && (!Array.isArray(o.stopStrings) || o.stopStrings.some((s) => typeof s !== 'string' || s.length === 0))) {
-    throw new InvalidOptionError(`stopStrings must be an array of non-empty strings, got ${JSON.stringify(o.stopStrings)}`);
+  if (
+    o.stopStrings !== undefined &&
+    (!Array.isArray(o.stopStrings) || o.stopStrings.some((s) => typeof s !== 'string' || s.length === 0))
+  ) {
+    throw new InvalidOptionError(
+      `stopStrings must be an array of non-empty strings, got ${JSON.stringify(o.stopStrings)}`,
+    );
   }
   if (o.stopAtEos !== undefined && typeof o.stopAtEos !== 'boolean') {
     throw new InvalidOptionError(`stopAtEos must be a boolean, got ${String(o.stopAtEos)}`);
   }
   for (const k of ['onToken', 'onSequenceDone', 'admit'] as const) {
-    if (o[k] !== undefined && typeof o[k] !== 'function') throw new InvalidOptionError(`${k} must be a function, got ${typeof o[k]}`);
+    if (o[k] !== undefined && typeof o[k] !== 'function')
+      throw new InvalidOptionError(`${k} must be a function, got ${typeof o[k]}`);
   }
   return { maxNew, rows, depth };
 }
@@ -214,21 +248,30 @@ const now = (): number => (globalThis.performance ?? Date).now();
  */
 function cacheRowsOf(cache: KVCache, rows: unknown, R: number): number[] {
   if (rows === undefined) {
-    if (cache.rows !== R) throw new InvalidOptionError(`the cache has ${cache.rows} rows but numSequences is ${R}; they must match (or pick ${R} of its rows with cacheRows)`);
+    if (cache.rows !== R)
+      throw new InvalidOptionError(
+        `the cache has ${cache.rows} rows but numSequences is ${R}; they must match (or pick ${R} of its rows with cacheRows)`,
+      );
     return Array.from({ length: R }, (_, r) => r);
   }
   if (!Array.isArray(rows) || rows.length === 0) {
-    throw new InvalidOptionError(`cacheRows must be a non-empty array of row indices of the cache, got ${JSON.stringify(rows)?.slice(0, 80)}`);
+    throw new InvalidOptionError(
+      `cacheRows must be a non-empty array of row indices of the cache, got ${JSON.stringify(rows)?.slice(0, 80)}`,
+    );
   }
   const seen = new Set<number>();
   rows.forEach((r: unknown, i) => {
     if (typeof r !== 'number' || !Number.isInteger(r) || r < 0 || r >= cache.rows) {
-      throw new InvalidOptionError(`cacheRows[${i}] must be an integer in [0, ${cache.rows - 1}] (the cache has ${cache.rows} rows), got ${String(r)}`);
+      throw new InvalidOptionError(
+        `cacheRows[${i}] must be an integer in [0, ${cache.rows - 1}] (the cache has ${cache.rows} rows), got ${String(r)}`,
+      );
     }
-    if (seen.has(r)) throw new InvalidOptionError(`cacheRows lists row ${r} twice; each sequence needs a row of its own`);
+    if (seen.has(r))
+      throw new InvalidOptionError(`cacheRows lists row ${r} twice; each sequence needs a row of its own`);
     seen.add(r);
   });
-  if (rows.length !== R) throw new InvalidOptionError(`cacheRows lists ${rows.length} rows for ${R} sequences; give one row per sequence`);
+  if (rows.length !== R)
+    throw new InvalidOptionError(`cacheRows lists ${rows.length} rows for ${R} sequences; give one row per sequence`);
   return rows as number[];
 }
 
@@ -256,12 +299,16 @@ class GenIO {
 
 /** GenerateOptions.seeds, validated: R integers in [0, 2^53), and no `seed` beside them. */
 function seedsOf(seeds: unknown, seed: unknown, R: number): number[] {
-  if (seed !== undefined) throw new InvalidOptionError('give seed or seeds, not both (seeds sets every sequence\'s seed)');
+  if (seed !== undefined)
+    throw new InvalidOptionError("give seed or seeds, not both (seeds sets every sequence's seed)");
   if (!Array.isArray(seeds) || seeds.length !== R) {
-    throw new InvalidOptionError(`seeds must be an array of one seed per sequence (${R}), got ${JSON.stringify(seeds)?.slice(0, 80)}`);
+    throw new InvalidOptionError(
+      `seeds must be an array of one seed per sequence (${R}), got ${JSON.stringify(seeds)?.slice(0, 80)}`,
+    );
   }
   seeds.forEach((x: unknown, i) => {
-    if (typeof x !== 'number' || !Number.isInteger(x) || x < 0 || x >= 2 ** 53) throw new InvalidOptionError(`seeds[${i}] must be an integer in [0, 2^53), got ${String(x)}`);
+    if (typeof x !== 'number' || !Number.isInteger(x) || x < 0 || x >= 2 ** 53)
+      throw new InvalidOptionError(`seeds[${i}] must be an integer in [0, 2^53), got ${String(x)}`);
   });
   return seeds as number[];
 }
@@ -283,24 +330,40 @@ function sequenceOptions(opts: GenerateOptions, R: number, V: number, maxNew: nu
   const per = opts.perSequence;
   if (per === undefined) return Array.from({ length: R }, () => ({ sampling, maxNew, stopStrings: opts.stopStrings }));
   if (!Array.isArray(per) || per.length !== R) {
-    throw new InvalidOptionError(`perSequence must be an array of one options object per sequence (${R}), got ${JSON.stringify(per)?.slice(0, 80)}`);
+    throw new InvalidOptionError(
+      `perSequence must be an array of one options object per sequence (${R}), got ${JSON.stringify(per)?.slice(0, 80)}`,
+    );
   }
   const list = per.map((o: unknown, i) => {
-    if (typeof o !== 'object' || o === null || Array.isArray(o)) throw new InvalidOptionError(`perSequence[${i}] must be an options object, got ${JSON.stringify(o)?.slice(0, 60)}`);
-    if ('seed' in o) throw new InvalidOptionError(`perSequence[${i}] has a seed; give per-sequence seeds with \`seeds\``);
+    if (typeof o !== 'object' || o === null || Array.isArray(o))
+      throw new InvalidOptionError(
+        `perSequence[${i}] must be an options object, got ${JSON.stringify(o)?.slice(0, 60)}`,
+      );
+    if ('seed' in o)
+      throw new InvalidOptionError(`perSequence[${i}] has a seed; give per-sequence seeds with \`seeds\``);
     const { maxNewTokens, stopStrings, ...own } = o as GenerateOptions;
     try {
-      const g = validateGenerate({ maxNewTokens: maxNewTokens ?? maxNew, stopStrings: stopStrings ?? opts.stopStrings });
-      return { sampling: validateSampling({ ...shared, ...own }, V), maxNew: g.maxNew, stopStrings: stopStrings ?? opts.stopStrings };
+      const g = validateGenerate({
+        maxNewTokens: maxNewTokens ?? maxNew,
+        stopStrings: stopStrings ?? opts.stopStrings,
+      });
+      return {
+        sampling: validateSampling({ ...shared, ...own }, V),
+        maxNew: g.maxNew,
+        stopStrings: stopStrings ?? opts.stopStrings,
+      };
     } catch (e) {
-      if (e instanceof InvalidOptionError) throw new InvalidOptionError(`perSequence[${i}]: ${e.message}`, { cause: e });
+      if (e instanceof InvalidOptionError)
+        throw new InvalidOptionError(`perSequence[${i}]: ${e.message}`, { cause: e });
       throw e;
     }
   });
   // Alone, maxNewTokens 0 returns before the prompt reaches the cache; in a batch it would not.
   const none = list.findIndex((o) => o.maxNew === 0);
   if (none >= 0 && list.some((o) => o.maxNew > 0)) {
-    throw new InvalidOptionError(`perSequence: sequence ${none} asks for 0 new tokens while others generate; leave it out of the batch`);
+    throw new InvalidOptionError(
+      `perSequence: sequence ${none} asks for 0 new tokens while others generate; leave it out of the batch`,
+    );
   }
   return list;
 }
@@ -319,22 +382,40 @@ interface Row {
  * Generates from `prompt` (text or ids). See GenerateOptions. Resolves with every sequence's new
  * tokens and text, the seed used, and timing statistics.
  */
-export function generate(model: GPT2Model, prompt: string | readonly number[], opts: GenerateOptions = {}): Promise<GenerateResult> {
+export function generate(
+  model: GPT2Model,
+  prompt: string | readonly number[],
+  opts: GenerateOptions = {},
+): Promise<GenerateResult> {
   model.checkAlive();
   const ids = typeof prompt === 'string' ? model.tokenizer.encode(prompt) : Array.from(prompt);
   // A multi-row session continues every row (or the rows cacheRows picks) with this prompt unless told otherwise.
-  const o = opts.cache && opts.numSequences === undefined ? { ...opts, numSequences: Array.isArray(opts.cacheRows) ? opts.cacheRows.length : opts.cache.rows } : opts;
+  const o =
+    opts.cache && opts.numSequences === undefined
+      ? { ...opts, numSequences: Array.isArray(opts.cacheRows) ? opts.cacheRows.length : opts.cache.rows }
+      : opts;
   const { rows } = validateGenerate(o);
-  return run(model, Array.from({ length: rows }, () => ids), o);
+  return run(
+    model,
+    Array.from({ length: rows }, () => ids),
+    o,
+  );
 }
 
 /**
  * Several prompts (of any lengths) advanced together, one row each, in batched steps; sequence i
  * uses seed deriveSeed(seed, i) and equals a single generate() of prompt i with that seed.
  */
-export function generateBatch(model: GPT2Model, prompts: Array<string | readonly number[]>, opts: Omit<GenerateOptions, 'numSequences'> = {}): Promise<GenerateResult> {
+export function generateBatch(
+  model: GPT2Model,
+  prompts: Array<string | readonly number[]>,
+  opts: Omit<GenerateOptions, 'numSequences'> = {},
+): Promise<GenerateResult> {
   model.checkAlive();
-  if (!Array.isArray(prompts) || prompts.length === 0) throw new InvalidOptionError(`generateBatch needs a non-empty array of prompts, got ${JSON.stringify(prompts)?.slice(0, 80)}`);
+  if (!Array.isArray(prompts) || prompts.length === 0)
+    throw new InvalidOptionError(
+      `generateBatch needs a non-empty array of prompts, got ${JSON.stringify(prompts)?.slice(0, 80)}`,
+    );
   const ids = prompts.map((p) => (typeof p === 'string' ? model.tokenizer.encode(p) : Array.from(p)));
   return run(model, ids, { ...opts, numSequences: ids.length });
 }
@@ -367,14 +448,19 @@ async function run(model: GPT2Model, prompts: number[][], opts: GenerateOptions)
   const own = opts.cache === undefined;
   if (opts.cache) {
     if (opts.onOverflow !== undefined || opts.keep !== undefined) {
-      throw new InvalidOptionError('onOverflow and keep belong to the session: pass them to createSession()/createCache(), not to generate() with a cache');
+      throw new InvalidOptionError(
+        'onOverflow and keep belong to the session: pass them to createSession()/createCache(), not to generate() with a cache',
+      );
     }
     cache = opts.cache;
     cache.checkUsable(model);
     rows = cacheRowsOf(cache, opts.cacheRows, R);
     cache.acquire(model, rows);
   } else {
-    if (opts.cacheRows !== undefined) throw new InvalidOptionError('cacheRows picks rows of the cache given as `cache`; pass the cache too (or leave cacheRows out)');
+    if (opts.cacheRows !== undefined)
+      throw new InvalidOptionError(
+        'cacheRows picks rows of the cache given as `cache`; pass the cache too (or leave cacheRows out)',
+      );
     rows = Array.from({ length: R }, (_, r) => r);
     const need = Math.max(...prompts.map((p, r) => p.length + seqOpts[r]!.maxNew));
     const capacity = generationCapacity(cfg, need, opts.keep !== undefined);
@@ -386,9 +472,19 @@ async function run(model: GPT2Model, prompts: number[][], opts: GenerateOptions)
   const pending: Array<Promise<void>> = [];
   let finished = false; // the plans' work ended without an error: the cache may keep them
   // A sequence asked for no tokens is done before the first step.
-  const rowsState: Row[] = Array.from({ length: R }, (_, r) => ({ out: [], streamer: new TextStreamer(model.tokenizer), finished: seqOpts[r]!.maxNew === 0 ? 'length' : null, text: '', released: false }));
+  const rowsState: Row[] = Array.from({ length: R }, (_, r) => ({
+    out: [],
+    streamer: new TextStreamer(model.tokenizer),
+    finished: seqOpts[r]!.maxNew === 0 ? 'length' : null,
+    text: '',
+    released: false,
+  }));
   try {
-    const sequence = (r: Row): GeneratedSequence => ({ tokens: r.out, text: r.text, finishReason: r.finished ?? 'length' });
+    const sequence = (r: Row): GeneratedSequence => ({
+      tokens: r.out,
+      text: r.text,
+      finishReason: r.finished ?? 'length',
+    });
     const result = (): GenerateResult => ({ promptIds, seed, seeds, sequences: rowsState.map(sequence), stats });
     // A final sequence: its text completed, its cache row released (free for another generation:
     // onSequenceDone may start the session's next turn at once), onSequenceDone told. With
@@ -402,10 +498,22 @@ async function run(model: GPT2Model, prompts: number[][], opts: GenerateOptions)
       opts.onSequenceDone?.({ row: r, sequence: sequence(row), stats: snapshot });
     };
     const early = opts.onSequenceDone && !own ? handOver : undefined;
-    const handOverRest = (): void => rowsState.forEach((row, r) => { if (!row.released) handOver(r, { ...stats }); });
+    const handOverRest = (): void =>
+      rowsState.forEach((row, r) => {
+        if (!row.released) handOver(r, { ...stats });
+      });
     const stats: GenerateStats = {
-      setup_ms: 0, prefill_ms: 0, first_token_ms: 0, decode_ms_per_token: 0, tokens_per_s: 0, readback_bytes_per_token: 0, batch_rows: R,
-      steps: 0, shifts: 0, submits: 0, dispatches_per_step: 0,
+      setup_ms: 0,
+      prefill_ms: 0,
+      first_token_ms: 0,
+      decode_ms_per_token: 0,
+      tokens_per_s: 0,
+      readback_bytes_per_token: 0,
+      batch_rows: R,
+      steps: 0,
+      shifts: 0,
+      submits: 0,
+      dispatches_per_step: 0,
     };
     if (maxNew === 0) {
       handOverRest();
@@ -440,7 +548,12 @@ async function run(model: GPT2Model, prompts: number[][], opts: GenerateOptions)
         if (isEos) row.finished = 'eos';
         else if (seqOpts[r]!.stopStrings?.some((s) => row.text.includes(s))) {
           row.finished = 'stop';
-          const at = Math.min(...seqOpts[r]!.stopStrings!.map((s) => { const i = row.text.indexOf(s); return i < 0 ? Infinity : i + s.length; }));
+          const at = Math.min(
+            ...seqOpts[r]!.stopStrings!.map((s) => {
+              const i = row.text.indexOf(s);
+              return i < 0 ? Infinity : i + s.length;
+            }),
+          );
           row.text = row.text.slice(0, at);
         } else if (row.out.length >= seqOpts[r]!.maxNew) row.finished = 'length';
       }
@@ -448,9 +561,45 @@ async function run(model: GPT2Model, prompts: number[][], opts: GenerateOptions)
     const allDone = (): boolean => rowsState.every((r) => r.finished);
 
     if (opts.useCache === false) {
-      await generateUncached(model, cache, rows, prompts, owned, state, staging[0]!, accept, allDone, opts, stats, tCall, io, maxNew);
+      await generateUncached(
+        model,
+        cache,
+        rows,
+        prompts,
+        owned,
+        state,
+        staging[0]!,
+        accept,
+        allDone,
+        opts,
+        stats,
+        tCall,
+        io,
+        maxNew,
+      );
     } else {
-      await generateCached(model, cache, rows, prompts, owned, state, staging, accept, allDone, rowsState, opts, stats, plans, pending, depth, tCall, io, maxNew, early, early && opts.admit ? { admit: opts.admit, seqOpts } : undefined);
+      await generateCached(
+        model,
+        cache,
+        rows,
+        prompts,
+        owned,
+        state,
+        staging,
+        accept,
+        allDone,
+        rowsState,
+        opts,
+        stats,
+        plans,
+        pending,
+        depth,
+        tCall,
+        io,
+        maxNew,
+        early,
+        early && opts.admit ? { admit: opts.admit, seqOpts } : undefined,
+      );
     }
     if (opts.useCache === false) {
       // (generateCached sets its own per-step figures)
@@ -465,7 +614,9 @@ async function run(model: GPT2Model, prompts: number[][], opts: GenerateOptions)
   } finally {
     await Promise.allSettled(pending);
     // A session's next turn takes these plans instead of building them again (keepPlan).
-    for (const p of plans) if (finished && !own) model.keepPlan(p); else p.destroy();
+    for (const p of plans)
+      if (finished && !own) model.keepPlan(p);
+      else p.destroy();
     owned.destroy();
     cache.release(rows.filter((_, r) => !rowsState[r]!.released)); // a released row may be another generation's now
     if (own) cache.destroy();
@@ -491,9 +642,24 @@ function shiftRow(cache: KVCache, r: number): number[] {
 }
 
 async function generateCached(
-  model: GPT2Model, cache: KVCache, rows: number[], prompts: number[][], owned: Owned, state: unknown, staging: GPUBuffer[],
-  accept: (ids: Uint32Array) => void, allDone: () => boolean, rowsState: Row[], opts: GenerateOptions,
-  stats: GenerateStats, plans: ForwardPlan[], pending: Array<Promise<void>>, depth: number, tCall: number, io: GenIO, maxStepsAtStart: number,
+  model: GPT2Model,
+  cache: KVCache,
+  rows: number[],
+  prompts: number[][],
+  owned: Owned,
+  state: unknown,
+  staging: GPUBuffer[],
+  accept: (ids: Uint32Array) => void,
+  allDone: () => boolean,
+  rowsState: Row[],
+  opts: GenerateOptions,
+  stats: GenerateStats,
+  plans: ForwardPlan[],
+  pending: Array<Promise<void>>,
+  depth: number,
+  tCall: number,
+  io: GenIO,
+  maxStepsAtStart: number,
   handOver?: (r: number, snapshot: GenerateStats) => void,
   joins?: { admit: (slots: number[]) => Admission[]; seqOpts: SequenceOptions[] },
 ): Promise<void> {
@@ -519,7 +685,9 @@ async function generateCached(
     const P = promptIds.length;
     if (cache.tokens[cr]!.length + P > window) {
       if (cache.onOverflow === 'error') {
-        throw new ContextOverflowError(`prompt of ${P} tokens plus ${cache.tokens[cr]!.length} context tokens passes the context window of ${window} tokens; shorten the prompt or use onOverflow: 'shift'`);
+        throw new ContextOverflowError(
+          `prompt of ${P} tokens plus ${cache.tokens[cr]!.length} context tokens passes the context window of ${window} tokens; shorten the prompt or use onOverflow: 'shift'`,
+        );
       }
       // Shift: keep the most recent tokens of history + prompt.
       const all = [...cache.tokens[cr]!, ...promptIds];
@@ -582,7 +750,9 @@ async function generateCached(
     prefill.write({ ids: idList, meta: Uint32Array.from(metaList), lastIdx: last });
     const prefillSample = sampler.bind(owned, state as never, { logits: prefill.logits, outIds: decode.ids });
     tSubmit = now();
-    io.submit([...prefill.dispatches, ...prefillSample], (enc) => enc.copyBufferToBuffer(decode.ids.buffer, 0, staging[0]!, 0, R * 4));
+    io.submit([...prefill.dispatches, ...prefillSample], (enc) =>
+      enc.copyBufferToBuffer(decode.ids.buffer, 0, staging[0]!, 0, R * 4),
+    );
   }
   stats.setup_ms = tSubmit - tCall;
   stats.steps = 1;
@@ -672,16 +842,28 @@ async function generateCached(
     const wanted = joins.admit(free);
     if (wanted.length === 0) return false;
     const slots = new Set(wanted.map((a) => a.slot));
-    if (slots.size !== wanted.length || wanted.some((a) => !parked[a.slot])) throw new ShapeError(`admit returned slots ${wanted.map((a) => a.slot).join(',')}; each must be one of the parked slots ${free.join(',')}, once`);
+    if (slots.size !== wanted.length || wanted.some((a) => !parked[a.slot]))
+      throw new ShapeError(
+        `admit returned slots ${wanted.map((a) => a.slot).join(',')}; each must be one of the parked slots ${free.join(',')}, once`,
+      );
     while (inflight.length) await takeOne();
     const t = now();
     for (const a of wanted) {
       const r = a.slot;
-      if (cache.tokens[a.row]!.length + a.ids.length >= window) throw new ShapeError(`admit: row ${a.row} holds ${cache.tokens[a.row]!.length} tokens; ${a.ids.length} more do not fit the window of ${window}`);
+      if (cache.tokens[a.row]!.length + a.ids.length >= window)
+        throw new ShapeError(
+          `admit: row ${a.row} holds ${cache.tokens[a.row]!.length} tokens; ${a.ids.length} more do not fit the window of ${window}`,
+        );
       cache.acquire(model, [a.row]);
       rows[r] = a.row;
       parked[r] = false;
-      rowsState[r] = { out: [], streamer: new TextStreamer(model.tokenizer), finished: null, text: '', released: false };
+      rowsState[r] = {
+        out: [],
+        streamer: new TextStreamer(model.tokenizer),
+        finished: null,
+        text: '',
+        released: false,
+      };
       joins.seqOpts[r] = { sampling: a.sampling, maxNew: a.maxNew, stopStrings: a.stopStrings };
       fedCount[r] = 0;
       sampler.resetRow(state as never, r);
@@ -712,7 +894,10 @@ async function generateCached(
     const owner = new Owned(ctx);
     mixed.push({ step: submitted + 1, plan, owner });
     plan.write({ ids, meta: Uint32Array.from(meta), lastIdx: last });
-    submitStep([...plan.dispatches, ...sampler.bind(owner, state as never, { logits: plan.logits, outIds: decode.ids })]);
+    submitStep([
+      ...plan.dispatches,
+      ...sampler.bind(owner, state as never, { logits: plan.logits, outIds: decode.ids }),
+    ]);
     return true;
   };
 
@@ -770,7 +955,9 @@ async function generateCached(
           if (rowsState[r]!.finished) continue;
           const cr = rows[r]!;
           if (cache.onOverflow === 'error') {
-            throw new ContextOverflowError(`row ${cr} reached the context window of ${window} tokens; use onOverflow: 'shift' to keep going`);
+            throw new ContextOverflowError(
+              `row ${cr} reached the context window of ${window} tokens; use onOverflow: 'shift' to keep going`,
+            );
           }
           const kept = shiftRow(cache, cr);
           await reencode(model, cache, cr, kept, plans, io);
@@ -782,7 +969,12 @@ async function generateCached(
         continue;
       }
       if (await tryAdmit()) continue;
-      decode.write({ meta: decodeMeta(queuedPos.map((p) => Math.min(p, window - 1)), rows.map((cr, r) => (parked[r] ? PARKED_ROW : cr))) });
+      decode.write({
+        meta: decodeMeta(
+          queuedPos.map((p) => Math.min(p, window - 1)),
+          rows.map((cr, r) => (parked[r] ? PARKED_ROW : cr)),
+        ),
+      });
       submitStep([...decode.dispatches, ...decodeSample]);
       for (let r = 0; r < R; r++) if (!rowsState[r]!.finished && queuedPos[r]! < window) queuedPos[r]!++;
     }
@@ -819,7 +1011,14 @@ function syncHistory(cache: KVCache, rows: number[], state: Row[], fedCount: num
 }
 
 /** Re-encodes `kept` tokens of row r from position 0 (a context shift). No logits are needed. */
-async function reencode(model: GPT2Model, cache: KVCache, r: number, kept: number[], plans: ForwardPlan[], io: GenIO): Promise<void> {
+async function reencode(
+  model: GPT2Model,
+  cache: KVCache,
+  r: number,
+  kept: number[],
+  plans: ForwardPlan[],
+  io: GenIO,
+): Promise<void> {
   // Shifts keep the same number of tokens, so one plan per length serves every shift of a run
   // (GPU memory stays flat however many shifts happen).
   let plan = plans.find((p) => p.cache === cache && p.T === kept.length && p.R === 1 && p.tag === 'reencode');
@@ -833,8 +1032,20 @@ async function reencode(model: GPT2Model, cache: KVCache, r: number, kept: numbe
 }
 
 async function generateUncached(
-  model: GPT2Model, cache: KVCache, rows: number[], prompts: number[][], owned: Owned, state: unknown, staging: GPUBuffer,
-  accept: (ids: Uint32Array) => void, allDone: () => boolean, opts: GenerateOptions, stats: GenerateStats, tCall: number, io: GenIO, maxNew: number,
+  model: GPT2Model,
+  cache: KVCache,
+  rows: number[],
+  prompts: number[][],
+  owned: Owned,
+  state: unknown,
+  staging: GPUBuffer,
+  accept: (ids: Uint32Array) => void,
+  allDone: () => boolean,
+  opts: GenerateOptions,
+  stats: GenerateStats,
+  tCall: number,
+  io: GenIO,
+  maxNew: number,
 ): Promise<void> {
   const ctx = model.ctx;
   const R = rows.length; // sequence r lives in cache row rows[r]
@@ -844,13 +1055,25 @@ async function generateUncached(
   for (let r = 0; r < R; r++) {
     let s = [...cache.tokens[rows[r]!]!, ...prompts[r]!];
     if (s.length > window) {
-      if (cache.onOverflow === 'error') throw new ContextOverflowError(`prompt of ${prompts[r]!.length} tokens plus context passes the context window of ${window} tokens`);
+      if (cache.onOverflow === 'error')
+        throw new ContextOverflowError(
+          `prompt of ${prompts[r]!.length} tokens plus context passes the context window of ${window} tokens`,
+        );
       s = s.slice(-Math.min(cache.keep, window - 1));
       stats.shifts++;
     }
     seqs.push(s);
   }
-  const outIds = { buffer: owned.buffer('uncached.ids', R * 4, GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST), offset: 0, shape: [R], dtype: 'u32' as const };
+  const outIds = {
+    buffer: owned.buffer(
+      'uncached.ids',
+      R * 4,
+      GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST,
+    ),
+    offset: 0,
+    shape: [R],
+    dtype: 'u32' as const,
+  };
   let decodeStart = 0;
   for (let step = 0; step < maxNew && !allDone(); step++) {
     if (opts.signal?.aborted) throw new AbortError(`generation aborted after ${step} steps`);

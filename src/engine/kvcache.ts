@@ -66,7 +66,10 @@ export class KVCache {
   /** Idle resources kept for the next generations, least recently stashed first. */
   private readonly stashed: Stashable[] = [];
 
-  constructor(readonly owner: CacheOwner, opts: CacheOptions = {}) {
+  constructor(
+    readonly owner: CacheOwner,
+    opts: CacheOptions = {},
+  ) {
     const { n_layer, n_embd, n_positions } = owner.config;
     const rows = opts.rows ?? 1;
     const capacity = opts.capacity ?? n_positions;
@@ -85,7 +88,9 @@ export class KVCache {
     }
     this.keep = opts.keep ?? Math.floor(this.window / 2);
     if (!Number.isInteger(this.keep) || this.keep < 1 || this.keep >= this.window) {
-      throw new InvalidOptionError(`keep must be an integer in [1, ${this.window - 1}] (the window is ${this.window}), got ${opts.keep}`);
+      throw new InvalidOptionError(
+        `keep must be an integer in [1, ${this.window - 1}] (the window is ${this.window}), got ${opts.keep}`,
+      );
     }
     const ctx = owner.ctx;
     const bytes = rows * capacity * n_embd * 4;
@@ -117,7 +122,9 @@ export class KVCache {
       if (err) {
         this.freeBuffers();
         this.destroyedFlag = true;
-        throw new OutOfMemoryError(`out of GPU memory allocating a KV cache of ${2 * n_layer} x ${bytes} bytes: ${err.message}`);
+        throw new OutOfMemoryError(
+          `out of GPU memory allocating a KV cache of ${2 * n_layer} x ${bytes} bytes: ${err.message}`,
+        );
       }
     });
     this.ready.catch(() => undefined);
@@ -157,7 +164,8 @@ export class KVCache {
       return;
     }
     this.stashed.push(item);
-    while (this.stashed.length > maxItems || (this.stashed.length > 0 && this.stashedBytes > maxBytes)) this.stashed.shift()!.destroy();
+    while (this.stashed.length > maxItems || (this.stashed.length > 0 && this.stashedBytes > maxBytes))
+      this.stashed.shift()!.destroy();
   }
 
   /** Removes and returns the most recently stashed item `match` accepts (undefined if none). */
@@ -191,9 +199,12 @@ export class KVCache {
 
   /** Throws CacheMisuseError unless this cache is alive and belongs to `owner`. */
   checkUsable(owner: CacheOwner): void {
-    if (this.destroyedFlag) throw new CacheMisuseError(`KV cache #${this.id} was destroyed; create a new one with model.createCache()`);
+    if (this.destroyedFlag)
+      throw new CacheMisuseError(`KV cache #${this.id} was destroyed; create a new one with model.createCache()`);
     if (this.owner !== owner) {
-      throw new CacheMisuseError(`KV cache #${this.id} belongs to model #${this.owner.id}, not to model #${owner.id}; a cache only works with the model that created it`);
+      throw new CacheMisuseError(
+        `KV cache #${this.id} belongs to model #${this.owner.id}, not to model #${owner.id}; a cache only works with the model that created it`,
+      );
     }
   }
 
@@ -213,7 +224,9 @@ export class KVCache {
     const taken = want.filter((r) => this.busyRows.has(r) || extra.includes(r));
     if (taken.length) {
       const which = rows === undefined ? '' : ` (row${taken.length > 1 ? 's' : ''} ${taken.join(', ')})`;
-      throw new CacheMisuseError(`KV cache #${this.id} is busy${which} with another step or generation; await it first, or use one cache (or one cache row: cacheRows) per concurrent generation`);
+      throw new CacheMisuseError(
+        `KV cache #${this.id} is busy${which} with another step or generation; await it first, or use one cache (or one cache row: cacheRows) per concurrent generation`,
+      );
     }
   }
 
@@ -241,7 +254,8 @@ export class KVCache {
   /** Frees the GPU memory. Using the cache afterwards throws CacheMisuseError. */
   destroy(): void {
     if (this.destroyedFlag) return;
-    if (this.busy) throw new CacheMisuseError(`KV cache #${this.id} is busy; cancel or await its generation before destroying it`);
+    if (this.busy)
+      throw new CacheMisuseError(`KV cache #${this.id} is busy; cancel or await its generation before destroying it`);
     this.destroyedFlag = true;
     for (const x of this.stashed.splice(0)) x.destroy();
     this.freeBuffers();

@@ -106,7 +106,12 @@ export const PLAN_STASH_BYTES = 8 * 1024 * 1024;
  * tokens on, a kernel with 'blocks' and not 'subgroup' for the model's head size: CPU adapters
  * without subgroups, or with them switched off), else none (zeros).
  */
-function promptScratch(att: AttentionKernel, T: number, capacity: number, cfg: GPT2Config): { scores: number; queries: number; tc: number } {
+function promptScratch(
+  att: AttentionKernel,
+  T: number,
+  capacity: number,
+  cfg: GPT2Config,
+): { scores: number; queries: number; tc: number } {
   const blocks = att.resolveVariant(T, cfg.n_embd / cfg.n_head, { scratch: true }) === 'blocks';
   return blocks ? att.blocksScratch(T, capacity, cfg.n_embd, cfg.n_head) : { scores: 0, queries: 0, tc: 0 };
 }
@@ -124,11 +129,19 @@ export class ForwardPlan implements Stashable {
 
   readonly decode: boolean;
 
-  constructor(readonly model: GPT2Model, readonly cache: KVCache, readonly T: number, readonly R: number, opts: PlanOptions = {}) {
+  constructor(
+    readonly model: GPT2Model,
+    readonly cache: KVCache,
+    readonly T: number,
+    readonly R: number,
+    opts: PlanOptions = {},
+  ) {
     const { ctx, config: cfg, weights: w, kernels: k } = model;
     this.decode = opts.decode === true;
     if (this.decode && !(R === T && T >= 1 && T <= cache.rows)) {
-      throw new ShapeError(`a decode plan feeds one token to each of at most the cache's ${cache.rows} rows and reads all their logits (T = R <= ${cache.rows}); got T ${T}, R ${R}`);
+      throw new ShapeError(
+        `a decode plan feeds one token to each of at most the cache's ${cache.rows} rows and reads all their logits (T = R <= ${cache.rows}); got T ${T}, R ${R}`,
+      );
     }
     const C = cfg.n_embd;
     const V = cfg.vocab_size;
@@ -165,20 +178,73 @@ export class ForwardPlan implements Stashable {
         ? { scores: buf('att.scores', [blocks.scores]), queries: buf('att.queries', [blocks.queries]) } // [n_head, capacity, tc], [n_head, D, tc]
         : undefined;
       const d = this.dispatches;
-      d.push(...list(k.embedding.bind(o, { ids: this.ids, meta: this.meta, wte: w.wte, wpe: w.wpe, out: x }, 'wte+wpe')));
+      d.push(
+        ...list(k.embedding.bind(o, { ids: this.ids, meta: this.meta, wte: w.wte, wpe: w.wpe, out: x }, 'wte+wpe')),
+      );
       for (let l = 0; l < cfg.n_layer; l++) {
         const L = w.h[l]!;
         const kc = cache.kTensor(l);
         const vc = cache.vTensor(l);
         // ln_1 / ln_2 / ln_f run in the following matmul's prologue where it can (h: their output otherwise)
         const ln1 = { gamma: L.ln_1.weight, beta: L.ln_1.bias, eps, scratch: h };
-        d.push(...list(k.matmul.bind(o, { x, ln: ln1, w: L.attn.c_attn.weight, layout: 'kn', bias: L.attn.c_attn.bias, out: qkv }, `h.${l}.attn.c_attn`)));
-        if (!this.decode) d.push(...list(k.kvWrite.bind(o, { qkv, meta: this.meta, kCache: kc, vCache: vc }, `h.${l}.kv_write`)));
-        d.push(...list(k.attention.bind(o, { qkv, kCache: kc, vCache: vc, meta: this.meta, out: att, nHead: cfg.n_head, variant: attnVariant, writeKv: this.decode, scratch }, `h.${l}.attn`)));
-        d.push(...list(k.matmul.bind(o, { x: att, w: L.attn.c_proj.weight, layout: 'kn', bias: L.attn.c_proj.bias, accumulate: true, out: x }, `h.${l}.attn.c_proj`)));
+        d.push(
+          ...list(
+            k.matmul.bind(
+              o,
+              { x, ln: ln1, w: L.attn.c_attn.weight, layout: 'kn', bias: L.attn.c_attn.bias, out: qkv },
+              `h.${l}.attn.c_attn`,
+            ),
+          ),
+        );
+        if (!this.decode)
+          d.push(...list(k.kvWrite.bind(o, { qkv, meta: this.meta, kCache: kc, vCache: vc }, `h.${l}.kv_write`)));
+        d.push(
+          ...list(
+            k.attention.bind(
+              o,
+              {
+                qkv,
+                kCache: kc,
+                vCache: vc,
+                meta: this.meta,
+                out: att,
+                nHead: cfg.n_head,
+                variant: attnVariant,
+                writeKv: this.decode,
+                scratch,
+              },
+              `h.${l}.attn`,
+            ),
+          ),
+        );
+        d.push(
+          ...list(
+            k.matmul.bind(
+              o,
+              { x: att, w: L.attn.c_proj.weight, layout: 'kn', bias: L.attn.c_proj.bias, accumulate: true, out: x },
+              `h.${l}.attn.c_proj`,
+            ),
+          ),
+        );
         const ln2 = { gamma: L.ln_2.weight, beta: L.ln_2.bias, eps, scratch: h };
-        d.push(...list(k.matmul.bind(o, { x, ln: ln2, w: L.mlp.c_fc.weight, layout: 'kn', bias: L.mlp.c_fc.bias, activation: 'gelu', out: fc }, `h.${l}.mlp.c_fc`)));
-        d.push(...list(k.matmul.bind(o, { x: fc, w: L.mlp.c_proj.weight, layout: 'kn', bias: L.mlp.c_proj.bias, accumulate: true, out: x }, `h.${l}.mlp.c_proj`)));
+        d.push(
+          ...list(
+            k.matmul.bind(
+              o,
+              { x, ln: ln2, w: L.mlp.c_fc.weight, layout: 'kn', bias: L.mlp.c_fc.bias, activation: 'gelu', out: fc },
+              `h.${l}.mlp.c_fc`,
+            ),
+          ),
+        );
+        d.push(
+          ...list(
+            k.matmul.bind(
+              o,
+              { x: fc, w: L.mlp.c_proj.weight, layout: 'kn', bias: L.mlp.c_proj.bias, accumulate: true, out: x },
+              `h.${l}.mlp.c_proj`,
+            ),
+          ),
+        );
       }
       // Layer norm acts per row, so ln_f follows the gather of the R rows whose logits are wanted
       // (a decode plan wants every token's, in order: the LM head reads x itself).
@@ -201,9 +267,16 @@ export class ForwardPlan implements Stashable {
   write(input: { ids?: ArrayLike<number>; meta: Uint32Array; lastIdx?: Uint32Array }): void {
     const n = input.meta.length / 2;
     if (n < this.T) {
-      if (this.decode || n < 1 || !Number.isInteger(n)) throw new ShapeError(`${this.decode ? 'decode ' : ''}plan for ${this.T} tokens given meta for ${n}${this.decode ? '; a decode plan takes exactly T tokens' : ''}`);
-      if (input.ids && input.ids.length !== n) throw new ShapeError(`plan write: ${input.ids.length} ids for meta of ${n} tokens`);
-      if (input.lastIdx && input.lastIdx.some((i) => i >= n)) throw new ShapeError(`plan write: lastIdx ${Array.from(input.lastIdx).join(',')} points past the ${n} tokens given`);
+      if (this.decode || n < 1 || !Number.isInteger(n))
+        throw new ShapeError(
+          `${this.decode ? 'decode ' : ''}plan for ${this.T} tokens given meta for ${n}${this.decode ? '; a decode plan takes exactly T tokens' : ''}`,
+        );
+      if (input.ids && input.ids.length !== n)
+        throw new ShapeError(`plan write: ${input.ids.length} ids for meta of ${n} tokens`);
+      if (input.lastIdx && input.lastIdx.some((i) => i >= n))
+        throw new ShapeError(
+          `plan write: lastIdx ${Array.from(input.lastIdx).join(',')} points past the ${n} tokens given`,
+        );
       const meta = new Uint32Array(2 * this.T).fill(PARKED_ROW);
       meta.set(input.meta);
       for (let t = n; t < this.T; t++) meta[2 * t + 1] = 0;
@@ -220,11 +293,20 @@ export class ForwardPlan implements Stashable {
       for (let r = 0; r < this.T; r++) {
         const row = input.meta[2 * r]!;
         if (row === PARKED_ROW) continue;
-        if (row >= this.cache.rows) throw new ShapeError(`decode plan: token ${r} is in row ${row}, outside the cache's ${this.cache.rows} rows; build the meta with decodeMeta`);
-        if (seen.has(row)) throw new ShapeError(`decode plan: tokens ${seen.get(row)} and ${r} are both in row ${row}; a decode step needs a row of its own for each token (its attention writes that row's K/V): build the meta with decodeMeta`);
+        if (row >= this.cache.rows)
+          throw new ShapeError(
+            `decode plan: token ${r} is in row ${row}, outside the cache's ${this.cache.rows} rows; build the meta with decodeMeta`,
+          );
+        if (seen.has(row))
+          throw new ShapeError(
+            `decode plan: tokens ${seen.get(row)} and ${r} are both in row ${row}; a decode step needs a row of its own for each token (its attention writes that row's K/V): build the meta with decodeMeta`,
+          );
         seen.set(row, r);
         // Its LM head reads the residual rows in token order (no last_tokens gather).
-        if (input.lastIdx && input.lastIdx[r] !== r) throw new ShapeError(`decode plan: lastIdx[${r}] must be ${r} (logits of every token in order), got ${input.lastIdx[r]}`);
+        if (input.lastIdx && input.lastIdx[r] !== r)
+          throw new ShapeError(
+            `decode plan: lastIdx[${r}] must be ${r} (logits of every token in order), got ${input.lastIdx[r]}`,
+          );
       }
     }
     const q = this.model.ctx.device.queue;
@@ -285,7 +367,12 @@ export class GPT2Model implements CacheOwner {
   ) {}
 
   /** Builds every kernel's pipelines once for this model. */
-  static async buildKernels(ctx: GpuContext, cfg: GPT2Config, matmulOptions: MatmulOptions = {}, attentionOptions: Pick<AttentionOptions, 'decodeWg' | 'lanes' | 'decodeLanes' | 'blocks' | 'subgroups'> = {}): Promise<Kernels> {
+  static async buildKernels(
+    ctx: GpuContext,
+    cfg: GPT2Config,
+    matmulOptions: MatmulOptions = {},
+    attentionOptions: Pick<AttentionOptions, 'decodeWg' | 'lanes' | 'decodeLanes' | 'blocks' | 'subgroups'> = {},
+  ): Promise<Kernels> {
     // The matmul kernel shares the model's layernorm kernel; the others need not wait for it.
     const layernormP = LayerNormKernel.create(ctx);
     const [layernorm, matmul, embedding, attention, kvWrite, kvGather, gatherRows, sampler, beam] = await Promise.all([
@@ -336,7 +423,8 @@ export class GPT2Model implements CacheOwner {
     // With promptBuckets, for a plan that will be kept (`bucket`: a session's), a prompt plan of T'
     // tokens, T <= T' <= promptBucket(T), serves T (write parks the rest).
     const most = !decode && opts.bucket === true && this.promptBuckets ? promptBucket(T) : T;
-    const fits = (x: { T: number; R: number; decode: boolean }, upTo: number) => x.T >= T && x.T <= upTo && x.R === R && x.decode === decode;
+    const fits = (x: { T: number; R: number; decode: boolean }, upTo: number) =>
+      x.T >= T && x.T <= upTo && x.R === R && x.decode === decode;
     const kept =
       cache.unstash((x): x is ForwardPlan => x instanceof ForwardPlan && fits(x, T)) ??
       cache.unstash((x): x is ForwardPlan => x instanceof ForwardPlan && fits(x, most));
@@ -364,7 +452,10 @@ export class GPT2Model implements CacheOwner {
 
   /** Checks token ids against the vocabulary. */
   checkIds(ids: readonly number[], what = 'prompt'): void {
-    if (ids.length === 0) throw new PromptError(`${what} is empty: give at least one token (GPT-2 has no BOS by default; use 50256 "<|endoftext|>" to start from nothing)`);
+    if (ids.length === 0)
+      throw new PromptError(
+        `${what} is empty: give at least one token (GPT-2 has no BOS by default; use 50256 "<|endoftext|>" to start from nothing)`,
+      );
     const V = this.config.vocab_size;
     for (let i = 0; i < ids.length; i++) {
       const t = ids[i]!;
@@ -390,12 +481,17 @@ export class GPT2Model implements CacheOwner {
    * Runs a prompt through the model from an empty cache and returns logits read back to the CPU
    * (a debug/verification path): the last position's [V], or every position's [T, V].
    */
-  async logits(ids: readonly number[], opts: { allPositions?: boolean } = {}): Promise<{ shape: number[]; data: Float32Array }> {
+  async logits(
+    ids: readonly number[],
+    opts: { allPositions?: boolean } = {},
+  ): Promise<{ shape: number[]; data: Float32Array }> {
     this.checkAlive();
     this.checkIds(ids);
     const T = ids.length;
     if (T > this.config.n_positions) {
-      throw new PromptError(`prompt has ${T} tokens, more than the context window n_positions = ${this.config.n_positions}`);
+      throw new PromptError(
+        `prompt has ${T} tokens, more than the context window n_positions = ${this.config.n_positions}`,
+      );
     }
     const cache = await this.createCache({ capacity: Math.max(2, T) });
     const R = opts.allPositions ? T : 1;
@@ -429,4 +525,3 @@ export class GPT2Model implements CacheOwner {
     this.destroyedFlag = true;
   }
 }
-

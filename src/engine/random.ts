@@ -19,20 +19,33 @@ let quantiles: Float64Array | undefined;
 
 /** Acklam's rational approximation of the inverse standard normal CDF (|rel err| < 1.2e-9). */
 function invNorm(p: number): number {
-  const a = [-3.969683028665376e1, 2.209460984245205e2, -2.759285104469687e2, 1.38357751867269e2, -3.066479806614716e1, 2.506628277459239];
-  const b = [-5.447609879822406e1, 1.615858368580409e2, -1.556989798598866e2, 6.680131188771972e1, -1.328068155288572e1];
-  const c = [-7.784894002430293e-3, -3.223964580411365e-1, -2.400758277161838, -2.549732539343734, 4.374664141464968, 2.938163982698783];
+  const a = [
+    -3.969683028665376e1, 2.209460984245205e2, -2.759285104469687e2, 1.38357751867269e2, -3.066479806614716e1,
+    2.506628277459239,
+  ];
+  const b = [
+    -5.447609879822406e1, 1.615858368580409e2, -1.556989798598866e2, 6.680131188771972e1, -1.328068155288572e1,
+  ];
+  const c = [
+    -7.784894002430293e-3, -3.223964580411365e-1, -2.400758277161838, -2.549732539343734, 4.374664141464968,
+    2.938163982698783,
+  ];
   const d = [7.784695709041462e-3, 3.224671290700398e-1, 2.445134137142996, 3.754408661907416];
   const lo = 0.02425;
   if (p < lo) {
     const q = Math.sqrt(-2 * Math.log(p));
-    return (((((c[0]! * q + c[1]!) * q + c[2]!) * q + c[3]!) * q + c[4]!) * q + c[5]!) / ((((d[0]! * q + d[1]!) * q + d[2]!) * q + d[3]!) * q + 1);
+    return (
+      (((((c[0]! * q + c[1]!) * q + c[2]!) * q + c[3]!) * q + c[4]!) * q + c[5]!) /
+      ((((d[0]! * q + d[1]!) * q + d[2]!) * q + d[3]!) * q + 1)
+    );
   }
   if (p > 1 - lo) return -invNorm(1 - p);
   const q = p - 0.5;
   const r = q * q;
-  return ((((((a[0]! * r + a[1]!) * r + a[2]!) * r + a[3]!) * r + a[4]!) * r + a[5]!) * q) /
-    (((((b[0]! * r + b[1]!) * r + b[2]!) * r + b[3]!) * r + b[4]!) * r + 1);
+  return (
+    ((((((a[0]! * r + a[1]!) * r + a[2]!) * r + a[3]!) * r + a[4]!) * r + a[5]!) * q) /
+    (((((b[0]! * r + b[1]!) * r + b[2]!) * r + b[3]!) * r + b[4]!) * r + 1)
+  );
 }
 
 /** Quantiles at SEGMENTS + 1 equally spaced probabilities in [1e-4, 1 - 1e-4]. */
@@ -87,12 +100,17 @@ function law(name: string): { mean: number; std: number } {
 function resolveConfig(spec: string | GPT2Config): { config: GPT2Config; label: string } {
   if (typeof spec === 'string') {
     if (!isKnownModel(spec)) {
-      throw new InvalidOptionError(`unknown model "${spec}" for a random checkpoint; known: ${Object.keys(KNOWN_MODELS).join(', ')} (or pass a config)`);
+      throw new InvalidOptionError(
+        `unknown model "${spec}" for a random checkpoint; known: ${Object.keys(KNOWN_MODELS).join(', ')} (or pass a config)`,
+      );
     }
     return { config: { ...KNOWN_MODELS[spec] }, label: spec };
   }
   // Re-validate a config object the caller built.
-  return { config: parseConfig(spec, 'random checkpoint config'), label: `${spec.n_layer}L-${spec.n_embd}C-${spec.n_head}H-V${spec.vocab_size}` };
+  return {
+    config: parseConfig(spec, 'random checkpoint config'),
+    label: `${spec.n_layer}L-${spec.n_embd}C-${spec.n_head}H-V${spec.vocab_size}`,
+  };
 }
 
 /**
@@ -112,13 +130,22 @@ export function randomCheckpoint(spec: string | GPT2Config, seed = 0): Checkpoin
     const shape = get(name);
     const nRows = shape.length > 1 ? shape[0]! : 1;
     const rowLen = shape.length > 1 ? shape.slice(1).reduce((a, b) => a * b, 1) : shape[0]!;
-    if (!Number.isSafeInteger(start) || !Number.isSafeInteger(count) || start < 0 || count < 0 || start + count > nRows) {
-      throw new WeightsFormatError(`${source}: tensor "${name}" [${shape.join(', ')}]: rows [${start}, ${start + count}) out of range`);
+    if (
+      !Number.isSafeInteger(start) ||
+      !Number.isSafeInteger(count) ||
+      start < 0 ||
+      count < 0 ||
+      start + count > nRows
+    ) {
+      throw new WeightsFormatError(
+        `${source}: tensor "${name}" [${shape.join(', ')}]: rows [${start}, ${start + count}) out of range`,
+      );
     }
     const out = new Float32Array(count * rowLen);
     const { mean, std } = law(name);
     const base = mix(fnv1a(name) ^ mix(seed >>> 0) ^ Math.floor(seed / 2 ** 32));
-    for (let r = 0; r < count; r++) fillNormal(out, r * rowLen, rowLen, mix(base + Math.imul(start + r, 0x9e3779b9)), mean, std);
+    for (let r = 0; r < count; r++)
+      fillNormal(out, r * rowLen, rowLen, mix(base + Math.imul(start + r, 0x9e3779b9)), mean, std);
     return out;
   };
   return {
@@ -134,8 +161,16 @@ export function randomCheckpoint(spec: string | GPT2Config, seed = 0): Checkpoin
       const shape = get(name);
       // 1-D tensors are one row of all their elements; readRows on them slices elements.
       if (shape.length === 1) {
-        if (!Number.isSafeInteger(start) || !Number.isSafeInteger(count) || start < 0 || count < 0 || start + count > shape[0]!) {
-          throw new WeightsFormatError(`${source}: tensor "${name}" [${shape[0]}]: rows [${start}, ${start + count}) out of range`);
+        if (
+          !Number.isSafeInteger(start) ||
+          !Number.isSafeInteger(count) ||
+          start < 0 ||
+          count < 0 ||
+          start + count > shape[0]!
+        ) {
+          throw new WeightsFormatError(
+            `${source}: tensor "${name}" [${shape[0]}]: rows [${start}, ${start + count}) out of range`,
+          );
         }
         return rows(name, 0, 1).slice(start, start + count);
       }

@@ -37,10 +37,22 @@ export function bytesSource(name: string, data: Uint8Array | ArrayBuffer): ByteS
 
 /** Element sizes of the spec's byte-addressable dtypes. Only F32, F16 and BF16 can be read as f32. */
 export const SAFETENSORS_DTYPE_BYTES: Readonly<Record<string, number>> = {
-  BOOL: 1, U8: 1, I8: 1, F8_E5M2: 1, F8_E4M3: 1, F8_E8M0: 1,
-  I16: 2, U16: 2, F16: 2, BF16: 2,
-  I32: 4, U32: 4, F32: 4,
-  I64: 8, U64: 8, F64: 8,
+  BOOL: 1,
+  U8: 1,
+  I8: 1,
+  F8_E5M2: 1,
+  F8_E4M3: 1,
+  F8_E8M0: 1,
+  I16: 2,
+  U16: 2,
+  F16: 2,
+  BF16: 2,
+  I32: 4,
+  U32: 4,
+  F32: 4,
+  I64: 8,
+  U64: 8,
+  F64: 8,
 };
 /** The dtypes readTensorF32 converts. */
 export const READABLE_DTYPES = ['F32', 'F16', 'BF16'] as const;
@@ -73,7 +85,10 @@ function fail(src: ByteSource, what: string): never {
 async function readExact(src: ByteSource, offset: number, length: number, what: string): Promise<Uint8Array> {
   const b = await src.read(offset, length);
   if (b.byteLength !== length) {
-    fail(src, `truncated: reading ${what} needs ${length} bytes at offset ${offset} but got ${b.byteLength} (file size ${src.size})`);
+    fail(
+      src,
+      `truncated: reading ${what} needs ${length} bytes at offset ${offset} but got ${b.byteLength} (file size ${src.size})`,
+    );
   }
   return b;
 }
@@ -88,14 +103,20 @@ export async function parseSafetensors(src: ByteSource): Promise<SafetensorsFile
   const lenBytes = await readExact(src, 0, 8, 'the header length');
   const n64 = new DataView(lenBytes.buffer, lenBytes.byteOffset, 8).getBigUint64(0, true);
   if (n64 > BigInt(src.size - 8)) {
-    fail(src, `header length ${n64} passes the end of the file (file size ${src.size}, so at most ${src.size - 8}); truncated or not a safetensors file`);
+    fail(
+      src,
+      `header length ${n64} passes the end of the file (file size ${src.size}, so at most ${src.size - 8}); truncated or not a safetensors file`,
+    );
   }
   const n = Number(n64);
   if (n > MAX_HEADER_BYTES) fail(src, `header length ${n} exceeds the ${MAX_HEADER_BYTES}-byte limit`);
   if (n < 2) fail(src, `header length ${n} is too small to hold a JSON object`);
   const headerBytes = await readExact(src, 8, n, 'the JSON header');
   if (headerBytes[0] !== 0x7b) {
-    fail(src, `header must start with '{' (0x7b), found byte 0x${headerBytes[0]!.toString(16).padStart(2, '0')}; not a safetensors file?`);
+    fail(
+      src,
+      `header must start with '{' (0x7b), found byte 0x${headerBytes[0]!.toString(16).padStart(2, '0')}; not a safetensors file?`,
+    );
   }
   let text: string;
   try {
@@ -123,7 +144,8 @@ export async function parseSafetensors(src: ByteSource): Promise<SafetensorsFile
   const tensors = new Map<string, TensorInfo>();
   for (const [name, v] of Object.entries(json as Record<string, unknown>)) {
     if (name === '__metadata__') {
-      if (typeof v !== 'object' || v === null || Array.isArray(v)) fail(src, `__metadata__ must be an object of strings, got ${JSON.stringify(v)}`);
+      if (typeof v !== 'object' || v === null || Array.isArray(v))
+        fail(src, `__metadata__ must be an object of strings, got ${JSON.stringify(v)}`);
       for (const [k, s] of Object.entries(v as Record<string, unknown>)) {
         if (typeof s !== 'string') fail(src, `__metadata__["${k}"] must be a string, got ${JSON.stringify(s)}`);
       }
@@ -131,7 +153,8 @@ export async function parseSafetensors(src: ByteSource): Promise<SafetensorsFile
       continue;
     }
     const t = `tensor "${name}"`;
-    if (typeof v !== 'object' || v === null || Array.isArray(v)) fail(src, `${t}: entry must be an object {dtype, shape, data_offsets}, got ${JSON.stringify(v)}`);
+    if (typeof v !== 'object' || v === null || Array.isArray(v))
+      fail(src, `${t}: entry must be an object {dtype, shape, data_offsets}, got ${JSON.stringify(v)}`);
     const e = v as Record<string, unknown>;
     const dtype = e.dtype;
     if (typeof dtype !== 'string') fail(src, `${t}: dtype must be a string, got ${JSON.stringify(dtype)}`);
@@ -149,12 +172,16 @@ export async function parseSafetensors(src: ByteSource): Promise<SafetensorsFile
     }
     const [b, en] = offs as [number, number];
     if (b > en) fail(src, `${t}: data_offsets [${b}, ${en}] has begin after end`);
-    if (en > dataSize) fail(src, `${t}: data_offsets [${b}, ${en}] pass the end of the data region (${dataSize} bytes)`);
+    if (en > dataSize)
+      fail(src, `${t}: data_offsets [${b}, ${en}] pass the end of the data region (${dataSize} bytes)`);
     // numel * item must equal the range; compare without overflowing (every range is <= dataSize).
     let bytes = item;
     for (const d of shape as number[]) bytes = d === 0 ? 0 : bytes * d;
     if (bytes !== en - b) {
-      fail(src, `${t}: shape [${(shape as number[]).join(', ')}] x ${dtype} (${item} B) needs ${bytes} bytes but data_offsets [${b}, ${en}] hold ${en - b}`);
+      fail(
+        src,
+        `${t}: shape [${(shape as number[]).join(', ')}] x ${dtype} (${item} B) needs ${bytes} bytes but data_offsets [${b}, ${en}] hold ${en - b}`,
+      );
     }
     tensors.set(name, { name, dtype, shape: (shape as number[]).slice(), begin: dataStart + b, end: dataStart + en });
   }
@@ -165,16 +192,25 @@ export async function parseSafetensors(src: ByteSource): Promise<SafetensorsFile
   let prev: TensorInfo | undefined;
   for (const t of sorted) {
     if (t.begin < at) {
-      fail(src, `tensors "${prev!.name}" [${prev!.begin - dataStart}, ${prev!.end - dataStart}] and "${t.name}" [${t.begin - dataStart}, ${t.end - dataStart}] overlap`);
+      fail(
+        src,
+        `tensors "${prev!.name}" [${prev!.begin - dataStart}, ${prev!.end - dataStart}] and "${t.name}" [${t.begin - dataStart}, ${t.end - dataStart}] overlap`,
+      );
     }
     if (t.begin > at) {
-      fail(src, `data region has a hole: bytes [${at - dataStart}, ${t.begin - dataStart}) before tensor "${t.name}" belong to no tensor`);
+      fail(
+        src,
+        `data region has a hole: bytes [${at - dataStart}, ${t.begin - dataStart}) before tensor "${t.name}" belong to no tensor`,
+      );
     }
     at = t.end;
     prev = t;
   }
   if (at !== src.size) {
-    fail(src, `data region has ${src.size - at} trailing bytes after the last tensor (data ends at ${at - dataStart}, region is ${dataSize} bytes)`);
+    fail(
+      src,
+      `data region has ${src.size - at} trailing bytes after the last tensor (data ends at ${at - dataStart}, region is ${dataSize} bytes)`,
+    );
   }
   return { source: src, dataStart, metadata, tensors };
 }
@@ -221,7 +257,8 @@ function halfTable(): Float32Array {
       const s = h & 0x8000 ? -1 : 1;
       const e = (h >>> 10) & 0x1f;
       const m = h & 0x3ff;
-      f16Table[h] = e === 0 ? s * m * 2 ** -24 : e === 0x1f ? (m ? NaN : s * Infinity) : s * (1 + m / 1024) * 2 ** (e - 15);
+      f16Table[h] =
+        e === 0 ? s * m * 2 ** -24 : e === 0x1f ? (m ? NaN : s * Infinity) : s * (1 + m / 1024) * 2 ** (e - 15);
     }
   }
   return f16Table;
@@ -249,7 +286,9 @@ export function bytesToF32(bytes: Uint8Array, dtype: string): Float32Array {
     }
     return out;
   }
-  throw new WeightsFormatError(`cannot convert dtype ${dtype} to float32; readable dtypes are ${READABLE_DTYPES.join(', ')}`);
+  throw new WeightsFormatError(
+    `cannot convert dtype ${dtype} to float32; readable dtypes are ${READABLE_DTYPES.join(', ')}`,
+  );
 }
 
 function lookup(file: SafetensorsFile, name: string): TensorInfo {
@@ -268,7 +307,12 @@ export async function readTensorF32(file: SafetensorsFile, name: string): Promis
 }
 
 /** Reads rows [start, start + count) along the first dimension of a tensor, as float32. */
-export async function readRowsF32(file: SafetensorsFile, name: string, start: number, count: number): Promise<Float32Array> {
+export async function readRowsF32(
+  file: SafetensorsFile,
+  name: string,
+  start: number,
+  count: number,
+): Promise<Float32Array> {
   const t = lookup(file, name);
   const rows = t.shape[0] ?? 1;
   if (!Number.isSafeInteger(start) || !Number.isSafeInteger(count) || start < 0 || count < 0 || start + count > rows) {
@@ -276,7 +320,10 @@ export async function readRowsF32(file: SafetensorsFile, name: string, start: nu
   }
   const rowBytes = rows === 0 ? 0 : (t.end - t.begin) / rows;
   const off = t.begin + start * rowBytes;
-  return bytesToF32(await readExact(file.source, off, count * rowBytes, `rows ${start}..${start + count} of tensor "${name}"`), t.dtype);
+  return bytesToF32(
+    await readExact(file.source, off, count * rowBytes, `rows ${start}..${start + count} of tensor "${name}"`),
+    t.dtype,
+  );
 }
 
 export interface TensorToWrite {

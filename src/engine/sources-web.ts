@@ -103,7 +103,10 @@ export function blobSource(blob: Blob, name: string): ByteSource {
 export async function fileSource(files: File[]): Promise<Checkpoint> {
   const names = files.map((f) => f.name).join(', ') || 'none';
   const cfg = files.find((f) => f.name === 'config.json');
-  if (!cfg) throw new WeightsFormatError(`no config.json among the chosen files (${names}); pick config.json and model.safetensors together`);
+  if (!cfg)
+    throw new WeightsFormatError(
+      `no config.json among the chosen files (${names}); pick config.json and model.safetensors together`,
+    );
   const st = files.find((f) => f.name === 'model.safetensors') ?? files.find((f) => f.name.endsWith('.safetensors'));
   if (!st) throw new WeightsFormatError(`no .safetensors file among the chosen files (${names})`);
   let json: unknown;

@@ -23,7 +23,9 @@ export const gpt2Tokenizer: Tokenizer = {
     if (typeof text !== 'string') throw new PromptError(`prompt must be a string, got ${typeof text}`);
     const bad = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/.exec(text);
     if (bad) {
-      throw new PromptError(`prompt is not valid Unicode: lone surrogate U+${bad[0].charCodeAt(0).toString(16).toUpperCase()} at index ${bad.index}`);
+      throw new PromptError(
+        `prompt is not valid Unicode: lone surrogate U+${bad[0].charCodeAt(0).toString(16).toUpperCase()} at index ${bad.index}`,
+      );
     }
     // "<|endoftext|>" in the text is GPT-2's special token (as HF's tokenizer treats it); the
     // BPE never produces id 50256 by itself, so split on it and join the pieces with the id.
@@ -42,7 +44,8 @@ export const gpt2Tokenizer: Tokenizer = {
 /** Bytes of one token, through gpt-tokenizer's BPE table (undefined if it is not a plain token). */
 type TokenBytes = (id: number) => Uint8Array | string | undefined;
 const tokenBytes: TokenBytes | undefined = (() => {
-  const core = (r50k as unknown as { bytePairEncodingCoreProcessor?: { tryDecodeToken?: TokenBytes } }).bytePairEncodingCoreProcessor;
+  const core = (r50k as unknown as { bytePairEncodingCoreProcessor?: { tryDecodeToken?: TokenBytes } })
+    .bytePairEncodingCoreProcessor;
   return core?.tryDecodeToken ? (id: number) => core.tryDecodeToken!.call(core, id) : undefined;
 })();
 

@@ -94,13 +94,19 @@ export function wteRowsPerChunk(rows: number, cols: number, dtype: WeightDType, 
     const panelBytes = tensorBytes([cols, panel], dtype);
     if (Math.ceil(rows / panel) * panelBytes <= limit) return rows;
     const fit = Math.floor(limit / panelBytes);
-    if (fit < 1) throw new ShapeError(`wte.weight: one panel of ${panel} rows x ${cols} ${dtype} is ${panelBytes} bytes, more than the binding limit ${limit}; use a smaller knPanel`);
+    if (fit < 1)
+      throw new ShapeError(
+        `wte.weight: one panel of ${panel} rows x ${cols} ${dtype} is ${panelBytes} bytes, more than the binding limit ${limit}; use a smaller knPanel`,
+      );
     return fit * panel;
   }
   const rowBytes = tensorBytes([1, cols], dtype);
   if (rows * rowBytes <= limit) return rows;
   const fit = Math.floor(limit / rowBytes);
-  if (fit < 1) throw new ShapeError(`wte.weight: one row of ${cols} ${dtype} is ${rowBytes} bytes, more than the binding limit ${limit}`);
+  if (fit < 1)
+    throw new ShapeError(
+      `wte.weight: one row of ${cols} ${dtype} is ${rowBytes} bytes, more than the binding limit ${limit}`,
+    );
   return fit >= WTE_CHUNK_ROW_MULTIPLE ? fit - (fit % WTE_CHUNK_ROW_MULTIPLE) : fit;
 }
 
@@ -134,7 +140,9 @@ export async function uploadWeights(ctx: GpuContext, ckpt: Checkpoint, opts: Upl
   for (const name of names) {
     const bytes = storedBytes({ shape: ckpt.shape(name), dtype: dtypeOf(name), panel: panelOf(name) });
     if (bytes > limit) {
-      throw new ShapeError(`${ckpt.source}: tensor "${name}" [${ckpt.shape(name).join(', ')}] ${dtypeOf(name)} is ${bytes} bytes, more than the storage binding limit ${limit}.${hint}`);
+      throw new ShapeError(
+        `${ckpt.source}: tensor "${name}" [${ckpt.shape(name).join(', ')}] ${dtypeOf(name)} is ${bytes} bytes, more than the storage binding limit ${limit}.${hint}`,
+      );
     }
     total += bytes;
   }
@@ -207,9 +215,18 @@ export async function uploadWeights(ctx: GpuContext, ckpt: Checkpoint, opts: Upl
       loaded += storedBytes(chunk);
       opts.onProgress?.({ loadedBytes: loaded, totalBytes: total, tensor: label });
     }
-    const wte: ChunkedTensor = { shape: [V, C], dtype, rowsPerChunk, chunks, ...(knPanel > 0 ? { transposed: true } : {}) };
+    const wte: ChunkedTensor = {
+      shape: [V, C],
+      dtype,
+      rowsPerChunk,
+      chunks,
+      ...(knPanel > 0 ? { transposed: true } : {}),
+    };
     const wpe = await upload('wpe.weight');
-    const pair = async (p: string): Promise<NormWeights & LinearWeights> => ({ weight: await upload(p + '.weight'), bias: await upload(p + '.bias') });
+    const pair = async (p: string): Promise<NormWeights & LinearWeights> => ({
+      weight: await upload(p + '.weight'),
+      bias: await upload(p + '.bias'),
+    });
     const h: LayerWeights[] = [];
     for (let l = 0; l < cfg.n_layer; l++) {
       const p = `h.${l}.`;
@@ -232,7 +249,8 @@ export async function uploadWeights(ctx: GpuContext, ckpt: Checkpoint, opts: Upl
 function layerNames(L: number): string[] {
   const out: string[] = [];
   for (let l = 0; l < L; l++) {
-    for (const s of ['ln_1', 'attn.c_attn', 'attn.c_proj', 'ln_2', 'mlp.c_fc', 'mlp.c_proj']) out.push(`h.${l}.${s}.weight`, `h.${l}.${s}.bias`);
+    for (const s of ['ln_1', 'attn.c_attn', 'attn.c_proj', 'ln_2', 'mlp.c_fc', 'mlp.c_proj'])
+      out.push(`h.${l}.${s}.weight`, `h.${l}.${s}.bias`);
   }
   return out;
 }

@@ -65,7 +65,17 @@ export interface AttentionArgs {
   writeKv?: boolean;
 }
 
-const VARIANTS: ReadonlyArray<NonNullable<AttentionArgs['variant']>> = ['auto', 'query', 'scalar', 'lanes', 'pairs', 'tiled', 'wide', 'blocks', 'subgroup'];
+const VARIANTS: ReadonlyArray<NonNullable<AttentionArgs['variant']>> = [
+  'auto',
+  'query',
+  'scalar',
+  'lanes',
+  'pairs',
+  'tiled',
+  'wide',
+  'blocks',
+  'subgroup',
+];
 
 /** Tokens per block of variant 'blocks' (QB in the shader); chunks start at multiples of it. */
 const BLOCK_TOKENS = 8;
@@ -163,7 +173,9 @@ export class AttentionKernel {
     /** Invocations per workgroup of decode_lanes (AttentionOptions.decodeLanes). */
     readonly decodeLanes: number,
     /** Variant 'blocks' (built with the lanes kernels): its three passes. */
-    private readonly pipelinesBlocks: { qt: GPUComputePipeline; scores: GPUComputePipeline; softmax: GPUComputePipeline; pv: GPUComputePipeline } | undefined,
+    private readonly pipelinesBlocks:
+      | { qt: GPUComputePipeline; scores: GPUComputePipeline; softmax: GPUComputePipeline; pv: GPUComputePipeline }
+      | undefined,
     /** AttentionOptions.blocksScratchBytes. */
     readonly blocksScratchBytes: number,
     /** Variant 'subgroup': decode_sg and prefill_sg, built for head size subgroupHeadDim. */
@@ -176,11 +188,18 @@ export class AttentionKernel {
 
   static async create(ctx: GpuContext, opts: AttentionOptions = {}): Promise<AttentionKernel> {
     const { headDim } = opts;
-    const fits = headDim !== undefined && Number.isInteger(headDim) && headDim >= 4 && headDim % 4 === 0 && headDim <= ATTENTION_MAX_HEAD_DIM;
+    const fits =
+      headDim !== undefined &&
+      Number.isInteger(headDim) &&
+      headDim >= 4 &&
+      headDim % 4 === 0 &&
+      headDim <= ATTENTION_MAX_HEAD_DIM;
     // By default only where it applies (other head sizes keep the workgroup kernels); asked for, it must.
     const lanes = opts.lanes ?? (ctx.isCpuAdapter && fits);
     if (lanes && !fits) {
-      throw new InvalidOptionError(`AttentionKernel: headDim for the 'lanes' kernel must be a multiple of 4 in [4, ${ATTENTION_MAX_HEAD_DIM}], got ${headDim}; pass lanes: false for other head sizes`);
+      throw new InvalidOptionError(
+        `AttentionKernel: headDim for the 'lanes' kernel must be a multiple of 4 in [4, ${ATTENTION_MAX_HEAD_DIM}], got ${headDim}; pass lanes: false for other head sizes`,
+      );
     }
     // 32 threads (a power of two for the tree max): on lavapipe smaller workgroups cut the fixed
     // cost per block (measured: prefill T=128 -30%, decode at pos 1000 -35% against 64); it is one
@@ -188,15 +207,21 @@ export class AttentionKernel {
     const wg = 32;
     const decodeWg = opts.decodeWg ?? (ctx.isCpuAdapter ? 0 : 256);
     if (decodeWg !== 0 && !isPowerOfTwoIn(decodeWg, 32, 256)) {
-      throw new InvalidOptionError(`AttentionKernel: decodeWg must be a power of two in [32, 256] (threads per decode workgroup) or 0 for none, got ${decodeWg}`);
+      throw new InvalidOptionError(
+        `AttentionKernel: decodeWg must be a power of two in [32, 256] (threads per decode workgroup) or 0 for none, got ${decodeWg}`,
+      );
     }
     const decodeLanes = opts.decodeLanes ?? DECODE_LANES;
     if (!isPowerOfTwoIn(decodeLanes, 1, 64)) {
-      throw new InvalidOptionError(`AttentionKernel: decodeLanes must be a power of two in [1, 64] (invocations per decode_lanes workgroup), got ${decodeLanes}`);
+      throw new InvalidOptionError(
+        `AttentionKernel: decodeLanes must be a power of two in [1, 64] (invocations per decode_lanes workgroup), got ${decodeLanes}`,
+      );
     }
     const blocksScratchBytes = opts.blocksScratchBytes ?? BLOCKS_SCRATCH_BYTES;
     if (!Number.isInteger(blocksScratchBytes) || blocksScratchBytes < 1) {
-      throw new InvalidOptionError(`AttentionKernel: blocksScratchBytes must be a positive integer (bytes of the 'blocks' score scratch per chunk), got ${blocksScratchBytes}`);
+      throw new InvalidOptionError(
+        `AttentionKernel: blocksScratchBytes must be a positive integer (bytes of the 'blocks' score scratch per chunk), got ${blocksScratchBytes}`,
+      );
     }
     if (opts.subgroups !== undefined && typeof opts.subgroups !== 'boolean') {
       throw new InvalidOptionError(`AttentionKernel: subgroups must be a boolean, got ${String(opts.subgroups)}`);
@@ -211,27 +236,64 @@ export class AttentionKernel {
       );
     }
     const sgLanes = sg ? Math.min(SG_PROMPT_MAX, sgSize!) : 0; // prefill_sg: invocations = queries per workgroup
-    if (opts.blocks !== undefined && typeof opts.blocks !== 'boolean') throw new InvalidOptionError(`AttentionKernel: blocks must be a boolean, got ${String(opts.blocks)}`);
+    if (opts.blocks !== undefined && typeof opts.blocks !== 'boolean')
+      throw new InvalidOptionError(`AttentionKernel: blocks must be a boolean, got ${String(opts.blocks)}`);
     const blocks = opts.blocks ?? (lanes && !sg);
-    if (blocks && !lanes) throw new InvalidOptionError(`AttentionKernel: blocks: true needs the lanes kernels (lanes: true, a headDim that fits), which this kernel does not build (lanes ${String(opts.lanes)}, headDim ${String(headDim)})`);
-    const [scalar, vec4, tiled, lanesP, pairsP, restP, wide, qtP, scoresP, softmaxP, pvP, sgDecodeP, sgPromptP] = await Promise.all([
-      ctx.pipeline('attention', 'main', { WG: wg }),
-      ctx.pipeline('attention', 'main_vec4', { WG: wg }),
-      ctx.pipeline('attention', 'tiled_vec4', { WG: wg }),
-      lanes ? ctx.pipeline('attention', 'decode_lanes', { HD4: headDim! / 4, LANES: decodeLanes }) : undefined,
-      lanes ? ctx.pipeline('attention', 'prefill_lanes', { HD4: headDim! / 4, LANES: PAIR_LANES }) : undefined,
-      lanes ? ctx.pipeline('attention', 'decode_lanes', { HD4: headDim! / 4, LANES: PAIR_LANES }) : undefined,
-      decodeWg ? ctx.pipeline('attention', 'main_vec4', { WG: decodeWg }) : undefined,
-      blocks ? ctx.pipeline('attention', 'att_qt', { LANES: BLOCK_LANES }) : undefined,
-      blocks ? ctx.pipeline('attention', 'att_scores', {}) : undefined,
-      blocks ? ctx.pipeline('attention', 'att_softmax', { LANES: BLOCK_LANES }) : undefined,
-      blocks ? ctx.pipeline('attention', 'att_pv', {}) : undefined,
-      sg ? ctx.pipeline('attention+attention_subgroups', 'decode_sg', { HD4: headDim! / 4, SGA: SG_LANES, WPL: Math.ceil(headDim! / 4 / SG_LANES) }) : undefined,
-      sg ? ctx.pipeline('attention+attention_subgroups', 'prefill_sg', { HD4: headDim! / 4, SGA: sgLanes, WPL: Math.ceil(headDim! / 4 / sgLanes), QS: sgLanes }) : undefined,
-    ]);
+    if (blocks && !lanes)
+      throw new InvalidOptionError(
+        `AttentionKernel: blocks: true needs the lanes kernels (lanes: true, a headDim that fits), which this kernel does not build (lanes ${String(opts.lanes)}, headDim ${String(headDim)})`,
+      );
+    const [scalar, vec4, tiled, lanesP, pairsP, restP, wide, qtP, scoresP, softmaxP, pvP, sgDecodeP, sgPromptP] =
+      await Promise.all([
+        ctx.pipeline('attention', 'main', { WG: wg }),
+        ctx.pipeline('attention', 'main_vec4', { WG: wg }),
+        ctx.pipeline('attention', 'tiled_vec4', { WG: wg }),
+        lanes ? ctx.pipeline('attention', 'decode_lanes', { HD4: headDim! / 4, LANES: decodeLanes }) : undefined,
+        lanes ? ctx.pipeline('attention', 'prefill_lanes', { HD4: headDim! / 4, LANES: PAIR_LANES }) : undefined,
+        lanes ? ctx.pipeline('attention', 'decode_lanes', { HD4: headDim! / 4, LANES: PAIR_LANES }) : undefined,
+        decodeWg ? ctx.pipeline('attention', 'main_vec4', { WG: decodeWg }) : undefined,
+        blocks ? ctx.pipeline('attention', 'att_qt', { LANES: BLOCK_LANES }) : undefined,
+        blocks ? ctx.pipeline('attention', 'att_scores', {}) : undefined,
+        blocks ? ctx.pipeline('attention', 'att_softmax', { LANES: BLOCK_LANES }) : undefined,
+        blocks ? ctx.pipeline('attention', 'att_pv', {}) : undefined,
+        sg
+          ? ctx.pipeline('attention+attention_subgroups', 'decode_sg', {
+              HD4: headDim! / 4,
+              SGA: SG_LANES,
+              WPL: Math.ceil(headDim! / 4 / SG_LANES),
+            })
+          : undefined,
+        sg
+          ? ctx.pipeline('attention+attention_subgroups', 'prefill_sg', {
+              HD4: headDim! / 4,
+              SGA: sgLanes,
+              WPL: Math.ceil(headDim! / 4 / sgLanes),
+              QS: sgLanes,
+            })
+          : undefined,
+      ]);
     const sgP = sgDecodeP && sgPromptP ? { decode: sgDecodeP, prompt: sgPromptP } : undefined;
-    const blocksP = qtP && scoresP && softmaxP && pvP ? { qt: qtP, scores: scoresP, softmax: softmaxP, pv: pvP } : undefined;
-    return new AttentionKernel(ctx, scalar, vec4, tiled, lanesP, pairsP, restP, wide, wg, lanes ? headDim! : undefined, decodeWg || undefined, decodeLanes, blocksP, blocksScratchBytes, sgP, sg ? headDim! : undefined, sgLanes);
+    const blocksP =
+      qtP && scoresP && softmaxP && pvP ? { qt: qtP, scores: scoresP, softmax: softmaxP, pv: pvP } : undefined;
+    return new AttentionKernel(
+      ctx,
+      scalar,
+      vec4,
+      tiled,
+      lanesP,
+      pairsP,
+      restP,
+      wide,
+      wg,
+      lanes ? headDim! : undefined,
+      decodeWg || undefined,
+      decodeLanes,
+      blocksP,
+      blocksScratchBytes,
+      sgP,
+      sg ? headDim! : undefined,
+      sgLanes,
+    );
   }
 
   /**
@@ -265,23 +327,51 @@ export class AttentionKernel {
    * takes vec4 loads when D % 4 == 0): given variants are checked against what this kernel has,
    * 'auto' picks as AttentionArgs.variant says (`scratch`: whether a 'blocks' scratch is given).
    */
-  resolveVariant(T: number, D: number, o: { variant?: AttentionArgs['variant']; writeKv?: boolean; scratch?: boolean }, label = 'attention'): Exclude<NonNullable<AttentionArgs['variant']>, 'auto'> {
+  resolveVariant(
+    T: number,
+    D: number,
+    o: { variant?: AttentionArgs['variant']; writeKv?: boolean; scratch?: boolean },
+    label = 'attention',
+  ): Exclude<NonNullable<AttentionArgs['variant']>, 'auto'> {
     const variant = o.variant ?? 'auto';
-    if (!VARIANTS.includes(variant)) throw new ShapeError(`${label}: variant must be one of ${VARIANTS.join(', ')}, got ${String(variant)}`);
+    if (!VARIANTS.includes(variant))
+      throw new ShapeError(`${label}: variant must be one of ${VARIANTS.join(', ')}, got ${String(variant)}`);
     const canTile = D % 4 === 0 && D <= 64;
     const lanesHere = D === this.lanesHeadDim; // CPU adapters: the one-invocation kernels for this D
-    const oneQuery = variant === 'lanes' || variant === 'subgroup' || variant === 'wide' || variant === 'query' || variant === 'scalar';
-    if (variant === 'tiled' && !canTile) throw new ShapeError(`${label}: the tiled kernel needs D % 4 == 0 and D <= 64, got D = ${D}; use variant 'query'`);
+    const oneQuery =
+      variant === 'lanes' ||
+      variant === 'subgroup' ||
+      variant === 'wide' ||
+      variant === 'query' ||
+      variant === 'scalar';
+    if (variant === 'tiled' && !canTile)
+      throw new ShapeError(
+        `${label}: the tiled kernel needs D % 4 == 0 and D <= 64, got D = ${D}; use variant 'query'`,
+      );
     if ((variant === 'lanes' || variant === 'pairs' || variant === 'blocks') && !lanesHere) {
-      throw new ShapeError(`${label}: variant '${variant}' runs head size ${this.lanesHeadDim ?? '(none: the kernel was created without headDim)'} only, got D = ${D}; create the kernel with { headDim: ${D} } or use variant 'query'`);
+      throw new ShapeError(
+        `${label}: variant '${variant}' runs head size ${this.lanesHeadDim ?? '(none: the kernel was created without headDim)'} only, got D = ${D}; create the kernel with { headDim: ${D} } or use variant 'query'`,
+      );
     }
-    if (o.writeKv && variant !== 'auto' && !oneQuery) throw new ShapeError(`${label}: writeKv (tokens in distinct rows, a decode step) needs the one-query kernels, not variant '${variant}'`);
+    if (o.writeKv && variant !== 'auto' && !oneQuery)
+      throw new ShapeError(
+        `${label}: writeKv (tokens in distinct rows, a decode step) needs the one-query kernels, not variant '${variant}'`,
+      );
     if (variant === 'subgroup' && D !== this.subgroupHeadDim) {
-      throw new ShapeError(`${label}: variant 'subgroup' runs head size ${this.subgroupHeadDim ?? '(none: the kernel was created without subgroups)'} only, got D = ${D}; create the kernel with { headDim: ${D}, subgroups: true } or use variant 'query'`);
+      throw new ShapeError(
+        `${label}: variant 'subgroup' runs head size ${this.subgroupHeadDim ?? '(none: the kernel was created without subgroups)'} only, got D = ${D}; create the kernel with { headDim: ${D}, subgroups: true } or use variant 'query'`,
+      );
     }
-    if (variant === 'blocks' && !this.pipelinesBlocks) throw new ShapeError(`${label}: variant 'blocks' needs a kernel built with it (AttentionOptions.blocks, the default with the lanes kernels); this one was created with blocks: false`);
-    if (variant === 'wide' && !this.pipelineWide) throw new ShapeError(`${label}: variant 'wide' needs a kernel created with decodeWg (the default on GPUs only)`);
-    if (variant === 'wide' && D % 4 !== 0) throw new ShapeError(`${label}: variant 'wide' is the vec4 kernel and needs D % 4 == 0, got D = ${D}; use variant 'scalar'`);
+    if (variant === 'blocks' && !this.pipelinesBlocks)
+      throw new ShapeError(
+        `${label}: variant 'blocks' needs a kernel built with it (AttentionOptions.blocks, the default with the lanes kernels); this one was created with blocks: false`,
+      );
+    if (variant === 'wide' && !this.pipelineWide)
+      throw new ShapeError(`${label}: variant 'wide' needs a kernel created with decodeWg (the default on GPUs only)`);
+    if (variant === 'wide' && D % 4 !== 0)
+      throw new ShapeError(
+        `${label}: variant 'wide' is the vec4 kernel and needs D % 4 == 0, got D = ${D}; use variant 'scalar'`,
+      );
     if (variant !== 'auto') return variant;
     if (D === this.subgroupHeadDim) return 'subgroup';
     if (!o.writeKv) {
@@ -295,16 +385,21 @@ export class AttentionKernel {
   }
 
   bind(owner: Owned, a: AttentionArgs, label = 'attention'): Dispatch[] {
-    if (a.kCache.shape.length !== 3) throw new ShapeError(`${label}: kCache must be 3-D [rows, capacity, C], got [${a.kCache.shape.join(', ')}]`);
+    if (a.kCache.shape.length !== 3)
+      throw new ShapeError(`${label}: kCache must be 3-D [rows, capacity, C], got [${a.kCache.shape.join(', ')}]`);
     const [rows, cap, C] = a.kCache.shape as [number, number, number];
-    if (a.qkv.shape.length !== 2) throw new ShapeError(`${label}: qkv must be 2-D [T, 3C], got [${a.qkv.shape.join(', ')}]`);
+    if (a.qkv.shape.length !== 2)
+      throw new ShapeError(`${label}: qkv must be 2-D [T, 3C], got [${a.qkv.shape.join(', ')}]`);
     const T = a.qkv.shape[0]!;
     const nHead = a.nHead;
     if (!Number.isInteger(nHead) || nHead < 1 || C % nHead !== 0) {
       throw new ShapeError(`${label}: nHead must be a positive divisor of C = ${C}, got ${nHead}`);
     }
     const D = C / nHead;
-    if (D > ATTENTION_MAX_HEAD_DIM) throw new ShapeError(`${label}: head size ${D} (C ${C} / nHead ${nHead}) passes the kernel's maximum ${ATTENTION_MAX_HEAD_DIM}`);
+    if (D > ATTENTION_MAX_HEAD_DIM)
+      throw new ShapeError(
+        `${label}: head size ${D} (C ${C} / nHead ${nHead}) passes the kernel's maximum ${ATTENTION_MAX_HEAD_DIM}`,
+      );
     expectTensor(`${label} kCache`, a.kCache, [rows, cap, C], ['f32']);
     expectTensor(`${label} vCache`, a.vCache, [rows, cap, C], ['f32']);
     expectTensor(`${label} qkv`, a.qkv, [T, 3 * C], ['f32']);
@@ -313,20 +408,62 @@ export class AttentionKernel {
     expectDisjoint(label, 'out', a.out, { qkv: a.qkv, kCache: a.kCache, vCache: a.vCache, meta: a.meta });
     expectDisjoint(label, 'vCache', a.vCache, { kCache: a.kCache });
     // The caches are bound writable (writeKv), and WebGPU validates usage per buffer, not per range.
-    for (const [what, t] of [['qkv', a.qkv], ['meta', a.meta]] as const) {
-      for (const [cn, c] of [['kCache', a.kCache], ['vCache', a.vCache]] as const) {
+    for (const [what, t] of [
+      ['qkv', a.qkv],
+      ['meta', a.meta],
+    ] as const) {
+      for (const [cn, c] of [
+        ['kCache', a.kCache],
+        ['vCache', a.vCache],
+      ] as const) {
         if (t.buffer === c.buffer) {
-          throw new ShapeError(`${label}: ${what} and ${cn} share buffer "${c.buffer.label}"; the caches are bound writable, and WebGPU forbids binding one buffer writable and read-only in the same dispatch: give ${what} its own buffer`);
+          throw new ShapeError(
+            `${label}: ${what} and ${cn} share buffer "${c.buffer.label}"; the caches are bound writable, and WebGPU forbids binding one buffer writable and read-only in the same dispatch: give ${what} its own buffer`,
+          );
         }
       }
     }
-    const v = this.resolveVariant(T, D, { variant: a.variant, writeKv: a.writeKv, scratch: a.scratch !== undefined }, label);
+    const v = this.resolveVariant(
+      T,
+      D,
+      { variant: a.variant, writeKv: a.writeKv, scratch: a.scratch !== undefined },
+      label,
+    );
     // [binding, resource]: params at 0, then qkv, meta, kCache, vCache, out (every entry point but
     // the blocks passes uses them all; an 'auto' layout holds only the bindings a shader uses).
-    const inputs: Array<[number, GPUBindingResource]> = [[1, binding(a.qkv)], [2, binding(a.meta)], [3, binding(a.kCache)], [4, binding(a.vCache)], [5, binding(a.out)]];
-    const make = (pipeline: GPUComputePipeline, name: string, workgroups: number, tiledSkip: number, pairsSkip = 0, chunk = { tBase: 0, tc: 0 }, resources = inputs): Dispatch => {
+    const inputs: Array<[number, GPUBindingResource]> = [
+      [1, binding(a.qkv)],
+      [2, binding(a.meta)],
+      [3, binding(a.kCache)],
+      [4, binding(a.vCache)],
+      [5, binding(a.out)],
+    ];
+    const make = (
+      pipeline: GPUComputePipeline,
+      name: string,
+      workgroups: number,
+      tiledSkip: number,
+      pairsSkip = 0,
+      chunk = { tBase: 0, tc: 0 },
+      resources = inputs,
+    ): Dispatch => {
       const [gx, gy] = grid(this.ctx, name, workgroups);
-      const params = owner.uniform(`${name}.params`, [T, C, nHead, D, rows, cap, f32bits(1 / Math.sqrt(D)), gx, NAN_BITS, tiledSkip, a.writeKv ? 1 : 0, pairsSkip, chunk.tBase, chunk.tc]);
+      const params = owner.uniform(`${name}.params`, [
+        T,
+        C,
+        nHead,
+        D,
+        rows,
+        cap,
+        f32bits(1 / Math.sqrt(D)),
+        gx,
+        NAN_BITS,
+        tiledSkip,
+        a.writeKv ? 1 : 0,
+        pairsSkip,
+        chunk.tBase,
+        chunk.tc,
+      ]);
       const bindGroup = this.ctx.device.createBindGroup({
         label: name,
         layout: pipeline.getBindGroupLayout(0),
@@ -345,18 +482,35 @@ export class AttentionKernel {
     if (v === 'blocks') {
       const need = this.blocksScratch(T, cap, C, nHead);
       const hint = `(blocksScratch(${T}, ${cap}, ${C}, ${nHead}): ${need.scores} and ${need.queries} f32)`;
-      if (!a.scratch) throw new ShapeError(`${label}: variant 'blocks' needs scratch buffers for the scores and the queries ${hint}`);
-      for (const [what, t, floats] of [['scores', a.scratch.scores, need.scores], ['queries', a.scratch.queries, need.queries]] as const) {
+      if (!a.scratch)
+        throw new ShapeError(`${label}: variant 'blocks' needs scratch buffers for the scores and the queries ${hint}`);
+      for (const [what, t, floats] of [
+        ['scores', a.scratch.scores, need.scores],
+        ['queries', a.scratch.queries, need.queries],
+      ] as const) {
         const have = t.shape.reduce((x, y) => x * y, 1);
-        if (t.dtype !== 'f32' || have < floats) throw new ShapeError(`${label}: the ${what} scratch holds ${have} ${t.dtype}, variant 'blocks' needs ${floats} f32 for ${T} tokens ${hint}`);
-        expectDisjoint(label, `${what} scratch`, t, { qkv: a.qkv, kCache: a.kCache, vCache: a.vCache, meta: a.meta, out: a.out });
+        if (t.dtype !== 'f32' || have < floats)
+          throw new ShapeError(
+            `${label}: the ${what} scratch holds ${have} ${t.dtype}, variant 'blocks' needs ${floats} f32 for ${T} tokens ${hint}`,
+          );
+        expectDisjoint(label, `${what} scratch`, t, {
+          qkv: a.qkv,
+          kCache: a.kCache,
+          vCache: a.vCache,
+          meta: a.meta,
+          out: a.out,
+        });
       }
       expectDisjoint(label, 'scores scratch', a.scratch.scores, { queries: a.scratch.queries });
       const b = this.pipelinesBlocks!;
       // Bindings each pass uses (an 'auto' layout has only those): qt qkv -> queries (7); scores
       // meta, kCache, queries -> scores (6); softmax meta, scores; pv meta, vCache, scores -> out.
       const use = (...bs: number[]): Array<[number, GPUBindingResource]> =>
-        [...inputs, [6, binding(a.scratch!.scores)] as [number, GPUBindingResource], [7, binding(a.scratch!.queries)] as [number, GPUBindingResource]].filter(([n]) => bs.includes(n));
+        [
+          ...inputs,
+          [6, binding(a.scratch!.scores)] as [number, GPUBindingResource],
+          [7, binding(a.scratch!.queries)] as [number, GPUBindingResource],
+        ].filter(([n]) => bs.includes(n));
       const { tc } = need;
       const d: Dispatch[] = [];
       // Per chunk of tc tokens: q transposed, scores, softmax, P V; then decode_lanes for the
@@ -365,7 +519,17 @@ export class AttentionKernel {
         const n = Math.min(tc, T - t0);
         const chunk = { tBase: t0, tc };
         d.push(make(b.qt, `${label}.qt`, Math.ceil((tc * nHead) / BLOCK_LANES), 0, 0, chunk, use(1, 7)));
-        d.push(make(b.scores, `${label}.scores`, Math.ceil(n / (BLOCK_TOKENS * BLOCK_LANES)) * nHead, 0, 0, chunk, use(2, 3, 6, 7)));
+        d.push(
+          make(
+            b.scores,
+            `${label}.scores`,
+            Math.ceil(n / (BLOCK_TOKENS * BLOCK_LANES)) * nHead,
+            0,
+            0,
+            chunk,
+            use(2, 3, 6, 7),
+          ),
+        );
         d.push(make(b.softmax, `${label}.softmax`, Math.ceil((tc * nHead) / BLOCK_LANES), 0, 0, chunk, use(2, 6)));
         d.push(make(b.pv, `${label}.pv`, Math.ceil(n / BLOCK_TOKENS) * nHead, 0, 0, chunk, use(2, 4, 5, 6)));
       }

@@ -49,15 +49,7 @@ export interface ChunkedTensor {
 
 /** Kernel families, for per-kernel GPU timing tables. */
 export type KernelFamily =
-  | 'embedding'
-  | 'layernorm'
-  | 'matmul'
-  | 'attention'
-  | 'kvcache'
-  | 'elementwise'
-  | 'sampling'
-  | 'beam'
-  | 'copy';
+  'embedding' | 'layernorm' | 'matmul' | 'attention' | 'kvcache' | 'elementwise' | 'sampling' | 'beam' | 'copy';
 
 /** One recorded compute dispatch, encodable any number of times. */
 export interface Dispatch {
@@ -84,7 +76,12 @@ export abstract class InPlaceKernel {
   ) {}
 
   /** The [out-of-place, in-place] pipelines of `entry` in `shader`. */
-  protected static pipelines(ctx: GpuContext, shader: string, entry: string, wg: number): Promise<[GPUComputePipeline, GPUComputePipeline]> {
+  protected static pipelines(
+    ctx: GpuContext,
+    shader: string,
+    entry: string,
+    wg: number,
+  ): Promise<[GPUComputePipeline, GPUComputePipeline]> {
     return Promise.all([ctx.pipeline(shader, entry, { WG: wg }), ctx.pipeline(shader, `${entry}_inplace`, { WG: wg })]);
   }
 
@@ -92,10 +89,22 @@ export abstract class InPlaceKernel {
    * The dispatch of a unary entry pair: x at binding 1 and y at 2, or in place y alone at
    * `inPlaceBinding` (read_write); `params` at 0.
    */
-  protected unary(label: string, family: Dispatch['family'], params: UniformSlice, x: GpuTensor, y: GpuTensor, inPlace: boolean, inPlaceBinding: number, workgroups: [number, number, number]): Dispatch {
+  protected unary(
+    label: string,
+    family: Dispatch['family'],
+    params: UniformSlice,
+    x: GpuTensor,
+    y: GpuTensor,
+    inPlace: boolean,
+    inPlaceBinding: number,
+    workgroups: [number, number, number],
+  ): Dispatch {
     const pipeline = inPlace ? this.inPlace : this.outOfPlace;
     const entries: GPUBindGroupEntry[] = inPlace
-      ? [{ binding: 0, resource: params }, { binding: inPlaceBinding, resource: binding(y) }]
+      ? [
+          { binding: 0, resource: params },
+          { binding: inPlaceBinding, resource: binding(y) },
+        ]
       : [
           { binding: 0, resource: params },
           { binding: 1, resource: binding(x) },
@@ -148,7 +157,10 @@ export class Owned {
     let offset = this.arena ? Math.ceil(this.arena.used / align) * align : 0;
     if (!this.arena || offset + size > this.arena.buffer.size) {
       const bytes = Math.max(UNIFORM_ARENA_BYTES, size);
-      this.arena = { buffer: this.buffer(`${label} (uniform arena)`, bytes, GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST), used: 0 };
+      this.arena = {
+        buffer: this.buffer(`${label} (uniform arena)`, bytes, GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST),
+        used: 0,
+      };
       offset = 0;
     }
     const data = new Uint32Array(size / 4);
@@ -242,11 +254,15 @@ export function expectTensor(what: string, t: GpuTensor, shape: readonly number[
     throw new ShapeError(`${what}: expected dtype ${dtypes.join(' or ')}, got ${t.dtype}`);
   }
   if (t.panel !== undefined && (t.shape.length !== 2 || !isPanelWidth(t.panel))) {
-    throw new ShapeError(`${what}: panels need a 2-D tensor and an even panel width >= 2, got [${t.shape.join(', ')}] with panel ${t.panel}`);
+    throw new ShapeError(
+      `${what}: panels need a 2-D tensor and an even panel width >= 2, got [${t.shape.join(', ')}] with panel ${t.panel}`,
+    );
   }
   const need = t.offset + storedBytes(t);
   if (need > t.buffer.size) {
-    throw new ShapeError(`${what}: [${t.shape.join(', ')}] ${t.dtype} at byte ${t.offset} needs ${need} bytes; buffer "${t.buffer.label}" has ${t.buffer.size}`);
+    throw new ShapeError(
+      `${what}: [${t.shape.join(', ')}] ${t.dtype} at byte ${t.offset} needs ${need} bytes; buffer "${t.buffer.label}" has ${t.buffer.size}`,
+    );
   }
 }
 
@@ -255,7 +271,9 @@ export function expectBindable(ctx: GpuContext, what: string, t: GpuTensor): voi
   const bytes = storedBytes(t);
   const max = ctx.limits.maxStorageBufferBindingSize;
   if (bytes > max) {
-    throw new ShapeError(`${what}: ${bytes} bytes passes maxStorageBufferBindingSize ${max}; split it into chunks (see ChunkedTensor)`);
+    throw new ShapeError(
+      `${what}: ${bytes} bytes passes maxStorageBufferBindingSize ${max}; split it into chunks (see ChunkedTensor)`,
+    );
   }
 }
 

@@ -7,7 +7,17 @@
  */
 import type { GpuContext } from '../engine/device.js';
 import { ShapeError } from '../errors.js';
-import { binding, Dispatch, expectTensor, GpuTensor, groups, InPlaceKernel, numel, Owned, tensorBytes } from './common.js';
+import {
+  binding,
+  Dispatch,
+  expectTensor,
+  GpuTensor,
+  groups,
+  InPlaceKernel,
+  numel,
+  Owned,
+  tensorBytes,
+} from './common.js';
 
 export const NAN_BITS = 0x7fc00000;
 
@@ -31,7 +41,9 @@ export function aliasing(a: GpuTensor, b: GpuTensor): 'same' | 'overlap' | 'disj
 export function expectDisjoint(label: string, what: string, t: GpuTensor, others: Record<string, GpuTensor>): void {
   for (const [name, o] of Object.entries(others)) {
     if (aliasing(t, o) !== 'disjoint') {
-      throw new ShapeError(`${label}: ${what} (buffer "${t.buffer.label}" at byte ${t.offset}) overlaps ${name} (byte ${o.offset}); use distinct buffers`);
+      throw new ShapeError(
+        `${label}: ${what} (buffer "${t.buffer.label}" at byte ${t.offset}) overlaps ${name} (byte ${o.offset}); use distinct buffers`,
+      );
     }
   }
 }
@@ -57,10 +69,15 @@ export class GeluKernel extends InPlaceKernel {
     expectTensor(`${label} x`, a.x, a.x.shape, ['f32']);
     expectTensor(`${label} y`, a.y, a.y.shape, ['f32']);
     if (numel(a.y.shape) !== n) {
-      throw new ShapeError(`${label}: y has ${numel(a.y.shape)} elements ([${a.y.shape.join(', ')}]), x has ${n} ([${a.x.shape.join(', ')}])`);
+      throw new ShapeError(
+        `${label}: y has ${numel(a.y.shape)} elements ([${a.y.shape.join(', ')}]), x has ${n} ([${a.x.shape.join(', ')}])`,
+      );
     }
     const alias = aliasing(a.x, a.y);
-    if (alias === 'overlap') throw new ShapeError(`${label}: y partly overlaps x (bytes ${a.y.offset} vs ${a.x.offset}); pass the same view for in place`);
+    if (alias === 'overlap')
+      throw new ShapeError(
+        `${label}: y partly overlaps x (bytes ${a.y.offset} vs ${a.x.offset}); pass the same view for in place`,
+      );
     const [gx, gy] = grid(this.ctx, label, Math.ceil(n / this.wg));
     const params = owner.uniform(`${label}.params`, [n, gx, 0, 0, NAN_BITS]);
     return this.unary(label, 'elementwise', params, a.x, a.y, alias === 'same', 5, [gx, gy, 1]);
@@ -82,14 +99,25 @@ export class AddKernel extends InPlaceKernel {
   bind(owner: Owned, args: AddArgs, label = 'add'): Dispatch {
     const { a, b, out } = args;
     const n = numel(a.shape);
-    for (const [name, t] of [['a', a], ['b', b], ['out', out]] as const) {
+    for (const [name, t] of [
+      ['a', a],
+      ['b', b],
+      ['out', out],
+    ] as const) {
       expectTensor(`${label} ${name}`, t, t.shape, ['f32']);
-      if (numel(t.shape) !== n) throw new ShapeError(`${label}: ${name} has ${numel(t.shape)} elements ([${t.shape.join(', ')}]), a has ${n} ([${a.shape.join(', ')}])`);
+      if (numel(t.shape) !== n)
+        throw new ShapeError(
+          `${label}: ${name} has ${numel(t.shape)} elements ([${t.shape.join(', ')}]), a has ${n} ([${a.shape.join(', ')}])`,
+        );
     }
     const wa = aliasing(out, a);
     const wb = aliasing(out, b);
-    if (wa === 'overlap' || wb === 'overlap') throw new ShapeError(`${label}: out partly overlaps ${wa === 'overlap' ? 'a' : 'b'}; pass the same view for in place`);
-    if (wa === 'same' && wb === 'same') throw new ShapeError(`${label}: out, a and b are all the same range; use distinct inputs`);
+    if (wa === 'overlap' || wb === 'overlap')
+      throw new ShapeError(
+        `${label}: out partly overlaps ${wa === 'overlap' ? 'a' : 'b'}; pass the same view for in place`,
+      );
+    if (wa === 'same' && wb === 'same')
+      throw new ShapeError(`${label}: out, a and b are all the same range; use distinct inputs`);
     const [gx, gy] = grid(this.ctx, label, Math.ceil(n / this.wg));
     const params = owner.uniform(`${label}.params`, [n, gx, 0, 0, NAN_BITS]);
     let pipeline: GPUComputePipeline;
@@ -137,7 +165,8 @@ export class GatherRowsKernel {
   bind(owner: Owned, a: GatherRowsArgs, label = 'gather_rows'): Dispatch {
     if (a.x.shape.length !== 2) throw new ShapeError(`${label}: x must be 2-D [T, C], got [${a.x.shape.join(', ')}]`);
     const [T, C] = a.x.shape as [number, number];
-    if (a.idx.shape.length !== 1) throw new ShapeError(`${label}: idx must be 1-D [n], got [${a.idx.shape.join(', ')}]`);
+    if (a.idx.shape.length !== 1)
+      throw new ShapeError(`${label}: idx must be 1-D [n], got [${a.idx.shape.join(', ')}]`);
     const n = a.idx.shape[0]!;
     expectTensor(`${label} x`, a.x, [T, C], ['f32']);
     expectTensor(`${label} idx`, a.idx, [n], ['u32']);

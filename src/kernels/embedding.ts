@@ -22,7 +22,8 @@ export interface EmbeddingArgs {
 /** Throws ShapeError unless a bound tensor's offset meets the adapter's storage alignment. */
 export function expectAligned(ctx: GpuContext, what: string, t: GpuTensor): void {
   const a = ctx.limits.minStorageBufferOffsetAlignment;
-  if (t.offset % a !== 0) throw new ShapeError(`${what}: byte offset ${t.offset} is not a multiple of minStorageBufferOffsetAlignment ${a}`);
+  if (t.offset % a !== 0)
+    throw new ShapeError(`${what}: byte offset ${t.offset} is not a multiple of minStorageBufferOffsetAlignment ${a}`);
 }
 
 export class EmbeddingKernel {
@@ -35,27 +36,39 @@ export class EmbeddingKernel {
 
   static async create(ctx: GpuContext): Promise<EmbeddingKernel> {
     const wg = Math.min(64, ctx.limits.maxComputeInvocationsPerWorkgroup);
-    const combos: Array<[DType, DType]> = [['f32', 'f32'], ['f16', 'f16'], ['f16', 'f32'], ['f32', 'f16']];
+    const combos: Array<[DType, DType]> = [
+      ['f32', 'f32'],
+      ['f16', 'f16'],
+      ['f16', 'f32'],
+      ['f32', 'f16'],
+    ];
     const built = await Promise.all(
-      combos.map(([a, b]) => ctx.pipeline('embedding', 'main', { WG: wg, WTE_F16: a === 'f16' ? 1 : 0, WPE_F16: b === 'f16' ? 1 : 0 })),
+      combos.map(([a, b]) =>
+        ctx.pipeline('embedding', 'main', { WG: wg, WTE_F16: a === 'f16' ? 1 : 0, WPE_F16: b === 'f16' ? 1 : 0 }),
+      ),
     );
     return new EmbeddingKernel(ctx, new Map(combos.map(([a, b], i) => [`${a}/${b}`, built[i]!])), wg);
   }
 
   bind(owner: Owned, a: EmbeddingArgs, label = 'embedding'): Dispatch[] {
-    if (a.ids.shape.length !== 1) throw new ShapeError(`${label}: ids must be 1-D [T], got [${a.ids.shape.join(', ')}]`);
+    if (a.ids.shape.length !== 1)
+      throw new ShapeError(`${label}: ids must be 1-D [T], got [${a.ids.shape.join(', ')}]`);
     const T = a.ids.shape[0]!;
     const [V, C] = a.wte.shape;
-    if (a.wpe.shape.length !== 2) throw new ShapeError(`${label}: wpe must be 2-D [nPos, C], got [${a.wpe.shape.join(', ')}]`);
+    if (a.wpe.shape.length !== 2)
+      throw new ShapeError(`${label}: wpe must be 2-D [nPos, C], got [${a.wpe.shape.join(', ')}]`);
     const nPos = a.wpe.shape[0]!;
     expectTensor(`${label} ids`, a.ids, [T], ['u32']);
     expectTensor(`${label} meta`, a.meta, [T, 2], ['u32']);
     expectTensor(`${label} wpe`, a.wpe, [nPos, C], ['f32', 'f16']);
     expectTensor(`${label} out`, a.out, [T, C], ['f32']);
     expectDisjoint(label, 'out', a.out, { ids: a.ids, meta: a.meta, wpe: a.wpe });
-    if (a.wte.dtype !== 'f32' && a.wte.dtype !== 'f16') throw new ShapeError(`${label}: wte dtype must be f32 or f16, got ${a.wte.dtype}`);
+    if (a.wte.dtype !== 'f32' && a.wte.dtype !== 'f16')
+      throw new ShapeError(`${label}: wte dtype must be f32 or f16, got ${a.wte.dtype}`);
     if (a.wte.chunks.length === 0 || !(a.wte.rowsPerChunk > 0)) {
-      throw new ShapeError(`${label}: wte has ${a.wte.chunks.length} chunks of ${a.wte.rowsPerChunk} rows; expected at least one non-empty chunk`);
+      throw new ShapeError(
+        `${label}: wte has ${a.wte.chunks.length} chunks of ${a.wte.rowsPerChunk} rows; expected at least one non-empty chunk`,
+      );
     }
     const pipeline = this.pipelines.get(`${a.wte.dtype}/${a.wpe.dtype}`)!;
     const pairs = Math.ceil(C / 2);
@@ -65,17 +78,34 @@ export class EmbeddingKernel {
     a.wte.chunks.forEach((chunk, i) => {
       const rows = Math.min(a.wte.rowsPerChunk, V - row0);
       const what = `${label} wte chunk ${i}`;
-      if (rows <= 0) throw new ShapeError(`${what}: rows start at ${row0} but wte has only ${V} rows (${a.wte.chunks.length} chunks of ${a.wte.rowsPerChunk})`);
+      if (rows <= 0)
+        throw new ShapeError(
+          `${what}: rows start at ${row0} but wte has only ${V} rows (${a.wte.chunks.length} chunks of ${a.wte.rowsPerChunk})`,
+        );
       expectTensor(what, chunk, a.wte.transposed ? [C, rows] : [rows, C], [a.wte.dtype]);
       if (!a.wte.transposed !== (chunk.panel === undefined)) {
-        throw new ShapeError(`${what}: ${a.wte.transposed ? 'a transposed wte chunk must be stored in panels' : 'a row-major wte chunk cannot have panels'} (panel ${chunk.panel ?? 'none'})`);
+        throw new ShapeError(
+          `${what}: ${a.wte.transposed ? 'a transposed wte chunk must be stored in panels' : 'a row-major wte chunk cannot have panels'} (panel ${chunk.panel ?? 'none'})`,
+        );
       }
       expectBindable(this.ctx, what, chunk);
       expectAligned(this.ctx, what, chunk);
       expectDisjoint(label, 'out', a.out, { [`wte chunk ${i}`]: chunk });
       const last = i === a.wte.chunks.length - 1;
-      if (last && row0 + rows !== V) throw new ShapeError(`${label}: wte chunks cover ${row0 + rows} rows, expected ${V}`);
-      const params = owner.uniform(`${label}.params${i}`, [T, C, row0, rows, V, nPos, last ? 1 : 0, gx, NAN_BITS, chunk.panel ?? 0]);
+      if (last && row0 + rows !== V)
+        throw new ShapeError(`${label}: wte chunks cover ${row0 + rows} rows, expected ${V}`);
+      const params = owner.uniform(`${label}.params${i}`, [
+        T,
+        C,
+        row0,
+        rows,
+        V,
+        nPos,
+        last ? 1 : 0,
+        gx,
+        NAN_BITS,
+        chunk.panel ?? 0,
+      ]);
       const bindGroup = this.ctx.device.createBindGroup({
         label: `${label}[${i}]`,
         layout: pipeline.getBindGroupLayout(0),

@@ -18,7 +18,8 @@ function wgSize(ctx: GpuContext): number {
 
 /** Checks a cache tensor is 3-D [rows, cap, C] f32 and returns its dims. */
 function cacheDims(label: string, what: string, t: GpuTensor): [number, number, number] {
-  if (t.shape.length !== 3) throw new ShapeError(`${label}: ${what} must be 3-D [rows, capacity, C], got [${t.shape.join(', ')}]`);
+  if (t.shape.length !== 3)
+    throw new ShapeError(`${label}: ${what} must be 3-D [rows, capacity, C], got [${t.shape.join(', ')}]`);
   expectTensor(`${label} ${what}`, t, t.shape, ['f32']);
   return t.shape as [number, number, number];
 }
@@ -45,7 +46,8 @@ export class KvWriteKernel {
   bind(owner: Owned, a: KvWriteArgs, label = 'kv_write'): Dispatch {
     const [rows, cap, C] = cacheDims(label, 'kCache', a.kCache);
     expectTensor(`${label} vCache`, a.vCache, [rows, cap, C], ['f32']);
-    if (a.qkv.shape.length !== 2) throw new ShapeError(`${label}: qkv must be 2-D [T, 3C], got [${a.qkv.shape.join(', ')}]`);
+    if (a.qkv.shape.length !== 2)
+      throw new ShapeError(`${label}: qkv must be 2-D [T, 3C], got [${a.qkv.shape.join(', ')}]`);
     const T = a.qkv.shape[0]!;
     expectTensor(`${label} qkv`, a.qkv, [T, 3 * C], ['f32']);
     expectTensor(`${label} meta`, a.meta, [T, 2], ['u32']);
@@ -101,7 +103,10 @@ export class KvGatherKernel {
   bind(owner: Owned, a: KvGatherArgs, label = 'kv_gather'): KvGatherDispatch {
     const [srcRows, cap, C] = cacheDims(label, 'src', a.src);
     const [rows, dcap, dC] = cacheDims(label, 'dst', a.dst);
-    if (dcap !== cap || dC !== C) throw new ShapeError(`${label}: dst [${a.dst.shape.join(', ')}] must match src's capacity and width [*, ${cap}, ${C}]`);
+    if (dcap !== cap || dC !== C)
+      throw new ShapeError(
+        `${label}: dst [${a.dst.shape.join(', ')}] must match src's capacity and width [*, ${cap}, ${C}]`,
+      );
     expectTensor(`${label} parent`, a.parent, [rows], ['u32']);
     expectDisjoint(label, 'dst', a.dst, { src: a.src, parent: a.parent });
     const maxLen = a.maxLen ?? a.len;
@@ -110,7 +115,8 @@ export class KvGatherKernel {
         throw new ShapeError(`${label}: len must be an integer in [0, ${maxLen}] (maxLen), got ${len}`);
       }
     };
-    if (!Number.isInteger(maxLen) || maxLen < 0 || maxLen > cap) throw new ShapeError(`${label}: maxLen must be an integer in [0, ${cap}] (capacity), got ${maxLen}`);
+    if (!Number.isInteger(maxLen) || maxLen < 0 || maxLen > cap)
+      throw new ShapeError(`${label}: maxLen must be an integer in [0, ${cap}] (capacity), got ${maxLen}`);
     checkLen(a.len);
     const span = maxLen * C;
     const [gx, gy] = grid(this.ctx, label, Math.ceil((rows * span) / this.wg));

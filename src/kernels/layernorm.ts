@@ -36,9 +36,15 @@ export class LayerNormKernel {
   ) {}
 
   static async create(ctx: GpuContext, opts: LayerNormOptions = {}): Promise<LayerNormKernel> {
-    if (opts.lanes !== undefined && typeof opts.lanes !== 'boolean') throw new InvalidOptionError(`LayerNormKernel: lanes must be a boolean, got ${String(opts.lanes)}`);
+    if (opts.lanes !== undefined && typeof opts.lanes !== 'boolean')
+      throw new InvalidOptionError(`LayerNormKernel: lanes must be a boolean, got ${String(opts.lanes)}`);
     if (opts.lanes ?? ctx.isCpuAdapter) {
-      return new LayerNormKernel(ctx, await ctx.pipeline('layernorm', 'rows_lanes', { LANES: ROW_LANES }), ROW_LANES, true);
+      return new LayerNormKernel(
+        ctx,
+        await ctx.pipeline('layernorm', 'rows_lanes', { LANES: ROW_LANES }),
+        ROW_LANES,
+        true,
+      );
     }
     // 256 threads fits every adapter's default limit; smaller widths waste little on GPT-2's C >= 64.
     const wg = Math.min(256, ctx.limits.maxComputeInvocationsPerWorkgroup);
@@ -47,7 +53,8 @@ export class LayerNormKernel {
 
   bind(owner: Owned, a: LayerNormArgs, label = 'layernorm'): Dispatch {
     const [rows, C] = a.x.shape as [number, number];
-    if (a.x.shape.length !== 2) throw new ShapeError(`${label}: x must be 2-D [rows, C], got [${a.x.shape.join(', ')}]`);
+    if (a.x.shape.length !== 2)
+      throw new ShapeError(`${label}: x must be 2-D [rows, C], got [${a.x.shape.join(', ')}]`);
     expectTensor(`${label} x`, a.x, [rows, C], ['f32']);
     expectTensor(`${label} gamma`, a.gamma, [C], ['f32']);
     expectTensor(`${label} beta`, a.beta, [C], ['f32']);

@@ -158,7 +158,16 @@ const F_LN = 16;
 // GPUBufferUsage.STORAGE (a literal: in Node the GPU globals exist only once a device is requested).
 const STORAGE = 0x80;
 
-type Entry = 'gemv_kn' | 'gemv_kn_ln' | 'gemv_kn_red' | 'gemv_kn_cols' | 'gemm_kn_sg' | 'gemv_nk' | 'gemv_nk_rows' | 'gemm' | 'reduce';
+type Entry =
+  | 'gemv_kn'
+  | 'gemv_kn_ln'
+  | 'gemv_kn_red'
+  | 'gemv_kn_cols'
+  | 'gemm_kn_sg'
+  | 'gemv_nk'
+  | 'gemv_nk_rows'
+  | 'gemm'
+  | 'reduce';
 /** Bindings each entry point uses (layout 'auto' holds only these). */
 const USES: Record<Entry, number[]> = {
   gemv_kn: [0, 1, 3, 4, 5, 6, 7, 8], // 7, 8: unread without F_LN, but its body (shared with gemv_kn_ln) names them
@@ -185,10 +194,13 @@ function checkGemmTile(ctx: GpuContext, g: GemmTile): GemmTile {
     !int(tile.ty, 1, 256) && 'ty must be an integer in [1, 256]',
     !int(tile.bk, 2, 1024) || tile.bk % 2 !== 0 ? 'bk must be an even integer in [2, 1024]' : false,
     (tile.tx * tile.tn) % 2 !== 0 && 'tx * tn must be even (f16 words hold column pairs)',
-    tile.tx * tile.ty > L.maxComputeInvocationsPerWorkgroup && `tx * ty = ${tile.tx * tile.ty} threads passes the adapter's ${L.maxComputeInvocationsPerWorkgroup} per workgroup`,
-    bytes > L.maxComputeWorkgroupStorageSize && `its tiles take ${bytes} bytes of workgroup storage, over the adapter's ${L.maxComputeWorkgroupStorageSize}`,
+    tile.tx * tile.ty > L.maxComputeInvocationsPerWorkgroup &&
+      `tx * ty = ${tile.tx * tile.ty} threads passes the adapter's ${L.maxComputeInvocationsPerWorkgroup} per workgroup`,
+    bytes > L.maxComputeWorkgroupStorageSize &&
+      `its tiles take ${bytes} bytes of workgroup storage, over the adapter's ${L.maxComputeWorkgroupStorageSize}`,
   ].filter(Boolean);
-  if (problems.length) throw new InvalidOptionError(`MatmulKernel: gemmTile ${JSON.stringify(g)}: ${problems.join('; ')}`);
+  if (problems.length)
+    throw new InvalidOptionError(`MatmulKernel: gemmTile ${JSON.stringify(g)}: ${problems.join('; ')}`);
   return tile;
 }
 
@@ -355,59 +367,96 @@ export class MatmulKernel {
     const knWords = opts.knWords ?? KNV_DEFAULT;
     const okWords = (v: number, max: number) => Number.isInteger(v) && v >= 1 && v <= max;
     if (!okWords(knWords.f32, 8) || !okWords(knWords.f16, 4)) {
-      throw new InvalidOptionError(`MatmulKernel: knWords must be integers, f32 in [1, 8] and f16 in [1, 4], got ${JSON.stringify(knWords)}`);
+      throw new InvalidOptionError(
+        `MatmulKernel: knWords must be integers, f32 in [1, 8] and f16 in [1, 4], got ${JSON.stringify(knWords)}`,
+      );
     }
     const knBlock = opts.knBlock ?? KN_BLOCK_DEFAULT;
     const knBlockLarge = opts.knBlockLarge ?? { ...KN_LARGE_DEFAULT, from: KN_LARGE_FROM };
-    for (const [what, b] of [['knBlock', knBlock], ['knBlockLarge', knBlockLarge]] as const) {
-      if (!okWords(b.rows, 8) || !okWords(b.f32, 8) || !okWords(b.f16, 4) || b.rows * Math.max(b.f32, 2 * b.f16) > KNACC_MAX) {
-        throw new InvalidOptionError(`MatmulKernel: ${what} needs integers rows in [1, 8], f32 in [1, 8], f16 in [1, 4], rows * max(f32, 2 * f16) <= ${KNACC_MAX}; got ${JSON.stringify(b)}`);
+    for (const [what, b] of [
+      ['knBlock', knBlock],
+      ['knBlockLarge', knBlockLarge],
+    ] as const) {
+      if (
+        !okWords(b.rows, 8) ||
+        !okWords(b.f32, 8) ||
+        !okWords(b.f16, 4) ||
+        b.rows * Math.max(b.f32, 2 * b.f16) > KNACC_MAX
+      ) {
+        throw new InvalidOptionError(
+          `MatmulKernel: ${what} needs integers rows in [1, 8], f32 in [1, 8], f16 in [1, 4], rows * max(f32, 2 * f16) <= ${KNACC_MAX}; got ${JSON.stringify(b)}`,
+        );
       }
     }
     if (!(knBlockLarge.from === Infinity || (Number.isInteger(knBlockLarge.from) && knBlockLarge.from >= 2))) {
-      throw new InvalidOptionError(`MatmulKernel: knBlockLarge.from must be an integer >= 2 (the smallest M that takes it) or Infinity, got ${knBlockLarge.from}`);
+      throw new InvalidOptionError(
+        `MatmulKernel: knBlockLarge.from must be an integer >= 2 (the smallest M that takes it) or Infinity, got ${knBlockLarge.from}`,
+      );
     }
     if (opts.gemvMaxM !== undefined && !(opts.gemvMaxM >= 0)) {
       throw new InvalidOptionError(`MatmulKernel: gemvMaxM must be a number >= 0, got ${opts.gemvMaxM}`);
     }
-    const gemvMax = opts.gemvMaxM !== undefined
-      ? { kn: opts.gemvMaxM, nk: opts.gemvMaxM }
-      : { kn: cpu ? Infinity : GEMV_MAX_M, nk: cpu ? Infinity : GEMV_MAX_M };
+    const gemvMax =
+      opts.gemvMaxM !== undefined
+        ? { kn: opts.gemvMaxM, nk: opts.gemvMaxM }
+        : { kn: cpu ? Infinity : GEMV_MAX_M, nk: cpu ? Infinity : GEMV_MAX_M };
     // Panels (and the transposed LM head) are read by gemv_kn_cols alone: where some M takes the
     // GEMM, the weights must stay plain.
     const gemmReachable = Number.isFinite(gemvMax.kn) || Number.isFinite(gemvMax.nk);
     const knCols = opts.knCols ?? cpu;
-    const colsPerThread = [4 * knWords.f32, 8 * knWords.f16, 4 * knBlock.f32, 8 * knBlock.f16, 4 * knBlockLarge.f32, 8 * knBlockLarge.f16];
+    const colsPerThread = [
+      4 * knWords.f32,
+      8 * knWords.f16,
+      4 * knBlock.f32,
+      8 * knBlock.f16,
+      4 * knBlockLarge.f32,
+      8 * knBlockLarge.f16,
+    ];
     const panelFits = colsPerThread.every((c) => KN_PANEL_CPU % c === 0);
     const knPanel = opts.knPanel ?? (knCols && panelFits && !gemmReachable ? KN_PANEL_CPU : 0);
     if (knPanel > 0 && gemmReachable) {
-      throw new InvalidOptionError(`MatmulKernel: knPanel ${knPanel} stores weights that only gemv_kn_cols reads, but with gemvMaxM ${gemvMax.kn} the GEMM takes M > ${gemvMax.kn} and needs them plain; leave knPanel unset (0)`);
+      throw new InvalidOptionError(
+        `MatmulKernel: knPanel ${knPanel} stores weights that only gemv_kn_cols reads, but with gemvMaxM ${gemvMax.kn} the GEMM takes M > ${gemvMax.kn} and needs them plain; leave knPanel unset (0)`,
+      );
     }
     if (!(Number.isInteger(knPanel) && knPanel >= 0) || (knPanel > 0 && colsPerThread.some((c) => knPanel % c !== 0))) {
-      throw new InvalidOptionError(`MatmulKernel: knPanel must be 0 or a multiple of every gemv_kn_cols thread's columns (${[...new Set(colsPerThread)].join(', ')}), got ${knPanel}`);
+      throw new InvalidOptionError(
+        `MatmulKernel: knPanel must be 0 or a multiple of every gemv_kn_cols thread's columns (${[...new Set(colsPerThread)].join(', ')}), got ${knPanel}`,
+      );
     }
     const gemvReduce = opts.gemvReduce ?? (cpu ? 'split' : 'workgroup');
     if (gemvReduce !== 'split' && gemvReduce !== 'workgroup') {
-      throw new InvalidOptionError(`MatmulKernel: gemvReduce must be 'split' or 'workgroup', got ${JSON.stringify(gemvReduce)}`);
+      throw new InvalidOptionError(
+        `MatmulKernel: gemvReduce must be 'split' or 'workgroup', got ${JSON.stringify(gemvReduce)}`,
+      );
     }
     const gemmTile = checkGemmTile(ctx, opts.gemmTile ?? GEMM_DEFAULT);
     const nkBlockRows = opts.nkBlockRows ?? NKM_DEFAULT;
-    if (!okWords(nkBlockRows, 4)) throw new InvalidOptionError(`MatmulKernel: nkBlockRows must be an integer in [1, 4], got ${nkBlockRows}`);
+    if (!okWords(nkBlockRows, 4))
+      throw new InvalidOptionError(`MatmulKernel: nkBlockRows must be an integer in [1, 4], got ${nkBlockRows}`);
     const LPR = opts.nkLanesPerRow ?? (cpu ? 1 : 32);
     if (!(LPR === 1 || isPowerOfTwoIn(LPR, MAXM, 256))) {
-      throw new InvalidOptionError(`MatmulKernel: nkLanesPerRow must be 1 or a power of two in [${MAXM}, 256], got ${LPR}`);
+      throw new InvalidOptionError(
+        `MatmulKernel: nkLanesPerRow must be 1 or a power of two in [${MAXM}, 256], got ${LPR}`,
+      );
     }
     if (opts.knSubgroups !== undefined && typeof opts.knSubgroups !== 'boolean') {
-      throw new InvalidOptionError(`MatmulKernel: knSubgroups must be a boolean, got ${JSON.stringify(opts.knSubgroups)}`);
+      throw new InvalidOptionError(
+        `MatmulKernel: knSubgroups must be a boolean, got ${JSON.stringify(opts.knSubgroups)}`,
+      );
     }
     const size = ctx.features.subgroupSize;
     const sgReady = knCols && (size === 4 || size === 8);
     if (opts.knSubgroups === true && !sgReady) {
-      throw new InvalidOptionError(`MatmulKernel: knSubgroups needs gemv_kn_cols (knCols: CPU adapters) and the 'subgroups' feature with a single subgroup size of 4 or 8; here knCols ${knCols}, subgroups ${ctx.features.subgroups}, subgroup size ${size ?? 'not a single size'}`);
+      throw new InvalidOptionError(
+        `MatmulKernel: knSubgroups needs gemv_kn_cols (knCols: CPU adapters) and the 'subgroups' feature with a single subgroup size of 4 or 8; here knCols ${knCols}, subgroups ${ctx.features.subgroups}, subgroup size ${size ?? 'not a single size'}`,
+      );
     }
     const knSubgroups = opts.knSubgroups ?? sgReady;
     if (opts.knSubgroupLanes !== undefined && opts.knSubgroupLanes !== 4 && opts.knSubgroupLanes !== 8) {
-      throw new InvalidOptionError(`MatmulKernel: knSubgroupLanes must be 4 or 8, got ${JSON.stringify(opts.knSubgroupLanes)}`);
+      throw new InvalidOptionError(
+        `MatmulKernel: knSubgroupLanes must be 4 or 8, got ${JSON.stringify(opts.knSubgroupLanes)}`,
+      );
     }
     const sgl = opts.knSubgroupLanes ?? (size === 4 ? 4 : 8);
     // LPR 1: 64 rows per workgroup; else 256 threads = 256 / LPR rows.
@@ -417,35 +466,74 @@ export class MatmulKernel {
       for (const vec of [0, 1]) {
         want.push([`gemv_kn:${f16}:${vec}`, 'gemv_kn', { W_F16: f16, VEC: vec, WG: WG_KN }]);
         want.push([`gemv_kn_ln:${f16}:${vec}`, 'gemv_kn_ln', { W_F16: f16, VEC: vec, WG: WG_KN }]);
-        if (gemvReduce === 'workgroup') want.push([`gemv_kn_red:${f16}:${vec}`, 'gemv_kn_red', { W_F16: f16, VEC: vec, WG: WG_RED, KG: KG_RED }]);
+        if (gemvReduce === 'workgroup')
+          want.push([`gemv_kn_red:${f16}:${vec}`, 'gemv_kn_red', { W_F16: f16, VEC: vec, WG: WG_RED, KG: KG_RED }]);
         want.push([`gemv_nk:${f16}:${vec}`, 'gemv_nk', { W_F16: f16, VEC: vec, WG: WG_NK, LPR }]);
       }
       want.push([`gemv_nk_rows:${f16}:1`, 'gemv_nk_rows', { W_F16: f16, VEC: 1, WG: WG_NKR, NKM: 1 }]);
       want.push([`gemv_nk_rows:${f16}:1:block`, 'gemv_nk_rows', { W_F16: f16, VEC: 1, WG: WG_NKR, NKM: nkBlockRows }]);
-      want.push([`gemv_kn_cols:${f16}:1`, 'gemv_kn_cols', { W_F16: f16, VEC: 1, WG: WG_KNC, KNV: f16 ? knWords.f16 : knWords.f32, KNM: 1 }]);
-      want.push([`gemv_kn_cols:${f16}:1:block`, 'gemv_kn_cols', { W_F16: f16, VEC: 1, WG: WG_KNC, KNV: f16 ? knBlock.f16 : knBlock.f32, KNM: knBlock.rows }]);
+      want.push([
+        `gemv_kn_cols:${f16}:1`,
+        'gemv_kn_cols',
+        { W_F16: f16, VEC: 1, WG: WG_KNC, KNV: f16 ? knWords.f16 : knWords.f32, KNM: 1 },
+      ]);
+      want.push([
+        `gemv_kn_cols:${f16}:1:block`,
+        'gemv_kn_cols',
+        { W_F16: f16, VEC: 1, WG: WG_KNC, KNV: f16 ? knBlock.f16 : knBlock.f32, KNM: knBlock.rows },
+      ]);
       if (knCols && knBlockLarge.from !== Infinity) {
-        want.push([`gemv_kn_cols:${f16}:1:large`, 'gemv_kn_cols', { W_F16: f16, VEC: 1, WG: WG_KNC, KNV: f16 ? knBlockLarge.f16 : knBlockLarge.f32, KNM: knBlockLarge.rows }]);
+        want.push([
+          `gemv_kn_cols:${f16}:1:large`,
+          'gemv_kn_cols',
+          { W_F16: f16, VEC: 1, WG: WG_KNC, KNV: f16 ? knBlockLarge.f16 : knBlockLarge.f32, KNM: knBlockLarge.rows },
+        ]);
       }
       if (knSubgroups) {
-        for (const sgr of [8, 16]) want.push([`gemm_kn_sg:${f16}:1:${sgr}`, 'gemm_kn_sg', { W_F16: f16, VEC: 1, SGR: sgr, SGL: sgl }]);
+        for (const sgr of [8, 16])
+          want.push([`gemm_kn_sg:${f16}:1:${sgr}`, 'gemm_kn_sg', { W_F16: f16, VEC: 1, SGR: sgr, SGL: sgl }]);
       }
       for (const nk of [0, 1]) {
-        want.push([`gemm:${f16}:${nk}`, 'gemm', { W_F16: f16, NK: nk, TX: gemmTile.tx, TY: gemmTile.ty, TM: gemmTile.tm, TN: gemmTile.tn, BK: gemmTile.bk }]);
+        want.push([
+          `gemm:${f16}:${nk}`,
+          'gemm',
+          { W_F16: f16, NK: nk, TX: gemmTile.tx, TY: gemmTile.ty, TM: gemmTile.tm, TN: gemmTile.tn, BK: gemmTile.bk },
+        ]);
       }
     }
     want.push(['reduce', 'reduce', { WG: WG_REDUCE }]);
-    const [layernorm, ...built] = await Promise.all([
+    const [layernorm, ...built] = (await Promise.all([
       opts.layernorm ?? LayerNormKernel.create(ctx),
-      ...want.map(([, entry, c]) => ctx.pipeline(entry === 'gemm_kn_sg' ? 'matmul+matmul_subgroups' : 'matmul', entry, c)),
-    ]) as [LayerNormKernel, ...GPUComputePipeline[]];
-    return new MatmulKernel(ctx, new Map(want.map(([key], i) => [key, built[i]!])), LPR, WG_NK, gemvMax, opts.nkRows ?? cpu,
-      knCols, knWords, knBlock, knBlockLarge, nkBlockRows, knPanel, opts.fuseLn ?? !cpu, gemvReduce, gemmTile, knSubgroups, sgl, layernorm);
+      ...want.map(([, entry, c]) =>
+        ctx.pipeline(entry === 'gemm_kn_sg' ? 'matmul+matmul_subgroups' : 'matmul', entry, c),
+      ),
+    ])) as [LayerNormKernel, ...GPUComputePipeline[]];
+    return new MatmulKernel(
+      ctx,
+      new Map(want.map(([key], i) => [key, built[i]!])),
+      LPR,
+      WG_NK,
+      gemvMax,
+      opts.nkRows ?? cpu,
+      knCols,
+      knWords,
+      knBlock,
+      knBlockLarge,
+      nkBlockRows,
+      knPanel,
+      opts.fuseLn ?? !cpu,
+      gemvReduce,
+      gemmTile,
+      knSubgroups,
+      sgl,
+      layernorm,
+    );
   }
 
   bind(owner: Owned, a: MatmulArgs, label = 'matmul'): Dispatch[] {
     const ctx = this.ctx;
-    if (a.layout !== 'kn' && a.layout !== 'nk') throw new ShapeError(`${label}: layout must be 'kn' or 'nk', got ${String(a.layout)}`);
+    if (a.layout !== 'kn' && a.layout !== 'nk')
+      throw new ShapeError(`${label}: layout must be 'kn' or 'nk', got ${String(a.layout)}`);
     if (a.x.shape.length !== 2) throw new ShapeError(`${label}: x must be 2-D [M, K], got [${a.x.shape.join(', ')}]`);
     const [M, K] = a.x.shape as [number, number];
     expectTensor(`${label} x`, a.x, [M, K], ['f32']);
@@ -461,24 +549,35 @@ export class MatmulKernel {
     const w = a.w;
     if (isChunked(w)) {
       if (a.layout !== 'nk') {
-        throw new ShapeError(`${label}: a ChunkedTensor weight needs layout 'nk' (chunks split W's rows = out columns); got 'kn' with shape [${w.shape.join(', ')}]. Store [K, N] weights whole`);
+        throw new ShapeError(
+          `${label}: a ChunkedTensor weight needs layout 'nk' (chunks split W's rows = out columns); got 'kn' with shape [${w.shape.join(', ')}]. Store [K, N] weights whole`,
+        );
       }
       const [rows, cols] = w.shape;
       if (cols !== K) throw new ShapeError(`${label}: W is [${rows}, ${cols}] ('nk': [N, K]) but x has K = ${K}`);
       if (!(w.rowsPerChunk >= 1) || w.chunks.length !== Math.ceil(rows / w.rowsPerChunk)) {
-        throw new ShapeError(`${label}: chunked W [${rows}, ${cols}] with rowsPerChunk ${w.rowsPerChunk} needs ${Math.ceil(rows / w.rowsPerChunk)} chunks, got ${w.chunks.length}`);
+        throw new ShapeError(
+          `${label}: chunked W [${rows}, ${cols}] with rowsPerChunk ${w.rowsPerChunk} needs ${Math.ceil(rows / w.rowsPerChunk)} chunks, got ${w.chunks.length}`,
+        );
       }
-      if (w.dtype !== 'f32' && w.dtype !== 'f16') throw new ShapeError(`${label}: W dtype must be f32 or f16, got ${w.dtype}`);
+      if (w.dtype !== 'f32' && w.dtype !== 'f16')
+        throw new ShapeError(`${label}: W dtype must be f32 or f16, got ${w.dtype}`);
       if (w.transposed) {
         layout = 'kn';
         panel = w.chunks[0]?.panel;
-        if (panel === undefined) throw new ShapeError(`${label}: a transposed chunked W must be stored in panels (GpuTensor.panel); chunk 0 has none`);
+        if (panel === undefined)
+          throw new ShapeError(
+            `${label}: a transposed chunked W must be stored in panels (GpuTensor.panel); chunk 0 has none`,
+          );
       }
       w.chunks.forEach((c, i) => {
         const r = Math.min(rows, (i + 1) * w.rowsPerChunk) - i * w.rowsPerChunk;
         expectBindable(ctx, `${label} W chunk ${i}`, c);
         expectTensor(`${label} W chunk ${i}`, c, w.transposed ? [K, r] : [r, K], [w.dtype]);
-        if (c.panel !== panel) throw new ShapeError(`${label}: W chunk ${i} has panel ${c.panel ?? 'none'}, chunk 0 ${panel ?? 'none'}; chunks must share one layout`);
+        if (c.panel !== panel)
+          throw new ShapeError(
+            `${label}: W chunk ${i} has panel ${c.panel ?? 'none'}, chunk 0 ${panel ?? 'none'}; chunks must share one layout`,
+          );
       });
       pieces = w.chunks;
       N = rows;
@@ -489,7 +588,9 @@ export class MatmulKernel {
       const wk = a.layout === 'kn' ? r : c;
       N = a.layout === 'kn' ? c : r;
       if (wk !== K) {
-        throw new ShapeError(`${label}: W is [${r}, ${c}] (layout '${a.layout}': ${a.layout === 'kn' ? '[K, N]' : '[N, K]'}) but x has K = ${K}`);
+        throw new ShapeError(
+          `${label}: W is [${r}, ${c}] (layout '${a.layout}': ${a.layout === 'kn' ? '[K, N]' : '[N, K]'}) but x has K = ${K}`,
+        );
       }
       expectBindable(ctx, `${label} W`, w);
       expectTensor(`${label} W`, w, [r, c], ['f32', 'f16']);
@@ -505,30 +606,43 @@ export class MatmulKernel {
       expectTensor(`${label} bias`, a.bias, [N], ['f32']);
       expectBindable(ctx, `${label} bias`, a.bias);
     }
-    const reads: Array<[string, GpuTensor]> = [['x', a.x], ...pieces.map((p, i): [string, GpuTensor] => [pieces.length > 1 ? `W chunk ${i}` : 'W', p])];
+    const reads: Array<[string, GpuTensor]> = [
+      ['x', a.x],
+      ...pieces.map((p, i): [string, GpuTensor] => [pieces.length > 1 ? `W chunk ${i}` : 'W', p]),
+    ];
     if (a.bias) reads.push(['bias', a.bias]);
     if (a.ln) {
-      for (const [what, t] of [['ln gamma', a.ln.gamma], ['ln beta', a.ln.beta]] as const) {
+      for (const [what, t] of [
+        ['ln gamma', a.ln.gamma],
+        ['ln beta', a.ln.beta],
+      ] as const) {
         expectTensor(`${label} ${what}`, t, [K], ['f32']);
         expectBindable(ctx, `${label} ${what}`, t);
         reads.push([what, t]);
       }
-      if (!(a.ln.eps > 0 && Number.isFinite(a.ln.eps))) throw new ShapeError(`${label}: ln eps must be a finite number > 0, got ${a.ln.eps}`);
+      if (!(a.ln.eps > 0 && Number.isFinite(a.ln.eps)))
+        throw new ShapeError(`${label}: ln eps must be a finite number > 0, got ${a.ln.eps}`);
     }
     // WebGPU validates usage per buffer, not per range: a buffer bound read_write in a dispatch
     // may not be bound read-only in it too, even at disjoint bytes.
     for (const [what, t] of reads) {
       if (t.buffer === a.out.buffer) {
         const how = overlaps(t, a.out) ? 'overlapping' : 'disjoint';
-        throw new ShapeError(`${label}: out and ${what} share buffer "${a.out.buffer.label}" (${how} bytes ${a.out.offset}.. and ${t.offset}..); WebGPU forbids binding one buffer writable and read-only in the same dispatch: give out its own buffer`);
+        throw new ShapeError(
+          `${label}: out and ${what} share buffer "${a.out.buffer.label}" (${how} bytes ${a.out.offset}.. and ${t.offset}..); WebGPU forbids binding one buffer writable and read-only in the same dispatch: give out its own buffer`,
+        );
       }
     }
     const align = ctx.limits.minStorageBufferOffsetAlignment;
     for (const [what, t] of [...reads, ['out', a.out] as [string, GpuTensor]]) {
-      if (t.offset % align !== 0) throw new ShapeError(`${label}: ${what} offset ${t.offset} is not a multiple of minStorageBufferOffsetAlignment ${align}`);
+      if (t.offset % align !== 0)
+        throw new ShapeError(
+          `${label}: ${what} offset ${t.offset} is not a multiple of minStorageBufferOffsetAlignment ${align}`,
+        );
     }
     const act = a.activation ?? 'none';
-    if (act !== 'none' && act !== 'gelu') throw new ShapeError(`${label}: activation must be 'none' or 'gelu', got ${String(act)}`);
+    if (act !== 'none' && act !== 'gelu')
+      throw new ShapeError(`${label}: activation must be 'none' or 'gelu', got ${String(act)}`);
     const flags = (a.bias ? F_BIAS : 0) | (act === 'gelu' ? F_GELU : 0) | (a.accumulate ? F_ACC : 0);
 
     const variant = a.variant ?? this.variantFor(M, layout);
@@ -539,7 +653,9 @@ export class MatmulKernel {
     if (variant === 'gemm') {
       if (a.ln) return this.lnFirst(owner, a, label);
       if (panel !== undefined) {
-        throw new ShapeError(`${label}: W is stored in panels of ${panel} columns, which only the 'kn' gemv_kn_cols GEMV reads; the GEMM needs it plain (knPanel 0)`);
+        throw new ShapeError(
+          `${label}: W is stored in panels of ${panel} columns, which only the 'kn' gemv_kn_cols GEMV reads; the GEMM needs it plain (knPanel 0)`,
+        );
       }
       const pipeline = this.pipelines.get(`gemm:${f16}:${a.layout === 'nk' ? 1 : 0}`)!;
       const BM = this.gemmTile.ty * this.gemmTile.tm;
@@ -548,11 +664,24 @@ export class MatmulKernel {
       return pieces.map((wp, i) => {
         const n = a.layout === 'kn' ? N : wp.shape[0]!;
         const wpr = wordsPerRow(a.layout === 'kn' ? N : K);
-        const params = owner.uniform(`${label}.params${i}`, [M, n, K, wpr, N, nOff, K, flags, 0, 0] /* Params: pw, eps unused */);
-        const wg: [number, number, number] = [groups(ctx, label, Math.ceil(n / BN)), groups(ctx, label, Math.ceil(M / BM)), 1];
+        const params = owner.uniform(
+          `${label}.params${i}`,
+          [M, n, K, wpr, N, nOff, K, flags, 0, 0] /* Params: pw, eps unused */,
+        );
+        const wg: [number, number, number] = [
+          groups(ctx, label, Math.ceil(n / BN)),
+          groups(ctx, label, Math.ceil(M / BM)),
+          1,
+        ];
         nOff += n;
         const bg = this.bindGroup(owner, 'gemm', pipeline, label, { 0: params, 1: a.x, 3: wp, 5: biasT, 6: a.out });
-        return { family: 'matmul', label: pieces.length > 1 ? `${label}[${i}]` : label, pipeline, bindGroup: bg, workgroups: wg };
+        return {
+          family: 'matmul',
+          label: pieces.length > 1 ? `${label}[${i}]` : label,
+          pipeline,
+          bindGroup: bg,
+          workgroups: wg,
+        };
       });
     }
     if (variant !== 'gemv') throw new ShapeError(`${label}: variant must be 'gemv' or 'gemm', got ${String(variant)}`);
@@ -568,7 +697,9 @@ export class MatmulKernel {
     // and never splits (its row blocks already outnumber the cores).
     const wantSg = a.knSubgroups ?? this.knSubgroups;
     if (wantSg && !this.knSubgroups) {
-      throw new InvalidOptionError(`${label}: knSubgroups was asked for, but this MatmulKernel has no gemm_kn_sg pipelines (they need a CPU adapter with 4- or 8-lane subgroups; see MatmulOptions.knSubgroups)`);
+      throw new InvalidOptionError(
+        `${label}: knSubgroups was asked for, but this MatmulKernel has no gemm_kn_sg pipelines (they need a CPU adapter with 4- or 8-lane subgroups; see MatmulOptions.knSubgroups)`,
+      );
     }
     const sg = cols && this.takesSubgroups(M, K, a.splitK, wantSg);
     const block = (cols || rows) && M > 1;
@@ -579,16 +710,35 @@ export class MatmulKernel {
     const fused = a.ln !== undefined && this.fuseLn && layout === 'kn' && !cols;
     if (a.ln && !fused) return this.lnFirst(owner, a, label);
     const red = layout === 'kn' && !cols && this.gemvReduce === 'workgroup';
-    const entry: Entry = layout === 'kn' ? (sg ? 'gemm_kn_sg' : cols ? 'gemv_kn_cols' : red ? 'gemv_kn_red' : fused ? 'gemv_kn_ln' : 'gemv_kn') : rows ? 'gemv_nk_rows' : 'gemv_nk';
+    const entry: Entry =
+      layout === 'kn'
+        ? sg
+          ? 'gemm_kn_sg'
+          : cols
+            ? 'gemv_kn_cols'
+            : red
+              ? 'gemv_kn_red'
+              : fused
+                ? 'gemv_kn_ln'
+                : 'gemv_kn'
+        : rows
+          ? 'gemv_nk_rows'
+          : 'gemv_nk';
     const sgr = M >= SG16_FROM ? 16 : 8; // gemm_kn_sg: rows of x per workgroup
-    const pipeline = this.pipelines.get(sg ? `gemm_kn_sg:${f16}:1:${sgr}` : `${entry}:${f16}:${vec ? 1 : 0}${large ? ':large' : block ? ':block' : ''}`)!;
+    const pipeline = this.pipelines.get(
+      sg ? `gemm_kn_sg:${f16}:1:${sgr}` : `${entry}:${f16}:${vec ? 1 : 0}${large ? ':large' : block ? ':block' : ''}`,
+    )!;
     // A paneled W: only gemv_kn_cols reads panels, a whole number of threads per panel.
     if (panel !== undefined) {
       if (!cols) {
-        throw new ShapeError(`${label}: W is stored in panels of ${panel} columns, which only the 'kn' gemv_kn_cols GEMV reads (CPU adapters, panel % ${per} == 0); here layout '${layout}', N ${N}, variant ${variant}${a.knCols === false ? ', knCols false' : ''}. Upload it plain (knPanel 0)`);
+        throw new ShapeError(
+          `${label}: W is stored in panels of ${panel} columns, which only the 'kn' gemv_kn_cols GEMV reads (CPU adapters, panel % ${per} == 0); here layout '${layout}', N ${N}, variant ${variant}${a.knCols === false ? ', knCols false' : ''}. Upload it plain (knPanel 0)`,
+        );
       }
       if (panel % (per * knv) !== 0) {
-        throw new ShapeError(`${label}: W panels of ${panel} columns are not a multiple of a gemv_kn_cols thread's ${per * knv} columns`);
+        throw new ShapeError(
+          `${label}: W panels of ${panel} columns are not a multiple of a gemv_kn_cols thread's ${per * knv} columns`,
+        );
       }
     }
     const pw = panel !== undefined ? panel / per : 0;
@@ -598,7 +748,8 @@ export class MatmulKernel {
     // K slices: multiples of 8 so every slice starts on a 16-byte load of either dtype.
     let S: number;
     if (a.splitK !== undefined) {
-      if (!Number.isInteger(a.splitK) || a.splitK < 1) throw new ShapeError(`${label}: splitK must be an integer >= 1, got ${a.splitK}`);
+      if (!Number.isInteger(a.splitK) || a.splitK < 1)
+        throw new ShapeError(`${label}: splitK must be an integer >= 1, got ${a.splitK}`);
       S = a.splitK;
     } else if (rows || cols || red) {
       S = 1; // CPU-adapter variants: their threads already outnumber the cores; gemv_kn_red splits K inside its workgroups
@@ -612,7 +763,12 @@ export class MatmulKernel {
     let dst = a.out;
     let partials: GpuTensor | undefined;
     if (S > 1) {
-      partials = { buffer: owner.buffer(`${label}.partials`, S * M * N * 4, STORAGE), offset: 0, shape: [S, M, N], dtype: 'f32' };
+      partials = {
+        buffer: owner.buffer(`${label}.partials`, S * M * N * 4, STORAGE),
+        offset: 0,
+        shape: [S, M, N],
+        dtype: 'f32',
+      };
       expectBindable(ctx, `${label} split-K partials (splitK ${S})`, partials);
       dst = partials;
     }
@@ -624,13 +780,40 @@ export class MatmulKernel {
       // u32 words per W row; a paneled row (gemv_kn_cols) counts whole 16-byte words, the padded panel tail included.
       const wpr = layout === 'nk' ? wordsPerRow(K) : panel !== undefined ? Math.ceil(n / per) * 4 : wordsPerRow(n);
       const fl = (S > 1 ? F_PARTIAL : flags) | (a.ln ? F_LN : 0);
-      const params = owner.uniform(`${label}.params${i}`, [M, n, K, wpr, N, nOff, kslice, fl, pw, f32bits(a.ln?.eps ?? 0)]);
-      const gx = sg ? Math.ceil(Math.ceil(n / per) / this.knSubgroupLanes)
-        : cols ? Math.ceil(Math.ceil(n / per / knv) / WG_KNC)
-        : red ? Math.ceil(Math.ceil(n / per) / (WG_RED / KG_RED))
-        : layout === 'kn' ? Math.ceil(Math.ceil(n / per) / WG_KN)
-        : rows ? Math.ceil(Math.ceil(n / NKR) / WG_NKR) : Math.ceil(n / (this.wgNk / this.lpr));
-      const bg = this.bindGroup(owner, entry, pipeline, label, { 0: params, 1: a.x, 2: a.x, 3: wp, 4: wp, 5: biasT, 6: dst, 7: a.ln?.gamma ?? a.x, 8: a.ln?.beta ?? a.x });
+      const params = owner.uniform(`${label}.params${i}`, [
+        M,
+        n,
+        K,
+        wpr,
+        N,
+        nOff,
+        kslice,
+        fl,
+        pw,
+        f32bits(a.ln?.eps ?? 0),
+      ]);
+      const gx = sg
+        ? Math.ceil(Math.ceil(n / per) / this.knSubgroupLanes)
+        : cols
+          ? Math.ceil(Math.ceil(n / per / knv) / WG_KNC)
+          : red
+            ? Math.ceil(Math.ceil(n / per) / (WG_RED / KG_RED))
+            : layout === 'kn'
+              ? Math.ceil(Math.ceil(n / per) / WG_KN)
+              : rows
+                ? Math.ceil(Math.ceil(n / NKR) / WG_NKR)
+                : Math.ceil(n / (this.wgNk / this.lpr));
+      const bg = this.bindGroup(owner, entry, pipeline, label, {
+        0: params,
+        1: a.x,
+        2: a.x,
+        3: wp,
+        4: wp,
+        5: biasT,
+        6: dst,
+        7: a.ln?.gamma ?? a.x,
+        8: a.ln?.beta ?? a.x,
+      });
       out.push({
         family: 'matmul',
         label: pieces.length > 1 ? `${label}[${i}]` : label,
@@ -645,7 +828,10 @@ export class MatmulKernel {
       const total = Math.ceil((M * N) / WG_REDUCE);
       const gx = Math.min(total, ctx.limits.maxComputeWorkgroupsPerDimension);
       const gy = groups(ctx, label, Math.ceil(total / gx));
-      const params = owner.uniform(`${label}.reduce.params`, [M, N, S, gx, N, 0, K, flags, 0, 0] /* Params: pw, eps unused */);
+      const params = owner.uniform(
+        `${label}.reduce.params`,
+        [M, N, S, gx, N, 0, K, flags, 0, 0] /* Params: pw, eps unused */,
+      );
       const bg = this.bindGroup(owner, 'reduce', rp, `${label}.reduce`, { 0: params, 1: partials, 5: biasT, 6: a.out });
       out.push({ family: 'matmul', label: `${label}.reduce`, pipeline: rp, bindGroup: bg, workgroups: [gx, gy, 1] });
     }
@@ -656,8 +842,14 @@ export class MatmulKernel {
   private lnFirst(owner: Owned, a: MatmulArgs, label: string): Dispatch[] {
     const [M, K] = a.x.shape as [number, number];
     const { gamma, beta, eps, scratch } = a.ln!;
-    const y: GpuTensor = scratch ?? { buffer: owner.buffer(`${label}.ln_out[${M},${K}]`, M * K * 4, STORAGE), offset: 0, shape: [M, K], dtype: 'f32' };
-    if (y.buffer === a.x.buffer) throw new ShapeError(`${label}: ln scratch shares buffer "${y.buffer.label}" with x; give it its own`);
+    const y: GpuTensor = scratch ?? {
+      buffer: owner.buffer(`${label}.ln_out[${M},${K}]`, M * K * 4, STORAGE),
+      offset: 0,
+      shape: [M, K],
+      dtype: 'f32',
+    };
+    if (y.buffer === a.x.buffer)
+      throw new ShapeError(`${label}: ln scratch shares buffer "${y.buffer.label}" with x; give it its own`);
     const ln = this.layernorm.bind(owner, { x: a.x, gamma, beta, y, eps }, `${label}.ln`);
     return [ln, ...this.bind(owner, { ...a, x: y, ln: undefined }, label)];
   }
@@ -667,8 +859,13 @@ export class MatmulKernel {
    * rounded down to whole vec4s (the scalar binding reaches the tail); a tensor under 16 bytes
    * gets a dummy (the VEC path is never chosen for it).
    */
-  private bindGroup(owner: Owned, entry: Entry, pipeline: GPUComputePipeline, label: string,
-                    res: Record<number, UniformSlice | GpuTensor>): GPUBindGroup {
+  private bindGroup(
+    owner: Owned,
+    entry: Entry,
+    pipeline: GPUComputePipeline,
+    label: string,
+    res: Record<number, UniformSlice | GpuTensor>,
+  ): GPUBindGroup {
     const entries: GPUBindGroupEntry[] = [];
     for (const b of USES[entry]) {
       const r = res[b]!;
@@ -679,7 +876,10 @@ export class MatmulKernel {
       const full = binding(r);
       if (b === 2 || b === 4) {
         const size = Math.floor((full.size ?? 0) / 16) * 16;
-        entries.push({ binding: b, resource: size >= 16 ? { ...full, size } : { buffer: owner.buffer(`${label}.dummy`, 16, STORAGE) } });
+        entries.push({
+          binding: b,
+          resource: size >= 16 ? { ...full, size } : { buffer: owner.buffer(`${label}.dummy`, 16, STORAGE) },
+        });
       } else {
         entries.push({ binding: b, resource: full });
       }
@@ -702,8 +902,10 @@ export function alignedRows(cols: number, dtype: 'f32' | 'f16'): boolean {
  * block, the last zero-padded. The CPU-adapter LM head reads wte chunks this way.
  */
 export function packPanelsTransposed(src: ArrayLike<number>, rows: number, cols: number, panel: number): Float32Array {
-  if (!isPanelWidth(panel)) throw new ShapeError(`packPanelsTransposed: panel must be an even integer >= 2, got ${panel}`);
-  if (src.length !== rows * cols) throw new ShapeError(`packPanelsTransposed: ${src.length} values for a [${rows}, ${cols}] matrix`);
+  if (!isPanelWidth(panel))
+    throw new ShapeError(`packPanelsTransposed: panel must be an even integer >= 2, got ${panel}`);
+  if (src.length !== rows * cols)
+    throw new ShapeError(`packPanelsTransposed: ${src.length} values for a [${rows}, ${cols}] matrix`);
   const np = Math.ceil(rows / panel);
   const out = new Float32Array(np * cols * panel);
   // Tiles of TB source columns: a row's TB values are contiguous reads and land in TB output rows
@@ -733,7 +935,8 @@ export function packPanelsTransposed(src: ArrayLike<number>, rows: number, cols:
  */
 export function packPanels(src: ArrayLike<number>, rows: number, cols: number, panel: number): Float32Array {
   if (!isPanelWidth(panel)) throw new ShapeError(`packPanels: panel must be an even integer >= 2, got ${panel}`);
-  if (src.length !== rows * cols) throw new ShapeError(`packPanels: ${src.length} values for a [${rows}, ${cols}] matrix`);
+  if (src.length !== rows * cols)
+    throw new ShapeError(`packPanels: ${src.length} values for a [${rows}, ${cols}] matrix`);
   const np = Math.ceil(cols / panel);
   const out = new Float32Array(np * rows * panel);
   for (let q = 0; q < np; q++) {

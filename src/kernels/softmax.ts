@@ -43,7 +43,10 @@ export class SoftmaxKernel extends InPlaceKernel {
     const { rows, V, gx, gy } = rowsGrid(this.ctx, label, a.x);
     expectTensor(`${label} y`, a.y, [rows, V], ['f32']);
     const alias = aliasing(a.x, a.y);
-    if (alias === 'overlap') throw new ShapeError(`${label}: y partly overlaps x (bytes ${a.y.offset} vs ${a.x.offset}); pass the same view for in place`);
+    if (alias === 'overlap')
+      throw new ShapeError(
+        `${label}: y partly overlaps x (bytes ${a.y.offset} vs ${a.x.offset}); pass the same view for in place`,
+      );
     const params = owner.uniform(`${label}.params`, [rows, V, gx, NEG_INF_BITS]);
     return this.unary(label, 'sampling', params, a.x, a.y, alias === 'same', 3, [gx, gy, 1]);
   }

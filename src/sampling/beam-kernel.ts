@@ -47,10 +47,12 @@ export class BeamKernel {
   }
 
   bind(owner: Owned, a: BeamArgs, label = 'beam'): Dispatch[] {
-    if (a.logits.shape.length !== 2) throw new ShapeError(`${label}: logits must be 2-D [B, V], got [${a.logits.shape.join(', ')}]`);
+    if (a.logits.shape.length !== 2)
+      throw new ShapeError(`${label}: logits must be 2-D [B, V], got [${a.logits.shape.join(', ')}]`);
     const [B, V] = a.logits.shape as [number, number];
     const K = a.k ?? 2 * B;
-    if (!Number.isInteger(K) || K < 1 || K > B * V) throw new ShapeError(`${label}: k = ${K} must be an integer in [1, B * V = ${B * V}]`);
+    if (!Number.isInteger(K) || K < 1 || K > B * V)
+      throw new ShapeError(`${label}: k = ${K} must be an integer in [1, B * V = ${B * V}]`);
     expectTensor(`${label} logits`, a.logits, [B, V], ['f32']);
     expectTensor(`${label} beamScores`, a.beamScores, [B], ['f32']);
     expectTensor(`${label} out`, a.out, [K, 3], ['u32']);
@@ -62,7 +64,11 @@ export class BeamKernel {
     const align = this.ctx.limits.minStorageBufferOffsetAlignment;
     const start = Math.floor(a.logits.offset / align) * align;
     const logitsOff = (a.logits.offset - start) / 4;
-    const logitsRes = { buffer: a.logits.buffer, offset: start, size: a.logits.offset - start + tensorBytes(a.logits.shape, 'f32') };
+    const logitsRes = {
+      buffer: a.logits.buffer,
+      offset: start,
+      size: a.logits.offset - start + tensorBytes(a.logits.shape, 'f32'),
+    };
     const params = owner.uniform(`${label}.params`, [B, V, K, logitsOff, gx, 0, 0, 0]);
     const cand = owner.buffer(`${label}.cand`, B * K * 8, STORAGE);
     const rowGroup = this.ctx.device.createBindGroup({
@@ -85,7 +91,13 @@ export class BeamKernel {
       ],
     });
     return [
-      { family: 'beam', label: `${label}.row_topk`, pipeline: this.rowTopk, bindGroup: rowGroup, workgroups: [gx, gy, 1] },
+      {
+        family: 'beam',
+        label: `${label}.row_topk`,
+        pipeline: this.rowTopk,
+        bindGroup: rowGroup,
+        workgroups: [gx, gy, 1],
+      },
       { family: 'beam', label: `${label}.merge`, pipeline: this.merge, bindGroup: mergeGroup, workgroups: [1, 1, 1] },
     ];
   }

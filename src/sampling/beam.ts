@@ -55,18 +55,31 @@ export function validateBeam(o: BeamOptions, vocab: number): Required<Omit<BeamO
   };
   const numBeams = int('numBeams', o.numBeams, 1, 256);
   const numReturn = int('numReturnSequences', o.numReturnSequences ?? 1, 1, 256);
-  if (numReturn > numBeams) throw new InvalidOptionError(`numReturnSequences (${numReturn}) must be <= numBeams (${numBeams})`);
+  if (numReturn > numBeams)
+    throw new InvalidOptionError(`numReturnSequences (${numReturn}) must be <= numBeams (${numBeams})`);
   const maxNew = int('maxNewTokens', o.maxNewTokens, 0, 100_000);
   const lp = o.lengthPenalty ?? 0;
-  if (typeof lp !== 'number' || !Number.isFinite(lp)) throw new InvalidOptionError(`lengthPenalty must be a finite number, got ${String(lp)}`);
+  if (typeof lp !== 'number' || !Number.isFinite(lp))
+    throw new InvalidOptionError(`lengthPenalty must be a finite number, got ${String(lp)}`);
   const es = o.earlyStopping ?? false;
   if (typeof es !== 'boolean') throw new InvalidOptionError(`earlyStopping must be a boolean, got ${String(es)}`);
   const eos = o.eosTokenId ?? vocab - 1;
   int('eosTokenId', eos, 0, vocab - 1);
-  return { numBeams, numReturnSequences: numReturn, maxNewTokens: maxNew, lengthPenalty: lp, earlyStopping: es, eosTokenId: eos };
+  return {
+    numBeams,
+    numReturnSequences: numReturn,
+    maxNewTokens: maxNew,
+    lengthPenalty: lp,
+    earlyStopping: es,
+    eosTokenId: eos,
+  };
 }
 
-export async function beamSearch(model: GPT2Model, prompt: string | readonly number[], options: BeamOptions): Promise<BeamHypothesis[]> {
+export async function beamSearch(
+  model: GPT2Model,
+  prompt: string | readonly number[],
+  options: BeamOptions,
+): Promise<BeamHypothesis[]> {
   model.checkAlive();
   const cfg = model.config;
   const o = validateBeam({ eosTokenId: cfg.eos_token_id, ...options }, cfg.vocab_size);
@@ -75,9 +88,12 @@ export async function beamSearch(model: GPT2Model, prompt: string | readonly num
   const B = o.numBeams;
   const P = promptIds.length;
   if (P + o.maxNewTokens > cfg.n_positions) {
-    throw new ContextOverflowError(`beam search needs ${P} prompt + ${o.maxNewTokens} new tokens = ${P + o.maxNewTokens} positions; the window is ${cfg.n_positions}`);
+    throw new ContextOverflowError(
+      `beam search needs ${P} prompt + ${o.maxNewTokens} new tokens = ${P + o.maxNewTokens} positions; the window is ${cfg.n_positions}`,
+    );
   }
-  const penalise = (logprob: number, n: number): number => (o.lengthPenalty === 0 ? logprob : logprob / Math.max(1, n) ** o.lengthPenalty);
+  const penalise = (logprob: number, n: number): number =>
+    o.lengthPenalty === 0 ? logprob : logprob / Math.max(1, n) ** o.lengthPenalty;
   if (o.maxNewTokens === 0) return [{ logprob: 0, score: 0, tokens: promptIds, finished: false }];
 
   const ctx = model.ctx;
@@ -87,7 +103,11 @@ export async function beamSearch(model: GPT2Model, prompt: string | readonly num
   const caches: KVCache[] = [];
   const plans: ForwardPlan[] = [];
   try {
-    caches.push(await model.createCache({ rows: 1, capacity }), await model.createCache({ rows: B, capacity }), await model.createCache({ rows: B, capacity }));
+    caches.push(
+      await model.createCache({ rows: 1, capacity }),
+      await model.createCache({ rows: B, capacity }),
+      await model.createCache({ rows: B, capacity }),
+    );
     const [scratch, cacheA, cacheB] = caches as [KVCache, KVCache, KVCache];
     // Prefill the prompt once; all B rows get the same logits (lastIdx repeated).
     const prefill = new ForwardPlan(model, scratch, P, B);
@@ -101,10 +121,19 @@ export async function beamSearch(model: GPT2Model, prompt: string | readonly num
     const u32 = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC;
     const scores: GpuTensor = { buffer: owned.buffer('beam.scores', B * 4, u32), offset: 0, shape: [B], dtype: 'f32' };
     const parent: GpuTensor = { buffer: owned.buffer('beam.parent', B * 4, u32), offset: 0, shape: [B], dtype: 'u32' };
-    const cand: GpuTensor = { buffer: owned.buffer('beam.cand', 2 * B * 3 * 4, u32), offset: 0, shape: [2 * B, 3], dtype: 'u32' };
+    const cand: GpuTensor = {
+      buffer: owned.buffer('beam.cand', 2 * B * 3 * 4, u32),
+      offset: 0,
+      shape: [2 * B, 3],
+      dtype: 'u32',
+    };
     const staging = owned.buffer('beam.staging', 2 * B * 3 * 4, GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST);
     // Initial beam scores: only beam 0 is live (the others are copies of it).
-    ctx.device.queue.writeBuffer(scores.buffer, 0, Float32Array.from({ length: B }, (_, i) => (i === 0 ? 0 : -1e9)));
+    ctx.device.queue.writeBuffer(
+      scores.buffer,
+      0,
+      Float32Array.from({ length: B }, (_, i) => (i === 0 ? 0 : -1e9)),
+    );
 
     const rank = (plan: ForwardPlan) => k.beam.bind(owned, { logits: plan.logits, beamScores: scores, out: cand });
     const rankPrefill = rank(prefill);
@@ -114,8 +143,20 @@ export async function beamSearch(model: GPT2Model, prompt: string | readonly num
     const gather = (src: KVCache, dst: KVCache) => {
       const d = [];
       for (let l = 0; l < cfg.n_layer; l++) {
-        d.push(k.kvGather.bind(owned, { src: src.kTensor(l), dst: dst.kTensor(l), parent, len: P, maxLen: capacity }, `h.${l}.k_reorder`));
-        d.push(k.kvGather.bind(owned, { src: src.vTensor(l), dst: dst.vTensor(l), parent, len: P, maxLen: capacity }, `h.${l}.v_reorder`));
+        d.push(
+          k.kvGather.bind(
+            owned,
+            { src: src.kTensor(l), dst: dst.kTensor(l), parent, len: P, maxLen: capacity },
+            `h.${l}.k_reorder`,
+          ),
+        );
+        d.push(
+          k.kvGather.bind(
+            owned,
+            { src: src.vTensor(l), dst: dst.vTensor(l), parent, len: P, maxLen: capacity },
+            `h.${l}.v_reorder`,
+          ),
+        );
       }
       return d;
     };
@@ -126,13 +167,22 @@ export async function beamSearch(model: GPT2Model, prompt: string | readonly num
     const readCandidates = async (): Promise<Array<{ parent: number; token: number; score: number }>> => {
       const words = new Uint32Array(await ctx.mapCopy(staging, 2 * B * 12));
       const f = new Float32Array(words.buffer);
-      return Array.from({ length: 2 * B }, (_, i) => ({ parent: words[3 * i]!, token: words[3 * i + 1]!, score: f[3 * i + 2]! }));
+      return Array.from({ length: 2 * B }, (_, i) => ({
+        parent: words[3 * i]!,
+        token: words[3 * i + 1]!,
+        score: f[3 * i + 2]!,
+      }));
     };
 
-    let beams: Array<{ tokens: number[]; logprob: number; parent?: number; token?: number }> = Array.from({ length: B }, () => ({ tokens: [], logprob: 0 }));
+    let beams: Array<{ tokens: number[]; logprob: number; parent?: number; token?: number }> = Array.from(
+      { length: B },
+      () => ({ tokens: [], logprob: 0 }),
+    );
     const finished: BeamHypothesis[] = [];
     // Step 0: rank the prompt's continuations.
-    model.submit([...prefill.dispatches, ...rankPrefill], (enc) => enc.copyBufferToBuffer(cand.buffer, 0, staging, 0, 2 * B * 12));
+    model.submit([...prefill.dispatches, ...rankPrefill], (enc) =>
+      enc.copyBufferToBuffer(cand.buffer, 0, staging, 0, 2 * B * 12),
+    );
     let cands = await readCandidates();
     // The prompt's K/V for every beam comes from the scratch row 0 (parent 0 for all).
     let cur = cacheA;
@@ -147,13 +197,19 @@ export async function beamSearch(model: GPT2Model, prompt: string | readonly num
           // Only candidates ranked within the first B may finish (as HF).
           if (i < B) {
             const n = base.tokens.length + 1;
-            finished.push({ logprob: c.score, score: penalise(c.score, n), tokens: [...promptIds, ...base.tokens, c.token], finished: true });
+            finished.push({
+              logprob: c.score,
+              score: penalise(c.score, n),
+              tokens: [...promptIds, ...base.tokens, c.token],
+              finished: true,
+            });
           }
           continue;
         }
         next.push({ tokens: [...base.tokens, c.token], logprob: c.score, parent: c.parent, token: c.token });
       }
-      if (next.length < B) throw new Error(`beam search: only ${next.length} continuations for ${B} beams (vocabulary too small?)`);
+      if (next.length < B)
+        throw new Error(`beam search: only ${next.length} continuations for ${B} beams (vocabulary too small?)`);
       beams = next;
       const newLen = step + 1;
       if (finished.length >= (o.earlyStopping ? o.numBeams : o.numReturnSequences)) break;
@@ -169,12 +225,19 @@ export async function beamSearch(model: GPT2Model, prompt: string | readonly num
       ctx.device.queue.writeBuffer(parent.buffer, 0, Uint32Array.from(beams.map((b) => (step === 0 ? 0 : b.parent))));
       ctx.device.queue.writeBuffer(scores.buffer, 0, Float32Array.from(beams.map((b) => b.logprob)));
       dec.write({ ids: beams.map((b) => b.token!), meta: decodeMeta(new Uint32Array(B).fill(P + step)) });
-      model.submit([...gatherD, ...dec.dispatches, ...rk], (enc) => enc.copyBufferToBuffer(cand.buffer, 0, staging, 0, 2 * B * 12));
+      model.submit([...gatherD, ...dec.dispatches, ...rk], (enc) =>
+        enc.copyBufferToBuffer(cand.buffer, 0, staging, 0, 2 * B * 12),
+      );
       cur = dst;
       cands = await readCandidates();
     }
     // Fill with the best unfinished beams, then order by score.
-    const running = beams.map((b) => ({ logprob: b.logprob, score: penalise(b.logprob, b.tokens.length), tokens: [...promptIds, ...b.tokens], finished: false }));
+    const running = beams.map((b) => ({
+      logprob: b.logprob,
+      score: penalise(b.logprob, b.tokens.length),
+      tokens: [...promptIds, ...b.tokens],
+      finished: false,
+    }));
     const all = finished.length >= o.numReturnSequences ? finished : [...finished, ...running];
     all.sort((a, b) => b.score - a.score);
     ctx.throwIfErrors();

@@ -46,15 +46,29 @@ export interface NormalizedSampling {
 }
 
 const KNOWN = new Set([
-  'temperature', 'topK', 'topP', 'minP', 'minTokensToKeep', 'freqPenalty', 'presencePenalty',
-  'repetitionPenalty', 'logitBias', 'seed',
+  'temperature',
+  'topK',
+  'topP',
+  'minP',
+  'minTokensToKeep',
+  'freqPenalty',
+  'presencePenalty',
+  'repetitionPenalty',
+  'logitBias',
+  'seed',
 ]);
 
 function bad(name: string, value: unknown, domain: string): never {
   throw new InvalidOptionError(`sampling option ${name} = ${String(value)} is invalid: must be ${domain}`);
 }
 
-function num(o: Record<string, unknown>, name: string, dflt: number, domain: string, ok: (x: number) => boolean): number {
+function num(
+  o: Record<string, unknown>,
+  name: string,
+  dflt: number,
+  domain: string,
+  ok: (x: number) => boolean,
+): number {
   const v = o[name];
   if (v === undefined) return dflt;
   if (typeof v !== 'number' || !Number.isFinite(v) || !ok(v)) bad(name, v, domain);
@@ -99,7 +113,18 @@ export function validateSampling(opts: SamplingOptions | undefined, vocab: numbe
     }
     logitBias.sort((a, b) => a[0] - b[0]);
   }
-  return { temperature, topK, topP, minP, minTokensToKeep, freqPenalty, presencePenalty, repetitionPenalty, logitBias, seed };
+  return {
+    temperature,
+    topK,
+    topP,
+    minP,
+    minTokensToKeep,
+    freqPenalty,
+    presencePenalty,
+    repetitionPenalty,
+    logitBias,
+    seed,
+  };
 }
 
 // An odd 52-bit constant (the golden ratio's fraction bits): seeds of a batch are spread over the
@@ -128,5 +153,5 @@ export function randomSeed(): number {
 
 /** The 64-bit Philox key of a seed: [low 32 bits, high 32 bits]. */
 export function seedWords(seed: number): [number, number] {
-  return [seed % 2 ** 32 >>> 0, Math.floor(seed / 2 ** 32) >>> 0];
+  return [(seed % 2 ** 32) >>> 0, Math.floor(seed / 2 ** 32) >>> 0];
 }

@@ -6,7 +6,18 @@
  */
 import type { GpuContext } from '../engine/device.js';
 import { InvalidOptionError, ShapeError } from '../errors.js';
-import { binding, Dispatch, DType, encodeDispatches, expectTensor, f32bits, GpuTensor, Owned, tensorBytes, UniformSlice } from '../kernels/common.js';
+import {
+  binding,
+  Dispatch,
+  DType,
+  encodeDispatches,
+  expectTensor,
+  f32bits,
+  GpuTensor,
+  Owned,
+  tensorBytes,
+  UniformSlice,
+} from '../kernels/common.js';
 import { NormalizedSampling, randomSeed, SamplingOptions, seedWords, validateSampling } from './options.js';
 
 const NONE = 0xffffffff;
@@ -60,15 +71,35 @@ export interface SamplerIO {
 }
 
 /** The row's RowParams words. */
-function rowParams(o: NormalizedSampling, vocab: number, seed: number, eosId: number, stopAtEos: boolean, biasRow: number): number[] {
+function rowParams(
+  o: NormalizedSampling,
+  vocab: number,
+  seed: number,
+  eosId: number,
+  stopAtEos: boolean,
+  biasRow: number,
+): number[] {
   const minKeep = Math.min(o.minTokensToKeep, vocab);
   const k = o.topK > 0 ? Math.max(o.topK, minKeep) : 0;
   const topP = o.topP > 0 && o.topP < 1 ? o.topP : 1;
   const [lo, hi] = seedWords(seed);
   return [
-    f32bits(o.temperature), k >= vocab ? 0 : k, f32bits(topP), f32bits(o.minP), minKeep,
-    f32bits(o.freqPenalty), f32bits(o.presencePenalty), f32bits(o.repetitionPenalty),
-    lo, hi, eosId < 0 ? NONE : eosId, stopAtEos ? 1 : 0, biasRow, 0, 0, 0,
+    f32bits(o.temperature),
+    k >= vocab ? 0 : k,
+    f32bits(topP),
+    f32bits(o.minP),
+    minKeep,
+    f32bits(o.freqPenalty),
+    f32bits(o.presencePenalty),
+    f32bits(o.repetitionPenalty),
+    lo,
+    hi,
+    eosId < 0 ? NONE : eosId,
+    stopAtEos ? 1 : 0,
+    biasRow,
+    0,
+    0,
+    0,
   ];
 }
 
@@ -94,7 +125,8 @@ export class Sampler {
   ) {}
 
   static async create(ctx: GpuContext, vocab: number): Promise<Sampler> {
-    if (!Number.isInteger(vocab) || vocab < 1) throw new ShapeError(`Sampler: vocab must be an integer >= 1, got ${vocab}`);
+    if (!Number.isInteger(vocab) || vocab < 1)
+      throw new ShapeError(`Sampler: vocab must be an integer >= 1, got ${vocab}`);
     const entries: Entry[] = ['select_row', 'draw_row', 'add_counts', 'compact_row', 'draw_many', 'philox_kat'];
     const built = await Promise.all(entries.map((e) => ctx.pipeline('sampling', e)));
     const pipes = Object.fromEntries(entries.map((e, i) => [e, built[i]!])) as Record<Entry, GPUComputePipeline>;
@@ -110,14 +142,22 @@ export class Sampler {
    * GPU state for `rows` sequences: per-row params, counts [rows, V] u32 (zero), step counters,
    * EOS latches. `opts` is shared by every row or given per row.
    */
-  createState(owner: Owned, rows: number, opts: NormalizedSampling | NormalizedSampling[], init: SamplerInit): SamplerState {
+  createState(
+    owner: Owned,
+    rows: number,
+    opts: NormalizedSampling | NormalizedSampling[],
+    init: SamplerInit,
+  ): SamplerState {
     const V = this.vocab;
-    if (!Number.isInteger(rows) || rows < 1) throw new ShapeError(`Sampler.createState: rows must be an integer >= 1, got ${rows}`);
+    if (!Number.isInteger(rows) || rows < 1)
+      throw new ShapeError(`Sampler.createState: rows must be an integer >= 1, got ${rows}`);
     const per = Array.isArray(opts) ? [...opts] : new Array<NormalizedSampling>(rows).fill(opts);
     if (per.length !== rows) throw new ShapeError(`Sampler.createState: ${per.length} option sets for ${rows} rows`);
-    if (init.seeds.length !== rows) throw new ShapeError(`Sampler.createState: ${init.seeds.length} seeds for ${rows} rows`);
+    if (init.seeds.length !== rows)
+      throw new ShapeError(`Sampler.createState: ${init.seeds.length} seeds for ${rows} rows`);
     for (const s of init.seeds) {
-      if (!Number.isInteger(s) || s < 0 || s >= 2 ** 53) throw new InvalidOptionError(`seed ${s} is invalid: must be an integer in [0, 2^53)`);
+      if (!Number.isInteger(s) || s < 0 || s >= 2 ** 53)
+        throw new InvalidOptionError(`seed ${s} is invalid: must be an integer in [0, 2^53)`);
     }
     if (!Number.isInteger(init.eosId) || init.eosId >= V || init.eosId < -1) {
       throw new InvalidOptionError(`eosId ${init.eosId} is invalid: must be -1 (none) or an id in [0, ${V})`);
@@ -131,7 +171,10 @@ export class Sampler {
         if (id >= V) throw new InvalidOptionError(`logitBias id ${id} is invalid: must be in [0, ${V})`);
         bias[r * V + id] = val;
       }
-      params.set(rowParams(o, V, init.seeds[r]!, init.eosId, init.stopAtEos, o.logitBias.length ? r : NONE), r * PARAM_WORDS);
+      params.set(
+        rowParams(o, V, init.seeds[r]!, init.eosId, init.stopAtEos, o.logitBias.length ? r : NONE),
+        r * PARAM_WORDS,
+      );
     });
     const c = this.ctx;
     const mk = (label: string, data: ArrayBufferView) => owner.adopt(c.createBufferWithData(label, data, STORAGE));
@@ -139,7 +182,12 @@ export class Sampler {
       rows,
       vocab: V,
       params: mk('sampler.params', params),
-      counts: { buffer: owner.buffer('sampler.counts', rows * V * 4, STORAGE), offset: 0, shape: [rows, V], dtype: 'u32' },
+      counts: {
+        buffer: owner.buffer('sampler.counts', rows * V * 4, STORAGE),
+        offset: 0,
+        shape: [rows, V],
+        dtype: 'u32',
+      },
       bias: mk('sampler.bias', bias),
       work: { buffer: owner.buffer('sampler.work', rows * V * 4, STORAGE), offset: 0, shape: [rows, V], dtype: 'f32' },
       rowState: owner.buffer('sampler.state', rows * STATE_WORDS * 4, STORAGE),
@@ -170,7 +218,15 @@ export class Sampler {
       const aux = tmp.adopt(this.ctx.createBufferWithData('sampler.prompt', words, STORAGE));
       const g = this.globals(tmp, state.rows, 0, 0, 0, 0);
       const bg = this.group('add_counts', { 0: g, 4: binding(state.counts), 10: { buffer: aux } });
-      this.submit([{ family: 'sampling', label: 'sampler.add_counts', pipeline: this.pipes.add_counts, bindGroup: bg, workgroups: [1, 1, 1] }]);
+      this.submit([
+        {
+          family: 'sampling',
+          label: 'sampler.add_counts',
+          pipeline: this.pipes.add_counts,
+          bindGroup: bg,
+          workgroups: [1, 1, 1],
+        },
+      ]);
     } finally {
       tmp.destroy(); // destroy waits for the submitted work in WebGPU's model
     }
@@ -183,10 +239,13 @@ export class Sampler {
   setRow(state: SamplerState, row: number, opts: NormalizedSampling, seed: number): void {
     this.checkRow(state, row, 'setRow');
     const V = state.vocab;
-    if (!Number.isInteger(seed) || seed < 0 || seed >= 2 ** 53) throw new InvalidOptionError(`seed ${seed} is invalid: must be an integer in [0, 2^53)`);
+    if (!Number.isInteger(seed) || seed < 0 || seed >= 2 ** 53)
+      throw new InvalidOptionError(`seed ${seed} is invalid: must be an integer in [0, 2^53)`);
     const hasBiasRows = state.bias.size >= state.rows * V * 4;
     if (opts.logitBias.length && !hasBiasRows) {
-      throw new InvalidOptionError('setRow: logitBias on a state created without any logit_bias; create the state with a logitBias on at least one row');
+      throw new InvalidOptionError(
+        'setRow: logitBias on a state created without any logit_bias; create the state with a logitBias on at least one row',
+      );
     }
     const q = this.ctx.device.queue;
     if (hasBiasRows) {
@@ -233,18 +292,51 @@ export class Sampler {
     const { gx, gy } = this.grid(label, rows);
     const g = this.globals(owner, rows, lg.elemOffset, out.elemOffset, flags, 0, gx);
     const probs = io.probsOut ? binding(io.probsOut) : { buffer: owner.buffer(`${label}.noprobs`, 4, STORAGE) };
-    const common = { 0: g, 2: { buffer: state.params }, 4: binding(state.counts), 5: binding(state.work), 6: { buffer: state.rowState }, 7: { buffer: state.cuts } };
+    const common = {
+      0: g,
+      2: { buffer: state.params },
+      4: binding(state.counts),
+      5: binding(state.work),
+      6: { buffer: state.rowState },
+      7: { buffer: state.cuts },
+    };
     const sel = this.group('select_row', { ...common, 1: lg.resource, 3: { buffer: state.bias } });
     const draw = this.group('draw_row', { ...common, 8: out.resource, 9: probs });
     return [
-      { family: 'sampling', label: `${label}.select`, pipeline: this.pipes.select_row, bindGroup: sel, workgroups: [gx, gy, 1] },
-      { family: 'sampling', label: `${label}.draw`, pipeline: this.pipes.draw_row, bindGroup: draw, workgroups: [gx, gy, 1] },
+      {
+        family: 'sampling',
+        label: `${label}.select`,
+        pipeline: this.pipes.select_row,
+        bindGroup: sel,
+        workgroups: [gx, gy, 1],
+      },
+      {
+        family: 'sampling',
+        label: `${label}.draw`,
+        pipeline: this.pipes.draw_row,
+        bindGroup: draw,
+        workgroups: [gx, gy, 1],
+      },
     ];
   }
 
   /** Only the select dispatch (processed logits into state.work): what processLogits runs. */
   bindSelect(owner: Owned, state: SamplerState, logits: GpuTensor, label = 'sampler'): Dispatch {
-    return this.bind(owner, state, { logits, outIds: { buffer: owner.buffer(`${label}.ids`, state.rows * 4, STORAGE), offset: 0, shape: [state.rows], dtype: 'u32' }, update: false }, label)[0]!;
+    return this.bind(
+      owner,
+      state,
+      {
+        logits,
+        outIds: {
+          buffer: owner.buffer(`${label}.ids`, state.rows * 4, STORAGE),
+          offset: 0,
+          shape: [state.rows],
+          dtype: 'u32',
+        },
+        update: false,
+      },
+      label,
+    )[0]!;
   }
 
   /**
@@ -255,20 +347,43 @@ export class Sampler {
     expectTensor(`${label} hist`, hist, [state.vocab], ['u32']);
     const aux = owner.buffer(`${label}.kept`, state.vocab * 4, STORAGE);
     const g1 = this.globals(owner, 1, 0, 0, 0, 0, 1);
-    const compact = this.group('compact_row', { 0: g1, 5: binding(state.work), 7: { buffer: state.cuts }, 10: { buffer: aux } });
+    const compact = this.group('compact_row', {
+      0: g1,
+      5: binding(state.work),
+      7: { buffer: state.cuts },
+      10: { buffer: aux },
+    });
     const { gx, gy } = this.grid(label, Math.ceil(count / WG));
     const g2 = this.globals(owner, 1, 0, 0, 0, count, gx);
     const many = this.group('draw_many', {
-      0: g2, 2: { buffer: state.params }, 5: binding(state.work), 7: { buffer: state.cuts }, 10: { buffer: aux }, 11: binding(hist),
+      0: g2,
+      2: { buffer: state.params },
+      5: binding(state.work),
+      7: { buffer: state.cuts },
+      10: { buffer: aux },
+      11: binding(hist),
     });
     return [
-      { family: 'sampling', label: `${label}.compact`, pipeline: this.pipes.compact_row, bindGroup: compact, workgroups: [1, 1, 1] },
-      { family: 'sampling', label: `${label}.draws`, pipeline: this.pipes.draw_many, bindGroup: many, workgroups: [gx, gy, 1] },
+      {
+        family: 'sampling',
+        label: `${label}.compact`,
+        pipeline: this.pipes.compact_row,
+        bindGroup: compact,
+        workgroups: [1, 1, 1],
+      },
+      {
+        family: 'sampling',
+        label: `${label}.draws`,
+        pipeline: this.pipes.draw_many,
+        bindGroup: many,
+        workgroups: [gx, gy, 1],
+      },
     ];
   }
 
   private checkRow(state: SamplerState, row: number, what: string): void {
-    if (!Number.isInteger(row) || row < 0 || row >= state.rows) throw new ShapeError(`${what}: row ${row} is outside [0, ${state.rows})`);
+    if (!Number.isInteger(row) || row < 0 || row >= state.rows)
+      throw new ShapeError(`${what}: row ${row} is outside [0, ${state.rows})`);
   }
 
   private grid(label: string, n: number): { gx: number; gy: number } {
@@ -279,7 +394,15 @@ export class Sampler {
     return { gx, gy: Math.max(1, gy) };
   }
 
-  private globals(owner: Owned, rows: number, logitsOff: number, outOff: number, flags: number, ndraws: number, perY = 1): UniformSlice {
+  private globals(
+    owner: Owned,
+    rows: number,
+    logitsOff: number,
+    outOff: number,
+    flags: number,
+    ndraws: number,
+    perY = 1,
+  ): UniformSlice {
     return owner.uniform('sampler.globals', [rows, this.vocab, logitsOff, outOff, flags, ndraws, perY, 0]);
   }
 
@@ -337,18 +460,34 @@ export async function sample(
 ): Promise<{ counts: Uint32Array; probs: Float32Array; seed: number }> {
   const V = logits.length;
   const o = validateSampling(opts, V);
-  if (!Number.isInteger(count) || count < 0) throw new InvalidOptionError(`sample count ${count} is invalid: must be an integer >= 0`);
+  if (!Number.isInteger(count) || count < 0)
+    throw new InvalidOptionError(`sample count ${count} is invalid: must be an integer >= 0`);
   const seed = o.seed ?? randomSeed();
   const sampler = await samplerFor(ctx, V);
   const owned = new Owned(ctx);
   try {
     const state = sampler.createState(owned, 1, o, { seeds: [seed], eosId: -1, stopAtEos: false });
     if (prevTokens && prevTokens.length) sampler.addCounts(state, 0, prevTokens);
-    const probs: GpuTensor = { buffer: owned.buffer('sample.probs', V * 4, STORAGE), offset: 0, shape: [1, V], dtype: 'f32' };
-    const hist: GpuTensor = { buffer: owned.buffer('sample.hist', V * 4, STORAGE), offset: 0, shape: [V], dtype: 'u32' };
+    const probs: GpuTensor = {
+      buffer: owned.buffer('sample.probs', V * 4, STORAGE),
+      offset: 0,
+      shape: [1, V],
+      dtype: 'f32',
+    };
+    const hist: GpuTensor = {
+      buffer: owned.buffer('sample.hist', V * 4, STORAGE),
+      offset: 0,
+      shape: [V],
+      dtype: 'u32',
+    };
     const ids: GpuTensor = { buffer: owned.buffer('sample.id', 4, STORAGE), offset: 0, shape: [1], dtype: 'u32' };
     const list = [
-      ...sampler.bind(owned, state, { logits: oneRow(ctx, owned, logits), outIds: ids, probsOut: probs, update: false }, 'sample'),
+      ...sampler.bind(
+        owned,
+        state,
+        { logits: oneRow(ctx, owned, logits), outIds: ids, probsOut: probs, update: false },
+        'sample',
+      ),
       ...(count > 0 ? sampler.bindDrawMany(owned, state, count, hist) : []),
     ];
     submitList(ctx, list, 'sample');

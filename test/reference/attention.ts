@@ -16,8 +16,14 @@ export interface RowHistory {
  * of qkv [T, 3C]. Returns [T, C].
  */
 export function attention64(
-  qkv: ArrayLike<number>, T: number, C: number, nHead: number, cap: number,
-  rows: ArrayLike<number>, pos: ArrayLike<number>, hist: RowHistory[],
+  qkv: ArrayLike<number>,
+  T: number,
+  C: number,
+  nHead: number,
+  cap: number,
+  rows: ArrayLike<number>,
+  pos: ArrayLike<number>,
+  hist: RowHistory[],
 ): Float64Array {
   const D = C / nHead;
   const out = new Float64Array(T * C);
@@ -47,8 +53,14 @@ export function attention64(
 
 /** dst[r, s, :] = src[parent[r], s, :] for s < len; other slots keep `dstInit`; parent >= srcRows gives NaN. */
 export function kvGather64(
-  src: ArrayLike<number>, srcRows: number, dstInit: ArrayLike<number>, rows: number, cap: number, C: number,
-  parent: ArrayLike<number>, len: number,
+  src: ArrayLike<number>,
+  srcRows: number,
+  dstInit: ArrayLike<number>,
+  rows: number,
+  cap: number,
+  C: number,
+  parent: ArrayLike<number>,
+  len: number,
 ): Float64Array {
   const out = Float64Array.from(dstInit);
   for (let r = 0; r < rows; r++) {

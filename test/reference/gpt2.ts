@@ -25,7 +25,14 @@ export async function loadTensors(ckpt: Checkpoint): Promise<Map<string, Float32
 }
 
 /** y[T, N] = x[T, K] @ w[K, N] + b[N] (Conv1D layout). */
-function linear(x: Float64Array, w: ArrayLike<number>, b: ArrayLike<number>, T: number, K: number, N: number): Float64Array {
+function linear(
+  x: Float64Array,
+  w: ArrayLike<number>,
+  b: ArrayLike<number>,
+  T: number,
+  K: number,
+  N: number,
+): Float64Array {
   const y = new Float64Array(T * N);
   for (let t = 0; t < T; t++) {
     const row = y.subarray(t * N, (t + 1) * N);

@@ -1,5 +1,12 @@
 /** float64 reference: layer norm over rows of [rows, C] (biased variance, as torch). */
-export function layerNorm64(x: ArrayLike<number>, gamma: ArrayLike<number>, beta: ArrayLike<number>, rows: number, C: number, eps: number): Float64Array {
+export function layerNorm64(
+  x: ArrayLike<number>,
+  gamma: ArrayLike<number>,
+  beta: ArrayLike<number>,
+  rows: number,
+  C: number,
+  eps: number,
+): Float64Array {
   const y = new Float64Array(rows * C);
   for (let r = 0; r < rows; r++) {
     let m = 0;

@@ -14,7 +14,14 @@ export interface Matmul64Opts {
 }
 
 /** Returns [M, N] (or [M, cols.length]) in float64. */
-export function matmul64(x: ArrayLike<number>, w: ArrayLike<number>, M: number, K: number, N: number, o: Matmul64Opts): Float64Array {
+export function matmul64(
+  x: ArrayLike<number>,
+  w: ArrayLike<number>,
+  M: number,
+  K: number,
+  N: number,
+  o: Matmul64Opts,
+): Float64Array {
   const cols = o.cols ?? Array.from({ length: N }, (_, i) => i);
   const C = cols.length;
   const y = new Float64Array(M * C);

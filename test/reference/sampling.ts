@@ -5,7 +5,11 @@
 import type { NormalizedSampling } from '../../src/sampling/options.js';
 
 /** Steps 1-4 (bias, repetition penalty, temperature (skipped when 0), frequency/presence) in float64. */
-export function processLogits64(logits: ArrayLike<number>, o: NormalizedSampling, prev: ArrayLike<number> = []): Float64Array {
+export function processLogits64(
+  logits: ArrayLike<number>,
+  o: NormalizedSampling,
+  prev: ArrayLike<number> = [],
+): Float64Array {
   const V = logits.length;
   const counts = new Uint32Array(V);
   for (let i = 0; i < prev.length; i++) counts[prev[i]!]!++;
@@ -32,7 +36,7 @@ function softmaxOver(z: ArrayLike<number>, kept: boolean[]): Float64Array {
   for (let v = 0; v < z.length; v++) if (kept[v] && z[v]! > m) m = z[v]!;
   const p = new Float64Array(z.length);
   let s = 0;
-  for (let v = 0; v < z.length; v++) if (kept[v]) s += (p[v] = Math.exp(z[v]! - m));
+  for (let v = 0; v < z.length; v++) if (kept[v]) s += p[v] = Math.exp(z[v]! - m);
   for (let v = 0; v < z.length; v++) p[v]! /= s;
   return p;
 }
@@ -41,7 +45,11 @@ function softmaxOver(z: ArrayLike<number>, kept: boolean[]): Float64Array {
  * The distribution the sampler draws from (steps 5-7 on processed logits z), float64. Top-p uses
  * the documented tolerance: a cumulative within `fuzz` below p counts as reaching it.
  */
-export function distribution64(z: ArrayLike<number>, o: NormalizedSampling, fuzz = 2 ** -22): { kept: boolean[]; probs: Float64Array } {
+export function distribution64(
+  z: ArrayLike<number>,
+  o: NormalizedSampling,
+  fuzz = 2 ** -22,
+): { kept: boolean[]; probs: Float64Array } {
   const V = z.length;
   const ord = order(z);
   const minKeep = Math.min(o.minTokensToKeep, V);
@@ -112,7 +120,12 @@ export function gumbel64(seed: number, step: number, v: number): number {
 }
 
 /** Gumbel-max over kept tokens: the id and the gap between the best and second-best scores. */
-export function gumbelDraw64(z: ArrayLike<number>, kept: boolean[], seed: number, step: number): { id: number; gap: number } {
+export function gumbelDraw64(
+  z: ArrayLike<number>,
+  kept: boolean[],
+  seed: number,
+  step: number,
+): { id: number; gap: number } {
   let best = -Infinity;
   let second = -Infinity;
   let id = -1;

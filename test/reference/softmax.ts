@@ -20,7 +20,10 @@ export function argmax64(x: ArrayLike<number>, rows: number, V: number): Uint32A
     let bi = 0xffffffff;
     for (let i = 0; i < V; i++) {
       const v = x[r * V + i]!;
-      if (v > best || (v === best && bi === 0xffffffff)) { best = v; bi = i; }
+      if (v > best || (v === best && bi === 0xffffffff)) {
+        best = v;
+        bi = i;
+      }
     }
     out[r] = bi;
   }
