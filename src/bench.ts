@@ -7,7 +7,7 @@ import type { Engine, LoadProgress, Model, SessionGroup } from './engine/engine.
 import { defaultPipelineDepth, generationCapacity } from './engine/generate.js';
 import type { GemmTile } from './kernels/matmul.js';
 import { decodeMeta, ForwardPlan } from './engine/model.js';
-import { Owned, type Dispatch } from './kernels/common.js';
+import { Owned, type Dispatch } from './gpu/common.js';
 import { validateSampling } from './sampling/options.js';
 import { InvalidOptionError } from './errors.js';
 

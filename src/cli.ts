@@ -8,11 +8,11 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { createEngine, nodeContext } from './node.js';
 import { GPT2WebGPUError, InvalidOptionError } from './errors.js';
 import type { LoadProgress, Model } from './engine/engine.js';
-import { sample } from './sampling/sampler.js';
+import { sample } from './sampling/sample.js';
 import type { SamplingOptions } from './sampling/options.js';
 import { formatBench, isBatchFailure, runBench } from './bench.js';
 import type { GemmTile } from './kernels/matmul.js';
-import { isPowerOfTwoIn } from './kernels/common.js';
+import { isPowerOfTwoIn } from './gpu/common.js';
 
 type Flag = { type: 'string' | 'boolean'; default?: string | boolean; help: string; short?: string };
 interface Command {

@@ -3,8 +3,8 @@
  * here); Node users import the package normally and also get `createEngine` / `nodeGPU`.
  */
 export * from './errors.js';
-export { createContext, contextFromDevice, GpuContext } from './engine/device.js';
-export type { AdapterSummary, ContextOptions, GpuFeatures, WaitYield } from './engine/device.js';
+export { createContext, contextFromDevice, GpuContext } from './gpu/device.js';
+export type { AdapterSummary, ContextOptions, GpuFeatures, WaitYield } from './gpu/device.js';
 export { Engine, Model, Session, SessionGroup } from './engine/engine.js';
 export type {
   EngineOptions,
@@ -26,7 +26,7 @@ export type {
 export type { BeamOptions, BeamHypothesis } from './sampling/beam.js';
 export type { SamplingOptions } from './sampling/options.js';
 export { deriveSeed, validateSampling } from './sampling/options.js';
-export { sample } from './sampling/sampler.js';
+export { sample } from './sampling/sample.js';
 export type { CacheOptions, OverflowPolicy } from './engine/kvcache.js';
 export { KVCache } from './engine/kvcache.js';
 export { gpt2Tokenizer, TextStreamer, EOS_TOKEN_ID } from './engine/tokenizer.js';

@@ -6,7 +6,7 @@
  */
 import { create, globals } from 'webgpu';
 import { Engine, type EngineOptions } from './engine/engine.js';
-import { createContext, type ContextOptions, type GpuContext, type WaitYield } from './engine/device.js';
+import { createContext, type ContextOptions, type GpuContext, type WaitYield } from './gpu/device.js';
 import { InvalidOptionError } from './errors.js';
 import { resolveSource } from './node-sources.js';
 

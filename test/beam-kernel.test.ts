@@ -1,6 +1,6 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { BeamKernel, decodeBeamCandidates } from '../src/sampling/beam-kernel.js';
+import { BeamKernel, decodeBeamCandidates } from '../src/kernels/beam.js';
 import { ShapeError } from '../src/errors.js';
 import { allClose, downloadU32, poisoned, Rng, run, upload, withDevice } from './helpers.js';
 

@@ -5,8 +5,8 @@
  * Chromium) through page.evaluate. Inputs come from Node and outputs go back to Node, where the
  * float64 references live.
  */
-import { AdapterSummary, createContext, GpuContext } from '../src/engine/device.js';
-import { Owned, GpuTensor } from '../src/kernels/common.js';
+import { AdapterSummary, createContext, GpuContext } from '../src/gpu/device.js';
+import { Owned, GpuTensor } from '../src/gpu/common.js';
 import { LayerNormKernel } from '../src/kernels/layernorm.js';
 
 export interface BrowserTestApi {

@@ -12,7 +12,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import type { AdapterSummary } from '../src/engine/device.js';
+import type { AdapterSummary } from '../src/gpu/device.js';
 import { gpt2Tokenizer } from '../src/index.js';
 import { createEngine, type Model } from '../src/node.js';
 import { compare, Rng } from './helpers.js';

@@ -3,14 +3,14 @@
  *  the host hands over is recognised from its adapter info and never destroyed by the engine. */
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { contextFromDevice, createContext } from '../src/engine/device.js';
+import { contextFromDevice, createContext } from '../src/gpu/device.js';
 import { Engine } from '../src/engine/engine.js';
 import { randomCheckpoint } from '../src/engine/random.js';
 import { cfgOf } from './model-util.js';
 import { GPUValidationError, InvalidOptionError, WebGPUUnavailableError } from '../src/errors.js';
 import { nodeGPU, sleepingWaitYield } from '../src/node.js';
 import { context, downloadU32, poisoned, rejects, run, withDevice } from './helpers.js';
-import { binding, UNIFORM_ARENA_BYTES } from '../src/kernels/common.js';
+import { binding, UNIFORM_ARENA_BYTES } from '../src/gpu/common.js';
 import { MatmulKernel } from '../src/kernels/matmul.js';
 
 test('no WebGPU at all, or no adapter: WebGPUUnavailableError naming the Vulkan install script', async () => {

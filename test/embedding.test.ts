@@ -1,7 +1,7 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { EmbeddingKernel } from '../src/kernels/embedding.js';
-import { ChunkedTensor, DType, GpuTensor, Owned } from '../src/kernels/common.js';
+import { ChunkedTensor, DType, GpuTensor, Owned } from '../src/gpu/common.js';
 import { packF16, unpackF16 } from '../src/kernels/f16.js';
 import { packPanelsTransposed } from '../src/kernels/matmul.js';
 import { ShapeError } from '../src/errors.js';

@@ -6,17 +6,9 @@
  *   - `Rng`: seeded random numbers (float64 references need reproducible inputs).
  *   - upload / poison / download helpers for GPU tensors.
  */
-import { GpuContext } from '../src/engine/device.js';
+import { GpuContext } from '../src/gpu/device.js';
 import { nodeContext } from '../src/node.js';
-import {
-  Dispatch,
-  DType,
-  encodeDispatches,
-  GpuTensor,
-  Owned,
-  storedBytes,
-  tensorBytes,
-} from '../src/kernels/common.js';
+import { Dispatch, DType, encodeDispatches, GpuTensor, Owned, storedBytes, tensorBytes } from '../src/gpu/common.js';
 
 let shared: Promise<GpuContext> | undefined;
 

@@ -3,10 +3,11 @@
 // counts, step counters and the EOS latch, option validation.
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { Owned, GpuTensor } from '../src/kernels/common.js';
+import { Owned, GpuTensor } from '../src/gpu/common.js';
 import { InvalidOptionError } from '../src/errors.js';
 import { deriveSeed, NormalizedSampling, SamplingOptions, validateSampling } from '../src/sampling/options.js';
-import { processLogits, sample, Sampler, SamplerState } from '../src/sampling/sampler.js';
+import { Sampler, SamplerState } from '../src/kernels/sampler.js';
+import { processLogits, sample } from '../src/sampling/sample.js';
 import { allClose, download, downloadU32, poisoned, Rng, run, upload, withDevice } from './helpers.js';
 import { distribution64, gumbelDraw64, philox4x32, processLogits64 } from './reference/sampling.js';
 

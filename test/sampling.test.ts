@@ -7,7 +7,8 @@ import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { join } from 'node:path';
 import { encode } from 'gpt-tokenizer/encoding/r50k_base';
-import { processLogits, sample, Sampler } from '../src/sampling/sampler.js';
+import { Sampler } from '../src/kernels/sampler.js';
+import { processLogits, sample } from '../src/sampling/sample.js';
 import { validateSampling } from '../src/sampling/options.js';
 import { allClose, download, poisoned, run, upload, withDevice } from './helpers.js';
 

@@ -1,12 +1,12 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { InvalidOptionError, OutOfMemoryError, ShapeError } from '../src/errors.js';
-import type { GpuContext } from '../src/engine/device.js';
+import type { GpuContext } from '../src/gpu/device.js';
 import { parameterShapes } from '../src/engine/config.js';
 import { randomCheckpoint } from '../src/engine/random.js';
 import { GPT2Weights, uploadWeights, UploadProgress, wteRowsPerChunk } from '../src/engine/weights.js';
 import type { Checkpoint } from '../src/engine/checkpoint.js';
-import { storedShape, type GpuTensor } from '../src/kernels/common.js';
+import { storedShape, type GpuTensor } from '../src/gpu/common.js';
 import { packF16 } from '../src/kernels/f16.js';
 import { packPanels, packPanelsTransposed } from '../src/kernels/matmul.js';
 import { download, downloadU32, withDevice } from './helpers.js';

@@ -9,7 +9,7 @@
  */
 import type { MatmulOptions } from '../kernels/matmul.js';
 import type { AttentionOptions } from '../kernels/attention.js';
-import { contextFromDevice, createContext, GpuContext, type ContextOptions } from './device.js';
+import { contextFromDevice, createContext, GpuContext, type ContextOptions } from '../gpu/device.js';
 import { GPT2Model, type LoadOptions } from './model.js';
 import {
   DEFAULT_MAX_NEW_TOKENS,
@@ -24,8 +24,9 @@ import {
   type TokenEvent,
   type Admission,
 } from './generate.js';
-import { beamSearch, type BeamHypothesis, type BeamOptions } from '../sampling/beam.js';
-import { sample as sampleOnGpu } from '../sampling/sampler.js';
+import { beamSearch } from './beam-search.js';
+import type { BeamHypothesis, BeamOptions } from '../sampling/beam.js';
+import { sample as sampleOnGpu } from '../sampling/sample.js';
 import { randomSeed, validateSampling, type SamplingOptions } from '../sampling/options.js';
 import type { CacheOptions, KVCache } from './kvcache.js';
 import { openCheckpoint, type Checkpoint } from './checkpoint.js';

@@ -12,8 +12,8 @@
  * throws ContextOverflowError when the cache's policy is 'error'.
  */
 import { AbortError, ContextOverflowError, InvalidOptionError, ShapeError } from '../errors.js';
-import { Owned } from '../kernels/common.js';
-import type { Dispatch } from '../kernels/common.js';
+import { Owned } from '../gpu/common.js';
+import type { Dispatch } from '../gpu/common.js';
 import {
   deriveSeed,
   randomSeed,

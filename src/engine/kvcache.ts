@@ -12,8 +12,8 @@
  * tokens, needed to re-encode on a shift and for penalties of a continued session).
  */
 import { CacheMisuseError, InvalidOptionError, OutOfMemoryError } from '../errors.js';
-import type { GpuTensor } from '../kernels/common.js';
-import type { GpuContext } from './device.js';
+import type { GpuTensor } from '../gpu/common.js';
+import type { GpuContext } from '../gpu/device.js';
 
 export type OverflowPolicy = 'shift' | 'error';
 

@@ -16,19 +16,19 @@
  * building them again: building one is ~90 bind groups plus its buffers (~4 ms of host time on
  * lavapipe), which would otherwise be paid twice per turn of a session (decode + prompt plans).
  */
-import type { GpuContext } from './device.js';
+import type { GpuContext } from '../gpu/device.js';
 import type { GPT2Config } from './config.js';
 import type { GPT2Weights } from './weights.js';
 import { KVCache, type CacheOptions, type CacheOwner, type Stashable } from './kvcache.js';
-import { Dispatch, encodeDispatches, GpuTensor, Owned } from '../kernels/common.js';
+import { Dispatch, encodeDispatches, GpuTensor, Owned } from '../gpu/common.js';
 import { LayerNormKernel } from '../kernels/layernorm.js';
 import { MatmulKernel, type MatmulOptions } from '../kernels/matmul.js';
 import { EmbeddingKernel } from '../kernels/embedding.js';
 import { AttentionKernel, type AttentionOptions } from '../kernels/attention.js';
 import { KvWriteKernel, KvGatherKernel } from '../kernels/kvcache.js';
 import { GatherRowsKernel } from '../kernels/elementwise.js';
-import { Sampler } from '../sampling/sampler.js';
-import { BeamKernel } from '../sampling/beam-kernel.js';
+import { Sampler } from '../kernels/sampler.js';
+import { BeamKernel } from '../kernels/beam.js';
 import { InvalidOptionError, PromptError, ShapeError } from '../errors.js';
 import { gpt2Tokenizer, type Tokenizer } from './tokenizer.js';
 

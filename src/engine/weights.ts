@@ -14,13 +14,13 @@
  * was uploaded and throws OutOfMemoryError.
  */
 import { InvalidOptionError, OutOfMemoryError, ShapeError } from '../errors.js';
-import type { ChunkedTensor, GpuTensor } from '../kernels/common.js';
-import { isPanelWidth, storedBytes, storedShape, tensorBytes } from '../kernels/common.js';
+import type { ChunkedTensor, GpuTensor } from '../gpu/common.js';
+import { isPanelWidth, storedBytes, storedShape, tensorBytes } from '../gpu/common.js';
 import { packF16 } from '../kernels/f16.js';
 import { alignedRows, packPanels, packPanelsTransposed } from '../kernels/matmul.js';
 import type { Checkpoint } from './checkpoint.js';
 import type { GPT2Config } from './config.js';
-import type { GpuContext } from './device.js';
+import type { GpuContext } from '../gpu/device.js';
 
 export type WeightDType = 'f32' | 'f16';
 

@@ -12,9 +12,9 @@
  *     would overwrite a slot still inside an earlier token's window).
  * A token whose row is >= rows gets a NaN output (defence in depth).
  */
-import type { GpuContext } from '../engine/device.js';
+import type { GpuContext } from '../gpu/device.js';
 import { InvalidOptionError, ShapeError } from '../errors.js';
-import { binding, Dispatch, expectTensor, f32bits, GpuTensor, isPowerOfTwoIn, Owned } from './common.js';
+import { binding, Dispatch, expectTensor, f32bits, GpuTensor, isPowerOfTwoIn, Owned } from '../gpu/common.js';
 import { expectDisjoint, grid, NAN_BITS } from './elementwise.js';
 
 /** Largest head size the kernel's workgroup arrays hold. */

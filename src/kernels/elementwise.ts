@@ -5,7 +5,7 @@
  *   GatherRowsKernel: out[i, :] = x[idx[i], :], x [T, C], idx [n] u32 (each row's last token before
  *                     the LM head); an idx >= T writes a NaN row instead of reading out of bounds.
  */
-import type { GpuContext } from '../engine/device.js';
+import type { GpuContext } from '../gpu/device.js';
 import { ShapeError } from '../errors.js';
 import {
   binding,
@@ -17,7 +17,7 @@ import {
   numel,
   Owned,
   tensorBytes,
-} from './common.js';
+} from '../gpu/common.js';
 
 export const NAN_BITS = 0x7fc00000;
 

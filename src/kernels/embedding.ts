@@ -6,9 +6,18 @@
  * Ids >= V and positions >= nPos do not read out of bounds: such a token's row becomes NaN (the
  * engine validates ids on the CPU first; this is defence in depth).
  */
-import type { GpuContext } from '../engine/device.js';
+import type { GpuContext } from '../gpu/device.js';
 import { ShapeError } from '../errors.js';
-import { binding, ChunkedTensor, Dispatch, DType, expectBindable, expectTensor, GpuTensor, Owned } from './common.js';
+import {
+  binding,
+  ChunkedTensor,
+  Dispatch,
+  DType,
+  expectBindable,
+  expectTensor,
+  GpuTensor,
+  Owned,
+} from '../gpu/common.js';
 import { expectDisjoint, grid, NAN_BITS } from './elementwise.js';
 
 export interface EmbeddingArgs {

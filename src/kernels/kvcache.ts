@@ -7,9 +7,9 @@
  *                   prefilled row to N rows with parent = zeros). len can change between submits
  *                   through the returned dispatch's setLength() (a queue.writeBuffer, no rebinding).
  */
-import type { GpuContext } from '../engine/device.js';
+import type { GpuContext } from '../gpu/device.js';
 import { ShapeError } from '../errors.js';
-import { binding, Dispatch, expectTensor, GpuTensor, Owned } from './common.js';
+import { binding, Dispatch, expectTensor, GpuTensor, Owned } from '../gpu/common.js';
 import { expectDisjoint, grid, NAN_BITS } from './elementwise.js';
 
 function wgSize(ctx: GpuContext): number {

@@ -4,9 +4,9 @@
  * workgroup (`rows_lanes`: no barriers, which lavapipe runs as coroutines; 1024 rows of 768 took
  * 14.5 ms with `main` and 1.8 ms with it). eps comes from the model config (layer_norm_epsilon).
  */
-import type { GpuContext } from '../engine/device.js';
+import type { GpuContext } from '../gpu/device.js';
 import { InvalidOptionError, ShapeError } from '../errors.js';
-import { binding, Dispatch, expectTensor, f32bits, GpuTensor, Owned } from './common.js';
+import { binding, Dispatch, expectTensor, f32bits, GpuTensor, Owned } from '../gpu/common.js';
 import { grid } from './elementwise.js';
 
 export interface LayerNormArgs {

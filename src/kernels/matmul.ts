@@ -21,7 +21,7 @@
  * bind() returns the layernorm dispatch (into `ln.scratch` or a buffer the owner holds) followed
  * by the plain matmul.
  */
-import type { GpuContext } from '../engine/device.js';
+import type { GpuContext } from '../gpu/device.js';
 import { InvalidOptionError, ShapeError } from '../errors.js';
 import {
   binding,
@@ -37,7 +37,7 @@ import {
   Owned,
   storedBytes,
   UniformSlice,
-} from './common.js';
+} from '../gpu/common.js';
 import { LayerNormKernel } from './layernorm.js';
 
 export type WeightLayout = 'kn' | 'nk';

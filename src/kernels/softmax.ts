@@ -4,9 +4,9 @@
  *   ArgmaxKernel:  out[r] = first index of the row's maximum; NaN never wins; a row with no
  *                  non-NaN value gives 0xFFFFFFFF.
  */
-import type { GpuContext } from '../engine/device.js';
+import type { GpuContext } from '../gpu/device.js';
 import { ShapeError } from '../errors.js';
-import { binding, Dispatch, expectTensor, GpuTensor, groups, InPlaceKernel, Owned } from './common.js';
+import { binding, Dispatch, expectTensor, GpuTensor, groups, InPlaceKernel, Owned } from '../gpu/common.js';
 import { aliasing, expectDisjoint } from './elementwise.js';
 
 const NEG_INF_BITS = 0xff800000;

@@ -6,6 +6,9 @@
  * top-p, min-p, then a Gumbel-max categorical draw.
  */
 import { InvalidOptionError } from '../errors.js';
+import type { NormalizedSampling } from '../kernels/sampler.js';
+
+export type { NormalizedSampling };
 
 export interface SamplingOptions {
   /** Divides the logits; 0 = greedy (argmax, ties to the smaller id). Default 1. */
@@ -27,21 +30,6 @@ export interface SamplingOptions {
   /** Token id -> value added to its logit before anything else. */
   logitBias?: Record<number, number>;
   /** Integer in [0, 2^53). Default: randomSeed(). */
-  seed?: number;
-}
-
-/** Options with every default filled in (seed stays optional: it is given per sequence). */
-export interface NormalizedSampling {
-  temperature: number;
-  topK: number;
-  topP: number;
-  minP: number;
-  minTokensToKeep: number;
-  freqPenalty: number;
-  presencePenalty: number;
-  repetitionPenalty: number;
-  /** Sorted by id. */
-  logitBias: Array<[number, number]>;
   seed?: number;
 }
 
@@ -149,9 +137,4 @@ export function randomSeed(): number {
   const w = new Uint32Array(2);
   globalThis.crypto.getRandomValues(w);
   return (w[0]! & 0x1fffff) * 2 ** 32 + w[1]!;
-}
-
-/** The 64-bit Philox key of a seed: [low 32 bits, high 32 bits]. */
-export function seedWords(seed: number): [number, number] {
-  return [(seed % 2 ** 32) >>> 0, Math.floor(seed / 2 ** 32) >>> 0];
 }

@@ -3,9 +3,9 @@
  * beamScores[b] + log_softmax(logits[b])[v] over all B x V, sorted descending (ties to the smaller
  * flat index b * V + v), as out [K, 3] u32 rows (parent b, token v, f32 bits of the score).
  */
-import type { GpuContext } from '../engine/device.js';
+import type { GpuContext } from '../gpu/device.js';
 import { ShapeError } from '../errors.js';
-import { binding, Dispatch, expectTensor, GpuTensor, Owned, tensorBytes } from '../kernels/common.js';
+import { binding, Dispatch, expectTensor, GpuTensor, Owned, tensorBytes } from '../gpu/common.js';
 
 export interface BeamArgs {
   /** [B, V] f32 (B may be 1 at the first step: only the prompt row). */

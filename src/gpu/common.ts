@@ -9,7 +9,7 @@
  * uniform buffer made at bind time and owned by `owner`.
  */
 import { ShapeError } from '../errors.js';
-import type { GpuContext } from '../engine/device.js';
+import type { GpuContext } from './device.js';
 
 /** Element type of a GPU tensor. `f16` means IEEE halves packed in pairs into u32 words. */
 export type DType = 'f32' | 'f16' | 'u32' | 'i32';

@@ -4,7 +4,7 @@
  * CPU reads back only the chosen ids. Per-row counts (for the penalties), step counters and EOS
  * latches live on the GPU too, so steps can be queued ahead without any CPU write per step.
  */
-import type { GpuContext } from '../engine/device.js';
+import type { GpuContext } from '../gpu/device.js';
 import { InvalidOptionError, ShapeError } from '../errors.js';
 import {
   binding,
@@ -17,8 +17,30 @@ import {
   Owned,
   tensorBytes,
   UniformSlice,
-} from '../kernels/common.js';
-import { NormalizedSampling, randomSeed, SamplingOptions, seedWords, validateSampling } from './options.js';
+} from '../gpu/common.js';
+
+/**
+ * Sampling options with every default filled in (validated by src/sampling/options.ts): the
+ * parameters of one sampler row. seed stays optional: it is given per sequence.
+ */
+export interface NormalizedSampling {
+  temperature: number;
+  topK: number;
+  topP: number;
+  minP: number;
+  minTokensToKeep: number;
+  freqPenalty: number;
+  presencePenalty: number;
+  repetitionPenalty: number;
+  /** Sorted by id. */
+  logitBias: Array<[number, number]>;
+  seed?: number;
+}
+
+/** The 64-bit Philox key of a seed: [low 32 bits, high 32 bits]. */
+export function seedWords(seed: number): [number, number] {
+  return [(seed % 2 ** 32) >>> 0, Math.floor(seed / 2 ** 32) >>> 0];
+}
 
 const NONE = 0xffffffff;
 const WG = 256;
@@ -451,18 +473,17 @@ function oneRow(ctx: GpuContext, owned: Owned, logits: Float32Array): GpuTensor 
  * using Philox step d, i.e. the token a Sampler row with this seed would pick at step d (as long as
  * the penalties do not change in between). prevTokens are counted for the penalties.
  */
-export async function sample(
+export async function sampleRow(
   ctx: GpuContext,
   logits: Float32Array,
   count: number,
-  opts: SamplingOptions = {},
+  o: NormalizedSampling,
+  seed: number,
   prevTokens?: ArrayLike<number>,
 ): Promise<{ counts: Uint32Array; probs: Float32Array; seed: number }> {
   const V = logits.length;
-  const o = validateSampling(opts, V);
   if (!Number.isInteger(count) || count < 0)
     throw new InvalidOptionError(`sample count ${count} is invalid: must be an integer >= 0`);
-  const seed = o.seed ?? randomSeed();
   const sampler = await samplerFor(ctx, V);
   const owned = new Owned(ctx);
   try {
@@ -504,14 +525,13 @@ export async function sample(
  * presence penalties) as the sampler's WGSL computes them; with temperature 0 (greedy) the logits
  * are not divided.
  */
-export async function processLogits(
+export async function processRow(
   ctx: GpuContext,
   logits: Float32Array,
-  opts: SamplingOptions = {},
+  o: NormalizedSampling,
   prevTokens?: ArrayLike<number>,
 ): Promise<Float32Array> {
   const V = logits.length;
-  const o = validateSampling(opts, V);
   const sampler = await samplerFor(ctx, V);
   const owned = new Owned(ctx);
   try {
