@@ -24,6 +24,7 @@ export type {
   FinishReason,
 } from './engine/generate.js';
 export type { BeamOptions, BeamHypothesis } from './sampling/beam.js';
+export type { PerplexityResult, ScoreOptions, ScoreResult, TokenScore } from './engine/score.js';
 export type { SamplingOptions } from './sampling/options.js';
 export { deriveSeed, validateSampling } from './sampling/options.js';
 export { sample } from './sampling/sample.js';

@@ -25,6 +25,7 @@ import {
   type Admission,
 } from './generate.js';
 import { beamSearch } from './beam-search.js';
+import { perplexity, score, type PerplexityResult, type ScoreOptions, type ScoreResult } from './score.js';
 import type { BeamHypothesis, BeamOptions } from '../sampling/beam.js';
 import { sample as sampleOnGpu } from '../sampling/sample.js';
 import { randomSeed, validateSampling, type SamplingOptions } from '../sampling/options.js';
@@ -615,6 +616,22 @@ export class Model extends GPT2Model {
         await p; // settles (AbortError swallowed above) once the loop has freed its buffers
       }
     }
+  }
+
+  /**
+   * Log-probability of every token of `text` given the ones before it (and `opts.context`),
+   * computed on the GPU; reads back (2 + 2 top) words per token, never the logits.
+   */
+  score(text: string | readonly number[], opts: ScoreOptions = {}): Promise<ScoreResult> {
+    return score(this, text, opts);
+  }
+
+  /** Perplexity by HF's sliding-window method (default window n_positions, stride window / 2). */
+  perplexity(
+    text: string | readonly number[],
+    opts: Omit<ScoreOptions, 'top' | 'context'> = {},
+  ): Promise<PerplexityResult> {
+    return perplexity(this, text, opts);
   }
 
   /** Beam search; see BeamOptions. */
