@@ -193,6 +193,40 @@ test('a cache keeps at most maxItems stashed items and maxBytes, freeing the lea
   assert.equal([freed.slice(7), cache.stashedCount], [['late'], 0], 'a destroyed cache frees at once');
 });
 
+test("a cache row's bookkeeping: append (pending), commit (held), shift (the newest `keep`, none held), reset", async () => {
+  const model = await tinyModel();
+  const cache = await model.createCache({ rows: 2, capacity: 8, keep: 3 });
+  try {
+    cache.append(1, [10, 11, 12, 13]);
+    assert.equal([cache.tokens[1], cache.lengths[1], cache.pending(1)], [[10, 11, 12, 13], 0, [10, 11, 12, 13]]);
+    cache.commit(1, 3);
+    assert.equal([cache.lengths[1], cache.pending(1)], [3, [13]]);
+    assert.throws(
+      () => cache.commit(1, 2),
+      (e: Error) => e instanceof ShapeError && /commit of 2 tokens of row 1, which has 1 pending/.test(e.message),
+    );
+    cache.append(1, [14]);
+    cache.commit(1);
+    assert.equal([cache.lengths[1], cache.pending(1)], [5, []]);
+    assert.equal(cache.shift(1), [12, 13, 14]);
+    assert.equal([cache.tokens[1], cache.lengths[1], cache.pending(1)], [[12, 13, 14], 0, [12, 13, 14]]);
+    assert.equal([cache.tokens[0], cache.lengths[0]], [[], 0], 'other rows untouched');
+    cache.reset(1, [7, 8]);
+    assert.equal([cache.tokens[1], cache.lengths[1]], [[7, 8], 0]);
+    cache.commit(1);
+    cache.reset();
+    assert.equal(
+      [cache.tokens, cache.lengths],
+      [
+        [[], []],
+        [0, 0],
+      ],
+    );
+  } finally {
+    cache.destroy();
+  }
+});
+
 test('a session keeps its plans for the next turn: reused plans give the tokens new ones give, two runs at once never share one', async () => {
   const model = await tinyModel();
   const base = model.ctx.liveBuffers;

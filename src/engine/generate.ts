@@ -624,21 +624,16 @@ async function run(model: GPT2Model, prompts: number[][], opts: GenerateOptions)
 }
 
 /**
- * Appends the tokens of cache row cr that the cache does not hold yet (tokens[lengths..]) to a
- * step's ids and meta; the row's length counts them (the step writes their K/V).
+ * Appends the tokens of cache row cr that the cache does not hold yet (cache.pending) to a step's
+ * ids and meta, and commits them (the step writes their K/V).
  */
 function feedPending(cache: KVCache, cr: number, ids: number[], meta: number[]): void {
-  const seq = cache.tokens[cr]!;
-  for (let p = cache.lengths[cr]!; p < seq.length; p++) {
-    ids.push(seq[p]!);
-    meta.push(cr, p);
-  }
-  cache.lengths[cr] = seq.length;
-}
-
-/** Token list for re-encoding row r after a shift: its most recent `keep` tokens. */
-function shiftRow(cache: KVCache, r: number): number[] {
-  return cache.tokens[r]!.slice(-cache.keep);
+  const from = cache.lengths[cr]!;
+  cache.pending(cr).forEach((t, i) => {
+    ids.push(t);
+    meta.push(cr, from + i);
+  });
+  cache.commit(cr);
 }
 
 async function generateCached(
@@ -689,13 +684,12 @@ async function generateCached(
           `prompt of ${P} tokens plus ${cache.tokens[cr]!.length} context tokens passes the context window of ${window} tokens; shorten the prompt or use onOverflow: 'shift'`,
         );
       }
-      // Shift: keep the most recent tokens of history + prompt.
-      const all = [...cache.tokens[cr]!, ...promptIds];
-      cache.reset(cr);
-      cache.tokens[cr] = all.slice(-Math.min(cache.keep, window - 1));
+      // Shift: keep the most recent tokens of history + prompt (keep < window), none held.
+      cache.append(cr, promptIds);
+      cache.shift(cr);
       stats.shifts++;
     } else {
-      cache.tokens[cr] = [...cache.tokens[cr]!, ...promptIds];
+      cache.append(cr, promptIds);
     }
   }
   let tSubmit = 0; // when the prompt's submit began (setup ends there)
@@ -723,10 +717,7 @@ async function generateCached(
         }
       }
     };
-    for (const cr of rows) {
-      cache.tokens[cr] = [...seq];
-      cache.lengths[cr] = seq.length;
-    }
+    for (const cr of rows) cache.commit(cr); // every row's context is `seq` (the same prompt on empty rows)
     const prefillSample = sampler.bind(owned, state as never, { logits: prefill.logits, outIds: decode.ids });
     tSubmit = now();
     io.submit([...prefill.dispatches, ...prefillSample], (enc) => {
@@ -868,8 +859,8 @@ async function generateCached(
       fedCount[r] = 0;
       sampler.resetRow(state as never, r);
       sampler.setRow(state as never, r, a.sampling, a.seed);
-      sampler.addCounts(state as never, r, [...cache.tokens[a.row]!, ...a.ids]);
-      cache.tokens[a.row] = [...cache.tokens[a.row]!, ...a.ids];
+      cache.append(a.row, a.ids);
+      sampler.addCounts(state as never, r, cache.tokens[a.row]!);
       joinedAt[r] = t;
       firstOf[r] = 0;
     }
@@ -959,10 +950,9 @@ async function generateCached(
               `row ${cr} reached the context window of ${window} tokens; use onOverflow: 'shift' to keep going`,
             );
           }
-          const kept = shiftRow(cache, cr);
+          const kept = cache.shift(cr);
           await reencode(model, cache, cr, kept, plans, io);
-          cache.tokens[cr] = kept;
-          cache.lengths[cr] = kept.length;
+          cache.commit(cr);
           queuedPos[r] = kept.length;
           stats.shifts++;
         }
@@ -1003,8 +993,8 @@ function syncHistory(cache: KVCache, rows: number[], state: Row[], fedCount: num
     const out = state[r]!.out;
     const upto = final ? out.length : Math.max(0, out.length - 1);
     for (let i = fedCount[r]!; i < upto; i++) {
-      cache.tokens[cr]!.push(out[i]!);
-      if (i < out.length - 1 || !final) cache.lengths[cr]!++;
+      cache.append(cr, [out[i]!]);
+      if (i < out.length - 1 || !final) cache.commit(cr, 1);
     }
     fedCount[r] = Math.max(fedCount[r]!, upto);
   }
@@ -1015,7 +1005,7 @@ async function reencode(
   model: GPT2Model,
   cache: KVCache,
   r: number,
-  kept: number[],
+  kept: readonly number[],
   plans: ForwardPlan[],
   io: GenIO,
 ): Promise<void> {
@@ -1123,9 +1113,6 @@ async function generateUncached(
   stats.tokens_per_s = decodeSteps > 0 ? (decodeSteps * R) / ((end - decodeStart) / 1000) : 0;
   // The cache holds no valid K/V now (every step reset it); keep the context so a continued
   // session re-encodes it.
-  for (let r = 0; r < R; r++) {
-    cache.reset(rows[r]!);
-    cache.tokens[rows[r]!] = seqs[r]!;
-  }
+  for (let r = 0; r < R; r++) cache.reset(rows[r]!, seqs[r]!);
   ctx.throwIfErrors();
 }
