@@ -50,11 +50,11 @@ export interface GenerateOptions extends SamplingOptions {
    */
   onSequenceDone?: (ev: SequenceDoneEvent) => void;
   /**
-   * @internal Session groups' continuous batching: with onSequenceDone and a session cache, called at step boundaries
-   * while some sequences' slots are parked (their sequence handed over); returns new sequences to
-   * run in those slots (continuous batching). See Admission.
+   * @internal Session groups' continuous batching: with onSequenceDone and a session cache, the
+   * sequences waiting to join this run; at a step boundary where some slots are parked (their
+   * sequence handed over), the run seats waiting ones in them. See JoinQueue.
    */
-  admit?: (slots: number[]) => Admission[];
+  joiners?: JoinQueue;
   /**
    * Steps queued ahead of the read-back (1 = no pipelining). Default: 3 on GPUs; 1 on CPU adapters
    * (lavapipe), where the host's work for the steps queued ahead competes with the driver's
@@ -77,15 +77,60 @@ export interface TokenEvent {
 }
 
 /**
- * A sequence joining a run in flight (GenerateOptions.admit): it takes parked slot `slot` (its
- * onToken / onSequenceDone events carry that index from then on), in cache row `row` (free, its
- * context plus `ids` within the window), with its own options and seed.
+ * A sequence waiting to join a run in flight (GenerateOptions.joiners): it will take a parked slot
+ * (its events carry that slot's index), in cache row `row` (free, its context plus `ids` within
+ * the window), with its own options, seed and listeners.
  */
-export interface Admission extends SequenceOptions {
-  slot: number;
+export interface Joiner extends SequenceOptions {
   row: number;
   ids: number[];
   seed: number;
+  onToken?: (ev: TokenEvent) => void;
+  onSequenceDone?: (ev: SequenceDoneEvent) => void;
+}
+
+/**
+ * Sequences waiting to join one run (continuous batching): whoever started the run pushes them as
+ * they arrive; the run seats them, oldest first, in its parked slots at a step boundary (seat).
+ */
+export class JoinQueue<T extends Joiner = Joiner> {
+  private readonly queue: T[] = [];
+  /** Slot -> the joiner seated there last. */
+  private readonly bySlot = new Map<number, T>();
+  /** Joiners seated so far. */
+  seated = 0;
+
+  /** Joiners waiting. */
+  get length(): number {
+    return this.queue.length;
+  }
+
+  /** The joiners waiting, oldest first. */
+  get waiting(): readonly T[] {
+    return this.queue;
+  }
+
+  push(joiner: T): void {
+    this.queue.push(joiner);
+  }
+
+  /** The joiner seated in `slot` last (undefined: none was). */
+  seatedIn(slot: number): T | undefined {
+    return this.bySlot.get(slot);
+  }
+
+  /** Removes and returns the joiners still waiting (their run ended first). */
+  takeWaiting(): T[] {
+    return this.queue.splice(0);
+  }
+
+  /** The run: seats up to free.length waiting joiners, oldest first, in the slots `free` in order. */
+  seat(free: readonly number[]): Array<{ slot: number; joiner: T }> {
+    const seats = this.queue.splice(0, free.length).map((joiner, i) => ({ slot: free[i]!, joiner }));
+    for (const { slot, joiner } of seats) this.bySlot.set(slot, joiner);
+    this.seated += seats.length;
+    return seats;
+  }
 }
 
 export interface SequenceDoneEvent {
@@ -154,7 +199,7 @@ const GENERATE_KEYS = new Set([
   'signal',
   'onToken',
   'onSequenceDone',
-  'admit',
+  'joiners',
   'pipelineDepth',
   'onOverflow',
   'keep',
@@ -215,10 +260,12 @@ export function validateGenerate(
   if (o.stopAtEos !== undefined && typeof o.stopAtEos !== 'boolean') {
     throw new InvalidOptionError(`stopAtEos must be a boolean, got ${String(o.stopAtEos)}`);
   }
-  for (const k of ['onToken', 'onSequenceDone', 'admit'] as const) {
+  for (const k of ['onToken', 'onSequenceDone'] as const) {
     if (o[k] !== undefined && typeof o[k] !== 'function')
       throw new InvalidOptionError(`${k} must be a function, got ${typeof o[k]}`);
   }
+  if (o.joiners !== undefined && !(o.joiners instanceof JoinQueue))
+    throw new InvalidOptionError(`joiners must be a JoinQueue, got ${typeof o.joiners}`);
   return { maxNew, rows, depth };
 }
 

@@ -28,3 +28,45 @@ export class GenIO {
     return ab;
   }
 }
+
+/**
+ * The steps of a cached run that were submitted and not read back yet, oldest first. Every step's
+ * sampler writes the chosen ids into one buffer (the decode plan's ids input: the next step reads
+ * them on the GPU); the step's submit also copies them into the next buffer of a staging ring, one
+ * per step in flight, and the read-back of that copy starts at once. Invariant: size <= staging.length.
+ */
+export class StepQueue {
+  /** Steps submitted so far (the prompt's is the first). */
+  submitted = 0;
+  private readonly inflight: Array<Promise<Uint32Array>> = [];
+
+  constructor(
+    private readonly io: GenIO,
+    private readonly staging: readonly GPUBuffer[],
+    private readonly ids: GPUBuffer,
+    private readonly bytes: number,
+  ) {}
+
+  /** Steps in flight. */
+  get size(): number {
+    return this.inflight.length;
+  }
+
+  /** Submits one step; `before` records commands of its own ahead of the ids copy. */
+  submit(dispatches: readonly Dispatch[], before?: (enc: GPUCommandEncoder) => void): void {
+    const slot = this.staging[this.submitted % this.staging.length]!;
+    this.io.submit(dispatches, (enc) => {
+      before?.(enc);
+      enc.copyBufferToBuffer(this.ids, 0, slot, 0, this.bytes);
+    });
+    const read = this.io.read(slot, this.bytes).then((ab) => new Uint32Array(ab));
+    read.catch(() => undefined); // a failed run may leave read-backs nobody awaits
+    this.inflight.push(read);
+    this.submitted++;
+  }
+
+  /** The ids of the oldest step in flight (size > 0). */
+  next(): Promise<Uint32Array> {
+    return this.inflight.shift()!;
+  }
+}
