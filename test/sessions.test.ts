@@ -69,6 +69,36 @@ test('same seed and options: identical sampled tokens with and without the cache
   assert.is(a.sequences[0]!.tokens.length, 64);
 });
 
+test('uncached mode: a row that finishes before the others keeps only its own tokens in its context, as with the cache', async () => {
+  const model = await tinyModel();
+  const caches = [
+    await model.createCache({ rows: 2, capacity: 12, keep: 5 }),
+    await model.createCache({ rows: 2, capacity: 12, keep: 5 }),
+  ];
+  try {
+    // Row 0 stops after 2 tokens while row 1 runs 8 steps; 6 + 8 tokens would pass the window of 12.
+    const prompts = [
+      [5, 6, 7, 8, 9, 10],
+      [11, 12, 13],
+    ];
+    const opts = {
+      temperature: 0.8,
+      seed: 4,
+      stopAtEos: false,
+      perSequence: [{ maxNewTokens: 2 }, { maxNewTokens: 8 }],
+    };
+    const cached = await model.generateBatch(prompts, { ...opts, cache: caches[0]! });
+    const uncached = await model.generateBatch(prompts, { ...opts, cache: caches[1]!, useCache: false });
+    assert.equal(uncached.sequences, cached.sequences);
+    const contexts = prompts.map((p, r) => [...p, ...cached.sequences[r]!.tokens]);
+    assert.equal(caches[0]!.tokens, contexts, 'cached: prompt and own tokens');
+    assert.equal(caches[1]!.tokens, contexts, 'uncached: prompt and own tokens');
+    assert.is(uncached.stats.shifts, 0, 'no row passed the window');
+  } finally {
+    for (const c of caches) c.destroy();
+  }
+});
+
 test('a batched step over 8 sequences of different prompt lengths equals each alone', async () => {
   const model = await tinyModel();
   const prompts = Array.from({ length: 8 }, (_, i) => ref.prompts[i % ref.prompts.length]!.ids.slice(0, 2 + i));

@@ -32,8 +32,13 @@ export async function generateUncached(run: Run): Promise<void> {
       stats.prefill_ms = decodeStart - tSubmit;
       stats.setup_ms = tSubmit - run.tCall;
     }
+    // Only the slots that take this step's token extend their context: a final slot's row keeps
+    // what it produced (as the cached path records it), whatever the sampler drew for it since.
+    const taking = slots.map((s) => !s.finished);
     acceptStep(slots, got, run.rules);
-    contexts.forEach((context, i) => extend(run, context, got[i]!));
+    contexts.forEach((context, i) => {
+      if (taking[i]) extend(run, context, got[i]!);
+    });
     stats.steps = step + 1;
   }
   const end = now();
