@@ -58,6 +58,10 @@ export async function generateCached(run: Run): Promise<void> {
   await scheduler.loop();
 }
 
+/**
+ * One cached run's loop: the decode plan (built once, re-encoded every step), the steps in flight,
+ * the mixed steps not read back yet, the figures. The slots themselves live in the run's record.
+ */
 class Scheduler {
   private readonly decode: ForwardPlan;
   private readonly decodeSample: Dispatch[];
@@ -104,7 +108,7 @@ class Scheduler {
         if (action === 'end') break;
         if (action === 'read') await this.readBack();
         else if (action === 'shift') {
-          if (!(await this.shift())) break;
+          if (!(await this.shift())) break; // every slot finished while draining
         } else if (action === 'admit') await this.admit();
         else this.decodeStep();
       }
