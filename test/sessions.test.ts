@@ -69,6 +69,36 @@ test('same seed and options: identical sampled tokens with and without the cache
   assert.is(a.sequences[0]!.tokens.length, 64);
 });
 
+test('uncached mode: a row that finishes before the others keeps only its own tokens in its context, as with the cache', async () => {
+  const model = await tinyModel();
+  const caches = [
+    await model.createCache({ rows: 2, capacity: 12, keep: 5 }),
+    await model.createCache({ rows: 2, capacity: 12, keep: 5 }),
+  ];
+  try {
+    // Row 0 stops after 2 tokens while row 1 runs 8 steps; 6 + 8 tokens would pass the window of 12.
+    const prompts = [
+      [5, 6, 7, 8, 9, 10],
+      [11, 12, 13],
+    ];
+    const opts = {
+      temperature: 0.8,
+      seed: 4,
+      stopAtEos: false,
+      perSequence: [{ maxNewTokens: 2 }, { maxNewTokens: 8 }],
+    };
+    const cached = await model.generateBatch(prompts, { ...opts, cache: caches[0]! });
+    const uncached = await model.generateBatch(prompts, { ...opts, cache: caches[1]!, useCache: false });
+    assert.equal(uncached.sequences, cached.sequences);
+    const contexts = prompts.map((p, r) => [...p, ...cached.sequences[r]!.tokens]);
+    assert.equal(caches[0]!.tokens, contexts, 'cached: prompt and own tokens');
+    assert.equal(caches[1]!.tokens, contexts, 'uncached: prompt and own tokens');
+    assert.is(uncached.stats.shifts, 0, 'no row passed the window');
+  } finally {
+    for (const c of caches) c.destroy();
+  }
+});
+
 test('a batched step over 8 sequences of different prompt lengths equals each alone', async () => {
   const model = await tinyModel();
   const prompts = Array.from({ length: 8 }, (_, i) => ref.prompts[i % ref.prompts.length]!.ids.slice(0, 2 + i));
@@ -191,6 +221,40 @@ test('a cache keeps at most maxItems stashed items and maxBytes, freeing the lea
   assert.equal(freed.slice(6), ['e1'], 'destroy frees what is kept');
   cache.stash(item('late', 1), 3, 100);
   assert.equal([freed.slice(7), cache.stashedCount], [['late'], 0], 'a destroyed cache frees at once');
+});
+
+test("a cache row's bookkeeping: append (pending), commit (held), shift (the newest `keep`, none held), reset", async () => {
+  const model = await tinyModel();
+  const cache = await model.createCache({ rows: 2, capacity: 8, keep: 3 });
+  try {
+    cache.append(1, [10, 11, 12, 13]);
+    assert.equal([cache.tokens[1], cache.lengths[1], cache.pending(1)], [[10, 11, 12, 13], 0, [10, 11, 12, 13]]);
+    cache.commit(1, 3);
+    assert.equal([cache.lengths[1], cache.pending(1)], [3, [13]]);
+    assert.throws(
+      () => cache.commit(1, 2),
+      (e: Error) => e instanceof ShapeError && /commit of 2 tokens of row 1, which has 1 pending/.test(e.message),
+    );
+    cache.append(1, [14]);
+    cache.commit(1);
+    assert.equal([cache.lengths[1], cache.pending(1)], [5, []]);
+    assert.equal(cache.shift(1), [12, 13, 14]);
+    assert.equal([cache.tokens[1], cache.lengths[1], cache.pending(1)], [[12, 13, 14], 0, [12, 13, 14]]);
+    assert.equal([cache.tokens[0], cache.lengths[0]], [[], 0], 'other rows untouched');
+    cache.reset(1, [7, 8]);
+    assert.equal([cache.tokens[1], cache.lengths[1]], [[7, 8], 0]);
+    cache.commit(1);
+    cache.reset();
+    assert.equal(
+      [cache.tokens, cache.lengths],
+      [
+        [[], []],
+        [0, 0],
+      ],
+    );
+  } finally {
+    cache.destroy();
+  }
 });
 
 test('a session keeps its plans for the next turn: reused plans give the tokens new ones give, two runs at once never share one', async () => {

@@ -16,9 +16,44 @@
  */
 import { AbortError, ContextOverflowError } from '../errors.js';
 import { validateBeam, type BeamHypothesis, type BeamOptions } from '../sampling/beam.js';
-import { GpuTensor, Owned } from '../gpu/common.js';
+import { GpuTensor, Owned, type Dispatch } from '../gpu/common.js';
+import type { KvGatherDispatch } from '../kernels/kvcache.js';
 import type { KVCache } from './kvcache.js';
 import { decodeMeta, ForwardPlan, rowMeta, type GPT2Model } from './model.js';
+
+type Options = ReturnType<typeof validateBeam>;
+
+/** A ranked continuation the GPU sends back: beam `parent` followed by `token`, with the summed log-prob. */
+interface Candidate {
+  parent: number;
+  token: number;
+  score: number;
+}
+
+/** A live beam: its new tokens and summed log-prob; parent and token: the candidate it came from. */
+interface Beam {
+  tokens: number[];
+  logprob: number;
+  parent?: number;
+  token?: number;
+}
+
+/** The GPU side of one search: plans, ranking and reordering dispatches, and their small buffers. */
+interface BeamGpu {
+  prefill: ForwardPlan;
+  /** The decode plans of cache A and cache B (the beams ping-pong between them). */
+  dec: [ForwardPlan, ForwardPlan];
+  rankPrefill: Dispatch[];
+  rank: [Dispatch[], Dispatch[]];
+  /** K/V reordering by parent: scratch -> A (the first step), A -> B, B -> A. */
+  gatherFirst: KvGatherDispatch[];
+  gatherAB: KvGatherDispatch[];
+  gatherBA: KvGatherDispatch[];
+  scores: GpuTensor;
+  parent: GpuTensor;
+  cand: GpuTensor;
+  staging: GPUBuffer;
+}
 
 export async function beamSearch(
   model: GPT2Model,
@@ -30,166 +65,219 @@ export async function beamSearch(
   const o = validateBeam({ eosTokenId: cfg.eos_token_id, ...options }, cfg.vocab_size);
   const promptIds = typeof prompt === 'string' ? model.tokenizer.encode(prompt) : Array.from(prompt);
   model.checkIds(promptIds);
-  const B = o.numBeams;
   const P = promptIds.length;
   if (P + o.maxNewTokens > cfg.n_positions) {
     throw new ContextOverflowError(
       `beam search needs ${P} prompt + ${o.maxNewTokens} new tokens = ${P + o.maxNewTokens} positions; the window is ${cfg.n_positions}`,
     );
   }
-  const penalise = (logprob: number, n: number): number =>
-    o.lengthPenalty === 0 ? logprob : logprob / Math.max(1, n) ** o.lengthPenalty;
   if (o.maxNewTokens === 0) return [{ logprob: 0, score: 0, tokens: promptIds, finished: false }];
 
-  const ctx = model.ctx;
-  const k = model.kernels;
-  const owned = new Owned(ctx);
+  const owned = new Owned(model.ctx);
   const capacity = P + o.maxNewTokens;
   const caches: KVCache[] = [];
   const plans: ForwardPlan[] = [];
   try {
     caches.push(
       await model.createCache({ rows: 1, capacity }),
-      await model.createCache({ rows: B, capacity }),
-      await model.createCache({ rows: B, capacity }),
+      await model.createCache({ rows: o.numBeams, capacity }),
+      await model.createCache({ rows: o.numBeams, capacity }),
     );
-    const [scratch, cacheA, cacheB] = caches as [KVCache, KVCache, KVCache];
-    // Prefill the prompt once; all B rows get the same logits (lastIdx repeated).
-    const prefill = new ForwardPlan(model, scratch, P, B);
-    plans.push(prefill);
-    prefill.write({ ids: promptIds, meta: rowMeta(0, 0, P), lastIdx: new Uint32Array(B).fill(P - 1) });
-
-    const decA = new ForwardPlan(model, cacheA, B, B, { decode: true });
-    const decB = new ForwardPlan(model, cacheB, B, B, { decode: true });
-    plans.push(decA, decB);
-
-    const u32 = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC;
-    const scores: GpuTensor = { buffer: owned.buffer('beam.scores', B * 4, u32), offset: 0, shape: [B], dtype: 'f32' };
-    const parent: GpuTensor = { buffer: owned.buffer('beam.parent', B * 4, u32), offset: 0, shape: [B], dtype: 'u32' };
-    const cand: GpuTensor = {
-      buffer: owned.buffer('beam.cand', 2 * B * 3 * 4, u32),
-      offset: 0,
-      shape: [2 * B, 3],
-      dtype: 'u32',
-    };
-    const staging = owned.buffer('beam.staging', 2 * B * 3 * 4, GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST);
-    // Initial beam scores: only beam 0 is live (the others are copies of it).
-    ctx.device.queue.writeBuffer(
-      scores.buffer,
-      0,
-      Float32Array.from({ length: B }, (_, i) => (i === 0 ? 0 : -1e9)),
-    );
-
-    const rank = (plan: ForwardPlan) => k.beam.bind(owned, { logits: plan.logits, beamScores: scores, out: cand });
-    const rankPrefill = rank(prefill);
-    const rankA = rank(decA);
-    const rankB = rank(decB);
-    // Reorder by parent: from the cache just used into its twin, for every layer.
-    const gather = (src: KVCache, dst: KVCache) => {
-      const d = [];
-      for (let l = 0; l < cfg.n_layer; l++) {
-        d.push(
-          k.kvGather.bind(
-            owned,
-            { src: src.kTensor(l), dst: dst.kTensor(l), parent, len: P, maxLen: capacity },
-            `h.${l}.k_reorder`,
-          ),
-        );
-        d.push(
-          k.kvGather.bind(
-            owned,
-            { src: src.vTensor(l), dst: dst.vTensor(l), parent, len: P, maxLen: capacity },
-            `h.${l}.v_reorder`,
-          ),
-        );
-      }
-      return d;
-    };
-    const gatherScratchToA = gather(scratch, cacheA);
-    const gatherAtoB = gather(cacheA, cacheB);
-    const gatherBtoA = gather(cacheB, cacheA);
-
-    const readCandidates = async (): Promise<Array<{ parent: number; token: number; score: number }>> => {
-      const words = new Uint32Array(await ctx.mapCopy(staging, 2 * B * 12));
-      const f = new Float32Array(words.buffer);
-      return Array.from({ length: 2 * B }, (_, i) => ({
-        parent: words[3 * i]!,
-        token: words[3 * i + 1]!,
-        score: f[3 * i + 2]!,
-      }));
-    };
-
-    let beams: Array<{ tokens: number[]; logprob: number; parent?: number; token?: number }> = Array.from(
-      { length: B },
-      () => ({ tokens: [], logprob: 0 }),
-    );
-    const finished: BeamHypothesis[] = [];
-    // Step 0: rank the prompt's continuations.
-    model.submit([...prefill.dispatches, ...rankPrefill], (enc) =>
-      enc.copyBufferToBuffer(cand.buffer, 0, staging, 0, 2 * B * 12),
-    );
-    let cands = await readCandidates();
-    // The prompt's K/V for every beam comes from the scratch row 0 (parent 0 for all).
-    let cur = cacheA;
-    let firstGather = true;
-    for (let step = 0; step < o.maxNewTokens; step++) {
-      if (options.signal?.aborted) throw new AbortError(`beam search aborted after ${step} steps`);
-      const next: Array<{ tokens: number[]; logprob: number; parent: number; token: number }> = [];
-      for (let i = 0; i < cands.length && next.length < B; i++) {
-        const c = cands[i]!;
-        const base = beams[c.parent]!;
-        if (c.token === o.eosTokenId) {
-          // Only candidates ranked within the first B may finish (as HF).
-          if (i < B) {
-            const n = base.tokens.length + 1;
-            finished.push({
-              logprob: c.score,
-              score: penalise(c.score, n),
-              tokens: [...promptIds, ...base.tokens, c.token],
-              finished: true,
-            });
-          }
-          continue;
-        }
-        next.push({ tokens: [...base.tokens, c.token], logprob: c.score, parent: c.parent, token: c.token });
-      }
-      if (next.length < B)
-        throw new Error(`beam search: only ${next.length} continuations for ${B} beams (vocabulary too small?)`);
-      beams = next;
-      const newLen = step + 1;
-      if (finished.length >= (o.earlyStopping ? o.numBeams : o.numReturnSequences)) break;
-      if (newLen >= o.maxNewTokens) break;
-      // Feed the new tokens: reorder caches by parent, then one decode step for all beams.
-      const dst = firstGather ? cacheA : cur === cacheA ? cacheB : cacheA;
-      const gatherD = firstGather ? gatherScratchToA : cur === cacheA ? gatherAtoB : gatherBtoA;
-      const dec = dst === cacheA ? decA : decB;
-      const rk = dst === cacheA ? rankA : rankB;
-      firstGather = false;
-      // Copy only the slots holding tokens so far (prompt + step new tokens, the newest not yet fed).
-      for (const g of gatherD) g.setLength(P + step);
-      ctx.device.queue.writeBuffer(parent.buffer, 0, Uint32Array.from(beams.map((b) => (step === 0 ? 0 : b.parent))));
-      ctx.device.queue.writeBuffer(scores.buffer, 0, Float32Array.from(beams.map((b) => b.logprob)));
-      dec.write({ ids: beams.map((b) => b.token!), meta: decodeMeta(new Uint32Array(B).fill(P + step)) });
-      model.submit([...gatherD, ...dec.dispatches, ...rk], (enc) =>
-        enc.copyBufferToBuffer(cand.buffer, 0, staging, 0, 2 * B * 12),
-      );
-      cur = dst;
-      cands = await readCandidates();
-    }
-    // Fill with the best unfinished beams, then order by score.
-    const running = beams.map((b) => ({
-      logprob: b.logprob,
-      score: penalise(b.logprob, b.tokens.length),
-      tokens: [...promptIds, ...b.tokens],
-      finished: false,
-    }));
-    const all = finished.length >= o.numReturnSequences ? finished : [...finished, ...running];
-    all.sort((a, b) => b.score - a.score);
-    ctx.throwIfErrors();
-    return all.slice(0, o.numReturnSequences);
+    const gpu = buildGpu(model, owned, caches as [KVCache, KVCache, KVCache], plans, promptIds, o.numBeams);
+    const { beams, finished } = await search(model, gpu, promptIds, o, options.signal);
+    model.ctx.throwIfErrors();
+    return best(beams, finished, promptIds, o);
   } finally {
     for (const p of plans) p.destroy();
     owned.destroy();
     for (const c of caches) c.destroy();
   }
+}
+
+/** The search: rank the prompt's continuations, then per step keep B beams, feed them, rank again. */
+async function search(
+  model: GPT2Model,
+  gpu: BeamGpu,
+  promptIds: number[],
+  o: Options,
+  signal: AbortSignal | undefined,
+): Promise<{ beams: Beam[]; finished: BeamHypothesis[] }> {
+  const B = o.numBeams;
+  const P = promptIds.length;
+  const queue = model.ctx.device.queue;
+  let beams: Beam[] = Array.from({ length: B }, () => ({ tokens: [], logprob: 0 }));
+  const finished: BeamHypothesis[] = [];
+  // Step 0: rank the prompt's continuations (all B rows get the prompt's logits).
+  model.submit([...gpu.prefill.dispatches, ...gpu.rankPrefill], (enc) => copyCandidates(enc, gpu, B));
+  let cands = await readCandidates(model, gpu, B);
+  for (let step = 0; step < o.maxNewTokens; step++) {
+    if (signal?.aborted) throw new AbortError(`beam search aborted after ${step} steps`);
+    beams = nextBeams(cands, beams, finished, promptIds, o);
+    if (finished.length >= (o.earlyStopping ? o.numBeams : o.numReturnSequences)) break;
+    if (step + 1 >= o.maxNewTokens) break;
+    // Feed the new tokens: reorder the caches by parent, then one decode step for all beams.
+    // The prompt's K/V for every beam comes from the scratch row 0 (parent 0 for all).
+    const { gather, dec, rank } = hop(gpu, step);
+    // Copy only the slots holding tokens so far (prompt + step new tokens, the newest not yet fed).
+    for (const g of gather) g.setLength(P + step);
+    queue.writeBuffer(gpu.parent.buffer, 0, Uint32Array.from(beams.map((b) => (step === 0 ? 0 : b.parent!))));
+    queue.writeBuffer(gpu.scores.buffer, 0, Float32Array.from(beams.map((b) => b.logprob)));
+    dec.write({ ids: beams.map((b) => b.token!), meta: decodeMeta(new Uint32Array(B).fill(P + step)) });
+    model.submit([...gather, ...dec.dispatches, ...rank], (enc) => copyCandidates(enc, gpu, B));
+    cands = await readCandidates(model, gpu, B);
+  }
+  return { beams, finished };
+}
+
+/**
+ * The ping-pong of step `step`: the beams' K/V go from the cache just used into its twin (from the
+ * scratch prompt row at step 0), whose decode plan and ranking run next.
+ */
+function hop(gpu: BeamGpu, step: number): { gather: KvGatherDispatch[]; dec: ForwardPlan; rank: Dispatch[] } {
+  const toA = step % 2 === 0;
+  const gather = step === 0 ? gpu.gatherFirst : toA ? gpu.gatherBA : gpu.gatherAB;
+  return { gather, dec: gpu.dec[toA ? 0 : 1], rank: gpu.rank[toA ? 0 : 1] };
+}
+
+/**
+ * Walks the candidates best first: one ending in EOS and ranked within the first B finishes a
+ * hypothesis (as HF), others become the next beams until B are kept.
+ */
+function nextBeams(
+  cands: Candidate[],
+  beams: Beam[],
+  finished: BeamHypothesis[],
+  promptIds: number[],
+  o: Options,
+): Beam[] {
+  const B = o.numBeams;
+  const next: Beam[] = [];
+  for (let i = 0; i < cands.length && next.length < B; i++) {
+    const c = cands[i]!;
+    const base = beams[c.parent]!;
+    if (c.token === o.eosTokenId) {
+      if (i < B) {
+        const tokens = [...promptIds, ...base.tokens, c.token];
+        finished.push({
+          logprob: c.score,
+          score: penalise(o, c.score, base.tokens.length + 1),
+          tokens,
+          finished: true,
+        });
+      }
+      continue;
+    }
+    next.push({ tokens: [...base.tokens, c.token], logprob: c.score, parent: c.parent, token: c.token });
+  }
+  if (next.length < B)
+    throw new Error(`beam search: only ${next.length} continuations for ${B} beams (vocabulary too small?)`);
+  return next;
+}
+
+/** A hypothesis' reported score: logprob / newTokens^lengthPenalty (0: the plain sum). */
+function penalise(o: Options, logprob: number, n: number): number {
+  return o.lengthPenalty === 0 ? logprob : logprob / Math.max(1, n) ** o.lengthPenalty;
+}
+
+/** The numReturnSequences best: the finished ones, filled with the best unfinished beams if too few. */
+function best(beams: Beam[], finished: BeamHypothesis[], promptIds: number[], o: Options): BeamHypothesis[] {
+  const running = beams.map((b) => ({
+    logprob: b.logprob,
+    score: penalise(o, b.logprob, b.tokens.length),
+    tokens: [...promptIds, ...b.tokens],
+    finished: false,
+  }));
+  const all = finished.length >= o.numReturnSequences ? finished : [...finished, ...running];
+  all.sort((a, b) => b.score - a.score);
+  return all.slice(0, o.numReturnSequences);
+}
+
+function copyCandidates(enc: GPUCommandEncoder, gpu: BeamGpu, B: number): void {
+  enc.copyBufferToBuffer(gpu.cand.buffer, 0, gpu.staging, 0, 2 * B * 12);
+}
+
+/** The 2B ranked (parent, token, score) triples of the last submit, best first. */
+async function readCandidates(model: GPT2Model, gpu: BeamGpu, B: number): Promise<Candidate[]> {
+  const words = new Uint32Array(await model.ctx.mapCopy(gpu.staging, 2 * B * 12));
+  const f = new Float32Array(words.buffer);
+  return Array.from({ length: 2 * B }, (_, i) => ({
+    parent: words[3 * i]!,
+    token: words[3 * i + 1]!,
+    score: f[3 * i + 2]!,
+  }));
+}
+
+/**
+ * Plans, buffers and bind groups of a search with B beams: the prompt prefilled once into the
+ * scratch cache (all B rows get its logits: lastIdx repeated), a decode plan per twin cache, the
+ * ranking of each, and the K/V reordering between them.
+ */
+function buildGpu(
+  model: GPT2Model,
+  owned: Owned,
+  [scratch, cacheA, cacheB]: [KVCache, KVCache, KVCache],
+  plans: ForwardPlan[],
+  promptIds: number[],
+  B: number,
+): BeamGpu {
+  const P = promptIds.length;
+  const prefill = new ForwardPlan(model, scratch, P, B);
+  plans.push(prefill);
+  prefill.write({ ids: promptIds, meta: rowMeta(0, 0, P), lastIdx: new Uint32Array(B).fill(P - 1) });
+  const decA = new ForwardPlan(model, cacheA, B, B, { decode: true });
+  const decB = new ForwardPlan(model, cacheB, B, B, { decode: true });
+  plans.push(decA, decB);
+
+  const u32 = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC;
+  const scores: GpuTensor = { buffer: owned.buffer('beam.scores', B * 4, u32), offset: 0, shape: [B], dtype: 'f32' };
+  const parent: GpuTensor = { buffer: owned.buffer('beam.parent', B * 4, u32), offset: 0, shape: [B], dtype: 'u32' };
+  const cand: GpuTensor = {
+    buffer: owned.buffer('beam.cand', 2 * B * 3 * 4, u32),
+    offset: 0,
+    shape: [2 * B, 3],
+    dtype: 'u32',
+  };
+  const staging = owned.buffer('beam.staging', 2 * B * 3 * 4, GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST);
+  // Initial beam scores: only beam 0 is live (the others are copies of it).
+  model.ctx.device.queue.writeBuffer(
+    scores.buffer,
+    0,
+    Float32Array.from({ length: B }, (_, i) => (i === 0 ? 0 : -1e9)),
+  );
+  const rank = (plan: ForwardPlan) =>
+    model.kernels.beam.bind(owned, { logits: plan.logits, beamScores: scores, out: cand });
+  const gather = (src: KVCache, dst: KVCache) => gatherLayers(model, owned, src, dst, parent, P, scratch.capacity);
+  return {
+    prefill,
+    dec: [decA, decB],
+    rankPrefill: rank(prefill),
+    rank: [rank(decA), rank(decB)],
+    gatherFirst: gather(scratch, cacheA),
+    gatherAB: gather(cacheA, cacheB),
+    gatherBA: gather(cacheB, cacheA),
+    scores,
+    parent,
+    cand,
+    staging,
+  };
+}
+
+/** Reorders by parent, from one cache into its twin, for every layer (K and V). */
+function gatherLayers(
+  model: GPT2Model,
+  owned: Owned,
+  src: KVCache,
+  dst: KVCache,
+  parent: GpuTensor,
+  len: number,
+  maxLen: number,
+): KvGatherDispatch[] {
+  const d: KvGatherDispatch[] = [];
+  for (let l = 0; l < model.config.n_layer; l++) {
+    const k = { src: src.kTensor(l), dst: dst.kTensor(l), parent, len, maxLen };
+    const v = { src: src.vTensor(l), dst: dst.vTensor(l), parent, len, maxLen };
+    d.push(model.kernels.kvGather.bind(owned, k, `h.${l}.k_reorder`));
+    d.push(model.kernels.kvGather.bind(owned, v, `h.${l}.v_reorder`));
+  }
+  return d;
 }

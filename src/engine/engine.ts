@@ -20,9 +20,10 @@ import {
   validateGenerate,
   type GenerateOptions,
   type GenerateResult,
+  JoinQueue,
+  type Joiner,
   type SequenceDoneEvent,
   type TokenEvent,
-  type Admission,
 } from './generate.js';
 import { beamSearch } from './beam-search.js';
 import { perplexity, score, type PerplexityResult, type ScoreOptions, type ScoreResult } from './score.js';
@@ -236,14 +237,22 @@ interface QueuedTurn {
   reject: (e: unknown) => void;
 }
 
-/** A merged run in flight: which turn each of its slots serves, and the turns waiting to join it. */
+/** A turn waiting to join a merged run, as the run will seat it. */
+interface JoiningTurn extends Joiner {
+  turn: QueuedTurn;
+}
+
+/** A merged run in flight: the turns it started with, and the turns waiting to join it. */
 interface MergedRun {
   key: string;
-  owners: QueuedTurn[]; // [slots]: the turn a slot serves now (joiners replace finished ones)
-  seeds: number[]; // [slots]: that turn's seed
-  parked: number; // slots whose turn is done: free for a joiner
-  joining: QueuedTurn[]; // turns that will take parked slots at the run's next step
-  done?: Promise<void>; // settles when the run has ended and freed what it made
+  /** [slots]: the turn each slot served first, with its seed (joiners take slots over: `joining`). */
+  first: Array<{ turn: QueuedTurn; seed: number }>;
+  /** Turns done so far (their slots parked, free for a joiner unless one took them). */
+  done: number;
+  /** Turns waiting to take parked slots at the run's next step boundary, and those seated. */
+  joining: JoinQueue<JoiningTurn>;
+  /** Settles when the run has ended and freed what it made. */
+  ended?: Promise<void>;
 }
 
 /**
@@ -329,7 +338,7 @@ export class SessionGroup {
   }
 
   private waiting(): QueuedTurn[] {
-    return [...this.pending, ...[...this.runs].flatMap((r) => r.joining)];
+    return [...this.pending, ...[...this.runs].flatMap((r) => r.joining.waiting.map((j) => j.turn))];
   }
 
   /**
@@ -340,7 +349,8 @@ export class SessionGroup {
   private joinable(q: QueuedTurn): MergedRun | undefined {
     if (Object.keys(q.opts.logitBias ?? {}).length > 0) return undefined;
     if (this.cache.tokens[q.session.row!]!.length + q.ids.length >= this.cache.window) return undefined;
-    for (const run of this.runs) if (run.key === q.key && run.parked > run.joining.length) return run;
+    for (const run of this.runs)
+      if (run.key === q.key && run.done - run.joining.seated > run.joining.length) return run;
     return undefined;
   }
 
@@ -397,7 +407,7 @@ export class SessionGroup {
     for (const q of turns) {
       const run = this.joinable(q);
       if (run) {
-        run.joining.push(q);
+        run.joining.push(this.joiner(run, q));
         continue;
       }
       const set = sets.get(q.key);
@@ -408,80 +418,90 @@ export class SessionGroup {
       if (set.length === 1) {
         const q = set[0]!;
         this.alone(q.ids, q.opts, q.session.row!).then(q.resolve, q.reject);
-        continue;
-      }
-      const parts = set.map(turnPart);
-      const run: MergedRun = {
-        key: set[0]!.key,
-        owners: [...set],
-        seeds: parts.map((t) => t.seed),
-        parked: 0,
-        joining: [],
-      };
-      this.runs.add(run);
-      const V = this.model.config.vocab_size;
-      // The key made stopAtEos, useCache and pipelineDepth equal; each row keeps its own sampling
-      // options, new tokens and stop strings (given explicitly, so none of set[0]'s leak).
-      const {
-        onToken: _onToken,
-        onSequenceDone: _done,
-        maxNewTokens: _maxNew,
-        stopStrings: _stops,
-        ...common
-      } = generationPart(set[0]!.opts);
-      run.done = generateBatch(
-        this.model,
-        set.map((q) => q.ids),
-        {
-          ...common,
-          seeds: [...run.seeds],
-          perSequence: parts.map((t) => t.own),
-          cache: this.cache,
-          cacheRows: set.map((q) => q.session.row!),
-          onToken: (ev: TokenEvent) => run.owners[ev.row]!.opts.onToken?.({ ...ev, row: 0 }),
-          // Each turn resolves as soon as its own sequence is done, and its session is free again then
-          // (the run goes on for the others without touching its row); its slot may take a joiner.
-          onSequenceDone: ({ row: i, sequence, stats }: SequenceDoneEvent) => {
-            const q = run.owners[i]!;
-            run.parked++;
-            q.opts.onSequenceDone?.({ row: 0, sequence, stats });
-            q.resolve({ promptIds: q.ids, seed: run.seeds[i]!, seeds: [run.seeds[i]!], sequences: [sequence], stats });
-          },
-          // Turns that arrived while the run went on take its parked slots (continuous batching).
-          admit: (slots: number[]): Admission[] => {
-            const out: Admission[] = [];
-            while (out.length < slots.length && run.joining.length) {
-              const q = run.joining.shift()!;
-              const slot = slots[out.length]!;
-              const { seed, own } = turnPart(q);
-              run.owners[slot] = q;
-              run.seeds[slot] = seed;
-              run.parked--;
-              out.push({
-                slot,
-                row: q.session.row!,
-                ids: q.ids,
-                seed,
-                sampling: validateSampling(samplingPart(own), V), // valid: mergeKey checked it
-                maxNew: own.maxNewTokens!,
-                stopStrings: own.stopStrings,
-              });
-            }
-            return out;
-          },
-        },
-      )
-        .catch((e) => run.owners.forEach((q) => q.reject(e))) // turns already resolved stay so
-        .finally(() => {
-          // Turns still waiting to join (the run ended first) go back to the queue.
-          this.runs.delete(run);
-          if (run.joining.length === 0) return;
-          const first = this.pending.length === 0;
-          this.pending.push(...run.joining.splice(0));
-          if (first) queueMicrotask(() => this.flush());
-        })
-        .then(() => undefined);
+      } else this.merge(set);
     }
+  }
+
+  /** Starts one batched generation for `set` (turns with one merge key); turns may join it later. */
+  private merge(set: QueuedTurn[]): void {
+    const parts = set.map(turnPart);
+    const run: MergedRun = {
+      key: set[0]!.key,
+      first: set.map((turn, i) => ({ turn, seed: parts[i]!.seed })),
+      done: 0,
+      joining: new JoinQueue<JoiningTurn>(),
+    };
+    this.runs.add(run);
+    // The key made stopAtEos, useCache and pipelineDepth equal; each row keeps its own sampling
+    // options, new tokens and stop strings (given explicitly, so none of set[0]'s leak).
+    const {
+      onToken: _onToken,
+      onSequenceDone: _done,
+      maxNewTokens: _maxNew,
+      stopStrings: _stops,
+      ...common
+    } = generationPart(set[0]!.opts);
+    run.ended = generateBatch(
+      this.model,
+      set.map((q) => q.ids),
+      {
+        ...common,
+        seeds: parts.map((t) => t.seed),
+        perSequence: parts.map((t) => t.own),
+        cache: this.cache,
+        cacheRows: set.map((q) => q.session.row!),
+        // These events are the first turns' (a joiner's events go to its own listeners).
+        onToken: (ev) => set[ev.row]!.opts.onToken?.({ ...ev, row: 0 }),
+        onSequenceDone: (ev) => this.turnDone(run, run.first[ev.row]!.turn, run.first[ev.row]!.seed, ev),
+        // Turns that arrive while the run goes on take its parked slots (continuous batching).
+        joiners: run.joining,
+      },
+    )
+      .catch((e) => this.slotTurns(run).forEach((q) => q.reject(e))) // turns already resolved stay so
+      .finally(() => {
+        // Turns still waiting to join (the run ended first) go back to the queue.
+        this.runs.delete(run);
+        const back = run.joining.takeWaiting();
+        if (back.length === 0) return;
+        const first = this.pending.length === 0;
+        this.pending.push(...back.map((j) => j.turn));
+        if (first) queueMicrotask(() => this.flush());
+      })
+      .then(() => undefined);
+  }
+
+  /** The turn each slot of `run` serves now (a joiner's once seated there, else the first). */
+  private slotTurns(run: MergedRun): QueuedTurn[] {
+    return run.first.map((f, slot) => run.joining.seatedIn(slot)?.turn ?? f.turn);
+  }
+
+  /**
+   * `q` as a joiner of `run`: its own options (valid: mergeKey checked them), seed and listeners;
+   * the run seats it in a parked slot at a step boundary.
+   */
+  private joiner(run: MergedRun, q: QueuedTurn): JoiningTurn {
+    const { seed, own } = turnPart(q);
+    return {
+      turn: q,
+      row: q.session.row!,
+      ids: q.ids,
+      seed,
+      sampling: validateSampling(samplingPart(own), this.model.config.vocab_size),
+      maxNew: own.maxNewTokens!,
+      stopStrings: own.stopStrings,
+      onToken: (ev) => q.opts.onToken?.({ ...ev, row: 0 }),
+      onSequenceDone: (ev) => this.turnDone(run, q, seed, ev),
+    };
+  }
+
+  /**
+   * A turn's sequence is done: the turn resolves at once, and its session is free again (the run
+   * goes on for the others without touching its row); its slot may take a joiner.
+   */
+  private turnDone(run: MergedRun, q: QueuedTurn, seed: number, { sequence, stats }: SequenceDoneEvent): void {
+    run.done++;
+    q.opts.onSequenceDone?.({ row: 0, sequence, stats });
+    q.resolve({ promptIds: q.ids, seed, seeds: [seed], sequences: [sequence], stats });
   }
 
   /**
@@ -493,7 +513,7 @@ export class SessionGroup {
   async idle(): Promise<void> {
     for (;;) {
       await Promise.resolve(); // a flush queued in this tick may start a run
-      const work = [...[...this.runs].map((r) => r.done), ...this.lone];
+      const work = [...[...this.runs].map((r) => r.ended), ...this.lone];
       if (work.length === 0 && this.pending.length === 0) return;
       await Promise.all(work);
       if (work.length === 0) await new Promise((res) => setTimeout(res, 0));

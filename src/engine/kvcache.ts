@@ -8,10 +8,13 @@
  * reach the window (min(n_positions, capacity)): before that it shifts (keeps the most recent
  * `keep` tokens and re-encodes them from position 0) or throws, per the cache's `onOverflow`.
  *
- * CPU-side bookkeeping per row: `length` (tokens whose K/V are in the cache) and `tokens` (those
- * tokens, needed to re-encode on a shift and for penalties of a continued session).
+ * CPU-side bookkeeping per row, kept by the cache's own methods (append, commit, shift, reset):
+ * `tokens` (the row's context: needed to re-encode on a shift and for penalties of a continued
+ * session) and `lengths` (how many of them, from the start, have their K/V in the cache). The
+ * invariant 0 <= lengths[r] <= tokens[r].length always holds; tokens[r][lengths[r]..] are pending:
+ * the next step that writes the row feeds them (after a generation, its newest sampled token).
  */
-import { CacheMisuseError, InvalidOptionError, OutOfMemoryError } from '../errors.js';
+import { CacheMisuseError, InvalidOptionError, OutOfMemoryError, ShapeError } from '../errors.js';
 import type { GpuTensor } from '../gpu/common.js';
 import type { GpuContext } from '../gpu/device.js';
 
@@ -58,8 +61,10 @@ export class KVCache {
   /** Per layer: [rows, capacity, n_embd] f32. */
   readonly k: GPUBuffer[] = [];
   readonly v: GPUBuffer[] = [];
-  readonly lengths: number[];
-  readonly tokens: number[][];
+  /** Per row: tokens of the context whose K/V the cache holds (a prefix of `tokens`). */
+  private readonly held: number[];
+  /** Per row: the context's tokens. */
+  private readonly context: number[][];
   private destroyedFlag = false;
   /** Rows a step or generation is using now (generations on disjoint rows may run at once). */
   private readonly busyRows = new Set<number>();
@@ -115,8 +120,8 @@ export class KVCache {
       this.freeBuffers();
       throw e;
     }
-    this.lengths = new Array<number>(rows).fill(0);
-    this.tokens = Array.from({ length: rows }, () => []);
+    this.held = new Array<number>(rows).fill(0);
+    this.context = Array.from({ length: rows }, () => []);
     // The out-of-memory scope resolves asynchronously; `ready` reports it.
     this.ready = ctx.device.popErrorScope().then((err) => {
       if (err) {
@@ -132,6 +137,49 @@ export class KVCache {
 
   /** Resolves once the allocation is known to have succeeded; rejects with OutOfMemoryError. */
   readonly ready: Promise<void>;
+
+  /** Per row: how many tokens of its context (from the start) have their K/V in the cache. */
+  get lengths(): readonly number[] {
+    return this.held;
+  }
+
+  /** Per row: the context's tokens (the first lengths[r] held, the rest pending). */
+  get tokens(): readonly (readonly number[])[] {
+    return this.context;
+  }
+
+  /** Row r's context tokens whose K/V the cache does not hold yet: what its next step must feed. */
+  pending(r: number): readonly number[] {
+    return this.context[r]!.slice(this.held[r]);
+  }
+
+  /** Appends `ids` to row r's context, pending until a step feeds them (commit). */
+  append(r: number, ids: readonly number[]): void {
+    const row = this.context[r]!;
+    for (const t of ids) row.push(t); // no spread: a long prompt would pass the engine's argument limit
+  }
+
+  /**
+   * Counts `count` more of row r's pending tokens (default all) as held: a submitted step writes
+   * their K/V. Throws ShapeError past the pending ones (the invariant lengths <= tokens).
+   */
+  commit(r: number, count = this.context[r]!.length - this.held[r]!): void {
+    const pending = this.context[r]!.length - this.held[r]!;
+    if (!Number.isInteger(count) || count < 0 || count > pending)
+      throw new ShapeError(`KV cache #${this.id}: commit of ${count} tokens of row ${r}, which has ${pending} pending`);
+    this.held[r]! += count;
+  }
+
+  /**
+   * Context shift of row r: keeps its most recent `keep` tokens, none held (they are re-encoded
+   * from position 0, then committed). Returns them.
+   */
+  shift(r: number): readonly number[] {
+    const kept = this.context[r]!.slice(-this.keep);
+    this.context[r] = kept;
+    this.held[r] = 0;
+    return kept;
+  }
 
   /** Bytes of GPU memory this cache holds. */
   get bytes(): number {
@@ -215,12 +263,12 @@ export class KVCache {
   acquire(owner: CacheOwner, rows?: readonly number[]): void {
     this.checkUsable(owner);
     this.checkFree(rows);
-    for (const r of rows ?? this.lengths.keys()) this.busyRows.add(r);
+    for (const r of rows ?? this.held.keys()) this.busyRows.add(r);
   }
 
   /** Throws CacheMisuseError if one of `rows` (default: any row) is busy, or `extra` ones are (rows about to be used). */
   checkFree(rows?: readonly number[], extra: readonly number[] = []): void {
-    const want = rows ?? [...this.lengths.keys()];
+    const want = rows ?? [...this.held.keys()];
     const taken = want.filter((r) => this.busyRows.has(r) || extra.includes(r));
     if (taken.length) {
       const which = rows === undefined ? '' : ` (row${taken.length > 1 ? 's' : ''} ${taken.join(', ')})`;
@@ -236,12 +284,15 @@ export class KVCache {
     else for (const r of rows) this.busyRows.delete(r);
   }
 
-  /** Forgets the contents of one row (or all rows). */
-  reset(row?: number): void {
-    const rows = row === undefined ? [...this.lengths.keys()] : [row];
+  /**
+   * Forgets the contents of one row (or all rows). With `context`, the row's context becomes those
+   * tokens, none held (a continued session feeds them first).
+   */
+  reset(row?: number, context: readonly number[] = []): void {
+    const rows = row === undefined ? [...this.held.keys()] : [row];
     for (const r of rows) {
-      this.lengths[r] = 0;
-      this.tokens[r] = [];
+      this.held[r] = 0;
+      this.context[r] = [...context];
     }
   }
 

@@ -1,0 +1,374 @@
+/**
+ * Generation options: the public types of a generation (options, events, sequences, statistics,
+ * result), their defaults and validation, and each sequence's own options. Everything here runs
+ * before any GPU work, so a bad option fails with InvalidOptionError and nothing to free.
+ */
+import { InvalidOptionError } from '../errors.js';
+import { validateSampling, type NormalizedSampling, type SamplingOptions } from '../sampling/options.js';
+import type { KVCache } from './kvcache.js';
+
+export const MAX_NEW_TOKENS_LIMIT = 1_000_000;
+/** GenerateOptions.maxNewTokens when not given. */
+export const DEFAULT_MAX_NEW_TOKENS = 30;
+
+export interface GenerateOptions extends SamplingOptions {
+  /** New tokens per sequence (default 30; 0 returns at once; at most 1,000,000). */
+  maxNewTokens?: number;
+  /** Independent continuations of the prompt, each with seed deriveSeed(seed, i) (default 1). */
+  numSequences?: number;
+  /** Per-sequence seeds instead of deriveSeed(seed, i): sequence i draws with seeds[i] (one per sequence; not with `seed`). */
+  seeds?: number[];
+  /**
+   * Per-sequence options: sequence i runs with the shared sampling options, maxNewTokens and
+   * stopStrings overridden by perSequence[i] (not seed: use `seeds`). One entry per sequence.
+   */
+  perSequence?: Array<Omit<SamplingOptions, 'seed'> & Pick<GenerateOptions, 'maxNewTokens' | 'stopStrings'>>;
+  /** Stop a sequence when it emits EOS (50256). Default true. */
+  stopAtEos?: boolean;
+  /** Stop a sequence once its text contains one of these; later tokens are dropped. */
+  stopStrings?: string[];
+  /** false: recompute the whole sequence every step without the KV cache (a checking mode). */
+  useCache?: boolean;
+  /** Continue this session cache (rows must equal numSequences unless cacheRows picks some); default: a temporary cache. */
+  cache?: KVCache;
+  /**
+   * With `cache`: the cache rows this generation advances, sequence i in row cacheRows[i] (distinct
+   * rows; default every row, in order). Other rows keep their contents and may be advanced by
+   * another generation at the same time: the conversations of a session group, batched per call.
+   */
+  cacheRows?: number[];
+  /** Cancels between steps; the call rejects with AbortError and frees its buffers. */
+  signal?: AbortSignal;
+  /** Called for every new token as soon as it is read back. */
+  onToken?: (ev: TokenEvent) => void;
+  /**
+   * Called once per sequence as soon as it is final (EOS, its maxNewTokens, a stop string), with
+   * its tokens and text and the run's statistics so far. With a session's `cache` (cached mode)
+   * its cache row is released at that moment: the row's history is final, the row is free for
+   * another generation while the others go on, and the rest of this run no longer writes it.
+   * Otherwise (a temporary cache, useCache false) it is called for every sequence at the end.
+   */
+  onSequenceDone?: (ev: SequenceDoneEvent) => void;
+  /**
+   * @internal Session groups' continuous batching: with onSequenceDone and a session cache, the
+   * sequences waiting to join this run; at a step boundary where some slots are parked (their
+   * sequence handed over), the run seats waiting ones in them. See JoinQueue.
+   */
+  joiners?: JoinQueue;
+  /**
+   * Steps queued ahead of the read-back (1 = no pipelining). Default: 3 on GPUs; 1 on CPU adapters
+   * (lavapipe), where the host's work for the steps queued ahead competes with the driver's
+   * worker threads for the same cores (BENCHMARKS.md).
+   */
+  pipelineDepth?: number;
+  /** For a temporary cache: what to do at the context window ('shift' default, or 'error'). */
+  onOverflow?: 'shift' | 'error';
+  /** For a temporary cache: tokens kept by a shift (default half the window). */
+  keep?: number;
+}
+
+export interface TokenEvent {
+  row: number;
+  token: number;
+  /** New text completed by this token (may be '' while a UTF-8 character is incomplete). */
+  text: string;
+  /** Index of this token among the row's new tokens. */
+  index: number;
+}
+
+/**
+ * A sequence waiting to join a run in flight (GenerateOptions.joiners): it will take a parked slot
+ * (its events carry that slot's index), in cache row `row` (free, its context plus `ids` within
+ * the window), with its own options, seed and listeners.
+ */
+export interface Joiner extends SequenceOptions {
+  row: number;
+  ids: number[];
+  seed: number;
+  onToken?: (ev: TokenEvent) => void;
+  onSequenceDone?: (ev: SequenceDoneEvent) => void;
+}
+
+/**
+ * Sequences waiting to join one run (continuous batching): whoever started the run pushes them as
+ * they arrive; the run seats them, oldest first, in its parked slots at a step boundary (seat).
+ */
+export class JoinQueue<T extends Joiner = Joiner> {
+  private readonly queue: T[] = [];
+  /** Slot -> the joiner seated there last. */
+  private readonly bySlot = new Map<number, T>();
+  /** Joiners seated so far. */
+  seated = 0;
+
+  /** Joiners waiting. */
+  get length(): number {
+    return this.queue.length;
+  }
+
+  /** The joiners waiting, oldest first. */
+  get waiting(): readonly T[] {
+    return this.queue;
+  }
+
+  push(joiner: T): void {
+    this.queue.push(joiner);
+  }
+
+  /** The joiner seated in `slot` last (undefined: none was). */
+  seatedIn(slot: number): T | undefined {
+    return this.bySlot.get(slot);
+  }
+
+  /** Removes and returns the joiners still waiting (their run ended first). */
+  takeWaiting(): T[] {
+    return this.queue.splice(0);
+  }
+
+  /** The run: seats up to free.length waiting joiners, oldest first, in the slots `free` in order. */
+  seat(free: readonly number[]): Array<{ slot: number; joiner: T }> {
+    const seats = this.queue.splice(0, free.length).map((joiner, i) => ({ slot: free[i]!, joiner }));
+    for (const { slot, joiner } of seats) this.bySlot.set(slot, joiner);
+    this.seated += seats.length;
+    return seats;
+  }
+}
+
+export interface SequenceDoneEvent {
+  /** The sequence's index (the row of the result, not of the cache). */
+  row: number;
+  sequence: GeneratedSequence;
+  /** The run's statistics when the sequence finished (steps so far; decode figures so far). */
+  stats: GenerateStats;
+}
+
+export type FinishReason = 'eos' | 'length' | 'stop';
+
+export interface GeneratedSequence {
+  tokens: number[];
+  text: string;
+  finishReason: FinishReason;
+}
+
+export interface GenerateStats {
+  /**
+   * Host work before the prompt reached the GPU: the temporary cache, sampler state, the prefill
+   * and decode plans (buffers, bind groups). first_token_ms = setup_ms + prefill_ms.
+   */
+  setup_ms: number;
+  /** From the prompt's submit to its first sampled ids on the CPU: the GPU's prefill, sampling and the read-back. */
+  prefill_ms: number;
+  /** From the call to the first sampled ids on the CPU (setup included): what a caller waits. */
+  first_token_ms: number;
+  decode_ms_per_token: number;
+  tokens_per_s: number;
+  readback_bytes_per_token: number;
+  steps: number;
+  /**
+   * Sequences advanced in the same steps: numSequences, or the number of session-group turns
+   * merged into this run (tokens_per_s counts all of them).
+   */
+  batch_rows: number;
+  shifts: number;
+  /** Submits per decode step. */
+  submits: number;
+  /** Dispatches per decode step. */
+  dispatches_per_step: number;
+}
+
+export interface GenerateResult {
+  /** The prompt's ids (of row 0 when rows had different prompts). */
+  promptIds: number[];
+  /** Seed of each sequence: deriveSeed(seed, i), or GenerateOptions.seeds. */
+  seeds: number[];
+  sequences: GeneratedSequence[];
+  seed: number;
+  stats: GenerateStats;
+}
+
+/** Option keys that belong to generation; the rest are sampling options (validated as such). */
+const GENERATE_KEYS = new Set([
+  'maxNewTokens',
+  'numSequences',
+  'seeds',
+  'perSequence',
+  'stopAtEos',
+  'stopStrings',
+  'useCache',
+  'cache',
+  'cacheRows',
+  'signal',
+  'onToken',
+  'onSequenceDone',
+  'joiners',
+  'pipelineDepth',
+  'onOverflow',
+  'keep',
+]);
+
+/** The sampling part of generation options (unknown keys stay in, so validateSampling names them). */
+export function samplingPart(o: object): SamplingOptions {
+  return Object.fromEntries(
+    Object.entries(o).filter(([k, v]) => !GENERATE_KEYS.has(k) && v !== undefined),
+  ) as SamplingOptions;
+}
+
+/** The generation part of options (what samplingPart leaves out). */
+export function generationPart(o: GenerateOptions): GenerateOptions {
+  return Object.fromEntries(Object.entries(o).filter(([k]) => GENERATE_KEYS.has(k))) as GenerateOptions;
+}
+
+/**
+ * Slots of the cache a generation creates for itself: only as many as it can use (need = longest
+ * prompt + new tokens; rows x capacity x C must fit one binding, so this is what lets batch 64 of
+ * gpt2 run on a 128 MiB adapter), the full window when it may shift (it will pass n_positions, or
+ * the caller chose `keep`).
+ */
+export function generationCapacity(cfg: { n_positions: number }, need: number, mayShift: boolean): number {
+  return need >= cfg.n_positions || mayShift ? cfg.n_positions : Math.max(2, need);
+}
+
+/** Steps in flight when GenerateOptions.pipelineDepth is not given (see there). */
+export function defaultPipelineDepth(cpuAdapter: boolean): number {
+  return cpuAdapter ? 1 : 3;
+}
+
+/** Validates the non-sampling options; throws InvalidOptionError naming the option. */
+export function validateGenerate(
+  o: GenerateOptions,
+  cpuAdapter = false,
+): { maxNew: number; rows: number; depth: number } {
+  const maxNew = o.maxNewTokens ?? DEFAULT_MAX_NEW_TOKENS;
+  if (!Number.isInteger(maxNew) || maxNew < 0 || maxNew > MAX_NEW_TOKENS_LIMIT) {
+    throw new InvalidOptionError(`maxNewTokens must be an integer in [0, ${MAX_NEW_TOKENS_LIMIT}], got ${maxNew}`);
+  }
+  const rows = o.numSequences ?? 1;
+  if (!Number.isInteger(rows) || rows < 1 || rows > 1024) {
+    throw new InvalidOptionError(`numSequences must be an integer in [1, 1024], got ${rows}`);
+  }
+  const depth = o.pipelineDepth ?? defaultPipelineDepth(cpuAdapter);
+  if (!Number.isInteger(depth) || depth < 1 || depth > 16) {
+    throw new InvalidOptionError(`pipelineDepth must be an integer in [1, 16], got ${depth}`);
+  }
+  if (
+    o.stopStrings !== undefined &&
+    (!Array.isArray(o.stopStrings) || o.stopStrings.some((s) => typeof s !== 'string' || s.length === 0))
+  ) {
+    throw new InvalidOptionError(
+      `stopStrings must be an array of non-empty strings, got ${JSON.stringify(o.stopStrings)}`,
+    );
+  }
+  if (o.stopAtEos !== undefined && typeof o.stopAtEos !== 'boolean') {
+    throw new InvalidOptionError(`stopAtEos must be a boolean, got ${String(o.stopAtEos)}`);
+  }
+  for (const k of ['onToken', 'onSequenceDone'] as const) {
+    if (o[k] !== undefined && typeof o[k] !== 'function')
+      throw new InvalidOptionError(`${k} must be a function, got ${typeof o[k]}`);
+  }
+  if (o.joiners !== undefined && !(o.joiners instanceof JoinQueue))
+    throw new InvalidOptionError(`joiners must be a JoinQueue, got ${typeof o.joiners}`);
+  return { maxNew, rows, depth };
+}
+
+/**
+ * The cache rows a generation advances (GenerateOptions.cacheRows), validated: R distinct rows of
+ * the cache; without cacheRows every row in order, which needs R == cache.rows.
+ */
+export function cacheRowsOf(cache: KVCache, rows: unknown, R: number): number[] {
+  if (rows === undefined) {
+    if (cache.rows !== R)
+      throw new InvalidOptionError(
+        `the cache has ${cache.rows} rows but numSequences is ${R}; they must match (or pick ${R} of its rows with cacheRows)`,
+      );
+    return Array.from({ length: R }, (_, r) => r);
+  }
+  if (!Array.isArray(rows) || rows.length === 0) {
+    throw new InvalidOptionError(
+      `cacheRows must be a non-empty array of row indices of the cache, got ${JSON.stringify(rows)?.slice(0, 80)}`,
+    );
+  }
+  const seen = new Set<number>();
+  rows.forEach((r: unknown, i) => {
+    if (typeof r !== 'number' || !Number.isInteger(r) || r < 0 || r >= cache.rows) {
+      throw new InvalidOptionError(
+        `cacheRows[${i}] must be an integer in [0, ${cache.rows - 1}] (the cache has ${cache.rows} rows), got ${String(r)}`,
+      );
+    }
+    if (seen.has(r))
+      throw new InvalidOptionError(`cacheRows lists row ${r} twice; each sequence needs a row of its own`);
+    seen.add(r);
+  });
+  if (rows.length !== R)
+    throw new InvalidOptionError(`cacheRows lists ${rows.length} rows for ${R} sequences; give one row per sequence`);
+  return rows as number[];
+}
+
+/** GenerateOptions.seeds, validated: R integers in [0, 2^53), and no `seed` beside them. */
+export function seedsOf(seeds: unknown, seed: unknown, R: number): number[] {
+  if (seed !== undefined)
+    throw new InvalidOptionError("give seed or seeds, not both (seeds sets every sequence's seed)");
+  if (!Array.isArray(seeds) || seeds.length !== R) {
+    throw new InvalidOptionError(
+      `seeds must be an array of one seed per sequence (${R}), got ${JSON.stringify(seeds)?.slice(0, 80)}`,
+    );
+  }
+  seeds.forEach((x: unknown, i) => {
+    if (typeof x !== 'number' || !Number.isInteger(x) || x < 0 || x >= 2 ** 53)
+      throw new InvalidOptionError(`seeds[${i}] must be an integer in [0, 2^53), got ${String(x)}`);
+  });
+  return seeds as number[];
+}
+
+/** One sequence's options: sampling (normalised), new tokens and stop strings. */
+export interface SequenceOptions {
+  sampling: NormalizedSampling;
+  maxNew: number;
+  stopStrings: string[] | undefined;
+}
+
+/**
+ * Every sequence's options: the shared ones, or (GenerateOptions.perSequence) the shared ones
+ * overridden per sequence, validated with the sequence named.
+ */
+export function sequenceOptions(opts: GenerateOptions, R: number, V: number, maxNew: number): SequenceOptions[] {
+  const shared = samplingPart(opts);
+  const sampling = validateSampling(shared, V); // the shared options' own errors first
+  const per = opts.perSequence;
+  if (per === undefined) return Array.from({ length: R }, () => ({ sampling, maxNew, stopStrings: opts.stopStrings }));
+  if (!Array.isArray(per) || per.length !== R) {
+    throw new InvalidOptionError(
+      `perSequence must be an array of one options object per sequence (${R}), got ${JSON.stringify(per)?.slice(0, 80)}`,
+    );
+  }
+  const list = per.map((o: unknown, i) => {
+    if (typeof o !== 'object' || o === null || Array.isArray(o))
+      throw new InvalidOptionError(
+        `perSequence[${i}] must be an options object, got ${JSON.stringify(o)?.slice(0, 60)}`,
+      );
+    if ('seed' in o)
+      throw new InvalidOptionError(`perSequence[${i}] has a seed; give per-sequence seeds with \`seeds\``);
+    const { maxNewTokens, stopStrings, ...own } = o as GenerateOptions;
+    try {
+      const g = validateGenerate({
+        maxNewTokens: maxNewTokens ?? maxNew,
+        stopStrings: stopStrings ?? opts.stopStrings,
+      });
+      return {
+        sampling: validateSampling({ ...shared, ...own }, V),
+        maxNew: g.maxNew,
+        stopStrings: stopStrings ?? opts.stopStrings,
+      };
+    } catch (e) {
+      if (e instanceof InvalidOptionError)
+        throw new InvalidOptionError(`perSequence[${i}]: ${e.message}`, { cause: e });
+      throw e;
+    }
+  });
+  // Alone, maxNewTokens 0 returns before the prompt reaches the cache; in a batch it would not.
+  const none = list.findIndex((o) => o.maxNew === 0);
+  if (none >= 0 && list.some((o) => o.maxNew > 0)) {
+    throw new InvalidOptionError(
+      `perSequence: sequence ${none} asks for 0 new tokens while others generate; leave it out of the batch`,
+    );
+  }
+  return list;
+}
