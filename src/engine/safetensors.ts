@@ -15,6 +15,21 @@
  */
 import { WeightsFormatError } from '../errors.js';
 
+/**
+ * An untrusted value as messages show it: JSON (strings quoted), cut to about `max` characters with
+ * the full length noted, so a hostile file or server cannot put megabytes (or a structure too deep
+ * to stringify) into an error message.
+ */
+export function preview(value: unknown, max = 80): string {
+  let s: string;
+  try {
+    s = typeof value === 'bigint' ? `${value}n` : (JSON.stringify(value) ?? String(value));
+  } catch {
+    s = Array.isArray(value) ? '[an array nested too deep to show]' : '{an object nested too deep to show}';
+  }
+  return s.length > max ? `${s.slice(0, max)}... (${s.length} characters)` : s;
+}
+
 /** Random-access bytes: a file on disk, a browser File/Blob, an HTTP resource with Range support. */
 export interface ByteSource {
   /** For messages: a path or URL. */
