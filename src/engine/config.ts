@@ -22,6 +22,9 @@ export interface GPT2Config {
 
 const ACTIVATIONS = ['gelu_new', 'gelu_pytorch_tanh'] as const;
 
+/** The largest config.json read (GPT-2's are under 1 KB; HF's with task parameters a few KB). */
+export const MAX_CONFIG_BYTES = 1 << 20;
+
 /** HF GPT2Config defaults for the fields a config.json may omit. */
 const DEFAULTS = {
   layer_norm_epsilon: 1e-5,
