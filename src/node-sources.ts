@@ -19,14 +19,15 @@
  * (see `acquireLock`), so two programs starting on the same model download it once.
  */
 import { createHash } from 'node:crypto';
-import { createReadStream, existsSync } from 'node:fs';
+import { closeSync, constants, createReadStream, existsSync, fstatSync, openSync, readSync, statSync } from 'node:fs';
+import type { Stats } from 'node:fs';
 import { hostname } from 'node:os';
-import { copyFile, mkdir, open, readFile, rename, rm, stat, symlink, utimes, writeFile } from 'node:fs/promises';
+import { copyFile, mkdir, open, rename, rm, stat, symlink, utimes, writeFile } from 'node:fs/promises';
 import { basename, dirname, join, relative, resolve } from 'node:path';
 import { getHFHubCachePath, getRepoFolderName } from '@huggingface/hub';
 import { DownloadError, InvalidOptionError, WeightsFormatError } from './errors.js';
 import { Checkpoint, openCheckpoint } from './engine/checkpoint.js';
-import { HUB_REPOS, isKnownModel } from './engine/config.js';
+import { HUB_REPOS, isKnownModel, MAX_CONFIG_BYTES } from './engine/config.js';
 import { randomCheckpoint } from './engine/random.js';
 import { preview, type ByteSource } from './engine/safetensors.js';
 
@@ -107,9 +108,63 @@ function checkRevision(revision: unknown): string {
   return revision;
 }
 
+/** What a non-regular file is ('a directory', 'a FIFO (named pipe)', ...), or null for a regular file. */
+function notRegular(st: Stats): string | null {
+  if (st.isFile()) return null;
+  if (st.isDirectory()) return 'a directory';
+  if (st.isFIFO()) return 'a FIFO (named pipe)';
+  if (st.isCharacterDevice()) return 'a character device';
+  if (st.isBlockDevice()) return 'a block device';
+  if (st.isSocket()) return 'a socket';
+  return 'a special file';
+}
+
+/**
+ * Reads a regular file of at most `maxBytes` bytes (config.json, a CLI --logits file). Anything
+ * else fails before a byte is read, with an Error whose message says why without the path (the
+ * caller names the file): "a FIFO (named pipe), not a regular file", "N bytes, more than the M
+ * allowed", or the fs error (with its code). The type is checked before opening (a FIFO would
+ * block) and again on the opened file, which is opened non-blocking; at most maxBytes + 1 bytes
+ * are read whatever the size reported (files in /proc report 0).
+ */
+export function readBoundedFileSync(path: string, maxBytes: number): Buffer {
+  const check = (st: Stats) => {
+    const what = notRegular(st);
+    if (what) throw new Error(`${what}, not a regular file`);
+    if (st.size > maxBytes) throw new Error(`${st.size} bytes, more than the ${maxBytes} allowed`);
+  };
+  check(statSync(path));
+  const fd = openSync(path, constants.O_RDONLY | (constants.O_NONBLOCK ?? 0));
+  try {
+    check(fstatSync(fd));
+    const chunks: Buffer[] = [];
+    let total = 0;
+    for (;;) {
+      const buf = Buffer.allocUnsafe(Math.min(1 << 16, maxBytes + 1 - total));
+      const n = readSync(fd, buf, 0, buf.length, null);
+      if (n === 0) break;
+      chunks.push(buf.subarray(0, n));
+      total += n;
+      if (total > maxBytes) throw new Error(`more than the ${maxBytes} bytes allowed`);
+    }
+    return Buffer.concat(chunks, total);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** readBoundedFileSync as a promise (config files are small: the sync read is brief). */
+async function readConfigFile(path: string): Promise<string> {
+  return readBoundedFileSync(path, MAX_CONFIG_BYTES).toString('utf8');
+}
+
 /** A ByteSource over a file on disk (opened per read, so nothing stays open). */
 export async function fileByteSource(path: string): Promise<ByteSource> {
-  const { size } = await stat(path);
+  const st = await stat(path);
+  const what = notRegular(st);
+  if (what)
+    throw new WeightsFormatError(`${path}: ${what}, not a regular file (a model needs model.safetensors as a file)`);
+  const { size } = st;
   return {
     name: path,
     size,
@@ -145,13 +200,22 @@ export async function openLocalDir(dir: string): Promise<Checkpoint> {
       : '';
     throw new WeightsFormatError(`${dir}: no model.safetensors in this directory${hint}`);
   }
-  let json: unknown;
+  return openCheckpoint(await configJson(cfgPath), await fileByteSource(stPath), dir);
+}
+
+/** config.json read (a regular file of at most MAX_CONFIG_BYTES) and parsed; WeightsFormatError otherwise. */
+async function configJson(cfgPath: string): Promise<unknown> {
+  let text: string;
   try {
-    json = JSON.parse(await readFile(cfgPath, 'utf8'));
+    text = await readConfigFile(cfgPath);
+  } catch (e) {
+    throw new WeightsFormatError(`${cfgPath}: cannot read it (${(e as Error).message})`, { cause: e });
+  }
+  try {
+    return JSON.parse(text);
   } catch (e) {
     throw new WeightsFormatError(`${cfgPath}: not valid JSON (${(e as Error).message})`, { cause: e });
   }
-  return openCheckpoint(json, await fileByteSource(stPath), dir);
 }
 
 /**
@@ -166,7 +230,7 @@ export async function resolveSource(source: string, opts: SourceOptions = {}): P
     if (spec.endsWith('.json') || spec.includes('/') || spec.includes('\\')) {
       let json: unknown;
       try {
-        json = JSON.parse(await readFile(spec, 'utf8'));
+        json = JSON.parse(await readConfigFile(spec));
       } catch (e) {
         throw new WeightsFormatError(`${spec}: cannot read config for a random model (${(e as Error).message})`, {
           cause: e,
@@ -193,13 +257,7 @@ export async function resolveSource(source: string, opts: SourceOptions = {}): P
   const repo = isKnownModel(source) ? HUB_REPOS[source] : source;
   const cfgPath = await hubFile(repo, 'config.json', opts, source);
   const stPath = await hubFile(repo, 'model.safetensors', opts, source);
-  let json: unknown;
-  try {
-    json = JSON.parse(await readFile(cfgPath, 'utf8'));
-  } catch (e) {
-    throw new WeightsFormatError(`${cfgPath}: not valid JSON (${(e as Error).message})`, { cause: e });
-  }
-  return openCheckpoint(json, await fileByteSource(stPath), repo);
+  return openCheckpoint(await configJson(cfgPath), await fileByteSource(stPath), repo);
 }
 
 /** Cache folders that may hold `repo`: its own, then the short legacy alias (models--gpt2). */
@@ -219,7 +277,9 @@ async function cached(folders: string[], revision: string, file: string): Promis
     let commit = isCommit(revision) ? revision : null;
     if (!commit) {
       try {
-        commit = (await readFile(join(folder, 'refs', revision), 'utf8')).trim();
+        commit = readBoundedFileSync(join(folder, 'refs', revision), 4096)
+          .toString('utf8')
+          .trim();
       } catch {
         continue;
       }
@@ -368,7 +428,7 @@ async function lockHolder(path: string): Promise<{ state: 'held' | 'gone' | 'fre
   let mtimeMs: number;
   try {
     ({ ino, mtimeMs } = await stat(path));
-    text = await readFile(path, 'utf8');
+    text = readBoundedFileSync(path, 4096).toString('utf8');
   } catch {
     return { state: 'free' };
   }
