@@ -3,6 +3,7 @@
  * sizes, and the tensor names and shapes a checkpoint of a given config must hold.
  */
 import { WeightsFormatError } from '../errors.js';
+import { preview } from './safetensors.js';
 
 /** The fields of HF's GPT2Config this engine uses (names as in config.json). */
 export interface GPT2Config {
@@ -89,7 +90,7 @@ export function parseConfig(json: unknown, where: string): GPT2Config {
     const v = o[key] ?? dflt;
     if (v === undefined) throw new WeightsFormatError(`${where}: missing "${key}" (a positive integer)`);
     if (typeof v !== 'number' || !Number.isSafeInteger(v) || v <= 0) {
-      throw new WeightsFormatError(`${where}: "${key}" must be a positive integer, got ${JSON.stringify(v)}`);
+      throw new WeightsFormatError(`${where}: "${key}" must be a positive integer, got ${preview(v)}`);
     }
     return v;
   };
@@ -97,7 +98,7 @@ export function parseConfig(json: unknown, where: string): GPT2Config {
     const v = o[key] ?? DEFAULTS[key];
     if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0 || v >= vocab) {
       throw new WeightsFormatError(
-        `${where}: "${key}" must be an integer in [0, vocab_size ${vocab}), got ${JSON.stringify(v)}`,
+        `${where}: "${key}" must be an integer in [0, vocab_size ${vocab}), got ${preview(v)}`,
       );
     }
     return v;
@@ -105,7 +106,7 @@ export function parseConfig(json: unknown, where: string): GPT2Config {
 
   if (o.model_type !== undefined && o.model_type !== 'gpt2') {
     throw new WeightsFormatError(
-      `${where}: model_type is ${JSON.stringify(o.model_type)}; this engine runs only "gpt2" models`,
+      `${where}: model_type is ${preview(o.model_type)}; this engine runs only "gpt2" models`,
     );
   }
   const vocab_size = posInt('vocab_size');
@@ -118,19 +119,19 @@ export function parseConfig(json: unknown, where: string): GPT2Config {
   }
   const eps = o.layer_norm_epsilon ?? DEFAULTS.layer_norm_epsilon;
   if (typeof eps !== 'number' || !(eps > 0) || !Number.isFinite(eps)) {
-    throw new WeightsFormatError(`${where}: "layer_norm_epsilon" must be a number > 0, got ${JSON.stringify(eps)}`);
+    throw new WeightsFormatError(`${where}: "layer_norm_epsilon" must be a number > 0, got ${preview(eps)}`);
   }
   const act = o.activation_function ?? DEFAULTS.activation_function;
   if (!ACTIVATIONS.includes(act as (typeof ACTIVATIONS)[number])) {
     throw new WeightsFormatError(
-      `${where}: activation_function ${JSON.stringify(act)} is not supported; this engine implements the tanh GELU ` +
+      `${where}: activation_function ${preview(act)} is not supported; this engine implements the tanh GELU ` +
         `("gelu_new" or "gelu_pytorch_tanh")`,
     );
   }
   const inner = o.n_inner;
   if (inner !== undefined && inner !== null && inner !== 4 * n_embd) {
     throw new WeightsFormatError(
-      `${where}: n_inner ${JSON.stringify(inner)} is not supported; only null or 4 * n_embd = ${4 * n_embd}`,
+      `${where}: n_inner ${preview(inner)} is not supported; only null or 4 * n_embd = ${4 * n_embd}`,
     );
   }
   // Variants that change the computation: refuse rather than compute something else.
