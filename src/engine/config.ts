@@ -23,6 +23,18 @@ export interface GPT2Config {
 
 const ACTIVATIONS = ['gelu_new', 'gelu_pytorch_tanh'] as const;
 
+/**
+ * Upper bounds on a config's sizes (sane integers, far above GPT-2's: 50257, 1024, 1600, 48, 25),
+ * so that nothing computed from them (tensor lists, byte counts, loops over rows) runs away.
+ */
+export const CONFIG_LIMITS = {
+  vocab_size: 1 << 20,
+  n_positions: 1 << 16,
+  n_embd: 1 << 15,
+  n_layer: 1024,
+  n_head: 1024,
+} as const;
+
 /** The largest config.json read (GPT-2's are under 1 KB; HF's with task parameters a few KB). */
 export const MAX_CONFIG_BYTES = 1 << 20;
 
@@ -109,11 +121,20 @@ export function parseConfig(json: unknown, where: string): GPT2Config {
       `${where}: model_type is ${preview(o.model_type)}; this engine runs only "gpt2" models`,
     );
   }
-  const vocab_size = posInt('vocab_size');
-  const n_positions = posInt('n_positions');
-  const n_embd = posInt('n_embd');
-  const n_layer = posInt('n_layer');
-  const n_head = posInt('n_head');
+  const bounded = (key: keyof typeof CONFIG_LIMITS): number => {
+    const v = posInt(key);
+    if (v > CONFIG_LIMITS[key]) {
+      throw new WeightsFormatError(
+        `${where}: "${key}" is ${v}, past this engine's bound ${CONFIG_LIMITS[key]} (gpt2-xl has ${KNOWN_MODELS['gpt2-xl'][key]})`,
+      );
+    }
+    return v;
+  };
+  const vocab_size = bounded('vocab_size');
+  const n_positions = bounded('n_positions');
+  const n_embd = bounded('n_embd');
+  const n_layer = bounded('n_layer');
+  const n_head = bounded('n_head');
   if (n_embd % n_head !== 0) {
     throw new WeightsFormatError(`${where}: n_embd ${n_embd} is not divisible by n_head ${n_head}`);
   }
