@@ -576,6 +576,10 @@ async function download(
       }
       windowStart = have;
     }, idleMs);
+    // Opened before the request, so the body is read from its first chunk on: bytes that arrive
+    // and are still queued when the connection breaks are dropped by fetch, and would be lost.
+    const fh = await open(part, 'a');
+    let past = 0; // > 0: the byte count the body would have reached past `total`
     try {
       let res: Response;
       try {
@@ -589,17 +593,18 @@ async function download(
       }
       if (res.status === 416) {
         await res.body?.cancel().catch(() => {});
-        await rm(part, { force: true }); // our partial does not fit the file any more
+        await fh.truncate(0); // our partial does not fit the file any more
         continue;
       }
       if (res.status !== 200 && res.status !== 206) {
         await res.body?.cancel().catch(() => {});
         throw new DownloadError(`${file}: HTTP ${res.status} downloading ${url}`);
       }
-      if (res.status === 200) have = 0; // no range support: start over
+      if (res.status === 200 && have > 0) {
+        have = 0; // no range support: start over
+        await fh.truncate(0);
+      }
       windowStart = have;
-      let past = 0; // > 0: the byte count the body would have reached past `total`
-      const fh = await open(part, have > 0 ? 'a' : 'w');
       try {
         opts.onProgress?.({ file, loadedBytes: have, totalBytes: total });
         for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
@@ -607,27 +612,26 @@ async function download(
             past = have + chunk.byteLength;
             break; // leaving the loop cancels the body
           }
-          await fh.write(chunk);
+          await fh.write(chunk); // appended ('a'): at `have`
           have += chunk.byteLength;
           opts.onProgress?.({ file, loadedBytes: have, totalBytes: total });
         }
       } catch (e) {
         lastErr = stalled ?? e; // cut connection: resume from what we have
         continue;
-      } finally {
-        await fh.close();
       }
-      if (past > 0) {
-        ac.abort();
-        await rm(part, { force: true });
-        throw new DownloadError(
-          `${file}: the server sent more than the ${total} bytes announced (refused at ${past} bytes); the partial file was deleted`,
-        );
-      }
-      if (have === total) break;
-      lastErr = new Error(`the body ended after ${have} of ${total} bytes`);
+      if (past > 0) ac.abort();
+      else if (have === total) break;
+      else lastErr = new Error(`the body ended after ${have} of ${total} bytes`);
     } finally {
       clearInterval(watchdog);
+      await fh.close();
+    }
+    if (past > 0) {
+      await rm(part, { force: true });
+      throw new DownloadError(
+        `${file}: the server sent more than the ${total} bytes announced (refused at ${past} bytes); the partial file was deleted`,
+      );
     }
   }
   const size = existsSync(part) ? (await stat(part)).size : 0;
