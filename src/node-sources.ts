@@ -321,8 +321,9 @@ export async function hubFile(repo: string, file: string, opts: SourceOptions = 
     await mkdir(dirname(blob), { recursive: true });
     await mkdir(dirname(pointer), { recursive: true });
     if (!isCommit(revision) || revision !== meta.commit) {
-      await mkdir(join(folder, 'refs'), { recursive: true });
-      await writeFile(join(folder, 'refs', revision), meta.commit);
+      const ref = join(folder, 'refs', revision); // refs/pr/1 is a path: refs/refs/pr/1
+      await mkdir(dirname(ref), { recursive: true });
+      await writeFile(ref, meta.commit);
     }
   } catch (e) {
     throw new DownloadError(

@@ -9,7 +9,7 @@ import * as assert from 'uvu/assert';
 import { createHash } from 'node:crypto';
 import { createServer, IncomingMessage, Server, ServerResponse } from 'node:http';
 import { AddressInfo } from 'node:net';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DownloadError, InvalidOptionError } from '../src/errors.js';
@@ -258,6 +258,10 @@ test('item 9: revisions that are not git ref names or commits are refused before
         /is not in the cache/,
       );
     }
+    // A nested ref name (the hub's pull-request refs) is written under refs/ as a path.
+    const prCache = tmp();
+    await hubFile(REPO, 'config.json', { cacheDir: prCache, hubUrl: hub.url, revision: 'refs/pr/1' });
+    assert.is(readFileSync(join(prCache, 'models--someone--model', 'refs', 'refs', 'pr', '1'), 'utf8'), COMMIT);
     // A long value is quoted shortened.
     const e = await rejectsWith(
       hubFile(REPO, 'config.json', { cacheDir, hubUrl: hub.url, revision: 'x'.repeat(300) + '..' }),
