@@ -4,8 +4,9 @@
  * name and message and exits with 1. Every subcommand has --help and --json.
  */
 import { parseArgs, type ParseArgsConfig } from 'node:util';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
 import { createEngine, nodeContext } from './node.js';
+import { readBoundedFileSync } from './node-sources.js';
 import { GPT2WebGPUError, InvalidOptionError } from './errors.js';
 import type { LoadProgress, Model } from './engine/engine.js';
 import { sample } from './sampling/sample.js';
@@ -81,9 +82,12 @@ function num(v: unknown, name: string, { int = false, min = -Infinity, max = Inf
 }
 
 /** Reads the file a flag names; a missing or unreadable file is an InvalidOptionError naming both. */
+/** The largest file a flag reads (--logits: 16 M float32 values). */
+const MAX_FLAG_FILE_BYTES = 64 << 20;
+
 function readFlagFile(flag: string, path: string): Buffer {
   try {
-    return readFileSync(path);
+    return readBoundedFileSync(path, MAX_FLAG_FILE_BYTES); // a regular file, read only up to the limit
   } catch (e) {
     throw new InvalidOptionError(
       `--${flag} ${path}: cannot read it (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`,

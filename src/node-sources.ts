@@ -9,22 +9,27 @@
  *
  * A cached revision is used without any request. Downloads go to `<blob>.incomplete`, resume with
  * HTTP Range after a cut connection (also across runs), and are checked against the hub's size and
- * hash (sha256 for LFS files, git's blob sha1 otherwise) before being moved into place.
+ * hash (sha256 for LFS files, git's blob sha1 otherwise) before being moved into place. A body that
+ * passes the announced size is cut at once; a connection idle for the idle timeout (no answer, or a
+ * drip of under 1 KiB in that time: `idleTimeoutMs`, $HF_HUB_DOWNLOAD_TIMEOUT in seconds, default
+ * 10 s) is cut and resumed like a broken one. Revisions must be git ref names or commits, and etags
+ * sha256 / git sha1 hashes, before either is used in a path; the token goes to the hub's origin only.
  * One blob is fetched by one party at a time: loads in this process share the running download,
  * other processes wait on the lock file `<cache>/.locks/<repo folder>/<etag>.gpt2-webgpu.lock`
  * (see `acquireLock`), so two programs starting on the same model download it once.
  */
 import { createHash } from 'node:crypto';
-import { createReadStream, existsSync } from 'node:fs';
+import { closeSync, constants, createReadStream, existsSync, fstatSync, openSync, readSync, statSync } from 'node:fs';
+import type { Stats } from 'node:fs';
 import { hostname } from 'node:os';
-import { copyFile, mkdir, open, readFile, rename, rm, stat, symlink, utimes, writeFile } from 'node:fs/promises';
+import { copyFile, mkdir, open, rename, rm, stat, symlink, utimes, writeFile } from 'node:fs/promises';
 import { basename, dirname, join, relative, resolve } from 'node:path';
 import { getHFHubCachePath, getRepoFolderName } from '@huggingface/hub';
 import { DownloadError, InvalidOptionError, WeightsFormatError } from './errors.js';
 import { Checkpoint, openCheckpoint } from './engine/checkpoint.js';
-import { HUB_REPOS, isKnownModel } from './engine/config.js';
+import { HUB_REPOS, isKnownModel, MAX_CONFIG_BYTES } from './engine/config.js';
 import { randomCheckpoint } from './engine/random.js';
-import type { ByteSource } from './engine/safetensors.js';
+import { preview, type ByteSource } from './engine/safetensors.js';
 
 export interface DownloadProgress {
   /** Repository-relative file name (config.json, model.safetensors). */
@@ -49,11 +54,117 @@ export interface SourceOptions {
   offline?: boolean;
   /** Download attempts per file after cut connections (default 4). */
   attempts?: number;
+  /**
+   * Idle timeout in ms (default $HF_HUB_DOWNLOAD_TIMEOUT seconds, else 10 s): a request with no
+   * answer, or a body receiving under 1 KiB, for this long is cut (a body then resumes, up to
+   * `attempts` in all).
+   */
+  idleTimeoutMs?: number;
+}
+
+/** Idle timeout when neither the option nor $HF_HUB_DOWNLOAD_TIMEOUT sets one (Python's default too). */
+export const DEFAULT_IDLE_TIMEOUT_MS = 10_000;
+/** A body that receives fewer bytes than this in one idle-timeout window is stalled (a drip). */
+const STALL_BYTES = 1024;
+
+/** The idle timeout in ms from the option or $HF_HUB_DOWNLOAD_TIMEOUT (seconds); InvalidOptionError if bad. */
+function idleTimeoutOf(opts: SourceOptions): number {
+  const v = opts.idleTimeoutMs;
+  if (v !== undefined) {
+    if (typeof v !== 'number' || !(v > 0) || !Number.isFinite(v))
+      throw new InvalidOptionError(`idleTimeoutMs must be a number > 0, got ${preview(v)}`);
+    return v;
+  }
+  const env = process.env.HF_HUB_DOWNLOAD_TIMEOUT;
+  if (env === undefined || env.trim() === '') return DEFAULT_IDLE_TIMEOUT_MS;
+  const sec = Number(env);
+  if (!(sec > 0) || !Number.isFinite(sec))
+    throw new InvalidOptionError(
+      `HF_HUB_DOWNLOAD_TIMEOUT ${preview(env)} is not a number of seconds > 0 (e.g. 30); unset it for the default ${DEFAULT_IDLE_TIMEOUT_MS / 1000} s`,
+    );
+  return sec * 1000;
+}
+
+/**
+ * Refuses a revision that is not a 40-hex commit or a git ref name (git check-ref-format, roughly):
+ * it is a path under refs/ in the cache, so "..", a leading "/", control characters and the like
+ * would reach outside it.
+ */
+function checkRevision(revision: unknown): string {
+  const bad = (why: string): never => {
+    throw new InvalidOptionError(
+      `revision ${preview(revision)} is not a branch, tag or commit name (${why}); use e.g. main, v1.0, refs/pr/1 or a 40-hex commit`,
+    );
+  };
+  if (typeof revision !== 'string') return bad(`a ${revision === null ? 'null' : typeof revision}, not a string`);
+  if (isCommit(revision)) return revision;
+  if (revision.length === 0 || revision.length > 255) bad(`${revision.length} characters; 1 to 255 allowed`);
+  // eslint-disable-next-line no-control-regex
+  if (/[\x00-\x20\x7f~^:?*[\\]/.test(revision)) bad('no spaces, control characters or any of ~ ^ : ? * [ \\');
+  if (revision.includes('..') || revision.includes('@{') || revision === '@') bad('no "..", "@{" or lone "@"');
+  if (/^[/-]|\/$|\/\/|\.$/.test(revision)) bad('no leading "/" or "-", no trailing "/" or ".", no "//"');
+  if (revision.split('/').some((c) => c.startsWith('.') || c.endsWith('.lock')))
+    bad('no part starting with "." or ending with ".lock"');
+  return revision;
+}
+
+/** What a non-regular file is ('a directory', 'a FIFO (named pipe)', ...), or null for a regular file. */
+function notRegular(st: Stats): string | null {
+  if (st.isFile()) return null;
+  if (st.isDirectory()) return 'a directory';
+  if (st.isFIFO()) return 'a FIFO (named pipe)';
+  if (st.isCharacterDevice()) return 'a character device';
+  if (st.isBlockDevice()) return 'a block device';
+  if (st.isSocket()) return 'a socket';
+  return 'a special file';
+}
+
+/**
+ * Reads a regular file of at most `maxBytes` bytes (config.json, a CLI --logits file). Anything
+ * else fails before a byte is read, with an Error whose message says why without the path (the
+ * caller names the file): "a FIFO (named pipe), not a regular file", "N bytes, more than the M
+ * allowed", or the fs error (with its code). The type is checked before opening (a FIFO would
+ * block) and again on the opened file, which is opened non-blocking; at most maxBytes + 1 bytes
+ * are read whatever the size reported (files in /proc report 0).
+ */
+export function readBoundedFileSync(path: string, maxBytes: number): Buffer {
+  const check = (st: Stats) => {
+    const what = notRegular(st);
+    if (what) throw new Error(`${what}, not a regular file`);
+    if (st.size > maxBytes) throw new Error(`${st.size} bytes, more than the ${maxBytes} allowed`);
+  };
+  check(statSync(path));
+  const fd = openSync(path, constants.O_RDONLY | (constants.O_NONBLOCK ?? 0));
+  try {
+    check(fstatSync(fd));
+    const chunks: Buffer[] = [];
+    let total = 0;
+    for (;;) {
+      const buf = Buffer.allocUnsafe(Math.min(1 << 16, maxBytes + 1 - total));
+      const n = readSync(fd, buf, 0, buf.length, null);
+      if (n === 0) break;
+      chunks.push(buf.subarray(0, n));
+      total += n;
+      if (total > maxBytes) throw new Error(`more than the ${maxBytes} bytes allowed`);
+    }
+    return Buffer.concat(chunks, total);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** readBoundedFileSync as a promise (config files are small: the sync read is brief). */
+async function readConfigFile(path: string): Promise<string> {
+  return readBoundedFileSync(path, MAX_CONFIG_BYTES).toString('utf8');
 }
 
 /** A ByteSource over a file on disk (opened per read, so nothing stays open). */
 export async function fileByteSource(path: string): Promise<ByteSource> {
-  const { size } = await stat(path);
+  const st = await stat(path);
+  const what = notRegular(st);
+  if (what)
+    throw new WeightsFormatError(`${path}: ${what}, not a regular file (a model needs model.safetensors as a file)`);
+  const { size } = st;
   return {
     name: path,
     size,
@@ -89,13 +200,22 @@ export async function openLocalDir(dir: string): Promise<Checkpoint> {
       : '';
     throw new WeightsFormatError(`${dir}: no model.safetensors in this directory${hint}`);
   }
-  let json: unknown;
+  return openCheckpoint(await configJson(cfgPath), await fileByteSource(stPath), dir);
+}
+
+/** config.json read (a regular file of at most MAX_CONFIG_BYTES) and parsed; WeightsFormatError otherwise. */
+async function configJson(cfgPath: string): Promise<unknown> {
+  let text: string;
   try {
-    json = JSON.parse(await readFile(cfgPath, 'utf8'));
+    text = await readConfigFile(cfgPath);
+  } catch (e) {
+    throw new WeightsFormatError(`${cfgPath}: cannot read it (${(e as Error).message})`, { cause: e });
+  }
+  try {
+    return JSON.parse(text);
   } catch (e) {
     throw new WeightsFormatError(`${cfgPath}: not valid JSON (${(e as Error).message})`, { cause: e });
   }
-  return openCheckpoint(json, await fileByteSource(stPath), dir);
 }
 
 /**
@@ -110,7 +230,7 @@ export async function resolveSource(source: string, opts: SourceOptions = {}): P
     if (spec.endsWith('.json') || spec.includes('/') || spec.includes('\\')) {
       let json: unknown;
       try {
-        json = JSON.parse(await readFile(spec, 'utf8'));
+        json = JSON.parse(await readConfigFile(spec));
       } catch (e) {
         throw new WeightsFormatError(`${spec}: cannot read config for a random model (${(e as Error).message})`, {
           cause: e,
@@ -137,13 +257,7 @@ export async function resolveSource(source: string, opts: SourceOptions = {}): P
   const repo = isKnownModel(source) ? HUB_REPOS[source] : source;
   const cfgPath = await hubFile(repo, 'config.json', opts, source);
   const stPath = await hubFile(repo, 'model.safetensors', opts, source);
-  let json: unknown;
-  try {
-    json = JSON.parse(await readFile(cfgPath, 'utf8'));
-  } catch (e) {
-    throw new WeightsFormatError(`${cfgPath}: not valid JSON (${(e as Error).message})`, { cause: e });
-  }
-  return openCheckpoint(json, await fileByteSource(stPath), repo);
+  return openCheckpoint(await configJson(cfgPath), await fileByteSource(stPath), repo);
 }
 
 /** Cache folders that may hold `repo`: its own, then the short legacy alias (models--gpt2). */
@@ -154,6 +268,8 @@ function repoFolders(cache: string, repo: string, asked: string): string[] {
 }
 
 const isCommit = (s: string) => /^[0-9a-f]{40}$/.test(s);
+/** An etag the download can be checked against: a sha256 (LFS) or git blob sha1, lower-case hex. */
+const isHashEtag = (s: string) => /^([0-9a-f]{40}|[0-9a-f]{64})$/.test(s);
 
 /** The cached path of `file` at `revision` in any folder of `repo`, or null. Makes no request. */
 async function cached(folders: string[], revision: string, file: string): Promise<string | null> {
@@ -161,10 +277,13 @@ async function cached(folders: string[], revision: string, file: string): Promis
     let commit = isCommit(revision) ? revision : null;
     if (!commit) {
       try {
-        commit = (await readFile(join(folder, 'refs', revision), 'utf8')).trim();
+        commit = readBoundedFileSync(join(folder, 'refs', revision), 4096)
+          .toString('utf8')
+          .trim();
       } catch {
         continue;
       }
+      if (!isCommit(commit)) continue; // not what a ref file holds: ignore it, ask the hub
     }
     const p = join(folder, 'snapshots', commit, file);
     if (existsSync(p)) return p; // existsSync follows the symlink: a dangling one does not count
@@ -175,7 +294,11 @@ async function cached(folders: string[], revision: string, file: string): Promis
 /** Downloads (or finds in the cache) one file of a hub repo; returns its snapshot path. */
 export async function hubFile(repo: string, file: string, opts: SourceOptions = {}, asked = repo): Promise<string> {
   const cache = opts.cacheDir ?? getHFHubCachePath();
-  const revision = opts.revision ?? 'main';
+  const revision = checkRevision(opts.revision ?? 'main');
+  const idleMs = idleTimeoutOf(opts);
+  const attempts = opts.attempts ?? 4;
+  if (!Number.isSafeInteger(attempts) || attempts < 1)
+    throw new InvalidOptionError(`attempts must be an integer >= 1, got ${preview(attempts)}`);
   const folders = repoFolders(cache, repo, asked);
   const hit = await cached(folders, revision, file);
   if (hit) return hit;
@@ -189,7 +312,7 @@ export async function hubFile(repo: string, file: string, opts: SourceOptions = 
   const token = opts.token ?? process.env.HF_TOKEN;
   const auth: Record<string, string> = token ? { authorization: `Bearer ${token}` } : {};
   const url = `${hub}/${repo}/resolve/${encodeURIComponent(revision)}/${file}`;
-  const meta = await headInfo(url, auth, `${repo}/${file}`);
+  const meta = await headInfo(url, auth, `${repo}/${file}`, idleMs);
 
   const folder = folders[0]!;
   const blob = join(folder, 'blobs', meta.etag);
@@ -198,8 +321,9 @@ export async function hubFile(repo: string, file: string, opts: SourceOptions = 
     await mkdir(dirname(blob), { recursive: true });
     await mkdir(dirname(pointer), { recursive: true });
     if (!isCommit(revision) || revision !== meta.commit) {
-      await mkdir(join(folder, 'refs'), { recursive: true });
-      await writeFile(join(folder, 'refs', revision), meta.commit);
+      const ref = join(folder, 'refs', revision); // refs/pr/1 is a path: refs/refs/pr/1
+      await mkdir(dirname(ref), { recursive: true });
+      await writeFile(ref, meta.commit);
     }
   } catch (e) {
     throw new DownloadError(
@@ -216,7 +340,7 @@ export async function hubFile(repo: string, file: string, opts: SourceOptions = 
     try {
       // Whoever held the lock before may have finished it.
       if (!(existsSync(blob) && (await stat(blob)).size === meta.size))
-        await download(url, auth, blob, meta, file, opts);
+        await download(url, auth, blob, meta, file, { ...opts, attempts, idleTimeoutMs: idleMs });
       await linkBlob(blob, pointer);
     } finally {
       await release();
@@ -305,7 +429,7 @@ async function lockHolder(path: string): Promise<{ state: 'held' | 'gone' | 'fre
   let mtimeMs: number;
   try {
     ({ ino, mtimeMs } = await stat(path));
-    text = await readFile(path, 'utf8');
+    text = readBoundedFileSync(path, 4096).toString('utf8');
   } catch {
     return { state: 'free' };
   }
@@ -334,28 +458,47 @@ interface HeadInfo {
   size: number;
 }
 
-/** HEAD on the resolve URL: commit, etag (LFS sha256 or git sha1) and size, as the hub reports them. */
-async function headInfo(url: string, auth: Record<string, string>, what: string): Promise<HeadInfo> {
+/**
+ * HEAD on the resolve URL: commit, etag (LFS sha256 or git sha1) and size, as the hub reports them.
+ * Redirects within the hub's origin (a renamed repo) are followed with the token; any other one
+ * (the LFS CDN) is not: its own headers describe the file.
+ */
+async function headInfo(url: string, auth: Record<string, string>, what: string, idleMs: number): Promise<HeadInfo> {
   let res: Response;
   let at = url;
+  const origin = new URL(url).origin;
   for (let hops = 0; ; hops++) {
     try {
       res = await fetch(at, {
         method: 'HEAD',
         redirect: 'manual',
         headers: { ...auth, 'accept-encoding': 'identity' },
+        signal: AbortSignal.timeout(idleMs),
       });
     } catch (e) {
+      if ((e as Error).name === 'TimeoutError')
+        throw new DownloadError(
+          `${what}: no answer from ${new URL(at).origin} within ${idleMs / 1000} s (the idle timeout: idleTimeoutMs or HF_HUB_DOWNLOAD_TIMEOUT)`,
+          { cause: e },
+        );
       throw new DownloadError(
         `${what}: cannot reach ${new URL(at).origin} (${(e as Error).message}${causeOf(e)}). Check the network, or use a local directory / the cache (HF_HUB_OFFLINE=1)`,
         { cause: e },
       );
     }
-    // A relative redirect is a renamed repo: follow it. An absolute one is the LFS CDN: its
-    // headers (x-linked-*) already describe the file.
+    // A relative redirect within the hub's origin is a renamed repo: follow it. An absolute one
+    // is the LFS CDN: its headers (x-linked-*) already describe the file, and the token must not
+    // go there. The origin is compared as parsed URLs, as "//other-host/..." and "/\other-host"
+    // are relative references to other hosts.
     const loc = res.headers.get('location');
-    if (res.status >= 300 && res.status < 400 && loc && loc.startsWith('/') && hops < 5) {
-      at = new URL(loc, at).toString();
+    let next: URL | null;
+    try {
+      next = loc && !/^[a-z][a-z\d+.-]*:/i.test(loc) ? new URL(loc, at) : null;
+    } catch {
+      next = null; // not a URL: the end of the chain
+    }
+    if (res.status >= 300 && res.status < 400 && next?.origin === origin && hops < 5) {
+      at = next.toString();
       continue;
     }
     break;
@@ -372,35 +515,46 @@ async function headInfo(url: string, auth: Record<string, string>, what: string)
   }
   if (res.status >= 400) throw new DownloadError(`${what}: HTTP ${res.status} from ${url}`);
   const commit = res.headers.get('x-repo-commit');
-  const etag = (res.headers.get('x-linked-etag') ?? res.headers.get('etag') ?? '')
-    .replace(/^W\//, '')
-    .replace(/"/g, '');
-  const size = Number(res.headers.get('x-linked-size') ?? res.headers.get('content-length'));
-  if (!commit || !isCommit(commit) || !/^[\w.-]+$/.test(etag) || !Number.isSafeInteger(size) || size < 0) {
+  const rawEtag = res.headers.get('x-linked-etag') ?? res.headers.get('etag') ?? '';
+  const etag = rawEtag.replace(/^W\//, '').replace(/"/g, '').toLowerCase();
+  const sizeHeader = res.headers.get('x-linked-size') ?? res.headers.get('content-length');
+  const size = Number(sizeHeader ?? NaN);
+  if (!commit || !isCommit(commit) || !etag || !Number.isSafeInteger(size) || size < 0) {
     throw new DownloadError(
-      `${what}: the hub's answer lacks x-repo-commit / etag / size (got ${commit}, ${etag}, ${size}); is ${new URL(url).origin} a Hugging Face hub?`,
+      `${what}: the hub's answer lacks x-repo-commit / etag / size (got ${preview(commit)}, ${preview(rawEtag)}, ${preview(sizeHeader)}); is ${origin} a Hugging Face hub?`,
+    );
+  }
+  // The etag names the blob file and is what the download is checked against: a hash, or nothing.
+  if (!isHashEtag(etag)) {
+    throw new DownloadError(
+      `${what}: the hub's etag ${preview(rawEtag)} is not a sha256 or git sha1 hash, so the download could not be checked; is ${origin} a Hugging Face hub?`,
     );
   }
   return { commit, etag, size };
 }
 
 function causeOf(e: unknown): string {
-  const c = (e as { cause?: { message?: string } }).cause;
+  const c = (e as { cause?: { message?: string } } | undefined)?.cause;
   return c?.message ? `: ${c.message}` : '';
 }
 
-/** Ranged, resumable download into `<blob>.incomplete`, then size + hash check and rename. */
+/**
+ * Ranged, resumable download into `<blob>.incomplete`, then size + hash check and rename. A body
+ * that passes the announced size is refused at the first byte past it; one that stalls (under
+ * STALL_BYTES in an idle-timeout window, or no answer) or ends short is resumed, `attempts` in all.
+ */
 async function download(
   url: string,
   auth: Record<string, string>,
   blob: string,
   meta: HeadInfo,
   file: string,
-  opts: SourceOptions,
+  opts: SourceOptions & { attempts: number; idleTimeoutMs: number },
 ): Promise<void> {
   const part = `${blob}.incomplete`;
-  const attempts = opts.attempts ?? 4;
+  const { attempts, idleTimeoutMs: idleMs } = opts;
   const total = meta.size;
+  const origin = new URL(url).origin;
   let lastErr: unknown;
   for (let attempt = 0; attempt < attempts; attempt++) {
     if (attempt > 0) await new Promise((r) => setTimeout(r, 250 * attempt)); // back off before retrying
@@ -410,53 +564,87 @@ async function download(
       have = 0;
     }
     if (have === total) break;
-    let res: Response;
-    try {
-      res = await fetch(url, {
-        headers: { ...auth, 'accept-encoding': 'identity', ...(have > 0 ? { range: `bytes=${have}-` } : {}) },
-      });
-    } catch (e) {
-      lastErr = e;
-      continue;
-    }
-    if (res.status === 416) {
-      await rm(part, { force: true }); // our partial does not fit the file any more
-      continue;
-    }
-    if (res.status !== 200 && res.status !== 206) {
-      throw new DownloadError(`${file}: HTTP ${res.status} downloading ${url}`);
-    }
-    if (res.status === 200) have = 0; // no range support: start over
-    const fh = await open(part, have > 0 ? 'a' : 'w');
-    try {
-      opts.onProgress?.({ file, loadedBytes: have, totalBytes: total });
-      for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
-        await fh.write(chunk);
-        have += chunk.byteLength;
-        opts.onProgress?.({ file, loadedBytes: have, totalBytes: total });
+    // The watchdog: each idle-timeout window must bring STALL_BYTES (or the rest of the file).
+    const ac = new AbortController();
+    let stalled: Error | null = null;
+    let windowStart = have;
+    const watchdog = setInterval(() => {
+      if (have - windowStart < Math.min(STALL_BYTES, total - windowStart)) {
+        stalled = new Error(
+          `stalled: under ${STALL_BYTES} bytes in ${idleMs / 1000} s from ${origin} (the idle timeout: idleTimeoutMs or HF_HUB_DOWNLOAD_TIMEOUT)`,
+        );
+        ac.abort(stalled);
       }
-    } catch (e) {
-      lastErr = e; // cut connection: resume from what we have
-      continue;
+      windowStart = have;
+    }, idleMs);
+    // Opened before the request, so the body is read from its first chunk on: bytes that arrive
+    // and are still queued when the connection breaks are dropped by fetch, and would be lost.
+    const fh = await open(part, 'a');
+    let past = 0; // > 0: the byte count the body would have reached past `total`
+    try {
+      let res: Response;
+      try {
+        res = await fetch(url, {
+          headers: { ...auth, 'accept-encoding': 'identity', ...(have > 0 ? { range: `bytes=${have}-` } : {}) },
+          signal: ac.signal,
+        });
+      } catch (e) {
+        lastErr = stalled ?? e;
+        continue;
+      }
+      if (res.status === 416) {
+        await res.body?.cancel().catch(() => {});
+        await fh.truncate(0); // our partial does not fit the file any more
+        continue;
+      }
+      if (res.status !== 200 && res.status !== 206) {
+        await res.body?.cancel().catch(() => {});
+        throw new DownloadError(`${file}: HTTP ${res.status} downloading ${url}`);
+      }
+      if (res.status === 200 && have > 0) {
+        have = 0; // no range support: start over
+        await fh.truncate(0);
+      }
+      windowStart = have;
+      try {
+        opts.onProgress?.({ file, loadedBytes: have, totalBytes: total });
+        for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
+          if (have + chunk.byteLength > total) {
+            past = have + chunk.byteLength;
+            break; // leaving the loop cancels the body
+          }
+          await fh.write(chunk); // appended ('a'): at `have`
+          have += chunk.byteLength;
+          opts.onProgress?.({ file, loadedBytes: have, totalBytes: total });
+        }
+      } catch (e) {
+        lastErr = stalled ?? e; // cut connection: resume from what we have
+        continue;
+      }
+      if (past > 0) ac.abort();
+      else if (have === total) break;
+      else lastErr = new Error(`the body ended after ${have} of ${total} bytes`);
     } finally {
+      clearInterval(watchdog);
       await fh.close();
     }
-    if (have === total) break;
-    if (have > total) {
+    if (past > 0) {
       await rm(part, { force: true });
-      throw new DownloadError(`${file}: server sent ${have} bytes, more than the ${total} announced`);
+      throw new DownloadError(
+        `${file}: the server sent more than the ${total} bytes announced (refused at ${past} bytes); the partial file was deleted`,
+      );
     }
   }
   const size = existsSync(part) ? (await stat(part)).size : 0;
   if (size !== total) {
     throw new DownloadError(
-      `${file}: download incomplete after ${attempts} attempts (${size} of ${total} bytes; ${(lastErr as Error)?.message ?? 'no error'}${causeOf(lastErr)}). ` +
+      `${file}: download incomplete after ${attempts} attempts (${size} of ${total} bytes; ${(lastErr as Error | undefined)?.message ?? 'no error'}${causeOf(lastErr)}). ` +
         `Run again to resume from ${part}`,
       { cause: lastErr },
     );
   }
   const got = await fileHash(part, meta.etag, total);
-  if (got !== null && got !== meta.etag) {
+  if (got !== meta.etag) {
     await rm(part, { force: true });
     throw new DownloadError(
       `${file}: hash mismatch: the hub says ${meta.etag}, the downloaded ${total} bytes hash to ${got}; the partial file was deleted, run again`,
@@ -465,14 +653,10 @@ async function download(
   await rename(part, blob);
 }
 
-/** sha256 (64-hex etag, LFS) or git blob sha1 (40-hex etag) of a file; null for other etag kinds. */
-async function fileHash(path: string, etag: string, size: number): Promise<string | null> {
-  let h;
-  if (/^[0-9a-f]{64}$/.test(etag)) h = createHash('sha256');
-  else if (/^[0-9a-f]{40}$/.test(etag)) {
-    h = createHash('sha1');
-    h.update(`blob ${size}\0`);
-  } else return null;
+/** sha256 (64-hex etag, LFS) or git blob sha1 (40-hex etag) of a file. */
+async function fileHash(path: string, etag: string, size: number): Promise<string> {
+  const h = etag.length === 64 ? createHash('sha256') : createHash('sha1');
+  if (etag.length !== 64) h.update(`blob ${size}\0`);
   for await (const chunk of createReadStream(path)) h.update(chunk as Buffer);
   return h.digest('hex');
 }

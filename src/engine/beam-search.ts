@@ -63,7 +63,7 @@ export async function beamSearch(
   model.checkAlive();
   const cfg = model.config;
   const o = validateBeam({ eosTokenId: cfg.eos_token_id, ...options }, cfg.vocab_size);
-  const promptIds = typeof prompt === 'string' ? model.tokenizer.encode(prompt) : Array.from(prompt);
+  const promptIds = model.promptIds(prompt);
   model.checkIds(promptIds);
   const P = promptIds.length;
   if (P + o.maxNewTokens > cfg.n_positions) {

@@ -14,6 +14,8 @@ import { GPT2Config, parameterShapes, parseConfig } from './config.js';
 import {
   ByteSource,
   parseSafetensors,
+  preview,
+  shapeText,
   readRowsF32,
   readTensorF32,
   READABLE_DTYPES,
@@ -59,7 +61,7 @@ export function validateTensors(
     }
     if (!sameShape(got, want)) {
       throw new WeightsFormatError(
-        `${where}: tensor "${name}" has shape [${got.join(', ')}] but the config needs [${want.join(', ')}]`,
+        `${where}: tensor "${name}" has shape ${shapeText(got)} but the config needs [${want.join(', ')}]`,
       );
     }
   }
@@ -67,7 +69,7 @@ export function validateTensors(
     const m = /^h\.(\d+)\./.exec(name);
     if (m && Number(m[1]) >= cfg.n_layer) {
       throw new WeightsFormatError(
-        `${where}: tensor "${name}" belongs to layer ${m[1]} but the config has n_layer ${cfg.n_layer}`,
+        `${where}: tensor ${preview(name)} belongs to layer ${preview(Number(m[1]))} but the config has n_layer ${cfg.n_layer}`,
       );
     }
   }
@@ -87,7 +89,9 @@ export function checkpointFromSafetensors(config: GPT2Config, file: SafetensorsF
     if (ignored(name)) continue;
     const other = keys.get(name);
     if (other !== undefined) {
-      throw new WeightsFormatError(`${file.source.name}: tensor "${name}" appears twice (as "${other}" and "${key}")`);
+      throw new WeightsFormatError(
+        `${file.source.name}: tensor ${preview(name)} appears twice (as ${preview(other)} and ${preview(key)})`,
+      );
     }
     keys.set(name, key);
   }
@@ -100,7 +104,7 @@ export function checkpointFromSafetensors(config: GPT2Config, file: SafetensorsF
     const t = info(name)!;
     if (!(READABLE_DTYPES as readonly string[]).includes(t.dtype)) {
       throw new WeightsFormatError(
-        `${file.source.name}: tensor "${t.name}" has dtype ${t.dtype}; only ${READABLE_DTYPES.join(', ')} can be loaded`,
+        `${file.source.name}: tensor ${preview(t.name)} has dtype ${t.dtype}; only ${READABLE_DTYPES.join(', ')} can be loaded`,
       );
     }
   }
@@ -139,7 +143,7 @@ export function checkpointFromArrays(
     const n = t.shape.reduce((a, b) => a * b, 1);
     if (t.data.length !== n)
       throw new WeightsFormatError(
-        `${source}: tensor "${name}" has ${t.data.length} values but shape [${t.shape.join(', ')}] needs ${n}`,
+        `${source}: tensor "${name}" has ${t.data.length} values but shape ${shapeText(t.shape)} needs ${n}`,
       );
   }
   validateTensors(config, (n) => tensors.get(n)?.shape, tensors.keys(), source);
@@ -159,7 +163,7 @@ export function checkpointFromArrays(
       const row = t.shape.slice(1).reduce((a, b) => a * b, 1);
       if (start < 0 || count < 0 || start + count > (t.shape[0] ?? 1)) {
         throw new WeightsFormatError(
-          `${source}: tensor "${name}" [${t.shape.join(', ')}]: rows [${start}, ${start + count}) out of range`,
+          `${source}: tensor "${name}" ${shapeText(t.shape)}: rows [${start}, ${start + count}) out of range`,
         );
       }
       return t.data.slice(start * row, (start + count) * row);

@@ -3,6 +3,7 @@
  * sizes, and the tensor names and shapes a checkpoint of a given config must hold.
  */
 import { WeightsFormatError } from '../errors.js';
+import { preview } from './safetensors.js';
 
 /** The fields of HF's GPT2Config this engine uses (names as in config.json). */
 export interface GPT2Config {
@@ -21,6 +22,21 @@ export interface GPT2Config {
 }
 
 const ACTIVATIONS = ['gelu_new', 'gelu_pytorch_tanh'] as const;
+
+/**
+ * Upper bounds on a config's sizes (sane integers, far above GPT-2's: 50257, 1024, 1600, 48, 25),
+ * so that nothing computed from them (tensor lists, byte counts, loops over rows) runs away.
+ */
+export const CONFIG_LIMITS = {
+  vocab_size: 1 << 20,
+  n_positions: 1 << 16,
+  n_embd: 1 << 15,
+  n_layer: 1024,
+  n_head: 1024,
+} as const;
+
+/** The largest config.json read (GPT-2's are under 1 KB; HF's with task parameters a few KB). */
+export const MAX_CONFIG_BYTES = 1 << 20;
 
 /** HF GPT2Config defaults for the fields a config.json may omit. */
 const DEFAULTS = {
@@ -86,7 +102,7 @@ export function parseConfig(json: unknown, where: string): GPT2Config {
     const v = o[key] ?? dflt;
     if (v === undefined) throw new WeightsFormatError(`${where}: missing "${key}" (a positive integer)`);
     if (typeof v !== 'number' || !Number.isSafeInteger(v) || v <= 0) {
-      throw new WeightsFormatError(`${where}: "${key}" must be a positive integer, got ${JSON.stringify(v)}`);
+      throw new WeightsFormatError(`${where}: "${key}" must be a positive integer, got ${preview(v)}`);
     }
     return v;
   };
@@ -94,7 +110,7 @@ export function parseConfig(json: unknown, where: string): GPT2Config {
     const v = o[key] ?? DEFAULTS[key];
     if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0 || v >= vocab) {
       throw new WeightsFormatError(
-        `${where}: "${key}" must be an integer in [0, vocab_size ${vocab}), got ${JSON.stringify(v)}`,
+        `${where}: "${key}" must be an integer in [0, vocab_size ${vocab}), got ${preview(v)}`,
       );
     }
     return v;
@@ -102,32 +118,41 @@ export function parseConfig(json: unknown, where: string): GPT2Config {
 
   if (o.model_type !== undefined && o.model_type !== 'gpt2') {
     throw new WeightsFormatError(
-      `${where}: model_type is ${JSON.stringify(o.model_type)}; this engine runs only "gpt2" models`,
+      `${where}: model_type is ${preview(o.model_type)}; this engine runs only "gpt2" models`,
     );
   }
-  const vocab_size = posInt('vocab_size');
-  const n_positions = posInt('n_positions');
-  const n_embd = posInt('n_embd');
-  const n_layer = posInt('n_layer');
-  const n_head = posInt('n_head');
+  const bounded = (key: keyof typeof CONFIG_LIMITS): number => {
+    const v = posInt(key);
+    if (v > CONFIG_LIMITS[key]) {
+      throw new WeightsFormatError(
+        `${where}: "${key}" is ${v}, past this engine's bound ${CONFIG_LIMITS[key]} (gpt2-xl has ${KNOWN_MODELS['gpt2-xl'][key]})`,
+      );
+    }
+    return v;
+  };
+  const vocab_size = bounded('vocab_size');
+  const n_positions = bounded('n_positions');
+  const n_embd = bounded('n_embd');
+  const n_layer = bounded('n_layer');
+  const n_head = bounded('n_head');
   if (n_embd % n_head !== 0) {
     throw new WeightsFormatError(`${where}: n_embd ${n_embd} is not divisible by n_head ${n_head}`);
   }
   const eps = o.layer_norm_epsilon ?? DEFAULTS.layer_norm_epsilon;
   if (typeof eps !== 'number' || !(eps > 0) || !Number.isFinite(eps)) {
-    throw new WeightsFormatError(`${where}: "layer_norm_epsilon" must be a number > 0, got ${JSON.stringify(eps)}`);
+    throw new WeightsFormatError(`${where}: "layer_norm_epsilon" must be a number > 0, got ${preview(eps)}`);
   }
   const act = o.activation_function ?? DEFAULTS.activation_function;
   if (!ACTIVATIONS.includes(act as (typeof ACTIVATIONS)[number])) {
     throw new WeightsFormatError(
-      `${where}: activation_function ${JSON.stringify(act)} is not supported; this engine implements the tanh GELU ` +
+      `${where}: activation_function ${preview(act)} is not supported; this engine implements the tanh GELU ` +
         `("gelu_new" or "gelu_pytorch_tanh")`,
     );
   }
   const inner = o.n_inner;
   if (inner !== undefined && inner !== null && inner !== 4 * n_embd) {
     throw new WeightsFormatError(
-      `${where}: n_inner ${JSON.stringify(inner)} is not supported; only null or 4 * n_embd = ${4 * n_embd}`,
+      `${where}: n_inner ${preview(inner)} is not supported; only null or 4 * n_embd = ${4 * n_embd}`,
     );
   }
   // Variants that change the computation: refuse rather than compute something else.

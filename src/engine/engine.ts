@@ -370,7 +370,7 @@ export class SessionGroup {
           `numSequences ${String(opts.numSequences)}: a session of a group is one sequence (one row of the group's cache); advance several sessions together with group.generate`,
         );
       }
-      const ids = typeof prompt === 'string' ? this.model.tokenizer.encode(prompt) : Array.from(prompt);
+      const ids = this.model.promptIds(prompt);
       this.model.checkIds(ids, 'prompt'); // a bad prompt fails its own turn only
       const key = mergeKey(opts, this.cache, this.model.ctx.isCpuAdapter, this.model.config.vocab_size);
       if (key === undefined) return this.alone(ids, opts, row);

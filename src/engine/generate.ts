@@ -60,7 +60,7 @@ export function generate(
   opts: GenerateOptions = {},
 ): Promise<GenerateResult> {
   model.checkAlive();
-  const ids = typeof prompt === 'string' ? model.tokenizer.encode(prompt) : Array.from(prompt);
+  const ids = model.promptIds(prompt);
   // A multi-row session continues every row (or the rows cacheRows picks) with this prompt unless told otherwise.
   const o =
     opts.cache && opts.numSequences === undefined
@@ -88,7 +88,7 @@ export function generateBatch(
     throw new InvalidOptionError(
       `generateBatch needs a non-empty array of prompts, got ${JSON.stringify(prompts)?.slice(0, 80)}`,
     );
-  const ids = prompts.map((p) => (typeof p === 'string' ? model.tokenizer.encode(p) : Array.from(p)));
+  const ids = prompts.map((p, i) => model.promptIds(p, `prompt ${i}`));
   return run(model, ids, { ...opts, numSequences: ids.length });
 }
 

@@ -450,6 +450,27 @@ export class GPT2Model implements CacheOwner {
     return this.kernels.attention.resolveVariant(T, this.config.n_embd / this.config.n_head, { scratch: true });
   }
 
+  /**
+   * A prompt as token ids: a string encoded, an array (or typed array) of ids copied; checkIds
+   * checks the values. Anything else (null, a number, an object) is a PromptError naming it.
+   */
+  promptIds(prompt: unknown, what = 'prompt'): number[] {
+    if (typeof prompt === 'string') return this.tokenizer.encode(prompt);
+    if (Array.isArray(prompt) || (ArrayBuffer.isView(prompt) && !(prompt instanceof DataView)))
+      return Array.from(prompt as ArrayLike<number>);
+    const got =
+      prompt === null || prompt === undefined
+        ? String(prompt)
+        : typeof prompt === 'object'
+          ? 'an object'
+          : typeof prompt === 'function' || typeof prompt === 'symbol'
+            ? `a ${typeof prompt}`
+            : `a ${typeof prompt} (${String(prompt).slice(0, 40)})`;
+    throw new PromptError(
+      `${what} must be a string or an array of token ids (numbers in [0, ${this.config.vocab_size - 1}]), got ${got}`,
+    );
+  }
+
   /** Checks token ids against the vocabulary. */
   checkIds(ids: readonly number[], what = 'prompt'): void {
     if (ids.length === 0)

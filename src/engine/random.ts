@@ -10,9 +10,15 @@
  * output each, mapped through a 4096-segment piecewise-linear inverse normal CDF (tails truncated at
  * about +-3.7 sigma): several times faster than Box-Muller and plenty for test weights.
  */
-import { InvalidOptionError, WeightsFormatError } from '../errors.js';
+import { InvalidOptionError, OutOfMemoryError, WeightsFormatError } from '../errors.js';
 import type { Checkpoint } from './checkpoint.js';
-import { GPT2Config, isKnownModel, KNOWN_MODELS, parameterShapes, parseConfig } from './config.js';
+import { GPT2Config, isKnownModel, KNOWN_MODELS, parameterCount, parameterShapes, parseConfig } from './config.js';
+
+/**
+ * The largest random model, in f32 bytes of its parameters: 16 GiB, 2.6 times gpt2-xl (6.2 GB).
+ * Its tensors are generated on demand, so only the upload would need the memory.
+ */
+export const MAX_RANDOM_MODEL_BYTES = 16 * 2 ** 30;
 
 const SEGMENTS = 4096;
 let quantiles: Float64Array | undefined;
@@ -119,8 +125,15 @@ function resolveConfig(spec: string | GPT2Config): { config: GPT2Config; label: 
  */
 export function randomCheckpoint(spec: string | GPT2Config, seed = 0): Checkpoint {
   const { config, label } = resolveConfig(spec);
-  const shapes = parameterShapes(config);
   const source = `random:${label}${seed ? `#${seed}` : ''}`;
+  // The total first (the config's fields are bounded, so this is exact and quick), then the tensors.
+  const params = parameterCount(config);
+  if (params * 4 > MAX_RANDOM_MODEL_BYTES) {
+    throw new OutOfMemoryError(
+      `${source}: ${params} parameters are ${params * 4} bytes in f32, more than the ${MAX_RANDOM_MODEL_BYTES} bytes a random model may have (gpt2-xl: ${parameterCount(KNOWN_MODELS['gpt2-xl']) * 4}); use a smaller config`,
+    );
+  }
+  const shapes = parameterShapes(config);
   const get = (name: string): number[] => {
     const s = shapes.get(name);
     if (!s) throw new WeightsFormatError(`${source}: no tensor "${name}"`);

@@ -15,6 +15,27 @@
  */
 import { WeightsFormatError } from '../errors.js';
 
+/**
+ * An untrusted value as messages show it: JSON (strings quoted), cut to about `max` characters with
+ * the full length noted, so a hostile file or server cannot put megabytes (or a structure too deep
+ * to stringify) into an error message.
+ */
+export function preview(value: unknown, max = 80): string {
+  let s: string;
+  try {
+    s = typeof value === 'bigint' ? `${value}n` : (JSON.stringify(value) ?? String(value));
+  } catch {
+    s = Array.isArray(value) ? '[an array nested too deep to show]' : '{an object nested too deep to show}';
+  }
+  return s.length > max ? `${s.slice(0, max)}... (${s.length} characters)` : s;
+}
+
+/** A shape for messages, "[a, b, c]", its middle elided past 8 dimensions. */
+export function shapeText(shape: readonly number[]): string {
+  if (shape.length <= 8) return `[${shape.join(', ')}]`;
+  return `[${shape.slice(0, 4).join(', ')}, ... ${shape.length - 6} more ..., ${shape.slice(-2).join(', ')}]`;
+}
+
 /** Random-access bytes: a file on disk, a browser File/Blob, an HTTP resource with Range support. */
 export interface ByteSource {
   /** For messages: a path or URL. */
@@ -59,6 +80,12 @@ export const READABLE_DTYPES = ['F32', 'F16', 'BF16'] as const;
 
 /** The spec's upper bound on the header (the reference implementation refuses more: 100 MB). */
 export const MAX_HEADER_BYTES = 100_000_000;
+/** Nesting the header may have: a valid one needs 3 (header object, tensor entry, shape array). */
+export const MAX_HEADER_DEPTH = 8;
+/** Top-level entries (tensors and __metadata__): a GPT-2 checkpoint has under 1,000 tensors. */
+export const MAX_HEADER_ENTRIES = 10_000;
+/** JSON values in the whole header (every member and element): ~14 per tensor entry. */
+export const MAX_HEADER_VALUES = 200_000;
 
 export interface TensorInfo {
   name: string;
@@ -124,19 +151,25 @@ export async function parseSafetensors(src: ByteSource): Promise<SafetensorsFile
   } catch {
     fail(src, `header (${n} bytes) is not valid UTF-8`);
   }
+  // Bounds first, on the text: what JSON.parse and the checks below would otherwise spend on a
+  // header built to exhaust them (deep nesting, millions of entries) is never spent.
+  const scan = scanHeader(text);
+  if (scan.tooDeep) fail(src, `header nests deeper than ${MAX_HEADER_DEPTH} levels (a safetensors header needs 3)`);
+  if (scan.tooManyEntries)
+    fail(src, `header has more than ${MAX_HEADER_ENTRIES} entries (a GPT-2 checkpoint has under 1000 tensors)`);
+  if (scan.tooManyValues) fail(src, `header holds more than ${MAX_HEADER_VALUES} values (~14 per tensor entry)`);
   let json: unknown;
   try {
     json = JSON.parse(text);
   } catch (e) {
-    fail(src, `header is not valid JSON (${(e as Error).message})`);
+    fail(src, `header is not valid JSON (${preview((e as Error).message, 200)})`);
   }
   if (typeof json !== 'object' || json === null || Array.isArray(json)) {
-    fail(src, `header must be a JSON object, got ${Array.isArray(json) ? 'an array' : String(json)}`);
+    fail(src, `header must be a JSON object, got ${Array.isArray(json) ? 'an array' : preview(json)}`);
   }
   // JSON.parse keeps the last of duplicate keys silently; a header that names a tensor twice is
   // ambiguous (readers may disagree on which entry counts), so refuse it.
-  const dup = duplicateTopLevelKey(text);
-  if (dup !== null) fail(src, `header names "${dup}" twice`);
+  if (scan.duplicate !== null) fail(src, `header names ${preview(scan.duplicate)} twice`);
 
   const dataStart = 8 + n;
   const dataSize = src.size - dataStart;
@@ -145,30 +178,30 @@ export async function parseSafetensors(src: ByteSource): Promise<SafetensorsFile
   for (const [name, v] of Object.entries(json as Record<string, unknown>)) {
     if (name === '__metadata__') {
       if (typeof v !== 'object' || v === null || Array.isArray(v))
-        fail(src, `__metadata__ must be an object of strings, got ${JSON.stringify(v)}`);
+        fail(src, `__metadata__ must be an object of strings, got ${preview(v)}`);
       for (const [k, s] of Object.entries(v as Record<string, unknown>)) {
-        if (typeof s !== 'string') fail(src, `__metadata__["${k}"] must be a string, got ${JSON.stringify(s)}`);
+        if (typeof s !== 'string') fail(src, `__metadata__[${preview(k)}] must be a string, got ${preview(s)}`);
       }
       metadata = v as Record<string, string>;
       continue;
     }
-    const t = `tensor "${name}"`;
+    const t = `tensor ${preview(name)}`;
     if (typeof v !== 'object' || v === null || Array.isArray(v))
-      fail(src, `${t}: entry must be an object {dtype, shape, data_offsets}, got ${JSON.stringify(v)}`);
+      fail(src, `${t}: entry must be an object {dtype, shape, data_offsets}, got ${preview(v)}`);
     const e = v as Record<string, unknown>;
     const dtype = e.dtype;
-    if (typeof dtype !== 'string') fail(src, `${t}: dtype must be a string, got ${JSON.stringify(dtype)}`);
+    if (typeof dtype !== 'string') fail(src, `${t}: dtype must be a string, got ${preview(dtype)}`);
     const item = SAFETENSORS_DTYPE_BYTES[dtype];
     if (item === undefined || !Object.prototype.hasOwnProperty.call(SAFETENSORS_DTYPE_BYTES, dtype)) {
-      fail(src, `${t}: unknown dtype "${dtype}" (known: ${Object.keys(SAFETENSORS_DTYPE_BYTES).join(', ')})`);
+      fail(src, `${t}: unknown dtype ${preview(dtype)} (known: ${Object.keys(SAFETENSORS_DTYPE_BYTES).join(', ')})`);
     }
     const shape = e.shape;
     if (!Array.isArray(shape) || !shape.every(isNonNegInt)) {
-      fail(src, `${t}: shape must be a list of non-negative integers, got ${JSON.stringify(shape)}`);
+      fail(src, `${t}: shape must be a list of non-negative integers, got ${preview(shape)}`);
     }
     const offs = e.data_offsets;
     if (!Array.isArray(offs) || offs.length !== 2 || !offs.every(isNonNegInt)) {
-      fail(src, `${t}: data_offsets must be [begin, end] with non-negative integers, got ${JSON.stringify(offs)}`);
+      fail(src, `${t}: data_offsets must be [begin, end] with non-negative integers, got ${preview(offs)}`);
     }
     const [b, en] = offs as [number, number];
     if (b > en) fail(src, `${t}: data_offsets [${b}, ${en}] has begin after end`);
@@ -180,7 +213,7 @@ export async function parseSafetensors(src: ByteSource): Promise<SafetensorsFile
     if (bytes !== en - b) {
       fail(
         src,
-        `${t}: shape [${(shape as number[]).join(', ')}] x ${dtype} (${item} B) needs ${bytes} bytes but data_offsets [${b}, ${en}] hold ${en - b}`,
+        `${t}: shape ${shapeText(shape as number[])} x ${dtype} (${item} B) needs ${bytes} bytes but data_offsets [${b}, ${en}] hold ${en - b}`,
       );
     }
     tensors.set(name, { name, dtype, shape: (shape as number[]).slice(), begin: dataStart + b, end: dataStart + en });
@@ -194,13 +227,13 @@ export async function parseSafetensors(src: ByteSource): Promise<SafetensorsFile
     if (t.begin < at) {
       fail(
         src,
-        `tensors "${prev!.name}" [${prev!.begin - dataStart}, ${prev!.end - dataStart}] and "${t.name}" [${t.begin - dataStart}, ${t.end - dataStart}] overlap`,
+        `tensors ${preview(prev!.name)} [${prev!.begin - dataStart}, ${prev!.end - dataStart}] and ${preview(t.name)} [${t.begin - dataStart}, ${t.end - dataStart}] overlap`,
       );
     }
     if (t.begin > at) {
       fail(
         src,
-        `data region has a hole: bytes [${at - dataStart}, ${t.begin - dataStart}) before tensor "${t.name}" belong to no tensor`,
+        `data region has a hole: bytes [${at - dataStart}, ${t.begin - dataStart}) before tensor ${preview(t.name)} belong to no tensor`,
       );
     }
     at = t.end;
@@ -215,37 +248,57 @@ export async function parseSafetensors(src: ByteSource): Promise<SafetensorsFile
   return { source: src, dataStart, metadata, tensors };
 }
 
+/** What scanHeader found: the first duplicate top-level key, and which bound (if any) was passed. */
+interface HeaderScan {
+  duplicate: string | null;
+  tooDeep: boolean;
+  tooManyEntries: boolean;
+  tooManyValues: boolean;
+}
+
 /**
- * The first key that occurs twice among the top-level keys of a JSON object text (already known to
- * be valid JSON), or null. Scans strings and nesting depth; keys are strings at depth 1 that follow
- * '{' or ','.
+ * One pass over the header text (before JSON.parse, so it must cope with invalid JSON: it never
+ * reads past the end): nesting depth, top-level entries, values (members and elements, counted
+ * by their separating commas) and duplicate top-level keys. Stops as soon as a bound is passed.
  */
-function duplicateTopLevelKey(text: string): string | null {
+function scanHeader(text: string): HeaderScan {
+  const out: HeaderScan = { duplicate: null, tooDeep: false, tooManyEntries: false, tooManyValues: false };
   const seen = new Set<string>();
   let depth = 0;
+  let entries = 0;
+  let values = 0;
   let expectKey = false;
   for (let i = 0; i < text.length; i++) {
     const ch = text[i]!;
     if (ch === '"') {
       let j = i + 1;
-      while (text[j] !== '"') j += text[j] === '\\' ? 2 : 1;
+      while (j < text.length && text[j] !== '"') j += text[j] === '\\' ? 2 : 1;
       if (depth === 1 && expectKey) {
-        const key = JSON.parse(text.slice(i, j + 1)) as string;
-        if (seen.has(key)) return key;
-        seen.add(key);
+        if (++entries > MAX_HEADER_ENTRIES) return { ...out, tooManyEntries: true };
+        if (out.duplicate === null && j < text.length) {
+          let key: string;
+          try {
+            key = JSON.parse(text.slice(i, j + 1)) as string;
+          } catch {
+            return out; // not valid JSON: JSON.parse says so next
+          }
+          if (seen.has(key)) out.duplicate = key;
+          seen.add(key);
+        }
         expectKey = false;
       }
       i = j;
     } else if (ch === '{' || ch === '[') {
-      depth++;
+      if (++depth > MAX_HEADER_DEPTH) return { ...out, tooDeep: true };
       expectKey = ch === '{' && depth === 1;
     } else if (ch === '}' || ch === ']') {
       depth--;
-    } else if (ch === ',' && depth === 1) {
-      expectKey = true;
+    } else if (ch === ',') {
+      if (++values > MAX_HEADER_VALUES) return { ...out, tooManyValues: true };
+      if (depth === 1) expectKey = true;
     }
   }
-  return null;
+  return out;
 }
 
 let f16Table: Float32Array | undefined;
@@ -316,7 +369,7 @@ export async function readRowsF32(
   const t = lookup(file, name);
   const rows = t.shape[0] ?? 1;
   if (!Number.isSafeInteger(start) || !Number.isSafeInteger(count) || start < 0 || count < 0 || start + count > rows) {
-    fail(file.source, `tensor "${name}" [${t.shape.join(', ')}]: rows [${start}, ${start + count}) out of range`);
+    fail(file.source, `tensor "${name}" ${shapeText(t.shape)}: rows [${start}, ${start + count}) out of range`);
   }
   const rowBytes = rows === 0 ? 0 : (t.end - t.begin) / rows;
   const off = t.begin + start * rowBytes;

@@ -5,11 +5,14 @@
  *
  * urlSource reads the safetensors header and then each tensor with HTTP Range requests when the
  * server honours them (a 206 answer), so nothing but the tensor being uploaded is in memory; a
- * server without Range support gets one whole-file fetch with progress.
+ * server without Range support gets one whole-file fetch with progress, held in blocks allocated as
+ * the bytes arrive (never from the announced size up front), up to `maxBytes`. A body longer or
+ * shorter than its Content-Length, or cut, is a DownloadError with the bytes received.
  */
-import { DownloadError, WeightsFormatError } from '../errors.js';
+import { DownloadError, InvalidOptionError, WeightsFormatError } from '../errors.js';
 import { Checkpoint, openCheckpoint } from './checkpoint.js';
-import { ByteSource, bytesSource } from './safetensors.js';
+import { MAX_CONFIG_BYTES } from './config.js';
+import { ByteSource, preview } from './safetensors.js';
 
 export interface UrlSourceOptions {
   /** Progress of whole-file downloads (ranged reads report nothing: the upload reports progress). */
@@ -19,11 +22,22 @@ export interface UrlSourceOptions {
   /** Extra request headers (e.g. authorization). */
   headers?: Record<string, string>;
   fetch?: typeof fetch;
+  /** The most a whole-file download may hold in memory (default MAX_WHOLE_FILE_BYTES, 8 GiB). */
+  maxBytes?: number;
 }
+
+/**
+ * The most a whole-file download (a server without Range support) may hold in memory, unless
+ * `maxBytes` says otherwise: 8 GiB, above the largest GPT-2 file (gpt2-xl in f32, 6.43 GB).
+ */
+export const MAX_WHOLE_FILE_BYTES = 8 * 2 ** 30;
 
 /** Opens `<baseUrl>/config.json` + `<baseUrl>/model.safetensors` as a validated Checkpoint. */
 export async function urlSource(baseUrl: string, opts: UrlSourceOptions = {}): Promise<Checkpoint> {
   const f = opts.fetch ?? fetch;
+  const maxBytes = opts.maxBytes ?? MAX_WHOLE_FILE_BYTES;
+  if (typeof maxBytes !== 'number' || !Number.isSafeInteger(maxBytes) || maxBytes < 0)
+    throw new InvalidOptionError(`maxBytes must be a non-negative integer, got ${preview(maxBytes)}`);
   const base = baseUrl.replace(/\/+$/, '');
   const get = async (url: string, headers: Record<string, string> = {}): Promise<Response> => {
     let res: Response;
@@ -36,11 +50,11 @@ export async function urlSource(baseUrl: string, opts: UrlSourceOptions = {}): P
     return res;
   };
   const cfgUrl = `${base}/config.json`;
+  const cfgBody = await readBody(await get(cfgUrl), cfgUrl, MAX_CONFIG_BYTES, 'a config.json may have');
   let json: unknown;
   try {
-    json = await (await get(cfgUrl)).json();
+    json = JSON.parse(new TextDecoder().decode(contiguous(cfgBody)));
   } catch (e) {
-    if (e instanceof DownloadError) throw e;
     throw new WeightsFormatError(`${cfgUrl}: not valid JSON (${(e as Error).message})`, { cause: e });
   }
   const stUrl = `${base}/model.safetensors`;
@@ -50,44 +64,164 @@ export async function urlSource(baseUrl: string, opts: UrlSourceOptions = {}): P
     const probe = await get(stUrl, { range: 'bytes=0-7' });
     const total = Number(/\/(\d+)\s*$/.exec(probe.headers.get('content-range') ?? '')?.[1]);
     if (probe.status === 206 && Number.isSafeInteger(total)) {
-      await probe.arrayBuffer();
+      await probe.body?.cancel().catch(() => {}); // the size was all we needed
       src = {
         name: stUrl,
         size: total,
         async read(offset, length) {
           if (length === 0) return new Uint8Array(0);
           const res = await get(stUrl, { range: `bytes=${offset}-${offset + length - 1}` });
-          const body = new Uint8Array(await res.arrayBuffer());
-          // A 200 here means the server ignored Range: take our slice of the whole body.
-          return res.status === 206 ? body : body.subarray(offset, offset + length);
+          // A 200 here means the server ignored Range: read the whole body up to our slice's end.
+          if (res.status !== 206)
+            return contiguous(await readBody(res, stUrl, offset + length, '', offset + length)).subarray(offset);
+          return contiguous(await readBody(res, stUrl, length, 'the range asked for'));
         },
       };
     } else {
-      src = bytesSource(stUrl, await readBody(probe, stUrl, opts));
+      src = blocksSource(stUrl, await readBody(probe, stUrl, maxBytes, WHOLE_FILE, undefined, opts.onProgress));
     }
   } else {
-    src = bytesSource(stUrl, await readBody(await get(stUrl), stUrl, opts));
+    src = blocksSource(
+      stUrl,
+      await readBody(await get(stUrl), stUrl, maxBytes, WHOLE_FILE, undefined, opts.onProgress),
+    );
   }
   return openCheckpoint(json, src, base);
 }
 
-/** Reads a whole response body, reporting progress against Content-Length. */
-async function readBody(res: Response, url: string, opts: UrlSourceOptions): Promise<Uint8Array> {
-  const total = Number(res.headers.get('content-length') ?? NaN);
-  if (!res.body || !Number.isSafeInteger(total)) return new Uint8Array(await res.arrayBuffer());
-  const out = new Uint8Array(total);
-  let at = 0;
-  const reader = res.body.getReader();
-  for (;;) {
-    const { done, value } = await reader.read();
-    if (done) break;
-    if (at + value.byteLength > total) throw new DownloadError(`${url}: body longer than its Content-Length ${total}`);
-    out.set(value, at);
-    at += value.byteLength;
-    opts.onProgress?.({ file: 'model.safetensors', loadedBytes: at, totalBytes: total });
-  }
-  if (at !== total) throw new DownloadError(`${url}: body ended after ${at} of ${total} bytes`);
+const WHOLE_FILE = 'a whole-file download may hold in memory (maxBytes)';
+/** Bodies are held in blocks of this many bytes, allocated as bytes arrive. */
+const BLOCK_BYTES = 64 << 20;
+
+/** A body held in memory: blocks of BLOCK_BYTES (the last one shorter or not full), `size` bytes in all. */
+interface HeldBody {
+  blocks: Uint8Array[];
+  size: number;
+}
+
+/** The body as one array (a view when it fits one block). */
+function contiguous(b: HeldBody): Uint8Array {
+  if (b.blocks.length <= 1) return (b.blocks[0] ?? new Uint8Array(0)).subarray(0, b.size);
+  const out = new Uint8Array(b.size);
+  b.blocks.forEach((blk, i) =>
+    out.set(blk.subarray(0, Math.min(BLOCK_BYTES, b.size - i * BLOCK_BYTES)), i * BLOCK_BYTES),
+  );
   return out;
+}
+
+/** A ByteSource over a held body: a view within one block, a copy across blocks. */
+function blocksSource(name: string, b: HeldBody): ByteSource {
+  return {
+    name,
+    size: b.size,
+    async read(offset, length) {
+      const end = Math.min(offset + length, b.size);
+      if (!(offset < end)) return new Uint8Array(0);
+      const first = Math.floor(offset / BLOCK_BYTES);
+      const last = Math.floor((end - 1) / BLOCK_BYTES);
+      if (first === last) return b.blocks[first]!.subarray(offset - first * BLOCK_BYTES, end - first * BLOCK_BYTES);
+      const out = new Uint8Array(end - offset);
+      for (let i = first; i <= last; i++) {
+        const from = Math.max(offset, i * BLOCK_BYTES);
+        const to = Math.min(end, (i + 1) * BLOCK_BYTES);
+        out.set(b.blocks[i]!.subarray(from - i * BLOCK_BYTES, to - i * BLOCK_BYTES), from - offset);
+      }
+      return out;
+    },
+  };
+}
+
+/**
+ * Reads a response body into blocks allocated as the bytes arrive. Refuses a Content-Length or a
+ * body past `max` (`why` says whose limit it is), a body longer than its Content-Length, and one
+ * that ends short or is cut (DownloadError with the bytes received). With `stopAt`, stops (and
+ * cancels the rest) once that many bytes are in; then `max` is `stopAt` and the length may be larger.
+ */
+async function readBody(
+  res: Response,
+  url: string,
+  max: number,
+  why: string,
+  stopAt?: number,
+  onProgress?: UrlSourceOptions['onProgress'],
+): Promise<HeldBody> {
+  const header = res.headers.get('content-length');
+  const announced = header === null ? null : Number(header.trim() || NaN);
+  if (announced !== null && !(Number.isSafeInteger(announced) && announced >= 0)) {
+    await res.body?.cancel().catch(() => {});
+    throw new DownloadError(`${url}: Content-Length ${preview(header)} is not a byte count`);
+  }
+  if (announced !== null && announced > max && stopAt === undefined) {
+    await res.body?.cancel().catch(() => {});
+    throw new DownloadError(
+      `${url}: announces ${announced} bytes (Content-Length), more than the ${max} bytes ${why}` +
+        (why === WHOLE_FILE ? '; serve it with HTTP Range support, or raise maxBytes' : ''),
+    );
+  }
+  const cap = Math.min(max, announced ?? Infinity); // the most this body can hold
+  const blocks: Uint8Array[] = [];
+  let at = 0;
+  const append = (chunk: Uint8Array) => {
+    for (let off = 0; off < chunk.byteLength;) {
+      const i = Math.floor(at / BLOCK_BYTES);
+      if (i === blocks.length) {
+        const n = Math.min(BLOCK_BYTES, cap - i * BLOCK_BYTES);
+        try {
+          blocks.push(new Uint8Array(n));
+        } catch (e) {
+          throw new DownloadError(
+            `${url}: out of memory holding the body (${at} of ${announced ?? 'an unannounced number of'} bytes received, another ${n} asked for)`,
+            { cause: e },
+          );
+        }
+      }
+      const blk = blocks[i]!;
+      const into = at - i * BLOCK_BYTES;
+      const n = Math.min(chunk.byteLength - off, blk.byteLength - into);
+      blk.set(chunk.subarray(off, off + n), into);
+      off += n;
+      at += n;
+    }
+  };
+  if (!res.body) {
+    if (announced) throw new DownloadError(`${url}: no body, but ${announced} bytes announced`);
+    return { blocks, size: 0 };
+  }
+  const reader = res.body.getReader();
+  let finished = false;
+  try {
+    for (;;) {
+      let r: ReadableStreamReadResult<Uint8Array>;
+      try {
+        r = await reader.read();
+      } catch (e) {
+        const cause = (e as { cause?: { message?: string } }).cause?.message;
+        throw new DownloadError(
+          `${url}: connection cut after ${at} of ${announced ?? 'an unannounced number of'} bytes (${(e as Error).message}${cause ? `: ${cause}` : ''})`,
+          { cause: e },
+        );
+      }
+      if (r.done) {
+        finished = true;
+        break;
+      }
+      const chunk = r.value;
+      if (announced !== null && at + chunk.byteLength > announced)
+        throw new DownloadError(`${url}: body longer than its Content-Length ${announced}`);
+      if (stopAt !== undefined && at + chunk.byteLength >= stopAt) {
+        append(chunk.subarray(0, stopAt - at));
+        break;
+      }
+      if (at + chunk.byteLength > max) throw new DownloadError(`${url}: the body passes ${max} bytes, the most ${why}`);
+      append(chunk);
+      onProgress?.({ file: 'model.safetensors', loadedBytes: at, totalBytes: announced ?? at });
+    }
+  } finally {
+    if (!finished) await reader.cancel().catch(() => {});
+  }
+  if (stopAt === undefined && announced !== null && at !== announced)
+    throw new DownloadError(`${url}: body ended after ${at} of ${announced} bytes`);
+  return { blocks, size: at };
 }
 
 /** A ByteSource over a Blob/File: reads slices on demand. */

@@ -1,0 +1,62 @@
+/**
+ * Prompts of the wrong type (issue 28, item 15): generate(null) gave a raw TypeError and
+ * generate(42) said "prompt is empty". Every entry point names what it got and what it accepts.
+ */
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { PromptError } from '../src/errors.js';
+import { tinyModel } from './model-util.js';
+
+/** fn rejects (or throws) a PromptError matching `pattern`. */
+async function promptError(fn: () => unknown, pattern: RegExp): Promise<void> {
+  try {
+    await fn();
+  } catch (e) {
+    assert.instance(e, PromptError, `${(e as Error).name}: ${(e as Error).message}`);
+    assert.match((e as Error).message, pattern);
+    return;
+  }
+  assert.unreachable(`expected a PromptError matching ${pattern}`);
+}
+
+const ACCEPTS = 'must be a string or an array of token ids \\(numbers in \\[0, \\d+\\]\\)';
+
+test('item 15: a prompt that is not a string or an id array is a PromptError naming what was given', async () => {
+  const model = await tinyModel();
+  const base = model.ctx.liveBuffers;
+  const bad = (p: unknown) => p as string; // the wrong types a JavaScript caller can pass
+  const cases: Array<[unknown, string]> = [
+    [null, 'null'],
+    [undefined, 'undefined'],
+    [42, 'a number \\(42\\)'],
+    [true, 'a boolean \\(true\\)'],
+    [{ length: 2 }, 'an object'],
+  ];
+  for (const [p, got] of cases) {
+    const re = new RegExp(`^prompt ${ACCEPTS}, got ${got}`);
+    await promptError(() => model.generate(bad(p), { maxNewTokens: 1 }), re);
+    await promptError(() => model.beamSearch(bad(p), { numBeams: 2, maxNewTokens: 1 }), re);
+  }
+  await promptError(
+    async () => {
+      for await (const t of model.stream(bad(null), { maxNewTokens: 1 })) void t;
+    },
+    new RegExp(`^prompt ${ACCEPTS}, got null`),
+  );
+  assert.equal(model.ctx.liveBuffers, base, 'nothing allocated for a refused prompt');
+  await promptError(
+    () => model.generateBatch(['a', bad(7)], { maxNewTokens: 1 }),
+    new RegExp(`^prompt 1 ${ACCEPTS}, got a number \\(7\\)`),
+  );
+  const session = await model.createSession({ capacity: 8 });
+  await promptError(() => session.generate(bad(null), { maxNewTokens: 1 }), new RegExp(`got null`));
+  session.destroy();
+  const group = await model.createSessionGroup(2, { capacity: 8 });
+  await promptError(() => group.sessions[0]!.generate(bad(42), { maxNewTokens: 1 }), /got a number \(42\)/);
+  group.destroy();
+  // Typed arrays of ids still work.
+  const r = await model.generate(bad(Uint32Array.of(1, 2)), { maxNewTokens: 1, temperature: 0 });
+  assert.is(r.sequences[0]!.tokens.length, 1);
+});
+
+test.run();
