@@ -81,15 +81,17 @@ test.before(() => {
   writeFileSync(
     join(NODE_APP, 'main.ts'),
     [
-      "import { createEngine, InvalidOptionError, type GenerateResult } from 'gpt2-webgpu';",
+      "import { createEngine, InvalidOptionError, type GenerateResult, type LoadProgress } from 'gpt2-webgpu';",
       'const engine = await createEngine();',
       'try {',
       '  const device: GPUDevice = engine.ctx.device; // a WebGPU type, from @webgpu/types via the package',
-      '  const model = await engine.loadModel(process.argv[2]!);',
+      '  const phases: string[] = [];',
+      '  const onProgress = (p: LoadProgress) => phases.at(-1) === p.phase || phases.push(p.phase);',
+      '  const model = await engine.loadModel(process.argv[2]!, { onProgress });',
       '  const ids = JSON.parse(process.argv[3]!) as number[];',
       '  const r: GenerateResult = await model.generate(ids, { temperature: 0, maxNewTokens: 4, stopAtEos: false });',
       '  const named = new InvalidOptionError("x").name;',
-      '  console.log(JSON.stringify({ tokens: r.sequences[0]!.tokens, label: device.label, named }));',
+      '  console.log(JSON.stringify({ tokens: r.sequences[0]!.tokens, label: device.label, named, phases }));',
       '} finally {',
       '  engine.destroy();',
       '}',
@@ -188,7 +190,7 @@ test('consumers type-check against the tarball without skipLibCheck: Node (noden
   await Promise.all([tsc(NODE_APP), tsc(WEB_APP)]);
 });
 
-test('the Node consumer runs: createEngine, the tiny model from its folder, 4 greedy tokens', () => {
+test('the Node consumer runs: createEngine, the tiny model from its folder (its load phases), 4 greedy tokens', () => {
   const p = tinyReference().prompts[0]!;
   const r = spawnSync(process.execPath, [join(NODE_APP, 'out', 'main.js'), tinyDir(), JSON.stringify(p.ids)], {
     cwd: NODE_APP,
@@ -201,6 +203,7 @@ test('the Node consumer runs: createEngine, the tiny model from its folder, 4 gr
   assert.equal(j.tokens, p.greedy48.slice(p.ids.length, p.ids.length + 4));
   assert.is(j.label, 'gpt2-webgpu');
   assert.is(j.named, 'InvalidOptionError');
+  assert.equal(j.phases, ['compile', 'upload'], 'onProgress names the pipeline build, then the upload');
   // The CLI the package installs as a bin runs from the tarball too.
   const help = spawnSync(
     process.execPath,
