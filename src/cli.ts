@@ -123,24 +123,49 @@ function samplingFrom(v: Record<string, unknown>): SamplingOptions {
   };
 }
 
-/** A progress reporter: a redrawn bar on a TTY, a log line every 10% otherwise. */
+/** What each load phase is doing, as the progress lines name it. */
+const PHASES: Record<string, string> = {
+  download: 'download',
+  compile: 'compile (GPU pipelines)',
+  upload: 'upload (weights to the GPU)',
+};
+
+/**
+ * A progress reporter on stderr: a redrawn bar on a terminal, a line every 10% otherwise. The
+ * compile phase has no byte counts (its pipelines are built together): a line when it starts and
+ * one with its duration when it ends.
+ */
 function progress(): (p: LoadProgress) => void {
-  const tty = Boolean(process.stderr.isTTY);
+  // bin/gpt2-webgpu.js runs the CLI with stderr through a pipe (it drops Dawn's start-up
+  // warnings) and says so when its own stderr is a terminal.
+  const tty = Boolean(process.stderr.isTTY) || process.env.GPT2_WEBGPU_STDERR_TTY === '1';
   let lastPct = -1;
   let lastPhase = '';
+  let compileStart = 0;
   return (p) => {
+    const label = PHASES[p.phase] ?? p.phase;
+    if (p.phase === 'compile') {
+      const done = p.loaded >= p.total;
+      if (!done) compileStart = Date.now();
+      const secs = ((Date.now() - compileStart) / 1000).toFixed(1);
+      process.stderr.write(
+        tty
+          ? `\r${`${label}: ${done ? `done in ${secs} s` : 'building...'}`.padEnd(44)}${done ? '\n' : ''}`
+          : `${label}: ${done ? `done in ${secs} s` : 'building'}\n`,
+      );
+      lastPhase = p.phase;
+      return;
+    }
     const pct = p.total > 0 ? Math.floor((100 * p.loaded) / p.total) : 0;
     if (tty) {
       const w = 30;
       const fill = Math.round((w * pct) / 100);
       process.stderr.write(
-        `\r${p.phase.padEnd(9)} [${'#'.repeat(fill)}${'.'.repeat(w - fill)}] ${String(pct).padStart(3)}% ${(p.loaded / 1e6).toFixed(1)}/${(p.total / 1e6).toFixed(1)} MB`,
+        `\r${label} [${'#'.repeat(fill)}${'.'.repeat(w - fill)}] ${String(pct).padStart(3)}% ${(p.loaded / 1e6).toFixed(1)}/${(p.total / 1e6).toFixed(1)} MB`,
       );
       if (p.loaded >= p.total) process.stderr.write('\n');
     } else if (p.phase !== lastPhase || Math.floor(pct / 10) !== Math.floor(lastPct / 10)) {
-      process.stderr.write(
-        `${p.phase}: ${pct}% (${(p.loaded / 1e6).toFixed(1)} of ${(p.total / 1e6).toFixed(1)} MB)\n`,
-      );
+      process.stderr.write(`${label}: ${pct}% (${(p.loaded / 1e6).toFixed(1)} of ${(p.total / 1e6).toFixed(1)} MB)\n`);
     }
     lastPct = pct;
     lastPhase = p.phase;

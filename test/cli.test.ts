@@ -56,6 +56,52 @@ test('errors exit 1 with a named error', () => {
   assert.match(r2.err, /InvalidOptionError/);
 });
 
+// One ordinary run, looked at by the next two tests.
+let plainRun: ReturnType<typeof cli> | undefined;
+function plain(): ReturnType<typeof cli> {
+  plainRun ??= cli('generate', '--model', tinyDir(), '--ids', '464,3290', '--max-new-tokens', '3', '--seed', '1');
+  assert.is(plainRun.code, 0, plainRun.err);
+  return plainRun;
+}
+
+test("a run prints nothing but the engine's own output: no Dawn 'Warning:' lines", () => {
+  const r = plain();
+  assert.not.match(r.err + r.out, /Warning:/);
+  assert.ok(r.out.length > 0);
+  // stderr: the load's progress, then the run's statistics line, nothing else
+  for (const line of r.err.trimEnd().split('\n'))
+    assert.match(line, /^(compile \(GPU pipelines\)|upload \(weights to the GPU\)): |^seed 1; first token /, line);
+});
+
+test('load progress names its phases, pipeline compilation included (it comes before the upload)', () => {
+  const lines = plain().err.split('\n');
+  const at = (re: RegExp) => lines.findIndex((l) => re.test(l));
+  const building = at(/^compile \(GPU pipelines\): building$/);
+  const built = at(/^compile \(GPU pipelines\): done in \d+\.\d s$/);
+  const upload = at(/^upload \(weights to the GPU\): 100% \(14\.1 of 14\.1 MB\)$/);
+  assert.ok(building >= 0 && built > building && upload > built, plain().err);
+});
+
+test('generate | head -c 20: the closed pipe ends the run quietly, exit 0', () => {
+  const r = spawnSync(
+    'bash',
+    [
+      '-o',
+      'pipefail',
+      '-c',
+      `"${process.execPath}" "${BIN}" generate --model "${tinyDir()}" --prompt "Hello there" --max-new-tokens 200 --no-stop-at-eos --seed 1 | head -c 20`,
+    ],
+    {
+      encoding: 'utf8',
+      timeout: 120_000,
+      env: { ...process.env, XDG_RUNTIME_DIR: process.env.XDG_RUNTIME_DIR ?? '/tmp' },
+    },
+  );
+  assert.is(r.stdout.length, 20);
+  assert.not.match(r.stderr, /EPIPE|\n\s+at |Error/);
+  assert.is(r.status, 0, r.stderr);
+});
+
 test('info prints the adapter', () => {
   const r = cli('info', '--json');
   assert.is(r.code, 0, r.err);
