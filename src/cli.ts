@@ -296,7 +296,7 @@ const commands: Record<string, Command> = {
     },
   },
   sample: {
-    summary: 'draw tokens on the GPU from a logits file; prints counts per token id',
+    summary: 'draw tokens on the GPU from a logits file; prints {token id: count} of the ids drawn',
     usage: 'gpt2-webgpu sample --logits FILE.f32 --count N [sampling options] [--probs-out FILE.f32] --json',
     flags: {
       logits: { type: 'string', help: 'float32 little-endian logits [vocab]' },
@@ -321,7 +321,12 @@ const commands: Record<string, Command> = {
             v['probs-out'],
             new Uint8Array(r.probs.buffer, r.probs.byteOffset, r.probs.byteLength),
           );
-        console.log(JSON.stringify({ counts: Array.from(r.counts), seed: r.seed }));
+        // Only the ids drawn (a vocabulary has 50,257 entries, nearly all 0), in id order.
+        const counts: Record<number, number> = {};
+        r.counts.forEach((c, id) => {
+          if (c > 0) counts[id] = c;
+        });
+        console.log(JSON.stringify({ counts, seed: r.seed }));
       } finally {
         ctx.destroy();
       }
