@@ -1,7 +1,10 @@
 /**
  * The `gpt2-webgpu` command line: info, generate, logits, sample, beam, bench.
- * Unknown flags or missing values print the usage and exit with 2; any other error prints its
- * name and message and exits with 1. Every subcommand has --help and --json.
+ * Usage errors (an unknown command or flag, with the closest known one; a missing value; a value
+ * outside its flag's domain) print one line and exit with 2, before any model is downloaded or
+ * loaded; any other error prints its name and message and exits with 1. Every subcommand has
+ * --help and --json. Numeric flags take negative values as `--flag -1` (then reject them by their
+ * rule where they must not be negative).
  */
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { readFileSync, writeFileSync } from 'node:fs';
@@ -9,17 +12,26 @@ import { createEngine, nodeContext } from './node.js';
 import { GPT2WebGPUError, InvalidOptionError } from './errors.js';
 import type { LoadProgress, Model } from './engine/engine.js';
 import { sample } from './sampling/sampler.js';
-import type { SamplingOptions } from './sampling/options.js';
+import { validateSampling, type SamplingOptions } from './sampling/options.js';
 import { formatBench, isBatchFailure, runBench } from './bench.js';
 import type { GemmTile } from './kernels/matmul.js';
 import { isPowerOfTwoIn } from './kernels/common.js';
 
-type Flag = { type: 'string' | 'boolean'; default?: string | boolean; help: string; short?: string };
+type Flag = {
+  type: 'string' | 'boolean';
+  default?: string | boolean;
+  help: string;
+  /** Given more than once: every value, in order (a string[]). */
+  multiple?: boolean;
+  /** An old name of the flag named here: accepted with a note on stderr, not listed in --help. */
+  deprecatedFor?: string;
+};
+type Values = Record<string, string | boolean | string[] | undefined>;
 interface Command {
   summary: string;
   usage: string;
   flags: Record<string, Flag>;
-  run(v: Record<string, string | boolean | undefined>): Promise<void>;
+  run(v: Values): Promise<void>;
 }
 
 class UsageError extends Error {}
@@ -109,18 +121,39 @@ function parseIds(s: string): number[] {
   return parts.map(Number);
 }
 
-function samplingFrom(v: Record<string, unknown>): SamplingOptions {
-  return {
-    temperature: num(v.temperature, 'temperature'),
-    topK: num(v['top-k'], 'top-k'),
-    topP: num(v['top-p'], 'top-p'),
-    minP: num(v['min-p'], 'min-p'),
-    minTokensToKeep: num(v['min-tokens-to-keep'], 'min-tokens-to-keep'),
-    freqPenalty: num(v['freq-penalty'], 'freq-penalty'),
-    presencePenalty: num(v['presence-penalty'], 'presence-penalty'),
-    repetitionPenalty: num(v['repetition-penalty'], 'repetition-penalty'),
-    ...(v.seed !== undefined ? { seed: num(v.seed, 'seed', { int: true, min: 0 }) } : {}),
-  };
+/** The sampling flags and the SamplingOptions key each sets. */
+const SAMPLING_KEYS: Array<[flag: string, key: keyof SamplingOptions]> = [
+  ['temperature', 'temperature'],
+  ['top-k', 'topK'],
+  ['top-p', 'topP'],
+  ['min-p', 'minP'],
+  ['min-tokens-to-keep', 'minTokensToKeep'],
+  ['freq-penalty', 'freqPenalty'],
+  ['presence-penalty', 'presencePenalty'],
+  ['repetition-penalty', 'repetitionPenalty'],
+  ['seed', 'seed'],
+];
+
+/**
+ * The sampling options of the flags, each checked against its domain by the engine's own
+ * validateSampling (so the CLI and the API agree) before anything is loaded; a value outside it is
+ * a usage error naming the flag and the rule.
+ */
+function samplingFrom(v: Values): SamplingOptions {
+  const s: Record<string, number> = {};
+  for (const [flag, key] of SAMPLING_KEYS) {
+    if (v[flag] === undefined) continue;
+    const x = num(v[flag], flag);
+    try {
+      validateSampling({ [key]: x }, 1);
+    } catch (e) {
+      if (!(e instanceof InvalidOptionError)) throw e;
+      const rule = /is invalid: (.*)$/.exec(e.message)?.[1] ?? e.message;
+      throw new UsageError(`--${flag} ${rule}, got "${String(v[flag])}"`);
+    }
+    s[key] = x;
+  }
+  return s as SamplingOptions;
 }
 
 /** What each load phase is doing, as the progress lines name it. */
@@ -172,14 +205,19 @@ function progress(): (p: LoadProgress) => void {
   };
 }
 
-async function withModel<T>(v: Record<string, unknown>, fn: (m: Model) => Promise<T>): Promise<T> {
+/**
+ * Loads --model and runs `fn` on it. Commands read and check all their other flags before calling
+ * this, so that a bad value is refused before any download or upload.
+ */
+async function withModel<T>(v: Values, fn: (m: Model) => Promise<T>): Promise<T> {
   if (typeof v.model !== 'string' || !v.model)
     throw new UsageError('--model is required (e.g. --model random:gpt2, --model gpt2, --model ./my-gpt2-dir)');
+  const seed = num(v['weights-seed'], 'weights-seed', { int: true, min: 0 });
   const engine = await createEngine();
   try {
     const model = await engine.loadModel(v.model, {
       dtype: v.f16 ? 'f16' : 'f32',
-      seed: num(v['weights-seed'], 'weights-seed', { int: true, min: 0 }),
+      seed,
       onProgress: progress(),
     });
     return await fn(model);
@@ -188,7 +226,7 @@ async function withModel<T>(v: Record<string, unknown>, fn: (m: Model) => Promis
   }
 }
 
-function promptFrom(v: Record<string, unknown>): string | number[] {
+function promptFrom(v: Values): string | number[] {
   if (v.prompt !== undefined && v.ids !== undefined) throw new UsageError('give either --prompt or --ids, not both');
   if (typeof v.ids === 'string') return parseIds(v.ids);
   if (typeof v.prompt === 'string') return v.prompt;
@@ -232,14 +270,20 @@ const commands: Record<string, Command> = {
       },
       'no-stop-at-eos': { type: 'boolean', default: false, help: 'keep going after <|endoftext|>' },
       'no-cache': { type: 'boolean', default: false, help: 'recompute the whole sequence every step (checking mode)' },
-      stop: { type: 'string', help: 'stop string (repeatable via comma-free multiple --stop)' },
+      stop: {
+        type: 'string',
+        multiple: true,
+        help: 'stop when the text contains this string (give --stop more than once for several)',
+      },
       ...JSON_FLAG,
     },
     async run(v) {
       const prompt = promptFrom(v);
       const s = samplingFrom(v);
-      const maxNewTokens = num(v['max-new-tokens'], 'max-new-tokens', { int: true, min: 0 });
-      const numSequences = num(v['num-sequences'], 'num-sequences', { int: true, min: 1 });
+      const maxNewTokens = num(v['max-new-tokens'], 'max-new-tokens', { int: true, min: 0, max: 1_000_000 });
+      const numSequences = num(v['num-sequences'], 'num-sequences', { int: true, min: 1, max: 1024 });
+      const stopStrings = v.stop as string[] | undefined;
+      if (stopStrings?.some((x) => x === '')) throw new UsageError('--stop must not be empty');
       await withModel(v, async (model) => {
         const streamOut = !v.json && numSequences === 1;
         const res = await model.generate(prompt, {
@@ -248,7 +292,7 @@ const commands: Record<string, Command> = {
           numSequences,
           stopAtEos: !v['no-stop-at-eos'],
           useCache: !v['no-cache'],
-          stopStrings: typeof v.stop === 'string' ? [v.stop] : undefined,
+          stopStrings,
           onToken: streamOut ? (ev) => process.stdout.write(ev.text) : undefined,
         });
         if (v.json) {
@@ -308,13 +352,14 @@ const commands: Record<string, Command> = {
     async run(v) {
       if (typeof v.logits !== 'string') throw new UsageError('--logits FILE.f32 is required');
       const count = num(v.count, 'count', { int: true, min: 1, max: 10_000_000 });
+      const sampling = samplingFrom(v);
       const bytes = readFlagFile('logits', v.logits);
       if (bytes.byteLength === 0 || bytes.byteLength % 4)
         throw new InvalidOptionError(`${v.logits}: ${bytes.byteLength} bytes is not a whole number of float32 values`);
       const logits = new Float32Array(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength));
       const ctx = await nodeContext();
       try {
-        const r = await sample(ctx, logits, count, samplingFrom(v));
+        const r = await sample(ctx, logits, count, sampling);
         if (typeof v['probs-out'] === 'string')
           writeFlagFile(
             'probs-out',
@@ -352,14 +397,19 @@ const commands: Record<string, Command> = {
     },
     async run(v) {
       const prompt = promptFrom(v);
+      const numBeams = num(v['num-beams'], 'num-beams', { int: true, min: 1, max: 256 });
+      const numReturn = num(v['num-return'], 'num-return', { int: true, min: 1 });
+      if (numReturn > numBeams)
+        throw new UsageError(`--num-return (${numReturn}) must be <= --num-beams (${numBeams})`);
+      const opts = {
+        numBeams,
+        numReturnSequences: numReturn,
+        maxNewTokens: num(v['max-new-tokens'], 'max-new-tokens', { int: true, min: 0, max: 100_000 }),
+        lengthPenalty: num(v['length-penalty'], 'length-penalty'),
+        earlyStopping: Boolean(v['early-stopping']),
+      };
       await withModel(v, async (model) => {
-        const beams = await model.beamSearch(prompt, {
-          numBeams: num(v['num-beams'], 'num-beams', { int: true, min: 1 }),
-          numReturnSequences: num(v['num-return'], 'num-return', { int: true, min: 1 }),
-          maxNewTokens: num(v['max-new-tokens'], 'max-new-tokens', { int: true, min: 0 }),
-          lengthPenalty: num(v['length-penalty'], 'length-penalty'),
-          earlyStopping: Boolean(v['early-stopping']),
-        });
+        const beams = await model.beamSearch(prompt, opts);
         const out = beams.map((b) => ({
           logprob: b.logprob,
           score: b.score,
@@ -524,6 +574,7 @@ function attentionWg(v: unknown): number | undefined {
 function helpText(name: string, c: Command): string {
   const lines = [`${c.usage}`, '', c.summary, '', 'options:'];
   for (const [k, f] of Object.entries(c.flags)) {
+    if (f.deprecatedFor) continue;
     const d = f.default !== undefined && f.type === 'string' ? ` (default ${f.default})` : '';
     lines.push(`  --${k}${f.type === 'string' ? ' VALUE' : ''}`.padEnd(28) + ` ${f.help}${d}`);
   }
@@ -543,40 +594,132 @@ function mainHelp(): string {
   ].join('\n');
 }
 
+/**
+ * Edit distance: insertions, deletions, substitutions and swaps of two neighbouring characters
+ * ("modle" -> "model") each count 1 (optimal string alignment).
+ */
+function editDistance(a: string, b: string): number {
+  const d = Array.from({ length: a.length + 1 }, (_, i) =>
+    Array.from({ length: b.length + 1 }, (_, j) => (i === 0 ? j : j === 0 ? i : 0)),
+  );
+  for (let i = 1; i <= a.length; i++)
+    for (let j = 1; j <= b.length; j++) {
+      const row = d[i]!;
+      row[j] = Math.min(d[i - 1]![j]! + 1, row[j - 1]! + 1, d[i - 1]![j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1));
+      if (i > 1 && j > 1 && a[i - 1] === b[j - 2] && a[i - 2] === b[j - 1])
+        row[j] = Math.min(row[j]!, d[i - 2]![j - 2]! + 1);
+    }
+  return d[a.length]![b.length]!;
+}
+
+/**
+ * The known word a mistyped one most likely meant: the only known word it abbreviates ("temp"),
+ * else the closest by edit distance when that is at most a third of its length (at least 1), else
+ * none.
+ */
+function closest(word: string, known: string[]): string | undefined {
+  const starting = known.filter((k) => k.startsWith(word));
+  if (word.length >= 2 && starting.length === 1) return starting[0];
+  let best: string | undefined;
+  let bestD = Infinity;
+  for (const k of known) {
+    const d = editDistance(word, k);
+    if (d < bestD) [best, bestD] = [k, d];
+  }
+  return bestD <= Math.max(1, Math.floor(word.length / 3)) ? best : undefined;
+}
+
+/** A value that is a negative number (`--temperature -1`), not a flag. */
+const NEGATIVE_NUMBER = /^-(\d|\.\d|Infinity$)/;
+
+/**
+ * Parses a command's flags. Before node's parseArgs sees them, every flag is looked up (an unknown
+ * one is a usage error naming the closest known flag) and every string flag is joined to its value
+ * (`--x v` -> `--x=v`), so a negative number is a value rather than an "ambiguous" flag and a
+ * missing value is named. Then the deprecated names are mapped to the current ones and the
+ * defaults filled in.
+ */
+function parseFlags(name: string, cmd: Command, args: string[]): Values {
+  const flags: Record<string, Flag> = { ...cmd.flags, help: { type: 'boolean', help: '' } };
+  const joined: string[] = [];
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i]!;
+    if (a === '--' || !a.startsWith('-') || a === '-' || NEGATIVE_NUMBER.test(a)) {
+      joined.push(a); // positionals: parseArgs refuses them below
+      continue;
+    }
+    if (a === '-h') {
+      joined.push('--help');
+      continue;
+    }
+    const [, key, value] = /^--?([^=]*)(?:=(.*))?$/s.exec(a)!;
+    const f = a.startsWith('--') ? flags[key!] : undefined;
+    if (!f) {
+      const known = Object.keys(flags).filter((k) => !flags[k]!.deprecatedFor);
+      const guess = closest(key!, known);
+      throw new UsageError(
+        `unknown option ${a.split('=')[0]} ${guess ? `(did you mean --${guess}?)` : `(gpt2-webgpu ${name} --help lists the options)`}`,
+      );
+    }
+    if (f.type === 'boolean') {
+      if (value !== undefined) throw new UsageError(`--${key} takes no value, got "${value}"`);
+      joined.push(a);
+    } else if (value !== undefined) {
+      joined.push(a);
+    } else {
+      const next = args[i + 1];
+      if (next === undefined || (next.startsWith('-') && !NEGATIVE_NUMBER.test(next)))
+        throw new UsageError(`--${key} needs a value (one starting with "-" goes as --${key}=-...)`);
+      joined.push(`--${key}=${next}`);
+      i++;
+    }
+  }
+  const options: ParseArgsConfig['options'] = {};
+  for (const [k, f] of Object.entries(flags)) options[k] = { type: f.type, multiple: Boolean(f.multiple) };
+  let values: Values;
+  try {
+    values = parseArgs({ args: joined, options, strict: true, allowPositionals: false }).values as Values;
+  } catch (e) {
+    throw new UsageError((e as Error).message.split('\n')[0]!, { cause: e });
+  }
+  for (const [k, f] of Object.entries(cmd.flags)) {
+    if (!f.deprecatedFor || values[k] === undefined) continue;
+    if (values[f.deprecatedFor] !== undefined)
+      throw new UsageError(`give --${f.deprecatedFor} alone (--${k} is its old name)`);
+    values[f.deprecatedFor] = values[k];
+    delete values[k];
+    process.stderr.write(`note: --${k} is deprecated, use --${f.deprecatedFor}\n`);
+  }
+  for (const [k, f] of Object.entries(cmd.flags))
+    if (values[k] === undefined && f.default !== undefined) values[k] = f.default;
+  return values;
+}
+
 export async function main(argv: string[]): Promise<number> {
   const [name, ...rest] = argv;
   if (!name || name === '--help' || name === '-h' || name === 'help') {
     console.log(mainHelp());
     return name ? 0 : 2;
   }
-  const cmd = commands[name];
+  const cmd = Object.hasOwn(commands, name) ? commands[name] : undefined;
   if (!cmd) {
-    console.error(`unknown command "${name}"\n\n${mainHelp()}`);
+    const guess = closest(name, Object.keys(commands));
+    console.error(
+      `gpt2-webgpu: unknown command "${name}" ${guess ? `(did you mean ${guess}?)` : `(commands: ${Object.keys(commands).join(', ')})`}`,
+    );
     return 2;
   }
-  let values: Record<string, string | boolean | undefined>;
   try {
-    const options: ParseArgsConfig['options'] = { help: { type: 'boolean' } };
-    for (const [k, f] of Object.entries(cmd.flags))
-      options[k] = { type: f.type, ...(f.default !== undefined ? { default: f.default } : {}) };
-    values = parseArgs({ args: rest, options, strict: true, allowPositionals: false }).values as Record<
-      string,
-      string | boolean | undefined
-    >;
-  } catch (e) {
-    console.error(`${(e as Error).message}\n\n${helpText(name, cmd)}`);
-    return 2;
-  }
-  if (values.help) {
-    console.log(helpText(name, cmd));
-    return 0;
-  }
-  try {
+    const values = parseFlags(name, cmd, rest);
+    if (values.help) {
+      console.log(helpText(name, cmd));
+      return 0;
+    }
     await cmd.run(values);
     return 0;
   } catch (e) {
     if (e instanceof UsageError) {
-      console.error(`${e.message}\n\n${helpText(name, cmd)}`);
+      console.error(`gpt2-webgpu ${name}: ${e.message}`);
       return 2;
     }
     if (e instanceof ReportedFailure) {
