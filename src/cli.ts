@@ -380,30 +380,31 @@ const commands: Record<string, Command> = {
   beam: {
     summary: 'beam search on the GPU with the KV cache',
     usage:
-      'gpt2-webgpu beam --model M (--prompt TEXT | --ids CSV) --num-beams B --num-return R --max-new-tokens N [--length-penalty L] [--early-stopping] --json',
+      'gpt2-webgpu beam --model M (--prompt TEXT | --ids CSV) --num-beams B --num-sequences R --max-new-tokens N [--length-penalty L] [--early-stopping] --json',
     flags: {
       ...MODEL_FLAGS,
       ...PROMPT_FLAGS,
       'num-beams': { type: 'string', default: '4', help: 'beams kept per step' },
-      'num-return': { type: 'string', default: '1', help: 'hypotheses returned (<= num-beams)' },
+      'num-sequences': { type: 'string', default: '1', help: 'hypotheses returned (<= num-beams)' },
+      'num-return': { type: 'string', help: '', deprecatedFor: 'num-sequences' },
       'max-new-tokens': { type: 'string', default: '20', help: 'new tokens at most' },
       'length-penalty': { type: 'string', default: '0', help: 'score = logprob / new_tokens^L' },
       'early-stopping': {
         type: 'boolean',
         default: false,
-        help: "HF's early_stopping=True: stop once num-beams hypotheses ended with EOS (default: once num-return have, the exercise's rule)",
+        help: "HF's early_stopping=True: stop once num-beams hypotheses ended with EOS (default: once num-sequences have, the exercise's rule)",
       },
       ...JSON_FLAG,
     },
     async run(v) {
       const prompt = promptFrom(v);
       const numBeams = num(v['num-beams'], 'num-beams', { int: true, min: 1, max: 256 });
-      const numReturn = num(v['num-return'], 'num-return', { int: true, min: 1 });
-      if (numReturn > numBeams)
-        throw new UsageError(`--num-return (${numReturn}) must be <= --num-beams (${numBeams})`);
+      const numSequences = num(v['num-sequences'], 'num-sequences', { int: true, min: 1 });
+      if (numSequences > numBeams)
+        throw new UsageError(`--num-sequences (${numSequences}) must be <= --num-beams (${numBeams})`);
       const opts = {
         numBeams,
-        numReturnSequences: numReturn,
+        numReturnSequences: numSequences,
         maxNewTokens: num(v['max-new-tokens'], 'max-new-tokens', { int: true, min: 0, max: 100_000 }),
         lengthPenalty: num(v['length-penalty'], 'length-penalty'),
         earlyStopping: Boolean(v['early-stopping']),

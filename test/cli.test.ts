@@ -106,7 +106,7 @@ test('sampling and generation flags are checked before the model is downloaded o
     ['generate', ['--num-sequences', '0'], /--num-sequences must be an integer in \[1, 1024\], got "0"/],
     ['generate', ['--stop', ''], /--stop must not be empty/],
     ['generate', ['--weights-seed', 'x'], /--weights-seed must be an integer >= 0, got "x"/],
-    ['beam', ['--num-beams', '2', '--num-return', '3'], /--num-return \(3\) must be <= --num-beams \(2\)/],
+    ['beam', ['--num-beams', '2', '--num-sequences', '3'], /--num-sequences \(3\) must be <= --num-beams \(2\)/],
     ['beam', ['--num-beams', '0'], /--num-beams must be an integer in \[1, 256\], got "0"/],
   ] as const) {
     const r = cli(cmd, '--model', missing, '--ids', '1', ...args);
@@ -252,6 +252,21 @@ test('a file flag that cannot be read or written is named, without a stack trace
   for (const r of [missing, unwritable]) assert.not.match(r.err, /\n\s+at /);
 });
 
+test('"how many outputs" is --num-sequences in every command; beam takes its old --num-return with a note', () => {
+  for (const c of ['generate', 'beam']) {
+    const help = cli(c, '--help').out;
+    assert.match(help, /--num-sequences VALUE/, c);
+    assert.not.match(help, /num-return/, c);
+  }
+  const old = cli('beam', '--model', join(tmp, 'nope'), '--ids', '1', '--num-beams', '1', '--num-return', '2');
+  assert.is(old.code, 2);
+  assert.match(old.err, /^note: --num-return is deprecated, use --num-sequences\n/);
+  assert.match(old.err, /--num-sequences \(2\) must be <= --num-beams \(1\)/);
+  const both = cli('beam', '--model', 'x', '--ids', '1', '--num-return', '2', '--num-sequences', '2');
+  assert.is(both.code, 2);
+  assert.match(both.err, /give --num-sequences alone \(--num-return is its old name\)/);
+});
+
 test('beam --json reproduces the fixture beams', () => {
   const p = ref.prompts[0]!;
   const r = cli(
@@ -262,7 +277,7 @@ test('beam --json reproduces the fixture beams', () => {
     p.ids.join(','),
     '--num-beams',
     '6',
-    '--num-return',
+    '--num-sequences',
     '2',
     '--max-new-tokens',
     '20',
