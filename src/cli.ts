@@ -645,8 +645,12 @@ function parseFlags(name: string, cmd: Command, args: string[]): Values {
   const joined: string[] = [];
   for (let i = 0; i < args.length; i++) {
     const a = args[i]!;
-    if (a === '--' || !a.startsWith('-') || a === '-' || NEGATIVE_NUMBER.test(a)) {
-      joined.push(a); // positionals: parseArgs refuses them below
+    if (a === '--') {
+      joined.push(...args.slice(i)); // all positionals: parseArgs refuses them below
+      break;
+    }
+    if (!a.startsWith('-') || a === '-' || NEGATIVE_NUMBER.test(a)) {
+      joined.push(a); // a positional: parseArgs refuses it below
       continue;
     }
     if (a === '-h') {
@@ -654,7 +658,7 @@ function parseFlags(name: string, cmd: Command, args: string[]): Values {
       continue;
     }
     const [, key, value] = /^--?([^=]*)(?:=(.*))?$/s.exec(a)!;
-    const f = a.startsWith('--') ? flags[key!] : undefined;
+    const f = a.startsWith('--') && Object.hasOwn(flags, key!) ? flags[key!] : undefined;
     if (!f) {
       const known = Object.keys(flags).filter((k) => !flags[k]!.deprecatedFor);
       const guess = closest(key!, known);

@@ -46,6 +46,11 @@ test('unknown flags, missing values, bad numbers -> one line naming the problem,
     [['sample', '--temp', '0'], /^gpt2-webgpu sample: unknown option --temp \(did you mean --temperature\?\)$/],
     [['beam', '--xyzzy'], /^gpt2-webgpu beam: unknown option --xyzzy \(gpt2-webgpu beam --help lists the options\)$/],
     [
+      ['info', '--constructor'],
+      /^gpt2-webgpu info: unknown option --constructor \(gpt2-webgpu info --help lists the options\)$/,
+    ],
+    [['info', '--', '--json'], /^gpt2-webgpu info: Unexpected argument '--json'/],
+    [
       ['generate', '--model', 'random:gpt2', '--ids', '1,2', '--temperature', 'hot'],
       /^gpt2-webgpu generate: --temperature must be a number, got "hot"$/,
     ],
