@@ -1,29 +1,23 @@
 /**
  * The `gpt2-webgpu` command line: info, generate, logits, sample, beam, bench.
- * Unknown flags or missing values print the usage and exit with 2; any other error prints its
- * name and message and exits with 1. Every subcommand has --help and --json.
+ * Usage errors (an unknown command or flag, with the closest known one; a missing value; a value
+ * outside its flag's domain) print one line and exit with 2, before any model is downloaded or
+ * loaded; any other error prints its name and message and exits with 1. Every subcommand has
+ * --help and --json. Numeric flags take negative values as `--flag -1` (then reject them by their
+ * rule where they must not be negative).
  */
-import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { writeFileSync } from 'node:fs';
 import { createEngine, nodeContext } from './node.js';
+import { closest, parseFlags, UsageError, type Command, type Flag, type Values } from './cli-args.js';
 import { readBoundedFileSync } from './node-sources.js';
 import { GPT2WebGPUError, InvalidOptionError } from './errors.js';
 import type { LoadProgress, Model } from './engine/engine.js';
 import { sample } from './sampling/sample.js';
-import type { SamplingOptions } from './sampling/options.js';
+import { validateSampling, type SamplingOptions } from './sampling/options.js';
 import { formatBench, isBatchFailure, runBench } from './bench.js';
 import type { GemmTile } from './kernels/matmul.js';
 import { isPowerOfTwoIn } from './gpu/common.js';
 
-type Flag = { type: 'string' | 'boolean'; default?: string | boolean; help: string; short?: string };
-interface Command {
-  summary: string;
-  usage: string;
-  flags: Record<string, Flag>;
-  run(v: Record<string, string | boolean | undefined>): Promise<void>;
-}
-
-class UsageError extends Error {}
 /** A command printed its output but part of it failed: message on stderr, exit 1. */
 class ReportedFailure extends Error {}
 
@@ -113,52 +107,103 @@ function parseIds(s: string): number[] {
   return parts.map(Number);
 }
 
-function samplingFrom(v: Record<string, unknown>): SamplingOptions {
-  return {
-    temperature: num(v.temperature, 'temperature'),
-    topK: num(v['top-k'], 'top-k'),
-    topP: num(v['top-p'], 'top-p'),
-    minP: num(v['min-p'], 'min-p'),
-    minTokensToKeep: num(v['min-tokens-to-keep'], 'min-tokens-to-keep'),
-    freqPenalty: num(v['freq-penalty'], 'freq-penalty'),
-    presencePenalty: num(v['presence-penalty'], 'presence-penalty'),
-    repetitionPenalty: num(v['repetition-penalty'], 'repetition-penalty'),
-    ...(v.seed !== undefined ? { seed: num(v.seed, 'seed', { int: true, min: 0 }) } : {}),
-  };
+/** The sampling flags and the SamplingOptions key each sets. */
+const SAMPLING_KEYS: Array<[flag: string, key: keyof SamplingOptions]> = [
+  ['temperature', 'temperature'],
+  ['top-k', 'topK'],
+  ['top-p', 'topP'],
+  ['min-p', 'minP'],
+  ['min-tokens-to-keep', 'minTokensToKeep'],
+  ['freq-penalty', 'freqPenalty'],
+  ['presence-penalty', 'presencePenalty'],
+  ['repetition-penalty', 'repetitionPenalty'],
+  ['seed', 'seed'],
+];
+
+/**
+ * The sampling options of the flags, each checked against its domain by the engine's own
+ * validateSampling (so the CLI and the API agree) before anything is loaded; a value outside it is
+ * a usage error naming the flag and the rule.
+ */
+function samplingFrom(v: Values): SamplingOptions {
+  const s: Record<string, number> = {};
+  for (const [flag, key] of SAMPLING_KEYS) {
+    if (v[flag] === undefined) continue;
+    const x = num(v[flag], flag);
+    try {
+      validateSampling({ [key]: x }, 1);
+    } catch (e) {
+      if (!(e instanceof InvalidOptionError)) throw e;
+      const rule = /is invalid: (.*)$/.exec(e.message)?.[1] ?? e.message;
+      throw new UsageError(`--${flag} ${rule}, got "${String(v[flag])}"`);
+    }
+    s[key] = x;
+  }
+  return s as SamplingOptions;
 }
 
-/** A progress reporter: a redrawn bar on a TTY, a log line every 10% otherwise. */
+/** What each load phase is doing, as the progress lines name it. */
+const PHASES: Record<string, string> = {
+  download: 'download',
+  compile: 'compile (GPU pipelines)',
+  upload: 'upload (weights to the GPU)',
+};
+
+/**
+ * A progress reporter on stderr: a redrawn bar on a terminal, a line every 10% otherwise. The
+ * compile phase has no byte counts (its pipelines are built together): a line when it starts and
+ * one with its duration when it ends.
+ */
 function progress(): (p: LoadProgress) => void {
-  const tty = Boolean(process.stderr.isTTY);
+  // bin/gpt2-webgpu.js runs the CLI with stderr through a pipe (it drops Dawn's start-up
+  // warnings) and says so when its own stderr is a terminal.
+  const tty = Boolean(process.stderr.isTTY) || process.env.GPT2_WEBGPU_STDERR_TTY === '1';
   let lastPct = -1;
   let lastPhase = '';
+  let compileStart = 0;
   return (p) => {
+    const label = PHASES[p.phase] ?? p.phase;
+    if (p.phase === 'compile') {
+      const done = p.loaded >= p.total;
+      if (!done) compileStart = Date.now();
+      const secs = ((Date.now() - compileStart) / 1000).toFixed(1);
+      process.stderr.write(
+        tty
+          ? `\r${`${label}: ${done ? `done in ${secs} s` : 'building...'}`.padEnd(44)}${done ? '\n' : ''}`
+          : `${label}: ${done ? `done in ${secs} s` : 'building'}\n`,
+      );
+      lastPhase = p.phase;
+      return;
+    }
     const pct = p.total > 0 ? Math.floor((100 * p.loaded) / p.total) : 0;
     if (tty) {
       const w = 30;
       const fill = Math.round((w * pct) / 100);
       process.stderr.write(
-        `\r${p.phase.padEnd(9)} [${'#'.repeat(fill)}${'.'.repeat(w - fill)}] ${String(pct).padStart(3)}% ${(p.loaded / 1e6).toFixed(1)}/${(p.total / 1e6).toFixed(1)} MB`,
+        `\r${label} [${'#'.repeat(fill)}${'.'.repeat(w - fill)}] ${String(pct).padStart(3)}% ${(p.loaded / 1e6).toFixed(1)}/${(p.total / 1e6).toFixed(1)} MB`,
       );
       if (p.loaded >= p.total) process.stderr.write('\n');
     } else if (p.phase !== lastPhase || Math.floor(pct / 10) !== Math.floor(lastPct / 10)) {
-      process.stderr.write(
-        `${p.phase}: ${pct}% (${(p.loaded / 1e6).toFixed(1)} of ${(p.total / 1e6).toFixed(1)} MB)\n`,
-      );
+      process.stderr.write(`${label}: ${pct}% (${(p.loaded / 1e6).toFixed(1)} of ${(p.total / 1e6).toFixed(1)} MB)\n`);
     }
     lastPct = pct;
     lastPhase = p.phase;
   };
 }
 
-async function withModel<T>(v: Record<string, unknown>, fn: (m: Model) => Promise<T>): Promise<T> {
+/**
+ * Loads --model and runs `fn` on it. Commands read and check all their other flags before calling
+ * this, so that a bad value is refused before any download or upload.
+ */
+async function withModel<T>(v: Values, fn: (m: Model) => Promise<T>): Promise<T> {
   if (typeof v.model !== 'string' || !v.model)
     throw new UsageError('--model is required (e.g. --model random:gpt2, --model gpt2, --model ./my-gpt2-dir)');
+  const seed = num(v['weights-seed'], 'weights-seed', { int: true, min: 0 });
   const engine = await createEngine();
   try {
     const model = await engine.loadModel(v.model, {
       dtype: v.f16 ? 'f16' : 'f32',
-      seed: num(v['weights-seed'], 'weights-seed', { int: true, min: 0 }),
+      seed,
       onProgress: progress(),
     });
     return await fn(model);
@@ -167,7 +212,7 @@ async function withModel<T>(v: Record<string, unknown>, fn: (m: Model) => Promis
   }
 }
 
-function promptFrom(v: Record<string, unknown>): string | number[] {
+function promptFrom(v: Values): string | number[] {
   if (v.prompt !== undefined && v.ids !== undefined) throw new UsageError('give either --prompt or --ids, not both');
   if (typeof v.ids === 'string') return parseIds(v.ids);
   if (typeof v.prompt === 'string') return v.prompt;
@@ -211,14 +256,20 @@ const commands: Record<string, Command> = {
       },
       'no-stop-at-eos': { type: 'boolean', default: false, help: 'keep going after <|endoftext|>' },
       'no-cache': { type: 'boolean', default: false, help: 'recompute the whole sequence every step (checking mode)' },
-      stop: { type: 'string', help: 'stop string (repeatable via comma-free multiple --stop)' },
+      stop: {
+        type: 'string',
+        multiple: true,
+        help: 'stop when the text contains this string (give --stop more than once for several)',
+      },
       ...JSON_FLAG,
     },
     async run(v) {
       const prompt = promptFrom(v);
       const s = samplingFrom(v);
-      const maxNewTokens = num(v['max-new-tokens'], 'max-new-tokens', { int: true, min: 0 });
-      const numSequences = num(v['num-sequences'], 'num-sequences', { int: true, min: 1 });
+      const maxNewTokens = num(v['max-new-tokens'], 'max-new-tokens', { int: true, min: 0, max: 1_000_000 });
+      const numSequences = num(v['num-sequences'], 'num-sequences', { int: true, min: 1, max: 1024 });
+      const stopStrings = v.stop as string[] | undefined;
+      if (stopStrings?.some((x) => x === '')) throw new UsageError('--stop must not be empty');
       await withModel(v, async (model) => {
         const streamOut = !v.json && numSequences === 1;
         const res = await model.generate(prompt, {
@@ -227,7 +278,7 @@ const commands: Record<string, Command> = {
           numSequences,
           stopAtEos: !v['no-stop-at-eos'],
           useCache: !v['no-cache'],
-          stopStrings: typeof v.stop === 'string' ? [v.stop] : undefined,
+          stopStrings,
           onToken: streamOut ? (ev) => process.stdout.write(ev.text) : undefined,
         });
         if (v.json) {
@@ -275,7 +326,7 @@ const commands: Record<string, Command> = {
     },
   },
   sample: {
-    summary: 'draw tokens on the GPU from a logits file; prints counts per token id',
+    summary: 'draw tokens on the GPU from a logits file; prints {token id: count} of the ids drawn',
     usage: 'gpt2-webgpu sample --logits FILE.f32 --count N [sampling options] [--probs-out FILE.f32] --json',
     flags: {
       logits: { type: 'string', help: 'float32 little-endian logits [vocab]' },
@@ -287,20 +338,26 @@ const commands: Record<string, Command> = {
     async run(v) {
       if (typeof v.logits !== 'string') throw new UsageError('--logits FILE.f32 is required');
       const count = num(v.count, 'count', { int: true, min: 1, max: 10_000_000 });
+      const sampling = samplingFrom(v);
       const bytes = readFlagFile('logits', v.logits);
       if (bytes.byteLength === 0 || bytes.byteLength % 4)
         throw new InvalidOptionError(`${v.logits}: ${bytes.byteLength} bytes is not a whole number of float32 values`);
       const logits = new Float32Array(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength));
       const ctx = await nodeContext();
       try {
-        const r = await sample(ctx, logits, count, samplingFrom(v));
+        const r = await sample(ctx, logits, count, sampling);
         if (typeof v['probs-out'] === 'string')
           writeFlagFile(
             'probs-out',
             v['probs-out'],
             new Uint8Array(r.probs.buffer, r.probs.byteOffset, r.probs.byteLength),
           );
-        console.log(JSON.stringify({ counts: Array.from(r.counts), seed: r.seed }));
+        // Only the ids drawn (a vocabulary has 50,257 entries, nearly all 0), in id order.
+        const counts: Record<number, number> = {};
+        r.counts.forEach((c, id) => {
+          if (c > 0) counts[id] = c;
+        });
+        console.log(JSON.stringify({ counts, seed: r.seed }));
       } finally {
         ctx.destroy();
       }
@@ -309,31 +366,37 @@ const commands: Record<string, Command> = {
   beam: {
     summary: 'beam search on the GPU with the KV cache',
     usage:
-      'gpt2-webgpu beam --model M (--prompt TEXT | --ids CSV) --num-beams B --num-return R --max-new-tokens N [--length-penalty L] [--early-stopping] --json',
+      'gpt2-webgpu beam --model M (--prompt TEXT | --ids CSV) --num-beams B --num-sequences R --max-new-tokens N [--length-penalty L] [--early-stopping] --json',
     flags: {
       ...MODEL_FLAGS,
       ...PROMPT_FLAGS,
       'num-beams': { type: 'string', default: '4', help: 'beams kept per step' },
-      'num-return': { type: 'string', default: '1', help: 'hypotheses returned (<= num-beams)' },
+      'num-sequences': { type: 'string', default: '1', help: 'hypotheses returned (<= num-beams)' },
+      'num-return': { type: 'string', help: '', deprecatedFor: 'num-sequences' },
       'max-new-tokens': { type: 'string', default: '20', help: 'new tokens at most' },
       'length-penalty': { type: 'string', default: '0', help: 'score = logprob / new_tokens^L' },
       'early-stopping': {
         type: 'boolean',
         default: false,
-        help: "HF's early_stopping=True: stop once num-beams hypotheses ended with EOS (default: once num-return have, the exercise's rule)",
+        help: "HF's early_stopping=True: stop once num-beams hypotheses ended with EOS (default: once num-sequences have, the exercise's rule)",
       },
       ...JSON_FLAG,
     },
     async run(v) {
       const prompt = promptFrom(v);
+      const numBeams = num(v['num-beams'], 'num-beams', { int: true, min: 1, max: 256 });
+      const numSequences = num(v['num-sequences'], 'num-sequences', { int: true, min: 1 });
+      if (numSequences > numBeams)
+        throw new UsageError(`--num-sequences (${numSequences}) must be <= --num-beams (${numBeams})`);
+      const opts = {
+        numBeams,
+        numReturnSequences: numSequences,
+        maxNewTokens: num(v['max-new-tokens'], 'max-new-tokens', { int: true, min: 0, max: 100_000 }),
+        lengthPenalty: num(v['length-penalty'], 'length-penalty'),
+        earlyStopping: Boolean(v['early-stopping']),
+      };
       await withModel(v, async (model) => {
-        const beams = await model.beamSearch(prompt, {
-          numBeams: num(v['num-beams'], 'num-beams', { int: true, min: 1 }),
-          numReturnSequences: num(v['num-return'], 'num-return', { int: true, min: 1 }),
-          maxNewTokens: num(v['max-new-tokens'], 'max-new-tokens', { int: true, min: 0 }),
-          lengthPenalty: num(v['length-penalty'], 'length-penalty'),
-          earlyStopping: Boolean(v['early-stopping']),
-        });
+        const beams = await model.beamSearch(prompt, opts);
         const out = beams.map((b) => ({
           logprob: b.logprob,
           score: b.score,
@@ -498,6 +561,7 @@ function attentionWg(v: unknown): number | undefined {
 function helpText(name: string, c: Command): string {
   const lines = [`${c.usage}`, '', c.summary, '', 'options:'];
   for (const [k, f] of Object.entries(c.flags)) {
+    if (f.deprecatedFor) continue;
     const d = f.default !== undefined && f.type === 'string' ? ` (default ${f.default})` : '';
     lines.push(`  --${k}${f.type === 'string' ? ' VALUE' : ''}`.padEnd(28) + ` ${f.help}${d}`);
   }
@@ -523,34 +587,25 @@ export async function main(argv: string[]): Promise<number> {
     console.log(mainHelp());
     return name ? 0 : 2;
   }
-  const cmd = commands[name];
+  const cmd = Object.hasOwn(commands, name) ? commands[name] : undefined;
   if (!cmd) {
-    console.error(`unknown command "${name}"\n\n${mainHelp()}`);
+    const guess = closest(name, Object.keys(commands));
+    console.error(
+      `gpt2-webgpu: unknown command "${name}" ${guess ? `(did you mean ${guess}?)` : `(commands: ${Object.keys(commands).join(', ')})`}`,
+    );
     return 2;
   }
-  let values: Record<string, string | boolean | undefined>;
   try {
-    const options: ParseArgsConfig['options'] = { help: { type: 'boolean' } };
-    for (const [k, f] of Object.entries(cmd.flags))
-      options[k] = { type: f.type, ...(f.default !== undefined ? { default: f.default } : {}) };
-    values = parseArgs({ args: rest, options, strict: true, allowPositionals: false }).values as Record<
-      string,
-      string | boolean | undefined
-    >;
-  } catch (e) {
-    console.error(`${(e as Error).message}\n\n${helpText(name, cmd)}`);
-    return 2;
-  }
-  if (values.help) {
-    console.log(helpText(name, cmd));
-    return 0;
-  }
-  try {
+    const values = parseFlags(name, cmd, rest);
+    if (values.help) {
+      console.log(helpText(name, cmd));
+      return 0;
+    }
     await cmd.run(values);
     return 0;
   } catch (e) {
     if (e instanceof UsageError) {
-      console.error(`${e.message}\n\n${helpText(name, cmd)}`);
+      console.error(`gpt2-webgpu ${name}: ${e.message}`);
       return 2;
     }
     if (e instanceof ReportedFailure) {

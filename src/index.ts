@@ -1,3 +1,6 @@
+// The WebGPU types (GPUDevice, GPUBuffer...) the declarations use: kept in the emitted .d.ts
+// (preserve), so a TypeScript consumer gets them from the @webgpu/types dependency unasked.
+/// <reference types="@webgpu/types" preserve="true" />
 /**
  * gpt2-webgpu: GPT-2 on raw WebGPU. Browser-safe entry point (no Node built-ins imported from
  * here); Node users import the package normally and also get `createEngine` / `nodeGPU`.

@@ -1,3 +1,6 @@
+// The WebGPU types (GPUDevice, GPUBuffer...) the declarations use: kept in the emitted .d.ts
+// (preserve), so a TypeScript consumer gets them from the @webgpu/types dependency unasked.
+/// <reference types="@webgpu/types" preserve="true" />
 /**
  * Node entry point: everything in the browser entry plus `nodeGPU()` (a `GPU` backed by Dawn, the
  * `webgpu` npm package) and `createEngine()`, whose loader also takes local directories and

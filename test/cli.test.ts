@@ -32,18 +32,92 @@ test('--help on every subcommand lists its flags with defaults; exit 0', () => {
   assert.is(cli('--help').code, 0);
 });
 
-test('unknown flags, missing values, bad numbers -> usage and exit 2', () => {
-  for (const args of [
-    ['generate', '--modle', 'x'],
-    ['generate', '--model'],
-    ['frobnicate'],
-    ['generate', '--model', 'random:gpt2', '--ids', '1,2', '--temperature', 'hot'],
-    ['generate', '--model', 'random:gpt2', '--ids', '1,x'],
-    ['bench', '--batch', '0'],
-  ]) {
+test('unknown flags, missing values, bad numbers -> one line naming the problem, exit 2', () => {
+  for (const [args, msg] of [
+    [['generate', '--modle', 'x'], /^gpt2-webgpu generate: unknown option --modle \(did you mean --model\?\)$/],
+    [['generate', '--model'], /^gpt2-webgpu generate: --model needs a value/],
+    [['generate', '--json=1'], /^gpt2-webgpu generate: --json takes no value, got "1"$/],
+    [['generate', 'stray'], /^gpt2-webgpu generate: Unexpected argument 'stray'/],
+    [
+      ['frobnicate'],
+      /^gpt2-webgpu: unknown command "frobnicate" \(commands: info, generate, logits, sample, beam, bench\)$/,
+    ],
+    [['genrate', '--model', 'x'], /^gpt2-webgpu: unknown command "genrate" \(did you mean generate\?\)$/],
+    [['sample', '--temp', '0'], /^gpt2-webgpu sample: unknown option --temp \(did you mean --temperature\?\)$/],
+    [['beam', '--xyzzy'], /^gpt2-webgpu beam: unknown option --xyzzy \(gpt2-webgpu beam --help lists the options\)$/],
+    [
+      ['info', '--constructor'],
+      /^gpt2-webgpu info: unknown option --constructor \(gpt2-webgpu info --help lists the options\)$/,
+    ],
+    [['info', '--', '--json'], /^gpt2-webgpu info: Unexpected argument '--json'/],
+    [
+      ['generate', '--model', 'random:gpt2', '--ids', '1,2', '--temperature', 'hot'],
+      /^gpt2-webgpu generate: --temperature must be a number, got "hot"$/,
+    ],
+    [
+      ['generate', '--model', 'random:gpt2', '--ids', '1,x'],
+      /^gpt2-webgpu generate: --ids must be comma-separated non-negative integers, got "1,x"$/,
+    ],
+    [['bench', '--batch', '0'], /^gpt2-webgpu bench: --batch must be an integer in \[1, 1024\], got "0"$/],
+  ] as const) {
     const r = cli(...args);
     assert.is(r.code, 2, `${args.join(' ')}: exit ${r.code}, stderr ${r.err}`);
-    assert.match(r.err, /usage|gpt2-webgpu/);
+    assert.is(r.err.trimEnd().split('\n').length, 1, `one line, not the help: ${r.err}`);
+    assert.match(r.err.trimEnd(), msg);
+    assert.is(r.out, '');
+  }
+});
+
+test('negative numbers are values (--temperature -1), refused by the rule they break, before the model is looked at', () => {
+  for (const args of [['--temperature', '-1'], ['--temperature=-1']]) {
+    const r = cli('generate', '--model', join(tmp, 'nope'), '--ids', '1', ...args);
+    assert.is(r.code, 2, r.err);
+    assert.match(
+      r.err,
+      /^gpt2-webgpu generate: --temperature must be a finite number >= 0 \(0 = greedy\), got "-1"\n$/,
+    );
+  }
+  const minP = cli('sample', '--logits', join(tmp, 'nope.f32'), '--min-p', '-0.5');
+  assert.match(minP.err, /--min-p must be in \[0, 1\] \(0 = off\), got "-0.5"/);
+  assert.is(
+    cli('generate', '--model', 'x', '--ids', '1', '--max-new-tokens', '-3').err.trim(),
+    'gpt2-webgpu generate: --max-new-tokens must be an integer in [0, 1000000], got "-3"',
+  );
+  // where a negative value is allowed, it is taken
+  const f = join(tmp, 'neg.f32');
+  writeFileSync(f, new Uint8Array(Float32Array.from([0, 0, 0]).buffer));
+  const ok = cli(
+    'sample',
+    '--logits',
+    f,
+    '--count',
+    '10',
+    '--freq-penalty',
+    '-1',
+    '--presence-penalty',
+    '-0.5',
+    '--seed',
+    '1',
+  );
+  assert.is(ok.code, 0, ok.err);
+});
+
+test('sampling and generation flags are checked before the model is downloaded or loaded', () => {
+  const missing = join(tmp, 'nope'); // loading it would fail with a WeightsFormatError
+  for (const [cmd, args, msg] of [
+    ['generate', ['--top-p', '2'], /--top-p must be in \[0, 1\] \(0 or 1 = off\), got "2"/],
+    ['generate', ['--top-k', '1.5'], /--top-k must be an integer >= 0 \(0 = off\), got "1.5"/],
+    ['generate', ['--seed', '-1'], /--seed must be an integer in \[0, 2\^53\), got "-1"/],
+    ['generate', ['--num-sequences', '0'], /--num-sequences must be an integer in \[1, 1024\], got "0"/],
+    ['generate', ['--stop', ''], /--stop must not be empty/],
+    ['generate', ['--weights-seed', 'x'], /--weights-seed must be an integer >= 0, got "x"/],
+    ['beam', ['--num-beams', '2', '--num-sequences', '3'], /--num-sequences \(3\) must be <= --num-beams \(2\)/],
+    ['beam', ['--num-beams', '0'], /--num-beams must be an integer in \[1, 256\], got "0"/],
+  ] as const) {
+    const r = cli(cmd, '--model', missing, '--ids', '1', ...args);
+    assert.is(r.code, 2, `${args.join(' ')}: ${r.err}`);
+    assert.match(r.err, msg);
+    assert.not.match(r.err, /WeightsFormatError|no such file/);
   }
 });
 
@@ -51,9 +125,56 @@ test('errors exit 1 with a named error', () => {
   const r = cli('generate', '--model', join(tmp, 'nope'), '--ids', '1');
   assert.is(r.code, 1, r.err);
   assert.match(r.err, /error: \w+Error: /);
-  const r2 = cli('generate', '--model', tinyDir(), '--ids', '1', '--top-p', '2');
+  const r2 = cli('generate', '--model', tinyDir(), '--ids', '60000', '--max-new-tokens', '1');
   assert.is(r2.code, 1, r2.err);
-  assert.match(r2.err, /InvalidOptionError/);
+  assert.match(r2.err, /error: PromptError: /);
+  assert.not.match(r2.err, /\n\s+at /);
+});
+
+// One ordinary run, looked at by the next two tests.
+let plainRun: ReturnType<typeof cli> | undefined;
+function plain(): ReturnType<typeof cli> {
+  plainRun ??= cli('generate', '--model', tinyDir(), '--ids', '464,3290', '--max-new-tokens', '3', '--seed', '1');
+  assert.is(plainRun.code, 0, plainRun.err);
+  return plainRun;
+}
+
+test("a run prints nothing but the engine's own output: no Dawn 'Warning:' lines", () => {
+  const r = plain();
+  assert.not.match(r.err + r.out, /Warning:/);
+  assert.ok(r.out.length > 0);
+  // stderr: the load's progress, then the run's statistics line, nothing else
+  for (const line of r.err.trimEnd().split('\n'))
+    assert.match(line, /^(compile \(GPU pipelines\)|upload \(weights to the GPU\)): |^seed 1; first token /, line);
+});
+
+test('load progress names its phases, pipeline compilation included (it comes before the upload)', () => {
+  const lines = plain().err.split('\n');
+  const at = (re: RegExp) => lines.findIndex((l) => re.test(l));
+  const building = at(/^compile \(GPU pipelines\): building$/);
+  const built = at(/^compile \(GPU pipelines\): done in \d+\.\d s$/);
+  const upload = at(/^upload \(weights to the GPU\): 100% \(14\.1 of 14\.1 MB\)$/);
+  assert.ok(building >= 0 && built > building && upload > built, plain().err);
+});
+
+test('generate | head -c 20: the closed pipe ends the run quietly, exit 0', () => {
+  const r = spawnSync(
+    'bash',
+    [
+      '-o',
+      'pipefail',
+      '-c',
+      `"${process.execPath}" "${BIN}" generate --model "${tinyDir()}" --prompt "Hello there" --max-new-tokens 200 --no-stop-at-eos --seed 1 | head -c 20`,
+    ],
+    {
+      encoding: 'utf8',
+      timeout: 120_000,
+      env: { ...process.env, XDG_RUNTIME_DIR: process.env.XDG_RUNTIME_DIR ?? '/tmp' },
+    },
+  );
+  assert.is(r.stdout.length, 20);
+  assert.not.match(r.stderr, /EPIPE|\n\s+at |Error/);
+  assert.is(r.status, 0, r.stderr);
 });
 
 test('info prints the adapter', () => {
@@ -118,8 +239,8 @@ test('sample --json counts draws on the GPU; --probs-out writes the distribution
   );
   assert.is(r.code, 0, r.err);
   const j = JSON.parse(r.out);
-  assert.is(j.counts.length, 4);
-  assert.is(j.counts[0] + j.counts[1], 0);
+  // {id: count} for the ids drawn only: top-k 2 keeps ids 2 and 3
+  assert.equal(Object.keys(j.counts), ['2', '3']);
   assert.is(j.counts[2] + j.counts[3], 4000);
   const pr = new Float32Array(new Uint8Array(readFileSync(probs)).buffer);
   assert.is(pr.length, 4);
@@ -136,6 +257,21 @@ test('a file flag that cannot be read or written is named, without a stack trace
   for (const r of [missing, unwritable]) assert.not.match(r.err, /\n\s+at /);
 });
 
+test('"how many outputs" is --num-sequences in every command; beam takes its old --num-return with a note', () => {
+  for (const c of ['generate', 'beam']) {
+    const help = cli(c, '--help').out;
+    assert.match(help, /--num-sequences VALUE/, c);
+    assert.not.match(help, /num-return/, c);
+  }
+  const old = cli('beam', '--model', join(tmp, 'nope'), '--ids', '1', '--num-beams', '1', '--num-return', '2');
+  assert.is(old.code, 2);
+  assert.match(old.err, /^note: --num-return is deprecated, use --num-sequences\n/);
+  assert.match(old.err, /--num-sequences \(2\) must be <= --num-beams \(1\)/);
+  const both = cli('beam', '--model', 'x', '--ids', '1', '--num-return', '2', '--num-sequences', '2');
+  assert.is(both.code, 2);
+  assert.match(both.err, /give --num-sequences alone \(--num-return is its old name\)/);
+});
+
 test('beam --json reproduces the fixture beams', () => {
   const p = ref.prompts[0]!;
   const r = cli(
@@ -146,7 +282,7 @@ test('beam --json reproduces the fixture beams', () => {
     p.ids.join(','),
     '--num-beams',
     '6',
-    '--num-return',
+    '--num-sequences',
     '2',
     '--max-new-tokens',
     '20',

@@ -65,6 +65,12 @@ function setStatus(text: string, isError = false): void {
 
 function showProgress(phase: string, loaded: number, total: number): void {
   ui.load.classList.add('active');
+  if (phase === 'compile') {
+    // No byte counts: 0 of 1 while the GPU pipelines are built, 1 of 1 when they are.
+    ui.progress.removeAttribute('value'); // indeterminate
+    ui.phase.textContent = loaded < total ? 'compiling GPU pipelines...' : 'GPU pipelines built';
+    return;
+  }
   ui.progress.max = total > 0 ? total : 1;
   ui.progress.value = total > 0 ? Math.min(loaded, total) : 0;
   if (total <= 0) ui.progress.removeAttribute('value'); // indeterminate

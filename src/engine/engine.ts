@@ -38,7 +38,12 @@ import { bytesSource } from './safetensors.js';
 import { urlSource, fileSource } from './sources-web.js';
 import { AbortError, CacheMisuseError, InvalidOptionError, OutOfMemoryError, WeightsFormatError } from '../errors.js';
 
-/** Progress of a load: phase 'download' | 'read' | 'upload' | 'compile', bytes or items. */
+/**
+ * Progress of a load, phase by phase: 'download' (bytes, a Hugging Face id or { url } not cached
+ * yet), 'compile' (the GPU pipelines: loaded 0 of total 1 when they start, 1 of 1 when all are
+ * built; they are built together, so there is nothing in between), then 'upload' (weight bytes
+ * read and written to the GPU).
+ */
 export interface LoadProgress {
   phase: string;
   loaded: number;
@@ -148,9 +153,11 @@ export class Engine {
     if (opts.promptBuckets !== undefined && typeof opts.promptBuckets !== 'boolean')
       throw new InvalidOptionError(`promptBuckets must be a boolean, got ${String(opts.promptBuckets)}`);
     const t1 = now();
-    const kernels = await GPT2Model.buildKernels(this.ctx, ckpt.config, opts.matmul, opts.attention);
-    const t2 = now();
     const cb = opts.onProgress;
+    cb?.({ phase: 'compile', loaded: 0, total: 1 });
+    const kernels = await GPT2Model.buildKernels(this.ctx, ckpt.config, opts.matmul, opts.attention);
+    cb?.({ phase: 'compile', loaded: 1, total: 1 });
+    const t2 = now();
     const weights = await uploadWeights(this.ctx, ckpt, {
       dtype,
       knPanel: kernels.matmul.knPanel,
