@@ -3,7 +3,10 @@
  * looks every flag up (naming the closest known one when it is unknown) and takes negative
  * numbers as values.
  */
+import { writeFileSync } from 'node:fs';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
+import { InvalidOptionError } from './errors.js';
+import { readBoundedFileSync } from './node-sources.js';
 
 export type Flag = {
   type: 'string' | 'boolean';
@@ -23,6 +26,57 @@ export interface Command {
 }
 
 export class UsageError extends Error {}
+
+/** A numeric flag value within its rule, else a usage error naming the flag and the rule. */
+export function num(v: unknown, name: string, { int = false, min = -Infinity, max = Infinity } = {}): number {
+  const s = String(v);
+  const x = Number(s);
+  if (s.trim() === '' || !Number.isFinite(x) || (int && !Number.isInteger(x)) || x < min || x > max) {
+    const range =
+      min > -Infinity && max < Infinity
+        ? ` in [${min}, ${max}]`
+        : min > -Infinity
+          ? ` >= ${min}`
+          : max < Infinity
+            ? ` <= ${max}`
+            : '';
+    throw new UsageError(`--${name} must be ${int ? 'an integer' : 'a number'}${range}, got "${s}"`);
+  }
+  return x;
+}
+
+/** The largest file a flag reads (--logits: 16 M float32 values). */
+const MAX_FLAG_FILE_BYTES = 64 << 20;
+
+/** Reads the file a flag names; a missing or unreadable file is an InvalidOptionError naming both. */
+export function readFlagFile(flag: string, path: string): Buffer {
+  try {
+    return readBoundedFileSync(path, MAX_FLAG_FILE_BYTES); // a regular file, read only up to the limit
+  } catch (e) {
+    throw new InvalidOptionError(
+      `--${flag} ${path}: cannot read it (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`,
+    );
+  }
+}
+
+/** Writes the file a flag names; failure is an InvalidOptionError naming both. */
+export function writeFlagFile(flag: string, path: string, data: Uint8Array): void {
+  try {
+    writeFileSync(path, data);
+  } catch (e) {
+    throw new InvalidOptionError(
+      `--${flag} ${path}: cannot write it (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`,
+    );
+  }
+}
+
+/** Comma-separated token ids. */
+export function parseIds(s: string): number[] {
+  const parts = s.split(',').map((p) => p.trim());
+  if (parts.some((p) => !/^\d+$/.test(p)))
+    throw new UsageError(`--ids must be comma-separated non-negative integers, got "${s}"`);
+  return parts.map(Number);
+}
 
 /**
  * Edit distance: insertions, deletions, substitutions and swaps of two neighbouring characters

@@ -1,18 +1,28 @@
 /**
- * The `gpt2-webgpu` command line: info, generate, logits, sample, beam, bench.
+ * The `gpt2-webgpu` command line: info, generate, logits, score, sample, beam, bench.
  * Usage errors (an unknown command or flag, with the closest known one; a missing value; a value
  * outside its flag's domain) print one line and exit with 2, before any model is downloaded or
  * loaded; any other error prints its name and message and exits with 1. Every subcommand has
  * --help and --json. Numeric flags take negative values as `--flag -1` (then reject them by their
  * rule where they must not be negative).
  */
-import { writeFileSync } from 'node:fs';
 import { createEngine, nodeContext } from './node.js';
-import { closest, parseFlags, UsageError, type Command, type Flag, type Values } from './cli-args.js';
-import { readBoundedFileSync } from './node-sources.js';
+import {
+  closest,
+  num,
+  parseFlags,
+  parseIds,
+  readFlagFile,
+  UsageError,
+  writeFlagFile,
+  type Command,
+  type Flag,
+  type Values,
+} from './cli-args.js';
 import { GPT2WebGPUError, InvalidOptionError } from './errors.js';
 import type { LoadProgress, Model } from './engine/engine.js';
 import { sample } from './sampling/sample.js';
+import { perplexityOf, type ScoreOptions } from './engine/score.js';
 import { validateSampling, type SamplingOptions } from './sampling/options.js';
 import { formatBench, isBatchFailure, runBench } from './bench.js';
 import type { GemmTile } from './kernels/matmul.js';
@@ -57,55 +67,6 @@ const PROMPT_FLAGS: Record<string, Flag> = {
   ids: { type: 'string', help: 'prompt as comma-separated token ids' },
 };
 const JSON_FLAG: Record<string, Flag> = { json: { type: 'boolean', default: false, help: 'print one JSON object' } };
-
-function num(v: unknown, name: string, { int = false, min = -Infinity, max = Infinity } = {}): number {
-  const s = String(v);
-  const x = Number(s);
-  if (s.trim() === '' || !Number.isFinite(x) || (int && !Number.isInteger(x)) || x < min || x > max) {
-    const range =
-      min > -Infinity && max < Infinity
-        ? ` in [${min}, ${max}]`
-        : min > -Infinity
-          ? ` >= ${min}`
-          : max < Infinity
-            ? ` <= ${max}`
-            : '';
-    throw new UsageError(`--${name} must be ${int ? 'an integer' : 'a number'}${range}, got "${s}"`);
-  }
-  return x;
-}
-
-/** Reads the file a flag names; a missing or unreadable file is an InvalidOptionError naming both. */
-/** The largest file a flag reads (--logits: 16 M float32 values). */
-const MAX_FLAG_FILE_BYTES = 64 << 20;
-
-function readFlagFile(flag: string, path: string): Buffer {
-  try {
-    return readBoundedFileSync(path, MAX_FLAG_FILE_BYTES); // a regular file, read only up to the limit
-  } catch (e) {
-    throw new InvalidOptionError(
-      `--${flag} ${path}: cannot read it (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`,
-    );
-  }
-}
-
-/** Writes the file a flag names; failure is an InvalidOptionError naming both. */
-function writeFlagFile(flag: string, path: string, data: Uint8Array): void {
-  try {
-    writeFileSync(path, data);
-  } catch (e) {
-    throw new InvalidOptionError(
-      `--${flag} ${path}: cannot write it (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`,
-    );
-  }
-}
-
-function parseIds(s: string): number[] {
-  const parts = s.split(',').map((p) => p.trim());
-  if (parts.some((p) => !/^\d+$/.test(p)))
-    throw new UsageError(`--ids must be comma-separated non-negative integers, got "${s}"`);
-  return parts.map(Number);
-}
 
 /** The sampling flags and the SamplingOptions key each sets. */
 const SAMPLING_KEYS: Array<[flag: string, key: keyof SamplingOptions]> = [
@@ -322,6 +283,62 @@ const commands: Record<string, Command> = {
         const r = await model.logits(ids, { allPositions: Boolean(v['all-positions']) });
         writeFlagFile('out', v.out as string, new Uint8Array(r.data.buffer, r.data.byteOffset, r.data.byteLength));
         console.log(JSON.stringify({ shape: r.shape }));
+      });
+    },
+  },
+  score: {
+    summary: 'log-probability of every token given the ones before it, and the perplexity (on the GPU)',
+    usage:
+      'gpt2-webgpu score --model M (--text T | --file F | --ids CSV) [--context T] [--window W --stride S] [--top N] [--json]',
+    flags: {
+      ...MODEL_FLAGS,
+      text: { type: 'string', help: 'text to score' },
+      file: { type: 'string', help: 'file whose text (UTF-8) is scored' },
+      ids: { type: 'string', help: 'token ids to score, comma-separated' },
+      context: { type: 'string', help: 'text before the scored one: conditions it, is not scored' },
+      window: { type: 'string', help: 'tokens per forward window (default: the model context n_positions)' },
+      stride: { type: 'string', help: 'tokens between window starts for longer texts (default window / 2)' },
+      top: { type: 'string', default: '0', help: 'alternatives reported per token (0-20)' },
+      ...JSON_FLAG,
+    },
+    async run(v) {
+      const given = ['text', 'file', 'ids'].filter((k) => v[k] !== undefined);
+      if (given.length !== 1) throw new UsageError('give exactly one of --text, --file, --ids');
+      const top = num(v.top, 'top', { int: true, min: 0, max: 20 });
+      const opts: ScoreOptions = { top };
+      if (v.window !== undefined) opts.window = num(v.window, 'window', { int: true, min: 2 });
+      if (v.stride !== undefined) opts.stride = num(v.stride, 'stride', { int: true, min: 1 });
+      if (typeof v.context === 'string') opts.context = v.context;
+      const text =
+        v.ids !== undefined
+          ? parseIds(v.ids as string)
+          : v.file !== undefined
+            ? readFlagFile('file', v.file as string).toString('utf8')
+            : (v.text as string);
+      await withModel(v, async (model) => {
+        const r = await model.score(text, opts);
+        const p = perplexityOf(r);
+        const dec = (id: number) => model.tokenizer.decode([id]);
+        if (v.json) {
+          const tokens = r.tokens.map((t) => ({
+            ...t,
+            text: dec(t.id),
+            ...(t.top ? { top: t.top.map((a) => ({ ...a, text: dec(a.id) })) } : {}),
+          }));
+          const out = { tokens, logprob: r.logprob, count: p.tokens, perplexity: p.perplexity };
+          console.log(JSON.stringify({ ...out, perplexity_hf: p.perplexityHf, windows: r.windows.length }));
+          return;
+        }
+        for (const t of r.tokens)
+          console.log(
+            `${String(t.position).padStart(6)} ${JSON.stringify(dec(t.id)).padEnd(16)} ${t.logprob.toFixed(4).padStart(9)}${t.greedy ? '  greedy' : ''}` +
+              (t.top
+                ? `  top: ${t.top.map((a) => `${JSON.stringify(dec(a.id))} ${a.logprob.toFixed(3)}`).join(', ')}`
+                : ''),
+          );
+        console.log(
+          `${p.tokens} tokens, log-prob ${r.logprob.toFixed(4)}, perplexity ${p.perplexity.toFixed(4)} (HF's weighting: ${p.perplexityHf.toFixed(4)}; ${r.windows.length} window(s))`,
+        );
       });
     },
   },

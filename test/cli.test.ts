@@ -5,7 +5,7 @@ import { spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { REPO_ROOT, tinyDir, tinyReference } from './fixtures-util.js';
+import { fixturesDir, REPO_ROOT, tinyDir, tinyReference } from './fixtures-util.js';
 
 const BIN = join(REPO_ROOT, 'bin', 'gpt2-webgpu.js');
 const ref = tinyReference();
@@ -20,7 +20,7 @@ function cli(...args: string[]): { code: number; out: string; err: string } {
   return { code: r.status ?? -1, out: r.stdout, err: r.stderr };
 }
 
-const SUBCOMMANDS = ['info', 'generate', 'logits', 'sample', 'beam', 'bench'];
+const SUBCOMMANDS = ['info', 'generate', 'logits', 'score', 'sample', 'beam', 'bench'];
 
 test('--help on every subcommand lists its flags with defaults; exit 0', () => {
   for (const c of SUBCOMMANDS) {
@@ -40,7 +40,7 @@ test('unknown flags, missing values, bad numbers -> one line naming the problem,
     [['generate', 'stray'], /^gpt2-webgpu generate: Unexpected argument 'stray'/],
     [
       ['frobnicate'],
-      /^gpt2-webgpu: unknown command "frobnicate" \(commands: info, generate, logits, sample, beam, bench\)$/,
+      /^gpt2-webgpu: unknown command "frobnicate" \(commands: info, generate, logits, score, sample, beam, bench\)$/,
     ],
     [['genrate', '--model', 'x'], /^gpt2-webgpu: unknown command "genrate" \(did you mean generate\?\)$/],
     [['sample', '--temp', '0'], /^gpt2-webgpu sample: unknown option --temp \(did you mean --temperature\?\)$/],
@@ -654,6 +654,29 @@ test('bench: a batch size that fails (here its cache is over the binding limit) 
   );
   assert.is(human.code, 1);
   assert.match(human.out, /\n\s+131 {2}failed: OutOfMemoryError: a KV cache layer/);
+});
+
+test('score --ids --json: per-token log-probs of the trained fixture within 1e-4 of transformers; one input only', () => {
+  const dir = join(fixturesDir(), 'trained-gpt2-fortunes');
+  const ref = JSON.parse(readFileSync(join(dir, 'reference.json'), 'utf8')) as {
+    prompts: Array<{ ids: number[] }>;
+    scoring: number[][];
+  };
+  const r = cli('score', '--model', dir, '--ids', ref.prompts[1]!.ids.join(','), '--top', '2', '--json');
+  assert.is(r.code, 0, r.err);
+  const j = JSON.parse(r.out) as {
+    tokens: Array<{ logprob: number; top: unknown[] }>;
+    count: number;
+    perplexity: number;
+  };
+  assert.is(j.count, ref.scoring[1]!.length);
+  j.tokens.forEach((t, i) => assert.ok(Math.abs(t.logprob - ref.scoring[1]![i]!) < 1e-4, `token ${i}`));
+  assert.ok(j.tokens.every((t) => t.top.length === 2));
+  const mean = ref.scoring[1]!.reduce((a, b) => a + b, 0) / ref.scoring[1]!.length;
+  assert.ok(Math.abs(j.perplexity / Math.exp(-mean) - 1) < 1e-4, 'perplexity = exp(-mean log-prob)');
+  const both = cli('score', '--model', dir, '--ids', '1,2', '--text', 'x');
+  assert.is(both.code, 2);
+  assert.match(both.err, /give exactly one of --text, --file, --ids/);
 });
 
 test.run();

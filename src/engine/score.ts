@@ -298,13 +298,13 @@ export async function perplexity(
   text: string | readonly number[],
   opts: Omit<ScoreOptions, 'top' | 'context'> = {},
 ): Promise<PerplexityResult> {
-  const P = model.config.n_positions;
-  const window = opts.window ?? P;
-  const r = await score(model, text, {
-    ...opts,
-    window,
-    stride: opts.stride ?? Math.max(1, Math.floor(window / 2)),
-  });
+  const window = opts.window ?? model.config.n_positions;
+  const stride = opts.stride ?? Math.max(1, Math.floor(window / 2));
+  return perplexityOf(await score(model, text, { ...opts, window, stride }));
+}
+
+/** The perplexities of a score result (see PerplexityResult for the two definitions). */
+export function perplexityOf(r: ScoreResult): PerplexityResult {
   const nll = -r.logprob;
   const n = r.tokens.length;
   // HF's loop: loss_w = mean NLL of window w, weighted by (trg_len_w - 1), trg_len_w = end_w - prevEnd.
@@ -320,7 +320,7 @@ export async function perplexity(
   }
   return {
     perplexity: Math.exp(nll / n),
-    perplexityHf: Math.exp(hfSum / hfCount),
+    perplexityHf: hfCount > 0 ? Math.exp(hfSum / hfCount) : Math.exp(nll / n),
     tokens: n,
     nll,
     windows: r.windows,
