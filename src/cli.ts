@@ -1,5 +1,5 @@
 /**
- * The `gpt2-webgpu` command line: info, generate, logits, sample, beam, bench.
+ * The `gpt2-webgpu` command line: info, generate, logits, sample, beam, bench, serve.
  * Unknown flags or missing values print the usage and exit with 2; any other error prints its
  * name and message and exits with 1. Every subcommand has --help and --json.
  */
@@ -478,6 +478,39 @@ const commands: Record<string, Command> = {
       } finally {
         engine.destroy();
       }
+    },
+  },
+  serve: {
+    summary: 'serve an OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions) with batched requests',
+    usage: 'gpt2-webgpu serve --model M [--host 127.0.0.1] [--port 8080] [--max-batch N] [--max-queue Q] [options]',
+    flags: {
+      ...MODEL_FLAGS,
+      host: { type: 'string', default: '127.0.0.1', help: 'address to listen on' },
+      port: { type: 'string', default: '8080', help: 'port to listen on (0: any free port)' },
+      'max-batch': { type: 'string', default: '16', help: 'sequences advanced together in one batched step' },
+      'max-queue': { type: 'string', default: '256', help: 'sequences waiting at most; past it requests get 429' },
+      context: { type: 'string', help: "context window per sequence (default: the model's n_positions)" },
+      'batch-wait-ms': { type: 'string', default: '5', help: 'an idle server waits this long for requests to batch' },
+      'max-body': { type: 'string', default: '4194304', help: 'largest request body in bytes (413 past it)' },
+      'served-model-name': { type: 'string', help: 'model id the API reports (default: --model)' },
+    },
+    async run(v) {
+      const { serve } = await import('./server/serve.js');
+      const opts = {
+        host: String(v.host),
+        port: num(v.port, 'port', { int: true, min: 0, max: 65535 }),
+        maxBatch: num(v['max-batch'], 'max-batch', { int: true, min: 1, max: 1024 }),
+        maxQueue: num(v['max-queue'], 'max-queue', { int: true, min: 1 }),
+        batchWaitMs: num(v['batch-wait-ms'], 'batch-wait-ms', { int: true, min: 0, max: 1000 }),
+        bodyLimit: num(v['max-body'], 'max-body', { int: true, min: 1024 }),
+        ...(v.context !== undefined ? { context: num(v.context, 'context', { int: true, min: 2 }) } : {}),
+      };
+      await withModel(v, (model) =>
+        serve(model, {
+          ...opts,
+          modelName: typeof v['served-model-name'] === 'string' ? v['served-model-name'] : String(v.model),
+        }),
+      );
     },
   },
 };
