@@ -74,8 +74,9 @@ const SHAPES: Record<string, string> = {
 
 /** ajv's message, in words for type failures ("must be number,null" -> "must be a number"). */
 function describe(v: NonNullable<FastifyLikeError['validation']>[number]): string {
-  if (v.keyword === 'type' && typeof v.params?.type === 'string') {
-    const types = v.params.type.split(',').filter((t) => t !== 'null');
+  const type = v.params?.type;
+  if (v.keyword === 'type' && (typeof type === 'string' || Array.isArray(type))) {
+    const types = (Array.isArray(type) ? (type as string[]) : type.split(',')).filter((t) => t !== 'null');
     const article = (t: string) => (/^[aeiou]/.test(t) ? `an ${t}` : `a ${t}`);
     return `must be ${types.map(article).join(' or ')}`;
   }
@@ -90,11 +91,13 @@ function fromValidation(e: FastifyLikeError): ApiError {
   const shape = SHAPES[field] ?? (v.instancePath?.endsWith('/content') ? SHAPES.content : undefined);
   const what = param ?? e.validationContext ?? 'body';
   const msg =
-    v.keyword === 'anyOf' && shape
-      ? `'${what}' must be ${shape}`
-      : v.keyword === 'required'
-        ? `'${what}' is required`
-        : `'${what}' ${describe(v)}`;
+    field === 'logit_bias' && v.keyword !== 'type'
+      ? `'logit_bias' must map token ids ("50256") to numbers in [-100, 100]`
+      : v.keyword === 'anyOf' && shape
+        ? `'${what}' must be ${shape}`
+        : v.keyword === 'required'
+          ? `'${what}' is required`
+          : `'${what}' ${describe(v)}`;
   return invalid(param, `Invalid request: ${msg}`);
 }
 
