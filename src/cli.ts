@@ -490,7 +490,16 @@ const commands: Record<string, Command> = {
       'max-batch': { type: 'string', default: '16', help: 'sequences advanced together in one batched step' },
       'max-queue': { type: 'string', default: '256', help: 'sequences waiting at most; past it requests get 429' },
       context: { type: 'string', help: "context window per sequence (default: the model's n_positions)" },
-      'batch-wait-ms': { type: 'string', default: '5', help: 'an idle server waits this long for requests to batch' },
+      'batch-wait-ms': {
+        type: 'string',
+        default: '20',
+        help: 'an idle server starts once nothing arrived or finished for this long (requests batch)',
+      },
+      'max-hold-ms': {
+        type: 'string',
+        default: '2000',
+        help: 'longest a request waits for a slot of the running batch before starting another',
+      },
       'max-body': { type: 'string', default: '4194304', help: 'largest request body in bytes (413 past it)' },
       'served-model-name': { type: 'string', help: 'model id the API reports (default: --model)' },
     },
@@ -502,6 +511,7 @@ const commands: Record<string, Command> = {
         maxBatch: num(v['max-batch'], 'max-batch', { int: true, min: 1, max: 1024 }),
         maxQueue: num(v['max-queue'], 'max-queue', { int: true, min: 1 }),
         batchWaitMs: num(v['batch-wait-ms'], 'batch-wait-ms', { int: true, min: 0, max: 1000 }),
+        maxHoldMs: num(v['max-hold-ms'], 'max-hold-ms', { int: true, min: 0, max: 600000 }),
         bodyLimit: num(v['max-body'], 'max-body', { int: true, min: 1024 }),
         ...(v.context !== undefined ? { context: num(v.context, 'context', { int: true, min: 2 }) } : {}),
       };

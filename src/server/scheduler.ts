@@ -2,17 +2,23 @@
  * The server's queue in front of one session group (continuous batching).
  *
  * Every choice of every request is a unit: one prompt, one sequence, its own options. Units wait
- * in a bounded FIFO; a unit starts on a free session of the group (its history reset: completions
- * are stateless). Units started in the same tick are merged by the group into one batched run,
- * and a unit started while such a run goes on takes the place of a finished one at its next step
- * (SessionGroup's continuous batching). When the group is idle the queue waits `batchWaitMs`
- * after the first arrival (or until every free session has a unit) so that requests arriving
- * together start together.
+ * in a bounded FIFO and run on the group's sessions (history reset first: completions are
+ * stateless). The group merges turns started in the same tick into one batched run, whose width is
+ * fixed, and lets a turn started later take the slot of a finished one at the run's next step. So
+ * the queue shapes runs ("cohorts"):
  *
- * Cancelling (the client went away): a unit still queued is dropped. A running unit that started
- * alone (no run of the group to merge with) got the request's AbortSignal and stops at the next
- * step; a unit merged into a run has no signal (the group runs a turn with a signal on its own,
- * outside the batch), so it runs to its end (max_tokens at most) and its result is discarded.
+ * - no run going on: gather. Start when every free session has a unit, or once nothing arrived or
+ *   finished for `batchWaitMs` (clients answered at once come back at once), or `10 x batchWaitMs`
+ *   after the first unit queued;
+ * - a run going on with finished slots: start that many units now; they join it;
+ * - a run going on with every slot busy: hold the units (a second run would interleave its steps
+ *   with the first one's, and tiny runs waste the batch) until a slot frees, the run ends, as many
+ *   units wait as the run holds, or the oldest has waited `maxHoldMs`.
+ *
+ * Cancelling (the client went away): a unit still queued is dropped. A unit that runs alone (a
+ * cohort of one, no run to join) gets the request's AbortSignal and stops at the next step; a unit
+ * in a merged run has none (the group runs a turn with a signal on its own, outside the batch), so
+ * it runs to its end (max_tokens at most) and its result is discarded.
  *
  * Scoring (logprobs) runs through a second lane, one call at a time: each call makes a temporary
  * cache and [256, vocab] logits, so calls in parallel would only multiply the memory.
@@ -22,6 +28,16 @@ import type { Model, Session, SessionGroup } from '../engine/engine.js';
 import type { ScoreResult } from '../engine/score.js';
 import { AbortError } from '../errors.js';
 import { ApiError } from './errors.js';
+
+/** A merged run as the queue sees it: units with one stopAtEos, `width` slots, `active` of them busy. */
+interface Cohort {
+  key: boolean;
+  width: number;
+  active: number;
+}
+
+/** Units that may share a run: the same stopAtEos (the rest may differ per row). */
+const keyOf = (q: Unit): boolean => q.opts.stopAtEos ?? true;
 
 /** A unit's generation options (the session's cache and rows are the scheduler's). */
 export type UnitOptions = Omit<GenerateOptions, 'cache' | 'cacheRows' | 'signal' | 'numSequences' | 'onToken'>;
@@ -34,6 +50,8 @@ export interface Unit {
 
 interface Queued extends Unit {
   signal: AbortSignal;
+  /** When it was queued (performance.now()). */
+  at: number;
   resolve: (r: GenerateResult) => void;
   reject: (e: unknown) => void;
 }
@@ -43,8 +61,10 @@ export interface SchedulerOptions {
   maxBatch?: number;
   /** Units (and scoring calls) waiting at most; past it submit() throws a 429 (default 256). */
   maxQueue?: number;
-  /** How long an idle group waits for more arrivals before starting (default 5 ms). */
+  /** An idle group starts once nothing arrived or finished for this long (default 20 ms). */
   batchWaitMs?: number;
+  /** Longest a unit is held while a run with no free slot goes on (default 2000 ms). */
+  maxHoldMs?: number;
   /** The group's context window (default and maximum the model's n_positions). */
   context?: number;
 }
@@ -66,13 +86,16 @@ export class Scheduler {
   readonly maxBatch: number;
   readonly maxQueue: number;
   readonly batchWaitMs: number;
+  readonly maxHoldMs: number;
   /** Positions a unit may use: its prompt plus its new tokens. */
   readonly window: number;
   private readonly free: Session[];
   private readonly queue: Queued[] = [];
   private timer: ReturnType<typeof setTimeout> | undefined;
-  /** Running units that may share a merged run (a unit started now may join it). */
-  private merged = 0;
+  /** The newest merged run: its slots, and its units running (a slot is free while active < width). */
+  private run: Cohort | undefined;
+  /** Last arrival or completion: gathering waits for a quiet spell after it. */
+  private lastEvent = 0;
   private lane: Promise<unknown> = Promise.resolve();
   private closed = false;
   private readonly counts = { running: 0, scoring: 0, started: 0, shared: 0, completed: 0, failed: 0, dropped: 0 };
@@ -85,16 +108,18 @@ export class Scheduler {
     this.maxBatch = opts.maxBatch;
     this.maxQueue = opts.maxQueue;
     this.batchWaitMs = opts.batchWaitMs;
+    this.maxHoldMs = opts.maxHoldMs;
     this.window = group.cache.window;
     this.free = [...group.sessions].reverse(); // pop() hands out session 0 first
   }
 
   static async create(model: Model, opts: SchedulerOptions = {}): Promise<Scheduler> {
-    const o = { maxBatch: 16, maxQueue: 256, batchWaitMs: 5, ...opts };
+    const o = { maxBatch: 16, maxQueue: 256, batchWaitMs: 20, maxHoldMs: 2000, ...opts };
     for (const [k, v, lo] of [
       ['maxBatch', o.maxBatch, 1],
       ['maxQueue', o.maxQueue, 1],
       ['batchWaitMs', o.batchWaitMs, 0],
+      ['maxHoldMs', o.maxHoldMs, 0],
     ] as const) {
       if (!Number.isInteger(v) || v < lo) throw new RangeError(`${k} must be an integer >= ${lo}, got ${String(v)}`);
     }
@@ -102,7 +127,8 @@ export class Scheduler {
       o.maxBatch,
       o.context === undefined ? {} : { capacity: Math.min(o.context, model.config.n_positions) },
     );
-    return new Scheduler(model, group, { maxBatch: o.maxBatch, maxQueue: o.maxQueue, batchWaitMs: o.batchWaitMs });
+    const { maxBatch, maxQueue, batchWaitMs, maxHoldMs } = o;
+    return new Scheduler(model, group, { maxBatch, maxQueue, batchWaitMs, maxHoldMs });
   }
 
   get stats(): SchedulerStats {
@@ -141,10 +167,11 @@ export class Scheduler {
     const out = units.map(
       (u) =>
         new Promise<GenerateResult>((resolve, reject) => {
-          this.queue.push({ ...u, signal, resolve, reject });
+          this.queue.push({ ...u, signal, at: performance.now(), resolve, reject });
         }),
     );
     signal.addEventListener('abort', () => this.dropAborted(), { once: true });
+    this.lastEvent = performance.now();
     this.schedule();
     return out;
   }
@@ -160,44 +187,67 @@ export class Scheduler {
     }
   }
 
-  /** Starts units now when every free session has one, else after batchWaitMs. */
-  private schedule(): void {
-    if (this.closed || this.queue.length === 0 || this.free.length === 0) return;
-    if (this.queue.length >= this.free.length || this.batchWaitMs === 0) {
-      if (this.timer) clearTimeout(this.timer);
-      this.timer = undefined;
-      this.startUnits();
-    } else if (!this.timer) {
-      this.timer = setTimeout(() => {
+  private wake(at: number): void {
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = setTimeout(
+      () => {
         this.timer = undefined;
-        this.startUnits();
-      }, this.batchWaitMs);
+        this.schedule();
+      },
+      Math.max(0, at - performance.now()),
+    );
+  }
+
+  /** Starts, holds or gathers the queued units (see the module comment). */
+  private schedule(): void {
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = undefined;
+    if (this.closed || this.queue.length === 0 || this.free.length === 0) return;
+    const now = performance.now();
+    const run = this.run;
+    if (run && run.active > 0) {
+      const key = run.key;
+      // Finished slots of the run in flight take queued units now (no logit bias: see SessionGroup).
+      for (let i = 0; i < this.queue.length && run.active < run.width && this.free.length;) {
+        const q = this.queue[i]!;
+        if (keyOf(q) !== key || Object.keys(q.opts.logitBias ?? {}).length) i++;
+        else this.startOne(this.queue.splice(i, 1)[0]!, run);
+      }
+      if (this.queue.length === 0 || this.free.length === 0) return;
+      const holdEnd = this.queue[0]!.at + this.maxHoldMs;
+      if (this.queue.length < Math.max(2, run.active) && now < holdEnd) return this.wake(holdEnd);
+      return this.startCohort();
     }
+    const quietAt = this.lastEvent + this.batchWaitMs;
+    const capAt = this.queue[0]!.at + 10 * this.batchWaitMs;
+    if (this.queue.length >= this.free.length || now >= Math.min(quietAt, capAt)) return this.startCohort();
+    this.wake(Math.min(quietAt, capAt));
   }
 
   /**
-   * Starts as many queued units as there are free sessions, in one tick, so that the group merges
-   * them. A unit that can share no run (alone in its cohort with its stopAtEos, and no merged run
-   * going on) gets its request's signal: the group runs it on its own anyway.
+   * Starts queued units with the first one's stopAtEos, as many as there are free sessions, in
+   * one tick: the group merges them into one run. A cohort of one runs alone and gets its
+   * request's signal.
    */
-  private startUnits(): void {
-    const cohort = this.queue.splice(0, Math.min(this.free.length, this.queue.length));
-    const keyOf = (q: Queued): boolean => q.opts.stopAtEos ?? true;
-    const sizes = new Map<boolean, number>();
-    for (const q of cohort) sizes.set(keyOf(q), (sizes.get(keyOf(q)) ?? 0) + 1);
-    const mergedBefore = this.merged;
-    for (const q of cohort) {
-      const shares = sizes.get(keyOf(q))! > 1 || mergedBefore > 0;
-      this.startOne(q, shares);
+  private startCohort(): void {
+    const key = keyOf(this.queue[0]!);
+    const picked: Queued[] = [];
+    for (let i = 0; i < this.queue.length && picked.length < this.free.length;) {
+      if (keyOf(this.queue[i]!) === key) picked.push(this.queue.splice(i, 1)[0]!);
+      else i++;
     }
+    const cohort: Cohort | undefined = picked.length > 1 ? { key, width: picked.length, active: 0 } : undefined;
+    if (cohort) this.run = cohort;
+    for (const q of picked) this.startOne(q, cohort);
   }
 
-  private startOne(q: Queued, shares: boolean): void {
+  /** Runs one unit on a free session: in `cohort` (no signal: it shares steps), or alone with its signal. */
+  private startOne(q: Queued, cohort: Cohort | undefined): void {
     const session = this.free.pop()!;
     this.counts.running++;
     this.counts.started++;
-    if (shares) {
-      this.merged++;
+    if (cohort) {
+      cohort.active++;
       this.counts.shared++;
     }
     let p: Promise<GenerateResult>;
@@ -206,7 +256,7 @@ export class Scheduler {
       p = session.generate(q.ids, {
         ...q.opts,
         ...(q.onToken ? { onToken: q.onToken } : {}),
-        ...(shares ? {} : { signal: q.signal }),
+        ...(cohort ? {} : { signal: q.signal }),
       });
     } catch (e) {
       p = Promise.reject(e);
@@ -223,8 +273,10 @@ export class Scheduler {
       },
     ).finally(() => {
       this.counts.running--;
-      if (shares) this.merged--;
+      if (cohort) cohort.active--;
+      if (this.run?.active === 0) this.run = undefined; // the run has ended (or is about to)
       this.free.push(session);
+      this.lastEvent = performance.now();
       this.schedule();
     });
   }
