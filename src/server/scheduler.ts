@@ -7,9 +7,10 @@
  * fixed, and lets a turn started later take the slot of a finished one at the run's next step. So
  * the queue shapes runs ("cohorts"):
  *
- * - no run going on: gather. Start when every free session has a unit, or once nothing arrived or
- *   finished for `batchWaitMs` (clients answered at once come back at once), or `10 x batchWaitMs`
- *   after the first unit queued;
+ * - no run going on: gather. Start when every free session has a unit; or once as many units wait
+ *   as finished since the last start (clients answered together come back together) and nothing
+ *   arrived for `batchWaitMs`; or at the latest 10 x max(batchWaitMs, half a decode step) after the
+ *   first unit queued;
  * - a run going on with finished slots: start that many units now; they join it;
  * - a run going on with every slot busy: hold the units (a second run would interleave its steps
  *   with the first one's, and tiny runs waste the batch) until a slot frees, the run ends, as many
@@ -61,7 +62,7 @@ export interface SchedulerOptions {
   maxBatch?: number;
   /** Units (and scoring calls) waiting at most; past it submit() throws a 429 (default 256). */
   maxQueue?: number;
-  /** An idle group starts once nothing arrived or finished for this long (default 20 ms). */
+  /** Gathering: an idle group starts once nothing arrived for this long (default 20 ms; see the module comment). */
   batchWaitMs?: number;
   /** Longest a unit is held while a run with no free slot goes on (default 2000 ms). */
   maxHoldMs?: number;
@@ -94,8 +95,12 @@ export class Scheduler {
   private timer: ReturnType<typeof setTimeout> | undefined;
   /** The newest merged run: its slots, and its units running (a slot is free while active < width). */
   private run: Cohort | undefined;
-  /** Last arrival or completion: gathering waits for a quiet spell after it. */
-  private lastEvent = 0;
+  /** Last arrival: gathering waits for a quiet spell after it. */
+  private lastArrival = 0;
+  /** Units finished since the last cohort started: gathering expects them back. */
+  private returning = 0;
+  /** Recent decode time per step (ms), from the results: gathering waits at most 5 steps. */
+  private stepMs = 0;
   private lane: Promise<unknown> = Promise.resolve();
   private closed = false;
   private readonly counts = { running: 0, scoring: 0, started: 0, shared: 0, completed: 0, failed: 0, dropped: 0 };
@@ -171,7 +176,7 @@ export class Scheduler {
         }),
     );
     signal.addEventListener('abort', () => this.dropAborted(), { once: true });
-    this.lastEvent = performance.now();
+    this.lastArrival = performance.now();
     this.schedule();
     return out;
   }
@@ -218,10 +223,13 @@ export class Scheduler {
       if (this.queue.length < Math.max(2, run.active) && now < holdEnd) return this.wake(holdEnd);
       return this.startCohort();
     }
-    const quietAt = this.lastEvent + this.batchWaitMs;
-    const capAt = this.queue[0]!.at + 10 * this.batchWaitMs;
-    if (this.queue.length >= this.free.length || now >= Math.min(quietAt, capAt)) return this.startCohort();
-    this.wake(Math.min(quietAt, capAt));
+    // Gather: the units finished since the last start are likely to come back (closed-loop clients).
+    const quietAt = this.lastArrival + this.batchWaitMs;
+    const capAt = this.queue[0]!.at + 10 * Math.max(this.batchWaitMs, this.stepMs / 2);
+    const expected = Math.min(this.returning, this.free.length);
+    if (this.queue.length >= this.free.length || (this.queue.length >= expected && now >= quietAt) || now >= capAt)
+      return this.startCohort();
+    this.wake(this.queue.length >= expected ? Math.min(quietAt, capAt) : capAt);
   }
 
   /**
@@ -236,6 +244,7 @@ export class Scheduler {
       if (keyOf(this.queue[i]!) === key) picked.push(this.queue.splice(i, 1)[0]!);
       else i++;
     }
+    this.returning = 0;
     const cohort: Cohort | undefined = picked.length > 1 ? { key, width: picked.length, active: 0 } : undefined;
     if (cohort) this.run = cohort;
     for (const q of picked) this.startOne(q, cohort);
@@ -261,24 +270,30 @@ export class Scheduler {
     } catch (e) {
       p = Promise.reject(e);
     }
+    // The books are kept as each unit settles; scheduling waits for the later finally, so that
+    // units finishing at the same step are all counted first: a run whose every slot finished at
+    // once has ended (the group takes no joiner then), and the next units gather instead of joining.
+    const settle = (): void => {
+      this.counts.running--;
+      if (cohort) cohort.active--;
+      if (this.run?.active === 0) this.run = undefined;
+      this.free.push(session);
+      this.returning++;
+    };
     p.then(
       (r) => {
+        settle();
         this.counts.completed++;
+        if (r.stats.decode_ms_per_token > 0) this.stepMs = 0.8 * this.stepMs + 0.2 * r.stats.decode_ms_per_token;
         if (q.signal.aborted) q.reject(new AbortError('request cancelled'));
         else q.resolve(r);
       },
       (e) => {
+        settle();
         this.counts.failed++;
         q.reject(e);
       },
-    ).finally(() => {
-      this.counts.running--;
-      if (cohort) cohort.active--;
-      if (this.run?.active === 0) this.run = undefined; // the run has ended (or is about to)
-      this.free.push(session);
-      this.lastEvent = performance.now();
-      this.schedule();
-    });
+    ).finally(() => this.schedule());
   }
 
   /**
