@@ -493,7 +493,7 @@ const commands: Record<string, Command> = {
       'batch-wait-ms': {
         type: 'string',
         default: '20',
-        help: 'an idle server starts once nothing arrived or finished for this long (requests batch)',
+        help: 'an idle server starts a batch once nothing arrived for this long (and the clients just answered are back)',
       },
       'max-hold-ms': {
         type: 'string',
