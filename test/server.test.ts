@@ -8,8 +8,9 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import OpenAI from 'openai';
 import { join } from 'node:path';
+import { spawnSync } from 'node:child_process';
 import { engine } from './model-util.js';
-import { fixturesDir, tinyDir } from './fixtures-util.js';
+import { fixturesDir, REPO_ROOT, tinyDir } from './fixtures-util.js';
 import type { Model } from '../src/engine/engine.js';
 import { buildApp, type ServerApp, type ServerOptions } from '../src/server/app.js';
 import { CHAT_STOP, chatPrompt } from '../src/server/chat.js';
@@ -487,6 +488,45 @@ test('chat completions: the documented transcript template, streamed or not', as
     content += c.choices[0]?.delta.content ?? '';
   }
   assert.equal([role, content], ['assistant', r.choices[0]!.message.content]);
+});
+
+test('the CLI: serve refuses bad flags with the usage (exit 2); bench/serve-load.mjs drives `serve` and reports every level', () => {
+  const bad = spawnSync(
+    process.execPath,
+    [join(REPO_ROOT, 'bin', 'gpt2-webgpu.js'), 'serve', '--model', tinyDir(), '--port', 'x'],
+    {
+      encoding: 'utf8',
+      timeout: 60_000,
+    },
+  );
+  assert.is(bad.status, 2, bad.stderr);
+  assert.match(bad.stderr, /--port must be an integer/);
+  assert.match(bad.stderr, /gpt2-webgpu serve --model M/);
+  const r = spawnSync(
+    process.execPath,
+    [
+      join(REPO_ROOT, 'bench', 'serve-load.mjs'),
+      '--model',
+      tinyDir(),
+      '--clients',
+      '1,3',
+      '--rounds',
+      '1',
+      '--max-tokens',
+      '4',
+    ],
+    { encoding: 'utf8', timeout: 120_000, cwd: REPO_ROOT },
+  );
+  assert.is(r.status, 0, r.stderr);
+  assert.match(r.stdout, /clients +requests +req\/s +tokens\/s +p50 ms +p99 ms +speed-up +load avg/);
+  const rows = r.stdout.trim().split('\n').slice(2);
+  assert.equal(
+    rows.map((l) => l.trim().split(/ +/).slice(0, 2)),
+    [
+      ['1', '4'],
+      ['3', '4'],
+    ],
+  );
 });
 
 test.run();
