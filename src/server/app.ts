@@ -59,8 +59,10 @@ export async function buildApp(model: Model, opts: ServerOptions = {}): Promise<
     ajv: { customOptions: { coerceTypes: false, removeAdditional: false, useDefaults: false, allErrors: false } },
   });
 
-  app.setErrorHandler((err, _req, reply) => {
+  app.setErrorHandler((err, req, reply) => {
     const e = toApiError(err);
+    // Server-side failures are the operator's to see (4xx are the client's, answered in full).
+    if (e.status >= 500) process.stderr.write(`${req.method} ${req.url}: ${e.status} ${e.message}\n`);
     void reply.status(e.status).headers(e.headers).send(e.body);
   });
   app.setNotFoundHandler((req, reply) => {

@@ -81,7 +81,6 @@ class ChoiceText {
   sent = 0;
   constructor(private readonly stops: readonly string[]) {}
   push(piece: string): string {
-    if (this.sent < 0) return '';
     this.full += piece;
     const cut = stopCut(this.full, this.stops);
     const upto = cut >= 0 ? cut : this.full.length - heldBack(this.full, this.stops);
