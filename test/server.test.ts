@@ -357,12 +357,14 @@ test('a client that disconnects mid-stream: a lone generation is aborted, a merg
   assert.is(sched.stats.failed - before.failed, 1, 'aborted (AbortError), not completed');
   assert.is(sched.stats.completed, before.completed);
   // Merged with another stream: the other one's text is unaffected.
+  const shared0 = sched.stats.shared;
   const keep = { prompt: 'Keep going', max_tokens: 40, temperature: 0, ignore_eos: true };
   const [gone, kept] = await Promise.all([
     openStream({ prompt: 'Leaving', max_tokens: 60, ignore_eos: true }),
     openStream(keep),
   ]);
   gone.ac.abort();
+  assert.is(sched.stats.shared - shared0, 2, 'the two streams share one run');
   const text = streamText(await kept.rest);
   assert.is(
     text,
