@@ -4,7 +4,8 @@
  *   src/kernels   every GPU op (WGSL families + their TypeScript bindings)
  *   src/sampling  options, validation, processor semantics, beam hypotheses bookkeeping
  *   src/engine    config, sources, weights, model and plans, KV cache, generation, sessions, Engine
- *   src/*.ts      entry points (index, node, CLI, bench, server)
+ *   src/*.ts      entry points (index, node, CLI, bench)
+ *   src/server    the HTTP server (an entry point): engine, sampling and errors only
  * src/errors.ts and the generated src/shaders.gen.ts are leaves every layer may use.
  */
 const layer = (name, below) => ({
@@ -24,6 +25,7 @@ module.exports = {
     layer('kernels', ['gpu']),
     layer('sampling', ['gpu', 'kernels']),
     layer('engine', ['gpu', 'kernels', 'sampling']),
+    layer('server', ['engine', 'sampling']),
     {
       name: 'leaves-import-nothing',
       comment: 'src/errors.ts and src/shaders.gen.ts are leaves',

@@ -40,7 +40,7 @@ test('unknown flags, missing values, bad numbers -> one line naming the problem,
     [['generate', 'stray'], /^gpt2-webgpu generate: Unexpected argument 'stray'/],
     [
       ['frobnicate'],
-      /^gpt2-webgpu: unknown command "frobnicate" \(commands: info, generate, logits, score, sample, beam, bench\)$/,
+      /^gpt2-webgpu: unknown command "frobnicate" \(commands: info, generate, logits, score, sample, beam, bench, serve\)$/,
     ],
     [['genrate', '--model', 'x'], /^gpt2-webgpu: unknown command "genrate" \(did you mean generate\?\)$/],
     [['sample', '--temp', '0'], /^gpt2-webgpu sample: unknown option --temp \(did you mean --temperature\?\)$/],

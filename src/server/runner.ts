@@ -1,0 +1,219 @@
+/**
+ * Runs a Job: one scheduler unit per (prompt, choice), live text for streams (held back while it
+ * could still turn into a stop string), stop strings cut off as OpenAI does (the text ends before
+ * the stop string), and logprobs from model.score over prompt + completion once a choice is done.
+ *
+ * Logprobs are the model's raw distribution (log-softmax of the logits), computed after the
+ * generation; they are not the sampler's distribution after temperature, penalties, top-k/p.
+ */
+import type { GenerateResult } from '../engine/generate.js';
+import type { Model } from '../engine/engine.js';
+import type { ScoreResult } from '../engine/score.js';
+import { seedOf, type Job } from './request.js';
+import type { Scheduler, Unit } from './scheduler.js';
+
+export type FinishReason = 'stop' | 'length';
+
+/** One token's log-probability entry (null logprob and top for a text's first token). */
+export interface LogprobEntry {
+  id: number;
+  token: string;
+  logprob: number | null;
+  top: Array<{ token: string; logprob: number }> | null;
+  /** Character offset of the token in prompt + completion. */
+  offset: number;
+}
+
+export interface ChoiceResult {
+  index: number;
+  promptIndex: number;
+  /** The completion (without the prompt, without the stop string). */
+  text: string;
+  tokens: number[];
+  finishReason: FinishReason;
+  /** For echo the prompt's tokens first, then the completion's; absent without logprobs. */
+  logprobs?: LogprobEntry[];
+}
+
+export interface Usage {
+  prompt_tokens: number;
+  completion_tokens: number;
+  total_tokens: number;
+}
+
+/** What a stream writes: live text of a choice, a choice done (its rest), the end. */
+export interface StreamSink {
+  text(index: number, text: string): void;
+  done(choice: ChoiceResult, rest: string): void;
+}
+
+/** The earliest stop string in `text`: where the kept text ends, or -1. */
+export function stopCut(text: string, stops: readonly string[]): number {
+  let end = Infinity;
+  let cut = -1;
+  for (const s of stops) {
+    const i = text.indexOf(s);
+    if (i >= 0 && i + s.length < end) {
+      end = i + s.length;
+      cut = i;
+    }
+  }
+  return cut;
+}
+
+/** Length of the longest suffix of `text` that begins some stop string (text that may not be sent yet). */
+function heldBack(text: string, stops: readonly string[]): number {
+  let held = 0;
+  for (const s of stops) {
+    for (let k = Math.min(s.length - 1, text.length); k > held; k--) {
+      if (text.endsWith(s.slice(0, k))) {
+        held = k;
+        break;
+      }
+    }
+  }
+  return held;
+}
+
+/** Streams one choice's text: pieces in, the part that can no longer become a stop string out. */
+class ChoiceText {
+  full = '';
+  sent = 0;
+  constructor(private readonly stops: readonly string[]) {}
+  push(piece: string): string {
+    this.full += piece;
+    const cut = stopCut(this.full, this.stops);
+    const upto = cut >= 0 ? cut : this.full.length - heldBack(this.full, this.stops);
+    if (upto <= this.sent) return '';
+    const out = this.full.slice(this.sent, upto);
+    this.sent = upto;
+    return out;
+  }
+  /** What remains to send of the final text. */
+  rest(final: string): string {
+    return final.length > this.sent ? final.slice(this.sent) : '';
+  }
+}
+
+/** The logprob entries of ids[from..] given a score of all of ids (position 0 has none). */
+function entries(model: Model, ids: number[], from: number, base: number, score?: ScoreResult): LogprobEntry[] {
+  const text = (id: number): string => model.tokenizer.decode([id]);
+  const byPos = new Map(score?.tokens.map((t) => [t.position, t]) ?? []);
+  let offset = base;
+  const out: LogprobEntry[] = [];
+  for (let p = from; p < ids.length; p++) {
+    const s = byPos.get(p);
+    const token = text(ids[p]!);
+    out.push({
+      id: ids[p]!,
+      token,
+      logprob: s ? s.logprob : null,
+      top: s ? (s.top ?? []).map((t) => ({ token: text(t.id), logprob: t.logprob })) : null,
+      offset,
+    });
+    offset += token.length;
+  }
+  return out;
+}
+
+/** OpenAI's finish reasons: EOS and stop strings are 'stop', the token budget 'length'. */
+function finishOf(r: GenerateResult['sequences'][number]): FinishReason {
+  return r.finishReason === 'length' ? 'length' : 'stop';
+}
+
+/**
+ * Runs every choice of `job`; resolves with the choices in index order (prompt i, choice j at
+ * i * n + j) and the usage. With a sink, text goes out as it is generated (or, with logprobs, per
+ * choice once scored). Rejects with the first failure; `signal` cancels (queued units dropped).
+ */
+export async function runJob(
+  model: Model,
+  scheduler: Scheduler,
+  job: Job,
+  outer: AbortSignal,
+  sink?: StreamSink,
+): Promise<{ choices: ChoiceResult[]; usage: Usage }> {
+  // A failed choice cancels the request's other choices (queued ones are dropped).
+  const ac = new AbortController();
+  const cancel = (): void => ac.abort();
+  if (outer.aborted) cancel();
+  else outer.addEventListener('abort', cancel, { once: true });
+  const signal = ac.signal;
+  const slots = job.prompts.flatMap((ids, i) =>
+    Array.from({ length: job.n }, (_, j) => ({ ids, i, j, index: i * job.n + j, live: new ChoiceText(job.stop) })),
+  );
+  const liveText = sink && job.logprobs === null;
+  const gen: Array<Promise<GenerateResult | undefined>> = [];
+  if (job.maxTokens === 0) slots.forEach(() => gen.push(Promise.resolve(undefined)));
+  else {
+    const units: Unit[] = slots.map((s) => {
+      const seed = seedOf(job, s.j);
+      return {
+        ids: s.ids,
+        opts: {
+          ...job.sampling,
+          ...(seed === undefined ? {} : { seed }),
+          maxNewTokens: job.maxTokens,
+          stopStrings: job.stop.length ? job.stop : undefined,
+          stopAtEos: job.stopAtEos,
+        },
+        onToken: liveText
+          ? (ev) => {
+              const t = s.live.push(ev.text);
+              if (t) sink.text(s.index, t);
+            }
+          : undefined,
+      };
+    });
+    gen.push(...scheduler.submit(units, signal));
+  }
+  const promptScores = new Map<number, Promise<ScoreResult | undefined>>();
+  const finish = async (s: (typeof slots)[number], r: GenerateResult | undefined): Promise<ChoiceResult> => {
+    const seq = r?.sequences[0];
+    const engineText = seq?.text ?? '';
+    const cut = job.stop.length && seq?.finishReason === 'stop' ? stopCut(engineText, job.stop) : -1;
+    const text = cut >= 0 ? engineText.slice(0, cut) : engineText;
+    const tokens = seq?.tokens ?? [];
+    const choice: ChoiceResult = {
+      index: s.index,
+      promptIndex: s.i,
+      text,
+      tokens,
+      finishReason: seq ? finishOf(seq) : 'length',
+    };
+    if (job.logprobs !== null) {
+      const all = [...s.ids, ...tokens];
+      let score: Promise<ScoreResult | undefined>;
+      if (all.length < 2) score = Promise.resolve(undefined);
+      else if (tokens.length === 0) {
+        // Choices of one prompt without new tokens share its score.
+        if (!promptScores.has(s.i)) promptScores.set(s.i, scheduler.score(all, job.logprobs, signal));
+        score = promptScores.get(s.i)!;
+      } else score = scheduler.score(all, job.logprobs, signal);
+      const from = job.echo ? 0 : s.ids.length;
+      const base = job.echo ? 0 : job.promptTexts[s.i]!.length;
+      choice.logprobs = entries(model, all, from, base, await score);
+    }
+    sink?.done(choice, s.live.rest(text));
+    return choice;
+  };
+  // Every promise is awaited (no unhandled rejection when one fails first); the first failure is
+  // the answer (the others it cancelled fail with AbortError).
+  let first: { error: unknown } | undefined;
+  const done = gen.map((p, k) =>
+    p
+      .then((r) => finish(slots[k]!, r))
+      .catch((e: unknown) => {
+        first ??= { error: e };
+        cancel();
+        throw e;
+      }),
+  );
+  const settled = await Promise.allSettled(done);
+  outer.removeEventListener('abort', cancel);
+  if (first) throw first.error;
+  const choices = settled.map((x) => (x as PromiseFulfilledResult<ChoiceResult>).value);
+  const prompt_tokens = job.prompts.reduce((a, p) => a + p.length, 0);
+  const completion_tokens = choices.reduce((a, c) => a + c.tokens.length, 0);
+  return { choices, usage: { prompt_tokens, completion_tokens, total_tokens: prompt_tokens + completion_tokens } };
+}
