@@ -422,7 +422,8 @@ export function generateBatch(
 
 async function run(model: GPT2Model, prompts: number[][], opts: GenerateOptions): Promise<GenerateResult> {
   const tCall = now();
-  const { maxNew: sharedMaxNew, rows: R, depth } = validateGenerate(opts, model.ctx.isCpuAdapter);
+  const withDepth = { ...opts, pipelineDepth: opts.pipelineDepth ?? model.profile.pipelineDepth }; // the profile's default
+  const { maxNew: sharedMaxNew, rows: R, depth } = validateGenerate(withDepth);
   const cfg = model.config;
   const V = cfg.vocab_size;
   const seqOpts = sequenceOptions(opts, R, V, sharedMaxNew);
