@@ -4,7 +4,7 @@ import tseslint from 'typescript-eslint';
 import globals from 'globals';
 
 export default tseslint.config(
-  { ignores: ['dist/', 'node_modules/', 'src/shaders.gen.ts', 'weights/', '.gpu/'] },
+  { ignores: ['dist/', 'node_modules/', 'src/shaders.gen.ts', 'test/shaders.gen.ts', 'weights/', '.gpu/'] },
   js.configs.recommended,
   ...tseslint.configs.recommended,
   {

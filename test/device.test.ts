@@ -223,7 +223,7 @@ test('a context routes read-backs, drains and pipeline builds through its WaitYi
     assert.is(seen.length, n0 + 1, 'one wait for the read-back');
     await ctx.drain();
     assert.is(seen.length, n0 + 2);
-    await ctx.pipeline('elementwise', 'add');
+    await ctx.pipeline('elementwise', 'gather_rows');
     assert.is(seen.length, n0 + 3);
   } finally {
     ctx.destroy();
