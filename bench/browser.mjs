@@ -5,19 +5,20 @@
 // Builds the browser bundles, serves the repository (and a local model folder) on 127.0.0.1 with
 // scripts/serve.js, and prints the report (JSON with --json).
 //   node bench/browser.mjs [--model random:distilgpt2 | <folder> | <URL>] [--batch 1,4] [--prompt-tokens 16]
-//     [--new-tokens 8] [--repeat 1] [--f16] [--matmul-subgroups auto|on|off]
-//     [--attention-subgroups auto|on|off] [--no-profile] [--json] [--chromium <path>]
-//     [--chromium-arg <flag>]... [--timeout <seconds>]
+//     [--new-tokens 8] [--repeat 1] [--f16] [--profile <file.json>] [--no-profile] [--json]
+//     [--chromium <path>] [--chromium-arg <flag>]... [--timeout <seconds>]
+// --profile: a JSON file of device-profile fields merged over the adapter's (as `gpt2-webgpu bench
+// --profile`); --no-profile skips the per-kernel GPU timings.
 // <folder>: a local folder holding config.json and model.safetensors (served as /model/);
 // <URL>: such a folder on a server that allows this page to fetch it.
-import { existsSync, statSync } from 'node:fs';
+import { existsSync, readFileSync, statSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { chromium } from 'playwright-core';
 import { buildBrowser } from '../scripts/build-browser.js';
 import { defaultMounts, serve } from '../scripts/serve.js';
 
 const USAGE =
-  'usage: node bench/browser.mjs [--model random:distilgpt2|<folder>|<URL>] [--batch B[,B...]] [--prompt-tokens P] [--new-tokens N] [--repeat R] [--f16] [--matmul-subgroups auto|on|off] [--attention-subgroups auto|on|off] [--no-profile] [--json] [--chromium PATH] [--chromium-arg FLAG]... [--timeout S]';
+  'usage: node bench/browser.mjs [--model random:distilgpt2|<folder>|<URL>] [--batch B[,B...]] [--prompt-tokens P] [--new-tokens N] [--repeat R] [--f16] [--profile FILE.json] [--no-profile] [--json] [--chromium PATH] [--chromium-arg FLAG]... [--timeout S]';
 
 class UsageError extends Error {}
 
@@ -29,9 +30,8 @@ function parseArgs(argv) {
     newTokens: 8,
     repeat: 1,
     f16: false,
-    knSubgroups: undefined,
-    attentionSubgroups: undefined,
-    profile: true,
+    profile: undefined,
+    timings: true,
     json: false,
     chromium: process.env.CHROMIUM_PATH ?? '/usr/lib/chromium/chromium',
     chromiumArgs: [],
@@ -78,7 +78,10 @@ function parseArgs(argv) {
         o.f16 = true;
         break;
       case '--no-profile':
-        o.profile = false;
+        o.timings = false;
+        break;
+      case '--profile':
+        o.profile = profileFile(value());
         break;
       case '--json':
         o.json = true;
@@ -89,19 +92,26 @@ function parseArgs(argv) {
       case '--chromium-arg':
         o.chromiumArgs.push(value());
         break;
-      case '--matmul-subgroups':
-      case '--attention-subgroups': {
-        const m = value();
-        const modes = { auto: undefined, on: true, off: false };
-        if (!Object.hasOwn(modes, m)) throw new UsageError(`${a} must be auto, on or off, got "${m}"`);
-        o[a === '--matmul-subgroups' ? 'knSubgroups' : 'attentionSubgroups'] = modes[m];
-        break;
-      }
       default:
         throw new UsageError(`unknown flag ${a}`);
     }
   }
   return o;
+}
+
+/** A --profile file: partial device-profile fields as JSON (the engine checks the fields in the page). */
+function profileFile(path) {
+  let text;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (e) {
+    throw new UsageError(`--profile ${path}: cannot read it (${e.code ?? e.message})`);
+  }
+  try {
+    return JSON.parse(text);
+  } catch (e) {
+    throw new UsageError(`--profile ${path}: not JSON (${e.message})`);
+  }
 }
 
 /** The page's model source and, for a local folder, the mount that serves it. */
@@ -156,9 +166,8 @@ async function main() {
       promptTokens: o.promptTokens,
       newTokens: o.newTokens,
       repeat: o.repeat,
+      timings: o.timings,
       profile: o.profile,
-      knSubgroups: o.knSubgroups,
-      attentionSubgroups: o.attentionSubgroups,
     };
     const out = await page.evaluate(
       async ({ opts, label }) => {

@@ -6,10 +6,10 @@
 #      differ from the CPU adapter's;
 #   2. bench runs for the targets (gpt2 decode at batch 1..64, the 1024-token prefill, layer-norm
 #      fusion on/off, the decode GEMV's K split inside workgroups (default) or across them with a
-#      reduce dispatch (--gemv-reduce split), batch 16 / 64 decode in the GEMV rather than the
-#      tiled GEMM (--gemv-max-m 64), the prefill GEMM's 64 x 64 tile beside 128 x 128 and
-#      64 x 128 (--gemm-tile), decode attention in 256-thread workgroups (default) or 32-thread
-#      ones (--attention-wg 0) at a 128-token and a 896-token context, gpt2 and gpt2-xl with
+#      reduce dispatch (matmul.splitK 'split'), batch 16 / 64 decode in the GEMV rather than the
+#      tiled GEMM (matmul.gemvMaxM 64), the prefill GEMM's 64 x 64 tile beside 128 x 128 and
+#      64 x 128 (matmul.gemmTile), decode attention in 256-thread workgroups (default) or 32-thread
+#      ones (attention.decode 'query') at a 128-token and a 896-token context, gpt2 and gpt2-xl with
 #      --f16, one step in flight instead of 3 (--pipeline-depth 1), 16 conversations as separate
 #      sessions against one session group (--sessions)), each as JSON under $OUT, and a closed-loop
 #      chat load on separate sessions and on one group (bench/chat-load.mjs);
@@ -51,6 +51,15 @@ bench() { # name, time limit (s), bench flags...
   echo "exit $? (limit ${lim} s)" >> "$out/$name.log"
 }
 node bin/gpt2-webgpu.js info --json > "$out/info.json" 2> "$out/info.log"
+# The alternatives to the GPU profile's choices, as partial profiles (bench --profile FILE).
+prof="$out/profiles"
+mkdir -p "$prof"
+echo '{"matmul": {"splitK": "split"}}' > "$prof/split.json"
+echo '{"matmul": {"gemvMaxM": 64}}' > "$prof/gemv64.json"
+echo '{"matmul": {"fuseLn": false}}' > "$prof/ln-off.json"
+echo '{"attention": {"decode": "query"}}' > "$prof/attn32.json"
+echo '{"matmul": {"gemmTile": {"tx": 16, "ty": 16, "tm": 8, "tn": 8, "bk": 8}}}' > "$prof/t128.json"
+echo '{"matmul": {"gemmTile": {"tx": 16, "ty": 16, "tm": 4, "tn": 8, "bk": 16}}}' > "$prof/t64x128.json"
 echo "== kernel tests ($(date -u +%T))"
 tlim=$(step_limit 180)  # the first step: the budget is never spent here (and timeout 0 would mean no limit)
 timeout "$tlim" node scripts/run-tests.js device attention beam-kernel elementwise embedding f16 kvcache layernorm matmul softmax sampling model-random > "$out/tests.log" 2>&1
@@ -61,16 +70,16 @@ bench gpt2-f32 150 --model "$model" --batch 1,4,16,64 --prompt-tokens 128 --new-
 bench gpt2-prefill-1024 90 --model "$model" --prompt-tokens 1024 --new-tokens 1 --repeat "$rep"
 bench gpt2-xl-f16 200 --model "$xl" --f16 --batch 1 --prompt-tokens 128 --new-tokens 32 --repeat 3
 # The alternatives each kernel choice could take instead (the defaults are set from these).
-bench gpt2-f32-split 90 --model "$model" --batch 1,4 --prompt-tokens 128 --new-tokens 64 --repeat "$rep" --gemv-reduce split --no-profile
-bench gpt2-f32-gemv64 90 --model "$model" --batch 16,64 --prompt-tokens 128 --new-tokens 64 --repeat "$rep" --gemv-max-m 64 --no-profile
-bench gpt2-f32-ln-off 90 --model "$model" --batch 1 --prompt-tokens 128 --new-tokens 64 --repeat "$rep" --fuse-ln off --no-profile
-bench gpt2-f32-attn32 60 --model "$model" --batch 1 --prompt-tokens 128 --new-tokens 64 --repeat "$rep" --attention-wg 0 --no-profile
+bench gpt2-f32-split 90 --model "$model" --batch 1,4 --prompt-tokens 128 --new-tokens 64 --repeat "$rep" --profile "$prof/split.json" --no-profile
+bench gpt2-f32-gemv64 90 --model "$model" --batch 16,64 --prompt-tokens 128 --new-tokens 64 --repeat "$rep" --profile "$prof/gemv64.json" --no-profile
+bench gpt2-f32-ln-off 90 --model "$model" --batch 1 --prompt-tokens 128 --new-tokens 64 --repeat "$rep" --profile "$prof/ln-off.json" --no-profile
+bench gpt2-f32-attn32 60 --model "$model" --batch 1 --prompt-tokens 128 --new-tokens 64 --repeat "$rep" --profile "$prof/attn32.json" --no-profile
 bench gpt2-f32-long 60 --model "$model" --batch 1 --prompt-tokens 896 --new-tokens 64 --repeat "$rep"
-bench gpt2-f32-long-attn32 60 --model "$model" --batch 1 --prompt-tokens 896 --new-tokens 64 --repeat "$rep" --attention-wg 0
-bench gpt2-prefill-1024-t128 60 --model "$model" --prompt-tokens 1024 --new-tokens 1 --repeat "$rep" --gemm-tile 16,16,8,8,8 --no-profile
-bench gpt2-prefill-1024-t64x128 60 --model "$model" --prompt-tokens 1024 --new-tokens 1 --repeat "$rep" --gemm-tile 16,16,4,8,16 --no-profile
+bench gpt2-f32-long-attn32 60 --model "$model" --batch 1 --prompt-tokens 896 --new-tokens 64 --repeat "$rep" --profile "$prof/attn32.json"
+bench gpt2-prefill-1024-t128 60 --model "$model" --prompt-tokens 1024 --new-tokens 1 --repeat "$rep" --profile "$prof/t128.json" --no-profile
+bench gpt2-prefill-1024-t64x128 60 --model "$model" --prompt-tokens 1024 --new-tokens 1 --repeat "$rep" --profile "$prof/t64x128.json" --no-profile
 bench gpt2-f16 120 --model "$model" --f16 --batch 1,64 --prompt-tokens 128 --new-tokens 64 --repeat "$rep"
-bench gpt2-xl-f16-split 150 --model "$xl" --f16 --batch 1 --prompt-tokens 128 --new-tokens 32 --repeat 3 --gemv-reduce split --no-profile
+bench gpt2-xl-f16-split 150 --model "$xl" --f16 --batch 1 --prompt-tokens 128 --new-tokens 32 --repeat 3 --profile "$prof/split.json" --no-profile
 bench gpt2-f32-depth1 60 --model "$model" --batch 1 --prompt-tokens 128 --new-tokens 64 --repeat "$rep" --pipeline-depth 1 --no-profile
 bench gpt2-sessions 60 --model "$model" --batch 16 --prompt-tokens 128 --new-tokens 32 --repeat 3 --no-profile --sessions
 # A closed-loop chat load (16 users, 3 turns each): separate sessions against one session group

@@ -17,10 +17,7 @@
 // words i, i + SGA, ... (WPL of them), so per key it loads WPL words of K and WPL of V for all
 // QS queries, each query's part of the dot product goes through subgroupAdd (a vector
 // reduction, no memory), and the online softmax (m, l, alpha, p_j) is the same value in every
-// invocation. Measured on lavapipe (12 heads, D 64, one layer; BENCHMARKS.md notes): decode_sg
-// (SGA 4) 1.5-2x faster than decode_lanes at batch 16-64; prefill_sg (SGA 8, QS 8) ~3x faster
-// than the token pairs for 16-32 tokens after 500-800 of history and ~1.5x faster than the
-// 'blocks' matrix products for a 1024-token prompt, with no scratch memory.
+// invocation. No scratch memory.
 //
 // Work split: workgroup = SGA invocations = one subgroup (SGA <= the device's subgroup size),
 // workgroup index (wg.y * groups_x + wg.x) = query (block) * n_head + h. A head word past HD4

@@ -2,8 +2,8 @@
 // (SwiftShader: 4, lavapipe: 8): out[M, N] = x[M, K] @ W[K, N] (+ bias) (gelu) (+= out), W f32
 // or f16 in 16-byte words, plain or in column panels, exactly as gemv_kn_cols reads it. This file
 // is appended to matmul.wgsl (the bindings, Params, W_F16 and the epilogue `finish` are that
-// file's); the engine builds it only where the device has the `subgroups` feature with a single
-// subgroup size of 4 or 8 (SGL).
+// file's); the engine builds it only where the device profile names it (MatmulProfile.subgroupLanes:
+// a device with the `subgroups` feature and a single subgroup size of 4 or 8).
 //
 // Why: on these adapters every load whose address differs between invocations is a
 // per-invocation scalar loop (lavapipe: a bounds branch per 32-bit word), so a matmul's cost
@@ -13,8 +13,6 @@
 // (one 16-byte word: 4 steps of k) and broadcasts it to the others (subgroupBroadcast with a
 // constant lane: a vector shuffle, no memory), so per 4 steps of k an invocation loads SGR / SGL
 // x words and 4 W words for SGR x 4 (f32) or SGR x 8 (f16) columns x 4 multiply-adds.
-// Measured against gemv_kn_cols: ~2x on lavapipe at M 64-1024, 2.5x on Chromium's SwiftShader
-// at M 256 (BENCHMARKS.md).
 //
 // Work split: workgroup = one subgroup of SGL invocations; wid.x picks SGL adjacent 16-byte W
 // words (invocation t owns word wid.x * SGL + t), wid.z a block of SGR rows of x (invocation t

@@ -3,12 +3,9 @@
  * and p90 over runs), tokens/s, read-back bytes, dispatches and submits per step, for each batch
  * size, plus a per-kernel-family GPU time table from timestamp queries when the adapter has them.
  */
-import type { Engine, LoadProgress, Model, SessionGroup } from './engine/engine.js';
-import { defaultPipelineDepth, generationCapacity } from './engine/generate.js';
-import type { GemmTile } from './kernels/matmul.js';
-import { decodeMeta, ForwardPlan } from './engine/model.js';
-import { Owned, type Dispatch } from './gpu/common.js';
-import { validateSampling } from './sampling/options.js';
+import type { DeviceProfile, Engine, LoadProgress, Model, PartialProfile, SessionGroup } from './engine/engine.js';
+import { generationCapacity } from './engine/generate.js';
+import { timeDecodeStep } from './engine/step-timing.js';
 import { InvalidOptionError } from './errors.js';
 
 export interface BenchOptions {
@@ -18,24 +15,11 @@ export interface BenchOptions {
   promptTokens: number;
   newTokens: number;
   repeat: number;
-  profile: boolean;
-  /** MatmulOptions.fuseLn (layer norm in gemv_kn's prologue); default: the adapter's choice. */
-  fuseLn?: boolean;
-  /** MatmulOptions.gemvReduce (how the GPU 'kn' GEMV splits K); default: the adapter's choice. */
-  gemvReduce?: 'split' | 'workgroup';
-  /** AttentionOptions.decodeWg (threads per GPU decode attention workgroup; 0: none, the 32-thread kernel); default: the adapter's choice. */
-  attentionWg?: number;
-  /** AttentionOptions.blocks (the 'blocks' prompt attention of CPU adapters without 'subgroup'; false: 'pairs' at every length); default: the adapter's choice. */
-  attentionBlocks?: boolean;
-  /** MatmulOptions.knSubgroups (undefined: the kernel's default). */
-  knSubgroups?: boolean;
-  /** AttentionOptions.subgroups (attention through subgroups on CPU adapters, decode and prompts; undefined: the kernel's default). */
-  attentionSubgroups?: boolean;
-  /** MatmulOptions.gemmTile (the prefill GEMM's tile shape); default: the kernel's. */
-  gemmTile?: GemmTile;
-  /** MatmulOptions.gemvMaxM (largest M that takes the GEMV rather than the GEMM); default: the kernel's. */
-  gemvMaxM?: number;
-  /** GenerateOptions.pipelineDepth (decode steps in flight); default: the adapter's (1 CPU, 3 GPU). */
+  /** Whether to time one decode step per kernel with timestamp queries (BatchResult.kernels). */
+  timings: boolean;
+  /** A partial device profile merged over the adapter's (kernel choices to compare); default: the adapter's own. */
+  profile?: PartialProfile;
+  /** GenerateOptions.pipelineDepth (decode steps in flight); default: the profile's (1 CPU, 3 GPU). */
   pipelineDepth?: number;
   /** Also time B conversations as B separate sessions and as one session group (BatchResult.sessions). */
   sessions?: boolean;
@@ -107,22 +91,16 @@ export interface BenchReport {
   adapter: unknown;
   /** How the host thread waited for the GPU: 'sleep' (in slices, see WaitYield) or 'spin'. */
   host_wait: 'sleep' | 'spin';
-  /** MatmulOptions.fuseLn as used: whether gemv_kn applies layer norms in its prologue (gemv_kn_cols, the CPU-adapter GEMV, never does). */
-  fuse_ln: boolean;
-  /** MatmulOptions.gemvReduce as used: 'split' (K slices over workgroups + a reduce dispatch) or 'workgroup' (gemv_kn_red); the CPU-adapter GEMV never splits. */
-  gemv_reduce: 'split' | 'workgroup';
-  /** AttentionOptions.decodeWg as used: threads per workgroup of decode attention on GPUs; null where decode steps take another kernel (CPU adapters: 'lanes'; 0: the 32-thread one). */
-  attention_decode_wg: number | null;
+  /** The device profile the run used: every kernel choice (the adapter's, with BenchOptions.profile merged over it). */
+  profile: DeviceProfile;
+  /** BenchOptions.profile as given (null: the adapter's profile as is). */
+  profile_overrides: PartialProfile | null;
   /** The attention kernel of decode steps: 'subgroup' / 'lanes' (CPU adapters: one subgroup / one invocation per row and head), 'wide' (GPUs), 'query' (32-thread workgroups). */
   attention_decode: string;
   /** The attention kernel of the prompt's prefill (P tokens of one row): 'tiled' (GPUs), 'subgroup' (CPU adapters with subgroups), 'blocks' (other CPU adapters, P >= 64), 'pairs' (them, below), 'query' or 'lanes' (one token). */
   attention_prompt: string;
   /** The kernel the prompt's per-layer matmuls take: 'gemm' / 'gemv' (GPUs), 'subgroups' / 'cols' (CPU adapters). */
   matmul_prompt: string;
-  /** MatmulOptions.gemmTile as used (the tiled GEMM of prefills past 8 tokens on GPUs; CPU adapters use the GEMV at every M). */
-  gemm_tile: GemmTile;
-  /** Largest M (rows: batch x tokens) the GEMV takes, per layout; larger M takes the tiled GEMM (CPU adapters: the GEMV always, reported as null = unbounded). */
-  gemv_max_m: { kn: number | null; nk: number | null };
   /** Decode steps queued ahead of the token read-back (GenerateOptions.pipelineDepth) as used. */
   pipeline_depth: number;
   /** Whether results carry `sessions` (--sessions). */
@@ -158,30 +136,8 @@ const DECODE_ATTENTION: Record<string, string> = {
   query: '32-thread workgroups',
 };
 
-/** The decode attention's workgroup width when decode steps use the 'wide' kernel, else null. */
-function decodeWgOf(model: Model): number | null {
-  const at = model.kernels.attention;
-  return at.oneQueryVariant(model.config.n_embd / model.config.n_head) === 'wide' ? at.decodeWg! : null;
-}
-
-/** Which kernel the per-layer ('kn') matmuls of a T-token prompt take. */
-function promptMatmulOf(model: Model, T: number): string {
-  const mm = model.kernels.matmul;
-  if (mm.variantFor(T, 'kn') === 'gemm') return 'gemm';
-  if (!mm.knCols) return 'gemv';
-  return mm.takesSubgroups(T, model.config.n_embd) ? 'subgroups' : 'cols';
-}
-
 export async function runBench(engine: Engine, o: BenchOptions): Promise<BenchReport> {
   const t0 = now();
-  // Unset (undefined) options take the kernel's defaults.
-  const matmul = {
-    fuseLn: o.fuseLn,
-    gemvReduce: o.gemvReduce,
-    gemmTile: o.gemmTile,
-    gemvMaxM: o.gemvMaxM,
-    knSubgroups: o.knSubgroups,
-  };
   // The source is resolved (and its config read) before any upload, so that a run the model's
   // window cannot hold fails at once, not after loading gigabytes.
   const ckpt = await engine.openSource(o.model, { onProgress: o.onProgress });
@@ -198,8 +154,7 @@ export async function runBench(engine: Engine, o: BenchOptions): Promise<BenchRe
   const model = await engine.loadModel(ckpt, {
     dtype: o.dtype,
     onProgress: o.onProgress,
-    matmul,
-    attention: { decodeWg: o.attentionWg, blocks: o.attentionBlocks, subgroups: o.attentionSubgroups },
+    experimental: { profile: o.profile },
   });
   model.loadTimes.resolve_ms += resolveMs; // loadModel saw an opened checkpoint
   const loadMs = now() - t0;
@@ -229,15 +184,12 @@ export async function runBench(engine: Engine, o: BenchOptions): Promise<BenchRe
       },
       adapter: model.ctx.adapter,
       host_wait: model.ctx.waitYield ? 'sleep' : 'spin',
-      fuse_ln: model.kernels.matmul.fuseLn,
-      gemv_reduce: model.kernels.matmul.gemvReduce,
-      attention_decode_wg: decodeWgOf(model),
-      attention_decode: model.kernels.attention.oneQueryVariant(cfg.n_embd / cfg.n_head),
+      profile: model.profile,
+      profile_overrides: o.profile ?? null,
+      attention_decode: model.decodeAttention(),
       attention_prompt: model.promptAttention(o.promptTokens),
-      matmul_prompt: promptMatmulOf(model, o.promptTokens),
-      gemm_tile: model.kernels.matmul.gemmTile,
-      gemv_max_m: gemvMaxOf(model),
-      pipeline_depth: o.pipelineDepth ?? defaultPipelineDepth(model.ctx.isCpuAdapter),
+      matmul_prompt: model.promptMatmul(o.promptTokens),
+      pipeline_depth: o.pipelineDepth ?? model.profile.pipelineDepth,
       sessions: o.sessions === true,
       prompt_tokens: o.promptTokens,
       new_tokens: o.newTokens,
@@ -276,9 +228,9 @@ async function measureBatch(
   const decoded = o.newTokens > 1;
   let profile: { families: KernelTime[]; ops: KernelTime[] } | null = null;
   let note: string | undefined;
-  if (!o.profile) note = 'profiling skipped (--no-profile)';
+  if (!o.timings) note = 'profiling skipped (--no-profile)';
   else if (!model.ctx.features.timestampQuery) note = 'not available: the adapter has no timestamp-query feature';
-  else profile = await profileDecodeStep(model, B, o.promptTokens, o.promptTokens + o.newTokens);
+  else profile = await kernelTimes(model, B, o.promptTokens, o.promptTokens + o.newTokens);
   const sessions = o.sessions ? await measureSessions(model, B, prompt, o) : undefined;
   return {
     batch: B,
@@ -368,81 +320,30 @@ async function measureSessions(model: Model, B: number, prompt: number[], o: Ben
 }
 
 /**
- * GPU time per kernel family for one decode step of B rows: each dispatch in its own compute
- * pass with timestamp writes (this adds pass overhead, so the sum exceeds a real step; the
- * split between families is what it is for).
+ * GPU time per kernel family and per operation for one decode step of B rows (timeDecodeStep: each
+ * dispatch in its own timed pass, so the sum exceeds a real step; the split is what it is for).
  */
-async function profileDecodeStep(
+async function kernelTimes(
   model: Model,
   B: number,
   promptTokens: number,
   need: number,
 ): Promise<{ families: KernelTime[]; ops: KernelTime[] }> {
-  const ctx = model.ctx;
-  const owned = new Owned(ctx);
-  // The cache the measured generations had (same slots, so the same attention work and the same
-  // binding-size limits); the step at the first decode position, or the last slot when the prompt
-  // fills the window (--new-tokens 1).
-  const cache = await model.createCache({ rows: B, capacity: generationCapacity(model.config, need, false) });
-  const pos = Math.min(promptTokens, cache.window - 1);
-  const plan = new ForwardPlan(model, cache, B, B, { decode: true });
-  try {
-    const sampling = validateSampling({ temperature: 1 }, model.config.vocab_size);
-    const state = model.kernels.sampler.createState(owned, B, sampling, {
-      seeds: Array.from({ length: B }, (_, i) => i),
-      eosId: model.config.eos_token_id,
-      stopAtEos: false,
-    });
-    plan.write({ ids: new Array(B).fill(1), meta: decodeMeta(new Array<number>(B).fill(pos)) });
-    const list: Dispatch[] = [
-      ...plan.dispatches,
-      ...model.kernels.sampler.bind(owned, state, { logits: plan.logits, outIds: plan.ids }),
-    ];
-    const n = list.length;
-    const qs = ctx.device.createQuerySet({ type: 'timestamp', count: 2 * n });
-    const resolve = owned.buffer('ts.resolve', 16 * n, GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC);
-    try {
-      const totals = new Map<string, KernelTime>(); // by family
-      const ops = new Map<string, KernelTime>(); // by operation (opName)
-      const reps = 3;
-      for (let rep = 0; rep < reps; rep++) {
-        const enc = ctx.device.createCommandEncoder();
-        list.forEach((d, i) => {
-          const pass = enc.beginComputePass({
-            timestampWrites: { querySet: qs, beginningOfPassWriteIndex: 2 * i, endOfPassWriteIndex: 2 * i + 1 },
-          });
-          pass.setPipeline(d.pipeline);
-          pass.setBindGroup(0, d.bindGroup);
-          pass.dispatchWorkgroups(...d.workgroups);
-          pass.end();
-        });
-        enc.resolveQuerySet(qs, 0, 2 * n, resolve, 0);
-        ctx.submit([enc.finish()]);
-        const ts = new BigUint64Array(await ctx.readBuffer(resolve, 0, 16 * n));
-        if (rep === 0) continue; // warm-up
-        list.forEach((d, i) => {
-          const ns = Number(ts[2 * i + 1]! - ts[2 * i]!);
-          for (const [map, key] of [
-            [totals, d.family],
-            [ops, opName(d.label)],
-          ] as const) {
-            const t = map.get(key) ?? { name: key, ms: 0, dispatches: 0 };
-            t.ms += ns / 1e6 / (reps - 1);
-            if (rep === 1) t.dispatches++;
-            map.set(key, t);
-          }
-        });
-      }
-      const slowestFirst = (m: Map<string, KernelTime>) => [...m.values()].sort((a, b) => b.ms - a.ms);
-      return { families: slowestFirst(totals), ops: slowestFirst(ops) };
-    } finally {
-      qs.destroy();
+  const totals = new Map<string, KernelTime>(); // by family
+  const ops = new Map<string, KernelTime>(); // by operation (opName)
+  for (const d of await timeDecodeStep(model, B, promptTokens, need)) {
+    for (const [map, key] of [
+      [totals, d.family],
+      [ops, opName(d.label)],
+    ] as const) {
+      const t = map.get(key) ?? { name: key, ms: 0, dispatches: 0 };
+      t.ms += d.ms;
+      t.dispatches++;
+      map.set(key, t);
     }
-  } finally {
-    plan.destroy();
-    owned.destroy();
-    cache.destroy();
   }
+  const slowestFirst = (m: Map<string, KernelTime>) => [...m.values()].sort((a, b) => b.ms - a.ms);
+  return { families: slowestFirst(totals), ops: slowestFirst(ops) };
 }
 
 /** A dispatch label as an operation: without the layer prefix `h.<l>.` and a chunk index `[i]`. */
@@ -450,16 +351,22 @@ export function opName(label: string): string {
   return label.replace(/^h\.\d+\./, '').replace(/\[\d+\]/g, '');
 }
 
-/** The largest GEMV M per layout, null where unbounded (JSON has no Infinity). */
-function gemvMaxOf(model: Model): { kn: number | null; nk: number | null } {
-  const { kn, nk } = model.kernels.matmul.gemvMax;
-  return { kn: Number.isFinite(kn) ? kn : null, nk: Number.isFinite(nk) ? nk : null };
+/** The profile's fields as `a.b=v` words, one line per part (the report's header). */
+export function profileLines(p: DeviceProfile): string[] {
+  const words = (o: object, pre: string) =>
+    Object.entries(o).map(
+      ([k, v]) => `${pre}${k}=${typeof v === 'object' && v !== null ? JSON.stringify(v) : String(v)}`,
+    );
+  const { matmul, attention, name: _name, ...rest } = p;
+  return [words(matmul, 'matmul.').join(' '), words(attention, 'attention.').join(' '), words(rest, '').join(' ')];
 }
 
 export function formatBench(r: BenchReport): string {
   const a = r.adapter as { description?: string; vendor?: string };
   const lines = [
-    `model ${r.model} (${r.dtype}), adapter: ${a.description || a.vendor}; prompt ${r.prompt_tokens} tokens, ${r.new_tokens} new, ${r.repeat} runs; host waits: ${r.host_wait}; layer norm fused: ${r.fuse_ln ? 'yes' : 'no'}; GPU GEMV K split: ${r.gemv_reduce}; decode attention: ${DECODE_ATTENTION[r.attention_decode] ?? (r.attention_decode_wg !== null ? `${r.attention_decode_wg}-thread workgroups` : r.attention_decode)}; prompt attention: ${r.attention_prompt}; prompt matmul: ${r.matmul_prompt}; steps in flight: ${r.pipeline_depth}; GEMM tile ${r.gemm_tile.ty * r.gemm_tile.tm}x${r.gemm_tile.tx * r.gemm_tile.tn}`,
+    `model ${r.model} (${r.dtype}), adapter: ${a.description || a.vendor}; prompt ${r.prompt_tokens} tokens, ${r.new_tokens} new, ${r.repeat} runs; host waits: ${r.host_wait}; decode attention: ${DECODE_ATTENTION[r.attention_decode] ?? (r.attention_decode === 'wide' ? `${r.profile.attention.decodeWg}-thread workgroups` : r.attention_decode)}; prompt attention: ${r.attention_prompt}; prompt matmul: ${r.matmul_prompt}; steps in flight: ${r.pipeline_depth}`,
+    `profile ${r.profile.name}${r.profile_overrides ? ` with ${JSON.stringify(r.profile_overrides)} merged over it` : " (the adapter's)"}:`,
+    ...profileLines(r.profile).map((l) => `  ${l}`),
     `load ${r.load.load_ms.toFixed(0)} ms (pipelines ${r.load.pipelines_ms.toFixed(0)} ms, upload ${r.load.upload_ms.toFixed(0)} ms, ${(r.load.weight_bytes / 1e6).toFixed(0)} MB of weights)`,
     '',
     'batch  first-token ms (setup + prefill)  decode ms/token (median / p90)  tokens/s  readback B/token  dispatches/step  submits/step',

@@ -28,11 +28,10 @@ import {
   samplingFrom,
   withModel,
 } from './cli-model.js';
+import type { PartialProfile } from './engine/engine.js';
 import { sample } from './sampling/sample.js';
 import { perplexityOf, type ScoreOptions } from './engine/score.js';
 import { formatBench, isBatchFailure, runBench } from './bench.js';
-import type { GemmTile } from './kernels/matmul.js';
-import { isPowerOfTwoIn } from './gpu/common.js';
 
 /** A command printed its output but part of it failed: message on stderr, exit 1. */
 class ReportedFailure extends Error {}
@@ -289,7 +288,7 @@ const commands: Record<string, Command> = {
   bench: {
     summary: 'benchmark load, prefill and decode (per batch size), with per-kernel GPU times',
     usage:
-      'gpt2-webgpu bench [--model random:gpt2] [--batch 1,4,16,64] [--prompt-tokens P] [--new-tokens N] [--repeat R] [--f16] [--wait auto|sleep|spin] [--fuse-ln auto|on|off] [--gemv-reduce auto|split|workgroup] [--gemm-tile TX,TY,TM,TN,BK] [--gemv-max-m M] [--attention-wg N] [--attention-blocks auto|on|off] [--attention-subgroups auto|on|off] [--matmul-subgroups auto|on|off] [--pipeline-depth D] [--sessions] [--json]',
+      'gpt2-webgpu bench [--model random:gpt2] [--batch 1,4,16,64] [--prompt-tokens P] [--new-tokens N] [--repeat R] [--f16] [--wait auto|sleep|spin] [--profile FILE.json] [--pipeline-depth D] [--sessions] [--json]',
     flags: {
       ...MODEL_FLAGS,
       model: { ...MODEL_FLAGS.model!, default: 'random:gpt2' },
@@ -301,48 +300,15 @@ const commands: Record<string, Command> = {
         help: 'tokens generated per run (1: time the prefill alone, no decode step)',
       },
       repeat: { type: 'string', default: '3', help: 'runs per batch size (median and p90 over them)' },
-      'no-profile': { type: 'boolean', default: false, help: 'skip the per-kernel timestamp profile' },
+      'no-profile': { type: 'boolean', default: false, help: 'skip the per-kernel GPU timings (timestamp queries)' },
       wait: {
         type: 'string',
         default: 'auto',
         help: 'how the host thread waits for the GPU: sleep (in 2 ms slices), spin (dawn.node polling), auto (sleep on CPU adapters)',
       },
-      'fuse-ln': {
+      profile: {
         type: 'string',
-        default: 'auto',
-        help: 'layer norm in the GPU GEMV prologue (gemv_kn_ln): on, off, auto (on GPUs)',
-      },
-      'gemv-max-m': {
-        type: 'string',
-        help: 'largest M (batch x tokens) the GEMV takes before the tiled GEMM (default 8 on GPUs; CPU adapters: always the GEMV)',
-      },
-      'gemm-tile': {
-        type: 'string',
-        help: 'the prefill GEMM tile: TX,TY threads of TM x TN outputs, BK deep (default 16,16,4,4,16)',
-      },
-      'gemv-reduce': {
-        type: 'string',
-        default: 'auto',
-        help: 'how the GPU decode GEMV splits K: split (slices over workgroups + a reduce dispatch), workgroup (inside each workgroup, one dispatch), auto (workgroup on GPUs)',
-      },
-      'attention-wg': {
-        type: 'string',
-        help: 'threads per workgroup of the GPU decode attention: 32-256, a power of two, or 0 for the 32-thread prefill kernel (default 256 on GPUs; CPU adapters decode with one invocation per head)',
-      },
-      'attention-blocks': {
-        type: 'string',
-        default: 'auto',
-        help: "prompts of 64+ tokens as matrix products through scratch buffers ('blocks', CPU adapters without the subgroup attention): on, off (token pairs at every length), auto (on CPU adapters without subgroups or with --attention-subgroups off)",
-      },
-      'attention-subgroups': {
-        type: 'string',
-        default: 'auto',
-        help: "attention with a subgroup per (query or block of 8 prompt tokens, head) ('subgroup', CPU adapters with subgroups of 4+ invocations): on, off (decode: one invocation per (row, head); prompts: token pairs or 'blocks'), auto (where available)",
-      },
-      'matmul-subgroups': {
-        type: 'string',
-        default: 'auto',
-        help: "matmuls of 8+ rows (prompts, batches) through subgroup broadcasts ('subgroups', CPU adapters with 4- or 8-lane subgroups): on, off (gemv_kn_cols), auto (where available)",
+        help: 'a JSON file of device-profile fields merged over the adapter\'s (kernel choices to compare), e.g. {"attention": {"prompt": "blocks"}} or {"name": "gpu"}; the report prints the profile it ran',
       },
       'pipeline-depth': {
         type: 'string',
@@ -362,30 +328,7 @@ const commands: Record<string, Command> = {
       const waits = { auto: 'auto', sleep: true, spin: false } as const;
       if (!Object.hasOwn(waits, String(v.wait)))
         throw new UsageError(`--wait must be auto, sleep or spin, got "${String(v.wait)}"`);
-      // An auto|on|off flag: undefined (the kernel's default), true or false.
-      const onOff = (flag: string): boolean | undefined => {
-        const modes = { auto: undefined, on: true, off: false } as const;
-        const m = String(v[flag]);
-        if (!Object.hasOwn(modes, m)) throw new UsageError(`--${flag} must be auto, on or off, got "${m}"`);
-        return modes[m as keyof typeof modes];
-      };
-      const fuseLn = onOff('fuse-ln');
-      const attentionBlocks = onOff('attention-blocks');
-      const attentionSubgroups = onOff('attention-subgroups');
-      const knSubgroups = onOff('matmul-subgroups');
-      const reduces = { auto: undefined, split: 'split', workgroup: 'workgroup' } as const;
-      if (!Object.hasOwn(reduces, String(v['gemv-reduce'])))
-        throw new UsageError(`--gemv-reduce must be auto, split or workgroup, got "${String(v['gemv-reduce'])}"`);
-      let gemmTile: GemmTile | undefined;
-      if (v['gemm-tile'] !== undefined) {
-        const parts = String(v['gemm-tile']).split(',');
-        if (parts.length !== 5)
-          throw new UsageError(
-            `--gemm-tile takes 5 comma-separated integers TX,TY,TM,TN,BK, got "${String(v['gemm-tile'])}"`,
-          );
-        const [tx, ty, tm, tn, bk] = parts.map((s) => num(s, 'gemm-tile', { int: true, min: 1 }));
-        gemmTile = { tx: tx!, ty: ty!, tm: tm!, tn: tn!, bk: bk! };
-      }
+      const profile = v.profile === undefined ? undefined : profileFile(String(v.profile));
       const engine = await createEngine({ yieldWhileWaiting: waits[String(v.wait) as keyof typeof waits] });
       try {
         const report = await runBench(engine, {
@@ -395,16 +338,8 @@ const commands: Record<string, Command> = {
           promptTokens: num(v['prompt-tokens'], 'prompt-tokens', { int: true, min: 1 }),
           newTokens: num(v['new-tokens'], 'new-tokens', { int: true, min: 1 }),
           repeat: num(v.repeat, 'repeat', { int: true, min: 1 }),
-          profile: !v['no-profile'],
-          fuseLn,
-          gemvReduce: reduces[String(v['gemv-reduce']) as keyof typeof reduces],
-          gemmTile,
-          gemvMaxM:
-            v['gemv-max-m'] === undefined ? undefined : num(v['gemv-max-m'], 'gemv-max-m', { int: true, min: 0 }),
-          attentionWg: attentionWg(v['attention-wg']),
-          attentionBlocks,
-          knSubgroups,
-          attentionSubgroups,
+          timings: !v['no-profile'],
+          profile,
           pipelineDepth:
             v['pipeline-depth'] === undefined
               ? undefined
@@ -466,13 +401,14 @@ const commands: Record<string, Command> = {
   },
 };
 
-/** --attention-wg: unset, 0, or a power of two in [32, 256]. */
-function attentionWg(v: unknown): number | undefined {
-  if (v === undefined) return undefined;
-  const n = num(v, 'attention-wg', { int: true, min: 0, max: 256 });
-  if (n !== 0 && !isPowerOfTwoIn(n, 32, 256))
-    throw new UsageError(`--attention-wg must be 0 or a power of two in [32, 256], got ${n}`);
-  return n;
+/** A --profile file: JSON of partial device-profile fields (the engine checks the fields when it loads the model). */
+function profileFile(path: string): PartialProfile {
+  const text = readFlagFile('profile', path).toString('utf8');
+  try {
+    return JSON.parse(text) as PartialProfile;
+  } catch (e) {
+    throw new InvalidOptionError(`--profile ${path}: not JSON (${(e as Error).message})`, { cause: e });
+  }
 }
 
 function helpText(name: string, c: Command): string {

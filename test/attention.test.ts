@@ -1,12 +1,53 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { AttentionArgs, AttentionKernel, BLOCKS_MIN_T, SG_LANES } from '../src/kernels/attention.js';
-
-type AttentionVariant = NonNullable<AttentionArgs['variant']>;
+import {
+  AttentionKernel,
+  AttentionProfile,
+  AttentionVariant,
+  BLOCKS_MIN_T,
+  fitTo,
+  SG_LANES,
+} from '../src/kernels/attention.js';
+import { deviceProfile } from '../src/kernels/profile.js';
+import type { GpuContext } from '../src/gpu/device.js';
 import { KvWriteKernel } from '../src/kernels/kvcache.js';
 import { InvalidOptionError, ShapeError } from '../src/errors.js';
 import { allClose, download, poisoned, Rng, run, upload, withDevice } from './helpers.js';
+import type { Owned } from '../src/gpu/common.js';
 import { attention64, RowHistory } from './reference/attention.js';
+
+/** Attention choices that build nothing beyond the 32-thread workgroup kernel ('query'). */
+const QUERY: AttentionProfile = { decode: 'query', prompt: 'query', decodeWg: 256, decodeLanes: 2, subgroupLanes: 8 };
+
+/** Attention choices that build `variant` (as the decode or the prompt kernel), with `over` on top. */
+function profileFor(
+  ctx: GpuContext,
+  variant: AttentionVariant,
+  over: Partial<AttentionProfile> = {},
+): AttentionProfile {
+  const sg = Math.min(8, ctx.features.subgroupSize ?? 8);
+  const choice: Record<AttentionVariant, Partial<AttentionProfile>> = {
+    query: {},
+    wide: { decode: 'wide' },
+    lanes: { decode: 'lanes', prompt: 'pairs' },
+    pairs: { decode: 'lanes', prompt: 'pairs' },
+    blocks: { decode: 'lanes', prompt: 'blocks' },
+    tiled: { prompt: 'tiled' },
+    subgroup: { decode: 'subgroup', prompt: 'subgroup', subgroupLanes: sg as 4 | 8 },
+  };
+  return { ...QUERY, ...choice[variant], ...over };
+}
+
+/** A kernel for head size D whose profile builds `variant`. */
+function kernelFor(
+  ctx: GpuContext,
+  D: number,
+  variant: AttentionVariant,
+  over: Partial<AttentionProfile> = {},
+  blocksScratchBytes?: number,
+): Promise<AttentionKernel> {
+  return AttentionKernel.create(ctx, { ...profileFor(ctx, variant, over), headDim: D, blocksScratchBytes });
+}
 
 interface Scenario {
   C: number;
@@ -32,8 +73,7 @@ async function check(
   seed: number,
   variant: AttentionVariant,
   writeKv = false,
-  decodeWg = 256,
-  decodeLanes?: number,
+  over: Partial<AttentionProfile> = {},
   blocksScratchBytes?: number,
 ): Promise<void> {
   await withDevice(async ({ ctx, owned }) => {
@@ -80,16 +120,7 @@ async function check(
     const vT = upload(owned, vc, [rows, cap, C]);
     const out = poisoned(owned, [T, C]);
     const kw = await KvWriteKernel.create(ctx);
-    const lanes = variant === 'lanes' || variant === 'pairs' || variant === 'blocks';
-    // the lanes family without 'subgroup', which would take the place of 'blocks' by default
-    const at = await AttentionKernel.create(
-      ctx,
-      lanes
-        ? { headDim: C / nHead, lanes: true, subgroups: false, decodeLanes, blocksScratchBytes }
-        : variant === 'subgroup'
-          ? { headDim: C / nHead, subgroups: true }
-          : { decodeWg },
-    );
+    const at = await kernelFor(ctx, C / nHead, variant, over, blocksScratchBytes);
     // blocks: poisoned scratch (NaN: a score or query read before it is written shows)
     const need = at.blocksScratch(T, cap, C, nHead);
     const scratch =
@@ -235,15 +266,15 @@ const CASES: Array<[string, Scenario]> = [
     },
   ],
 ];
-// Every case runs each kernel that applies: per token (vec4 loads when D % 4 == 0), per token
-// scalar, one invocation per token and head (lanes: D % 4 == 0), one per pair of tokens and head
+// Every case runs each kernel that applies: per token (vec4 loads when D % 4 == 0, else scalar),
+// one invocation per token and head (lanes: D % 4 == 0), one per pair of tokens and head
 // (pairs: neighbours in a row share K/V loads, other pairs and an odd last token go one by one),
 // tiled (8 tokens per workgroup; tiles that mix rows or wrap fall back per token), wide (the
 // vec4 kernel with 256 threads per workgroup, GPU decode's) and subgroup (prefill_sg: blocks of
 // 8 tokens of a row per 8-invocation subgroup and head, blocks that mix rows or wrap token by
 // token; single tokens and decode_sg's 4-invocation subgroups; D 24 leaves invocations of the
 // last head word past the head).
-for (const variant of ['query', 'scalar', 'lanes', 'pairs', 'tiled', 'wide', 'blocks', 'subgroup'] as const) {
+for (const variant of ['query', 'lanes', 'pairs', 'tiled', 'wide', 'blocks', 'subgroup'] as const) {
   CASES.forEach(([name, sc], i) => {
     const D = sc.C / sc.nHead;
     if (variant === 'tiled' && !(D % 4 === 0 && D <= 64)) return;
@@ -258,9 +289,9 @@ for (const variant of ['query', 'scalar', 'lanes', 'pairs', 'tiled', 'wide', 'bl
       return;
     test(`attention (${variant}): ${name}`, () => check(sc, 100 + i, variant));
     // decode_lanes at another workgroup width than the default 2 (the index arithmetic depends on
-    // it; head sizes up to 64 only: llvmpipe takes 20-45 s to compile each wider one)
+    // it; head sizes up to 64 only: llvmpipe compiles the wider ones slowly)
     if (variant === 'lanes' && D <= 64)
-      test(`attention (lanes, 8 per workgroup): ${name}`, () => check(sc, 100 + i, variant, false, 256, 8));
+      test(`attention (lanes, 8 per workgroup): ${name}`, () => check(sc, 100 + i, variant, false, { decodeLanes: 8 }));
   });
 }
 
@@ -313,10 +344,14 @@ const BLOCK_CASES: Array<[string, Scenario, number?]> = [
   ],
 ];
 BLOCK_CASES.forEach(([name, sc, scratch], i) =>
-  test(`attention (blocks): ${name}`, () => check(sc, 500 + i, 'blocks', false, 256, undefined, scratch)),
+  test(`attention (blocks): ${name}`, () => check(sc, 500 + i, 'blocks', false, {}, scratch)),
 );
-// The same long prompts through prefill_sg (blocks of 8 tokens of a row share each K/V load).
-BLOCK_CASES.forEach(([name, sc], i) => test(`attention (subgroup): ${name}`, () => check(sc, 500 + i, 'subgroup')));
+// The same long prompts through prefill_sg (blocks of 8 tokens of a row share each K/V load), with
+// the device's subgroup size (up to 8) and 4 lanes (SwiftShader's, on 8-lane devices too).
+BLOCK_CASES.forEach(([name, sc], i) => {
+  test(`attention (subgroup): ${name}`, () => check(sc, 500 + i, 'subgroup'));
+  test(`attention (subgroup, 4 lanes): ${name}`, () => check(sc, 500 + i, 'subgroup', false, { subgroupLanes: 4 }));
+});
 
 // Decode steps (one token per row) with writeKv: the kernel writes the step's K/V itself.
 const DECODE_CASES: Array<[string, Scenario]> = [
@@ -376,7 +411,6 @@ const DECODE_CASES: Array<[string, Scenario]> = [
 ];
 for (const [variant, wg] of [
   ['query', 32],
-  ['scalar', 32],
   ['lanes', 0],
   ['lanes', 8],
   ['wide', 64],
@@ -388,14 +422,14 @@ for (const [variant, wg] of [
     if (variant === 'lanes' && wg && sc.C / sc.nHead > 64) return; // as above
     // lanes: 0 = the default width (2 per workgroup), else that width
     const what = variant === 'wide' ? `wide ${wg}` : variant === 'lanes' ? `lanes ${wg || 'default'}` : variant;
-    test(`attention (${what}, writeKv): ${name}`, () =>
-      check(sc, 300 + i, variant, true, variant === 'lanes' ? 256 : wg, variant === 'lanes' && wg ? wg : undefined));
+    const over = variant === 'wide' ? { decodeWg: wg } : variant === 'lanes' && wg ? { decodeLanes: wg } : {};
+    test(`attention (${what}, writeKv): ${name}`, () => check(sc, 300 + i, variant, true, over));
   });
 }
 
 test('attention writeKv: refused with the tiled kernel; qkv or meta sharing a buffer with a cache is refused', () =>
   withDevice(async ({ ctx, owned }) => {
-    const at = await AttentionKernel.create(ctx);
+    const at = await kernelFor(ctx, 64, 'tiled');
     const args = {
       qkv: poisoned(owned, [2, 192]),
       meta: poisoned(owned, [2, 2], 'u32'),
@@ -435,43 +469,43 @@ test('attention: a token whose row is outside the cache gets NaN, the others are
     const qkvT = upload(owned, qkv, [2, 3 * C]);
     const metaT = upload(owned, meta, [2, 2], 'u32');
     const kw = await KvWriteKernel.create(ctx);
-    // the workgroup-per-token kernel, the one-invocation one (lanes: pairs, D 8) and, where the
-    // device has subgroups of 4+, prefill_sg (its block of 2 tokens mixes rows: one at a time)
+    // the workgroup-per-token kernel, the one-invocation one (pairs, D 8) and, where the device has
+    // subgroups of 4+, prefill_sg (its block of 2 tokens mixes rows: one at a time)
     const sgOk = ctx.features.subgroups && (ctx.features.subgroupSize ?? 0) >= SG_LANES;
-    const kernels = [
-      await AttentionKernel.create(ctx),
-      await AttentionKernel.create(ctx, { headDim: 8, lanes: true, subgroups: false }),
-    ];
-    if (sgOk) kernels.push(await AttentionKernel.create(ctx, { headDim: 8, subgroups: true }));
-    for (const at of kernels) {
+    const kinds: AttentionVariant[] = ['query', 'pairs', ...(sgOk ? (['subgroup'] as const) : [])];
+    for (const kind of kinds) {
+      const at = await kernelFor(ctx, 8, kind);
       const out = upload(owned, new Float32Array(2 * C), [2, C]); // zeros: NaN must be written
       await run(ctx, [
         kw.bind(owned, { qkv: qkvT, meta: metaT, kCache: kT, vCache: vT }),
         ...at.bind(owned, { qkv: qkvT, meta: metaT, kCache: kT, vCache: vT, out, nHead: 2 }),
       ]);
       const got = await download(ctx, out);
-      const what = `lanes ${at.lanesHeadDim}, subgroup ${at.subgroupHeadDim}`;
       // token 0 attends only to itself: out = its v
-      allClose(got.subarray(0, C), qkv.subarray(2 * C, 3 * C), { atol: 1e-6 }, `single-key attention (${what})`);
+      allClose(got.subarray(0, C), qkv.subarray(2 * C, 3 * C), { atol: 1e-6 }, `single-key attention (${kind})`);
       assert.ok(
         got.subarray(C).every((v) => Number.isNaN(v)),
-        `row outside the cache gives NaN (${what})`,
+        `row outside the cache gives NaN (${kind})`,
       );
     }
   }));
 
-test("attention 'blocks': chosen by 'auto' for prompts of >= BLOCKS_MIN_T tokens given a scratch, its scratch sized and checked, refused where it cannot run", () =>
+/** Poisoned arguments of a step of T tokens over `rows` cache rows of 32 slots, width C, nHead heads. */
+function argsOf(owned: Owned, T: number, C: number, nHead: number, rows = 2) {
+  return {
+    qkv: poisoned(owned, [T, 3 * C]),
+    meta: poisoned(owned, [T, 2], 'u32'),
+    kCache: poisoned(owned, [rows, 32, C]),
+    vCache: poisoned(owned, [rows, 32, C]),
+    out: poisoned(owned, [T, C]),
+    nHead,
+  };
+}
+
+test("attention 'blocks': taken for prompts of >= BLOCKS_MIN_T tokens given a scratch, its scratch sized and checked, refused where it cannot run", () =>
   withDevice(async ({ ctx, owned }) => {
-    const args = (T: number, C: number, nHead: number) => ({
-      qkv: poisoned(owned, [T, 3 * C]),
-      meta: poisoned(owned, [T, 2], 'u32'),
-      kCache: poisoned(owned, [2, 32, C]),
-      vCache: poisoned(owned, [2, 32, C]),
-      out: poisoned(owned, [T, C]),
-      nHead,
-    });
-    // subgroups: false: where 'subgroup' is built, 'auto' takes it for prompts and 'blocks' is not built by default
-    const on = await AttentionKernel.create(ctx, { headDim: 16, lanes: true, subgroups: false });
+    const args = (T: number, C: number, nHead: number) => argsOf(owned, T, C, nHead);
+    const on = await kernelFor(ctx, 16, 'blocks');
     const T = BLOCKS_MIN_T;
     // scores [n_head 4, cap 32, tc], queries [C 64, tc]: tc = T rounded up to 8 while it fits 64 MiB
     assert.equal(on.blocksScratch(T, 32, 64, 4), { scores: 4 * 32 * T, queries: 64 * T, tc: T });
@@ -485,12 +519,7 @@ test("attention 'blocks': chosen by 'auto' for prompts of >= BLOCKS_MIN_T tokens
       { scores: 0, queries: 0, tc: 0 },
       'D 32: not the head size it was built for',
     );
-    const small = await AttentionKernel.create(ctx, {
-      headDim: 16,
-      lanes: true,
-      subgroups: false,
-      blocksScratchBytes: 4 * 32 * 4 * 20,
-    });
+    const small = await kernelFor(ctx, 16, 'blocks', {}, 4 * 32 * 4 * 20);
     assert.equal(small.blocksScratch(T, 32, 64, 4).tc, 16, 'a 20-token budget: chunks of 16');
     const scratchOf = (n: { scores: number; queries: number }) => ({
       scores: poisoned(owned, [n.scores]),
@@ -570,21 +599,17 @@ test("attention 'blocks': chosen by 'auto' for prompts of >= BLOCKS_MIN_T tokens
     );
     assert.throws(
       () => on.bind(owned, { ...args(T, 64, 2), variant: 'blocks', scratch }),
-      (e: Error) => e instanceof ShapeError && /variant 'blocks' runs head size 16 only, got D = 32/.test(e.message),
+      (e: Error) => e instanceof ShapeError && /head size 32 .* built for head size 16/.test(e.message),
     );
     const outInScores = { buffer: scratch.scores.buffer, offset: 0, shape: [T, 64], dtype: 'f32' as const };
     assert.throws(
       () => on.bind(owned, { ...args(T, 64, 4), out: outInScores, variant: 'blocks', scratch }),
       (e: Error) => e instanceof ShapeError && /scores scratch .* overlaps out/.test(e.message),
     );
-    const gpu = await AttentionKernel.create(ctx, { headDim: 16, lanes: false });
-    assert.equal(
-      gpu.blocksScratch(T, 32, 64, 4),
-      { scores: 0, queries: 0, tc: 0 },
-      'no lanes kernels (GPUs): no blocks',
-    );
-    // blocks: false keeps the lanes kernels, prompts take pairs at every length
-    const noBlocks = await AttentionKernel.create(ctx, { headDim: 16, lanes: true, subgroups: false, blocks: false });
+    const gpu = await kernelFor(ctx, 16, 'tiled');
+    assert.equal(gpu.blocksScratch(T, 32, 64, 4), { scores: 0, queries: 0, tc: 0 }, "prompt 'tiled': no blocks");
+    // prompt 'pairs': the lanes kernels, pairs at every length, no 'blocks' built
+    const noBlocks = await kernelFor(ctx, 16, 'pairs');
     assert.equal(noBlocks.blocksScratch(T, 32, 64, 4), { scores: 0, queries: 0, tc: 0 });
     assert.equal(
       noBlocks.bind(owned, { ...args(T, 64, 4), scratch })[0]!.label,
@@ -593,24 +618,12 @@ test("attention 'blocks': chosen by 'auto' for prompts of >= BLOCKS_MIN_T tokens
     );
     assert.throws(
       () => noBlocks.bind(owned, { ...args(T, 64, 4), scratch, variant: 'blocks' }),
-      (e: Error) => e instanceof ShapeError && /created with blocks: false/.test(e.message),
+      (e: Error) =>
+        e instanceof ShapeError &&
+        /variant 'blocks' is not built by this kernel \(decode 'lanes', prompt 'pairs'/.test(e.message),
     );
-    for (const bad of [
-      { lanes: false, blocks: true },
-      { lanes: true, blocks: 'yes' as unknown as boolean },
-    ]) {
-      await AttentionKernel.create(ctx, { headDim: 16, ...bad }).then(
-        () => assert.unreachable(`${JSON.stringify(bad)} accepted`),
-        (e: Error) =>
-          assert.ok(
-            e instanceof InvalidOptionError &&
-              /blocks: true needs the lanes kernels|blocks must be a boolean, got yes/.test(e.message),
-            e.message,
-          ),
-      );
-    }
     for (const blocksScratchBytes of [0, -5, 1.5]) {
-      await AttentionKernel.create(ctx, { headDim: 16, lanes: true, blocksScratchBytes }).then(
+      await kernelFor(ctx, 16, 'blocks', {}, blocksScratchBytes).then(
         () => assert.unreachable(`blocksScratchBytes ${blocksScratchBytes} accepted`),
         (e: Error) =>
           assert.ok(
@@ -621,17 +634,10 @@ test("attention 'blocks': chosen by 'auto' for prompts of >= BLOCKS_MIN_T tokens
     }
   }));
 
-test("attention 'auto' tiles prompts of >= 16 tokens with D % 4 == 0 and D <= 64, else one token per workgroup", () =>
+test("attention prompt 'tiled' tiles prompts of >= 16 tokens with D % 4 == 0 and D <= 64, else one token per workgroup", () =>
   withDevice(async ({ ctx, owned }) => {
-    const at = await AttentionKernel.create(ctx);
-    const args = (T: number, C: number, nHead: number) => ({
-      qkv: poisoned(owned, [T, 3 * C]),
-      meta: poisoned(owned, [T, 2], 'u32'),
-      kCache: poisoned(owned, [1, 32, C]),
-      vCache: poisoned(owned, [1, 32, C]),
-      out: poisoned(owned, [T, C]),
-      nHead,
-    });
+    const args = (T: number, C: number, nHead: number) => argsOf(owned, T, C, nHead, 1);
+    const at = await kernelFor(ctx, 64, 'tiled');
     assert.equal(
       at.bind(owned, args(16, 64, 1)).map((d) => d.label),
       ['attention.tiled', 'attention.rest'],
@@ -640,29 +646,24 @@ test("attention 'auto' tiles prompts of >= 16 tokens with D % 4 == 0 and D <= 64
       at.bind(owned, args(15, 64, 1)).map((d) => d.label),
       ['attention'],
     );
+    const d128 = await kernelFor(ctx, 128, 'tiled');
+    assert.is(d128.prompt, 'query', "D 128 > 64: 'tiled' falls back to 'query'");
     assert.equal(
-      at.bind(owned, args(16, 128, 1)).map((d) => d.label),
+      d128.bind(owned, args(16, 128, 1)).map((d) => d.label),
       ['attention'],
-    ); // D 128 > 64
+    );
+    const d3 = await kernelFor(ctx, 3, 'tiled');
     assert.throws(
-      () => at.bind(owned, { ...args(16, 12, 4), variant: 'tiled' }),
-      (e: Error) => e instanceof ShapeError && /D = 3/.test(e.message),
+      () => d3.bind(owned, { ...args(16, 12, 4), variant: 'tiled' }),
+      (e: Error) => e instanceof ShapeError && /variant 'tiled' is not built .* head size 3/.test(e.message),
     );
   }));
 
-test("attention 'lanes' / 'pairs': built for one head size (by default on CPU adapters), chosen by 'auto' for it, refused for others", () =>
+test("attention 'lanes' / 'pairs': built for the kernel's head size where the profile names them (CPU adapters), taken for decode steps / prompts", () =>
   withDevice(async ({ ctx, owned }) => {
-    const args = (T: number, C: number, nHead: number) => ({
-      qkv: poisoned(owned, [T, 3 * C]),
-      meta: poisoned(owned, [T, 2], 'u32'),
-      kCache: poisoned(owned, [2, 32, C]),
-      vCache: poisoned(owned, [2, 32, C]),
-      out: poisoned(owned, [T, C]),
-      nHead,
-    });
-    // subgroups: false, so that 'auto' takes 'lanes' and 'pairs' (see the 'subgroup' test)
-    const on = await AttentionKernel.create(ctx, { headDim: 16, lanes: true, subgroups: false });
-    assert.is(on.lanesHeadDim, 16);
+    const args = (T: number, C: number, nHead: number) => argsOf(owned, T, C, nHead);
+    const on = await kernelFor(ctx, 16, 'pairs');
+    assert.equal([on.headDim, on.decode, on.prompt], [16, 'lanes', 'pairs']);
     const lanesOf = (T: number) => on.bind(owned, { ...args(T, 64, 4), variant: 'lanes' })[0]!;
     const pairsOf = (T: number) => on.bind(owned, { ...args(T, 64, 4), variant: 'pairs' })[0]!;
     assert.equal(
@@ -673,32 +674,17 @@ test("attention 'lanes' / 'pairs': built for one head size (by default on CPU ad
       ],
       'pairs, then decode_lanes (8 per workgroup) for the tokens of pairs that cannot share',
     );
-    assert.equal(
-      lanesOf(3).workgroups,
-      [6, 1, 1],
-      '2 (token, head) invocations per decode_lanes workgroup by default: 12 -> 6',
-    );
-    assert.is(on.decodeLanes, 2);
-    const wide8 = await AttentionKernel.create(ctx, { headDim: 16, lanes: true, decodeLanes: 8 });
+    assert.equal(lanesOf(3).workgroups, [6, 1, 1], '2 (token, head) invocations per decode_lanes workgroup: 12 -> 6');
+    const wide8 = await kernelFor(ctx, 16, 'pairs', { decodeLanes: 8 });
     assert.equal(
       wide8.bind(owned, { ...args(3, 64, 4), variant: 'lanes' })[0]!.workgroups,
       [2, 1, 1],
       'decodeLanes 8: 12 -> 2',
     );
-    for (const decodeLanes of [0, 3, 128, 1.5]) {
-      await AttentionKernel.create(ctx, { headDim: 16, lanes: true, decodeLanes }).then(
-        () => assert.unreachable(`decodeLanes ${decodeLanes} accepted`),
-        (e: Error) =>
-          assert.ok(
-            e instanceof InvalidOptionError && /decodeLanes must be a power of two in \[1, 64\].*got/.test(e.message),
-            e.message,
-          ),
-      );
-    }
     assert.equal(pairsOf(3).workgroups, [1, 1, 1], '8 (token pair, head) invocations per workgroup: 2 x 4 -> 1');
     assert.equal(pairsOf(33).workgroups, [9, 1, 1], '17 pairs x 4 heads -> 9');
     assert.is.not(lanesOf(3).pipeline, pairsOf(3).pipeline);
-    // 'auto': pairs for prompts, lanes for single tokens and writeKv (decode) steps
+    // the profile's choice: pairs for prompts, lanes for single tokens and writeKv (decode) steps
     assert.is(on.bind(owned, args(16, 64, 4))[0]!.pipeline, pairsOf(16).pipeline, 'prompts take pairs (not the tiles)');
     assert.is(on.bind(owned, args(2, 64, 4))[0]!.pipeline, pairsOf(2).pipeline);
     assert.is(on.bind(owned, args(1, 64, 4))[0]!.pipeline, lanesOf(1).pipeline, 'one token');
@@ -707,87 +693,52 @@ test("attention 'lanes' / 'pairs': built for one head size (by default on CPU ad
       () => on.bind(owned, { ...args(2, 64, 4), writeKv: true, variant: 'pairs' }),
       (e: Error) => e instanceof ShapeError && /not variant 'pairs'/.test(e.message),
     );
-    assert.equal(
-      on.bind(owned, args(2, 64, 2)).map((d) => d.workgroups),
-      [[4, 1, 1]],
-      'D 32: the workgroup kernel, one per pair',
-    );
     assert.throws(
       () => on.bind(owned, { ...args(2, 64, 2), variant: 'lanes' }),
-      (e: Error) => e instanceof ShapeError && /variant 'lanes' runs head size 16 only, got D = 32/.test(e.message),
+      (e: Error) =>
+        e instanceof ShapeError &&
+        /head size 32 \(C 64 \/ nHead 2\), but this kernel was built for head size 16/.test(e.message),
     );
-    assert.throws(
-      () => on.bind(owned, { ...args(2, 64, 2), variant: 'pairs' }),
-      (e: Error) => e instanceof ShapeError && /variant 'pairs' runs head size 16 only, got D = 32/.test(e.message),
-    );
-    const off = await AttentionKernel.create(ctx, { headDim: 16, lanes: false });
-    assert.is(off.lanesHeadDim, undefined);
+    const off = await kernelFor(ctx, 16, 'query');
     assert.equal(
       off.bind(owned, args(2, 64, 4)).map((d) => d.workgroups),
       [[8, 1, 1]],
     );
     assert.throws(
       () => off.bind(owned, { ...args(2, 64, 4), variant: 'lanes' }),
-      (e: Error) => e instanceof ShapeError && /created without headDim/.test(e.message),
+      (e: Error) => e instanceof ShapeError && /variant 'lanes' is not built by this kernel/.test(e.message),
     );
+    const sg = ctx.features.subgroups && (ctx.features.subgroupSize ?? 0) >= SG_LANES;
     assert.is(
-      (await AttentionKernel.create(ctx, { headDim: 64 })).lanesHeadDim,
-      ctx.isCpuAdapter ? 64 : undefined,
-      'default: CPU adapters',
+      deviceProfile(ctx).attention.decode,
+      ctx.isCpuAdapter ? (sg ? 'subgroup' : 'lanes') : 'wide',
+      'the profile: CPU adapters decode with one invocation (or subgroup) per head',
     );
-    assert.is(
-      (await AttentionKernel.create(ctx, { headDim: 6 })).lanesHeadDim,
-      undefined,
-      'default: only head sizes it runs',
-    );
-    await AttentionKernel.create(ctx, { lanes: true }).then(
-      () => assert.unreachable('lanes without headDim accepted'),
-      (e: Error) => assert.ok(e instanceof InvalidOptionError && /got undefined/.test(e.message), e.message),
-    );
-    for (const headDim of [6, 0, 260]) {
-      await AttentionKernel.create(ctx, { headDim, lanes: true }).then(
+    // head sizes the one-invocation kernels cannot run fall back to the workgroup kernel
+    assert.equal(fitTo(profileFor(ctx, 'pairs'), 6), { decode: 'query', prompt: 'query' });
+    assert.equal(fitTo(profileFor(ctx, 'pairs'), 260), { decode: 'query', prompt: 'query' });
+    for (const headDim of [0, 257, 1.5]) {
+      await kernelFor(ctx, headDim, 'pairs').then(
         () => assert.unreachable(`headDim ${headDim} accepted`),
         (e: Error) => assert.ok(e instanceof InvalidOptionError && e.message.includes(`got ${headDim}`), e.message),
       );
     }
   }));
 
-test("attention 'subgroup': built by default beside the lanes kernels where subgroups hold 4+ invocations (then without 'blocks'), chosen by 'auto' for every step, refused where it cannot run", () =>
+test("attention 'subgroup': built where the profile names it and subgroups hold 4+ invocations, taken for every step, refused where it cannot run", () =>
   withDevice(async ({ ctx, owned }) => {
-    const args = (T: number, C: number, nHead: number) => ({
-      qkv: poisoned(owned, [T, 3 * C]),
-      meta: poisoned(owned, [T, 2], 'u32'),
-      kCache: poisoned(owned, [2, 32, C]),
-      vCache: poisoned(owned, [2, 32, C]),
-      out: poisoned(owned, [T, C]),
-      nHead,
-    });
+    const args = (T: number, C: number, nHead: number) => argsOf(owned, T, C, nHead);
     const sgSize = ctx.features.subgroupSize;
     const can = ctx.features.subgroups && sgSize !== null && sgSize >= SG_LANES;
-    const byDefault = await AttentionKernel.create(ctx, { headDim: 16 });
-    assert.is(
-      byDefault.subgroupHeadDim,
-      ctx.isCpuAdapter && can ? 16 : undefined,
-      'default: CPU adapters with subgroups of 4+ invocations',
-    );
-    assert.is(
-      (await AttentionKernel.create(ctx, { headDim: 16, lanes: false })).subgroupHeadDim,
-      undefined,
-      'not without the lanes kernels by default',
-    );
     if (!can) {
-      await AttentionKernel.create(ctx, { headDim: 16, subgroups: true }).then(
+      await kernelFor(ctx, 16, 'subgroup').then(
         () => assert.unreachable('subgroups without subgroups accepted'),
         (e: Error) =>
-          assert.ok(
-            e instanceof InvalidOptionError && /subgroups needs the 'subgroups' feature/.test(e.message),
-            e.message,
-          ),
+          assert.ok(e instanceof InvalidOptionError && /needs the 'subgroups' feature/.test(e.message), e.message),
       );
       return;
     }
-    const on = await AttentionKernel.create(ctx, { headDim: 16, subgroups: true });
-    assert.is(on.subgroupHeadDim, 16);
+    const on = await kernelFor(ctx, 16, 'subgroup');
     assert.is(
       on.sgQueries,
       Math.min(8, sgSize!),
@@ -801,105 +752,79 @@ test("attention 'subgroup': built by default beside the lanes kernels where subg
     assert.match(sgOf(3).pipeline.label, /prefill_sg/, 'a prompt: prefill_sg');
     assert.equal(sgOf(3).workgroups, [4, 1, 1], 'a prompt: one workgroup per (block of queries, head): 1 x 4');
     assert.equal(sgOf(17).workgroups, [Math.ceil(17 / on.sgQueries) * 4, 1, 1], 'a partial last block');
-    assert.is(on.oneQueryVariant(16), 'subgroup');
-    assert.is(on.bind(owned, args(1, 64, 4))[0]!.pipeline, sgOf(1).pipeline, 'auto: one token');
+    assert.is(on.decode, 'subgroup');
+    assert.is(on.bind(owned, args(1, 64, 4))[0]!.pipeline, sgOf(1).pipeline, 'one token');
     assert.is(
       on.bind(owned, { ...args(2, 64, 4), writeKv: true })[0]!.pipeline,
       sgOf(2, true).pipeline,
-      'auto: a decode step',
+      'a decode step',
     );
-    assert.is(on.bind(owned, args(2, 64, 4))[0]!.pipeline, sgOf(2).pipeline, 'auto: a short prompt');
+    assert.is(on.bind(owned, args(2, 64, 4))[0]!.pipeline, sgOf(2).pipeline, 'a short prompt');
     assert.is(
-      on.resolveVariant(BLOCKS_MIN_T, 16, { scratch: true }),
+      on.variantFor(BLOCKS_MIN_T, { scratch: true }),
       'subgroup',
-      "auto: a long prompt, even given a 'blocks' scratch",
+      "a long prompt, even given a 'blocks' scratch",
     );
-    if (ctx.isCpuAdapter) {
-      assert.equal(
-        byDefault.blocksScratch(BLOCKS_MIN_T, 32, 64, 4),
-        { scores: 0, queries: 0, tc: 0 },
-        "no 'blocks' by default beside 'subgroup'",
-      );
-      const both = await AttentionKernel.create(ctx, { headDim: 16, subgroups: true, blocks: true });
-      assert.is(
-        both.resolveVariant(BLOCKS_MIN_T, 16, { variant: 'blocks', scratch: true }),
-        'blocks',
-        "'blocks' when asked for",
-      );
-    }
-    assert.is(on.oneQueryVariant(32), ctx.isCpuAdapter ? 'query' : 'wide', 'another head size: not subgroup');
-    assert.throws(
-      () => on.bind(owned, { ...args(2, 64, 2), variant: 'subgroup' }),
-      (e: Error) => e instanceof ShapeError && /variant 'subgroup' runs head size 16 only, got D = 32/.test(e.message),
-    );
-    const off = await AttentionKernel.create(ctx, { headDim: 16, subgroups: false });
-    assert.is(off.subgroupHeadDim, undefined);
-    assert.is.not(off.oneQueryVariant(16), 'subgroup');
+    if (sgSize! >= 8) assert.is((await kernelFor(ctx, 16, 'subgroup', { subgroupLanes: 4 })).sgQueries, 4);
+    const off = await kernelFor(ctx, 16, 'pairs');
     assert.throws(
       () => off.bind(owned, { ...args(2, 64, 4), variant: 'subgroup' }),
-      (e: Error) => e instanceof ShapeError && /created without subgroups/.test(e.message),
+      (e: Error) => e instanceof ShapeError && /variant 'subgroup' is not built/.test(e.message),
     );
-    for (const bad of [
-      { headDim: 16, subgroups: 'yes' as unknown as boolean },
-      { headDim: 6, subgroups: true },
-      { subgroups: true },
-    ]) {
-      await AttentionKernel.create(ctx, bad).then(
-        () => assert.unreachable(`${JSON.stringify(bad)} accepted`),
+    for (const [over, re] of [
+      [{ subgroupLanes: 2 }, /subgroupLanes must be 4 or 8, got 2/],
+      [{ subgroupLanes: 16 }, /subgroupLanes must be 4 or 8, got 16/],
+    ] as const) {
+      await kernelFor(ctx, 16, 'subgroup', over as Partial<AttentionProfile>).then(
+        () => assert.unreachable(`${JSON.stringify(over)} accepted`),
+        (e: Error) => assert.ok(e instanceof InvalidOptionError && re.test(e.message), e.message),
+      );
+    }
+  }));
+
+test("attention 'wide': the decode kernel of profiles that name it (GPUs), not for prompt steps, options checked", () =>
+  withDevice(async ({ ctx, owned }) => {
+    const args = (T: number, C: number, nHead: number, writeKv: boolean) => ({
+      ...argsOf(owned, T, C, nHead, T),
+      writeKv,
+    });
+    const at = await kernelFor(ctx, 16, 'wide', { decodeWg: 128 });
+    const wide = at.bind(owned, { ...args(2, 64, 4, true), variant: 'wide' })[0]!;
+    assert.equal(wide.workgroups, [8, 1, 1], 'one workgroup per (token, head)');
+    assert.is(at.bind(owned, args(2, 64, 4, true))[0]!.pipeline, wide.pipeline, 'taken for a decode step');
+    assert.is.not(at.bind(owned, args(2, 64, 4, false))[0]!.pipeline, wide.pipeline, 'not for other steps');
+    const d3 = await kernelFor(ctx, 3, 'wide');
+    assert.is(d3.decode, 'query', 'D % 4 != 0: the scalar workgroup kernel');
+    assert.throws(
+      () => d3.bind(owned, { ...args(2, 12, 4, true), variant: 'wide' }),
+      (e: Error) => e instanceof ShapeError && /variant 'wide' is not built .* head size 3/.test(e.message),
+    );
+    assert.is(deviceProfile(ctx).attention.decode === 'wide', !ctx.isCpuAdapter, 'the profile: GPUs only');
+    assert.throws(
+      () => at.bind(owned, { ...args(2, 64, 4, true), variant: 'fast' as never }),
+      (e: Error) => e instanceof ShapeError && /variant must be one of .* got fast/.test(e.message),
+    );
+    for (const decodeWg of [16, 48, 512, 1.5]) {
+      await kernelFor(ctx, 16, 'wide', { decodeWg }).then(
+        () => assert.unreachable(`decodeWg ${decodeWg} accepted`),
+        (e: Error) => assert.ok(e instanceof InvalidOptionError && e.message.includes(`got ${decodeWg}`), e.message),
+      );
+    }
+    for (const decodeLanes of [0, 3, 128, 1.5]) {
+      await kernelFor(ctx, 16, 'lanes', { decodeLanes }).then(
+        () => assert.unreachable(`decodeLanes ${decodeLanes} accepted`),
         (e: Error) =>
           assert.ok(
-            e instanceof InvalidOptionError &&
-              /subgroups must be a boolean, got yes|subgroups needs .* headDim (6|undefined)/.test(e.message),
+            e instanceof InvalidOptionError && /decodeLanes must be a power of two in \[1, 64\].*got/.test(e.message),
             e.message,
           ),
       );
     }
   }));
 
-test("attention 'wide': built with decodeWg (by default on GPUs), chosen by 'auto' for decode steps only, options checked", () =>
-  withDevice(async ({ ctx, owned }) => {
-    const args = (T: number, C: number, nHead: number, writeKv: boolean) => ({
-      qkv: poisoned(owned, [T, 3 * C]),
-      meta: poisoned(owned, [T, 2], 'u32'),
-      writeKv,
-      kCache: poisoned(owned, [T, 32, C]),
-      vCache: poisoned(owned, [T, 32, C]),
-      out: poisoned(owned, [T, C]),
-      nHead,
-    });
-    const at = await AttentionKernel.create(ctx, { decodeWg: 128 });
-    assert.is(at.decodeWg, 128);
-    const wide = at.bind(owned, { ...args(2, 64, 4, true), variant: 'wide' })[0]!;
-    assert.equal(wide.workgroups, [8, 1, 1], 'one workgroup per (token, head)');
-    assert.is(at.bind(owned, args(2, 64, 4, true))[0]!.pipeline, wide.pipeline, "'auto' takes it for a decode step");
-    assert.is.not(at.bind(owned, args(2, 64, 4, false))[0]!.pipeline, wide.pipeline, 'not for other steps');
-    assert.is.not(at.bind(owned, args(2, 12, 4, true))[0]!.pipeline, wide.pipeline, 'nor for D % 4 != 0');
-    assert.throws(
-      () => at.bind(owned, { ...args(2, 12, 4, true), variant: 'wide' }),
-      (e: Error) => e instanceof ShapeError && /D % 4 == 0, got D = 3/.test(e.message),
-    );
-    const none = await AttentionKernel.create(ctx, { decodeWg: 0 });
-    assert.is(none.decodeWg, undefined);
-    assert.throws(
-      () => none.bind(owned, { ...args(2, 64, 4, true), variant: 'wide' }),
-      (e: Error) => e instanceof ShapeError && /created with decodeWg/.test(e.message),
-    );
-    assert.is((await AttentionKernel.create(ctx)).decodeWg, ctx.isCpuAdapter ? undefined : 256, 'default: GPUs only');
-    assert.throws(
-      () => at.bind(owned, { ...args(2, 64, 4, true), variant: 'fast' as never }),
-      (e: Error) => e instanceof ShapeError && /variant must be one of .* got fast/.test(e.message),
-    );
-    for (const decodeWg of [16, 48, 512, 1.5]) {
-      await AttentionKernel.create(ctx, { decodeWg }).then(
-        () => assert.unreachable(`decodeWg ${decodeWg} accepted`),
-        (e: Error) => assert.ok(e instanceof InvalidOptionError && e.message.includes(`got ${decodeWg}`), e.message),
-      );
-    }
-  }));
-
 test('attention rejects a head count that does not divide C and mismatched caches', () =>
   withDevice(async ({ ctx, owned }) => {
-    const at = await AttentionKernel.create(ctx);
+    const at = await kernelFor(ctx, 16, 'query');
     const args = {
       qkv: poisoned(owned, [3, 144]),
       meta: poisoned(owned, [3, 2], 'u32'),

@@ -8,10 +8,11 @@
 import { AdapterSummary, createContext, GpuContext } from '../src/gpu/device.js';
 import { Owned, GpuTensor } from '../src/gpu/common.js';
 import { LayerNormKernel } from '../src/kernels/layernorm.js';
+import { deviceProfile } from '../src/kernels/profile.js';
 
 export interface BrowserTestApi {
-  /** The context's adapter summary and the device's optional features. */
-  adapter(): Promise<{ adapter: AdapterSummary; features: GpuContext['features'] }>;
+  /** The context's adapter summary, the device's optional features and its device profile's name. */
+  adapter(): Promise<{ adapter: AdapterSummary; features: GpuContext['features']; profile: string }>;
   /** Layer norm of x [rows, C] on the page's GPU; y comes back with every element written (no NaN poison left). */
   layerNorm(
     rows: number,
@@ -47,14 +48,18 @@ function upload(owned: Owned, data: Float32Array | Uint32Array, shape: number[])
 window.gpt2test = {
   async adapter() {
     const ctx = await context();
-    return { adapter: ctx.adapter, features: ctx.features };
+    return { adapter: ctx.adapter, features: ctx.features, profile: deviceProfile(ctx).name };
   },
 
   async layerNorm(rows, C, x, gamma, beta, eps, lanes) {
     const ctx = await context();
     const owned = new Owned(ctx);
     try {
-      const k = await LayerNormKernel.create(ctx, { lanes });
+      // undefined: the device profile's variant
+      const k = await LayerNormKernel.create(
+        ctx,
+        lanes === undefined ? deviceProfile(ctx).layernorm : lanes ? 'lanes' : 'workgroup',
+      );
       // y starts as NaN everywhere so an element the kernel skips shows up in the comparison.
       const y = upload(owned, new Uint32Array(rows * C).fill(0x7fc00000), [rows, C]);
       const d = k.bind(owned, {

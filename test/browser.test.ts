@@ -8,7 +8,8 @@
  * skips this file; with CI=true it fails.
  */
 import { spawnSync } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
@@ -240,7 +241,7 @@ let nodeModelNoLanes: Promise<Model> | undefined;
 async function nodeGreedy(ids: number[], maxNewTokens: number): Promise<number[]> {
   nodeModelNoLanes ??= nodeEngine.loadModel(join(FIXTURES!, 'hf-gpt2-tiny'), {
     dtype: 'f32',
-    attention: { lanes: false },
+    experimental: { profile: { attention: { decode: 'query', prompt: 'query' } } },
   });
   return (await (await nodeModelNoLanes).generate(ids, { maxNewTokens, temperature: 0 })).sequences[0]!.tokens;
 }
@@ -361,8 +362,33 @@ if ((present || IN_CI) && FIXTURES) {
     assert.match(j.browser, new RegExp(`^Chromium ${CHROMIUM_MAJOR}\\.`));
     assert.is(j.model, join(FIXTURES, 'hf-gpt2-tiny'));
     assert.is(j.adapter.architecture, 'swiftshader'); // headless Chromium without a GPU flag
-    assert.is(j.matmul_prompt, 'subgroups'); // SwiftShader's 4-lane subgroups, 9 rows
-    assert.is(j.attention_decode, 'subgroup'); // and one 4-lane subgroup per (row, head) in decode
+    assert.is(j.profile.name, 'swiftshader'); // a CPU adapter with 4-lane subgroups
+    assert.is(j.matmul_prompt, 'subgroups'); // so a 9-token prompt takes the 4-lane subgroup GEMM
+    assert.is(j.attention_decode, 'subgroup'); // and decode one 4-lane subgroup per (row, head)
+    // --profile: fields merged over the adapter's (here the token pairs and no subgroup GEMM)
+    const file = join(mkdtempSync(join(tmpdir(), 'gpt2-bench-')), 'pairs.json');
+    writeFileSync(file, JSON.stringify({ matmul: { subgroupLanes: 0 }, attention: { prompt: 'pairs' } }));
+    const r2 = spawnSync(
+      process.execPath,
+      [
+        script,
+        '--model',
+        join(FIXTURES, 'hf-gpt2-tiny'),
+        '--prompt-tokens',
+        '9',
+        '--new-tokens',
+        '2',
+        '--no-profile',
+        '--profile',
+        file,
+        '--json',
+      ],
+      { encoding: 'utf8', timeout: 300_000 },
+    );
+    assert.is(r2.status, 0, r2.stderr);
+    const j2 = JSON.parse(r2.stdout);
+    assert.equal([j2.profile.name, j2.matmul_prompt, j2.attention_prompt], ['swiftshader', 'cols', 'pairs']);
+    assert.equal(j2.profile_overrides, { matmul: { subgroupLanes: 0 }, attention: { prompt: 'pairs' } });
     const x = j.results[0];
     for (const k of [
       'load_ms',
@@ -381,8 +407,11 @@ if ((present || IN_CI) && FIXTURES) {
     assert.is(x.readback_bytes_per_token, 4);
     assert.ok(Array.isArray(x.kernels) || typeof x.kernels_note === 'string');
     for (const [flag, msg] of [
-      [['--matmul-subgroups', 'maybe'], /--matmul-subgroups must be auto, on or off, got "maybe"/],
-      [['--attention-subgroups', 'x'], /--attention-subgroups must be auto, on or off, got "x"/],
+      [
+        ['--profile', join(tmpdir(), 'no-such-profile.json')],
+        /--profile .*no-such-profile\.json: cannot read it \(ENOENT\)/,
+      ],
+      [['--matmul-subgroups', 'on'], /unknown flag --matmul-subgroups/],
       [['--model', 'nowhere:x'], /is not random:<name>, an http\(s\) URL or a folder here/],
       [['--frobnicate'], /unknown flag --frobnicate/],
     ] as const) {

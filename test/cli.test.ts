@@ -350,13 +350,17 @@ test('bench --json smoke run has every field', () => {
     }
   }
   assert.ok(j.adapter);
-  // lavapipe is a CPU adapter: the default wait sleeps in slices, layer norms stay dispatches, the (unused) GPU GEMV would split K over workgroups.
+  // lavapipe is a CPU adapter with 8-lane subgroups: the default wait sleeps in slices, and the
+  // report carries its device profile, every kernel choice (layer norms stay dispatches, the GEMV
+  // at every M, one step in flight)
   assert.is(j.host_wait, 'sleep');
-  assert.is(j.fuse_ln, false);
-  assert.is(j.gemv_reduce, 'split');
-  assert.equal(j.gemv_max_m, { kn: null, nk: null }); // CPU adapters take the GEMV at every M
+  assert.is(j.profile.name, 'cpu-subgroups');
+  assert.is(j.profile_overrides, null);
+  assert.equal(
+    [j.profile.matmul.gemv, j.profile.matmul.fuseLn, j.profile.matmul.gemvMaxM, j.profile.layernorm],
+    ['cols', false, null, 'lanes'],
+  );
   assert.is(j.pipeline_depth, 1); // and decode one step at a time
-  assert.is(j.attention_decode_wg, null); // not a wide workgroup:
   assert.is(j.attention_decode, 'subgroup'); // one 4-invocation subgroup per (token, head) (lavapipe's subgroups are 8)
   assert.is(j.attention_prompt, 'subgroup'); // a 4-token prompt: prefill_sg (lavapipe's subgroups are 8)
   assert.is(j.matmul_prompt, 'cols'); // and gemv_kn_cols blocks (the subgroup GEMM from 8 rows on)
@@ -420,8 +424,14 @@ test('bench --sessions times B conversations as separate sessions and as one ses
   );
 });
 
-test('bench --wait spin, --fuse-ln on, --gemv-reduce workgroup, --gemm-tile and --pipeline-depth are reported; bad values are usage or option errors', () => {
-  const r = cli(
+test("bench --wait spin, --profile (fields merged over the adapter's, or a named profile) and --pipeline-depth are reported; bad values are usage or option errors", () => {
+  const file = (name: string, o: unknown) => {
+    const f = join(tmp, `${name}.json`);
+    writeFileSync(f, typeof o === 'string' ? o : JSON.stringify(o));
+    return f;
+  };
+  const gpu = { name: 'gpu', matmul: { gemmTile: { tx: 32, ty: 8, tm: 2, tn: 4, bk: 16 }, gemvMaxM: 3 } };
+  const args = [
     'bench',
     '--model',
     tinyDir(),
@@ -432,62 +442,68 @@ test('bench --wait spin, --fuse-ln on, --gemv-reduce workgroup, --gemm-tile and 
     '--repeat',
     '1',
     '--no-profile',
-    '--wait',
-    'spin',
-    '--fuse-ln',
-    'on',
-    '--gemv-reduce',
-    'workgroup',
-    '--gemm-tile',
-    '32,8,2,4,16',
-    '--gemv-max-m',
-    '3',
-    '--pipeline-depth',
-    '3',
-    '--json',
-  );
+  ];
+  const r = cli(...args, '--wait', 'spin', '--profile', file('gpu', gpu), '--pipeline-depth', '3', '--json');
   assert.is(r.code, 0, r.err);
-  assert.is(JSON.parse(r.out).host_wait, 'spin');
-  assert.is(JSON.parse(r.out).fuse_ln, true);
-  assert.is(JSON.parse(r.out).gemv_reduce, 'workgroup');
-  assert.equal(JSON.parse(r.out).gemm_tile, { tx: 32, ty: 8, tm: 2, tn: 4, bk: 16 });
-  assert.equal(JSON.parse(r.out).gemv_max_m, { kn: 3, nk: 3 });
-  assert.is(JSON.parse(r.out).pipeline_depth, 3);
+  const j = JSON.parse(r.out);
+  assert.is(j.host_wait, 'spin');
+  assert.is(j.profile.name, 'gpu'); // the GPU profile forced on lavapipe
+  assert.equal(j.profile_overrides, gpu);
+  assert.equal(j.profile.matmul.gemmTile, { tx: 32, ty: 8, tm: 2, tn: 4, bk: 16 });
+  assert.equal([j.profile.matmul.gemvMaxM, j.profile.matmul.fuseLn, j.profile.matmul.splitK], [3, true, 'workgroup']);
+  assert.equal([j.matmul_prompt, j.attention_decode], ['gemm', 'wide']); // 4 rows > gemvMaxM 3
+  assert.is(j.pipeline_depth, 3);
+  // the text report names the profile and prints its fields
+  const text = cli(...args, '--profile', file('gpu', gpu));
+  assert.is(text.code, 0, text.err);
+  assert.match(
+    text.out,
+    /profile gpu with \{"name":"gpu",.*\} merged over it:\n {2}matmul\.gemv=threads matmul\.splitK=workgroup .*matmul\.gemvMaxM=3/,
+  );
+  assert.match(text.out, /\n {2}attention\.decode=wide attention\.prompt=tiled /);
   const badDepth = cli('bench', '--model', tinyDir(), '--pipeline-depth', '0');
   assert.is(badDepth.code, 2);
   assert.match(badDepth.err, /--pipeline-depth must be an integer in \[1, 16\], got "0"/);
-  const badMax = cli('bench', '--model', tinyDir(), '--gemv-max-m=1.5');
-  assert.is(badMax.code, 2);
-  assert.match(badMax.err, /--gemv-max-m must be an integer >= 0, got "1.5"/);
-  const shortTile = cli('bench', '--model', tinyDir(), '--gemm-tile', '16,16');
-  assert.is(shortTile.code, 2);
-  assert.match(shortTile.err, /--gemm-tile takes 5 comma-separated integers TX,TY,TM,TN,BK, got "16,16"/);
-  const badTile = cli('bench', '--model', tinyDir(), '--gemm-tile', '16,16,9,4,16');
-  assert.is(badTile.code, 1);
-  assert.match(badTile.err, /gemmTile .*tm must be an integer in \[1, 8\]/);
   const bad = cli('bench', '--model', tinyDir(), '--wait', 'nap');
   assert.is(bad.code, 2);
   assert.match(bad.err, /--wait must be auto, sleep or spin, got "nap"/);
-  for (const wg of ['48', '512', '-1']) {
-    const badWg = cli('bench', '--model', tinyDir(), `--attention-wg=${wg}`);
-    assert.is(badWg.code, 2, wg);
-    assert.match(badWg.err, /--attention-wg must be/, wg);
+  // the per-knob flags are gone: a profile file says it
+  for (const flag of [
+    '--fuse-ln',
+    '--gemv-reduce',
+    '--gemm-tile',
+    '--gemv-max-m',
+    '--attention-wg',
+    '--matmul-subgroups',
+  ]) {
+    const gone = cli('bench', '--model', tinyDir(), flag, 'on');
+    assert.is(gone.code, 2, flag);
+    assert.match(gone.err, /usage|Unknown option/, flag);
   }
-  for (const [flag, value, msg] of [
-    ['--fuse-ln', 'yes', /--fuse-ln must be auto, on or off, got "yes"/],
-    ['--gemv-reduce', 'atomic', /--gemv-reduce must be auto, split or workgroup, got "atomic"/],
-    ['--attention-blocks', 'maybe', /--attention-blocks must be auto, on or off, got "maybe"/],
-    ['--matmul-subgroups', 'yes', /--matmul-subgroups must be auto, on or off, got "yes"/],
-    ['--attention-subgroups', '1', /--attention-subgroups must be auto, on or off, got "1"/],
+  for (const [name, content, msg] of [
+    [
+      'tile',
+      { matmul: { gemmTile: { tx: 16, ty: 16, tm: 9, tn: 4, bk: 16 } } },
+      /experimental\.profile\.matmul\.gemmTile .*tm must be an integer in \[1, 8\]/,
+    ],
+    ['typo', { atention: {} }, /experimental\.profile: unknown field "atention"/],
+    ['prompt', { attention: { prompt: 'flash' } }, /experimental\.profile\.attention\.prompt must be/],
+    ['text', 'not json', /--profile .*text\.json: not JSON/],
   ] as const) {
-    const badMode = cli('bench', '--model', tinyDir(), flag, value);
-    assert.is(badMode.code, 2, flag);
-    assert.match(badMode.err, msg, flag);
+    const r2 = cli('bench', '--model', tinyDir(), '--profile', file(name, content));
+    assert.is(r2.code, 1, name);
+    assert.match(r2.err, /InvalidOptionError/, name);
+    assert.match(r2.err, msg, name);
   }
+  const missing = cli('bench', '--model', tinyDir(), '--profile', join(tmp, 'none.json'));
+  assert.is(missing.code, 1);
+  assert.match(missing.err, /--profile .*none\.json: cannot read it \(ENOENT\)/);
 });
 
-test('bench --attention-subgroups / --attention-blocks / --matmul-subgroups: on lavapipe a 64-token prompt takes the subgroup attention and GEMM and decodes through subgroups; without the subgroup attention the blocks one; with all off token pairs, gemv_kn_cols and one invocation per head (attention_prompt, matmul_prompt, attention_decode)', () => {
-  const run = (sg: string, blocks: string, mm: string) => {
+test('bench --profile picks the kernels: on lavapipe a 64-token prompt takes the subgroup attention and GEMM and decodes through subgroups; with the one-invocation kernels the blocks attention; the CPU profile without subgroups token pairs, gemv_kn_cols and one invocation per head (attention_prompt, matmul_prompt, attention_decode)', () => {
+  const run = (name: string, profile: object) => {
+    const f = join(tmp, `kernels-${name}.json`);
+    writeFileSync(f, JSON.stringify(profile));
     const r = cli(
       'bench',
       '--model',
@@ -499,21 +515,17 @@ test('bench --attention-subgroups / --attention-blocks / --matmul-subgroups: on 
       '--repeat',
       '1',
       '--no-profile',
-      '--attention-subgroups',
-      sg,
-      '--attention-blocks',
-      blocks,
-      '--matmul-subgroups',
-      mm,
+      '--profile',
+      f,
       '--json',
     );
     assert.is(r.code, 0, r.err);
     const j = JSON.parse(r.out);
     return [j.attention_prompt, j.matmul_prompt, j.attention_decode];
   };
-  assert.equal(run('auto', 'auto', 'auto'), ['subgroup', 'subgroups', 'subgroup']); // lavapipe is a CPU adapter with 8-lane subgroups
-  assert.equal(run('off', 'auto', 'auto'), ['blocks', 'subgroups', 'lanes']);
-  assert.equal(run('off', 'off', 'off'), ['pairs', 'cols', 'lanes']);
+  assert.equal(run('own', {}), ['subgroup', 'subgroups', 'subgroup']); // lavapipe is a CPU adapter with 8-lane subgroups
+  assert.equal(run('lanes', { attention: { decode: 'lanes', prompt: 'blocks' } }), ['blocks', 'subgroups', 'lanes']);
+  assert.equal(run('cpu', { name: 'cpu', attention: { prompt: 'pairs' } }), ['pairs', 'cols', 'lanes']);
 });
 
 test('bench profiles a batch whose full-window cache would not fit one binding (sized like the run)', () => {

@@ -11,7 +11,7 @@ import { GPUValidationError, InvalidOptionError, WebGPUUnavailableError } from '
 import { nodeGPU, sleepingWaitYield } from '../src/node.js';
 import { context, downloadU32, poisoned, rejects, run, withDevice } from './helpers.js';
 import { binding, UNIFORM_ARENA_BYTES } from '../src/gpu/common.js';
-import { MatmulKernel } from '../src/kernels/matmul.js';
+import { deviceProfile } from '../src/kernels/profile.js';
 
 test('no WebGPU at all, or no adapter: WebGPUUnavailableError naming the Vulkan install script', async () => {
   await rejects(
@@ -61,7 +61,8 @@ test('the subgroup size is recorded where the adapter reports a single one; a de
   const plain = await createContext(nodeGPU(), { disableFeatures: ['subgroups'] });
   try {
     assert.equal([plain.features.subgroups, plain.features.subgroupSize], [false, null]);
-    assert.is((await MatmulKernel.create(plain)).knSubgroups, false);
+    assert.is(deviceProfile(plain).matmul.subgroupLanes, 0);
+    assert.is(deviceProfile(plain).name, plain.isCpuAdapter ? 'cpu' : 'gpu');
   } finally {
     plain.destroy();
   }
@@ -222,7 +223,7 @@ test('a context routes read-backs, drains and pipeline builds through its WaitYi
     assert.is(seen.length, n0 + 1, 'one wait for the read-back');
     await ctx.drain();
     assert.is(seen.length, n0 + 2);
-    await ctx.pipeline('elementwise', 'add');
+    await ctx.pipeline('elementwise', 'gather_rows');
     assert.is(seen.length, n0 + 3);
   } finally {
     ctx.destroy();

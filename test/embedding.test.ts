@@ -3,7 +3,7 @@ import * as assert from 'uvu/assert';
 import { EmbeddingKernel } from '../src/kernels/embedding.js';
 import { ChunkedTensor, DType, GpuTensor, Owned } from '../src/gpu/common.js';
 import { packF16, unpackF16 } from '../src/kernels/f16.js';
-import { packPanelsTransposed } from '../src/kernels/matmul.js';
+import { packPanelsTransposed } from '../src/kernels/matmul-pack.js';
 import { ShapeError } from '../src/errors.js';
 import { allClose, download, poisoned, Rng, run, upload, withDevice } from './helpers.js';
 import { embedding64 } from './reference/embedding.js';

@@ -1,6 +1,7 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { LayerNormKernel } from '../src/kernels/layernorm.js';
+import { deviceProfile } from '../src/kernels/profile.js';
 import { InvalidOptionError, ShapeError } from '../src/errors.js';
 import { allClose, download, poisoned, Rng, run, upload, withDevice } from './helpers.js';
 import { layerNorm64 } from './reference/layernorm.js';
@@ -24,7 +25,7 @@ for (const lanes of [false, true]) {
         const x = rng.normals(rows * C, 2, mean);
         const g = rng.normals(C, 0.5, 1);
         const b = rng.normals(C, 0.2);
-        const k = await LayerNormKernel.create(ctx, { lanes });
+        const k = await LayerNormKernel.create(ctx, lanes ? 'lanes' : 'workgroup');
         assert.is(k.lanes, lanes);
         const y = poisoned(owned, [rows, C]);
         const d = k.bind(owned, {
@@ -41,19 +42,22 @@ for (const lanes of [false, true]) {
   }
 }
 
-test('layernorm: one invocation per row by default on CPU adapters; a non-boolean lanes is refused', () =>
+test('layernorm: the device profile names the variant (one invocation per row on CPU adapters); another is refused', () =>
   withDevice(async ({ ctx }) => {
-    assert.is((await LayerNormKernel.create(ctx)).lanes, ctx.isCpuAdapter);
-    await LayerNormKernel.create(ctx, { lanes: 1 as unknown as boolean }).then(
-      () => assert.unreachable('lanes 1 accepted'),
+    assert.is(deviceProfile(ctx).layernorm, ctx.isCpuAdapter ? 'lanes' : 'workgroup');
+    await LayerNormKernel.create(ctx, 'rows' as never).then(
+      () => assert.unreachable("variant 'rows' accepted"),
       (e: Error) =>
-        assert.ok(e instanceof InvalidOptionError && /lanes must be a boolean, got 1/.test(e.message), e.message),
+        assert.ok(
+          e instanceof InvalidOptionError && /variant must be 'workgroup' or 'lanes', got "rows"/.test(e.message),
+          e.message,
+        ),
     );
   }));
 
 test('layernorm rejects mismatched shapes with the actual values', () =>
   withDevice(async ({ ctx, owned }) => {
-    const k = await LayerNormKernel.create(ctx);
+    const k = await LayerNormKernel.create(ctx, 'workgroup');
     const x = poisoned(owned, [2, 8]);
     assert.throws(
       () =>

@@ -1,6 +1,8 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { GEMV_MAX_M, MatmulKernel, packPanels, packPanelsTransposed, WeightLayout } from '../src/kernels/matmul.js';
+import { GEMV_MAX_M, MatmulKernel, MatmulProfile, WeightLayout } from '../src/kernels/matmul.js';
+import { packPanels, packPanelsTransposed } from '../src/kernels/matmul-pack.js';
+import { deviceProfile, PROFILES } from '../src/kernels/profile.js';
 import { packF16, unpackF16 } from '../src/kernels/f16.js';
 import { ChunkedTensor, GpuTensor, Owned } from '../src/gpu/common.js';
 import { InvalidOptionError, ShapeError } from '../src/errors.js';
@@ -24,57 +26,50 @@ interface Case {
 
 const TOL = { rel: 1e-5, atol: 2e-5, rtol: 1e-4 };
 
+/** The GPU profile's matmul choices: gemv_kn_red, gemv_nk, the 64 x 64 GEMM past 8 rows, plain weights. */
+const GPU: MatmulProfile = { ...PROFILES.gpu.matmul };
+/** The CPU profiles' gemv_kn_cols at every M, here with plain weights (panel 0: also the 'nk' GEMV). */
+const COLS: MatmulProfile = { ...PROFILES.cpu.matmul, panel: 0 };
+
+/** A kernel with these matmul choices over `base`. */
+function kernel(ctx: GpuContext, over: Partial<MatmulProfile> = {}, base = GPU): Promise<MatmulKernel> {
+  return MatmulKernel.create(ctx, { ...base, ...over });
+}
+
+/** The subgroup GEMM lane counts this device runs: its own subgroup size (4 or 8), and 4 on 8-lane devices (SwiftShader's form). */
+function subgroupLanes(ctx: GpuContext): Array<4 | 8> {
+  const size = ctx.features.subgroupSize;
+  return size === 8 ? [8, 4] : size === 4 ? [4] : [];
+}
+
 /**
- * The kernels to run a layout through: 'nk' has three GEMV variants (one thread per W row, 32 lanes
- * per row combined in workgroup memory, the GPU default, and with aligned rows NKR rows per thread,
- * the CPU default, at M > 1 for blocks of 4 or 3 rows of x); test all of them whatever the adapter.
+ * The kernels to run a layout through, whatever the adapter: 'kn' takes gemv_kn (K split across
+ * workgroups, + reduce), gemv_kn_red (inside them), gemv_kn_cols with and without its 8-row blocks
+ * from 16 rows, and gemm_kn_sg (from 8 rows) at every lane count the device runs; 'nk' gemv_nk.
  */
 async function kernelsFor(ctx: GpuContext, layout: WeightLayout): Promise<MatmulKernel[]> {
-  // 'kn': gemv_kn (the GPU default), gemv_kn_red (K split inside the workgroup) and, with aligned rows, gemv_kn_cols (the CPU default; also
-  // with other words and rows per thread, 3 f32 / 1 f16 words, 3 rows at M > 1, so the word and row
-  // loops are not only powers of two and M is not a multiple of the rows per thread)
-  if (layout === 'kn') {
-    return [
-      await MatmulKernel.create(ctx, { knCols: false, gemvReduce: 'split' }),
-      await MatmulKernel.create(ctx, { knCols: false, gemvReduce: 'workgroup' }),
-      await MatmulKernel.create(ctx, { knCols: true }), // with gemm_kn_sg from 8 rows where the adapter has 4- or 8-lane subgroups
-      ...(ctx.features.subgroupSize === 8
-        ? [await MatmulKernel.create(ctx, { knCols: true, knSubgroupLanes: 4 })]
-        : []), // and its 4-lane form (SwiftShader's)
-      await MatmulKernel.create(ctx, { knCols: true, knSubgroups: false }),
-      await MatmulKernel.create(ctx, {
-        knCols: true,
-        knWords: { f32: 3, f16: 1 },
-        knBlock: { rows: 3, f32: 3, f16: 1 },
-        knSubgroups: false,
-      }),
-    ];
-  }
+  if (layout === 'nk') return [await kernel(ctx)];
   return [
-    await MatmulKernel.create(ctx, { nkLanesPerRow: 1, nkRows: false }),
-    await MatmulKernel.create(ctx, { nkLanesPerRow: 32, nkRows: false }),
-    await MatmulKernel.create(ctx, { nkLanesPerRow: 1, nkRows: true }),
-    await MatmulKernel.create(ctx, { nkLanesPerRow: 1, nkRows: true, nkBlockRows: 3 }),
+    await kernel(ctx, { splitK: 'split' }),
+    await kernel(ctx),
+    await kernel(ctx, {}, COLS),
+    await kernel(ctx, { colsLarge: false }, COLS),
+    ...(await Promise.all(subgroupLanes(ctx).map((l) => kernel(ctx, { subgroupLanes: l }, COLS)))),
   ];
 }
 
-/**
- * Workgroups along x and z of an 'nk' GEMV (aligned rows) over M rows of x and n W rows, per variant
- * (to check which one ran): gemv_nk_rows 64 threads of 4 W rows, blocks of 1 (M = 1) or
- * nkBlockRows rows of x; gemv_nk 64 / (256 / lpr) W rows per workgroup, blocks of 8 rows.
- */
-function nkGroups(k: MatmulKernel, M: number, n: number): [number, number] {
-  if (k.nkRows) return [Math.ceil(Math.ceil(n / 4) / 64), M === 1 ? 1 : Math.ceil(M / k.nkBlockRows)];
-  return [k.lpr === 1 ? Math.ceil(n / 64) : Math.ceil(n / (256 / k.lpr)), Math.ceil(M / 8)];
+/** Workgroups along x and z of an 'nk' GEMV (gemv_nk: 8 W rows per workgroup, blocks of 8 rows of x), to check which one ran. */
+function nkGroups(M: number, n: number): [number, number] {
+  return [Math.ceil(n / 8), Math.ceil(M / 8)];
 }
 
 /**
- * Workgroups along x and z of a 'kn' GEMV over M rows of x (K long) and n columns, per variant (to
+ * Workgroups along x and z of a 'kn' GEMV over M rows of x (K long) and n columns, per kernel (to
  * check which one ran): gemv_kn 64 threads of 1 word, blocks of 8 rows; gemv_kn_red 4 column
  * threads of 1 word (x 64 K groups), blocks of 8 rows; gemm_kn_sg (8+ rows, K % 4 == 0, no split)
- * 4 or 8 lanes of 1 word, blocks of 8 (M < 16) or 16 rows; gemv_kn_cols 8 threads of knWords
- * words (M = 1) or of knBlock words for blocks of knBlock.rows rows (M > 1; knBlockLarge from its
- * `from` rows on).
+ * 4 or 8 lanes of 1 word, blocks of 8 (M < 16) or 16 rows; gemv_kn_cols 8 threads of 8 f32 / 4 f16
+ * words (M = 1), of 4 / 2 words for blocks of 4 rows (M > 1), of 2 / 1 for blocks of 8 (colsLarge,
+ * M >= 16).
  */
 function knGroups(
   k: MatmulKernel,
@@ -85,12 +80,22 @@ function knGroups(
   splitK?: number,
 ): [number, number] {
   const words = Math.ceil(n / (dtype === 'f16' ? 8 : 4)); // 16-byte words per W row
-  if (!k.knCols) return [Math.ceil(words / (k.gemvReduce === 'workgroup' ? 4 : 64)), Math.ceil(M / 8)];
-  if (k.knSubgroups && M >= 8 && K % 4 === 0 && (splitK ?? 1) === 1)
-    return [Math.ceil(words / k.knSubgroupLanes), Math.ceil(M / (M >= 16 ? 16 : 8))];
-  if (M === 1) return [Math.ceil(Math.ceil(words / k.knWords[dtype]) / 8), 1];
-  const b = M >= k.knBlockLarge.from ? k.knBlockLarge : k.knBlock;
-  return [Math.ceil(Math.ceil(words / b[dtype]) / 8), Math.ceil(M / b.rows)];
+  const p = k.profile;
+  if (p.gemv === 'threads') return [Math.ceil(words / (p.splitK === 'workgroup' ? 4 : 64)), Math.ceil(M / 8)];
+  if (k.takesSubgroups(M, K, splitK)) return [Math.ceil(words / p.subgroupLanes), Math.ceil(M / (M >= 16 ? 16 : 8))];
+  const t =
+    M === 1
+      ? { rows: 1, f32: 8, f16: 4 }
+      : p.colsLarge && M >= 16
+        ? { rows: 8, f32: 2, f16: 1 }
+        : { rows: 4, f32: 4, f16: 2 };
+  return [Math.ceil(Math.ceil(words / t[dtype]) / 8), Math.ceil(M / t.rows)];
+}
+
+/** A kernel's choices, for messages. */
+function what(k: MatmulKernel): string {
+  const p = k.profile;
+  return p.gemv === 'threads' ? `threads ${p.splitK}` : `cols${p.colsLarge ? ' large' : ''} sg ${p.subgroupLanes}`;
 }
 
 function name(c: Case): string {
@@ -117,7 +122,7 @@ function makeWeight(rng: Rng, c: { K: number; N: number; layout: WeightLayout; d
 }
 
 for (const c of [
-  // decode GEMV (M <= 8): vec4 paths (N % 8 == 0 / K % 8 == 0), split-K chosen automatically for narrow N
+  // decode GEMV (M <= 8): vec4 paths (N % 8 == 0 / K % 8 == 0), split-K chosen for narrow N by gemv_kn
   { M: 1, K: 768, N: 3072, layout: 'kn', dtype: 'f32', bias: true, gelu: true },
   { M: 1, K: 768, N: 3072, layout: 'kn', dtype: 'f16', bias: true, gelu: true },
   { M: 2, K: 3072, N: 768, layout: 'kn', dtype: 'f32', bias: true, acc: true },
@@ -132,11 +137,11 @@ for (const c of [
   { M: 2, K: 257, N: 77, layout: 'kn', dtype: 'f32', splitK: 3 }, // uneven last slice
   { M: 3, K: 257, N: 77, layout: 'nk', dtype: 'f16', bias: true, acc: true, splitK: 5 },
   { M: 1, K: 768, N: 768, layout: 'nk', dtype: 'f16', bias: true, splitK: 7 }, // vec path, split
-  // M = 1 nk (the LM head at batch 1): N not a multiple of the 4 rows per thread of gemv_nk_rows
+  // M = 1 nk (the LM head at batch 1): N not a multiple of the 8 rows per workgroup of gemv_nk
   { M: 1, K: 768, N: 2050, layout: 'nk', dtype: 'f32', bias: true, gelu: true },
   { M: 1, K: 768, N: 1001, layout: 'nk', dtype: 'f16', acc: true },
   { M: 1, K: 256, N: 203, layout: 'nk', dtype: 'f32', acc: true, splitK: 3 },
-  { M: 1, K: 77, N: 33, layout: 'nk', dtype: 'f16', bias: true }, // unaligned rows: no gemv_nk_rows
+  { M: 1, K: 77, N: 33, layout: 'nk', dtype: 'f16', bias: true }, // unaligned rows: the scalar path
   // M = 1 kn with aligned rows (gemv_kn_cols: 8 f32 / 4 f16 16-byte words per thread by default):
   // N not a multiple of the columns per thread, so the last thread owns words past the row end;
   // 8 threads per workgroup, so the wider N have several workgroups
@@ -146,16 +151,15 @@ for (const c of [
   { M: 1, K: 130, N: 264, layout: 'kn', dtype: 'f16', acc: true },
   { M: 1, K: 257, N: 44, layout: 'kn', dtype: 'f32', bias: true, acc: true, splitK: 3 },
   { M: 1, K: 257, N: 136, layout: 'kn', dtype: 'f16', bias: true, gelu: true, splitK: 4 },
-  // M > 1 nk with aligned rows (gemv_nk_rows with blocks of 4 rows of x by default): N not a
-  // multiple of the 4 W rows per thread, M not a multiple of the rows of x per thread
+  // M > 1 nk with aligned rows: N not a multiple of the W rows per workgroup, M past one block
   { M: 2, K: 768, N: 203, layout: 'nk', dtype: 'f32', bias: true, gelu: true },
   { M: 3, K: 64, N: 50, layout: 'nk', dtype: 'f16', acc: true },
   { M: 5, K: 256, N: 1001, layout: 'nk', dtype: 'f32', bias: true, acc: true },
   { M: 9, K: 72, N: 130, layout: 'nk', dtype: 'f16', bias: true, gelu: true },
   { M: 37, K: 40, N: 66, layout: 'nk', dtype: 'f32', bias: true, acc: true },
   { M: 3, K: 256, N: 203, layout: 'nk', dtype: 'f16', bias: true, splitK: 3 },
-  // M > 1 kn with aligned rows (gemv_kn_cols with blocks of 4 rows x 4 f32 / 2 f16 words by
-  // default): N not a multiple of the columns per thread, M not a multiple of the rows per thread
+  // M > 1 kn with aligned rows (gemv_kn_cols with blocks of 4 rows x 4 f32 / 2 f16 words, 8 rows
+  // x 2 / 1 from 16 rows): N not a multiple of the columns per thread, M not a multiple of the rows per thread
   { M: 2, K: 40, N: 36, layout: 'kn', dtype: 'f32', bias: true, acc: true },
   { M: 3, K: 67, N: 200, layout: 'kn', dtype: 'f32', bias: true, gelu: true },
   { M: 5, K: 67, N: 40, layout: 'kn', dtype: 'f16', bias: true, gelu: true },
@@ -163,8 +167,8 @@ for (const c of [
   { M: 37, K: 33, N: 52, layout: 'kn', dtype: 'f32', bias: true, gelu: true, acc: true },
   { M: 3, K: 257, N: 44, layout: 'kn', dtype: 'f32', bias: true, acc: true, splitK: 3 },
   { M: 5, K: 257, N: 136, layout: 'kn', dtype: 'f16', bias: true, gelu: true, splitK: 4 },
-  // 8+ rows kn with aligned rows and K % 4 == 0 (gemm_kn_sg where the adapter has 8-lane
-  // subgroups: 8 lanes of one 16-byte word, blocks of 8 rows below 16, else 16): N not a multiple
+  // 8+ rows kn with aligned rows and K % 4 == 0 (gemm_kn_sg where the adapter has 4- or 8-lane
+  // subgroups: lanes of one 16-byte word, blocks of 8 rows below 16, else 16): N not a multiple
   // of a workgroup's 32 f32 / 64 f16 columns (lanes past the row end), M not a multiple of the
   // block (rows past M), one or several blocks and workgroups, every epilogue
   { M: 8, K: 64, N: 36, layout: 'kn', dtype: 'f32', bias: true, acc: true },
@@ -195,9 +199,15 @@ for (const c of [
       const xt = upload(owned, x, [c.M, c.K]);
       const wt = upload(owned, W.data, [W.rows, W.cols], c.dtype);
       const bt = bias && upload(owned, bias, [c.N]);
-      // Past GEMV_MAX_M rows both variants are in use (which one depends on the adapter): run both.
-      const variants = c.variant ? [c.variant] : c.M > GEMV_MAX_M ? (['gemm', 'gemv'] as const) : [undefined];
       for (const k of await kernelsFor(ctx, c.layout)) {
+        // Past GEMV_MAX_M rows the GPU profile takes the GEMM; run its GEMV there too. Kernels without a GEMM skip 'gemm'.
+        const hasGemm = k.profile.gemvMaxM !== null;
+        if (c.variant === 'gemm' && !hasGemm) continue;
+        const variants = c.variant
+          ? [c.variant]
+          : c.M > GEMV_MAX_M && hasGemm
+            ? (['gemm', 'gemv'] as const)
+            : [undefined];
         for (const variant of variants) {
           const out = base ? upload(owned, base, [c.M, c.N]) : poisoned(owned, [c.M, c.N]);
           const ds = k.bind(owned, {
@@ -212,33 +222,28 @@ for (const c of [
             splitK: c.splitK,
           });
           // the variant and the split are the ones asked for
-          if ((variant ?? k.variantFor(c.M, c.layout)) === 'gemm') assert.is(ds.length, 1);
+          if ((variant ?? k.variantFor(c.M)) === 'gemm') assert.is(ds.length, 1);
           else if (c.splitK !== undefined) assert.is(ds.length, c.splitK > 1 ? 2 : 1);
           const aligned = c.K % (c.dtype === 'f16' ? 8 : 4) === 0;
-          if (c.layout === 'nk' && (variant ?? k.variantFor(c.M, c.layout)) === 'gemv' && aligned) {
-            const [gx, gz] = nkGroups(k, c.M, c.N);
+          if (c.layout === 'nk' && (variant ?? k.variantFor(c.M)) === 'gemv' && aligned) {
+            const [gx, gz] = nkGroups(c.M, c.N);
             assert.equal([ds[0]!.workgroups[0], ds[0]!.workgroups[2]], [gx, gz], 'variant');
           }
           const alignedN = c.N % (c.dtype === 'f16' ? 8 : 4) === 0;
-          if (c.layout === 'kn' && (variant ?? k.variantFor(c.M, c.layout)) === 'gemv' && alignedN) {
+          if (c.layout === 'kn' && (variant ?? k.variantFor(c.M)) === 'gemv' && alignedN) {
             const [gx, gz] = knGroups(k, c.M, c.N, c.dtype, c.K, c.splitK);
             assert.equal([ds[0]!.workgroups[0], ds[0]!.workgroups[2]], [gx, gz], 'variant');
           }
           await run(ctx, ds);
-          allClose(
-            await download(ctx, out),
-            ref,
-            TOL,
-            `${name(c)} (${variant ?? 'auto'}, nk lanes ${k.lpr} rows ${k.nkRows} ${k.nkBlockRows}, kn cols ${k.knCols} ${k.knWords[c.dtype]}/${k.knBlock.rows}x${k.knBlock[c.dtype]} reduce ${k.gemvReduce})`,
-          );
+          allClose(await download(ctx, out), ref, TOL, `${name(c)} (${variant ?? 'auto'}, ${what(k)})`);
         }
       }
     }),
   );
 }
 
-// The tiled GEMM in other shapes than the default 16 x 16 threads of 4 x 4 (MatmulOptions.gemmTile,
-// `bench --gemm-tile`): 128 x 128 tiles of 8 x 8 blocks, 32 x 8 threads of 2 x 4, and odd 3 x 5
+// The tiled GEMM in other shapes than the default 16 x 16 threads of 4 x 4 (MatmulProfile.gemmTile,
+// a profile's field): 128 x 128 tiles of 8 x 8 blocks, 32 x 8 threads of 2 x 4, and odd 3 x 5
 // blocks on 8 x 8 threads, each over shapes that cut every tile edge.
 test('GEMM tile shapes: 8 x 8 blocks (bk 8), 32 x 8 threads of 2 x 4, odd 3 x 5 blocks match float64', () =>
   withDevice(async ({ ctx, owned }) => {
@@ -254,8 +259,8 @@ test('GEMM tile shapes: 8 x 8 blocks (bk 8), 32 x 8 threads of 2 x 4, odd 3 x 5 
       { M: 200, K: 33, N: 70, layout: 'nk', dtype: 'f32', bias: true },
     ] as Case[];
     for (const tile of tiles) {
-      const k = await MatmulKernel.create(ctx, { gemmTile: tile });
-      assert.equal(k.gemmTile, tile);
+      const k = await kernel(ctx, { gemmTile: tile });
+      assert.equal(k.profile.gemmTile, tile);
       for (const c of cases) {
         const rng = new Rng(c.M + c.K + c.N + tile.tm);
         const x = rng.normals(c.M * c.K);
@@ -289,7 +294,7 @@ test('gemmTile: shapes outside the shader or the adapter limits are refused, nam
   withDevice(async ({ ctx }) => {
     const bad = async (tile: object, re: RegExp) =>
       rejects(
-        () => MatmulKernel.create(ctx, { gemmTile: tile as never }),
+        () => kernel(ctx, { gemmTile: tile as never }),
         (e) => e instanceof InvalidOptionError && re.test(e.message),
       );
     await bad({ tx: 16, ty: 16, tm: 9, tn: 4, bk: 16 }, /tm must be an integer in \[1, 8\]/);
@@ -331,8 +336,8 @@ test('packPanels: column panels of a row-major matrix, the last zero-padded', ()
 });
 
 // Paneled 'kn' weights (the CPU-adapter layout): gemv_kn_cols at M = 1 and in blocks of rows, with
-// N not a multiple of the panel (a part-filled last panel), split K, every epilogue, and a kernel
-// whose threads own 3 f32 / 1 f16 words (panels of 48 columns).
+// N not a multiple of the panel (a part-filled last panel), split K, every epilogue, and panels of
+// 96 columns (no power of two).
 for (const c of [
   { M: 1, K: 96, N: 200, dtype: 'f32', panel: 64, bias: true, gelu: true },
   { M: 1, K: 67, N: 264, dtype: 'f16', panel: 64, acc: true },
@@ -341,10 +346,10 @@ for (const c of [
   { M: 3, K: 67, N: 200, dtype: 'f32', panel: 64, bias: true, acc: true },
   { M: 5, K: 130, N: 264, dtype: 'f16', panel: 128, bias: true, gelu: true, splitK: 2 },
   { M: 37, K: 33, N: 72, dtype: 'f32', panel: 32, bias: true },
-  { M: 2, K: 40, N: 120, dtype: 'f16', panel: 48, words: true },
+  { M: 2, K: 40, N: 120, dtype: 'f16', panel: 96 },
   { M: 21, K: 96, N: 200, dtype: 'f32', panel: 64, bias: true, gelu: true }, // gemm_kn_sg where available
   { M: 16, K: 132, N: 264, dtype: 'f16', panel: 128, acc: true },
-  { M: 1, K: 40, N: 100, dtype: 'f32', panel: 48, words: true, acc: true },
+  { M: 1, K: 40, N: 100, dtype: 'f32', panel: 96, acc: true },
 ] as Array<{
   M: number;
   K: number;
@@ -355,9 +360,8 @@ for (const c of [
   gelu?: boolean;
   acc?: boolean;
   splitK?: number;
-  words?: boolean;
 }>) {
-  const title = `paneled kn ${c.dtype} M ${c.M} K ${c.K} N ${c.N} panel ${c.panel}${c.splitK ? ` splitK ${c.splitK}` : ''}${c.words ? ' 3/1 words' : ''}`;
+  const title = `paneled kn ${c.dtype} M ${c.M} K ${c.K} N ${c.N} panel ${c.panel}${c.splitK ? ` splitK ${c.splitK}` : ''}`;
   test(title, () =>
     withDevice(async ({ ctx, owned }) => {
       const rng = new Rng(c.M * 131 + c.K * 7 + c.N);
@@ -371,16 +375,10 @@ for (const c of [
       const bias = c.bias ? rng.normals(c.N, 0.5) : undefined;
       const base = c.acc ? rng.normals(c.M * c.N) : undefined;
       const ref = matmul64(x, seen, c.M, c.K, c.N, { layout: 'kn', bias, gelu: c.gelu, base });
-      const opts = {
-        knCols: true,
-        knPanel: c.panel,
-        ...(c.words ? { knWords: { f32: 3, f16: 1 }, knBlock: { rows: 3, f32: 3, f16: 1 } } : {}),
-      };
-      // From 8 rows on, gemm_kn_sg where available, also in its 4-lane form (SwiftShader's) on lavapipe.
-      const lanes4 = c.M >= 8 && ctx.features.subgroupSize === 8 ? [{ ...opts, knSubgroupLanes: 4 }] : [];
-      for (const o of [opts, ...lanes4]) {
-        const k = await MatmulKernel.create(ctx, o);
-        assert.is(k.knPanel, c.panel);
+      // gemv_kn_cols, and from 8 rows on gemm_kn_sg at every lane count the device runs.
+      const lanes = c.M >= 8 ? subgroupLanes(ctx) : [];
+      for (const l of [0, ...lanes] as const) {
+        const k = await kernel(ctx, { panel: c.panel, subgroupLanes: l }, COLS);
         const out = base ? upload(owned, base, [c.M, c.N]) : poisoned(owned, [c.M, c.N]);
         const ds = k.bind(owned, {
           x: upload(owned, x, [c.M, c.K]),
@@ -398,65 +396,48 @@ for (const c of [
           'kernel',
         );
         await run(ctx, ds);
-        allClose(
-          await download(ctx, out),
-          ref,
-          TOL,
-          `${title} (subgroup lanes ${k.knSubgroups ? k.knSubgroupLanes : 'none'})`,
-        );
+        allClose(await download(ctx, out), ref, TOL, `${title} (${what(k)})`);
       }
     }),
   );
 }
 
-test('paneled weights: kernel defaults, and every path that cannot read panels refuses them', () =>
+test('paneled weights: only profiles whose GEMV reads them at every M take them, and every path that cannot read panels refuses them', () =>
   withDevice(async ({ ctx, owned }) => {
-    assert.is((await MatmulKernel.create(ctx, { knCols: true })).knPanel, 256);
-    assert.is((await MatmulKernel.create(ctx, { knCols: false })).knPanel, 0);
-    // Where some M takes the GEMM (gemvMaxM), weights stay plain: the GEMM cannot read panels.
-    assert.is((await MatmulKernel.create(ctx, { knCols: true, gemvMaxM: 4 })).knPanel, 0);
-    await rejects(
-      () => MatmulKernel.create(ctx, { knCols: true, gemvMaxM: 4, knPanel: 256 }),
-      (e) =>
-        e instanceof InvalidOptionError &&
-        /knPanel 256 stores weights that only gemv_kn_cols reads, but with gemvMaxM 4 the GEMM takes M > 4/.test(
-          e.message,
-        ),
-    );
-    assert.is(
-      (await MatmulKernel.create(ctx, { knCols: true, knWords: { f32: 3, f16: 1 } })).knPanel,
-      0,
-      '256 is no multiple of 12',
-    );
-    await rejects(
-      () => MatmulKernel.create(ctx, { knCols: true, knPanel: 100 }),
-      (e) =>
-        e instanceof InvalidOptionError &&
-        /knPanel must be 0 or a multiple of every gemv_kn_cols thread's columns \(32, 16, 8\), got 100/.test(e.message),
-    );
+    assert.equal([PROFILES.cpu.matmul.panel, PROFILES.gpu.matmul.panel], [256, 0]);
+    // Where some M takes the GEMM (gemvMaxM), or the GEMV is 'threads', weights stay plain: neither reads panels.
+    for (const [over, re] of [
+      [
+        { ...COLS, panel: 256, gemvMaxM: 4 },
+        /panel 256 stores weights that only gemv_kn_cols reads, but here gemv 'cols' and gemvMaxM 4/,
+      ],
+      [{ ...GPU, panel: 256 }, /panel 256 stores weights that only gemv_kn_cols reads, but here gemv 'threads'/],
+      [{ ...COLS, panel: 100 }, /matmul\.panel must be 0 or a positive multiple of 32, got 100/],
+    ] as const) {
+      await rejects(
+        () => MatmulKernel.create(ctx, over),
+        (e) => e instanceof InvalidOptionError && re.test(e.message),
+      );
+    }
     const x = poisoned(owned, [1, 64]);
     const out = poisoned(owned, [1, 128]);
     const w = { ...poisoned(owned, [64, 128]), shape: [64, 128], panel: 64 };
-    const cols = await MatmulKernel.create(ctx, { knCols: true, knPanel: 64 });
+    const cols = await kernel(ctx, { panel: 64 }, COLS);
     assert.throws(
       () => cols.bind(owned, { x, w, layout: 'kn', out, variant: 'gemm' }),
       (e: Error) => e instanceof ShapeError && /panels of 64 columns.*GEMM needs it plain/.test(e.message),
     );
-    const plain = await MatmulKernel.create(ctx, { knCols: false });
+    const plain = await kernel(ctx);
     assert.throws(
       () => plain.bind(owned, { x, w, layout: 'kn', out }),
       (e: Error) => e instanceof ShapeError && /only the 'kn' gemv_kn_cols GEMV reads/.test(e.message),
     );
-    const odd = await MatmulKernel.create(ctx, {
-      knCols: true,
-      knWords: { f32: 3, f16: 1 },
-      knBlock: { rows: 3, f32: 3, f16: 1 },
-    });
+    const w48 = { ...w, shape: [64, 96], panel: 48 };
     assert.throws(
-      () => odd.bind(owned, { x, w, layout: 'kn', out }),
+      () => cols.bind(owned, { x, w: w48, layout: 'kn', out: poisoned(owned, [1, 96]) }),
       (e: Error) =>
         e instanceof ShapeError &&
-        /panels of 64 columns are not a multiple of a gemv_kn_cols thread's 12 columns/.test(e.message),
+        /panels of 48 columns are not a multiple of a gemv_kn_cols thread's 32 columns/.test(e.message),
     );
     const short = { ...w, buffer: poisoned(owned, [64, 100]).buffer, shape: [64, 100] };
     assert.throws(
@@ -465,16 +446,16 @@ test('paneled weights: kernel defaults, and every path that cannot read panels r
     );
   }));
 
-test('split-K is chosen for a narrow decode GEMV and not for a wide one (gemvReduce workgroup: never); variant choice by M', () =>
+test('split-K is chosen for a narrow decode GEMV and not for a wide one (splitK workgroup: never); variant choice by M', () =>
   withDevice(async ({ ctx, owned }) => {
-    const k = await MatmulKernel.create(ctx, { knCols: false, gemvReduce: 'split' }); // gemv_kn_cols never splits by default
+    const k = await kernel(ctx, { splitK: 'split' }); // gemv_kn_cols never splits by itself
     const x = poisoned(owned, [1, 768]);
     const narrow = k.bind(owned, { x, w: poisoned(owned, [768, 768]), layout: 'kn', out: poisoned(owned, [1, 768]) });
     assert.is(narrow.length, 2);
     assert.ok(narrow[0]!.workgroups[1] > 1, `K slices ${narrow[0]!.workgroups[1]}`);
     // gemv_kn_red splits K inside its workgroups: one dispatch, one K slice; an asked-for split still reduces
-    const kr = await MatmulKernel.create(ctx, { knCols: false, gemvReduce: 'workgroup' });
-    assert.is((await MatmulKernel.create(ctx)).gemvReduce, ctx.isCpuAdapter ? 'split' : 'workgroup', 'default');
+    const kr = await kernel(ctx);
+    assert.is(deviceProfile(ctx).matmul.splitK, ctx.isCpuAdapter ? 'split' : 'workgroup', 'the profile');
     const one = kr.bind(owned, { x, w: poisoned(owned, [768, 768]), layout: 'kn', out: poisoned(owned, [1, 768]) });
     assert.equal([one.length, one[0]!.workgroups], [1, [768 / 16, 1, 1]]);
     assert.is(
@@ -483,71 +464,55 @@ test('split-K is chosen for a narrow decode GEMV and not for a wide one (gemvRed
       2,
     );
     await rejects(
-      () => MatmulKernel.create(ctx, { gemvReduce: 'atomic' as never }),
-      (e) =>
-        e instanceof InvalidOptionError && /gemvReduce must be 'split' or 'workgroup', got "atomic"/.test(e.message),
+      () => kernel(ctx, { splitK: 'atomic' as never }),
+      (e) => e instanceof InvalidOptionError && /splitK must be 'workgroup' or 'split', got "atomic"/.test(e.message),
     );
-    const k32 = await MatmulKernel.create(ctx, { nkLanesPerRow: 32 }); // 2048 rows x 32 lanes: enough threads
+    const k32 = kr; // gemv_nk: 2048 rows x 32 lanes: enough threads
     const wide = k32.bind(owned, { x, w: poisoned(owned, [2048, 768]), layout: 'nk', out: poisoned(owned, [1, 2048]) });
     assert.is(wide.length, 1);
-    // variant choice: GEMV for decode, GEMM past gemvMaxM on GPUs; CPU adapters (lavapipe, where
-    // the tiled GEMM measured ~2x slower than the GEMV at every M) keep the GEMV for both layouts.
-    const cpu = ctx.adapter.isFallbackAdapter || ctx.adapter.architecture === 'software';
-    assert.is(k.variantFor(1, 'kn'), 'gemv');
-    assert.is(k.variantFor(GEMV_MAX_M, 'nk'), 'gemv');
-    assert.is(k.variantFor(GEMV_MAX_M + 1, 'nk'), cpu ? 'gemv' : 'gemm');
-    assert.is(k.variantFor(GEMV_MAX_M + 1, 'kn'), cpu ? 'gemv' : 'gemm');
-    const k4 = await MatmulKernel.create(ctx, { gemvMaxM: 4 });
-    assert.is(k4.variantFor(4, 'kn'), 'gemv');
-    assert.is(k4.variantFor(5, 'kn'), 'gemm');
+    // variant choice: GEMV for decode, GEMM past gemvMaxM (GPU profile); the CPU profiles keep the GEMV at every M.
+    assert.is(k.variantFor(1), 'gemv');
+    assert.is(k.variantFor(GEMV_MAX_M), 'gemv');
+    assert.is(k.variantFor(GEMV_MAX_M + 1), 'gemm');
+    assert.is((await kernel(ctx, {}, COLS)).variantFor(1024), 'gemv');
+    const k4 = await kernel(ctx, { gemvMaxM: 4 });
+    assert.is(k4.variantFor(4), 'gemv');
+    assert.is(k4.variantFor(5), 'gemm');
   }));
 
-test('gemm_kn_sg: built where gemv_kn_cols runs and subgroups are 4 or 8 lanes, taken from 8 rows with K % 4 == 0 and no split; refusals name the reason', () =>
+test('gemm_kn_sg: named by the profile where subgroups are 4 or 8 lanes, taken from 8 rows with K % 4 == 0 and no split; refusals name the reason', () =>
   withDevice(async ({ ctx, owned }) => {
-    const k = await MatmulKernel.create(ctx);
-    const here = ctx.isCpuAdapter && (ctx.features.subgroupSize === 8 || ctx.features.subgroupSize === 4);
-    assert.is(k.knSubgroups, here, `default on this adapter (subgroup size ${ctx.features.subgroupSize})`);
-    const entry = (M: number, K: number, extra: { splitK?: number; knSubgroups?: boolean } = {}) =>
-      k.bind(owned, {
-        x: poisoned(owned, [M, K]),
-        w: poisoned(owned, [K, 64]),
-        layout: 'kn',
-        out: poisoned(owned, [M, 64]),
-        ...extra,
-      })[0]!.pipeline.label;
-    if (here) {
-      assert.is(entry(7, 64), 'matmul.gemv_kn_cols');
+    const size = ctx.features.subgroupSize;
+    const here = ctx.isCpuAdapter && (size === 8 || size === 4);
+    assert.is(
+      deviceProfile(ctx).matmul.subgroupLanes,
+      here ? size : 0,
+      `the profile on this adapter (subgroup size ${size})`,
+    );
+    for (const lanes of subgroupLanes(ctx)) {
+      const k = await kernel(ctx, { subgroupLanes: lanes }, COLS);
+      const entry = (M: number, K: number, extra: { splitK?: number } = {}) =>
+        k.bind(owned, {
+          x: poisoned(owned, [M, K]),
+          w: poisoned(owned, [K, 64]),
+          layout: 'kn',
+          out: poisoned(owned, [M, 64]),
+          ...extra,
+        })[0]!.pipeline.label;
+      assert.is(entry(7, 64), 'matmul+matmul_gemv.gemv_kn_cols');
       assert.is(entry(8, 64), 'matmul+matmul_subgroups.gemm_kn_sg');
       assert.is(entry(1024, 64), 'matmul+matmul_subgroups.gemm_kn_sg');
-      assert.is(entry(16, 66), 'matmul.gemv_kn_cols', 'K % 4 != 0: x rows are not 16-byte words');
-      assert.is(entry(16, 64, { splitK: 2 }), 'matmul.gemv_kn_cols', 'an asked-for split');
-      assert.is(entry(16, 64, { knSubgroups: false }), 'matmul.gemv_kn_cols', 'per call');
+      assert.is(entry(16, 66), 'matmul+matmul_gemv.gemv_kn_cols', 'K % 4 != 0: x rows are not 16-byte words');
+      assert.is(entry(16, 64, { splitK: 2 }), 'matmul+matmul_gemv.gemv_kn_cols', 'an asked-for split');
     }
-    if (here) assert.is(k.knSubgroupLanes, ctx.features.subgroupSize);
     await rejects(
-      () => MatmulKernel.create(ctx, { knSubgroupLanes: 16 }),
-      (e) => e instanceof InvalidOptionError && /knSubgroupLanes must be 4 or 8, got 16/.test(e.message),
+      () => kernel(ctx, { subgroupLanes: 16 as never }, COLS),
+      (e) => e instanceof InvalidOptionError && /subgroupLanes must be 0, 4 or 8, got 16/.test(e.message),
     );
     await rejects(
-      () => MatmulKernel.create(ctx, { knSubgroups: 'yes' as never }),
-      (e) => e instanceof InvalidOptionError && /knSubgroups must be a boolean, got "yes"/.test(e.message),
-    );
-    await rejects(
-      () => MatmulKernel.create(ctx, { knCols: false, knSubgroups: true }),
-      (e) => e instanceof InvalidOptionError && /knSubgroups needs gemv_kn_cols .*here knCols false/.test(e.message),
-    );
-    const off = await MatmulKernel.create(ctx, { knCols: true, knSubgroups: false });
-    assert.is(off.knSubgroups, false);
-    assert.throws(
-      () =>
-        off.bind(owned, {
-          x: poisoned(owned, [16, 64]),
-          w: poisoned(owned, [64, 64]),
-          layout: 'kn',
-          out: poisoned(owned, [16, 64]),
-          knSubgroups: true,
-        }),
-      (e: Error) => e instanceof InvalidOptionError && /no gemm_kn_sg pipelines/.test(e.message),
+      () => kernel(ctx, { subgroupLanes: 8 }),
+      (e) =>
+        e instanceof InvalidOptionError && /subgroupLanes 8 needs gemv 'cols' .*here gemv 'threads'/.test(e.message),
     );
   }));
 
@@ -565,15 +530,13 @@ test('LM head: nk over vocab 50257 with K = 16, f32 and f16, GEMV and GEMM', () 
       const x = rng.normals(M * K);
       const W = makeWeight(rng, { K, N, layout: 'nk', dtype });
       const ref = matmul64(x, W.seen, M, K, N, { layout: 'nk' });
-      for (const k of M <= GEMV_MAX_M
-        ? await kernelsFor(ctx, 'nk')
-        : [await MatmulKernel.create(ctx, { gemvMaxM: GEMV_MAX_M })]) {
+      for (const k of await kernelsFor(ctx, 'nk')) {
         const out = poisoned(owned, [M, N]);
         await run(
           ctx,
           k.bind(owned, { x: upload(owned, x, [M, K]), w: upload(owned, W.data, [N, K], dtype), layout: 'nk', out }),
         );
-        allClose(await download(ctx, out), ref, TOL, `lm head ${dtype} M ${M} (nk lanes ${k.lpr})`);
+        allClose(await download(ctx, out), ref, TOL, `lm head ${dtype} M ${M} (${what(k)})`);
       }
     }
   }));
@@ -641,14 +604,14 @@ test('chunked nk weight: 3 chunks in one buffer, f16 and f32, GEMV (split and no
         });
         assert.ok(ds.length >= 3);
         await run(ctx, ds);
-        allClose(await download(ctx, out), ref, TOL, `chunked ${dtype} M ${M} (nk lanes ${k.lpr})`);
+        allClose(await download(ctx, out), ref, TOL, `chunked ${dtype} M ${M} (${what(k)})`);
       }
     }
   }));
 
 test('chunked LM head [50257, 768] f32 in 2 chunks (whole passes the 128 MiB binding limit), M = 2', () =>
   withDevice(async ({ ctx, owned }) => {
-    const k = await MatmulKernel.create(ctx);
+    const k = await kernel(ctx);
     const N = 50257;
     const K = 768;
     const M = 2;
@@ -725,20 +688,12 @@ function transposedChunks(
 
 // The CPU-adapter LM head: wte chunks stored transposed in panels, read by gemv_kn_cols as [K, n]
 // pieces. N = 1003 is no multiple of 4 or 8 (a last 16-byte word that is part padding) and the
-// chunks (384 rows) part-fill their last panel; M 1 and blocks of rows; 3/1-word threads too.
+// chunks (384 rows) part-fill their last panel; M 1 and blocks of rows; panels of 128 and 96.
 test('transposed chunked nk weight (the CPU LM head): f32 and f16, M 1 / 3 / 37, matches float64', () =>
   withDevice(async ({ ctx, owned }) => {
     const N = 1003;
     const K = 40;
-    const kernels = [
-      await MatmulKernel.create(ctx, { knCols: true, knPanel: 128 }),
-      await MatmulKernel.create(ctx, {
-        knCols: true,
-        knPanel: 48,
-        knWords: { f32: 3, f16: 1 },
-        knBlock: { rows: 3, f32: 3, f16: 1 },
-      }),
-    ];
+    const kernels = [await kernel(ctx, { panel: 128 }, COLS), await kernel(ctx, { panel: 96, colsLarge: false }, COLS)];
     for (const [dtype, M, bias] of [
       ['f32', 1, true],
       ['f16', 1, false],
@@ -752,7 +707,7 @@ test('transposed chunked nk weight (the CPU LM head): f32 and f16, M 1 / 3 / 37,
       const b = bias ? rng.normals(N) : undefined;
       const ref = matmul64(x, seen, M, K, N, { layout: 'nk', bias: b, gelu: true });
       for (const k of kernels) {
-        const w = transposedChunks(owned, seen, N, K, 384, k.knPanel, dtype);
+        const w = transposedChunks(owned, seen, N, K, 384, k.profile.panel, dtype);
         const out = poisoned(owned, [M, N]);
         const ds = k.bind(owned, {
           x: upload(owned, x, [M, K]),
@@ -765,14 +720,14 @@ test('transposed chunked nk weight (the CPU LM head): f32 and f16, M 1 / 3 / 37,
         assert.is(ds.length, 3);
         assert.equal([ds[0]!.workgroups[0], ds[0]!.workgroups[2]], knGroups(k, M, 384, dtype, K), 'kernel');
         await run(ctx, ds);
-        allClose(await download(ctx, out), ref, TOL, `transposed chunked ${dtype} M ${M} panel ${k.knPanel}`);
+        allClose(await download(ctx, out), ref, TOL, `transposed chunked ${dtype} M ${M} panel ${k.profile.panel}`);
       }
     }
   }));
 
 test('transposed chunked LM head [50257, 768] f32 in 2 chunks of 256-column panels, M = 1', () =>
   withDevice(async ({ ctx, owned }) => {
-    const k = await MatmulKernel.create(ctx, { knCols: true, knPanel: 256 });
+    const k = await MatmulKernel.create(ctx, PROFILES.cpu.matmul);
     const N = 50257;
     const K = 768;
     const rng = new Rng(50258);
@@ -805,12 +760,12 @@ test('transposed chunked weights: refused without panels, by the GEMM and by ker
     const out = poisoned(owned, [1, 100]);
     const seen = new Float32Array(100 * 16);
     const w = transposedChunks(owned, seen, 100, 16, 64, 32, 'f32');
-    const cols = await MatmulKernel.create(ctx, { knCols: true, knPanel: 32 });
+    const cols = await kernel(ctx, { panel: 32 }, COLS);
     assert.throws(
       () => cols.bind(owned, { x, w, layout: 'nk', out, variant: 'gemm' }),
       (e: Error) => e instanceof ShapeError && /panels of 32 columns.*GEMM needs it plain/.test(e.message),
     );
-    const plain = await MatmulKernel.create(ctx, { knCols: false });
+    const plain = await kernel(ctx);
     assert.throws(
       () => plain.bind(owned, { x, w, layout: 'nk', out }),
       (e: Error) => e instanceof ShapeError && /only the 'kn' gemv_kn_cols GEMV reads/.test(e.message),
@@ -832,23 +787,23 @@ test('transposed chunked weights: refused without panels, by the GEMM and by ker
     );
   }));
 
-// The layer-norm prologue (MatmulArgs.ln): fused in gemv_kn_ln (statistics shared through
-// workgroup memory; K = 130 is no multiple of its 64 threads; split K), a separate layernorm
+// The layer-norm prologue (MatmulArgs.ln): fused in gemv_kn_ln and gemv_kn_red (statistics shared
+// through workgroup memory; K = 130 is no multiple of their threads; split K), a separate layernorm
 // dispatch elsewhere (fuseLn false, the GEMM, gemv_kn_cols plain and paneled even when fuseLn is
-// asked, the 'nk' GEMVs). x rows sit far from zero (mean ~ 40, std ~ 1) so a one-pass variance
+// asked, the 'nk' GEMV). x rows sit far from zero (mean ~ 40, std ~ 1) so a one-pass variance
 // would lose digits.
 test('ln prologue: LN(x) @ W matches float64 in every variant, fused in gemv_kn_ln', () =>
   withDevice(async ({ ctx, owned }) => {
     const K = 130;
     const N = 200;
     const eps = 0.05; // large enough that a wrong use of it shows
-    assert.is((await MatmulKernel.create(ctx)).fuseLn, !ctx.isCpuAdapter, 'fused by default on GPUs only');
-    const kn = await MatmulKernel.create(ctx, { knCols: false, gemvMaxM: 4, fuseLn: true, gemvReduce: 'split' });
-    const cols = await MatmulKernel.create(ctx, { knCols: true, knPanel: 0, fuseLn: true });
-    const paneled = await MatmulKernel.create(ctx, { knCols: true, knPanel: 64 });
-    const unfused = await MatmulKernel.create(ctx, { knCols: false, fuseLn: false, gemvReduce: 'split' });
-    const red = await MatmulKernel.create(ctx, { knCols: false, gemvMaxM: 4, fuseLn: true, gemvReduce: 'workgroup' });
-    const redUnfused = await MatmulKernel.create(ctx, { knCols: false, fuseLn: false, gemvReduce: 'workgroup' });
+    assert.is(deviceProfile(ctx).matmul.fuseLn, !ctx.isCpuAdapter, 'fused on GPUs only');
+    const kn = await kernel(ctx, { gemvMaxM: 4, splitK: 'split' });
+    const cols = await kernel(ctx, { fuseLn: true }, COLS);
+    const paneled = await kernel(ctx, { panel: 64 }, COLS);
+    const unfused = await kernel(ctx, { fuseLn: false, splitK: 'split' });
+    const red = await kernel(ctx, { gemvMaxM: 4 });
+    const redUnfused = await kernel(ctx, { fuseLn: false });
     const runs: Array<[string, MatmulKernel, number, { splitK?: number; panel?: boolean }, boolean]> = [
       ['gemv_kn', kn, 1, {}, true],
       ['gemv_kn split K', kn, 3, { splitK: 3 }, true],
@@ -920,7 +875,7 @@ test('ln prologue: LN(x) @ W matches float64 in every variant, fused in gemv_kn_
     }
   }));
 
-test('ln prologue on the LM head: a layernorm dispatch into the scratch, then the transposed gemv_kn_cols or gemv_nk_rows', () =>
+test('ln prologue on the LM head: a layernorm dispatch into the scratch, then the transposed gemv_kn_cols or gemv_nk', () =>
   withDevice(async ({ ctx, owned }) => {
     const N = 300;
     const K = 48;
@@ -932,8 +887,8 @@ test('ln prologue on the LM head: a layernorm dispatch into the scratch, then th
     const W = makeWeight(rng, { K, N, layout: 'nk', dtype: 'f32' });
     const ref = matmul64(layerNorm64(x, gamma, beta, M, K, 1e-5), W.seen, M, K, N, { layout: 'nk' });
     const ln = { gamma: upload(owned, gamma, [K]), beta: upload(owned, beta, [K]), eps: 1e-5 };
-    const cols = await MatmulKernel.create(ctx, { knCols: true, knPanel: 32, fuseLn: true });
-    const rows = await MatmulKernel.create(ctx, { nkRows: true, fuseLn: true });
+    const cols = await kernel(ctx, { panel: 32, fuseLn: true }, COLS);
+    const rows = await kernel(ctx);
     for (const [k, w] of [
       [cols, transposedChunks(owned, W.seen, N, K, 128, 32, 'f32')],
       [rows, chunked(owned, W.data, N, K, 128, 'f32')],
@@ -958,7 +913,7 @@ test('ln prologue on the LM head: a layernorm dispatch into the scratch, then th
 
 test('ln prologue: bad gamma / beta / eps / scratch are refused with the problem named', () =>
   withDevice(async ({ ctx, owned }) => {
-    const k = await MatmulKernel.create(ctx);
+    const k = await kernel(ctx);
     const x = poisoned(owned, [1, 64]);
     const base = { x, w: poisoned(owned, [64, 32]), layout: 'kn' as const, out: poisoned(owned, [1, 32]) };
     const g = poisoned(owned, [64]);
@@ -977,7 +932,7 @@ test('ln prologue: bad gamma / beta / eps / scratch are refused with the problem
           e instanceof ShapeError && new RegExp(`ln eps must be a finite number > 0, got ${eps}`).test(e.message),
       );
     }
-    const unfused = await MatmulKernel.create(ctx, { fuseLn: false });
+    const unfused = await kernel(ctx, { fuseLn: false });
     assert.throws(
       () => unfused.bind(owned, { ...base, ln: { gamma: g, beta: g, eps: 1e-5, scratch: { ...x } } }),
       (e: Error) => e instanceof ShapeError && /ln scratch shares buffer .* with x/.test(e.message),
@@ -1001,7 +956,7 @@ test('tensors at aligned offsets inside shared buffers (as the engine packs acti
       const W = makeWeight(rng, { K, N, layout, dtype: 'f16' });
       const ref = matmul64(x, W.seen, M, K, N, { layout, bias: b, base });
       for (const k of await kernelsFor(ctx, layout)) {
-        for (const variant of ['gemv', 'gemm'] as const) {
+        for (const variant of k.profile.gemvMaxM === null ? (['gemv'] as const) : (['gemv', 'gemm'] as const)) {
           // x at byte 256 and bias at 1024 of one buffer, out (holding the residual) at byte 768 of
           // another (a buffer written by a dispatch cannot also be read by it), W at byte 512 of a third
           const act = new Float32Array(1024).fill(NaN);
@@ -1026,7 +981,7 @@ test('tensors at aligned offsets inside shared buffers (as the engine packs acti
               variant,
             }),
           );
-          allClose(await download(ctx, out), ref, TOL, `offsets ${layout} ${variant} (nk lanes ${k.lpr})`);
+          allClose(await download(ctx, out), ref, TOL, `offsets ${layout} ${variant} (${what(k)})`);
         }
       }
     }
@@ -1034,7 +989,7 @@ test('tensors at aligned offsets inside shared buffers (as the engine packs acti
 
 test('bind rejects bad shapes, chunked kn weights, over-limit weights and out aliasing an input', () =>
   withDevice(async ({ ctx, owned }) => {
-    const k = await MatmulKernel.create(ctx);
+    const k = await kernel(ctx);
     const x = poisoned(owned, [2, 8]);
     const isShape = (re: RegExp) => (e: Error) => e instanceof ShapeError && re.test(e.message);
     assert.throws(
@@ -1090,48 +1045,6 @@ test('bind rejects bad shapes, chunked kn weights, over-limit weights and out al
     assert.throws(
       () => k.bind(owned, { x, w: poisoned(owned, [8, 4]), layout: 'kn', out: poisoned(owned, [2, 4]), splitK: 0 }),
       isShape(/splitK must be an integer >= 1, got 0/),
-    );
-    for (const knWords of [
-      { f32: 9, f16: 2 },
-      { f32: 4, f16: 5 },
-      { f32: 0, f16: 1 },
-    ]) {
-      await MatmulKernel.create(ctx, { knWords }).then(
-        () => assert.unreachable(`knWords ${JSON.stringify(knWords)} accepted`),
-        (e: Error) =>
-          assert.ok(e instanceof InvalidOptionError && e.message.includes(JSON.stringify(knWords)), e.message),
-      );
-    }
-    // knBlock: more than 16 vec4 accumulators (4 rows x 8 f32 words, 3 rows x 2 x 3 f16 words), 0 or 9 rows
-    for (const knBlock of [
-      { rows: 4, f32: 8, f16: 1 },
-      { rows: 3, f32: 1, f16: 3 },
-      { rows: 0, f32: 1, f16: 1 },
-      { rows: 9, f32: 1, f16: 1 },
-    ]) {
-      await MatmulKernel.create(ctx, { knBlock }).then(
-        () => assert.unreachable(`knBlock ${JSON.stringify(knBlock)} accepted`),
-        (e: Error) =>
-          assert.ok(e instanceof InvalidOptionError && e.message.includes(JSON.stringify(knBlock)), e.message),
-      );
-    }
-    for (const knBlockLarge of [
-      { rows: 8, f32: 4, f16: 1, from: 16 },
-      { rows: 8, f32: 2, f16: 1, from: 1 },
-      { rows: 8, f32: 2, f16: 1, from: 2.5 },
-    ]) {
-      await MatmulKernel.create(ctx, { knBlockLarge }).then(
-        () => assert.unreachable(`knBlockLarge ${JSON.stringify(knBlockLarge)} accepted`),
-        (e: Error) => assert.ok(e instanceof InvalidOptionError && /knBlockLarge/.test(e.message), e.message),
-      );
-    }
-    await MatmulKernel.create(ctx, { nkBlockRows: 5 }).then(
-      () => assert.unreachable('nkBlockRows 5 accepted'),
-      (e: Error) => assert.ok(e instanceof InvalidOptionError && /got 5/.test(e.message), e.message),
-    );
-    await MatmulKernel.create(ctx, { nkLanesPerRow: 12 }).then(
-      () => assert.unreachable('nkLanesPerRow 12 accepted'),
-      (e: Error) => assert.ok(e instanceof InvalidOptionError && /got 12/.test(e.message), e.message),
     );
   }));
 

@@ -1,9 +1,10 @@
 /** Shared model fixtures for engine-level tests: one Engine per test process, models cached. */
 import { createEngine } from '../src/node.js';
-import type { Engine, Model, ModelLoadOptions } from '../src/engine/engine.js';
+import type { Engine, Model, PartialProfile } from '../src/engine/engine.js';
 import { tinyCheckpoint } from './fixtures-util.js';
 import type { GPT2Config } from '../src/engine/config.js';
 import { randomCheckpoint } from '../src/engine/random.js';
+import { decodeMeta, ForwardPlan, rowMeta } from '../src/engine/model.js';
 
 let engineP: Promise<Engine> | undefined;
 export function engine(): Promise<Engine> {
@@ -23,14 +24,14 @@ export function tinyModel(dtype: 'f32' | 'f16' = 'f32'): Promise<Model> {
   return models.get(key)!;
 }
 
-/** A random model of the given config (seeded); `attention` overrides the attention kernel's choices. */
+/** A random model of the given config (seeded); `profile` is merged over the adapter's device profile. */
 export async function randomModel(
   cfg: GPT2Config,
   seed = 0,
   dtype: 'f32' | 'f16' = 'f32',
-  attention?: ModelLoadOptions['attention'],
+  profile?: PartialProfile,
 ): Promise<Model> {
-  return (await engine()).loadModel(randomCheckpoint(cfg, seed), { dtype, attention });
+  return (await engine()).loadModel(randomCheckpoint(cfg, seed), { dtype, experimental: { profile } });
 }
 
 /** A config for small random models. */
@@ -48,4 +49,37 @@ export function cfgOf(over: Partial<GPT2Config>): GPT2Config {
     n_inner: null,
     ...over,
   } as GPT2Config;
+}
+
+/**
+ * Prefills `prompt` on a fresh cache, then feeds `fed` one decode step each; every step's logits
+ * [V]. With `planTokens` the prompt plan is built for that many tokens and the ones past the prompt
+ * parked (a bucketed prompt plan): what they would write to the cache would show in the steps after.
+ */
+export async function decodeLogits(
+  model: Model,
+  prompt: number[],
+  fed: number[],
+  planTokens = prompt.length,
+): Promise<Float32Array[]> {
+  const V = model.config.vocab_size;
+  const cache = await model.createCache({ capacity: 32 });
+  const pre = new ForwardPlan(model, cache, planTokens, 1);
+  const dec = new ForwardPlan(model, cache, 1, 1, { decode: true });
+  try {
+    pre.write({ ids: prompt, meta: rowMeta(0, 0, prompt.length), lastIdx: Uint32Array.of(prompt.length - 1) });
+    model.submit(pre.dispatches);
+    const out: Float32Array[] = [];
+    for (const [i, tok] of fed.entries()) {
+      dec.write({ ids: [tok], meta: decodeMeta([prompt.length + i]) });
+      model.submit(dec.dispatches);
+      out.push(new Float32Array(await model.ctx.readBuffer(dec.logits.buffer, dec.logits.offset, V * 4)));
+    }
+    model.ctx.throwIfErrors();
+    return out;
+  } finally {
+    pre.destroy();
+    dec.destroy();
+    cache.destroy();
+  }
 }

@@ -7,6 +7,7 @@ import { Owned, GpuTensor } from '../src/gpu/common.js';
 import { InvalidOptionError } from '../src/errors.js';
 import { deriveSeed, NormalizedSampling, SamplingOptions, validateSampling } from '../src/sampling/options.js';
 import { Sampler, SamplerState } from '../src/kernels/sampler.js';
+import './kernels/test-shaders.js';
 import { processLogits, sample } from '../src/sampling/sample.js';
 import { allClose, download, downloadU32, poisoned, Rng, run, upload, withDevice } from './helpers.js';
 import { distribution64, gumbelDraw64, philox4x32, processLogits64 } from './reference/sampling.js';
@@ -43,10 +44,9 @@ test('Philox4x32-10 on the GPU matches the Random123 known answers and the CPU r
     ];
     const words = new Uint32Array(cases.length * 10).fill(0xdeadbeef);
     cases.forEach(([c, k], i) => words.set([...c!, ...k!], i * 10));
-    const sampler = await Sampler.create(ctx, 8);
     const aux = upload(owned, words, [words.length], 'u32');
     const g = owned.uniform('kat', [0, 8, 0, 0, 0, cases.length, 1, 0]);
-    const pipe = sampler.pipeline('philox_kat');
+    const pipe = await ctx.pipeline('sampling+sampling_test', 'philox_kat'); // test/shaders/sampling_test.wgsl
     const bindGroup = ctx.device.createBindGroup({
       layout: pipe.getBindGroupLayout(0),
       entries: [

@@ -1,6 +1,6 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { ArgmaxKernel, SoftmaxKernel } from '../src/kernels/softmax.js';
+import { ArgmaxKernel, SoftmaxKernel } from './kernels/softmax.js';
 import { ShapeError } from '../src/errors.js';
 import { allClose, download, downloadU32, poisoned, Rng, run, upload, withDevice } from './helpers.js';
 import { argmax64, softmax64 } from './reference/softmax.js';

@@ -8,7 +8,7 @@ import { GPT2Weights, uploadWeights, UploadProgress, wteRowsPerChunk } from '../
 import type { Checkpoint } from '../src/engine/checkpoint.js';
 import { storedShape, type GpuTensor } from '../src/gpu/common.js';
 import { packF16 } from '../src/kernels/f16.js';
-import { packPanels, packPanelsTransposed } from '../src/kernels/matmul.js';
+import { packPanels, packPanelsTransposed } from '../src/kernels/matmul-pack.js';
 import { download, downloadU32, withDevice } from './helpers.js';
 import { rejectsWith, smallConfig, tinyCheckpoint } from './fixtures-util.js';
 

@@ -7,8 +7,7 @@
  *   const res = await model.generate('Hello', { maxNewTokens: 20, temperature: 0 });
  *   model.destroy(); engine.destroy();
  */
-import type { MatmulOptions } from '../kernels/matmul.js';
-import type { AttentionOptions } from '../kernels/attention.js';
+import { resolveProfile, type DeviceProfile, type PartialProfile } from '../kernels/profile.js';
 import { contextFromDevice, createContext, GpuContext, type ContextOptions } from '../gpu/device.js';
 import { GPT2Model, type LoadOptions } from './model.js';
 import {
@@ -74,14 +73,18 @@ export interface ModelLoadOptions extends LoadOptions {
   onProgress?: (p: LoadProgress) => void;
   /** Seed of random: weights (default 0). */
   seed?: number;
-  /**
-   * Overrides the matmul kernel's per-adapter choices (tests run the GPU variants on lavapipe with
-   * it; benchmarks compare variants). Default: chosen from the adapter.
-   */
-  matmul?: Omit<MatmulOptions, 'layernorm'>;
-  /** The same for the attention kernel: decodeWg (threads per GPU decode workgroup; 0: the 32-thread kernel), lanes (CPU decode kernel), decodeLanes (its invocations per workgroup), blocks (CPU long-prompt kernel), subgroups (CPU attention through subgroups). */
-  attention?: Pick<AttentionOptions, 'decodeWg' | 'lanes' | 'decodeLanes' | 'blocks' | 'subgroups'>;
+  /** Not a stable interface: may change in any release. */
+  experimental?: {
+    /**
+     * The device profile (every kernel choice) to use instead of the adapter's: a built-in one by
+     * `name` and / or fields merged over it (tests run the GPU profile on CPU adapters; benchmarks
+     * compare choices). Checked against the device: InvalidOptionError names a bad field.
+     */
+    profile?: PartialProfile;
+  };
 }
+
+export type { DeviceProfile, PartialProfile } from '../kernels/profile.js';
 
 const now = (): number => (globalThis.performance ?? Date).now();
 
@@ -152,21 +155,22 @@ export class Engine {
       throw new InvalidOptionError(`dtype must be 'f32' or 'f16', got ${String(dtype)}`);
     if (opts.promptBuckets !== undefined && typeof opts.promptBuckets !== 'boolean')
       throw new InvalidOptionError(`promptBuckets must be a boolean, got ${String(opts.promptBuckets)}`);
+    const profile: DeviceProfile = resolveProfile(this.ctx, opts.experimental?.profile, 'experimental.profile');
     const t1 = now();
     const cb = opts.onProgress;
     cb?.({ phase: 'compile', loaded: 0, total: 1 });
-    const kernels = await GPT2Model.buildKernels(this.ctx, ckpt.config, opts.matmul, opts.attention);
+    const kernels = await GPT2Model.buildKernels(this.ctx, ckpt.config, profile);
     cb?.({ phase: 'compile', loaded: 1, total: 1 });
     const t2 = now();
     const weights = await uploadWeights(this.ctx, ckpt, {
       dtype,
-      knPanel: kernels.matmul.knPanel,
+      knPanel: profile.matmul.panel,
       onProgress: cb && ((p) => cb({ phase: 'upload', loaded: p.loadedBytes, total: p.totalBytes })),
     });
     await this.ctx.drain();
     const t3 = now();
     const model = new Model(this.ctx, ckpt.config, weights, kernels, ckpt.source);
-    model.promptBuckets = opts.promptBuckets ?? !this.ctx.isCpuAdapter;
+    model.promptBuckets = opts.promptBuckets ?? profile.promptBuckets;
     model.loadTimes = { resolve_ms: t1 - t0, pipelines_ms: t2 - t1, upload_ms: t3 - t2 };
     this.models.add(model);
     return model;
@@ -289,7 +293,7 @@ function turnPart(q: QueuedTurn): { seed: number; own: NonNullable<GenerateOptio
 function mergeKey(
   opts: Omit<GenerateOptions, 'cache' | 'cacheRows'>,
   cache: KVCache,
-  cpuAdapter: boolean,
+  defaultDepth: number,
   vocab: number,
 ): string | undefined {
   if (
@@ -302,7 +306,7 @@ function mergeKey(
     return undefined;
   try {
     validateSampling(samplingPart(opts), vocab);
-    const { maxNew, depth } = validateGenerate(opts, cpuAdapter);
+    const { maxNew, depth } = validateGenerate({ ...opts, pipelineDepth: opts.pipelineDepth ?? defaultDepth });
     if (maxNew === 0) return undefined;
     return JSON.stringify([depth, opts.stopAtEos ?? true, opts.useCache ?? true]);
   } catch {
@@ -379,7 +383,7 @@ export class SessionGroup {
       }
       const ids = this.model.promptIds(prompt);
       this.model.checkIds(ids, 'prompt'); // a bad prompt fails its own turn only
-      const key = mergeKey(opts, this.cache, this.model.ctx.isCpuAdapter, this.model.config.vocab_size);
+      const key = mergeKey(opts, this.cache, this.model.profile.pipelineDepth, this.model.config.vocab_size);
       if (key === undefined) return this.alone(ids, opts, row);
       return new Promise<GenerateResult>((resolve, reject) => {
         this.pending.push({ session, ids, opts, key, resolve, reject });

@@ -105,7 +105,9 @@ interface RunSpec {
 
 /** Validates everything a generation is given, before any GPU work (prompts included). */
 function specOf(model: GPT2Model, prompts: number[][], opts: GenerateOptions): RunSpec {
-  const { maxNew: sharedMaxNew, rows: R, depth } = validateGenerate(opts, model.ctx.isCpuAdapter);
+  // the profile gives the default depth
+  const withDepth = { ...opts, pipelineDepth: opts.pipelineDepth ?? model.profile.pipelineDepth };
+  const { maxNew: sharedMaxNew, rows: R, depth } = validateGenerate(withDepth);
   const seqOpts = sequenceOptions(opts, R, model.config.vocab_size, sharedMaxNew);
   const maxNew = Math.max(...seqOpts.map((o) => o.maxNew));
   const given = opts.seeds === undefined ? undefined : seedsOf(opts.seeds, opts.seed, R);

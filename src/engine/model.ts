@@ -22,9 +22,10 @@ import type { GPT2Weights } from './weights.js';
 import { KVCache, type CacheOptions, type CacheOwner, type Stashable } from './kvcache.js';
 import { Dispatch, encodeDispatches, GpuTensor, Owned } from '../gpu/common.js';
 import { LayerNormKernel } from '../kernels/layernorm.js';
-import { MatmulKernel, type MatmulOptions } from '../kernels/matmul.js';
+import { MatmulKernel } from '../kernels/matmul.js';
 import { EmbeddingKernel } from '../kernels/embedding.js';
-import { AttentionKernel, type AttentionOptions } from '../kernels/attention.js';
+import { AttentionKernel } from '../kernels/attention.js';
+import type { DeviceProfile } from '../kernels/profile.js';
 import { KvWriteKernel, KvGatherKernel } from '../kernels/kvcache.js';
 import { GatherRowsKernel } from '../kernels/elementwise.js';
 import { Sampler } from '../kernels/sampler.js';
@@ -35,6 +36,8 @@ import { gpt2Tokenizer, type Tokenizer } from './tokenizer.js';
 const STORAGE = () => GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC;
 
 export interface Kernels {
+  /** The device profile they were built for (every kernel choice). */
+  profile: DeviceProfile;
   layernorm: LayerNormKernel;
   matmul: MatmulKernel;
   embedding: EmbeddingKernel;
@@ -102,9 +105,9 @@ export const PLAN_STASH_BYTES = 8 * 1024 * 1024;
 
 /**
  * The 'blocks' attention scratch a prompt plan of T tokens on a cache of `capacity` slots gets
- * (ForwardPlan, promptAttention): where 'auto' would take 'blocks' given one (from BLOCKS_MIN_T
- * tokens on, a kernel with 'blocks' and not 'subgroup' for the model's head size: CPU adapters
- * without subgroups, or with them switched off), else none (zeros).
+ * (ForwardPlan, promptAttention): where the profile's prompt attention takes 'blocks' given one
+ * (from BLOCKS_MIN_T tokens on, profiles whose prompt attention is 'blocks': CPU adapters without
+ * subgroups), else none (zeros).
  */
 function promptScratch(
   att: AttentionKernel,
@@ -112,7 +115,7 @@ function promptScratch(
   capacity: number,
   cfg: GPT2Config,
 ): { scores: number; queries: number; tc: number } {
-  const blocks = att.resolveVariant(T, cfg.n_embd / cfg.n_head, { scratch: true }) === 'blocks';
+  const blocks = att.variantFor(T, { scratch: true }) === 'blocks';
   return blocks ? att.blocksScratch(T, capacity, cfg.n_embd, cfg.n_head) : { scores: 0, queries: 0, tc: 0 };
 }
 
@@ -165,15 +168,14 @@ export class ForwardPlan implements Stashable {
       const hn = buf('hn', [R, C]); // ln_f(hl) where the LM head does not fuse it (R may exceed T: beams)
       this.logits = buf('logits', [R, V]);
       const eps = cfg.layer_norm_epsilon;
-      // A decode plan (one token per row) gains nothing from the tiled prefill attention, whose
-      // tiles would all mix rows: one query per subgroup or per invocation where the kernel has
-      // 'subgroup' / 'lanes' for this head size (CPU adapters), else one per wide workgroup (GPUs:
-      // rows x n_head workgroups only, each hiding its own latency), else one per 32-thread workgroup.
-      const oneQuery = k.attention.oneQueryVariant(C / cfg.n_head);
-      const attnVariant = this.decode || (T === cache.rows && R === T && T > 1) ? oneQuery : 'auto';
-      // Long prompts on CPU adapters: attention as two matrix products through scratch buffers
-      // that all layers share (their dispatches run one after another).
-      const blocks = attnVariant === 'auto' ? promptScratch(k.attention, T, cache.capacity, cfg) : undefined;
+      // A decode plan (one token per row) gains nothing from the prompt attention, whose blocks of
+      // tokens would all mix rows: it takes the profile's decode attention; so does a step of one
+      // token in every row. Other steps take the profile's prompt attention for T tokens.
+      const oneQuery = this.decode || (T === cache.rows && R === T && T > 1);
+      const attnVariant = oneQuery ? k.attention.decode : undefined;
+      // Long prompts where the profile says 'blocks': attention as two matrix products through
+      // scratch buffers that all layers share (their dispatches run one after another).
+      const blocks = oneQuery ? undefined : promptScratch(k.attention, T, cache.capacity, cfg);
       const scratch = blocks?.scores
         ? { scores: buf('att.scores', [blocks.scores]), queries: buf('att.queries', [blocks.queries]) } // [n_head, capacity, tc], [n_head, D, tc]
         : undefined;
@@ -331,8 +333,9 @@ export interface LoadOptions {
   /**
    * Build a session's prompt plans of up to PROMPT_BUCKET_MAX tokens for a power-of-two count (8,
    * 16, 32 or 64), the tokens past the prompt parked, so that later turns of other lengths reuse
-   * them instead of building a plan (see promptBucket). Default: on GPUs, where those extra tokens
-   * cost next to nothing; off on CPU adapters, where every token costs its share of the compute.
+   * them instead of building a plan (see promptBucket). Default: the device profile's (on GPUs,
+   * where those extra tokens cost next to nothing; off on CPU adapters, where every token costs its
+   * share of the compute).
    */
   promptBuckets?: boolean;
 }
@@ -366,27 +369,27 @@ export class GPT2Model implements CacheOwner {
     readonly source: string,
   ) {}
 
-  /** Builds every kernel's pipelines once for this model. */
-  static async buildKernels(
-    ctx: GpuContext,
-    cfg: GPT2Config,
-    matmulOptions: MatmulOptions = {},
-    attentionOptions: Pick<AttentionOptions, 'decodeWg' | 'lanes' | 'decodeLanes' | 'blocks' | 'subgroups'> = {},
-  ): Promise<Kernels> {
+  /** The device profile its kernels were built for. */
+  get profile(): DeviceProfile {
+    return this.kernels.profile;
+  }
+
+  /** Builds every kernel's pipelines once for this model: the ones `profile` names (see kernels/profile.ts). */
+  static async buildKernels(ctx: GpuContext, cfg: GPT2Config, profile: DeviceProfile): Promise<Kernels> {
     // The matmul kernel shares the model's layernorm kernel; the others need not wait for it.
-    const layernormP = LayerNormKernel.create(ctx);
+    const layernormP = LayerNormKernel.create(ctx, profile.layernorm);
     const [layernorm, matmul, embedding, attention, kvWrite, kvGather, gatherRows, sampler, beam] = await Promise.all([
       layernormP,
-      layernormP.then((layernorm) => MatmulKernel.create(ctx, { ...matmulOptions, layernorm })),
+      layernormP.then((layernorm) => MatmulKernel.create(ctx, profile.matmul, layernorm)),
       EmbeddingKernel.create(ctx),
-      AttentionKernel.create(ctx, { ...attentionOptions, headDim: cfg.n_embd / cfg.n_head }),
+      AttentionKernel.create(ctx, { ...profile.attention, headDim: cfg.n_embd / cfg.n_head }),
       KvWriteKernel.create(ctx),
       KvGatherKernel.create(ctx),
       GatherRowsKernel.create(ctx),
       Sampler.create(ctx, cfg.vocab_size),
       BeamKernel.create(ctx),
     ]);
-    return { layernorm, matmul, embedding, attention, kvWrite, kvGather, gatherRows, sampler, beam };
+    return { profile, layernorm, matmul, embedding, attention, kvWrite, kvGather, gatherRows, sampler, beam };
   }
 
   get destroyed(): boolean {
@@ -446,8 +449,18 @@ export class GPT2Model implements CacheOwner {
 
   /** The attention kernel a prompt plan of T tokens of one row runs ('tiled', 'subgroup', 'blocks', 'pairs', ...), as ForwardPlan picks it: for reports. */
   promptAttention(T: number): string {
-    // A prompt plan gets a 'blocks' scratch exactly where 'auto' takes 'blocks' given one (promptScratch).
-    return this.kernels.attention.resolveVariant(T, this.config.n_embd / this.config.n_head, { scratch: true });
+    // A prompt plan gets a 'blocks' scratch exactly where the profile takes 'blocks' given one (promptScratch).
+    return this.kernels.attention.variantFor(T, { scratch: true });
+  }
+
+  /** The attention kernel of decode steps ('wide', 'subgroup', 'lanes', 'query'): for reports. */
+  decodeAttention(): string {
+    return this.kernels.attention.decode;
+  }
+
+  /** The kernel the per-layer matmuls of a T-token prompt take ('gemm', 'gemv', 'subgroups', 'cols'): for reports. */
+  promptMatmul(T: number): string {
+    return this.kernels.matmul.kernelFor(T, this.config.n_embd);
   }
 
   /**

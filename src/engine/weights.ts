@@ -17,7 +17,7 @@ import { InvalidOptionError, OutOfMemoryError, ShapeError } from '../errors.js';
 import type { ChunkedTensor, GpuTensor } from '../gpu/common.js';
 import { isPanelWidth, storedBytes, storedShape, tensorBytes } from '../gpu/common.js';
 import { packF16 } from '../kernels/f16.js';
-import { alignedRows, packPanels, packPanelsTransposed } from '../kernels/matmul.js';
+import { alignedRows, packPanels, packPanelsTransposed } from '../kernels/matmul-pack.js';
 import type { Checkpoint } from './checkpoint.js';
 import type { GPT2Config } from './config.js';
 import type { GpuContext } from '../gpu/device.js';

@@ -1,6 +1,7 @@
 /**
- * Causal multi-head attention over the KV cache (shaders/attention.wgsl), one code path for prefill
- * (many tokens of one or several rows) and decode (one token per row).
+ * Causal multi-head attention over the KV cache (shaders/attention.wgsl + attention_prompt.wgsl,
+ * attention_subgroups.wgsl), for prefill (many tokens of one or several rows) and decode (one
+ * token per row).
  *
  * Query t (row r, position p from meta) attends to its row's positions max(0, p - cap + 1)..p,
  * read from slot (position % cap): the ring's window. The caller guarantees
@@ -11,14 +12,55 @@
  *     capacity that holds for a decode step, one token per row; a later token of the same step
  *     would overwrite a slot still inside an earlier token's window).
  * A token whose row is >= rows gets a NaN output (defence in depth).
+ *
+ * Which kernels run is the device profile's choice (AttentionProfile, set in profile.ts): one for
+ * decode steps and one family for prompts. A kernel is built for one head size and builds the
+ * pipelines of those two choices only; a choice that cannot run that head size falls back to
+ * 'query' (see fitTo).
  */
 import type { GpuContext } from '../gpu/device.js';
 import { InvalidOptionError, ShapeError } from '../errors.js';
 import { binding, Dispatch, expectTensor, f32bits, GpuTensor, isPowerOfTwoIn, Owned } from '../gpu/common.js';
 import { expectDisjoint, grid, NAN_BITS } from './elementwise.js';
 
-/** Largest head size the kernel's workgroup arrays hold. */
+/** Largest head size the kernels' arrays hold. */
 export const ATTENTION_MAX_HEAD_DIM = 256;
+
+/**
+ * The kernels, per (token or block of tokens, head):
+ *   'query'     main_vec4 (main where D % 4 != 0): a 32-thread workgroup per token, any step;
+ *   'wide'      main_vec4 with `decodeWg` threads: decode on GPUs (few workgroups, each hiding its
+ *               own load latency); D % 4 == 0;
+ *   'lanes'     decode_lanes: one invocation per token, no barriers (CPU adapters);
+ *   'pairs'     prefill_lanes: one invocation per two consecutive tokens of a row, sharing each K/V
+ *               load, then decode_lanes for the tokens of pairs that do not qualify;
+ *   'blocks'    blocks of 8 tokens of a row as two matrix products through the `scratch` buffers
+ *               (long prompts on CPU adapters without subgroups), then decode_lanes for the rest;
+ *   'tiled'     tiled_vec4: 8 consecutive tokens of a row per workgroup sharing K/V loads through
+ *               workgroup memory (prompts on GPUs; D % 4 == 0, D <= 64), then 'query' for the rest;
+ *   'subgroup'  a subgroup per query (decode_sg: decode steps, single tokens) or per block of
+ *               `subgroupLanes` tokens (prefill_sg), sharing K/V words and summing with subgroupAdd.
+ * 'lanes', 'pairs', 'blocks' and 'subgroup' need D % 4 == 0, D <= ATTENTION_MAX_HEAD_DIM.
+ */
+export type AttentionVariant = 'query' | 'wide' | 'lanes' | 'pairs' | 'blocks' | 'tiled' | 'subgroup';
+
+/** The device profile's attention choices. */
+export interface AttentionProfile {
+  /** Decode steps (one token per row, writing its own K/V): 'wide', 'lanes', 'subgroup' or 'query'. */
+  decode: 'wide' | 'lanes' | 'subgroup' | 'query';
+  /**
+   * Prompt steps (runs of tokens of a row): 'tiled' (from TILED_MIN_T tokens, 'query' below),
+   * 'blocks' (from BLOCKS_MIN_T tokens given a scratch, 'pairs' below), 'pairs' (one token:
+   * 'lanes'), 'subgroup' or 'query'.
+   */
+  prompt: 'tiled' | 'pairs' | 'blocks' | 'subgroup' | 'query';
+  /** 'wide': threads per workgroup, a power of two in [32, 256]. */
+  decodeWg: number;
+  /** 'lanes': invocations per decode_lanes workgroup, a power of two in [1, 64]. */
+  decodeLanes: number;
+  /** 'subgroup' prompts: invocations of prefill_sg = its queries per workgroup, 4 or 8, at most the device's subgroup size. */
+  subgroupLanes: number;
+}
 
 export interface AttentionArgs {
   qkv: GpuTensor; // [T, 3C] f32
@@ -31,51 +73,24 @@ export interface AttentionArgs {
    * Scratch of variant 'blocks', sized by `blocksScratch(...)`: `scores` [n_head, capacity, tc] f32
    * (S, then P, per chunk of tc tokens) and `queries` [n_head, D, tc] f32 (the chunk's q,
    * transposed); several layers' dispatches may share them (they run one after another). Without
-   * it 'auto' does not pick 'blocks'.
+   * it the profile's 'blocks' prompts take 'pairs'.
    */
   scratch?: { scores: GpuTensor; queries: GpuTensor };
   /**
-   * Which kernel: 'query' (one workgroup per token and head; vec4 loads when D % 4 == 0, else
-   * scalar), 'scalar' (the same, always scalar), 'lanes' (one invocation per token and head, no
-   * barriers: the kernel's `lanesHeadDim` must equal D), 'pairs' (one invocation per two
-   * consecutive tokens and a head, sharing each K/V load when the tokens are neighbours in one row;
-   * the same head-size rule; not with writeKv), 'tiled' (8 consecutive tokens x one head per
-   * workgroup sharing K/V loads: for prompts; needs D % 4 == 0 and D <= 64; tiles mixing rows fall
-   * back to one token at a time, so it is correct for any step, only slower for decode), 'wide'
-   * (the vec4 kernel with `decodeWg` threads per workgroup; needs D % 4 == 0 and a kernel created
-   * with decodeWg), 'blocks' (CPU adapters, long prompts: blocks of 8 tokens of one row as two
-   * matrix products through the `scratch` buffers, the same head-size rule; not with writeKv),
-   * 'subgroup' (shaders/attention_subgroups.wgsl: a subgroup per head and query, sharing the
-   * head's words and summing the dot products with subgroupAdd; writeKv steps and single tokens
-   * take decode_sg, one query per subgroup, other steps prefill_sg, blocks of `sgQueries`
-   * consecutive tokens of a row sharing each K/V load, which needs kv_write to have run; the
-   * kernel's `subgroupHeadDim` must equal D) or 'auto' (default). 'auto' on a kernel with
-   * 'subgroup' for this D (CPU adapters with subgroups): 'subgroup' for every step. Else, on a kernel
-   * with the one-invocation kernels for this D (CPU adapters): 'lanes' for writeKv steps and
-   * single tokens, 'blocks' for T >= BLOCKS_MIN_T when `scratch` is given, else 'pairs'.
-   * Otherwise: 'tiled' when it applies and T >= 16, else 'wide' for a writeKv step when the
-   * kernel has it (GPUs), else 'query'.
+   * Which kernel (one this kernel built; see AttentionVariant); default: the profile's for the step
+   * (variantFor). 'pairs', 'blocks' and 'tiled' need kv_write to have run (not with writeKv).
    */
-  variant?: 'auto' | 'query' | 'scalar' | 'lanes' | 'pairs' | 'tiled' | 'wide' | 'blocks' | 'subgroup';
+  variant?: AttentionVariant;
   /**
    * The kernel copies each token's key and value (qkv cols [C, 3C)) to its cache slot itself before
    * attending, so no kv_write dispatch is needed. Only for steps whose tokens are all in different
-   * rows (decode: then a token's workgroups are the only ones touching its row); not with 'tiled'.
+   * rows (decode: then a token's workgroups are the only ones touching its row); only with the
+   * one-query kernels ('query', 'wide', 'lanes', 'subgroup').
    */
   writeKv?: boolean;
 }
 
-const VARIANTS: ReadonlyArray<NonNullable<AttentionArgs['variant']>> = [
-  'auto',
-  'query',
-  'scalar',
-  'lanes',
-  'pairs',
-  'tiled',
-  'wide',
-  'blocks',
-  'subgroup',
-];
+const ONE_QUERY: ReadonlySet<AttentionVariant> = new Set(['query', 'wide', 'lanes', 'subgroup']);
 
 /** Tokens per block of variant 'blocks' (QB in the shader); chunks start at multiples of it. */
 const BLOCK_TOKENS = 8;
@@ -83,217 +98,152 @@ const BLOCK_TOKENS = 8;
 const BLOCK_LANES = 8;
 /** Bytes the 'blocks' score scratch may take (less where the binding limit is lower): chunks of tokens beyond. */
 export const BLOCKS_SCRATCH_BYTES = 64 * 1024 * 1024;
-/** Prompts of at least this many tokens take 'blocks' under 'auto' (CPU adapters). */
+/** Prompts of at least this many tokens take 'blocks' where the profile says so (given a scratch). */
 export const BLOCKS_MIN_T = 64;
-
+/** Prompts of at least this many tokens take 'tiled' where the profile says so (two tiles). */
+export const TILED_MIN_T = 16;
 /** Tokens per tile of the tiled kernel (its workgroup size / 4 lanes per token). */
 const TILE_TOKENS = 8;
-/**
- * prefill_lanes: invocations (token pair, head) per workgroup (LANES in the shader). decode_lanes
- * takes AttentionOptions.decodeLanes (default DECODE_LANES): on lavapipe 2-lane workgroups decoded
- * 1.3-1.8x faster than 8-lane ones (batch 1 at positions 128 and 900, batch 4 at 900, batch 16 at
- * 400), while the pairs kernel ran 1.2x faster with 8 (512 tokens).
- */
+/** Threads per workgroup of 'query' (a power of two for the tree max; one warp / SIMD group on most GPUs). */
+const QUERY_WG = 32;
+/** prefill_lanes invocations (token pair, head) per workgroup, and of the decode_lanes pass after it (LANES). */
 const PAIR_LANES = 8;
-export const DECODE_LANES = 2;
-/**
- * Invocations per (token, head) of decode_sg (SGA in shaders/attention_subgroups.wgsl): on
- * lavapipe (8-lane subgroups) 4 ran decode attention 1.5-2x faster than decode_lanes at batch
- * 16-64 (a subgroup of 8: 1.2-1.5x; at batch 1 8 was slightly faster, where attention is a small
- * part of a step); SwiftShader's subgroups are 4 lanes. A device needs subgroups of at least this
- * many invocations for 'subgroup'.
- */
+/** Invocations per (token, head) of decode_sg (SGA in attention_subgroups.wgsl); 'subgroup' needs device subgroups of at least this. */
 export const SG_LANES = 4;
-/**
- * prefill_sg's invocations per workgroup and its queries per workgroup (QS) are both the device's
- * subgroup size up to this: on lavapipe 8 and 8 (~3x the pairs kernel for 32 tokens after 500)
- * beat 4 and 4, 8 and 4 (~2x) and 8 and 2; at D 64, 8 queries x 2 head words per invocation
- * hold q and the accumulators in 2 x 16 vec4, as 4 queries x 4 words do.
- */
-export const SG_PROMPT_MAX = 8;
 
-export interface AttentionOptions {
-  /**
-   * Head size D for which to build `decode_lanes` (variant 'lanes'); it must be a multiple of 4 up
-   * to ATTENTION_MAX_HEAD_DIM. Without it there is no 'lanes' variant.
-   */
-  headDim?: number;
-  /**
-   * Whether to build `decode_lanes` for headDim. Default: on CPU adapters when headDim fits (a
-   * multiple of 4 up to the maximum), where it measured faster than the workgroup-per-token
-   * kernel (lavapipe runs shaders with barriers as coroutines).
-   */
-  lanes?: boolean;
-  /**
-   * Threads per workgroup of the 'wide' vec4 kernel for decode steps: a power of two in [32, 256].
-   * Default: 256 on GPUs (a decode step has only rows x n_head workgroups, so each should hide
-   * its own load latency); none on CPU adapters, which decode with 'lanes'. 0: none.
-   */
-  decodeWg?: number;
-  /** Invocations per workgroup of decode_lanes (variant 'lanes'): a power of two in [1, 64]. Default DECODE_LANES (2). */
-  decodeLanes?: number;
-  /**
-   * Most bytes of one chunk's score scratch for variant 'blocks' (tokens beyond go in further
-   * chunks): at least 8 tokens' worth is always allowed. Default BLOCKS_SCRATCH_BYTES (64 MiB),
-   * capped by the binding limit.
-   */
+/** Whether the one-invocation and subgroup kernels run head size D (their head loops are unrolled to D / 4). */
+export function lanesFit(D: number): boolean {
+  return Number.isInteger(D) && D >= 4 && D % 4 === 0 && D <= ATTENTION_MAX_HEAD_DIM;
+}
+
+/** The profile's choices for head size D: a choice that cannot run D falls back to 'query'. */
+export function fitTo(p: AttentionProfile, D: number): Pick<AttentionProfile, 'decode' | 'prompt'> {
+  const lanes = lanesFit(D);
+  const decode = p.decode === 'wide' ? D % 4 === 0 : p.decode === 'query' || lanes;
+  const prompt = p.prompt === 'tiled' ? D % 4 === 0 && D <= 64 : p.prompt === 'query' || lanes;
+  return { decode: decode ? p.decode : 'query', prompt: prompt ? p.prompt : 'query' };
+}
+
+/** Checks an AttentionProfile (every field present) and that the device can run it; throws InvalidOptionError naming the field. */
+export function checkAttentionProfile(ctx: GpuContext, p: AttentionProfile, where = 'attention'): void {
+  const bad = (field: string, what: string, got: unknown) =>
+    new InvalidOptionError(`${where}.${field} must be ${what}, got ${JSON.stringify(got)}`);
+  if (!['wide', 'lanes', 'subgroup', 'query'].includes(p.decode))
+    throw bad('decode', "'wide', 'lanes', 'subgroup' or 'query'", p.decode);
+  if (!['tiled', 'pairs', 'blocks', 'subgroup', 'query'].includes(p.prompt))
+    throw bad('prompt', "'tiled', 'pairs', 'blocks', 'subgroup' or 'query'", p.prompt);
+  if (!isPowerOfTwoIn(p.decodeWg, 32, 256)) throw bad('decodeWg', 'a power of two in [32, 256]', p.decodeWg);
+  if (!isPowerOfTwoIn(p.decodeLanes, 1, 64)) throw bad('decodeLanes', 'a power of two in [1, 64]', p.decodeLanes);
+  if (p.subgroupLanes !== 4 && p.subgroupLanes !== 8) throw bad('subgroupLanes', '4 or 8', p.subgroupLanes);
+  const size = ctx.features.subgroupSize;
+  const needs = Math.max(p.decode === 'subgroup' ? SG_LANES : 0, p.prompt === 'subgroup' ? p.subgroupLanes : 0);
+  // A workgroup of SG_LANES (or subgroupLanes) invocations must be one subgroup: subgroupAdd sums the subgroup.
+  if (needs && !(ctx.features.subgroups && size !== null && size >= needs)) {
+    throw new InvalidOptionError(
+      `${where}: 'subgroup' (decode ${p.decode}, prompt ${p.prompt}) needs the 'subgroups' feature with a single subgroup size of at least ${needs}; here subgroups ${ctx.features.subgroups}, subgroup size ${size ?? 'not a single size'}. Use 'lanes' / 'blocks' (CPU adapters) or 'wide' / 'tiled'`,
+    );
+  }
+}
+
+export interface AttentionOptions extends AttentionProfile {
+  /** The head size D = C / n_head every bind must have. */
+  headDim: number;
+  /** Most bytes of one chunk's 'blocks' score scratch (at least 8 tokens' worth); default BLOCKS_SCRATCH_BYTES, capped by the binding limit. */
   blocksScratchBytes?: number;
-  /**
-   * Whether to build variant 'blocks' (long prompts as matrix products) beside the lanes kernels.
-   * Default: with them (CPU adapters) where 'subgroup' is not built (which 'auto' prefers); true
-   * needs the lanes kernels.
-   */
-  blocks?: boolean;
-  /**
-   * Whether to build variant 'subgroup' (decode_sg and prefill_sg, shaders/attention_subgroups.wgsl)
-   * for headDim: one subgroup per (query or block of queries, head). Needs the `subgroups`
-   * feature with a single subgroup size of at least SG_LANES and a headDim as for 'lanes'.
-   * Default: where the lanes kernels are built (CPU adapters) and the device has such subgroups
-   * (lavapipe, SwiftShader); 'auto' then takes it for every step.
-   */
-  subgroups?: boolean;
+}
+
+/** The pipelines a kernel may hold, by the role they play. */
+type Role =
+  | 'query'
+  | 'wide'
+  | 'lanes'
+  | 'rest'
+  | 'pairs'
+  | 'tiled'
+  | 'qt'
+  | 'scores'
+  | 'softmax'
+  | 'pv'
+  | 'sgDecode'
+  | 'sgPrompt';
+
+/** What a variant's dispatches need, besides the step. */
+interface Step {
+  T: number;
+  C: number;
+  nHead: number;
+  rows: number;
+  cap: number;
+  writeKv: boolean;
 }
 
 export class AttentionKernel {
   private constructor(
     private readonly ctx: GpuContext,
-    private readonly pipeline: GPUComputePipeline,
-    private readonly pipelineVec4: GPUComputePipeline,
-    private readonly pipelineTiled: GPUComputePipeline,
-    private readonly pipelineLanes: GPUComputePipeline | undefined,
-    private readonly pipelinePairs: GPUComputePipeline | undefined,
-    /** decode_lanes at PAIR_LANES per workgroup: the pairs' second pass, which skips most invocations (in 2-lane workgroups it took 4-12% longer). */
-    private readonly pipelineRest: GPUComputePipeline | undefined,
-    private readonly pipelineWide: GPUComputePipeline | undefined,
-    readonly wg: number,
-    /** The head size decode_lanes was built for (variant 'lanes'); undefined: none. */
-    readonly lanesHeadDim: number | undefined,
-    /** Threads per workgroup of variant 'wide' (decode steps on GPUs); undefined: not built. */
-    readonly decodeWg: number | undefined,
-    /** Invocations per workgroup of decode_lanes (AttentionOptions.decodeLanes). */
-    readonly decodeLanes: number,
-    /** Variant 'blocks' (built with the lanes kernels): its three passes. */
-    private readonly pipelinesBlocks:
-      | { qt: GPUComputePipeline; scores: GPUComputePipeline; softmax: GPUComputePipeline; pv: GPUComputePipeline }
-      | undefined,
+    /** The head size every bind has. */
+    readonly headDim: number,
+    /** The kernels it runs for decode steps and prompts (the profile's, fitted to headDim). */
+    readonly decode: AttentionProfile['decode'],
+    readonly prompt: AttentionProfile['prompt'],
+    private readonly pipes: Partial<Record<Role, GPUComputePipeline>>,
+    /** Invocations per workgroup of decode_lanes ('lanes'). */
+    private readonly decodeLanes: number,
+    /** prefill_sg's queries per workgroup (QS). */
+    readonly sgQueries: number,
     /** AttentionOptions.blocksScratchBytes. */
     readonly blocksScratchBytes: number,
-    /** Variant 'subgroup': decode_sg and prefill_sg, built for head size subgroupHeadDim. */
-    private readonly pipelinesSg: { decode: GPUComputePipeline; prompt: GPUComputePipeline } | undefined,
-    /** The head size variant 'subgroup' was built for; undefined: none. */
-    readonly subgroupHeadDim: number | undefined,
-    /** prefill_sg's queries per workgroup (QS); 0 without 'subgroup'. */
-    readonly sgQueries: number,
   ) {}
 
-  static async create(ctx: GpuContext, opts: AttentionOptions = {}): Promise<AttentionKernel> {
-    const { headDim } = opts;
-    const fits =
-      headDim !== undefined &&
-      Number.isInteger(headDim) &&
-      headDim >= 4 &&
-      headDim % 4 === 0 &&
-      headDim <= ATTENTION_MAX_HEAD_DIM;
-    // By default only where it applies (other head sizes keep the workgroup kernels); asked for, it must.
-    const lanes = opts.lanes ?? (ctx.isCpuAdapter && fits);
-    if (lanes && !fits) {
+  static async create(ctx: GpuContext, opts: AttentionOptions): Promise<AttentionKernel> {
+    const D = opts.headDim;
+    if (!(Number.isInteger(D) && D >= 1 && D <= ATTENTION_MAX_HEAD_DIM))
       throw new InvalidOptionError(
-        `AttentionKernel: headDim for the 'lanes' kernel must be a multiple of 4 in [4, ${ATTENTION_MAX_HEAD_DIM}], got ${headDim}; pass lanes: false for other head sizes`,
+        `AttentionKernel: headDim must be an integer in [1, ${ATTENTION_MAX_HEAD_DIM}], got ${D}`,
       );
-    }
-    // 32 threads (a power of two for the tree max): on lavapipe smaller workgroups cut the fixed
-    // cost per block (measured: prefill T=128 -30%, decode at pos 1000 -35% against 64); it is one
-    // warp/SIMD group on most GPUs. Every adapter allows >= 256 invocations, so no clamp is needed.
-    const wg = 32;
-    const decodeWg = opts.decodeWg ?? (ctx.isCpuAdapter ? 0 : 256);
-    if (decodeWg !== 0 && !isPowerOfTwoIn(decodeWg, 32, 256)) {
-      throw new InvalidOptionError(
-        `AttentionKernel: decodeWg must be a power of two in [32, 256] (threads per decode workgroup) or 0 for none, got ${decodeWg}`,
-      );
-    }
-    const decodeLanes = opts.decodeLanes ?? DECODE_LANES;
-    if (!isPowerOfTwoIn(decodeLanes, 1, 64)) {
-      throw new InvalidOptionError(
-        `AttentionKernel: decodeLanes must be a power of two in [1, 64] (invocations per decode_lanes workgroup), got ${decodeLanes}`,
-      );
-    }
+    checkAttentionProfile(ctx, opts);
     const blocksScratchBytes = opts.blocksScratchBytes ?? BLOCKS_SCRATCH_BYTES;
     if (!Number.isInteger(blocksScratchBytes) || blocksScratchBytes < 1) {
       throw new InvalidOptionError(
         `AttentionKernel: blocksScratchBytes must be a positive integer (bytes of the 'blocks' score scratch per chunk), got ${blocksScratchBytes}`,
       );
     }
-    if (opts.subgroups !== undefined && typeof opts.subgroups !== 'boolean') {
-      throw new InvalidOptionError(`AttentionKernel: subgroups must be a boolean, got ${String(opts.subgroups)}`);
-    }
-    // A workgroup of SG_LANES (or sgLanes) invocations must be one subgroup (subgroupAdd sums the subgroup).
-    const sgSize = ctx.features.subgroupSize;
-    const sgFits = ctx.features.subgroups && sgSize !== null && sgSize >= SG_LANES;
-    const sg = opts.subgroups ?? (lanes && sgFits);
-    if (sg && !(fits && sgFits)) {
-      throw new InvalidOptionError(
-        `AttentionKernel: subgroups needs the 'subgroups' feature with a single subgroup size of at least ${SG_LANES} and a headDim that is a multiple of 4 in [4, ${ATTENTION_MAX_HEAD_DIM}]; here subgroups ${ctx.features.subgroups}, subgroup size ${sgSize ?? 'not a single size'}, headDim ${String(headDim)}`,
-      );
-    }
-    const sgLanes = sg ? Math.min(SG_PROMPT_MAX, sgSize!) : 0; // prefill_sg: invocations = queries per workgroup
-    if (opts.blocks !== undefined && typeof opts.blocks !== 'boolean')
-      throw new InvalidOptionError(`AttentionKernel: blocks must be a boolean, got ${String(opts.blocks)}`);
-    const blocks = opts.blocks ?? (lanes && !sg);
-    if (blocks && !lanes)
-      throw new InvalidOptionError(
-        `AttentionKernel: blocks: true needs the lanes kernels (lanes: true, a headDim that fits), which this kernel does not build (lanes ${String(opts.lanes)}, headDim ${String(headDim)})`,
-      );
-    const [scalar, vec4, tiled, lanesP, pairsP, restP, wide, qtP, scoresP, softmaxP, pvP, sgDecodeP, sgPromptP] =
-      await Promise.all([
-        ctx.pipeline('attention', 'main', { WG: wg }),
-        ctx.pipeline('attention', 'main_vec4', { WG: wg }),
-        ctx.pipeline('attention', 'tiled_vec4', { WG: wg }),
-        lanes ? ctx.pipeline('attention', 'decode_lanes', { HD4: headDim! / 4, LANES: decodeLanes }) : undefined,
-        lanes ? ctx.pipeline('attention', 'prefill_lanes', { HD4: headDim! / 4, LANES: PAIR_LANES }) : undefined,
-        lanes ? ctx.pipeline('attention', 'decode_lanes', { HD4: headDim! / 4, LANES: PAIR_LANES }) : undefined,
-        decodeWg ? ctx.pipeline('attention', 'main_vec4', { WG: decodeWg }) : undefined,
-        blocks ? ctx.pipeline('attention', 'att_qt', { LANES: BLOCK_LANES }) : undefined,
-        blocks ? ctx.pipeline('attention', 'att_scores', {}) : undefined,
-        blocks ? ctx.pipeline('attention', 'att_softmax', { LANES: BLOCK_LANES }) : undefined,
-        blocks ? ctx.pipeline('attention', 'att_pv', {}) : undefined,
-        sg
-          ? ctx.pipeline('attention+attention_subgroups', 'decode_sg', {
-              HD4: headDim! / 4,
-              SGA: SG_LANES,
-              WPL: Math.ceil(headDim! / 4 / SG_LANES),
-            })
-          : undefined,
-        sg
-          ? ctx.pipeline('attention+attention_subgroups', 'prefill_sg', {
-              HD4: headDim! / 4,
-              SGA: sgLanes,
-              WPL: Math.ceil(headDim! / 4 / sgLanes),
-              QS: sgLanes,
-            })
-          : undefined,
-      ]);
-    const sgP = sgDecodeP && sgPromptP ? { decode: sgDecodeP, prompt: sgPromptP } : undefined;
-    const blocksP =
-      qtP && scoresP && softmaxP && pvP ? { qt: qtP, scores: scoresP, softmax: softmaxP, pv: pvP } : undefined;
-    return new AttentionKernel(
-      ctx,
-      scalar,
-      vec4,
-      tiled,
-      lanesP,
-      pairsP,
-      restP,
-      wide,
-      wg,
-      lanes ? headDim! : undefined,
-      decodeWg || undefined,
-      decodeLanes,
-      blocksP,
-      blocksScratchBytes,
-      sgP,
-      sg ? headDim! : undefined,
-      sgLanes,
-    );
+    const { decode, prompt } = fitTo(opts, D);
+    const roles = new Set<Role>([decode === 'subgroup' ? 'sgDecode' : decode]);
+    if (prompt === 'tiled') roles.add('tiled').add('query');
+    else if (prompt === 'pairs') roles.add('pairs').add('rest');
+    else if (prompt === 'blocks') roles.add('qt').add('scores').add('softmax').add('pv').add('pairs').add('rest');
+    else if (prompt === 'subgroup') roles.add('sgPrompt').add('sgDecode');
+    else roles.add('query');
+    const specs = AttentionKernel.specs(D, opts);
+    const list = [...roles];
+    const built = await Promise.all(list.map((r) => ctx.pipeline(...specs[r])));
+    const pipes = Object.fromEntries(list.map((r, i) => [r, built[i]!]));
+    const sgQueries = opts.subgroupLanes;
+    return new AttentionKernel(ctx, D, decode, prompt, pipes, opts.decodeLanes, sgQueries, blocksScratchBytes);
+  }
+
+  /** Module, entry point and override constants of each role's pipeline at head size D. */
+  private static specs(D: number, p: AttentionProfile): Record<Role, [string, string, Record<string, number>]> {
+    const HD4 = D / 4;
+    const sg = 'attention+attention_subgroups';
+    return {
+      query: ['attention', D % 4 === 0 ? 'main_vec4' : 'main', { WG: QUERY_WG }],
+      wide: ['attention', 'main_vec4', { WG: p.decodeWg }],
+      lanes: ['attention', 'decode_lanes', { HD4, LANES: p.decodeLanes }],
+      rest: ['attention', 'decode_lanes', { HD4, LANES: PAIR_LANES }],
+      pairs: ['attention+attention_prompt', 'prefill_lanes', { HD4, LANES: PAIR_LANES }],
+      tiled: ['attention+attention_prompt', 'tiled_vec4', { WG: QUERY_WG }],
+      qt: ['attention+attention_prompt', 'att_qt', { LANES: BLOCK_LANES }],
+      scores: ['attention+attention_prompt', 'att_scores', {}],
+      softmax: ['attention+attention_prompt', 'att_softmax', { LANES: BLOCK_LANES }],
+      pv: ['attention+attention_prompt', 'att_pv', {}],
+      sgDecode: [sg, 'decode_sg', { HD4, SGA: SG_LANES, WPL: Math.ceil(HD4 / SG_LANES) }],
+      sgPrompt: [
+        sg,
+        'prefill_sg',
+        { HD4, SGA: p.subgroupLanes, WPL: Math.ceil(HD4 / p.subgroupLanes), QS: p.subgroupLanes },
+      ],
+    };
   }
 
   /**
@@ -301,10 +251,10 @@ export class AttentionKernel {
    * heads: tokens go in chunks of `tc` (a multiple of 8) so that the scores [nHead, cap, tc] f32
    * stay within blocksScratchBytes and the binding limit; `scores` and `queries` ([nHead, D, tc] =
    * C x tc) are the two buffers' f32 counts. All 0 where this kernel has no 'blocks' for head size
-   * C / nHead (not a CPU adapter's kernel, or another head size).
+   * C / nHead.
    */
   blocksScratch(T: number, cap: number, C: number, nHead: number): { scores: number; queries: number; tc: number } {
-    if (!this.pipelinesBlocks || C / nHead !== this.lanesHeadDim) return { scores: 0, queries: 0, tc: 0 };
+    if (!this.pipes.scores || C / nHead !== this.headDim) return { scores: 0, queries: 0, tc: 0 };
     const budget = Math.min(this.blocksScratchBytes, this.ctx.limits.maxStorageBufferBindingSize);
     const perToken = nHead * cap * 4;
     const fit = Math.max(BLOCK_TOKENS, Math.floor(budget / perToken / BLOCK_TOKENS) * BLOCK_TOKENS);
@@ -313,78 +263,98 @@ export class AttentionKernel {
   }
 
   /**
-   * The kernel for steps of one token per row (decode) at head size D: 'subgroup' (decode_sg)
-   * where this kernel has it for D, else 'lanes' where it has the one-invocation kernels for D (CPU
-   * adapters), else 'wide' where it has decodeWg and D % 4 == 0 (GPUs), else 'query': what 'auto'
-   * picks for a writeKv step.
+   * The kernel the profile runs for a step of T tokens: `decode` for writeKv steps (one token per
+   * row), else the prompt family at T (`scratch`: whether a 'blocks' scratch is given).
    */
-  oneQueryVariant(D: number): 'subgroup' | 'lanes' | 'wide' | 'query' {
-    return this.resolveVariant(1, D, { writeKv: true }) as 'subgroup' | 'lanes' | 'wide' | 'query';
+  variantFor(T: number, o: { writeKv?: boolean; scratch?: boolean } = {}): AttentionVariant {
+    if (o.writeKv) return this.decode;
+    switch (this.prompt) {
+      case 'tiled':
+        return T >= TILED_MIN_T ? 'tiled' : 'query';
+      case 'blocks':
+        if (o.scratch && T >= BLOCKS_MIN_T) return 'blocks';
+        return T >= 2 ? 'pairs' : 'lanes';
+      case 'pairs':
+        return T >= 2 ? 'pairs' : 'lanes';
+      default:
+        return this.prompt;
+    }
   }
 
-  /**
-   * The kernel `bind` runs for T tokens at head size D (AttentionArgs.variant resolved; 'query'
-   * takes vec4 loads when D % 4 == 0): given variants are checked against what this kernel has,
-   * 'auto' picks as AttentionArgs.variant says (`scratch`: whether a 'blocks' scratch is given).
-   */
+  /** The variant `bind` runs (asked for, or variantFor), checked against what this kernel built. */
   resolveVariant(
     T: number,
-    D: number,
-    o: { variant?: AttentionArgs['variant']; writeKv?: boolean; scratch?: boolean },
+    o: { variant?: AttentionVariant; writeKv?: boolean; scratch?: boolean },
     label = 'attention',
-  ): Exclude<NonNullable<AttentionArgs['variant']>, 'auto'> {
-    const variant = o.variant ?? 'auto';
-    if (!VARIANTS.includes(variant))
-      throw new ShapeError(`${label}: variant must be one of ${VARIANTS.join(', ')}, got ${String(variant)}`);
-    const canTile = D % 4 === 0 && D <= 64;
-    const lanesHere = D === this.lanesHeadDim; // CPU adapters: the one-invocation kernels for this D
-    const oneQuery =
-      variant === 'lanes' ||
-      variant === 'subgroup' ||
-      variant === 'wide' ||
-      variant === 'query' ||
-      variant === 'scalar';
-    if (variant === 'tiled' && !canTile)
+  ): AttentionVariant {
+    const v = o.variant ?? this.variantFor(T, o);
+    const has: Record<AttentionVariant, boolean> = {
+      query: !!this.pipes.query,
+      wide: !!this.pipes.wide,
+      lanes: !!(this.pipes.lanes ?? this.pipes.rest),
+      pairs: !!this.pipes.pairs,
+      blocks: !!this.pipes.scores,
+      tiled: !!this.pipes.tiled,
+      subgroup: !!this.pipes.sgDecode,
+    };
+    if (!Object.hasOwn(has, v))
+      throw new ShapeError(`${label}: variant must be one of ${Object.keys(has).join(', ')}, got ${String(v)}`);
+    if (!has[v])
       throw new ShapeError(
-        `${label}: the tiled kernel needs D % 4 == 0 and D <= 64, got D = ${D}; use variant 'query'`,
+        `${label}: variant '${v}' is not built by this kernel (decode '${this.decode}', prompt '${this.prompt}' at head size ${this.headDim}); create it with a profile naming it`,
       );
-    if ((variant === 'lanes' || variant === 'pairs' || variant === 'blocks') && !lanesHere) {
+    if (o.writeKv && !ONE_QUERY.has(v))
       throw new ShapeError(
-        `${label}: variant '${variant}' runs head size ${this.lanesHeadDim ?? '(none: the kernel was created without headDim)'} only, got D = ${D}; create the kernel with { headDim: ${D} } or use variant 'query'`,
+        `${label}: writeKv (tokens in distinct rows, a decode step) needs the one-query kernels, not variant '${v}'`,
       );
-    }
-    if (o.writeKv && variant !== 'auto' && !oneQuery)
-      throw new ShapeError(
-        `${label}: writeKv (tokens in distinct rows, a decode step) needs the one-query kernels, not variant '${variant}'`,
-      );
-    if (variant === 'subgroup' && D !== this.subgroupHeadDim) {
-      throw new ShapeError(
-        `${label}: variant 'subgroup' runs head size ${this.subgroupHeadDim ?? '(none: the kernel was created without subgroups)'} only, got D = ${D}; create the kernel with { headDim: ${D}, subgroups: true } or use variant 'query'`,
-      );
-    }
-    if (variant === 'blocks' && !this.pipelinesBlocks)
-      throw new ShapeError(
-        `${label}: variant 'blocks' needs a kernel built with it (AttentionOptions.blocks, the default with the lanes kernels); this one was created with blocks: false`,
-      );
-    if (variant === 'wide' && !this.pipelineWide)
-      throw new ShapeError(`${label}: variant 'wide' needs a kernel created with decodeWg (the default on GPUs only)`);
-    if (variant === 'wide' && D % 4 !== 0)
-      throw new ShapeError(
-        `${label}: variant 'wide' is the vec4 kernel and needs D % 4 == 0, got D = ${D}; use variant 'scalar'`,
-      );
-    if (variant !== 'auto') return variant;
-    if (D === this.subgroupHeadDim) return 'subgroup';
-    if (!o.writeKv) {
-      if (!lanesHere && canTile && T >= 2 * TILE_TOKENS) return 'tiled';
-      if (lanesHere && this.pipelinesBlocks && o.scratch && T >= BLOCKS_MIN_T) return 'blocks';
-      if (lanesHere && T >= 2) return 'pairs';
-    }
-    if (lanesHere) return 'lanes';
-    if (o.writeKv && this.pipelineWide && D % 4 === 0) return 'wide';
-    return 'query';
+    return v;
   }
 
   bind(owner: Owned, a: AttentionArgs, label = 'attention'): Dispatch[] {
+    const s = this.checkArgs(a, label);
+    const v = this.resolveVariant(
+      s.T,
+      { variant: a.variant, writeKv: a.writeKv, scratch: a.scratch !== undefined },
+      label,
+    );
+    const inputs = AttentionKernel.inputs(a);
+    const one = (role: Role, name: string, wgs: number, skip: { tiled?: number; pairs?: number } = {}) =>
+      this.dispatch(owner, s, this.pipes[role]!, name, wgs, inputs, skip);
+    const { T, nHead } = s;
+    switch (v) {
+      case 'tiled':
+        // Tiles of one row (prompts) share K/V loads; the second dispatch does the tokens of tiles
+        // that mix rows or wrap the ring, one by one, and skips all others.
+        return [
+          one('tiled', `${label}.tiled`, Math.ceil(T / TILE_TOKENS) * nHead),
+          one('query', `${label}.rest`, T * nHead, { tiled: 1 }),
+        ];
+      case 'blocks':
+        return this.bindBlocks(owner, a, s, label);
+      case 'pairs':
+        // PAIR_LANES (token pair, head) invocations per workgroup: index * PAIR_LANES + lane = pair * nHead + head;
+        // then decode_lanes does the tokens of pairs that could not share (and skips all others).
+        return [
+          one('pairs', `${label}.pairs`, Math.ceil((Math.ceil(T / 2) * nHead) / PAIR_LANES)),
+          one('rest', `${label}.rest`, Math.ceil((T * nHead) / PAIR_LANES), { pairs: 1 }),
+        ];
+      case 'subgroup':
+        // decode steps and single tokens: one workgroup (one subgroup) per (token, head), index =
+        // token * nHead + head; prompts: one per (block of sgQueries tokens, head).
+        if (a.writeKv || T === 1) return [one('sgDecode', label, T * nHead)];
+        return [one('sgPrompt', `${label}.sg`, Math.ceil(T / this.sgQueries) * nHead)];
+      case 'lanes': {
+        // decode_lanes: (lanes per workgroup) (token, head) pairs per workgroup: workgroup index * lanes + lane = token * nHead + head.
+        const lanes = this.pipes.lanes ? this.decodeLanes : PAIR_LANES;
+        return [one(this.pipes.lanes ? 'lanes' : 'rest', label, Math.ceil((T * nHead) / lanes))];
+      }
+      default:
+        return [one(v, label, T * nHead)]; // 'query', 'wide': a workgroup per (token, head)
+    }
+  }
+
+  /** Checks the arguments (shapes, head size, aliasing); the step's sizes. */
+  private checkArgs(a: AttentionArgs, label: string): Step {
     if (a.kCache.shape.length !== 3)
       throw new ShapeError(`${label}: kCache must be 3-D [rows, capacity, C], got [${a.kCache.shape.join(', ')}]`);
     const [rows, cap, C] = a.kCache.shape as [number, number, number];
@@ -392,13 +362,11 @@ export class AttentionKernel {
       throw new ShapeError(`${label}: qkv must be 2-D [T, 3C], got [${a.qkv.shape.join(', ')}]`);
     const T = a.qkv.shape[0]!;
     const nHead = a.nHead;
-    if (!Number.isInteger(nHead) || nHead < 1 || C % nHead !== 0) {
+    if (!Number.isInteger(nHead) || nHead < 1 || C % nHead !== 0)
       throw new ShapeError(`${label}: nHead must be a positive divisor of C = ${C}, got ${nHead}`);
-    }
-    const D = C / nHead;
-    if (D > ATTENTION_MAX_HEAD_DIM)
+    if (C / nHead !== this.headDim)
       throw new ShapeError(
-        `${label}: head size ${D} (C ${C} / nHead ${nHead}) passes the kernel's maximum ${ATTENTION_MAX_HEAD_DIM}`,
+        `${label}: head size ${C / nHead} (C ${C} / nHead ${nHead}), but this kernel was built for head size ${this.headDim}`,
       );
     expectTensor(`${label} kCache`, a.kCache, [rows, cap, C], ['f32']);
     expectTensor(`${label} vCache`, a.vCache, [rows, cap, C], ['f32']);
@@ -423,142 +391,116 @@ export class AttentionKernel {
         }
       }
     }
-    const v = this.resolveVariant(
-      T,
-      D,
-      { variant: a.variant, writeKv: a.writeKv, scratch: a.scratch !== undefined },
-      label,
-    );
-    // [binding, resource]: params at 0, then qkv, meta, kCache, vCache, out (every entry point but
-    // the blocks passes uses them all; an 'auto' layout holds only the bindings a shader uses).
-    const inputs: Array<[number, GPUBindingResource]> = [
+    return { T, C, nHead, rows, cap, writeKv: a.writeKv === true };
+  }
+
+  /** [binding, resource]: params at 0, then qkv, meta, kCache, vCache, out (every entry point but the blocks passes uses them all). */
+  private static inputs(a: AttentionArgs): Array<[number, GPUBindingResource]> {
+    return [
       [1, binding(a.qkv)],
       [2, binding(a.meta)],
       [3, binding(a.kCache)],
       [4, binding(a.vCache)],
       [5, binding(a.out)],
     ];
-    const make = (
-      pipeline: GPUComputePipeline,
-      name: string,
-      workgroups: number,
-      tiledSkip: number,
-      pairsSkip = 0,
-      chunk = { tBase: 0, tc: 0 },
-      resources = inputs,
-    ): Dispatch => {
-      const [gx, gy] = grid(this.ctx, name, workgroups);
-      const params = owner.uniform(`${name}.params`, [
-        T,
-        C,
-        nHead,
-        D,
-        rows,
-        cap,
-        f32bits(1 / Math.sqrt(D)),
-        gx,
-        NAN_BITS,
-        tiledSkip,
-        a.writeKv ? 1 : 0,
-        pairsSkip,
-        chunk.tBase,
-        chunk.tc,
-      ]);
-      const bindGroup = this.ctx.device.createBindGroup({
-        label: name,
-        layout: pipeline.getBindGroupLayout(0),
-        entries: [{ binding: 0, resource: params }, ...resources.map(([b, resource]) => ({ binding: b, resource }))],
-      });
-      return { family: 'attention', label: name, pipeline, bindGroup, workgroups: [gx, gy, 1] };
-    };
-    if (v === 'tiled') {
-      // Tiles of one row (prompts) share K/V loads; the second dispatch does the tokens of tiles
-      // that mix rows or wrap the ring, one by one, and skips all others.
-      return [
-        make(this.pipelineTiled, `${label}.tiled`, Math.ceil(T / TILE_TOKENS) * nHead, 0),
-        make(this.pipelineVec4, `${label}.rest`, T * nHead, 1),
-      ];
-    }
-    if (v === 'blocks') {
-      const need = this.blocksScratch(T, cap, C, nHead);
-      const hint = `(blocksScratch(${T}, ${cap}, ${C}, ${nHead}): ${need.scores} and ${need.queries} f32)`;
-      if (!a.scratch)
-        throw new ShapeError(`${label}: variant 'blocks' needs scratch buffers for the scores and the queries ${hint}`);
-      for (const [what, t, floats] of [
-        ['scores', a.scratch.scores, need.scores],
-        ['queries', a.scratch.queries, need.queries],
-      ] as const) {
-        const have = t.shape.reduce((x, y) => x * y, 1);
-        if (t.dtype !== 'f32' || have < floats)
-          throw new ShapeError(
-            `${label}: the ${what} scratch holds ${have} ${t.dtype}, variant 'blocks' needs ${floats} f32 for ${T} tokens ${hint}`,
-          );
-        expectDisjoint(label, `${what} scratch`, t, {
-          qkv: a.qkv,
-          kCache: a.kCache,
-          vCache: a.vCache,
-          meta: a.meta,
-          out: a.out,
-        });
-      }
-      expectDisjoint(label, 'scores scratch', a.scratch.scores, { queries: a.scratch.queries });
-      const b = this.pipelinesBlocks!;
-      // Bindings each pass uses (an 'auto' layout has only those): qt qkv -> queries (7); scores
-      // meta, kCache, queries -> scores (6); softmax meta, scores; pv meta, vCache, scores -> out.
-      const use = (...bs: number[]): Array<[number, GPUBindingResource]> =>
-        [
-          ...inputs,
-          [6, binding(a.scratch!.scores)] as [number, GPUBindingResource],
-          [7, binding(a.scratch!.queries)] as [number, GPUBindingResource],
-        ].filter(([n]) => bs.includes(n));
-      const { tc } = need;
-      const d: Dispatch[] = [];
-      // Per chunk of tc tokens: q transposed, scores, softmax, P V; then decode_lanes for the
-      // tokens of blocks that do not qualify (it skips all others).
-      for (let t0 = 0; t0 < T; t0 += tc) {
-        const n = Math.min(tc, T - t0);
-        const chunk = { tBase: t0, tc };
-        d.push(make(b.qt, `${label}.qt`, Math.ceil((tc * nHead) / BLOCK_LANES), 0, 0, chunk, use(1, 7)));
-        d.push(
-          make(
-            b.scores,
-            `${label}.scores`,
-            Math.ceil(n / (BLOCK_TOKENS * BLOCK_LANES)) * nHead,
-            0,
-            0,
-            chunk,
-            use(2, 3, 6, 7),
-          ),
+  }
+
+  /** One dispatch of `workgroups` workgroups (wrapped into y past the limit) with the step's params. */
+  private dispatch(
+    owner: Owned,
+    s: Step,
+    pipeline: GPUComputePipeline,
+    name: string,
+    workgroups: number,
+    resources: Array<[number, GPUBindingResource]>,
+    skip: { tiled?: number; pairs?: number } = {},
+    chunk = { tBase: 0, tc: 0 },
+  ): Dispatch {
+    const [gx, gy] = grid(this.ctx, name, workgroups);
+    const D = s.C / s.nHead;
+    const params = owner.uniform(`${name}.params`, [
+      s.T,
+      s.C,
+      s.nHead,
+      D,
+      s.rows,
+      s.cap,
+      f32bits(1 / Math.sqrt(D)),
+      gx,
+      NAN_BITS,
+      skip.tiled ?? 0,
+      s.writeKv ? 1 : 0,
+      skip.pairs ?? 0,
+      chunk.tBase,
+      chunk.tc,
+    ]);
+    const bindGroup = this.ctx.device.createBindGroup({
+      label: name,
+      layout: pipeline.getBindGroupLayout(0),
+      entries: [{ binding: 0, resource: params }, ...resources.map(([b, resource]) => ({ binding: b, resource }))],
+    });
+    return { family: 'attention', label: name, pipeline, bindGroup, workgroups: [gx, gy, 1] };
+  }
+
+  /** 'blocks': its scratch checked, then per chunk of tc tokens q transposed, scores, softmax, P V; then decode_lanes for the rest. */
+  private bindBlocks(owner: Owned, a: AttentionArgs, s: Step, label: string): Dispatch[] {
+    const { T, C, nHead, cap } = s;
+    const need = this.blocksScratch(T, cap, C, nHead);
+    const hint = `(blocksScratch(${T}, ${cap}, ${C}, ${nHead}): ${need.scores} and ${need.queries} f32)`;
+    if (!a.scratch)
+      throw new ShapeError(`${label}: variant 'blocks' needs scratch buffers for the scores and the queries ${hint}`);
+    for (const [what, t, floats] of [
+      ['scores', a.scratch.scores, need.scores],
+      ['queries', a.scratch.queries, need.queries],
+    ] as const) {
+      const have = t.shape.reduce((x, y) => x * y, 1);
+      if (t.dtype !== 'f32' || have < floats)
+        throw new ShapeError(
+          `${label}: the ${what} scratch holds ${have} ${t.dtype}, variant 'blocks' needs ${floats} f32 for ${T} tokens ${hint}`,
         );
-        d.push(make(b.softmax, `${label}.softmax`, Math.ceil((tc * nHead) / BLOCK_LANES), 0, 0, chunk, use(2, 6)));
-        d.push(make(b.pv, `${label}.pv`, Math.ceil(n / BLOCK_TOKENS) * nHead, 0, 0, chunk, use(2, 4, 5, 6)));
-      }
-      d.push(make(this.pipelineRest!, `${label}.rest`, Math.ceil((T * nHead) / PAIR_LANES), 0, 2));
-      return d;
+      expectDisjoint(label, `${what} scratch`, t, {
+        qkv: a.qkv,
+        kCache: a.kCache,
+        vCache: a.vCache,
+        meta: a.meta,
+        out: a.out,
+      });
     }
-    if (v === 'pairs') {
-      // PAIR_LANES (token pair, head) invocations per workgroup: index * PAIR_LANES + lane = pair * nHead + head;
-      // then decode_lanes does the tokens of pairs that could not share (and skips all others).
-      return [
-        make(this.pipelinePairs!, `${label}.pairs`, Math.ceil((Math.ceil(T / 2) * nHead) / PAIR_LANES), 0),
-        make(this.pipelineRest!, `${label}.rest`, Math.ceil((T * nHead) / PAIR_LANES), 0, 1),
-      ];
+    expectDisjoint(label, 'scores scratch', a.scratch.scores, { queries: a.scratch.queries });
+    // Bindings each pass uses (an 'auto' layout has only those): qt qkv -> queries (7); scores
+    // meta, kCache, queries -> scores (6); softmax meta, scores; pv meta, vCache, scores -> out.
+    const all: Array<[number, GPUBindingResource]> = [
+      ...AttentionKernel.inputs(a),
+      [6, binding(a.scratch.scores)],
+      [7, binding(a.scratch.queries)],
+    ];
+    const use = (...bs: number[]) => all.filter(([n]) => bs.includes(n));
+    const p = this.pipes;
+    const d: Dispatch[] = [];
+    for (let t0 = 0; t0 < T; t0 += need.tc) {
+      const n = Math.min(need.tc, T - t0);
+      const chunk = { tBase: t0, tc: need.tc };
+      const perToken = Math.ceil((need.tc * nHead) / BLOCK_LANES);
+      d.push(this.dispatch(owner, s, p.qt!, `${label}.qt`, perToken, use(1, 7), {}, chunk));
+      const scoreGroups = Math.ceil(n / (BLOCK_TOKENS * BLOCK_LANES)) * nHead;
+      d.push(this.dispatch(owner, s, p.scores!, `${label}.scores`, scoreGroups, use(2, 3, 6, 7), {}, chunk));
+      d.push(this.dispatch(owner, s, p.softmax!, `${label}.softmax`, perToken, use(2, 6), {}, chunk));
+      d.push(
+        this.dispatch(owner, s, p.pv!, `${label}.pv`, Math.ceil(n / BLOCK_TOKENS) * nHead, use(2, 4, 5, 6), {}, chunk),
+      );
     }
-    if (v === 'subgroup') {
-      // decode steps and single tokens: one workgroup (one subgroup) per (token, head), index =
-      // token * nHead + head; prompts: one per (block of sgQueries tokens, head).
-      if (a.writeKv || T === 1) return [make(this.pipelinesSg!.decode, label, T * nHead, 0)];
-      return [make(this.pipelinesSg!.prompt, `${label}.sg`, Math.ceil(T / this.sgQueries) * nHead, 0)];
-    }
-    if (v === 'lanes') {
-      // decodeLanes (token, head) pairs per workgroup: workgroup index * decodeLanes + lane = token * nHead + head.
-      return [make(this.pipelineLanes!, label, Math.ceil((T * nHead) / this.decodeLanes), 0)];
-    }
-    if (v === 'wide') {
-      return [make(this.pipelineWide!, label, T * nHead, 0)];
-    }
-    // 4 dims per load when head offsets are multiples of 4 (every GPT-2 size: D = 64)
-    const vec4 = D % 4 === 0 && v !== 'scalar';
-    return [make(vec4 ? this.pipelineVec4 : this.pipeline, label, T * nHead, 0)];
+    // decode_lanes for the tokens of blocks that do not qualify (it skips all others)
+    d.push(
+      this.dispatch(
+        owner,
+        s,
+        p.rest!,
+        `${label}.rest`,
+        Math.ceil((T * nHead) / PAIR_LANES),
+        AttentionKernel.inputs(a),
+        { pairs: 2 },
+      ),
+    );
+    return d;
   }
 }

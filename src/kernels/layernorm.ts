@@ -1,8 +1,9 @@
 /**
  * Layer norm kernel family (shaders/layernorm.wgsl): y = LN(x) * gamma + beta over rows of [rows, C].
- * One workgroup per row (`main`, GPUs), or on CPU adapters one invocation per row, 8 rows per
- * workgroup (`rows_lanes`: no barriers, which lavapipe runs as coroutines; 1024 rows of 768 took
- * 14.5 ms with `main` and 1.8 ms with it). eps comes from the model config (layer_norm_epsilon).
+ * Two variants, the device profile's choice (LayerNormVariant): one workgroup per row ('workgroup',
+ * `main`: the row's sums reduced in workgroup memory, GPUs), or one invocation per row, 8 rows per
+ * workgroup ('lanes', `rows_lanes`: no barriers, which CPU adapters run as coroutines). eps comes
+ * from the model config (layer_norm_epsilon).
  */
 import type { GpuContext } from '../gpu/device.js';
 import { InvalidOptionError, ShapeError } from '../errors.js';
@@ -17,10 +18,8 @@ export interface LayerNormArgs {
   eps: number;
 }
 
-export interface LayerNormOptions {
-  /** One invocation per row (`rows_lanes`) instead of one workgroup per row. Default: on CPU adapters. */
-  lanes?: boolean;
-}
+/** 'workgroup': one workgroup per row (`main`); 'lanes': one invocation per row (`rows_lanes`). */
+export type LayerNormVariant = 'workgroup' | 'lanes';
 
 /** Rows per workgroup of rows_lanes (LANES in the shader). */
 const ROW_LANES = 8;
@@ -35,10 +34,8 @@ export class LayerNormKernel {
     readonly lanes: boolean,
   ) {}
 
-  static async create(ctx: GpuContext, opts: LayerNormOptions = {}): Promise<LayerNormKernel> {
-    if (opts.lanes !== undefined && typeof opts.lanes !== 'boolean')
-      throw new InvalidOptionError(`LayerNormKernel: lanes must be a boolean, got ${String(opts.lanes)}`);
-    if (opts.lanes ?? ctx.isCpuAdapter) {
+  static async create(ctx: GpuContext, variant: LayerNormVariant): Promise<LayerNormKernel> {
+    if (variant === 'lanes') {
       return new LayerNormKernel(
         ctx,
         await ctx.pipeline('layernorm', 'rows_lanes', { LANES: ROW_LANES }),
@@ -46,6 +43,10 @@ export class LayerNormKernel {
         true,
       );
     }
+    if (variant !== 'workgroup')
+      throw new InvalidOptionError(
+        `LayerNormKernel: variant must be 'workgroup' or 'lanes', got ${JSON.stringify(variant)}`,
+      );
     // 256 threads fits every adapter's default limit; smaller widths waste little on GPT-2's C >= 64.
     const wg = Math.min(256, ctx.limits.maxComputeInvocationsPerWorkgroup);
     return new LayerNormKernel(ctx, await ctx.pipeline('layernorm', 'main', { WG: wg }), wg, false);

@@ -137,7 +137,7 @@ function alignedBinding(ctx: GpuContext, t: GpuTensor): { resource: GPUBufferBin
   return { resource: { buffer: t.buffer, offset: start, size }, elemOffset: (t.offset - start) / 4 };
 }
 
-type Entry = 'select_row' | 'draw_row' | 'add_counts' | 'compact_row' | 'draw_many' | 'philox_kat';
+type Entry = 'select_row' | 'draw_row' | 'add_counts' | 'compact_row' | 'draw_many';
 
 export class Sampler {
   private constructor(
@@ -149,15 +149,10 @@ export class Sampler {
   static async create(ctx: GpuContext, vocab: number): Promise<Sampler> {
     if (!Number.isInteger(vocab) || vocab < 1)
       throw new ShapeError(`Sampler: vocab must be an integer >= 1, got ${vocab}`);
-    const entries: Entry[] = ['select_row', 'draw_row', 'add_counts', 'compact_row', 'draw_many', 'philox_kat'];
+    const entries: Entry[] = ['select_row', 'draw_row', 'add_counts', 'compact_row', 'draw_many'];
     const built = await Promise.all(entries.map((e) => ctx.pipeline('sampling', e)));
     const pipes = Object.fromEntries(entries.map((e, i) => [e, built[i]!])) as Record<Entry, GPUComputePipeline>;
     return new Sampler(ctx, vocab, pipes);
-  }
-
-  /** The compute pipeline of one entry point (tests use philox_kat). */
-  pipeline(entry: Entry): GPUComputePipeline {
-    return this.pipes[entry];
   }
 
   /**

@@ -1,13 +1,15 @@
 /**
- * Row-wise softmax and argmax over logits [rows, V] (shaders/softmax.wgsl), one workgroup per row.
+ * Test-only row-wise softmax and argmax over logits [rows, V] (test/shaders/softmax.wgsl), one
+ * workgroup per row.
  *   SoftmaxKernel: y = softmax(x) per row (y may be exactly x: in place). -inf entries give 0.
  *   ArgmaxKernel:  out[r] = first index of the row's maximum; NaN never wins; a row with no
  *                  non-NaN value gives 0xFFFFFFFF.
  */
-import type { GpuContext } from '../gpu/device.js';
-import { ShapeError } from '../errors.js';
-import { binding, Dispatch, expectTensor, GpuTensor, groups, InPlaceKernel, Owned } from '../gpu/common.js';
-import { aliasing, expectDisjoint } from './elementwise.js';
+import type { GpuContext } from '../../src/gpu/device.js';
+import { ShapeError } from '../../src/errors.js';
+import { binding, Dispatch, expectTensor, GpuTensor, groups, Owned } from '../../src/gpu/common.js';
+import { aliasing, expectDisjoint } from '../../src/kernels/elementwise.js';
+import { InPlaceKernel } from './in-place.js';
 
 const NEG_INF_BITS = 0xff800000;
 

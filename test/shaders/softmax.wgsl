@@ -1,4 +1,6 @@
-// Row-wise softmax and argmax over logits x [rows, V] f32 (V = 50257 for GPT-2).
+// Row-wise softmax and argmax over logits x [rows, V] f32 (V = 50257 for GPT-2). Test-only: the
+// engine samples and takes argmaxes in the sampler (shaders/sampling.wgsl); these check the same
+// reductions on their own.
 //
 //   softmax / softmax_inplace: y[r, i] = exp(x[r, i] - m_r) / sum_j exp(x[r, j] - m_r),
 //     m_r = max_j x[r, j] (subtracting the max keeps every exp <= 1: numerically stable).

@@ -1,0 +1,73 @@
+/**
+ * Host-side weight layouts the matmul kernels read (shaders/matmul_gemv.wgsl): 16-byte aligned
+ * rows, and column panels, the layout of the 'kn' weights and the transposed LM head on profiles
+ * whose GEMV is gemv_kn_cols (MatmulProfile.panel). The engine's uploads lay weights out with
+ * these; the kernels never re-lay anything.
+ */
+import { ShapeError } from '../errors.js';
+import { isPanelWidth } from '../gpu/common.js';
+
+/**
+ * Whether rows of `cols` elements of `dtype` are 16-byte aligned (f32: cols % 4, f16: cols % 8), so
+ * the GEMVs read them with vec4 loads; gemv_kn_cols, and so panels, need it.
+ */
+export function alignedRows(cols: number, dtype: 'f32' | 'f16'): boolean {
+  return cols % (dtype === 'f16' ? 8 : 4) === 0;
+}
+
+/**
+ * The transpose [cols, rows] of a row-major [rows, cols] matrix, laid out in column panels as
+ * packPanels would lay it: panel q is source rows [q * panel, q * panel + panel) as a [cols, panel]
+ * block, the last zero-padded. The CPU-adapter LM head reads wte chunks this way.
+ */
+export function packPanelsTransposed(src: ArrayLike<number>, rows: number, cols: number, panel: number): Float32Array {
+  if (!isPanelWidth(panel))
+    throw new ShapeError(`packPanelsTransposed: panel must be an even integer >= 2, got ${panel}`);
+  if (src.length !== rows * cols)
+    throw new ShapeError(`packPanelsTransposed: ${src.length} values for a [${rows}, ${cols}] matrix`);
+  const np = Math.ceil(rows / panel);
+  const out = new Float32Array(np * cols * panel);
+  // Tiles of TB source columns: a row's TB values are contiguous reads and land in TB output rows
+  // of the panel that the next source rows fill further along, so both sides stay in cache (a
+  // whole source row at a time scatters its values 4 x panel bytes apart).
+  const TB = 32;
+  for (let q = 0; q < np; q++) {
+    const r0 = q * panel;
+    const r1 = Math.min(rows, r0 + panel);
+    const base = q * cols * panel - r0;
+    for (let c0 = 0; c0 < cols; c0 += TB) {
+      const c1 = Math.min(cols, c0 + TB);
+      for (let r = r0; r < r1; r++) {
+        const i = r * cols;
+        const o = base + r;
+        for (let c = c0; c < c1; c++) out[o + c * panel] = src[i + c]!;
+      }
+    }
+  }
+  return out;
+}
+
+/**
+ * Re-lays a row-major [rows, cols] matrix into column panels: ceil(cols / panel) panels, each
+ * [rows, panel] row-major, the last zero-padded; the layout gemv_kn_cols reads when
+ * GpuTensor.panel is set. f16 packing then runs over [panels * rows, panel] (panel is even).
+ */
+export function packPanels(src: ArrayLike<number>, rows: number, cols: number, panel: number): Float32Array {
+  if (!isPanelWidth(panel)) throw new ShapeError(`packPanels: panel must be an even integer >= 2, got ${panel}`);
+  if (src.length !== rows * cols)
+    throw new ShapeError(`packPanels: ${src.length} values for a [${rows}, ${cols}] matrix`);
+  const np = Math.ceil(cols / panel);
+  const out = new Float32Array(np * rows * panel);
+  for (let q = 0; q < np; q++) {
+    const c0 = q * panel;
+    const w = Math.min(panel, cols - c0);
+    for (let r = 0; r < rows; r++) {
+      const o = (q * rows + r) * panel;
+      const i = r * cols + c0;
+      // A Float32Array row piece is one contiguous copy (a model's load runs this over every matrix).
+      if (src instanceof Float32Array) out.set(src.subarray(i, i + w), o);
+      else for (let c = 0; c < w; c++) out[o + c] = src[i + c]!;
+    }
+  }
+  return out;
+}
