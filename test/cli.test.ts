@@ -478,7 +478,7 @@ test("bench --wait spin, --profile (fields merged over the adapter's, or a named
   ]) {
     const gone = cli('bench', '--model', tinyDir(), flag, 'on');
     assert.is(gone.code, 2, flag);
-    assert.match(gone.err, /usage|Unknown option/, flag);
+    assert.match(gone.err, /unknown option/i, flag);
   }
   for (const [name, content, msg] of [
     [
