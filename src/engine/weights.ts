@@ -13,7 +13,7 @@
  * GPU out-of-memory (caught with an 'out-of-memory' error scope around each buffer) destroys what
  * was uploaded and throws OutOfMemoryError.
  */
-import { InvalidOptionError, OutOfMemoryError, ShapeError } from '../errors.js';
+import { InvalidOptionError, OutOfMemoryError, ShapeError, WeightsFormatError } from '../errors.js';
 import type { ChunkedTensor, GpuTensor } from '../gpu/common.js';
 import { isPanelWidth, storedBytes, storedShape, tensorBytes } from '../gpu/common.js';
 import { packF16 } from '../kernels/f16.js';
@@ -110,6 +110,22 @@ export function wteRowsPerChunk(rows: number, cols: number, dtype: WeightDType, 
   return fit >= WTE_CHUNK_ROW_MULTIPLE ? fit - (fit % WTE_CHUNK_ROW_MULTIPLE) : fit;
 }
 
+/**
+ * Refuses a tensor holding NaN or +-Infinity (WeightsFormatError with the tensor, the element and
+ * the value): such weights make every logit NaN, which the sampler would turn into token 0 and
+ * beam search into NaN scores without a word. `offset`: the index of values[0] in the tensor (a
+ * wte chunk). One subtraction per element (x - x is 0 only for finite x): ~3 ms per million.
+ */
+export function checkFinite(source: string, name: string, values: Float32Array, offset = 0): void {
+  for (let i = 0; i < values.length; i++) {
+    const x = values[i]!;
+    if (x - x !== 0)
+      throw new WeightsFormatError(
+        `${source}: tensor "${name}" holds ${x} at element ${offset + i}; the weights must be finite (a corrupt or overflowed checkpoint?)`,
+      );
+  }
+}
+
 function isMatrix(name: string): boolean {
   return name === 'wpe.weight' || isConv1D(name);
 }
@@ -190,6 +206,7 @@ export async function uploadWeights(ctx: GpuContext, ckpt: Checkpoint, opts: Upl
     const shape = ckpt.shape(name);
     const dt = dtypeOf(name);
     const values = await ckpt.read(name);
+    checkFinite(ckpt.source, name, values);
     const panel = panelOf(name);
     const [rows, cols] = storedShape({ shape, panel }) as [number, number];
     const laid = panel ? packPanels(values, shape[0]!, shape[1]!, panel) : values;
@@ -206,6 +223,7 @@ export async function uploadWeights(ctx: GpuContext, ckpt: Checkpoint, opts: Upl
     for (let r = 0; r < V; r += rowsPerChunk) {
       const n = Math.min(rowsPerChunk, V - r);
       const rows = await ckpt.readRows('wte.weight', r, n);
+      checkFinite(ckpt.source, 'wte.weight', rows, r * C);
       const label = `wte.weight[rows ${r}..${r + n})`;
       const chunk = wteChunk(n);
       const laid = knPanel > 0 ? packPanelsTransposed(rows, n, C, knPanel) : rows;

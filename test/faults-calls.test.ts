@@ -1,0 +1,67 @@
+/**
+ * Faults that cross from one caller to another, or end in garbage (issue 28, items 1-5): non-finite
+ * numbers (weights refused at load; a tiny temperature is the greedy limit), ...
+ */
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { rejects } from './helpers.js';
+import { tinyCheckpoint, tinyReference } from './fixtures-util.js';
+import { engine, tinyModel } from './model-util.js';
+import type { Checkpoint } from '../src/engine/checkpoint.js';
+import { WeightsFormatError } from '../src/errors.js';
+
+const ref = tinyReference();
+const p0 = ref.prompts[0]!;
+
+/** The tiny checkpoint with `value` written at element `at` of tensor `name`. */
+async function poisonedCheckpoint(name: string, at: number, value: number): Promise<Checkpoint> {
+  const base = await tinyCheckpoint();
+  const poison = (data: Float32Array, offset: number): Float32Array => {
+    const i = at - offset;
+    if (i >= 0 && i < data.length) data[i] = value;
+    return data;
+  };
+  return {
+    ...base,
+    has: (n) => base.has(n),
+    shape: (n) => base.shape(n),
+    read: async (n) => (n === name ? poison(await base.read(n), 0) : base.read(n)),
+    readRows: async (n, start, count) => {
+      const rows = await base.readRows(n, start, count);
+      return n === name ? poison(rows, start * base.shape(n)[1]!) : rows;
+    },
+  };
+}
+
+test('item 4: weights with NaN or Inf are refused at load with WeightsFormatError naming the tensor', async () => {
+  const e = await engine();
+  for (const [name, at, value] of [
+    ['h.1.mlp.c_fc.weight', 77, NaN],
+    ['wte.weight', 64 * 50000 + 3, Infinity],
+    ['ln_f.bias', 5, -Infinity],
+  ] as const) {
+    const before = e.ctx.liveBuffers;
+    await rejects(
+      async () => e.loadModel(await poisonedCheckpoint(name, at, value)),
+      (err) =>
+        err instanceof WeightsFormatError &&
+        err.message.includes(`"${name}"`) &&
+        err.message.includes(String(value)) &&
+        err.message.includes(`element ${at}`),
+      name,
+    );
+    assert.equal(e.ctx.liveBuffers, before, `${name}: nothing left allocated`);
+  }
+});
+
+test('item 4: temperature 1e-38 is the greedy limit (x / T would overflow f32)', async () => {
+  const model = await tinyModel();
+  const n = 12;
+  const want = p0.greedy48.slice(p0.ids.length, p0.ids.length + n);
+  for (const temperature of [1e-38, 1e-30, 1e-20]) {
+    const r = await model.generate(p0.ids, { temperature, maxNewTokens: n, stopAtEos: false, seed: 3 });
+    assert.equal(r.sequences[0]!.tokens, want, `temperature ${temperature}`);
+  }
+});
+
+test.run();
