@@ -52,6 +52,12 @@ test('item 4: weights with NaN or Inf are refused at load with WeightsFormatErro
     );
     assert.equal(e.ctx.liveBuffers, before, `${name}: nothing left allocated`);
   }
+  // Finite, but infinite once stored as f16.
+  await rejects(
+    async () => e.loadModel(await poisonedCheckpoint('h.0.attn.c_proj.weight', 9, 70000), { dtype: 'f16' }),
+    (err) =>
+      err instanceof WeightsFormatError && /"h.0.attn.c_proj.weight" holds 70000 at element 9, past/.test(err.message),
+  );
 });
 
 test('item 4: temperature 1e-38 is the greedy limit (x / T would overflow f32)', async () => {
