@@ -8,7 +8,7 @@ import { rejects } from './helpers.js';
 import { tinyCheckpoint, tinyReference } from './fixtures-util.js';
 import { engine, tinyModel } from './model-util.js';
 import type { Checkpoint } from '../src/engine/checkpoint.js';
-import { WeightsFormatError } from '../src/errors.js';
+import { DestroyedError, WeightsFormatError } from '../src/errors.js';
 
 const ref = tinyReference();
 const p0 = ref.prompts[0]!;
@@ -68,6 +68,48 @@ test('item 4: temperature 1e-38 is the greedy limit (x / T would overflow f32)',
     const r = await model.generate(p0.ids, { temperature, maxNewTokens: n, stopAtEos: false, seed: 3 });
     assert.equal(r.sequences[0]!.tokens, want, `temperature ${temperature}`);
   }
+});
+
+test('item 2: destroying a model in use rejects every running call with DestroyedError at its next step; no token after', async () => {
+  const e = await engine();
+  const baseline = e.ctx.liveBuffers;
+  const model = await e.loadModel(await tinyCheckpoint());
+  const session = await model.createSession();
+  let destroyed = false;
+  let after = 0;
+  let n = 0;
+  const count = () => void (destroyed && after++);
+  const opts = { maxNewTokens: 300, stopAtEos: false, temperature: 1 };
+  const calls = [
+    model.generate(p0.ids, {
+      ...opts,
+      numSequences: 3,
+      seed: 1,
+      onToken: () => {
+        count();
+        if (++n === 8) {
+          model.destroy();
+          destroyed = true;
+        }
+      },
+    }),
+    session.generate([1, 2, 3], { ...opts, seed: 2, onToken: count }),
+    model.beamSearch(p0.ids, { numBeams: 3, maxNewTokens: 300, eosTokenId: 0 }),
+  ];
+  const settled = await Promise.allSettled(calls);
+  assert.ok(destroyed);
+  settled.forEach((r, i) =>
+    assert.ok(
+      r.status === 'rejected' && r.reason instanceof DestroyedError && /destroyed/.test(String(r.reason.message)),
+      `call ${i}: ${r.status === 'rejected' ? String(r.reason) : 'resolved'}`,
+    ),
+  );
+  assert.is(after, 0, 'tokens reached onToken after destroy() returned');
+  await rejects(
+    () => model.generate([1], { maxNewTokens: 1 }),
+    (err) => err instanceof DestroyedError,
+  );
+  assert.equal(e.ctx.liveBuffers, baseline, 'everything the model and its calls made is freed');
 });
 
 test.run();

@@ -87,6 +87,8 @@ export async function beamSearch(
     const { beams, finished } = await search(model, gpu, promptIds, o, options.signal);
     model.ctx.throwIfErrors();
     return best(beams, finished, promptIds, o);
+  } catch (e) {
+    throw model.failure(e, 'this beam search');
   } finally {
     for (const p of plans) p.destroy();
     owned.destroy();
@@ -125,6 +127,7 @@ async function search(
     dec.write({ ids: beams.map((b) => b.token!), meta: decodeMeta(new Uint32Array(B).fill(P + step)) });
     model.submit([...gather, ...dec.dispatches, ...rank], (enc) => copyCandidates(enc, gpu, B));
     cands = await readCandidates(model, gpu, B);
+    model.checkAlive('this beam search');
   }
   return { beams, finished };
 }

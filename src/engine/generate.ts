@@ -188,6 +188,8 @@ async function run(model: GPT2Model, prompts: number[][], opts: GenerateOptions)
     finished = true;
     handOverRest(slots, cache, stats);
     return result();
+  } catch (e) {
+    throw model.failure(e, 'this generation');
   } finally {
     await Promise.allSettled(pending);
     // A session's next turn takes these plans instead of building them again (keepPlan).
@@ -217,7 +219,11 @@ function startRun(
 ): Run {
   const { slots, owned } = parts;
   const R = slots.length;
-  const rules = { eos: model.config.eos_token_id, stopAtEos: opts.stopAtEos ?? true };
+  const rules = {
+    eos: model.config.eos_token_id,
+    stopAtEos: opts.stopAtEos ?? true,
+    check: () => model.checkAlive('this generation'),
+  };
   const kernel = model.kernels.sampler;
   const sampling = spec.seqOpts.map((o) => o.sampling);
   const sampler = kernel.createState(owned, R, sampling, {

@@ -29,7 +29,7 @@ import { KvWriteKernel, KvGatherKernel } from '../kernels/kvcache.js';
 import { GatherRowsKernel } from '../kernels/elementwise.js';
 import { Sampler } from '../kernels/sampler.js';
 import { BeamKernel } from '../kernels/beam.js';
-import { InvalidOptionError, PromptError, ShapeError } from '../errors.js';
+import { DestroyedError, PromptError, ShapeError } from '../errors.js';
 import { gpt2Tokenizer, type Tokenizer } from './tokenizer.js';
 
 const STORAGE = () => GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC;
@@ -393,9 +393,31 @@ export class GPT2Model implements CacheOwner {
     return this.destroyedFlag;
   }
 
-  checkAlive(): void {
-    if (this.destroyedFlag) throw new InvalidOptionError(`model #${this.id} (${this.source}) was destroyed`);
+  /**
+   * Throws DestroyedError once the model is destroyed (`during`: the call that was using it, which
+   * stops there), DeviceLostError once its device is gone.
+   */
+  checkAlive(during?: string): void {
+    if (this.destroyedFlag) throw this.destroyedError(during);
     this.ctx.checkAlive();
+  }
+
+  /**
+   * What a call that was using this model ends with when `e` stopped it: DestroyedError (cause
+   * `e`) once the model is destroyed (a read-back failing on the engine's destroyed device, a
+   * submit refused), else `e` itself.
+   */
+  failure(e: unknown, during: string): unknown {
+    return this.destroyedFlag && !(e instanceof DestroyedError) ? this.destroyedError(during, e) : e;
+  }
+
+  private destroyedError(during?: string, cause?: unknown): DestroyedError {
+    return new DestroyedError(
+      during
+        ? `model #${this.id} (${this.source}) was destroyed while ${during} was using it; it stopped there. Await or abort (AbortSignal) a model's calls before destroying it`
+        : `model #${this.id} (${this.source}) was destroyed; load it again to use it`,
+      cause === undefined ? undefined : { cause },
+    );
   }
 
   /** A new KV cache (session storage) tied to this model. */
@@ -488,7 +510,7 @@ export class GPT2Model implements CacheOwner {
 
   /** Records plan dispatches (and optional extra ones) in one compute pass and submits. */
   submit(dispatches: readonly Dispatch[], after?: (enc: GPUCommandEncoder) => void): void {
-    this.ctx.checkAlive();
+    this.checkAlive('a call'); // never on destroyed weights
     const enc = this.ctx.device.createCommandEncoder();
     const pass = enc.beginComputePass();
     encodeDispatches(pass, dispatches);

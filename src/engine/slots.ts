@@ -83,11 +83,14 @@ export function newSlot(
 export interface AcceptRules {
   eos: number;
   stopAtEos: boolean;
+  /** Throws when the run must stop before another token is delivered (its model destroyed). */
+  check?: () => void;
 }
 
 /** Takes one step's ids: ids[i] is slot i's token; final slots ignore theirs. */
 export function acceptStep(slots: readonly Slot[], ids: Uint32Array, rules: AcceptRules): void {
   slots.forEach((slot, i) => {
+    rules.check?.(); // a listener may have destroyed the model: nothing more reaches the others
     if (!slot.finished) acceptToken(slot, i, ids[i]!, rules);
   });
 }
