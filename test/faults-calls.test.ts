@@ -112,4 +112,51 @@ test('item 2: destroying a model in use rejects every running call with Destroye
   assert.equal(e.ctx.liveBuffers, baseline, 'everything the model and its calls made is freed');
 });
 
+test('item 3: session group: a turn whose callback throws fails alone; the merged others get their own tokens', async () => {
+  const model = await tinyModel();
+  const group = await model.createSessionGroup(4, { capacity: 64 });
+  try {
+    const prompts = [[1, 2, 3], [4, 5], [6, 7, 8, 9], [10]];
+    const o = (i: number) => ({ maxNewTokens: 10, stopAtEos: false, temperature: 1, seed: 100 + i });
+    const tokenBoom = new Error('user 3: onToken failed');
+    const doneBoom = new Error('user 1: onSequenceDone failed');
+    let seen3 = 0;
+    const turns = group.sessions.map((s, i) =>
+      s.generate(prompts[i]!, {
+        ...o(i),
+        onToken:
+          i === 3
+            ? () => {
+                if (++seen3 === 2) throw tokenBoom;
+              }
+            : undefined,
+        onSequenceDone:
+          i === 1
+            ? () => {
+                throw doneBoom;
+              }
+            : undefined,
+      }),
+    );
+    const settled = await Promise.allSettled(turns);
+    await group.idle();
+    const reason = (i: number) => (settled[i]!.status === 'rejected' ? settled[i].reason : 'resolved');
+    assert.is(reason(3), tokenBoom, `turn 3: ${String(reason(3))}`);
+    assert.is(reason(1), doneBoom, `turn 1: ${String(reason(1))}`);
+    const alone = await Promise.all([0, 2].map((i) => model.generate(prompts[i]!, o(i))));
+    for (const [k, i] of [0, 2].entries()) {
+      const r = settled[i]!;
+      assert.ok(r.status === 'fulfilled', `turn ${i}: ${String(reason(i))}`);
+      const stats = r.value.stats as unknown as Record<string, number>;
+      assert.is(stats.batch_rows ?? stats.batchRows, 4, `turn ${i} ran merged`);
+      assert.equal(r.value.sequences[0]!.tokens, alone[k]!.sequences[0]!.tokens, `turn ${i}`);
+    }
+    // The failed turns' sessions are free again.
+    for (const i of [1, 3]) await group.sessions[i]!.generate([5], { maxNewTokens: 2 });
+  } finally {
+    await group.idle();
+    group.destroy();
+  }
+});
+
 test.run();

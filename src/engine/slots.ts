@@ -21,6 +21,7 @@ import type {
 } from './generate-options.js';
 import type { KVCache } from './kvcache.js';
 import type { ForwardPlan, GPT2Model } from './model.js';
+import { SlotFailure } from './slot-failure.js';
 import type { GenIO } from './step-io.js';
 import { TextStreamer, type Tokenizer } from './tokenizer.js';
 
@@ -53,6 +54,8 @@ export interface Slot {
   /** A joining sequence: when it joined, and when its first token came (0: not a joiner / not yet). */
   joinedAt: number;
   firstAt: number;
+  /** Set when a listener threw a SlotFailure: the slot ended alone (handOver settles it). */
+  failure?: SlotFailure;
 }
 
 /** A slot for a sequence in cache row `row`; one asked for no tokens is final at once. */
@@ -101,7 +104,8 @@ function acceptToken(slot: Slot, index: number, tok: number, rules: AcceptRules)
   const isEos = rules.stopAtEos && tok === rules.eos;
   const piece = isEos ? '' : slot.streamer.push(tok);
   slot.text += piece;
-  slot.listeners.onToken?.({ row: index, token: tok, text: piece, index: slot.out.length - 1 });
+  const event = { row: index, token: tok, text: piece, index: slot.out.length - 1 };
+  if (!notify(slot, () => slot.listeners.onToken?.(event))) return;
   if (isEos) {
     slot.finished = 'eos';
     return;
@@ -111,6 +115,24 @@ function acceptToken(slot: Slot, index: number, tok: number, rules: AcceptRules)
     slot.finished = 'stop';
     slot.text = slot.text.slice(0, stop); // the surplus after the stop string is dropped
   } else if (slot.out.length >= slot.opts.maxNew) slot.finished = 'length';
+}
+
+/**
+ * Calls one of `slot`'s listeners. A SlotFailure it throws ends the slot alone (false): final, its
+ * tokens past those its cache row records dropped, so the row keeps what it held; anything else
+ * it throws ends the run.
+ */
+function notify(slot: Slot, call: () => void): boolean {
+  try {
+    call();
+    return true;
+  } catch (e) {
+    if (!(e instanceof SlotFailure)) throw e;
+    slot.failure = e;
+    slot.finished ??= 'stop';
+    slot.out.length = slot.recorded;
+    return false;
+  }
 }
 
 /** Where `text` ends for its earliest-ending stop string (undefined: it holds none). */
@@ -136,7 +158,8 @@ export function handOver(slot: Slot, index: number, cache: KVCache, stats: Gener
   slot.text += slot.finished === 'stop' ? '' : slot.streamer.flush();
   slot.released = true;
   cache.release([slot.row]);
-  slot.listeners.onSequenceDone?.({ row: index, sequence: sequenceOf(slot), stats });
+  if (slot.failure) slot.failure.settle();
+  else slot.listeners.onSequenceDone?.({ row: index, sequence: sequenceOf(slot), stats });
 }
 
 /**
