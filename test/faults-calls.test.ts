@@ -4,14 +4,26 @@
  */
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { rejects } from './helpers.js';
-import { tinyCheckpoint, tinyReference } from './fixtures-util.js';
+import { spawnSync } from 'node:child_process';
+import { join } from 'node:path';
+import { allClose, rejects } from './helpers.js';
+import { REPO_ROOT, tinyCheckpoint, tinyDir, tinyReference } from './fixtures-util.js';
 import { engine, tinyModel } from './model-util.js';
 import type { Checkpoint } from '../src/engine/checkpoint.js';
-import { DestroyedError, WeightsFormatError } from '../src/errors.js';
+import { DestroyedError, GPUValidationError, OutOfMemoryError, WeightsFormatError } from '../src/errors.js';
 
 const ref = tinyReference();
 const p0 = ref.prompts[0]!;
+const greedy = (n: number) => p0.greedy48.slice(p0.ids.length, p0.ids.length + n);
+
+function node(args: string[]): { code: number; out: string; err: string } {
+  const r = spawnSync(process.execPath, args, {
+    encoding: 'utf8',
+    timeout: 120_000,
+    env: { ...process.env, XDG_RUNTIME_DIR: process.env.XDG_RUNTIME_DIR ?? '/tmp' },
+  });
+  return { code: r.status ?? -1, out: r.stdout, err: r.stderr };
+}
 
 /** The tiny checkpoint with `value` written at element `at` of tensor `name`. */
 async function poisonedCheckpoint(name: string, at: number, value: number): Promise<Checkpoint> {
@@ -157,6 +169,70 @@ test('item 3: session group: a turn whose callback throws fails alone; the merge
     await group.idle();
     group.destroy();
   }
+});
+
+test('item 1: a call past the binding limit rejects with OutOfMemoryError naming what fits; the next call works', async () => {
+  const model = await tinyModel();
+  const V = model.config.vocab_size;
+  const fit = Math.floor(model.ctx.limits.maxStorageBufferBindingSize / (V * 4));
+  await rejects(
+    () => model.generate([1], { numSequences: 1024, maxNewTokens: 2 }),
+    (e) => e instanceof OutOfMemoryError && e.message.includes(`at most ${fit} sequences`),
+  );
+  const r = await model.generate(p0.ids, { temperature: 0, maxNewTokens: 4, stopAtEos: false });
+  assert.equal(r.sequences[0]!.tokens, greedy(4));
+  // logits of more positions than one binding holds: computed in parts, returned whole.
+  const ids = Array.from({ length: fit + 5 }, (_, i) => (i * 7919) % V);
+  const all = await model.logits(ids, { allPositions: true });
+  assert.equal(all.shape, [fit + 5, V]);
+  const last = await model.logits(ids);
+  allClose(all.data.subarray((fit + 4) * V), last.data, { atol: 1e-4, rtol: 1e-4 }, 'last position');
+  const first = await model.logits(ids.slice(0, 1));
+  allClose(all.data.subarray(0, V), first.data, { atol: 1e-4, rtol: 1e-4 }, 'first position');
+});
+
+test("item 1: a GPU error goes to the call that caused it, never to another caller's", async () => {
+  const model = await tinyModel();
+  const broken = await model.createSession();
+  const fine = await model.createSession();
+  try {
+    // Behind the engine's back: every step of `broken` now submits a destroyed buffer.
+    broken.cache.k[0]!.destroy();
+    const [bad, good] = await Promise.allSettled([
+      broken.generate([1, 2, 3], { maxNewTokens: 200, stopAtEos: false }),
+      fine.generate(p0.ids, { temperature: 0, maxNewTokens: 4, stopAtEos: false }),
+    ]);
+    assert.ok(good.status === 'fulfilled', `the other call: ${good.status === 'rejected' ? good.reason : ''}`);
+    assert.equal(good.value.sequences[0]!.tokens, greedy(4));
+    assert.ok(
+      bad.status === 'rejected' && bad.reason instanceof GPUValidationError && /destroyed/.test(bad.reason.message),
+      `the failing call: ${bad.status === 'rejected' ? bad.reason : 'resolved'}`,
+    );
+    const next = await fine.generate([5], { temperature: 0, maxNewTokens: 2 });
+    assert.is(next.sequences[0]!.tokens.length, 2);
+  } finally {
+    broken.destroy();
+    fine.destroy();
+  }
+});
+
+test('item 1: nothing from Dawn reaches stdout (CLI --json past the limit; an uncaptured error)', () => {
+  const bin = join(REPO_ROOT, 'bin', 'gpt2-webgpu.js');
+  const cli = node([bin, 'generate', '--model', tinyDir(), '--ids', '1', '--num-sequences', '1024', '--json']);
+  assert.is(cli.code, 1, cli.err);
+  assert.is(cli.out, '', 'stdout');
+  assert.match(cli.err, /OutOfMemoryError: .*at most \d+ sequences/);
+  const script = `
+    import { nodeContext } from ${JSON.stringify(join(REPO_ROOT, 'dist', 'src', 'node.js'))};
+    const ctx = await nodeContext();
+    ctx.device.createBuffer({ size: 16, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.STORAGE });
+    await ctx.device.queue.onSubmittedWorkDone();
+    await new Promise((r) => setTimeout(r, 50));
+    console.log(JSON.stringify({ uncaptured: ctx.uncapturedErrors.length }));
+    ctx.destroy();`;
+  const raw = node(['--input-type=module', '-e', script]);
+  assert.is(raw.code, 0, raw.err);
+  assert.is(raw.out, '{"uncaptured":1}\n');
 });
 
 test.run();

@@ -10,6 +10,7 @@
 import type { MatmulOptions } from '../kernels/matmul.js';
 import type { AttentionOptions } from '../kernels/attention.js';
 import { contextFromDevice, createContext, GpuContext, type ContextOptions } from '../gpu/device.js';
+import { rowsThatFit } from '../gpu/limits.js';
 import { GPT2Model, type LoadOptions } from './model.js';
 import {
   DEFAULT_MAX_NEW_TOKENS,
@@ -438,11 +439,16 @@ export class SessionGroup {
       if (set) set.push(q);
       else sets.set(q.key, [q]);
     }
-    for (const set of sets.values()) {
-      if (set.length === 1) {
-        const q = set[0]!;
-        this.alone(q.ids, q.opts, q.session.row!).then(q.resolve, q.reject);
-      } else this.merge(set);
+    // At most as many turns per run as the logits and sampler buffers [turns, V] can hold.
+    const most = rowsThatFit(this.model.ctx, this.model.config.vocab_size * 4);
+    for (const all of sets.values()) {
+      for (let i = 0; i < all.length; i += most) {
+        const set = all.slice(i, i + most);
+        if (set.length === 1) {
+          const q = set[0]!;
+          this.alone(q.ids, q.opts, q.session.row!).then(q.resolve, q.reject);
+        } else this.merge(set);
+      }
     }
   }
 

@@ -6,7 +6,9 @@
  * (uncached.ts); sequences not handed over during the run are handed over at its end.
  */
 import { AbortError, InvalidOptionError } from '../errors.js';
+import { CallErrors } from '../gpu/call-errors.js';
 import { Owned } from '../gpu/common.js';
+import { checkVocabRows } from '../gpu/limits.js';
 import { deriveSeed, randomSeed } from '../sampling/options.js';
 import {
   cacheRowsOf,
@@ -107,6 +109,7 @@ interface RunSpec {
 function specOf(model: GPT2Model, prompts: number[][], opts: GenerateOptions): RunSpec {
   const { maxNew: sharedMaxNew, rows: R, depth } = validateGenerate(opts, model.ctx.isCpuAdapter);
   const seqOpts = sequenceOptions(opts, R, model.config.vocab_size, sharedMaxNew);
+  checkVocabRows(model.ctx, R, model.config.vocab_size, 'numSequences', 'sequences');
   const maxNew = Math.max(...seqOpts.map((o) => o.maxNew));
   const given = opts.seeds === undefined ? undefined : seedsOf(opts.seeds, opts.seed, R);
   const seed = given?.[0] ?? opts.seed ?? randomSeed();
@@ -163,6 +166,7 @@ async function run(model: GPT2Model, prompts: number[][], opts: GenerateOptions)
   const slots = rows.map((row, i) => newSlot(model.tokenizer, row, spec.seqOpts[i]!, listeners));
   const stats = emptyStats(rows.length);
   const owned = new Owned(model.ctx);
+  const errors = new CallErrors(model.ctx);
   const plans: ForwardPlan[] = [];
   const pending: Array<Promise<void>> = [];
   let finished = false; // the plans' work ended without an error: the cache may keep them
@@ -175,15 +179,10 @@ async function run(model: GPT2Model, prompts: number[][], opts: GenerateOptions)
   });
   try {
     if (spec.maxNew > 0) {
-      const r = startRun(model, { cache, rows, own }, prompts, opts, spec, {
-        slots,
-        stats,
-        owned,
-        plans,
-        pending,
-        tCall,
-      });
+      const parts = { slots, stats, owned, plans, pending, tCall, errors };
+      const r = errors.run(() => startRun(model, { cache, rows, own }, prompts, opts, spec, parts));
       await (opts.useCache === false ? generateUncached(r) : generateCached(r));
+      await errors.check();
     }
     finished = true;
     handOverRest(slots, cache, stats);
@@ -203,7 +202,7 @@ async function run(model: GPT2Model, prompts: number[][], opts: GenerateOptions)
 }
 
 /** What run() made before the run starts: its slots, figures, owner and lists of plans and pending work. */
-type RunParts = Pick<Run, 'slots' | 'stats' | 'owned' | 'plans' | 'pending' | 'tCall'>;
+type RunParts = Pick<Run, 'slots' | 'stats' | 'owned' | 'plans' | 'pending' | 'tCall' | 'errors'>;
 
 /**
  * The run's record: the sampler state (each slot's options and seed; penalties count the prompt
@@ -246,7 +245,7 @@ function startRun(
     rules,
     sampler,
     staging,
-    io: new GenIO(model),
+    io: new GenIO(model, parts.errors),
     depth: spec.depth,
     maxNew: spec.maxNew,
     early,

@@ -30,6 +30,8 @@ import { GatherRowsKernel } from '../kernels/elementwise.js';
 import { Sampler } from '../kernels/sampler.js';
 import { BeamKernel } from '../kernels/beam.js';
 import { DestroyedError, PromptError, ShapeError } from '../errors.js';
+import { CallErrors } from '../gpu/call-errors.js';
+import { checkVocabRows, rowsThatFit } from '../gpu/limits.js';
 import { gpt2Tokenizer, type Tokenizer } from './tokenizer.js';
 
 const STORAGE = () => GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC;
@@ -522,7 +524,9 @@ export class GPT2Model implements CacheOwner {
 
   /**
    * Runs a prompt through the model from an empty cache and returns logits read back to the CPU
-   * (a debug/verification path): the last position's [V], or every position's [T, V].
+   * (a debug/verification path): the last position's [V], or every position's [T, V]. Positions
+   * whose logits one storage binding cannot hold together (667 of gpt2's vocabulary in 128 MiB)
+   * are computed in parts, the forward pass run once per part.
    */
   async logits(
     ids: readonly number[],
@@ -536,18 +540,30 @@ export class GPT2Model implements CacheOwner {
         `prompt has ${T} tokens, more than the context window n_positions = ${this.config.n_positions}`,
       );
     }
+    const V = this.config.vocab_size;
+    const positions = opts.allPositions ? T : 1;
+    const R = Math.min(positions, rowsThatFit(this.ctx, V * 4)); // positions per part
+    checkVocabRows(this.ctx, R, V, 'logits', 'positions');
     const cache = await this.createCache({ capacity: Math.max(2, T) });
-    const R = opts.allPositions ? T : 1;
+    const errors = new CallErrors(this.ctx);
     let plan: ForwardPlan | undefined;
     try {
-      plan = new ForwardPlan(this, cache, T, R);
-      const meta = rowMeta(0, 0, T);
-      const last = opts.allPositions ? Uint32Array.from({ length: T }, (_, i) => i) : Uint32Array.of(T - 1);
-      plan.write({ ids, meta, lastIdx: last });
-      this.submit(plan.dispatches);
-      const data = new Float32Array(await this.ctx.readBuffer(plan.logits.buffer, 0, R * this.config.vocab_size * 4));
-      this.ctx.throwIfErrors();
-      return { shape: opts.allPositions ? [T, this.config.vocab_size] : [this.config.vocab_size], data };
+      plan = errors.run(() => new ForwardPlan(this, cache, T, R));
+      const data = new Float32Array(positions * V);
+      for (let from = 0; from < positions; from += R) {
+        const n = Math.min(R, positions - from);
+        const at = (i: number) => (opts.allPositions ? Math.min(from + i, T - 1) : T - 1);
+        errors.run(() => {
+          plan!.write({ ids, meta: rowMeta(0, 0, T), lastIdx: Uint32Array.from({ length: R }, (_, i) => at(i)) });
+          this.submit(plan!.dispatches);
+        });
+        // (An async call's GPU work up to its first await runs inside `run` too.)
+        const part = await errors.run(() => this.ctx.readBuffer(plan!.logits.buffer, 0, n * V * 4));
+        data.set(new Float32Array(part), from * V);
+        errors.throwIfCaught();
+      }
+      await errors.check();
+      return { shape: opts.allPositions ? [T, V] : [V], data };
     } finally {
       plan?.destroy();
       cache.destroy();

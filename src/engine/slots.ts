@@ -7,6 +7,7 @@
  * Slot i is row i of every step (its token, its logits, its sampler row) and of the result; its
  * cache row is `row`. A joining sequence (continuous batching) takes a parked slot over.
  */
+import type { CallErrors } from '../gpu/call-errors.js';
 import type { Owned } from '../gpu/common.js';
 import type { SamplerState } from '../kernels/sampler.js';
 import type {
@@ -211,6 +212,8 @@ export interface Run {
   /** Read-back buffers, one per step in flight ([slots] u32 each). */
   staging: GPUBuffer[];
   io: GenIO;
+  /** The generation's GPU errors: its GPU work runs in `errors.run` (never another caller's). */
+  errors: CallErrors;
   stats: GenerateStats;
   tCall: number;
   /** Steps in flight at most. */
