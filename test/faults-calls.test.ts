@@ -10,7 +10,7 @@ import { allClose, rejects } from './helpers.js';
 import { REPO_ROOT, tinyCheckpoint, tinyDir, tinyReference } from './fixtures-util.js';
 import { engine, tinyModel } from './model-util.js';
 import type { Checkpoint } from '../src/engine/checkpoint.js';
-import { DestroyedError, GPUValidationError, OutOfMemoryError, WeightsFormatError } from '../src/errors.js';
+import { AbortError, DestroyedError, GPUValidationError, OutOfMemoryError, WeightsFormatError } from '../src/errors.js';
 
 const ref = tinyReference();
 const p0 = ref.prompts[0]!;
@@ -233,6 +233,33 @@ test('item 1: nothing from Dawn reaches stdout (CLI --json past the limit; an un
   const raw = node(['--input-type=module', '-e', script]);
   assert.is(raw.code, 0, raw.err);
   assert.is(raw.out, '{"uncaptured":1}\n');
+});
+
+test('item 5: beam search: 256 beams cost a few times 64 beams per step (not 120x); an abort mid-step rejects at once', async () => {
+  const model = await tinyModel();
+  const o = { maxNewTokens: 3, numReturnSequences: 1 };
+  const time = async (numBeams: number) => {
+    const t0 = performance.now();
+    await model.beamSearch([1, 2, 3], { ...o, numBeams });
+    return performance.now() - t0;
+  };
+  await time(64); // pipelines and plans warm
+  const t64 = await time(64);
+  const t256 = await time(256);
+  assert.ok(t256 < 20 * t64, `256 beams took ${t256.toFixed(0)} ms, 64 beams ${t64.toFixed(0)} ms`);
+  const ac = new AbortController();
+  let aborted = 0;
+  setTimeout(() => {
+    aborted = performance.now();
+    ac.abort();
+  }, 150);
+  const opts = { numBeams: 256, numReturnSequences: 256, maxNewTokens: 40, signal: ac.signal };
+  await rejects(
+    () => model.beamSearch([1, 2, 3], opts),
+    (e) => e instanceof AbortError,
+  );
+  const late = performance.now() - aborted;
+  assert.ok(aborted > 0 && late < 1000, `rejected ${late.toFixed(0)} ms after the abort`);
 });
 
 test.run();

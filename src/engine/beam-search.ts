@@ -117,10 +117,11 @@ async function search(
   const finished: BeamHypothesis[] = [];
   // Step 0: rank the prompt's continuations (all B rows get the prompt's logits).
   errors.run(() => model.submit([...gpu.prefill.dispatches, ...gpu.rankPrefill], (enc) => copyCandidates(enc, gpu, B)));
-  let cands = await readCandidates(model, gpu, B, errors);
+  const aborted = (step: number) => new AbortError(`beam search aborted after ${step} steps`);
+  let cands = await abortable(readCandidates(model, gpu, B, errors), signal, () => aborted(0));
   for (let step = 0; step < o.maxNewTokens; step++) {
-    if (signal?.aborted) throw new AbortError(`beam search aborted after ${step} steps`);
     beams = nextBeams(cands, beams, finished, promptIds, o);
+    if (signal?.aborted) throw aborted(step);
     if (finished.length >= (o.earlyStopping ? o.numBeams : o.numReturnSequences)) break;
     if (step + 1 >= o.maxNewTokens) break;
     // Feed the new tokens: reorder the caches by parent, then one decode step for all beams.
@@ -134,10 +135,24 @@ async function search(
       dec.write({ ids: beams.map((b) => b.token!), meta: decodeMeta(new Uint32Array(B).fill(P + step)) });
       model.submit([...gather, ...dec.dispatches, ...rank], (enc) => copyCandidates(enc, gpu, B));
     });
-    cands = await readCandidates(model, gpu, B, errors);
+    cands = await abortable(readCandidates(model, gpu, B, errors), signal, () => aborted(step + 1));
     model.checkAlive('this beam search');
   }
   return { beams, finished };
+}
+
+/**
+ * `p`, or the error `aborted()` makes as soon as `signal` aborts: a step's read-back is not waited
+ * for (the GPU finishes the step; the caller frees its buffers meanwhile, which WebGPU allows).
+ */
+function abortable<T>(p: Promise<T>, signal: AbortSignal | undefined, aborted: () => Error): Promise<T> {
+  if (!signal) return p;
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = (): void => reject(aborted());
+    if (signal.aborted) onAbort();
+    signal.addEventListener('abort', onAbort, { once: true });
+    p.then(resolve, reject).finally(() => signal.removeEventListener('abort', onAbort));
+  });
 }
 
 /**
