@@ -1,6 +1,8 @@
 /**
- * Faults that cross from one caller to another, or end in garbage (issue 28, items 1-5): non-finite
- * numbers (weights refused at load; a tiny temperature is the greedy limit), ...
+ * Faults that cross from one caller to another, or end in garbage (issue 28, items 1-5): GPU errors
+ * kept to the call that raised them (sizes past the binding limit refused up front, nothing on
+ * stdout); a model destroyed while in use; one session-group turn's failing callback; non-finite
+ * weights and a tiny temperature; the cost and the abort of a wide beam search.
  */
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
