@@ -9,11 +9,15 @@
 //     select on order-preserving u32 keys of the scores (4 passes of 8 bits, counts in workgroup
 //     memory); ties at the K-th key are cut by smaller id. Writes K candidates (score bits, flat
 //     index) per row to cand [B, K, 2]; rows with V < K pad with NONE.
-//   merge (one workgroup): the global top K is within the union of the rows' top K; each
-//     candidate's rank is the number of candidates that beat it (B * K is small), and the first
-//     K ranks are written in order.
+//   merge (one workgroup): the global top K is within the union of the rows' top K (B * K
+//     candidates). The same radix select finds the K-th largest key among them, then (ties at
+//     that key taken by smaller flat index) a second one over the ties' flat indices; the K
+//     winners go to workgroup memory, where each one's rank among them is counted (K^2) and the
+//     K are written in order. Work: O(B * K + K^2) = O(B^2); counting each candidate's rank among
+//     all B * K (O(B^4)) made 256 beams ~120x slower per step than 64.
 // Scores are recomputed from the logits in every pass with the same expression, so every pass
-// sees bit-identical values. Limits: 256 invocations, 2 KiB of workgroup memory, 4 storage buffers.
+// sees bit-identical values. Limits: 256 invocations, 7 KiB of workgroup memory, 4 storage
+// buffers, K <= MAX_K.
 
 const WG: u32 = 256u;
 const NONE: u32 = 0xffffffffu;
@@ -177,23 +181,84 @@ fn row_topk(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_inde
   }
 }
 
+// The n-th largest key among the merge's candidates, into w_key (with w_above: how many keys are
+// larger, w_eq: how many equal). by_id false: keys okey(score) of every candidate; true: keys
+// ~flat index (the smallest index largest) of the candidates whose okey(score) is `key1`.
+fn merge_select(total: u32, n: u32, lid: u32, by_id: bool, key1: u32) {
+  if (lid == 0u) {
+    w_key = 0u;
+    w_above = 0u;
+    w_eq = 0u;
+  }
+  for (var ps = 0u; ps < 4u; ps++) {
+    let shift = 24u - 8u * ps;
+    let hmask = select(0xffffffffu << (shift + 8u), 0u, ps == 0u);
+    atomicStore(&h_cnt[lid], 0u);
+    workgroupBarrier();
+    let prefix = w_key;
+    let above = w_above;
+    for (var i = lid; i < total; i += WG) {
+      let f = cand[i * 2u + 1u];
+      if (f == NONE) { continue; }
+      let ks = okey(bitcast<f32>(cand[i * 2u]));
+      if (by_id && ks != key1) { continue; }
+      let k = select(ks, ~f, by_id);
+      if ((k & hmask) == prefix) { atomicAdd(&h_cnt[(k >> shift) & 0xffu], 1u); }
+    }
+    workgroupBarrier();
+    let bucket = 255u - lid;
+    let own = atomicLoad(&h_cnt[bucket]);
+    s_cnt[lid] = own;
+    scan256(lid);
+    let incl = above + s_cnt[lid];
+    workgroupBarrier();
+    if (incl >= n && incl - own < n) {
+      w_key = prefix | (bucket << shift);
+      w_above = incl - own;
+      w_eq = own;
+    }
+    workgroupBarrier();
+  }
+}
+
+const MAX_K: u32 = 512u;
+var<workgroup> m_score: array<f32, MAX_K>;
+var<workgroup> m_flat: array<u32, MAX_K>;
+
 @compute @workgroup_size(WG)
 fn merge(@builtin(local_invocation_index) lid: u32) {
   let total = p.B * p.K;
+  let n = min(p.K, p.B * min(p.K, p.V));  // candidates that are not padding: B rows of min(K, V)
+  merge_select(total, n, lid, false, 0u);
+  let key1 = w_key;
+  let j = n - w_above;  // ties at key1 to take (1 <= j <= w_eq), smallest flat index first
+  workgroupBarrier();   // every thread has read w_key and w_above
+  merge_select(total, j, lid, true, key1);
+  let key2 = w_key;     // ~(flat index of the j-th tie): ties with ~flat >= key2 are in
+  if (lid == 0u) { atomicStore(&w_slot, 0u); }
+  workgroupBarrier();
   for (var i = lid; i < total; i += WG) {
-    let fi = cand[i * 2u + 1u];
-    if (fi == NONE) { continue; }
-    let si = bitcast<f32>(cand[i * 2u]);
+    let f = cand[i * 2u + 1u];
+    if (f == NONE) { continue; }
+    let s = bitcast<f32>(cand[i * 2u]);
+    let k = okey(s);
+    if (k > key1 || (k == key1 && ~f >= key2)) {
+      let slot = atomicAdd(&w_slot, 1u);
+      m_score[slot] = s;
+      m_flat[slot] = f;
+    }
+  }
+  workgroupBarrier();
+  for (var i = lid; i < n; i += WG) {
+    let si = m_score[i];
+    let fi = m_flat[i];
     var rank = 0u;
-    for (var q = 0u; q < total; q++) {
-      let fq = cand[q * 2u + 1u];
-      let sq = bitcast<f32>(cand[q * 2u]);
-      if (fq != NONE && (sq > si || (sq == si && fq < fi))) { rank++; }
+    for (var q = 0u; q < n; q++) {
+      let sq = m_score[q];
+      if (sq > si || (sq == si && m_flat[q] < fi)) { rank++; }
     }
-    if (rank < p.K) {
-      out[rank * 3u] = fi / p.V;
-      out[rank * 3u + 1u] = fi % p.V;
-      out[rank * 3u + 2u] = bitcast<u32>(si);
-    }
+    out[rank * 3u] = fi / p.V;
+    out[rank * 3u + 1u] = fi % p.V;
+    out[rank * 3u + 2u] = bitcast<u32>(si);
   }
 }

@@ -2,8 +2,9 @@
 // workgroup (256 threads) per sequence row over the vocabulary V.
 //
 // Per decode step the sampler runs two dispatches over logits [rows, V] f32:
-//   select_row: z = processed logits (1 logit_bias, 2 repetition penalty, 3 / temperature,
-//               4 frequency and presence penalties from counts [rows, V] u32) -> work [rows, V];
+//   select_row: z = processed logits (1 logit_bias, 2 repetition penalty, 3 / temperature (the
+//               row's max subtracted first where the quotient would overflow f32), 4 frequency
+//               and presence penalties from counts [rows, V] u32) -> work [rows, V];
 //               greedy argmax; the kept set of top-k, top-p and min-p -> cuts[row].
 //   draw_row:   Gumbel-max draw over the kept tokens, optional probs [rows, V] (softmax over the
 //               kept tokens, 0 elsewhere), out_ids[row]; counts, step and the EOS latch updated.
@@ -381,6 +382,23 @@ fn rank_cut(base: u32, V: u32, lid: u32, n: u32) -> vec2<u32> {
   return vec2<u32>(key, select(t, NONE, j >= eq));
 }
 
+// Steps 1-2 for token v of a row: its logit plus logit_bias, then the repetition penalty.
+fn biased(lbase: u32, base: u32, v: u32, P: RowParams) -> f32 {
+  var x = logits[lbase + v];
+  if (P.bias_row != NONE) { x = x + bias[P.bias_row * g.V + v]; }
+  if (counts[base + v] > 0u && P.rep != 1.0) { x = select(x / P.rep, x * P.rep, x < 0.0); }
+  return x;
+}
+
+// Steps 3-4: (x - shift) / temperature (not divided when greedy), then the frequency and presence
+// penalties of a token seen c times. shift is 0 unless x / T would overflow (select_row).
+fn tempered(x: f32, c: u32, P: RowParams, shift: f32) -> f32 {
+  var z = x;
+  if (P.temperature > 0.0) { z = (z - shift) / P.temperature; }
+  if (c > 0u) { z = z - P.freq * f32(c) - P.pres; }
+  return z;
+}
+
 @compute @workgroup_size(WG)
 fn select_row(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
   let row = wg.y * g.rows_per_y + wg.x;
@@ -395,23 +413,46 @@ fn select_row(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_in
   // 1-4: processed logits z, their max and argmax.
   var best = neg_inf();
   var best_i = NONE;
+  var top = neg_inf();  // max of x before the temperature
   for (var v = lid; v < V; v += WG) {
-    var x = logits[lbase + v];
-    if (P.bias_row != NONE) { x = x + bias[P.bias_row * V + v]; }
-    let c = counts[base + v];
-    if (c > 0u && P.rep != 1.0) { x = select(x / P.rep, x * P.rep, x < 0.0); }
-    if (P.temperature > 0.0) { x = x / P.temperature; }
-    if (c > 0u) { x = x - P.freq * f32(c) - P.pres; }
-    work[base + v] = x;
-    if (beats(x, v, best, best_i)) {
-      best = x;
+    let x = biased(lbase, base, v, P);
+    top = max(top, x);
+    let z = tempered(x, counts[base + v], P, 0.0);
+    work[base + v] = z;
+    if (beats(z, v, best, best_i)) {
+      best = z;
       best_i = v;
     }
   }
   storageBarrier();  // nth_tie_id reads elements other threads wrote
   reduce_argmax_sum(best, best_i, 0.0, lid);
-  let m = r_val[0];
-  let amax = select(r_id[0], 0u, r_id[0] == NONE);
+  var m = r_val[0];
+  var amax = select(r_id[0], 0u, r_id[0] == NONE);
+  // 3 again for a tiny temperature, where x / T would overflow f32 (+-inf ties, or every token
+  // -inf): z = (x - top) / T instead, the same distribution (softmax and every cut are invariant
+  // to a shift), so that T -> 0 approaches greedy as it should.
+  if (P.temperature > 0.0 && P.temperature < 1.0) {
+    workgroupBarrier();  // every thread has read r_val[0]
+    reduce_argmax_sum(top, 0u, 0.0, lid);
+    let shift = r_val[0];
+    if (lid == 0u) { w_u = select(0u, 1u, abs(shift) > P.temperature * 1e38 && abs(shift) <= 3.4e38); }
+    if (workgroupUniformLoad(&w_u) != 0u) {
+      best = neg_inf();
+      best_i = NONE;
+      for (var v = lid; v < V; v += WG) {
+        let z = tempered(biased(lbase, base, v, P), counts[base + v], P, shift);
+        work[base + v] = z;
+        if (beats(z, v, best, best_i)) {
+          best = z;
+          best_i = v;
+        }
+      }
+      storageBarrier();
+      reduce_argmax_sum(best, best_i, 0.0, lid);
+      m = r_val[0];
+      amax = select(r_id[0], 0u, r_id[0] == NONE);
+    }
+  }
 
   var key = 0u;       // the empty cut keeps everything
   var id_lim = NONE;

@@ -38,6 +38,12 @@ export class PromptError extends GPT2WebGPUError {}
 /** A KV cache (session) was misused: destroyed, owned by another model, or busy with a step. */
 export class CacheMisuseError extends GPT2WebGPUError {}
 
+/**
+ * A model (or the engine) was destroyed: before the call, or while the call was using it (the call
+ * stops at its next step, submits nothing more and delivers no more tokens).
+ */
+export class DestroyedError extends GPT2WebGPUError {}
+
 /** A model download failed or the downloaded file does not match its expected size/hash. */
 export class DownloadError extends GPT2WebGPUError {}
 

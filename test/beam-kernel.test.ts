@@ -30,6 +30,7 @@ const SHAPES: Array<[number, number]> = [
   [6, 1000],
   [3, 7],
   [3, 2], // K = 2B = B * V: every token is a candidate, rows pad their top-K lists
+  [64, 700], // the merge's radix selects over B * K = 8192 candidates
 ];
 
 for (const [B, V] of SHAPES) {
@@ -73,6 +74,25 @@ test('beam candidates: ties go to the smaller flat index b * V + v; logits may b
       [...new Array(4).fill(Math.log(0.25)), -Math.log(300), -Math.log(300)],
       { atol: 1e-5 },
       'scores',
+    );
+  }));
+
+test('beam candidates: every score tied across 40 rows -> the 80 smallest flat indices, in order', () =>
+  withDevice(async ({ ctx, owned }) => {
+    const [B, V] = [40, 50];
+    const k = await BeamKernel.create(ctx);
+    const out = poisoned(owned, [2 * B, 3], 'u32');
+    const logits = upload(owned, new Float32Array(B * V), [B, V]);
+    await run(ctx, k.bind(owned, { logits, beamScores: upload(owned, new Float32Array(B), [B]), out }));
+    const got = decodeBeamCandidates(await downloadU32(ctx, out));
+    const flat = Array.from({ length: 2 * B }, (_, i) => i);
+    assert.equal(
+      got.parent,
+      flat.map((f) => Math.floor(f / V)),
+    );
+    assert.equal(
+      got.token,
+      flat.map((f) => f % V),
     );
   }));
 

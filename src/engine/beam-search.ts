@@ -16,7 +16,9 @@
  */
 import { AbortError, ContextOverflowError } from '../errors.js';
 import { validateBeam, type BeamHypothesis, type BeamOptions } from '../sampling/beam.js';
+import { CallErrors } from '../gpu/call-errors.js';
 import { GpuTensor, Owned, type Dispatch } from '../gpu/common.js';
+import { checkVocabRows } from '../gpu/limits.js';
 import type { KvGatherDispatch } from '../kernels/kvcache.js';
 import type { KVCache } from './kvcache.js';
 import { decodeMeta, ForwardPlan, rowMeta, type GPT2Model } from './model.js';
@@ -72,6 +74,7 @@ export async function beamSearch(
     );
   }
   if (o.maxNewTokens === 0) return [{ logprob: 0, score: 0, tokens: promptIds, finished: false }];
+  checkVocabRows(model.ctx, o.numBeams, cfg.vocab_size, 'numBeams', 'beams');
 
   const owned = new Owned(model.ctx);
   const capacity = P + o.maxNewTokens;
@@ -83,10 +86,14 @@ export async function beamSearch(
       await model.createCache({ rows: o.numBeams, capacity }),
       await model.createCache({ rows: o.numBeams, capacity }),
     );
-    const gpu = buildGpu(model, owned, caches as [KVCache, KVCache, KVCache], plans, promptIds, o.numBeams);
-    const { beams, finished } = await search(model, gpu, promptIds, o, options.signal);
-    model.ctx.throwIfErrors();
+    const errors = new CallErrors(model.ctx); // this search's GPU errors, nobody else's
+    const three = caches as [KVCache, KVCache, KVCache];
+    const gpu = errors.run(() => buildGpu(model, owned, three, plans, promptIds, o.numBeams));
+    const { beams, finished } = await search(model, gpu, promptIds, o, options.signal, errors);
+    await errors.check();
     return best(beams, finished, promptIds, o);
+  } catch (e) {
+    throw model.failure(e, 'this beam search');
   } finally {
     for (const p of plans) p.destroy();
     owned.destroy();
@@ -101,6 +108,7 @@ async function search(
   promptIds: number[],
   o: Options,
   signal: AbortSignal | undefined,
+  errors: CallErrors,
 ): Promise<{ beams: Beam[]; finished: BeamHypothesis[] }> {
   const B = o.numBeams;
   const P = promptIds.length;
@@ -108,25 +116,43 @@ async function search(
   let beams: Beam[] = Array.from({ length: B }, () => ({ tokens: [], logprob: 0 }));
   const finished: BeamHypothesis[] = [];
   // Step 0: rank the prompt's continuations (all B rows get the prompt's logits).
-  model.submit([...gpu.prefill.dispatches, ...gpu.rankPrefill], (enc) => copyCandidates(enc, gpu, B));
-  let cands = await readCandidates(model, gpu, B);
+  errors.run(() => model.submit([...gpu.prefill.dispatches, ...gpu.rankPrefill], (enc) => copyCandidates(enc, gpu, B)));
+  const aborted = (step: number) => new AbortError(`beam search aborted after ${step} steps`);
+  let cands = await abortable(readCandidates(model, gpu, B, errors), signal, () => aborted(0));
   for (let step = 0; step < o.maxNewTokens; step++) {
-    if (signal?.aborted) throw new AbortError(`beam search aborted after ${step} steps`);
     beams = nextBeams(cands, beams, finished, promptIds, o);
+    if (signal?.aborted) throw aborted(step);
     if (finished.length >= (o.earlyStopping ? o.numBeams : o.numReturnSequences)) break;
     if (step + 1 >= o.maxNewTokens) break;
     // Feed the new tokens: reorder the caches by parent, then one decode step for all beams.
     // The prompt's K/V for every beam comes from the scratch row 0 (parent 0 for all).
     const { gather, dec, rank } = hop(gpu, step);
     // Copy only the slots holding tokens so far (prompt + step new tokens, the newest not yet fed).
-    for (const g of gather) g.setLength(P + step);
-    queue.writeBuffer(gpu.parent.buffer, 0, Uint32Array.from(beams.map((b) => (step === 0 ? 0 : b.parent!))));
-    queue.writeBuffer(gpu.scores.buffer, 0, Float32Array.from(beams.map((b) => b.logprob)));
-    dec.write({ ids: beams.map((b) => b.token!), meta: decodeMeta(new Uint32Array(B).fill(P + step)) });
-    model.submit([...gather, ...dec.dispatches, ...rank], (enc) => copyCandidates(enc, gpu, B));
-    cands = await readCandidates(model, gpu, B);
+    errors.run(() => {
+      for (const g of gather) g.setLength(P + step);
+      queue.writeBuffer(gpu.parent.buffer, 0, Uint32Array.from(beams.map((b) => (step === 0 ? 0 : b.parent!))));
+      queue.writeBuffer(gpu.scores.buffer, 0, Float32Array.from(beams.map((b) => b.logprob)));
+      dec.write({ ids: beams.map((b) => b.token!), meta: decodeMeta(new Uint32Array(B).fill(P + step)) });
+      model.submit([...gather, ...dec.dispatches, ...rank], (enc) => copyCandidates(enc, gpu, B));
+    });
+    cands = await abortable(readCandidates(model, gpu, B, errors), signal, () => aborted(step + 1));
+    model.checkAlive('this beam search');
   }
   return { beams, finished };
+}
+
+/**
+ * `p`, or the error `aborted()` makes as soon as `signal` aborts: a step's read-back is not waited
+ * for (the GPU finishes the step; the caller frees its buffers meanwhile, which WebGPU allows).
+ */
+function abortable<T>(p: Promise<T>, signal: AbortSignal | undefined, aborted: () => Error): Promise<T> {
+  if (!signal) return p;
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = (): void => reject(aborted());
+    if (signal.aborted) onAbort();
+    signal.addEventListener('abort', onAbort, { once: true });
+    p.then(resolve, reject).finally(() => signal.removeEventListener('abort', onAbort));
+  });
 }
 
 /**
@@ -197,8 +223,9 @@ function copyCandidates(enc: GPUCommandEncoder, gpu: BeamGpu, B: number): void {
 }
 
 /** The 2B ranked (parent, token, score) triples of the last submit, best first. */
-async function readCandidates(model: GPT2Model, gpu: BeamGpu, B: number): Promise<Candidate[]> {
+async function readCandidates(model: GPT2Model, gpu: BeamGpu, B: number, errors: CallErrors): Promise<Candidate[]> {
   const words = new Uint32Array(await model.ctx.mapCopy(gpu.staging, 2 * B * 12));
+  errors.throwIfCaught();
   const f = new Float32Array(words.buffer);
   return Array.from({ length: 2 * B }, (_, i) => ({
     parent: words[3 * i]!,

@@ -9,6 +9,7 @@
  */
 import { resolveProfile, type DeviceProfile, type PartialProfile } from '../kernels/profile.js';
 import { contextFromDevice, createContext, GpuContext, type ContextOptions } from '../gpu/device.js';
+import { rowsThatFit } from '../gpu/limits.js';
 import { GPT2Model, type LoadOptions } from './model.js';
 import {
   DEFAULT_MAX_NEW_TOKENS,
@@ -25,6 +26,7 @@ import {
   type TokenEvent,
 } from './generate.js';
 import { beamSearch } from './beam-search.js';
+import { SlotFailure } from './slot-failure.js';
 import { perplexity, score, type PerplexityResult, type ScoreOptions, type ScoreResult } from './score.js';
 import type { BeamHypothesis, BeamOptions } from '../sampling/beam.js';
 import { sample as sampleOnGpu } from '../sampling/sample.js';
@@ -315,6 +317,21 @@ function mergeKey(
 }
 
 /**
+ * Calls a merged turn's own listener: what it throws fails that turn alone (SlotFailure: its slot
+ * ends, and once its row is free the turn rejects with the error), never its neighbours'.
+ */
+function ownListener(run: MergedRun, q: QueuedTurn, call: () => void): void {
+  try {
+    call();
+  } catch (e) {
+    throw new SlotFailure(e, () => {
+      run.done++; // its slot is parked, free for a joiner
+      q.reject(e);
+    });
+  }
+}
+
+/**
  * Sessions that share one KV cache, a row each (`model.createSessionGroup(n)`), so that several
  * conversations advance in one batched step per token, reading the weights once per step for all
  * of them: explicitly with `group.generate([{ session, prompt }, ...])`, or implicitly: turns
@@ -324,6 +341,7 @@ function mergeKey(
  * still gets exactly the tokens it would get alone, with its own options, and its stats are the
  * merged run's (`stats.batch_rows` turns; the steps run until the longest turn is done). A turn started while others run goes on its
  * own at once (generations on different sessions of a group may run at the same time).
+ * A merged turn whose listener throws fails alone (ownListener).
  */
 export class SessionGroup {
   readonly sessions: readonly Session[];
@@ -425,11 +443,16 @@ export class SessionGroup {
       if (set) set.push(q);
       else sets.set(q.key, [q]);
     }
-    for (const set of sets.values()) {
-      if (set.length === 1) {
-        const q = set[0]!;
-        this.alone(q.ids, q.opts, q.session.row!).then(q.resolve, q.reject);
-      } else this.merge(set);
+    // At most as many turns per run as the logits and sampler buffers [turns, V] can hold.
+    const most = rowsThatFit(this.model.ctx, this.model.config.vocab_size * 4);
+    for (const all of sets.values()) {
+      for (let i = 0; i < all.length; i += most) {
+        const set = all.slice(i, i + most);
+        if (set.length === 1) {
+          const q = set[0]!;
+          this.alone(q.ids, q.opts, q.session.row!).then(q.resolve, q.reject);
+        } else this.merge(set);
+      }
     }
   }
 
@@ -462,7 +485,7 @@ export class SessionGroup {
         cache: this.cache,
         cacheRows: set.map((q) => q.session.row!),
         // These events are the first turns' (a joiner's events go to its own listeners).
-        onToken: (ev) => set[ev.row]!.opts.onToken?.({ ...ev, row: 0 }),
+        onToken: (ev) => ownListener(run, set[ev.row]!, () => set[ev.row]!.opts.onToken?.({ ...ev, row: 0 })),
         onSequenceDone: (ev) => this.turnDone(run, run.first[ev.row]!.turn, run.first[ev.row]!.seed, ev),
         // Turns that arrive while the run goes on take its parked slots (continuous batching).
         joiners: run.joining,
@@ -500,7 +523,7 @@ export class SessionGroup {
       sampling: validateSampling(samplingPart(own), this.model.config.vocab_size),
       maxNew: own.maxNewTokens!,
       stopStrings: own.stopStrings,
-      onToken: (ev) => q.opts.onToken?.({ ...ev, row: 0 }),
+      onToken: (ev) => ownListener(run, q, () => q.opts.onToken?.({ ...ev, row: 0 })),
       onSequenceDone: (ev) => this.turnDone(run, q, seed, ev),
     };
   }
@@ -511,7 +534,12 @@ export class SessionGroup {
    */
   private turnDone(run: MergedRun, q: QueuedTurn, seed: number, { sequence, stats }: SequenceDoneEvent): void {
     run.done++;
-    q.opts.onSequenceDone?.({ row: 0, sequence, stats });
+    try {
+      q.opts.onSequenceDone?.({ row: 0, sequence, stats });
+    } catch (e) {
+      q.reject(e); // this turn's own failure; the run goes on for the others
+      return;
+    }
     q.resolve({ promptIds: q.ids, seed, seeds: [seed], sequences: [sequence], stats });
   }
 

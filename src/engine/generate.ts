@@ -6,7 +6,9 @@
  * (uncached.ts); sequences not handed over during the run are handed over at its end.
  */
 import { AbortError, InvalidOptionError } from '../errors.js';
+import { CallErrors } from '../gpu/call-errors.js';
 import { Owned } from '../gpu/common.js';
+import { checkVocabRows } from '../gpu/limits.js';
 import { deriveSeed, randomSeed } from '../sampling/options.js';
 import {
   cacheRowsOf,
@@ -109,6 +111,7 @@ function specOf(model: GPT2Model, prompts: number[][], opts: GenerateOptions): R
   const withDepth = { ...opts, pipelineDepth: opts.pipelineDepth ?? model.profile.pipelineDepth };
   const { maxNew: sharedMaxNew, rows: R, depth } = validateGenerate(withDepth);
   const seqOpts = sequenceOptions(opts, R, model.config.vocab_size, sharedMaxNew);
+  checkVocabRows(model.ctx, R, model.config.vocab_size, 'numSequences', 'sequences');
   const maxNew = Math.max(...seqOpts.map((o) => o.maxNew));
   const given = opts.seeds === undefined ? undefined : seedsOf(opts.seeds, opts.seed, R);
   const seed = given?.[0] ?? opts.seed ?? randomSeed();
@@ -165,6 +168,7 @@ async function run(model: GPT2Model, prompts: number[][], opts: GenerateOptions)
   const slots = rows.map((row, i) => newSlot(model.tokenizer, row, spec.seqOpts[i]!, listeners));
   const stats = emptyStats(rows.length);
   const owned = new Owned(model.ctx);
+  const errors = new CallErrors(model.ctx);
   const plans: ForwardPlan[] = [];
   const pending: Array<Promise<void>> = [];
   let finished = false; // the plans' work ended without an error: the cache may keep them
@@ -177,19 +181,16 @@ async function run(model: GPT2Model, prompts: number[][], opts: GenerateOptions)
   });
   try {
     if (spec.maxNew > 0) {
-      const r = startRun(model, { cache, rows, own }, prompts, opts, spec, {
-        slots,
-        stats,
-        owned,
-        plans,
-        pending,
-        tCall,
-      });
+      const parts = { slots, stats, owned, plans, pending, tCall, errors };
+      const r = errors.run(() => startRun(model, { cache, rows, own }, prompts, opts, spec, parts));
       await (opts.useCache === false ? generateUncached(r) : generateCached(r));
+      await errors.check();
     }
     finished = true;
     handOverRest(slots, cache, stats);
     return result();
+  } catch (e) {
+    throw model.failure(e, 'this generation');
   } finally {
     await Promise.allSettled(pending);
     // A session's next turn takes these plans instead of building them again (keepPlan).
@@ -203,7 +204,7 @@ async function run(model: GPT2Model, prompts: number[][], opts: GenerateOptions)
 }
 
 /** What run() made before the run starts: its slots, figures, owner and lists of plans and pending work. */
-type RunParts = Pick<Run, 'slots' | 'stats' | 'owned' | 'plans' | 'pending' | 'tCall'>;
+type RunParts = Pick<Run, 'slots' | 'stats' | 'owned' | 'plans' | 'pending' | 'tCall' | 'errors'>;
 
 /**
  * The run's record: the sampler state (each slot's options and seed; penalties count the prompt
@@ -219,7 +220,11 @@ function startRun(
 ): Run {
   const { slots, owned } = parts;
   const R = slots.length;
-  const rules = { eos: model.config.eos_token_id, stopAtEos: opts.stopAtEos ?? true };
+  const rules = {
+    eos: model.config.eos_token_id,
+    stopAtEos: opts.stopAtEos ?? true,
+    check: () => model.checkAlive('this generation'),
+  };
   const kernel = model.kernels.sampler;
   const sampling = spec.seqOpts.map((o) => o.sampling);
   const sampler = kernel.createState(owned, R, sampling, {
@@ -242,7 +247,7 @@ function startRun(
     rules,
     sampler,
     staging,
-    io: new GenIO(model),
+    io: new GenIO(model, parts.errors),
     depth: spec.depth,
     maxNew: spec.maxNew,
     early,

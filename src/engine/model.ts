@@ -30,7 +30,9 @@ import { KvWriteKernel, KvGatherKernel } from '../kernels/kvcache.js';
 import { GatherRowsKernel } from '../kernels/elementwise.js';
 import { Sampler } from '../kernels/sampler.js';
 import { BeamKernel } from '../kernels/beam.js';
-import { InvalidOptionError, PromptError, ShapeError } from '../errors.js';
+import { DestroyedError, PromptError, ShapeError } from '../errors.js';
+import { CallErrors } from '../gpu/call-errors.js';
+import { checkVocabRows, rowsThatFit } from '../gpu/limits.js';
 import { gpt2Tokenizer, type Tokenizer } from './tokenizer.js';
 
 const STORAGE = () => GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC;
@@ -396,9 +398,31 @@ export class GPT2Model implements CacheOwner {
     return this.destroyedFlag;
   }
 
-  checkAlive(): void {
-    if (this.destroyedFlag) throw new InvalidOptionError(`model #${this.id} (${this.source}) was destroyed`);
+  /**
+   * Throws DestroyedError once the model is destroyed (`during`: the call that was using it, which
+   * stops there), DeviceLostError once its device is gone.
+   */
+  checkAlive(during?: string): void {
+    if (this.destroyedFlag) throw this.destroyedError(during);
     this.ctx.checkAlive();
+  }
+
+  /**
+   * What a call that was using this model ends with when `e` stopped it: DestroyedError (cause
+   * `e`) once the model is destroyed (a read-back failing on the engine's destroyed device, a
+   * submit refused), else `e` itself.
+   */
+  failure(e: unknown, during: string): unknown {
+    return this.destroyedFlag && !(e instanceof DestroyedError) ? this.destroyedError(during, e) : e;
+  }
+
+  private destroyedError(during?: string, cause?: unknown): DestroyedError {
+    return new DestroyedError(
+      during
+        ? `model #${this.id} (${this.source}) was destroyed while ${during} was using it; it stopped there. Await or abort (AbortSignal) a model's calls before destroying it`
+        : `model #${this.id} (${this.source}) was destroyed; load it again to use it`,
+      cause === undefined ? undefined : { cause },
+    );
   }
 
   /** A new KV cache (session storage) tied to this model. */
@@ -501,7 +525,7 @@ export class GPT2Model implements CacheOwner {
 
   /** Records plan dispatches (and optional extra ones) in one compute pass and submits. */
   submit(dispatches: readonly Dispatch[], after?: (enc: GPUCommandEncoder) => void): void {
-    this.ctx.checkAlive();
+    this.checkAlive('a call'); // never on destroyed weights
     const enc = this.ctx.device.createCommandEncoder();
     const pass = enc.beginComputePass();
     encodeDispatches(pass, dispatches);
@@ -513,7 +537,9 @@ export class GPT2Model implements CacheOwner {
 
   /**
    * Runs a prompt through the model from an empty cache and returns logits read back to the CPU
-   * (a debug/verification path): the last position's [V], or every position's [T, V].
+   * (a debug/verification path): the last position's [V], or every position's [T, V]. Positions
+   * whose logits one storage binding cannot hold together (667 of gpt2's vocabulary in 128 MiB)
+   * are computed in parts, the forward pass run once per part.
    */
   async logits(
     ids: readonly number[],
@@ -527,18 +553,30 @@ export class GPT2Model implements CacheOwner {
         `prompt has ${T} tokens, more than the context window n_positions = ${this.config.n_positions}`,
       );
     }
+    const V = this.config.vocab_size;
+    const positions = opts.allPositions ? T : 1;
+    const R = Math.min(positions, rowsThatFit(this.ctx, V * 4)); // positions per part
+    checkVocabRows(this.ctx, R, V, 'logits', 'positions');
     const cache = await this.createCache({ capacity: Math.max(2, T) });
-    const R = opts.allPositions ? T : 1;
+    const errors = new CallErrors(this.ctx);
     let plan: ForwardPlan | undefined;
     try {
-      plan = new ForwardPlan(this, cache, T, R);
-      const meta = rowMeta(0, 0, T);
-      const last = opts.allPositions ? Uint32Array.from({ length: T }, (_, i) => i) : Uint32Array.of(T - 1);
-      plan.write({ ids, meta, lastIdx: last });
-      this.submit(plan.dispatches);
-      const data = new Float32Array(await this.ctx.readBuffer(plan.logits.buffer, 0, R * this.config.vocab_size * 4));
-      this.ctx.throwIfErrors();
-      return { shape: opts.allPositions ? [T, this.config.vocab_size] : [this.config.vocab_size], data };
+      plan = errors.run(() => new ForwardPlan(this, cache, T, R));
+      const data = new Float32Array(positions * V);
+      for (let from = 0; from < positions; from += R) {
+        const n = Math.min(R, positions - from);
+        const at = (i: number) => (opts.allPositions ? Math.min(from + i, T - 1) : T - 1);
+        errors.run(() => {
+          plan!.write({ ids, meta: rowMeta(0, 0, T), lastIdx: Uint32Array.from({ length: R }, (_, i) => at(i)) });
+          this.submit(plan!.dispatches);
+        });
+        // (An async call's GPU work up to its first await runs inside `run` too.)
+        const part = await errors.run(() => this.ctx.readBuffer(plan!.logits.buffer, 0, n * V * 4));
+        data.set(new Float32Array(part), from * V);
+        errors.throwIfCaught();
+      }
+      await errors.check();
+      return { shape: opts.allPositions ? [T, V] : [V], data };
     } finally {
       plan?.destroy();
       cache.destroy();

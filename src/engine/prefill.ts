@@ -20,7 +20,7 @@ import { now, type StepQueue } from './step-io.js';
 export async function submitPrompt(run: Run, outIds: GpuTensor, steps: StepQueue): Promise<number> {
   const shared = run.slots.length > 1 && samePromptOnEmptyRows(run);
   placePrompts(run);
-  return shared ? submitShared(run, outIds, steps) : submitRows(run, outIds, steps);
+  return shared ? submitShared(run, outIds, steps) : run.errors.run(() => submitRows(run, outIds, steps));
 }
 
 /** Whether every slot has the same prompt and an empty cache row. */
@@ -80,11 +80,16 @@ function submitRows(run: Run, outIds: GpuTensor, steps: StepQueue): number {
  * same submit copies into every row; the scratch cache is freed once that work is done.
  */
 async function submitShared(run: Run, outIds: GpuTensor, steps: StepQueue): Promise<number> {
+  const scratch = await run.model.createCache({ rows: 1, capacity: run.cache.capacity });
+  return run.errors.run(() => submitSharedOn(run, scratch, outIds, steps));
+}
+
+/** submitShared once its scratch cache is made (its GPU work in the generation's error scopes). */
+function submitSharedOn(run: Run, scratch: KVCache, outIds: GpuTensor, steps: StepQueue): number {
   const { model, cache, slots } = run;
   const R = slots.length;
   const rows = slots.map((s) => s.row);
   const seq = cache.tokens[rows[0]!]!;
-  const scratch = await model.createCache({ rows: 1, capacity: cache.capacity });
   let plan: ForwardPlan;
   try {
     plan = new ForwardPlan(model, scratch, seq.length, R);

@@ -53,7 +53,7 @@ interface MixedStep {
 
 /** Runs a generation with the KV cache: the prompt's step, then the loop (see the file's comment). */
 export async function generateCached(run: Run): Promise<void> {
-  const scheduler = new Scheduler(run);
+  const scheduler = run.errors.run(() => new Scheduler(run));
   await scheduler.start();
   await scheduler.loop();
 }
@@ -100,7 +100,7 @@ class Scheduler {
 
   /** The loop; on success the slots' histories are final in the cache and the stats complete. */
   async loop(): Promise<void> {
-    const { opts, cache, slots, stats, model } = this.run;
+    const { opts, cache, slots, stats } = this.run;
     try {
       for (;;) {
         if (opts.signal?.aborted) throw new AbortError(`generation aborted after ${this.meter.accepted} steps`);
@@ -110,7 +110,7 @@ class Scheduler {
         else if (action === 'shift') {
           if (!(await this.shift())) break; // every slot finished while draining
         } else if (action === 'admit') await this.admit();
-        else this.decodeStep();
+        else this.run.errors.run(() => this.decodeStep());
       }
     } finally {
       // Mixed steps not read back (an error, or steps past the end): their plans go with the run.
@@ -122,7 +122,6 @@ class Scheduler {
     // Slots that finished early stopped being recorded; what the GPU computed past that is ignored.
     for (const slot of slots) recordSlot(cache, slot, true);
     Object.assign(stats, this.meter.snapshot(this.steps.submitted));
-    model.ctx.throwIfErrors();
   }
 
   /** The next action, from the slots and the steps in flight (decides only; changes nothing). */
@@ -214,7 +213,7 @@ class Scheduler {
         );
       }
       const kept = cache.shift(slot.row);
-      this.reencode(slot.row, kept);
+      this.run.errors.run(() => this.reencode(slot.row, kept));
       cache.commit(slot.row);
       slot.pos = kept.length;
       stats.shifts++;
@@ -247,9 +246,11 @@ class Scheduler {
     const seats = this.run.joiners!.seat(free); // canAdmit: at least one
     await this.drain();
     const t = now();
-    for (const { slot, joiner } of seats) this.seat(slot, joiner, t);
-    for (const { joiner } of seats) this.maxSteps = Math.max(this.maxSteps, this.steps.submitted + joiner.maxNew);
-    this.submitMixed(new Set(seats.map((x) => x.slot)));
+    this.run.errors.run(() => {
+      for (const { slot, joiner } of seats) this.seat(slot, joiner, t);
+      for (const { joiner } of seats) this.maxSteps = Math.max(this.maxSteps, this.steps.submitted + joiner.maxNew);
+      this.submitMixed(new Set(seats.map((x) => x.slot)));
+    });
   }
 
   /** Seats `joiner` in slot `index` (parked) at time t. */

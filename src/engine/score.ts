@@ -10,6 +10,7 @@
  * previous window's end to its own end (the first window every token but its first), so each token
  * 1..n-1 is scored exactly once, with at least window - stride tokens of context after the first.
  */
+import { CallErrors } from '../gpu/call-errors.js';
 import { ContextOverflowError, InvalidOptionError, PromptError } from '../errors.js';
 import type { GpuContext } from '../gpu/device.js';
 import { Owned } from '../gpu/common.js';
@@ -168,13 +169,16 @@ export async function score(
   let run: WindowRunner | undefined;
   try {
     cache = await model.createCache({ capacity: Math.max(2, maxLen) });
-    run = new WindowRunner(model, cache, kernel, owned, input);
+    const errors = new CallErrors(model.ctx); // this call's GPU errors, nobody else's
+    const runner = (run = errors.run(() => new WindowRunner(model, cache!, kernel, owned, input)));
     for (const w of input.windows) {
       opts.signal?.throwIfAborted();
-      run.window(w);
+      errors.run(() => runner.window(w));
     }
-    const out = new Uint32Array(await model.ctx.readBuffer(run.result.buffer, 0, scored * words * 4));
-    model.ctx.throwIfErrors();
+    const out = new Uint32Array(
+      await errors.run(() => model.ctx.readBuffer(runner.result.buffer, 0, scored * words * 4)),
+    );
+    await errors.check();
     return scoreResult(input, decodeLogprobs(out, scored, input.top), scored * words * 4);
   } finally {
     run?.destroy();

@@ -7,6 +7,7 @@
  * Slot i is row i of every step (its token, its logits, its sampler row) and of the result; its
  * cache row is `row`. A joining sequence (continuous batching) takes a parked slot over.
  */
+import type { CallErrors } from '../gpu/call-errors.js';
 import type { Owned } from '../gpu/common.js';
 import type { SamplerState } from '../kernels/sampler.js';
 import type {
@@ -21,6 +22,7 @@ import type {
 } from './generate-options.js';
 import type { KVCache } from './kvcache.js';
 import type { ForwardPlan, GPT2Model } from './model.js';
+import { SlotFailure } from './slot-failure.js';
 import type { GenIO } from './step-io.js';
 import { TextStreamer, type Tokenizer } from './tokenizer.js';
 
@@ -53,6 +55,8 @@ export interface Slot {
   /** A joining sequence: when it joined, and when its first token came (0: not a joiner / not yet). */
   joinedAt: number;
   firstAt: number;
+  /** Set when a listener threw a SlotFailure: the slot ended alone (handOver settles it). */
+  failure?: SlotFailure;
 }
 
 /** A slot for a sequence in cache row `row`; one asked for no tokens is final at once. */
@@ -83,11 +87,14 @@ export function newSlot(
 export interface AcceptRules {
   eos: number;
   stopAtEos: boolean;
+  /** Throws when the run must stop before another token is delivered (its model destroyed). */
+  check?: () => void;
 }
 
 /** Takes one step's ids: ids[i] is slot i's token; final slots ignore theirs. */
 export function acceptStep(slots: readonly Slot[], ids: Uint32Array, rules: AcceptRules): void {
   slots.forEach((slot, i) => {
+    rules.check?.(); // a listener may have destroyed the model: nothing more reaches the others
     if (!slot.finished) acceptToken(slot, i, ids[i]!, rules);
   });
 }
@@ -98,7 +105,8 @@ function acceptToken(slot: Slot, index: number, tok: number, rules: AcceptRules)
   const isEos = rules.stopAtEos && tok === rules.eos;
   const piece = isEos ? '' : slot.streamer.push(tok);
   slot.text += piece;
-  slot.listeners.onToken?.({ row: index, token: tok, text: piece, index: slot.out.length - 1 });
+  const event = { row: index, token: tok, text: piece, index: slot.out.length - 1 };
+  if (!notify(slot, () => slot.listeners.onToken?.(event))) return;
   if (isEos) {
     slot.finished = 'eos';
     return;
@@ -108,6 +116,24 @@ function acceptToken(slot: Slot, index: number, tok: number, rules: AcceptRules)
     slot.finished = 'stop';
     slot.text = slot.text.slice(0, stop); // the surplus after the stop string is dropped
   } else if (slot.out.length >= slot.opts.maxNew) slot.finished = 'length';
+}
+
+/**
+ * Calls one of `slot`'s listeners. A SlotFailure it throws ends the slot alone (false): final, its
+ * tokens past those its cache row records dropped, so the row keeps what it held; anything else
+ * it throws ends the run.
+ */
+function notify(slot: Slot, call: () => void): boolean {
+  try {
+    call();
+    return true;
+  } catch (e) {
+    if (!(e instanceof SlotFailure)) throw e;
+    slot.failure = e;
+    slot.finished ??= 'stop';
+    slot.out.length = slot.recorded;
+    return false;
+  }
 }
 
 /** Where `text` ends for its earliest-ending stop string (undefined: it holds none). */
@@ -133,7 +159,8 @@ export function handOver(slot: Slot, index: number, cache: KVCache, stats: Gener
   slot.text += slot.finished === 'stop' ? '' : slot.streamer.flush();
   slot.released = true;
   cache.release([slot.row]);
-  slot.listeners.onSequenceDone?.({ row: index, sequence: sequenceOf(slot), stats });
+  if (slot.failure) slot.failure.settle();
+  else slot.listeners.onSequenceDone?.({ row: index, sequence: sequenceOf(slot), stats });
 }
 
 /**
@@ -185,6 +212,8 @@ export interface Run {
   /** Read-back buffers, one per step in flight ([slots] u32 each). */
   staging: GPUBuffer[];
   io: GenIO;
+  /** The generation's GPU errors: its GPU work runs in `errors.run` (never another caller's). */
+  errors: CallErrors;
   stats: GenerateStats;
   tCall: number;
   /** Steps in flight at most. */

@@ -2,6 +2,7 @@
  * A generation's submits and read-backs: GenIO counts its own (submits, dispatches, bytes read
  * back), and `now` is the clock its timings are taken with.
  */
+import type { CallErrors } from '../gpu/call-errors.js';
 import type { Dispatch } from '../gpu/common.js';
 import type { GPT2Model } from './model.js';
 
@@ -16,7 +17,11 @@ export class GenIO {
   submits = 0;
   dispatches = 0;
   bytesReadBack = 0;
-  constructor(private readonly model: GPT2Model) {}
+  /** `errors`: the generation's own GPU errors; a read-back throws the first one reported. */
+  constructor(
+    private readonly model: GPT2Model,
+    private readonly errors?: CallErrors,
+  ) {}
   submit(dispatches: readonly Dispatch[], after?: (enc: GPUCommandEncoder) => void): void {
     this.model.submit(dispatches, after);
     this.submits++;
@@ -24,6 +29,7 @@ export class GenIO {
   }
   async read(buf: GPUBuffer, bytes: number): Promise<ArrayBuffer> {
     const ab = await this.model.ctx.mapCopy(buf, bytes);
+    this.errors?.throwIfCaught(); // the steps after a failed one are not worth reading
     this.bytesReadBack += bytes;
     return ab;
   }

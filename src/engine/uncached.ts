@@ -52,7 +52,6 @@ export async function generateUncached(run: Run): Promise<void> {
   // The cache holds no valid K/V now (every step reset it); keep the context so a continued
   // session re-encodes it.
   slots.forEach((slot, i) => cache.reset(slot.row, contexts[i]!));
-  run.model.ctx.throwIfErrors();
 }
 
 /** Each slot's context: its row's plus its prompt, cut to the most recent `keep` tokens past the window. */
@@ -104,13 +103,16 @@ async function recompute(
     });
     last[i] = step.ids.length - 1;
   });
-  const plan = new ForwardPlan(model, cache, step.ids.length, R);
+  const plan = run.errors.run(() => new ForwardPlan(model, cache, step.ids.length, R));
+  const staging = run.staging[0]!;
   try {
-    plan.write({ ids: step.ids, meta: Uint32Array.from(step.meta), lastIdx: last });
-    const sample = model.kernels.sampler.bind(run.owned, run.sampler, { logits: plan.logits, outIds });
-    const staging = run.staging[0]!;
-    const tSubmit = now();
-    io.submit([...plan.dispatches, ...sample], (enc) => enc.copyBufferToBuffer(outIds.buffer, 0, staging, 0, R * 4));
+    const tSubmit = run.errors.run(() => {
+      plan.write({ ids: step.ids, meta: Uint32Array.from(step.meta), lastIdx: last });
+      const sample = model.kernels.sampler.bind(run.owned, run.sampler, { logits: plan.logits, outIds });
+      const t = now();
+      io.submit([...plan.dispatches, ...sample], (enc) => enc.copyBufferToBuffer(outIds.buffer, 0, staging, 0, R * 4));
+      return t;
+    });
     return { ids: new Uint32Array(await io.read(staging, R * 4)), tSubmit };
   } finally {
     plan.destroy();

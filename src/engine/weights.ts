@@ -13,7 +13,7 @@
  * GPU out-of-memory (caught with an 'out-of-memory' error scope around each buffer) destroys what
  * was uploaded and throws OutOfMemoryError.
  */
-import { InvalidOptionError, OutOfMemoryError, ShapeError } from '../errors.js';
+import { InvalidOptionError, OutOfMemoryError, ShapeError, WeightsFormatError } from '../errors.js';
 import type { ChunkedTensor, GpuTensor } from '../gpu/common.js';
 import { isPanelWidth, storedBytes, storedShape, tensorBytes } from '../gpu/common.js';
 import { packF16 } from '../kernels/f16.js';
@@ -110,6 +110,35 @@ export function wteRowsPerChunk(rows: number, cols: number, dtype: WeightDType, 
   return fit >= WTE_CHUNK_ROW_MULTIPLE ? fit - (fit % WTE_CHUNK_ROW_MULTIPLE) : fit;
 }
 
+/** The smallest magnitude f16 storage rounds to infinity (65504 is the largest half). */
+const F16_OVERFLOW = 65520;
+
+/**
+ * Refuses a tensor holding NaN or +-Infinity, or (stored as `dtype` f16) a value past the half
+ * range, with WeightsFormatError naming the tensor, the element and the value: such weights make
+ * every logit NaN, which the sampler would turn into token 0 and beam search into NaN scores
+ * without a word. `offset`: the index of values[0] in the tensor (a wte chunk). One comparison
+ * pair per element: ~3 ms per million.
+ */
+export function checkFinite(
+  source: string,
+  name: string,
+  values: Float32Array,
+  offset = 0,
+  dtype: WeightDType = 'f32',
+): void {
+  const lim = dtype === 'f16' ? F16_OVERFLOW : Infinity;
+  for (let i = 0; i < values.length; i++) {
+    const x = values[i]!;
+    if (x > -lim && x < lim) continue;
+    const why =
+      x - x === 0
+        ? `, past the range of f16 storage (+-65504); load it with dtype 'f32'`
+        : '; the weights must be finite (a corrupt or overflowed checkpoint?)';
+    throw new WeightsFormatError(`${source}: tensor "${name}" holds ${x} at element ${offset + i}${why}`);
+  }
+}
+
 function isMatrix(name: string): boolean {
   return name === 'wpe.weight' || isConv1D(name);
 }
@@ -190,6 +219,7 @@ export async function uploadWeights(ctx: GpuContext, ckpt: Checkpoint, opts: Upl
     const shape = ckpt.shape(name);
     const dt = dtypeOf(name);
     const values = await ckpt.read(name);
+    checkFinite(ckpt.source, name, values, 0, dt);
     const panel = panelOf(name);
     const [rows, cols] = storedShape({ shape, panel }) as [number, number];
     const laid = panel ? packPanels(values, shape[0]!, shape[1]!, panel) : values;
@@ -206,6 +236,7 @@ export async function uploadWeights(ctx: GpuContext, ckpt: Checkpoint, opts: Upl
     for (let r = 0; r < V; r += rowsPerChunk) {
       const n = Math.min(rowsPerChunk, V - r);
       const rows = await ckpt.readRows('wte.weight', r, n);
+      checkFinite(ckpt.source, 'wte.weight', rows, r * C, dtype);
       const label = `wte.weight[rows ${r}..${r + n})`;
       const chunk = wteChunk(n);
       const laid = knPanel > 0 ? packPanelsTransposed(rows, n, C, knPanel) : rows;

@@ -7,7 +7,8 @@
  *   - records optional features (timestamp-query, shader-f16, subgroups) without requiring them,
  *   - tracks every buffer it creates (count and bytes) so tests can prove nothing leaks,
  *   - caches shader modules and compute pipelines (built once, specialised by override constants),
- *   - turns uncaptured GPU errors and device loss into thrown, named errors.
+ *   - turns device loss into thrown, named errors, and keeps (unprinted) the GPU errors raised
+ *     outside any error scope; each call's own errors come back to it through CallErrors.
  */
 import {
   DeviceLostError,
@@ -81,13 +82,22 @@ const NO_ADAPTER_HINT =
   'bookworm-backports; the stock Mesa 22.3 is refused by Dawn). In Chromium, enable WebGPU (chrome://gpu; ' +
   'headless needs --enable-unsafe-webgpu).';
 
+/** Uncaptured errors a context keeps (GpuContext.uncapturedErrors). */
+const MAX_UNCAPTURED = 64;
+
 export class GpuContext {
   readonly device: GPUDevice;
   readonly features: GpuFeatures;
   readonly adapter: AdapterSummary;
   /** Limits granted to the device (the adapter's maxima for the ones we request). */
   readonly limits: GPUSupportedLimits;
-  /** Errors the device raised outside any error scope, oldest first. Drained by `throwIfErrors`. */
+  /**
+   * Errors the device raised outside any error scope, oldest first (the most recent
+   * MAX_UNCAPTURED), drained by `throwIfErrors`. The engine's calls run their GPU work in error
+   * scopes of their own (CallErrors), so what lands here is not theirs and is never thrown into
+   * them. On a device the context created, they are not printed either (Dawn in Node would print
+   * each to stdout).
+   */
   readonly uncapturedErrors: GPUError[] = [];
   private lostInfo: GPUDeviceLostInfo | null = null;
   private destroyed = false;
@@ -99,7 +109,9 @@ export class GpuContext {
   /** Set when GPU waits sleep the host thread in slices instead of letting it spin (see WaitYield). */
   readonly waitYield: WaitYield | null;
   private readonly onError = (ev: Event): void => {
+    if (this.ownsDevice) ev.preventDefault();
     this.uncapturedErrors.push((ev as GPUUncapturedErrorEvent).error);
+    if (this.uncapturedErrors.length > MAX_UNCAPTURED) this.uncapturedErrors.shift();
   };
 
   /**

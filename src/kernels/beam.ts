@@ -14,11 +14,14 @@ export interface BeamArgs {
   beamScores: GpuTensor;
   /** [K, 3] u32: (parent, token, score bits), best first. K = 2B unless `k` says otherwise. */
   out: GpuTensor;
-  /** Candidates to keep (default 2B); 1 <= k <= B * V. */
+  /** Candidates to keep (default 2B); 1 <= k <= min(B * V, MAX_BEAM_K). */
   k?: number;
 }
 
 const STORAGE = 0x80 | 0x8 | 0x4; // STORAGE | COPY_DST | COPY_SRC
+
+/** The most candidates one ranking keeps (the merge sorts them in workgroup memory: MAX_K in beam.wgsl). */
+export const MAX_BEAM_K = 512;
 
 /** Decodes out [K, 3] u32 as read back: parents, tokens and scores. */
 export function decodeBeamCandidates(words: Uint32Array): { parent: number[]; token: number[]; score: number[] } {
@@ -53,6 +56,7 @@ export class BeamKernel {
     const K = a.k ?? 2 * B;
     if (!Number.isInteger(K) || K < 1 || K > B * V)
       throw new ShapeError(`${label}: k = ${K} must be an integer in [1, B * V = ${B * V}]`);
+    if (K > MAX_BEAM_K) throw new ShapeError(`${label}: k = ${K} candidates; at most ${MAX_BEAM_K} (256 beams)`);
     expectTensor(`${label} logits`, a.logits, [B, V], ['f32']);
     expectTensor(`${label} beamScores`, a.beamScores, [B], ['f32']);
     expectTensor(`${label} out`, a.out, [K, 3], ['u32']);

@@ -5,6 +5,8 @@
  * latches live on the GPU too, so steps can be queued ahead without any CPU write per step.
  */
 import type { GpuContext } from '../gpu/device.js';
+import { CallErrors } from '../gpu/call-errors.js';
+import { checkVocabRows } from '../gpu/limits.js';
 import { InvalidOptionError, ShapeError } from '../errors.js';
 import {
   binding,
@@ -479,40 +481,60 @@ export async function sampleRow(
   const V = logits.length;
   if (!Number.isInteger(count) || count < 0)
     throw new InvalidOptionError(`sample count ${count} is invalid: must be an integer >= 0`);
+  checkVocabRows(ctx, 1, V, 'sample: logits of', 'row');
   const sampler = await samplerFor(ctx, V);
   const owned = new Owned(ctx);
+  const errors = new CallErrors(ctx); // this call's GPU errors, nobody else's
   try {
-    const state = sampler.createState(owned, 1, o, { seeds: [seed], eosId: -1, stopAtEos: false });
-    if (prevTokens && prevTokens.length) sampler.addCounts(state, 0, prevTokens);
-    const probs: GpuTensor = {
-      buffer: owned.buffer('sample.probs', V * 4, STORAGE),
-      offset: 0,
-      shape: [1, V],
-      dtype: 'f32',
-    };
-    const hist: GpuTensor = {
-      buffer: owned.buffer('sample.hist', V * 4, STORAGE),
-      offset: 0,
-      shape: [V],
-      dtype: 'u32',
-    };
-    const ids: GpuTensor = { buffer: owned.buffer('sample.id', 4, STORAGE), offset: 0, shape: [1], dtype: 'u32' };
-    const list = [
-      ...sampler.bind(
-        owned,
-        state,
-        { logits: oneRow(ctx, owned, logits), outIds: ids, probsOut: probs, update: false },
-        'sample',
-      ),
-      ...(count > 0 ? sampler.bindDrawMany(owned, state, count, hist) : []),
-    ];
-    submitList(ctx, list, 'sample');
-    const [h, p] = await Promise.all([ctx.readBuffer(hist.buffer, 0, V * 4), ctx.readBuffer(probs.buffer, 0, V * 4)]);
-    ctx.throwIfErrors();
+    const [h, p] = await errors.run(() => {
+      const { hist, probs } = drawMany(ctx, owned, sampler, logits, count, o, seed, prevTokens);
+      return Promise.all([ctx.readBuffer(hist.buffer, 0, V * 4), ctx.readBuffer(probs.buffer, 0, V * 4)]);
+    });
+    await errors.check();
     return { counts: new Uint32Array(h), probs: new Float32Array(p), seed };
   } finally {
     owned.destroy();
   }
+}
+
+/** sampleRow's GPU work: the row processed, then drawn `count` times; its histogram and distribution buffers. */
+function drawMany(
+  ctx: GpuContext,
+  owned: Owned,
+  sampler: Sampler,
+  logits: Float32Array,
+  count: number,
+  o: NormalizedSampling,
+  seed: number,
+  prevTokens?: ArrayLike<number>,
+): { hist: GpuTensor; probs: GpuTensor } {
+  const V = logits.length;
+  const state = sampler.createState(owned, 1, o, { seeds: [seed], eosId: -1, stopAtEos: false });
+  if (prevTokens && prevTokens.length) sampler.addCounts(state, 0, prevTokens);
+  const probs: GpuTensor = {
+    buffer: owned.buffer('sample.probs', V * 4, STORAGE),
+    offset: 0,
+    shape: [1, V],
+    dtype: 'f32',
+  };
+  const hist: GpuTensor = {
+    buffer: owned.buffer('sample.hist', V * 4, STORAGE),
+    offset: 0,
+    shape: [V],
+    dtype: 'u32',
+  };
+  const ids: GpuTensor = { buffer: owned.buffer('sample.id', 4, STORAGE), offset: 0, shape: [1], dtype: 'u32' };
+  const list = [
+    ...sampler.bind(
+      owned,
+      state,
+      { logits: oneRow(ctx, owned, logits), outIds: ids, probsOut: probs, update: false },
+      'sample',
+    ),
+    ...(count > 0 ? sampler.bindDrawMany(owned, state, count, hist) : []),
+  ];
+  submitList(ctx, list, 'sample');
+  return { hist, probs };
 }
 
 /**
@@ -527,14 +549,20 @@ export async function processRow(
   prevTokens?: ArrayLike<number>,
 ): Promise<Float32Array> {
   const V = logits.length;
+  checkVocabRows(ctx, 1, V, 'processLogits: logits of', 'row');
   const sampler = await samplerFor(ctx, V);
   const owned = new Owned(ctx);
+  const errors = new CallErrors(ctx); // this call's GPU errors, nobody else's
   try {
-    const state = sampler.createState(owned, 1, o, { seeds: [o.seed ?? 0], eosId: -1, stopAtEos: false });
-    if (prevTokens && prevTokens.length) sampler.addCounts(state, 0, prevTokens);
-    submitList(ctx, [sampler.bindSelect(owned, state, oneRow(ctx, owned, logits))], 'sample');
-    const z = new Float32Array(await ctx.readBuffer(state.work.buffer, 0, V * 4));
-    ctx.throwIfErrors();
+    const z = new Float32Array(
+      await errors.run(() => {
+        const state = sampler.createState(owned, 1, o, { seeds: [o.seed ?? 0], eosId: -1, stopAtEos: false });
+        if (prevTokens && prevTokens.length) sampler.addCounts(state, 0, prevTokens);
+        submitList(ctx, [sampler.bindSelect(owned, state, oneRow(ctx, owned, logits))], 'sample');
+        return ctx.readBuffer(state.work.buffer, 0, V * 4);
+      }),
+    );
+    await errors.check();
     return z;
   } finally {
     owned.destroy();

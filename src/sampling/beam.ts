@@ -5,6 +5,10 @@
 import { InvalidOptionError } from '../errors.js';
 
 export interface BeamOptions {
+  /**
+   * Beams kept, 1 to 256. Each step costs a decode step of numBeams tokens and the ranking of
+   * numBeams x vocab candidates (the top 2 x numBeams of each beam, merged in O(numBeams^2)).
+   */
   numBeams: number;
   numReturnSequences?: number;
   maxNewTokens: number;
@@ -18,6 +22,7 @@ export interface BeamOptions {
   earlyStopping?: boolean;
   /** Token that ends a hypothesis; default the model's eos_token_id. */
   eosTokenId?: number;
+  /** Aborting rejects with AbortError at once, even while a step runs on the GPU. */
   signal?: AbortSignal;
 }
 

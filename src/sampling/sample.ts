@@ -25,6 +25,8 @@ export function sample(
 /**
  * The processed logits (logit_bias, repetition penalty, temperature, frequency and presence
  * penalties) as the sampler computes them; with temperature 0 (greedy) the logits are not divided.
+ * Where x / temperature would overflow f32 (a tiny temperature), the row's largest x is subtracted
+ * before dividing: the values are shifted, the distribution is the same.
  */
 export function processLogits(
   ctx: GpuContext,
