@@ -8,6 +8,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { createEngine, nodeContext } from './node.js';
 import { GPT2WebGPUError, InvalidOptionError } from './errors.js';
 import type { LoadProgress, Model } from './engine/engine.js';
+import type { GenerateStats } from './engine/generate-options.js';
 import { sample } from './sampling/sample.js';
 import type { SamplingOptions } from './sampling/options.js';
 import { formatBench, isBatchFailure, runBench } from './bench.js';
@@ -20,6 +21,29 @@ interface Command {
   usage: string;
   flags: Record<string, Flag>;
   run(v: Record<string, string | boolean | undefined>): Promise<void>;
+}
+
+/**
+ * The CLI's JSON is snake_case throughout; the library's statistics are camelCase. This table is
+ * the one place that maps them (every GenerateStats field, checked by the compiler).
+ */
+const STATS_JSON: Record<keyof GenerateStats, string> = {
+  setupMs: 'setup_ms',
+  prefillMs: 'prefill_ms',
+  firstTokenMs: 'first_token_ms',
+  decodeMsPerToken: 'decode_ms_per_token',
+  tokensPerSecond: 'tokens_per_s',
+  readbackBytesPerToken: 'readback_bytes_per_token',
+  steps: 'steps',
+  batchRows: 'batch_rows',
+  shifts: 'shifts',
+  submitsPerStep: 'submits',
+  dispatchesPerStep: 'dispatches_per_step',
+};
+
+/** GenerateStats as the CLI prints them in JSON (snake_case keys, STATS_JSON). */
+function statsJson(st: GenerateStats): Record<string, number> {
+  return Object.fromEntries(Object.entries(STATS_JSON).map(([k, json]) => [json, st[k as keyof GenerateStats]]));
 }
 
 class UsageError extends Error {}
@@ -232,14 +256,14 @@ const commands: Record<string, Command> = {
               prompt_ids: res.promptIds,
               sequences: res.sequences.map((q) => ({ tokens: q.tokens, text: q.text, finish_reason: q.finishReason })),
               seed: res.seed,
-              stats: res.stats,
+              stats: statsJson(res.stats),
             }),
           );
         } else {
           if (streamOut) process.stdout.write('\n');
           else res.sequences.forEach((q, i) => console.log(`--- sequence ${i}\n${q.text}`));
           process.stderr.write(
-            `seed ${res.seed}; first token ${res.stats.first_token_ms.toFixed(1)} ms (setup ${res.stats.setup_ms.toFixed(1)} + prefill ${res.stats.prefill_ms.toFixed(1)}); decode ${res.stats.decode_ms_per_token.toFixed(2)} ms/token; ${res.stats.tokens_per_s.toFixed(1)} tokens/s\n`,
+            `seed ${res.seed}; first token ${res.stats.firstTokenMs.toFixed(1)} ms (setup ${res.stats.setupMs.toFixed(1)} + prefill ${res.stats.prefillMs.toFixed(1)}); decode ${res.stats.decodeMsPerToken.toFixed(2)} ms/token; ${res.stats.tokensPerSecond.toFixed(1)} tokens/s\n`,
           );
         }
       });

@@ -39,7 +39,7 @@ test('the CPU maps at most 4 bytes per sequence per step during a 64-token gener
     assert.is(res.sequences[0]!.tokens.length, 64);
     assert.is(maps, 64, 'one read-back per step');
     assert.is(bytes, 64 * 4, `bytes read back: ${bytes}`);
-    assert.is(res.stats.readback_bytes_per_token, 4);
+    assert.is(res.stats.readbackBytesPerToken, 4);
   } finally {
     proto.mapAsync = original;
   }
@@ -150,11 +150,11 @@ test('pipelines are built once per model: generating compiles nothing new', asyn
   assert.is(model.ctx.pipelineCount, n);
 });
 
-test('first_token_ms = setup_ms (host: cache, plans, bind groups) + prefill_ms (submit to ids on the CPU)', async () => {
+test('firstTokenMs = setupMs (host: cache, plans, bind groups) + prefillMs (submit to ids on the CPU)', async () => {
   const model = await tinyModel();
   const proto = Object.getPrototypeOf(model.ctx.device);
   const original = proto.createBindGroup;
-  // Every bind group now costs the host 2 ms: that must land in setup_ms, not in prefill_ms.
+  // Every bind group now costs the host 2 ms: that must land in setupMs, not in prefillMs.
   let calls = 0;
   proto.createBindGroup = function (this: GPUDevice, ...args: unknown[]) {
     calls++;
@@ -166,15 +166,12 @@ test('first_token_ms = setup_ms (host: cache, plans, bind groups) + prefill_ms (
     const res = await model.generate([5, 6, 7], { maxNewTokens: 1, seed: 3 });
     const s = res.stats;
     assert.ok(calls > 10, `bind groups created: ${calls}`);
-    assert.ok(s.setup_ms >= 2 * calls, `setup_ms ${s.setup_ms} for ${calls} slowed bind groups`);
-    assert.ok(s.prefill_ms > 0 && s.prefill_ms < 2 * calls, `prefill_ms ${s.prefill_ms}`);
-    assert.ok(Math.abs(s.first_token_ms - s.setup_ms - s.prefill_ms) < 1e-6, JSON.stringify(s));
+    assert.ok(s.setupMs >= 2 * calls, `setupMs ${s.setupMs} for ${calls} slowed bind groups`);
+    assert.ok(s.prefillMs > 0 && s.prefillMs < 2 * calls, `prefillMs ${s.prefillMs}`);
+    assert.ok(Math.abs(s.firstTokenMs - s.setupMs - s.prefillMs) < 1e-6, JSON.stringify(s));
     const un = await model.generate([5, 6, 7], { maxNewTokens: 1, seed: 3, useCache: false });
-    assert.ok(un.stats.setup_ms >= 2 && un.stats.prefill_ms > 0, JSON.stringify(un.stats));
-    assert.ok(
-      Math.abs(un.stats.first_token_ms - un.stats.setup_ms - un.stats.prefill_ms) < 1e-6,
-      JSON.stringify(un.stats),
-    );
+    assert.ok(un.stats.setupMs >= 2 && un.stats.prefillMs > 0, JSON.stringify(un.stats));
+    assert.ok(Math.abs(un.stats.firstTokenMs - un.stats.setupMs - un.stats.prefillMs) < 1e-6, JSON.stringify(un.stats));
   } finally {
     proto.createBindGroup = original;
   }

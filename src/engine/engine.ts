@@ -160,7 +160,7 @@ export class Engine {
     const t3 = now();
     const model = new Model(this.ctx, ckpt.config, weights, kernels, ckpt.source);
     model.promptBuckets = opts.promptBuckets ?? !this.ctx.isCpuAdapter;
-    model.loadTimes = { resolve_ms: t1 - t0, pipelines_ms: t2 - t1, upload_ms: t3 - t2 };
+    model.loadTimes = { resolveMs: t1 - t0, pipelinesMs: t2 - t1, uploadMs: t3 - t2 };
     this.models.add(model);
     return model;
   }
@@ -311,7 +311,7 @@ function mergeKey(
  * server's concurrent requests) with the same stopAtEos, useCache and pipelineDepth (sampling
  * options, seeds, maxNewTokens and stop strings may differ) are merged into one such run; each
  * still gets exactly the tokens it would get alone, with its own options, and its stats are the
- * merged run's (`stats.batch_rows` turns; the steps run until the longest turn is done). A turn started while others run goes on its
+ * merged run's (`stats.batchRows` turns; the steps run until the longest turn is done). A turn started while others run goes on its
  * own at once (generations on different sessions of a group may run at the same time).
  */
 export class SessionGroup {
@@ -566,7 +566,7 @@ export class SessionGroup {
 
 export class Model extends GPT2Model {
   /** How long loading took: resolving/validating the source, building pipelines, uploading weights. */
-  loadTimes = { resolve_ms: 0, pipelines_ms: 0, upload_ms: 0 };
+  loadTimes = { resolveMs: 0, pipelinesMs: 0, uploadMs: 0 };
 
   /** Generates; see GenerateOptions. */
   generate(prompt: string | readonly number[], opts: GenerateOptions = {}): Promise<GenerateResult> {

@@ -152,27 +152,27 @@ export interface GeneratedSequence {
 export interface GenerateStats {
   /**
    * Host work before the prompt reached the GPU: the temporary cache, sampler state, the prefill
-   * and decode plans (buffers, bind groups). first_token_ms = setup_ms + prefill_ms.
+   * and decode plans (buffers, bind groups). firstTokenMs = setupMs + prefillMs.
    */
-  setup_ms: number;
+  setupMs: number;
   /** From the prompt's submit to its first sampled ids on the CPU: the GPU's prefill, sampling and the read-back. */
-  prefill_ms: number;
+  prefillMs: number;
   /** From the call to the first sampled ids on the CPU (setup included): what a caller waits. */
-  first_token_ms: number;
-  decode_ms_per_token: number;
-  tokens_per_s: number;
-  readback_bytes_per_token: number;
+  firstTokenMs: number;
+  decodeMsPerToken: number;
+  tokensPerSecond: number;
+  readbackBytesPerToken: number;
   steps: number;
   /**
    * Sequences advanced in the same steps: numSequences, or the number of session-group turns
-   * merged into this run (tokens_per_s counts all of them).
+   * merged into this run (tokensPerSecond counts all of them).
    */
-  batch_rows: number;
+  batchRows: number;
   shifts: number;
   /** Submits per decode step. */
-  submits: number;
+  submitsPerStep: number;
   /** Dispatches per decode step. */
-  dispatches_per_step: number;
+  dispatchesPerStep: number;
 }
 
 export interface GenerateResult {

@@ -28,9 +28,9 @@ export async function generateUncached(run: Run): Promise<void> {
     const { ids: got, tSubmit } = await recompute(run, contexts, outIds);
     if (step === 0) {
       decodeStart = now();
-      stats.first_token_ms = decodeStart - run.tCall;
-      stats.prefill_ms = decodeStart - tSubmit;
-      stats.setup_ms = tSubmit - run.tCall;
+      stats.firstTokenMs = decodeStart - run.tCall;
+      stats.prefillMs = decodeStart - tSubmit;
+      stats.setupMs = tSubmit - run.tCall;
     }
     // Only the slots that take this step's token extend their context: a final slot's row keeps
     // what it produced (as the cached path records it), whatever the sampler drew for it since.
@@ -43,12 +43,12 @@ export async function generateUncached(run: Run): Promise<void> {
   }
   const end = now();
   const decodeSteps = stats.steps - 1;
-  stats.decode_ms_per_token = decodeSteps > 0 ? (end - decodeStart) / decodeSteps : 0;
-  stats.tokens_per_s = decodeSteps > 0 ? (decodeSteps * R) / ((end - decodeStart) / 1000) : 0;
+  stats.decodeMsPerToken = decodeSteps > 0 ? (end - decodeStart) / decodeSteps : 0;
+  stats.tokensPerSecond = decodeSteps > 0 ? (decodeSteps * R) / ((end - decodeStart) / 1000) : 0;
   const produced = Math.max(1, stats.steps);
-  stats.submits = io.submits / produced;
-  stats.dispatches_per_step = io.dispatches / produced;
-  stats.readback_bytes_per_token = io.bytesReadBack / produced / R;
+  stats.submitsPerStep = io.submits / produced;
+  stats.dispatchesPerStep = io.dispatches / produced;
+  stats.readbackBytesPerToken = io.bytesReadBack / produced / R;
   // The cache holds no valid K/V now (every step reset it); keep the context so a continued
   // session re-encodes it.
   slots.forEach((slot, i) => cache.reset(slot.row, contexts[i]!));
