@@ -10,6 +10,9 @@ import { tinyReference } from './fixtures-util.js';
 import { tinyModel } from './model-util.js';
 import { deriveSeed } from '../src/sampling/options.js';
 import { defaultPipelineDepth } from '../src/engine/generate.js';
+import { GENERATE_OPTIONS } from '../src/engine/generate-options.js';
+import { SAMPLING_OPTIONS } from '../src/sampling/options.js';
+import { BEAM_OPTIONS } from '../src/sampling/beam.js';
 import { AbortError, InvalidOptionError } from '../src/errors.js';
 
 const ref = tinyReference();
@@ -327,6 +330,63 @@ test('generation options are validated before any GPU work', async () => {
   }
   const r = await model.generate([1], { maxNewTokens: 0 });
   assert.equal(r.sequences[0]!.tokens, []);
+});
+
+test("other libraries' option names are refused with the name to use and every valid option listed", async () => {
+  const model = await tinyModel();
+  // transformers' generate kwargs, OpenAI's and vLLM's names, typos -> the suggestion.
+  const cases: Array<[string, RegExp]> = [
+    ['max_new_tokens', /Did you mean maxNewTokens\?/],
+    ['max_tokens', /Did you mean maxNewTokens\?/],
+    ['max_length', /Did you mean maxNewTokens\? \(it counts new tokens only/],
+    ['num_return_sequences', /Did you mean numSequences\?/],
+    ['top_k', /Did you mean topK\?/],
+    ['top_p', /Did you mean topP\?/],
+    ['repetition_penalty', /Did you mean repetitionPenalty\?/],
+    ['frequency_penalty', /Did you mean freqPenalty\?/],
+    ['logit_bias', /Did you mean logitBias\?/],
+    ['stop', /Did you mean stopStrings\?/],
+    ['do_sample', /temperature: 0 is greedy/],
+    ['num_beams', /model\.beamSearch/],
+    ['temprature', /Did you mean temperature\?/],
+    ['TopK', /Did you mean topK\?/],
+  ];
+  for (const [name, re] of cases) {
+    await rejects(
+      () => model.generate([1], { [name]: 1 } as object),
+      (e: Error) => {
+        if (!(e instanceof InvalidOptionError) || !re.test(e.message) || !e.message.includes(`"${name}"`)) return false;
+        // Every valid option is listed, generation and sampling ones alike.
+        const listed = e.message.slice(e.message.indexOf('Valid options: ') + 15).split(/, |\.$/);
+        return [...GENERATE_OPTIONS, ...SAMPLING_OPTIONS].every((k) => listed.includes(k));
+      },
+      name,
+    );
+  }
+  assert.ok(GENERATE_OPTIONS.includes('maxNewTokens') && GENERATE_OPTIONS.includes('temperature'));
+  assert.ok(!GENERATE_OPTIONS.includes('joiners'), 'the internal option is not offered');
+  // Nothing close: no suggestion, still the list.
+  await rejects(
+    () => model.generate([1], { frobnicate: true } as object),
+    (e: Error) => /"frobnicate"\. Valid options: .*maxNewTokens/.test(e.message) && !/Did you mean/.test(e.message),
+  );
+  // perSequence entries and beam search name their own options.
+  await rejects(
+    () => model.generate([1], { numSequences: 2, perSequence: [{}, { max_new_tokens: 2 } as object] }),
+    (e: Error) => /perSequence\[1\] option "max_new_tokens"\. Did you mean maxNewTokens\?/.test(e.message),
+  );
+  await rejects(
+    () => model.beamSearch([1], { numBeams: 2, maxNewTokens: 2, num_return_sequences: 2 } as never),
+    (e: Error) =>
+      e instanceof InvalidOptionError &&
+      /Did you mean numReturnSequences\?/.test(e.message) &&
+      BEAM_OPTIONS.every((k) => e.message.includes(k)),
+  );
+  // Sampling from given logits knows only the sampling options.
+  await rejects(
+    () => model.sample(new Float32Array(4), 1, { top_p: 0.5 } as object),
+    (e: Error) => /unknown sampling option "top_p"\. Did you mean topP\?/.test(e.message),
+  );
 });
 
 test.run();

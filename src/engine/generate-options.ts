@@ -4,7 +4,13 @@
  * before any GPU work, so a bad option fails with InvalidOptionError and nothing to free.
  */
 import { InvalidOptionError } from '../errors.js';
-import { validateSampling, type NormalizedSampling, type SamplingOptions } from '../sampling/options.js';
+import { checkOptionNames } from '../sampling/names.js';
+import {
+  SAMPLING_OPTIONS,
+  validateSampling,
+  type NormalizedSampling,
+  type SamplingOptions,
+} from '../sampling/options.js';
 import type { KVCache } from './kvcache.js';
 
 export const MAX_NEW_TOKENS_LIMIT = 1_000_000;
@@ -205,6 +211,19 @@ const GENERATE_KEYS = new Set([
   'keep',
 ]);
 
+/** Every option generate() takes (generation and sampling ones; `joiners` is internal). */
+export const GENERATE_OPTIONS: readonly string[] = [
+  ...[...GENERATE_KEYS].filter((k) => k !== 'joiners'),
+  ...SAMPLING_OPTIONS,
+];
+
+/** What a perSequence entry may override. */
+const PER_SEQUENCE_OPTIONS: readonly string[] = [
+  ...SAMPLING_OPTIONS.filter((k) => k !== 'seed'),
+  'maxNewTokens',
+  'stopStrings',
+];
+
 /** The sampling part of generation options (unknown keys stay in, so validateSampling names them). */
 export function samplingPart(o: object): SamplingOptions {
   return Object.fromEntries(
@@ -237,6 +256,9 @@ export function validateGenerate(
   o: GenerateOptions,
   cpuAdapter = false,
 ): { maxNew: number; rows: number; depth: number } {
+  if (typeof o !== 'object' || o === null)
+    throw new InvalidOptionError(`generation options must be an object, got ${String(o)}`);
+  checkOptionNames(o, GENERATE_OPTIONS, 'generation option');
   const maxNew = o.maxNewTokens ?? DEFAULT_MAX_NEW_TOKENS;
   if (!Number.isInteger(maxNew) || maxNew < 0 || maxNew > MAX_NEW_TOKENS_LIMIT) {
     throw new InvalidOptionError(`maxNewTokens must be an integer in [0, ${MAX_NEW_TOKENS_LIMIT}], got ${maxNew}`);
@@ -346,6 +368,7 @@ export function sequenceOptions(opts: GenerateOptions, R: number, V: number, max
       );
     if ('seed' in o)
       throw new InvalidOptionError(`perSequence[${i}] has a seed; give per-sequence seeds with \`seeds\``);
+    checkOptionNames(o, PER_SEQUENCE_OPTIONS, `perSequence[${i}] option`);
     const { maxNewTokens, stopStrings, ...own } = o as GenerateOptions;
     try {
       const g = validateGenerate({

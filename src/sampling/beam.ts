@@ -3,6 +3,7 @@
  * (the search itself, which drives the model, is src/engine/beam-search.ts).
  */
 import { InvalidOptionError } from '../errors.js';
+import { checkOptionNames } from './names.js';
 
 export interface BeamOptions {
   numBeams: number;
@@ -31,7 +32,21 @@ export interface BeamHypothesis {
   finished: boolean;
 }
 
+/** Every beam search option's name. */
+export const BEAM_OPTIONS: readonly string[] = [
+  'numBeams',
+  'numReturnSequences',
+  'maxNewTokens',
+  'lengthPenalty',
+  'earlyStopping',
+  'eosTokenId',
+  'signal',
+];
+
 export function validateBeam(o: BeamOptions, vocab: number): Required<Omit<BeamOptions, 'signal'>> {
+  if (typeof o !== 'object' || o === null)
+    throw new InvalidOptionError(`beam search options must be an object, got ${String(o)}`);
+  checkOptionNames(o, BEAM_OPTIONS, 'beam search option');
   const int = (name: string, v: unknown, lo: number, hi: number): number => {
     if (typeof v !== 'number' || !Number.isInteger(v) || v < lo || v > hi) {
       throw new InvalidOptionError(`${name} must be an integer in [${lo}, ${hi}], got ${String(v)}`);

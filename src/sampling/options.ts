@@ -7,6 +7,7 @@
  */
 import { InvalidOptionError } from '../errors.js';
 import type { NormalizedSampling } from '../kernels/sampler.js';
+import { checkOptionNames } from './names.js';
 
 export type { NormalizedSampling };
 
@@ -33,7 +34,8 @@ export interface SamplingOptions {
   seed?: number;
 }
 
-const KNOWN = new Set([
+/** Every sampling option's name (SamplingOptions' keys). */
+export const SAMPLING_OPTIONS: readonly string[] = [
   'temperature',
   'topK',
   'topP',
@@ -44,7 +46,7 @@ const KNOWN = new Set([
   'repetitionPenalty',
   'logitBias',
   'seed',
-]);
+];
 
 function bad(name: string, value: unknown, domain: string): never {
   throw new InvalidOptionError(`sampling option ${name} = ${String(value)} is invalid: must be ${domain}`);
@@ -70,11 +72,7 @@ function num(
 export function validateSampling(opts: SamplingOptions | undefined, vocab: number): NormalizedSampling {
   const o = (opts ?? {}) as Record<string, unknown>;
   if (typeof o !== 'object' || o === null) bad('options', o, 'an object');
-  for (const k of Object.keys(o)) {
-    if (!KNOWN.has(k)) {
-      throw new InvalidOptionError(`unknown sampling option "${k}"; known options: ${[...KNOWN].join(', ')}`);
-    }
-  }
+  checkOptionNames(o, SAMPLING_OPTIONS, 'sampling option');
   const isInt = Number.isInteger;
   const temperature = num(o, 'temperature', 1, 'a finite number >= 0 (0 = greedy)', (x) => x >= 0);
   const topK = num(o, 'topK', 0, 'an integer >= 0 (0 = off)', (x) => x >= 0 && isInt(x));
