@@ -92,18 +92,57 @@ test('leaving a stream() loop early cancels the generation and frees its buffers
   const before = model.ctx.liveBuffers;
   const submits = model.ctx.stats.submits;
   let n = 0;
-  for await (const _ of model.stream(ref.prompts[0]!.ids, {
+  const seen: number[] = [];
+  const stream = model.stream(ref.prompts[0]!.ids, {
     maxNewTokens: 300,
     stopAtEos: false,
     seed: 2,
     pipelineDepth: 3,
-  })) {
+  });
+  for await (const t of stream) {
+    seen.push(t.token);
     if (++n === 3) break;
   }
   assert.is(n, 3);
   // 3 steps read, at most pipelineDepth (3, the GPU default) more in flight: nowhere near the 300 asked for.
   assert.ok(model.ctx.stats.submits - submits <= 10, `${model.ctx.stats.submits - submits} submits`);
   assert.equal(model.ctx.liveBuffers, before);
+  // The result rejects with AbortError carrying the tokens produced so far (those yielded first).
+  const err = await stream.result.then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  assert.ok(err instanceof AbortError, String(err));
+  assert.ok(err.tokens.length >= 3 && err.tokens.length < 300, `${err.tokens.length} tokens`);
+  assert.equal(err.tokens.slice(0, 3), seen);
+  assert.equal(err.sequences.length, 1);
+});
+
+test('stream.result: after a for-await loop the finish reason and stats are there (model and session)', async () => {
+  const model = await tinyModel();
+  const p0 = ref.prompts[0]!.ids;
+  const stream = model.stream(p0, { temperature: 0, maxNewTokens: 6, stopAtEos: false });
+  const toks: number[] = [];
+  for await (const t of stream) toks.push(t.token);
+  const res = await stream.result;
+  assert.equal(res.sequences[0]!.tokens, toks);
+  assert.equal(toks, ref.prompts[0]!.greedy48.slice(p0.length, p0.length + 6));
+  assert.is(res.sequences[0]!.finishReason, 'length');
+  assert.is(res.stats.steps, 6);
+  // Awaiting the result alone (no loop) works too: the generation starts at once.
+  const alone = await model.stream(p0, { temperature: 0, maxNewTokens: 6, stopAtEos: false }).result;
+  assert.equal(alone.sequences[0]!.tokens, toks);
+  const session = await model.createSession();
+  try {
+    const s = session.stream(p0, { temperature: 0, maxNewTokens: 6, stopAtEos: false });
+    const got: number[] = [];
+    for await (const t of s) got.push(t.token);
+    assert.equal((await s.result).sequences[0]!.tokens, got);
+    assert.equal(got, toks);
+    assert.is(session.tokens.length, p0.length + 6);
+  } finally {
+    session.destroy();
+  }
 });
 
 test('stop strings end a sequence and drop the surplus', async () => {
@@ -128,6 +167,8 @@ test('an AbortSignal stops a generation between steps and frees its buffers', as
   const before = model.ctx.liveBuffers;
   const ac = new AbortController();
   let seen = 0;
+  const streamed: number[] = [];
+  let text = '';
   await rejects(
     () =>
       model.generate(ref.prompts[0]!.ids, {
@@ -135,11 +176,19 @@ test('an AbortSignal stops a generation between steps and frees its buffers', as
         stopAtEos: false,
         pipelineDepth: 3,
         signal: ac.signal,
-        onToken: () => {
+        onToken: (ev) => {
+          streamed.push(ev.token);
+          text += ev.text;
           if (++seen === 5) ac.abort();
         },
       }),
-    (e: Error) => e instanceof AbortError,
+    // The error carries the tokens produced before the abort: the 5 the listener saw, and their text.
+    (e: Error) =>
+      e instanceof AbortError &&
+      e.tokens.length === 5 &&
+      e.tokens.every((t, i) => t === streamed[i]) &&
+      e.text === text &&
+      e.sequences[0]!.tokens === e.tokens,
   );
   assert.ok(seen < 500);
   assert.equal(model.ctx.liveBuffers, before);

@@ -23,9 +23,9 @@ import {
   JoinQueue,
   type Joiner,
   type SequenceDoneEvent,
-  type TokenEvent,
 } from './generate.js';
 import { beamSearch } from './beam-search.js';
+import { streamGeneration, type GenerationStream } from './stream.js';
 import { perplexity, score, type PerplexityResult, type ScoreOptions, type ScoreResult } from './score.js';
 import type { BeamHypothesis, BeamOptions } from '../sampling/beam.js';
 import { sample as sampleOnGpu } from '../sampling/sample.js';
@@ -195,6 +195,13 @@ export class Session {
   ): Promise<GenerateResult> {
     if (this.group) return this.group.turn(this, prompt, opts);
     return this.model.generate(prompt, { ...opts, cache: this.cache });
+  }
+  /** session.generate as a stream of tokens with its result (see Model.stream and GenerationStream). */
+  stream(
+    prompt: string | readonly number[],
+    opts: Omit<GenerateOptions, 'cache' | 'cacheRows' | 'onToken'> = {},
+  ): GenerationStream {
+    return streamGeneration((o) => this.generate(prompt, o), opts);
   }
   /** Every token of the context (its row, or row 0). */
   get tokens(): number[] {
@@ -582,60 +589,12 @@ export class Model extends GPT2Model {
   }
 
   /**
-   * Streams tokens as they are read back: `for await (const t of model.stream(...))`. Leaving the
-   * loop early (break / return / throw) cancels the generation and frees its buffers.
+   * Streams tokens as they are read back: `for await (const t of model.stream(...))`, then
+   * `await stream.result` for the finish reasons and statistics (see GenerationStream). Leaving
+   * the loop early (break / return / throw) cancels the generation and frees its buffers.
    */
-  async *stream(
-    prompt: string | readonly number[],
-    opts: Omit<GenerateOptions, 'onToken'> = {},
-  ): AsyncGenerator<TokenEvent, GenerateResult> {
-    const queue: TokenEvent[] = [];
-    let wake: (() => void) | null = null;
-    let done = false;
-    let failure: unknown;
-    let result: GenerateResult | undefined;
-    // Our own controller, following the caller's signal, so an early exit can cancel.
-    const ac = new AbortController();
-    const outer = opts.signal;
-    const follow = () => ac.abort(outer?.reason);
-    if (outer?.aborted) ac.abort(outer.reason);
-    else outer?.addEventListener('abort', follow, { once: true });
-    const p = generate(this, prompt, {
-      ...opts,
-      signal: ac.signal,
-      onToken: (ev) => {
-        queue.push(ev);
-        wake?.();
-      },
-    }).then(
-      (r) => {
-        result = r;
-        done = true;
-        wake?.();
-      },
-      (e) => {
-        failure = e;
-        done = true;
-        wake?.();
-      },
-    );
-    try {
-      while (true) {
-        while (queue.length) yield queue.shift()!;
-        if (done) break;
-        await new Promise<void>((res) => (wake = res));
-        wake = null;
-      }
-      await p;
-      if (failure) throw failure;
-      return result!;
-    } finally {
-      outer?.removeEventListener('abort', follow);
-      if (!done) {
-        ac.abort();
-        await p; // settles (AbortError swallowed above) once the loop has freed its buffers
-      }
-    }
+  stream(prompt: string | readonly number[], opts: Omit<GenerateOptions, 'onToken'> = {}): GenerationStream {
+    return streamGeneration((o) => generate(this, prompt, o), opts);
   }
 
   /**

@@ -188,6 +188,14 @@ async function run(model: GPT2Model, prompts: number[][], opts: GenerateOptions)
     finished = true;
     handOverRest(slots, cache, stats);
     return result();
+  } catch (e) {
+    if (e instanceof AbortError) {
+      // What the sequences produced before the abort goes with the error.
+      e.sequences = slots.map((s) => ({ tokens: [...s.out], text: s.text }));
+      e.tokens = e.sequences[0]?.tokens ?? [];
+      e.text = e.sequences[0]?.text ?? '';
+    }
+    throw e;
   } finally {
     await Promise.allSettled(pending);
     // A session's next turn takes these plans instead of building them again (keepPlan).
