@@ -347,21 +347,23 @@ const commands: Record<string, Command> = {
     async run(v) {
       const prompt = promptFrom(v);
       await withModel(v, async (model) => {
-        const beams = await model.beamSearch(prompt, {
+        const res = await model.beamSearch(prompt, {
           numBeams: num(v['num-beams'], 'num-beams', { int: true, min: 1 }),
           numReturnSequences: num(v['num-return'], 'num-return', { int: true, min: 1 }),
           maxNewTokens: num(v['max-new-tokens'], 'max-new-tokens', { int: true, min: 0 }),
           lengthPenalty: num(v['length-penalty'], 'length-penalty'),
           earlyStopping: Boolean(v['early-stopping']),
         });
-        const out = beams.map((b) => ({
+        // As generate: tokens and text are the completion's; the prompt's ids come separately.
+        const out = res.sequences.map((b) => ({
           logprob: b.logprob,
           score: b.score,
           tokens: b.tokens,
-          text: model.tokenizer.decode(b.tokens),
+          text: b.text,
           finished: b.finished,
+          finish_reason: b.finishReason,
         }));
-        if (v.json) console.log(JSON.stringify({ beams: out }));
+        if (v.json) console.log(JSON.stringify({ prompt_ids: res.promptIds, beams: out }));
         else
           out.forEach((b) =>
             console.log(`${b.score.toFixed(4)} (logprob ${b.logprob.toFixed(4)}): ${JSON.stringify(b.text)}`),

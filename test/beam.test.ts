@@ -21,19 +21,27 @@ for (const [key, nb, nr, max, lp] of [
     const model = await tinyModel();
     for (const [i, p] of ref.prompts.entries()) {
       const want = p[key];
-      const got = await model.beamSearch(p.ids, {
+      const res = await model.beamSearch(p.ids, {
         numBeams: nb,
         numReturnSequences: nr,
         maxNewTokens: max,
         lengthPenalty: lp,
         earlyStopping: true,
       });
+      const got = res.sequences;
       assert.is(got.length, nr);
+      // The prompt comes separately; each hypothesis holds its completion (tokens and text).
+      assert.equal(res.promptIds, p.ids);
       assert.equal(
-        got.map((g) => g.tokens),
+        got.map((g) => [...res.promptIds, ...g.tokens]),
         want.sequences,
         `prompt ${i} sequences`,
       );
+      for (const g of got) {
+        assert.is(g.tokens.length, max);
+        assert.is(g.text, model.tokenizer.decode(g.tokens));
+        assert.is(g.finishReason, 'length');
+      }
       got.forEach((g, j) =>
         assert.ok(
           Math.abs(g.score - want.scores[j]!) <= 1e-3,
@@ -100,16 +108,19 @@ test('beam search where EOS occurs: finished hypotheses match a float64 CPU beam
   const cfg = { ...base, eos_token_id: eos };
   const model = await randomModel(cfg, 5);
   try {
-    const got = await model.beamSearch([1, 2, 3], { numBeams: 3, numReturnSequences: 2, maxNewTokens: 8 });
+    const res = await model.beamSearch([1, 2, 3], { numBeams: 3, numReturnSequences: 2, maxNewTokens: 8 });
+    const got = res.sequences;
     const want = beamReference(await loadTensors(randomCheckpoint(cfg, 5)), cfg, [1, 2, 3], 3, 2, 8, eos);
     assert.ok(
-      got.some((g) => g.finished && g.tokens[g.tokens.length - 1] === eos),
+      got.some((g) => g.finished && g.finishReason === 'eos' && g.tokens[g.tokens.length - 1] === eos),
       'some hypothesis ended with EOS',
     );
     assert.equal(
-      got.map((g) => g.tokens),
+      got.map((g) => [...res.promptIds, ...g.tokens]),
       want.map((w) => w.tokens),
     );
+    // A finished hypothesis' text leaves EOS out, as generate's does.
+    for (const g of got) assert.is(g.text, model.tokenizer.decode(g.finished ? g.tokens.slice(0, -1) : g.tokens));
     got.forEach((g, i) =>
       assert.ok(Math.abs(g.logprob - want[i]!.logprob) < 1e-4, `logprob ${g.logprob} vs ${want[i]!.logprob}`),
     );

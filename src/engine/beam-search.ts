@@ -15,13 +15,16 @@
  * logprob / newTokens^lengthPenalty (lengthPenalty 0 by default: the plain sum).
  */
 import { AbortError, ContextOverflowError } from '../errors.js';
-import { validateBeam, type BeamHypothesis, type BeamOptions } from '../sampling/beam.js';
+import { validateBeam, type BeamHypothesis, type BeamOptions, type BeamResult } from '../sampling/beam.js';
 import { GpuTensor, Owned, type Dispatch } from '../gpu/common.js';
 import type { KvGatherDispatch } from '../kernels/kvcache.js';
 import type { KVCache } from './kvcache.js';
 import { decodeMeta, ForwardPlan, rowMeta, type GPT2Model } from './model.js';
 
 type Options = ReturnType<typeof validateBeam>;
+
+/** A hypothesis before its text is decoded. */
+type Hypothesis = Omit<BeamHypothesis, 'text'>;
 
 /** A ranked continuation the GPU sends back: beam `parent` followed by `token`, with the summed log-prob. */
 interface Candidate {
@@ -59,7 +62,7 @@ export async function beamSearch(
   model: GPT2Model,
   prompt: string | readonly number[],
   options: BeamOptions,
-): Promise<BeamHypothesis[]> {
+): Promise<BeamResult> {
   model.checkAlive();
   const cfg = model.config;
   const o = validateBeam({ eosTokenId: cfg.eos_token_id, ...options }, cfg.vocab_size);
@@ -71,7 +74,15 @@ export async function beamSearch(
       `beam search needs ${P} prompt + ${o.maxNewTokens} new tokens = ${P + o.maxNewTokens} positions; the window is ${cfg.n_positions}`,
     );
   }
-  if (o.maxNewTokens === 0) return [{ logprob: 0, score: 0, tokens: promptIds, finished: false }];
+  const result = (hyps: Hypothesis[]): BeamResult => ({
+    promptIds,
+    sequences: hyps.map((h) => ({
+      ...h,
+      text: model.tokenizer.decode(h.finished ? h.tokens.slice(0, -1) : h.tokens),
+    })),
+  });
+  if (o.maxNewTokens === 0)
+    return result([{ logprob: 0, score: 0, tokens: [], finished: false, finishReason: 'length' }]);
 
   const owned = new Owned(model.ctx);
   const capacity = P + o.maxNewTokens;
@@ -86,7 +97,7 @@ export async function beamSearch(
     const gpu = buildGpu(model, owned, caches as [KVCache, KVCache, KVCache], plans, promptIds, o.numBeams);
     const { beams, finished } = await search(model, gpu, promptIds, o, options.signal);
     model.ctx.throwIfErrors();
-    return best(beams, finished, promptIds, o);
+    return result(best(beams, finished, o));
   } finally {
     for (const p of plans) p.destroy();
     owned.destroy();
@@ -101,18 +112,18 @@ async function search(
   promptIds: number[],
   o: Options,
   signal: AbortSignal | undefined,
-): Promise<{ beams: Beam[]; finished: BeamHypothesis[] }> {
+): Promise<{ beams: Beam[]; finished: Hypothesis[] }> {
   const B = o.numBeams;
   const P = promptIds.length;
   const queue = model.ctx.device.queue;
   let beams: Beam[] = Array.from({ length: B }, () => ({ tokens: [], logprob: 0 }));
-  const finished: BeamHypothesis[] = [];
+  const finished: Hypothesis[] = [];
   // Step 0: rank the prompt's continuations (all B rows get the prompt's logits).
   model.submit([...gpu.prefill.dispatches, ...gpu.rankPrefill], (enc) => copyCandidates(enc, gpu, B));
   let cands = await readCandidates(model, gpu, B);
   for (let step = 0; step < o.maxNewTokens; step++) {
     if (signal?.aborted) throw new AbortError(`beam search aborted after ${step} steps`);
-    beams = nextBeams(cands, beams, finished, promptIds, o);
+    beams = nextBeams(cands, beams, finished, o);
     if (finished.length >= (o.earlyStopping ? o.numBeams : o.numReturnSequences)) break;
     if (step + 1 >= o.maxNewTokens) break;
     // Feed the new tokens: reorder the caches by parent, then one decode step for all beams.
@@ -143,13 +154,7 @@ function hop(gpu: BeamGpu, step: number): { gather: KvGatherDispatch[]; dec: For
  * Walks the candidates best first: one ending in EOS and ranked within the first B finishes a
  * hypothesis (as HF), others become the next beams until B are kept.
  */
-function nextBeams(
-  cands: Candidate[],
-  beams: Beam[],
-  finished: BeamHypothesis[],
-  promptIds: number[],
-  o: Options,
-): Beam[] {
+function nextBeams(cands: Candidate[], beams: Beam[], finished: Hypothesis[], o: Options): Beam[] {
   const B = o.numBeams;
   const next: Beam[] = [];
   for (let i = 0; i < cands.length && next.length < B; i++) {
@@ -157,12 +162,12 @@ function nextBeams(
     const base = beams[c.parent]!;
     if (c.token === o.eosTokenId) {
       if (i < B) {
-        const tokens = [...promptIds, ...base.tokens, c.token];
         finished.push({
           logprob: c.score,
           score: penalise(o, c.score, base.tokens.length + 1),
-          tokens,
+          tokens: [...base.tokens, c.token],
           finished: true,
+          finishReason: 'eos',
         });
       }
       continue;
@@ -180,12 +185,13 @@ function penalise(o: Options, logprob: number, n: number): number {
 }
 
 /** The numReturnSequences best: the finished ones, filled with the best unfinished beams if too few. */
-function best(beams: Beam[], finished: BeamHypothesis[], promptIds: number[], o: Options): BeamHypothesis[] {
-  const running = beams.map((b) => ({
+function best(beams: Beam[], finished: Hypothesis[], o: Options): Hypothesis[] {
+  const running = beams.map((b): Hypothesis => ({
     logprob: b.logprob,
     score: penalise(o, b.logprob, b.tokens.length),
-    tokens: [...promptIds, ...b.tokens],
+    tokens: b.tokens,
     finished: false,
+    finishReason: 'length',
   }));
   const all = finished.length >= o.numReturnSequences ? finished : [...finished, ...running];
   all.sort((a, b) => b.score - a.score);

@@ -27,7 +27,7 @@ import {
 import { beamSearch } from './beam-search.js';
 import { streamGeneration, type GenerationStream } from './stream.js';
 import { perplexity, score, type PerplexityResult, type ScoreOptions, type ScoreResult } from './score.js';
-import type { BeamHypothesis, BeamOptions } from '../sampling/beam.js';
+import type { BeamOptions, BeamResult } from '../sampling/beam.js';
 import { sample as sampleOnGpu } from '../sampling/sample.js';
 import { randomSeed, validateSampling, type SamplingOptions } from '../sampling/options.js';
 import type { CacheOptions, KVCache } from './kvcache.js';
@@ -613,8 +613,8 @@ export class Model extends GPT2Model {
     return perplexity(this, text, opts);
   }
 
-  /** Beam search; see BeamOptions. */
-  beamSearch(prompt: string | readonly number[], opts: BeamOptions): Promise<BeamHypothesis[]> {
+  /** Beam search; see BeamOptions. Resolves to the prompt's ids and the hypotheses, best first. */
+  beamSearch(prompt: string | readonly number[], opts: BeamOptions): Promise<BeamResult> {
     return beamSearch(this, prompt, opts);
   }
 

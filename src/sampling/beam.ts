@@ -27,9 +27,21 @@ export interface BeamHypothesis {
   logprob: number;
   /** logprob / newTokens ** lengthPenalty. */
   score: number;
-  /** Prompt followed by the completion. */
+  /** The completion's tokens, EOS last when it ended with EOS (the prompt is BeamResult.promptIds). */
   tokens: number[];
+  /** The completion's text (EOS left out), as generate() reports a sequence's. */
+  text: string;
+  /** It ended with EOS (finishReason 'eos'); false: cut at maxNewTokens ('length'). */
   finished: boolean;
+  finishReason: 'eos' | 'length';
+}
+
+/** What beam search resolves to: the prompt, and the hypotheses best first. */
+export interface BeamResult {
+  /** The prompt's ids (never part of a hypothesis' tokens or text). */
+  promptIds: number[];
+  /** numReturnSequences hypotheses, best first. */
+  sequences: BeamHypothesis[];
 }
 
 /** Every beam search option's name. */
