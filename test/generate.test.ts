@@ -422,7 +422,7 @@ test("other libraries' option names are refused with the name to use and every v
   // perSequence entries and beam search name their own options.
   await rejects(
     () => model.generate([1], { numSequences: 2, perSequence: [{}, { max_new_tokens: 2 } as object] }),
-    (e: Error) => /perSequence\[1\] option "max_new_tokens"\. Did you mean maxNewTokens\?/.test(e.message),
+    (e: Error) => /perSequence\[1\]: unknown option "max_new_tokens"\. Did you mean maxNewTokens\?/.test(e.message),
   );
   await rejects(
     () => model.beamSearch([1], { numBeams: 2, maxNewTokens: 2, num_return_sequences: 2 } as never),

@@ -258,7 +258,7 @@ export function validateGenerate(
 ): { maxNew: number; rows: number; depth: number } {
   if (typeof o !== 'object' || o === null)
     throw new InvalidOptionError(`generation options must be an object, got ${String(o)}`);
-  checkOptionNames(o, GENERATE_OPTIONS, 'generation option');
+  checkOptionNames(o, GENERATE_OPTIONS, 'generation option', ['joiners']);
   const maxNew = o.maxNewTokens ?? DEFAULT_MAX_NEW_TOKENS;
   if (!Number.isInteger(maxNew) || maxNew < 0 || maxNew > MAX_NEW_TOKENS_LIMIT) {
     throw new InvalidOptionError(`maxNewTokens must be an integer in [0, ${MAX_NEW_TOKENS_LIMIT}], got ${maxNew}`);
@@ -368,9 +368,9 @@ export function sequenceOptions(opts: GenerateOptions, R: number, V: number, max
       );
     if ('seed' in o)
       throw new InvalidOptionError(`perSequence[${i}] has a seed; give per-sequence seeds with \`seeds\``);
-    checkOptionNames(o, PER_SEQUENCE_OPTIONS, `perSequence[${i}] option`);
     const { maxNewTokens, stopStrings, ...own } = o as GenerateOptions;
     try {
+      checkOptionNames(o, PER_SEQUENCE_OPTIONS, 'option');
       const g = validateGenerate({
         maxNewTokens: maxNewTokens ?? maxNew,
         stopStrings: stopStrings ?? opts.stopStrings,

@@ -90,11 +90,17 @@ export function suggestOption(name: string, valid: readonly string[]): { to?: st
 /**
  * Throws InvalidOptionError for the first key of `opts` (with a defined value) that is not in
  * `valid`: the message names it, suggests the closest valid option and lists every valid one.
- * `what` names the options in the message ("generation option", "beam search option").
+ * `what` names the options in the message ("generation option", "beam search option");
+ * `internal` names are accepted without being offered.
  */
-export function checkOptionNames(opts: object, valid: readonly string[], what: string): void {
+export function checkOptionNames(
+  opts: object,
+  valid: readonly string[],
+  what: string,
+  internal: readonly string[] = [],
+): void {
   for (const [k, v] of Object.entries(opts)) {
-    if (v === undefined || valid.includes(k)) continue;
+    if (v === undefined || valid.includes(k) || internal.includes(k)) continue;
     const s = suggestOption(k, valid);
     const hint = !s ? '' : s.to ? ` Did you mean ${s.to}?${s.note ? ` (${s.note})` : ''}` : ` Note: ${s.note}.`;
     throw new InvalidOptionError(`unknown ${what} "${k}".${hint} Valid options: ${valid.join(', ')}.`);
