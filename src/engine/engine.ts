@@ -11,6 +11,7 @@ import type { MatmulOptions } from '../kernels/matmul.js';
 import type { AttentionOptions } from '../kernels/attention.js';
 import { contextFromDevice, createContext, GpuContext, type ContextOptions } from '../gpu/device.js';
 import { GPT2Model, type LoadOptions } from './model.js';
+import { eosIdsOf, sequenceOptions } from './generate-options.js';
 import {
   DEFAULT_MAX_NEW_TOKENS,
   generate,
@@ -274,13 +275,15 @@ function turnPart(q: QueuedTurn): { seed: number; own: NonNullable<GenerateOptio
       ...sampling,
       maxNewTokens: q.opts.maxNewTokens ?? DEFAULT_MAX_NEW_TOKENS,
       stopStrings: q.opts.stopStrings ?? [],
+      stopTokenIds: q.opts.stopTokenIds ?? [],
     },
   };
 }
 
 /**
- * Which turns may share batched steps: the same stopAtEos, cache mode and steps in flight;
- * sampling options, seeds, maxNewTokens and stop strings may differ, as each row has its own
+ * Which turns may share batched steps: the same stopAtEos, EOS ids, includeStopString, cache mode
+ * and steps in flight; sampling options (bans included), seeds, maxNewTokens, stop strings and stop
+ * token ids may differ, as each row has its own
  * (GenerateOptions.perSequence, seeds). undefined: the turn runs alone: it has a signal
  * (cancelling it must not cancel others), several sequences or per-sequence options of its own,
  * no new tokens, options that do not validate (its own error, not its neighbours'), or the cache
@@ -290,7 +293,7 @@ function mergeKey(
   opts: Omit<GenerateOptions, 'cache' | 'cacheRows'>,
   cache: KVCache,
   cpuAdapter: boolean,
-  vocab: number,
+  { vocab_size: vocab, eos_token_id: eos }: { vocab_size: number; eos_token_id: number },
 ): string | undefined {
   if (
     cache.onOverflow !== 'shift' ||
@@ -301,10 +304,12 @@ function mergeKey(
   )
     return undefined;
   try {
-    validateSampling(samplingPart(opts), vocab);
     const { maxNew, depth } = validateGenerate(opts, cpuAdapter);
+    sequenceOptions(opts, 1, vocab, maxNew); // the sampling options and stop token ids
+    const eosIds = eosIdsOf(opts, eos, vocab);
     if (maxNew === 0) return undefined;
-    return JSON.stringify([depth, opts.stopAtEos ?? true, opts.useCache ?? true]);
+    const includeStop = opts.includeStopString ?? true;
+    return JSON.stringify([depth, opts.stopAtEos ?? true, opts.useCache ?? true, eosIds, includeStop]);
   } catch {
     return undefined;
   }
@@ -379,7 +384,7 @@ export class SessionGroup {
       }
       const ids = typeof prompt === 'string' ? this.model.tokenizer.encode(prompt) : Array.from(prompt);
       this.model.checkIds(ids, 'prompt'); // a bad prompt fails its own turn only
-      const key = mergeKey(opts, this.cache, this.model.ctx.isCpuAdapter, this.model.config.vocab_size);
+      const key = mergeKey(opts, this.cache, this.model.ctx.isCpuAdapter, this.model.config);
       if (key === undefined) return this.alone(ids, opts, row);
       return new Promise<GenerateResult>((resolve, reject) => {
         this.pending.push({ session, ids, opts, key, resolve, reject });
@@ -496,6 +501,7 @@ export class SessionGroup {
       sampling: validateSampling(samplingPart(own), this.model.config.vocab_size),
       maxNew: own.maxNewTokens!,
       stopStrings: own.stopStrings,
+      stopTokenIds: own.stopTokenIds ?? [],
       onToken: (ev) => q.opts.onToken?.({ ...ev, row: 0 }),
       onSequenceDone: (ev) => this.turnDone(run, q, seed, ev),
     };

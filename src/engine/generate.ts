@@ -7,9 +7,12 @@
  */
 import { AbortError, InvalidOptionError } from '../errors.js';
 import { Owned } from '../gpu/common.js';
+import type { RowBans } from '../kernels/sampler.js';
+import { hasDynamicBans } from '../sampling/bans.js';
 import { deriveSeed, randomSeed } from '../sampling/options.js';
 import {
   cacheRowsOf,
+  eosIdsOf,
   generationCapacity,
   seedsOf,
   sequenceOptions,
@@ -22,7 +25,7 @@ import {
 import type { KVCache } from './kvcache.js';
 import type { ForwardPlan, GPT2Model } from './model.js';
 import { generateCached } from './scheduler.js';
-import { handOver, newSlot, sequenceOf, type Run, type Slot } from './slots.js';
+import { bansOf, handOver, newSlot, sequenceOf, type Run, type Slot } from './slots.js';
 import { emptyStats } from './stats.js';
 import { GenIO, now } from './step-io.js';
 import { generateUncached } from './uncached.js';
@@ -101,19 +104,26 @@ interface RunSpec {
   seed: number;
   /** Per sequence: opts.seeds, or deriveSeed(seed, i). */
   seeds: number[];
+  /** The ids that are EOS (GenerateOptions.eosTokenId, default the model's). */
+  eosIds: number[];
 }
 
 /** Validates everything a generation is given, before any GPU work (prompts included). */
 function specOf(model: GPT2Model, prompts: number[][], opts: GenerateOptions): RunSpec {
-  const { maxNew: sharedMaxNew, rows: R, depth } = validateGenerate(opts, model.ctx.isCpuAdapter);
-  const seqOpts = sequenceOptions(opts, R, model.config.vocab_size, sharedMaxNew);
+  const { maxNew: sharedMaxNew, rows: R, depth: asked } = validateGenerate(opts, model.ctx.isCpuAdapter);
+  const V = model.config.vocab_size;
+  const seqOpts = sequenceOptions(opts, R, V, sharedMaxNew);
+  const eosIds = eosIdsOf(opts, model.config.eos_token_id, V);
+  // Bans that follow the ids (n-grams, bad words) are computed on the host between steps: no step
+  // may be queued before the previous one's ids are known.
+  const depth = seqOpts.some((o) => hasDynamicBans(o.sampling, eosIds)) ? 1 : asked;
   const maxNew = Math.max(...seqOpts.map((o) => o.maxNew));
   const given = opts.seeds === undefined ? undefined : seedsOf(opts.seeds, opts.seed, R);
   const seed = given?.[0] ?? opts.seed ?? randomSeed();
   const seeds = given ?? Array.from({ length: R }, (_, i) => deriveSeed(seed, i));
   prompts.forEach((p, i) => model.checkIds(p, R > 1 ? `prompt ${i}` : 'prompt'));
   if (opts.signal?.aborted) throw new AbortError('generation aborted before it started');
-  return { seqOpts, maxNew, depth, seed, seeds };
+  return { seqOpts, maxNew, depth, seed, seeds, eosIds };
 }
 
 /** The cache a generation runs on, with the row of each sequence (acquired). */
@@ -160,7 +170,9 @@ async function run(model: GPT2Model, prompts: number[][], opts: GenerateOptions)
   const spec = specOf(model, prompts, opts);
   const { cache, rows, own } = await openCache(model, prompts, opts, spec.seqOpts);
   const listeners = { onToken: opts.onToken, onSequenceDone: opts.onSequenceDone };
-  const slots = rows.map((row, i) => newSlot(model.tokenizer, row, spec.seqOpts[i]!, listeners));
+  // Bans look at what the penalties count: the row's context and the prompt, then the new tokens.
+  const bans = rows.map((row, i) => bansOf(spec.seqOpts[i]!, spec.eosIds, [...cache.tokens[row]!, ...prompts[i]!]));
+  const slots = rows.map((row, i) => newSlot(model.tokenizer, row, spec.seqOpts[i]!, listeners, bans[i]!.slot));
   const stats = emptyStats(rows.length);
   const owned = new Owned(model.ctx);
   const plans: ForwardPlan[] = [];
@@ -175,14 +187,22 @@ async function run(model: GPT2Model, prompts: number[][], opts: GenerateOptions)
   });
   try {
     if (spec.maxNew > 0) {
-      const r = startRun(model, { cache, rows, own }, prompts, opts, spec, {
-        slots,
-        stats,
-        owned,
-        plans,
-        pending,
-        tCall,
-      });
+      const r = startRun(
+        model,
+        { cache, rows, own },
+        prompts,
+        opts,
+        spec,
+        bans.map((b) => b.init),
+        {
+          slots,
+          stats,
+          owned,
+          plans,
+          pending,
+          tCall,
+        },
+      );
       await (opts.useCache === false ? generateUncached(r) : generateCached(r));
     }
     finished = true;
@@ -221,17 +241,20 @@ function startRun(
   prompts: number[][],
   opts: GenerateOptions,
   spec: RunSpec,
+  bans: RowBans[],
   parts: RunParts,
 ): Run {
   const { slots, owned } = parts;
   const R = slots.length;
-  const rules = { eos: model.config.eos_token_id, stopAtEos: opts.stopAtEos ?? true };
+  const rules = { eosIds: spec.eosIds, stopAtEos: opts.stopAtEos ?? true, includeStop: opts.includeStopString ?? true };
   const kernel = model.kernels.sampler;
   const sampling = spec.seqOpts.map((o) => o.sampling);
+  // The sampler latches a row at the first EOS id (the others end it on the host alone).
   const sampler = kernel.createState(owned, R, sampling, {
     seeds: spec.seeds,
-    eosId: rules.eos,
+    eosId: spec.eosIds[0]!,
     stopAtEos: rules.stopAtEos,
+    bans,
   });
   slots.forEach((s, i) => kernel.addCounts(sampler, i, [...cache.tokens[s.row]!, ...prompts[i]!]));
   const staging = Array.from({ length: spec.depth }, (_, i) =>

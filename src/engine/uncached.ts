@@ -7,7 +7,7 @@
 import { AbortError, ContextOverflowError } from '../errors.js';
 import type { GpuTensor } from '../gpu/common.js';
 import { ForwardPlan } from './model.js';
-import { acceptStep, type Run, type StepTokens } from './slots.js';
+import { acceptStep, writeBans, type Run, type StepTokens } from './slots.js';
 import { now } from './step-io.js';
 
 /** Runs a generation without the KV cache; the rows' contexts are left for a continued session. */
@@ -108,6 +108,7 @@ async function recompute(
   try {
     plan.write({ ids: step.ids, meta: Uint32Array.from(step.meta), lastIdx: last });
     const sample = model.kernels.sampler.bind(run.owned, run.sampler, { logits: plan.logits, outIds });
+    writeBans(run);
     const staging = run.staging[0]!;
     const tSubmit = now();
     io.submit([...plan.dispatches, ...sample], (enc) => enc.copyBufferToBuffer(outIds.buffer, 0, staging, 0, R * 4));
