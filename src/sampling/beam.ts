@@ -4,6 +4,7 @@
  */
 import { InvalidOptionError } from '../errors.js';
 import { checkOptionNames } from './names.js';
+import { validateBans } from './options.js';
 
 export interface BeamOptions {
   numBeams: number;
@@ -19,6 +20,12 @@ export interface BeamOptions {
   earlyStopping?: boolean;
   /** Token that ends a hypothesis; default the model's eos_token_id. */
   eosTokenId?: number;
+  /** As in generate (SamplingOptions): bans on each hypothesis' prompt + tokens, applied to the log-probabilities. */
+  noRepeatNgramSize?: number;
+  badWordsIds?: number[][];
+  suppressTokens?: number[];
+  /** EOS is banned until a hypothesis has this many new tokens. */
+  minNewTokens?: number;
   signal?: AbortSignal;
 }
 
@@ -52,6 +59,10 @@ export const BEAM_OPTIONS: readonly string[] = [
   'lengthPenalty',
   'earlyStopping',
   'eosTokenId',
+  'noRepeatNgramSize',
+  'badWordsIds',
+  'suppressTokens',
+  'minNewTokens',
   'signal',
 ];
 
@@ -84,5 +95,6 @@ export function validateBeam(o: BeamOptions, vocab: number): Required<Omit<BeamO
     lengthPenalty: lp,
     earlyStopping: es,
     eosTokenId: eos,
+    ...validateBans(o as unknown as Record<string, unknown>, vocab),
   };
 }
