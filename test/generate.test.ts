@@ -399,6 +399,11 @@ test("other libraries' option names are refused with the name to use and every v
     ['num_beams', /model\.beamSearch/],
     ['temprature', /Did you mean temperature\?/],
     ['TopK', /Did you mean topK\?/],
+    ['no_repeat_ngram_size', /Did you mean noRepeatNgramSize\?/],
+    ['min_tokens', /Did you mean minNewTokens\?/],
+    ['stop_token_ids', /Did you mean stopTokenIds\?/],
+    ['ignore_eos', /Did you mean stopAtEos\? \(ignore_eos: true is stopAtEos: false\)/],
+    ['length_penalty', /Note: it is a beam search option/],
   ];
   for (const [name, re] of cases) {
     await rejects(

@@ -1,9 +1,12 @@
 /**
  * Sampling options: their domains, defaults and the per-sequence seed.
  *
- * The order the sampler applies them in (src/sampling/sampler.ts, shaders/sampling.wgsl):
- * logit_bias, repetition_penalty, temperature (0 = greedy), frequency/presence penalty, top-k,
- * top-p, min-p, then a Gumbel-max categorical draw.
+ * The order the sampler applies them in (src/kernels/sampler.ts, shaders/sampling.wgsl):
+ * logit_bias, repetition_penalty, the hard bans (no-repeat n-grams, bad words, min new tokens,
+ * suppressed tokens: -inf, transformers' order and place after its repetition penalty),
+ * temperature (0 = greedy), frequency/presence penalty, top-k, top-p, min-p, then a Gumbel-max
+ * categorical draw. A banned id stays -inf through everything after it, so the bans' place among
+ * the steps before top-k changes no result.
  */
 import { InvalidOptionError } from '../errors.js';
 import type { NormalizedSampling } from '../kernels/sampler.js';
