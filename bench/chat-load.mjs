@@ -51,7 +51,7 @@ async function load(model, users, turns, grouped) {
             stopAtEos: false,
           });
           tokens += r.sequences[0].tokens.length;
-          if (r.stats.batch_rows > 1) shared++;
+          if (r.stats.batchRows > 1) shared++;
         }
       }),
     );

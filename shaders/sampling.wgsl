@@ -2,10 +2,13 @@
 // workgroup (256 threads) per sequence row over the vocabulary V.
 //
 // Per decode step the sampler runs two dispatches over logits [rows, V] f32:
-//   select_row: z = processed logits (1 logit_bias, 2 repetition penalty, 3 / temperature (the
-//               row's max subtracted first where the quotient would overflow f32), 4 frequency
-//               and presence penalties from counts [rows, V] u32) -> work [rows, V];
-//               greedy argmax; the kept set of top-k, top-p and min-p -> cuts[row].
+//   select_row: z = processed logits (1 logit_bias, 2 repetition penalty, 2b hard bans: -inf for
+//               the ids of the row's ban masks (n-grams, bad words, suppressed tokens; its end
+//               ids while it has drawn fewer than min_new tokens), 3 / temperature (the row's max
+//               subtracted first where the quotient would overflow f32), 4 frequency
+//               and presence penalties from counts [rows, V] u32) -> work [rows, V]; greedy
+//               argmax; the kept set of top-k, top-p and min-p -> cuts[row]. A banned id stays
+//               -inf through 3-4 and is never kept, so where the bans sit among 1-4 changes nothing.
 //   draw_row:   Gumbel-max draw over the kept tokens, optional probs [rows, V] (softmax over the
 //               kept tokens, 0 elsewhere), out_ids[row]; counts, step and the EOS latch updated.
 // sample() uses select_row + draw_row on one row, then compact_row (kept ids, ascending) and
@@ -29,7 +32,8 @@
 // so every (row, step, token) has its own independent noise and a row's draws do not depend on
 // the other rows of the batch. Gumbel noise g = -log(-log(u)), u = (x >> 8 + 0.5) * 2^-24.
 //
-// Limits: 256 invocations, 9 KiB of workgroup memory, at most 7 storage buffers per entry point.
+// Limits: 256 invocations, 9 KiB of workgroup memory, at most 8 storage buffers per entry point
+// (select_row uses 8: WebGPU's default maxStorageBuffersPerShaderStage).
 
 const WG: u32 = 256u;
 const NONE: u32 = 0xffffffffu;
@@ -62,8 +66,8 @@ struct RowParams {
   eos: u32,          // NONE when there is no EOS
   stop_at_eos: u32,
   bias_row: u32,     // row of `bias` [*, V] holding this row's logit_bias, NONE = no bias
-  _p0: u32,
-  _p1: u32,
+  ban_flags: u32,    // bit 0: read the row's always-mask; bit 1: its until-min mask
+  min_new: u32,      // the until-min mask applies while state.step < min_new
   _p2: u32,
 }
 
@@ -98,6 +102,7 @@ struct Cut {
 @group(0) @binding(9) var<storage, read_write> probs: array<f32>;     // [rows, V]
 @group(0) @binding(10) var<storage, read_write> aux: array<u32>;      // kept ids / prompt ids / KAT cases
 @group(0) @binding(11) var<storage, read_write> hist: array<atomic<u32>>; // [V] draw_many counts
+@group(0) @binding(12) var<storage, read> bans: array<u32>;           // [rows, 2, ceil(V / 32)] bit masks
 
 // Radix histograms (bucket = one 8-bit digit of okey) and their descending scans.
 var<workgroup> h_cnt: array<atomic<u32>, 256>;
@@ -382,11 +387,19 @@ fn rank_cut(base: u32, V: u32, lid: u32, n: u32) -> vec2<u32> {
   return vec2<u32>(key, select(t, NONE, j >= eq));
 }
 
-// Steps 1-2 for token v of a row: its logit plus logit_bias, then the repetition penalty.
-fn biased(lbase: u32, base: u32, v: u32, P: RowParams) -> f32 {
+// Steps 1-2b for token v of a row: its logit plus logit_bias, the repetition penalty, the hard bans.
+fn biased(lbase: u32, base: u32, v: u32, P: RowParams, bans_on: vec2<bool>, ban_base: u32) -> f32 {
   var x = logits[lbase + v];
   if (P.bias_row != NONE) { x = x + bias[P.bias_row * g.V + v]; }
   if (counts[base + v] > 0u && P.rep != 1.0) { x = select(x / P.rep, x * P.rep, x < 0.0); }
+  // 2b: bans_on = (the always-mask applies, the until-min mask applies); the row's two masks of
+  // W words each start at ban_base.
+  if (any(bans_on)) {
+    let bit = 1u << (v & 31u);
+    let w = ban_base + (v >> 5u);
+    let W = (g.V + 31u) / 32u;
+    if ((bans_on.x && (bans[w] & bit) != 0u) || (bans_on.y && (bans[w + W] & bit) != 0u)) { x = neg_inf(); }
+  }
   return x;
 }
 
@@ -411,11 +424,13 @@ fn select_row(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_in
   if (workgroupUniformLoad(&w_u) != 0u) { return; }  // draw_row writes EOS for latched rows
 
   // 1-4: processed logits z, their max and argmax.
+  let bans_on = vec2<bool>((P.ban_flags & 1u) != 0u, (P.ban_flags & 2u) != 0u && state[row].step < P.min_new);
+  let ban_base = (row * 2u) * ((V + 31u) / 32u);
   var best = neg_inf();
   var best_i = NONE;
   var top = neg_inf();  // max of x before the temperature
   for (var v = lid; v < V; v += WG) {
-    let x = biased(lbase, base, v, P);
+    let x = biased(lbase, base, v, P, bans_on, ban_base);
     top = max(top, x);
     let z = tempered(x, counts[base + v], P, 0.0);
     work[base + v] = z;
@@ -440,7 +455,7 @@ fn select_row(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_in
       best = neg_inf();
       best_i = NONE;
       for (var v = lid; v < V; v += WG) {
-        let z = tempered(biased(lbase, base, v, P), counts[base + v], P, shift);
+        let z = tempered(biased(lbase, base, v, P, bans_on, ban_base), counts[base + v], P, shift);
         work[base + v] = z;
         if (beats(z, v, best, best_i)) {
           best = z;

@@ -156,7 +156,7 @@ export async function runBench(engine: Engine, o: BenchOptions): Promise<BenchRe
     onProgress: o.onProgress,
     experimental: { profile: o.profile },
   });
-  model.loadTimes.resolve_ms += resolveMs; // loadModel saw an opened checkpoint
+  model.loadTimes.resolveMs += resolveMs; // loadModel saw an opened checkpoint
   const loadMs = now() - t0;
   try {
     // A fixed pseudo-random prompt (ids spread over the vocabulary).
@@ -194,7 +194,13 @@ export async function runBench(engine: Engine, o: BenchOptions): Promise<BenchRe
       prompt_tokens: o.promptTokens,
       new_tokens: o.newTokens,
       repeat: o.repeat,
-      load: { load_ms: loadMs, ...model.loadTimes, weight_bytes: model.weights.bytes },
+      load: {
+        load_ms: loadMs,
+        resolve_ms: model.loadTimes.resolveMs,
+        pipelines_ms: model.loadTimes.pipelinesMs,
+        upload_ms: model.loadTimes.uploadMs,
+        weight_bytes: model.weights.bytes,
+      },
       results,
     };
   } finally {
@@ -222,7 +228,7 @@ async function measureBatch(
   await gen(Math.min(2, o.newTokens), 1); // warm-up
   const runs = [];
   for (let r = 0; r < o.repeat; r++) runs.push(await gen(o.newTokens, 1234));
-  const decode = runs.map((r) => r.stats.decode_ms_per_token);
+  const decode = runs.map((r) => r.stats.decodeMsPerToken);
   const st = runs[runs.length - 1]!.stats;
   const med = quantile(decode, 0.5);
   const decoded = o.newTokens > 1;
@@ -236,24 +242,24 @@ async function measureBatch(
     batch: B,
     load_ms: loadMs,
     first_token_ms: quantile(
-      runs.map((r) => r.stats.first_token_ms),
+      runs.map((r) => r.stats.firstTokenMs),
       0.5,
     ),
     setup_ms: quantile(
-      runs.map((r) => r.stats.setup_ms),
+      runs.map((r) => r.stats.setupMs),
       0.5,
     ),
     prefill_ms: quantile(
-      runs.map((r) => r.stats.prefill_ms),
+      runs.map((r) => r.stats.prefillMs),
       0.5,
     ),
     decode_ms_per_token: decoded ? med : null,
     decode_ms_per_token_p90: decoded ? quantile(decode, 0.9) : null,
     tokens_per_s: decoded ? (1000 * B) / med : null,
     ...(decoded ? {} : { decode_note: 'no decode steps (--new-tokens 1): prefill only' }),
-    readback_bytes_per_token: st.readback_bytes_per_token,
-    dispatches_per_token: decoded ? st.dispatches_per_step : null,
-    submits_per_token: decoded ? st.submits : null,
+    readback_bytes_per_token: st.readbackBytesPerToken,
+    dispatches_per_token: decoded ? st.dispatchesPerStep : null,
+    submits_per_token: decoded ? st.submitsPerStep : null,
     kernels: profile?.families ?? null,
     kernels_by_op: profile?.ops ?? null,
     ...(note ? { kernels_note: note } : {}),
@@ -299,8 +305,8 @@ async function measureSessions(model: Model, B: number, prompt: number[], o: Ben
       );
       if (run > 0) {
         times.group.push(now() - t);
-        times.setup.push(turn.stats.setup_ms);
-        times.first.push(turn.stats.first_token_ms);
+        times.setup.push(turn.stats.setupMs);
+        times.first.push(turn.stats.firstTokenMs);
       }
     }
     const sep = quantile(times.separate, 0.5);

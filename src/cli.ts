@@ -29,9 +29,33 @@ import {
   withModel,
 } from './cli-model.js';
 import type { PartialProfile } from './engine/engine.js';
+import type { GenerateStats } from './engine/generate-options.js';
 import { sample } from './sampling/sample.js';
 import { perplexityOf, type ScoreOptions } from './engine/score.js';
 import { formatBench, isBatchFailure, runBench } from './bench.js';
+
+/**
+ * The CLI's JSON is snake_case throughout; the library's statistics are camelCase. This table is
+ * the one place that maps them (every GenerateStats field, checked by the compiler).
+ */
+const STATS_JSON: Record<keyof GenerateStats, string> = {
+  setupMs: 'setup_ms',
+  prefillMs: 'prefill_ms',
+  firstTokenMs: 'first_token_ms',
+  decodeMsPerToken: 'decode_ms_per_token',
+  tokensPerSecond: 'tokens_per_s',
+  readbackBytesPerToken: 'readback_bytes_per_token',
+  steps: 'steps',
+  batchRows: 'batch_rows',
+  shifts: 'shifts',
+  submitsPerStep: 'submits',
+  dispatchesPerStep: 'dispatches_per_step',
+};
+
+/** GenerateStats as the CLI prints them in JSON (snake_case keys, STATS_JSON). */
+function statsJson(st: GenerateStats): Record<string, number> {
+  return Object.fromEntries(Object.entries(STATS_JSON).map(([k, json]) => [json, st[k as keyof GenerateStats]]));
+}
 
 /** A command printed its output but part of it failed: message on stderr, exit 1. */
 class ReportedFailure extends Error {}
@@ -104,14 +128,14 @@ const commands: Record<string, Command> = {
               prompt_ids: res.promptIds,
               sequences: res.sequences.map((q) => ({ tokens: q.tokens, text: q.text, finish_reason: q.finishReason })),
               seed: res.seed,
-              stats: res.stats,
+              stats: statsJson(res.stats),
             }),
           );
         } else {
           if (streamOut) process.stdout.write('\n');
           else res.sequences.forEach((q, i) => console.log(`--- sequence ${i}\n${q.text}`));
           process.stderr.write(
-            `seed ${res.seed}; first token ${res.stats.first_token_ms.toFixed(1)} ms (setup ${res.stats.setup_ms.toFixed(1)} + prefill ${res.stats.prefill_ms.toFixed(1)}); decode ${res.stats.decode_ms_per_token.toFixed(2)} ms/token; ${res.stats.tokens_per_s.toFixed(1)} tokens/s\n`,
+            `seed ${res.seed}; first token ${res.stats.firstTokenMs.toFixed(1)} ms (setup ${res.stats.setupMs.toFixed(1)} + prefill ${res.stats.prefillMs.toFixed(1)}); decode ${res.stats.decodeMsPerToken.toFixed(2)} ms/token; ${res.stats.tokensPerSecond.toFixed(1)} tokens/s\n`,
           );
         }
       });
@@ -269,15 +293,17 @@ const commands: Record<string, Command> = {
         earlyStopping: Boolean(v['early-stopping']),
       };
       await withModel(v, async (model) => {
-        const beams = await model.beamSearch(prompt, opts);
-        const out = beams.map((b) => ({
+        const res = await model.beamSearch(prompt, opts);
+        // As generate: tokens and text are the completion's; the prompt's ids come separately.
+        const out = res.sequences.map((b) => ({
           logprob: b.logprob,
           score: b.score,
           tokens: b.tokens,
-          text: model.tokenizer.decode(b.tokens),
+          text: b.text,
           finished: b.finished,
+          finish_reason: b.finishReason,
         }));
-        if (v.json) console.log(JSON.stringify({ beams: out }));
+        if (v.json) console.log(JSON.stringify({ prompt_ids: res.promptIds, beams: out }));
         else
           out.forEach((b) =>
             console.log(`${b.score.toFixed(4)} (logprob ${b.logprob.toFixed(4)}): ${JSON.stringify(b.text)}`),

@@ -47,8 +47,18 @@ export class DestroyedError extends GPT2WebGPUError {}
 /** A model download failed or the downloaded file does not match its expected size/hash. */
 export class DownloadError extends GPT2WebGPUError {}
 
-/** A generation was cancelled through its AbortSignal. */
-export class AbortError extends GPT2WebGPUError {}
+/**
+ * A generation was cancelled through its AbortSignal (or by leaving a stream's loop early). A
+ * generation's AbortError carries what it produced before it stopped.
+ */
+export class AbortError extends GPT2WebGPUError {
+  /** The first sequence's new tokens so far (empty when no step was read back). */
+  tokens: number[] = [];
+  /** Their text so far (what onToken delivered). */
+  text = '';
+  /** Every sequence's new tokens and text so far (generate with numSequences > 1, generateBatch). */
+  sequences: Array<{ tokens: number[]; text: string }> = [];
+}
 
 /** A sequence would pass the context window and the cache's overflow policy is 'error'. */
 export class ContextOverflowError extends GPT2WebGPUError {}

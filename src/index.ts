@@ -26,7 +26,8 @@ export type {
   SequenceDoneEvent,
   FinishReason,
 } from './engine/generate.js';
-export type { BeamOptions, BeamHypothesis } from './sampling/beam.js';
+export type { GenerationStream } from './engine/stream.js';
+export type { BeamOptions, BeamHypothesis, BeamResult } from './sampling/beam.js';
 export type { PerplexityResult, ScoreOptions, ScoreResult, TokenScore } from './engine/score.js';
 export type { SamplingOptions } from './sampling/options.js';
 export { deriveSeed, validateSampling } from './sampling/options.js';

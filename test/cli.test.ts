@@ -6,6 +6,7 @@ import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fixturesDir, REPO_ROOT, tinyDir, tinyReference } from './fixtures-util.js';
+import { gpt2Tokenizer } from '../src/engine/tokenizer.js';
 
 const BIN = join(REPO_ROOT, 'bin', 'gpt2-webgpu.js');
 const ref = tinyReference();
@@ -290,11 +291,14 @@ test('beam --json reproduces the fixture beams', () => {
   );
   assert.is(r.code, 0, r.err);
   const j = JSON.parse(r.out);
+  // Tokens and text are the completion's (as generate's); the prompt comes as prompt_ids.
+  assert.equal(j.prompt_ids, p.ids);
   assert.equal(
-    j.beams.map((b: { tokens: number[] }) => b.tokens),
+    j.beams.map((b: { tokens: number[] }) => [...j.prompt_ids, ...b.tokens]),
     p['beam_nb6_nr2_max20_lp0.0'].sequences,
   );
-  assert.type(j.beams[0].text, 'string');
+  assert.is(j.beams[0].text, gpt2Tokenizer.decode(j.beams[0].tokens));
+  assert.is(j.beams[0].finish_reason, 'length');
 });
 
 test('bench --json smoke run has every field', () => {

@@ -10,6 +10,9 @@ import { tinyReference } from './fixtures-util.js';
 import { tinyModel } from './model-util.js';
 import { deriveSeed } from '../src/sampling/options.js';
 import { defaultPipelineDepth } from '../src/engine/generate.js';
+import { GENERATE_OPTIONS } from '../src/engine/generate-options.js';
+import { SAMPLING_OPTIONS } from '../src/sampling/options.js';
+import { BEAM_OPTIONS } from '../src/sampling/beam.js';
 import { AbortError, InvalidOptionError } from '../src/errors.js';
 
 const ref = tinyReference();
@@ -39,7 +42,7 @@ test('the CPU maps at most 4 bytes per sequence per step during a 64-token gener
     assert.is(res.sequences[0]!.tokens.length, 64);
     assert.is(maps, 64, 'one read-back per step');
     assert.is(bytes, 64 * 4, `bytes read back: ${bytes}`);
-    assert.is(res.stats.readback_bytes_per_token, 4);
+    assert.is(res.stats.readbackBytesPerToken, 4);
   } finally {
     proto.mapAsync = original;
   }
@@ -89,18 +92,57 @@ test('leaving a stream() loop early cancels the generation and frees its buffers
   const before = model.ctx.liveBuffers;
   const submits = model.ctx.stats.submits;
   let n = 0;
-  for await (const _ of model.stream(ref.prompts[0]!.ids, {
+  const seen: number[] = [];
+  const stream = model.stream(ref.prompts[0]!.ids, {
     maxNewTokens: 300,
     stopAtEos: false,
     seed: 2,
     pipelineDepth: 3,
-  })) {
+  });
+  for await (const t of stream) {
+    seen.push(t.token);
     if (++n === 3) break;
   }
   assert.is(n, 3);
   // 3 steps read, at most pipelineDepth (3, the GPU default) more in flight: nowhere near the 300 asked for.
   assert.ok(model.ctx.stats.submits - submits <= 10, `${model.ctx.stats.submits - submits} submits`);
   assert.equal(model.ctx.liveBuffers, before);
+  // The result rejects with AbortError carrying the tokens produced so far (those yielded first).
+  const err = await stream.result.then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  assert.ok(err instanceof AbortError, String(err));
+  assert.ok(err.tokens.length >= 3 && err.tokens.length < 300, `${err.tokens.length} tokens`);
+  assert.equal(err.tokens.slice(0, 3), seen);
+  assert.equal(err.sequences.length, 1);
+});
+
+test('stream.result: after a for-await loop the finish reason and stats are there (model and session)', async () => {
+  const model = await tinyModel();
+  const p0 = ref.prompts[0]!.ids;
+  const stream = model.stream(p0, { temperature: 0, maxNewTokens: 6, stopAtEos: false });
+  const toks: number[] = [];
+  for await (const t of stream) toks.push(t.token);
+  const res = await stream.result;
+  assert.equal(res.sequences[0]!.tokens, toks);
+  assert.equal(toks, ref.prompts[0]!.greedy48.slice(p0.length, p0.length + 6));
+  assert.is(res.sequences[0]!.finishReason, 'length');
+  assert.is(res.stats.steps, 6);
+  // Awaiting the result alone (no loop) works too: the generation starts at once.
+  const alone = await model.stream(p0, { temperature: 0, maxNewTokens: 6, stopAtEos: false }).result;
+  assert.equal(alone.sequences[0]!.tokens, toks);
+  const session = await model.createSession();
+  try {
+    const s = session.stream(p0, { temperature: 0, maxNewTokens: 6, stopAtEos: false });
+    const got: number[] = [];
+    for await (const t of s) got.push(t.token);
+    assert.equal((await s.result).sequences[0]!.tokens, got);
+    assert.equal(got, toks);
+    assert.is(session.tokens.length, p0.length + 6);
+  } finally {
+    session.destroy();
+  }
 });
 
 test('stop strings end a sequence and drop the surplus', async () => {
@@ -125,6 +167,8 @@ test('an AbortSignal stops a generation between steps and frees its buffers', as
   const before = model.ctx.liveBuffers;
   const ac = new AbortController();
   let seen = 0;
+  const streamed: number[] = [];
+  let text = '';
   await rejects(
     () =>
       model.generate(ref.prompts[0]!.ids, {
@@ -132,11 +176,19 @@ test('an AbortSignal stops a generation between steps and frees its buffers', as
         stopAtEos: false,
         pipelineDepth: 3,
         signal: ac.signal,
-        onToken: () => {
+        onToken: (ev) => {
+          streamed.push(ev.token);
+          text += ev.text;
           if (++seen === 5) ac.abort();
         },
       }),
-    (e: Error) => e instanceof AbortError,
+    // The error carries the tokens produced before the abort: the 5 the listener saw, and their text.
+    (e: Error) =>
+      e instanceof AbortError &&
+      e.tokens.length === 5 &&
+      e.tokens.every((t, i) => t === streamed[i]) &&
+      e.text === text &&
+      e.sequences[0]!.tokens === e.tokens,
   );
   assert.ok(seen < 500);
   assert.equal(model.ctx.liveBuffers, before);
@@ -150,11 +202,11 @@ test('pipelines are built once per model: generating compiles nothing new', asyn
   assert.is(model.ctx.pipelineCount, n);
 });
 
-test('first_token_ms = setup_ms (host: cache, plans, bind groups) + prefill_ms (submit to ids on the CPU)', async () => {
+test('firstTokenMs = setupMs (host: cache, plans, bind groups) + prefillMs (submit to ids on the CPU)', async () => {
   const model = await tinyModel();
   const proto = Object.getPrototypeOf(model.ctx.device);
   const original = proto.createBindGroup;
-  // Every bind group now costs the host 2 ms: that must land in setup_ms, not in prefill_ms.
+  // Every bind group now costs the host 2 ms: that must land in setupMs, not in prefillMs.
   let calls = 0;
   proto.createBindGroup = function (this: GPUDevice, ...args: unknown[]) {
     calls++;
@@ -166,15 +218,12 @@ test('first_token_ms = setup_ms (host: cache, plans, bind groups) + prefill_ms (
     const res = await model.generate([5, 6, 7], { maxNewTokens: 1, seed: 3 });
     const s = res.stats;
     assert.ok(calls > 10, `bind groups created: ${calls}`);
-    assert.ok(s.setup_ms >= 2 * calls, `setup_ms ${s.setup_ms} for ${calls} slowed bind groups`);
-    assert.ok(s.prefill_ms > 0 && s.prefill_ms < 2 * calls, `prefill_ms ${s.prefill_ms}`);
-    assert.ok(Math.abs(s.first_token_ms - s.setup_ms - s.prefill_ms) < 1e-6, JSON.stringify(s));
+    assert.ok(s.setupMs >= 2 * calls, `setupMs ${s.setupMs} for ${calls} slowed bind groups`);
+    assert.ok(s.prefillMs > 0 && s.prefillMs < 2 * calls, `prefillMs ${s.prefillMs}`);
+    assert.ok(Math.abs(s.firstTokenMs - s.setupMs - s.prefillMs) < 1e-6, JSON.stringify(s));
     const un = await model.generate([5, 6, 7], { maxNewTokens: 1, seed: 3, useCache: false });
-    assert.ok(un.stats.setup_ms >= 2 && un.stats.prefill_ms > 0, JSON.stringify(un.stats));
-    assert.ok(
-      Math.abs(un.stats.first_token_ms - un.stats.setup_ms - un.stats.prefill_ms) < 1e-6,
-      JSON.stringify(un.stats),
-    );
+    assert.ok(un.stats.setupMs >= 2 && un.stats.prefillMs > 0, JSON.stringify(un.stats));
+    assert.ok(Math.abs(un.stats.firstTokenMs - un.stats.setupMs - un.stats.prefillMs) < 1e-6, JSON.stringify(un.stats));
   } finally {
     proto.createBindGroup = original;
   }
@@ -330,6 +379,68 @@ test('generation options are validated before any GPU work', async () => {
   }
   const r = await model.generate([1], { maxNewTokens: 0 });
   assert.equal(r.sequences[0]!.tokens, []);
+});
+
+test("other libraries' option names are refused with the name to use and every valid option listed", async () => {
+  const model = await tinyModel();
+  // transformers' generate kwargs, OpenAI's and vLLM's names, typos -> the suggestion.
+  const cases: Array<[string, RegExp]> = [
+    ['max_new_tokens', /Did you mean maxNewTokens\?/],
+    ['max_tokens', /Did you mean maxNewTokens\?/],
+    ['max_length', /Did you mean maxNewTokens\? \(it counts new tokens only/],
+    ['num_return_sequences', /Did you mean numSequences\?/],
+    ['top_k', /Did you mean topK\?/],
+    ['top_p', /Did you mean topP\?/],
+    ['repetition_penalty', /Did you mean repetitionPenalty\?/],
+    ['frequency_penalty', /Did you mean freqPenalty\?/],
+    ['logit_bias', /Did you mean logitBias\?/],
+    ['stop', /Did you mean stopStrings\?/],
+    ['do_sample', /temperature: 0 is greedy/],
+    ['num_beams', /model\.beamSearch/],
+    ['temprature', /Did you mean temperature\?/],
+    ['TopK', /Did you mean topK\?/],
+    ['no_repeat_ngram_size', /Did you mean noRepeatNgramSize\?/],
+    ['min_tokens', /Did you mean minNewTokens\?/],
+    ['stop_token_ids', /Did you mean stopTokenIds\?/],
+    ['ignore_eos', /Did you mean stopAtEos\? \(ignore_eos: true is stopAtEos: false\)/],
+    ['length_penalty', /Note: it is a beam search option/],
+  ];
+  for (const [name, re] of cases) {
+    await rejects(
+      () => model.generate([1], { [name]: 1 } as object),
+      (e: Error) => {
+        if (!(e instanceof InvalidOptionError) || !re.test(e.message) || !e.message.includes(`"${name}"`)) return false;
+        // Every valid option is listed, generation and sampling ones alike.
+        const listed = e.message.slice(e.message.indexOf('Valid options: ') + 15).split(/, |\.$/);
+        return [...GENERATE_OPTIONS, ...SAMPLING_OPTIONS].every((k) => listed.includes(k));
+      },
+      name,
+    );
+  }
+  assert.ok(GENERATE_OPTIONS.includes('maxNewTokens') && GENERATE_OPTIONS.includes('temperature'));
+  assert.ok(!GENERATE_OPTIONS.includes('joiners'), 'the internal option is not offered');
+  // Nothing close: no suggestion, still the list.
+  await rejects(
+    () => model.generate([1], { frobnicate: true } as object),
+    (e: Error) => /"frobnicate"\. Valid options: .*maxNewTokens/.test(e.message) && !/Did you mean/.test(e.message),
+  );
+  // perSequence entries and beam search name their own options.
+  await rejects(
+    () => model.generate([1], { numSequences: 2, perSequence: [{}, { max_new_tokens: 2 } as object] }),
+    (e: Error) => /perSequence\[1\]: unknown option "max_new_tokens"\. Did you mean maxNewTokens\?/.test(e.message),
+  );
+  await rejects(
+    () => model.beamSearch([1], { numBeams: 2, maxNewTokens: 2, num_return_sequences: 2 } as never),
+    (e: Error) =>
+      e instanceof InvalidOptionError &&
+      /Did you mean numReturnSequences\?/.test(e.message) &&
+      BEAM_OPTIONS.every((k) => e.message.includes(k)),
+  );
+  // Sampling from given logits knows only the sampling options.
+  await rejects(
+    () => model.sample(new Float32Array(4), 1, { top_p: 0.5 } as object),
+    (e: Error) => /unknown sampling option "top_p"\. Did you mean topP\?/.test(e.message),
+  );
 });
 
 test.run();

@@ -10,7 +10,8 @@ import { Sampler, SamplerState } from '../src/kernels/sampler.js';
 import './kernels/test-shaders.js';
 import { processLogits, sample } from '../src/sampling/sample.js';
 import { allClose, download, downloadU32, poisoned, Rng, run, upload, withDevice } from './helpers.js';
-import { distribution64, gumbelDraw64, philox4x32, processLogits64 } from './reference/sampling.js';
+import { bans64, distribution64, gumbelDraw64, philox4x32, processLogits64 } from './reference/sampling.js';
+import { BanTracker, bannedNext, staticBans } from '../src/sampling/bans.js';
 
 const u32 = (owned: Owned, n: number): GpuTensor => poisoned(owned, [n], 'u32');
 
@@ -372,6 +373,14 @@ test('option validation names the option, the value and the domain', () => {
     [{ logitBias: { 100: 1 } }, /logitBias\[100\].*\[0, 50\)/],
     [{ logitBias: { 3: NaN } }, /logitBias\[3\] = NaN .*finite/],
     [{ topk: 3 } as unknown as SamplingOptions, /unknown sampling option "topk"/],
+    [{ noRepeatNgramSize: -1 }, /noRepeatNgramSize = -1 .*integer >= 0/],
+    [{ noRepeatNgramSize: 1.5 }, /noRepeatNgramSize = 1\.5/],
+    [{ minNewTokens: -2 }, /minNewTokens = -2 .*integer >= 0/],
+    [{ suppressTokens: [1, 50] }, /suppressTokens\[1\] = 50 .*\[0, 50\)/],
+    [{ suppressTokens: 3 as unknown as number[] }, /suppressTokens = 3 .*array of token ids/],
+    [{ badWordsIds: [[1], []] }, /badWordsIds\[1\] = \[\] .*non-empty array/],
+    [{ badWordsIds: [[1, 2.5]] }, /badWordsIds\[0\]\[1\] = 2\.5/],
+    [{ badWordsIds: [1, 2] as unknown as number[][] }, /badWordsIds\[0\] = 1 .*non-empty array/],
   ];
   for (const [o, re] of cases) {
     assert.throws(
@@ -394,6 +403,10 @@ test('option validation names the option, the value and the domain', () => {
       [2, -1],
       [7, 1],
     ],
+    noRepeatNgramSize: 0,
+    badWordsIds: [],
+    suppressTokens: [],
+    minNewTokens: 0,
     seed: undefined,
   });
 });
@@ -409,5 +422,80 @@ test('processLogits with temperature 0 applies the penalties without dividing', 
     );
     allClose(z, [2 / 2 - 0.25, -2 * 2 - 0.25, 1, 0.5], { atol: 1e-7 }, 'z');
   }));
+
+test('hard bans (n-grams, bad words, suppressed tokens) set exactly the hand-computed ids to -inf, as float64', () =>
+  withDevice(async ({ ctx }) => {
+    const V = 64;
+    const rng = new Rng(31);
+    const prev = [1, 2, 3, 1, 2, 4, 1, 2]; // ends with (1, 2), followed earlier by 3 and by 4
+    const none = { noRepeatNgramSize: 0, badWordsIds: [], suppressTokens: [] };
+    const cases: Array<[SamplingOptions, number[]]> = [
+      [{ noRepeatNgramSize: 2 }, [3, 4]], // after 2 came 3 and 4
+      [{ noRepeatNgramSize: 3 }, [3, 4]], // after (1, 2) came 3 and 4
+      [{ noRepeatNgramSize: 4 }, []], // (4, 1, 2) never occurred before the end
+      [{ noRepeatNgramSize: 1 }, [1, 2, 3, 4]], // every id present
+      [{ noRepeatNgramSize: 9 }, []], // longer than the ids + 1
+      // [1, 2, 10]: prefix matches -> 10; [7, 11]: no; [12]: always; the 11-token one is longer than the ids.
+      [{ badWordsIds: [[1, 2, 10], [7, 11], [12], [3, 2, 1, 2, 3, 1, 2, 4, 1, 2, 13]] }, [10, 12]],
+      [{ suppressTokens: [20, 21] }, [20, 21]],
+      [{ noRepeatNgramSize: 2, badWordsIds: [[2, 30]], suppressTokens: [31] }, [3, 4, 30, 31]],
+    ];
+    for (const [opts, want] of cases) {
+      const o = validateSampling({ temperature: 0.7, repetitionPenalty: 1.3, ...opts }, V);
+      assert.equal(
+        [...bans64(prev, o)].sort((a, b) => a - b),
+        want,
+        `reference: ${JSON.stringify(opts)}`,
+      );
+      // The banned ids get the largest logits, so that the bans change the greedy choice.
+      const logits = Float32Array.from({ length: V }, () => rng.normal());
+      for (const id of want) logits[id] = 5 + rng.next();
+      const z = await processLogits(ctx, logits, { temperature: 0.7, repetitionPenalty: 1.3, ...opts }, prev);
+      const z64 = processLogits64(logits, o, prev);
+      const inf = (a: ArrayLike<number>) => Array.from(a, (x, v) => (x === -Infinity ? v : -1)).filter((v) => v >= 0);
+      assert.equal(inf(z), want, `GPU bans: ${JSON.stringify(opts)}`);
+      assert.equal(inf(z64), want);
+      allClose(
+        Array.from(z).map((x) => (x === -Infinity ? 0 : x)),
+        Array.from(z64).map((x) => (x === -Infinity ? 0 : x)),
+        { atol: 1e-5 },
+        JSON.stringify(opts),
+      );
+      const greedy = await sample(ctx, logits, 4, { temperature: 0, ...opts }, prev);
+      const pick = greedy.counts.findIndex((c) => c === 4);
+      assert.ok(!want.includes(pick), `greedy picked banned ${pick}`);
+      if (want.length) {
+        const free = await sample(ctx, logits, 1, { temperature: 0, ...none }, prev);
+        assert.ok(want.includes(free.counts.findIndex((c) => c === 1)), 'without the bans a banned id wins');
+      }
+    }
+  }));
+
+test('the per-step ban tracker equals bans computed from scratch (and the float64 reference) at every step', () => {
+  const rng = new Rng(5);
+  for (let trial = 0; trial < 60; trial++) {
+    const alphabet = 2 + rng.int(4);
+    const word = () => Array.from({ length: 1 + rng.int(3) }, () => rng.int(alphabet));
+    const o = {
+      noRepeatNgramSize: rng.int(5),
+      badWordsIds: Array.from({ length: rng.int(4) }, word),
+      suppressTokens: rng.int(3) === 0 ? [rng.int(alphabet)] : [],
+    };
+    const eos = [rng.int(alphabet)];
+    const start = Array.from({ length: rng.int(4) }, () => rng.int(alphabet));
+    const tracker = new BanTracker(o, eos, start);
+    const h = [...start];
+    for (let step = 0; step < 30; step++) {
+      const got = new Set([...staticBans(o, eos), ...tracker.next()]);
+      const want = bans64(h, { ...o, minNewTokens: 0 }, eos);
+      const sorted = (x: Set<number>) => [...x].sort((a, b) => a - b);
+      assert.equal(sorted(got), sorted(want), `trial ${trial} step ${step}: ${JSON.stringify({ o, eos, h })}`);
+      assert.equal(sorted(bannedNext(h, o, eos)), sorted(want));
+      const t = rng.int(alphabet);
+      tracker.push(t);
+      h.push(t);
+    }
+  }
+});
 
 test.run();

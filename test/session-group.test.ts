@@ -325,7 +325,7 @@ test("turns started together on a group's sessions are merged into one batched r
     const first = { temperature: 0, maxNewTokens: 5, stopAtEos: false };
     for (let i = 0; i < 5; i++) {
       const g = await group.sessions[i]!.generate(ids(i, 2 + 2 * i), first); // awaited one by one: alone
-      assert.is(g.stats.batch_rows, 1);
+      assert.is(g.stats.batchRows, 1);
       await alone[i]!.generate(ids(i, 2 + 2 * i), first);
     }
     const opts = (seed: number) => ({
@@ -353,7 +353,7 @@ test("turns started together on a group's sessions are merged into one batched r
       group.sessions[2]!.generate([18], { ...opts(35), signal: new AbortController().signal }),
     ]);
     assert.equal(
-      [r3, r0, r1, r4, r2].map((r) => r!.stats.batch_rows),
+      [r3, r0, r1, r4, r2].map((r) => r!.stats.batchRows),
       [4, 4, 4, 4, 1],
     );
     // Nothing else stays than the plans the group's cache keeps for the next turns (once the run,
@@ -425,7 +425,7 @@ for (const depth of [1, 3])
       const r0next = (await next) as typeof r0;
       await group.idle();
       assert.equal(
-        [r0, r1, r2].map((r) => r.stats.batch_rows),
+        [r0, r1, r2].map((r) => r.stats.batchRows),
         [3, 3, 3],
       );
       assert.ok(order.indexOf('0') < order.indexOf('1') && order.indexOf('2') < order.indexOf('1'), order.join(', '));
@@ -496,10 +496,10 @@ for (const depth of [1, 3])
       await group.idle();
       // Each joiner ran in the 3-slot run's steps.
       assert.equal(
-        [...first, r0b, r3].map((r) => r.stats.batch_rows),
+        [...first, r0b, r3].map((r) => r.stats.batchRows),
         [3, 3, 3, 3, 3],
       );
-      assert.ok(r0b.stats.first_token_ms > 0 && r0b.stats.setup_ms === 0, JSON.stringify(r0b.stats));
+      assert.ok(r0b.stats.firstTokenMs > 0 && r0b.stats.setupMs === 0, JSON.stringify(r0b.stats));
       assert.equal(
         events.map((e) => [e.row, e.index, e.token]),
         r3.sequences[0]!.tokens.map((t, i) => [0, i, t]),
@@ -593,7 +593,7 @@ test('a chat load: users send their next message as soon as their reply comes; e
     );
     await group.idle();
     assert.ok(
-      got.flat().some((r) => r.stats.batch_rows > 1),
+      got.flat().some((r) => r.stats.batchRows > 1),
       'turns shared steps',
     );
     for (let u = 0; u < 3; u++) {
@@ -666,8 +666,8 @@ for (const seed of [1, 2])
       await group.idle();
       // Later turns shared steps too: they joined runs in flight (or merged among themselves).
       assert.ok(
-        got.some((g) => g.slice(1).some((r) => r.stats.batch_rows > 1)),
-        JSON.stringify(got.map((g) => g.map((r) => r.stats.batch_rows))),
+        got.some((g) => g.slice(1).some((r) => r.stats.batchRows > 1)),
+        JSON.stringify(got.map((g) => g.map((r) => r.stats.batchRows))),
       );
       for (let u = 0; u < U; u++) {
         for (const [t, turn] of plan[u]!.entries()) {
@@ -720,7 +720,7 @@ test('merged turns: a bad prompt fails alone; a queued session is busy; seeds an
     );
     assert.ok((results[1] as PromiseRejectedResult).reason instanceof PromptError);
     assert.equal(s1.tokens, []);
-    assert.is((results[0] as PromiseFulfilledResult<{ stats: { batch_rows: number } }>).value.stats.batch_rows, 2);
+    assert.is((results[0] as PromiseFulfilledResult<{ stats: { batchRows: number } }>).value.stats.batchRows, 2);
     // Queued (not started yet) counts as busy.
     const p = s0.generate([5], o);
     await rejects(

@@ -145,10 +145,10 @@ test("a generation's stats count its own submits, dispatches and read-backs, als
   const a = await counted(12);
   const b = await counted(24);
   const st = a.st;
-  assert.equal([st.steps, b.st.steps, st.submits], [12, 24, 1]);
-  assert.is(b.submits - a.submits, 12 * st.submits);
-  assert.is(b.dispatches - a.dispatches, 12 * st.dispatches_per_step);
-  assert.is(b.bytes - a.bytes, 12 * st.readback_bytes_per_token);
+  assert.equal([st.steps, b.st.steps, st.submitsPerStep], [12, 24, 1]);
+  assert.is(b.submits - a.submits, 12 * st.submitsPerStep);
+  assert.is(b.dispatches - a.dispatches, 12 * st.dispatchesPerStep);
+  assert.is(b.bytes - a.bytes, 12 * st.readbackBytesPerToken);
   // Three at once on separate sessions: each reports what it reports alone.
   const sessions = await Promise.all([0, 1, 2].map(() => model.createSession()));
   try {
@@ -156,8 +156,8 @@ test("a generation's stats count its own submits, dispatches and read-backs, als
     const all = await Promise.all(sessions.map((s, i) => s.generate(ref.prompts[0]!.ids, opts(1 + i))));
     for (const r of all) {
       assert.equal(
-        [r.stats.submits, r.stats.dispatches_per_step, r.stats.readback_bytes_per_token],
-        [st.submits, st.dispatches_per_step, st.readback_bytes_per_token],
+        [r.stats.submitsPerStep, r.stats.dispatchesPerStep, r.stats.readbackBytesPerToken],
+        [st.submitsPerStep, st.dispatchesPerStep, st.readbackBytesPerToken],
       );
     }
     assert.is(model.ctx.stats.submits - c1.submits, 3 * a.submits);
@@ -334,7 +334,7 @@ test('a session keeps its plans for the next turn: reused plans give the tokens 
       a.generate([24, 25], { ...opts(7), signal }),
       b.generate([26, 27], { ...opts(8), signal }),
     ]);
-    assert.equal([ra.stats.batch_rows, rb.stats.batch_rows], [1, 1]);
+    assert.equal([ra.stats.batchRows, rb.stats.batchRows], [1, 1]);
     const solo = await model.createSessionGroup(2, { capacity: 96 });
     try {
       const [sa, sb] = solo.sessions as [typeof kept, typeof kept];

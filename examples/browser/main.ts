@@ -228,7 +228,7 @@ async function generate(promptIds: number[] | null): Promise<{ res: GenerateResu
       },
     });
     const s = res.stats;
-    ui.stats.textContent = `${res.sequences[0]!.tokens.length} tokens, ${s.tokens_per_s.toFixed(1)} tokens/s (prefill ${s.prefill_ms.toFixed(0)} ms, ${s.decode_ms_per_token.toFixed(1)} ms/token), seed ${res.seed}`;
+    ui.stats.textContent = `${res.sequences[0]!.tokens.length} tokens, ${s.tokensPerSecond.toFixed(1)} tokens/s (prefill ${s.prefillMs.toFixed(0)} ms, ${s.decodeMsPerToken.toFixed(1)} ms/token), seed ${res.seed}`;
     setStatus('done');
     return { res, cached };
   } finally {

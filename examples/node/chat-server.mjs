@@ -23,7 +23,7 @@ try {
       JSON.stringify({
         round: i,
         replies: replies.map((r) => ({ text: r.sequences[0].text, tokens: r.sequences[0].tokens, seed: r.seed })),
-        batch_rows: replies.map((r) => r.stats.batch_rows),
+        batch_rows: replies.map((r) => r.stats.batchRows),
         context_tokens: group.sessions.map((s) => s.tokens.length),
       }),
     );

@@ -15,7 +15,8 @@
  * logprob / newTokens^lengthPenalty (lengthPenalty 0 by default: the plain sum).
  */
 import { AbortError, ContextOverflowError } from '../errors.js';
-import { validateBeam, type BeamHypothesis, type BeamOptions } from '../sampling/beam.js';
+import { bannedNext } from '../sampling/bans.js';
+import { validateBeam, type BeamHypothesis, type BeamOptions, type BeamResult } from '../sampling/beam.js';
 import { CallErrors } from '../gpu/call-errors.js';
 import { GpuTensor, Owned, type Dispatch } from '../gpu/common.js';
 import { checkVocabRows } from '../gpu/limits.js';
@@ -24,6 +25,9 @@ import type { KVCache } from './kvcache.js';
 import { decodeMeta, ForwardPlan, rowMeta, type GPT2Model } from './model.js';
 
 type Options = ReturnType<typeof validateBeam>;
+
+/** A hypothesis before its text is decoded. */
+type Hypothesis = Omit<BeamHypothesis, 'text'>;
 
 /** A ranked continuation the GPU sends back: beam `parent` followed by `token`, with the summed log-prob. */
 interface Candidate {
@@ -45,8 +49,10 @@ interface BeamGpu {
   prefill: ForwardPlan;
   /** The decode plans of cache A and cache B (the beams ping-pong between them). */
   dec: [ForwardPlan, ForwardPlan];
-  rankPrefill: Dispatch[];
-  rank: [Dispatch[], Dispatch[]];
+  /** The ranking of the prefill's logits, of cache A's and of cache B's, keeping K candidates. */
+  rank: [Dispatch[], Dispatch[], Dispatch[]];
+  /** Candidates ranked: 2B, more when bans leave fewer than 2B (growRank). */
+  K: number;
   /** K/V reordering by parent: scratch -> A (the first step), A -> B, B -> A. */
   gatherFirst: KvGatherDispatch[];
   gatherAB: KvGatherDispatch[];
@@ -55,13 +61,15 @@ interface BeamGpu {
   parent: GpuTensor;
   cand: GpuTensor;
   staging: GPUBuffer;
+  /** Owns the search's buffers and bind groups. */
+  owned: Owned;
 }
 
 export async function beamSearch(
   model: GPT2Model,
   prompt: string | readonly number[],
   options: BeamOptions,
-): Promise<BeamHypothesis[]> {
+): Promise<BeamResult> {
   model.checkAlive();
   const cfg = model.config;
   const o = validateBeam({ eosTokenId: cfg.eos_token_id, ...options }, cfg.vocab_size);
@@ -73,7 +81,15 @@ export async function beamSearch(
       `beam search needs ${P} prompt + ${o.maxNewTokens} new tokens = ${P + o.maxNewTokens} positions; the window is ${cfg.n_positions}`,
     );
   }
-  if (o.maxNewTokens === 0) return [{ logprob: 0, score: 0, tokens: promptIds, finished: false }];
+  const result = (hyps: Hypothesis[]): BeamResult => ({
+    promptIds,
+    sequences: hyps.map((h) => ({
+      ...h,
+      text: model.tokenizer.decode(h.finished ? h.tokens.slice(0, -1) : h.tokens),
+    })),
+  });
+  if (o.maxNewTokens === 0)
+    return result([{ logprob: 0, score: 0, tokens: [], finished: false, finishReason: 'length' }]);
   checkVocabRows(model.ctx, o.numBeams, cfg.vocab_size, 'numBeams', 'beams');
 
   const owned = new Owned(model.ctx);
@@ -91,7 +107,7 @@ export async function beamSearch(
     const gpu = errors.run(() => buildGpu(model, owned, three, plans, promptIds, o.numBeams));
     const { beams, finished } = await search(model, gpu, promptIds, o, options.signal, errors);
     await errors.check();
-    return best(beams, finished, promptIds, o);
+    return result(best(beams, finished, o));
   } catch (e) {
     throw model.failure(e, 'this beam search');
   } finally {
@@ -109,36 +125,84 @@ async function search(
   o: Options,
   signal: AbortSignal | undefined,
   errors: CallErrors,
-): Promise<{ beams: Beam[]; finished: BeamHypothesis[] }> {
+): Promise<{ beams: Beam[]; finished: Hypothesis[] }> {
   const B = o.numBeams;
   const P = promptIds.length;
   const queue = model.ctx.device.queue;
   let beams: Beam[] = Array.from({ length: B }, () => ({ tokens: [], logprob: 0 }));
-  const finished: BeamHypothesis[] = [];
+  const finished: Hypothesis[] = [];
+  const bans = banRule(promptIds, o);
   // Step 0: rank the prompt's continuations (all B rows get the prompt's logits).
-  errors.run(() => model.submit([...gpu.prefill.dispatches, ...gpu.rankPrefill], (enc) => copyCandidates(enc, gpu, B)));
   const aborted = (step: number) => new AbortError(`beam search aborted after ${step} steps`);
-  let cands = await abortable(readCandidates(model, gpu, B, errors), signal, () => aborted(0));
+  const ranked = (which: 0 | 1 | 2, step: number) =>
+    abortable(candidates(model, gpu, which, beams, bans, errors), signal, () => aborted(step));
+  errors.run(() => model.submit([...gpu.prefill.dispatches, ...gpu.rank[0]], (enc) => copyCandidates(enc, gpu)));
+  let cands = await ranked(0, 0);
   for (let step = 0; step < o.maxNewTokens; step++) {
-    beams = nextBeams(cands, beams, finished, promptIds, o);
+    beams = nextBeams(cands, beams, finished, o);
     if (signal?.aborted) throw aborted(step);
     if (finished.length >= (o.earlyStopping ? o.numBeams : o.numReturnSequences)) break;
     if (step + 1 >= o.maxNewTokens) break;
     // Feed the new tokens: reorder the caches by parent, then one decode step for all beams.
     // The prompt's K/V for every beam comes from the scratch row 0 (parent 0 for all).
-    const { gather, dec, rank } = hop(gpu, step);
+    const { gather, dec, which } = hop(gpu, step);
     // Copy only the slots holding tokens so far (prompt + step new tokens, the newest not yet fed).
     errors.run(() => {
       for (const g of gather) g.setLength(P + step);
       queue.writeBuffer(gpu.parent.buffer, 0, Uint32Array.from(beams.map((b) => (step === 0 ? 0 : b.parent!))));
       queue.writeBuffer(gpu.scores.buffer, 0, Float32Array.from(beams.map((b) => b.logprob)));
       dec.write({ ids: beams.map((b) => b.token!), meta: decodeMeta(new Uint32Array(B).fill(P + step)) });
-      model.submit([...gather, ...dec.dispatches, ...rank], (enc) => copyCandidates(enc, gpu, B));
+      model.submit([...gather, ...dec.dispatches, ...gpu.rank[which]], (enc) => copyCandidates(enc, gpu));
     });
-    cands = await abortable(readCandidates(model, gpu, B, errors), signal, () => aborted(step + 1));
+    cands = await ranked(which, step + 1);
     model.checkAlive('this beam search');
   }
   return { beams, finished };
+}
+
+/** The ids a hypothesis (its new tokens) may not take next, or undefined when no ban option is set. */
+type BanRule = ((tokens: readonly number[]) => Set<number>) | undefined;
+
+/**
+ * The bans of generate (src/sampling/bans.ts) on a hypothesis' prompt + tokens, and EOS while it
+ * has fewer than minNewTokens new tokens. As in transformers' beam search they act on the
+ * log-probabilities (a banned candidate is -inf: left out; the others keep their scores).
+ */
+function banRule(promptIds: readonly number[], o: Options): BanRule {
+  const on = o.noRepeatNgramSize > 0 || o.badWordsIds.length || o.suppressTokens.length || o.minNewTokens > 0;
+  if (!on) return undefined;
+  return (tokens) => {
+    const ids = bannedNext([...promptIds, ...tokens], o, [o.eosTokenId]);
+    if (tokens.length < o.minNewTokens) ids.add(o.eosTokenId);
+    return ids;
+  };
+}
+
+/**
+ * The best 2B candidates of the ranking just submitted (`which`: the prefill's or a decode plan's)
+ * that no ban forbids: the GPU ranks K of them; when bans leave fewer than 2B, the same logits are
+ * ranked again with a larger K (kept for later steps).
+ */
+async function candidates(
+  model: GPT2Model,
+  gpu: BeamGpu,
+  which: 0 | 1 | 2,
+  beams: readonly Beam[],
+  bans: BanRule,
+  errors: CallErrors,
+): Promise<Candidate[]> {
+  const B = beams.length;
+  const most = B * model.config.vocab_size;
+  const banned = bans && beams.map((b) => bans(b.tokens));
+  for (;;) {
+    const all = await readCandidates(model, gpu, errors);
+    const ok = banned ? all.filter((c) => !banned[c.parent]!.has(c.token)) : all;
+    if (ok.length >= 2 * B || gpu.K >= most) return ok.slice(0, 2 * B);
+    errors.run(() => {
+      growRank(model, gpu, Math.min(most, 2 * gpu.K + (all.length - ok.length)));
+      model.submit(gpu.rank[which], (enc) => copyCandidates(enc, gpu));
+    });
+  }
 }
 
 /**
@@ -159,23 +223,17 @@ function abortable<T>(p: Promise<T>, signal: AbortSignal | undefined, aborted: (
  * The ping-pong of step `step`: the beams' K/V go from the cache just used into its twin (from the
  * scratch prompt row at step 0), whose decode plan and ranking run next.
  */
-function hop(gpu: BeamGpu, step: number): { gather: KvGatherDispatch[]; dec: ForwardPlan; rank: Dispatch[] } {
+function hop(gpu: BeamGpu, step: number): { gather: KvGatherDispatch[]; dec: ForwardPlan; which: 1 | 2 } {
   const toA = step % 2 === 0;
   const gather = step === 0 ? gpu.gatherFirst : toA ? gpu.gatherBA : gpu.gatherAB;
-  return { gather, dec: gpu.dec[toA ? 0 : 1], rank: gpu.rank[toA ? 0 : 1] };
+  return { gather, dec: gpu.dec[toA ? 0 : 1], which: toA ? 1 : 2 };
 }
 
 /**
  * Walks the candidates best first: one ending in EOS and ranked within the first B finishes a
  * hypothesis (as HF), others become the next beams until B are kept.
  */
-function nextBeams(
-  cands: Candidate[],
-  beams: Beam[],
-  finished: BeamHypothesis[],
-  promptIds: number[],
-  o: Options,
-): Beam[] {
+function nextBeams(cands: Candidate[], beams: Beam[], finished: Hypothesis[], o: Options): Beam[] {
   const B = o.numBeams;
   const next: Beam[] = [];
   for (let i = 0; i < cands.length && next.length < B; i++) {
@@ -183,12 +241,12 @@ function nextBeams(
     const base = beams[c.parent]!;
     if (c.token === o.eosTokenId) {
       if (i < B) {
-        const tokens = [...promptIds, ...base.tokens, c.token];
         finished.push({
           logprob: c.score,
           score: penalise(o, c.score, base.tokens.length + 1),
-          tokens,
+          tokens: [...base.tokens, c.token],
           finished: true,
+          finishReason: 'eos',
         });
       }
       continue;
@@ -206,28 +264,29 @@ function penalise(o: Options, logprob: number, n: number): number {
 }
 
 /** The numReturnSequences best: the finished ones, filled with the best unfinished beams if too few. */
-function best(beams: Beam[], finished: BeamHypothesis[], promptIds: number[], o: Options): BeamHypothesis[] {
-  const running = beams.map((b) => ({
+function best(beams: Beam[], finished: Hypothesis[], o: Options): Hypothesis[] {
+  const running = beams.map((b): Hypothesis => ({
     logprob: b.logprob,
     score: penalise(o, b.logprob, b.tokens.length),
-    tokens: [...promptIds, ...b.tokens],
+    tokens: b.tokens,
     finished: false,
+    finishReason: 'length',
   }));
   const all = finished.length >= o.numReturnSequences ? finished : [...finished, ...running];
   all.sort((a, b) => b.score - a.score);
   return all.slice(0, o.numReturnSequences);
 }
 
-function copyCandidates(enc: GPUCommandEncoder, gpu: BeamGpu, B: number): void {
-  enc.copyBufferToBuffer(gpu.cand.buffer, 0, gpu.staging, 0, 2 * B * 12);
+function copyCandidates(enc: GPUCommandEncoder, gpu: BeamGpu): void {
+  enc.copyBufferToBuffer(gpu.cand.buffer, 0, gpu.staging, 0, gpu.K * 12);
 }
 
-/** The 2B ranked (parent, token, score) triples of the last submit, best first. */
-async function readCandidates(model: GPT2Model, gpu: BeamGpu, B: number, errors: CallErrors): Promise<Candidate[]> {
-  const words = new Uint32Array(await model.ctx.mapCopy(gpu.staging, 2 * B * 12));
+/** The K ranked (parent, token, score) triples of the last submit, best first. */
+async function readCandidates(model: GPT2Model, gpu: BeamGpu, errors: CallErrors): Promise<Candidate[]> {
+  const words = new Uint32Array(await model.ctx.mapCopy(gpu.staging, gpu.K * 12));
   errors.throwIfCaught();
   const f = new Float32Array(words.buffer);
-  return Array.from({ length: 2 * B }, (_, i) => ({
+  return Array.from({ length: gpu.K }, (_, i) => ({
     parent: words[3 * i]!,
     token: words[3 * i + 1]!,
     score: f[3 * i + 2]!,
@@ -258,35 +317,44 @@ function buildGpu(
   const u32 = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC;
   const scores: GpuTensor = { buffer: owned.buffer('beam.scores', B * 4, u32), offset: 0, shape: [B], dtype: 'f32' };
   const parent: GpuTensor = { buffer: owned.buffer('beam.parent', B * 4, u32), offset: 0, shape: [B], dtype: 'u32' };
-  const cand: GpuTensor = {
-    buffer: owned.buffer('beam.cand', 2 * B * 3 * 4, u32),
-    offset: 0,
-    shape: [2 * B, 3],
-    dtype: 'u32',
-  };
-  const staging = owned.buffer('beam.staging', 2 * B * 3 * 4, GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST);
   // Initial beam scores: only beam 0 is live (the others are copies of it).
   model.ctx.device.queue.writeBuffer(
     scores.buffer,
     0,
     Float32Array.from({ length: B }, (_, i) => (i === 0 ? 0 : -1e9)),
   );
-  const rank = (plan: ForwardPlan) =>
-    model.kernels.beam.bind(owned, { logits: plan.logits, beamScores: scores, out: cand });
   const gather = (src: KVCache, dst: KVCache) => gatherLayers(model, owned, src, dst, parent, P, scratch.capacity);
-  return {
+  const gpu: BeamGpu = {
+    owned,
     prefill,
     dec: [decA, decB],
-    rankPrefill: rank(prefill),
-    rank: [rank(decA), rank(decB)],
+    rank: [[], [], []],
+    K: 0,
     gatherFirst: gather(scratch, cacheA),
     gatherAB: gather(cacheA, cacheB),
     gatherBA: gather(cacheB, cacheA),
     scores,
     parent,
-    cand,
-    staging,
+    cand: scores, // set by growRank
+    staging: scores.buffer,
   };
+  growRank(model, gpu, 2 * B);
+  return gpu;
+}
+
+/**
+ * (Re)builds the ranking dispatches of the three plans for K candidates, with their candidate and
+ * staging buffers (the old ones stay owned until the search ends: K only grows, at most doubling).
+ */
+function growRank(model: GPT2Model, gpu: BeamGpu, K: number): void {
+  const u32 = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC;
+  const { owned } = gpu;
+  gpu.K = K;
+  gpu.cand = { buffer: owned.buffer('beam.cand', K * 3 * 4, u32), offset: 0, shape: [K, 3], dtype: 'u32' };
+  gpu.staging = owned.buffer('beam.staging', K * 3 * 4, GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST);
+  const rank = (plan: ForwardPlan) =>
+    model.kernels.beam.bind(owned, { logits: plan.logits, beamScores: gpu.scores, out: gpu.cand, k: K });
+  gpu.rank = [rank(gpu.prefill), rank(gpu.dec[0]), rank(gpu.dec[1])];
 }
 
 /** Reorders by parent, from one cache into its twin, for every layer (K and V). */

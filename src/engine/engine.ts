@@ -11,6 +11,7 @@ import { resolveProfile, type DeviceProfile, type PartialProfile } from '../kern
 import { contextFromDevice, createContext, GpuContext, type ContextOptions } from '../gpu/device.js';
 import { rowsThatFit } from '../gpu/limits.js';
 import { GPT2Model, type LoadOptions } from './model.js';
+import { eosIdsOf, sequenceOptions } from './generate-options.js';
 import {
   DEFAULT_MAX_NEW_TOKENS,
   generate,
@@ -23,12 +24,12 @@ import {
   JoinQueue,
   type Joiner,
   type SequenceDoneEvent,
-  type TokenEvent,
 } from './generate.js';
 import { beamSearch } from './beam-search.js';
 import { SlotFailure } from './slot-failure.js';
+import { streamGeneration, type GenerationStream } from './stream.js';
 import { perplexity, score, type PerplexityResult, type ScoreOptions, type ScoreResult } from './score.js';
-import type { BeamHypothesis, BeamOptions } from '../sampling/beam.js';
+import type { BeamOptions, BeamResult } from '../sampling/beam.js';
 import { sample as sampleOnGpu } from '../sampling/sample.js';
 import { randomSeed, validateSampling, type SamplingOptions } from '../sampling/options.js';
 import type { CacheOptions, KVCache } from './kvcache.js';
@@ -173,7 +174,7 @@ export class Engine {
     const t3 = now();
     const model = new Model(this.ctx, ckpt.config, weights, kernels, ckpt.source);
     model.promptBuckets = opts.promptBuckets ?? profile.promptBuckets;
-    model.loadTimes = { resolve_ms: t1 - t0, pipelines_ms: t2 - t1, upload_ms: t3 - t2 };
+    model.loadTimes = { resolveMs: t1 - t0, pipelinesMs: t2 - t1, uploadMs: t3 - t2 };
     this.models.add(model);
     return model;
   }
@@ -208,6 +209,13 @@ export class Session {
   ): Promise<GenerateResult> {
     if (this.group) return this.group.turn(this, prompt, opts);
     return this.model.generate(prompt, { ...opts, cache: this.cache });
+  }
+  /** session.generate as a stream of tokens with its result (see Model.stream and GenerationStream). */
+  stream(
+    prompt: string | readonly number[],
+    opts: Omit<GenerateOptions, 'cache' | 'cacheRows' | 'onToken'> = {},
+  ): GenerationStream {
+    return streamGeneration((o) => this.generate(prompt, o), opts);
   }
   /** Every token of the context (its row, or row 0). */
   get tokens(): number[] {
@@ -280,13 +288,15 @@ function turnPart(q: QueuedTurn): { seed: number; own: NonNullable<GenerateOptio
       ...sampling,
       maxNewTokens: q.opts.maxNewTokens ?? DEFAULT_MAX_NEW_TOKENS,
       stopStrings: q.opts.stopStrings ?? [],
+      stopTokenIds: q.opts.stopTokenIds ?? [],
     },
   };
 }
 
 /**
- * Which turns may share batched steps: the same stopAtEos, cache mode and steps in flight;
- * sampling options, seeds, maxNewTokens and stop strings may differ, as each row has its own
+ * Which turns may share batched steps: the same stopAtEos, EOS ids, includeStopString, cache mode
+ * and steps in flight; sampling options (bans included), seeds, maxNewTokens, stop strings and stop
+ * token ids may differ, as each row has its own
  * (GenerateOptions.perSequence, seeds). undefined: the turn runs alone: it has a signal
  * (cancelling it must not cancel others), several sequences or per-sequence options of its own,
  * no new tokens, options that do not validate (its own error, not its neighbours'), or the cache
@@ -296,7 +306,7 @@ function mergeKey(
   opts: Omit<GenerateOptions, 'cache' | 'cacheRows'>,
   cache: KVCache,
   defaultDepth: number,
-  vocab: number,
+  { vocab_size: vocab, eos_token_id: eos }: { vocab_size: number; eos_token_id: number },
 ): string | undefined {
   if (
     cache.onOverflow !== 'shift' ||
@@ -307,10 +317,12 @@ function mergeKey(
   )
     return undefined;
   try {
-    validateSampling(samplingPart(opts), vocab);
     const { maxNew, depth } = validateGenerate({ ...opts, pipelineDepth: opts.pipelineDepth ?? defaultDepth });
+    sequenceOptions(opts, 1, vocab, maxNew); // the sampling options and stop token ids
+    const eosIds = eosIdsOf(opts, eos, vocab);
     if (maxNew === 0) return undefined;
-    return JSON.stringify([depth, opts.stopAtEos ?? true, opts.useCache ?? true]);
+    const includeStop = opts.includeStopString ?? true;
+    return JSON.stringify([depth, opts.stopAtEos ?? true, opts.useCache ?? true, eosIds, includeStop]);
   } catch {
     return undefined;
   }
@@ -339,7 +351,7 @@ function ownListener(run: MergedRun, q: QueuedTurn, call: () => void): void {
  * server's concurrent requests) with the same stopAtEos, useCache and pipelineDepth (sampling
  * options, seeds, maxNewTokens and stop strings may differ) are merged into one such run; each
  * still gets exactly the tokens it would get alone, with its own options, and its stats are the
- * merged run's (`stats.batch_rows` turns; the steps run until the longest turn is done). A turn started while others run goes on its
+ * merged run's (`stats.batchRows` turns; the steps run until the longest turn is done). A turn started while others run goes on its
  * own at once (generations on different sessions of a group may run at the same time).
  * A merged turn whose listener throws fails alone (ownListener).
  */
@@ -401,7 +413,7 @@ export class SessionGroup {
       }
       const ids = this.model.promptIds(prompt);
       this.model.checkIds(ids, 'prompt'); // a bad prompt fails its own turn only
-      const key = mergeKey(opts, this.cache, this.model.profile.pipelineDepth, this.model.config.vocab_size);
+      const key = mergeKey(opts, this.cache, this.model.profile.pipelineDepth, this.model.config);
       if (key === undefined) return this.alone(ids, opts, row);
       return new Promise<GenerateResult>((resolve, reject) => {
         this.pending.push({ session, ids, opts, key, resolve, reject });
@@ -523,6 +535,7 @@ export class SessionGroup {
       sampling: validateSampling(samplingPart(own), this.model.config.vocab_size),
       maxNew: own.maxNewTokens!,
       stopStrings: own.stopStrings,
+      stopTokenIds: own.stopTokenIds ?? [],
       onToken: (ev) => ownListener(run, q, () => q.opts.onToken?.({ ...ev, row: 0 })),
       onSequenceDone: (ev) => this.turnDone(run, q, seed, ev),
     };
@@ -605,7 +618,7 @@ export class SessionGroup {
 
 export class Model extends GPT2Model {
   /** How long loading took: resolving/validating the source, building pipelines, uploading weights. */
-  loadTimes = { resolve_ms: 0, pipelines_ms: 0, upload_ms: 0 };
+  loadTimes = { resolveMs: 0, pipelinesMs: 0, uploadMs: 0 };
 
   /** Generates; see GenerateOptions. */
   generate(prompt: string | readonly number[], opts: GenerateOptions = {}): Promise<GenerateResult> {
@@ -621,60 +634,12 @@ export class Model extends GPT2Model {
   }
 
   /**
-   * Streams tokens as they are read back: `for await (const t of model.stream(...))`. Leaving the
-   * loop early (break / return / throw) cancels the generation and frees its buffers.
+   * Streams tokens as they are read back: `for await (const t of model.stream(...))`, then
+   * `await stream.result` for the finish reasons and statistics (see GenerationStream). Leaving
+   * the loop early (break / return / throw) cancels the generation and frees its buffers.
    */
-  async *stream(
-    prompt: string | readonly number[],
-    opts: Omit<GenerateOptions, 'onToken'> = {},
-  ): AsyncGenerator<TokenEvent, GenerateResult> {
-    const queue: TokenEvent[] = [];
-    let wake: (() => void) | null = null;
-    let done = false;
-    let failure: unknown;
-    let result: GenerateResult | undefined;
-    // Our own controller, following the caller's signal, so an early exit can cancel.
-    const ac = new AbortController();
-    const outer = opts.signal;
-    const follow = () => ac.abort(outer?.reason);
-    if (outer?.aborted) ac.abort(outer.reason);
-    else outer?.addEventListener('abort', follow, { once: true });
-    const p = generate(this, prompt, {
-      ...opts,
-      signal: ac.signal,
-      onToken: (ev) => {
-        queue.push(ev);
-        wake?.();
-      },
-    }).then(
-      (r) => {
-        result = r;
-        done = true;
-        wake?.();
-      },
-      (e) => {
-        failure = e;
-        done = true;
-        wake?.();
-      },
-    );
-    try {
-      while (true) {
-        while (queue.length) yield queue.shift()!;
-        if (done) break;
-        await new Promise<void>((res) => (wake = res));
-        wake = null;
-      }
-      await p;
-      if (failure) throw failure;
-      return result!;
-    } finally {
-      outer?.removeEventListener('abort', follow);
-      if (!done) {
-        ac.abort();
-        await p; // settles (AbortError swallowed above) once the loop has freed its buffers
-      }
-    }
+  stream(prompt: string | readonly number[], opts: Omit<GenerateOptions, 'onToken'> = {}): GenerationStream {
+    return streamGeneration((o) => generate(this, prompt, o), opts);
   }
 
   /**
@@ -693,8 +658,8 @@ export class Model extends GPT2Model {
     return perplexity(this, text, opts);
   }
 
-  /** Beam search; see BeamOptions. */
-  beamSearch(prompt: string | readonly number[], opts: BeamOptions): Promise<BeamHypothesis[]> {
+  /** Beam search; see BeamOptions. Resolves to the prompt's ids and the hypotheses, best first. */
+  beamSearch(prompt: string | readonly number[], opts: BeamOptions): Promise<BeamResult> {
     return beamSearch(this, prompt, opts);
   }
 

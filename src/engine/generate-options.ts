@@ -4,7 +4,14 @@
  * before any GPU work, so a bad option fails with InvalidOptionError and nothing to free.
  */
 import { InvalidOptionError } from '../errors.js';
-import { validateSampling, type NormalizedSampling, type SamplingOptions } from '../sampling/options.js';
+import { checkOptionNames } from '../sampling/names.js';
+import {
+  SAMPLING_OPTIONS,
+  tokenIds,
+  validateSampling,
+  type NormalizedSampling,
+  type SamplingOptions,
+} from '../sampling/options.js';
 import type { KVCache } from './kvcache.js';
 
 export const MAX_NEW_TOKENS_LIMIT = 1_000_000;
@@ -22,11 +29,30 @@ export interface GenerateOptions extends SamplingOptions {
    * Per-sequence options: sequence i runs with the shared sampling options, maxNewTokens and
    * stopStrings overridden by perSequence[i] (not seed: use `seeds`). One entry per sequence.
    */
-  perSequence?: Array<Omit<SamplingOptions, 'seed'> & Pick<GenerateOptions, 'maxNewTokens' | 'stopStrings'>>;
-  /** Stop a sequence when it emits EOS (50256). Default true. */
+  perSequence?: Array<
+    Omit<SamplingOptions, 'seed'> & Pick<GenerateOptions, 'maxNewTokens' | 'stopStrings' | 'stopTokenIds'>
+  >;
+  /** Stop a sequence when it emits EOS (eosTokenId). Default true. */
   stopAtEos?: boolean;
+  /**
+   * transformers' eos_token_id: the id, or ids, that end a sequence (finishReason 'eos'; the token
+   * is the last of `tokens`, its text is left out). Default the model's (50256 for GPT-2).
+   */
+  eosTokenId?: number | number[];
+  /**
+   * Ids that end a sequence besides EOS, whatever stopAtEos says (vLLM's stop_token_ids):
+   * finishReason 'stop', the token is the last of `tokens`; its text is kept unless
+   * includeStopString is false. minNewTokens holds them back like EOS.
+   */
+  stopTokenIds?: number[];
   /** Stop a sequence once its text contains one of these; later tokens are dropped. */
   stopStrings?: string[];
+  /**
+   * Whether a sequence's `text` keeps the stop string (or stop token) that ended it. Default true
+   * (the text ends with the stop string); false cuts it before the stop string, as OpenAI does.
+   * `tokens` always holds every token drawn, and text streamed through onToken is not held back.
+   */
+  includeStopString?: boolean;
   /** false: recompute the whole sequence every step without the KV cache (a checking mode). */
   useCache?: boolean;
   /** Continue this session cache (rows must equal numSequences unless cacheRows picks some); default: a temporary cache. */
@@ -152,27 +178,27 @@ export interface GeneratedSequence {
 export interface GenerateStats {
   /**
    * Host work before the prompt reached the GPU: the temporary cache, sampler state, the prefill
-   * and decode plans (buffers, bind groups). first_token_ms = setup_ms + prefill_ms.
+   * and decode plans (buffers, bind groups). firstTokenMs = setupMs + prefillMs.
    */
-  setup_ms: number;
+  setupMs: number;
   /** From the prompt's submit to its first sampled ids on the CPU: the GPU's prefill, sampling and the read-back. */
-  prefill_ms: number;
+  prefillMs: number;
   /** From the call to the first sampled ids on the CPU (setup included): what a caller waits. */
-  first_token_ms: number;
-  decode_ms_per_token: number;
-  tokens_per_s: number;
-  readback_bytes_per_token: number;
+  firstTokenMs: number;
+  decodeMsPerToken: number;
+  tokensPerSecond: number;
+  readbackBytesPerToken: number;
   steps: number;
   /**
    * Sequences advanced in the same steps: numSequences, or the number of session-group turns
-   * merged into this run (tokens_per_s counts all of them).
+   * merged into this run (tokensPerSecond counts all of them).
    */
-  batch_rows: number;
+  batchRows: number;
   shifts: number;
   /** Submits per decode step. */
-  submits: number;
+  submitsPerStep: number;
   /** Dispatches per decode step. */
-  dispatches_per_step: number;
+  dispatchesPerStep: number;
 }
 
 export interface GenerateResult {
@@ -192,7 +218,10 @@ const GENERATE_KEYS = new Set([
   'seeds',
   'perSequence',
   'stopAtEos',
+  'eosTokenId',
+  'stopTokenIds',
   'stopStrings',
+  'includeStopString',
   'useCache',
   'cache',
   'cacheRows',
@@ -204,6 +233,20 @@ const GENERATE_KEYS = new Set([
   'onOverflow',
   'keep',
 ]);
+
+/** Every option generate() takes (generation and sampling ones; `joiners` is internal). */
+export const GENERATE_OPTIONS: readonly string[] = [
+  ...[...GENERATE_KEYS].filter((k) => k !== 'joiners'),
+  ...SAMPLING_OPTIONS,
+];
+
+/** What a perSequence entry may override. */
+const PER_SEQUENCE_OPTIONS: readonly string[] = [
+  ...SAMPLING_OPTIONS.filter((k) => k !== 'seed'),
+  'maxNewTokens',
+  'stopStrings',
+  'stopTokenIds',
+];
 
 /** The sampling part of generation options (unknown keys stay in, so validateSampling names them). */
 export function samplingPart(o: object): SamplingOptions {
@@ -237,6 +280,9 @@ export function validateGenerate(
   o: GenerateOptions,
   cpuAdapter = false,
 ): { maxNew: number; rows: number; depth: number } {
+  if (typeof o !== 'object' || o === null)
+    throw new InvalidOptionError(`generation options must be an object, got ${String(o)}`);
+  checkOptionNames(o, GENERATE_OPTIONS, 'generation option', ['joiners']);
   const maxNew = o.maxNewTokens ?? DEFAULT_MAX_NEW_TOKENS;
   if (!Number.isInteger(maxNew) || maxNew < 0 || maxNew > MAX_NEW_TOKENS_LIMIT) {
     throw new InvalidOptionError(`maxNewTokens must be an integer in [0, ${MAX_NEW_TOKENS_LIMIT}], got ${maxNew}`);
@@ -257,8 +303,9 @@ export function validateGenerate(
       `stopStrings must be an array of non-empty strings, got ${JSON.stringify(o.stopStrings)}`,
     );
   }
-  if (o.stopAtEos !== undefined && typeof o.stopAtEos !== 'boolean') {
-    throw new InvalidOptionError(`stopAtEos must be a boolean, got ${String(o.stopAtEos)}`);
+  for (const k of ['stopAtEos', 'includeStopString'] as const) {
+    if (o[k] !== undefined && typeof o[k] !== 'boolean')
+      throw new InvalidOptionError(`${k} must be a boolean, got ${String(o[k])}`);
   }
   for (const k of ['onToken', 'onSequenceDone'] as const) {
     if (o[k] !== undefined && typeof o[k] !== 'function')
@@ -318,11 +365,19 @@ export function seedsOf(seeds: unknown, seed: unknown, R: number): number[] {
   return seeds as number[];
 }
 
-/** One sequence's options: sampling (normalised), new tokens and stop strings. */
+/** One sequence's options: sampling (normalised), new tokens, stop strings and stop token ids. */
 export interface SequenceOptions {
   sampling: NormalizedSampling;
   maxNew: number;
   stopStrings: string[] | undefined;
+  stopTokenIds: number[];
+}
+
+/** GenerateOptions.eosTokenId, validated: the ids that are EOS (default the model's). */
+export function eosIdsOf(o: GenerateOptions, dflt: number, vocab: number): number[] {
+  const e = o.eosTokenId;
+  if (e === undefined) return [dflt];
+  return tokenIds('eosTokenId', typeof e === 'number' ? [e] : e, vocab, true);
 }
 
 /**
@@ -332,8 +387,11 @@ export interface SequenceOptions {
 export function sequenceOptions(opts: GenerateOptions, R: number, V: number, maxNew: number): SequenceOptions[] {
   const shared = samplingPart(opts);
   const sampling = validateSampling(shared, V); // the shared options' own errors first
+  const stopIds = (ids: unknown) => (ids === undefined ? [] : tokenIds('stopTokenIds', ids, V));
+  const stopTokenIds = stopIds(opts.stopTokenIds);
   const per = opts.perSequence;
-  if (per === undefined) return Array.from({ length: R }, () => ({ sampling, maxNew, stopStrings: opts.stopStrings }));
+  if (per === undefined)
+    return Array.from({ length: R }, () => ({ sampling, maxNew, stopStrings: opts.stopStrings, stopTokenIds }));
   if (!Array.isArray(per) || per.length !== R) {
     throw new InvalidOptionError(
       `perSequence must be an array of one options object per sequence (${R}), got ${JSON.stringify(per)?.slice(0, 80)}`,
@@ -346,8 +404,9 @@ export function sequenceOptions(opts: GenerateOptions, R: number, V: number, max
       );
     if ('seed' in o)
       throw new InvalidOptionError(`perSequence[${i}] has a seed; give per-sequence seeds with \`seeds\``);
-    const { maxNewTokens, stopStrings, ...own } = o as GenerateOptions;
+    const { maxNewTokens, stopStrings, stopTokenIds: ownStopIds, ...own } = o as GenerateOptions;
     try {
+      checkOptionNames(o, PER_SEQUENCE_OPTIONS, 'option');
       const g = validateGenerate({
         maxNewTokens: maxNewTokens ?? maxNew,
         stopStrings: stopStrings ?? opts.stopStrings,
@@ -356,6 +415,7 @@ export function sequenceOptions(opts: GenerateOptions, R: number, V: number, max
         sampling: validateSampling({ ...shared, ...own }, V),
         maxNew: g.maxNew,
         stopStrings: stopStrings ?? opts.stopStrings,
+        stopTokenIds: ownStopIds === undefined ? stopTokenIds : stopIds(ownStopIds),
       };
     } catch (e) {
       if (e instanceof InvalidOptionError)

@@ -9,9 +9,12 @@ import { AbortError, InvalidOptionError } from '../errors.js';
 import { CallErrors } from '../gpu/call-errors.js';
 import { Owned } from '../gpu/common.js';
 import { checkVocabRows } from '../gpu/limits.js';
+import type { RowBans } from '../kernels/sampler.js';
+import { hasDynamicBans } from '../sampling/bans.js';
 import { deriveSeed, randomSeed } from '../sampling/options.js';
 import {
   cacheRowsOf,
+  eosIdsOf,
   generationCapacity,
   seedsOf,
   sequenceOptions,
@@ -24,7 +27,7 @@ import {
 import type { KVCache } from './kvcache.js';
 import type { ForwardPlan, GPT2Model } from './model.js';
 import { generateCached } from './scheduler.js';
-import { handOver, newSlot, sequenceOf, type Run, type Slot } from './slots.js';
+import { bansOf, handOver, newSlot, sequenceOf, type Run, type Slot } from './slots.js';
 import { emptyStats } from './stats.js';
 import { GenIO, now } from './step-io.js';
 import { generateUncached } from './uncached.js';
@@ -103,22 +106,29 @@ interface RunSpec {
   seed: number;
   /** Per sequence: opts.seeds, or deriveSeed(seed, i). */
   seeds: number[];
+  /** The ids that are EOS (GenerateOptions.eosTokenId, default the model's). */
+  eosIds: number[];
 }
 
 /** Validates everything a generation is given, before any GPU work (prompts included). */
 function specOf(model: GPT2Model, prompts: number[][], opts: GenerateOptions): RunSpec {
   // the profile gives the default depth
   const withDepth = { ...opts, pipelineDepth: opts.pipelineDepth ?? model.profile.pipelineDepth };
-  const { maxNew: sharedMaxNew, rows: R, depth } = validateGenerate(withDepth);
-  const seqOpts = sequenceOptions(opts, R, model.config.vocab_size, sharedMaxNew);
-  checkVocabRows(model.ctx, R, model.config.vocab_size, 'numSequences', 'sequences');
+  const { maxNew: sharedMaxNew, rows: R, depth: asked } = validateGenerate(withDepth);
+  const V = model.config.vocab_size;
+  const seqOpts = sequenceOptions(opts, R, V, sharedMaxNew);
+  checkVocabRows(model.ctx, R, V, 'numSequences', 'sequences');
+  const eosIds = eosIdsOf(opts, model.config.eos_token_id, V);
+  // Bans that follow the ids (n-grams, bad words) are computed on the host between steps: no step
+  // may be queued before the previous one's ids are known.
+  const depth = seqOpts.some((o) => hasDynamicBans(o.sampling, eosIds)) ? 1 : asked;
   const maxNew = Math.max(...seqOpts.map((o) => o.maxNew));
   const given = opts.seeds === undefined ? undefined : seedsOf(opts.seeds, opts.seed, R);
   const seed = given?.[0] ?? opts.seed ?? randomSeed();
   const seeds = given ?? Array.from({ length: R }, (_, i) => deriveSeed(seed, i));
   prompts.forEach((p, i) => model.checkIds(p, R > 1 ? `prompt ${i}` : 'prompt'));
   if (opts.signal?.aborted) throw new AbortError('generation aborted before it started');
-  return { seqOpts, maxNew, depth, seed, seeds };
+  return { seqOpts, maxNew, depth, seed, seeds, eosIds };
 }
 
 /** The cache a generation runs on, with the row of each sequence (acquired). */
@@ -165,7 +175,9 @@ async function run(model: GPT2Model, prompts: number[][], opts: GenerateOptions)
   const spec = specOf(model, prompts, opts);
   const { cache, rows, own } = await openCache(model, prompts, opts, spec.seqOpts);
   const listeners = { onToken: opts.onToken, onSequenceDone: opts.onSequenceDone };
-  const slots = rows.map((row, i) => newSlot(model.tokenizer, row, spec.seqOpts[i]!, listeners));
+  // Bans look at what the penalties count: the row's context and the prompt, then the new tokens.
+  const bans = rows.map((row, i) => bansOf(spec.seqOpts[i]!, spec.eosIds, [...cache.tokens[row]!, ...prompts[i]!]));
+  const slots = rows.map((row, i) => newSlot(model.tokenizer, row, spec.seqOpts[i]!, listeners, bans[i]!.slot));
   const stats = emptyStats(rows.length);
   const owned = new Owned(model.ctx);
   const errors = new CallErrors(model.ctx);
@@ -182,7 +194,8 @@ async function run(model: GPT2Model, prompts: number[][], opts: GenerateOptions)
   try {
     if (spec.maxNew > 0) {
       const parts = { slots, stats, owned, plans, pending, tCall, errors };
-      const r = errors.run(() => startRun(model, { cache, rows, own }, prompts, opts, spec, parts));
+      const init = bans.map((b) => b.init);
+      const r = errors.run(() => startRun(model, { cache, rows, own }, prompts, opts, spec, init, parts));
       await (opts.useCache === false ? generateUncached(r) : generateCached(r));
       await errors.check();
     }
@@ -190,6 +203,12 @@ async function run(model: GPT2Model, prompts: number[][], opts: GenerateOptions)
     handOverRest(slots, cache, stats);
     return result();
   } catch (e) {
+    if (e instanceof AbortError) {
+      // What the sequences produced before the abort goes with the error.
+      e.sequences = slots.map((s) => ({ tokens: [...s.out], text: s.text }));
+      e.tokens = e.sequences[0]?.tokens ?? [];
+      e.text = e.sequences[0]?.text ?? '';
+    }
     throw model.failure(e, 'this generation');
   } finally {
     await Promise.allSettled(pending);
@@ -216,21 +235,25 @@ function startRun(
   prompts: number[][],
   opts: GenerateOptions,
   spec: RunSpec,
+  bans: RowBans[],
   parts: RunParts,
 ): Run {
   const { slots, owned } = parts;
   const R = slots.length;
   const rules = {
-    eos: model.config.eos_token_id,
+    eosIds: spec.eosIds,
     stopAtEos: opts.stopAtEos ?? true,
+    includeStop: opts.includeStopString ?? true,
     check: () => model.checkAlive('this generation'),
   };
   const kernel = model.kernels.sampler;
   const sampling = spec.seqOpts.map((o) => o.sampling);
+  // The sampler latches a row at the first EOS id (the others end it on the host alone).
   const sampler = kernel.createState(owned, R, sampling, {
     seeds: spec.seeds,
-    eosId: rules.eos,
+    eosId: spec.eosIds[0]!,
     stopAtEos: rules.stopAtEos,
+    bans,
   });
   slots.forEach((s, i) => kernel.addCounts(sampler, i, [...cache.tokens[s.row]!, ...prompts[i]!]));
   const staging = Array.from({ length: spec.depth }, (_, i) =>

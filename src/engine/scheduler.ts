@@ -29,10 +29,13 @@ import { decodeMeta, PARKED_ROW, rowMeta, type ForwardPlan } from './model.js';
 import { submitPrompt } from './prefill.js';
 import {
   acceptStep,
+  bansOf,
   feedPending,
   handOver,
+  needsHostBans,
   newSlot,
   recordSlot,
+  writeBans,
   type Run,
   type Slot,
   type StepTokens,
@@ -126,7 +129,9 @@ class Scheduler {
 
   /** The next action, from the slots and the steps in flight (decides only; changes nothing). */
   private schedule(): Action {
-    const { slots, depth } = this.run;
+    const { slots } = this.run;
+    // A slot whose bans follow its ids needs every step read back before the next (writeBans).
+    const depth = needsHostBans(slots) ? 1 : this.run.depth;
     if (slots.every((s) => s.finished)) return this.canAdmit() ? 'admit' : 'end';
     if (this.steps.submitted >= this.maxSteps) return this.steps.size > 0 ? 'read' : 'end';
     if (this.steps.size >= depth) return 'read';
@@ -153,6 +158,7 @@ class Scheduler {
         slots.map((s) => (s.released ? PARKED_ROW : s.row)),
       ),
     });
+    writeBans(this.run);
     this.steps.submit([...this.decode.dispatches, ...this.decodeSample]);
     for (const s of slots) if (!s.finished && s.pos < this.window) s.pos++;
   }
@@ -256,19 +262,23 @@ class Scheduler {
   /** Seats `joiner` in slot `index` (parked) at time t. */
   private seat(index: number, joiner: Joiner, t: number): void {
     const { model, cache, slots, sampler } = this.run;
-    const { row, ids, seed, sampling, maxNew, stopStrings, onToken, onSequenceDone } = joiner;
+    const { row, ids, seed, onToken, onSequenceDone } = joiner;
+    const opts = { sampling: joiner.sampling, maxNew: joiner.maxNew, stopStrings: joiner.stopStrings };
+    const seq = { ...opts, stopTokenIds: joiner.stopTokenIds };
     const context = cache.tokens[row]!.length;
     if (context + ids.length >= this.window)
       throw new ShapeError(
         `admit: row ${row} holds ${context} tokens; ${ids.length} more do not fit the window of ${this.window}`,
       );
     cache.acquire(model, [row]);
-    slots[index] = newSlot(model.tokenizer, row, { sampling, maxNew, stopStrings }, { onToken, onSequenceDone }, t);
+    const history = [...cache.tokens[row]!, ...ids];
+    const bans = bansOf(seq, this.run.rules.eosIds, history);
+    slots[index] = newSlot(model.tokenizer, row, seq, { onToken, onSequenceDone }, bans.slot, t);
     const kernel = model.kernels.sampler;
     kernel.resetRow(sampler, index);
-    kernel.setRow(sampler, index, sampling, seed);
+    kernel.setRow(sampler, index, seq.sampling, seed, bans.init);
     cache.append(row, ids);
-    kernel.addCounts(sampler, index, cache.tokens[row]!);
+    kernel.addCounts(sampler, index, history);
   }
 
   /**
@@ -300,6 +310,7 @@ class Scheduler {
       logits: plan.logits,
       outIds: this.decode.ids,
     });
+    writeBans(this.run);
     this.steps.submit([...plan.dispatches, ...sample]);
   }
 }

@@ -9,7 +9,8 @@
  */
 import type { CallErrors } from '../gpu/call-errors.js';
 import type { Owned } from '../gpu/common.js';
-import type { SamplerState } from '../kernels/sampler.js';
+import type { RowBans, SamplerState } from '../kernels/sampler.js';
+import { BanTracker, hasDynamicBans, staticBans } from '../sampling/bans.js';
 import type {
   FinishReason,
   GeneratedSequence,
@@ -57,6 +58,51 @@ export interface Slot {
   firstAt: number;
   /** Set when a listener threw a SlotFailure: the slot ended alone (handOver settles it). */
   failure?: SlotFailure;
+  /** Its sampler row's hard bans: the static ids, and the tracker of its n-grams and bad words (if any). */
+  bans: SlotBans;
+}
+
+/** A slot's hard bans on the host: its static ids and, when it has any, the per-step ones. */
+export interface SlotBans {
+  fixed: number[];
+  /** Present when the row's bans depend on its ids: the host rewrites its mask before each draw. */
+  tracker?: BanTracker;
+}
+
+/**
+ * The hard bans of a sequence whose ids so far (context and prompt) are `history`: the sampler
+ * row's initial masks (RowBans) and the slot's record. minNewTokens holds back its end ids: every
+ * EOS id (whatever stopAtEos says, as transformers) and its stop token ids.
+ */
+export function bansOf(
+  opts: SequenceOptions,
+  eosIds: readonly number[],
+  history: readonly number[],
+): { init: RowBans; slot: SlotBans } {
+  const o = opts.sampling;
+  const fixed = staticBans(o, eosIds);
+  const tracker = hasDynamicBans(o, eosIds) ? new BanTracker(o, eosIds, history) : undefined;
+  const untilMin = o.minNewTokens > 0 ? [...new Set([...eosIds, ...opts.stopTokenIds])] : [];
+  return {
+    init: { always: tracker ? [...fixed, ...tracker.next()] : fixed, untilMin, dynamic: !!tracker },
+    slot: { fixed, tracker },
+  };
+}
+
+/**
+ * Before a step that samples: the rows whose bans depend on their ids get this step's mask. Their
+ * ids must all be known on the host (no step of theirs in flight: the run's depth is 1 then).
+ */
+export function writeBans(run: Pick<Run, 'slots' | 'model' | 'sampler'>): void {
+  run.slots.forEach((s, i) => {
+    const t = s.bans.tracker;
+    if (t && !s.finished) run.model.kernels.sampler.setBans(run.sampler, i, [...s.bans.fixed, ...t.next()]);
+  });
+}
+
+/** Whether some slot still drawing needs its bans rewritten between steps (pipelining off). */
+export function needsHostBans(slots: readonly Slot[]): boolean {
+  return slots.some((s) => s.bans.tracker !== undefined && !s.finished);
 }
 
 /** A slot for a sequence in cache row `row`; one asked for no tokens is final at once. */
@@ -65,9 +111,11 @@ export function newSlot(
   row: number,
   opts: SequenceOptions,
   listeners: SlotListeners,
+  bans: SlotBans,
   joinedAt = 0,
 ): Slot {
   return {
+    bans,
     row,
     opts,
     listeners,
@@ -83,12 +131,16 @@ export function newSlot(
   };
 }
 
-/** How accepted tokens end a sequence: EOS (when stopAtEos), besides each slot's stop strings and count. */
+/**
+ * How accepted tokens end a sequence: EOS (when stopAtEos), besides each slot's stop token ids,
+ * stop strings and count; whether the text keeps what stopped it.
+ */
 export interface AcceptRules {
-  eos: number;
+  eosIds: readonly number[];
   stopAtEos: boolean;
   /** Throws when the run must stop before another token is delivered (its model destroyed). */
   check?: () => void;
+  includeStop: boolean;
 }
 
 /** Takes one step's ids: ids[i] is slot i's token; final slots ignore theirs. */
@@ -102,19 +154,25 @@ export function acceptStep(slots: readonly Slot[], ids: Uint32Array, rules: Acce
 /** Appends a token to slot `index`, streams its text, and applies the stop rules. */
 function acceptToken(slot: Slot, index: number, tok: number, rules: AcceptRules): void {
   slot.out.push(tok);
-  const isEos = rules.stopAtEos && tok === rules.eos;
-  const piece = isEos ? '' : slot.streamer.push(tok);
+  slot.bans.tracker?.push(tok);
+  const isEos = rules.stopAtEos && rules.eosIds.includes(tok);
+  const isStopId = !isEos && slot.opts.stopTokenIds.includes(tok);
+  // EOS has no text; a stop token's text is kept (completed at once: the sequence ends) unless not wanted.
+  let piece = '';
+  if (isStopId && rules.includeStop) piece = slot.streamer.push(tok) + slot.streamer.flush();
+  else if (!isEos && !isStopId) piece = slot.streamer.push(tok);
   slot.text += piece;
   const event = { row: index, token: tok, text: piece, index: slot.out.length - 1 };
   if (!notify(slot, () => slot.listeners.onToken?.(event))) return;
-  if (isEos) {
-    slot.finished = 'eos';
+  if (isEos || isStopId) {
+    slot.finished = isEos ? 'eos' : 'stop';
     return;
   }
-  const stop = stopEnd(slot.text, slot.opts.stopStrings);
+  const stop = stopMatch(slot.text, slot.opts.stopStrings);
   if (stop !== undefined) {
     slot.finished = 'stop';
-    slot.text = slot.text.slice(0, stop); // the surplus after the stop string is dropped
+    // The surplus after the stop string is dropped; the stop string too unless it is wanted.
+    slot.text = slot.text.slice(0, rules.includeStop ? stop.end : stop.start);
   } else if (slot.out.length >= slot.opts.maxNew) slot.finished = 'length';
 }
 
@@ -136,14 +194,14 @@ function notify(slot: Slot, call: () => void): boolean {
   }
 }
 
-/** Where `text` ends for its earliest-ending stop string (undefined: it holds none). */
-function stopEnd(text: string, stops: readonly string[] | undefined): number | undefined {
-  let end: number | undefined;
+/** The first occurrence of the earliest-ending stop string in `text` (undefined: it holds none). */
+function stopMatch(text: string, stops: readonly string[] | undefined): { start: number; end: number } | undefined {
+  let best: { start: number; end: number } | undefined;
   for (const s of stops ?? []) {
     const i = text.indexOf(s);
-    if (i >= 0) end = Math.min(end ?? Infinity, i + s.length);
+    if (i >= 0 && (!best || i + s.length < best.end)) best = { start: i, end: i + s.length };
   }
-  return end;
+  return best;
 }
 
 /** The slot's sequence as the result reports it. */
@@ -156,7 +214,7 @@ export function sequenceOf(slot: Slot): GeneratedSequence {
  * another generation: onSequenceDone may start the session's next turn at once), its listener told.
  */
 export function handOver(slot: Slot, index: number, cache: KVCache, stats: GenerateStats): void {
-  slot.text += slot.finished === 'stop' ? '' : slot.streamer.flush();
+  slot.text += slot.finished === 'stop' ? '' : slot.streamer.flush(); // a stop's text is complete (cut or flushed)
   slot.released = true;
   cache.release([slot.row]);
   if (slot.failure) slot.failure.settle();

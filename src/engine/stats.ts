@@ -8,17 +8,17 @@ import { now, type GenIO } from './step-io.js';
 /** The figures before anything ran: zeros, and the rows the run advances. */
 export function emptyStats(batchRows: number): GenerateStats {
   return {
-    setup_ms: 0,
-    prefill_ms: 0,
-    first_token_ms: 0,
-    decode_ms_per_token: 0,
-    tokens_per_s: 0,
-    readback_bytes_per_token: 0,
-    batch_rows: batchRows,
+    setupMs: 0,
+    prefillMs: 0,
+    firstTokenMs: 0,
+    decodeMsPerToken: 0,
+    tokensPerSecond: 0,
+    readbackBytesPerToken: 0,
+    batchRows: batchRows,
     steps: 0,
     shifts: 0,
-    submits: 0,
-    dispatches_per_step: 0,
+    submitsPerStep: 0,
+    dispatchesPerStep: 0,
   };
 }
 
@@ -44,7 +44,7 @@ export class DecodeMeter {
   /** The prompt's step was submitted at tSubmit (when its submit began). */
   promptSubmitted(tSubmit: number): void {
     this.tSubmit = tSubmit;
-    this.stats.setup_ms = tSubmit - this.tCall;
+    this.stats.setupMs = tSubmit - this.tCall;
     this.stats.steps = 1;
     this.base = { submits: this.io.submits, dispatches: this.io.dispatches };
   }
@@ -54,8 +54,8 @@ export class DecodeMeter {
     this.accepted++;
     if (this.accepted > 1) return;
     const t = now();
-    this.stats.first_token_ms = t - this.tCall;
-    this.stats.prefill_ms = t - this.tSubmit;
+    this.stats.firstTokenMs = t - this.tCall;
+    this.stats.prefillMs = t - this.tSubmit;
     this.decodeStart = t;
   }
 
@@ -63,14 +63,14 @@ export class DecodeMeter {
   snapshot(submitted: number): GenerateStats {
     const st = { ...this.stats, steps: this.accepted };
     if (submitted > 1) {
-      st.submits = (this.io.submits - this.base.submits) / (submitted - 1);
-      st.dispatches_per_step = (this.io.dispatches - this.base.dispatches) / (submitted - 1);
+      st.submitsPerStep = (this.io.submits - this.base.submits) / (submitted - 1);
+      st.dispatchesPerStep = (this.io.dispatches - this.base.dispatches) / (submitted - 1);
     }
     const decodeSteps = this.accepted - 1;
     const ms = now() - this.decodeStart;
-    st.decode_ms_per_token = decodeSteps > 0 ? ms / decodeSteps : 0;
-    st.tokens_per_s = decodeSteps > 0 ? (decodeSteps * this.rows) / (ms / 1000) : 0;
-    st.readback_bytes_per_token = this.io.bytesReadBack / Math.max(1, this.accepted) / this.rows;
+    st.decodeMsPerToken = decodeSteps > 0 ? ms / decodeSteps : 0;
+    st.tokensPerSecond = decodeSteps > 0 ? (decodeSteps * this.rows) / (ms / 1000) : 0;
+    st.readbackBytesPerToken = this.io.bytesReadBack / Math.max(1, this.accepted) / this.rows;
     return st;
   }
 }
@@ -85,10 +85,10 @@ export function joinerStats(
 ): GenerateStats {
   const end = now();
   const { joinedAt, firstAt, tokens } = joiner;
-  st.setup_ms = 0;
-  st.first_token_ms = st.prefill_ms = firstAt - joinedAt;
+  st.setupMs = 0;
+  st.firstTokenMs = st.prefillMs = firstAt - joinedAt;
   st.steps = tokens;
-  st.decode_ms_per_token = tokens > 1 ? (end - firstAt) / (tokens - 1) : 0;
-  st.tokens_per_s = tokens > 1 ? (1000 * (tokens - 1)) / (end - firstAt) : 0;
+  st.decodeMsPerToken = tokens > 1 ? (end - firstAt) / (tokens - 1) : 0;
+  st.tokensPerSecond = tokens > 1 ? (1000 * (tokens - 1)) / (end - firstAt) : 0;
   return st;
 }

@@ -7,7 +7,7 @@
 import { AbortError, ContextOverflowError } from '../errors.js';
 import type { GpuTensor } from '../gpu/common.js';
 import { ForwardPlan } from './model.js';
-import { acceptStep, type Run, type StepTokens } from './slots.js';
+import { acceptStep, writeBans, type Run, type StepTokens } from './slots.js';
 import { now } from './step-io.js';
 
 /** Runs a generation without the KV cache; the rows' contexts are left for a continued session. */
@@ -28,9 +28,9 @@ export async function generateUncached(run: Run): Promise<void> {
     const { ids: got, tSubmit } = await recompute(run, contexts, outIds);
     if (step === 0) {
       decodeStart = now();
-      stats.first_token_ms = decodeStart - run.tCall;
-      stats.prefill_ms = decodeStart - tSubmit;
-      stats.setup_ms = tSubmit - run.tCall;
+      stats.firstTokenMs = decodeStart - run.tCall;
+      stats.prefillMs = decodeStart - tSubmit;
+      stats.setupMs = tSubmit - run.tCall;
     }
     // Only the slots that take this step's token extend their context: a final slot's row keeps
     // what it produced (as the cached path records it), whatever the sampler drew for it since.
@@ -43,12 +43,12 @@ export async function generateUncached(run: Run): Promise<void> {
   }
   const end = now();
   const decodeSteps = stats.steps - 1;
-  stats.decode_ms_per_token = decodeSteps > 0 ? (end - decodeStart) / decodeSteps : 0;
-  stats.tokens_per_s = decodeSteps > 0 ? (decodeSteps * R) / ((end - decodeStart) / 1000) : 0;
+  stats.decodeMsPerToken = decodeSteps > 0 ? (end - decodeStart) / decodeSteps : 0;
+  stats.tokensPerSecond = decodeSteps > 0 ? (decodeSteps * R) / ((end - decodeStart) / 1000) : 0;
   const produced = Math.max(1, stats.steps);
-  stats.submits = io.submits / produced;
-  stats.dispatches_per_step = io.dispatches / produced;
-  stats.readback_bytes_per_token = io.bytesReadBack / produced / R;
+  stats.submitsPerStep = io.submits / produced;
+  stats.dispatchesPerStep = io.dispatches / produced;
+  stats.readbackBytesPerToken = io.bytesReadBack / produced / R;
   // The cache holds no valid K/V now (every step reset it); keep the context so a continued
   // session re-encodes it.
   slots.forEach((slot, i) => cache.reset(slot.row, contexts[i]!));
@@ -109,6 +109,7 @@ async function recompute(
     const tSubmit = run.errors.run(() => {
       plan.write({ ids: step.ids, meta: Uint32Array.from(step.meta), lastIdx: last });
       const sample = model.kernels.sampler.bind(run.owned, run.sampler, { logits: plan.logits, outIds });
+      writeBans(run);
       const t = now();
       io.submit([...plan.dispatches, ...sample], (enc) => enc.copyBufferToBuffer(outIds.buffer, 0, staging, 0, R * 4));
       return t;

@@ -36,6 +36,12 @@ export interface NormalizedSampling {
   repetitionPenalty: number;
   /** Sorted by id. */
   logitBias: Array<[number, number]>;
+  /** 0 = off. The host computes the bans (src/sampling/bans.ts); the sampler applies its masks. */
+  noRepeatNgramSize: number;
+  badWordsIds: number[][];
+  suppressTokens: number[];
+  /** The row's untilMin ids (RowBans) are banned while it has drawn fewer tokens than this. */
+  minNewTokens: number;
   seed?: number;
 }
 
@@ -68,6 +74,8 @@ export interface SamplerState {
   readonly rowState: GPUBuffer;
   /** Cut [rows]: the kept set found by the last select. */
   readonly cuts: GPUBuffer;
+  /** Ban masks [rows, 2, ceil(V / 32)] u32: per row the always-mask and the until-min mask (RowBans). */
+  readonly bans: GPUBuffer;
   readonly opts: readonly NormalizedSampling[];
   readonly seeds: readonly number[];
   readonly eosId: number;
@@ -81,6 +89,8 @@ export interface SamplerInit {
   eosId: number;
   /** Latch a row as finished once it chose EOS. */
   stopAtEos: boolean;
+  /** Per row: its hard bans (default none). */
+  bans?: RowBans[];
 }
 
 export interface SamplerIO {
@@ -94,6 +104,40 @@ export interface SamplerIO {
   update?: boolean;
 }
 
+/**
+ * A row's hard bans (src/sampling/bans.ts computes them): ids never drawn, ids not drawn while the
+ * row has drawn fewer than minNewTokens (its end ids: EOS, stop token ids), and whether the host
+ * rewrites the first set between steps (setBans).
+ */
+export interface RowBans {
+  always: readonly number[];
+  untilMin: readonly number[];
+  dynamic?: boolean;
+}
+
+const NO_BANS: RowBans = { always: [], untilMin: [] };
+
+/** Words of one ban mask: a bit per vocab id. */
+function maskWords(vocab: number): number {
+  return Math.ceil(vocab / 32);
+}
+
+/** The bit mask of `ids` ([W] u32). */
+function maskOf(ids: readonly number[], vocab: number): Uint32Array<ArrayBuffer> {
+  const m = new Uint32Array(maskWords(vocab));
+  for (const id of ids) {
+    if (!Number.isInteger(id) || id < 0 || id >= vocab)
+      throw new InvalidOptionError(`banned id ${id} is invalid: must be in [0, ${vocab})`);
+    m[id >>> 5]! |= 1 << (id & 31);
+  }
+  return m;
+}
+
+/** RowParams.ban_flags: bit 0 the always-mask is read, bit 1 the until-min mask is. */
+function banFlags(o: NormalizedSampling, b: RowBans): number {
+  return (b.always.length > 0 || b.dynamic ? 1 : 0) | (o.minNewTokens > 0 && b.untilMin.length > 0 ? 2 : 0);
+}
+
 /** The row's RowParams words. */
 function rowParams(
   o: NormalizedSampling,
@@ -102,6 +146,7 @@ function rowParams(
   eosId: number,
   stopAtEos: boolean,
   biasRow: number,
+  bans: RowBans,
 ): number[] {
   const minKeep = Math.min(o.minTokensToKeep, vocab);
   const k = o.topK > 0 ? Math.max(o.topK, minKeep) : 0;
@@ -121,8 +166,8 @@ function rowParams(
     eosId < 0 ? NONE : eosId,
     stopAtEos ? 1 : 0,
     biasRow,
-    0,
-    0,
+    banFlags(o, bans),
+    Math.min(o.minNewTokens, NONE),
     0,
   ];
 }
@@ -181,17 +226,25 @@ export class Sampler {
     if (!Number.isInteger(init.eosId) || init.eosId >= V || init.eosId < -1) {
       throw new InvalidOptionError(`eosId ${init.eosId} is invalid: must be -1 (none) or an id in [0, ${V})`);
     }
+    if (init.bans !== undefined && init.bans.length !== rows)
+      throw new ShapeError(`Sampler.createState: ${init.bans.length} ban sets for ${rows} rows`);
     // Bias rows [rows, V] only when some row has a logit_bias (row r uses bias row r).
     const anyBias = per.some((o) => o.logitBias.length > 0);
     const params = new Uint32Array(rows * PARAM_WORDS);
     const bias = new Float32Array(anyBias ? rows * V : 1);
+    // Ban masks for every row (zero: nothing banned), so that any row may take bans later (setRow).
+    const W = maskWords(V);
+    const bans = new Uint32Array(rows * 2 * W);
     per.forEach((o, r) => {
       for (const [id, val] of o.logitBias) {
         if (id >= V) throw new InvalidOptionError(`logitBias id ${id} is invalid: must be in [0, ${V})`);
         bias[r * V + id] = val;
       }
+      const b = init.bans?.[r] ?? NO_BANS;
+      bans.set(maskOf(b.always, V), r * 2 * W);
+      bans.set(maskOf(b.untilMin, V), (r * 2 + 1) * W);
       params.set(
-        rowParams(o, V, init.seeds[r]!, init.eosId, init.stopAtEos, o.logitBias.length ? r : NONE),
+        rowParams(o, V, init.seeds[r]!, init.eosId, init.stopAtEos, o.logitBias.length ? r : NONE, b),
         r * PARAM_WORDS,
       );
     });
@@ -211,6 +264,7 @@ export class Sampler {
       work: { buffer: owner.buffer('sampler.work', rows * V * 4, STORAGE), offset: 0, shape: [rows, V], dtype: 'f32' },
       rowState: owner.buffer('sampler.state', rows * STATE_WORDS * 4, STORAGE),
       cuts: owner.buffer('sampler.cuts', rows * CUT_WORDS * 4, STORAGE),
+      bans: mk('sampler.bans', bans),
       opts: per,
       seeds: [...init.seeds],
       eosId: init.eosId,
@@ -255,7 +309,7 @@ export class Sampler {
    * Gives `row` new options and a new seed (for reuse by another sequence; call resetRow too).
    * A logit_bias needs a state created with a bias on some row (the bias rows exist then).
    */
-  setRow(state: SamplerState, row: number, opts: NormalizedSampling, seed: number): void {
+  setRow(state: SamplerState, row: number, opts: NormalizedSampling, seed: number, bans: RowBans = NO_BANS): void {
     this.checkRow(state, row, 'setRow');
     const V = state.vocab;
     if (!Number.isInteger(seed) || seed < 0 || seed >= 2 ** 53)
@@ -272,10 +326,24 @@ export class Sampler {
       for (const [id, val] of opts.logitBias) b[id] = val;
       q.writeBuffer(state.bias, row * V * 4, b);
     }
-    const words = rowParams(opts, V, seed, state.eosId, state.stopAtEos, opts.logitBias.length ? row : NONE);
+    const W = maskWords(V);
+    q.writeBuffer(state.bans, row * 2 * W * 4, maskOf(bans.always, V));
+    q.writeBuffer(state.bans, (row * 2 + 1) * W * 4, maskOf(bans.untilMin, V));
+    const words = rowParams(opts, V, seed, state.eosId, state.stopAtEos, opts.logitBias.length ? row : NONE, bans);
     q.writeBuffer(state.params, row * PARAM_WORDS * 4, new Uint32Array(words));
     (state.opts as NormalizedSampling[])[row] = opts;
     (state.seeds as number[])[row] = seed;
+  }
+
+  /**
+   * Replaces the ids `row` may never draw (its always-mask) from the next submitted step on: the
+   * host's per-step bans (n-grams, bad words) together with the row's static ones. The row must
+   * have been given dynamic bans (RowBans.dynamic), which makes the sampler read its mask.
+   */
+  setBans(state: SamplerState, row: number, ids: readonly number[]): void {
+    this.checkRow(state, row, 'setBans');
+    const W = maskWords(state.vocab);
+    this.ctx.device.queue.writeBuffer(state.bans, row * 2 * W * 4, maskOf(ids, state.vocab));
   }
 
   /**
@@ -319,7 +387,12 @@ export class Sampler {
       6: { buffer: state.rowState },
       7: { buffer: state.cuts },
     };
-    const sel = this.group('select_row', { ...common, 1: lg.resource, 3: { buffer: state.bias } });
+    const sel = this.group('select_row', {
+      ...common,
+      1: lg.resource,
+      3: { buffer: state.bias },
+      12: { buffer: state.bans },
+    });
     const draw = this.group('draw_row', { ...common, 8: out.resource, 9: probs });
     return [
       {
@@ -477,6 +550,7 @@ export async function sampleRow(
   o: NormalizedSampling,
   seed: number,
   prevTokens?: ArrayLike<number>,
+  bans?: RowBans,
 ): Promise<{ counts: Uint32Array; probs: Float32Array; seed: number }> {
   const V = logits.length;
   if (!Number.isInteger(count) || count < 0)
@@ -487,7 +561,7 @@ export async function sampleRow(
   const errors = new CallErrors(ctx); // this call's GPU errors, nobody else's
   try {
     const [h, p] = await errors.run(() => {
-      const { hist, probs } = drawMany(ctx, owned, sampler, logits, count, o, seed, prevTokens);
+      const { hist, probs } = drawMany(ctx, owned, sampler, logits, count, o, seed, prevTokens, bans);
       return Promise.all([ctx.readBuffer(hist.buffer, 0, V * 4), ctx.readBuffer(probs.buffer, 0, V * 4)]);
     });
     await errors.check();
@@ -507,9 +581,10 @@ function drawMany(
   o: NormalizedSampling,
   seed: number,
   prevTokens?: ArrayLike<number>,
+  bans?: RowBans,
 ): { hist: GpuTensor; probs: GpuTensor } {
   const V = logits.length;
-  const state = sampler.createState(owned, 1, o, { seeds: [seed], eosId: -1, stopAtEos: false });
+  const state = sampler.createState(owned, 1, o, { seeds: [seed], eosId: -1, stopAtEos: false, bans: bans && [bans] });
   if (prevTokens && prevTokens.length) sampler.addCounts(state, 0, prevTokens);
   const probs: GpuTensor = {
     buffer: owned.buffer('sample.probs', V * 4, STORAGE),
@@ -538,15 +613,16 @@ function drawMany(
 }
 
 /**
- * The processed logits of steps 1-4 (logit_bias, repetition penalty, temperature, frequency and
- * presence penalties) as the sampler's WGSL computes them; with temperature 0 (greedy) the logits
- * are not divided.
+ * The processed logits of steps 1-4 (logit_bias, repetition penalty, the hard bans `bans`,
+ * temperature, frequency and presence penalties) as the sampler's WGSL computes them; with
+ * temperature 0 (greedy) the logits are not divided.
  */
 export async function processRow(
   ctx: GpuContext,
   logits: Float32Array,
   o: NormalizedSampling,
   prevTokens?: ArrayLike<number>,
+  bans?: RowBans,
 ): Promise<Float32Array> {
   const V = logits.length;
   checkVocabRows(ctx, 1, V, 'processLogits: logits of', 'row');
@@ -556,7 +632,8 @@ export async function processRow(
   try {
     const z = new Float32Array(
       await errors.run(() => {
-        const state = sampler.createState(owned, 1, o, { seeds: [o.seed ?? 0], eosId: -1, stopAtEos: false });
+        const init = { seeds: [o.seed ?? 0], eosId: -1, stopAtEos: false, bans: bans && [bans] };
+        const state = sampler.createState(owned, 1, o, init);
         if (prevTokens && prevTokens.length) sampler.addCounts(state, 0, prevTokens);
         submitList(ctx, [sampler.bindSelect(owned, state, oneRow(ctx, owned, logits))], 'sample');
         return ctx.readBuffer(state.work.buffer, 0, V * 4);

@@ -3,6 +3,8 @@
  * (the search itself, which drives the model, is src/engine/beam-search.ts).
  */
 import { InvalidOptionError } from '../errors.js';
+import { checkOptionNames } from './names.js';
+import { validateBans } from './options.js';
 
 export interface BeamOptions {
   /**
@@ -22,6 +24,12 @@ export interface BeamOptions {
   earlyStopping?: boolean;
   /** Token that ends a hypothesis; default the model's eos_token_id. */
   eosTokenId?: number;
+  /** As in generate (SamplingOptions): bans on each hypothesis' prompt + tokens, applied to the log-probabilities. */
+  noRepeatNgramSize?: number;
+  badWordsIds?: number[][];
+  suppressTokens?: number[];
+  /** EOS is banned until a hypothesis has this many new tokens. */
+  minNewTokens?: number;
   /** Aborting rejects with AbortError at once, even while a step runs on the GPU. */
   signal?: AbortSignal;
 }
@@ -31,12 +39,42 @@ export interface BeamHypothesis {
   logprob: number;
   /** logprob / newTokens ** lengthPenalty. */
   score: number;
-  /** Prompt followed by the completion. */
+  /** The completion's tokens, EOS last when it ended with EOS (the prompt is BeamResult.promptIds). */
   tokens: number[];
+  /** The completion's text (EOS left out), as generate() reports a sequence's. */
+  text: string;
+  /** It ended with EOS (finishReason 'eos'); false: cut at maxNewTokens ('length'). */
   finished: boolean;
+  finishReason: 'eos' | 'length';
 }
 
+/** What beam search resolves to: the prompt, and the hypotheses best first. */
+export interface BeamResult {
+  /** The prompt's ids (never part of a hypothesis' tokens or text). */
+  promptIds: number[];
+  /** numReturnSequences hypotheses, best first. */
+  sequences: BeamHypothesis[];
+}
+
+/** Every beam search option's name. */
+export const BEAM_OPTIONS: readonly string[] = [
+  'numBeams',
+  'numReturnSequences',
+  'maxNewTokens',
+  'lengthPenalty',
+  'earlyStopping',
+  'eosTokenId',
+  'noRepeatNgramSize',
+  'badWordsIds',
+  'suppressTokens',
+  'minNewTokens',
+  'signal',
+];
+
 export function validateBeam(o: BeamOptions, vocab: number): Required<Omit<BeamOptions, 'signal'>> {
+  if (typeof o !== 'object' || o === null)
+    throw new InvalidOptionError(`beam search options must be an object, got ${String(o)}`);
+  checkOptionNames(o, BEAM_OPTIONS, 'beam search option');
   const int = (name: string, v: unknown, lo: number, hi: number): number => {
     if (typeof v !== 'number' || !Number.isInteger(v) || v < lo || v > hi) {
       throw new InvalidOptionError(`${name} must be an integer in [${lo}, ${hi}], got ${String(v)}`);
@@ -62,5 +100,6 @@ export function validateBeam(o: BeamOptions, vocab: number): Required<Omit<BeamO
     lengthPenalty: lp,
     earlyStopping: es,
     eosTokenId: eos,
+    ...validateBans(o as unknown as Record<string, unknown>, vocab),
   };
 }

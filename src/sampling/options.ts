@@ -1,12 +1,16 @@
 /**
  * Sampling options: their domains, defaults and the per-sequence seed.
  *
- * The order the sampler applies them in (src/sampling/sampler.ts, shaders/sampling.wgsl):
- * logit_bias, repetition_penalty, temperature (0 = greedy), frequency/presence penalty, top-k,
- * top-p, min-p, then a Gumbel-max categorical draw.
+ * The order the sampler applies them in (src/kernels/sampler.ts, shaders/sampling.wgsl):
+ * logit_bias, repetition_penalty, the hard bans (no-repeat n-grams, bad words, min new tokens,
+ * suppressed tokens: -inf, transformers' order and place after its repetition penalty),
+ * temperature (0 = greedy), frequency/presence penalty, top-k, top-p, min-p, then a Gumbel-max
+ * categorical draw. A banned id stays -inf through everything after it, so the bans' place among
+ * the steps before top-k changes no result.
  */
 import { InvalidOptionError } from '../errors.js';
 import type { NormalizedSampling } from '../kernels/sampler.js';
+import { checkOptionNames } from './names.js';
 
 export type { NormalizedSampling };
 
@@ -29,11 +33,28 @@ export interface SamplingOptions {
   repetitionPenalty?: number;
   /** Token id -> value added to its logit before anything else. */
   logitBias?: Record<number, number>;
+  /**
+   * transformers' no_repeat_ngram_size: a token that would complete an n-gram already present in
+   * prompt + output is banned. 0 = off. Needs the host between steps (pipeline depth 1).
+   */
+  noRepeatNgramSize?: number;
+  /**
+   * transformers' bad_words_ids: token sequences never produced. A one-token sequence is always
+   * banned; a longer one bans its last token when the ids so far end with the rest. As in
+   * transformers, a sequence that is just an EOS id is ignored (use minNewTokens). Multi-token
+   * sequences need the host between steps (pipeline depth 1).
+   */
+  badWordsIds?: number[][];
+  /** transformers' suppress_tokens: ids never produced. */
+  suppressTokens?: number[];
+  /** transformers' min_new_tokens: EOS (and stopTokenIds) banned until this many new tokens. Default 0. */
+  minNewTokens?: number;
   /** Integer in [0, 2^53). Default: randomSeed(). */
   seed?: number;
 }
 
-const KNOWN = new Set([
+/** Every sampling option's name (SamplingOptions' keys). */
+export const SAMPLING_OPTIONS: readonly string[] = [
   'temperature',
   'topK',
   'topP',
@@ -43,8 +64,12 @@ const KNOWN = new Set([
   'presencePenalty',
   'repetitionPenalty',
   'logitBias',
+  'noRepeatNgramSize',
+  'badWordsIds',
+  'suppressTokens',
+  'minNewTokens',
   'seed',
-]);
+];
 
 function bad(name: string, value: unknown, domain: string): never {
   throw new InvalidOptionError(`sampling option ${name} = ${String(value)} is invalid: must be ${domain}`);
@@ -70,11 +95,7 @@ function num(
 export function validateSampling(opts: SamplingOptions | undefined, vocab: number): NormalizedSampling {
   const o = (opts ?? {}) as Record<string, unknown>;
   if (typeof o !== 'object' || o === null) bad('options', o, 'an object');
-  for (const k of Object.keys(o)) {
-    if (!KNOWN.has(k)) {
-      throw new InvalidOptionError(`unknown sampling option "${k}"; known options: ${[...KNOWN].join(', ')}`);
-    }
-  }
+  checkOptionNames(o, SAMPLING_OPTIONS, 'sampling option');
   const isInt = Number.isInteger;
   const temperature = num(o, 'temperature', 1, 'a finite number >= 0 (0 = greedy)', (x) => x >= 0);
   const topK = num(o, 'topK', 0, 'an integer >= 0 (0 = off)', (x) => x >= 0 && isInt(x));
@@ -111,8 +132,41 @@ export function validateSampling(opts: SamplingOptions | undefined, vocab: numbe
     presencePenalty,
     repetitionPenalty,
     logitBias,
+    ...validateBans(o, vocab),
     seed,
   };
+}
+
+/** An array of token ids in [0, vocab), validated (`name` names it in the error). */
+export function tokenIds(name: string, v: unknown, vocab: number, nonEmpty = false): number[] {
+  if (!Array.isArray(v) || (nonEmpty && v.length === 0))
+    bad(name, JSON.stringify(v)?.slice(0, 60), `${nonEmpty ? 'a non-empty' : 'an'} array of token ids`);
+  v.forEach((id: unknown, i) => {
+    if (typeof id !== 'number' || !Number.isInteger(id) || id < 0 || id >= vocab)
+      bad(`${name}[${i}]`, id, `a token id in [0, ${vocab})`);
+  });
+  return [...(v as number[])];
+}
+
+/**
+ * The ban options (noRepeatNgramSize, badWordsIds, suppressTokens, minNewTokens), validated with
+ * their defaults; beam search takes the same ones.
+ */
+export function validateBans(
+  o: Record<string, unknown>,
+  vocab: number,
+): Pick<NormalizedSampling, 'noRepeatNgramSize' | 'badWordsIds' | 'suppressTokens' | 'minNewTokens'> {
+  const isInt = Number.isInteger;
+  const noRepeatNgramSize = num(o, 'noRepeatNgramSize', 0, 'an integer >= 0 (0 = off)', (x) => x >= 0 && isInt(x));
+  const minNewTokens = num(o, 'minNewTokens', 0, 'an integer >= 0', (x) => x >= 0 && isInt(x));
+  const suppressTokens = o.suppressTokens === undefined ? [] : tokenIds('suppressTokens', o.suppressTokens, vocab);
+  let badWordsIds: number[][] = [];
+  if (o.badWordsIds !== undefined) {
+    if (!Array.isArray(o.badWordsIds))
+      bad('badWordsIds', JSON.stringify(o.badWordsIds)?.slice(0, 60), 'an array of token id sequences');
+    badWordsIds = o.badWordsIds.map((w: unknown, i) => tokenIds(`badWordsIds[${i}]`, w, vocab, true));
+  }
+  return { noRepeatNgramSize, badWordsIds, suppressTokens, minNewTokens };
 }
 
 // An odd 52-bit constant (the golden ratio's fraction bits): seeds of a batch are spread over the

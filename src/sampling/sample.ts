@@ -4,12 +4,22 @@
  * `sample` command.
  */
 import type { GpuContext } from '../gpu/device.js';
-import { processRow, sampleRow } from '../kernels/sampler.js';
+import { processRow, sampleRow, type NormalizedSampling, type RowBans } from '../kernels/sampler.js';
+import { bannedNext } from './bans.js';
 import { randomSeed, validateSampling, type SamplingOptions } from './options.js';
+
+/**
+ * The bans of a row whose ids so far are `prev` (n-grams, bad words, suppressed tokens). There is
+ * no EOS here, so minNewTokens has nothing to ban.
+ */
+function bansAfter(o: NormalizedSampling, prev: ArrayLike<number> | undefined): RowBans {
+  return { always: [...bannedNext(Array.from(prev ?? []), o, [])], untilMin: [] };
+}
 
 /**
  * Draws `count` tokens from one logits vector on the GPU: counts per vocab id, the distribution
  * sampled from (softmax over the kept tokens) and the seed used (`opts.seed`, else a random one).
+ * `prevTokens` are the ids so far: the penalties count them and the bans look at them.
  */
 export function sample(
   ctx: GpuContext,
@@ -19,14 +29,14 @@ export function sample(
   prevTokens?: ArrayLike<number>,
 ): Promise<{ counts: Uint32Array; probs: Float32Array; seed: number }> {
   const o = validateSampling(opts, logits.length);
-  return sampleRow(ctx, logits, count, o, o.seed ?? randomSeed(), prevTokens);
+  return sampleRow(ctx, logits, count, o, o.seed ?? randomSeed(), prevTokens, bansAfter(o, prevTokens));
 }
 
 /**
- * The processed logits (logit_bias, repetition penalty, temperature, frequency and presence
- * penalties) as the sampler computes them; with temperature 0 (greedy) the logits are not divided.
- * Where x / temperature would overflow f32 (a tiny temperature), the row's largest x is subtracted
- * before dividing: the values are shifted, the distribution is the same.
+ * The processed logits (logit_bias, repetition penalty, hard bans after `prevTokens`, temperature,
+ * frequency and presence penalties) as the sampler computes them; with temperature 0 (greedy) the
+ * logits are not divided. Where x / temperature would overflow f32 (a tiny temperature), the row's
+ * largest x is subtracted before dividing: the values are shifted, the distribution is the same.
  */
 export function processLogits(
   ctx: GpuContext,
@@ -34,5 +44,6 @@ export function processLogits(
   opts: SamplingOptions = {},
   prevTokens?: ArrayLike<number>,
 ): Promise<Float32Array> {
-  return processRow(ctx, logits, validateSampling(opts, logits.length), prevTokens);
+  const o = validateSampling(opts, logits.length);
+  return processRow(ctx, logits, o, prevTokens, bansAfter(o, prevTokens));
 }

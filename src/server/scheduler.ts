@@ -284,7 +284,7 @@ export class Scheduler {
       (r) => {
         settle();
         this.counts.completed++;
-        if (r.stats.decode_ms_per_token > 0) this.stepMs = 0.8 * this.stepMs + 0.2 * r.stats.decode_ms_per_token;
+        if (r.stats.decodeMsPerToken > 0) this.stepMs = 0.8 * this.stepMs + 0.2 * r.stats.decodeMsPerToken;
         if (q.signal.aborted) q.reject(new AbortError('request cancelled'));
         else q.resolve(r);
       },

@@ -4,7 +4,49 @@
  */
 import type { NormalizedSampling } from '../../src/sampling/options.js';
 
-/** Steps 1-4 (bias, repetition penalty, temperature (skipped when 0), frequency/presence) in float64. */
+/**
+ * The ids transformers' processors set to -inf after the ids `prev`, written as transformers writes
+ * them (generation/logits_process.py), independently of src/sampling/bans.ts:
+ * NoRepeatNGramLogitsProcessor (_get_ngrams over every position, then the last n-1 ids' entry),
+ * NoBadWordsLogitsProcessor (SequenceBiasLogitsProcessor with -inf; [eos] sequences dropped),
+ * SuppressTokensLogitsProcessor, MinNewTokensLengthLogitsProcessor (`newTokens` drawn so far).
+ */
+export function bans64(
+  prev: readonly number[],
+  o: Pick<NormalizedSampling, 'noRepeatNgramSize' | 'badWordsIds' | 'suppressTokens' | 'minNewTokens'>,
+  eosIds: readonly number[] = [],
+  newTokens = 0,
+): Set<number> {
+  const banned = new Set<number>();
+  const n = o.noRepeatNgramSize;
+  const curLen = prev.length;
+  if (n > 0 && curLen + 1 >= n) {
+    const generated = new Map<string, number[]>();
+    for (let i = 0; i + n <= curLen; i++) {
+      const ngram = prev.slice(i, i + n);
+      const key = JSON.stringify(ngram.slice(0, -1));
+      generated.set(key, [...(generated.get(key) ?? []), ngram[n - 1]!]);
+    }
+    for (const t of generated.get(JSON.stringify(prev.slice(curLen + 1 - n, curLen))) ?? []) banned.add(t);
+  }
+  const words = o.badWordsIds.filter((w) => !eosIds.some((e) => w.length === 1 && w[0] === e));
+  for (const w of words) {
+    if (w.length === 1) banned.add(w[0]!);
+    else if (
+      w.length <= curLen &&
+      JSON.stringify(prev.slice(curLen - (w.length - 1))) === JSON.stringify(w.slice(0, -1))
+    )
+      banned.add(w[w.length - 1]!);
+  }
+  for (const t of o.suppressTokens) banned.add(t);
+  if (newTokens < o.minNewTokens) for (const e of eosIds) banned.add(e);
+  return banned;
+}
+
+/**
+ * Steps 1-4 (bias, repetition penalty, the bans of bans64, temperature (skipped when 0),
+ * frequency/presence) in float64.
+ */
 export function processLogits64(
   logits: ArrayLike<number>,
   o: NormalizedSampling,
@@ -13,12 +55,14 @@ export function processLogits64(
   const V = logits.length;
   const counts = new Uint32Array(V);
   for (let i = 0; i < prev.length; i++) counts[prev[i]!]!++;
+  const banned = bans64(Array.from(prev), o);
   const z = Float64Array.from(logits as ArrayLike<number>);
   for (const [id, b] of o.logitBias) z[id]! += b;
   for (let v = 0; v < V; v++) {
     const c = counts[v]!;
     let x = z[v]!;
     if (c > 0) x = x < 0 ? x * o.repetitionPenalty : x / o.repetitionPenalty;
+    if (banned.has(v)) x = -Infinity;
     if (o.temperature > 0) x /= o.temperature;
     if (c > 0) x -= o.freqPenalty * c + o.presencePenalty;
     z[v] = x;
