@@ -2,7 +2,7 @@
 //   qkv [T, 3C] f32: q = cols [0, C), head h uses cols [h*D, (h+1)*D), D = C / n_head. The keys
 //     and values of this step, cols [C, 2C) and [2C, 3C), are in the cache already (kv_write ran
 //     first), or, with write_kv = 1 (decode: every token of the step in a row of its own), the
-//     one-query kernels (main, main_vec4, decode_lanes, decode_sg) copy them there themselves:
+//     one-query kernels (main, main_vec4, decode_lanes) copy them there themselves:
 //     the workgroup of (token t, head h) writes head h's slice of t's key and value to t's slot,
 //     then a storageBarrier, then attends. No other workgroup reads that slice of that row (each
 //     reads its own token's row and head), so no cross-workgroup ordering is needed, and the
@@ -18,7 +18,7 @@
 // D % 4 == 0; built at WG = 32 and, for decode steps on GPUs, at a wider WG) and decode_lanes (CPU
 // adapters: one invocation per token and head, no barriers). The prompt kernels, which share K/V
 // loads between the tokens of a row, are in attention_prompt.wgsl (prefill_lanes, the 'blocks'
-// passes, tiled_vec4), the subgroup kernels in attention_subgroups.wgsl; each is appended to this
+// passes, tiled_vec4) and attention_subgroups.wgsl (prefill_sg); each is appended to this
 // file (modules 'attention+attention_prompt', 'attention+attention_subgroups'). The one-query
 // kernels also do the tokens a prompt kernel leaves (tiles, pairs or blocks that do not qualify:
 // tiled_skip, pairs_skip), so the qualification tests are here too.
@@ -291,9 +291,8 @@ fn attend_vec4(t: u32, h: u32, lid: u32) {
 }
 
 // ---- decode_lanes, for CPU adapters (lavapipe): one invocation per (query t, head h), LANES of
-// them per workgroup (an override: the profile's decodeLanes for decode steps, 8 after
-// prefill_lanes; lavapipe runs a workgroup's lanes as one SIMD vector whose lane-varying loads it
-// gathers lane by lane), each walking its whole window alone with
+// them per workgroup (lavapipe runs a workgroup's lanes as one SIMD vector whose lane-varying
+// loads it gathers lane by lane), each walking its whole window alone with
 // its own online softmax: q, acc (HD4 vec4 each) and (m, l) in registers, per key one dot product,
 // a rescale by alpha = exp(m_old - m_new) and p_j v_j added. No workgroup memory and no barriers:
 // lavapipe runs a shader with barriers as coroutines, and main_vec4 pays 3 + log2(WG) of them per
@@ -380,7 +379,7 @@ fn pair_qualifies(pair: u32) -> bool {
   return row < p.rows && tok_meta[2u * t0 + 2u] == row && pos1 == pos0 + 1u && pos1 < p.cap;
 }
 
-const QB: u32 = 8u;  // tokens per block  // tokens per block of the 'blocks' passes
+const QB: u32 = 8u;  // tokens per block of the 'blocks' passes
 
 // Largest position + 1 over block b's tokens when the block qualifies (they share a valid row,
 // every position < cap), else 0.

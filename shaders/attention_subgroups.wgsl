@@ -1,26 +1,23 @@
-// Attention on CPU adapters whose subgroups hold at least 4 invocations (lavapipe: 8,
-// SwiftShader: 4), a subgroup per (query or block of queries, head). out[t, head h] =
-// softmax(q_t . K / sqrt(D)) V over t's window of the ring cache, as decode_lanes computes it.
-// This file is appended to attention.wgsl (bindings, Params, HD4, LOWEST are that file's); the
-// engine builds it only where the device has the `subgroups` feature.
-//   decode_sg   one query per workgroup: decode steps (write_kv as in decode_lanes) and single
-//               tokens.
-//   prefill_sg  QS consecutive tokens of a prompt per workgroup: every K / V word it loads serves
-//               all QS queries; a block whose tokens are not all in one row inside the capacity
-//               (two prompts, a wrapped ring) takes its tokens one at a time instead. Needs
-//               kv_write to have run for the step.
+// Prompt attention on CPU adapters whose subgroups hold at least 4 invocations (lavapipe: 8,
+// SwiftShader: 4): prefill_sg, a subgroup per (block of QS consecutive tokens of a row, head).
+// out[t, head h] = softmax(q_t . K / sqrt(D)) V over t's window of the ring cache, as
+// decode_lanes computes it. Every K / V word the subgroup loads serves all QS queries; a block
+// whose tokens are not all in one row inside the capacity (two prompts, a wrapped ring) takes its
+// tokens one at a time instead (sg_attend_one). Needs kv_write to have run for the step. This
+// file is appended to attention.wgsl (bindings, Params, HD4, LOWEST are that file's); the engine
+// builds it only where the device profile names it (a device with the `subgroups` feature).
 //
-// Why: decode_lanes / prefill_lanes give one invocation a whole (query, head): q and the
-// accumulator are 2 x HD4 vec4 per query (128 floats at D 64), which llvmpipe holds as SIMD
-// registers per float and spills, and its lane-varying K / V loads are gathered lane by lane.
-// Here the SGA invocations of a subgroup share a (query block, head): invocation i owns head
-// words i, i + SGA, ... (WPL of them), so per key it loads WPL words of K and WPL of V for all
-// QS queries, each query's part of the dot product goes through subgroupAdd (a vector
-// reduction, no memory), and the online softmax (m, l, alpha, p_j) is the same value in every
-// invocation. No scratch memory.
+// Why: the one-invocation kernels (decode_lanes, prefill_lanes) give one invocation a whole
+// (query, head): q and the accumulator are 2 x HD4 vec4 per query (128 floats at D 64), which
+// llvmpipe holds as SIMD registers per float and spills, and its lane-varying K / V loads are
+// gathered lane by lane. Here the SGA invocations of a subgroup share a (query block, head):
+// invocation i owns head words i, i + SGA, ... (WPL of them), so per key it loads WPL words of K
+// and WPL of V for all QS queries, each query's part of the dot product goes through subgroupAdd
+// (a vector reduction, no memory), and the online softmax (m, l, alpha, p_j) is the same value in
+// every invocation. No scratch memory.
 //
 // Work split: workgroup = SGA invocations = one subgroup (SGA <= the device's subgroup size),
-// workgroup index (wg.y * groups_x + wg.x) = query (block) * n_head + h. A head word past HD4
+// workgroup index (wg.y * groups_x + wg.x) = query block * n_head + h. A head word past HD4
 // (HD4 not a multiple of SGA) is read clamped with q = 0, so it adds nothing, and is never
 // stored. No workgroup memory, no barriers (lavapipe runs shaders with barriers as coroutines).
 // Every invocation of a workgroup takes the same branches (they depend on the workgroup's
@@ -28,7 +25,7 @@
 
 enable subgroups;
 
-override SGA: u32 = 4u;  // invocations per workgroup (= one subgroup), 4 or 8
+override SGA: u32 = 8u;  // invocations per workgroup (= one subgroup), 4 or 8
 override WPL: u32 = 4u;  // head words per invocation, ceil(HD4 / SGA), 1 ..= WPL_MAX
 override QS: u32 = 8u;   // prefill_sg: queries (consecutive tokens) per workgroup, 1 ..= QS_MAX
 
@@ -82,31 +79,6 @@ fn sg_attend_one(t: u32, h: u32, lane: u32) {
     let d = lane + k * SGA;
     if (d < HD4) { out4[ob + d] = acc[k] / l; }
   }
-}
-
-@compute @workgroup_size(SGA)
-fn decode_sg(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lane: u32) {
-  let w = wg.y * p.groups_x + wg.x;
-  if (w >= p.T * p.n_head) { return; }
-  let t = w / p.n_head;
-  let h = w - t * p.n_head;
-  let row = tok_meta[2u * t];
-  if (p.write_kv == 1u && row < p.rows) {
-    // Each invocation copies the words it reads back in sg_attend_one (program order within an
-    // invocation), so no barrier is needed.
-    let pos = tok_meta[2u * t + 1u];
-    let C4 = p.C / 4u;
-    let qb = t * 3u * C4 + h * HD4;  // q; + C4: k, + 2 C4: v
-    let dst = (row * p.cap + pos % p.cap) * C4 + h * HD4;
-    for (var k = 0u; k < WPL; k++) {
-      let d = lane + k * SGA;
-      if (d < HD4) {
-        k4[dst + d] = qkv4[qb + C4 + d];
-        v4[dst + d] = qkv4[qb + 2u * C4 + d];
-      }
-    }
-  }
-  sg_attend_one(t, h, lane);
 }
 
 @compute @workgroup_size(SGA)

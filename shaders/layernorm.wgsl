@@ -56,24 +56,3 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     y[base + c] = (x[base + c] - mean) * inv * gamma[c] + beta[c];
   }
 }
-
-// ---- CPU adapters (lavapipe): one invocation per row, LANES rows per workgroup, no workgroup
-// memory and no barriers (lavapipe runs a shader with barriers as coroutines, and `main` pays
-// 2 (log2(WG) + 2) of them per row). Each lane walks its row three times (sum, squared deviations,
-// output) in order; the same two-pass variance. Workgroup index = wg.y * rows_per_y + wg.x.
-override LANES: u32 = 8u;
-
-@compute @workgroup_size(LANES)
-fn rows_lanes(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-  let row = (wg.y * p.rows_per_y + wg.x) * LANES + lid;
-  if (row >= p.rows) { return; }
-  let base = row * p.C;
-  let fc = f32(p.C);
-  var s = 0.0;
-  for (var c = 0u; c < p.C; c++) { s += x[base + c]; }
-  let mean = s / fc;
-  var q = 0.0;
-  for (var c = 0u; c < p.C; c++) { let d = x[base + c] - mean; q += d * d; }
-  let inv = inverseSqrt(q / fc + p.eps);
-  for (var c = 0u; c < p.C; c++) { y[base + c] = (x[base + c] - mean) * inv * gamma[c] + beta[c]; }
-}

@@ -95,7 +95,7 @@ export interface BenchReport {
   profile: DeviceProfile;
   /** BenchOptions.profile as given (null: the adapter's profile as is). */
   profile_overrides: PartialProfile | null;
-  /** The attention kernel of decode steps: 'subgroup' / 'lanes' (CPU adapters: one subgroup / one invocation per row and head), 'wide' (GPUs), 'query' (32-thread workgroups). */
+  /** The attention kernel of decode steps: 'lanes' (CPU adapters: one invocation per row and head), 'wide' (GPUs), 'query' (32-thread workgroups). */
   attention_decode: string;
   /** The attention kernel of the prompt's prefill (P tokens of one row): 'tiled' (GPUs), 'subgroup' (CPU adapters with subgroups), 'blocks' (other CPU adapters, P >= 64), 'pairs' (them, below), 'query' or 'lanes' (one token). */
   attention_prompt: string;
@@ -131,7 +131,6 @@ function quantile(xs: number[], q: number): number {
 
 /** The header's words for BenchReport.attention_decode ('wide' gives its width). */
 const DECODE_ATTENTION: Record<string, string> = {
-  subgroup: 'one subgroup per (row, head)',
   lanes: 'one invocation per (row, head)',
   query: '32-thread workgroups',
 };

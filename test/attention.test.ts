@@ -1,13 +1,6 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import {
-  AttentionKernel,
-  AttentionProfile,
-  AttentionVariant,
-  BLOCKS_MIN_T,
-  fitTo,
-  SG_LANES,
-} from '../src/kernels/attention.js';
+import { AttentionKernel, AttentionProfile, AttentionVariant, BLOCKS_MIN_T, fitTo } from '../src/kernels/attention.js';
 import { deviceProfile } from '../src/kernels/profile.js';
 import type { GpuContext } from '../src/gpu/device.js';
 import { KvWriteKernel } from '../src/kernels/kvcache.js';
@@ -17,7 +10,7 @@ import type { Owned } from '../src/gpu/common.js';
 import { attention64, RowHistory } from './reference/attention.js';
 
 /** Attention choices that build nothing beyond the 32-thread workgroup kernel ('query'). */
-const QUERY: AttentionProfile = { decode: 'query', prompt: 'query', decodeWg: 256, decodeLanes: 2, subgroupLanes: 8 };
+const QUERY: AttentionProfile = { decode: 'query', prompt: 'query', decodeWg: 256, subgroupLanes: 8 };
 
 /** Attention choices that build `variant` (as the decode or the prompt kernel), with `over` on top. */
 function profileFor(
@@ -33,7 +26,7 @@ function profileFor(
     pairs: { decode: 'lanes', prompt: 'pairs' },
     blocks: { decode: 'lanes', prompt: 'blocks' },
     tiled: { prompt: 'tiled' },
-    subgroup: { decode: 'subgroup', prompt: 'subgroup', subgroupLanes: sg as 4 | 8 },
+    subgroup: { decode: 'lanes', prompt: 'subgroup', subgroupLanes: sg as 4 | 8 },
   };
   return { ...QUERY, ...choice[variant], ...over };
 }
@@ -272,7 +265,7 @@ const CASES: Array<[string, Scenario]> = [
 // tiled (8 tokens per workgroup; tiles that mix rows or wrap fall back per token), wide (the
 // vec4 kernel with 256 threads per workgroup, GPU decode's) and subgroup (prefill_sg: blocks of
 // 8 tokens of a row per 8-invocation subgroup and head, blocks that mix rows or wrap token by
-// token; single tokens and decode_sg's 4-invocation subgroups; D 24 leaves invocations of the
+// token, single tokens; D 24 leaves invocations of the
 // last head word past the head).
 for (const variant of ['query', 'lanes', 'pairs', 'tiled', 'wide', 'blocks', 'subgroup'] as const) {
   CASES.forEach(([name, sc], i) => {
@@ -288,10 +281,6 @@ for (const variant of ['query', 'lanes', 'pairs', 'tiled', 'wide', 'blocks', 'su
     )
       return;
     test(`attention (${variant}): ${name}`, () => check(sc, 100 + i, variant));
-    // decode_lanes at another workgroup width than the default 2 (the index arithmetic depends on
-    // it; head sizes up to 64 only: llvmpipe compiles the wider ones slowly)
-    if (variant === 'lanes' && D <= 64)
-      test(`attention (lanes, 8 per workgroup): ${name}`, () => check(sc, 100 + i, variant, false, { decodeLanes: 8 }));
   });
 }
 
@@ -412,17 +401,13 @@ const DECODE_CASES: Array<[string, Scenario]> = [
 for (const [variant, wg] of [
   ['query', 32],
   ['lanes', 0],
-  ['lanes', 8],
   ['wide', 64],
   ['wide', 256],
-  ['subgroup', 0],
 ] as const) {
   DECODE_CASES.forEach(([name, sc], i) => {
-    if ((variant === 'lanes' || variant === 'wide' || variant === 'subgroup') && (sc.C / sc.nHead) % 4 !== 0) return;
-    if (variant === 'lanes' && wg && sc.C / sc.nHead > 64) return; // as above
-    // lanes: 0 = the default width (2 per workgroup), else that width
-    const what = variant === 'wide' ? `wide ${wg}` : variant === 'lanes' ? `lanes ${wg || 'default'}` : variant;
-    const over = variant === 'wide' ? { decodeWg: wg } : variant === 'lanes' && wg ? { decodeLanes: wg } : {};
+    if ((variant === 'lanes' || variant === 'wide') && (sc.C / sc.nHead) % 4 !== 0) return;
+    const what = variant === 'wide' ? `wide ${wg}` : variant;
+    const over = variant === 'wide' ? { decodeWg: wg } : {};
     test(`attention (${what}, writeKv): ${name}`, () => check(sc, 300 + i, variant, true, over));
   });
 }
@@ -471,7 +456,7 @@ test('attention: a token whose row is outside the cache gets NaN, the others are
     const kw = await KvWriteKernel.create(ctx);
     // the workgroup-per-token kernel, the one-invocation one (pairs, D 8) and, where the device has
     // subgroups of 4+, prefill_sg (its block of 2 tokens mixes rows: one at a time)
-    const sgOk = ctx.features.subgroups && (ctx.features.subgroupSize ?? 0) >= SG_LANES;
+    const sgOk = ctx.features.subgroups && (ctx.features.subgroupSize ?? 0) >= 4;
     const kinds: AttentionVariant[] = ['query', 'pairs', ...(sgOk ? (['subgroup'] as const) : [])];
     for (const kind of kinds) {
       const at = await kernelFor(ctx, 8, kind);
@@ -674,16 +659,15 @@ test("attention 'lanes' / 'pairs': built for the kernel's head size where the pr
       ],
       'pairs, then decode_lanes (8 per workgroup) for the tokens of pairs that cannot share',
     );
-    assert.equal(lanesOf(3).workgroups, [6, 1, 1], '2 (token, head) invocations per decode_lanes workgroup: 12 -> 6');
-    const wide8 = await kernelFor(ctx, 16, 'pairs', { decodeLanes: 8 });
-    assert.equal(
-      wide8.bind(owned, { ...args(3, 64, 4), variant: 'lanes' })[0]!.workgroups,
-      [2, 1, 1],
-      'decodeLanes 8: 12 -> 2',
-    );
+    assert.equal(lanesOf(3).workgroups, [2, 1, 1], '8 (token, head) invocations per decode_lanes workgroup: 12 -> 2');
     assert.equal(pairsOf(3).workgroups, [1, 1, 1], '8 (token pair, head) invocations per workgroup: 2 x 4 -> 1');
     assert.equal(pairsOf(33).workgroups, [9, 1, 1], '17 pairs x 4 heads -> 9');
     assert.is.not(lanesOf(3).pipeline, pairsOf(3).pipeline);
+    assert.is(
+      lanesOf(3).pipeline,
+      on.bind(owned, { ...args(5, 64, 4), variant: 'pairs' })[1]!.pipeline,
+      'one decode_lanes pipeline',
+    );
     // the profile's choice: pairs for prompts, lanes for single tokens and writeKv (decode) steps
     assert.is(on.bind(owned, args(16, 64, 4))[0]!.pipeline, pairsOf(16).pipeline, 'prompts take pairs (not the tiles)');
     assert.is(on.bind(owned, args(2, 64, 4))[0]!.pipeline, pairsOf(2).pipeline);
@@ -708,11 +692,10 @@ test("attention 'lanes' / 'pairs': built for the kernel's head size where the pr
       () => off.bind(owned, { ...args(2, 64, 4), variant: 'lanes' }),
       (e: Error) => e instanceof ShapeError && /variant 'lanes' is not built by this kernel/.test(e.message),
     );
-    const sg = ctx.features.subgroups && (ctx.features.subgroupSize ?? 0) >= SG_LANES;
     assert.is(
       deviceProfile(ctx).attention.decode,
-      ctx.isCpuAdapter ? (sg ? 'subgroup' : 'lanes') : 'wide',
-      'the profile: CPU adapters decode with one invocation (or subgroup) per head',
+      ctx.isCpuAdapter ? 'lanes' : 'wide',
+      'the profile: CPU adapters decode with one invocation per head',
     );
     // head sizes the one-invocation kernels cannot run fall back to the workgroup kernel
     assert.equal(fitTo(profileFor(ctx, 'pairs'), 6), { decode: 'query', prompt: 'query' });
@@ -725,13 +708,13 @@ test("attention 'lanes' / 'pairs': built for the kernel's head size where the pr
     }
   }));
 
-test("attention 'subgroup': built where the profile names it and subgroups hold 4+ invocations, taken for every step, refused where it cannot run", () =>
+test("attention 'subgroup' (prefill_sg): built where the profile names it and subgroups hold its lanes, taken for prompts of 2+ tokens, refused where it cannot run", () =>
   withDevice(async ({ ctx, owned }) => {
     const args = (T: number, C: number, nHead: number) => argsOf(owned, T, C, nHead);
     const sgSize = ctx.features.subgroupSize;
-    const can = ctx.features.subgroups && sgSize !== null && sgSize >= SG_LANES;
+    const can = ctx.features.subgroups && sgSize !== null && sgSize >= 4;
     if (!can) {
-      await kernelFor(ctx, 16, 'subgroup').then(
+      await kernelFor(ctx, 16, 'subgroup', { subgroupLanes: 4 }).then(
         () => assert.unreachable('subgroups without subgroups accepted'),
         (e: Error) =>
           assert.ok(e instanceof InvalidOptionError && /needs the 'subgroups' feature/.test(e.message), e.message),
@@ -744,28 +727,33 @@ test("attention 'subgroup': built where the profile names it and subgroups hold 
       Math.min(8, sgSize!),
       'prefill_sg: as many queries per workgroup as invocations (the subgroup size, at most 8)',
     );
-    const sgOf = (T: number, writeKv = false) =>
-      on.bind(owned, { ...args(T, 64, 4), variant: 'subgroup', writeKv })[0]!;
-    assert.equal(sgOf(3, true).workgroups, [12, 1, 1], 'decode: one workgroup per (token, head): 3 x 4');
-    assert.match(sgOf(3, true).pipeline.label, /decode_sg/);
-    assert.match(sgOf(1).pipeline.label, /decode_sg/, 'one token: decode_sg');
+    const sgOf = (T: number) => on.bind(owned, { ...args(T, 64, 4), variant: 'subgroup' })[0]!;
     assert.match(sgOf(3).pipeline.label, /prefill_sg/, 'a prompt: prefill_sg');
     assert.equal(sgOf(3).workgroups, [4, 1, 1], 'a prompt: one workgroup per (block of queries, head): 1 x 4');
     assert.equal(sgOf(17).workgroups, [Math.ceil(17 / on.sgQueries) * 4, 1, 1], 'a partial last block');
-    assert.is(on.decode, 'subgroup');
-    assert.is(on.bind(owned, args(1, 64, 4))[0]!.pipeline, sgOf(1).pipeline, 'one token');
-    assert.is(
-      on.bind(owned, { ...args(2, 64, 4), writeKv: true })[0]!.pipeline,
-      sgOf(2, true).pipeline,
-      'a decode step',
-    );
     assert.is(on.bind(owned, args(2, 64, 4))[0]!.pipeline, sgOf(2).pipeline, 'a short prompt');
+    assert.match(on.bind(owned, args(1, 64, 4))[0]!.pipeline.label, /decode_lanes/, 'one token: decode_lanes');
+    assert.match(
+      on.bind(owned, { ...args(2, 64, 4), writeKv: true })[0]!.pipeline.label,
+      /decode_lanes/,
+      "a decode step: the profile's decode kernel",
+    );
+    assert.throws(
+      () => on.bind(owned, { ...args(2, 64, 4), variant: 'subgroup', writeKv: true }),
+      (e: Error) => e instanceof ShapeError && /not variant 'subgroup'/.test(e.message),
+    );
     assert.is(
       on.variantFor(BLOCKS_MIN_T, { scratch: true }),
       'subgroup',
       "a long prompt, even given a 'blocks' scratch",
     );
     if (sgSize! >= 8) assert.is((await kernelFor(ctx, 16, 'subgroup', { subgroupLanes: 4 })).sgQueries, 4);
+    if (sgSize! < 8)
+      await kernelFor(ctx, 16, 'subgroup', { subgroupLanes: 8 }).then(
+        () => assert.unreachable(`8 lanes on ${sgSize}-lane subgroups accepted`),
+        (e: Error) =>
+          assert.ok(e instanceof InvalidOptionError && /at least subgroupLanes 8/.test(e.message), e.message),
+      );
     const off = await kernelFor(ctx, 16, 'pairs');
     assert.throws(
       () => off.bind(owned, { ...args(2, 64, 4), variant: 'subgroup' }),
@@ -774,6 +762,7 @@ test("attention 'subgroup': built where the profile names it and subgroups hold 
     for (const [over, re] of [
       [{ subgroupLanes: 2 }, /subgroupLanes must be 4 or 8, got 2/],
       [{ subgroupLanes: 16 }, /subgroupLanes must be 4 or 8, got 16/],
+      [{ decode: 'subgroup' }, /decode must be 'wide', 'lanes' or 'query', got "subgroup"/],
     ] as const) {
       await kernelFor(ctx, 16, 'subgroup', over as Partial<AttentionProfile>).then(
         () => assert.unreachable(`${JSON.stringify(over)} accepted`),
@@ -808,16 +797,6 @@ test("attention 'wide': the decode kernel of profiles that name it (GPUs), not f
       await kernelFor(ctx, 16, 'wide', { decodeWg }).then(
         () => assert.unreachable(`decodeWg ${decodeWg} accepted`),
         (e: Error) => assert.ok(e instanceof InvalidOptionError && e.message.includes(`got ${decodeWg}`), e.message),
-      );
-    }
-    for (const decodeLanes of [0, 3, 128, 1.5]) {
-      await kernelFor(ctx, 16, 'lanes', { decodeLanes }).then(
-        () => assert.unreachable(`decodeLanes ${decodeLanes} accepted`),
-        (e: Error) =>
-          assert.ok(
-            e instanceof InvalidOptionError && /decodeLanes must be a power of two in \[1, 64\].*got/.test(e.message),
-            e.message,
-          ),
       );
     }
   }));

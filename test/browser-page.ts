@@ -21,8 +21,7 @@ export interface BrowserTestApi {
     gamma: number[],
     beta: number[],
     eps: number,
-    lanes?: boolean,
-  ): Promise<{ y: number[]; wg: number; lanes: boolean }>;
+  ): Promise<{ y: number[]; wg: number }>;
 }
 
 declare global {
@@ -51,15 +50,11 @@ window.gpt2test = {
     return { adapter: ctx.adapter, features: ctx.features, profile: deviceProfile(ctx).name };
   },
 
-  async layerNorm(rows, C, x, gamma, beta, eps, lanes) {
+  async layerNorm(rows, C, x, gamma, beta, eps) {
     const ctx = await context();
     const owned = new Owned(ctx);
     try {
-      // undefined: the device profile's variant
-      const k = await LayerNormKernel.create(
-        ctx,
-        lanes === undefined ? deviceProfile(ctx).layernorm : lanes ? 'lanes' : 'workgroup',
-      );
+      const k = await LayerNormKernel.create(ctx);
       // y starts as NaN everywhere so an element the kernel skips shows up in the comparison.
       const y = upload(owned, new Uint32Array(rows * C).fill(0x7fc00000), [rows, C]);
       const d = k.bind(owned, {
@@ -78,7 +73,7 @@ window.gpt2test = {
       ctx.submit([enc.finish()]);
       const out = new Float32Array(await ctx.readBuffer(y.buffer, 0, rows * C * 4));
       ctx.throwIfErrors();
-      return { y: Array.from(out), wg: k.wg, lanes: k.lanes };
+      return { y: Array.from(out), wg: k.wg };
     } finally {
       owned.destroy();
     }

@@ -1,8 +1,7 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { LayerNormKernel } from '../src/kernels/layernorm.js';
-import { deviceProfile } from '../src/kernels/profile.js';
-import { InvalidOptionError, ShapeError } from '../src/errors.js';
+import { ShapeError } from '../src/errors.js';
 import { allClose, download, poisoned, Rng, run, upload, withDevice } from './helpers.js';
 import { layerNorm64 } from './reference/layernorm.js';
 
@@ -13,51 +12,33 @@ const SHAPES: Array<[number, number, number]> = [
   [7, 1600, 5],
   [5, 33, 0],
   [70000, 8, 0], // more rows than one dispatch dimension allows (65535): exercises the y wrap
-  [530000, 4, 0], // more than 65535 workgroups of 8 rows (rows_lanes): its y wrap
 ];
 
-// Both kernels: one workgroup per row (GPUs) and one invocation per row (rows_lanes, CPU adapters).
-for (const lanes of [false, true]) {
-  for (const [rows, C, mean] of SHAPES) {
-    test(`layernorm (${lanes ? 'one invocation per row' : 'one workgroup per row'}) [${rows}, ${C}] mean ${mean} matches float64`, () =>
-      withDevice(async ({ ctx, owned }) => {
-        const rng = new Rng(rows * 1000 + C);
-        const x = rng.normals(rows * C, 2, mean);
-        const g = rng.normals(C, 0.5, 1);
-        const b = rng.normals(C, 0.2);
-        const k = await LayerNormKernel.create(ctx, lanes ? 'lanes' : 'workgroup');
-        assert.is(k.lanes, lanes);
-        const y = poisoned(owned, [rows, C]);
-        const d = k.bind(owned, {
-          x: upload(owned, x, [rows, C]),
-          gamma: upload(owned, g, [C]),
-          beta: upload(owned, b, [C]),
-          y,
-          eps: 1e-5,
-        });
-        if (lanes && rows > 65535 * 8) assert.ok(d.workgroups[1] > 1, 'wrapped into y');
-        await run(ctx, [d]);
-        allClose(await download(ctx, y), layerNorm64(x, g, b, rows, C, 1e-5), { rel: 1e-5, atol: 1e-4 }, 'layernorm');
-      }));
-  }
+for (const [rows, C, mean] of SHAPES) {
+  test(`layernorm [${rows}, ${C}] mean ${mean} matches float64`, () =>
+    withDevice(async ({ ctx, owned }) => {
+      const rng = new Rng(rows * 1000 + C);
+      const x = rng.normals(rows * C, 2, mean);
+      const g = rng.normals(C, 0.5, 1);
+      const b = rng.normals(C, 0.2);
+      const k = await LayerNormKernel.create(ctx);
+      const y = poisoned(owned, [rows, C]);
+      const d = k.bind(owned, {
+        x: upload(owned, x, [rows, C]),
+        gamma: upload(owned, g, [C]),
+        beta: upload(owned, b, [C]),
+        y,
+        eps: 1e-5,
+      });
+      if (rows > 65535) assert.ok(d.workgroups[1] > 1, 'wrapped into y');
+      await run(ctx, [d]);
+      allClose(await download(ctx, y), layerNorm64(x, g, b, rows, C, 1e-5), { rel: 1e-5, atol: 1e-4 }, 'layernorm');
+    }));
 }
-
-test('layernorm: the device profile names the variant (one invocation per row on CPU adapters); another is refused', () =>
-  withDevice(async ({ ctx }) => {
-    assert.is(deviceProfile(ctx).layernorm, ctx.isCpuAdapter ? 'lanes' : 'workgroup');
-    await LayerNormKernel.create(ctx, 'rows' as never).then(
-      () => assert.unreachable("variant 'rows' accepted"),
-      (e: Error) =>
-        assert.ok(
-          e instanceof InvalidOptionError && /variant must be 'workgroup' or 'lanes', got "rows"/.test(e.message),
-          e.message,
-        ),
-    );
-  }));
 
 test('layernorm rejects mismatched shapes with the actual values', () =>
   withDevice(async ({ ctx, owned }) => {
-    const k = await LayerNormKernel.create(ctx, 'workgroup');
+    const k = await LayerNormKernel.create(ctx);
     const x = poisoned(owned, [2, 8]);
     assert.throws(
       () =>

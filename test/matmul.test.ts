@@ -44,8 +44,8 @@ function subgroupLanes(ctx: GpuContext): Array<4 | 8> {
 
 /**
  * The kernels to run a layout through, whatever the adapter: 'kn' takes gemv_kn (K split across
- * workgroups, + reduce), gemv_kn_red (inside them), gemv_kn_cols with and without its 8-row blocks
- * from 16 rows, and gemm_kn_sg (from 8 rows) at every lane count the device runs; 'nk' gemv_nk.
+ * workgroups, + reduce), gemv_kn_red (inside them), gemv_kn_cols, and gemm_kn_sg (from 8 rows) at
+ * every lane count the device runs; 'nk' gemv_nk.
  */
 async function kernelsFor(ctx: GpuContext, layout: WeightLayout): Promise<MatmulKernel[]> {
   if (layout === 'nk') return [await kernel(ctx)];
@@ -53,7 +53,6 @@ async function kernelsFor(ctx: GpuContext, layout: WeightLayout): Promise<Matmul
     await kernel(ctx, { splitK: 'split' }),
     await kernel(ctx),
     await kernel(ctx, {}, COLS),
-    await kernel(ctx, { colsLarge: false }, COLS),
     ...(await Promise.all(subgroupLanes(ctx).map((l) => kernel(ctx, { subgroupLanes: l }, COLS)))),
   ];
 }
@@ -68,8 +67,7 @@ function nkGroups(M: number, n: number): [number, number] {
  * check which one ran): gemv_kn 64 threads of 1 word, blocks of 8 rows; gemv_kn_red 4 column
  * threads of 1 word (x 64 K groups), blocks of 8 rows; gemm_kn_sg (8+ rows, K % 4 == 0, no split)
  * 4 or 8 lanes of 1 word, blocks of 8 (M < 16) or 16 rows; gemv_kn_cols 8 threads of 8 f32 / 4 f16
- * words (M = 1), of 4 / 2 words for blocks of 4 rows (M > 1), of 2 / 1 for blocks of 8 (colsLarge,
- * M >= 16).
+ * words (M = 1), of 4 / 2 words for blocks of 4 rows (M > 1).
  */
 function knGroups(
   k: MatmulKernel,
@@ -83,19 +81,14 @@ function knGroups(
   const p = k.profile;
   if (p.gemv === 'threads') return [Math.ceil(words / (p.splitK === 'workgroup' ? 4 : 64)), Math.ceil(M / 8)];
   if (k.takesSubgroups(M, K, splitK)) return [Math.ceil(words / p.subgroupLanes), Math.ceil(M / (M >= 16 ? 16 : 8))];
-  const t =
-    M === 1
-      ? { rows: 1, f32: 8, f16: 4 }
-      : p.colsLarge && M >= 16
-        ? { rows: 8, f32: 2, f16: 1 }
-        : { rows: 4, f32: 4, f16: 2 };
+  const t = M === 1 ? { rows: 1, f32: 8, f16: 4 } : { rows: 4, f32: 4, f16: 2 };
   return [Math.ceil(Math.ceil(words / t[dtype]) / 8), Math.ceil(M / t.rows)];
 }
 
 /** A kernel's choices, for messages. */
 function what(k: MatmulKernel): string {
   const p = k.profile;
-  return p.gemv === 'threads' ? `threads ${p.splitK}` : `cols${p.colsLarge ? ' large' : ''} sg ${p.subgroupLanes}`;
+  return p.gemv === 'threads' ? `threads ${p.splitK}` : `cols sg ${p.subgroupLanes}`;
 }
 
 function name(c: Case): string {
@@ -158,8 +151,8 @@ for (const c of [
   { M: 9, K: 72, N: 130, layout: 'nk', dtype: 'f16', bias: true, gelu: true },
   { M: 37, K: 40, N: 66, layout: 'nk', dtype: 'f32', bias: true, acc: true },
   { M: 3, K: 256, N: 203, layout: 'nk', dtype: 'f16', bias: true, splitK: 3 },
-  // M > 1 kn with aligned rows (gemv_kn_cols with blocks of 4 rows x 4 f32 / 2 f16 words, 8 rows
-  // x 2 / 1 from 16 rows): N not a multiple of the columns per thread, M not a multiple of the rows per thread
+  // M > 1 kn with aligned rows (gemv_kn_cols with blocks of 4 rows x 4 f32 / 2 f16 words): N not
+  // a multiple of the columns per thread, M not a multiple of the rows per thread
   { M: 2, K: 40, N: 36, layout: 'kn', dtype: 'f32', bias: true, acc: true },
   { M: 3, K: 67, N: 200, layout: 'kn', dtype: 'f32', bias: true, gelu: true },
   { M: 5, K: 67, N: 40, layout: 'kn', dtype: 'f16', bias: true, gelu: true },
@@ -693,7 +686,7 @@ test('transposed chunked nk weight (the CPU LM head): f32 and f16, M 1 / 3 / 37,
   withDevice(async ({ ctx, owned }) => {
     const N = 1003;
     const K = 40;
-    const kernels = [await kernel(ctx, { panel: 128 }, COLS), await kernel(ctx, { panel: 96, colsLarge: false }, COLS)];
+    const kernels = [await kernel(ctx, { panel: 128 }, COLS), await kernel(ctx, { panel: 96 }, COLS)];
     for (const [dtype, M, bias] of [
       ['f32', 1, true],
       ['f16', 1, false],

@@ -32,8 +32,8 @@ const CASES: Array<[string, PartialProfile]> = [
 const EXPECT: Record<string, { matmul13: string; attention70: string; decode: string }> = {
   gpu: { matmul13: 'gemm', attention70: 'tiled', decode: 'wide' },
   cpu: { matmul13: 'cols', attention70: 'blocks', decode: 'lanes' },
-  'cpu-subgroups': { matmul13: 'subgroups', attention70: 'subgroup', decode: 'subgroup' },
-  swiftshader: { matmul13: 'subgroups', attention70: 'subgroup', decode: 'subgroup' },
+  'cpu-subgroups': { matmul13: 'subgroups', attention70: 'subgroup', decode: 'lanes' },
+  swiftshader: { matmul13: 'subgroups', attention70: 'subgroup', decode: 'lanes' },
 };
 
 // Odd widths (C 33, head size 11: no vec4 loads, the workgroup attention and the 'threads' GEMV on
@@ -210,7 +210,7 @@ test("partial profiles: merged field by field over the adapter's or a named one,
       { attention: { prompt: 'flash' } },
       /profile\.attention\.prompt must be 'tiled', 'pairs', 'blocks', 'subgroup' or 'query', got "flash"/,
     ],
-    [{ layernorm: 'rows' }, /profile\.layernorm must be 'workgroup' or 'lanes', got "rows"/],
+    [{ layernorm: 'lanes' }, /profile: unknown field "layernorm"/],
     [{ pipelineDepth: 0 }, /profile\.pipelineDepth must be an integer in \[1, 16\], got 0/],
     [{ promptBuckets: 'yes' }, /profile\.promptBuckets must be a boolean, got "yes"/],
     [[], /profile must be an object of profile fields, got \[\]/],
@@ -224,8 +224,8 @@ test("partial profiles: merged field by field over the adapter's or a named one,
   }
   // the engine checks the profile before it uploads anything, naming the option
   await rejects(
-    async () => (await engine()).loadModel('random:gpt2', { experimental: { profile: { layernorm: 'x' as never } } }),
-    (e) => e instanceof InvalidOptionError && /^experimental\.profile\.layernorm must be/.test(e.message),
+    async () => (await engine()).loadModel('random:gpt2', { experimental: { profile: { pipelineDepth: 17 } } }),
+    (e) => e instanceof InvalidOptionError && /^experimental\.profile\.pipelineDepth must be/.test(e.message),
   );
 });
 

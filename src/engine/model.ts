@@ -379,7 +379,7 @@ export class GPT2Model implements CacheOwner {
   /** Builds every kernel's pipelines once for this model: the ones `profile` names (see kernels/profile.ts). */
   static async buildKernels(ctx: GpuContext, cfg: GPT2Config, profile: DeviceProfile): Promise<Kernels> {
     // The matmul kernel shares the model's layernorm kernel; the others need not wait for it.
-    const layernormP = LayerNormKernel.create(ctx, profile.layernorm);
+    const layernormP = LayerNormKernel.create(ctx);
     const [layernorm, matmul, embedding, attention, kvWrite, kvGather, gatherRows, sampler, beam] = await Promise.all([
       layernormP,
       layernormP.then((layernorm) => MatmulKernel.create(ctx, profile.matmul, layernorm)),
@@ -477,7 +477,7 @@ export class GPT2Model implements CacheOwner {
     return this.kernels.attention.variantFor(T, { scratch: true });
   }
 
-  /** The attention kernel of decode steps ('wide', 'subgroup', 'lanes', 'query'): for reports. */
+  /** The attention kernel of decode steps ('wide', 'lanes', 'query'): for reports. */
   decodeAttention(): string {
     return this.kernels.attention.decode;
   }

@@ -5,8 +5,8 @@
  * Layout (see ARCHITECTURE.md): matrices (wte, wpe, the Conv1D weights [in, out]) in the chosen
  * dtype, f16 packed in pairs along the last dimension; biases and layer-norm parameters always f32.
  * wte is split by rows into a ChunkedTensor so each chunk binding fits maxStorageBufferBindingSize
- * (gpt2's 50257 x 768 f32 is 154 MB; lavapipe and browsers allow 128 MiB); with `knPanel` (CPU
- * adapters) each chunk is stored transposed in column panels, what the LM head reads fastest
+ * (gpt2's 50257 x 768 f32 is 154 MB; lavapipe and browsers allow 128 MiB); with `knPanel` (the CPU
+ * profiles) each chunk is stored transposed in column panels, what the LM head reads fastest
  * there. Every other tensor must fit one binding; this is checked for the whole model before the
  * first buffer is made.
  *
@@ -69,7 +69,7 @@ export interface UploadOptions {
   /**
    * Store the Conv1D matrices (c_attn, c_proj, c_fc: [in, out]) in column panels of this many
    * columns (GpuTensor.panel, packPanels), the layout the matmul kernel reads fastest on CPU
-   * adapters (MatmulKernel.knPanel); only those whose rows are 16-byte aligned (alignedRows), the
+   * adapters (the device profile's matmul.panel); only those whose rows are 16-byte aligned (alignedRows), the
    * others stay plain. wte, the tied LM head, is then stored transposed in panels too
    * (ChunkedTensor.transposed): the LM head reads it as a [C, V] 'kn' weight. Default 0: plain
    * row-major everywhere.

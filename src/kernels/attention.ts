@@ -38,26 +38,24 @@ export const ATTENTION_MAX_HEAD_DIM = 256;
  *               (long prompts on CPU adapters without subgroups), then decode_lanes for the rest;
  *   'tiled'     tiled_vec4: 8 consecutive tokens of a row per workgroup sharing K/V loads through
  *               workgroup memory (prompts on GPUs; D % 4 == 0, D <= 64), then 'query' for the rest;
- *   'subgroup'  a subgroup per query (decode_sg: decode steps, single tokens) or per block of
- *               `subgroupLanes` tokens (prefill_sg), sharing K/V words and summing with subgroupAdd.
+ *   'subgroup'  prefill_sg: a subgroup per block of `subgroupLanes` tokens of a row, sharing K/V
+ *               words and summing with subgroupAdd (prompts on CPU adapters with subgroups).
  * 'lanes', 'pairs', 'blocks' and 'subgroup' need D % 4 == 0, D <= ATTENTION_MAX_HEAD_DIM.
  */
 export type AttentionVariant = 'query' | 'wide' | 'lanes' | 'pairs' | 'blocks' | 'tiled' | 'subgroup';
 
 /** The device profile's attention choices. */
 export interface AttentionProfile {
-  /** Decode steps (one token per row, writing its own K/V): 'wide', 'lanes', 'subgroup' or 'query'. */
-  decode: 'wide' | 'lanes' | 'subgroup' | 'query';
+  /** Decode steps (one token per row, writing its own K/V): 'wide', 'lanes' or 'query'. */
+  decode: 'wide' | 'lanes' | 'query';
   /**
    * Prompt steps (runs of tokens of a row): 'tiled' (from TILED_MIN_T tokens, 'query' below),
    * 'blocks' (from BLOCKS_MIN_T tokens given a scratch, 'pairs' below), 'pairs' (one token:
-   * 'lanes'), 'subgroup' or 'query'.
+   * 'lanes'), 'subgroup' (one token: 'lanes') or 'query'.
    */
   prompt: 'tiled' | 'pairs' | 'blocks' | 'subgroup' | 'query';
   /** 'wide': threads per workgroup, a power of two in [32, 256]. */
   decodeWg: number;
-  /** 'lanes': invocations per decode_lanes workgroup, a power of two in [1, 64]. */
-  decodeLanes: number;
   /** 'subgroup' prompts: invocations of prefill_sg = its queries per workgroup, 4 or 8, at most the device's subgroup size. */
   subgroupLanes: number;
 }
@@ -85,12 +83,12 @@ export interface AttentionArgs {
    * The kernel copies each token's key and value (qkv cols [C, 3C)) to its cache slot itself before
    * attending, so no kv_write dispatch is needed. Only for steps whose tokens are all in different
    * rows (decode: then a token's workgroups are the only ones touching its row); only with the
-   * one-query kernels ('query', 'wide', 'lanes', 'subgroup').
+   * one-query kernels ('query', 'wide', 'lanes').
    */
   writeKv?: boolean;
 }
 
-const ONE_QUERY: ReadonlySet<AttentionVariant> = new Set(['query', 'wide', 'lanes', 'subgroup']);
+const ONE_QUERY: ReadonlySet<AttentionVariant> = new Set(['query', 'wide', 'lanes']);
 
 /** Tokens per block of variant 'blocks' (QB in the shader); chunks start at multiples of it. */
 const BLOCK_TOKENS = 8;
@@ -106,10 +104,8 @@ export const TILED_MIN_T = 16;
 const TILE_TOKENS = 8;
 /** Threads per workgroup of 'query' (a power of two for the tree max; one warp / SIMD group on most GPUs). */
 const QUERY_WG = 32;
-/** prefill_lanes invocations (token pair, head) per workgroup, and of the decode_lanes pass after it (LANES). */
-const PAIR_LANES = 8;
-/** Invocations per (token, head) of decode_sg (SGA in attention_subgroups.wgsl); 'subgroup' needs device subgroups of at least this. */
-export const SG_LANES = 4;
+/** Invocations per workgroup (LANES) of decode_lanes ('lanes', and the pass after 'pairs' / 'blocks') and prefill_lanes. */
+const LANES = 8;
 
 /** Whether the one-invocation and subgroup kernels run head size D (their head loops are unrolled to D / 4). */
 export function lanesFit(D: number): boolean {
@@ -128,19 +124,16 @@ export function fitTo(p: AttentionProfile, D: number): Pick<AttentionProfile, 'd
 export function checkAttentionProfile(ctx: GpuContext, p: AttentionProfile, where = 'attention'): void {
   const bad = (field: string, what: string, got: unknown) =>
     new InvalidOptionError(`${where}.${field} must be ${what}, got ${JSON.stringify(got)}`);
-  if (!['wide', 'lanes', 'subgroup', 'query'].includes(p.decode))
-    throw bad('decode', "'wide', 'lanes', 'subgroup' or 'query'", p.decode);
+  if (!['wide', 'lanes', 'query'].includes(p.decode)) throw bad('decode', "'wide', 'lanes' or 'query'", p.decode);
   if (!['tiled', 'pairs', 'blocks', 'subgroup', 'query'].includes(p.prompt))
     throw bad('prompt', "'tiled', 'pairs', 'blocks', 'subgroup' or 'query'", p.prompt);
   if (!isPowerOfTwoIn(p.decodeWg, 32, 256)) throw bad('decodeWg', 'a power of two in [32, 256]', p.decodeWg);
-  if (!isPowerOfTwoIn(p.decodeLanes, 1, 64)) throw bad('decodeLanes', 'a power of two in [1, 64]', p.decodeLanes);
   if (p.subgroupLanes !== 4 && p.subgroupLanes !== 8) throw bad('subgroupLanes', '4 or 8', p.subgroupLanes);
   const size = ctx.features.subgroupSize;
-  const needs = Math.max(p.decode === 'subgroup' ? SG_LANES : 0, p.prompt === 'subgroup' ? p.subgroupLanes : 0);
-  // A workgroup of SG_LANES (or subgroupLanes) invocations must be one subgroup: subgroupAdd sums the subgroup.
-  if (needs && !(ctx.features.subgroups && size !== null && size >= needs)) {
+  // A workgroup of subgroupLanes invocations must be one subgroup: subgroupAdd sums the subgroup.
+  if (p.prompt === 'subgroup' && !(ctx.features.subgroups && size !== null && size >= p.subgroupLanes)) {
     throw new InvalidOptionError(
-      `${where}: 'subgroup' (decode ${p.decode}, prompt ${p.prompt}) needs the 'subgroups' feature with a single subgroup size of at least ${needs}; here subgroups ${ctx.features.subgroups}, subgroup size ${size ?? 'not a single size'}. Use 'lanes' / 'blocks' (CPU adapters) or 'wide' / 'tiled'`,
+      `${where}.prompt 'subgroup' needs the 'subgroups' feature with a single subgroup size of at least subgroupLanes ${p.subgroupLanes}; here subgroups ${ctx.features.subgroups}, subgroup size ${size ?? 'not a single size'}. Use 'blocks' or 'pairs' (CPU adapters) or 'tiled'`,
     );
   }
 }
@@ -153,19 +146,7 @@ export interface AttentionOptions extends AttentionProfile {
 }
 
 /** The pipelines a kernel may hold, by the role they play. */
-type Role =
-  | 'query'
-  | 'wide'
-  | 'lanes'
-  | 'rest'
-  | 'pairs'
-  | 'tiled'
-  | 'qt'
-  | 'scores'
-  | 'softmax'
-  | 'pv'
-  | 'sgDecode'
-  | 'sgPrompt';
+type Role = 'query' | 'wide' | 'lanes' | 'pairs' | 'tiled' | 'qt' | 'scores' | 'softmax' | 'pv' | 'sgPrompt';
 
 /** What a variant's dispatches need, besides the step. */
 interface Step {
@@ -186,8 +167,6 @@ export class AttentionKernel {
     readonly decode: AttentionProfile['decode'],
     readonly prompt: AttentionProfile['prompt'],
     private readonly pipes: Partial<Record<Role, GPUComputePipeline>>,
-    /** Invocations per workgroup of decode_lanes ('lanes'). */
-    private readonly decodeLanes: number,
     /** prefill_sg's queries per workgroup (QS). */
     readonly sgQueries: number,
     /** AttentionOptions.blocksScratchBytes. */
@@ -208,38 +187,35 @@ export class AttentionKernel {
       );
     }
     const { decode, prompt } = fitTo(opts, D);
-    const roles = new Set<Role>([decode === 'subgroup' ? 'sgDecode' : decode]);
+    const roles = new Set<Role>([decode]);
     if (prompt === 'tiled') roles.add('tiled').add('query');
-    else if (prompt === 'pairs') roles.add('pairs').add('rest');
-    else if (prompt === 'blocks') roles.add('qt').add('scores').add('softmax').add('pv').add('pairs').add('rest');
-    else if (prompt === 'subgroup') roles.add('sgPrompt').add('sgDecode');
+    else if (prompt === 'pairs') roles.add('pairs').add('lanes');
+    else if (prompt === 'blocks') roles.add('qt').add('scores').add('softmax').add('pv').add('pairs').add('lanes');
+    else if (prompt === 'subgroup') roles.add('sgPrompt').add('lanes');
     else roles.add('query');
     const specs = AttentionKernel.specs(D, opts);
     const list = [...roles];
     const built = await Promise.all(list.map((r) => ctx.pipeline(...specs[r])));
     const pipes = Object.fromEntries(list.map((r, i) => [r, built[i]!]));
     const sgQueries = opts.subgroupLanes;
-    return new AttentionKernel(ctx, D, decode, prompt, pipes, opts.decodeLanes, sgQueries, blocksScratchBytes);
+    return new AttentionKernel(ctx, D, decode, prompt, pipes, sgQueries, blocksScratchBytes);
   }
 
   /** Module, entry point and override constants of each role's pipeline at head size D. */
   private static specs(D: number, p: AttentionProfile): Record<Role, [string, string, Record<string, number>]> {
     const HD4 = D / 4;
-    const sg = 'attention+attention_subgroups';
     return {
       query: ['attention', D % 4 === 0 ? 'main_vec4' : 'main', { WG: QUERY_WG }],
       wide: ['attention', 'main_vec4', { WG: p.decodeWg }],
-      lanes: ['attention', 'decode_lanes', { HD4, LANES: p.decodeLanes }],
-      rest: ['attention', 'decode_lanes', { HD4, LANES: PAIR_LANES }],
-      pairs: ['attention+attention_prompt', 'prefill_lanes', { HD4, LANES: PAIR_LANES }],
+      lanes: ['attention', 'decode_lanes', { HD4, LANES }],
+      pairs: ['attention+attention_prompt', 'prefill_lanes', { HD4, LANES: LANES }],
       tiled: ['attention+attention_prompt', 'tiled_vec4', { WG: QUERY_WG }],
       qt: ['attention+attention_prompt', 'att_qt', { LANES: BLOCK_LANES }],
       scores: ['attention+attention_prompt', 'att_scores', {}],
       softmax: ['attention+attention_prompt', 'att_softmax', { LANES: BLOCK_LANES }],
       pv: ['attention+attention_prompt', 'att_pv', {}],
-      sgDecode: [sg, 'decode_sg', { HD4, SGA: SG_LANES, WPL: Math.ceil(HD4 / SG_LANES) }],
       sgPrompt: [
-        sg,
+        'attention+attention_subgroups',
         'prefill_sg',
         { HD4, SGA: p.subgroupLanes, WPL: Math.ceil(HD4 / p.subgroupLanes), QS: p.subgroupLanes },
       ],
@@ -276,6 +252,8 @@ export class AttentionKernel {
         return T >= 2 ? 'pairs' : 'lanes';
       case 'pairs':
         return T >= 2 ? 'pairs' : 'lanes';
+      case 'subgroup':
+        return T >= 2 ? 'subgroup' : 'lanes';
       default:
         return this.prompt;
     }
@@ -291,11 +269,11 @@ export class AttentionKernel {
     const has: Record<AttentionVariant, boolean> = {
       query: !!this.pipes.query,
       wide: !!this.pipes.wide,
-      lanes: !!(this.pipes.lanes ?? this.pipes.rest),
+      lanes: !!this.pipes.lanes,
       pairs: !!this.pipes.pairs,
       blocks: !!this.pipes.scores,
       tiled: !!this.pipes.tiled,
-      subgroup: !!this.pipes.sgDecode,
+      subgroup: !!this.pipes.sgPrompt,
     };
     if (!Object.hasOwn(has, v))
       throw new ShapeError(`${label}: variant must be one of ${Object.keys(has).join(', ')}, got ${String(v)}`);
@@ -332,21 +310,18 @@ export class AttentionKernel {
       case 'blocks':
         return this.bindBlocks(owner, a, s, label);
       case 'pairs':
-        // PAIR_LANES (token pair, head) invocations per workgroup: index * PAIR_LANES + lane = pair * nHead + head;
+        // LANES (token pair, head) invocations per workgroup: index * LANES + lane = pair * nHead + head;
         // then decode_lanes does the tokens of pairs that could not share (and skips all others).
         return [
-          one('pairs', `${label}.pairs`, Math.ceil((Math.ceil(T / 2) * nHead) / PAIR_LANES)),
-          one('rest', `${label}.rest`, Math.ceil((T * nHead) / PAIR_LANES), { pairs: 1 }),
+          one('pairs', `${label}.pairs`, Math.ceil((Math.ceil(T / 2) * nHead) / LANES)),
+          one('lanes', `${label}.rest`, Math.ceil((T * nHead) / LANES), { pairs: 1 }),
         ];
       case 'subgroup':
-        // decode steps and single tokens: one workgroup (one subgroup) per (token, head), index =
-        // token * nHead + head; prompts: one per (block of sgQueries tokens, head).
-        if (a.writeKv || T === 1) return [one('sgDecode', label, T * nHead)];
+        // one workgroup (one subgroup) per (block of sgQueries tokens, head)
         return [one('sgPrompt', `${label}.sg`, Math.ceil(T / this.sgQueries) * nHead)];
       case 'lanes': {
-        // decode_lanes: (lanes per workgroup) (token, head) pairs per workgroup: workgroup index * lanes + lane = token * nHead + head.
-        const lanes = this.pipes.lanes ? this.decodeLanes : PAIR_LANES;
-        return [one(this.pipes.lanes ? 'lanes' : 'rest', label, Math.ceil((T * nHead) / lanes))];
+        // LANES (token, head) pairs per workgroup: workgroup index * LANES + lane = token * nHead + head.
+        return [one('lanes', label, Math.ceil((T * nHead) / LANES))];
       }
       default:
         return [one(v, label, T * nHead)]; // 'query', 'wide': a workgroup per (token, head)
@@ -491,15 +466,9 @@ export class AttentionKernel {
     }
     // decode_lanes for the tokens of blocks that do not qualify (it skips all others)
     d.push(
-      this.dispatch(
-        owner,
-        s,
-        p.rest!,
-        `${label}.rest`,
-        Math.ceil((T * nHead) / PAIR_LANES),
-        AttentionKernel.inputs(a),
-        { pairs: 2 },
-      ),
+      this.dispatch(owner, s, p.lanes!, `${label}.rest`, Math.ceil((T * nHead) / LANES), AttentionKernel.inputs(a), {
+        pairs: 2,
+      }),
     );
     return d;
   }

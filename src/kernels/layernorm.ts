@@ -1,12 +1,11 @@
 /**
- * Layer norm kernel family (shaders/layernorm.wgsl): y = LN(x) * gamma + beta over rows of [rows, C].
- * Two variants, the device profile's choice (LayerNormVariant): one workgroup per row ('workgroup',
- * `main`: the row's sums reduced in workgroup memory, GPUs), or one invocation per row, 8 rows per
- * workgroup ('lanes', `rows_lanes`: no barriers, which CPU adapters run as coroutines). eps comes
- * from the model config (layer_norm_epsilon).
+ * Layer norm kernel family (shaders/layernorm.wgsl): y = LN(x) * gamma + beta over rows of [rows, C],
+ * one workgroup per row (the row's sums reduced in workgroup memory). Every device profile runs
+ * it where the matmul does not fuse the layer norm into its GEMV prologue. eps comes from the
+ * model config (layer_norm_epsilon).
  */
 import type { GpuContext } from '../gpu/device.js';
-import { InvalidOptionError, ShapeError } from '../errors.js';
+import { ShapeError } from '../errors.js';
 import { binding, Dispatch, expectTensor, f32bits, GpuTensor, Owned } from '../gpu/common.js';
 import { grid } from './elementwise.js';
 
@@ -18,38 +17,18 @@ export interface LayerNormArgs {
   eps: number;
 }
 
-/** 'workgroup': one workgroup per row (`main`); 'lanes': one invocation per row (`rows_lanes`). */
-export type LayerNormVariant = 'workgroup' | 'lanes';
-
-/** Rows per workgroup of rows_lanes (LANES in the shader). */
-const ROW_LANES = 8;
-
 export class LayerNormKernel {
   private constructor(
     private readonly ctx: GpuContext,
     private readonly pipeline: GPUComputePipeline,
-    /** Threads per workgroup of `main` (one workgroup per row), or rows per workgroup of `rows_lanes`. */
+    /** Threads per workgroup (one workgroup per row). */
     readonly wg: number,
-    /** Whether rows take one invocation each (rows_lanes). */
-    readonly lanes: boolean,
   ) {}
 
-  static async create(ctx: GpuContext, variant: LayerNormVariant): Promise<LayerNormKernel> {
-    if (variant === 'lanes') {
-      return new LayerNormKernel(
-        ctx,
-        await ctx.pipeline('layernorm', 'rows_lanes', { LANES: ROW_LANES }),
-        ROW_LANES,
-        true,
-      );
-    }
-    if (variant !== 'workgroup')
-      throw new InvalidOptionError(
-        `LayerNormKernel: variant must be 'workgroup' or 'lanes', got ${JSON.stringify(variant)}`,
-      );
+  static async create(ctx: GpuContext): Promise<LayerNormKernel> {
     // 256 threads fits every adapter's default limit; smaller widths waste little on GPT-2's C >= 64.
     const wg = Math.min(256, ctx.limits.maxComputeInvocationsPerWorkgroup);
-    return new LayerNormKernel(ctx, await ctx.pipeline('layernorm', 'main', { WG: wg }), wg, false);
+    return new LayerNormKernel(ctx, await ctx.pipeline('layernorm', 'main', { WG: wg }), wg);
   }
 
   bind(owner: Owned, a: LayerNormArgs, label = 'layernorm'): Dispatch {
@@ -61,8 +40,8 @@ export class LayerNormKernel {
     expectTensor(`${label} beta`, a.beta, [C], ['f32']);
     expectTensor(`${label} y`, a.y, [rows, C], ['f32']);
     if (!(a.eps > 0)) throw new ShapeError(`${label}: eps must be > 0, got ${a.eps}`);
-    // Workgroups: one per row (main) or per ROW_LANES rows (rows_lanes), wrapped into y past the limit.
-    const [gx, gy] = grid(this.ctx, label, this.lanes ? Math.ceil(rows / ROW_LANES) : rows);
+    // Workgroups: one per row, wrapped into y past the limit.
+    const [gx, gy] = grid(this.ctx, label, rows);
     const params = owner.uniform(`${label}.params`, [rows, C, f32bits(a.eps), gx]);
     const bindGroup = this.ctx.device.createBindGroup({
       label,

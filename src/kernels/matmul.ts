@@ -58,8 +58,6 @@ export interface MatmulProfile {
   gemvMaxM: number | null;
   /** The tiled GEMM's shape (built only where gemvMaxM is not null). */
   gemmTile: GemmTile;
-  /** 'cols' only: gemv_kn_cols takes blocks of 8 rows of x from COLS_LARGE_FROM rows on (a third pipeline). */
-  colsLarge: boolean;
   /**
    * 'cols' only: lanes of gemm_kn_sg (4 or 8, at most the device's single subgroup size of 4 or
    * 8), which takes 'kn' matmuls of SG_FROM+ rows; 0: none (gemv_kn_cols at every M).
@@ -95,14 +93,12 @@ const WG_REDUCE = 256;
  * gemv_kn_cols threads per workgroup (one 8-wide SIMD vector on lavapipe; small groups spread
  * narrow N over the cores) and its tiles: 16-byte W words per thread (KNV) at M = 1 (32 columns),
  * and for blocks of `rows` rows of x (KNM) at M > 1, with rows x words (f16: x 2) <= 16 vec4
- * accumulators; COLS_LARGE from COLS_LARGE_FROM rows where the profile takes it.
+ * accumulators.
  */
 const WG_COLS = 8;
 type ColsTile = { rows: number; f32: number; f16: number };
 const COLS_ONE: ColsTile = { rows: 1, f32: 8, f16: 4 };
 const COLS_BLOCK: ColsTile = { rows: 4, f32: 4, f16: 2 };
-const COLS_LARGE: ColsTile = { rows: 8, f32: 2, f16: 1 };
-export const COLS_LARGE_FROM = 16;
 /** gemm_kn_sg: the smallest M that takes it, and from which M its workgroups take 16 rows of x instead of 8 (SGR). */
 export const SG_FROM = 8;
 const SG16_FROM = 16;
@@ -171,7 +167,6 @@ function pipelineSpecs(p: MatmulProfile): Spec[] {
         ['one', COLS_ONE],
         ['block', COLS_BLOCK],
       ];
-      if (p.colsLarge) tiles.push(['large', COLS_LARGE]);
       for (const [shape, t] of tiles) {
         const c = { W_F16: f16, VEC: 1, WG: WG_COLS, KNV: f16 ? t.f16 : t.f32, KNM: t.rows };
         specs.push([`gemv_kn_cols:${f16}:${shape}`, 'gemv_kn_cols', c]);
@@ -223,7 +218,6 @@ export function checkMatmulProfile(ctx: GpuContext, p: MatmulProfile, where = 'm
   if (p.gemv !== 'threads' && p.gemv !== 'cols') throw bad('gemv', "'threads' or 'cols'", p.gemv);
   if (p.splitK !== 'workgroup' && p.splitK !== 'split') throw bad('splitK', "'workgroup' or 'split'", p.splitK);
   if (typeof p.fuseLn !== 'boolean') throw bad('fuseLn', 'a boolean', p.fuseLn);
-  if (typeof p.colsLarge !== 'boolean') throw bad('colsLarge', 'a boolean', p.colsLarge);
   if (p.gemvMaxM !== null && !(Number.isInteger(p.gemvMaxM) && p.gemvMaxM >= 0))
     throw bad('gemvMaxM', 'null (the GEMV at every M) or an integer >= 0', p.gemvMaxM);
   const tile = p.gemmTile as Partial<GemmTile> | undefined;
@@ -270,14 +264,13 @@ export class MatmulKernel {
 
   /**
    * Builds the pipelines `profile` names (checked first; see checkMatmulProfile). `layernorm`
-   * serves the `ln` arguments it does not fuse (a model shares its own); default: one of its own
-   * with one workgroup per row.
+   * serves the `ln` arguments it does not fuse (a model shares its own); default: one of its own.
    */
   static async create(ctx: GpuContext, profile: MatmulProfile, layernorm?: LayerNormKernel): Promise<MatmulKernel> {
     checkMatmulProfile(ctx, profile);
     const specs = pipelineSpecs(profile);
     const [ln, ...built] = (await Promise.all([
-      layernorm ?? LayerNormKernel.create(ctx, 'workgroup'),
+      layernorm ?? LayerNormKernel.create(ctx),
       ...specs.map(([, entry, c]) => ctx.pipeline(MODULE[entry], entry, c)),
     ])) as [LayerNormKernel, ...GPUComputePipeline[]];
     const pipelines = new Map(specs.map(([key], i) => [key, built[i]!]));
@@ -398,9 +391,7 @@ export class MatmulKernel {
           groupsX: (n) => Math.ceil(words(n) / lanes),
         };
       }
-      const large = this.profile.colsLarge && M >= COLS_LARGE_FROM;
-      const [shape, t]: [string, ColsTile] =
-        M === 1 ? ['one', COLS_ONE] : large ? ['large', COLS_LARGE] : ['block', COLS_BLOCK];
+      const [shape, t]: [string, ColsTile] = M === 1 ? ['one', COLS_ONE] : ['block', COLS_BLOCK];
       const knv = f16 ? t.f16 : t.f32;
       if (panel !== undefined && panel % (per * knv) !== 0)
         throw new ShapeError(

@@ -24,12 +24,14 @@
  *             one x load feeds several W loads; a tile through workgroup memory costs a per-lane
  *             load per element there), weights in 256-column panels so a workgroup streams one
  *             contiguous block; with subgroups, gemm_kn_sg from 8 rows (x shared by broadcast).
- *   layernorm GPUs: a workgroup per row; CPU adapters: an invocation per row (no barriers).
+ *   layernorm a workgroup per row everywhere (no profile field): on GPUs fused into the decode
+ *             GEMV's prologue (matmul.fuseLn); on CPU adapters an invocation per row did not run
+ *             the model measurably faster than the workgroup kernel, so there is one kernel.
  *   attention GPUs: decode in 256-thread workgroups (few (row, head) pairs, each hiding its own
  *             latency), prompts in tiles of 8 tokens through workgroup memory. CPU adapters: an
  *             invocation per (token, head) for decode, token pairs sharing K/V loads for prompts,
- *             long prompts as matrix products ('blocks'); with subgroups, a subgroup per query or
- *             block of queries.
+ *             prompts of 64+ tokens as matrix products ('blocks'); with subgroups, prompts take a
+ *             subgroup per block of 8 (SwiftShader: 4) tokens, which shares each K/V load.
  *   engine    GPUs queue 3 decode steps ahead of the token read-back (the GPU never idles for the
  *             host) and build prompt plans for power-of-two buckets (extra tokens cost next to
  *             nothing); CPU adapters run one step at a time (the host thread needs the cores the
@@ -40,11 +42,9 @@ import type { GpuContext } from '../gpu/device.js';
 import { InvalidOptionError } from '../errors.js';
 import { checkMatmulProfile, GEMM_TILE, GEMV_MAX_M, type MatmulProfile } from './matmul.js';
 import { checkAttentionProfile, type AttentionProfile } from './attention.js';
-import type { LayerNormVariant } from './layernorm.js';
 
 export type { MatmulProfile } from './matmul.js';
 export type { AttentionProfile } from './attention.js';
-export type { LayerNormVariant } from './layernorm.js';
 
 export type ProfileName = 'gpu' | 'cpu' | 'cpu-subgroups' | 'swiftshader';
 
@@ -52,7 +52,6 @@ export interface DeviceProfile {
   /** The built-in profile it is, or was derived from (a partial profile merged over it keeps the name). */
   name: ProfileName;
   matmul: MatmulProfile;
-  layernorm: LayerNormVariant;
   attention: AttentionProfile;
   /** Decode steps queued ahead of the token read-back when GenerateOptions.pipelineDepth is not given, 1-16. */
   pipelineDepth: number;
@@ -68,7 +67,6 @@ export interface DeviceProfile {
 export interface PartialProfile {
   name?: ProfileName;
   matmul?: Partial<MatmulProfile>;
-  layernorm?: LayerNormVariant;
   attention?: Partial<AttentionProfile>;
   pipelineDepth?: number;
   promptBuckets?: boolean;
@@ -82,12 +80,10 @@ const CPU: DeviceProfile = {
     fuseLn: false,
     gemvMaxM: null,
     gemmTile: GEMM_TILE,
-    colsLarge: true,
     subgroupLanes: 0,
     panel: 256,
   },
-  layernorm: 'lanes',
-  attention: { decode: 'lanes', prompt: 'blocks', decodeWg: 256, decodeLanes: 2, subgroupLanes: 8 },
+  attention: { decode: 'lanes', prompt: 'blocks', decodeWg: 256, subgroupLanes: 8 },
   pipelineDepth: 1,
   promptBuckets: false,
 };
@@ -96,7 +92,7 @@ const CPU_SUBGROUPS: DeviceProfile = {
   ...CPU,
   name: 'cpu-subgroups',
   matmul: { ...CPU.matmul, subgroupLanes: 8 },
-  attention: { ...CPU.attention, decode: 'subgroup', prompt: 'subgroup', subgroupLanes: 8 },
+  attention: { ...CPU.attention, prompt: 'subgroup', subgroupLanes: 8 },
 };
 
 /** The built-in profiles (frozen: copy before changing). */
@@ -109,12 +105,10 @@ export const PROFILES: Readonly<Record<ProfileName, Readonly<DeviceProfile>>> = 
       fuseLn: true,
       gemvMaxM: GEMV_MAX_M,
       gemmTile: GEMM_TILE,
-      colsLarge: false,
       subgroupLanes: 0,
       panel: 0,
     },
-    layernorm: 'workgroup',
-    attention: { decode: 'wide', prompt: 'tiled', decodeWg: 256, decodeLanes: 2, subgroupLanes: 8 },
+    attention: { decode: 'wide', prompt: 'tiled', decodeWg: 256, subgroupLanes: 8 },
     pipelineDepth: 3,
     promptBuckets: true,
   },
@@ -164,7 +158,6 @@ export function deviceProfile(ctx: GpuContext): DeviceProfile {
 const FIELDS: Record<keyof DeviceProfile, string> = {
   name: `one of ${PROFILE_NAMES.join(', ')}`,
   matmul: 'an object of matmul fields',
-  layernorm: "'workgroup' or 'lanes'",
   attention: 'an object of attention fields',
   pipelineDepth: 'an integer in [1, 16]',
   promptBuckets: 'a boolean',
@@ -191,8 +184,6 @@ export function checkProfile(ctx: GpuContext, p: DeviceProfile, where = 'profile
   checkMatmulProfile(ctx, p.matmul, `${where}.matmul`);
   checkKeys(p.attention, PROFILES.gpu.attention, `${where}.attention`);
   checkAttentionProfile(ctx, p.attention, `${where}.attention`);
-  if (p.layernorm !== 'workgroup' && p.layernorm !== 'lanes')
-    throw new InvalidOptionError(`${where}.layernorm must be ${FIELDS.layernorm}, got ${JSON.stringify(p.layernorm)}`);
   if (!(Number.isInteger(p.pipelineDepth) && p.pipelineDepth >= 1 && p.pipelineDepth <= 16))
     throw new InvalidOptionError(
       `${where}.pipelineDepth must be ${FIELDS.pipelineDepth}, got ${JSON.stringify(p.pipelineDepth)}`,
