@@ -71,10 +71,10 @@ export function writeFlagFile(flag: string, path: string, data: Uint8Array): voi
 }
 
 /** Comma-separated token ids. */
-export function parseIds(s: string): number[] {
+export function parseIds(s: string, flag = 'ids'): number[] {
   const parts = s.split(',').map((p) => p.trim());
   if (parts.some((p) => !/^\d+$/.test(p)))
-    throw new UsageError(`--ids must be comma-separated non-negative integers, got "${s}"`);
+    throw new UsageError(`--${flag} must be comma-separated non-negative integers, got "${s}"`);
   return parts.map(Number);
 }
 

@@ -16,6 +16,35 @@ export const MODEL_FLAGS: Record<string, Flag> = {
   f16: { type: 'boolean', default: false, help: 'store weights as f16 (halves memory traffic; math stays f32)' },
   'weights-seed': { type: 'string', default: '0', help: 'seed of random: weights' },
 };
+/** Hard bans (transformers' semantics), shared by generate and beam. */
+export const BAN_FLAGS: Record<string, Flag> = {
+  'no-repeat-ngram-size': {
+    type: 'string',
+    help: "no n-gram of this size occurs twice in prompt + output (transformers' no_repeat_ngram_size); 0 = off",
+  },
+  'min-new-tokens': { type: 'string', help: 'EOS (and stop token ids) banned until this many new tokens' },
+  'suppress-tokens': { type: 'string', help: 'comma-separated token ids never generated' },
+  'bad-words': {
+    type: 'string',
+    multiple: true,
+    help: 'a comma-separated token-id sequence never generated (give --bad-words more than once for several)',
+  },
+};
+
+/** The ban options of the flags (ids checked against the vocabulary by the engine, before any GPU work). */
+export function bansFrom(
+  v: Values,
+): Pick<SamplingOptions, 'noRepeatNgramSize' | 'minNewTokens' | 'suppressTokens' | 'badWordsIds'> {
+  const o: ReturnType<typeof bansFrom> = {};
+  if (v['no-repeat-ngram-size'] !== undefined)
+    o.noRepeatNgramSize = num(v['no-repeat-ngram-size'], 'no-repeat-ngram-size', { int: true, min: 0 });
+  if (v['min-new-tokens'] !== undefined)
+    o.minNewTokens = num(v['min-new-tokens'], 'min-new-tokens', { int: true, min: 0 });
+  if (v['suppress-tokens'] !== undefined) o.suppressTokens = parseIds(String(v['suppress-tokens']), 'suppress-tokens');
+  if (v['bad-words'] !== undefined) o.badWordsIds = (v['bad-words'] as string[]).map((w) => parseIds(w, 'bad-words'));
+  return o;
+}
+
 export const SAMPLING_FLAGS: Record<string, Flag> = {
   temperature: { type: 'string', default: '1', help: 'softmax temperature; 0 = greedy (argmax, ties -> smallest id)' },
   'top-k': { type: 'string', default: '0', help: 'keep the k most likely tokens (ties at the k-th kept); 0 = off' },
@@ -38,6 +67,7 @@ export const SAMPLING_FLAGS: Record<string, Flag> = {
     help: 'HF repetition penalty (divide positive / multiply negative logits of present tokens); 1 = off',
   },
   seed: { type: 'string', help: 'RNG seed (integer); default: random, reported in the output' },
+  ...BAN_FLAGS,
 };
 export const PROMPT_FLAGS: Record<string, Flag> = {
   prompt: { type: 'string', help: 'prompt text' },
@@ -79,7 +109,7 @@ export function samplingFrom(v: Values): SamplingOptions {
     }
     s[key] = x;
   }
-  return s as SamplingOptions;
+  return { ...(s as SamplingOptions), ...bansFrom(v) };
 }
 
 /** What each load phase is doing, as the progress lines name it. */

@@ -27,6 +27,8 @@ import {
   promptFrom,
   samplingFrom,
   withModel,
+  BAN_FLAGS,
+  bansFrom,
 } from './cli-model.js';
 import type { PartialProfile } from './engine/engine.js';
 import type { GenerateStats } from './engine/generate-options.js';
@@ -102,6 +104,13 @@ const commands: Record<string, Command> = {
         multiple: true,
         help: 'stop when the text contains this string (give --stop more than once for several)',
       },
+      'stop-token-ids': { type: 'string', help: 'comma-separated token ids that end a sequence (finish reason stop)' },
+      'eos-token-id': { type: 'string', help: "comma-separated end-of-sequence ids (default: the model's)" },
+      'exclude-stop': {
+        type: 'boolean',
+        default: false,
+        help: 'leave the stop string or stop token out of the text (OpenAI behaviour)',
+      },
       ...JSON_FLAG,
     },
     async run(v) {
@@ -120,6 +129,10 @@ const commands: Record<string, Command> = {
           stopAtEos: !v['no-stop-at-eos'],
           useCache: !v['no-cache'],
           stopStrings,
+          stopTokenIds:
+            v['stop-token-ids'] === undefined ? undefined : parseIds(String(v['stop-token-ids']), 'stop-token-ids'),
+          eosTokenId: v['eos-token-id'] === undefined ? undefined : parseIds(String(v['eos-token-id']), 'eos-token-id'),
+          includeStopString: !v['exclude-stop'],
           onToken: streamOut ? (ev) => process.stdout.write(ev.text) : undefined,
         });
         if (v.json) {
@@ -272,10 +285,11 @@ const commands: Record<string, Command> = {
       'num-return': { type: 'string', help: '', deprecatedFor: 'num-sequences' },
       'max-new-tokens': { type: 'string', default: '20', help: 'new tokens at most' },
       'length-penalty': { type: 'string', default: '0', help: 'score = logprob / new_tokens^L' },
+      ...BAN_FLAGS,
       'early-stopping': {
         type: 'boolean',
         default: false,
-        help: "HF's early_stopping=True: stop once num-beams hypotheses ended with EOS (default: once num-sequences have, the exercise's rule)",
+        help: "HF's early_stopping=True: stop once num-beams hypotheses ended with EOS (default: once num-sequences have)",
       },
       ...JSON_FLAG,
     },
@@ -291,6 +305,7 @@ const commands: Record<string, Command> = {
         maxNewTokens: num(v['max-new-tokens'], 'max-new-tokens', { int: true, min: 0, max: 100_000 }),
         lengthPenalty: num(v['length-penalty'], 'length-penalty'),
         earlyStopping: Boolean(v['early-stopping']),
+        ...bansFrom(v),
       };
       await withModel(v, async (model) => {
         const res = await model.beamSearch(prompt, opts);

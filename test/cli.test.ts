@@ -210,6 +210,34 @@ test('generate --json on the HF tiny model reproduces greedy48', () => {
   assert.type(j.seed, 'number');
 });
 
+test('generate: --suppress-tokens takes the runner-up, --stop-token-ids ends with "stop", --exclude-stop drops its text', () => {
+  const p = ref.prompts[0]!;
+  const P = p.ids.length;
+  const run = (...extra: string[]) => {
+    const r = cli('generate', '--model', tinyDir(), '--ids', p.ids.join(','), '--temperature', '0', '--json', ...extra);
+    assert.is(r.code, 0, r.err);
+    return JSON.parse(r.out).sequences[0] as { tokens: number[]; text: string; finish_reason: string };
+  };
+  // Banning the greedy first token: the first token is HF's second-best of that step.
+  const [top5] = p.greedy48_step_top5[0]!;
+  assert.is(top5[0], p.greedy48[P]);
+  const banned = run('--max-new-tokens', '1', '--suppress-tokens', `${top5[0]},7`);
+  assert.equal(banned.tokens, [top5[1]]);
+  // A stop token id at greedy step 3: four tokens, finish reason stop; --exclude-stop leaves its text out.
+  const stopId = p.greedy48[P + 3]!;
+  assert.ok(!p.greedy48.slice(P, P + 3).includes(stopId), 'the stop id first occurs at step 3');
+  const kept = run('--max-new-tokens', '10', '--stop-token-ids', String(stopId));
+  assert.equal(kept.tokens, p.greedy48.slice(P, P + 4));
+  assert.is(kept.finish_reason, 'stop');
+  assert.is(kept.text, gpt2Tokenizer.decode(p.greedy48.slice(P, P + 4)));
+  const cut = run('--max-new-tokens', '10', '--stop-token-ids', String(stopId), '--exclude-stop');
+  assert.is(cut.text, gpt2Tokenizer.decode(p.greedy48.slice(P, P + 3)));
+  // Malformed ban lists are usage errors before anything loads.
+  const bad = cli('generate', '--model', join(tmp, 'nope'), '--ids', '1', '--suppress-tokens', '1,x');
+  assert.is(bad.code, 2);
+  assert.match(bad.err, /--suppress-tokens must be comma-separated non-negative integers, got "1,x"/);
+});
+
 test('logits --out writes float32 logits and prints the shape', () => {
   const p = ref.prompts[0]!;
   const out = join(tmp, 'l.f32');
