@@ -288,6 +288,30 @@ if (present || IN_CI) {
           await nodeGreedy(ids80, 8),
           withLog(`greedy tokens after an 80-token prompt on ${adapterName(r.adapter)}`, ex.errors),
         );
+        // GPT2_SCREENSHOT=file.png keeps a picture of the page after a run (for looking at the layout).
+        if (process.env.GPT2_SCREENSHOT)
+          await ex.page.screenshot({ path: process.env.GPT2_SCREENSHOT, fullPage: true });
+        // A failed load names the file and the HTTP status, or the empty field, and clears the last run's figures.
+        const failed = async (model: string) => {
+          await ex.page.evaluate((m) => window.gpt2example.run({ model: m, ids: '1' }).catch(() => undefined), model);
+          return ex.page.evaluate(() => ({
+            error: document.getElementById('result')!.dataset.error ?? '',
+            status: document.getElementById('status')!.textContent ?? '',
+            stats: document.getElementById('stats')!.textContent ?? '',
+          }));
+        };
+        const missing = await failed('/no-such-model/');
+        assert.match(
+          missing.error,
+          /^ModelLoadError: GET http:\/\/127\.0\.0\.1:\d+\/no-such-model\/(config\.json|model\.safetensors) failed: HTTP 404/,
+        );
+        assert.is(missing.status, missing.error, 'the page shows the error');
+        assert.is(missing.stats, '', "a failed run shows no figures (the previous run's are cleared)");
+        const empty = await failed('');
+        assert.match(
+          empty.error,
+          /^ModelLoadError: enter the base URL of a folder holding config\.json and model\.safetensors$/,
+        );
       } finally {
         await ex.close();
       }

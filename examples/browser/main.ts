@@ -34,6 +34,7 @@ const $ = <T extends HTMLElement>(id: string): T => {
 };
 const ui = {
   form: $<HTMLFormElement>('form'),
+  checkpoint: $<HTMLSelectElement>('checkpoint'),
   model: $<HTMLInputElement>('model'),
   files: $<HTMLInputElement>('files'),
   dtype: $<HTMLSelectElement>('dtype'),
@@ -61,6 +62,26 @@ const mb = (n: number): string => (n / 1048576).toFixed(1);
 function setStatus(text: string, isError = false): void {
   ui.status.textContent = text;
   ui.status.classList.toggle('error', isError);
+}
+
+/** A model that could not be loaded: which file or field, and why (the cause keeps the original error). */
+class ModelLoadError extends Error {
+  override name = 'ModelLoadError';
+}
+
+/** "Name: message", then each cause's on its own line: what went wrong and where it started. */
+function describe(e: unknown): string {
+  const lines: string[] = [];
+  for (let c: unknown = e; c instanceof Error && lines.length < 4; c = c.cause)
+    lines.push(`${lines.length ? 'caused by ' : ''}${c.name}: ${c.message}`);
+  return lines.length ? lines.join('\n') : String(e);
+}
+
+/** Shows only the source fields the checkpoint choice needs (a URL field, a file picker). */
+function showSourceFields(): void {
+  document
+    .querySelectorAll<HTMLElement>('[data-for-source]')
+    .forEach((el) => (el.hidden = el.dataset.forSource !== ui.checkpoint.value));
 }
 
 function showProgress(phase: string, loaded: number, total: number): void {
@@ -95,8 +116,17 @@ async function fetchCached(
     onProgress(data.byteLength, data.byteLength);
     return { data, cached: true };
   }
-  const res = await fetch(url);
-  if (!res.ok) throw new Error(`GET ${url} failed: HTTP ${res.status} ${res.statusText}`);
+  let res: Response;
+  try {
+    res = await fetch(url);
+  } catch (e) {
+    // fetch says only "Failed to fetch": offline, a wrong host, or a server without CORS headers.
+    throw new ModelLoadError(
+      `could not download ${url} (offline, a wrong address, or a server that does not allow cross-origin requests)`,
+      { cause: e },
+    );
+  }
+  if (!res.ok) throw new ModelLoadError(`GET ${url} failed: HTTP ${res.status} ${res.statusText}`);
   // Content-Length is the encoded size when the server compresses; then the buffer grows as needed.
   const total = res.headers.get('content-encoding') ? 0 : Number(res.headers.get('content-length') ?? 0);
   let buf = new Uint8Array(total || 1 << 20);
@@ -149,13 +179,31 @@ function engine(): Promise<Engine> {
   return enginePromise;
 }
 
-/** Loads (or reuses) the model the form names: local files win over the URL. */
+/** The files or the base URL the form's checkpoint choice names; ModelLoadError when its field is empty. */
+function chosenSource(): { files: File[] } | { url: string } {
+  const choice = ui.checkpoint.value;
+  if (choice === 'files') {
+    const files = Array.from(ui.files.files ?? []);
+    if (files.length === 0) throw new ModelLoadError('choose config.json and model.safetensors with the Files field');
+    return { files };
+  }
+  const raw = choice === 'url' ? ui.model.value.trim() : choice;
+  if (raw === '') throw new ModelLoadError('enter the base URL of a folder holding config.json and model.safetensors');
+  try {
+    return { url: baseUrl(raw) };
+  } catch (e) {
+    throw new ModelLoadError(`"${raw}" is not a URL`, { cause: e });
+  }
+}
+
+/** Loads (or reuses) the model the form names. */
 async function loadModel(): Promise<{ model: Model; cached: boolean }> {
-  const files = Array.from(ui.files.files ?? []);
+  const chosen = chosenSource();
   const dtype = ui.dtype.value as 'f32' | 'f16';
-  const key = files.length
-    ? `files:${files.map((f) => `${f.name}:${f.size}:${f.lastModified}`).join(',')}:${dtype}`
-    : `url:${baseUrl(ui.model.value || ui.model.placeholder)}:${dtype}`;
+  const key =
+    'files' in chosen
+      ? `files:${chosen.files.map((f) => `${f.name}:${f.size}:${f.lastModified}`).join(',')}:${dtype}`
+      : `url:${chosen.url}:${dtype}`;
   if (loaded?.key === key) return loaded;
   loaded?.model.destroy();
   loaded = null;
@@ -163,10 +211,10 @@ async function loadModel(): Promise<{ model: Model; cached: boolean }> {
   const onProgress = (p: LoadProgress): void => showProgress(p.phase, p.loaded, p.total);
   let source: ModelSource;
   let cached = false;
-  if (files.length) {
-    source = { files };
+  if ('files' in chosen) {
+    source = { files: chosen.files };
   } else {
-    const base = baseUrl(ui.model.value || ui.model.placeholder);
+    const base = chosen.url;
     // Download both files with one progress bar over their combined size.
     const progress = MODEL_FILES.map(() => ({ loaded: 0, total: 0 }));
     const got = await Promise.all(
@@ -185,16 +233,21 @@ async function loadModel(): Promise<{ model: Model; cached: boolean }> {
     source = { config: JSON.parse(new TextDecoder().decode(got[0]!.data)) as object, safetensors: got[1]!.data };
   }
   setStatus('uploading weights to the GPU…');
-  const model = await eng.loadModel(source, { dtype, onProgress });
-  loaded = { key, model, cached };
-  ui.load.classList.remove('active');
-  return loaded;
+  try {
+    const model = await eng.loadModel(source, { dtype, onProgress });
+    loaded = { key, model, cached };
+    return loaded;
+  } finally {
+    ui.load.classList.remove('active');
+  }
 }
 
 const num = (el: HTMLInputElement): number | undefined => (el.value.trim() === '' ? undefined : Number(el.value));
 
 /** Runs one generation with the form's settings; returns the result. */
 async function generate(promptIds: number[] | null): Promise<{ res: GenerateResult; cached: boolean }> {
+  ui.stats.textContent = ''; // a failed run must not show the last run's figures
+  ui.output.textContent = '';
   const { model, cached } = await loadModel();
   const input = promptIds ?? ui.prompt.value;
   const controller = new AbortController();
@@ -249,9 +302,7 @@ ui.form.addEventListener('submit', (ev) => {
   if (running) return;
   ui.run.disabled = true;
   generate(null)
-    .catch((e: Error) =>
-      setStatus(e.name === 'AbortError' ? 'stopped' : `${e.name}: ${e.message}`, e.name !== 'AbortError'),
-    )
+    .catch((e: Error) => setStatus(e.name === 'AbortError' ? 'stopped' : describe(e), e.name !== 'AbortError'))
     .finally(() => (ui.run.disabled = false));
 });
 
@@ -280,7 +331,14 @@ async function runWith(q: URLSearchParams): Promise<ExampleRun> {
     const v = q.get(name);
     if (v !== null) el.value = v;
   };
-  set(ui.model, 'model');
+  const model = q.get('model');
+  if (model !== null) {
+    // A known checkpoint's URL selects it; any other URL goes to the URL field.
+    const known = Array.from(ui.checkpoint.options).some((o) => o.value === model);
+    ui.checkpoint.value = known ? model : 'url';
+    if (!known) ui.model.value = model;
+    showSourceFields();
+  }
   set(ui.prompt, 'prompt');
   set(ui.temperature, 'temperature');
   set(ui.topK, 'top_k');
@@ -304,7 +362,8 @@ async function runWith(q: URLSearchParams): Promise<ExampleRun> {
     ui.result.dataset.done = '1';
     return out;
   } catch (e) {
-    ui.result.dataset.error = `${(e as Error).name}: ${(e as Error).message}`;
+    ui.result.dataset.error = describe(e);
+    setStatus(describe(e), true);
     throw e;
   } finally {
     ui.run.disabled = false;
@@ -326,8 +385,11 @@ async function main(): Promise<void> {
   if (q.has('model')) await runWith(q);
 }
 
+ui.checkpoint.addEventListener('change', showSourceFields);
+showSourceFields();
+
 main().catch((e: Error) => {
-  ui.result.dataset.error = `${e.name}: ${e.message}`;
-  setStatus(`${e.name}: ${e.message}`, true);
+  ui.result.dataset.error = describe(e);
+  setStatus(describe(e), true);
   ui.load.classList.remove('active');
 });
