@@ -67,7 +67,6 @@ export const SAMPLING_FLAGS: Record<string, Flag> = {
     help: 'HF repetition penalty (divide positive / multiply negative logits of present tokens); 1 = off',
   },
   seed: { type: 'string', help: 'RNG seed (integer); default: random, reported in the output' },
-  ...BAN_FLAGS,
 };
 export const PROMPT_FLAGS: Record<string, Flag> = {
   prompt: { type: 'string', help: 'prompt text' },

@@ -91,6 +91,7 @@ const commands: Record<string, Command> = {
       ...MODEL_FLAGS,
       ...PROMPT_FLAGS,
       ...SAMPLING_FLAGS,
+      ...BAN_FLAGS,
       'max-new-tokens': { type: 'string', default: '30', help: 'tokens to generate per sequence' },
       'num-sequences': {
         type: 'string',
