@@ -10,6 +10,7 @@ export { createContext, contextFromDevice, GpuContext } from './gpu/device.js';
 export type { AdapterSummary, ContextOptions, GpuFeatures, WaitYield } from './gpu/device.js';
 export { Engine, Model, Session, SessionGroup } from './engine/engine.js';
 export type {
+  DownloadOptions,
   EngineOptions,
   LoadProgress,
   ModelLoadOptions,

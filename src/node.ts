@@ -88,6 +88,7 @@ export function createEngine(opts: Omit<EngineOptions, 'gpu'> = {}): Promise<Eng
     resolveSource: (source, o) => {
       const cb = o.onProgress;
       return resolveSource(source, {
+        ...o.download,
         onProgress: cb && ((p) => cb({ phase: 'download', loaded: p.loadedBytes, total: p.totalBytes })),
       });
     },

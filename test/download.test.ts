@@ -28,6 +28,8 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { DownloadError, WeightsFormatError } from '../src/errors.js';
 import { DownloadProgress, resolveSource } from '../src/node-sources.js';
+import { createEngine } from '../src/node.js';
+import { InvalidOptionError } from '../src/errors.js';
 import { makeSafetensors, rejectsWith, smallConfig } from './fixtures-util.js';
 
 const COMMIT = 'a'.repeat(39) + '1';
@@ -176,6 +178,32 @@ test('fresh download into the HF cache layout, then a second call served from th
     await resolveSource('openai-community/gpt2', { cacheDir, hubUrl: hub.url });
     assert.is(hub.log.length, before, 'no request for a cached revision');
   } finally {
+    await hub.close();
+  }
+});
+
+test('engine.loadModel passes `download` (cache, hub, revision) to the download; a bad key or dtype is refused before any request', async () => {
+  const hub = await startHub();
+  const cacheDir = freshCache();
+  const engine = await createEngine();
+  try {
+    await rejectsWith(
+      engine.loadModel('gpt2', { download: { cacheDir, hubUrl: hub.url, revison: 'main' } as never }),
+      InvalidOptionError,
+      /download: unknown option "revison"; the options are revision, token, cacheDir/,
+    );
+    await rejectsWith(
+      engine.loadModel('gpt2', { dtype: 'f8' as never, download: { cacheDir, hubUrl: hub.url } }),
+      InvalidOptionError,
+      /dtype must be/,
+    );
+    assert.is(hub.log.length, 0, 'refused before any request');
+    const model = await engine.loadModel('gpt2', { download: { cacheDir, hubUrl: hub.url, revision: 'main' } });
+    assert.is(model.config.n_embd, cfg.n_embd);
+    assert.ok(existsSync(join(cacheDir, 'models--openai-community--gpt2', 'refs', 'main')), 'downloaded into cacheDir');
+    assert.ok(hub.log.length > 0);
+  } finally {
+    engine.destroy();
     await hub.close();
   }
 });

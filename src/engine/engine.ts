@@ -61,7 +61,41 @@ export type ModelSource =
   | { files: File[] }
   | { config: unknown; safetensors: ArrayBuffer | Uint8Array };
 
-export type SourceResolver = (source: string, opts: { onProgress?: (p: LoadProgress) => void }) => Promise<Checkpoint>;
+export type SourceResolver = (
+  source: string,
+  opts: { onProgress?: (p: LoadProgress) => void; download?: DownloadOptions },
+) => Promise<Checkpoint>;
+
+/** How the Node entry fetches a Hugging Face id (the resolver's options; other sources ignore them). */
+export interface DownloadOptions {
+  /** Branch, tag or commit (default 'main'). */
+  revision?: string;
+  /** Access token (default $HF_TOKEN). */
+  token?: string;
+  /** HF cache root (default $HF_HUB_CACHE, $HF_HOME/hub or ~/.cache/huggingface/hub). */
+  cacheDir?: string;
+  /** Hub base URL (default $HF_ENDPOINT or https://huggingface.co). */
+  hubUrl?: string;
+  /** Never touch the network (default: $HF_HUB_OFFLINE is 1 / true). */
+  offline?: boolean;
+  /** Attempts per file after cut connections (default 4). */
+  attempts?: number;
+  /** A request or body idle this long (ms) is cut (default $HF_HUB_DOWNLOAD_TIMEOUT s, else 10 s). */
+  idleTimeoutMs?: number;
+}
+
+const DOWNLOAD_KEYS = ['revision', 'token', 'cacheDir', 'hubUrl', 'offline', 'attempts', 'idleTimeoutMs'];
+
+/** ModelLoadOptions.download as given, or InvalidOptionError naming an unknown key (a typo must not pass). */
+function checkDownload(d: unknown): DownloadOptions | undefined {
+  if (d === undefined) return undefined;
+  if (typeof d !== 'object' || d === null || Array.isArray(d))
+    throw new InvalidOptionError(`download must be an object of ${DOWNLOAD_KEYS.join(', ')}, got ${String(d)}`);
+  for (const k of Object.keys(d))
+    if (!DOWNLOAD_KEYS.includes(k))
+      throw new InvalidOptionError(`download: unknown option "${k}"; the options are ${DOWNLOAD_KEYS.join(', ')}`);
+  return d as DownloadOptions;
+}
 
 export interface EngineOptions extends ContextOptions {
   /** The WebGPU entry (navigator.gpu, or Node's from nodeGPU()). */
@@ -76,6 +110,8 @@ export interface ModelLoadOptions extends LoadOptions {
   onProgress?: (p: LoadProgress) => void;
   /** Seed of random: weights (default 0). */
   seed?: number;
+  /** How a Hugging Face id is downloaded (revision, token, cache, timeouts); the Node entry's. */
+  download?: DownloadOptions;
   /** Not a stable interface: may change in any release. */
   experimental?: {
     /**
@@ -112,6 +148,7 @@ export class Engine {
 
   /** Resolves a source to a checkpoint (validated before any GPU work). */
   async openSource(source: ModelSource, opts: ModelLoadOptions = {}): Promise<Checkpoint> {
+    checkDownload(opts.download);
     if (isCheckpoint(source)) return source;
     if (typeof source === 'string') {
       if (source.startsWith('random:')) {
@@ -152,13 +189,14 @@ export class Engine {
   async loadModel(source: ModelSource, opts: ModelLoadOptions = {}): Promise<Model> {
     this.ctx.checkAlive();
     const t0 = now();
-    const ckpt = await this.openSource(source, opts);
+    // Every option is checked before the source is opened (a hub id would download first).
     const dtype = opts.dtype ?? 'f32';
     if (dtype !== 'f32' && dtype !== 'f16')
       throw new InvalidOptionError(`dtype must be 'f32' or 'f16', got ${String(dtype)}`);
     if (opts.promptBuckets !== undefined && typeof opts.promptBuckets !== 'boolean')
       throw new InvalidOptionError(`promptBuckets must be a boolean, got ${String(opts.promptBuckets)}`);
     const profile: DeviceProfile = resolveProfile(this.ctx, opts.experimental?.profile, 'experimental.profile');
+    const ckpt = await this.openSource(source, opts);
     const t1 = now();
     const cb = opts.onProgress;
     cb?.({ phase: 'compile', loaded: 0, total: 1 });
