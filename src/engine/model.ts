@@ -17,7 +17,7 @@
  * lavapipe), which would otherwise be paid twice per turn of a session (decode + prompt plans).
  */
 import type { GpuContext } from '../gpu/device.js';
-import type { GPT2Config } from './config.js';
+import { headDim, type GPT2Config } from './config.js';
 import type { GPT2Weights } from './weights.js';
 import { KVCache, type CacheOptions, type CacheOwner, type Stashable } from './kvcache.js';
 import { Dispatch, encodeDispatches, GpuTensor, Owned } from '../gpu/common.js';
@@ -384,7 +384,7 @@ export class GPT2Model implements CacheOwner {
       layernormP,
       layernormP.then((layernorm) => MatmulKernel.create(ctx, profile.matmul, layernorm)),
       EmbeddingKernel.create(ctx),
-      AttentionKernel.create(ctx, { ...profile.attention, headDim: cfg.n_embd / cfg.n_head }),
+      AttentionKernel.create(ctx, { ...profile.attention, headDim: headDim(cfg) }),
       KvWriteKernel.create(ctx),
       KvGatherKernel.create(ctx),
       GatherRowsKernel.create(ctx),

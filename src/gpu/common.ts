@@ -228,8 +228,3 @@ export function groups(ctx: GpuContext, what: string, n: number): number {
   if (n > max) throw new ShapeError(`${what}: needs ${n} workgroups in one dimension; the adapter allows ${max}`);
   return Math.max(1, n);
 }
-
-/** A tensor view over a whole buffer, for convenience. */
-export function tensor(buffer: GPUBuffer, shape: number[], dtype: DType = 'f32', offset = 0): GpuTensor {
-  return { buffer, offset, shape, dtype };
-}
