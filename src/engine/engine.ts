@@ -152,6 +152,7 @@ export class Engine {
   async loadModel(source: ModelSource, opts: ModelLoadOptions = {}): Promise<Model> {
     this.ctx.checkAlive();
     const t0 = now();
+    checkKvDtype(opts.kvDtype, 'f32'); // the value, before a source is opened (a download)
     const ckpt = await this.openSource(source, opts);
     const dtype = opts.dtype ?? 'f32';
     if (dtype !== 'f32' && dtype !== 'f16')

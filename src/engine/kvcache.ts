@@ -21,6 +21,17 @@ import type { GpuContext } from '../gpu/device.js';
 import { KV_DTYPES, type KvDtype } from '../kernels/kvcache.js';
 
 export type { KvDtype } from '../kernels/kvcache.js';
+export { KV_DTYPES } from '../kernels/kvcache.js';
+
+/** Bytes of GPU memory a cache of `rows` x `capacity` slots holds: K and V of every layer. */
+export function kvCacheBytes(
+  config: { n_layer: number; n_embd: number },
+  rows: number,
+  capacity: number,
+  dtype: KvDtype,
+): number {
+  return 2 * config.n_layer * rows * capacity * config.n_embd * (dtype === 'f16' ? 2 : 4);
+}
 
 export type OverflowPolicy = 'shift' | 'error';
 
@@ -51,12 +62,13 @@ export interface CacheOwner {
 
 /**
  * The cache dtype `given` names, else `fallback`; throws InvalidOptionError listing the valid values
- * for anything else, or for 'f16' at a head size the kernels cannot pack (n_embd / n_head % 8 != 0).
+ * for anything else, or (given the model's config) for 'f16' at a head size the kernels cannot pack
+ * (n_embd / n_head % 8 != 0).
  */
 export function checkKvDtype(
   given: unknown,
   fallback: KvDtype,
-  config: { n_embd: number; n_head: number },
+  config?: { n_embd: number; n_head: number },
   what = 'kvDtype',
 ): KvDtype {
   const d = given ?? fallback;
@@ -64,7 +76,7 @@ export function checkKvDtype(
     throw new InvalidOptionError(
       `${what} must be one of ${KV_DTYPES.map((x) => `'${x}'`).join(', ')}, got ${JSON.stringify(d)}`,
     );
-  const D = config.n_embd / config.n_head;
+  const D = config ? config.n_embd / config.n_head : 8; // no config: the value alone is checked
   if (d === 'f16' && !(Number.isInteger(D) && D % 8 === 0))
     throw new InvalidOptionError(
       `${what} 'f16' needs a head size (n_embd / n_head) that is a multiple of 8 (f16 pairs in 16-byte words per head); this model's is ${D}: use 'f32'`,
@@ -137,7 +149,7 @@ export class KVCache {
     const ctx = owner.ctx;
     const elemBytes = this.kvDtype === 'f16' ? 2 : 4;
     // f16: n_embd % 8 == 0 (checkKvDtype), so a slot is whole 16-byte words, as the kernels read them
-    const bytes = rows * capacity * n_embd * elemBytes;
+    const bytes = kvCacheBytes({ n_layer: 1, n_embd }, rows, capacity, this.kvDtype) / 2; // one layer's K
     const maxBind = ctx.limits.maxStorageBufferBindingSize;
     if (bytes > maxBind) {
       const fit = Math.floor(maxBind / (capacity * n_embd * elemBytes));

@@ -19,7 +19,15 @@
 import type { GpuContext } from '../gpu/device.js';
 import type { GPT2Config } from './config.js';
 import type { GPT2Weights } from './weights.js';
-import { checkKvDtype, KVCache, type CacheOptions, type CacheOwner, type KvDtype, type Stashable } from './kvcache.js';
+import {
+  checkKvDtype,
+  kvCacheBytes,
+  KVCache,
+  type CacheOptions,
+  type CacheOwner,
+  type KvDtype,
+  type Stashable,
+} from './kvcache.js';
 import { Dispatch, encodeDispatches, GpuTensor, Owned } from '../gpu/common.js';
 import { LayerNormKernel } from '../kernels/layernorm.js';
 import { MatmulKernel } from '../kernels/matmul.js';
@@ -485,6 +493,11 @@ export class GPT2Model implements CacheOwner {
     await c.ready;
     this.caches.add(c);
     return c;
+  }
+
+  /** Bytes of GPU memory a cache of `rows` x `capacity` slots of `kvDtype` (default the model's) holds. */
+  cacheBytes(rows: number, capacity: number, kvDtype: KvDtype = this.kvDtype): number {
+    return kvCacheBytes(this.config, rows, capacity, kvDtype);
   }
 
   /** Live caches created by this model (destroyed ones drop out). */
