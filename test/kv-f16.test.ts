@@ -69,7 +69,7 @@ async function withF16<T>(fn: (m: Model) => Promise<T>): Promise<T> {
   }
 }
 
-test('f16 KV cache: cached generation equals the uncached recompute, batched and through context shifts', () =>
+test('f16 KV cache: cached generation equals the uncached recompute: batched, one prompt copied to 3 rows, through context shifts', () =>
   withF16(async (model) => {
     const ref = tinyReference();
     const prompts = [ref.prompts[0]!.ids, ref.prompts[1]!.ids.slice(0, 3)];
@@ -79,6 +79,14 @@ test('f16 KV cache: cached generation equals the uncached recompute, batched and
     assert.equal(
       a.sequences.map((s) => s.tokens),
       b.sequences.map((s) => s.tokens),
+    );
+    // one prompt for 3 sequences: prefilled once in a scratch cache, its f16 K/V copied to every row
+    const n3 = { ...opts, numSequences: 3 };
+    const a3 = await model.generate(prompts[0]!, n3);
+    const b3 = await model.generate(prompts[0]!, { ...n3, useCache: false });
+    assert.equal(
+      a3.sequences.map((s) => s.tokens),
+      b3.sequences.map((s) => s.tokens),
     );
     // capacity 32, keep 16: several shifts (re-encodes into the f16 cache)
     const s1 = await model.createSession({ capacity: 32, keep: 16 });
