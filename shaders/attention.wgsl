@@ -7,7 +7,9 @@
 //     then a storageBarrier, then attends. No other workgroup reads that slice of that row (each
 //     reads its own token's row and head), so no cross-workgroup ordering is needed, and the
 //     step saves its kv_write dispatch.
-//   k_cache, v_cache [rows, cap, C] f32: position p of row r lives at slot p % cap.
+//   k_cache, v_cache [rows, cap, C] f32 or f16 (KV_F16, see kc below): position p of row r lives
+//     at slot p % cap. main reads the f32 cache only (the engine refuses f16 unless D % 8 == 0,
+//     where the vec4 kernels run).
 //   meta [T, 2] u32: query t belongs to row r_t at absolute position p_t.
 //   out [T, C] f32: out[t, h*D + d] = sum_j softmax_j(q.k_j / sqrt(D)) v_j[d] over the n = min(p_t + 1,
 //     cap) positions p_t - n + 1 .. p_t of row r_t (the ring's window; the engine keeps p_t < cap, so
@@ -74,7 +76,7 @@ struct Params {
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> qkv: array<f32>;         // [T, 3C]
 @group(0) @binding(2) var<storage, read> tok_meta: array<u32>;    // [T, 2] (row, pos)
-@group(0) @binding(3) var<storage, read_write> k_cache: array<f32>;  // [rows, cap, C] (written only with write_kv)
+@group(0) @binding(3) var<storage, read_write> k_cache: array<f32>;  // [rows, cap, C] f32 (written only with write_kv)
 @group(0) @binding(4) var<storage, read_write> v_cache: array<f32>;  // [rows, cap, C]
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;   // [T, C]
 
@@ -195,9 +197,74 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
 // a lane owns 4 output dimensions: parts = WG / (D / 4) groups (16 lanes each for D = 64).
 
 @group(0) @binding(1) var<storage, read> qkv4: array<vec4<f32>>;        // [T, 3C / 4]
-@group(0) @binding(3) var<storage, read_write> k4: array<vec4<f32>>;    // [rows, cap, C / 4]
-@group(0) @binding(4) var<storage, read_write> v4: array<vec4<f32>>;    // [rows, cap, C / 4]
 @group(0) @binding(5) var<storage, read_write> out4: array<vec4<f32>>;  // [T, C / 4]
+
+// ---- The cache as the vec4 kernels (every kernel but main) see it, f32 or f16 by KV_F16, an
+// override fixed when the pipeline is built (one pipeline per cache dtype; the untaken branch of
+// each `if (KV_F16)` folds away). Both are one array of 16-byte words:
+//   f32: [rows, cap, C / 4] words, word i = elements 4i .. 4i + 3 (a vec4<f32>'s bits);
+//   f16: [rows, cap, C / 8] words, IEEE halves two per u32 (element 2i low, 2i + 1 high, as
+//        unpack2x16float reads them), word i = elements 8i .. 8i + 7.
+// Kernels address the cache in groups of 4 elements (`base` below: a group index) whatever the
+// dtype. With f16 the engine requires D % 8 == 0, so a head's slice of a slot starts at an even
+// group, a whole word, and no two heads (workgroups) ever write the same word: kv_put writes
+// whole words. A K/V value outside f16's finite range (|x| > 65504) is not representable: what
+// pack2x16float stores then is indeterminate.
+override KV_F16: bool = false;
+@group(0) @binding(3) var<storage, read_write> kc: array<vec4<u32>>;  // [rows, cap, C / 4 or C / 8] words
+@group(0) @binding(4) var<storage, read_write> vc: array<vec4<u32>>;
+
+fn unpack4(w: vec2<u32>) -> vec4<f32> {
+  return vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y));
+}
+
+fn pack8(a: vec4<f32>, b: vec4<f32>) -> vec4<u32> {
+  return vec4<u32>(pack2x16float(a.xy), pack2x16float(a.zw), pack2x16float(b.xy), pack2x16float(b.zw));
+}
+
+// Group d of the head slice starting at group `base` (even with f16): elements 4 (base + d) ..
+// + 3 of the K or V cache. With a constant d (an unrolled loop) the f16 path loads each word once
+// for groups 2m and 2m + 1 (the same address) and the select folds.
+fn k4_at(base: u32, d: u32) -> vec4<f32> {
+  if (KV_F16) {
+    let w = kc[(base >> 1u) + (d >> 1u)];
+    return unpack4(select(w.xy, w.zw, (d & 1u) == 1u));
+  }
+  return bitcast<vec4<f32>>(kc[base + d]);
+}
+
+fn v4_at(base: u32, d: u32) -> vec4<f32> {
+  if (KV_F16) {
+    let w = vc[(base >> 1u) + (d >> 1u)];
+    return unpack4(select(w.xy, w.zw, (d & 1u) == 1u));
+  }
+  return bitcast<vec4<f32>>(vc[base + d]);
+}
+
+// Element e of the K cache (the 'blocks' scores, which read scalars).
+fn k_at(e: u32) -> f32 {
+  if (KV_F16) { return unpack2x16float(kc[e >> 3u][(e >> 1u) & 3u])[e & 1u]; }
+  return bitcast<f32>(kc[e >> 2u][e & 3u]);
+}
+
+// write_kv: groups 0 .. n4 - 1 of a head's key (qkv4 groups from `src`) and value (from src + C4)
+// to the cache slice at group `dst`, by the invocations first, first + stride, ... (f32: a group
+// each, f16: a word of two groups each; n4 and dst are even then).
+fn kv_put(dst: u32, src: u32, n4: u32, first: u32, stride: u32) {
+  let C4 = p.C / 4u;
+  if (KV_F16) {
+    for (var w = first; w < n4 / 2u; w += stride) {
+      let s = src + 2u * w;
+      kc[(dst >> 1u) + w] = pack8(qkv4[s], qkv4[s + 1u]);
+      vc[(dst >> 1u) + w] = pack8(qkv4[s + C4], qkv4[s + C4 + 1u]);
+    }
+  } else {
+    for (var d = first; d < n4; d += stride) {
+      kc[dst + d] = bitcast<vec4<u32>>(qkv4[src + d]);
+      vc[dst + d] = bitcast<vec4<u32>>(qkv4[src + C4 + d]);
+    }
+  }
+}
 
 // acc4 holds [parts, D / 4] with parts = max(1, WG / (D / 4)): WG entries when D / 4 <= WG, else
 // D / 4 <= 64; sized for the widest WG, 256 (4 KiB). (Sized by an override `max(WG, 64u)` it
@@ -229,11 +296,7 @@ fn attend_vec4(t: u32, h: u32, lid: u32) {
   workgroupBarrier();  // a previous call (tiled fallback) may still be reading qs4, acc4, lsum
   for (var d = lid; d < D4; d += WG) { qs4[d] = qkv4[t * 3u * C4 + h * D4 + d] * p.scale; }
   if (p.write_kv == 1u && valid) {
-    let dst = head_base + (pos % p.cap) * C4;
-    for (var d = lid; d < D4; d += WG) {
-      k4[dst + d] = qkv4[t * 3u * C4 + C4 + h * D4 + d];
-      v4[dst + d] = qkv4[t * 3u * C4 + 2u * C4 + h * D4 + d];
-    }
+    kv_put(head_base + (pos % p.cap) * C4, t * 3u * C4 + C4 + h * D4, D4, lid, WG);
   }
   storageBarrier();  // the writes above before the key loop reads them
   let parts = max(1u, WG / D4);
@@ -254,7 +317,7 @@ fn attend_vec4(t: u32, h: u32, lid: u32) {
         let kb = head_base + (slot - select(0u, p.cap, slot >= p.cap)) * C4;
         koff[jl] = kb;
         var dot4 = vec4<f32>(0.0);
-        for (var d = 0u; d < D4; d++) { dot4 += qs4[d] * k4[kb + d]; }
+        for (var d = 0u; d < D4; d++) { dot4 += qs4[d] * k4_at(kb, d); }
         let sc_ = dot4.x + dot4.y + dot4.z + dot4.w;
         s[i] = sc_;
         tm = max(tm, sc_);
@@ -271,7 +334,7 @@ fn attend_vec4(t: u32, h: u32, lid: u32) {
       var l = 0.0;
       for (var jj = g; jj < cnt; jj += parts) {
         let pj = sc[jj];
-        a += pj * v4[koff[jj] + d];
+        a += pj * v4_at(koff[jj], d);
         l += pj;
       }
       acc4[e] = a;
@@ -316,12 +379,8 @@ fn decode_lanes(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
   let pos = tok_meta[2u * t + 1u];
   if (p.write_kv == 1u && row < p.rows) {
     let C4 = p.C / 4u;
-    let qb = t * 3u * C4 + h * HD4;  // q; + C4: k, + 2 C4: v
-    let dst = (row * p.cap + pos % p.cap) * C4 + h * HD4;
-    for (var d = 0u; d < HD4; d++) {
-      k4[dst + d] = qkv4[qb + C4 + d];
-      v4[dst + d] = qkv4[qb + 2u * C4 + d];
-    }
+    // q at t * 3 C4 + h HD4; k at + C4, v at + 2 C4
+    kv_put((row * p.cap + pos % p.cap) * C4 + h * HD4, t * 3u * C4 + C4 + h * HD4, HD4, 0u, 1u);
   }
   lane_attend(t, h);
 }
@@ -351,13 +410,13 @@ fn lane_attend(t: u32, h: u32) {
   for (var j = 0u; j < n; j++) {
     let kb = head_base + slot * C4;
     var dot4 = vec4<f32>(0.0);
-    for (var d = 0u; d < HD4; d++) { dot4 += q[d] * k4[kb + d]; }
+    for (var d = 0u; d < HD4; d++) { dot4 += q[d] * k4_at(kb, d); }
     let s = dot4.x + dot4.y + dot4.z + dot4.w;
     let m_new = max(m, s);
     let alpha = exp(m - m_new);
     let pj = exp(s - m_new);
     l = l * alpha + pj;
-    for (var d = 0u; d < HD4; d++) { acc[d] = acc[d] * alpha + pj * v4[kb + d]; }
+    for (var d = 0u; d < HD4; d++) { acc[d] = acc[d] * alpha + pj * v4_at(kb, d); }
     m = m_new;
     slot += 1u;
     if (slot == p.cap) { slot = 0u; }

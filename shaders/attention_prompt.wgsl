@@ -50,7 +50,7 @@ fn prefill_lanes(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation
     var dot0 = vec4<f32>(0.0);
     var dot1 = vec4<f32>(0.0);
     for (var d = 0u; d < HD4; d++) {
-      let k = k4[kb + d];
+      let k = k4_at(kb, d);
       dot0 += q0[d] * k;
       dot1 += q1[d] * k;
     }
@@ -62,7 +62,7 @@ fn prefill_lanes(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation
     l = l * alpha + pj;
     // ... and both accumulators from one pass over v.
     for (var d = 0u; d < HD4; d++) {
-      let v = v4[kb + d];
+      let v = v4_at(kb, d);
       acc0[d] = acc0[d] * alpha.x + pj.x * v;
       acc1[d] = acc1[d] * alpha.y + pj.y * v;
     }
@@ -156,7 +156,7 @@ fn att_scores(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_in
       let qa = qts4[q0 + d * tc4];
       let qb = qts4[q0 + d * tc4 + 1u];
       for (var e = 0u; e < 8u; e++) {
-        let kv = k_cache[kb[e] + d];
+        let kv = k_at(kb[e] + d);
         acc[2u * e] += kv * qa;
         acc[2u * e + 1u] += kv * qb;
       }
@@ -217,8 +217,8 @@ fn att_pv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
     var acc: array<vec4<f32>, 16>;
     for (var a = 0u; a < 2u * QB; a++) { acc[a] = vec4<f32>(0.0); }
     for (var j = 0u; j < n; j++) {
-      let va = v4[vbase + j * C4 + w0];
-      let vb = v4[vbase + j * C4 + w1];
+      let va = v4_at(vbase + j * C4, w0);
+      let vb = v4_at(vbase + j * C4, w1);
       for (var i = 0u; i < QB; i++) {
         let pij = select(0.0, st[pcol + j * p.tc + i], j < lim[i]);
         acc[2u * i] += pij * va;
@@ -306,9 +306,9 @@ fn tiled_vec4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_in
     // 1. K and V rows of this block's keys
     for (var e = lid; e < cnt * D4; e += WG) {
       let j = e / D4;
-      let off = head_base + (b + j) * C4 + (e - j * D4);
-      ks[e] = k4[off];
-      vs[e] = v4[off];
+      let kb = head_base + (b + j) * C4;
+      ks[e] = k4_at(kb, e - j * D4);
+      vs[e] = v4_at(kb, e - j * D4);
     }
     workgroupBarrier();
     // 2. scores of keys r, r + 4, r + 8, r + 12 for query q; masked past the query's position

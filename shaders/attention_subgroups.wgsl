@@ -64,13 +64,13 @@ fn sg_attend_one(t: u32, h: u32, lane: u32) {
   for (var j = 0u; j < n; j++) {
     let kb = head_base + slot * C4;
     var part = 0.0;
-    for (var k = 0u; k < WPL; k++) { part += dot(q[k], k4[kb + dw[k]]); }
+    for (var k = 0u; k < WPL; k++) { part += dot(q[k], k4_at(kb, dw[k])); }
     let s = subgroupAdd(part);  // the whole head's q . k_j
     let m_new = max(m, s);
     let alpha = exp(m - m_new);
     let pj = exp(s - m_new);
     l = l * alpha + pj;
-    for (var k = 0u; k < WPL; k++) { acc[k] = acc[k] * alpha + pj * v4[kb + dw[k]]; }
+    for (var k = 0u; k < WPL; k++) { acc[k] = acc[k] * alpha + pj * v4_at(kb, dw[k]); }
     m = m_new;
     slot += 1u;
     if (slot == p.cap) { slot = 0u; }
@@ -129,7 +129,7 @@ fn prefill_sg(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_in
   for (var j = 0u; j < n; j++) {
     let kb = head_base + j * C4;
     var kw: array<vec4<f32>, WPL_MAX>;
-    for (var k = 0u; k < WPL; k++) { kw[k] = k4[kb + dw[k]]; }
+    for (var k = 0u; k < WPL; k++) { kw[k] = k4_at(kb, dw[k]); }
     var alpha: array<f32, QS_MAX>;
     var pj: array<f32, QS_MAX>;
     for (var i = 0u; i < QS; i++) {
@@ -146,7 +146,7 @@ fn prefill_sg(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_in
       m[i] = select(m[i], m_new, live);
     }
     var vw: array<vec4<f32>, WPL_MAX>;
-    for (var k = 0u; k < WPL; k++) { vw[k] = v4[kb + dw[k]]; }
+    for (var k = 0u; k < WPL; k++) { vw[k] = v4_at(kb, dw[k]); }
     for (var i = 0u; i < QS; i++) {
       for (var k = 0u; k < WPL; k++) { acc[i][k] = acc[i][k] * alpha[i] + pj[i] * vw[k]; }
     }

@@ -11,6 +11,8 @@ import { InvalidOptionError } from './errors.js';
 export interface BenchOptions {
   model: string;
   dtype: 'f32' | 'f16';
+  /** The KV caches' storage (LoadOptions.kvDtype); default 'f32'. */
+  kvDtype?: 'f32' | 'f16';
   batches: number[];
   promptTokens: number;
   newTokens: number;
@@ -47,6 +49,8 @@ export interface BatchResult {
   tokens_per_s: number | null;
   decode_note?: string;
   readback_bytes_per_token: number;
+  /** GPU memory of the generation's KV cache: B rows x its capacity, K and V of every layer, in the report's kv_dtype. */
+  kv_cache_bytes: number;
   /** Per decode step; null with --new-tokens 1. */
   dispatches_per_token: number | null;
   submits_per_token: number | null;
@@ -87,6 +91,8 @@ export interface BenchReport {
   date: string;
   model: string;
   dtype: string;
+  /** What the KV caches store (BenchOptions.kvDtype). */
+  kv_dtype: string;
   config: Record<string, number>;
   adapter: unknown;
   /** How the host thread waited for the GPU: 'sleep' (in slices, see WaitYield) or 'spin'. */
@@ -152,6 +158,7 @@ export async function runBench(engine: Engine, o: BenchOptions): Promise<BenchRe
   const resolveMs = now() - t0;
   const model = await engine.loadModel(ckpt, {
     dtype: o.dtype,
+    kvDtype: o.kvDtype,
     onProgress: o.onProgress,
     experimental: { profile: o.profile },
   });
@@ -174,6 +181,7 @@ export async function runBench(engine: Engine, o: BenchOptions): Promise<BenchRe
       date: new Date().toISOString(),
       model: o.model,
       dtype: o.dtype,
+      kv_dtype: model.kvDtype,
       config: {
         n_layer: cfg.n_layer,
         n_embd: cfg.n_embd,
@@ -257,6 +265,8 @@ async function measureBatch(
     tokens_per_s: decoded ? (1000 * B) / med : null,
     ...(decoded ? {} : { decode_note: 'no decode steps (--new-tokens 1): prefill only' }),
     readback_bytes_per_token: st.readbackBytesPerToken,
+    // the cache generate makes for itself: P + N slots, as it sizes them
+    kv_cache_bytes: model.cacheBytes(B, generationCapacity(model.config, prompt.length + o.newTokens, false)),
     dispatches_per_token: decoded ? st.dispatchesPerStep : null,
     submits_per_token: decoded ? st.submitsPerStep : null,
     kernels: profile?.families ?? null,
@@ -369,12 +379,12 @@ export function profileLines(p: DeviceProfile): string[] {
 export function formatBench(r: BenchReport): string {
   const a = r.adapter as { description?: string; vendor?: string };
   const lines = [
-    `model ${r.model} (${r.dtype}), adapter: ${a.description || a.vendor}; prompt ${r.prompt_tokens} tokens, ${r.new_tokens} new, ${r.repeat} runs; host waits: ${r.host_wait}; decode attention: ${DECODE_ATTENTION[r.attention_decode] ?? (r.attention_decode === 'wide' ? `${r.profile.attention.decodeWg}-thread workgroups` : r.attention_decode)}; prompt attention: ${r.attention_prompt}; prompt matmul: ${r.matmul_prompt}; steps in flight: ${r.pipeline_depth}`,
+    `model ${r.model} (${r.dtype}, KV cache ${r.kv_dtype}), adapter: ${a.description || a.vendor}; prompt ${r.prompt_tokens} tokens, ${r.new_tokens} new, ${r.repeat} runs; host waits: ${r.host_wait}; decode attention: ${DECODE_ATTENTION[r.attention_decode] ?? (r.attention_decode === 'wide' ? `${r.profile.attention.decodeWg}-thread workgroups` : r.attention_decode)}; prompt attention: ${r.attention_prompt}; prompt matmul: ${r.matmul_prompt}; steps in flight: ${r.pipeline_depth}`,
     `profile ${r.profile.name}${r.profile_overrides ? ` with ${JSON.stringify(r.profile_overrides)} merged over it` : " (the adapter's)"}:`,
     ...profileLines(r.profile).map((l) => `  ${l}`),
     `load ${r.load.load_ms.toFixed(0)} ms (pipelines ${r.load.pipelines_ms.toFixed(0)} ms, upload ${r.load.upload_ms.toFixed(0)} ms, ${(r.load.weight_bytes / 1e6).toFixed(0)} MB of weights)`,
     '',
-    'batch  first-token ms (setup + prefill)  decode ms/token (median / p90)  tokens/s  readback B/token  dispatches/step  submits/step',
+    'batch  first-token ms (setup + prefill)  decode ms/token (median / p90)  tokens/s  readback B/token  dispatches/step  submits/step  KV cache MB',
   ];
   const fix = (v: number | null, d: number) => (v === null ? '-' : v.toFixed(d));
   for (const x of r.results) {
@@ -383,7 +393,7 @@ export function formatBench(r: BenchReport): string {
       continue;
     }
     lines.push(
-      `${String(x.batch).padStart(5)}  ${`${x.first_token_ms.toFixed(1)} (${x.setup_ms.toFixed(1)} + ${x.prefill_ms.toFixed(1)})`.padStart(32)}  ${fix(x.decode_ms_per_token, 2).padStart(15)} / ${fix(x.decode_ms_per_token_p90, 2).padEnd(13)}  ${fix(x.tokens_per_s, 1).padStart(8)}  ${String(x.readback_bytes_per_token).padStart(16)}  ${fix(x.dispatches_per_token, 0).padStart(15)}  ${fix(x.submits_per_token, 2).padStart(12)}`,
+      `${String(x.batch).padStart(5)}  ${`${x.first_token_ms.toFixed(1)} (${x.setup_ms.toFixed(1)} + ${x.prefill_ms.toFixed(1)})`.padStart(32)}  ${fix(x.decode_ms_per_token, 2).padStart(15)} / ${fix(x.decode_ms_per_token_p90, 2).padEnd(13)}  ${fix(x.tokens_per_s, 1).padStart(8)}  ${String(x.readback_bytes_per_token).padStart(16)}  ${fix(x.dispatches_per_token, 0).padStart(15)}  ${fix(x.submits_per_token, 2).padStart(12)}  ${(x.kv_cache_bytes / 1e6).toFixed(1).padStart(11)}`,
     );
   }
   if (r.new_tokens === 1) lines.push('(--new-tokens 1: prefill only, no decode step measured)');

@@ -5,6 +5,7 @@
 import { createEngine } from './node.js';
 import { num, parseIds, UsageError, type Flag, type Values } from './cli-args.js';
 import type { LoadProgress, Model } from './engine/engine.js';
+import { KV_DTYPES, type KvDtype } from './engine/kvcache.js';
 import { validateSampling, type SamplingOptions } from './sampling/options.js';
 import { InvalidOptionError } from './errors.js';
 
@@ -14,6 +15,11 @@ export const MODEL_FLAGS: Record<string, Flag> = {
     help: 'model source: random:<gpt2|gpt2-medium|gpt2-large|gpt2-xl|distilgpt2|config.json>, a local directory (config.json + model.safetensors), or a Hugging Face id (gpt2, openai-community/gpt2-medium, ...)',
   },
   f16: { type: 'boolean', default: false, help: 'store weights as f16 (halves memory traffic; math stays f32)' },
+  'kv-dtype': {
+    type: 'string',
+    default: 'f32',
+    help: 'KV cache storage: f32, or f16 (half the cache memory; math stays f32; head size a multiple of 8)',
+  },
   'weights-seed': { type: 'string', default: '0', help: 'seed of random: weights' },
 };
 /** Hard bans (transformers' semantics), shared by generate and beam. */
@@ -168,10 +174,12 @@ export async function withModel<T>(v: Values, fn: (m: Model) => Promise<T>): Pro
   if (typeof v.model !== 'string' || !v.model)
     throw new UsageError('--model is required (e.g. --model random:gpt2, --model gpt2, --model ./my-gpt2-dir)');
   const seed = num(v['weights-seed'], 'weights-seed', { int: true, min: 0 });
+  const kvDtype = kvDtypeFlag(v);
   const engine = await createEngine();
   try {
     const model = await engine.loadModel(v.model, {
       dtype: v.f16 ? 'f16' : 'f32',
+      kvDtype,
       seed,
       onProgress: progress(),
     });
@@ -179,6 +187,14 @@ export async function withModel<T>(v: Values, fn: (m: Model) => Promise<T>): Pro
   } finally {
     engine.destroy();
   }
+}
+
+/** --kv-dtype, checked before anything is loaded: a UsageError listing the values. */
+export function kvDtypeFlag(v: Values): KvDtype {
+  const d = String(v['kv-dtype'] ?? 'f32');
+  if (!(KV_DTYPES as readonly string[]).includes(d))
+    throw new UsageError(`--kv-dtype must be one of ${KV_DTYPES.join(', ')}, got "${d}"`);
+  return d as KvDtype;
 }
 
 export function promptFrom(v: Values): string | number[] {

@@ -21,6 +21,7 @@ import { GPT2WebGPUError, InvalidOptionError } from './errors.js';
 import {
   JSON_FLAG,
   MODEL_FLAGS,
+  kvDtypeFlag,
   PROMPT_FLAGS,
   SAMPLING_FLAGS,
   progress,
@@ -371,11 +372,13 @@ const commands: Record<string, Command> = {
       if (!Object.hasOwn(waits, String(v.wait)))
         throw new UsageError(`--wait must be auto, sleep or spin, got "${String(v.wait)}"`);
       const profile = v.profile === undefined ? undefined : profileFile(String(v.profile));
+      const kvDtype = kvDtypeFlag(v);
       const engine = await createEngine({ yieldWhileWaiting: waits[String(v.wait) as keyof typeof waits] });
       try {
         const report = await runBench(engine, {
           model: String(v.model),
           dtype: v.f16 ? 'f16' : 'f32',
+          kvDtype,
           batches,
           promptTokens: num(v['prompt-tokens'], 'prompt-tokens', { int: true, min: 1 }),
           newTokens: num(v['new-tokens'], 'new-tokens', { int: true, min: 1 }),

@@ -33,8 +33,8 @@ export type { PerplexityResult, ScoreOptions, ScoreResult, TokenScore } from './
 export type { SamplingOptions } from './sampling/options.js';
 export { deriveSeed, validateSampling } from './sampling/options.js';
 export { sample } from './sampling/sample.js';
-export type { CacheOptions, OverflowPolicy } from './engine/kvcache.js';
-export { KVCache } from './engine/kvcache.js';
+export type { CacheOptions, KvDtype, OverflowPolicy } from './engine/kvcache.js';
+export { KVCache, KV_DTYPES } from './engine/kvcache.js';
 export { gpt2Tokenizer, TextStreamer, EOS_TOKEN_ID } from './engine/tokenizer.js';
 export type { Tokenizer } from './engine/tokenizer.js';
 export type { GPT2Config } from './engine/config.js';

@@ -60,6 +60,11 @@ test('unknown flags, missing values, bad numbers -> one line naming the problem,
       /^gpt2-webgpu generate: --ids must be comma-separated non-negative integers, got "1,x"$/,
     ],
     [['bench', '--batch', '0'], /^gpt2-webgpu bench: --batch must be an integer in \[1, 1024\], got "0"$/],
+    [
+      ['generate', '--model', 'random:gpt2', '--ids', '1', '--kv-dtype', 'bf16'],
+      /^gpt2-webgpu generate: --kv-dtype must be one of f32, f16, got "bf16"$/,
+    ],
+    [['bench', '--kv-dtype', 'f8'], /^gpt2-webgpu bench: --kv-dtype must be one of f32, f16, got "f8"$/],
   ] as const) {
     const r = cli(...args);
     assert.is(r.code, 2, `${args.join(' ')}: exit ${r.code}, stderr ${r.err}`);
@@ -676,6 +681,8 @@ test('bench: a batch size that fails (here its cache is over the binding limit) 
   assert.is(j.results.length, 2);
   assert.is(j.results[0].batch, 1);
   assert.type(j.results[0].decode_ms_per_token, 'number');
+  assert.is(j.kv_dtype, 'f32');
+  assert.is(j.results[0].kv_cache_bytes, 2 * 1 * 1 * 1002 * 256 * 4, 'K and V, 1 layer, 1 row, 1002 slots of 256 f32');
   assert.is(j.results[1].batch, 131);
   assert.match(
     j.results[1].error,

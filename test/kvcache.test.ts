@@ -2,7 +2,8 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { KvGatherKernel, KvWriteKernel } from '../src/kernels/kvcache.js';
 import { ShapeError } from '../src/errors.js';
-import { allClose, download, poisoned, Rng, run, upload, withDevice } from './helpers.js';
+import { allClose, download, downloadU32, poisoned, Rng, run, upload, withDevice } from './helpers.js';
+import { packF16 } from '../src/kernels/f16.js';
 import { kvGather64 } from './reference/attention.js';
 
 test('kv_write puts k and v of each token at slot pos % cap of its row, nothing else', () =>
@@ -118,6 +119,68 @@ test('kv_gather copies one prefilled row to N rows (parent = zeros); a bad paren
     ]);
     const z = await download(ctx, zeroed);
     assert.ok(z.subarray(3 * cap * C, 3 * cap * C + len * C).every(Number.isNaN), 'bad parent writes NaN');
+  }));
+
+test('f16 caches: kv_write stores each value as its round-to-nearest-even half, two per word; kv_gather copies the words, NaN halves for a bad parent', () =>
+  withDevice(async ({ ctx, owned }) => {
+    const rows = 2,
+      cap = 4,
+      C = 8;
+    const rowOf = [1, 0, 1];
+    const posOf = [2, 3, 5]; // pos 5 wraps to slot 1
+    const T = rowOf.length;
+    const qkv = new Rng(5).normals(T * 3 * C);
+    const meta = Uint32Array.from(rowOf.flatMap((r, t) => [r, posOf[t]!]));
+    const nanWords = () => new Uint32Array((rows * cap * C) / 2).fill(0x7e007e00);
+    const kT = upload(owned, nanWords(), [rows, cap, C], 'f16');
+    const vT = upload(owned, nanWords(), [rows, cap, C], 'f16');
+    const w = await KvWriteKernel.create(ctx, 'f16');
+    await run(ctx, [
+      w.bind(owned, {
+        qkv: upload(owned, qkv, [T, 3 * C]),
+        meta: upload(owned, meta, [T, 2], 'u32'),
+        kCache: kT,
+        vCache: vT,
+      }),
+    ]);
+    const expK = new Float32Array(rows * cap * C).fill(NaN);
+    const expV = new Float32Array(rows * cap * C).fill(NaN);
+    rowOf.forEach((r, t) => {
+      const at = (r * cap + (posOf[t]! % cap)) * C;
+      expK.set(qkv.subarray(t * 3 * C + C, t * 3 * C + 2 * C), at);
+      expV.set(qkv.subarray(t * 3 * C + 2 * C, t * 3 * C + 3 * C), at);
+    });
+    const kWords = await downloadU32(ctx, kT);
+    assert.equal(Array.from(kWords), Array.from(packF16(expK, rows * cap, C)), 'k words');
+    assert.equal(Array.from(await downloadU32(ctx, vT)), Array.from(packF16(expV, rows * cap, C)), 'v words');
+    // gather rows [1, 0, bad] of the K cache, 3 slots
+    const dst = upload(owned, new Uint32Array((3 * cap * C) / 2), [3, cap, C], 'f16');
+    const g = await KvGatherKernel.create(ctx);
+    await run(ctx, [
+      g.bind(owned, { src: kT, dst, parent: upload(owned, Uint32Array.of(1, 0, 7), [3], 'u32'), len: 3 }),
+    ]);
+    const got = await downloadU32(ctx, dst);
+    const wpr = (cap * C) / 2; // words per row
+    const want = new Uint32Array(3 * wpr);
+    want.set(kWords.subarray(wpr, wpr + (3 * C) / 2), 0);
+    want.set(kWords.subarray(0, (3 * C) / 2), wpr);
+    want.fill(0x7e007e00, 2 * wpr, 2 * wpr + (3 * C) / 2);
+    assert.equal(Array.from(got), Array.from(want), 'gathered words');
+    // an f32 cache given to the f16 kernel, and a gather across dtypes, are refused
+    assert.throws(
+      () =>
+        w.bind(owned, {
+          qkv: poisoned(owned, [1, 3 * C]),
+          meta: poisoned(owned, [1, 2], 'u32'),
+          kCache: poisoned(owned, [rows, cap, C]),
+          vCache: poisoned(owned, [rows, cap, C]),
+        }),
+      (e: Error) => e instanceof ShapeError && /expected dtype f16, got f32/.test(e.message),
+    );
+    assert.throws(
+      () => g.bind(owned, { src: kT, dst: poisoned(owned, [3, cap, C]), parent: poisoned(owned, [3], 'u32'), len: 1 }),
+      (e: Error) => e instanceof ShapeError && /must match src's capacity, width and dtype/.test(e.message),
+    );
   }));
 
 test('kv kernels reject mismatched caches and aliasing src/dst', () =>

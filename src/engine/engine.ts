@@ -32,7 +32,7 @@ import { perplexity, score, type PerplexityResult, type ScoreOptions, type Score
 import type { BeamOptions, BeamResult } from '../sampling/beam.js';
 import { sample as sampleOnGpu } from '../sampling/sample.js';
 import { randomSeed, validateSampling, type SamplingOptions } from '../sampling/options.js';
-import type { CacheOptions, KVCache } from './kvcache.js';
+import { checkKvDtype, type CacheOptions, type KVCache } from './kvcache.js';
 import { openCheckpoint, type Checkpoint } from './checkpoint.js';
 import { uploadWeights } from './weights.js';
 import { randomCheckpoint } from './random.js';
@@ -190,6 +190,7 @@ export class Engine {
     this.ctx.checkAlive();
     const t0 = now();
     // Every option is checked before the source is opened (a hub id would download first).
+    checkKvDtype(opts.kvDtype, 'f32'); // the value; against the config once it is read
     const dtype = opts.dtype ?? 'f32';
     if (dtype !== 'f32' && dtype !== 'f16')
       throw new InvalidOptionError(`dtype must be 'f32' or 'f16', got ${String(dtype)}`);
@@ -197,6 +198,7 @@ export class Engine {
       throw new InvalidOptionError(`promptBuckets must be a boolean, got ${String(opts.promptBuckets)}`);
     const profile: DeviceProfile = resolveProfile(this.ctx, opts.experimental?.profile, 'experimental.profile');
     const ckpt = await this.openSource(source, opts);
+    const kvDtype = checkKvDtype(opts.kvDtype, 'f32', ckpt.config);
     const t1 = now();
     const cb = opts.onProgress;
     cb?.({ phase: 'compile', loaded: 0, total: 1 });
@@ -212,7 +214,14 @@ export class Engine {
     const t3 = now();
     const model = new Model(this.ctx, ckpt.config, weights, kernels, ckpt.source);
     model.promptBuckets = opts.promptBuckets ?? profile.promptBuckets;
-    model.loadTimes = { resolveMs: t1 - t0, pipelinesMs: t2 - t1, uploadMs: t3 - t2 };
+    model.kvDtype = kvDtype;
+    try {
+      await model.buildKvKernels(kvDtype); // the default caches' kernels (f16: built now, not by the first call)
+    } catch (e) {
+      model.destroy();
+      throw e;
+    }
+    model.loadTimes = { resolveMs: t1 - t0, pipelinesMs: t2 - t1 + (now() - t3), uploadMs: t3 - t2 };
     this.models.add(model);
     return model;
   }

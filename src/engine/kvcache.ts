@@ -1,7 +1,8 @@
 /**
  * GPU-resident KV cache: K and V of every layer for `rows` sequences, allocated once at creation.
  *
- *   k[l], v[l]: [rows, capacity, n_embd] f32, one buffer each per layer
+ *   k[l], v[l]: [rows, capacity, n_embd] f32, or f16 (kvDtype: IEEE halves packed two per u32
+ *               word, half the bytes; the kernels unpack them to f32), one buffer each per layer
  *
  * A token at absolute position `pos` of row r keeps its K/V at slot `pos % capacity` (a ring), so
  * nothing is ever reallocated, moved or read back per step. The engine never lets a row's position
@@ -17,6 +18,20 @@
 import { CacheMisuseError, InvalidOptionError, OutOfMemoryError, ShapeError } from '../errors.js';
 import type { GpuTensor } from '../gpu/common.js';
 import type { GpuContext } from '../gpu/device.js';
+import { KV_DTYPES, type KvDtype } from '../kernels/kvcache.js';
+
+export type { KvDtype } from '../kernels/kvcache.js';
+export { KV_DTYPES } from '../kernels/kvcache.js';
+
+/** Bytes of GPU memory a cache of `rows` x `capacity` slots holds: K and V of every layer. */
+export function kvCacheBytes(
+  config: { n_layer: number; n_embd: number },
+  rows: number,
+  capacity: number,
+  dtype: KvDtype,
+): number {
+  return 2 * config.n_layer * rows * capacity * config.n_embd * (dtype === 'f16' ? 2 : 4);
+}
 
 export type OverflowPolicy = 'shift' | 'error';
 
@@ -29,13 +44,44 @@ export interface CacheOptions {
   onOverflow?: OverflowPolicy;
   /** Tokens kept by a shift; default half the window. */
   keep?: number;
+  /**
+   * What the cache stores K and V as: 'f32', or 'f16' (half the bytes; needs a head size that is a
+   * multiple of 8). Default: the model's (LoadOptions.kvDtype, 'f32' unless set at load).
+   */
+  kvDtype?: KvDtype;
 }
 
 /** The part of a model a cache needs to know (avoids an import cycle with model.ts). */
 export interface CacheOwner {
   readonly ctx: GpuContext;
-  readonly config: { n_layer: number; n_embd: number; n_positions: number };
+  readonly config: { n_layer: number; n_embd: number; n_head: number; n_positions: number };
   readonly id: number;
+  /** The dtype of caches created without CacheOptions.kvDtype. */
+  readonly kvDtype: KvDtype;
+}
+
+/**
+ * The cache dtype `given` names, else `fallback`; throws InvalidOptionError listing the valid values
+ * for anything else, or (given the model's config) for 'f16' at a head size the kernels cannot pack
+ * (n_embd / n_head % 8 != 0).
+ */
+export function checkKvDtype(
+  given: unknown,
+  fallback: KvDtype,
+  config?: { n_embd: number; n_head: number },
+  what = 'kvDtype',
+): KvDtype {
+  const d = given ?? fallback;
+  if (!KV_DTYPES.includes(d as KvDtype))
+    throw new InvalidOptionError(
+      `${what} must be one of ${KV_DTYPES.map((x) => `'${x}'`).join(', ')}, got ${JSON.stringify(d)}`,
+    );
+  const D = config ? config.n_embd / config.n_head : 8; // no config: the value alone is checked
+  if (d === 'f16' && !(Number.isInteger(D) && D % 8 === 0))
+    throw new InvalidOptionError(
+      `${what} 'f16' needs a head size (n_embd / n_head) that is a multiple of 8 (f16 pairs in 16-byte words per head); this model's is ${D}: use 'f32'`,
+    );
+  return d as KvDtype;
 }
 
 let nextCacheId = 1;
@@ -58,7 +104,9 @@ export class KVCache {
   readonly window: number;
   readonly onOverflow: OverflowPolicy;
   readonly keep: number;
-  /** Per layer: [rows, capacity, n_embd] f32. */
+  /** What K and V are stored as (CacheOptions.kvDtype). */
+  readonly kvDtype: KvDtype;
+  /** Per layer: [rows, capacity, n_embd] of kvDtype (f16: n_embd / 2 u32 words per slot). */
   readonly k: GPUBuffer[] = [];
   readonly v: GPUBuffer[] = [];
   /** Per row: tokens of the context whose K/V the cache holds (a prefix of `tokens`). */
@@ -78,6 +126,7 @@ export class KVCache {
     const { n_layer, n_embd, n_positions } = owner.config;
     const rows = opts.rows ?? 1;
     const capacity = opts.capacity ?? n_positions;
+    this.kvDtype = checkKvDtype(opts.kvDtype, owner.kvDtype, owner.config);
     if (!Number.isInteger(rows) || rows < 1 || rows > 4096) {
       throw new InvalidOptionError(`cache rows must be an integer in [1, 4096], got ${rows}`);
     }
@@ -98,13 +147,16 @@ export class KVCache {
       );
     }
     const ctx = owner.ctx;
-    const bytes = rows * capacity * n_embd * 4;
+    const elemBytes = this.kvDtype === 'f16' ? 2 : 4;
+    // f16: n_embd % 8 == 0 (checkKvDtype), so a slot is whole 16-byte words, as the kernels read them
+    const bytes = kvCacheBytes({ n_layer: 1, n_embd }, rows, capacity, this.kvDtype) / 2; // one layer's K
     const maxBind = ctx.limits.maxStorageBufferBindingSize;
     if (bytes > maxBind) {
-      const fit = Math.floor(maxBind / (capacity * n_embd * 4));
+      const fit = Math.floor(maxBind / (capacity * n_embd * elemBytes));
       throw new OutOfMemoryError(
-        `a KV cache layer of ${rows} rows x ${capacity} slots x ${n_embd} is ${bytes} bytes, over the adapter's ` +
-          `maxStorageBufferBindingSize ${maxBind}; use at most ${fit} rows at this capacity, or a smaller capacity`,
+        `a KV cache layer of ${rows} rows x ${capacity} slots x ${n_embd} ${this.kvDtype} is ${bytes} bytes, over the adapter's ` +
+          `maxStorageBufferBindingSize ${maxBind}; use at most ${fit} rows at this capacity, a smaller capacity` +
+          (this.kvDtype === 'f32' ? `, or kvDtype 'f16' (half the bytes)` : ''),
       );
     }
     ctx.checkAlive();
@@ -237,12 +289,14 @@ export class KVCache {
     return this.busyRows.size > 0;
   }
 
-  /** K or V of layer l as a tensor view [rows, capacity, n_embd]. */
+  /** K or V of layer l as a tensor view [rows, capacity, n_embd] of kvDtype. */
   kTensor(l: number): GpuTensor {
-    return { buffer: this.k[l]!, offset: 0, shape: [this.rows, this.capacity, this.owner.config.n_embd], dtype: 'f32' };
+    const shape = [this.rows, this.capacity, this.owner.config.n_embd];
+    return { buffer: this.k[l]!, offset: 0, shape, dtype: this.kvDtype };
   }
   vTensor(l: number): GpuTensor {
-    return { buffer: this.v[l]!, offset: 0, shape: [this.rows, this.capacity, this.owner.config.n_embd], dtype: 'f32' };
+    const shape = [this.rows, this.capacity, this.owner.config.n_embd];
+    return { buffer: this.v[l]!, offset: 0, shape, dtype: this.kvDtype };
   }
 
   /** Throws CacheMisuseError unless this cache is alive and belongs to `owner`. */

@@ -19,7 +19,15 @@
 import type { GpuContext } from '../gpu/device.js';
 import { headDim, type GPT2Config } from './config.js';
 import type { GPT2Weights } from './weights.js';
-import { KVCache, type CacheOptions, type CacheOwner, type Stashable } from './kvcache.js';
+import {
+  checkKvDtype,
+  kvCacheBytes,
+  KVCache,
+  type CacheOptions,
+  type CacheOwner,
+  type KvDtype,
+  type Stashable,
+} from './kvcache.js';
 import { Dispatch, encodeDispatches, GpuTensor, Owned } from '../gpu/common.js';
 import { LayerNormKernel } from '../kernels/layernorm.js';
 import { MatmulKernel } from '../kernels/matmul.js';
@@ -43,8 +51,10 @@ export interface Kernels {
   layernorm: LayerNormKernel;
   matmul: MatmulKernel;
   embedding: EmbeddingKernel;
+  /** The kernels for f32 caches; an f16 cache's are kvKernels('f16'). */
   attention: AttentionKernel;
   kvWrite: KvWriteKernel;
+  /** Copies words: caches of either dtype. */
   kvGather: KvGatherKernel;
   gatherRows: GatherRowsKernel;
   sampler: Sampler;
@@ -150,6 +160,7 @@ export class ForwardPlan implements Stashable {
     }
     const C = cfg.n_embd;
     const V = cfg.vocab_size;
+    const kv = model.kvKernels(cache.kvDtype); // attention and kv_write for the cache's dtype
     const o = (this.owned = new Owned(ctx));
     const buf = (label: string, shape: number[], dtype: 'f32' | 'u32' = 'f32'): GpuTensor => ({
       buffer: o.buffer(`${label}[${shape.join(',')}]`, shape.reduce((a, b) => a * b, 1) * 4, STORAGE()),
@@ -174,10 +185,10 @@ export class ForwardPlan implements Stashable {
       // tokens would all mix rows: it takes the profile's decode attention; so does a step of one
       // token in every row. Other steps take the profile's prompt attention for T tokens.
       const oneQuery = this.decode || (T === cache.rows && R === T && T > 1);
-      const attnVariant = oneQuery ? k.attention.decode : undefined;
+      const attnVariant = oneQuery ? kv.attention.decode : undefined;
       // Long prompts where the profile says 'blocks': attention as two matrix products through
       // scratch buffers that all layers share (their dispatches run one after another).
-      const blocks = oneQuery ? undefined : promptScratch(k.attention, T, cache.capacity, cfg);
+      const blocks = oneQuery ? undefined : promptScratch(kv.attention, T, cache.capacity, cfg);
       const scratch = blocks?.scores
         ? { scores: buf('att.scores', [blocks.scores]), queries: buf('att.queries', [blocks.queries]) } // [n_head, capacity, tc], [n_head, D, tc]
         : undefined;
@@ -201,10 +212,10 @@ export class ForwardPlan implements Stashable {
           ),
         );
         if (!this.decode)
-          d.push(...list(k.kvWrite.bind(o, { qkv, meta: this.meta, kCache: kc, vCache: vc }, `h.${l}.kv_write`)));
+          d.push(...list(kv.kvWrite.bind(o, { qkv, meta: this.meta, kCache: kc, vCache: vc }, `h.${l}.kv_write`)));
         d.push(
           ...list(
-            k.attention.bind(
+            kv.attention.bind(
               o,
               {
                 qkv,
@@ -333,6 +344,12 @@ export interface LoadOptions {
   /** Weight storage: 'f32' (default) or 'f16' (packed halves; math stays f32). */
   dtype?: 'f32' | 'f16';
   /**
+   * The K/V storage of the caches this model creates without CacheOptions.kvDtype (generate's,
+   * beam search's and scoring's own caches included): 'f32' (default) or 'f16' (half the bytes,
+   * math stays f32; needs n_embd / n_head % 8 == 0). Its kernels are built at load.
+   */
+  kvDtype?: KvDtype;
+  /**
    * Build a session's prompt plans of up to PROMPT_BUCKET_MAX tokens for a power-of-two count (8,
    * 16, 32 or 64), the tokens past the prompt parked, so that later turns of other lengths reuse
    * them instead of building a plan (see promptBucket). Default: the device profile's (on GPUs,
@@ -362,6 +379,14 @@ export class GPT2Model implements CacheOwner {
   plansBuilt = 0;
   /** LoadOptions.promptBuckets as decided at load (settable: tests run both ways on one model). */
   promptBuckets = false;
+  /**
+   * LoadOptions.kvDtype: the dtype of caches created without CacheOptions.kvDtype (settable, checked
+   * by the next cache: tests run both ways on one model).
+   */
+  kvDtype: KvDtype = 'f32';
+  /** attention + kv_write for f16 caches, built by the first f16 cache (createCache) or at load. */
+  private kvF16?: Promise<{ attention: AttentionKernel; kvWrite: KvWriteKernel }>;
+  private kvF16Built?: { attention: AttentionKernel; kvWrite: KvWriteKernel };
 
   constructor(
     readonly ctx: GpuContext,
@@ -425,13 +450,54 @@ export class GPT2Model implements CacheOwner {
     );
   }
 
+  /**
+   * Builds (once) the attention and kv_write pipelines for caches of `dtype`: the f32 ones come with
+   * the model; the f16 ones (KV_F16 set) are built only when a model uses such a cache.
+   */
+  async buildKvKernels(dtype: KvDtype): Promise<void> {
+    if (dtype === 'f32') return;
+    const p = this.profile;
+    this.kvF16 ??= Promise.all([
+      AttentionKernel.create(this.ctx, {
+        ...p.attention,
+        headDim: this.config.n_embd / this.config.n_head,
+        kvDtype: 'f16',
+      }),
+      KvWriteKernel.create(this.ctx, 'f16'),
+    ]).then(([attention, kvWrite]) => (this.kvF16Built = { attention, kvWrite }));
+    try {
+      await this.kvF16;
+    } catch (e) {
+      this.kvF16 = undefined; // a later cache tries again
+      throw e;
+    }
+  }
+
+  /** attention and kv_write for caches of `dtype` (f16: built by buildKvKernels, which createCache runs). */
+  kvKernels(dtype: KvDtype): { attention: AttentionKernel; kvWrite: KvWriteKernel } {
+    if (dtype === 'f32') return this.kernels;
+    if (!this.kvF16Built)
+      throw new ShapeError(
+        `model #${this.id} has no f16-cache kernels yet: create f16 caches with model.createCache, which builds them`,
+      );
+    return this.kvF16Built;
+  }
+
   /** A new KV cache (session storage) tied to this model. */
   async createCache(opts: CacheOptions = {}): Promise<KVCache> {
     this.checkAlive();
+    // Checked before any GPU work; the cache checks it again (the same function).
+    const dtype = checkKvDtype(opts.kvDtype, this.kvDtype, this.config);
+    await this.buildKvKernels(dtype);
     const c = new KVCache(this, opts);
     await c.ready;
     this.caches.add(c);
     return c;
+  }
+
+  /** Bytes of GPU memory a cache of `rows` x `capacity` slots of `kvDtype` (default the model's) holds. */
+  cacheBytes(rows: number, capacity: number, kvDtype: KvDtype = this.kvDtype): number {
+    return kvCacheBytes(this.config, rows, capacity, kvDtype);
   }
 
   /** Live caches created by this model (destroyed ones drop out). */

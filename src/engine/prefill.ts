@@ -80,7 +80,7 @@ function submitRows(run: Run, outIds: GpuTensor, steps: StepQueue): number {
  * same submit copies into every row; the scratch cache is freed once that work is done.
  */
 async function submitShared(run: Run, outIds: GpuTensor, steps: StepQueue): Promise<number> {
-  const scratch = await run.model.createCache({ rows: 1, capacity: run.cache.capacity });
+  const scratch = await run.model.createCache({ rows: 1, capacity: run.cache.capacity, kvDtype: run.cache.kvDtype });
   return run.errors.run(() => submitSharedOn(run, scratch, outIds, steps));
 }
 
@@ -109,9 +109,9 @@ function submitSharedOn(run: Run, scratch: KVCache, outIds: GpuTensor, steps: St
 
 /** Copies the K/V of the first `tokens` slots of the scratch cache's row 0 into `rows` of `cache`, every layer. */
 function copyPrefix(enc: GPUCommandEncoder, scratch: KVCache, cache: KVCache, rows: number[], tokens: number): void {
-  const C = cache.owner.config.n_embd;
-  const rowBytes = cache.capacity * C * 4;
-  const used = tokens * C * 4;
+  const slotBytes = cache.owner.config.n_embd * (cache.kvDtype === 'f16' ? 2 : 4); // scratch has cache's dtype
+  const rowBytes = cache.capacity * slotBytes;
+  const used = tokens * slotBytes;
   for (let l = 0; l < cache.owner.config.n_layer; l++) {
     for (const row of rows) {
       enc.copyBufferToBuffer(scratch.k[l]!, 0, cache.k[l]!, row * rowBytes, used);

@@ -16,12 +16,16 @@
  * Which kernels run is the device profile's choice (AttentionProfile, set in profile.ts): one for
  * decode steps and one family for prompts. A kernel is built for one head size and builds the
  * pipelines of those two choices only; a choice that cannot run that head size falls back to
- * 'query' (see fitTo).
+ * 'query' (see fitTo). It is also built for one cache dtype (AttentionOptions.kvDtype): f16 caches
+ * (halves packed two per u32 word, read through unpack2x16float) take the same kernels with the
+ * override KV_F16 set, for head sizes D % 8 == 0 (a head's slice of a slot is then whole 16-byte
+ * words: no two workgroups write one word).
  */
 import type { GpuContext } from '../gpu/device.js';
 import { InvalidOptionError, ShapeError } from '../errors.js';
 import { binding, Dispatch, expectTensor, f32bits, GpuTensor, isPowerOfTwoIn, Owned } from '../gpu/common.js';
 import { expectDisjoint, grid, NAN_BITS } from './elementwise.js';
+import { KV_DTYPES, type KvDtype } from './kvcache.js';
 
 /** Largest head size the kernels' arrays hold. */
 export const ATTENTION_MAX_HEAD_DIM = 256;
@@ -62,8 +66,8 @@ export interface AttentionProfile {
 
 export interface AttentionArgs {
   qkv: GpuTensor; // [T, 3C] f32
-  kCache: GpuTensor; // [rows, cap, C] f32
-  vCache: GpuTensor; // [rows, cap, C] f32
+  kCache: GpuTensor; // [rows, cap, C] of the kernel's kvDtype (f32, or f16: C / 2 words per slot)
+  vCache: GpuTensor; // [rows, cap, C] of the kernel's kvDtype
   meta: GpuTensor; // [T, 2] u32 (row, pos)
   out: GpuTensor; // [T, C] f32, disjoint from the inputs
   nHead: number;
@@ -143,6 +147,13 @@ export interface AttentionOptions extends AttentionProfile {
   headDim: number;
   /** Most bytes of one chunk's 'blocks' score scratch (at least 8 tokens' worth); default BLOCKS_SCRATCH_BYTES, capped by the binding limit. */
   blocksScratchBytes?: number;
+  /** The dtype of the caches every bind reads: 'f32' (default) or 'f16' (needs headDim % 8 == 0). */
+  kvDtype?: KvDtype;
+}
+
+/** Whether a cache of `dtype` can serve attention at head size D (f16: D % 8 == 0, see the file header). */
+export function kvDtypeFits(dtype: KvDtype, D: number): boolean {
+  return dtype === 'f32' || (Number.isInteger(D) && D >= 8 && D % 8 === 0 && D <= ATTENTION_MAX_HEAD_DIM);
 }
 
 /** The pipelines a kernel may hold, by the role they play. */
@@ -171,6 +182,8 @@ export class AttentionKernel {
     readonly sgQueries: number,
     /** AttentionOptions.blocksScratchBytes. */
     readonly blocksScratchBytes: number,
+    /** The dtype of the caches it reads and writes. */
+    readonly kvDtype: KvDtype,
   ) {}
 
   static async create(ctx: GpuContext, opts: AttentionOptions): Promise<AttentionKernel> {
@@ -186,6 +199,15 @@ export class AttentionKernel {
         `AttentionKernel: blocksScratchBytes must be a positive integer (bytes of the 'blocks' score scratch per chunk), got ${blocksScratchBytes}`,
       );
     }
+    const kvDtype = opts.kvDtype ?? 'f32';
+    if (!KV_DTYPES.includes(kvDtype))
+      throw new InvalidOptionError(
+        `AttentionKernel: kvDtype must be one of ${KV_DTYPES.join(', ')}, got ${JSON.stringify(kvDtype)}`,
+      );
+    if (!kvDtypeFits(kvDtype, D))
+      throw new InvalidOptionError(
+        `AttentionKernel: an f16 KV cache needs a head size that is a multiple of 8 (at most ${ATTENTION_MAX_HEAD_DIM}), got ${D}; use kvDtype 'f32'`,
+      );
     const { decode, prompt } = fitTo(opts, D);
     const roles = new Set<Role>([decode]);
     if (prompt === 'tiled') roles.add('tiled').add('query');
@@ -195,10 +217,14 @@ export class AttentionKernel {
     else roles.add('query');
     const specs = AttentionKernel.specs(D, opts);
     const list = [...roles];
-    const built = await Promise.all(list.map((r) => ctx.pipeline(...specs[r])));
+    // f16 caches: KV_F16 on every pipeline that touches the cache (att_qt and att_softmax do not);
+    // f32 ones keep the modules' default, so their pipelines are exactly the f32-only ones.
+    const constants = (r: Role) =>
+      kvDtype === 'f16' && r !== 'qt' && r !== 'softmax' ? { ...specs[r][2], KV_F16: 1 } : specs[r][2];
+    const built = await Promise.all(list.map((r) => ctx.pipeline(specs[r][0], specs[r][1], constants(r))));
     const pipes = Object.fromEntries(list.map((r, i) => [r, built[i]!]));
     const sgQueries = opts.subgroupLanes;
-    return new AttentionKernel(ctx, D, decode, prompt, pipes, sgQueries, blocksScratchBytes);
+    return new AttentionKernel(ctx, D, decode, prompt, pipes, sgQueries, blocksScratchBytes, kvDtype);
   }
 
   /** Module, entry point and override constants of each role's pipeline at head size D. */
@@ -343,8 +369,8 @@ export class AttentionKernel {
       throw new ShapeError(
         `${label}: head size ${C / nHead} (C ${C} / nHead ${nHead}), but this kernel was built for head size ${this.headDim}`,
       );
-    expectTensor(`${label} kCache`, a.kCache, [rows, cap, C], ['f32']);
-    expectTensor(`${label} vCache`, a.vCache, [rows, cap, C], ['f32']);
+    expectTensor(`${label} kCache`, a.kCache, [rows, cap, C], [this.kvDtype]);
+    expectTensor(`${label} vCache`, a.vCache, [rows, cap, C], [this.kvDtype]);
     expectTensor(`${label} qkv`, a.qkv, [T, 3 * C], ['f32']);
     expectTensor(`${label} meta`, a.meta, [T, 2], ['u32']);
     expectTensor(`${label} out`, a.out, [T, C], ['f32']);

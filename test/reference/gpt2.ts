@@ -53,9 +53,15 @@ export function gelu64(x: number): number {
 
 /**
  * Logits at every position, [T, V] row-major, for token ids at positions 0..T-1.
- * `w` holds tensors by HF name (without `transformer.`), f32 or f64 values.
+ * `w` holds tensors by HF name (without `transformer.`), f32 or f64 values. `kvRound`: what the
+ * cache does to each K and V value (f16 caches: roundF16).
  */
-export function forward64(w: TensorsLike, cfg: GPT2Config, ids: readonly number[]): Float64Array {
+export function forward64(
+  w: TensorsLike,
+  cfg: GPT2Config,
+  ids: readonly number[],
+  opts: { kvRound?: (x: number) => number } = {},
+): Float64Array {
   const get = (n: string): ArrayLike<number> => {
     const v = w instanceof Map ? w.get(n) : w[n];
     if (!v) throw new Error(`forward64: missing tensor ${n}`);
@@ -79,6 +85,10 @@ export function forward64(w: TensorsLike, cfg: GPT2Config, ids: readonly number[
     // attention block
     const h1 = layerNorm64(x, get(p + 'ln_1.weight'), get(p + 'ln_1.bias'), T, C, eps);
     const qkv = linear(h1, get(p + 'attn.c_attn.weight'), get(p + 'attn.c_attn.bias'), T, C, 3 * C); // [T, 3C]
+    // A KV cache that stores K and V rounded (f16): attention reads them as stored.
+    const kvRound = opts.kvRound;
+    if (kvRound)
+      for (let t = 0; t < T; t++) for (let c = C; c < 3 * C; c++) qkv[t * 3 * C + c] = kvRound(qkv[t * 3 * C + c]!);
     const att = new Float64Array(T * C);
     const s = new Float64Array(T);
     for (let hd = 0; hd < H; hd++) {
