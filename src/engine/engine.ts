@@ -294,8 +294,8 @@ function turnPart(q: QueuedTurn): { seed: number; own: NonNullable<GenerateOptio
 }
 
 /**
- * Which turns may share batched steps: the same stopAtEos, EOS ids, includeStopString, cache mode
- * and steps in flight; sampling options (bans included), seeds, maxNewTokens, stop strings and stop
+ * Which turns may share batched steps: the same stopAtEos, EOS ids, includeStopString, cache mode,
+ * steps in flight and logprobs; sampling options (bans included), seeds, maxNewTokens, stop strings and stop
  * token ids may differ, as each row has its own
  * (GenerateOptions.perSequence, seeds). undefined: the turn runs alone: it has a signal
  * (cancelling it must not cancel others), several sequences or per-sequence options of its own,
@@ -322,7 +322,9 @@ function mergeKey(
     const eosIds = eosIdsOf(opts, eos, vocab);
     if (maxNew === 0) return undefined;
     const includeStop = opts.includeStopString ?? true;
-    return JSON.stringify([depth, opts.stopAtEos ?? true, opts.useCache ?? true, eosIds, includeStop]);
+    // Rows of a run read back the same logprobs (GenerateOptions.logprobs: one value per run).
+    const lp = opts.logprobs ?? null;
+    return JSON.stringify([depth, opts.stopAtEos ?? true, opts.useCache ?? true, eosIds, includeStop, lp]);
   } catch {
     return undefined;
   }

@@ -95,3 +95,12 @@ export class LogprobsKernel {
     return { family: 'sampling', label, pipeline: this.pipeline, bindGroup, workgroups: [gx, gy, 1] };
   }
 }
+
+// One kernel per context: scoring and generation both bind it.
+const kernels = new WeakMap<GpuContext, Promise<LogprobsKernel>>();
+/** The context's logprobs kernel (its pipeline built once). */
+export function logprobsKernelFor(ctx: GpuContext): Promise<LogprobsKernel> {
+  let k = kernels.get(ctx);
+  if (!k) kernels.set(ctx, (k = LogprobsKernel.create(ctx)));
+  return k;
+}
