@@ -14,6 +14,7 @@ import { fixturesDir, REPO_ROOT, tinyDir } from './fixtures-util.js';
 import type { Model } from '../src/engine/engine.js';
 import { buildApp, type ServerApp, type ServerOptions } from '../src/server/app.js';
 import { CHAT_STOP, chatPrompt } from '../src/server/chat.js';
+import { deriveSeed } from '../src/sampling/options.js';
 
 interface Running {
   server: ServerApp;
@@ -288,6 +289,48 @@ test('logprobs (trained model): echo + max_tokens 0 equals model.score; generate
   await t.server.close();
   started.splice(started.indexOf(t), 1);
   trained.destroy();
+});
+
+test('sampled completions: logprobs come from the generation (no scoring call), equal model.score of prompt + completion; an echoed prompt is scored once', async () => {
+  const pids = tiny.tokenizer.encode(PROMPT);
+  const dec = (id: number) => tiny.tokenizer.decode([id]);
+  const score = tiny.score.bind(tiny);
+  let calls = 0;
+  tiny.score = (...a: Parameters<Model['score']>) => {
+    calls++;
+    return score(...a);
+  };
+  try {
+    const body = { model: 'm', prompt: PROMPT, max_tokens: 6, temperature: 0.8, top_k: 40, seed: 7, n: 2, logprobs: 3 };
+    const r = await main.client.completions.create(loose({ ...body, ignore_eos: true }));
+    assert.is(calls, 0, "a completion's logprobs need no scoring call");
+    for (const [j, c] of r.choices.entries()) {
+      const o = { temperature: 0.8, topK: 40, seed: deriveSeed(7, j), maxNewTokens: 6, stopAtEos: false };
+      const want = (await tiny.generate(pids, o)).sequences[0]!.tokens;
+      const lp = c.logprobs!;
+      assert.equal(lp.tokens, want.map(dec), `choice ${j} tokens`);
+      const sc = await score([...pids, ...want], { top: 3 });
+      want.forEach((id, k) => {
+        const t = sc.tokens[pids.length - 1 + k]!;
+        assert.ok(Math.abs(lp.token_logprobs![k]! - t.logprob) < 1e-4, `choice ${j} token ${k}`);
+        const top = lp.top_logprobs![k]!;
+        for (const alt of t.top!) assert.ok(Math.abs(top[dec(alt.id)]! - alt.logprob) < 1e-4, `top of ${k}`);
+        assert.ok(Math.abs(top[dec(id)]! - t.logprob) < 1e-4, 'the token itself is in top_logprobs');
+      });
+    }
+    calls = 0;
+    const e = await main.client.completions.create(loose({ ...body, echo: true, ignore_eos: true }));
+    assert.is(calls, 1, 'the prompt of both choices is scored once');
+    const sc = await score(pids, { top: 3 });
+    for (const c of e.choices) {
+      const lp = c.logprobs!;
+      assert.is(lp.token_logprobs![0], null);
+      sc.tokens.forEach((t, k) => assert.ok(Math.abs(lp.token_logprobs![k + 1]! - t.logprob) < 1e-5, `prompt ${k}`));
+      assert.equal(lp.token_logprobs!.slice(pids.length), r.choices[c.index]!.logprobs!.token_logprobs);
+    }
+  } finally {
+    tiny.score = score;
+  }
 });
 
 test('concurrent requests share batched steps, and each equals the same request sent alone', async () => {

@@ -21,8 +21,9 @@
  * in a merged run has none (the group runs a turn with a signal on its own, outside the batch), so
  * it runs to its end (max_tokens at most) and its result is discarded.
  *
- * Scoring (logprobs) runs through a second lane, one call at a time: each call makes a temporary
- * cache and [256, vocab] logits, so calls in parallel would only multiply the memory.
+ * Scoring (the logprobs of an echoed prompt; a completion's come with its generation) runs through
+ * a second lane, one call at a time: each call makes a temporary cache and [256, vocab] logits, so
+ * calls in parallel would only multiply the memory.
  */
 import type { GenerateOptions, GenerateResult, TokenEvent } from '../engine/generate.js';
 import type { Model, Session, SessionGroup } from '../engine/engine.js';
@@ -30,15 +31,18 @@ import type { ScoreResult } from '../engine/score.js';
 import { AbortError } from '../errors.js';
 import { ApiError } from './errors.js';
 
-/** A merged run as the queue sees it: units with one stopAtEos, `width` slots, `active` of them busy. */
+/** A merged run as the queue sees it: units with one key, `width` slots, `active` of them busy. */
 interface Cohort {
-  key: boolean;
+  key: string;
   width: number;
   active: number;
 }
 
-/** Units that may share a run: the same stopAtEos (the rest may differ per row). */
-const keyOf = (q: Unit): boolean => q.opts.stopAtEos ?? true;
+/**
+ * Units that may share a run: the same stopAtEos and logprobs (the group merges only those; the
+ * rest may differ per row).
+ */
+const keyOf = (q: Unit): string => `${q.opts.stopAtEos ?? true}/${q.opts.logprobs ?? '-'}`;
 
 /** A unit's generation options (the session's cache and rows are the scheduler's). */
 export type UnitOptions = Omit<GenerateOptions, 'cache' | 'cacheRows' | 'signal' | 'numSequences' | 'onToken'>;
@@ -233,7 +237,7 @@ export class Scheduler {
   }
 
   /**
-   * Starts queued units with the first one's stopAtEos, as many as there are free sessions, in
+   * Starts queued units with the first one's key, as many as there are free sessions, in
    * one tick: the group merges them into one run. A cohort of one runs alone and gets its
    * request's signal.
    */
