@@ -388,7 +388,7 @@ const streamText = (sse: string) =>
     .map((e) => JSON.parse(e.slice(6)).choices[0]?.text ?? '')
     .join('');
 
-test('a client that disconnects mid-stream: a lone generation is aborted, a merged one runs out alone; rows and GPU memory come back', async () => {
+test('a client that disconnects mid-stream: its generation is aborted, alone or merged (its row freed at once, the other stream unaffected); rows and GPU memory come back', async () => {
   const sched = main.server.scheduler;
   await sched.idle();
   const base = outsideBytes();
@@ -399,22 +399,42 @@ test('a client that disconnects mid-stream: a lone generation is aborted, a merg
   await sched.idle();
   assert.is(sched.stats.failed - before.failed, 1, 'aborted (AbortError), not completed');
   assert.is(sched.stats.completed, before.completed);
-  // Merged with another stream: the other one's text is unaffected.
+  // Merged with another stream: the one that leaves ends alone at its next step.
   const shared0 = sched.stats.shared;
-  const keep = { prompt: 'Keep going', max_tokens: 40, temperature: 0, ignore_eos: true };
+  const failed0 = sched.stats.failed;
+  const keep = { prompt: 'Keep going', max_tokens: 300, temperature: 0, ignore_eos: true };
   const [gone, kept] = await Promise.all([
-    openStream({ prompt: 'Leaving', max_tokens: 60, ignore_eos: true }),
+    openStream({ prompt: 'Leaving', max_tokens: 300, ignore_eos: true }),
     openStream(keep),
   ]);
-  gone.ac.abort();
   assert.is(sched.stats.shared - shared0, 2, 'the two streams share one run');
-  const text = streamText(await kept.rest);
+  let keptDone = false;
+  const keptText = kept.rest.then((t) => {
+    keptDone = true;
+    return t;
+  });
+  const completed0 = sched.stats.completed;
+  gone.ac.abort();
+  const ended = () => sched.stats.failed > failed0 || sched.stats.completed > completed0;
+  while (!ended()) await new Promise((r) => setTimeout(r, 2));
+  assert.is(sched.stats.failed - failed0, 1, 'the unit that left was aborted, not run to its end');
+  assert.not.ok(keptDone, 'aborted while the other stream goes on');
+  assert.is(sched.stats.running, 1);
+  // Its row is free at once: a request sent now joins the run in its slot.
+  const late = { model: 'm', prompt: 'Late', max_tokens: 4, temperature: 0, ignore_eos: true };
+  const lateText = (await main.client.completions.create(loose(late))).choices[0]!.text;
+  assert.is(sched.stats.shared - shared0, 3, 'the late request joined the run');
+  assert.is(
+    lateText,
+    (await tiny.generate('Late', { temperature: 0, maxNewTokens: 4, stopAtEos: false })).sequences[0]!.text,
+  );
+  const text = streamText(await keptText);
   assert.is(
     text,
-    (await tiny.generate('Keep going', { temperature: 0, maxNewTokens: 40, stopAtEos: false })).sequences[0]!.text,
+    (await tiny.generate('Keep going', { temperature: 0, maxNewTokens: 300, stopAtEos: false })).sequences[0]!.text,
   );
   await sched.idle();
-  assert.equal([sched.stats.running, sched.stats.queued], [0, 0]);
+  assert.equal([sched.stats.running, sched.stats.queued, sched.stats.failed - failed0], [0, 0, 1]);
   assert.is(outsideBytes(), base, 'GPU memory outside the group back to the baseline');
 });
 

@@ -177,6 +177,13 @@ export class JoinQueue<T extends Joiner = Joiner> {
     return this.bySlot.get(slot);
   }
 
+  /** Removes the first waiting joiner that `which` picks; whether there was one. */
+  remove(which: (j: T) => boolean): boolean {
+    const i = this.queue.findIndex(which);
+    if (i >= 0) this.queue.splice(i, 1);
+    return i >= 0;
+  }
+
   /** Removes and returns the joiners still waiting (their run ended first). */
   takeWaiting(): T[] {
     return this.queue.splice(0);
