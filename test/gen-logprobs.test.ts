@@ -24,6 +24,8 @@ type Model = Awaited<ReturnType<typeof tinyModel>>;
 interface Procs {
   temperature: number;
   topK?: number;
+  topP?: number;
+  minP?: number;
   repetitionPenalty?: number;
   freqPenalty?: number;
   presencePenalty?: number;
@@ -45,6 +47,22 @@ function processed64(x: Float32Array, o: Procs, seen: Map<number, number>, tok: 
     const kth = [...z].sort((a, b) => b - a)[o.topK! - 1]!;
     kept = z.map((y) => y >= kth);
   }
+  const top = Math.max(...z.filter((_, i) => kept[i]));
+  if (o.temperature > 0 && o.topP !== undefined) {
+    // The smallest prefix (z descending, id ascending) of the kept tokens whose mass reaches p.
+    const order = z.map((y, id) => ({ y, id })).filter((e) => kept[e.id]);
+    order.sort((a, b) => b.y - a.y || a.id - b.id);
+    const total = order.reduce((t, e) => t + Math.exp(e.y - top), 0);
+    let cum = 0;
+    const inP = new Set<number>();
+    for (const e of order) {
+      inP.add(e.id);
+      cum += Math.exp(e.y - top) / total;
+      if (cum >= o.topP) break;
+    }
+    kept = kept.map((k, id) => k && inP.has(id));
+  }
+  if (o.temperature > 0 && o.minP !== undefined) kept = kept.map((k, id) => k && Math.exp(z[id]! - top) >= o.minP!);
   assert.ok(kept[tok], `token ${tok} was drawn from outside the kept set`);
   const m = Math.max(...z.filter((_, i) => kept[i]));
   let s = 0;
@@ -139,6 +157,15 @@ test('penalties: repetition and frequency penalties, greedy and sampled, in the 
   await checkSequence(model, PROMPT, g.sequences[0]!, { temperature: 0, ...pen }, 0);
   const s = await model.generate(PROMPT, { ...SAMPLED, ...pen, maxNewTokens: 8, logprobs: 0 });
   await checkSequence(model, PROMPT, s.sequences[0]!, { ...SAMPLED, ...pen }, 0);
+});
+
+test('top-p and min-p: the processed log-probs renormalise over the tokens they keep', async () => {
+  const model = await tinyModel();
+  for (const cut of [{ topP: 0.6 }, { minP: 0.3 }, { topK: 30, topP: 0.8, minP: 0.1 }]) {
+    const o = { temperature: 0.7, ...cut };
+    const r = await model.generate(PROMPT, { ...o, seed: 3, maxNewTokens: 8, stopAtEos: false, logprobs: 0 });
+    await checkSequence(model, PROMPT, r.sequences[0]!, o, 0);
+  }
 });
 
 test('pipelining (3 steps in flight), a batch of 3 and the uncached mode give the same tokens and log-probs', async () => {
