@@ -10,7 +10,10 @@
 //               argmax; the kept set of top-k, top-p and min-p -> cuts[row]. A banned id stays
 //               -inf through 3-4 and is never kept, so where the bans sit among 1-4 changes nothing.
 //   draw_row:   Gumbel-max draw over the kept tokens, optional probs [rows, V] (softmax over the
-//               kept tokens, 0 elsewhere), out_ids[row]; counts, step and the EOS latch updated.
+//               kept tokens, 0 elsewhere), out_ids[row]; counts, step and the EOS latch updated;
+//               optionally lp_out[row], the chosen token's log-probability under the distribution
+//               it was drawn from (log-softmax of z over the kept tokens; greedy rows: over every
+//               token, z not divided).
 // sample() uses select_row + draw_row on one row, then compact_row (kept ids, ascending) and
 // draw_many (one invocation per draw, histogram of chosen ids).
 //
@@ -33,7 +36,7 @@
 // the other rows of the batch. Gumbel noise g = -log(-log(u)), u = (x >> 8 + 0.5) * 2^-24.
 //
 // Limits: 256 invocations, 9 KiB of workgroup memory, at most 8 storage buffers per entry point
-// (select_row uses 8: WebGPU's default maxStorageBuffersPerShaderStage).
+// (select_row and draw_row use 8: WebGPU's default maxStorageBuffersPerShaderStage).
 
 const WG: u32 = 256u;
 const NONE: u32 = 0xffffffffu;
@@ -45,7 +48,7 @@ struct Globals {
   V: u32,
   logits_off: u32,   // element offset of row 0 inside the `logits` binding (alignment slack)
   out_off: u32,      // element offset of row 0 inside the `out_ids` binding
-  flags: u32,        // bit 0: write probs; bit 1: update counts, step and finished flags
+  flags: u32,        // bit 0: write probs; bit 1: update counts, step and finished flags; bit 2: write lp_out
   ndraws: u32,       // draw_many: number of draws; philox_kat: number of cases
   rows_per_y: u32,   // workgroups per dispatch row (index = y * rows_per_y + x)
   _pad: u32,
@@ -103,6 +106,7 @@ struct Cut {
 @group(0) @binding(10) var<storage, read_write> aux: array<u32>;      // kept ids / prompt ids / KAT cases
 @group(0) @binding(11) var<storage, read_write> hist: array<atomic<u32>>; // [V] draw_many counts
 @group(0) @binding(12) var<storage, read> bans: array<u32>;           // [rows, 2, ceil(V / 32)] bit masks
+@group(0) @binding(13) var<storage, read_write> lp_out: array<f32>;   // [rows] the chosen token's processed log-prob
 
 // Radix histograms (bucket = one 8-bit digit of okey) and their descending scans.
 var<workgroup> h_cnt: array<atomic<u32>, 256>;
@@ -547,6 +551,7 @@ fn draw_row(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_inde
   let c = cuts[row];
   let fin = st.finished != 0u;
   let fixed = fin || c.greedy != 0u;
+  let want_lp = (g.flags & 4u) != 0u;
 
   // 8: Gumbel-max over the kept tokens (z = -inf has probability 0 and never wins).
   var best = neg_inf();
@@ -563,6 +568,12 @@ fn draw_row(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_inde
           best_i = v;
         }
       }
+    }
+  } else if (want_lp && !fin) {
+    // Greedy: the mass of every token (the cut keeps all), for the chosen token's log-prob.
+    for (var v = lid; v < V; v += WG) {
+      let z = work[base + v];
+      if (z > neg_inf()) { zsum += exp(z - c.m); }
     }
   }
   reduce_argmax_sum(best, best_i, zsum, lid);
@@ -582,6 +593,10 @@ fn draw_row(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_inde
   }
   if (lid == 0u) {
     out_ids[g.out_off + row] = chosen;
+    if (want_lp) {
+      // log(exp(z_chosen - m) / total); a finished row's draw is EOS by the latch: 0.
+      lp_out[row] = select(work[base + chosen] - c.m - log(total), 0.0, fin);
+    }
     if ((g.flags & 2u) != 0u && !fin) {
       counts[base + chosen] += 1u;
       state[row].step = st.step + 1u;

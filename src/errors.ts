@@ -56,8 +56,20 @@ export class AbortError extends GPT2WebGPUError {
   tokens: number[] = [];
   /** Their text so far (what onToken delivered). */
   text = '';
-  /** Every sequence's new tokens and text so far (generate with numSequences > 1, generateBatch). */
-  sequences: Array<{ tokens: number[]; text: string }> = [];
+  /**
+   * Every sequence's new tokens and text so far (generate with numSequences > 1, generateBatch),
+   * and their log-probabilities when the generation computed them (GenerateOptions.logprobs).
+   */
+  sequences: Array<{
+    tokens: number[];
+    text: string;
+    logprobs?: Array<{
+      logprob: number;
+      processedLogprob: number;
+      greedy: boolean;
+      top?: Array<{ id: number; logprob: number }>;
+    }>;
+  }> = [];
 }
 
 /** A sequence would pass the context window and the cache's overflow policy is 'error'. */

@@ -7,9 +7,25 @@ import { logprobs64 } from './reference/logprobs.js';
 
 const V = 50257; // GPT-2's vocabulary: not a multiple of the workgroup size
 
+/** Both workgroup sizes: the GPU's (256 threads per row) and the CPU adapters' (8). */
+const SIZES = [256, 8];
+
 async function check(x: Float32Array, rows: number, n: number, targets: number[], top: number, what: string) {
+  for (const wg of SIZES) await checkWith(wg, x, rows, n, targets, top, `${what} (${wg} threads)`);
+}
+
+async function checkWith(
+  wg: number,
+  x: Float32Array,
+  rows: number,
+  n: number,
+  targets: number[],
+  top: number,
+  what: string,
+) {
   return withDevice(async ({ ctx, owned }) => {
-    const k = await LogprobsKernel.create(ctx);
+    const k = await LogprobsKernel.create(ctx, wg);
+    assert.is(k.wg, wg);
     const out = poisoned(owned, [rows, logprobsRowWords(top)], 'u32');
     const t = upload(owned, Uint32Array.from(targets), [rows], 'u32');
     await run(ctx, [k.bind(owned, { logits: upload(owned, x, [rows, n]), targets: t, out, top })]);
@@ -77,7 +93,7 @@ for (const [rows, n, top] of [
     const targets = Array.from({ length: rows }, (_, r) => (r * 31) % n);
     if (top > n) {
       return withDevice(async ({ ctx, owned }) => {
-        const k = await LogprobsKernel.create(ctx);
+        const k = await LogprobsKernel.create(ctx, 8);
         const out = poisoned(owned, [rows, logprobsRowWords(top)], 'u32');
         const t = upload(owned, Uint32Array.from(targets), [rows], 'u32');
         await run(ctx, [k.bind(owned, { logits: upload(owned, x, [rows, n]), targets: t, out, top })]);
@@ -100,9 +116,15 @@ for (const [rows, n, top] of [
   });
 }
 
-test('logprobs refuses a top past 20 and a mis-shaped output', () =>
+test('logprobs refuses a top past 20, a mis-shaped output and a workgroup size not a power of two; 8 threads per row on CPU adapters', () =>
   withDevice(async ({ ctx, owned }) => {
     const k = await LogprobsKernel.create(ctx);
+    assert.is(k.wg, ctx.isCpuAdapter ? 8 : 256);
+    for (const wg of [12, 0, 512])
+      await LogprobsKernel.create(ctx, wg).then(
+        () => assert.unreachable(`wg ${wg} accepted`),
+        (e: Error) => assert.ok(e instanceof ShapeError && /wg must be a power of two/.test(e.message), e.message),
+      );
     const logits = upload(owned, new Float32Array(10), [2, 5]);
     const targets = upload(owned, new Uint32Array(2), [2], 'u32');
     assert.throws(

@@ -14,6 +14,7 @@ import { fixturesDir, REPO_ROOT, tinyDir } from './fixtures-util.js';
 import type { Model } from '../src/engine/engine.js';
 import { buildApp, type ServerApp, type ServerOptions } from '../src/server/app.js';
 import { CHAT_STOP, chatPrompt } from '../src/server/chat.js';
+import { deriveSeed } from '../src/sampling/options.js';
 
 interface Running {
   server: ServerApp;
@@ -290,6 +291,48 @@ test('logprobs (trained model): echo + max_tokens 0 equals model.score; generate
   trained.destroy();
 });
 
+test('sampled completions: logprobs come from the generation (no scoring call), equal model.score of prompt + completion; an echoed prompt is scored once', async () => {
+  const pids = tiny.tokenizer.encode(PROMPT);
+  const dec = (id: number) => tiny.tokenizer.decode([id]);
+  const score = tiny.score.bind(tiny);
+  let calls = 0;
+  tiny.score = (...a: Parameters<Model['score']>) => {
+    calls++;
+    return score(...a);
+  };
+  try {
+    const body = { model: 'm', prompt: PROMPT, max_tokens: 6, temperature: 0.8, top_k: 40, seed: 7, n: 2, logprobs: 3 };
+    const r = await main.client.completions.create(loose({ ...body, ignore_eos: true }));
+    assert.is(calls, 0, "a completion's logprobs need no scoring call");
+    for (const [j, c] of r.choices.entries()) {
+      const o = { temperature: 0.8, topK: 40, seed: deriveSeed(7, j), maxNewTokens: 6, stopAtEos: false };
+      const want = (await tiny.generate(pids, o)).sequences[0]!.tokens;
+      const lp = c.logprobs!;
+      assert.equal(lp.tokens, want.map(dec), `choice ${j} tokens`);
+      const sc = await score([...pids, ...want], { top: 3 });
+      want.forEach((id, k) => {
+        const t = sc.tokens[pids.length - 1 + k]!;
+        assert.ok(Math.abs(lp.token_logprobs![k]! - t.logprob) < 1e-4, `choice ${j} token ${k}`);
+        const top = lp.top_logprobs![k]!;
+        for (const alt of t.top!) assert.ok(Math.abs(top[dec(alt.id)]! - alt.logprob) < 1e-4, `top of ${k}`);
+        assert.ok(Math.abs(top[dec(id)]! - t.logprob) < 1e-4, 'the token itself is in top_logprobs');
+      });
+    }
+    calls = 0;
+    const e = await main.client.completions.create(loose({ ...body, echo: true, ignore_eos: true }));
+    assert.is(calls, 1, 'the prompt of both choices is scored once');
+    const sc = await score(pids, { top: 3 });
+    for (const c of e.choices) {
+      const lp = c.logprobs!;
+      assert.is(lp.token_logprobs![0], null);
+      sc.tokens.forEach((t, k) => assert.ok(Math.abs(lp.token_logprobs![k + 1]! - t.logprob) < 1e-5, `prompt ${k}`));
+      assert.equal(lp.token_logprobs!.slice(pids.length), r.choices[c.index]!.logprobs!.token_logprobs);
+    }
+  } finally {
+    tiny.score = score;
+  }
+});
+
 test('concurrent requests share batched steps, and each equals the same request sent alone', async () => {
   const reqs = Array.from({ length: 24 }, (_, i) => ({
     model: 'm',
@@ -345,7 +388,7 @@ const streamText = (sse: string) =>
     .map((e) => JSON.parse(e.slice(6)).choices[0]?.text ?? '')
     .join('');
 
-test('a client that disconnects mid-stream: a lone generation is aborted, a merged one runs out alone; rows and GPU memory come back', async () => {
+test('a client that disconnects mid-stream: its generation is aborted, alone or merged (its row freed at once, the other stream unaffected); rows and GPU memory come back', async () => {
   const sched = main.server.scheduler;
   await sched.idle();
   const base = outsideBytes();
@@ -356,22 +399,42 @@ test('a client that disconnects mid-stream: a lone generation is aborted, a merg
   await sched.idle();
   assert.is(sched.stats.failed - before.failed, 1, 'aborted (AbortError), not completed');
   assert.is(sched.stats.completed, before.completed);
-  // Merged with another stream: the other one's text is unaffected.
+  // Merged with another stream: the one that leaves ends alone at its next step.
   const shared0 = sched.stats.shared;
-  const keep = { prompt: 'Keep going', max_tokens: 40, temperature: 0, ignore_eos: true };
+  const failed0 = sched.stats.failed;
+  const keep = { prompt: 'Keep going', max_tokens: 300, temperature: 0, ignore_eos: true };
   const [gone, kept] = await Promise.all([
-    openStream({ prompt: 'Leaving', max_tokens: 60, ignore_eos: true }),
+    openStream({ prompt: 'Leaving', max_tokens: 300, ignore_eos: true }),
     openStream(keep),
   ]);
-  gone.ac.abort();
   assert.is(sched.stats.shared - shared0, 2, 'the two streams share one run');
-  const text = streamText(await kept.rest);
+  let keptDone = false;
+  const keptText = kept.rest.then((t) => {
+    keptDone = true;
+    return t;
+  });
+  const completed0 = sched.stats.completed;
+  gone.ac.abort();
+  const ended = () => sched.stats.failed > failed0 || sched.stats.completed > completed0;
+  while (!ended()) await new Promise((r) => setTimeout(r, 2));
+  assert.is(sched.stats.failed - failed0, 1, 'the unit that left was aborted, not run to its end');
+  assert.not.ok(keptDone, 'aborted while the other stream goes on');
+  assert.is(sched.stats.running, 1);
+  // Its row is free at once: a request sent now joins the run in its slot.
+  const late = { model: 'm', prompt: 'Late', max_tokens: 4, temperature: 0, ignore_eos: true };
+  const lateText = (await main.client.completions.create(loose(late))).choices[0]!.text;
+  assert.is(sched.stats.shared - shared0, 3, 'the late request joined the run');
+  assert.is(
+    lateText,
+    (await tiny.generate('Late', { temperature: 0, maxNewTokens: 4, stopAtEos: false })).sequences[0]!.text,
+  );
+  const text = streamText(await keptText);
   assert.is(
     text,
-    (await tiny.generate('Keep going', { temperature: 0, maxNewTokens: 40, stopAtEos: false })).sequences[0]!.text,
+    (await tiny.generate('Keep going', { temperature: 0, maxNewTokens: 300, stopAtEos: false })).sequences[0]!.text,
   );
   await sched.idle();
-  assert.equal([sched.stats.running, sched.stats.queued], [0, 0]);
+  assert.equal([sched.stats.running, sched.stats.queued, sched.stats.failed - failed0], [0, 0, 1]);
   assert.is(outsideBytes(), base, 'GPU memory outside the group back to the baseline');
 });
 

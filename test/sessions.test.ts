@@ -323,16 +323,15 @@ test('a session keeps its plans for the next turn: reused plans give the tokens 
     assert.is(kept.cache.stashedCount, n0 - 2, 'the aborted run took the decode and prompt plans and freed them');
     assert.equal(model.ctx.liveBuffers.bytes, base.bytes + kept.bytes + fresh.bytes + group.bytes);
 
-    // Two runs on one cache at once (a group's sessions; a signal keeps them from merging) each
+    // Two runs on one cache at once (a group's sessions; `seeds` keeps them from merging) each
     // take a plan of their own: the same turns one after another sample the same tokens.
     const [a, b] = group.sessions as [typeof kept, typeof kept];
     await a.generate([20, 21], opts(5));
     await b.generate([22, 23], opts(6));
     assert.ok(group.cache.stashedCount >= 2, 'the group kept a decode plan and a prompt plan');
-    const signal = new AbortController().signal;
     const [ra, rb] = await Promise.all([
-      a.generate([24, 25], { ...opts(7), signal }),
-      b.generate([26, 27], { ...opts(8), signal }),
+      a.generate([24, 25], { ...opts(7), seed: undefined, seeds: [7] }),
+      b.generate([26, 27], { ...opts(8), seed: undefined, seeds: [8] }),
     ]);
     assert.equal([ra.stats.batchRows, rb.stats.batchRows], [1, 1]);
     const solo = await model.createSessionGroup(2, { capacity: 96 });

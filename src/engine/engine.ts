@@ -24,6 +24,8 @@ import {
   JoinQueue,
   type Joiner,
   type SequenceDoneEvent,
+  type TokenEvent,
+  type TokenLogprob,
 } from './generate.js';
 import { beamSearch } from './beam-search.js';
 import { SlotFailure } from './slot-failure.js';
@@ -303,6 +305,8 @@ interface QueuedTurn {
   key: string;
   resolve: (r: GenerateResult) => void;
   reject: (e: unknown) => void;
+  /** What its listener was given so far (a merged turn aborted by its signal rejects with it). */
+  sofar: { tokens: number[]; text: string; logprobs: TokenLogprob[] };
 }
 
 /** A turn waiting to join a merged run, as the run will seat it. */
@@ -341,13 +345,13 @@ function turnPart(q: QueuedTurn): { seed: number; own: NonNullable<GenerateOptio
 }
 
 /**
- * Which turns may share batched steps: the same stopAtEos, EOS ids, includeStopString, cache mode
- * and steps in flight; sampling options (bans included), seeds, maxNewTokens, stop strings and stop
- * token ids may differ, as each row has its own
- * (GenerateOptions.perSequence, seeds). undefined: the turn runs alone: it has a signal
- * (cancelling it must not cancel others), several sequences or per-sequence options of its own,
- * no new tokens, options that do not validate (its own error, not its neighbours'), or the cache
- * stops at the window (onOverflow 'error': one row's overflow would fail every merged turn).
+ * Which turns may share batched steps: the same stopAtEos, EOS ids, includeStopString, cache mode,
+ * steps in flight and logprobs; sampling options (bans included), seeds, maxNewTokens, stop strings,
+ * stop token ids and signals may differ, as each row has its own (GenerateOptions.perSequence,
+ * seeds; a turn's signal ends its slot alone: turnToken). undefined: the turn runs alone: it has
+ * several sequences or per-sequence options of its own, no new tokens, options that do not
+ * validate (its own error, not its neighbours'), or the cache stops at the window (onOverflow
+ * 'error': one row's overflow would fail every merged turn).
  */
 function mergeKey(
   opts: Omit<GenerateOptions, 'cache' | 'cacheRows'>,
@@ -357,7 +361,6 @@ function mergeKey(
 ): string | undefined {
   if (
     cache.onOverflow !== 'shift' ||
-    opts.signal !== undefined ||
     opts.numSequences !== undefined ||
     opts.seeds !== undefined ||
     opts.perSequence !== undefined
@@ -369,10 +372,37 @@ function mergeKey(
     const eosIds = eosIdsOf(opts, eos, vocab);
     if (maxNew === 0) return undefined;
     const includeStop = opts.includeStopString ?? true;
-    return JSON.stringify([depth, opts.stopAtEos ?? true, opts.useCache ?? true, eosIds, includeStop]);
+    // Rows of a run read back the same logprobs (GenerateOptions.logprobs: one value per run).
+    const lp = opts.logprobs ?? null;
+    return JSON.stringify([depth, opts.stopAtEos ?? true, opts.useCache ?? true, eosIds, includeStop, lp]);
   } catch {
     return undefined;
   }
+}
+
+/** The AbortError of a merged turn cancelled by its signal: what its listener was given so far. */
+function turnAborted(q: QueuedTurn): AbortError {
+  const { tokens, text, logprobs } = q.sofar;
+  const e = new AbortError(`generation aborted after ${tokens.length} tokens`);
+  e.tokens = [...tokens];
+  e.text = text;
+  e.sequences = [{ tokens: [...tokens], text, ...(q.opts.logprobs === undefined ? {} : { logprobs: [...logprobs] }) }];
+  return e;
+}
+
+/**
+ * A merged turn's token: its own listener, and its own signal (checked before and after the
+ * listener), which ends its slot alone with an AbortError carrying the tokens its listener got.
+ */
+function turnToken(run: MergedRun, q: QueuedTurn, ev: TokenEvent): void {
+  ownListener(run, q, () => {
+    if (q.opts.signal?.aborted) throw turnAborted(q);
+    q.sofar.tokens.push(ev.token);
+    q.sofar.text += ev.text;
+    if (ev.logprob) q.sofar.logprobs.push(ev.logprob);
+    q.opts.onToken?.({ ...ev, row: 0 });
+    if (q.opts.signal?.aborted) throw turnAborted(q);
+  });
 }
 
 /**
@@ -462,13 +492,42 @@ export class SessionGroup {
       this.model.checkIds(ids, 'prompt'); // a bad prompt fails its own turn only
       const key = mergeKey(opts, this.cache, this.model.profile.pipelineDepth, this.model.config);
       if (key === undefined) return this.alone(ids, opts, row);
+      if (opts.signal?.aborted) throw new AbortError('generation aborted before it started');
       return new Promise<GenerateResult>((resolve, reject) => {
-        this.pending.push({ session, ids, opts, key, resolve, reject });
+        const signal = opts.signal;
+        const drop = () => this.drop(q);
+        const settled = () => signal?.removeEventListener('abort', drop);
+        const sofar = { tokens: [], text: '', logprobs: [] };
+        const q: QueuedTurn = {
+          ...{ session, ids, opts, key, sofar },
+          resolve: (r) => {
+            settled();
+            resolve(r);
+          },
+          reject: (e) => {
+            settled();
+            reject(e);
+          },
+        };
+        signal?.addEventListener('abort', drop, { once: true });
+        this.pending.push(q);
         if (this.pending.length === 1) queueMicrotask(() => this.flush());
       });
     } catch (e) {
       return Promise.reject(e);
     }
+  }
+
+  /**
+   * A turn whose signal fired: still queued (to merge, or to join a run), it is dropped and rejects
+   * at once; running in a merged run, its slot ends at its next token (turnToken); alone, its
+   * generation stops itself.
+   */
+  private drop(q: QueuedTurn): void {
+    const i = this.pending.indexOf(q);
+    if (i >= 0) this.pending.splice(i, 1);
+    else if (![...this.runs].some((run) => run.joining.remove((j) => j.turn === q))) return;
+    q.reject(turnAborted(q));
   }
 
   /** A turn that runs alone on its row (no merge key, or no other turn to merge with), tracked for idle(). */
@@ -532,6 +591,7 @@ export class SessionGroup {
       onSequenceDone: _done,
       maxNewTokens: _maxNew,
       stopStrings: _stops,
+      signal: _signal, // each turn's own (turnToken)
       ...common
     } = generationPart(set[0]!.opts);
     run.ended = generateBatch(
@@ -544,7 +604,7 @@ export class SessionGroup {
         cache: this.cache,
         cacheRows: set.map((q) => q.session.row!),
         // These events are the first turns' (a joiner's events go to its own listeners).
-        onToken: (ev) => ownListener(run, set[ev.row]!, () => set[ev.row]!.opts.onToken?.({ ...ev, row: 0 })),
+        onToken: (ev) => turnToken(run, set[ev.row]!, ev),
         onSequenceDone: (ev) => this.turnDone(run, run.first[ev.row]!.turn, run.first[ev.row]!.seed, ev),
         // Turns that arrive while the run goes on take its parked slots (continuous batching).
         joiners: run.joining,
@@ -583,7 +643,7 @@ export class SessionGroup {
       maxNew: own.maxNewTokens!,
       stopStrings: own.stopStrings,
       stopTokenIds: own.stopTokenIds ?? [],
-      onToken: (ev) => ownListener(run, q, () => q.opts.onToken?.({ ...ev, row: 0 })),
+      onToken: (ev) => turnToken(run, q, ev),
       onSequenceDone: (ev) => this.turnDone(run, q, seed, ev),
     };
   }

@@ -15,6 +15,8 @@ import {
 import type { KVCache } from './kvcache.js';
 
 export const MAX_NEW_TOKENS_LIMIT = 1_000_000;
+/** The most alternatives GenerateOptions.logprobs asks for (the logprobs kernel's MAX_TOP_LOGPROBS). */
+export const MAX_LOGPROBS = 20;
 /** GenerateOptions.maxNewTokens when not given. */
 export const DEFAULT_MAX_NEW_TOKENS = 30;
 
@@ -65,6 +67,12 @@ export interface GenerateOptions extends SamplingOptions {
   cacheRows?: number[];
   /** Cancels between steps; the call rejects with AbortError and frees its buffers. */
   signal?: AbortSignal;
+  /**
+   * Log-probabilities of every generated token, computed on the GPU in the step that draws it
+   * (GeneratedSequence.logprobs, TokenEvent.logprob): 0 for the token's own, N in 1..20 for the N
+   * most likely alternatives too. Absent: off (nothing more computed or read back).
+   */
+  logprobs?: number;
   /** Called for every new token as soon as it is read back. */
   onToken?: (ev: TokenEvent) => void;
   /**
@@ -100,6 +108,30 @@ export interface TokenEvent {
   text: string;
   /** Index of this token among the row's new tokens. */
   index: number;
+  /** With GenerateOptions.logprobs: the token's log-probabilities. */
+  logprob?: TokenLogprob;
+}
+
+/**
+ * One generated token's log-probabilities (GenerateOptions.logprobs), natural logs. `logprob` and
+ * `top` are the model's own distribution, the log-softmax of the raw logits (what OpenAI's API and
+ * model.score report); `processedLogprob` is the distribution the token was drawn from.
+ */
+export interface TokenLogprob {
+  /** ln p(token | context) under the raw logits' softmax. */
+  logprob: number;
+  /**
+   * ln p(token) under the distribution it was drawn from: the softmax of the processed logits
+   * (logit bias, repetition penalty, bans, temperature, frequency and presence penalties) over the
+   * tokens top-k, top-p and min-p kept (transformers' output_scores, log-softmaxed). Greedy
+   * (temperature 0): the log-softmax of the processed logits over every token (not divided,
+   * nothing cut); the token is its argmax.
+   */
+  processedLogprob: number;
+  /** Whether the token is the argmax of the raw logits (ties: the smaller id). */
+  greedy: boolean;
+  /** With logprobs N >= 1: the N most likely tokens under the raw logits, best first (ties: smaller id first). */
+  top?: Array<{ id: number; logprob: number }>;
 }
 
 /**
@@ -145,6 +177,13 @@ export class JoinQueue<T extends Joiner = Joiner> {
     return this.bySlot.get(slot);
   }
 
+  /** Removes the first waiting joiner that `which` picks; whether there was one. */
+  remove(which: (j: T) => boolean): boolean {
+    const i = this.queue.findIndex(which);
+    if (i >= 0) this.queue.splice(i, 1);
+    return i >= 0;
+  }
+
   /** Removes and returns the joiners still waiting (their run ended first). */
   takeWaiting(): T[] {
     return this.queue.splice(0);
@@ -173,6 +212,8 @@ export interface GeneratedSequence {
   tokens: number[];
   text: string;
   finishReason: FinishReason;
+  /** With GenerateOptions.logprobs: one entry per token of `tokens`. */
+  logprobs?: TokenLogprob[];
 }
 
 export interface GenerateStats {
@@ -226,6 +267,7 @@ const GENERATE_KEYS = new Set([
   'cache',
   'cacheRows',
   'signal',
+  'logprobs',
   'onToken',
   'onSequenceDone',
   'joiners',
@@ -311,6 +353,13 @@ export function validateGenerate(
     if (o[k] !== undefined && typeof o[k] !== 'function')
       throw new InvalidOptionError(`${k} must be a function, got ${typeof o[k]}`);
   }
+  if (
+    o.logprobs !== undefined &&
+    (typeof o.logprobs !== 'number' || !Number.isInteger(o.logprobs) || o.logprobs < 0 || o.logprobs > MAX_LOGPROBS)
+  )
+    throw new InvalidOptionError(
+      `logprobs must be an integer in [0, ${MAX_LOGPROBS}] (alternatives per token; leave it out for none), got ${String(o.logprobs)}`,
+    );
   if (o.joiners !== undefined && !(o.joiners instanceof JoinQueue))
     throw new InvalidOptionError(`joiners must be a JoinQueue, got ${typeof o.joiners}`);
   return { maxNew, rows, depth };
@@ -371,6 +420,8 @@ export interface SequenceOptions {
   maxNew: number;
   stopStrings: string[] | undefined;
   stopTokenIds: number[];
+  /** The run's GenerateOptions.logprobs (the same for every sequence of a run); absent: off. */
+  logprobs?: number;
 }
 
 /** GenerateOptions.eosTokenId, validated: the ids that are EOS (default the model's). */
@@ -389,9 +440,10 @@ export function sequenceOptions(opts: GenerateOptions, R: number, V: number, max
   const sampling = validateSampling(shared, V); // the shared options' own errors first
   const stopIds = (ids: unknown) => (ids === undefined ? [] : tokenIds('stopTokenIds', ids, V));
   const stopTokenIds = stopIds(opts.stopTokenIds);
+  const lp = opts.logprobs === undefined ? {} : { logprobs: opts.logprobs };
   const per = opts.perSequence;
   if (per === undefined)
-    return Array.from({ length: R }, () => ({ sampling, maxNew, stopStrings: opts.stopStrings, stopTokenIds }));
+    return Array.from({ length: R }, () => ({ sampling, maxNew, stopStrings: opts.stopStrings, stopTokenIds, ...lp }));
   if (!Array.isArray(per) || per.length !== R) {
     throw new InvalidOptionError(
       `perSequence must be an array of one options object per sequence (${R}), got ${JSON.stringify(per)?.slice(0, 80)}`,
@@ -416,6 +468,7 @@ export function sequenceOptions(opts: GenerateOptions, R: number, V: number, max
         maxNew: g.maxNew,
         stopStrings: stopStrings ?? opts.stopStrings,
         stopTokenIds: ownStopIds === undefined ? stopTokenIds : stopIds(ownStopIds),
+        ...lp,
       };
     } catch (e) {
       if (e instanceof InvalidOptionError)

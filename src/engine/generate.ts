@@ -9,6 +9,7 @@ import { AbortError, InvalidOptionError } from '../errors.js';
 import { CallErrors } from '../gpu/call-errors.js';
 import { Owned } from '../gpu/common.js';
 import { checkVocabRows } from '../gpu/limits.js';
+import { logprobsKernelFor, type LogprobsKernel } from '../kernels/logprobs.js';
 import type { RowBans } from '../kernels/sampler.js';
 import { hasDynamicBans } from '../sampling/bans.js';
 import { deriveSeed, randomSeed } from '../sampling/options.js';
@@ -25,6 +26,7 @@ import {
   type SequenceOptions,
 } from './generate-options.js';
 import type { KVCache } from './kvcache.js';
+import { StepLogprobs } from './gen-logprobs.js';
 import type { ForwardPlan, GPT2Model } from './model.js';
 import { generateCached } from './scheduler.js';
 import { bansOf, handOver, newSlot, sequenceOf, type Run, type Slot } from './slots.js';
@@ -52,6 +54,7 @@ export type {
   SequenceDoneEvent,
   SequenceOptions,
   TokenEvent,
+  TokenLogprob,
 } from './generate-options.js';
 export { JoinQueue } from './generate-options.js';
 
@@ -195,7 +198,8 @@ async function run(model: GPT2Model, prompts: number[][], opts: GenerateOptions)
     if (spec.maxNew > 0) {
       const parts = { slots, stats, owned, plans, pending, tCall, errors };
       const init = bans.map((b) => b.init);
-      const r = errors.run(() => startRun(model, { cache, rows, own }, prompts, opts, spec, init, parts));
+      const lp = opts.logprobs === undefined ? undefined : await logprobsKernelFor(model.ctx);
+      const r = errors.run(() => startRun(model, { cache, rows, own }, prompts, opts, spec, init, parts, lp));
       await (opts.useCache === false ? generateUncached(r) : generateCached(r));
       await errors.check();
     }
@@ -205,7 +209,11 @@ async function run(model: GPT2Model, prompts: number[][], opts: GenerateOptions)
   } catch (e) {
     if (e instanceof AbortError) {
       // What the sequences produced before the abort goes with the error.
-      e.sequences = slots.map((s) => ({ tokens: [...s.out], text: s.text }));
+      e.sequences = slots.map((s) => ({
+        tokens: [...s.out],
+        text: s.text,
+        ...(s.logprobs ? { logprobs: [...s.logprobs] } : {}),
+      }));
       e.tokens = e.sequences[0]?.tokens ?? [];
       e.text = e.sequences[0]?.text ?? '';
     }
@@ -237,6 +245,7 @@ function startRun(
   spec: RunSpec,
   bans: RowBans[],
   parts: RunParts,
+  lpKernel?: LogprobsKernel,
 ): Run {
   const { slots, owned } = parts;
   const R = slots.length;
@@ -256,8 +265,9 @@ function startRun(
     bans,
   });
   slots.forEach((s, i) => kernel.addCounts(sampler, i, [...cache.tokens[s.row]!, ...prompts[i]!]));
+  const logprobs = lpKernel && new StepLogprobs(lpKernel, owned, R, opts.logprobs!);
   const staging = Array.from({ length: spec.depth }, (_, i) =>
-    owned.buffer(`ids.staging${i}`, R * 4, GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST),
+    owned.buffer(`ids.staging${i}`, R * 4 + (logprobs?.bytes ?? 0), GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST),
   );
   // With onSequenceDone and a session cache, each sequence is handed over as soon as it is final.
   const early = opts.onSequenceDone !== undefined && !own;
@@ -269,6 +279,7 @@ function startRun(
     opts,
     rules,
     sampler,
+    ...(logprobs ? { logprobs } : {}),
     staging,
     io: new GenIO(model, parts.errors),
     depth: spec.depth,

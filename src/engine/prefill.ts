@@ -9,6 +9,7 @@
 import { ContextOverflowError } from '../errors.js';
 import type { GpuTensor } from '../gpu/common.js';
 import type { KVCache } from './kvcache.js';
+import { sampleDispatches } from './gen-logprobs.js';
 import { ForwardPlan, rowMeta } from './model.js';
 import { feedPending, type Run, type StepTokens } from './slots.js';
 import { now, type StepQueue } from './step-io.js';
@@ -69,7 +70,7 @@ function submitRows(run: Run, outIds: GpuTensor, steps: StepQueue): number {
   const plan = model.takePlan(cache, step.ids.length, R, { bucket: run.opts.cache !== undefined });
   run.plans.push(plan);
   plan.write({ ids: step.ids, meta: Uint32Array.from(step.meta), lastIdx: last });
-  const sample = model.kernels.sampler.bind(run.owned, run.sampler, { logits: plan.logits, outIds });
+  const sample = sampleDispatches(run, run.owned, plan.logits, outIds);
   const tSubmit = now();
   steps.submit([...plan.dispatches, ...sample]);
   return tSubmit;
@@ -100,7 +101,7 @@ function submitSharedOn(run: Run, scratch: KVCache, outIds: GpuTensor, steps: St
   run.plans.push(plan);
   plan.write({ ids: seq, meta: rowMeta(0, 0, seq.length), lastIdx: new Uint32Array(R).fill(seq.length - 1) });
   for (const row of rows) cache.commit(row); // every row's context is `seq`
-  const sample = model.kernels.sampler.bind(run.owned, run.sampler, { logits: plan.logits, outIds });
+  const sample = sampleDispatches(run, run.owned, plan.logits, outIds);
   const tSubmit = now();
   steps.submit([...plan.dispatches, ...sample], (enc) => copyPrefix(enc, scratch, cache, rows, seq.length));
   run.pending.push(model.ctx.drain().then(() => scratch.destroy()));

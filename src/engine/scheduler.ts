@@ -24,6 +24,7 @@
  */
 import { AbortError, ContextOverflowError, ShapeError } from '../errors.js';
 import { Owned, type Dispatch } from '../gpu/common.js';
+import { sampleDispatches } from './gen-logprobs.js';
 import type { Joiner } from './generate-options.js';
 import { decodeMeta, PARKED_ROW, rowMeta, type ForwardPlan } from './model.js';
 import { submitPrompt } from './prefill.js';
@@ -81,11 +82,8 @@ class Scheduler {
     // step's meta before submitting it.
     this.decode = model.takePlan(cache, R, R, { decode: true });
     run.plans.push(this.decode);
-    this.decodeSample = model.kernels.sampler.bind(run.owned, run.sampler, {
-      logits: this.decode.logits,
-      outIds: this.decode.ids,
-    });
-    this.steps = new StepQueue(run.io, run.staging, this.decode.ids.buffer, R * 4);
+    this.decodeSample = sampleDispatches(run, run.owned, this.decode.logits, this.decode.ids);
+    this.steps = new StepQueue(run.io, run.staging, this.decode.ids.buffer, R * 4, run.logprobs);
     this.meter = new DecodeMeter(run.io, run.stats, R, run.tCall);
     this.maxSteps = run.maxNew;
   }
@@ -166,9 +164,9 @@ class Scheduler {
   /** Reads the oldest step back, accepts its ids, frees a mixed step that is done, hands final slots over. */
   private async readBack(): Promise<void> {
     const { slots, rules, early } = this.run;
-    const ids = await this.steps.next();
+    const words = await this.steps.next();
     this.meter.stepRead();
-    acceptStep(slots, ids, rules);
+    acceptStep(slots, words, rules, this.run.logprobs?.decode(words));
     while (this.mixed.length && this.mixed[0]!.step <= this.meter.accepted) {
       const m = this.mixed.shift()!;
       m.owner.destroy();
@@ -264,7 +262,9 @@ class Scheduler {
     const { model, cache, slots, sampler } = this.run;
     const { row, ids, seed, onToken, onSequenceDone } = joiner;
     const opts = { sampling: joiner.sampling, maxNew: joiner.maxNew, stopStrings: joiner.stopStrings };
-    const seq = { ...opts, stopTokenIds: joiner.stopTokenIds };
+    // The run's logprobs (the group merges only turns that ask for the same).
+    const lp = this.run.logprobs ? { logprobs: this.run.logprobs.top } : {};
+    const seq = { ...opts, stopTokenIds: joiner.stopTokenIds, ...lp };
     const context = cache.tokens[row]!.length;
     if (context + ids.length >= this.window)
       throw new ShapeError(
@@ -306,10 +306,7 @@ class Scheduler {
     const owner = new Owned(model.ctx);
     this.mixed.push({ step: this.steps.submitted + 1, plan, owner });
     plan.write({ ids: step.ids, meta: Uint32Array.from(step.meta), lastIdx: last });
-    const sample = model.kernels.sampler.bind(owner, this.run.sampler, {
-      logits: plan.logits,
-      outIds: this.decode.ids,
-    });
+    const sample = sampleDispatches(this.run, owner, plan.logits, this.decode.ids);
     writeBans(this.run);
     this.steps.submit([...plan.dispatches, ...sample]);
   }

@@ -12,10 +12,15 @@
  */
 import { CallErrors } from '../gpu/call-errors.js';
 import { ContextOverflowError, InvalidOptionError, PromptError } from '../errors.js';
-import type { GpuContext } from '../gpu/device.js';
 import { Owned } from '../gpu/common.js';
 import type { Dispatch, GpuTensor } from '../gpu/common.js';
-import { decodeLogprobs, LogprobsKernel, logprobsRowWords, MAX_TOP_LOGPROBS } from '../kernels/logprobs.js';
+import {
+  decodeLogprobs,
+  LogprobsKernel,
+  logprobsKernelFor,
+  logprobsRowWords,
+  MAX_TOP_LOGPROBS,
+} from '../kernels/logprobs.js';
 import type { KVCache } from './kvcache.js';
 import { ForwardPlan, rowMeta, type GPT2Model } from './model.js';
 
@@ -99,13 +104,6 @@ export function slidingWindows(n: number, window: number, stride: number, firstS
   return res;
 }
 
-const kernels = new WeakMap<GpuContext, Promise<LogprobsKernel>>();
-function logprobsKernel(ctx: GpuContext): Promise<LogprobsKernel> {
-  let k = kernels.get(ctx);
-  if (!k) kernels.set(ctx, (k = LogprobsKernel.create(ctx)));
-  return k;
-}
-
 function toIds(model: GPT2Model, x: string | readonly number[], what: string): number[] {
   if (typeof x === 'string') return x === '' ? [] : model.tokenizer.encode(x);
   if (!Array.isArray(x))
@@ -160,7 +158,7 @@ export async function score(
 ): Promise<ScoreResult> {
   model.checkAlive();
   const input = scoreInput(model, text, opts);
-  const kernel = await logprobsKernel(model.ctx);
+  const kernel = await logprobsKernelFor(model.ctx);
   const words = logprobsRowWords(input.top);
   const scored = input.positions.length;
   const owned = new Owned(model.ctx);

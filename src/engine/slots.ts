@@ -20,7 +20,9 @@ import type {
   SequenceDoneEvent,
   SequenceOptions,
   TokenEvent,
+  TokenLogprob,
 } from './generate-options.js';
+import type { StepLogprobs } from './gen-logprobs.js';
 import type { KVCache } from './kvcache.js';
 import type { ForwardPlan, GPT2Model } from './model.js';
 import { SlotFailure } from './slot-failure.js';
@@ -43,6 +45,8 @@ export interface Slot {
   pos: number;
   /** New tokens accepted so far. */
   out: number[];
+  /** With logprobs on (opts.logprobs): one entry per token of `out`. */
+  logprobs?: TokenLogprob[];
   /** How many of `out` the cache row's context records (recordSlot). */
   recorded: number;
   streamer: TextStreamer;
@@ -121,6 +125,7 @@ export function newSlot(
     listeners,
     pos: 0,
     out: [],
+    ...(opts.logprobs === undefined ? {} : { logprobs: [] }),
     recorded: 0,
     streamer: new TextStreamer(tokenizer),
     text: '',
@@ -143,17 +148,27 @@ export interface AcceptRules {
   includeStop: boolean;
 }
 
-/** Takes one step's ids: ids[i] is slot i's token; final slots ignore theirs. */
-export function acceptStep(slots: readonly Slot[], ids: Uint32Array, rules: AcceptRules): void {
+/**
+ * Takes one step's ids: ids[i] is slot i's token (lps[i] its log-probs, logprobs on); final slots
+ * ignore theirs.
+ */
+export function acceptStep(
+  slots: readonly Slot[],
+  ids: Uint32Array,
+  rules: AcceptRules,
+  lps?: readonly TokenLogprob[],
+): void {
   slots.forEach((slot, i) => {
     rules.check?.(); // a listener may have destroyed the model: nothing more reaches the others
-    if (!slot.finished) acceptToken(slot, i, ids[i]!, rules);
+    if (!slot.finished) acceptToken(slot, i, ids[i]!, rules, lps?.[i]);
   });
 }
 
 /** Appends a token to slot `index`, streams its text, and applies the stop rules. */
-function acceptToken(slot: Slot, index: number, tok: number, rules: AcceptRules): void {
+function acceptToken(slot: Slot, index: number, tok: number, rules: AcceptRules, lp?: TokenLogprob): void {
   slot.out.push(tok);
+  const logprob = slot.logprobs && lp ? { logprob: lp } : {};
+  if (slot.logprobs && lp) slot.logprobs.push(lp);
   slot.bans.tracker?.push(tok);
   const isEos = rules.stopAtEos && rules.eosIds.includes(tok);
   const isStopId = !isEos && slot.opts.stopTokenIds.includes(tok);
@@ -162,7 +177,7 @@ function acceptToken(slot: Slot, index: number, tok: number, rules: AcceptRules)
   if (isStopId && rules.includeStop) piece = slot.streamer.push(tok) + slot.streamer.flush();
   else if (!isEos && !isStopId) piece = slot.streamer.push(tok);
   slot.text += piece;
-  const event = { row: index, token: tok, text: piece, index: slot.out.length - 1 };
+  const event = { row: index, token: tok, text: piece, index: slot.out.length - 1, ...logprob };
   if (!notify(slot, () => slot.listeners.onToken?.(event))) return;
   if (isEos || isStopId) {
     slot.finished = isEos ? 'eos' : 'stop';
@@ -190,6 +205,7 @@ function notify(slot: Slot, call: () => void): boolean {
     slot.failure = e;
     slot.finished ??= 'stop';
     slot.out.length = slot.recorded;
+    if (slot.logprobs) slot.logprobs.length = slot.out.length;
     return false;
   }
 }
@@ -206,7 +222,8 @@ function stopMatch(text: string, stops: readonly string[] | undefined): { start:
 
 /** The slot's sequence as the result reports it. */
 export function sequenceOf(slot: Slot): GeneratedSequence {
-  return { tokens: slot.out, text: slot.text, finishReason: slot.finished ?? 'length' };
+  const seq = { tokens: slot.out, text: slot.text, finishReason: slot.finished ?? 'length' };
+  return slot.logprobs ? { ...seq, logprobs: slot.logprobs } : seq;
 }
 
 /**
@@ -265,9 +282,11 @@ export interface Run {
   opts: GenerateOptions;
   rules: AcceptRules;
   sampler: SamplerState;
+  /** GenerateOptions.logprobs on: the buffers each step writes them to (gen-logprobs.ts). */
+  logprobs?: StepLogprobs;
   /** Owns the sampler state, the staging ring and the run's bind groups. */
   owned: Owned;
-  /** Read-back buffers, one per step in flight ([slots] u32 each). */
+  /** Read-back buffers, one per step in flight ([slots] u32 each, then the step's logprobs when on). */
   staging: GPUBuffer[];
   io: GenIO;
   /** The generation's GPU errors: its GPU work runs in `errors.run` (never another caller's). */

@@ -35,11 +35,18 @@ export class GenIO {
   }
 }
 
+/** Results a step copies into its staging buffer after the ids (the step's logprobs). */
+export interface StepExtra {
+  bytes: number;
+  copy(enc: GPUCommandEncoder, dst: GPUBuffer, offset: number): void;
+}
+
 /**
  * The steps of a cached run that were submitted and not read back yet, oldest first. Every step's
  * sampler writes the chosen ids into one buffer (the decode plan's ids input: the next step reads
- * them on the GPU); the step's submit also copies them into the next buffer of a staging ring, one
- * per step in flight, and the read-back of that copy starts at once. Invariant: size <= staging.length.
+ * them on the GPU); the step's submit also copies them (and `extra`, if any, after them) into the
+ * next buffer of a staging ring, one per step in flight, and the read-back of that copy starts at
+ * once. Invariant: size <= staging.length.
  */
 export class StepQueue {
   /** Steps submitted so far (the prompt's is the first). */
@@ -51,6 +58,7 @@ export class StepQueue {
     private readonly staging: readonly GPUBuffer[],
     private readonly ids: GPUBuffer,
     private readonly bytes: number,
+    private readonly extra?: StepExtra,
   ) {}
 
   /** Steps in flight. */
@@ -64,14 +72,15 @@ export class StepQueue {
     this.io.submit(dispatches, (enc) => {
       before?.(enc);
       enc.copyBufferToBuffer(this.ids, 0, slot, 0, this.bytes);
+      this.extra?.copy(enc, slot, this.bytes);
     });
-    const read = this.io.read(slot, this.bytes).then((ab) => new Uint32Array(ab));
+    const read = this.io.read(slot, this.bytes + (this.extra?.bytes ?? 0)).then((ab) => new Uint32Array(ab));
     read.catch(() => undefined); // a failed run may leave read-backs nobody awaits
     this.inflight.push(read);
     this.submitted++;
   }
 
-  /** The ids of the oldest step in flight (size > 0). */
+  /** The ids of the oldest step in flight (size > 0), then its extra words. */
   next(): Promise<Uint32Array> {
     return this.inflight.shift()!;
   }

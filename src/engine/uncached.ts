@@ -6,7 +6,9 @@
  */
 import { AbortError, ContextOverflowError } from '../errors.js';
 import type { GpuTensor } from '../gpu/common.js';
+import { sampleDispatches } from './gen-logprobs.js';
 import { ForwardPlan } from './model.js';
+import type { TokenLogprob } from './generate-options.js';
 import { acceptStep, writeBans, type Run, type StepTokens } from './slots.js';
 import { now } from './step-io.js';
 
@@ -25,7 +27,7 @@ export async function generateUncached(run: Run): Promise<void> {
   let decodeStart = 0;
   for (let step = 0; step < run.maxNew && !slots.every((s) => s.finished); step++) {
     if (opts.signal?.aborted) throw new AbortError(`generation aborted after ${step} steps`);
-    const { ids: got, tSubmit } = await recompute(run, contexts, outIds);
+    const { ids: got, logprobs, tSubmit } = await recompute(run, contexts, outIds);
     if (step === 0) {
       decodeStart = now();
       stats.firstTokenMs = decodeStart - run.tCall;
@@ -35,7 +37,7 @@ export async function generateUncached(run: Run): Promise<void> {
     // Only the slots that take this step's token extend their context: a final slot's row keeps
     // what it produced (as the cached path records it), whatever the sampler drew for it since.
     const taking = slots.map((s) => !s.finished);
-    acceptStep(slots, got, run.rules);
+    acceptStep(slots, got, run.rules, logprobs);
     contexts.forEach((context, i) => {
       if (taking[i]) extend(run, context, got[i]!);
     });
@@ -90,7 +92,7 @@ async function recompute(
   run: Run,
   contexts: number[][],
   outIds: GpuTensor,
-): Promise<{ ids: Uint32Array; tSubmit: number }> {
+): Promise<{ ids: Uint32Array; logprobs?: TokenLogprob[]; tSubmit: number }> {
   const { model, cache, slots, io } = run;
   const R = slots.length;
   for (const slot of slots) cache.reset(slot.row);
@@ -108,13 +110,18 @@ async function recompute(
   try {
     const tSubmit = run.errors.run(() => {
       plan.write({ ids: step.ids, meta: Uint32Array.from(step.meta), lastIdx: last });
-      const sample = model.kernels.sampler.bind(run.owned, run.sampler, { logits: plan.logits, outIds });
+      const sample = sampleDispatches(run, run.owned, plan.logits, outIds);
       writeBans(run);
       const t = now();
-      io.submit([...plan.dispatches, ...sample], (enc) => enc.copyBufferToBuffer(outIds.buffer, 0, staging, 0, R * 4));
+      io.submit([...plan.dispatches, ...sample], (enc) => {
+        enc.copyBufferToBuffer(outIds.buffer, 0, staging, 0, R * 4);
+        run.logprobs?.copy(enc, staging, R * 4);
+      });
       return t;
     });
-    return { ids: new Uint32Array(await io.read(staging, R * 4)), tSubmit };
+    const words = new Uint32Array(await io.read(staging, R * 4 + (run.logprobs?.bytes ?? 0)));
+    const logprobs = run.logprobs?.decode(words);
+    return { ids: words, ...(logprobs ? { logprobs } : {}), tSubmit };
   } finally {
     plan.destroy();
   }

@@ -62,10 +62,19 @@ export class LogprobsKernel {
     readonly wg: number,
   ) {}
 
-  static async create(ctx: GpuContext): Promise<LogprobsKernel> {
-    let wg = 1; // a power of two <= min(256, the invocation limit): the tree reductions need it
-    while (wg * 2 <= Math.min(256, ctx.limits.maxComputeInvocationsPerWorkgroup)) wg *= 2;
-    return new LogprobsKernel(ctx, await ctx.pipeline('logprobs', 'logprobs', { WG: wg }), wg);
+  /**
+   * `wg`: threads per row, a power of two (the tree reductions need it) up to the invocation limit.
+   * Default: 256 on GPUs; 8 on CPU adapters, where a workgroup's invocations are SIMD lanes of one
+   * core and each of the top-N rounds' barriers splits the shader (lavapipe, [8, 50257] top 20:
+   * 2.5 ms a dispatch at 8 threads, 13-18 ms at 256; BENCHMARKS.md).
+   */
+  static async create(ctx: GpuContext, wg?: number): Promise<LogprobsKernel> {
+    const most = Math.min(256, ctx.limits.maxComputeInvocationsPerWorkgroup);
+    let size = 1;
+    while (size * 2 <= Math.min(wg ?? (ctx.isCpuAdapter ? 8 : 256), most)) size *= 2;
+    if (wg !== undefined && size !== wg)
+      throw new ShapeError(`LogprobsKernel: wg must be a power of two in [1, ${most}], got ${wg}`);
+    return new LogprobsKernel(ctx, await ctx.pipeline('logprobs', 'logprobs', { WG: size }), size);
   }
 
   bind(owner: Owned, a: LogprobsArgs, label = 'logprobs'): Dispatch {
@@ -94,4 +103,13 @@ export class LogprobsKernel {
     });
     return { family: 'sampling', label, pipeline: this.pipeline, bindGroup, workgroups: [gx, gy, 1] };
   }
+}
+
+// One kernel per context: scoring and generation both bind it.
+const kernels = new WeakMap<GpuContext, Promise<LogprobsKernel>>();
+/** The context's logprobs kernel (its pipeline built once). */
+export function logprobsKernelFor(ctx: GpuContext): Promise<LogprobsKernel> {
+  let k = kernels.get(ctx);
+  if (!k) kernels.set(ctx, (k = LogprobsKernel.create(ctx)));
+  return k;
 }

@@ -100,6 +100,11 @@ export interface SamplerIO {
   outIds: GpuTensor;
   /** [rows, V] f32: softmax over the kept tokens, zeros elsewhere (one-hot for greedy / finished). */
   probsOut?: GpuTensor;
+  /**
+   * [rows] f32: the chosen token's log-probability under the distribution it was drawn from (the
+   * log-softmax of the processed logits over the kept tokens; greedy rows: over every token).
+   */
+  logprobOut?: GpuTensor;
   /** Update counts, step counters and EOS latches (default true). */
   update?: boolean;
 }
@@ -373,12 +378,18 @@ export class Sampler {
     expectTensor(`${label} logits`, io.logits, [rows, V], ['f32']);
     expectTensor(`${label} outIds`, io.outIds, [rows], ['u32', 'i32']);
     if (io.probsOut) expectTensor(`${label} probsOut`, io.probsOut, [rows, V], ['f32']);
+    if (io.logprobOut) expectTensor(`${label} logprobOut`, io.logprobOut, [rows], ['f32']);
     const lg = alignedBinding(this.ctx, io.logits);
     const out = alignedBinding(this.ctx, io.outIds);
-    const flags = (io.probsOut ? 1 : 0) | (io.update === false ? 0 : 2);
+    const flags = (io.probsOut ? 1 : 0) | (io.update === false ? 0 : 2) | (io.logprobOut ? 4 : 0);
     const { gx, gy } = this.grid(label, rows);
     const g = this.globals(owner, rows, lg.elemOffset, out.elemOffset, flags, 0, gx);
-    const probs = io.probsOut ? binding(io.probsOut) : { buffer: owner.buffer(`${label}.noprobs`, 4, STORAGE) };
+    // What is not asked for is bound to two disjoint words of one small buffer (writable bindings
+    // may not alias).
+    const align = this.ctx.limits.minStorageBufferOffsetAlignment;
+    const spare = io.probsOut && io.logprobOut ? undefined : owner.buffer(`${label}.unused`, align + 4, STORAGE);
+    const probs = io.probsOut ? binding(io.probsOut) : { buffer: spare!, offset: 0, size: 4 };
+    const lp = io.logprobOut ? binding(io.logprobOut) : { buffer: spare!, offset: align, size: 4 };
     const common = {
       0: g,
       2: { buffer: state.params },
@@ -393,7 +404,7 @@ export class Sampler {
       3: { buffer: state.bias },
       12: { buffer: state.bans },
     });
-    const draw = this.group('draw_row', { ...common, 8: out.resource, 9: probs });
+    const draw = this.group('draw_row', { ...common, 8: out.resource, 9: probs, 13: lp });
     return [
       {
         family: 'sampling',

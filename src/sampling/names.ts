@@ -40,6 +40,15 @@ const FOREIGN: Record<string, { to: string; note?: string; elsewhere?: string }>
   ignoreEos: { to: 'stopAtEos', note: 'ignoreEos: true is stopAtEos: false' },
   eos_token_id: { to: 'eosTokenId' },
   random_seed: { to: 'seed' },
+  top_logprobs: {
+    to: 'logprobs',
+    note: 'logprobs: N gives each token its log-prob and the N most likely alternatives',
+  },
+  topLogprobs: { to: 'logprobs', note: 'logprobs: N gives each token its log-prob and the N most likely alternatives' },
+  output_scores: {
+    to: 'logprobs',
+    note: "logprobs: 0 gives each token's log-prob under the processed distribution (processedLogprob) and the raw one",
+  },
   num_beams: { to: 'numBeams', elsewhere: 'beam search is model.beamSearch(prompt, { numBeams, ... })' },
   length_penalty: { to: 'lengthPenalty', elsewhere: 'it is a beam search option (model.beamSearch)' },
   early_stopping: { to: 'earlyStopping', elsewhere: 'it is a beam search option (model.beamSearch)' },

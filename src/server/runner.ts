@@ -1,12 +1,14 @@
 /**
  * Runs a Job: one scheduler unit per (prompt, choice), live text for streams (held back while it
  * could still turn into a stop string), stop strings cut off as OpenAI does (the text ends before
- * the stop string), and logprobs from model.score over prompt + completion once a choice is done.
+ * the stop string), and logprobs.
  *
- * Logprobs are the model's raw distribution (log-softmax of the logits), computed after the
- * generation; they are not the sampler's distribution after temperature, penalties, top-k/p.
+ * Logprobs are the model's raw distribution (log-softmax of the logits), not the sampler's after
+ * temperature, penalties, top-k/p. The completion's come from the generation itself
+ * (GenerateOptions.logprobs: computed on the GPU in the step that draws each token); an echoed
+ * prompt's from model.score over the prompt, once per prompt.
  */
-import type { GenerateResult } from '../engine/generate.js';
+import type { GenerateResult, TokenLogprob } from '../engine/generate.js';
 import type { Model } from '../engine/engine.js';
 import type { ScoreResult } from '../engine/score.js';
 import { seedOf, type Job } from './request.js';
@@ -95,10 +97,24 @@ class ChoiceText {
   }
 }
 
-/** The logprob entries of ids[from..] given a score of all of ids (position 0 has none). */
-function entries(model: Model, ids: number[], from: number, base: number, score?: ScoreResult): LogprobEntry[] {
+/** A position's log-prob and alternatives (from model.score or the generation). */
+type PositionLogprob = Pick<TokenLogprob, 'logprob' | 'top'>;
+
+/**
+ * The logprob entries of ids[from..]: the prompt's positions from its score (position 0 has none),
+ * position prompt + k from the generation's k-th entry.
+ */
+function entries(
+  model: Model,
+  ids: number[],
+  from: number,
+  base: number,
+  prompt: { length: number; score?: ScoreResult },
+  generated: readonly TokenLogprob[],
+): LogprobEntry[] {
   const text = (id: number): string => model.tokenizer.decode([id]);
-  const byPos = new Map(score?.tokens.map((t) => [t.position, t]) ?? []);
+  const byPos = new Map<number, PositionLogprob>(prompt.score?.tokens.map((t) => [t.position, t]) ?? []);
+  generated.forEach((g, k) => byPos.set(prompt.length + k, g));
   let offset = base;
   const out: LogprobEntry[] = [];
   for (let p = from; p < ids.length; p++) {
@@ -156,6 +172,7 @@ export async function runJob(
           maxNewTokens: job.maxTokens,
           stopStrings: job.stop.length ? job.stop : undefined,
           stopAtEos: job.stopAtEos,
+          ...(job.logprobs === null ? {} : { logprobs: job.logprobs }),
         },
         onToken: liveText
           ? (ev) => {
@@ -183,16 +200,16 @@ export async function runJob(
     };
     if (job.logprobs !== null) {
       const all = [...s.ids, ...tokens];
-      let score: Promise<ScoreResult | undefined>;
-      if (all.length < 2) score = Promise.resolve(undefined);
-      else if (tokens.length === 0) {
-        // Choices of one prompt without new tokens share its score.
-        if (!promptScores.has(s.i)) promptScores.set(s.i, scheduler.score(all, job.logprobs, signal));
+      // An echoed prompt is scored (once per prompt, shared by its choices); the rest comes from the generation.
+      let score: Promise<ScoreResult | undefined> = Promise.resolve(undefined);
+      if (job.echo && s.ids.length >= 2) {
+        if (!promptScores.has(s.i)) promptScores.set(s.i, scheduler.score(s.ids, job.logprobs, signal));
         score = promptScores.get(s.i)!;
-      } else score = scheduler.score(all, job.logprobs, signal);
+      }
       const from = job.echo ? 0 : s.ids.length;
       const base = job.echo ? 0 : job.promptTexts[s.i]!.length;
-      choice.logprobs = entries(model, all, from, base, await score);
+      const prompt = { length: s.ids.length, score: await score };
+      choice.logprobs = entries(model, all, from, base, prompt, seq?.logprobs ?? []);
     }
     sink?.done(choice, s.live.rest(text));
     return choice;

@@ -16,13 +16,14 @@
  *   with the first one's, and tiny runs waste the batch) until a slot frees, the run ends, as many
  *   units wait as the run holds, or the oldest has waited `maxHoldMs`.
  *
- * Cancelling (the client went away): a unit still queued is dropped. A unit that runs alone (a
- * cohort of one, no run to join) gets the request's AbortSignal and stops at the next step; a unit
- * in a merged run has none (the group runs a turn with a signal on its own, outside the batch), so
- * it runs to its end (max_tokens at most) and its result is discarded.
+ * Cancelling (the client went away): a unit still queued is dropped. A unit that runs gets the
+ * request's AbortSignal, alone or in a merged run: it stops at its next step (in a merged run its
+ * slot ends alone and its session's row is free at once, for a queued unit to join the run in its
+ * place), and the other units of the run go on untouched.
  *
- * Scoring (logprobs) runs through a second lane, one call at a time: each call makes a temporary
- * cache and [256, vocab] logits, so calls in parallel would only multiply the memory.
+ * Scoring (the logprobs of an echoed prompt; a completion's come with its generation) runs through
+ * a second lane, one call at a time: each call makes a temporary cache and [256, vocab] logits, so
+ * calls in parallel would only multiply the memory.
  */
 import type { GenerateOptions, GenerateResult, TokenEvent } from '../engine/generate.js';
 import type { Model, Session, SessionGroup } from '../engine/engine.js';
@@ -30,15 +31,18 @@ import type { ScoreResult } from '../engine/score.js';
 import { AbortError } from '../errors.js';
 import { ApiError } from './errors.js';
 
-/** A merged run as the queue sees it: units with one stopAtEos, `width` slots, `active` of them busy. */
+/** A merged run as the queue sees it: units with one key, `width` slots, `active` of them busy. */
 interface Cohort {
-  key: boolean;
+  key: string;
   width: number;
   active: number;
 }
 
-/** Units that may share a run: the same stopAtEos (the rest may differ per row). */
-const keyOf = (q: Unit): boolean => q.opts.stopAtEos ?? true;
+/**
+ * Units that may share a run: the same stopAtEos and logprobs (the group merges only those; the
+ * rest may differ per row).
+ */
+const keyOf = (q: Unit): string => `${q.opts.stopAtEos ?? true}/${q.opts.logprobs ?? '-'}`;
 
 /** A unit's generation options (the session's cache and rows are the scheduler's). */
 export type UnitOptions = Omit<GenerateOptions, 'cache' | 'cacheRows' | 'signal' | 'numSequences' | 'onToken'>;
@@ -233,9 +237,8 @@ export class Scheduler {
   }
 
   /**
-   * Starts queued units with the first one's stopAtEos, as many as there are free sessions, in
-   * one tick: the group merges them into one run. A cohort of one runs alone and gets its
-   * request's signal.
+   * Starts queued units with the first one's key, as many as there are free sessions, in
+   * one tick: the group merges them into one run (a cohort of one runs alone).
    */
   private startCohort(): void {
     const key = keyOf(this.queue[0]!);
@@ -250,7 +253,7 @@ export class Scheduler {
     for (const q of picked) this.startOne(q, cohort);
   }
 
-  /** Runs one unit on a free session: in `cohort` (no signal: it shares steps), or alone with its signal. */
+  /** Runs one unit on a free session, with its request's signal: in `cohort` (it shares steps), or alone. */
   private startOne(q: Queued, cohort: Cohort | undefined): void {
     const session = this.free.pop()!;
     this.counts.running++;
@@ -262,11 +265,7 @@ export class Scheduler {
     let p: Promise<GenerateResult>;
     try {
       session.reset();
-      p = session.generate(q.ids, {
-        ...q.opts,
-        ...(q.onToken ? { onToken: q.onToken } : {}),
-        ...(cohort ? {} : { signal: q.signal }),
-      });
+      p = session.generate(q.ids, { ...q.opts, ...(q.onToken ? { onToken: q.onToken } : {}), signal: q.signal });
     } catch (e) {
       p = Promise.reject(e);
     }
