@@ -2,6 +2,7 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { decodeLogprobs, LogprobsKernel, logprobsRowWords, NO_TARGET } from '../src/kernels/logprobs.js';
 import { ShapeError } from '../src/errors.js';
+import { deviceProfile } from '../src/kernels/profile.js';
 import { allClose, downloadU32, poisoned, Rng, run, upload, withDevice } from './helpers.js';
 import { logprobs64 } from './reference/logprobs.js';
 
@@ -116,9 +117,9 @@ for (const [rows, n, top] of [
   });
 }
 
-test('logprobs refuses a top past 20, a mis-shaped output and a workgroup size not a power of two; 8 threads per row on CPU adapters', () =>
+test("logprobs refuses a top past 20, a mis-shaped output and a workgroup size not a power of two; the profile's width (8 threads per row on CPU adapters)", () =>
   withDevice(async ({ ctx, owned }) => {
-    const k = await LogprobsKernel.create(ctx);
+    const k = await LogprobsKernel.create(ctx, deviceProfile(ctx).logprobsWg);
     assert.is(k.wg, ctx.isCpuAdapter ? 8 : 256);
     for (const wg of [12, 0, 512])
       await LogprobsKernel.create(ctx, wg).then(

@@ -198,7 +198,7 @@ async function run(model: GPT2Model, prompts: number[][], opts: GenerateOptions)
     if (spec.maxNew > 0) {
       const parts = { slots, stats, owned, plans, pending, tCall, errors };
       const init = bans.map((b) => b.init);
-      const lp = opts.logprobs === undefined ? undefined : await logprobsKernelFor(model.ctx);
+      const lp = opts.logprobs === undefined ? undefined : await logprobsKernelFor(model.ctx, model.profile.logprobsWg);
       const r = errors.run(() => startRun(model, { cache, rows, own }, prompts, opts, spec, init, parts, lp));
       await (opts.useCache === false ? generateUncached(r) : generateCached(r));
       await errors.check();

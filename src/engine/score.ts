@@ -158,7 +158,7 @@ export async function score(
 ): Promise<ScoreResult> {
   model.checkAlive();
   const input = scoreInput(model, text, opts);
-  const kernel = await logprobsKernelFor(model.ctx);
+  const kernel = await logprobsKernelFor(model.ctx, model.profile.logprobsWg);
   const words = logprobsRowWords(input.top);
   const scored = input.positions.length;
   const owned = new Owned(model.ctx);

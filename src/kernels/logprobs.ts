@@ -63,17 +63,14 @@ export class LogprobsKernel {
   ) {}
 
   /**
-   * `wg`: threads per row, a power of two (the tree reductions need it) up to the invocation limit.
-   * Default: 256 on GPUs; 8 on CPU adapters, where a workgroup's invocations are SIMD lanes of one
-   * core and each of the top-N rounds' barriers splits the shader (lavapipe, [8, 50257] top 20:
-   * 2.5 ms a dispatch at 8 threads, 13-18 ms at 256; BENCHMARKS.md).
+   * `wg`: threads per row (the device profile's logprobsWg), a power of two (the tree reductions
+   * need it) up to the invocation limit.
    */
-  static async create(ctx: GpuContext, wg?: number): Promise<LogprobsKernel> {
+  static async create(ctx: GpuContext, wg: number): Promise<LogprobsKernel> {
     const most = Math.min(256, ctx.limits.maxComputeInvocationsPerWorkgroup);
     let size = 1;
-    while (size * 2 <= Math.min(wg ?? (ctx.isCpuAdapter ? 8 : 256), most)) size *= 2;
-    if (wg !== undefined && size !== wg)
-      throw new ShapeError(`LogprobsKernel: wg must be a power of two in [1, ${most}], got ${wg}`);
+    while (size * 2 <= Math.min(wg, most)) size *= 2;
+    if (size !== wg) throw new ShapeError(`LogprobsKernel: wg must be a power of two in [1, ${most}], got ${wg}`);
     return new LogprobsKernel(ctx, await ctx.pipeline('logprobs', 'logprobs', { WG: size }), size);
   }
 
@@ -105,11 +102,13 @@ export class LogprobsKernel {
   }
 }
 
-// One kernel per context: scoring and generation both bind it.
-const kernels = new WeakMap<GpuContext, Promise<LogprobsKernel>>();
-/** The context's logprobs kernel (its pipeline built once). */
-export function logprobsKernelFor(ctx: GpuContext): Promise<LogprobsKernel> {
-  let k = kernels.get(ctx);
-  if (!k) kernels.set(ctx, (k = LogprobsKernel.create(ctx)));
+// One kernel per context and width: scoring and generation both bind it.
+const kernels = new WeakMap<GpuContext, Map<number, Promise<LogprobsKernel>>>();
+/** The context's logprobs kernel of `wg` threads per row (its pipeline built once). */
+export function logprobsKernelFor(ctx: GpuContext, wg: number): Promise<LogprobsKernel> {
+  let byWg = kernels.get(ctx);
+  if (!byWg) kernels.set(ctx, (byWg = new Map()));
+  let k = byWg.get(wg);
+  if (!k) byWg.set(wg, (k = LogprobsKernel.create(ctx, wg)));
   return k;
 }

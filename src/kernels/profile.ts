@@ -32,6 +32,8 @@
  *             invocation per (token, head) for decode, token pairs sharing K/V loads for prompts,
  *             prompts of 64+ tokens as matrix products ('blocks'); with subgroups, prompts take a
  *             subgroup per block of 8 (SwiftShader: 4) tokens, which shares each K/V load.
+ *   logprobs  GPUs: 256 threads per row; CPU adapters: 8 (each of the top-N rounds' barriers splits
+ *             the shader into coroutines there).
  *   engine    GPUs queue 3 decode steps ahead of the token read-back (the GPU never idles for the
  *             host) and build prompt plans for power-of-two buckets (extra tokens cost next to
  *             nothing); CPU adapters run one step at a time (the host thread needs the cores the
@@ -57,6 +59,8 @@ export interface DeviceProfile {
   pipelineDepth: number;
   /** Whether sessions build prompt plans for power-of-two token counts (LoadOptions.promptBuckets' default). */
   promptBuckets: boolean;
+  /** Threads per row of the logprobs kernel (scoring, generation log-probs): a power of two, 1-256. */
+  logprobsWg: number;
 }
 
 /**
@@ -70,6 +74,7 @@ export interface PartialProfile {
   attention?: Partial<AttentionProfile>;
   pipelineDepth?: number;
   promptBuckets?: boolean;
+  logprobsWg?: number;
 }
 
 const CPU: DeviceProfile = {
@@ -86,6 +91,7 @@ const CPU: DeviceProfile = {
   attention: { decode: 'lanes', prompt: 'blocks', decodeWg: 256, subgroupLanes: 8 },
   pipelineDepth: 1,
   promptBuckets: false,
+  logprobsWg: 8,
 };
 
 const CPU_SUBGROUPS: DeviceProfile = {
@@ -111,6 +117,7 @@ export const PROFILES: Readonly<Record<ProfileName, Readonly<DeviceProfile>>> = 
     attention: { decode: 'wide', prompt: 'tiled', decodeWg: 256, subgroupLanes: 8 },
     pipelineDepth: 3,
     promptBuckets: true,
+    logprobsWg: 256,
   },
   cpu: CPU,
   'cpu-subgroups': CPU_SUBGROUPS,
@@ -161,6 +168,7 @@ const FIELDS: Record<keyof DeviceProfile, string> = {
   attention: 'an object of attention fields',
   pipelineDepth: 'an integer in [1, 16]',
   promptBuckets: 'a boolean',
+  logprobsWg: 'a power of two in [1, 256]',
 };
 
 /** The fields of `o` that are not undefined (an undefined field is not given). */
@@ -192,6 +200,9 @@ export function checkProfile(ctx: GpuContext, p: DeviceProfile, where = 'profile
     throw new InvalidOptionError(
       `${where}.promptBuckets must be ${FIELDS.promptBuckets}, got ${JSON.stringify(p.promptBuckets)}`,
     );
+  const wg = p.logprobsWg;
+  if (!(Number.isInteger(wg) && wg >= 1 && wg <= 256 && (wg & (wg - 1)) === 0))
+    throw new InvalidOptionError(`${where}.logprobsWg must be ${FIELDS.logprobsWg}, got ${JSON.stringify(wg)}`);
 }
 
 /**
