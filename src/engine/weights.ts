@@ -4,6 +4,9 @@
  *
  * Layout (see ARCHITECTURE.md): matrices (wte, wpe, the Conv1D weights [in, out]) in the chosen
  * dtype, f16 packed in pairs along the last dimension; biases and layer-norm parameters always f32.
+ * q8 / q4 quantize wte and the Conv1D weights on the way (kernels/quant.ts: integers packed along
+ * the stored last dimension, f32 scales in a buffer of their own, GpuTensor.scales) and store wpe
+ * as f16 (1.5 MB for gpt2; its rows are added, never multiplied, so it gains nothing from scales).
  * wte is split by rows into a ChunkedTensor so each chunk binding fits maxStorageBufferBindingSize
  * (gpt2's 50257 x 768 f32 is 154 MB; lavapipe and browsers allow 128 MiB); with `knPanel` (the CPU
  * profiles) each chunk is stored transposed in column panels, what the LM head reads fastest
@@ -17,19 +20,21 @@ import { InvalidOptionError, OutOfMemoryError, ShapeError, WeightsFormatError } 
 import type { ChunkedTensor, GpuTensor } from '../gpu/common.js';
 import { isPanelWidth, storedBytes, storedShape, tensorBytes } from '../gpu/common.js';
 import { packF16 } from '../kernels/f16.js';
+import { packInts, quantize, scaleGroups, scaleStride, type QuantDType } from '../kernels/quant.js';
 import { alignedRows, packPanels, packPanelsTransposed } from '../kernels/matmul-pack.js';
 import type { Checkpoint } from './checkpoint.js';
 import type { GPT2Config } from './config.js';
 import type { GpuContext } from '../gpu/device.js';
 
-export type WeightDType = 'f32' | 'f16';
+export type WeightDType = 'f32' | 'f16' | 'q8' | 'q4';
+export const WEIGHT_DTYPES: readonly WeightDType[] = ['f32', 'f16', 'q8', 'q4'];
 
 export interface NormWeights {
   weight: GpuTensor; // [C] f32
   bias: GpuTensor; // [C] f32
 }
 export interface LinearWeights {
-  weight: GpuTensor; // [in, out] f32 or f16
+  weight: GpuTensor; // [in, out] f32, f16, q8 or q4 (with its scales)
   bias: GpuTensor; // [out] f32
 }
 export interface LayerWeights {
@@ -53,7 +58,7 @@ export interface GPT2Weights {
 }
 
 export interface UploadProgress {
-  /** Bytes uploaded so far / in total (GPU storage bytes, after f16 packing). */
+  /** Bytes uploaded so far / in total (GPU storage bytes, after f16 or integer packing, scales included). */
   loadedBytes: number;
   totalBytes: number;
   /** The tensor just uploaded (HF name; wte chunks as `wte.weight[rows a..b)`). */
@@ -152,7 +157,11 @@ export async function uploadWeights(ctx: GpuContext, ckpt: Checkpoint, opts: Upl
   const cfg = ckpt.config;
   const dtype = opts.dtype ?? 'f32';
   const limit = Math.min(opts.maxBindingBytes ?? Infinity, ctx.limits.maxStorageBufferBindingSize);
-  const hint = dtype === 'f32' ? ' Try f16 weights (--f16), which halve the matrices.' : '';
+  const hint =
+    dtype === 'f32' || dtype === 'f16'
+      ? ` Try ${dtype === 'f32' ? 'f16 weights (--dtype f16), which halve the matrices, or ' : ''}quantized weights (--dtype q8 or q4).`
+      : '';
+  const quant: QuantDType | undefined = dtype === 'q8' || dtype === 'q4' ? dtype : undefined;
   const [V, C] = ckpt.shape('wte.weight') as [number, number];
   const knPanel = opts.knPanel ?? 0;
   if (knPanel !== 0 && !isPanelWidth(knPanel)) {
@@ -164,10 +173,16 @@ export async function uploadWeights(ctx: GpuContext, ckpt: Checkpoint, opts: Upl
 
   // Plan and check everything before allocating anything.
   const names = [...new Set(['wpe.weight', ...layerNames(cfg.n_layer), 'ln_f.weight', 'ln_f.bias'])];
-  const dtypeOf = (name: string): WeightDType => (isMatrix(name) ? dtype : 'f32');
+  const dtypeOf = (name: string): WeightDType =>
+    !isMatrix(name) ? 'f32' : quant && name === 'wpe.weight' ? 'f16' : dtype;
+  /** Bytes of the scales of a quantized K x N weight. */
+  const scaleBytes = (K: number, N: number) => (quant ? scaleGroups(quant, K) * scaleStride(N) * 4 : 0);
   let total = 0;
   for (const name of names) {
-    const bytes = storedBytes({ shape: ckpt.shape(name), dtype: dtypeOf(name), panel: panelOf(name) });
+    const shape = ckpt.shape(name);
+    const dt = dtypeOf(name);
+    const bytes = storedBytes({ shape, dtype: dt, panel: panelOf(name) });
+    if (dt === 'q8' || dt === 'q4') total += scaleBytes(shape[0]!, shape[1]!);
     if (bytes > limit) {
       throw new ShapeError(
         `${ckpt.source}: tensor "${name}" [${ckpt.shape(name).join(', ')}] ${dtypeOf(name)} is ${bytes} bytes, more than the storage binding limit ${limit}.${hint}`,
@@ -179,7 +194,10 @@ export async function uploadWeights(ctx: GpuContext, ckpt: Checkpoint, opts: Upl
   const rowsPerChunk = wteRowsPerChunk(V, C, dtype, limit, knPanel);
   const wteChunk = (n: number): Pick<GpuTensor, 'shape' | 'dtype' | 'panel'> =>
     knPanel > 0 ? { shape: [C, n], dtype, panel: knPanel } : { shape: [n, C], dtype };
-  for (let r = 0; r < V; r += rowsPerChunk) total += storedBytes(wteChunk(Math.min(rowsPerChunk, V - r)));
+  for (let r = 0; r < V; r += rowsPerChunk) {
+    const n = Math.min(rowsPerChunk, V - r);
+    total += storedBytes(wteChunk(n)) + scaleBytes(C, n);
+  }
 
   const buffers: GPUBuffer[] = [];
   let destroyed = false;
@@ -215,6 +233,14 @@ export async function uploadWeights(ctx: GpuContext, ckpt: Checkpoint, opts: Upl
     return buf!;
   };
 
+  /** The scales of a quantized weight as a tensor [G, sN] of their own buffer. */
+  const scalesOf = async (label: string, scales: Float32Array, K: number, N: number): Promise<GpuTensor> => {
+    const shape = [scaleGroups(quant!, K), scaleStride(N)];
+    const t: GpuTensor = { buffer: await make(`${label}.scales`, scales), offset: 0, shape, dtype: 'f32' };
+    loaded += scales.byteLength;
+    return t;
+  };
+
   const upload = async (name: string): Promise<GpuTensor> => {
     const shape = ckpt.shape(name);
     const dt = dtypeOf(name);
@@ -222,10 +248,15 @@ export async function uploadWeights(ctx: GpuContext, ckpt: Checkpoint, opts: Upl
     checkFinite(ckpt.source, name, values, 0, dt);
     const panel = panelOf(name);
     const [rows, cols] = storedShape({ shape, panel }) as [number, number];
-    const laid = panel ? packPanels(values, shape[0]!, shape[1]!, panel) : values;
-    const data = dt === 'f16' ? packF16(laid, rows, cols) : laid;
+    const [K, N] = [shape[0]!, shape[1] ?? 1];
+    // Conv1D [K, N]: groups along its rows.
+    const qz = dt === 'q8' || dt === 'q4' ? quantize(values, K, N, dt, 'rows') : undefined;
+    const src = qz ? qz.q : values;
+    const laid = panel ? packPanels(src, K, N, panel) : src;
+    const data = qz ? packInts(laid, rows, cols, dt as QuantDType) : dt === 'f16' ? packF16(laid, rows, cols) : laid;
     const buffer = await make(name, data);
     const t: GpuTensor = { buffer, offset: 0, shape, dtype: dt, ...(panel ? { panel } : {}) };
+    if (qz) t.scales = await scalesOf(name, qz.scales, K, N);
     loaded += storedBytes(t);
     opts.onProgress?.({ loadedBytes: loaded, totalBytes: total, tensor: name });
     return t;
@@ -239,10 +270,15 @@ export async function uploadWeights(ctx: GpuContext, ckpt: Checkpoint, opts: Upl
       checkFinite(ckpt.source, 'wte.weight', rows, r * C, dtype);
       const label = `wte.weight[rows ${r}..${r + n})`;
       const chunk = wteChunk(n);
-      const laid = knPanel > 0 ? packPanelsTransposed(rows, n, C, knPanel) : rows;
+      // wte [n, C] = the LM head's [N, K]: groups along its columns.
+      const qz = quant ? quantize(rows, n, C, quant, 'cols') : undefined;
+      const src = qz ? qz.q : rows;
+      const laid = knPanel > 0 ? packPanelsTransposed(src, n, C, knPanel) : src;
       const [sr, sc] = storedShape(chunk) as [number, number];
-      const buffer = await make(label, dtype === 'f16' ? packF16(laid, sr, sc) : laid);
-      chunks.push({ buffer, offset: 0, ...chunk } as GpuTensor);
+      const data = qz ? packInts(laid, sr, sc, quant!) : dtype === 'f16' ? packF16(laid, sr, sc) : laid;
+      const t = { buffer: await make(label, data), offset: 0, ...chunk } as GpuTensor;
+      if (qz) t.scales = await scalesOf(label, qz.scales, C, n);
+      chunks.push(t);
       loaded += storedBytes(chunk);
       opts.onProgress?.({ loadedBytes: loaded, totalBytes: total, tensor: label });
     }
