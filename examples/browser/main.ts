@@ -152,7 +152,7 @@ function engine(): Promise<Engine> {
 /** Loads (or reuses) the model the form names: local files win over the URL. */
 async function loadModel(): Promise<{ model: Model; cached: boolean }> {
   const files = Array.from(ui.files.files ?? []);
-  const dtype = ui.dtype.value as 'f32' | 'f16';
+  const dtype = ui.dtype.value as 'f32' | 'f16' | 'q8' | 'q4';
   const key = files.length
     ? `files:${files.map((f) => `${f.name}:${f.size}:${f.lastModified}`).join(',')}:${dtype}`
     : `url:${baseUrl(ui.model.value || ui.model.placeholder)}:${dtype}`;

@@ -152,15 +152,83 @@ function isConv1D(name: string): boolean {
   return /\.(c_attn|c_proj|c_fc)\.weight$/.test(name);
 }
 
+/** Bytes of the scales of a quantized K x N weight (0 for f32 / f16). */
+function scaleBytes(dtype: WeightDType, K: number, N: number): number {
+  return dtype === 'q8' || dtype === 'q4' ? scaleGroups(dtype, K) * scaleStride(N) * 4 : 0;
+}
+
+/** What an error about size suggests: a smaller storage. */
+function sizeHint(dtype: WeightDType): string {
+  if (dtype === 'q8' || dtype === 'q4') return '';
+  return ` Try ${dtype === 'f32' ? 'f16 weights (--dtype f16), which halve the matrices, or ' : ''}quantized weights (--dtype q8 or q4).`;
+}
+
+/**
+ * The bytes the `names` tensors take as stored (scales included), each checked against the
+ * binding limit (ShapeError naming it).
+ */
+function plannedBytes(
+  ckpt: Checkpoint,
+  names: string[],
+  storage: (name: string) => { dtype: WeightDType; panel: number | undefined },
+  limit: number,
+  hint: string,
+): number {
+  let total = 0;
+  for (const name of names) {
+    const shape = ckpt.shape(name);
+    const { dtype, panel } = storage(name);
+    const bytes = storedBytes({ shape, dtype, panel });
+    if (bytes > limit) {
+      throw new ShapeError(
+        `${ckpt.source}: tensor "${name}" [${shape.join(', ')}] ${dtype} is ${bytes} bytes, more than the storage binding limit ${limit}.${hint}`,
+      );
+    }
+    total += bytes + scaleBytes(dtype, shape[0]!, shape[1] ?? 1);
+  }
+  return total;
+}
+
+/**
+ * A buffer holding `data`, with GPU out-of-memory turned into OutOfMemoryError (`where`: how far the
+ * upload got, for its message).
+ */
+async function createTracked(
+  ctx: GpuContext,
+  label: string,
+  data: Float32Array | Uint32Array,
+  where: () => string,
+  hint: string,
+): Promise<GPUBuffer> {
+  ctx.device.pushErrorScope('out-of-memory');
+  let buf: GPUBuffer | undefined;
+  let thrown: unknown;
+  try {
+    buf = ctx.createBufferWithData(label, data, USAGE);
+  } catch (e) {
+    thrown = e;
+  }
+  const err = await ctx.device.popErrorScope();
+  if (thrown instanceof OutOfMemoryError) throw thrown; // past maxBufferSize: already says so
+  // A failed mappedAtCreation allocation throws RangeError; other failures surface in the scope.
+  if (thrown && !(thrown instanceof RangeError)) throw thrown;
+  if (err || thrown) {
+    if (buf) ctx.destroyBuffer(buf);
+    const why = err ? err.message : (thrown as Error).message;
+    throw new OutOfMemoryError(
+      `out of GPU memory uploading "${label}" (${data.byteLength} bytes) ${where()}: ${why}.${hint}`,
+      { cause: thrown ?? err },
+    );
+  }
+  return buf!;
+}
+
 /** Uploads every tensor of `ckpt`; see the module comment. */
 export async function uploadWeights(ctx: GpuContext, ckpt: Checkpoint, opts: UploadOptions = {}): Promise<GPT2Weights> {
   const cfg = ckpt.config;
   const dtype = opts.dtype ?? 'f32';
   const limit = Math.min(opts.maxBindingBytes ?? Infinity, ctx.limits.maxStorageBufferBindingSize);
-  const hint =
-    dtype === 'f32' || dtype === 'f16'
-      ? ` Try ${dtype === 'f32' ? 'f16 weights (--dtype f16), which halve the matrices, or ' : ''}quantized weights (--dtype q8 or q4).`
-      : '';
+  const hint = sizeHint(dtype);
   const quant: QuantDType | undefined = dtype === 'q8' || dtype === 'q4' ? dtype : undefined;
   const [V, C] = ckpt.shape('wte.weight') as [number, number];
   const knPanel = opts.knPanel ?? 0;
@@ -175,28 +243,14 @@ export async function uploadWeights(ctx: GpuContext, ckpt: Checkpoint, opts: Upl
   const names = [...new Set(['wpe.weight', ...layerNames(cfg.n_layer), 'ln_f.weight', 'ln_f.bias'])];
   const dtypeOf = (name: string): WeightDType =>
     !isMatrix(name) ? 'f32' : quant && name === 'wpe.weight' ? 'f16' : dtype;
-  /** Bytes of the scales of a quantized K x N weight. */
-  const scaleBytes = (K: number, N: number) => (quant ? scaleGroups(quant, K) * scaleStride(N) * 4 : 0);
-  let total = 0;
-  for (const name of names) {
-    const shape = ckpt.shape(name);
-    const dt = dtypeOf(name);
-    const bytes = storedBytes({ shape, dtype: dt, panel: panelOf(name) });
-    if (dt === 'q8' || dt === 'q4') total += scaleBytes(shape[0]!, shape[1]!);
-    if (bytes > limit) {
-      throw new ShapeError(
-        `${ckpt.source}: tensor "${name}" [${ckpt.shape(name).join(', ')}] ${dtypeOf(name)} is ${bytes} bytes, more than the storage binding limit ${limit}.${hint}`,
-      );
-    }
-    total += bytes;
-  }
+  let total = plannedBytes(ckpt, names, (n) => ({ dtype: dtypeOf(n), panel: panelOf(n) }), limit, hint);
   // wte [V, C]: row chunks [n, C], or with knPanel their transposes [C, n] in panels of knPanel.
   const rowsPerChunk = wteRowsPerChunk(V, C, dtype, limit, knPanel);
   const wteChunk = (n: number): Pick<GpuTensor, 'shape' | 'dtype' | 'panel'> =>
     knPanel > 0 ? { shape: [C, n], dtype, panel: knPanel } : { shape: [n, C], dtype };
   for (let r = 0; r < V; r += rowsPerChunk) {
     const n = Math.min(rowsPerChunk, V - r);
-    total += storedBytes(wteChunk(n)) + scaleBytes(C, n);
+    total += storedBytes(wteChunk(n)) + scaleBytes(dtype, C, n);
   }
 
   const buffers: GPUBuffer[] = [];
@@ -210,27 +264,9 @@ export async function uploadWeights(ctx: GpuContext, ckpt: Checkpoint, opts: Upl
 
   /** One tracked buffer holding `data`, with GPU out-of-memory turned into OutOfMemoryError. */
   const make = async (label: string, data: Float32Array | Uint32Array): Promise<GPUBuffer> => {
-    ctx.device.pushErrorScope('out-of-memory');
-    let buf: GPUBuffer | undefined;
-    let thrown: unknown;
-    try {
-      buf = ctx.createBufferWithData(label, data, USAGE);
-      buffers.push(buf);
-    } catch (e) {
-      thrown = e;
-    }
-    const err = await ctx.device.popErrorScope();
-    if (thrown instanceof OutOfMemoryError) throw thrown; // past maxBufferSize: already says so
-    // A failed mappedAtCreation allocation throws RangeError; other failures surface in the scope.
-    if (thrown && !(thrown instanceof RangeError)) throw thrown;
-    if (err || thrown) {
-      const why = err ? err.message : (thrown as Error).message;
-      throw new OutOfMemoryError(
-        `out of GPU memory uploading "${label}" (${data.byteLength} bytes) after ${loaded} of ${total} weight bytes: ${why}.${hint}`,
-        { cause: thrown ?? err },
-      );
-    }
-    return buf!;
+    const buf = await createTracked(ctx, label, data, () => `after ${loaded} of ${total} weight bytes`, hint);
+    buffers.push(buf);
+    return buf;
   };
 
   /** The scales of a quantized weight as a tensor [G, sN] of their own buffer. */
