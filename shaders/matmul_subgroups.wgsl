@@ -1,7 +1,8 @@
 // Linear layers for many rows of x on CPU adapters whose subgroups are 4 or 8 invocations
 // (SwiftShader: 4, lavapipe: 8): out[M, N] = x[M, K] @ W[K, N] (+ bias) (gelu) (+= out), W in
 // units (w_unit), plain or in column panels, exactly as gemv_kn_cols reads it (q4: each unit
-// times its group's scales as it is loaded, 8 multiplies per 4 k x SGR rows of multiply-adds).
+// times its group's scales as it is loaded, 8 multiplies per 4 k x SGR rows of multiply-adds; the
+// scales loaded once per group).
 // This file is appended to matmul.wgsl (the bindings, Params, W_FMT and the epilogue `finish` are that
 // file's); the engine builds it only where the device profile names it (MatmulProfile.subgroupLanes:
 // a device with the `subgroups` feature and a single subgroup size of 4 or 8).
@@ -64,13 +65,15 @@ fn gemm_kn_sg(@builtin(subgroup_invocation_id) t: u32, @builtin(workgroup_id) wi
   for (var b = 0u; b < SGR / SGL; b++) { xo[b] = min(m0 + b * SGL + t, p.M - 1u) * kw; }
   // f32: acc[i] holds columns 4v .. 4v + 3 of row m0 + i; 8-column units: acc[2i] columns 8v .. 8v + 3, acc[2i + 1] 8v + 4 .. 8v + 7.
   var acc: array<vec4<f32>, 2u * SGR_MAX>;  // zero-initialised (declared outside the loops)
+  var sc = WUnit(vec4<f32>(1.0), vec4<f32>(1.0));  // q4: the scales of the current group of 32 k
   for (var k4 = 0u; k4 < kw; k4++) {
     // W rows 4 k4 .. 4 k4 + 3 of this invocation's unit.
     let r = base + 4u * k4 * stride;
     // As f32: lo[j] columns 0..3 of the unit in row 4 k4 + j, hi[j] columns 4..7 (8-column units).
     var lo: array<vec4<f32>, 4>;
     var hi: array<vec4<f32>, 4>;
-    let sc = w_qs8(4u * k4, vc * 8u);  // q4: the 4 rows lie in one group
+    // q4: a group is 8 steps of 4 rows; its scales are loaded at its first.
+    if (W_FMT == 3u && k4 % 8u == 0u) { sc = w_qs8(4u * k4, vc * 8u); }
     for (var j = 0u; j < 4u; j++) {
       let q = w_unit(r + j * stride);
       lo[j] = q.lo;
