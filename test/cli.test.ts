@@ -122,6 +122,18 @@ test('sampling and generation flags are checked before the model is downloaded o
   }
 });
 
+test('--dtype outside f32, f16, q8, q4 is refused with InvalidOptionError naming them, before the model is loaded', () => {
+  const missing = join(tmp, 'nope'); // loading it would fail with a WeightsFormatError
+  for (const cmd of [['generate', '--ids', '1'], ['bench']]) {
+    const r = cli(cmd[0]!, '--model', missing, ...cmd.slice(1), '--dtype', 'q3');
+    assert.is(r.code, 1, r.err);
+    assert.match(r.err, /InvalidOptionError: --dtype must be one of f32, f16, q8, q4, got "q3"/);
+    assert.not.match(r.err, /WeightsFormatError/);
+  }
+  const both = cli('generate', '--model', missing, '--ids', '1', '--f16', '--dtype', 'q8');
+  assert.match(both.err, /InvalidOptionError: --f16 means --dtype f16, but --dtype q8 was given/);
+});
+
 test('errors exit 1 with a named error', () => {
   const r = cli('generate', '--model', join(tmp, 'nope'), '--ids', '1');
   assert.is(r.code, 1, r.err);
