@@ -7,9 +7,12 @@
 //   wte as a [C, V] 'kn' weight) its transpose [C, chunk_rows] in column panels of p.panel
 //   columns, each panel [C, panel] whole: a token's row is then one column, read with a stride of
 //   panel words (a few hundred scattered loads per token: nothing next to the LM head).
-//   wte and wpe are each f32 or f16 (WTE_F16 / WPE_F16): f16 is IEEE halves packed in pairs into
-//   u32 words along C, rows padded to an even count; both are bound as u32 words either way (f32
-//   words are bitcast), so one shader serves all four combinations.
+//   wte and wpe are each f32 or f16 (WTE_FMT 0 / 1, WPE_F16): f16 is IEEE halves packed in pairs
+//   into u32 words along C, rows padded to an even count; both are bound as u32 words either way
+//   (f32 words are bitcast), so one shader serves every combination. wte may also be q8 / q4
+//   (WTE_FMT 2 / 3: signed integers packed 4 / 8 per word along the stored last dimension, times
+//   their scales: q8 one per wte row, q4 one per row and group of 32 of C; see
+//   src/kernels/quant.ts), read an element at a time.
 //   Defence in depth (the engine validates ids on the CPU first): an id >= V or a pos >= nPos must
 //   not read out of bounds; the dispatch of the last chunk writes NaN for such a token's row so the
 //   error is visible downstream instead of silently reading another token.
@@ -18,7 +21,7 @@
 // once; flat thread index e = t * ceil(C / 2) + j over a 2-D grid of workgroups (wraps past 65535).
 
 override WG: u32 = 64u;
-override WTE_F16: bool = false;
+override WTE_FMT: u32 = 0u;  // 0 f32, 1 f16, 2 q8, 3 q4
 override WPE_F16: bool = false;
 
 struct Params {
@@ -32,6 +35,7 @@ struct Params {
   groups_x: u32,    // workgroups along dispatch x
   nan_bits: u32,    // 0x7fc00000: NaN cannot be written as a WGSL constant
   panel: u32,       // 0: chunk is [chunk_rows, C]; else [C, chunk_rows] in panels of this many columns
+  sld: u32,         // q8 / q4: row stride of scl (chunk_rows rounded up to 8)
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -40,16 +44,31 @@ struct Params {
 @group(0) @binding(3) var<storage, read> wte: array<u32>;        // [chunk_rows, C] (or paneled [C, chunk_rows]) f32 bits or f16 pairs
 @group(0) @binding(4) var<storage, read> wpe: array<u32>;        // [n_pos, C] f32 bits or f16 pairs
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;  // [T, C]
+@group(0) @binding(6) var<storage, read> scl: array<f32>;        // q8 [1, sld] / q4 [ceil(C / 32), sld] (any buffer otherwise)
+
+// Element (r, c) of a q8 / q4 chunk, dequantized: the integer's word in the plain or paneled layout,
+// sign-extended, times its scale.
+fn wte_q(r: u32, c: u32) -> f32 {
+  let e = select(4u, 8u, WTE_FMT == 3u);
+  var i = r * (((p.C + e - 1u) / e) * e) + c;  // rows padded to whole words
+  if (p.panel != 0u) { i = ((r / p.panel) * p.C + c) * p.panel + r % p.panel; }
+  let bits = 32u / e;
+  let q = f32(extractBits(i32(wte[i / e]), bits * (i % e), bits));
+  return q * scl[select(r, (c / 32u) * p.sld + r, WTE_FMT == 3u)];
+}
 
 // Columns (2j, 2j + 1) of row r of a [rows, C] tensor stored as f32 words or packed f16 pairs.
 // When C is odd the last pair has no second column: f16 reads the zero pad half; f32 clamps the
 // read into the row (never past the buffer) and drops the value.
 fn wte_pair(r: u32, j: u32) -> vec2<f32> {
+  if (WTE_FMT >= 2u) {
+    return vec2<f32>(wte_q(r, 2u * j), select(0.0, wte_q(r, min(2u * j + 1u, p.C - 1u)), 2u * j + 1u < p.C));
+  }
   if (p.panel != 0u) {
     let second = select(0.0, wte_t(r, min(2u * j + 1u, p.C - 1u)), 2u * j + 1u < p.C);
     return vec2<f32>(wte_t(r, 2u * j), second);
   }
-  if (WTE_F16) { return unpack2x16float(wte[r * ((p.C + 1u) / 2u) + j]); }
+  if (WTE_FMT == 1u) { return unpack2x16float(wte[r * ((p.C + 1u) / 2u) + j]); }
   let i = r * p.C + 2u * j;
   let second = select(0.0, bitcast<f32>(wte[min(i + 1u, r * p.C + p.C - 1u)]), 2u * j + 1u < p.C);
   return vec2<f32>(bitcast<f32>(wte[i]), second);
@@ -59,7 +78,7 @@ fn wte_pair(r: u32, j: u32) -> vec2<f32> {
 // (f16: halves packed in pairs along the panel row, which has an even width).
 fn wte_t(r: u32, c: u32) -> f32 {
   let i = ((r / p.panel) * p.C + c) * p.panel + r % p.panel;
-  if (WTE_F16) {
+  if (WTE_FMT == 1u) {
     let h = unpack2x16float(wte[i >> 1u]);
     return select(h.x, h.y, (i & 1u) == 1u);
   }

@@ -1,19 +1,28 @@
 // Linear layers: out[M, N] = x[M, K] @ W (+ bias[N]), then optionally gelu_new, then optionally
-// added to what `out` already holds (the residual add). x, bias, out are f32; W is f32 or f16 and
-// is always bound as u32 words (f32: bitcast; f16: IEEE halves packed in pairs along W's last
-// dimension, rows padded to an even count, read with unpack2x16float; math is f32 either way).
+// added to what `out` already holds (the residual add). x, bias, out are f32; W is stored as
+// W_FMT says and is always bound as u32 words: 0 f32 (bitcast), 1 f16 (IEEE halves packed in pairs
+// along W's last dimension, read with unpack2x16float), 2 q8 / 3 q4 (signed 8- / 4-bit integers,
+// 4 / 8 per word along the last dimension, read with extractBits; src/kernels/quant.ts). Rows are
+// padded to whole words. Math is f32 whatever the storage.
+// q8 has one scale per output column, applied to the column's sum in `finish`; q4 one per group
+// of 32 k of a column (scl [G, sld]), applied where the kernel knows k: per element (w_qs,
+// w_qs8), or per group of k on the CPU adapters' GEMVs.
 // Layouts: 'kn' W[K, N] (HF Conv1D), 'nk' W[N, K] (the tied LM head, possibly one chunk of rows of
 // it: this dispatch then covers out columns [n_off, n_off + N) of rows of length ldo).
 //
-// This file holds what every matmul entry point shares: the bindings, the parameters and the
-// epilogue. The entry points are in the files appended to it (the module 'matmul+<file>'):
+// This file holds what every matmul entry point shares: the bindings, the parameters, the weight
+// loads and the epilogue. The entry points are in the files appended to it (the module
+// 'matmul+<file>'):
 //   matmul_gemv.wgsl        the GEMVs (decode: W read once per block of rows of x) and `reduce`;
 //   matmul_gemm.wgsl        the tiled GEMM (prefill on GPUs);
 //   matmul_subgroups.wgsl   gemm_kn_sg (many rows of x on CPU adapters with 4- or 8-lane subgroups).
 // With split-K (flags & F_PARTIAL) a GEMV writes raw sums to dst = partials[S, M, ldo] instead of
 // out, and `reduce` (x bound to the partials) applies bias / gelu / accumulate once.
+//
+// The vector kernels read W in units along its last dimension: 4 elements (f32: one vec4<u32>) or
+// 8 (f16: one vec4<u32>; q8: two words; q4: one word), through w_unit.
 
-override W_F16: bool = false;
+override W_FMT: u32 = 0u;  // 0 f32, 1 f16, 2 q8, 3 q4
 
 const F_BIAS = 1u;
 const F_GELU = 2u;
@@ -30,8 +39,9 @@ struct Params {
   n_off: u32,   // first out column of this dispatch (chunked LM head)
   kslice: u32,  // K per slice (GEMV split-K; = K when unsplit)
   flags: u32,   // F_* bits
-  pw: u32,      // gemv_kn_cols: vec4 words per panel row of a paneled W; 0 = plain row-major
+  pw: u32,      // gemv_kn_cols, gemm_kn_sg: units per panel row of a paneled W; 0 = plain row-major
   eps: f32,     // layer-norm epsilon (flags & F_LN)
+  sld: u32,     // q8 / q4: row stride of scl (this dispatch's columns, padded to a multiple of 8)
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -43,6 +53,59 @@ struct Params {
 @group(0) @binding(6) var<storage, read_write> dst: array<f32>;  // out [M, ldo] or partials [S, M, ldo]
 @group(0) @binding(7) var<storage, read> ln_g: array<f32>;       // [K] layer-norm gamma (flags & F_LN)
 @group(0) @binding(8) var<storage, read> ln_b: array<f32>;       // [K] layer-norm beta
+@group(0) @binding(9) var<storage, read> scl: array<vec4<f32>>;  // q8 [1, sld] / q4 [G, sld] scales (any buffer otherwise)
+
+// Whether a unit holds 8 elements (f16, q8, q4) rather than 4 (f32).
+fn w_wide() -> bool { return W_FMT != 0u; }
+// u32 words per unit, and elements per u32 word.
+fn w_uw() -> u32 { return select(select(4u, 2u, W_FMT == 2u), 1u, W_FMT == 3u); }
+fn w_epw() -> u32 { return 1u << W_FMT; }
+// Units per W row (p.wpr counts u32 words; a paneled W's counts whole units of every panel).
+fn w_upr() -> u32 { return p.wpr / w_uw(); }
+
+// The 4 signed bytes of `v`, and 4 signed nibbles of `v` from bit `b`, as f32.
+fn q8x4(v: u32) -> vec4<f32> {
+  let s = i32(v);
+  return vec4<f32>(f32(extractBits(s, 0u, 8u)), f32(extractBits(s, 8u, 8u)), f32(extractBits(s, 16u, 8u)),
+                   f32(extractBits(s, 24u, 8u)));
+}
+fn q4x4(v: u32, b: u32) -> vec4<f32> {
+  let s = i32(v);
+  return vec4<f32>(f32(extractBits(s, b, 4u)), f32(extractBits(s, b + 4u, 4u)), f32(extractBits(s, b + 8u, 4u)),
+                   f32(extractBits(s, b + 12u, 4u)));
+}
+
+struct WUnit {
+  lo: vec4<f32>,  // elements 0..3 of the unit
+  hi: vec4<f32>,  // elements 4..7 (0 for f32)
+}
+
+// Unit u of W (unit index: u32 word u * w_uw()), unscaled: the one place W's storage is decoded.
+fn w_unit(u: u32) -> WUnit {
+  if (W_FMT == 2u) { return WUnit(q8x4(w[2u * u]), q8x4(w[2u * u + 1u])); }
+  if (W_FMT == 3u) { let v = w[u]; return WUnit(q4x4(v, 0u), q4x4(v, 16u)); }
+  let q = w4[u];
+  if (W_FMT == 1u) {
+    return WUnit(vec4<f32>(unpack2x16float(q.x), unpack2x16float(q.y)),
+                 vec4<f32>(unpack2x16float(q.z), unpack2x16float(q.w)));
+  }
+  return WUnit(bitcast<vec4<f32>>(q), vec4<f32>(0.0));
+}
+
+// The q4 scale of (k, output column n of this dispatch); 1 for the other formats (q8's is
+// applied in `finish`). Clamped into the binding (the GEMM's tile edges ask past N).
+fn w_qs(k: u32, n: u32) -> f32 {
+  if (W_FMT != 3u) { return 1.0; }
+  let i = min((k / 32u) * p.sld + n, arrayLength(&scl) * 4u - 1u);
+  return scl[i / 4u][i % 4u];
+}
+
+// The q4 scales of (k, output columns n0 .. n0 + 7), n0 a multiple of 8 below sld; ones otherwise.
+fn w_qs8(k: u32, n0: u32) -> WUnit {
+  if (W_FMT != 3u) { return WUnit(vec4<f32>(1.0), vec4<f32>(1.0)); }
+  let i = ((k / 32u) * p.sld + n0) / 4u;
+  return WUnit(scl[i], scl[i + 1u]);
+}
 
 // GPT-2's gelu_new, 0.5 v (1 + tanh(sqrt(2/pi) (v + 0.044715 v^3))), written as v * sigmoid(2u):
 // the same function, but no tanh of a large argument (some tanh implementations return NaN there).
@@ -52,8 +115,10 @@ fn gelu_new(v: f32) -> f32 {
 }
 
 // Stores the sum `v` for row m, column n of this dispatch (slice s when writing partials).
-fn finish(m: u32, n: u32, s: u32, v: f32) {
+fn finish(m: u32, n: u32, s: u32, v0: f32) {
   let col = p.n_off + n;
+  var v = v0;
+  if (W_FMT == 2u) { v *= scl[n / 4u][n % 4u]; }  // q8: the column's scale (before any split-K partial)
   if ((p.flags & F_PARTIAL) != 0u) {
     dst[(s * p.M + m) * p.ldo + col] = v;
     return;
@@ -66,12 +131,20 @@ fn finish(m: u32, n: u32, s: u32, v: f32) {
   dst[i] = r;
 }
 
-// W[row, col] as f32 from the scalar view, 0 outside [rows, cols] of the stored matrix.
+// W[row, col] as f32 from the scalar view, unscaled (q4: times w_qs), 0 outside [rows, cols] of the
+// stored matrix.
 fn w_elem(row: u32, col: u32, cols: u32, rows: u32) -> f32 {
   if (row >= rows || col >= cols) { return 0.0; }
-  if (W_F16) {
-    let pair = unpack2x16float(w[row * p.wpr + (col >> 1u)]);
-    return select(pair.x, pair.y, (col & 1u) == 1u);
+  let e = w_epw();
+  let word = w[row * p.wpr + col / e];
+  let j = col % e;
+  if (W_FMT == 1u) {
+    let pair = unpack2x16float(word);
+    return select(pair.x, pair.y, j == 1u);
   }
-  return bitcast<f32>(w[row * p.wpr + col]);
+  if (W_FMT >= 2u) {
+    let bits = 32u / e;
+    return f32(extractBits(i32(word), bits * j, bits));
+  }
+  return bitcast<f32>(word);
 }

@@ -38,10 +38,11 @@ fn gemm(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(local_invocation_
       xs[kk * BM + r] = select(0.0, x[gm * p.K + gk], gm < p.M && gk < p.K);
     }
     // W tile -> ws[kk][c]. f16 words hold two adjacent elements along W's last dimension, so each
-    // thread unpacks a whole word (tile origins are even along that dimension).
+    // thread unpacks a whole word (tile origins are even along that dimension); q8 / q4 are read
+    // an element at a time (w_elem, times the q4 scale).
     if (!NK) {
       // W[K, N]: walk along N.
-      if (W_F16) {
+      if (W_FMT == 1u) {
         for (var e = t; e < BK * BN / 2u; e += NT) {
           let kk = e / (BN / 2u);
           let c = 2u * (e % (BN / 2u));
@@ -56,12 +57,12 @@ fn gemm(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(local_invocation_
         for (var e = t; e < BK * BN; e += NT) {
           let kk = e / BN;
           let c = e % BN;
-          ws[kk * BN + c] = w_elem(k0 + kk, n0 + c, p.N, p.K);
+          ws[kk * BN + c] = w_elem(k0 + kk, n0 + c, p.N, p.K) * w_qs(k0 + kk, n0 + c);
         }
       }
     } else {
       // W[N, K]: walk along K (the contiguous dimension), store transposed.
-      if (W_F16) {
+      if (W_FMT == 1u) {
         for (var e = t; e < BN * BK / 2u; e += NT) {
           let c = e / (BK / 2u);
           let kk = 2u * (e % (BK / 2u));
@@ -76,7 +77,7 @@ fn gemm(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(local_invocation_
         for (var e = t; e < BN * BK; e += NT) {
           let c = e / BK;
           let kk = e % BK;
-          ws[kk * BN + c] = w_elem(n0 + c, k0 + kk, p.K, p.N);
+          ws[kk * BN + c] = w_elem(n0 + c, k0 + kk, p.K, p.N) * w_qs(k0 + kk, n0 + c);
         }
       }
     }

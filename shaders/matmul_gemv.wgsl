@@ -20,9 +20,11 @@
 // fuses it (GPUs) this replaces the layer-norm dispatch (and its [M, K] round trip) before c_attn
 // and c_fc in decode; elsewhere the host runs the layernorm kernel first (CPU adapters, whose
 // per-workgroup statistics and per-k normalisation are per-lane work).
-// VEC selects 16-byte loads through the vec4 views (x4, w4) of the same buffers; the host sets it
-// only when rows are 16-byte aligned (kn: N % 4 (f32) / N % 8 (f16); nk: K % 4 / K % 8), otherwise
-// the scalar path reads single words with bounds checks.
+// VEC selects unit loads (w_unit: 16-byte words for f32 / f16, one or two words for q4 / q8) and
+// x through its vec4 view; the host sets it only when rows are whole units (kn: N % 4 (f32) /
+// N % 8 (others); nk: K % 4 / K % 8), otherwise the scalar path reads single elements with bounds
+// checks. q4 scales: per element in gemv_kn, gemv_kn_red, gemv_nk; per group of 32 k in
+// gemv_kn_cols (raw sums of a group, then scaled once).
 
 override VEC: bool = false;
 override WG: u32 = 64u;   // threads per workgroup
@@ -101,7 +103,7 @@ fn gemv_kn_ln(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_
 fn gemv_kn_body(gid: vec3<u32>, wid: vec3<u32>, st: array<vec2<f32>, MAXM>) {
   let m0 = wid.z * MAXM;
   let mc = min(MAXM, p.M - m0);
-  let cpt = select(4u, 8u, W_F16);
+  let cpt = select(4u, 8u, w_wide());
   let c0 = gid.x * cpt;
   if (c0 >= p.N) { return; }
   let s = wid.y;
@@ -114,35 +116,36 @@ fn gemv_kn_body(gid: vec3<u32>, wid: vec3<u32>, st: array<vec2<f32>, MAXM>) {
   for (var i = 0u; i < mc; i++) {
     for (var c = 0u; c < 4u; c++) {
       if (c0 + c < p.N) { finish(m0 + i, c0 + c, s, lo[i][c]); }
-      if (W_F16 && c0 + 4u + c < p.N) { finish(m0 + i, c0 + 4u + c, s, hi[i][c]); }
+      if (w_wide() && c0 + 4u + c < p.N) { finish(m0 + i, c0 + 4u + c, s, hi[i][c]); }
     }
   }
 }
 
-// One k of the 'kn' GEMVs gemv_kn and gemv_kn_red: W row k, 16-byte word g (columns g*CPT ..
-// g*CPT + CPT - 1, each read as 0 past N on the scalar path), times x[m0 + i, k] (layer-normed
-// with st[i] when flags & F_LN), added to lo[i] (the first 4 columns) and hi[i] (f16: the next 4)
-// for the block's mc rows.
+// One k of the 'kn' GEMVs gemv_kn and gemv_kn_red: W row k, unit g (columns g*CPT ..
+// g*CPT + CPT - 1, each read as 0 past N on the scalar path; q4: times its scales), times
+// x[m0 + i, k] (layer-normed with st[i] when flags & F_LN), added to lo[i] (the first 4 columns)
+// and hi[i] (8-column units: the next 4) for the block's mc rows.
 fn kn_step(k: u32, g: u32, m0: u32, mc: u32, st: ptr<function, array<vec2<f32>, MAXM>>,
            lo: ptr<function, array<vec4<f32>, MAXM>>, hi: ptr<function, array<vec4<f32>, MAXM>>) {
   var wl: vec4<f32>;
   var wh = vec4<f32>(0.0);
   if (VEC) {
-    let q = w4[k * (p.wpr / 4u) + g];  // VEC only: wpr % 4 == 0
-    if (W_F16) {
-      wl = vec4<f32>(unpack2x16float(q.x), unpack2x16float(q.y));
-      wh = vec4<f32>(unpack2x16float(q.z), unpack2x16float(q.w));
-    } else {
-      wl = bitcast<vec4<f32>>(q);
-    }
+    let q = w_unit(k * w_upr() + g);  // VEC only: whole units per row
+    wl = q.lo;
+    wh = q.hi;
   } else {
-    let c0 = g * select(4u, 8u, W_F16);
+    let c0 = g * select(4u, 8u, w_wide());
     wl = vec4<f32>(w_elem(k, c0, p.N, p.K), w_elem(k, c0 + 1u, p.N, p.K),
                    w_elem(k, c0 + 2u, p.N, p.K), w_elem(k, c0 + 3u, p.N, p.K));
-    if (W_F16) {
+    if (w_wide()) {
       wh = vec4<f32>(w_elem(k, c0 + 4u, p.N, p.K), w_elem(k, c0 + 5u, p.N, p.K),
                      w_elem(k, c0 + 6u, p.N, p.K), w_elem(k, c0 + 7u, p.N, p.K));
     }
+  }
+  if (W_FMT == 3u) {
+    let sc = w_qs8(k, g * 8u);
+    wl *= sc.lo;
+    wh *= sc.hi;
   }
   // x[m, k] is the same address for every thread of the workgroup: a broadcast load.
   let ln = (p.flags & F_LN) != 0u;
@@ -154,7 +157,7 @@ fn kn_step(k: u32, g: u32, m0: u32, mc: u32, st: ptr<function, array<vec2<f32>, 
       var xv = x[(m0 + i) * p.K + k];
       if (ln) { xv = (xv - (*st)[i].x) * (*st)[i].y * g_ln + b_ln; }
       (*lo)[i] += xv * wl;
-      if (W_F16) { (*hi)[i] += xv * wh; }
+      if (w_wide()) { (*hi)[i] += xv * wh; }
     }
   }
 }
@@ -183,7 +186,7 @@ fn gemv_kn_red(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) w
   let CT = WG / KG;
   let g = wid.x * CT + t % CT;
   let grp = t / CT;
-  let c0 = g * select(4u, 8u, W_F16);
+  let c0 = g * select(4u, 8u, w_wide());
   let live = c0 < p.N;
   let s = wid.y;
   let k1 = min(s * p.kslice + p.kslice, p.K);
@@ -194,7 +197,7 @@ fn gemv_kn_red(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) w
   }
   // red[4t .. 4t + 3]: thread t's vec4 of the current row / half (4 * WG <= red's MAXM * WG words).
   for (var i = 0u; i < mc; i++) {
-    for (var half = 0u; half < select(1u, 2u, W_F16); half++) {
+    for (var half = 0u; half < select(1u, 2u, w_wide()); half++) {
       let v = select(lo[i], hi[i], half == 1u);
       for (var c = 0u; c < 4u; c++) { red[4u * t + c] = v[c]; }
       workgroupBarrier();
@@ -233,13 +236,14 @@ fn gemv_nk(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wid: 
   if (row < p.N) {
     if (VEC) {
       let xrow = p.K / 4u;  // vec4 per x row (VEC only: K % 4 == 0)
-      if (W_F16) {
-        // One vec4<u32> = 8 halves = two vec4 of x. Slices start at multiples of 8.
-        let wrow = row * (p.wpr / 4u);
+      if (w_wide()) {
+        // One unit = 8 elements = two vec4 of x. Slices start at multiples of 8.
+        let wrow = row * w_upr();
         for (var j = k0 / 8u + lane; j < k1 / 8u; j += LPR) {
-          let q = w4[wrow + j];
-          let wl = vec4<f32>(unpack2x16float(q.x), unpack2x16float(q.y));
-          let wh = vec4<f32>(unpack2x16float(q.z), unpack2x16float(q.w));
+          let q = w_unit(wrow + j);
+          let sc = w_qs(8u * j, row);  // a unit lies in one q4 group
+          let wl = q.lo * sc;
+          let wh = q.hi * sc;
           for (var i = 0u; i < MAXM; i++) {
             if (i < mc) {
               let xb = (m0 + i) * xrow + 2u * j;
@@ -258,7 +262,7 @@ fn gemv_nk(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wid: 
       }
     } else {
       for (var k = k0 + lane; k < k1; k += LPR) {
-        let wv = w_elem(row, k, p.K, p.N);
+        let wv = w_elem(row, k, p.K, p.N) * w_qs(k, row);
         for (var i = 0u; i < MAXM; i++) {
           if (i < mc) { acc[i] += wv * x[(m0 + i) * p.K + k]; }
         }
@@ -288,27 +292,30 @@ fn gemv_nk(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wid: 
 }
 
 // ---------------------------------------------------------------------------------------------
-// gemv_kn_cols: W[K, N] with 16-byte aligned rows. Thread g owns the vec4 words
-// [g*KNV, g*KNV + KNV) of each W row (words past the row end reload its last word, whose result is
-// then not stored) for the KNM rows [wid.z*KNM, wid.z*KNM + KNM) of x (rows past M reload row M - 1,
-// likewise not stored); wid.y is the K slice. Each W word loaded feeds KNM rows, each x load KNV
-// words: KNM * KNV * (1 or 2) vec4 accumulators <= KNACC_MAX. No workgroup memory, no barriers:
-// threads past the row just leave.
-// W is either plain row-major or in panels (p.pw != 0): the columns cut into panels of pw vec4
-// words, each panel stored whole as [K, pw] (the last one zero-padded; p.wpr / 4 = ceil(N / cpw)
-// words of a row then count that padding up to the next word), so that a workgroup, whose
-// threads share a panel, streams one contiguous block instead of a short piece of every long row
-// (CPU prefetchers lose such strided streams at page edges). The host checks pw % KNV == 0, so a thread's words never straddle two panels.
+// gemv_kn_cols: W[K, N] with rows of whole units (w_unit: 4 f32 or 8 f16 / q8 / q4 columns).
+// Thread g owns the units [g*KNV, g*KNV + KNV) of each W row (units past the row end reload its
+// last unit, whose result is then not stored) for the KNM rows [wid.z*KNM, wid.z*KNM + KNM) of x
+// (rows past M reload row M - 1, likewise not stored); wid.y is the K slice. Each W unit loaded
+// feeds KNM rows, each x load KNV units: KNM * KNV * (1 or 2) vec4 accumulators <= KNACC_MAX. No
+// workgroup memory, no barriers: threads past the row just leave.
+// W is either plain row-major or in panels (p.pw != 0): the columns cut into panels of pw units,
+// each panel stored whole as [K, pw] (the last one zero-padded; w_upr() = ceil(N / cpu) units of a
+// row then count that padding up to the next unit), so that a workgroup, whose threads share a
+// panel, streams one contiguous block instead of a short piece of every long row (CPU prefetchers
+// lose such strided streams at page edges). The host checks pw % KNV == 0, so a thread's units
+// never straddle two panels.
+// q4: K is walked in its groups of 32 (the slice starts on one): a group's raw sums collect in
+// `acc`, then are added times the group's scales to `tot` (one multiply per 32 k).
 @compute @workgroup_size(WG)
 fn gemv_kn_cols(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
-  let vrow = p.wpr / 4u;  // vec4 words per W row
+  let vrow = w_upr();  // units per W row
   let v0 = gid.x * KNV;
   if (v0 >= vrow) { return; }
   let s = wid.y;
   let k0 = s * p.kslice;
   let k1 = min(k0 + p.kslice, p.K);
   let m0 = wid.z * KNM;
-  // Word w of W row k is at base + k * stride + (w - v0) for the thread's words w = v0 + v.
+  // Unit w of W row k is at base + k * stride + (w - v0) for the thread's units w = v0 + v.
   let pw = p.pw;
   var base = v0;
   var stride = vrow;
@@ -316,36 +323,50 @@ fn gemv_kn_cols(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgrou
     base = (v0 / pw) * p.K * pw + v0 % pw;
     stride = pw;
   }
-  var wv: array<u32, KNV_MAX>;  // [v] offset of owned word v from the thread's first (plain: clamped to the row)
+  var wv: array<u32, KNV_MAX>;  // [v] offset of owned unit v from the thread's first (plain: clamped to the row)
   for (var v = 0u; v < KNV; v++) { wv[v] = select(min(v0 + v, vrow - 1u) - v0, v, pw != 0u); }
   var xr: array<u32, KNM_MAX>;  // [i] first element of x row m0 + i (uniform over the workgroup)
   for (var i = 0u; i < KNM; i++) { xr[i] = min(m0 + i, p.M - 1u) * p.K; }
-  // Accumulators per x row: f32 word v -> acc[v]; f16 word v -> acc[2v] (low 4), acc[2v + 1] (high 4)
-  let apr = select(KNV, 2u * KNV, W_F16);
+  // Accumulators per x row: a 4-column unit v -> acc[v]; an 8-column one -> acc[2v] (low 4), acc[2v + 1] (high 4)
+  let apr = select(KNV, 2u * KNV, w_wide());
   var acc: array<vec4<f32>, KNACC_MAX>;  // [i][a], row-major: x row i, accumulator a
-  for (var k = k0; k < k1; k++) {
-    var xv: array<f32, KNM_MAX>;  // x[m0 + i, k]: the same address for every thread, scalar loads
-    for (var i = 0u; i < KNM; i++) { xv[i] = x[xr[i] + k]; }
-    let row = base + k * stride;
-    for (var v = 0u; v < KNV; v++) {
-      let q = w4[row + wv[v]];
-      if (W_F16) {
-        let lo = vec4<f32>(unpack2x16float(q.x), unpack2x16float(q.y));
-        let hi = vec4<f32>(unpack2x16float(q.z), unpack2x16float(q.w));
-        for (var i = 0u; i < KNM; i++) {
-          acc[i * apr + 2u * v] += lo * xv[i];
-          acc[i * apr + 2u * v + 1u] += hi * xv[i];
+  var tot: array<vec4<f32>, KNACC_MAX>;  // q4: the scaled sums of the groups done
+  let gs = select(k1 - k0, 32u, W_FMT == 3u);
+  for (var g0 = k0; g0 < k1; g0 += gs) {
+    for (var k = g0; k < min(g0 + gs, k1); k++) {
+      var xv: array<f32, KNM_MAX>;  // x[m0 + i, k]: the same address for every thread, scalar loads
+      for (var i = 0u; i < KNM; i++) { xv[i] = x[xr[i] + k]; }
+      let row = base + k * stride;
+      for (var v = 0u; v < KNV; v++) {
+        let q = w_unit(row + wv[v]);
+        if (w_wide()) {
+          for (var i = 0u; i < KNM; i++) {
+            acc[i * apr + 2u * v] += q.lo * xv[i];
+            acc[i * apr + 2u * v + 1u] += q.hi * xv[i];
+          }
+        } else {
+          for (var i = 0u; i < KNM; i++) { acc[i * apr + v] += q.lo * xv[i]; }
         }
-      } else {
-        let wf = bitcast<vec4<f32>>(q);
-        for (var i = 0u; i < KNM; i++) { acc[i * apr + v] += wf * xv[i]; }
+      }
+    }
+    if (W_FMT == 3u) {
+      for (var v = 0u; v < KNV; v++) {
+        let sc = w_qs8(g0, min(v0 + v, vrow - 1u) * 8u);
+        for (var i = 0u; i < KNM; i++) {
+          let a = i * apr + 2u * v;
+          tot[a] += acc[a] * sc.lo;
+          tot[a + 1u] += acc[a + 1u] * sc.hi;
+          acc[a] = vec4<f32>(0.0);
+          acc[a + 1u] = vec4<f32>(0.0);
+        }
       }
     }
   }
-  // Columns per 16-byte word: 4 (f32) or 8 (f16). A plain W has N a multiple of that; a paneled
-  // one may not (the transposed LM head, N = 50257): its last word then covers zero padding,
-  // whose columns are not stored.
-  let cpw = select(4u, 8u, W_F16);
+  if (W_FMT == 3u) { acc = tot; }
+  // Columns per unit: 4 (f32) or 8. A plain W has N a multiple of that; a paneled one may not (the
+  // transposed LM head, N = 50257): its last unit then covers zero padding, whose columns are not
+  // stored.
+  let cpw = select(4u, 8u, w_wide());
   for (var i = 0u; i < KNM; i++) {
     if (m0 + i < p.M) {
       for (var v = 0u; v < KNV; v++) {

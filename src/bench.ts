@@ -7,10 +7,11 @@ import type { DeviceProfile, Engine, LoadProgress, Model, PartialProfile, Sessio
 import { generationCapacity } from './engine/generate.js';
 import { timeDecodeStep } from './engine/step-timing.js';
 import { InvalidOptionError } from './errors.js';
+import type { WeightDType } from './engine/weights.js';
 
 export interface BenchOptions {
   model: string;
-  dtype: 'f32' | 'f16';
+  dtype: WeightDType;
   /** The KV caches' storage (LoadOptions.kvDtype); default 'f32'. */
   kvDtype?: 'f32' | 'f16';
   batches: number[];

@@ -8,13 +8,18 @@ import type { LoadProgress, Model } from './engine/engine.js';
 import { KV_DTYPES, type KvDtype } from './engine/kvcache.js';
 import { validateSampling, type SamplingOptions } from './sampling/options.js';
 import { InvalidOptionError } from './errors.js';
+import { WEIGHT_DTYPES, type WeightDType } from './engine/weights.js';
 
 export const MODEL_FLAGS: Record<string, Flag> = {
   model: {
     type: 'string',
     help: 'model source: random:<gpt2|gpt2-medium|gpt2-large|gpt2-xl|distilgpt2|config.json>, a local directory (config.json + model.safetensors), or a Hugging Face id (gpt2, openai-community/gpt2-medium, ...)',
   },
-  f16: { type: 'boolean', default: false, help: 'store weights as f16 (halves memory traffic; math stays f32)' },
+  dtype: {
+    type: 'string',
+    help: 'weight storage: f32 (default), f16, q8 (int8 per output channel) or q4 (int4 per 32 inputs); math stays f32',
+  },
+  f16: { type: 'boolean', default: false, help: 'the same as --dtype f16' },
   'kv-dtype': {
     type: 'string',
     default: 'f32',
@@ -174,11 +179,12 @@ export async function withModel<T>(v: Values, fn: (m: Model) => Promise<T>): Pro
   if (typeof v.model !== 'string' || !v.model)
     throw new UsageError('--model is required (e.g. --model random:gpt2, --model gpt2, --model ./my-gpt2-dir)');
   const seed = num(v['weights-seed'], 'weights-seed', { int: true, min: 0 });
+  const dtype = dtypeFrom(v);
   const kvDtype = kvDtypeFlag(v);
   const engine = await createEngine();
   try {
     const model = await engine.loadModel(v.model, {
-      dtype: v.f16 ? 'f16' : 'f32',
+      dtype,
       kvDtype,
       seed,
       onProgress: progress(),
@@ -195,6 +201,15 @@ export function kvDtypeFlag(v: Values): KvDtype {
   if (!(KV_DTYPES as readonly string[]).includes(d))
     throw new UsageError(`--kv-dtype must be one of ${KV_DTYPES.join(', ')}, got "${d}"`);
   return d as KvDtype;
+}
+
+/** --dtype (or --f16, its alias for f16), checked before anything is loaded: a UsageError listing the values. */
+export function dtypeFrom(v: Values): WeightDType {
+  const d = v.dtype === undefined ? (v.f16 ? 'f16' : 'f32') : v.dtype;
+  if (!(WEIGHT_DTYPES as readonly unknown[]).includes(d))
+    throw new UsageError(`--dtype must be one of ${WEIGHT_DTYPES.join(', ')}, got "${String(d)}"`);
+  if (v.f16 && d !== 'f16') throw new UsageError(`--f16 means --dtype f16, but --dtype ${String(d)} was given`);
+  return d as WeightDType;
 }
 
 export function promptFrom(v: Values): string | number[] {

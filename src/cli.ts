@@ -30,6 +30,7 @@ import {
   withModel,
   BAN_FLAGS,
   bansFrom,
+  dtypeFrom,
 } from './cli-model.js';
 import type { PartialProfile } from './engine/engine.js';
 import type { GenerateStats } from './engine/generate-options.js';
@@ -331,7 +332,7 @@ const commands: Record<string, Command> = {
   bench: {
     summary: 'benchmark load, prefill and decode (per batch size), with per-kernel GPU times',
     usage:
-      'gpt2-webgpu bench [--model random:gpt2] [--batch 1,4,16,64] [--prompt-tokens P] [--new-tokens N] [--repeat R] [--f16] [--wait auto|sleep|spin] [--profile FILE.json] [--pipeline-depth D] [--sessions] [--json]',
+      'gpt2-webgpu bench [--model random:gpt2] [--batch 1,4,16,64] [--prompt-tokens P] [--new-tokens N] [--repeat R] [--dtype f32|f16|q8|q4] [--wait auto|sleep|spin] [--profile FILE.json] [--pipeline-depth D] [--sessions] [--json]',
     flags: {
       ...MODEL_FLAGS,
       model: { ...MODEL_FLAGS.model!, default: 'random:gpt2' },
@@ -373,11 +374,12 @@ const commands: Record<string, Command> = {
         throw new UsageError(`--wait must be auto, sleep or spin, got "${String(v.wait)}"`);
       const profile = v.profile === undefined ? undefined : profileFile(String(v.profile));
       const kvDtype = kvDtypeFlag(v);
+      const dtype = dtypeFrom(v);
       const engine = await createEngine({ yieldWhileWaiting: waits[String(v.wait) as keyof typeof waits] });
       try {
         const report = await runBench(engine, {
           model: String(v.model),
-          dtype: v.f16 ? 'f16' : 'f32',
+          dtype,
           kvDtype,
           batches,
           promptTokens: num(v['prompt-tokens'], 'prompt-tokens', { int: true, min: 1 }),

@@ -127,6 +127,18 @@ test('sampling and generation flags are checked before the model is downloaded o
   }
 });
 
+test('--dtype outside f32, f16, q8, q4 is a one-line usage error naming them (exit 2), before the model is loaded', () => {
+  const missing = join(tmp, 'nope'); // loading it would fail with a WeightsFormatError
+  for (const cmd of [['generate', '--ids', '1'], ['bench']]) {
+    const r = cli(cmd[0]!, '--model', missing, ...cmd.slice(1), '--dtype', 'q3');
+    assert.is(r.code, 2, r.err);
+    assert.match(r.err, new RegExp(`^gpt2-webgpu ${cmd[0]}: --dtype must be one of f32, f16, q8, q4, got "q3"\n$`));
+  }
+  const both = cli('generate', '--model', missing, '--ids', '1', '--f16', '--dtype', 'q8');
+  assert.is(both.code, 2, both.err);
+  assert.match(both.err, /--f16 means --dtype f16, but --dtype q8 was given/);
+});
+
 test('errors exit 1 with a named error', () => {
   const r = cli('generate', '--model', join(tmp, 'nope'), '--ids', '1');
   assert.is(r.code, 1, r.err);
@@ -686,7 +698,7 @@ test('bench: a batch size that fails (here its cache is over the binding limit) 
   assert.is(j.results[1].batch, 131);
   assert.match(
     j.results[1].error,
-    /OutOfMemoryError: a KV cache layer of 131 rows x 1002 slots x 256 is \d+ bytes, over the adapter's maxStorageBufferBindingSize/,
+    /OutOfMemoryError: a KV cache layer of 131 rows x 1002 slots x 256 f32 is \d+ bytes, over the adapter's maxStorageBufferBindingSize/,
   );
   assert.match(r.err, /error: bench: batch 131 failed \(OutOfMemoryError/);
   const human = cli(

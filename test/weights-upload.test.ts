@@ -201,7 +201,7 @@ test('a tensor over the binding limit fails before any allocation, with numbers 
     await rejectsWith(
       uploadWeights(ctx, ck, { maxBindingBytes: 1000 }),
       ShapeError,
-      /tensor "h\.0\.mlp\.c_fc\.weight" \[8, 32\] f32 is 1024 bytes, more than the storage binding limit 1000\. Try f16 weights \(--f16\)/,
+      /tensor "h\.0\.mlp\.c_fc\.weight" \[8, 32\] f32 is 1024 bytes, more than the storage binding limit 1000\. Try f16 weights \(--dtype f16\), which halve the matrices, or quantized weights \(--dtype q8 or q4\)/,
     );
     assert.equal(ctx.liveBuffers, before);
   }));

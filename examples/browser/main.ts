@@ -199,7 +199,7 @@ function chosenSource(): { files: File[] } | { url: string } {
 /** Loads (or reuses) the model the form names. */
 async function loadModel(): Promise<{ model: Model; cached: boolean }> {
   const chosen = chosenSource();
-  const dtype = ui.dtype.value as 'f32' | 'f16';
+  const dtype = ui.dtype.value as 'f32' | 'f16' | 'q8' | 'q4';
   const key =
     'files' in chosen
       ? `files:${chosen.files.map((f) => `${f.name}:${f.size}:${f.lastModified}`).join(',')}:${dtype}`

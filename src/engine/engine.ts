@@ -36,7 +36,7 @@ import { sample as sampleOnGpu } from '../sampling/sample.js';
 import { randomSeed, validateSampling, type SamplingOptions } from '../sampling/options.js';
 import { checkKvDtype, type CacheOptions, type KVCache } from './kvcache.js';
 import { openCheckpoint, type Checkpoint } from './checkpoint.js';
-import { uploadWeights } from './weights.js';
+import { uploadWeights, WEIGHT_DTYPES } from './weights.js';
 import { randomCheckpoint } from './random.js';
 import { bytesSource } from './safetensors.js';
 import { urlSource, fileSource } from './sources-web.js';
@@ -194,8 +194,10 @@ export class Engine {
     // Every option is checked before the source is opened (a hub id would download first).
     checkKvDtype(opts.kvDtype, 'f32'); // the value; against the config once it is read
     const dtype = opts.dtype ?? 'f32';
-    if (dtype !== 'f32' && dtype !== 'f16')
-      throw new InvalidOptionError(`dtype must be 'f32' or 'f16', got ${String(dtype)}`);
+    if (!WEIGHT_DTYPES.includes(dtype))
+      throw new InvalidOptionError(
+        `dtype must be one of ${WEIGHT_DTYPES.map((d) => `'${d}'`).join(', ')}, got ${JSON.stringify(dtype)}`,
+      );
     if (opts.promptBuckets !== undefined && typeof opts.promptBuckets !== 'boolean')
       throw new InvalidOptionError(`promptBuckets must be a boolean, got ${String(opts.promptBuckets)}`);
     const profile: DeviceProfile = resolveProfile(this.ctx, opts.experimental?.profile, 'experimental.profile');
@@ -204,7 +206,7 @@ export class Engine {
     const t1 = now();
     const cb = opts.onProgress;
     cb?.({ phase: 'compile', loaded: 0, total: 1 });
-    const kernels = await GPT2Model.buildKernels(this.ctx, ckpt.config, profile);
+    const kernels = await GPT2Model.buildKernels(this.ctx, ckpt.config, profile, dtype);
     cb?.({ phase: 'compile', loaded: 1, total: 1 });
     const t2 = now();
     const weights = await uploadWeights(this.ctx, ckpt, {
@@ -726,6 +728,11 @@ export class SessionGroup {
 export class Model extends GPT2Model {
   /** How long loading took: resolving/validating the source, building pipelines, uploading weights. */
   loadTimes = { resolveMs: 0, pipelinesMs: 0, uploadMs: 0 };
+
+  /** GPU bytes its weights hold (every matrix in its dtype, q8 / q4 scales, biases, layer norms). */
+  get bytes(): number {
+    return this.weights.bytes;
+  }
 
   /** Generates; see GenerateOptions. */
   generate(prompt: string | readonly number[], opts: GenerateOptions = {}): Promise<GenerateResult> {

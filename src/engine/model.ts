@@ -18,7 +18,7 @@
  */
 import type { GpuContext } from '../gpu/device.js';
 import { headDim, type GPT2Config } from './config.js';
-import type { GPT2Weights } from './weights.js';
+import type { GPT2Weights, WeightDType } from './weights.js';
 import {
   checkKvDtype,
   kvCacheBytes,
@@ -341,8 +341,12 @@ export class ForwardPlan implements Stashable {
 }
 
 export interface LoadOptions {
-  /** Weight storage: 'f32' (default) or 'f16' (packed halves; math stays f32). */
-  dtype?: 'f32' | 'f16';
+  /**
+   * Weight storage: 'f32' (default), 'f16' (packed halves), 'q8' (int8, a scale per output
+   * channel) or 'q4' (int4, a scale per 32 inputs of a channel), quantized at load; math stays f32
+   * (see docs/API.md).
+   */
+  dtype?: WeightDType;
   /**
    * The K/V storage of the caches this model creates without CacheOptions.kvDtype (generate's,
    * beam search's and scoring's own caches included): 'f32' (default) or 'f16' (half the bytes,
@@ -402,12 +406,17 @@ export class GPT2Model implements CacheOwner {
   }
 
   /** Builds every kernel's pipelines once for this model: the ones `profile` names (see kernels/profile.ts). */
-  static async buildKernels(ctx: GpuContext, cfg: GPT2Config, profile: DeviceProfile): Promise<Kernels> {
+  static async buildKernels(
+    ctx: GpuContext,
+    cfg: GPT2Config,
+    profile: DeviceProfile,
+    dtype: WeightDType = 'f32',
+  ): Promise<Kernels> {
     // The matmul kernel shares the model's layernorm kernel; the others need not wait for it.
     const layernormP = LayerNormKernel.create(ctx);
     const [layernorm, matmul, embedding, attention, kvWrite, kvGather, gatherRows, sampler, beam] = await Promise.all([
       layernormP,
-      layernormP.then((layernorm) => MatmulKernel.create(ctx, profile.matmul, layernorm)),
+      layernormP.then((layernorm) => MatmulKernel.create(ctx, profile.matmul, layernorm, [dtype])),
       EmbeddingKernel.create(ctx),
       AttentionKernel.create(ctx, { ...profile.attention, headDim: headDim(cfg) }),
       KvWriteKernel.create(ctx),

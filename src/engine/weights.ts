@@ -4,6 +4,9 @@
  *
  * Layout (see ARCHITECTURE.md): matrices (wte, wpe, the Conv1D weights [in, out]) in the chosen
  * dtype, f16 packed in pairs along the last dimension; biases and layer-norm parameters always f32.
+ * q8 / q4 quantize wte and the Conv1D weights on the way (kernels/quant.ts: integers packed along
+ * the stored last dimension, f32 scales in a buffer of their own, GpuTensor.scales) and store wpe
+ * as f16 (1.5 MB for gpt2; its rows are added, never multiplied, so it gains nothing from scales).
  * wte is split by rows into a ChunkedTensor so each chunk binding fits maxStorageBufferBindingSize
  * (gpt2's 50257 x 768 f32 is 154 MB; lavapipe and browsers allow 128 MiB); with `knPanel` (the CPU
  * profiles) each chunk is stored transposed in column panels, what the LM head reads fastest
@@ -17,19 +20,21 @@ import { InvalidOptionError, OutOfMemoryError, ShapeError, WeightsFormatError } 
 import type { ChunkedTensor, GpuTensor } from '../gpu/common.js';
 import { isPanelWidth, storedBytes, storedShape, tensorBytes } from '../gpu/common.js';
 import { packF16 } from '../kernels/f16.js';
+import { packInts, quantize, scaleGroups, scaleStride, type QuantDType } from '../kernels/quant.js';
 import { alignedRows, packPanels, packPanelsTransposed } from '../kernels/matmul-pack.js';
 import type { Checkpoint } from './checkpoint.js';
 import type { GPT2Config } from './config.js';
 import type { GpuContext } from '../gpu/device.js';
 
-export type WeightDType = 'f32' | 'f16';
+export type WeightDType = 'f32' | 'f16' | 'q8' | 'q4';
+export const WEIGHT_DTYPES: readonly WeightDType[] = ['f32', 'f16', 'q8', 'q4'];
 
 export interface NormWeights {
   weight: GpuTensor; // [C] f32
   bias: GpuTensor; // [C] f32
 }
 export interface LinearWeights {
-  weight: GpuTensor; // [in, out] f32 or f16
+  weight: GpuTensor; // [in, out] f32, f16, q8 or q4 (with its scales)
   bias: GpuTensor; // [out] f32
 }
 export interface LayerWeights {
@@ -53,7 +58,7 @@ export interface GPT2Weights {
 }
 
 export interface UploadProgress {
-  /** Bytes uploaded so far / in total (GPU storage bytes, after f16 packing). */
+  /** Bytes uploaded so far / in total (GPU storage bytes, after f16 or integer packing, scales included). */
   loadedBytes: number;
   totalBytes: number;
   /** The tensor just uploaded (HF name; wte chunks as `wte.weight[rows a..b)`). */
@@ -147,12 +152,84 @@ function isConv1D(name: string): boolean {
   return /\.(c_attn|c_proj|c_fc)\.weight$/.test(name);
 }
 
+/** Bytes of the scales of a quantized K x N weight (0 for f32 / f16). */
+function scaleBytes(dtype: WeightDType, K: number, N: number): number {
+  return dtype === 'q8' || dtype === 'q4' ? scaleGroups(dtype, K) * scaleStride(N) * 4 : 0;
+}
+
+/** What an error about size suggests: a smaller storage. */
+function sizeHint(dtype: WeightDType): string {
+  if (dtype === 'q8' || dtype === 'q4') return '';
+  return ` Try ${dtype === 'f32' ? 'f16 weights (--dtype f16), which halve the matrices, or ' : ''}quantized weights (--dtype q8 or q4).`;
+}
+
+/**
+ * The bytes the `names` tensors take as stored (scales included), each checked against the
+ * binding limit (ShapeError naming it).
+ */
+function plannedBytes(
+  ckpt: Checkpoint,
+  names: string[],
+  storage: (name: string) => { dtype: WeightDType; panel: number | undefined },
+  limit: number,
+  hint: string,
+): number {
+  let total = 0;
+  for (const name of names) {
+    const shape = ckpt.shape(name);
+    const { dtype, panel } = storage(name);
+    const bytes = storedBytes({ shape, dtype, panel });
+    if (bytes > limit) {
+      throw new ShapeError(
+        `${ckpt.source}: tensor "${name}" [${shape.join(', ')}] ${dtype} is ${bytes} bytes, more than the storage binding limit ${limit}.${hint}`,
+      );
+    }
+    total += bytes + scaleBytes(dtype, shape[0]!, shape[1] ?? 1);
+  }
+  return total;
+}
+
+/**
+ * A buffer holding `data`, with GPU out-of-memory turned into OutOfMemoryError (`where`: how far the
+ * upload got, for its message).
+ */
+async function createTracked(
+  ctx: GpuContext,
+  label: string,
+  data: Float32Array | Uint32Array,
+  where: () => string,
+  hint: string,
+): Promise<GPUBuffer> {
+  ctx.device.pushErrorScope('out-of-memory');
+  let buf: GPUBuffer | undefined;
+  let thrown: unknown;
+  try {
+    buf = ctx.createBufferWithData(label, data, USAGE);
+  } catch (e) {
+    thrown = e;
+  }
+  const err = await ctx.device.popErrorScope();
+  if (thrown instanceof OutOfMemoryError) throw thrown; // past maxBufferSize: already says so
+  // A failed mappedAtCreation allocation throws RangeError; other failures surface in the scope.
+  if (thrown && !(thrown instanceof RangeError)) throw thrown;
+  if (err || thrown) {
+    if (buf) ctx.destroyBuffer(buf);
+    const why = err ? err.message : (thrown as Error).message;
+    throw new OutOfMemoryError(
+      `out of GPU memory uploading "${label}" (${data.byteLength} bytes) ${where()}: ${why}.${hint}`,
+      { cause: thrown ?? err },
+    );
+  }
+  return buf!;
+}
+
 /** Uploads every tensor of `ckpt`; see the module comment. */
 export async function uploadWeights(ctx: GpuContext, ckpt: Checkpoint, opts: UploadOptions = {}): Promise<GPT2Weights> {
   const cfg = ckpt.config;
   const dtype = opts.dtype ?? 'f32';
   const limit = Math.min(opts.maxBindingBytes ?? Infinity, ctx.limits.maxStorageBufferBindingSize);
-  const hint = dtype === 'f32' ? ' Try f16 weights (--f16), which halve the matrices.' : '';
+  const hint = sizeHint(dtype);
+  const quant: QuantDType | undefined = dtype === 'q8' || dtype === 'q4' ? dtype : undefined;
   const [V, C] = ckpt.shape('wte.weight') as [number, number];
   const knPanel = opts.knPanel ?? 0;
   if (knPanel !== 0 && !isPanelWidth(knPanel)) {
@@ -164,22 +241,17 @@ export async function uploadWeights(ctx: GpuContext, ckpt: Checkpoint, opts: Upl
 
   // Plan and check everything before allocating anything.
   const names = [...new Set(['wpe.weight', ...layerNames(cfg.n_layer), 'ln_f.weight', 'ln_f.bias'])];
-  const dtypeOf = (name: string): WeightDType => (isMatrix(name) ? dtype : 'f32');
-  let total = 0;
-  for (const name of names) {
-    const bytes = storedBytes({ shape: ckpt.shape(name), dtype: dtypeOf(name), panel: panelOf(name) });
-    if (bytes > limit) {
-      throw new ShapeError(
-        `${ckpt.source}: tensor "${name}" [${ckpt.shape(name).join(', ')}] ${dtypeOf(name)} is ${bytes} bytes, more than the storage binding limit ${limit}.${hint}`,
-      );
-    }
-    total += bytes;
-  }
+  const dtypeOf = (name: string): WeightDType =>
+    !isMatrix(name) ? 'f32' : quant && name === 'wpe.weight' ? 'f16' : dtype;
+  let total = plannedBytes(ckpt, names, (n) => ({ dtype: dtypeOf(n), panel: panelOf(n) }), limit, hint);
   // wte [V, C]: row chunks [n, C], or with knPanel their transposes [C, n] in panels of knPanel.
   const rowsPerChunk = wteRowsPerChunk(V, C, dtype, limit, knPanel);
   const wteChunk = (n: number): Pick<GpuTensor, 'shape' | 'dtype' | 'panel'> =>
     knPanel > 0 ? { shape: [C, n], dtype, panel: knPanel } : { shape: [n, C], dtype };
-  for (let r = 0; r < V; r += rowsPerChunk) total += storedBytes(wteChunk(Math.min(rowsPerChunk, V - r)));
+  for (let r = 0; r < V; r += rowsPerChunk) {
+    const n = Math.min(rowsPerChunk, V - r);
+    total += storedBytes(wteChunk(n)) + scaleBytes(dtype, C, n);
+  }
 
   const buffers: GPUBuffer[] = [];
   let destroyed = false;
@@ -192,27 +264,17 @@ export async function uploadWeights(ctx: GpuContext, ckpt: Checkpoint, opts: Upl
 
   /** One tracked buffer holding `data`, with GPU out-of-memory turned into OutOfMemoryError. */
   const make = async (label: string, data: Float32Array | Uint32Array): Promise<GPUBuffer> => {
-    ctx.device.pushErrorScope('out-of-memory');
-    let buf: GPUBuffer | undefined;
-    let thrown: unknown;
-    try {
-      buf = ctx.createBufferWithData(label, data, USAGE);
-      buffers.push(buf);
-    } catch (e) {
-      thrown = e;
-    }
-    const err = await ctx.device.popErrorScope();
-    if (thrown instanceof OutOfMemoryError) throw thrown; // past maxBufferSize: already says so
-    // A failed mappedAtCreation allocation throws RangeError; other failures surface in the scope.
-    if (thrown && !(thrown instanceof RangeError)) throw thrown;
-    if (err || thrown) {
-      const why = err ? err.message : (thrown as Error).message;
-      throw new OutOfMemoryError(
-        `out of GPU memory uploading "${label}" (${data.byteLength} bytes) after ${loaded} of ${total} weight bytes: ${why}.${hint}`,
-        { cause: thrown ?? err },
-      );
-    }
-    return buf!;
+    const buf = await createTracked(ctx, label, data, () => `after ${loaded} of ${total} weight bytes`, hint);
+    buffers.push(buf);
+    return buf;
+  };
+
+  /** The scales of a quantized weight as a tensor [G, sN] of their own buffer. */
+  const scalesOf = async (label: string, scales: Float32Array, K: number, N: number): Promise<GpuTensor> => {
+    const shape = [scaleGroups(quant!, K), scaleStride(N)];
+    const t: GpuTensor = { buffer: await make(`${label}.scales`, scales), offset: 0, shape, dtype: 'f32' };
+    loaded += scales.byteLength;
+    return t;
   };
 
   const upload = async (name: string): Promise<GpuTensor> => {
@@ -222,10 +284,15 @@ export async function uploadWeights(ctx: GpuContext, ckpt: Checkpoint, opts: Upl
     checkFinite(ckpt.source, name, values, 0, dt);
     const panel = panelOf(name);
     const [rows, cols] = storedShape({ shape, panel }) as [number, number];
-    const laid = panel ? packPanels(values, shape[0]!, shape[1]!, panel) : values;
-    const data = dt === 'f16' ? packF16(laid, rows, cols) : laid;
+    const [K, N] = [shape[0]!, shape[1] ?? 1];
+    // Conv1D [K, N]: groups along its rows.
+    const qz = dt === 'q8' || dt === 'q4' ? quantize(values, K, N, dt, 'rows') : undefined;
+    const src = qz ? qz.q : values;
+    const laid = panel ? packPanels(src, K, N, panel) : src;
+    const data = qz ? packInts(laid, rows, cols, dt as QuantDType) : dt === 'f16' ? packF16(laid, rows, cols) : laid;
     const buffer = await make(name, data);
     const t: GpuTensor = { buffer, offset: 0, shape, dtype: dt, ...(panel ? { panel } : {}) };
+    if (qz) t.scales = await scalesOf(name, qz.scales, K, N);
     loaded += storedBytes(t);
     opts.onProgress?.({ loadedBytes: loaded, totalBytes: total, tensor: name });
     return t;
@@ -239,10 +306,15 @@ export async function uploadWeights(ctx: GpuContext, ckpt: Checkpoint, opts: Upl
       checkFinite(ckpt.source, 'wte.weight', rows, r * C, dtype);
       const label = `wte.weight[rows ${r}..${r + n})`;
       const chunk = wteChunk(n);
-      const laid = knPanel > 0 ? packPanelsTransposed(rows, n, C, knPanel) : rows;
+      // wte [n, C] = the LM head's [N, K]: groups along its columns.
+      const qz = quant ? quantize(rows, n, C, quant, 'cols') : undefined;
+      const src = qz ? qz.q : rows;
+      const laid = knPanel > 0 ? packPanelsTransposed(src, n, C, knPanel) : src;
       const [sr, sc] = storedShape(chunk) as [number, number];
-      const buffer = await make(label, dtype === 'f16' ? packF16(laid, sr, sc) : laid);
-      chunks.push({ buffer, offset: 0, ...chunk } as GpuTensor);
+      const data = qz ? packInts(laid, sr, sc, quant!) : dtype === 'f16' ? packF16(laid, sr, sc) : laid;
+      const t = { buffer: await make(label, data), offset: 0, ...chunk } as GpuTensor;
+      if (qz) t.scales = await scalesOf(label, qz.scales, C, n);
+      chunks.push(t);
       loaded += storedBytes(chunk);
       opts.onProgress?.({ loadedBytes: loaded, totalBytes: total, tensor: label });
     }

@@ -11,11 +11,20 @@
 import { ShapeError } from '../errors.js';
 import type { GpuContext } from './device.js';
 
-/** Element type of a GPU tensor. `f16` means IEEE halves packed in pairs into u32 words. */
-export type DType = 'f32' | 'f16' | 'u32' | 'i32';
+/**
+ * Element type of a GPU tensor. `f16` means IEEE halves packed in pairs into u32 words; `q8` and
+ * `q4` signed 8- and 4-bit integers packed four and eight to a u32 word along the last dimension
+ * (rows padded to whole words), with their scales in GpuTensor.scales (see kernels/quant.ts).
+ */
+export type DType = 'f32' | 'f16' | 'q8' | 'q4' | 'u32' | 'i32';
 
-/** Bytes per element (f16 counts 2; rows of f16 tensors are padded to an even count). */
-export const DTYPE_BYTES: Record<DType, number> = { f32: 4, f16: 2, u32: 4, i32: 4 };
+/** Bytes per element (f16 counts 2, q8 1, q4 0.5; packed rows are padded to whole u32 words). */
+export const DTYPE_BYTES: Record<DType, number> = { f32: 4, f16: 2, q8: 1, q4: 0.5, u32: 4, i32: 4 };
+
+/** Elements per u32 word of a packed dtype (f16 2, q8 4, q4 8); 1 for the 32-bit ones. */
+export function elementsPerWord(dtype: DType): number {
+  return 4 / DTYPE_BYTES[dtype];
+}
 
 /** A dense row-major tensor living in (part of) a GPU buffer. `offset` is in bytes. */
 export interface GpuTensor {
@@ -29,6 +38,11 @@ export interface GpuTensor {
    * logical [rows, cols]. Absent: plain row-major.
    */
   panel?: number;
+  /**
+   * q8 / q4 weights only: the f32 scales, [G, sN] row-major (G = 1 for q8, ceil(K / 32) for q4;
+   * sN = output columns rounded up to a multiple of 8, zero-padded); see kernels/quant.ts.
+   */
+  scales?: GpuTensor;
 }
 
 /**
@@ -151,12 +165,13 @@ export function numel(shape: readonly number[]): number {
   return shape.reduce((a, b) => a * b, 1);
 }
 
-/** Bytes a tensor of this shape and dtype occupies (f16 rows padded to an even count). */
+/** Bytes a tensor of this shape and dtype occupies (packed rows padded to whole u32 words). */
 export function tensorBytes(shape: readonly number[], dtype: DType): number {
-  if (dtype !== 'f16') return numel(shape) * DTYPE_BYTES[dtype];
+  const per = elementsPerWord(dtype);
+  if (per === 1) return numel(shape) * DTYPE_BYTES[dtype];
   const last = shape.length ? shape[shape.length - 1]! : 1;
   const rows = numel(shape) / (last || 1);
-  return rows * Math.ceil(last / 2) * 4;
+  return rows * Math.ceil(last / per) * 4;
 }
 
 /** Whether `n` is a power of two in [lo, hi] (workgroup widths, lanes per row...). */

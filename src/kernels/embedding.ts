@@ -19,11 +19,15 @@ import {
   Owned,
 } from '../gpu/common.js';
 import { expectDisjoint, grid, NAN_BITS } from './elementwise.js';
+import { scaleGroups, scaleStride, type QuantDType } from './quant.js';
+
+/** wte storages, in WTE_FMT order. */
+const WTE_DTYPES: readonly DType[] = ['f32', 'f16', 'q8', 'q4'];
 
 export interface EmbeddingArgs {
   ids: GpuTensor; // [T] u32
   meta: GpuTensor; // [T, 2] u32 (row, pos)
-  wte: ChunkedTensor; // [V, C] f32 or f16, split by rows (chunks [n, C], or transposed [C, n] paneled)
+  wte: ChunkedTensor; // [V, C] f32, f16, q8 or q4 (chunks with scales), split by rows (chunks [n, C], or transposed [C, n] paneled)
   wpe: GpuTensor; // [nPos, C] f32 or f16
   out: GpuTensor; // [T, C] f32
 }
@@ -45,15 +49,11 @@ export class EmbeddingKernel {
 
   static async create(ctx: GpuContext): Promise<EmbeddingKernel> {
     const wg = Math.min(64, ctx.limits.maxComputeInvocationsPerWorkgroup);
-    const combos: Array<[DType, DType]> = [
-      ['f32', 'f32'],
-      ['f16', 'f16'],
-      ['f16', 'f32'],
-      ['f32', 'f16'],
-    ];
+    const combos: Array<[DType, DType]> = [];
+    for (const a of WTE_DTYPES) for (const b of ['f32', 'f16'] as const) combos.push([a, b]);
     const built = await Promise.all(
       combos.map(([a, b]) =>
-        ctx.pipeline('embedding', 'main', { WG: wg, WTE_F16: a === 'f16' ? 1 : 0, WPE_F16: b === 'f16' ? 1 : 0 }),
+        ctx.pipeline('embedding', 'main', { WG: wg, WTE_FMT: WTE_DTYPES.indexOf(a), WPE_F16: b === 'f16' ? 1 : 0 }),
       ),
     );
     return new EmbeddingKernel(ctx, new Map(combos.map(([a, b], i) => [`${a}/${b}`, built[i]!])), wg);
@@ -72,8 +72,8 @@ export class EmbeddingKernel {
     expectTensor(`${label} wpe`, a.wpe, [nPos, C], ['f32', 'f16']);
     expectTensor(`${label} out`, a.out, [T, C], ['f32']);
     expectDisjoint(label, 'out', a.out, { ids: a.ids, meta: a.meta, wpe: a.wpe });
-    if (a.wte.dtype !== 'f32' && a.wte.dtype !== 'f16')
-      throw new ShapeError(`${label}: wte dtype must be f32 or f16, got ${a.wte.dtype}`);
+    if (!(WTE_DTYPES as readonly DType[]).includes(a.wte.dtype))
+      throw new ShapeError(`${label}: wte dtype must be ${WTE_DTYPES.join(', ')}, got ${a.wte.dtype}`);
     if (a.wte.chunks.length === 0 || !(a.wte.rowsPerChunk > 0)) {
       throw new ShapeError(
         `${label}: wte has ${a.wte.chunks.length} chunks of ${a.wte.rowsPerChunk} rows; expected at least one non-empty chunk`,
@@ -99,6 +99,18 @@ export class EmbeddingKernel {
       }
       expectBindable(this.ctx, what, chunk);
       expectAligned(this.ctx, what, chunk);
+      const quant = a.wte.dtype === 'q8' || a.wte.dtype === 'q4';
+      if (quant) {
+        if (!chunk.scales) throw new ShapeError(`${what}: a ${a.wte.dtype} chunk needs its scales`);
+        expectTensor(
+          `${what} scales`,
+          chunk.scales,
+          [scaleGroups(a.wte.dtype as QuantDType, C), scaleStride(rows)],
+          ['f32'],
+        );
+        expectBindable(this.ctx, `${what} scales`, chunk.scales);
+        expectAligned(this.ctx, `${what} scales`, chunk.scales);
+      }
       expectDisjoint(label, 'out', a.out, { [`wte chunk ${i}`]: chunk });
       const last = i === a.wte.chunks.length - 1;
       if (last && row0 + rows !== V)
@@ -114,6 +126,7 @@ export class EmbeddingKernel {
         gx,
         NAN_BITS,
         chunk.panel ?? 0,
+        chunk.scales?.shape[1] ?? 0,
       ]);
       const bindGroup = this.ctx.device.createBindGroup({
         label: `${label}[${i}]`,
@@ -125,6 +138,7 @@ export class EmbeddingKernel {
           { binding: 3, resource: binding(chunk) },
           { binding: 4, resource: binding(a.wpe) },
           { binding: 5, resource: binding(a.out) },
+          { binding: 6, resource: binding(chunk.scales ?? a.meta) },
         ],
       });
       out.push({ family: 'embedding', label: `${label}[${i}]`, pipeline, bindGroup, workgroups: [gx, gy, 1] });

@@ -6,12 +6,17 @@
 import type { GpuContext } from '../gpu/device.js';
 import { ShapeError } from '../errors.js';
 import { ChunkedTensor, expectBindable, expectTensor, GpuTensor, storedBytes } from '../gpu/common.js';
+import { scaleGroups, scaleStride } from './quant.js';
+
+/** The storages of W a MatmulKernel can read. */
+export type WeightDType = 'f32' | 'f16' | 'q8' | 'q4';
+export const WEIGHT_DTYPES: readonly WeightDType[] = ['f32', 'f16', 'q8', 'q4'];
 
 export type WeightLayout = 'kn' | 'nk';
 
 export interface MatmulArgs {
   x: GpuTensor; // [M, K] f32
-  w: GpuTensor | ChunkedTensor; // 'kn': [K, N]; 'nk': [N, K]; f32 or f16
+  w: GpuTensor | ChunkedTensor; // 'kn': [K, N]; 'nk': [N, K]; f32, f16, q8 or q4 (with GpuTensor.scales)
   layout: WeightLayout;
   bias?: GpuTensor; // [N] f32
   activation?: 'none' | 'gelu'; // gelu_new, applied after the bias
@@ -39,7 +44,7 @@ export interface Operands {
   N: number;
   /** W as [rows, cols] pieces, one per dispatch (one unless chunked). */
   pieces: GpuTensor[];
-  dtype: 'f32' | 'f16';
+  dtype: WeightDType;
   /** The layout the pieces are stored in: a transposed chunked 'nk' W is read as 'kn' pieces. */
   layout: WeightLayout;
   /** Columns per panel of a paneled W (GpuTensor.panel), else undefined. */
@@ -74,8 +79,8 @@ function chunkedWeight(ctx: GpuContext, w: ChunkedTensor, a: MatmulArgs, K: numb
       `${label}: chunked W [${rows}, ${cols}] with rowsPerChunk ${w.rowsPerChunk} needs ${Math.ceil(rows / w.rowsPerChunk)} chunks, got ${w.chunks.length}`,
     );
   }
-  if (w.dtype !== 'f32' && w.dtype !== 'f16')
-    throw new ShapeError(`${label}: W dtype must be f32 or f16, got ${w.dtype}`);
+  if (!(WEIGHT_DTYPES as readonly string[]).includes(w.dtype))
+    throw new ShapeError(`${label}: W dtype must be ${WEIGHT_DTYPES.join(', ')}, got ${w.dtype}`);
   const panel = w.transposed ? w.chunks[0]?.panel : undefined;
   if (w.transposed && panel === undefined)
     throw new ShapeError(
@@ -85,12 +90,27 @@ function chunkedWeight(ctx: GpuContext, w: ChunkedTensor, a: MatmulArgs, K: numb
     const r = Math.min(rows, (i + 1) * w.rowsPerChunk) - i * w.rowsPerChunk;
     expectBindable(ctx, `${label} W chunk ${i}`, c);
     expectTensor(`${label} W chunk ${i}`, c, w.transposed ? [K, r] : [r, K], [w.dtype]);
+    checkScales(ctx, `${label} W chunk ${i}`, c, K, r);
     if (c.panel !== panel)
       throw new ShapeError(
         `${label}: W chunk ${i} has panel ${c.panel ?? 'none'}, chunk 0 ${panel ?? 'none'}; chunks must share one layout`,
       );
   });
-  return { pieces: w.chunks, N: rows, dtype: w.dtype, layout: w.transposed ? 'kn' : 'nk', panel };
+  return { pieces: w.chunks, N: rows, dtype: w.dtype as WeightDType, layout: w.transposed ? 'kn' : 'nk', panel };
+}
+
+/**
+ * A q8 / q4 weight piece of K x n (output columns) needs its f32 scales [G, sN] (quant.ts: G = 1
+ * or ceil(K / 32), sN = n rounded up to 8); f32 / f16 ones have none.
+ */
+function checkScales(ctx: GpuContext, what: string, w: GpuTensor, K: number, n: number): void {
+  if (w.dtype !== 'q8' && w.dtype !== 'q4') {
+    if (w.scales) throw new ShapeError(`${what}: a ${w.dtype} weight has no scales, got some`);
+    return;
+  }
+  if (!w.scales) throw new ShapeError(`${what}: a ${w.dtype} weight needs its scales (GpuTensor.scales)`);
+  expectTensor(`${what} scales`, w.scales, [scaleGroups(w.dtype, K), scaleStride(n)], ['f32']);
+  expectBindable(ctx, `${what} scales`, w.scales);
 }
 
 /** A whole weight, [K, N] ('kn') or [N, K] ('nk'). */
@@ -104,11 +124,12 @@ function wholeWeight(ctx: GpuContext, w: GpuTensor, a: MatmulArgs, K: number, la
     );
   }
   expectBindable(ctx, `${label} W`, w);
-  expectTensor(`${label} W`, w, [r, c], ['f32', 'f16']);
+  expectTensor(`${label} W`, w, [r, c], WEIGHT_DTYPES);
+  checkScales(ctx, `${label} W`, w, K, a.layout === 'kn' ? c : r);
   return {
     pieces: [w],
     N: a.layout === 'kn' ? c : r,
-    dtype: w.dtype as 'f32' | 'f16',
+    dtype: w.dtype as WeightDType,
     layout: a.layout,
     panel: w.panel,
   };

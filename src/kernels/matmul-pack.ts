@@ -8,11 +8,12 @@ import { ShapeError } from '../errors.js';
 import { isPanelWidth } from '../gpu/common.js';
 
 /**
- * Whether rows of `cols` elements of `dtype` are 16-byte aligned (f32: cols % 4, f16: cols % 8), so
- * the GEMVs read them with vec4 loads; gemv_kn_cols, and so panels, need it.
+ * Whether rows of `cols` elements of `dtype` are whole units of the matmul's vector loads (f32:
+ * cols % 4, a 16-byte word; f16, q8, q4: cols % 8: 16, 8 or 4 bytes), so the GEMVs read them
+ * unit by unit; gemv_kn_cols, and so panels, need it.
  */
-export function alignedRows(cols: number, dtype: 'f32' | 'f16'): boolean {
-  return cols % (dtype === 'f16' ? 8 : 4) === 0;
+export function alignedRows(cols: number, dtype: 'f32' | 'f16' | 'q8' | 'q4'): boolean {
+  return cols % (dtype === 'f32' ? 4 : 8) === 0;
 }
 
 /**

@@ -18,8 +18,11 @@
  *     'nk' weights (the tied LM head) take gemv_nk (32 lanes per W row). Profiles with panels
  *     store the LM head transposed in panels instead, read as 'kn' by gemv_kn_cols.
  *   - M > gemvMaxM: the GEMM tiled through workgroup memory (gemmTile).
- * W is f32 or f16 (packed pairs, see f16.ts), layout 'kn' ([K, N], HF Conv1D) or 'nk' ([N, K], the
- * tied LM head, which may be a ChunkedTensor split by rows: one dispatch per chunk).
+ * W is f32, f16 (packed pairs, see f16.ts), q8 or q4 (packed integers with scales, see quant.ts),
+ * layout 'kn' ([K, N], HF Conv1D) or 'nk' ([N, K], the tied LM head, which may be a ChunkedTensor
+ * split by rows: one dispatch per chunk). One shader source serves every storage: the W_FMT
+ * override picks how w_unit / w_elem decode W, and the kernel builds only the formats it is
+ * created for.
  * With `ln`, x is layer-normalised first: out = LN(x) @ W ... . Where the profile fuses it
  * (`fuseLn`, 'threads' GEMV) gemv_kn applies it in its prologue, saving the layernorm dispatch and
  * the round trip of its output; elsewhere bind() returns the layernorm dispatch (into `ln.scratch`
@@ -28,11 +31,13 @@
 import type { GpuContext } from '../gpu/device.js';
 import { InvalidOptionError, ShapeError } from '../errors.js';
 import { binding, Dispatch, expectBindable, f32bits, GpuTensor, groups, Owned, UniformSlice } from '../gpu/common.js';
+import { elementsPerWord } from '../gpu/common.js';
 import { LayerNormKernel } from './layernorm.js';
 import { alignedRows } from './matmul-pack.js';
-import { readOperands, type MatmulArgs, type Operands } from './matmul-args.js';
+import { readOperands, type MatmulArgs, type Operands, type WeightDType } from './matmul-args.js';
 
-export type { MatmulArgs, WeightLayout } from './matmul-args.js';
+export type { MatmulArgs, WeightLayout, WeightDType } from './matmul-args.js';
+export { WEIGHT_DTYPES } from './matmul-args.js';
 
 /**
  * The tiled GEMM's shape: tx x ty threads per workgroup, each computing a tm x tn block of out, so a
@@ -96,6 +101,7 @@ const WG_REDUCE = 256;
  * accumulators.
  */
 const WG_COLS = 8;
+/** f32: units of 4 columns; f16: (also q8 and q4, whose units are 8 columns as well) of 8. */
 type ColsTile = { rows: number; f32: number; f16: number };
 const COLS_ONE: ColsTile = { rows: 1, f32: 8, f16: 4 };
 const COLS_BLOCK: ColsTile = { rows: 4, f32: 4, f16: 2 };
@@ -121,17 +127,31 @@ const F_LN = 16;
 const STORAGE = 0x80;
 
 type Entry = 'gemv_kn' | 'gemv_kn_ln' | 'gemv_kn_red' | 'gemv_kn_cols' | 'gemm_kn_sg' | 'gemv_nk' | 'gemm' | 'reduce';
-/** Bindings each entry point uses (layout 'auto' holds only these). */
+/**
+ * Bindings each entry point uses (layout 'auto' holds only these). 9 (the scales) everywhere:
+ * `finish` names it (q8); 3 and 4 wherever w_unit is called (its formats read either view).
+ */
 const USES: Record<Entry, number[]> = {
-  gemv_kn: [0, 1, 3, 4, 5, 6, 7, 8], // 7, 8: unread without F_LN, but its body (shared with gemv_kn_ln) names them
-  gemv_kn_ln: [0, 1, 3, 4, 5, 6, 7, 8],
-  gemv_kn_red: [0, 1, 3, 4, 5, 6, 7, 8],
-  gemv_kn_cols: [0, 1, 4, 5, 6],
-  gemm_kn_sg: [0, 2, 4, 5, 6],
-  gemv_nk: [0, 1, 2, 3, 4, 5, 6],
-  gemm: [0, 1, 3, 5, 6],
-  reduce: [0, 1, 5, 6],
+  gemv_kn: [0, 1, 3, 4, 5, 6, 7, 8, 9], // 7, 8: unread without F_LN, but its body (shared with gemv_kn_ln) names them
+  gemv_kn_ln: [0, 1, 3, 4, 5, 6, 7, 8, 9],
+  gemv_kn_red: [0, 1, 3, 4, 5, 6, 7, 8, 9],
+  gemv_kn_cols: [0, 1, 3, 4, 5, 6, 9],
+  gemm_kn_sg: [0, 2, 3, 4, 5, 6, 9],
+  gemv_nk: [0, 1, 2, 3, 4, 5, 6, 9],
+  gemm: [0, 1, 3, 5, 6, 9],
+  reduce: [0, 1, 5, 6, 9],
 };
+
+/** W_FMT override values of the W storages. */
+const FMT: Record<WeightDType, number> = { f32: 0, f16: 1, q8: 2, q4: 3 };
+/** Columns per unit of W (w_unit): 4 for f32, 8 for the others. */
+function unitCols(d: WeightDType): number {
+  return d === 'f32' ? 4 : 8;
+}
+/** u32 words per unit: 4 (f32, f16: one 16-byte word), 2 (q8), 1 (q4). */
+function unitWords(d: WeightDType): number {
+  return (unitCols(d) / elementsPerWord(d)) | 0;
+}
 /** The shader module of each entry point ('matmul' + the file holding it). */
 const MODULE: Record<Entry, string> = {
   gemv_kn: 'matmul+matmul_gemv',
@@ -147,20 +167,22 @@ const MODULE: Record<Entry, string> = {
 /** A pipeline to build: its key in MatmulKernel's map, entry point and override constants. */
 type Spec = [key: string, entry: Entry, constants: Record<string, number>];
 
-/** The pipelines a profile names, f32 and f16 W each. */
-function pipelineSpecs(p: MatmulProfile): Spec[] {
+/** The pipelines a profile names, for each W storage in `dtypes`. */
+function pipelineSpecs(p: MatmulProfile, dtypes: readonly WeightDType[]): Spec[] {
   const specs: Spec[] = [['reduce', 'reduce', { WG: WG_REDUCE }]]; // every GEMV may write partials (MatmulArgs.splitK)
-  for (const f16 of [0, 1]) {
-    // The 'threads' GEMV: the profile's own, or on 'cols' profiles for rows that are not 16-byte aligned.
+  for (const dt of dtypes) {
+    const W_FMT = FMT[dt];
+    const wide = dt !== 'f32';
+    // The 'threads' GEMV: the profile's own, or on 'cols' profiles for rows that are not unit aligned.
     for (const vec of p.gemv === 'threads' ? [0, 1] : [0]) {
-      const c = { W_F16: f16, VEC: vec };
+      const c = { W_FMT, VEC: vec };
       if (p.splitK === 'workgroup')
-        specs.push([`gemv_kn_red:${f16}:${vec}`, 'gemv_kn_red', { ...c, WG: WG_RED, KG: KG_RED }]);
-      else specs.push([`gemv_kn:${f16}:${vec}`, 'gemv_kn', { ...c, WG: WG_KN }]);
-      if (p.splitK === 'split' && p.fuseLn) specs.push([`gemv_kn_ln:${f16}:${vec}`, 'gemv_kn_ln', { ...c, WG: WG_KN }]);
+        specs.push([`gemv_kn_red:${dt}:${vec}`, 'gemv_kn_red', { ...c, WG: WG_RED, KG: KG_RED }]);
+      else specs.push([`gemv_kn:${dt}:${vec}`, 'gemv_kn', { ...c, WG: WG_KN }]);
+      if (p.splitK === 'split' && p.fuseLn) specs.push([`gemv_kn_ln:${dt}:${vec}`, 'gemv_kn_ln', { ...c, WG: WG_KN }]);
     }
     if (p.panel === 0) {
-      for (const vec of [0, 1]) specs.push([`gemv_nk:${f16}:${vec}`, 'gemv_nk', { W_F16: f16, VEC: vec, WG: WG_NK }]);
+      for (const vec of [0, 1]) specs.push([`gemv_nk:${dt}:${vec}`, 'gemv_nk', { W_FMT, VEC: vec, WG: WG_NK }]);
     }
     if (p.gemv === 'cols') {
       const tiles: Array<[string, ColsTile]> = [
@@ -168,22 +190,18 @@ function pipelineSpecs(p: MatmulProfile): Spec[] {
         ['block', COLS_BLOCK],
       ];
       for (const [shape, t] of tiles) {
-        const c = { W_F16: f16, VEC: 1, WG: WG_COLS, KNV: f16 ? t.f16 : t.f32, KNM: t.rows };
-        specs.push([`gemv_kn_cols:${f16}:${shape}`, 'gemv_kn_cols', c]);
+        const c = { W_FMT, VEC: 1, WG: WG_COLS, KNV: wide ? t.f16 : t.f32, KNM: t.rows };
+        specs.push([`gemv_kn_cols:${dt}:${shape}`, 'gemv_kn_cols', c]);
       }
     }
     if (p.subgroupLanes) {
       for (const sgr of [8, 16])
-        specs.push([`gemm_kn_sg:${f16}:${sgr}`, 'gemm_kn_sg', { W_F16: f16, SGR: sgr, SGL: p.subgroupLanes }]);
+        specs.push([`gemm_kn_sg:${dt}:${sgr}`, 'gemm_kn_sg', { W_FMT, SGR: sgr, SGL: p.subgroupLanes }]);
     }
     if (p.gemvMaxM !== null) {
       const g = p.gemmTile;
       for (const nk of p.panel === 0 ? [0, 1] : [0])
-        specs.push([
-          `gemm:${f16}:${nk}`,
-          'gemm',
-          { W_F16: f16, NK: nk, TX: g.tx, TY: g.ty, TM: g.tm, TN: g.tn, BK: g.bk },
-        ]);
+        specs.push([`gemm:${dt}:${nk}`, 'gemm', { W_FMT, NK: nk, TX: g.tx, TY: g.ty, TM: g.tm, TN: g.tn, BK: g.bk }]);
     }
   }
   return specs;
@@ -244,6 +262,11 @@ export function checkMatmulProfile(ctx: GpuContext, p: MatmulProfile, where = 'm
   }
 }
 
+/** The row stride of a quantized W's scales (its [G, sld] shape), 0 for f32 / f16. */
+function sld(w: GpuTensor): number {
+  return w.scales?.shape[1] ?? 0;
+}
+
 /** How a GEMV bind runs: its entry point, pipeline key, rows of x per z block and workgroups along x for n columns. */
 interface GemvRoute {
   entry: Entry;
@@ -266,9 +289,14 @@ export class MatmulKernel {
    * Builds the pipelines `profile` names (checked first; see checkMatmulProfile). `layernorm`
    * serves the `ln` arguments it does not fuse (a model shares its own); default: one of its own.
    */
-  static async create(ctx: GpuContext, profile: MatmulProfile, layernorm?: LayerNormKernel): Promise<MatmulKernel> {
+  static async create(
+    ctx: GpuContext,
+    profile: MatmulProfile,
+    layernorm?: LayerNormKernel,
+    dtypes: readonly WeightDType[] = ['f32', 'f16'],
+  ): Promise<MatmulKernel> {
     checkMatmulProfile(ctx, profile);
-    const specs = pipelineSpecs(profile);
+    const specs = pipelineSpecs(profile, [...new Set(dtypes)]);
     const [ln, ...built] = (await Promise.all([
       layernorm ?? LayerNormKernel.create(ctx),
       ...specs.map(([, entry, c]) => ctx.pipeline(MODULE[entry], entry, c)),
@@ -326,23 +354,35 @@ export class MatmulKernel {
       );
     }
     const { M, K, N } = op;
-    const f16 = op.dtype === 'f16' ? 1 : 0;
+    const dt = op.dtype;
     const nk = op.layout === 'nk' ? 1 : 0;
     const pipeline = this.pipeline(
-      `gemm:${f16}:${nk}`,
+      `gemm:${dt}:${nk}`,
       label,
       "the GEMM needs matmul.gemvMaxM set (and panel 0 for an 'nk' W)",
     );
     const tile = this.profile.gemmTile;
     const [BM, BN] = [tile.ty * tile.tm, tile.tx * tile.tn];
     const flags = MatmulKernel.flags(a, op);
-    const wordsPerRow = (cols: number) => (f16 ? Math.ceil(cols / 2) : cols);
+    const wordsPerRow = (cols: number) => Math.ceil(cols / elementsPerWord(dt));
     let nOff = 0;
     return op.pieces.map((wp, i) => {
       const n = op.layout === 'kn' ? N : wp.shape[0]!;
       const params = owner.uniform(
         `${label}.params${i}`,
-        [M, n, K, wordsPerRow(op.layout === 'kn' ? N : K), N, nOff, K, flags, 0, 0] /* Params: pw, eps unused */,
+        [
+          M,
+          n,
+          K,
+          wordsPerRow(op.layout === 'kn' ? N : K),
+          N,
+          nOff,
+          K,
+          flags,
+          0,
+          0,
+          sld(wp),
+        ] /* Params: pw, eps unused */,
       );
       const wg: [number, number, number] = [
         groups(this.ctx, label, Math.ceil(n / BN)),
@@ -350,7 +390,7 @@ export class MatmulKernel {
         1,
       ];
       nOff += n;
-      const res = { 0: params, 1: a.x, 3: wp, 5: a.bias ?? a.x, 6: a.out };
+      const res = { 0: params, 1: a.x, 3: wp, 5: a.bias ?? a.x, 6: a.out, 9: wp.scales ?? a.x };
       const bindGroup = this.bindGroup(owner, 'gemm', pipeline, label, res);
       return {
         family: 'matmul',
@@ -365,18 +405,18 @@ export class MatmulKernel {
   /** Which GEMV entry point (and tile) a bind takes; see the header. */
   private gemvRoute(a: MatmulArgs, op: Operands, label: string): GemvRoute {
     const { M, K, dtype, layout, panel } = op;
-    const f16 = dtype === 'f16' ? 1 : 0;
-    const per = f16 ? 8 : 4; // elements per 16-byte word
+    const dt = dtype;
+    const per = unitCols(dtype); // elements per unit (w_unit)
     const words = (n: number) => Math.ceil(n / per);
-    // 16-byte loads need 16-byte aligned W rows (and x rows for 'nk'); a paneled W's stored rows
-    // are its panels (zero-padded, so any N).
+    // Unit loads need W rows of whole units (and 16-byte aligned x rows for 'nk'); a paneled W's
+    // stored rows are its panels (zero-padded, so any N).
     const vec = panel !== undefined || alignedRows(layout === 'kn' ? op.N : K, dtype) ? 1 : 0;
     if (layout === 'nk') {
       if (panel !== undefined)
         throw new ShapeError(
           `${label}: an 'nk' W stored in panels of ${panel} columns: only 'kn' panels (gemv_kn_cols) are read`,
         );
-      const key = `gemv_nk:${f16}:${vec}`;
+      const key = `gemv_nk:${dt}:${vec}`;
       this.pipeline(key, label, "an 'nk' W needs matmul.panel 0 (panels store the LM head transposed, read as 'kn')");
       return { entry: 'gemv_nk', key, rows: MAXM, groupsX: (n) => Math.ceil(n / (WG_NK / LPR)) };
     }
@@ -386,19 +426,19 @@ export class MatmulKernel {
         const lanes = this.profile.subgroupLanes;
         return {
           entry: 'gemm_kn_sg',
-          key: `gemm_kn_sg:${f16}:${sgr}`,
+          key: `gemm_kn_sg:${dt}:${sgr}`,
           rows: sgr,
           groupsX: (n) => Math.ceil(words(n) / lanes),
         };
       }
       const [shape, t]: [string, ColsTile] = M === 1 ? ['one', COLS_ONE] : ['block', COLS_BLOCK];
-      const knv = f16 ? t.f16 : t.f32;
+      const knv = dtype !== 'f32' ? t.f16 : t.f32;
       if (panel !== undefined && panel % (per * knv) !== 0)
         throw new ShapeError(
           `${label}: W panels of ${panel} columns are not a multiple of a gemv_kn_cols thread's ${per * knv} columns`,
         );
       const groupsX = (n: number) => Math.ceil(Math.ceil(words(n) / knv) / WG_COLS);
-      return { entry: 'gemv_kn_cols', key: `gemv_kn_cols:${f16}:${shape}`, rows: t.rows, groupsX };
+      return { entry: 'gemv_kn_cols', key: `gemv_kn_cols:${dt}:${shape}`, rows: t.rows, groupsX };
     }
     if (panel !== undefined) {
       throw new ShapeError(
@@ -407,10 +447,10 @@ export class MatmulKernel {
     }
     if (this.profile.splitK === 'workgroup') {
       const groupsX = (n: number) => Math.ceil(words(n) / (WG_RED / KG_RED));
-      return { entry: 'gemv_kn_red', key: `gemv_kn_red:${f16}:${vec}`, rows: MAXM, groupsX };
+      return { entry: 'gemv_kn_red', key: `gemv_kn_red:${dt}:${vec}`, rows: MAXM, groupsX };
     }
     const entry = a.ln && this.profile.fuseLn ? 'gemv_kn_ln' : 'gemv_kn';
-    return { entry, key: `${entry}:${f16}:${vec}`, rows: MAXM, groupsX: (n) => Math.ceil(words(n) / WG_KN) };
+    return { entry, key: `${entry}:${dt}:${vec}`, rows: MAXM, groupsX: (n) => Math.ceil(words(n) / WG_KN) };
   }
 
   /** K slices of a GEMV: asked for, or (gemv_kn, gemv_nk) enough threads in flight; multiples of 8 so every slice starts on a 16-byte word. */
@@ -419,12 +459,14 @@ export class MatmulKernel {
     let S = a.splitK ?? 1;
     if (a.splitK === undefined && (entry === 'gemv_kn' || entry === 'gemv_kn_ln' || entry === 'gemv_nk')) {
       // gemv_kn_red splits K inside its workgroups; gemv_kn_cols / gemm_kn_sg threads already outnumber the cores.
-      const threads = entry === 'gemv_nk' ? N * LPR : Math.ceil(N / (op.dtype === 'f16' ? 8 : 4));
+      const threads = entry === 'gemv_nk' ? N * LPR : Math.ceil(N / unitCols(op.dtype));
       S = threads >= TARGET_THREADS ? 1 : Math.min(Math.ceil(TARGET_THREADS / threads), Math.floor(K / MIN_KSLICE));
       // The partials [S, M, N] must fit one binding.
       S = Math.max(1, Math.min(S, Math.floor(this.ctx.limits.maxStorageBufferBindingSize / (M * N * 4))));
     }
-    const kslice = S <= 1 ? K : Math.ceil(Math.ceil(K / S) / 8) * 8;
+    // q4: slices on its groups of 32 k (gemv_kn_cols scales whole groups).
+    const q = op.dtype === 'q4' ? 32 : 8;
+    const kslice = S <= 1 ? K : Math.ceil(Math.ceil(K / S) / q) * q;
     return { S: Math.ceil(K / kslice), kslice };
   }
 
@@ -432,8 +474,8 @@ export class MatmulKernel {
     const ctx = this.ctx;
     const { M, K, N, layout, panel } = op;
     const pipeline = this.pipeline(route.key, label, 'see MatmulProfile');
-    const f16 = op.dtype === 'f16';
-    const per = f16 ? 8 : 4;
+    const epw = elementsPerWord(op.dtype);
+    const per = unitCols(op.dtype);
     const { S, kslice } = this.slices(a, op, route.entry);
     const partials = S > 1 ? this.partials(owner, S, M, N, label) : undefined;
     const flags = (partials ? F_PARTIAL : MatmulKernel.flags(a, op)) | (a.ln ? F_LN : 0);
@@ -444,17 +486,13 @@ export class MatmulKernel {
     op.pieces.forEach((wp, i) => {
       // Columns of this piece: a 'kn' piece's second dimension (all of N unless chunked), an 'nk' one's first.
       const n = layout === 'kn' ? wp.shape[1]! : wp.shape[0]!;
-      // u32 words per W row; a paneled row (gemv_kn_cols) counts whole 16-byte words, the padded panel tail included.
+      // u32 words per W row; a paneled row (gemv_kn_cols) counts whole units, the padded panel tail included.
       const wpr =
         layout === 'nk'
-          ? f16
-            ? Math.ceil(K / 2)
-            : K
+          ? Math.ceil(K / epw)
           : panel !== undefined
-            ? Math.ceil(n / per) * 4
-            : f16
-              ? Math.ceil(n / 2)
-              : n;
+            ? Math.ceil(n / per) * unitWords(op.dtype)
+            : Math.ceil(n / epw);
       const params = owner.uniform(`${label}.params${i}`, [
         M,
         n,
@@ -466,6 +504,7 @@ export class MatmulKernel {
         flags,
         pw,
         f32bits(a.ln?.eps ?? 0),
+        sld(wp),
       ]);
       const res = {
         0: params,
@@ -477,6 +516,7 @@ export class MatmulKernel {
         6: partials ?? a.out,
         7: a.ln?.gamma ?? a.x,
         8: a.ln?.beta ?? a.x,
+        9: wp.scales ?? a.x,
       };
       out.push({
         family: 'matmul',
@@ -519,13 +559,14 @@ export class MatmulKernel {
     const gy = groups(this.ctx, label, Math.ceil(total / gx));
     const params = owner.uniform(
       `${label}.reduce.params`,
-      [M, N, S, gx, N, 0, K, MatmulKernel.flags(a, op), 0, 0] /* Params: pw, eps unused */,
+      [M, N, S, gx, N, 0, K, MatmulKernel.flags(a, op), 0, 0, 0] /* Params: pw, eps, sld unused */,
     );
     const bindGroup = this.bindGroup(owner, 'reduce', rp, `${label}.reduce`, {
       0: params,
       1: partials,
       5: a.bias ?? a.x,
       6: a.out,
+      9: a.x,
     });
     return { family: 'matmul', label: `${label}.reduce`, pipeline: rp, bindGroup, workgroups: [gx, gy, 1] };
   }
@@ -566,7 +607,7 @@ export class MatmulKernel {
         continue;
       }
       const full = binding(r);
-      if (b === 2 || b === 4) {
+      if (b === 2 || b === 4 || b === 9) {
         const size = Math.floor((full.size ?? 0) / 16) * 16;
         entries.push({
           binding: b,
