@@ -10,7 +10,7 @@
 #      tiled GEMM (matmul.gemvMaxM 64), the prefill GEMM's 64 x 64 tile beside 128 x 128 and
 #      64 x 128 (matmul.gemmTile), decode attention in 256-thread workgroups (default) or 32-thread
 #      ones (attention.decode 'query') at a 128-token and a 896-token context, gpt2 and gpt2-xl with
-#      --f16, one step in flight instead of 3 (--pipeline-depth 1), 16 conversations as separate
+#      --f16 (and q8 / q4, the f16 KV cache at 896 tokens), one step in flight instead of 3 (--pipeline-depth 1), 16 conversations as separate
 #      sessions against one session group (--sessions)), each as JSON under $OUT, and a closed-loop
 #      chat load on separate sessions and on one group (bench/chat-load.mjs);
 #   3. a short table of the figures last.
@@ -62,13 +62,18 @@ echo '{"matmul": {"gemmTile": {"tx": 16, "ty": 16, "tm": 8, "tn": 8, "bk": 8}}}'
 echo '{"matmul": {"gemmTile": {"tx": 16, "ty": 16, "tm": 4, "tn": 8, "bk": 16}}}' > "$prof/t64x128.json"
 echo "== kernel tests ($(date -u +%T))"
 tlim=$(step_limit 180)  # the first step: the budget is never spent here (and timeout 0 would mean no limit)
-timeout "$tlim" node scripts/run-tests.js device attention beam-kernel elementwise embedding f16 kvcache layernorm matmul softmax sampling model-random > "$out/tests.log" 2>&1
+timeout "$tlim" node scripts/run-tests.js device attention beam-kernel elementwise embedding f16 kvcache layernorm matmul softmax sampling model-random test/quant test/profiles-quant logprobs > "$out/tests.log" 2>&1
 echo "exit $? (limit ${tlim} s)" >> "$out/tests.log"
 tail -n 3 "$out/tests.log"
 # The targets: gpt2 decode at batch 1..64, the 1024-token prefill, gpt2-xl with --f16.
 bench gpt2-f32 150 --model "$model" --batch 1,4,16,64 --prompt-tokens 128 --new-tokens 64 --repeat "$rep"
 bench gpt2-prefill-1024 90 --model "$model" --prompt-tokens 1024 --new-tokens 1 --repeat "$rep"
 bench gpt2-xl-f16 200 --model "$xl" --f16 --batch 1 --prompt-tokens 128 --new-tokens 32 --repeat 3
+# Quantized weights and the f16 KV cache on gpt2 (gpt2-xl in q8 / q4 at the end if the budget allows:
+# drawing and quantizing its random weights takes minutes of host time).
+bench gpt2-q8 90 --model "$model" --dtype q8 --batch 1,64 --prompt-tokens 128 --new-tokens 64 --repeat "$rep"
+bench gpt2-q4 90 --model "$model" --dtype q4 --batch 1,64 --prompt-tokens 128 --new-tokens 64 --repeat "$rep"
+bench gpt2-kv16-long 60 --model "$model" --kv-dtype f16 --batch 1 --prompt-tokens 896 --new-tokens 64 --repeat "$rep"
 # The alternatives each kernel choice could take instead (the defaults are set from these).
 bench gpt2-f32-split 90 --model "$model" --batch 1,4 --prompt-tokens 128 --new-tokens 64 --repeat "$rep" --profile "$prof/split.json" --no-profile
 bench gpt2-f32-gemv64 90 --model "$model" --batch 16,64 --prompt-tokens 128 --new-tokens 64 --repeat "$rep" --profile "$prof/gemv64.json" --no-profile
@@ -92,4 +97,6 @@ else
   timeout "$lim" node bench/chat-load.mjs --model "$model" --users 16 --turns 3 --json > "$out/gpt2-chat.json" 2> "$out/gpt2-chat.log"
   echo "exit $? (limit ${lim} s)" >> "$out/gpt2-chat.log"
 fi
+bench gpt2-xl-q8 200 --model "$xl" --dtype q8 --batch 1 --prompt-tokens 128 --new-tokens 32 --repeat 3
+bench gpt2-xl-q4 200 --model "$xl" --dtype q4 --batch 1 --prompt-tokens 128 --new-tokens 32 --repeat 3
 node scripts/device-summary.js "$out"

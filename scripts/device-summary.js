@@ -21,6 +21,8 @@ const TARGETS = {
   'gpt2-xl-f16-split:1': 'decode <= 6 ms/token',
   'gpt2-f32-depth1:1': 'decode <= 1.0 ms/token',
   'gpt2-f32-attn32:1': 'decode <= 1.0 ms/token',
+  'gpt2-xl-q8:1': 'decode <= 6 ms/token (as f16)',
+  'gpt2-xl-q4:1': 'decode <= 6 ms/token (as f16)',
 };
 // Why a run left no JSON, from its log: skipped (budget), timed out, or its last lines (Dawn's
 // adapter warnings left out).
