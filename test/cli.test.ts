@@ -658,7 +658,7 @@ test('bench: a batch size that fails (here its cache is over the binding limit) 
   assert.is(j.results[1].batch, 131);
   assert.match(
     j.results[1].error,
-    /OutOfMemoryError: a KV cache layer of 131 rows x 1002 slots x 256 is \d+ bytes, over the adapter's maxStorageBufferBindingSize/,
+    /OutOfMemoryError: a KV cache layer of 131 rows x 1002 slots x 256 f32 is \d+ bytes, over the adapter's maxStorageBufferBindingSize/,
   );
   assert.match(r.err, /error: bench: batch 131 failed \(OutOfMemoryError/);
   const human = cli(
