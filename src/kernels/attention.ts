@@ -108,8 +108,13 @@ export const TILED_MIN_T = 16;
 const TILE_TOKENS = 8;
 /** Threads per workgroup of 'query' (a power of two for the tree max; one warp / SIMD group on most GPUs). */
 const QUERY_WG = 32;
-/** Invocations per workgroup (LANES) of decode_lanes ('lanes', and the pass after 'pairs' / 'blocks') and prefill_lanes. */
+/** Invocations per workgroup (LANES) of decode_lanes after 'pairs' / 'blocks' / 'subgroup' prompts, and of prefill_lanes. */
 const LANES = 8;
+/**
+ * LANES of decode_lanes for the 'lanes' variant (decode steps, one-token prompts): few (row, head)
+ * pairs per step, so small workgroups spread them over the cores (BENCHMARKS.md, decision log).
+ */
+const DECODE_LANES = 2;
 
 /** Whether the one-invocation and subgroup kernels run head size D (their head loops are unrolled to D / 4). */
 export function lanesFit(D: number): boolean {
@@ -157,7 +162,8 @@ export function kvDtypeFits(dtype: KvDtype, D: number): boolean {
 }
 
 /** The pipelines a kernel may hold, by the role they play. */
-type Role = 'query' | 'wide' | 'lanes' | 'pairs' | 'tiled' | 'qt' | 'scores' | 'softmax' | 'pv' | 'sgPrompt';
+type Role =
+  'query' | 'wide' | 'lanes' | 'decodeLanes' | 'pairs' | 'tiled' | 'qt' | 'scores' | 'softmax' | 'pv' | 'sgPrompt';
 
 /** What a variant's dispatches need, besides the step. */
 interface Step {
@@ -209,11 +215,13 @@ export class AttentionKernel {
         `AttentionKernel: an f16 KV cache needs a head size that is a multiple of 8 (at most ${ATTENTION_MAX_HEAD_DIM}), got ${D}; use kvDtype 'f32'`,
       );
     const { decode, prompt } = fitTo(opts, D);
-    const roles = new Set<Role>([decode]);
+    // The 'lanes' variant (decode, one-token prompts) runs decode_lanes at DECODE_LANES; the passes
+    // after 'pairs' / 'blocks' run it at LANES ('lanes' role).
+    const roles = new Set<Role>([decode === 'lanes' ? 'decodeLanes' : decode]);
     if (prompt === 'tiled') roles.add('tiled').add('query');
     else if (prompt === 'pairs') roles.add('pairs').add('lanes');
     else if (prompt === 'blocks') roles.add('qt').add('scores').add('softmax').add('pv').add('pairs').add('lanes');
-    else if (prompt === 'subgroup') roles.add('sgPrompt').add('lanes');
+    else if (prompt === 'subgroup') roles.add('sgPrompt').add(decode === 'lanes' ? 'decodeLanes' : 'lanes');
     else roles.add('query');
     const specs = AttentionKernel.specs(D, opts);
     const list = [...roles];
@@ -234,6 +242,7 @@ export class AttentionKernel {
       query: ['attention', D % 4 === 0 ? 'main_vec4' : 'main', { WG: QUERY_WG }],
       wide: ['attention', 'main_vec4', { WG: p.decodeWg }],
       lanes: ['attention', 'decode_lanes', { HD4, LANES }],
+      decodeLanes: ['attention', 'decode_lanes', { HD4, LANES: DECODE_LANES }],
       pairs: ['attention+attention_prompt', 'prefill_lanes', { HD4, LANES: LANES }],
       tiled: ['attention+attention_prompt', 'tiled_vec4', { WG: QUERY_WG }],
       qt: ['attention+attention_prompt', 'att_qt', { LANES: BLOCK_LANES }],
@@ -295,7 +304,7 @@ export class AttentionKernel {
     const has: Record<AttentionVariant, boolean> = {
       query: !!this.pipes.query,
       wide: !!this.pipes.wide,
-      lanes: !!this.pipes.lanes,
+      lanes: !!(this.pipes.decodeLanes ?? this.pipes.lanes),
       pairs: !!this.pipes.pairs,
       blocks: !!this.pipes.scores,
       tiled: !!this.pipes.tiled,
@@ -346,8 +355,9 @@ export class AttentionKernel {
         // one workgroup (one subgroup) per (block of sgQueries tokens, head)
         return [one('sgPrompt', `${label}.sg`, Math.ceil(T / this.sgQueries) * nHead)];
       case 'lanes': {
-        // LANES (token, head) pairs per workgroup: workgroup index * LANES + lane = token * nHead + head.
-        return [one('lanes', label, Math.ceil((T * nHead) / LANES))];
+        // n (token, head) pairs per workgroup: workgroup index * n + lane = token * nHead + head.
+        const [role, n]: [Role, number] = this.pipes.decodeLanes ? ['decodeLanes', DECODE_LANES] : ['lanes', LANES];
+        return [one(role, label, Math.ceil((T * nHead) / n))];
       }
       default:
         return [one(v, label, T * nHead)]; // 'query', 'wide': a workgroup per (token, head)
