@@ -252,7 +252,7 @@ if (present || IN_CI) {
     // Page loads are the slow part on SwiftShader (building the pipelines): the greedy prompts share
     // one page (later ones through window.gpt2example.run), the seeded runs a second one, which
     // also proves the reload reads the weights from Cache Storage.
-    test(`greedy (temperature 0, 48 tokens) in Chromium equals transformers' greedy48 for ${GREEDY_PROMPTS} prompts; after an 80-token prompt (the subgroup attention) Node's with the workgroup kernels`, async () => {
+    test(`greedy (temperature 0, 48 tokens) in Chromium equals transformers' greedy48 for ${GREEDY_PROMPTS} prompts; after an 80-token prompt (the subgroup attention) Node's with the workgroup kernels; q8 weights Node's q8 tokens`, async () => {
       await setup();
       const greedy = (p: RefPrompt) => ({
         model: MODEL_URL,
@@ -273,6 +273,7 @@ if (present || IN_CI) {
         // An 80-token prompt: on CPU adapters (SwiftShader, lavapipe) prompts take the subgroup
         // attention (prefill_sg; 'blocks' from 64 tokens on without subgroups); greedy tokens equal
         // Node's with the workgroup kernels.
+        const p0 = PROMPTS[0]!;
         const long = PROMPTS.flatMap((p) => p.ids);
         while (long.length < 80) long.push(...long);
         const ids80 = long.slice(0, 80);
@@ -288,6 +289,23 @@ if (present || IN_CI) {
           await nodeGreedy(ids80, 8),
           withLog(`greedy tokens after an 80-token prompt on ${adapterName(r.adapter)}`, ex.errors),
         );
+        // q8 weights in the page (quantized at load there) give Node's q8 greedy tokens.
+        const q8 = await ex.run({
+          model: MODEL_URL,
+          ids: p0.ids.join(','),
+          temperature: 0,
+          max_new_tokens: 16,
+          dtype: 'q8',
+        });
+        const nodeQ8 = await nodeEngine.loadModel(join(FIXTURES!, 'hf-gpt2-tiny'), { dtype: 'q8' });
+        try {
+          const want = (await nodeQ8.generate(p0.ids, { maxNewTokens: 16, temperature: 0 })).sequences[0]!.tokens;
+          const f32 = p0.greedy48.slice(p0.ids.length, p0.ids.length + 16);
+          assert.not.equal(want, f32, 'q8 leaves the f32 greedy path here, so the check tells them apart');
+          assert.equal(q8.tokens, want, withLog(`q8 greedy tokens on ${adapterName(q8.adapter)}`, ex.errors));
+        } finally {
+          nodeQ8.destroy();
+        }
         // GPT2_SCREENSHOT=file.png keeps a picture of the page after a run (for looking at the layout).
         if (process.env.GPT2_SCREENSHOT)
           await ex.page.screenshot({ path: process.env.GPT2_SCREENSHOT, fullPage: true });
