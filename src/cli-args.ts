@@ -45,6 +45,14 @@ export function num(v: unknown, name: string, { int = false, min = -Infinity, ma
   return x;
 }
 
+/** A flag value that must be one of `values`, else a usage error listing them. */
+export function oneOf<T extends string>(v: unknown, name: string, values: readonly T[]): T {
+  const s = String(v);
+  if (!(values as readonly string[]).includes(s))
+    throw new UsageError(`--${name} must be one of ${values.join(', ')}, got "${s}"`);
+  return s as T;
+}
+
 /** The largest file a flag reads (--logits: 16 M float32 values). */
 const MAX_FLAG_FILE_BYTES = 64 << 20;
 

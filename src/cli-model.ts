@@ -3,7 +3,7 @@
  * options read from them, the load progress line and the load-run-destroy wrapper.
  */
 import { createEngine } from './node.js';
-import { num, parseIds, UsageError, type Flag, type Values } from './cli-args.js';
+import { num, oneOf, parseIds, UsageError, type Flag, type Values } from './cli-args.js';
 import type { LoadProgress, Model } from './engine/engine.js';
 import { KV_DTYPES, type KvDtype } from './engine/kvcache.js';
 import { validateSampling, type SamplingOptions } from './sampling/options.js';
@@ -197,19 +197,14 @@ export async function withModel<T>(v: Values, fn: (m: Model) => Promise<T>): Pro
 
 /** --kv-dtype, checked before anything is loaded: a UsageError listing the values. */
 export function kvDtypeFlag(v: Values): KvDtype {
-  const d = String(v['kv-dtype'] ?? 'f32');
-  if (!(KV_DTYPES as readonly string[]).includes(d))
-    throw new UsageError(`--kv-dtype must be one of ${KV_DTYPES.join(', ')}, got "${d}"`);
-  return d as KvDtype;
+  return oneOf(v['kv-dtype'] ?? 'f32', 'kv-dtype', KV_DTYPES);
 }
 
 /** --dtype (or --f16, its alias for f16), checked before anything is loaded: a UsageError listing the values. */
 export function dtypeFrom(v: Values): WeightDType {
-  const d = v.dtype === undefined ? (v.f16 ? 'f16' : 'f32') : v.dtype;
-  if (!(WEIGHT_DTYPES as readonly unknown[]).includes(d))
-    throw new UsageError(`--dtype must be one of ${WEIGHT_DTYPES.join(', ')}, got "${String(d)}"`);
-  if (v.f16 && d !== 'f16') throw new UsageError(`--f16 means --dtype f16, but --dtype ${String(d)} was given`);
-  return d as WeightDType;
+  const d = oneOf(v.dtype ?? (v.f16 ? 'f16' : 'f32'), 'dtype', WEIGHT_DTYPES);
+  if (v.f16 && d !== 'f16') throw new UsageError(`--f16 means --dtype f16, but --dtype ${d} was given`);
+  return d;
 }
 
 export function promptFrom(v: Values): string | number[] {

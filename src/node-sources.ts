@@ -27,6 +27,7 @@ import { basename, dirname, join, relative, resolve } from 'node:path';
 import { getHFHubCachePath, getRepoFolderName } from '@huggingface/hub';
 import { DownloadError, InvalidOptionError, WeightsFormatError } from './errors.js';
 import { Checkpoint, openCheckpoint } from './engine/checkpoint.js';
+import type { DownloadOptions } from './engine/engine.js';
 import { HUB_REPOS, isKnownModel, MAX_CONFIG_BYTES } from './engine/config.js';
 import { randomCheckpoint } from './engine/random.js';
 import { preview, type ByteSource } from './engine/safetensors.js';
@@ -38,28 +39,11 @@ export interface DownloadProgress {
   totalBytes: number;
 }
 
-export interface SourceOptions {
-  /** HF cache root (default: the standard location, see the module comment). */
-  cacheDir?: string;
-  /** Hub base URL (default $HF_ENDPOINT or https://huggingface.co). */
-  hubUrl?: string;
+/** resolveSource's options: how a hub id is fetched (DownloadOptions), the progress callback, random:'s seed. */
+export interface SourceOptions extends DownloadOptions {
   onProgress?: (p: DownloadProgress) => void;
-  /** Branch, tag or commit (default 'main'). */
-  revision?: string;
   /** Seed of `random:` sources (default 0). */
   seed?: number;
-  /** Access token (default $HF_TOKEN). */
-  token?: string;
-  /** Never touch the network (default: $HF_HUB_OFFLINE is 1/true). */
-  offline?: boolean;
-  /** Download attempts per file after cut connections (default 4). */
-  attempts?: number;
-  /**
-   * Idle timeout in ms (default $HF_HUB_DOWNLOAD_TIMEOUT seconds, else 10 s): a request with no
-   * answer, or a body receiving under 1 KiB, for this long is cut (a body then resumes, up to
-   * `attempts` in all).
-   */
-  idleTimeoutMs?: number;
 }
 
 /** Idle timeout when neither the option nor $HF_HUB_DOWNLOAD_TIMEOUT sets one (Python's default too). */

@@ -190,7 +190,7 @@ test('engine.loadModel passes `download` (cache, hub, revision) to the download;
     await rejectsWith(
       engine.loadModel('gpt2', { download: { cacheDir, hubUrl: hub.url, revison: 'main' } as never }),
       InvalidOptionError,
-      /download: unknown option "revison"; the options are revision, token, cacheDir/,
+      /^unknown download option "revison"\. Did you mean revision\? Valid options: revision, token, cacheDir, hubUrl, offline, attempts, idleTimeoutMs\.$/,
     );
     await rejectsWith(
       engine.loadModel('gpt2', { dtype: 'f8' as never, download: { cacheDir, hubUrl: hub.url } }),

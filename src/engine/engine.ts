@@ -34,6 +34,7 @@ import { perplexity, score, type PerplexityResult, type ScoreOptions, type Score
 import type { BeamOptions, BeamResult } from '../sampling/beam.js';
 import { sample as sampleOnGpu } from '../sampling/sample.js';
 import { randomSeed, validateSampling, type SamplingOptions } from '../sampling/options.js';
+import { checkOptionNames } from '../sampling/names.js';
 import { checkKvDtype, type CacheOptions, type KVCache } from './kvcache.js';
 import { openCheckpoint, type Checkpoint } from './checkpoint.js';
 import { uploadWeights, WEIGHT_DTYPES } from './weights.js';
@@ -93,9 +94,7 @@ function checkDownload(d: unknown): DownloadOptions | undefined {
   if (d === undefined) return undefined;
   if (typeof d !== 'object' || d === null || Array.isArray(d))
     throw new InvalidOptionError(`download must be an object of ${DOWNLOAD_KEYS.join(', ')}, got ${String(d)}`);
-  for (const k of Object.keys(d))
-    if (!DOWNLOAD_KEYS.includes(k))
-      throw new InvalidOptionError(`download: unknown option "${k}"; the options are ${DOWNLOAD_KEYS.join(', ')}`);
+  checkOptionNames(d, DOWNLOAD_KEYS, 'download option');
   return d as DownloadOptions;
 }
 
