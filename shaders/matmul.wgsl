@@ -2,7 +2,7 @@
 // added to what `out` already holds (the residual add). x, bias, out are f32; W is stored as
 // W_FMT says and is always bound as u32 words: 0 f32 (bitcast), 1 f16 (IEEE halves packed in pairs
 // along W's last dimension, read with unpack2x16float), 2 q8 / 3 q4 (signed 8- / 4-bit integers,
-// 4 / 8 per word along the last dimension, read with extractBits; src/kernels/quant.ts). Rows are
+// 4 / 8 per word along the last dimension, two's complement; src/kernels/quant.ts). Rows are
 // padded to whole words. Math is f32 whatever the storage.
 // q8 has one scale per output column, applied to the column's sum in `finish`; q4 one per group
 // of 32 k of a column (scl [G, sld]), applied where the kernel knows k: per element (w_qs,
@@ -63,16 +63,23 @@ fn w_epw() -> u32 { return 1u << W_FMT; }
 // Units per W row (p.wpr counts u32 words; a paneled W's counts whole units of every panel).
 fn w_upr() -> u32 { return p.wpr / w_uw(); }
 
-// The 4 signed bytes of `v`, and 4 signed nibbles of `v` from bit `b`, as f32.
+// Integer units: the kernels decode a q8 / q4 integer q as q * Q8_UNIT / q * Q4_UNIT, by moving
+// its bits to the top of a word and masking the rest (a shift and an and, or only one of them)
+// instead of sign-extending it (two shifts), and fold 1 / UNIT into the scales they multiply by
+// (`finish` for q8, w_qs / w_qs8 for q4). A power of two: every product and sum is the plain
+// integer one times it, exactly (far from f32's range limits), so the results are unchanged.
+const Q8_UNIT = 16777216.0;   // 2^24
+const Q4_UNIT = 268435456.0;  // 2^28
+
+// The 4 signed bytes of `v` (times Q8_UNIT), and 4 signed nibbles of `v` from bit `b` (b 0 or 16;
+// times Q4_UNIT), as f32.
 fn q8x4(v: u32) -> vec4<f32> {
-  let s = i32(v);
-  return vec4<f32>(f32(extractBits(s, 0u, 8u)), f32(extractBits(s, 8u, 8u)), f32(extractBits(s, 16u, 8u)),
-                   f32(extractBits(s, 24u, 8u)));
+  let t = vec4<u32>(v << 24u, v << 16u, v << 8u, v) & vec4<u32>(0xff000000u);
+  return vec4<f32>(bitcast<vec4<i32>>(t));
 }
 fn q4x4(v: u32, b: u32) -> vec4<f32> {
-  let s = i32(v);
-  return vec4<f32>(f32(extractBits(s, b, 4u)), f32(extractBits(s, b + 4u, 4u)), f32(extractBits(s, b + 8u, 4u)),
-                   f32(extractBits(s, b + 12u, 4u)));
+  let t = vec4<u32>(v << (28u - b), v << (24u - b), v << (20u - b), v << (16u - b)) & vec4<u32>(0xf0000000u);
+  return vec4<f32>(bitcast<vec4<i32>>(t));
 }
 
 struct WUnit {
@@ -80,7 +87,8 @@ struct WUnit {
   hi: vec4<f32>,  // elements 4..7 (0 for f32)
 }
 
-// Unit u of W (unit index: u32 word u * w_uw()), unscaled: the one place W's storage is decoded.
+// Unit u of W (unit index: u32 word u * w_uw()), unscaled (q8 / q4: in their UNITs): where W's
+// storage is decoded (with w_elem, and gemv_kn_cols's wide loads of the same words).
 fn w_unit(u: u32) -> WUnit {
   if (W_FMT == 2u) { return WUnit(q8x4(w[2u * u]), q8x4(w[2u * u + 1u])); }
   if (W_FMT == 3u) { let v = w[u]; return WUnit(q4x4(v, 0u), q4x4(v, 16u)); }
@@ -92,19 +100,20 @@ fn w_unit(u: u32) -> WUnit {
   return WUnit(bitcast<vec4<f32>>(q), vec4<f32>(0.0));
 }
 
-// The q4 scale of (k, output column n of this dispatch); 1 for the other formats (q8's is
-// applied in `finish`). Clamped into the binding (the GEMM's tile edges ask past N).
+// The q4 scale of (k, output column n of this dispatch), over Q4_UNIT; 1 for the other formats
+// (q8's is applied in `finish`). Clamped into the binding (the GEMM's tile edges ask past N).
 fn w_qs(k: u32, n: u32) -> f32 {
   if (W_FMT != 3u) { return 1.0; }
   let i = min((k / 32u) * p.sld + n, arrayLength(&scl) * 4u - 1u);
-  return scl[i / 4u][i % 4u];
+  return scl[i / 4u][i % 4u] * (1.0 / Q4_UNIT);
 }
 
-// The q4 scales of (k, output columns n0 .. n0 + 7), n0 a multiple of 8 below sld; ones otherwise.
+// The q4 scales of (k, output columns n0 .. n0 + 7), n0 a multiple of 8 below sld, over Q4_UNIT;
+// ones otherwise.
 fn w_qs8(k: u32, n0: u32) -> WUnit {
   if (W_FMT != 3u) { return WUnit(vec4<f32>(1.0), vec4<f32>(1.0)); }
   let i = ((k / 32u) * p.sld + n0) / 4u;
-  return WUnit(scl[i], scl[i + 1u]);
+  return WUnit(scl[i] * (1.0 / Q4_UNIT), scl[i + 1u] * (1.0 / Q4_UNIT));
 }
 
 // GPT-2's gelu_new, 0.5 v (1 + tanh(sqrt(2/pi) (v + 0.044715 v^3))), written as v * sigmoid(2u):
@@ -118,7 +127,7 @@ fn gelu_new(v: f32) -> f32 {
 fn finish(m: u32, n: u32, s: u32, v0: f32) {
   let col = p.n_off + n;
   var v = v0;
-  if (W_FMT == 2u) { v *= scl[n / 4u][n % 4u]; }  // q8: the column's scale (before any split-K partial)
+  if (W_FMT == 2u) { v *= scl[n / 4u][n % 4u] * (1.0 / Q8_UNIT); }  // q8: the column's scale (before any split-K partial)
   if ((p.flags & F_PARTIAL) != 0u) {
     dst[(s * p.M + m) * p.ldo + col] = v;
     return;
@@ -131,8 +140,8 @@ fn finish(m: u32, n: u32, s: u32, v0: f32) {
   dst[i] = r;
 }
 
-// W[row, col] as f32 from the scalar view, unscaled (q4: times w_qs), 0 outside [rows, cols] of the
-// stored matrix.
+// W[row, col] as f32 from the scalar view, unscaled (q8 / q4: in their UNITs; q4: times w_qs), 0
+// outside [rows, cols] of the stored matrix.
 fn w_elem(row: u32, col: u32, cols: u32, rows: u32) -> f32 {
   if (row >= rows || col >= cols) { return 0.0; }
   let e = w_epw();
@@ -142,9 +151,9 @@ fn w_elem(row: u32, col: u32, cols: u32, rows: u32) -> f32 {
     let pair = unpack2x16float(word);
     return select(pair.x, pair.y, j == 1u);
   }
-  if (W_FMT >= 2u) {
+  if (W_FMT >= 2u) {  // element j at the top of the word, the bits below it cleared
     let bits = 32u / e;
-    return f32(extractBits(i32(word), bits * j, bits));
+    return f32(bitcast<i32>((word << (32u - bits * (j + 1u))) & ~((1u << (32u - bits)) - 1u)));
   }
   return bitcast<f32>(word);
 }

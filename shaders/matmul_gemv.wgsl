@@ -306,6 +306,14 @@ fn gemv_nk(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wid: 
 // never straddle two panels.
 // q4: K is walked in its groups of 32 (the slice starts on one): a group's raw sums collect in
 // `acc`, then are added times the group's scales to `tot` (one multiply per 32 k).
+// Whether gemv_kn_cols reads a thread's units through 16-byte loads of their words: q8 / q4 in
+// panels (pw != 0), whose thread units are contiguous and start on a multiple of KNV units (the
+// host checks pw % KNV == 0; base and stride are multiples of pw or of KNV), with KNV units a whole
+// number of 16-byte words. f32 and f16 units are such words already.
+fn wide_words(pw: u32) -> bool {
+  return W_FMT >= 2u && pw != 0u && (KNV * w_uw()) % 4u == 0u;
+}
+
 @compute @workgroup_size(WG)
 fn gemv_kn_cols(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
   let vrow = w_upr();  // units per W row
@@ -337,6 +345,28 @@ fn gemv_kn_cols(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgrou
       var xv: array<f32, KNM_MAX>;  // x[m0 + i, k]: the same address for every thread, scalar loads
       for (var i = 0u; i < KNM; i++) { xv[i] = x[xr[i] + k]; }
       let row = base + k * stride;
+      if (wide_words(pw)) {
+        // The thread's KNV units as KNV * w_uw() / 4 16-byte loads (q8: 16 columns each, q4: 32)
+        // rather than one or two words per unit: CPU adapters pay per load, whatever its width.
+        // Word e of load j: q8 the 4 columns of accumulator 4j + e (half a unit), q4 the 8 of unit 4j + e.
+        for (var j = 0u; j < KNV * w_uw() / 4u; j++) {
+          let q = w4[row * w_uw() / 4u + j];
+          for (var e = 0u; e < 4u; e++) {
+            if (W_FMT == 2u) {
+              let d = q8x4(q[e]);
+              for (var i = 0u; i < KNM; i++) { acc[i * apr + 4u * j + e] += d * xv[i]; }
+            } else {
+              let lo = q4x4(q[e], 0u);
+              let hi = q4x4(q[e], 16u);
+              for (var i = 0u; i < KNM; i++) {
+                acc[i * apr + 8u * j + 2u * e] += lo * xv[i];
+                acc[i * apr + 8u * j + 2u * e + 1u] += hi * xv[i];
+              }
+            }
+          }
+        }
+        continue;
+      }
       for (var v = 0u; v < KNV; v++) {
         let q = w_unit(row + wv[v]);
         if (w_wide()) {
