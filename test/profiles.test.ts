@@ -214,6 +214,7 @@ test("partial profiles: merged field by field over the adapter's or a named one,
     [{ pipelineDepth: 0 }, /profile\.pipelineDepth must be an integer in \[1, 16\], got 0/],
     [{ promptBuckets: 'yes' }, /profile\.promptBuckets must be a boolean, got "yes"/],
     [{ logprobsWg: 12 }, /profile\.logprobsWg must be a power of two in \[1, 256\], got 12/],
+    [{ layernormWg: 512 }, /profile\.layernormWg must be a power of two in \[1, 256\], got 512/],
     [[], /profile must be an object of profile fields, got \[\]/],
     [{ name: 'gpu', matmul: { panel: 256 } }, /panel 256 stores weights that only gemv_kn_cols reads/],
   ] as Array<[unknown, RegExp]>) {

@@ -413,7 +413,7 @@ export class GPT2Model implements CacheOwner {
     dtype: WeightDType = 'f32',
   ): Promise<Kernels> {
     // The matmul kernel shares the model's layernorm kernel; the others need not wait for it.
-    const layernormP = LayerNormKernel.create(ctx);
+    const layernormP = LayerNormKernel.create(ctx, profile.layernormWg);
     const [layernorm, matmul, embedding, attention, kvWrite, kvGather, gatherRows, sampler, beam] = await Promise.all([
       layernormP,
       layernormP.then((layernorm) => MatmulKernel.create(ctx, profile.matmul, layernorm, [dtype])),

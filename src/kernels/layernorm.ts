@@ -1,8 +1,8 @@
 /**
  * Layer norm kernel family (shaders/layernorm.wgsl): y = LN(x) * gamma + beta over rows of [rows, C],
- * one workgroup per row (the row's sums reduced in workgroup memory). Every device profile runs
- * it where the matmul does not fuse the layer norm into its GEMV prologue. eps comes from the
- * model config (layer_norm_epsilon).
+ * one workgroup per row (the row's sums reduced in workgroup memory), of the device profile's
+ * layernormWg threads. Every device profile runs it where the matmul does not fuse the layer norm
+ * into its GEMV prologue. eps comes from the model config (layer_norm_epsilon).
  */
 import type { GpuContext } from '../gpu/device.js';
 import { ShapeError } from '../errors.js';
@@ -25,9 +25,19 @@ export class LayerNormKernel {
     readonly wg: number,
   ) {}
 
-  static async create(ctx: GpuContext): Promise<LayerNormKernel> {
-    // 256 threads fits every adapter's default limit; smaller widths waste little on GPT-2's C >= 64.
-    const wg = Math.min(256, ctx.limits.maxComputeInvocationsPerWorkgroup);
+  /**
+   * `wg`: threads per row, a power of two (the tree reduction halves it) within the device's
+   * maxComputeInvocationsPerWorkgroup: the engine passes its profile's layernormWg; default 256
+   * (the GPU profile's), or the device's limit where that is lower.
+   */
+  static async create(
+    ctx: GpuContext,
+    wg = Math.min(256, ctx.limits.maxComputeInvocationsPerWorkgroup),
+  ): Promise<LayerNormKernel> {
+    if (!(Number.isInteger(wg) && wg >= 1 && (wg & (wg - 1)) === 0 && wg <= ctx.limits.maxComputeInvocationsPerWorkgroup))
+      throw new ShapeError(
+        `layernorm: ${wg} threads per row; needs a power of two up to maxComputeInvocationsPerWorkgroup (${ctx.limits.maxComputeInvocationsPerWorkgroup})`,
+      );
     return new LayerNormKernel(ctx, await ctx.pipeline('layernorm', 'main', { WG: wg }), wg);
   }
 

@@ -24,9 +24,10 @@
  *             one x load feeds several W loads; a tile through workgroup memory costs a per-lane
  *             load per element there), weights in 256-column panels so a workgroup streams one
  *             contiguous block; with subgroups, gemm_kn_sg from 8 rows (x shared by broadcast).
- *   layernorm a workgroup per row everywhere (no profile field): on GPUs fused into the decode
- *             GEMV's prologue (matmul.fuseLn); on CPU adapters an invocation per row did not run
- *             the model measurably faster than the workgroup kernel, so there is one kernel.
+ *   layernorm one kernel, a workgroup per row everywhere, of layernormWg threads: 256 on GPUs
+ *             (where the decode GEMV's prologue does it instead: matmul.fuseLn); 8 on CPU
+ *             adapters, one SIMD vector, whose barriers cost next to nothing (at 256, a row's
+ *             workgroup runs as 32 coroutines switching at every barrier).
  *   attention GPUs: decode in 256-thread workgroups (few (row, head) pairs, each hiding its own
  *             latency), prompts in tiles of 8 tokens through workgroup memory. CPU adapters: an
  *             invocation per (token, head) for decode, token pairs sharing K/V loads for prompts,
@@ -61,6 +62,8 @@ export interface DeviceProfile {
   promptBuckets: boolean;
   /** Threads per row of the logprobs kernel (scoring, generation log-probs): a power of two, 1-256. */
   logprobsWg: number;
+  /** Threads per row (one workgroup) of the layer-norm kernel: a power of two, 1-256. */
+  layernormWg: number;
 }
 
 /**
@@ -75,6 +78,7 @@ export interface PartialProfile {
   pipelineDepth?: number;
   promptBuckets?: boolean;
   logprobsWg?: number;
+  layernormWg?: number;
 }
 
 const CPU: DeviceProfile = {
@@ -92,6 +96,7 @@ const CPU: DeviceProfile = {
   pipelineDepth: 1,
   promptBuckets: false,
   logprobsWg: 8,
+  layernormWg: 8,
 };
 
 const CPU_SUBGROUPS: DeviceProfile = {
@@ -118,6 +123,7 @@ export const PROFILES: Readonly<Record<ProfileName, Readonly<DeviceProfile>>> = 
     pipelineDepth: 3,
     promptBuckets: true,
     logprobsWg: 256,
+    layernormWg: 256,
   },
   cpu: CPU,
   'cpu-subgroups': CPU_SUBGROUPS,
@@ -169,6 +175,7 @@ const FIELDS: Record<keyof DeviceProfile, string> = {
   pipelineDepth: 'an integer in [1, 16]',
   promptBuckets: 'a boolean',
   logprobsWg: 'a power of two in [1, 256]',
+  layernormWg: 'a power of two in [1, 256]',
 };
 
 /** The fields of `o` that are not undefined (an undefined field is not given). */
@@ -200,9 +207,15 @@ export function checkProfile(ctx: GpuContext, p: DeviceProfile, where = 'profile
     throw new InvalidOptionError(
       `${where}.promptBuckets must be ${FIELDS.promptBuckets}, got ${JSON.stringify(p.promptBuckets)}`,
     );
-  const wg = p.logprobsWg;
-  if (!(Number.isInteger(wg) && wg >= 1 && wg <= 256 && (wg & (wg - 1)) === 0))
-    throw new InvalidOptionError(`${where}.logprobsWg must be ${FIELDS.logprobsWg}, got ${JSON.stringify(wg)}`);
+  for (const k of ['logprobsWg', 'layernormWg'] as const) {
+    const wg = p[k];
+    if (!(Number.isInteger(wg) && wg >= 1 && wg <= 256 && (wg & (wg - 1)) === 0))
+      throw new InvalidOptionError(`${where}.${k} must be ${FIELDS[k]}, got ${JSON.stringify(wg)}`);
+    if (wg > ctx.limits.maxComputeInvocationsPerWorkgroup)
+      throw new InvalidOptionError(
+        `${where}.${k} ${wg} is over this device's maxComputeInvocationsPerWorkgroup (${ctx.limits.maxComputeInvocationsPerWorkgroup}); use a smaller power of two`,
+      );
+  }
 }
 
 /**

@@ -16,7 +16,9 @@
  * Packing: the integers are laid out exactly as f32 values would be (row-major, or in panels by
  * packPanels / packPanelsTransposed), then packed along the stored last dimension, 4 (q8) or 8
  * (q4) per u32 word, element j of a word in bits [bits * j, bits * j + bits), two's complement;
- * rows are padded to whole words with zeros. The kernels unpack with extractBits (sign-extending).
+ * rows are padded to whole words with zeros. The matmul kernels decode an integer by shifting it
+ * to the top of a word and clearing the bits below (a power-of-two multiple of it, folded into the
+ * scales: shaders/matmul.wgsl), the embedding gather with extractBits (sign-extending).
  * Scales are stored [G, sN] (G = 1 for q8, ceil(K / 32) for q4; sN = N rounded up to a multiple
  * of 8 so that the 8 columns a kernel reads together are two aligned vec4 loads), zero-padded.
  */
