@@ -1,11 +1,14 @@
-// Prompt attention on CPU adapters whose subgroups hold at least 4 invocations (lavapipe: 8,
-// SwiftShader: 4): prefill_sg, a subgroup per (block of QS consecutive tokens of a row, head).
-// out[t, head h] = softmax(q_t . K / sqrt(D)) V over t's window of the ring cache, as
-// decode_lanes computes it. Every K / V word the subgroup loads serves all QS queries; a block
-// whose tokens are not all in one row inside the capacity (two prompts, a wrapped ring) takes its
-// tokens one at a time instead (sg_attend_one). Needs kv_write to have run for the step. This
-// file is appended to attention.wgsl (bindings, Params, HD4, LOWEST are that file's); the engine
-// builds it only where the device profile names it (a device with the `subgroups` feature).
+// Attention on CPU adapters whose subgroups hold at least 4 invocations (lavapipe: 8,
+// SwiftShader: 4), a subgroup per (query or block of queries, head). out[t, head h] =
+// softmax(q_t . K / sqrt(D)) V over t's window of the ring cache, as decode_lanes computes it.
+//   decode_sg   one query per workgroup: decode steps (write_kv as in decode_lanes) and single
+//               tokens.
+//   prefill_sg  QS consecutive tokens of a prompt per workgroup: every K / V word it loads serves
+//               all QS queries; a block whose tokens are not all in one row inside the capacity
+//               (two prompts, a wrapped ring) takes its tokens one at a time instead
+//               (sg_attend_one). Needs kv_write to have run for the step.
+// This file is appended to attention.wgsl (bindings, Params, HD4, LOWEST are that file's); the
+// engine builds it only where the device profile names it (a device with the `subgroups` feature).
 //
 // Why: the one-invocation kernels (decode_lanes, prefill_lanes) give one invocation a whole
 // (query, head): q and the accumulator are 2 x HD4 vec4 per query (128 floats at D 64), which
@@ -79,6 +82,26 @@ fn sg_attend_one(t: u32, h: u32, lane: u32) {
     let d = lane + k * SGA;
     if (d < HD4) { out4[ob + d] = acc[k] / l; }
   }
+}
+
+@compute @workgroup_size(SGA)
+fn decode_sg(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lane: u32) {
+  let w = wg.y * p.groups_x + wg.x;
+  if (w >= p.T * p.n_head) { return; }  // the whole workgroup: w is uniform
+  let t = w / p.n_head;
+  let h = w - t * p.n_head;
+  let row = tok_meta[2u * t];
+  if (p.write_kv == 1u && row < p.rows) {
+    // f32: invocation `lane` copies head groups lane, lane + SGA, ..., exactly the ones it reads
+    // back in sg_attend_one (program order within an invocation). f16: it copies words (two groups
+    // each) that other invocations read, and with HD4 % SGA != 0 an invocation past the head reads
+    // the last group (clamped): then the barrier below orders the copies before the reads.
+    let pos = tok_meta[2u * t + 1u];
+    let C4 = p.C / 4u;
+    kv_put((row * p.cap + pos % p.cap) * C4 + h * HD4, t * 3u * C4 + C4 + h * HD4, HD4, lane, SGA);
+  }
+  if (KV_F16 || HD4 % SGA != 0u) { storageBarrier(); }
+  sg_attend_one(t, h, lane);
 }
 
 @compute @workgroup_size(SGA)

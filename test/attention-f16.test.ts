@@ -24,6 +24,7 @@ for (const [variant, over] of [
   ['query', {}],
   ['lanes', {}],
   ['wide', { decodeWg: 256 }],
+  ['subgroup', { decode: 'subgroup' }],
 ] as const) {
   for (const i of [0, 1]) {
     const [name, sc] = DECODE_CASES[i]!;

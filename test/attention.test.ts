@@ -43,16 +43,19 @@ BLOCK_CASES.forEach(([name, sc], i) => {
   test(`attention (subgroup, 4 lanes): ${name}`, () => check(sc, 500 + i, 'subgroup', false, { subgroupLanes: 4 }));
 });
 
+// Decode steps writing their own K/V, with each decode kernel: 'subgroup' is decode_sg (4
+// invocations per (token, head); D 24 leaves one past the head).
 for (const [variant, wg] of [
   ['query', 32],
   ['lanes', 0],
   ['wide', 64],
   ['wide', 256],
+  ['subgroup', 0],
 ] as const) {
   DECODE_CASES.forEach(([name, sc], i) => {
-    if ((variant === 'lanes' || variant === 'wide') && (sc.C / sc.nHead) % 4 !== 0) return;
+    if ((variant === 'lanes' || variant === 'wide' || variant === 'subgroup') && (sc.C / sc.nHead) % 4 !== 0) return;
     const what = variant === 'wide' ? `wide ${wg}` : variant;
-    const over = variant === 'wide' ? { decodeWg: wg } : {};
+    const over = variant === 'wide' ? { decodeWg: wg } : variant === 'subgroup' ? { decode: 'subgroup' as const } : {};
     test(`attention (${what}, writeKv): ${name}`, () => check(sc, 300 + i, variant, true, over));
   });
 }
@@ -337,10 +340,11 @@ test("attention 'lanes' / 'pairs': built for the kernel's head size where the pr
       () => off.bind(owned, { ...args(2, 64, 4), variant: 'lanes' }),
       (e: Error) => e instanceof ShapeError && /variant 'lanes' is not built by this kernel/.test(e.message),
     );
+    const sg = ctx.features.subgroups && (ctx.features.subgroupSize ?? 0) >= 4;
     assert.is(
       deviceProfile(ctx).attention.decode,
-      ctx.isCpuAdapter ? 'lanes' : 'wide',
-      'the profile: CPU adapters decode with one invocation per head',
+      !ctx.isCpuAdapter ? 'wide' : sg ? 'subgroup' : 'lanes',
+      'the profile: CPU adapters decode with a subgroup per head where they have subgroups, else one invocation',
     );
     // head sizes the one-invocation kernels cannot run fall back to the workgroup kernel
     assert.equal(fitTo(profileFor(ctx, 'pairs'), 6), { decode: 'query', prompt: 'query' });
@@ -385,8 +389,16 @@ test("attention 'subgroup' (prefill_sg): built where the profile names it and su
     );
     assert.throws(
       () => on.bind(owned, { ...args(2, 64, 4), variant: 'subgroup', writeKv: true }),
-      (e: Error) => e instanceof ShapeError && /not variant 'subgroup'/.test(e.message),
+      (e: Error) => e instanceof ShapeError && /variant 'subgroup' is not built/.test(e.message),
+      'writeKv through subgroups needs decode_sg',
     );
+    // decode 'subgroup': decode_sg for decode steps and single tokens, one 4-invocation workgroup per (token, head)
+    const dsg = await kernelFor(ctx, 16, 'subgroup', { decode: 'subgroup' });
+    const step = dsg.bind(owned, { ...args(2, 64, 4), writeKv: true })[0]!;
+    assert.match(step.pipeline.label, /decode_sg/, 'a decode step: decode_sg');
+    assert.equal(step.workgroups, [8, 1, 1], '2 tokens x 4 heads');
+    assert.match(dsg.bind(owned, args(1, 64, 4))[0]!.pipeline.label, /decode_sg/, 'one token: decode_sg');
+    assert.match(dsg.bind(owned, args(3, 64, 4))[0]!.pipeline.label, /prefill_sg/, 'a prompt: prefill_sg');
     assert.is(
       on.variantFor(BLOCKS_MIN_T, { scratch: true }),
       'subgroup',
@@ -407,7 +419,7 @@ test("attention 'subgroup' (prefill_sg): built where the profile names it and su
     for (const [over, re] of [
       [{ subgroupLanes: 2 }, /subgroupLanes must be 4 or 8, got 2/],
       [{ subgroupLanes: 16 }, /subgroupLanes must be 4 or 8, got 16/],
-      [{ decode: 'subgroup' }, /decode must be 'wide', 'lanes' or 'query', got "subgroup"/],
+      [{ decode: 'subgroups' }, /decode must be 'wide', 'lanes', 'subgroup' or 'query', got "subgroups"/],
     ] as const) {
       await kernelFor(ctx, 16, 'subgroup', over as Partial<AttentionProfile>).then(
         () => assert.unreachable(`${JSON.stringify(over)} accepted`),

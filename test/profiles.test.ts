@@ -32,8 +32,8 @@ const CASES: Array<[string, PartialProfile]> = [
 const EXPECT: Record<string, { matmul13: string; attention70: string; decode: string }> = {
   gpu: { matmul13: 'gemm', attention70: 'tiled', decode: 'wide' },
   cpu: { matmul13: 'cols', attention70: 'blocks', decode: 'lanes' },
-  'cpu-subgroups': { matmul13: 'subgroups', attention70: 'subgroup', decode: 'lanes' },
-  swiftshader: { matmul13: 'subgroups', attention70: 'subgroup', decode: 'lanes' },
+  'cpu-subgroups': { matmul13: 'subgroups', attention70: 'subgroup', decode: 'subgroup' },
+  swiftshader: { matmul13: 'subgroups', attention70: 'subgroup', decode: 'subgroup' },
 };
 
 // Odd widths (C 33, head size 11: no vec4 loads, the workgroup attention and the 'threads' GEMV on

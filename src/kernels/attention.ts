@@ -42,16 +42,18 @@ export const ATTENTION_MAX_HEAD_DIM = 256;
  *               (long prompts on CPU adapters without subgroups), then decode_lanes for the rest;
  *   'tiled'     tiled_vec4: 8 consecutive tokens of a row per workgroup sharing K/V loads through
  *               workgroup memory (prompts on GPUs; D % 4 == 0, D <= 64), then 'query' for the rest;
- *   'subgroup'  prefill_sg: a subgroup per block of `subgroupLanes` tokens of a row, sharing K/V
- *               words and summing with subgroupAdd (prompts on CPU adapters with subgroups).
+ *   'subgroup'  a subgroup per (token, head) for decode steps and single tokens (decode_sg, 4
+ *               invocations; where the profile's decode is 'subgroup') or per block of
+ *               `subgroupLanes` tokens of a row (prefill_sg), sharing K/V words and summing with
+ *               subgroupAdd (CPU adapters with subgroups).
  * 'lanes', 'pairs', 'blocks' and 'subgroup' need D % 4 == 0, D <= ATTENTION_MAX_HEAD_DIM.
  */
 export type AttentionVariant = 'query' | 'wide' | 'lanes' | 'pairs' | 'blocks' | 'tiled' | 'subgroup';
 
 /** The device profile's attention choices. */
 export interface AttentionProfile {
-  /** Decode steps (one token per row, writing its own K/V): 'wide', 'lanes' or 'query'. */
-  decode: 'wide' | 'lanes' | 'query';
+  /** Decode steps (one token per row, writing its own K/V): 'wide', 'lanes', 'subgroup' or 'query'. */
+  decode: 'wide' | 'lanes' | 'subgroup' | 'query';
   /**
    * Prompt steps (runs of tokens of a row): 'tiled' (from TILED_MIN_T tokens, 'query' below),
    * 'blocks' (from BLOCKS_MIN_T tokens given a scratch, 'pairs' below), 'pairs' (one token:
@@ -92,7 +94,7 @@ export interface AttentionArgs {
   writeKv?: boolean;
 }
 
-const ONE_QUERY: ReadonlySet<AttentionVariant> = new Set(['query', 'wide', 'lanes']);
+const ONE_QUERY: ReadonlySet<AttentionVariant> = new Set(['query', 'wide', 'lanes', 'subgroup']);
 
 /** Tokens per block of variant 'blocks' (QB in the shader); chunks start at multiples of it. */
 const BLOCK_TOKENS = 8;
@@ -115,6 +117,8 @@ const LANES = 8;
  * pairs per step, so small workgroups spread them over the cores (BENCHMARKS.md, decision log).
  */
 const DECODE_LANES = 2;
+/** Invocations per (token, head) of decode_sg (SGA); decode 'subgroup' needs device subgroups of at least this. */
+export const SG_DECODE_LANES = 4;
 
 /** Whether the one-invocation and subgroup kernels run head size D (their head loops are unrolled to D / 4). */
 export function lanesFit(D: number): boolean {
@@ -133,16 +137,22 @@ export function fitTo(p: AttentionProfile, D: number): Pick<AttentionProfile, 'd
 export function checkAttentionProfile(ctx: GpuContext, p: AttentionProfile, where = 'attention'): void {
   const bad = (field: string, what: string, got: unknown) =>
     new InvalidOptionError(`${where}.${field} must be ${what}, got ${JSON.stringify(got)}`);
-  if (!['wide', 'lanes', 'query'].includes(p.decode)) throw bad('decode', "'wide', 'lanes' or 'query'", p.decode);
+  if (!['wide', 'lanes', 'subgroup', 'query'].includes(p.decode))
+    throw bad('decode', "'wide', 'lanes', 'subgroup' or 'query'", p.decode);
   if (!['tiled', 'pairs', 'blocks', 'subgroup', 'query'].includes(p.prompt))
     throw bad('prompt', "'tiled', 'pairs', 'blocks', 'subgroup' or 'query'", p.prompt);
   if (!isPowerOfTwoIn(p.decodeWg, 32, 256)) throw bad('decodeWg', 'a power of two in [32, 256]', p.decodeWg);
   if (p.subgroupLanes !== 4 && p.subgroupLanes !== 8) throw bad('subgroupLanes', '4 or 8', p.subgroupLanes);
   const size = ctx.features.subgroupSize;
-  // A workgroup of subgroupLanes invocations must be one subgroup: subgroupAdd sums the subgroup.
+  // A workgroup of subgroupLanes (SG_DECODE_LANES) invocations must be one subgroup: subgroupAdd sums the subgroup.
   if (p.prompt === 'subgroup' && !(ctx.features.subgroups && size !== null && size >= p.subgroupLanes)) {
     throw new InvalidOptionError(
       `${where}.prompt 'subgroup' needs the 'subgroups' feature with a single subgroup size of at least subgroupLanes ${p.subgroupLanes}; here subgroups ${ctx.features.subgroups}, subgroup size ${size ?? 'not a single size'}. Use 'blocks' or 'pairs' (CPU adapters) or 'tiled'`,
+    );
+  }
+  if (p.decode === 'subgroup' && !(ctx.features.subgroups && size !== null && size >= SG_DECODE_LANES)) {
+    throw new InvalidOptionError(
+      `${where}.decode 'subgroup' needs the 'subgroups' feature with a single subgroup size of at least ${SG_DECODE_LANES}; here subgroups ${ctx.features.subgroups}, subgroup size ${size ?? 'not a single size'}. Use 'lanes' (CPU adapters) or 'wide'`,
     );
   }
 }
@@ -163,7 +173,18 @@ export function kvDtypeFits(dtype: KvDtype, D: number): boolean {
 
 /** The pipelines a kernel may hold, by the role they play. */
 type Role =
-  'query' | 'wide' | 'lanes' | 'decodeLanes' | 'pairs' | 'tiled' | 'qt' | 'scores' | 'softmax' | 'pv' | 'sgPrompt';
+  | 'query'
+  | 'wide'
+  | 'lanes'
+  | 'decodeLanes'
+  | 'pairs'
+  | 'tiled'
+  | 'qt'
+  | 'scores'
+  | 'softmax'
+  | 'pv'
+  | 'sgDecode'
+  | 'sgPrompt';
 
 /** What a variant's dispatches need, besides the step. */
 interface Step {
@@ -216,12 +237,14 @@ export class AttentionKernel {
       );
     const { decode, prompt } = fitTo(opts, D);
     // The 'lanes' variant (decode, one-token prompts) runs decode_lanes at DECODE_LANES; the passes
-    // after 'pairs' / 'blocks' run it at LANES ('lanes' role).
-    const roles = new Set<Role>([decode === 'lanes' ? 'decodeLanes' : decode]);
+    // after 'pairs' / 'blocks' run it at LANES ('lanes' role). Decode 'subgroup' is decode_sg, which
+    // also takes the one-token prompts of prompt 'subgroup'.
+    const decodeRole: Role = decode === 'lanes' ? 'decodeLanes' : decode === 'subgroup' ? 'sgDecode' : decode;
+    const roles = new Set<Role>([decodeRole]);
     if (prompt === 'tiled') roles.add('tiled').add('query');
     else if (prompt === 'pairs') roles.add('pairs').add('lanes');
     else if (prompt === 'blocks') roles.add('qt').add('scores').add('softmax').add('pv').add('pairs').add('lanes');
-    else if (prompt === 'subgroup') roles.add('sgPrompt').add(decode === 'lanes' ? 'decodeLanes' : 'lanes');
+    else if (prompt === 'subgroup') roles.add('sgPrompt').add(decode === 'subgroup' ? 'sgDecode' : 'decodeLanes');
     else roles.add('query');
     const specs = AttentionKernel.specs(D, opts);
     const list = [...roles];
@@ -249,6 +272,11 @@ export class AttentionKernel {
       scores: ['attention+attention_prompt', 'att_scores', {}],
       softmax: ['attention+attention_prompt', 'att_softmax', { LANES: BLOCK_LANES }],
       pv: ['attention+attention_prompt', 'att_pv', {}],
+      sgDecode: [
+        'attention+attention_subgroups',
+        'decode_sg',
+        { HD4, SGA: SG_DECODE_LANES, WPL: Math.ceil(HD4 / SG_DECODE_LANES) },
+      ],
       sgPrompt: [
         'attention+attention_subgroups',
         'prefill_sg',
@@ -288,7 +316,7 @@ export class AttentionKernel {
       case 'pairs':
         return T >= 2 ? 'pairs' : 'lanes';
       case 'subgroup':
-        return T >= 2 ? 'subgroup' : 'lanes';
+        return T >= 2 || this.pipes.sgDecode ? 'subgroup' : 'lanes';
       default:
         return this.prompt;
     }
@@ -308,7 +336,8 @@ export class AttentionKernel {
       pairs: !!this.pipes.pairs,
       blocks: !!this.pipes.scores,
       tiled: !!this.pipes.tiled,
-      subgroup: !!this.pipes.sgPrompt,
+      // writeKv steps need decode_sg; single tokens take it where built, else prefill_sg
+      subgroup: o.writeKv ? !!this.pipes.sgDecode : !!(this.pipes.sgPrompt ?? (T === 1 && this.pipes.sgDecode)),
     };
     if (!Object.hasOwn(has, v))
       throw new ShapeError(`${label}: variant must be one of ${Object.keys(has).join(', ')}, got ${String(v)}`);
@@ -352,7 +381,9 @@ export class AttentionKernel {
           one('lanes', `${label}.rest`, Math.ceil((T * nHead) / LANES), { pairs: 1 }),
         ];
       case 'subgroup':
-        // one workgroup (one subgroup) per (block of sgQueries tokens, head)
+        // decode steps and single tokens: decode_sg where built, one workgroup (one subgroup) per
+        // (token, head); prompts: prefill_sg, one per (block of sgQueries tokens, head).
+        if (this.pipes.sgDecode && (a.writeKv || T === 1)) return [one('sgDecode', label, T * nHead)];
         return [one('sgPrompt', `${label}.sg`, Math.ceil(T / this.sgQueries) * nHead)];
       case 'lanes': {
         // n (token, head) pairs per workgroup: workgroup index * n + lane = token * nHead + head.

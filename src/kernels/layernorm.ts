@@ -34,7 +34,12 @@ export class LayerNormKernel {
     ctx: GpuContext,
     wg = Math.min(256, ctx.limits.maxComputeInvocationsPerWorkgroup),
   ): Promise<LayerNormKernel> {
-    if (!(Number.isInteger(wg) && wg >= 1 && (wg & (wg - 1)) === 0 && wg <= ctx.limits.maxComputeInvocationsPerWorkgroup))
+    if (!(
+      Number.isInteger(wg) &&
+      wg >= 1 &&
+      (wg & (wg - 1)) === 0 &&
+      wg <= ctx.limits.maxComputeInvocationsPerWorkgroup
+    ))
       throw new ShapeError(
         `layernorm: ${wg} threads per row; needs a power of two up to maxComputeInvocationsPerWorkgroup (${ctx.limits.maxComputeInvocationsPerWorkgroup})`,
       );

@@ -31,8 +31,9 @@
  *   attention GPUs: decode in 256-thread workgroups (few (row, head) pairs, each hiding its own
  *             latency), prompts in tiles of 8 tokens through workgroup memory. CPU adapters: an
  *             invocation per (token, head) for decode, token pairs sharing K/V loads for prompts,
- *             prompts of 64+ tokens as matrix products ('blocks'); with subgroups, prompts take a
- *             subgroup per block of 8 (SwiftShader: 4) tokens, which shares each K/V load.
+ *             prompts of 64+ tokens as matrix products ('blocks'); with subgroups, decode takes a
+ *             4-invocation subgroup per (token, head) (the dot products through subgroupAdd) and
+ *             prompts a subgroup per block of 8 (SwiftShader: 4) tokens, which shares each K/V load.
  *   logprobs  GPUs: 256 threads per row; CPU adapters: 8 (each of the top-N rounds' barriers splits
  *             the shader into coroutines there).
  *   engine    GPUs queue 3 decode steps ahead of the token read-back (the GPU never idles for the
@@ -103,7 +104,7 @@ const CPU_SUBGROUPS: DeviceProfile = {
   ...CPU,
   name: 'cpu-subgroups',
   matmul: { ...CPU.matmul, subgroupLanes: 8 },
-  attention: { ...CPU.attention, prompt: 'subgroup', subgroupLanes: 8 },
+  attention: { ...CPU.attention, decode: 'subgroup', prompt: 'subgroup', subgroupLanes: 8 },
 };
 
 /** The built-in profiles (frozen: copy before changing). */
