@@ -8,7 +8,8 @@
 // round, every round in brackets) and their ratios to the first storage (the fastest rounds are
 // the ones a busy vCPU did not slow down). For kernel changes: run it
 // on both commits, alternately, and compare the ratios (the f16 kernel is the yardstick).
-//   node bench/gemv.mjs [--dtypes f16,q8,q4] [--rounds 8] [--reps 100] [--json]
+// --rows M times M rows of x instead (a batch-M decode step: gemm_kn_sg from 8 rows on lavapipe).
+//   node bench/gemv.mjs [--dtypes f16,q8,q4] [--rows 1] [--rounds 8] [--reps 100] [--json]
 import { nodeContext } from '../dist/src/node.js';
 import { Owned, encodeDispatches } from '../dist/src/gpu/common.js';
 import { deviceProfile } from '../dist/src/kernels/profile.js';
@@ -17,8 +18,8 @@ import { packPanels } from '../dist/src/kernels/matmul-pack.js';
 import { packF16 } from '../dist/src/kernels/f16.js';
 import { packInts, quantize, scaleGroups, scaleStride } from '../dist/src/kernels/quant.js';
 
-const USAGE = 'usage: node bench/gemv.mjs [--dtypes f16,q8,q4] [--rounds 8] [--reps 100] [--json]';
-const o = { dtypes: 'f16,q8,q4', rounds: '8', reps: '100', json: false };
+const USAGE = 'usage: node bench/gemv.mjs [--dtypes f16,q8,q4] [--rows 1] [--rounds 8] [--reps 100] [--json]';
+const o = { dtypes: 'f16,q8,q4', rows: '1', rounds: '8', reps: '100', json: false };
 const argv = process.argv.slice(2);
 for (let i = 0; i < argv.length; i++) {
   const a = argv[i].replace(/^--/, '');
@@ -29,6 +30,7 @@ for (let i = 0; i < argv.length; i++) {
 const dtypes = o.dtypes.split(',');
 const ROUNDS = Number(o.rounds);
 const REPS = Number(o.reps);
+const M = Number(o.rows);
 const SHAPES = [
   [768, 2304],
   [768, 768],
@@ -80,10 +82,10 @@ const layers = {};
 for (const dtype of dtypes) {
   layers[dtype] = SHAPES.flatMap(([K, N], i) =>
     kernel.bind(owned, {
-      x: tensor(normals(K, 7 + i, 1), [1, K], 'f32'),
+      x: tensor(normals(M * K, 7 + i, 1), [M, K], 'f32'),
       w: weight(normals(K * N, 100 + i, 0.02), K, N, dtype),
       layout: 'kn',
-      out: tensor(new Float32Array(N), [1, N], 'f32'),
+      out: tensor(new Float32Array(M * N), [M, N], 'f32'),
     }),
   );
 }
@@ -120,9 +122,11 @@ const summary = dtypes.map((dtype) => ({
   rounds: runs[dtype],
 }));
 if (o.json) {
-  console.log(JSON.stringify({ adapter: ctx.adapter.description, profile: profile.name, summary }));
+  console.log(JSON.stringify({ adapter: ctx.adapter.description, profile: profile.name, rows: M, summary }));
 } else {
-  console.log(`profile ${profile.name}; one gpt2 layer's 4 decode GEMVs (M 1), ${REPS} per submit, ${ROUNDS} rounds`);
+  console.log(
+    `profile ${profile.name}; one gpt2 layer's 4 decode GEMVs (M ${M}), ${REPS} per submit, ${ROUNDS} rounds`,
+  );
   for (const s of summary)
     console.log(
       `${s.dtype.padEnd(4)} median ${s.ms_per_layer.toFixed(3)} ms/layer ${s.ratio.toFixed(3)}x ${dtypes[0]}, fastest ${s.fastest_ms.toFixed(3)} ${s.fastest_ratio.toFixed(3)}x (rounds ${s.rounds.map((v) => v.toFixed(3)).join(', ')})`,

@@ -102,7 +102,7 @@ export interface BenchReport {
   profile: DeviceProfile;
   /** BenchOptions.profile as given (null: the adapter's profile as is). */
   profile_overrides: PartialProfile | null;
-  /** The attention kernel of decode steps: 'lanes' (CPU adapters: one invocation per row and head), 'wide' (GPUs), 'query' (32-thread workgroups). */
+  /** The attention kernel of decode steps: 'subgroup' (CPU adapters with subgroups: 4 invocations per row and head), 'lanes' (other CPU adapters: one), 'wide' (GPUs), 'query' (32-thread workgroups). */
   attention_decode: string;
   /** The attention kernel of the prompt's prefill (P tokens of one row): 'tiled' (GPUs), 'subgroup' (CPU adapters with subgroups), 'blocks' (other CPU adapters, P >= 64), 'pairs' (them, below), 'query' or 'lanes' (one token). */
   attention_prompt: string;
@@ -139,6 +139,7 @@ function quantile(xs: number[], q: number): number {
 /** The header's words for BenchReport.attention_decode ('wide' gives its width). */
 const DECODE_ATTENTION: Record<string, string> = {
   lanes: 'one invocation per (row, head)',
+  subgroup: 'a 4-invocation subgroup per (row, head)',
   query: '32-thread workgroups',
 };
 

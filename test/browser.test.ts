@@ -398,7 +398,7 @@ if ((present || IN_CI) && FIXTURES) {
     assert.is(j.adapter.architecture, 'swiftshader'); // headless Chromium without a GPU flag
     assert.is(j.profile.name, 'swiftshader'); // a CPU adapter with 4-lane subgroups
     assert.is(j.matmul_prompt, 'subgroups'); // so a 9-token prompt takes the 4-lane subgroup GEMM
-    assert.is(j.attention_decode, 'lanes'); // and decode one invocation per (row, head)
+    assert.is(j.attention_decode, 'subgroup'); // and decode a 4-invocation subgroup per (row, head)
     // --profile: fields merged over the adapter's (here the token pairs and no subgroup GEMM)
     const file = join(mkdtempSync(join(tmpdir(), 'gpt2-bench-')), 'pairs.json');
     writeFileSync(file, JSON.stringify({ matmul: { subgroupLanes: 0 }, attention: { prompt: 'pairs' } }));

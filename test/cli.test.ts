@@ -407,10 +407,10 @@ test('bench --json smoke run has every field', () => {
   assert.is(j.profile_overrides, null);
   assert.equal(
     [j.profile.matmul.gemv, j.profile.matmul.fuseLn, j.profile.matmul.gemvMaxM, j.profile.attention.decode],
-    ['cols', false, null, 'lanes'],
+    ['cols', false, null, 'subgroup'],
   );
   assert.is(j.pipeline_depth, 1); // and decode one step at a time
-  assert.is(j.attention_decode, 'lanes'); // one invocation per (token, head)
+  assert.is(j.attention_decode, 'subgroup'); // a 4-invocation subgroup per (token, head)
   assert.is(j.attention_prompt, 'subgroup'); // a 4-token prompt: prefill_sg (lavapipe's subgroups are 8)
   assert.is(j.matmul_prompt, 'cols'); // and gemv_kn_cols blocks (the subgroup GEMM from 8 rows on)
   assert.is(j.sessions, false);
@@ -549,7 +549,7 @@ test("bench --wait spin, --profile (fields merged over the adapter's, or a named
   assert.match(missing.err, /--profile .*none\.json: cannot read it \(ENOENT\)/);
 });
 
-test('bench --profile picks the kernels: on lavapipe a 64-token prompt takes the subgroup attention and GEMM and decodes with one invocation per head; with prompt blocks the blocks attention; the CPU profile without subgroups token pairs, gemv_kn_cols and one invocation per head (attention_prompt, matmul_prompt, attention_decode)', () => {
+test('bench --profile picks the kernels: on lavapipe a 64-token prompt takes the subgroup attention and GEMM and decodes with a subgroup per head; with prompt blocks and decode lanes those; the CPU profile without subgroups token pairs, gemv_kn_cols and one invocation per head (attention_prompt, matmul_prompt, attention_decode)', () => {
   const run = (name: string, profile: object) => {
     const f = join(tmp, `kernels-${name}.json`);
     writeFileSync(f, JSON.stringify(profile));
@@ -572,8 +572,8 @@ test('bench --profile picks the kernels: on lavapipe a 64-token prompt takes the
     const j = JSON.parse(r.out);
     return [j.attention_prompt, j.matmul_prompt, j.attention_decode];
   };
-  assert.equal(run('own', {}), ['subgroup', 'subgroups', 'lanes']); // lavapipe is a CPU adapter with 8-lane subgroups
-  assert.equal(run('blocks', { attention: { prompt: 'blocks' } }), ['blocks', 'subgroups', 'lanes']);
+  assert.equal(run('own', {}), ['subgroup', 'subgroups', 'subgroup']); // lavapipe is a CPU adapter with 8-lane subgroups
+  assert.equal(run('blocks', { attention: { decode: 'lanes', prompt: 'blocks' } }), ['blocks', 'subgroups', 'lanes']);
   assert.equal(run('cpu', { name: 'cpu', attention: { prompt: 'pairs' } }), ['pairs', 'cols', 'lanes']);
 });
 
