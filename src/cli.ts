@@ -348,7 +348,7 @@ const commands: Record<string, Command> = {
       wait: {
         type: 'string',
         default: 'auto',
-        help: 'how the host thread waits for the GPU: sleep (in 2 ms slices), spin (dawn.node polling), auto (sleep on CPU adapters)',
+        help: 'how the host thread waits for the GPU: sleep (in 0.5 ms slices), spin (dawn.node polling), auto (sleep on CPU adapters)',
       },
       profile: {
         type: 'string',

@@ -33,10 +33,11 @@ export function nodeGPU(): GPU {
  * setImmediate loop sleeps the main thread `sliceMs` at a time with Atomics.wait, between the
  * polls dawn.node itself schedules with setImmediate. The thread then mostly sleeps instead of
  * spinning, and a software adapter's worker threads get both cores of a small machine; a wait
- * ends at most `sliceMs` late. The event loop stalls for up to `sliceMs` per turn while waiting.
- * `sleep` is injectable for tests.
+ * ends at most `sliceMs` late (0.5 ms: a 20 ms decode step loses ~0.25 ms on average, not the 1 ms of
+ * 2 ms slices; BENCHMARKS.md, decision log). The event loop stalls for up to `sliceMs` per turn
+ * while waiting. `sleep` is injectable for tests.
  */
-export function sleepingWaitYield(sliceMs = 2, sleep: (ms: number) => void = atomicsSleep()): WaitYield {
+export function sleepingWaitYield(sliceMs = 0.5, sleep: (ms: number) => void = atomicsSleep()): WaitYield {
   if (!(sliceMs > 0 && sliceMs <= 50))
     throw new InvalidOptionError(`sleepingWaitYield: sliceMs must be in (0, 50], got ${sliceMs}`);
   let pending = 0;
