@@ -33,7 +33,7 @@ import {
   dtypeFrom,
 } from './cli-model.js';
 import type { PartialProfile } from './engine/engine.js';
-import type { GenerateStats } from './engine/generate-options.js';
+import { MAX_LOGPROBS, type GenerateStats, type TokenLogprob } from './engine/generate-options.js';
 import { sample } from './sampling/sample.js';
 import { perplexityOf, type ScoreOptions } from './engine/score.js';
 import { formatBench, isBatchFailure, runBench } from './bench.js';
@@ -59,6 +59,18 @@ const STATS_JSON: Record<keyof GenerateStats, string> = {
 /** GenerateStats as the CLI prints them in JSON (snake_case keys, STATS_JSON). */
 function statsJson(st: GenerateStats): Record<string, number> {
   return Object.fromEntries(Object.entries(STATS_JSON).map(([k, json]) => [json, st[k as keyof GenerateStats]]));
+}
+
+/** One generated token's TokenLogprob as `generate --json` prints it (snake_case, each id with its text). */
+function logprobJson(id: number, lp: TokenLogprob, dec: (id: number) => string): Record<string, unknown> {
+  return {
+    id,
+    text: dec(id),
+    logprob: lp.logprob,
+    processed_logprob: lp.processedLogprob,
+    greedy: lp.greedy,
+    ...(lp.top ? { top: lp.top.map((a) => ({ id: a.id, text: dec(a.id), logprob: a.logprob })) } : {}),
+  };
 }
 
 /** A command printed its output but part of it failed: message on stderr, exit 1. */
@@ -114,6 +126,10 @@ const commands: Record<string, Command> = {
         default: false,
         help: 'leave the stop string or stop token out of the text (OpenAI behaviour)',
       },
+      logprobs: {
+        type: 'string',
+        help: "each token's log-probabilities in the --json output: 0 its own (raw, and as drawn), 1-20 also the N most likely tokens",
+      },
       ...JSON_FLAG,
     },
     async run(v) {
@@ -121,6 +137,10 @@ const commands: Record<string, Command> = {
       const s = samplingFrom(v);
       const maxNewTokens = num(v['max-new-tokens'], 'max-new-tokens', { int: true, min: 0, max: 1_000_000 });
       const numSequences = num(v['num-sequences'], 'num-sequences', { int: true, min: 1, max: 1024 });
+      const logprobs =
+        v.logprobs === undefined ? undefined : num(v.logprobs, 'logprobs', { int: true, min: 0, max: MAX_LOGPROBS });
+      if (logprobs !== undefined && !v.json)
+        throw new UsageError('--logprobs needs --json (the log-probabilities are fields of its sequences)');
       const stopStrings = v.stop as string[] | undefined;
       if (stopStrings?.some((x) => x === '')) throw new UsageError('--stop must not be empty');
       await withModel(v, async (model) => {
@@ -136,13 +156,20 @@ const commands: Record<string, Command> = {
             v['stop-token-ids'] === undefined ? undefined : parseIds(String(v['stop-token-ids']), 'stop-token-ids'),
           eosTokenId: v['eos-token-id'] === undefined ? undefined : parseIds(String(v['eos-token-id']), 'eos-token-id'),
           includeStopString: !v['exclude-stop'],
+          logprobs,
           onToken: streamOut ? (ev) => process.stdout.write(ev.text) : undefined,
         });
         if (v.json) {
+          const dec = (id: number) => model.tokenizer.decode([id]);
           console.log(
             JSON.stringify({
               prompt_ids: res.promptIds,
-              sequences: res.sequences.map((q) => ({ tokens: q.tokens, text: q.text, finish_reason: q.finishReason })),
+              sequences: res.sequences.map((q) => ({
+                tokens: q.tokens,
+                text: q.text,
+                finish_reason: q.finishReason,
+                ...(q.logprobs ? { logprobs: q.logprobs.map((lp, i) => logprobJson(q.tokens[i]!, lp, dec)) } : {}),
+              })),
               seed: res.seed,
               stats: statsJson(res.stats),
             }),

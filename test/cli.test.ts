@@ -742,4 +742,45 @@ test('score --ids --json: per-token log-probs of the trained fixture within 1e-4
   assert.match(both.err, /give exactly one of --text, --file, --ids/);
 });
 
+test('generate --logprobs N --json: each token with its log-probs, equal to score over the same ids (trained fixture); refused without --json and past 20', () => {
+  const dir = join(fixturesDir(), 'trained-gpt2-fortunes');
+  const ref = JSON.parse(readFileSync(join(dir, 'reference.json'), 'utf8')) as { prompts: Array<{ ids: number[] }> };
+  const prompt = ref.prompts[1]!.ids;
+  const args = ['--model', dir, '--ids', prompt.join(','), '--temperature', '0', '--max-new-tokens', '6'];
+  const r = cli('generate', ...args, '--no-stop-at-eos', '--logprobs', '2', '--json');
+  assert.is(r.code, 0, r.err);
+  type Lp = { id: number; text: string; logprob: number; processed_logprob: number; greedy: boolean };
+  const seq = (JSON.parse(r.out) as { sequences: Array<{ tokens: number[]; logprobs: Array<Lp & { top: Lp[] }> }> })
+    .sequences[0]!;
+  assert.is(seq.logprobs.length, 6);
+  const tok = gpt2Tokenizer;
+  // the same tokens scored by `score` (the prompt's last position predicts the first new token)
+  const sc = cli('score', '--model', dir, '--ids', [...prompt, ...seq.tokens].join(','), '--json');
+  assert.is(sc.code, 0, sc.err);
+  const scored = (JSON.parse(sc.out) as { tokens: Array<{ id: number; logprob: number }> }).tokens.slice(-6);
+  seq.logprobs.forEach((lp, i) => {
+    const what = `token ${i}`;
+    assert.is(lp.id, seq.tokens[i], what);
+    assert.is(lp.text, tok.decode([lp.id]), what);
+    assert.is(scored[i]!.id, lp.id, what);
+    assert.ok(
+      Math.abs(lp.logprob - scored[i]!.logprob) < 1e-4,
+      `${what}: ${lp.logprob} against score's ${scored[i]!.logprob}`,
+    );
+    // greedy with nothing processing the logits: drawn from the raw distribution, its argmax
+    assert.ok(Math.abs(lp.processed_logprob - lp.logprob) < 1e-4, what);
+    assert.ok(lp.greedy, what);
+    assert.is(lp.top.length, 2, what);
+    assert.is(lp.top[0]!.id, lp.id, `${what}: the best alternative is the greedy token`);
+    assert.ok(lp.top[0]!.logprob >= lp.top[1]!.logprob, what);
+    assert.is(lp.top[1]!.text, tok.decode([lp.top[1]!.id]), what);
+  });
+  const plainRun = cli('generate', ...args, '--logprobs', '0');
+  assert.is(plainRun.code, 2);
+  assert.match(plainRun.err, /--logprobs needs --json/);
+  const many = cli('generate', ...args, '--logprobs', '21', '--json');
+  assert.is(many.code, 2);
+  assert.match(many.err, /--logprobs/);
+});
+
 test.run();
