@@ -6,24 +6,27 @@
 //                           [--new-tokens 16] [--dtypes f32,f16,q8,q4] [--json]
 import { execFileSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
 
 const USAGE =
   'usage: node bench/dtype-ab.mjs [--model M] [--rounds R] [--batch 1,16] [--prompt-tokens P] [--new-tokens N] [--dtypes f32,f16,q8,q4] [--json]';
-const o = {
-  model: 'random:gpt2',
-  rounds: '3',
-  batch: '1,16',
-  'prompt-tokens': '64',
-  'new-tokens': '16',
-  dtypes: 'f32,f16,q8,q4',
-  json: false,
-};
-const argv = process.argv.slice(2);
-for (let i = 0; i < argv.length; i++) {
-  const a = argv[i].replace(/^--/, '');
-  if (a === 'json') o.json = true;
-  else if (Object.hasOwn(o, a) && argv[i + 1] !== undefined) o[a] = argv[++i];
-  else throw new Error(`bad flag ${argv[i]}; ${USAGE}`);
+const str = (d) => ({ type: 'string', default: d });
+let o;
+try {
+  // node:util parseArgs, strict: an unknown flag or a missing value is an error
+  o = parseArgs({
+    options: {
+      model: str('random:gpt2'),
+      rounds: str('3'),
+      batch: str('1,16'),
+      'prompt-tokens': str('64'),
+      'new-tokens': str('16'),
+      dtypes: str('f32,f16,q8,q4'),
+      json: { type: 'boolean' },
+    },
+  }).values;
+} catch (e) {
+  throw new Error(`${e.message}; ${USAGE}`, { cause: e });
 }
 const cli = fileURLToPath(new URL('../bin/gpt2-webgpu.js', import.meta.url));
 const dtypes = o.dtypes.split(',');

@@ -10,22 +10,30 @@
 // on both commits, alternately, and compare the ratios (the f16 kernel is the yardstick).
 // --rows M times M rows of x instead (a batch-M decode step: gemm_kn_sg from 8 rows on lavapipe).
 //   node bench/gemv.mjs [--dtypes f16,q8,q4] [--rows 1] [--rounds 8] [--reps 100] [--json]
+import { parseArgs } from 'node:util';
 import { nodeContext } from '../dist/src/node.js';
 import { Owned, encodeDispatches } from '../dist/src/gpu/common.js';
 import { deviceProfile } from '../dist/src/kernels/profile.js';
 import { MatmulKernel } from '../dist/src/kernels/matmul.js';
-import { packPanels } from '../dist/src/kernels/matmul-pack.js';
-import { packF16 } from '../dist/src/kernels/f16.js';
-import { packInts, quantize, scaleGroups, scaleStride } from '../dist/src/kernels/quant.js';
+import { packMatrix } from '../dist/src/kernels/matmul-pack.js';
+import { scaleGroups, scaleStride } from '../dist/src/kernels/quant.js';
 
 const USAGE = 'usage: node bench/gemv.mjs [--dtypes f16,q8,q4] [--rows 1] [--rounds 8] [--reps 100] [--json]';
-const o = { dtypes: 'f16,q8,q4', rows: '1', rounds: '8', reps: '100', json: false };
-const argv = process.argv.slice(2);
-for (let i = 0; i < argv.length; i++) {
-  const a = argv[i].replace(/^--/, '');
-  if (a === 'json') o.json = true;
-  else if (Object.hasOwn(o, a) && argv[i + 1] !== undefined) o[a] = argv[++i];
-  else throw new Error(`bad flag ${argv[i]}; ${USAGE}`);
+const str = (d) => ({ type: 'string', default: d });
+let o;
+try {
+  // node:util parseArgs, strict: an unknown flag or a missing value is an error
+  o = parseArgs({
+    options: {
+      dtypes: str('f16,q8,q4'),
+      rows: str('1'),
+      rounds: str('8'),
+      reps: str('100'),
+      json: { type: 'boolean' },
+    },
+  }).values;
+} catch (e) {
+  throw new Error(`${e.message}; ${USAGE}`, { cause: e });
 }
 const dtypes = o.dtypes.split(',');
 const ROUNDS = Number(o.rounds);
@@ -64,16 +72,9 @@ const tensor = (data, shape, dtype) => ({
 
 /** The weight W[K, N] as the engine stores it for `dtype` under this profile (plain or in panels). */
 function weight(w, K, N, dtype) {
-  const [laid, rows, cols] = panel ? [packPanels(w, K, N, panel), Math.ceil(N / panel) * K, panel] : [w, K, N];
-  let t;
-  if (dtype === 'f32') t = tensor(laid, [K, N], 'f32');
-  else if (dtype === 'f16') t = tensor(packF16(laid, rows, cols), [K, N], 'f16');
-  else {
-    const qz = quantize(w, K, N, dtype, 'rows');
-    const q = panel ? packPanels(qz.q, K, N, panel) : qz.q;
-    t = tensor(packInts(q, rows, cols, dtype), [K, N], dtype);
-    t.scales = tensor(qz.scales, [scaleGroups(dtype, K), scaleStride(N)], 'f32');
-  }
+  const { data, scales } = packMatrix(w, K, N, dtype, panel || undefined);
+  const t = tensor(data, [K, N], dtype);
+  if (scales) t.scales = tensor(scales, [scaleGroups(dtype, K), scaleStride(N)], 'f32');
   if (panel) t.panel = panel;
   return t;
 }

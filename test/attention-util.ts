@@ -170,6 +170,22 @@ export async function check(
   });
 }
 
+/** gpt2's head size in a decode step over 3 rows: a prompt-path case and a writeKv decode case. */
+const DECODE_3_ROWS: [string, Scenario] = [
+  'decode, 3 rows of lengths 5, 130, 1, nHead 12, D 64 (C 768)',
+  {
+    C: 768,
+    nHead: 12,
+    cap: 160,
+    prior: [4, 129, 0],
+    step: [
+      [0, 1],
+      [1, 1],
+      [2, 1],
+    ],
+  },
+];
+
 export const CASES: Array<[string, Scenario]> = [
   [
     'prefill, one row, nHead 1, D 64, 100 tokens (two key blocks)',
@@ -180,20 +196,7 @@ export const CASES: Array<[string, Scenario]> = [
     'prefill continuing a row (20 prior positions), C 48, nHead 3 (D 16)',
     { C: 48, nHead: 3, cap: 64, prior: [20], step: [[0, 9]] },
   ],
-  [
-    'decode, 3 rows of lengths 5, 130, 1, nHead 12, D 64 (C 768)',
-    {
-      C: 768,
-      nHead: 12,
-      cap: 160,
-      prior: [4, 129, 0],
-      step: [
-        [0, 1],
-        [1, 1],
-        [2, 1],
-      ],
-    },
-  ],
+  DECODE_3_ROWS,
   [
     'multi-row prefill: two prompts in one step, interleaved order, C 48, nHead 3',
     {
@@ -321,20 +324,7 @@ export const BLOCK_CASES: Array<[string, Scenario, number?]> = [
 
 // Decode steps (one token per row) with writeKv: the kernel writes the step's K/V itself.
 export const DECODE_CASES: Array<[string, Scenario]> = [
-  [
-    'decode, 3 rows of lengths 5, 130, 1, nHead 12, D 64 (C 768)',
-    {
-      C: 768,
-      nHead: 12,
-      cap: 160,
-      prior: [4, 129, 0],
-      step: [
-        [0, 1],
-        [1, 1],
-        [2, 1],
-      ],
-    },
-  ],
+  DECODE_3_ROWS,
   [
     'decode past the capacity (the ring window), 2 rows, rows given in reverse',
     {

@@ -4,7 +4,45 @@ import { KvGatherKernel, KvWriteKernel } from '../src/kernels/kvcache.js';
 import { ShapeError } from '../src/errors.js';
 import { allClose, download, downloadU32, poisoned, Rng, run, upload, withDevice } from './helpers.js';
 import { packF16 } from '../src/kernels/f16.js';
+import type { GpuContext } from '../src/gpu/device.js';
+import type { GpuTensor, Owned } from '../src/gpu/common.js';
 import { kvGather64 } from './reference/attention.js';
+
+/**
+ * Runs `kernel` (kv_write) over tokens of `qkv` [T, 3C] placed at (rowOf[t], posOf[t]), and returns
+ * the caches [rows, cap, C] it should leave: each token's k and v at slot pos % cap of its row, NaN
+ * elsewhere (tokens of rows >= rows write nothing).
+ */
+async function writeKv(
+  ctx: GpuContext,
+  owned: Owned,
+  kernel: KvWriteKernel,
+  qkv: Float32Array,
+  rowOf: number[],
+  posOf: number[],
+  caches: { k: GpuTensor; v: GpuTensor },
+): Promise<{ expK: Float32Array; expV: Float32Array }> {
+  const [rows, cap, C] = caches.k.shape as [number, number, number];
+  const T = rowOf.length;
+  const meta = Uint32Array.from(rowOf.flatMap((r, t) => [r, posOf[t]!]));
+  await run(ctx, [
+    kernel.bind(owned, {
+      qkv: upload(owned, qkv, [T, 3 * C]),
+      meta: upload(owned, meta, [T, 2], 'u32'),
+      kCache: caches.k,
+      vCache: caches.v,
+    }),
+  ]);
+  const expK = new Float32Array(rows * cap * C).fill(NaN);
+  const expV = new Float32Array(rows * cap * C).fill(NaN);
+  rowOf.forEach((r, t) => {
+    if (r >= rows) return;
+    const at = (r * cap + (posOf[t]! % cap)) * C;
+    expK.set(qkv.subarray(t * 3 * C + C, t * 3 * C + 2 * C), at);
+    expV.set(qkv.subarray(t * 3 * C + 2 * C, t * 3 * C + 3 * C), at);
+  });
+  return { expK, expV };
+}
 
 test('kv_write puts k and v of each token at slot pos % cap of its row, nothing else', () =>
   withDevice(async ({ ctx, owned }) => {
@@ -13,32 +51,11 @@ test('kv_write puts k and v of each token at slot pos % cap of its row, nothing 
       C = 20;
     const rowOf = [2, 0, 0, 1, 2, 5]; // the last token claims row 5 of 3: skipped
     const posOf = [3, 0, 9, 7, 4, 0]; // pos 9 wraps to slot 1
-    const T = rowOf.length;
-    const qkv = new Rng(1).normals(T * 3 * C);
-    const meta = new Uint32Array(2 * T);
-    rowOf.forEach((r, t) => {
-      meta[2 * t] = r;
-      meta[2 * t + 1] = posOf[t]!;
-    });
+    const qkv = new Rng(1).normals(rowOf.length * 3 * C);
     const kT = poisoned(owned, [rows, cap, C]);
     const vT = poisoned(owned, [rows, cap, C]);
     const k = await KvWriteKernel.create(ctx);
-    await run(ctx, [
-      k.bind(owned, {
-        qkv: upload(owned, qkv, [T, 3 * C]),
-        meta: upload(owned, meta, [T, 2], 'u32'),
-        kCache: kT,
-        vCache: vT,
-      }),
-    ]);
-    const expK = new Float32Array(rows * cap * C).fill(NaN);
-    const expV = new Float32Array(rows * cap * C).fill(NaN);
-    rowOf.forEach((r, t) => {
-      if (r >= rows) return;
-      const at = (r * cap + (posOf[t]! % cap)) * C;
-      expK.set(qkv.subarray(t * 3 * C + C, t * 3 * C + 2 * C), at);
-      expV.set(qkv.subarray(t * 3 * C + 2 * C, t * 3 * C + 3 * C), at);
-    });
+    const { expK, expV } = await writeKv(ctx, owned, k, qkv, rowOf, posOf, { k: kT, v: vT });
     const same = (a: Float32Array, b: Float32Array) =>
       a.every((x, i) => Object.is(x, b[i]) || (Number.isNaN(x) && Number.isNaN(b[i]!)));
     assert.ok(same(await download(ctx, kT), expK), 'k cache: written slots equal k, all others untouched (NaN)');
@@ -128,28 +145,12 @@ test('f16 caches: kv_write stores each value as its round-to-nearest-even half, 
       C = 8;
     const rowOf = [1, 0, 1];
     const posOf = [2, 3, 5]; // pos 5 wraps to slot 1
-    const T = rowOf.length;
-    const qkv = new Rng(5).normals(T * 3 * C);
-    const meta = Uint32Array.from(rowOf.flatMap((r, t) => [r, posOf[t]!]));
+    const qkv = new Rng(5).normals(rowOf.length * 3 * C);
     const nanWords = () => new Uint32Array((rows * cap * C) / 2).fill(0x7e007e00);
     const kT = upload(owned, nanWords(), [rows, cap, C], 'f16');
     const vT = upload(owned, nanWords(), [rows, cap, C], 'f16');
     const w = await KvWriteKernel.create(ctx, 'f16');
-    await run(ctx, [
-      w.bind(owned, {
-        qkv: upload(owned, qkv, [T, 3 * C]),
-        meta: upload(owned, meta, [T, 2], 'u32'),
-        kCache: kT,
-        vCache: vT,
-      }),
-    ]);
-    const expK = new Float32Array(rows * cap * C).fill(NaN);
-    const expV = new Float32Array(rows * cap * C).fill(NaN);
-    rowOf.forEach((r, t) => {
-      const at = (r * cap + (posOf[t]! % cap)) * C;
-      expK.set(qkv.subarray(t * 3 * C + C, t * 3 * C + 2 * C), at);
-      expV.set(qkv.subarray(t * 3 * C + 2 * C, t * 3 * C + 3 * C), at);
-    });
+    const { expK, expV } = await writeKv(ctx, owned, w, qkv, rowOf, posOf, { k: kT, v: vT });
     const kWords = await downloadU32(ctx, kT);
     assert.equal(Array.from(kWords), Array.from(packF16(expK, rows * cap, C)), 'k words');
     assert.equal(Array.from(await downloadU32(ctx, vT)), Array.from(packF16(expV, rows * cap, C)), 'v words');

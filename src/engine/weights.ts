@@ -21,7 +21,7 @@ import type { ChunkedTensor, GpuTensor } from '../gpu/common.js';
 import { isPanelWidth, storedBytes, storedShape, tensorBytes } from '../gpu/common.js';
 import { packF16 } from '../kernels/f16.js';
 import { packInts, quantize, scaleGroups, scaleStride, type QuantDType } from '../kernels/quant.js';
-import { alignedRows, packPanels, packPanelsTransposed } from '../kernels/matmul-pack.js';
+import { alignedRows, packMatrix, packPanelsTransposed } from '../kernels/matmul-pack.js';
 import type { Checkpoint } from './checkpoint.js';
 import type { GPT2Config } from './config.js';
 import type { GpuContext } from '../gpu/device.js';
@@ -283,16 +283,11 @@ export async function uploadWeights(ctx: GpuContext, ckpt: Checkpoint, opts: Upl
     const values = await ckpt.read(name);
     checkFinite(ckpt.source, name, values, 0, dt);
     const panel = panelOf(name);
-    const [rows, cols] = storedShape({ shape, panel }) as [number, number];
     const [K, N] = [shape[0]!, shape[1] ?? 1];
-    // Conv1D [K, N]: groups along its rows.
-    const qz = dt === 'q8' || dt === 'q4' ? quantize(values, K, N, dt, 'rows') : undefined;
-    const src = qz ? qz.q : values;
-    const laid = panel ? packPanels(src, K, N, panel) : src;
-    const data = qz ? packInts(laid, rows, cols, dt as QuantDType) : dt === 'f16' ? packF16(laid, rows, cols) : laid;
+    const { data, scales } = packMatrix(values, K, N, dt, panel);
     const buffer = await make(name, data);
     const t: GpuTensor = { buffer, offset: 0, shape, dtype: dt, ...(panel ? { panel } : {}) };
-    if (qz) t.scales = await scalesOf(name, qz.scales, K, N);
+    if (scales) t.scales = await scalesOf(name, scales, K, N);
     loaded += storedBytes(t);
     opts.onProgress?.({ loadedBytes: loaded, totalBytes: total, tensor: name });
     return t;

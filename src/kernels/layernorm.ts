@@ -6,7 +6,7 @@
  */
 import type { GpuContext } from '../gpu/device.js';
 import { ShapeError } from '../errors.js';
-import { binding, Dispatch, expectTensor, f32bits, GpuTensor, Owned } from '../gpu/common.js';
+import { binding, Dispatch, expectTensor, f32bits, GpuTensor, isPowerOfTwoIn, Owned } from '../gpu/common.js';
 import { grid } from './elementwise.js';
 
 export interface LayerNormArgs {
@@ -34,12 +34,7 @@ export class LayerNormKernel {
     ctx: GpuContext,
     wg = Math.min(256, ctx.limits.maxComputeInvocationsPerWorkgroup),
   ): Promise<LayerNormKernel> {
-    if (!(
-      Number.isInteger(wg) &&
-      wg >= 1 &&
-      (wg & (wg - 1)) === 0 &&
-      wg <= ctx.limits.maxComputeInvocationsPerWorkgroup
-    ))
+    if (!isPowerOfTwoIn(wg, 1, ctx.limits.maxComputeInvocationsPerWorkgroup))
       throw new ShapeError(
         `layernorm: ${wg} threads per row; needs a power of two up to maxComputeInvocationsPerWorkgroup (${ctx.limits.maxComputeInvocationsPerWorkgroup})`,
       );

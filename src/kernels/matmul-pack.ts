@@ -5,7 +5,10 @@
  * these; the kernels never re-lay anything.
  */
 import { ShapeError } from '../errors.js';
-import { isPanelWidth } from '../gpu/common.js';
+import { isPanelWidth, storedShape } from '../gpu/common.js';
+import { packF16 } from './f16.js';
+import type { WeightDType } from './matmul-args.js';
+import { packInts, quantize } from './quant.js';
 
 /**
  * Whether rows of `cols` elements of `dtype` are whole units of the matmul's vector loads (f32:
@@ -71,4 +74,24 @@ export function packPanels(src: ArrayLike<number>, rows: number, cols: number, p
     }
   }
   return out;
+}
+
+/**
+ * A Conv1D weight W[K, N] (row-major `values`) as the matmul kernels read it: stored as `dtype`
+ * (f16 halves in pairs; q8 / q4 quantized along K, with their scales: quant.ts), plain or in column
+ * panels of `panel` (packPanels). f32 without panels is `values` itself; a 1-D tensor is [K, 1].
+ */
+export function packMatrix(
+  values: Float32Array,
+  K: number,
+  N: number,
+  dtype: WeightDType,
+  panel?: number,
+): { data: Float32Array | Uint32Array; scales?: Float32Array } {
+  const qz = dtype === 'q8' || dtype === 'q4' ? quantize(values, K, N, dtype, 'rows') : undefined;
+  const src = qz ? qz.q : values;
+  const laid = panel ? packPanels(src, K, N, panel) : src;
+  const [rows, cols] = storedShape({ shape: [K, N], panel }) as [number, number];
+  if (qz) return { data: packInts(laid, rows, cols, dtype as 'q8' | 'q4'), scales: qz.scales };
+  return { data: dtype === 'f16' ? packF16(laid, rows, cols) : laid };
 }

@@ -44,6 +44,7 @@
  */
 import type { GpuContext } from '../gpu/device.js';
 import { InvalidOptionError } from '../errors.js';
+import { isPowerOfTwoIn } from '../gpu/common.js';
 import { checkMatmulProfile, GEMM_TILE, GEMV_MAX_M, type MatmulProfile } from './matmul.js';
 import { checkAttentionProfile, type AttentionProfile } from './attention.js';
 
@@ -210,7 +211,7 @@ export function checkProfile(ctx: GpuContext, p: DeviceProfile, where = 'profile
     );
   for (const k of ['logprobsWg', 'layernormWg'] as const) {
     const wg = p[k];
-    if (!(Number.isInteger(wg) && wg >= 1 && wg <= 256 && (wg & (wg - 1)) === 0))
+    if (!isPowerOfTwoIn(wg, 1, 256))
       throw new InvalidOptionError(`${where}.${k} must be ${FIELDS[k]}, got ${JSON.stringify(wg)}`);
     if (wg > ctx.limits.maxComputeInvocationsPerWorkgroup)
       throw new InvalidOptionError(
