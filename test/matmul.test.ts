@@ -9,6 +9,7 @@ import { InvalidOptionError, ShapeError } from '../src/errors.js';
 import type { GpuContext } from '../src/gpu/device.js';
 import { allClose, download, poisoned, rejects, Rng, run, STORAGE, upload, withDevice } from './helpers.js';
 import { matmul64 } from './reference/matmul.js';
+import { bindCase } from './matmul-util.js';
 import { layerNorm64 } from './reference/layernorm.js';
 
 interface Case {
@@ -202,18 +203,7 @@ for (const c of [
             ? (['gemm', 'gemv'] as const)
             : [undefined];
         for (const variant of variants) {
-          const out = base ? upload(owned, base, [c.M, c.N]) : poisoned(owned, [c.M, c.N]);
-          const ds = k.bind(owned, {
-            x: xt,
-            w: wt,
-            layout: c.layout,
-            bias: bt,
-            activation: c.gelu ? 'gelu' : 'none',
-            accumulate: c.acc,
-            out,
-            variant,
-            splitK: c.splitK,
-          });
+          const { out, ds } = bindCase(owned, k, c, { x: xt, w: wt, bias: bt, base }, variant);
           // the variant and the split are the ones asked for
           if ((variant ?? k.variantFor(c.M)) === 'gemm') assert.is(ds.length, 1);
           else if (c.splitK !== undefined) assert.is(ds.length, c.splitK > 1 ? 2 : 1);

@@ -18,6 +18,7 @@ import { ShapeError } from '../src/errors.js';
 import type { GpuContext } from '../src/gpu/device.js';
 import { allClose, download, poisoned, Rng, run, upload, withDevice } from './helpers.js';
 import { matmul64 } from './reference/matmul.js';
+import { bindCase } from './matmul-util.js';
 
 const TOL = { rel: 1e-5, atol: 2e-5, rtol: 1e-4 };
 const FORMATS: QuantDType[] = ['q8', 'q4'];
@@ -84,6 +85,36 @@ function quantWeight(
   if (panel) t.panel = panel;
   t.scales = upload(owned, qz.scales, [scaleGroups(dtype, K), scaleStride(N)]);
   return { t, seen };
+}
+
+/**
+ * wte [V, C] quantized in chunks of `rpc` rows (groups along C, as the engine does), each uploaded
+ * plain [n, C] and transposed in panels of `panel` ([C, n]), sharing its scales; and the values
+ * they stand for.
+ */
+function wteChunks(
+  owned: Owned,
+  wte: Float32Array,
+  V: number,
+  C: number,
+  rpc: number,
+  panel: number,
+  dtype: QuantDType,
+): { plain: GpuTensor[]; panels: GpuTensor[]; seen: Float32Array } {
+  const plain: GpuTensor[] = [];
+  const panels: GpuTensor[] = [];
+  const seen = new Float32Array(V * C);
+  for (let r = 0; r < V; r += rpc) {
+    const n = Math.min(rpc, V - r);
+    const qz = quantize(wte.subarray(r * C, (r + n) * C), n, C, dtype, 'cols');
+    seen.set(dequantize(qz, n, C, dtype, 'cols'), r * C);
+    const scales = upload(owned, qz.scales, [scaleGroups(dtype, C), scaleStride(n)]);
+    plain.push({ ...upload(owned, packInts(qz.q, n, C, dtype), [n, C], dtype), scales });
+    const laid = packPanelsTransposed(qz.q, n, C, panel);
+    const words = packInts(laid, Math.ceil(n / panel) * C, panel, dtype);
+    panels.push({ ...upload(owned, words, [C, n], dtype), panel, scales });
+  }
+  return { plain, panels, seen };
 }
 
 const GPU: MatmulProfile = { ...PROFILES.gpu.matmul };
@@ -160,18 +191,7 @@ for (const dtype of FORMATS) {
           ]);
           if (paneled && k.profile.gemv === 'cols') runs.push([`${kname} panels`, paneled.t, pref!, undefined]);
           for (const [what, wt, want, variant] of runs) {
-            const out = base ? upload(owned, base, [c.M, c.N]) : poisoned(owned, [c.M, c.N]);
-            const ds = k.bind(owned, {
-              x: xt,
-              w: wt,
-              layout: c.layout,
-              bias: bt,
-              activation: c.gelu ? 'gelu' : 'none',
-              accumulate: c.acc,
-              out,
-              variant,
-              splitK: c.splitK,
-            });
+            const { out, ds } = bindCase(owned, k, c, { x: xt, w: wt, bias: bt, base }, variant);
             await run(ctx, ds);
             const label = `${dtype} ${c.layout} M ${c.M} K ${c.K} N ${c.N}${c.splitK ? ` splitK ${c.splitK}` : ''} (${what})`;
             allClose(await download(ctx, out), want, TOL, label);
@@ -187,19 +207,7 @@ for (const dtype of FORMATS) {
       const rowsPerChunk = 16384;
       const rng = new Rng(dtype === 'q8' ? 5 : 6);
       const wte = rng.normals(V * C, 0.05);
-      const plain: GpuTensor[] = [];
-      const panels: GpuTensor[] = [];
-      const seen = new Float32Array(V * C);
-      for (let r = 0; r < V; r += rowsPerChunk) {
-        const n = Math.min(rowsPerChunk, V - r);
-        const qz = quantize(wte.subarray(r * C, (r + n) * C), n, C, dtype, 'cols');
-        seen.set(dequantize(qz, n, C, dtype, 'cols'), r * C);
-        const scales = upload(owned, qz.scales, [scaleGroups(dtype, C), scaleStride(n)]);
-        plain.push({ ...upload(owned, packInts(qz.q, n, C, dtype), [n, C], dtype), scales });
-        const np = Math.ceil(n / 256);
-        const laid = packPanelsTransposed(qz.q, n, C, 256);
-        panels.push({ ...upload(owned, packInts(laid, np * C, 256, dtype), [C, n], dtype), panel: 256, scales });
-      }
+      const { plain, panels, seen } = wteChunks(owned, wte, V, C, rowsPerChunk, 256, dtype);
       const chunked = (chunks: GpuTensor[], transposed: boolean): ChunkedTensor => ({
         shape: [V, C],
         dtype,
@@ -234,22 +242,7 @@ for (const dtype of FORMATS) {
       const wte = rng.normals(V * C);
       const wpe = rng.normals(P * C);
       const k = await EmbeddingKernel.create(ctx);
-      const plain: GpuTensor[] = [];
-      const panels: GpuTensor[] = [];
-      const seen = new Float32Array(V * C);
-      for (let r = 0; r < V; r += rpc) {
-        const n = Math.min(rpc, V - r);
-        const qz = quantize(wte.subarray(r * C, (r + n) * C), n, C, dtype, 'cols');
-        seen.set(dequantize(qz, n, C, dtype, 'cols'), r * C);
-        const scales = upload(owned, qz.scales, [scaleGroups(dtype, C), scaleStride(n)]);
-        plain.push({ ...upload(owned, packInts(qz.q, n, C, dtype), [n, C], dtype), scales });
-        const laid = packPanelsTransposed(qz.q, n, C, 64);
-        panels.push({
-          ...upload(owned, packInts(laid, Math.ceil(n / 64) * C, 64, dtype), [C, n], dtype),
-          panel: 64,
-          scales,
-        });
-      }
+      const { plain, panels, seen } = wteChunks(owned, wte, V, C, rpc, 64, dtype);
       const ids = [0, 5, 127, 128, 300, 200, 1];
       const T = ids.length;
       const want = new Float32Array(T * C);
