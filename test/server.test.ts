@@ -333,6 +333,82 @@ test('sampled completions: logprobs come from the generation (no scoring call), 
   }
 });
 
+test('streamed logprobs: each token goes out with its text, the entries add up to the non-streamed ones (echo, n, stop strings, chat)', async () => {
+  type Lp = { tokens: string[]; token_logprobs: Array<number | null>; top_logprobs: unknown[]; text_offset: number[] };
+  const full = (await greedy(PROMPT, 12)).text;
+  const stop = full.slice(8, 11);
+  const cases = [
+    { prompt: PROMPT, max_tokens: 8, temperature: 0, logprobs: 2 },
+    { prompt: [PROMPT, 'Why'], n: 2, seed: 3, max_tokens: 6, logprobs: 1, echo: true },
+    { prompt: PROMPT, max_tokens: 12, temperature: 0, logprobs: 3, stop: ['zzzz', stop] },
+  ];
+  for (const req of cases) {
+    const body = { model: 'm', ...req };
+    const whole = await main.client.completions.create(
+      loose<OpenAI.CompletionCreateParamsNonStreaming>({ ...body, ignore_eos: true }),
+    );
+    const stream = await main.client.completions.create(
+      loose<OpenAI.CompletionCreateParamsStreaming>({ ...body, ignore_eos: true, stream: true }),
+    );
+    const choices = whole.choices.length;
+    const texts = Array<string>(choices).fill('');
+    const lps: Lp[] = Array.from({ length: choices }, () => ({
+      tokens: [],
+      token_logprobs: [],
+      top_logprobs: [],
+      text_offset: [],
+    }));
+    const withLp = Array<number>(choices).fill(0);
+    const firstText: string[] = [];
+    for await (const c of stream) {
+      for (const ch of c.choices) {
+        firstText[ch.index] ??= ch.text;
+        texts[ch.index] += ch.text;
+        const l = ch.logprobs as Lp | null;
+        if (!l) continue;
+        withLp[ch.index]!++;
+        for (const k of ['tokens', 'token_logprobs', 'top_logprobs', 'text_offset'] as const)
+          (lps[ch.index]![k] as unknown[]).push(...l[k]);
+      }
+    }
+    const what = JSON.stringify(req);
+    assert.equal(
+      texts,
+      whole.choices.map((c) => c.text),
+      `${what}: texts`,
+    );
+    assert.equal(
+      lps,
+      whole.choices.map((c) => c.logprobs),
+      `${what}: the streamed entries are the non-streamed ones`,
+    );
+    // Token by token, not once at the end: at least one chunk per 2 tokens carried entries.
+    whole.choices.forEach((c, i) =>
+      assert.ok(
+        withLp[i]! * 2 >= c.logprobs!.tokens!.length,
+        `${what}: choice ${i}: ${withLp[i]} chunks with logprobs`,
+      ),
+    );
+    if ('echo' in req) {
+      assert.is(firstText[0], PROMPT, 'the echoed prompt opens the stream');
+      assert.is(lps[0]!.token_logprobs[0], null);
+    }
+    if ('stop' in req) assert.is(texts[0], full.slice(0, full.indexOf(stop)), 'the text ends before the stop string');
+  }
+  const messages = [{ role: 'user' as const, content: 'Say something.' }];
+  const chat = { model: 'm', messages, max_tokens: 6, temperature: 0, logprobs: true, top_logprobs: 2 };
+  const r = await main.client.chat.completions.create(chat);
+  const s = await main.client.chat.completions.create({ ...chat, stream: true });
+  const content: unknown[] = [];
+  let text = '';
+  for await (const c of s) {
+    text += c.choices[0]?.delta.content ?? '';
+    content.push(...(c.choices[0]?.logprobs?.content ?? []));
+  }
+  assert.is(text, r.choices[0]!.message.content);
+  assert.equal(content, r.choices[0]!.logprobs!.content, 'chat: the streamed entries are the non-streamed ones');
+});
+
 test('concurrent requests share batched steps, and each equals the same request sent alone', async () => {
   const reqs = Array.from({ length: 24 }, (_, i) => ({
     model: 'm',

@@ -94,21 +94,23 @@ export function chatStream(meta: Meta, job: Job, sse: SseStream): StreamSink & {
       model: meta.model,
       choices: [{ index, delta, logprobs: extra.logprobs ?? null, finish_reason: extra.finish ?? null }],
     });
-  const text = (index: number, t: string): void => {
+  // Leading whitespace is dropped from the content, not from the tokens' logprobs: a piece that was
+  // all whitespace still sends its tokens' entries (with an empty delta).
+  const text = (index: number, t: string, logprobs?: LogprobEntry[]): void => {
     if (!begun.has(index)) {
       begun.add(index);
       chunk(index, { role: 'assistant', content: '' });
     }
     const piece = content.has(index) ? t : t.trimStart();
-    if (!piece) return;
-    content.add(index);
-    chunk(index, { content: piece });
+    const lp = logprobs?.length ? { logprobs: chatLogprobs(logprobs) } : {};
+    if (piece) content.add(index);
+    if (piece || lp.logprobs) chunk(index, piece ? { content: piece } : {}, lp);
   };
   return {
     text,
-    done(c, rest) {
-      text(c.index, rest);
-      chunk(c.index, {}, { finish: c.finishReason, ...(c.logprobs ? { logprobs: chatLogprobs(c.logprobs) } : {}) });
+    done(c, rest, restLogprobs) {
+      text(c.index, rest, restLogprobs);
+      chunk(c.index, {}, { finish: c.finishReason });
     },
     end(usage) {
       if (job.includeUsage)

@@ -72,9 +72,9 @@ export function completionResponse(meta: Meta, job: Job, choices: ChoiceResult[]
 }
 
 /**
- * The stream of one completion request: text chunks as they come (the echoed prompt first), each
- * choice's last chunk with its finish_reason (and, with logprobs, its whole text and logprobs),
- * then a usage chunk when stream_options.include_usage asked for one.
+ * The stream of one completion request: text chunks as they come (the echoed prompt first), with
+ * logprobs each chunk's tokens' entries, each choice's last chunk with its finish_reason, then a
+ * usage chunk when stream_options.include_usage asked for one.
  */
 export function completionStream(meta: Meta, job: Job, sse: SseStream): StreamSink & { end(usage: Usage): void } {
   const echoed = new Set<number>();
@@ -86,24 +86,21 @@ export function completionStream(meta: Meta, job: Job, sse: SseStream): StreamSi
       model: meta.model,
       choices: [{ text, index, logprobs: extra.logprobs ?? null, finish_reason: extra.finish_reason ?? null }],
     });
+  // With logprobs the runner sends the echoed prompt itself, with its entries.
   const echo = (index: number): void => {
     if (!job.echo || job.logprobs !== null || echoed.has(index)) return;
     echoed.add(index);
     chunk(index, job.promptTexts[Math.floor(index / job.n)]!);
   };
+  const lp = (e: LogprobEntry[] | undefined) => (e && job.logprobs !== null ? completionLogprobs(e) : undefined);
   return {
-    text(index, text) {
+    text(index, text, logprobs) {
       echo(index);
-      chunk(index, text);
+      chunk(index, text, { logprobs: lp(logprobs) });
     },
-    done(c, rest) {
+    done(c, rest, restLogprobs) {
       echo(c.index);
-      if (c.logprobs)
-        chunk(c.index, choiceText(job, c), {
-          logprobs: completionLogprobs(c.logprobs),
-          finish_reason: c.finishReason,
-        });
-      else chunk(c.index, rest, { finish_reason: c.finishReason });
+      chunk(c.index, rest, { logprobs: lp(restLogprobs), finish_reason: c.finishReason });
     },
     end(usage) {
       if (job.includeUsage)

@@ -1,7 +1,7 @@
 /**
  * Runs a Job: one scheduler unit per (prompt, choice), live text for streams (held back while it
  * could still turn into a stop string), stop strings cut off as OpenAI does (the text ends before
- * the stop string), and logprobs.
+ * the stop string), and logprobs (streamed with the text of their tokens).
  *
  * Logprobs are the model's raw distribution (log-softmax of the logits), not the sampler's after
  * temperature, penalties, top-k/p. The completion's come from the generation itself
@@ -43,10 +43,13 @@ export interface Usage {
   total_tokens: number;
 }
 
-/** What a stream writes: live text of a choice, a choice done (its rest), the end. */
+/**
+ * What a stream writes: live text of a choice (with logprobs, the entries of the tokens that text
+ * completes), a choice done (the rest of its text and of its entries), the end.
+ */
 export interface StreamSink {
-  text(index: number, text: string): void;
-  done(choice: ChoiceResult, rest: string): void;
+  text(index: number, text: string, logprobs?: LogprobEntry[]): void;
+  done(choice: ChoiceResult, rest: string, restLogprobs?: LogprobEntry[]): void;
 }
 
 /** The earliest stop string in `text`: where the kept text ends, or -1. */
@@ -112,24 +115,89 @@ function entries(
   prompt: { length: number; score?: ScoreResult },
   generated: readonly TokenLogprob[],
 ): LogprobEntry[] {
-  const text = (id: number): string => model.tokenizer.decode([id]);
   const byPos = new Map<number, PositionLogprob>(prompt.score?.tokens.map((t) => [t.position, t]) ?? []);
   generated.forEach((g, k) => byPos.set(prompt.length + k, g));
-  let offset = base;
+  const at = new EntryCursor(model, base);
   const out: LogprobEntry[] = [];
-  for (let p = from; p < ids.length; p++) {
-    const s = byPos.get(p);
-    const token = text(ids[p]!);
-    out.push({
-      id: ids[p]!,
+  for (let p = from; p < ids.length; p++) out.push(at.next(ids[p]!, byPos.get(p)));
+  return out;
+}
+
+/** Builds consecutive logprob entries, each token's offset the previous one's plus its text length. */
+class EntryCursor {
+  constructor(
+    private readonly model: Model,
+    private offset: number,
+  ) {}
+  next(id: number, s: PositionLogprob | undefined): LogprobEntry {
+    const text = (t: number): string => this.model.tokenizer.decode([t]);
+    const token = text(id);
+    const e: LogprobEntry = {
+      id,
       token,
       logprob: s ? s.logprob : null,
       top: s ? (s.top ?? []).map((t) => ({ token: text(t.id), logprob: t.logprob })) : null,
-      offset,
-    });
-    offset += token.length;
+      offset: this.offset,
+    };
+    this.offset += token.length;
+    return e;
   }
-  return out;
+}
+
+/**
+ * A streamed choice's text and logprob entries: a token's entry goes out in the chunk that sends the
+ * last of its text (a token held back with a possible stop string waits with it; tokens past a stop
+ * string go out with the choice's end), so the entries streamed are those of the choice's
+ * `logprobs`, in order. With echo the prompt's text and entries (from its score) open the stream:
+ * until they have gone out, the completion's chunks wait here.
+ */
+class LiveChoice {
+  private readonly text: ChoiceText;
+  private readonly ends: number[] = []; // [k] length of the completion text once token k is in
+  private readonly pending: LogprobEntry[] = [];
+  private held: Array<[string, LogprobEntry[] | undefined]> | null;
+  /** Entries sent so far (an echoed prompt's included). */
+  sentEntries = 0;
+  constructor(
+    stops: readonly string[],
+    private readonly send: (text: string, logprobs?: LogprobEntry[]) => void,
+    private readonly cursor: EntryCursor | undefined,
+    opened: boolean,
+  ) {
+    this.text = new ChoiceText(stops);
+    this.held = opened ? null : [];
+  }
+  token(piece: string, id: number, lp: TokenLogprob | undefined): void {
+    const t = this.text.push(piece);
+    if (!this.cursor) {
+      if (t) this.out(t);
+      return;
+    }
+    this.pending.push(this.cursor.next(id, lp));
+    this.ends.push(this.text.full.length);
+    let n = 0;
+    while (n < this.pending.length && this.ends[n]! <= this.text.sent) n++;
+    const done = this.pending.splice(0, n);
+    this.ends.splice(0, n);
+    if (t || done.length) this.out(t, done);
+  }
+  /** Sends the echoed prompt (text and entries), then whatever waited for it. */
+  open(prompt: string, logprobs: LogprobEntry[]): void {
+    this.send(prompt, logprobs);
+    this.sentEntries += logprobs.length;
+    const held = this.held ?? [];
+    this.held = null;
+    for (const [t, e] of held) this.send(t, e);
+  }
+  /** The text still to send of the final text. */
+  rest(final: string): string {
+    return this.text.rest(final);
+  }
+  private out(t: string, logprobs?: LogprobEntry[]): void {
+    this.sentEntries += logprobs?.length ?? 0;
+    if (this.held) this.held.push([t, logprobs]);
+    else this.send(t, logprobs);
+  }
 }
 
 /** OpenAI's finish reasons: EOS and stop strings are 'stop', the token budget 'length'. */
@@ -139,8 +207,9 @@ function finishOf(r: GenerateResult['sequences'][number]): FinishReason {
 
 /**
  * Runs every choice of `job`; resolves with the choices in index order (prompt i, choice j at
- * i * n + j) and the usage. With a sink, text goes out as it is generated (or, with logprobs, per
- * choice once scored). Rejects with the first failure; `signal` cancels (queued units dropped).
+ * i * n + j) and the usage. With a sink, text and its tokens' logprobs go out as they are
+ * generated (an echoed prompt's first, once scored). Rejects with the first failure; `signal`
+ * cancels (queued units dropped).
  */
 export async function runJob(
   model: Model,
@@ -155,10 +224,35 @@ export async function runJob(
   if (outer.aborted) cancel();
   else outer.addEventListener('abort', cancel, { once: true });
   const signal = ac.signal;
+  // An echoed prompt is scored (once per prompt, shared by its choices); the rest comes from the generation.
+  const promptScores = new Map<number, Promise<ScoreResult | undefined>>();
+  const promptScore = (i: number): Promise<ScoreResult | undefined> => {
+    const ids = job.prompts[i]!;
+    if (!job.echo || ids.length < 2) return Promise.resolve(undefined);
+    if (!promptScores.has(i)) promptScores.set(i, scheduler.score(ids, job.logprobs ?? 0, signal));
+    return promptScores.get(i)!;
+  };
+  const echoLogprobs = job.echo && job.logprobs !== null;
   const slots = job.prompts.flatMap((ids, i) =>
-    Array.from({ length: job.n }, (_, j) => ({ ids, i, j, index: i * job.n + j, live: new ChoiceText(job.stop) })),
+    Array.from({ length: job.n }, (_, j) => {
+      const index = i * job.n + j;
+      // Offsets of the completion's entries: after the echoed prompt's tokens, or the prompt's text.
+      const base = (): number =>
+        job.echo ? ids.reduce((a, id) => a + model.tokenizer.decode([id]).length, 0) : job.promptTexts[i]!.length;
+      const cursor = sink && job.logprobs !== null ? new EntryCursor(model, base()) : undefined;
+      const send = (t: string, e?: LogprobEntry[]): void => sink?.text(index, t, e);
+      const live = new LiveChoice(job.stop, send, cursor, !(sink && echoLogprobs));
+      // A stream with echo and logprobs opens with the prompt's text and entries, once scored.
+      const opened =
+        sink && echoLogprobs
+          ? promptScore(i).then((score) =>
+              live.open(job.promptTexts[i]!, entries(model, ids, 0, 0, { length: ids.length, score }, [])),
+            )
+          : Promise.resolve();
+      opened.catch(() => {}); // a failed score fails the choice in `finish`, which awaits it
+      return { ids, i, j, index, live, opened };
+    }),
   );
-  const liveText = sink && job.logprobs === null;
   const gen: Array<Promise<GenerateResult | undefined>> = [];
   if (job.maxTokens === 0) slots.forEach(() => gen.push(Promise.resolve(undefined)));
   else {
@@ -174,17 +268,11 @@ export async function runJob(
           stopAtEos: job.stopAtEos,
           ...(job.logprobs === null ? {} : { logprobs: job.logprobs }),
         },
-        onToken: liveText
-          ? (ev) => {
-              const t = s.live.push(ev.text);
-              if (t) sink.text(s.index, t);
-            }
-          : undefined,
+        onToken: sink ? (ev) => s.live.token(ev.text, ev.token, ev.logprob) : undefined,
       };
     });
     gen.push(...scheduler.submit(units, signal));
   }
-  const promptScores = new Map<number, Promise<ScoreResult | undefined>>();
   const finish = async (s: (typeof slots)[number], r: GenerateResult | undefined): Promise<ChoiceResult> => {
     const seq = r?.sequences[0];
     const engineText = seq?.text ?? '';
@@ -200,18 +288,13 @@ export async function runJob(
     };
     if (job.logprobs !== null) {
       const all = [...s.ids, ...tokens];
-      // An echoed prompt is scored (once per prompt, shared by its choices); the rest comes from the generation.
-      let score: Promise<ScoreResult | undefined> = Promise.resolve(undefined);
-      if (job.echo && s.ids.length >= 2) {
-        if (!promptScores.has(s.i)) promptScores.set(s.i, scheduler.score(s.ids, job.logprobs, signal));
-        score = promptScores.get(s.i)!;
-      }
       const from = job.echo ? 0 : s.ids.length;
       const base = job.echo ? 0 : job.promptTexts[s.i]!.length;
-      const prompt = { length: s.ids.length, score: await score };
+      const prompt = { length: s.ids.length, score: await promptScore(s.i) };
       choice.logprobs = entries(model, all, from, base, prompt, seq?.logprobs ?? []);
     }
-    sink?.done(choice, s.live.rest(text));
+    await s.opened;
+    sink?.done(choice, s.live.rest(text), choice.logprobs?.slice(s.live.sentEntries));
     return choice;
   };
   // Every promise is awaited (no unhandled rejection when one fails first); the first failure is
