@@ -6,7 +6,7 @@
 // scripts/serve.js, and prints the report (JSON with --json).
 //   node bench/browser.mjs [--model random:distilgpt2 | <folder> | <URL>] [--batch 1,4] [--prompt-tokens 16]
 //     [--new-tokens 8] [--repeat 1] [--f16] [--profile <file.json>] [--no-profile] [--json]
-//     [--chromium <path>] [--chromium-arg <flag>]... [--timeout <seconds>]
+//     [--chromium <path>] [--chromium-arg=<flag>]... [--timeout <seconds>]
 // --profile: a JSON file of device-profile fields merged over the adapter's (as `gpt2-webgpu bench
 // --profile`); --no-profile skips the per-kernel GPU timings.
 // <folder>: a local folder holding config.json and model.safetensors (served as /model/);
@@ -16,87 +16,41 @@ import { join, resolve } from 'node:path';
 import { chromium } from 'playwright-core';
 import { buildBrowser } from '../scripts/build-browser.js';
 import { defaultMounts, serve } from '../scripts/serve.js';
+import { flags, int, ints, UsageError } from './flags.mjs';
 
 const USAGE =
-  'usage: node bench/browser.mjs [--model random:distilgpt2|<folder>|<URL>] [--batch B[,B...]] [--prompt-tokens P] [--new-tokens N] [--repeat R] [--f16] [--profile FILE.json] [--no-profile] [--json] [--chromium PATH] [--chromium-arg FLAG]... [--timeout S]';
+  'usage: node bench/browser.mjs [--model random:distilgpt2|<folder>|<URL>] [--batch B[,B...]] [--prompt-tokens P] [--new-tokens N] [--repeat R] [--f16] [--profile FILE.json] [--no-profile] [--json] [--chromium PATH] [--chromium-arg=FLAG]... [--timeout S]';
 
-class UsageError extends Error {}
-
-function parseArgs(argv) {
-  const o = {
-    model: 'random:distilgpt2',
-    batches: [1],
-    promptTokens: 16,
-    newTokens: 8,
-    repeat: 1,
-    f16: false,
-    profile: undefined,
-    timings: true,
-    json: false,
-    chromium: process.env.CHROMIUM_PATH ?? '/usr/lib/chromium/chromium',
-    chromiumArgs: [],
-    timeout: 600,
+function parse(argv) {
+  const str = (d) => ({ type: 'string', default: d });
+  const f = flags(argv, {
+    model: str('random:distilgpt2'),
+    batch: str('1'),
+    'prompt-tokens': str('16'),
+    'new-tokens': str('8'),
+    repeat: str('1'),
+    timeout: str('600'),
+    f16: { type: 'boolean', default: false },
+    'no-profile': { type: 'boolean', default: false },
+    profile: { type: 'string' },
+    json: { type: 'boolean', default: false },
+    chromium: str(process.env.CHROMIUM_PATH ?? '/usr/lib/chromium/chromium'),
+    'chromium-arg': { type: 'string', multiple: true, default: [] },
+  });
+  return {
+    model: f.model,
+    batches: ints('--batch', f.batch, 1, 1024),
+    promptTokens: int('--prompt-tokens', f['prompt-tokens'], 1, 1 << 20),
+    newTokens: int('--new-tokens', f['new-tokens'], 1, 1 << 20),
+    repeat: int('--repeat', f.repeat, 1, 1000),
+    f16: f.f16,
+    profile: f.profile === undefined ? undefined : profileFile(f.profile),
+    timings: !f['no-profile'],
+    json: f.json,
+    chromium: f.chromium,
+    chromiumArgs: f['chromium-arg'],
+    timeout: int('--timeout', f.timeout, 1, 86400),
   };
-  const int = (flag, v, min, max) => {
-    const n = Number(v);
-    if (v === undefined || !Number.isInteger(n) || n < min || n > max)
-      throw new UsageError(`${flag} must be an integer in [${min}, ${max}], got ${v}`);
-    return n;
-  };
-  for (let i = 0; i < argv.length; i++) {
-    let a = argv[i];
-    let v;
-    const eq = a.indexOf('=');
-    if (a.startsWith('--') && eq > 0) [a, v] = [a.slice(0, eq), a.slice(eq + 1)];
-    const value = () => {
-      if (v !== undefined) return v;
-      if (i + 1 >= argv.length) throw new UsageError(`${a} needs a value`);
-      return argv[++i];
-    };
-    switch (a) {
-      case '--model':
-        o.model = value();
-        break;
-      case '--batch':
-        o.batches = value()
-          .split(',')
-          .map((b) => int('--batch', b, 1, 1024));
-        break;
-      case '--prompt-tokens':
-        o.promptTokens = int(a, value(), 1, 1 << 20);
-        break;
-      case '--new-tokens':
-        o.newTokens = int(a, value(), 1, 1 << 20);
-        break;
-      case '--repeat':
-        o.repeat = int(a, value(), 1, 1000);
-        break;
-      case '--timeout':
-        o.timeout = int(a, value(), 1, 86400);
-        break;
-      case '--f16':
-        o.f16 = true;
-        break;
-      case '--no-profile':
-        o.timings = false;
-        break;
-      case '--profile':
-        o.profile = profileFile(value());
-        break;
-      case '--json':
-        o.json = true;
-        break;
-      case '--chromium':
-        o.chromium = value();
-        break;
-      case '--chromium-arg':
-        o.chromiumArgs.push(value());
-        break;
-      default:
-        throw new UsageError(`unknown flag ${a}`);
-    }
-  }
-  return o;
 }
 
 /** A --profile file: partial device-profile fields as JSON (the engine checks the fields in the page). */
@@ -129,7 +83,7 @@ function modelSource(model) {
 }
 
 async function main() {
-  const o = parseArgs(process.argv.slice(2));
+  const o = parse(process.argv.slice(2));
   const { source, mount } = modelSource(o.model);
   if (!existsSync(o.chromium)) {
     throw new UsageError(

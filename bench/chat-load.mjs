@@ -5,25 +5,18 @@
 // batching). Reports wall time, tokens/s and queue submits of each, and how many turns shared steps.
 //   node bench/chat-load.mjs [--model random:gpt2] [--users 4] [--turns 4] [--f16] [--json]
 import { createEngine } from 'gpt2-webgpu';
+import { flags, int, parseOrExit } from './flags.mjs';
 
 const USAGE = 'usage: node bench/chat-load.mjs [--model M] [--users U] [--turns T] [--f16] [--json]';
-function parseArgs(argv) {
-  const o = { model: 'random:gpt2', users: 4, turns: 4, f16: false, json: false };
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i];
-    if (a === '--f16' || a === '--json') o[a.slice(2)] = true;
-    else if (a === '--model' || a === '--users' || a === '--turns') {
-      const v = argv[++i];
-      if (v === undefined) throw new Error(`${a} needs a value; ${USAGE}`);
-      if (a === '--model') o.model = v;
-      else {
-        const n = Number(v);
-        if (!Number.isInteger(n) || n < 1 || n > 256) throw new Error(`${a} must be an integer in [1, 256], got ${v}`);
-        o[a.slice(2)] = n;
-      }
-    } else throw new Error(`unknown flag ${a}; ${USAGE}`);
-  }
-  return o;
+function parse(argv) {
+  const f = flags(argv, {
+    model: { type: 'string', default: 'random:gpt2' },
+    users: { type: 'string', default: '4' },
+    turns: { type: 'string', default: '4' },
+    f16: { type: 'boolean', default: false },
+    json: { type: 'boolean', default: false },
+  });
+  return { ...f, users: int('--users', f.users, 1, 256), turns: int('--turns', f.turns, 1, 256) };
 }
 
 /** New tokens of user u's turn t: 6..20, spread so that turns end at different steps. */
@@ -70,13 +63,7 @@ async function load(model, users, turns, grouped) {
   }
 }
 
-let opts;
-try {
-  opts = parseArgs(process.argv.slice(2));
-} catch (e) {
-  console.error(e.message);
-  process.exit(2);
-}
+const opts = parseOrExit('bench/chat-load.mjs', USAGE, () => parse(process.argv.slice(2)));
 const engine = await createEngine();
 try {
   const model = await engine.loadModel(opts.model, opts.f16 ? { dtype: 'f16' } : {});

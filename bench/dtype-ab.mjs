@@ -6,32 +6,28 @@
 //                           [--new-tokens 16] [--dtypes f32,f16,q8,q4] [--json]
 import { execFileSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import { parseArgs } from 'node:util';
+import { flags, int, parseOrExit } from './flags.mjs';
 
 const USAGE =
   'usage: node bench/dtype-ab.mjs [--model M] [--rounds R] [--batch 1,16] [--prompt-tokens P] [--new-tokens N] [--dtypes f32,f16,q8,q4] [--json]';
 const str = (d) => ({ type: 'string', default: d });
-let o;
-try {
-  // node:util parseArgs, strict: an unknown flag or a missing value is an error
-  o = parseArgs({
-    options: {
-      model: str('random:gpt2'),
-      rounds: str('3'),
-      batch: str('1,16'),
-      'prompt-tokens': str('64'),
-      'new-tokens': str('16'),
-      dtypes: str('f32,f16,q8,q4'),
-      json: { type: 'boolean' },
-    },
-  }).values;
-} catch (e) {
-  throw new Error(`${e.message}; ${USAGE}`, { cause: e });
-}
+// The other values go to `gpt2-webgpu bench`, which checks them.
+const o = parseOrExit('bench/dtype-ab.mjs', USAGE, () => {
+  const f = flags(process.argv.slice(2), {
+    model: str('random:gpt2'),
+    rounds: str('3'),
+    batch: str('1,16'),
+    'prompt-tokens': str('64'),
+    'new-tokens': str('16'),
+    dtypes: str('f32,f16,q8,q4'),
+    json: { type: 'boolean' },
+  });
+  return { ...f, rounds: int('--rounds', f.rounds, 1, 1000) };
+});
 const cli = fileURLToPath(new URL('../bin/gpt2-webgpu.js', import.meta.url));
 const dtypes = o.dtypes.split(',');
 const runs = Object.fromEntries(dtypes.map((d) => [d, []]));
-for (let r = 0; r < Number(o.rounds); r++) {
+for (let r = 0; r < o.rounds; r++) {
   for (const d of dtypes) {
     const args = [
       cli,

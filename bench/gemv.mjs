@@ -10,35 +10,39 @@
 // on both commits, alternately, and compare the ratios (the f16 kernel is the yardstick).
 // --rows M times M rows of x instead (a batch-M decode step: gemm_kn_sg from 8 rows on lavapipe).
 //   node bench/gemv.mjs [--dtypes f16,q8,q4] [--rows 1] [--rounds 8] [--reps 100] [--json]
-import { parseArgs } from 'node:util';
 import { nodeContext } from '../dist/src/node.js';
 import { Owned, encodeDispatches } from '../dist/src/gpu/common.js';
 import { deviceProfile } from '../dist/src/kernels/profile.js';
-import { MatmulKernel } from '../dist/src/kernels/matmul.js';
+import { MatmulKernel, WEIGHT_DTYPES } from '../dist/src/kernels/matmul.js';
+import { flags, int, parseOrExit, UsageError } from './flags.mjs';
 import { packMatrix } from '../dist/src/kernels/matmul-pack.js';
 import { scaleGroups, scaleStride } from '../dist/src/kernels/quant.js';
 
 const USAGE = 'usage: node bench/gemv.mjs [--dtypes f16,q8,q4] [--rows 1] [--rounds 8] [--reps 100] [--json]';
 const str = (d) => ({ type: 'string', default: d });
-let o;
-try {
-  // node:util parseArgs, strict: an unknown flag or a missing value is an error
-  o = parseArgs({
-    options: {
-      dtypes: str('f16,q8,q4'),
-      rows: str('1'),
-      rounds: str('8'),
-      reps: str('100'),
-      json: { type: 'boolean' },
-    },
-  }).values;
-} catch (e) {
-  throw new Error(`${e.message}; ${USAGE}`, { cause: e });
-}
-const dtypes = o.dtypes.split(',');
-const ROUNDS = Number(o.rounds);
-const REPS = Number(o.reps);
-const M = Number(o.rows);
+const o = parseOrExit('bench/gemv.mjs', USAGE, () => {
+  const f = flags(process.argv.slice(2), {
+    dtypes: str('f16,q8,q4'),
+    rows: str('1'),
+    rounds: str('8'),
+    reps: str('100'),
+    json: { type: 'boolean' },
+  });
+  const dtypes = f.dtypes.split(',');
+  for (const d of dtypes)
+    if (!WEIGHT_DTYPES.includes(d)) throw new UsageError(`--dtypes: ${d} is not one of ${WEIGHT_DTYPES.join(', ')}`);
+  return {
+    ...f,
+    dtypes,
+    rows: int('--rows', f.rows, 1, 1024),
+    rounds: int('--rounds', f.rounds, 1, 1000),
+    reps: int('--reps', f.reps, 1, 100000),
+  };
+});
+const dtypes = o.dtypes;
+const ROUNDS = o.rounds;
+const REPS = o.reps;
+const M = o.rows;
 const SHAPES = [
   [768, 2304],
   [768, 768],

@@ -10,46 +10,35 @@
 import { spawn } from 'node:child_process';
 import { loadavg } from 'node:os';
 import { fileURLToPath } from 'node:url';
+import { flags, int, ints, parseOrExit } from './flags.mjs';
 
 const USAGE =
   'usage: node bench/serve-load.mjs [--model M] [--clients 1,4,16,64] [--rounds R] [--max-tokens T] [--max-batch B] [--context C] [--max-seconds S] [--f16] [--json]';
 
-function parseArgs(argv) {
-  const o = {
-    model: 'random:distilgpt2',
-    clients: [1, 4, 16, 64],
-    rounds: 3, // measured requests per level: rounds x clients, at least 4
-    maxTokens: 32,
-    maxBatch: 64,
-    context: 256,
-    maxSeconds: 120,
-    f16: false,
-    json: false,
+function parse(argv) {
+  const str = (d) => ({ type: 'string', default: d });
+  const f = flags(argv, {
+    model: str('random:distilgpt2'),
+    clients: str('1,4,16,64'),
+    rounds: str('3'), // measured requests per level: rounds x clients, at least 4
+    'max-tokens': str('32'),
+    'max-batch': str('64'),
+    context: str('256'),
+    'max-seconds': str('120'),
+    f16: { type: 'boolean', default: false },
+    json: { type: 'boolean', default: false },
+  });
+  return {
+    model: f.model,
+    clients: ints('--clients', f.clients, 1, 256),
+    rounds: int('--rounds', f.rounds, 1, 100),
+    maxTokens: int('--max-tokens', f['max-tokens'], 1, 1000),
+    maxBatch: int('--max-batch', f['max-batch'], 1, 256),
+    context: int('--context', f.context, 16, 1024),
+    maxSeconds: int('--max-seconds', f['max-seconds'], 1, 3600),
+    f16: f.f16,
+    json: f.json,
   };
-  const int = (flag, v, lo, hi) => {
-    const n = Number(v);
-    if (!Number.isInteger(n) || n < lo || n > hi)
-      throw new Error(`${flag} must be an integer in [${lo}, ${hi}], got ${v}`);
-    return n;
-  };
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i];
-    if (a === '--f16' || a === '--json') {
-      o[a.slice(2)] = true;
-      continue;
-    }
-    const v = argv[++i];
-    if (v === undefined) throw new Error(`${a} needs a value; ${USAGE}`);
-    if (a === '--model') o.model = v;
-    else if (a === '--clients') o.clients = v.split(',').map((c) => int(a, c, 1, 256));
-    else if (a === '--rounds') o.rounds = int(a, v, 1, 100);
-    else if (a === '--max-tokens') o.maxTokens = int(a, v, 1, 1000);
-    else if (a === '--max-batch') o.maxBatch = int(a, v, 1, 256);
-    else if (a === '--context') o.context = int(a, v, 16, 1024);
-    else if (a === '--max-seconds') o.maxSeconds = int(a, v, 1, 3600);
-    else throw new Error(`unknown flag ${a}; ${USAGE}`);
-  }
-  return o;
 }
 
 /** Starts the server; resolves with its base URL and the child process once it listens. */
@@ -130,13 +119,7 @@ async function level(base, clients, o, first) {
   };
 }
 
-let o;
-try {
-  o = parseArgs(process.argv.slice(2));
-} catch (e) {
-  console.error(e.message);
-  process.exit(2);
-}
+const o = parseOrExit('bench/serve-load.mjs', USAGE, () => parse(process.argv.slice(2)));
 const { base, child } = await startServer(o);
 try {
   const rows = [];
