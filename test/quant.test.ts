@@ -9,7 +9,7 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { MatmulKernel, MatmulProfile, WeightLayout } from '../src/kernels/matmul.js';
-import { packPanels, packPanelsTransposed } from '../src/kernels/matmul-pack.js';
+import { packPanels, packWteRows } from '../src/kernels/matmul-pack.js';
 import { PROFILES } from '../src/kernels/profile.js';
 import { dequantize, packInts, quantize, scaleGroups, scaleStride, type QuantDType } from '../src/kernels/quant.js';
 import { EmbeddingKernel } from '../src/kernels/embedding.js';
@@ -106,13 +106,14 @@ function wteChunks(
   const seen = new Float32Array(V * C);
   for (let r = 0; r < V; r += rpc) {
     const n = Math.min(rpc, V - r);
-    const qz = quantize(wte.subarray(r * C, (r + n) * C), n, C, dtype, 'cols');
-    seen.set(dequantize(qz, n, C, dtype, 'cols'), r * C);
-    const scales = upload(owned, qz.scales, [scaleGroups(dtype, C), scaleStride(n)]);
-    plain.push({ ...upload(owned, packInts(qz.q, n, C, dtype), [n, C], dtype), scales });
-    const laid = packPanelsTransposed(qz.q, n, C, panel);
-    const words = packInts(laid, Math.ceil(n / panel) * C, panel, dtype);
-    panels.push({ ...upload(owned, words, [C, n], dtype), panel, scales });
+    const rows = wte.subarray(r * C, (r + n) * C);
+    seen.set(dequantize(quantize(rows, n, C, dtype, 'cols'), n, C, dtype, 'cols'), r * C);
+    // The engine's layouts (weights.ts uploads wte chunks through packWteRows).
+    const a = packWteRows(rows, n, C, dtype);
+    const b = packWteRows(rows, n, C, dtype, panel);
+    const scales = upload(owned, a.scales!, [scaleGroups(dtype, C), scaleStride(n)]);
+    plain.push({ ...upload(owned, a.data, [n, C], dtype), scales });
+    panels.push({ ...upload(owned, b.data, [C, n], dtype), panel, scales });
   }
   return { plain, panels, seen };
 }

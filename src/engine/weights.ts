@@ -18,10 +18,9 @@
  */
 import { InvalidOptionError, OutOfMemoryError, ShapeError, WeightsFormatError } from '../errors.js';
 import type { ChunkedTensor, GpuTensor } from '../gpu/common.js';
-import { isPanelWidth, storedBytes, storedShape, tensorBytes } from '../gpu/common.js';
-import { packF16 } from '../kernels/f16.js';
-import { packInts, quantize, scaleGroups, scaleStride, type QuantDType } from '../kernels/quant.js';
-import { alignedRows, packMatrix, packPanelsTransposed } from '../kernels/matmul-pack.js';
+import { isPanelWidth, storedBytes, tensorBytes } from '../gpu/common.js';
+import { scaleGroups, scaleStride, type QuantDType } from '../kernels/quant.js';
+import { alignedRows, packMatrix, packWteRows } from '../kernels/matmul-pack.js';
 import type { Checkpoint } from './checkpoint.js';
 import type { GPT2Config } from './config.js';
 import type { GpuContext } from '../gpu/device.js';
@@ -301,14 +300,9 @@ export async function uploadWeights(ctx: GpuContext, ckpt: Checkpoint, opts: Upl
       checkFinite(ckpt.source, 'wte.weight', rows, r * C, dtype);
       const label = `wte.weight[rows ${r}..${r + n})`;
       const chunk = wteChunk(n);
-      // wte [n, C] = the LM head's [N, K]: groups along its columns.
-      const qz = quant ? quantize(rows, n, C, quant, 'cols') : undefined;
-      const src = qz ? qz.q : rows;
-      const laid = knPanel > 0 ? packPanelsTransposed(src, n, C, knPanel) : src;
-      const [sr, sc] = storedShape(chunk) as [number, number];
-      const data = qz ? packInts(laid, sr, sc, quant!) : dtype === 'f16' ? packF16(laid, sr, sc) : laid;
+      const { data, scales } = packWteRows(rows, n, C, dtype, knPanel || undefined);
       const t = { buffer: await make(label, data), offset: 0, ...chunk } as GpuTensor;
-      if (qz) t.scales = await scalesOf(label, qz.scales, C, n);
+      if (scales) t.scales = await scalesOf(label, scales, C, n);
       chunks.push(t);
       loaded += storedBytes(chunk);
       opts.onProgress?.({ loadedBytes: loaded, totalBytes: total, tensor: label });

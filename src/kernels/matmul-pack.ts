@@ -95,3 +95,25 @@ export function packMatrix(
   if (qz) return { data: packInts(laid, rows, cols, dtype as 'q8' | 'q4'), scales: qz.scales };
   return { data: dtype === 'f16' ? packF16(laid, rows, cols) : laid };
 }
+
+/**
+ * Rows [n, C] of wte (row-major `values`) as the tied LM head and the embedding read them: plain
+ * rows (the 'nk' W of gemv_nk) or, with `panel`, their transpose [C, n] in column panels
+ * (packPanelsTransposed, read as 'kn' by gemv_kn_cols); stored as `dtype` (q8 / q4 quantized along
+ * each row, C, with the scales of the n rows: quant.ts 'cols'). f32 rows without panels are
+ * `values` itself.
+ */
+export function packWteRows(
+  values: Float32Array,
+  n: number,
+  C: number,
+  dtype: WeightDType,
+  panel?: number,
+): { data: Float32Array | Uint32Array; scales?: Float32Array } {
+  const qz = dtype === 'q8' || dtype === 'q4' ? quantize(values, n, C, dtype, 'cols') : undefined;
+  const src = qz ? qz.q : values;
+  const laid = panel ? packPanelsTransposed(src, n, C, panel) : src;
+  const [rows, cols] = storedShape(panel ? { shape: [C, n], panel } : { shape: [n, C] }) as [number, number];
+  if (qz) return { data: packInts(laid, rows, cols, dtype as 'q8' | 'q4'), scales: qz.scales };
+  return { data: dtype === 'f16' ? packF16(laid, rows, cols) : laid };
+}
