@@ -85,6 +85,44 @@ fn scan256(lid: u32) {
   }
 }
 
+// Radix select of the n-th largest of a set of u32 keys, shared by row_topk and merge_select: 4
+// passes of 8 bits from the top. radix_begin clears the result; before pass ps the caller counts
+// into h_cnt (by the key's byte (k >> radix_shift(ps)) & 0xff) every key whose bits above the pass,
+// (k & radix_mask(ps)), equal w_key; radix_pick then keeps the bucket holding the n-th largest:
+// w_key gains its byte, w_above counts the larger keys, w_eq the keys in the bucket. Called from
+// uniform control flow (barriers).
+fn radix_begin(lid: u32) {
+  if (lid == 0u) {
+    w_key = 0u;
+    w_above = 0u;
+    w_eq = 0u;
+  }
+}
+fn radix_shift(ps: u32) -> u32 { return 24u - 8u * ps; }
+fn radix_mask(ps: u32) -> u32 { return select(0xffffffffu << (radix_shift(ps) + 8u), 0u, ps == 0u); }
+// Clears the counts and returns (prefix, above) for the caller's counting loop.
+fn radix_open(lid: u32) -> vec2<u32> {
+  atomicStore(&h_cnt[lid], 0u);
+  workgroupBarrier();
+  return vec2<u32>(w_key, w_above);
+}
+fn radix_pick(ps: u32, n: u32, pa: vec2<u32>, lid: u32) {
+  workgroupBarrier();
+  // Thread lid holds bucket 255 - lid: the inclusive scan runs from the largest keys down.
+  let bucket = 255u - lid;
+  let own = atomicLoad(&h_cnt[bucket]);
+  s_cnt[lid] = own;
+  scan256(lid);
+  let incl = pa.y + s_cnt[lid];
+  workgroupBarrier();
+  if (incl >= n && incl - own < n) {
+    w_key = pa.x | (bucket << radix_shift(ps));
+    w_above = incl - own;
+    w_eq = own;
+  }
+  workgroupBarrier();
+}
+
 @compute @workgroup_size(WG)
 fn row_topk(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
   let b = wg.y * p.rows_per_y + wg.x;
@@ -103,36 +141,14 @@ fn row_topk(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_inde
 
   // Radix select of the n-th largest score key (n = min(K, V)).
   let n = min(p.K, V);
-  if (lid == 0u) {
-    w_key = 0u;
-    w_above = 0u;
-    w_eq = 0u;
-  }
+  radix_begin(lid);
   for (var ps = 0u; ps < 4u; ps++) {
-    let shift = 24u - 8u * ps;
-    let hmask = select(0xffffffffu << (shift + 8u), 0u, ps == 0u);  // bits fixed by earlier passes
-    atomicStore(&h_cnt[lid], 0u);
-    workgroupBarrier();
-    let prefix = w_key;
-    let above = w_above;
+    let pa = radix_open(lid);
     for (var v = lid; v < V; v += WG) {
       let k = okey(bs + ((logits[base + v] - m) - log_s));
-      if ((k & hmask) == prefix) { atomicAdd(&h_cnt[(k >> shift) & 0xffu], 1u); }
+      if ((k & radix_mask(ps)) == pa.x) { atomicAdd(&h_cnt[(k >> radix_shift(ps)) & 0xffu], 1u); }
     }
-    workgroupBarrier();
-    // Thread lid holds bucket 255 - lid: the inclusive scan runs from the largest keys down.
-    let bucket = 255u - lid;
-    let own = atomicLoad(&h_cnt[bucket]);
-    s_cnt[lid] = own;
-    scan256(lid);
-    let incl = above + s_cnt[lid];
-    workgroupBarrier();
-    if (incl >= n && incl - own < n) {
-      w_key = prefix | (bucket << shift);
-      w_above = incl - own;
-      w_eq = own;
-    }
-    workgroupBarrier();
+    radix_pick(ps, n, pa, lid);
   }
   let key = w_key;
   let j = n - w_above;  // ties at `key` to take, smallest ids first
@@ -185,39 +201,18 @@ fn row_topk(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_inde
 // larger, w_eq: how many equal). by_id false: keys okey(score) of every candidate; true: keys
 // ~flat index (the smallest index largest) of the candidates whose okey(score) is `key1`.
 fn merge_select(total: u32, n: u32, lid: u32, by_id: bool, key1: u32) {
-  if (lid == 0u) {
-    w_key = 0u;
-    w_above = 0u;
-    w_eq = 0u;
-  }
+  radix_begin(lid);
   for (var ps = 0u; ps < 4u; ps++) {
-    let shift = 24u - 8u * ps;
-    let hmask = select(0xffffffffu << (shift + 8u), 0u, ps == 0u);
-    atomicStore(&h_cnt[lid], 0u);
-    workgroupBarrier();
-    let prefix = w_key;
-    let above = w_above;
+    let pa = radix_open(lid);
     for (var i = lid; i < total; i += WG) {
       let f = cand[i * 2u + 1u];
       if (f == NONE) { continue; }
       let ks = okey(bitcast<f32>(cand[i * 2u]));
       if (by_id && ks != key1) { continue; }
       let k = select(ks, ~f, by_id);
-      if ((k & hmask) == prefix) { atomicAdd(&h_cnt[(k >> shift) & 0xffu], 1u); }
+      if ((k & radix_mask(ps)) == pa.x) { atomicAdd(&h_cnt[(k >> radix_shift(ps)) & 0xffu], 1u); }
     }
-    workgroupBarrier();
-    let bucket = 255u - lid;
-    let own = atomicLoad(&h_cnt[bucket]);
-    s_cnt[lid] = own;
-    scan256(lid);
-    let incl = above + s_cnt[lid];
-    workgroupBarrier();
-    if (incl >= n && incl - own < n) {
-      w_key = prefix | (bucket << shift);
-      w_above = incl - own;
-      w_eq = own;
-    }
-    workgroupBarrier();
+    radix_pick(ps, n, pa, lid);
   }
 }
 
