@@ -37,48 +37,32 @@ fn gemm(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(local_invocation_
       let gk = k0 + kk;
       xs[kk * BM + r] = select(0.0, x[gm * p.K + gk], gm < p.M && gk < p.K);
     }
-    // W tile -> ws[kk][c]. f16 words hold two adjacent elements along W's last dimension, so each
-    // thread unpacks a whole word (tile origins are even along that dimension); q8 / q4 are read
+    // W tile -> ws[kk][c]. W is stored [K, N] ('kn') or [N, K] (NK): (sr, sc) below is an
+    // element's stored row and column, the column along the contiguous dimension. f16 words hold
+    // two adjacent elements of it, so each thread unpacks a whole word (tile origins are even along
+    // it; its second element lands one column of ws on for 'kn', one row for 'nk'); q8 / q4 are read
     // an element at a time (w_elem, times the q4 scale).
-    if (!NK) {
-      // W[K, N]: walk along N.
-      if (W_FMT == 1u) {
-        for (var e = t; e < BK * BN / 2u; e += NT) {
-          let kk = e / (BN / 2u);
-          let c = 2u * (e % (BN / 2u));
-          let gk = k0 + kk;
-          let gn = n0 + c;
-          var pair = vec2<f32>(0.0);
-          if (gk < p.K && gn < p.N) { pair = unpack2x16float(w[gk * p.wpr + gn / 2u]); }
-          ws[kk * BN + c] = pair.x;
-          ws[kk * BN + c + 1u] = select(0.0, pair.y, gn + 1u < p.N);
-        }
-      } else {
-        for (var e = t; e < BK * BN; e += NT) {
-          let kk = e / BN;
-          let c = e % BN;
-          ws[kk * BN + c] = w_elem(k0 + kk, n0 + c, p.N, p.K) * w_qs(k0 + kk, n0 + c);
-        }
+    let rows = select(p.K, p.N, NK);
+    let cols = select(p.N, p.K, NK);
+    if (W_FMT == 1u) {
+      for (var e = t; e < BK * BN / 2u; e += NT) {
+        // Word e: consecutive threads walk the contiguous dimension (N for 'kn', K for 'nk').
+        let kk = select(e / (BN / 2u), 2u * (e % (BK / 2u)), NK);
+        let c = select(2u * (e % (BN / 2u)), e / (BK / 2u), NK);
+        let sr = select(k0 + kk, n0 + c, NK);
+        let sc = select(n0 + c, k0 + kk, NK);
+        var pair = vec2<f32>(0.0);
+        if (sr < rows && sc < cols) { pair = unpack2x16float(w[sr * p.wpr + sc / 2u]); }
+        ws[kk * BN + c] = pair.x;
+        ws[kk * BN + c + select(1u, BN, NK)] = select(0.0, pair.y, sc + 1u < cols);
       }
     } else {
-      // W[N, K]: walk along K (the contiguous dimension), store transposed.
-      if (W_FMT == 1u) {
-        for (var e = t; e < BN * BK / 2u; e += NT) {
-          let c = e / (BK / 2u);
-          let kk = 2u * (e % (BK / 2u));
-          let gn = n0 + c;
-          let gk = k0 + kk;
-          var pair = vec2<f32>(0.0);
-          if (gn < p.N && gk < p.K) { pair = unpack2x16float(w[gn * p.wpr + gk / 2u]); }
-          ws[kk * BN + c] = pair.x;
-          ws[(kk + 1u) * BN + c] = select(0.0, pair.y, gk + 1u < p.K);
-        }
-      } else {
-        for (var e = t; e < BN * BK; e += NT) {
-          let c = e / BK;
-          let kk = e % BK;
-          ws[kk * BN + c] = w_elem(n0 + c, k0 + kk, p.K, p.N) * w_qs(k0 + kk, n0 + c);
-        }
+      for (var e = t; e < BK * BN; e += NT) {
+        let kk = select(e / BN, e % BK, NK);
+        let c = select(e % BN, e / BK, NK);
+        let sr = select(k0 + kk, n0 + c, NK);
+        let sc = select(n0 + c, k0 + kk, NK);
+        ws[kk * BN + c] = w_elem(sr, sc, cols, rows) * w_qs(k0 + kk, n0 + c);
       }
     }
     workgroupBarrier();
