@@ -71,6 +71,8 @@ bench gpt2-prefill-1024 90 --model "$model" --prompt-tokens 1024 --new-tokens 1 
 bench gpt2-xl-f16 200 --model "$xl" --f16 --batch 1 --prompt-tokens 128 --new-tokens 32 --repeat 3
 # Quantized weights and the f16 KV cache on gpt2 (gpt2-xl in q8 / q4 at the end if the budget allows:
 # drawing and quantizing its random weights takes minutes of host time).
+# f16 beside them: the quantized decode is measured against it (device-summary prints the ratios).
+bench gpt2-f16 120 --model "$model" --f16 --batch 1,64 --prompt-tokens 128 --new-tokens 64 --repeat "$rep"
 bench gpt2-q8 90 --model "$model" --dtype q8 --batch 1,64 --prompt-tokens 128 --new-tokens 64 --repeat "$rep"
 bench gpt2-q4 90 --model "$model" --dtype q4 --batch 1,64 --prompt-tokens 128 --new-tokens 64 --repeat "$rep"
 bench gpt2-kv16-long 60 --model "$model" --kv-dtype f16 --batch 1 --prompt-tokens 896 --new-tokens 64 --repeat "$rep"
@@ -83,7 +85,6 @@ bench gpt2-f32-long 60 --model "$model" --batch 1 --prompt-tokens 896 --new-toke
 bench gpt2-f32-long-attn32 60 --model "$model" --batch 1 --prompt-tokens 896 --new-tokens 64 --repeat "$rep" --profile "$prof/attn32.json"
 bench gpt2-prefill-1024-t128 60 --model "$model" --prompt-tokens 1024 --new-tokens 1 --repeat "$rep" --profile "$prof/t128.json" --no-profile
 bench gpt2-prefill-1024-t64x128 60 --model "$model" --prompt-tokens 1024 --new-tokens 1 --repeat "$rep" --profile "$prof/t64x128.json" --no-profile
-bench gpt2-f16 120 --model "$model" --f16 --batch 1,64 --prompt-tokens 128 --new-tokens 64 --repeat "$rep"
 bench gpt2-xl-f16-split 150 --model "$xl" --f16 --batch 1 --prompt-tokens 128 --new-tokens 32 --repeat 3 --profile "$prof/split.json" --no-profile
 bench gpt2-f32-depth1 60 --model "$model" --batch 1 --prompt-tokens 128 --new-tokens 64 --repeat "$rep" --pipeline-depth 1 --no-profile
 bench gpt2-sessions 60 --model "$model" --batch 16 --prompt-tokens 128 --new-tokens 32 --repeat 3 --no-profile --sessions

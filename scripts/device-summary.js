@@ -89,3 +89,24 @@ for (const name of [...runs].filter((n) => n !== 'info' && n !== 'tests').sort()
     }
   }
 }
+// Quantized decode against f16 at batch 1 (issue 26: q8 <= 0.6x f16, q4 faster still), where the
+// runs left results.
+const decode1 = (name) => {
+  try {
+    const j = JSON.parse(readFileSync(join(dir, `${name}.json`), 'utf8'));
+    return j.results?.find((r) => r.batch === 1 && !r.error)?.decode_ms_per_token;
+  } catch {
+    return undefined;
+  }
+};
+const f16 = decode1('gpt2-f16');
+for (const [q, target] of [
+  ['q8', '<= 0.6'],
+  ['q4', 'below q8'],
+]) {
+  const t = decode1(`gpt2-${q}`);
+  if (typeof f16 === 'number' && typeof t === 'number')
+    console.log(
+      `${q} / f16 decode at batch 1: ${fmt(t / f16, 3)} (${fmt(t, 3)} / ${fmt(f16, 3)} ms/token; target ${target})`,
+    );
+}

@@ -87,6 +87,23 @@ test('device-summary: a result row with its target; skipped, timed-out and faile
     line('gpt2-chat').join(''),
     /^gpt2-chat\s+chat load, 16 users x 3 turns: separate 812 tokens\/s \(650 submits, 0 turns shared steps\), group 5000 tokens\/s \(70 submits, 48 turns shared steps\)$/,
   );
+  assert.not.match(r.stdout, /f16 decode at batch 1/, 'no ratio without a gpt2-f16 result');
+});
+
+test('device-summary: q8 and q4 decode at batch 1 against f16, where all of them left results', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'gpt2-devsum-'));
+  const run = (name: string, results: object[]) =>
+    writeFileSync(join(dir, `${name}.json`), JSON.stringify({ results }));
+  run('gpt2-f16', [{ batch: 1, decode_ms_per_token: 0.8 }]);
+  run('gpt2-q8', [
+    { batch: 64, decode_ms_per_token: 9 },
+    { batch: 1, decode_ms_per_token: 0.5 },
+  ]);
+  run('gpt2-q4', [{ batch: 1, error: 'OutOfMemoryError: no room' }]);
+  const r = spawnSync(process.execPath, [join(REPO_ROOT, 'scripts', 'device-summary.js'), dir], { encoding: 'utf8' });
+  assert.is(r.status, 0, r.stderr);
+  assert.match(r.stdout, /^q8 \/ f16 decode at batch 1: 0\.625 \(0\.500 \/ 0\.800 ms\/token; target <= 0\.6\)$/m);
+  assert.not.match(r.stdout, /q4 \/ f16/, 'gpt2-q4 has no batch-1 result');
 });
 
 test.run();
