@@ -19,18 +19,27 @@ export function alignedRows(cols: number, dtype: 'f32' | 'f16' | 'q8' | 'q4'): b
   return cols % (dtype === 'f32' ? 4 : 8) === 0;
 }
 
+/** A zeroed array of `n` of src's element type (quantized integers stay bytes, f16 words words), else f32. */
+function like(src: ArrayLike<number>, n: number): Float32Array | Int8Array | Uint32Array {
+  if (src instanceof Int8Array) return new Int8Array(n);
+  return src instanceof Uint32Array ? new Uint32Array(n) : new Float32Array(n);
+}
+type Typed = Float32Array | Int8Array | Uint32Array;
+
 /**
  * The transpose [cols, rows] of a row-major [rows, cols] matrix, laid out in column panels as
  * packPanels would lay it: panel q is source rows [q * panel, q * panel + panel) as a [cols, panel]
  * block, the last zero-padded. The CPU-adapter LM head reads wte chunks this way.
  */
-export function packPanelsTransposed(src: ArrayLike<number>, rows: number, cols: number, panel: number): Float32Array {
+export function packPanelsTransposed<T extends Typed>(src: T, rows: number, cols: number, panel: number): T;
+export function packPanelsTransposed(src: ArrayLike<number>, rows: number, cols: number, panel: number): Float32Array;
+export function packPanelsTransposed(src: ArrayLike<number>, rows: number, cols: number, panel: number): Typed {
   if (!isPanelWidth(panel))
     throw new ShapeError(`packPanelsTransposed: panel must be an even integer >= 2, got ${panel}`);
   if (src.length !== rows * cols)
     throw new ShapeError(`packPanelsTransposed: ${src.length} values for a [${rows}, ${cols}] matrix`);
   const np = Math.ceil(rows / panel);
-  const out = new Float32Array(np * cols * panel);
+  const out = like(src, np * cols * panel);
   // Tiles of TB source columns: a row's TB values are contiguous reads and land in TB output rows
   // of the panel that the next source rows fill further along, so both sides stay in cache (a
   // whole source row at a time scatters its values 4 x panel bytes apart).
@@ -56,20 +65,24 @@ export function packPanelsTransposed(src: ArrayLike<number>, rows: number, cols:
  * [rows, panel] row-major, the last zero-padded; the layout gemv_kn_cols reads when
  * GpuTensor.panel is set. f16 packing then runs over [panels * rows, panel] (panel is even).
  */
-export function packPanels(src: ArrayLike<number>, rows: number, cols: number, panel: number): Float32Array {
-  if (!isPanelWidth(panel)) throw new ShapeError(`packPanels: panel must be an even integer >= 2, got ${panel}`);
+export function packPanels<T extends Typed>(src: T, rows: number, cols: number, panel: number): T;
+export function packPanels(src: ArrayLike<number>, rows: number, cols: number, panel: number): Float32Array;
+export function packPanels(src: ArrayLike<number>, rows: number, cols: number, panel: number): Typed {
+  if (!isPanelWidth(panel) && !(src instanceof Uint32Array && panel >= 1 && Number.isInteger(panel)))
+    throw new ShapeError(`packPanels: panel must be an even integer >= 2, got ${panel}`);
   if (src.length !== rows * cols)
     throw new ShapeError(`packPanels: ${src.length} values for a [${rows}, ${cols}] matrix`);
   const np = Math.ceil(cols / panel);
-  const out = new Float32Array(np * rows * panel);
+  const out = like(src, np * rows * panel);
   for (let q = 0; q < np; q++) {
     const c0 = q * panel;
     const w = Math.min(panel, cols - c0);
     for (let r = 0; r < rows; r++) {
       const o = (q * rows + r) * panel;
       const i = r * cols + c0;
-      // A Float32Array row piece is one contiguous copy (a model's load runs this over every matrix).
-      if (src instanceof Float32Array) out.set(src.subarray(i, i + w), o);
+      // A typed row piece is one contiguous copy (a model's load runs this over every matrix).
+      if (src instanceof Float32Array || src instanceof Int8Array || src instanceof Uint32Array)
+        out.set(src.subarray(i, i + w), o);
       else for (let c = 0; c < w; c++) out[o + c] = src[i + c]!;
     }
   }
@@ -88,11 +101,18 @@ export function packMatrix(
   dtype: WeightDType,
   panel?: number,
 ): { data: Float32Array | Uint32Array; scales?: Float32Array } {
-  const qz = dtype === 'q8' || dtype === 'q4' ? quantize(values, K, N, dtype, 'rows') : undefined;
-  const src = qz ? qz.q : values;
-  const laid = panel ? packPanels(src, K, N, panel) : src;
   const [rows, cols] = storedShape({ shape: [K, N], panel }) as [number, number];
-  if (qz) return { data: packInts(laid, rows, cols, dtype as 'q8' | 'q4'), scales: qz.scales };
+  if (dtype === 'q8' || dtype === 'q4') {
+    const qz = quantize(values, K, N, dtype, 'rows');
+    const laid = panel ? packPanels(qz.q, K, N, panel) : qz.q;
+    return { data: packInts(laid, rows, cols, dtype), scales: qz.scales };
+  }
+  if (dtype === 'f16' && panel && N % 2 === 0) {
+    // Halves first, then panels of their words (pairs never straddle a panel: panel is even): the
+    // same words as packing the f32 panels, without a second f32 copy of the matrix.
+    return { data: packPanels(packF16(values, K, N), K, N / 2, panel / 2) };
+  }
+  const laid = panel ? packPanels(values, K, N, panel) : values;
   return { data: dtype === 'f16' ? packF16(laid, rows, cols) : laid };
 }
 
@@ -110,10 +130,12 @@ export function packWteRows(
   dtype: WeightDType,
   panel?: number,
 ): { data: Float32Array | Uint32Array; scales?: Float32Array } {
-  const qz = dtype === 'q8' || dtype === 'q4' ? quantize(values, n, C, dtype, 'cols') : undefined;
-  const src = qz ? qz.q : values;
-  const laid = panel ? packPanelsTransposed(src, n, C, panel) : src;
   const [rows, cols] = storedShape(panel ? { shape: [C, n], panel } : { shape: [n, C] }) as [number, number];
-  if (qz) return { data: packInts(laid, rows, cols, dtype as 'q8' | 'q4'), scales: qz.scales };
+  if (dtype === 'q8' || dtype === 'q4') {
+    const qz = quantize(values, n, C, dtype, 'cols');
+    const laid = panel ? packPanelsTransposed(qz.q, n, C, panel) : qz.q;
+    return { data: packInts(laid, rows, cols, dtype), scales: qz.scales };
+  }
+  const laid = panel ? packPanelsTransposed(values, n, C, panel) : values;
   return { data: dtype === 'f16' ? packF16(laid, rows, cols) : laid };
 }
