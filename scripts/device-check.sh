@@ -70,7 +70,7 @@ bench gpt2-f32 150 --model "$model" --batch 1,4,16,64 --prompt-tokens 128 --new-
 bench gpt2-prefill-1024 90 --model "$model" --prompt-tokens 1024 --new-tokens 1 --repeat "$rep"
 bench gpt2-xl-f16 200 --model "$xl" --f16 --batch 1 --prompt-tokens 128 --new-tokens 32 --repeat 3
 # Quantized weights and the f16 KV cache on gpt2 (gpt2-xl in q8 / q4 at the end if the budget allows:
-# drawing and quantizing its random weights takes minutes of host time).
+# drawing and quantizing its random weights takes over a minute of host time on a 2-core VM).
 # f16 beside them: the quantized decode is measured against it (device-summary prints the ratios).
 bench gpt2-f16 120 --model "$model" --f16 --batch 1,64 --prompt-tokens 128 --new-tokens 64 --repeat "$rep"
 bench gpt2-q8 90 --model "$model" --dtype q8 --batch 1,64 --prompt-tokens 128 --new-tokens 64 --repeat "$rep"
