@@ -16,13 +16,12 @@ import { join, resolve } from 'node:path';
 import { chromium } from 'playwright-core';
 import { buildBrowser } from '../scripts/build-browser.js';
 import { defaultMounts, serve } from '../scripts/serve.js';
-import { flags, int, ints, UsageError } from './flags.mjs';
+import { bool, flags, int, ints, str, UsageError } from './flags.mjs';
 
 const USAGE =
   'usage: node bench/browser.mjs [--model random:distilgpt2|<folder>|<URL>] [--batch B[,B...]] [--prompt-tokens P] [--new-tokens N] [--repeat R] [--f16] [--profile FILE.json] [--no-profile] [--json] [--chromium PATH] [--chromium-arg=FLAG]... [--timeout S]';
 
 function parse(argv) {
-  const str = (d) => ({ type: 'string', default: d });
   const f = flags(argv, {
     model: str('random:distilgpt2'),
     batch: str('1'),
@@ -30,10 +29,10 @@ function parse(argv) {
     'new-tokens': str('8'),
     repeat: str('1'),
     timeout: str('600'),
-    f16: { type: 'boolean', default: false },
-    'no-profile': { type: 'boolean', default: false },
+    f16: bool,
+    'no-profile': bool,
     profile: { type: 'string' },
-    json: { type: 'boolean', default: false },
+    json: bool,
     chromium: str(process.env.CHROMIUM_PATH ?? '/usr/lib/chromium/chromium'),
     'chromium-arg': { type: 'string', multiple: true, default: [] },
   });

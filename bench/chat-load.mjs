@@ -5,16 +5,16 @@
 // batching). Reports wall time, tokens/s and queue submits of each, and how many turns shared steps.
 //   node bench/chat-load.mjs [--model random:gpt2] [--users 4] [--turns 4] [--f16] [--json]
 import { createEngine } from 'gpt2-webgpu';
-import { flags, int, parseOrExit } from './flags.mjs';
+import { bool, flags, int, parseOrExit, str } from './flags.mjs';
 
 const USAGE = 'usage: node bench/chat-load.mjs [--model M] [--users U] [--turns T] [--f16] [--json]';
 function parse(argv) {
   const f = flags(argv, {
-    model: { type: 'string', default: 'random:gpt2' },
-    users: { type: 'string', default: '4' },
-    turns: { type: 'string', default: '4' },
-    f16: { type: 'boolean', default: false },
-    json: { type: 'boolean', default: false },
+    model: str('random:gpt2'),
+    users: str('4'),
+    turns: str('4'),
+    f16: bool,
+    json: bool,
   });
   return { ...f, users: int('--users', f.users, 1, 256), turns: int('--turns', f.turns, 1, 256) };
 }

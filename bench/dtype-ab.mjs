@@ -6,11 +6,10 @@
 //                           [--new-tokens 16] [--dtypes f32,f16,q8,q4] [--json]
 import { execFileSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import { flags, int, parseOrExit } from './flags.mjs';
+import { bool, flags, int, parseOrExit, str } from './flags.mjs';
 
 const USAGE =
   'usage: node bench/dtype-ab.mjs [--model M] [--rounds R] [--batch 1,16] [--prompt-tokens P] [--new-tokens N] [--dtypes f32,f16,q8,q4] [--json]';
-const str = (d) => ({ type: 'string', default: d });
 // The other values go to `gpt2-webgpu bench`, which checks them.
 const o = parseOrExit('bench/dtype-ab.mjs', USAGE, () => {
   const f = flags(process.argv.slice(2), {
@@ -20,7 +19,7 @@ const o = parseOrExit('bench/dtype-ab.mjs', USAGE, () => {
     'prompt-tokens': str('64'),
     'new-tokens': str('16'),
     dtypes: str('f32,f16,q8,q4'),
-    json: { type: 'boolean' },
+    json: bool,
   });
   return { ...f, rounds: int('--rounds', f.rounds, 1, 1000) };
 });

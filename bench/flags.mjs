@@ -5,6 +5,10 @@ import { parseArgs } from 'node:util';
 
 export class UsageError extends Error {}
 
+/** A string flag with its default, and a boolean flag (false unless given): the options `flags` takes. */
+export const str = (d) => ({ type: 'string', default: d });
+export const bool = { type: 'boolean', default: false };
+
 /** The values of `argv`'s flags per `options` (node:util parseArgs options: type, default, multiple). */
 export function flags(argv, options) {
   try {

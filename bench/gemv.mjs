@@ -14,19 +14,18 @@ import { nodeContext } from '../dist/src/node.js';
 import { Owned, encodeDispatches } from '../dist/src/gpu/common.js';
 import { deviceProfile } from '../dist/src/kernels/profile.js';
 import { MatmulKernel, WEIGHT_DTYPES } from '../dist/src/kernels/matmul.js';
-import { flags, int, parseOrExit, UsageError } from './flags.mjs';
+import { bool, flags, int, parseOrExit, str, UsageError } from './flags.mjs';
 import { packMatrix } from '../dist/src/kernels/matmul-pack.js';
 import { scaleGroups, scaleStride } from '../dist/src/kernels/quant.js';
 
 const USAGE = 'usage: node bench/gemv.mjs [--dtypes f16,q8,q4] [--rows 1] [--rounds 8] [--reps 100] [--json]';
-const str = (d) => ({ type: 'string', default: d });
 const o = parseOrExit('bench/gemv.mjs', USAGE, () => {
   const f = flags(process.argv.slice(2), {
     dtypes: str('f16,q8,q4'),
     rows: str('1'),
     rounds: str('8'),
     reps: str('100'),
-    json: { type: 'boolean' },
+    json: bool,
   });
   const dtypes = f.dtypes.split(',');
   for (const d of dtypes)

@@ -10,13 +10,12 @@
 import { spawn } from 'node:child_process';
 import { loadavg } from 'node:os';
 import { fileURLToPath } from 'node:url';
-import { flags, int, ints, parseOrExit } from './flags.mjs';
+import { bool, flags, int, ints, parseOrExit, str } from './flags.mjs';
 
 const USAGE =
   'usage: node bench/serve-load.mjs [--model M] [--clients 1,4,16,64] [--rounds R] [--max-tokens T] [--max-batch B] [--context C] [--max-seconds S] [--f16] [--json]';
 
 function parse(argv) {
-  const str = (d) => ({ type: 'string', default: d });
   const f = flags(argv, {
     model: str('random:distilgpt2'),
     clients: str('1,4,16,64'),
@@ -25,8 +24,8 @@ function parse(argv) {
     'max-batch': str('64'),
     context: str('256'),
     'max-seconds': str('120'),
-    f16: { type: 'boolean', default: false },
-    json: { type: 'boolean', default: false },
+    f16: bool,
+    json: bool,
   });
   return {
     model: f.model,
