@@ -68,8 +68,12 @@ export function packPanelsTransposed(src: ArrayLike<number>, rows: number, cols:
 export function packPanels<T extends Typed>(src: T, rows: number, cols: number, panel: number): T;
 export function packPanels(src: ArrayLike<number>, rows: number, cols: number, panel: number): Float32Array;
 export function packPanels(src: ArrayLike<number>, rows: number, cols: number, panel: number): Typed {
-  if (!isPanelWidth(panel) && !(src instanceof Uint32Array && panel >= 1 && Number.isInteger(panel)))
-    throw new ShapeError(`packPanels: panel must be an even integer >= 2, got ${panel}`);
+  // Packed f16 words (packMatrix) are panelled in words: any width; elements need an even one.
+  const words = src instanceof Uint32Array;
+  if (words ? !(Number.isInteger(panel) && panel >= 1) : !isPanelWidth(panel))
+    throw new ShapeError(
+      `packPanels: panel must be ${words ? 'a positive integer (of words)' : 'an even integer >= 2'}, got ${panel}`,
+    );
   if (src.length !== rows * cols)
     throw new ShapeError(`packPanels: ${src.length} values for a [${rows}, ${cols}] matrix`);
   const np = Math.ceil(cols / panel);

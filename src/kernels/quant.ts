@@ -88,6 +88,7 @@ export function quantize(
   // (r / gsize) * sN + c; for 'cols' the gsize elements of one group, one scale at g * sN + r.
   const rowsAxis = kAxis === 'rows';
   const run = rowsAxis ? cols : gsize;
+  const step = rowsAxis ? 1 : 0; // how the scale index moves along a run
   const amax = new Float32Array(G * sN); // padding columns keep 0, hence scale 0
   const scales = new Float32Array(G * sN);
   // Int8Array, not Float32Array: a large new array costs its page faults (~13 ns per 4-byte element
@@ -101,7 +102,6 @@ export function quantize(
       for (let c0 = 0; c0 < cols; c0 += run) {
         const c1 = Math.min(cols, c0 + run);
         const base = rowsAxis ? Math.floor(r / gsize) * sN : Math.floor(c0 / gsize) * sN + r;
-        const step = rowsAxis ? 1 : 0;
         for (let c = c0; c < c1; c++) {
           const at = base + c * step;
           const v = src[i0 + c]!;
