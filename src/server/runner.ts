@@ -153,8 +153,8 @@ class EntryCursor {
  */
 class LiveChoice {
   private readonly text: ChoiceText;
-  private readonly ends: number[] = []; // [k] length of the completion text once token k is in
-  private readonly pending: LogprobEntry[] = [];
+  /** Entries not sent yet, each with the length of the completion text once its token is in. */
+  private pending: Array<{ entry: LogprobEntry; end: number }> = [];
   private held: Array<[string, LogprobEntry[] | undefined]> | null;
   /** Entries sent so far (an echoed prompt's included). */
   sentEntries = 0;
@@ -173,12 +173,10 @@ class LiveChoice {
       if (t) this.out(t);
       return;
     }
-    this.pending.push(this.cursor.next(id, lp));
-    this.ends.push(this.text.full.length);
-    let n = 0;
-    while (n < this.pending.length && this.ends[n]! <= this.text.sent) n++;
-    const done = this.pending.splice(0, n);
-    this.ends.splice(0, n);
+    this.pending.push({ entry: this.cursor.next(id, lp), end: this.text.full.length });
+    const sent = this.text.sent;
+    const done = this.pending.filter((p) => p.end <= sent).map((p) => p.entry);
+    this.pending = this.pending.filter((p) => p.end > sent);
     if (t || done.length) this.out(t, done);
   }
   /** Sends the echoed prompt (text and entries), then whatever waited for it. */
@@ -233,13 +231,17 @@ export async function runJob(
     return promptScores.get(i)!;
   };
   const echoLogprobs = job.echo && job.logprobs !== null;
-  const slots = job.prompts.flatMap((ids, i) =>
-    Array.from({ length: job.n }, (_, j) => {
+  const liveLogprobs = sink !== undefined && job.logprobs !== null;
+  const slots = job.prompts.flatMap((ids, i) => {
+    // Offsets of the completion's entries: after the echoed prompt's tokens, or the prompt's text.
+    const base = !liveLogprobs
+      ? 0
+      : job.echo
+        ? ids.reduce((a, id) => a + model.tokenizer.decode([id]).length, 0)
+        : job.promptTexts[i]!.length;
+    return Array.from({ length: job.n }, (_, j) => {
       const index = i * job.n + j;
-      // Offsets of the completion's entries: after the echoed prompt's tokens, or the prompt's text.
-      const base = (): number =>
-        job.echo ? ids.reduce((a, id) => a + model.tokenizer.decode([id]).length, 0) : job.promptTexts[i]!.length;
-      const cursor = sink && job.logprobs !== null ? new EntryCursor(model, base()) : undefined;
+      const cursor = liveLogprobs ? new EntryCursor(model, base) : undefined;
       const send = (t: string, e?: LogprobEntry[]): void => sink?.text(index, t, e);
       const live = new LiveChoice(job.stop, send, cursor, !(sink && echoLogprobs));
       // A stream with echo and logprobs opens with the prompt's text and entries, once scored.
@@ -251,8 +253,8 @@ export async function runJob(
           : Promise.resolve();
       opened.catch(() => {}); // a failed score fails the choice in `finish`, which awaits it
       return { ids, i, j, index, live, opened };
-    }),
-  );
+    });
+  });
   const gen: Array<Promise<GenerateResult | undefined>> = [];
   if (job.maxTokens === 0) slots.forEach(() => gen.push(Promise.resolve(undefined)));
   else {
