@@ -263,6 +263,11 @@ test('logprobs (trained model): echo + max_tokens 0 equals model.score; generate
   const l = lm.json.choices[0].logprobs;
   assert.is(l.token_logprobs.length, ctx.length + 1);
   const next = (await trained.generate(ctx, { temperature: 0, maxNewTokens: 1 })).sequences[0]!.tokens[0]!;
+  let off = 0;
+  [...ctx, next].forEach((id, k) => {
+    assert.is(l.text_offset[k], off, `echo: text_offset ${k}`);
+    off += dec(id).length;
+  });
   const sc2 = await trained.score([...ctx, next], { top: 1 });
   sc2.tokens.forEach((tk, k) => assert.ok(Math.abs(l.token_logprobs[k + 1] - tk.logprob) < 1e-5));
   const last = l.top_logprobs[ctx.length];

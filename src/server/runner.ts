@@ -222,23 +222,29 @@ export async function runJob(
   if (outer.aborted) cancel();
   else outer.addEventListener('abort', cancel, { once: true });
   const signal = ac.signal;
-  // An echoed prompt is scored (once per prompt, shared by its choices); the rest comes from the generation.
-  const promptScores = new Map<number, Promise<ScoreResult | undefined>>();
-  const promptScore = (i: number): Promise<ScoreResult | undefined> => {
-    const ids = job.prompts[i]!;
-    if (!job.echo || ids.length < 2) return Promise.resolve(undefined);
-    if (!promptScores.has(i)) promptScores.set(i, scheduler.score(ids, job.logprobs ?? 0, signal));
-    return promptScores.get(i)!;
-  };
   const echoLogprobs = job.echo && job.logprobs !== null;
   const liveLogprobs = sink !== undefined && job.logprobs !== null;
+  // An echoed prompt's entries come from its score (position 0 has none), the completion's from the
+  // generation; built once per prompt and shared by its choices.
+  const echoed = new Map<number, Promise<LogprobEntry[]>>();
+  const echoEntries = (i: number): Promise<LogprobEntry[]> => {
+    if (!echoed.has(i)) {
+      const ids = job.prompts[i]!;
+      const score = ids.length < 2 ? Promise.resolve(undefined) : scheduler.score(ids, job.logprobs ?? 0, signal);
+      echoed.set(
+        i,
+        score.then((sc) => entries(model, ids, 0, 0, { length: ids.length, score: sc }, [])),
+      );
+    }
+    return echoed.get(i)!;
+  };
+  // Where the completion's entries start: after the echoed prompt's tokens, or the prompt's text.
+  const completionBase = (i: number): number =>
+    job.echo
+      ? job.prompts[i]!.reduce((a, id) => a + model.tokenizer.decode([id]).length, 0)
+      : job.promptTexts[i]!.length;
   const slots = job.prompts.flatMap((ids, i) => {
-    // Offsets of the completion's entries: after the echoed prompt's tokens, or the prompt's text.
-    const base = !liveLogprobs
-      ? 0
-      : job.echo
-        ? ids.reduce((a, id) => a + model.tokenizer.decode([id]).length, 0)
-        : job.promptTexts[i]!.length;
+    const base = job.logprobs !== null ? completionBase(i) : 0;
     return Array.from({ length: job.n }, (_, j) => {
       const index = i * job.n + j;
       const cursor = liveLogprobs ? new EntryCursor(model, base) : undefined;
@@ -246,13 +252,9 @@ export async function runJob(
       const live = new LiveChoice(job.stop, send, cursor, !(sink && echoLogprobs));
       // A stream with echo and logprobs opens with the prompt's text and entries, once scored.
       const opened =
-        sink && echoLogprobs
-          ? promptScore(i).then((score) =>
-              live.open(job.promptTexts[i]!, entries(model, ids, 0, 0, { length: ids.length, score }, [])),
-            )
-          : Promise.resolve();
+        sink && echoLogprobs ? echoEntries(i).then((e) => live.open(job.promptTexts[i]!, e)) : Promise.resolve();
       opened.catch(() => {}); // a failed score fails the choice in `finish`, which awaits it
-      return { ids, i, j, index, live, opened };
+      return { ids, i, j, index, base, live, opened };
     });
   });
   const gen: Array<Promise<GenerateResult | undefined>> = [];
@@ -289,11 +291,9 @@ export async function runJob(
       finishReason: seq ? finishOf(seq) : 'length',
     };
     if (job.logprobs !== null) {
-      const all = [...s.ids, ...tokens];
-      const from = job.echo ? 0 : s.ids.length;
-      const base = job.echo ? 0 : job.promptTexts[s.i]!.length;
-      const prompt = { length: s.ids.length, score: await promptScore(s.i) };
-      choice.logprobs = entries(model, all, from, base, prompt, seq?.logprobs ?? []);
+      const prompt = { length: s.ids.length };
+      const completion = entries(model, [...s.ids, ...tokens], s.ids.length, s.base, prompt, seq?.logprobs ?? []);
+      choice.logprobs = job.echo ? [...(await echoEntries(s.i)), ...completion] : completion;
     }
     await s.opened;
     sink?.done(choice, s.live.rest(text), choice.logprobs?.slice(s.live.sentEntries));
