@@ -8,7 +8,8 @@
  * built-ins or `webgpu` are this one, node-sources.ts and cli.ts.
  */
 import { create, globals } from 'webgpu';
-import { Engine, type EngineOptions } from './engine/engine.js';
+import { Engine, ENGINE_OPTIONS, type EngineOptions } from './engine/engine.js';
+import { checkOptions } from './sampling/names.js';
 import { createContext, type ContextOptions, type GpuContext, type WaitYield } from './gpu/device.js';
 import { InvalidOptionError } from './errors.js';
 import { resolveSource } from './node-sources.js';
@@ -82,7 +83,8 @@ export function nodeContext(opts: Omit<ContextOptions, 'waitYield'> = {}): Promi
  * GPU waits sleep the main thread in slices (`sleepingWaitYield`; `yieldWhileWaiting: false` keeps
  * dawn.node's spinning wait, true uses slices on any adapter).
  */
-export function createEngine(opts: Omit<EngineOptions, 'gpu'> = {}): Promise<Engine> {
+export async function createEngine(opts: Omit<EngineOptions, 'gpu'> = {}): Promise<Engine> {
+  checkOptions(opts, ENGINE_OPTIONS, 'engine option'); // here too: a spread would let null through
   return Engine.create({
     gpu: nodeGPU(),
     waitYield: sleepingWaitYield(),

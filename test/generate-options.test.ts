@@ -8,8 +8,10 @@
  */
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { tinyReference } from './fixtures-util.js';
-import { tinyModel } from './model-util.js';
+import { fixturesDir, tinyReference } from './fixtures-util.js';
+import { engine, tinyModel } from './model-util.js';
+import { createEngine } from '../src/node.js';
+import { join } from 'node:path';
 import { bans64 } from './reference/sampling.js';
 import type { Model } from '../src/engine/engine.js';
 import type { GenerateOptions } from '../src/engine/generate-options.js';
@@ -235,6 +237,71 @@ test('the new options are validated before any GPU work', async () => {
       JSON.stringify(o),
     );
   }
+});
+
+test('every call checks its options object first: null, an array, a number or a misspelt name is an InvalidOptionError naming it, and nothing is created', async () => {
+  const model = await tinyModel();
+  const eng = await engine();
+  const session = await model.createSession();
+  const group = await model.createSessionGroup(2);
+  const fixture = join(fixturesDir(), 'hf-gpt2-tiny');
+  // [what, call with the options given]; `options` names the options in the message.
+  const calls: Array<[string, string, (o: unknown) => Promise<unknown>]> = [
+    ['generate', 'generation option', (o) => model.generate([1], o as never)],
+    ['generateBatch', 'generation option', (o) => model.generateBatch([[1]], o as never)],
+    ['stream', 'generation option', async (o) => model.stream([1], o as never).result],
+    ['score', 'score option', (o) => model.score([1, 2], o as never)],
+    ['perplexity', 'perplexity option', (o) => model.perplexity([1, 2, 3], o as never)],
+    ['beamSearch', 'beam search option', (o) => model.beamSearch([1], o as never)],
+    ['logits', 'logits option', (o) => model.logits([1], o as never)],
+    ['sample', 'sampling option', async (o) => model.sample(new Float32Array(8), 1, o as never)],
+    ['createCache', 'cache option', (o) => model.createCache(o as never)],
+    ['createSession', 'cache option', (o) => model.createSession(o as never)],
+    ['createSessionGroup', 'cache option', (o) => model.createSessionGroup(2, o as never)],
+    ['session.generate', 'session generation option', async (o) => session.generate([1], o as never)],
+    ['group session generate', 'session generation option', (o) => group.sessions[0]!.generate([1], o as never)],
+    [
+      'group.generate',
+      'group generation option',
+      async (o) => group.generate([{ session: group.sessions[1]!, prompt: [1] }], o as never),
+    ],
+    ['loadModel', 'load option', (o) => eng.loadModel(fixture, o as never)],
+    ['createEngine', 'engine option', (o) => createEngine(o as never)],
+  ];
+  const caches = model.liveCaches.length;
+  for (const [what, name, call] of calls) {
+    for (const [o, got] of [
+      [null, 'null'],
+      [[], 'an array'],
+      [5, 'number 5'],
+    ] as const) {
+      await rejects(
+        () => call(o),
+        (e) => e instanceof InvalidOptionError && e.message === `${name}s must be an object (or left out), got ${got}`,
+        `${what}(${JSON.stringify(o)})`,
+      );
+    }
+    await rejects(
+      () => call({ maxNewTokenz: 1 }),
+      (e) => e instanceof InvalidOptionError && e.message.startsWith(`unknown ${name} "maxNewTokenz".`),
+      `${what} with a misspelt name`,
+    );
+  }
+  assert.is(model.liveCaches.length, caches, 'no cache was created by a refused call');
+  // Names that differ by one letter are offered; left out, the options are the defaults.
+  await rejects(
+    () => eng.loadModel(fixture, { dtyp: 'q8' } as never),
+    (e) => e instanceof InvalidOptionError && /Did you mean dtype\?/.test(e.message),
+    'loadModel dtyp',
+  );
+  await rejects(
+    () => model.generateBatch([[1], [2]], { numSequences: 3 } as never),
+    (e) => e instanceof InvalidOptionError && /one sequence per prompt: numSequences 3 with 2 prompt/.test(e.message),
+    'generateBatch numSequences',
+  );
+  assert.is((await model.generate([1], undefined)).sequences[0]!.tokens.length, 30);
+  session.destroy();
+  group.destroy();
 });
 
 test.run();

@@ -16,7 +16,14 @@
  */
 import { AbortError, ContextOverflowError } from '../errors.js';
 import { bannedNext } from '../sampling/bans.js';
-import { validateBeam, type BeamHypothesis, type BeamOptions, type BeamResult } from '../sampling/beam.js';
+import {
+  BEAM_OPTIONS,
+  validateBeam,
+  type BeamHypothesis,
+  type BeamOptions,
+  type BeamResult,
+} from '../sampling/beam.js';
+import { checkOptions } from '../sampling/names.js';
 import { CallErrors } from '../gpu/call-errors.js';
 import { GpuTensor, Owned, type Dispatch } from '../gpu/common.js';
 import { checkVocabRows } from '../gpu/limits.js';
@@ -72,7 +79,9 @@ export async function beamSearch(
 ): Promise<BeamResult> {
   model.checkAlive();
   const cfg = model.config;
-  const o = validateBeam({ eosTokenId: cfg.eos_token_id, ...options }, cfg.vocab_size);
+  // The object itself first: spread, null or an array would pass unseen.
+  const given = checkOptions(options, BEAM_OPTIONS, 'beam search option');
+  const o = validateBeam({ eosTokenId: cfg.eos_token_id, ...given }, cfg.vocab_size);
   const promptIds = model.promptIds(prompt);
   model.checkIds(promptIds);
   const P = promptIds.length;

@@ -7,10 +7,10 @@
  *   const res = await model.generate('Hello', { maxNewTokens: 20, temperature: 0 });
  *   model.destroy(); engine.destroy();
  */
-import { resolveProfile, type DeviceProfile, type PartialProfile } from '../kernels/profile.js';
-import { contextFromDevice, createContext, GpuContext, type ContextOptions } from '../gpu/device.js';
+import { resolveProfile, type DeviceProfile } from '../kernels/profile.js';
+import { contextFromDevice, createContext, GpuContext } from '../gpu/device.js';
 import { rowsThatFit } from '../gpu/limits.js';
-import { GPT2Model, type LoadOptions } from './model.js';
+import { GPT2Model } from './model.js';
 import { eosIdsOf, sequenceOptions } from './generate-options.js';
 import {
   DEFAULT_MAX_NEW_TOKENS,
@@ -34,8 +34,18 @@ import { perplexity, score, type PerplexityResult, type ScoreOptions, type Score
 import type { BeamOptions, BeamResult } from '../sampling/beam.js';
 import { sample as sampleOnGpu } from '../sampling/sample.js';
 import { randomSeed, validateSampling, type SamplingOptions } from '../sampling/options.js';
-import { checkOptionNames } from '../sampling/names.js';
-import { checkKvDtype, type CacheOptions, type KVCache } from './kvcache.js';
+import { checkOptions } from '../sampling/names.js';
+import {
+  checkDownload,
+  checkLoadOptions,
+  ENGINE_OPTIONS,
+  type EngineOptions,
+  type ModelLoadOptions,
+  type ModelSource,
+  type SourceResolver,
+} from './engine-options.js';
+import { GENERATE_OPTIONS } from './generate-options.js';
+import { CACHE_OPTIONS, checkKvDtype, type CacheOptions, type KVCache } from './kvcache.js';
 import { openCheckpoint, type Checkpoint } from './checkpoint.js';
 import { uploadWeights, WEIGHT_DTYPES } from './weights.js';
 import { randomCheckpoint } from './random.js';
@@ -43,88 +53,19 @@ import { bytesSource } from './safetensors.js';
 import { urlSource, fileSource } from './sources-web.js';
 import { AbortError, CacheMisuseError, InvalidOptionError, OutOfMemoryError, WeightsFormatError } from '../errors.js';
 
-/**
- * Progress of a load, phase by phase: 'download' (bytes, a Hugging Face id or { url } not cached
- * yet), 'compile' (the GPU pipelines: loaded 0 of total 1 when they start, 1 of 1 when all are
- * built; they are built together, so there is nothing in between), then 'upload' (weight bytes
- * read and written to the GPU).
- */
-export interface LoadProgress {
-  phase: string;
-  loaded: number;
-  total: number;
-}
-
-/** Where a model comes from. Strings: 'random:<name|config path>' anywhere; in Node also a local
- *  directory or a Hugging Face id (see createEngine in the Node entry). */
-export type ModelSource =
-  | string
-  | Checkpoint
-  | { url: string }
-  | { files: File[] }
-  | { config: unknown; safetensors: ArrayBuffer | Uint8Array };
-
-export type SourceResolver = (
-  source: string,
-  opts: { onProgress?: (p: LoadProgress) => void; download?: DownloadOptions },
-) => Promise<Checkpoint>;
-
-/** How the Node entry fetches a Hugging Face id (the resolver's options; other sources ignore them). */
-export interface DownloadOptions {
-  /** Branch, tag or commit (default 'main'). */
-  revision?: string;
-  /** Access token (default $HF_TOKEN). */
-  token?: string;
-  /** HF cache root (default $HF_HUB_CACHE, $HF_HOME/hub or ~/.cache/huggingface/hub). */
-  cacheDir?: string;
-  /** Hub base URL (default $HF_ENDPOINT or https://huggingface.co). */
-  hubUrl?: string;
-  /** Never touch the network (default: $HF_HUB_OFFLINE is 1 / true). */
-  offline?: boolean;
-  /** Attempts per file after cut connections (default 4). */
-  attempts?: number;
-  /** A request or body idle this long (ms) is cut (default $HF_HUB_DOWNLOAD_TIMEOUT s, else 10 s). */
-  idleTimeoutMs?: number;
-}
-
-const DOWNLOAD_KEYS = ['revision', 'token', 'cacheDir', 'hubUrl', 'offline', 'attempts', 'idleTimeoutMs'];
-
-/** ModelLoadOptions.download as given, or InvalidOptionError naming an unknown key (a typo must not pass). */
-function checkDownload(d: unknown): DownloadOptions | undefined {
-  if (d === undefined) return undefined;
-  if (typeof d !== 'object' || d === null || Array.isArray(d))
-    throw new InvalidOptionError(`download must be an object of ${DOWNLOAD_KEYS.join(', ')}, got ${String(d)}`);
-  checkOptionNames(d, DOWNLOAD_KEYS, 'download option');
-  return d as DownloadOptions;
-}
-
-export interface EngineOptions extends ContextOptions {
-  /** The WebGPU entry (navigator.gpu, or Node's from nodeGPU()). */
-  gpu?: GPU;
-  /** Or a device the host already has: the engine uses it and never destroys it. */
-  device?: GPUDevice;
-  /** Resolves string sources other than random: (the Node entry installs one for dirs and HF ids). */
-  resolveSource?: SourceResolver;
-}
-
-export interface ModelLoadOptions extends LoadOptions {
-  onProgress?: (p: LoadProgress) => void;
-  /** Seed of random: weights (default 0). */
-  seed?: number;
-  /** How a Hugging Face id is downloaded (revision, token, cache, timeouts); the Node entry's. */
-  download?: DownloadOptions;
-  /** Not a stable interface: may change in any release. */
-  experimental?: {
-    /**
-     * The device profile (every kernel choice) to use instead of the adapter's: a built-in one by
-     * `name` and / or fields merged over it (tests run the GPU profile on CPU adapters; benchmarks
-     * compare choices). Checked against the device: InvalidOptionError names a bad field.
-     */
-    profile?: PartialProfile;
-  };
-}
-
 export type { DeviceProfile, PartialProfile } from '../kernels/profile.js';
+export type {
+  DownloadOptions,
+  EngineOptions,
+  LoadProgress,
+  ModelLoadOptions,
+  ModelSource,
+  SourceResolver,
+} from './engine-options.js';
+export { ENGINE_OPTIONS } from './engine-options.js';
+
+/** What a session's generate takes: generate's options but the cache, which is the session's. */
+const SESSION_OPTIONS = GENERATE_OPTIONS.filter((k) => k !== 'cache' && k !== 'cacheRows');
 
 const now = (): number => (globalThis.performance ?? Date).now();
 
@@ -141,6 +82,7 @@ export class Engine {
 
   /** Acquires a device (or wraps `opts.device`). Throws WebGPUUnavailableError when there is none. */
   static async create(opts: EngineOptions = {}): Promise<Engine> {
+    checkOptions(opts, ENGINE_OPTIONS, 'engine option');
     const ctx = opts.device
       ? contextFromDevice(opts.device, {}, opts)
       : await createContext(opts.gpu ?? (globalThis as { navigator?: { gpu?: GPU } }).navigator?.gpu, opts);
@@ -149,6 +91,7 @@ export class Engine {
 
   /** Resolves a source to a checkpoint (validated before any GPU work). */
   async openSource(source: ModelSource, opts: ModelLoadOptions = {}): Promise<Checkpoint> {
+    checkLoadOptions(opts);
     checkDownload(opts.download);
     if (isCheckpoint(source)) return source;
     if (typeof source === 'string') {
@@ -191,6 +134,7 @@ export class Engine {
     this.ctx.checkAlive();
     const t0 = now();
     // Every option is checked before the source is opened (a hub id would download first).
+    checkLoadOptions(opts);
     checkKvDtype(opts.kvDtype, 'f32'); // the value; against the config once it is read
     const dtype = opts.dtype ?? 'f32';
     if (!WEIGHT_DTYPES.includes(dtype))
@@ -257,7 +201,8 @@ export class Session {
     prompt: string | readonly number[],
     opts: Omit<GenerateOptions, 'cache' | 'cacheRows'> = {},
   ): Promise<GenerateResult> {
-    if (this.group) return this.group.turn(this, prompt, opts);
+    if (this.group) return this.group.turn(this, prompt, opts); // checks them too (rejecting, as its turns do)
+    checkOptions(opts, SESSION_OPTIONS, 'session generation option');
     return this.model.generate(prompt, { ...opts, cache: this.cache });
   }
   /** session.generate as a stream of tokens with its result (see Model.stream and GenerationStream). */
@@ -480,6 +425,7 @@ export class SessionGroup {
     opts: Omit<GenerateOptions, 'cache' | 'cacheRows'>,
   ): Promise<GenerateResult> {
     try {
+      checkOptions(opts, SESSION_OPTIONS, 'session generation option');
       const row = session.row!;
       this.model.checkAlive();
       this.cache.checkUsable(this.model);
@@ -593,6 +539,7 @@ export class SessionGroup {
       maxNewTokens: _maxNew,
       stopStrings: _stops,
       signal: _signal, // each turn's own (turnToken)
+      numSequences: _rows, // 1 or left out (checked in turn): one row per turn
       ...common
     } = generationPart(set[0]!.opts);
     run.ended = generateBatch(
@@ -688,6 +635,11 @@ export class SessionGroup {
     turns: readonly SessionTurn[],
     opts: Omit<GenerateOptions, 'cache' | 'cacheRows' | 'numSequences'> = {},
   ): Promise<GenerateResult> {
+    checkOptions(
+      opts,
+      SESSION_OPTIONS.filter((k) => k !== 'numSequences'),
+      'group generation option',
+    );
     if (!Array.isArray(turns) || turns.length === 0) {
       throw new InvalidOptionError(
         `SessionGroup.generate needs a non-empty array of { session, prompt }, got ${JSON.stringify(turns)?.slice(0, 80)}`,
@@ -786,6 +738,7 @@ export class Model extends GPT2Model {
    * createSession), which SessionGroup.generate advances together in batched steps.
    */
   async createSessionGroup(count: number, opts: Omit<CacheOptions, 'rows'> = {}): Promise<SessionGroup> {
+    checkOptions(opts, CACHE_OPTIONS, 'cache option');
     if (!Number.isInteger(count) || count < 1)
       throw new InvalidOptionError(
         `createSessionGroup: count must be a positive integer (sessions in the group), got ${String(count)}`,

@@ -12,10 +12,12 @@ import { checkVocabRows } from '../gpu/limits.js';
 import { logprobsKernelFor, type LogprobsKernel } from '../kernels/logprobs.js';
 import type { RowBans } from '../kernels/sampler.js';
 import { hasDynamicBans } from '../sampling/bans.js';
+import { checkOptions } from '../sampling/names.js';
 import { deriveSeed, randomSeed } from '../sampling/options.js';
 import {
   cacheRowsOf,
   eosIdsOf,
+  GENERATE_OPTIONS,
   generationCapacity,
   seedsOf,
   sequenceOptions,
@@ -68,6 +70,7 @@ export function generate(
   opts: GenerateOptions = {},
 ): Promise<GenerateResult> {
   model.checkAlive();
+  checkOptions(opts, GENERATE_OPTIONS, 'generation option', ['joiners']);
   const ids = model.promptIds(prompt);
   // A multi-row session continues every row (or the rows cacheRows picks) with this prompt unless told otherwise.
   const o =
@@ -92,11 +95,17 @@ export function generateBatch(
   opts: Omit<GenerateOptions, 'numSequences'> = {},
 ): Promise<GenerateResult> {
   model.checkAlive();
+  checkOptions(opts, GENERATE_OPTIONS, 'generation option', ['joiners']);
   if (!Array.isArray(prompts) || prompts.length === 0)
     throw new InvalidOptionError(
       `generateBatch needs a non-empty array of prompts, got ${JSON.stringify(prompts)?.slice(0, 80)}`,
     );
   const ids = prompts.map((p, i) => model.promptIds(p, `prompt ${i}`));
+  const asked = (opts as GenerateOptions).numSequences;
+  if (asked !== undefined && asked !== ids.length)
+    throw new InvalidOptionError(
+      `generateBatch runs one sequence per prompt: numSequences ${String(asked)} with ${ids.length} prompt(s); leave it out (or give each prompt as often as you want it run)`,
+    );
   return run(model, ids, { ...opts, numSequences: ids.length });
 }
 

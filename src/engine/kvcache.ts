@@ -15,6 +15,7 @@
  * invariant 0 <= lengths[r] <= tokens[r].length always holds; tokens[r][lengths[r]..] are pending:
  * the next step that writes the row feeds them (after a generation, its newest sampled token).
  */
+import { optionNames } from '../sampling/names.js';
 import { CacheMisuseError, InvalidOptionError, OutOfMemoryError, ShapeError } from '../errors.js';
 import type { GpuTensor } from '../gpu/common.js';
 import type { GpuContext } from '../gpu/device.js';
@@ -50,6 +51,14 @@ export interface CacheOptions {
    */
   kvDtype?: KvDtype;
 }
+
+export const CACHE_OPTIONS = optionNames<CacheOptions>({
+  capacity: true,
+  rows: true,
+  onOverflow: true,
+  keep: true,
+  kvDtype: true,
+});
 
 /** The part of a model a cache needs to know (avoids an import cycle with model.ts). */
 export interface CacheOwner {
@@ -302,7 +311,9 @@ export class KVCache {
   /** Throws CacheMisuseError unless this cache is alive and belongs to `owner`. */
   checkUsable(owner: CacheOwner): void {
     if (this.destroyedFlag)
-      throw new CacheMisuseError(`KV cache #${this.id} was destroyed; create a new one with model.createCache()`);
+      throw new CacheMisuseError(
+        `KV cache #${this.id} was destroyed (session.destroy(), group.destroy() or cache.destroy()); create a new session, group or cache`,
+      );
     if (this.owner !== owner) {
       throw new CacheMisuseError(
         `KV cache #${this.id} belongs to model #${this.owner.id}, not to model #${owner.id}; a cache only works with the model that created it`,

@@ -23,6 +23,7 @@ import {
   checkKvDtype,
   kvCacheBytes,
   KVCache,
+  CACHE_OPTIONS,
   type CacheOptions,
   type CacheOwner,
   type KvDtype,
@@ -40,6 +41,7 @@ import { Sampler } from '../kernels/sampler.js';
 import { BeamKernel } from '../kernels/beam.js';
 import { DestroyedError, PromptError, ShapeError } from '../errors.js';
 import { CallErrors } from '../gpu/call-errors.js';
+import { checkOptions } from '../sampling/names.js';
 import { checkVocabRows, rowsThatFit } from '../gpu/limits.js';
 import { gpt2Tokenizer, type Tokenizer } from './tokenizer.js';
 
@@ -495,6 +497,7 @@ export class GPT2Model implements CacheOwner {
   /** A new KV cache (session storage) tied to this model. */
   async createCache(opts: CacheOptions = {}): Promise<KVCache> {
     this.checkAlive();
+    checkOptions(opts, CACHE_OPTIONS, 'cache option');
     // Checked before any GPU work; the cache checks it again (the same function).
     const dtype = checkKvDtype(opts.kvDtype, this.kvDtype, this.config);
     await this.buildKvKernels(dtype);
@@ -621,6 +624,7 @@ export class GPT2Model implements CacheOwner {
     opts: { allPositions?: boolean } = {},
   ): Promise<{ shape: number[]; data: Float32Array }> {
     this.checkAlive();
+    checkOptions(opts, ['allPositions'], 'logits option');
     this.checkIds(ids);
     const T = ids.length;
     if (T > this.config.n_positions) {

@@ -21,6 +21,7 @@ import {
   logprobsRowWords,
   MAX_TOP_LOGPROBS,
 } from '../kernels/logprobs.js';
+import { checkOptions, optionNames } from '../sampling/names.js';
 import type { KVCache } from './kvcache.js';
 import { ForwardPlan, rowMeta, type GPT2Model } from './model.js';
 
@@ -118,6 +119,9 @@ function intOption(v: unknown, name: string, lo: number, hi: number, dflt: numbe
   return v;
 }
 
+const SCORE_OPTIONS = optionNames<ScoreOptions>({ context: true, top: true, window: true, stride: true, signal: true });
+const PERPLEXITY_OPTIONS = SCORE_OPTIONS.filter((k) => k !== 'top' && k !== 'context');
+
 /** The validated inputs of a score call. */
 interface ScoreInput {
   ids: number[];
@@ -128,9 +132,7 @@ interface ScoreInput {
 }
 
 function scoreInput(model: GPT2Model, text: string | readonly number[], o: ScoreOptions): ScoreInput {
-  const known = new Set(['context', 'top', 'window', 'stride', 'signal']);
-  for (const k of Object.keys(o))
-    if (!known.has(k)) throw new InvalidOptionError(`unknown score option "${k}"; known: ${[...known].join(', ')}`);
+  checkOptions(o, SCORE_OPTIONS, 'score option');
   const context = o.context === undefined ? [] : toIds(model, o.context, 'context');
   const body = toIds(model, text, 'text');
   const ids = [...context, ...body];
@@ -300,6 +302,7 @@ export async function perplexity(
   text: string | readonly number[],
   opts: Omit<ScoreOptions, 'top' | 'context'> = {},
 ): Promise<PerplexityResult> {
+  checkOptions(opts, PERPLEXITY_OPTIONS, 'perplexity option');
   const window = opts.window ?? model.config.n_positions;
   const stride = opts.stride ?? Math.max(1, Math.floor(window / 2));
   return perplexityOf(await score(model, text, { ...opts, window, stride }));

@@ -3,7 +3,8 @@
  * iterable that also carries the generation's result (finish reasons, statistics), so a
  * `for await` loop needs no hand-written next() to reach them.
  */
-import type { GenerateOptions, GenerateResult, TokenEvent } from './generate-options.js';
+import { GENERATE_OPTIONS, type GenerateOptions, type GenerateResult, type TokenEvent } from './generate-options.js';
+import { checkOptions } from '../sampling/names.js';
 
 /**
  * The tokens of a generation as they are read back, and its result.
@@ -34,6 +35,7 @@ export function streamGeneration(
   let done = false;
   // Our own controller, following the caller's signal, so that leaving the loop early can cancel.
   const ac = new AbortController();
+  checkOptions(opts, GENERATE_OPTIONS, 'generation option');
   const outer = opts.signal;
   const follow = () => ac.abort(outer?.reason);
   if (outer?.aborted) ac.abort(outer.reason);

@@ -3,7 +3,7 @@
  * (the search itself, which drives the model, is src/engine/beam-search.ts).
  */
 import { InvalidOptionError } from '../errors.js';
-import { checkOptionNames } from './names.js';
+import { checkOptions } from './names.js';
 import { validateBans } from './options.js';
 
 export interface BeamOptions {
@@ -72,9 +72,7 @@ export const BEAM_OPTIONS: readonly string[] = [
 ];
 
 export function validateBeam(o: BeamOptions, vocab: number): Required<Omit<BeamOptions, 'signal'>> {
-  if (typeof o !== 'object' || o === null)
-    throw new InvalidOptionError(`beam search options must be an object, got ${String(o)}`);
-  checkOptionNames(o, BEAM_OPTIONS, 'beam search option');
+  checkOptions(o, BEAM_OPTIONS, 'beam search option');
   const int = (name: string, v: unknown, lo: number, hi: number): number => {
     if (typeof v !== 'number' || !Number.isInteger(v) || v < lo || v > hi) {
       throw new InvalidOptionError(`${name} must be an integer in [${lo}, ${hi}], got ${String(v)}`);

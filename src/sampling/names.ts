@@ -115,3 +115,38 @@ export function checkOptionNames(
     throw new InvalidOptionError(`unknown ${what} "${k}".${hint} Valid options: ${valid.join(', ')}.`);
   }
 }
+
+/**
+ * An options interface's names, from a record the compiler checks against it: every name of `T`
+ * and no other (a name added to the interface and not here fails to compile).
+ */
+export function optionNames<T>(names: Record<keyof T, true>): readonly string[] {
+  return Object.keys(names);
+}
+
+/** How a value that is not an options object reads in a message. */
+function describe(v: unknown): string {
+  if (v === null) return 'null';
+  if (Array.isArray(v)) return 'an array';
+  if (typeof v === 'function') return 'a function';
+  if (typeof v === 'string') return JSON.stringify(v.length > 40 ? `${v.slice(0, 40)}...` : v);
+  return `${typeof v} ${String(v)}`;
+}
+
+/**
+ * The options object a call was given, checked before anything reads it: left out (undefined) is
+ * {}; null, an array or any other value is an InvalidOptionError, and so is a name not in `valid`
+ * (checkOptionNames). `what` names one option ("cache option").
+ */
+export function checkOptions<T extends object>(
+  opts: T | undefined,
+  valid: readonly string[],
+  what: string,
+  internal: readonly string[] = [],
+): T {
+  if (opts === undefined) return {} as T;
+  if (typeof opts !== 'object' || opts === null || Array.isArray(opts))
+    throw new InvalidOptionError(`${what}s must be an object (or left out), got ${describe(opts)}`);
+  checkOptionNames(opts, valid, what, internal);
+  return opts;
+}

@@ -10,7 +10,7 @@
  */
 import { InvalidOptionError } from '../errors.js';
 import type { NormalizedSampling } from '../kernels/sampler.js';
-import { checkOptionNames } from './names.js';
+import { checkOptions } from './names.js';
 
 export type { NormalizedSampling };
 
@@ -93,9 +93,7 @@ function num(
  * naming the option, its value and the allowed domain (unknown keys are named too).
  */
 export function validateSampling(opts: SamplingOptions | undefined, vocab: number): NormalizedSampling {
-  const o = (opts ?? {}) as Record<string, unknown>;
-  if (typeof o !== 'object' || o === null) bad('options', o, 'an object');
-  checkOptionNames(o, SAMPLING_OPTIONS, 'sampling option');
+  const o = checkOptions(opts as Record<string, unknown> | undefined, SAMPLING_OPTIONS, 'sampling option');
   const isInt = Number.isInteger;
   const temperature = num(o, 'temperature', 1, 'a finite number >= 0 (0 = greedy)', (x) => x >= 0);
   const topK = num(o, 'topK', 0, 'an integer >= 0 (0 = off)', (x) => x >= 0 && isInt(x));
