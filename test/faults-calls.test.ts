@@ -173,6 +173,90 @@ test('item 3: session group: a turn whose callback throws fails alone; the merge
   }
 });
 
+test('async listeners: a rejection fails the call as a throw would (a merged turn alone), never unhandled; the call waits for them, its signal ends the wait', async () => {
+  const model = await tinyModel();
+  const unhandled: unknown[] = [];
+  const onUnhandled = (e: unknown) => unhandled.push(e);
+  process.on('unhandledRejection', onUnhandled);
+  const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+  const o = { maxNewTokens: 10, stopAtEos: false, temperature: 0 };
+  try {
+    // A rejection ends the call with that error, at the listener's next token.
+    const boom = new Error('async onToken failed');
+    let calls = 0;
+    await rejects(
+      () =>
+        model.generate([1, 2], {
+          ...o,
+          onToken: async () => {
+            if (++calls === 2) throw boom;
+          },
+        }),
+      (e) => e === boom,
+      'generate with a rejecting onToken',
+    );
+    assert.ok(calls < 10, `the run stopped after the rejection (${calls} tokens delivered)`);
+    const doneBoom = new Error('async onSequenceDone failed');
+    await rejects(
+      () =>
+        model.generate([1, 2], {
+          ...o,
+          onSequenceDone: async () => {
+            await sleep(5);
+            throw doneBoom;
+          },
+        }),
+      (e) => e === doneBoom,
+      'generate with a rejecting onSequenceDone',
+    );
+    // A slow listener: the call resolves once every token's listener has finished.
+    let finished = 0;
+    const slow = await model.generate([1, 2], {
+      ...o,
+      onToken: async () => {
+        await sleep(20);
+        finished++;
+      },
+    });
+    assert.is(finished, slow.sequences[0]!.tokens.length, 'every listener promise settled before the call resolved');
+    // A listener that never settles: the call's signal ends the wait, with the sequences it made.
+    const ac = new AbortController();
+    const hung = model.generate([1, 2], { ...o, signal: ac.signal, onToken: () => new Promise<void>(() => {}) });
+    setTimeout(() => ac.abort(), 300);
+    await rejects(
+      () => hung,
+      (e) => e instanceof AbortError && e.tokens.length === 10 && /listeners/.test(e.message),
+      'a hung listener and an abort',
+    );
+    // In a session group a merged turn's rejecting listener fails that turn alone.
+    const group = await model.createSessionGroup(2, { capacity: 32 });
+    try {
+      const turnBoom = new Error('turn 1: async onToken failed');
+      const turns = await Promise.allSettled([
+        group.sessions[0]!.generate([3, 4], o),
+        group.sessions[1]!.generate([5], {
+          ...o,
+          onToken: async (ev) => {
+            if (ev.index === 1) throw turnBoom;
+          },
+        }),
+      ]);
+      assert.is(turns[1]!.status === 'rejected' && turns[1].reason, turnBoom);
+      const alone = await model.generate([3, 4], o);
+      assert.ok(turns[0]!.status === 'fulfilled', 'the other turn resolves');
+      assert.equal(turns[0].value.sequences[0]!.tokens, alone.sequences[0]!.tokens);
+      assert.is((turns[0].value.stats as { batchRows: number }).batchRows, 2, 'the turns ran merged');
+    } finally {
+      await group.idle();
+      group.destroy();
+    }
+    await sleep(10);
+    assert.equal(unhandled, [], 'no unhandled rejection');
+  } finally {
+    process.off('unhandledRejection', onUnhandled);
+  }
+});
+
 test('item 1: a call past the binding limit rejects with OutOfMemoryError naming what fits; the next call works', async () => {
   const model = await tinyModel();
   const V = model.config.vocab_size;

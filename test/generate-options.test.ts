@@ -228,6 +228,7 @@ test('the new options are validated before any GPU work', async () => {
     [{ eosTokenId: [] }, /eosTokenId/],
     [{ eosTokenId: 1e9 }, /eosTokenId\[0\]/],
     [{ includeStopString: 'no' }, /includeStopString must be a boolean/],
+    [{ signal: {} }, /^signal must be an AbortSignal/],
     [{ numSequences: 2, perSequence: [{}, { stopTokenIds: [1.5] }] }, /perSequence\[1\]: .*stopTokenIds\[0\]/],
   ];
   for (const [o, re] of bad) {
@@ -301,6 +302,43 @@ test('every call checks its options object first: null, an array, a number or a 
   );
   assert.is((await model.generate([1], undefined)).sequences[0]!.tokens.length, 30);
   session.destroy();
+  group.destroy();
+});
+
+test('bans that leave no token id at all are refused before any GPU work (generate, a sequence of a batch, beam search, a merged group turn alone)', async () => {
+  const model = await tinyModel();
+  const V = model.config.vocab_size;
+  const all = Array.from({ length: V }, (_, i) => i);
+  const allBut7 = all.filter((i) => i !== 7);
+  const none = /ban all 50257 token ids, so no token could be generated/;
+  const refused = (e: Error) => e instanceof InvalidOptionError && none.test(e.message);
+  await rejects(() => model.generate([1], { suppressTokens: all }), refused, 'suppressTokens: all');
+  await rejects(() => model.generate([1], { suppressTokens: allBut7, badWordsIds: [[7]] }), refused, 'with a bad word');
+  await rejects(
+    () => model.generate([1], { numSequences: 2, perSequence: [{}, { suppressTokens: all }] }),
+    (e) => refused(e) && e.message.startsWith('sequence 1:'),
+    'perSequence',
+  );
+  await rejects(
+    () => model.beamSearch([1], { numBeams: 2, maxNewTokens: 2, suppressTokens: all }),
+    refused,
+    'beam search',
+  );
+  // One id left (or EOS, which a one-token bad word never bans, as in transformers): it is what comes out.
+  const one = await model.generate([1], { suppressTokens: allBut7, maxNewTokens: 3, seed: 1 });
+  assert.equal(one.sequences[0]!.tokens, [7, 7, 7]);
+  const noEos = allBut7.filter((i) => i !== 50256);
+  const eos = await model.generate([1], { suppressTokens: noEos, badWordsIds: [[7], [50256]], maxNewTokens: 3 });
+  assert.equal(eos.sequences[0]!.tokens, [50256], 'the one-token bad word [EOS] bans nothing');
+  // In a session group the refused turn fails alone; the other one merges nothing and runs.
+  const group = await model.createSessionGroup(2, { capacity: 16 });
+  const [a, b] = await Promise.allSettled([
+    group.sessions[0]!.generate([1], { suppressTokens: all }),
+    group.sessions[1]!.generate([2], { maxNewTokens: 2, temperature: 0 }),
+  ]);
+  assert.ok(a!.status === 'rejected' && refused(a.reason as Error), 'the banned-out turn is refused');
+  assert.ok(b!.status === 'fulfilled', 'the other turn runs');
+  await group.idle();
   group.destroy();
 });
 

@@ -59,4 +59,19 @@ test('item 15: a prompt that is not a string or an id array is a PromptError nam
   assert.is(r.sequences[0]!.tokens.length, 1);
 });
 
+test("tokenizer.decode: ids outside the vocabulary or not integers are a PromptError naming the position (not the BPE library's plain Error)", async () => {
+  const { tokenizer } = await tinyModel();
+  const ids = (x: unknown) => x as number[];
+  for (const [given, re] of [
+    [[1, 99999999], /^decode: token 1 is 99999999; ids are integers in \[0, 50256\]$/],
+    [[-5], /^decode: token 0 is -5;/],
+    [[1.5], /^decode: token 0 is 1\.5;/],
+    [[50257], /^decode: token 0 is 50257;/],
+    [null, /^decode takes an array of token ids, got null$/],
+  ] as const)
+    await promptError(() => tokenizer.decode(ids(given)), re);
+  assert.is(tokenizer.decode([15496, 11, 50256]), 'Hello,<|endoftext|>');
+  assert.is(tokenizer.decode(ids(Uint32Array.of(15496))), 'Hello');
+});
+
 test.run();

@@ -15,7 +15,7 @@
  * logprob / newTokens^lengthPenalty (lengthPenalty 0 by default: the plain sum).
  */
 import { AbortError, ContextOverflowError } from '../errors.js';
-import { bannedNext } from '../sampling/bans.js';
+import { bannedNext, checkSomeIdAllowed } from '../sampling/bans.js';
 import {
   BEAM_OPTIONS,
   validateBeam,
@@ -84,6 +84,7 @@ export async function beamSearch(
   const o = validateBeam({ eosTokenId: cfg.eos_token_id, ...given }, cfg.vocab_size);
   const promptIds = model.promptIds(prompt);
   model.checkIds(promptIds);
+  checkSomeIdAllowed(o, [o.eosTokenId], cfg.vocab_size, 'beamSearch');
   const P = promptIds.length;
   if (P + o.maxNewTokens > cfg.n_positions) {
     throw new ContextOverflowError(

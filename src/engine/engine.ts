@@ -29,6 +29,8 @@ import {
 } from './generate.js';
 import { beamSearch } from './beam-search.js';
 import { SlotFailure } from './slot-failure.js';
+import { checkSomeIdAllowed } from '../sampling/bans.js';
+import { ListenerGuard } from './listeners.js';
 import { streamGeneration, type GenerationStream } from './stream.js';
 import { perplexity, score, type PerplexityResult, type ScoreOptions, type ScoreResult } from './score.js';
 import type { BeamOptions, BeamResult } from '../sampling/beam.js';
@@ -314,8 +316,9 @@ function mergeKey(
     return undefined;
   try {
     const { maxNew, depth } = validateGenerate({ ...opts, pipelineDepth: opts.pipelineDepth ?? defaultDepth });
-    sequenceOptions(opts, 1, vocab, maxNew); // the sampling options and stop token ids
+    const [seq] = sequenceOptions(opts, 1, vocab, maxNew); // the sampling options and stop token ids
     const eosIds = eosIdsOf(opts, eos, vocab);
+    checkSomeIdAllowed(seq!.sampling, eosIds, vocab, 'generate'); // (alone, it fails by itself)
     if (maxNew === 0) return undefined;
     const includeStop = opts.includeStopString ?? true;
     // Rows of a run read back the same logprobs (GenerateOptions.logprobs: one value per run).
@@ -440,13 +443,15 @@ export class SessionGroup {
       const key = mergeKey(opts, this.cache, this.model.profile.pipelineDepth, this.model.config);
       if (key === undefined) return this.alone(ids, opts, row);
       if (opts.signal?.aborted) throw new AbortError('generation aborted before it started');
-      return new Promise<GenerateResult>((resolve, reject) => {
+      const guard = new ListenerGuard(opts.signal); // (alone, generate guards them)
+      const own = guard.options(opts);
+      const queued = new Promise<GenerateResult>((resolve, reject) => {
         const signal = opts.signal;
         const drop = () => this.drop(q);
         const settled = () => signal?.removeEventListener('abort', drop);
         const sofar = { tokens: [], text: '', logprobs: [] };
         const q: QueuedTurn = {
-          ...{ session, ids, opts, key, sofar },
+          ...{ session, ids, opts: own, key, sofar },
           resolve: (r) => {
             settled();
             resolve(r);
@@ -460,6 +465,7 @@ export class SessionGroup {
         this.pending.push(q);
         if (this.pending.length === 1) queueMicrotask(() => this.flush());
       });
+      return guard.settle(queued);
     } catch (e) {
       return Promise.reject(e);
     }

@@ -73,7 +73,11 @@ export interface GenerateOptions extends SamplingOptions {
    * most likely alternatives too. Absent: off (nothing more computed or read back).
    */
   logprobs?: number;
-  /** Called for every new token as soon as it is read back. */
+  /**
+   * Called for every new token as soon as it is read back. What it throws ends the call with that
+   * error; an async listener's rejection too (at its next token, or by the call's end: the call
+   * waits for the promises its listeners return).
+   */
   onToken?: (ev: TokenEvent) => void;
   /**
    * Called once per sequence as soon as it is final (EOS, its maxNewTokens, a stop string), with
@@ -81,6 +85,7 @@ export interface GenerateOptions extends SamplingOptions {
    * its cache row is released at that moment: the row's history is final, the row is free for
    * another generation while the others go on, and the rest of this run no longer writes it.
    * Otherwise (a temporary cache, useCache false) it is called for every sequence at the end.
+   * Errors and async rejections as for onToken.
    */
   onSequenceDone?: (ev: SequenceDoneEvent) => void;
   /**
@@ -349,6 +354,9 @@ export function validateGenerate(
     if (o[k] !== undefined && typeof o[k] !== 'boolean')
       throw new InvalidOptionError(`${k} must be a boolean, got ${String(o[k])}`);
   }
+  const signal = o.signal as Partial<AbortSignal> | undefined;
+  if (signal !== undefined && (typeof signal?.aborted !== 'boolean' || typeof signal.addEventListener !== 'function'))
+    throw new InvalidOptionError(`signal must be an AbortSignal (new AbortController().signal), got ${String(signal)}`);
   for (const k of ['onToken', 'onSequenceDone'] as const) {
     if (o[k] !== undefined && typeof o[k] !== 'function')
       throw new InvalidOptionError(`${k} must be a function, got ${typeof o[k]}`);

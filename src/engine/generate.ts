@@ -11,7 +11,7 @@ import { Owned } from '../gpu/common.js';
 import { checkVocabRows } from '../gpu/limits.js';
 import { logprobsKernelFor, type LogprobsKernel } from '../kernels/logprobs.js';
 import type { RowBans } from '../kernels/sampler.js';
-import { hasDynamicBans } from '../sampling/bans.js';
+import { checkSomeIdAllowed, hasDynamicBans } from '../sampling/bans.js';
 import { checkOptions } from '../sampling/names.js';
 import { deriveSeed, randomSeed } from '../sampling/options.js';
 import {
@@ -29,6 +29,7 @@ import {
 } from './generate-options.js';
 import type { KVCache } from './kvcache.js';
 import { StepLogprobs } from './gen-logprobs.js';
+import { ListenerGuard } from './listeners.js';
 import type { ForwardPlan, GPT2Model } from './model.js';
 import { generateCached } from './scheduler.js';
 import { bansOf, handOver, newSlot, sequenceOf, type Run, type Slot } from './slots.js';
@@ -131,6 +132,7 @@ function specOf(model: GPT2Model, prompts: number[][], opts: GenerateOptions): R
   const seqOpts = sequenceOptions(opts, R, V, sharedMaxNew);
   checkVocabRows(model.ctx, R, V, 'numSequences', 'sequences');
   const eosIds = eosIdsOf(opts, model.config.eos_token_id, V);
+  seqOpts.forEach((o, i) => checkSomeIdAllowed(o.sampling, eosIds, V, R > 1 ? `sequence ${i}` : 'generate'));
   // Bans that follow the ids (n-grams, bad words) are computed on the host between steps: no step
   // may be queued before the previous one's ids are known.
   const depth = seqOpts.some((o) => hasDynamicBans(o.sampling, eosIds)) ? 1 : asked;
@@ -182,7 +184,13 @@ async function openCache(
   return { cache, rows: Array.from({ length: R }, (_, r) => r), own: true };
 }
 
-async function run(model: GPT2Model, prompts: number[][], opts: GenerateOptions): Promise<GenerateResult> {
+/** A run whose listeners may be async (ListenerGuard): it ends once they have settled. */
+function run(model: GPT2Model, prompts: number[][], opts: GenerateOptions): Promise<GenerateResult> {
+  const guard = new ListenerGuard(opts.signal);
+  return guard.settle(runSteps(model, prompts, guard.options(opts)));
+}
+
+async function runSteps(model: GPT2Model, prompts: number[][], opts: GenerateOptions): Promise<GenerateResult> {
   const tCall = now();
   const spec = specOf(model, prompts, opts);
   const { cache, rows, own } = await openCache(model, prompts, opts, spec.seqOpts);

@@ -37,7 +37,14 @@ export const gpt2Tokenizer: Tokenizer = {
     return out;
   },
   decode(ids: readonly number[]): string {
-    return decode(ids as number[]);
+    if (!Array.isArray(ids) && !ArrayBuffer.isView(ids))
+      throw new PromptError(`decode takes an array of token ids, got ${ids === null ? 'null' : typeof ids}`);
+    for (let i = 0; i < ids.length; i++) {
+      const id = ids[i]!;
+      if (!Number.isInteger(id) || id < 0 || id > EOS_TOKEN_ID)
+        throw new PromptError(`decode: token ${i} is ${String(id)}; ids are integers in [0, ${EOS_TOKEN_ID}]`);
+    }
+    return decode(Array.isArray(ids) ? (ids as number[]) : Array.from(ids));
   },
 };
 

@@ -17,6 +17,7 @@
  * from a whole history at once (bannedNext).
  */
 import type { NormalizedSampling } from '../kernels/sampler.js';
+import { InvalidOptionError } from '../errors.js';
 
 type BanOptions = Pick<NormalizedSampling, 'noRepeatNgramSize' | 'badWordsIds' | 'suppressTokens'>;
 
@@ -30,6 +31,19 @@ export function staticBans(o: BanOptions, eosIds: readonly number[]): number[] {
   const ids = new Set(o.suppressTokens);
   for (const w of badWords(o, eosIds)) if (w.length === 1) ids.add(w[0]!);
   return [...ids].sort((a, b) => a - b);
+}
+
+/**
+ * Throws InvalidOptionError when the bans of every step (staticBans) leave no id at all: sampling
+ * would have nothing to draw from (transformers' greedy search returns id 0 there, its sampling
+ * fails on an all -inf distribution).
+ */
+export function checkSomeIdAllowed(o: BanOptions, eosIds: readonly number[], vocab: number, what: string): void {
+  const n = staticBans(o, eosIds).length;
+  if (n >= vocab)
+    throw new InvalidOptionError(
+      `${what}: suppressTokens and one-token badWordsIds ban all ${vocab} token ids, so no token could be generated; leave at least one allowed`,
+    );
 }
 
 /** Whether the row's bans depend on its ids (n-grams, bad words of two tokens or more). */
