@@ -208,6 +208,49 @@ test('beam search with bans (no-repeat n-grams, bad words, suppressed tokens, mi
   }
 });
 
+test('bans past the GPU ranking (the likeliest hundreds of ids banned) rank on the host and match float64; bans leaving only EOS end every beam', async () => {
+  const cfg = cfgOf({ vocab_size: 1500, n_positions: 24, n_embd: 32, n_head: 2, n_layer: 2, eos_token_id: 1499 });
+  const model = await randomModel(cfg, 11);
+  const tensors = await loadTensors(randomCheckpoint(cfg, 11));
+  const prompt = [5, 6, 7];
+  const none = { noRepeatNgramSize: 0, badWordsIds: [], suppressTokens: [], minNewTokens: 0 };
+  try {
+    // 10 ids and EOS allowed: 3 beams need about 6 x 1500 / 11 ranked candidates, past MAX_BEAM_K (512).
+    const allowed = new Set([3, 100, 222, 345, 500, 777, 901, 1024, 1300, 1498, 1499]);
+    const suppressTokens = Array.from({ length: 1500 }, (_, i) => i).filter((i) => !allowed.has(i));
+    for (const minNewTokens of [0, 3]) {
+      const bans = { suppressTokens, minNewTokens };
+      const res = await model.beamSearch(prompt, { numBeams: 3, numReturnSequences: 3, maxNewTokens: 6, ...bans });
+      const want = beamReference(tensors, cfg, prompt, 3, 3, 6, cfg.eos_token_id, (ids, n) =>
+        bans64(ids, { ...none, ...bans }, [cfg.eos_token_id], n),
+      );
+      assert.equal(
+        res.sequences.map((g) => [...res.promptIds, ...g.tokens]),
+        want.map((w) => w.tokens),
+        `minNewTokens ${minNewTokens}`,
+      );
+      res.sequences.forEach((g, i) => assert.ok(Math.abs(g.logprob - want[i]!.logprob) < 1e-4, `beam ${i}`));
+      for (const g of res.sequences)
+        assert.ok(
+          g.tokens.every((t) => allowed.has(t)),
+          `only allowed ids: ${g.tokens}`,
+        );
+    }
+    // Only EOS left: the first step finishes the beam (the other rows are dead), nothing fails.
+    const eosOnly = Array.from({ length: 1499 }, (_, i) => i);
+    const res = await model.beamSearch(prompt, { numBeams: 3, maxNewTokens: 4, suppressTokens: eosOnly });
+    const want = beamReference(tensors, cfg, prompt, 3, 1, 4, cfg.eos_token_id, () => new Set(eosOnly));
+    assert.equal(
+      res.sequences.map((g) => g.tokens),
+      [[cfg.eos_token_id]],
+    );
+    assert.ok(Math.abs(res.sequences[0]!.logprob - want[0]!.logprob) < 1e-4);
+    assert.is(res.sequences[0]!.finishReason, 'eos');
+  } finally {
+    model.destroy();
+  }
+});
+
 test('beam options are validated', async () => {
   const model = await tinyModel();
   await rejects(

@@ -324,6 +324,18 @@ test('bans that leave no token id at all are refused before any GPU work (genera
     refused,
     'beam search',
   );
+  // EOS left, but held back by minNewTokens at the first step (a stop id too).
+  const held = /ban all 50257 token ids, so no token could be generated/;
+  const allButEos = all.filter((i) => i !== 50256);
+  for (const call of [
+    () => model.generate([1], { suppressTokens: allButEos, minNewTokens: 1 }),
+    () => model.generate([1], { suppressTokens: allButEos.filter((i) => i !== 9), stopTokenIds: [9], minNewTokens: 2 }),
+    () => model.beamSearch([1], { numBeams: 2, maxNewTokens: 2, suppressTokens: allButEos, minNewTokens: 1 }),
+  ])
+    await rejects(
+      call,
+      (e) => e instanceof InvalidOptionError && held.test(e.message) && /minNewTokens/.test(e.message),
+    );
   // One id left (or EOS, which a one-token bad word never bans, as in transformers): it is what comes out.
   const one = await model.generate([1], { suppressTokens: allBut7, maxNewTokens: 3, seed: 1 });
   assert.equal(one.sequences[0]!.tokens, [7, 7, 7]);

@@ -28,6 +28,7 @@ import { CallErrors } from '../gpu/call-errors.js';
 import { GpuTensor, Owned, type Dispatch } from '../gpu/common.js';
 import { checkVocabRows } from '../gpu/limits.js';
 import type { KvGatherDispatch } from '../kernels/kvcache.js';
+import { MAX_BEAM_K } from '../kernels/beam.js';
 import type { KVCache } from './kvcache.js';
 import { decodeMeta, ForwardPlan, rowMeta, type GPT2Model } from './model.js';
 
@@ -84,7 +85,7 @@ export async function beamSearch(
   const o = validateBeam({ eosTokenId: cfg.eos_token_id, ...given }, cfg.vocab_size);
   const promptIds = model.promptIds(prompt);
   model.checkIds(promptIds);
-  checkSomeIdAllowed(o, [o.eosTokenId], cfg.vocab_size, 'beamSearch');
+  checkSomeIdAllowed(o, [o.eosTokenId], [o.eosTokenId], cfg.vocab_size, 'beamSearch');
   const P = promptIds.length;
   if (P + o.maxNewTokens > cfg.n_positions) {
     throw new ContextOverflowError(
@@ -191,7 +192,8 @@ function banRule(promptIds: readonly number[], o: Options): BanRule {
 /**
  * The best 2B candidates of the ranking just submitted (`which`: the prefill's or a decode plan's)
  * that no ban forbids: the GPU ranks K of them; when bans leave fewer than 2B, the same logits are
- * ranked again with a larger K (kept for later steps).
+ * ranked again with a larger K (kept for later steps), and past the kernel's MAX_BEAM_K (bans that
+ * forbid the most likely hundreds of ids) the host ranks that step's logits itself (hostCandidates).
  */
 async function candidates(
   model: GPT2Model,
@@ -208,10 +210,90 @@ async function candidates(
     const all = await readCandidates(model, gpu, errors);
     const ok = banned ? all.filter((c) => !banned[c.parent]!.has(c.token)) : all;
     if (ok.length >= 2 * B || gpu.K >= most) return ok.slice(0, 2 * B);
+    const K = Math.min(most, 2 * gpu.K + (all.length - ok.length));
+    if (K > MAX_BEAM_K) return hostCandidates(model, gpu, which, banned!, errors);
     errors.run(() => {
-      growRank(model, gpu, Math.min(most, 2 * gpu.K + (all.length - ok.length)));
+      growRank(model, gpu, K);
       model.submit(gpu.rank[which], (enc) => copyCandidates(enc, gpu));
     });
+  }
+}
+
+/**
+ * The best 2B allowed candidates of ranking `which`, ranked on the host from its logits and the
+ * beams' scores as the GPU left them (the same order: score descending, ties to the smaller flat
+ * index; log_softmax in float64). B x V x 4 bytes come back: only for bans past MAX_BEAM_K.
+ */
+async function hostCandidates(
+  model: GPT2Model,
+  gpu: BeamGpu,
+  which: 0 | 1 | 2,
+  banned: ReadonlyArray<Set<number>>,
+  errors: CallErrors,
+): Promise<Candidate[]> {
+  const logits = [gpu.prefill, ...gpu.dec][which]!.logits; // [B, V]
+  const [B, V] = logits.shape as [number, number];
+  const [rows, scores] = await Promise.all([
+    model.ctx.readBuffer(logits.buffer, logits.offset, B * V * 4),
+    model.ctx.readBuffer(gpu.scores.buffer, 0, B * 4),
+  ]);
+  errors.throwIfCaught();
+  const l = new Float32Array(rows);
+  const s = new Float32Array(scores);
+  const best = new TopCandidates(2 * B);
+  for (let b = 0; b < B; b++) {
+    const row = l.subarray(b * V, (b + 1) * V);
+    let m = -Infinity;
+    for (const x of row) m = Math.max(m, x);
+    let z = 0;
+    for (const x of row) z += Math.exp(x - m);
+    const lse = m + Math.log(z);
+    for (let v = 0; v < V; v++)
+      if (!banned[b]!.has(v)) best.offer({ parent: b, token: v, score: s[b]! + (row[v]! - lse) }, b * V + v);
+  }
+  return best.sorted();
+}
+
+/** The n best candidates offered (score descending, ties to the smaller flat index), by a min-heap. */
+class TopCandidates {
+  private readonly heap: Array<{ c: Candidate; at: number }> = [];
+  constructor(private readonly n: number) {}
+  /** Whether x ranks below y. */
+  private static worse(x: { c: Candidate; at: number }, y: { c: Candidate; at: number }): boolean {
+    return x.c.score < y.c.score || (x.c.score === y.c.score && x.at > y.at);
+  }
+  offer(c: Candidate, at: number): void {
+    const h = this.heap;
+    const e = { c, at };
+    if (h.length === this.n) {
+      if (!TopCandidates.worse(h[0]!, e)) return;
+      h[0] = e;
+      this.down(0);
+    } else {
+      h.push(e);
+      for (let i = h.length - 1; i > 0;) {
+        const p = (i - 1) >> 1;
+        if (!TopCandidates.worse(h[i]!, h[p]!)) break;
+        [h[i], h[p]] = [h[p]!, h[i]!];
+        i = p;
+      }
+    }
+  }
+  private down(i: number): void {
+    const h = this.heap;
+    for (;;) {
+      const a = 2 * i + 1;
+      const b = a + 1;
+      let w = i;
+      if (a < h.length && TopCandidates.worse(h[a]!, h[w]!)) w = a;
+      if (b < h.length && TopCandidates.worse(h[b]!, h[w]!)) w = b;
+      if (w === i) return;
+      [h[i], h[w]] = [h[w]!, h[i]!];
+      i = w;
+    }
+  }
+  sorted(): Candidate[] {
+    return [...this.heap].sort((x, y) => (TopCandidates.worse(x, y) ? 1 : -1)).map((e) => e.c);
   }
 }
 
@@ -241,13 +323,16 @@ function hop(gpu: BeamGpu, step: number): { gather: KvGatherDispatch[]; dec: For
 
 /**
  * Walks the candidates best first: one ending in EOS and ranked within the first B finishes a
- * hypothesis (as HF), others become the next beams until B are kept.
+ * hypothesis (as HF), others become the next beams until B are kept. Bans can leave fewer: the
+ * rest are dead beams (score -inf, fed EOS so the batched step keeps its B rows), whose candidates
+ * are never taken and which are never returned.
  */
 function nextBeams(cands: Candidate[], beams: Beam[], finished: Hypothesis[], o: Options): Beam[] {
   const B = o.numBeams;
   const next: Beam[] = [];
   for (let i = 0; i < cands.length && next.length < B; i++) {
     const c = cands[i]!;
+    if (c.score === -Infinity) break; // a dead beam's (best first: the rest are too)
     const base = beams[c.parent]!;
     if (c.token === o.eosTokenId) {
       if (i < B) {
@@ -263,8 +348,7 @@ function nextBeams(cands: Candidate[], beams: Beam[], finished: Hypothesis[], o:
     }
     next.push({ tokens: [...base.tokens, c.token], logprob: c.score, parent: c.parent, token: c.token });
   }
-  if (next.length < B)
-    throw new Error(`beam search: only ${next.length} continuations for ${B} beams (vocabulary too small?)`);
+  while (next.length < B) next.push({ tokens: [], logprob: -Infinity, parent: 0, token: o.eosTokenId });
   return next;
 }
 
@@ -275,13 +359,15 @@ function penalise(o: Options, logprob: number, n: number): number {
 
 /** The numReturnSequences best: the finished ones, filled with the best unfinished beams if too few. */
 function best(beams: Beam[], finished: Hypothesis[], o: Options): Hypothesis[] {
-  const running = beams.map((b): Hypothesis => ({
-    logprob: b.logprob,
-    score: penalise(o, b.logprob, b.tokens.length),
-    tokens: b.tokens,
-    finished: false,
-    finishReason: 'length',
-  }));
+  const running = beams
+    .filter((b) => b.logprob > -Infinity)
+    .map((b): Hypothesis => ({
+      logprob: b.logprob,
+      score: penalise(o, b.logprob, b.tokens.length),
+      tokens: b.tokens,
+      finished: false,
+      finishReason: 'length',
+    }));
   const all = finished.length >= o.numReturnSequences ? finished : [...finished, ...running];
   all.sort((a, b) => b.score - a.score);
   return all.slice(0, o.numReturnSequences);

@@ -318,7 +318,7 @@ function mergeKey(
     const { maxNew, depth } = validateGenerate({ ...opts, pipelineDepth: opts.pipelineDepth ?? defaultDepth });
     const [seq] = sequenceOptions(opts, 1, vocab, maxNew); // the sampling options and stop token ids
     const eosIds = eosIdsOf(opts, eos, vocab);
-    checkSomeIdAllowed(seq!.sampling, eosIds, vocab, 'generate'); // (alone, it fails by itself)
+    checkSomeIdAllowed(seq!.sampling, eosIds, [...eosIds, ...seq!.stopTokenIds], vocab, 'generate'); // (alone, it fails by itself)
     if (maxNew === 0) return undefined;
     const includeStop = opts.includeStopString ?? true;
     // Rows of a run read back the same logprobs (GenerateOptions.logprobs: one value per run).

@@ -132,7 +132,9 @@ function specOf(model: GPT2Model, prompts: number[][], opts: GenerateOptions): R
   const seqOpts = sequenceOptions(opts, R, V, sharedMaxNew);
   checkVocabRows(model.ctx, R, V, 'numSequences', 'sequences');
   const eosIds = eosIdsOf(opts, model.config.eos_token_id, V);
-  seqOpts.forEach((o, i) => checkSomeIdAllowed(o.sampling, eosIds, V, R > 1 ? `sequence ${i}` : 'generate'));
+  seqOpts.forEach((o, i) =>
+    checkSomeIdAllowed(o.sampling, eosIds, [...eosIds, ...o.stopTokenIds], V, R > 1 ? `sequence ${i}` : 'generate'),
+  );
   // Bans that follow the ids (n-grams, bad words) are computed on the host between steps: no step
   // may be queued before the previous one's ids are known.
   const depth = seqOpts.some((o) => hasDynamicBans(o.sampling, eosIds)) ? 1 : asked;

@@ -34,15 +34,23 @@ export function staticBans(o: BanOptions, eosIds: readonly number[]): number[] {
 }
 
 /**
- * Throws InvalidOptionError when the bans of every step (staticBans) leave no id at all: sampling
+ * Throws InvalidOptionError when the bans of the first step leave no id at all: the static ones
+ * (staticBans) and, with minNewTokens, the ids it holds back (`heldBack`: EOS, stop ids). Sampling
  * would have nothing to draw from (transformers' greedy search returns id 0 there, its sampling
  * fails on an all -inf distribution).
  */
-export function checkSomeIdAllowed(o: BanOptions, eosIds: readonly number[], vocab: number, what: string): void {
-  const n = staticBans(o, eosIds).length;
-  if (n >= vocab)
+export function checkSomeIdAllowed(
+  o: BanOptions & { minNewTokens: number },
+  eosIds: readonly number[],
+  heldBack: readonly number[],
+  vocab: number,
+  what: string,
+): void {
+  const ids = new Set(staticBans(o, eosIds));
+  if (o.minNewTokens > 0) for (const id of heldBack) ids.add(id);
+  if (ids.size >= vocab)
     throw new InvalidOptionError(
-      `${what}: suppressTokens and one-token badWordsIds ban all ${vocab} token ids, so no token could be generated; leave at least one allowed`,
+      `${what}: suppressTokens and one-token badWordsIds${o.minNewTokens > 0 ? ' (with the ids minNewTokens holds back)' : ''} ban all ${vocab} token ids, so no token could be generated; leave at least one allowed`,
     );
 }
 
