@@ -131,6 +131,15 @@ const NEGATIVE_NUMBER = /^-(\d|\.\d|Infinity$)/;
  * missing value is named. Then the deprecated names are mapped to the current ones and the
  * defaults filled in.
  */
+/** The API's option names in kebab case whose flag is spelt otherwise (offered in the unknown-option message). */
+const API_SPELLINGS: Record<string, string> = {
+  'stop-strings': 'stop',
+  'bad-words-ids': 'bad-words',
+  'include-stop-string': 'exclude-stop',
+  'stop-at-eos': 'no-stop-at-eos',
+  'num-return-sequences': 'num-sequences',
+};
+
 export function parseFlags(name: string, cmd: Command, args: string[]): Values {
   const flags: Record<string, Flag> = { ...cmd.flags, help: { type: 'boolean', help: '' } };
   const joined: string[] = [];
@@ -152,7 +161,8 @@ export function parseFlags(name: string, cmd: Command, args: string[]): Values {
     const f = a.startsWith('--') && Object.hasOwn(flags, key!) ? flags[key!] : undefined;
     if (!f) {
       const known = Object.keys(flags).filter((k) => !flags[k]!.deprecatedFor);
-      const guess = closest(key!, known);
+      const spelt = Object.hasOwn(API_SPELLINGS, key!) ? API_SPELLINGS[key!] : undefined;
+      const guess = spelt && known.includes(spelt) ? spelt : closest(key!, known);
       throw new UsageError(
         `unknown option ${a.split('=')[0]} ${guess ? `(did you mean --${guess}?)` : `(gpt2-webgpu ${name} --help lists the options)`}`,
       );

@@ -45,6 +45,14 @@ test('unknown flags, missing values, bad numbers -> one line naming the problem,
     ],
     [['genrate', '--model', 'x'], /^gpt2-webgpu: unknown command "genrate" \(did you mean generate\?\)$/],
     [['sample', '--temp', '0'], /^gpt2-webgpu sample: unknown option --temp \(did you mean --temperature\?\)$/],
+    [
+      ['generate', '--stop-strings', 'x'],
+      /^gpt2-webgpu generate: unknown option --stop-strings \(did you mean --stop\?\)$/,
+    ],
+    [
+      ['beam', '--num-return-sequences', '2'],
+      /unknown option --num-return-sequences \(did you mean --num-sequences\?\)$/,
+    ],
     [['beam', '--xyzzy'], /^gpt2-webgpu beam: unknown option --xyzzy \(gpt2-webgpu beam --help lists the options\)$/],
     [
       ['info', '--constructor'],
