@@ -10,6 +10,7 @@ import { encode } from 'gpt-tokenizer/encoding/r50k_base';
 import { Sampler } from '../src/kernels/sampler.js';
 import { processLogits, sample } from '../src/sampling/sample.js';
 import { validateSampling } from '../src/sampling/options.js';
+import { InvalidOptionError } from '../src/errors.js';
 import { allClose, download, poisoned, run, upload, withDevice } from './helpers.js';
 
 const N = 20000;
@@ -174,6 +175,34 @@ test('HF warpers (t0.7_k40, t0.7_p0.95, t1.0_p0.5, t1.3_k50_p0.9): identical kep
         assert.ok(w.kept.includes(chosen[r]!), `${name} prompt ${r}: drew ${chosen[r]}, not a kept token`);
       });
     }
+  }));
+
+test('logits that are not a Float32Array, empty, NaN, +Infinity or all -Infinity are an InvalidOptionError before any GPU work; -Infinity bans an id', () =>
+  withDevice(async ({ ctx }) => {
+    const bad: Array<[unknown, RegExp]> = [
+      [[1, 2, 3], /^sample: logits must be a Float32Array \(Float32Array\.from\(values\)\), got an array$/],
+      [new Float32Array(0), /^sample: logits are empty$/],
+      [Float32Array.of(1, NaN, 2), /^sample: logits\[1\] is NaN; logits must be finite or -Infinity \(banned\)$/],
+      [Float32Array.of(1, 2, Infinity), /^sample: logits\[2\] is Infinity;/],
+      [Float32Array.of(-Infinity, -Infinity), /^sample: every logit is -Infinity; nothing can be drawn$/],
+    ];
+    for (const [logits, re] of bad) {
+      let err: unknown;
+      try {
+        await sample(ctx, logits as Float32Array, 4, { seed: 1 });
+      } catch (e) {
+        err = e;
+      }
+      assert.ok(err instanceof InvalidOptionError && re.test(err.message), `${String(logits)}: ${String(err)}`);
+      assert.throws(
+        () => processLogits(ctx, logits as Float32Array),
+        (e: Error) => e instanceof InvalidOptionError,
+      );
+    }
+    const r = await sample(ctx, Float32Array.of(5, -Infinity, 1), 200, { seed: 1 });
+    assert.is(r.counts[1], 0, 'a -Infinity logit is never drawn');
+    assert.is(r.probs[1], 0);
+    assert.ok(Math.abs(r.probs[0]! - 1 / (1 + Math.exp(-4))) < 1e-6);
   }));
 
 test.run();

@@ -5,6 +5,7 @@
  */
 import type { GpuContext } from '../gpu/device.js';
 import { processRow, sampleRow, type NormalizedSampling, type RowBans } from '../kernels/sampler.js';
+import { InvalidOptionError } from '../errors.js';
 import { bannedNext } from './bans.js';
 import { randomSeed, validateSampling, type SamplingOptions } from './options.js';
 
@@ -14,6 +15,27 @@ import { randomSeed, validateSampling, type SamplingOptions } from './options.js
  */
 function bansAfter(o: NormalizedSampling, prev: ArrayLike<number> | undefined): RowBans {
   return { always: [...bannedNext(Array.from(prev ?? []), o, [])], untilMin: [] };
+}
+
+/**
+ * The logits a caller gives: a non-empty Float32Array with no NaN and no +Infinity (-Infinity is a
+ * banned id) and at least one finite value; else InvalidOptionError, before any GPU work (a NaN
+ * would come back as a distribution of zeros or NaN, quietly).
+ */
+function checkLogits(logits: Float32Array, what: string): void {
+  if (!(logits instanceof Float32Array))
+    throw new InvalidOptionError(
+      `${what}: logits must be a Float32Array (Float32Array.from(values)), got ${Array.isArray(logits) ? 'an array' : typeof logits}`,
+    );
+  if (logits.length === 0) throw new InvalidOptionError(`${what}: logits are empty`);
+  let finite = false;
+  for (let i = 0; i < logits.length; i++) {
+    const x = logits[i]!;
+    if (Number.isNaN(x) || x === Infinity)
+      throw new InvalidOptionError(`${what}: logits[${i}] is ${x}; logits must be finite or -Infinity (banned)`);
+    finite ||= x !== -Infinity;
+  }
+  if (!finite) throw new InvalidOptionError(`${what}: every logit is -Infinity; nothing can be drawn`);
 }
 
 /**
@@ -28,6 +50,7 @@ export function sample(
   opts: SamplingOptions = {},
   prevTokens?: ArrayLike<number>,
 ): Promise<{ counts: Uint32Array; probs: Float32Array; seed: number }> {
+  checkLogits(logits, 'sample');
   const o = validateSampling(opts, logits.length);
   return sampleRow(ctx, logits, count, o, o.seed ?? randomSeed(), prevTokens, bansAfter(o, prevTokens));
 }
@@ -44,6 +67,7 @@ export function processLogits(
   opts: SamplingOptions = {},
   prevTokens?: ArrayLike<number>,
 ): Promise<Float32Array> {
+  checkLogits(logits, 'processLogits');
   const o = validateSampling(opts, logits.length);
   return processRow(ctx, logits, o, prevTokens, bansAfter(o, prevTokens));
 }
