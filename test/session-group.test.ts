@@ -257,6 +257,16 @@ test('group misuse: bad cacheRows, foreign sessions, destroying a member; nothin
       (e: Error) => e instanceof CacheMisuseError && /not a session of this group/.test(e.message),
     );
     await rejects(
+      () =>
+        group.generate([
+          { session: group.sessions[0]!, prompt: [1] },
+          { session: group.sessions[0]!, prompt: [2] },
+        ]),
+      (e: Error) =>
+        e instanceof InvalidOptionError &&
+        /^turns\[1\].session is also turns\[0\]'s: a session takes one turn/.test(e.message),
+    );
+    await rejects(
       () => group.generate([]),
       (e: Error) => e instanceof InvalidOptionError && /non-empty array/.test(e.message),
     );

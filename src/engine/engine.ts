@@ -656,6 +656,11 @@ export class SessionGroup {
       if (!(s instanceof Session) || s.group !== this) {
         throw new CacheMisuseError(`turns[${i}].session is not a session of this group; use group.sessions[k]`);
       }
+      const first = turns.findIndex((u) => u.session === s);
+      if (first < i)
+        throw new InvalidOptionError(
+          `turns[${i}].session is also turns[${first}]'s: a session takes one turn per call (its row holds one context)`,
+        );
       if (this.queued(s))
         throw new CacheMisuseError(
           `KV cache #${this.cache.id} is busy (row ${s.row}): turns[${i}].session has a turn about to start; await it first`,
