@@ -412,6 +412,12 @@ test('streamed logprobs: each token goes out with its text, the entries add up t
   }
   assert.is(text, r.choices[0]!.message.content);
   assert.equal(content, r.choices[0]!.logprobs!.content, 'chat: the streamed entries are the non-streamed ones');
+  // Chat takes up to 20 alternatives (OpenAI's limit there; completions' logprobs stops at 5).
+  const wide = await main.client.chat.completions.create({ ...chat, max_tokens: 2, top_logprobs: 20 });
+  for (const e of wide.choices[0]!.logprobs!.content!) assert.is(e.top_logprobs.length, 20);
+  const over = await post(main.base, '/v1/chat/completions', { ...chat, top_logprobs: 21 });
+  assert.is(over.status, 400);
+  assert.match(over.json.error.message, /'top_logprobs' must be <= 20/);
 });
 
 test('concurrent requests share batched steps, and each equals the same request sent alone', async () => {

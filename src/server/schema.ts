@@ -97,6 +97,6 @@ export const chatBody = {
       },
     },
     logprobs: nullable('boolean'),
-    top_logprobs: nullable('integer', { minimum: 0, maximum: 5 }),
+    top_logprobs: nullable('integer', { minimum: 0, maximum: 20 }), // OpenAI's chat limit (completions: 5)
   },
 } as const;
