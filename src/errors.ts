@@ -45,7 +45,14 @@ export class CacheMisuseError extends GPT2WebGPUError {}
 export class DestroyedError extends GPT2WebGPUError {}
 
 /** A model download failed or the downloaded file does not match its expected size/hash. */
-export class DownloadError extends GPT2WebGPUError {}
+export class DownloadError extends GPT2WebGPUError {
+  /** The file is not there: the hub answered 404, or offline mode did not find it in the cache. */
+  readonly missing: boolean;
+  constructor(message: string, options?: { cause?: unknown; missing?: boolean }) {
+    super(message, options);
+    this.missing = options?.missing ?? false;
+  }
+}
 
 /**
  * A generation was cancelled through its AbortSignal (or by leaving a stream's loop early). A

@@ -26,7 +26,7 @@ import { copyFile, mkdir, open, rename, rm, stat, symlink, utimes, writeFile } f
 import { basename, dirname, join, relative, resolve } from 'node:path';
 import { getHFHubCachePath, getRepoFolderName } from '@huggingface/hub';
 import { DownloadError, InvalidOptionError, WeightsFormatError } from './errors.js';
-import { Checkpoint, openCheckpoint } from './engine/checkpoint.js';
+import { Checkpoint, openCheckpoint, openShardedCheckpoint, SHARD_INDEX, shardFiles } from './engine/checkpoint.js';
 import type { DownloadOptions } from './engine/engine.js';
 import { HUB_REPOS, isKnownModel, MAX_CONFIG_BYTES } from './engine/config.js';
 import { randomCheckpoint } from './engine/random.js';
@@ -170,13 +170,26 @@ export async function fileByteSource(path: string): Promise<ByteSource> {
   };
 }
 
-/** Opens a directory holding config.json + model.safetensors. */
+/** Opens a directory holding config.json + model.safetensors (or a sharded checkpoint's index and shards). */
 export async function openLocalDir(dir: string): Promise<Checkpoint> {
   const cfgPath = join(dir, 'config.json');
   const stPath = join(dir, 'model.safetensors');
   if (!existsSync(cfgPath))
     throw new WeightsFormatError(
       `${dir}: no config.json in this directory (a model directory needs config.json and model.safetensors)`,
+    );
+  const indexPath = join(dir, SHARD_INDEX);
+  if (!existsSync(stPath) && existsSync(indexPath))
+    return openShardedCheckpoint(
+      await configJson(cfgPath),
+      await jsonFile(indexPath),
+      (file) => {
+        const path = join(dir, file);
+        if (!existsSync(path))
+          throw new WeightsFormatError(`${dir}: ${SHARD_INDEX} names ${file}, which is not in the directory`);
+        return fileByteSource(path);
+      },
+      dir,
     );
   if (!existsSync(stPath)) {
     const hint = existsSync(join(dir, 'pytorch_model.bin'))
@@ -189,6 +202,11 @@ export async function openLocalDir(dir: string): Promise<Checkpoint> {
 
 /** config.json read (a regular file of at most MAX_CONFIG_BYTES) and parsed; WeightsFormatError otherwise. */
 async function configJson(cfgPath: string): Promise<unknown> {
+  return jsonFile(cfgPath);
+}
+
+/** A small JSON file (config.json, a shard index: at most MAX_CONFIG_BYTES) read and parsed; WeightsFormatError otherwise. */
+async function jsonFile(cfgPath: string): Promise<unknown> {
   let text: string;
   try {
     text = await readConfigFile(cfgPath);
@@ -240,7 +258,25 @@ export async function resolveSource(source: string, opts: SourceOptions = {}): P
   }
   const repo = isKnownModel(source) ? HUB_REPOS[source] : source;
   const cfgPath = await hubFile(repo, 'config.json', opts, source);
-  const stPath = await hubFile(repo, 'model.safetensors', opts, source);
+  let stPath: string;
+  try {
+    stPath = await hubFile(repo, 'model.safetensors', opts, source);
+  } catch (e) {
+    // No model.safetensors in the repo (or, offline, in the cache): a sharded checkpoint's index, if there is one.
+    if (!(e instanceof DownloadError && e.missing)) throw e;
+    let indexPath: string;
+    try {
+      indexPath = await hubFile(repo, SHARD_INDEX, opts, source);
+    } catch (e2) {
+      if (e2 instanceof DownloadError && e2.missing) throw e; // neither: the first error says what is missing
+      throw e2;
+    }
+    const shards = new Map<string, string>();
+    const index = await jsonFile(indexPath);
+    for (const file of shardFiles(index, `${repo} ${SHARD_INDEX}`))
+      shards.set(file, await hubFile(repo, file, opts, source)); // downloaded one after another, each cached
+    return openShardedCheckpoint(await configJson(cfgPath), index, (file) => fileByteSource(shards.get(file)!), repo);
+  }
   return openCheckpoint(await configJson(cfgPath), await fileByteSource(stPath), repo);
 }
 
@@ -290,6 +326,7 @@ export async function hubFile(repo: string, file: string, opts: SourceOptions = 
   if (offline)
     throw new DownloadError(
       `${repo}/${file} (revision ${revision}) is not in the cache ${cache} and offline mode is on (HF_HUB_OFFLINE)`,
+      { missing: true },
     );
 
   const hub = (opts.hubUrl ?? process.env.HF_ENDPOINT ?? 'https://huggingface.co').replace(/\/+$/, '');
@@ -495,7 +532,7 @@ async function headInfo(url: string, auth: Record<string, string>, what: string,
         : code === 'RevisionNotFound'
           ? 'no such revision'
           : 'no such repo, or it is private/gated (set HF_TOKEN)';
-    throw new DownloadError(`${what}: HTTP ${res.status} from ${url}: ${why}`);
+    throw new DownloadError(`${what}: HTTP ${res.status} from ${url}: ${why}`, { missing: res.status === 404 });
   }
   if (res.status >= 400) throw new DownloadError(`${what}: HTTP ${res.status} from ${url}`);
   const commit = res.headers.get('x-repo-commit');

@@ -80,46 +80,67 @@ function ignored(name: string): boolean {
   return name === 'lm_head.weight' || /^h\.\d+\.attn\.(masked_)?bias$/.test(name);
 }
 
-/** A Checkpoint over a parsed safetensors file. */
-export function checkpointFromSafetensors(config: GPT2Config, file: SafetensorsFile, source: string): Checkpoint {
-  // canonical name -> key in the file
-  const keys = new Map<string, string>();
-  for (const key of file.tensors.keys()) {
-    const name = key.startsWith(PREFIX) ? key.slice(PREFIX.length) : key;
-    if (ignored(name)) continue;
-    const other = keys.get(name);
-    if (other !== undefined) {
-      throw new WeightsFormatError(
-        `${file.source.name}: tensor ${preview(name)} appears twice (as ${preview(other)} and ${preview(key)})`,
-      );
+/**
+ * A Checkpoint over parsed safetensors files: one model.safetensors, or the shards of a sharded
+ * checkpoint (every tensor in exactly one of them).
+ */
+export function checkpointFromSafetensors(
+  config: GPT2Config,
+  file: SafetensorsFile | readonly SafetensorsFile[],
+  source: string,
+): Checkpoint {
+  const files = Array.isArray(file) ? (file as readonly SafetensorsFile[]) : [file as SafetensorsFile];
+  const where = files.length === 1 ? files[0]!.source.name : source;
+  // canonical name -> the file and key holding it
+  const keys = new Map<string, { file: SafetensorsFile; key: string }>();
+  for (const f of files)
+    for (const key of f.tensors.keys()) {
+      const name = key.startsWith(PREFIX) ? key.slice(PREFIX.length) : key;
+      if (ignored(name)) continue;
+      const other = keys.get(name);
+      if (other !== undefined) {
+        const at = (x: { file: SafetensorsFile; key: string }) =>
+          files.length === 1 ? preview(x.key) : `${preview(x.key)} in ${x.file.source.name}`;
+        throw new WeightsFormatError(
+          `${where}: tensor ${preview(name)} appears twice (as ${at(other)} and ${at({ file: f, key })})`,
+        );
+      }
+      keys.set(name, { file: f, key });
     }
-    keys.set(name, key);
-  }
   const info = (name: string) => {
-    const key = keys.get(name);
-    return key === undefined ? undefined : file.tensors.get(key);
+    const k = keys.get(name);
+    return k === undefined ? undefined : k.file.tensors.get(k.key);
   };
-  validateTensors(config, (n) => info(n)?.shape, keys.keys(), file.source.name);
+  validateTensors(config, (n) => info(n)?.shape, keys.keys(), where);
   for (const name of parameterShapes(config).keys()) {
     const t = info(name)!;
     if (!(READABLE_DTYPES as readonly string[]).includes(t.dtype)) {
       throw new WeightsFormatError(
-        `${file.source.name}: tensor ${preview(t.name)} has dtype ${t.dtype}; only ${READABLE_DTYPES.join(', ')} can be loaded`,
+        `${keys.get(name)!.file.source.name}: tensor ${preview(t.name)} has dtype ${t.dtype}; only ${READABLE_DTYPES.join(', ')} can be loaded`,
       );
     }
   }
-  const need = (name: string): string => {
-    const key = keys.get(name);
-    if (key === undefined) throw new WeightsFormatError(`${source}: no tensor "${name}"`);
-    return key;
+  const need = (name: string): { file: SafetensorsFile; key: string } => {
+    const k = keys.get(name);
+    if (k === undefined) throw new WeightsFormatError(`${source}: no tensor "${name}"`);
+    return k;
   };
   return {
     config,
     source,
     has: (name) => keys.has(name),
-    shape: (name) => file.tensors.get(need(name))!.shape.slice(),
-    read: (name) => readTensorF32(file, need(name)),
-    readRows: (name, start, count) => readRowsF32(file, need(name), start, count),
+    shape: (name) => {
+      const k = need(name);
+      return k.file.tensors.get(k.key)!.shape.slice();
+    },
+    read: (name) => {
+      const k = need(name);
+      return readTensorF32(k.file, k.key);
+    },
+    readRows: (name, start, count) => {
+      const k = need(name);
+      return readRowsF32(k.file, k.key, start, count);
+    },
   };
 }
 
@@ -131,6 +152,57 @@ export async function openCheckpoint(configJson: unknown, st: ByteSource, source
   const config = parseConfig(configJson, `${sourceName} config.json`);
   const file = await parseSafetensors(st);
   return checkpointFromSafetensors(config, file, sourceName);
+}
+
+/** The index file of a sharded checkpoint (transformers' save_pretrained past max_shard_size). */
+export const SHARD_INDEX = 'model.safetensors.index.json';
+
+/** The most shards an index may name (gpt2-xl in f32 is 6.2 GB: 2 shards at 5 GB). */
+const MAX_SHARDS = 1000;
+
+/**
+ * The shard files a model.safetensors.index.json names: the distinct values of its weight_map, in
+ * the order they first appear. Each must be a plain .safetensors file name in the index's own
+ * folder (no path: a hostile index must not reach other files).
+ */
+export function shardFiles(indexJson: unknown, where: string): string[] {
+  const map = (indexJson as { weight_map?: unknown } | null)?.weight_map;
+  if (
+    typeof indexJson !== 'object' ||
+    indexJson === null ||
+    typeof map !== 'object' ||
+    map === null ||
+    Array.isArray(map)
+  )
+    throw new WeightsFormatError(`${where}: not a sharded-checkpoint index (an object with a "weight_map" object)`);
+  const out: string[] = [];
+  for (const [tensor, file] of Object.entries(map)) {
+    if (typeof file !== 'string' || !/^[\w][\w.-]*\.safetensors$/.test(file) || file.includes('..'))
+      throw new WeightsFormatError(
+        `${where}: weight_map[${preview(tensor)}] is ${preview(file)}; shards are .safetensors file names beside the index`,
+      );
+    if (!out.includes(file)) out.push(file);
+    if (out.length > MAX_SHARDS) throw new WeightsFormatError(`${where}: more than ${MAX_SHARDS} shard files`);
+  }
+  if (out.length === 0) throw new WeightsFormatError(`${where}: the weight_map is empty`);
+  return out;
+}
+
+/**
+ * Opens a sharded checkpoint: config.json, the index, and each shard it names through `openShard`
+ * (a file beside the index). Every shard's header is read and checked before any GPU work.
+ */
+export async function openShardedCheckpoint(
+  configJson: unknown,
+  indexJson: unknown,
+  openShard: (file: string) => Promise<ByteSource>,
+  sourceName: string,
+): Promise<Checkpoint> {
+  const config = parseConfig(configJson, `${sourceName} config.json`);
+  const files: SafetensorsFile[] = [];
+  for (const name of shardFiles(indexJson, `${sourceName} ${SHARD_INDEX}`))
+    files.push(await parseSafetensors(await openShard(name)));
+  return checkpointFromSafetensors(config, files, sourceName);
 }
 
 /** A Checkpoint over float32 arrays in memory (tests, converted weights). Validated like a file. */

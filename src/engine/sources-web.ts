@@ -10,7 +10,7 @@
  * shorter than its Content-Length, or cut, is a DownloadError with the bytes received.
  */
 import { DownloadError, InvalidOptionError, WeightsFormatError } from '../errors.js';
-import { Checkpoint, openCheckpoint } from './checkpoint.js';
+import { Checkpoint, openCheckpoint, openShardedCheckpoint, SHARD_INDEX } from './checkpoint.js';
 import { MAX_CONFIG_BYTES } from './config.js';
 import { ByteSource, preview } from './safetensors.js';
 
@@ -46,47 +46,77 @@ export async function urlSource(baseUrl: string, opts: UrlSourceOptions = {}): P
     } catch (e) {
       throw new DownloadError(`${url}: request failed (${(e as Error).message})`, { cause: e });
     }
-    if (!res.ok) throw new DownloadError(`${url}: HTTP ${res.status}${res.status === 404 ? ' (not found)' : ''}`);
+    if (!res.ok)
+      throw new DownloadError(`${url}: HTTP ${res.status}${res.status === 404 ? ' (not found)' : ''}`, {
+        missing: res.status === 404,
+      });
     return res;
   };
   const cfgUrl = `${base}/config.json`;
   const cfgBody = await readBody(await get(cfgUrl), cfgUrl, MAX_CONFIG_BYTES, 'a config.json may have');
-  let json: unknown;
-  try {
-    json = JSON.parse(new TextDecoder().decode(contiguous(cfgBody)));
-  } catch (e) {
-    throw new WeightsFormatError(`${cfgUrl}: not valid JSON (${(e as Error).message})`, { cause: e });
-  }
-  const stUrl = `${base}/model.safetensors`;
+  const json = await jsonAt(cfgUrl, cfgBody);
+  const open = (file: string) => urlByteSource(`${base}/${file}`, get, maxBytes, opts);
   let src: ByteSource;
-  if (!opts.wholeFile) {
-    // Probe: the first 8 bytes by Range. 206 + Content-Range gives the size and proves Range works.
-    const probe = await get(stUrl, { range: 'bytes=0-7' });
-    const total = Number(/\/(\d+)\s*$/.exec(probe.headers.get('content-range') ?? '')?.[1]);
-    if (probe.status === 206 && Number.isSafeInteger(total)) {
-      await probe.body?.cancel().catch(() => {}); // the size was all we needed
-      src = {
-        name: stUrl,
-        size: total,
-        async read(offset, length) {
-          if (length === 0) return new Uint8Array(0);
-          const res = await get(stUrl, { range: `bytes=${offset}-${offset + length - 1}` });
-          // A 200 here means the server ignored Range: read the whole body up to our slice's end.
-          if (res.status !== 206)
-            return contiguous(await readBody(res, stUrl, offset + length, '', offset + length)).subarray(offset);
-          return contiguous(await readBody(res, stUrl, length, 'the range asked for'));
-        },
-      };
-    } else {
-      src = blocksSource(stUrl, await readBody(probe, stUrl, maxBytes, WHOLE_FILE, undefined, opts.onProgress));
+  try {
+    src = await open('model.safetensors');
+  } catch (e) {
+    // No model.safetensors: a sharded checkpoint's index, if the folder has one.
+    if (!(e instanceof DownloadError && e.missing)) throw e;
+    const indexUrl = `${base}/${SHARD_INDEX}`;
+    let index: HeldBody;
+    try {
+      index = await readBody(await get(indexUrl), indexUrl, MAX_CONFIG_BYTES, 'a shard index may have');
+    } catch (e2) {
+      if (e2 instanceof DownloadError && e2.missing) throw e;
+      throw e2;
     }
-  } else {
-    src = blocksSource(
+    return openShardedCheckpoint(json, await jsonAt(indexUrl, index), open, base);
+  }
+  return openCheckpoint(json, src, base);
+}
+
+/** A small JSON body parsed; WeightsFormatError naming the URL otherwise. */
+async function jsonAt(url: string, body: HeldBody): Promise<unknown> {
+  try {
+    return JSON.parse(new TextDecoder().decode(contiguous(body)));
+  } catch (e) {
+    throw new WeightsFormatError(`${url}: not valid JSON (${(e as Error).message})`, { cause: e });
+  }
+}
+
+/**
+ * A ByteSource over the safetensors file at `stUrl`: read by Range requests when the server
+ * answers the probe with 206, else fetched whole (with progress) up to `maxBytes`.
+ */
+async function urlByteSource(
+  stUrl: string,
+  get: (url: string, headers?: Record<string, string>) => Promise<Response>,
+  maxBytes: number,
+  opts: UrlSourceOptions,
+): Promise<ByteSource> {
+  if (opts.wholeFile)
+    return blocksSource(
       stUrl,
       await readBody(await get(stUrl), stUrl, maxBytes, WHOLE_FILE, undefined, opts.onProgress),
     );
-  }
-  return openCheckpoint(json, src, base);
+  // Probe: the first 8 bytes by Range. 206 + Content-Range gives the size and proves Range works.
+  const probe = await get(stUrl, { range: 'bytes=0-7' });
+  const total = Number(/\/(\d+)\s*$/.exec(probe.headers.get('content-range') ?? '')?.[1]);
+  if (!(probe.status === 206 && Number.isSafeInteger(total)))
+    return blocksSource(stUrl, await readBody(probe, stUrl, maxBytes, WHOLE_FILE, undefined, opts.onProgress));
+  await probe.body?.cancel().catch(() => {}); // the size was all we needed
+  return {
+    name: stUrl,
+    size: total,
+    async read(offset, length) {
+      if (length === 0) return new Uint8Array(0);
+      const res = await get(stUrl, { range: `bytes=${offset}-${offset + length - 1}` });
+      // A 200 here means the server ignored Range: read the whole body up to our slice's end.
+      if (res.status !== 206)
+        return contiguous(await readBody(res, stUrl, offset + length, '', offset + length)).subarray(offset);
+      return contiguous(await readBody(res, stUrl, length, 'the range asked for'));
+    },
+  };
 }
 
 const WHOLE_FILE = 'a whole-file download may hold in memory (maxBytes)';
@@ -241,13 +271,28 @@ export async function fileSource(files: File[]): Promise<Checkpoint> {
     throw new WeightsFormatError(
       `no config.json among the chosen files (${names}); pick config.json and model.safetensors together`,
     );
-  const st = files.find((f) => f.name === 'model.safetensors') ?? files.find((f) => f.name.endsWith('.safetensors'));
-  if (!st) throw new WeightsFormatError(`no .safetensors file among the chosen files (${names})`);
-  let json: unknown;
-  try {
-    json = JSON.parse(await cfg.text());
-  } catch (e) {
-    throw new WeightsFormatError(`config.json: not valid JSON (${(e as Error).message})`, { cause: e });
+  const parse = async (f: File): Promise<unknown> => {
+    try {
+      return JSON.parse(await f.text());
+    } catch (e) {
+      throw new WeightsFormatError(`${f.name}: not valid JSON (${(e as Error).message})`, { cause: e });
+    }
+  };
+  const index = files.find((f) => f.name === SHARD_INDEX);
+  const single = files.find((f) => f.name === 'model.safetensors');
+  if (index && !single) {
+    // A sharded checkpoint: the index and every shard it names must be among the files.
+    const shard = async (name: string) => {
+      const f = files.find((x) => x.name === name);
+      if (!f)
+        throw new WeightsFormatError(`${SHARD_INDEX} names ${name}, which is not among the chosen files (${names})`);
+      return blobSource(f, f.name);
+    };
+    if (index.size > MAX_CONFIG_BYTES)
+      throw new WeightsFormatError(`${SHARD_INDEX}: ${index.size} bytes, more than an index may have`);
+    return openShardedCheckpoint(await parse(cfg), await parse(index), shard, 'chosen files');
   }
-  return openCheckpoint(json, blobSource(st, st.name), st.name);
+  const st = single ?? files.find((f) => f.name.endsWith('.safetensors'));
+  if (!st) throw new WeightsFormatError(`no .safetensors file among the chosen files (${names})`);
+  return openCheckpoint(await parse(cfg), blobSource(st, st.name), st.name);
 }
