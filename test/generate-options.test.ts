@@ -295,6 +295,20 @@ test('every call checks its options object first: null, an array, a number or a 
     (e) => e instanceof InvalidOptionError && /Did you mean dtype\?/.test(e.message),
     'loadModel dtyp',
   );
+  // Load options and sources JavaScript callers can get wrong, each named before anything is read.
+  for (const [src, o, re] of [
+    [fixture, { dtype: null }, /^dtype must be one of 'f32', 'f16', 'q8', 'q4', got null$/],
+    ['random:distilgpt2', { seed: -1 }, /^seed \(of random: weights\) must be an integer in \[0, 2\^53\), got -1$/],
+    ['random:distilgpt2', { seed: 1.5 }, /got 1\.5$/],
+    [fixture, { onProgress: 5 }, /^onProgress must be a function, got number$/],
+    [{ url: 5 }, {}, /^model source \{ url \}: url must be a string/],
+    [{ files: null }, {}, /^model source \{ files \}: files must be an array of File objects/],
+  ] as const)
+    await rejects(
+      () => eng.loadModel(src as never, o as never),
+      (e) => e instanceof InvalidOptionError && re.test(e.message),
+      `loadModel ${JSON.stringify(src)} ${JSON.stringify(o)}`,
+    );
   await rejects(
     () => model.generateBatch([[1], [2]], { numSequences: 3 } as never),
     (e) => e instanceof InvalidOptionError && /one sequence per prompt: numSequences 3 with 2 prompt/.test(e.message),

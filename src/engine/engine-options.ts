@@ -8,6 +8,7 @@ import { InvalidOptionError } from '../errors.js';
 import { checkOptionNames, checkOptions, optionNames } from '../sampling/names.js';
 import type { Checkpoint } from './checkpoint.js';
 import type { LoadOptions } from './model.js';
+import { preview } from './safetensors.js';
 
 /**
  * Progress of a load, phase by phase: 'download' (bytes, a Hugging Face id or { url } not cached
@@ -114,4 +115,9 @@ const LOAD_OPTIONS = optionNames<ModelLoadOptions>({
 export function checkLoadOptions(opts: ModelLoadOptions): void {
   checkOptions(opts, LOAD_OPTIONS, 'load option');
   checkOptions(opts.experimental, ['profile'], 'experimental option');
+  if (opts.onProgress !== undefined && typeof opts.onProgress !== 'function')
+    throw new InvalidOptionError(`onProgress must be a function, got ${typeof opts.onProgress}`);
+  const seed = opts.seed;
+  if (seed !== undefined && !(typeof seed === 'number' && Number.isSafeInteger(seed) && seed >= 0))
+    throw new InvalidOptionError(`seed (of random: weights) must be an integer in [0, 2^53), got ${preview(seed)}`);
 }

@@ -117,6 +117,14 @@ export class Engine {
       return this.resolver(source, opts);
     }
     if (typeof source === 'object' && source !== null) {
+      if ('url' in source && typeof source.url !== 'string')
+        throw new InvalidOptionError(
+          `model source { url }: url must be a string (a folder URL), got ${typeof source.url}`,
+        );
+      if ('files' in source && !(Array.isArray(source.files) && source.files.every((f) => f instanceof Blob)))
+        throw new InvalidOptionError(
+          'model source { files }: files must be an array of File objects (an <input type=file> list)',
+        );
       if ('url' in source) {
         const cb = opts.onProgress;
         return urlSource(source.url, {
@@ -138,7 +146,7 @@ export class Engine {
     // Every option is checked before the source is opened (a hub id would download first).
     checkLoadOptions(opts);
     checkKvDtype(opts.kvDtype, 'f32'); // the value; against the config once it is read
-    const dtype = opts.dtype ?? 'f32';
+    const dtype = opts.dtype === undefined ? 'f32' : opts.dtype; // null is not a storage
     if (!WEIGHT_DTYPES.includes(dtype))
       throw new InvalidOptionError(
         `dtype must be one of ${WEIGHT_DTYPES.map((d) => `'${d}'`).join(', ')}, got ${JSON.stringify(dtype)}`,
