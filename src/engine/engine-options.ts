@@ -111,6 +111,16 @@ const LOAD_OPTIONS = optionNames<ModelLoadOptions>({
   experimental: true,
 });
 
+/** A { url } or { files } source's field of the right type (InvalidOptionError otherwise). */
+export function checkSourceShape(source: object): void {
+  if ('url' in source && typeof source.url !== 'string')
+    throw new InvalidOptionError(`model source { url }: url must be a string (a folder URL), got ${typeof source.url}`);
+  if ('files' in source && !(Array.isArray(source.files) && source.files.every((f) => f instanceof Blob)))
+    throw new InvalidOptionError(
+      'model source { files }: files must be an array of File objects (an <input type=file> list)',
+    );
+}
+
 /** The load options' object and names (experimental's too), before anything reads them. */
 export function checkLoadOptions(opts: ModelLoadOptions): void {
   checkOptions(opts, LOAD_OPTIONS, 'load option');

@@ -40,6 +40,7 @@ import { checkOptions } from '../sampling/names.js';
 import {
   checkDownload,
   checkLoadOptions,
+  checkSourceShape,
   ENGINE_OPTIONS,
   type EngineOptions,
   type ModelLoadOptions,
@@ -117,14 +118,7 @@ export class Engine {
       return this.resolver(source, opts);
     }
     if (typeof source === 'object' && source !== null) {
-      if ('url' in source && typeof source.url !== 'string')
-        throw new InvalidOptionError(
-          `model source { url }: url must be a string (a folder URL), got ${typeof source.url}`,
-        );
-      if ('files' in source && !(Array.isArray(source.files) && source.files.every((f) => f instanceof Blob)))
-        throw new InvalidOptionError(
-          'model source { files }: files must be an array of File objects (an <input type=file> list)',
-        );
+      checkSourceShape(source);
       if ('url' in source) {
         const cb = opts.onProgress;
         return urlSource(source.url, {
