@@ -591,4 +591,30 @@ test('each cache reports its bytes and destroy() frees them', async () => {
   void engine;
 });
 
+test('cache.reset(row): a row outside the cache is an InvalidOptionError (it grew the row list quietly); a destroyed cache refuses', async () => {
+  const model = await tinyModel();
+  const cache = await model.createCache({ rows: 2, capacity: 16 });
+  await model.generate([1, 2], { cache, maxNewTokens: 2, temperature: 0 });
+  for (const row of [2, -1, 1.5, Number.NaN])
+    assert.throws(
+      () => cache.reset(row),
+      (e: Error) => e instanceof InvalidOptionError && /^reset: row must be an integer in \[0, 1\]/.test(e.message),
+      `row ${row}`,
+    );
+  assert.is(cache.tokens.length, 2, 'still two rows');
+  assert.equal(cache.tokens[1]!.length, 4, 'row 1 kept its context');
+  cache.reset(0);
+  assert.equal(cache.tokens[0], []);
+  assert.equal(cache.tokens[1]!.length, 4, 'only row 0 was reset');
+  cache.destroy();
+  assert.throws(
+    () => cache.reset(),
+    (e: Error) => e instanceof CacheMisuseError && /was destroyed/.test(e.message),
+  );
+  await rejects(
+    () => model.logits([1, 2], { allPositions: 'yes' as never }),
+    (e: Error) => e instanceof InvalidOptionError && /^allPositions must be a boolean, got yes$/.test(e.message),
+  );
+});
+
 test.run();

@@ -354,6 +354,11 @@ export class KVCache {
    * tokens, none held (a continued session feeds them first).
    */
   reset(row?: number, context: readonly number[] = []): void {
+    if (this.destroyedFlag) throw new CacheMisuseError(`KV cache #${this.id} was destroyed; there is nothing to reset`);
+    if (row !== undefined && !(Number.isInteger(row) && row >= 0 && row < this.rows))
+      throw new InvalidOptionError(
+        `reset: row must be an integer in [0, ${this.rows - 1}] (the cache has ${this.rows} rows), got ${String(row)}`,
+      );
     const rows = row === undefined ? [...this.held.keys()] : [row];
     for (const r of rows) {
       this.held[r] = 0;

@@ -39,7 +39,7 @@ import { KvWriteKernel, KvGatherKernel } from '../kernels/kvcache.js';
 import { GatherRowsKernel } from '../kernels/elementwise.js';
 import { Sampler } from '../kernels/sampler.js';
 import { BeamKernel } from '../kernels/beam.js';
-import { DestroyedError, PromptError, ShapeError } from '../errors.js';
+import { DestroyedError, InvalidOptionError, PromptError, ShapeError } from '../errors.js';
 import { CallErrors } from '../gpu/call-errors.js';
 import { checkOptions } from '../sampling/names.js';
 import { checkVocabRows, rowsThatFit } from '../gpu/limits.js';
@@ -625,6 +625,8 @@ export class GPT2Model implements CacheOwner {
   ): Promise<{ shape: number[]; data: Float32Array }> {
     this.checkAlive();
     checkOptions(opts, ['allPositions'], 'logits option');
+    if (opts.allPositions !== undefined && typeof opts.allPositions !== 'boolean')
+      throw new InvalidOptionError(`allPositions must be a boolean, got ${String(opts.allPositions)}`);
     this.checkIds(ids);
     const T = ids.length;
     if (T > this.config.n_positions) {
