@@ -42,7 +42,7 @@ export { KNOWN_MODELS } from './engine/config.js';
 export { parseConfig, parameterShapes, parameterCount } from './engine/config.js';
 export { parseSafetensors, bytesSource } from './engine/safetensors.js';
 export type { ByteSource, SafetensorsFile } from './engine/safetensors.js';
-export { openCheckpoint, checkpointFromArrays } from './engine/checkpoint.js';
+export { openCheckpoint, openShardedCheckpoint, checkpointFromArrays } from './engine/checkpoint.js';
 export type { Checkpoint } from './engine/checkpoint.js';
 export { randomCheckpoint } from './engine/random.js';
 export { uploadWeights } from './engine/weights.js';
