@@ -9,7 +9,7 @@ import * as assert from 'uvu/assert';
 import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { allClose, rejects } from './helpers.js';
-import { REPO_ROOT, tinyCheckpoint, tinyDir, tinyReference } from './fixtures-util.js';
+import { REPO_ROOT, rejectsWith, tinyCheckpoint, tinyDir, tinyReference } from './fixtures-util.js';
 import { engine, tinyModel } from './model-util.js';
 import type { Checkpoint } from '../src/engine/checkpoint.js';
 import { AbortError, DestroyedError, GPUValidationError, OutOfMemoryError, WeightsFormatError } from '../src/errors.js';
@@ -72,6 +72,35 @@ test('item 4: weights with NaN or Inf are refused at load with WeightsFormatErro
     (err) =>
       err instanceof WeightsFormatError && /"h.0.attn.c_proj.weight" holds 70000 at element 9, past/.test(err.message),
   );
+});
+
+test('a Checkpoint the caller built is checked like a file: config, shapes, and what read / readRows return (sizes, type)', async () => {
+  const eng = await engine();
+  const base = await tinyCheckpoint();
+  const live = eng.ctx.liveBuffers;
+  const over = (o: Partial<Checkpoint>): Checkpoint => ({ ...base, ...o });
+  const cases: Array<[Checkpoint, RegExp]> = [
+    [over({ config: { ...base.config, n_head: 3 } }), /config: n_embd 64 is not divisible by n_head 3/],
+    [over({ config: undefined as never }), /config: config must be a JSON object, got undefined/],
+    [over({ shape: (n) => (n === 'wpe.weight' ? [1024, 65] : base.shape(n)) }), /"wpe.weight" has shape \[1024, 65\]/],
+    [
+      over({ read: async (n) => (await base.read(n)).subarray(1) }),
+      /read\(\) of tensor "[^"]+" must be a Float32Array of \d+ values, got \d+ values/,
+    ],
+    [
+      over({ readRows: async (n, a, c) => (await base.readRows(n, a, c)).subarray(0, 5) }),
+      /readRows\(\d+, \d+\) of tensor "wte.weight" must be a Float32Array of \d+ values, got 5 values/,
+    ],
+    [
+      over({ read: async (n) => Array.from(await base.read(n)) as never }),
+      /must be a Float32Array of \d+ values, got an array/,
+    ],
+  ];
+  for (const [ck, re] of cases) await rejectsWith(eng.loadModel(ck), WeightsFormatError, re);
+  assert.equal(eng.ctx.liveBuffers, live, 'nothing left allocated');
+  const ok = await eng.loadModel(over({}));
+  assert.equal((await ok.generate(p0.ids, { maxNewTokens: 4, temperature: 0 })).sequences[0]!.tokens, greedy(4));
+  ok.destroy();
 });
 
 test('item 4: temperature 1e-38 is the greedy limit (x / T would overflow f32)', async () => {

@@ -205,6 +205,43 @@ export async function openShardedCheckpoint(
   return checkpointFromSafetensors(config, files, sourceName);
 }
 
+/**
+ * A Checkpoint a caller built (loadModel takes any object with `config` and `read`), checked as a
+ * file would be before any GPU work: its config parsed, every tensor present with its shape; and
+ * what its `read` / `readRows` return must be a Float32Array of the tensor's (rows') size, or the
+ * upload stops with a WeightsFormatError naming the tensor.
+ */
+export function checkedCheckpoint(ck: Checkpoint): Checkpoint {
+  const source = typeof ck.source === 'string' ? ck.source : 'checkpoint';
+  const config = parseConfig(ck.config, `${source} config`);
+  for (const f of ['has', 'shape', 'read', 'readRows'] as const)
+    if (typeof ck[f] !== 'function') throw new WeightsFormatError(`${source}: a Checkpoint needs a ${f}() function`);
+  const shapes = parameterShapes(config);
+  const known = [...shapes.keys()].filter((n) => ck.has(n));
+  validateTensors(config, (n) => (ck.has(n) ? ck.shape(n) : undefined), known, source);
+  const checked = (name: string, what: string, want: number, got: unknown): Float32Array => {
+    if (!(got instanceof Float32Array) || got.length !== want)
+      throw new WeightsFormatError(
+        `${source}: ${what} of tensor "${name}" must be a Float32Array of ${want} values, got ${got instanceof Float32Array ? `${got.length} values` : Array.isArray(got) ? 'an array' : typeof got}`,
+      );
+    return got;
+  };
+  const size = (name: string) => ck.shape(name).reduce((a, b) => a * b, 1);
+  const rowLen = (name: string) => {
+    const s = ck.shape(name);
+    return s.length > 1 ? s.slice(1).reduce((a, b) => a * b, 1) : 1;
+  };
+  return {
+    config,
+    source,
+    has: (name) => ck.has(name),
+    shape: (name) => ck.shape(name),
+    read: async (name) => checked(name, 'read()', size(name), await ck.read(name)),
+    readRows: async (name, start, count) =>
+      checked(name, `readRows(${start}, ${count})`, count * rowLen(name), await ck.readRows(name, start, count)),
+  };
+}
+
 /** A Checkpoint over float32 arrays in memory (tests, converted weights). Validated like a file. */
 export function checkpointFromArrays(
   config: GPT2Config,

@@ -49,7 +49,7 @@ import {
 } from './engine-options.js';
 import { GENERATE_OPTIONS } from './generate-options.js';
 import { CACHE_OPTIONS, checkKvDtype, type CacheOptions, type KVCache } from './kvcache.js';
-import { openCheckpoint, type Checkpoint } from './checkpoint.js';
+import { checkedCheckpoint, openCheckpoint, type Checkpoint } from './checkpoint.js';
 import { uploadWeights, WEIGHT_DTYPES } from './weights.js';
 import { randomCheckpoint } from './random.js';
 import { bytesSource } from './safetensors.js';
@@ -96,7 +96,7 @@ export class Engine {
   async openSource(source: ModelSource, opts: ModelLoadOptions = {}): Promise<Checkpoint> {
     checkLoadOptions(opts);
     checkDownload(opts.download);
-    if (isCheckpoint(source)) return source;
+    if (isCheckpoint(source)) return checkedCheckpoint(source);
     if (typeof source === 'string') {
       if (source.startsWith('random:')) {
         const spec = source.slice('random:'.length);
