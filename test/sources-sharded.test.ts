@@ -12,7 +12,7 @@ import { AddressInfo } from 'node:net';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { WeightsFormatError } from '../src/errors.js';
+import { DownloadError, WeightsFormatError } from '../src/errors.js';
 import { parameterShapes, parseConfig } from '../src/engine/config.js';
 import { bytesSource, parseSafetensors, serializeSafetensors, type TensorToWrite } from '../src/engine/safetensors.js';
 import { fileSource, urlSource } from '../src/engine/sources-web.js';
@@ -104,6 +104,13 @@ test('picked files and a URL serve sharded checkpoints too', async () => {
   try {
     const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/m`;
     await sameTensors(await urlSource(url), 'url');
+    // Without Range support every shard is held whole: together they get maxBytes, not each.
+    const sizes = [...files].filter(([n]) => n.endsWith('.safetensors')).map(([, b]) => b.length);
+    await rejectsWith(
+      urlSource(url, { maxBytes: Math.max(...sizes) + 100 }),
+      DownloadError,
+      /model-00002-of-00002.safetensors: .*a whole-file download may hold in memory \(maxBytes\)/,
+    );
   } finally {
     server.closeAllConnections();
     server.close();

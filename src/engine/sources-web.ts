@@ -55,7 +55,13 @@ export async function urlSource(baseUrl: string, opts: UrlSourceOptions = {}): P
   const cfgUrl = `${base}/config.json`;
   const cfgBody = await readBody(await get(cfgUrl), cfgUrl, MAX_CONFIG_BYTES, 'a config.json may have');
   const json = await jsonAt(cfgUrl, cfgBody);
-  const open = (file: string) => urlByteSource(`${base}/${file}`, get, maxBytes, opts);
+  // Whole-file downloads (no Range support) of every file, shards included, share the maxBytes budget.
+  let held = 0;
+  const open = async (file: string): Promise<ByteSource> => {
+    const got = await urlByteSource(`${base}/${file}`, get, maxBytes - held, opts);
+    held += got.held;
+    return got.src;
+  };
   let src: ByteSource;
   try {
     src = await open('model.safetensors');
@@ -86,26 +92,25 @@ async function jsonAt(url: string, body: HeldBody): Promise<unknown> {
 
 /**
  * A ByteSource over the safetensors file at `stUrl`: read by Range requests when the server
- * answers the probe with 206, else fetched whole (with progress) up to `maxBytes`.
+ * answers the probe with 206, else fetched whole (with progress) up to `maxBytes`; `held`: the
+ * bytes it keeps in memory.
  */
 async function urlByteSource(
   stUrl: string,
   get: (url: string, headers?: Record<string, string>) => Promise<Response>,
   maxBytes: number,
   opts: UrlSourceOptions,
-): Promise<ByteSource> {
+): Promise<{ src: ByteSource; held: number }> {
+  const whole = (body: HeldBody) => ({ src: blocksSource(stUrl, body), held: body.size });
   if (opts.wholeFile)
-    return blocksSource(
-      stUrl,
-      await readBody(await get(stUrl), stUrl, maxBytes, WHOLE_FILE, undefined, opts.onProgress),
-    );
+    return whole(await readBody(await get(stUrl), stUrl, maxBytes, WHOLE_FILE, undefined, opts.onProgress));
   // Probe: the first 8 bytes by Range. 206 + Content-Range gives the size and proves Range works.
   const probe = await get(stUrl, { range: 'bytes=0-7' });
   const total = Number(/\/(\d+)\s*$/.exec(probe.headers.get('content-range') ?? '')?.[1]);
   if (!(probe.status === 206 && Number.isSafeInteger(total)))
-    return blocksSource(stUrl, await readBody(probe, stUrl, maxBytes, WHOLE_FILE, undefined, opts.onProgress));
+    return whole(await readBody(probe, stUrl, maxBytes, WHOLE_FILE, undefined, opts.onProgress));
   await probe.body?.cancel().catch(() => {}); // the size was all we needed
-  return {
+  const src: ByteSource = {
     name: stUrl,
     size: total,
     async read(offset, length) {
@@ -117,6 +122,7 @@ async function urlByteSource(
       return contiguous(await readBody(res, stUrl, length, 'the range asked for'));
     },
   };
+  return { src, held: 0 };
 }
 
 const WHOLE_FILE = 'a whole-file download may hold in memory (maxBytes)';
