@@ -47,6 +47,8 @@ console.log(`adapter: ${adapter}`);
 console.log(
   'run                        batch  load ms  first/prefill ms  decode ms/tok (p90)   tokens/s  disp/step  target',
 );
+// Batch-1 decode ms/token of each run, for the quantized ratios at the end.
+const decodeAt1 = new Map();
 // Every run that left a JSON or a log (a skipped run leaves only its log).
 const runs = new Set(
   readdirSync(dir)
@@ -75,6 +77,7 @@ for (const name of [...runs].filter((n) => n !== 'info' && n !== 'tests').sort()
       console.log(`${name.padEnd(26)} ${String(r.batch).padStart(5)}  failed: ${r.error.slice(0, 140)}`);
       continue;
     }
+    if (r.batch === 1) decodeAt1.set(name, r.decode_ms_per_token);
     const first = `${fmt(r.first_token_ms, 2)}/${fmt(r.prefill_ms, 2)}`;
     const dec = `${fmt(r.decode_ms_per_token, 3)} (${fmt(r.decode_ms_per_token_p90, 3)})`;
     console.log(
@@ -91,20 +94,12 @@ for (const name of [...runs].filter((n) => n !== 'info' && n !== 'tests').sort()
 }
 // Quantized decode against f16 at batch 1 (issue 26: q8 <= 0.6x f16, q4 faster still), where the
 // runs left results.
-const decode1 = (name) => {
-  try {
-    const j = JSON.parse(readFileSync(join(dir, `${name}.json`), 'utf8'));
-    return j.results?.find((r) => r.batch === 1 && !r.error)?.decode_ms_per_token;
-  } catch {
-    return undefined;
-  }
-};
-const f16 = decode1('gpt2-f16');
+const f16 = decodeAt1.get('gpt2-f16');
 for (const [q, target] of [
   ['q8', '<= 0.6'],
   ['q4', 'below q8'],
 ]) {
-  const t = decode1(`gpt2-${q}`);
+  const t = decodeAt1.get(`gpt2-${q}`);
   if (typeof f16 === 'number' && typeof t === 'number')
     console.log(
       `${q} / f16 decode at batch 1: ${fmt(t / f16, 3)} (${fmt(t, 3)} / ${fmt(f16, 3)} ms/token; target ${target})`,

@@ -3,7 +3,8 @@
  * and p90 over runs), tokens/s, read-back bytes, dispatches and submits per step, for each batch
  * size, plus a per-kernel-family GPU time table from timestamp queries when the adapter has them.
  */
-import type { DeviceProfile, Engine, LoadProgress, Model, PartialProfile, SessionGroup } from './engine/engine.js';
+import type { DeviceProfile, Engine, Model, PartialProfile, SessionGroup } from './engine/engine.js';
+import type { LoadProgress } from './engine/engine-options.js';
 import { generationCapacity } from './engine/generate.js';
 import { timeDecodeStep } from './engine/step-timing.js';
 import { InvalidOptionError } from './errors.js';

@@ -124,13 +124,6 @@ export function closest(word: string, known: string[]): string | undefined {
 /** A value that is a negative number (`--temperature -1`), not a flag. */
 const NEGATIVE_NUMBER = /^-(\d|\.\d|Infinity$)/;
 
-/**
- * Parses a command's flags. Before node's parseArgs sees them, every flag is looked up (an unknown
- * one is a usage error naming the closest known flag) and every string flag is joined to its value
- * (`--x v` -> `--x=v`), so a negative number is a value rather than an "ambiguous" flag and a
- * missing value is named. Then the deprecated names are mapped to the current ones and the
- * defaults filled in.
- */
 /** The API's option names in kebab case whose flag is spelt otherwise (offered in the unknown-option message). */
 const API_SPELLINGS: Record<string, string> = {
   'stop-strings': 'stop',
@@ -140,6 +133,13 @@ const API_SPELLINGS: Record<string, string> = {
   'num-return-sequences': 'num-sequences',
 };
 
+/**
+ * Parses a command's flags. Before node's parseArgs sees them, every flag is looked up (an unknown
+ * one is a usage error naming the closest known flag) and every string flag is joined to its value
+ * (`--x v` -> `--x=v`), so a negative number is a value rather than an "ambiguous" flag and a
+ * missing value is named. Then the deprecated names are mapped to the current ones and the
+ * defaults filled in.
+ */
 export function parseFlags(name: string, cmd: Command, args: string[]): Values {
   const flags: Record<string, Flag> = { ...cmd.flags, help: { type: 'boolean', help: '' } };
   const joined: string[] = [];

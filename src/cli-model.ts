@@ -4,7 +4,8 @@
  */
 import { createEngine } from './node.js';
 import { num, oneOf, parseIds, UsageError, type Flag, type Values } from './cli-args.js';
-import type { LoadProgress, Model } from './engine/engine.js';
+import type { Model } from './engine/engine.js';
+import type { LoadProgress } from './engine/engine-options.js';
 import { KV_DTYPES, type KvDtype } from './engine/kvcache.js';
 import { validateSampling, type SamplingOptions } from './sampling/options.js';
 import { InvalidOptionError } from './errors.js';

@@ -9,15 +9,15 @@ export * from './errors.js';
 export { createContext, contextFromDevice, GpuContext } from './gpu/device.js';
 export type { AdapterSummary, ContextOptions, GpuFeatures, WaitYield } from './gpu/device.js';
 export { Engine, Model, Session, SessionGroup } from './engine/engine.js';
+export type { SessionTurn } from './engine/engine.js';
 export type {
   DownloadOptions,
   EngineOptions,
   LoadProgress,
   ModelLoadOptions,
   ModelSource,
-  SessionTurn,
   SourceResolver,
-} from './engine/engine.js';
+} from './engine/engine-options.js';
 export type {
   GenerateOptions,
   GenerateResult,

@@ -26,8 +26,14 @@ import { copyFile, mkdir, open, rename, rm, stat, symlink, utimes, writeFile } f
 import { basename, dirname, join, relative, resolve } from 'node:path';
 import { getHFHubCachePath, getRepoFolderName } from '@huggingface/hub';
 import { DownloadError, InvalidOptionError, WeightsFormatError } from './errors.js';
-import { Checkpoint, openCheckpoint, openShardedCheckpoint, SHARD_INDEX, shardFiles } from './engine/checkpoint.js';
-import type { DownloadOptions } from './engine/engine.js';
+import {
+  Checkpoint,
+  openCheckpoint,
+  openShardedCheckpoint,
+  SHARD_INDEX,
+  singleOrSharded,
+} from './engine/checkpoint.js';
+import type { DownloadOptions } from './engine/engine-options.js';
 import { HUB_REPOS, isKnownModel, MAX_CONFIG_BYTES } from './engine/config.js';
 import { randomCheckpoint } from './engine/random.js';
 import { preview, type ByteSource } from './engine/safetensors.js';
@@ -181,7 +187,7 @@ export async function openLocalDir(dir: string): Promise<Checkpoint> {
   const indexPath = join(dir, SHARD_INDEX);
   if (!existsSync(stPath) && existsSync(indexPath))
     return openShardedCheckpoint(
-      await configJson(cfgPath),
+      await jsonFile(cfgPath),
       await jsonFile(indexPath),
       (file) => {
         const path = join(dir, file);
@@ -197,26 +203,21 @@ export async function openLocalDir(dir: string): Promise<Checkpoint> {
       : '';
     throw new WeightsFormatError(`${dir}: no model.safetensors in this directory${hint}`);
   }
-  return openCheckpoint(await configJson(cfgPath), await fileByteSource(stPath), dir);
+  return openCheckpoint(await jsonFile(cfgPath), await fileByteSource(stPath), dir);
 }
 
-/** config.json read (a regular file of at most MAX_CONFIG_BYTES) and parsed; WeightsFormatError otherwise. */
-async function configJson(cfgPath: string): Promise<unknown> {
-  return jsonFile(cfgPath);
-}
-
-/** A small JSON file (config.json, a shard index: at most MAX_CONFIG_BYTES) read and parsed; WeightsFormatError otherwise. */
-async function jsonFile(cfgPath: string): Promise<unknown> {
+/** A small JSON file (config.json, a shard index: a regular file of at most MAX_CONFIG_BYTES) read and parsed; WeightsFormatError otherwise. */
+async function jsonFile(path: string): Promise<unknown> {
   let text: string;
   try {
-    text = await readConfigFile(cfgPath);
+    text = await readConfigFile(path);
   } catch (e) {
-    throw new WeightsFormatError(`${cfgPath}: cannot read it (${(e as Error).message})`, { cause: e });
+    throw new WeightsFormatError(`${path}: cannot read it (${(e as Error).message})`, { cause: e });
   }
   try {
     return JSON.parse(text);
   } catch (e) {
-    throw new WeightsFormatError(`${cfgPath}: not valid JSON (${(e as Error).message})`, { cause: e });
+    throw new WeightsFormatError(`${path}: not valid JSON (${(e as Error).message})`, { cause: e });
   }
 }
 
@@ -258,26 +259,23 @@ export async function resolveSource(source: string, opts: SourceOptions = {}): P
   }
   const repo = isKnownModel(source) ? HUB_REPOS[source] : source;
   const cfgPath = await hubFile(repo, 'config.json', opts, source);
-  let stPath: string;
-  try {
-    stPath = await hubFile(repo, 'model.safetensors', opts, source);
-  } catch (e) {
-    // No model.safetensors in the repo (or, offline, in the cache): a sharded checkpoint's index, if there is one.
-    if (!(e instanceof DownloadError && e.missing)) throw e;
-    let indexPath: string;
-    try {
-      indexPath = await hubFile(repo, SHARD_INDEX, opts, source);
-    } catch (e2) {
-      if (e2 instanceof DownloadError && e2.missing) throw e; // neither: the first error says what is missing
-      throw e2;
-    }
-    const shards = new Map<string, string>();
-    const index = await jsonFile(indexPath);
-    for (const file of shardFiles(index, `${repo} ${SHARD_INDEX}`))
-      shards.set(file, await hubFile(repo, file, opts, source)); // downloaded one after another, each cached
-    return openShardedCheckpoint(await configJson(cfgPath), index, (file) => fileByteSource(shards.get(file)!), repo);
-  }
-  return openCheckpoint(await configJson(cfgPath), await fileByteSource(stPath), repo);
+  // No model.safetensors in the repo (or, offline, in the cache): a sharded checkpoint's index and shards.
+  return singleOrSharded(
+    async () =>
+      openCheckpoint(
+        await jsonFile(cfgPath),
+        await fileByteSource(await hubFile(repo, 'model.safetensors', opts, source)),
+        repo,
+      ),
+    async () => jsonFile(await hubFile(repo, SHARD_INDEX, opts, source)),
+    async (index) =>
+      openShardedCheckpoint(
+        await jsonFile(cfgPath),
+        index,
+        async (file) => fileByteSource(await hubFile(repo, file, opts, source)),
+        repo,
+      ),
+  );
 }
 
 /** Cache folders that may hold `repo`: its own, then the short legacy alias (models--gpt2). */

@@ -8,7 +8,8 @@
  * built-ins or `webgpu` are this one, node-sources.ts and cli.ts.
  */
 import { create, globals } from 'webgpu';
-import { Engine, ENGINE_OPTIONS, type EngineOptions } from './engine/engine.js';
+import { Engine } from './engine/engine.js';
+import { ENGINE_OPTIONS, type EngineOptions } from './engine/engine-options.js';
 import { checkOptions } from './sampling/names.js';
 import { createContext, type ContextOptions, type GpuContext, type WaitYield } from './gpu/device.js';
 import { InvalidOptionError } from './errors.js';

@@ -9,7 +9,7 @@
  * false is refused by parseConfig). Other extra tensors are ignored too, except layers past n_layer,
  * which mean the config and the file disagree.
  */
-import { WeightsFormatError } from '../errors.js';
+import { DownloadError, WeightsFormatError } from '../errors.js';
 import { GPT2Config, parameterShapes, parseConfig } from './config.js';
 import {
   ByteSource,
@@ -206,6 +206,31 @@ export async function openShardedCheckpoint(
 }
 
 /**
+ * A downloaded folder's checkpoint: `single()` (model.safetensors), or, when that file is missing
+ * (DownloadError.missing), the sharded one `sharded` opens from the index `index()` reads. With no
+ * index either, the first error stands (it names model.safetensors).
+ */
+export async function singleOrSharded(
+  single: () => Promise<Checkpoint>,
+  index: () => Promise<unknown>,
+  sharded: (indexJson: unknown) => Promise<Checkpoint>,
+): Promise<Checkpoint> {
+  const missing = (e: unknown): boolean => e instanceof DownloadError && e.missing;
+  try {
+    return await single();
+  } catch (e) {
+    if (!missing(e)) throw e;
+    let json: unknown;
+    try {
+      json = await index();
+    } catch (e2) {
+      throw missing(e2) ? e : e2;
+    }
+    return sharded(json);
+  }
+}
+
+/**
  * A Checkpoint a caller built (loadModel takes any object with `config` and `read`), checked as a
  * file would be before any GPU work: its config parsed, every tensor present with its shape; and
  * what its `read` / `readRows` return must be a Float32Array of the tensor's (rows') size, or the
@@ -216,9 +241,8 @@ export function checkedCheckpoint(ck: Checkpoint): Checkpoint {
   const config = parseConfig(ck.config, `${source} config`);
   for (const f of ['has', 'shape', 'read', 'readRows'] as const)
     if (typeof ck[f] !== 'function') throw new WeightsFormatError(`${source}: a Checkpoint needs a ${f}() function`);
-  const shapes = parameterShapes(config);
-  const known = [...shapes.keys()].filter((n) => ck.has(n));
-  validateTensors(config, (n) => (ck.has(n) ? ck.shape(n) : undefined), known, source);
+  // (It lists no names of its own: only the expected ones are asked for.)
+  validateTensors(config, (n) => (ck.has(n) ? ck.shape(n) : undefined), [], source);
   const checked = (name: string, what: string, want: number, got: unknown): Float32Array => {
     if (!(got instanceof Float32Array) || got.length !== want)
       throw new WeightsFormatError(

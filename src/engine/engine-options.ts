@@ -5,7 +5,7 @@
 import type { ContextOptions } from '../gpu/device.js';
 import type { PartialProfile } from '../kernels/profile.js';
 import { InvalidOptionError } from '../errors.js';
-import { checkOptionNames, checkOptions, optionNames } from '../sampling/names.js';
+import { checkOptions, optionNames } from '../sampling/names.js';
 import type { Checkpoint } from './checkpoint.js';
 import type { LoadOptions } from './model.js';
 import { preview } from './safetensors.js';
@@ -57,12 +57,8 @@ export interface DownloadOptions {
 const DOWNLOAD_KEYS = ['revision', 'token', 'cacheDir', 'hubUrl', 'offline', 'attempts', 'idleTimeoutMs'];
 
 /** ModelLoadOptions.download as given, or InvalidOptionError naming an unknown key (a typo must not pass). */
-export function checkDownload(d: unknown): DownloadOptions | undefined {
-  if (d === undefined) return undefined;
-  if (typeof d !== 'object' || d === null || Array.isArray(d))
-    throw new InvalidOptionError(`download must be an object of ${DOWNLOAD_KEYS.join(', ')}, got ${String(d)}`);
-  checkOptionNames(d, DOWNLOAD_KEYS, 'download option');
-  return d as DownloadOptions;
+export function checkDownload(d: DownloadOptions | undefined): DownloadOptions | undefined {
+  return d === undefined ? undefined : checkOptions(d, DOWNLOAD_KEYS, 'download option');
 }
 
 export interface EngineOptions extends ContextOptions {

@@ -57,15 +57,6 @@ import { urlSource, fileSource } from './sources-web.js';
 import { AbortError, CacheMisuseError, InvalidOptionError, OutOfMemoryError, WeightsFormatError } from '../errors.js';
 
 export type { DeviceProfile, PartialProfile } from '../kernels/profile.js';
-export type {
-  DownloadOptions,
-  EngineOptions,
-  LoadProgress,
-  ModelLoadOptions,
-  ModelSource,
-  SourceResolver,
-} from './engine-options.js';
-export { ENGINE_OPTIONS } from './engine-options.js';
 
 /** What a session's generate takes: generate's options but the cache, which is the session's. */
 const SESSION_OPTIONS = GENERATE_OPTIONS.filter((k) => k !== 'cache' && k !== 'cacheRows');

@@ -4,7 +4,7 @@
  * before any GPU work, so a bad option fails with InvalidOptionError and nothing to free.
  */
 import { InvalidOptionError } from '../errors.js';
-import { checkOptionNames } from '../sampling/names.js';
+import { checkOptionNames, checkOptions } from '../sampling/names.js';
 import {
   SAMPLING_OPTIONS,
   tokenIds,
@@ -327,9 +327,7 @@ export function validateGenerate(
   o: GenerateOptions,
   cpuAdapter = false,
 ): { maxNew: number; rows: number; depth: number } {
-  if (typeof o !== 'object' || o === null)
-    throw new InvalidOptionError(`generation options must be an object, got ${String(o)}`);
-  checkOptionNames(o, GENERATE_OPTIONS, 'generation option', ['joiners']);
+  o = checkOptions(o, GENERATE_OPTIONS, 'generation option', ['joiners']);
   const maxNew = o.maxNewTokens ?? DEFAULT_MAX_NEW_TOKENS;
   if (!Number.isInteger(maxNew) || maxNew < 0 || maxNew > MAX_NEW_TOKENS_LIMIT) {
     throw new InvalidOptionError(`maxNewTokens must be an integer in [0, ${MAX_NEW_TOKENS_LIMIT}], got ${maxNew}`);

@@ -10,7 +10,7 @@
  * shorter than its Content-Length, or cut, is a DownloadError with the bytes received.
  */
 import { DownloadError, InvalidOptionError, WeightsFormatError } from '../errors.js';
-import { Checkpoint, openCheckpoint, openShardedCheckpoint, SHARD_INDEX } from './checkpoint.js';
+import { Checkpoint, openCheckpoint, openShardedCheckpoint, SHARD_INDEX, singleOrSharded } from './checkpoint.js';
 import { MAX_CONFIG_BYTES } from './config.js';
 import { ByteSource, preview } from './safetensors.js';
 
@@ -54,7 +54,7 @@ export async function urlSource(baseUrl: string, opts: UrlSourceOptions = {}): P
   };
   const cfgUrl = `${base}/config.json`;
   const cfgBody = await readBody(await get(cfgUrl), cfgUrl, MAX_CONFIG_BYTES, 'a config.json may have');
-  const json = await jsonAt(cfgUrl, cfgBody);
+  const json = jsonAt(cfgUrl, cfgBody);
   // Whole-file downloads (no Range support) of every file, shards included, share the maxBytes budget.
   let held = 0;
   const open = async (file: string): Promise<ByteSource> => {
@@ -62,27 +62,18 @@ export async function urlSource(baseUrl: string, opts: UrlSourceOptions = {}): P
     held += got.held;
     return got.src;
   };
-  let src: ByteSource;
-  try {
-    src = await open('model.safetensors');
-  } catch (e) {
-    // No model.safetensors: a sharded checkpoint's index, if the folder has one.
-    if (!(e instanceof DownloadError && e.missing)) throw e;
-    const indexUrl = `${base}/${SHARD_INDEX}`;
-    let index: HeldBody;
-    try {
-      index = await readBody(await get(indexUrl), indexUrl, MAX_CONFIG_BYTES, 'a shard index may have');
-    } catch (e2) {
-      if (e2 instanceof DownloadError && e2.missing) throw e;
-      throw e2;
-    }
-    return openShardedCheckpoint(json, await jsonAt(indexUrl, index), open, base);
-  }
-  return openCheckpoint(json, src, base);
+  const indexUrl = `${base}/${SHARD_INDEX}`;
+  // No model.safetensors: a sharded checkpoint's index, if the folder has one.
+  return singleOrSharded(
+    async () => openCheckpoint(json, await open('model.safetensors'), base),
+    async () =>
+      jsonAt(indexUrl, await readBody(await get(indexUrl), indexUrl, MAX_CONFIG_BYTES, 'a shard index may have')),
+    (index) => openShardedCheckpoint(json, index, open, base),
+  );
 }
 
 /** A small JSON body parsed; WeightsFormatError naming the URL otherwise. */
-async function jsonAt(url: string, body: HeldBody): Promise<unknown> {
+function jsonAt(url: string, body: HeldBody): unknown {
   try {
     return JSON.parse(new TextDecoder().decode(contiguous(body)));
   } catch (e) {

@@ -91,8 +91,8 @@ export function quantize(
   const step = rowsAxis ? 1 : 0; // how the scale index moves along a run
   const amax = new Float32Array(G * sN); // padding columns keep 0, hence scale 0
   const scales = new Float32Array(G * sN);
-  // Int8Array, not Float32Array: a large new array costs its page faults (~13 ns per 4-byte element
-  // on the development VM, more than the arithmetic), and the integers fit in a byte.
+  // Int8Array, not Float32Array: a large new array costs its page faults, more than the arithmetic
+  // here (BENCHMARKS.md, decision log), and the integers fit in a byte.
   const q = new Int8Array(rows * cols);
   for (let pass = 0; pass < 2; pass++) {
     // The stored (f32) scale is the one the kernels multiply by: quantize with it.

@@ -10,7 +10,6 @@
  */
 import type { GenerateResult, TokenLogprob } from '../engine/generate.js';
 import type { Model } from '../engine/engine.js';
-import type { ScoreResult } from '../engine/score.js';
 import { seedOf, type Job } from './request.js';
 import type { Scheduler, Unit } from './scheduler.js';
 
@@ -103,24 +102,15 @@ class ChoiceText {
 /** A position's log-prob and alternatives (from model.score or the generation). */
 type PositionLogprob = Pick<TokenLogprob, 'logprob' | 'top'>;
 
-/**
- * The logprob entries of ids[from..]: the prompt's positions from its score (position 0 has none),
- * position prompt + k from the generation's k-th entry.
- */
+/** The logprob entries of `ids`, the first at text offset `base`, id i's log-prob `of(i)` (none: null). */
 function entries(
   model: Model,
-  ids: number[],
-  from: number,
+  ids: readonly number[],
   base: number,
-  prompt: { length: number; score?: ScoreResult },
-  generated: readonly TokenLogprob[],
+  of: (i: number) => PositionLogprob | undefined,
 ): LogprobEntry[] {
-  const byPos = new Map<number, PositionLogprob>(prompt.score?.tokens.map((t) => [t.position, t]) ?? []);
-  generated.forEach((g, k) => byPos.set(prompt.length + k, g));
   const at = new EntryCursor(model, base);
-  const out: LogprobEntry[] = [];
-  for (let p = from; p < ids.length; p++) out.push(at.next(ids[p]!, byPos.get(p)));
-  return out;
+  return ids.map((id, i) => at.next(id, of(i)));
 }
 
 /** Builds consecutive logprob entries, each token's offset the previous one's plus its text length. */
@@ -233,7 +223,11 @@ export async function runJob(
       const score = ids.length < 2 ? Promise.resolve(undefined) : scheduler.score(ids, job.logprobs ?? 0, signal);
       echoed.set(
         i,
-        score.then((sc) => entries(model, ids, 0, 0, { length: ids.length, score: sc }, [])),
+        score.then((sc) => {
+          // The score's entries by position (position 0 has none).
+          const pos = new Map(sc?.tokens.map((t) => [t.position, t]) ?? []);
+          return entries(model, ids, 0, (p) => pos.get(p));
+        }),
       );
     }
     return echoed.get(i)!;
@@ -291,8 +285,7 @@ export async function runJob(
       finishReason: seq ? finishOf(seq) : 'length',
     };
     if (job.logprobs !== null) {
-      const prompt = { length: s.ids.length };
-      const completion = entries(model, [...s.ids, ...tokens], s.ids.length, s.base, prompt, seq?.logprobs ?? []);
+      const completion = entries(model, tokens, s.base, (k) => seq?.logprobs?.[k]);
       choice.logprobs = job.echo ? [...(await echoEntries(s.i)), ...completion] : completion;
     }
     await s.opened;
